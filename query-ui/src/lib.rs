@@ -1,0 +1,155 @@
+//! The HTTP query API and the browser UI of Sightline.
+//!
+//! [`router`] builds an axum `Router` that the collector mounts on its query
+//! port (7070 by default):
+//!
+//! - `GET /api/logs?q=&start=&end=&limit=`: log search, newest first;
+//! - `GET /api/traces/{trace_id}`: every span of a trace, in the shape the
+//!   Jaeger query API returns (404 when the trace is unknown);
+//! - `GET /health`: liveness;
+//! - `GET /` and `/ui/*`: the UI, plain ES modules embedded in the binary.
+//!
+//! Handlers never block the executor: store reads run on blocking threads.
+//! Every response carries a Content-Security-Policy that forbids inline
+//! scripts, and the UI only ever inserts log content as text: log lines are
+//! attacker-controlled.
+
+mod api;
+mod error;
+mod jaeger;
+mod ui;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use sightline_store::{LogIndex, SpanStore};
+
+pub use error::ApiError;
+
+/// The stores the query API reads.
+#[derive(Clone)]
+pub struct QueryState {
+    pub logs: Arc<LogIndex>,
+    pub spans: Arc<SpanStore>,
+}
+
+/// All routes of the query API and the UI.
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/api/logs", get(api::search_logs))
+        .route("/api/traces/{trace_id}", get(api::get_trace))
+        .merge(ui::routes())
+        .layer(axum::middleware::map_response(ui::security_headers))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use sightline_store::LogRecord;
+    use tower::ServiceExt;
+
+    fn state(dir: &std::path::Path) -> QueryState {
+        let logs = LogIndex::open(&dir.join("logs")).unwrap();
+        logs.add(&[LogRecord {
+            timestamp: 1_700_000_000_000_000_000,
+            body: "<script>alert(1)</script> payment declined".into(),
+            service: "payment".into(),
+            request_id: Some("req-1".into()),
+            ..LogRecord::default()
+        }])
+        .unwrap();
+        logs.commit().unwrap();
+        let spans = SpanStore::open(&dir.join("spans")).unwrap();
+        QueryState {
+            logs: Arc::new(logs),
+            spans: Arc::new(spans),
+        }
+    }
+
+    async fn get(
+        state: QueryState,
+        uri: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let response = router(state)
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    #[tokio::test]
+    async fn log_search_answers_records_and_bad_queries_answer_400() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, _, body) = get(state.clone(), "/api/logs?q=request_id:req-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["total_hits"], 1);
+        assert_eq!(body["records"][0]["service"], "payment");
+
+        let (status, _, body) = get(state.clone(), "/api/logs?q=body:(oops").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("position"),
+            "{body}"
+        );
+
+        let (status, _, body) = get(state.clone(), "/api/logs?start=yesterday").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("`start`"),
+            "{body}"
+        );
+
+        let (status, _, body) = get(
+            state,
+            "/api/logs?start=2023-11-14T00:00:00Z&end=2023-11-15T00:00:00Z",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["total_hits"], 1);
+    }
+
+    #[tokio::test]
+    async fn traces_answer_404_when_missing_and_400_for_bad_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, _, body) = get(
+            state.clone(),
+            "/api/traces/0123456789abcdef0123456789abcdef",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["errors"][0]["code"], 404);
+        let (status, _, _) = get(state, "/api/traces/not-hex").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_a_strict_content_security_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        for uri in ["/", "/ui/app.js", "/api/logs", "/health"] {
+            let (_, headers, _) = get(state(&dir.path().join(uri.replace('/', "_"))), uri).await;
+            let policy = headers
+                .get("content-security-policy")
+                .unwrap()
+                .to_str()
+                .unwrap();
+            assert!(
+                policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"),
+                "{uri}: {policy}"
+            );
+            assert_eq!(headers.get("x-content-type-options").unwrap(), "nosniff");
+        }
+    }
+}

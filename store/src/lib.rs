@@ -1,0 +1,26 @@
+//! Every on-disk format of Sightline, and the queries that read them.
+//!
+//! The store is a library with no network and no async runtime: the collector
+//! calls it from blocking threads. It owns
+//!
+//! - [`LogIndex`]: log records in a tantivy index on disk. The record is kept
+//!   whole (as it arrived) in a stored field and its parts are indexed for
+//!   search: `body` tokenized, `attributes` and `resource` as JSON fields, the
+//!   correlation ids (`trace_id`, `span_id`, `request_id`) as raw terms.
+//! - [`SpanStore`]: spans in a tantivy index keyed by trace id, so every span of
+//!   a trace comes back from one term lookup.
+//! - the data model both share: [`LogRecord`], [`Span`].
+//!
+//! Nothing outside this crate knows a file layout or a tantivy schema; nothing
+//! in this crate knows about OTLP, HTTP or the agent.
+
+mod error;
+mod logs;
+mod model;
+mod query;
+mod spans;
+
+pub use error::{Result, StoreError};
+pub use logs::{LogIndex, LogQuery, LogSearchResult};
+pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
+pub use spans::SpanStore;

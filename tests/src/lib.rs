@@ -1,0 +1,267 @@
+//! Harness for Sightline's end-to-end tests: real binaries on loopback.
+//!
+//! The binaries are the workspace's own, built by `cargo build --workspace
+//! --bins` (the README's test command does that first). Every wait is a
+//! bounded poll that fails with what it was waiting for.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary in the same target directory as this test.
+pub fn binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout`
+/// naming what it waited for and the last thing it saw.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("nothing yet");
+    loop {
+        match check().await {
+            Ok(Some(value)) => return value,
+            Ok(None) => {}
+            Err(error) => last = error,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Process {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to start {name}: {error}"));
+        Process {
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("{} did not stop within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Ports of one demo stack.
+#[derive(Debug, Clone, Copy)]
+pub struct StackPorts {
+    pub collector_grpc: u16,
+    pub ui: u16,
+    pub agent: u16,
+    pub gateway: u16,
+    pub order: u16,
+}
+
+/// The whole stack started by the real launcher: collector, agent, gateway
+/// and order, each its own process, with the launcher writing the services'
+/// output into kubelet-style CRI files.
+pub struct DemoStack {
+    pub ports: StackPorts,
+    pub data_dir: tempfile::TempDir,
+    pub launcher: Process,
+    pub http: reqwest::Client,
+}
+
+impl DemoStack {
+    pub async fn start() -> DemoStack {
+        let data_dir = tempfile::tempdir().expect("temporary data dir");
+        let ports = StackPorts {
+            collector_grpc: free_port(),
+            ui: free_port(),
+            agent: free_port(),
+            gateway: free_port(),
+            order: free_port(),
+        };
+        let launcher = Process::spawn(
+            "sightline-demo",
+            Command::new(binary("sightline-demo"))
+                .arg("--no-build")
+                .arg("--data-dir")
+                .arg(data_dir.path())
+                .args(["--collector-grpc-port", &ports.collector_grpc.to_string()])
+                .args(["--ui-port", &ports.ui.to_string()])
+                .args(["--agent-port", &ports.agent.to_string()])
+                .args(["--gateway-port", &ports.gateway.to_string()])
+                .args(["--order-port", &ports.order.to_string()])
+                .args(["--rate", "0"]),
+        );
+        let stack = DemoStack {
+            ports,
+            data_dir,
+            launcher,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        };
+        for url in [stack.ui_url("/health"), stack.gateway_url("/health/ready")] {
+            let http = stack.http.clone();
+            poll_until(
+                &format!("{url} to answer 200"),
+                Duration::from_secs(90),
+                || {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        match http.get(&url).send().await {
+                            Ok(response) if response.status().is_success() => Ok(Some(())),
+                            Ok(response) => Err(format!("status {}", response.status())),
+                            Err(error) => Err(error.to_string()),
+                        }
+                    }
+                },
+            )
+            .await;
+        }
+        stack
+    }
+
+    pub fn ui_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.ui)
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.gateway)
+    }
+
+    /// Places an order through the gateway with the given request id.
+    pub async fn place_order(&self, request_id: &str) -> reqwest::Response {
+        let response = self
+            .http
+            .post(self.gateway_url("/api/orders"))
+            .header("x-request-id", request_id)
+            .json(&serde_json::json!({"user_id": "u-e2e", "product_id": "p-1", "quantity": 2}))
+            .send()
+            .await
+            .expect("gateway answers");
+        assert!(
+            response.status().is_success(),
+            "order failed: {}",
+            response.status()
+        );
+        response
+    }
+
+    /// Polls the log search until records of every one of `services` match `query`.
+    pub async fn logs_from_services(
+        &self,
+        query: &str,
+        services: &[&str],
+    ) -> Vec<serde_json::Value> {
+        let url = self.ui_url("/api/logs");
+        poll_until(
+            &format!("logs matching {query:?} from {services:?}"),
+            Duration::from_secs(60),
+            || async {
+                let body: serde_json::Value = self
+                    .http
+                    .get(&url)
+                    .query(&[("q", query), ("limit", "100")])
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let records = body["records"].as_array().cloned().unwrap_or_default();
+                let found: Vec<&str> = records
+                    .iter()
+                    .filter_map(|r| r["service"].as_str())
+                    .collect();
+                if services.iter().all(|service| found.contains(service)) {
+                    Ok(Some(records))
+                } else {
+                    Err(format!("services so far: {found:?}"))
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// A fresh request id for one test.
+pub fn unique_request_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{nanos:x}-{}", std::process::id())
+}

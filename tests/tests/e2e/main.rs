@@ -1,0 +1,4 @@
+//! End-to-end tests: the real binaries on loopback, one test per module.
+
+mod browser;
+mod request_flow;

@@ -1,0 +1,151 @@
+//! One request through gateway and order, found again by its request id
+//! (logs, via the agent) and its trace id (spans, via OTLP).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use sightline_tests::{DemoStack, poll_until, unique_request_id};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_found_by_request_id_and_trace_id() {
+    let mut stack = DemoStack::start().await;
+    let request_id = unique_request_id("e2e");
+    let response = stack.place_order(&request_id).await;
+    assert_eq!(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(request_id.as_str()),
+        "the gateway echoes the request id"
+    );
+
+    // Logs: both services' lines, found by request_id, with Kubernetes
+    // fields the agent derived from the kubelet-style path.
+    let records = stack
+        .logs_from_services(&format!("request_id:{request_id}"), &["gateway", "order"])
+        .await;
+    for record in &records {
+        assert_eq!(record["request_id"], request_id.as_str());
+        let service = record["service"].as_str().unwrap();
+        let resource = &record["resource"];
+        assert_eq!(resource["k8s.namespace.name"], "shop", "record {record}");
+        assert_eq!(resource["k8s.container.name"], service, "record {record}");
+        let pod = resource["k8s.pod.name"].as_str().unwrap_or_default();
+        assert!(
+            pod.starts_with(&format!("{service}-")),
+            "pod {pod:?} of {service}"
+        );
+        assert!(
+            !resource["k8s.pod.uid"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert!(
+            !resource["host.name"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert_eq!(record["attributes"]["log.iostream"], "stdout");
+    }
+    let trace_ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["trace_id"].as_str())
+        .collect();
+    assert!(
+        !trace_ids.is_empty(),
+        "log lines carry the trace id: {records:?}"
+    );
+    let trace_id = trace_ids[0];
+    assert!(
+        trace_ids.iter().all(|id| *id == trace_id),
+        "one request, one trace: {trace_ids:?}"
+    );
+
+    // Spans: both services in one trace, order's work a descendant of gateway's.
+    let url = stack.ui_url(&format!("/api/traces/{trace_id}"));
+    let trace = poll_until(
+        "spans of both services",
+        Duration::from_secs(60),
+        || async {
+            let response = stack
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("status {}", response.status()));
+            }
+            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            let trace = body["data"][0].clone();
+            let services: Vec<&str> = trace["processes"]
+                .as_object()
+                .map(|p| {
+                    p.values()
+                        .filter_map(|p| p["serviceName"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if services.contains(&"gateway") && services.contains(&"order") {
+                Ok(Some(trace))
+            } else {
+                Err(format!("services so far: {services:?}"))
+            }
+        },
+    )
+    .await;
+    let service_of_process = |process: &Value| {
+        trace["processes"][process.as_str().unwrap()]["serviceName"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let spans = trace["spans"].as_array().unwrap();
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|s| (s["spanID"].as_str().unwrap(), s))
+        .collect();
+    let parent_of = |span: &Value| -> Option<&Value> {
+        let reference = span["references"]
+            .as_array()?
+            .iter()
+            .find(|r| r["refType"] == "CHILD_OF")?;
+        by_id.get(reference["spanID"].as_str()?).copied()
+    };
+    let order_server_span = spans
+        .iter()
+        .find(|s| service_of_process(&s["processID"]) == "order" && parent_of(s).is_some())
+        .unwrap_or_else(|| panic!("an order span with a parent in this trace: {trace:#}"));
+    let mut ancestor = parent_of(order_server_span);
+    let mut reached_gateway = false;
+    while let Some(span) = ancestor {
+        if service_of_process(&span["processID"]) == "gateway" {
+            reached_gateway = true;
+            break;
+        }
+        ancestor = parent_of(span);
+    }
+    assert!(
+        reached_gateway,
+        "order's span descends from a gateway span: {trace:#}"
+    );
+
+    // A trace that does not exist is a 404, as in Jaeger.
+    let missing = stack
+        .http
+        .get(stack.ui_url("/api/traces/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let status = stack.launcher.terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "launcher exits cleanly on SIGTERM: {status}"
+    );
+}
