@@ -1,0 +1,285 @@
+//! # sightline-agent
+//!
+//! The node agent of Sightline: it tails container log files, turns every
+//! line into an OpenTelemetry log record and ships the records to the
+//! collector over OTLP/gRPC. The file offsets it remembers advance only over
+//! records the collector acknowledged, so the log file itself is the buffer
+//! and a restart neither loses nor (beyond the last unacknowledged batch)
+//! repeats lines.
+//!
+//! ## The pipeline
+//!
+//! ```text
+//! discover ─► tail ─► decode ─► parse ─► (enrich, once per file) ─► batch ─► sink ─► collector
+//!  globs      bytes   CRI/plain  JSON     k8s/host resource          count/   OTLP     │
+//!  every 1s   lines   partials   fields                              time     gRPC     │
+//!                                                         checkpoint ◄── acknowledged ─┘
+//! ```
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | [`Cli`] flags, the validated [`Config`] and its [`config::Tuning`] |
+//! | `discover` | glob expansion, one reader task per `(device, inode)` |
+//! | `tail`, `lines` | reading appended bytes, splitting lines, rotation/truncation |
+//! | [`decode`] | runtime formats: CRI (with partial-line joining), plain fallback |
+//! | [`parse`] | JSON messages to attributes, severity, timestamp, trace context, `request_id` |
+//! | [`enrich`] | the per-file OTLP resource (k8s path, host, service name) |
+//! | `batch` | grouping records into export requests |
+//! | `sink` | OTLP/gRPC export with retry, committing offsets on acknowledgement |
+//! | [`checkpoint`] | acknowledged offsets per file, persisted atomically |
+//! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`, `GET /health` |
+//!
+//! Stages talk through bounded `tokio::sync::mpsc` queues: when the
+//! collector is slow, readers stop reading.
+//!
+//! ## Entry points
+//!
+//! [`run`] runs until SIGTERM/SIGINT; [`start`] returns a [`RunningAgent`]
+//! that tests stop with [`RunningAgent::shutdown`].
+//!
+//! ## What this crate must never do
+//!
+//! - depend on `tantivy`, `sightline-store` or any other crate that knows an
+//!   on-disk format of the collector: the only contract between agent and
+//!   collector is OTLP;
+//! - panic on input: undecodable bytes are decoded lossily and garbage lines
+//!   become plain records;
+//! - drop a batch silently, or grow a queue without bound.
+
+mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+mod discover;
+pub mod enrich;
+pub mod error;
+pub mod http;
+mod lines;
+pub mod metrics;
+mod otlp;
+pub mod parse;
+mod shutdown;
+mod sink;
+mod tail;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use crate::config::{Cli, Config};
+pub use crate::error::{AgentError, Result};
+pub use crate::metrics::Metrics;
+
+use crate::batch::{BatchLimits, run_batcher};
+use crate::checkpoint::CheckpointStore;
+use crate::discover::run_discovery;
+use crate::shutdown::ShutdownTrigger;
+use crate::sink::OtlpSink;
+use crate::tail::TailContext;
+
+/// Runs the agent until SIGTERM or SIGINT, then flushes what was read,
+/// writes checkpoints and returns.
+pub async fn run(config: Config) -> Result<()> {
+    let agent = start(config).await?;
+    wait_for_signal().await;
+    info!("shutdown requested");
+    agent.shutdown().await
+}
+
+/// A started agent; stop it with [`RunningAgent::shutdown`].
+#[derive(Debug)]
+pub struct RunningAgent {
+    trigger: ShutdownTrigger,
+    http_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    checkpoints: CheckpointStore,
+    discovery: JoinHandle<()>,
+    batcher: JoinHandle<()>,
+    sink: JoinHandle<()>,
+    persister: JoinHandle<()>,
+    http: JoinHandle<Result<()>>,
+}
+
+/// Validates `config`, loads checkpoints, binds the HTTP listener and starts
+/// every stage of the pipeline.
+pub async fn start(config: Config) -> Result<RunningAgent> {
+    config.validate()?;
+    let tuning = config.tuning.clone();
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .map_err(|source| AgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let checkpoint_path = config.checkpoint_path();
+    let checkpoints = tokio::task::spawn_blocking(move || CheckpointStore::load(&checkpoint_path))
+        .await
+        .map_err(|error| AgentError::Task {
+            task: "checkpoint",
+            reason: error.to_string(),
+        })??;
+    let metrics = Arc::new(Metrics::default());
+
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| AgentError::HttpBind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| AgentError::HttpBind {
+            addr: config.http_addr,
+            source,
+        })?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let (chunk_tx, chunk_rx) = mpsc::channel(tuning.reader_queue_chunks);
+    let (batch_tx, batch_rx) = mpsc::channel(tuning.sink_queue_batches);
+    let sink = OtlpSink::new(&config, checkpoints.clone(), Arc::clone(&metrics))?;
+
+    let tail_context = TailContext {
+        output: chunk_tx,
+        checkpoints: checkpoints.clone(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+        host_name: Arc::from(config.host_name.as_str()),
+        read_from_start: config.read_from_start,
+        poll_interval: tuning.poll_interval,
+        read_buffer_bytes: tuning.read_buffer_bytes,
+        max_line_bytes: tuning.max_line_bytes,
+    };
+    let limits = BatchLimits {
+        max_records: tuning.batch_max_records,
+        max_bytes: tuning.batch_max_bytes,
+        max_wait: tuning.batch_max_wait,
+    };
+
+    let http = tokio::spawn(http::serve(
+        listener,
+        http::router(Arc::clone(&metrics)),
+        shutdown.clone(),
+    ));
+    let discovery = tokio::spawn(run_discovery(
+        config.include.clone(),
+        tuning.discovery_interval,
+        tail_context,
+    ));
+    let batcher = tokio::spawn(run_batcher(chunk_rx, batch_tx, limits));
+    let sink = tokio::spawn(sink.run(batch_rx, shutdown.clone()));
+    let persister = tokio::spawn(persist_periodically(
+        checkpoints.clone(),
+        Arc::clone(&metrics),
+        tuning.checkpoint_interval,
+        shutdown,
+    ));
+    info!(
+        %http_addr,
+        collector = %config.collector,
+        include = ?config.include,
+        host_name = %config.host_name,
+        "agent started"
+    );
+    Ok(RunningAgent {
+        trigger,
+        http_addr,
+        metrics,
+        checkpoints,
+        discovery,
+        batcher,
+        sink,
+        persister,
+        http,
+    })
+}
+
+impl RunningAgent {
+    /// Address the health/metrics server listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Stops reading, delivers what was read (within the shutdown grace),
+    /// writes checkpoints and waits for every task.
+    pub async fn shutdown(self) -> Result<()> {
+        self.trigger.trigger();
+        // Order matters: readers hang up, then the batcher flushes, then the
+        // sink drains; only then are the final offsets known.
+        join("discovery", self.discovery).await?;
+        join("batcher", self.batcher).await?;
+        join("sink", self.sink).await?;
+        join("checkpoint", self.persister).await?;
+        persist(&self.checkpoints, &self.metrics).await;
+        join("http", self.http).await??;
+        info!("agent stopped");
+        Ok(())
+    }
+}
+
+async fn join<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T> {
+    handle.await.map_err(|error| AgentError::Task {
+        task,
+        reason: error.to_string(),
+    })
+}
+
+async fn persist_periodically(
+    checkpoints: CheckpointStore,
+    metrics: Arc<Metrics>,
+    interval: std::time::Duration,
+    mut shutdown: shutdown::Shutdown,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => persist(&checkpoints, &metrics).await,
+            () = shutdown.triggered() => return,
+        }
+    }
+}
+
+async fn persist(checkpoints: &CheckpointStore, metrics: &Metrics) {
+    match checkpoints.persist().await {
+        Ok(true) => metrics.add_checkpoint_write(true),
+        Ok(false) => {}
+        Err(error) => {
+            metrics.add_checkpoint_write(false);
+            warn!(%error, "failed to write checkpoints");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,28 @@
+//! `sightline-agent`: parses flags, sets up logging to stderr and runs the
+//! agent library until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::Parser;
+use sightline_agent::Cli;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = Cli::parse().into_config();
+    match sightline_agent::run(config).await.context("agent failed") {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! Parsers: turn a decoded entry into an OTLP [`LogRecord`].
+//!
+//! Today there is one parser: a message that is a JSON object becomes
+//! structured (fields as attributes, promoted severity, timestamp, trace
+//! context and request id); anything else stays plain text in the body.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use serde_json::{Map, Value};
+
+use crate::decode::{Entry, parse_rfc3339_nanos};
+use crate::otlp;
+
+/// Attribute holding the stream (`stdout`/`stderr`) a line was written to.
+pub const ATTR_IOSTREAM: &str = "log.iostream";
+/// Attribute holding the request id, whatever the application called it.
+pub const ATTR_REQUEST_ID: &str = "request_id";
+
+const BODY_KEYS: &[&str] = &["message", "msg"];
+const SEVERITY_KEYS: &[&str] = &["level", "severity", "lvl"];
+const TIMESTAMP_KEYS: &[&str] = &["timestamp", "time", "ts"];
+const TRACE_ID_KEYS: &[&str] = &["trace_id", "traceId"];
+const SPAN_ID_KEYS: &[&str] = &["span_id", "spanId"];
+const REQUEST_ID_KEYS: &[&str] = &["request_id", "requestId", "x-request-id", "correlation_id"];
+/// Nested object where `tracing-subscriber`'s JSON format puts event fields.
+const NESTED_FIELDS_KEY: &str = "fields";
+
+/// Normalised severity, with the OTLP severity numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// TRACE = 1
+    Trace,
+    /// DEBUG = 5
+    Debug,
+    /// INFO = 9
+    Info,
+    /// WARN = 13
+    Warn,
+    /// ERROR = 17
+    Error,
+    /// FATAL = 21
+    Fatal,
+}
+
+impl Severity {
+    /// The OTLP `severity_text`.
+    pub fn text(self) -> &'static str {
+        match self {
+            Severity::Trace => "TRACE",
+            Severity::Debug => "DEBUG",
+            Severity::Info => "INFO",
+            Severity::Warn => "WARN",
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+
+    /// The OTLP `severity_number`.
+    pub fn number(self) -> i32 {
+        match self {
+            Severity::Trace => 1,
+            Severity::Debug => 5,
+            Severity::Info => 9,
+            Severity::Warn => 13,
+            Severity::Error => 17,
+            Severity::Fatal => 21,
+        }
+    }
+
+    /// Recognises the usual level names, case-insensitively.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        let severity = match name.trim().to_ascii_lowercase().as_str() {
+            "trace" | "trc" => Severity::Trace,
+            "debug" | "dbg" => Severity::Debug,
+            "info" | "inf" | "information" | "informational" | "notice" => Severity::Info,
+            "warn" | "wrn" | "warning" => Severity::Warn,
+            "error" | "err" | "eror" => Severity::Error,
+            "fatal" | "ftl" | "critical" | "crit" | "panic" | "dpanic" | "emerg" | "emergency"
+            | "alert" => Severity::Fatal,
+            _ => return None,
+        };
+        Some(severity)
+    }
+
+    /// Numeric levels as written by pino and bunyan (10..60).
+    pub fn from_number(level: i64) -> Option<Severity> {
+        let severity = match level {
+            10 => Severity::Trace,
+            20 => Severity::Debug,
+            30 => Severity::Info,
+            40 => Severity::Warn,
+            50 => Severity::Error,
+            60 => Severity::Fatal,
+            _ => return None,
+        };
+        Some(severity)
+    }
+}
+
+/// Builds the OTLP record for one decoded entry. Never fails: input that is
+/// not a JSON object is kept as plain text.
+pub(crate) fn parse_entry(entry: Entry, observed_unix_nano: u64) -> LogRecord {
+    let mut record = LogRecord {
+        time_unix_nano: entry.timestamp_unix_nano.unwrap_or(observed_unix_nano),
+        observed_time_unix_nano: observed_unix_nano,
+        ..Default::default()
+    };
+    match json_object(&entry.message) {
+        Some(object) => apply_json(&mut record, object, &entry.message),
+        None => record.body = Some(otlp::string_value(entry.message)),
+    }
+    if let Some(stream) = entry.stream {
+        record.attributes.push(otlp::key_value(
+            ATTR_IOSTREAM,
+            otlp::string_value(stream.as_str()),
+        ));
+    }
+    record
+}
+
+fn json_object(message: &str) -> Option<Map<String, Value>> {
+    let trimmed = message.trim();
+    if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        return None;
+    }
+    match serde_json::from_str(trimmed) {
+        Ok(Value::Object(object)) => Some(object),
+        _ => None,
+    }
+}
+
+fn apply_json(record: &mut LogRecord, mut object: Map<String, Value>, raw: &str) {
+    let body = take_first(&mut object, BODY_KEYS)
+        .or_else(|| take_nested(&mut object, BODY_KEYS))
+        .map(|value| match value {
+            Value::String(text) => otlp::string_value(text),
+            other => json_to_any(other),
+        });
+    record.body = Some(body.unwrap_or_else(|| otlp::string_value(raw)));
+
+    if let Some(level) = take_first(&mut object, SEVERITY_KEYS) {
+        let (text, number) = severity_of(&level);
+        record.severity_text = text;
+        record.severity_number = number;
+    }
+
+    if let Some(time_unix_nano) = take_parsed(&mut object, TIMESTAMP_KEYS, timestamp_of) {
+        record.time_unix_nano = time_unix_nano;
+    }
+
+    let trace_id = take_parsed(&mut object, TRACE_ID_KEYS, hex_id::<16>)
+        .or_else(|| take_parsed_nested(&mut object, TRACE_ID_KEYS, hex_id::<16>));
+    if let Some(trace_id) = trace_id {
+        record.trace_id = trace_id.to_vec();
+    }
+    let span_id = take_parsed(&mut object, SPAN_ID_KEYS, hex_id::<8>)
+        .or_else(|| take_parsed_nested(&mut object, SPAN_ID_KEYS, hex_id::<8>));
+    if let Some(span_id) = span_id {
+        record.span_id = span_id.to_vec();
+    }
+
+    let request_id = take_first(&mut object, REQUEST_ID_KEYS)
+        .or_else(|| take_nested(&mut object, REQUEST_ID_KEYS));
+    if let Some(request_id) = request_id {
+        let text = match request_id {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        record
+            .attributes
+            .push(otlp::key_value(ATTR_REQUEST_ID, otlp::string_value(text)));
+    }
+
+    record.attributes.extend(object_to_key_values(object));
+}
+
+/// Removes and returns the value of the first key present.
+fn take_first(object: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
+    keys.iter().find_map(|key| object.remove(*key))
+}
+
+/// Like [`take_first`], inside the nested `fields` object.
+fn take_nested(object: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
+    match object.get_mut(NESTED_FIELDS_KEY) {
+        Some(Value::Object(fields)) => take_first(fields, keys),
+        _ => None,
+    }
+}
+
+/// Removes the first key whose value `parse` accepts; others stay put.
+fn take_parsed<T>(
+    object: &mut Map<String, Value>,
+    keys: &[&str],
+    parse: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
+    for key in keys {
+        if let Some(parsed) = object.get(*key).and_then(&parse) {
+            object.remove(*key);
+            return Some(parsed);
+        }
+    }
+    None
+}
+
+fn take_parsed_nested<T>(
+    object: &mut Map<String, Value>,
+    keys: &[&str],
+    parse: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
+    match object.get_mut(NESTED_FIELDS_KEY) {
+        Some(Value::Object(fields)) => take_parsed(fields, keys, parse),
+        _ => None,
+    }
+}
+
+/// Severity text and number of a level value; unknown names keep their
+/// text (uppercased) with number 0 (unspecified).
+fn severity_of(level: &Value) -> (String, i32) {
+    let known = match level {
+        Value::String(name) => Severity::from_name(name),
+        Value::Number(number) => number.as_i64().and_then(Severity::from_number),
+        _ => None,
+    };
+    match known {
+        Some(severity) => (severity.text().to_owned(), severity.number()),
+        None => match level {
+            Value::String(name) => (name.trim().to_uppercase(), 0),
+            other => (other.to_string(), 0),
+        },
+    }
+}
+
+/// RFC 3339 text, or a Unix epoch number in s, ms, µs or ns (guessed from
+/// its magnitude, as zap and pino write them).
+fn timestamp_of(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(text) => parse_rfc3339_nanos(text),
+        Value::Number(number) => {
+            // Integers are scaled exactly; floats (`1700000000.123`) as floats.
+            if let Some(epoch) = number.as_u64() {
+                let scale = match epoch {
+                    0 => return None,
+                    e if e >= 100_000_000_000_000_000 => 1,
+                    e if e >= 100_000_000_000_000 => 1_000,
+                    e if e >= 100_000_000_000 => 1_000_000,
+                    _ => 1_000_000_000,
+                };
+                return epoch.checked_mul(scale);
+            }
+            let epoch = number.as_f64()?;
+            if !epoch.is_finite() || epoch <= 0.0 {
+                return None;
+            }
+            let nanos = if epoch >= 1e17 {
+                epoch
+            } else if epoch >= 1e14 {
+                epoch * 1e3
+            } else if epoch >= 1e11 {
+                epoch * 1e6
+            } else {
+                epoch * 1e9
+            };
+            // Float to int casts saturate; anything past u64 is nonsense anyway.
+            Some(nanos as u64)
+        }
+        _ => None,
+    }
+}
+
+/// A hex id of exactly `N` bytes that is not all zeros (invalid in W3C).
+fn hex_id<const N: usize>(value: &Value) -> Option<[u8; N]> {
+    let Value::String(text) = value else {
+        return None;
+    };
+    let mut id = [0u8; N];
+    hex::decode_to_slice(text.trim(), &mut id).ok()?;
+    id.iter().any(|byte| *byte != 0).then_some(id)
+}
+
+fn object_to_key_values(object: Map<String, Value>) -> Vec<KeyValue> {
+    object
+        .into_iter()
+        .map(|(key, value)| otlp::key_value(key, json_to_any(value)))
+        .collect()
+}
+
+/// Maps JSON to an OTLP [`AnyValue`]: objects to kvlists, arrays to arrays,
+/// integers to int, other numbers to double.
+pub(crate) fn json_to_any(value: Value) -> AnyValue {
+    match value {
+        Value::Null => otlp::empty_value(),
+        Value::Bool(flag) => otlp::bool_value(flag),
+        Value::Number(number) => match number.as_i64() {
+            Some(integer) => otlp::int_value(integer),
+            None => otlp::double_value(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(text) => otlp::string_value(text),
+        Value::Array(values) => otlp::array_value(values.into_iter().map(json_to_any).collect()),
+        Value::Object(object) => otlp::kvlist_value(object_to_key_values(object)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::IoStream;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+
+    const OBSERVED: u64 = 42;
+    const CRI_TIME: u64 = 1_795_240_128_123_456_789;
+
+    fn parse(message: &str) -> LogRecord {
+        let entry = Entry {
+            timestamp_unix_nano: Some(CRI_TIME),
+            stream: Some(IoStream::Stdout),
+            message: message.to_owned(),
+            commit_offset: 0,
+        };
+        parse_entry(entry, OBSERVED)
+    }
+
+    /// Renders an AnyValue compactly for table-driven assertions.
+    fn show(value: &AnyValue) -> String {
+        match &value.value {
+            None => "null".to_owned(),
+            Some(Any::StringValue(text)) => format!("{text:?}"),
+            Some(Any::BoolValue(flag)) => flag.to_string(),
+            Some(Any::IntValue(integer)) => format!("{integer}i"),
+            Some(Any::DoubleValue(double)) => format!("{double}f"),
+            Some(Any::ArrayValue(array)) => {
+                format!(
+                    "[{}]",
+                    array.values.iter().map(show).collect::<Vec<_>>().join(",")
+                )
+            }
+            Some(Any::KvlistValue(list)) => format!("{{{}}}", show_attributes(&list.values)),
+            Some(other) => format!("{other:?}"),
+        }
+    }
+
+    fn show_attributes(attributes: &[KeyValue]) -> String {
+        let mut parts: Vec<String> = attributes
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{}={}",
+                    kv.key,
+                    kv.value.as_ref().map(show).unwrap_or_default()
+                )
+            })
+            .collect();
+        parts.sort();
+        parts.join(",")
+    }
+
+    /// `body | severity_text/number | time | attributes`
+    fn render(record: &LogRecord) -> String {
+        format!(
+            "{} | {}/{} | {} | {}",
+            record.body.as_ref().map(show).unwrap_or_default(),
+            record.severity_text,
+            record.severity_number,
+            record.time_unix_nano,
+            show_attributes(&record.attributes)
+        )
+    }
+
+    #[test]
+    fn json_and_plain_messages() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"level":"INFO","msg":"order placed","order":{"id":7,"items":["a","b"]},"ok":true,"ratio":0.5}"#,
+                r#""order placed" | INFO/9 | 1795240128123456789 | log.iostream="stdout",ok=true,order={id=7i,items=["a","b"]},ratio=0.5f"#,
+            ),
+            (
+                r#"{"severity":"warning","message":"slow","time":"2026-11-21T07:48:48.123456789+02:00"}"#,
+                r#""slow" | WARN/13 | 1795240128123456789 | log.iostream="stdout""#,
+            ),
+            (
+                r#"{"lvl":"eRRor","msg":"boom","ts":"not a time"}"#,
+                r#""boom" | ERROR/17 | 1795240128123456789 | log.iostream="stdout",ts="not a time""#,
+            ),
+            (
+                r#"{"timestamp":"2026-11-21T05:48:48Z","level":"INFO","fields":{"message":"tracing event","user":"u1"},"target":"order"}"#,
+                r#""tracing event" | INFO/9 | 1795240128000000000 | fields={user="u1"},log.iostream="stdout",target="order""#,
+            ),
+            (
+                r#"{"level":30,"time":1795240128123,"msg":"pino"}"#,
+                r#""pino" | INFO/9 | 1795240128123000000 | log.iostream="stdout""#,
+            ),
+            (
+                r#"{"level":"verbose","msg":"custom level","v":null}"#,
+                r#""custom level" | VERBOSE/0 | 1795240128123456789 | log.iostream="stdout",v=null"#,
+            ),
+            (
+                r#"{"no_message":1}"#,
+                r#""{\"no_message\":1}" | /0 | 1795240128123456789 | log.iostream="stdout",no_message=1i"#,
+            ),
+            (
+                "plain text",
+                r#""plain text" | /0 | 1795240128123456789 | log.iostream="stdout""#,
+            ),
+            (
+                r#"{"broken": "#,
+                r#""{\"broken\": " | /0 | 1795240128123456789 | log.iostream="stdout""#,
+            ),
+            (
+                "[1,2]",
+                r#""[1,2]" | /0 | 1795240128123456789 | log.iostream="stdout""#,
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(render(&parse(input)), *expected, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn severity_names() {
+        let cases: &[(&str, Option<(&str, i32)>)] = &[
+            ("trace", Some(("TRACE", 1))),
+            ("DEBUG", Some(("DEBUG", 5))),
+            ("Info", Some(("INFO", 9))),
+            ("notice", Some(("INFO", 9))),
+            ("warning", Some(("WARN", 13))),
+            ("WARN", Some(("WARN", 13))),
+            ("err", Some(("ERROR", 17))),
+            ("critical", Some(("FATAL", 21))),
+            ("panic", Some(("FATAL", 21))),
+            ("loud", None),
+        ];
+        for (name, expected) in cases {
+            let got =
+                Severity::from_name(name).map(|severity| (severity.text(), severity.number()));
+            assert_eq!(got, *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn trace_context_and_request_id() {
+        let record = parse(
+            r#"{"msg":"charged","trace_id":"4BF92F3577B34DA6A3CE929D0E0E4736","spanId":"00f067aa0ba902b7","requestId":"req-42"}"#,
+        );
+        assert_eq!(
+            hex::encode(&record.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(hex::encode(&record.span_id), "00f067aa0ba902b7");
+        assert_eq!(
+            show_attributes(&record.attributes),
+            r#"log.iostream="stdout",request_id="req-42""#
+        );
+    }
+
+    #[test]
+    fn invalid_trace_ids_stay_attributes() {
+        let record = parse(
+            r#"{"msg":"x","trace_id":"abc","span_id":"0000000000000000","x-request-id":1234,"correlation_id":"c"}"#,
+        );
+        assert!(record.trace_id.is_empty());
+        assert!(record.span_id.is_empty());
+        assert_eq!(
+            show_attributes(&record.attributes),
+            r#"correlation_id="c",log.iostream="stdout",request_id="1234",span_id="0000000000000000",trace_id="abc""#
+        );
+    }
+
+    #[test]
+    fn nested_fields_trace_context() {
+        let record = parse(
+            r#"{"level":"DEBUG","fields":{"message":"m","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","request_id":"r1"}}"#,
+        );
+        assert_eq!(
+            hex::encode(&record.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            show_attributes(&record.attributes),
+            r#"fields={},log.iostream="stdout",request_id="r1""#
+        );
+    }
+
+    #[test]
+    fn plain_entry_without_runtime_time_uses_observed_time() {
+        let entry = Entry {
+            timestamp_unix_nano: None,
+            stream: None,
+            message: "hi".to_owned(),
+            commit_offset: 3,
+        };
+        let record = parse_entry(entry, OBSERVED);
+        assert_eq!(record.time_unix_nano, OBSERVED);
+        assert_eq!(record.observed_time_unix_nano, OBSERVED);
+        assert!(record.attributes.is_empty());
+    }
+}

@@ -1,0 +1,278 @@
+//! The OTLP/gRPC sink: sends batches to the collector, retries what can be
+//! retried, and commits file offsets only for acknowledged batches.
+//!
+//! Batches are sent one at a time, in order, so offsets of a file are
+//! committed in order. A batch is never dropped silently: retryable
+//! failures are retried with exponential backoff and jitter for as long as
+//! the agent runs; a permanent rejection is logged and counted. After
+//! shutdown is requested, delivery is attempted for a grace period; what is
+//! still unsent then is left uncommitted and read again at the next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::{debug, error, warn};
+
+use crate::batch::Batch;
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+use crate::error::{AgentError, Result};
+use crate::metrics::{FailureReason, Metrics, RetryReason};
+use crate::shutdown::Shutdown;
+
+/// How long to wait for a TCP connection to the collector.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends batches to an OTLP logs endpoint.
+#[derive(Debug)]
+pub(crate) struct OtlpSink {
+    client: LogsServiceClient<Channel>,
+    checkpoints: CheckpointStore,
+    metrics: Arc<Metrics>,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    shutdown_grace: Duration,
+}
+
+/// What became of one batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The collector acknowledged it.
+    Delivered,
+    /// The collector refused it for good; it was logged and counted.
+    Rejected,
+    /// Shutdown grace ran out before it could be delivered.
+    Abandoned,
+}
+
+impl OtlpSink {
+    /// Builds the sink with a lazy channel: nothing connects until the
+    /// first export, and a collector that is not up yet is retried.
+    pub(crate) fn new(
+        config: &Config,
+        checkpoints: CheckpointStore,
+        metrics: Arc<Metrics>,
+    ) -> Result<OtlpSink> {
+        let endpoint = Endpoint::from_shared(config.collector.clone())
+            .map_err(|error| AgentError::InvalidConfig {
+                key: "collector",
+                reason: error.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(config.tuning.export_timeout)
+            .tcp_nodelay(true);
+        let client = LogsServiceClient::new(endpoint.connect_lazy())
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(4 * 1024 * 1024);
+        Ok(OtlpSink {
+            client,
+            checkpoints,
+            metrics,
+            initial_backoff: config.tuning.retry_initial_backoff,
+            max_backoff: config.tuning.retry_max_backoff,
+            shutdown_grace: config.tuning.shutdown_grace,
+        })
+    }
+
+    /// Delivers batches until the batcher hangs up.
+    pub(crate) async fn run(mut self, mut input: mpsc::Receiver<Batch>, shutdown: Shutdown) {
+        let mut grace = Grace {
+            shutdown,
+            deadline: None,
+            grace: self.shutdown_grace,
+        };
+        while let Some(mut batch) = input.recv().await {
+            let records = batch.record_count() as u64;
+            match self.deliver(&mut batch, &mut grace).await {
+                Outcome::Delivered => {
+                    self.metrics.add_sent(records);
+                    self.commit(&batch);
+                }
+                Outcome::Rejected => {
+                    self.metrics.add_failed(FailureReason::Rejected, records);
+                    self.commit(&batch);
+                }
+                Outcome::Abandoned => {
+                    warn!(
+                        records,
+                        "shutdown grace over, records left for the next start"
+                    );
+                }
+            }
+        }
+    }
+
+    fn commit(&self, batch: &Batch) {
+        for group in &batch.files {
+            self.checkpoints
+                .commit(group.source.key, &group.source.path, group.commit_offset);
+        }
+    }
+
+    async fn deliver(&mut self, batch: &mut Batch, grace: &mut Grace) -> Outcome {
+        let request = batch.take_request();
+        let records = batch.record_count();
+        let mut backoff = self.initial_backoff;
+        let mut attempt: u32 = 0;
+        loop {
+            if grace.is_over() {
+                return Outcome::Abandoned;
+            }
+            attempt += 1;
+            let status = match self.client.export(request.clone()).await {
+                Ok(response) => {
+                    if let Some(partial) = response.into_inner().partial_success {
+                        let rejected = u64::try_from(partial.rejected_log_records).unwrap_or(0);
+                        if rejected > 0 {
+                            warn!(rejected, reason = %partial.error_message, "collector rejected some records");
+                            self.metrics
+                                .add_failed(FailureReason::PartialSuccess, rejected);
+                        }
+                    }
+                    debug!(records, attempt, "batch delivered");
+                    return Outcome::Delivered;
+                }
+                Err(status) => status,
+            };
+            let Some(reason) = retry_reason(&status) else {
+                error!(records, code = ?status.code(), message = status.message(), "collector rejected batch, dropping it");
+                return Outcome::Rejected;
+            };
+            self.metrics.add_retry(reason);
+            let delay = jittered(backoff);
+            warn!(
+                records,
+                attempt,
+                code = ?status.code(),
+                message = status.message(),
+                retry_in_ms = delay.as_millis() as u64,
+                "export failed, retrying"
+            );
+            if !grace.sleep(delay).await {
+                return Outcome::Abandoned;
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+}
+
+/// Retryable statuses per the OTLP spec, plus `RESOURCE_EXHAUSTED` (the
+/// collector pushing back); `None` means permanent.
+fn retry_reason(status: &Status) -> Option<RetryReason> {
+    match status.code() {
+        Code::Unavailable => Some(RetryReason::Unavailable),
+        Code::ResourceExhausted => Some(RetryReason::ResourceExhausted),
+        Code::DeadlineExceeded => Some(RetryReason::DeadlineExceeded),
+        Code::Cancelled | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
+            Some(RetryReason::Other)
+        }
+        _ => None,
+    }
+}
+
+/// Between half and all of `backoff`, so agents restarted together do not
+/// retry in lockstep.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+    half + Duration::from_millis(rand::rng().random_range(0..=spread))
+}
+
+/// Tracks the shutdown grace period of the sink.
+struct Grace {
+    shutdown: Shutdown,
+    deadline: Option<Instant>,
+    grace: Duration,
+}
+
+impl Grace {
+    fn note_shutdown(&mut self) {
+        if self.deadline.is_none() && self.shutdown.is_triggered() {
+            self.deadline = Some(Instant::now() + self.grace);
+        }
+    }
+
+    fn is_over(&mut self) -> bool {
+        self.note_shutdown();
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Sleeps `delay`; false if the grace period ends first.
+    async fn sleep(&mut self, delay: Duration) -> bool {
+        let wake = Instant::now() + delay;
+        self.note_shutdown();
+        if self.deadline.is_none() {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => return true,
+                () = self.shutdown.triggered() => self.note_shutdown(),
+            }
+        }
+        match self.deadline {
+            Some(deadline) if deadline <= wake => false,
+            _ => {
+                tokio::time::sleep_until(wake).await;
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes() {
+        let cases = [
+            (Code::Unavailable, Some(RetryReason::Unavailable)),
+            (
+                Code::ResourceExhausted,
+                Some(RetryReason::ResourceExhausted),
+            ),
+            (Code::DeadlineExceeded, Some(RetryReason::DeadlineExceeded)),
+            (Code::Aborted, Some(RetryReason::Other)),
+            (Code::InvalidArgument, None),
+            (Code::Unimplemented, None),
+            (Code::PermissionDenied, None),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(retry_reason(&Status::new(code, "x")), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_full() {
+        for _ in 0..100 {
+            let delay = jittered(Duration::from_millis(400));
+            assert!(
+                delay >= Duration::from_millis(200) && delay <= Duration::from_millis(400),
+                "{delay:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grace_ends_sleep_after_shutdown() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let mut grace = Grace {
+            shutdown,
+            deadline: None,
+            grace: Duration::from_secs(1),
+        };
+        assert!(grace.sleep(Duration::from_millis(10)).await);
+        trigger.trigger();
+        assert!(!grace.sleep(Duration::from_secs(5)).await);
+        assert!(grace.sleep(Duration::from_millis(10)).await);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(grace.is_over());
+    }
+}
