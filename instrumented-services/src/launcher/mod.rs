@@ -1,0 +1,476 @@
+//! `sightline-demo`: the whole stack with one command.
+//!
+//! [`run`] builds the binaries (under `cargo run`), then starts, each as a
+//! child process on loopback and in this order, waiting for each to be
+//! healthy:
+//!
+//! 1. `sightline-collector` (OTLP gRPC, query API and UI), output in
+//!    `<data-dir>/logs/sightline-collector.log`;
+//! 2. `sightline-agent`, tailing `<data-dir>/pods/*/*/*.log`, output in
+//!    `<data-dir>/logs/sightline-agent.log`;
+//! 3. the shop services (`order`, then `gateway`), whose output the launcher
+//!    writes as a container runtime would (see [`crate::cri`]).
+//!
+//! It then prints `Sightline UI: http://127.0.0.1:<ui-port>/`, sends demo
+//! traffic ([`crate::traffic`]), and on SIGINT/SIGTERM stops the traffic and
+//! the children in reverse order. A child that dies on its own is reported
+//! (name, exit status, log file) and ends the demo with an error.
+
+mod children;
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+
+pub use children::{ChildSpec, Children, RunningChild, UnexpectedExit};
+
+use crate::cri::PodIdentity;
+use crate::shutdown::ShutdownSignals;
+
+/// The collector's and the agent's binary names.
+const COLLECTOR_BIN: &str = "sightline-collector";
+const AGENT_BIN: &str = "sightline-agent";
+const SERVICE_BIN: &str = "shop-service";
+
+/// Kubernetes namespace the demo's pods pretend to live in.
+const NAMESPACE: &str = "shop";
+
+/// How long the collector may take to answer its health check (it may
+/// replay its WAL).
+const COLLECTOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the agent and each service may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command line of `sightline-demo`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sightline-demo",
+    version,
+    about = "Runs the Sightline stack and a demo shop with live traffic"
+)]
+pub struct DemoArgs {
+    /// Where everything is kept: collector and agent state, the services'
+    /// container logs (`pods/`), the platform's own logs (`logs/`).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Port of the collector's OTLP gRPC receiver.
+    #[arg(long, default_value_t = 4317)]
+    pub collector_grpc_port: u16,
+
+    /// Port of the collector's HTTP query API and UI.
+    #[arg(long, default_value_t = 7070)]
+    pub ui_port: u16,
+
+    /// Port of the agent's health and self-metrics endpoint.
+    #[arg(long, default_value_t = 2020)]
+    pub agent_port: u16,
+
+    /// Port of the gateway service.
+    #[arg(long, default_value_t = 8000)]
+    pub gateway_port: u16,
+
+    /// Port of the order service.
+    #[arg(long, default_value_t = 8002)]
+    pub order_port: u16,
+
+    /// Demo orders per second sent to the gateway; 0 sends none.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+
+    /// Do not run `cargo build` first, use the binaries as they are.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl DemoArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(self.rate.is_finite() && (0.0..=1000.0).contains(&self.rate)) {
+            bail!(
+                "--rate must be between 0 and 1000 requests per second, got {}",
+                self.rate
+            );
+        }
+        let ports = [
+            ("--collector-grpc-port", self.collector_grpc_port),
+            ("--ui-port", self.ui_port),
+            ("--agent-port", self.agent_port),
+            ("--gateway-port", self.gateway_port),
+            ("--order-port", self.order_port),
+        ];
+        for (index, (flag, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                bail!("{flag} must not be 0");
+            }
+            if let Some((other, _)) = ports[..index].iter().find(|(_, other)| other == port) {
+                bail!("{flag} and {other} are both {port}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layout of `--data-dir`.
+#[derive(Debug, Clone)]
+pub struct DataLayout {
+    /// The data directory itself, absolute.
+    pub root: PathBuf,
+}
+
+impl DataLayout {
+    /// The collector's `--data-dir`.
+    pub fn collector(&self) -> PathBuf {
+        self.root.join("collector")
+    }
+
+    /// The agent's `--data-dir`.
+    pub fn agent(&self) -> PathBuf {
+        self.root.join("agent")
+    }
+
+    /// The kubelet-style pod log directory.
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    /// The platform processes' own logs.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// The agent's `--include` glob: every container log of every pod.
+    pub fn pod_logs_glob(&self) -> OsString {
+        let mut glob = self.pods().into_os_string();
+        glob.push("/*/*/*.log");
+        glob
+    }
+}
+
+/// The sibling executables the launcher starts.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `sightline-collector`.
+    pub collector: PathBuf,
+    /// `sightline-agent`.
+    pub agent: PathBuf,
+    /// `shop-service`.
+    pub service: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries next to the running executable.
+    pub fn beside_current_exe() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("failed to locate the running executable")?;
+        let directory = exe
+            .parent()
+            .context("the running executable has no parent directory")?;
+        Self::in_directory(directory)
+    }
+
+    /// Finds the binaries in `directory`, naming any missing one and how to
+    /// build it.
+    pub fn in_directory(directory: &Path) -> anyhow::Result<Self> {
+        let find = |name: &str, package: &str| {
+            let path = directory.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                let profile = if cfg!(debug_assertions) {
+                    ""
+                } else {
+                    " --release"
+                };
+                Err(anyhow::anyhow!(
+                    "{name} not found in {}; build it with `cargo build{profile} -p {package}` \
+                     (or run `cargo run{profile} -p sightline-demo` without --no-build)",
+                    directory.display()
+                ))
+            }
+        };
+        Ok(Self {
+            collector: find(COLLECTOR_BIN, "sightline-collector")?,
+            agent: find(AGENT_BIN, "sightline-agent")?,
+            service: find(SERVICE_BIN, "sightline-demo")?,
+        })
+    }
+}
+
+/// Runs the demo until SIGINT/SIGTERM (`Ok`) or until something fails.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let mut signals = ShutdownSignals::install().context("failed to install signal handlers")?;
+    if !args.no_build {
+        build_binaries().await?;
+    }
+    let binaries = Binaries::beside_current_exe()?;
+    let root = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("invalid --data-dir {}", args.data_dir.display()))?;
+    let layout = DataLayout { root };
+    for directory in [
+        layout.collector(),
+        layout.agent(),
+        layout.pods(),
+        layout.logs(),
+    ] {
+        std::fs::create_dir_all(&directory)
+            .with_context(|| format!("failed to create {}", directory.display()))?;
+    }
+
+    let mut children = Children::default();
+    let (stop_traffic, traffic_stopped) = watch::channel(false);
+    let mut traffic = None;
+    let outcome = tokio::select! {
+        reason = signals.recv() => {
+            tracing::info!(signal = reason.as_str(), "stopping the demo");
+            Ok(())
+        }
+        outcome = start_and_supervise(&args, &binaries, &layout, &mut children, traffic_stopped, &mut traffic) => outcome,
+    };
+    let _ = stop_traffic.send(true);
+    if let Some(traffic) = traffic {
+        let _ = traffic.await;
+    }
+    children.stop_all().await;
+    outcome
+}
+
+/// Starts everything, then waits for a child to die (only returns then, or
+/// on an error; the caller's signal branch is the normal way out).
+async fn start_and_supervise(
+    args: &DemoArgs,
+    binaries: &Binaries,
+    layout: &DataLayout,
+    children: &mut Children,
+    traffic_stopped: watch::Receiver<bool>,
+    traffic: &mut Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .build()
+        .context("failed to build the HTTP client")?;
+    let collector_grpc = loopback(args.collector_grpc_port);
+    let ui = loopback(args.ui_port);
+    let agent_http = loopback(args.agent_port);
+    let order_addr = loopback(args.order_port);
+    let gateway_addr = loopback(args.gateway_port);
+    let otlp_endpoint = format!("http://{collector_grpc}");
+
+    let collector = ChildSpec {
+        name: COLLECTOR_BIN.into(),
+        program: binaries.collector.clone(),
+        args: vec![
+            "--data-dir".into(),
+            layout.collector().into(),
+            "--otlp-grpc-addr".into(),
+            collector_grpc.to_string().into(),
+            "--http-addr".into(),
+            ui.to_string().into(),
+        ],
+    };
+    let log_path = layout.logs().join(format!("{COLLECTOR_BIN}.log"));
+    tracing::info!(log = %log_path.display(), "starting {COLLECTOR_BIN}");
+    children
+        .push(RunningChild::spawn_with_log_file(&collector, &log_path)?)
+        .wait_healthy(
+            &client,
+            &format!("http://{ui}/health"),
+            COLLECTOR_READY_TIMEOUT,
+        )
+        .await?;
+
+    let agent = ChildSpec {
+        name: AGENT_BIN.into(),
+        program: binaries.agent.clone(),
+        args: vec![
+            "--include".into(),
+            layout.pod_logs_glob(),
+            "--collector".into(),
+            otlp_endpoint.clone().into(),
+            "--data-dir".into(),
+            layout.agent().into(),
+            "--http-addr".into(),
+            agent_http.to_string().into(),
+        ],
+    };
+    let log_path = layout.logs().join(format!("{AGENT_BIN}.log"));
+    tracing::info!(log = %log_path.display(), "starting {AGENT_BIN}");
+    children
+        .push(RunningChild::spawn_with_log_file(&agent, &log_path)?)
+        .wait_healthy(
+            &client,
+            &format!("http://{agent_http}/health"),
+            READY_TIMEOUT,
+        )
+        .await?;
+
+    let services = [
+        ("order", order_addr, Vec::new()),
+        (
+            "gateway",
+            gateway_addr,
+            vec!["--order-url".into(), format!("http://{order_addr}").into()],
+        ),
+    ];
+    for (service, addr, extra_args) in services {
+        let mut service_args: Vec<OsString> = vec![
+            "--service".into(),
+            service.into(),
+            "--listen".into(),
+            addr.to_string().into(),
+        ];
+        service_args.extend(extra_args);
+        service_args.extend(["--otlp-endpoint".into(), otlp_endpoint.clone().into()]);
+        let spec = ChildSpec {
+            name: service.into(),
+            program: binaries.service.clone(),
+            args: service_args,
+        };
+        let pod = PodIdentity::new_random(NAMESPACE, service);
+        let child = RunningChild::spawn_in_pod(&spec, &layout.pods(), &pod, service)?;
+        tracing::info!(service, pod = %pod.name, log = %child.log_path().display(), "started");
+        children
+            .push(child)
+            .wait_healthy(
+                &client,
+                &format!("http://{addr}/health/ready"),
+                READY_TIMEOUT,
+            )
+            .await?;
+    }
+
+    println!("Sightline UI: http://{ui}/");
+    println!(
+        "  try: curl -s -H 'X-Request-ID: demo-1' -H 'content-type: application/json' \
+         -d '{{\"user_id\":\"u1\",\"product_id\":\"p1\",\"quantity\":1}}' \
+         http://{gateway_addr}/api/orders"
+    );
+    println!("  then search the UI for request_id demo-1; Ctrl-C stops everything");
+
+    if args.rate > 0.0 {
+        let gateway_url = format!("http://{gateway_addr}");
+        let rate = args.rate;
+        *traffic = Some(tokio::spawn(async move {
+            let stats = crate::traffic::run(&gateway_url, rate, traffic_stopped).await;
+            tracing::info!(
+                succeeded = stats.succeeded.load(std::sync::atomic::Ordering::Relaxed),
+                failed = stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+                "traffic stopped"
+            );
+        }));
+    }
+
+    let exit = children.wait_for_unexpected_exit().await?;
+    Err(exit.into())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Under `cargo run` (`$CARGO` set), builds the collector, the agent and this
+/// package's binaries with the launcher's own profile.
+async fn build_binaries() -> anyhow::Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        tracing::info!("not started by cargo, using the binaries as they are");
+        return Ok(());
+    };
+    let mut command = tokio::process::Command::new(&cargo);
+    command.args([
+        "build",
+        "--bins",
+        "-p",
+        "sightline-collector",
+        "-p",
+        "sightline-agent",
+        "-p",
+        "sightline-demo",
+    ]);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    // Build the workspace this launcher was built from, wherever we run.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    if manifest.is_file() {
+        command.arg("--manifest-path").arg(&manifest);
+    }
+    tracing::info!("building the stack's binaries");
+    let status = command
+        .status()
+        .await
+        .with_context(|| format!("failed to run {}", Path::new(&cargo).display()))?;
+    if !status.success() {
+        bail!(
+            "building the stack failed ({status}); fix the build above, or pass --no-build \
+             to use the binaries already built"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let args = DemoArgs::parse_from(["sightline-demo"]);
+        assert_eq!(args.data_dir, Path::new("./data"));
+        assert_eq!(
+            [
+                args.collector_grpc_port,
+                args.ui_port,
+                args.agent_port,
+                args.gateway_port,
+                args.order_port
+            ],
+            [4317, 7070, 2020, 8000, 8002]
+        );
+        assert_eq!(args.rate, 2.0);
+        assert!(!args.no_build);
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_rates_and_clashing_ports_are_rejected() {
+        let args = DemoArgs::parse_from(["sightline-demo", "--rate=-1"]);
+        assert!(args.validate().unwrap_err().to_string().contains("--rate"));
+        let args = DemoArgs::parse_from(["sightline-demo", "--order-port", "8000"]);
+        let message = args.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("--order-port and --gateway-port"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn data_layout_paths() {
+        let layout = DataLayout {
+            root: PathBuf::from("/tmp/demo"),
+        };
+        assert_eq!(layout.collector(), Path::new("/tmp/demo/collector"));
+        assert_eq!(layout.agent(), Path::new("/tmp/demo/agent"));
+        assert_eq!(layout.logs(), Path::new("/tmp/demo/logs"));
+        assert_eq!(
+            layout.pod_logs_glob(),
+            OsString::from("/tmp/demo/pods/*/*/*.log")
+        );
+    }
+
+    #[test]
+    fn missing_binaries_are_named_with_a_hint() {
+        let directory = tempfile::tempdir().unwrap();
+        let message = Binaries::in_directory(directory.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("sightline-collector not found"),
+            "{message}"
+        );
+        assert!(message.contains("-p sightline-collector"), "{message}");
+    }
+}

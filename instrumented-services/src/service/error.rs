@@ -1,0 +1,48 @@
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Every way a handler can fail, mapped to an HTTP status and a JSON body
+/// `{"error": "<message>"}`, so no request ends without a proper response.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request body is not what the route expects.
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    /// The order names a product the catalog does not have.
+    #[error("unknown product {0}")]
+    UnknownProduct(String),
+    /// A downstream service could not be reached or answered garbage.
+    #[error("{service} service unavailable: {message}")]
+    Upstream {
+        /// The service that failed.
+        service: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl AppError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownProduct(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

@@ -1,0 +1,78 @@
+//! The request middleware shared by every traced route.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::propagation::{
+    RequestId, extract_context, request_id_or_generate, set_request_id_header,
+};
+
+/// Wraps a request in a server span and gives it a request id.
+///
+/// - the request id is the caller's `X-Request-ID` or a fresh one; handlers
+///   read it as `Extension<RequestId>`, and it is echoed in the response;
+/// - the span is named `<METHOD> <route>` and is a child of the caller's
+///   span when the request carries a W3C `traceparent`; it carries
+///   `http.method`, `http.route`, `http.status_code` and `request_id`, and
+///   its status is `ERROR` on a 5xx answer;
+/// - one `request completed` log line per request, inside the span, so every
+///   service a request touched logs its request id and trace id.
+pub async fn trace_request(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(matched) => matched.as_str().to_owned(),
+        None => request.uri().path().to_owned(),
+    };
+    let request_id = request_id_or_generate(request.headers());
+    let span_name = format!("{method} {route}");
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = span_name.as_str(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.method = method.as_str(),
+        http.route = route.as_str(),
+        http.status_code = Empty,
+        request_id = request_id.as_str(),
+    );
+    let caller_context = extract_context(request.headers());
+    if caller_context.span().span_context().is_valid() {
+        // Cannot fail: the span has not been started yet.
+        let _ = span.set_parent(caller_context);
+    }
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status();
+    span.record("http.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    // Microsecond precision, without float noise in the log line.
+    let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    span.in_scope(|| {
+        let status = status.as_u16();
+        let method = method.as_str();
+        let route = route.as_str();
+        if status >= 500 {
+            tracing::error!(method, route, status, elapsed_ms, "request failed");
+        } else if status >= 400 {
+            tracing::warn!(method, route, status, elapsed_ms, "request rejected");
+        } else {
+            tracing::info!(method, route, status, elapsed_ms, "request completed");
+        }
+    });
+    set_request_id_header(response.headers_mut(), &request_id);
+    response
+}

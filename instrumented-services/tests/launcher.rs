@@ -1,0 +1,365 @@
+//! `sightline-demo` end to end, with stand-ins for the platform: the
+//! collector and the agent are shell scripts that record their command line
+//! and sleep, while this test answers their health checks and receives the
+//! services' spans over OTLP gRPC. The shop services are the real binary.
+//!
+//! Checks: the child command lines (the contracts with the other crates),
+//! the `Sightline UI:` line, the kubelet-style CRI log files with the
+//! services' JSON lines, demo traffic reaching the gateway, and a clean
+//! shutdown on SIGTERM.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Counts the spans it receives.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<usize>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let count: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        *self.spans.lock().unwrap() += count;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// The launcher process; killed on drop so a failing test leaves nothing.
+struct Launcher {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Serves `GET /health` with 200 on a fresh loopback port.
+async fn health_endpoint() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Links (or copies) a built binary into `directory`.
+fn install(binary: &str, directory: &Path, name: &str) {
+    let target = directory.join(name);
+    if std::fs::hard_link(binary, &target).is_err() {
+        std::fs::copy(binary, &target).unwrap();
+    }
+}
+
+/// A stand-in platform binary: records its arguments, one per line, in
+/// `<name>.args` beside it, then sleeps until terminated.
+fn fake_platform_binary(directory: &Path, name: &str) {
+    fake_binary(directory, name, "exec sleep 600");
+}
+
+/// A script `name` in `directory` that records its arguments, then runs `then`.
+fn fake_binary(directory: &Path, name: &str, then: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = directory.join(name);
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n{then}\n",
+        directory.join(format!("{name}.args")).display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn recorded_args(directory: &Path, name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(directory.join(format!("{name}.args"))).unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The ports the launcher is told to use.
+struct Ports {
+    grpc: u16,
+    ui: u16,
+    agent: u16,
+    gateway: u16,
+    order: u16,
+}
+
+/// `<bin>/sightline-demo --no-build` with the given data dir and ports.
+fn launcher_command(bin: &Path, data_dir: &Path, ports: &Ports) -> Command {
+    let mut command = Command::new(bin.join("sightline-demo"));
+    command
+        .arg("--no-build")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--collector-grpc-port", &ports.grpc.to_string()])
+        .args(["--ui-port", &ports.ui.to_string()])
+        .args(["--agent-port", &ports.agent.to_string()])
+        .args(["--gateway-port", &ports.gateway.to_string()])
+        .args(["--order-port", &ports.order.to_string()])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env_remove("CARGO")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// The `0.log` files of the pods of `service` under `pods`.
+fn pod_logs(pods: &Path, service: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("shop_{service}-"))
+        })
+        .map(|entry| entry.path().join(service).join("0.log"))
+        .filter(|path| path.is_file())
+        .collect()
+}
+
+/// The JSON payloads of the `stdout F` entries of a CRI file.
+fn cri_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let timestamp = parts.next()?;
+            assert_eq!(timestamp.len(), 30, "RFC3339Nano timestamp in {line}");
+            assert!(timestamp.ends_with('Z'), "{line}");
+            let stream = parts.next()?;
+            let tag = parts.next()?;
+            assert!(["stdout", "stderr"].contains(&stream), "{line}");
+            assert!(["F", "P"].contains(&tag), "{line}");
+            (stream == "stdout" && tag == "F").then(|| serde_json::from_str(parts.next()?).ok())?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
+    let workspace = tempfile::tempdir().unwrap();
+    let bin = workspace.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    install(env!("CARGO_BIN_EXE_sightline-demo"), &bin, "sightline-demo");
+    install(env!("CARGO_BIN_EXE_shop-service"), &bin, "shop-service");
+    fake_platform_binary(&bin, "sightline-collector");
+    fake_platform_binary(&bin, "sightline-agent");
+    let data_dir = workspace.path().join("data");
+
+    let receiver = Receiver::default();
+    let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_port = otlp.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(otlp)),
+    );
+    let ui = health_endpoint().await;
+    let agent = health_endpoint().await;
+    let ports = Ports {
+        grpc: grpc_port,
+        ui: ui.port(),
+        agent: agent.port(),
+        gateway: free_port(),
+        order: free_port(),
+    };
+    let gateway_port = ports.gateway;
+    let mut child = launcher_command(&bin, &data_dir, &ports)
+        .args(["--rate", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let launcher = Launcher {
+        child,
+        stdout: Arc::new(Mutex::new(Vec::new())),
+    };
+    let collected = Arc::clone(&launcher.stdout);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let mut launcher = launcher;
+
+    let ui_line = format!("Sightline UI: http://127.0.0.1:{}/", ui.port());
+    eventually("the UI line", || {
+        let lines = launcher.stdout.lock().unwrap();
+        lines.contains(&ui_line).then_some(())
+    })
+    .await;
+
+    // The contracts with the collector and the agent.
+    let data = std::path::absolute(&data_dir).unwrap();
+    let data = data.display();
+    assert_eq!(
+        recorded_args(&bin, "sightline-collector"),
+        [
+            "--data-dir".to_owned(),
+            format!("{data}/collector"),
+            "--otlp-grpc-addr".to_owned(),
+            format!("127.0.0.1:{grpc_port}"),
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{}", ui.port()),
+        ]
+    );
+    assert_eq!(
+        recorded_args(&bin, "sightline-agent"),
+        [
+            "--include".to_owned(),
+            format!("{data}/pods/*/*/*.log"),
+            "--collector".to_owned(),
+            format!("http://127.0.0.1:{grpc_port}"),
+            "--data-dir".to_owned(),
+            format!("{data}/agent"),
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{}", agent.port()),
+        ]
+    );
+
+    // Demo traffic reaches both services; their stdout is in CRI files with
+    // the request id of each order in both.
+    let pods = data_dir.join("pods");
+    let traced_requests = |service: &str| -> Vec<String> {
+        pod_logs(&pods, service)
+            .iter()
+            .flat_map(|path| cri_json_lines(path))
+            .filter(|line| line["message"] == "request completed" && line["trace_id"].is_string())
+            .filter_map(|line| line["request_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let shared_request = eventually("an order logged by both services", || {
+        let order_requests = traced_requests("order");
+        traced_requests("gateway")
+            .into_iter()
+            .find(|request_id| order_requests.contains(request_id))
+    })
+    .await;
+    assert_eq!(shared_request.len(), 36, "fresh UUID-like request id");
+    assert_eq!(pod_logs(&pods, "gateway").len(), 1);
+    eventually("spans exported to the collector port", || {
+        (*receiver.spans.lock().unwrap() > 0).then_some(())
+    })
+    .await;
+    assert!(data_dir.join("logs/sightline-collector.log").is_file());
+    assert!(data_dir.join("logs/sightline-agent.log").is_file());
+
+    // SIGTERM: everything stops, the launcher exits 0, services said goodbye.
+    let pid = rustix::process::Pid::from_child(&launcher.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let child = &mut launcher.child;
+    let status = eventually("the launcher to exit", || child.try_wait().unwrap()).await;
+    assert!(status.success(), "launcher exited with {status}");
+    for service in ["gateway", "order"] {
+        let lines = cri_json_lines(&pod_logs(&pods, service)[0]);
+        assert!(
+            lines.iter().any(|line| line["message"] == "stopped"),
+            "{service} was stopped gracefully"
+        );
+    }
+    let gateway_ready = std::net::TcpStream::connect(("127.0.0.1", gateway_port));
+    assert!(gateway_ready.is_err(), "gateway no longer listens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_dies_is_reported_with_its_log_file() {
+    let workspace = tempfile::tempdir().unwrap();
+    let bin = workspace.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    install(env!("CARGO_BIN_EXE_sightline-demo"), &bin, "sightline-demo");
+    install(env!("CARGO_BIN_EXE_shop-service"), &bin, "shop-service");
+    fake_platform_binary(&bin, "sightline-collector");
+    fake_binary(
+        &bin,
+        "sightline-agent",
+        "echo 'agent: bad config' >&2; exit 3",
+    );
+    let data_dir = workspace.path().join("data");
+    let ports = Ports {
+        grpc: free_port(),
+        ui: health_endpoint().await.port(),
+        // Nothing answers here, so the agent can only be seen dying.
+        agent: free_port(),
+        gateway: free_port(),
+        order: free_port(),
+    };
+
+    let mut command = launcher_command(&bin, &data_dir, &ports);
+    command.args(["--rate", "0"]).stdin(Stdio::null());
+    // Bounded by the launcher's own readiness timeout.
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let status = output.status;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!status.success());
+    let agent_log = data_dir.join("logs/sightline-agent.log");
+    assert!(
+        stderr.contains("sightline-agent exited (exit status: 3)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&agent_log.display().to_string()),
+        "{stderr}"
+    );
+    let agent_output = std::fs::read_to_string(&agent_log).unwrap();
+    assert_eq!(agent_output, "agent: bad config\n");
+    assert!(
+        !std::fs::exists(data_dir.join("pods/")).unwrap()
+            || std::fs::read_dir(data_dir.join("pods"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "no service was started"
+    );
+}
