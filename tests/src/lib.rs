@@ -208,7 +208,7 @@ impl DemoStack {
             .http
             .post(self.gateway_url("/api/orders"))
             .header("x-request-id", request_id)
-            .json(&serde_json::json!({"user_id": "u-e2e", "product_id": "p-1", "quantity": 2}))
+            .json(&serde_json::json!({"user_id": "u-e2e", "product_id": "p1", "quantity": 2}))
             .send()
             .await
             .expect("gateway answers");
@@ -248,6 +248,49 @@ impl DemoStack {
                     .collect();
                 if services.iter().all(|service| found.contains(service)) {
                     Ok(Some(records))
+                } else {
+                    Err(format!("services so far: {found:?}"))
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl DemoStack {
+    /// Polls the Jaeger-shaped trace lookup until spans of every one of
+    /// `services` are in the trace; returns the trace (`data[0]`).
+    pub async fn trace_with_services(
+        &self,
+        trace_id: &str,
+        services: &[&str],
+    ) -> serde_json::Value {
+        let url = self.ui_url(&format!("/api/traces/{trace_id}"));
+        poll_until(
+            &format!("trace {trace_id} with spans of {services:?}"),
+            Duration::from_secs(60),
+            || async {
+                let response = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("status {}", response.status()));
+                }
+                let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+                let trace = body["data"][0].clone();
+                let found: Vec<&str> = trace["processes"]
+                    .as_object()
+                    .map(|p| {
+                        p.values()
+                            .filter_map(|p| p["serviceName"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if services.iter().all(|service| found.contains(service)) {
+                    Ok(Some(trace))
                 } else {
                     Err(format!("services so far: {found:?}"))
                 }

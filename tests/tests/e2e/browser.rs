@@ -76,8 +76,16 @@ async fn search_by_request_id_shows_both_services_and_opens_the_trace() {
     let stack = DemoStack::start().await;
     let request_id = unique_request_id("browser");
     stack.place_order(&request_id).await;
-    stack
+    let records = stack
         .logs_from_services(&format!("request_id:{request_id}"), &["gateway", "order"])
+        .await;
+    // The trace link opens a trace view once: wait until both services' spans are stored.
+    let trace_id = records
+        .iter()
+        .find_map(|r| r["trace_id"].as_str())
+        .expect("a trace id");
+    stack
+        .trace_with_services(trace_id, &["gateway", "order"])
         .await;
 
     let (_driver, browser) = start_browser().await;

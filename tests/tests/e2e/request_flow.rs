@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use sightline_tests::{DemoStack, poll_until, unique_request_id};
+use sightline_tests::{DemoStack, unique_request_id};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_found_by_request_id_and_trace_id() {
@@ -66,38 +66,9 @@ async fn one_request_is_found_by_request_id_and_trace_id() {
     );
 
     // Spans: both services in one trace, order's work a descendant of gateway's.
-    let url = stack.ui_url(&format!("/api/traces/{trace_id}"));
-    let trace = poll_until(
-        "spans of both services",
-        Duration::from_secs(60),
-        || async {
-            let response = stack
-                .http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("status {}", response.status()));
-            }
-            let body: Value = response.json().await.map_err(|e| e.to_string())?;
-            let trace = body["data"][0].clone();
-            let services: Vec<&str> = trace["processes"]
-                .as_object()
-                .map(|p| {
-                    p.values()
-                        .filter_map(|p| p["serviceName"].as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if services.contains(&"gateway") && services.contains(&"order") {
-                Ok(Some(trace))
-            } else {
-                Err(format!("services so far: {services:?}"))
-            }
-        },
-    )
-    .await;
+    let trace = stack
+        .trace_with_services(trace_id, &["gateway", "order"])
+        .await;
     let service_of_process = |process: &Value| {
         trace["processes"][process.as_str().unwrap()]["serviceName"]
             .as_str()
