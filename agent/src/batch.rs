@@ -11,7 +11,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use crate::enrich::FileSource;
@@ -31,6 +31,13 @@ pub(crate) struct PendingRecord {
 pub(crate) struct Chunk {
     pub(crate) source: Arc<FileSource>,
     pub(crate) records: Vec<PendingRecord>,
+    /// Offset safe to commit once every record of the chunk (and before)
+    /// is acknowledged; covers lines that made no record (dropped).
+    pub(crate) commit_offset: u64,
+    /// Memory budget held by the chunk's bytes until acknowledged.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// When the bytes were read (Unix ns).
+    pub(crate) read_unix_nanos: u64,
 }
 
 /// Records of one file inside a batch.
@@ -48,6 +55,10 @@ pub(crate) struct Batch {
     pub(crate) files: Vec<FileRecords>,
     record_count: usize,
     size_hint: usize,
+    /// Memory budget released when the batch is done with.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Read time of the oldest bytes in the batch (Unix ns, 0 if none).
+    pub(crate) oldest_read_unix_nanos: u64,
 }
 
 /// Limits of one batch.
@@ -63,25 +74,54 @@ impl Batch {
         self.record_count
     }
 
-    fn push(&mut self, source: &Arc<FileSource>, pending: PendingRecord) {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn group(&mut self, source: &Arc<FileSource>, read_unix_nanos: u64) -> &mut FileRecords {
+        if self.oldest_read_unix_nanos == 0 {
+            self.oldest_read_unix_nanos = read_unix_nanos;
+        }
+        // Records of one file usually arrive together: look from the end.
+        // Compare the sources, not keys: a file replaced under the same
+        // inode gets a new source, and its offsets must not mix.
+        let index = self
+            .files
+            .iter()
+            .rposition(|group| Arc::ptr_eq(&group.source, source));
+        let index = match index {
+            Some(index) => index,
+            None => {
+                self.files.push(FileRecords {
+                    source: Arc::clone(source),
+                    records: Vec::new(),
+                    commit_offset: 0,
+                });
+                self.files.len() - 1
+            }
+        };
+        &mut self.files[index]
+    }
+
+    fn push(&mut self, source: &Arc<FileSource>, pending: PendingRecord, read_unix_nanos: u64) {
         self.record_count += 1;
         self.size_hint += pending.size_hint;
-        // Records of one file usually arrive together: look from the end.
-        let group = self
-            .files
-            .iter_mut()
-            .rev()
-            .find(|group| group.source.key == source.key);
-        match group {
-            Some(group) => {
-                group.records.push(pending.record);
-                group.commit_offset = pending.commit_offset;
-            }
-            None => self.files.push(FileRecords {
-                source: Arc::clone(source),
-                records: vec![pending.record],
-                commit_offset: pending.commit_offset,
-            }),
+        let group = self.group(source, read_unix_nanos);
+        group.records.push(pending.record);
+        group.commit_offset = group.commit_offset.max(pending.commit_offset);
+    }
+
+    /// Applies a chunk-level commit offset (after its records).
+    fn commit_to(&mut self, source: &Arc<FileSource>, offset: u64, read_unix_nanos: u64) {
+        let group = self.group(source, read_unix_nanos);
+        group.commit_offset = group.commit_offset.max(offset);
+    }
+
+    fn hold(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        match (&mut self.permit, permit) {
+            (Some(held), Some(permit)) => held.merge(permit),
+            (held @ None, permit) => *held = permit,
+            (Some(_), None) => {}
         }
     }
 
@@ -96,6 +136,7 @@ impl Batch {
         let resource_logs = self
             .files
             .iter_mut()
+            .filter(|group| !group.records.is_empty())
             .map(|group| ResourceLogs {
                 resource: Some(group.source.resource.clone()),
                 scope_logs: vec![ScopeLogs {
@@ -121,6 +162,7 @@ pub(crate) async fn run_batcher(
     loop {
         let chunk = match flush_at {
             Some(deadline) => tokio::select! {
+                biased;
                 chunk = input.recv() => chunk,
                 () = tokio::time::sleep_until(deadline) => {
                     flush_at = None;
@@ -133,8 +175,15 @@ pub(crate) async fn run_batcher(
             None => input.recv().await,
         };
         let Some(chunk) = chunk else { break };
-        for pending in chunk.records {
-            batch.push(&chunk.source, pending);
+        let Chunk {
+            source,
+            records,
+            commit_offset,
+            permit,
+            read_unix_nanos,
+        } = chunk;
+        for pending in records {
+            batch.push(&source, pending, read_unix_nanos);
             if batch.record_count >= limits.max_records || batch.size_hint >= limits.max_bytes {
                 flush_at = None;
                 if output.send(std::mem::take(&mut batch)).await.is_err() {
@@ -142,11 +191,15 @@ pub(crate) async fn run_batcher(
                 }
             }
         }
-        if batch.record_count > 0 && flush_at.is_none() {
+        batch.commit_to(&source, commit_offset, read_unix_nanos);
+        // The budget of the whole chunk is freed with the batch that
+        // carries its last record: that one acknowledges all of it.
+        batch.hold(permit);
+        if !batch.is_empty() && flush_at.is_none() {
             flush_at = Some(Instant::now() + limits.max_wait);
         }
     }
-    if batch.record_count > 0 {
+    if !batch.is_empty() {
         let _ = output.send(batch).await;
     }
 }
@@ -158,11 +211,21 @@ mod tests {
     use std::path::PathBuf;
 
     fn source(inode: u64) -> Arc<FileSource> {
-        Arc::new(FileSource::new(
+        Arc::new(FileSource::plain(
             FileKey { dev: 1, inode },
             PathBuf::from(format!("/logs/{inode}.log")),
             "h",
         ))
+    }
+
+    fn chunk(source: &Arc<FileSource>, offsets: &[u64]) -> Chunk {
+        Chunk {
+            source: Arc::clone(source),
+            records: records(offsets),
+            commit_offset: offsets.last().copied().unwrap_or(0),
+            permit: None,
+            read_unix_nanos: 1,
+        }
     }
 
     fn records(offsets: &[u64]) -> Vec<PendingRecord> {
@@ -187,20 +250,8 @@ mod tests {
         };
         let batcher = tokio::spawn(run_batcher(chunk_rx, batch_tx, limits));
         let (a, b) = (source(1), source(2));
-        chunk_tx
-            .send(Chunk {
-                source: a.clone(),
-                records: records(&[10, 20]),
-            })
-            .await
-            .unwrap();
-        chunk_tx
-            .send(Chunk {
-                source: b.clone(),
-                records: records(&[5, 6]),
-            })
-            .await
-            .unwrap();
+        chunk_tx.send(chunk(&a, &[10, 20])).await.unwrap();
+        chunk_tx.send(chunk(&b, &[5, 6])).await.unwrap();
         drop(chunk_tx);
 
         let mut first = batch_rx.recv().await.unwrap();
@@ -239,13 +290,7 @@ mod tests {
             max_wait: Duration::from_millis(200),
         };
         tokio::spawn(run_batcher(chunk_rx, batch_tx, limits));
-        chunk_tx
-            .send(Chunk {
-                source: source(1),
-                records: records(&[1]),
-            })
-            .await
-            .unwrap();
+        chunk_tx.send(chunk(&source(1), &[1])).await.unwrap();
         // The reader stays connected: only the timer can flush this batch.
         let batch = batch_rx.recv().await.unwrap();
         assert_eq!(batch.record_count(), 1);

@@ -1,7 +1,10 @@
 //! Checkpoints: how far into each file the collector has acknowledged.
 //!
 //! Files are identified by `(device, inode)` so a rename (log rotation)
-//! keeps its offset and a new file at the same path starts fresh. Offsets
+//! keeps its offset and a new file at the same path starts fresh; a
+//! fingerprint of the first bytes guards against inode reuse and rewrites:
+//! a stored offset is trusted only if it is not past the end of the file
+//! and the fingerprint matches ([`CheckpointStore::resume`]). Offsets
 //! only move when the sink reports an acknowledged batch; the store is
 //! written atomically (temp file, fsync, rename) about every second and on
 //! shutdown, to `<data-dir>/checkpoints.json`.
@@ -11,11 +14,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::enrich::FileSource;
 use crate::error::{AgentError, Result};
 
 /// Identity of a file that survives renames: device and inode numbers.
@@ -37,6 +41,69 @@ impl FileKey {
     }
 }
 
+/// How many leading bytes of a file make its fingerprint.
+pub const FINGERPRINT_BYTES: usize = 256;
+
+/// A checksum of the first bytes of a file (up to [`FINGERPRINT_BYTES`]):
+/// with `(device, inode)` it tells a file from a new file that reuses a
+/// deleted file's inode, and a rewritten file from the one we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// How many bytes were summed (fewer than 256 while the file is short).
+    pub len: u32,
+    /// CRC-32 of those bytes.
+    pub crc: u32,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a file whose first bytes are `head`.
+    pub fn of(head: &[u8]) -> Fingerprint {
+        let head = &head[..head.len().min(FINGERPRINT_BYTES)];
+        Fingerprint {
+            len: head.len() as u32,
+            crc: crc32fast::hash(head),
+        }
+    }
+
+    /// Whether a file starting with `head` is the file this was taken of:
+    /// it must still have the summed bytes, and they must be the same.
+    pub fn matches(&self, head: &[u8]) -> bool {
+        let len = self.len as usize;
+        head.len() >= len && crc32fast::hash(&head[..len]) == self.crc
+    }
+
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.len) << 32) | u64::from(self.crc)
+    }
+
+    pub(crate) fn unpack(packed: u64) -> Fingerprint {
+        Fingerprint {
+            len: (packed >> 32) as u32,
+            crc: packed as u32,
+        }
+    }
+}
+
+/// Where a reader starts in a file it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// No checkpoint: a file never seen.
+    Fresh,
+    /// The checkpoint is trusted: resume there.
+    At(u64),
+    /// A checkpoint exists but does not fit the file: read from the start.
+    Reset(ResetReason),
+}
+
+/// Why a stored checkpoint was not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The file is shorter than the stored offset (truncated).
+    Truncated,
+    /// The first bytes differ: a new file reusing the inode, or rewritten.
+    Fingerprint,
+}
+
 /// One file's checkpoint as stored on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,10 +112,16 @@ pub struct CheckpointEntry {
     pub dev: u64,
     /// Inode number of the file.
     pub inode: u64,
-    /// Path the file had when last acknowledged (informational).
+    /// Where the file was last seen (follows renames by rotation).
     pub path: PathBuf,
     /// Bytes from the start of the file that the collector acknowledged.
     pub offset: u64,
+    /// Fingerprint of the first bytes (absent in version 1 files).
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
+    /// Size of the file when last seen, to count bytes lost if it vanishes.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// The checkpoint file format.
@@ -59,7 +132,7 @@ struct CheckpointFile {
     files: Vec<CheckpointEntry>,
 }
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Acknowledged offsets of all files, shared by readers (which resume from
 /// them), the sink (which advances them) and the persister.
@@ -74,10 +147,29 @@ struct Inner {
     state: Mutex<State>,
 }
 
+#[derive(Debug, Clone)]
+struct Stored {
+    path: PathBuf,
+    offset: u64,
+    fingerprint: Option<Fingerprint>,
+    size: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<FileKey, (PathBuf, u64)>,
+    entries: HashMap<FileKey, Stored>,
+    /// Files still held by a reader or by records in flight: never pruned.
+    active: HashMap<FileKey, Weak<FileSource>>,
     dirty: bool,
+}
+
+/// What one [`CheckpointStore::persist_blocking`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PersistOutcome {
+    /// The file was written.
+    pub wrote: bool,
+    /// Bytes of files that vanished before they were fully acknowledged.
+    pub bytes_lost: u64,
 }
 
 impl CheckpointStore {
@@ -87,7 +179,7 @@ impl CheckpointStore {
     pub fn load(path: &Path) -> Result<CheckpointStore> {
         let entries = match fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<CheckpointFile>(&bytes) {
-                Ok(file) if file.version == FORMAT_VERSION => file.files,
+                Ok(file) if file.version == FORMAT_VERSION || file.version == 1 => file.files,
                 Ok(file) => {
                     move_aside(path, &format!("unsupported version {}", file.version))?;
                     Vec::new()
@@ -113,7 +205,12 @@ impl CheckpointStore {
                         dev: entry.dev,
                         inode: entry.inode,
                     },
-                    (entry.path, entry.offset),
+                    Stored {
+                        path: entry.path,
+                        offset: entry.offset,
+                        fingerprint: entry.fingerprint,
+                        size: entry.size,
+                    },
                 )
             })
             .collect();
@@ -122,41 +219,110 @@ impl CheckpointStore {
                 path: path.to_owned(),
                 state: Mutex::new(State {
                     entries,
+                    active: HashMap::new(),
                     dirty: false,
                 }),
             }),
         })
     }
 
-    /// Where to resume `key`: the stored offset if it still fits in a file
-    /// of `size` bytes (otherwise the file was truncated or replaced).
-    pub fn resume_offset(&self, key: FileKey, size: u64) -> Option<u64> {
+    /// Where to resume `key`, a file of `size` bytes that starts with
+    /// `head`: the stored offset only if it is not past the end and the
+    /// fingerprint matches.
+    pub fn resume(&self, key: FileKey, size: u64, head: &[u8]) -> Resume {
+        let state = self.lock();
+        let Some(stored) = state.entries.get(&key) else {
+            return Resume::Fresh;
+        };
+        if stored.offset > size {
+            return Resume::Reset(ResetReason::Truncated);
+        }
+        match stored.fingerprint {
+            Some(fingerprint) if !fingerprint.matches(head) => {
+                Resume::Reset(ResetReason::Fingerprint)
+            }
+            _ => Resume::At(stored.offset),
+        }
+    }
+
+    /// A reader opened `source`: it stays pruning-proof while referenced,
+    /// and its checkpoint follows its current path.
+    pub(crate) fn register(&self, source: &Arc<FileSource>) {
+        let mut state = self.lock();
+        state.active.insert(source.key, Arc::downgrade(source));
+        let path = source.path.clone();
+        if let Some(stored) = state.entries.get_mut(&source.key)
+            && stored.path != path
+        {
+            stored.path = path;
+            state.dirty = true;
+        }
+    }
+
+    /// The file `key` was renamed to `path` (rotation).
+    pub(crate) fn relocate(&self, key: FileKey, path: &Path) {
+        let mut state = self.lock();
+        if let Some(stored) = state.entries.get_mut(&key)
+            && stored.path != path
+        {
+            path.clone_into(&mut stored.path);
+            state.dirty = true;
+        }
+    }
+
+    /// Records that everything before `offset` in `source` was acknowledged.
+    pub(crate) fn commit(&self, source: &FileSource, offset: u64) {
+        let fingerprint = Some(source.stats.fingerprint());
+        let size = source.stats.size().max(offset);
+        source.stats.set_acked(offset);
+        let mut state = self.lock();
+        match state.entries.get_mut(&source.key) {
+            Some(stored) => {
+                if stored.offset == offset && stored.fingerprint == fingerprint {
+                    return;
+                }
+                stored.offset = offset;
+                stored.fingerprint = fingerprint;
+                stored.size = size;
+            }
+            None => {
+                let path = source.current_path();
+                state.entries.insert(
+                    source.key,
+                    Stored {
+                        path,
+                        offset,
+                        fingerprint,
+                        size,
+                    },
+                );
+            }
+        }
+        state.dirty = true;
+    }
+
+    /// Records the file's size as last seen (for lost-byte accounting).
+    pub(crate) fn observe_size(&self, key: FileKey, size: u64) {
+        let mut state = self.lock();
+        if let Some(stored) = state.entries.get_mut(&key) {
+            stored.size = stored.size.max(size);
+        }
+    }
+
+    /// Files with a checkpoint short of their current end, still at their
+    /// recorded path: after a crash, rotated files that were not finished.
+    pub fn unfinished(&self) -> Vec<PathBuf> {
         let state = self.lock();
         state
             .entries
-            .get(&key)
-            .map(|(_, offset)| *offset)
-            .filter(|offset| *offset <= size)
-    }
-
-    /// Records that everything before `offset` in `key` was acknowledged.
-    pub fn commit(&self, key: FileKey, path: &Path, offset: u64) {
-        let mut state = self.lock();
-        let changed = match state.entries.get_mut(&key) {
-            Some((stored_path, stored_offset)) => {
-                let changed = *stored_offset != offset || stored_path != path;
-                if changed {
-                    *stored_offset = offset;
-                    path.clone_into(stored_path);
-                }
-                changed
-            }
-            None => {
-                state.entries.insert(key, (path.to_owned(), offset));
-                true
-            }
-        };
-        state.dirty |= changed;
+            .iter()
+            .filter(|(key, stored)| {
+                fs::metadata(&stored.path).is_ok_and(|metadata| {
+                    FileKey::of(&metadata) == **key && metadata.len() > stored.offset
+                })
+            })
+            .map(|(_, stored)| stored.path.clone())
+            .collect()
     }
 
     /// All entries, sorted by key.
@@ -165,34 +331,48 @@ impl CheckpointStore {
         let mut entries: Vec<CheckpointEntry> = state
             .entries
             .iter()
-            .map(|(key, (path, offset))| CheckpointEntry {
+            .map(|(key, stored)| CheckpointEntry {
                 dev: key.dev,
                 inode: key.inode,
-                path: path.clone(),
-                offset: *offset,
+                path: stored.path.clone(),
+                offset: stored.offset,
+                fingerprint: stored.fingerprint,
+                size: stored.size,
             })
             .collect();
         entries.sort_by_key(|entry| (entry.dev, entry.inode));
         entries
     }
 
-    /// Writes the store to disk if anything changed since the last write;
-    /// returns whether it wrote. Blocking (fsync): call from a blocking
-    /// thread, see [`Self::persist`].
-    pub fn persist_blocking(&self) -> Result<bool> {
+    /// Forgets files that are gone (counting what was never acknowledged
+    /// of them as lost), then writes the store if anything changed.
+    /// Blocking (fsync): call from a blocking thread, see [`Self::persist`].
+    pub fn persist_blocking(&self) -> Result<PersistOutcome> {
+        let mut outcome = PersistOutcome::default();
         {
             let mut state = self.lock();
+            state.active.retain(|_, source| source.strong_count() > 0);
+            let State {
+                entries,
+                active,
+                dirty,
+            } = &mut *state;
+            entries.retain(|key, stored| {
+                if active.contains_key(key) {
+                    return true;
+                }
+                let still_there =
+                    fs::metadata(&stored.path).is_ok_and(|metadata| FileKey::of(&metadata) == *key);
+                if !still_there {
+                    outcome.bytes_lost += stored.size.saturating_sub(stored.offset);
+                    *dirty = true;
+                }
+                still_there
+            });
             if !state.dirty {
-                return Ok(false);
+                return Ok(outcome);
             }
             state.dirty = false;
-            // Forget files that are gone or replaced: their offsets can never
-            // be used again and would otherwise accumulate forever.
-            state.entries.retain(|key, (path, _)| {
-                fs::metadata(path)
-                    .map(|metadata| FileKey::of(&metadata) == *key)
-                    .unwrap_or(false)
-            });
         }
         let file = CheckpointFile {
             version: FORMAT_VERSION,
@@ -202,11 +382,14 @@ impl CheckpointStore {
         if result.is_err() {
             self.lock().dirty = true;
         }
-        result.map(|()| true)
+        result.map(|()| PersistOutcome {
+            wrote: true,
+            ..outcome
+        })
     }
 
     /// [`Self::persist_blocking`] on the blocking thread pool.
-    pub async fn persist(&self) -> Result<bool> {
+    pub async fn persist(&self) -> Result<PersistOutcome> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.persist_blocking())
             .await
@@ -259,6 +442,20 @@ fn write_atomically(path: &Path, file: &CheckpointFile) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::FileSource;
+
+    fn source_for(path: &Path) -> Arc<FileSource> {
+        let metadata = fs::metadata(path).unwrap();
+        let head = fs::read(path).unwrap();
+        let source = Arc::new(FileSource::plain(
+            FileKey::of(&metadata),
+            path.to_owned(),
+            "h",
+        ));
+        source.stats.set_fingerprint(Fingerprint::of(&head));
+        source.stats.set_size(metadata.len());
+        source
+    }
 
     #[test]
     fn commit_persist_and_reload() {
@@ -269,38 +466,87 @@ mod tests {
         let store_path = dir.path().join("checkpoints.json");
 
         let store = CheckpointStore::load(&store_path).unwrap();
-        assert_eq!(store.resume_offset(key, 10), None);
-        store.commit(key, &log, 7);
-        assert!(store.persist_blocking().unwrap());
+        assert_eq!(store.resume(key, 10, b"0123456789"), Resume::Fresh);
+        let source = source_for(&log);
+        store.commit(&source, 7);
+        assert!(store.persist_blocking().unwrap().wrote);
         assert!(
-            !store.persist_blocking().unwrap(),
+            !store.persist_blocking().unwrap().wrote,
             "nothing changed, nothing written"
         );
 
         let reloaded = CheckpointStore::load(&store_path).unwrap();
-        assert_eq!(reloaded.resume_offset(key, 10), Some(7));
+        assert_eq!(reloaded.resume(key, 10, b"0123456789"), Resume::At(7));
+        assert_eq!(reloaded.resume(key, 12, b"0123456789ab"), Resume::At(7));
         // A file now shorter than the offset was truncated: start over.
-        assert_eq!(reloaded.resume_offset(key, 5), None);
+        assert_eq!(
+            reloaded.resume(key, 5, b"01234"),
+            Resume::Reset(ResetReason::Truncated)
+        );
+        // Same inode, other content: a new file reusing the inode.
+        assert_eq!(
+            reloaded.resume(key, 10, b"abcdefghij"),
+            Resume::Reset(ResetReason::Fingerprint)
+        );
         assert!(!dir.path().join("checkpoints.json.tmp").exists());
     }
 
     #[test]
-    fn gone_files_are_pruned_on_persist() {
+    fn fingerprint_covers_at_most_the_first_256_bytes() {
+        let long = vec![b'x'; 1000];
+        let fingerprint = Fingerprint::of(&long);
+        assert_eq!(fingerprint.len, 256);
+        let mut other = long.clone();
+        other[500] = b'y';
+        assert!(fingerprint.matches(&other));
+        other[10] = b'y';
+        assert!(!fingerprint.matches(&other));
+        assert!(!fingerprint.matches(&long[..100]), "shorter file");
+        assert_eq!(Fingerprint::unpack(fingerprint.pack()), fingerprint);
+        assert!(Fingerprint::of(b"").matches(b"anything"));
+    }
+
+    #[test]
+    fn gone_files_are_pruned_and_counted_as_lost() {
         let dir = tempfile::tempdir().unwrap();
         let store_path = dir.path().join("checkpoints.json");
+        let log = dir.path().join("gone.log");
+        fs::write(&log, b"0123456789").unwrap();
         let store = CheckpointStore::load(&store_path).unwrap();
-        store.commit(
-            FileKey { dev: 1, inode: 2 },
-            &dir.path().join("missing.log"),
-            3,
-        );
-        store.persist_blocking().unwrap();
+        let source = source_for(&log);
+        store.register(&source);
+        store.commit(&source, 4);
+        fs::remove_file(&log).unwrap();
+        // Still held by a reader: kept.
+        assert_eq!(store.persist_blocking().unwrap().bytes_lost, 0);
+        assert_eq!(store.entries().len(), 1);
+        drop(source);
+        let outcome = store.persist_blocking().unwrap();
+        assert_eq!(outcome.bytes_lost, 6);
         assert!(
             CheckpointStore::load(&store_path)
                 .unwrap()
                 .entries()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn relocated_files_are_unfinished_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_path = dir.path().join("checkpoints.json");
+        let log = dir.path().join("0.log");
+        fs::write(&log, b"0123456789").unwrap();
+        let store = CheckpointStore::load(&store_path).unwrap();
+        let source = source_for(&log);
+        store.commit(&source, 4);
+        let rotated = dir.path().join("0.log.20261121");
+        fs::rename(&log, &rotated).unwrap();
+        store.relocate(source.key, &rotated);
+        store.persist_blocking().unwrap();
+        drop(source);
+        let reloaded = CheckpointStore::load(&store_path).unwrap();
+        assert_eq!(reloaded.unfinished(), [rotated]);
     }
 
     #[test]

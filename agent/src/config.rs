@@ -1,16 +1,27 @@
-//! Agent configuration: the command line ([`Cli`]) and the validated
-//! library configuration ([`Config`]) that [`crate::run`] takes.
+//! Agent configuration: the command line ([`Cli`]), the optional TOML file
+//! and the validated library configuration ([`Config`]) that
+//! [`crate::run`] takes.
+//!
+//! Precedence: defaults, then the file given with `--config`, then flags
+//! (and their `SIGHTLINE_AGENT_*` environment variables). The file is
+//! strict: an unknown key is an error that names the key. Every key is
+//! documented with its default in `sightline-agent.example.toml`, which a
+//! test parses.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use serde::Deserialize;
 
 use crate::error::{AgentError, Result};
 
 /// Default glob for kubelet-managed container logs.
 pub const DEFAULT_INCLUDE: &str = "/var/log/pods/*/*/*.log";
+/// Default glob for Docker's json-file logs.
+pub const DEFAULT_DOCKER_INCLUDE: &str = "/var/lib/docker/containers/*/*-json.log";
 /// Default OTLP gRPC endpoint of the collector.
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:4317";
 /// Default directory for checkpoints.
@@ -19,31 +30,45 @@ pub const DEFAULT_DATA_DIR: &str = "./data/agent";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:2020";
 
 /// Command line of `sightline-agent`. Every flag can also be set from the
-/// environment as `SIGHTLINE_AGENT_<FLAG>`.
-#[derive(Debug, Clone, Parser)]
+/// environment as `SIGHTLINE_AGENT_<FLAG>`; flags override the file.
+#[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "sightline-agent",
     version,
     about = "Tails container logs and ships them over OTLP"
 )]
 pub struct Cli {
+    /// TOML configuration file; flags given as well override its keys.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print the result and exit.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Glob of log files to tail; repeat the flag for several globs
-    /// (comma-separated in the environment variable).
-    #[arg(long = "include", value_name = "GLOB", env = "SIGHTLINE_AGENT_INCLUDE",
-          value_delimiter = ',', default_value = DEFAULT_INCLUDE)]
+    /// (comma-separated in the environment variable). Default: kubelet and
+    /// Docker log locations.
+    #[arg(
+        long = "include",
+        value_name = "GLOB",
+        env = "SIGHTLINE_AGENT_INCLUDE",
+        value_delimiter = ','
+    )]
     pub include: Vec<String>,
 
-    /// OTLP gRPC endpoint of the collector.
-    #[arg(long, value_name = "URL", env = "SIGHTLINE_AGENT_COLLECTOR", default_value = DEFAULT_COLLECTOR)]
-    pub collector: String,
+    /// OTLP gRPC endpoint of the collector [default: http://127.0.0.1:4317].
+    #[arg(long, value_name = "URL", env = "SIGHTLINE_AGENT_COLLECTOR")]
+    pub collector: Option<String>,
 
-    /// Directory where checkpoints are kept.
-    #[arg(long, value_name = "DIR", env = "SIGHTLINE_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Directory where checkpoints are kept [default: ./data/agent].
+    #[arg(long, value_name = "DIR", env = "SIGHTLINE_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
-    /// Listen address for `GET /health` and `GET /metrics`.
-    #[arg(long, value_name = "ADDR", env = "SIGHTLINE_AGENT_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
-    pub http_addr: SocketAddr,
+    /// Listen address for `GET /health` and `GET /metrics`
+    /// [default: 127.0.0.1:2020].
+    #[arg(long, value_name = "ADDR", env = "SIGHTLINE_AGENT_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
 
     /// Value of the `host.name` resource attribute; defaults to this
     /// machine's hostname.
@@ -53,72 +78,384 @@ pub struct Cli {
     /// Read files that have no checkpoint from their beginning (default);
     /// `--read-from-start=false` starts them at their current end.
     #[arg(long, value_name = "BOOL", env = "SIGHTLINE_AGENT_READ_FROM_START",
-          action = ArgAction::Set, num_args = 0..=1, default_value_t = true,
-          default_missing_value = "true")]
-    pub read_from_start: bool,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub read_from_start: Option<bool>,
 }
 
 impl Cli {
-    /// Turns the command line into a library [`Config`] with default tuning.
+    /// Builds the [`Config`]: defaults, then the `--config` file, then flags.
+    pub fn load(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.apply_overrides(&mut config);
+        Ok(config)
+    }
+
+    /// Turns the command line into a [`Config`] without a file (flags and
+    /// defaults only).
     pub fn into_config(self) -> Config {
-        Config {
-            include: self.include,
-            collector: self.collector,
-            data_dir: self.data_dir,
-            http_addr: self.http_addr,
-            host_name: self.host_name.unwrap_or_else(detect_host_name),
-            read_from_start: self.read_from_start,
-            tuning: Tuning::default(),
+        let mut config = Config::default();
+        self.apply_overrides(&mut config);
+        config
+    }
+
+    /// Applies the flags that were given on top of `config`.
+    pub fn apply_overrides(&self, config: &mut Config) {
+        if !self.include.is_empty() {
+            config.include.clone_from(&self.include);
+        }
+        if let Some(collector) = &self.collector {
+            config.collector.clone_from(collector);
+        }
+        if let Some(data_dir) = &self.data_dir {
+            config.data_dir.clone_from(data_dir);
+        }
+        if let Some(http_addr) = self.http_addr {
+            config.http_addr = http_addr;
+        }
+        if let Some(host_name) = &self.host_name {
+            config.host_name.clone_from(host_name);
+        }
+        if let Some(read_from_start) = self.read_from_start {
+            config.read_from_start = read_from_start;
+        }
+        if config.host_name.is_empty() {
+            config.host_name = detect_host_name();
         }
     }
 }
 
-/// Everything the agent needs to run. Build it from [`Cli`] or by hand
-/// (tests do), then pass it to [`crate::run`].
-#[derive(Debug, Clone)]
+/// Everything the agent needs to run. Build it from [`Cli`], from a TOML
+/// file ([`Config::from_toml`]) or by hand (tests do), then pass it to
+/// [`crate::run`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Globs of files to tail.
     pub include: Vec<String>,
+    /// Globs of files never to tail, even when `include` matches them.
+    pub exclude_paths: Vec<String>,
     /// OTLP gRPC endpoint, e.g. `http://127.0.0.1:4317`.
     pub collector: String,
+    /// Compression of export requests.
+    pub compression: Compression,
     /// Directory holding `checkpoints.json`.
     pub data_dir: PathBuf,
     /// Listen address of the health/metrics server (port 0 picks one).
     pub http_addr: SocketAddr,
-    /// Value of the `host.name` resource attribute.
+    /// Value of the `host.name` resource attribute (default: detected).
     pub host_name: String,
     /// Read files without a checkpoint from the start (else from the end).
     pub read_from_start: bool,
-    /// Intervals and sizes; the defaults suit production.
+    /// Bytes of log lines read but not yet acknowledged, across all files;
+    /// readers pause when it is used up.
+    pub memory_budget_bytes: usize,
+    /// Resource attributes added to every record.
+    pub resource: ResourceConfig,
+    /// Which files and records are not shipped.
+    pub filters: FilterConfig,
+    /// Secrets masked before records leave the node.
+    pub redact: RedactConfig,
+    /// Field names the parsers look for.
+    pub fields: FieldsConfig,
+    /// Multiline defaults.
+    pub multiline: MultilineConfig,
+    /// Per-container rules, first match wins.
+    pub containers: Vec<ContainerRule>,
+    /// Intervals, sizes and limits; the defaults suit production.
     pub tuning: Tuning,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            include: vec![DEFAULT_INCLUDE.to_owned()],
+            include: vec![
+                DEFAULT_INCLUDE.to_owned(),
+                DEFAULT_DOCKER_INCLUDE.to_owned(),
+            ],
+            exclude_paths: Vec::new(),
             collector: DEFAULT_COLLECTOR.to_owned(),
+            compression: Compression::default(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             http_addr: DEFAULT_HTTP_ADDR
                 .parse()
                 .expect("default http addr is valid"),
             host_name: detect_host_name(),
             read_from_start: true,
+            memory_budget_bytes: 16 * 1024 * 1024,
+            resource: ResourceConfig::default(),
+            filters: FilterConfig::default(),
+            redact: RedactConfig::default(),
+            fields: FieldsConfig::default(),
+            multiline: MultilineConfig::default(),
+            containers: Vec::new(),
             tuning: Tuning::default(),
         }
     }
 }
 
+/// Compression of export requests (the collector accepts both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip: what every OTLP receiver accepts.
+    #[default]
+    Gzip,
+    /// zstd: less CPU for the same ratio.
+    Zstd,
+}
+
+/// Static resource attributes and how `service.name` is chosen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceConfig {
+    /// Added to the resource of every file.
+    #[serde(rename = "static")]
+    pub static_attributes: BTreeMap<String, String>,
+    /// Container labels (Docker) whose first present value becomes
+    /// `service.name`; the container name otherwise.
+    pub service_name_labels: Vec<String>,
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        ResourceConfig {
+            static_attributes: BTreeMap::new(),
+            service_name_labels: vec![
+                "app.kubernetes.io/name".to_owned(),
+                "com.docker.compose.service".to_owned(),
+                "app".to_owned(),
+            ],
+        }
+    }
+}
+
+/// What is not shipped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Namespaces (globs) whose containers are not tailed.
+    pub exclude_namespaces: Vec<String>,
+    /// Container names (globs) that are not tailed.
+    pub exclude_containers: Vec<String>,
+    /// Container label (Docker) or annotation that, set to `"true"`,
+    /// excludes the container.
+    pub exclude_label: String,
+    /// Records whose message matches any of these regexes are dropped.
+    pub drop_patterns: Vec<String>,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            exclude_namespaces: Vec::new(),
+            exclude_containers: Vec::new(),
+            exclude_label: "sightline.io/exclude".to_owned(),
+            drop_patterns: Vec::new(),
+        }
+    }
+}
+
+/// Masking of secrets in bodies and string attributes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// Replace e-mail addresses.
+    pub emails: bool,
+    /// Replace `Bearer <token>` credentials.
+    pub bearer_tokens: bool,
+    /// Replace AWS access key ids (`AKIA…`, `ASIA…`).
+    pub aws_keys: bool,
+    /// Replace card numbers (13 to 19 digits that pass the Luhn check).
+    pub card_numbers: bool,
+    /// Text put in place of what is masked.
+    pub replacement: String,
+    /// Extra regexes; every match is replaced.
+    pub patterns: Vec<String>,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        RedactConfig {
+            emails: false,
+            bearer_tokens: true,
+            aws_keys: true,
+            card_numbers: true,
+            replacement: "[REDACTED]".to_owned(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// Field names the JSON/logfmt/regex parsers promote.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldsConfig {
+    /// The body.
+    pub message: Vec<String>,
+    /// The severity.
+    pub severity: Vec<String>,
+    /// The record's own timestamp.
+    pub timestamp: Vec<String>,
+    /// W3C trace id (32 hex digits).
+    pub trace_id: Vec<String>,
+    /// W3C span id (16 hex digits).
+    pub span_id: Vec<String>,
+    /// Request id, promoted to the `request_id` attribute.
+    pub request_id: Vec<String>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+impl Default for FieldsConfig {
+    fn default() -> Self {
+        FieldsConfig {
+            message: strings(&["message", "msg"]),
+            severity: strings(&["level", "severity", "lvl"]),
+            timestamp: strings(&["timestamp", "time", "ts"]),
+            trace_id: strings(&["trace_id", "traceId", "trace.id"]),
+            span_id: strings(&["span_id", "spanId", "span.id"]),
+            request_id: strings(&[
+                "request_id",
+                "requestId",
+                "x-request-id",
+                "x_request_id",
+                "correlation_id",
+                "correlationId",
+            ]),
+        }
+    }
+}
+
+/// Multiline defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// Mode for containers without a rule: `none` or a preset.
+    pub default: MultilineMode,
+    /// A pending record is emitted when no line joined it for this long.
+    #[serde(with = "duration_text")]
+    pub flush_timeout: Duration,
+    /// A joined record is cut when it grows past this many bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        MultilineConfig {
+            default: MultilineMode::None,
+            flush_timeout: Duration::from_secs(1),
+            max_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// How continuation lines are recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultilineMode {
+    /// Every line is a record.
+    #[default]
+    None,
+    /// Java stack traces (`\tat …`, `Caused by:`, `... 12 more`).
+    Java,
+    /// Python tracebacks.
+    Python,
+    /// Go panics and goroutine dumps.
+    Go,
+    /// Java, Python and Go together.
+    Auto,
+    /// A line matching the rule's `multiline_start` starts a record; any
+    /// other line continues it.
+    Start,
+}
+
+/// Runtime log format of a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Detected from the first line.
+    #[default]
+    Auto,
+    /// containerd / CRI-O.
+    Cri,
+    /// Docker json-file.
+    Docker,
+    /// Lines as they are.
+    Plain,
+}
+
+/// How messages are parsed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParserKind {
+    /// JSON objects are parsed, anything else stays text.
+    #[default]
+    Auto,
+    /// JSON objects only (same as auto).
+    Json,
+    /// `key=value key2="quoted value"`.
+    Logfmt,
+    /// The rule's `regex`, named captures become fields.
+    Regex,
+    /// Messages stay text.
+    None,
+}
+
+/// Settings for the containers a rule matches. Empty match fields match
+/// anything; values are globs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerRule {
+    /// Namespace glob (kubelet paths).
+    pub namespace: String,
+    /// Pod name glob (kubelet paths).
+    pub pod: String,
+    /// Container name glob (kubelet or Docker).
+    pub container: String,
+    /// File path glob.
+    pub path: String,
+    /// Do not tail matching containers.
+    pub exclude: bool,
+    /// Runtime format of the files.
+    pub format: Format,
+    /// Message parser.
+    pub parser: ParserKind,
+    /// Regex with named captures for `parser = "regex"`.
+    pub regex: String,
+    /// Multiline mode (overrides `multiline.default`).
+    pub multiline: Option<MultilineMode>,
+    /// Start-of-record regex for `multiline = "start"`.
+    pub multiline_start: String,
+}
+
 /// Intervals, sizes and limits of the pipeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Tuning {
     /// How often globs are expanded to find new files.
+    #[serde(with = "duration_text")]
     pub discovery_interval: Duration,
     /// How long a reader waits at end of file before polling again.
+    #[serde(with = "duration_text")]
     pub poll_interval: Duration,
+    /// After a file was renamed or removed, how long its reader keeps
+    /// waiting for late writes once it has read everything.
+    #[serde(with = "duration_text")]
+    pub rotate_wait: Duration,
+    /// A final line without a newline (or a pending partial) is emitted
+    /// when the file has not grown for this long.
+    #[serde(with = "duration_text")]
+    pub partial_flush_timeout: Duration,
     /// Bytes read from a file per read call.
     pub read_buffer_bytes: usize,
-    /// Longest line kept whole; longer lines are split into pieces.
+    /// Longest line kept whole; longer lines are cut and flagged.
     pub max_line_bytes: usize,
     /// Flush a batch when it holds this many records.
     pub batch_max_records: usize,
@@ -126,22 +463,30 @@ pub struct Tuning {
     /// (stay under the collector's gRPC message limit, 4 MiB by default).
     pub batch_max_bytes: usize,
     /// Flush a batch at the latest this long after its first record.
+    #[serde(with = "duration_text")]
     pub batch_max_wait: Duration,
     /// How often acknowledged offsets are written to disk.
+    #[serde(with = "duration_text")]
     pub checkpoint_interval: Duration,
     /// First retry delay of a failed export.
+    #[serde(with = "duration_text")]
     pub retry_initial_backoff: Duration,
     /// Largest retry delay of a failed export.
+    #[serde(with = "duration_text")]
     pub retry_max_backoff: Duration,
     /// Deadline of one export call.
+    #[serde(with = "duration_text")]
     pub export_timeout: Duration,
     /// After shutdown is requested, how long to keep trying to deliver
     /// what was already read. Undelivered records are re-read next start.
+    #[serde(with = "duration_text")]
     pub shutdown_grace: Duration,
     /// Capacity (in read chunks) of the queue from readers to the batcher.
     pub reader_queue_chunks: usize,
     /// Capacity (in batches) of the queue from the batcher to the sink.
     pub sink_queue_batches: usize,
+    /// Files decoded at the same time (0: one per CPU).
+    pub reader_threads: usize,
 }
 
 impl Default for Tuning {
@@ -149,9 +494,11 @@ impl Default for Tuning {
         Tuning {
             discovery_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(200),
+            rotate_wait: Duration::from_secs(5),
+            partial_flush_timeout: Duration::from_secs(5),
             read_buffer_bytes: 64 * 1024,
             max_line_bytes: 1024 * 1024,
-            batch_max_records: 1000,
+            batch_max_records: 2000,
             batch_max_bytes: 2 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(1),
@@ -159,13 +506,34 @@ impl Default for Tuning {
             retry_max_backoff: Duration::from_secs(5),
             export_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            reader_queue_chunks: 64,
+            reader_queue_chunks: 16,
             sink_queue_batches: 2,
+            reader_threads: 0,
         }
     }
 }
 
 impl Config {
+    /// Parses a TOML document; unknown keys are rejected by name.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|error| AgentError::ConfigFile {
+            path: PathBuf::new(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|error| AgentError::ConfigFile {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|error| AgentError::ConfigFile {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
+    }
+
     /// Checks the configuration once at start-up; the error names the bad key.
     pub fn validate(&self) -> Result<()> {
         if self.include.is_empty() {
@@ -174,9 +542,14 @@ impl Config {
                 "at least one glob is required".to_owned(),
             ));
         }
-        for pattern in &self.include {
-            if let Err(error) = glob::Pattern::new(pattern) {
-                return Err(invalid("include", format!("bad glob {pattern:?}: {error}")));
+        for (key, patterns) in [
+            ("include", &self.include),
+            ("exclude_paths", &self.exclude_paths),
+        ] {
+            for pattern in patterns {
+                if let Err(error) = glob::Pattern::new(pattern) {
+                    return Err(invalid(key, format!("bad glob {pattern:?}: {error}")));
+                }
             }
         }
         if let Err(error) = tonic::transport::Endpoint::from_shared(self.collector.clone()) {
@@ -193,27 +566,41 @@ impl Config {
             ));
         }
         if self.host_name.is_empty() {
-            return Err(invalid("host-name", "must not be empty".to_owned()));
+            return Err(invalid("host_name", "must not be empty".to_owned()));
+        }
+        if self.memory_budget_bytes < 64 * 1024 {
+            return Err(invalid(
+                "memory_budget_bytes",
+                "must be at least 65536".to_owned(),
+            ));
         }
         let tuning = &self.tuning;
         if tuning.batch_max_records == 0 || tuning.batch_max_bytes == 0 {
             return Err(invalid(
-                "batch_max_records",
+                "tuning.batch_max_records",
                 "batches must allow at least one record".to_owned(),
             ));
         }
         if tuning.read_buffer_bytes == 0 || tuning.max_line_bytes == 0 {
             return Err(invalid(
-                "read_buffer_bytes",
+                "tuning.read_buffer_bytes",
                 "buffers must not be empty".to_owned(),
+            ));
+        }
+        if tuning.read_buffer_bytes > self.memory_budget_bytes {
+            return Err(invalid(
+                "tuning.read_buffer_bytes",
+                "must not exceed memory_budget_bytes".to_owned(),
             ));
         }
         if tuning.reader_queue_chunks == 0 || tuning.sink_queue_batches == 0 {
             return Err(invalid(
-                "reader_queue_chunks",
+                "tuning.reader_queue_chunks",
                 "queues need a capacity of at least 1".to_owned(),
             ));
         }
+        // Compiling the rules checks every glob and regex in them.
+        crate::rules::Rules::compile(self)?;
         Ok(())
     }
 
@@ -221,9 +608,17 @@ impl Config {
     pub fn checkpoint_path(&self) -> PathBuf {
         self.data_dir.join("checkpoints.json")
     }
+
+    /// The number of reader threads to use.
+    pub(crate) fn reader_threads(&self) -> usize {
+        match self.tuning.reader_threads {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            threads => threads,
+        }
+    }
 }
 
-fn invalid(key: &'static str, reason: String) -> AgentError {
+pub(crate) fn invalid(key: &'static str, reason: String) -> AgentError {
     AgentError::InvalidConfig { key, reason }
 }
 
@@ -243,6 +638,20 @@ pub fn detect_host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Durations written as text: `"200ms"`, `"5s"`, `"1m 30s"`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,12 +659,12 @@ mod tests {
     #[test]
     fn cli_defaults() {
         let cli = Cli::try_parse_from(["sightline-agent"]).unwrap();
-        assert_eq!(cli.include, vec![DEFAULT_INCLUDE.to_owned()]);
-        assert_eq!(cli.collector, DEFAULT_COLLECTOR);
-        assert_eq!(cli.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(cli.http_addr.to_string(), DEFAULT_HTTP_ADDR);
-        assert!(cli.read_from_start);
-        let config = cli.into_config();
+        let config = cli.load().unwrap();
+        assert_eq!(config.include, [DEFAULT_INCLUDE, DEFAULT_DOCKER_INCLUDE]);
+        assert_eq!(config.collector, DEFAULT_COLLECTOR);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert!(config.read_from_start);
         assert!(!config.host_name.is_empty());
         config.validate().unwrap();
     }
@@ -273,31 +682,93 @@ mod tests {
             "--read-from-start=false",
         ])
         .unwrap();
-        assert_eq!(
-            cli.include,
-            vec!["/a/*.log".to_owned(), "/b/*.log".to_owned()]
-        );
-        assert!(!cli.read_from_start);
-        assert_eq!(cli.into_config().host_name, "node-1");
+        let config = cli.into_config();
+        assert_eq!(config.include, ["/a/*.log", "/b/*.log"]);
+        assert!(!config.read_from_start);
+        assert_eq!(config.host_name, "node-1");
 
         let bare_flag = Cli::try_parse_from(["sightline-agent", "--read-from-start"]).unwrap();
-        assert!(bare_flag.read_from_start);
+        assert!(bare_flag.into_config().read_from_start);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "include = [\"/from/file/*.log\"]\ncollector = \"http://file:4317\"\nhost_name = \"file-host\"\n[tuning]\nbatch_max_wait = \"50ms\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "sightline-agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--collector",
+            "http://flag:4317",
+        ])
+        .unwrap();
+        let config = cli.load().unwrap();
+        assert_eq!(config.include, ["/from/file/*.log"]);
+        assert_eq!(config.collector, "http://flag:4317");
+        assert_eq!(config.host_name, "file-host");
+        assert_eq!(config.tuning.batch_max_wait, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let cases = [
+            ("colector = \"x\"", "colector"),
+            ("[tuning]\npoll = \"1s\"", "poll"),
+            ("[[containers]]\nnamespaec = \"x\"", "namespaec"),
+            ("[redact]\ncards = true", "cards"),
+        ];
+        for (text, key) in cases {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sightline-agent.example.toml");
+        let mut config = Config::from_file(Path::new(path)).unwrap();
+        config.host_name = "node".to_owned();
+        config.validate().unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.include, defaults.include);
+        assert_eq!(config.collector, defaults.collector);
+        assert_eq!(config.memory_budget_bytes, defaults.memory_budget_bytes);
+        assert_eq!(config.fields.request_id, defaults.fields.request_id);
+        assert_eq!(
+            format!("{:?}", config.tuning),
+            format!("{:?}", defaults.tuning),
+            "every tuning key documented with its default"
+        );
+        assert_eq!(
+            format!("{:?}", config.redact),
+            format!("{:?}", defaults.redact)
+        );
     }
 
     #[test]
     fn validate_names_the_bad_key() {
-        let config = Config {
+        let mut config = Config {
             include: vec!["/var/log/[".to_owned()],
+            host_name: "h".to_owned(),
             ..Config::default()
         };
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("`include`"), "{error}");
 
-        let config = Config {
-            collector: "127.0.0.1:4317".to_owned(),
-            ..Config::default()
-        };
+        config.include = vec!["/x/*.log".to_owned()];
+        config.collector = "127.0.0.1:4317".to_owned();
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("`collector`"), "{error}");
+
+        config.collector = DEFAULT_COLLECTOR.to_owned();
+        config.filters.drop_patterns = vec!["(".to_owned()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("`filters.drop_patterns`"), "{error}");
     }
 }

@@ -2,14 +2,21 @@
 //! opened and shared by every record read from it.
 //!
 //! A kubelet log path `…/pods/<namespace>_<pod>_<uid>/<container>/<restart>.log`
-//! names the pod and container; any other path still gets the host, the
-//! file path and a service name from the file stem.
+//! names the pod and container; a Docker json-file log sits beside the
+//! container's `config.v2.json`, which gives its name, image and labels;
+//! any other path still gets the host, the file path and a service name
+//! from the file stem. Static attributes from the config are added to all.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use serde_json::Value;
 
 use crate::checkpoint::FileKey;
+use crate::config::ResourceConfig;
+use crate::metrics::{FileLabels, FileStats};
 use crate::otlp;
 
 /// A file being tailed, with its resource computed once at open.
@@ -19,19 +26,153 @@ pub struct FileSource {
     pub key: FileKey,
     /// Path the file was opened at.
     pub path: PathBuf,
+    /// What the path and the runtime say about the container.
+    pub container: ContainerInfo,
     /// Resource shared by every record of the file.
     pub resource: Resource,
+    /// Counters and gauges of this file (sizes, offsets, fingerprint).
+    pub stats: Arc<FileStats>,
+    /// Where the file is now, after renames by rotation.
+    current_path: Mutex<PathBuf>,
 }
 
 impl FileSource {
     /// Builds the source of `path`, enriching it once.
-    pub fn new(key: FileKey, path: PathBuf, host_name: &str) -> FileSource {
-        let resource = resource_for_file(&path, host_name);
+    pub fn new(
+        key: FileKey,
+        path: PathBuf,
+        container: ContainerInfo,
+        host_name: &str,
+        config: &ResourceConfig,
+    ) -> FileSource {
+        let resource = resource_for(&path, &container, host_name, config);
+        let labels = FileLabels {
+            namespace: container.namespace.clone().unwrap_or_default(),
+            pod: container.pod.clone().unwrap_or_default(),
+            container: container.name.clone().unwrap_or_default(),
+            file: path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
         FileSource {
             key,
+            current_path: Mutex::new(path.clone()),
             path,
+            container,
             resource,
+            stats: Arc::new(FileStats::new(labels)),
         }
+    }
+
+    /// A source enriched from its path only, without config (tests).
+    pub fn plain(key: FileKey, path: PathBuf, host_name: &str) -> FileSource {
+        let container = ContainerInfo::from_kubelet_path(&path).unwrap_or_default();
+        FileSource::new(key, path, container, host_name, &ResourceConfig::default())
+    }
+
+    /// Where the file is now.
+    pub fn current_path(&self) -> PathBuf {
+        self.current_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The file was renamed to `path`.
+    pub(crate) fn set_current_path(&self, path: &Path) {
+        path.clone_into(
+            &mut self
+                .current_path
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+}
+
+/// What is known about the container that wrote a file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// `k8s.namespace.name`
+    pub namespace: Option<String>,
+    /// `k8s.pod.name`
+    pub pod: Option<String>,
+    /// `k8s.pod.uid`
+    pub pod_uid: Option<String>,
+    /// `k8s.container.name` (or the Docker container name)
+    pub name: Option<String>,
+    /// `k8s.container.restart_count`
+    pub restart_count: Option<u32>,
+    /// `container.id`
+    pub id: Option<String>,
+    /// `container.image.name`
+    pub image: Option<String>,
+    /// Container labels (Docker).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerInfo {
+    /// Everything the path (and, for Docker, `config.v2.json` beside it)
+    /// says. Blocking: reads a small file.
+    pub fn detect(path: &Path) -> ContainerInfo {
+        if let Some(info) = ContainerInfo::from_kubelet_path(path) {
+            return info;
+        }
+        if let Some(info) = ContainerInfo::from_docker_dir(path) {
+            return info;
+        }
+        ContainerInfo::default()
+    }
+
+    /// From a kubelet path.
+    pub fn from_kubelet_path(path: &Path) -> Option<ContainerInfo> {
+        let kubelet = KubeletPath::parse(path)?;
+        Some(ContainerInfo {
+            namespace: Some(kubelet.namespace),
+            pod: Some(kubelet.pod),
+            pod_uid: Some(kubelet.pod_uid),
+            name: Some(kubelet.container),
+            restart_count: Some(kubelet.restart_count),
+            ..ContainerInfo::default()
+        })
+    }
+
+    /// From `<dir>/config.v2.json` next to a Docker `<id>-json.log`.
+    pub fn from_docker_dir(path: &Path) -> Option<ContainerInfo> {
+        let file_name = path.file_name()?.to_str()?;
+        let id = file_name.strip_suffix("-json.log")?;
+        let config_path = path.with_file_name("config.v2.json");
+        let mut info = ContainerInfo {
+            id: Some(id.to_owned()),
+            ..ContainerInfo::default()
+        };
+        let Ok(bytes) = std::fs::read(&config_path) else {
+            return Some(info);
+        };
+        let Ok(config) = serde_json::from_slice::<Value>(&bytes) else {
+            return Some(info);
+        };
+        let text = |value: &Value| value.as_str().map(str::to_owned);
+        info.name = config["Name"]
+            .as_str()
+            .map(|name| name.trim_start_matches('/').to_owned());
+        info.image = text(&config["Config"]["Image"]);
+        if let Some(labels) = config["Config"]["Labels"].as_object() {
+            for (key, value) in labels {
+                if let Some(value) = value.as_str() {
+                    info.labels.insert(key.clone(), value.to_owned());
+                }
+            }
+        }
+        // Kubernetes on dockershim labels its containers.
+        let label = |key: &str| info.labels.get(key).cloned();
+        info.namespace = label("io.kubernetes.pod.namespace");
+        info.pod = label("io.kubernetes.pod.name");
+        info.pod_uid = label("io.kubernetes.pod.uid");
+        if let Some(name) = label("io.kubernetes.container.name") {
+            info.name = Some(name);
+        }
+        Some(info)
     }
 }
 
@@ -53,6 +194,12 @@ pub mod attr {
     pub const SERVICE_NAME: &str = "service.name";
     /// Path of the tailed file.
     pub const LOG_FILE_PATH: &str = "log.file.path";
+    /// Container name outside Kubernetes (Docker).
+    pub const CONTAINER_NAME: &str = "container.name";
+    /// Container id (Docker).
+    pub const CONTAINER_ID: &str = "container.id";
+    /// Container image (Docker).
+    pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
 }
 
 /// What a kubelet log path says about its container.
@@ -103,38 +250,57 @@ impl KubeletPath {
 }
 
 /// The resource of every record read from `path`.
-pub fn resource_for_file(path: &Path, host_name: &str) -> Resource {
-    let mut attributes = Vec::with_capacity(8);
-    let service_name = match KubeletPath::parse(path) {
-        Some(kubelet) => {
-            attributes.push(otlp::key_value(
-                attr::K8S_NAMESPACE_NAME,
-                otlp::string_value(kubelet.namespace),
-            ));
-            attributes.push(otlp::key_value(
-                attr::K8S_POD_NAME,
-                otlp::string_value(kubelet.pod),
-            ));
-            attributes.push(otlp::key_value(
-                attr::K8S_POD_UID,
-                otlp::string_value(kubelet.pod_uid),
-            ));
-            attributes.push(otlp::key_value(
-                attr::K8S_CONTAINER_NAME,
-                otlp::string_value(kubelet.container.clone()),
-            ));
-            attributes.push(otlp::key_value(
-                attr::K8S_CONTAINER_RESTART_COUNT,
-                otlp::int_value(i64::from(kubelet.restart_count)),
-            ));
-            kubelet.container
+pub fn resource_for(
+    path: &Path,
+    container: &ContainerInfo,
+    host_name: &str,
+    config: &ResourceConfig,
+) -> Resource {
+    let mut attributes = Vec::with_capacity(12);
+    let mut push = |key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            attributes.push(otlp::key_value(key, otlp::string_value(value.as_str())));
         }
-        None => path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned())
-            .filter(|stem| !stem.is_empty())
-            .unwrap_or_else(|| "unknown".to_owned()),
     };
+    push(attr::K8S_NAMESPACE_NAME, &container.namespace);
+    push(attr::K8S_POD_NAME, &container.pod);
+    push(attr::K8S_POD_UID, &container.pod_uid);
+    let name_key = if container.namespace.is_some() {
+        attr::K8S_CONTAINER_NAME
+    } else {
+        attr::CONTAINER_NAME
+    };
+    push(name_key, &container.name);
+    if let Some(restart_count) = container.restart_count {
+        attributes.push(otlp::key_value(
+            attr::K8S_CONTAINER_RESTART_COUNT,
+            otlp::int_value(i64::from(restart_count)),
+        ));
+    }
+    let mut push = |key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            attributes.push(otlp::key_value(key, otlp::string_value(value.as_str())));
+        }
+    };
+    push(attr::CONTAINER_ID, &container.id);
+    push(attr::CONTAINER_IMAGE_NAME, &container.image);
+    for (key, value) in &container.labels {
+        attributes.push(otlp::key_value(
+            format!("container.label.{key}"),
+            otlp::string_value(value.as_str()),
+        ));
+    }
+    let service_name = config
+        .service_name_labels
+        .iter()
+        .find_map(|label| container.labels.get(label).cloned())
+        .or_else(|| container.name.clone())
+        .or_else(|| {
+            path.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .filter(|stem| !stem.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
     attributes.push(otlp::key_value(
         attr::SERVICE_NAME,
         otlp::string_value(service_name),
@@ -147,10 +313,22 @@ pub fn resource_for_file(path: &Path, host_name: &str) -> Resource {
         attr::LOG_FILE_PATH,
         otlp::string_value(path.to_string_lossy()),
     ));
+    for (key, value) in &config.static_attributes {
+        attributes.push(otlp::key_value(
+            key.as_str(),
+            otlp::string_value(value.as_str()),
+        ));
+    }
     Resource {
         attributes,
         ..Default::default()
     }
+}
+
+/// The resource of a file enriched from its path only.
+pub fn resource_for_file(path: &Path, host_name: &str) -> Resource {
+    let container = ContainerInfo::from_kubelet_path(path).unwrap_or_default();
+    resource_for(path, &container, host_name, &ResourceConfig::default())
 }
 
 #[cfg(test)]
@@ -235,6 +413,41 @@ mod tests {
                 "service.name=order",
                 "host.name=node-a",
                 "log.file.path=/var/log/pods/shop_order-1_u-1/order/0.log",
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_config_gives_name_image_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "3f2a";
+        let container_dir = dir.path().join(id);
+        std::fs::create_dir_all(&container_dir).unwrap();
+        std::fs::write(
+            container_dir.join("config.v2.json"),
+            r#"{"ID":"3f2a","Name":"/shop-web-1","Config":{"Image":"nginx:1.27","Labels":{"com.docker.compose.service":"web","tier":"front"}}}"#,
+        )
+        .unwrap();
+        let log = container_dir.join(format!("{id}-json.log"));
+        let info = ContainerInfo::detect(&log);
+        assert_eq!(info.name.as_deref(), Some("shop-web-1"));
+        let mut config = ResourceConfig::default();
+        config
+            .static_attributes
+            .insert("deployment.environment".to_owned(), "prod".to_owned());
+        let rendered = render(&resource_for(&log, &info, "node-a", &config));
+        assert_eq!(
+            rendered,
+            [
+                "container.name=shop-web-1".to_owned(),
+                "container.id=3f2a".to_owned(),
+                "container.image.name=nginx:1.27".to_owned(),
+                "container.label.com.docker.compose.service=web".to_owned(),
+                "container.label.tier=front".to_owned(),
+                "service.name=web".to_owned(),
+                "host.name=node-a".to_owned(),
+                format!("log.file.path={}", log.display()),
+                "deployment.environment=prod".to_owned(),
             ]
         );
     }

@@ -19,6 +19,14 @@ pub enum AgentError {
         /// Why it is wrong.
         reason: String,
     },
+    /// The configuration file cannot be read or parsed.
+    #[error("bad config file {path}: {reason}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
     /// The health/metrics listener could not bind.
     #[error("failed to bind http listener on {addr}: {source}")]
     HttpBind {

@@ -10,32 +10,40 @@
 //! ## The pipeline
 //!
 //! ```text
-//! discover ─► tail ─► decode ─► parse ─► (enrich, once per file) ─► batch ─► sink ─► collector
-//!  globs      bytes   CRI/plain  JSON     k8s/host resource          count/   OTLP     │
-//!  every 1s   lines   partials   fields                              time     gRPC     │
-//!                                                         checkpoint ◄── acknowledged ─┘
+//! discover ─► tail ─► decode ─► multiline ─► filter/parse/redact ─► batch ─► sink ─► collector
+//!  globs      bytes   CRI/Docker  stack       JSON/logfmt/regex       count/   OTLP     │
+//!  every 1s   lines   /plain      traces      masks secrets           time     gRPC     │
+//!  (enrich once per file: k8s path, Docker config, host, static)                       │
+//!                                                      checkpoint ◄── acknowledged ────┘
 //! ```
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | [`Cli`] flags, the validated [`Config`] and its [`config::Tuning`] |
-//! | `discover` | glob expansion, one reader task per `(device, inode)` |
-//! | `tail`, `lines` | reading appended bytes, splitting lines, rotation/truncation |
-//! | [`decode`] | runtime formats: CRI (with partial-line joining), plain fallback |
-//! | [`parse`] | JSON messages to attributes, severity, timestamp, trace context, `request_id` |
-//! | [`enrich`] | the per-file OTLP resource (k8s path, host, service name) |
+//! | [`config`] | [`Cli`] flags, the TOML file, the validated [`Config`] and its [`config::Tuning`] |
+//! | `rules` | the reloadable part of the config, compiled: filters, per-container plans |
+//! | `discover` | glob expansion, one reader task per `(device, inode)`, unfinished rotated files |
+//! | `tail`, `lines` | reading appended bytes, splitting lines, fingerprints, rotation/truncation |
+//! | [`decode`] | runtime formats: CRI and Docker json-file (partial joining), plain fallback |
+//! | `multiline` | joining stack traces and other continuation lines |
+//! | [`parse`] | JSON/logfmt/regex messages to attributes, severity, timestamp, trace context, `request_id` |
+//! | `redact` | masking bearer tokens, AWS keys, card numbers, e-mails, custom patterns |
+//! | [`enrich`] | the per-file OTLP resource (k8s path, Docker config, host, service name) |
 //! | `batch` | grouping records into export requests |
 //! | `sink` | OTLP/gRPC export with retry, committing offsets on acknowledgement |
 //! | [`checkpoint`] | acknowledged offsets per file, persisted atomically |
 //! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`, `GET /health` |
 //!
-//! Stages talk through bounded `tokio::sync::mpsc` queues: when the
-//! collector is slow, readers stop reading.
+//! Stages talk through bounded `tokio::sync::mpsc` queues, and one memory
+//! budget bounds the bytes read but not yet acknowledged across all files:
+//! when the collector is slow or down, readers stop reading and the files
+//! stay the buffer.
 //!
 //! ## Entry points
 //!
-//! [`run`] runs until SIGTERM/SIGINT; [`start`] returns a [`RunningAgent`]
-//! that tests stop with [`RunningAgent::shutdown`].
+//! [`run`] runs until SIGTERM/SIGINT (and reloads its config file on
+//! SIGHUP when given one); [`start`] returns a [`RunningAgent`] that tests
+//! reload with [`RunningAgent::reload`] and stop with
+//! [`RunningAgent::shutdown`].
 //!
 //! ## What this crate must never do
 //!
@@ -56,8 +64,11 @@ pub mod error;
 pub mod http;
 mod lines;
 pub mod metrics;
+mod multiline;
 mod otlp;
 pub mod parse;
+mod redact;
+mod rules;
 mod shutdown;
 mod sink;
 mod tail;
@@ -66,7 +77,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -77,6 +88,7 @@ pub use crate::metrics::Metrics;
 use crate::batch::{BatchLimits, run_batcher};
 use crate::checkpoint::CheckpointStore;
 use crate::discover::run_discovery;
+use crate::rules::Rules;
 use crate::shutdown::ShutdownTrigger;
 use crate::sink::OtlpSink;
 use crate::tail::TailContext;
@@ -90,10 +102,40 @@ pub async fn run(config: Config) -> Result<()> {
     agent.shutdown().await
 }
 
+/// Like [`run`], with the configuration from `cli`; on SIGHUP the config
+/// file is read again and what can change while running is applied.
+pub async fn run_cli(cli: Cli) -> Result<()> {
+    let agent = start(cli.load()?).await?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| AgentError::Task {
+            task: "signal",
+            reason: error.to_string(),
+        })?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = hangups.recv() => {
+                info!("reload requested");
+                let reloaded = cli.load().and_then(|config| agent.reload(&config));
+                if let Err(error) = reloaded {
+                    agent.metrics.add_config_reload(false);
+                    warn!(%error, "config reload refused, keeping the running config");
+                }
+            }
+        }
+    }
+    info!("shutdown requested");
+    agent.shutdown().await
+}
+
 /// A started agent; stop it with [`RunningAgent::shutdown`].
 #[derive(Debug)]
 pub struct RunningAgent {
     trigger: ShutdownTrigger,
+    config: Config,
+    rules: watch::Sender<Arc<Rules>>,
     http_addr: SocketAddr,
     metrics: Arc<Metrics>,
     checkpoints: CheckpointStore,
@@ -108,6 +150,7 @@ pub struct RunningAgent {
 /// every stage of the pipeline.
 pub async fn start(config: Config) -> Result<RunningAgent> {
     config.validate()?;
+    let rules = Arc::new(Rules::compile(&config)?);
     let tuning = config.tuning.clone();
     tokio::fs::create_dir_all(&config.data_dir)
         .await
@@ -123,6 +166,9 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
             reason: error.to_string(),
         })??;
     let metrics = Arc::new(Metrics::default());
+    let budget = Arc::new(Semaphore::new(config.memory_budget_bytes));
+    metrics.watch_budget(Arc::clone(&budget), config.memory_budget_bytes);
+    let (rules_tx, rules_rx) = watch::channel(rules);
 
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -149,9 +195,11 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
         shutdown: shutdown.clone(),
         host_name: Arc::from(config.host_name.as_str()),
         read_from_start: config.read_from_start,
-        poll_interval: tuning.poll_interval,
-        read_buffer_bytes: tuning.read_buffer_bytes,
-        max_line_bytes: tuning.max_line_bytes,
+        tuning: Arc::new(tuning.clone()),
+        multiline_flush: config.multiline.flush_timeout,
+        rules: rules_rx,
+        budget,
+        decode_slots: Arc::new(Semaphore::new(config.reader_threads())),
     };
     let limits = BatchLimits {
         max_records: tuning.batch_max_records,
@@ -164,11 +212,7 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
         http::router(Arc::clone(&metrics)),
         shutdown.clone(),
     ));
-    let discovery = tokio::spawn(run_discovery(
-        config.include.clone(),
-        tuning.discovery_interval,
-        tail_context,
-    ));
+    let discovery = tokio::spawn(run_discovery(tuning.discovery_interval, tail_context));
     let batcher = tokio::spawn(run_batcher(chunk_rx, batch_tx, limits));
     let sink = tokio::spawn(sink.run(batch_rx, shutdown.clone()));
     let persister = tokio::spawn(persist_periodically(
@@ -186,6 +230,8 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
     );
     Ok(RunningAgent {
         trigger,
+        config,
+        rules: rules_tx,
         http_addr,
         metrics,
         checkpoints,
@@ -206,6 +252,40 @@ impl RunningAgent {
     /// The agent's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// Applies a new configuration while running: globs, filters,
+    /// parsers, multiline, redaction and field names take effect at each
+    /// reader's next read (and for new files); other keys need a restart
+    /// and are reported. An invalid config is refused whole.
+    pub fn reload(&self, config: &Config) -> Result<()> {
+        config.validate()?;
+        let rules = Rules::compile(config)?;
+        let running = &self.config;
+        let needs_restart = [
+            ("collector", running.collector != config.collector),
+            ("data_dir", running.data_dir != config.data_dir),
+            ("http_addr", running.http_addr != config.http_addr),
+            ("host_name", running.host_name != config.host_name),
+            ("compression", running.compression != config.compression),
+            (
+                "memory_budget_bytes",
+                running.memory_budget_bytes != config.memory_budget_bytes,
+            ),
+            (
+                "tuning",
+                format!("{:?}", running.tuning) != format!("{:?}", config.tuning),
+            ),
+        ];
+        for (key, changed) in needs_restart {
+            if changed {
+                warn!(key, "config key changed, takes effect after a restart");
+            }
+        }
+        self.rules.send_replace(Arc::new(rules));
+        self.metrics.add_config_reload(true);
+        info!("config reloaded");
+        Ok(())
     }
 
     /// Stops reading, delivers what was read (within the shutdown grace),
@@ -250,8 +330,18 @@ async fn persist_periodically(
 
 async fn persist(checkpoints: &CheckpointStore, metrics: &Metrics) {
     match checkpoints.persist().await {
-        Ok(true) => metrics.add_checkpoint_write(true),
-        Ok(false) => {}
+        Ok(outcome) => {
+            if outcome.wrote {
+                metrics.add_checkpoint_write(true);
+            }
+            if outcome.bytes_lost > 0 {
+                warn!(
+                    bytes = outcome.bytes_lost,
+                    "files removed before they were fully read"
+                );
+                metrics.add_bytes_lost(outcome.bytes_lost);
+            }
+        }
         Err(error) => {
             metrics.add_checkpoint_write(false);
             warn!(%error, "failed to write checkpoints");

@@ -46,11 +46,16 @@ impl LineSplitter {
         self.held.len()
     }
 
+    /// File offset of the first byte not yet handed out as a line.
+    pub(crate) fn held_start(&self) -> u64 {
+        self.held_start
+    }
+
     /// Feeds the next bytes of the file and calls `on_line` for every
     /// complete line.
     pub(crate) fn push(&mut self, mut data: &[u8], mut on_line: impl FnMut(Line<'_>)) {
         while !data.is_empty() {
-            let Some(newline) = data.iter().position(|byte| *byte == b'\n') else {
+            let Some(newline) = memchr::memchr(b'\n', data) else {
                 self.hold(data, &mut on_line);
                 return;
             };

@@ -17,8 +17,21 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = Cli::parse().into_config();
-    match sightline_agent::run(config).await.context("agent failed") {
+    let cli = Cli::parse();
+    if cli.check_config {
+        let checked = cli.load().and_then(|config| config.validate());
+        return match checked {
+            Ok(()) => {
+                println!("config ok");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    match sightline_agent::run_cli(cli).await.context("agent failed") {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -2,10 +2,89 @@
 //! in the Prometheus text format on `GET /metrics`.
 //!
 //! Labels never carry file paths or other unbounded values: one agent
-//! tails thousands of files over its life.
+//! tails thousands of files over its life. Per-file series are labelled by
+//! namespace, pod, container and file name, and exist only while the file
+//! is tailed or has records in flight, so their number is bounded by the
+//! containers on the node.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use tokio::sync::Semaphore;
+
+use crate::checkpoint::{Fingerprint, ResetReason};
+
+/// Bounded labels of a file's series.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileLabels {
+    /// Kubernetes namespace, empty outside Kubernetes.
+    pub namespace: String,
+    /// Pod name, empty outside Kubernetes.
+    pub pod: String,
+    /// Container name, if known.
+    pub container: String,
+    /// File name (not the path), e.g. `0.log`.
+    pub file: String,
+}
+
+/// Counters and gauges of one tailed file.
+#[derive(Debug, Default)]
+pub struct FileStats {
+    labels: FileLabels,
+    lines_read: AtomicU64,
+    bytes_read: AtomicU64,
+    size: AtomicU64,
+    acked: AtomicU64,
+    fingerprint: AtomicU64,
+}
+
+impl FileStats {
+    /// Stats for a file with these labels.
+    pub fn new(labels: FileLabels) -> FileStats {
+        FileStats {
+            labels,
+            ..FileStats::default()
+        }
+    }
+
+    /// Lines and bytes read from the file.
+    pub fn add_read(&self, lines: u64, bytes: u64) {
+        self.lines_read.fetch_add(lines, Ordering::Relaxed);
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The file's size as last seen.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Records the file's size.
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Relaxed);
+    }
+
+    /// Records the acknowledged offset.
+    pub fn set_acked(&self, offset: u64) {
+        self.acked.store(offset, Ordering::Relaxed);
+    }
+
+    /// The acknowledged offset.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Fingerprint of the bytes read so far from the start of the file.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::unpack(self.fingerprint.load(Ordering::Relaxed))
+    }
+
+    /// Records the fingerprint.
+    pub fn set_fingerprint(&self, fingerprint: Fingerprint) {
+        self.fingerprint
+            .store(fingerprint.pack(), Ordering::Relaxed);
+    }
+}
 
 /// Why records were given up on (they are logged, counted, never silent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +137,27 @@ impl RetryReason {
     }
 }
 
+/// Why records never left the node on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A `filters.drop_patterns` regex matched.
+    Filter,
+}
+
 /// All counters of one agent. Shared as `Arc<Metrics>`.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    files: Mutex<Vec<Weak<FileStats>>>,
+    checkpoint_resets: [AtomicU64; 2],
+    bytes_lost: AtomicU64,
+    records_dropped: AtomicU64,
+    records_redacted: AtomicU64,
+    lines_truncated: AtomicU64,
+    files_excluded: AtomicU64,
+    config_reloads: AtomicU64,
+    config_reload_errors: AtomicU64,
+    budget: OnceLock<(Arc<Semaphore>, usize)>,
+    oldest_unacked_read_nanos: AtomicU64,
     lines_read: AtomicU64,
     bytes_read: AtomicU64,
     read_errors: AtomicU64,
@@ -74,6 +171,86 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Starts the per-file series of a file; they end when `stats` is
+    /// dropped (reader stopped and no record of the file in flight).
+    pub fn track_file(&self, stats: &Arc<FileStats>) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.retain(|file| file.strong_count() > 0);
+        files.push(Arc::downgrade(stats));
+    }
+
+    /// A stored offset was not trusted and a file is read from its start.
+    pub fn add_checkpoint_reset(&self, reason: ResetReason) {
+        let index = match reason {
+            ResetReason::Truncated => 0,
+            ResetReason::Fingerprint => 1,
+        };
+        self.checkpoint_resets[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes that can never be read (file gone or truncated before read).
+    pub fn add_bytes_lost(&self, bytes: u64) {
+        self.bytes_lost.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes lost so far.
+    pub fn bytes_lost(&self) -> u64 {
+        self.bytes_lost.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped on purpose.
+    pub fn add_dropped(&self, _reason: DropReason, records: u64) {
+        self.records_dropped.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records in which something was masked.
+    pub fn add_redacted(&self, records: u64) {
+        self.records_redacted.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Messages cut at the size limit.
+    pub fn add_truncated(&self, records: u64) {
+        self.lines_truncated.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// A file was not tailed because a filter excludes its container.
+    pub fn add_file_excluded(&self) {
+        self.files_excluded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A SIGHUP reload finished.
+    pub fn add_config_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.config_reloads
+        } else {
+            &self.config_reload_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The memory budget to report on (set once at start).
+    pub(crate) fn watch_budget(&self, budget: Arc<Semaphore>, limit: usize) {
+        let _ = self.budget.set((budget, limit));
+    }
+
+    /// Bytes of the memory budget in use.
+    pub fn budget_in_use(&self) -> u64 {
+        self.budget.get().map_or(0, |(budget, limit)| {
+            limit.saturating_sub(budget.available_permits()) as u64
+        })
+    }
+
+    fn budget_limit(&self) -> u64 {
+        self.budget.get().map_or(0, |(_, limit)| *limit as u64)
+    }
+
+    /// Wall-clock read time (Unix ns) of the oldest record the sink is
+    /// trying to deliver; 0 when nothing is waiting.
+    pub fn set_oldest_unacked(&self, read_unix_nanos: u64) {
+        self.oldest_unacked_read_nanos
+            .store(read_unix_nanos, Ordering::Relaxed);
+    }
+
     /// Lines and bytes taken from a file.
     pub fn add_read(&self, lines: u64, bytes: u64) {
         self.lines_read.fetch_add(lines, Ordering::Relaxed);
@@ -206,13 +383,154 @@ impl Metrics {
             "sightline_agent_files_watched {}",
             self.files_watched.load(Ordering::Relaxed)
         );
+        header(
+            &mut out,
+            "sightline_agent_checkpoint_resets_total",
+            "Files read from their start because the stored offset did not fit them.",
+            "counter",
+        );
+        for (index, reason) in ["truncated", "fingerprint"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sightline_agent_checkpoint_resets_total{{reason=\"{reason}\"}} {}",
+                load(&self.checkpoint_resets[index])
+            );
+        }
+        counter(
+            &mut out,
+            "sightline_agent_bytes_lost_total",
+            "Bytes that could never be read: files removed or truncated before they were read.",
+            load(&self.bytes_lost),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_records_dropped_total",
+            "Records dropped by filters.",
+            load(&self.records_dropped),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_records_redacted_total",
+            "Records in which a secret was masked.",
+            load(&self.records_redacted),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_records_truncated_total",
+            "Messages cut at the size limit (flagged log.truncated).",
+            load(&self.lines_truncated),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_files_excluded_total",
+            "Files not tailed because a filter excludes their container.",
+            load(&self.files_excluded),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_config_reloads_total",
+            "Configuration reloads applied (SIGHUP).",
+            load(&self.config_reloads),
+        );
+        counter(
+            &mut out,
+            "sightline_agent_config_reload_errors_total",
+            "Configuration reloads refused because the file was invalid.",
+            load(&self.config_reload_errors),
+        );
+        gauge(
+            &mut out,
+            "sightline_agent_memory_budget_bytes",
+            "Limit on bytes read and not yet acknowledged.",
+            self.budget_limit() as i64,
+        );
+        gauge(
+            &mut out,
+            "sightline_agent_memory_budget_in_use_bytes",
+            "Bytes read and not yet acknowledged.",
+            self.budget_in_use() as i64,
+        );
+        let oldest = self.oldest_unacked_read_nanos.load(Ordering::Relaxed);
+        let age_seconds = if oldest == 0 {
+            0.0
+        } else {
+            crate::tail::now_unix_nanos().saturating_sub(oldest) as f64 / 1e9
+        };
+        header(
+            &mut out,
+            "sightline_agent_oldest_unacked_age_seconds",
+            "Age of the oldest record read and not yet acknowledged.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "sightline_agent_oldest_unacked_age_seconds {age_seconds:.3}"
+        );
+        self.render_files(&mut out);
         out
+    }
+
+    fn render_files(&self, out: &mut String) {
+        let files: Vec<Arc<FileStats>> = {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.retain(|file| file.strong_count() > 0);
+            files.iter().filter_map(Weak::upgrade).collect()
+        };
+        let series = [
+            (
+                "sightline_agent_file_lines_read_total",
+                "Lines read, per tailed file.",
+                "counter",
+            ),
+            (
+                "sightline_agent_file_bytes_read_total",
+                "Bytes read, per tailed file.",
+                "counter",
+            ),
+            (
+                "sightline_agent_file_bytes_behind",
+                "File size minus acknowledged offset, per tailed file.",
+                "gauge",
+            ),
+        ];
+        for (index, (name, help, kind)) in series.iter().enumerate() {
+            header(out, name, help, kind);
+            for file in &files {
+                let value = match index {
+                    0 => file.lines_read.load(Ordering::Relaxed),
+                    1 => file.bytes_read.load(Ordering::Relaxed),
+                    _ => file.size().saturating_sub(file.acked()),
+                };
+                let labels = &file.labels;
+                let _ = writeln!(
+                    out,
+                    "{name}{{namespace=\"{}\",pod=\"{}\",container=\"{}\",file=\"{}\"}} {value}",
+                    escape(&labels.namespace),
+                    escape(&labels.pod),
+                    escape(&labels.container),
+                    escape(&labels.file)
+                );
+            }
+        }
     }
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Escapes a label value per the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -232,6 +550,16 @@ mod tests {
         metrics.add_failed(FailureReason::Rejected, 2);
         metrics.add_retry(RetryReason::Unavailable);
         metrics.add_files_watched(1);
+        let file = Arc::new(FileStats::new(FileLabels {
+            namespace: "shop".to_owned(),
+            pod: "p".to_owned(),
+            container: "c".to_owned(),
+            file: "0.log".to_owned(),
+        }));
+        file.add_read(2, 100);
+        file.set_size(100);
+        file.set_acked(40);
+        metrics.track_file(&file);
         let text = metrics.render_prometheus();
         for expected in [
             "# TYPE sightline_agent_lines_read_total counter\nsightline_agent_lines_read_total 3\n",
@@ -241,8 +569,15 @@ mod tests {
             "sightline_agent_records_failed_total{reason=\"partial_success\"} 0\n",
             "sightline_agent_send_retries_total{reason=\"unavailable\"} 1\n",
             "sightline_agent_files_watched 1\n",
+            "sightline_agent_file_bytes_behind{namespace=\"shop\",pod=\"p\",container=\"c\",file=\"0.log\"} 60\n",
+            "sightline_agent_file_lines_read_total{namespace=\"shop\",pod=\"p\",container=\"c\",file=\"0.log\"} 2\n",
+            "sightline_agent_bytes_lost_total 0\n",
+            "sightline_agent_memory_budget_in_use_bytes 0\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+        drop(file);
+        let text = metrics.render_prometheus();
+        assert!(!text.contains("file=\"0.log\""), "series end with the file");
     }
 }

@@ -1,13 +1,20 @@
 //! Parsers: turn a decoded entry into an OTLP [`LogRecord`].
 //!
-//! Today there is one parser: a message that is a JSON object becomes
-//! structured (fields as attributes, promoted severity, timestamp, trace
-//! context and request id); anything else stays plain text in the body.
+//! A message that is a JSON object becomes structured (fields as
+//! attributes, promoted severity, timestamp, trace context and request id);
+//! with the `logfmt` parser `key=value` pairs do the same, and with the
+//! `regex` parser the named captures of a configured regex. Anything else
+//! stays plain text in the body. The field names looked for are
+//! configurable ([`FieldNames`]).
+
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::config::FieldsConfig;
 use crate::decode::{Entry, parse_rfc3339_nanos};
 use crate::otlp;
 
@@ -15,13 +22,53 @@ use crate::otlp;
 pub const ATTR_IOSTREAM: &str = "log.iostream";
 /// Attribute holding the request id, whatever the application called it.
 pub const ATTR_REQUEST_ID: &str = "request_id";
+/// Attribute set (to `true`) on messages cut at the size limit.
+pub const ATTR_TRUNCATED: &str = "log.truncated";
 
-const BODY_KEYS: &[&str] = &["message", "msg"];
-const SEVERITY_KEYS: &[&str] = &["level", "severity", "lvl"];
-const TIMESTAMP_KEYS: &[&str] = &["timestamp", "time", "ts"];
-const TRACE_ID_KEYS: &[&str] = &["trace_id", "traceId"];
-const SPAN_ID_KEYS: &[&str] = &["span_id", "spanId"];
-const REQUEST_ID_KEYS: &[&str] = &["request_id", "requestId", "x-request-id", "correlation_id"];
+/// The field names the parsers promote, from `[fields]` in the config.
+#[derive(Debug, Clone)]
+pub struct FieldNames {
+    body: Vec<String>,
+    severity: Vec<String>,
+    timestamp: Vec<String>,
+    trace_id: Vec<String>,
+    span_id: Vec<String>,
+    request_id: Vec<String>,
+}
+
+impl FieldNames {
+    /// From the `[fields]` section.
+    pub fn from_config(config: &FieldsConfig) -> FieldNames {
+        FieldNames {
+            body: config.message.clone(),
+            severity: config.severity.clone(),
+            timestamp: config.timestamp.clone(),
+            trace_id: config.trace_id.clone(),
+            span_id: config.span_id.clone(),
+            request_id: config.request_id.clone(),
+        }
+    }
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        FieldNames::from_config(&FieldsConfig::default())
+    }
+}
+
+/// How a message is parsed.
+#[derive(Debug, Clone)]
+pub enum Parser {
+    /// JSON objects are parsed; other messages stay text.
+    Auto,
+    /// `key=value` pairs (values may be `"quoted"`); JSON objects still
+    /// parse as JSON.
+    Logfmt,
+    /// Named captures of the regex become fields; no match stays text.
+    Regex(Arc<Regex>),
+    /// Messages stay text.
+    None,
+}
 /// Nested object where `tracing-subscriber`'s JSON format puts event fields.
 const NESTED_FIELDS_KEY: &str = "fields";
 
@@ -97,16 +144,38 @@ impl Severity {
     }
 }
 
-/// Builds the OTLP record for one decoded entry. Never fails: input that is
-/// not a JSON object is kept as plain text.
-pub(crate) fn parse_entry(entry: Entry, observed_unix_nano: u64) -> LogRecord {
+/// Builds the OTLP record for one decoded entry with the default parser
+/// and field names.
+pub fn parse_entry(entry: Entry, observed_unix_nano: u64) -> LogRecord {
+    parse_entry_with(
+        entry,
+        observed_unix_nano,
+        &Parser::Auto,
+        &FieldNames::default(),
+    )
+}
+
+/// Builds the OTLP record for one decoded entry. Never fails: input the
+/// parser does not recognise is kept as plain text.
+pub fn parse_entry_with(
+    entry: Entry,
+    observed_unix_nano: u64,
+    parser: &Parser,
+    fields: &FieldNames,
+) -> LogRecord {
     let mut record = LogRecord {
         time_unix_nano: entry.timestamp_unix_nano.unwrap_or(observed_unix_nano),
         observed_time_unix_nano: observed_unix_nano,
         ..Default::default()
     };
-    match json_object(&entry.message) {
-        Some(object) => apply_json(&mut record, object, &entry.message),
+    let object = match parser {
+        Parser::None => None,
+        Parser::Auto => json_object(&entry.message),
+        Parser::Logfmt => json_object(&entry.message).or_else(|| logfmt_object(&entry.message)),
+        Parser::Regex(regex) => regex_object(regex, &entry.message),
+    };
+    match object {
+        Some(object) => apply_fields(&mut record, object, entry.message, fields),
         None => record.body = Some(otlp::string_value(entry.message)),
     }
     if let Some(stream) = entry.stream {
@@ -114,6 +183,16 @@ pub(crate) fn parse_entry(entry: Entry, observed_unix_nano: u64) -> LogRecord {
             ATTR_IOSTREAM,
             otlp::string_value(stream.as_str()),
         ));
+    }
+    if entry.truncated {
+        record
+            .attributes
+            .push(otlp::key_value(ATTR_TRUNCATED, otlp::bool_value(true)));
+    }
+    for (key, value) in entry.attributes {
+        record
+            .attributes
+            .push(otlp::key_value(key, otlp::string_value(value)));
     }
     record
 }
@@ -129,38 +208,128 @@ fn json_object(message: &str) -> Option<Map<String, Value>> {
     }
 }
 
-fn apply_json(record: &mut LogRecord, mut object: Map<String, Value>, raw: &str) {
-    let body = take_first(&mut object, BODY_KEYS)
-        .or_else(|| take_nested(&mut object, BODY_KEYS))
+/// `level=info msg="order placed" id=7`: at least one pair, else `None`
+/// (plain text is not logfmt). Bare words next to pairs are kept as keys
+/// with value `true`.
+fn logfmt_object(message: &str) -> Option<Map<String, Value>> {
+    let mut object = Map::new();
+    let mut pairs = 0;
+    let bytes = message.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        while index < bytes.len() && bytes[index] == b' ' {
+            index += 1;
+        }
+        let key_start = index;
+        while index < bytes.len() && bytes[index] != b'=' && bytes[index] != b' ' {
+            index += 1;
+        }
+        let key = &message[key_start..index];
+        if key.is_empty() {
+            if index < bytes.len() {
+                // A stray `=`: not logfmt.
+                return None;
+            }
+            break;
+        }
+        if index >= bytes.len() || bytes[index] == b' ' {
+            object.insert(key.to_owned(), Value::Bool(true));
+            continue;
+        }
+        index += 1; // '='
+        let value = if index < bytes.len() && bytes[index] == b'"' {
+            index += 1;
+            let mut value = String::new();
+            let mut closed = false;
+            while index < bytes.len() {
+                match bytes[index] {
+                    b'\\' if index + 1 < bytes.len() => {
+                        let escaped = bytes[index + 1];
+                        value.push(match escaped {
+                            b'n' => '\n',
+                            b't' => '\t',
+                            other => other as char,
+                        });
+                        index += 2;
+                    }
+                    b'"' => {
+                        index += 1;
+                        closed = true;
+                        break;
+                    }
+                    _ => {
+                        let rest = &message[index..];
+                        let next = rest.chars().next().unwrap_or(' ');
+                        value.push(next);
+                        index += next.len_utf8();
+                    }
+                }
+            }
+            if !closed {
+                return None;
+            }
+            value
+        } else {
+            let value_start = index;
+            while index < bytes.len() && bytes[index] != b' ' {
+                index += 1;
+            }
+            message[value_start..index].to_owned()
+        };
+        pairs += 1;
+        object.insert(key.to_owned(), Value::String(value));
+    }
+    (pairs > 0).then_some(object)
+}
+
+fn regex_object(regex: &Regex, message: &str) -> Option<Map<String, Value>> {
+    let captures = regex.captures(message)?;
+    let mut object = Map::new();
+    for name in regex.capture_names().flatten() {
+        if let Some(found) = captures.name(name) {
+            object.insert(name.to_owned(), Value::String(found.as_str().to_owned()));
+        }
+    }
+    Some(object)
+}
+
+fn apply_fields(
+    record: &mut LogRecord,
+    mut object: Map<String, Value>,
+    raw: String,
+    fields: &FieldNames,
+) {
+    let body = take_first(&mut object, &fields.body)
+        .or_else(|| take_nested(&mut object, &fields.body))
         .map(|value| match value {
             Value::String(text) => otlp::string_value(text),
             other => json_to_any(other),
         });
     record.body = Some(body.unwrap_or_else(|| otlp::string_value(raw)));
 
-    if let Some(level) = take_first(&mut object, SEVERITY_KEYS) {
+    if let Some(level) = take_first(&mut object, &fields.severity) {
         let (text, number) = severity_of(&level);
         record.severity_text = text;
         record.severity_number = number;
     }
 
-    if let Some(time_unix_nano) = take_parsed(&mut object, TIMESTAMP_KEYS, timestamp_of) {
+    if let Some(time_unix_nano) = take_parsed(&mut object, &fields.timestamp, timestamp_of) {
         record.time_unix_nano = time_unix_nano;
     }
 
-    let trace_id = take_parsed(&mut object, TRACE_ID_KEYS, hex_id::<16>)
-        .or_else(|| take_parsed_nested(&mut object, TRACE_ID_KEYS, hex_id::<16>));
+    let trace_id = take_parsed(&mut object, &fields.trace_id, hex_id::<16>)
+        .or_else(|| take_parsed_nested(&mut object, &fields.trace_id, hex_id::<16>));
     if let Some(trace_id) = trace_id {
         record.trace_id = trace_id.to_vec();
     }
-    let span_id = take_parsed(&mut object, SPAN_ID_KEYS, hex_id::<8>)
-        .or_else(|| take_parsed_nested(&mut object, SPAN_ID_KEYS, hex_id::<8>));
+    let span_id = take_parsed(&mut object, &fields.span_id, hex_id::<8>)
+        .or_else(|| take_parsed_nested(&mut object, &fields.span_id, hex_id::<8>));
     if let Some(span_id) = span_id {
         record.span_id = span_id.to_vec();
     }
 
-    let request_id = take_first(&mut object, REQUEST_ID_KEYS)
-        .or_else(|| take_nested(&mut object, REQUEST_ID_KEYS));
+    let request_id = take_first(&mut object, &fields.request_id)
+        .or_else(|| take_nested(&mut object, &fields.request_id));
     if let Some(request_id) = request_id {
         let text = match request_id {
             Value::String(text) => text,
@@ -175,12 +344,12 @@ fn apply_json(record: &mut LogRecord, mut object: Map<String, Value>, raw: &str)
 }
 
 /// Removes and returns the value of the first key present.
-fn take_first(object: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
-    keys.iter().find_map(|key| object.remove(*key))
+fn take_first(object: &mut Map<String, Value>, keys: &[String]) -> Option<Value> {
+    keys.iter().find_map(|key| object.remove(key))
 }
 
 /// Like [`take_first`], inside the nested `fields` object.
-fn take_nested(object: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
+fn take_nested(object: &mut Map<String, Value>, keys: &[String]) -> Option<Value> {
     match object.get_mut(NESTED_FIELDS_KEY) {
         Some(Value::Object(fields)) => take_first(fields, keys),
         _ => None,
@@ -190,12 +359,12 @@ fn take_nested(object: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> 
 /// Removes the first key whose value `parse` accepts; others stay put.
 fn take_parsed<T>(
     object: &mut Map<String, Value>,
-    keys: &[&str],
+    keys: &[String],
     parse: impl Fn(&Value) -> Option<T>,
 ) -> Option<T> {
     for key in keys {
-        if let Some(parsed) = object.get(*key).and_then(&parse) {
-            object.remove(*key);
+        if let Some(parsed) = object.get(key).and_then(&parse) {
+            object.remove(key);
             return Some(parsed);
         }
     }
@@ -204,7 +373,7 @@ fn take_parsed<T>(
 
 fn take_parsed_nested<T>(
     object: &mut Map<String, Value>,
-    keys: &[&str],
+    keys: &[String],
     parse: impl Fn(&Value) -> Option<T>,
 ) -> Option<T> {
     match object.get_mut(NESTED_FIELDS_KEY) {
@@ -314,7 +483,7 @@ mod tests {
             timestamp_unix_nano: Some(CRI_TIME),
             stream: Some(IoStream::Stdout),
             message: message.to_owned(),
-            commit_offset: 0,
+            ..Entry::default()
         };
         parse_entry(entry, OBSERVED)
     }
@@ -482,14 +651,100 @@ mod tests {
     #[test]
     fn plain_entry_without_runtime_time_uses_observed_time() {
         let entry = Entry {
-            timestamp_unix_nano: None,
-            stream: None,
             message: "hi".to_owned(),
-            commit_offset: 3,
+            ..Entry::default()
         };
         let record = parse_entry(entry, OBSERVED);
         assert_eq!(record.time_unix_nano, OBSERVED);
         assert_eq!(record.observed_time_unix_nano, OBSERVED);
         assert!(record.attributes.is_empty());
+    }
+
+    fn parse_with(message: &str, parser: &Parser, fields: &FieldNames) -> LogRecord {
+        let entry = Entry {
+            timestamp_unix_nano: Some(CRI_TIME),
+            message: message.to_owned(),
+            ..Entry::default()
+        };
+        parse_entry_with(entry, OBSERVED, parser, fields)
+    }
+
+    #[test]
+    fn logfmt_messages() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"level=warn msg="slow query" duration_ms=812 request_id=r-9 cached"#,
+                r#""slow query" | WARN/13 | 1795240128123456789 | cached=true,duration_ms="812",request_id="r-9""#,
+            ),
+            (
+                r#"ts=2026-11-21T05:48:48Z msg="say \"hi\"" x="#,
+                r#""say \"hi\"" | /0 | 1795240128000000000 | x="""#,
+            ),
+            (
+                "just some words",
+                r#""just some words" | /0 | 1795240128123456789 | "#,
+            ),
+            (
+                r#"msg="unterminated"#,
+                r#""msg=\"unterminated" | /0 | 1795240128123456789 | "#,
+            ),
+            (
+                r#"{"msg":"json still wins"}"#,
+                r#""json still wins" | /0 | 1795240128123456789 | "#,
+            ),
+        ];
+        for (input, expected) in cases {
+            let record = parse_with(input, &Parser::Logfmt, &FieldNames::default());
+            assert_eq!(render(&record), *expected, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn regex_parser_and_custom_field_names() {
+        let regex = Regex::new(r"^(?P<sev>[A-Z]+) \[(?P<rid>[^\]]+)\] (?P<text>.*)$").unwrap();
+        let fields = FieldNames::from_config(&FieldsConfig {
+            message: vec!["text".to_owned()],
+            severity: vec!["sev".to_owned()],
+            request_id: vec!["rid".to_owned()],
+            ..FieldsConfig::default()
+        });
+        let record = parse_with(
+            "ERROR [abc-1] payment declined",
+            &Parser::Regex(Arc::new(regex.clone())),
+            &fields,
+        );
+        assert_eq!(
+            render(&record),
+            r#""payment declined" | ERROR/17 | 1795240128123456789 | request_id="abc-1""#
+        );
+        let unmatched = parse_with("no match", &Parser::Regex(Arc::new(regex)), &fields);
+        assert_eq!(
+            render(&unmatched),
+            r#""no match" | /0 | 1795240128123456789 | "#
+        );
+        let json = parse_with(
+            r#"{"text":"t","correlation_id":"c"}"#,
+            &Parser::Auto,
+            &fields,
+        );
+        assert_eq!(
+            render(&json),
+            r#""t" | /0 | 1795240128123456789 | correlation_id="c""#
+        );
+    }
+
+    #[test]
+    fn truncation_flag_and_runtime_attributes() {
+        let entry = Entry {
+            message: "cut".to_owned(),
+            truncated: true,
+            attributes: vec![("tag".to_owned(), "web".to_owned())],
+            ..Entry::default()
+        };
+        let record = parse_entry(entry, OBSERVED);
+        assert_eq!(
+            show_attributes(&record.attributes),
+            r#"log.truncated=true,tag="web""#
+        );
     }
 }

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 
 use crate::batch::Batch;
 use crate::checkpoint::CheckpointStore;
-use crate::config::Config;
+use crate::config::{Compression, Config};
 use crate::error::{AgentError, Result};
 use crate::metrics::{FailureReason, Metrics, RetryReason};
 use crate::shutdown::Shutdown;
@@ -68,10 +68,15 @@ impl OtlpSink {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(config.tuning.export_timeout)
             .tcp_nodelay(true);
-        let client = LogsServiceClient::new(endpoint.connect_lazy())
-            .send_compressed(CompressionEncoding::Gzip)
+        let mut client = LogsServiceClient::new(endpoint.connect_lazy())
             .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
             .max_decoding_message_size(4 * 1024 * 1024);
+        client = match config.compression {
+            Compression::None => client,
+            Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
+            Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
+        };
         Ok(OtlpSink {
             client,
             checkpoints,
@@ -91,7 +96,16 @@ impl OtlpSink {
         };
         while let Some(mut batch) = input.recv().await {
             let records = batch.record_count() as u64;
-            match self.deliver(&mut batch, &mut grace).await {
+            if records == 0 {
+                // Only offsets of dropped lines: nothing to send.
+                self.commit(&batch);
+                continue;
+            }
+            self.metrics
+                .set_oldest_unacked(batch.oldest_read_unix_nanos);
+            let outcome = self.deliver(&mut batch, &mut grace).await;
+            self.metrics.set_oldest_unacked(0);
+            match outcome {
                 Outcome::Delivered => {
                     self.metrics.add_sent(records);
                     self.commit(&batch);
@@ -112,8 +126,7 @@ impl OtlpSink {
 
     fn commit(&self, batch: &Batch) {
         for group in &batch.files {
-            self.checkpoints
-                .commit(group.source.key, &group.source.path, group.commit_offset);
+            self.checkpoints.commit(&group.source, group.commit_offset);
         }
     }
 

@@ -129,6 +129,7 @@ fn test_config(root: &Path, collector_addr: SocketAddr) -> Config {
             shutdown_grace: Duration::from_secs(2),
             ..Tuning::default()
         },
+        ..Config::default()
     }
 }
 

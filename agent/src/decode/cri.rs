@@ -9,23 +9,12 @@
 //! (full) piece. Pieces are joined per stream, so interleaved stdout and
 //! stderr partials never mix. Lines that are not CRI become plain entries.
 
-use super::{Entry, IoStream, parse_rfc3339_nanos};
+use super::{Entry, IoStream, Joiner, Piece, parse_rfc3339_nanos};
 
 /// Decodes CRI lines of one file, joining partial pieces.
 #[derive(Debug)]
 pub(crate) struct CriDecoder {
-    /// Pending partial message per stream: index 0 stdout, 1 stderr.
-    pending: [Option<Pending>; 2],
-    /// A joined message is emitted once it grows past this many bytes.
-    max_message_bytes: usize,
-}
-
-#[derive(Debug)]
-struct Pending {
-    timestamp_unix_nano: u64,
-    message: Vec<u8>,
-    /// Offset of the first piece in the file.
-    start_offset: u64,
+    pub(super) joiner: Joiner,
 }
 
 /// A line that follows the CRI format, borrowed from the input.
@@ -40,82 +29,29 @@ struct CriLine<'a> {
 impl CriDecoder {
     pub(crate) fn new(max_message_bytes: usize) -> Self {
         CriDecoder {
-            pending: [None, None],
-            max_message_bytes,
+            joiner: Joiner::new(max_message_bytes),
         }
     }
 
     /// Decodes one line (without its newline) that spans file offsets
-    /// `line_start..line_end`. Returns an entry when one is complete.
-    pub(crate) fn decode(&mut self, line: &[u8], line_start: u64, line_end: u64) -> Option<Entry> {
-        let Some(cri) = parse_cri_line(line) else {
-            return Some(Entry {
-                timestamp_unix_nano: None,
-                stream: None,
-                message: String::from_utf8_lossy(line).into_owned(),
-                commit_offset: self.commit_offset(line_end),
-            });
-        };
-
-        let slot_index = stream_index(cri.stream);
-        let slot = &mut self.pending[slot_index];
-        let (timestamp_unix_nano, message) = match (slot.take(), cri.partial) {
-            (None, false) => (cri.timestamp_unix_nano, cri.message.to_vec()),
-            (Some(mut pending), false) => {
-                pending.message.extend_from_slice(cri.message);
-                (pending.timestamp_unix_nano, pending.message)
-            }
-            (previous, true) => {
-                let mut pending = previous.unwrap_or_else(|| Pending {
-                    timestamp_unix_nano: cri.timestamp_unix_nano,
-                    message: Vec::new(),
-                    start_offset: line_start,
-                });
-                pending.message.extend_from_slice(cri.message);
-                if pending.message.len() < self.max_message_bytes {
-                    *slot = Some(pending);
-                    return None;
-                }
-                // Too long to keep joining: emit what we have, bounded memory.
-                (pending.timestamp_unix_nano, pending.message)
-            }
-        };
-
-        Some(Entry {
-            timestamp_unix_nano: Some(timestamp_unix_nano),
-            stream: Some(cri.stream),
-            message: into_string_lossy(message),
-            commit_offset: self.commit_offset(line_end),
-        })
-    }
-
-    /// Forgets pending partial pieces (after a truncation).
-    pub(crate) fn reset(&mut self) {
-        self.pending = [None, None];
-    }
-
-    /// The offset that may be committed after the line ending at
-    /// `line_end`: never past the first piece of a pending partial.
-    fn commit_offset(&self, line_end: u64) -> u64 {
-        self.pending
-            .iter()
-            .flatten()
-            .map(|pending| pending.start_offset)
-            .fold(line_end, u64::min)
-    }
-}
-
-fn stream_index(stream: IoStream) -> usize {
-    match stream {
-        IoStream::Stdout => 0,
-        IoStream::Stderr => 1,
-    }
-}
-
-fn into_string_lossy(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    /// `line_start..line_end`: `None` if it is not a CRI line, else the
+    /// entry it completes, if any.
+    pub(crate) fn try_decode(
+        &mut self,
+        line: &[u8],
+        line_start: u64,
+        line_end: u64,
+    ) -> Option<Option<Entry>> {
+        let cri = parse_cri_line(line)?;
+        Some(self.joiner.push(Piece {
+            stream: cri.stream,
+            timestamp_unix_nano: Some(cri.timestamp_unix_nano),
+            message: cri.message,
+            partial: cri.partial,
+            start: line_start,
+            end: line_end,
+            attributes: Vec::new(),
+        }))
     }
 }
 
@@ -166,9 +102,14 @@ mod tests {
 
     /// Feeds `lines` as consecutive lines of a file (each followed by a
     /// newline) and renders every entry as
-    /// `timestamp|stream|message|commit_offset`.
+    /// `timestamp|stream|message|commit_offset`, where the commit offset is
+    /// what the reader would commit: never past a pending piece.
     fn decode_all(lines: &[&[u8]]) -> Vec<String> {
-        let mut decoder = CriDecoder::new(1024);
+        decode_all_capped(lines, 1024)
+    }
+
+    fn decode_all_capped(lines: &[&[u8]], max: usize) -> Vec<String> {
+        let mut decoder = crate::decode::Decoder::new(crate::config::Format::Auto, max);
         let mut offset = 0u64;
         let mut rendered = Vec::new();
         for line in lines {
@@ -180,9 +121,13 @@ mod tests {
                     .timestamp_unix_nano
                     .map_or("-".to_owned(), |t| t.to_string());
                 let stream = entry.stream.map_or("-", IoStream::as_str);
+                let commit = decoder
+                    .min_pending_start()
+                    .map_or(entry.end_offset, |pending| pending.min(entry.end_offset));
+                let truncated = if entry.truncated { "|truncated" } else { "" };
                 rendered.push(format!(
-                    "{timestamp}|{stream}|{}|{}",
-                    entry.message, entry.commit_offset
+                    "{timestamp}|{stream}|{}|{commit}{truncated}",
+                    entry.message
                 ));
             }
         }
@@ -311,14 +256,33 @@ mod tests {
     }
 
     #[test]
-    fn oversized_partial_is_emitted_bounded() {
-        let mut decoder = CriDecoder::new(8);
-        let first = decoder.decode(b"2026-11-21T05:48:48.123456789Z stdout P 1234", 0, 45);
-        assert!(first.is_none());
-        let second = decoder
-            .decode(b"2026-11-21T05:48:48.123456789Z stdout P 5678", 45, 90)
-            .unwrap();
-        assert_eq!(second.message, "12345678");
-        assert_eq!(second.commit_offset, 90);
+    fn size_cap_applies_after_joining_and_flags() {
+        let lines: &[&[u8]] = &[
+            b"2026-11-21T05:48:48.123456789Z stdout P 12345",
+            b"2026-11-21T05:48:48.123456789Z stdout P 6789abc",
+            b"2026-11-21T05:48:48.123456789Z stdout F def",
+            b"2026-11-21T05:48:48.123456789Z stdout F 0123456789",
+        ];
+        assert_eq!(
+            decode_all_capped(lines, 8),
+            [
+                format!("{T1}|stdout|12345678|138|truncated"),
+                format!("{T1}|stdout|01234567|189|truncated"),
+            ]
+        );
+    }
+
+    #[test]
+    fn line_longer_than_16k_in_pieces() {
+        // containerd cuts at 16 KiB: P pieces then F.
+        let piece = "x".repeat(16 * 1024);
+        let first = format!("2026-11-21T05:48:48.123456789Z stdout P {piece}");
+        let last = "2026-11-21T05:48:48.123456789Z stdout F tail";
+        let rendered = decode_all_capped(
+            &[first.as_bytes(), first.as_bytes(), last.as_bytes()],
+            1 << 20,
+        );
+        assert_eq!(rendered.len(), 1);
+        assert!(rendered[0].contains(&format!("|{piece}{piece}tail|")));
     }
 }

@@ -1,0 +1,350 @@
+//! The compiled, reloadable part of the configuration: which files are
+//! tailed, how each is decoded, joined and parsed, what is dropped and what
+//! is masked. Built once per (re)load, shared as `Arc<Rules>`; readers pick
+//! up a new version at their next read.
+
+use std::sync::Arc;
+
+use glob::Pattern;
+use regex::{Regex, RegexSet};
+
+use crate::config::{
+    Config, ContainerRule, Format, MultilineMode, ParserKind, ResourceConfig, invalid,
+};
+use crate::enrich::ContainerInfo;
+use crate::error::Result;
+use crate::multiline::MultilineSpec;
+use crate::parse::{FieldNames, Parser};
+use crate::redact::Redactor;
+
+/// Everything a reader needs to know from the config, compiled.
+#[derive(Debug)]
+pub(crate) struct Rules {
+    pub(crate) include: Vec<String>,
+    exclude_paths: Vec<Pattern>,
+    exclude_namespaces: Vec<Pattern>,
+    exclude_containers: Vec<Pattern>,
+    exclude_label: String,
+    pub(crate) drop: Option<RegexSet>,
+    pub(crate) redactor: Arc<Redactor>,
+    pub(crate) fields: Arc<FieldNames>,
+    pub(crate) resource: ResourceConfig,
+    containers: Vec<CompiledRule>,
+    multiline_default: MultilineMode,
+    multiline_max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    namespace: Option<Pattern>,
+    pod: Option<Pattern>,
+    container: Option<Pattern>,
+    path: Option<Pattern>,
+    exclude: bool,
+    format: Format,
+    parser: Parser,
+    multiline: Option<MultilineMode>,
+    multiline_start: Option<Arc<Regex>>,
+}
+
+/// How one file is read.
+#[derive(Debug, Clone)]
+pub(crate) struct FilePlan {
+    pub(crate) format: Format,
+    pub(crate) parser: Parser,
+    pub(crate) multiline: MultilineSpec,
+}
+
+fn pattern(key: &'static str, text: &str) -> Result<Option<Pattern>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Pattern::new(text)
+        .map(Some)
+        .map_err(|error| invalid(key, format!("bad glob {text:?}: {error}")))
+}
+
+fn patterns(key: &'static str, texts: &[String]) -> Result<Vec<Pattern>> {
+    texts
+        .iter()
+        .filter_map(|text| pattern(key, text).transpose())
+        .collect()
+}
+
+fn regex(key: &'static str, text: &str) -> Result<Regex> {
+    Regex::new(text).map_err(|error| invalid(key, format!("bad regex {text:?}: {error}")))
+}
+
+impl Rules {
+    /// Compiles the config; the error names the bad key.
+    pub(crate) fn compile(config: &Config) -> Result<Rules> {
+        let drop = if config.filters.drop_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSet::new(&config.filters.drop_patterns).map_err(|error| {
+                    invalid("filters.drop_patterns", format!("bad regex: {error}"))
+                })?,
+            )
+        };
+        let containers = config
+            .containers
+            .iter()
+            .map(compile_rule)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Rules {
+            include: config.include.clone(),
+            exclude_paths: patterns("exclude_paths", &config.exclude_paths)?,
+            exclude_namespaces: patterns(
+                "filters.exclude_namespaces",
+                &config.filters.exclude_namespaces,
+            )?,
+            exclude_containers: patterns(
+                "filters.exclude_containers",
+                &config.filters.exclude_containers,
+            )?,
+            exclude_label: config.filters.exclude_label.clone(),
+            drop,
+            redactor: Arc::new(Redactor::compile(&config.redact)?),
+            fields: Arc::new(FieldNames::from_config(&config.fields)),
+            resource: config.resource.clone(),
+            containers,
+            multiline_default: config.multiline.default,
+            multiline_max_bytes: config.multiline.max_bytes,
+        })
+    }
+
+    /// Whether discovery should skip `path` outright.
+    pub(crate) fn path_excluded(&self, path: &std::path::Path) -> bool {
+        self.exclude_paths
+            .iter()
+            .any(|pattern| pattern.matches_path(path))
+    }
+
+    /// How to read the file of `container` at `path`; `None` when filters
+    /// exclude it.
+    pub(crate) fn plan(
+        &self,
+        path: &std::path::Path,
+        container: &ContainerInfo,
+    ) -> Option<FilePlan> {
+        if self.path_excluded(path) {
+            return None;
+        }
+        let matches_any = |patterns: &[Pattern], value: &Option<String>| {
+            value
+                .as_deref()
+                .is_some_and(|value| patterns.iter().any(|pattern| pattern.matches(value)))
+        };
+        if matches_any(&self.exclude_namespaces, &container.namespace)
+            || matches_any(&self.exclude_containers, &container.name)
+        {
+            return None;
+        }
+        if !self.exclude_label.is_empty()
+            && container
+                .labels
+                .get(&self.exclude_label)
+                .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+        {
+            return None;
+        }
+        let rule = self
+            .containers
+            .iter()
+            .find(|rule| rule.matches(path, container));
+        if rule.is_some_and(|rule| rule.exclude) {
+            return None;
+        }
+        let mut mode = self.multiline_default;
+        let mut start = None;
+        // The container label `sightline.io/multiline` picks a preset too
+        // (the pod annotation, once pod metadata is fetched).
+        if let Some(label) = container.labels.get("sightline.io/multiline")
+            && let Ok(labelled) = serde_json::from_value::<MultilineMode>(label.as_str().into())
+        {
+            mode = labelled;
+        }
+        let (format, parser) = match rule {
+            Some(rule) => {
+                if let Some(rule_mode) = rule.multiline {
+                    mode = rule_mode;
+                }
+                start.clone_from(&rule.multiline_start);
+                (rule.format, rule.parser.clone())
+            }
+            None => (Format::Auto, Parser::Auto),
+        };
+        if mode == MultilineMode::Start && start.is_none() {
+            mode = MultilineMode::None;
+        }
+        Some(FilePlan {
+            format,
+            parser,
+            multiline: MultilineSpec {
+                mode,
+                start,
+                max_bytes: self.multiline_max_bytes,
+            },
+        })
+    }
+}
+
+fn compile_rule(rule: &ContainerRule) -> Result<CompiledRule> {
+    let parser = match rule.parser {
+        ParserKind::Auto | ParserKind::Json => Parser::Auto,
+        ParserKind::Logfmt => Parser::Logfmt,
+        ParserKind::None => Parser::None,
+        ParserKind::Regex => {
+            if rule.regex.is_empty() {
+                return Err(invalid(
+                    "containers.regex",
+                    "parser = \"regex\" needs a regex".to_owned(),
+                ));
+            }
+            Parser::Regex(Arc::new(regex("containers.regex", &rule.regex)?))
+        }
+    };
+    let multiline_start = if rule.multiline_start.is_empty() {
+        if rule.multiline == Some(MultilineMode::Start) {
+            return Err(invalid(
+                "containers.multiline_start",
+                "multiline = \"start\" needs multiline_start".to_owned(),
+            ));
+        }
+        None
+    } else {
+        Some(Arc::new(regex(
+            "containers.multiline_start",
+            &rule.multiline_start,
+        )?))
+    };
+    Ok(CompiledRule {
+        namespace: pattern("containers.namespace", &rule.namespace)?,
+        pod: pattern("containers.pod", &rule.pod)?,
+        container: pattern("containers.container", &rule.container)?,
+        path: pattern("containers.path", &rule.path)?,
+        exclude: rule.exclude,
+        format: rule.format,
+        parser,
+        multiline: rule.multiline,
+        multiline_start,
+    })
+}
+
+impl CompiledRule {
+    fn matches(&self, path: &std::path::Path, container: &ContainerInfo) -> bool {
+        let field = |pattern: &Option<Pattern>, value: &Option<String>| match pattern {
+            None => true,
+            Some(pattern) => value.as_deref().is_some_and(|value| pattern.matches(value)),
+        };
+        field(&self.namespace, &container.namespace)
+            && field(&self.pod, &container.pod)
+            && field(&self.container, &container.name)
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|pattern| pattern.matches_path(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn rules(toml: &str) -> Rules {
+        Rules::compile(&Config::from_toml(toml).unwrap()).unwrap()
+    }
+
+    fn kube(namespace: &str, container: &str) -> ContainerInfo {
+        ContainerInfo {
+            namespace: Some(namespace.to_owned()),
+            pod: Some("p-1".to_owned()),
+            name: Some(container.to_owned()),
+            ..ContainerInfo::default()
+        }
+    }
+
+    #[test]
+    fn filters_and_container_rules() {
+        let rules = rules(
+            r#"
+            exclude_paths = ["/var/log/pods/skip_*/**"]
+            [filters]
+            exclude_namespaces = ["kube-*"]
+            exclude_containers = ["istio-proxy"]
+            [[containers]]
+            namespace = "shop"
+            container = "payment"
+            parser = "logfmt"
+            multiline = "java"
+            [[containers]]
+            container = "legacy"
+            parser = "regex"
+            regex = '^(?P<level>\w+) (?P<message>.*)$'
+            multiline = "start"
+            multiline_start = '^\w+ '
+            [[containers]]
+            container = "noisy"
+            exclude = true
+            "#,
+        );
+        let path = Path::new("/var/log/pods/x/y/0.log");
+        assert!(rules.plan(path, &kube("kube-system", "dns")).is_none());
+        assert!(rules.plan(path, &kube("shop", "istio-proxy")).is_none());
+        assert!(rules.plan(path, &kube("shop", "noisy")).is_none());
+        assert!(
+            rules
+                .plan(
+                    Path::new("/var/log/pods/skip_a/c/0.log"),
+                    &kube("shop", "x")
+                )
+                .is_none()
+        );
+        let payment = rules.plan(path, &kube("shop", "payment")).unwrap();
+        assert!(matches!(payment.parser, Parser::Logfmt));
+        assert_eq!(payment.multiline.mode, MultilineMode::Java);
+        let legacy = rules.plan(path, &kube("other", "legacy")).unwrap();
+        assert!(matches!(legacy.parser, Parser::Regex(_)));
+        assert_eq!(legacy.multiline.mode, MultilineMode::Start);
+        let default = rules.plan(path, &kube("shop", "order")).unwrap();
+        assert!(matches!(default.parser, Parser::Auto));
+        assert_eq!(default.multiline.mode, MultilineMode::None);
+    }
+
+    #[test]
+    fn docker_labels_exclude_and_pick_multiline() {
+        let rules = rules("");
+        let mut container = ContainerInfo::default();
+        container
+            .labels
+            .insert("sightline.io/multiline".to_owned(), "python".to_owned());
+        let plan = rules.plan(Path::new("/x-json.log"), &container).unwrap();
+        assert_eq!(plan.multiline.mode, MultilineMode::Python);
+        container
+            .labels
+            .insert("sightline.io/exclude".to_owned(), "true".to_owned());
+        assert!(rules.plan(Path::new("/x-json.log"), &container).is_none());
+    }
+
+    #[test]
+    fn bad_rules_name_their_key() {
+        for (toml, key) in [
+            ("[[containers]]\nparser = \"regex\"", "containers.regex"),
+            (
+                "[[containers]]\nmultiline = \"start\"",
+                "containers.multiline_start",
+            ),
+            (
+                "[filters]\nexclude_namespaces = [\"[\"]",
+                "filters.exclude_namespaces",
+            ),
+            ("[redact]\npatterns = [\"(\"]", "redact.patterns"),
+        ] {
+            let config = Config::from_toml(toml).unwrap();
+            let error = Rules::compile(&config).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+}
