@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// How to run a collector.
 #[derive(Debug, Clone, clap::Parser)]
@@ -11,7 +12,7 @@ use std::path::PathBuf;
     about = "Receives OTLP logs and traces, stores them, serves the query API and UI"
 )]
 pub struct CollectorConfig {
-    /// Directory for the log index and the span store.
+    /// Directory for the write-ahead log, the log index and the span store.
     #[arg(long, env = "SIGHTLINE_DATA_DIR", default_value = "./data/collector")]
     pub data_dir: PathBuf,
     /// Address of the OTLP/gRPC receiver (logs and traces).
@@ -21,7 +22,26 @@ pub struct CollectorConfig {
         default_value = "127.0.0.1:4317"
     )]
     pub otlp_grpc_addr: SocketAddr,
-    /// Address of the query API and the UI.
+    /// Address of the OTLP/HTTP receiver (`/v1/logs`, `/v1/traces`).
+    #[arg(
+        long,
+        env = "SIGHTLINE_OTLP_HTTP_ADDR",
+        default_value = "127.0.0.1:4318"
+    )]
+    pub otlp_http_addr: SocketAddr,
+    /// Address of the query API, the UI and the compatibility APIs (`/elastic`).
     #[arg(long, env = "SIGHTLINE_HTTP_ADDR", default_value = "127.0.0.1:7070")]
     pub http_addr: SocketAddr,
+    /// How long logs are kept; whole days are dropped past it.
+    #[arg(long, env = "SIGHTLINE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How often new records become searchable (index commit interval).
+    #[arg(long, env = "SIGHTLINE_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+    /// Largest log record (body plus attributes) accepted, in bytes.
+    #[arg(long, env = "SIGHTLINE_MAX_RECORD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_record_bytes: usize,
+    /// Bytes of accepted batches that may wait for indexing before senders are told to back off.
+    #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub ingest_memory_bytes: usize,
 }

@@ -4,7 +4,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -12,12 +12,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use sightline_store::{LogRecord, Span};
+use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::ingest::{IngestError, Ingester};
+use crate::ingest::{Ingest, summarize};
 use crate::otlp;
+use crate::pipeline::IngestError;
 
 /// Largest decoded OTLP request accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -33,7 +34,7 @@ impl From<IngestError> for Status {
 }
 
 pub struct LogsReceiver {
-    ingester: Ingester<LogRecord>,
+    ingest: Ingest,
 }
 
 #[tonic::async_trait]
@@ -42,16 +43,20 @@ impl LogsService for LogsReceiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let records = otlp::log_records(request.into_inner());
-        self.ingester.ingest(records).await?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: None,
-        }))
+        let request = request.into_inner();
+        let size = request.encoded_len();
+        let records = otlp::log_records(request);
+        let rejections = self.ingest.logs(records, size).await?;
+        let partial_success = (!rejections.is_empty()).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejections.len() as i64,
+            error_message: summarize(&rejections, "log records"),
+        });
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 
 pub struct TracesReceiver {
-    ingester: Ingester<Span>,
+    ingest: Ingest,
 }
 
 #[tonic::async_trait]
@@ -60,8 +65,13 @@ impl TraceService for TracesReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let (spans, rejected) = otlp::spans(request.into_inner());
-        self.ingester.ingest(spans).await?;
+        let request = request.into_inner();
+        let size = request.encoded_len();
+        let (spans, rejected) = otlp::spans(request);
+        if rejected > 0 {
+            self.ingest.count_malformed(rejected as u64);
+        }
+        self.ingest.spans(spans, size).await?;
         let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: rejected as i64,
             error_message: format!(
@@ -74,15 +84,15 @@ impl TraceService for TracesReceiver {
     }
 }
 
-pub fn logs_service(ingester: Ingester<LogRecord>) -> LogsServiceServer<LogsReceiver> {
-    LogsServiceServer::new(LogsReceiver { ingester })
+pub fn logs_service(ingest: Ingest) -> LogsServiceServer<LogsReceiver> {
+    LogsServiceServer::new(LogsReceiver { ingest })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub fn trace_service(ingester: Ingester<Span>) -> TraceServiceServer<TracesReceiver> {
-    TraceServiceServer::new(TracesReceiver { ingester })
+pub fn trace_service(ingest: Ingest) -> TraceServiceServer<TracesReceiver> {
+    TraceServiceServer::new(TracesReceiver { ingest })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

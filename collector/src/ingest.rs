@@ -1,232 +1,185 @@
-//! Group commit: the path from a receiver's batch to an acknowledgement.
+//! What every receiver calls: per-record checks, then the durable pipeline.
 //!
-//! Each store gets one writer thread fed by a bounded queue. The thread adds
-//! every batch waiting in the queue, commits once for all of them (tantivy's
-//! commit fsyncs), and only then answers each sender. A full queue is an
-//! immediate [`IngestError::Busy`], which receivers turn into
-//! `RESOURCE_EXHAUSTED` / 429, so memory stays bounded under any load.
+//! Receivers (OTLP gRPC and HTTP, Elasticsearch `_bulk`) decode their wire
+//! format into store records and hand them to [`Ingest`]. Records that fail a
+//! check are reported back with their index and the reason while the rest of
+//! the batch is stored, as OTLP partial success and `_bulk` per-item errors
+//! require.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
-use sightline_store::{LogIndex, LogRecord, Span, SpanStore, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use sightline_store::{LogRecord, Span};
 
-/// Batches waiting for a commit before senders are told to back off.
-pub const DEFAULT_QUEUE_BATCHES: usize = 256;
+use crate::metrics::{CollectorMetrics, RejectReason};
+use crate::pipeline::{Batch, IngestError, Pipeline};
 
-/// Items added before a commit is forced even if more batches are waiting.
-const MAX_ITEMS_PER_COMMIT: usize = 100_000;
-
-/// A store the writer thread can add to and commit. Both calls block.
-pub trait Durable<T>: Send + Sync + 'static {
-    fn add(&self, items: &[T]) -> Result<(), StoreError>;
-    fn commit(&self) -> Result<(), StoreError>;
+/// Per-record limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Records older than this are outside retention and refused.
+    pub retention: Duration,
+    /// Records further in the future than this are refused (a broken clock).
+    pub max_future: Duration,
+    /// Largest record (body plus attributes) accepted, in bytes.
+    pub max_record_bytes: usize,
 }
 
-impl Durable<LogRecord> for LogIndex {
-    fn add(&self, items: &[LogRecord]) -> Result<(), StoreError> {
-        LogIndex::add(self, items)
-    }
-    fn commit(&self) -> Result<(), StoreError> {
-        LogIndex::commit(self)
-    }
-}
-
-impl Durable<Span> for SpanStore {
-    fn add(&self, items: &[Span]) -> Result<(), StoreError> {
-        SpanStore::add(self, items)
-    }
-    fn commit(&self) -> Result<(), StoreError> {
-        SpanStore::commit(self)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("ingest queue is full, retry later")]
-    Busy,
-    #[error("collector is shutting down")]
-    ShuttingDown,
-    #[error("storage failed: {0}")]
-    Storage(String),
-}
-
-struct Batch<T> {
-    items: Vec<T>,
-    acknowledge: oneshot::Sender<Result<(), String>>,
-}
-
-/// Hands batches to a store's writer thread and waits until they are durable.
-pub struct Ingester<T> {
-    queue: mpsc::Sender<Batch<T>>,
-}
-
-impl<T> Clone for Ingester<T> {
-    fn clone(&self) -> Self {
-        Ingester {
-            queue: self.queue.clone(),
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            retention: Duration::from_secs(30 * 86_400),
+            max_future: Duration::from_secs(86_400),
+            max_record_bytes: 1024 * 1024,
         }
     }
 }
 
-impl<T: Send + 'static> Ingester<T> {
-    /// Starts the writer thread. It ends once every `Ingester` clone is dropped
-    /// and the queue is drained.
-    pub fn start<S: Durable<T>>(
-        name: &str,
-        store: Arc<S>,
-        queue_batches: usize,
-    ) -> std::io::Result<(Ingester<T>, JoinHandle<()>)> {
-        let (queue, receiver) = mpsc::channel(queue_batches);
-        let thread = std::thread::Builder::new()
-            .name(format!("{name}-writer"))
-            .spawn(move || write_loop(store.as_ref(), receiver))?;
-        Ok((Ingester { queue }, thread))
-    }
-
-    /// Returns once `items` are durable and searchable.
-    pub async fn ingest(&self, items: Vec<T>) -> Result<(), IngestError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let (acknowledge, acknowledged) = oneshot::channel();
-        self.queue
-            .try_send(Batch { items, acknowledge })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => IngestError::Busy,
-                mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
-            })?;
-        match acknowledged.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(IngestError::Storage(message)),
-            Err(_) => Err(IngestError::ShuttingDown),
-        }
-    }
+/// One refused record: its index in the request and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub reason: String,
 }
 
-fn write_loop<T, S: Durable<T>>(store: &S, mut receiver: mpsc::Receiver<Batch<T>>) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut added = Vec::new();
-        let mut items_added = 0;
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            match store.add(&batch.items) {
-                Ok(()) => {
-                    items_added += batch.items.len();
-                    added.push(batch.acknowledge);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "failed to add batch to store");
-                    let _ = batch.acknowledge.send(Err(error.to_string()));
+/// The receivers' shared entry point.
+#[derive(Clone)]
+pub struct Ingest {
+    pipeline: Pipeline,
+    limits: Arc<Limits>,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl Ingest {
+    pub fn new(pipeline: Pipeline, limits: Limits, metrics: Arc<CollectorMetrics>) -> Ingest {
+        Ingest {
+            pipeline,
+            limits: Arc::new(limits),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<CollectorMetrics> {
+        &self.metrics
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Checks each record, stores the good ones durably, and returns the
+    /// refused ones. `size_bytes` is the request's size as received.
+    pub async fn logs(
+        &self,
+        records: Vec<LogRecord>,
+        size_bytes: usize,
+    ) -> Result<Vec<Rejection>, IngestError> {
+        let now = now_nanos();
+        let mut rejections = Vec::new();
+        let mut accepted = Vec::with_capacity(records.len());
+        for (index, record) in records.into_iter().enumerate() {
+            match self.check_log(&record, now) {
+                Ok(()) => accepted.push(record),
+                Err((reason_kind, reason)) => {
+                    self.metrics.rejected(reason_kind, 1);
+                    rejections.push(Rejection { index, reason });
                 }
             }
-            if items_added < MAX_ITEMS_PER_COMMIT {
-                next = receiver.try_recv().ok();
-            }
         }
-        let outcome = store.commit().map_err(|error| {
-            tracing::error!(%error, "failed to commit store");
-            error.to_string()
-        });
-        for acknowledge in added {
-            // The sender may have gone away (client disconnected); nothing to tell then.
-            let _ = acknowledge.send(outcome.clone());
+        self.store(Batch::Logs(accepted), size_bytes).await?;
+        Ok(rejections)
+    }
+
+    pub async fn spans(&self, spans: Vec<Span>, size_bytes: usize) -> Result<(), IngestError> {
+        self.store(Batch::Spans(spans), size_bytes).await
+    }
+
+    /// Records a rejection found while decoding (before [`Ingest::logs`]).
+    pub fn count_malformed(&self, count: u64) {
+        self.metrics.rejected(RejectReason::Malformed, count);
+    }
+
+    async fn store(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
+        let result = self.pipeline.ingest(batch, size_bytes).await;
+        if matches!(result, Err(IngestError::Busy)) {
+            self.metrics.busy();
         }
+        result
+    }
+
+    fn check_log(&self, record: &LogRecord, now: i64) -> Result<(), (RejectReason, String)> {
+        let oldest = now.saturating_sub(nanos(self.limits.retention));
+        let newest = now.saturating_add(nanos(self.limits.max_future));
+        if record.timestamp < oldest || record.timestamp > newest {
+            return Err((
+                RejectReason::Timestamp,
+                format!(
+                    "timestamp {} is outside the accepted window (retention {}, at most {} ahead)",
+                    format_nanos(record.timestamp),
+                    humantime::format_duration(self.limits.retention),
+                    humantime::format_duration(self.limits.max_future),
+                ),
+            ));
+        }
+        let size = record.body.len() + json_size(&record.attributes) + json_size(&record.resource);
+        if size > self.limits.max_record_bytes {
+            return Err((
+                RejectReason::TooLarge,
+                format!(
+                    "record of {size} bytes is over the limit of {} bytes",
+                    self.limits.max_record_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder {
-        added: Mutex<Vec<u32>>,
-        committed: Mutex<Vec<u32>>,
-        fail_commit: bool,
-    }
-
-    impl Durable<u32> for Recorder {
-        fn add(&self, items: &[u32]) -> Result<(), StoreError> {
-            self.added.lock().unwrap().extend_from_slice(items);
-            Ok(())
-        }
-        fn commit(&self) -> Result<(), StoreError> {
-            if self.fail_commit {
-                return Err(StoreError::Io(std::io::Error::other("disk full")));
-            }
-            let added = self.added.lock().unwrap().clone();
-            *self.committed.lock().unwrap() = added;
-            Ok(())
+/// A cheap upper bound of a JSON object's encoded size.
+fn json_size(map: &serde_json::Map<String, serde_json::Value>) -> usize {
+    fn value_size(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::String(text) => text.len() + 2,
+            serde_json::Value::Array(items) => items.iter().map(value_size).sum::<usize>() + 2,
+            serde_json::Value::Object(map) => json_size(map),
+            _ => 8,
         }
     }
+    map.iter()
+        .map(|(key, value)| key.len() + 4 + value_size(value))
+        .sum::<usize>()
+        + 2
+}
 
-    #[tokio::test]
-    async fn acknowledges_only_after_commit() {
-        let store = Arc::new(Recorder::default());
-        let (ingester, _thread) = Ingester::start("test", store.clone(), 4).unwrap();
-        ingester.ingest(vec![1, 2]).await.unwrap();
-        assert_eq!(*store.committed.lock().unwrap(), vec![1, 2]);
-        ingester.ingest(vec![3]).await.unwrap();
-        assert_eq!(*store.committed.lock().unwrap(), vec![1, 2, 3]);
-    }
+fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
 
-    #[tokio::test]
-    async fn a_failed_commit_is_reported_to_the_sender() {
-        let store = Arc::new(Recorder {
-            fail_commit: true,
-            ..Recorder::default()
-        });
-        let (ingester, _thread) = Ingester::start("test", store, 4).unwrap();
-        let error = ingester.ingest(vec![1]).await.unwrap_err();
-        assert!(
-            matches!(error, IngestError::Storage(ref m) if m.contains("disk full")),
-            "{error}"
-        );
-    }
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, nanos)
+}
 
-    #[tokio::test]
-    async fn a_full_queue_pushes_back() {
-        // A store whose add blocks until released keeps the writer thread busy.
-        struct Gate(Mutex<std::sync::mpsc::Receiver<()>>);
-        impl Durable<u32> for Gate {
-            fn add(&self, _: &[u32]) -> Result<(), StoreError> {
-                let _ = self.0.lock().unwrap().recv();
-                Ok(())
-            }
-            fn commit(&self) -> Result<(), StoreError> {
-                Ok(())
-            }
-        }
-        let (release, released) = std::sync::mpsc::channel();
-        let gate = Arc::new(Gate(Mutex::new(released)));
-        let (ingester, _thread) = Ingester::start("test", gate, 1).unwrap();
-        let handles: Vec<_> = (0..10)
-            .map(|item| {
-                let ingester = ingester.clone();
-                tokio::spawn(async move { ingester.ingest(vec![item]).await })
-            })
-            .collect();
-        // Let every task try to enqueue while the writer is stuck in `add`.
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-        drop(release);
-        let mut busy = 0;
-        let mut stored = 0;
-        for handle in handles {
-            match handle.await.unwrap() {
-                Err(IngestError::Busy) => busy += 1,
-                Ok(()) => stored += 1,
-                Err(other) => panic!("unexpected error {other}"),
-            }
-        }
-        assert!(stored >= 1, "the first batch is stored");
-        assert!(
-            busy >= 8,
-            "a queue of one batch refuses the rest of a burst of ten, got {busy}"
-        );
+fn format_nanos(timestamp: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(timestamp))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{timestamp}ns"))
+}
+
+/// A partial-success message: how many were refused and the first reasons.
+pub fn summarize(rejections: &[Rejection], what: &str) -> String {
+    const SHOWN: usize = 5;
+    let mut message = format!("{} {what} rejected:", rejections.len());
+    for rejection in rejections.iter().take(SHOWN) {
+        message.push_str(&format!(" [{}] {};", rejection.index, rejection.reason));
     }
+    if rejections.len() > SHOWN {
+        message.push_str(&format!(" and {} more", rejections.len() - SHOWN));
+    }
+    message
 }

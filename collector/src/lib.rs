@@ -1,93 +1,202 @@
 //! The Sightline collector: takes OTLP in, keeps it durable, answers queries.
 //!
 //! Roles:
-//! - [`grpc`]: OTLP/gRPC receivers for logs and traces;
-//! - [`otlp`]: the mapping from OTLP messages to the store's model;
-//! - [`ingest`]: the bounded queue and writer thread per store that commit
-//!   before acknowledging (group commit);
-//! - [`run`]: wires the stores, receivers and the query API/UI from
-//!   `sightline-query-ui` into one process.
+//! - receivers: [`grpc`] (OTLP/gRPC), [`otlp_http`] (OTLP/HTTP, protobuf and
+//!   JSON), [`elastic`] (Elasticsearch `_bulk`); they decode their wire format
+//!   with [`otlp`] and hand records to [`ingest::Ingest`];
+//! - [`ingest`]: per-record checks (partial success), then
+//! - [`pipeline`]: the write-ahead log with group commit, acknowledgement
+//!   after fsync, and the indexer thread that feeds the stores;
+//! - [`run`]: wires stores, pipeline, receivers, retention and the query API
+//!   from `sightline-query-ui` into one process.
 //!
-//! The collector acknowledges a batch only after the store committed it, and
-//! never knows an on-disk layout: that is `sightline-store`'s.
+//! The collector acknowledges a batch only after it is fsynced in the WAL,
+//! and never knows an on-disk layout: that is `sightline-store`'s.
 
 pub mod config;
+pub mod elastic;
 pub mod grpc;
 pub mod ingest;
+pub mod metrics;
 pub mod otlp;
+pub mod otlp_http;
+pub mod pipeline;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::routing::get;
 use sightline_query_ui::QueryState;
-use sightline_store::{LogIndex, SpanStore};
+use sightline_store::{LogStore, SpanStore};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use config::CollectorConfig;
 
-use crate::ingest::{DEFAULT_QUEUE_BATCHES, Ingester};
+use crate::ingest::{Ingest, Limits};
+use crate::metrics::{CollectorMetrics, DiskUsage};
+use crate::pipeline::{Pipeline, PipelineConfig};
 
-/// Runs the collector until `shutdown` resolves, then drains the writers.
+/// How often retention looks for partitions to drop.
+const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs the collector until `shutdown` resolves, then drains the pipeline.
 pub async fn run(
     config: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let logs_dir = config.data_dir.join("logs");
-    let spans_dir = config.data_dir.join("spans");
+    let data_dir = config.data_dir.clone();
     let (logs, spans) = tokio::task::spawn_blocking(move || {
-        let logs = LogIndex::open(&logs_dir)
-            .with_context(|| format!("failed to open log index at {}", logs_dir.display()))?;
+        let logs_dir = data_dir.join("logs");
+        let spans_dir = data_dir.join("spans");
+        let logs = LogStore::open(&logs_dir)
+            .with_context(|| format!("failed to open the log store at {}", logs_dir.display()))?;
         let spans = SpanStore::open(&spans_dir)
-            .with_context(|| format!("failed to open span store at {}", spans_dir.display()))?;
+            .with_context(|| format!("failed to open the span store at {}", spans_dir.display()))?;
         anyhow::Ok((Arc::new(logs), Arc::new(spans)))
     })
     .await??;
 
-    let (log_ingester, log_writer) = Ingester::start("logs", logs.clone(), DEFAULT_QUEUE_BATCHES)?;
-    let (span_ingester, span_writer) =
-        Ingester::start("spans", spans.clone(), DEFAULT_QUEUE_BATCHES)?;
+    let metrics = Arc::new(CollectorMetrics::default());
+    let mut pipeline_config = PipelineConfig::new(config.data_dir.join("wal"));
+    pipeline_config.commit_interval = config.commit_interval;
+    pipeline_config.memory_budget_bytes = config.ingest_memory_bytes;
+    let (pipeline, pipeline_threads) = {
+        let (logs, spans, metrics) = (logs.clone(), spans.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || Pipeline::start(pipeline_config, logs, spans, metrics))
+            .await??
+    };
+    let limits = Limits {
+        retention: config.retention,
+        max_record_bytes: config.max_record_bytes,
+        ..Limits::default()
+    };
+    let ingest = Ingest::new(pipeline, limits, metrics.clone());
 
-    let grpc_listener = TcpListener::bind(config.otlp_grpc_addr)
-        .await
-        .with_context(|| format!("failed to bind OTLP gRPC on {}", config.otlp_grpc_addr))?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("failed to bind query API on {}", config.http_addr))?;
-    tracing::info!(otlp_grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, data_dir = %config.data_dir.display(), "collector listening");
+    let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let otlp_http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
+    let http_listener = bind(config.http_addr, "query API").await?;
+    tracing::info!(
+        otlp_grpc = %grpc_listener.local_addr()?,
+        otlp_http = %otlp_http_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "collector listening"
+    );
 
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let (stop_sender, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_sender.send(true);
     });
-    let mut stop_grpc = stop.clone();
-    let grpc = tonic::transport::Server::builder()
-        .add_service(grpc::logs_service(log_ingester))
-        .add_service(grpc::trace_service(span_ingester))
-        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), async move {
-            let _ = stop_grpc.wait_for(|stopped| *stopped).await;
-        });
-    let mut stop_http = stop;
-    let router = sightline_query_ui::router(QueryState { logs, spans });
-    let http = axum::serve(http_listener, router).with_graceful_shutdown(async move {
-        let _ = stop_http.wait_for(|stopped| *stopped).await;
-    });
-    let (grpc_result, http_result) = tokio::join!(grpc, http);
-    grpc_result.context("OTLP gRPC server failed")?;
-    http_result.context("query API server failed")?;
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
 
-    // The receivers are gone, so the ingesters are dropped: the writers drain and stop.
-    tokio::task::spawn_blocking(move || {
-        let _ = log_writer.join();
-        let _ = span_writer.join();
-    })
-    .await?;
+    let retention = tokio::spawn(retention_loop(
+        logs.clone(),
+        config.retention,
+        metrics.clone(),
+        stop.clone(),
+    ));
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(grpc::logs_service(ingest.clone()))
+        .add_service(grpc::trace_service(ingest.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop.clone()),
+        );
+    let otlp_http = axum::serve(otlp_http_listener, otlp_http::router(ingest.clone()))
+        .with_graceful_shutdown(stopped(stop.clone()));
+    let metrics_state = MetricsState {
+        metrics: metrics.clone(),
+        ingest: ingest.clone(),
+        logs: logs.clone(),
+        data_dir: config.data_dir.clone(),
+    };
+    let router = sightline_query_ui::router(QueryState { logs, spans })
+        .nest("/elastic", elastic::router(ingest.clone()))
+        .route(
+            "/metrics",
+            get(move || render_metrics(metrics_state.clone())),
+        );
+    drop(ingest);
+    let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
+    let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
+    grpc_result.context("OTLP/gRPC server failed")?;
+    otlp_http_result.context("OTLP/HTTP server failed")?;
+    http_result.context("query API server failed")?;
+    retention.abort();
+
+    // The servers are gone and with them every pipeline handle: the writer
+    // drains its queue, the indexer commits, then both stop.
+    tokio::task::spawn_blocking(move || pipeline_threads.join()).await?;
     tracing::info!("collector stopped");
     Ok(())
 }
 
-fn tokio_stream_from(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+async fn bind(address: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to bind the {what} listener on {address}"))
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    metrics: Arc<CollectorMetrics>,
+    ingest: Ingest,
+    logs: Arc<LogStore>,
+    data_dir: PathBuf,
+}
+
+async fn render_metrics(
+    state: MetricsState,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let budget = state.ingest.pipeline().budget_in_use() as u64;
+    let disk = tokio::task::spawn_blocking(move || DiskUsage {
+        wal_bytes: sightline_store::wal::disk_bytes(&state.data_dir.join("wal")).unwrap_or(0),
+        log_index_bytes: state.logs.disk_bytes(),
+        span_store_bytes: sightline_store::dir_size(&state.data_dir.join("spans")),
+        log_records: state.logs.num_records(),
+        memory_budget_in_use: budget,
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(disk),
+    )
+}
+
+async fn retention_loop(
+    logs: Arc<LogStore>,
+    retention: Duration,
+    metrics: Arc<CollectorMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(RETENTION_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let keep_from = ingest::now_nanos()
+            .saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
+        let logs = logs.clone();
+        match tokio::task::spawn_blocking(move || logs.drop_partitions_before(keep_from)).await {
+            Ok(Ok(dropped)) if !dropped.is_empty() => {
+                tracing::info!(partitions = ?dropped, "retention dropped log partitions");
+                metrics.partitions_dropped(dropped.len() as u64);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "retention failed"),
+            Err(error) => tracing::error!(%error, "retention task failed"),
+        }
+    }
 }

@@ -121,6 +121,7 @@ fn recorded_args(directory: &Path, name: &str) -> Vec<String> {
 /// The ports the launcher is told to use.
 struct Ports {
     grpc: u16,
+    otlp_http: u16,
     ui: u16,
     agent: u16,
     gateway: u16,
@@ -135,6 +136,7 @@ fn launcher_command(bin: &Path, data_dir: &Path, ports: &Ports) -> Command {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--collector-grpc-port", &ports.grpc.to_string()])
+        .args(["--collector-http-port", &ports.otlp_http.to_string()])
         .args(["--ui-port", &ports.ui.to_string()])
         .args(["--agent-port", &ports.agent.to_string()])
         .args(["--gateway-port", &ports.gateway.to_string()])
@@ -202,6 +204,7 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
     let agent = health_endpoint().await;
     let ports = Ports {
         grpc: grpc_port,
+        otlp_http: free_port(),
         ui: ui.port(),
         agent: agent.port(),
         gateway: free_port(),
@@ -248,6 +251,8 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
             format!("{data}/collector"),
             "--otlp-grpc-addr".to_owned(),
             format!("127.0.0.1:{grpc_port}"),
+            "--otlp-http-addr".to_owned(),
+            format!("127.0.0.1:{}", ports.otlp_http),
             "--http-addr".to_owned(),
             format!("127.0.0.1:{}", ui.port()),
         ]
@@ -326,6 +331,7 @@ async fn a_child_that_dies_is_reported_with_its_log_file() {
     let data_dir = workspace.path().join("data");
     let ports = Ports {
         grpc: free_port(),
+        otlp_http: free_port(),
         ui: health_endpoint().await.port(),
         // Nothing answers here, so the agent can only be seen dying.
         agent: free_port(),

@@ -1,16 +1,31 @@
 //! JSON handlers of the query API.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sightline_store::LogQuery;
+use serde_json::{Value, json};
+use sightline_store::{Cursor, LogQuery};
 
 use crate::QueryState;
 use crate::error::ApiError;
 use crate::jaeger;
 
 const DEFAULT_LIMIT: usize = 100;
+
+/// Records the field sidebar samples for top values, as Kibana Discover does.
+const TERMS_SAMPLE: usize = 500;
+
+/// Buckets of the volume histogram when no interval is given.
+const DEFAULT_BUCKETS: i64 = 60;
+
+/// How often live tail looks for new records.
+const TAIL_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogSearchParams {
@@ -19,31 +34,213 @@ pub(crate) struct LogSearchParams {
     start: Option<String>,
     end: Option<String>,
     limit: Option<usize>,
+    cursor: Option<String>,
 }
 
 pub(crate) async fn search_logs(
     State(state): State<QueryState>,
     Query(params): Query<LogSearchParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let query = LogQuery {
         query: params.q,
-        start: params
-            .start
-            .as_deref()
-            .map(|t| parse_time("start", t))
-            .transpose()?,
-        end: params
-            .end
-            .as_deref()
-            .map(|t| parse_time("end", t))
-            .transpose()?,
+        start: parse_optional_time("start", params.start.as_deref())?,
+        end: parse_optional_time("end", params.end.as_deref())?,
         limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+        after: params.cursor.as_deref().map(Cursor::decode).transpose()?,
     };
     let result = tokio::task::spawn_blocking(move || state.logs.search(&query)).await??;
-    Ok(Json(serde_json::json!({
-        "records": result.records,
+    Ok(Json(json!({
+        "records": result.hits,
         "total_hits": result.total_hits,
+        "next_cursor": result.next.map(|cursor| cursor.encode()),
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistogramParams {
+    #[serde(default)]
+    q: String,
+    start: String,
+    end: Option<String>,
+    /// Bucket width: nanoseconds or a duration such as `1m`.
+    interval: Option<String>,
+}
+
+pub(crate) async fn histogram(
+    State(state): State<QueryState>,
+    Query(params): Query<HistogramParams>,
+) -> Result<Json<Value>, ApiError> {
+    let start = parse_time("start", &params.start)?;
+    let end = match params.end.as_deref() {
+        Some(end) => parse_time("end", end)?,
+        None => now_nanos(),
+    };
+    if end <= start {
+        return Err(ApiError::BadRequest(format!(
+            "`end` ({end}) must be after `start` ({start})"
+        )));
+    }
+    let interval = match params.interval.as_deref() {
+        Some(text) => parse_interval(text)?,
+        None => ((end - start) / DEFAULT_BUCKETS).max(1),
+    };
+    let histogram =
+        tokio::task::spawn_blocking(move || state.logs.histogram(&params.q, start, end, interval))
+            .await??;
+    Ok(Json(serde_json::to_value(histogram).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TermsParams {
+    field: String,
+    #[serde(default)]
+    q: String,
+    start: Option<String>,
+    end: Option<String>,
+    size: Option<usize>,
+}
+
+/// Top values of a field among the newest matching records.
+pub(crate) async fn terms(
+    State(state): State<QueryState>,
+    Query(params): Query<TermsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let query = LogQuery {
+        query: params.q,
+        start: parse_optional_time("start", params.start.as_deref())?,
+        end: parse_optional_time("end", params.end.as_deref())?,
+        limit: TERMS_SAMPLE,
+        after: None,
+    };
+    let result = tokio::task::spawn_blocking(move || state.logs.search(&query)).await??;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut present = 0;
+    for hit in &result.hits {
+        let record = serde_json::to_value(&hit.record).unwrap_or_default();
+        if let Some(value) = field_value(&record, &params.field) {
+            present += 1;
+            *counts.entry(value).or_default() += 1;
+        }
+    }
+    let mut values: Vec<(String, u64)> = counts.into_iter().collect();
+    values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    values.truncate(params.size.unwrap_or(10).clamp(1, 100));
+    Ok(Json(json!({
+        "field": params.field,
+        "sampled": result.hits.len(),
+        "present": present,
+        "values": values.into_iter().map(|(value, count)| json!({"value": value, "count": count})).collect::<Vec<_>>(),
+    })))
+}
+
+/// A field of a record by the query language's names: top-level fields,
+/// `attributes.x`/`resource.x` paths, or a bare attribute name.
+fn field_value(record: &Value, field: &str) -> Option<String> {
+    let lookup = |root: &Value, path: &str| -> Option<Value> {
+        if let Some(value) = root.get(path) {
+            return Some(value.clone());
+        }
+        // Keys may contain dots (`k8s.pod.name`) or be nested (`http.status`).
+        let (head, rest) = path.split_once('.')?;
+        root.get(head)
+            .and_then(|inner| {
+                inner
+                    .get(rest)
+                    .or_else(|| inner.pointer(&format!("/{}", rest.replace('.', "/"))))
+            })
+            .cloned()
+    };
+    let value = lookup(record, field).or_else(|| lookup(&record["attributes"], field))?;
+    match value {
+        Value::Null | Value::Object(_) => None,
+        Value::String(text) => Some(text),
+        other => Some(other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContextParams {
+    before: Option<usize>,
+    after: Option<usize>,
+}
+
+pub(crate) async fn context(
+    State(state): State<QueryState>,
+    Path(id): Path<String>,
+    Query(params): Query<ContextParams>,
+) -> Result<Json<Value>, ApiError> {
+    let before = params.before.unwrap_or(10).min(1000);
+    let after = params.after.unwrap_or(10).min(1000);
+    let hits =
+        tokio::task::spawn_blocking(move || state.logs.context(&id, before, after)).await??;
+    Ok(Json(json!({ "records": hits })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TailParams {
+    #[serde(default)]
+    q: String,
+}
+
+/// Live tail: every new matching record as an SSE `record` event, oldest first.
+pub(crate) async fn tail(
+    State(state): State<QueryState>,
+    Query(params): Query<TailParams>,
+) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let logs = state.logs.clone();
+    let query_text = params.q.clone();
+    tokio::task::spawn_blocking(move || logs.validate_query(&query_text)).await??;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        // Only records that arrive after the tail started.
+        let mut newest_seen: Option<Cursor> = None;
+        let mut start = now_nanos() - 1;
+        loop {
+            let query = LogQuery {
+                query: params.q.clone(),
+                start: Some(start),
+                end: None,
+                limit: 1000,
+                after: None,
+            };
+            let logs = state.logs.clone();
+            let Ok(Ok(result)) = tokio::task::spawn_blocking(move || logs.search(&query)).await
+            else {
+                return;
+            };
+            let mut fresh: Vec<_> = result
+                .hits
+                .into_iter()
+                .filter(|hit| {
+                    Cursor::decode(&hit.id)
+                        .is_ok_and(|cursor| newest_seen.is_none_or(|seen| cursor > seen))
+                })
+                .collect();
+            fresh.reverse();
+            for hit in fresh {
+                if let Ok(cursor) = Cursor::decode(&hit.id) {
+                    newest_seen = Some(cursor);
+                    start = start.max(cursor.timestamp);
+                }
+                let data = serde_json::to_string(&hit).unwrap_or_default();
+                if sender
+                    .send(Event::default().event("record").data(data))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(TAIL_POLL).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|event| (Ok(event), receiver))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 pub(crate) async fn get_trace(
@@ -63,17 +260,64 @@ pub(crate) async fn get_trace(
     Ok(Json(jaeger::traces_response(&[spans])).into_response())
 }
 
-/// A time bound: nanoseconds since the epoch, or an RFC 3339 timestamp.
+fn parse_optional_time(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| parse_time(name, t))
+        .transpose()
+}
+
+/// A time bound: nanoseconds since the epoch, an RFC 3339 timestamp, or
+/// `now` / `now-15m` relative to the present.
 fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(nanos) = text.parse::<i64>() {
         return Ok(nanos);
     }
-    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|error| {
-            ApiError::BadRequest(format!(
-                "`{name}` must be nanoseconds since the epoch or an RFC 3339 time, got {text:?}: {error}"
-            ))
-        })?;
+    if let Some(relative) = text.strip_prefix("now") {
+        let ago = match relative.strip_prefix('-') {
+            Some(duration) => parse_duration(name, duration)?,
+            None if relative.is_empty() => 0,
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "`{name}` must look like now-15m, got {text:?}"
+                )));
+            }
+        };
+        return Ok(now_nanos() - ago);
+    }
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|error| {
+        ApiError::BadRequest(format!(
+            "`{name}` must be nanoseconds since the epoch, an RFC 3339 time or now-<duration>, got {text:?}: {error}"
+        ))
+    })?;
     i64::try_from(parsed.unix_timestamp_nanos())
         .map_err(|_| ApiError::BadRequest(format!("`{name}` is out of range: {text:?}")))
+}
+
+fn parse_interval(text: &str) -> Result<i64, ApiError> {
+    let nanos = match text.parse::<i64>() {
+        Ok(nanos) => nanos,
+        Err(_) => parse_duration("interval", text)?,
+    };
+    if nanos <= 0 {
+        return Err(ApiError::BadRequest(format!(
+            "`interval` must be positive, got {text:?}"
+        )));
+    }
+    Ok(nanos)
+}
+
+fn parse_duration(name: &str, text: &str) -> Result<i64, ApiError> {
+    humantime::parse_duration(text)
+        .map(|duration| i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX))
+        .map_err(|error| {
+            ApiError::BadRequest(format!("`{name}`: invalid duration {text:?}: {error}"))
+        })
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
+        })
 }

@@ -3,7 +3,12 @@
 //! [`router`] builds an axum `Router` that the collector mounts on its query
 //! port (7070 by default):
 //!
-//! - `GET /api/logs?q=&start=&end=&limit=`: log search, newest first;
+//! - `GET /api/logs?q=&start=&end=&limit=&cursor=`: log search, newest first,
+//!   with a cursor for the next page;
+//! - `GET /api/logs/histogram?q=&start=&end=&interval=`: volume over time by severity;
+//! - `GET /api/logs/terms?field=&q=&start=&end=&size=`: top values of a field;
+//! - `GET /api/logs/context/{id}?before=&after=`: the record's neighbours in its stream;
+//! - `GET /api/logs/tail?q=`: live tail as Server-Sent Events;
 //! - `GET /api/traces/{trace_id}`: every span of a trace, in the shape the
 //!   Jaeger query API returns (404 when the trace is unknown);
 //! - `GET /health`: liveness;
@@ -23,14 +28,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use sightline_store::{LogIndex, SpanStore};
+use sightline_store::{LogStore, SpanStore};
 
 pub use error::ApiError;
 
 /// The stores the query API reads.
 #[derive(Clone)]
 pub struct QueryState {
-    pub logs: Arc<LogIndex>,
+    pub logs: Arc<LogStore>,
     pub spans: Arc<SpanStore>,
 }
 
@@ -39,6 +44,10 @@ pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/api/logs", get(api::search_logs))
+        .route("/api/logs/histogram", get(api::histogram))
+        .route("/api/logs/terms", get(api::terms))
+        .route("/api/logs/context/{id}", get(api::context))
+        .route("/api/logs/tail", get(api::tail))
         .route("/api/traces/{trace_id}", get(api::get_trace))
         .merge(ui::routes())
         .layer(axum::middleware::map_response(ui::security_headers))
@@ -54,16 +63,19 @@ mod tests {
     use tower::ServiceExt;
 
     fn state(dir: &std::path::Path) -> QueryState {
-        let logs = LogIndex::open(&dir.join("logs")).unwrap();
-        logs.add(&[LogRecord {
-            timestamp: 1_700_000_000_000_000_000,
-            body: "<script>alert(1)</script> payment declined".into(),
-            service: "payment".into(),
-            request_id: Some("req-1".into()),
-            ..LogRecord::default()
-        }])
+        let logs = LogStore::open(&dir.join("logs")).unwrap();
+        logs.add(
+            0,
+            &[LogRecord {
+                timestamp: 1_700_000_000_000_000_000,
+                body: "<script>alert(1)</script> payment declined".into(),
+                service: "payment".into(),
+                request_id: Some("req-1".into()),
+                ..LogRecord::default()
+            }],
+        )
         .unwrap();
-        logs.commit().unwrap();
+        logs.commit(1).unwrap();
         let spans = SpanStore::open(&dir.join("spans")).unwrap();
         QueryState {
             logs: Arc::new(logs),

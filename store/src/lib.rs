@@ -15,12 +15,19 @@
 //! in this crate knows about OTLP, HTTP or the agent.
 
 mod error;
+mod histogram;
 mod logs;
 mod model;
 mod query;
 mod spans;
+pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use logs::{LogIndex, LogQuery, LogSearchResult};
+pub use logs::{Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore};
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use spans::SpanStore;
+
+/// Bytes on disk under `dir`, recursively.
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    logs::dir_size(dir)
+}

@@ -1,32 +1,59 @@
-//! The log index: one tantivy index on disk holding [`LogRecord`]s.
+//! The log store: one tantivy index partition per UTC day.
+//!
+//! A partition lives in `<dir>/<YYYY-MM-DD>/` and is self-describing: its
+//! schema and settings are in tantivy's `meta.json`, and every commit carries
+//! the write-ahead-log position it reached as its payload (`{"wal_position":
+//! N}`). Records are routed to the partition of their timestamp's day;
+//! retention drops whole partitions. Searches run over the partitions that
+//! overlap the time range and merge the results newest first.
+//!
+//! Every record gets a sequence number from the WAL position of its batch and
+//! its place in the batch (`position << 20 | index`): with the timestamp, it
+//! orders records totally, which makes cursors (search-after) stable while
+//! ingest goes on, and identifies one record for "show context".
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use tantivy::columnar::Column;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
-    Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TEXT,
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TEXT,
     TextFieldIndexing, Value,
 };
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::tokenizer::TokenizerManager;
 use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
+    DocAddress, DocId, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, SegmentReader,
+    TantivyDocument, Term,
 };
 
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
 
-/// Memory the tantivy writer may use for its in-flight segments.
-const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// Memory each partition's tantivy writer may use for in-flight segments.
+const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
 
 /// Largest number of records one search may return.
 pub(crate) const MAX_SEARCH_LIMIT: usize = 10_000;
 
-/// A search over the log index.
+const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
+
+/// Bits of a record's sequence number that hold its index in its batch.
+const SEQ_INDEX_BITS: u32 = 20;
+
+/// The manifest that says up to which WAL position every partition is committed.
+const MANIFEST: &str = "committed.json";
+
+/// A search over the log store.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
-    /// Query string (`field:value`, AND/OR/NOT, phrases). Empty matches all.
+    /// Query string (`field:value`, AND/OR/NOT, phrases, ranges). Empty matches all.
     pub query: String,
     /// Inclusive lower bound on the record timestamp, nanoseconds.
     pub start: Option<i64>,
@@ -34,18 +61,72 @@ pub struct LogQuery {
     pub end: Option<i64>,
     /// Number of records to return, newest first.
     pub limit: usize,
+    /// Return only records older than this cursor (from a previous page).
+    pub after: Option<Cursor>,
+}
+
+/// A position in the newest-first order of records: the last record of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    pub timestamp: i64,
+    pub seq: u64,
+}
+
+impl Cursor {
+    /// The opaque text form used in URLs: `<timestamp>-<seq>`.
+    pub fn encode(&self) -> String {
+        format!("{}-{}", self.timestamp, self.seq)
+    }
+
+    pub fn decode(text: &str) -> Result<Cursor> {
+        let invalid = || StoreError::InvalidQuery(format!("invalid cursor {text:?}"));
+        let (timestamp, seq) = text.rsplit_once('-').ok_or_else(invalid)?;
+        Ok(Cursor {
+            timestamp: timestamp.parse().map_err(|_| invalid())?,
+            seq: seq.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// One stored record and where it is in the order of records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogHit {
+    /// Identifies the record (for context lookups) and is its cursor.
+    pub id: String,
+    #[serde(flatten)]
+    pub record: LogRecord,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSearchResult {
     /// Matching records, newest first, at most `limit`.
-    pub records: Vec<LogRecord>,
-    /// How many records matched in all.
+    pub hits: Vec<LogHit>,
+    /// How many records matched in all (ignoring the cursor).
     pub total_hits: usize,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<Cursor>,
 }
 
+/// A date histogram of matching records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Histogram {
+    pub interval: i64,
+    pub buckets: Vec<HistogramBucket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistogramBucket {
+    /// Start of the bucket, nanoseconds.
+    pub start: i64,
+    pub count: u64,
+    /// Count per severity text (`ERROR`, `INFO`, ... and `""` for none).
+    pub by_severity: BTreeMap<String, u64>,
+}
+
+#[derive(Clone)]
 struct LogFields {
     timestamp: Field,
+    seq: Field,
     severity: Field,
     severity_number: Field,
     service: Field,
@@ -55,6 +136,7 @@ struct LogFields {
     trace_id: Field,
     span_id: Field,
     request_id: Field,
+    stream: Field,
     source: Field,
 }
 
@@ -66,10 +148,14 @@ fn log_schema() -> (Schema, LogFields) {
                 .set_tokenizer("default")
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
-        .set_expand_dots_enabled();
+        .set_expand_dots_enabled()
+        // Fast columns for parsed fields make numeric ranges on them work
+        // (`http.status:[500 TO 599]`).
+        .set_fast("raw");
     let fields = LogFields {
-        timestamp: builder.add_i64_field("timestamp", INDEXED | tantivy::schema::FAST),
-        severity: builder.add_text_field("severity", STRING),
+        timestamp: builder.add_i64_field("timestamp", INDEXED | FAST),
+        seq: builder.add_u64_field("seq", FAST),
+        severity: builder.add_text_field("severity", STRING | FAST),
         severity_number: builder.add_i64_field("severity_number", INDEXED),
         service: builder.add_text_field("service", STRING),
         body: builder.add_text_field("body", TEXT),
@@ -78,120 +164,641 @@ fn log_schema() -> (Schema, LogFields) {
         trace_id: builder.add_text_field("trace_id", STRING),
         span_id: builder.add_text_field("span_id", STRING),
         request_id: builder.add_text_field("request_id", STRING),
+        stream: builder.add_text_field("stream", STRING),
         source: builder.add_text_field("source", STORED),
     };
     (builder.build(), fields)
 }
 
-/// Log records in a tantivy index on disk.
-///
-/// Writes go through [`LogIndex::add`] and become visible to searches after
-/// [`LogIndex::commit`], which also makes them durable. All methods block:
-/// call them from a blocking thread, never from an async task.
-pub struct LogIndex {
-    writer: Mutex<IndexWriter>,
-    reader: IndexReader,
-    query_parser: QueryParser,
-    fields: LogFields,
+/// The UTC day a timestamp falls in, as days since the epoch.
+fn day_of(timestamp: i64) -> i64 {
+    timestamp.div_euclid(NANOS_PER_DAY)
 }
 
-impl LogIndex {
-    /// Opens the index in `dir`, creating it when the directory is empty.
-    pub fn open(dir: &Path) -> Result<LogIndex> {
+fn day_name(day: i64) -> String {
+    let date = time::Date::from_julian_day(2_440_588 + day as i32).unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+fn parse_day_name(name: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(name, format).ok()?;
+    Some(i64::from(date.to_julian_day()) - 2_440_588)
+}
+
+/// The key of a record's stream: the same container's same output stream.
+fn stream_key(record: &LogRecord) -> String {
+    let resource = |key: &str| {
+        record
+            .resource
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    };
+    let stream = record
+        .attributes
+        .get("log.iostream")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let source = match resource("k8s.pod.uid") {
+        "" => resource("log.file.path"),
+        uid => uid,
+    };
+    format!(
+        "{}|{}|{}|{}|{}",
+        record.service,
+        resource("host.name"),
+        source,
+        resource("k8s.container.name"),
+        stream
+    )
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommitPayload {
+    wal_position: u64,
+}
+
+struct Partition {
+    day: i64,
+    dir: PathBuf,
+    index: Index,
+    writer: Mutex<Option<IndexWriter>>,
+    reader: IndexReader,
+    /// WAL position this partition's last commit reached.
+    committed_position: AtomicU64,
+    dirty: AtomicBool,
+}
+
+impl Partition {
+    fn open(dir: &Path, day: i64, schema: &Schema) -> Result<Partition> {
         std::fs::create_dir_all(dir)?;
-        let (schema, fields) = log_schema();
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
-        let index = Index::open_or_create(directory, schema)?;
-        let writer = index.writer(WRITER_MEMORY_BYTES)?;
+        let settings = IndexSettings {
+            docstore_compression: Compressor::Zstd(ZstdCompressor {
+                compression_level: Some(3),
+            }),
+            docstore_blocksize: 64 * 1024,
+            ..IndexSettings::default()
+        };
+        let index = Index::builder()
+            .schema(schema.clone())
+            .settings(settings)
+            .open_or_create(directory)?;
+        let committed_position = index
+            .load_metas()?
+            .payload
+            .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
+            .map_or(0, |payload| payload.wal_position);
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let mut query_parser = QueryParser::for_index(&index, vec![fields.body, fields.attributes]);
-        // `payment declined` means both words, as in Quickwit and Kibana's KQL.
-        query_parser.set_conjunction_by_default();
-        Ok(LogIndex {
-            writer: Mutex::new(writer),
+        Ok(Partition {
+            day,
+            dir: dir.to_path_buf(),
+            index,
+            writer: Mutex::new(None),
             reader,
-            query_parser,
-            fields,
+            committed_position: AtomicU64::new(committed_position),
+            dirty: AtomicBool::new(false),
         })
     }
 
-    /// Adds records to the index. They are searchable after the next commit.
-    pub fn add(&self, records: &[LogRecord]) -> Result<()> {
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for record in records {
-            writer.add_document(self.to_document(record))?;
-        }
-        Ok(())
-    }
-
-    /// Makes every added record durable and visible to searches.
-    pub fn commit(&self) -> Result<()> {
+    fn add(&self, documents: Vec<TantivyDocument>) -> Result<()> {
         let mut writer = self
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        writer.commit()?;
-        drop(writer);
+        if writer.is_none() {
+            *writer = Some(self.index.writer(WRITER_MEMORY_BYTES)?);
+        }
+        let writer = writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("no writer")))?;
+        for document in documents {
+            writer.add_document(document)?;
+        }
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn commit(&self, position: u64) -> Result<()> {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let Some(writer) = guard.as_mut() else {
+            return Ok(());
+        };
+        let mut prepared = writer.prepare_commit()?;
+        let payload = serde_json::to_string(&CommitPayload {
+            wal_position: position,
+        })
+        .unwrap_or_default();
+        prepared.set_payload(&payload);
+        if let Err(error) = prepared.commit() {
+            // The writer is unusable after a failed commit: drop it, documents
+            // added since the last commit come back from the WAL.
+            *guard = None;
+            return Err(error.into());
+        }
+        drop(guard);
+        self.dirty.store(false, Ordering::Release);
+        self.committed_position.store(position, Ordering::Release);
         self.reader.reload()?;
         Ok(())
     }
 
-    /// Number of committed records.
+    /// Drops the writer's uncommitted documents (after a failed commit elsewhere).
+    fn rollback(&self) {
+        let mut guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        *guard = None;
+        self.dirty.store(false, Ordering::Release);
+    }
+
+    fn close_writer(&self) {
+        if !self.dirty.load(Ordering::Acquire) {
+            let mut guard = self
+                .writer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if let Some(writer) = guard.take() {
+                let _ = writer.wait_merging_threads();
+            }
+        }
+    }
+}
+
+/// Log records on disk, one tantivy index per UTC day.
+///
+/// Writes ([`LogStore::add`]) become visible and durable at
+/// [`LogStore::commit`]. All methods block: call them from a blocking thread.
+pub struct LogStore {
+    dir: PathBuf,
+    schema: Schema,
+    fields: LogFields,
+    query_parser: QueryParser,
+    partitions: RwLock<BTreeMap<i64, Arc<Partition>>>,
+    /// WAL position up to which every partition is committed (the manifest).
+    committed_position: AtomicU64,
+}
+
+impl LogStore {
+    /// Opens every partition under `dir`, creating `dir` if needed.
+    pub fn open(dir: &Path) -> Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = log_schema();
+        let mut partitions = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let Some(day) = entry.file_name().to_str().and_then(parse_day_name) else {
+                continue;
+            };
+            if entry.file_type()?.is_dir() {
+                partitions.insert(day, Arc::new(Partition::open(&entry.path(), day, &schema)?));
+            }
+        }
+        let committed_position = std::fs::read_to_string(dir.join(MANIFEST))
+            .ok()
+            .and_then(|text| serde_json::from_str::<CommitPayload>(&text).ok())
+            .map_or(0, |payload| payload.wal_position);
+        let mut query_parser = QueryParser::new(
+            schema.clone(),
+            vec![fields.body, fields.attributes],
+            TokenizerManager::default(),
+        );
+        // `payment declined` means both words, as in Quickwit and Kibana's KQL.
+        query_parser.set_conjunction_by_default();
+        // Wildcards (`ship*`) become regex queries on single terms.
+        query_parser.allow_regexes();
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            schema,
+            fields,
+            query_parser,
+            partitions: RwLock::new(partitions),
+            committed_position: AtomicU64::new(committed_position),
+        })
+    }
+
+    /// WAL position below which every record is committed: replay from here.
+    pub fn committed_position(&self) -> u64 {
+        self.committed_position.load(Ordering::Acquire)
+    }
+
+    /// Adds the records of the WAL entry at `position`. Records whose
+    /// partition already committed past `position` are skipped, so a replay
+    /// never indexes a record twice.
+    pub fn add(&self, position: u64, records: &[LogRecord]) -> Result<()> {
+        let mut by_day: BTreeMap<i64, Vec<TantivyDocument>> = BTreeMap::new();
+        for (index, record) in records.iter().enumerate() {
+            let seq = (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1));
+            by_day
+                .entry(day_of(record.timestamp))
+                .or_default()
+                .push(self.to_document(record, seq));
+        }
+        for (day, documents) in by_day {
+            let partition = self.partition_for_write(day)?;
+            if position < partition.committed_position.load(Ordering::Acquire) {
+                continue;
+            }
+            partition.add(documents)?;
+        }
+        Ok(())
+    }
+
+    /// Commits every partition written since the last commit, recording that
+    /// everything below `position` is in; then makes it visible to searches.
+    pub fn commit(&self, position: u64) -> Result<()> {
+        let partitions: Vec<_> = self.read_partitions().values().cloned().collect();
+        let mut first_error = None;
+        for partition in &partitions {
+            if let Err(error) = partition.commit(position) {
+                tracing::error!(partition = %day_name(partition.day), %error, "failed to commit log partition");
+                first_error.get_or_insert(error);
+            }
+        }
+        if let Some(error) = first_error {
+            for partition in &partitions {
+                partition.rollback();
+            }
+            return Err(error);
+        }
+        let manifest = serde_json::to_vec(&CommitPayload {
+            wal_position: position,
+        })
+        .unwrap_or_default();
+        write_atomically(&self.dir.join(MANIFEST), &manifest)?;
+        self.committed_position.store(position, Ordering::Release);
+        // Writers of partitions older than yesterday are rarely written again: free their memory.
+        let today = day_of(now_nanos());
+        for partition in partitions.iter().filter(|p| p.day < today - 1) {
+            partition.close_writer();
+        }
+        Ok(())
+    }
+
+    /// Deletes every partition whose whole day is older than `keep_from`
+    /// (nanoseconds). Returns the names of the partitions dropped.
+    pub fn drop_partitions_before(&self, keep_from: i64) -> Result<Vec<String>> {
+        let cutoff_day = day_of(keep_from);
+        let dropped: Vec<Arc<Partition>> = {
+            let mut partitions = self
+                .partitions
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let old_days: Vec<i64> = partitions
+                .range(..cutoff_day)
+                .map(|(day, _)| *day)
+                .collect();
+            old_days
+                .iter()
+                .filter_map(|day| partitions.remove(day))
+                .collect()
+        };
+        let mut names = Vec::new();
+        for partition in dropped {
+            partition.rollback();
+            std::fs::remove_dir_all(&partition.dir)?;
+            names.push(day_name(partition.day));
+        }
+        Ok(names)
+    }
+
+    /// Bytes on disk of all partitions.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_size(&self.dir)
+    }
+
+    /// Names (`YYYY-MM-DD`) of the partitions, oldest first.
+    pub fn partition_names(&self) -> Vec<String> {
+        self.read_partitions()
+            .keys()
+            .map(|day| day_name(*day))
+            .collect()
+    }
+
+    /// Number of committed records in all partitions.
     pub fn num_records(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.read_partitions()
+            .values()
+            .map(|p| p.reader.searcher().num_docs())
+            .sum()
+    }
+
+    /// Checks a query string without running it.
+    pub fn validate_query(&self, query: &str) -> Result<()> {
+        self.parse_text_query(query).map(drop)
     }
 
     /// Runs a search; records come back newest first.
     pub fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
-        let parsed = self.parse_query(query)?;
-        let searcher = self.reader.searcher();
         let limit = query.limit.clamp(1, MAX_SEARCH_LIMIT);
-        let top_docs =
-            TopDocs::with_limit(limit).order_by_fast_field::<i64>("timestamp", Order::Desc);
-        let (hits, total_hits) = searcher.search(&parsed, &(top_docs, Count))?;
-        let records = hits
+        let text_query = self.parse_text_query(&query.query)?;
+        let upper = match query.after {
+            Some(cursor) => Some(
+                query
+                    .end
+                    .map_or(cursor.timestamp + 1, |end| end.min(cursor.timestamp + 1)),
+            ),
+            None => query.end,
+        };
+        let filtered = self.with_time_range(text_query.box_clone(), query.start, upper);
+        let counted = self.with_time_range(text_query, query.start, query.end);
+        let mut total_hits = 0;
+        let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
+        for partition in self
+            .partitions_overlapping(query.start, upper)
             .into_iter()
-            .map(|(_timestamp, address)| self.load_record(&searcher, address))
+            .rev()
+        {
+            let searcher = partition.reader.searcher();
+            total_hits += searcher.search(&counted, &Count)?;
+            // Partitions are newest first: once `limit` candidates are newer
+            // than everything this partition can hold, the rest cannot matter.
+            let partition_end = (partition.day + 1) * NANOS_PER_DAY;
+            if candidates.len() >= limit && candidates[limit - 1].0.timestamp >= partition_end {
+                continue;
+            }
+            let after = query.after;
+            let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
+                let sort_key = SortKey::for_segment(segment);
+                move |doc: DocId| {
+                    sort_key
+                        .key(doc)
+                        .filter(|key| after.is_none_or(|after| *key < after))
+                        .unwrap_or(EXCLUDED)
+                }
+            });
+            for (key, address) in searcher.search(&filtered, &top)? {
+                if key != EXCLUDED {
+                    candidates.push((key, partition.clone(), address));
+                }
+            }
+            candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
+            candidates.truncate(limit);
+        }
+        let next = (candidates.len() == limit).then(|| candidates[limit - 1].0);
+        let hits = candidates
+            .into_iter()
+            .map(|(cursor, partition, address)| {
+                let record = self.load_record(&partition.reader.searcher(), address)?;
+                Ok(LogHit {
+                    id: cursor.encode(),
+                    record,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(LogSearchResult {
-            records,
+            hits,
             total_hits,
+            next,
         })
     }
 
-    fn parse_query(&self, query: &LogQuery) -> Result<Box<dyn Query>> {
-        let text_query: Box<dyn Query> = if query.query.trim().is_empty() {
-            Box::new(AllQuery)
-        } else {
-            crate::query::parse(&self.query_parser, &query.query)?
-        };
-        if query.start.is_none() && query.end.is_none() {
-            return Ok(text_query);
+    /// Counts matching records per `interval` nanoseconds, split by severity.
+    /// Buckets are aligned to multiples of `interval`; empty buckets are included.
+    pub fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
+        let interval = interval.max(1);
+        let text_query = self.parse_text_query(query)?;
+        let ranged = self.with_time_range(text_query, Some(start), Some(end));
+        let first_bucket = start.div_euclid(interval);
+        let bucket_count =
+            usize::try_from((end - 1).div_euclid(interval) - first_bucket + 1).unwrap_or(0);
+        if bucket_count > 10_000 {
+            return Err(StoreError::InvalidQuery(format!(
+                "histogram would have {bucket_count} buckets; use a larger interval (at most 10000 buckets)"
+            )));
         }
-        let to_term = |nanos: i64| Term::from_field_i64(self.fields.timestamp, nanos);
-        let lower = query
-            .start
-            .map_or(Bound::Unbounded, |s| Bound::Included(to_term(s)));
-        let upper = query
-            .end
-            .map_or(Bound::Unbounded, |e| Bound::Excluded(to_term(e)));
-        let time_range: Box<dyn Query> = Box::new(RangeQuery::new(lower, upper));
-        Ok(Box::new(BooleanQuery::new(vec![
-            (Occur::Must, text_query),
-            (Occur::Must, time_range),
-        ])))
+        let mut counts = vec![BTreeMap::<String, u64>::new(); bucket_count];
+        for partition in self.partitions_overlapping(Some(start), Some(end)) {
+            let searcher = partition.reader.searcher();
+            let collector = crate::histogram::HistogramCollector {
+                interval,
+                first_bucket,
+                bucket_count,
+            };
+            let partition_counts = searcher.search(&ranged, &collector)?;
+            for (bucket, severities) in partition_counts.into_iter().enumerate() {
+                for (severity, count) in severities {
+                    *counts[bucket].entry(severity).or_default() += count;
+                }
+            }
+        }
+        Ok(Histogram {
+            interval,
+            buckets: counts
+                .into_iter()
+                .enumerate()
+                .map(|(index, by_severity)| HistogramBucket {
+                    start: (first_bucket + index as i64) * interval,
+                    count: by_severity.values().sum(),
+                    by_severity,
+                })
+                .collect(),
+        })
     }
 
-    fn to_document(&self, record: &LogRecord) -> TantivyDocument {
+    /// The `before` records preceding and `after` records following the
+    /// record `id` in the same stream (same container, same stdout/stderr),
+    /// oldest first, the record itself included.
+    pub fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>> {
+        let cursor = Cursor::decode(id)?;
+        let anchor_query = LogQuery {
+            query: String::new(),
+            start: Some(cursor.timestamp),
+            end: Some(cursor.timestamp + 1),
+            limit: MAX_SEARCH_LIMIT,
+            after: None,
+        };
+        let anchor = self
+            .search(&anchor_query)?
+            .hits
+            .into_iter()
+            .find(|hit| hit.id == id)
+            .ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
+        let stream = stream_key(&anchor.record);
+        let stream_query = || -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(self.fields.stream, &stream),
+                IndexRecordOption::Basic,
+            ))
+        };
+        // Older: newest-first search after the anchor.
+        let mut older =
+            self.search_with(stream_query(), None, None, before, Some(cursor), false)?;
+        older.reverse();
+        // Newer: oldest-first search from the anchor on.
+        let newer = self.search_with(
+            stream_query(),
+            Some(cursor.timestamp),
+            None,
+            after,
+            Some(cursor),
+            true,
+        )?;
+        let mut hits = older;
+        hits.push(anchor);
+        hits.extend(newer);
+        Ok(hits)
+    }
+
+    /// Newest-first (or, with `ascending`, oldest-first) records of a parsed
+    /// query strictly beyond `cursor` in that order.
+    fn search_with(
+        &self,
+        query: Box<dyn Query>,
+        start: Option<i64>,
+        end: Option<i64>,
+        limit: usize,
+        cursor: Option<Cursor>,
+        ascending: bool,
+    ) -> Result<Vec<LogHit>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(MAX_SEARCH_LIMIT);
+        let (start, end) = match (cursor, ascending) {
+            (Some(c), true) => (Some(start.map_or(c.timestamp, |s| s.max(c.timestamp))), end),
+            (Some(c), false) => (
+                start,
+                Some(end.map_or(c.timestamp + 1, |e| e.min(c.timestamp + 1))),
+            ),
+            (None, _) => (start, end),
+        };
+        let ranged = self.with_time_range(query, start, end);
+        let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
+        for partition in self.partitions_overlapping(start, end) {
+            let searcher = partition.reader.searcher();
+            let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
+                let sort_key = SortKey::for_segment(segment);
+                move |doc: DocId| {
+                    let Some(key) = sort_key.key(doc) else {
+                        return (i64::MIN, 0);
+                    };
+                    let beyond = cursor.is_none_or(|c| if ascending { key > c } else { key < c });
+                    match (beyond, ascending) {
+                        (false, _) => (i64::MIN, 0),
+                        // Ascending order ranks by the mirrored key.
+                        (true, true) => (i64::MAX - key.timestamp, u64::MAX - key.seq),
+                        (true, false) => (key.timestamp, key.seq),
+                    }
+                }
+            });
+            for (key, address) in searcher.search(&ranged, &top)? {
+                if key != (i64::MIN, 0) {
+                    let (timestamp, seq) = key;
+                    let cursor = if ascending {
+                        Cursor {
+                            timestamp: i64::MAX - timestamp,
+                            seq: u64::MAX - seq,
+                        }
+                    } else {
+                        Cursor { timestamp, seq }
+                    };
+                    candidates.push((cursor, partition.clone(), address));
+                }
+            }
+        }
+        if ascending {
+            candidates.sort_by_key(|candidate| candidate.0);
+        } else {
+            candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
+        }
+        candidates.truncate(limit);
+        candidates
+            .into_iter()
+            .map(|(cursor, partition, address)| {
+                Ok(LogHit {
+                    id: cursor.encode(),
+                    record: self.load_record(&partition.reader.searcher(), address)?,
+                })
+            })
+            .collect()
+    }
+
+    fn read_partitions(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i64, Arc<Partition>>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn partition_for_write(&self, day: i64) -> Result<Arc<Partition>> {
+        if let Some(partition) = self.read_partitions().get(&day) {
+            return Ok(partition.clone());
+        }
+        let mut partitions = self
+            .partitions
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(partition) = partitions.get(&day) {
+            return Ok(partition.clone());
+        }
+        let partition = Arc::new(Partition::open(
+            &self.dir.join(day_name(day)),
+            day,
+            &self.schema,
+        )?);
+        partitions.insert(day, partition.clone());
+        Ok(partition)
+    }
+
+    /// Partitions that may hold records in `[start, end)`, oldest first.
+    fn partitions_overlapping(&self, start: Option<i64>, end: Option<i64>) -> Vec<Arc<Partition>> {
+        let first = start.map_or(i64::MIN, day_of);
+        let last = end.map_or(i64::MAX, |end| day_of(end.saturating_sub(1)));
+        if first > last {
+            return Vec::new();
+        }
+        self.read_partitions()
+            .range(first..=last)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    fn parse_text_query(&self, query: &str) -> Result<Box<dyn Query>> {
+        if query.trim().is_empty() {
+            return Ok(Box::new(AllQuery));
+        }
+        crate::query::parse(&self.query_parser, &self.schema, query)
+    }
+
+    fn with_time_range(
+        &self,
+        query: Box<dyn Query>,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Box<dyn Query> {
+        if start.is_none() && end.is_none() {
+            return query;
+        }
+        let to_term = |nanos: i64| Term::from_field_i64(self.fields.timestamp, nanos);
+        let lower = start.map_or(Bound::Unbounded, |s| Bound::Included(to_term(s)));
+        let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(to_term(e)));
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, query),
+            (Occur::Must, Box::new(RangeQuery::new(lower, upper))),
+        ]))
+    }
+
+    fn to_document(&self, record: &LogRecord, seq: u64) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_i64(f.timestamp, record.timestamp);
+        doc.add_u64(f.seq, seq);
         doc.add_text(f.severity, &record.severity_text);
         doc.add_i64(f.severity_number, i64::from(record.severity_number));
         doc.add_text(f.service, &record.service);
@@ -207,9 +814,9 @@ impl LogIndex {
                 doc.add_text(field, id);
             }
         }
+        doc.add_text(f.stream, stream_key(record));
         // Serializing a struct of strings, numbers and JSON maps cannot fail.
-        let source = serde_json::to_string(record).unwrap_or_default();
-        doc.add_text(f.source, source);
+        doc.add_text(f.source, serde_json::to_string(record).unwrap_or_default());
         doc
     }
 
@@ -223,12 +830,81 @@ impl LogIndex {
     }
 }
 
+/// The sort key of documents a search must not return: it ranks below every
+/// real record, so such documents never push a real one out of the top.
+const EXCLUDED: Cursor = Cursor {
+    timestamp: i64::MIN,
+    seq: 0,
+};
+
+/// Reads `(timestamp, seq)` of a document from the fast fields.
+struct SortKey {
+    timestamp: Column<i64>,
+    seq: Column<u64>,
+}
+
+impl SortKey {
+    fn for_segment(segment: &SegmentReader) -> SortKey {
+        let fast = segment.fast_fields();
+        SortKey {
+            timestamp: fast
+                .i64("timestamp")
+                .unwrap_or_else(|_| Column::build_empty_column(segment.max_doc())),
+            seq: fast
+                .u64("seq")
+                .unwrap_or_else(|_| Column::build_empty_column(segment.max_doc())),
+        }
+    }
+
+    fn key(&self, doc: DocId) -> Option<Cursor> {
+        Some(Cursor {
+            timestamp: self.timestamp.first(doc)?,
+            seq: self.seq.first(doc)?,
+        })
+    }
+}
+
 pub(crate) fn to_json_object(
     map: &serde_json::Map<String, serde_json::Value>,
-) -> std::collections::BTreeMap<String, tantivy::schema::OwnedValue> {
+) -> BTreeMap<String, tantivy::schema::OwnedValue> {
     map.iter()
         .map(|(key, value)| (key.clone(), value.clone().into()))
         .collect()
+}
+
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
+        })
 }
 
 #[cfg(test)]
@@ -236,9 +912,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const DAY: i64 = NANOS_PER_DAY;
+    /// 2023-11-14T00:00:00Z
+    const T0: i64 = 19_675 * DAY;
+
     fn record(timestamp: i64, body: &str, request_id: Option<&str>) -> LogRecord {
-        let attributes = json!({"user_id": "u-42", "http": {"status": 500}});
-        let resource = json!({"k8s.pod.name": "gateway-abc12", "service.name": "gateway"});
+        let attributes =
+            json!({"user_id": "u-42", "http": {"status": 500}, "log.iostream": "stdout"});
+        let resource = json!({"k8s.pod.name": "gateway-abc12", "k8s.pod.uid": "uid-1", "service.name": "gateway"});
         LogRecord {
             timestamp,
             observed_timestamp: timestamp,
@@ -254,118 +935,79 @@ mod tests {
         }
     }
 
-    fn index_with(records: &[LogRecord]) -> (tempfile::TempDir, LogIndex) {
+    fn store_with(records: &[LogRecord]) -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
-        let index = LogIndex::open(dir.path()).unwrap();
-        index.add(records).unwrap();
-        index.commit().unwrap();
-        (dir, index)
+        let store = LogStore::open(dir.path()).unwrap();
+        store.add(0, records).unwrap();
+        store.commit(1).unwrap();
+        (dir, store)
     }
 
-    fn bodies(index: &LogIndex, query: &str) -> Vec<String> {
+    fn search(store: &LogStore, query: &str) -> Vec<String> {
         let query = LogQuery {
             query: query.into(),
             limit: 100,
             ..LogQuery::default()
         };
-        index
+        store
             .search(&query)
             .unwrap()
-            .records
+            .hits
             .into_iter()
-            .map(|r| r.body)
+            .map(|h| h.record.body)
             .collect()
     }
 
     #[test]
     fn queries_find_the_right_records_newest_first() {
-        let (_dir, index) = index_with(&[
-            record(1_000, "order created", Some("req-1")),
-            record(3_000, "payment declined", Some("req-2")),
-            record(2_000, "order shipped", Some("req-1")),
+        let (_dir, store) = store_with(&[
+            record(T0 + 1_000, "order created", Some("req-1")),
+            record(T0 + 3_000, "payment declined", Some("req-2")),
+            record(T0 + 2_000, "order shipped", Some("req-1")),
         ]);
-        let cases = [
-            (
-                "",
-                vec!["payment declined", "order shipped", "order created"],
-            ),
-            ("request_id:req-1", vec!["order shipped", "order created"]),
-            ("order", vec!["order shipped", "order created"]),
-            ("\"payment declined\"", vec!["payment declined"]),
-            ("order -shipped", vec!["order created"]),
-            ("order AND NOT shipped", vec!["order created"]),
-            ("NOT shipped", vec!["payment declined", "order created"]),
-            ("order created", vec!["order created"]),
+        let cases: &[(&str, &[&str])] = &[
+            ("", &["payment declined", "order shipped", "order created"]),
+            ("request_id:req-1", &["order shipped", "order created"]),
+            ("order", &["order shipped", "order created"]),
+            ("\"payment declined\"", &["payment declined"]),
+            ("order -shipped", &["order created"]),
+            ("order AND NOT shipped", &["order created"]),
+            ("NOT shipped", &["payment declined", "order created"]),
+            ("order created", &["order created"]),
             (
                 "shipped OR declined",
-                vec!["payment declined", "order shipped"],
+                &["payment declined", "order shipped"],
             ),
-            ("user_id:u-42 AND declined", vec!["payment declined"]),
+            ("user_id:u-42 AND declined", &["payment declined"]),
+            ("attributes.http.status:500 AND created", &["order created"]),
+            ("http.status:[400 TO 599] AND created", &["order created"]),
             (
-                "attributes.http.status:500 AND created",
-                vec!["order created"],
+                "attributes.http.status:[500 TO 500] AND created",
+                &["order created"],
             ),
             (
                 "resource.k8s.pod.name:gateway-abc12 AND shipped",
-                vec!["order shipped"],
+                &["order shipped"],
             ),
             (
                 "service:gateway AND trace_id:0af7651916cd43dd8448eb211c80319c AND created",
-                vec!["order created"],
+                &["order created"],
             ),
-            ("request_id:nope", vec![]),
+            ("ship*", &["order shipped"]),
+            ("body:ship*", &["order shipped"]),
+            ("sh?pped", &["order shipped"]),
+            ("*clined", &["payment declined"]),
+            ("severity_number:>=9 AND declined", &["payment declined"]),
+            ("request_id:nope", &[]),
         ];
         for (query, expected) in cases {
-            assert_eq!(bodies(&index, query), expected, "query {query:?}");
+            assert_eq!(search(&store, query), *expected, "query {query:?}");
         }
     }
 
     #[test]
-    fn time_range_and_limit_apply() {
-        let (_dir, index) = index_with(&[
-            record(1_000, "a", None),
-            record(2_000, "b", None),
-            record(3_000, "c", None),
-        ]);
-        let query = LogQuery {
-            query: String::new(),
-            start: Some(1_500),
-            end: Some(3_000),
-            limit: 10,
-        };
-        let result = index.search(&query).unwrap();
-        assert_eq!(result.total_hits, 1);
-        assert_eq!(result.records[0].body, "b");
-        let query = LogQuery {
-            limit: 2,
-            ..LogQuery::default()
-        };
-        let result = index.search(&query).unwrap();
-        assert_eq!(result.total_hits, 3);
-        assert_eq!(result.records.len(), 2);
-    }
-
-    #[test]
-    fn records_come_back_whole_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let original = record(42, "hello", Some("req-9"));
-        {
-            let index = LogIndex::open(dir.path()).unwrap();
-            index.add(std::slice::from_ref(&original)).unwrap();
-            index.commit().unwrap();
-        }
-        let index = LogIndex::open(dir.path()).unwrap();
-        let query = LogQuery {
-            query: "request_id:req-9".into(),
-            limit: 1,
-            ..LogQuery::default()
-        };
-        assert_eq!(index.search(&query).unwrap().records, vec![original]);
-    }
-
-    #[test]
-    fn a_bad_query_is_an_error_not_a_panic() {
-        let (_dir, index) = index_with(&[record(1, "x", None)]);
+    fn a_bad_query_is_an_error_with_a_position() {
+        let (_dir, store) = store_with(&[record(T0, "x", None)]);
         for (text, expected) in [
             ("body:(unclosed", "position"),
             ("nosuchfield:", "position"),
@@ -376,12 +1018,208 @@ mod tests {
                 limit: 1,
                 ..LogQuery::default()
             };
-            let error = index.search(&query).unwrap_err();
+            let error = store.search(&query).unwrap_err();
             assert!(
                 matches!(error, StoreError::InvalidQuery(_)),
                 "{text}: {error}"
             );
             assert!(error.to_string().contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn time_range_limit_and_cursor_pages_are_stable_under_ingest() {
+        let records: Vec<_> = (0..10)
+            .map(|i| record(T0 + i * 1_000, &format!("r{i}"), None))
+            .collect();
+        let (_dir, store) = store_with(&records);
+        let query = LogQuery {
+            start: Some(T0 + 2_000),
+            end: Some(T0 + 5_000),
+            limit: 10,
+            ..LogQuery::default()
+        };
+        let result = store.search(&query).unwrap();
+        assert_eq!(result.total_hits, 3);
+        assert_eq!(
+            result
+                .hits
+                .iter()
+                .map(|h| h.record.body.as_str())
+                .collect::<Vec<_>>(),
+            ["r4", "r3", "r2"]
+        );
+
+        let mut pages = Vec::new();
+        let mut query = LogQuery {
+            limit: 4,
+            ..LogQuery::default()
+        };
+        loop {
+            let page = store.search(&query).unwrap();
+            pages.push(
+                page.hits
+                    .iter()
+                    .map(|h| h.record.body.clone())
+                    .collect::<Vec<_>>(),
+            );
+            // Newer records arriving between pages do not shift the next page.
+            store
+                .add(
+                    100 + pages.len() as u64,
+                    &[record(T0 + 20_000, "newer", None)],
+                )
+                .unwrap();
+            store.commit(200 + pages.len() as u64).unwrap();
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages,
+            [
+                vec!["r9", "r8", "r7", "r6"],
+                vec!["r5", "r4", "r3", "r2"],
+                vec!["r1", "r0"]
+            ]
+        );
+    }
+
+    #[test]
+    fn records_with_equal_timestamps_page_without_loss_or_repeat() {
+        let records: Vec<_> = (0..7)
+            .map(|i| record(T0, &format!("same{i}"), None))
+            .collect();
+        let (_dir, store) = store_with(&records);
+        let mut seen = Vec::new();
+        let mut query = LogQuery {
+            limit: 3,
+            ..LogQuery::default()
+        };
+        loop {
+            let page = store.search(&query).unwrap();
+            seen.extend(page.hits.iter().map(|h| h.record.body.clone()));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, (0..7).map(|i| format!("same{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn records_go_to_day_partitions_and_retention_drops_whole_days() {
+        let (_dir, store) = store_with(&[
+            record(T0 - DAY + 5, "day before", None),
+            record(T0 + 5, "day zero", None),
+            record(T0 + DAY + 5, "day after", None),
+        ]);
+        assert_eq!(
+            store.partition_names(),
+            ["2023-11-13", "2023-11-14", "2023-11-15"]
+        );
+        assert_eq!(search(&store, ""), ["day after", "day zero", "day before"]);
+        let query = LogQuery {
+            start: Some(T0),
+            end: Some(T0 + DAY),
+            limit: 10,
+            ..LogQuery::default()
+        };
+        assert_eq!(store.search(&query).unwrap().hits.len(), 1);
+        let dropped = store.drop_partitions_before(T0 + 10).unwrap();
+        assert_eq!(dropped, ["2023-11-13"]);
+        assert_eq!(search(&store, ""), ["day after", "day zero"]);
+        assert!(store.disk_bytes() > 0);
+    }
+
+    #[test]
+    fn replay_below_the_committed_position_indexes_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            store.add(10, &[record(T0, "committed", None)]).unwrap();
+            store.commit(20).unwrap();
+            // Added but never committed: a crash before the commit.
+            store.add(20, &[record(T0, "lost in crash", None)]).unwrap();
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.committed_position(), 20);
+        // Replaying the WAL from the start: position 10 is skipped, 20 is indexed.
+        store.add(10, &[record(T0, "committed", None)]).unwrap();
+        store.add(20, &[record(T0, "lost in crash", None)]).unwrap();
+        store.commit(30).unwrap();
+        let mut bodies = search(&store, "");
+        bodies.sort();
+        assert_eq!(bodies, ["committed", "lost in crash"]);
+        let reopened = LogStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.committed_position(), 30);
+        assert_eq!(reopened.num_records(), 2);
+    }
+
+    #[test]
+    fn histogram_counts_by_bucket_and_severity() {
+        let mut error = record(T0 + 1_500, "boom", None);
+        error.severity_text = "ERROR".into();
+        let (_dir, store) = store_with(&[
+            record(T0 + 100, "a", None),
+            record(T0 + 900, "b", None),
+            error,
+            record(T0 + 3_100, "d", None),
+        ]);
+        let histogram = store.histogram("", T0, T0 + 4_000, 1_000).unwrap();
+        let counts: Vec<u64> = histogram.buckets.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [2, 1, 0, 1]);
+        assert_eq!(histogram.buckets[0].start, T0);
+        assert_eq!(
+            histogram.buckets[1].by_severity,
+            BTreeMap::from([("ERROR".to_string(), 1)])
+        );
+        assert_eq!(
+            histogram.buckets[0].by_severity,
+            BTreeMap::from([("INFO".to_string(), 2)])
+        );
+        let only_errors = store
+            .histogram("severity:ERROR", T0, T0 + 4_000, 1_000)
+            .unwrap();
+        assert_eq!(only_errors.buckets.iter().map(|b| b.count).sum::<u64>(), 1);
+        assert!(
+            store.histogram("", T0, T0 + 1_000_000, 1).is_err(),
+            "too many buckets is an error"
+        );
+    }
+
+    #[test]
+    fn context_returns_neighbours_in_the_same_stream() {
+        let mut other_pod = record(T0 + 2_500, "other pod", None);
+        other_pod
+            .resource
+            .insert("k8s.pod.uid".into(), json!("uid-2"));
+        let mut records: Vec<_> = (0..6)
+            .map(|i| record(T0 + i * 1_000, &format!("line{i}"), None))
+            .collect();
+        records.push(other_pod);
+        let (_dir, store) = store_with(&records);
+        let anchor = store
+            .search(&LogQuery {
+                query: "line3".into(),
+                limit: 1,
+                ..LogQuery::default()
+            })
+            .unwrap()
+            .hits
+            .remove(0);
+        let context = store.context(&anchor.id, 2, 1).unwrap();
+        let bodies: Vec<_> = context.iter().map(|h| h.record.body.as_str()).collect();
+        assert_eq!(bodies, ["line1", "line2", "line3", "line4"]);
+        assert!(matches!(
+            store.context("1-2", 1, 1),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.context("garbage", 1, 1),
+            Err(StoreError::InvalidQuery(_))
+        ));
     }
 }

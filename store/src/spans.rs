@@ -2,6 +2,9 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 use tantivy::collector::TopDocs;
 use tantivy::query::TermQuery;
@@ -46,6 +49,13 @@ pub struct SpanStore {
     writer: Mutex<IndexWriter>,
     reader: IndexReader,
     fields: SpanFields,
+    /// WAL position the last commit reached (the commit payload).
+    committed_position: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommitPayload {
+    wal_position: u64,
 }
 
 impl SpanStore {
@@ -54,6 +64,11 @@ impl SpanStore {
         let (schema, fields) = span_schema();
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
+        let committed_position = index
+            .load_metas()?
+            .payload
+            .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
+            .map_or(0, |payload| payload.wal_position);
         let writer = index.writer(WRITER_MEMORY_BYTES)?;
         let reader = index
             .reader_builder()
@@ -63,10 +78,21 @@ impl SpanStore {
             writer: Mutex::new(writer),
             reader,
             fields,
+            committed_position: AtomicU64::new(committed_position),
         })
     }
 
-    pub fn add(&self, spans: &[Span]) -> Result<()> {
+    /// WAL position below which every span is committed: replay from here.
+    pub fn committed_position(&self) -> u64 {
+        self.committed_position.load(Ordering::Acquire)
+    }
+
+    /// Adds the spans of the WAL entry at `position`; skipped when a commit
+    /// already covers it, so a replay never stores a span twice.
+    pub fn add(&self, position: u64, spans: &[Span]) -> Result<()> {
+        if position < self.committed_position() {
+            return Ok(());
+        }
         let writer = self
             .writer
             .lock()
@@ -77,15 +103,28 @@ impl SpanStore {
         Ok(())
     }
 
-    pub fn commit(&self) -> Result<()> {
+    /// Makes every added span durable and visible, recording `position`.
+    pub fn commit(&self, position: u64) -> Result<()> {
         let mut writer = self
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        writer.commit()?;
+        let mut prepared = writer.prepare_commit()?;
+        let payload = serde_json::to_string(&CommitPayload {
+            wal_position: position,
+        })
+        .unwrap_or_default();
+        prepared.set_payload(&payload);
+        prepared.commit()?;
         drop(writer);
+        self.committed_position.store(position, Ordering::Release);
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// Number of committed spans.
+    pub fn num_spans(&self) -> u64 {
+        self.reader.searcher().num_docs()
     }
 
     /// Every committed span of the trace, ordered by start time. Empty when
@@ -158,18 +197,21 @@ mod tests {
         let store = SpanStore::open(dir.path()).unwrap();
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         store
-            .add(&[
-                span(trace, "00f067aa0ba902b7", None, 100),
-                span(
-                    "ffffffffffffffffffffffffffffffff",
-                    "1111111111111111",
-                    None,
-                    50,
-                ),
-                span(trace, "00f067aa0ba902b8", Some("00f067aa0ba902b7"), 110),
-            ])
+            .add(
+                0,
+                &[
+                    span(trace, "00f067aa0ba902b7", None, 100),
+                    span(
+                        "ffffffffffffffffffffffffffffffff",
+                        "1111111111111111",
+                        None,
+                        50,
+                    ),
+                    span(trace, "00f067aa0ba902b8", Some("00f067aa0ba902b7"), 110),
+                ],
+            )
             .unwrap();
-        store.commit().unwrap();
+        store.commit(1).unwrap();
         let spans = store.trace(trace).unwrap();
         let ids: Vec<_> = spans.iter().map(|s| s.span_id.as_str()).collect();
         assert_eq!(ids, ["00f067aa0ba902b7", "00f067aa0ba902b8"]);

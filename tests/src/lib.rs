@@ -124,6 +124,7 @@ impl Drop for Process {
 #[derive(Debug, Clone, Copy)]
 pub struct StackPorts {
     pub collector_grpc: u16,
+    pub collector_http: u16,
     pub ui: u16,
     pub agent: u16,
     pub gateway: u16,
@@ -145,6 +146,7 @@ impl DemoStack {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
         let ports = StackPorts {
             collector_grpc: free_port(),
+            collector_http: free_port(),
             ui: free_port(),
             agent: free_port(),
             gateway: free_port(),
@@ -157,6 +159,7 @@ impl DemoStack {
                 .arg("--data-dir")
                 .arg(data_dir.path())
                 .args(["--collector-grpc-port", &ports.collector_grpc.to_string()])
+                .args(["--collector-http-port", &ports.collector_http.to_string()])
                 .args(["--ui-port", &ports.ui.to_string()])
                 .args(["--agent-port", &ports.agent.to_string()])
                 .args(["--gateway-port", &ports.gateway.to_string()])

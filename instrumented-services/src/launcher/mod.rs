@@ -63,6 +63,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4317)]
     pub collector_grpc_port: u16,
 
+    /// Port of the collector's OTLP HTTP receiver.
+    #[arg(long, default_value_t = 4318)]
+    pub collector_http_port: u16,
+
     /// Port of the collector's HTTP query API and UI.
     #[arg(long, default_value_t = 7070)]
     pub ui_port: u16,
@@ -98,6 +102,7 @@ impl DemoArgs {
         }
         let ports = [
             ("--collector-grpc-port", self.collector_grpc_port),
+            ("--collector-http-port", self.collector_http_port),
             ("--ui-port", self.ui_port),
             ("--agent-port", self.agent_port),
             ("--gateway-port", self.gateway_port),
@@ -267,6 +272,8 @@ async fn start_and_supervise(
             layout.collector().into(),
             "--otlp-grpc-addr".into(),
             collector_grpc.to_string().into(),
+            "--otlp-http-addr".into(),
+            loopback(args.collector_http_port).to_string().into(),
             "--http-addr".into(),
             ui.to_string().into(),
         ],
@@ -423,12 +430,13 @@ mod tests {
         assert_eq!(
             [
                 args.collector_grpc_port,
+                args.collector_http_port,
                 args.ui_port,
                 args.agent_port,
                 args.gateway_port,
                 args.order_port
             ],
-            [4317, 7070, 2020, 8000, 8002]
+            [4317, 4318, 7070, 2020, 8000, 8002]
         );
         assert_eq!(args.rate, 2.0);
         assert!(!args.no_build);

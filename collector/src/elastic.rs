@@ -1,0 +1,1289 @@
+//! Elasticsearch compatibility under `/elastic`, so Fluent Bit, Vector and
+//! Logstash ship logs to Sightline by pointing their Elasticsearch output at
+//! `http://collector:7070/elastic`.
+//!
+//! Routes (relative to `/elastic`):
+//!
+//! - `GET /` and `HEAD /`: a version document like Elasticsearch 8's (clients
+//!   check `version.number` and the `X-Elastic-Product` header, which every
+//!   response carries);
+//! - `GET /_cluster/health`: green, for health checks (Vector's);
+//! - `POST|PUT /_bulk` and `POST|PUT /{index}/_bulk`: NDJSON action and
+//!   document pairs, gzip allowed. `index` and `create` store their document
+//!   as a log record; `delete` and `update` answer a per-item error. Items
+//!   come back in order with their status, and `errors` is true when any
+//!   failed; a bad document fails only its own item.
+//!
+//! A document becomes a [`LogRecord`] the way shippers shape them:
+//!
+//! | record | document fields, first present wins |
+//! |---|---|
+//! | timestamp | `@timestamp`, `timestamp`, `time` (RFC 3339, or epoch seconds / millis / micros / nanos by magnitude); now when absent |
+//! | body | `message`, `log`, `msg` (when not an object) |
+//! | severity | `level`, `severity`, `log.level`, normalized to OTLP text and number |
+//! | service | `service.name`, `service`, `kubernetes.container_name`, `kubernetes.labels.app` |
+//! | resource | Fluent Bit's `kubernetes.*` (`namespace_name`, `pod_name`, `pod_id`, `container_name`, `host`, `docker_id`, `container_image`) as OTel names, `host.name`, `service.name`, and the index as `elastic.index` |
+//! | trace_id, span_id | `trace_id`, `traceId`, `trace.id` / `span_id`, `spanId`, `span.id` when valid hex |
+//! | attributes | every other field; `request_id` (and the other [`REQUEST_ID_KEYS`]) is also promoted |
+//!
+//! Dotted names are looked up both as flat keys (`"log.level"`) and as
+//! nested objects (`{"log": {"level": ..}}`).
+//!
+//! A malformed action line fails the whole request with 400, as in
+//! Elasticsearch: the pairing of the lines after it is unknown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::{CONTENT_ENCODING, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, middleware};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sightline_store::LogRecord;
+
+use crate::ingest::{Ingest, now_nanos};
+use crate::otlp::REQUEST_ID_KEYS;
+use crate::otlp_http::{BodyError, MAX_BODY_BYTES, MAX_DECODED_BYTES, decode_content, read_body};
+use crate::pipeline::IngestError;
+
+/// The Elasticsearch version announced to clients.
+const VERSION: &str = "8.11.0";
+
+/// A stable, made-up cluster id.
+const CLUSTER_UUID: &str = "c2lnaHRsaW5lLWNsdXN0";
+
+/// Index name used when neither the URL nor the action names one.
+const DEFAULT_INDEX: &str = "sightline";
+
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Seconds a client is asked to wait when ingest is over capacity.
+const RETRY_AFTER_BUSY_SECONDS: u64 = 1;
+
+/// Seconds a client is asked to wait when the collector cannot store.
+const RETRY_AFTER_UNAVAILABLE_SECONDS: u64 = 5;
+
+static PRODUCT_HEADER: HeaderName = HeaderName::from_static("x-elastic-product");
+
+#[derive(Clone)]
+struct ElasticState {
+    ingest: Ingest,
+    /// `_seq_no` of the next stored document.
+    next_seq_no: Arc<AtomicU64>,
+}
+
+/// The Elasticsearch-compatible routes; `lib.rs` nests them under `/elastic`.
+pub fn router(ingest: Ingest) -> Router {
+    let state = ElasticState {
+        ingest,
+        next_seq_no: Arc::new(AtomicU64::new(0)),
+    };
+    Router::new()
+        .route("/", get(info))
+        .route("/_cluster/health", get(cluster_health))
+        .route("/_bulk", post(bulk).put(bulk))
+        .route("/{index}/_bulk", post(bulk_into_index).put(bulk_into_index))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(add_product_header))
+        .with_state(state)
+}
+
+async fn add_product_header(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        PRODUCT_HEADER.clone(),
+        HeaderValue::from_static("Elasticsearch"),
+    );
+    response
+}
+
+async fn info() -> Json<Value> {
+    Json(json!({
+        "name": "sightline",
+        "cluster_name": "sightline",
+        "cluster_uuid": CLUSTER_UUID,
+        "version": {
+            "number": VERSION,
+            "build_flavor": "default",
+            "build_type": "tar",
+            "lucene_version": "9.8.0",
+            "minimum_wire_compatibility_version": "7.17.0",
+            "minimum_index_compatibility_version": "7.0.0"
+        },
+        "tagline": "You Know, for Search"
+    }))
+}
+
+async fn cluster_health() -> Json<Value> {
+    Json(json!({
+        "cluster_name": "sightline",
+        "status": "green",
+        "timed_out": false,
+        "number_of_nodes": 1,
+        "number_of_data_nodes": 1,
+        "active_primary_shards": 1,
+        "active_shards": 1,
+        "relocating_shards": 0,
+        "initializing_shards": 0,
+        "unassigned_shards": 0,
+        "active_shards_percent_as_number": 100.0
+    }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> EsError {
+    EsError::new(
+        StatusCode::NOT_FOUND,
+        "illegal_argument_exception",
+        format!(
+            "sightline answers only /, /_cluster/health and /_bulk here, not {}",
+            uri.path()
+        ),
+    )
+}
+
+/// An Elasticsearch-style error for a whole request:
+/// `{"error": {"root_cause": [..], "type": .., "reason": ..}, "status": N}`.
+#[derive(Debug)]
+struct EsError {
+    status: StatusCode,
+    kind: &'static str,
+    reason: String,
+    retry_after: Option<u64>,
+}
+
+impl EsError {
+    fn new(status: StatusCode, kind: &'static str, reason: impl Into<String>) -> EsError {
+        EsError {
+            status,
+            kind,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(reason: impl Into<String>) -> EsError {
+        EsError::new(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            reason,
+        )
+    }
+}
+
+impl From<BodyError> for EsError {
+    fn from(error: BodyError) -> EsError {
+        let kind = match error.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "content_too_long_exception",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "illegal_argument_exception",
+            _ => "parse_exception",
+        };
+        EsError::new(error.status(), kind, error.to_string())
+    }
+}
+
+impl From<IngestError> for EsError {
+    fn from(error: IngestError) -> EsError {
+        match error {
+            IngestError::Busy => EsError {
+                retry_after: Some(RETRY_AFTER_BUSY_SECONDS),
+                ..EsError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "es_rejected_execution_exception",
+                    error.to_string(),
+                )
+            },
+            IngestError::ShuttingDown | IngestError::Storage(_) => EsError {
+                retry_after: Some(RETRY_AFTER_UNAVAILABLE_SECONDS),
+                ..EsError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable_shards_exception",
+                    error.to_string(),
+                )
+            },
+        }
+    }
+}
+
+impl IntoResponse for EsError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(reason = %self.reason, "elastic bulk request failed");
+        }
+        let cause = json!({"type": self.kind, "reason": self.reason});
+        let body = json!({
+            "error": {"root_cause": [cause], "type": self.kind, "reason": self.reason},
+            "status": self.status.as_u16(),
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+async fn bulk(
+    state: State<ElasticState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    run_bulk(&state, &headers, None, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn bulk_into_index(
+    state: State<ElasticState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    run_bulk(&state, &headers, Some(index), body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run_bulk(
+    state: &ElasticState,
+    headers: &HeaderMap,
+    default_index: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, EsError> {
+    let started = Instant::now();
+    let body = read_body(body, MAX_BODY_BYTES)?;
+    let encoding = headers.get(CONTENT_ENCODING).cloned();
+    let (mut entries, size) = tokio::task::spawn_blocking(move || {
+        let body = decode_content(encoding.as_ref(), body, MAX_DECODED_BYTES)?;
+        let entries = parse_bulk(&body, default_index.as_deref(), now_nanos())?;
+        Ok::<_, EsError>((entries, body.len()))
+    })
+    .await
+    .map_err(|error| {
+        EsError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            error.to_string(),
+        )
+    })??;
+
+    // Hand the good documents to ingest; remember which entry each came from.
+    let mut records = Vec::new();
+    let mut record_entries = Vec::new();
+    for (position, entry) in entries.iter_mut().enumerate() {
+        match std::mem::replace(&mut entry.outcome, Outcome::Stored) {
+            Outcome::Store(record) => {
+                records.push(*record);
+                record_entries.push(position);
+            }
+            other => entry.outcome = other,
+        }
+    }
+    let malformed = entries
+        .iter()
+        .filter(|entry| matches!(entry.outcome, Outcome::Failed(_)))
+        .count();
+    if malformed > 0 {
+        state.ingest.count_malformed(malformed as u64);
+    }
+    for rejection in state.ingest.logs(records, size).await? {
+        if let Some(&position) = record_entries.get(rejection.index) {
+            entries[position].outcome = Outcome::Failed(ItemError::mapping(rejection.reason));
+        }
+    }
+
+    let errors = entries
+        .iter()
+        .any(|entry| matches!(entry.outcome, Outcome::Failed(_)));
+    let items = entries
+        .into_iter()
+        .map(|entry| entry.into_item(&state.next_seq_no))
+        .collect();
+    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(BulkResponse {
+        took,
+        errors,
+        items,
+    })
+    .into_response())
+}
+
+/// The `_bulk` answer.
+#[derive(Debug, Serialize)]
+struct BulkResponse {
+    took: u64,
+    errors: bool,
+    items: Vec<BulkItem>,
+}
+
+/// One item of the answer, keyed by its action: `{"index": {...}}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum BulkItem {
+    Index(ItemResult),
+    Create(ItemResult),
+    Delete(ItemResult),
+    Update(ItemResult),
+}
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    #[serde(rename = "_index")]
+    index: String,
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "_version", skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'static str>,
+    #[serde(rename = "_shards", skip_serializing_if = "Option::is_none")]
+    shards: Option<Shards>,
+    #[serde(rename = "_seq_no", skip_serializing_if = "Option::is_none")]
+    seq_no: Option<u64>,
+    #[serde(rename = "_primary_term", skip_serializing_if = "Option::is_none")]
+    primary_term: Option<u64>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(Debug, Serialize)]
+struct Shards {
+    total: u32,
+    successful: u32,
+    failed: u32,
+}
+
+/// Why one item failed; the rest of the request is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct ItemError {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    reason: String,
+}
+
+impl ItemError {
+    /// The line is not a JSON object.
+    fn document(reason: impl Into<String>) -> ItemError {
+        ItemError {
+            kind: "document_parsing_exception",
+            reason: reason.into(),
+        }
+    }
+
+    /// The document is JSON but a field cannot be used (or ingest refused it).
+    fn mapping(reason: impl Into<String>) -> ItemError {
+        ItemError {
+            kind: "mapper_parsing_exception",
+            reason: reason.into(),
+        }
+    }
+
+    fn unsupported(action: Action) -> ItemError {
+        ItemError {
+            kind: "illegal_argument_exception",
+            reason: format!(
+                "{} is not supported: sightline stores logs append-only",
+                action.name()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Index,
+    Create,
+    Delete,
+    Update,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Index => "index",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::Update => "update",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Store(Box<LogRecord>),
+    Stored,
+    Failed(ItemError),
+}
+
+/// One action of a bulk request and what became of it.
+#[derive(Debug)]
+struct BulkEntry {
+    action: Action,
+    index: String,
+    id: Option<String>,
+    outcome: Outcome,
+}
+
+impl BulkEntry {
+    fn into_item(self, next_seq_no: &AtomicU64) -> BulkItem {
+        let id = self.id.unwrap_or_else(generate_id);
+        let result = match self.outcome {
+            Outcome::Failed(error) => ItemResult {
+                index: self.index,
+                id,
+                version: None,
+                result: None,
+                shards: None,
+                seq_no: None,
+                primary_term: None,
+                status: StatusCode::BAD_REQUEST.as_u16(),
+                error: Some(error),
+            },
+            Outcome::Stored | Outcome::Store(_) => ItemResult {
+                index: self.index,
+                id,
+                version: Some(1),
+                result: Some("created"),
+                shards: Some(Shards {
+                    total: 1,
+                    successful: 1,
+                    failed: 0,
+                }),
+                seq_no: Some(next_seq_no.fetch_add(1, Ordering::Relaxed)),
+                primary_term: Some(1),
+                status: StatusCode::CREATED.as_u16(),
+                error: None,
+            },
+        };
+        match self.action {
+            Action::Index => BulkItem::Index(result),
+            Action::Create => BulkItem::Create(result),
+            Action::Delete => BulkItem::Delete(result),
+            Action::Update => BulkItem::Update(result),
+        }
+    }
+}
+
+/// A document id like Elasticsearch's: 20 characters, unique in this process
+/// and, through the clock, across restarts.
+fn generate_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:014x}{:06x}",
+        ((now_nanos() as u64) >> 8) & ((1 << 56) - 1),
+        count & 0xff_ffff
+    )
+}
+
+/// Splits an NDJSON bulk body into entries; documents are mapped to records
+/// (or to their item's error). Fails only when an action line is malformed or
+/// there is no action at all.
+fn parse_bulk(
+    body: &[u8],
+    default_index: Option<&str>,
+    now: i64,
+) -> Result<Vec<BulkEntry>, EsError> {
+    let mut lines = body
+        .split(|byte| *byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .enumerate()
+        .map(|(number, line)| (number + 1, line));
+    let mut entries = Vec::new();
+    while let Some((line_number, line)) = lines.next() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (action, meta) = parse_action(line, line_number)?;
+        let index = meta
+            .index
+            .or_else(|| default_index.map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_INDEX.to_string());
+        let outcome = match action {
+            Action::Delete => Outcome::Failed(ItemError::unsupported(action)),
+            Action::Update => {
+                let _document = lines.next();
+                Outcome::Failed(ItemError::unsupported(action))
+            }
+            Action::Index | Action::Create => match lines.next() {
+                None => Outcome::Failed(ItemError::document(format!(
+                    "the {} action on line {line_number} has no document line",
+                    action.name()
+                ))),
+                Some((document_line, document)) => match parse_document(document, document_line)
+                    .and_then(|document| to_record(document, &index, now))
+                {
+                    Ok(record) => Outcome::Store(Box::new(record)),
+                    Err(error) => Outcome::Failed(error),
+                },
+            },
+        };
+        entries.push(BulkEntry {
+            action,
+            index,
+            id: meta.id,
+            outcome,
+        });
+    }
+    if entries.is_empty() {
+        return Err(EsError::new(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no requests added;",
+        ));
+    }
+    Ok(entries)
+}
+
+/// `_index` and `_id` of an action line.
+#[derive(Debug, Default)]
+struct ActionMeta {
+    index: Option<String>,
+    id: Option<String>,
+}
+
+fn parse_action(line: &[u8], line_number: usize) -> Result<(Action, ActionMeta), EsError> {
+    let value: Value = serde_json::from_slice(line).map_err(|error| {
+        EsError::bad_request(format!(
+            "Malformed action/metadata line [{line_number}]: {}",
+            without_position(&error)
+        ))
+    })?;
+    let Value::Object(object) = value else {
+        return Err(EsError::bad_request(format!(
+            "Malformed action/metadata line [{line_number}], expected START_OBJECT"
+        )));
+    };
+    let mut entries = object.into_iter();
+    let (Some((name, meta)), None) = (entries.next(), entries.next()) else {
+        return Err(EsError::bad_request(format!(
+            "Malformed action/metadata line [{line_number}], expected exactly one action"
+        )));
+    };
+    let action = match name.as_str() {
+        "index" => Action::Index,
+        "create" => Action::Create,
+        "delete" => Action::Delete,
+        "update" => Action::Update,
+        other => {
+            return Err(EsError::bad_request(format!(
+                "Malformed action/metadata line [{line_number}], expected one of [create, delete, index, update] but found [{other}]"
+            )));
+        }
+    };
+    let Value::Object(meta) = meta else {
+        return Err(EsError::bad_request(format!(
+            "Malformed action/metadata line [{line_number}], expected an object after [{name}]"
+        )));
+    };
+    let text = |value: Option<&Value>| match value {
+        Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        _ => None,
+    };
+    Ok((
+        action,
+        ActionMeta {
+            index: text(meta.get("_index")),
+            id: text(meta.get("_id")),
+        },
+    ))
+}
+
+fn parse_document(line: &[u8], line_number: usize) -> Result<Map<String, Value>, ItemError> {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(document)) => Ok(document),
+        Ok(other) => Err(ItemError::document(format!(
+            "[{line_number}:1] failed to parse: the document is {}, not an object",
+            json_kind(&other)
+        ))),
+        Err(error) => Err(ItemError::document(format!(
+            "[{line_number}:{}] failed to parse: {}",
+            error.column(),
+            without_position(&error)
+        ))),
+    }
+}
+
+/// A serde_json message without its " at line 1 column 5" (one line of a
+/// bulk body is not the request's line 1).
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Maps a shipper's document to a log record (see the module docs).
+fn to_record(
+    mut document: Map<String, Value>,
+    index: &str,
+    now: i64,
+) -> Result<LogRecord, ItemError> {
+    let timestamp = match take_first(&mut document, &["@timestamp", "timestamp", "time"]) {
+        Some((field, value)) => parse_timestamp(&value).ok_or_else(|| {
+            ItemError::mapping(format!(
+                "failed to parse field [{field}] of type [date]: {value} is neither RFC 3339 nor epoch time"
+            ))
+        })?,
+        None => now,
+    };
+
+    let body = ["message", "log", "msg"]
+        .iter()
+        .find_map(|field| match document.get(*field) {
+            Some(Value::String(_) | Value::Number(_) | Value::Bool(_)) => {
+                document.remove(*field).map(body_text)
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+
+    let (severity_text, severity_number) =
+        match take_first(&mut document, &["level", "severity", "log.level"]) {
+            Some((_, value)) => severity(&value),
+            None => (String::new(), 0),
+        };
+
+    let mut resource = Map::new();
+    for (field, name) in [
+        ("kubernetes.namespace_name", "k8s.namespace.name"),
+        ("kubernetes.pod_name", "k8s.pod.name"),
+        ("kubernetes.pod_id", "k8s.pod.uid"),
+        ("kubernetes.container_name", "k8s.container.name"),
+        ("kubernetes.host", "host.name"),
+        ("kubernetes.docker_id", "container.id"),
+        ("kubernetes.container_image", "container.image.name"),
+        ("host.name", "host.name"),
+    ] {
+        if resource.contains_key(name) {
+            continue;
+        }
+        // Objects and arrays stay attributes: a resource attribute is one value.
+        if get_path(&document, field).is_some_and(is_scalar) {
+            if let Some(value) = take_path(&mut document, field) {
+                resource.insert(name.to_string(), value);
+            }
+        }
+    }
+
+    let service = match take_first(&mut document, &["service.name", "service"]) {
+        Some((_, Value::String(name))) if !name.is_empty() => name,
+        Some((field, other)) => {
+            // Not a usable name (an object, a number...): keep it as it came.
+            document.insert(field.to_string(), other);
+            fallback_service(&document, &resource)
+        }
+        None => fallback_service(&document, &resource),
+    };
+    resource.insert("service.name".into(), Value::String(service.clone()));
+    resource.insert("elastic.index".into(), Value::String(index.to_string()));
+
+    let trace_id = take_id(&mut document, &["trace_id", "traceId", "trace.id"], 32);
+    let span_id = take_id(&mut document, &["span_id", "spanId", "span.id"], 16);
+    let request_id = REQUEST_ID_KEYS
+        .iter()
+        .find_map(|key| match document.get(*key)? {
+            Value::String(id) if !id.is_empty() => Some(id.clone()),
+            Value::Number(id) => Some(id.to_string()),
+            _ => None,
+        });
+
+    Ok(LogRecord {
+        timestamp,
+        observed_timestamp: now,
+        severity_text,
+        severity_number,
+        body,
+        service,
+        resource,
+        attributes: document,
+        trace_id,
+        span_id,
+        request_id,
+    })
+}
+
+fn fallback_service(document: &Map<String, Value>, resource: &Map<String, Value>) -> String {
+    let container = resource.get("k8s.container.name");
+    let app = get_path(document, "kubernetes.labels.app");
+    [container, app]
+        .into_iter()
+        .flatten()
+        .find_map(|value| match value {
+            Value::String(name) if !name.is_empty() => Some(name.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())
+}
+
+fn is_scalar(value: &Value) -> bool {
+    !matches!(value, Value::Object(_) | Value::Array(_) | Value::Null)
+}
+
+fn body_text(value: Value) -> String {
+    match value {
+        Value::String(text) => text.trim_end_matches(['\n', '\r']).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Removes and returns the first of `paths` present (flat or nested) with a
+/// non-null value.
+fn take_first(
+    document: &mut Map<String, Value>,
+    paths: &[&'static str],
+) -> Option<(&'static str, Value)> {
+    paths.iter().find_map(|path| {
+        get_path(document, path).filter(|value| !value.is_null())?;
+        take_path(document, path).map(|value| (*path, value))
+    })
+}
+
+/// Removes an id field when it holds valid hex of `hex_len` digits (not all
+/// zeros); anything else stays an attribute.
+fn take_id(document: &mut Map<String, Value>, paths: &[&str], hex_len: usize) -> Option<String> {
+    paths.iter().find_map(|path| {
+        let Some(Value::String(text)) = get_path(document, path) else {
+            return None;
+        };
+        let valid = text.len() == hex_len
+            && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+            && text.bytes().any(|byte| byte != b'0');
+        if !valid {
+            return None;
+        }
+        let id = text.to_ascii_lowercase();
+        take_path(document, path);
+        Some(id)
+    })
+}
+
+/// The value at a dotted path: the flat key itself, or nested objects along
+/// any split of the path at its dots.
+fn get_path<'a>(document: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(value) = document.get(path) {
+        return Some(value);
+    }
+    path.match_indices('.')
+        .find_map(|(dot, _)| match document.get(&path[..dot]) {
+            Some(Value::Object(inner)) => get_path(inner, &path[dot + 1..]),
+            _ => None,
+        })
+}
+
+/// Removes the value at a dotted path (see [`get_path`]); parents left empty
+/// are removed too.
+fn take_path(document: &mut Map<String, Value>, path: &str) -> Option<Value> {
+    if let Some(value) = document.remove(path) {
+        return Some(value);
+    }
+    for (dot, _) in path.match_indices('.') {
+        let (parent, rest) = (&path[..dot], &path[dot + 1..]);
+        let Some(Value::Object(inner)) = document.get_mut(parent) else {
+            continue;
+        };
+        if let Some(value) = take_path(inner, rest) {
+            if inner.is_empty() {
+                document.remove(parent);
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Nanoseconds since the epoch from an RFC 3339 string (a space instead of
+/// `T` and a missing offset, meaning UTC, are tolerated) or an epoch number,
+/// whose unit is guessed from its magnitude (seconds below 10^11, millis
+/// below 10^14, micros below 10^17, nanos above).
+fn parse_timestamp(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => match number.as_i64() {
+            Some(whole) => epoch_to_nanos(whole, 0.0),
+            None => epoch_float_to_nanos(number.as_f64()?),
+        },
+        Value::String(text) => {
+            let text = text.trim();
+            if let Ok(whole) = text.parse::<i64>() {
+                return epoch_to_nanos(whole, 0.0);
+            }
+            if let Ok(number) = text.parse::<f64>() {
+                return epoch_float_to_nanos(number);
+            }
+            parse_rfc3339(text)
+        }
+        _ => None,
+    }
+}
+
+fn epoch_float_to_nanos(number: f64) -> Option<i64> {
+    if !number.is_finite() || number < 0.0 || number >= i64::MAX as f64 {
+        return None;
+    }
+    let whole = number.trunc();
+    epoch_to_nanos(whole as i64, number - whole)
+}
+
+/// `whole` units plus a `fraction` of one, the unit guessed from the
+/// magnitude. The fraction counts to the microsecond, as far as an f64 of
+/// seconds since 1970 is precise.
+fn epoch_to_nanos(whole: i64, fraction: f64) -> Option<i64> {
+    let scale: i64 = match whole {
+        ..0 => return None,
+        0..100_000_000_000 => 1_000_000_000,
+        100_000_000_000..100_000_000_000_000 => 1_000_000,
+        100_000_000_000_000..100_000_000_000_000_000 => 1_000,
+        _ => 1,
+    };
+    let fraction_micros = (fraction * scale as f64 / 1_000.0).round() as i64;
+    whole.checked_mul(scale)?.checked_add(fraction_micros * 1_000)
+}
+
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let parse = |text: &str| {
+        time::OffsetDateTime::parse(text, &Rfc3339)
+            .ok()
+            .and_then(|moment| i64::try_from(moment.unix_timestamp_nanos()).ok())
+    };
+    if let Some(nanos) = parse(text) {
+        return Some(nanos);
+    }
+    // "2024-05-01 12:00:00.123" and "2024-05-01T12:00:00": shippers' local formats.
+    let mut fixed = text.replacen(' ', "T", 1);
+    let has_offset = fixed.ends_with(['Z', 'z'])
+        || fixed
+            .get(19..)
+            .is_some_and(|tail| tail.contains(['+', '-']));
+    if !has_offset {
+        fixed.push('Z');
+    }
+    parse(&fixed)
+}
+
+/// OTLP severity text and number for a level as shippers write it: names
+/// (`info`, `WARNING`, `err`, `crit`...), syslog numbers (0-7) and
+/// pino/bunyan numbers (10-60). Unknown names keep their text, number 0.
+fn severity(value: &Value) -> (String, i32) {
+    let named = |text: &str, number: i32| (text.to_string(), number);
+    match value {
+        Value::Number(number) => match number.as_i64() {
+            Some(7) => named("DEBUG", 5),
+            Some(6) => named("INFO", 9),
+            Some(5) => named("INFO", 10),
+            Some(4) => named("WARN", 13),
+            Some(3) => named("ERROR", 17),
+            Some(2) => named("FATAL", 22),
+            Some(1) => named("FATAL", 23),
+            Some(0) => named("FATAL", 24),
+            Some(10) => named("TRACE", 1),
+            Some(20) => named("DEBUG", 5),
+            Some(30) => named("INFO", 9),
+            Some(40) => named("WARN", 13),
+            Some(50) => named("ERROR", 17),
+            Some(60) => named("FATAL", 21),
+            _ => (number.to_string(), 0),
+        },
+        Value::String(text) => {
+            let trimmed = text.trim();
+            if let Ok(number) = trimmed.parse::<i64>() {
+                return severity(&Value::from(number));
+            }
+            match trimmed.to_ascii_lowercase().as_str() {
+                "trace" | "trc" | "finest" => named("TRACE", 1),
+                "debug" | "dbg" | "fine" | "finer" | "verbose" => named("DEBUG", 5),
+                "info" | "inf" | "information" | "informational" => named("INFO", 9),
+                "notice" => named("INFO", 10),
+                "warn" | "wrn" | "warning" => named("WARN", 13),
+                "error" | "err" | "eror" => named("ERROR", 17),
+                "fatal" | "panic" | "critical" => named("FATAL", 21),
+                "crit" => named("FATAL", 22),
+                "alert" => named("FATAL", 23),
+                "emerg" | "emergency" => named("FATAL", 24),
+                _ => (trimmed.to_ascii_uppercase(), 0),
+            }
+        }
+        Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => (String::new(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn record(document: Value) -> LogRecord {
+        to_record(object(document), "logs-app", NOW).unwrap()
+    }
+
+    #[test]
+    fn a_fluent_bit_kubernetes_document_becomes_a_record() {
+        let record = record(json!({
+            "@timestamp": "2024-05-01T12:00:00.123456789Z",
+            "log": "payment declined\n",
+            "stream": "stderr",
+            "level": "warning",
+            "request_id": "req-42",
+            "trace_id": "5B8EFFF798038103D269B633813FC60C",
+            "span_id": "not-hex",
+            "kubernetes": {
+                "pod_name": "payment-7d9f", "namespace_name": "shop", "pod_id": "c0ffee",
+                "container_name": "payment", "host": "node-1", "docker_id": "abc123",
+                "labels": {"app": "payment-svc"}
+            }
+        }));
+        assert_eq!(record.timestamp, 1_714_564_800_123_456_789);
+        assert_eq!(record.observed_timestamp, NOW);
+        assert_eq!(record.body, "payment declined");
+        assert_eq!(
+            (record.severity_text.as_str(), record.severity_number),
+            ("WARN", 13)
+        );
+        assert_eq!(
+            record.service, "payment",
+            "container name before the app label"
+        );
+        assert_eq!(
+            record.trace_id.as_deref(),
+            Some("5b8efff798038103d269b633813fc60c")
+        );
+        assert_eq!(record.span_id, None);
+        assert_eq!(record.request_id.as_deref(), Some("req-42"));
+        assert_eq!(
+            Value::Object(record.resource),
+            json!({
+                "k8s.namespace.name": "shop", "k8s.pod.name": "payment-7d9f", "k8s.pod.uid": "c0ffee",
+                "k8s.container.name": "payment", "host.name": "node-1", "container.id": "abc123",
+                "service.name": "payment", "elastic.index": "logs-app"
+            })
+        );
+        assert_eq!(
+            Value::Object(record.attributes),
+            json!({
+                "stream": "stderr", "request_id": "req-42", "span_id": "not-hex",
+                "kubernetes": {"labels": {"app": "payment-svc"}}
+            })
+        );
+    }
+
+    #[test]
+    fn ecs_and_flat_dotted_fields_are_both_understood() {
+        let nested = record(json!({
+            "message": "hi", "log": {"level": "ERROR", "logger": "main"},
+            "service": {"name": "checkout"}, "host": {"name": "h1"}, "timestamp": 1_714_564_800_000_i64
+        }));
+        assert_eq!(
+            (nested.severity_text.as_str(), nested.severity_number),
+            ("ERROR", 17)
+        );
+        assert_eq!(nested.service, "checkout");
+        assert_eq!(nested.resource["host.name"], "h1");
+        assert_eq!(nested.timestamp, 1_714_564_800_000_000_000, "epoch millis");
+        assert_eq!(
+            Value::Object(nested.attributes),
+            json!({"log": {"logger": "main"}})
+        );
+
+        let flat = record(
+            json!({"msg": "hi", "log.level": "info", "service.name": "cart", "time": 1_714_564_800}),
+        );
+        assert_eq!(
+            (flat.severity_text.as_str(), flat.service.as_str()),
+            ("INFO", "cart")
+        );
+        assert_eq!(flat.timestamp, 1_714_564_800_000_000_000, "epoch seconds");
+        assert!(flat.attributes.is_empty());
+    }
+
+    #[test]
+    fn missing_fields_get_defaults() {
+        let record = record(json!({"user": {"id": 7}}));
+        assert_eq!(record.timestamp, NOW);
+        assert_eq!(record.body, "");
+        assert_eq!(record.service, UNKNOWN_SERVICE);
+        assert_eq!(record.severity_number, 0);
+        assert_eq!(record.attributes["user"]["id"], 7);
+        let app = self::record(json!({"kubernetes": {"labels": {"app": "web"}}}));
+        assert_eq!(app.service, "web");
+    }
+
+    #[test]
+    fn timestamps_in_shippers_formats() {
+        let cases = [
+            (
+                json!("2024-05-01T12:00:00Z"),
+                Some(1_714_564_800_000_000_000),
+            ),
+            (
+                json!("2024-05-01T14:00:00+02:00"),
+                Some(1_714_564_800_000_000_000),
+            ),
+            (
+                json!("2024-05-01 12:00:00.5"),
+                Some(1_714_564_800_500_000_000),
+            ),
+            (
+                json!("2024-05-01T12:00:00"),
+                Some(1_714_564_800_000_000_000),
+            ),
+            (json!(1_714_564_800.25), Some(1_714_564_800_250_000_000)),
+            (
+                json!(1_714_564_800_000_000_i64),
+                Some(1_714_564_800_000_000_000),
+            ),
+            (
+                json!(1_714_564_800_000_000_000_i64),
+                Some(1_714_564_800_000_000_000),
+            ),
+            (json!("1714564800000"), Some(1_714_564_800_000_000_000)),
+            (json!("yesterday"), None),
+            (json!(-5), None),
+            (json!(1e300), None),
+            (json!(true), None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_timestamp(&value), expected, "{value}");
+        }
+        let error = to_record(object(json!({"@timestamp": "soon"})), "i", NOW).unwrap_err();
+        assert_eq!(error.kind, "mapper_parsing_exception");
+        assert!(error.reason.contains("[@timestamp]"), "{}", error.reason);
+    }
+
+    #[test]
+    fn severities_normalize_to_otlp() {
+        let cases = [
+            (json!("debug"), ("DEBUG", 5)),
+            (json!("Information"), ("INFO", 9)),
+            (json!("WARNING"), ("WARN", 13)),
+            (json!("err"), ("ERROR", 17)),
+            (json!("crit"), ("FATAL", 22)),
+            (json!(30), ("INFO", 9)),
+            (json!("50"), ("ERROR", 17)),
+            (json!(3), ("ERROR", 17)),
+            (json!("audit"), ("AUDIT", 0)),
+            (json!(12345), ("12345", 0)),
+        ];
+        for (value, (text, number)) in cases {
+            assert_eq!(severity(&value), (text.to_string(), number), "{value}");
+        }
+    }
+
+    #[test]
+    fn bulk_bodies_pair_actions_with_documents() {
+        let body = concat!(
+            "{\"index\":{\"_index\":\"a\",\"_id\":\"1\"}}\n{\"message\":\"one\"}\n",
+            "\n",
+            "{\"create\":{}}\r\n{\"message\":\"two\"}\r\n",
+            "{\"delete\":{\"_id\":\"9\"}}\n",
+            "{\"update\":{\"_id\":\"9\"}}\n{\"doc\":{\"x\":1}}\n",
+            "{\"index\":{}}\n{\"message\": oops}\n",
+            "{\"index\":{}}\n[1,2]\n",
+            "{\"index\":{}}\n",
+        );
+        let entries = parse_bulk(body.as_bytes(), Some("url-index"), NOW).unwrap();
+        let summary: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                let outcome = match &entry.outcome {
+                    Outcome::Store(record) => record.body.clone(),
+                    Outcome::Failed(error) => error.kind.to_string(),
+                    Outcome::Stored => "stored".into(),
+                };
+                (
+                    entry.action.name(),
+                    entry.index.as_str(),
+                    entry.id.as_deref(),
+                    outcome,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("index", "a", Some("1"), "one".to_string()),
+                ("create", "url-index", None, "two".into()),
+                (
+                    "delete",
+                    "url-index",
+                    Some("9"),
+                    "illegal_argument_exception".into()
+                ),
+                (
+                    "update",
+                    "url-index",
+                    Some("9"),
+                    "illegal_argument_exception".into()
+                ),
+                (
+                    "index",
+                    "url-index",
+                    None,
+                    "document_parsing_exception".into()
+                ),
+                (
+                    "index",
+                    "url-index",
+                    None,
+                    "document_parsing_exception".into()
+                ),
+                (
+                    "index",
+                    "url-index",
+                    None,
+                    "document_parsing_exception".into()
+                ),
+            ]
+        );
+        let Outcome::Failed(error) = &entries[4].outcome else {
+            unreachable!()
+        };
+        assert!(
+            error
+                .reason
+                .starts_with("[10:13] failed to parse: expected value"),
+            "{}",
+            error.reason
+        );
+    }
+
+    #[test]
+    fn malformed_action_lines_fail_the_request() {
+        for (body, expected) in [
+            ("{\"index\":{}\n{}\n", "line [1]"),
+            ("{}\n{\"index\":{}}\n{}\n", "expected exactly one action"),
+            (
+                "{\"index\":{}}\n{}\n{\"upsert\":{}}\n{}\n",
+                "found [upsert]",
+            ),
+            ("{\"index\":5}\n{}\n", "expected an object"),
+            ("\"index\"\n", "expected START_OBJECT"),
+        ] {
+            let error = parse_bulk(body.as_bytes(), None, NOW).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert!(
+                error.reason.contains(expected),
+                "{body:?}: {}",
+                error.reason
+            );
+        }
+        let error = parse_bulk(b"\n \n", None, NOW).unwrap_err();
+        assert_eq!(error.kind, "action_request_validation_exception");
+    }
+
+    #[test]
+    fn generated_ids_are_unique() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| generate_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 20), "{ids:?}");
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("@timestamp".to_string()),
+            Just("timestamp".to_string()),
+            Just("time".to_string()),
+            Just("message".to_string()),
+            Just("log".to_string()),
+            Just("level".to_string()),
+            Just("log.level".to_string()),
+            Just("service".to_string()),
+            Just("service.name".to_string()),
+            Just("kubernetes".to_string()),
+            Just("labels".to_string()),
+            Just("app".to_string()),
+            Just("pod_name".to_string()),
+            Just("host".to_string()),
+            Just("name".to_string()),
+            Just("trace_id".to_string()),
+            Just("span.id".to_string()),
+            Just("request_id".to_string()),
+            "[a-z._]{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[0-9a-f]{16,32}".prop_map(Value::from),
+            "[0-9 :.TZ+-]{0,30}".prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn bulk_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            json_value().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+            Just(b"{\"index\":{}}".to_vec()),
+            Just(b"{\"create\":{\"_index\":\"x\",\"_id\":7}}".to_vec()),
+            Just(b"{\"update\":{}}".to_vec()),
+            Just(b"{\"delete\":{}}".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_document_panics_the_mapping(document in json_value()) {
+            if let Value::Object(document) = document {
+                let _ = to_record(document, "index", NOW);
+            }
+        }
+
+        #[test]
+        fn no_bulk_body_panics_the_parser(lines in prop::collection::vec(bulk_line(), 0..12)) {
+            let body = lines.join(&b'\n');
+            if let Ok(entries) = parse_bulk(&body, None, NOW) {
+                let next_seq_no = AtomicU64::new(0);
+                for entry in entries {
+                    serde_json::to_string(&entry.into_item(&next_seq_no)).unwrap();
+                }
+            }
+        }
+
+        #[test]
+        fn no_bytes_panic_the_parser(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_bulk(&body, Some("i"), NOW);
+        }
+    }
+}

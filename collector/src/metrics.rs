@@ -1,0 +1,194 @@
+//! The collector's own metrics, served at `/metrics` in Prometheus text format.
+//!
+//! Counters are plain atomics; labels come from fixed enums only (signal,
+//! rejection reason), so cardinality is bounded.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::pipeline::Batch;
+
+/// Why a record was refused while the rest of its batch was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Timestamp,
+    TooLarge,
+    Malformed,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 3] = [
+        RejectReason::Timestamp,
+        RejectReason::TooLarge,
+        RejectReason::Malformed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RejectReason::Timestamp => "timestamp",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CollectorMetrics {
+    log_records: AtomicU64,
+    spans: AtomicU64,
+    rejected: [AtomicU64; 3],
+    busy_refusals: AtomicU64,
+    wal_bytes_written: AtomicU64,
+    commits: AtomicU64,
+    commit_nanos: AtomicU64,
+    retention_partitions_dropped: AtomicU64,
+}
+
+/// Sizes read from disk when `/metrics` is scraped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskUsage {
+    pub wal_bytes: u64,
+    pub log_index_bytes: u64,
+    pub span_store_bytes: u64,
+    pub log_records: u64,
+    pub memory_budget_in_use: u64,
+}
+
+impl CollectorMetrics {
+    pub fn ingested(&self, batch: &Batch) {
+        match batch {
+            Batch::Logs(records) => self
+                .log_records
+                .fetch_add(records.len() as u64, Ordering::Relaxed),
+            Batch::Spans(spans) => self.spans.fetch_add(spans.len() as u64, Ordering::Relaxed),
+        };
+    }
+
+    pub fn rejected(&self, reason: RejectReason, count: u64) {
+        let index = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[index].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn busy(&self) {
+        self.busy_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wal_appended_bytes(&self, bytes: usize) {
+        self.wal_bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn committed(&self, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn partitions_dropped(&self, count: u64) {
+        self.retention_partitions_dropped
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, disk: DiskUsage) -> String {
+        let mut out = String::with_capacity(2048);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "sightline_collector_ingested_total",
+            "counter",
+            "Records and spans durably accepted (in the WAL and acknowledged).",
+            &[
+                ("{signal=\"logs\"}", load(&self.log_records) as f64),
+                ("{signal=\"traces\"}", load(&self.spans) as f64),
+            ],
+        );
+        let rejected: Vec<(String, f64)> = RejectReason::ALL
+            .iter()
+            .zip(&self.rejected)
+            .map(|(reason, count)| {
+                (
+                    format!("{{reason=\"{}\"}}", reason.label()),
+                    load(count) as f64,
+                )
+            })
+            .collect();
+        let rejected: Vec<(&str, f64)> = rejected.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "sightline_collector_rejected_records_total",
+            "counter",
+            "Records refused while the rest of their batch was kept.",
+            &rejected,
+        );
+        metric(
+            "sightline_collector_busy_refusals_total",
+            "counter",
+            "Requests refused with RESOURCE_EXHAUSTED / 429 because ingest was at capacity.",
+            &[("", load(&self.busy_refusals) as f64)],
+        );
+        metric(
+            "sightline_collector_wal_written_bytes_total",
+            "counter",
+            "Bytes appended to the write-ahead log.",
+            &[("", load(&self.wal_bytes_written) as f64)],
+        );
+        metric(
+            "sightline_collector_wal_bytes",
+            "gauge",
+            "Bytes the write-ahead log holds on disk (the indexing backlog).",
+            &[("", disk.wal_bytes as f64)],
+        );
+        metric(
+            "sightline_collector_index_commits_total",
+            "counter",
+            "Index commits.",
+            &[("", load(&self.commits) as f64)],
+        );
+        metric(
+            "sightline_collector_index_commit_seconds_total",
+            "counter",
+            "Time spent committing indexes.",
+            &[("", load(&self.commit_nanos) as f64 / 1e9)],
+        );
+        metric(
+            "sightline_collector_disk_bytes",
+            "gauge",
+            "Bytes on disk per store.",
+            &[
+                ("{store=\"logs\"}", disk.log_index_bytes as f64),
+                ("{store=\"spans\"}", disk.span_store_bytes as f64),
+                ("{store=\"wal\"}", disk.wal_bytes as f64),
+            ],
+        );
+        metric(
+            "sightline_collector_log_records",
+            "gauge",
+            "Log records stored.",
+            &[("", disk.log_records as f64)],
+        );
+        metric(
+            "sightline_collector_memory_budget_in_use_bytes",
+            "gauge",
+            "Bytes of batches in flight between receivers and indexes.",
+            &[("", disk.memory_budget_in_use as f64)],
+        );
+        metric(
+            "sightline_collector_retention_dropped_partitions_total",
+            "counter",
+            "Day partitions deleted by retention.",
+            &[("", load(&self.retention_partitions_dropped) as f64)],
+        );
+        out
+    }
+}
