@@ -341,6 +341,10 @@ fn index_loop(
     let mut added_up_to = start_position;
     let mut uncommitted: Vec<Indexable> = Vec::new();
     let mut last_commit = Instant::now();
+    // Set when documents added since the last commit may be gone (a failed
+    // add or commit drops them): they must come back from the WAL before the
+    // next commit, or that commit would record a position past them.
+    let mut needs_recovery = false;
     loop {
         let wait = commit_interval.saturating_sub(last_commit.elapsed());
         let stopped = match indexable.recv_timeout(wait) {
@@ -350,8 +354,8 @@ fn index_loop(
                     Batch::Spans(batch_spans) => spans.add(item.position, batch_spans),
                 };
                 if let Err(error) = result {
-                    // The batch is safe in the WAL; the next start replays it.
                     tracing::error!(position = item.position, %error, "failed to index batch");
+                    needs_recovery = true;
                 }
                 added_up_to = item.position + 1;
                 // Keep the permit until the commit: memory stays charged while
@@ -362,7 +366,14 @@ fn index_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        if (stopped || last_commit.elapsed() >= commit_interval) && added_up_to > committed {
+        let due = stopped || last_commit.elapsed() >= commit_interval;
+        if due && needs_recovery {
+            match recover(wal_dir, logs, spans, committed, added_up_to) {
+                Ok(()) => needs_recovery = false,
+                Err(error) => tracing::error!("{error:#}"),
+            }
+        }
+        if due && !needs_recovery && added_up_to > committed {
             let started = Instant::now();
             match commit_stores(logs, spans, added_up_to) {
                 Ok(()) => {
@@ -374,19 +385,51 @@ fn index_loop(
                     }
                 }
                 Err(error) => {
-                    // Documents since the last commit are dropped with the
-                    // writers; they are in the WAL and come back at restart.
                     tracing::error!("{error:#}");
+                    needs_recovery = true;
                 }
             }
-            last_commit = Instant::now();
-        } else if last_commit.elapsed() >= commit_interval {
+        }
+        if due {
             last_commit = Instant::now();
         }
         if stopped {
             return;
         }
     }
+}
+
+/// Drops what the stores hold uncommitted and adds the WAL entries in
+/// `[from, to)` again. Entries at or past `to` are still on their way through
+/// the channel and must not be added twice.
+fn recover(
+    wal_dir: &Path,
+    logs: &LogStore,
+    spans: &SpanStore,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
+    tracing::warn!(
+        from,
+        to,
+        "re-indexing batches from the write-ahead log after a failure"
+    );
+    logs.rollback();
+    spans.rollback();
+    wal::replay(wal_dir, from, |entry| {
+        if entry.position >= to {
+            return Ok(());
+        }
+        match serde_json::from_slice::<Batch>(&entry.payload) {
+            Ok(Batch::Logs(records)) => logs.add(entry.position, &records),
+            Ok(Batch::Spans(batch_spans)) => spans.add(entry.position, &batch_spans),
+            Err(error) => {
+                tracing::error!(position = entry.position, %error, "skipping undecodable wal entry");
+                Ok(())
+            }
+        }
+    })
+    .context("failed to re-read the write-ahead log")
 }
 
 #[cfg(test)]

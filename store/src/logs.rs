@@ -451,6 +451,14 @@ impl LogStore {
         Ok(())
     }
 
+    /// Drops every document added since the last commit (after a failed
+    /// add or commit); the caller adds them again from the WAL.
+    pub fn rollback(&self) {
+        for partition in self.read_partitions().values() {
+            partition.rollback();
+        }
+    }
+
     /// Deletes every partition whose whole day is older than `keep_from`
     /// (nanoseconds). Returns the names of the partitions dropped.
     pub fn drop_partitions_before(&self, keep_from: i64) -> Result<Vec<String>> {

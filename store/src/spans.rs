@@ -115,11 +115,27 @@ impl SpanStore {
         })
         .unwrap_or_default();
         prepared.set_payload(&payload);
-        prepared.commit()?;
+        if let Err(error) = prepared.commit() {
+            drop(writer);
+            self.rollback();
+            return Err(error.into());
+        }
         drop(writer);
         self.committed_position.store(position, Ordering::Release);
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// Drops every span added since the last commit (after a failure); the
+    /// caller adds them again from the WAL.
+    pub fn rollback(&self) {
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Err(error) = writer.rollback() {
+            tracing::error!(%error, "failed to roll back the span store writer");
+        }
     }
 
     /// Number of committed spans.

@@ -80,6 +80,12 @@ impl Process {
         self.child.id()
     }
 
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -300,6 +306,95 @@ impl DemoStack {
             },
         )
         .await
+    }
+}
+
+/// A collector process alone, on free loopback ports.
+pub struct CollectorProcess {
+    pub process: Process,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub otlp_http_port: u16,
+}
+
+impl CollectorProcess {
+    /// Starts `sightline-collector` on `data_dir` and waits for its health check.
+    pub async fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> CollectorProcess {
+        let (grpc_port, http_port, otlp_http_port) = (free_port(), free_port(), free_port());
+        let process = Process::spawn(
+            "sightline-collector",
+            Command::new(binary("sightline-collector"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+                .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
+                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+                .args(extra_args),
+        );
+        let collector = CollectorProcess {
+            process,
+            grpc_port,
+            http_port,
+            otlp_http_port,
+        };
+        let url = collector.url("/health");
+        let http = reqwest::Client::new();
+        poll_until(
+            &format!("{url} to answer 200"),
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    match http.get(&url).send().await {
+                        Ok(response) if response.status().is_success() => Ok(Some(())),
+                        Ok(response) => Err(format!("status {}", response.status())),
+                        Err(error) => Err(error.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+        collector
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        self.process.kill();
+    }
+
+    /// Every record matching `query`, paging with the API's cursor.
+    pub async fn all_records(&self, query: &str) -> Vec<serde_json::Value> {
+        let http = reqwest::Client::new();
+        let mut records = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut params = vec![("q", query.to_string()), ("limit", "10000".to_string())];
+            if let Some(cursor) = &cursor {
+                params.push(("cursor", cursor.clone()));
+            }
+            let page: serde_json::Value = http
+                .get(self.url("/api/logs"))
+                .query(&params)
+                .send()
+                .await
+                .expect("query the collector")
+                .json()
+                .await
+                .expect("a JSON answer");
+            records.extend(page["records"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return records,
+            }
+        }
     }
 }
 

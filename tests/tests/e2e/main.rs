@@ -1,4 +1,5 @@
 //! End-to-end tests: the real binaries on loopback, one test per module.
 
 mod browser;
+mod durability;
 mod request_flow;

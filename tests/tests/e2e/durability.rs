@@ -1,0 +1,246 @@
+//! Nothing acknowledged is lost, nothing is stored twice: `kill -9` during
+//! sustained ingest, and a full disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use sightline_tests::{CollectorProcess, poll_until};
+
+const SERVICE: &str = "durability";
+
+fn text(value: &str) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(value.into())),
+    })
+}
+
+/// A batch of records whose bodies are `<client>-<batch>-<index>` ids.
+fn batch(client: usize, batch: usize, size: usize) -> (ExportLogsServiceRequest, Vec<String>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let ids: Vec<String> = (0..size)
+        .map(|i| format!("rec-{client}-{batch}-{i}"))
+        .collect();
+    let log_records = ids
+        .iter()
+        .map(|id| LogRecord {
+            time_unix_nano: now,
+            severity_number: 9,
+            body: text(id),
+            attributes: vec![KeyValue {
+                key: "padding".into(),
+                value: text(&"x".repeat(200)),
+                ..KeyValue::default()
+            }],
+            ..LogRecord::default()
+        })
+        .collect();
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: text(SERVICE),
+                    ..KeyValue::default()
+                }],
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    };
+    (request, ids)
+}
+
+/// Counts how often each record id is stored.
+async fn stored_ids(collector: &CollectorProcess) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for record in collector.all_records(&format!("service:{SERVICE}")).await {
+        *counts
+            .entry(record["body"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn wait_until_stored(collector: &CollectorProcess, ids: &[String]) -> HashMap<String, usize> {
+    poll_until(
+        "every acknowledged record to be searchable",
+        Duration::from_secs(90),
+        || async {
+            let stored = stored_ids(collector).await;
+            let missing = ids.iter().filter(|id| !stored.contains_key(*id)).count();
+            if missing == 0 {
+                Ok(Some(stored))
+            } else {
+                Err(format!("{missing} of {} missing", ids.len()))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_ingest_loses_nothing_acknowledged_and_duplicates_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let mut collector = CollectorProcess::start(data.path(), &[]).await;
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let endpoint = collector.grpc_endpoint();
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (acknowledged, endpoint) = (acknowledged.clone(), endpoint.clone());
+        clients.push(tokio::spawn(async move {
+            let mut grpc = LogsServiceClient::connect(endpoint).await.expect("connect");
+            // Bounded: stops at the first error (the kill) or after 2000 batches.
+            for number in 0..2000 {
+                let (request, ids) = batch(client, number, 50);
+                match grpc.export(request).await {
+                    Ok(_) => acknowledged.lock().unwrap().extend(ids),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill in the middle of sustained ingest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 5_000 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest too slow to reach 5000 records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    collector.kill9();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let collector = CollectorProcess::start(data.path(), &[]).await;
+    let stored = wait_until_stored(&collector, &acknowledged).await;
+    let duplicated: Vec<_> = stored.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "stored more than once: {:?}",
+        &duplicated[..duplicated.len().min(5)]
+    );
+    assert!(stored.len() >= acknowledged.len());
+    // Records sent but not acknowledged may be stored too (they reached the
+    // WAL before the kill); only those, and only once.
+    assert!(stored.keys().all(|id| id.starts_with("rec-")));
+}
+
+/// Needs root to mount a small tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !is_root && std::env::var_os("SIGHTLINE_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    assert!(
+        is_root,
+        "this test mounts a tmpfs and needs root (set SIGHTLINE_SKIP_ROOT_TESTS=1 to skip it)"
+    );
+    let mount_point = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(mount_point.path())
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount a 48 MiB tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount_point.path().to_path_buf());
+    let data = mount_point.path().join("collector");
+    let collector = CollectorProcess::start(&data, &["--commit-interval", "200ms"]).await;
+    let mut grpc = LogsServiceClient::connect(collector.grpc_endpoint())
+        .await
+        .unwrap();
+
+    let mut acknowledged = Vec::new();
+    for number in 0..10 {
+        let (request, ids) = batch(0, number, 100);
+        grpc.export(request).await.expect("ingest with free space");
+        acknowledged.extend(ids);
+    }
+    wait_until_stored(&collector, &acknowledged).await;
+
+    // Fill the disk.
+    let filler = mount_point.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut refused = 0;
+    for number in 10..20 {
+        let (request, ids) = batch(0, number, 100);
+        match grpc.export(request).await {
+            Ok(_) => acknowledged.extend(ids),
+            Err(status) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                    ),
+                    "a full disk is a retryable error, got {status:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "ingest must answer errors while the disk is full"
+    );
+
+    // Free the space: ingest resumes, and nothing acknowledged was lost.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut number = 20;
+    loop {
+        let (request, ids) = batch(0, number, 100);
+        match grpc.export(request).await {
+            Ok(_) => {
+                acknowledged.extend(ids);
+                break;
+            }
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "ingest did not resume after space was freed: {status:?}"
+            ),
+        }
+        number += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = wait_until_stored(&collector, &acknowledged).await;
+    assert!(
+        stored.values().all(|count| *count == 1),
+        "nothing stored twice"
+    );
+}
