@@ -43,7 +43,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header::{CONTENT_ENCODING, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, middleware};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -95,6 +95,20 @@ pub fn router(ingest: Ingest) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(add_product_header))
         .with_state(state)
+}
+
+/// `GET|HEAD /elastic/`, with the trailing slash Vector and Logstash send.
+///
+/// A router nested at `/elastic` answers `/elastic` for its `/` route but not
+/// `/elastic/`, so the host mounts this one next to the nested router:
+///
+/// ```text
+/// router
+///     .nest("/elastic", elastic::router(ingest.clone()))
+///     .route("/elastic/", elastic::root_route())
+/// ```
+pub fn root_route<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    get(info).layer(middleware::map_response(add_product_header))
 }
 
 async fn add_product_header(mut response: Response) -> Response {
@@ -682,10 +696,10 @@ fn to_record(
             continue;
         }
         // Objects and arrays stay attributes: a resource attribute is one value.
-        if get_path(&document, field).is_some_and(is_scalar) {
-            if let Some(value) = take_path(&mut document, field) {
-                resource.insert(name.to_string(), value);
-            }
+        if get_path(&document, field).is_some_and(is_scalar)
+            && let Some(value) = take_path(&mut document, field)
+        {
+            resource.insert(name.to_string(), value);
         }
     }
 
@@ -859,7 +873,9 @@ fn epoch_to_nanos(whole: i64, fraction: f64) -> Option<i64> {
         _ => 1,
     };
     let fraction_micros = (fraction * scale as f64 / 1_000.0).round() as i64;
-    whole.checked_mul(scale)?.checked_add(fraction_micros * 1_000)
+    whole
+        .checked_mul(scale)?
+        .checked_add(fraction_micros * 1_000)
 }
 
 fn parse_rfc3339(text: &str) -> Option<i64> {

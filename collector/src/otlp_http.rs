@@ -482,13 +482,12 @@ fn add_missing_values(value: &mut Value) -> bool {
         Value::Object(map) => {
             let mut changed = false;
             for (key, inner) in map.iter_mut() {
-                if matches!(key.as_str(), "arrayValue" | "kvlistValue") {
-                    if let Value::Object(list) = inner {
-                        if !list.contains_key("values") {
-                            list.insert("values".into(), Value::Array(Vec::new()));
-                            changed = true;
-                        }
-                    }
+                if matches!(key.as_str(), "arrayValue" | "kvlistValue")
+                    && let Value::Object(list) = inner
+                    && !list.contains_key("values")
+                {
+                    list.insert("values".into(), Value::Array(Vec::new()));
+                    changed = true;
                 }
                 changed |= add_missing_values(inner);
             }
