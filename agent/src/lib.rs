@@ -93,6 +93,19 @@ use crate::shutdown::ShutdownTrigger;
 use crate::sink::OtlpSink;
 use crate::tail::TailContext;
 
+/// The tokio runtime the agent binary runs on: one worker per CPU and a
+/// small blocking pool. Decoding runs on the blocking pool, at most one
+/// file per CPU at a time; a small pool keeps those jobs on the same few
+/// threads (each thread's allocator cache costs memory).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus)
+        .max_blocking_threads(cpus + 2)
+        .enable_all()
+        .build()
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then flushes what was read,
 /// writes checkpoints and returns.
 pub async fn run(config: Config) -> Result<()> {

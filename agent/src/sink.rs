@@ -11,13 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::codec::CompressionEncoding;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::Bytes;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tracing::{debug, error, warn};
 
 use crate::batch::Batch;
@@ -29,16 +33,19 @@ use crate::shutdown::Shutdown;
 
 /// How long to wait for a TCP connection to the collector.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The OTLP logs export method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 /// Sends batches to an OTLP logs endpoint.
 #[derive(Debug)]
 pub(crate) struct OtlpSink {
-    client: LogsServiceClient<Channel>,
+    client: Grpc<Channel>,
     checkpoints: CheckpointStore,
     metrics: Arc<Metrics>,
     initial_backoff: Duration,
     max_backoff: Duration,
     shutdown_grace: Duration,
+    fell_back_to_gzip: bool,
 }
 
 /// What became of one batch.
@@ -68,7 +75,7 @@ impl OtlpSink {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(config.tuning.export_timeout)
             .tcp_nodelay(true);
-        let mut client = LogsServiceClient::new(endpoint.connect_lazy())
+        let mut client = Grpc::new(endpoint.connect_lazy())
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
             .max_decoding_message_size(4 * 1024 * 1024);
@@ -84,6 +91,7 @@ impl OtlpSink {
             initial_backoff: config.tuning.retry_initial_backoff,
             max_backoff: config.tuning.retry_max_backoff,
             shutdown_grace: config.tuning.shutdown_grace,
+            fell_back_to_gzip: false,
         })
     }
 
@@ -131,7 +139,16 @@ impl OtlpSink {
     }
 
     async fn deliver(&mut self, batch: &mut Batch, grace: &mut Grace) -> Outcome {
+        // Encode once, off the executor; retries resend the same bytes.
         let request = batch.take_request();
+        let encoded =
+            match tokio::task::spawn_blocking(move || Bytes::from(request.encode_to_vec())).await {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    error!(%error, "encoding a batch failed");
+                    return Outcome::Abandoned;
+                }
+            };
         let records = batch.record_count();
         let mut backoff = self.initial_backoff;
         let mut attempt: u32 = 0;
@@ -140,7 +157,7 @@ impl OtlpSink {
                 return Outcome::Abandoned;
             }
             attempt += 1;
-            let status = match self.client.export(request.clone()).await {
+            let status = match self.export(encoded.clone()).await {
                 Ok(response) => {
                     if let Some(partial) = response.into_inner().partial_success {
                         let rejected = u64::try_from(partial.rejected_log_records).unwrap_or(0);
@@ -155,6 +172,22 @@ impl OtlpSink {
                 }
                 Err(status) => status,
             };
+            if status.code() == Code::Unimplemented
+                && status.message().contains("compress")
+                && !self.fell_back_to_gzip
+            {
+                // A receiver built without zstd: fall back once, resend.
+                warn!(
+                    message = status.message(),
+                    "collector refuses zstd, sending gzip"
+                );
+                self.client = self
+                    .client
+                    .clone()
+                    .send_compressed(CompressionEncoding::Gzip);
+                self.fell_back_to_gzip = true;
+                continue;
+            }
             let Some(reason) = retry_reason(&status) else {
                 error!(records, code = ?status.code(), message = status.message(), "collector rejected batch, dropping it");
                 return Outcome::Rejected;
@@ -174,6 +207,67 @@ impl OtlpSink {
             }
             backoff = (backoff * 2).min(self.max_backoff);
         }
+    }
+}
+
+impl OtlpSink {
+    async fn export(
+        &mut self,
+        encoded: Bytes,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
+        self.client
+            .ready()
+            .await
+            .map_err(|error| Status::unavailable(format!("collector not ready: {error}")))?;
+        self.client
+            .unary(
+                Request::new(encoded),
+                PathAndQuery::from_static(EXPORT_PATH),
+                PreEncoded,
+            )
+            .await
+    }
+}
+
+/// A codec that sends an already encoded request and decodes the OTLP
+/// response, so a retry costs no re-encoding and no copy of the request.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportLogsServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ExportLogsServiceResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        ExportLogsServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|error| Status::internal(format!("bad export response: {error}")))
     }
 }
 

@@ -144,9 +144,18 @@ impl Decoder {
     }
 }
 
+/// `bytes` as a String; invalid UTF-8 is replaced. The valid case (all
+/// but never) takes the fast validation path.
+fn to_string_lossy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 fn plain_entry(line: &[u8], start: u64, end: u64) -> Entry {
     Entry {
-        message: String::from_utf8_lossy(line).into_owned(),
+        message: to_string_lossy(line),
         start_offset: start,
         end_offset: end,
         ..Entry::default()
@@ -198,7 +207,7 @@ impl Joiner {
             return Some(Entry {
                 timestamp_unix_nano: piece.timestamp_unix_nano,
                 stream: Some(piece.stream),
-                message: String::from_utf8_lossy(message).into_owned(),
+                message: to_string_lossy(message),
                 start_offset: piece.start,
                 end_offset: piece.end,
                 truncated,
