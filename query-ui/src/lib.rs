@@ -164,4 +164,180 @@ mod tests {
             assert_eq!(headers.get("x-content-type-options").unwrap(), "nosniff");
         }
     }
+
+    fn record(timestamp: i64, body: &str, severity: &str, user: &str) -> LogRecord {
+        let mut record = LogRecord {
+            timestamp,
+            body: body.into(),
+            severity_text: severity.into(),
+            service: "checkout".into(),
+            ..LogRecord::default()
+        };
+        record.attributes.insert("user_id".into(), user.into());
+        record
+            .attributes
+            .insert("log.iostream".into(), "stdout".into());
+        record.resource.insert("k8s.pod.uid".into(), "pod-1".into());
+        record
+    }
+
+    /// 2023-11-14T00:00:00Z in nanoseconds.
+    const T0: i64 = 1_699_920_000_000_000_000;
+
+    fn filled_state(dir: &std::path::Path) -> QueryState {
+        let logs = LogStore::open(&dir.join("logs")).unwrap();
+        let records: Vec<_> = (0..10)
+            .map(|i| {
+                let severity = if i % 3 == 0 { "ERROR" } else { "INFO" };
+                record(
+                    T0 + i * 1_000_000_000,
+                    &format!("line {i}"),
+                    severity,
+                    if i < 7 { "u-1" } else { "u-2" },
+                )
+            })
+            .collect();
+        logs.add(0, &records).unwrap();
+        logs.commit(1).unwrap();
+        let spans = SpanStore::open(&dir.join("spans")).unwrap();
+        QueryState {
+            logs: Arc::new(logs),
+            spans: Arc::new(spans),
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_follow_the_cursor_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = filled_state(dir.path());
+        let mut bodies = Vec::new();
+        let mut uri = "/api/logs?limit=4".to_string();
+        loop {
+            let (status, _, body) = get(state.clone(), &uri).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["total_hits"], 10);
+            bodies.extend(
+                body["records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["body"].as_str().unwrap().to_string()),
+            );
+            match body["next_cursor"].as_str() {
+                Some(cursor) => uri = format!("/api/logs?limit=4&cursor={cursor}"),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..10).rev().map(|i| format!("line {i}")).collect();
+        assert_eq!(bodies, expected);
+        let (status, _, _) = get(state, "/api/logs?cursor=nonsense").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn histogram_terms_and_context_answer_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = filled_state(dir.path());
+        let uri = format!(
+            "/api/logs/histogram?start={T0}&end={}&interval=5s",
+            T0 + 10_000_000_000
+        );
+        let (status, _, body) = get(state.clone(), &uri).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let buckets = body["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 2);
+        assert_eq!(buckets[0]["count"], 5);
+        assert_eq!(buckets[0]["by_severity"]["ERROR"], 2);
+        assert_eq!(buckets[1]["by_severity"]["ERROR"], 2);
+
+        let (status, _, body) = get(state.clone(), "/api/logs/terms?field=user_id").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["values"][0],
+            serde_json::json!({"value": "u-1", "count": 7})
+        );
+        assert_eq!(
+            body["values"][1],
+            serde_json::json!({"value": "u-2", "count": 3})
+        );
+        let (_, _, body) = get(
+            state.clone(),
+            "/api/logs/terms?field=severity_text&q=user_id:u-2",
+        )
+        .await;
+        assert_eq!(
+            body["values"][0],
+            serde_json::json!({"value": "INFO", "count": 2})
+        );
+        assert_eq!(
+            body["values"][1],
+            serde_json::json!({"value": "ERROR", "count": 1})
+        );
+
+        let (_, _, page) = get(state.clone(), "/api/logs?q=%22line%205%22").await;
+        let id = page["records"][0]["id"].as_str().unwrap().to_string();
+        let (status, _, body) = get(
+            state.clone(),
+            &format!("/api/logs/context/{id}?before=2&after=1"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let bodies: Vec<_> = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(bodies, ["line 3", "line 4", "line 5", "line 6"]);
+        let (status, _, _) = get(state.clone(), "/api/logs/context/1-1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = get(state, &format!("/api/logs/histogram?start={T0}&end={T0}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "an empty range is refused");
+    }
+
+    #[tokio::test]
+    async fn live_tail_streams_records_that_arrive_after_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = filled_state(dir.path());
+        let response = router(state.clone())
+            .oneshot(
+                Request::get("/api/logs/tail?q=user_id:u-3")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body().into_data_stream();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let logs = state.logs.clone();
+        tokio::task::spawn_blocking(move || {
+            logs.add(5, &[record(now + 1_000_000, "fresh line", "WARN", "u-3")])
+                .unwrap();
+            logs.commit(6).unwrap();
+        })
+        .await
+        .unwrap();
+        let mut received = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !received.contains("fresh line") {
+            use futures_util::StreamExt;
+            let chunk = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .expect("an event within 10 s");
+            received.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+        }
+        assert!(received.contains("event: record"), "{received}");
+        assert!(
+            !received.contains("line 1\""),
+            "old records are not replayed: {received}"
+        );
+
+        let (status, _, _) = get(state, "/api/logs/tail?q=body:(broken").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 }
