@@ -119,6 +119,9 @@ pub async fn run(
     };
     let router = sightline_query_ui::router(QueryState { logs, spans })
         .nest("/elastic", elastic::router(ingest.clone()))
+        // A nested router does not answer its prefix with a trailing slash;
+        // Vector and Logstash ask `GET /elastic/` for the version.
+        .route("/elastic/", elastic::root_route())
         .route(
             "/metrics",
             get(move || render_metrics(metrics_state.clone())),

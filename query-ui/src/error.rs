@@ -21,6 +21,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidQuery(message) => {
                 ApiError::BadRequest(format!("invalid query: {message}"))
             }
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -289,8 +289,8 @@ mod tests {
             .map(|r| r["body"].as_str().unwrap())
             .collect();
         assert_eq!(bodies, ["line 3", "line 4", "line 5", "line 6"]);
-        let (status, _, _) = get(state.clone(), "/api/logs/context/1-1").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, body) = get(state.clone(), "/api/logs/context/1-1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         let (status, _, _) = get(state, &format!("/api/logs/histogram?start={T0}&end={T0}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "an empty range is refused");
     }

@@ -114,6 +114,42 @@ async fn one_request_is_found_by_request_id_and_trace_id() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
+    // The Elasticsearch-compatible root answers like Elasticsearch 8, with
+    // and without the trailing slash (Vector and Logstash ask for it).
+    for path in ["/elastic", "/elastic/"] {
+        let response = stack.http.get(stack.ui_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["x-elastic-product"],
+            "Elasticsearch",
+            "{path}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["version"]["number"].as_str().unwrap().starts_with('8'),
+            "{body}"
+        );
+    }
+
+    // The collector's own metrics count what it took in.
+    let metrics = stack
+        .http
+        .get(stack.ui_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sightline_collector_ingested_total{signal=\"logs\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sightline_collector_disk_bytes{store=\"logs\"}"),
+        "{metrics}"
+    );
+
     let status = stack.launcher.terminate(Duration::from_secs(30));
     assert!(
         status.success(),
