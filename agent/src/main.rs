@@ -8,9 +8,6 @@ use clap::Parser;
 use sightline_agent::Cli;
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let runtime = match sightline_agent::runtime() {
         Ok(runtime) => runtime,

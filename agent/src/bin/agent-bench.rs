@@ -29,10 +29,6 @@ use sightline_agent::Config;
 use sightline_agent::config::Compression;
 use tonic::codec::CompressionEncoding;
 
-// The same allocator as the agent binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("collect") {
