@@ -18,8 +18,10 @@ mod error;
 mod histogram;
 mod logs;
 mod model;
+pub mod promql;
 mod query;
 mod spans;
+pub mod tsdb;
 pub mod wal;
 
 pub use error::{Result, StoreError};

@@ -1,0 +1,872 @@
+//! The evaluator: walks the parsed expression once per evaluation step.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::{MatchOp, Matchers};
+use promql_parser::parser::{
+    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, Offset, SubqueryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+
+use super::functions;
+use super::{QueryError, Queryable, Sample, Series, Value, is_stale_nan};
+use crate::tsdb::{LabelMatcher, Labels, METRIC_NAME, MatchKind};
+
+/// Evaluates PromQL queries; cheap to build, holds only settings.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// How far back an instant vector selector looks for a sample.
+    pub lookback_delta_ms: i64,
+    /// Step of subqueries that give none (`x[5m:]`).
+    pub default_subquery_step_ms: i64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            lookback_delta_ms: 5 * 60 * 1000,
+            default_subquery_step_ms: 60 * 1000,
+        }
+    }
+}
+
+impl Engine {
+    /// Parses `query` into an expression.
+    pub fn parse(query: &str) -> Result<Expr, QueryError> {
+        promql_parser::parser::parse(query).map_err(QueryError::Parse)
+    }
+
+    /// Evaluates `query` at one instant.
+    pub fn instant_query(
+        &self,
+        storage: &dyn Queryable,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<Value, QueryError> {
+        let expr = Self::parse(query)?;
+        self.instant_expr(storage, &expr, time_ms)
+    }
+
+    /// Evaluates a parsed expression at one instant.
+    pub fn instant_expr(
+        &self,
+        storage: &dyn Queryable,
+        expr: &Expr,
+        time_ms: i64,
+    ) -> Result<Value, QueryError> {
+        let evaluator = Evaluator {
+            storage,
+            engine: self,
+            query_start_ms: time_ms,
+            query_end_ms: time_ms,
+        };
+        let value = evaluator.eval(expr, time_ms)?;
+        if let Value::Vector(samples) = &value {
+            check_unique_labelsets(samples)?;
+        }
+        Ok(value)
+    }
+
+    /// Evaluates `query` at every step from `start_ms` to `end_ms` inclusive;
+    /// a scalar result becomes one series without labels.
+    pub fn range_query(
+        &self,
+        storage: &dyn Queryable,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Series>, QueryError> {
+        let expr = Self::parse(query)?;
+        self.range_expr(storage, &expr, start_ms, end_ms, step_ms)
+    }
+
+    /// Evaluates a parsed expression as a range query.
+    pub fn range_expr(
+        &self,
+        storage: &dyn Queryable,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Series>, QueryError> {
+        if step_ms <= 0 {
+            return Err(QueryError::Execution(
+                "zero or negative query resolution step".into(),
+            ));
+        }
+        let evaluator = Evaluator {
+            storage,
+            engine: self,
+            query_start_ms: start_ms,
+            query_end_ms: end_ms,
+        };
+        let mut series: Vec<Series> = Vec::new();
+        let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
+        let mut time_ms = start_ms;
+        while time_ms <= end_ms {
+            let samples = match evaluator.eval(expr, time_ms)? {
+                Value::Scalar(value) => {
+                    vec![Sample {
+                        labels: Labels::default(),
+                        timestamp_ms: time_ms,
+                        value,
+                    }]
+                }
+                Value::Vector(samples) => {
+                    check_unique_labelsets(&samples)?;
+                    samples
+                }
+                Value::Matrix(_) | Value::String(_) => {
+                    return Err(QueryError::Execution(
+                        "invalid expression type for range query, must be Scalar or instant Vector"
+                            .into(),
+                    ));
+                }
+            };
+            for sample in samples {
+                let index = *index_by_labels
+                    .entry(sample.labels.clone())
+                    .or_insert_with(|| {
+                        series.push(Series {
+                            labels: sample.labels.clone(),
+                            points: Vec::new(),
+                        });
+                        series.len() - 1
+                    });
+                series[index].points.push((time_ms, sample.value));
+            }
+            time_ms += step_ms;
+        }
+        Ok(series)
+    }
+}
+
+pub(super) fn check_unique_labelsets(samples: &[Sample]) -> Result<(), QueryError> {
+    if samples.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = HashSet::with_capacity(samples.len());
+    for sample in samples {
+        if !seen.insert(&sample.labels) {
+            return Err(QueryError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn duration_ms(duration: &Duration) -> i64 {
+    duration.as_millis() as i64
+}
+
+fn offset_ms(offset: &Option<Offset>) -> i64 {
+    match offset {
+        None => 0,
+        Some(Offset::Pos(duration)) => duration_ms(duration),
+        Some(Offset::Neg(duration)) => -duration_ms(duration),
+    }
+}
+
+fn system_time_ms(time: &SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(duration) => duration.as_millis() as i64,
+        Err(error) => -(error.duration().as_millis() as i64),
+    }
+}
+
+/// A range vector with the window it was selected over.
+pub(super) struct RangeArg {
+    pub(super) series: Vec<Series>,
+    /// End of the window (evaluation time after `@` and `offset`).
+    pub(super) end_ms: i64,
+    pub(super) range_ms: i64,
+}
+
+pub(super) struct Evaluator<'a> {
+    storage: &'a dyn Queryable,
+    engine: &'a Engine,
+    query_start_ms: i64,
+    query_end_ms: i64,
+}
+
+pub(super) fn matchers_of(selector: &VectorSelector) -> Result<Vec<LabelMatcher>, QueryError> {
+    convert_matchers(&selector.name, &selector.matchers)
+}
+
+fn convert_matchers(
+    name: &Option<String>,
+    matchers: &Matchers,
+) -> Result<Vec<LabelMatcher>, QueryError> {
+    let mut result = Vec::new();
+    if let Some(name) = name {
+        result.push(LabelMatcher::equal(METRIC_NAME, name));
+    }
+    for matcher in &matchers.matchers {
+        let kind = match matcher.op {
+            MatchOp::Equal => MatchKind::Equal,
+            MatchOp::NotEqual => MatchKind::NotEqual,
+            MatchOp::Re(_) => MatchKind::Regex,
+            MatchOp::NotRe(_) => MatchKind::NotRegex,
+        };
+        let converted = LabelMatcher::new(kind, &matcher.name, &matcher.value)
+            .map_err(|error| QueryError::Parse(format!("invalid regular expression: {error}")))?;
+        result.push(converted);
+    }
+    Ok(result)
+}
+
+impl Evaluator<'_> {
+    fn at_time(&self, at: &Option<AtModifier>, time_ms: i64) -> i64 {
+        match at {
+            None => time_ms,
+            Some(AtModifier::Start) => self.query_start_ms,
+            Some(AtModifier::End) => self.query_end_ms,
+            Some(AtModifier::At(time)) => system_time_ms(time),
+        }
+    }
+
+    pub(super) fn eval(&self, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
+        match expr {
+            Expr::NumberLiteral(number) => Ok(Value::Scalar(number.val)),
+            Expr::StringLiteral(string) => Ok(Value::String(string.val.clone())),
+            Expr::Paren(paren) => self.eval(&paren.expr, time_ms),
+            Expr::Unary(unary) => match self.eval(&unary.expr, time_ms)? {
+                Value::Scalar(value) => Ok(Value::Scalar(-value)),
+                Value::Vector(samples) => Ok(Value::Vector(
+                    samples
+                        .into_iter()
+                        .map(|sample| Sample {
+                            labels: sample.labels.without_metric_name(),
+                            timestamp_ms: sample.timestamp_ms,
+                            value: -sample.value,
+                        })
+                        .collect(),
+                )),
+                _ => Err(QueryError::Execution(
+                    "unary minus needs a scalar or a vector".into(),
+                )),
+            },
+            Expr::VectorSelector(selector) => {
+                let samples = self.select_instant(selector, time_ms)?;
+                Ok(Value::Vector(
+                    samples
+                        .into_iter()
+                        .map(|(labels, _, value)| Sample {
+                            labels,
+                            timestamp_ms: time_ms,
+                            value,
+                        })
+                        .collect(),
+                ))
+            }
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+                Ok(Value::Matrix(self.eval_range_arg(expr, time_ms)?.series))
+            }
+            Expr::Binary(binary) => self.eval_binary(binary, time_ms),
+            Expr::Aggregate(aggregate) => self.eval_aggregate(aggregate, time_ms),
+            Expr::Call(call) => {
+                let value = functions::call(self, call, time_ms)?;
+                if let Value::Vector(samples) = &value {
+                    check_unique_labelsets(samples)?;
+                }
+                Ok(value)
+            }
+            Expr::Extension(_) => Err(QueryError::Execution(
+                "extension expressions are not supported".into(),
+            )),
+        }
+    }
+
+    pub(super) fn eval_vector(&self, expr: &Expr, time_ms: i64) -> Result<Vec<Sample>, QueryError> {
+        match self.eval(expr, time_ms)? {
+            Value::Vector(samples) => Ok(samples),
+            _ => Err(QueryError::Execution("expected an instant vector".into())),
+        }
+    }
+
+    pub(super) fn eval_scalar(&self, expr: &Expr, time_ms: i64) -> Result<f64, QueryError> {
+        match self.eval(expr, time_ms)? {
+            Value::Scalar(value) => Ok(value),
+            _ => Err(QueryError::Execution("expected a scalar".into())),
+        }
+    }
+
+    pub(super) fn eval_string(&self, expr: &Expr, time_ms: i64) -> Result<String, QueryError> {
+        match self.eval(expr, time_ms)? {
+            Value::String(value) => Ok(value),
+            _ => Err(QueryError::Execution("expected a string".into())),
+        }
+    }
+
+    /// The instant vector selected at `time_ms`: (labels, sample time, value)
+    /// of the newest sample within the lookback window, unless it is stale.
+    pub(super) fn select_instant(
+        &self,
+        selector: &VectorSelector,
+        time_ms: i64,
+    ) -> Result<Vec<(Labels, i64, f64)>, QueryError> {
+        let matchers = matchers_of(selector)?;
+        let reference_ms = self.at_time(&selector.at, time_ms) - offset_ms(&selector.offset);
+        let start_ms = reference_ms - self.engine.lookback_delta_ms + 1;
+        let mut result = Vec::new();
+        for series in self.storage.select(&matchers, start_ms, reference_ms)? {
+            if let Some(&(sample_ms, value)) = series.samples.last()
+                && !is_stale_nan(value)
+            {
+                result.push((series.labels, sample_ms, value));
+            }
+        }
+        Ok(result)
+    }
+
+    /// Evaluates a matrix selector or a subquery.
+    pub(super) fn eval_range_arg(&self, expr: &Expr, time_ms: i64) -> Result<RangeArg, QueryError> {
+        match expr {
+            Expr::Paren(paren) => self.eval_range_arg(&paren.expr, time_ms),
+            Expr::MatrixSelector(matrix) => {
+                let selector = &matrix.vs;
+                let matchers = matchers_of(selector)?;
+                let end_ms = self.at_time(&selector.at, time_ms) - offset_ms(&selector.offset);
+                let range_ms = duration_ms(&matrix.range);
+                let mut series = Vec::new();
+                for data in self
+                    .storage
+                    .select(&matchers, end_ms - range_ms + 1, end_ms)?
+                {
+                    let points: Vec<(i64, f64)> = data
+                        .samples
+                        .into_iter()
+                        .filter(|(_, value)| !is_stale_nan(*value))
+                        .collect();
+                    if !points.is_empty() {
+                        series.push(Series {
+                            labels: data.labels,
+                            points,
+                        });
+                    }
+                }
+                Ok(RangeArg {
+                    series,
+                    end_ms,
+                    range_ms,
+                })
+            }
+            Expr::Subquery(subquery) => self.eval_subquery(subquery, time_ms),
+            _ => Err(QueryError::Execution("expected a range vector".into())),
+        }
+    }
+
+    fn eval_subquery(&self, subquery: &SubqueryExpr, time_ms: i64) -> Result<RangeArg, QueryError> {
+        let end_ms = self.at_time(&subquery.at, time_ms) - offset_ms(&subquery.offset);
+        let range_ms = duration_ms(&subquery.range);
+        let step_ms = match &subquery.step {
+            Some(step) if !step.is_zero() => duration_ms(step),
+            _ => self.engine.default_subquery_step_ms,
+        };
+        let window_start = end_ms - range_ms;
+        let mut step_time = step_ms * (window_start / step_ms);
+        if step_time <= window_start {
+            step_time += step_ms;
+        }
+        let mut series: Vec<Series> = Vec::new();
+        let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
+        while step_time <= end_ms {
+            let samples = match self.eval(&subquery.expr, step_time)? {
+                Value::Scalar(value) => {
+                    vec![Sample {
+                        labels: Labels::default(),
+                        timestamp_ms: step_time,
+                        value,
+                    }]
+                }
+                Value::Vector(samples) => samples,
+                _ => {
+                    return Err(QueryError::Execution(
+                        "subquery is only allowed on instant vector".into(),
+                    ));
+                }
+            };
+            for sample in samples {
+                let index = *index_by_labels
+                    .entry(sample.labels.clone())
+                    .or_insert_with(|| {
+                        series.push(Series {
+                            labels: sample.labels.clone(),
+                            points: Vec::new(),
+                        });
+                        series.len() - 1
+                    });
+                series[index].points.push((step_time, sample.value));
+            }
+            step_time += step_ms;
+        }
+        Ok(RangeArg {
+            series,
+            end_ms,
+            range_ms,
+        })
+    }
+
+    fn eval_binary(&self, binary: &BinaryExpr, time_ms: i64) -> Result<Value, QueryError> {
+        let operator = binary.op.to_string();
+        let return_bool = binary
+            .modifier
+            .as_ref()
+            .is_some_and(|modifier| modifier.return_bool);
+        let left = self.eval(&binary.lhs, time_ms)?;
+        let right = self.eval(&binary.rhs, time_ms)?;
+        match (left, right) {
+            (Value::Scalar(left), Value::Scalar(right)) => {
+                let (value, keep) = binary_op(&operator, left, right)?;
+                if is_comparison(&operator) {
+                    return Ok(Value::Scalar(if keep { 1.0 } else { 0.0 }));
+                }
+                Ok(Value::Scalar(value))
+            }
+            (Value::Vector(vector), Value::Scalar(scalar)) => {
+                self.vector_scalar(&operator, vector, scalar, false, return_bool)
+            }
+            (Value::Scalar(scalar), Value::Vector(vector)) => {
+                self.vector_scalar(&operator, vector, scalar, true, return_bool)
+            }
+            (Value::Vector(left), Value::Vector(right)) => {
+                self.vector_vector(binary, &operator, left, right, return_bool)
+            }
+            _ => Err(QueryError::Execution(format!(
+                "invalid operand types for binary operator {operator}"
+            ))),
+        }
+    }
+
+    fn vector_scalar(
+        &self,
+        operator: &str,
+        vector: Vec<Sample>,
+        scalar: f64,
+        scalar_on_left: bool,
+        return_bool: bool,
+    ) -> Result<Value, QueryError> {
+        let comparison = is_comparison(operator);
+        let mut result = Vec::with_capacity(vector.len());
+        for sample in vector {
+            let (left, right) = if scalar_on_left {
+                (scalar, sample.value)
+            } else {
+                (sample.value, scalar)
+            };
+            let (mut value, keep) = binary_op(operator, left, right)?;
+            if comparison {
+                value = sample.value;
+            }
+            let mut labels = sample.labels;
+            if return_bool {
+                value = if keep { 1.0 } else { 0.0 };
+                labels.remove(METRIC_NAME);
+            } else if !keep {
+                continue;
+            }
+            if !comparison {
+                labels.remove(METRIC_NAME);
+            }
+            result.push(Sample {
+                labels,
+                timestamp_ms: sample.timestamp_ms,
+                value,
+            });
+        }
+        Ok(Value::Vector(result))
+    }
+
+    fn vector_vector(
+        &self,
+        binary: &BinaryExpr,
+        operator: &str,
+        left: Vec<Sample>,
+        right: Vec<Sample>,
+        return_bool: bool,
+    ) -> Result<Value, QueryError> {
+        let matching = binary
+            .modifier
+            .as_ref()
+            .and_then(|modifier| modifier.matching.clone());
+        let signature = |labels: &Labels| match_labels(labels, &matching);
+        match operator {
+            "and" => {
+                let right_signatures: HashSet<Labels> = right
+                    .iter()
+                    .map(|sample| signature(&sample.labels))
+                    .collect();
+                return Ok(Value::Vector(
+                    left.into_iter()
+                        .filter(|sample| right_signatures.contains(&signature(&sample.labels)))
+                        .collect(),
+                ));
+            }
+            "or" => {
+                let left_signatures: HashSet<Labels> = left
+                    .iter()
+                    .map(|sample| signature(&sample.labels))
+                    .collect();
+                let mut result = left;
+                result.extend(
+                    right
+                        .into_iter()
+                        .filter(|sample| !left_signatures.contains(&signature(&sample.labels))),
+                );
+                return Ok(Value::Vector(result));
+            }
+            "unless" => {
+                let right_signatures: HashSet<Labels> = right
+                    .iter()
+                    .map(|sample| signature(&sample.labels))
+                    .collect();
+                return Ok(Value::Vector(
+                    left.into_iter()
+                        .filter(|sample| !right_signatures.contains(&signature(&sample.labels)))
+                        .collect(),
+                ));
+            }
+            _ => {}
+        }
+        if left.is_empty() || right.is_empty() {
+            return Ok(Value::Vector(Vec::new()));
+        }
+        let cardinality = binary
+            .modifier
+            .as_ref()
+            .map(|modifier| modifier.card.clone())
+            .unwrap_or(VectorMatchCardinality::OneToOne);
+        let include: Vec<String> = match &cardinality {
+            VectorMatchCardinality::ManyToOne(labels)
+            | VectorMatchCardinality::OneToMany(labels) => labels.labels.clone(),
+            _ => Vec::new(),
+        };
+        let one_to_many = matches!(cardinality, VectorMatchCardinality::OneToMany(_));
+        let one_to_one = matches!(cardinality, VectorMatchCardinality::OneToOne);
+        let (many_side, one_side) = if one_to_many {
+            (right, left)
+        } else {
+            (left, right)
+        };
+        let mut one_by_signature: HashMap<Labels, &Sample> = HashMap::new();
+        for sample in &one_side {
+            let key = signature(&sample.labels);
+            if let Some(duplicate) = one_by_signature.get(&key) {
+                let side = if one_to_many { "left" } else { "right" };
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {key} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                    sample.labels, duplicate.labels
+                )));
+            }
+            one_by_signature.insert(key, sample);
+        }
+        let comparison = is_comparison(operator);
+        let mut matched_one_to_one: HashSet<Labels> = HashSet::new();
+        let mut inserted: HashMap<Labels, HashSet<Labels>> = HashMap::new();
+        let mut result = Vec::new();
+        for many in &many_side {
+            let key = signature(&many.labels);
+            let Some(one) = one_by_signature.get(&key) else {
+                continue;
+            };
+            let (left_value, right_value) = if one_to_many {
+                (one.value, many.value)
+            } else {
+                (many.value, one.value)
+            };
+            let (mut value, keep) = binary_op(operator, left_value, right_value)?;
+            if return_bool {
+                value = if keep { 1.0 } else { 0.0 };
+            } else if !keep {
+                continue;
+            }
+            let mut labels = many.labels.clone();
+            if !comparison {
+                labels.remove(METRIC_NAME);
+            }
+            if one_to_one {
+                match &matching {
+                    Some(LabelModifier::Include(on)) => labels.keep(&on.labels),
+                    Some(LabelModifier::Exclude(ignoring)) => {
+                        for name in &ignoring.labels {
+                            labels.remove(name);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            for name in &include {
+                labels.set(name, one.labels.get(name));
+            }
+            if return_bool {
+                labels.remove(METRIC_NAME);
+            }
+            if one_to_one {
+                if !matched_one_to_one.insert(key) {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+            } else if !inserted.entry(key).or_default().insert(labels.clone()) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: grouping labels must ensure unique matches"
+                        .into(),
+                ));
+            }
+            result.push(Sample {
+                labels,
+                timestamp_ms: many.timestamp_ms,
+                value,
+            });
+        }
+        Ok(Value::Vector(result))
+    }
+
+    fn eval_aggregate(&self, aggregate: &AggregateExpr, time_ms: i64) -> Result<Value, QueryError> {
+        let operator = aggregate.op.to_string();
+        let samples = self.eval_vector(&aggregate.expr, time_ms)?;
+        let parameter = match &aggregate.param {
+            Some(param) => Some(self.eval(param, time_ms)?),
+            None => None,
+        };
+        let grouping = |labels: &Labels| -> Labels {
+            match &aggregate.modifier {
+                Some(LabelModifier::Include(by)) => {
+                    let mut grouped = labels.clone();
+                    grouped.keep(&by.labels);
+                    grouped
+                }
+                Some(LabelModifier::Exclude(without)) => {
+                    let mut grouped = labels.without_metric_name();
+                    for name in &without.labels {
+                        grouped.remove(name);
+                    }
+                    grouped
+                }
+                None => Labels::default(),
+            }
+        };
+        let mut group_order: Vec<Labels> = Vec::new();
+        let mut groups: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        for sample in samples {
+            let key = grouping(&sample.labels);
+            let members = groups.entry(key.clone()).or_insert_with(|| {
+                group_order.push(key);
+                Vec::new()
+            });
+            members.push(sample);
+        }
+        let mut result = Vec::new();
+        for key in group_order {
+            let members = groups.remove(&key).unwrap_or_default();
+            let values: Vec<f64> = members.iter().map(|sample| sample.value).collect();
+            let value = match operator.as_str() {
+                "sum" => kahan_sum(&values),
+                "avg" => functions::average(&values),
+                "count" => values.len() as f64,
+                "group" => 1.0,
+                "min" => values.iter().copied().fold(f64::NAN, |minimum, value| {
+                    if minimum > value || minimum.is_nan() {
+                        value
+                    } else {
+                        minimum
+                    }
+                }),
+                "max" => values.iter().copied().fold(f64::NAN, |maximum, value| {
+                    if maximum < value || maximum.is_nan() {
+                        value
+                    } else {
+                        maximum
+                    }
+                }),
+                "stddev" => functions::variance(&values).sqrt(),
+                "stdvar" => functions::variance(&values),
+                "quantile" => {
+                    let quantile = scalar_parameter(&parameter)?;
+                    functions::quantile(quantile, values)
+                }
+                "topk" | "bottomk" | "limitk" => {
+                    let k = scalar_parameter(&parameter)?;
+                    if k.is_nan() {
+                        return Err(QueryError::Execution("Parameter value is NaN".into()));
+                    }
+                    if k < 1.0 {
+                        continue;
+                    }
+                    let k = if k > members.len() as f64 {
+                        members.len()
+                    } else {
+                        k as usize
+                    };
+                    let mut members = members;
+                    match operator.as_str() {
+                        "topk" => members
+                            .sort_by(|left, right| descending_nan_last(left.value, right.value)),
+                        "bottomk" => members
+                            .sort_by(|left, right| ascending_nan_last(left.value, right.value)),
+                        _ => {}
+                    }
+                    result.extend(members.into_iter().take(k));
+                    continue;
+                }
+                "count_values" => {
+                    let label = match &parameter {
+                        Some(Value::String(label)) => label.clone(),
+                        _ => {
+                            return Err(QueryError::Execution(
+                                "count_values needs a string parameter".into(),
+                            ));
+                        }
+                    };
+                    if !is_valid_label_name(&label) {
+                        return Err(QueryError::Execution(format!(
+                            "invalid label name {label:?}"
+                        )));
+                    }
+                    let mut counts: Vec<(String, f64)> = Vec::new();
+                    for value in values {
+                        let formatted = super::format_value(value);
+                        match counts
+                            .iter_mut()
+                            .find(|(existing, _)| *existing == formatted)
+                        {
+                            Some(entry) => entry.1 += 1.0,
+                            None => counts.push((formatted, 1.0)),
+                        }
+                    }
+                    for (formatted, count) in counts {
+                        let mut labels = key.clone();
+                        labels.set(&label, &formatted);
+                        result.push(Sample {
+                            labels,
+                            timestamp_ms: time_ms,
+                            value: count,
+                        });
+                    }
+                    continue;
+                }
+                other => {
+                    return Err(QueryError::Execution(format!(
+                        "unsupported aggregation {other}"
+                    )));
+                }
+            };
+            result.push(Sample {
+                labels: key,
+                timestamp_ms: time_ms,
+                value,
+            });
+        }
+        Ok(Value::Vector(result))
+    }
+}
+
+fn scalar_parameter(parameter: &Option<Value>) -> Result<f64, QueryError> {
+    match parameter {
+        Some(Value::Scalar(value)) => Ok(*value),
+        _ => Err(QueryError::Execution(
+            "aggregation needs a scalar parameter".into(),
+        )),
+    }
+}
+
+pub(super) fn ascending_nan_last(left: f64, right: f64) -> std::cmp::Ordering {
+    match (left.is_nan(), right.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        (false, false) => left
+            .partial_cmp(&right)
+            .unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+pub(super) fn descending_nan_last(left: f64, right: f64) -> std::cmp::Ordering {
+    match (left.is_nan(), right.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        (false, false) => right
+            .partial_cmp(&left)
+            .unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+pub(super) fn is_valid_label_name(name: &str) -> bool {
+    !name.is_empty() && std::str::from_utf8(name.as_bytes()).is_ok()
+}
+
+/// Labels used to match two samples across a binary operator.
+fn match_labels(labels: &Labels, matching: &Option<LabelModifier>) -> Labels {
+    match matching {
+        Some(LabelModifier::Include(on)) => {
+            let mut kept = labels.clone();
+            kept.keep(&on.labels);
+            kept
+        }
+        Some(LabelModifier::Exclude(ignoring)) => {
+            let mut kept = labels.without_metric_name();
+            for name in &ignoring.labels {
+                kept.remove(name);
+            }
+            kept
+        }
+        None => labels.without_metric_name(),
+    }
+}
+
+fn is_comparison(operator: &str) -> bool {
+    matches!(operator, "==" | "!=" | ">" | "<" | ">=" | "<=")
+}
+
+/// Applies an arithmetic or comparison operator: (value, keep).
+fn binary_op(operator: &str, left: f64, right: f64) -> Result<(f64, bool), QueryError> {
+    Ok(match operator {
+        "+" => (left + right, true),
+        "-" => (left - right, true),
+        "*" => (left * right, true),
+        "/" => (left / right, true),
+        "%" => (left % right, true),
+        "^" => (left.powf(right), true),
+        "atan2" => (left.atan2(right), true),
+        "==" => (left, left == right),
+        "!=" => (left, left != right),
+        ">" => (left, left > right),
+        "<" => (left, left < right),
+        ">=" => (left, left >= right),
+        "<=" => (left, left <= right),
+        other => {
+            return Err(QueryError::Execution(format!(
+                "unsupported operator {other}"
+            )));
+        }
+    })
+}
+
+/// Neumaier-compensated summation step, as Prometheus' `kahanSumInc`.
+pub(super) fn kahan_sum_inc(increment: f64, sum: f64, compensation: f64) -> (f64, f64) {
+    let total = sum + increment;
+    let compensation = if total.is_infinite() {
+        0.0
+    } else if sum.abs() >= increment.abs() {
+        compensation + ((sum - total) + increment)
+    } else {
+        compensation + ((increment - total) + sum)
+    };
+    (total, compensation)
+}
+
+pub(super) fn kahan_sum(values: &[f64]) -> f64 {
+    let (mut sum, mut compensation) = (0.0, 0.0);
+    for value in values {
+        (sum, compensation) = kahan_sum_inc(*value, sum, compensation);
+    }
+    if sum.is_infinite() {
+        sum
+    } else {
+        sum + compensation
+    }
+}
