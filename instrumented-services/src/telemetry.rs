@@ -10,14 +10,18 @@
 //! collector that is not up yet (or goes away) costs spans, never the
 //! service.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceId, Tracer as _,
+    TracerProvider as _,
+};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -37,6 +41,60 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The version reported as `service.version`.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The instrumentation scope name of our spans.
+const TRACER_NAME: &str = "sightline-demo";
+
+thread_local! {
+    /// The trace id the next root span created on this thread gets, see
+    /// [`start_linked_root`].
+    static NEXT_ROOT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// Random ids, except that a root span started by [`start_linked_root`]
+/// joins the trace it is linked to.
+#[derive(Debug, Default)]
+struct LinkableIds(RandomIdGenerator);
+
+impl IdGenerator for LinkableIds {
+    fn new_trace_id(&self) -> TraceId {
+        NEXT_ROOT_TRACE_ID
+            .take()
+            .unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// Starts a consumer span for background work caused by `origin` (for
+/// example the delivery of an event): a root span (it has no parent, the
+/// work is not nested in the request that caused it) with a link to
+/// `origin`, in `origin`'s trace so that the request's trace and its logs
+/// show the follow-up work (Jaeger shows it as `FOLLOWS_FROM`). Returns the
+/// context to parent the work's own spans on; end the span with
+/// `context.span().end()`.
+pub fn start_linked_root(
+    name: &'static str,
+    origin: SpanContext,
+    attributes: Vec<KeyValue>,
+) -> opentelemetry::Context {
+    let tracer = opentelemetry::global::tracer(TRACER_NAME);
+    let builder = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes);
+    let builder = if origin.is_valid() {
+        NEXT_ROOT_TRACE_ID.set(Some(origin.trace_id()));
+        builder.with_links(vec![Link::with_context(origin)])
+    } else {
+        builder
+    };
+    let span = builder.start_with_context(&tracer, &opentelemetry::Context::new());
+    NEXT_ROOT_TRACE_ID.set(None);
+    opentelemetry::Context::new().with_span(span)
+}
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
@@ -63,8 +121,10 @@ impl Telemetry {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)
+            .with_id_generator(LinkableIds::default())
             .build();
-        let tracer = provider.tracer("sightline-demo");
+        let tracer = provider.tracer(TRACER_NAME);
+        opentelemetry::global::set_tracer_provider(provider.clone());
 
         tracing_subscriber::registry()
             .with(log_filter())

@@ -1,5 +1,14 @@
-//! The load generator: orders from random users at a steady rate, each with
-//! a fresh `X-Request-ID`, so the UI has something to show.
+//! The load generator: user journeys at a steady rate, so the UI has
+//! something to show.
+//!
+//! One journey is what a shopper does: log in (`POST /api/login`), browse
+//! (`GET /api/products`), order (`POST /api/orders` with the session
+//! token, which charges the card), and look at the order
+//! (`GET /api/orders/{id}`). Every request has a fresh `X-Request-ID`.
+//! A realistic share goes wrong on the client's side: a mistyped password
+//! (about 3% of logins), a product that no longer exists (about 2% of
+//! orders), an unusually large order that may hit a stock-out; the shop adds
+//! its own failures (payment declines, injected faults).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,39 +22,54 @@ use tokio::sync::{Semaphore, watch};
 use crate::propagation::{REQUEST_ID_HEADER, generate_request_id};
 use crate::service::catalog::PRODUCTS;
 
-/// Requests in flight at most; ticks beyond it are skipped, not queued.
+/// Journeys in flight at most; ticks beyond it are skipped, not queued.
 const MAX_IN_FLIGHT: usize = 32;
 
 /// How often the traffic counters are logged.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
-/// How many distinct demo users place orders.
+/// How many distinct demo users shop.
 const USERS: u32 = 25;
 
-/// Counters of the requests sent so far.
+/// The password every demo user has (see the auth service).
+const PASSWORD: &str = "demo";
+
+/// Counters of the journeys run so far.
 #[derive(Debug, Default)]
 pub struct TrafficStats {
-    /// Requests answered with a 2xx.
+    /// Journeys that ended with an order confirmed and shown.
     pub succeeded: AtomicU64,
-    /// Requests answered otherwise, or not answered.
+    /// Journeys that failed somewhere (a request answered otherwise, or
+    /// not answered).
     pub failed: AtomicU64,
-    /// Ticks skipped because too many requests were in flight.
+    /// Ticks skipped because too many journeys were in flight.
     pub skipped: AtomicU64,
 }
 
-/// A random order body for `POST /api/orders`.
+/// A random order body for `POST /api/orders` (without the user: the
+/// session says who orders).
 pub fn random_order() -> serde_json::Value {
     let mut rng = rand::rng();
-    let product = PRODUCTS.choose(&mut rng).map_or("p1", |product| product.id);
-    json!({
-        "user_id": format!("u{}", rng.random_range(1..=USERS)),
-        "product_id": product,
-        "quantity": rng.random_range(1..=3),
-    })
+    let product = if rng.random_bool(0.02) {
+        "p-discontinued"
+    } else {
+        PRODUCTS.choose(&mut rng).map_or("p1", |product| product.id)
+    };
+    let quantity = if rng.random_bool(0.03) {
+        rng.random_range(20..=60)
+    } else {
+        rng.random_range(1..=3)
+    };
+    json!({ "product_id": product, "quantity": quantity })
 }
 
-/// Sends `rate` orders per second to `<gateway_url>/api/orders` until `stop`
-/// turns true. Returns the counters.
+/// A random demo user id, `u1` to `u25`.
+pub fn random_user() -> String {
+    format!("u{}", rand::rng().random_range(1..=USERS))
+}
+
+/// Runs `rate` journeys per second against `gateway_url` until `stop` turns
+/// true. Returns the counters.
 pub async fn run(
     gateway_url: &str,
     rate: f64,
@@ -65,13 +89,13 @@ pub async fn run(
             return stats;
         }
     };
-    let url = format!("{}/api/orders", gateway_url.trim_end_matches('/'));
+    let gateway = Arc::new(gateway_url.trim_end_matches('/').to_owned());
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
-    tracing::info!(%url, rate, "traffic started");
+    tracing::info!(gateway = %gateway, rate, "traffic started");
 
     loop {
         tokio::select! {
@@ -87,14 +111,12 @@ pub async fn run(
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let request = client
-                    .post(&url)
-                    .header(REQUEST_ID_HEADER, generate_request_id())
-                    .json(&random_order());
                 let stats = Arc::clone(&stats);
+                let client = client.clone();
+                let gateway = Arc::clone(&gateway);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    record_outcome(&stats, request.send().await);
+                    record_outcome(&stats, journey(&client, &gateway).await);
                 });
             }
         }
@@ -102,24 +124,101 @@ pub async fn run(
     stats
 }
 
-fn record_outcome(stats: &TrafficStats, outcome: reqwest::Result<reqwest::Response>) {
+/// Where a journey stopped.
+#[derive(Debug)]
+struct JourneyFailure {
+    step: &'static str,
+    detail: String,
+}
+
+fn step_failed(step: &'static str, detail: impl ToString) -> JourneyFailure {
+    JourneyFailure {
+        step,
+        detail: detail.to_string(),
+    }
+}
+
+/// One shopper: login, browse, order, look at the order.
+async fn journey(client: &reqwest::Client, gateway: &str) -> Result<(), JourneyFailure> {
+    let user_id = random_user();
+    let password = if rand::rng().random_bool(0.03) {
+        "demo-typo"
+    } else {
+        PASSWORD
+    };
+    // Each user comes from their own address, as seen through a proxy.
+    let address = format!("10.0.0.{}", user_id.trim_start_matches('u'));
+    let send = |request: reqwest::RequestBuilder| {
+        request
+            .header(REQUEST_ID_HEADER, generate_request_id())
+            .header("x-forwarded-for", address.as_str())
+            .send()
+    };
+
+    let login = send(
+        client
+            .post(format!("{gateway}/api/login"))
+            .json(&json!({ "user_id": user_id, "password": password })),
+    )
+    .await
+    .map_err(|error| step_failed("login", error))?;
+    if !login.status().is_success() {
+        return Err(step_failed("login", login.status()));
+    }
+    let session: serde_json::Value = login
+        .json()
+        .await
+        .map_err(|error| step_failed("login", error))?;
+    let token = session["token"].as_str().unwrap_or_default().to_owned();
+
+    let products = send(client.get(format!("{gateway}/api/products")))
+        .await
+        .map_err(|error| step_failed("browse", error))?;
+    if !products.status().is_success() {
+        return Err(step_failed("browse", products.status()));
+    }
+
+    let order = send(
+        client
+            .post(format!("{gateway}/api/orders"))
+            .bearer_auth(&token)
+            .json(&random_order()),
+    )
+    .await
+    .map_err(|error| step_failed("order", error))?;
+    if !order.status().is_success() {
+        return Err(step_failed("order", order.status()));
+    }
+    let order: serde_json::Value = order
+        .json()
+        .await
+        .map_err(|error| step_failed("order", error))?;
+    let order_id = order["order_id"].as_str().unwrap_or_default();
+
+    let shown = send(
+        client
+            .get(format!("{gateway}/api/orders/{order_id}"))
+            .bearer_auth(&token),
+    )
+    .await
+    .map_err(|error| step_failed("view", error))?;
+    if !shown.status().is_success() {
+        return Err(step_failed("view", shown.status()));
+    }
+    Ok(())
+}
+
+fn record_outcome(stats: &TrafficStats, outcome: Result<(), JourneyFailure>) {
     match outcome {
-        Ok(response) if response.status().is_success() => {
+        Ok(()) => {
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(response) => {
+        Err(failure) => {
             let failed_before = stats.failed.fetch_add(1, Ordering::Relaxed);
             if failed_before == 0 {
-                tracing::warn!(
-                    status = response.status().as_u16(),
-                    "first failed demo order"
-                );
-            }
-        }
-        Err(error) => {
-            let failed_before = stats.failed.fetch_add(1, Ordering::Relaxed);
-            if failed_before == 0 {
-                tracing::warn!(%error, "first failed demo order");
+                tracing::warn!(step = failure.step, detail = %failure.detail, "first failed journey");
+            } else {
+                tracing::debug!(step = failure.step, detail = %failure.detail, "journey failed");
             }
         }
     }
@@ -132,13 +231,21 @@ mod tests {
 
     #[test]
     fn random_orders_use_known_products_and_users() {
+        let orders: Vec<_> = (0..2000).map(|_| random_order()).collect();
+        let known = orders
+            .iter()
+            .filter(|order| catalog::find(order["product_id"].as_str().unwrap()).is_some())
+            .count();
+        assert!((1900..2000).contains(&known), "about 2% unknown: {known}");
+        assert!(
+            orders
+                .iter()
+                .all(|order| (1..=60).contains(&order["quantity"].as_u64().unwrap()))
+        );
         for _ in 0..50 {
-            let order = random_order();
-            assert!(catalog::find(order["product_id"].as_str().unwrap()).is_some());
-            let user = order["user_id"].as_str().unwrap();
+            let user = random_user();
             let number: u32 = user.strip_prefix('u').unwrap().parse().unwrap();
             assert!((1..=USERS).contains(&number));
-            assert!((1..=3).contains(&order["quantity"].as_u64().unwrap()));
         }
     }
 

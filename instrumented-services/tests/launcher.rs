@@ -141,6 +141,10 @@ fn launcher_command(bin: &Path, data_dir: &Path, ports: &Ports) -> Command {
         .args(["--agent-port", &ports.agent.to_string()])
         .args(["--gateway-port", &ports.gateway.to_string()])
         .args(["--order-port", &ports.order.to_string()])
+        .args(["--auth-port", &free_port().to_string()])
+        .args(["--inventory-port", &free_port().to_string()])
+        .args(["--payment-port", &free_port().to_string()])
+        .args(["--notification-port", &free_port().to_string()])
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env_remove("CARGO")
         .env_remove("RUST_LOG");

@@ -87,6 +87,7 @@ impl Service {
             .args(["--service", name, "--listen", "127.0.0.1:0"])
             .args(args)
             .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env("SHOP_PAYMENT_DECLINE_RATE", "0")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -194,18 +195,52 @@ async fn an_order_is_one_trace_across_gateway_and_order() {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let mut order = Service::start("order", &["--otlp-endpoint", &otlp_endpoint]);
+    let mut leaves = Vec::new();
+    let mut peer_args = Vec::new();
+    for name in ["auth", "inventory", "payment", "notification"] {
+        let service = Service::start(name, &["--otlp-endpoint", &otlp_endpoint]);
+        peer_args.push(format!("--{name}-url"));
+        peer_args.push(format!("http://{}", service.listen_addr().await));
+        leaves.push(service);
+    }
+    let with_peers = |extra: &[String]| -> Vec<String> {
+        let mut args = peer_args.clone();
+        args.extend(["--otlp-endpoint".to_owned(), otlp_endpoint.clone()]);
+        args.extend(extra.iter().cloned());
+        args
+    };
+    let order_args = with_peers(&[]);
+    let order_args: Vec<&str> = order_args.iter().map(String::as_str).collect();
+    let mut order = Service::start("order", &order_args);
     let order_url = format!("http://{}", order.listen_addr().await);
-    let mut gateway = Service::start(
-        "gateway",
-        &["--order-url", &order_url, "--otlp-endpoint", &otlp_endpoint],
-    );
+    let gateway_args = with_peers(&["--order-url".to_owned(), order_url]);
+    let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
+    let mut gateway = Service::start("gateway", &gateway_args);
     let gateway_addr = gateway.listen_addr().await;
 
-    // One order, with our own request id.
-    let request_id = format!("it-{}", std::process::id());
-    let response = reqwest::Client::new()
+    // Log in, then one order with our own request id.
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("http://{gateway_addr}/api/login"))
+        .json(&serde_json::json!({"user_id": "u1", "password": "demo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    let unauthenticated = client
         .post(format!("http://{gateway_addr}/api/orders"))
+        .json(&serde_json::json!({"product_id": "p2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let request_id = format!("it-{}", std::process::id());
+    let response = client
+        .post(format!("http://{gateway_addr}/api/orders"))
+        .bearer_auth(token)
         .header("X-Request-ID", &request_id)
         .json(&serde_json::json!({"user_id": "u1", "product_id": "p2", "quantity": 2}))
         .send()
@@ -258,27 +293,28 @@ async fn an_order_is_one_trace_across_gateway_and_order() {
     assert_eq!(created_line["user_id"], "u1");
 
     // Spans: gateway server -> gateway client -> order server, one trace.
-    let find_span = |service: &str, kind: SpanKind| {
+    let find_span = |service: &str, kind: SpanKind, name: &str| {
         let spans = receiver.spans.lock().unwrap();
         spans
             .iter()
             .find(|received| {
                 received.service == service
                     && received.span.kind == kind as i32
+                    && received.span.name == name
                     && hex(&received.span.trace_id) == trace_id
             })
             .map(|received| received.span.clone())
     };
     let gateway_server = eventually("gateway's server span", || {
-        find_span("gateway", SpanKind::Server)
+        find_span("gateway", SpanKind::Server, "POST /api/orders")
     })
     .await;
     let gateway_client = eventually("gateway's client span", || {
-        find_span("gateway", SpanKind::Client)
+        find_span("gateway", SpanKind::Client, "POST /orders")
     })
     .await;
     let order_server = eventually("order's server span", || {
-        find_span("order", SpanKind::Server)
+        find_span("order", SpanKind::Server, "POST /orders")
     })
     .await;
 
@@ -342,13 +378,13 @@ async fn services_run_without_a_collector_and_generate_request_ids() {
     let otlp_endpoint = format!("http://{}", unused.local_addr().unwrap());
     drop(unused);
 
-    let order = Service::start("order", &["--otlp-endpoint", &otlp_endpoint]);
-    let order_addr = order.listen_addr().await;
+    let payment = Service::start("payment", &["--otlp-endpoint", &otlp_endpoint]);
+    let order_addr = payment.listen_addr().await;
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let response = client
-            .post(format!("http://{order_addr}/orders"))
-            .json(&serde_json::json!({"user_id": "u2", "product_id": "p1"}))
+            .post(format!("http://{order_addr}/charges"))
+            .json(&serde_json::json!({"order_id": "ord-1", "user_id": "u2", "amount_cents": 100}))
             .send()
             .await
             .unwrap();

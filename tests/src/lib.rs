@@ -134,12 +134,35 @@ pub struct StackPorts {
     pub ui: u16,
     pub agent: u16,
     pub gateway: u16,
+    pub auth: u16,
     pub order: u16,
+    pub inventory: u16,
+    pub payment: u16,
+    pub notification: u16,
 }
 
-/// The whole stack started by the real launcher: collector, agent, gateway
-/// and order, each its own process, with the launcher writing the services'
-/// output into kubelet-style CRI files.
+impl StackPorts {
+    /// The port of shop service `service` (`gateway`, `auth`, ...).
+    pub fn of_service(&self, service: &str) -> u16 {
+        match service {
+            "gateway" => self.gateway,
+            "auth" => self.auth,
+            "order" => self.order,
+            "inventory" => self.inventory,
+            "payment" => self.payment,
+            "notification" => self.notification,
+            other => panic!("no shop service {other}"),
+        }
+    }
+}
+
+/// The whole stack started by the real launcher: collector, agent and the
+/// six shop services, each its own process, with the launcher writing the
+/// services' output into kubelet-style CRI files.
+///
+/// The payment provider never declines here (`SHOP_PAYMENT_DECLINE_RATE=0`,
+/// inherited by the services), so an order fails only when a test asks for
+/// it.
 pub struct DemoStack {
     pub ports: StackPorts,
     pub data_dir: tempfile::TempDir,
@@ -149,6 +172,11 @@ pub struct DemoStack {
 
 impl DemoStack {
     pub async fn start() -> DemoStack {
+        DemoStack::start_with(&[]).await
+    }
+
+    /// [`DemoStack::start`] with extra launcher flags (e.g. `--fault`).
+    pub async fn start_with(extra_args: &[&str]) -> DemoStack {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
         let ports = StackPorts {
             collector_grpc: free_port(),
@@ -156,7 +184,11 @@ impl DemoStack {
             ui: free_port(),
             agent: free_port(),
             gateway: free_port(),
+            auth: free_port(),
             order: free_port(),
+            inventory: free_port(),
+            payment: free_port(),
+            notification: free_port(),
         };
         let launcher = Process::spawn(
             "sightline-demo",
@@ -169,8 +201,15 @@ impl DemoStack {
                 .args(["--ui-port", &ports.ui.to_string()])
                 .args(["--agent-port", &ports.agent.to_string()])
                 .args(["--gateway-port", &ports.gateway.to_string()])
+                .args(["--auth-port", &ports.auth.to_string()])
                 .args(["--order-port", &ports.order.to_string()])
-                .args(["--rate", "0"]),
+                .args(["--inventory-port", &ports.inventory.to_string()])
+                .args(["--payment-port", &ports.payment.to_string()])
+                .args(["--notification-port", &ports.notification.to_string()])
+                .args(["--rate", "0"])
+                .args(extra_args)
+                .env("SHOP_PAYMENT_DECLINE_RATE", "0")
+                .env("OTEL_BSP_SCHEDULE_DELAY", "500"),
         );
         let stack = DemoStack {
             ports,
@@ -211,16 +250,46 @@ impl DemoStack {
         format!("http://127.0.0.1:{}{path}", self.ports.gateway)
     }
 
-    /// Places an order through the gateway with the given request id.
-    pub async fn place_order(&self, request_id: &str) -> reqwest::Response {
+    pub fn service_url(&self, service: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.of_service(service))
+    }
+
+    /// Logs `user_id` in through the gateway; the session token.
+    pub async fn login(&self, user_id: &str) -> String {
         let response = self
             .http
+            .post(self.gateway_url("/api/login"))
+            .json(&serde_json::json!({"user_id": user_id, "password": "demo"}))
+            .send()
+            .await
+            .expect("gateway answers");
+        assert!(
+            response.status().is_success(),
+            "login failed: {}",
+            response.status()
+        );
+        let body: serde_json::Value = response.json().await.expect("a JSON answer");
+        body["token"].as_str().expect("a token").to_string()
+    }
+
+    /// Sends `POST /api/orders` for `u-e2e` with `token` and `request_id`,
+    /// whatever the answer.
+    pub async fn try_order(&self, token: &str, request_id: &str) -> reqwest::Response {
+        self.http
             .post(self.gateway_url("/api/orders"))
+            .bearer_auth(token)
             .header("x-request-id", request_id)
             .json(&serde_json::json!({"user_id": "u-e2e", "product_id": "p1", "quantity": 2}))
             .send()
             .await
-            .expect("gateway answers");
+            .expect("gateway answers")
+    }
+
+    /// Logs in, then places an order through the gateway with the given
+    /// request id (the login has a request id of its own).
+    pub async fn place_order(&self, request_id: &str) -> reqwest::Response {
+        let token = self.login("u-e2e").await;
+        let response = self.try_order(&token, request_id).await;
         assert!(
             response.status().is_success(),
             "order failed: {}",

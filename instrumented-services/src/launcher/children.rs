@@ -33,12 +33,33 @@ pub struct ChildSpec {
     pub args: Vec<OsString>,
 }
 
+/// The longest wait before restarting a crashed service (the wait doubles
+/// with every restart, from one second, like kubelet's back-off).
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where a workload runs: its pod, container and restart count, which
+/// name its CRI log file.
+#[derive(Debug, Clone)]
+pub struct PodPlacement {
+    /// The kubelet-style pod log root.
+    pub pods_root: PathBuf,
+    /// The pod.
+    pub pod: PodIdentity,
+    /// The container name.
+    pub container: String,
+    /// How often the container was restarted: its log file is
+    /// `<restart_count>.log`.
+    pub restart_count: u32,
+}
+
 /// A started child.
 pub struct RunningChild {
     name: String,
     child: Child,
     log_path: PathBuf,
     capture: Option<JoinHandle<()>>,
+    spec: ChildSpec,
+    placement: Option<PodPlacement>,
 }
 
 /// A child that exited although nobody asked it to.
@@ -75,6 +96,8 @@ impl RunningChild {
             child,
             log_path: log_path.to_owned(),
             capture: None,
+            spec: spec.clone(),
+            placement: None,
         })
     }
 
@@ -87,7 +110,22 @@ impl RunningChild {
         pod: &PodIdentity,
         container: &str,
     ) -> anyhow::Result<Self> {
-        let log_path = pod.log_file(pods_root, container, 0);
+        let placement = PodPlacement {
+            pods_root: pods_root.to_owned(),
+            pod: pod.clone(),
+            container: container.to_owned(),
+            restart_count: 0,
+        };
+        Self::spawn_placed(spec, placement)
+    }
+
+    /// Starts a workload in `placement`, logging to its restart's file.
+    fn spawn_placed(spec: &ChildSpec, placement: PodPlacement) -> anyhow::Result<Self> {
+        let log_path = placement.pod.log_file(
+            &placement.pods_root,
+            &placement.container,
+            placement.restart_count,
+        );
         if let Some(directory) = log_path.parent() {
             std::fs::create_dir_all(directory)
                 .with_context(|| format!("failed to create {}", directory.display()))?;
@@ -110,7 +148,40 @@ impl RunningChild {
             child,
             log_path,
             capture: Some(capture_output(stdout, stderr, log)),
+            spec: spec.clone(),
+            placement: Some(placement),
         })
+    }
+
+    /// Whether the child is a workload the launcher restarts when it dies
+    /// (the shop services; the platform's processes are not restarted).
+    pub fn restartable(&self) -> bool {
+        self.placement.is_some()
+    }
+
+    /// How often the child was restarted.
+    pub fn restart_count(&self) -> u32 {
+        self.placement
+            .as_ref()
+            .map_or(0, |placement| placement.restart_count)
+    }
+
+    /// Restarts an exited workload as kubelet would: after a back-off, in
+    /// the same pod, with the restart count one higher, so its output goes
+    /// to `<restart_count>.log` beside the previous file.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        let Some(mut placement) = self.placement.take() else {
+            bail!("{} is not a restartable workload", self.name);
+        };
+        if let Some(capture) = self.capture.take() {
+            let _ = tokio::time::timeout(CAPTURE_DRAIN, capture).await;
+        }
+        let backoff = Duration::from_secs(1)
+            .saturating_mul(1 << placement.restart_count.min(5))
+            .min(MAX_RESTART_BACKOFF);
+        tokio::time::sleep(backoff).await;
+        placement.restart_count += 1;
+        Self::spawn_placed(&self.spec, placement)
     }
 
     /// The child's name.
@@ -223,15 +294,36 @@ impl Children {
         &mut self.started[last]
     }
 
-    /// Waits until a child exits, which is always unexpected.
-    pub async fn wait_for_unexpected_exit(&mut self) -> anyhow::Result<UnexpectedExit> {
+    /// Watches the children: a workload that exits is restarted (see
+    /// [`RunningChild::restart`]); returns when a platform process exits,
+    /// which is always unexpected.
+    pub async fn supervise(&mut self) -> anyhow::Result<UnexpectedExit> {
         loop {
-            for child in &mut self.started {
-                if let Some(exit) = child.exited()? {
+            for index in 0..self.started.len() {
+                let Some(exit) = self.started[index].exited()? else {
+                    continue;
+                };
+                if !self.started[index].restartable() {
                     return Ok(exit);
                 }
+                let crashed = self.started.remove(index);
+                tracing::warn!(
+                    name = %exit.name,
+                    status = %exit.status,
+                    log = %exit.log_path.display(),
+                    restarts = crashed.restart_count(),
+                    "service exited, restarting"
+                );
+                let restarted = crashed.restart().await?;
+                tracing::info!(
+                    name = %restarted.name(),
+                    restarts = restarted.restart_count(),
+                    log = %restarted.log_path().display(),
+                    "service restarted"
+                );
+                self.started.insert(index, restarted);
             }
-            tokio::time::sleep(POLL_INTERVAL * 5).await;
+            tokio::time::sleep(POLL_INTERVAL * 2).await;
         }
     }
 

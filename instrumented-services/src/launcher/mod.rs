@@ -8,13 +8,21 @@
 //!    `<data-dir>/logs/sightline-collector.log`;
 //! 2. `sightline-agent`, tailing `<data-dir>/pods/*/*/*.log`, output in
 //!    `<data-dir>/logs/sightline-agent.log`;
-//! 3. the shop services (`order`, then `gateway`), whose output the launcher
-//!    writes as a container runtime would (see [`crate::cri`]).
+//! 3. the six shop services, the called before their callers
+//!    (notification, payment, inventory, auth, order, gateway), whose output
+//!    the launcher writes as a container runtime would (see [`crate::cri`]):
+//!    namespace `shop`, pod `<service>-<hash>`, container `<service>`.
 //!
 //! It then prints `Sightline UI: http://127.0.0.1:<ui-port>/`, sends demo
 //! traffic ([`crate::traffic`]), and on SIGINT/SIGTERM stops the traffic and
-//! the children in reverse order. A child that dies on its own is reported
+//! the children in reverse order. A service that dies is restarted in its
+//! pod after a back-off, its output going to `1.log` beside `0.log` (then
+//! `2.log`, ...), as kubelet does; a platform process that dies is reported
 //! (name, exit status, log file) and ends the demo with an error.
+//!
+//! `--fault payment:latency=800ms@0.3,errors=0.1` starts a service with
+//! faults (see [`crate::service::faults`]); `--platform-only` runs only the
+//! collector and the agent, for your own services.
 
 mod children;
 
@@ -26,9 +34,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
-pub use children::{ChildSpec, Children, RunningChild, UnexpectedExit};
+pub use children::{ChildSpec, Children, PodPlacement, RunningChild, UnexpectedExit};
 
 use crate::cri::PodIdentity;
+use crate::service::ServiceRole;
+use crate::service::faults::FaultConfig;
 use crate::shutdown::ShutdownSignals;
 
 /// The collector's and the agent's binary names.
@@ -79,17 +89,76 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8000)]
     pub gateway_port: u16,
 
+    /// Port of the auth service.
+    #[arg(long, default_value_t = 8001)]
+    pub auth_port: u16,
+
     /// Port of the order service.
     #[arg(long, default_value_t = 8002)]
     pub order_port: u16,
 
-    /// Demo orders per second sent to the gateway; 0 sends none.
+    /// Port of the inventory service.
+    #[arg(long, default_value_t = 8003)]
+    pub inventory_port: u16,
+
+    /// Port of the payment service.
+    #[arg(long, default_value_t = 8004)]
+    pub payment_port: u16,
+
+    /// Port of the notification service.
+    #[arg(long, default_value_t = 8005)]
+    pub notification_port: u16,
+
+    /// Demo user journeys (login, browse, order, view) per second sent to
+    /// the gateway; 0 sends none.
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
+
+    /// Faults of one service, `<service>:<spec>`, for example
+    /// `payment:latency=800ms@0.3,errors=0.1` or `inventory:down`; repeat
+    /// for several services. Change them at runtime with
+    /// `POST http://127.0.0.1:<port>/admin/faults`.
+    #[arg(long = "fault", value_name = "SERVICE:SPEC")]
+    pub faults: Vec<String>,
+
+    /// Run only the collector and the agent (no shop, no traffic).
+    #[arg(long)]
+    pub platform_only: bool,
 
     /// Do not run `cargo build` first, use the binaries as they are.
     #[arg(long)]
     pub no_build: bool,
+}
+
+/// A service's faults given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceFault {
+    /// Which service.
+    pub role: ServiceRole,
+    /// The spec, as `shop-service --faults` takes it.
+    pub spec: String,
+}
+
+impl ServiceFault {
+    /// Parses `<service>:<spec>`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let Some((service, spec)) = text.split_once(':') else {
+            bail!("--fault {text:?}: expected <service>:<spec>, e.g. payment:errors=0.1");
+        };
+        let Some(role) = ServiceRole::from_name(service.trim()) else {
+            let known: Vec<&str> = ServiceRole::ALL.iter().map(|role| role.name()).collect();
+            bail!(
+                "--fault {text:?}: unknown service {service:?} (one of {})",
+                known.join(", ")
+            );
+        };
+        FaultConfig::parse_spec(spec)
+            .map_err(|error| anyhow::anyhow!("--fault {text:?}: {error}"))?;
+        Ok(Self {
+            role,
+            spec: spec.trim().to_owned(),
+        })
+    }
 }
 
 impl DemoArgs {
@@ -106,8 +175,17 @@ impl DemoArgs {
             ("--ui-port", self.ui_port),
             ("--agent-port", self.agent_port),
             ("--gateway-port", self.gateway_port),
+            ("--auth-port", self.auth_port),
             ("--order-port", self.order_port),
+            ("--inventory-port", self.inventory_port),
+            ("--payment-port", self.payment_port),
+            ("--notification-port", self.notification_port),
         ];
+        let ports = if self.platform_only {
+            &ports[..4]
+        } else {
+            &ports[..]
+        };
         for (index, (flag, port)) in ports.iter().enumerate() {
             if *port == 0 {
                 bail!("{flag} must not be 0");
@@ -116,7 +194,28 @@ impl DemoArgs {
                 bail!("{flag} and {other} are both {port}");
             }
         }
+        self.service_faults()?;
         Ok(())
+    }
+
+    /// The `--fault` flags, parsed; the last one of a service wins.
+    pub fn service_faults(&self) -> anyhow::Result<Vec<ServiceFault>> {
+        self.faults
+            .iter()
+            .map(|text| ServiceFault::parse(text))
+            .collect()
+    }
+
+    /// The port of `role`.
+    pub fn port_of(&self, role: ServiceRole) -> u16 {
+        match role {
+            ServiceRole::Gateway => self.gateway_port,
+            ServiceRole::Auth => self.auth_port,
+            ServiceRole::Order => self.order_port,
+            ServiceRole::Inventory => self.inventory_port,
+            ServiceRole::Payment => self.payment_port,
+            ServiceRole::Notification => self.notification_port,
+        }
     }
 }
 
@@ -260,7 +359,6 @@ async fn start_and_supervise(
     let collector_grpc = loopback(args.collector_grpc_port);
     let ui = loopback(args.ui_port);
     let agent_http = loopback(args.agent_port);
-    let order_addr = loopback(args.order_port);
     let gateway_addr = loopback(args.gateway_port);
     let otlp_endpoint = format!("http://{collector_grpc}");
 
@@ -314,23 +412,57 @@ async fn start_and_supervise(
         )
         .await?;
 
-    let services = [
-        ("order", order_addr, Vec::new()),
-        (
-            "gateway",
-            gateway_addr,
-            vec!["--order-url".into(), format!("http://{order_addr}").into()],
-        ),
+    if args.platform_only {
+        println!("Sightline UI: http://{ui}/");
+        println!(
+            "  platform only: send OTLP to http://{collector_grpc} (gRPC) or \
+             http://{} (HTTP); the agent tails {}",
+            loopback(args.collector_http_port),
+            layout.pod_logs_glob().to_string_lossy()
+        );
+        let exit = children.supervise().await?;
+        return Err(exit.into());
+    }
+
+    let faults = args.service_faults()?;
+    let url_of = |role: ServiceRole| format!("http://{}", loopback(args.port_of(role)));
+    let peers: Vec<OsString> = vec![
+        "--auth-url".into(),
+        url_of(ServiceRole::Auth).into(),
+        "--order-url".into(),
+        url_of(ServiceRole::Order).into(),
+        "--inventory-url".into(),
+        url_of(ServiceRole::Inventory).into(),
+        "--payment-url".into(),
+        url_of(ServiceRole::Payment).into(),
+        "--notification-url".into(),
+        url_of(ServiceRole::Notification).into(),
     ];
-    for (service, addr, extra_args) in services {
+    // The called before their callers, so every service is ready when its
+    // first request arrives.
+    let start_order = [
+        ServiceRole::Notification,
+        ServiceRole::Payment,
+        ServiceRole::Inventory,
+        ServiceRole::Auth,
+        ServiceRole::Order,
+        ServiceRole::Gateway,
+    ];
+    for role in start_order {
+        let service = role.name();
+        let addr = loopback(args.port_of(role));
         let mut service_args: Vec<OsString> = vec![
             "--service".into(),
             service.into(),
             "--listen".into(),
             addr.to_string().into(),
         ];
-        service_args.extend(extra_args);
+        service_args.extend(peers.iter().cloned());
         service_args.extend(["--otlp-endpoint".into(), otlp_endpoint.clone().into()]);
+        if let Some(fault) = faults.iter().rev().find(|fault| fault.role == role) {
+            tracing::warn!(service, faults = %fault.spec, "starting with faults");
+            service_args.extend(["--faults".into(), fault.spec.clone().into()]);
+        }
         let spec = ChildSpec {
             name: service.into(),
             program: binaries.service.clone(),
@@ -343,7 +475,7 @@ async fn start_and_supervise(
             .push(child)
             .wait_healthy(
                 &client,
-                &format!("http://{addr}/health/ready"),
+                &format!("http://{addr}/health/live"),
                 READY_TIMEOUT,
             )
             .await?;
@@ -351,11 +483,20 @@ async fn start_and_supervise(
 
     println!("Sightline UI: http://{ui}/");
     println!(
-        "  try: curl -s -H 'X-Request-ID: demo-1' -H 'content-type: application/json' \
-         -d '{{\"user_id\":\"u1\",\"product_id\":\"p1\",\"quantity\":1}}' \
+        "  try: curl -s -H 'content-type: application/json' \
+         -d '{{\"user_id\":\"u1\",\"password\":\"demo\"}}' http://{gateway_addr}/api/login"
+    );
+    println!(
+        "       curl -s -H 'authorization: Bearer <token>' -H 'X-Request-ID: demo-1' \
+         -H 'content-type: application/json' -d '{{\"product_id\":\"p1\",\"quantity\":1}}' \
          http://{gateway_addr}/api/orders"
     );
-    println!("  then search the UI for request_id demo-1; Ctrl-C stops everything");
+    println!("  then search the UI for request_id:demo-1; Ctrl-C stops everything");
+    println!(
+        "  faults: curl -s -d '{{\"error_rate\":0.3}}' -H 'content-type: application/json' \
+         http://{}/admin/faults",
+        loopback(args.payment_port)
+    );
 
     if args.rate > 0.0 {
         let gateway_url = format!("http://{gateway_addr}");
@@ -370,7 +511,7 @@ async fn start_and_supervise(
         }));
     }
 
-    let exit = children.wait_for_unexpected_exit().await?;
+    let exit = children.supervise().await?;
     Err(exit.into())
 }
 

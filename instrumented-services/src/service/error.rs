@@ -14,6 +14,24 @@ pub enum AppError {
     /// The order names a product the catalog does not have.
     #[error("unknown product {0}")]
     UnknownProduct(String),
+    /// No valid session token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The token is valid but names someone else.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The client sent too many requests.
+    #[error("rate limit exceeded, retry later")]
+    TooManyRequests,
+    /// Not enough stock.
+    #[error("out of stock: {0}")]
+    OutOfStock(String),
+    /// The payment provider declined the charge.
+    #[error("payment declined: {0}")]
+    PaymentDeclined(String),
     /// A downstream service could not be reached or answered garbage.
     #[error("{service} service unavailable: {message}")]
     Upstream {
@@ -30,6 +48,12 @@ impl AppError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnknownProduct(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::OutOfStock(_) => StatusCode::CONFLICT,
+            Self::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }

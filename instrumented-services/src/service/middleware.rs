@@ -1,15 +1,19 @@
 //! The request middleware shared by every traced route.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::faults::FaultOutcome;
+use super::metrics::FAULTS_INJECTED_TOTAL;
+use super::{AppState, ServiceRole};
 use crate::propagation::{
     RequestId, extract_context, request_id_or_generate, set_request_id_header,
 };
@@ -23,8 +27,15 @@ use crate::propagation::{
 ///   `http.method`, `http.route`, `http.status_code` and `request_id`, and
 ///   its status is `ERROR` on a 5xx answer;
 /// - one `request completed` log line per request, inside the span, so every
-///   service a request touched logs its request id and trace id.
-pub async fn trace_request(mut request: Request, next: Next) -> Response {
+///   service a request touched logs its request id and trace id;
+/// - injected faults ([`super::faults`]) apply inside the span: added
+///   latency, then `500 injected fault` or `503 down` instead of the handler;
+/// - `http_requests_total` and `http_request_duration_seconds` count it.
+pub async fn trace_request(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = match request.extensions().get::<MatchedPath>() {
@@ -52,12 +63,56 @@ pub async fn trace_request(mut request: Request, next: Next) -> Response {
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
 
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let handle = async {
+        let (latency, outcome) = state.faults.get().draw();
+        if !latency.is_zero() {
+            state
+                .metrics
+                .inc(FAULTS_INJECTED_TOTAL, &[("kind", "latency")]);
+            tokio::time::sleep(latency).await;
+        }
+        match outcome {
+            FaultOutcome::Proceed => next.run(request).await,
+            FaultOutcome::Error => {
+                state
+                    .metrics
+                    .inc(FAULTS_INJECTED_TOTAL, &[("kind", "error")]);
+                tracing::error!(fault = "error", "injected fault");
+                let body = serde_json::json!({ "error": "injected fault" });
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(body),
+                )
+                    .into_response()
+            }
+            FaultOutcome::Down => {
+                state
+                    .metrics
+                    .inc(FAULTS_INJECTED_TOTAL, &[("kind", "down")]);
+                let body = serde_json::json!({ "error": "service down (injected fault)" });
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(body),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let mut response = handle.instrument(span.clone()).await;
 
     let status = response.status();
     span.record("http.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
+    }
+    state.metrics.observe_request(
+        method.as_str(),
+        &route,
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    if state.role == ServiceRole::Payment {
+        super::payment::count_failed_charge(&state.metrics, &route, status);
     }
     // Microsecond precision, without float noise in the log line.
     let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;

@@ -3,3 +3,4 @@
 mod browser;
 mod durability;
 mod request_flow;
+mod shop;
