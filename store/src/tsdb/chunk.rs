@@ -1,0 +1,261 @@
+//! Gorilla-compressed chunks: delta-of-delta timestamps and XOR'd floats,
+//! written with our own bit-level codec (no external crate).
+//!
+//! Layout of a chunk's bytes: the first timestamp and value in 64 bits each,
+//! then per sample a delta-of-delta in one of five prefix-coded widths and
+//! the value XOR'd with the previous one (`0`: same value; `10`: fits the
+//! previous leading/trailing zero window; `11`: 5 bits leading zeros, 6 bits
+//! length, then the meaningful bits). Values keep their exact bit pattern, so
+//! the staleness NaN survives.
+
+/// Appends bits to a byte vector, most significant bit first.
+#[derive(Debug, Clone, Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    /// Bits used in the last byte (0 means a fresh byte is needed).
+    used_in_last: u8,
+}
+
+impl BitWriter {
+    fn write_bit(&mut self, bit: bool) {
+        if self.used_in_last == 0 {
+            self.bytes.push(0);
+        }
+        if bit {
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= 1 << (7 - self.used_in_last);
+        }
+        self.used_in_last = (self.used_in_last + 1) % 8;
+    }
+
+    fn write_bits(&mut self, value: u64, count: u8) {
+        for shift in (0..count).rev() {
+            self.write_bit((value >> shift) & 1 == 1);
+        }
+    }
+}
+
+/// Reads bits written by [`BitWriter`].
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl BitReader<'_> {
+    fn read_bit(&mut self) -> Option<bool> {
+        let byte = *self.bytes.get(self.position / 8)?;
+        let bit = (byte >> (7 - (self.position % 8))) & 1 == 1;
+        self.position += 1;
+        Some(bit)
+    }
+
+    fn read_bits(&mut self, count: u8) -> Option<u64> {
+        let mut value = 0u64;
+        for _ in 0..count {
+            value = (value << 1) | u64::from(self.read_bit()?);
+        }
+        Some(value)
+    }
+}
+
+/// (prefix bits, prefix length, payload bits) of the delta-of-delta widths.
+const DOD_WIDTHS: [(u64, u8, u8); 4] = [
+    (0b10, 2, 7),
+    (0b110, 3, 9),
+    (0b1110, 4, 12),
+    (0b11110, 5, 20),
+];
+
+/// An append-only compressed chunk.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkEncoder {
+    writer: BitWriter,
+    count: u16,
+    first_ms: i64,
+    last_ms: i64,
+    last_delta: i64,
+    last_value_bits: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl ChunkEncoder {
+    pub(crate) fn append(&mut self, timestamp_ms: i64, value: f64) {
+        let bits = value.to_bits();
+        match self.count {
+            0 => {
+                self.writer.write_bits(timestamp_ms as u64, 64);
+                self.writer.write_bits(bits, 64);
+                self.first_ms = timestamp_ms;
+                self.leading = u8::MAX;
+            }
+            _ => {
+                let delta = timestamp_ms - self.last_ms;
+                let delta_of_delta = delta - self.last_delta;
+                self.write_delta_of_delta(delta_of_delta);
+                self.write_value(bits);
+                self.last_delta = delta;
+            }
+        }
+        self.last_ms = timestamp_ms;
+        self.last_value_bits = bits;
+        self.count += 1;
+    }
+
+    fn write_delta_of_delta(&mut self, delta_of_delta: i64) {
+        if delta_of_delta == 0 {
+            self.writer.write_bit(false);
+            return;
+        }
+        for (prefix, prefix_length, payload) in DOD_WIDTHS {
+            let limit = 1i64 << (payload - 1);
+            if delta_of_delta >= -limit && delta_of_delta < limit {
+                self.writer.write_bits(prefix, prefix_length);
+                self.writer
+                    .write_bits(delta_of_delta as u64 & ((1u64 << payload) - 1), payload);
+                return;
+            }
+        }
+        self.writer.write_bits(0b11111, 5);
+        self.writer.write_bits(delta_of_delta as u64, 64);
+    }
+
+    fn write_value(&mut self, bits: u64) {
+        let xor = bits ^ self.last_value_bits;
+        if xor == 0 {
+            self.writer.write_bit(false);
+            return;
+        }
+        self.writer.write_bit(true);
+        let leading = (xor.leading_zeros() as u8).min(31);
+        let trailing = xor.trailing_zeros() as u8;
+        if self.leading != u8::MAX && leading >= self.leading && trailing >= self.trailing {
+            self.writer.write_bit(false);
+            let meaningful = 64 - self.leading - self.trailing;
+            self.writer.write_bits(xor >> self.trailing, meaningful);
+            return;
+        }
+        self.leading = leading;
+        self.trailing = trailing;
+        let meaningful = 64 - leading - trailing;
+        self.writer.write_bit(true);
+        self.writer.write_bits(u64::from(leading), 5);
+        // 64 meaningful bits are written as 0: a length of 0 never occurs
+        self.writer.write_bits(u64::from(meaningful % 64), 6);
+        self.writer.write_bits(xor >> trailing, meaningful);
+    }
+
+    pub(crate) fn count(&self) -> u16 {
+        self.count
+    }
+
+    pub(crate) fn first_ms(&self) -> i64 {
+        self.first_ms
+    }
+
+    pub(crate) fn last_ms(&self) -> i64 {
+        self.last_ms
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.writer.bytes
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.writer.bytes.capacity()
+    }
+}
+
+/// Decodes `count` samples from chunk bytes; `None` if the bytes are corrupt.
+pub(crate) fn decode(bytes: &[u8], count: u16) -> Option<Vec<(i64, f64)>> {
+    let mut reader = BitReader { bytes, position: 0 };
+    let mut samples = Vec::with_capacity(count as usize);
+    if count == 0 {
+        return Some(samples);
+    }
+    let mut timestamp_ms = reader.read_bits(64)? as i64;
+    let mut value_bits = reader.read_bits(64)?;
+    samples.push((timestamp_ms, f64::from_bits(value_bits)));
+    let (mut delta, mut leading, mut trailing) = (0i64, 0u8, 0u8);
+    for _ in 1..count {
+        let delta_of_delta = read_delta_of_delta(&mut reader)?;
+        delta += delta_of_delta;
+        timestamp_ms += delta;
+        if reader.read_bit()? {
+            if reader.read_bit()? {
+                leading = reader.read_bits(5)? as u8;
+                let mut meaningful = reader.read_bits(6)? as u8;
+                if meaningful == 0 {
+                    meaningful = 64;
+                }
+                trailing = 64u8.checked_sub(leading + meaningful)?;
+            }
+            let meaningful = 64 - leading - trailing;
+            let xor = reader.read_bits(meaningful)? << trailing;
+            value_bits ^= xor;
+        }
+        samples.push((timestamp_ms, f64::from_bits(value_bits)));
+    }
+    Some(samples)
+}
+
+fn read_delta_of_delta(reader: &mut BitReader<'_>) -> Option<i64> {
+    if !reader.read_bit()? {
+        return Some(0);
+    }
+    let mut prefix_ones = 1;
+    for (_, _, payload) in DOD_WIDTHS {
+        if !reader.read_bit()? {
+            let raw = reader.read_bits(payload)?;
+            let shift = 64 - u32::from(payload);
+            return Some(((raw << shift) as i64) >> shift);
+        }
+        prefix_ones += 1;
+        if prefix_ones == 5 {
+            break;
+        }
+    }
+    Some(reader.read_bits(64)? as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_timestamps_and_exact_value_bits() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let samples: Vec<(i64, f64)> = vec![
+            (-5, 1.0),
+            (15_000, 1.0),
+            (30_000, 2.5),
+            (45_001, -3.25),
+            (45_002, f64::INFINITY),
+            (1_000_000, stale),
+            (1_000_100, f64::NAN),
+            (9_000_000_000, 1e300),
+            (9_000_000_001, 0.1),
+            (9_000_060_001, 0.30000000000000004),
+        ];
+        let mut encoder = ChunkEncoder::default();
+        for (timestamp_ms, value) in &samples {
+            encoder.append(*timestamp_ms, *value);
+        }
+        let decoded = decode(encoder.bytes(), encoder.count()).unwrap();
+        assert_eq!(decoded.len(), samples.len());
+        for ((expected_ms, expected), (actual_ms, actual)) in samples.iter().zip(&decoded) {
+            assert_eq!(expected_ms, actual_ms);
+            assert_eq!(expected.to_bits(), actual.to_bits());
+        }
+    }
+
+    #[test]
+    fn regular_scrapes_compress_below_two_bytes_per_sample() {
+        let mut encoder = ChunkEncoder::default();
+        for index in 0..120i64 {
+            encoder.append(index * 15_000, (index * 3) as f64);
+        }
+        let bytes_per_sample = encoder.bytes().len() as f64 / 120.0;
+        assert!(bytes_per_sample < 2.0, "{bytes_per_sample}");
+    }
+}
