@@ -93,6 +93,9 @@ struct Pending {
 struct Indexable {
     position: u64,
     batch: Batch,
+    /// For logs, each record's JSON as written to the WAL: the log store
+    /// keeps it as the record's source instead of serializing it again.
+    sources: Vec<String>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -252,6 +255,31 @@ fn commit_stores(logs: &LogStore, spans: &SpanStore, position: u64) -> anyhow::R
 /// Largest number of batches the writer appends before one fsync.
 const MAX_BATCHES_PER_SYNC: usize = 256;
 
+/// A batch's WAL payload, byte for byte `serde_json::to_vec(batch)`, and
+/// for logs each record's JSON: the payload is `{"logs":[` those joined by
+/// commas `]}`, so each record is serialized once for both the WAL and the
+/// stored source.
+fn encode(batch: &Batch) -> serde_json::Result<(Vec<u8>, Vec<String>)> {
+    let Batch::Logs(records) = batch else {
+        return Ok((serde_json::to_vec(batch)?, Vec::new()));
+    };
+    let sources = records
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<serde_json::Result<Vec<String>>>()?;
+    let mut payload =
+        Vec::with_capacity(sources.iter().map(|source| source.len() + 1).sum::<usize>() + 12);
+    payload.extend_from_slice(b"{\"logs\":[");
+    for (index, source) in sources.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(source.as_bytes());
+    }
+    payload.extend_from_slice(b"]}");
+    Ok((payload, sources))
+}
+
 fn write_loop(
     mut wal: Wal,
     mut pending: mpsc::Receiver<Pending>,
@@ -269,8 +297,8 @@ fn write_loop(
         }
         let mut appended = Vec::with_capacity(group.len());
         for item in group.drain(..) {
-            let payload = match serde_json::to_vec(&item.batch) {
-                Ok(payload) => payload,
+            let (payload, sources) = match encode(&item.batch) {
+                Ok(encoded) => encoded,
                 Err(error) => {
                     let _ = item
                         .acknowledge
@@ -281,7 +309,7 @@ fn write_loop(
             match wal.append(&payload) {
                 Ok(position) => {
                     metrics.wal_appended_bytes(payload.len());
-                    appended.push((position, item));
+                    appended.push((position, item, sources));
                 }
                 Err(error) => {
                     tracing::error!(%error, "failed to append to the write-ahead log");
@@ -296,12 +324,12 @@ fn write_loop(
             // Not durable, so not acknowledged; the entries may still be
             // replayed after a restart, which at-least-once senders tolerate.
             tracing::error!(%error, "failed to fsync the write-ahead log");
-            for (_, item) in appended {
+            for (_, item, _) in appended {
                 let _ = item.acknowledge.send(Err(error.to_string()));
             }
             continue;
         }
-        for (position, item) in appended {
+        for (position, item, sources) in appended {
             let Pending {
                 batch,
                 permit,
@@ -315,6 +343,7 @@ fn write_loop(
                 .send(Indexable {
                     position,
                     batch,
+                    sources,
                     _permit: permit,
                 })
                 .is_err()
@@ -348,9 +377,14 @@ fn index_loop(
     loop {
         let wait = commit_interval.saturating_sub(last_commit.elapsed());
         let stopped = match indexable.recv_timeout(wait) {
-            Ok(item) => {
-                let result = match &item.batch {
-                    Batch::Logs(records) => logs.add(item.position, records),
+            Ok(mut item) => {
+                let sources = std::mem::take(&mut item.sources);
+                let result = match &mut item.batch {
+                    // The records move into the documents; the permit stays.
+                    Batch::Logs(records) => logs.add_encoded(
+                        item.position,
+                        std::mem::take(records).into_iter().zip(sources),
+                    ),
                     Batch::Spans(batch_spans) => spans.add(item.position, batch_spans),
                 };
                 if let Err(error) = result {
@@ -525,6 +559,31 @@ mod tests {
             segments, 1,
             "indexed segments are removed, the current one stays"
         );
+    }
+
+    #[test]
+    fn the_wal_payload_is_the_batch_serialized_and_sources_are_its_records() {
+        let mut odd = record("quotes \" and \\ and \u{1f600} and \n");
+        odd.attributes
+            .insert("http.status".into(), serde_json::json!(503));
+        odd.request_id = Some("req-1".into());
+        let records = vec![record("first"), odd, record("")];
+        let batch = Batch::Logs(records.clone());
+        let (payload, sources) = encode(&batch).unwrap();
+        assert_eq!(payload, serde_json::to_vec(&batch).unwrap());
+        assert_eq!(sources.len(), records.len());
+        for (source, record) in sources.iter().zip(&records) {
+            assert_eq!(source, &serde_json::to_string(record).unwrap());
+        }
+        let empty = Batch::Logs(Vec::new());
+        assert_eq!(
+            encode(&empty).unwrap().0,
+            serde_json::to_vec(&empty).unwrap()
+        );
+        let spans = Batch::Spans(vec![Span::default()]);
+        let (payload, sources) = encode(&spans).unwrap();
+        assert_eq!(payload, serde_json::to_vec(&spans).unwrap());
+        assert!(sources.is_empty());
     }
 
     #[tokio::test]

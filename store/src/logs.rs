@@ -402,13 +402,33 @@ impl LogStore {
     /// partition already committed past `position` are skipped, so a replay
     /// never indexes a record twice.
     pub fn add(&self, position: u64, records: &[LogRecord]) -> Result<()> {
+        self.add_encoded(
+            position,
+            records.iter().map(|record| {
+                // Serializing a struct of strings, numbers and JSON maps cannot fail.
+                let source = serde_json::to_string(record).unwrap_or_default();
+                (record.clone(), source)
+            }),
+        )
+    }
+
+    /// [`LogStore::add`] for a caller that owns the records and already has
+    /// each one's JSON, exactly `serde_json::to_string(&record)` (the WAL
+    /// writer has it): the records are moved into their documents and the
+    /// JSON is kept as the stored source, so nothing is copied or serialized
+    /// a second time on the ingest path.
+    pub fn add_encoded(
+        &self,
+        position: u64,
+        records: impl IntoIterator<Item = (LogRecord, String)>,
+    ) -> Result<()> {
         let mut by_day: BTreeMap<i64, Vec<TantivyDocument>> = BTreeMap::new();
-        for (index, record) in records.iter().enumerate() {
+        for (index, (record, source)) in records.into_iter().enumerate() {
             let seq = (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1));
             by_day
                 .entry(day_of(record.timestamp))
                 .or_default()
-                .push(self.to_document(record, seq));
+                .push(self.to_document(record, source, seq));
         }
         for (day, documents) in by_day {
             let partition = self.partition_for_write(day)?;
@@ -802,29 +822,44 @@ impl LogStore {
         ]))
     }
 
-    fn to_document(&self, record: &LogRecord, seq: u64) -> TantivyDocument {
+    /// The document of `record`, whose JSON is `source`.
+    fn to_document(&self, record: LogRecord, source: String, seq: u64) -> TantivyDocument {
         let f = &self.fields;
+        let stream = stream_key(&record);
+        let LogRecord {
+            timestamp,
+            severity_text,
+            severity_number,
+            body,
+            service,
+            resource,
+            attributes,
+            trace_id,
+            span_id,
+            request_id,
+            ..
+        } = record;
         let mut doc = TantivyDocument::default();
-        doc.add_i64(f.timestamp, record.timestamp);
+        doc.add_i64(f.timestamp, timestamp);
         doc.add_u64(f.seq, seq);
-        doc.add_text(f.severity, &record.severity_text);
-        doc.add_i64(f.severity_number, i64::from(record.severity_number));
-        doc.add_text(f.service, &record.service);
-        doc.add_text(f.body, &record.body);
-        doc.add_object(f.attributes, to_json_object(&record.attributes));
-        doc.add_object(f.resource, to_json_object(&record.resource));
+        doc.add_text(f.severity, &severity_text);
+        doc.add_i64(f.severity_number, i64::from(severity_number));
+        doc.add_text(f.service, &service);
+        doc.add_text(f.body, &body);
+        // Borrowed as JSON values: no copy into an intermediate map.
+        doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
+        doc.add_field_value(f.resource, &serde_json::Value::Object(resource));
         for (field, id) in [
-            (f.trace_id, &record.trace_id),
-            (f.span_id, &record.span_id),
-            (f.request_id, &record.request_id),
+            (f.trace_id, trace_id),
+            (f.span_id, span_id),
+            (f.request_id, request_id),
         ] {
             if let Some(id) = id {
                 doc.add_text(field, id);
             }
         }
-        doc.add_text(f.stream, stream_key(record));
-        // Serializing a struct of strings, numbers and JSON maps cannot fail.
-        doc.add_text(f.source, serde_json::to_string(record).unwrap_or_default());
+        doc.add_text(f.stream, stream);
+        doc.add_text(f.source, source);
         doc
     }
 
@@ -870,14 +905,6 @@ impl SortKey {
             seq: self.seq.first(doc)?,
         })
     }
-}
-
-pub(crate) fn to_json_object(
-    map: &serde_json::Map<String, serde_json::Value>,
-) -> BTreeMap<String, tantivy::schema::OwnedValue> {
-    map.iter()
-        .map(|(key, value)| (key.clone(), value.clone().into()))
-        .collect()
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
