@@ -5,19 +5,23 @@
 //!
 //! Two binaries, one library:
 //!
-//! - `shop-service --service <role>` runs one service of the shop. The role
+//! - `shop-service --service <role>` runs one service of the shop: gateway,
+//!   auth, order, inventory, payment or notification. The role
 //!   ([`service::ServiceRole`]) picks the routes; everything else (HTTP
-//!   server, request ids, trace propagation, telemetry, graceful shutdown) is
-//!   shared, so adding a service is one module and one enum variant.
+//!   server, request ids, trace propagation, telemetry, `/metrics`,
+//!   injected faults, health, graceful shutdown) is shared, so adding a
+//!   service is one module and one enum variant.
 //! - `sightline-demo` ([`launcher`]) is the product's front door: it starts
-//!   the collector, the agent and the shop services as child processes on
-//!   loopback, plays the container runtime for the services (their
-//!   stdout/stderr become kubelet-style CRI log files, see [`cri`]), drives a
-//!   little traffic ([`traffic`]) and shuts everything down on Ctrl-C.
+//!   the collector, the agent and the six shop services as child processes
+//!   on loopback, plays the container runtime for the services (their
+//!   stdout/stderr become kubelet-style CRI log files, see [`cri`]; a
+//!   crashed service is restarted into `1.log`), drives user journeys
+//!   ([`traffic`]) and shuts everything down on Ctrl-C.
 //!
 //! The instrumentation lives in [`telemetry`] (OTLP trace export and the JSON
 //! log lines, see [`json_log`]) and [`propagation`] (`X-Request-ID` and W3C
-//! `traceparent` across HTTP hops).
+//! `traceparent` across HTTP hops). Metrics are Prometheus text written by
+//! hand ([`service::metrics`]); faults are [`service::faults`].
 //!
 //! # What this crate must never do
 //!

@@ -373,3 +373,65 @@ async fn a_child_that_dies_is_reported_with_its_log_file() {
         "no service was started"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_only_runs_the_collector_and_the_agent_and_no_shop() {
+    let workspace = tempfile::tempdir().unwrap();
+    let bin = workspace.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    install(env!("CARGO_BIN_EXE_sightline-demo"), &bin, "sightline-demo");
+    install(env!("CARGO_BIN_EXE_shop-service"), &bin, "shop-service");
+    fake_platform_binary(&bin, "sightline-collector");
+    fake_platform_binary(&bin, "sightline-agent");
+    let data_dir = workspace.path().join("data");
+    let ui = health_endpoint().await;
+    let ports = Ports {
+        grpc: free_port(),
+        otlp_http: free_port(),
+        ui: ui.port(),
+        agent: health_endpoint().await.port(),
+        gateway: free_port(),
+        order: free_port(),
+    };
+    let mut child = launcher_command(&bin, &data_dir, &ports)
+        .args(["--platform-only", "--rate", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut launcher = Launcher {
+        child,
+        stdout: Arc::new(Mutex::new(Vec::new())),
+    };
+    let collected = Arc::clone(&launcher.stdout);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let ui_line = format!("Sightline UI: http://127.0.0.1:{}/", ui.port());
+    eventually("the UI line", || {
+        let lines = launcher.stdout.lock().unwrap();
+        lines.contains(&ui_line).then_some(())
+    })
+    .await;
+    assert!(bin.join("sightline-collector.args").is_file());
+    assert!(bin.join("sightline-agent.args").is_file());
+    let pods: Vec<_> = std::fs::read_dir(data_dir.join("pods")).unwrap().collect();
+    assert!(pods.is_empty(), "no shop service runs: {pods:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ports.gateway)).is_err(),
+        "no gateway"
+    );
+
+    let pid = rustix::process::Pid::from_child(&launcher.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let child = &mut launcher.child;
+    let status = eventually("the launcher to exit", || child.try_wait().unwrap()).await;
+    assert!(status.success(), "launcher exited with {status}");
+}

@@ -579,9 +579,70 @@ mod tests {
             ],
             [4317, 4318, 7070, 2020, 8000, 8002]
         );
+        let service_ports: Vec<u16> = ServiceRole::ALL
+            .iter()
+            .map(|role| args.port_of(*role))
+            .collect();
+        assert_eq!(service_ports, [8000, 8001, 8002, 8003, 8004, 8005]);
+        for role in ServiceRole::ALL {
+            assert_eq!(args.port_of(role), role.default_port(), "{}", role.name());
+        }
         assert_eq!(args.rate, 2.0);
         assert!(!args.no_build);
+        assert!(!args.platform_only);
+        assert!(args.faults.is_empty());
         args.validate().unwrap();
+    }
+
+    #[test]
+    fn fault_flags_name_a_service_and_a_valid_spec() {
+        let args = DemoArgs::parse_from([
+            "sightline-demo",
+            "--fault",
+            "payment:latency=800ms@0.3,errors=0.1",
+            "--fault",
+            "inventory:down",
+        ]);
+        args.validate().unwrap();
+        assert_eq!(
+            args.service_faults().unwrap(),
+            [
+                ServiceFault {
+                    role: ServiceRole::Payment,
+                    spec: "latency=800ms@0.3,errors=0.1".into()
+                },
+                ServiceFault {
+                    role: ServiceRole::Inventory,
+                    spec: "down".into()
+                },
+            ]
+        );
+        for (flag, message) in [
+            ("payment", "expected <service>:<spec>"),
+            ("billing:errors=0.1", "unknown service \"billing\""),
+            ("payment:errors=7", "error rate must be between 0 and 1"),
+        ] {
+            let args = DemoArgs::parse_from(["sightline-demo", "--fault", flag]);
+            let error = args.validate().unwrap_err().to_string();
+            assert!(error.contains(message), "{flag}: {error}");
+        }
+    }
+
+    #[test]
+    fn platform_only_ignores_the_service_ports() {
+        let args = DemoArgs::parse_from([
+            "sightline-demo",
+            "--platform-only",
+            "--payment-port",
+            "7070",
+        ]);
+        args.validate().unwrap();
+        let args = DemoArgs::parse_from(["sightline-demo", "--payment-port", "7070"]);
+        let message = args.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("--payment-port and --ui-port"),
+            "{message}"
+        );
     }
 
     #[test]
