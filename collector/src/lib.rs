@@ -97,6 +97,7 @@ pub async fn run(
 
     let retention = tokio::spawn(retention_loop(
         logs.clone(),
+        spans.clone(),
         config.retention,
         metrics.clone(),
         stop.clone(),
@@ -179,6 +180,7 @@ async fn render_metrics(
 
 async fn retention_loop(
     logs: Arc<LogStore>,
+    spans: Arc<SpanStore>,
     retention: Duration,
     metrics: Arc<CollectorMetrics>,
     mut stop: watch::Receiver<bool>,
@@ -191,8 +193,13 @@ async fn retention_loop(
         }
         let keep_from = ingest::now_nanos()
             .saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
-        let logs = logs.clone();
-        match tokio::task::spawn_blocking(move || logs.drop_partitions_before(keep_from)).await {
+        let (logs, spans) = (logs.clone(), spans.clone());
+        // Span deletions take effect at the indexer's next commit.
+        let dropped = tokio::task::spawn_blocking(move || {
+            spans.delete_before(keep_from)?;
+            logs.drop_partitions_before(keep_from)
+        });
+        match dropped.await {
             Ok(Ok(dropped)) if !dropped.is_empty() => {
                 tracing::info!(partitions = ?dropped, "retention dropped log partitions");
                 metrics.partitions_dropped(dropped.len() as u64);

@@ -247,11 +247,7 @@ pub(crate) async fn get_trace(
     State(state): State<QueryState>,
     Path(trace_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(format!(
-            "trace id {trace_id:?} is not 32 hex characters"
-        )));
-    }
+    check_trace_id(&trace_id)?;
     let lookup_id = trace_id.clone();
     let spans = tokio::task::spawn_blocking(move || state.spans.trace(&lookup_id)).await??;
     if spans.is_empty() {
@@ -260,7 +256,7 @@ pub(crate) async fn get_trace(
     Ok(Json(jaeger::traces_response(&[spans])).into_response())
 }
 
-fn parse_optional_time(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn parse_optional_time(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
     text.filter(|t| !t.is_empty())
         .map(|t| parse_time(name, t))
         .transpose()
@@ -314,10 +310,19 @@ fn parse_duration(name: &str, text: &str) -> Result<i64, ApiError> {
         })
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
             i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
         })
+}
+
+pub(crate) fn check_trace_id(trace_id: &str) -> Result<(), ApiError> {
+    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "trace id {trace_id:?} is not 32 hex characters"
+        )));
+    }
+    Ok(())
 }

@@ -9,8 +9,13 @@
 //! - `GET /api/logs/terms?field=&q=&start=&end=&size=`: top values of a field;
 //! - `GET /api/logs/context/{id}?before=&after=`: the record's neighbours in its stream;
 //! - `GET /api/logs/tail?q=`: live tail as Server-Sent Events;
-//! - `GET /api/traces/{trace_id}`: every span of a trace, in the shape the
-//!   Jaeger query API returns (404 when the trace is unknown);
+//! - the Jaeger query API: `GET /api/traces/{trace_id}` (404 when unknown),
+//!   `/api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`,
+//!   `/api/services`, `/api/services/{service}/operations`, `/api/operations`,
+//!   and the `/api/v3/...` endpoints answering OTLP JSON;
+//! - `GET /api/trace-search`: trace summaries on whole-trace properties;
+//! - `GET /api/requests/{id}`: one request's logs and spans on one timeline,
+//!   by request id or trace id, with the critical path and the bottleneck;
 //! - `GET /health`: liveness;
 //! - `GET /` and `/ui/*`: the UI, plain ES modules embedded in the binary.
 //!
@@ -22,6 +27,7 @@
 mod api;
 mod error;
 mod jaeger;
+mod traces;
 mod ui;
 
 use std::sync::Arc;
@@ -48,7 +54,20 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/logs/terms", get(api::terms))
         .route("/api/logs/context/{id}", get(api::context))
         .route("/api/logs/tail", get(api::tail))
+        .route("/api/traces", get(traces::jaeger_search))
         .route("/api/traces/{trace_id}", get(api::get_trace))
+        .route("/api/services", get(traces::services))
+        .route(
+            "/api/services/{service}/operations",
+            get(traces::service_operations),
+        )
+        .route("/api/operations", get(traces::operations))
+        .route("/api/trace-search", get(traces::search))
+        .route("/api/requests/{id}", get(traces::request_story))
+        .route("/api/v3/traces", get(traces::v3_search))
+        .route("/api/v3/traces/{trace_id}", get(traces::v3_trace))
+        .route("/api/v3/services", get(traces::v3_services))
+        .route("/api/v3/operations", get(traces::v3_operations))
         .merge(ui::routes())
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)

@@ -8,7 +8,8 @@
 //!   search: `body` tokenized, `attributes` and `resource` as JSON fields, the
 //!   correlation ids (`trace_id`, `span_id`, `request_id`) as raw terms.
 //! - [`SpanStore`]: spans in a tantivy index keyed by trace id, so every span of
-//!   a trace comes back from one term lookup.
+//!   a trace comes back from one term lookup, and a summary per trace
+//!   ([`TraceSummary`], recomputed when spans arrive late) for trace search.
 //! - the data model both share: [`LogRecord`], [`Span`].
 //!
 //! Nothing outside this crate knows a file layout or a tantivy schema; nothing
@@ -21,13 +22,15 @@ mod model;
 pub mod promql;
 mod query;
 mod spans;
+pub mod traces;
 pub mod tsdb;
 pub mod wal;
 
 pub use error::{Result, StoreError};
 pub use logs::{Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore};
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
-pub use spans::SpanStore;
+pub use spans::{SpanStore, TraceQuery};
+pub use traces::TraceSummary;
 
 /// Bytes on disk under `dir`, recursively.
 pub fn dir_size(dir: &std::path::Path) -> u64 {

@@ -1,23 +1,39 @@
-//! The span store: spans in a tantivy index, looked up by trace id.
+//! The span store: spans in a tantivy index looked up by trace id, and a
+//! second index of trace summaries for search on whole-trace properties.
+//!
+//! Both indexes commit with the WAL position they reached. Adding spans marks
+//! their traces dirty; [`SpanStore::commit`] commits the spans, recomputes the
+//! summary of every dirty trace from all of its stored spans (so late and
+//! out-of-order spans update it), and commits the summaries. A replay after a
+//! crash marks traces dirty again for every WAL entry the summaries had not
+//! committed, even when the spans themselves had been.
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-
 use tantivy::collector::TopDocs;
-use tantivy::query::TermQuery;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
 
 use crate::error::{Result, StoreError};
 use crate::model::Span;
+use crate::traces::{TraceSummary, operation_key, summarize};
 
-const WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
+const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+const SUMMARY_WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Upper bound on the spans one trace lookup returns.
 pub(crate) const MAX_SPANS_PER_TRACE: usize = 100_000;
+
+/// Largest number of traces one search returns.
+pub(crate) const MAX_TRACE_SEARCH_LIMIT: usize = 1_000;
 
 struct SpanFields {
     trace_id: Field,
@@ -25,6 +41,7 @@ struct SpanFields {
     operation: Field,
     start_time: Field,
     request_id: Field,
+    link_trace_id: Field,
     source: Field,
 }
 
@@ -36,21 +53,57 @@ fn span_schema() -> (Schema, SpanFields) {
         operation: builder.add_text_field("operation", STRING),
         start_time: builder.add_i64_field("start_time", INDEXED | FAST),
         request_id: builder.add_text_field("request_id", STRING),
+        link_trace_id: builder.add_text_field("link_trace_id", STRING),
         source: builder.add_text_field("source", STORED),
     };
     (builder.build(), fields)
 }
 
-/// Spans on disk, every span of a trace retrievable by its trace id.
-///
-/// Like [`crate::LogIndex`], writes are visible and durable after
-/// [`SpanStore::commit`], and every method blocks.
-pub struct SpanStore {
-    writer: Mutex<IndexWriter>,
-    reader: IndexReader,
-    fields: SpanFields,
-    /// WAL position the last commit reached (the commit payload).
-    committed_position: AtomicU64,
+struct SummaryFields {
+    trace_id: Field,
+    start_time: Field,
+    duration: Field,
+    service: Field,
+    operation: Field,
+    tag: Field,
+    error_count: Field,
+    request_id: Field,
+    source: Field,
+}
+
+fn summary_schema() -> (Schema, SummaryFields) {
+    let mut builder = Schema::builder();
+    let fields = SummaryFields {
+        trace_id: builder.add_text_field("trace_id", STRING),
+        start_time: builder.add_i64_field("start_time", INDEXED | FAST),
+        duration: builder.add_i64_field("duration", INDEXED | FAST),
+        service: builder.add_text_field("service", STRING),
+        operation: builder.add_text_field("operation", STRING),
+        tag: builder.add_text_field("tag", STRING),
+        error_count: builder.add_i64_field("error_count", INDEXED),
+        request_id: builder.add_text_field("request_id", STRING),
+        source: builder.add_text_field("source", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// A search on whole-trace properties. Every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Some span of the trace belongs to this service.
+    pub service: Option<String>,
+    /// Some span of `service` (or of any service) has this operation name.
+    pub operation: Option<String>,
+    /// Some span carries each of these attribute values.
+    pub tags: Vec<(String, String)>,
+    /// Whole-trace duration bounds, nanoseconds, inclusive.
+    pub min_duration: Option<i64>,
+    pub max_duration: Option<i64>,
+    pub errors_only: bool,
+    /// Trace start bounds, nanoseconds: `[start, end)`.
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub limit: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,10 +111,16 @@ struct CommitPayload {
     wal_position: u64,
 }
 
-impl SpanStore {
-    pub fn open(dir: &Path) -> Result<SpanStore> {
+/// One tantivy index with its writer and reader, committed with a WAL position.
+struct TantivyIndex {
+    writer: Mutex<IndexWriter>,
+    reader: IndexReader,
+    committed_position: AtomicU64,
+}
+
+impl TantivyIndex {
+    fn open(dir: &Path, schema: Schema, memory: usize) -> Result<TantivyIndex> {
         std::fs::create_dir_all(dir)?;
-        let (schema, fields) = span_schema();
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
         let committed_position = index
@@ -69,46 +128,30 @@ impl SpanStore {
             .payload
             .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
             .map_or(0, |payload| payload.wal_position);
-        let writer = index.writer(WRITER_MEMORY_BYTES)?;
+        let writer = index.writer(memory)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        Ok(SpanStore {
+        Ok(TantivyIndex {
             writer: Mutex::new(writer),
             reader,
-            fields,
             committed_position: AtomicU64::new(committed_position),
         })
     }
 
-    /// WAL position below which every span is committed: replay from here.
-    pub fn committed_position(&self) -> u64 {
+    fn writer(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn committed_position(&self) -> u64 {
         self.committed_position.load(Ordering::Acquire)
     }
 
-    /// Adds the spans of the WAL entry at `position`; skipped when a commit
-    /// already covers it, so a replay never stores a span twice.
-    pub fn add(&self, position: u64, spans: &[Span]) -> Result<()> {
-        if position < self.committed_position() {
-            return Ok(());
-        }
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for span in spans {
-            writer.add_document(self.to_document(span))?;
-        }
-        Ok(())
-    }
-
-    /// Makes every added span durable and visible, recording `position`.
-    pub fn commit(&self, position: u64) -> Result<()> {
-        let mut writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+    fn commit(&self, position: u64) -> Result<()> {
+        let mut writer = self.writer();
         let mut prepared = writer.prepare_commit()?;
         let payload = serde_json::to_string(&CommitPayload {
             wal_position: position,
@@ -116,8 +159,9 @@ impl SpanStore {
         .unwrap_or_default();
         prepared.set_payload(&payload);
         if let Err(error) = prepared.commit() {
-            drop(writer);
-            self.rollback();
+            if let Err(rollback_error) = writer.rollback() {
+                tracing::error!(%rollback_error, "failed to roll back after a failed commit");
+            }
             return Err(error.into());
         }
         drop(writer);
@@ -126,45 +170,131 @@ impl SpanStore {
         Ok(())
     }
 
-    /// Drops every span added since the last commit (after a failure); the
-    /// caller adds them again from the WAL.
-    pub fn rollback(&self) {
-        let mut writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Err(error) = writer.rollback() {
-            tracing::error!(%error, "failed to roll back the span store writer");
+    fn rollback(&self) {
+        if let Err(error) = self.writer().rollback() {
+            tracing::error!(%error, "failed to roll back an index writer");
         }
+    }
+}
+
+/// Spans and trace summaries on disk.
+///
+/// Like [`crate::LogStore`], writes are visible and durable after
+/// [`SpanStore::commit`], and every method blocks.
+pub struct SpanStore {
+    spans: TantivyIndex,
+    summaries: TantivyIndex,
+    fields: SpanFields,
+    summary_fields: SummaryFields,
+    /// Traces whose summary must be recomputed at the next commit.
+    dirty: Mutex<BTreeSet<String>>,
+}
+
+impl SpanStore {
+    /// Opens (or creates) the store in `dir`: spans in `dir/spans`, summaries
+    /// in `dir/summaries`.
+    pub fn open(dir: &Path) -> Result<SpanStore> {
+        let (schema, fields) = span_schema();
+        let (summary_schema, summary_fields) = summary_schema();
+        Ok(SpanStore {
+            spans: TantivyIndex::open(&dir.join("spans"), schema, WRITER_MEMORY_BYTES)?,
+            summaries: TantivyIndex::open(
+                &dir.join("summaries"),
+                summary_schema,
+                SUMMARY_WRITER_MEMORY_BYTES,
+            )?,
+            fields,
+            summary_fields,
+            dirty: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// WAL position below which every span and summary is committed.
+    pub fn committed_position(&self) -> u64 {
+        self.spans
+            .committed_position()
+            .min(self.summaries.committed_position())
+    }
+
+    /// Adds the spans of the WAL entry at `position`. Spans a commit already
+    /// covers are skipped, so a replay never stores a span twice; their traces
+    /// are still marked for a summary update if the summaries lag.
+    pub fn add(&self, position: u64, spans: &[Span]) -> Result<()> {
+        if position >= self.summaries.committed_position() {
+            let mut dirty = self
+                .dirty
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            dirty.extend(spans.iter().map(|span| span.trace_id.clone()));
+        }
+        if position < self.spans.committed_position() {
+            return Ok(());
+        }
+        let writer = self.spans.writer();
+        for span in spans {
+            writer.add_document(self.to_document(span))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the spans, then the summaries of every trace they touched,
+    /// recording `position`.
+    pub fn commit(&self, position: u64) -> Result<()> {
+        self.spans.commit(position)?;
+        let dirty: Vec<String> = {
+            let mut dirty = self
+                .dirty
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            std::mem::take(&mut *dirty).into_iter().collect()
+        };
+        let now = crate::logs::now_nanos();
+        let result = (|| {
+            let writer = self.summaries.writer();
+            for trace_id in &dirty {
+                let spans = self.trace(trace_id)?;
+                if spans.is_empty() {
+                    continue;
+                }
+                writer.delete_term(Term::from_field_text(
+                    self.summary_fields.trace_id,
+                    trace_id,
+                ));
+                writer.add_document(self.summary_document(&summarize(trace_id, &spans, now)))?;
+            }
+            drop(writer);
+            self.summaries.commit(position)
+        })();
+        if result.is_err() {
+            // Keep them for the next attempt.
+            self.dirty
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .extend(dirty);
+        }
+        result
+    }
+
+    /// Drops every span and summary added since the last commit (after a
+    /// failure); the caller adds them again from the WAL.
+    pub fn rollback(&self) {
+        self.spans.rollback();
+        self.summaries.rollback();
     }
 
     /// Number of committed spans.
     pub fn num_spans(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.spans.reader.searcher().num_docs()
     }
 
     /// Every committed span of the trace, ordered by start time. Empty when
     /// the trace is unknown.
     pub fn trace(&self, trace_id: &str) -> Result<Vec<Span>> {
-        let searcher = self.reader.searcher();
         let term = Term::from_field_text(self.fields.trace_id, &trace_id.to_ascii_lowercase());
-        let query = TermQuery::new(term, IndexRecordOption::Basic);
-        let hits = searcher.search(
-            &query,
-            &TopDocs::with_limit(MAX_SPANS_PER_TRACE).order_by_score(),
+        let mut spans = self.spans_matching(
+            Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            MAX_SPANS_PER_TRACE,
         )?;
-        let mut spans = hits
-            .into_iter()
-            .map(|(_score, address)| {
-                let doc: TantivyDocument = searcher.doc(address)?;
-                let source = doc
-                    .get_first(self.fields.source)
-                    .and_then(|value| value.as_str())
-                    .ok_or_else(|| StoreError::CorruptDocument("span without source".into()))?;
-                serde_json::from_str::<Span>(source)
-                    .map_err(|error| StoreError::CorruptDocument(error.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
         spans.sort_by(|a, b| {
             a.start_time
                 .cmp(&b.start_time)
@@ -173,18 +303,237 @@ impl SpanStore {
         Ok(spans)
     }
 
+    /// Trace ids of spans that carry `request_id`.
+    pub fn trace_ids_for_request(&self, request_id: &str) -> Result<Vec<String>> {
+        let term = Term::from_field_text(self.fields.request_id, request_id);
+        self.distinct_trace_ids(Box::new(TermQuery::new(term, IndexRecordOption::Basic)))
+    }
+
+    /// Trace ids of spans that link to `trace_id` (async work started by it).
+    pub fn traces_linking_to(&self, trace_id: &str) -> Result<Vec<String>> {
+        let term = Term::from_field_text(self.fields.link_trace_id, &trace_id.to_ascii_lowercase());
+        self.distinct_trace_ids(Box::new(TermQuery::new(term, IndexRecordOption::Basic)))
+    }
+
+    /// The summary of a trace, if any of its spans is stored.
+    pub fn summary(&self, trace_id: &str) -> Result<Option<TraceSummary>> {
+        let searcher = self.summaries.reader.searcher();
+        let term =
+            Term::from_field_text(self.summary_fields.trace_id, &trace_id.to_ascii_lowercase());
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let hits = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
+        hits.first()
+            .map(|(_, address)| self.load_summary(&searcher, *address))
+            .transpose()
+    }
+
+    /// Traces matching whole-trace conditions, newest first.
+    pub fn search_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
+        let f = &self.summary_fields;
+        let term = |field: Field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, text),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let range = |field: Field, lower: Option<i64>, upper: Bound<i64>| -> Box<dyn Query> {
+            let lower = lower.map_or(Bound::Unbounded, |v| {
+                Bound::Included(Term::from_field_i64(field, v))
+            });
+            let upper = match upper {
+                Bound::Included(v) => Bound::Included(Term::from_field_i64(field, v)),
+                Bound::Excluded(v) => Bound::Excluded(Term::from_field_i64(field, v)),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            Box::new(RangeQuery::new(lower, upper))
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if let Some(service) = &query.service {
+            clauses.push((Occur::Must, term(f.service, service)));
+        }
+        if let Some(operation) = &query.operation {
+            match &query.service {
+                Some(service) => clauses.push((
+                    Occur::Must,
+                    term(f.operation, &operation_key(service, operation)),
+                )),
+                None => {
+                    // Any service: match the operation name as a suffix of the key.
+                    let pattern = format!(".*/{}", regex_syntax::escape(operation));
+                    let regex = tantivy::query::RegexQuery::from_pattern(&pattern, f.operation)
+                        .map_err(|error| StoreError::InvalidQuery(error.to_string()))?;
+                    clauses.push((Occur::Must, Box::new(regex)));
+                }
+            }
+        }
+        for (key, value) in &query.tags {
+            clauses.push((Occur::Must, term(f.tag, &format!("{key}={value}"))));
+        }
+        if query.min_duration.is_some() || query.max_duration.is_some() {
+            let upper = query.max_duration.map_or(Bound::Unbounded, Bound::Included);
+            clauses.push((Occur::Must, range(f.duration, query.min_duration, upper)));
+        }
+        if query.errors_only {
+            clauses.push((Occur::Must, range(f.error_count, Some(1), Bound::Unbounded)));
+        }
+        if query.start.is_some() || query.end.is_some() {
+            let upper = query.end.map_or(Bound::Unbounded, Bound::Excluded);
+            clauses.push((Occur::Must, range(f.start_time, query.start, upper)));
+        }
+        let parsed: Box<dyn Query> = if clauses.is_empty() {
+            Box::new(AllQuery)
+        } else {
+            Box::new(BooleanQuery::new(clauses))
+        };
+        let searcher = self.summaries.reader.searcher();
+        let limit = query.limit.clamp(1, MAX_TRACE_SEARCH_LIMIT);
+        let top = TopDocs::with_limit(limit).order_by_fast_field::<i64>("start_time", Order::Desc);
+        searcher
+            .search(&parsed, &top)?
+            .into_iter()
+            .map(|(_, address)| self.load_summary(&searcher, address))
+            .collect()
+    }
+
+    /// Every service with stored spans, sorted.
+    pub fn services(&self) -> Result<Vec<String>> {
+        Ok(self.terms(self.fields.service, "")?.into_iter().collect())
+    }
+
+    /// Operation names of a service's spans, sorted.
+    pub fn operations(&self, service: &str) -> Result<Vec<String>> {
+        let prefix = operation_key(service, "");
+        Ok(self
+            .terms(self.fields.operation, &prefix)?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+            .collect())
+    }
+
+    /// Deletes spans and summaries of traces that started before `keep_from`
+    /// (nanoseconds). Takes effect at the next commit.
+    pub fn delete_before(&self, keep_from: i64) -> Result<()> {
+        let older = |field: Field| {
+            RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Excluded(Term::from_field_i64(field, keep_from)),
+            )
+        };
+        self.spans
+            .writer()
+            .delete_query(Box::new(older(self.fields.start_time)))?;
+        self.summaries
+            .writer()
+            .delete_query(Box::new(older(self.summary_fields.start_time)))?;
+        Ok(())
+    }
+
+    /// Distinct terms of a field starting with `prefix`, across segments.
+    fn terms(&self, field: Field, prefix: &str) -> Result<BTreeSet<String>> {
+        let searcher = self.spans.reader.searcher();
+        let mut terms = BTreeSet::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut stream = inverted
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()?;
+            while stream.advance() {
+                let Ok(term) = std::str::from_utf8(stream.key()) else {
+                    continue;
+                };
+                if !term.starts_with(prefix) {
+                    break;
+                }
+                terms.insert(term.to_string());
+            }
+        }
+        Ok(terms)
+    }
+
+    fn distinct_trace_ids(&self, query: Box<dyn Query>) -> Result<Vec<String>> {
+        let ids: BTreeSet<String> = self
+            .spans_matching(query, 10_000)?
+            .into_iter()
+            .map(|span| span.trace_id)
+            .collect();
+        Ok(ids.into_iter().collect())
+    }
+
+    fn spans_matching(&self, query: Box<dyn Query>, limit: usize) -> Result<Vec<Span>> {
+        let searcher = self.spans.reader.searcher();
+        let hits = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        hits.into_iter()
+            .map(|(_, address)| self.load_span(&searcher, address))
+            .collect()
+    }
+
+    fn load_span(&self, searcher: &Searcher, address: tantivy::DocAddress) -> Result<Span> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let source = doc
+            .get_first(self.fields.source)
+            .and_then(|value| value.as_str())
+            .ok_or_else(|| StoreError::CorruptDocument("span without source".into()))?;
+        serde_json::from_str(source).map_err(|error| StoreError::CorruptDocument(error.to_string()))
+    }
+
+    fn load_summary(
+        &self,
+        searcher: &Searcher,
+        address: tantivy::DocAddress,
+    ) -> Result<TraceSummary> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let source = doc
+            .get_first(self.summary_fields.source)
+            .and_then(|value| value.as_str())
+            .ok_or_else(|| StoreError::CorruptDocument("trace summary without source".into()))?;
+        serde_json::from_str(source).map_err(|error| StoreError::CorruptDocument(error.to_string()))
+    }
+
     fn to_document(&self, span: &Span) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.trace_id, &span.trace_id);
         doc.add_text(f.service, &span.service);
-        doc.add_text(f.operation, &span.name);
+        doc.add_text(f.operation, operation_key(&span.service, &span.name));
         doc.add_i64(f.start_time, span.start_time);
         if let Some(request_id) = &span.request_id {
             doc.add_text(f.request_id, request_id);
         }
-        let source = serde_json::to_string(span).unwrap_or_default();
-        doc.add_text(f.source, source);
+        for link in &span.links {
+            doc.add_text(f.link_trace_id, &link.trace_id);
+        }
+        doc.add_text(f.source, serde_json::to_string(span).unwrap_or_default());
+        doc
+    }
+
+    fn summary_document(&self, summary: &TraceSummary) -> TantivyDocument {
+        let f = &self.summary_fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.trace_id, &summary.trace_id);
+        doc.add_i64(f.start_time, summary.start_time);
+        doc.add_i64(f.duration, summary.duration);
+        doc.add_i64(f.error_count, summary.error_count as i64);
+        for service in &summary.services {
+            doc.add_text(f.service, service);
+        }
+        for operation in &summary.operations {
+            doc.add_text(f.operation, operation);
+        }
+        for tag in &summary.tags {
+            doc.add_text(f.tag, tag);
+        }
+        for request_id in &summary.request_ids {
+            doc.add_text(f.request_id, request_id);
+        }
+        // Search terms are indexed; the stored copy stays small.
+        let stored = TraceSummary {
+            operations: Vec::new(),
+            tags: Vec::new(),
+            ..summary.clone()
+        };
+        doc.add_text(f.source, serde_json::to_string(&stored).unwrap_or_default());
         doc
     }
 }
@@ -192,53 +541,319 @@ impl SpanStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SpanStatus;
 
-    fn span(trace_id: &str, span_id: &str, parent: Option<&str>, start_time: i64) -> Span {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    fn span(
+        trace_id: &str,
+        span_id: &str,
+        parent: Option<&str>,
+        service: &str,
+        start: i64,
+        end: i64,
+    ) -> Span {
         Span {
             trace_id: trace_id.into(),
             span_id: span_id.into(),
             parent_span_id: parent.map(str::to_string),
-            name: "GET /".into(),
-            service: "gateway".into(),
+            name: format!("op-{span_id}"),
+            service: service.into(),
             kind: "server".into(),
-            start_time,
-            end_time: start_time + 10,
+            start_time: start,
+            end_time: end,
             ..Span::default()
         }
+    }
+
+    fn open(dir: &Path) -> SpanStore {
+        SpanStore::open(dir).unwrap()
     }
 
     #[test]
     fn returns_every_span_of_a_trace_in_start_order_and_only_those() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SpanStore::open(dir.path()).unwrap();
-        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let store = open(dir.path());
         store
             .add(
                 0,
                 &[
-                    span(trace, "00f067aa0ba902b7", None, 100),
+                    span(TRACE, "00f067aa0ba902b7", None, "gateway", 100, 200),
                     span(
                         "ffffffffffffffffffffffffffffffff",
                         "1111111111111111",
                         None,
+                        "other",
                         50,
+                        60,
                     ),
-                    span(trace, "00f067aa0ba902b8", Some("00f067aa0ba902b7"), 110),
+                    span(
+                        TRACE,
+                        "00f067aa0ba902b8",
+                        Some("00f067aa0ba902b7"),
+                        "order",
+                        110,
+                        150,
+                    ),
                 ],
             )
             .unwrap();
         store.commit(1).unwrap();
-        let spans = store.trace(trace).unwrap();
+        let spans = store.trace(TRACE).unwrap();
         let ids: Vec<_> = spans.iter().map(|s| s.span_id.as_str()).collect();
         assert_eq!(ids, ["00f067aa0ba902b7", "00f067aa0ba902b8"]);
-        assert_eq!(spans[1].parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert!(
             store
                 .trace("00000000000000000000000000000000")
                 .unwrap()
                 .is_empty()
         );
-        // Upper-case ids from users still find the trace.
-        assert_eq!(store.trace(&trace.to_uppercase()).unwrap().len(), 2);
+        assert_eq!(
+            store.trace(&TRACE.to_uppercase()).unwrap().len(),
+            2,
+            "ids are case-insensitive"
+        );
+        assert_eq!(store.services().unwrap(), ["gateway", "order", "other"]);
+        assert_eq!(store.operations("order").unwrap(), ["op-00f067aa0ba902b8"]);
+    }
+
+    #[test]
+    fn late_and_out_of_order_spans_update_the_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // The child arrives first: the trace has no root yet.
+        store
+            .add(0, &[span(TRACE, "b", Some("a"), "order", 20, 50)])
+            .unwrap();
+        store.commit(1).unwrap();
+        let summary = store.summary(TRACE).unwrap().unwrap();
+        assert!(!summary.has_root);
+        assert_eq!((summary.orphan_count, summary.span_count), (1, 1));
+
+        // The root arrives late, then an error span later still.
+        store
+            .add(1, &[span(TRACE, "a", None, "gateway", 0, 100)])
+            .unwrap();
+        store.commit(2).unwrap();
+        let mut failing = span(TRACE, "c", Some("a"), "payment", 60, 400);
+        failing.status = SpanStatus::Error;
+        store.add(2, &[failing]).unwrap();
+        store.commit(3).unwrap();
+        let summary = store.summary(TRACE).unwrap().unwrap();
+        assert!(summary.has_root);
+        assert_eq!(
+            (
+                summary.orphan_count,
+                summary.span_count,
+                summary.error_count
+            ),
+            (0, 3, 1)
+        );
+        assert_eq!(
+            (summary.root_service.as_str(), summary.duration),
+            ("gateway", 400)
+        );
+        assert_eq!(
+            summary.critical_path,
+            ["a", "c", "b"],
+            "b ran before c, both on the path"
+        );
+        // One summary per trace, however often it was updated.
+        assert_eq!(
+            store
+                .search_traces(&TraceQuery {
+                    limit: 10,
+                    ..TraceQuery::default()
+                })
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn search_runs_on_whole_trace_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let slow = "11111111111111111111111111111111";
+        let fast = "22222222222222222222222222222222";
+        let mut failing = span(slow, "s2", Some("s1"), "payment", 100, 900);
+        failing.status = SpanStatus::Error;
+        failing
+            .attributes
+            .insert("http.status_code".into(), 502.into());
+        store
+            .add(
+                0,
+                &[
+                    span(slow, "s1", None, "gateway", 0, 1_000),
+                    failing,
+                    span(fast, "f1", None, "gateway", 2_000, 2_050),
+                ],
+            )
+            .unwrap();
+        store.commit(1).unwrap();
+        let ids = |query: TraceQuery| -> Vec<String> {
+            let query = TraceQuery { limit: 10, ..query };
+            store
+                .search_traces(&query)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.trace_id)
+                .collect()
+        };
+        assert_eq!(ids(TraceQuery::default()), [fast, slow], "newest first");
+        // Whole-trace duration, not single spans: payment's span alone is 800.
+        assert_eq!(
+            ids(TraceQuery {
+                min_duration: Some(950),
+                ..TraceQuery::default()
+            }),
+            [slow]
+        );
+        assert_eq!(
+            ids(TraceQuery {
+                max_duration: Some(100),
+                ..TraceQuery::default()
+            }),
+            [fast]
+        );
+        assert_eq!(
+            ids(TraceQuery {
+                errors_only: true,
+                ..TraceQuery::default()
+            }),
+            [slow]
+        );
+        assert_eq!(
+            ids(TraceQuery {
+                service: Some("payment".into()),
+                ..TraceQuery::default()
+            }),
+            [slow]
+        );
+        let by_operation = TraceQuery {
+            service: Some("gateway".into()),
+            operation: Some("op-f1".into()),
+            ..TraceQuery::default()
+        };
+        assert_eq!(ids(by_operation), [fast]);
+        assert_eq!(
+            ids(TraceQuery {
+                operation: Some("op-s2".into()),
+                ..TraceQuery::default()
+            }),
+            [slow]
+        );
+        let by_tag = TraceQuery {
+            tags: vec![("http.status_code".into(), "502".into())],
+            ..TraceQuery::default()
+        };
+        assert_eq!(ids(by_tag), [slow]);
+        assert_eq!(
+            ids(TraceQuery {
+                start: Some(1_500),
+                ..TraceQuery::default()
+            }),
+            [fast]
+        );
+    }
+
+    #[test]
+    fn a_trace_split_across_a_restart_is_whole_and_summaries_catch_up_on_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store
+                .add(0, &[span(TRACE, "a", None, "gateway", 0, 100)])
+                .unwrap();
+            store.commit(1).unwrap();
+            // Spans committed, then a crash before the summaries committed:
+            // simulate by committing only the span index.
+            store
+                .add(1, &[span(TRACE, "b", Some("a"), "order", 10, 300)])
+                .unwrap();
+            store.spans.commit(2).unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.committed_position(),
+            1,
+            "replay starts where the summaries stopped"
+        );
+        assert_eq!(store.summary(TRACE).unwrap().unwrap().span_count, 1);
+        // The WAL replay hands the entry again: spans skip it, the summary updates.
+        store
+            .add(1, &[span(TRACE, "b", Some("a"), "order", 10, 300)])
+            .unwrap();
+        store.commit(2).unwrap();
+        assert_eq!(store.trace(TRACE).unwrap().len(), 2, "no span stored twice");
+        let summary = store.summary(TRACE).unwrap().unwrap();
+        assert_eq!((summary.span_count, summary.duration), (2, 300));
+    }
+
+    #[test]
+    fn a_very_large_trace_is_returned_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut spans = vec![span(TRACE, "root", None, "gateway", 0, 1_000_000)];
+        for i in 0..10_000 {
+            spans.push(span(
+                TRACE,
+                &format!("s{i:05}"),
+                Some("root"),
+                "worker",
+                i,
+                i + 50,
+            ));
+        }
+        // Shuffled arrival: in chunks, last chunk first.
+        for (position, chunk) in spans.chunks(1_000).rev().enumerate() {
+            store.add(position as u64, chunk).unwrap();
+        }
+        store.commit(100).unwrap();
+        assert_eq!(store.trace(TRACE).unwrap().len(), 10_001);
+        let summary = store.summary(TRACE).unwrap().unwrap();
+        assert_eq!(
+            (summary.span_count, summary.orphan_count, summary.has_root),
+            (10_001, 0, true)
+        );
+    }
+
+    #[test]
+    fn links_and_request_ids_find_related_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let async_trace = "33333333333333333333333333333333";
+        let mut order = span(TRACE, "a", None, "order", 0, 10);
+        order.request_id = Some("req-9".into());
+        let mut notification = span(async_trace, "n", None, "notification", 20, 30);
+        notification.links.push(crate::model::SpanLink {
+            trace_id: TRACE.into(),
+            span_id: "a".into(),
+            ..Default::default()
+        });
+        store.add(0, &[order, notification]).unwrap();
+        store.commit(1).unwrap();
+        assert_eq!(store.trace_ids_for_request("req-9").unwrap(), [TRACE]);
+        assert_eq!(store.traces_linking_to(TRACE).unwrap(), [async_trace]);
+        assert_eq!(
+            store.summary(async_trace).unwrap().unwrap().linked_traces,
+            [TRACE]
+        );
+    }
+
+    #[test]
+    fn retention_deletes_old_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .add(0, &[span(TRACE, "a", None, "gateway", 100, 200)])
+            .unwrap();
+        store.commit(1).unwrap();
+        store.delete_before(150).unwrap();
+        store.commit(2).unwrap();
+        assert!(store.trace(TRACE).unwrap().is_empty());
+        assert!(store.summary(TRACE).unwrap().is_none());
     }
 }
