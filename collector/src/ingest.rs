@@ -14,6 +14,9 @@ use sightline_store::{LogRecord, Span};
 use crate::metrics::{CollectorMetrics, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
 
+/// Memory a decoded record takes, as a multiple of its JSON size.
+const DECODED_MEMORY_FACTOR: usize = 3;
+
 /// Per-record limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -77,21 +80,30 @@ impl Ingest {
         let now = now_nanos();
         let mut rejections = Vec::new();
         let mut accepted = Vec::with_capacity(records.len());
+        let mut accepted_bytes = 0;
         for (index, record) in records.into_iter().enumerate() {
             match self.check_log(&record, now) {
-                Ok(()) => accepted.push(record),
+                Ok(size) => {
+                    accepted_bytes += size;
+                    accepted.push(record);
+                }
                 Err((reason_kind, reason)) => {
                     self.metrics.rejected(reason_kind, 1);
                     rejections.push(Rejection { index, reason });
                 }
             }
         }
-        self.store(Batch::Logs(accepted), size_bytes).await?;
+        // Decoded records take several times their JSON size in memory (maps,
+        // per-record copies of the resource, the encoded WAL payload): charge
+        // that, not the compact wire size, against the memory budget.
+        let charged = size_bytes.max(accepted_bytes.saturating_mul(DECODED_MEMORY_FACTOR));
+        self.store(Batch::Logs(accepted), charged).await?;
         Ok(rejections)
     }
 
     pub async fn spans(&self, spans: Vec<Span>, size_bytes: usize) -> Result<(), IngestError> {
-        self.store(Batch::Spans(spans), size_bytes).await
+        let charged = size_bytes.saturating_mul(DECODED_MEMORY_FACTOR + 1);
+        self.store(Batch::Spans(spans), charged).await
     }
 
     /// Records a rejection found while decoding (before [`Ingest::logs`]).
@@ -107,7 +119,8 @@ impl Ingest {
         result
     }
 
-    fn check_log(&self, record: &LogRecord, now: i64) -> Result<(), (RejectReason, String)> {
+    /// Checks one record; returns its approximate JSON size when it passes.
+    fn check_log(&self, record: &LogRecord, now: i64) -> Result<usize, (RejectReason, String)> {
         let oldest = now.saturating_sub(nanos(self.limits.retention));
         let newest = now.saturating_add(nanos(self.limits.max_future));
         if record.timestamp < oldest || record.timestamp > newest {
@@ -131,7 +144,7 @@ impl Ingest {
                 ),
             ));
         }
-        Ok(())
+        Ok(size)
     }
 }
 

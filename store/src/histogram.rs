@@ -22,8 +22,11 @@ pub(crate) struct HistogramSegmentCollector {
     first_bucket: i64,
     timestamp: Column<i64>,
     severity: Option<StrColumn>,
-    /// Counts per bucket per severity term ordinal (`u64::MAX` for none).
-    counts: Vec<BTreeMap<u64, u64>>,
+    /// Counts per bucket, one slot per severity term ordinal and a last
+    /// slot for records without severity; a flat array, as this runs per
+    /// matching document.
+    counts: Vec<u64>,
+    slots: usize,
 }
 
 impl Collector for HistogramCollector {
@@ -36,12 +39,15 @@ impl Collector for HistogramCollector {
         segment: &SegmentReader,
     ) -> tantivy::Result<Self::Child> {
         let fast = segment.fast_fields();
+        let severity = fast.str("severity")?;
+        let slots = severity.as_ref().map_or(0, |column| column.num_terms()) + 1;
         Ok(HistogramSegmentCollector {
             interval: self.interval,
             first_bucket: self.first_bucket,
             timestamp: fast.i64("timestamp")?,
-            severity: fast.str("severity")?,
-            counts: vec![BTreeMap::new(); self.bucket_count],
+            severity,
+            counts: vec![0; self.bucket_count * slots],
+            slots,
         })
     }
 
@@ -70,40 +76,42 @@ impl SegmentCollector for HistogramSegmentCollector {
             return;
         };
         let bucket = timestamp.div_euclid(self.interval) - self.first_bucket;
-        let Some(counts) = usize::try_from(bucket)
+        let Some(bucket) = usize::try_from(bucket)
             .ok()
-            .and_then(|b| self.counts.get_mut(b))
+            .filter(|b| b * self.slots < self.counts.len())
         else {
             return;
         };
-        let ordinal = self
+        let slot = self
             .severity
             .as_ref()
             .and_then(|column| column.term_ords(doc).next())
-            .unwrap_or(u64::MAX);
-        *counts.entry(ordinal).or_default() += 1;
+            .map_or(self.slots - 1, |ordinal| ordinal as usize);
+        self.counts[bucket * self.slots + slot.min(self.slots - 1)] += 1;
     }
 
     fn harvest(self) -> BucketCounts {
+        let mut names = Vec::with_capacity(self.slots);
         let mut text = String::new();
+        for ordinal in 0..self.slots as u64 - 1 {
+            text.clear();
+            let known = self
+                .severity
+                .as_ref()
+                .is_some_and(|c| c.ord_to_str(ordinal, &mut text).unwrap_or(false));
+            names.push(if known { text.clone() } else { String::new() });
+        }
+        names.push(String::new());
         self.counts
-            .into_iter()
-            .map(|by_ordinal| {
-                by_ordinal
-                    .into_iter()
-                    .map(|(ordinal, count)| {
-                        text.clear();
-                        let known = ordinal != u64::MAX
-                            && self
-                                .severity
-                                .as_ref()
-                                .is_some_and(|c| c.ord_to_str(ordinal, &mut text).unwrap_or(false));
-                        (if known { text.clone() } else { String::new() }, count)
-                    })
-                    .fold(BTreeMap::new(), |mut merged, (severity, count)| {
-                        *merged.entry(severity).or_default() += count;
-                        merged
-                    })
+            .chunks(self.slots)
+            .map(|slots| {
+                let mut by_severity = BTreeMap::new();
+                for (name, count) in names.iter().zip(slots) {
+                    if *count > 0 {
+                        *by_severity.entry(name.clone()).or_default() += count;
+                    }
+                }
+                by_severity
             })
             .collect()
     }
