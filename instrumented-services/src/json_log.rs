@@ -5,7 +5,7 @@
 //!
 //! ```json
 //! {"timestamp":"2026-11-21T05:48:48.123456789Z","level":"INFO","message":"order created",
-//!  "service":"order","target":"sightline_demo::service::order",
+//!  "service":"order","version":"0.1.0","target":"sightline_demo::service::order",
 //!  "request_id":"3f2a…","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7",
 //!  "order_id":"ord-1a2b3c4d5e6f","user_id":"u1"}
 //! ```
@@ -13,7 +13,8 @@
 //! - `timestamp`: RFC 3339, UTC, nanoseconds; `level`: `TRACE` to `ERROR`;
 //!   `message`: the event's message (when it has none: its `name` field,
 //!   else empty);
-//!   `service`: the service name; `target`: the module that logged.
+//!   `service`: the service name; `version`: its version (this crate's);
+//!   `target`: the module that logged.
 //! - `request_id`: the nearest `request_id` field of the event's span or its
 //!   ancestors (or of the event itself); absent outside requests.
 //! - `trace_id` (32 hex) and `span_id` (16 hex): the OpenTelemetry span
@@ -37,14 +38,17 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::telemetry::SERVICE_VERSION;
+
 /// The span (or event) field whose value becomes the line's `request_id`.
 pub const REQUEST_ID_FIELD: &str = "request_id";
 
 /// Keys the layer writes itself; event fields cannot overwrite them.
-const RESERVED_KEYS: [&str; 6] = [
+const RESERVED_KEYS: [&str; 7] = [
     "timestamp",
     "level",
     "service",
+    "version",
     "target",
     "trace_id",
     "span_id",
@@ -146,6 +150,7 @@ where
             .unwrap_or_else(|| fields.fallback_message());
         line.push("message", Value::String(message));
         line.push("service", Value::String(self.service.clone()));
+        line.push("version", Value::String(SERVICE_VERSION.to_owned()));
         line.push("target", Value::String(metadata.target().to_owned()));
         if let Some(request_id) = fields.request_id.or(span_request_id) {
             line.push(REQUEST_ID_FIELD, Value::String(request_id));
@@ -359,6 +364,7 @@ mod tests {
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["message"], "order created");
         assert_eq!(line["service"], "order");
+        assert_eq!(line["version"], SERVICE_VERSION);
         assert_eq!(line["request_id"], "req-1");
         assert_eq!(line["trace_id"], trace_id.as_str());
         assert_eq!(line["span_id"], span_id.as_str());

@@ -2,5 +2,6 @@
 
 mod browser;
 mod durability;
+mod otel_clients;
 mod request_flow;
 mod shop;

@@ -1,0 +1,118 @@
+//! Traces from two independent real OpenTelemetry SDKs reach the collector
+//! over both OTLP transports: the Python SDK (`opentelemetry-sdk` with the
+//! gRPC and HTTP exporters, installed by `scripts/test`) and the Rust
+//! `opentelemetry-otlp` exporter over HTTP (the demo services already export
+//! with it over gRPC).
+
+use std::process::Command;
+use std::time::Duration;
+
+use opentelemetry::trace::{Span as _, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{KeyValue, global};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::Value;
+use sightline_tests::{CollectorProcess, poll_until, unique_request_id};
+
+const PYTHON_CLIENT: &str = r#"
+import sys
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+transport, endpoint, request_id = sys.argv[1], sys.argv[2], sys.argv[3]
+if transport == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint)
+provider = TracerProvider(resource=Resource.create({"service.name": "python-" + transport}))
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+tracer = provider.get_tracer("sightline-e2e")
+with tracer.start_as_current_span("checkout", attributes={"request_id": request_id}) as parent:
+    with tracer.start_as_current_span("charge card", attributes={"amount": 12.5}):
+        pass
+    print(format(parent.get_span_context().trace_id, "032x"))
+provider.shutdown()
+"#;
+
+async fn trace_of_request(collector: &CollectorProcess, request_id: &str, spans: usize) -> Value {
+    let http = reqwest::Client::new();
+    let url = collector.url(&format!("/api/requests/{request_id}"));
+    poll_until(&format!("{spans} spans of request {request_id}"), Duration::from_secs(60), || async {
+        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        let story: Value = response.json().await.map_err(|e| e.to_string())?;
+        match story["span_count"].as_u64() {
+            Some(count) if count as usize >= spans => Ok(Some(story)),
+            other => Err(format!("spans so far: {other:?}")),
+        }
+    })
+    .await
+}
+
+/// The parent/child link and the service name arrived intact.
+fn assert_parent_child(story: &Value, service: &str, parent: &str, child: &str) {
+    let spans: Vec<&Value> = story["timeline"].as_array().unwrap().iter().filter(|e| e["type"] == "span").collect();
+    let find = |name: &str| *spans.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("span {name} in {story}"));
+    let (parent_span, child_span) = (find(parent), find(child));
+    assert_eq!(child_span["parent_span_id"], parent_span["span_id"], "{story}");
+    assert_eq!(parent_span["service"], service);
+    assert_eq!(parent_span["trace_id"], child_span["trace_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_grpc_and_http() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
+    for (transport, endpoint) in [
+        ("grpc", format!("http://127.0.0.1:{}", collector.grpc_port)),
+        ("http", format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port)),
+    ] {
+        let request_id = unique_request_id(&format!("py-{transport}"));
+        let output = Command::new("python3")
+            .args(["-c", PYTHON_CLIENT, transport, &endpoint, &request_id])
+            .output()
+            .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
+        assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
+        let trace_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let story = trace_of_request(&collector, &request_id, 2).await;
+        assert_eq!(story["trace_ids"], serde_json::json!([trace_id]), "{transport}");
+        assert_parent_child(&story, &format!("python-{transport}"), "checkout", "charge card");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_otlp_exporter_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port))
+        .with_timeout(Duration::from_secs(10))
+        .with_headers(Default::default())
+        .build()
+        .expect("build the OTLP/HTTP exporter");
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name("rust-http").build())
+        .build();
+    let request_id = unique_request_id("rust-http");
+    let tracer = provider.tracer("sightline-e2e");
+    // The simple exporter blocks; keep it off the test's async workers.
+    let span_request_id = request_id.clone();
+    tokio::task::spawn_blocking(move || {
+        tracer.in_span("checkout", |context| {
+            context.span().set_attribute(KeyValue::new("request_id", span_request_id));
+            let mut child = tracer.start("charge card");
+            child.end();
+        });
+        provider.shutdown().expect("flush spans");
+    })
+    .await
+    .unwrap();
+    let _ = global::tracer_provider();
+    let story = trace_of_request(&collector, &request_id, 2).await;
+    assert_parent_child(&story, "rust-http", "checkout", "charge card");
+}
