@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -41,23 +41,40 @@ provider.shutdown()
 async fn trace_of_request(collector: &CollectorProcess, request_id: &str, spans: usize) -> Value {
     let http = reqwest::Client::new();
     let url = collector.url(&format!("/api/requests/{request_id}"));
-    poll_until(&format!("{spans} spans of request {request_id}"), Duration::from_secs(60), || async {
-        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-        let story: Value = response.json().await.map_err(|e| e.to_string())?;
-        match story["span_count"].as_u64() {
-            Some(count) if count as usize >= spans => Ok(Some(story)),
-            other => Err(format!("spans so far: {other:?}")),
-        }
-    })
+    poll_until(
+        &format!("{spans} spans of request {request_id}"),
+        Duration::from_secs(60),
+        || async {
+            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let story: Value = response.json().await.map_err(|e| e.to_string())?;
+            match story["span_count"].as_u64() {
+                Some(count) if count as usize >= spans => Ok(Some(story)),
+                other => Err(format!("spans so far: {other:?}")),
+            }
+        },
+    )
     .await
 }
 
 /// The parent/child link and the service name arrived intact.
 fn assert_parent_child(story: &Value, service: &str, parent: &str, child: &str) {
-    let spans: Vec<&Value> = story["timeline"].as_array().unwrap().iter().filter(|e| e["type"] == "span").collect();
-    let find = |name: &str| *spans.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("span {name} in {story}"));
+    let spans: Vec<&Value> = story["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "span")
+        .collect();
+    let find = |name: &str| {
+        *spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("span {name} in {story}"))
+    };
     let (parent_span, child_span) = (find(parent), find(child));
-    assert_eq!(child_span["parent_span_id"], parent_span["span_id"], "{story}");
+    assert_eq!(
+        child_span["parent_span_id"], parent_span["span_id"],
+        "{story}"
+    );
     assert_eq!(parent_span["service"], service);
     assert_eq!(parent_span["trace_id"], child_span["trace_id"]);
 }
@@ -68,18 +85,34 @@ async fn python_sdk_over_grpc_and_http() {
     let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
     for (transport, endpoint) in [
         ("grpc", format!("http://127.0.0.1:{}", collector.grpc_port)),
-        ("http", format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port)),
+        (
+            "http",
+            format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port),
+        ),
     ] {
         let request_id = unique_request_id(&format!("py-{transport}"));
         let output = Command::new("python3")
             .args(["-c", PYTHON_CLIENT, transport, &endpoint, &request_id])
             .output()
             .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
-        assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "python client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let trace_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
         let story = trace_of_request(&collector, &request_id, 2).await;
-        assert_eq!(story["trace_ids"], serde_json::json!([trace_id]), "{transport}");
-        assert_parent_child(&story, &format!("python-{transport}"), "checkout", "charge card");
+        assert_eq!(
+            story["trace_ids"],
+            serde_json::json!([trace_id]),
+            "{transport}"
+        );
+        assert_parent_child(
+            &story,
+            &format!("python-{transport}"),
+            "checkout",
+            "charge card",
+        );
     }
 }
 
@@ -89,7 +122,10 @@ async fn rust_otlp_exporter_over_http() {
     let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_endpoint(format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port))
+        .with_endpoint(format!(
+            "http://127.0.0.1:{}/v1/traces",
+            collector.otlp_http_port
+        ))
         .with_timeout(Duration::from_secs(10))
         .with_headers(Default::default())
         .build()
@@ -104,7 +140,9 @@ async fn rust_otlp_exporter_over_http() {
     let span_request_id = request_id.clone();
     tokio::task::spawn_blocking(move || {
         tracer.in_span("checkout", |context| {
-            context.span().set_attribute(KeyValue::new("request_id", span_request_id));
+            context
+                .span()
+                .set_attribute(KeyValue::new("request_id", span_request_id));
             let mut child = tracer.start("charge card");
             child.end();
         });
@@ -112,7 +150,6 @@ async fn rust_otlp_exporter_over_http() {
     })
     .await
     .unwrap();
-    let _ = global::tracer_provider();
     let story = trace_of_request(&collector, &request_id, 2).await;
     assert_parent_child(&story, "rust-http", "checkout", "charge card");
 }
