@@ -130,6 +130,16 @@ async fn one_order_journey_is_one_trace_across_six_services_found_by_request_id(
             "{service} logs the order id {order_id}: {order_services:?}"
         );
     }
+    let email = records
+        .iter()
+        .find(|r| {
+            r["body"] == "order confirmation email sent"
+                || r["attributes"]["message"] == "order confirmation email sent"
+        })
+        .expect("the email's log record");
+    assert_eq!(email["service"], "notification");
+    assert_eq!(email["attributes"]["user_id"], "u-e2e", "{email:#}");
+    assert_eq!(email["attributes"]["amount"], 49.8, "{email:#}");
 
     // The trace: every service, at least eight spans, and the delivery a
     // root span linked (FOLLOWS_FROM) to the order's publish span.
