@@ -154,29 +154,32 @@ impl Wal {
 
     /// Buffers one record; written by [`flush`](Self::flush).
     pub(crate) fn add(&mut self, record: &WalRecord) {
-        let mut payload = Vec::with_capacity(32);
+        // header placeholder, filled once the payload is in the buffer
+        let header_at = self.buffer.len();
+        self.buffer.extend_from_slice(&[0; 8]);
+        let payload_at = self.buffer.len();
         match record {
             WalRecord::Series { id, labels } => {
-                payload.push(1);
-                payload.extend_from_slice(&id.to_le_bytes());
-                encode_labels(&mut payload, labels);
+                self.buffer.push(1);
+                self.buffer.extend_from_slice(&id.to_le_bytes());
+                encode_labels(&mut self.buffer, labels);
             }
             WalRecord::Sample {
                 id,
                 timestamp_ms,
                 value,
             } => {
-                payload.push(2);
-                payload.extend_from_slice(&id.to_le_bytes());
-                payload.extend_from_slice(&timestamp_ms.to_le_bytes());
-                payload.extend_from_slice(&value.to_bits().to_le_bytes());
+                self.buffer.push(2);
+                self.buffer.extend_from_slice(&id.to_le_bytes());
+                self.buffer.extend_from_slice(&timestamp_ms.to_le_bytes());
+                self.buffer
+                    .extend_from_slice(&value.to_bits().to_le_bytes());
             }
         }
-        self.buffer
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.buffer
-            .extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        self.buffer.extend_from_slice(&payload);
+        let length = (self.buffer.len() - payload_at) as u32;
+        let checksum = crc32fast::hash(&self.buffer[payload_at..]);
+        self.buffer[header_at..header_at + 4].copy_from_slice(&length.to_le_bytes());
+        self.buffer[header_at + 4..header_at + 8].copy_from_slice(&checksum.to_le_bytes());
     }
 
     /// Writes buffered records, fsyncing when `sync`.
