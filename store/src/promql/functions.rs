@@ -194,7 +194,8 @@ pub(super) fn call(
         "predict_linear" => {
             let seconds = evaluator.eval_scalar(arg(1)?, time_ms)?;
             let range = evaluator.eval_range_arg(arg(0)?, time_ms)?;
-            let reference_ms = range.end_ms;
+            // Prometheus regresses around the evaluation time, even under `@`
+            let reference_ms = time_ms;
             over_time(range, time_ms, true, |points, _| {
                 if points.len() < 2 {
                     return None;
@@ -383,13 +384,21 @@ fn absent_labels(matchers: &[promql_parser::label::Matcher], time_ms: i64) -> Va
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut repeated: Vec<String> = Vec::new();
     for matcher in matchers {
-        if matcher.name == METRIC_NAME || !matches!(matcher.op, MatchOp::Equal) {
+        if matcher.name == METRIC_NAME {
             continue;
         }
-        if pairs.iter().any(|(name, _)| *name == matcher.name) {
+        // a label constrained twice is left out, whatever the second matcher
+        if matchers
+            .iter()
+            .filter(|other| other.name == matcher.name)
+            .count()
+            > 1
+        {
             repeated.push(matcher.name.clone());
         }
-        pairs.push((matcher.name.clone(), matcher.value.clone()));
+        if matches!(matcher.op, MatchOp::Equal) {
+            pairs.push((matcher.name.clone(), matcher.value.clone()));
+        }
     }
     pairs.retain(|(name, _)| !repeated.contains(name));
     Value::Vector(vec![Sample {
