@@ -13,6 +13,7 @@ use sightline_store::{LogRecord, Span};
 
 use crate::metrics::{CollectorMetrics, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
+use crate::spanmetrics::SpanMetrics;
 
 /// Memory a decoded record takes, as a multiple of its JSON size.
 const DECODED_MEMORY_FACTOR: usize = 3;
@@ -51,6 +52,7 @@ pub struct Ingest {
     pipeline: Pipeline,
     limits: Arc<Limits>,
     metrics: Arc<CollectorMetrics>,
+    span_metrics: Arc<SpanMetrics>,
 }
 
 impl Ingest {
@@ -59,11 +61,17 @@ impl Ingest {
             pipeline,
             limits: Arc::new(limits),
             metrics,
+            span_metrics: Arc::default(),
         }
     }
 
     pub fn metrics(&self) -> &Arc<CollectorMetrics> {
         &self.metrics
+    }
+
+    /// RED metrics and service-graph edges derived from ingested spans.
+    pub fn span_metrics(&self) -> &Arc<SpanMetrics> {
+        &self.span_metrics
     }
 
     pub fn pipeline(&self) -> &Pipeline {
@@ -103,6 +111,10 @@ impl Ingest {
 
     pub async fn spans(&self, spans: Vec<Span>, size_bytes: usize) -> Result<(), IngestError> {
         let charged = size_bytes.saturating_mul(DECODED_MEMORY_FACTOR + 1);
+        // Counted before the WAL so the batch need not be cloned (a few
+        // microseconds per span); a refused batch is counted again when the
+        // sender retries, which rate-based RED queries tolerate.
+        self.span_metrics.observe(&spans);
         self.store(Batch::Spans(spans), charged).await
     }
 

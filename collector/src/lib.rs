@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod otlp_http;
 pub mod pipeline;
+pub mod spanmetrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,7 +126,9 @@ pub async fn run(
         .route("/elastic/", elastic::root_route())
         .route(
             "/metrics",
-            get(move || render_metrics(metrics_state.clone())),
+            get(move |headers: axum::http::HeaderMap| {
+                render_metrics(metrics_state.clone(), headers)
+            }),
         );
     drop(ingest);
     let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
@@ -158,8 +161,10 @@ struct MetricsState {
 
 async fn render_metrics(
     state: MetricsState,
+    headers: axum::http::HeaderMap,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let budget = state.ingest.pipeline().budget_in_use() as u64;
+    let span_metrics = state.ingest.span_metrics().clone();
     let disk = tokio::task::spawn_blocking(move || DiskUsage {
         wal_bytes: sightline_store::wal::disk_bytes(&state.data_dir.join("wal")).unwrap_or(0),
         log_index_bytes: state.logs.disk_bytes(),
@@ -169,13 +174,29 @@ async fn render_metrics(
     })
     .await
     .unwrap_or_default();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(disk),
-    )
+    // Exemplars (trace ids on latency buckets) need OpenMetrics.
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let text = state.metrics.render(disk) + &span_metrics.render(openmetrics);
+    if openmetrics {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            spanmetrics::to_openmetrics(&text),
+        )
+    } else {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+    }
 }
 
 async fn retention_loop(

@@ -131,22 +131,39 @@ async fn one_request_is_found_by_request_id_and_trace_id() {
         );
     }
 
-    // The collector's own metrics count what it took in.
-    let metrics = stack
-        .http
-        .get(stack.ui_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The collector's own metrics count what it took in, and the spans gave
+    // RED metrics and the gateway -> order edge of the service graph.
+    let metrics_url = stack.ui_url("/metrics");
+    let metrics =
+        sightline_tests::poll_until("span-derived metrics", Duration::from_secs(30), || async {
+            let text = stack
+                .http
+                .get(&metrics_url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if text
+                .contains("traces_service_graph_request_total{client=\"gateway\",server=\"order\"}")
+            {
+                Ok(Some(text))
+            } else {
+                Err("no gateway -> order edge yet".into())
+            }
+        })
+        .await;
     assert!(
         metrics.contains("sightline_collector_ingested_total{signal=\"logs\"}"),
         "{metrics}"
     );
     assert!(
         metrics.contains("sightline_collector_disk_bytes{store=\"logs\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("traces_spanmetrics_calls_total{service=\"order\""),
         "{metrics}"
     );
 
