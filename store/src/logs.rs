@@ -152,6 +152,16 @@ fn log_schema() -> (Schema, LogFields) {
         // Fast columns for parsed fields make numeric ranges on them work
         // (`http.status:[500 TO 599]`).
         .set_fast("raw");
+    // Resource values are identifiers (pod, namespace, container, host):
+    // matched whole, as Loki matches labels, with no positions or fast
+    // columns, which would cost disk for every record of a stream.
+    let resource_options = JsonObjectOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic),
+        )
+        .set_expand_dots_enabled();
     let fields = LogFields {
         timestamp: builder.add_i64_field("timestamp", INDEXED | FAST),
         seq: builder.add_u64_field("seq", FAST),
@@ -159,8 +169,8 @@ fn log_schema() -> (Schema, LogFields) {
         severity_number: builder.add_i64_field("severity_number", INDEXED),
         service: builder.add_text_field("service", STRING),
         body: builder.add_text_field("body", TEXT),
-        attributes: builder.add_json_field("attributes", json_options.clone()),
-        resource: builder.add_json_field("resource", json_options),
+        attributes: builder.add_json_field("attributes", json_options),
+        resource: builder.add_json_field("resource", resource_options),
         trace_id: builder.add_text_field("trace_id", STRING),
         span_id: builder.add_text_field("span_id", STRING),
         request_id: builder.add_text_field("request_id", STRING),
