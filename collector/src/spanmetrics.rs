@@ -290,6 +290,29 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Turns Prometheus text exposition into OpenMetrics: counter families are
+/// named without `_total`, and the exposition ends with `# EOF`.
+pub fn to_openmetrics(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.lines() {
+        let fixed = match line
+            .strip_prefix("# TYPE ")
+            .or_else(|| line.strip_prefix("# HELP "))
+        {
+            Some(rest) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let family = name.strip_suffix("_total").unwrap_or(name);
+                format!("{} {family} {tail}", &line[..6])
+            }
+            None => line.to_string(),
+        };
+        out.push_str(&fixed);
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,27 +444,4 @@ mod tests {
         assert_eq!(series, MAX_SERIES + 1, "the overflow folds into one series");
         assert!(text.contains("span_name=\"__other__\""));
     }
-}
-
-/// Turns Prometheus text exposition into OpenMetrics: counter families are
-/// named without `_total`, and the exposition ends with `# EOF`.
-pub fn to_openmetrics(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for line in text.lines() {
-        let fixed = match line
-            .strip_prefix("# TYPE ")
-            .or_else(|| line.strip_prefix("# HELP "))
-        {
-            Some(rest) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let family = name.strip_suffix("_total").unwrap_or(name);
-                format!("{} {family} {tail}", &line[..6])
-            }
-            None => line.to_string(),
-        };
-        out.push_str(&fixed);
-        out.push('\n');
-    }
-    out.push_str("# EOF\n");
-    out
 }
