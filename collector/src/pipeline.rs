@@ -252,6 +252,9 @@ fn commit_stores(logs: &LogStore, spans: &SpanStore, position: u64) -> anyhow::R
     Ok(())
 }
 
+/// Records and spans indexed since the last commit that force a commit.
+const MAX_UNCOMMITTED_ITEMS: usize = 500_000;
+
 /// Largest number of batches the writer appends before one fsync.
 const MAX_BATCHES_PER_SYNC: usize = 256;
 
@@ -369,6 +372,7 @@ fn index_loop(
     let mut committed = start_position;
     let mut added_up_to = start_position;
     let mut uncommitted: Vec<Indexable> = Vec::new();
+    let mut uncommitted_items = 0;
     let mut last_commit = Instant::now();
     // Set when documents added since the last commit may be gone (a failed
     // add or commit drops them): they must come back from the WAL before the
@@ -394,13 +398,17 @@ fn index_loop(
                 added_up_to = item.position + 1;
                 // Keep the permit until the commit: memory stays charged while
                 // the documents sit in the tantivy writers.
+                uncommitted_items += item.batch.len();
                 uncommitted.push(item);
                 false
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let due = stopped || last_commit.elapsed() >= commit_interval;
+        // Commit by time, or by size so a burst does not wait for the clock.
+        let due = stopped
+            || last_commit.elapsed() >= commit_interval
+            || uncommitted_items >= MAX_UNCOMMITTED_ITEMS;
         if due && needs_recovery {
             match recover(wal_dir, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,
@@ -413,6 +421,7 @@ fn index_loop(
                 Ok(()) => {
                     committed = added_up_to;
                     uncommitted.clear();
+                    uncommitted_items = 0;
                     metrics.committed(started.elapsed());
                     if let Err(error) = wal::remove_below(wal_dir, committed) {
                         tracing::warn!(%error, "failed to remove indexed wal segments");
