@@ -58,6 +58,18 @@ where
     }
 }
 
+/// Polls `url` until it answers 2xx, or fails after `timeout`.
+pub async fn wait_healthy(http: &reqwest::Client, url: &str, timeout: Duration) {
+    poll_until(&format!("{url} to answer 200"), timeout, || async {
+        match http.get(url).send().await {
+            Ok(response) if response.status().is_success() => Ok(Some(())),
+            Ok(response) => Err(format!("status {}", response.status())),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+}
+
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Process {
     name: String,
@@ -221,23 +233,7 @@ impl DemoStack {
                 .expect("http client"),
         };
         for url in [stack.ui_url("/health"), stack.gateway_url("/health/ready")] {
-            let http = stack.http.clone();
-            poll_until(
-                &format!("{url} to answer 200"),
-                Duration::from_secs(90),
-                || {
-                    let http = http.clone();
-                    let url = url.clone();
-                    async move {
-                        match http.get(&url).send().await {
-                            Ok(response) if response.status().is_success() => Ok(Some(())),
-                            Ok(response) => Err(format!("status {}", response.status())),
-                            Err(error) => Err(error.to_string()),
-                        }
-                    }
-                },
-            )
-            .await;
+            wait_healthy(&stack.http, &url, Duration::from_secs(90)).await;
         }
         stack
     }
@@ -406,21 +402,10 @@ impl CollectorProcess {
             http_port,
             otlp_http_port,
         };
-        let url = collector.url("/health");
-        let http = reqwest::Client::new();
-        poll_until(
-            &format!("{url} to answer 200"),
+        wait_healthy(
+            &reqwest::Client::new(),
+            &collector.url("/health"),
             Duration::from_secs(60),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    match http.get(&url).send().await {
-                        Ok(response) if response.status().is_success() => Ok(Some(())),
-                        Ok(response) => Err(format!("status {}", response.status())),
-                        Err(error) => Err(error.to_string()),
-                    }
-                }
-            },
         )
         .await;
         collector
