@@ -188,7 +188,25 @@ pub struct SpanStore {
     summary_fields: SummaryFields,
     /// Traces whose summary must be recomputed at the next commit.
     dirty: Mutex<BTreeSet<String>>,
+    /// Every span of recently touched traces, so a summary update reads
+    /// memory rather than the doc store; see [`RecentTraces`].
+    recent: Mutex<RecentTraces>,
 }
+
+/// Spans recently written are kept by trace so that recomputing a summary
+/// (several times per trace, as each service's spans arrive in their own
+/// batch) does not read them back from the doc store. An entry always holds
+/// every span of its trace: it starts either from a full read of the store at
+/// commit or with a trace's very first spans, and every later span is
+/// appended. It is cleared wholesale when too large or after a rollback.
+#[derive(Default)]
+struct RecentTraces {
+    traces: std::collections::HashMap<String, Vec<Span>>,
+    spans: usize,
+}
+
+/// Spans the recent-trace cache holds before it is cleared.
+const MAX_RECENT_SPANS: usize = 100_000;
 
 impl SpanStore {
     /// Opens (or creates) the store in `dir`: spans in `dir/spans`, summaries
@@ -206,6 +224,7 @@ impl SpanStore {
             fields,
             summary_fields,
             dirty: Mutex::new(BTreeSet::new()),
+            recent: Mutex::new(RecentTraces::default()),
         })
     }
 
@@ -230,6 +249,29 @@ impl SpanStore {
         if position < self.spans.committed_position() {
             return Ok(());
         }
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let searcher = self.spans.reader.searcher();
+            for span in spans {
+                if let Some(trace) = recent.traces.get_mut(&span.trace_id) {
+                    trace.push(span.clone());
+                    recent.spans += 1;
+                    continue;
+                }
+                // A trace with nothing stored yet starts an entry here; one
+                // with stored spans gets its entry from a full read at commit.
+                let term = Term::from_field_text(self.fields.trace_id, &span.trace_id);
+                if searcher.doc_freq(&term)? == 0 {
+                    recent
+                        .traces
+                        .insert(span.trace_id.clone(), vec![span.clone()]);
+                    recent.spans += 1;
+                }
+            }
+        }
         let writer = self.spans.writer();
         for span in spans {
             writer.add_document(self.to_document(span))?;
@@ -251,8 +293,20 @@ impl SpanStore {
         let now = crate::logs::now_nanos();
         let result = (|| {
             let writer = self.summaries.writer();
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             for trace_id in &dirty {
-                let spans = self.trace(trace_id)?;
+                let spans = match recent.traces.get(trace_id) {
+                    Some(spans) => spans.clone(),
+                    None => {
+                        let stored = self.trace(trace_id)?;
+                        recent.spans += stored.len();
+                        recent.traces.insert(trace_id.clone(), stored.clone());
+                        stored
+                    }
+                };
                 if spans.is_empty() {
                     continue;
                 }
@@ -263,6 +317,10 @@ impl SpanStore {
                 writer.add_document(self.summary_document(&summarize(trace_id, &spans, now)))?;
             }
             drop(writer);
+            if recent.spans > MAX_RECENT_SPANS {
+                *recent = RecentTraces::default();
+            }
+            drop(recent);
             self.summaries.commit(position)
         })();
         if result.is_err() {
@@ -280,6 +338,11 @@ impl SpanStore {
     pub fn rollback(&self) {
         self.spans.rollback();
         self.summaries.rollback();
+        // Entries may hold spans that were just dropped.
+        *self
+            .recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = RecentTraces::default();
     }
 
     /// Number of committed spans.
@@ -413,6 +476,10 @@ impl SpanStore {
     /// Deletes spans and summaries of traces that started before `keep_from`
     /// (nanoseconds). Takes effect at the next commit.
     pub fn delete_before(&self, keep_from: i64) -> Result<()> {
+        *self
+            .recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = RecentTraces::default();
         let older = |field: Field| {
             RangeQuery::new(
                 Bound::Unbounded,
