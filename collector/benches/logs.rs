@@ -29,6 +29,8 @@
 //! term query over the last hour sorted by time and a 24-hour histogram of 60
 //! buckets, called in-process on the `LogStore` (no HTTP).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,13 +48,13 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::{Map, Value, json};
 use sightline_collector::CollectorConfig;
 use sightline_store::{LogQuery, LogRecord, LogStore};
+use support::{Rng, cpu_model, free_port, http_get, measure, mix, now_nanos, report};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TEXT,
     TextFieldIndexing,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexSettings, TantivyDocument};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::CompressionEncoding;
 
 const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
@@ -113,30 +115,6 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // Data generation
 // ---------------------------------------------------------------------------
-
-/// splitmix64: small, fast, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 const SERVICES: [&str; 10] = [
     "gateway",
@@ -692,27 +670,6 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<LogsServiceClient<tonic::tr
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    Ok(body.to_string())
-}
-
 fn metric_line(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -1010,71 +967,9 @@ fn build_query_store(dir: &Path, records: usize) -> anyhow::Result<QueryStoreMet
     Ok(meta)
 }
 
-struct Timings {
-    millis: Vec<f64>,
-    mean_hits: f64,
-}
-
-fn measure(
-    iterations: usize,
-    mut run: impl FnMut() -> anyhow::Result<usize>,
-) -> anyhow::Result<Timings> {
-    for _ in 0..iterations.min(10) {
-        run()?;
-    }
-    let mut millis = Vec::with_capacity(iterations);
-    let mut hits = 0usize;
-    for _ in 0..iterations {
-        let started = Instant::now();
-        hits += run()?;
-        millis.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    millis.sort_by(f64::total_cmp);
-    Ok(Timings {
-        millis,
-        mean_hits: hits as f64 / iterations.max(1) as f64,
-    })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn report(name: &str, timings: &Timings, target_p99_ms: f64) {
-    let p99 = percentile(&timings.millis, 99.0);
-    println!(
-        "{name}: p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms (target p99 < {target_p99_ms} ms: {}); {:.0} hits on average",
-        percentile(&timings.millis, 50.0),
-        timings.millis.last().copied().unwrap_or_default(),
-        if p99 < target_p99_ms { "met" } else { "MISSED" },
-        timings.mean_hits
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Machine
 // ---------------------------------------------------------------------------
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as i64)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into())
-}
 
 /// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), 0 if unknown.
 fn proc_status_kb(field: &str) -> u64 {

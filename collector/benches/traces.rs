@@ -26,6 +26,8 @@
 //! starts the collector on that directory and reports p50/p99 of
 //! `GET /api/traces/{id}` and `GET /api/requests/{request_id}` over HTTP.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,7 +47,9 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as O
 use serde_json::{Map, Value};
 use sightline_collector::CollectorConfig;
 use sightline_store::{LogRecord, LogStore, Span, SpanStatus, SpanStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{
+    Rng, cpu_model, free_port, http_get, http_get_status, measure, mix, now_nanos, report, sorted,
+};
 
 const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
 
@@ -101,26 +105,6 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // Data generation
 // ---------------------------------------------------------------------------
-
-/// splitmix64: small, fast, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 const SERVICES: [&str; 6] = [
     "gateway",
@@ -679,37 +663,6 @@ async fn connect(
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
-}
-
-/// Status code and body of a `GET`.
-async fn http_get_status(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("HTTP response without status")?;
-    Ok((status, body.to_string()))
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    match http_get_status(addr, path).await? {
-        (200, body) => Ok(body),
-        (status, body) => bail!("GET {path}: {status} {body}"),
-    }
-}
-
 /// Spans of a trace through the Jaeger API, 0 when it is not found yet.
 async fn jaeger_span_count(addr: SocketAddr, trace_id: &str) -> anyhow::Result<usize> {
     let (status, body) = http_get_status(addr, &format!("/api/traces/{trace_id}")).await?;
@@ -1002,70 +955,6 @@ fn trace_logs(trace: u64, spans: &[GenSpan]) -> Vec<LogRecord> {
     records
 }
 
-struct Timings {
-    millis: Vec<f64>,
-    mean_hits: f64,
-}
-
-fn sorted(mut millis: Vec<f64>, hits: usize) -> Timings {
-    millis.sort_by(f64::total_cmp);
-    let mean_hits = hits as f64 / millis.len().max(1) as f64;
-    Timings { millis, mean_hits }
-}
-
-fn measure(
-    iterations: usize,
-    mut run: impl FnMut() -> anyhow::Result<usize>,
-) -> anyhow::Result<Timings> {
-    for _ in 0..iterations.min(10) {
-        run()?;
-    }
-    let mut millis = Vec::with_capacity(iterations);
-    let mut hits = 0usize;
-    for _ in 0..iterations {
-        let started = Instant::now();
-        hits += run()?;
-        millis.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    Ok(sorted(millis, hits))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn report(name: &str, timings: &Timings, target_p99_ms: f64) {
-    let p99 = percentile(&timings.millis, 99.0);
-    println!(
-        "{name}: p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms (target p99 < {target_p99_ms} ms: {}); {:.1} items on average",
-        percentile(&timings.millis, 50.0),
-        timings.millis.last().copied().unwrap_or_default(),
-        if p99 < target_p99_ms { "met" } else { "MISSED" },
-        timings.mean_hits
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Machine
 // ---------------------------------------------------------------------------
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as i64)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into())
-}
