@@ -435,3 +435,23 @@ async fn platform_only_runs_the_collector_and_the_agent_and_no_shop() {
     let status = eventually("the launcher to exit", || child.try_wait().unwrap()).await;
     assert!(status.success(), "launcher exited with {status}");
 }
+
+/// The README's first command is `cargo run --release -p sightline-demo`; with
+/// two binaries in the package, cargo needs `default-run` to know which.
+#[test]
+fn the_readme_run_command_picks_the_launcher() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest
+            .lines()
+            .any(|line| line.trim() == "default-run = \"sightline-demo\""),
+        "instrumented-services/Cargo.toml must set default-run = \"sightline-demo\""
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(
+        readme.contains("cargo run --release -p sightline-demo"),
+        "README's first command changed"
+    );
+}
