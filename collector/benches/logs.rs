@@ -49,10 +49,7 @@ use serde_json::{Map, Value, json};
 use sightline_collector::CollectorConfig;
 use sightline_store::{LogQuery, LogRecord, LogStore};
 use support::{Rng, cpu_model, free_port, http_get, measure, mix, now_nanos, report};
-use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TEXT,
-    TextFieldIndexing,
-};
+use tantivy::schema::{Field, Schema};
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexSettings, TantivyDocument};
 use tonic::codec::CompressionEncoding;
@@ -694,8 +691,8 @@ struct BareResult {
     by_kind: BTreeMap<String, u64>,
 }
 
-/// The store's schema (`store/src/logs.rs`), rebuilt here: the store does
-/// not expose it, and the bare run must not go through the store's code.
+/// The store's schema, fields looked up by name; the bare run indexes
+/// through tantivy directly, never through the store's code.
 struct BareFields {
     timestamp: Field,
     seq: Field,
@@ -713,31 +710,28 @@ struct BareFields {
 }
 
 fn bare_schema() -> (Schema, BareFields) {
-    let mut builder = Schema::builder();
-    let json_options = JsonObjectOptions::default()
-        .set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        )
-        .set_expand_dots_enabled()
-        .set_fast("raw");
-    let fields = BareFields {
-        timestamp: builder.add_i64_field("timestamp", INDEXED | FAST),
-        seq: builder.add_u64_field("seq", FAST),
-        severity: builder.add_text_field("severity", STRING | FAST),
-        severity_number: builder.add_i64_field("severity_number", INDEXED),
-        service: builder.add_text_field("service", STRING),
-        body: builder.add_text_field("body", TEXT),
-        attributes: builder.add_json_field("attributes", json_options.clone()),
-        resource: builder.add_json_field("resource", json_options),
-        trace_id: builder.add_text_field("trace_id", STRING),
-        span_id: builder.add_text_field("span_id", STRING),
-        request_id: builder.add_text_field("request_id", STRING),
-        stream: builder.add_text_field("stream", STRING),
-        source: builder.add_text_field("source", STORED),
+    let schema = sightline_store::log_index_schema();
+    let field = |name: &str| {
+        schema
+            .get_field(name)
+            .expect("the store's schema has this field")
     };
-    (builder.build(), fields)
+    let fields = BareFields {
+        timestamp: field("timestamp"),
+        seq: field("seq"),
+        severity: field("severity"),
+        severity_number: field("severity_number"),
+        service: field("service"),
+        body: field("body"),
+        attributes: field("attributes"),
+        resource: field("resource"),
+        trace_id: field("trace_id"),
+        span_id: field("span_id"),
+        request_id: field("request_id"),
+        stream: field("stream"),
+        source: field("source"),
+    };
+    (schema, fields)
 }
 
 fn to_owned_object(map: Map<String, Value>) -> BTreeMap<String, tantivy::schema::OwnedValue> {

@@ -27,7 +27,10 @@ pub mod tsdb;
 pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use logs::{Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore};
+pub use logs::{
+    Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore,
+    log_index_schema,
+};
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use spans::{SpanStore, TraceQuery};
 pub use traces::TraceSummary;

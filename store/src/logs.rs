@@ -140,6 +140,12 @@ struct LogFields {
     source: Field,
 }
 
+/// The schema of a log partition. Public so a benchmark can index the same
+/// documents into a bare tantivy index; only this crate writes partitions.
+pub fn log_index_schema() -> Schema {
+    log_schema().0
+}
+
 fn log_schema() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
     let json_options = JsonObjectOptions::default()
