@@ -296,25 +296,35 @@ impl IntoResponse for ErrorResponse {
     }
 }
 
+/// Runs an export in the request's format and answers errors in it too
+/// (JSON when the format itself is what was wrong).
+async fn respond<Export, Exporting>(headers: &HeaderMap, export: Export) -> Response
+where
+    Export: FnOnce(Format) -> Exporting,
+    Exporting: std::future::Future<Output = Result<Response, OtlpError>>,
+{
+    let format = match Format::from_headers(headers) {
+        Ok(format) => format,
+        Err(error) => {
+            let format = Format::Json;
+            return ErrorResponse { error, format }.into_response();
+        }
+    };
+    match export(format).await {
+        Ok(response) => response,
+        Err(error) => ErrorResponse { error, format }.into_response(),
+    }
+}
+
 async fn export_logs(
     State(ingest): State<Ingest>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let format = match Format::from_headers(&headers) {
-        Ok(format) => format,
-        Err(error) => {
-            return ErrorResponse {
-                error,
-                format: Format::Json,
-            }
-            .into_response();
-        }
-    };
-    match store_logs(&ingest, &headers, format, body).await {
-        Ok(response) => response,
-        Err(error) => ErrorResponse { error, format }.into_response(),
-    }
+    respond(&headers, |format| {
+        store_logs(&ingest, &headers, format, body)
+    })
+    .await
 }
 
 async fn store_logs(
@@ -356,20 +366,10 @@ async fn export_traces(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let format = match Format::from_headers(&headers) {
-        Ok(format) => format,
-        Err(error) => {
-            return ErrorResponse {
-                error,
-                format: Format::Json,
-            }
-            .into_response();
-        }
-    };
-    match store_traces(&ingest, &headers, format, body).await {
-        Ok(response) => response,
-        Err(error) => ErrorResponse { error, format }.into_response(),
-    }
+    respond(&headers, |format| {
+        store_traces(&ingest, &headers, format, body)
+    })
+    .await
 }
 
 async fn store_traces(
