@@ -489,6 +489,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         commit_interval: Duration::from_secs(1),
         max_record_bytes: 1024 * 1024,
         ingest_memory_bytes: 256 * 1024 * 1024,
+        config: None,
     };
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

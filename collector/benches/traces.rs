@@ -645,6 +645,7 @@ fn collector_config(data_dir: &Path) -> anyhow::Result<CollectorConfig> {
         commit_interval: Duration::from_secs(1),
         max_record_bytes: 1024 * 1024,
         ingest_memory_bytes: 256 * 1024 * 1024,
+        config: None,
     })
 }
 

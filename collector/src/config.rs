@@ -29,6 +29,10 @@ pub struct CollectorConfig {
         default_value = "127.0.0.1:4318"
     )]
     pub otlp_http_addr: SocketAddr,
+    /// Configuration file: a `prometheus.yml` (scrape configs, rule files,
+    /// alerting) plus Sightline's own sections; see `config_file.rs`.
+    #[arg(long, env = "SIGHTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address of the query API, the UI and the compatibility APIs (`/elastic`).
     #[arg(long, env = "SIGHTLINE_HTTP_ADDR", default_value = "127.0.0.1:7070")]
     pub http_addr: SocketAddr,

@@ -14,6 +14,7 @@
 //! and never knows an on-disk layout: that is `sightline-store`'s.
 
 pub mod config;
+pub mod config_file;
 pub mod elastic;
 pub mod grpc;
 pub mod ingest;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::get;
 use sightline_query_ui::QueryState;
+use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -48,15 +50,29 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let config_file = match &config.config {
+        Some(path) => config_file::ConfigFile::load(path)?,
+        None => config_file::ConfigFile::default(),
+    };
+    for key in config_file.ignored() {
+        tracing::warn!(key, "config file key not supported by Sightline; ignored");
+    }
     let data_dir = config.data_dir.clone();
-    let (logs, spans) = tokio::task::spawn_blocking(move || {
+    let (logs, spans, metric_store) = tokio::task::spawn_blocking(move || {
         let logs_dir = data_dir.join("logs");
         let spans_dir = data_dir.join("spans");
         let logs = LogStore::open(&logs_dir)
             .with_context(|| format!("failed to open the log store at {}", logs_dir.display()))?;
         let spans = SpanStore::open(&spans_dir)
             .with_context(|| format!("failed to open the span store at {}", spans_dir.display()))?;
-        anyhow::Ok((Arc::new(logs), Arc::new(spans)))
+        let metrics_dir = data_dir.join("metrics");
+        let metric_store = MetricStore::open(&metrics_dir).with_context(|| {
+            format!(
+                "failed to open the metric store at {}",
+                metrics_dir.display()
+            )
+        })?;
+        anyhow::Ok((Arc::new(logs), Arc::new(spans), Arc::new(metric_store)))
     })
     .await??;
 
@@ -119,17 +135,25 @@ pub async fn run(
         logs: logs.clone(),
         data_dir: config.data_dir.clone(),
     };
-    let router = sightline_query_ui::router(QueryState { logs, spans })
-        .nest("/elastic", elastic::router(ingest.clone()))
-        // A nested router does not answer its prefix with a trailing slash;
-        // Vector and Logstash ask `GET /elastic/` for the version.
-        .route("/elastic/", elastic::root_route())
-        .route(
-            "/metrics",
-            get(move |headers: axum::http::HeaderMap| {
-                render_metrics(metrics_state.clone(), headers)
-            }),
-        );
+    let metric_maintenance = tokio::spawn(metric_maintenance_loop(
+        metric_store.clone(),
+        config.retention,
+        stop.clone(),
+    ));
+    let router = sightline_query_ui::router(QueryState {
+        logs,
+        spans,
+        metrics: metric_store,
+        rules: Arc::new(sightline_store::rules::NoRules),
+    })
+    .nest("/elastic", elastic::router(ingest.clone()))
+    // A nested router does not answer its prefix with a trailing slash;
+    // Vector and Logstash ask `GET /elastic/` for the version.
+    .route("/elastic/", elastic::root_route())
+    .route(
+        "/metrics",
+        get(move |headers: axum::http::HeaderMap| render_metrics(metrics_state.clone(), headers)),
+    );
     drop(ingest);
     let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
@@ -137,6 +161,7 @@ pub async fn run(
     otlp_http_result.context("OTLP/HTTP server failed")?;
     http_result.context("query API server failed")?;
     retention.abort();
+    metric_maintenance.abort();
 
     // The servers are gone and with them every pipeline handle: the writer
     // drains its queue, the indexer commits, then both stop.
@@ -228,6 +253,36 @@ async fn retention_loop(
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "retention failed"),
             Err(error) => tracing::error!(%error, "retention task failed"),
+        }
+    }
+}
+
+/// How long the time-series head grows before it is cut into a block
+/// (Prometheus' default block range).
+const METRIC_BLOCK_RANGE: Duration = Duration::from_secs(2 * 60 * 60);
+
+async fn metric_maintenance_loop(
+    store: Arc<MetricStore>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(RETENTION_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let keep_from_ms = ingest::now_nanos() / 1_000_000
+            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        let store = store.clone();
+        let maintained = tokio::task::spawn_blocking(move || {
+            store.maintain(METRIC_BLOCK_RANGE.as_millis() as i64, keep_from_ms)
+        });
+        match maintained.await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => tracing::info!(deleted, "retention deleted metric blocks"),
+            Ok(Err(error)) => tracing::error!(%error, "metric store maintenance failed"),
+            Err(error) => tracing::error!(%error, "metric store maintenance task failed"),
         }
     }
 }

@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use sightline_store::rules::RuleStatusSource;
+use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
 
 pub use error::ApiError;
@@ -43,6 +45,10 @@ pub use error::ApiError;
 pub struct QueryState {
     pub logs: Arc<LogStore>,
     pub spans: Arc<SpanStore>,
+    /// Time series, for the Prometheus HTTP API.
+    pub metrics: Arc<MetricStore>,
+    /// The rule engine's report, for `/api/v1/rules` and `/api/v1/alerts`.
+    pub rules: Arc<dyn RuleStatusSource>,
 }
 
 /// All routes of the query API and the UI.
@@ -99,6 +105,8 @@ mod tests {
         QueryState {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
+            metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
+            rules: Arc::new(sightline_store::rules::NoRules),
         }
     }
 
@@ -222,6 +230,8 @@ mod tests {
         QueryState {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
+            metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
+            rules: Arc::new(sightline_store::rules::NoRules),
         }
     }
 

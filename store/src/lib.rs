@@ -21,6 +21,7 @@ mod logs;
 mod model;
 pub mod promql;
 mod query;
+pub mod rules;
 mod spans;
 pub mod traces;
 pub mod tsdb;

@@ -112,6 +112,13 @@ pub fn format_value(value: f64) -> String {
     }
 }
 
+/// Parses a Prometheus duration (`15s`, `1m30s`, `2h`, `7d`, `1w`, `500ms`),
+/// as rule files and `prometheus.yml` write them.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    promql_parser::util::parse_duration(text)
+        .map_err(|error| format!("invalid duration {text:?}: {error}"))
+}
+
 /// A small in-memory [`Queryable`]: a sorted table of series.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {

@@ -21,6 +21,7 @@
 mod block;
 mod chunk;
 mod labels;
+mod shared;
 mod wal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
+pub use shared::{AppendOutcome, MetricMetadata, MetricStore};
 
 use chunk::ChunkEncoder;
 use wal::{Wal, WalRecord};
@@ -496,6 +498,11 @@ impl TimeSeriesStore {
                 .sum(),
             wal_bytes: self.wal.size_on_disk(),
         }
+    }
+
+    /// Oldest and newest timestamp in the head, when it holds samples.
+    pub fn head_range(&self) -> Option<(i64, i64)> {
+        self.head.min_ms.zip(self.head.max_ms)
     }
 
     /// The blocks, oldest first.

@@ -1,0 +1,160 @@
+//! [`MetricStore`]: the time-series store shared by writers and readers.
+//!
+//! [`TimeSeriesStore`] is single-threaded (`&mut self` to append). The
+//! collector has many writers (scrapes, remote-write, OTLP metrics, rule
+//! evaluation) and many readers (PromQL queries, rules), so it holds the
+//! store behind a read-write lock. Writers append a whole batch under the
+//! write lock and fsync the WAL before [`MetricStore::append`] returns: a
+//! batch the caller acknowledges is durable.
+//!
+//! The store also keeps metric metadata (type, help, unit) as scrapes and
+//! pushes report it, for `/api/v1/metadata`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard};
+
+use super::{Labels, TimeSeriesStore, TsdbError, TsdbStats};
+
+/// Metadata of one metric family, as `# TYPE`, `# HELP` and `# UNIT` give it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MetricMetadata {
+    /// `counter`, `gauge`, `histogram`, `summary`, `info`, `stateset`,
+    /// `gaugehistogram` or `unknown`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub help: String,
+    pub unit: String,
+}
+
+/// What happened to a batch: how many samples went in, and why the others
+/// did not (index into the batch, error).
+#[derive(Debug, Default)]
+pub struct AppendOutcome {
+    pub appended: usize,
+    pub rejected: Vec<(usize, TsdbError)>,
+}
+
+/// A [`TimeSeriesStore`] shared between threads.
+#[derive(Debug)]
+pub struct MetricStore {
+    inner: RwLock<TimeSeriesStore>,
+    metadata: RwLock<BTreeMap<String, MetricMetadata>>,
+}
+
+impl MetricStore {
+    /// Opens (or creates) the store in `dir`, replaying its WAL.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, TsdbError> {
+        Ok(MetricStore {
+            inner: RwLock::new(TimeSeriesStore::open(dir)?),
+            metadata: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// Appends a batch and makes it durable. Bad samples (out of order, no
+    /// metric name) are reported and skipped; the rest of the batch is kept.
+    /// An I/O error of the WAL fails the whole call: nothing of it may be
+    /// acknowledged.
+    pub fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+        let mut outcome = AppendOutcome::default();
+        let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for (index, (labels, timestamp_ms, value)) in samples.iter().enumerate() {
+            match store.append(labels, *timestamp_ms, *value) {
+                Ok(()) => outcome.appended += 1,
+                Err(error) => outcome.rejected.push((index, error)),
+            }
+        }
+        store.commit()?;
+        Ok(outcome)
+    }
+
+    /// A read view: the store implements [`crate::promql::Queryable`].
+    /// Hold it only for the length of one query.
+    pub fn reader(&self) -> RwLockReadGuard<'_, TimeSeriesStore> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the head into a block once it spans `block_ms`, then deletes
+    /// blocks older than `keep_from_ms`. Returns the number of blocks deleted.
+    pub fn maintain(&self, block_ms: i64, keep_from_ms: i64) -> Result<usize, TsdbError> {
+        let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((min_ms, max_ms)) = store.head_range()
+            && max_ms - min_ms >= block_ms
+        {
+            store.cut_block()?;
+        }
+        store.apply_retention(keep_from_ms)
+    }
+
+    /// Records the metadata of a metric family (the newest report wins).
+    pub fn set_metadata(&self, metric: &str, metadata: MetricMetadata) {
+        let mut all = self.metadata.write().unwrap_or_else(|e| e.into_inner());
+        if all.get(metric) != Some(&metadata) {
+            all.insert(metric.to_string(), metadata);
+        }
+    }
+
+    /// Metadata by metric family name.
+    pub fn metadata(&self) -> BTreeMap<String, MetricMetadata> {
+        self.metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sizes of head, blocks and WAL.
+    pub fn stats(&self) -> TsdbStats {
+        self.reader().stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::{Engine, Value};
+
+    #[test]
+    fn a_batch_keeps_its_good_samples_and_reports_the_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path()).unwrap();
+        let up = Labels::new([("__name__", "up"), ("job", "a")]);
+        let nameless = Labels::new([("job", "a")]);
+        let outcome = store
+            .append(&[
+                (up.clone(), 2_000, 1.0),
+                (nameless, 2_000, 1.0),
+                (up.clone(), 1_000, 0.0),
+                (up.clone(), 3_000, 1.0),
+            ])
+            .unwrap();
+        assert_eq!(outcome.appended, 2);
+        let rejected: Vec<usize> = outcome.rejected.iter().map(|(index, _)| *index).collect();
+        assert_eq!(rejected, vec![1, 2]);
+
+        let value = Engine::default()
+            .instant_query(&*store.reader(), "count_over_time(up[1m])", 3_000)
+            .unwrap();
+        let Value::Vector(samples) = value else {
+            panic!("expected a vector, got {value:?}")
+        };
+        assert_eq!(samples[0].value, 2.0);
+    }
+
+    #[test]
+    fn acknowledged_samples_survive_a_reopen_and_maintenance_cuts_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Labels::new([("__name__", "up"), ("job", "a")]);
+        {
+            let store = MetricStore::open(dir.path()).unwrap();
+            store.append(&[(up.clone(), 0, 1.0)]).unwrap();
+            store.append(&[(up.clone(), 60_000, 1.0)]).unwrap();
+        }
+        let store = MetricStore::open(dir.path()).unwrap();
+        assert_eq!(store.stats().head_samples, 2);
+        assert_eq!(store.maintain(30_000, i64::MIN).unwrap(), 0);
+        let stats = store.stats();
+        assert_eq!((stats.blocks, stats.head_samples), (1, 0));
+        assert_eq!(store.maintain(30_000, 120_000).unwrap(), 1);
+        assert_eq!(store.stats().blocks, 0);
+    }
+}
