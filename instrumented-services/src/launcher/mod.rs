@@ -25,6 +25,7 @@
 //! collector and the agent, for your own services.
 
 mod children;
+pub mod collector_config;
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -362,6 +363,22 @@ async fn start_and_supervise(
     let gateway_addr = loopback(args.gateway_port);
     let otlp_endpoint = format!("http://{collector_grpc}");
 
+    let services = if args.platform_only {
+        Vec::new()
+    } else {
+        ServiceRole::ALL
+            .iter()
+            .map(|role| (*role, loopback(args.port_of(*role)).to_string()))
+            .collect()
+    };
+    let collector_config = collector_config::write(
+        &layout.collector(),
+        &collector_config::ScrapeTargets {
+            agent: agent_http.to_string(),
+            services,
+            ui: format!("http://{ui}"),
+        },
+    )?;
     let collector = ChildSpec {
         name: COLLECTOR_BIN.into(),
         program: binaries.collector.clone(),
@@ -374,6 +391,8 @@ async fn start_and_supervise(
             loopback(args.collector_http_port).to_string().into(),
             "--http-addr".into(),
             ui.to_string().into(),
+            "--config".into(),
+            collector_config.into(),
         ],
     };
     let log_path = layout.logs().join(format!("{COLLECTOR_BIN}.log"));
