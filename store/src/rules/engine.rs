@@ -1,0 +1,728 @@
+//! Rule evaluation: one synchronous step per group over any storage, with
+//! Prometheus' alert state machine.
+//!
+//! A group evaluates its rules in order at one timestamp; each rule's
+//! output is written before the next rule runs, so a rule may read a
+//! recording rule above it. Alerting rules keep one [`Alert`] per label set:
+//! `pending` when the expression first returns it, `firing` once it has
+//! been returned for `for`, held firing for `keep_firing_for` after it stops
+//! matching, then `resolved` (kept 15 minutes so receivers learn of it).
+//! Every evaluation writes `ALERTS` and `ALERTS_FOR_STATE` for active
+//! alerts, and staleness markers for series that ended; the first
+//! evaluation after a start restores `active_at` from `ALERTS_FOR_STATE`
+//! so a restart does not reset `for`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use promql_parser::parser::Expr;
+
+use super::file::{Rule, RuleGroup};
+use super::status::{
+    AlertState, AlertStatus, RuleGroupStatus, RuleHealth, RuleKind, RuleStatus, RuleStatusSource,
+};
+use super::template::{self, TemplateData};
+use crate::promql::{Engine, MemoryStorage, QueryError, Queryable, Value, stale_nan};
+use crate::tsdb::{Labels, METRIC_NAME, MetricStore};
+
+/// How long a resolved alert is still sent to receivers.
+const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
+
+/// Where rules read and write: a query runs against a consistent view, and
+/// the results of one rule are written before the next rule reads.
+pub trait RuleStorage {
+    /// Evaluates `expr` at `time_ms`.
+    fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError>;
+    /// Writes rule outputs; a rejected sample is an error message.
+    fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String>;
+}
+
+impl RuleStorage for MemoryStorage {
+    fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
+        engine.instant_expr(self as &dyn Queryable, expr, time_ms)
+    }
+
+    fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
+        for (labels, timestamp_ms, value) in samples {
+            self.append(labels, *timestamp_ms, *value);
+        }
+        Ok(())
+    }
+}
+
+impl RuleStorage for &MetricStore {
+    fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
+        engine.instant_expr(&*self.reader(), expr, time_ms)
+    }
+
+    fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
+        let outcome = self.append(samples).map_err(|error| error.to_string())?;
+        match outcome.rejected.first() {
+            Some((index, error)) => Err(format!(
+                "{} of {} samples rejected, first {}: {error}",
+                outcome.rejected.len(),
+                samples.len(),
+                samples[*index].0
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Settings shared by every group.
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// `global.external_labels`, for templates (`$externalLabels`).
+    pub external_labels: BTreeMap<String, String>,
+    /// The UI's address, for templates (`$externalURL`).
+    pub external_url: String,
+    /// How often an unchanged firing alert is sent again.
+    pub resend_delay: Duration,
+    /// How far back `ALERTS_FOR_STATE` is looked for at restore.
+    pub outage_tolerance: Duration,
+    /// Least time an alert restored as pending waits before firing.
+    pub for_grace_period: Duration,
+    /// Evaluations without a result after which a rule is flagged.
+    pub no_data_evaluations: u32,
+    /// Time without a result after which a rule is flagged.
+    pub no_data_after: Duration,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        // Prometheus' defaults for the first four.
+        EvalSettings {
+            external_labels: BTreeMap::new(),
+            external_url: String::new(),
+            resend_delay: Duration::from_secs(60),
+            outage_tolerance: Duration::from_secs(3600),
+            for_grace_period: Duration::from_secs(600),
+            no_data_evaluations: 10,
+            no_data_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One label set of an alerting rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub state: AlertState,
+    pub value: f64,
+    pub active_at_ms: i64,
+    pub fired_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    pub keep_firing_since_ms: Option<i64>,
+    last_sent_ms: Option<i64>,
+}
+
+/// An alert as receivers get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingAlert {
+    /// The rule's name and expression, for the generator URL.
+    pub rule: String,
+    pub query: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub active_at_ms: i64,
+    pub starts_at_ms: i64,
+    /// The resolution time of a resolved alert; for a firing one, when the
+    /// receiver should consider it resolved if it hears nothing more.
+    pub ends_at_ms: i64,
+    pub resolved: bool,
+}
+
+/// What one group evaluation produced for receivers.
+#[derive(Debug, Default)]
+pub struct GroupOutcome {
+    /// Firing alerts due for (re)sending, and resolved ones.
+    pub to_send: Vec<OutgoingAlert>,
+    /// Alerts that started firing or resolved in this evaluation.
+    pub changed: Vec<OutgoingAlert>,
+    /// Rules that just crossed the no-data threshold, by name.
+    pub newly_without_data: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct RuleRuntime {
+    health: Option<Result<(), String>>,
+    last_evaluation_ms: Option<i64>,
+    evaluation_seconds: f64,
+    no_data_since_ms: Option<i64>,
+    empty_evaluations: u32,
+    flagged_no_data: bool,
+    /// Series this rule wrote at its last evaluation.
+    written: BTreeSet<Labels>,
+    alerts: BTreeMap<BTreeMap<String, String>, Alert>,
+    evaluations: u64,
+    failures: u64,
+}
+
+/// A group and the state of its rules.
+#[derive(Debug)]
+pub struct GroupState {
+    pub group: RuleGroup,
+    rules: Vec<RuleRuntime>,
+    last_evaluation_ms: Option<i64>,
+    evaluation_seconds: f64,
+    restored: bool,
+}
+
+impl GroupState {
+    /// A group not evaluated yet.
+    pub fn new(group: RuleGroup) -> Self {
+        let rules = group.rules.iter().map(|_| RuleRuntime::default()).collect();
+        GroupState {
+            group,
+            rules,
+            last_evaluation_ms: None,
+            evaluation_seconds: 0.0,
+            restored: false,
+        }
+    }
+
+    /// Evaluates every rule at `now_ms`, writing outputs to `storage`.
+    pub fn evaluate(
+        &mut self,
+        storage: &mut dyn RuleStorage,
+        engine: &Engine,
+        now_ms: i64,
+        settings: &EvalSettings,
+    ) -> GroupOutcome {
+        let started = Instant::now();
+        let mut outcome = GroupOutcome::default();
+        let restore = !self.restored;
+        for (rule, runtime) in self.group.rules.iter().zip(self.rules.iter_mut()) {
+            let rule_started = Instant::now();
+            let result = evaluate_rule(
+                rule,
+                runtime,
+                storage,
+                engine,
+                now_ms,
+                settings,
+                self.group.limit,
+                restore,
+                self.group.interval,
+                &mut outcome,
+            );
+            runtime.evaluations += 1;
+            if result.is_err() {
+                runtime.failures += 1;
+            }
+            runtime.health = Some(result);
+            runtime.last_evaluation_ms = Some(now_ms);
+            runtime.evaluation_seconds = rule_started.elapsed().as_secs_f64();
+        }
+        self.restored = true;
+        self.last_evaluation_ms = Some(now_ms);
+        self.evaluation_seconds = started.elapsed().as_secs_f64();
+        outcome
+    }
+
+    /// The group's alerts of the rule named `alertname`, resolved ones
+    /// included.
+    pub fn alerts(&self, alertname: &str) -> Vec<Alert> {
+        self.group
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .filter(|(rule, _)| rule.alerting.is_some() && rule.name == alertname)
+            .flat_map(|(_, runtime)| runtime.alerts.values().cloned())
+            .collect()
+    }
+
+    /// The group as `/api/v1/rules` shows it.
+    pub fn status(&self) -> RuleGroupStatus {
+        let no_data = |runtime: &RuleRuntime| {
+            runtime
+                .flagged_no_data
+                .then_some(runtime.no_data_since_ms)
+                .flatten()
+        };
+        let rules = self
+            .group
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, runtime)| {
+                let kind = match &rule.alerting {
+                    None => RuleKind::Recording,
+                    Some(spec) => {
+                        let alerts: Vec<AlertStatus> = runtime
+                            .alerts
+                            .values()
+                            .filter(|alert| alert.state != AlertState::Inactive)
+                            .map(|alert| AlertStatus {
+                                labels: alert.labels.clone(),
+                                annotations: alert.annotations.clone(),
+                                state: alert.state,
+                                active_at_ms: alert.active_at_ms,
+                                keep_firing_since_ms: alert.keep_firing_since_ms,
+                                value: alert.value,
+                            })
+                            .collect();
+                        RuleKind::Alerting {
+                            for_seconds: spec.for_duration.as_secs_f64(),
+                            keep_firing_for_seconds: spec.keep_firing_for.as_secs_f64(),
+                            annotations: spec.annotations.clone(),
+                            state: alerts
+                                .iter()
+                                .map(|alert| alert.state)
+                                .max()
+                                .unwrap_or(AlertState::Inactive),
+                            alerts,
+                        }
+                    }
+                };
+                let (health, last_error) = match &runtime.health {
+                    None => (RuleHealth::Unknown, None),
+                    Some(Ok(())) => (RuleHealth::Ok, None),
+                    Some(Err(error)) => (RuleHealth::Err, Some(error.clone())),
+                };
+                RuleStatus {
+                    name: rule.name.clone(),
+                    query: rule.query.clone(),
+                    kind,
+                    labels: rule.labels.clone(),
+                    health,
+                    last_error,
+                    last_evaluation_ms: runtime.last_evaluation_ms,
+                    evaluation_seconds: runtime.evaluation_seconds,
+                    no_data_since_ms: no_data(runtime),
+                }
+            })
+            .collect();
+        RuleGroupStatus {
+            name: self.group.name.clone(),
+            file: self.group.file.clone(),
+            interval_seconds: self.group.interval.as_secs_f64(),
+            rules,
+            last_evaluation_ms: self.last_evaluation_ms,
+            evaluation_seconds: self.evaluation_seconds,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_rule(
+    rule: &Rule,
+    runtime: &mut RuleRuntime,
+    storage: &mut dyn RuleStorage,
+    engine: &Engine,
+    now_ms: i64,
+    settings: &EvalSettings,
+    limit: usize,
+    restore: bool,
+    interval: Duration,
+    outcome: &mut GroupOutcome,
+) -> Result<(), String> {
+    let value = storage
+        .query(engine, &rule.expr, now_ms)
+        .map_err(|error| error.to_string());
+    let samples: Vec<(Labels, f64)> = match value {
+        Ok(Value::Vector(samples)) => samples
+            .into_iter()
+            .map(|sample| (sample.labels, sample.value))
+            .collect(),
+        Ok(Value::Scalar(value)) => vec![(Labels::default(), value)],
+        Ok(other) => return Err(format!("rule result is not a vector: {other:?}")),
+        Err(error) => return Err(error),
+    };
+    track_no_data(rule, runtime, samples.is_empty(), now_ms, settings, outcome);
+    if limit > 0 && samples.len() > limit {
+        return Err(format!(
+            "exceeded limit of {limit} with {} series",
+            samples.len()
+        ));
+    }
+    match &rule.alerting {
+        None => {
+            let mut output = Vec::with_capacity(samples.len());
+            let mut seen = BTreeSet::new();
+            for (labels, value) in samples {
+                let mut labels = labels;
+                labels.set(METRIC_NAME, &rule.name);
+                for (name, label_value) in &rule.labels {
+                    labels.set(name, label_value);
+                }
+                if !seen.insert(labels.clone()) {
+                    return Err(format!(
+                        "vector contains metrics with the same labelset after applying rule labels: {labels}"
+                    ));
+                }
+                output.push((labels, now_ms, value));
+            }
+            write_with_staleness(runtime, storage, output, now_ms)
+        }
+        Some(spec) => {
+            let mut template_error = None;
+            let mut found: BTreeMap<BTreeMap<String, String>, (BTreeMap<String, String>, f64)> =
+                BTreeMap::new();
+            for (labels, value) in samples {
+                let series_labels: BTreeMap<String, String> = labels
+                    .iter()
+                    .filter(|(name, _)| *name != METRIC_NAME)
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect();
+                let data = TemplateData {
+                    labels: Some(&series_labels),
+                    value,
+                    external_labels: Some(&settings.external_labels),
+                    external_url: &settings.external_url,
+                };
+                let mut expand = |text: &String| match template::expand(text, &data) {
+                    Ok(expanded) => expanded,
+                    Err(error) => {
+                        template_error.get_or_insert(format!("template {text:?}: {error}"));
+                        text.clone()
+                    }
+                };
+                let mut alert_labels = series_labels.clone();
+                for (name, text) in &rule.labels {
+                    let expanded = expand(text);
+                    if expanded.is_empty() {
+                        alert_labels.remove(name);
+                    } else {
+                        alert_labels.insert(name.clone(), expanded);
+                    }
+                }
+                alert_labels.insert("alertname".to_string(), rule.name.clone());
+                let annotations = spec
+                    .annotations
+                    .iter()
+                    .map(|(name, text)| (name.clone(), expand(text)))
+                    .collect();
+                if found
+                    .insert(alert_labels.clone(), (annotations, value))
+                    .is_some()
+                {
+                    return Err(format!(
+                        "vector contains metrics with the same labelset after applying alert labels: {alert_labels:?}"
+                    ));
+                }
+            }
+            let restored = if restore && !spec.for_duration.is_zero() {
+                restore_active_at(rule, storage, engine, now_ms, spec.for_duration, settings)
+            } else {
+                BTreeMap::new()
+            };
+            let for_ms = spec.for_duration.as_millis() as i64;
+            let keep_ms = spec.keep_firing_for.as_millis() as i64;
+            // Label sets returned now.
+            for (labels, (annotations, value)) in &found {
+                let alert = runtime.alerts.entry(labels.clone());
+                let alert = match alert {
+                    std::collections::btree_map::Entry::Occupied(entry)
+                        if entry.get().state != AlertState::Inactive =>
+                    {
+                        entry.into_mut()
+                    }
+                    entry => {
+                        let active_at_ms = restored.get(labels).copied().unwrap_or(now_ms);
+                        let fresh = Alert {
+                            labels: labels.clone(),
+                            annotations: BTreeMap::new(),
+                            state: AlertState::Pending,
+                            value: *value,
+                            active_at_ms,
+                            fired_at_ms: None,
+                            resolved_at_ms: None,
+                            keep_firing_since_ms: None,
+                            last_sent_ms: None,
+                        };
+                        match entry {
+                            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                                entry.insert(fresh);
+                                entry.into_mut()
+                            }
+                            std::collections::btree_map::Entry::Vacant(entry) => {
+                                entry.insert(fresh)
+                            }
+                        }
+                    }
+                };
+                alert.value = *value;
+                alert.annotations = annotations.clone();
+                alert.keep_firing_since_ms = None;
+                if alert.state == AlertState::Pending && now_ms - alert.active_at_ms >= for_ms {
+                    alert.state = AlertState::Firing;
+                    alert.fired_at_ms = Some(now_ms);
+                }
+            }
+            // Label sets that went away.
+            runtime.alerts.retain(|labels, alert| {
+                if found.contains_key(labels) {
+                    return true;
+                }
+                match alert.state {
+                    AlertState::Pending => false,
+                    AlertState::Inactive => alert
+                        .resolved_at_ms
+                        .is_some_and(|resolved| now_ms - resolved < RESOLVED_RETENTION_MS),
+                    AlertState::Firing => {
+                        let since = *alert.keep_firing_since_ms.get_or_insert(now_ms);
+                        if keep_ms == 0 || now_ms - since >= keep_ms {
+                            alert.state = AlertState::Inactive;
+                            alert.resolved_at_ms = Some(now_ms);
+                            alert.keep_firing_since_ms = None;
+                        }
+                        true
+                    }
+                }
+            });
+            let valid_for_ms = 4 * settings.resend_delay.max(interval).as_millis() as i64;
+            let mut output = Vec::new();
+            for alert in runtime.alerts.values_mut() {
+                let outgoing = OutgoingAlert {
+                    rule: rule.name.clone(),
+                    query: rule.query.clone(),
+                    labels: alert.labels.clone(),
+                    annotations: alert.annotations.clone(),
+                    active_at_ms: alert.active_at_ms,
+                    starts_at_ms: alert.fired_at_ms.unwrap_or(alert.active_at_ms),
+                    ends_at_ms: alert.resolved_at_ms.unwrap_or(now_ms + valid_for_ms),
+                    resolved: alert.state == AlertState::Inactive,
+                };
+                let just_fired = alert.fired_at_ms == Some(now_ms);
+                let just_resolved = alert.resolved_at_ms == Some(now_ms);
+                if just_fired || just_resolved {
+                    outcome.changed.push(outgoing.clone());
+                }
+                let due = match alert.state {
+                    AlertState::Pending => false,
+                    _ if alert.resolved_at_ms > alert.last_sent_ms => true,
+                    _ => alert.last_sent_ms.is_none_or(|sent| {
+                        sent + settings.resend_delay.as_millis() as i64 <= now_ms
+                    }),
+                };
+                if due {
+                    alert.last_sent_ms = Some(now_ms);
+                    outcome.to_send.push(outgoing);
+                }
+                if alert.state != AlertState::Inactive {
+                    let state = if alert.state == AlertState::Firing {
+                        "firing"
+                    } else {
+                        "pending"
+                    };
+                    let mut alerts = Labels::new(alert.labels.iter());
+                    alerts.set(METRIC_NAME, "ALERTS");
+                    alerts.set("alertstate", state);
+                    output.push((alerts, now_ms, 1.0));
+                    let mut for_state = Labels::new(alert.labels.iter());
+                    for_state.set(METRIC_NAME, "ALERTS_FOR_STATE");
+                    output.push((for_state, now_ms, alert.active_at_ms as f64 / 1000.0));
+                }
+            }
+            write_with_staleness(runtime, storage, output, now_ms)?;
+            match template_error {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+fn track_no_data(
+    rule: &Rule,
+    runtime: &mut RuleRuntime,
+    empty: bool,
+    now_ms: i64,
+    settings: &EvalSettings,
+    outcome: &mut GroupOutcome,
+) {
+    if !empty {
+        runtime.no_data_since_ms = None;
+        runtime.empty_evaluations = 0;
+        runtime.flagged_no_data = false;
+        return;
+    }
+    let since = *runtime.no_data_since_ms.get_or_insert(now_ms);
+    runtime.empty_evaluations = runtime.empty_evaluations.saturating_add(1);
+    let long_enough = runtime.empty_evaluations >= settings.no_data_evaluations
+        || now_ms - since >= settings.no_data_after.as_millis() as i64;
+    if long_enough && !runtime.flagged_no_data {
+        runtime.flagged_no_data = true;
+        outcome.newly_without_data.push(rule.name.clone());
+    }
+}
+
+/// Writes `output` and a staleness marker for every series the rule wrote
+/// last time and not now.
+fn write_with_staleness(
+    runtime: &mut RuleRuntime,
+    storage: &mut dyn RuleStorage,
+    mut output: Vec<(Labels, i64, f64)>,
+    now_ms: i64,
+) -> Result<(), String> {
+    let current: BTreeSet<Labels> = output.iter().map(|(labels, _, _)| labels.clone()).collect();
+    for ended in runtime.written.difference(&current) {
+        output.push((ended.clone(), now_ms, stale_nan()));
+    }
+    runtime.written = current;
+    if output.is_empty() {
+        return Ok(());
+    }
+    storage
+        .write(&output)
+        .map_err(|error| format!("writing rule output: {error}"))
+}
+
+/// Prometheus' for-state restoration: `active_at` of each alert from the
+/// last `ALERTS_FOR_STATE` sample within the outage tolerance, shifted by
+/// the downtime, and never firing sooner than the grace period after start
+/// unless it was already firing.
+fn restore_active_at(
+    rule: &Rule,
+    storage: &dyn RuleStorage,
+    engine: &Engine,
+    now_ms: i64,
+    for_duration: Duration,
+    settings: &EvalSettings,
+) -> BTreeMap<BTreeMap<String, String>, i64> {
+    let mut restored = BTreeMap::new();
+    let query = format!(
+        "ALERTS_FOR_STATE{{alertname={:?}}}[{}s]",
+        rule.name,
+        settings.outage_tolerance.as_secs().max(1)
+    );
+    let Ok(expr) = Engine::parse(&query) else {
+        return restored;
+    };
+    // Just before now: this evaluation's own samples are not written yet.
+    let Ok(Value::Matrix(series)) = storage.query(engine, &expr, now_ms - 1) else {
+        return restored;
+    };
+    let for_ms = for_duration.as_millis() as i64;
+    let grace_ms = settings.for_grace_period.as_millis() as i64;
+    for one in series {
+        let Some(&(down_at_ms, active_at_seconds)) = one.points.last() else {
+            continue;
+        };
+        if !active_at_seconds.is_finite() {
+            continue;
+        }
+        let labels: BTreeMap<String, String> = one
+            .labels
+            .iter()
+            .filter(|(name, _)| *name != METRIC_NAME)
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let previous_active_at_ms = (active_at_seconds * 1000.0) as i64;
+        let remaining_ms = for_ms - (down_at_ms - previous_active_at_ms);
+        let active_at_ms = if remaining_ms <= 0 {
+            previous_active_at_ms
+        } else if remaining_ms < grace_ms {
+            now_ms + grace_ms - for_ms
+        } else {
+            previous_active_at_ms + (now_ms - down_at_ms)
+        };
+        restored.insert(labels, active_at_ms);
+    }
+    restored
+}
+
+/// Every loaded group behind its own lock: groups evaluate independently,
+/// and the status API reads them between evaluations.
+#[derive(Debug, Default)]
+pub struct RuleEngine {
+    groups: Vec<Mutex<GroupState>>,
+}
+
+impl RuleEngine {
+    /// An engine for `groups`, none evaluated yet.
+    pub fn new(groups: Vec<RuleGroup>) -> Self {
+        RuleEngine {
+            groups: groups
+                .into_iter()
+                .map(|group| Mutex::new(GroupState::new(group)))
+                .collect(),
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether no group is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The evaluation interval of group `index`.
+    pub fn interval(&self, index: usize) -> Duration {
+        self.groups[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .group
+            .interval
+    }
+
+    /// Evaluates group `index` at `now_ms`.
+    pub fn evaluate(
+        &self,
+        index: usize,
+        storage: &mut dyn RuleStorage,
+        engine: &Engine,
+        now_ms: i64,
+        settings: &EvalSettings,
+    ) -> GroupOutcome {
+        self.groups[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .evaluate(storage, engine, now_ms, settings)
+    }
+
+    /// Counters and gauges of rule evaluation, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let (mut evaluations, mut failures, mut without_data) = (0u64, 0u64, 0usize);
+        let mut alerts = BTreeMap::from([("firing", 0usize), ("pending", 0usize)]);
+        for group in &self.groups {
+            let group = group.lock().unwrap_or_else(|e| e.into_inner());
+            for runtime in &group.rules {
+                evaluations += runtime.evaluations;
+                failures += runtime.failures;
+                without_data += usize::from(runtime.flagged_no_data);
+                for alert in runtime.alerts.values() {
+                    match alert.state {
+                        AlertState::Firing => *alerts.entry("firing").or_default() += 1,
+                        AlertState::Pending => *alerts.entry("pending").or_default() += 1,
+                        AlertState::Inactive => {}
+                    }
+                }
+            }
+        }
+        let mut text = format!(
+            "# HELP sightline_rules_evaluations_total Rule evaluations.\n\
+             # TYPE sightline_rules_evaluations_total counter\n\
+             sightline_rules_evaluations_total {evaluations}\n\
+             # HELP sightline_rules_evaluation_failures_total Rule evaluations that failed.\n\
+             # TYPE sightline_rules_evaluation_failures_total counter\n\
+             sightline_rules_evaluation_failures_total {failures}\n\
+             # HELP sightline_rules_without_data Rules whose expression has returned nothing for a while.\n\
+             # TYPE sightline_rules_without_data gauge\n\
+             sightline_rules_without_data {without_data}\n\
+             # HELP sightline_rules_alerts Active alerts by state.\n\
+             # TYPE sightline_rules_alerts gauge\n"
+        );
+        for (state, count) in alerts {
+            text.push_str(&format!(
+                "sightline_rules_alerts{{state=\"{state}\"}} {count}\n"
+            ));
+        }
+        text
+    }
+}
+
+impl RuleStatusSource for RuleEngine {
+    fn rule_groups(&self) -> Vec<RuleGroupStatus> {
+        self.groups
+            .iter()
+            .map(|group| group.lock().unwrap_or_else(|e| e.into_inner()).status())
+            .collect()
+    }
+}
