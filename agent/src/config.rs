@@ -166,6 +166,8 @@ pub struct Config {
     pub containers: Vec<ContainerRule>,
     /// Intervals, sizes and limits; the defaults suit production.
     pub tuning: Tuning,
+    /// Node and container metrics served on `/metrics`.
+    pub host_metrics: HostMetricsConfig,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Default for Config {
             multiline: MultilineConfig::default(),
             containers: Vec::new(),
             tuning: Tuning::default(),
+            host_metrics: HostMetricsConfig::default(),
         }
     }
 }
@@ -515,6 +518,63 @@ impl Default for Tuning {
     }
 }
 
+/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
+pub const DEFAULT_FILESYSTEM_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
+/// node_exporter's default `--collector.filesystem.mount-points-exclude`,
+/// plus the kubelet's per-pod volumes (one tmpfs per projected volume).
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str = "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+|var/lib/kubelet/.+)($|/)";
+
+/// Node (node_exporter) and container (cAdvisor) metrics on `/metrics`;
+/// see [`crate::hostmetrics`]. In a DaemonSet, mount the host's `/proc`,
+/// `/sys` and `/` and point the roots at the mounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostMetricsConfig {
+    /// Serve the node and container families at all.
+    pub enabled: bool,
+    /// The host's procfs (`/host/proc` in a DaemonSet).
+    pub proc_root: PathBuf,
+    /// The host's sysfs; cgroups are read under `<sys_root>/fs/cgroup`.
+    pub sys_root: PathBuf,
+    /// The host's root filesystem: mount points are looked up under it
+    /// for `statvfs`, and labelled as the host sees them.
+    pub rootfs: PathBuf,
+    /// The kubelet's pod log directories, `<namespace>_<pod>_<uid>`.
+    pub pod_logs_dir: PathBuf,
+    /// The kubelet's container log links, `<pod>_<namespace>_<container>-<id>.log`.
+    pub container_logs_dir: PathBuf,
+    /// Filesystem types (regex) without `node_filesystem_*` series.
+    pub filesystem_types_exclude: String,
+    /// Mount points (regex) without `node_filesystem_*` series.
+    pub mount_points_exclude: String,
+    /// Most cgroups read per scrape; deeper or later ones are left out.
+    pub max_cgroups: usize,
+    /// A collection is reused by scrapes within this long.
+    #[serde(with = "duration_text")]
+    pub cache_for: Duration,
+    /// A scrape waits this long for a collection, then answers without it.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for HostMetricsConfig {
+    fn default() -> Self {
+        HostMetricsConfig {
+            enabled: true,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            rootfs: PathBuf::from("/"),
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
+            container_logs_dir: PathBuf::from("/var/log/containers"),
+            filesystem_types_exclude: DEFAULT_FILESYSTEM_TYPES_EXCLUDE.to_owned(),
+            mount_points_exclude: DEFAULT_MOUNT_POINTS_EXCLUDE.to_owned(),
+            max_cgroups: 4096,
+            cache_for: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 impl Config {
     /// Parses a TOML document; unknown keys are rejected by name.
     pub fn from_toml(text: &str) -> Result<Config> {
@@ -601,6 +661,14 @@ impl Config {
                 "queues need a capacity of at least 1".to_owned(),
             ));
         }
+        if self.host_metrics.timeout.is_zero() {
+            return Err(invalid(
+                "host_metrics.timeout",
+                "must be longer than 0s".to_owned(),
+            ));
+        }
+        // Compiling checks the exclusion regexes.
+        crate::hostmetrics::HostCollector::new(&self.host_metrics)?;
         // Compiling the rules checks every glob and regex in them.
         crate::rules::Rules::compile(self)?;
         Ok(())

@@ -1,4 +1,6 @@
-//! The agent's HTTP endpoint: `GET /health` and `GET /metrics`.
+//! The agent's HTTP endpoint: `GET /health` and `GET /metrics` (the
+//! agent's own telemetry, then the node and container families of
+//! [`crate::hostmetrics`] when they are on).
 
 use std::sync::Arc;
 
@@ -10,28 +12,46 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::error::{AgentError, Result};
+use crate::hostmetrics::HostMetrics;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// The routes, without a socket (tests call it with `oneshot`).
 pub fn router(metrics: Arc<Metrics>) -> Router {
+    router_with_host_metrics(metrics, None)
+}
+
+/// The routes, with node and container metrics appended to `/metrics`
+/// when `host` is given.
+pub fn router_with_host_metrics(metrics: Arc<Metrics>, host: Option<Arc<HostMetrics>>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
-        .with_state(metrics)
+        .with_state(HttpState { metrics, host })
+}
+
+/// What the handlers read.
+#[derive(Debug, Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    host: Option<Arc<HostMetrics>>,
 }
 
 async fn health() -> &'static str {
     "ok"
 }
 
-async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let mut body = state.metrics.render_prometheus();
+    if let Some(host) = &state.host {
+        body.push_str(&host.render().await);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render_prometheus(),
+        body,
     )
 }
 

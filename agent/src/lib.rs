@@ -32,6 +32,7 @@
 //! | `sink` | OTLP/gRPC export with retry, committing offsets on acknowledgement |
 //! | [`checkpoint`] | acknowledged offsets per file, persisted atomically |
 //! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`, `GET /health` |
+//! | [`hostmetrics`] | node_exporter and cAdvisor families from `/proc` and cgroup v2, on the same `/metrics` |
 //!
 //! Stages talk through bounded `tokio::sync::mpsc` queues, and one memory
 //! budget bounds the bytes read but not yet acknowledged across all files:
@@ -61,6 +62,7 @@ pub mod decode;
 mod discover;
 pub mod enrich;
 pub mod error;
+pub mod hostmetrics;
 pub mod http;
 mod lines;
 pub mod metrics;
@@ -220,9 +222,10 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
         max_wait: tuning.batch_max_wait,
     };
 
+    let host_metrics = hostmetrics::HostMetrics::from_config(&config.host_metrics)?;
     let http = tokio::spawn(http::serve(
         listener,
-        http::router(Arc::clone(&metrics)),
+        http::router_with_host_metrics(Arc::clone(&metrics), host_metrics),
         shutdown.clone(),
     ));
     let discovery = tokio::spawn(run_discovery(tuning.discovery_interval, tail_context));
@@ -288,6 +291,10 @@ impl RunningAgent {
             (
                 "tuning",
                 format!("{:?}", running.tuning) != format!("{:?}", config.tuning),
+            ),
+            (
+                "host_metrics",
+                format!("{:?}", running.host_metrics) != format!("{:?}", config.host_metrics),
             ),
         ];
         for (key, changed) in needs_restart {

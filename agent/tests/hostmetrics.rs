@@ -1,0 +1,187 @@
+//! Host and container metrics against this machine's real `/proc` and
+//! `/sys/fs/cgroup`, and on the running agent's `/metrics` over HTTP.
+
+mod common;
+#[path = "common/prom_text.rs"]
+mod prom_text;
+
+use std::path::Path;
+
+use sightline_agent::Config;
+use sightline_agent::config::HostMetricsConfig;
+use sightline_agent::hostmetrics::HostCollector;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{CountingCollector, start_collector};
+
+fn success(exposition: &prom_text::Exposition, collector: &str) -> Vec<f64> {
+    exposition.values("node_scrape_collector_success", &[("collector", collector)])
+}
+
+#[test]
+fn this_machine_has_sane_node_metrics() {
+    let collector = HostCollector::new(&HostMetricsConfig::default()).unwrap();
+    let text = collector.collect();
+    let exposition = prom_text::check(&text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+    for name in [
+        "cpu",
+        "stat",
+        "loadavg",
+        "meminfo",
+        "filesystem",
+        "netdev",
+        "time",
+    ] {
+        assert_eq!(
+            success(&exposition, name),
+            [1.0],
+            "collector {name}\n{text}"
+        );
+    }
+
+    let total = exposition.values("node_memory_MemTotal_bytes", &[]);
+    let available = exposition.values("node_memory_MemAvailable_bytes", &[]);
+    assert_eq!((total.len(), available.len()), (1, 1), "{text}");
+    assert!(
+        total[0] >= available[0] && available[0] > 0.0,
+        "{total:?} {available:?}"
+    );
+
+    let idle = exposition.values("node_cpu_seconds_total", &[("mode", "idle")]);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(idle.len() >= cpus, "one idle series per CPU: {idle:?}");
+    let busy: f64 = exposition
+        .values("node_cpu_seconds_total", &[])
+        .iter()
+        .sum();
+    assert!(busy > 0.0, "cpu seconds since boot: {busy}");
+
+    let boot = exposition.values("node_boot_time_seconds", &[])[0];
+    let now = exposition.values("node_time_seconds", &[])[0];
+    assert!(boot > 1e9 && boot < now, "boot {boot}, now {now}");
+    assert_eq!(exposition.values("node_load1", &[]).len(), 1);
+    assert!(
+        !exposition
+            .values("node_network_receive_bytes_total", &[("device", "lo")])
+            .is_empty(),
+        "{text}"
+    );
+    // Every filesystem statvfs answered for has avail <= free <= size.
+    for (_, labels, size) in exposition
+        .samples
+        .iter()
+        .filter(|(name, _, _)| name == "node_filesystem_size_bytes")
+    {
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        let free = exposition.values("node_filesystem_free_bytes", &labels)[0];
+        let avail = exposition.values("node_filesystem_avail_bytes", &labels)[0];
+        assert!(avail <= free && free <= *size, "{labels:?}");
+    }
+
+    // cgroup v2 only: on a v1 or hybrid host the collector says it failed.
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
+    let cgroup = success(&exposition, "cgroup");
+    if unified {
+        assert_eq!(cgroup, [1.0], "{text}");
+        assert_eq!(
+            exposition
+                .types
+                .get("container_cpu_usage_seconds_total")
+                .map(String::as_str),
+            Some("counter")
+        );
+        for (_, labels, usage) in exposition
+            .samples
+            .iter()
+            .filter(|(name, _, _)| name == "container_memory_usage_bytes")
+        {
+            let id = [("id", labels["id"].as_str())];
+            let working_set = exposition.values("container_memory_working_set_bytes", &id);
+            assert!(working_set[0] <= *usage, "{id:?}");
+        }
+    } else {
+        assert_eq!(cgroup, [0.0], "{text}");
+        assert!(!text.contains("container_"), "{text}");
+    }
+}
+
+/// GET over a real loopback connection.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_agent_serves_node_metrics_with_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let server = start_collector(CountingCollector::default()).await;
+    let config = Config {
+        include: vec![format!("{}/pods/*/*/*.log", root.path().display())],
+        collector: format!("http://{}", server.addr),
+        data_dir: root.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        host_name: "node-test".to_owned(),
+        ..Config::default()
+    };
+    let agent = sightline_agent::start(config.clone()).await.unwrap();
+
+    let response = http_get(agent.http_addr(), "/metrics").await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let exposition = prom_text::check(body).unwrap_or_else(|error| panic!("{error}\n{body}"));
+    assert!(
+        !exposition.values("node_cpu_seconds_total", &[]).is_empty(),
+        "{body}"
+    );
+    assert_eq!(
+        exposition.values("node_scrape_collector_success", &[("collector", "cpu")]),
+        [1.0]
+    );
+    assert!(
+        exposition
+            .types
+            .contains_key("sightline_agent_lines_read_total"),
+        "the agent's own families stay"
+    );
+    agent.shutdown().await.unwrap();
+
+    // Switched off, only the agent's own families are served.
+    let config = Config {
+        host_metrics: HostMetricsConfig {
+            enabled: false,
+            ..HostMetricsConfig::default()
+        },
+        ..config
+    };
+    let agent = sightline_agent::start(config).await.unwrap();
+    let response = http_get(agent.http_addr(), "/metrics").await;
+    assert!(
+        response.contains("sightline_agent_lines_read_total"),
+        "{response}"
+    );
+    assert!(!response.contains("node_cpu_seconds_total"), "{response}");
+    agent.shutdown().await.unwrap();
+    server.stop().await;
+}
+
+#[test]
+fn example_config_documents_host_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sightline-agent.example.toml");
+    let config = Config::from_file(Path::new(path)).unwrap();
+    let defaults = HostMetricsConfig::default();
+    assert_eq!(
+        format!("{:?}", config.host_metrics),
+        format!("{defaults:?}"),
+        "the example lists the defaults"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("[host_metrics]"), "{text}");
+}
