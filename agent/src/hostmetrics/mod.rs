@@ -24,7 +24,7 @@
 //! | `loadavg` | `<proc>/loadavg` | `node_load1`, `node_load5`, `node_load15` |
 //! | `meminfo` | `<proc>/meminfo` | `node_memory_<Field>_bytes` for every line (`Active(anon)` becomes `Active_anon`) |
 //! | `filesystem` | `<proc>/1/mounts` (else `<proc>/mounts`), `statvfs` under the rootfs | `node_filesystem_{size,free,avail}_bytes`, `_files`, `_files_free`, `_readonly`, `_device_error` |
-//! | `netdev` | `<proc>/net/dev` | `node_network_{receive,transmit}_<field>_total{device}` |
+//! | `netdev` | `<proc>/1/net/dev` (else `<proc>/net/dev`) | `node_network_{receive,transmit}_<field>_total{device}` |
 //! | `time` | the clock | `node_time_seconds` |
 //! | `cgroup` | `<sys>/fs/cgroup` (cgroup v2 only) | `container_cpu_usage_seconds_total`, `container_memory_working_set_bytes`, `container_memory_usage_bytes`, `container_spec_memory_limit_bytes`, … |
 //!

@@ -398,8 +398,18 @@ fn borrowed<'a>(labels: &'a [(&'a str, String); 3]) -> [(&'a str, &'a str); 3] {
 /// `node_network_{receive,transmit}_<field>_total{device}` from
 /// `/proc/net/dev`; the field names come from its header.
 pub(super) fn netdev(proc_root: &Path, out: &mut Exposition) -> Outcome {
-    let path = proc_root.join("net/dev");
-    let text = read_text(&path)?;
+    // `<proc>/net` is this process's network namespace; PID 1's is the
+    // host's when the host's procfs is mounted (a DaemonSet without
+    // hostNetwork).
+    let host_table = proc_root.join("1/net/dev");
+    let (path, text) = match std::fs::read_to_string(&host_table) {
+        Ok(text) => (host_table, text),
+        Err(_) => {
+            let path = proc_root.join("net/dev");
+            let text = read_text(&path)?;
+            (path, text)
+        }
+    };
     let mut lines = text.lines();
     let header = lines
         .nth(1)

@@ -322,3 +322,67 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Garbage in any source fails that collector, never the scrape, and
+/// never panics.
+#[test]
+fn garbage_sources_fail_their_collector_only() {
+    let cases: [(&str, &str, &[u8]); 12] = [
+        ("cpu", "proc/stat", b""),
+        ("cpu", "proc/stat", b"cpu0 1 2\nbtime 5\n"),
+        ("stat", "proc/stat", b"cpu0 1 2 3 4\nbtime\n"),
+        ("cpu", "proc/stat", b"cpu0 -1 2 3 4\nbtime 1\n"),
+        ("loadavg", "proc/loadavg", b"\xff\xfe\x00"),
+        ("loadavg", "proc/loadavg", b"1.0 2.0\n"),
+        (
+            "meminfo",
+            "proc/meminfo",
+            b"MemTotal: 99999999999999999999999 kB\n",
+        ),
+        ("meminfo", "proc/meminfo", b"no colons here\n"),
+        ("netdev", "proc/net/dev", b"one line only\n"),
+        (
+            "netdev",
+            "proc/net/dev",
+            b"h\n face |bytes packets|bytes packets\n eth0: 1 2 3\n",
+        ),
+        ("filesystem", "proc/mounts", b""),
+        ("cgroup", "sys/fs/cgroup/cgroup.controllers", b""),
+    ];
+    for (collector, file, content) in cases {
+        let root = tempfile::tempdir().unwrap();
+        copy_tree(&fixtures(), root.path());
+        let path = root.path().join(file);
+        if collector == "cgroup" {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            std::fs::write(&path, content).unwrap();
+        }
+        let text = collect_fixture(root.path());
+        prom_text::check(&text).unwrap_or_else(|error| panic!("{file}: {error}\n{text}"));
+        let failed = format!("node_scrape_collector_success{{collector=\"{collector}\"}} 0");
+        assert!(
+            text.lines().any(|line| line == failed),
+            "{file} {content:?}\n{text}"
+        );
+        assert!(
+            text.contains("node_scrape_collector_success{collector=\"time\"} 1"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn config_section_is_strict() {
+    let error = crate::Config::from_toml("[host_metrics]\nproc_dir = \"/host/proc\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("proc_dir"), "{error}");
+    let config = crate::Config::from_toml(
+        "[host_metrics]\nproc_root = \"/host/proc\"\ncache_for = \"2s\"\nenabled = false\n",
+    )
+    .unwrap();
+    assert_eq!(config.host_metrics.proc_root, PathBuf::from("/host/proc"));
+    assert_eq!(config.host_metrics.cache_for, Duration::from_secs(2));
+    assert!(!config.host_metrics.enabled);
+}
