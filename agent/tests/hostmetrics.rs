@@ -185,3 +185,63 @@ fn example_config_documents_host_metrics() {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains("[host_metrics]"), "{text}");
 }
+
+/// Prometheus's own parser and linter (`promtool check metrics`, Debian
+/// package `prometheus`) reads the exposition without a parse error; the
+/// only lint it may report is the camelCase of node_exporter's own
+/// `node_memory_*` names, kept for compatibility.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 0: clean, 3: lint problems only; 1 would be a parse error.
+    assert!(
+        matches!(output.status.code(), Some(0 | 3)),
+        "promtool {:?}: {report}",
+        output.status
+    );
+    for line in report.lines().filter(|line| !line.trim().is_empty()) {
+        assert!(
+            line.starts_with("node_memory_") && line.ends_with("not 'camelCase'"),
+            "promtool: {line}"
+        );
+    }
+}
+
+#[test]
+fn promtool_parses_the_fixture_node() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostmetrics");
+    let collector = HostCollector::new(&HostMetricsConfig {
+        proc_root: fixtures.join("proc"),
+        sys_root: fixtures.join("sys"),
+        rootfs: fixtures.clone(),
+        pod_logs_dir: fixtures.join("var/log/pods"),
+        container_logs_dir: fixtures.join("var/log/containers"),
+        ..HostMetricsConfig::default()
+    })
+    .unwrap();
+    let text = collector.collect();
+    assert!(
+        text.contains("container_memory_working_set_bytes{container=\"checkout\""),
+        "{text}"
+    );
+    promtool_accepts(&text);
+}
