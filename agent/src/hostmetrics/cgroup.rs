@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use tracing::warn;
 
 use super::exposition::Exposition;
 use super::{CollectError, HostCollector};
@@ -201,11 +204,16 @@ struct Cgroup {
 }
 
 /// Walks the hierarchy breadth first, at most `limit` cgroups below the
-/// root and [`MAX_DEPTH`] levels deep; children in name order.
-fn walk(root: &Path, limit: usize) -> Vec<(Vec<String>, PathBuf)> {
+/// root and [`MAX_DEPTH`] levels deep; children in name order. The flag
+/// says whether the limit cut the walk short.
+fn walk(root: &Path, limit: usize) -> (Vec<(Vec<String>, PathBuf)>, bool) {
     let mut found = Vec::new();
     let mut level: Vec<(Vec<String>, PathBuf)> = vec![(Vec::new(), root.to_owned())];
+    let mut truncated = false;
     for _ in 0..MAX_DEPTH {
+        if truncated {
+            break;
+        }
         let mut next = Vec::new();
         for (components, dir) in &level {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -221,6 +229,7 @@ fn walk(root: &Path, limit: usize) -> Vec<(Vec<String>, PathBuf)> {
             children.sort();
             for (name, path) in children {
                 if found.len() + next.len() >= limit {
+                    truncated = true;
                     break;
                 }
                 let mut child = components.clone();
@@ -234,7 +243,7 @@ fn walk(root: &Path, limit: usize) -> Vec<(Vec<String>, PathBuf)> {
         found.extend(next.iter().cloned());
         level = next;
     }
-    found
+    (found, truncated)
 }
 
 /// Container families for every cgroup below the root.
@@ -248,7 +257,14 @@ pub(super) fn collect(collector: &HostCollector, out: &mut Exposition) -> Result
         ));
     }
     let names = Names::read(&collector.pod_logs_dir, &collector.container_logs_dir);
-    let mut cgroups: Vec<Cgroup> = walk(&root, collector.max_cgroups)
+    let (found, truncated) = walk(&root, collector.max_cgroups);
+    if truncated && !collector.cgroup_limit_warned.swap(true, Ordering::Relaxed) {
+        warn!(
+            max_cgroups = collector.max_cgroups,
+            "more cgroups than host_metrics.max_cgroups, the rest are not exported"
+        );
+    }
+    let mut cgroups: Vec<Cgroup> = found
         .into_iter()
         .map(|(components, dir)| Cgroup {
             id: format!("/{}", components.join("/")),
@@ -386,6 +402,7 @@ mod tests {
         }
         let ids = |limit| -> Vec<String> {
             walk(root.path(), limit)
+                .0
                 .into_iter()
                 .map(|(components, _)| components.join("/"))
                 .collect()
@@ -393,5 +410,6 @@ mod tests {
         assert_eq!(ids(100), ["a", "b", "c", "a/x", "a/y"]);
         assert_eq!(ids(4), ["a", "b", "c", "a/x"]);
         assert_eq!(ids(2), ["a", "b"]);
+        assert!(walk(root.path(), 4).1 && !walk(root.path(), 5).1);
     }
 }

@@ -159,6 +159,8 @@ pub struct HostCollector {
     /// Per collector: its last failure was logged (reset on success), so
     /// a broken source warns once, not on every scrape.
     warned: [AtomicBool; COLLECTORS.len()],
+    /// `max_cgroups` cut a walk short and it was logged.
+    cgroup_limit_warned: AtomicBool,
 }
 
 impl HostCollector {
@@ -186,6 +188,7 @@ impl HostCollector {
             )?,
             max_cgroups: config.max_cgroups,
             warned: Default::default(),
+            cgroup_limit_warned: AtomicBool::new(false),
         })
     }
 
