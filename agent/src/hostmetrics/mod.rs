@@ -123,11 +123,12 @@ pub(crate) struct FsUsage {
 
 /// Where filesystem statistics come from: `statvfs(2)` in production, a
 /// table in tests.
-pub(crate) trait StatFs {
+pub(crate) trait StatFs: Send + Sync + std::fmt::Debug {
     fn stat(&self, path: &Path) -> std::io::Result<FsUsage>;
 }
 
 /// `statvfs(2)` through rustix (no unsafe code here).
+#[derive(Debug)]
 struct SystemStatFs;
 
 impl StatFs for SystemStatFs {
@@ -283,6 +284,7 @@ fn render_success(outcomes: &[bool; COLLECTORS.len()]) -> String {
 #[derive(Debug)]
 pub struct HostMetrics {
     collector: Arc<HostCollector>,
+    statfs: Arc<dyn StatFs>,
     cache_for: std::time::Duration,
     timeout: std::time::Duration,
     state: tokio::sync::Mutex<CacheState>,
@@ -304,6 +306,7 @@ impl HostMetrics {
         }
         Ok(Some(Arc::new(HostMetrics {
             collector: Arc::new(HostCollector::new(config)?),
+            statfs: Arc::new(SystemStatFs),
             cache_for: config.cache_for,
             timeout: config.timeout,
             state: tokio::sync::Mutex::default(),
@@ -323,7 +326,10 @@ impl HostMetrics {
             Some(job) => job,
             None => {
                 let collector = Arc::clone(&self.collector);
-                tokio::task::spawn_blocking(move || collector.collect())
+                let statfs = Arc::clone(&self.statfs);
+                tokio::task::spawn_blocking(move || {
+                    collector.collect_with(SystemTime::now(), &*statfs)
+                })
             }
         };
         match tokio::time::timeout(self.timeout, &mut job).await {

@@ -28,6 +28,7 @@ fn fixture_config(root: &Path) -> HostMetricsConfig {
 }
 
 /// `statvfs` answers from a table keyed by the path under the rootfs.
+#[derive(Debug)]
 struct TableStatFs(HashMap<PathBuf, FsUsage>);
 
 impl StatFs for TableStatFs {
@@ -385,4 +386,70 @@ fn config_section_is_strict() {
     assert_eq!(config.host_metrics.proc_root, PathBuf::from("/host/proc"));
     assert_eq!(config.host_metrics.cache_for, Duration::from_secs(2));
     assert!(!config.host_metrics.enabled);
+}
+
+/// A `statvfs` that hangs (a dead NFS server) until the test lets it go.
+#[derive(Debug)]
+struct HangingStatFs(
+    std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl StatFs for HangingStatFs {
+    fn stat(&self, _path: &Path) -> std::io::Result<FsUsage> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.0.lock().unwrap().recv();
+        Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collection_is_not_waited_for_nor_started_twice() {
+    let (release, hold) = std::sync::mpsc::channel();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let config = HostMetricsConfig {
+        cache_for: Duration::ZERO,
+        timeout: Duration::from_millis(20),
+        ..fixture_config(&fixtures())
+    };
+    let host = HostMetrics {
+        collector: Arc::new(HostCollector::new(&config).unwrap()),
+        statfs: Arc::new(HangingStatFs(
+            std::sync::Mutex::new(hold),
+            Arc::clone(&calls),
+        )),
+        cache_for: config.cache_for,
+        timeout: config.timeout,
+        state: tokio::sync::Mutex::default(),
+    };
+    // The collection blocks in statvfs: the scrape answers without it.
+    for _ in 0..3 {
+        let text = host.render().await;
+        assert!(!text.contains("node_cpu_seconds_total"), "{text}");
+        assert!(
+            text.contains("node_scrape_collector_success{collector=\"cpu\"} 0\n"),
+            "{text}"
+        );
+        assert!(host.state.lock().await.running.is_some(), "one job kept");
+    }
+    // Released, the same job finishes (one statvfs per mount, so one
+    // message per mount it reaches) and the next scrape gets its result.
+    for _ in 0..8 {
+        let _ = release.send(());
+    }
+    drop(release);
+    let text = loop {
+        let text = host.render().await;
+        if text.contains("node_cpu_seconds_total") {
+            break text;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        text.contains("node_scrape_collector_success{collector=\"filesystem\"} 1\n"),
+        "{text}"
+    );
+    assert!(host.state.lock().await.running.is_none());
+    // One collection in all: one statvfs per real mount of the fixture.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
