@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -35,6 +36,10 @@ pub struct ScrapeTargets {
     pub services: Vec<(ServiceRole, String)>,
     /// The UI's base address, for links in alert notifications.
     pub ui: String,
+    /// Rule files beyond the shipped ones, absolute.
+    pub extra_rule_files: Vec<PathBuf>,
+    pub scrape_interval: Duration,
+    pub evaluation_interval: Duration,
 }
 
 /// Writes the config and the rule files under `dir`; returns the config's
@@ -58,15 +63,22 @@ pub fn write(dir: &Path, targets: &ScrapeTargets) -> anyhow::Result<PathBuf> {
 pub fn render(targets: &ScrapeTargets) -> String {
     let mut text = format!(
         "# Written by sightline-demo; a prometheus.yml plus Sightline's own sections.\n\
-         global:\n  scrape_interval: 5s\n  evaluation_interval: 15s\n\
+         global:\n  scrape_interval: {scrape}ms\n  evaluation_interval: {evaluation}ms\n\
          external_url: {ui}\n\
-         rule_files:\n  - rules/*.yml\n\
+         rule_files:\n  - rules/*.yml\n{extra_rules}\
          scrape_configs:\n\
          \x20 - job_name: sightline-agent\n\
          \x20   static_configs:\n\
          \x20     - targets: [\"{agent}\"]\n",
         ui = targets.ui,
         agent = targets.agent,
+        scrape = targets.scrape_interval.as_millis(),
+        evaluation = targets.evaluation_interval.as_millis(),
+        extra_rules = targets
+            .extra_rule_files
+            .iter()
+            .map(|path| format!("  - {:?}\n", path.display().to_string()))
+            .collect::<String>(),
     );
     if !targets.services.is_empty() {
         text.push_str("  - job_name: shop\n    static_configs:\n");
@@ -101,6 +113,9 @@ mod tests {
                 (ServiceRole::Payment, "127.0.0.1:8004".into()),
             ],
             ui: "http://127.0.0.1:7070".into(),
+            extra_rule_files: vec![PathBuf::from("/tmp/my rules/fast.yml")],
+            scrape_interval: Duration::from_secs(1),
+            evaluation_interval: Duration::from_millis(500),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), &targets).unwrap();
@@ -113,6 +128,9 @@ mod tests {
         assert_eq!(jobs[1]["static_configs"][1]["labels"]["service"], "payment");
         assert_eq!(config["log_metrics"][0]["labels"][0], "ip_address");
         assert_eq!(config["rule_files"][0], "rules/*.yml");
+        assert_eq!(config["rule_files"][1], "/tmp/my rules/fast.yml");
+        assert_eq!(config["global"]["scrape_interval"], "1000ms");
+        assert_eq!(config["global"]["evaluation_interval"], "500ms");
         assert!(dir.path().join("rules/shop.rules.yml").is_file());
         assert!(dir.path().join("rules/node.rules.yml").is_file());
     }

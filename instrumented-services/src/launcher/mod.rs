@@ -126,6 +126,19 @@ pub struct DemoArgs {
     #[arg(long)]
     pub platform_only: bool,
 
+    /// More Prometheus rule files for the collector, beside the shipped
+    /// ones in `dashboards/rules/`; repeat for several.
+    #[arg(long = "rule-file", value_name = "PATH")]
+    pub rule_files: Vec<PathBuf>,
+
+    /// How often the collector scrapes the services, the agent and itself.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scrape_interval: Duration,
+
+    /// How often rule groups without their own interval are evaluated.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub evaluation_interval: Duration,
+
     /// Do not run `cargo build` first, use the binaries as they are.
     #[arg(long)]
     pub no_build: bool,
@@ -377,6 +390,13 @@ async fn start_and_supervise(
             agent: agent_http.to_string(),
             services,
             ui: format!("http://{ui}"),
+            extra_rule_files: args
+                .rule_files
+                .iter()
+                .map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+                .collect(),
+            scrape_interval: args.scrape_interval,
+            evaluation_interval: args.evaluation_interval,
         },
     )?;
     let collector = ChildSpec {
