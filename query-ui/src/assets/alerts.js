@@ -1,0 +1,100 @@
+// Alerts: rule groups with each rule's state and health (`/api/v1/rules`),
+// active alerts with labels and annotations (`/api/v1/alerts`), and links to
+// the logs and traces behind each (the notifier's `sightline_logs_url`,
+// `sightline_traces_url` and `sightline_trace_ids` annotations).
+// State: `#/alerts?state=firing|pending|inactive&type=alerting|recording`.
+
+import { el, fetchJson, go, hashFor, safeUrl, errorBox } from "./util.js";
+
+const LINK_ANNOTATIONS = { sightline_logs_url: "Logs", sightline_traces_url: "Traces" };
+
+/** A link the annotation names, or its text when the URL is not one we follow. */
+function annotationLink(url, text) {
+  const safe = safeUrl(url);
+  return safe ? el("a", { href: safe, class: "alert-link" }, text) : el("span", { class: "muted" }, url);
+}
+
+function labelChips(labels) {
+  const box = el("span", { class: "labels" });
+  for (const [key, value] of Object.entries(labels || {})) box.append(el("span", { class: "label-chip" }, `${key}=${value}`));
+  return box;
+}
+
+function alertCard(alert) {
+  const annotations = { ...(alert.annotations || {}) };
+  const links = el("div", { class: "alert-links" });
+  for (const [key, text] of Object.entries(LINK_ANNOTATIONS)) {
+    if (annotations[key]) {
+      links.append(annotationLink(annotations[key], text), " ");
+      delete annotations[key];
+    }
+  }
+  if (annotations.sightline_trace_ids) {
+    for (const id of annotations.sightline_trace_ids.split(/[\s,]+/).filter((t) => /^[0-9a-fA-F]{16,32}$/.test(t))) links.append(el("a", { href: hashFor("trace", id), class: "alert-trace" }, `trace ${id.slice(0, 12)}…`), " ");
+    delete annotations.sightline_trace_ids;
+  }
+  const list = el("dl", { class: "annotations" });
+  for (const [key, value] of Object.entries(annotations)) list.append(el("dt", {}, key), el("dd", {}, value));
+  return el(
+    "div",
+    { class: `alert-card state-${alert.state}`, "data-alertname": alert.labels?.alertname || "" },
+    el("div", { class: "alert-head" }, el("span", { class: `badge state-${alert.state}` }, alert.state), el("strong", {}, alert.labels?.alertname || ""), el("span", { class: "muted" }, alert.activeAt ? ` active since ${new Date(alert.activeAt).toLocaleString()}` : ""), alert.value !== undefined ? el("span", { class: "muted" }, ` · value ${alert.value}`) : null),
+    labelChips(alert.labels),
+    list,
+    links,
+  );
+}
+
+export async function render(root, view) {
+  const params = view.params;
+  const stateFilter = params.get("state") || "";
+  const typeFilter = params.get("type") || "";
+  const filters = el("div", { class: "toolbar" });
+  for (const [key, options] of [["state", ["", "firing", "pending", "inactive"]], ["type", ["", "alerting", "recording"]]]) {
+    const select = el("select", { "data-filter": key });
+    for (const option of options) select.append(el("option", { value: option, selected: params.get(key) === option || (!params.get(key) && option === "") }, option || `any ${key}`));
+    select.addEventListener("change", () => {
+      const next = new URLSearchParams(params);
+      next.set(key, select.value);
+      go("alerts", "", next);
+    });
+    filters.append(select);
+  }
+  const active = el("div", { id: "active-alerts" });
+  const groups = el("div", { id: "rule-groups" });
+  root.append(el("section", { id: "alerts-view" }, filters, el("h2", {}, "Active alerts"), active, el("h2", {}, "Rules"), groups));
+  try {
+    const [alerts, rules] = await Promise.all([fetchJson("/api/v1/alerts"), fetchJson("/api/v1/rules")]);
+    const list = alerts.data.alerts.filter((a) => !stateFilter || a.state === stateFilter);
+    if (!list.length) active.append(el("p", { class: "muted" }, "No active alerts."));
+    for (const alert of list) active.append(alertCard(alert));
+    if (!rules.data.groups.length) groups.append(el("p", { class: "muted" }, "No rule groups loaded."));
+    for (const group of rules.data.groups) {
+      const table = el("table", { class: "rules" }, el("thead", {}, el("tr", {}, el("th", {}, "Rule"), el("th", {}, "Type"), el("th", {}, "State"), el("th", {}, "Health"), el("th", {}, "Query"), el("th", {}, "Active"))));
+      const tbody = el("tbody");
+      for (const rule of group.rules) {
+        if (typeFilter && rule.type !== typeFilter) continue;
+        const state = rule.type === "alerting" ? rule.state : "—";
+        if (stateFilter && state !== stateFilter) continue;
+        tbody.append(
+          el(
+            "tr",
+            { class: `rule-row rule-${rule.type} state-${state}`, "data-rule": rule.name },
+            el("td", {}, rule.name, labelChips(rule.labels)),
+            el("td", {}, rule.type),
+            el("td", {}, el("span", { class: `badge state-${state}` }, state)),
+            el("td", { class: `health-${rule.health}` }, rule.health, rule.lastError ? el("div", { class: "error-text" }, rule.lastError) : null),
+            el("td", {}, el("code", {}, rule.query)),
+            el("td", {}, String((rule.alerts || []).length)),
+          ),
+        );
+      }
+      table.append(tbody);
+      groups.append(el("div", { class: "rule-group" }, el("h3", {}, group.name, el("span", { class: "muted" }, ` ${group.file} · every ${group.interval}s`)), table));
+    }
+    root.dataset.loaded = "1";
+  } catch (error) {
+    active.replaceChildren(errorBox(error.status === 404 ? "The Prometheus API (/api/v1/rules) is not available on this collector." : error));
+    root.dataset.loaded = "error";
+  }
+}

@@ -1,0 +1,146 @@
+// Charts with the vendored uPlot (vendor/uPlot.esm.js, MIT): time series,
+// stacked bars for the log volume, sparklines.
+
+import uPlot from "./vendor/uPlot.esm.js";
+import { el } from "./util.js";
+
+const charts = new Set();
+
+/** Destroys charts whose canvas left the page (views re-render on navigation). */
+export function sweepCharts() {
+  for (const chart of charts) {
+    if (!chart.root.isConnected) {
+      chart.destroy();
+      charts.delete(chart);
+    }
+  }
+}
+
+function widthOf(container, fallback = 600) {
+  return Math.max(120, Math.floor(container.clientWidth || container.parentElement?.clientWidth || fallback));
+}
+
+/**
+ * A time-series chart. `xs` are epoch seconds; each series is
+ * `{label, color, values}`. `bars` draws stacked bars (the series are
+ * stacked in order). `onSelect(startMs, endMs)` is called after a drag, and
+ * `onClick(index)` after a click on a point.
+ */
+export function timeChart(container, { xs, series, height = 220, bars = false, onSelect, onClick, unit = "" }) {
+  let data = [xs];
+  if (bars) {
+    // Stacked: series i is drawn as the running sum, the top ones first.
+    const sums = xs.map(() => 0);
+    const stacked = series.map((s) => s.values.map((v, i) => (sums[i] += v || 0)));
+    data = [xs, ...stacked];
+  } else {
+    data = [xs, ...series.map((s) => s.values)];
+  }
+  const barPaths = bars ? uPlot.paths.bars({ size: [0.9, 60] }) : undefined;
+  const options = {
+    width: widthOf(container),
+    height,
+    cursor: { drag: { x: Boolean(onSelect), y: false, setScale: false } },
+    legend: { show: true },
+    scales: { x: { time: true } },
+    axes: [{}, { size: 60, values: (_, ticks) => ticks.map((t) => formatValue(t, unit)) }],
+    series: [
+      {},
+      ...series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        fill: bars ? s.color : undefined,
+        width: bars ? 0 : 1.5,
+        paths: barPaths,
+        points: { show: false },
+        value: (_, v) => (v === null || v === undefined ? "–" : formatValue(v, unit)),
+      })),
+    ],
+    hooks: {
+      setSelect: [
+        (u) => {
+          if (!onSelect || u.select.width < 3) return;
+          const a = u.posToVal(u.select.left, "x");
+          const b = u.posToVal(u.select.left + u.select.width, "x");
+          u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+          onSelect(Math.floor(a * 1000), Math.ceil(b * 1000));
+        },
+      ],
+    },
+  };
+  if (bars) {
+    // Draw the biggest (cumulative) first so smaller stacks stay visible.
+    options.series = [options.series[0], ...options.series.slice(1).reverse()];
+    data = [data[0], ...data.slice(1).reverse()];
+  }
+  const chart = new uPlot(options, data, container);
+  if (onClick) {
+    chart.over.addEventListener("click", () => {
+      if (chart.cursor.idx !== null && chart.cursor.idx !== undefined && chart.select.width < 3) onClick(chart.cursor.idx);
+    });
+  }
+  charts.add(chart);
+  return chart;
+}
+
+/** A small line without axes or legend. */
+export function sparkline(container, xs, values, color) {
+  const chart = new uPlot(
+    {
+      width: 160,
+      height: 36,
+      cursor: { show: false },
+      legend: { show: false },
+      axes: [{ show: false }, { show: false }],
+      scales: { x: { time: true } },
+      series: [{}, { stroke: color, fill: `${color}33`, width: 1.5, points: { show: false } }],
+    },
+    [xs, values],
+    container,
+  );
+  charts.add(chart);
+  return chart;
+}
+
+/** A number with a Grafana unit (`s`, `ms`, `percentunit`, `percent`, `bytes`, `reqps`). */
+export function formatValue(value, unit = "") {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  const short = (v) => {
+    const abs = Math.abs(v);
+    if (abs >= 1e9) return `${(v / 1e9).toFixed(2)}G`;
+    if (abs >= 1e6) return `${(v / 1e6).toFixed(2)}M`;
+    if (abs >= 1e3) return `${(v / 1e3).toFixed(2)}k`;
+    if (abs === 0) return "0";
+    if (abs < 0.01) return v.toExponential(1);
+    return String(Math.round(v * 100) / 100);
+  };
+  switch (unit) {
+    case "percentunit":
+      return `${(value * 100).toFixed(1)}%`;
+    case "percent":
+      return `${value.toFixed(1)}%`;
+    case "s":
+      return value < 1 ? `${(value * 1000).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+    case "ms":
+      return `${value.toFixed(1)} ms`;
+    case "bytes":
+    case "decbytes": {
+      const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+      let v = value;
+      let i = 0;
+      while (Math.abs(v) >= 1024 && i < units.length - 1) {
+        v /= 1024;
+        i++;
+      }
+      return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+    }
+    case "reqps":
+      return `${short(value)} req/s`;
+    default:
+      return short(value);
+  }
+}
+
+export function emptyChart(text) {
+  return el("div", { class: "chart-empty" }, text);
+}

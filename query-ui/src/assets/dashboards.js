@@ -1,0 +1,295 @@
+// Dashboards: the Grafana-classic dashboards of `dashboards/*.json`
+// (served by `/api/dashboards`), rendered against the collector's
+// Prometheus API: timeseries (and old `graph`), stat, gauge and table
+// panels, rows, template variables and the time range.
+// State: `#/dashboards` and `#/dashboard/<uid>?from=&to=&var-<name>=<value>`.
+
+import { el, fetchJson, go, hashFor, timeRange, rangePicker, errorBox, PALETTE } from "./util.js";
+import { timeChart, formatValue, emptyChart } from "./chart.js";
+
+export async function renderList(root) {
+  const list = el("ul", { id: "dashboard-list", class: "dashboard-list" });
+  root.append(el("section", { id: "dashboards-view" }, el("h2", {}, "Dashboards"), list));
+  try {
+    const result = await fetchJson("/api/dashboards");
+    if (!result.dashboards.length) list.append(el("li", { class: "muted" }, "No dashboards in dashboards/*.json."));
+    for (const dashboard of result.dashboards) {
+      const tags = el("span", { class: "tags" });
+      for (const tag of dashboard.tags || []) tags.append(el("span", { class: "tag" }, tag));
+      list.append(el("li", { class: "dashboard-item", "data-uid": dashboard.uid }, el("a", { href: hashFor("dashboard", dashboard.uid) }, dashboard.title), " ", el("span", { class: "muted" }, dashboard.file), tags, dashboard.error ? el("div", { class: "error-box" }, dashboard.error) : null));
+    }
+    root.dataset.loaded = "1";
+  } catch (error) {
+    list.replaceChildren(errorBox(error));
+    root.dataset.loaded = "error";
+  }
+}
+
+/** Panels in grid order, rows' collapsed panels and old `rows[]` included. */
+function allPanels(dashboard) {
+  const out = [];
+  const add = (panel) => {
+    out.push(panel);
+    if (panel.type === "row" && Array.isArray(panel.panels)) panel.panels.forEach(add);
+  };
+  (dashboard.panels || []).forEach(add);
+  let y = 0;
+  for (const row of dashboard.rows || []) {
+    if (row.title && row.showTitle !== false) out.push({ type: "row", title: row.title, gridPos: { x: 0, y, w: 24, h: 1 } });
+    y += 1;
+    let x = 0;
+    for (const panel of row.panels || []) {
+      const w = Math.max(1, Math.round(((panel.span || 12) / 12) * 24));
+      out.push({ ...panel, gridPos: panel.gridPos || { x, y, w, h: 8 } });
+      x += w;
+    }
+    y += 8;
+  }
+  return out;
+}
+
+/** Values of a template variable query: `label_values(label)`, `label_values(metric, label)`, `query_result(expr)`. */
+async function variableValues(variable, range, interpolate) {
+  if (variable.type === "custom") return String(variable.query || "").split(",").map((s) => s.trim()).filter(Boolean);
+  if (variable.type === "interval") return String(variable.query || "1m,5m,1h").split(",").map((s) => s.trim()).filter(Boolean);
+  if (variable.type === "constant" || variable.type === "textbox") return [String(variable.query || "")];
+  if (variable.type !== "query") return [];
+  const text = interpolate(typeof variable.query === "object" ? variable.query.query || "" : variable.query || "");
+  const window = { start: String(range.start / 1000), end: String(range.end / 1000) };
+  let values = [];
+  let match = /^label_values\(\s*([a-zA-Z_][\w]*)\s*\)$/.exec(text.trim());
+  if (match) {
+    values = (await fetchJson(`/api/v1/label/${encodeURIComponent(match[1])}/values?${new URLSearchParams(window)}`)).data;
+  } else if ((match = /^label_values\(\s*(.+)\s*,\s*([a-zA-Z_][\w]*)\s*\)$/.exec(text.trim()))) {
+    const api = new URLSearchParams(window);
+    api.append("match[]", match[1]);
+    const series = (await fetchJson(`/api/v1/series?${api}`)).data;
+    values = [...new Set(series.map((s) => s[match[2]]).filter((v) => v !== undefined))];
+  } else if ((match = /^query_result\((.+)\)$/.exec(text.trim()))) {
+    const result = (await fetchJson(`/api/v1/query?${new URLSearchParams({ query: match[1], time: window.end })}`)).data.result;
+    values = result.map((s) => JSON.stringify(s.metric));
+  } else if (text.trim()) {
+    values = (await fetchJson(`/api/v1/label/${encodeURIComponent(text.trim())}/values?${new URLSearchParams(window)}`).catch(() => ({ data: [] }))).data;
+  }
+  if (variable.regex) {
+    try {
+      const regex = new RegExp(variable.regex.replace(/^\/(.*)\/[a-z]*$/, "$1"));
+      values = values.map((v) => {
+        const m = regex.exec(v);
+        return m ? (m[1] !== undefined ? m[1] : v) : null;
+      }).filter((v) => v !== null);
+    } catch {
+      // A regex JavaScript cannot parse: the values unfiltered.
+    }
+  }
+  return [...new Set(values)].sort();
+}
+
+const regexEscape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+function interpolator(values, builtins) {
+  const lookup = (name) => {
+    if (name in builtins) return builtins[name];
+    if (!(name in values)) return null;
+    const value = values[name];
+    if (Array.isArray(value)) return value.length === 1 ? value[0] : `(${value.map(regexEscape).join("|")})`;
+    return value;
+  };
+  return (text) =>
+    String(text).replace(/\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)/g, (whole, a, b, c) => {
+      const value = lookup(a || b || c);
+      return value === null ? whole : value;
+    });
+}
+
+function legend(format, metric, fallback) {
+  if (format && format !== "__auto") return format.replace(/\{\{\s*(\w+)\s*\}\}/g, (_, name) => metric[name] ?? "");
+  const labels = Object.entries(metric).filter(([k]) => k !== "__name__");
+  if (!labels.length) return metric.__name__ || fallback;
+  return `${metric.__name__ || ""}{${labels.map(([k, v]) => `${k}="${v}"`).join(", ")}}`;
+}
+
+function reduce(values, calc) {
+  const numbers = values.map(Number).filter((v) => Number.isFinite(v));
+  if (!numbers.length) return null;
+  switch (calc) {
+    case "mean":
+      return numbers.reduce((a, b) => a + b, 0) / numbers.length;
+    case "max":
+      return Math.max(...numbers);
+    case "min":
+      return Math.min(...numbers);
+    case "sum":
+      return numbers.reduce((a, b) => a + b, 0);
+    case "first":
+    case "firstNotNull":
+      return numbers[0];
+    default:
+      return numbers[numbers.length - 1];
+  }
+}
+
+function thresholdColor(panel, value) {
+  const steps = panel.fieldConfig?.defaults?.thresholds?.steps || [];
+  let color = null;
+  for (const step of steps) if (step.value === null || step.value === undefined || value >= step.value) color = step.color;
+  const named = { green: "#2da44e", red: "#cf222e", yellow: "#d4a72c", orange: "#e07a10", blue: "#2f6fde", purple: "#a371f7" };
+  return named[color] || (typeof color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(color) ? color : null);
+}
+
+async function rangeQuery(expr, range, step) {
+  const result = await fetchJson(`/api/v1/query_range?${new URLSearchParams({ query: expr, start: String(range.start / 1000), end: String(range.end / 1000), step: String(step) })}`);
+  return result.data.result;
+}
+
+async function instantQuery(expr, range) {
+  const result = await fetchJson(`/api/v1/query?${new URLSearchParams({ query: expr, time: String(range.end / 1000) })}`);
+  return result.data;
+}
+
+async function drawPanel(body, panel, range, step, interpolate) {
+  const targets = (panel.targets || []).filter((t) => t.expr && !t.hide);
+  const unit = panel.fieldConfig?.defaults?.unit || (panel.yaxes && panel.yaxes[0]?.format) || "";
+  if (!targets.length) {
+    body.append(emptyChart(panel.type === "text" ? panel.options?.content || "" : "no queries"));
+    return;
+  }
+  if (panel.type === "timeseries" || panel.type === "graph") {
+    const results = await Promise.all(targets.map((t) => rangeQuery(interpolate(t.expr), range, step).then((series) => series.map((s) => ({ ...s, target: t })))));
+    const all = results.flat();
+    if (!all.length) {
+      body.append(emptyChart("no data"));
+      return;
+    }
+    const times = [...new Set(all.flatMap((s) => s.values.map((v) => v[0])))].sort((a, b) => a - b);
+    const index = new Map(times.map((t, i) => [t, i]));
+    const series = all.slice(0, 40).map((s, i) => {
+      const values = times.map(() => null);
+      for (const [t, v] of s.values) values[index.get(t)] = Number(v);
+      return { label: legend(interpolate(s.target.legendFormat || ""), s.metric, s.target.refId || "A"), color: PALETTE[i % PALETTE.length], values };
+    });
+    timeChart(body, { xs: times, series, height: Math.max(120, body.clientHeight - 50), unit, onSelect: (a, b) => applyRange(a, b) });
+    return;
+  }
+  if (panel.type === "table") {
+    const table = el("table", { class: "panel-table" });
+    const rows = [];
+    for (const target of targets) {
+      const data = await instantQuery(interpolate(target.expr), range);
+      for (const s of data.resultType === "vector" ? data.result : []) rows.push({ metric: s.metric, value: Number(s.value[1]) });
+    }
+    const labels = [...new Set(rows.flatMap((r) => Object.keys(r.metric)))];
+    table.append(el("thead", {}, el("tr", {}, ...labels.map((l) => el("th", {}, l)), el("th", {}, "Value"))));
+    const tbody = el("tbody");
+    for (const row of rows) tbody.append(el("tr", {}, ...labels.map((l) => el("td", {}, row.metric[l] ?? "")), el("td", { class: "num" }, formatValue(row.value, unit))));
+    table.append(tbody);
+    body.append(rows.length ? table : emptyChart("no data"));
+    return;
+  }
+  if (panel.type === "stat" || panel.type === "gauge" || panel.type === "singlestat" || panel.type === "bargauge") {
+    const calc = panel.options?.reduceOptions?.calcs?.[0] || "lastNotNull";
+    const box = el("div", { class: `panel-${panel.type === "gauge" ? "gauge" : "stat"}` });
+    for (const target of targets) {
+      const series = await rangeQuery(interpolate(target.expr), range, step);
+      for (const s of series.slice(0, 8)) {
+        const value = reduce(s.values.map((v) => v[1]), calc);
+        const color = value === null ? null : thresholdColor(panel, value);
+        const number = el("div", { class: "stat-value" }, formatValue(value, unit));
+        if (color) number.style.color = color;
+        const item = el("div", { class: "stat-item" }, number, series.length > 1 || target.legendFormat ? el("div", { class: "stat-label" }, legend(interpolate(target.legendFormat || ""), s.metric, "")) : null);
+        if (panel.type === "gauge" || panel.type === "bargauge") {
+          const min = panel.fieldConfig?.defaults?.min ?? 0;
+          const max = panel.fieldConfig?.defaults?.max ?? (unit === "percentunit" ? 1 : unit === "percent" ? 100 : Math.max(1, value || 0));
+          item.prepend(el("meter", { min, max, value: value ?? 0, class: "gauge-meter" }));
+        }
+        box.append(item);
+      }
+    }
+    body.append(box.children.length ? box : emptyChart("no data"));
+    return;
+  }
+  body.append(emptyChart(`panel type ${panel.type} is not supported`));
+}
+
+let applyRange = () => {};
+
+export async function renderDashboard(root, view) {
+  const uid = view.id;
+  const params = view.params;
+  const header = el("div", { class: "dashboard-header" }, el("a", { href: hashFor("dashboards") }, "← dashboards"));
+  const variablesBar = el("div", { id: "dashboard-variables", class: "variables" });
+  const grid = el("div", { id: "dashboard-grid", class: "dashboard-grid" });
+  root.append(el("section", { id: "dashboard-view" }, header, variablesBar, grid));
+  let dashboard;
+  try {
+    dashboard = await fetchJson(`/api/dashboards/${encodeURIComponent(uid)}`);
+  } catch (error) {
+    grid.replaceChildren(errorBox(error));
+    root.dataset.loaded = "error";
+    return;
+  }
+  const withDefaults = new URLSearchParams(params);
+  if (!withDefaults.get("from")) withDefaults.set("from", dashboard.time?.from || "now-1h");
+  if (!withDefaults.get("to")) withDefaults.set("to", dashboard.time?.to || "now");
+  const range = timeRange(withDefaults);
+  const nav = (changes) => {
+    const next = new URLSearchParams(withDefaults);
+    for (const [k, v] of Object.entries(changes)) next.set(k, v);
+    go("dashboard", uid, next);
+  };
+  applyRange = (a, b) => nav({ from: String(a), to: String(b) });
+  header.append(el("h2", {}, dashboard.title || uid), rangePicker(withDefaults, (from, to) => nav({ from, to })));
+
+  const seconds = (range.end - range.start) / 1000;
+  const step = Math.max(15, Math.ceil(seconds / 240));
+  const builtins = { __interval: `${step}s`, __rate_interval: `${Math.max(4 * step, 60)}s`, __range: `${Math.round(seconds)}s`, __range_s: String(Math.round(seconds)) };
+  const values = {};
+  for (const variable of dashboard.templating?.list || []) {
+    if (variable.type === "datasource" || variable.type === "adhoc") continue;
+    const name = variable.name;
+    let options = [];
+    try {
+      options = await variableValues(variable, range, interpolator(values, builtins));
+    } catch {
+      options = [];
+    }
+    const fromUrl = params.getAll(`var-${name}`);
+    const current = variable.current?.value;
+    let chosen = fromUrl.length ? fromUrl : Array.isArray(current) ? current : current !== undefined ? [current] : [];
+    const all = chosen.includes("$__all") || chosen.includes("All");
+    if (all || !chosen.length || !chosen.every((c) => options.includes(c))) chosen = variable.includeAll && (all || !options.length) ? ["$__all"] : options.length ? [options[0]] : chosen;
+    values[name] = chosen.includes("$__all") ? variable.allValue || (options.length ? options : [".*"]) : variable.multi ? chosen : chosen[0] || "";
+    if (variable.hide === 2) continue;
+    const select = el("select", { "data-variable": name, multiple: variable.multi || false });
+    if (variable.includeAll) select.append(el("option", { value: "$__all", selected: chosen.includes("$__all") }, "All"));
+    for (const option of options) select.append(el("option", { value: option, selected: chosen.includes(option) }, option));
+    select.addEventListener("change", () => {
+      const next = new URLSearchParams(withDefaults);
+      next.delete(`var-${name}`);
+      for (const option of select.selectedOptions) next.append(`var-${name}`, option.value);
+      go("dashboard", uid, next);
+    });
+    variablesBar.append(el("label", { class: "variable" }, `${variable.label || name} `, select));
+  }
+  const interpolate = interpolator(values, builtins);
+  const panels = allPanels(dashboard).sort((a, b) => (a.gridPos?.y ?? 0) - (b.gridPos?.y ?? 0) || (a.gridPos?.x ?? 0) - (b.gridPos?.x ?? 0));
+  const work = [];
+  for (const panel of panels) {
+    const pos = panel.gridPos || { x: 0, y: 0, w: 12, h: 8 };
+    const box = el("div", { class: `panel panel-type-${String(panel.type).replace(/[^a-z-]/gi, "")}`, "data-panel-id": panel.id ?? "" });
+    box.style.gridColumn = `${(pos.x || 0) + 1} / span ${Math.min(24, pos.w || 12)}`;
+    box.style.gridRow = `${(pos.y || 0) + 1} / span ${Math.max(1, pos.h || 8)}`;
+    if (panel.type === "row") {
+      box.append(el("h3", { class: "row-title" }, interpolate(panel.title || "")));
+      grid.append(box);
+      continue;
+    }
+    const body = el("div", { class: "panel-body" });
+    body.dataset.uid = uid;
+    box.append(el("div", { class: "panel-title", title: panel.description || "" }, interpolate(panel.title || "")), body);
+    grid.append(box);
+    work.push(drawPanel(body, panel, range, step, interpolate).catch((error) => body.replaceChildren(errorBox(error))));
+  }
+  await Promise.all(work);
+  root.dataset.loaded = "1";
+}

@@ -1,0 +1,326 @@
+// Logs (Discover): query bar, time range, volume histogram by severity,
+// field sidebar, results newest first, expandable records, load more, live
+// tail and context. State: `#/logs?q=&from=&to=&open=<record id>&tail=1`.
+
+import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip } from "./util.js";
+import { timeChart, emptyChart } from "./chart.js";
+
+const PAGE = 100;
+const SEVERITIES = ["FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", ""];
+const SEVERITY_COLORS = { FATAL: "#6e0b0b", ERROR: "#cf222e", WARN: "#d4a72c", INFO: "#2da44e", DEBUG: "#8c959f", TRACE: "#c4c9d0", "": "#57606a" };
+const SIDEBAR_FIELDS = ["service", "severity_text", "resource.k8s.namespace.name", "resource.k8s.pod.name"];
+const HELP = [
+  ["payment declined", "words in the message"],
+  ['"payment declined"', "a phrase"],
+  ["service:order AND severity:ERROR", "fields, AND / OR / NOT, parentheses"],
+  ["request_id:abc123  trace_id:…", "one request or trace"],
+  ["user_id:42  http.status:[500 TO 599]", "parsed attributes, ranges"],
+  ["ship*  NOT debug", "wildcards, exclusions"],
+];
+
+/** The query language's name of a record field (the sidebar's filters). */
+function queryField(field) {
+  if (field === "severity_text") return "severity";
+  if (field.startsWith("attributes.")) return field.slice("attributes.".length);
+  return field;
+}
+
+function quote(value) {
+  return `"${String(value).replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+}
+
+/** Adds `field:value` (or `NOT field:value`) to the query. */
+export function withFilter(query, field, value, exclude) {
+  const clause = `${exclude ? "NOT " : ""}${queryField(field)}:${quote(value)}`;
+  const trimmed = query.trim();
+  return trimmed ? `${trimmed} AND ${clause}` : exclude ? `* AND ${clause}` : clause;
+}
+
+function idLink(kind, id) {
+  if (!id) return el("td", { class: kind });
+  const href = kind === "trace" ? hashFor("trace", id) : hashFor("request", id);
+  const anchor = el("a", { class: `id ${kind}-link`, href, title: id }, kind === "trace" ? `${id.slice(0, 12)}…` : id);
+  anchor.dataset.id = id;
+  return el("td", { class: kind }, anchor);
+}
+
+/** One result row; log content goes in as text only. */
+function logRow(record) {
+  const severity = record.severity_text || "UNSET";
+  const row = el(
+    "tr",
+    { class: `log-row sev-${severity.replace(/[^A-Za-z]/g, "")}`, "data-id": record.id },
+    el("td", { class: "time" }, formatTime(record.timestamp)),
+    el("td", { class: "service" }, record.service),
+    el("td", { class: "level" }, record.severity_text),
+    el("td", { class: "body" }, record.body),
+    idLink("request", record.request_id),
+    idLink("trace", record.trace_id),
+  );
+  row.record = record;
+  return row;
+}
+
+/** Renders records into `tbody` (appending); exported for the perf hook. */
+export function renderRows(tbody, records) {
+  const fragment = document.createDocumentFragment();
+  for (const record of records) fragment.append(logRow(record));
+  tbody.append(fragment);
+}
+
+function detailRow(record, state) {
+  const { id, ...rest } = record;
+  const copy = el("button", { type: "button", class: "copy" }, "Copy JSON");
+  const json = JSON.stringify(rest, null, 2);
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(json);
+      copy.textContent = "Copied";
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents(pre);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      copy.textContent = "Selected: press Ctrl+C";
+    }
+  });
+  const contextButton = el("button", { type: "button", class: "show-context" }, "Show context");
+  const contextBox = el("div", { class: "context" });
+  contextButton.addEventListener("click", () => showContext(record, contextBox));
+  const pre = el("pre", { class: "raw-json" }, json);
+  const links = el("div", { class: "detail-links" });
+  if (record.trace_id) links.append(el("a", { href: hashFor("trace", record.trace_id, record.span_id ? new URLSearchParams({ span: record.span_id }) : null) }, "Open trace"));
+  if (record.request_id || record.trace_id) links.append(el("a", { href: hashFor("request", record.request_id || record.trace_id) }, "Request view"));
+  const table = fieldsTable(rest, (row, key, value) => {
+    const plus = el("button", { type: "button", class: "mini filter-in", title: "filter for value" }, "+");
+    const minus = el("button", { type: "button", class: "mini filter-out", title: "filter out value" }, "−");
+    plus.addEventListener("click", () => state.filter(key, value, false));
+    minus.addEventListener("click", () => state.filter(key, value, true));
+    row.append(el("td", { class: "actions" }, plus, minus));
+  });
+  return el("tr", { class: "log-detail" }, el("td", { colspan: 6 }, el("div", { class: "detail-bar" }, copy, contextButton, links), table, pre, contextBox));
+}
+
+async function showContext(record, box) {
+  box.replaceChildren(el("p", { class: "muted" }, "loading context…"));
+  try {
+    const result = await fetchJson(`/api/logs/context/${encodeURIComponent(record.id)}?before=10&after=10`);
+    const table = el("table", { class: "context-table" });
+    for (const hit of result.records) {
+      const row = el("tr", { class: hit.id === record.id ? "context-row anchor" : "context-row" }, el("td", { class: "time" }, formatTime(hit.timestamp)), el("td", { class: "level" }, hit.severity_text), el("td", { class: "body" }, hit.body));
+      table.append(row);
+    }
+    box.replaceChildren(el("h4", {}, `Context in the record's stream (${result.records.length} records)`), table);
+  } catch (error) {
+    box.replaceChildren(errorBox(error));
+  }
+}
+
+/** The query with a caret under the position a 400 names. */
+function queryError(query, error) {
+  const box = el("div", { class: "query-error", role: "alert" }, el("strong", {}, "Query error: "), error.message);
+  const match = /position (\d+)/.exec(error.message);
+  if (match) {
+    const position = Math.min(Number(match[1]), query.length);
+    box.append(el("pre", { class: "caret" }, `${query}\n${" ".repeat(position)}^`));
+  }
+  return box;
+}
+
+export function render(root, view, ctx) {
+  const params = view.params;
+  const query = params.get("q") || "";
+  const range = timeRange(params);
+  const apiRange = { start: msToNanos(range.start), end: msToNanos(range.end) };
+  const nav = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [key, value] of Object.entries(changes)) {
+      if (value === null) next.delete(key);
+      else next.set(key, value);
+    }
+    next.delete("open");
+    go("logs", "", next);
+  };
+  const state = { filter: (field, value, exclude) => nav({ q: withFilter($("#query").value, field, value, exclude) }) };
+
+  const input = el("input", { id: "query", name: "q", type: "search", spellcheck: "false", value: query, placeholder: 'request_id:abc123   service:order AND severity:ERROR   "payment declined"' });
+  const helpButton = el("button", { type: "button", id: "help-button", class: "secondary", title: "query syntax" }, "?");
+  const help = el("div", { id: "syntax-help", class: "syntax-help" }, el("h4", {}, "Query syntax"));
+  for (const [example, meaning] of HELP) {
+    const code = el("code", { class: "example" }, example);
+    code.addEventListener("click", () => {
+      input.value = example;
+      input.focus();
+    });
+    help.append(el("div", {}, code, el("span", { class: "muted" }, ` ${meaning}`)));
+  }
+  help.hidden = true;
+  helpButton.addEventListener("click", () => (help.hidden = !help.hidden));
+  const tailing = params.get("tail") === "1";
+  const tailButton = el("button", { type: "button", id: "tail-button", class: tailing ? "active secondary" : "secondary" }, tailing ? "Stop tail" : "Live tail");
+  tailButton.addEventListener("click", () => nav({ tail: tailing ? null : "1" }));
+  const form = el("form", { id: "search-form", autocomplete: "off" }, input, helpButton, rangePicker(params, (from, to) => nav({ from, to })), el("button", { id: "search-button", type: "submit" }, "Search"), tailButton);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    nav({ q: input.value });
+  });
+  const errorSlot = el("div", { id: "query-error-slot" });
+  const status = el("div", { id: "status", role: "status" }, "searching…");
+  const histogram = el("div", { id: "histogram", class: "chart" });
+  const sidebar = el("aside", { id: "fields" }, el("h3", {}, "Fields"));
+  const tbody = el("tbody");
+  const table = el("table", { id: "results" }, el("thead", {}, el("tr", {}, el("th", { class: "time" }, "Time"), el("th", {}, "Service"), el("th", {}, "Level"), el("th", {}, "Message"), el("th", {}, "Request"), el("th", {}, "Trace"))), tbody);
+  const more = el("button", { type: "button", id: "load-more", class: "secondary" }, "Load more");
+  more.hidden = true;
+  root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
+
+  tbody.addEventListener("click", (event) => {
+    if (event.target.closest("a, button")) return;
+    const row = event.target.closest("tr.log-row");
+    if (!row) return;
+    toggle(row);
+  });
+  const toggle = (row, open) => {
+    const next = row.nextElementSibling;
+    const isOpen = next && next.classList.contains("log-detail");
+    if (isOpen && open !== true) {
+      next.remove();
+      row.classList.remove("open");
+      const p = new URLSearchParams(params);
+      p.delete("open");
+      remember("logs", "", p);
+    } else if (!isOpen) {
+      row.after(detailRow(row.record, state));
+      row.classList.add("open");
+      const p = new URLSearchParams(params);
+      p.set("open", row.record.id);
+      remember("logs", "", p);
+    }
+  };
+
+  let total = 0;
+  let shown = 0;
+  let cursor = null;
+  const updateStatus = () => {
+    status.textContent = `${total} matching records, showing ${shown}${tailing ? " · live tail on" : ""}`;
+    more.hidden = !cursor;
+  };
+  const load = async () => {
+    const api = new URLSearchParams({ q: query, limit: String(PAGE), ...apiRange });
+    if (cursor) api.set("cursor", cursor);
+    const started = performance.now();
+    const result = await fetchJson(`/api/logs?${api}`);
+    const fetched = performance.now();
+    renderRows(tbody, result.records);
+    ctx.perf.lastLogRender = { rows: result.records.length, fetchMs: fetched - started, renderMs: performance.now() - fetched };
+    total = result.total_hits;
+    shown += result.records.length;
+    cursor = result.next_cursor || null;
+    updateStatus();
+    return result.records;
+  };
+  more.addEventListener("click", () => load().catch((error) => errorSlot.replaceChildren(errorBox(error))));
+
+  const search = async () => {
+    try {
+      await load();
+      const open = params.get("open");
+      if (open) {
+        const row = [...tbody.querySelectorAll("tr.log-row")].find((r) => r.record.id === open);
+        if (row) toggle(row, true);
+      }
+      root.dataset.loaded = "1";
+    } catch (error) {
+      status.textContent = "";
+      errorSlot.replaceChildren(error.status === 400 ? queryError(query, error) : errorBox(error));
+      root.dataset.loaded = "error";
+      return;
+    }
+    drawHistogram(histogram, query, range, apiRange, (from, to) => nav({ from, to }));
+    fillSidebar(sidebar, query, apiRange, state);
+  };
+  search();
+
+  if (tailing) {
+    const source = new EventSource(`/api/logs/tail?${new URLSearchParams({ q: query })}`);
+    source.addEventListener("record", (event) => {
+      let record;
+      try {
+        record = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      const row = logRow(record);
+      row.classList.add("tailed");
+      tbody.prepend(row);
+      total += 1;
+      shown += 1;
+      updateStatus();
+      while (tbody.children.length > 2000) tbody.lastElementChild.remove();
+    });
+    source.addEventListener("error", () => (status.textContent = `${status.textContent.replace(/ · tail.*$/, "")} · tail reconnecting…`));
+    ctx.onLeave(() => source.close());
+  }
+}
+
+async function drawHistogram(container, query, range, apiRange, zoom) {
+  const span = range.end - range.start;
+  const interval = Math.max(1000, Math.round(span / 60 / 1000) * 1000);
+  try {
+    const result = await fetchJson(`/api/logs/histogram?${new URLSearchParams({ q: query, ...apiRange, interval: `${interval}ms` })}`);
+    const buckets = result.buckets || [];
+    if (!buckets.length) {
+      container.replaceChildren(emptyChart("no records in this range"));
+      return;
+    }
+    const xs = buckets.map((b) => b.start / 1e9);
+    const present = SEVERITIES.filter((sev) => buckets.some((b) => (b.by_severity || {})[sev]));
+    const others = (b) => Object.entries(b.by_severity || {}).filter(([sev]) => !SEVERITIES.includes(sev)).reduce((sum, [, n]) => sum + n, 0);
+    const series = present.map((sev) => ({ label: sev || "none", color: SEVERITY_COLORS[sev], values: buckets.map((b) => (b.by_severity || {})[sev] || 0) }));
+    if (buckets.some(others)) series.push({ label: "other", color: "#0e8a8a", values: buckets.map(others) });
+    const width = (result.interval || interval * 1e6) / 1e6;
+    container.replaceChildren();
+    timeChart(container, {
+      xs,
+      series,
+      height: 140,
+      bars: true,
+      onSelect: (a, b) => zoom(String(a), String(b)),
+      onClick: (index) => zoom(String(Math.floor(xs[index] * 1000)), String(Math.floor(xs[index] * 1000 + width))),
+    });
+  } catch (error) {
+    container.replaceChildren(errorBox(error));
+  }
+}
+
+async function fillSidebar(sidebar, query, apiRange, state) {
+  const sample = await fetchJson(`/api/logs?${new URLSearchParams({ q: query, limit: "50", ...apiRange })}`).catch(() => ({ records: [] }));
+  const keys = new Map();
+  for (const record of sample.records) {
+    for (const key of Object.keys(record.attributes || {})) keys.set(`attributes.${key}`, (keys.get(`attributes.${key}`) || 0) + 1);
+  }
+  const attributeFields = [...keys.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([key]) => key);
+  for (const field of [...SIDEBAR_FIELDS, ...attributeFields]) {
+    const box = el("div", { class: "field", "data-field": field }, el("div", { class: "field-name" }, field));
+    sidebar.append(box);
+    fetchJson(`/api/logs/terms?${new URLSearchParams({ field, q: query, size: "5", ...apiRange })}`)
+      .then((terms) => {
+        if (!terms.values.length) {
+          box.remove();
+          return;
+        }
+        const list = el("ul", { class: "top-values" });
+        for (const { value, count } of terms.values) {
+          const plus = el("button", { type: "button", class: "mini filter-in", title: `${field}: ${value}` }, "+");
+          const minus = el("button", { type: "button", class: "mini filter-out", title: `not ${field}: ${value}` }, "−");
+          plus.addEventListener("click", () => state.filter(field, value, false));
+          minus.addEventListener("click", () => state.filter(field, value, true));
+          const pct = terms.present ? Math.round((count / terms.sampled) * 100) : 0;
+          const label = field === "service" ? serviceChip(value) : el("span", { class: "term" }, value);
+          list.append(el("li", {}, label, el("span", { class: "count" }, `${pct}%`), plus, minus));
+        }
+        box.append(list);
+      })
+      .catch(() => box.remove());
+  }
+}

@@ -1,0 +1,89 @@
+// Request view: everything one request did, logs and spans of every
+// service on one timeline. Errors first, the bottleneck highlighted, each
+// service its own colour. State: `#/request/<request id or trace id>`.
+
+import { el, fetchJson, go, hashFor, formatTime, formatDuration, errorBox, serviceChip, serviceSlot, latencyClass } from "./util.js";
+
+function entryRow(entry, story, bottleneckId) {
+  const total = Math.max(story.duration, 1);
+  const slot = serviceSlot(entry.service);
+  const offset = entry.time - story.start;
+  const isBottleneck = entry.type === "span" && entry.span_id === bottleneckId;
+  const classes = ["story-row", `story-${entry.type}`, `svc-border-${slot}`];
+  if (entry.error) classes.push("error");
+  if (isBottleneck) classes.push("bottleneck");
+  if (entry.on_critical_path) classes.push("critical");
+  const marker = el("div", { class: entry.type === "span" ? `story-bar svc-bg-${slot} ${latencyClass(entry.duration)}` : `story-dot svc-bg-${slot}` });
+  marker.style.left = `${(offset / total) * 100}%`;
+  if (entry.type === "span") marker.style.width = `${Math.max((entry.duration / total) * 100, 0.3)}%`;
+  const track = el("div", { class: "story-track" }, marker);
+  let text;
+  if (entry.type === "span") {
+    text = el("div", { class: "story-text" }, el("a", { href: hashFor("trace", entry.trace_id, new URLSearchParams({ span: entry.span_id })) }, entry.name), ` ${formatDuration(entry.duration)}`, isBottleneck ? el("span", { class: "badge bottleneck" }, `bottleneck: ${formatDuration(entry.self_time)} self time`) : null);
+  } else {
+    text = el("div", { class: "story-text" }, el("span", { class: `level sev-${(entry.severity_text || "").replace(/[^A-Za-z]/g, "")}` }, entry.severity_text || ""), " ", el("span", { class: "body" }, entry.body));
+  }
+  return el("div", { class: classes.join(" "), "data-type": entry.type, "data-service": entry.service }, el("div", { class: "story-time" }, `+${formatDuration(offset)}`), el("div", { class: "story-service" }, serviceChip(entry.service)), text, track);
+}
+
+export async function render(root, view) {
+  const id = view.id;
+  const input = el("input", { id: "request-id", type: "search", value: id, placeholder: "request id or trace id", spellcheck: "false" });
+  const form = el("form", { id: "request-form", autocomplete: "off" }, input, el("button", { type: "submit", id: "request-button" }, "Show request"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (input.value.trim()) go("request", input.value.trim());
+  });
+  const body = el("div", { id: "request-body" });
+  root.append(el("section", { id: "request-view" }, form, body));
+  if (!id) {
+    body.append(el("p", { class: "muted" }, "Paste a request id (x-request-id) or a trace id to see every log line and span of that request, from every service, on one timeline."));
+    root.dataset.loaded = "1";
+    return;
+  }
+  body.append(el("p", { class: "muted" }, "loading…"));
+  let story;
+  try {
+    story = await fetchJson(`/api/requests/${encodeURIComponent(id)}`);
+  } catch (error) {
+    body.replaceChildren(errorBox(error));
+    root.dataset.loaded = "error";
+    return;
+  }
+  const services = el("div", { class: "story-services" });
+  for (const [name, count] of Object.entries(story.services)) services.append(el("span", { class: "story-service-count" }, serviceChip(name), ` ${count}`));
+  const traces = el("div", { class: "story-traces" }, "Traces: ");
+  for (const traceId of story.trace_ids) traces.append(el("a", { href: hashFor("trace", traceId), class: "trace-link" }, traceId), " ");
+  const bottleneck = story.bottleneck;
+  const header = el(
+    "div",
+    { id: "request-summary", class: "story-summary" },
+    el("h2", {}, `${story.kind === "trace_id" ? "Trace" : "Request"} ${story.id}`),
+    el("p", {}, `${story.span_count} spans · ${story.log_count} log records · ${Object.keys(story.services).length} services · ${formatDuration(story.duration)} · from ${formatTime(story.start)}`, story.errors ? el("span", { class: "badge error" }, `${story.errors} errors`) : null),
+    services,
+    traces,
+    bottleneck ? el("p", { class: "bottleneck-note" }, "Bottleneck: ", serviceChip(bottleneck.service), ` ${bottleneck.name}, ${formatDuration(bottleneck.self_time)} of its own time on the critical path`) : null,
+  );
+  const errors = story.timeline.filter((entry) => entry.error);
+  const errorList = el("div", { id: "request-errors" });
+  if (errors.length) {
+    errorList.append(el("h3", {}, `Errors (${errors.length})`));
+    for (const entry of errors) errorList.append(entryRow(entry, story, bottleneck && bottleneck.span_id));
+  }
+  const timeline = el("div", { id: "request-timeline" }, el("h3", {}, "Timeline"));
+  const filter = el("div", { class: "story-filter" });
+  for (const kind of ["all", "span", "log"]) {
+    const button = el("button", { type: "button", class: kind === "all" ? "secondary active" : "secondary", "data-kind": kind }, kind === "all" ? "Logs and spans" : kind === "span" ? "Spans" : "Logs");
+    button.addEventListener("click", () => {
+      for (const other of filter.children) other.classList.toggle("active", other === button);
+      timeline.dataset.kind = kind;
+    });
+    filter.append(button);
+  }
+  timeline.append(filter);
+  const fragment = document.createDocumentFragment();
+  for (const entry of story.timeline) fragment.append(entryRow(entry, story, bottleneck && bottleneck.span_id));
+  timeline.append(fragment);
+  body.replaceChildren(header, errorList, timeline);
+  root.dataset.loaded = "1";
+}
