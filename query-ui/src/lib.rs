@@ -16,6 +16,9 @@
 //! - `GET /api/trace-search`: trace summaries on whole-trace properties;
 //! - `GET /api/requests/{id}`: one request's logs and spans on one timeline,
 //!   by request id or trace id, with the critical path and the bottleneck;
+//! - the Prometheus HTTP API under `/api/v1/` (query, query_range, series,
+//!   labels, label values, metadata, rules, alerts, buildinfo), see
+//!   [`prometheus`](crate::prometheus) for the details;
 //! - `GET /health`: liveness;
 //! - `GET /` and `/ui/*`: the UI, plain ES modules embedded in the binary.
 //!
@@ -27,6 +30,7 @@
 mod api;
 mod error;
 mod jaeger;
+mod prometheus;
 mod traces;
 mod ui;
 
@@ -74,6 +78,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/v3/traces/{trace_id}", get(traces::v3_trace))
         .route("/api/v3/services", get(traces::v3_services))
         .route("/api/v3/operations", get(traces::v3_operations))
+        .merge(prometheus::routes())
         .merge(ui::routes())
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)

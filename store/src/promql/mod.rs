@@ -119,6 +119,17 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|error| format!("invalid duration {text:?}: {error}"))
 }
 
+/// Parses a series selector (`up{job="api"}`), as the `match[]` parameters
+/// of the HTTP API write them, into label matchers.
+pub fn parse_selector(text: &str) -> Result<Vec<LabelMatcher>, QueryError> {
+    match Engine::parse(text)? {
+        promql_parser::parser::Expr::VectorSelector(selector) => eval::matchers_of(&selector),
+        _ => Err(QueryError::Parse(format!(
+            "expected a series selector such as up{{job=\"api\"}}, got {text:?}"
+        ))),
+    }
+}
+
 /// A small in-memory [`Queryable`]: a sorted table of series.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {

@@ -1,0 +1,1459 @@
+//! The Prometheus HTTP API (`/api/v1/...`), so that Grafana's Prometheus data
+//! source, `promtool` and other Prometheus clients work against the collector.
+//!
+//! Endpoints, each answering `GET` and form-encoded `POST` (URL and body
+//! parameters are merged, the body's first, as Go's `FormValue` does):
+//!
+//! - `/api/v1/query` (`query`, `time`, `timeout`) and `/api/v1/query_range`
+//!   (`query`, `start`, `end`, `step`, `timeout`), evaluated by
+//!   [`sightline_store::promql::Engine`];
+//! - `/api/v1/series` (`match[]`, `start`, `end`, `limit`), `/api/v1/labels`
+//!   and `/api/v1/label/{name}/values` (optional `match[]`, `start`, `end`,
+//!   `limit`);
+//! - `/api/v1/metadata` (`metric`, `limit`), from the store's metadata;
+//! - `/api/v1/rules` (`type=alert|record`, `rule_name[]`, `rule_group[]`,
+//!   `file[]`, `exclude_alerts`) and `/api/v1/alerts`, from the rule engine's
+//!   [`RuleStatusSource`](sightline_store::rules::RuleStatusSource);
+//! - `/api/v1/status/buildinfo`;
+//! - `/api/v1/query_exemplars`: the store keeps no exemplars yet, so a valid
+//!   request answers an empty list.
+//!
+//! Responses use Prometheus' envelope, `{"status":"success","data":...}`
+//! (with `"warnings"` when there are any), and its errors,
+//! `{"status":"error","errorType":...,"error":...}`: `bad_data` 400,
+//! `execution` 422, `timeout` and `unavailable` 503, `internal` 500.
+//! Times are RFC 3339 or float Unix seconds; durations (`step`, `timeout`)
+//! float seconds or a Prometheus duration (`15s`, `1m`).
+//!
+//! ## Version reported to clients
+//!
+//! `/api/v1/status/buildinfo` reports [`PROMETHEUS_COMPATIBLE_VERSION`]
+//! (`3.0.0`) as `version`: Grafana picks its query features from that
+//! version, and the engine follows Prometheus 3.x semantics (left-open range
+//! windows, 3.x extrapolation). Sightline's own version is in `revision`
+//! (`sightline-<version>`) and `branch` (`sightline`).
+//!
+//! ## Queries and the store lock
+//!
+//! A query runs on a blocking thread that holds the store's read view for
+//! the length of the query only. At most [`MAX_CONCURRENT_QUERIES`] run at
+//! once; the rest wait for a slot within their own timeout (2 minutes unless
+//! `timeout` says less). A query past its timeout answers 503 `timeout`; the
+//! engine cannot be interrupted, so its thread finishes the evaluation in
+//! the background while still holding its slot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value as JsonValue, json};
+use sightline_store::promql::{
+    Engine, QueryError, Queryable, Value, format_value, parse_duration, parse_selector,
+};
+use sightline_store::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
+use sightline_store::tsdb::{LabelMatcher, Labels, MatchKind, TimeSeriesStore};
+use tokio::sync::Semaphore;
+
+use crate::QueryState;
+
+/// The Prometheus version `/api/v1/status/buildinfo` reports, so that
+/// Grafana enables the features of the PromQL dialect the engine speaks.
+pub(crate) const PROMETHEUS_COMPATIBLE_VERSION: &str = "3.0.0";
+
+/// Queries evaluated at the same time (Prometheus' `--query.max-concurrency`
+/// default); others wait for a slot.
+pub(crate) const MAX_CONCURRENT_QUERIES: usize = 20;
+
+/// Query timeout when the request gives none (Prometheus' `--query.timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Prometheus' limit on the points of one series in a range query.
+const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// The earliest and latest times a request can name (Prometheus' `minTime`
+/// and `maxTime`, which clients send formatted as below).
+const MIN_TIME_MS: i64 = i64::MIN / 4;
+const MAX_TIME_MS: i64 = i64::MAX / 4;
+const MIN_TIME_TEXT: &str = "-292273086-05-16T16:47:06Z";
+const MAX_TIME_TEXT: &str = "292277025-08-18T07:12:54.999999999Z";
+
+static QUERY_SLOTS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_QUERIES);
+
+/// The routes of the Prometheus HTTP API.
+pub(crate) fn routes() -> Router<QueryState> {
+    Router::new()
+        .route("/api/v1/query", get(instant_query).post(instant_query))
+        .route("/api/v1/query_range", get(range_query).post(range_query))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(label_names).post(label_names))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata).post(metadata))
+        .route("/api/v1/rules", get(rules).post(rules))
+        .route("/api/v1/alerts", get(alerts).post(alerts))
+        .route("/api/v1/status/buildinfo", get(build_info))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
+}
+
+/// Prometheus' error classes, with their HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorType {
+    BadData,
+    Execution,
+    Timeout,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorType {
+    fn name(self) -> &'static str {
+        match self {
+            ErrorType::BadData => "bad_data",
+            ErrorType::Execution => "execution",
+            ErrorType::Timeout => "timeout",
+            ErrorType::Internal => "internal",
+            ErrorType::Unavailable => "unavailable",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorType::BadData => StatusCode::BAD_REQUEST,
+            ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::Timeout | ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer of the Prometheus API.
+#[derive(Debug)]
+struct PromError {
+    kind: ErrorType,
+    message: String,
+}
+
+impl PromError {
+    fn bad_data(message: impl Into<String>) -> PromError {
+        PromError {
+            kind: ErrorType::BadData,
+            message: message.into(),
+        }
+    }
+
+    /// `invalid parameter "name": reason`, as Prometheus words it.
+    fn invalid_parameter(name: &str, reason: impl std::fmt::Display) -> PromError {
+        PromError::bad_data(format!("invalid parameter {name:?}: {reason}"))
+    }
+
+    fn from_query(error: QueryError) -> PromError {
+        match error {
+            QueryError::Parse(message) => {
+                PromError::invalid_parameter("query", format!("parse error: {message}"))
+            }
+            QueryError::Execution(message) => PromError {
+                kind: ErrorType::Execution,
+                message,
+            },
+            QueryError::Storage(message) => PromError {
+                kind: ErrorType::Internal,
+                message,
+            },
+        }
+    }
+}
+
+impl IntoResponse for PromError {
+    fn into_response(self) -> Response {
+        if self.kind == ErrorType::Internal {
+            tracing::error!(error = %self.message, "prometheus api request failed");
+        }
+        (
+            self.kind.status(),
+            Json(json!({
+                "status": "error",
+                "errorType": self.kind.name(),
+                "error": self.message,
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// The success envelope around `data`.
+fn success(data: JsonValue, warnings: Vec<String>) -> Response {
+    let mut body = json!({ "status": "success", "data": data });
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    Json(body).into_response()
+}
+
+/// The request's parameters: a form body's (for a form-encoded `POST`)
+/// followed by the URL's, repeated names kept in order.
+struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequest<S> for Params {
+    type Rejection = PromError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let url_pairs = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+            .map_err(|error| PromError::bad_data(format!("invalid URL parameters: {error}")))?
+            .0;
+        let is_form = request.method() == Method::POST
+            && request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+        let mut pairs = Vec::new();
+        if is_form {
+            let axum::Form(body_pairs) =
+                axum::Form::<Vec<(String, String)>>::from_request(request, state)
+                    .await
+                    .map_err(|error| {
+                        PromError::bad_data(format!("invalid form body: {}", error.body_text()))
+                    })?;
+            pairs = body_pairs;
+        }
+        pairs.extend(url_pairs);
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// The first non-empty value of `name`.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
+    fn time_or(&self, name: &str, default_ms: i64) -> Result<i64, PromError> {
+        self.get(name)
+            .map_or(Ok(default_ms), |text| parse_time(name, text))
+    }
+
+    fn required_time(&self, name: &str) -> Result<i64, PromError> {
+        let text = self
+            .get(name)
+            .ok_or_else(|| PromError::invalid_parameter(name, "missing"))?;
+        parse_time(name, text)
+    }
+
+    fn timeout(&self) -> Result<Duration, PromError> {
+        match self.get("timeout") {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(text) => {
+                let millis = parse_duration_ms("timeout", text)?;
+                Ok(Duration::from_millis(millis.max(0) as u64).min(DEFAULT_TIMEOUT))
+            }
+        }
+    }
+
+    /// `limit`: `None` when absent or 0 (no limit), as Prometheus reads it
+    /// for series and labels.
+    fn limit(&self) -> Result<Option<usize>, PromError> {
+        match self.get("limit") {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(0) => Ok(None),
+                Ok(limit) if limit > 0 => Ok(Some(limit as usize)),
+                _ => Err(PromError::invalid_parameter(
+                    "limit",
+                    format!("cannot parse {text:?}: limit must be a non-negative number"),
+                )),
+            },
+        }
+    }
+
+    /// The `match[]` selectors, parsed.
+    fn selectors(&self) -> Result<Vec<Vec<LabelMatcher>>, PromError> {
+        self.all("match[]")
+            .into_iter()
+            .map(|text| {
+                parse_selector(text).map_err(|error| {
+                    let message = match error {
+                        QueryError::Parse(message) => format!("parse error: {message}"),
+                        other => other.to_string(),
+                    };
+                    PromError::invalid_parameter("match[]", message)
+                })
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// A time parameter: float Unix seconds or RFC 3339, in milliseconds.
+fn parse_time(name: &str, text: &str) -> Result<i64, PromError> {
+    let invalid = || {
+        PromError::invalid_parameter(name, format!("cannot parse {text:?} to a valid timestamp"))
+    };
+    if let Ok(seconds) = text.parse::<f64>() {
+        let millis = (seconds * 1000.0).round();
+        if !millis.is_finite() || millis < MIN_TIME_MS as f64 || millis > MAX_TIME_MS as f64 {
+            return Err(invalid());
+        }
+        return Ok(millis as i64);
+    }
+    match text {
+        MIN_TIME_TEXT => return Ok(MIN_TIME_MS),
+        MAX_TIME_TEXT => return Ok(MAX_TIME_MS),
+        _ => {}
+    }
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| invalid())?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid())
+}
+
+/// A duration parameter: float seconds or a Prometheus duration, in
+/// milliseconds.
+fn parse_duration_ms(name: &str, text: &str) -> Result<i64, PromError> {
+    let invalid =
+        || PromError::invalid_parameter(name, format!("cannot parse {text:?} to a valid duration"));
+    if let Ok(seconds) = text.parse::<f64>() {
+        let millis = (seconds * 1000.0).round();
+        if !millis.is_finite() || millis.abs() > i64::MAX as f64 / 1e6 {
+            return Err(PromError::invalid_parameter(
+                name,
+                format!("cannot parse {text:?} to a valid duration. It overflows int64"),
+            ));
+        }
+        return Ok(millis as i64);
+    }
+    // The duration parser refuses a zero duration such as `0s`.
+    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !number.is_empty() && number.len() < text.len() && number.bytes().all(|b| b == b'0') {
+        return Ok(0);
+    }
+    parse_duration(text)
+        .map(|duration| duration.as_millis() as i64)
+        .map_err(|_| invalid())
+}
+
+/// Runs `work` on a blocking thread with the store's read view, within
+/// `timeout` (waiting for a query slot included).
+async fn run_on_store<T: Send + 'static>(
+    state: &QueryState,
+    timeout: Duration,
+    work: impl FnOnce(&TimeSeriesStore) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, PromError> {
+    let timed_out = |phase: &str| PromError {
+        kind: ErrorType::Timeout,
+        message: format!("query timed out in {phase}"),
+    };
+    if timeout.is_zero() {
+        return Err(timed_out("query queue"));
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let permit = match tokio::time::timeout_at(deadline, QUERY_SLOTS.acquire()).await {
+        Err(_) => return Err(timed_out("query queue")),
+        Ok(Err(_)) => {
+            return Err(PromError {
+                kind: ErrorType::Unavailable,
+                message: "the query engine is shutting down".into(),
+            });
+        }
+        Ok(Ok(permit)) => permit,
+    };
+    let metrics = state.metrics.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let reader = metrics.reader();
+        work(&reader)
+    });
+    match tokio::time::timeout_at(deadline, task).await {
+        Err(_) => Err(timed_out("query execution")),
+        Ok(Err(error)) => Err(PromError {
+            kind: ErrorType::Internal,
+            message: format!("query task failed: {error}"),
+        }),
+        Ok(Ok(result)) => result.map_err(PromError::from_query),
+    }
+}
+
+/// A timestamp in Prometheus' JSON: Unix seconds, with milliseconds as a
+/// fraction when there are any.
+fn timestamp_json(millis: i64) -> JsonValue {
+    if millis % 1000 == 0 {
+        json!(millis / 1000)
+    } else {
+        json!(millis as f64 / 1000.0)
+    }
+}
+
+fn point_json(millis: i64, value: f64) -> JsonValue {
+    json!([timestamp_json(millis), format_value(value)])
+}
+
+fn labels_json(labels: &Labels) -> JsonValue {
+    let object: Map<String, JsonValue> = labels
+        .iter()
+        .map(|(name, value)| (name.to_string(), json!(value)))
+        .collect();
+    JsonValue::Object(object)
+}
+
+fn map_json(map: &BTreeMap<String, String>) -> JsonValue {
+    json!(map)
+}
+
+/// `{"resultType": ..., "result": ...}` for a query result at `time_ms`.
+fn result_json(value: &Value, time_ms: i64) -> JsonValue {
+    match value {
+        Value::Scalar(number) => json!({
+            "resultType": "scalar",
+            "result": point_json(time_ms, *number),
+        }),
+        Value::String(text) => json!({
+            "resultType": "string",
+            "result": [timestamp_json(time_ms), text],
+        }),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples
+                .iter()
+                .map(|sample| json!({
+                    "metric": labels_json(&sample.labels),
+                    "value": point_json(sample.timestamp_ms, sample.value),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => matrix_json(series),
+    }
+}
+
+fn matrix_json(series: &[sightline_store::promql::Series]) -> JsonValue {
+    json!({
+        "resultType": "matrix",
+        "result": series
+            .iter()
+            .map(|one| json!({
+                "metric": labels_json(&one.labels),
+                "values": one
+                    .points
+                    .iter()
+                    .map(|(millis, value)| point_json(*millis, *value))
+                    .collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `GET|POST /api/v1/query`
+async fn instant_query(
+    State(state): State<QueryState>,
+    params: Params,
+) -> Result<Response, PromError> {
+    let query = params.get("query").unwrap_or_default().to_string();
+    let time_ms = params.time_or("time", now_ms())?;
+    let timeout = params.timeout()?;
+    let value = run_on_store(&state, timeout, move |store| {
+        Engine::default().instant_query(store as &dyn Queryable, &query, time_ms)
+    })
+    .await?;
+    Ok(success(result_json(&value, time_ms), Vec::new()))
+}
+
+/// `GET|POST /api/v1/query_range`
+async fn range_query(
+    State(state): State<QueryState>,
+    params: Params,
+) -> Result<Response, PromError> {
+    let start_ms = params.required_time("start")?;
+    let end_ms = params.required_time("end")?;
+    if end_ms < start_ms {
+        return Err(PromError::invalid_parameter(
+            "end",
+            "end timestamp must not be before start time",
+        ));
+    }
+    let step_text = params
+        .get("step")
+        .ok_or_else(|| PromError::invalid_parameter("step", "missing"))?;
+    let step_ms = parse_duration_ms("step", step_text)?;
+    if step_ms <= 0 {
+        return Err(PromError::invalid_parameter(
+            "step",
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    if (end_ms - start_ms) / step_ms > MAX_POINTS_PER_SERIES {
+        return Err(PromError::bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    let query = params.get("query").unwrap_or_default().to_string();
+    let timeout = params.timeout()?;
+    let mut series = run_on_store(&state, timeout, move |store| {
+        Engine::default().range_query(store as &dyn Queryable, &query, start_ms, end_ms, step_ms)
+    })
+    .await?;
+    series.retain(|one| !one.points.is_empty());
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(success(matrix_json(&series), Vec::new()))
+}
+
+/// Label sets of the series matching any of `selectors` in the range,
+/// sorted and without duplicates.
+fn matching_series(
+    store: &TimeSeriesStore,
+    selectors: &[Vec<LabelMatcher>],
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<BTreeSet<Labels>, QueryError> {
+    let mut found = BTreeSet::new();
+    for matchers in selectors {
+        let series = store
+            .series(matchers, start_ms, end_ms)
+            .map_err(|error| QueryError::Storage(error.to_string()))?;
+        found.extend(series);
+    }
+    Ok(found)
+}
+
+/// Keeps the first `limit` items, with Prometheus' warning when it cut.
+fn truncate<T>(items: &mut Vec<T>, limit: Option<usize>) -> Vec<String> {
+    match limit {
+        Some(limit) if items.len() > limit => {
+            items.truncate(limit);
+            vec!["results truncated due to limit".to_string()]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `GET|POST /api/v1/series`
+async fn series(State(state): State<QueryState>, params: Params) -> Result<Response, PromError> {
+    let selectors = params.selectors()?;
+    if selectors.is_empty() {
+        return Err(PromError::bad_data("no match[] parameter provided"));
+    }
+    let start_ms = params.time_or("start", MIN_TIME_MS)?;
+    let end_ms = params.time_or("end", MAX_TIME_MS)?;
+    let limit = params.limit()?;
+    let found = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+        matching_series(store, &selectors, start_ms, end_ms)
+    })
+    .await?;
+    let mut data: Vec<JsonValue> = found.iter().map(labels_json).collect();
+    let warnings = truncate(&mut data, limit);
+    Ok(success(json!(data), warnings))
+}
+
+/// `GET|POST /api/v1/labels`
+async fn label_names(
+    State(state): State<QueryState>,
+    params: Params,
+) -> Result<Response, PromError> {
+    let selectors = params.selectors()?;
+    let range = (params.get("start").is_some() || params.get("end").is_some())
+        .then(|| {
+            Ok::<_, PromError>((
+                params.time_or("start", MIN_TIME_MS)?,
+                params.time_or("end", MAX_TIME_MS)?,
+            ))
+        })
+        .transpose()?;
+    let limit = params.limit()?;
+    let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+        if selectors.is_empty() && range.is_none() {
+            return Ok(store.label_names());
+        }
+        let selectors = if selectors.is_empty() {
+            vec![any_series()]
+        } else {
+            selectors
+        };
+        let (start_ms, end_ms) = range.unwrap_or((MIN_TIME_MS, MAX_TIME_MS));
+        let mut names = BTreeSet::new();
+        for labels in matching_series(store, &selectors, start_ms, end_ms)? {
+            names.extend(labels.iter().map(|(name, _)| name.to_string()));
+        }
+        Ok(names.into_iter().collect())
+    })
+    .await?;
+    let warnings = truncate(&mut names, limit);
+    Ok(success(json!(names), warnings))
+}
+
+/// A selector every series matches.
+fn any_series() -> Vec<LabelMatcher> {
+    vec![
+        LabelMatcher::new(MatchKind::Regex, sightline_store::tsdb::METRIC_NAME, ".+")
+            .expect("a constant regex compiles"),
+    ]
+}
+
+/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `GET /api/v1/label/{name}/values`
+async fn label_values(
+    State(state): State<QueryState>,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Response, PromError> {
+    if !is_label_name(&name) {
+        return Err(PromError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let selectors = params.selectors()?;
+    let range = (params.get("start").is_some() || params.get("end").is_some())
+        .then(|| {
+            Ok::<_, PromError>((
+                params.time_or("start", MIN_TIME_MS)?,
+                params.time_or("end", MAX_TIME_MS)?,
+            ))
+        })
+        .transpose()?;
+    let limit = params.limit()?;
+    let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+        if selectors.is_empty() && range.is_none() {
+            return Ok(store.label_values(&name, &[]));
+        }
+        let selectors = if selectors.is_empty() {
+            vec![any_series()]
+        } else {
+            selectors
+        };
+        let (start_ms, end_ms) = range.unwrap_or((MIN_TIME_MS, MAX_TIME_MS));
+        let mut values = BTreeSet::new();
+        for labels in matching_series(store, &selectors, start_ms, end_ms)? {
+            let value = labels.get(&name);
+            if !value.is_empty() {
+                values.insert(value.to_string());
+            }
+        }
+        Ok(values.into_iter().collect())
+    })
+    .await?;
+    let warnings = truncate(&mut values, limit);
+    Ok(success(json!(values), warnings))
+}
+
+/// `GET|POST /api/v1/metadata`
+async fn metadata(State(state): State<QueryState>, params: Params) -> Result<Response, PromError> {
+    let limit = match params.get("limit") {
+        None => None,
+        Some(text) => match text.parse::<i64>() {
+            Ok(limit) if limit < 0 => None,
+            Ok(limit) => Some(limit as usize),
+            Err(_) => {
+                return Err(PromError::invalid_parameter(
+                    "limit",
+                    format!("cannot parse {text:?}: limit must be a number"),
+                ));
+            }
+        },
+    };
+    let metric = params.get("metric");
+    let mut data = Map::new();
+    for (name, entry) in state.metrics.metadata() {
+        if metric.is_some_and(|wanted| wanted != name) {
+            continue;
+        }
+        if limit.is_some_and(|limit| data.len() >= limit) {
+            break;
+        }
+        data.insert(
+            name,
+            json!([{ "type": entry.kind, "help": entry.help, "unit": entry.unit }]),
+        );
+    }
+    Ok(success(JsonValue::Object(data), Vec::new()))
+}
+
+/// Go's `time.RFC3339Nano` for a time in milliseconds; Go's zero time when
+/// there is none.
+fn rfc3339(millis: Option<i64>) -> String {
+    millis
+        .and_then(|millis| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()
+        })
+        .and_then(|time| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string())
+}
+
+/// Go's `strconv.FormatFloat(value, 'e', -1, 64)`, how Prometheus writes
+/// an alert's value (`1e+00`, `2.5e-01`).
+fn format_exponent(value: f64) -> String {
+    if !value.is_finite() {
+        return format_value(value);
+    }
+    let text = format!("{value:e}");
+    let Some((mantissa, exponent)) = text.split_once('e') else {
+        return text;
+    };
+    let (sign, digits) = match exponent.strip_prefix('-') {
+        Some(digits) => ('-', digits),
+        None => ('+', exponent),
+    };
+    format!("{mantissa}e{sign}{digits:0>2}")
+}
+
+fn state_name(state: AlertState) -> &'static str {
+    match state {
+        AlertState::Inactive => "inactive",
+        AlertState::Pending => "pending",
+        AlertState::Firing => "firing",
+    }
+}
+
+fn alert_json(alert: &AlertStatus) -> JsonValue {
+    let mut object = json!({
+        "labels": map_json(&alert.labels),
+        "annotations": map_json(&alert.annotations),
+        "state": state_name(alert.state),
+        "activeAt": rfc3339(Some(alert.active_at_ms)),
+        "value": format_exponent(alert.value),
+    });
+    if let Some(since) = alert.keep_firing_since_ms {
+        object["keepFiringSince"] = json!(rfc3339(Some(since)));
+    }
+    object
+}
+
+fn rule_json(rule: &RuleStatus, with_alerts: bool) -> JsonValue {
+    let health = match rule.health {
+        RuleHealth::Unknown => "unknown",
+        RuleHealth::Ok => "ok",
+        RuleHealth::Err => "err",
+    };
+    let mut object = match &rule.kind {
+        RuleKind::Recording => json!({
+            "name": rule.name,
+            "query": rule.query,
+            "labels": map_json(&rule.labels),
+            "type": "recording",
+        }),
+        RuleKind::Alerting {
+            for_seconds,
+            keep_firing_for_seconds,
+            annotations,
+            alerts,
+            state,
+        } => json!({
+            "state": state_name(*state),
+            "name": rule.name,
+            "query": rule.query,
+            "duration": for_seconds,
+            "keepFiringFor": keep_firing_for_seconds,
+            "labels": map_json(&rule.labels),
+            "annotations": map_json(annotations),
+            "alerts": if with_alerts {
+                alerts.iter().map(alert_json).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            },
+            "type": "alerting",
+        }),
+    };
+    object["health"] = json!(health);
+    if let Some(error) = &rule.last_error {
+        object["lastError"] = json!(error);
+    }
+    object["evaluationTime"] = json!(rule.evaluation_seconds);
+    object["lastEvaluation"] = json!(rfc3339(rule.last_evaluation_ms));
+    object
+}
+
+/// `GET|POST /api/v1/rules`
+async fn rules(State(state): State<QueryState>, params: Params) -> Result<Response, PromError> {
+    let kind = params.get("type").map(str::to_ascii_lowercase);
+    let (want_alerting, want_recording) = match kind.as_deref() {
+        None => (true, true),
+        Some("alert") => (true, false),
+        Some("record") => (false, true),
+        Some(other) => {
+            return Err(PromError::invalid_parameter(
+                "type",
+                format!("not supported value {other:?}"),
+            ));
+        }
+    };
+    let exclude_alerts = match params.get("exclude_alerts") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(PromError::invalid_parameter(
+                "exclude_alerts",
+                format!("cannot parse {other:?} as a boolean"),
+            ));
+        }
+    };
+    let rule_names = params.all("rule_name[]");
+    let group_names = params.all("rule_group[]");
+    let files = params.all("file[]");
+    let filtered = !rule_names.is_empty() || !group_names.is_empty() || !files.is_empty();
+    let mut groups = Vec::new();
+    for group in state.rules.rule_groups() {
+        if !group_names.is_empty() && !group_names.contains(&group.name.as_str()) {
+            continue;
+        }
+        if !files.is_empty() && !files.contains(&group.file.as_str()) {
+            continue;
+        }
+        let rules: Vec<JsonValue> = group
+            .rules
+            .iter()
+            .filter(|rule| match rule.kind {
+                RuleKind::Recording => want_recording,
+                RuleKind::Alerting { .. } => want_alerting,
+            })
+            .filter(|rule| rule_names.is_empty() || rule_names.contains(&rule.name.as_str()))
+            .map(|rule| rule_json(rule, !exclude_alerts))
+            .collect();
+        if (filtered || kind.is_some()) && rules.is_empty() {
+            continue;
+        }
+        groups.push(json!({
+            "name": group.name,
+            "file": group.file,
+            "rules": rules,
+            "interval": group.interval_seconds,
+            "limit": 0,
+            "evaluationTime": group.evaluation_seconds,
+            "lastEvaluation": rfc3339(group.last_evaluation_ms),
+        }));
+    }
+    Ok(success(json!({ "groups": groups }), Vec::new()))
+}
+
+/// `GET|POST /api/v1/alerts`: the pending and firing alerts of every rule.
+async fn alerts(State(state): State<QueryState>) -> Response {
+    let mut active = Vec::new();
+    for group in state.rules.rule_groups() {
+        for rule in &group.rules {
+            if let RuleKind::Alerting { alerts, .. } = &rule.kind {
+                active.extend(
+                    alerts
+                        .iter()
+                        .filter(|alert| alert.state != AlertState::Inactive)
+                        .map(alert_json),
+                );
+            }
+        }
+    }
+    success(json!({ "alerts": active }), Vec::new())
+}
+
+/// `GET /api/v1/status/buildinfo`
+async fn build_info() -> Response {
+    success(
+        json!({
+            "version": PROMETHEUS_COMPATIBLE_VERSION,
+            "revision": concat!("sightline-", env!("CARGO_PKG_VERSION")),
+            "branch": "sightline",
+            "buildUser": "sightline",
+            "buildDate": "",
+            "goVersion": "none (Sightline is written in Rust)",
+        }),
+        Vec::new(),
+    )
+}
+
+/// `GET|POST /api/v1/query_exemplars`: validates the request; the store
+/// holds no exemplars, so the answer is an empty list.
+async fn query_exemplars(params: Params) -> Result<Response, PromError> {
+    let start_ms = params.time_or("start", MIN_TIME_MS)?;
+    let end_ms = params.time_or("end", MAX_TIME_MS)?;
+    if end_ms < start_ms {
+        return Err(PromError::invalid_parameter(
+            "end",
+            "end timestamp must not be before start time",
+        ));
+    }
+    Engine::parse(params.get("query").unwrap_or_default()).map_err(PromError::from_query)?;
+    Ok(success(json!([]), Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde_json::json;
+    use sightline_store::rules::{RuleGroupStatus, RuleStatusSource};
+    use sightline_store::tsdb::{MetricMetadata, MetricStore};
+    use sightline_store::{LogStore, SpanStore};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// 2023-11-14T22:13:20Z in Unix seconds.
+    const T0: i64 = 1_700_000_000;
+
+    struct OneGroup;
+
+    impl RuleStatusSource for OneGroup {
+        fn rule_groups(&self) -> Vec<RuleGroupStatus> {
+            let alert = AlertStatus {
+                labels: BTreeMap::from([
+                    ("alertname".to_string(), "HighErrorRate".to_string()),
+                    ("job".to_string(), "api".to_string()),
+                ]),
+                annotations: BTreeMap::from([(
+                    "summary".to_string(),
+                    "api errors at 0.25".to_string(),
+                )]),
+                state: AlertState::Firing,
+                active_at_ms: T0 * 1000 + 500,
+                keep_firing_since_ms: None,
+                value: 0.25,
+            };
+            let inactive = AlertStatus {
+                state: AlertState::Inactive,
+                ..alert.clone()
+            };
+            vec![RuleGroupStatus {
+                name: "api".into(),
+                file: "/etc/rules/api.yml".into(),
+                interval_seconds: 15.0,
+                rules: vec![
+                    RuleStatus {
+                        name: "HighErrorRate".into(),
+                        query: "job:errors:ratio > 0.1".into(),
+                        kind: RuleKind::Alerting {
+                            for_seconds: 60.0,
+                            keep_firing_for_seconds: 0.0,
+                            annotations: BTreeMap::from([(
+                                "summary".to_string(),
+                                "api errors at {{ $value }}".to_string(),
+                            )]),
+                            alerts: vec![alert, inactive],
+                            state: AlertState::Firing,
+                        },
+                        labels: BTreeMap::from([("severity".to_string(), "page".to_string())]),
+                        health: RuleHealth::Ok,
+                        last_error: None,
+                        last_evaluation_ms: Some(T0 * 1000 + 15_000),
+                        evaluation_seconds: 0.002,
+                        no_data_since_ms: None,
+                    },
+                    RuleStatus {
+                        name: "job:errors:ratio".into(),
+                        query: "sum by (job) (rate(errors_total[5m]))".into(),
+                        kind: RuleKind::Recording,
+                        labels: BTreeMap::new(),
+                        health: RuleHealth::Err,
+                        last_error: Some(
+                            "vector cannot contain metrics with the same labelset".into(),
+                        ),
+                        last_evaluation_ms: None,
+                        evaluation_seconds: 0.0,
+                        no_data_since_ms: None,
+                    },
+                ],
+                last_evaluation_ms: Some(T0 * 1000 + 15_000),
+                evaluation_seconds: 0.003,
+            }]
+        }
+    }
+
+    fn requests(instance: &str) -> Labels {
+        Labels::new([
+            ("__name__", "http_requests_total"),
+            ("job", "api"),
+            ("instance", instance),
+        ])
+    }
+
+    /// Two counters sampled every 15 s for 5 minutes from T0 (instance `a`
+    /// grows by 10 a sample, `b` by 5), and a gauge.
+    fn state(dir: &std::path::Path) -> QueryState {
+        let metrics = MetricStore::open(dir.join("metrics")).unwrap();
+        let mut samples = Vec::new();
+        for step in 0..=20_i64 {
+            let millis = (T0 + step * 15) * 1000;
+            samples.push((requests("a"), millis, (step * 10) as f64));
+            samples.push((requests("b"), millis, (step * 5) as f64));
+            samples.push((
+                Labels::new([("__name__", "temperature"), ("room", "lab")]),
+                millis,
+                21.5,
+            ));
+        }
+        let outcome = metrics.append(&samples).unwrap();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        metrics.set_metadata(
+            "http_requests_total",
+            MetricMetadata {
+                kind: "counter".into(),
+                help: "Requests served.".into(),
+                unit: String::new(),
+            },
+        );
+        metrics.set_metadata(
+            "temperature",
+            MetricMetadata {
+                kind: "gauge".into(),
+                help: "Room temperature.".into(),
+                unit: "celsius".into(),
+            },
+        );
+        QueryState {
+            logs: Arc::new(LogStore::open(&dir.join("logs")).unwrap()),
+            spans: Arc::new(SpanStore::open(&dir.join("spans")).unwrap()),
+            metrics: Arc::new(metrics),
+            rules: Arc::new(OneGroup),
+        }
+    }
+
+    async fn send(state: &QueryState, request: Request<Body>) -> (StatusCode, JsonValue) {
+        let response = crate::router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+        (status, body)
+    }
+
+    async fn get(state: &QueryState, uri: &str) -> (StatusCode, JsonValue) {
+        send(state, Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(state: &QueryState, uri: &str, form: &str) -> (StatusCode, JsonValue) {
+        let request = Request::post(uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_string()))
+            .unwrap();
+        send(state, request).await
+    }
+
+    fn bad_data(message: &str) -> JsonValue {
+        json!({"status": "error", "errorType": "bad_data", "error": message})
+    }
+
+    #[tokio::test]
+    async fn one_plus_one_answers_a_scalar_as_grafanas_health_check_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, body) = get(&state, "/api/v1/query?query=1%2B1&time=1700000000.5").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": {"resultType": "scalar", "result": [1700000000.5, "2"]}})
+        );
+        let (status, body) = post(&state, "/api/v1/query", "query=1%2B1&time=1700000000").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"]["result"], json!([1700000000, "2"]));
+    }
+
+    #[tokio::test]
+    async fn instant_queries_answer_vectors_by_get_and_by_form_post() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let expected = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"job": "api"}, "value": [1700000300, "300"]},
+        ]}});
+        let (status, body) = get(
+            &state,
+            "/api/v1/query?query=sum+by+(job)+(http_requests_total)&time=1700000300",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+        let (status, body) = post(
+            &state,
+            "/api/v1/query",
+            "query=sum%20by%20(job)%20(http_requests_total)&time=2023-11-14T22:18:20Z",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+
+        let (_, body) = get(
+            &state,
+            "/api/v1/query?query=temperature%5B30s%5D&time=1700000030.5",
+        )
+        .await;
+        assert_eq!(
+            body["data"],
+            json!({"resultType": "matrix", "result": [{
+                "metric": {"__name__": "temperature", "room": "lab"},
+                "values": [[1700000015, "21.5"], [1700000030, "21.5"]],
+            }]})
+        );
+        let (_, body) = get(&state, "/api/v1/query?query=%22hi%22&time=1700000000").await;
+        assert_eq!(
+            body["data"],
+            json!({"resultType": "string", "result": [1700000000, "hi"]})
+        );
+        let (_, body) = get(
+            &state,
+            "/api/v1/query?query=temperature%20/%200&time=1700000000",
+        )
+        .await;
+        assert_eq!(
+            body["data"]["result"][0]["value"],
+            json!([1700000000, "+Inf"])
+        );
+    }
+
+    #[tokio::test]
+    async fn range_queries_answer_sorted_matrices_by_get_and_by_form_post() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let expected = json!({"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {"__name__": "http_requests_total", "instance": "a", "job": "api"},
+             "values": [[1700000000, "0"], [1700000030, "20"], [1700000060, "40"]]},
+            {"metric": {"__name__": "http_requests_total", "instance": "b", "job": "api"},
+             "values": [[1700000000, "0"], [1700000030, "10"], [1700000060, "20"]]},
+        ]}});
+        let (status, body) = get(
+            &state,
+            "/api/v1/query_range?query=http_requests_total&start=1700000000&end=1700000060&step=30",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+        let (status, body) = post(
+            &state,
+            "/api/v1/query_range",
+            "query=http_requests_total&start=2023-11-14T22:13:20Z&end=1700000060&step=30s",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_answer_prometheus_error_types_and_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let parse_error = Engine::parse("sum(").unwrap_err();
+        let QueryError::Parse(parser_message) = parse_error else {
+            panic!("a parse error: {parse_error:?}");
+        };
+        let cases = [
+            (
+                "/api/v1/query?query=sum(",
+                StatusCode::BAD_REQUEST,
+                bad_data(&format!(
+                    "invalid parameter \"query\": parse error: {parser_message}"
+                )),
+            ),
+            (
+                "/api/v1/query?query=up&time=yesterday",
+                StatusCode::BAD_REQUEST,
+                bad_data(
+                    "invalid parameter \"time\": cannot parse \"yesterday\" to a valid timestamp",
+                ),
+            ),
+            (
+                "/api/v1/query_range?query=up&start=1700000000&end=1700100000&step=1",
+                StatusCode::BAD_REQUEST,
+                bad_data(
+                    "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+                ),
+            ),
+            (
+                "/api/v1/query_range?query=up&start=1700000000&end=1700000060&step=0",
+                StatusCode::BAD_REQUEST,
+                bad_data(
+                    "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+                ),
+            ),
+            (
+                "/api/v1/query_range?query=up&start=1700000000&end=1700000060&step=often",
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid parameter \"step\": cannot parse \"often\" to a valid duration"),
+            ),
+            (
+                "/api/v1/query_range?query=up&start=1700000060&end=1700000000&step=15",
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid parameter \"end\": end timestamp must not be before start time"),
+            ),
+            (
+                "/api/v1/query_range?query=up&end=1700000000&step=15",
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid parameter \"start\": missing"),
+            ),
+            (
+                "/api/v1/query?query=label_replace(http_requests_total,%22instance%22,%22x%22,%22%22,%22%22)&time=1700000300",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"status": "error", "errorType": "execution",
+                       "error": "vector cannot contain metrics with the same labelset"}),
+            ),
+            (
+                "/api/v1/query?query=up&timeout=0s",
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "error", "errorType": "timeout",
+                       "error": "query timed out in query queue"}),
+            ),
+            (
+                "/api/v1/series",
+                StatusCode::BAD_REQUEST,
+                bad_data("no match[] parameter provided"),
+            ),
+            (
+                "/api/v1/series?match[]=sum(up)",
+                StatusCode::BAD_REQUEST,
+                bad_data(
+                    "invalid parameter \"match[]\": parse error: expected a series selector such as up{job=\"api\"}, got \"sum(up)\"",
+                ),
+            ),
+            (
+                "/api/v1/label/1st/values",
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid label name: \"1st\""),
+            ),
+            (
+                "/api/v1/rules?type=recorded",
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid parameter \"type\": not supported value \"recorded\""),
+            ),
+        ];
+        for (uri, status, expected) in cases {
+            let (actual_status, body) = get(&state, uri).await;
+            assert_eq!((actual_status, &body), (status, &expected), "{uri}");
+        }
+        assert!(!parser_message.is_empty());
+    }
+
+    #[tokio::test]
+    async fn series_labels_and_label_values_answer_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, body) = get(
+            &state,
+            "/api/v1/series?match[]=http_requests_total%7Binstance%3D%22b%22%7D&match[]=temperature",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": [
+                {"__name__": "http_requests_total", "instance": "b", "job": "api"},
+                {"__name__": "temperature", "room": "lab"},
+            ]})
+        );
+        let (_, body) = post(
+            &state,
+            "/api/v1/series",
+            "match[]=%7Bjob%3D%22api%22%7D&start=1700000000&end=1700000300&limit=1",
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({"status": "success", "warnings": ["results truncated due to limit"], "data": [
+                {"__name__": "http_requests_total", "instance": "a", "job": "api"},
+            ]})
+        );
+        let (_, body) = get(&state, "/api/v1/series?match[]=temperature&end=1699999999").await;
+        assert_eq!(body, json!({"status": "success", "data": []}));
+
+        let (_, body) = get(&state, "/api/v1/labels").await;
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": ["__name__", "instance", "job", "room"]})
+        );
+        let (_, body) = post(
+            &state,
+            "/api/v1/labels",
+            "match[]=temperature&start=1700000000",
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": ["__name__", "room"]})
+        );
+
+        let (_, body) = get(&state, "/api/v1/label/__name__/values").await;
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": ["http_requests_total", "temperature"]})
+        );
+        let (_, body) = get(
+            &state,
+            "/api/v1/label/instance/values?match[]=http_requests_total&start=1700000000&end=1700000300",
+        )
+        .await;
+        assert_eq!(body, json!({"status": "success", "data": ["a", "b"]}));
+    }
+
+    #[tokio::test]
+    async fn metadata_answers_type_help_and_unit_per_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, body) = get(&state, "/api/v1/metadata").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": {
+                "http_requests_total": [{"type": "counter", "help": "Requests served.", "unit": ""}],
+                "temperature": [{"type": "gauge", "help": "Room temperature.", "unit": "celsius"}],
+            }})
+        );
+        let (_, body) = get(&state, "/api/v1/metadata?metric=temperature").await;
+        assert_eq!(body["data"].as_object().unwrap().len(), 1);
+        assert_eq!(body["data"]["temperature"][0]["unit"], "celsius");
+        let (_, body) = get(&state, "/api/v1/metadata?limit=1").await;
+        assert_eq!(
+            body["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["http_requests_total"]
+        );
+    }
+
+    #[tokio::test]
+    async fn rules_and_alerts_answer_in_prometheus_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let firing = json!({
+            "labels": {"alertname": "HighErrorRate", "job": "api"},
+            "annotations": {"summary": "api errors at 0.25"},
+            "state": "firing",
+            "activeAt": "2023-11-14T22:13:20.5Z",
+            "value": "2.5e-01",
+        });
+        let mut inactive = firing.clone();
+        inactive["state"] = json!("inactive");
+        let alerting = json!({
+            "state": "firing",
+            "name": "HighErrorRate",
+            "query": "job:errors:ratio > 0.1",
+            "duration": 60.0,
+            "keepFiringFor": 0.0,
+            "labels": {"severity": "page"},
+            "annotations": {"summary": "api errors at {{ $value }}"},
+            "alerts": [firing.clone(), inactive],
+            "health": "ok",
+            "evaluationTime": 0.002,
+            "lastEvaluation": "2023-11-14T22:13:35Z",
+            "type": "alerting",
+        });
+        let recording = json!({
+            "name": "job:errors:ratio",
+            "query": "sum by (job) (rate(errors_total[5m]))",
+            "labels": {},
+            "health": "err",
+            "lastError": "vector cannot contain metrics with the same labelset",
+            "evaluationTime": 0.0,
+            "lastEvaluation": "0001-01-01T00:00:00Z",
+            "type": "recording",
+        });
+        let group = |rules: Vec<JsonValue>| {
+            json!({"status": "success", "data": {"groups": [{
+                "name": "api",
+                "file": "/etc/rules/api.yml",
+                "rules": rules,
+                "interval": 15.0,
+                "limit": 0,
+                "evaluationTime": 0.003,
+                "lastEvaluation": "2023-11-14T22:13:35Z",
+            }]}})
+        };
+        let (status, body) = get(&state, "/api/v1/rules").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, group(vec![alerting.clone(), recording.clone()]));
+        let (_, body) = get(&state, "/api/v1/rules?type=alert").await;
+        assert_eq!(body, group(vec![alerting.clone()]));
+        let (_, body) = post(&state, "/api/v1/rules", "type=record").await;
+        assert_eq!(body, group(vec![recording]));
+        let (_, body) = get(&state, "/api/v1/rules?rule_name[]=NoSuchRule").await;
+        assert_eq!(body, json!({"status": "success", "data": {"groups": []}}));
+
+        let (status, body) = get(&state, "/api/v1/alerts").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": {"alerts": [firing]}})
+        );
+    }
+
+    #[tokio::test]
+    async fn buildinfo_and_exemplars_answer_in_prometheus_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (status, body) = get(&state, "/api/v1/status/buildinfo").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": {
+                "version": "3.0.0",
+                "revision": concat!("sightline-", env!("CARGO_PKG_VERSION")),
+                "branch": "sightline",
+                "buildUser": "sightline",
+                "buildDate": "",
+                "goVersion": "none (Sightline is written in Rust)",
+            }})
+        );
+        let (status, body) = post(
+            &state,
+            "/api/v1/query_exemplars",
+            "query=http_requests_total&start=1700000000&end=1700000300",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"status": "success", "data": []}));
+        let (status, _) = get(&state, "/api/v1/query_exemplars?query=sum(").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn alert_values_are_formatted_as_go_formats_them() {
+        for (value, expected) in [
+            (1.0, "1e+00"),
+            (0.25, "2.5e-01"),
+            (123.45, "1.2345e+02"),
+            (-3e-120, "-3e-120"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NAN, "NaN"),
+        ] {
+            assert_eq!(format_exponent(value), expected);
+        }
+    }
+
+    #[test]
+    fn times_and_durations_parse_as_prometheus_parses_them() {
+        assert_eq!(
+            parse_time("t", "1700000000.123").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_time("t", "2023-11-14T22:13:20.5+01:00").unwrap(),
+            1_699_996_400_500
+        );
+        assert_eq!(parse_time("t", MIN_TIME_TEXT).unwrap(), MIN_TIME_MS);
+        assert_eq!(parse_time("t", MAX_TIME_TEXT).unwrap(), MAX_TIME_MS);
+        assert!(parse_time("t", "NaN").is_err());
+        assert_eq!(parse_duration_ms("step", "1.5").unwrap(), 1_500);
+        assert_eq!(parse_duration_ms("step", "1m30s").unwrap(), 90_000);
+        assert!(parse_duration_ms("step", "1e300").is_err());
+    }
+}
