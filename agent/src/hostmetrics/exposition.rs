@@ -34,7 +34,10 @@ impl Exposition {
                 if index > 0 {
                     self.out.push(',');
                 }
-                let _ = write!(self.out, "{label}=\"{}\"", escape_label(label_value));
+                self.out.push_str(label);
+                self.out.push_str("=\"");
+                push_escaped_label(&mut self.out, label_value);
+                self.out.push('"');
             }
             self.out.push('}');
         }
@@ -65,11 +68,17 @@ fn push_value(out: &mut String, value: f64) {
     }
 }
 
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends a label value with `\`, `"` and newline escaped, without
+/// allocating (a scrape writes thousands of long cgroup ids).
+fn push_escaped_label(out: &mut String, value: &str) {
+    for character in value.chars() {
+        match character {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            other => out.push(other),
+        }
+    }
 }
 
 fn escape_help(value: &str) -> String {
