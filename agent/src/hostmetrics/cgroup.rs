@@ -139,6 +139,9 @@ struct Usage {
     usage_usec: Option<u64>,
     user_usec: Option<u64>,
     system_usec: Option<u64>,
+    nr_periods: Option<u64>,
+    nr_throttled: Option<u64>,
+    throttled_usec: Option<u64>,
     memory_current: Option<u64>,
     memory_max: Option<u64>,
     anon: Option<u64>,
@@ -178,6 +181,9 @@ impl Usage {
             "usage_usec" => usage.usage_usec = Some(value),
             "user_usec" => usage.user_usec = Some(value),
             "system_usec" => usage.system_usec = Some(value),
+            "nr_periods" => usage.nr_periods = Some(value),
+            "nr_throttled" => usage.nr_throttled = Some(value),
+            "throttled_usec" => usage.throttled_usec = Some(value),
             _ => {}
         });
         read_keyed(&dir.join("memory.stat"), |key, value| match key {
@@ -187,6 +193,12 @@ impl Usage {
             _ => {}
         });
         usage
+    }
+
+    /// A CFS counter, present only for cgroups with a CPU quota (periods
+    /// are counted only then), as cAdvisor exports them.
+    fn cfs(&self, value: Option<u64>) -> Option<u64> {
+        self.nr_periods.filter(|periods| *periods > 0).and(value)
     }
 
     /// `memory.current` minus inactive page cache, floored at 0.
@@ -275,7 +287,7 @@ pub(super) fn collect(collector: &HostCollector, out: &mut Exposition) -> Result
     cgroups.sort_by(|a, b| a.id.cmp(&b.id));
 
     type Field = fn(&Usage) -> Option<f64>;
-    let families: [(&str, &str, bool, Field); 8] = [
+    let families: [(&str, &str, bool, Field); 11] = [
         (
             "container_cpu_usage_seconds_total",
             "Cumulative cpu time consumed in seconds.",
@@ -293,6 +305,28 @@ pub(super) fn collect(collector: &HostCollector, out: &mut Exposition) -> Result
             "Cumulative system cpu time consumed in seconds.",
             true,
             |usage| usage.system_usec.map(|usec| usec as f64 / 1e6),
+        ),
+        (
+            "container_cpu_cfs_periods_total",
+            "Number of elapsed enforcement period intervals.",
+            true,
+            |usage| usage.cfs(usage.nr_periods).map(|periods| periods as f64),
+        ),
+        (
+            "container_cpu_cfs_throttled_periods_total",
+            "Number of throttled period intervals.",
+            true,
+            |usage| usage.cfs(usage.nr_throttled).map(|periods| periods as f64),
+        ),
+        (
+            "container_cpu_cfs_throttled_seconds_total",
+            "Total time duration the container has been throttled.",
+            true,
+            |usage| {
+                usage
+                    .cfs(usage.throttled_usec)
+                    .map(|usec| usec as f64 / 1e6)
+            },
         ),
         (
             "container_memory_usage_bytes",

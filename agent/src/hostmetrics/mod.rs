@@ -13,6 +13,7 @@
 //! (1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes) * 100 > 85
 //! node_filesystem_avail_bytes / node_filesystem_size_bytes * 100 < 10
 //! sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{container!=""}[5m]))
+//! rate(container_cpu_cfs_throttled_periods_total[5m]) / rate(container_cpu_cfs_periods_total[5m]) > 0.25
 //! ```
 //!
 //! ## Collectors
@@ -26,7 +27,7 @@
 //! | `filesystem` | `<proc>/1/mounts` (else `<proc>/mounts`), `statvfs` under the rootfs | `node_filesystem_{size,free,avail}_bytes`, `_files`, `_files_free`, `_readonly`, `_device_error` |
 //! | `netdev` | `<proc>/1/net/dev` (else `<proc>/net/dev`) | `node_network_{receive,transmit}_<field>_total{device}` |
 //! | `time` | the clock | `node_time_seconds` |
-//! | `cgroup` | `<sys>/fs/cgroup` (cgroup v2 only) | `container_cpu_usage_seconds_total`, `container_memory_working_set_bytes`, `container_memory_usage_bytes`, `container_spec_memory_limit_bytes`, … |
+//! | `cgroup` | `<sys>/fs/cgroup` (cgroup v2 only): `cpu.stat`, `memory.current`, `memory.max`, `memory.stat` | `container_cpu_{usage,user,system}_seconds_total`, `container_cpu_cfs_{periods,throttled_periods,throttled_seconds}_total` (with a CPU quota), `container_memory_{usage_bytes,working_set_bytes,rss,cache}`, `container_spec_memory_limit_bytes` |
 //!
 //! Every collector reports `node_scrape_collector_success{collector}`: a
 //! file that cannot be read or parsed drops that collector's families from

@@ -154,6 +154,10 @@ fn fixture_lines_follow_node_exporter_and_cadvisor() {
         "container_memory_usage_bytes{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 150994944",
         "container_spec_memory_limit_bytes{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 268435456",
         "container_memory_working_set_bytes{id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 146800640",
+        // CFS throttling of the container with a CPU quota.
+        "container_cpu_cfs_periods_total{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 1200",
+        "container_cpu_cfs_throttled_periods_total{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 300",
+        "container_cpu_cfs_throttled_seconds_total{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 4.5",
         // The sandbox (pause) container has no log file: pod labels only.
         "container_spec_memory_limit_bytes{id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-2222222222222222222222222222222222222222222222222222222222222222.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 0",
         // cgroupfs driver; working set floored at 0.
@@ -180,6 +184,12 @@ fn fixture_lines_follow_node_exporter_and_cadvisor() {
     ] {
         assert!(!text.contains(absent), "{absent:?} in\n{text}");
     }
+    // Without a quota (nr_periods 0 or absent) there are no CFS series.
+    let cfs_series = text
+        .lines()
+        .filter(|line| line.starts_with("container_cpu_cfs_periods_total{"))
+        .count();
+    assert_eq!(cfs_series, 1, "{text}");
     let device_errors = text
         .lines()
         .filter(|line| line.starts_with("node_filesystem_device_error{"))
