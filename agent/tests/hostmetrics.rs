@@ -31,6 +31,7 @@ fn this_machine_has_sane_node_metrics() {
         "filesystem",
         "netdev",
         "time",
+        "uname",
     ] {
         assert_eq!(
             success(&exposition, name),
@@ -60,6 +61,17 @@ fn this_machine_has_sane_node_metrics() {
     let now = exposition.values("node_time_seconds", &[])[0];
     assert!(boot > 1e9 && boot < now, "boot {boot}, now {now}");
     assert_eq!(exposition.values("node_load1", &[]).len(), 1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(
+        exposition
+            .values(
+                "node_uname_info",
+                &[("sysname", "Linux"), ("release", kernel.trim())]
+            )
+            .len(),
+        1,
+        "{text}"
+    );
     assert!(
         !exposition
             .values("node_network_receive_bytes_total", &[("device", "lo")])

@@ -27,6 +27,7 @@
 //! | `filesystem` | `<proc>/1/mounts` (else `<proc>/mounts`), `statvfs` under the rootfs | `node_filesystem_{size,free,avail}_bytes`, `_files`, `_files_free`, `_readonly`, `_device_error` |
 //! | `netdev` | `<proc>/1/net/dev` (else `<proc>/net/dev`) | `node_network_{receive,transmit}_<field>_total{device}` |
 //! | `time` | the clock | `node_time_seconds` |
+//! | `uname` | `<proc>/sys/kernel/{ostype,osrelease,version,hostname,domainname,arch}` | `node_uname_info` (the host's names when the agent shares the host's UTS namespace, as with `hostNetwork`) |
 //! | `cgroup` | `<sys>/fs/cgroup` (cgroup v2 only): `cpu.stat`, `memory.current`, `memory.max`, `memory.stat` | `container_cpu_{usage,user,system}_seconds_total`, `container_cpu_cfs_{periods,throttled_periods,throttled_seconds}_total` (with a CPU quota), `container_memory_{usage_bytes,working_set_bytes,rss,cache}`, `container_spec_memory_limit_bytes` |
 //!
 //! Every collector reports `node_scrape_collector_success{collector}`: a
@@ -79,7 +80,7 @@ use crate::error::{AgentError, Result};
 use exposition::Exposition;
 
 /// Collectors in the order their families appear on `/metrics`.
-const COLLECTORS: [&str; 8] = [
+const COLLECTORS: [&str; 9] = [
     "cpu",
     "stat",
     "loadavg",
@@ -87,6 +88,7 @@ const COLLECTORS: [&str; 8] = [
     "filesystem",
     "netdev",
     "time",
+    "uname",
     "cgroup",
 ];
 
@@ -223,6 +225,7 @@ impl HostCollector {
                     node::time(now, &mut families);
                     Ok(())
                 }
+                "uname" => node::uname(&self.proc_root, &mut families),
                 _ => cgroup::collect(self, &mut families),
             };
             outcomes[index] = self.note_outcome(index, result);

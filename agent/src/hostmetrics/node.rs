@@ -473,3 +473,35 @@ pub(super) fn time(now: SystemTime, out: &mut Exposition) {
         seconds,
     );
 }
+
+/// `node_uname_info`: what `uname(2)` says, from `<proc>/sys/kernel`.
+pub(super) fn uname(proc_root: &Path, out: &mut Exposition) -> Outcome {
+    let kernel = proc_root.join("sys/kernel");
+    let read = |name: &str| read_text(&kernel.join(name)).map(|text| text.trim().to_owned());
+    let sysname = read("ostype")?;
+    let release = read("osrelease")?;
+    let version = read("version")?;
+    let nodename = read("hostname")?;
+    let domainname = read("domainname")?;
+    // `arch` exists since Linux 6.1; before, the agent's own architecture
+    // is the host's.
+    let machine = read("arch").unwrap_or_else(|_| std::env::consts::ARCH.to_owned());
+    let name = "node_uname_info";
+    out.gauge(
+        name,
+        "Labeled system information as provided by the uname system call.",
+    );
+    out.sample(
+        name,
+        &[
+            ("domainname", &domainname),
+            ("machine", &machine),
+            ("nodename", &nodename),
+            ("release", &release),
+            ("sysname", &sysname),
+            ("version", &version),
+        ],
+        1.0,
+    );
+    Ok(())
+}

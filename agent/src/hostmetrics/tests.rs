@@ -148,6 +148,7 @@ fn fixture_lines_follow_node_exporter_and_cadvisor() {
         "node_network_receive_multicast_total{device=\"eth0\"} 5",
         "node_network_transmit_colls_total{device=\"lo\"} 0",
         "node_time_seconds 1763700000.25",
+        "node_uname_info{domainname=\"(none)\",machine=\"x86_64\",nodename=\"node-7\",release=\"6.1.0-18-amd64\",sysname=\"Linux\",version=\"#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)\"} 1",
         // cgroup v2, systemd driver: pod slice and its container scope.
         "container_cpu_usage_seconds_total{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 2.4",
         "container_memory_working_set_bytes{container=\"checkout\",id=\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0d2c7f3a_1b2c_4d5e_8f90_123456789abc.slice/cri-containerd-1111111111111111111111111111111111111111111111111111111111111111.scope\",namespace=\"shop\",pod=\"checkout-7d9f8b6c5-x2x4z\"} 140509184",
