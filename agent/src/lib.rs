@@ -7,6 +7,11 @@
 //! and a restart neither loses nor (beyond the last unacknowledged batch)
 //! repeats lines.
 //!
+//! On its `/metrics` it also serves the node's CPU, memory, filesystem and
+//! network metrics and its containers' CPU and memory, under node_exporter's
+//! and cAdvisor's names ([`hostmetrics`]), so the collector scrapes one
+//! endpoint per node.
+//!
 //! ## The pipeline
 //!
 //! ```text
