@@ -257,3 +257,167 @@ fn promtool_parses_the_fixture_node() {
     );
     promtool_accepts(&text);
 }
+
+/// A child process killed when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Runs an instant query against Prometheus; `None` until it has data.
+async fn prometheus_query(
+    addr: std::net::SocketAddr,
+    expr: &str,
+) -> Option<Vec<(serde_json::Value, f64)>> {
+    // HTTP/1.0: Go's server answers without chunked encoding and closes.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "GET /api/v1/query?query={} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        percent_encode(expr)
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    assert_eq!(json["status"], "success", "{expr}: {json}");
+    let series = json["data"]["result"].as_array()?;
+    if series.is_empty() {
+        return None;
+    }
+    Some(
+        series
+            .iter()
+            .map(|sample| {
+                let value = sample["value"][1].as_str().unwrap().parse().unwrap();
+                (sample["metric"].clone(), value)
+            })
+            .collect(),
+    )
+}
+
+/// The real Prometheus (Debian package `prometheus`) scrapes the running
+/// agent, and the seeds' CPU, memory and disk alert expressions, and a
+/// container memory one, evaluate over what it scraped: node metrics from
+/// this machine, container metrics from the fixture cgroup tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_evaluates_the_alert_expressions_over_the_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostmetrics");
+    let server = start_collector(CountingCollector::default()).await;
+    let agent = sightline_agent::start(Config {
+        include: vec![format!("{}/pods/*/*/*.log", root.path().display())],
+        collector: format!("http://{}", server.addr),
+        data_dir: root.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        host_name: "node-test".to_owned(),
+        host_metrics: HostMetricsConfig {
+            sys_root: fixtures.join("sys"),
+            pod_logs_dir: fixtures.join("var/log/pods"),
+            container_logs_dir: fixtures.join("var/log/containers"),
+            ..HostMetricsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+
+    let port = free_port();
+    let config = root.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: agent\n    static_configs:\n      - targets: ['{}']\n",
+            agent.http_addr()
+        ),
+    )
+    .unwrap();
+    let _prometheus = ChildGuard(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                root.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus) must be installed"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let cpu = r#"100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5m])))"#;
+    let memory = "(1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes) * 100";
+    let disk = "node_filesystem_avail_bytes / node_filesystem_size_bytes * 100";
+    let container = r#"container_memory_working_set_bytes{container!=""} / (container_spec_memory_limit_bytes > 0)"#;
+    let mut results = Vec::new();
+    for expr in [cpu, memory, disk, container] {
+        // Bounded wait: a rate needs two scrapes; 2 minutes is far more.
+        let mut found = None;
+        for _ in 0..480 {
+            found = prometheus_query(addr, expr).await;
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        results.push(found.unwrap_or_else(|| panic!("no result for {expr}")));
+    }
+    let instance = agent.http_addr().to_string();
+    assert_eq!(results[0].len(), 1, "{:?}", results[0]);
+    assert_eq!(results[0][0].0["instance"], instance.as_str());
+    for (index, expr) in [cpu, memory, disk].iter().enumerate() {
+        for (labels, percent) in &results[index] {
+            assert!(
+                (0.0..=100.0).contains(percent),
+                "{expr} {labels}: {percent}"
+            );
+        }
+    }
+    // The fixture's checkout container: 140509184 / 268435456.
+    assert_eq!(results[3].len(), 1, "{:?}", results[3]);
+    let (labels, ratio) = &results[3][0];
+    assert_eq!(labels["namespace"], "shop");
+    assert_eq!(labels["container"], "checkout");
+    assert!(
+        (ratio - 140_509_184.0 / 268_435_456.0).abs() < 1e-9,
+        "{ratio}"
+    );
+    // The whole alert rules parse and evaluate (empty results are fine).
+    for rule in [
+        format!("{cpu} > 80"),
+        format!("{memory} > 85"),
+        format!("{disk} < 10"),
+    ] {
+        let _ = prometheus_query(addr, &rule).await;
+    }
+
+    agent.shutdown().await.unwrap();
+    server.stop().await;
+}
