@@ -524,6 +524,11 @@ pub const DEFAULT_FILESYSTEM_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgr
 /// plus the kubelet's per-pod volumes (one tmpfs per projected volume).
 pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str = "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+|var/lib/kubelet/.+)($|/)";
 
+/// node_exporter's default `--collector.diskstats.device-exclude`:
+/// partitions, RAM disks, loop and floppy devices.
+pub const DEFAULT_DISK_DEVICES_EXCLUDE: &str =
+    "^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\\d+n\\d+p)\\d+$";
+
 /// Node (node_exporter) and container (cAdvisor) metrics on `/metrics`;
 /// see [`crate::hostmetrics`]. In a DaemonSet, mount the host's `/proc`,
 /// `/sys` and `/` and point the roots at the mounts.
@@ -547,6 +552,8 @@ pub struct HostMetricsConfig {
     pub filesystem_types_exclude: String,
     /// Mount points (regex) without `node_filesystem_*` series.
     pub mount_points_exclude: String,
+    /// Block devices (regex) without `node_disk_*` series.
+    pub disk_devices_exclude: String,
     /// Most cgroups read per scrape; deeper or later ones are left out.
     pub max_cgroups: usize,
     /// A collection is reused by scrapes within this long.
@@ -568,6 +575,7 @@ impl Default for HostMetricsConfig {
             container_logs_dir: PathBuf::from("/var/log/containers"),
             filesystem_types_exclude: DEFAULT_FILESYSTEM_TYPES_EXCLUDE.to_owned(),
             mount_points_exclude: DEFAULT_MOUNT_POINTS_EXCLUDE.to_owned(),
+            disk_devices_exclude: DEFAULT_DISK_DEVICES_EXCLUDE.to_owned(),
             max_cgroups: 4096,
             cache_for: Duration::from_secs(1),
             timeout: Duration::from_secs(5),

@@ -28,6 +28,7 @@ fn this_machine_has_sane_node_metrics() {
         "stat",
         "loadavg",
         "meminfo",
+        "diskstats",
         "filesystem",
         "netdev",
         "time",

@@ -24,6 +24,7 @@
 //! | `stat` | `<proc>/stat` | `node_boot_time_seconds`, `node_context_switches_total`, `node_forks_total`, `node_intr_total`, `node_procs_running`, `node_procs_blocked` |
 //! | `loadavg` | `<proc>/loadavg` | `node_load1`, `node_load5`, `node_load15` |
 //! | `meminfo` | `<proc>/meminfo` | `node_memory_<Field>_bytes` for every line (`Active(anon)` becomes `Active_anon`) |
+//! | `diskstats` | `<proc>/diskstats` | `node_disk_{reads,writes}_completed_total`, `node_disk_{read,written}_bytes_total`, `node_disk_{read,write,io}_time_seconds_total`, `node_disk_io_now`, … `{device}` (whole disks: partitions, loop and RAM devices excluded) |
 //! | `filesystem` | `<proc>/1/mounts` (else `<proc>/mounts`), `statvfs` under the rootfs | `node_filesystem_{size,free,avail}_bytes`, `_files`, `_files_free`, `_readonly`, `_device_error` |
 //! | `netdev` | `<proc>/1/net/dev` (else `<proc>/net/dev`) | `node_network_{receive,transmit}_<field>_total{device}` |
 //! | `time` | the clock | `node_time_seconds` |
@@ -80,11 +81,12 @@ use crate::error::{AgentError, Result};
 use exposition::Exposition;
 
 /// Collectors in the order their families appear on `/metrics`.
-const COLLECTORS: [&str; 9] = [
+const COLLECTORS: [&str; 10] = [
     "cpu",
     "stat",
     "loadavg",
     "meminfo",
+    "diskstats",
     "filesystem",
     "netdev",
     "time",
@@ -159,6 +161,7 @@ pub struct HostCollector {
     container_logs_dir: PathBuf,
     filesystem_types_exclude: Regex,
     mount_points_exclude: Regex,
+    disk_devices_exclude: Regex,
     max_cgroups: usize,
     /// Per collector: its last failure was logged (reset on success), so
     /// a broken source warns once, not on every scrape.
@@ -190,6 +193,10 @@ impl HostCollector {
                 "host_metrics.mount_points_exclude",
                 &config.mount_points_exclude,
             )?,
+            disk_devices_exclude: compile(
+                "host_metrics.disk_devices_exclude",
+                &config.disk_devices_exclude,
+            )?,
             max_cgroups: config.max_cgroups,
             warned: Default::default(),
             cgroup_limit_warned: AtomicBool::new(false),
@@ -219,6 +226,7 @@ impl HostCollector {
                     .and_then(|text| node::stat(text, &self.proc_root, &mut families)),
                 "loadavg" => node::loadavg(&self.proc_root, &mut families),
                 "meminfo" => node::meminfo(&self.proc_root, &mut families),
+                "diskstats" => node::diskstats(self, &mut families),
                 "filesystem" => node::filesystem(self, statfs, &mut families),
                 "netdev" => node::netdev(&self.proc_root, &mut families),
                 "time" => {

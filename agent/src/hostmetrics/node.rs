@@ -505,3 +505,136 @@ pub(super) fn uname(proc_root: &Path, out: &mut Exposition) -> Outcome {
     );
     Ok(())
 }
+
+/// `/proc/diskstats` columns after major, minor and name, as node_exporter
+/// names them, with the conversion to their unit (sectors are 512 bytes,
+/// times are milliseconds) and whether it is a counter.
+/// A `/proc/diskstats` column: name, help, conversion, is a counter.
+type DiskColumn = (&'static str, &'static str, fn(u64) -> f64, bool);
+
+const DISK_COLUMNS: [DiskColumn; 11] = [
+    (
+        "node_disk_reads_completed_total",
+        "The total number of reads completed successfully.",
+        count,
+        true,
+    ),
+    (
+        "node_disk_reads_merged_total",
+        "The total number of reads merged.",
+        count,
+        true,
+    ),
+    (
+        "node_disk_read_bytes_total",
+        "The total number of bytes read successfully.",
+        sectors_to_bytes,
+        true,
+    ),
+    (
+        "node_disk_read_time_seconds_total",
+        "The total number of seconds spent by all reads.",
+        millis_to_seconds,
+        true,
+    ),
+    (
+        "node_disk_writes_completed_total",
+        "The total number of writes completed successfully.",
+        count,
+        true,
+    ),
+    (
+        "node_disk_writes_merged_total",
+        "The number of writes merged.",
+        count,
+        true,
+    ),
+    (
+        "node_disk_written_bytes_total",
+        "The total number of bytes written successfully.",
+        sectors_to_bytes,
+        true,
+    ),
+    (
+        "node_disk_write_time_seconds_total",
+        "This is the total number of seconds spent by all writes.",
+        millis_to_seconds,
+        true,
+    ),
+    (
+        "node_disk_io_now",
+        "The number of I/Os currently in progress.",
+        count,
+        false,
+    ),
+    (
+        "node_disk_io_time_seconds_total",
+        "Total seconds spent doing I/Os.",
+        millis_to_seconds,
+        true,
+    ),
+    (
+        "node_disk_io_time_weighted_seconds_total",
+        "The weighted # of seconds spent doing I/Os.",
+        millis_to_seconds,
+        true,
+    ),
+];
+
+fn count(value: u64) -> f64 {
+    value as f64
+}
+
+fn sectors_to_bytes(sectors: u64) -> f64 {
+    sectors as f64 * 512.0
+}
+
+/// Divides, so 45678 ms reads back as 45.678 and not 45.678000000000004.
+fn millis_to_seconds(millis: u64) -> f64 {
+    millis as f64 / 1000.0
+}
+
+/// Per-disk I/O counters from `/proc/diskstats`.
+pub(super) fn diskstats(collector: &HostCollector, out: &mut Exposition) -> Outcome {
+    let path = collector.proc_root.join("diskstats");
+    let text = read_text(&path)?;
+    let mut disks: Vec<(String, Vec<u64>)> = Vec::new();
+    for (line_number, line) in text.lines().enumerate() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(_major), Some(_minor), Some(device)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if collector.disk_devices_exclude.is_match(device) {
+            continue;
+        }
+        let values = fields
+            .take(DISK_COLUMNS.len())
+            .map(|field| parse_number::<u64>(&path, line_number, field))
+            .collect::<Result<Vec<u64>, _>>()?;
+        if values.len() < DISK_COLUMNS.len() {
+            return Err(CollectError::new(
+                &path,
+                format!(
+                    "line {}: {device} has {} of {} columns",
+                    line_number + 1,
+                    values.len(),
+                    DISK_COLUMNS.len()
+                ),
+            ));
+        }
+        disks.push((device.to_owned(), values));
+    }
+    for (column, (name, help, unit, is_counter)) in DISK_COLUMNS.iter().enumerate() {
+        if *is_counter {
+            out.counter(name, help);
+        } else {
+            out.gauge(name, help);
+        }
+        for (device, values) in &disks {
+            out.sample(name, &[("device", device)], unit(values[column]));
+        }
+    }
+    Ok(())
+}

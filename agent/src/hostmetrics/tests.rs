@@ -131,6 +131,14 @@ fn fixture_lines_follow_node_exporter_and_cadvisor() {
         "node_memory_Active_anon_bytes 819200000",
         "node_memory_Inactive_file_bytes 307200000",
         "node_memory_HugePages_Total 0",
+        // /proc/diskstats: sectors of 512 bytes, milliseconds to seconds;
+        // the 11-column format of older kernels too.
+        "node_disk_read_bytes_total{device=\"vda\"} 5056790016",
+        "node_disk_reads_completed_total{device=\"vda\"} 123456",
+        "node_disk_io_time_seconds_total{device=\"vda\"} 123.45",
+        "node_disk_write_time_seconds_total{device=\"vda\"} 98.765",
+        "node_disk_io_now{device=\"vda\"} 2",
+        "node_disk_written_bytes_total{device=\"nvme0n1\"} 20480000",
         // mounts: pseudo filesystems, docker and kubelet volumes skipped,
         // the duplicate `/` once, `\040` decoded, a failed statvfs flagged.
         "node_filesystem_avail_bytes{device=\"/dev/sda1\",fstype=\"ext4\",mountpoint=\"/\"} 37580963840",
@@ -182,6 +190,9 @@ fn fixture_lines_follow_node_exporter_and_cadvisor() {
         "/var/lib/kubelet/",
         "node_cpu_seconds_total{cpu=\"\"",
         "id=\"/\"}",
+        "device=\"vda1\"",
+        "device=\"loop0\"",
+        "device=\"nvme0n1p1\"",
     ] {
         assert!(!text.contains(absent), "{absent:?} in\n{text}");
     }
@@ -339,7 +350,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// never panics.
 #[test]
 fn garbage_sources_fail_their_collector_only() {
-    let cases: [(&str, &str, &[u8]); 12] = [
+    let cases: [(&str, &str, &[u8]); 14] = [
         ("cpu", "proc/stat", b""),
         ("cpu", "proc/stat", b"cpu0 1 2\nbtime 5\n"),
         ("stat", "proc/stat", b"cpu0 1 2 3 4\nbtime\n"),
@@ -359,6 +370,12 @@ fn garbage_sources_fail_their_collector_only() {
             b"h\n face |bytes packets|bytes packets\n eth0: 1 2 3\n",
         ),
         ("filesystem", "proc/mounts", b""),
+        ("diskstats", "proc/diskstats", b"8 0 sda 1 2 3\n"),
+        (
+            "diskstats",
+            "proc/diskstats",
+            b"8 0 sda 1 2 3 4 5 6 7 8 9 x 11\n",
+        ),
         ("cgroup", "sys/fs/cgroup/cgroup.controllers", b""),
     ];
     for (collector, file, content) in cases {
