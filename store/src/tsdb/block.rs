@@ -1,20 +1,38 @@
 //! Immutable blocks: one directory per block, self-describing, opened by path.
 //!
-//! `meta.json`: `{"version": 1, "min_ms", "max_ms", "num_series",
-//! "num_samples"}`. `series.bin`: magic `SLTSDB01`, then per series its
-//! labels and chunks (`first_ms: i64, last_ms: i64, count: u16, len: u32,
-//! bytes`), then a crc32 of everything before it.
+//! `meta.json`: `{"version": 2, "min_ms", "max_ms", "num_series",
+//! "num_samples"}`. `series.bin` (version 2): magic `SLTSDB02`, then
+//!
+//! - the symbol table: count varint, then each string (varint length,
+//!   UTF-8), sorted, unique; labels refer to strings by their index;
+//! - the series, sorted by labels: count varint, then per series its label
+//!   count varint and (name, value) symbol ids as varints, its chunk count
+//!   varint, and per chunk `first_ms` as a zigzag varint delta from the
+//!   previous chunk's `last_ms` (from the block's `min_ms` for the first),
+//!   `last_ms - first_ms`, the sample count and the byte length as varints,
+//!   then the Gorilla bytes;
+//! - a crc32 of everything before it.
+//!
+//! A label string costs its bytes once per block, a chunk header about 7
+//! bytes. Opening a block builds its postings (label=value -> series) in
+//! memory, so selectors touch only matching series. Version 1 blocks
+//! (`SLTSDB01`: labels as strings per series, fixed-width chunk headers) are
+//! still read (their chunks re-encoded in the current chunk format).
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::wal::{Cursor, encode_labels};
+use super::chunk;
+use super::labels::{FastHash, LabelIndex};
+use super::wal::{Cursor, put_string, put_varint, unzigzag, zigzag};
 use super::{Labels, SealedChunk, TsdbError, io_error};
 
-const MAGIC: &[u8; 8] = b"SLTSDB01";
+const MAGIC_V1: &[u8; 8] = b"SLTSDB01";
+const MAGIC: &[u8; 8] = b"SLTSDB02";
 /// Format version written in `meta.json`.
-pub const BLOCK_FORMAT_VERSION: u32 = 1;
+pub const BLOCK_FORMAT_VERSION: u32 = 2;
 
 /// What `meta.json` says about a block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,12 +45,15 @@ pub struct BlockMeta {
     pub num_samples: u64,
 }
 
-/// An opened block (its chunks are held in memory, compressed).
+/// An opened block: its postings index and its chunks, held in memory
+/// compressed.
 #[derive(Debug)]
 pub struct Block {
     path: PathBuf,
     meta: BlockMeta,
-    series: Vec<(Labels, Vec<SealedChunk>)>,
+    index: LabelIndex,
+    /// Chunks by series id of `index`.
+    chunks: Vec<Box<[SealedChunk]>>,
 }
 
 impl Block {
@@ -46,7 +67,7 @@ impl Block {
         let meta_text = std::fs::read_to_string(&meta_path).map_err(io_error(&meta_path))?;
         let meta: BlockMeta =
             serde_json::from_str(&meta_text).map_err(|error| corrupt(&error.to_string()))?;
-        if meta.version != BLOCK_FORMAT_VERSION {
+        if meta.version != BLOCK_FORMAT_VERSION && meta.version != 1 {
             return Err(corrupt(&format!(
                 "unknown block format version {}",
                 meta.version
@@ -54,7 +75,8 @@ impl Block {
         }
         let data_path = path.join("series.bin");
         let data = std::fs::read(&data_path).map_err(io_error(&data_path))?;
-        if data.len() < MAGIC.len() + 4 || &data[..MAGIC.len()] != MAGIC {
+        let magic = if meta.version == 1 { MAGIC_V1 } else { MAGIC };
+        if data.len() < magic.len() + 4 || &data[..magic.len()] != magic {
             return Err(corrupt("bad magic"));
         }
         let (body, checksum) = data.split_at(data.len() - 4);
@@ -62,42 +84,24 @@ impl Block {
             return Err(corrupt("checksum mismatch"));
         }
         let mut cursor = Cursor {
-            bytes: &body[MAGIC.len()..],
+            bytes: &body[magic.len()..],
         };
-        let mut series = Vec::new();
-        while !cursor.bytes.is_empty() {
-            let labels = cursor.labels().ok_or_else(|| corrupt("truncated labels"))?;
-            let chunk_count = cursor
-                .u32()
-                .ok_or_else(|| corrupt("truncated chunk count"))?;
-            let mut chunks = Vec::with_capacity(chunk_count as usize);
-            for _ in 0..chunk_count {
-                let read_chunk = |cursor: &mut Cursor<'_>| -> Option<SealedChunk> {
-                    let first_ms = cursor.u64()? as i64;
-                    let last_ms = cursor.u64()? as i64;
-                    let count = u16::from_le_bytes(cursor.take(2)?.try_into().ok()?);
-                    let length = cursor.u32()? as usize;
-                    let bytes = cursor.take(length)?.into();
-                    Some(SealedChunk {
-                        first_ms,
-                        last_ms,
-                        count,
-                        bytes,
-                    })
-                };
-                chunks.push(read_chunk(&mut cursor).ok_or_else(|| corrupt("truncated chunk"))?);
-            }
-            series.push((labels, chunks));
-        }
+        let (index, chunks) = if meta.version == 1 {
+            read_v1(&mut cursor).map_err(corrupt)?
+        } else {
+            read_v2(&mut cursor, meta.min_ms).map_err(corrupt)?
+        };
         Ok(Block {
             path: path.to_path_buf(),
             meta,
-            series,
+            index,
+            chunks,
         })
     }
 
     /// Writes a block under `parent` (via a temporary directory renamed into
-    /// place) and returns its path.
+    /// place, then the parent directory synced) and returns its path.
+    /// `series` must be sorted by labels.
     pub(crate) fn write(
         parent: &Path,
         min_ms: i64,
@@ -109,18 +113,39 @@ impl Block {
         let temporary = parent.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&temporary);
         std::fs::create_dir_all(&temporary).map_err(io_error(&temporary))?;
+
+        let strings: BTreeSet<&str> = series
+            .iter()
+            .flat_map(|(labels, _)| labels.iter().flat_map(|(name, value)| [name, value]))
+            .collect();
+        let mut symbol_ids: HashMap<&str, u32, FastHash> = HashMap::default();
         let mut data = MAGIC.to_vec();
+        put_varint(&mut data, strings.len() as u64);
+        for (id, text) in strings.iter().enumerate() {
+            put_string(&mut data, text);
+            symbol_ids.insert(text, id as u32);
+        }
         let mut num_samples = 0u64;
+        put_varint(&mut data, series.len() as u64);
         for (labels, chunks) in series {
-            encode_labels(&mut data, labels);
-            data.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+            put_varint(&mut data, labels.len() as u64);
+            for (name, value) in labels.iter() {
+                put_varint(&mut data, u64::from(symbol_ids[name]));
+                put_varint(&mut data, u64::from(symbol_ids[value]));
+            }
+            put_varint(&mut data, chunks.len() as u64);
+            let mut previous_ms = min_ms;
             for chunk in chunks {
-                data.extend_from_slice(&chunk.first_ms.to_le_bytes());
-                data.extend_from_slice(&chunk.last_ms.to_le_bytes());
-                data.extend_from_slice(&chunk.count.to_le_bytes());
-                data.extend_from_slice(&(chunk.bytes.len() as u32).to_le_bytes());
+                put_varint(&mut data, zigzag(chunk.first_ms.wrapping_sub(previous_ms)));
+                put_varint(
+                    &mut data,
+                    zigzag(chunk.last_ms.wrapping_sub(chunk.first_ms)),
+                );
+                put_varint(&mut data, u64::from(chunk.count));
+                put_varint(&mut data, chunk.bytes.len() as u64);
                 data.extend_from_slice(&chunk.bytes);
                 num_samples += u64::from(chunk.count);
+                previous_ms = chunk.last_ms;
             }
         }
         let checksum = crc32fast::hash(&data);
@@ -141,8 +166,10 @@ impl Block {
         write("series.bin", &data)?;
         let meta_json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         write("meta.json", &meta_json)?;
+        sync_dir(&temporary)?;
         let _ = std::fs::remove_dir_all(&final_path);
         std::fs::rename(&temporary, &final_path).map_err(io_error(&final_path))?;
+        sync_dir(parent)?;
         Ok(final_path)
     }
 
@@ -154,7 +181,116 @@ impl Block {
         &self.meta
     }
 
-    pub(crate) fn series(&self) -> &[(Labels, Vec<SealedChunk>)] {
-        &self.series
+    /// The block's label index.
+    pub(crate) fn index(&self) -> &LabelIndex {
+        &self.index
     }
+
+    /// The chunks of series `id` of [`index`](Self::index).
+    pub(crate) fn chunks(&self, id: u32) -> &[SealedChunk] {
+        self.chunks.get(id as usize).map_or(&[], |chunks| chunks)
+    }
+}
+
+/// Makes a rename or a new file in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), TsdbError> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(dir))
+}
+
+type BlockContents = (LabelIndex, Vec<Box<[SealedChunk]>>);
+
+fn read_v2(cursor: &mut Cursor<'_>, min_ms: i64) -> Result<BlockContents, &'static str> {
+    let mut index = LabelIndex::default();
+    let symbol_count = cursor.varint().ok_or("truncated symbol table")?;
+    for expected in 0..symbol_count {
+        let text = cursor.string().ok_or("truncated symbol")?;
+        if u64::from(index.symbols.intern(text)) != expected {
+            return Err("duplicate symbol");
+        }
+    }
+    let series_count = cursor.varint().ok_or("truncated series count")?;
+    let mut all_chunks = Vec::with_capacity((series_count as usize).min(cursor.bytes.len()));
+    for _ in 0..series_count {
+        let label_count = cursor.varint().ok_or("truncated labels")?;
+        let mut labels = Vec::with_capacity((label_count as usize).min(64));
+        for _ in 0..label_count {
+            let name = cursor.varint32().ok_or("truncated label")?;
+            let value = cursor.varint32().ok_or("truncated label")?;
+            if u64::from(name.max(value)) >= symbol_count {
+                return Err("label refers to a missing symbol");
+            }
+            labels.push((name, value));
+        }
+        index.add_interned(labels.into());
+        let chunk_count = cursor.varint().ok_or("truncated chunk count")?;
+        let mut chunks = Vec::with_capacity((chunk_count as usize).min(cursor.bytes.len()));
+        let mut previous_ms = min_ms;
+        for _ in 0..chunk_count {
+            let mut read_chunk = || -> Option<SealedChunk> {
+                let first_ms = previous_ms.wrapping_add(unzigzag(cursor.varint()?));
+                let last_ms = first_ms.wrapping_add(unzigzag(cursor.varint()?));
+                let count = u16::try_from(cursor.varint()?).ok()?;
+                let length = usize::try_from(cursor.varint()?).ok()?;
+                let bytes = cursor.take(length)?.into();
+                Some(SealedChunk {
+                    first_ms,
+                    last_ms,
+                    count,
+                    bytes,
+                })
+            };
+            let chunk = read_chunk().ok_or("truncated chunk")?;
+            previous_ms = chunk.last_ms;
+            chunks.push(chunk);
+        }
+        all_chunks.push(chunks.into_boxed_slice());
+    }
+    if !cursor.bytes.is_empty() {
+        return Err("trailing bytes after the series");
+    }
+    Ok((index, all_chunks))
+}
+
+/// Version 1: per series `labels` (u32 count, u32-length strings), u32
+/// chunk count, chunks `first_ms: i64, last_ms: i64, count: u16, len: u32,
+/// bytes`, all little-endian.
+fn read_v1(cursor: &mut Cursor<'_>) -> Result<BlockContents, &'static str> {
+    let mut index = LabelIndex::default();
+    let mut all_chunks = Vec::new();
+    let string_v1 = |cursor: &mut Cursor<'_>| -> Option<String> {
+        let length = cursor.u32()? as usize;
+        String::from_utf8(cursor.take(length)?.to_vec()).ok()
+    };
+    while !cursor.bytes.is_empty() {
+        let label_count = cursor.u32().ok_or("truncated labels")?;
+        let mut pairs = Vec::with_capacity((label_count as usize).min(64));
+        for _ in 0..label_count {
+            let name = string_v1(cursor).ok_or("truncated label")?;
+            let value = string_v1(cursor).ok_or("truncated label")?;
+            pairs.push((name, value));
+        }
+        index.add(&Labels::new(pairs));
+        let chunk_count = cursor.u32().ok_or("truncated chunk count")?;
+        let mut chunks = Vec::with_capacity((chunk_count as usize).min(cursor.bytes.len()));
+        for _ in 0..chunk_count {
+            let mut read_chunk = || -> Option<SealedChunk> {
+                let first_ms = cursor.u64()? as i64;
+                let last_ms = cursor.u64()? as i64;
+                let count = cursor.u16()?;
+                let length = cursor.u32()? as usize;
+                let bytes = chunk::transcode_v1(cursor.take(length)?, count)?;
+                Some(SealedChunk {
+                    first_ms,
+                    last_ms,
+                    count,
+                    bytes,
+                })
+            };
+            chunks.push(read_chunk().ok_or("truncated chunk")?);
+        }
+        all_chunks.push(chunks.into_boxed_slice());
+    }
+    Ok((index, all_chunks))
 }

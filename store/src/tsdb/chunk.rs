@@ -18,19 +18,25 @@ struct BitWriter {
 
 impl BitWriter {
     fn write_bit(&mut self, bit: bool) {
-        if self.used_in_last == 0 {
-            self.bytes.push(0);
-        }
-        if bit {
-            let last = self.bytes.len() - 1;
-            self.bytes[last] |= 1 << (7 - self.used_in_last);
-        }
-        self.used_in_last = (self.used_in_last + 1) % 8;
+        self.write_bits(u64::from(bit), 1);
     }
 
+    /// Writes the low `count` bits of `value` (count <= 64), a byte's worth
+    /// at a time.
     fn write_bits(&mut self, value: u64, count: u8) {
-        for shift in (0..count).rev() {
-            self.write_bit((value >> shift) & 1 == 1);
+        let mut remaining = count;
+        while remaining > 0 {
+            if self.used_in_last == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - self.used_in_last;
+            let take = free.min(remaining);
+            let part = ((value >> (remaining - take)) & ((1u64 << take) - 1)) as u8;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= part << (free - take);
+            }
+            self.used_in_last = (self.used_in_last + take) % 8;
+            remaining -= take;
         }
     }
 }
@@ -43,23 +49,37 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     fn read_bit(&mut self) -> Option<bool> {
-        let byte = *self.bytes.get(self.position / 8)?;
-        let bit = (byte >> (7 - (self.position % 8))) & 1 == 1;
-        self.position += 1;
-        Some(bit)
+        Some(self.read_bits(1)? == 1)
     }
 
+    /// Reads `count` bits (count <= 64), a byte's worth at a time.
     fn read_bits(&mut self, count: u8) -> Option<u64> {
         let mut value = 0u64;
-        for _ in 0..count {
-            value = (value << 1) | u64::from(self.read_bit()?);
+        let mut remaining = count;
+        while remaining > 0 {
+            let byte = *self.bytes.get(self.position / 8)?;
+            let available = 8 - (self.position % 8) as u8;
+            let take = available.min(remaining);
+            let part = (byte >> (available - take)) & (((1u16 << take) - 1) as u8);
+            value = (value << take) | u64::from(part);
+            self.position += usize::from(take);
+            remaining -= take;
         }
         Some(value)
     }
 }
 
 /// (prefix bits, prefix length, payload bits) of the delta-of-delta widths.
+/// The narrowest one holds the few milliseconds of a scrape's jitter.
 const DOD_WIDTHS: [(u64, u8, u8); 4] = [
+    (0b10, 2, 5),
+    (0b110, 3, 9),
+    (0b1110, 4, 13),
+    (0b11110, 5, 20),
+];
+
+/// The widths of version 1 chunks (blocks of format 1), read only.
+const DOD_WIDTHS_V1: [(u64, u8, u8); 4] = [
     (0b10, 2, 7),
     (0b110, 3, 9),
     (0b1110, 4, 12),
@@ -81,6 +101,10 @@ pub(crate) struct ChunkEncoder {
 
 impl ChunkEncoder {
     pub(crate) fn append(&mut self, timestamp_ms: i64, value: f64) {
+        self.append_with(&DOD_WIDTHS, timestamp_ms, value);
+    }
+
+    fn append_with(&mut self, widths: &[(u64, u8, u8); 4], timestamp_ms: i64, value: f64) {
         let bits = value.to_bits();
         match self.count {
             0 => {
@@ -90,9 +114,9 @@ impl ChunkEncoder {
                 self.leading = u8::MAX;
             }
             _ => {
-                let delta = timestamp_ms - self.last_ms;
-                let delta_of_delta = delta - self.last_delta;
-                self.write_delta_of_delta(delta_of_delta);
+                let delta = timestamp_ms.wrapping_sub(self.last_ms);
+                let delta_of_delta = delta.wrapping_sub(self.last_delta);
+                self.write_delta_of_delta(widths, delta_of_delta);
                 self.write_value(bits);
                 self.last_delta = delta;
             }
@@ -102,12 +126,12 @@ impl ChunkEncoder {
         self.count += 1;
     }
 
-    fn write_delta_of_delta(&mut self, delta_of_delta: i64) {
+    fn write_delta_of_delta(&mut self, widths: &[(u64, u8, u8); 4], delta_of_delta: i64) {
         if delta_of_delta == 0 {
             self.writer.write_bit(false);
             return;
         }
-        for (prefix, prefix_length, payload) in DOD_WIDTHS {
+        for &(prefix, prefix_length, payload) in widths {
             let limit = 1i64 << (payload - 1);
             if delta_of_delta >= -limit && delta_of_delta < limit {
                 self.writer.write_bits(prefix, prefix_length);
@@ -164,23 +188,66 @@ impl ChunkEncoder {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.writer.bytes.capacity()
     }
+
+    /// Encodes samples as a version 1 chunk (for compatibility tests).
+    #[cfg(test)]
+    pub(crate) fn encode_v1(samples: &[(i64, f64)]) -> Vec<u8> {
+        let mut encoder = ChunkEncoder::default();
+        for (timestamp_ms, value) in samples {
+            encoder.append_with(&DOD_WIDTHS_V1, *timestamp_ms, *value);
+        }
+        encoder.writer.bytes
+    }
+
+    /// The chunk's bytes, the encoder consumed.
+    pub(crate) fn into_bytes(self) -> Box<[u8]> {
+        self.writer.bytes.into_boxed_slice()
+    }
 }
 
 /// Decodes `count` samples from chunk bytes; `None` if the bytes are corrupt.
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8], count: u16) -> Option<Vec<(i64, f64)>> {
-    let mut reader = BitReader { bytes, position: 0 };
     let mut samples = Vec::with_capacity(count as usize);
+    decode_each(bytes, count, |timestamp_ms, value| {
+        samples.push((timestamp_ms, value))
+    })?;
+    Some(samples)
+}
+
+/// Calls `visit` with each of the `count` samples in chunk bytes, without
+/// materialising them; `None` if the bytes are corrupt.
+pub(crate) fn decode_each(bytes: &[u8], count: u16, visit: impl FnMut(i64, f64)) -> Option<()> {
+    decode_with(&DOD_WIDTHS, bytes, count, visit)
+}
+
+/// Re-encodes the bytes of a version 1 chunk in the current format.
+pub(crate) fn transcode_v1(bytes: &[u8], count: u16) -> Option<Box<[u8]>> {
+    let mut encoder = ChunkEncoder::default();
+    decode_with(&DOD_WIDTHS_V1, bytes, count, |timestamp_ms, value| {
+        encoder.append(timestamp_ms, value)
+    })?;
+    Some(encoder.writer.bytes.into_boxed_slice())
+}
+
+fn decode_with(
+    widths: &[(u64, u8, u8); 4],
+    bytes: &[u8],
+    count: u16,
+    mut visit: impl FnMut(i64, f64),
+) -> Option<()> {
+    let mut reader = BitReader { bytes, position: 0 };
     if count == 0 {
-        return Some(samples);
+        return Some(());
     }
     let mut timestamp_ms = reader.read_bits(64)? as i64;
     let mut value_bits = reader.read_bits(64)?;
-    samples.push((timestamp_ms, f64::from_bits(value_bits)));
+    visit(timestamp_ms, f64::from_bits(value_bits));
     let (mut delta, mut leading, mut trailing) = (0i64, 0u8, 0u8);
     for _ in 1..count {
-        let delta_of_delta = read_delta_of_delta(&mut reader)?;
-        delta += delta_of_delta;
-        timestamp_ms += delta;
+        let delta_of_delta = read_delta_of_delta(&mut reader, widths)?;
+        delta = delta.wrapping_add(delta_of_delta);
+        timestamp_ms = timestamp_ms.wrapping_add(delta);
         if reader.read_bit()? {
             if reader.read_bit()? {
                 leading = reader.read_bits(5)? as u8;
@@ -190,21 +257,25 @@ pub(crate) fn decode(bytes: &[u8], count: u16) -> Option<Vec<(i64, f64)>> {
                 }
                 trailing = 64u8.checked_sub(leading + meaningful)?;
             }
-            let meaningful = 64 - leading - trailing;
+            let meaningful = 64u8.checked_sub(leading + trailing)?;
+            if meaningful == 0 {
+                return None;
+            }
             let xor = reader.read_bits(meaningful)? << trailing;
             value_bits ^= xor;
         }
-        samples.push((timestamp_ms, f64::from_bits(value_bits)));
+        visit(timestamp_ms, f64::from_bits(value_bits));
     }
-    Some(samples)
+    Some(())
 }
 
-fn read_delta_of_delta(reader: &mut BitReader<'_>) -> Option<i64> {
+fn read_delta_of_delta(reader: &mut BitReader<'_>, widths: &[(u64, u8, u8); 4]) -> Option<i64> {
     if !reader.read_bit()? {
         return Some(0);
     }
     let mut prefix_ones = 1;
-    for (_, _, payload) in DOD_WIDTHS {
+    for (_, _, payload) in widths {
+        let payload = *payload;
         if !reader.read_bit()? {
             let raw = reader.read_bits(payload)?;
             let shift = 64 - u32::from(payload);
@@ -220,6 +291,8 @@ fn read_delta_of_delta(reader: &mut BitReader<'_>) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -247,6 +320,95 @@ mod tests {
             assert_eq!(expected_ms, actual_ms);
             assert_eq!(expected.to_bits(), actual.to_bits());
         }
+    }
+
+    fn round_trip(samples: &[(i64, f64)]) -> Vec<(i64, u64)> {
+        let mut encoder = ChunkEncoder::default();
+        for (timestamp_ms, value) in samples {
+            encoder.append(*timestamp_ms, *value);
+        }
+        assert_eq!(usize::from(encoder.count()), samples.len());
+        decode(encoder.bytes(), encoder.count())
+            .expect("a chunk we wrote decodes")
+            .into_iter()
+            .map(|(timestamp_ms, value)| (timestamp_ms, value.to_bits()))
+            .collect()
+    }
+
+    /// Values that stress the XOR coding: repeats, the staleness NaN, other
+    /// NaNs, infinities, signed zeros, subnormals and arbitrary bit patterns.
+    fn value_strategy() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::from_bits(0x7ff0_0000_0000_0002)),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+            Just(-0.0),
+            Just(f64::MIN_POSITIVE / 2.0),
+            (0u32..1000).prop_map(f64::from),
+            any::<u64>().prop_map(f64::from_bits),
+            any::<f64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_samples_round_trip_bit_exact(
+            start in any::<i64>(),
+            steps in proptest::collection::vec((any::<i64>(), value_strategy()), 1..200),
+        ) {
+            let mut timestamp_ms = start;
+            let samples: Vec<(i64, f64)> = steps
+                .iter()
+                .map(|(step, value)| {
+                    // mostly scrape-like steps, sometimes any jump (wrapping)
+                    timestamp_ms = match step % 4 {
+                        0 => timestamp_ms.wrapping_add(*step),
+                        _ => timestamp_ms.wrapping_add(15_000 + step % 7),
+                    };
+                    (timestamp_ms, *value)
+                })
+                .collect();
+            let expected: Vec<(i64, u64)> = samples
+                .iter()
+                .map(|(timestamp_ms, value)| (*timestamp_ms, value.to_bits()))
+                .collect();
+            prop_assert_eq!(round_trip(&samples), expected);
+        }
+
+        #[test]
+        fn truncated_chunks_fail_cleanly(
+            values in proptest::collection::vec(value_strategy(), 2..50),
+            cut in 1usize..64,
+        ) {
+            let mut encoder = ChunkEncoder::default();
+            for (index, value) in values.iter().enumerate() {
+                encoder.append(index as i64 * 15_000 + (index as i64 % 3), *value);
+            }
+            let bytes = encoder.bytes();
+            let kept = bytes.len().saturating_sub(cut);
+            // either an error or fewer bits than needed: never a panic
+            let _ = decode(&bytes[..kept], encoder.count());
+            prop_assert!(decode(&bytes[..kept.min(8)], encoder.count()).is_none());
+        }
+    }
+
+    #[test]
+    fn version_1_chunks_are_transcoded_to_the_same_samples() {
+        let samples: Vec<(i64, f64)> = (0..120)
+            .map(|index: i64| {
+                (
+                    index * 15_000 + [0, 3, -2, 40][index as usize % 4],
+                    index as f64,
+                )
+            })
+            .collect();
+        let v1 = ChunkEncoder::encode_v1(&samples);
+        let transcoded = transcode_v1(&v1, 120).unwrap();
+        assert_ne!(&v1[..], &transcoded[..], "the widths differ for jitter");
+        let decoded = decode(&transcoded, 120).unwrap();
+        assert_eq!(decoded, samples);
     }
 
     #[test]

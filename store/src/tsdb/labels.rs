@@ -1,6 +1,8 @@
 //! Label sets and label matchers: how a series is named and selected.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -222,6 +224,249 @@ pub fn matches_all(matchers: &[LabelMatcher], labels: &Labels) -> bool {
     matchers
         .iter()
         .all(|matcher| matcher.matches_labels(labels))
+}
+
+/// Hash-map state for the store's own maps: fast, seeded per process.
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
+/// Approximate heap bytes of a hash map with `capacity` usable slots of
+/// `entry` bytes (the table keeps 1/8 free and a control byte per slot).
+pub(crate) fn map_heap_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (capacity * 8 / 7).next_power_of_two() * (entry + 1)
+}
+
+/// Interned strings: every label name and value is held once, series and
+/// postings refer to it by a `u32` symbol id.
+#[derive(Debug, Default)]
+pub(crate) struct SymbolTable {
+    strings: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32, FastHash>,
+}
+
+impl SymbolTable {
+    /// The id of `text`, added when new.
+    pub(crate) fn intern(&mut self, text: &str) -> u32 {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let id = self.strings.len() as u32;
+        let shared: Arc<str> = Arc::from(text);
+        self.strings.push(shared.clone());
+        self.ids.insert(shared, id);
+        id
+    }
+
+    /// The id of `text`, if interned.
+    pub(crate) fn lookup(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// The string of a symbol id (ids come from this table).
+    pub(crate) fn get(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("", |text| text)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let strings: usize = self
+            .strings
+            .iter()
+            // an Arc allocation: two counters, then the bytes
+            .map(|text| 16 + text.len().next_multiple_of(8))
+            .sum();
+        strings
+            + self.strings.capacity() * std::mem::size_of::<Arc<str>>()
+            + map_heap_bytes(self.ids.capacity(), std::mem::size_of::<(Arc<str>, u32)>())
+    }
+}
+
+/// A label set as (name, value) symbol ids, in label-name order.
+pub(crate) type InternedLabels = Box<[(u32, u32)]>;
+
+/// The inverted index shared by the head and by blocks: interned label sets
+/// by series id (ids dense from 0) and postings `(name, value) -> sorted
+/// series ids`, so a selector touches only the series it can match.
+#[derive(Debug, Default)]
+pub(crate) struct LabelIndex {
+    pub(crate) symbols: SymbolTable,
+    series: Vec<InternedLabels>,
+    postings: HashMap<(u32, u32), Vec<u32>, FastHash>,
+    /// Value symbols of each label name, for `!=`, `=~` and `!~`.
+    values: HashMap<u32, Vec<u32>, FastHash>,
+}
+
+impl LabelIndex {
+    /// Adds a series (ids are assigned in order) and returns its id.
+    pub(crate) fn add(&mut self, labels: &Labels) -> u32 {
+        let interned: InternedLabels = labels
+            .iter()
+            .map(|(name, value)| (self.symbols.intern(name), self.symbols.intern(value)))
+            .collect();
+        self.add_interned(interned)
+    }
+
+    /// Adds a series given as symbol ids of this index's table.
+    pub(crate) fn add_interned(&mut self, labels: InternedLabels) -> u32 {
+        let id = self.series.len() as u32;
+        for pair in labels.iter() {
+            let list = self.postings.entry(*pair).or_default();
+            if list.is_empty() {
+                self.values.entry(pair.0).or_default().push(pair.1);
+            }
+            list.push(id);
+        }
+        self.series.push(labels);
+        id
+    }
+
+    /// The label set of series `id`.
+    pub(crate) fn labels(&self, id: u32) -> Labels {
+        let pairs = self.series[id as usize]
+            .iter()
+            .map(|(name, value)| {
+                (
+                    self.symbols.get(*name).to_string(),
+                    self.symbols.get(*value).to_string(),
+                )
+            })
+            .collect();
+        Labels(pairs)
+    }
+
+    /// Whether series `id` has exactly the labels `labels`.
+    pub(crate) fn equals(&self, id: u32, labels: &Labels) -> bool {
+        let interned = &self.series[id as usize];
+        interned.len() == labels.len()
+            && interned.iter().zip(labels.iter()).all(
+                |((name, value), (other_name, other_value))| {
+                    self.symbols.get(*name) == other_name && self.symbols.get(*value) == other_value
+                },
+            )
+    }
+
+    /// The value of label `name` (a symbol id) of series `id`, "" if absent.
+    fn value_of(&self, id: u32, name: Option<u32>) -> &str {
+        let Some(name) = name else { return "" };
+        self.series[id as usize]
+            .iter()
+            .find(|(label, _)| *label == name)
+            .map_or("", |(_, value)| self.symbols.get(*value))
+    }
+
+    /// The value of label `name` of series `id`, "" if absent.
+    pub(crate) fn value_by_name(&self, id: u32, name: &str) -> &str {
+        self.value_of(id, self.symbols.lookup(name))
+    }
+
+    /// Every label name in the index.
+    pub(crate) fn label_names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(|name| self.symbols.get(*name))
+    }
+
+    /// Sorted ids of the series matching every matcher. Equality matchers
+    /// are answered from the postings; other matchers that require their
+    /// label union the postings of the matching values; the remaining
+    /// matchers filter the candidates.
+    pub(crate) fn select(&self, matchers: &[LabelMatcher]) -> Vec<u32> {
+        let name_ids: Vec<Option<u32>> = matchers
+            .iter()
+            .map(|matcher| self.symbols.lookup(&matcher.name))
+            .collect();
+        let mut candidates: Option<Vec<u32>> = None;
+        let equal_first = matchers
+            .iter()
+            .zip(&name_ids)
+            .filter(|(matcher, _)| matcher.kind == MatchKind::Equal && matcher.requires_label())
+            .chain(matchers.iter().zip(&name_ids).filter(|(matcher, _)| {
+                matcher.kind != MatchKind::Equal && matcher.requires_label()
+            }));
+        for (matcher, name_id) in equal_first {
+            let Some(name_id) = *name_id else {
+                return Vec::new();
+            };
+            let matching = if matcher.kind == MatchKind::Equal {
+                let value_id = self.symbols.lookup(&matcher.value);
+                let list = value_id
+                    .and_then(|value_id| self.postings.get(&(name_id, value_id)))
+                    .map_or(&[][..], |list| list.as_slice());
+                match candidates {
+                    None => list.to_vec(),
+                    Some(previous) => intersect(&previous, list),
+                }
+            } else if candidates.is_some() {
+                // cheaper to filter the few candidates than to union postings
+                continue;
+            } else {
+                let mut union = Vec::new();
+                for value_id in self.values.get(&name_id).map_or(&[][..], |v| v.as_slice()) {
+                    if matcher.matches(self.symbols.get(*value_id))
+                        && let Some(list) = self.postings.get(&(name_id, *value_id))
+                    {
+                        union.extend_from_slice(list);
+                    }
+                }
+                union.sort_unstable();
+                union.dedup();
+                union
+            };
+            if matching.is_empty() {
+                return Vec::new();
+            }
+            candidates = Some(matching);
+        }
+        let mut ids = candidates.unwrap_or_else(|| (0..self.series.len() as u32).collect());
+        ids.retain(|id| {
+            matchers
+                .iter()
+                .zip(&name_ids)
+                .all(|(matcher, name_id)| matcher.matches(self.value_of(*id, *name_id)))
+        });
+        ids
+    }
+
+    /// Approximate heap bytes of symbols, series and postings.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let series: usize = self
+            .series
+            .iter()
+            .map(|labels| (labels.len() * 8).next_multiple_of(16))
+            .sum();
+        let postings: usize = self.postings.values().map(|list| list.capacity() * 4).sum();
+        let values: usize = self.values.values().map(|list| list.capacity() * 4).sum();
+        self.symbols.heap_bytes()
+            + self.series.capacity() * std::mem::size_of::<InternedLabels>()
+            + series
+            + map_heap_bytes(
+                self.postings.capacity(),
+                std::mem::size_of::<((u32, u32), Vec<u32>)>(),
+            )
+            + postings
+            + map_heap_bytes(
+                self.values.capacity(),
+                std::mem::size_of::<(u32, Vec<u32>)>(),
+            )
+            + values
+    }
+}
+
+/// The ids in both sorted lists.
+fn intersect(left: &[u32], right: &[u32]) -> Vec<u32> {
+    let mut both = Vec::with_capacity(left.len().min(right.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() && j < right.len() {
+        match left[i].cmp(&right[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both.push(left[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    both
 }
 
 #[cfg(test)]

@@ -25,10 +25,13 @@ mod shared;
 mod wal;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
+
+use labels::{FastHash, LabelIndex, map_heap_bytes};
 pub use shared::{AppendOutcome, MetricMetadata, MetricStore};
 
 use chunk::ChunkEncoder;
@@ -99,24 +102,28 @@ pub(crate) struct SealedChunk {
     pub(crate) bytes: Box<[u8]>,
 }
 
-impl SealedChunk {
-    fn from_encoder(encoder: &ChunkEncoder) -> Self {
-        SealedChunk {
-            first_ms: encoder.first_ms(),
-            last_ms: encoder.last_ms(),
-            count: encoder.count(),
-            bytes: encoder.bytes().into(),
-        }
-    }
+/// A chunk's samples as a query reads them: header and bytes, borrowed.
+#[derive(Debug, Clone, Copy)]
+struct ChunkRef<'a> {
+    first_ms: i64,
+    last_ms: i64,
+    count: u16,
+    bytes: &'a [u8],
+}
 
-    pub(crate) fn decode(&self) -> Option<Vec<(i64, f64)>> {
-        chunk::decode(&self.bytes, self.count)
+impl<'a> From<&'a SealedChunk> for ChunkRef<'a> {
+    fn from(chunk: &'a SealedChunk) -> Self {
+        ChunkRef {
+            first_ms: chunk.first_ms,
+            last_ms: chunk.last_ms,
+            count: chunk.count,
+            bytes: &chunk.bytes,
+        }
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HeadSeries {
-    labels: Labels,
     sealed: Vec<SealedChunk>,
     open: ChunkEncoder,
 }
@@ -129,66 +136,100 @@ impl HeadSeries {
         self.sealed.last().map(|chunk| chunk.last_ms)
     }
 
-    fn all_chunks(&self) -> Vec<SealedChunk> {
-        let mut chunks = self.sealed.clone();
+    /// Sealed chunks, then the open one, borrowed.
+    fn chunks(&self) -> impl Iterator<Item = ChunkRef<'_>> {
+        let open = (self.open.count() > 0).then(|| ChunkRef {
+            first_ms: self.open.first_ms(),
+            last_ms: self.open.last_ms(),
+            count: self.open.count(),
+            bytes: self.open.bytes(),
+        });
+        self.sealed.iter().map(ChunkRef::from).chain(open)
+    }
+
+    /// Every chunk, the open one sealed (for a block).
+    fn into_chunks(self) -> Vec<SealedChunk> {
+        let mut chunks = self.sealed;
         if self.open.count() > 0 {
-            chunks.push(SealedChunk::from_encoder(&self.open));
+            chunks.push(seal(self.open));
         }
         chunks
     }
 }
 
-/// The in-memory head and its inverted index.
+fn seal(encoder: ChunkEncoder) -> SealedChunk {
+    SealedChunk {
+        first_ms: encoder.first_ms(),
+        last_ms: encoder.last_ms(),
+        count: encoder.count(),
+        bytes: encoder.into_bytes(),
+    }
+}
+
+/// The in-memory head: label strings interned once, series found by a hash
+/// of their labels (no label set is cloned on the append path), postings by
+/// symbol ids, compressed chunks only.
 #[derive(Debug, Default)]
 struct Head {
+    index: LabelIndex,
     series: Vec<HeadSeries>,
-    ids: HashMap<Labels, u32>,
-    postings: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
+    /// Hash of a label set -> series id; the labels are compared on a hit.
+    by_hash: HashMap<u64, u32, FastHash>,
+    /// Series whose label hash collided with another series'.
+    collisions: Vec<(u64, u32)>,
+    hasher: FastHash,
     samples: u64,
     min_ms: Option<i64>,
     max_ms: Option<i64>,
 }
 
 impl Head {
-    fn get_or_create(&mut self, labels: &Labels) -> (u32, bool) {
-        if let Some(id) = self.ids.get(labels) {
-            return (*id, false);
+    fn find(&self, hash: u64, labels: &Labels) -> Option<u32> {
+        let id = *self.by_hash.get(&hash)?;
+        if self.index.equals(id, labels) {
+            return Some(id);
         }
-        let id = self.series.len() as u32;
-        self.series.push(HeadSeries {
-            labels: labels.clone(),
-            sealed: Vec::new(),
-            open: ChunkEncoder::default(),
-        });
-        self.ids.insert(labels.clone(), id);
-        for (name, value) in labels.iter() {
-            self.postings
-                .entry(name.to_string())
-                .or_default()
-                .entry(value.to_string())
-                .or_default()
-                .push(id);
+        self.collisions
+            .iter()
+            .find(|(other, id)| *other == hash && self.index.equals(*id, labels))
+            .map(|(_, id)| *id)
+    }
+
+    fn get_or_create(&mut self, labels: &Labels) -> (u32, bool) {
+        let hash = self.hasher.hash_one(labels);
+        if let Some(id) = self.find(hash, labels) {
+            return (id, false);
+        }
+        let id = self.index.add(labels);
+        self.series.push(HeadSeries::default());
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => self.collisions.push((hash, id)),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(id);
+            }
         }
         (id, true)
     }
 
-    fn append(&mut self, id: u32, timestamp_ms: i64, value: f64) -> Result<(), TsdbError> {
+    /// Appends to series `id`; `Ok(false)` for a duplicate of its newest
+    /// sample (ignored, as Prometheus does).
+    fn append(&mut self, id: u32, timestamp_ms: i64, value: f64) -> Result<bool, TsdbError> {
         let series = &mut self.series[id as usize];
         if let Some(newest_ms) = series.newest_ms()
             && timestamp_ms <= newest_ms
         {
             if timestamp_ms == newest_ms {
-                return Ok(());
+                return Ok(false);
             }
             return Err(TsdbError::OutOfOrder {
-                labels: series.labels.to_string(),
+                labels: self.index.labels(id).to_string(),
                 timestamp_ms,
                 newest_ms,
             });
         }
         if series.open.count() >= SAMPLES_PER_CHUNK {
-            series.sealed.push(SealedChunk::from_encoder(&series.open));
-            series.open = ChunkEncoder::default();
+            let full = std::mem::take(&mut series.open);
+            series.sealed.push(seal(full));
         }
         series.open.append(timestamp_ms, value);
         self.samples += 1;
@@ -200,57 +241,24 @@ impl Head {
             self.max_ms
                 .map_or(timestamp_ms, |max| max.max(timestamp_ms)),
         );
-        Ok(())
+        Ok(true)
     }
 
-    /// Ids of series matching every matcher, using the postings for
-    /// matchers that require their label.
-    fn select_ids(&self, matchers: &[LabelMatcher]) -> Vec<u32> {
-        let mut candidates: Option<BTreeSet<u32>> = None;
-        for matcher in matchers.iter().filter(|matcher| matcher.requires_label()) {
-            let mut matching = BTreeSet::new();
-            if let Some(values) = self.postings.get(&matcher.name) {
-                if matcher.kind == MatchKind::Equal {
-                    if let Some(ids) = values.get(&matcher.value) {
-                        matching.extend(ids.iter().copied());
-                    }
-                } else {
-                    for (value, ids) in values {
-                        if matcher.matches(value) {
-                            matching.extend(ids.iter().copied());
-                        }
-                    }
-                }
-            }
-            candidates = Some(match candidates {
-                None => matching,
-                Some(previous) => previous.intersection(&matching).copied().collect(),
-            });
-        }
-        let candidates: Vec<u32> = match candidates {
-            Some(ids) => ids.into_iter().collect(),
-            None => (0..self.series.len() as u32).collect(),
-        };
-        candidates
-            .into_iter()
-            .filter(|id| matches_all(matchers, &self.series[*id as usize].labels))
-            .collect()
-    }
-
+    /// Heap bytes of the head: index, hash lookup and chunks (capacities,
+    /// not lengths).
     fn heap_bytes(&self) -> usize {
-        let mut bytes = self.series.capacity() * std::mem::size_of::<HeadSeries>();
+        let mut bytes = self.index.heap_bytes()
+            + map_heap_bytes(self.by_hash.capacity(), std::mem::size_of::<(u64, u32)>())
+            + self.collisions.capacity() * std::mem::size_of::<(u64, u32)>()
+            + self.series.capacity() * std::mem::size_of::<HeadSeries>();
         for series in &self.series {
-            // the label set is held twice: in the series and as the id map's key
-            bytes += 2 * series.labels.heap_bytes() + series.open.heap_bytes();
-            for chunk in &series.sealed {
-                bytes += std::mem::size_of::<SealedChunk>() + chunk.bytes.len();
-            }
-        }
-        bytes += self.ids.capacity() * (std::mem::size_of::<Labels>() + 4 + 8);
-        for values in self.postings.values() {
-            for (value, ids) in values {
-                bytes += value.capacity() + ids.capacity() * 4 + 64;
-            }
+            bytes += series.open.heap_bytes()
+                + series.sealed.capacity() * std::mem::size_of::<SealedChunk>();
+            bytes += series
+                .sealed
+                .iter()
+                .map(|chunk| chunk.bytes.len())
+                .sum::<usize>();
         }
         bytes
     }
@@ -278,6 +286,7 @@ impl TimeSeriesStore {
             let path = entry.map_err(io_error(&blocks_dir))?.path();
             let is_temporary = path.extension().is_some_and(|extension| extension == "tmp");
             if is_temporary {
+                // a block write that did not finish: its samples are still in the WAL
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
@@ -286,28 +295,7 @@ impl TimeSeriesStore {
             }
         }
         blocks.sort_by_key(|block| block.meta().min_ms);
-        let (wal, records) = Wal::open(&dir.join("wal"))?;
-        let mut head = Head::default();
-        let mut wal_ids: HashMap<u32, u32> = HashMap::new();
-        for record in records {
-            match record {
-                WalRecord::Series { id, labels } => {
-                    let (head_id, _) = head.get_or_create(&labels);
-                    wal_ids.insert(id, head_id);
-                }
-                WalRecord::Sample {
-                    id,
-                    timestamp_ms,
-                    value,
-                } => {
-                    if let Some(head_id) = wal_ids.get(&id) {
-                        // a replayed duplicate or out-of-order sample was
-                        // rejected the first time too
-                        let _ = head.append(*head_id, timestamp_ms, value);
-                    }
-                }
-            }
-        }
+        let (head, wal) = Self::replay_head(&dir)?;
         Ok(TimeSeriesStore {
             dir,
             head,
@@ -327,18 +315,12 @@ impl TimeSeriesStore {
             return Err(TsdbError::MissingMetricName);
         }
         let (id, created) = self.head.get_or_create(labels);
-        self.head.append(id, timestamp_ms, value)?;
         if created {
-            self.wal.add(&WalRecord::Series {
-                id,
-                labels: labels.clone(),
-            });
+            self.wal.add_series(id, labels);
         }
-        self.wal.add(&WalRecord::Sample {
-            id,
-            timestamp_ms,
-            value,
-        });
+        if self.head.append(id, timestamp_ms, value)? {
+            self.wal.add_sample(id, timestamp_ms, value);
+        }
         Ok(())
     }
 
@@ -365,20 +347,57 @@ impl TimeSeriesStore {
             return Ok(None);
         };
         self.commit()?;
-        let mut series: Vec<(Labels, Vec<SealedChunk>)> = self
-            .head
+        let head = std::mem::take(&mut self.head);
+        let index = head.index;
+        let mut series: Vec<(Labels, Vec<SealedChunk>)> = head
             .series
-            .iter()
-            .map(|series| (series.labels.clone(), series.all_chunks()))
+            .into_iter()
+            .enumerate()
+            .map(|(id, series)| (index.labels(id as u32), series.into_chunks()))
             .filter(|(_, chunks)| !chunks.is_empty())
             .collect();
         series.sort_by(|left, right| left.0.cmp(&right.0));
-        let path = Block::write(&self.dir.join("blocks"), min_ms, max_ms, &series)?;
-        self.blocks.push(Block::open(&path)?);
+        let written = Block::write(&self.dir.join("blocks"), min_ms, max_ms, &series)
+            .and_then(|path| Ok((Block::open(&path)?, path)));
+        let (block, path) = match written {
+            Ok(written) => written,
+            Err(error) => {
+                // the head is gone from memory but its samples are in the
+                // WAL: put them back so nothing is lost
+                let (head, wal) = Self::replay_head(&self.dir)?;
+                self.head = head;
+                self.wal = wal;
+                return Err(error);
+            }
+        };
+        self.blocks.push(block);
         self.blocks.sort_by_key(|block| block.meta().min_ms);
-        self.head = Head::default();
         self.wal.truncate()?;
         Ok(Some(path))
+    }
+
+    /// Opens the WAL of `dir` and rebuilds the head from it.
+    fn replay_head(dir: &Path) -> Result<(Head, Wal), TsdbError> {
+        let mut head = Head::default();
+        let mut wal_ids: HashMap<u32, u32, FastHash> = HashMap::default();
+        let wal = Wal::open(&dir.join("wal"), |record| match record {
+            WalRecord::Series { id, labels } => {
+                let (head_id, _) = head.get_or_create(&labels);
+                wal_ids.insert(id, head_id);
+            }
+            WalRecord::Sample {
+                id,
+                timestamp_ms,
+                value,
+            } => {
+                if let Some(head_id) = wal_ids.get(&id) {
+                    // a replayed duplicate or out-of-order sample was
+                    // rejected the first time too
+                    let _ = head.append(*head_id, timestamp_ms, value);
+                }
+            }
+        })?;
+        Ok((head, wal))
     }
 
     /// Deletes every block that ends before `keep_from_ms`; returns how many.
@@ -393,8 +412,16 @@ impl TimeSeriesStore {
         Ok(expired.len())
     }
 
+    /// The blocks overlapping `[start_ms, end_ms]`.
+    fn blocks_in(&self, start_ms: i64, end_ms: i64) -> impl Iterator<Item = &Block> {
+        self.blocks
+            .iter()
+            .filter(move |block| block.meta().max_ms >= start_ms && block.meta().min_ms <= end_ms)
+    }
+
     /// Series matching `matchers` with their samples in `[start_ms, end_ms]`,
-    /// merged across blocks and head.
+    /// merged across blocks and head. Only series the postings select are
+    /// touched.
     pub fn select(
         &self,
         matchers: &[LabelMatcher],
@@ -402,81 +429,92 @@ impl TimeSeriesStore {
         end_ms: i64,
     ) -> Result<Vec<SeriesData>, TsdbError> {
         let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-        for block in &self.blocks {
-            if block.meta().max_ms < start_ms || block.meta().min_ms > end_ms {
-                continue;
-            }
-            for (labels, chunks) in block.series() {
-                if !matches_all(matchers, labels) {
-                    continue;
-                }
-                let samples = merged.entry(labels.clone()).or_default();
-                for chunk in chunks {
-                    collect_chunk(chunk, start_ms, end_ms, samples, block.path())?;
+        let mut sources = 0usize;
+        for block in self.blocks_in(start_ms, end_ms) {
+            sources += 1;
+            for id in block.index().select(matchers) {
+                let chunks = block.chunks(id).iter().map(ChunkRef::from);
+                let mut samples = Vec::new();
+                collect_chunks(chunks, start_ms, end_ms, &mut samples, block.path())?;
+                if !samples.is_empty() {
+                    merged
+                        .entry(block.index().labels(id))
+                        .or_default()
+                        .append(&mut samples);
                 }
             }
         }
-        for id in self.head.select_ids(matchers) {
-            let series = &self.head.series[id as usize];
-            let samples = merged.entry(series.labels.clone()).or_default();
-            for chunk in series.all_chunks() {
-                collect_chunk(&chunk, start_ms, end_ms, samples, &self.dir)?;
+        sources += 1;
+        for id in self.head.index.select(matchers) {
+            let chunks = self.head.series[id as usize].chunks();
+            let mut samples = Vec::new();
+            collect_chunks(chunks, start_ms, end_ms, &mut samples, &self.dir)?;
+            if !samples.is_empty() {
+                merged
+                    .entry(self.head.index.labels(id))
+                    .or_default()
+                    .append(&mut samples);
             }
         }
         Ok(merged
             .into_iter()
-            .filter(|(_, samples)| !samples.is_empty())
             .map(|(labels, mut samples)| {
-                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                if sources > 1 {
+                    samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                    samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                }
                 SeriesData { labels, samples }
             })
             .collect())
     }
 
-    /// Label sets of the series with samples in the range.
+    /// Label sets of the series with samples in the range (chunk headers
+    /// are enough: nothing is decoded).
     pub fn series(
         &self,
         matchers: &[LabelMatcher],
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Labels>, TsdbError> {
-        Ok(self
-            .select(matchers, start_ms, end_ms)?
-            .into_iter()
-            .map(|series| series.labels)
-            .collect())
+        let overlaps = |chunk: ChunkRef<'_>| chunk.last_ms >= start_ms && chunk.first_ms <= end_ms;
+        let mut found = BTreeSet::new();
+        for block in self.blocks_in(start_ms, end_ms) {
+            for id in block.index().select(matchers) {
+                if block.chunks(id).iter().map(ChunkRef::from).any(overlaps) {
+                    found.insert(block.index().labels(id));
+                }
+            }
+        }
+        for id in self.head.index.select(matchers) {
+            if self.head.series[id as usize].chunks().any(overlaps) {
+                found.insert(self.head.index.labels(id));
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
     /// Every label name, sorted.
     pub fn label_names(&self) -> Vec<String> {
-        let mut names: BTreeSet<String> = self.head.postings.keys().cloned().collect();
+        let mut names: BTreeSet<&str> = self.head.index.label_names().collect();
         for block in &self.blocks {
-            for (labels, _) in block.series() {
-                names.extend(labels.iter().map(|(name, _)| name.to_string()));
-            }
+            names.extend(block.index().label_names());
         }
-        names.into_iter().collect()
+        names.into_iter().map(str::to_string).collect()
     }
 
     /// Values of label `name` among series matching `matchers`, sorted.
     pub fn label_values(&self, name: &str, matchers: &[LabelMatcher]) -> Vec<String> {
         let mut values = BTreeSet::new();
-        for id in self.head.select_ids(matchers) {
-            let value = self.head.series[id as usize].labels.get(name);
-            if !value.is_empty() {
-                values.insert(value.to_string());
-            }
-        }
-        for block in &self.blocks {
-            for (labels, _) in block.series() {
-                let value = labels.get(name);
-                if !value.is_empty() && matches_all(matchers, labels) {
-                    values.insert(value.to_string());
+        let indexes = std::iter::once(&self.head.index).chain(self.blocks.iter().map(Block::index));
+        for index in indexes {
+            for id in index.select(matchers) {
+                let value = index.value_by_name(id, name);
+                if !value.is_empty() {
+                    values.insert(value);
                 }
             }
         }
-        values.into_iter().collect()
+        values.into_iter().map(str::to_string).collect()
     }
 
     /// Sizes of head, blocks and WAL.
@@ -484,7 +522,7 @@ impl TimeSeriesStore {
         TsdbStats {
             head_series: self.head.series.len(),
             head_samples: self.head.samples,
-            head_bytes: self.head.heap_bytes(),
+            head_bytes: self.head.heap_bytes() + self.wal.heap_bytes(),
             blocks: self.blocks.len(),
             block_samples: self
                 .blocks
@@ -511,25 +549,31 @@ impl TimeSeriesStore {
     }
 }
 
-fn collect_chunk(
-    chunk: &SealedChunk,
+/// Appends the samples of `chunks` within `[start_ms, end_ms]` to `into`,
+/// skipping chunks outside the range without decoding them.
+fn collect_chunks<'a>(
+    chunks: impl Iterator<Item = ChunkRef<'a>>,
     start_ms: i64,
     end_ms: i64,
     into: &mut Vec<(i64, f64)>,
     path: &Path,
 ) -> Result<(), TsdbError> {
-    if chunk.last_ms < start_ms || chunk.first_ms > end_ms {
-        return Ok(());
+    for chunk in chunks {
+        if chunk.last_ms < start_ms || chunk.first_ms > end_ms {
+            continue;
+        }
+        let decoded = chunk::decode_each(chunk.bytes, chunk.count, |timestamp_ms, value| {
+            if timestamp_ms >= start_ms && timestamp_ms <= end_ms {
+                into.push((timestamp_ms, value));
+            }
+        });
+        if decoded.is_none() {
+            return Err(TsdbError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "undecodable chunk".into(),
+            });
+        }
     }
-    let samples = chunk.decode().ok_or_else(|| TsdbError::Corrupt {
-        path: path.to_path_buf(),
-        reason: "undecodable chunk".into(),
-    })?;
-    into.extend(
-        samples
-            .into_iter()
-            .filter(|(timestamp_ms, _)| *timestamp_ms >= start_ms && *timestamp_ms <= end_ms),
-    );
     Ok(())
 }
 

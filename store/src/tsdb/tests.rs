@@ -170,3 +170,287 @@ fn promql_reads_the_store_and_honours_staleness() {
         .unwrap();
     assert_eq!(after_stale, Value::Vector(Vec::new()));
 }
+
+/// Series with every shape a matcher meets: shared and unique values,
+/// absent labels, values that only a regex separates.
+fn varied_series() -> Vec<Labels> {
+    (0..300)
+        .map(|index| {
+            let mut pairs = vec![
+                ("__name__".to_string(), format!("metric_{}", index % 7)),
+                ("instance".to_string(), format!("host-{index}:9100")),
+            ];
+            if index % 5 != 0 {
+                pairs.push((
+                    "job".to_string(),
+                    ["api", "api-worker", "db"][index % 3].to_string(),
+                ));
+            }
+            if index % 4 == 0 {
+                pairs.push(("env".to_string(), "prod".to_string()));
+            }
+            Labels::new(pairs)
+        })
+        .collect()
+}
+
+fn matcher_sets() -> Vec<Vec<LabelMatcher>> {
+    let regex = |name: &str, value: &str| LabelMatcher::new(MatchKind::Regex, name, value).unwrap();
+    let not_regex =
+        |name: &str, value: &str| LabelMatcher::new(MatchKind::NotRegex, name, value).unwrap();
+    let not_equal =
+        |name: &str, value: &str| LabelMatcher::new(MatchKind::NotEqual, name, value).unwrap();
+    let equal = LabelMatcher::equal;
+    vec![
+        vec![equal(METRIC_NAME, "metric_3")],
+        vec![equal(METRIC_NAME, "metric_3"), equal("job", "api")],
+        vec![equal(METRIC_NAME, "metric_3"), equal("job", "")],
+        vec![equal(METRIC_NAME, "nope")],
+        vec![equal("nolabel", "x")],
+        vec![regex("job", "api.*")],
+        vec![regex("job", "api"), not_equal("env", "prod")],
+        vec![
+            regex("instance", "host-1.*"),
+            not_regex(METRIC_NAME, "metric_[0-3]"),
+        ],
+        vec![not_equal("job", "db"), regex("env", ".*")],
+        vec![
+            regex(METRIC_NAME, "metric_(1|5)"),
+            equal("env", "prod"),
+            not_equal("job", ""),
+        ],
+        vec![not_regex("job", ".+")],
+        vec![equal("instance", "host-42:9100")],
+    ]
+}
+
+fn scan(all: &[Labels], matchers: &[LabelMatcher]) -> Vec<Labels> {
+    let mut expected: Vec<Labels> = all
+        .iter()
+        .filter(|labels| matches_all(matchers, labels))
+        .cloned()
+        .collect();
+    expected.sort();
+    expected
+}
+
+fn selected_labels(store: &TimeSeriesStore, matchers: &[LabelMatcher]) -> Vec<Labels> {
+    let selected = store.select(matchers, 0, i64::MAX).unwrap();
+    let labels: Vec<Labels> = selected
+        .iter()
+        .map(|series| series.labels.clone())
+        .collect();
+    assert_eq!(store.series(matchers, 0, i64::MAX).unwrap(), labels);
+    labels
+}
+
+#[test]
+fn postings_select_the_same_series_as_a_scan_in_head_block_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = varied_series();
+    let mut store = open(dir.path());
+    for (index, labels) in all.iter().enumerate() {
+        store.append(labels, 1_000 + index as i64, 1.0).unwrap();
+    }
+    store.commit().unwrap();
+    let check = |store: &TimeSeriesStore, stage: &str| {
+        for matchers in matcher_sets() {
+            assert_eq!(
+                selected_labels(store, &matchers),
+                scan(&all, &matchers),
+                "{stage}: {matchers:?}"
+            );
+        }
+        let mut jobs: Vec<String> = all
+            .iter()
+            .filter(|labels| labels.metric_name() == "metric_2")
+            .map(|labels| labels.get("job").to_string())
+            .filter(|job| !job.is_empty())
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        assert_eq!(
+            store.label_values("job", &[LabelMatcher::equal(METRIC_NAME, "metric_2")]),
+            jobs,
+            "{stage}"
+        );
+        assert_eq!(
+            store.label_names(),
+            vec!["__name__", "env", "instance", "job"],
+            "{stage}"
+        );
+    };
+    check(&store, "head");
+    store.cut_block().unwrap();
+    check(&store, "block");
+    drop(store);
+    check(&open(dir.path()), "reopened block");
+}
+
+#[test]
+fn a_crash_during_a_block_write_loses_nothing_and_a_torn_wal_is_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        for index in 0..10 {
+            store
+                .append(&labels("up", "api"), index * 15_000, 1.0)
+                .unwrap();
+        }
+        store.commit().unwrap();
+    }
+    // the crash left half a block directory and half a WAL record
+    let half_block = dir
+        .path()
+        .join("blocks/00000000000000000000-00000000000000135000.tmp");
+    std::fs::create_dir_all(&half_block).unwrap();
+    std::fs::write(half_block.join("series.bin"), b"SLTSDB02 partial").unwrap();
+    let wal_path = dir.path().join("wal");
+    let mut wal = std::fs::read(&wal_path).unwrap();
+    wal.extend_from_slice(&[200, 0, 0, 0, 9, 9, 9, 9, 3, 1]);
+    std::fs::write(&wal_path, wal).unwrap();
+
+    let mut store = open(dir.path());
+    assert!(!half_block.exists());
+    assert_eq!(store.blocks().len(), 0);
+    assert_eq!(store.stats().head_samples, 10);
+    // the store keeps working after the repair
+    store
+        .append(&labels("up", "api"), 10 * 15_000, 0.0)
+        .unwrap();
+    store.commit().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let selected = store
+        .select(&[LabelMatcher::equal("job", "api")], 0, i64::MAX)
+        .unwrap();
+    assert_eq!(selected[0].samples.len(), 11);
+}
+
+#[test]
+fn a_crash_before_the_wal_is_truncated_does_not_duplicate_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_path = dir.path().join("wal");
+    let wal_before_cut = {
+        let mut store = open(dir.path());
+        for index in 0..200 {
+            store
+                .append(&labels("cpu", "api"), index * 15_000, index as f64)
+                .unwrap();
+        }
+        store.commit().unwrap();
+        let wal = std::fs::read(&wal_path).unwrap();
+        store.cut_block().unwrap();
+        wal
+    };
+    // as if the process died after the block's rename, before the truncation
+    std::fs::write(&wal_path, wal_before_cut).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.blocks().len(), 1);
+    let selected = store
+        .select(&[LabelMatcher::equal("job", "api")], 0, i64::MAX)
+        .unwrap();
+    assert_eq!(selected.len(), 1);
+    let expected: Vec<(i64, f64)> = (0..200)
+        .map(|index| (index * 15_000, index as f64))
+        .collect();
+    assert_eq!(selected[0].samples, expected);
+}
+
+#[test]
+fn head_memory_stays_below_two_kilobytes_per_series_for_two_hours_of_scrapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let all: Vec<Labels> = (0..200)
+        .map(|index| {
+            Labels::new([
+                (
+                    "__name__".to_string(),
+                    format!("http_requests_total_{}", index % 10),
+                ),
+                ("job".to_string(), "api".to_string()),
+                (
+                    "instance".to_string(),
+                    format!("10.0.0.{}:9100", index % 20),
+                ),
+                ("method".to_string(), ["GET", "POST"][index % 2].to_string()),
+                ("code".to_string(), format!("{}", 200 + index / 20)),
+            ])
+        })
+        .collect();
+    for scrape in 0..480i64 {
+        for (index, labels) in all.iter().enumerate() {
+            let value = (scrape * (index as i64 % 5)) as f64;
+            store.append(labels, scrape * 15_000, value).unwrap();
+        }
+        store.commit().unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.head_series, 200);
+    let per_series = stats.head_bytes / stats.head_series;
+    // the chunks alone take several hundred bytes: a head_bytes that forgot
+    // them would be far lower
+    assert!(
+        (600..2048).contains(&per_series),
+        "{per_series} bytes per series"
+    );
+}
+
+#[test]
+fn version_1_blocks_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let block_dir = dir
+        .path()
+        .join("blocks/00000000000000000000-00000000000001785000");
+    std::fs::create_dir_all(&block_dir).unwrap();
+    let samples: Vec<(i64, f64)> = (0..120)
+        .map(|index: i64| (index * 15_000 + index % 3, index as f64 * 1.5))
+        .collect();
+    let chunk_bytes = chunk::ChunkEncoder::encode_v1(&samples);
+    let mut data = b"SLTSDB01".to_vec();
+    data.extend_from_slice(&2u32.to_le_bytes());
+    for text in ["__name__", "cpu", "job", "api"] {
+        data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        data.extend_from_slice(text.as_bytes());
+    }
+    data.extend_from_slice(&1u32.to_le_bytes());
+    data.extend_from_slice(&samples[0].0.to_le_bytes());
+    data.extend_from_slice(&samples[119].0.to_le_bytes());
+    data.extend_from_slice(&120u16.to_le_bytes());
+    data.extend_from_slice(&(chunk_bytes.len() as u32).to_le_bytes());
+    data.extend_from_slice(&chunk_bytes);
+    let checksum = crc32fast::hash(&data);
+    data.extend_from_slice(&checksum.to_le_bytes());
+    std::fs::write(block_dir.join("series.bin"), data).unwrap();
+    std::fs::write(
+        block_dir.join("meta.json"),
+        r#"{"version": 1, "min_ms": 0, "max_ms": 1785000, "num_series": 1, "num_samples": 120}"#,
+    )
+    .unwrap();
+
+    let store = open(dir.path());
+    let selected = store
+        .select(&[LabelMatcher::equal(METRIC_NAME, "cpu")], 0, i64::MAX)
+        .unwrap();
+    assert_eq!(selected.len(), 1);
+    assert_eq!(selected[0].labels, labels("cpu", "api"));
+    assert_eq!(selected[0].samples, samples);
+}
+
+#[test]
+fn a_corrupt_block_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = {
+        let mut store = open(dir.path());
+        store.append(&labels("up", "api"), 1_000, 1.0).unwrap();
+        store.cut_block().unwrap().unwrap()
+    };
+    let data_path = path.join("series.bin");
+    let mut data = std::fs::read(&data_path).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0xff;
+    std::fs::write(&data_path, data).unwrap();
+    let error = TimeSeriesStore::open(dir.path()).unwrap_err();
+    assert!(matches!(error, TsdbError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+}
