@@ -15,6 +15,7 @@ mod engine;
 mod file;
 mod status;
 pub mod template;
+pub mod unittest;
 
 pub use engine::{
     Alert, EvalSettings, GroupOutcome, GroupState, OutgoingAlert, RuleEngine, RuleStorage,
