@@ -3,10 +3,13 @@
 //!
 //! Layout of a chunk's bytes: the first timestamp and value in 64 bits each,
 //! then per sample a delta-of-delta in one of five prefix-coded widths and
-//! the value XOR'd with the previous one (`0`: same value; `10`: fits the
-//! previous leading/trailing zero window; `11`: 5 bits leading zeros, 6 bits
-//! length, then the meaningful bits). Values keep their exact bit pattern, so
-//! the staleness NaN survives.
+//! the value: `0`: same value; `10`: the XOR with the previous value fits
+//! the previous leading/trailing zero window; `111` and a 7-bit zigzag
+//! step: both values are whole numbers and adding the step gives exactly the
+//! new bits (a counter's increment); `110`: a new window, 5 bits leading
+//! zeros, 6 bits length, then the meaningful bits. Values keep their exact
+//! bit pattern, so the staleness NaN survives. Version 1 chunks (no integer
+//! step, wider jitter widths) are still decoded.
 
 /// Appends bits to a byte vector, most significant bit first.
 #[derive(Debug, Clone, Default)]
@@ -78,13 +81,55 @@ const DOD_WIDTHS: [(u64, u8, u8); 4] = [
     (0b11110, 5, 20),
 ];
 
-/// The widths of version 1 chunks (blocks of format 1), read only.
-const DOD_WIDTHS_V1: [(u64, u8, u8); 4] = [
-    (0b10, 2, 7),
-    (0b110, 3, 9),
-    (0b1110, 4, 12),
-    (0b11110, 5, 20),
-];
+/// What differs between chunk versions.
+struct Format {
+    widths: [(u64, u8, u8); 4],
+    /// Whether `11` is followed by a bit choosing the integer step (`1`)
+    /// or a new XOR window (`0`).
+    integer_mode: bool,
+}
+
+const CURRENT: Format = Format {
+    widths: DOD_WIDTHS,
+    integer_mode: true,
+};
+
+/// Version 1 chunks (blocks of format 1), read only.
+const V1: Format = Format {
+    widths: [
+        (0b10, 2, 7),
+        (0b110, 3, 9),
+        (0b1110, 4, 12),
+        (0b11110, 5, 20),
+    ],
+    integer_mode: false,
+};
+
+/// Bits of the zigzag step of the integer mode.
+const INTEGER_DELTA_BITS: u8 = 7;
+
+/// The zigzag step from `previous` to `current` when both are whole numbers
+/// a small step apart and adding the step to `previous` gives exactly
+/// `current`'s bits: a counter's usual increment, cheaper than its XOR.
+fn integer_delta(previous_bits: u64, current_bits: u64) -> Option<u64> {
+    let (previous, current) = (f64::from_bits(previous_bits), f64::from_bits(current_bits));
+    if previous.fract() != 0.0 || current.fract() != 0.0 || previous.abs() >= 9e15 {
+        return None;
+    }
+    let step = current - previous;
+    if step.abs() >= f64::from(1u32 << (INTEGER_DELTA_BITS - 1)) {
+        return None;
+    }
+    let step = step as i64;
+    let zigzag = ((step << 1) ^ (step >> 63)) as u64;
+    (zigzag < 1 << INTEGER_DELTA_BITS && apply_integer_delta(previous_bits, zigzag) == current_bits)
+        .then_some(zigzag)
+}
+
+fn apply_integer_delta(previous_bits: u64, zigzag: u64) -> u64 {
+    let step = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+    (f64::from_bits(previous_bits) + step as f64).to_bits()
+}
 
 /// An append-only compressed chunk.
 #[derive(Debug, Clone, Default)]
@@ -101,10 +146,10 @@ pub(crate) struct ChunkEncoder {
 
 impl ChunkEncoder {
     pub(crate) fn append(&mut self, timestamp_ms: i64, value: f64) {
-        self.append_with(&DOD_WIDTHS, timestamp_ms, value);
+        self.append_with(&CURRENT, timestamp_ms, value);
     }
 
-    fn append_with(&mut self, widths: &[(u64, u8, u8); 4], timestamp_ms: i64, value: f64) {
+    fn append_with(&mut self, format: &Format, timestamp_ms: i64, value: f64) {
         let bits = value.to_bits();
         match self.count {
             0 => {
@@ -116,8 +161,8 @@ impl ChunkEncoder {
             _ => {
                 let delta = timestamp_ms.wrapping_sub(self.last_ms);
                 let delta_of_delta = delta.wrapping_sub(self.last_delta);
-                self.write_delta_of_delta(widths, delta_of_delta);
-                self.write_value(bits);
+                self.write_delta_of_delta(&format.widths, delta_of_delta);
+                self.write_value(format, bits);
                 self.last_delta = delta;
             }
         }
@@ -144,7 +189,7 @@ impl ChunkEncoder {
         self.writer.write_bits(delta_of_delta as u64, 64);
     }
 
-    fn write_value(&mut self, bits: u64) {
+    fn write_value(&mut self, format: &Format, bits: u64) {
         let xor = bits ^ self.last_value_bits;
         if xor == 0 {
             self.writer.write_bit(false);
@@ -153,16 +198,35 @@ impl ChunkEncoder {
         self.writer.write_bit(true);
         let leading = (xor.leading_zeros() as u8).min(31);
         let trailing = xor.trailing_zeros() as u8;
-        if self.leading != u8::MAX && leading >= self.leading && trailing >= self.trailing {
+        let window_fits =
+            self.leading != u8::MAX && leading >= self.leading && trailing >= self.trailing;
+        let window_bits = if window_fits {
+            64 - self.leading - self.trailing
+        } else {
+            0
+        };
+        let integer = format
+            .integer_mode
+            .then(|| integer_delta(self.last_value_bits, bits))
+            .flatten()
+            .filter(|_| !window_fits || window_bits > INTEGER_DELTA_BITS + 1);
+        if let (true, None) = (window_fits, integer) {
             self.writer.write_bit(false);
-            let meaningful = 64 - self.leading - self.trailing;
-            self.writer.write_bits(xor >> self.trailing, meaningful);
+            self.writer.write_bits(xor >> self.trailing, window_bits);
             return;
+        }
+        self.writer.write_bit(true);
+        if let Some(step) = integer {
+            self.writer.write_bit(true);
+            self.writer.write_bits(step, INTEGER_DELTA_BITS);
+            return;
+        }
+        if format.integer_mode {
+            self.writer.write_bit(false);
         }
         self.leading = leading;
         self.trailing = trailing;
         let meaningful = 64 - leading - trailing;
-        self.writer.write_bit(true);
         self.writer.write_bits(u64::from(leading), 5);
         // 64 meaningful bits are written as 0: a length of 0 never occurs
         self.writer.write_bits(u64::from(meaningful % 64), 6);
@@ -194,7 +258,7 @@ impl ChunkEncoder {
     pub(crate) fn encode_v1(samples: &[(i64, f64)]) -> Vec<u8> {
         let mut encoder = ChunkEncoder::default();
         for (timestamp_ms, value) in samples {
-            encoder.append_with(&DOD_WIDTHS_V1, *timestamp_ms, *value);
+            encoder.append_with(&V1, *timestamp_ms, *value);
         }
         encoder.writer.bytes
     }
@@ -218,20 +282,20 @@ pub(crate) fn decode(bytes: &[u8], count: u16) -> Option<Vec<(i64, f64)>> {
 /// Calls `visit` with each of the `count` samples in chunk bytes, without
 /// materialising them; `None` if the bytes are corrupt.
 pub(crate) fn decode_each(bytes: &[u8], count: u16, visit: impl FnMut(i64, f64)) -> Option<()> {
-    decode_with(&DOD_WIDTHS, bytes, count, visit)
+    decode_with(&CURRENT, bytes, count, visit)
 }
 
 /// Re-encodes the bytes of a version 1 chunk in the current format.
 pub(crate) fn transcode_v1(bytes: &[u8], count: u16) -> Option<Box<[u8]>> {
     let mut encoder = ChunkEncoder::default();
-    decode_with(&DOD_WIDTHS_V1, bytes, count, |timestamp_ms, value| {
+    decode_with(&V1, bytes, count, |timestamp_ms, value| {
         encoder.append(timestamp_ms, value)
     })?;
     Some(encoder.writer.bytes.into_boxed_slice())
 }
 
 fn decode_with(
-    widths: &[(u64, u8, u8); 4],
+    format: &Format,
     bytes: &[u8],
     count: u16,
     mut visit: impl FnMut(i64, f64),
@@ -245,11 +309,17 @@ fn decode_with(
     visit(timestamp_ms, f64::from_bits(value_bits));
     let (mut delta, mut leading, mut trailing) = (0i64, 0u8, 0u8);
     for _ in 1..count {
-        let delta_of_delta = read_delta_of_delta(&mut reader, widths)?;
+        let delta_of_delta = read_delta_of_delta(&mut reader, &format.widths)?;
         delta = delta.wrapping_add(delta_of_delta);
         timestamp_ms = timestamp_ms.wrapping_add(delta);
         if reader.read_bit()? {
             if reader.read_bit()? {
+                if format.integer_mode && reader.read_bit()? {
+                    let zigzag = reader.read_bits(INTEGER_DELTA_BITS)?;
+                    value_bits = apply_integer_delta(value_bits, zigzag);
+                    visit(timestamp_ms, f64::from_bits(value_bits));
+                    continue;
+                }
                 leading = reader.read_bits(5)? as u8;
                 let mut meaningful = reader.read_bits(6)? as u8;
                 if meaningful == 0 {
@@ -409,6 +479,36 @@ mod tests {
         assert_ne!(&v1[..], &transcoded[..], "the widths differ for jitter");
         let decoded = decode(&transcoded, 120).unwrap();
         assert_eq!(decoded, samples);
+    }
+
+    #[test]
+    fn counter_steps_use_the_integer_mode_and_stay_exact() {
+        let mut value: f64 = 1_000.0;
+        let mut samples = Vec::new();
+        for index in 0..120i64 {
+            // steps up and down, zero, the largest step and one too large
+            value += [3.0, 0.0, 9.0, -2.0, 63.0, 64.0, -64.0, 1.0][index as usize % 8];
+            samples.push((index * 15_000, value));
+        }
+        samples.push((120 * 15_000, -0.0));
+        samples.push((121 * 15_000, 0.0));
+        samples.push((122 * 15_000, 9.1e15));
+        samples.push((123 * 15_000, 9.1e15 + 2.0));
+        let expected: Vec<(i64, u64)> = samples
+            .iter()
+            .map(|(timestamp_ms, value)| (*timestamp_ms, value.to_bits()))
+            .collect();
+        assert_eq!(round_trip(&samples), expected);
+
+        let mut encoder = ChunkEncoder::default();
+        let mut counter = 52_000.0;
+        for index in 0..120i64 {
+            counter += (index % 10) as f64;
+            encoder.append(index * 15_000, counter);
+        }
+        let bytes_per_sample = encoder.bytes().len() as f64 / 120.0;
+        // 1 bit of timestamp, 3 + 7 bits of step, 16 bytes of first sample
+        assert!(bytes_per_sample < 1.6, "{bytes_per_sample}");
     }
 
     #[test]

@@ -454,3 +454,21 @@ fn a_corrupt_block_is_an_error_that_names_it() {
     assert!(matches!(error, TsdbError::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("checksum mismatch"), "{error}");
 }
+
+#[test]
+fn series_whose_label_hashes_collide_stay_apart() {
+    let mut head = Head::default();
+    let first = labels("up", "api");
+    let second = labels("up", "db");
+    assert_eq!(head.get_or_create(&first), (0, true));
+    // make the second label set's hash point at the first series, as a
+    // 64-bit collision would
+    let hash = head.hasher.hash_one(&second);
+    head.by_hash.insert(hash, 0);
+    assert_eq!(head.get_or_create(&second), (1, true));
+    assert_eq!(head.get_or_create(&second), (1, false));
+    assert_eq!(head.get_or_create(&first), (0, false));
+    assert_eq!(head.index.labels(1), second);
+    head.append(1, 1_000, 2.0).unwrap();
+    assert_eq!(head.series[0].newest_ms(), None);
+}
