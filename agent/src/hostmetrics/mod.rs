@@ -234,7 +234,11 @@ impl HostCollector {
                     Ok(())
                 }
                 "uname" => node::uname(&self.proc_root, &mut families),
-                _ => cgroup::collect(self, &mut families),
+                "cgroup" => cgroup::collect(self, &mut families),
+                other => Err(CollectError::new(
+                    Path::new(other),
+                    "collector listed without an implementation",
+                )),
             };
             outcomes[index] = self.note_outcome(index, result);
             if outcomes[index] {
