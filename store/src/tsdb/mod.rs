@@ -35,7 +35,7 @@ use labels::{FastHash, LabelIndex, map_heap_bytes};
 pub use shared::{AppendOutcome, MetricMetadata, MetricStore};
 
 use chunk::ChunkEncoder;
-use wal::{Wal, WalRecord};
+use wal::{Wal, WalRecord, WalSync};
 
 use crate::promql::{QueryError, Queryable};
 
@@ -338,6 +338,12 @@ impl TimeSeriesStore {
     /// Writes the buffered WAL records and fsyncs them.
     pub fn commit(&mut self) -> Result<(), TsdbError> {
         self.wal.flush(true)
+    }
+
+    /// Writes the buffered WAL records without waiting for the disk; the
+    /// caller waits on the result, outside any lock, to make them durable.
+    pub(crate) fn write_wal(&mut self) -> Result<WalSync, TsdbError> {
+        self.wal.write_pending()
     }
 
     /// Writes the head as an immutable block, empties the head and truncates

@@ -5,7 +5,10 @@
 //! evaluation) and many readers (PromQL queries, rules), so it holds the
 //! store behind a read-write lock. Writers append a whole batch under the
 //! write lock and fsync the WAL before [`MetricStore::append`] returns: a
-//! batch the caller acknowledges is durable.
+//! batch the caller acknowledges is durable. The fsync happens after the
+//! lock is released, and one fsync covers every batch written before it
+//! (group commit), so concurrent writers do not queue behind each other's
+//! disk flushes.
 //!
 //! The store also keeps metric metadata (type, help, unit) as scrapes and
 //! pushes report it, for `/api/v1/metadata`.
@@ -57,14 +60,19 @@ impl MetricStore {
     /// acknowledged.
     pub fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
         let mut outcome = AppendOutcome::default();
-        let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for (index, (labels, timestamp_ms, value)) in samples.iter().enumerate() {
-            match store.append(labels, *timestamp_ms, *value) {
-                Ok(()) => outcome.appended += 1,
-                Err(error) => outcome.rejected.push((index, error)),
+        let durable = {
+            let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            for (index, (labels, timestamp_ms, value)) in samples.iter().enumerate() {
+                match store.append(labels, *timestamp_ms, *value) {
+                    Ok(()) => outcome.appended += 1,
+                    Err(error) => outcome.rejected.push((index, error)),
+                }
             }
-        }
-        store.commit()?;
+            store.write_wal()?
+        };
+        // fsync outside the lock: other writers append meanwhile and one
+        // fsync serves all the batches it covers
+        durable.wait()?;
         Ok(outcome)
     }
 
@@ -138,6 +146,40 @@ mod tests {
             panic!("expected a vector, got {value:?}")
         };
         assert_eq!(samples[0].value, 2.0);
+    }
+
+    #[test]
+    fn batches_acknowledged_by_concurrent_writers_are_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = MetricStore::open(dir.path()).unwrap();
+            std::thread::scope(|scope| {
+                for writer in 0..4 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        let labels: Vec<Labels> = (0..20)
+                            .map(|series| {
+                                Labels::new([
+                                    ("__name__".to_string(), format!("writer_{writer}")),
+                                    ("series".to_string(), series.to_string()),
+                                ])
+                            })
+                            .collect();
+                        for batch in 0..25i64 {
+                            let samples: Vec<(Labels, i64, f64)> = labels
+                                .iter()
+                                .map(|labels| (labels.clone(), batch * 15_000, batch as f64))
+                                .collect();
+                            let outcome = store.append(&samples).unwrap();
+                            assert_eq!(outcome.appended, 20);
+                        }
+                    });
+                }
+            });
+        }
+        let store = MetricStore::open(dir.path()).unwrap();
+        let stats = store.stats();
+        assert_eq!((stats.head_series, stats.head_samples), (80, 2_000));
     }
 
     #[test]

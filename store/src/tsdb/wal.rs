@@ -18,6 +18,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{Labels, TsdbError, io_error};
 
@@ -42,7 +44,8 @@ pub(crate) enum WalRecord {
 #[derive(Debug)]
 pub(crate) struct Wal {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
+    sync: Arc<SyncState>,
     /// Framed series records not yet written.
     series: Vec<u8>,
     /// Payload of the samples record being built (after its header).
@@ -132,6 +135,44 @@ impl<'a> Cursor<'a> {
     pub(crate) fn string(&mut self) -> Option<&'a str> {
         let length = usize::try_from(self.varint()?).ok()?;
         std::str::from_utf8(self.take(length)?).ok()
+    }
+}
+
+/// How far the log is written and how far it is known to be on disk, in
+/// bytes ever written (not file offsets: truncation does not reset them).
+#[derive(Debug, Default)]
+struct SyncState {
+    written: AtomicU64,
+    synced: Mutex<u64>,
+    /// fsyncs done by [`WalSync::wait`].
+    fsyncs: AtomicU64,
+}
+
+/// Records written to the log but maybe not on disk yet. Waiting outside the
+/// store's lock lets writers append while another one fsyncs, and one fsync
+/// serves every writer whose records it covers (group commit).
+#[derive(Debug)]
+pub(crate) struct WalSync {
+    path: PathBuf,
+    file: Arc<File>,
+    state: Arc<SyncState>,
+    upto: u64,
+}
+
+impl WalSync {
+    /// Returns once the records are on disk, fsyncing unless another
+    /// writer's fsync already covered them.
+    pub(crate) fn wait(self) -> Result<(), TsdbError> {
+        let mut synced = self.state.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= self.upto {
+            return Ok(());
+        }
+        // everything written before this load is covered by the fsync
+        let target = self.state.written.load(Ordering::Acquire);
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        self.state.fsyncs.fetch_add(1, Ordering::Relaxed);
+        *synced = target;
+        Ok(())
     }
 }
 
@@ -234,7 +275,8 @@ impl Wal {
         file.seek(SeekFrom::End(0)).map_err(io_error(path))?;
         Ok(Wal {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
+            sync: Arc::default(),
             series: Vec::new(),
             samples: Vec::new(),
             sample_count: 0,
@@ -273,6 +315,16 @@ impl Wal {
 
     /// Writes buffered records in one write, fsyncing when `sync`.
     pub(crate) fn flush(&mut self, sync: bool) -> Result<(), TsdbError> {
+        let durable = self.write_pending()?;
+        if sync {
+            durable.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered records in one write, without waiting for the disk;
+    /// [`WalSync::wait`] on the result makes them durable.
+    pub(crate) fn write_pending(&mut self) -> Result<WalSync, TsdbError> {
         self.frame.clear();
         self.frame.append(&mut self.series);
         if self.sample_count > 0 {
@@ -293,15 +345,20 @@ impl Wal {
             self.sample_count = 0;
         }
         if !self.frame.is_empty() {
-            self.file
+            (&*self.file)
                 .write_all(&self.frame)
                 .map_err(io_error(&self.path))?;
+            self.sync
+                .written
+                .fetch_add(self.frame.len() as u64, Ordering::AcqRel);
             self.frame.clear();
         }
-        if sync {
-            self.file.sync_data().map_err(io_error(&self.path))?;
-        }
-        Ok(())
+        Ok(WalSync {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            state: self.sync.clone(),
+            upto: self.sync.written.load(Ordering::Acquire),
+        })
     }
 
     /// Empties the log once its contents are safe in a block.
@@ -310,11 +367,17 @@ impl Wal {
         self.samples.clear();
         self.sample_count = 0;
         self.file.set_len(0).map_err(io_error(&self.path))?;
-        self.file
+        (&*self.file)
             .seek(SeekFrom::Start(0))
             .map_err(io_error(&self.path))?;
-        self.file.write_all(MAGIC).map_err(io_error(&self.path))?;
-        self.file.sync_all().map_err(io_error(&self.path))
+        (&*self.file)
+            .write_all(MAGIC)
+            .map_err(io_error(&self.path))?;
+        self.file.sync_all().map_err(io_error(&self.path))?;
+        // whatever was written before is in a block now
+        let mut synced = self.sync.synced.lock().unwrap_or_else(|e| e.into_inner());
+        *synced = self.sync.written.load(Ordering::Acquire);
+        Ok(())
     }
 
     pub(crate) fn size_on_disk(&self) -> u64 {
@@ -382,6 +445,31 @@ mod tests {
         let kept = std::fs::metadata(&path).unwrap().len();
         assert!(kept < whole - 5, "the torn bytes were truncated");
         assert_eq!(replay(&path).len(), 3);
+    }
+
+    #[test]
+    fn one_fsync_serves_every_batch_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let mut wal = Wal::open(&path, |_| {}).unwrap();
+        wal.add_series(0, &Labels::new([("__name__", "up")]));
+        wal.add_sample(0, 1_000, 1.0);
+        let first = wal.write_pending().unwrap();
+        wal.add_sample(0, 2_000, 1.0);
+        let second = wal.write_pending().unwrap();
+        second.wait().unwrap();
+        assert_eq!(wal.sync.fsyncs.load(Ordering::Relaxed), 1);
+        first.wait().unwrap();
+        assert_eq!(
+            wal.sync.fsyncs.load(Ordering::Relaxed),
+            1,
+            "already covered"
+        );
+        wal.add_sample(0, 3_000, 1.0);
+        wal.write_pending().unwrap().wait().unwrap();
+        assert_eq!(wal.sync.fsyncs.load(Ordering::Relaxed), 2);
+        drop(wal);
+        assert_eq!(replay(&path).len(), 4);
     }
 
     #[test]
