@@ -1,10 +1,15 @@
-//! OTLP/gRPC receivers for logs and traces.
+//! OTLP/gRPC receivers for logs, traces and metrics.
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ingest::{Ingest, summarize};
 use crate::otlp;
+use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
 
 /// Largest decoded OTLP request accepted, in bytes.
@@ -93,6 +99,36 @@ pub fn logs_service(ingest: Ingest) -> LogsServiceServer<LogsReceiver> {
 
 pub fn trace_service(ingest: Ingest) -> TraceServiceServer<TracesReceiver> {
     TraceServiceServer::new(TracesReceiver { ingest })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The OTLP metrics receiver: data points become time series in the
+/// metric store (see [`crate::otlp_metrics`] for the naming).
+pub struct MetricsReceiver {
+    metrics: OtlpMetrics,
+}
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let partial_success = self
+            .metrics
+            .export(request.into_inner())
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success,
+        }))
+    }
+}
+
+pub fn metrics_service(metrics: OtlpMetrics) -> MetricsServiceServer<MetricsReceiver> {
+    MetricsServiceServer::new(MetricsReceiver { metrics })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

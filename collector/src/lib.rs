@@ -21,7 +21,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_http;
+pub mod otlp_metrics;
 pub mod pipeline;
+pub mod remote_write;
 pub mod spanmetrics;
 
 use std::path::PathBuf;
@@ -91,6 +93,7 @@ pub async fn run(
         ..Limits::default()
     };
     let ingest = Ingest::new(pipeline, limits, metrics.clone());
+    let otlp_metrics = otlp_metrics::OtlpMetrics::new(metric_store.clone());
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
@@ -123,12 +126,16 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(grpc::logs_service(ingest.clone()))
         .add_service(grpc::trace_service(ingest.clone()))
+        .add_service(grpc::metrics_service(otlp_metrics.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop.clone()),
         );
-    let otlp_http = axum::serve(otlp_http_listener, otlp_http::router(ingest.clone()))
-        .with_graceful_shutdown(stopped(stop.clone()));
+    let otlp_http = axum::serve(
+        otlp_http_listener,
+        otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
+    )
+    .with_graceful_shutdown(stopped(stop.clone()));
     let metrics_state = MetricsState {
         metrics: metrics.clone(),
         ingest: ingest.clone(),
@@ -140,12 +147,14 @@ pub async fn run(
         config.retention,
         stop.clone(),
     ));
+    let remote_write = remote_write::router(metric_store.clone());
     let router = sightline_query_ui::router(QueryState {
         logs,
         spans,
         metrics: metric_store,
         rules: Arc::new(sightline_store::rules::NoRules),
     })
+    .merge(remote_write)
     .nest("/elastic", elastic::router(ingest.clone()))
     // A nested router does not answer its prefix with a trailing slash;
     // Vector and Logstash ask `GET /elastic/` for the version.

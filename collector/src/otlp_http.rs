@@ -1,4 +1,4 @@
-//! OTLP/HTTP receiver: `POST /v1/logs` and `POST /v1/traces`.
+//! OTLP/HTTP receiver: `POST /v1/logs`, `POST /v1/traces` and `POST /v1/metrics`.
 //!
 //! Follows the OTLP/HTTP specification:
 //!
@@ -21,7 +21,9 @@
 //! Decompression and decoding run on the blocking pool: a 16 MiB body is
 //! tens of milliseconds of work.
 //!
-//! `/v1/metrics` is not routed yet and answers 404.
+//! `/v1/metrics` is served by [`metrics_router`] (merged into the same port
+//! by `lib.rs`): data points go to the metric store through
+//! [`crate::otlp_metrics`], with the same formats, limits and errors.
 //!
 //! The body helpers ([`read_body`], [`decode_content`]) are shared with the
 //! Elasticsearch `_bulk` receiver.
@@ -39,6 +41,9 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -48,6 +53,7 @@ use serde_json::{Value, json};
 
 use crate::ingest::{Ingest, summarize};
 use crate::otlp;
+use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
 
 /// Largest request body accepted as received (compressed or not), in bytes.
@@ -80,6 +86,14 @@ pub fn router(ingest: Ingest) -> Router {
         .route("/v1/traces", post(export_traces))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ingest)
+}
+
+/// `POST /v1/metrics`, on the OTLP/HTTP port next to [`router`].
+pub fn metrics_router(metrics: OtlpMetrics) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(export_metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(metrics)
 }
 
 /// How an OTLP payload is encoded, from the request's `Content-Type`.
@@ -406,6 +420,49 @@ async fn store_traces(
     Ok(success(
         format,
         &ExportTraceServiceResponse { partial_success },
+        json,
+    ))
+}
+
+async fn export_metrics(
+    State(metrics): State<OtlpMetrics>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(&headers, |format| {
+        store_metrics(&metrics, &headers, format, body)
+    })
+    .await
+}
+
+async fn store_metrics(
+    metrics: &OtlpMetrics,
+    headers: &HeaderMap,
+    format: Format,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OtlpError> {
+    let body = read_body(body, MAX_BODY_BYTES)?;
+    let encoding = headers.get(CONTENT_ENCODING).cloned();
+    let request = tokio::task::spawn_blocking(move || {
+        decode_request::<ExportMetricsServiceRequest>(format, encoding.as_ref(), body)
+    })
+    .await
+    .map_err(|error| OtlpError::Internal(error.to_string()))??
+    .0;
+    let partial_success = metrics
+        .export(request)
+        .await
+        .map_err(|error| OtlpError::Ingest(IngestError::Storage(error.0)))?;
+    let json = match &partial_success {
+        Some(partial) => json!({"partialSuccess": {
+            "rejectedDataPoints": partial.rejected_data_points.to_string(),
+            "errorMessage": partial.error_message,
+        }}),
+        None => json!({}),
+    };
+    Ok(success(
+        format,
+        &ExportMetricsServiceResponse { partial_success },
         json,
     ))
 }

@@ -33,6 +33,7 @@ pub use logs::{
     log_index_schema,
 };
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
+pub use query::LogMatcher;
 pub use spans::{SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 
