@@ -49,3 +49,44 @@ pub struct CollectorConfig {
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,
 }
+
+/// The command line: the collector's flags, or one of the rule tools.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sightline-collector",
+    version,
+    about = "Receives OTLP logs and traces, stores them, serves the query API and UI",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A tool to run instead of the collector.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+    #[command(flatten)]
+    pub collector: CollectorConfig,
+}
+
+/// Rule tools with `promtool`'s names and output.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// Run rule unit tests (`promtool test rules`); exit 1 if any fails.
+    Test {
+        #[command(subcommand)]
+        what: RuleFiles,
+    },
+    /// Check rule files (`promtool check rules`); exit 1 if any is invalid.
+    Check {
+        #[command(subcommand)]
+        what: RuleFiles,
+    },
+}
+
+/// What a tool works on.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RuleFiles {
+    /// Rule files, or unit-test files for `test`.
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}

@@ -13,6 +13,7 @@
 //! The collector acknowledges a batch only after it is fsynced in the WAL,
 //! and never knows an on-disk layout: that is `sightline-store`'s.
 
+pub mod alerting;
 pub mod config;
 pub mod config_file;
 pub mod elastic;
@@ -148,11 +149,32 @@ pub async fn run(
         stop.clone(),
     ));
     let remote_write = remote_write::router(metric_store.clone());
+    // Rules: each group evaluated on its interval; alerts go to the
+    // configured Alertmanagers and webhooks.
+    let rules_base_dir = config
+        .config
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let ui_base_url = match &config_file.external_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", http_listener.local_addr()?),
+    };
+    let alerting = alerting::Alerting::from_config(
+        &config_file,
+        &rules_base_dir,
+        ui_base_url,
+        metric_store.clone(),
+        spans.clone(),
+    )?;
+    let rule_engine = alerting.engine.clone();
+    let alerting_tasks = alerting.start(stop.clone());
     let router = sightline_query_ui::router(QueryState {
         logs,
         spans,
         metrics: metric_store,
-        rules: Arc::new(sightline_store::rules::NoRules),
+        rules: rule_engine,
     })
     .merge(remote_write)
     .nest("/elastic", elastic::router(ingest.clone()))
@@ -171,6 +193,9 @@ pub async fn run(
     http_result.context("query API server failed")?;
     retention.abort();
     metric_maintenance.abort();
+    for task in alerting_tasks {
+        task.abort();
+    }
 
     // The servers are gone and with them every pipeline handle: the writer
     // drains its queue, the indexer commits, then both stop.

@@ -1,5 +1,6 @@
 use clap::Parser;
-use sightline_collector::CollectorConfig;
+use sightline_collector::alerting;
+use sightline_collector::config::{Cli, RuleFiles, Tool};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -10,8 +11,24 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = CollectorConfig::parse();
-    match sightline_collector::run(config, shutdown_signal()).await {
+    let cli = Cli::parse();
+    if let Some(tool) = cli.tool {
+        let mut out = std::io::stdout();
+        let passed = match tool {
+            Tool::Test {
+                what: RuleFiles::Rules { files },
+            } => alerting::test_rules(&files, &mut out),
+            Tool::Check {
+                what: RuleFiles::Rules { files },
+            } => alerting::check_rules(&files, &mut out),
+        };
+        return if passed {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
+    match sightline_collector::run(cli.collector, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("collector failed: {error:#}");

@@ -535,7 +535,7 @@ mod tests {
             ("{{ $value | humanizePercentage }}", 0.1234, "12.34%"),
             ("{{ $value | humanizeDuration }}", 3725.0, "1h 2m 5s"),
             ("{{ $value | humanizeDuration }}", 0.25, "250ms"),
-            ("{{ printf \"%.2f\" $value }}", 3.14159, "3.14"),
+            ("{{ printf \"%.2f\" $value }}", 1.23456, "1.23"),
             ("{{ $value | printf \"%.1f%%\" }}", 99.44, "99.4%"),
             ("{{ $labels.job | toUpper }}", 0.0, "API"),
             ("a {{- $labels.job -}} b", 0.0, "aapib"),
