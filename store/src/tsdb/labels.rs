@@ -360,6 +360,16 @@ impl LabelIndex {
         self.value_of(id, self.symbols.lookup(name))
     }
 
+    /// Every value of label `name` in the index.
+    pub(crate) fn values_of(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.symbols
+            .lookup(name)
+            .and_then(|name| self.values.get(&name))
+            .into_iter()
+            .flatten()
+            .map(|value| self.symbols.get(*value))
+    }
+
     /// Every label name in the index.
     pub(crate) fn label_names(&self) -> impl Iterator<Item = &str> {
         self.values.keys().map(|name| self.symbols.get(*name))

@@ -1,16 +1,22 @@
 //! The time-series store: Prometheus-style samples on disk.
 //!
-//! - A series is a sorted label set ([`Labels`], with `__name__`); an
-//!   inverted index label=value -> series ids answers selectors
-//!   ([`LabelMatcher`]: `=`, `!=`, `=~`, `!~`, regexes fully anchored).
+//! - A series is a sorted label set ([`Labels`], with `__name__`). Head and
+//!   blocks each keep an inverted index (`labels.rs`: label strings interned
+//!   as symbol ids, postings `(name, value) -> sorted series ids`) that
+//!   answers selectors ([`LabelMatcher`]: `=`, `!=`, `=~`, `!~`, regexes
+//!   fully anchored) by touching only the series they can match.
 //! - New samples go to the in-memory head, compressed as they arrive in
 //!   Gorilla chunks of at most 120 samples (delta-of-delta timestamps, XOR
-//!   floats; see `chunk.rs`), and to a write-ahead log that
-//!   [`TimeSeriesStore::commit`] fsyncs and [`TimeSeriesStore::open`] replays.
+//!   floats or integer steps; see `chunk.rs`), and to a write-ahead log
+//!   (`wal.rs`) that [`TimeSeriesStore::commit`] fsyncs and
+//!   [`TimeSeriesStore::open`] replays, truncating a torn tail with a warning.
 //! - [`TimeSeriesStore::cut_block`] writes the whole head as an immutable
 //!   block, a directory of its own (`blocks/<min>-<max>/`: `meta.json` with
-//!   time range and format version, `series.bin` with labels and chunks),
-//!   then empties the head and truncates the WAL. Blocks are opened by path.
+//!   time range and format version, `series.bin` with a symbol table, the
+//!   series and their chunks; see `block.rs`), written in a `.tmp` directory
+//!   renamed into place, then empties the head and truncates the WAL. Blocks
+//!   are opened by path; a leftover `.tmp` directory is deleted on open (its
+//!   samples are still in the WAL).
 //! - Retention ([`TimeSeriesStore::apply_retention`]) deletes whole blocks.
 //! - Staleness markers (the NaN `0x7ff0000000000002`) are stored bit-exact;
 //!   the PromQL engine honours them.
@@ -83,7 +89,9 @@ pub struct TsdbStats {
     /// Series in the head.
     pub head_series: usize,
     pub head_samples: u64,
-    /// Heap bytes of the head: labels, index and chunks, approximately.
+    /// Heap bytes of the head: interned labels, postings, series lookup,
+    /// chunks and WAL buffers, counted by capacity (approximate: allocator
+    /// overhead is not included).
     pub head_bytes: usize,
     pub blocks: usize,
     pub block_samples: u64,
@@ -513,6 +521,11 @@ impl TimeSeriesStore {
         let mut values = BTreeSet::new();
         let indexes = std::iter::once(&self.head.index).chain(self.blocks.iter().map(Block::index));
         for index in indexes {
+            if matchers.is_empty() {
+                // straight from the postings' value lists
+                values.extend(index.values_of(name));
+                continue;
+            }
             for id in index.select(matchers) {
                 let value = index.value_by_name(id, name);
                 if !value.is_empty() {

@@ -279,6 +279,9 @@ fn postings_select_the_same_series_as_a_scan_in_head_block_and_after_reopen() {
             vec!["__name__", "env", "instance", "job"],
             "{stage}"
         );
+        let every_job = store.label_values("job", &[]);
+        assert_eq!(every_job, vec!["api", "api-worker", "db"], "{stage}");
+        assert!(store.label_values("nolabel", &[]).is_empty(), "{stage}");
     };
     check(&store, "head");
     store.cut_block().unwrap();
