@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sightline_store::{LogRecord, Span};
 
+use crate::logmetrics::LogMetrics;
 use crate::metrics::{CollectorMetrics, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
 use crate::spanmetrics::SpanMetrics;
@@ -53,6 +54,7 @@ pub struct Ingest {
     limits: Arc<Limits>,
     metrics: Arc<CollectorMetrics>,
     span_metrics: Arc<SpanMetrics>,
+    log_metrics: Option<Arc<LogMetrics>>,
 }
 
 impl Ingest {
@@ -62,7 +64,14 @@ impl Ingest {
             limits: Arc::new(limits),
             metrics,
             span_metrics: Arc::default(),
+            log_metrics: None,
         }
+    }
+
+    /// Counts acknowledged log records into the config's log-derived metrics.
+    pub fn with_log_metrics(mut self, log_metrics: Arc<LogMetrics>) -> Ingest {
+        self.log_metrics = (!log_metrics.is_empty()).then_some(log_metrics);
+        self
     }
 
     pub fn metrics(&self) -> &Arc<CollectorMetrics> {
@@ -105,7 +114,16 @@ impl Ingest {
         // per-record copies of the resource, the encoded WAL payload): charge
         // that, not the compact wire size, against the memory budget.
         let charged = size_bytes.max(accepted_bytes.saturating_mul(DECODED_MEMORY_FACTOR));
+        // Matched now (the batch moves into the pipeline), counted once the
+        // batch is durable: each acknowledged record exactly once.
+        let pending = self
+            .log_metrics
+            .as_ref()
+            .map(|log_metrics| log_metrics.observe(&accepted));
         self.store(Batch::Logs(accepted), charged).await?;
+        if let (Some(log_metrics), Some(pending)) = (&self.log_metrics, pending) {
+            log_metrics.apply(pending);
+        }
         Ok(rejections)
     }
 

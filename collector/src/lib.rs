@@ -19,6 +19,7 @@ pub mod config_file;
 pub mod elastic;
 pub mod grpc;
 pub mod ingest;
+pub mod logmetrics;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_http;
@@ -60,6 +61,10 @@ pub async fn run(
     for key in config_file.ignored() {
         tracing::warn!(key, "config file key not supported by Sightline; ignored");
     }
+    let log_metrics = Arc::new(
+        logmetrics::LogMetrics::from_config(&config_file.log_metrics)
+            .context("invalid log_metrics in the config file")?,
+    );
     let data_dir = config.data_dir.clone();
     let (logs, spans, metric_store) = tokio::task::spawn_blocking(move || {
         let logs_dir = data_dir.join("logs");
@@ -93,7 +98,8 @@ pub async fn run(
         max_record_bytes: config.max_record_bytes,
         ..Limits::default()
     };
-    let ingest = Ingest::new(pipeline, limits, metrics.clone());
+    let ingest =
+        Ingest::new(pipeline, limits, metrics.clone()).with_log_metrics(log_metrics.clone());
     let otlp_metrics = otlp_metrics::OtlpMetrics::new(metric_store.clone());
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
@@ -143,6 +149,12 @@ pub async fn run(
         logs: logs.clone(),
         data_dir: config.data_dir.clone(),
     };
+    // Stops by itself after a last flush once `stop` is set.
+    tokio::spawn(logmetrics::flush_loop(
+        log_metrics,
+        metric_store.clone(),
+        stop.clone(),
+    ));
     let metric_maintenance = tokio::spawn(metric_maintenance_loop(
         metric_store.clone(),
         config.retention,
