@@ -56,9 +56,6 @@ function route() {
     .catch((error) => {
       fresh.append(el("div", { class: "error-box" }, `This view failed: ${error.message}`));
       fresh.dataset.loaded = "error";
-    })
-    .finally(() => {
-      if (perf.firstDataRender === undefined) perf.firstDataRender = performance.now();
     });
 }
 

@@ -230,6 +230,7 @@ export function render(root, view, ctx) {
         if (row) toggle(row, true);
       }
       root.dataset.loaded = "1";
+      if (ctx.perf.firstDataRender === undefined) ctx.perf.firstDataRender = performance.now();
     } catch (error) {
       status.textContent = "";
       errorSlot.replaceChildren(error.status === 400 ? queryError(query, error) : errorBox(error));

@@ -1,6 +1,12 @@
 //! The UI in a real headless Chromium (Debian's `chromium` and
-//! `chromium-driver`), driven over WebDriver: search for a request id, see
-//! both services' lines, open the trace.
+//! `chromium-driver`), driven over WebDriver against a stack filled by the
+//! real demo flow: search for a request id, see both services' lines, open
+//! the trace; every page (logs, traces, trace, request, services,
+//! dashboards, alerts) loads with data; a log line carrying `<script>` and
+//! `<img onerror>` stays inert. Screenshots go to `target/test-artifacts/`.
+//!
+//! `ui_performance_is_measured_in_the_browser` reports (does not assert)
+//! the page's load and render times for BENCHMARKS.md.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -138,7 +144,7 @@ async fn search_by_request_id_shows_both_services_and_opens_the_trace() {
     );
     let url = browser.current_url().await.expect("url");
     assert!(
-        url.as_str().contains("request_id"),
+        url.fragment().unwrap_or_default().contains("request_id"),
         "the search is in the URL: {url}"
     );
     let screenshot = browser.screenshot().await.expect("screenshot");
@@ -181,5 +187,634 @@ async fn search_by_request_id_shows_both_services_and_opens_the_trace() {
     let screenshot = browser.screenshot().await.expect("screenshot");
     std::fs::write(artifacts_dir().join("trace-waterfall.png"), screenshot)
         .expect("write screenshot");
+    browser.close().await.expect("close the browser");
+}
+
+/// Runs `script` (a function body returning a value) until it returns
+/// something other than null/false, for up to `timeout`.
+async fn wait_js(
+    browser: &fantoccini::Client,
+    what: &str,
+    timeout: Duration,
+    script: &str,
+) -> serde_json::Value {
+    poll_until(what, timeout, || async {
+        let value = browser
+            .execute(script, vec![])
+            .await
+            .map_err(|e| e.to_string())?;
+        match value {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => {
+                Err(format!("{script} returned {value}"))
+            }
+            other => Ok(Some(other)),
+        }
+    })
+    .await
+}
+
+/// Opens `#/<hash>` and waits until the view says it has loaded (its
+/// `data-loaded` is `1`; `error` fails the test with the page's message).
+async fn open_view(browser: &fantoccini::Client, stack_url: &str, hash: &str, view: &str) {
+    let state = open_view_state(browser, stack_url, hash, view).await;
+    assert_eq!(state[0], "1", "{view} view failed: {}", state[1]);
+}
+
+/// Opens `#/<hash>`; `[data-loaded, the view's text]` once it has loaded or failed.
+async fn open_view_state(
+    browser: &fantoccini::Client,
+    stack_url: &str,
+    hash: &str,
+    view: &str,
+) -> serde_json::Value {
+    // The view on screen is marked stale: the one to wait for is the new one.
+    let _ = browser
+        .execute(
+            "const v = document.querySelector('#view'); if (v) v.dataset.stale = '1';",
+            vec![],
+        )
+        .await;
+    browser
+        .goto(&format!("{stack_url}#/{hash}"))
+        .await
+        .expect("navigate");
+    wait_js(
+        browser,
+        &format!("the {view} view to load"),
+        Duration::from_secs(30),
+        &format!(
+            "const v = document.querySelector('#view[data-view=\"{view}\"]:not([data-stale])'); \
+             return v && v.dataset.loaded ? [v.dataset.loaded, v.textContent.slice(0, 500)] : null;"
+        ),
+    )
+    .await
+}
+
+async fn screenshot(browser: &fantoccini::Client, name: &str) {
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(artifacts_dir().join(name), png).expect("write screenshot");
+}
+
+async fn js(browser: &fantoccini::Client, script: &str) -> serde_json::Value {
+    browser.execute(script, vec![]).await.expect(script)
+}
+
+/// A log record sent over OTLP/HTTP JSON, as any OpenTelemetry SDK would.
+async fn send_log(collector_http_port: u16, service: &str, body: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+        .to_string();
+    let payload = serde_json::json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeLogs": [{"scope": {}, "logRecords": [{
+            "timeUnixNano": now, "severityText": "WARN", "severityNumber": 13,
+            "body": {"stringValue": body},
+        }]}],
+    }]});
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{collector_http_port}/v1/logs"))
+        .json(&payload)
+        .send()
+        .await
+        .expect("OTLP/HTTP answers");
+    assert!(
+        response.status().is_success(),
+        "log export: {}",
+        response.status()
+    );
+}
+
+/// Polls the request story until its logs come from at least three services
+/// and it has spans: the request view is then checked against it.
+async fn request_story(stack: &DemoStack, id: &str) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let url = stack.ui_url(&format!("/api/requests/{id}"));
+    poll_until(
+        "a request story with logs of three services and spans",
+        Duration::from_secs(60),
+        || async {
+            let body: serde_json::Value = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let timeline = body["timeline"].as_array().cloned().unwrap_or_default();
+            let log_services: std::collections::BTreeSet<String> = timeline
+                .iter()
+                .filter(|e| e["type"] == "log")
+                .filter_map(|e| e["service"].as_str().map(str::to_string))
+                .collect();
+            let spans = timeline.iter().filter(|e| e["type"] == "span").count();
+            if log_services.len() >= 3 && spans >= 2 {
+                Ok(Some(body))
+            } else {
+                Err(format!("log services {log_services:?}, {spans} spans"))
+            }
+        },
+    )
+    .await
+}
+
+/// Dashboards embedded in the collector: the JSON files of `dashboards/`.
+fn dashboard_files() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_loads_with_data_and_log_content_stays_inert() {
+    let stack = DemoStack::start().await;
+    let request_id = unique_request_id("pages");
+    stack.place_order(&request_id).await;
+    let other_request = unique_request_id("pages-other");
+    stack.place_order(&other_request).await;
+    let marker = unique_request_id("xss");
+    let xss = format!(
+        "{marker} <script>window.__xss = 'script'</script> <img src=x onerror=\"window.__xss = 'img'\">"
+    );
+    send_log(stack.ports.collector_http, "attacker", &xss).await;
+    stack
+        .logs_from_services(&format!("\"{marker}\""), &["attacker"])
+        .await;
+    let story = request_story(&stack, &request_id).await;
+    let trace_id = story["trace_ids"][0]
+        .as_str()
+        .expect("the request's trace")
+        .to_string();
+    let trace = stack
+        .trace_with_services(&trace_id, &["gateway", "order"])
+        .await;
+    let base = stack.ui_url("/");
+    let (_driver, browser) = start_browser().await;
+
+    // Logs: rows, the histogram (a uPlot canvas), the field sidebar.
+    open_view(&browser, &base, "logs?from=now-1h", "logs").await;
+    let all_rows = wait_js(
+        &browser,
+        "log rows, histogram and field values",
+        Duration::from_secs(30),
+        "const rows = document.querySelectorAll('#results tr.log-row').length; \
+         const canvas = document.querySelector('#histogram canvas'); \
+         const values = document.querySelectorAll('#fields .top-values li').length; \
+         return rows > 0 && canvas && values > 0 ? rows : null;",
+    )
+    .await;
+    screenshot(&browser, "logs.png").await;
+    // A search narrows the results to the request's lines.
+    open_view(
+        &browser,
+        &base,
+        &format!("logs?q=request_id:{request_id}&from=now-1h"),
+        "logs",
+    )
+    .await;
+    let narrowed = js(
+        &browser,
+        "return [...document.querySelectorAll('#results tr.log-row')].map(r => r.textContent);",
+    )
+    .await;
+    let narrowed = narrowed.as_array().expect("rows").clone();
+    assert!(!narrowed.is_empty(), "the request's lines are found");
+    assert!(
+        (narrowed.len() as u64) < all_rows.as_u64().expect("count"),
+        "{} of {all_rows} rows",
+        narrowed.len()
+    );
+    assert!(
+        narrowed
+            .iter()
+            .all(|row| row.as_str().unwrap_or_default().contains(&request_id)),
+        "only the request's lines: {narrowed:?}"
+    );
+    // Expanding a record shows its fields and raw JSON.
+    browser
+        .find(Locator::Css("#results tr.log-row td.body"))
+        .await
+        .expect("a row")
+        .click()
+        .await
+        .expect("expand");
+    let raw = wait_js(
+        &browser,
+        "the expanded record",
+        Duration::from_secs(10),
+        "const pre = document.querySelector('tr.log-detail pre.raw-json'); return pre && pre.textContent;",
+    )
+    .await;
+    assert!(
+        raw.as_str().unwrap_or_default().contains(&request_id),
+        "{raw}"
+    );
+    assert!(
+        browser
+            .current_url()
+            .await
+            .expect("url")
+            .fragment()
+            .unwrap_or_default()
+            .contains("open="),
+        "the open record is in the URL"
+    );
+    // A bad query answers 400: the error is shown under the query bar with its position.
+    let state = open_view_state(&browser, &base, "logs?q=body:(oops", "logs").await;
+    assert_eq!(state[0], "error", "a bad query fails the search: {state}");
+    let error = wait_js(
+        &browser,
+        "the query error",
+        Duration::from_secs(10),
+        "const e = document.querySelector('.query-error'); return e && e.textContent;",
+    )
+    .await;
+    assert!(
+        error.as_str().unwrap_or_default().contains("position"),
+        "{error}"
+    );
+
+    // The XSS line: shown as text, no element created, nothing ran.
+    open_view(&browser, &base, &format!("logs?q=%22{marker}%22"), "logs").await;
+    let inert = js(
+        &browser,
+        "const row = document.querySelector('#results tr.log-row td.body'); \
+         return { text: row && row.textContent, \
+                  imgs: document.querySelectorAll('#view img').length, \
+                  scripts: document.querySelectorAll('#view script').length, \
+                  ran: window.__xss === undefined ? null : window.__xss };",
+    )
+    .await;
+    assert!(
+        inert["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("<script>")
+            && inert["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("<img src=x onerror="),
+        "the line is shown as text: {inert}"
+    );
+    assert_eq!(inert["imgs"], 0, "no element from the line: {inert}");
+    assert_eq!(inert["scripts"], 0, "no script element: {inert}");
+    assert_eq!(
+        inert["ran"],
+        serde_json::Value::Null,
+        "nothing ran: {inert}"
+    );
+    assert!(
+        browser.get_alert_text().await.is_err(),
+        "no alert dialog is open"
+    );
+    screenshot(&browser, "logs-xss-inert.png").await;
+
+    // Traces: results as duration bars; a service filter narrows them.
+    open_view(&browser, &base, "traces?from=now-1h", "traces").await;
+    let all_traces = js(
+        &browser,
+        "return document.querySelectorAll('.trace-result .duration-bar').length;",
+    )
+    .await;
+    assert!(all_traces.as_u64().unwrap_or_default() >= 2, "{all_traces}");
+    screenshot(&browser, "traces.png").await;
+    open_view(
+        &browser,
+        &base,
+        "traces?service=gateway&operation=POST%20%2Fapi%2Flogin&from=now-1h",
+        "traces",
+    )
+    .await;
+    let logins = js(
+        &browser,
+        "return [...document.querySelectorAll('.trace-result')].map(r => r.querySelector('strong').textContent);",
+    )
+    .await;
+    let logins = logins.as_array().expect("results").clone();
+    assert!(!logins.is_empty(), "the logins' traces");
+    assert!(
+        logins
+            .iter()
+            .all(|t| t.as_str().unwrap_or_default() == "gateway: POST /api/login"),
+        "only logins: {logins:?}"
+    );
+    assert!(
+        (logins.len() as u64) < all_traces.as_u64().unwrap_or_default(),
+        "the filter narrows: {logins:?} of {all_traces}"
+    );
+
+    // The waterfall: one bar per span, coloured by the span's latency.
+    open_view(&browser, &base, &format!("trace/{trace_id}"), "trace").await;
+    let bars = js(
+        &browser,
+        "return [...document.querySelectorAll('#waterfall .span-row[data-span-id]')].map(r => \
+           [r.dataset.spanId, r.querySelector('.span-bar').className]);",
+    )
+    .await;
+    let bars = bars.as_array().expect("bars").clone();
+    let spans = trace["spans"].as_array().expect("spans");
+    assert!(
+        bars.len() >= spans.len(),
+        "{} bars, {} spans",
+        bars.len(),
+        spans.len()
+    );
+    for span in spans {
+        let id = span["spanID"].as_str().expect("span id");
+        let micros = span["duration"].as_i64().expect("duration");
+        let expected = if micros < 100_000 {
+            "fast"
+        } else if micros <= 500_000 {
+            "medium"
+        } else {
+            "slow"
+        };
+        let class = bars
+            .iter()
+            .find(|bar| bar[0] == id)
+            .and_then(|bar| bar[1].as_str())
+            .unwrap_or_else(|| panic!("no bar for span {id}"));
+        assert!(
+            class.split(' ').any(|c| c == expected),
+            "span {id} of {micros} µs has bar classes {class:?}, expected {expected}"
+        );
+    }
+    let critical = js(
+        &browser,
+        "return document.querySelectorAll('#waterfall .span-bar.critical').length;",
+    )
+    .await;
+    assert!(
+        critical.as_u64().unwrap_or_default() >= 1,
+        "the critical path is marked"
+    );
+    browser
+        .find(Locator::Css("#waterfall .span-row[data-span-id]"))
+        .await
+        .expect("a span row")
+        .click()
+        .await
+        .expect("select a span");
+    let logs_link = wait_js(
+        &browser,
+        "span details with a link to the span's logs",
+        Duration::from_secs(10),
+        "const a = document.querySelector('#span-details a.span-logs-link'); return a && a.getAttribute('href');",
+    )
+    .await;
+    assert!(
+        logs_link.as_str().unwrap_or_default().contains("span_id"),
+        "{logs_link}"
+    );
+    screenshot(&browser, "trace-waterfall-full.png").await;
+
+    // The request view: logs of at least three services and the trace.
+    open_view(&browser, &base, &format!("request/{request_id}"), "request").await;
+    let view = js(
+        &browser,
+        "return { logServices: [...new Set([...document.querySelectorAll('#request-timeline .story-log')].map(r => r.dataset.service))], \
+                  spans: document.querySelectorAll('#request-timeline .story-span').length, \
+                  traces: [...document.querySelectorAll('.story-traces a.trace-link')].map(a => a.textContent) };",
+    )
+    .await;
+    assert!(
+        view["logServices"].as_array().map_or(0, Vec::len) >= 3,
+        "logs of three services: {view}"
+    );
+    assert_eq!(
+        view["spans"].as_u64(),
+        Some(
+            story["timeline"]
+                .as_array()
+                .map_or(0, |t| t.iter().filter(|e| e["type"] == "span").count()
+                    as u64)
+        ),
+        "every span of the story: {view}"
+    );
+    assert!(
+        view["traces"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == trace_id.as_str())),
+        "{view}"
+    );
+    screenshot(&browser, "request.png").await;
+
+    // Services: the map and the table with the shop's services.
+    open_view(&browser, &base, "services?from=now-1h", "services").await;
+    let services = js(
+        &browser,
+        "return { rows: [...document.querySelectorAll('.service-row')].map(r => r.dataset.service), \
+                  nodes: document.querySelectorAll('#service-map .node').length, \
+                  edges: document.querySelectorAll('#service-map .edge-group').length, \
+                  source: document.querySelector('#services-status').dataset.source };",
+    )
+    .await;
+    for service in ["gateway", "order"] {
+        assert!(
+            services["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r == service)),
+            "{service} in {services}"
+        );
+    }
+    assert!(
+        services["nodes"].as_u64().unwrap_or_default() >= 3,
+        "{services}"
+    );
+    assert!(
+        services["edges"].as_u64().unwrap_or_default() >= 1,
+        "{services}"
+    );
+    screenshot(&browser, "services.png").await;
+
+    // Dashboards: the list is the files of dashboards/; a panel draws a chart.
+    open_view(&browser, &base, "dashboards", "dashboards").await;
+    let listed = js(
+        &browser,
+        "return [...document.querySelectorAll('.dashboard-item')].map(i => i.dataset.uid);",
+    )
+    .await;
+    let files = dashboard_files();
+    assert_eq!(
+        listed.as_array().map_or(0, Vec::len),
+        files.len(),
+        "{listed} vs {files:?}"
+    );
+    screenshot(&browser, "dashboards.png").await;
+    let uids: Vec<String> = listed
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !uids.is_empty() {
+        // The demo's scrapes fill the series the panels query; a timeseries
+        // panel draws a uPlot canvas once they do.
+        let drawn = poll_until(
+            "a dashboard panel drawn with uPlot",
+            Duration::from_secs(120),
+            || async {
+                let mut seen = Vec::new();
+                for uid in &uids {
+                    open_view(
+                        &browser,
+                        &base,
+                        &format!("dashboard/{uid}?from=now-15m"),
+                        "dashboard",
+                    )
+                    .await;
+                    let canvases = js(
+                        &browser,
+                        "return document.querySelectorAll('#dashboard-grid .panel canvas').length;",
+                    )
+                    .await;
+                    if canvases.as_u64().unwrap_or_default() >= 1 {
+                        return Ok(Some(uid.clone()));
+                    }
+                    seen.push(format!("{uid}: {canvases}"));
+                }
+                Err(format!("canvases: {seen:?}"))
+            },
+        )
+        .await;
+        screenshot(&browser, &format!("dashboard-{drawn}.png")).await;
+    }
+
+    // Alerts: the demo's rule files are loaded; each rule shows its state.
+    open_view(&browser, &base, "alerts", "alerts").await;
+    let rules = js(
+        &browser,
+        "return [...document.querySelectorAll('.rule-row')].map(r => r.dataset.rule);",
+    )
+    .await;
+    assert!(
+        rules.as_array().map_or(0, Vec::len) >= 1,
+        "rules shown: {rules}"
+    );
+    screenshot(&browser, "alerts.png").await;
+    browser.close().await.expect("close the browser");
+}
+
+/// Median of a few runs.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Reports (prints and writes `target/test-artifacts/ui-perf.json`) the
+/// logs page's first load on loopback, rendering 1,000 log rows and a
+/// 1,000-span waterfall, measured in the browser with Navigation Timing and
+/// `performance.now()` through `window.__sightlinePerf`. Run with
+/// `--nocapture` to see the numbers; they go in BENCHMARKS.md "UI".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_performance_is_measured_in_the_browser() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let collector = sightline_tests::CollectorProcess::start(dir.path(), &[]).await;
+    for i in 0..200 {
+        send_log(
+            collector.otlp_http_port,
+            "perf",
+            &format!("perf line {i} user u-{}", i % 7),
+        )
+        .await;
+    }
+    let http = reqwest::Client::new();
+    poll_until(
+        "the perf lines to be searchable",
+        Duration::from_secs(30),
+        || async {
+            let body: serde_json::Value = http
+                .get(collector.url("/api/logs?q=service:perf&limit=1"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if body["total_hits"].as_u64().unwrap_or_default() >= 200 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{body}"))
+            }
+        },
+    )
+    .await;
+    let (_driver, browser) = start_browser().await;
+    let base = collector.url("/");
+    let (mut dcl, mut load, mut data) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..5 {
+        // A fresh document each time: a different query string defeats any reuse.
+        browser
+            .goto(&format!("{base}?run={run}#/logs?q=service:perf"))
+            .await
+            .expect("open the logs page");
+        wait_js(
+            &browser,
+            "the logs page with rows",
+            Duration::from_secs(30),
+            "const v = document.querySelector('#view[data-view=\"logs\"]'); \
+             return v && v.dataset.loaded === '1' && document.querySelector('#histogram canvas') ? true : null;",
+        )
+        .await;
+        let nav = js(&browser, "return window.__sightlinePerf.navigation();").await;
+        dcl.push(nav["domContentLoaded"].as_f64().expect("domContentLoaded"));
+        load.push(nav["load"].as_f64().expect("load"));
+        data.push(nav["firstDataRender"].as_f64().expect("firstDataRender"));
+    }
+    let mut rows = Vec::new();
+    let mut waterfall = Vec::new();
+    for _ in 0..5 {
+        rows.push(
+            js(
+                &browser,
+                "return window.__sightlinePerf.renderLogRows(1000);",
+            )
+            .await
+            .as_f64()
+            .expect("rows ms"),
+        );
+        waterfall.push(
+            js(
+                &browser,
+                "return window.__sightlinePerf.renderWaterfall(1000);",
+            )
+            .await
+            .as_f64()
+            .expect("waterfall ms"),
+        );
+    }
+    let report = serde_json::json!({
+        "logs_page_dom_content_loaded_ms": median(dcl),
+        "logs_page_load_event_ms": median(load),
+        "logs_page_first_results_rendered_ms": median(data),
+        "render_1000_log_rows_ms": median(rows),
+        "render_1000_span_waterfall_ms": median(waterfall),
+        "runs": 5,
+    });
+    println!("UI performance (median of 5): {report:#}");
+    std::fs::write(
+        artifacts_dir().join("ui-perf.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("write the report");
+    for (name, value) in report.as_object().expect("object") {
+        assert!(
+            value.as_f64().is_some_and(|v| v.is_finite() && v >= 0.0),
+            "{name}: {value}"
+        );
+    }
     browser.close().await.expect("close the browser");
 }
