@@ -385,6 +385,15 @@ pub struct CollectorProcess {
 impl CollectorProcess {
     /// Starts `sightline-collector` on `data_dir` and waits for its health check.
     pub async fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> CollectorProcess {
+        Self::start_with_env(data_dir, extra_args, &[]).await
+    }
+
+    /// [`CollectorProcess::start`] with extra environment variables.
+    pub async fn start_with_env(
+        data_dir: &std::path::Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> CollectorProcess {
         let (grpc_port, http_port, otlp_http_port) = (free_port(), free_port(), free_port());
         let process = Process::spawn(
             "sightline-collector",
@@ -394,7 +403,8 @@ impl CollectorProcess {
                 .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-                .args(extra_args),
+                .args(extra_args)
+                .envs(env.iter().copied()),
         );
         let collector = CollectorProcess {
             process,

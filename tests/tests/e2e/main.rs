@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binaries on loopback, one test per module.
 
+mod alertmanager;
 mod browser;
 mod durability;
 mod otel_clients;

@@ -1,0 +1,292 @@
+//! Alerts from the collector's rules reach Debian's real Alertmanager (API
+//! v2) and a plain webhook, with labels, templated annotations, the links
+//! into the UI and a generator URL.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sightline_tests::{CollectorProcess, Process, free_port, poll_until, wait_healthy};
+
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default()
+}
+
+async fn start_alertmanager(dir: &Path) -> (Process, u16) {
+    assert!(
+        Path::new(ALERTMANAGER).exists(),
+        "{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager"
+    );
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route: { receiver: 'null' }\nreceivers: [{ name: 'null' }]\n",
+    )
+    .expect("write the Alertmanager config");
+    let port = free_port();
+    let process = Process::spawn(
+        "alertmanager",
+        Command::new(ALERTMANAGER)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address="),
+    );
+    wait_healthy(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}/-/ready"),
+        Duration::from_secs(60),
+    )
+    .await;
+    (process, port)
+}
+
+/// Writes the collector's config and rules into `dir`; returns the config path.
+fn write_config(dir: &Path, alerting: &str, rules: &str) -> String {
+    std::fs::write(dir.join("rules.yml"), rules).expect("write rules");
+    let config = dir.join("sightline.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ evaluation_interval: 1s, external_labels: {{ cluster: e2e }} }}\nrule_files: [rules.yml]\n{alerting}"
+        ),
+    )
+    .expect("write config");
+    config.display().to_string()
+}
+
+/// One failing span of `service`, over OTLP/HTTP JSON.
+async fn send_failing_span(collector: &CollectorProcess, service: &str) {
+    let now = unix_nanos();
+    let body = json!({
+        "resourceSpans": [{
+            "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": service } }] },
+            "scopeSpans": [{
+                "spans": [{
+                    "traceId": TRACE_ID,
+                    "spanId": "051581bf3cb55c13",
+                    "name": "POST /charge",
+                    "kind": 2,
+                    "startTimeUnixNano": (now - 300_000_000).to_string(),
+                    "endTimeUnixNano": now.to_string(),
+                    "status": { "code": 2, "message": "card processor timed out" }
+                }]
+            }]
+        }]
+    });
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/traces",
+            collector.otlp_http_port
+        ))
+        .json(&body)
+        .send()
+        .await
+        .expect("send the span");
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+#[tokio::test]
+async fn firing_alerts_reach_alertmanager_with_links_to_logs_and_traces() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_alertmanager, am_port) = start_alertmanager(dir.path()).await;
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "alerting:\n  alertmanagers: [{{ static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}] }}]\n"
+        ),
+        r#"
+groups:
+  - name: payments
+    interval: 1s
+    rules:
+      - alert: PaymentErrors
+        expr: label_replace(vector(0.25), "service", "payment", "", "")
+        for: 2s
+        labels: { severity: page }
+        annotations:
+          summary: "{{ $labels.service }} fails {{ $value | humanizePercentage }} of charges"
+"#,
+    );
+    let data = dir.path().join("collector");
+    // Resent every second, so the links catch the span once it is indexed.
+    let collector = CollectorProcess::start_with_env(
+        &data,
+        &["--config", &config],
+        &[("SIGHTLINE_ALERT_RESEND_DELAY", "1s")],
+    )
+    .await;
+    send_failing_span(&collector, "payment").await;
+
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{am_port}/api/v2/alerts");
+    let alert = poll_until(
+        "Alertmanager to hold PaymentErrors with a trace link",
+        Duration::from_secs(90),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let alerts: Value = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .json()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let found = alerts.as_array().and_then(|alerts| {
+                    alerts
+                        .iter()
+                        .find(|alert| alert["labels"]["alertname"] == "PaymentErrors")
+                        .cloned()
+                });
+                match found {
+                    Some(alert) if alert["annotations"]["sightline_trace_ids"] == TRACE_ID => {
+                        Ok(Some(alert))
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let labels = &alert["labels"];
+    assert_eq!(labels["service"], "payment");
+    assert_eq!(labels["severity"], "page");
+    assert_eq!(labels["cluster"], "e2e", "external labels are added");
+    assert_eq!(alert["status"]["state"], "active");
+    let annotations = &alert["annotations"];
+    assert_eq!(annotations["summary"], "payment fails 25% of charges");
+    let base = collector.url("");
+    let logs_url = annotations["sightline_logs_url"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        logs_url.starts_with(&format!("{base}/#/logs?q=service%3Apayment&from=")),
+        "{logs_url}"
+    );
+    let traces_url = annotations["sightline_traces_url"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        traces_url.starts_with(&format!("{base}/#/traces?service=payment&errors=1")),
+        "{traces_url}"
+    );
+    let generator = alert["generatorURL"].as_str().unwrap_or_default();
+    assert!(
+        generator.starts_with(&format!(
+            "{base}/#/alerts?expr=label_replace%28vector%280.25%29"
+        )),
+        "{generator}"
+    );
+
+    // The collector's own alert API shows the same alert firing.
+    let api: Value = http
+        .get(collector.url("/api/v1/alerts"))
+        .send()
+        .await
+        .expect("query /api/v1/alerts")
+        .json()
+        .await
+        .expect("JSON");
+    let text = api.to_string();
+    assert!(
+        text.contains("PaymentErrors") && text.contains("firing"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_hears_an_alert_fire_and_resolve() {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the webhook receiver");
+    let hook_port = listener.local_addr().expect("address").port();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = received.clone();
+            move |axum::Json(body): axum::Json<Value>| async move {
+                received.lock().expect("lock").push(body);
+                "ok"
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Matches until a wall-clock time a few seconds ahead, then resolves.
+    let until = (unix_nanos() / 1_000_000_000) as u64 + 6;
+    let config = write_config(
+        dir.path(),
+        &format!("webhooks: [{{ url: 'http://127.0.0.1:{hook_port}/hook' }}]\n"),
+        &format!(
+            r#"
+groups:
+  - name: blip
+    interval: 1s
+    rules:
+      - alert: Blip
+        expr: vector(1) and on() (vector(time()) < {until})
+        labels: {{ service: checkout }}
+        annotations: {{ summary: "checkout blip" }}
+"#
+        ),
+    );
+    let _collector =
+        CollectorProcess::start(&dir.path().join("collector"), &["--config", &config]).await;
+
+    let payloads = poll_until(
+        "the webhook to hear Blip fire and resolve",
+        Duration::from_secs(90),
+        || {
+            let received = received.clone();
+            async move {
+                let payloads = received.lock().expect("lock").clone();
+                let resolved = payloads.iter().any(|p| p["status"] == "resolved");
+                if resolved {
+                    Ok(Some(payloads))
+                } else {
+                    Err(format!("{payloads:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let firing = payloads
+        .iter()
+        .find(|payload| payload["status"] == "firing")
+        .expect("a firing notification before the resolved one");
+    assert_eq!(firing["version"], "4");
+    let alert = &firing["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "Blip");
+    assert_eq!(alert["labels"]["cluster"], "e2e");
+    assert_eq!(alert["annotations"]["summary"], "checkout blip");
+    assert!(
+        alert["annotations"]["sightline_logs_url"]
+            .as_str()
+            .is_some_and(|url| url.contains("q=service%3Acheckout")),
+        "{alert}"
+    );
+    let resolved = payloads
+        .iter()
+        .find(|payload| payload["status"] == "resolved")
+        .expect("resolved");
+    let alert = &resolved["alerts"][0];
+    assert_eq!(alert["status"], "resolved");
+    assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z");
+    server.abort();
+}
