@@ -26,6 +26,7 @@ pub mod otlp_http;
 pub mod otlp_metrics;
 pub mod pipeline;
 pub mod remote_write;
+pub mod scrape;
 pub mod spanmetrics;
 
 use std::path::PathBuf;
@@ -160,6 +161,21 @@ pub async fn run(
         config.retention,
         stop.clone(),
     ));
+    // Scraping: the config's jobs, and the collector's own /metrics.
+    let config_dir = config
+        .config
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let scrape_jobs =
+        scrape::jobs_from_config(&config_file, &config_dir, Some(http_listener.local_addr()?));
+    let scraper = scrape::Scraper::start(
+        scrape_jobs,
+        metric_store.clone(),
+        scrape::FILE_POLL_INTERVAL,
+        stop.clone(),
+    )?;
     let remote_write = remote_write::router(metric_store.clone());
     // Rules: each group evaluated on its interval; alerts go to the
     // configured Alertmanagers and webhooks.
@@ -196,7 +212,8 @@ pub async fn run(
     .route(
         "/metrics",
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_state.clone(), headers)),
-    );
+    )
+    .merge(scraper.router());
     drop(ingest);
     let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);

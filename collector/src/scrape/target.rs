@@ -1,0 +1,496 @@
+//! One target and its scrape loop: fetch, parse, label, append, report.
+//!
+//! Each scrape appends, in one durable batch: the scraped samples labelled
+//! with the target's labels, staleness markers for series of the previous
+//! scrape that are gone (all of them when the scrape failed), and the
+//! synthetic series `up`, `scrape_duration_seconds`, `scrape_samples_scraped`,
+//! `scrape_samples_post_metric_relabeling` and `scrape_series_added`. Parsing
+//! and the append run on a blocking thread.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sightline_store::promql::stale_nan;
+use sightline_store::tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
+use tokio::sync::watch;
+
+use super::parse::{ACCEPT_HEADER, Format, decode_utf8, parse};
+
+/// The largest scrape body accepted, after decompression.
+pub const MAX_BODY_BYTES: usize = 128 << 20;
+
+/// The series every scrape adds about itself, in this order.
+pub const SYNTHETIC_SERIES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// A target: where to scrape, how often, and the labels its series get.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub job: String,
+    /// `job`, `instance` and the group's labels (none starting with `__`).
+    pub labels: Labels,
+    /// The labels before `__`-prefixed ones were dropped.
+    pub discovered_labels: BTreeMap<String, String>,
+    pub url: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub honor_labels: bool,
+    pub honor_timestamps: bool,
+}
+
+impl Target {
+    /// Where in each interval this target is scraped: a fixed offset from
+    /// a hash of the target, so targets spread over the interval and keep
+    /// their slot across restarts.
+    pub fn offset(&self, now: SystemTime) -> Duration {
+        let interval_ms = self.interval.as_millis().max(1) as u64;
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.url.hash(&mut hasher);
+        self.labels.hash(&mut hasher);
+        let slot = hasher.finish() % interval_ms;
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let until_aligned = interval_ms - now_ms % interval_ms;
+        Duration::from_millis((until_aligned + slot) % interval_ms)
+    }
+}
+
+/// How the last scrape went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    /// As Prometheus' API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// A target's observable state, read by `/api/v1/targets`.
+#[derive(Debug, Clone, Default)]
+pub struct TargetHealth {
+    pub health: Health,
+    /// Why the last scrape failed; empty when it did not.
+    pub last_error: String,
+    pub last_scrape: Option<SystemTime>,
+    pub last_scrape_duration: Duration,
+    /// Samples the store refused (out of order, duplicate), since start.
+    pub samples_rejected: u64,
+    /// The last refusal's reason.
+    pub last_rejection: String,
+    /// Samples appended by the last scrape, synthetic series included.
+    pub last_samples_appended: usize,
+    /// Samples appended since start.
+    pub samples_appended: u64,
+}
+
+/// A running target: its definition and health.
+#[derive(Debug)]
+pub struct TargetStatus {
+    pub target: Target,
+    pub health: Mutex<TargetHealth>,
+}
+
+impl TargetStatus {
+    /// A copy of the current health.
+    pub fn health(&self) -> TargetHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+}
+
+/// What one scrape fetched: the body and its format, or why not.
+type Fetched = Result<(Vec<u8>, bool, Format), String>;
+
+/// State kept from one scrape to the next.
+#[derive(Default)]
+struct LoopState {
+    /// Series of the last scrape (by hash of their labels), for staleness.
+    previous: HashMap<u64, Labels>,
+    /// Metadata already given to the store.
+    metadata: BTreeMap<String, MetricMetadata>,
+}
+
+/// Scrapes `status.target` every interval until `remove` fires (then marks
+/// every series stale) or `shutdown` does (then just stops).
+pub(crate) async fn run(
+    status: Arc<TargetStatus>,
+    store: Arc<MetricStore>,
+    client: reqwest::Client,
+    mut remove: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let target = &status.target;
+    let start = tokio::time::Instant::now() + target.offset(SystemTime::now());
+    let mut ticker = tokio::time::interval_at(start, target.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut state = LoopState::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = remove.wait_for(|removed| *removed) => break,
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+        }
+        state = scrape_once(&status, &store, &client, state).await;
+    }
+    // Removed from discovery: its series end now, synthetic ones included.
+    let timestamp_ms = now_ms();
+    let mut markers: Vec<(Labels, i64, f64)> = state
+        .previous
+        .into_values()
+        .map(|labels| (labels, timestamp_ms, stale_nan()))
+        .collect();
+    for name in SYNTHETIC_SERIES {
+        let mut labels = target.labels.clone();
+        labels.set(METRIC_NAME, name);
+        markers.push((labels, timestamp_ms, stale_nan()));
+    }
+    let appended = tokio::task::spawn_blocking(move || store.append(&markers)).await;
+    if let Ok(Err(error)) = appended {
+        tracing::error!(url = %target.url, %error, "failed to write staleness markers");
+    }
+}
+
+async fn scrape_once(
+    status: &Arc<TargetStatus>,
+    store: &Arc<MetricStore>,
+    client: &reqwest::Client,
+    state: LoopState,
+) -> LoopState {
+    let target = status.target.clone();
+    let scrape_time = SystemTime::now();
+    let started = Instant::now();
+    let fetched = match tokio::time::timeout(target.timeout, fetch(client, &target)).await {
+        Ok(fetched) => fetched,
+        Err(_) => Err(format!(
+            "scrape timed out after {}",
+            humantime::format_duration(target.timeout)
+        )),
+    };
+    let duration = started.elapsed();
+    let store = store.clone();
+    let ingest = tokio::task::spawn_blocking(move || {
+        ingest(&target, fetched, scrape_time, duration, state, &store)
+    });
+    let (state, report) = match ingest.await {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::error!(%error, "scrape task failed");
+            (LoopState::default(), Report::failed(error.to_string()))
+        }
+    };
+    let mut health = status
+        .health
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    health.health = if report.error.is_none() {
+        Health::Up
+    } else {
+        Health::Down
+    };
+    health.last_error = report.error.unwrap_or_default();
+    health.last_scrape = Some(scrape_time);
+    health.last_scrape_duration = duration;
+    health.samples_rejected += report.rejected as u64;
+    if let Some(rejection) = report.last_rejection {
+        health.last_rejection = rejection;
+    }
+    health.last_samples_appended = report.appended;
+    health.samples_appended += report.appended as u64;
+    state
+}
+
+async fn fetch(client: &reqwest::Client, target: &Target) -> Fetched {
+    let response = client
+        .get(&target.url)
+        .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
+        .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+        .header(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            format!("{}", target.timeout.as_secs_f64()),
+        )
+        .timeout(target.timeout)
+        .send()
+        .await
+        .map_err(|error| describe(&error))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("server returned HTTP status {status}"));
+    }
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let format = Format::from_content_type(header(reqwest::header::CONTENT_TYPE).as_deref());
+    let gzip = header(reqwest::header::CONTENT_ENCODING).is_some_and(|value| value == "gzip");
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| describe(&error))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, gzip, format))
+}
+
+/// An error with its causes, which is where reqwest says what went wrong.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What one scrape did.
+#[derive(Debug, Default)]
+struct Report {
+    error: Option<String>,
+    appended: usize,
+    rejected: usize,
+    last_rejection: Option<String>,
+}
+
+impl Report {
+    fn failed(error: String) -> Report {
+        Report {
+            error: Some(error),
+            ..Report::default()
+        }
+    }
+}
+
+fn ingest(
+    target: &Target,
+    fetched: Fetched,
+    scrape_time: SystemTime,
+    duration: Duration,
+    mut state: LoopState,
+    store: &MetricStore,
+) -> (LoopState, Report) {
+    let timestamp_ms = scrape_time
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as i64)
+        .unwrap_or(0);
+    let exposition = fetched.and_then(|(body, gzip, format)| {
+        let body = if gzip { gunzip(&body)? } else { body };
+        let text = decode_utf8(body).map_err(|error| error.to_string())?;
+        parse(&text, format).map_err(|error| error.to_string())
+    });
+    let mut batch: Vec<(Labels, i64, f64)> = Vec::new();
+    // Which samples of the batch count for staleness (those without
+    // their own timestamp), by index.
+    let mut tracked: Vec<(usize, u64)> = Vec::new();
+    let mut scraped = 0;
+    let error = match exposition {
+        Ok(exposition) => {
+            scraped = exposition.samples.len();
+            batch.reserve(scraped + state.previous.len().min(scraped) + 5);
+            tracked.reserve(scraped);
+            for sample in exposition.samples {
+                let labels = with_target_labels(sample.labels, target);
+                let own_timestamp = sample.timestamp_ms.filter(|_| target.honor_timestamps);
+                if own_timestamp.is_none() {
+                    tracked.push((batch.len(), hash_labels(&labels)));
+                }
+                batch.push((labels, own_timestamp.unwrap_or(timestamp_ms), sample.value));
+            }
+            let changed: Vec<(String, MetricMetadata)> = exposition
+                .metadata
+                .into_iter()
+                .filter(|(name, metadata)| state.metadata.get(name) != Some(metadata))
+                .collect();
+            for (name, metadata) in changed {
+                store.set_metadata(&name, metadata.clone());
+                state.metadata.insert(name, metadata);
+            }
+            None
+        }
+        Err(error) => Some(error),
+    };
+    let current: HashSet<u64> = tracked.iter().map(|(_, hash)| *hash).collect();
+    let series_added = current
+        .iter()
+        .filter(|hash| !state.previous.contains_key(hash))
+        .count();
+    for (hash, labels) in &state.previous {
+        if !current.contains(hash) {
+            batch.push((labels.clone(), timestamp_ms, stale_nan()));
+        }
+    }
+    let up = if error.is_none() { 1.0 } else { 0.0 };
+    let values = [
+        up,
+        duration.as_secs_f64(),
+        scraped as f64,
+        scraped as f64,
+        series_added as f64,
+    ];
+    for (name, value) in SYNTHETIC_SERIES.into_iter().zip(values) {
+        let mut labels = target.labels.clone();
+        labels.set(METRIC_NAME, name);
+        batch.push((labels, timestamp_ms, value));
+    }
+    let mut report = Report {
+        error,
+        ..Report::default()
+    };
+    match store.append(&batch) {
+        Ok(outcome) => {
+            report.appended = outcome.appended;
+            report.rejected = outcome.rejected.len();
+            if let Some((index, rejection)) = outcome.rejected.last() {
+                let series = &batch[*index].0;
+                report.last_rejection = Some(format!("{series}: {rejection}"));
+            }
+        }
+        Err(error) => {
+            tracing::error!(url = %target.url, %error, "failed to append scraped samples");
+            report.rejected = batch.len();
+            report.last_rejection = Some(error.to_string());
+        }
+    }
+    let mut previous = HashMap::with_capacity(tracked.len());
+    let mut tracked = tracked.into_iter().peekable();
+    for (index, (labels, _, _)) in batch.into_iter().enumerate() {
+        match tracked.peek() {
+            Some((tracked_index, hash)) if *tracked_index == index => {
+                previous.insert(*hash, labels);
+                tracked.next();
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    state.previous = previous;
+    (state, report)
+}
+
+/// Adds the target's labels to a scraped series. A scraped label that
+/// conflicts with a target label is kept as `exported_<name>`, unless
+/// `honor_labels`, where the scraped one wins.
+fn with_target_labels(mut pairs: Vec<(String, String)>, target: &Target) -> Labels {
+    for (name, value) in target.labels.iter() {
+        match pairs.iter().position(|(scraped, _)| scraped == name) {
+            None => pairs.push((name.to_string(), value.to_string())),
+            Some(_) if target.honor_labels => {}
+            Some(position) => {
+                let scraped = std::mem::replace(&mut pairs[position].1, value.to_string());
+                let mut exported = format!("exported_{name}");
+                while pairs.iter().any(|(existing, _)| *existing == exported) {
+                    exported = format!("exported_{exported}");
+                }
+                pairs.push((exported, scraped));
+            }
+        }
+    }
+    Labels::new(pairs)
+}
+
+fn hash_labels(labels: &Labels) -> u64 {
+    static STATE: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    STATE
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one(labels)
+}
+
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|error| format!("invalid gzip body: {error}"))?;
+    if decoded.len() > MAX_BODY_BYTES {
+        return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
+    }
+    Ok(decoded)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(honor_labels: bool) -> Target {
+        Target {
+            job: "shop".into(),
+            labels: Labels::new([("job", "shop"), ("instance", "a:1"), ("env", "demo")]),
+            discovered_labels: BTreeMap::new(),
+            url: "http://a:1/metrics".into(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+            honor_labels,
+            honor_timestamps: true,
+        }
+    }
+
+    #[test]
+    fn conflicting_labels_become_exported_unless_honored() {
+        let scraped = || {
+            vec![
+                ("__name__".to_string(), "m".to_string()),
+                ("job".to_string(), "theirs".to_string()),
+                ("exported_job".to_string(), "x".to_string()),
+            ]
+        };
+        let labels = with_target_labels(scraped(), &target(false));
+        assert_eq!(labels.get("job"), "shop");
+        assert_eq!(labels.get("exported_job"), "x");
+        assert_eq!(labels.get("exported_exported_job"), "theirs");
+        assert_eq!(labels.get("env"), "demo");
+        let honored = with_target_labels(scraped(), &target(true));
+        assert_eq!(honored.get("job"), "theirs");
+        assert_eq!(honored.get("instance"), "a:1");
+    }
+
+    #[test]
+    fn offsets_spread_and_stay_within_the_interval() {
+        let now = SystemTime::now();
+        let offsets: HashSet<Duration> = (0..50)
+            .map(|port| {
+                let mut target = target(false);
+                target.url = format!("http://a:{port}/metrics");
+                let offset = target.offset(now);
+                assert!(offset < target.interval);
+                offset
+            })
+            .collect();
+        assert!(offsets.len() > 40, "{offsets:?}");
+        // The same target gets the same slot.
+        assert_eq!(target(false).offset(now), target(false).offset(now));
+    }
+}

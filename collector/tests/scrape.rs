@@ -1,0 +1,359 @@
+//! Scraping real HTTP targets on loopback into a real [`MetricStore`]:
+//! samples, synthetic series, staleness markers, health, file discovery.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sightline_collector::config_file::FileSdConfig;
+use sightline_collector::scrape::target::Health;
+use sightline_collector::scrape::{Job, Scraper};
+use sightline_store::promql::is_stale_nan;
+use sightline_store::tsdb::{LabelMatcher, Labels, MetricStore};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// What the test target serves: a body and its content type, or an error.
+#[derive(Clone)]
+enum Exposed {
+    Body(&'static str, String),
+    Fail,
+}
+
+async fn serve(State(exposed): State<Arc<Mutex<Exposed>>>, headers: HeaderMap) -> Response {
+    let exposed = exposed.lock().unwrap().clone();
+    let Exposed::Body(content_type, body) = exposed else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "broken").into_response();
+    };
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("gzip"));
+    if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(body.as_bytes()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        return (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            compressed,
+        )
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn start_target(exposed: Exposed) -> (SocketAddr, Arc<Mutex<Exposed>>) {
+    let state = Arc::new(Mutex::new(exposed));
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(serve))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, state)
+}
+
+/// Every series named `name` with its samples.
+fn series(store: &MetricStore, name: &str) -> Vec<(Labels, Vec<(i64, f64)>)> {
+    store
+        .reader()
+        .select(&[LabelMatcher::equal("__name__", name)], 0, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|series| (series.labels, series.samples))
+        .collect()
+}
+
+/// The last value of the one series named `name` matching `label=value`.
+fn last(store: &MetricStore, name: &str, label: (&str, &str)) -> Option<f64> {
+    series(store, name)
+        .into_iter()
+        .find(|(labels, _)| labels.get(label.0) == label.1)
+        .and_then(|(_, samples)| samples.last().map(|(_, value)| *value))
+}
+
+/// Polls `check` until it holds; gives up (and fails) after a minute.
+async fn poll_until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for {what}");
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn first_body() -> String {
+    "# HELP requests Requests served.\n\
+# TYPE requests counter\n\
+requests_total{path=\"/a\",job=\"theirs\"} 1\n\
+requests_created{path=\"/a\",job=\"theirs\"} 1700000000\n\
+# TYPE going_away gauge\n\
+going_away 7\n\
+# TYPE latency_seconds histogram\n\
+latency_seconds_bucket{le=\"0.1\"} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.05\n\
+latency_seconds_bucket{le=\"+Inf\"} 2\n\
+latency_seconds_sum 0.3\n\
+latency_seconds_count 2\n\
+special{kind=\"nan\"} NaN\n\
+# EOF\n"
+        .to_string()
+}
+
+fn second_body() -> String {
+    "# TYPE requests counter\n\
+requests_total{path=\"/a\",job=\"theirs\"} 2\n\
+# EOF\n"
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_samples_staleness_and_down_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MetricStore::open(dir.path()).unwrap());
+    let (address, exposed) = start_target(Exposed::Body(OPENMETRICS, first_body())).await;
+    let job = Job::new("app", Duration::from_millis(200), vec![address.to_string()]);
+    let (_shutdown, shutdown) = watch::channel(false);
+    let scraper = Scraper::start(
+        vec![job],
+        store.clone(),
+        Duration::from_millis(100),
+        shutdown,
+    )
+    .unwrap();
+    let instance = address.to_string();
+
+    // First scrape: samples with the target's labels, the scraped `job`
+    // kept as `exported_job`, `_created` dropped, synthetic series.
+    poll_until("the first scrape", || {
+        last(&store, "up", ("instance", &instance)) == Some(1.0)
+    })
+    .await;
+    let requests = series(&store, "requests_total");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].0,
+        Labels::new([
+            ("__name__", "requests_total"),
+            ("path", "/a"),
+            ("job", "app"),
+            ("exported_job", "theirs"),
+            ("instance", instance.as_str()),
+        ])
+    );
+    assert!(series(&store, "requests_created").is_empty());
+    assert_eq!(
+        last(&store, "scrape_samples_scraped", ("job", "app")),
+        Some(7.0)
+    );
+    assert_eq!(
+        last(
+            &store,
+            "scrape_samples_post_metric_relabeling",
+            ("job", "app")
+        ),
+        Some(7.0)
+    );
+    // Every series is new at the first scrape, none at the next ones.
+    let added = &series(&store, "scrape_series_added")[0].1;
+    assert_eq!(added[0].1, 7.0);
+    assert!(
+        added[1..].iter().all(|(_, value)| *value == 0.0),
+        "{added:?}"
+    );
+    assert!(last(&store, "scrape_duration_seconds", ("job", "app")).unwrap() > 0.0);
+    assert_eq!(last(&store, "going_away", ("job", "app")), Some(7.0));
+    assert_eq!(
+        last(&store, "latency_seconds_bucket", ("le", "+Inf")),
+        Some(2.0)
+    );
+    let nan = last(&store, "special", ("kind", "nan")).unwrap();
+    assert!(nan.is_nan() && !is_stale_nan(nan));
+    let metadata = store.metadata();
+    assert_eq!(metadata["requests"].kind, "counter");
+    assert_eq!(metadata["requests"].help, "Requests served.");
+    assert_eq!(metadata["latency_seconds"].kind, "histogram");
+
+    // The series that disappears gets a staleness marker; the others go on.
+    *exposed.lock().unwrap() = Exposed::Body(OPENMETRICS, second_body());
+    poll_until("the staleness marker of going_away", || {
+        last(&store, "going_away", ("job", "app")).is_some_and(is_stale_nan)
+    })
+    .await;
+    poll_until("the second value of requests_total", || {
+        last(&store, "requests_total", ("path", "/a")) == Some(2.0)
+    })
+    .await;
+    let going_away = &series(&store, "going_away")[0].1;
+    assert_eq!(
+        going_away.len(),
+        2,
+        "one value, then one marker: {going_away:?}"
+    );
+    assert_eq!(
+        last(&store, "scrape_samples_scraped", ("job", "app")),
+        Some(1.0)
+    );
+
+    // A malformed body fails the scrape with the line and the problem.
+    *exposed.lock().unwrap() = Exposed::Body(
+        "text/plain; version=0.0.4",
+        "ok 1\nbroken{a=\"1\" 2\n".to_string(),
+    );
+    poll_until("up=0 after a parse error", || {
+        last(&store, "up", ("job", "app")) == Some(0.0)
+    })
+    .await;
+    poll_until("the parse error in the target's health", || {
+        scraper.targets()[0].health().last_error.contains("line 2")
+    })
+    .await;
+    let health = scraper.targets()[0].health();
+    assert_eq!(health.health, Health::Down);
+    assert!(
+        health.last_error.contains("expected ',' or '}'"),
+        "{}",
+        health.last_error
+    );
+    assert!(last(&store, "requests_total", ("path", "/a")).is_some_and(is_stale_nan));
+
+    // Back up, then down with an HTTP error: up=0, every series stale.
+    *exposed.lock().unwrap() = Exposed::Body(OPENMETRICS, second_body());
+    poll_until("up=1 again", || {
+        last(&store, "up", ("job", "app")) == Some(1.0)
+    })
+    .await;
+    poll_until("requests_total back", || {
+        last(&store, "requests_total", ("path", "/a")) == Some(2.0)
+    })
+    .await;
+    *exposed.lock().unwrap() = Exposed::Fail;
+    poll_until("up=0 after HTTP 500", || {
+        last(&store, "up", ("job", "app")) == Some(0.0)
+    })
+    .await;
+    assert!(last(&store, "requests_total", ("path", "/a")).is_some_and(is_stale_nan));
+    assert_eq!(
+        last(&store, "scrape_samples_scraped", ("job", "app")),
+        Some(0.0)
+    );
+    poll_until("the HTTP error in the target's health", || {
+        scraper.targets()[0].health().last_error.contains("500")
+    })
+    .await;
+
+    // The targets API, in Prometheus' format.
+    let response = scraper
+        .router()
+        .oneshot(
+            axum::http::Request::get("/api/v1/targets")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let target = &json["data"]["activeTargets"][0];
+    assert_eq!(json["status"], "success");
+    assert_eq!(target["labels"]["job"], "app");
+    assert_eq!(target["labels"]["instance"], instance.as_str());
+    assert_eq!(target["scrapeUrl"], format!("http://{instance}/metrics"));
+    assert_eq!(target["health"], "down");
+    assert_eq!(target["scrapeInterval"], "200ms");
+    assert_eq!(target["scrapeTimeout"], "200ms");
+    assert!(target["lastError"].as_str().unwrap().contains("500"));
+    assert!(target["lastScrapeDuration"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_discovery_adds_and_removes_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MetricStore::open(dir.path().join("tsdb")).unwrap());
+    let (first, _) = start_target(Exposed::Body(
+        "text/plain; version=0.0.4",
+        "from_first 1\n".to_string(),
+    ))
+    .await;
+    let (second, _) = start_target(Exposed::Body(
+        "text/plain; version=0.0.4",
+        "from_second 2\n".to_string(),
+    ))
+    .await;
+    let targets_file = dir.path().join("targets.yml");
+    // Written whole and renamed into place, as target files should be: a
+    // reader may otherwise see an empty file, which is a valid empty list.
+    let replace_targets = |text: &str| {
+        let staging = dir.path().join("targets.tmp");
+        std::fs::write(&staging, text).unwrap();
+        std::fs::rename(&staging, &targets_file).unwrap();
+    };
+    let write_targets = |addresses: &[SocketAddr]| {
+        let list: Vec<String> = addresses.iter().map(|a| format!("'{a}'")).collect();
+        replace_targets(&format!(
+            "- targets: [{}]\n  labels: {{team: core}}\n",
+            list.join(", ")
+        ));
+    };
+    write_targets(&[first]);
+    let mut job = Job::new("files", Duration::from_millis(200), Vec::new());
+    job.base_dir = dir.path().to_path_buf();
+    job.file_sd_configs = vec![FileSdConfig {
+        files: vec!["*.yml".into()],
+        refresh_interval: Duration::from_secs(300),
+    }];
+    let (_shutdown, shutdown) = watch::channel(false);
+    let scraper = Scraper::start(
+        vec![job],
+        store.clone(),
+        Duration::from_millis(100),
+        shutdown,
+    )
+    .unwrap();
+
+    poll_until("the first target scraped", || {
+        last(&store, "from_first", ("team", "core")) == Some(1.0)
+    })
+    .await;
+    assert_eq!(scraper.targets().len(), 1);
+
+    // Rewritten: the first target goes (its series marked stale), the
+    // second comes.
+    write_targets(&[second]);
+    poll_until("the second target scraped", || {
+        last(&store, "from_second", ("team", "core")) == Some(2.0)
+    })
+    .await;
+    poll_until("the removed target's staleness marker", || {
+        last(&store, "from_first", ("team", "core")).is_some_and(is_stale_nan)
+    })
+    .await;
+    assert!(
+        last(&store, "up", ("instance", &first.to_string())).is_some_and(is_stale_nan),
+        "up of a removed target ends too"
+    );
+
+    // Broken: the second target stays.
+    replace_targets("- targets: [oops\n");
+    let scraped_before = series(&store, "from_second")[0].1.len();
+    poll_until("more scrapes of the kept target", || {
+        series(&store, "from_second")[0].1.len() > scraped_before + 3
+    })
+    .await;
+    assert_eq!(last(&store, "from_second", ("team", "core")), Some(2.0));
+    let targets = scraper.targets();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].target.labels.get("instance"), second.to_string());
+}
