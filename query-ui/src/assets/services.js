@@ -112,8 +112,8 @@ function layout(graph) {
     columns.get(d).push(service.name);
   }
   const positions = new Map();
-  const colWidth = 230;
-  const rowHeight = 90;
+  const colWidth = 320;
+  const rowHeight = 100;
   let maxRows = 1;
   for (const [d, names] of columns) {
     names.sort();
@@ -131,7 +131,7 @@ function drawMap(graph) {
   const defs = svg("defs");
   defs.append(marker);
   map.append(defs);
-  const nodeW = 150;
+  const nodeW = 170;
   const nodeH = 50;
   for (const edge of graph.edges) {
     const a = positions.get(edge.client);
@@ -219,5 +219,6 @@ export async function render(root, view) {
   for (const e of graph.edges) ebody.append(el("tr", { class: "edge-row" }, el("td", {}, serviceChip(e.client), " → ", serviceChip(e.server)), el("td", {}, formatValue(e.rate, "reqps")), el("td", {}, `${(e.errorRatio * 100).toFixed(2)}%`), el("td", {}, e.p95 === null || e.p95 === undefined ? "–" : formatValue(e.p95, "s"))));
   edgeTable.append(ebody);
   root.dataset.loaded = "1";
-  if (graph.source === "metrics") await sparklines(table, graph, range);
+  // Sparklines from the span metrics whenever the Prometheus API has them.
+  await sparklines(table, graph, range);
 }

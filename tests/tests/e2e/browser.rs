@@ -480,6 +480,25 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
     );
     screenshot(&browser, "logs-xss-inert.png").await;
 
+    // Live tail: a line sent after the tail started appears at the top.
+    open_view(&browser, &base, "logs?q=service:tailed&tail=1", "logs").await;
+    let tailed = unique_request_id("tailed");
+    poll_until("the tailed line in the page", Duration::from_secs(30), || async {
+        send_log(stack.ports.collector_http, "tailed", &tailed).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rows = js(
+            &browser,
+            "return [...document.querySelectorAll('#results tr.log-row.tailed td.body')].map(td => td.textContent);",
+        )
+        .await;
+        if rows.as_array().is_some_and(|r| r.iter().any(|t| t == tailed.as_str())) {
+            Ok(Some(()))
+        } else {
+            Err(format!("tailed rows: {rows}"))
+        }
+    })
+    .await;
+
     // Traces: results as duration bars; a service filter narrows them.
     open_view(&browser, &base, "traces?from=now-1h", "traces").await;
     let all_traces = js(
@@ -691,6 +710,38 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
         )
         .await;
         screenshot(&browser, &format!("dashboard-{drawn}.png")).await;
+        // Template variables: `label_values(http_requests_total, service)` lists the shop's services.
+        if uids.iter().any(|u| u == "sightline-service") {
+            poll_until(
+                "the service variable's values",
+                Duration::from_secs(60),
+                || async {
+                    open_view(
+                        &browser,
+                        &base,
+                        "dashboard/sightline-service?from=now-15m",
+                        "dashboard",
+                    )
+                    .await;
+                    let options = js(
+                        &browser,
+                        "const s = document.querySelector('select[data-variable=\"service\"]'); \
+                     return s ? [...s.options].map(o => o.value) : [];",
+                    )
+                    .await;
+                    if options
+                        .as_array()
+                        .is_some_and(|o| o.iter().any(|v| v == "gateway"))
+                    {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!("options: {options}"))
+                    }
+                },
+            )
+            .await;
+            screenshot(&browser, "dashboard-service.png").await;
+        }
     }
 
     // Alerts: the demo's rule files are loaded; each rule shows its state.
