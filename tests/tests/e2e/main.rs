@@ -4,5 +4,6 @@ mod alertmanager;
 mod browser;
 mod durability;
 mod otel_clients;
+mod prometheus_diff;
 mod request_flow;
 mod shop;
