@@ -430,6 +430,27 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
             .contains("open="),
         "the open record is in the URL"
     );
+    // "Show context": the record's neighbours in its stream, the record marked.
+    browser
+        .find(Locator::Css("tr.log-detail button.show-context"))
+        .await
+        .expect("the context button")
+        .click()
+        .await
+        .expect("show context");
+    let context = wait_js(
+        &browser,
+        "the record's context",
+        Duration::from_secs(10),
+        "const rows = document.querySelectorAll('tr.log-detail .context-row').length; \
+         const anchor = document.querySelector('tr.log-detail .context-row.anchor'); \
+         return anchor ? rows : null;",
+    )
+    .await;
+    assert!(
+        context.as_u64().unwrap_or_default() >= 2,
+        "neighbours: {context}"
+    );
     // A bad query answers 400: the error is shown under the query bar with its position.
     let state = open_view_state(&browser, &base, "logs?q=body:(oops", "logs").await;
     assert_eq!(state[0], "error", "a bad query fails the search: {state}");
