@@ -149,6 +149,7 @@ pub async fn run(
         ingest: ingest.clone(),
         logs: logs.clone(),
         data_dir: config.data_dir.clone(),
+        rules: None,
     };
     // Stops by itself after a last flush once `stop` is set.
     tokio::spawn(logmetrics::flush_loop(
@@ -197,6 +198,10 @@ pub async fn run(
         spans.clone(),
     )?;
     let rule_engine = alerting.engine.clone();
+    let metrics_state = MetricsState {
+        rules: Some((rule_engine.clone(), alerting.notifier.clone())),
+        ..metrics_state
+    };
     let alerting_tasks = alerting.start(stop.clone());
     let router = sightline_query_ui::router(QueryState {
         logs,
@@ -245,6 +250,8 @@ struct MetricsState {
     ingest: Ingest,
     logs: Arc<LogStore>,
     data_dir: PathBuf,
+    /// The rule engine's and the notifier's counters.
+    rules: Option<(Arc<sightline_store::rules::RuleEngine>, Arc<alerting::Notifier>)>,
 }
 
 async fn render_metrics(
@@ -267,7 +274,11 @@ async fn render_metrics(
         .get(axum::http::header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    let text = state.metrics.render(disk) + &span_metrics.render(openmetrics);
+    let mut text = state.metrics.render(disk) + &span_metrics.render(openmetrics);
+    if let Some((rules, notifier)) = &state.rules {
+        text.push_str(&rules.render_metrics());
+        text.push_str(&notifier.render_metrics());
+    }
     if openmetrics {
         (
             [(

@@ -145,7 +145,7 @@ pub struct GroupOutcome {
     pub newly_without_data: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct RuleRuntime {
     health: Option<Result<(), String>>,
     last_evaluation_ms: Option<i64>,
@@ -161,7 +161,7 @@ struct RuleRuntime {
 }
 
 /// A group and the state of its rules.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GroupState {
     pub group: RuleGroup,
     rules: Vec<RuleRuntime>,
@@ -662,7 +662,9 @@ impl RuleEngine {
             .interval
     }
 
-    /// Evaluates group `index` at `now_ms`.
+    /// Evaluates group `index` at `now_ms`. The group is evaluated on a
+    /// copy, so status readers never wait for an evaluation; one caller per
+    /// group at a time (the group's own task) keeps updates from being lost.
     pub fn evaluate(
         &self,
         index: usize,
@@ -671,10 +673,11 @@ impl RuleEngine {
         now_ms: i64,
         settings: &EvalSettings,
     ) -> GroupOutcome {
-        self.groups[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .evaluate(storage, engine, now_ms, settings)
+        let lock = || self.groups[index].lock().unwrap_or_else(|e| e.into_inner());
+        let mut group = lock().clone();
+        let outcome = group.evaluate(storage, engine, now_ms, settings);
+        *lock() = group;
+        outcome
     }
 
     /// Counters and gauges of rule evaluation, in the Prometheus text format.

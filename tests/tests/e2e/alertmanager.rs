@@ -192,6 +192,25 @@ groups:
         "{generator}"
     );
 
+    // The collector's own metrics count the alert and its delivery.
+    let metrics = http
+        .get(collector.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape the collector")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("sightline_rules_alerts{state=\"firing\"} 1"),
+        "{metrics}"
+    );
+    let sent = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sightline_notifications_sent_total "))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    assert!(sent.is_some_and(|sent| sent >= 1), "{metrics}");
+
     // The collector's own alert API shows the same alert firing.
     let api: Value = http
         .get(collector.url("/api/v1/alerts"))
