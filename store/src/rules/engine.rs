@@ -331,7 +331,18 @@ fn evaluate_rule(
         Ok(other) => return Err(format!("rule result is not a vector: {other:?}")),
         Err(error) => return Err(error),
     };
-    track_no_data(rule, runtime, samples.is_empty(), now_ms, settings, outcome);
+    // An alerting rule is quiet most of the time: it lacks data only when
+    // one of its selectors matches nothing.
+    let without_data = samples.is_empty()
+        && (rule.alerting.is_none()
+            || {
+                let mut found = Vec::new();
+                selectors(&rule.expr, &mut found);
+                found.iter().any(|selector| {
+                matches!(storage.query(engine, selector, now_ms), Ok(Value::Vector(series)) if series.is_empty())
+            })
+            });
+    track_no_data(rule, runtime, without_data, now_ms, settings, outcome);
     if limit > 0 && samples.len() > limit {
         return Err(format!(
             "exceeded limit of {limit} with {} series",
@@ -523,6 +534,28 @@ fn evaluate_rule(
                 None => Ok(()),
             }
         }
+    }
+}
+
+/// The series selectors of `expr`, as instant vector selectors.
+fn selectors(expr: &Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::Aggregate(aggregate) => selectors(&aggregate.expr, out),
+        Expr::Unary(unary) => selectors(&unary.expr, out),
+        Expr::Paren(paren) => selectors(&paren.expr, out),
+        Expr::Subquery(subquery) => selectors(&subquery.expr, out),
+        Expr::Binary(binary) => {
+            selectors(&binary.lhs, out);
+            selectors(&binary.rhs, out);
+        }
+        Expr::VectorSelector(selector) => out.push(Expr::VectorSelector(selector.clone())),
+        Expr::MatrixSelector(matrix) => out.push(Expr::VectorSelector(matrix.vs.clone())),
+        Expr::Call(call) => {
+            for arg in &call.args.args {
+                selectors(arg, out);
+            }
+        }
+        _ => {}
     }
 }
 

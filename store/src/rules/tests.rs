@@ -260,6 +260,37 @@ fn a_rule_without_data_for_ten_evaluations_is_flagged() {
 }
 
 #[test]
+fn a_quiet_alerting_rule_is_not_flagged_but_one_on_a_missing_metric_is() {
+    let mut storage = MemoryStorage::default();
+    let mut group = group(
+        r#"
+groups:
+  - name: g
+    rules:
+      - alert: Quiet
+        expr: rate(errors[5m]) > 5
+      - alert: Typo
+        expr: rate(erorrs[5m]) > 5
+      - alert: Constant
+        expr: vector(1) < 0
+"#,
+    );
+    let (engine, settings) = (Engine::default(), EvalSettings::default());
+    let errors = series("errors", &[("job", "api")]);
+    let mut flagged = Vec::new();
+    for step in 0..12 {
+        storage.append(&errors, step * 15_000, step as f64);
+        let outcome = group.evaluate(&mut storage, &engine, step * 15_000, &settings);
+        flagged.extend(outcome.newly_without_data);
+    }
+    assert_eq!(flagged, vec!["Typo".to_string()]);
+    let status = group.status();
+    assert_eq!(status.rules[0].no_data_since_ms, None);
+    assert_eq!(status.rules[1].no_data_since_ms, Some(0));
+    assert_eq!(status.rules[2].no_data_since_ms, None);
+}
+
+#[test]
 fn group_limit_fails_the_rule() {
     let mut storage = MemoryStorage::default();
     let mut group = group("groups: [{ name: g, limit: 1, rules: [{ record: r, expr: up }] }]");
