@@ -38,11 +38,13 @@
 //! A query runs on a blocking thread that holds the store's read view for
 //! the length of the query only. At most [`MAX_CONCURRENT_QUERIES`] run at
 //! once; the rest wait for a slot within their own timeout (2 minutes unless
-//! `timeout` says less). A query past its timeout answers 503 `timeout`; the
-//! engine cannot be interrupted, so its thread finishes the evaluation in
-//! the background while still holding its slot.
+//! `timeout` says less). A query past its timeout answers 503 `timeout`; a
+//! range query then stops at its next step, an instant query finishes its
+//! one evaluation in the background, holding its slot until it does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -354,12 +356,23 @@ fn parse_duration_ms(name: &str, text: &str) -> Result<i64, PromError> {
         .map_err(|_| invalid())
 }
 
+/// Sets the flag when dropped: when the request times out, or when its
+/// client goes away and the handler is dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs `work` on a blocking thread with the store's read view, within
-/// `timeout` (waiting for a query slot included).
+/// `timeout` (waiting for a query slot included). `work` gets a flag that
+/// is set once nobody waits for its answer any more.
 async fn run_on_store<T: Send + 'static>(
     state: &QueryState,
     timeout: Duration,
-    work: impl FnOnce(&TimeSeriesStore) -> Result<T, QueryError> + Send + 'static,
+    work: impl FnOnce(&TimeSeriesStore, &AtomicBool) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, PromError> {
     let timed_out = |phase: &str| PromError {
         kind: ErrorType::Timeout,
@@ -380,10 +393,12 @@ async fn run_on_store<T: Send + 'static>(
         Ok(Ok(permit)) => permit,
     };
     let metrics = state.metrics.clone();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let reader = metrics.reader();
-        work(&reader)
+        work(&reader, &cancelled)
     });
     match tokio::time::timeout_at(deadline, task).await {
         Err(_) => Err(timed_out("query execution")),
@@ -471,7 +486,7 @@ async fn instant_query(
     let query = params.get("query").unwrap_or_default().to_string();
     let time_ms = params.time_or("time", now_ms())?;
     let timeout = params.timeout()?;
-    let value = run_on_store(&state, timeout, move |store| {
+    let value = run_on_store(&state, timeout, move |store, _| {
         Engine::default().instant_query(store as &dyn Queryable, &query, time_ms)
     })
     .await?;
@@ -508,8 +523,16 @@ async fn range_query(
     }
     let query = params.get("query").unwrap_or_default().to_string();
     let timeout = params.timeout()?;
-    let mut series = run_on_store(&state, timeout, move |store| {
-        Engine::default().range_query(store as &dyn Queryable, &query, start_ms, end_ms, step_ms)
+    let mut series = run_on_store(&state, timeout, move |store, cancelled| {
+        let expr = Engine::parse(&query)?;
+        Engine::default().range_expr_cancellable(
+            store as &dyn Queryable,
+            &expr,
+            start_ms,
+            end_ms,
+            step_ms,
+            cancelled,
+        )
     })
     .await?;
     series.retain(|one| !one.points.is_empty());
@@ -555,7 +578,7 @@ async fn series(State(state): State<QueryState>, params: Params) -> Result<Respo
     let start_ms = params.time_or("start", MIN_TIME_MS)?;
     let end_ms = params.time_or("end", MAX_TIME_MS)?;
     let limit = params.limit()?;
-    let found = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+    let found = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
         matching_series(store, &selectors, start_ms, end_ms)
     })
     .await?;
@@ -579,7 +602,7 @@ async fn label_names(
         })
         .transpose()?;
     let limit = params.limit()?;
-    let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+    let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
         if selectors.is_empty() && range.is_none() {
             return Ok(store.label_names());
         }
@@ -636,7 +659,7 @@ async fn label_values(
         })
         .transpose()?;
     let limit = params.limit()?;
-    let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
+    let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
         if selectors.is_empty() && range.is_none() {
             return Ok(store.label_values(&name, &[]));
         }
@@ -1423,6 +1446,42 @@ mod tests {
         assert_eq!(body, json!({"status": "success", "data": []}));
         let (status, _) = get(&state, "/api/v1/query_exemplars?query=sum(").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_cancelled_range_query_stops_instead_of_evaluating_every_step() {
+        let mut storage = sightline_store::promql::MemoryStorage::default();
+        storage.append(&requests("a"), T0 * 1000, 1.0);
+        let expr = Engine::parse("http_requests_total").unwrap();
+        let cancelled = AtomicBool::new(true);
+        let result = Engine::default().range_expr_cancellable(
+            &storage,
+            &expr,
+            T0 * 1000,
+            (T0 + 3600) * 1000,
+            1000,
+            &cancelled,
+        );
+        assert_eq!(result, Err(QueryError::Execution("query canceled".into())));
+        cancelled.store(false, Ordering::Relaxed);
+        let series = Engine::default()
+            .range_expr_cancellable(
+                &storage,
+                &expr,
+                T0 * 1000,
+                (T0 + 60) * 1000,
+                30_000,
+                &cancelled,
+            )
+            .unwrap();
+        assert_eq!(
+            series[0].points,
+            [
+                (T0 * 1000, 1.0),
+                ((T0 + 30) * 1000, 1.0),
+                ((T0 + 60) * 1000, 1.0)
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The evaluator: walks the parsed expression once per evaluation step.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matchers};
@@ -91,6 +92,22 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<Vec<Series>, QueryError> {
+        let never = AtomicBool::new(false);
+        self.range_expr_cancellable(storage, expr, start_ms, end_ms, step_ms, &never)
+    }
+
+    /// [`Engine::range_expr`] that gives up between two steps once
+    /// `cancelled` is set (a query past its timeout), with
+    /// [`QueryError::Execution`] `"query canceled"`.
+    pub fn range_expr_cancellable(
+        &self,
+        storage: &dyn Queryable,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<Series>, QueryError> {
         if step_ms <= 0 {
             return Err(QueryError::Execution(
                 "zero or negative query resolution step".into(),
@@ -106,6 +123,9 @@ impl Engine {
         let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
         let mut time_ms = start_ms;
         while time_ms <= end_ms {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(QueryError::Execution("query canceled".into()));
+            }
             let samples = match evaluator.eval(expr, time_ms)? {
                 Value::Scalar(value) => {
                     vec![Sample {
