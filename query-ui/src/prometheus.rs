@@ -14,7 +14,8 @@
 //! - `/api/v1/rules` (`type=alert|record`, `rule_name[]`, `rule_group[]`,
 //!   `file[]`, `exclude_alerts`) and `/api/v1/alerts`, from the rule engine's
 //!   [`RuleStatusSource`](sightline_store::rules::RuleStatusSource);
-//! - `/api/v1/status/buildinfo`;
+//! - `/api/v1/status/buildinfo`, and `/api/v1/status/flags` with the query
+//!   settings in force;
 //! - `/api/v1/query_exemplars`: the store keeps no exemplars yet, so a valid
 //!   request answers an empty list.
 //!
@@ -98,6 +99,7 @@ pub(crate) fn routes() -> Router<QueryState> {
         .route("/api/v1/rules", get(rules).post(rules))
         .route("/api/v1/alerts", get(alerts).post(alerts))
         .route("/api/v1/status/buildinfo", get(build_info))
+        .route("/api/v1/status/flags", get(flags))
         .route(
             "/api/v1/query_exemplars",
             get(query_exemplars).post(query_exemplars),
@@ -907,6 +909,20 @@ async fn build_info() -> Response {
     )
 }
 
+/// `GET /api/v1/status/flags`: the query settings in force, under
+/// Prometheus' flag names.
+async fn flags() -> Response {
+    let engine = Engine::default();
+    success(
+        json!({
+            "query.lookback-delta": format!("{}s", engine.lookback_delta_ms / 1000),
+            "query.max-concurrency": MAX_CONCURRENT_QUERIES.to_string(),
+            "query.timeout": format!("{}s", DEFAULT_TIMEOUT.as_secs()),
+        }),
+        Vec::new(),
+    )
+}
+
 /// `GET|POST /api/v1/query_exemplars`: validates the request; the store
 /// holds no exemplars, so the answer is an empty list.
 async fn query_exemplars(params: Params) -> Result<Response, PromError> {
@@ -1434,6 +1450,16 @@ mod tests {
                 "buildUser": "sightline",
                 "buildDate": "",
                 "goVersion": "none (Sightline is written in Rust)",
+            }})
+        );
+        let (status, body) = get(&state, "/api/v1/status/flags").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": {
+                "query.lookback-delta": "300s",
+                "query.max-concurrency": "20",
+                "query.timeout": "120s",
             }})
         );
         let (status, body) = post(
