@@ -29,6 +29,18 @@ function alertCard(alert) {
       delete annotations[key];
     }
   }
+  // Rule status may carry no notifier links: the same ones, built here from the service label.
+  const service = ["service", "service_name", "job"].map((k) => alert.labels?.[k]).find(Boolean);
+  if (service && !links.children.length) {
+    const activeAt = Date.parse(alert.activeAt);
+    const from = String((Number.isNaN(activeAt) ? Date.now() : activeAt) - 15 * 60e3);
+    links.append(
+      el("a", { href: hashFor("logs", "", new URLSearchParams({ q: `service:"${service}"`, from, to: "now" })), class: "alert-link" }, "Logs"),
+      " ",
+      el("a", { href: hashFor("traces", "", new URLSearchParams({ service, errors: "1", from, to: "now" })), class: "alert-link" }, "Traces"),
+      " ",
+    );
+  }
   if (annotations.sightline_trace_ids) {
     for (const id of annotations.sightline_trace_ids.split(/[\s,]+/).filter((t) => /^[0-9a-fA-F]{16,32}$/.test(t))) links.append(el("a", { href: hashFor("trace", id), class: "alert-trace" }, `trace ${id.slice(0, 12)}…`), " ");
     delete annotations.sightline_trace_ids;

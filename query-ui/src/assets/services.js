@@ -95,6 +95,15 @@ async function fromTraces(range) {
   return { source: "traces", services: [...services.values()].map(summarize), edges: [...edges.values()].map(summarize) };
 }
 
+/** The metrics' numbers, with services and edges only the traces know (series not scraped yet) added. */
+function merge(metrics, traces) {
+  const services = new Map(metrics.services.map((s) => [s.name, s]));
+  for (const s of traces.services) if (!services.has(s.name)) services.set(s.name, s);
+  const edges = new Map(metrics.edges.map((e) => [`${e.client}>${e.server}`, e]));
+  for (const e of traces.edges) if (!edges.has(`${e.client}>${e.server}`)) edges.set(`${e.client}>${e.server}`, e);
+  return { source: "metrics", services: [...services.values()], edges: [...edges.values()] };
+}
+
 /** Columns by longest path from the entry services. */
 function layout(graph) {
   const depth = new Map(graph.services.map((s) => [s.name, 0]));
@@ -185,17 +194,14 @@ export async function render(root, view) {
   root.append(el("section", { id: "services-view" }, el("div", { class: "toolbar" }, rangePicker(params, (from, to) => go("services", "", new URLSearchParams({ from, to })))), status, mapBox, el("h3", {}, "Services"), table, el("h3", {}, "Calls between services"), edgeTable));
   let graph;
   try {
-    graph = (await fromMetrics(range)) || (await fromTraces(range));
+    const [metrics, traces] = await Promise.all([fromMetrics(range).catch(() => null), fromTraces(range)]);
+    graph = metrics ? merge(metrics, traces) : traces;
   } catch (error) {
-    try {
-      graph = await fromTraces(range);
-    } catch {
-      status.replaceChildren(errorBox(error));
-      root.dataset.loaded = "error";
-      return;
-    }
+    status.replaceChildren(errorBox(error));
+    root.dataset.loaded = "error";
+    return;
   }
-  status.textContent = graph.source === "metrics" ? "From the service graph and span metrics (last 5 minutes at the range's end)." : "From recent traces (the Prometheus API has no service graph for this range).";
+  status.textContent = graph.source === "metrics" ? "From the service graph and span metrics (last 5 minutes at the range's end), completed from recent traces where the metrics have no series yet." : "From recent traces (the Prometheus API has no service graph for this range).";
   status.dataset.source = graph.source;
   mapBox.append(drawMap(graph));
   const tbody = el("tbody");

@@ -632,15 +632,13 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
         view["logServices"].as_array().map_or(0, Vec::len) >= 3,
         "logs of three services: {view}"
     );
-    assert_eq!(
-        view["spans"].as_u64(),
-        Some(
-            story["timeline"]
-                .as_array()
-                .map_or(0, |t| t.iter().filter(|e| e["type"] == "span").count()
-                    as u64)
-        ),
-        "every span of the story: {view}"
+    // Spans may still arrive (the async notification): at least what the API had.
+    let story_spans = story["timeline"].as_array().map_or(0, |t| {
+        t.iter().filter(|e| e["type"] == "span").count() as u64
+    });
+    assert!(
+        view["spans"].as_u64().unwrap_or_default() >= story_spans,
+        "every span of the story ({story_spans}): {view}"
     );
     assert!(
         view["traces"]
