@@ -332,16 +332,24 @@ fn evaluate_rule(
         Err(error) => return Err(error),
     };
     // An alerting rule is quiet most of the time: it lacks data only when
-    // one of its selectors matches nothing.
+    // one of its selectors matches nothing. Selectors cost a query each, so
+    // a quiet rule checks them once every `no_data_evaluations`, and every
+    // time once a check found nothing.
+    let check_selectors = runtime.no_data_since_ms.is_some()
+        || runtime.evaluations % u64::from(settings.no_data_evaluations.max(1)) == 0;
     let without_data = samples.is_empty()
-        && (rule.alerting.is_none()
-            || {
+        && match rule.alerting {
+            None => true,
+            Some(_) if !check_selectors => false,
+            Some(_) => {
                 let mut found = Vec::new();
                 selectors(&rule.expr, &mut found);
                 found.iter().any(|selector| {
-                matches!(storage.query(engine, selector, now_ms), Ok(Value::Vector(series)) if series.is_empty())
-            })
-            });
+                    let value = storage.query(engine, selector, now_ms);
+                    matches!(value, Ok(Value::Vector(series)) if series.is_empty())
+                })
+            }
+        };
     track_no_data(rule, runtime, without_data, now_ms, settings, outcome);
     if limit > 0 && samples.len() > limit {
         return Err(format!(
