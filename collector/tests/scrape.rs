@@ -357,3 +357,83 @@ async fn file_discovery_adds_and_removes_targets() {
     assert_eq!(targets.len(), 1);
     assert_eq!(targets[0].target.labels.get("instance"), second.to_string());
 }
+
+/// The whole collector, in process: with no scrape config it scrapes its
+/// own `/metrics` (OpenMetrics, exemplars and all) into its TSDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_scrapes_its_own_metrics() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("sightline.yml");
+    std::fs::write(
+        &config_path,
+        "global: {scrape_interval: 200ms, scrape_timeout: 200ms}\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = sightline_collector::CollectorConfig::parse_from([
+        "sightline-collector".to_string(),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--http-addr=127.0.0.1:{port}"),
+        "--otlp-grpc-addr=127.0.0.1:0".to_string(),
+        "--otlp-http-addr=127.0.0.1:0".to_string(),
+        format!("--config={}", config_path.display()),
+    ]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(sightline_collector::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            let response = reqwest::get(url).await.ok()?;
+            response.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let mut self_target = serde_json::Value::Null;
+    for _ in 0..1200 {
+        if let Some(json) = get("/api/v1/targets").await
+            && let Some(target) = json["data"]["activeTargets"]
+                .as_array()
+                .and_then(|targets| targets.iter().find(|t| t["scrapePool"] == "sightline"))
+            && target["health"] == "up"
+        {
+            self_target = target.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        self_target["health"], "up",
+        "the self-scrape never succeeded"
+    );
+    assert_eq!(
+        self_target["scrapeUrl"],
+        format!("http://127.0.0.1:{port}/metrics")
+    );
+    assert_eq!(self_target["lastError"], "");
+    let mut result = serde_json::Value::Null;
+    for _ in 0..1200 {
+        if let Some(json) =
+            get("/api/v1/query?query=sightline_collector_ingested_total%7Bjob%3D%22sightline%22%7D")
+                .await
+            && json["data"]["result"]
+                .as_array()
+                .is_some_and(|series| !series.is_empty())
+        {
+            result = json;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let series = result["data"]["result"]
+        .as_array()
+        .expect("no self-scraped series");
+    assert_eq!(series[0]["metric"]["instance"], format!("127.0.0.1:{port}"));
+    let _ = stop.send(());
+    collector.await.unwrap().unwrap();
+}
