@@ -336,7 +336,9 @@ fn evaluate_rule(
     // a quiet rule checks them once every `no_data_evaluations`, and every
     // time once a check found nothing.
     let check_selectors = runtime.no_data_since_ms.is_some()
-        || runtime.evaluations % u64::from(settings.no_data_evaluations.max(1)) == 0;
+        || runtime
+            .evaluations
+            .is_multiple_of(u64::from(settings.no_data_evaluations.max(1)));
     let without_data = samples.is_empty()
         && match rule.alerting {
             None => true,
