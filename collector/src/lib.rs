@@ -177,7 +177,6 @@ pub async fn run(
         scrape::FILE_POLL_INTERVAL,
         stop.clone(),
     )?;
-    let remote_write = remote_write::router(metric_store.clone());
     // Rules: each group evaluated on its interval; alerts go to the
     // configured Alertmanagers and webhooks.
     let rules_base_dir = config
@@ -203,6 +202,7 @@ pub async fn run(
         ..metrics_state
     };
     let alerting_tasks = alerting.start(stop.clone());
+    let remote_write = remote_write::router(metric_store.clone());
     let router = sightline_query_ui::router(QueryState {
         logs,
         spans,

@@ -389,3 +389,172 @@ async fn a_payment_fault_fails_orders_at_its_rate_and_removing_it_stops_that() {
     let status = stack.launcher.terminate(Duration::from_secs(30));
     assert!(status.success(), "launcher exits cleanly: {status}");
 }
+
+/// A rule file whose windows are seconds, not minutes, so the alert's whole
+/// life fits in a test.
+const FAST_PAYMENT_RULES: &str = r#"
+groups:
+  - name: e2e-payment
+    interval: 1s
+    rules:
+      - record: e2e:payment_errors:ratio_rate10s
+        expr: |
+          sum(rate(http_requests_total{service="payment",status=~"5.."}[10s]) or vector(0))
+            / sum(rate(http_requests_total{service="payment"}[10s]))
+      - alert: PaymentErrorsE2E
+        expr: e2e:payment_errors:ratio_rate10s > 0.2
+        for: 3s
+        labels:
+          severity: page
+          service: payment
+        annotations:
+          summary: "payment fails {{ $value | humanizePercentage }} of requests"
+"#;
+
+/// Instant query on the collector's Prometheus API: the result vector.
+async fn prometheus_query(stack: &DemoStack, query: &str) -> Result<Vec<Value>, String> {
+    let response = stack
+        .http
+        .get(stack.ui_url("/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    if body["status"] != "success" {
+        return Err(format!("{query}: {body}"));
+    }
+    Ok(body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The collector's active alerts named `name`.
+async fn alerts_named(stack: &DemoStack, name: &str) -> Result<Vec<Value>, String> {
+    let body = get_json(stack, &stack.ui_url("/api/v1/alerts")).await?;
+    Ok(body["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|alert| alert["labels"]["alertname"] == name)
+        .collect())
+}
+
+/// Places orders until told to stop, so payment sees steady traffic.
+fn keep_ordering(stack: &DemoStack, token: String) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (http, url) = (stack.http.clone(), stack.gateway_url("/api/orders"));
+    tokio::spawn(async move {
+        let mut index = 0u64;
+        while stopped.try_recv().is_err() {
+            index += 1;
+            let _ = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header(
+                    "x-request-id",
+                    unique_request_id(&format!("steady-{index}")),
+                )
+                .json(&serde_json::json!({ "product_id": "p1", "quantity": 1 }))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_after() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rule_file = rules_dir.path().join("payment-e2e.yml");
+    std::fs::write(&rule_file, FAST_PAYMENT_RULES).unwrap();
+    let mut stack = DemoStack::start_with(&[
+        "--rule-file",
+        rule_file.to_str().unwrap(),
+        "--scrape-interval",
+        "1s",
+        "--evaluation-interval",
+        "1s",
+    ])
+    .await;
+    let token = stack.login("u-alert").await;
+    let stop_orders = keep_ordering(&stack, token);
+
+    // Healthy: the scrape target is up and the recorded ratio is zero.
+    let query = r#"up{job="shop",service="payment"}"#;
+    poll_until("payment's target up", Duration::from_secs(60), || async {
+        let result = prometheus_query(&stack, query).await?;
+        match result.first() {
+            Some(sample) if sample["value"][1] == "1" => Ok(Some(())),
+            _ => Err(format!("{query}: {result:?}")),
+        }
+    })
+    .await;
+    let ratio = "e2e:payment_errors:ratio_rate10s";
+    poll_until("a zero error ratio", Duration::from_secs(60), || async {
+        let result = prometheus_query(&stack, ratio).await?;
+        match result.first() {
+            Some(sample) if sample["value"][1] == "0" => Ok(Some(())),
+            _ => Err(format!("{ratio}: {result:?}")),
+        }
+    })
+    .await;
+    assert!(
+        alerts_named(&stack, "PaymentErrorsE2E")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Half of payment's answers fail: the ratio rises and the alert fires.
+    let faulted = stack
+        .http
+        .post(stack.service_url("payment", "/admin/faults"))
+        .json(&serde_json::json!({ "error_rate": 0.5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(faulted.status(), 200);
+    let firing = poll_until("the alert firing", Duration::from_secs(90), || async {
+        let alerts = alerts_named(&stack, "PaymentErrorsE2E").await?;
+        match alerts.first() {
+            Some(alert) if alert["state"] == "firing" => Ok(Some(alert.clone())),
+            other => Err(format!("not firing yet: {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(firing["labels"]["severity"], "page", "{firing}");
+    assert_eq!(firing["labels"]["service"], "payment", "{firing}");
+    let value: f64 = firing["value"].as_str().unwrap().parse().unwrap();
+    assert!(value > 0.2, "{firing}");
+    let summary = firing["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("payment fails ") && summary.ends_with("% of requests"));
+    let ratio_now = prometheus_query(&stack, ratio).await.unwrap();
+    let ratio_now: f64 = ratio_now[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(ratio_now > 0.2, "the recorded series rose: {ratio_now}");
+
+    // The fault is removed: the 10 s window empties and the alert clears.
+    let cleared = stack
+        .http
+        .post(stack.service_url("payment", "/admin/faults"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    poll_until("the alert cleared", Duration::from_secs(90), || async {
+        let alerts = alerts_named(&stack, "PaymentErrorsE2E").await?;
+        if alerts.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(format!("still active: {alerts:?}"))
+        }
+    })
+    .await;
+    let _ = stop_orders.send(());
+    let status = stack.launcher.terminate(Duration::from_secs(30));
+    assert!(status.success(), "launcher exits cleanly: {status}");
+}
