@@ -251,7 +251,10 @@ struct MetricsState {
     logs: Arc<LogStore>,
     data_dir: PathBuf,
     /// The rule engine's and the notifier's counters.
-    rules: Option<(Arc<sightline_store::rules::RuleEngine>, Arc<alerting::Notifier>)>,
+    rules: Option<(
+        Arc<sightline_store::rules::RuleEngine>,
+        Arc<alerting::Notifier>,
+    )>,
 }
 
 async fn render_metrics(
