@@ -259,8 +259,18 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
             format!("127.0.0.1:{}", ports.otlp_http),
             "--http-addr".to_owned(),
             format!("127.0.0.1:{}", ui.port()),
+            "--config".to_owned(),
+            format!("{data}/collector/sightline.yml"),
         ]
     );
+    // The config scrapes every service and the agent and loads the rules.
+    let config = std::fs::read_to_string(format!("{data}/collector/sightline.yml")).unwrap();
+    assert!(
+        config.contains(&format!("\"127.0.0.1:{}\"", agent.port())),
+        "{config}"
+    );
+    assert!(config.contains("labels: { service: payment }"), "{config}");
+    assert!(std::path::Path::new(&format!("{data}/collector/rules/shop.rules.yml")).is_file());
     assert_eq!(
         recorded_args(&bin, "sightline-agent"),
         [
