@@ -727,8 +727,18 @@ impl RuleEngine {
     pub fn render_metrics(&self) -> String {
         let (mut evaluations, mut failures, mut without_data) = (0u64, 0u64, 0usize);
         let mut alerts = BTreeMap::from([("firing", 0usize), ("pending", 0usize)]);
+        let mut durations = String::new();
         for group in &self.groups {
             let group = group.lock().unwrap_or_else(|e| e.into_inner());
+            // Prometheus' `rule_group` label: `<file>;<group>`.
+            let rule_group = format!("{};{}", group.group.file, group.group.name)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            durations.push_str(&format!(
+                "sightline_rules_group_last_duration_seconds{{rule_group=\"{rule_group}\"}} {}\n",
+                group.evaluation_seconds
+            ));
             for runtime in &group.rules {
                 evaluations += runtime.evaluations;
                 failures += runtime.failures;
@@ -760,6 +770,11 @@ impl RuleEngine {
                 "sightline_rules_alerts{{state=\"{state}\"}} {count}\n"
             ));
         }
+        text.push_str(
+            "# HELP sightline_rules_group_last_duration_seconds How long the group's last evaluation took.\n\
+             # TYPE sightline_rules_group_last_duration_seconds gauge\n",
+        );
+        text.push_str(&durations);
         text
     }
 }

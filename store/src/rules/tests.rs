@@ -416,10 +416,14 @@ fn the_engine_reports_groups_for_the_status_api() {
     };
     assert_eq!(*state, AlertState::Pending);
     assert_eq!(alerts[0].value, 9.0);
+    let metrics = engine.render_metrics();
+    assert!(metrics.contains("sightline_rules_alerts{state=\"pending\"} 1"));
+    let group_name = &status[0].name;
     assert!(
-        engine
-            .render_metrics()
-            .contains("sightline_rules_alerts{state=\"pending\"} 1")
+        metrics.contains(&format!(
+            "sightline_rules_group_last_duration_seconds{{rule_group=\"rules.yml;{group_name}\"}} "
+        )),
+        "{metrics}"
     );
 }
 
