@@ -48,7 +48,9 @@ impl TraceService for Receiver {
     }
 }
 
-/// The launcher process; killed on drop so a failing test leaves nothing.
+/// The launcher process; stopped on drop so a failing test leaves nothing:
+/// SIGTERM first, so the launcher stops its children (SIGKILL would orphan
+/// them), then SIGKILL if it does not exit.
 struct Launcher {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
@@ -56,6 +58,18 @@ struct Launcher {
 
 impl Drop for Launcher {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
