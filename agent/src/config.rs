@@ -61,6 +61,25 @@ pub struct Cli {
     #[arg(long, value_name = "URL", env = "SIGHTLINE_AGENT_COLLECTOR")]
     pub collector: Option<String>,
 
+    /// File holding the collector's ingest token (first non-comment line),
+    /// sent as `authorization: Bearer <token>` on every export.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SIGHTLINE_AGENT_COLLECTOR_TOKEN_FILE"
+    )]
+    pub collector_token_file: Option<PathBuf>,
+
+    /// The collector's ingest token itself (prefer the environment to the
+    /// flag, which shows in the process list); wins over the file.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SIGHTLINE_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub collector_token: Option<CollectorToken>,
+
     /// Directory where checkpoints are kept [default: ./data/agent].
     #[arg(long, value_name = "DIR", env = "SIGHTLINE_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -109,6 +128,12 @@ impl Cli {
         if let Some(collector) = &self.collector {
             config.collector.clone_from(collector);
         }
+        if let Some(file) = &self.collector_token_file {
+            config.collector_token_file = Some(file.clone());
+        }
+        if let Some(token) = &self.collector_token {
+            config.collector_token = Some(token.clone());
+        }
         if let Some(data_dir) = &self.data_dir {
             config.data_dir.clone_from(data_dir);
         }
@@ -139,6 +164,12 @@ pub struct Config {
     pub exclude_paths: Vec<String>,
     /// OTLP gRPC endpoint, e.g. `http://127.0.0.1:4317`.
     pub collector: String,
+    /// File holding the collector's ingest token (first non-comment line).
+    pub collector_token_file: Option<PathBuf>,
+    /// The ingest token from `--collector-token` or `SIGHTLINE_AGENT_TOKEN`;
+    /// never read from the file, and wins over `collector_token_file`.
+    #[serde(skip)]
+    pub collector_token: Option<CollectorToken>,
     /// Compression of export requests.
     pub compression: Compression,
     /// Directory holding `checkpoints.json`.
@@ -179,6 +210,8 @@ impl Default for Config {
             ],
             exclude_paths: Vec::new(),
             collector: DEFAULT_COLLECTOR.to_owned(),
+            collector_token_file: None,
+            collector_token: None,
             compression: Compression::default(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             http_addr: DEFAULT_HTTP_ADDR
@@ -196,6 +229,58 @@ impl Default for Config {
             tuning: Tuning::default(),
             host_metrics: HostMetricsConfig::default(),
         }
+    }
+}
+
+/// A bearer token for the collector; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CollectorToken(String);
+
+impl CollectorToken {
+    /// The token's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The token of `collector_token`, else the first line of
+    /// `collector_token_file` that is neither blank nor a `#` comment.
+    pub fn resolve(config: &Config) -> Result<Option<CollectorToken>> {
+        if let Some(token) = &config.collector_token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &config.collector_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|error| AgentError::InvalidConfig {
+            key: "collector_token_file",
+            reason: format!("cannot read {}: {error}", path.display()),
+        })?;
+        text.lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| Some(CollectorToken(line.to_owned())))
+            .ok_or_else(|| AgentError::InvalidConfig {
+                key: "collector_token_file",
+                reason: format!("{} holds no token", path.display()),
+            })
+    }
+}
+
+impl std::str::FromStr for CollectorToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("the collector token is empty".to_owned());
+        }
+        Ok(CollectorToken(token.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for CollectorToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("CollectorToken(<redacted>)")
     }
 }
 
@@ -848,5 +933,32 @@ mod tests {
         config.filters.drop_patterns = vec!["(".to_owned()];
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("`filters.drop_patterns`"), "{error}");
+    }
+
+    #[test]
+    fn collector_token_comes_from_the_flag_or_the_file_and_never_debug_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "# ingest token\n\n  from-file  \nsecond\n").unwrap();
+        let mut config = Config {
+            collector_token_file: Some(file.clone()),
+            ..Config::default()
+        };
+        let token = CollectorToken::resolve(&config).unwrap().unwrap();
+        assert_eq!(token.expose(), "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+        config.collector_token = Some("from-env".parse().unwrap());
+        let token = CollectorToken::resolve(&config).unwrap().unwrap();
+        assert_eq!(token.expose(), "from-env");
+        assert!(!format!("{config:?}").contains("from-env"));
+        std::fs::write(&file, "# nothing\n").unwrap();
+        config.collector_token = None;
+        let error = CollectorToken::resolve(&config).unwrap_err().to_string();
+        assert!(error.contains("holds no token"), "{error}");
+        assert!(
+            CollectorToken::resolve(&Config::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -40,6 +40,8 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Ex
 #[derive(Debug)]
 pub(crate) struct OtlpSink {
     client: Grpc<Channel>,
+    /// `Bearer <ingest token>`, marked sensitive, when one is configured.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
     checkpoints: CheckpointStore,
     metrics: Arc<Metrics>,
     initial_backoff: Duration,
@@ -84,8 +86,23 @@ impl OtlpSink {
             Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
             Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
         };
+        let authorization = crate::config::CollectorToken::resolve(config)?
+            .map(|token| {
+                let mut value = tonic::metadata::AsciiMetadataValue::try_from(format!(
+                    "Bearer {}",
+                    token.expose()
+                ))
+                .map_err(|_| AgentError::InvalidConfig {
+                    key: "collector_token",
+                    reason: "the token holds characters not allowed in a header".to_owned(),
+                })?;
+                value.set_sensitive(true);
+                Ok::<_, AgentError>(value)
+            })
+            .transpose()?;
         Ok(OtlpSink {
             client,
+            authorization,
             checkpoints,
             metrics,
             initial_backoff: config.tuning.retry_initial_backoff,
@@ -219,12 +236,14 @@ impl OtlpSink {
             .ready()
             .await
             .map_err(|error| Status::unavailable(format!("collector not ready: {error}")))?;
+        let mut request = Request::new(encoded);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         self.client
-            .unary(
-                Request::new(encoded),
-                PathAndQuery::from_static(EXPORT_PATH),
-                PreEncoded,
-            )
+            .unary(request, PathAndQuery::from_static(EXPORT_PATH), PreEncoded)
             .await
     }
 }

@@ -488,8 +488,12 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         retention: Duration::from_secs(30 * 86_400),
         commit_interval: Duration::from_secs(1),
         max_record_bytes: 1024 * 1024,
+        max_attributes: 1_000,
+        max_attribute_key_bytes: 256,
+        max_attribute_value_bytes: 64 * 1024,
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
+        auth: Default::default(),
     };
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

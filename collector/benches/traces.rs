@@ -644,8 +644,12 @@ fn collector_config(data_dir: &Path) -> anyhow::Result<CollectorConfig> {
         retention: Duration::from_secs(30 * 86_400),
         commit_interval: Duration::from_secs(1),
         max_record_bytes: 1024 * 1024,
+        max_attributes: 1_000,
+        max_attribute_key_bytes: 256,
+        max_attribute_value_bytes: 64 * 1024,
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
+        auth: Default::default(),
     })
 }
 

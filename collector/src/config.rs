@@ -45,9 +45,52 @@ pub struct CollectorConfig {
     /// Largest log record (body plus attributes) accepted, in bytes.
     #[arg(long, env = "SIGHTLINE_MAX_RECORD_BYTES", default_value_t = 1024 * 1024)]
     pub max_record_bytes: usize,
+    /// Most attributes a log record or span may have; one with more is refused.
+    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTES)]
+    pub max_attributes: usize,
+    /// Longest attribute key accepted, in bytes; a record with a longer one is refused.
+    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_KEY_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_KEY_BYTES)]
+    pub max_attribute_key_bytes: usize,
+    /// Longest attribute value accepted, in bytes; a record with a longer one is refused.
+    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_VALUE_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES)]
+    pub max_attribute_value_bytes: usize,
     /// Bytes of accepted batches that may wait for indexing before senders are told to back off.
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,
+    /// Bearer tokens for ingest and for queries (see `auth.rs`).
+    #[command(flatten)]
+    pub auth: AuthFlags,
+}
+
+/// Where the collector's bearer tokens come from. A scope without any token
+/// is open.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthFlags {
+    /// File of bearer tokens accepted by the receivers, one per line (several
+    /// while a key is rotated). No ingest token: ingest is open.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_INGEST_TOKEN_FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// One ingest token; prefer the environment or the file to the flag,
+    /// which other local users can read from the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SIGHTLINE_INGEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub ingest_token: Option<crate::auth::Secret>,
+    /// File of bearer tokens accepted by the query API and the UI, one per
+    /// line. No query token: queries are open.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_QUERY_TOKEN_FILE")]
+    pub query_token_file: Option<PathBuf>,
+    /// One query token (see `--ingest-token` about the flag).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SIGHTLINE_QUERY_TOKEN",
+        hide_env_values = true
+    )]
+    pub query_token: Option<crate::auth::Secret>,
 }
 
 /// The command line: the collector's flags, or one of the rule tools.

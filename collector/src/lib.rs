@@ -14,6 +14,7 @@
 //! and never knows an on-disk layout: that is `sightline-store`'s.
 
 pub mod alerting;
+pub mod auth;
 pub mod config;
 pub mod config_file;
 pub mod elastic;
@@ -40,6 +41,7 @@ use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::CollectorConfig;
 
@@ -59,6 +61,7 @@ pub async fn run(
         Some(path) => config_file::ConfigFile::load(path)?,
         None => config_file::ConfigFile::default(),
     };
+    let auth = auth::Auth::from_config(&config)?;
     for key in config_file.ignored() {
         tracing::warn!(key, "config file key not supported by Sightline; ignored");
     }
@@ -97,6 +100,9 @@ pub async fn run(
     let limits = Limits {
         retention: config.retention,
         max_record_bytes: config.max_record_bytes,
+        max_attributes: config.max_attributes,
+        max_attribute_key_bytes: config.max_attribute_key_bytes,
+        max_attribute_value_bytes: config.max_attribute_value_bytes,
         ..Limits::default()
     };
     let ingest =
@@ -112,6 +118,27 @@ pub async fn run(
         http = %http_listener.local_addr()?,
         data_dir = %config.data_dir.display(),
         "collector listening"
+    );
+    auth::warn_if_exposed(
+        &auth,
+        &[
+            (
+                "OTLP/gRPC",
+                grpc_listener.local_addr()?,
+                auth::Scope::Ingest,
+            ),
+            (
+                "OTLP/HTTP",
+                otlp_http_listener.local_addr()?,
+                auth::Scope::Ingest,
+            ),
+            (
+                "query API",
+                http_listener.local_addr()?,
+                auth::Scope::Ingest,
+            ),
+            ("query API", http_listener.local_addr()?, auth::Scope::Query),
+        ],
     );
 
     let (stop_sender, stop) = watch::channel(false);
@@ -132,16 +159,30 @@ pub async fn run(
     ));
 
     let grpc = tonic::transport::Server::builder()
-        .add_service(grpc::logs_service(ingest.clone()))
-        .add_service(grpc::trace_service(ingest.clone()))
-        .add_service(grpc::metrics_service(otlp_metrics.clone()))
+        .add_service(InterceptedService::new(
+            grpc::logs_service(ingest.clone()),
+            auth.grpc_ingest(),
+        ))
+        .add_service(InterceptedService::new(
+            grpc::trace_service(ingest.clone()),
+            auth.grpc_ingest(),
+        ))
+        .add_service(InterceptedService::new(
+            grpc::metrics_service(otlp_metrics.clone()),
+            auth.grpc_ingest(),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop.clone()),
         );
     let otlp_http = axum::serve(
         otlp_http_listener,
-        otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
+        otlp_http::router(ingest.clone())
+            .merge(otlp_http::metrics_router(otlp_metrics))
+            .layer(axum::middleware::from_fn_with_state(
+                auth.clone(),
+                auth::ingest_layer,
+            )),
     )
     .with_graceful_shutdown(stopped(stop.clone()));
     let metrics_state = MetricsState {
@@ -218,7 +259,8 @@ pub async fn run(
         "/metrics",
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_state.clone(), headers)),
     )
-    .merge(scraper.router());
+    .merge(scraper.router())
+    .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
     drop(ingest);
     let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
