@@ -115,15 +115,20 @@ pub enum RetryReason {
     ResourceExhausted,
     /// `DEADLINE_EXCEEDED`: the export timed out.
     DeadlineExceeded,
+    /// `UNAUTHENTICATED` / `PERMISSION_DENIED`: a token the collector does
+    /// not accept. Retried, not dropped: the lines wait in their files
+    /// until an operator fixes the token.
+    Unauthenticated,
     /// Any other retryable status.
     Other,
 }
 
 impl RetryReason {
-    const ALL: [RetryReason; 4] = [
+    const ALL: [RetryReason; 5] = [
         RetryReason::Unavailable,
         RetryReason::ResourceExhausted,
         RetryReason::DeadlineExceeded,
+        RetryReason::Unauthenticated,
         RetryReason::Other,
     ];
 
@@ -132,6 +137,7 @@ impl RetryReason {
             RetryReason::Unavailable => "unavailable",
             RetryReason::ResourceExhausted => "resource_exhausted",
             RetryReason::DeadlineExceeded => "deadline_exceeded",
+            RetryReason::Unauthenticated => "unauthenticated",
             RetryReason::Other => "other",
         }
     }

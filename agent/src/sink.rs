@@ -291,10 +291,13 @@ impl Decoder for PreEncoded {
 }
 
 /// Retryable statuses per the OTLP spec, plus `RESOURCE_EXHAUSTED` (the
-/// collector pushing back); `None` means permanent.
+/// collector pushing back) and the auth refusals (a wrong or rotated token
+/// is fixed by an operator; dropping the batch would lose its lines);
+/// `None` means permanent.
 fn retry_reason(status: &Status) -> Option<RetryReason> {
     match status.code() {
         Code::Unavailable => Some(RetryReason::Unavailable),
+        Code::Unauthenticated | Code::PermissionDenied => Some(RetryReason::Unauthenticated),
         Code::ResourceExhausted => Some(RetryReason::ResourceExhausted),
         Code::DeadlineExceeded => Some(RetryReason::DeadlineExceeded),
         Code::Cancelled | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
@@ -368,7 +371,8 @@ mod tests {
             (Code::Aborted, Some(RetryReason::Other)),
             (Code::InvalidArgument, None),
             (Code::Unimplemented, None),
-            (Code::PermissionDenied, None),
+            (Code::PermissionDenied, Some(RetryReason::Unauthenticated)),
+            (Code::Unauthenticated, Some(RetryReason::Unauthenticated)),
         ];
         for (code, expected) in cases {
             assert_eq!(retry_reason(&Status::new(code, "x")), expected, "{code:?}");

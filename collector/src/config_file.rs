@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::scrape::target::{DEFAULT_SAMPLE_LIMIT, ScrapeLimits};
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -105,6 +107,19 @@ pub struct ScrapeConfig {
     pub static_configs: Vec<StaticConfig>,
     #[serde(default)]
     pub file_sd_configs: Vec<FileSdConfig>,
+    /// Most samples a scrape may expose; more fails it with
+    /// `sample limit exceeded`. Unset: [`DEFAULT_SAMPLE_LIMIT`]; 0: none.
+    #[serde(default)]
+    pub sample_limit: Option<usize>,
+    /// Most labels a scraped series may have (target labels included); 0: none.
+    #[serde(default)]
+    pub label_limit: usize,
+    /// Longest label name of a scraped series, in bytes; 0: none.
+    #[serde(default)]
+    pub label_name_length_limit: usize,
+    /// Longest label value of a scraped series, in bytes; 0: none.
+    #[serde(default)]
+    pub label_value_length_limit: usize,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
 }
@@ -113,6 +128,16 @@ impl ScrapeConfig {
     /// The interval this job scrapes at.
     pub fn interval(&self, global: &GlobalConfig) -> Duration {
         self.scrape_interval.unwrap_or(global.scrape_interval)
+    }
+
+    /// The job's per-scrape limits.
+    pub fn limits(&self) -> ScrapeLimits {
+        ScrapeLimits {
+            sample_limit: self.sample_limit.unwrap_or(DEFAULT_SAMPLE_LIMIT),
+            label_limit: self.label_limit,
+            label_name_length_limit: self.label_name_length_limit,
+            label_value_length_limit: self.label_value_length_limit,
+        }
     }
 
     /// The per-scrape timeout: never longer than the interval.

@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::ingest::{Ingest, summarize};
+use crate::ingest::{Ingest, spans_message, summarize};
 use crate::otlp;
 use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
@@ -77,13 +77,12 @@ impl TraceService for TracesReceiver {
         if rejected > 0 {
             self.ingest.count_malformed(rejected as u64);
         }
-        self.ingest.spans(spans, size).await?;
-        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected as i64,
-            error_message: format!(
-                "{rejected} spans had a missing or malformed trace_id or span_id"
-            ),
-        });
+        let limited = self.ingest.spans(spans, size).await?;
+        let partial_success =
+            (rejected > 0 || !limited.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: (rejected + limited.len()) as i64,
+                error_message: spans_message(rejected, &limited),
+            });
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success,
         }))

@@ -12,12 +12,19 @@ use std::time::Duration;
 use sightline_store::{LogRecord, Span};
 
 use crate::logmetrics::LogMetrics;
-use crate::metrics::{CollectorMetrics, RejectReason};
+use crate::metrics::{CollectorMetrics, Limit, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
 use crate::spanmetrics::SpanMetrics;
 
 /// Memory a decoded record takes, as a multiple of its JSON size.
 const DECODED_MEMORY_FACTOR: usize = 3;
+
+/// Default of [`Limits::max_attributes`].
+pub const DEFAULT_MAX_ATTRIBUTES: usize = 1_000;
+/// Default of [`Limits::max_attribute_key_bytes`].
+pub const DEFAULT_MAX_ATTRIBUTE_KEY_BYTES: usize = 256;
+/// Default of [`Limits::max_attribute_value_bytes`].
+pub const DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES: usize = 64 * 1024;
 
 /// Per-record limits.
 #[derive(Debug, Clone)]
@@ -28,6 +35,14 @@ pub struct Limits {
     pub max_future: Duration,
     /// Largest record (body plus attributes) accepted, in bytes.
     pub max_record_bytes: usize,
+    /// Most attributes a log record or span may have (its own, not the
+    /// resource's); a record with more is refused, not truncated.
+    pub max_attributes: usize,
+    /// Longest attribute key accepted, in bytes.
+    pub max_attribute_key_bytes: usize,
+    /// Longest attribute value accepted, in bytes (a string's length, or
+    /// the sum over an array's or map's strings).
+    pub max_attribute_value_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +51,9 @@ impl Default for Limits {
             retention: Duration::from_secs(30 * 86_400),
             max_future: Duration::from_secs(86_400),
             max_record_bytes: 1024 * 1024,
+            max_attributes: DEFAULT_MAX_ATTRIBUTES,
+            max_attribute_key_bytes: DEFAULT_MAX_ATTRIBUTE_KEY_BYTES,
+            max_attribute_value_bytes: DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES,
         }
     }
 }
@@ -104,8 +122,11 @@ impl Ingest {
                     accepted_bytes += size;
                     accepted.push(record);
                 }
-                Err((reason_kind, reason)) => {
+                Err((reason_kind, limit, reason)) => {
                     self.metrics.rejected(reason_kind, 1);
+                    if let Some(limit) = limit {
+                        self.metrics.limited(limit);
+                    }
                     rejections.push(Rejection { index, reason });
                 }
             }
@@ -127,13 +148,33 @@ impl Ingest {
         Ok(rejections)
     }
 
-    pub async fn spans(&self, spans: Vec<Span>, size_bytes: usize) -> Result<(), IngestError> {
+    /// Stores the spans that pass the attribute limits and returns the
+    /// refused ones, by index in `spans`.
+    pub async fn spans(
+        &self,
+        spans: Vec<Span>,
+        size_bytes: usize,
+    ) -> Result<Vec<Rejection>, IngestError> {
+        let mut rejections = Vec::new();
+        let mut accepted = Vec::with_capacity(spans.len());
+        for (index, span) in spans.into_iter().enumerate() {
+            match check_attributes(&self.limits, &span.attributes) {
+                Ok(()) => accepted.push(span),
+                Err((limit, reason)) => {
+                    self.metrics.rejected(RejectReason::TooLarge, 1);
+                    self.metrics.limited(limit);
+                    rejections.push(Rejection { index, reason });
+                }
+            }
+        }
+        let spans = accepted;
         let charged = size_bytes.saturating_mul(DECODED_MEMORY_FACTOR + 1);
         // Counted before the WAL so the batch need not be cloned (a few
         // microseconds per span); a refused batch is counted again when the
         // sender retries, which rate-based RED queries tolerate.
         self.span_metrics.observe(&spans);
-        self.store(Batch::Spans(spans), charged).await
+        self.store(Batch::Spans(spans), charged).await?;
+        Ok(rejections)
     }
 
     /// Records a rejection found while decoding (before [`Ingest::logs`]).
@@ -150,12 +191,17 @@ impl Ingest {
     }
 
     /// Checks one record; returns its approximate JSON size when it passes.
-    fn check_log(&self, record: &LogRecord, now: i64) -> Result<usize, (RejectReason, String)> {
+    fn check_log(
+        &self,
+        record: &LogRecord,
+        now: i64,
+    ) -> Result<usize, (RejectReason, Option<Limit>, String)> {
         let oldest = now.saturating_sub(nanos(self.limits.retention));
         let newest = now.saturating_add(nanos(self.limits.max_future));
         if record.timestamp < oldest || record.timestamp > newest {
             return Err((
                 RejectReason::Timestamp,
+                None,
                 format!(
                     "timestamp {} is outside the accepted window (retention {}, at most {} ahead)",
                     format_nanos(record.timestamp),
@@ -164,12 +210,15 @@ impl Ingest {
                 ),
             ));
         }
+        check_attributes(&self.limits, &record.attributes)
+            .map_err(|(limit, reason)| (RejectReason::TooLarge, Some(limit), reason))?;
         let size = record.body.len() + json_size(&record.attributes) + json_size(&record.resource);
         if size > self.limits.max_record_bytes {
             return Err((
                 RejectReason::TooLarge,
+                Some(Limit::RecordBytes),
                 format!(
-                    "record of {size} bytes is over the limit of {} bytes",
+                    "record of {size} bytes is over max_record_bytes ({} bytes)",
                     self.limits.max_record_bytes
                 ),
             ));
@@ -178,18 +227,62 @@ impl Ingest {
     }
 }
 
-/// A cheap upper bound of a JSON object's encoded size.
-fn json_size(map: &serde_json::Map<String, serde_json::Value>) -> usize {
-    fn value_size(value: &serde_json::Value) -> usize {
-        match value {
-            serde_json::Value::String(text) => text.len() + 2,
-            serde_json::Value::Array(items) => items.iter().map(value_size).sum::<usize>() + 2,
-            serde_json::Value::Object(map) => json_size(map),
-            _ => 8,
+/// Checks the attribute count and each key's and value's size; the error
+/// names the limit and the offending key.
+fn check_attributes(
+    limits: &Limits,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), (Limit, String)> {
+    if attributes.len() > limits.max_attributes {
+        return Err((
+            Limit::Attributes,
+            format!(
+                "{} attributes is over max_attributes ({})",
+                attributes.len(),
+                limits.max_attributes
+            ),
+        ));
+    }
+    for (key, value) in attributes {
+        if key.len() > limits.max_attribute_key_bytes {
+            let shown: String = key.chars().take(32).collect();
+            return Err((
+                Limit::AttributeKeyBytes,
+                format!(
+                    "attribute key {shown:?}... of {} bytes is over max_attribute_key_bytes ({})",
+                    key.len(),
+                    limits.max_attribute_key_bytes
+                ),
+            ));
+        }
+        let value_bytes = json_value_size(value);
+        if value_bytes > limits.max_attribute_value_bytes {
+            return Err((
+                Limit::AttributeValueBytes,
+                format!(
+                    "value of attribute {key:?} of {value_bytes} bytes is over max_attribute_value_bytes ({})",
+                    limits.max_attribute_value_bytes
+                ),
+            ));
         }
     }
+    Ok(())
+}
+
+/// A cheap upper bound of a JSON value's encoded size.
+fn json_value_size(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(text) => text.len() + 2,
+        serde_json::Value::Array(items) => items.iter().map(json_value_size).sum::<usize>() + 2,
+        serde_json::Value::Object(map) => json_size(map),
+        _ => 8,
+    }
+}
+
+/// A cheap upper bound of a JSON object's encoded size.
+fn json_size(map: &serde_json::Map<String, serde_json::Value>) -> usize {
     map.iter()
-        .map(|(key, value)| key.len() + 4 + value_size(value))
+        .map(|(key, value)| key.len() + 4 + json_value_size(value))
         .sum::<usize>()
         + 2
 }
@@ -225,4 +318,19 @@ pub fn summarize(rejections: &[Rejection], what: &str) -> String {
         message.push_str(&format!(" and {} more", rejections.len() - SHOWN));
     }
     message
+}
+
+/// The partial-success message of a traces export: spans without valid ids
+/// (dropped while decoding) and spans over a limit.
+pub fn spans_message(malformed: usize, limited: &[Rejection]) -> String {
+    let mut parts = Vec::new();
+    if malformed > 0 {
+        parts.push(format!(
+            "{malformed} spans had a missing or malformed trace_id or span_id"
+        ));
+    }
+    if !limited.is_empty() {
+        parts.push(summarize(limited, "spans"));
+    }
+    parts.join("; ")
 }

@@ -33,8 +33,50 @@ impl RejectReason {
     }
 }
 
+/// Which limit refused a record or a request, for
+/// `sightline_collector_limited_total{limit="..."}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-record-bytes`.
+    RecordBytes,
+    /// `--max-attributes`.
+    Attributes,
+    /// `--max-attribute-key-bytes`.
+    AttributeKeyBytes,
+    /// `--max-attribute-value-bytes`.
+    AttributeValueBytes,
+    /// The received request body size.
+    BodyBytes,
+    /// The decompressed request body size.
+    DecodedBytes,
+}
+
+impl Limit {
+    const ALL: [Limit; 6] = [
+        Limit::RecordBytes,
+        Limit::Attributes,
+        Limit::AttributeKeyBytes,
+        Limit::AttributeValueBytes,
+        Limit::BodyBytes,
+        Limit::DecodedBytes,
+    ];
+
+    /// The label value, which is also the limit's name in error messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::RecordBytes => "max_record_bytes",
+            Limit::Attributes => "max_attributes",
+            Limit::AttributeKeyBytes => "max_attribute_key_bytes",
+            Limit::AttributeValueBytes => "max_attribute_value_bytes",
+            Limit::BodyBytes => "max_body_bytes",
+            Limit::DecodedBytes => "max_decoded_bytes",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct CollectorMetrics {
+    limited: [AtomicU64; 6],
     log_records: AtomicU64,
     spans: AtomicU64,
     rejected: [AtomicU64; 3],
@@ -71,6 +113,12 @@ impl CollectorMetrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.rejected[index].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// A record or request refused by `limit`.
+    pub fn limited(&self, limit: Limit) {
+        let index = Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0);
+        self.limited[index].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn busy(&self) {
@@ -130,6 +178,23 @@ impl CollectorMetrics {
             "counter",
             "Records refused while the rest of their batch was kept.",
             &rejected,
+        );
+        let limited: Vec<(String, f64)> = Limit::ALL
+            .iter()
+            .zip(&self.limited)
+            .map(|(limit, count)| {
+                (
+                    format!("{{limit=\"{}\"}}", limit.label()),
+                    load(count) as f64,
+                )
+            })
+            .collect();
+        let limited: Vec<(&str, f64)> = limited.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "sightline_collector_limited_total",
+            "counter",
+            "Records and requests refused by a size or count limit, by limit.",
+            &limited,
         );
         metric(
             "sightline_collector_busy_refusals_total",

@@ -52,6 +52,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::ingest::{Ingest, summarize};
+use crate::metrics::Limit;
 use crate::otlp;
 use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
@@ -138,9 +139,9 @@ impl Format {
 /// What can go wrong with a request body before it is decoded.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
-    #[error("request body is over the limit of {limit} bytes")]
+    #[error("request body is over the limit of {limit} bytes (max_body_bytes)")]
     TooLarge { limit: usize },
-    #[error("decompressed request body is over the limit of {limit} bytes")]
+    #[error("decompressed request body is over the limit of {limit} bytes (max_decoded_bytes)")]
     DecodedTooLarge { limit: usize },
     #[error("unsupported Content-Encoding {0:?}, expected gzip or identity")]
     UnsupportedEncoding(String),
@@ -347,15 +348,19 @@ async fn store_logs(
     format: Format,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OtlpError> {
-    let body = read_body(body, MAX_BODY_BYTES)?;
+    let body = counted(
+        ingest,
+        read_body(body, MAX_BODY_BYTES).map_err(OtlpError::from),
+    )?;
     let encoding = headers.get(CONTENT_ENCODING).cloned();
-    let (records, size) = tokio::task::spawn_blocking(move || {
+    let decoded = tokio::task::spawn_blocking(move || {
         let (request, size) =
             decode_request::<ExportLogsServiceRequest>(format, encoding.as_ref(), body)?;
         Ok::<_, OtlpError>((otlp::log_records(request), size))
     })
     .await
-    .map_err(|error| OtlpError::Internal(error.to_string()))??;
+    .map_err(|error| OtlpError::Internal(error.to_string()))?;
+    let (records, size) = counted(ingest, decoded)?;
     let rejections = ingest.logs(records, size).await?;
     let partial_success = (!rejections.is_empty()).then(|| ExportLogsPartialSuccess {
         rejected_log_records: rejections.len() as i64,
@@ -375,6 +380,20 @@ async fn store_logs(
     ))
 }
 
+/// Counts a request refused by a body-size limit on `/metrics`.
+fn counted<T>(ingest: &Ingest, result: Result<T, OtlpError>) -> Result<T, OtlpError> {
+    match &result {
+        Err(OtlpError::Body(BodyError::TooLarge { .. })) => {
+            ingest.metrics().limited(Limit::BodyBytes);
+        }
+        Err(OtlpError::Body(BodyError::DecodedTooLarge { .. })) => {
+            ingest.metrics().limited(Limit::DecodedBytes);
+        }
+        _ => {}
+    }
+    result
+}
+
 async fn export_traces(
     State(ingest): State<Ingest>,
     headers: HeaderMap,
@@ -392,24 +411,29 @@ async fn store_traces(
     format: Format,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OtlpError> {
-    let body = read_body(body, MAX_BODY_BYTES)?;
+    let body = counted(
+        ingest,
+        read_body(body, MAX_BODY_BYTES).map_err(OtlpError::from),
+    )?;
     let encoding = headers.get(CONTENT_ENCODING).cloned();
-    let (spans, rejected, size) = tokio::task::spawn_blocking(move || {
+    let decoded = tokio::task::spawn_blocking(move || {
         let (request, size) =
             decode_request::<ExportTraceServiceRequest>(format, encoding.as_ref(), body)?;
         let (spans, rejected) = otlp::spans(request);
         Ok::<_, OtlpError>((spans, rejected, size))
     })
     .await
-    .map_err(|error| OtlpError::Internal(error.to_string()))??;
+    .map_err(|error| OtlpError::Internal(error.to_string()))?;
+    let (spans, rejected, size) = counted(ingest, decoded)?;
     if rejected > 0 {
         ingest.count_malformed(rejected as u64);
     }
-    ingest.spans(spans, size).await?;
-    let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
-        rejected_spans: rejected as i64,
-        error_message: format!("{rejected} spans had a missing or malformed trace_id or span_id"),
-    });
+    let limited = ingest.spans(spans, size).await?;
+    let partial_success =
+        (rejected > 0 || !limited.is_empty()).then(|| ExportTracePartialSuccess {
+            rejected_spans: (rejected + limited.len()) as i64,
+            error_message: crate::ingest::spans_message(rejected, &limited),
+        });
     let json = match &partial_success {
         Some(partial) => json!({"partialSuccess": {
             "rejectedSpans": partial.rejected_spans.to_string(),
@@ -551,6 +575,48 @@ fn add_missing_values(value: &mut Value) -> bool {
             changed
         }
         _ => false,
+    }
+}
+
+/// Fuzz entry point (not an API): decodes `data` as an export request the
+/// way the handlers do, then converts it as ingestion does. The first byte
+/// chooses the signal, JSON or protobuf, and gzip or no content encoding.
+#[doc(hidden)]
+pub fn fuzz_otlp(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let format = if selector & 1 == 0 {
+        Format::Json
+    } else {
+        Format::Protobuf
+    };
+    let gzip = HeaderValue::from_static("gzip");
+    let encoding = (selector & 8 != 0).then_some(&gzip);
+    let body = Bytes::copy_from_slice(body);
+    match (selector >> 1) % 3 {
+        0 => {
+            if let Ok((request, _)) =
+                decode_request::<ExportLogsServiceRequest>(format, encoding, body)
+            {
+                otlp::log_records(request);
+            }
+        }
+        1 => {
+            if let Ok((request, _)) =
+                decode_request::<ExportTraceServiceRequest>(format, encoding, body)
+            {
+                otlp::spans(request);
+            }
+        }
+        _ => {
+            if let Ok((request, _)) =
+                decode_request::<ExportMetricsServiceRequest>(format, encoding, body)
+            {
+                let deltas = crate::otlp_metrics::DeltaTotals::default();
+                crate::otlp_metrics::translate(request, &deltas, 0);
+            }
+        }
     }
 }
 

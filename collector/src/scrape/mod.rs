@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
 use discovery::FileDiscovery;
-use target::{Target, TargetStatus};
+use target::{ScrapeLimits, Target, TargetStatus};
 
 /// The job the collector scrapes itself in, when no job does.
 pub const SELF_JOB: &str = "sightline";
@@ -56,6 +56,7 @@ pub struct Job {
     pub file_sd_configs: Vec<FileSdConfig>,
     /// Where relative `file_sd_configs` globs start.
     pub base_dir: PathBuf,
+    pub limits: ScrapeLimits,
 }
 
 impl Job {
@@ -76,6 +77,7 @@ impl Job {
             }],
             file_sd_configs: Vec::new(),
             base_dir: PathBuf::from("."),
+            limits: ScrapeLimits::default(),
         }
     }
 
@@ -127,6 +129,7 @@ impl Job {
                     timeout: self.timeout.min(self.interval),
                     honor_labels: self.honor_labels,
                     honor_timestamps: self.honor_timestamps,
+                    limits: self.limits,
                 });
             }
         }
@@ -156,6 +159,7 @@ pub fn jobs_from_config(
             static_configs: scrape.static_configs.clone(),
             file_sd_configs: scrape.file_sd_configs.clone(),
             base_dir: config_dir.to_path_buf(),
+            limits: scrape.limits(),
         })
         .collect();
     let Some(address) = self_address else {

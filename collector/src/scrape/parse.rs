@@ -110,12 +110,26 @@ pub fn decode_utf8(body: Vec<u8>) -> Result<String, ParseError> {
     })
 }
 
+/// The message of the [`ParseError`] that [`parse_limited`] stops with.
+pub const SAMPLE_LIMIT_EXCEEDED: &str = "sample limit exceeded";
+
 /// Parses a whole scrape body.
 pub fn parse(text: &str, format: Format) -> Result<Exposition, ParseError> {
+    parse_limited(text, format, usize::MAX)
+}
+
+/// Parses a scrape body, stopping at the first sample past `sample_limit`
+/// with [`SAMPLE_LIMIT_EXCEEDED`], so a huge target costs at most the limit.
+pub fn parse_limited(
+    text: &str,
+    format: Format,
+    sample_limit: usize,
+) -> Result<Exposition, ParseError> {
     let mut parser = Parser {
         format,
         exposition: Exposition::default(),
         types: BTreeMap::new(),
+        sample_limit,
     };
     let mut lines = text.split('\n').enumerate().peekable();
     let mut saw_eof = false;
@@ -157,6 +171,8 @@ struct Parser {
     exposition: Exposition,
     /// Family name to `# TYPE`, to find and drop `_created` series.
     types: BTreeMap<String, String>,
+    /// Samples kept at most; one more fails the parse.
+    sample_limit: usize,
 }
 
 const TEXT_TYPES: &[&str] = &["counter", "gauge", "histogram", "summary", "untyped"];
@@ -302,6 +318,9 @@ impl Parser {
         if self.format == Format::OpenMetrics && self.is_created_series(name) {
             self.exposition.created_dropped += 1;
             return Ok(());
+        }
+        if self.exposition.samples.len() >= self.sample_limit {
+            return Err(SAMPLE_LIMIT_EXCEEDED.to_string());
         }
         self.exposition.samples.push(ParsedSample {
             labels,
@@ -579,6 +598,16 @@ mod tests {
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn parsing_stops_at_the_first_sample_past_the_limit() {
+        let body = "# TYPE m gauge\nm{i=\"1\"} 1\nm{i=\"2\"} 2\nm{i=\"3\"} 3\nnot a sample\n";
+        let error = parse_limited(body, Format::Text, 2).unwrap_err();
+        assert_eq!(error.line, 4);
+        assert_eq!(error.message, SAMPLE_LIMIT_EXCEEDED);
+        let exposition = parse_limited("m 1\nm2 2\n", Format::Text, 2).unwrap();
+        assert_eq!(exposition.samples.len(), 2);
     }
 
     #[test]

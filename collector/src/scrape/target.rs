@@ -17,10 +17,68 @@ use sightline_store::promql::stale_nan;
 use sightline_store::tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
 use tokio::sync::watch;
 
-use super::parse::{ACCEPT_HEADER, Format, decode_utf8, parse};
+use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_limited};
 
 /// The largest scrape body accepted, after decompression.
 pub const MAX_BODY_BYTES: usize = 128 << 20;
+
+/// `sample_limit` when a job sets none: a target exposing more fails its
+/// scrape instead of holding millions of parsed samples in memory.
+pub const DEFAULT_SAMPLE_LIMIT: usize = 200_000;
+
+/// Prometheus' per-scrape limits. Past any of them the whole scrape fails
+/// (`up` is 0, the error names the limit) and nothing of it is stored.
+/// Zero means no limit, as in Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScrapeLimits {
+    pub sample_limit: usize,
+    pub label_limit: usize,
+    pub label_name_length_limit: usize,
+    pub label_value_length_limit: usize,
+}
+
+impl Default for ScrapeLimits {
+    fn default() -> ScrapeLimits {
+        ScrapeLimits {
+            sample_limit: DEFAULT_SAMPLE_LIMIT,
+            label_limit: 0,
+            label_name_length_limit: 0,
+            label_value_length_limit: 0,
+        }
+    }
+}
+
+impl ScrapeLimits {
+    /// Why `labels` break a label limit, if they do.
+    fn check_labels(&self, labels: &Labels) -> Result<(), String> {
+        let count = labels.len();
+        if self.label_limit > 0 && count > self.label_limit {
+            return Err(format!(
+                "label_limit exceeded: a series of {} has {count} labels, limit {}",
+                labels.metric_name(),
+                self.label_limit
+            ));
+        }
+        for (name, value) in labels.iter() {
+            if self.label_name_length_limit > 0 && name.len() > self.label_name_length_limit {
+                return Err(format!(
+                    "label_name_length_limit exceeded: a label name of {} has {} bytes, limit {}",
+                    labels.metric_name(),
+                    name.len(),
+                    self.label_name_length_limit
+                ));
+            }
+            if self.label_value_length_limit > 0 && value.len() > self.label_value_length_limit {
+                return Err(format!(
+                    "label_value_length_limit exceeded: value of label {name} has {} bytes, limit {}",
+                    value.len(),
+                    self.label_value_length_limit
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The series every scrape adds about itself, in this order.
 pub const SYNTHETIC_SERIES: [&str; 5] = [
@@ -44,6 +102,7 @@ pub struct Target {
     pub timeout: Duration,
     pub honor_labels: bool,
     pub honor_timestamps: bool,
+    pub limits: ScrapeLimits,
 }
 
 impl Target {
@@ -303,13 +362,24 @@ fn ingest(
     let exposition = fetched.and_then(|(body, gzip, format)| {
         let body = if gzip { gunzip(&body)? } else { body };
         let text = decode_utf8(body).map_err(|error| error.to_string())?;
-        parse(&text, format).map_err(|error| error.to_string())
+        let sample_limit = match target.limits.sample_limit {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        parse_limited(&text, format, sample_limit).map_err(|error| {
+            if error.message == SAMPLE_LIMIT_EXCEEDED {
+                format!("{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)")
+            } else {
+                error.to_string()
+            }
+        })
     });
     let mut batch: Vec<(Labels, i64, f64)> = Vec::new();
     // Which samples of the batch count for staleness (those without
     // their own timestamp), by index.
     let mut tracked: Vec<(usize, u64)> = Vec::new();
     let mut scraped = 0;
+    let mut over_limit = None;
     let error = match exposition {
         Ok(exposition) => {
             scraped = exposition.samples.len();
@@ -317,6 +387,10 @@ fn ingest(
             tracked.reserve(scraped);
             for sample in exposition.samples {
                 let labels = with_target_labels(sample.labels, target);
+                if let Err(limit) = target.limits.check_labels(&labels) {
+                    over_limit = Some(limit);
+                    break;
+                }
                 let own_timestamp = sample.timestamp_ms.filter(|_| target.honor_timestamps);
                 if own_timestamp.is_none() {
                     tracked.push((batch.len(), hash_labels(&labels)));
@@ -335,6 +409,15 @@ fn ingest(
             None
         }
         Err(error) => Some(error),
+    };
+    // A label limit fails the whole scrape, as a parse error does.
+    let error = match over_limit {
+        Some(limit) => {
+            batch.clear();
+            tracked.clear();
+            Some(limit)
+        }
+        None => error,
     };
     let current: HashSet<u64> = tracked.iter().map(|(_, hash)| *hash).collect();
     let series_added = current
@@ -455,6 +538,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             honor_labels,
             honor_timestamps: true,
+            limits: ScrapeLimits::default(),
         }
     }
 
@@ -492,5 +576,55 @@ mod tests {
         assert!(offsets.len() > 40, "{offsets:?}");
         // The same target gets the same slot.
         assert_eq!(target(false).offset(now), target(false).offset(now));
+    }
+
+    #[test]
+    fn label_limits_name_the_limit_and_fail_the_scrape() {
+        let series = Labels::new([("__name__", "m"), ("job", "shop"), ("path", "/a/bc")]);
+        let limits = |label_limit, name_length, value_length| ScrapeLimits {
+            sample_limit: 0,
+            label_limit,
+            label_name_length_limit: name_length,
+            label_value_length_limit: value_length,
+        };
+        assert_eq!(limits(3, 8, 5).check_labels(&series), Ok(()));
+        assert_eq!(
+            limits(2, 0, 0).check_labels(&series),
+            Err("label_limit exceeded: a series of m has 3 labels, limit 2".to_string())
+        );
+        assert_eq!(
+            limits(0, 4, 0).check_labels(&series),
+            Err(
+                "label_name_length_limit exceeded: a label name of m has 8 bytes, limit 4"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            limits(0, 0, 4).check_labels(&series),
+            Err(
+                "label_value_length_limit exceeded: value of label path has 5 bytes, limit 4"
+                    .to_string()
+            )
+        );
+
+        let mut target = target(false);
+        target.limits = limits(0, 0, 4);
+        let body = b"m{path=\"/a\"} 1\nm{path=\"/a/bc\"} 2\n".to_vec();
+        let store = MetricStore::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let (_, report) = ingest(
+            &target,
+            Ok((body, false, Format::Text)),
+            SystemTime::now(),
+            Duration::ZERO,
+            LoopState::default(),
+            &store,
+        );
+        let error = report.error.unwrap();
+        assert!(
+            error.starts_with("label_value_length_limit exceeded"),
+            "{error}"
+        );
+        // Only the five synthetic series: nothing of the failed scrape.
+        assert_eq!(report.appended, SYNTHETIC_SERIES.len());
     }
 }

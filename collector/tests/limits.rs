@@ -1,0 +1,455 @@
+//! No single input takes the collector down: a real collector process on
+//! loopback gets a gzip bomb, a 100 MB record, a record with 100k attributes
+//! and a scrape target with a million series, and each time answers with an
+//! error naming the limit, counts it on `/metrics`, and keeps serving the
+//! other clients and the rest of the batch.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const STARTUP_WITHIN: Duration = Duration::from_secs(60);
+const SEARCHABLE_WITHIN: Duration = Duration::from_secs(60);
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Collector {
+    child: Child,
+    otlp_http: SocketAddr,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    /// A collector with default limits and, when given, this config file.
+    async fn start(config_file: Option<&str>) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc, otlp_http, http) = (free_port(), free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sightline-collector"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--otlp-grpc-addr", &grpc.to_string()])
+            .args(["--otlp-http-addr", &otlp_http.to_string()])
+            .args(["--http-addr", &http.to_string()])
+            .args(["--commit-interval", "50ms"]);
+        if let Some(text) = config_file {
+            let path = dir.path().join("collector.yml");
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let collector = Collector {
+            child,
+            otlp_http,
+            http,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_WITHIN;
+        while !collector.healthy().await {
+            assert!(Instant::now() < deadline, "collector did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        collector
+    }
+
+    async fn healthy(&self) -> bool {
+        reqwest::get(format!("http://{}/health", self.http))
+            .await
+            .is_ok_and(|response| response.status() == StatusCode::OK)
+    }
+
+    fn logs_url(&self) -> String {
+        format!("http://{}/v1/logs", self.otlp_http)
+    }
+
+    /// The value of `sightline_collector_limited_total{limit="<limit>"}`.
+    async fn limited(&self, limit: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("sightline_collector_limited_total{{limit=\"{limit}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until a search for `query` finds `count` records; returns their bodies.
+    async fn bodies(&self, query: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + SEARCHABLE_WITHIN;
+        loop {
+            let answer: Value = reqwest::Client::new()
+                .get(format!("http://{}/api/logs", self.http))
+                .query(&[("q", query), ("limit", "1000")])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let bodies: Vec<String> = answer["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|record| record["body"].as_str().unwrap_or_default().to_string())
+                .collect();
+            if bodies.len() >= count {
+                return bodies;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {count} records for {query:?} became searchable",
+                bodies.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string()
+}
+
+/// An OTLP/JSON log record with `body` and these attributes.
+fn record(body: &str, attributes: Vec<Value>) -> Value {
+    json!({
+        "timeUnixNano": now_nanos(),
+        "body": {"stringValue": body},
+        "attributes": attributes,
+    })
+}
+
+fn logs_request(records: Vec<Value>) -> Value {
+    json!({"resourceLogs": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "limits-test"}}
+        ]},
+        "scopeLogs": [{"logRecords": records}],
+    }]})
+}
+
+async fn post_json(url: &str, body: Vec<u8>, gzip: bool) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json");
+    if gzip {
+        request = request.header("content-encoding", "gzip");
+    }
+    let response = request.body(body).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// About 10 MB of gzip that inflates to about 10 GB of zeros: one member of
+/// 64 MiB of zeros, repeated (multi-member gzip is one valid stream).
+fn gzip_bomb() -> (Vec<u8>, u64) {
+    let member_bytes = 64u64 << 20;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(member_bytes >> 20) {
+        encoder.write_all(&zeros).unwrap();
+    }
+    let member = encoder.finish().unwrap();
+    let members = (10 << 20) / member.len();
+    (member.repeat(members), members as u64 * member_bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gzip_bomb_is_refused_while_another_client_keeps_ingesting() {
+    let collector = Collector::start(None).await;
+    let (bomb, inflated) = gzip_bomb();
+    assert!(inflated > 9 << 30, "the bomb inflates to {inflated} bytes");
+
+    // Another client ingests all along the bomb's request.
+    let url = collector.logs_url();
+    let other_client = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for index in 0..20 {
+            let request = logs_request(vec![record(&format!("steady{index} neighbour"), vec![])]);
+            let (status, _) = post_json(&url, request.to_string().into_bytes(), false).await;
+            statuses.push(status);
+        }
+        statuses
+    });
+    let started = Instant::now();
+    let (status, answer) = post_json(&collector.logs_url(), bomb.clone(), true).await;
+    println!(
+        "gzip bomb of {} bytes (inflating to {inflated}) refused in {:?}",
+        bomb.len(),
+        started.elapsed()
+    );
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("decompressed request body is over the limit of 67108864 bytes")
+            && message.contains("max_decoded_bytes"),
+        "{message}"
+    );
+    assert_eq!(answer["code"], 8, "RESOURCE_EXHAUSTED: {answer}");
+
+    let statuses = other_client.await.unwrap();
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(collector.bodies("neighbour", 20).await.len(), 20);
+    assert_eq!(collector.limited("max_decoded_bytes").await, 1.0);
+    assert!(collector.healthy().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_100_mb_record_is_refused_and_a_large_one_leaves_its_batch_stored() {
+    let collector = Collector::start(None).await;
+    let huge = "x".repeat(100 << 20);
+
+    // As sent: refused at the received-size cap, before it is all buffered.
+    let request = logs_request(vec![record(&huge, vec![])]).to_string();
+    let (status, answer) = post_json(&collector.logs_url(), request.into_bytes(), false).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("max_body_bytes"), "{message}");
+
+    // Compressed to 100 KB: refused once inflating passes the decoded cap.
+    let request = logs_request(vec![record(&huge, vec![])]).to_string();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(request.as_bytes()).unwrap();
+    let compressed = encoder.finish().unwrap();
+    let (status, answer) = post_json(&collector.logs_url(), compressed, true).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_decoded_bytes"),
+        "{answer}"
+    );
+
+    // 2 MiB: within the body caps, over max_record_bytes; the rest is kept.
+    let large = "y".repeat(2 << 20);
+    let request = logs_request(vec![
+        record("kept1 beside", vec![]),
+        record(&large, vec![]),
+        record("kept2 beside", vec![]),
+    ]);
+    let (status, answer) = post_json(
+        &collector.logs_url(),
+        request.to_string().into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], "1");
+    let message = answer["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("[1] record of") && message.contains("max_record_bytes (1048576 bytes)"),
+        "{message}"
+    );
+    let mut bodies = collector.bodies("beside", 2).await;
+    bodies.sort();
+    assert_eq!(bodies, ["kept1 beside", "kept2 beside"]);
+
+    assert_eq!(collector.limited("max_body_bytes").await, 1.0);
+    assert_eq!(collector.limited("max_decoded_bytes").await, 1.0);
+    assert_eq!(collector.limited("max_record_bytes").await, 1.0);
+    assert!(collector.healthy().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_with_100k_attributes_is_refused_and_its_batch_stored() {
+    let collector = Collector::start(None).await;
+    let attributes: Vec<Value> = (0..100_000)
+        .map(|index| json!({"key": format!("a{index}"), "value": {"intValue": index}}))
+        .collect();
+    let long_key = vec![json!({"key": "k".repeat(300), "value": {"stringValue": "v"}})];
+    let long_value = vec![json!({"key": "big", "value": {"stringValue": "v".repeat(70_000)}})];
+    let request = logs_request(vec![
+        record(
+            "first survivor",
+            vec![json!({"key": "ok", "value": {"boolValue": true}})],
+        ),
+        record("many attributes", attributes),
+        record("long key", long_key),
+        record("long value", long_value),
+        record("second survivor", vec![]),
+    ]);
+    let (status, answer) = post_json(
+        &collector.logs_url(),
+        request.to_string().into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], "3");
+    let message = answer["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("[1] 100000 attributes is over max_attributes (1000)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[2] attribute key") && message.contains("max_attribute_key_bytes (256)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[3] value of attribute \"big\"")
+            && message.contains("max_attribute_value_bytes (65536)"),
+        "{message}"
+    );
+    let mut bodies = collector.bodies("survivor", 2).await;
+    bodies.sort();
+    assert_eq!(bodies, ["first survivor", "second survivor"]);
+    assert_eq!(collector.limited("max_attributes").await, 1.0);
+    assert_eq!(collector.limited("max_attribute_key_bytes").await, 1.0);
+    assert_eq!(collector.limited("max_attribute_value_bytes").await, 1.0);
+}
+
+/// A target exposing `series` series of one gauge.
+async fn start_target(series: usize) -> SocketAddr {
+    let mut body = String::with_capacity(series * 32);
+    body.push_str("# TYPE wide gauge\n");
+    for index in 0..series {
+        body.push_str(&format!("wide{{i=\"{index}\"}} 1\n"));
+    }
+    let body = Arc::new(body);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { body.as_str().to_string() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+/// Waits until `/api/v1/targets` has a scraped target of `job`; returns it.
+async fn scraped_target(collector: &Collector, job: &str) -> Value {
+    let deadline = Instant::now() + SEARCHABLE_WITHIN;
+    loop {
+        let answer: Value = reqwest::get(format!("http://{}/api/v1/targets", collector.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let target = answer["data"]["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|target| target["labels"]["job"] == job && target["health"] != "unknown")
+            .cloned();
+        if let Some(target) = target {
+            return target;
+        }
+        assert!(Instant::now() < deadline, "job {job} was not scraped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of `up{job="<job>"}` through the Prometheus API.
+async fn up(collector: &Collector, job: &str) -> Option<String> {
+    let answer: Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/query", collector.http))
+        .query(&[("query", format!("up{{job=\"{job}\"}}"))])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_series_target_fails_with_sample_limit_exceeded() {
+    let huge = start_target(1_000_000).await;
+    let small = start_target(10).await;
+    let config = format!(
+        "scrape_configs:\n\
+         - job_name: huge\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  static_configs:\n  - targets: ['{huge}']\n\
+         - job_name: small\n  scrape_interval: 1s\n  sample_limit: 10\n  static_configs:\n  - targets: ['{small}']\n\
+         - job_name: tight\n  scrape_interval: 1s\n  sample_limit: 9\n  static_configs:\n  - targets: ['{small}']\n"
+    );
+    let collector = Collector::start(Some(&config)).await;
+
+    let target = scraped_target(&collector, "huge").await;
+    assert_eq!(target["health"], "down", "{target}");
+    assert_eq!(
+        target["lastError"],
+        "sample limit exceeded: more than 200000 samples (sample_limit)"
+    );
+    let target = scraped_target(&collector, "tight").await;
+    assert_eq!(target["health"], "down", "{target}");
+    assert_eq!(
+        target["lastError"],
+        "sample limit exceeded: more than 9 samples (sample_limit)"
+    );
+    // At the limit is still fine.
+    let target = scraped_target(&collector, "small").await;
+    assert_eq!(target["health"], "up", "{target}");
+
+    let deadline = Instant::now() + SEARCHABLE_WITHIN;
+    while up(&collector, "huge").await.is_none() || up(&collector, "small").await.is_none() {
+        assert!(Instant::now() < deadline, "up was not stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up(&collector, "huge").await.as_deref(), Some("0"));
+    assert_eq!(up(&collector, "small").await.as_deref(), Some("1"));
+
+    // Nothing of the failed scrape was stored; the collector still ingests.
+    let answer: Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/query", collector.http))
+        .query(&[("query", "count(wide)")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["data"]["result"][0]["value"][1], "10", "{answer}");
+    let request = logs_request(vec![record("after scraping", vec![])]);
+    let (status, _) = post_json(
+        &collector.logs_url(),
+        request.to_string().into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(collector.bodies("scraping", 1).await.len(), 1);
+}
