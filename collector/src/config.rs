@@ -54,15 +54,6 @@ pub struct CollectorConfig {
     /// Longest attribute value accepted, in bytes; a record with a longer one is refused.
     #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_VALUE_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES)]
     pub max_attribute_value_bytes: usize,
-    /// Most attributes a log record or span may have; one with more is refused.
-    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTES)]
-    pub max_attributes: usize,
-    /// Longest attribute key accepted, in bytes; a record with a longer one is refused.
-    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_KEY_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_KEY_BYTES)]
-    pub max_attribute_key_bytes: usize,
-    /// Longest attribute value accepted, in bytes; a record with a longer one is refused.
-    #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_VALUE_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES)]
-    pub max_attribute_value_bytes: usize,
     /// Bytes of accepted batches that may wait for indexing before senders are told to back off.
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,
