@@ -73,6 +73,10 @@ pub const MAX_DELTA_SERIES: usize = 100_000;
 /// `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
 const NO_RECORDED_VALUE: u32 = 1;
 
+/// Most labels a series may have (`__name__` and `le` included), here and
+/// on remote write; a data point or series with more is refused.
+pub const MAX_LABELS_PER_SERIES: usize = 64;
+
 /// How many distinct reasons a partial-success message lists.
 const REASONS_SHOWN: usize = 5;
 
@@ -456,8 +460,26 @@ impl Output<'_> {
         self.translation.samples.push((labels, timestamp_ms, value));
     }
 
+    /// Refuses the point when its series would have more than
+    /// [`MAX_LABELS_PER_SERIES`] labels (`extra`: `__name__`, `le`).
+    fn over_label_limit(&mut self, labels: &[(String, String)], extra: usize) -> bool {
+        let count = labels.len() + extra;
+        if count <= MAX_LABELS_PER_SERIES {
+            return false;
+        }
+        let reason = format!(
+            "{}: series with {count} labels, over max_labels_per_series ({MAX_LABELS_PER_SERIES})",
+            self.metric_name
+        );
+        self.translation.reject(1, reason);
+        true
+    }
+
     fn number(&mut self, name: &str, point: NumberDataPoint) {
         let labels = self.labels(&point.attributes);
+        if self.over_label_limit(&labels, 1) {
+            return;
+        }
         let timestamp_ms = self.timestamp(point.time_unix_nano);
         let value = if point.flags & NO_RECORDED_VALUE != 0 {
             stale_nan()
@@ -477,6 +499,9 @@ impl Output<'_> {
 
     fn histogram(&mut self, name: &str, point: HistogramDataPoint) {
         let labels = self.labels(&point.attributes);
+        if self.over_label_limit(&labels, 2) {
+            return;
+        }
         let timestamp_ms = self.timestamp(point.time_unix_nano);
         let stale = point.flags & NO_RECORDED_VALUE != 0;
         if !stale
@@ -1108,6 +1133,39 @@ mod tests {
         assert_eq!(value_of("job_size_bytes_count", None), 4.0);
         assert_eq!(value_of("job_size_bytes_bucket", Some("100")), 2.0);
         assert_eq!(value_of("job_size_bytes_bucket", Some("+Inf")), 4.0);
+    }
+
+    #[test]
+    fn series_with_too_many_labels_are_refused_and_the_rest_kept() {
+        let wide: Vec<KeyValue> = (0..MAX_LABELS_PER_SERIES)
+            .map(|index| attribute(&format!("a{index}"), "v"))
+            .collect();
+        let mut request = request(T0);
+        let metrics = &mut request.resource_metrics[0].scope_metrics[0].metrics;
+        let kept = metrics.len();
+        metrics.push(metric(
+            "wide.gauge",
+            "",
+            metric::Data::Gauge(Gauge {
+                data_points: vec![number(T0, 1.0, wide)],
+            }),
+        ));
+        let translation = translate(request, &DeltaTotals::default(), 0);
+        let message = translation.message();
+        assert!(
+            message.contains("1 data points: wide.gauge: series with")
+                && message.contains("over max_labels_per_series (64)"),
+            "{message}"
+        );
+        assert!(kept > 0);
+        assert!(
+            translation
+                .samples
+                .iter()
+                .all(|(labels, _, _)| labels.len() <= MAX_LABELS_PER_SERIES
+                    && labels.metric_name() != "wide_gauge")
+        );
+        assert!(!translation.samples.is_empty());
     }
 
     #[test]

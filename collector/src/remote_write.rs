@@ -37,6 +37,8 @@ use axum::routing::post;
 use prost::Message;
 use sightline_store::tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 
+use crate::otlp_metrics::MAX_LABELS_PER_SERIES;
+
 /// Largest compressed request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -325,6 +327,15 @@ pub fn store_request(store: &MetricStore, request: WriteRequest) -> Result<(), R
         if series.samples.is_empty() {
             continue;
         }
+        if labels.len() > MAX_LABELS_PER_SERIES {
+            refused += series.samples.len();
+            problems.push(format!(
+                "timeseries[{index}] {}: {} labels, over max_labels_per_series ({MAX_LABELS_PER_SERIES})",
+                labels.metric_name(),
+                labels.len()
+            ));
+            continue;
+        }
         if labels.metric_name().is_empty() {
             refused += series.samples.len();
             problems.push(format!("timeseries[{index}] {labels}: no __name__ label"));
@@ -486,6 +497,36 @@ mod tests {
         let metadata = store.metadata();
         assert_eq!(metadata["http_requests_total"].kind, "counter");
         assert_eq!(metadata["http_requests_total"].help, "Requests served.");
+    }
+
+    #[tokio::test]
+    async fn series_over_the_label_limit_are_refused_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MetricStore::open(dir.path()).unwrap());
+        let url = serve(store.clone()).await;
+        let names: Vec<String> = (0..MAX_LABELS_PER_SERIES)
+            .map(|i| format!("l{i}"))
+            .collect();
+        let mut wide: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "v")).collect();
+        wide.push(("__name__", "wide"));
+        let request = WriteRequest {
+            timeseries: vec![
+                series(&wide, &[(10_000, 1.0)]),
+                series(&[("__name__", "narrow")], &[(10_000, 2.0)]),
+            ],
+            metadata: Vec::new(),
+        };
+        let (status, text) = post(&url, encode(&request), "snappy").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(
+            text.contains("timeseries[0] wide: 65 labels, over max_labels_per_series (64)"),
+            "{text}"
+        );
+        assert_eq!(
+            query(&store, "narrow", 11_000),
+            vec![("narrow".to_string(), 2.0)]
+        );
+        assert!(query(&store, "wide", 11_000).is_empty());
     }
 
     #[tokio::test]
