@@ -18,6 +18,13 @@ use crate::jaeger;
 
 const DEFAULT_LIMIT: usize = 100;
 
+/// Most records one search page returns (Elasticsearch's
+/// `index.max_result_window`); further pages come with `cursor`.
+pub(crate) const MAX_LIMIT: usize = 10_000;
+
+/// How long a log search may run before it answers 503.
+pub(crate) const LOG_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Records the field sidebar samples for top values, as Kibana Discover does.
 const TERMS_SAMPLE: usize = 500;
 
@@ -41,14 +48,30 @@ pub(crate) async fn search_logs(
     State(state): State<QueryState>,
     Query(params): Query<LogSearchParams>,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit > MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` {limit} is over the maximum of {MAX_LIMIT} records per page; ask for the next page with `cursor`"
+        )));
+    }
     let query = LogQuery {
         query: params.q,
         start: parse_optional_time("start", params.start.as_deref())?,
         end: parse_optional_time("end", params.end.as_deref())?,
-        limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+        limit,
         after: params.cursor.as_deref().map(Cursor::decode).transpose()?,
     };
-    let result = tokio::task::spawn_blocking(move || state.logs.search(&query)).await??;
+    // A search past the timeout still finishes on its blocking thread (tantivy
+    // cannot be interrupted), but the client is answered and can retry narrower.
+    let search = tokio::task::spawn_blocking(move || state.logs.search(&query));
+    let result = tokio::time::timeout(LOG_QUERY_TIMEOUT, search)
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "log search timed out after {}; narrow the time range or the query",
+                humantime::format_duration(LOG_QUERY_TIMEOUT)
+            ))
+        })???;
     Ok(Json(json!({
         "records": result.hits,
         "total_hits": result.total_hits,

@@ -148,6 +148,15 @@ mod tests {
             "{body}"
         );
 
+        let (status, _, body) = get(state.clone(), "/api/logs?limit=10001").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "`limit` 10001 is over the maximum of 10000 records per page; ask for the next page with `cursor`"
+        );
+        let (status, _, body) = get(state.clone(), "/api/logs?limit=10000").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
         let (status, _, body) = get(state.clone(), "/api/logs?start=yesterday").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(

@@ -75,6 +75,11 @@ pub(crate) const MAX_CONCURRENT_QUERIES: usize = 20;
 /// Query timeout when the request gives none (Prometheus' `--query.timeout`).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Most points (samples of a vector, points of a matrix) one query answers:
+/// about 40 MB of JSON. Past it the query fails as Prometheus' does past
+/// `--query.max-samples`, instead of building a response that size.
+pub(crate) const MAX_RESULT_POINTS: usize = 1_000_000;
+
 /// Prometheus' limit on the points of one series in a range query.
 const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
@@ -492,6 +497,12 @@ async fn instant_query(
         Engine::default().instant_query(store as &dyn Queryable, &query, time_ms)
     })
     .await?;
+    let points = match &value {
+        Value::Vector(samples) => samples.len(),
+        Value::Matrix(series) => series.iter().map(|one| one.points.len()).sum(),
+        Value::Scalar(_) | Value::String(_) => 1,
+    };
+    check_result_points(points, MAX_RESULT_POINTS)?;
     Ok(success(result_json(&value, time_ms), Vec::new()))
 }
 
@@ -538,8 +549,23 @@ async fn range_query(
     })
     .await?;
     series.retain(|one| !one.points.is_empty());
+    let points = series.iter().map(|one| one.points.len()).sum();
+    check_result_points(points, MAX_RESULT_POINTS)?;
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(success(matrix_json(&series), Vec::new()))
+}
+
+/// Refuses a result of more than `limit` points, with Prometheus' message.
+fn check_result_points(points: usize, limit: usize) -> Result<(), PromError> {
+    if points <= limit {
+        return Ok(());
+    }
+    Err(PromError {
+        kind: ErrorType::Execution,
+        message: format!(
+            "query processing would load too many samples into memory in query execution: {points} points, over the limit of {limit} per query"
+        ),
+    })
 }
 
 /// Label sets of the series matching any of `selectors` in the range,
@@ -951,6 +977,23 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn results_over_the_point_limit_fail_like_prometheus_max_samples() {
+        assert!(check_result_points(MAX_RESULT_POINTS, MAX_RESULT_POINTS).is_ok());
+        let error = check_result_points(11, 10).unwrap_err();
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: JsonValue = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["errorType"], "execution");
+        assert_eq!(
+            body["error"],
+            "query processing would load too many samples into memory in query execution: 11 points, over the limit of 10 per query"
+        );
+    }
 
     /// 2023-11-14T22:13:20Z in Unix seconds.
     const T0: i64 = 1_700_000_000;
