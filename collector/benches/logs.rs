@@ -491,6 +491,8 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         max_attributes: 1_000,
         max_attribute_key_bytes: 256,
         max_attribute_value_bytes: 64 * 1024,
+        ingest_rate_limit_bytes: 0,
+        ingest_rate_burst_bytes: 16 * 1024 * 1024,
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
         auth: Default::default(),

@@ -54,6 +54,13 @@ pub struct CollectorConfig {
     /// Longest attribute value accepted, in bytes; a record with a longer one is refused.
     #[arg(long, env = "SIGHTLINE_MAX_ATTRIBUTE_VALUE_BYTES", default_value_t = crate::ingest::DEFAULT_MAX_ATTRIBUTE_VALUE_BYTES)]
     pub max_attribute_value_bytes: usize,
+    /// Ingest bytes per second each client address may send (OTLP, `_bulk`,
+    /// remote write); over it: 429 with `Retry-After` or `RESOURCE_EXHAUSTED`. 0: no limit.
+    #[arg(long, env = "SIGHTLINE_INGEST_RATE_LIMIT_BYTES", default_value_t = 0)]
+    pub ingest_rate_limit_bytes: u64,
+    /// Bytes a client may send at once before its rate applies.
+    #[arg(long, env = "SIGHTLINE_INGEST_RATE_BURST_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub ingest_rate_burst_bytes: u64,
     /// Bytes of accepted batches that may wait for indexing before senders are told to back off.
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,

@@ -39,6 +39,13 @@ impl From<IngestError> for Status {
     }
 }
 
+/// Charges a request to its client's rate: `RESOURCE_EXHAUSTED` when over.
+fn admit(ingest: &Ingest, client: Option<std::net::IpAddr>, size: usize) -> Result<(), Status> {
+    ingest
+        .admit(client, size)
+        .map_err(|limited| Status::resource_exhausted(limited.to_string()))
+}
+
 pub struct LogsReceiver {
     ingest: Ingest,
 }
@@ -49,8 +56,10 @@ impl LogsService for LogsReceiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let client = request.remote_addr().map(|address| address.ip());
         let request = request.into_inner();
         let size = request.encoded_len();
+        admit(&self.ingest, client, size)?;
         let records = otlp::log_records(request);
         let rejections = self.ingest.logs(records, size).await?;
         let partial_success = (!rejections.is_empty()).then(|| ExportLogsPartialSuccess {
@@ -71,8 +80,10 @@ impl TraceService for TracesReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let client = request.remote_addr().map(|address| address.ip());
         let request = request.into_inner();
         let size = request.encoded_len();
+        admit(&self.ingest, client, size)?;
         let (spans, rejected) = otlp::spans(request);
         if rejected > 0 {
             self.ingest.count_malformed(rejected as u64);

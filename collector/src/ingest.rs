@@ -6,6 +6,7 @@
 //! the batch is stored, as OTLP partial success and `_bulk` per-item errors
 //! require.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use sightline_store::{LogRecord, Span};
 use crate::logmetrics::LogMetrics;
 use crate::metrics::{CollectorMetrics, Limit, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
+use crate::ratelimit::{RateLimited, RateLimiter};
 use crate::spanmetrics::SpanMetrics;
 
 /// Memory a decoded record takes, as a multiple of its JSON size.
@@ -73,6 +75,7 @@ pub struct Ingest {
     metrics: Arc<CollectorMetrics>,
     span_metrics: Arc<SpanMetrics>,
     log_metrics: Option<Arc<LogMetrics>>,
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Ingest {
@@ -83,6 +86,21 @@ impl Ingest {
             metrics,
             span_metrics: Arc::default(),
             log_metrics: None,
+            rate_limiter: None,
+        }
+    }
+
+    /// Limits each client's ingest rate (see [`crate::ratelimit`]).
+    pub fn with_rate_limiter(mut self, rate_limiter: Option<Arc<RateLimiter>>) -> Ingest {
+        self.rate_limiter = rate_limiter;
+        self
+    }
+
+    /// Charges a request of `bytes` from `client` to its rate, when limited.
+    pub fn admit(&self, client: Option<IpAddr>, bytes: usize) -> Result<(), RateLimited> {
+        match (&self.rate_limiter, client) {
+            (Some(limiter), Some(client)) => limiter.charge(client, bytes),
+            _ => Ok(()),
         }
     }
 

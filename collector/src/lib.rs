@@ -26,6 +26,7 @@ pub mod otlp;
 pub mod otlp_http;
 pub mod otlp_metrics;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod remote_write;
 pub mod scrape;
 pub mod spanmetrics;
@@ -48,6 +49,20 @@ pub use config::CollectorConfig;
 use crate::ingest::{Ingest, Limits};
 use crate::metrics::{CollectorMetrics, DiskUsage};
 use crate::pipeline::{Pipeline, PipelineConfig};
+
+/// `router` behind the per-client ingest rate limit, when there is one.
+fn rate_limited(
+    router: axum::Router,
+    limiter: &Option<Arc<ratelimit::RateLimiter>>,
+) -> axum::Router {
+    match limiter {
+        Some(limiter) => router.layer(axum::middleware::from_fn_with_state(
+            limiter.clone(),
+            ratelimit::http_layer,
+        )),
+        None => router,
+    }
+}
 
 /// How often retention looks for partitions to drop.
 const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -105,8 +120,14 @@ pub async fn run(
         max_attribute_value_bytes: config.max_attribute_value_bytes,
         ..Limits::default()
     };
-    let ingest =
-        Ingest::new(pipeline, limits, metrics.clone()).with_log_metrics(log_metrics.clone());
+    let rate_limiter = ratelimit::RateLimiter::new(
+        config.ingest_rate_limit_bytes,
+        config.ingest_rate_burst_bytes,
+        metrics.clone(),
+    );
+    let ingest = Ingest::new(pipeline, limits, metrics.clone())
+        .with_log_metrics(log_metrics.clone())
+        .with_rate_limiter(rate_limiter.clone());
     let otlp_metrics = otlp_metrics::OtlpMetrics::new(metric_store.clone());
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
@@ -177,12 +198,15 @@ pub async fn run(
         );
     let otlp_http = axum::serve(
         otlp_http_listener,
-        otlp_http::router(ingest.clone())
-            .merge(otlp_http::metrics_router(otlp_metrics))
-            .layer(axum::middleware::from_fn_with_state(
-                auth.clone(),
-                auth::ingest_layer,
-            )),
+        rate_limited(
+            otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
+            &rate_limiter,
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            auth::ingest_layer,
+        ))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop.clone()));
     let metrics_state = MetricsState {
@@ -243,7 +267,7 @@ pub async fn run(
         ..metrics_state
     };
     let alerting_tasks = alerting.start(stop.clone());
-    let remote_write = remote_write::router(metric_store.clone());
+    let remote_write = rate_limited(remote_write::router(metric_store.clone()), &rate_limiter);
     let router = sightline_query_ui::router(QueryState {
         logs,
         spans,
@@ -251,7 +275,10 @@ pub async fn run(
         rules: rule_engine,
     })
     .merge(remote_write)
-    .nest("/elastic", elastic::router(ingest.clone()))
+    .nest(
+        "/elastic",
+        rate_limited(elastic::router(ingest.clone()), &rate_limiter),
+    )
     // A nested router does not answer its prefix with a trailing slash;
     // Vector and Logstash ask `GET /elastic/` for the version.
     .route("/elastic/", elastic::root_route())
@@ -262,7 +289,11 @@ pub async fn run(
     .merge(scraper.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
     drop(ingest);
-    let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop.clone()));
+    let http = axum::serve(
+        http_listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop.clone()));
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
     grpc_result.context("OTLP/gRPC server failed")?;
     otlp_http_result.context("OTLP/HTTP server failed")?;

@@ -49,16 +49,19 @@ pub enum Limit {
     BodyBytes,
     /// The decompressed request body size.
     DecodedBytes,
+    /// `--ingest-rate-limit-bytes`, per client address.
+    IngestRate,
 }
 
 impl Limit {
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 7] = [
         Limit::RecordBytes,
         Limit::Attributes,
         Limit::AttributeKeyBytes,
         Limit::AttributeValueBytes,
         Limit::BodyBytes,
         Limit::DecodedBytes,
+        Limit::IngestRate,
     ];
 
     /// The label value, which is also the limit's name in error messages.
@@ -70,13 +73,14 @@ impl Limit {
             Limit::AttributeValueBytes => "max_attribute_value_bytes",
             Limit::BodyBytes => "max_body_bytes",
             Limit::DecodedBytes => "max_decoded_bytes",
+            Limit::IngestRate => "ingest_rate",
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct CollectorMetrics {
-    limited: [AtomicU64; 6],
+    limited: [AtomicU64; 7],
     log_records: AtomicU64,
     spans: AtomicU64,
     rejected: [AtomicU64; 3],

@@ -25,6 +25,7 @@ fn free_port() -> SocketAddr {
 
 struct Collector {
     child: Child,
+    grpc: SocketAddr,
     otlp_http: SocketAddr,
     http: SocketAddr,
     _dir: tempfile::TempDir,
@@ -33,6 +34,10 @@ struct Collector {
 impl Collector {
     /// A collector with default limits and, when given, this config file.
     async fn start(config_file: Option<&str>) -> Collector {
+        Collector::start_with(config_file, &[]).await
+    }
+
+    async fn start_with(config_file: Option<&str>, args: &[&str]) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let (grpc, otlp_http, http) = (free_port(), free_port(), free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_sightline-collector"));
@@ -42,7 +47,8 @@ impl Collector {
             .args(["--otlp-grpc-addr", &grpc.to_string()])
             .args(["--otlp-http-addr", &otlp_http.to_string()])
             .args(["--http-addr", &http.to_string()])
-            .args(["--commit-interval", "50ms"]);
+            .args(["--commit-interval", "50ms"])
+            .args(args);
         if let Some(text) = config_file {
             let path = dir.path().join("collector.yml");
             std::fs::write(&path, text).unwrap();
@@ -56,6 +62,7 @@ impl Collector {
             .unwrap();
         let collector = Collector {
             child,
+            grpc,
             otlp_http,
             http,
             _dir: dir,
@@ -452,4 +459,88 @@ async fn a_million_series_target_fails_with_sample_limit_exceeded() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(collector.bodies("scraping", 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_over_its_ingest_rate_gets_429_and_others_keep_ingesting() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+
+    let collector = Collector::start_with(
+        None,
+        &[
+            "--ingest-rate-limit-bytes",
+            "10000",
+            "--ingest-rate-burst-bytes",
+            "10000",
+        ],
+    )
+    .await;
+    let client_from = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(address.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let (greedy, other) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+    let post = |client: &reqwest::Client, body: String| {
+        client
+            .post(collector.logs_url())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // 3.6 MB at once: admitted (a client may always send one request),
+    // leaving its address about 360 s in debt.
+    let big: Vec<Value> = (0..4)
+        .map(|index| record(&format!("big{index} {}", "z".repeat(900_000)), vec![]))
+        .collect();
+    let response = post(&greedy, logs_request(big).to_string()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let small = logs_request(vec![record("refused greedy", vec![])]).to_string();
+    let response = post(&greedy, small).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 1, "Retry-After {retry_after}");
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ingest rate limit of 10000 bytes/s exceeded for client 127.0.0.1"),
+        "{answer}"
+    );
+
+    // The same address over gRPC shares the bucket.
+    let mut grpc = LogsServiceClient::connect(format!("http://{}", collector.grpc))
+        .await
+        .unwrap();
+    let status = grpc
+        .export(ExportLogsServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("ingest rate limit of 10000 bytes/s"),
+        "{status:?}"
+    );
+
+    // Another address is not affected.
+    let response = post(
+        &other,
+        logs_request(vec![record("polite client", vec![])]).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(collector.bodies("polite", 1).await, ["polite client"]);
+    assert_eq!(collector.limited("ingest_rate").await, 2.0);
 }
