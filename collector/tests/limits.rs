@@ -544,3 +544,64 @@ async fn a_client_over_its_ingest_rate_gets_429_and_others_keep_ingesting() {
     assert_eq!(collector.bodies("polite", 1).await, ["polite client"]);
     assert_eq!(collector.limited("ingest_rate").await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_span_with_too_many_attributes_is_refused_and_its_trace_kept() {
+    let collector = Collector::start(None).await;
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let span = |span_id: &str, name: &str, attributes: Vec<Value>| {
+        json!({
+            "traceId": trace_id,
+            "spanId": span_id,
+            "name": name,
+            "kind": 2,
+            "startTimeUnixNano": now_nanos(),
+            "endTimeUnixNano": now_nanos(),
+            "attributes": attributes,
+        })
+    };
+    let many: Vec<Value> = (0..2_000)
+        .map(|index| json!({"key": format!("a{index}"), "value": {"intValue": index}}))
+        .collect();
+    let request = json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "limits-test"}}
+        ]},
+        "scopeSpans": [{"spans": [
+            span("eee19b7ec3c1b174", "kept", vec![]),
+            span("eee19b7ec3c1b175", "too wide", many),
+        ]}],
+    }]});
+    let (status, answer) = post_json(
+        &format!("http://{}/v1/traces", collector.otlp_http),
+        request.to_string().into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], "1");
+    assert_eq!(
+        answer["partialSuccess"]["errorMessage"],
+        "1 spans rejected: [1] 2000 attributes is over max_attributes (1000);"
+    );
+    let deadline = Instant::now() + SEARCHABLE_WITHIN;
+    loop {
+        let response = reqwest::get(format!("http://{}/api/traces/{trace_id}", collector.http))
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            let trace: Value = response.json().await.unwrap();
+            let names: Vec<&str> = trace["data"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|span| span["operationName"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["kept"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "trace was not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(collector.limited("max_attributes").await, 1.0);
+}
