@@ -240,7 +240,10 @@ impl tonic::service::Interceptor for GrpcIngestAuth {
 /// The scope a path of the query port needs, `None` for open paths.
 fn http_scope(path: &str) -> Option<Scope> {
     match path {
-        "/health" | "/metrics" => None,
+        // The UI's page and code hold no data; every call they make for
+        // data needs the query token, which the page asks the user for.
+        "/health" | "/metrics" | "/" => None,
+        path if path.starts_with("/ui/") => None,
         "/api/v1/write" => Some(Scope::Ingest),
         path if path == "/elastic" || path.starts_with("/elastic/") => Some(Scope::Ingest),
         _ => Some(Scope::Query),
@@ -248,7 +251,8 @@ fn http_scope(path: &str) -> Option<Scope> {
 }
 
 /// Middleware for the query port: ingest routes ask for the ingest token,
-/// everything else except `/health` and `/metrics` for the query token.
+/// everything else except `/health`, `/metrics` and the UI's static page and
+/// assets for the query token.
 pub async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     match http_scope(request.uri().path()) {
         None => next.run(request).await,
@@ -370,8 +374,9 @@ mod tests {
         assert_eq!(http_scope("/elasticsearch"), Some(Scope::Query));
         assert_eq!(http_scope("/api/v1/write"), Some(Scope::Ingest));
         assert_eq!(http_scope("/api/v1/query"), Some(Scope::Query));
-        assert_eq!(http_scope("/"), Some(Scope::Query));
-        assert_eq!(http_scope("/ui/app.js"), Some(Scope::Query));
+        assert_eq!(http_scope("/"), None);
+        assert_eq!(http_scope("/ui/app.js"), None);
+        assert_eq!(http_scope("/api/dashboards"), Some(Scope::Query));
     }
 
     #[test]

@@ -239,11 +239,11 @@ async fn every_port_asks_for_the_token_of_its_scope() {
     let (status, body) = remote_write(Some(INGEST_NEW)).await;
     assert!(status.is_success(), "{status}: {body}");
 
-    // Query routes and the UI ask for the query token.
+    // Query routes, the UI's data among them, ask for the query token.
     for path in [
         "/api/logs?q=*",
         "/api/v1/query?query=1",
-        "/",
+        "/api/dashboards",
         "/api/services",
     ] {
         let (status, body) = send(client.get(collector.url(path)), None).await;
@@ -265,6 +265,11 @@ async fn every_port_asks_for_the_token_of_its_scope() {
         send(client.get(collector.url("/metrics")), None).await.0,
         StatusCode::OK
     );
+    // The UI's page and code carry no data; it asks for the token itself.
+    for path in ["/", "/ui/app.js"] {
+        let (status, body) = send(client.get(collector.url(path)), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
 
     // What was accepted is searchable with the query token.
     let deadline = Instant::now() + SEARCHABLE_WITHIN;

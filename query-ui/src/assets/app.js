@@ -4,7 +4,7 @@
 // is inserted with textContent or as an attribute value, never as HTML: log
 // lines are attacker-controlled. Plain ES modules, no build step.
 
-import { $, el, parseHash, hashFor } from "./util.js";
+import { $, el, parseHash, hashFor, queryToken, setQueryToken } from "./util.js";
 import { sweepCharts } from "./chart.js";
 import * as logs from "./logs.js";
 import * as traces from "./traces.js";
@@ -59,5 +59,32 @@ function route() {
     });
 }
 
+// The collector refused our query token (or we sent none): ask for one,
+// keep it for this tab, and render the view again.
+function askForToken(event) {
+  if (document.getElementById("token-dialog")) return;
+  const input = el("input", { id: "token-input", type: "password", autocomplete: "off", required: true, "aria-label": "query token" });
+  const form = el(
+    "form",
+    { id: "token-form" },
+    el("h2", {}, "Query token"),
+    el("p", {}, queryToken() ? "The collector refused this token." : "This collector asks for a query token."),
+    el("p", { class: "muted" }, event.detail || ""),
+    input,
+    el("button", { type: "submit" }, "Use token"),
+    el("p", { class: "muted" }, "Kept for this browser tab only and sent as an Authorization header, never in a URL."),
+  );
+  const dialog = el("div", { id: "token-dialog", class: "token-dialog", role: "dialog" }, form);
+  form.addEventListener("submit", (submit) => {
+    submit.preventDefault();
+    setQueryToken(input.value.trim());
+    dialog.remove();
+    route();
+  });
+  document.body.append(dialog);
+  input.focus();
+}
+
+window.addEventListener("sightline:unauthorized", askForToken);
 window.addEventListener("hashchange", route);
 route();

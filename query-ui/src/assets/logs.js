@@ -2,7 +2,7 @@
 // field sidebar, results newest first, expandable records, load more, live
 // tail and context. State: `#/logs?q=&from=&to=&open=<record id>&tail=1`.
 
-import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip } from "./util.js";
+import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip, streamEvents } from "./util.js";
 import { timeChart, emptyChart } from "./chart.js";
 
 const PAGE = 100;
@@ -243,11 +243,11 @@ export function render(root, view, ctx) {
   search();
 
   if (tailing) {
-    const source = new EventSource(`/api/logs/tail?${new URLSearchParams({ q: query })}`);
-    source.addEventListener("record", (event) => {
+    const stop = new AbortController();
+    const onRecord = (data) => {
       let record;
       try {
-        record = JSON.parse(event.data);
+        record = JSON.parse(data);
       } catch {
         return;
       }
@@ -258,9 +258,13 @@ export function render(root, view, ctx) {
       shown += 1;
       updateStatus();
       while (tbody.children.length > 2000) tbody.lastElementChild.remove();
+    };
+    streamEvents(`/api/logs/tail?${new URLSearchParams({ q: query })}`, {
+      onEvent: (name, data) => name === "record" && onRecord(data),
+      onError: () => (status.textContent = `${status.textContent.replace(/ · tail.*$/, "")} · tail reconnecting…`),
+      signal: stop.signal,
     });
-    source.addEventListener("error", () => (status.textContent = `${status.textContent.replace(/ · tail.*$/, "")} · tail reconnecting…`));
-    ctx.onLeave(() => source.close());
+    ctx.onLeave(() => stop.abort());
   }
 }
 

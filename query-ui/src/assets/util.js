@@ -51,10 +51,46 @@ export class ApiError extends Error {
   }
 }
 
+// ---- the query token ------------------------------------------------------
+// When the collector asks for a query token, the UI asks the user once per
+// browser tab and keeps it in sessionStorage; it goes out only as an
+// `Authorization` header, never in a URL.
+
+const TOKEN_KEY = "sightline.queryToken";
+
+export function queryToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+export function setQueryToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: the token lasts until the page reloads
+  }
+}
+
+function authHeaders() {
+  const token = queryToken();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/** Tells the app the collector refused our token (or that we have none). */
+function unauthorized(message) {
+  window.dispatchEvent(new CustomEvent("sightline:unauthorized", { detail: message }));
+}
+
 /** GET a JSON API; non-2xx answers throw an [`ApiError`] with the server's message. */
 export async function fetchJson(url, options = {}) {
-  const response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+  const headers = { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) };
+  const response = await fetch(url, { ...options, headers });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401) unauthorized(body.error || "this collector asks for a query token");
   if (!response.ok) {
     const message =
       body.error ||
@@ -63,6 +99,48 @@ export async function fetchJson(url, options = {}) {
     throw new ApiError(message, response.status, body);
   }
   return body;
+}
+
+/**
+ * Server-Sent Events over fetch (EventSource cannot send the token): calls
+ * `onEvent(name, data)` per event, reconnects after a pause while `signal`
+ * is not aborted, and `onError(message)` when a connection fails or ends.
+ */
+export async function streamEvents(url, { onEvent, onError, signal }) {
+  while (!signal.aborted) {
+    try {
+      const response = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() }, signal });
+      if (response.status === 401) {
+        unauthorized("this collector asks for a query token");
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error(`${response.status} ${response.statusText}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let name = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) name = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (data.length) onEvent(name, data.join("\n"));
+        }
+      }
+      onError("stream ended");
+    } catch (error) {
+      if (signal.aborted) return;
+      onError(error.message || String(error));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
 }
 
 // ---- URL state: `#/<view>[/<id>]?<params>` --------------------------------

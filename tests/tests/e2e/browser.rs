@@ -888,3 +888,80 @@ async fn ui_performance_is_measured_in_the_browser() {
     }
     browser.close().await.expect("close the browser");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_with_a_query_token_gets_it_asked_once_and_sent_as_a_header() {
+    const TOKEN: &str = "ui-test-query-token-7f3a";
+    let data_dir = tempfile::tempdir().unwrap();
+    let token_file = data_dir.path().join("query.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let collector = sightline_tests::CollectorProcess::start(
+        &data_dir.path().join("collector"),
+        &["--query-token-file", token_file.to_str().unwrap()],
+    )
+    .await;
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+    browser.goto(&ui).await.expect("navigate");
+
+    // The page loads without a token, its first data call is refused, and
+    // it asks for the token.
+    wait_js(
+        &browser,
+        "the token prompt",
+        Duration::from_secs(30),
+        "return document.querySelector('#token-dialog #token-input') !== null;",
+    )
+    .await;
+    screenshot(&browser, "token-prompt.png").await;
+    let input = browser
+        .find(Locator::Css("#token-input"))
+        .await
+        .expect("token input");
+    input.send_keys("wrong-token").await.expect("type");
+    browser
+        .find(Locator::Css("#token-form button"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    let refused = wait_js(
+        &browser,
+        "the prompt again after a wrong token",
+        Duration::from_secs(30),
+        "const d = document.querySelector('#token-dialog'); return d && d.textContent.includes('refused') ? d.textContent : null;",
+    )
+    .await;
+    assert!(refused.as_str().unwrap().contains("refused"), "{refused}");
+
+    let input = browser.find(Locator::Css("#token-input")).await.unwrap();
+    input.send_keys(TOKEN).await.expect("type");
+    browser
+        .find(Locator::Css("#token-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let loaded = wait_js(
+        &browser,
+        "the logs view with the token",
+        Duration::from_secs(30),
+        "const v = document.querySelector('#view[data-view=\"logs\"]'); \
+         return v && v.dataset.loaded === '1' && !document.querySelector('#token-dialog') ? location.href : null;",
+    )
+    .await;
+    assert!(
+        !loaded.as_str().unwrap().contains(TOKEN),
+        "the token is never in the URL: {loaded}"
+    );
+    // Kept for the tab: another view loads without asking again.
+    open_view(&browser, &ui, "dashboards", "dashboards").await;
+    assert_eq!(
+        js(&browser, "return document.querySelector('#token-dialog') === null;").await,
+        true
+    );
+    screenshot(&browser, "token-accepted.png").await;
+    let _ = browser.close().await;
+}
