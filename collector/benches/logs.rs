@@ -496,6 +496,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
         auth: Default::default(),
+        tls: Default::default(),
     };
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -158,6 +158,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
         auth: Default::default(),
+        tls: Default::default(),
     };
     let url = format!("http://{}/api/v1/write", config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

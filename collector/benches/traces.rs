@@ -652,6 +652,7 @@ fn collector_config(data_dir: &Path) -> anyhow::Result<CollectorConfig> {
         ingest_memory_bytes: 256 * 1024 * 1024,
         config: None,
         auth: Default::default(),
+        tls: Default::default(),
     })
 }
 

@@ -67,6 +67,24 @@ pub struct CollectorConfig {
     /// Bearer tokens for ingest and for queries (see `auth.rs`).
     #[command(flatten)]
     pub auth: AuthFlags,
+    /// TLS on the listeners (see `tls.rs`).
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// TLS for the three listeners; none of the flags: plain TCP.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsFlags {
+    /// PEM certificate chain served on all three listeners (with `--tls-key`).
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): OTLP/gRPC clients must present a certificate
+    /// signed by one of them (mutual TLS).
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Where the collector's bearer tokens come from. A scope without any token

@@ -30,6 +30,7 @@ pub mod ratelimit;
 pub mod remote_write;
 pub mod scrape;
 pub mod spanmetrics;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub async fn run(
         None => config_file::ConfigFile::default(),
     };
     let auth = auth::Auth::from_config(&config)?;
+    let tls = tls::ServerTls::from_flags(&config.tls)?;
     for key in config_file.ignored() {
         tracing::warn!(key, "config file key not supported by Sightline; ignored");
     }
@@ -179,7 +181,13 @@ pub async fn run(
         stop.clone(),
     ));
 
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        grpc_server = grpc_server
+            .tls_config(tls.grpc_config())
+            .context("invalid TLS settings for the OTLP/gRPC listener")?;
+    }
+    let grpc = grpc_server
         .add_service(InterceptedService::new(
             grpc::logs_service(ingest.clone()),
             auth.grpc_ingest(),
@@ -196,8 +204,9 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop.clone()),
         );
-    let otlp_http = axum::serve(
+    let otlp_http = tls::serve_http(
         otlp_http_listener,
+        tls.as_ref(),
         rate_limited(
             otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
             &rate_limiter,
@@ -205,10 +214,9 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             auth::ingest_layer,
-        ))
-        .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop.clone()));
+        )),
+        stopped(stop.clone()),
+    );
     let metrics_state = MetricsState {
         metrics: metrics.clone(),
         ingest: ingest.clone(),
@@ -234,8 +242,13 @@ pub async fn run(
         .and_then(std::path::Path::parent)
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let scrape_jobs =
-        scrape::jobs_from_config(&config_file, &config_dir, Some(http_listener.local_addr()?));
+    // The scraper speaks plain HTTP only: behind TLS the query port cannot
+    // be scraped by it, so the self-scrape is off then.
+    let self_address = match &tls {
+        None => Some(http_listener.local_addr()?),
+        Some(_) => None,
+    };
+    let scrape_jobs = scrape::jobs_from_config(&config_file, &config_dir, self_address);
     let scraper = scrape::Scraper::start(
         scrape_jobs,
         metric_store.clone(),
@@ -252,7 +265,10 @@ pub async fn run(
         .unwrap_or_default();
     let ui_base_url = match &config_file.external_url {
         Some(url) => url.trim_end_matches('/').to_string(),
-        None => format!("http://{}", http_listener.local_addr()?),
+        None => {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", http_listener.local_addr()?)
+        }
     };
     let alerting = alerting::Alerting::from_config(
         &config_file,
@@ -289,11 +305,7 @@ pub async fn run(
     .merge(scraper.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
     drop(ingest);
-    let http = axum::serve(
-        http_listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop.clone()));
+    let http = tls::serve_http(http_listener, tls.as_ref(), router, stopped(stop.clone()));
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
     grpc_result.context("OTLP/gRPC server failed")?;
     otlp_http_result.context("OTLP/HTTP server failed")?;
