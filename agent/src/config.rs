@@ -80,6 +80,19 @@ pub struct Cli {
     )]
     pub collector_token: Option<CollectorToken>,
 
+    /// PEM CA certificate(s) trusted for an `https://` collector.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_AGENT_COLLECTOR_CA")]
+    pub collector_ca: Option<PathBuf>,
+
+    /// PEM client certificate shown to an `https://` collector that asks
+    /// for one (mutual TLS); needs `--client-key`.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_AGENT_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of `--client-cert`.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_AGENT_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+
     /// Directory where checkpoints are kept [default: ./data/agent].
     #[arg(long, value_name = "DIR", env = "SIGHTLINE_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -134,6 +147,15 @@ impl Cli {
         if let Some(token) = &self.collector_token {
             config.collector_token = Some(token.clone());
         }
+        if let Some(file) = &self.collector_ca {
+            config.collector_ca = Some(file.clone());
+        }
+        if let Some(file) = &self.client_cert {
+            config.client_cert = Some(file.clone());
+        }
+        if let Some(file) = &self.client_key {
+            config.client_key = Some(file.clone());
+        }
         if let Some(data_dir) = &self.data_dir {
             config.data_dir.clone_from(data_dir);
         }
@@ -170,6 +192,13 @@ pub struct Config {
     /// never read from the file, and wins over `collector_token_file`.
     #[serde(skip)]
     pub collector_token: Option<CollectorToken>,
+    /// PEM CA certificate(s) trusted for an `https://` collector (required
+    /// there: no system roots are built in).
+    pub collector_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Compression of export requests.
     pub compression: Compression,
     /// Directory holding `checkpoints.json`.
@@ -212,6 +241,9 @@ impl Default for Config {
             collector: DEFAULT_COLLECTOR.to_owned(),
             collector_token_file: None,
             collector_token: None,
+            collector_ca: None,
+            client_cert: None,
+            client_key: None,
             compression: Compression::default(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             http_addr: DEFAULT_HTTP_ADDR
@@ -713,11 +745,38 @@ impl Config {
                 format!("bad url {:?}: {error}", self.collector),
             ));
         }
-        if !self.collector.starts_with("http://") {
-            // TLS needs tonic's tls features; not built in yet.
+        let https = self.collector.starts_with("https://");
+        if !https && !self.collector.starts_with("http://") {
             return Err(invalid(
                 "collector",
-                format!("url {:?} must start with http://", self.collector),
+                format!(
+                    "url {:?} must start with http:// or https://",
+                    self.collector
+                ),
+            ));
+        }
+        if https && self.collector_ca.is_none() {
+            return Err(invalid(
+                "collector_ca",
+                "an https:// collector needs the CA that signed its certificate".to_owned(),
+            ));
+        }
+        for (key, file) in [
+            ("collector_ca", &self.collector_ca),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if !https && file.is_some() {
+                return Err(invalid(
+                    key,
+                    "is only used with an https:// collector".to_owned(),
+                ));
+            }
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                "client_cert",
+                "client_cert and client_key go together".to_owned(),
             ));
         }
         if self.host_name.is_empty() {
@@ -933,6 +992,33 @@ mod tests {
         config.filters.drop_patterns = vec!["(".to_owned()];
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("`filters.drop_patterns`"), "{error}");
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_collector_and_go_in_pairs() {
+        let mut config = Config {
+            host_name: "h".to_owned(),
+            collector: "https://collector:4317".to_owned(),
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("`collector_ca`"), "{error}");
+
+        config.collector_ca = Some(PathBuf::from("ca.pem"));
+        config.validate().unwrap();
+
+        config.client_cert = Some(PathBuf::from("agent.pem"));
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("client_key"), "{error}");
+        config.client_key = Some(PathBuf::from("agent-key.pem"));
+        config.validate().unwrap();
+
+        config.collector = DEFAULT_COLLECTOR.to_owned();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("`collector_ca`") && error.contains("https://"),
+            "{error}"
+        );
     }
 
     #[test]

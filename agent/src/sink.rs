@@ -61,6 +61,35 @@ enum Outcome {
     Abandoned,
 }
 
+/// TLS settings for an `https://` collector: its CA, and the client
+/// certificate when there is one; `None` for `http://`.
+fn client_tls(config: &Config) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+    if !config.collector.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |key: &'static str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|error| AgentError::InvalidConfig {
+                    key,
+                    reason: format!("cannot read {}: {error}", path.display()),
+                })
+            })
+            .transpose()
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(ca) = read("collector_ca", &config.collector_ca)? {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    }
+    if let (Some(cert), Some(key)) = (
+        read("client_cert", &config.client_cert)?,
+        read("client_key", &config.client_key)?,
+    ) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
+}
+
 impl OtlpSink {
     /// Builds the sink with a lazy channel: nothing connects until the
     /// first export, and a collector that is not up yet is retried.
@@ -77,6 +106,15 @@ impl OtlpSink {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(config.tuning.export_timeout)
             .tcp_nodelay(true);
+        let endpoint = match client_tls(config)? {
+            Some(tls) => endpoint
+                .tls_config(tls)
+                .map_err(|error| AgentError::InvalidConfig {
+                    key: "collector_ca",
+                    reason: format!("unusable TLS settings: {error}"),
+                })?,
+            None => endpoint,
+        };
         let mut client = Grpc::new(endpoint.connect_lazy())
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
