@@ -67,6 +67,8 @@ pub mod decode;
 mod discover;
 pub mod enrich;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hostmetrics;
 pub mod http;
 mod lines;

@@ -316,13 +316,14 @@ fn logfmt_object(message: &str) -> Option<Object> {
             while index < bytes.len() {
                 match bytes[index] {
                     b'\\' if index + 1 < bytes.len() => {
-                        let escaped = bytes[index + 1];
+                        // The escaped character may be multi-byte.
+                        let escaped = message[index + 1..].chars().next().unwrap_or('\\');
                         value.push(match escaped {
-                            b'n' => '\n',
-                            b't' => '\t',
-                            other => other as char,
+                            'n' => '\n',
+                            't' => '\t',
+                            other => other,
                         });
-                        index += 2;
+                        index += 1 + escaped.len_utf8();
                     }
                     b'"' => {
                         index += 1;
@@ -758,6 +759,11 @@ mod tests {
             (
                 r#"msg="unterminated"#,
                 r#""msg=\"unterminated" | /0 | 1795240128123456789 | "#,
+            ),
+            (
+                // Found by fuzz/parse: an escaped multi-byte character panicked.
+                r#"msg="a \é b""#,
+                r#""a é b" | /0 | 1795240128123456789 | "#,
             ),
             (
                 r#"{"msg":"json still wins"}"#,

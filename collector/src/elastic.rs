@@ -559,6 +559,12 @@ fn parse_bulk(
     Ok(entries)
 }
 
+/// Fuzz entry point (not an API): parses `data` as a `_bulk` body.
+#[doc(hidden)]
+pub fn fuzz_bulk(data: &[u8]) {
+    let _ = parse_bulk(data, None, 0);
+}
+
 /// `_index` and `_id` of an action line.
 #[derive(Debug, Default)]
 struct ActionMeta {
