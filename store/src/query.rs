@@ -23,6 +23,13 @@ use crate::model::LogRecord;
 
 /// Parses `text` against the index's fields.
 pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result<Box<dyn Query>> {
+    // tantivy 0.27 asserts (panics) on a NUL in a JSON field path; found by
+    // fuzzing. NUL has no place in a query: refuse it with its position.
+    if let Some(position) = text.find('\0') {
+        return Err(StoreError::InvalidQuery(format!(
+            "NUL character at position {position} of {text:?}"
+        )));
+    }
     let (ast, errors) = parse_query_lenient(text);
     if let Some(error) = errors.first() {
         return Err(StoreError::InvalidQuery(format!(

@@ -34,8 +34,23 @@ impl Default for Engine {
 
 impl Engine {
     /// Parses `query` into an expression.
+    ///
+    /// `promql-parser` 0.11 panics on some inputs (a duration too large for
+    /// `Duration::from_secs_f64`, found by fuzzing:
+    /// `up[2m:13333333333333333333333333333333333]`); query text comes from
+    /// any API client, so a panic in the parser is caught and answered as a
+    /// parse error instead of taking a thread, or a rule group, down.
     pub fn parse(query: &str) -> Result<Expr, QueryError> {
-        promql_parser::parser::parse(query).map_err(QueryError::Parse)
+        std::panic::catch_unwind(|| promql_parser::parser::parse(query))
+            .unwrap_or_else(|panic| {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the parser failed");
+                Err(format!("invalid query {query:?}: {reason}"))
+            })
+            .map_err(QueryError::Parse)
     }
 
     /// Evaluates `query` at one instant.

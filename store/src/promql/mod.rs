@@ -180,3 +180,21 @@ impl Queryable for MemoryStorage {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_that_panics_the_parser_is_a_parse_error() {
+        // Found by fuzzing: promql-parser 0.11 panics converting this
+        // subquery step to a Duration.
+        let query = "max(up[02m:13333333333333333333333333333333333333333])";
+        let error = Engine::parse(query).unwrap_err();
+        assert!(matches!(error, QueryError::Parse(_)), "{error:?}");
+        assert!(error.to_string().contains("invalid query"), "{error}");
+        let storage = MemoryStorage::default();
+        let answer = Engine::default().instant_query(&storage, query, 0);
+        assert!(matches!(answer, Err(QueryError::Parse(_))), "{answer:?}");
+    }
+}
