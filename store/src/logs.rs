@@ -1064,7 +1064,10 @@ mod tests {
             ("nosuchfield:", "position"),
             ("timestamp:abc", "valid integer"),
             // found by fuzzing: tantivy asserts on a NUL in a field path
-            ("user.id:42 \0ND -user.na\0\0me:bob", "NUL character at position 11"),
+            (
+                "user.id:42 \0ND -user.na\0\0me:bob",
+                "NUL character at position 11",
+            ),
         ] {
             let query = LogQuery {
                 query: text.into(),

@@ -959,7 +959,11 @@ async fn a_collector_with_a_query_token_gets_it_asked_once_and_sent_as_a_header(
     // Kept for the tab: another view loads without asking again.
     open_view(&browser, &ui, "dashboards", "dashboards").await;
     assert_eq!(
-        js(&browser, "return document.querySelector('#token-dialog') === null;").await,
+        js(
+            &browser,
+            "return document.querySelector('#token-dialog') === null;"
+        )
+        .await,
         true
     );
     screenshot(&browser, "token-accepted.png").await;
