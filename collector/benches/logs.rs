@@ -46,9 +46,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::{Map, Value, json};
-use sightline_collector::CollectorConfig;
 use sightline_store::{LogQuery, LogRecord, LogStore};
-use support::{Rng, cpu_model, free_port, http_get, measure, mix, now_nanos, report};
+use support::{Rng, cpu_model, http_get, measure, mix, now_nanos, report};
 use tantivy::schema::{Field, Schema};
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexSettings, TantivyDocument};
@@ -480,24 +479,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     let data_dir = tempfile::Builder::new()
         .prefix("sightline-bench-ingest")
         .tempdir()?;
-    let config = CollectorConfig {
-        data_dir: data_dir.path().to_path_buf(),
-        otlp_grpc_addr: free_port()?,
-        otlp_http_addr: free_port()?,
-        http_addr: free_port()?,
-        retention: Duration::from_secs(30 * 86_400),
-        commit_interval: Duration::from_secs(1),
-        max_record_bytes: 1024 * 1024,
-        max_attributes: 1_000,
-        max_attribute_key_bytes: 256,
-        max_attribute_value_bytes: 64 * 1024,
-        ingest_rate_limit_bytes: 0,
-        ingest_rate_burst_bytes: 16 * 1024 * 1024,
-        ingest_memory_bytes: 256 * 1024 * 1024,
-        config: None,
-        auth: Default::default(),
-        tls: Default::default(),
-    };
+    let config = support::loopback_collector(data_dir.path())?;
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(sightline_collector::run(config, async move {

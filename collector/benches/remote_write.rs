@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use prost::Message;
-use sightline_collector::CollectorConfig;
 use sightline_collector::remote_write::{Label, Sample, TimeSeries, WriteRequest};
-use support::{cpu_model, free_port, now_nanos};
+use support::{cpu_model, now_nanos};
 
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Sightline remote-write ingest benchmark")]
@@ -142,24 +141,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
 
     let dir = tempfile::tempdir()?;
-    let config = CollectorConfig {
-        data_dir: dir.path().to_path_buf(),
-        otlp_grpc_addr: free_port()?,
-        otlp_http_addr: free_port()?,
-        http_addr: free_port()?,
-        retention: Duration::from_secs(30 * 86_400),
-        commit_interval: Duration::from_secs(1),
-        max_record_bytes: 1024 * 1024,
-        max_attributes: 1_000,
-        max_attribute_key_bytes: 256,
-        max_attribute_value_bytes: 64 * 1024,
-        ingest_rate_limit_bytes: 0,
-        ingest_rate_burst_bytes: 16 * 1024 * 1024,
-        ingest_memory_bytes: 256 * 1024 * 1024,
-        config: None,
-        auth: Default::default(),
-        tls: Default::default(),
-    };
+    let config = support::loopback_collector(dir.path())?;
     let url = format!("http://{}/api/v1/write", config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(sightline_collector::run(config, async {

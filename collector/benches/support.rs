@@ -127,3 +127,21 @@ pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// A collector config on free loopback ports with every other setting at the
+/// binary's own defaults (parsed from flags, so a new flag needs no edit here).
+pub(crate) fn loopback_collector(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<sightline_collector::CollectorConfig> {
+    use clap::Parser as _;
+    let mut args = vec![
+        "sightline-collector".to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
+    for flag in ["--otlp-grpc-addr", "--otlp-http-addr", "--http-addr"] {
+        args.push(flag.to_owned());
+        args.push(free_port()?.to_string());
+    }
+    Ok(sightline_collector::CollectorConfig::try_parse_from(args)?)
+}

@@ -45,11 +45,8 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 use serde_json::{Map, Value};
-use sightline_collector::CollectorConfig;
 use sightline_store::{LogRecord, LogStore, Span, SpanStatus, SpanStore};
-use support::{
-    Rng, cpu_model, free_port, http_get, http_get_status, measure, mix, now_nanos, report, sorted,
-};
+use support::{Rng, cpu_model, http_get, http_get_status, measure, mix, now_nanos, report, sorted};
 
 const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
 
@@ -514,7 +511,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     let data_dir = tempfile::Builder::new()
         .prefix("sightline-bench-traces")
         .tempdir()?;
-    let config = collector_config(data_dir.path())?;
+    let config = support::loopback_collector(data_dir.path())?;
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(sightline_collector::run(config, async move {
@@ -635,27 +632,6 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn collector_config(data_dir: &Path) -> anyhow::Result<CollectorConfig> {
-    Ok(CollectorConfig {
-        data_dir: data_dir.to_path_buf(),
-        otlp_grpc_addr: free_port()?,
-        otlp_http_addr: free_port()?,
-        http_addr: free_port()?,
-        retention: Duration::from_secs(30 * 86_400),
-        commit_interval: Duration::from_secs(1),
-        max_record_bytes: 1024 * 1024,
-        max_attributes: 1_000,
-        max_attribute_key_bytes: 256,
-        max_attribute_value_bytes: 64 * 1024,
-        ingest_rate_limit_bytes: 0,
-        ingest_rate_burst_bytes: 16 * 1024 * 1024,
-        ingest_memory_bytes: 256 * 1024 * 1024,
-        config: None,
-        auth: Default::default(),
-        tls: Default::default(),
-    })
-}
-
 async fn connect(
     addr: SocketAddr,
 ) -> anyhow::Result<TraceServiceClient<tonic::transport::Channel>> {
@@ -771,7 +747,7 @@ fn query_bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result
     drop(store);
 
     runtime.block_on(async {
-        let config = collector_config(&dir)?;
+        let config = support::loopback_collector(&dir)?;
         let http_addr = config.http_addr;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let collector = tokio::spawn(sightline_collector::run(config, async move {
