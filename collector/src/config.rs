@@ -81,8 +81,9 @@ pub struct TlsFlags {
     /// PEM private key of `--tls-cert`.
     #[arg(long, value_name = "FILE", env = "SIGHTLINE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// PEM CA certificate(s): OTLP/gRPC clients must present a certificate
-    /// signed by one of them (mutual TLS).
+    /// PEM CA certificate(s): clients of the ingest ports (OTLP/gRPC and
+    /// OTLP/HTTP) must present a certificate signed by one of them (mutual
+    /// TLS); the query API and UI port asks for none.
     #[arg(long, value_name = "FILE", env = "SIGHTLINE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 }

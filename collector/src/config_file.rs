@@ -2,8 +2,10 @@
 //! a metrics pipeline needs, plus Sightline's own.
 //!
 //! An existing `prometheus.yml` loads unchanged: `global`, `scrape_configs`
-//! (static targets and file-based discovery), `rule_files` and `alerting`
-//! mean what they mean to Prometheus. Sections and keys Sightline does not
+//! (static targets and file-based discovery; `tls_config`, `authorization`,
+//! `bearer_token(_file)` and `basic_auth`, with Prometheus' rules on which
+//! may be combined and paths relative to this file's directory),
+//! `rule_files` and `alerting` mean what they mean to Prometheus. Sections and keys Sightline does not
 //! implement (`remote_write`, `relabel_configs`, ...) are listed in
 //! [`ConfigFile::ignored`] and logged at start, instead of failing the
 //! whole file. Sightline's own sections are `log_metrics` (counters derived
@@ -16,6 +18,11 @@
 //!   - job_name: shop
 //!     static_configs: [{ targets: ["127.0.0.1:8000"], labels: { env: demo } }]
 //!     file_sd_configs: [{ files: ["targets/*.json"] }]
+//!   - job_name: node
+//!     scheme: https
+//!     tls_config: { ca_file: certs/ca.pem }
+//!     authorization: { credentials_file: secrets/node-token }
+//!     static_configs: [{ targets: ["node-1:9100"] }]
 //! rule_files: ["rules/*.yml"]
 //! alerting:
 //!   alertmanagers: [{ static_configs: [{ targets: ["127.0.0.1:9093"] }] }]
@@ -31,6 +38,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::scrape::client::{Credentials, ScrapeAuth, Secret, TlsSettings};
 use crate::scrape::target::{DEFAULT_SAMPLE_LIMIT, ScrapeLimits};
 
 /// The whole file.
@@ -120,11 +128,167 @@ pub struct ScrapeConfig {
     /// Longest label value of a scraped series, in bytes; 0: none.
     #[serde(default)]
     pub label_value_length_limit: usize,
+    /// TLS towards the targets (`scheme: https`).
+    #[serde(default)]
+    pub tls_config: TlsConfig,
+    /// `Authorization: <type> <credentials>`.
+    #[serde(default)]
+    pub authorization: Option<AuthorizationConfig>,
+    /// Legacy form of `authorization` with the `Bearer` type.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Legacy form of `authorization.credentials_file`.
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_norway::Value>,
+}
+
+/// `tls_config`: how scrapes verify targets and prove who they are.
+/// Paths are relative to the config file's directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_norway::Value>,
+}
+
+/// `authorization`: a header `Authorization: <type> <credentials>`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationConfig {
+    #[serde(rename = "type", default = "bearer")]
+    pub kind: String,
+    #[serde(default)]
+    pub credentials: Option<Secret>,
+    /// Read on every scrape; relative to the config file's directory.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_norway::Value>,
+}
+
+/// `basic_auth`: HTTP basic authentication.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BasicAuthConfig {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Read on every scrape; relative to the config file's directory.
+    #[serde(default)]
+    pub password_file: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
 }
 
 impl ScrapeConfig {
+    /// The job's TLS settings and credentials, paths resolved against
+    /// `config_dir`. The combinations were checked at parse time.
+    pub fn client_settings(&self, config_dir: &Path) -> (TlsSettings, Option<ScrapeAuth>) {
+        let path = |relative: &String| config_dir.join(relative);
+        let tls = TlsSettings {
+            ca_file: self.tls_config.ca_file.as_ref().map(path),
+            cert_file: self.tls_config.cert_file.as_ref().map(path),
+            key_file: self.tls_config.key_file.as_ref().map(path),
+            server_name: self.tls_config.server_name.clone(),
+            insecure_skip_verify: self.tls_config.insecure_skip_verify,
+        };
+        let credentials = |inline: &Option<Secret>, file: &Option<String>| match (inline, file) {
+            (Some(secret), _) => Some(Credentials::Inline(secret.clone())),
+            (None, Some(file)) => Some(Credentials::File(path(file))),
+            (None, None) => None,
+        };
+        let auth = if let Some(basic) = &self.basic_auth {
+            Some(ScrapeAuth::Basic {
+                username: basic.username.clone(),
+                password: credentials(&basic.password, &basic.password_file),
+            })
+        } else if let Some(authorization) = &self.authorization {
+            credentials(&authorization.credentials, &authorization.credentials_file).map(
+                |credentials| ScrapeAuth::Authorization {
+                    scheme: authorization.kind.clone(),
+                    credentials,
+                },
+            )
+        } else {
+            credentials(&self.bearer_token, &self.bearer_token_file).map(|credentials| {
+                ScrapeAuth::Authorization {
+                    scheme: "Bearer".to_string(),
+                    credentials,
+                }
+            })
+        };
+        (tls, auth)
+    }
+
+    /// Prometheus' rules for the TLS and credentials keys.
+    fn check_client(&self) -> Result<(), String> {
+        let job = &self.job_name;
+        let legacy_bearer = self.bearer_token.is_some() || self.bearer_token_file.is_some();
+        if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
+            return Err(format!(
+                "scrape_configs[{job}]: at most one of bearer_token & bearer_token_file must be configured"
+            ));
+        }
+        if self.basic_auth.is_some() && (legacy_bearer || self.authorization.is_some()) {
+            return Err(format!(
+                "scrape_configs[{job}]: at most one of basic_auth, authorization, bearer_token & bearer_token_file must be configured"
+            ));
+        }
+        if let Some(authorization) = &self.authorization {
+            if legacy_bearer {
+                return Err(format!(
+                    "scrape_configs[{job}]: authorization is not compatible with bearer_token & bearer_token_file"
+                ));
+            }
+            if authorization.credentials.is_some() && authorization.credentials_file.is_some() {
+                return Err(format!(
+                    "scrape_configs[{job}]: authorization: at most one of credentials & credentials_file must be configured"
+                ));
+            }
+            if authorization.kind.eq_ignore_ascii_case("basic") {
+                return Err(format!(
+                    "scrape_configs[{job}]: authorization type cannot be set to \"basic\", use \"basic_auth\" instead"
+                ));
+            }
+            if authorization.kind.is_empty()
+                || !authorization
+                    .kind
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "scrape_configs[{job}]: authorization type {:?} is not a valid scheme",
+                    authorization.kind
+                ));
+            }
+        }
+        if let Some(basic) = &self.basic_auth
+            && basic.password.is_some()
+            && basic.password_file.is_some()
+        {
+            return Err(format!(
+                "scrape_configs[{job}]: basic_auth: at most one of password & password_file must be configured"
+            ));
+        }
+        match (&self.tls_config.cert_file, &self.tls_config.key_file) {
+            (Some(_), None) => Err(format!(
+                "scrape_configs[{job}]: tls_config: cert_file needs key_file"
+            )),
+            (None, Some(_)) => Err(format!(
+                "scrape_configs[{job}]: tls_config: key_file needs cert_file"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The interval this job scrapes at.
     pub fn interval(&self, global: &GlobalConfig) -> Duration {
         self.scrape_interval.unwrap_or(global.scrape_interval)
@@ -265,6 +429,7 @@ impl ConfigFile {
                     scrape.job_name, scrape.scheme
                 ));
             }
+            scrape.check_client()?;
             if scrape.interval(&self.global).is_zero() {
                 return Err(format!(
                     "scrape_configs[{}]: scrape_interval must be positive",
@@ -303,12 +468,32 @@ impl ConfigFile {
                 .map(|key| format!("alerting.{key}")),
         );
         for scrape in &self.scrape_configs {
+            let job = &scrape.job_name;
             ignored.extend(
                 scrape
                     .unknown
                     .keys()
-                    .map(|key| format!("scrape_configs[{}].{key}", scrape.job_name)),
+                    .map(|key| format!("scrape_configs[{job}].{key}")),
             );
+            let nested = [
+                ("tls_config", Some(&scrape.tls_config.unknown)),
+                (
+                    "authorization",
+                    scrape.authorization.as_ref().map(|auth| &auth.unknown),
+                ),
+                (
+                    "basic_auth",
+                    scrape.basic_auth.as_ref().map(|auth| &auth.unknown),
+                ),
+            ];
+            for (section, unknown) in nested {
+                ignored.extend(
+                    unknown
+                        .into_iter()
+                        .flat_map(BTreeMap::keys)
+                        .map(|key| format!("scrape_configs[{job}].{section}.{key}")),
+                );
+            }
         }
         ignored
     }
@@ -340,6 +525,10 @@ fn default_metrics_path() -> String {
 
 fn default_scheme() -> String {
     "http".into()
+}
+
+fn bearer() -> String {
+    "Bearer".into()
 }
 
 fn default_api_version() -> String {
@@ -426,5 +615,125 @@ log_metrics:
         assert!(error.contains("\"a\" appears twice"), "{error}");
         let error = ConfigFile::parse("log_metrics:\n  - name: 1bad\n    query: x\n").unwrap_err();
         assert!(error.contains("1bad"), "{error}");
+    }
+
+    #[test]
+    fn tls_and_credentials_resolve_relative_to_the_config_file() {
+        let config = ConfigFile::parse(
+            r#"
+scrape_configs:
+  - job_name: secure
+    scheme: https
+    tls_config:
+      ca_file: certs/ca.pem
+      cert_file: /etc/sightline/client.pem
+      key_file: client-key.pem
+      server_name: node.internal
+      min_version: TLS13
+    authorization: { credentials_file: token }
+  - job_name: legacy
+    bearer_token: s3cret-legacy
+  - job_name: basic
+    basic_auth: { username: prom, password_file: pw }
+  - job_name: custom
+    authorization: { type: Token, credentials: s3cret-inline }
+"#,
+        )
+        .unwrap();
+        let dir = Path::new("/opt/conf");
+        let (tls, auth) = config.scrape_configs[0].client_settings(dir);
+        assert_eq!(
+            tls,
+            TlsSettings {
+                ca_file: Some(PathBuf::from("/opt/conf/certs/ca.pem")),
+                cert_file: Some(PathBuf::from("/etc/sightline/client.pem")),
+                key_file: Some(PathBuf::from("/opt/conf/client-key.pem")),
+                server_name: Some("node.internal".into()),
+                insecure_skip_verify: false,
+            }
+        );
+        assert_eq!(
+            auth,
+            Some(ScrapeAuth::Authorization {
+                scheme: "Bearer".into(),
+                credentials: Credentials::File(PathBuf::from("/opt/conf/token")),
+            })
+        );
+        assert_eq!(
+            config.scrape_configs[1].client_settings(dir).1,
+            Some(ScrapeAuth::Authorization {
+                scheme: "Bearer".into(),
+                credentials: Credentials::Inline(Secret::new("s3cret-legacy")),
+            })
+        );
+        assert_eq!(
+            config.scrape_configs[2].client_settings(dir).1,
+            Some(ScrapeAuth::Basic {
+                username: "prom".into(),
+                password: Some(Credentials::File(PathBuf::from("/opt/conf/pw"))),
+            })
+        );
+        assert_eq!(
+            config.scrape_configs[3].client_settings(dir).1,
+            Some(ScrapeAuth::Authorization {
+                scheme: "Token".into(),
+                credentials: Credentials::Inline(Secret::new("s3cret-inline")),
+            })
+        );
+        // Unknown keys inside the new sections are listed like the others.
+        assert_eq!(
+            config.ignored(),
+            vec!["scrape_configs[secure].tls_config.min_version"]
+        );
+        // No secret in what may be printed.
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("s3cret") && printed.contains("<redacted>"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn conflicting_credentials_are_refused_as_prometheus_does() {
+        let cases = [
+            (
+                "basic_auth: {username: a, password: b}\n    bearer_token: c",
+                "at most one of basic_auth, authorization, bearer_token & bearer_token_file",
+            ),
+            (
+                "basic_auth: {username: a}\n    authorization: {credentials: c}",
+                "at most one of basic_auth, authorization, bearer_token & bearer_token_file",
+            ),
+            (
+                "authorization: {credentials: c}\n    bearer_token_file: f",
+                "authorization is not compatible with bearer_token & bearer_token_file",
+            ),
+            (
+                "bearer_token: c\n    bearer_token_file: f",
+                "at most one of bearer_token & bearer_token_file",
+            ),
+            (
+                "authorization: {credentials: c, credentials_file: f}",
+                "at most one of credentials & credentials_file",
+            ),
+            (
+                "authorization: {type: Basic, credentials: c}",
+                "use \"basic_auth\" instead",
+            ),
+            (
+                "basic_auth: {username: a, password: b, password_file: f}",
+                "at most one of password & password_file",
+            ),
+            ("tls_config: {cert_file: c.pem}", "cert_file needs key_file"),
+            ("tls_config: {key_file: k.pem}", "key_file needs cert_file"),
+        ];
+        for (keys, expected) in cases {
+            let text = format!("scrape_configs:\n  - job_name: j\n    {keys}\n");
+            let error = ConfigFile::parse(&text).unwrap_err();
+            assert!(
+                error.contains(expected) && error.contains("scrape_configs[j]"),
+                "{keys}: {error}"
+            );
+        }
     }
 }

@@ -206,7 +206,7 @@ pub async fn run(
         );
     let otlp_http = tls::serve_http(
         otlp_http_listener,
-        tls.as_ref(),
+        tls.as_ref().map(tls::ServerTls::ingest_acceptor),
         rate_limited(
             otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
             &rate_limiter,
@@ -242,13 +242,12 @@ pub async fn run(
         .and_then(std::path::Path::parent)
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    // The scraper speaks plain HTTP only: behind TLS the query port cannot
-    // be scraped by it, so the self-scrape is off then.
-    let self_address = match &tls {
-        None => Some(http_listener.local_addr()?),
-        Some(_) => None,
+    // Behind TLS the self-scrape speaks https to the query listener.
+    let self_scrape = scrape::SelfScrape {
+        address: http_listener.local_addr()?,
+        tls: tls.is_some(),
     };
-    let scrape_jobs = scrape::jobs_from_config(&config_file, &config_dir, self_address);
+    let scrape_jobs = scrape::jobs_from_config(&config_file, &config_dir, Some(self_scrape));
     let scraper = scrape::Scraper::start(
         scrape_jobs,
         metric_store.clone(),
@@ -305,7 +304,12 @@ pub async fn run(
     .merge(scraper.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
     drop(ingest);
-    let http = tls::serve_http(http_listener, tls.as_ref(), router, stopped(stop.clone()));
+    let http = tls::serve_http(
+        http_listener,
+        tls.as_ref().map(tls::ServerTls::query_acceptor),
+        router,
+        stopped(stop.clone()),
+    );
     let (grpc_result, otlp_http_result, http_result) = tokio::join!(grpc, otlp_http, http);
     grpc_result.context("OTLP/gRPC server failed")?;
     otlp_http_result.context("OTLP/HTTP server failed")?;

@@ -3,9 +3,11 @@
 //! `--tls-cert` and `--tls-key` turn TLS on for all three listeners: tonic
 //! terminates it on the OTLP/gRPC port, [`TlsListener`] on the two HTTP
 //! ports (OTLP/HTTP and the query API) in front of `axum::serve`.
-//! `--tls-client-ca` also asks OTLP/gRPC clients for a certificate signed by
-//! that CA (mutual TLS); the HTTP ports keep their bearer tokens, as
-//! browsers rarely hold a client certificate.
+//! `--tls-client-ca` also requires a client certificate signed by that CA
+//! (mutual TLS) on the two ingest ports, OTLP/gRPC and OTLP/HTTP: a client
+//! without one fails the handshake. The query API and UI port never asks for
+//! one, as browsers rarely hold a client certificate; it keeps its bearer
+//! tokens.
 //!
 //! The PEM files are read and checked once at start-up, so a missing or
 //! broken file stops the collector with an error that names it.
@@ -35,8 +37,11 @@ const ACCEPT_QUEUE: usize = 64;
 /// The collector's TLS settings, checked and ready for the listeners.
 #[derive(Clone)]
 pub struct ServerTls {
-    /// For the HTTP listeners.
+    /// For the query API and UI listener: no client certificates.
     acceptor: TlsAcceptor,
+    /// For the OTLP/HTTP listener: client certificates required with
+    /// `--tls-client-ca`, else the same as `acceptor`.
+    ingest_acceptor: TlsAcceptor,
     /// For tonic, which builds its own rustls configuration from the PEMs.
     grpc: tonic::transport::ServerTlsConfig,
 }
@@ -66,12 +71,13 @@ impl ServerTls {
             )
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .context("rustls refused its default protocol versions")?;
         let mut http_config = builder
+            .clone()
             .with_no_client_auth()
-            .with_single_cert(chain, key)
+            .with_single_cert(chain.clone(), key.clone_key())
             .with_context(|| {
                 format!(
                     "--tls-cert {} and --tls-key {} do not form a usable certificate and key",
@@ -81,6 +87,9 @@ impl ServerTls {
             })?;
         // axum serves HTTP/1.1 here (no HTTP/2 feature).
         http_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let acceptor = TlsAcceptor::from(Arc::new(http_config));
+        let mut ingest_acceptor = acceptor.clone();
 
         let mut grpc = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));
@@ -97,11 +106,40 @@ impl ServerTls {
                 })?;
             }
             grpc = grpc.client_ca_root(tonic::transport::Certificate::from_pem(&ca_pem));
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(store),
+                provider,
+            )
+            .build()
+            .with_context(|| {
+                format!(
+                    "--tls-client-ca {}: no usable CA certificate",
+                    ca_path.display()
+                )
+            })?;
+            let mut ingest_config = builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .context("rustls refused the certificate and key for OTLP/HTTP")?;
+            ingest_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            ingest_acceptor = TlsAcceptor::from(Arc::new(ingest_config));
         }
         Ok(Some(Self {
-            acceptor: TlsAcceptor::from(Arc::new(http_config)),
+            acceptor,
+            ingest_acceptor,
             grpc,
         }))
+    }
+
+    /// For the query API and UI listener.
+    pub fn query_acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    /// For the OTLP/HTTP listener (client certificates required with
+    /// `--tls-client-ca`).
+    pub fn ingest_acceptor(&self) -> TlsAcceptor {
+        self.ingest_acceptor.clone()
     }
 
     /// tonic's configuration for the OTLP/gRPC port.
@@ -135,7 +173,7 @@ fn certificates(
 /// the client's address as `ConnectInfo<SocketAddr>` either way.
 pub async fn serve_http(
     listener: TcpListener,
-    tls: Option<&ServerTls>,
+    tls: Option<TlsAcceptor>,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -148,7 +186,7 @@ pub async fn serve_http(
                 .await
         }
         Some(tls) => {
-            let listener = TlsListener::new(listener, tls.acceptor.clone())?;
+            let listener = TlsListener::new(listener, tls)?;
             axum::serve(listener.tap_io(|_| {}), app)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -1,5 +1,5 @@
 //! A real collector process with TLS on its listeners and client
-//! certificates required on OTLP/gRPC, driven over loopback with
+//! certificates required on OTLP/gRPC and OTLP/HTTP, driven over loopback with
 //! certificates made at test time: a CA, a server certificate for
 //! 127.0.0.1/localhost and a client certificate.
 
@@ -101,10 +101,22 @@ impl Drop for Collector {
 
 impl Collector {
     fn start() -> Collector {
+        Collector::start_with(None, &[])
+    }
+
+    /// A collector with the config file `config` and more flags.
+    fn start_with(config: Option<&str>, args: &[&str]) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::create(dir.path());
         let (grpc, otlp_http, http) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_sightline-collector"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sightline-collector"));
+        if let Some(config) = config {
+            let path = dir.path().join("sightline.yml");
+            std::fs::write(&path, config).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let child = command
+            .args(args)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--otlp-grpc-addr", &grpc.to_string()])
@@ -139,6 +151,20 @@ impl Collector {
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    /// [`Collector::https_client`] with the test client certificate.
+    fn https_client_with_cert(&self) -> reqwest::Client {
+        let ca = std::fs::read(&self.pki.ca).unwrap();
+        let mut identity = std::fs::read(&self.pki.client_cert).unwrap();
+        identity.extend(std::fs::read(&self.pki.client_key).unwrap());
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .identity(reqwest::Identity::from_pem(&identity).unwrap())
             .build()
             .unwrap()
     }
@@ -221,11 +247,33 @@ async fn grpc_with_a_client_certificate_is_stored_and_found_over_https() {
     let refused = collector.grpc_export(false, "no client certificate").await;
     assert!(refused.is_err(), "export without a client certificate");
 
-    // OTLP/HTTP is served over TLS too (server certificate only).
+    // OTLP/HTTP asks for a client certificate too: without one the
+    // handshake fails, with one the export is stored.
+    let otlp_http_export = |client: reqwest::Client, body: &'static str| {
+        let url = format!("https://{}/v1/logs", collector.otlp_http);
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"body":{{"stringValue":"{body}"}}}}]}}]}}]}}"#
+                ))
+                .send()
+                .await
+        }
+    };
+    let refused = otlp_http_export(client.clone(), "otlp http without a certificate").await;
+    assert!(
+        refused.is_err(),
+        "OTLP/HTTP answered a client without a certificate: {refused:?}"
+    );
+    let response = otlp_http_export(collector.https_client_with_cert(), "otlp http over tls")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The query port asks browsers for no certificate.
     let response = client
-        .post(format!("https://{}/v1/logs", collector.otlp_http))
-        .header("content-type", "application/json")
-        .body(r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"otlp http over tls"}}]}]}]}"#)
+        .get(format!("https://{}/health", collector.http))
         .send()
         .await
         .unwrap();
@@ -242,7 +290,8 @@ async fn grpc_with_a_client_certificate_is_stored_and_found_over_https() {
         let body = response.text().await.unwrap();
         if body.contains("shipped over mutual tls") && body.contains("otlp http over tls") {
             assert!(
-                !body.contains("no client certificate"),
+                !body.contains("no client certificate")
+                    && !body.contains("otlp http without a certificate"),
                 "an export without a client certificate was stored"
             );
             break;
@@ -409,4 +458,87 @@ async fn the_agent_ships_over_mutual_tls() {
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(found, "the agent's line never reached the collector");
+}
+
+/// Behind TLS the collector still scrapes its own `/metrics` (over https,
+/// on loopback), also when a query token closes the query API: `/metrics`
+/// stays open, so the self-scrape needs no credentials.
+#[tokio::test]
+async fn a_tls_collector_scrapes_itself_with_a_query_token_set() {
+    const QUERY_TOKEN: &str = "query-token-for-the-tls-test";
+    let collector = Collector::start_with(
+        Some("global: {scrape_interval: 200ms, scrape_timeout: 200ms}\n"),
+        &["--query-token", QUERY_TOKEN],
+    );
+    let client = collector.https_client();
+    collector.wait_healthy(&client).await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = client.get(format!("https://{}{path}", collector.http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.ok())
+        }
+    };
+    // The query token is in force.
+    let (status, _) = get("/api/v1/targets", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let deadline = Instant::now() + SEARCHABLE_WITHIN;
+    let self_target = loop {
+        let (status, json) = get("/api/v1/targets", Some(QUERY_TOKEN)).await;
+        assert_eq!(status, StatusCode::OK);
+        let target = json.and_then(|json| {
+            json["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .find(|target| target["scrapePool"] == "sightline")
+                .cloned()
+        });
+        if let Some(target) = target
+            && target["health"] == "up"
+        {
+            break target;
+        }
+        assert!(Instant::now() < deadline, "the self-scrape never succeeded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        self_target["scrapeUrl"],
+        format!("https://{}/metrics", collector.http)
+    );
+    assert_eq!(self_target["lastError"], "");
+
+    let value = |json: &serde_json::Value| {
+        json["data"]["result"]
+            .as_array()
+            .and_then(|series| series.first())
+            .map(|series| series["value"][1].clone())
+    };
+    loop {
+        let (_, up) = get(
+            "/api/v1/query?query=up%7Bjob%3D%22sightline%22%7D",
+            Some(QUERY_TOKEN),
+        )
+        .await;
+        let (_, ingested) = get(
+            "/api/v1/query?query=sightline_collector_ingested_total%7Bjob%3D%22sightline%22%7D",
+            Some(QUERY_TOKEN),
+        )
+        .await;
+        let up = up.as_ref().and_then(value);
+        let ingested = ingested.as_ref().and_then(value);
+        if up.is_some() && ingested.is_some() {
+            assert_eq!(up, Some(serde_json::json!("1")));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "self-scraped series not queryable: up {up:?}, ingested {ingested:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -2,6 +2,8 @@
 //! per target, samples into the [`MetricStore`].
 //!
 //! Roles:
+//! - [`client`]: one HTTP client per job, with its `tls_config` and
+//!   credentials;
 //! - [`parse`]: the exposition parser (text 0.0.4 and OpenMetrics 1.0);
 //! - [`discovery`]: target files of `file_sd_configs`, polled for changes;
 //! - [`target`]: one target's scrape loop, its synthetic series, staleness
@@ -12,8 +14,11 @@
 //!
 //! The collector scrapes itself unless a job already does: an implicit job
 //! `sightline` scrapes its own `/metrics`, so the span metrics reach the
-//! store and alert rules can use them.
+//! store and alert rules can use them. Behind TLS it scrapes its own
+//! listener over https without verifying the certificate (see
+//! [`jobs_from_config`]).
 
+pub mod client;
 pub mod discovery;
 pub mod parse;
 pub mod target;
@@ -30,6 +35,7 @@ use sightline_store::tsdb::{Labels, MetricStore};
 use tokio::sync::watch;
 
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
+use client::{JobClient, ScrapeAuth, TlsSettings};
 use discovery::FileDiscovery;
 use target::{ScrapeLimits, Target, TargetStatus};
 
@@ -57,6 +63,10 @@ pub struct Job {
     /// Where relative `file_sd_configs` globs start.
     pub base_dir: PathBuf,
     pub limits: ScrapeLimits,
+    /// `tls_config`, paths resolved.
+    pub tls: TlsSettings,
+    /// Credentials sent with every scrape.
+    pub auth: Option<ScrapeAuth>,
 }
 
 impl Job {
@@ -78,6 +88,8 @@ impl Job {
             file_sd_configs: Vec::new(),
             base_dir: PathBuf::from("."),
             limits: ScrapeLimits::default(),
+            tls: TlsSettings::default(),
+            auth: None,
         }
     }
 
@@ -137,32 +149,45 @@ impl Job {
     }
 }
 
+/// The collector's own query listener, for the implicit self-scrape job.
+#[derive(Debug, Clone, Copy)]
+pub struct SelfScrape {
+    pub address: SocketAddr,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
+}
+
 /// The jobs of a config file, plus the implicit self-scrape job when no
-/// static target is the collector's own `self_address`.
+/// static target is the collector's own address.
 pub fn jobs_from_config(
     config: &ConfigFile,
     config_dir: &Path,
-    self_address: Option<SocketAddr>,
+    self_scrape: Option<SelfScrape>,
 ) -> Vec<Job> {
     let mut jobs: Vec<Job> = config
         .scrape_configs
         .iter()
-        .map(|scrape| Job {
-            name: scrape.job_name.clone(),
-            interval: scrape.interval(&config.global),
-            timeout: scrape.timeout(&config.global),
-            scheme: scrape.scheme.clone(),
-            metrics_path: scrape.metrics_path.clone(),
-            params: scrape.params.clone(),
-            honor_labels: scrape.honor_labels,
-            honor_timestamps: scrape.honor_timestamps,
-            static_configs: scrape.static_configs.clone(),
-            file_sd_configs: scrape.file_sd_configs.clone(),
-            base_dir: config_dir.to_path_buf(),
-            limits: scrape.limits(),
+        .map(|scrape| {
+            let (tls, auth) = scrape.client_settings(config_dir);
+            Job {
+                name: scrape.job_name.clone(),
+                interval: scrape.interval(&config.global),
+                timeout: scrape.timeout(&config.global),
+                scheme: scrape.scheme.clone(),
+                metrics_path: scrape.metrics_path.clone(),
+                params: scrape.params.clone(),
+                honor_labels: scrape.honor_labels,
+                honor_timestamps: scrape.honor_timestamps,
+                static_configs: scrape.static_configs.clone(),
+                file_sd_configs: scrape.file_sd_configs.clone(),
+                base_dir: config_dir.to_path_buf(),
+                limits: scrape.limits(),
+                tls,
+                auth,
+            }
         })
         .collect();
-    let Some(address) = self_address else {
+    let Some(SelfScrape { address, tls }) = self_scrape else {
         return jobs;
     };
     let host = if address.ip().is_unspecified() {
@@ -192,6 +217,16 @@ pub fn jobs_from_config(
         };
         let mut job = Job::new(SELF_JOB, config.global.scrape_interval, vec![self_target]);
         job.timeout = config.global.scrape_timeout.min(job.interval);
+        if tls {
+            job.scheme = "https".to_string();
+            // The collector knows no CA for its own certificate (it may be
+            // signed by anyone, or self-signed). Skipping verification is
+            // safe for this one job: it dials the collector's own listener
+            // on loopback (or the address it bound itself), so there is no
+            // network path for anyone to sit in the middle of, and the
+            // scrape sends no credentials (`/metrics` is open).
+            job.tls.insecure_skip_verify = true;
+        }
         jobs.push(job);
     }
     jobs
@@ -212,23 +247,26 @@ pub struct Scraper {
 impl Scraper {
     /// Starts discovery and the target loops; everything stops when
     /// `shutdown` turns true. `file_poll_interval` is how often target
-    /// files are checked ([`FILE_POLL_INTERVAL`] in the collector).
+    /// files are checked ([`FILE_POLL_INTERVAL`] in the collector). Fails,
+    /// naming the job and the file, when a job's TLS files cannot be used.
     pub fn start(
         jobs: Vec<Job>,
         store: Arc<MetricStore>,
         file_poll_interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Scraper> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("Sightline/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let mut clients = BTreeMap::new();
+        for job in &jobs {
+            let client = JobClient::build(&job.name, &job.tls, job.auth.clone())?;
+            clients.insert(job.name.clone(), client);
+        }
         let scraper = Scraper {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
         };
         tokio::spawn(
             scraper
                 .clone()
-                .manage(jobs, store, client, file_poll_interval, shutdown),
+                .manage(jobs, store, clients, file_poll_interval, shutdown),
         );
         Ok(scraper)
     }
@@ -237,7 +275,7 @@ impl Scraper {
         self,
         jobs: Vec<Job>,
         store: Arc<MetricStore>,
-        client: reqwest::Client,
+        clients: BTreeMap<String, JobClient>,
         file_poll_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -280,7 +318,7 @@ impl Scraper {
                     groups.extend(files.iter().flat_map(FileDiscovery::groups));
                     wanted.extend(job.targets(&groups));
                 }
-                self.reconcile(wanted, &store, &client, &shutdown);
+                self.reconcile(wanted, &store, &clients, &shutdown);
             }
             tokio::select! {
                 _ = tokio::time::sleep(file_poll_interval) => {}
@@ -294,7 +332,7 @@ impl Scraper {
         &self,
         wanted: Vec<Target>,
         store: &Arc<MetricStore>,
-        client: &reqwest::Client,
+        clients: &BTreeMap<String, JobClient>,
         shutdown: &watch::Receiver<bool>,
     ) {
         let mut running = self
@@ -314,6 +352,12 @@ impl Scraper {
             if running.contains_key(&target) {
                 continue;
             }
+            // Every target comes from one of the jobs the clients were
+            // built for.
+            let Some(client) = clients.get(&target.job) else {
+                tracing::error!(job = %target.job, "no HTTP client for the job");
+                continue;
+            };
             tracing::info!(url = %target.url, job = %target.job, "target added");
             let status = Arc::new(TargetStatus {
                 target: target.clone(),
@@ -474,15 +518,30 @@ mod tests {
             "scrape_configs: [{job_name: a, static_configs: [{targets: ['x:1']}]}]",
         )
         .unwrap();
-        let jobs = jobs_from_config(&config, Path::new("."), Some(address));
+        let plain = SelfScrape {
+            address,
+            tls: false,
+        };
+        let jobs = jobs_from_config(&config, Path::new("."), Some(plain));
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[1].name, SELF_JOB);
         assert_eq!(jobs[1].static_configs[0].targets, ["127.0.0.1:4000"]);
+        assert_eq!(jobs[1].scheme, "http");
+        assert!(!jobs[1].tls.insecure_skip_verify);
+        // Behind TLS: https, without verification of its own certificate.
+        let jobs = jobs_from_config(
+            &config,
+            Path::new("."),
+            Some(SelfScrape { address, tls: true }),
+        );
+        assert_eq!(jobs[1].scheme, "https");
+        assert!(jobs[1].tls.insecure_skip_verify);
+        assert!(!jobs[0].tls.insecure_skip_verify);
         let config = ConfigFile::parse(
             "scrape_configs: [{job_name: me, static_configs: [{targets: ['localhost:4000']}]}]",
         )
         .unwrap();
-        let jobs = jobs_from_config(&config, Path::new("."), Some(address));
+        let jobs = jobs_from_config(&config, Path::new("."), Some(plain));
         assert_eq!(jobs.len(), 1);
     }
 

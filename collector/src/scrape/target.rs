@@ -17,6 +17,7 @@ use sightline_store::promql::stale_nan;
 use sightline_store::tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
 use tokio::sync::watch;
 
+use super::client::JobClient;
 use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_limited};
 
 /// The largest scrape body accepted, after decompression.
@@ -196,7 +197,7 @@ struct LoopState {
 pub(crate) async fn run(
     status: Arc<TargetStatus>,
     store: Arc<MetricStore>,
-    client: reqwest::Client,
+    client: JobClient,
     mut remove: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -234,7 +235,7 @@ pub(crate) async fn run(
 async fn scrape_once(
     status: &Arc<TargetStatus>,
     store: &Arc<MetricStore>,
-    client: &reqwest::Client,
+    client: &JobClient,
     state: LoopState,
 ) -> LoopState {
     let target = status.target.clone();
@@ -280,9 +281,9 @@ async fn scrape_once(
     state
 }
 
-async fn fetch(client: &reqwest::Client, target: &Target) -> Fetched {
+async fn fetch(client: &JobClient, target: &Target) -> Fetched {
     let response = client
-        .get(&target.url)
+        .get(&target.url)?
         .header(reqwest::header::ACCEPT, ACCEPT_HEADER)
         .header(reqwest::header::ACCEPT_ENCODING, "gzip")
         .header(
