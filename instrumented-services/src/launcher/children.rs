@@ -31,6 +31,8 @@ pub struct ChildSpec {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// Environment variables set beside the launcher's own.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// The longest wait before restarting a crashed service (the wait doubles
@@ -340,6 +342,7 @@ fn command(spec: &ChildSpec) -> Command {
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         // Own process group: a terminal's Ctrl-C reaches only the launcher,
         // which then stops the children in order.

@@ -23,9 +23,18 @@
 //! `--fault payment:latency=800ms@0.3,errors=0.1` starts a service with
 //! faults (see [`crate::service::faults`]); `--platform-only` runs only the
 //! collector and the agent, for your own services.
+//!
+//! `--secure` runs the stack as it should run in production: the launcher
+//! makes a CA, certificates and two bearer tokens in `<data-dir>/secrets/`
+//! ([`Secrets`]), the collector serves TLS on its three listeners, requires
+//! client certificates on OTLP/gRPC and asks for the ingest and query
+//! tokens, and the agent and the services send their token over mutual TLS.
+//! The UI address is then printed as `https://`, with the query token and
+//! the CA.
 
 mod children;
 pub mod collector_config;
+mod secrets;
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,6 +45,7 @@ use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
 pub use children::{ChildSpec, Children, PodPlacement, RunningChild, UnexpectedExit};
+pub use secrets::Secrets;
 
 use crate::cri::PodIdentity;
 use crate::service::ServiceRole;
@@ -142,6 +152,13 @@ pub struct DemoArgs {
     /// Do not run `cargo build` first, use the binaries as they are.
     #[arg(long)]
     pub no_build: bool,
+
+    /// Tokens and TLS everywhere: make a CA, certificates and tokens in
+    /// `<data-dir>/secrets/`, serve the collector over HTTPS with client
+    /// certificates required on OTLP/gRPC, and have the agent and the
+    /// services send their token over mutual TLS.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// A service's faults given on the command line.
@@ -261,6 +278,11 @@ impl DataLayout {
         self.root.join("logs")
     }
 
+    /// The certificates and tokens of `--secure`.
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
     /// The agent's `--include` glob: every container log of every pod.
     pub fn pod_logs_glob(&self) -> OsString {
         let mut glob = self.pods().into_os_string();
@@ -367,14 +389,21 @@ async fn start_and_supervise(
     traffic_stopped: watch::Receiver<bool>,
     traffic: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .build()
-        .context("failed to build the HTTP client")?;
+    let secrets = if args.secure {
+        let secrets = Secrets::generate(&layout.secrets())?;
+        tracing::info!(dir = %layout.secrets().display(), "made certificates and tokens");
+        Some(secrets)
+    } else {
+        None
+    };
+    let client = http_client(secrets.as_ref())?;
+    // The collector's listeners speak TLS with `--secure`.
+    let scheme = if secrets.is_some() { "https" } else { "http" };
     let collector_grpc = loopback(args.collector_grpc_port);
     let ui = loopback(args.ui_port);
     let agent_http = loopback(args.agent_port);
     let gateway_addr = loopback(args.gateway_port);
-    let otlp_endpoint = format!("http://{collector_grpc}");
+    let otlp_endpoint = format!("{scheme}://{collector_grpc}");
 
     let services = if args.platform_only {
         Vec::new()
@@ -389,7 +418,7 @@ async fn start_and_supervise(
         &collector_config::ScrapeTargets {
             agent: agent_http.to_string(),
             services,
-            ui: format!("http://{ui}"),
+            ui: format!("{scheme}://{ui}"),
             extra_rule_files: args
                 .rule_files
                 .iter()
@@ -399,21 +428,37 @@ async fn start_and_supervise(
             evaluation_interval: args.evaluation_interval,
         },
     )?;
+    let mut collector_args: Vec<OsString> = vec![
+        "--data-dir".into(),
+        layout.collector().into(),
+        "--otlp-grpc-addr".into(),
+        collector_grpc.to_string().into(),
+        "--otlp-http-addr".into(),
+        loopback(args.collector_http_port).to_string().into(),
+        "--http-addr".into(),
+        ui.to_string().into(),
+        "--config".into(),
+        collector_config.into(),
+    ];
+    if let Some(secrets) = &secrets {
+        collector_args.extend([
+            "--ingest-token-file".into(),
+            secrets.ingest_token_file.clone().into(),
+            "--query-token-file".into(),
+            secrets.query_token_file.clone().into(),
+            "--tls-cert".into(),
+            secrets.server_cert.clone().into(),
+            "--tls-key".into(),
+            secrets.server_key.clone().into(),
+            "--tls-client-ca".into(),
+            secrets.ca_cert.clone().into(),
+        ]);
+    }
     let collector = ChildSpec {
         name: COLLECTOR_BIN.into(),
         program: binaries.collector.clone(),
-        args: vec![
-            "--data-dir".into(),
-            layout.collector().into(),
-            "--otlp-grpc-addr".into(),
-            collector_grpc.to_string().into(),
-            "--otlp-http-addr".into(),
-            loopback(args.collector_http_port).to_string().into(),
-            "--http-addr".into(),
-            ui.to_string().into(),
-            "--config".into(),
-            collector_config.into(),
-        ],
+        args: collector_args,
+        env: Vec::new(),
     };
     let log_path = layout.logs().join(format!("{COLLECTOR_BIN}.log"));
     tracing::info!(log = %log_path.display(), "starting {COLLECTOR_BIN}");
@@ -421,24 +466,38 @@ async fn start_and_supervise(
         .push(RunningChild::spawn_with_log_file(&collector, &log_path)?)
         .wait_healthy(
             &client,
-            &format!("http://{ui}/health"),
+            &format!("{scheme}://{ui}/health"),
             COLLECTOR_READY_TIMEOUT,
         )
         .await?;
 
+    let mut agent_args: Vec<OsString> = vec![
+        "--include".into(),
+        layout.pod_logs_glob(),
+        "--collector".into(),
+        otlp_endpoint.clone().into(),
+        "--data-dir".into(),
+        layout.agent().into(),
+        "--http-addr".into(),
+        agent_http.to_string().into(),
+    ];
+    if let Some(secrets) = &secrets {
+        agent_args.extend([
+            "--collector-token-file".into(),
+            secrets.ingest_token_file.clone().into(),
+            "--collector-ca".into(),
+            secrets.ca_cert.clone().into(),
+            "--client-cert".into(),
+            secrets.client_cert.clone().into(),
+            "--client-key".into(),
+            secrets.client_key.clone().into(),
+        ]);
+    }
     let agent = ChildSpec {
         name: AGENT_BIN.into(),
         program: binaries.agent.clone(),
-        args: vec![
-            "--include".into(),
-            layout.pod_logs_glob(),
-            "--collector".into(),
-            otlp_endpoint.clone().into(),
-            "--data-dir".into(),
-            layout.agent().into(),
-            "--http-addr".into(),
-            agent_http.to_string().into(),
-        ],
+        args: agent_args,
+        env: Vec::new(),
     };
     let log_path = layout.logs().join(format!("{AGENT_BIN}.log"));
     tracing::info!(log = %log_path.display(), "starting {AGENT_BIN}");
@@ -452,10 +511,13 @@ async fn start_and_supervise(
         .await?;
 
     if args.platform_only {
-        println!("Sightline UI: http://{ui}/");
+        println!("Sightline UI: {scheme}://{ui}/");
+        if let Some(secrets) = &secrets {
+            print!("{}", secure_banner(ui, secrets));
+        }
         println!(
-            "  platform only: send OTLP to http://{collector_grpc} (gRPC) or \
-             http://{} (HTTP); the agent tails {}",
+            "  platform only: send OTLP to {scheme}://{collector_grpc} (gRPC) or \
+             {scheme}://{} (HTTP); the agent tails {}",
             loopback(args.collector_http_port),
             layout.pod_logs_glob().to_string_lossy()
         );
@@ -506,6 +568,7 @@ async fn start_and_supervise(
             name: service.into(),
             program: binaries.service.clone(),
             args: service_args,
+            env: secrets.as_ref().map(service_env).unwrap_or_default(),
         };
         let pod = PodIdentity::new_random(NAMESPACE, service);
         let child = RunningChild::spawn_in_pod(&spec, &layout.pods(), &pod, service)?;
@@ -520,7 +583,10 @@ async fn start_and_supervise(
             .await?;
     }
 
-    println!("Sightline UI: http://{ui}/");
+    println!("Sightline UI: {scheme}://{ui}/");
+    if let Some(secrets) = &secrets {
+        print!("{}", secure_banner(ui, secrets));
+    }
     println!(
         "  try: curl -s -H 'content-type: application/json' \
          -d '{{\"user_id\":\"u1\",\"password\":\"demo\"}}' http://{gateway_addr}/api/login"
@@ -556,6 +622,60 @@ async fn start_and_supervise(
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// The launcher's own HTTP client (health polls): with `--secure` it trusts
+/// the demo's CA, and only it, for the collector's HTTPS.
+fn http_client(secrets: Option<&Secrets>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(secrets) = secrets {
+        let pem = std::fs::read(&secrets.ca_cert)
+            .with_context(|| format!("failed to read {}", secrets.ca_cert.display()))?;
+        let ca = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", secrets.ca_cert.display()))?;
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+    }
+    builder.build().context("failed to build the HTTP client")
+}
+
+/// What a service needs to export to a `--secure` collector: the OTel SDKs'
+/// standard variables, read by [`crate::telemetry::exporter_tls`] and by
+/// the exporter itself (the headers).
+fn service_env(secrets: &Secrets) -> Vec<(OsString, OsString)> {
+    vec![
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS".into(),
+            secrets.otlp_headers().into(),
+        ),
+        (
+            crate::telemetry::OTLP_CA_ENV.into(),
+            secrets.ca_cert.clone().into(),
+        ),
+        (
+            crate::telemetry::OTLP_CLIENT_CERT_ENV.into(),
+            secrets.client_cert.clone().into(),
+        ),
+        (
+            crate::telemetry::OTLP_CLIENT_KEY_ENV.into(),
+            secrets.client_key.clone().into(),
+        ),
+    ]
+}
+
+/// The lines under `Sightline UI: https://...` with `--secure`: the query
+/// token the UI asks for, the CA to trust, and a query with curl.
+fn secure_banner(ui: SocketAddr, secrets: &Secrets) -> String {
+    let ca = secrets.ca_cert.display();
+    format!(
+        "  secure: the UI asks for the query token {token} (in {token_file}); \
+         trust the CA {ca}\n\
+         \x20 query: curl --cacert {ca} -H \"authorization: Bearer $(cat {token_file})\" \
+         'https://{ui}/api/logs?q=service:gateway&limit=5'\n",
+        token = secrets.query_token,
+        token_file = secrets.query_token_file.display(),
+    )
 }
 
 /// Under `cargo run` (`$CARGO` set), builds the collector, the agent and this
@@ -629,6 +749,7 @@ mod tests {
         assert_eq!(args.rate, 2.0);
         assert!(!args.no_build);
         assert!(!args.platform_only);
+        assert!(!args.secure);
         assert!(args.faults.is_empty());
         args.validate().unwrap();
     }
@@ -708,6 +829,34 @@ mod tests {
             layout.pod_logs_glob(),
             OsString::from("/tmp/demo/pods/*/*/*.log")
         );
+    }
+
+    #[test]
+    fn the_secure_banner_names_the_token_the_ca_and_an_https_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::generate(dir.path()).unwrap();
+        let banner = secure_banner(loopback(7443), &secrets);
+        assert!(banner.contains(&secrets.query_token), "{banner}");
+        assert!(!banner.contains(&secrets.ingest_token), "{banner}");
+        let ca = secrets.ca_cert.display().to_string();
+        assert!(banner.contains(&format!("--cacert {ca}")), "{banner}");
+        assert!(
+            banner.contains("'https://127.0.0.1:7443/api/logs?q=service:gateway&limit=5'"),
+            "{banner}"
+        );
+        let env = service_env(&secrets);
+        let names: Vec<_> = env.iter().map(|(name, _)| name.to_string_lossy()).collect();
+        assert_eq!(
+            names,
+            [
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+            ]
+        );
+        assert_eq!(env[1].1, secrets.ca_cert.as_os_str());
+        http_client(Some(&secrets)).unwrap();
     }
 
     #[test]
