@@ -180,11 +180,25 @@ pub struct DemoStack {
     pub data_dir: tempfile::TempDir,
     pub launcher: Process,
     pub http: reqwest::Client,
+    /// The client for the collector's query API and UI: `http` itself, or
+    /// for [`DemoStack::start_secure`] an HTTPS client that trusts only the
+    /// demo's CA and sends the query token.
+    pub query_http: reqwest::Client,
+    /// `http`, or `https` for [`DemoStack::start_secure`].
+    pub ui_scheme: &'static str,
 }
 
 impl DemoStack {
     pub async fn start() -> DemoStack {
         DemoStack::start_with(&[]).await
+    }
+
+    /// The stack with `--secure`: tokens, TLS and client certificates
+    /// everywhere; [`DemoStack::query_http`] and [`DemoStack::ui_url`] then
+    /// reach the collector over HTTPS with the query token the launcher
+    /// made (see [`DemoSecrets`]).
+    pub async fn start_secure() -> DemoStack {
+        DemoStack::start_with(&["--secure"]).await
     }
 
     /// [`DemoStack::start`] with extra launcher flags (e.g. `--fault`).
@@ -223,23 +237,41 @@ impl DemoStack {
                 .env("SHOP_PAYMENT_DECLINE_RATE", "0")
                 .env("OTEL_BSP_SCHEDULE_DELAY", "500"),
         );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let (query_http, ui_scheme) = if extra_args.contains(&"--secure") {
+            let secrets = DemoSecrets::wait_for(data_dir.path()).await;
+            (secrets.query_client(), "https")
+        } else {
+            (http.clone(), "http")
+        };
         let stack = DemoStack {
             ports,
             data_dir,
             launcher,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
+            http,
+            query_http,
+            ui_scheme,
         };
-        for url in [stack.ui_url("/health"), stack.gateway_url("/health/ready")] {
-            wait_healthy(&stack.http, &url, Duration::from_secs(90)).await;
-        }
+        wait_healthy(
+            &stack.query_http,
+            &stack.ui_url("/health"),
+            Duration::from_secs(90),
+        )
+        .await;
+        wait_healthy(
+            &stack.http,
+            &stack.gateway_url("/health/ready"),
+            Duration::from_secs(90),
+        )
+        .await;
         stack
     }
 
     pub fn ui_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.ui)
+        format!("{}://127.0.0.1:{}{path}", self.ui_scheme, self.ports.ui)
     }
 
     pub fn gateway_url(&self, path: &str) -> String {
@@ -306,7 +338,7 @@ impl DemoStack {
             Duration::from_secs(60),
             || async {
                 let body: serde_json::Value = self
-                    .http
+                    .query_http
                     .get(&url)
                     .query(&[("q", query), ("limit", "100")])
                     .send()
@@ -345,7 +377,7 @@ impl DemoStack {
             Duration::from_secs(60),
             || async {
                 let response = self
-                    .http
+                    .query_http
                     .get(&url)
                     .send()
                     .await
@@ -371,6 +403,92 @@ impl DemoStack {
             },
         )
         .await
+    }
+}
+
+/// What `sightline-demo --secure` made in `<data-dir>/secrets/`.
+pub struct DemoSecrets {
+    /// `<data-dir>/secrets`.
+    pub dir: PathBuf,
+    /// The demo CA, PEM.
+    pub ca_pem: Vec<u8>,
+    /// The query token.
+    pub query_token: String,
+}
+
+impl DemoSecrets {
+    /// Waits until the launcher has written the CA and the query token
+    /// (each is renamed into place whole).
+    pub async fn wait_for(data_dir: &std::path::Path) -> DemoSecrets {
+        let dir = data_dir.join("secrets");
+        poll_until(
+            &format!("the CA and the query token in {}", dir.display()),
+            Duration::from_secs(60),
+            || async {
+                let read = |name: &str| {
+                    std::fs::read(dir.join(name)).map_err(|error| format!("{name}: {error}"))
+                };
+                let ca_pem = read("ca.pem")?;
+                let query_token = String::from_utf8(read("query-token")?)
+                    .map_err(|error| error.to_string())?
+                    .trim()
+                    .to_string();
+                Ok(Some(DemoSecrets {
+                    dir: dir.clone(),
+                    ca_pem,
+                    query_token,
+                }))
+            },
+        )
+        .await
+    }
+
+    /// An HTTPS client that trusts only the demo CA, with no token.
+    pub fn https_client(&self) -> reqwest::Client {
+        self.https_builder().build().expect("https client")
+    }
+
+    /// [`DemoSecrets::https_client`] sending the query token on every request.
+    pub fn query_client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.query_token))
+                .expect("a token is a valid header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.https_builder()
+            .default_headers(headers)
+            .build()
+            .expect("https client")
+    }
+
+    /// The ingest token the agent and the services send.
+    pub fn ingest_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ingest-token"))
+            .expect("the ingest token")
+            .trim()
+            .to_string()
+    }
+
+    /// [`DemoSecrets::https_client`] showing the client certificate of the
+    /// agent and the services (mutual TLS), with no token.
+    pub fn mtls_client(&self) -> reqwest::Client {
+        let mut pem = std::fs::read(self.dir.join("client.pem")).expect("client.pem");
+        pem.extend(std::fs::read(self.dir.join("client-key.pem")).expect("client-key.pem"));
+        let identity = reqwest::Identity::from_pem(&pem).expect("a PEM identity");
+        self.https_builder()
+            .identity(identity)
+            .build()
+            .expect("https client")
+    }
+
+    fn https_builder(&self) -> reqwest::ClientBuilder {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem).expect("the demo CA is PEM");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(10))
     }
 }
 

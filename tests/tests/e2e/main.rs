@@ -6,4 +6,5 @@ mod durability;
 mod otel_clients;
 mod prometheus_diff;
 mod request_flow;
+mod secure;
 mod shop;
