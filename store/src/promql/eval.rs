@@ -35,12 +35,16 @@ impl Default for Engine {
 impl Engine {
     /// Parses `query` into an expression.
     ///
-    /// `promql-parser` 0.11 panics on some inputs (a duration too large for
-    /// `Duration::from_secs_f64`, found by fuzzing:
-    /// `up[2m:13333333333333333333333333333333333]`); query text comes from
-    /// any API client, so a panic in the parser is caught and answered as a
+    /// `promql-parser` 0.11 turns duration literals into `Duration` with
+    /// `Duration::from_secs_f64`, which panics on values a `Duration` cannot
+    /// hold (found by fuzzing: `up[2m:13333333333333333333333333333333333]`,
+    /// `rate(x[1e400])`, `x offset Inf`). Query text comes from any API
+    /// client, so those literals are refused first, as Prometheus refuses
+    /// them ("duration out of range"). Should the parser still panic on an
+    /// input nobody has found yet, the panic is caught and answered as a
     /// parse error instead of taking a thread, or a rule group, down.
     pub fn parse(query: &str) -> Result<Expr, QueryError> {
+        check_durations(query).map_err(QueryError::Parse)?;
         std::panic::catch_unwind(|| promql_parser::parser::parse(query))
             .unwrap_or_else(|panic| {
                 let reason = panic
@@ -218,6 +222,48 @@ pub(super) struct RangeArg {
     /// End of the window (evaluation time after `@` and `offset`).
     pub(super) end_ms: i64,
     pub(super) range_ms: i64,
+}
+
+/// Longest duration a query may name: what Prometheus' `time.Duration`
+/// holds (2^63 ns, about 292 years).
+const MAX_DURATION_SECONDS: f64 = 9_223_372_036.854_775;
+
+/// Refuses every duration literal of `query` that `Duration::from_secs_f64`
+/// would panic on: the `[du]` tokens (`5m`, and bare seconds inside
+/// brackets) and numbers where the grammar takes a duration (after `[`, the
+/// `:` of a subquery, `offset` and `offset -`). Lexing errors are left to
+/// the parser, which reports them with their position.
+fn check_durations(query: &str) -> Result<(), String> {
+    use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+    use promql_parser::parser::token::{
+        T_ADD, T_COLON, T_DURATION, T_LEFT_BRACKET, T_NUMBER, T_OFFSET, T_SUB,
+    };
+
+    let Ok(lexer) = promql_parser::parser::lexer(query) else {
+        return Ok(());
+    };
+    let (mut last, mut before_last) = (None, None);
+    for lexeme in lexer.iter().flatten() {
+        let token = lexeme.tok_id();
+        let text = lexer.span_str(lexeme.span());
+        let takes_duration = matches!(last, Some(T_LEFT_BRACKET | T_COLON | T_OFFSET))
+            || (matches!(last, Some(T_SUB | T_ADD)) && before_last == Some(T_OFFSET));
+        let seconds = match token {
+            T_DURATION => text.parse::<f64>().ok(),
+            T_NUMBER if takes_duration => promql_parser::util::parse_str_radix(text).ok(),
+            _ => None,
+        };
+        if let Some(seconds) = seconds
+            && !(0.0..=MAX_DURATION_SECONDS).contains(&seconds)
+        {
+            return Err(format!(
+                "duration out of range: {text:?} at character {}",
+                lexeme.span().start() + 1
+            ));
+        }
+        (before_last, last) = (last, Some(token));
+    }
+    Ok(())
 }
 
 pub(super) struct Evaluator<'a> {

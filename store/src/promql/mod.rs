@@ -186,15 +186,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_query_that_panics_the_parser_is_a_parse_error() {
-        // Found by fuzzing: promql-parser 0.11 panics converting this
-        // subquery step to a Duration.
-        let query = "max(up[02m:13333333333333333333333333333333333333333])";
-        let error = Engine::parse(query).unwrap_err();
-        assert!(matches!(error, QueryError::Parse(_)), "{error:?}");
-        assert!(error.to_string().contains("invalid query"), "{error}");
-        let storage = MemoryStorage::default();
-        let answer = Engine::default().instant_query(&storage, query, 0);
-        assert!(matches!(answer, Err(QueryError::Parse(_))), "{answer:?}");
+    fn durations_a_duration_cannot_hold_are_parse_errors_not_panics() {
+        // Found by fuzzing: promql-parser 0.11 panics converting these to
+        // a Duration.
+        for query in [
+            "max(up[02m:13333333333333333333333333333333333333333])",
+            "sum(rate(orders_total[77777777777777777777777777777777777])) * 60",
+            "rate(up[1e400])",
+            "up offset Inf",
+            "up offset NaN",
+            "up offset -1e300",
+            "up[0x7fffffffffffffff]",
+        ] {
+            let error = Engine::parse(query).unwrap_err();
+            assert!(
+                error.to_string().contains("duration out of range"),
+                "{query}: {error}"
+            );
+            let storage = MemoryStorage::default();
+            let answer = Engine::default().instant_query(&storage, query, 0);
+            assert!(matches!(answer, Err(QueryError::Parse(_))), "{answer:?}");
+        }
+        // Large numbers elsewhere are values, not durations.
+        for query in [
+            "up > 1e400",
+            "up > Inf",
+            "up[5m] @ 1e10",
+            "up[1h:1m] offset 1w",
+        ] {
+            let parsed = Engine::parse(query);
+            assert!(
+                !matches!(&parsed, Err(e) if e.to_string().contains("duration out of range")),
+                "{query}: {parsed:?}"
+            );
+        }
     }
 }
