@@ -1036,6 +1036,12 @@ mod tests {
                 "attributes.http.status:[500 TO 500] AND created",
                 &["order created"],
             ),
+            // Bounds of two number types (found by fuzzing: tantivy took
+            // the type of one bound and unwrapped the other as it).
+            ("http.status:[499.5 TO 500] AND created", &["order created"]),
+            ("http.status:[500 TO 500.5] AND created", &["order created"]),
+            ("http.status:{500 TO 18446744073709551615]", &[]),
+            ("http.status:[-1 TO 499.9]", &[]),
             (
                 "resource.k8s.pod.name:gateway-abc12 AND shipped",
                 &["order shipped"],
@@ -1067,6 +1073,15 @@ mod tests {
             (
                 "user.id:42 \0ND -user.na\0\0me:bob",
                 "NUL character at position 11",
+            ),
+            // found by fuzzing: tantivy panicked on bounds of two kinds
+            (
+                "http.status:[500 TO =99]",
+                "the range on http.status has bounds of two kinds: 500 is a number and =99 is text",
+            ),
+            (
+                "user.created:[2024-01-01T00:00:00Z TO 5]",
+                "2024-01-01T00:00:00Z is a date and 5 is a number",
             ),
         ] {
             let query = LogQuery {

@@ -12,7 +12,9 @@
 //!   and `attributes.http.status:[500 TO 599]`.
 
 use tantivy::query::{Query, QueryParser};
-use tantivy::query_grammar::{Occur, UserInputAst, UserInputLeaf, parse_query_lenient};
+use tantivy::query_grammar::{
+    Occur, UserInputAst, UserInputBound, UserInputLeaf, parse_query_lenient,
+};
 use tantivy::schema::Schema;
 
 /// The JSON field that holds a record's parsed fields.
@@ -38,7 +40,7 @@ pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result
         )));
     }
     parser
-        .build_query_from_user_input_ast(normalize(ast, schema, true))
+        .build_query_from_user_input_ast(normalize(ast, schema, true)?)
         .map_err(|error| StoreError::InvalidQuery(error.to_string()))
 }
 
@@ -57,11 +59,14 @@ fn qualify(field: &mut Option<String>, schema: &Schema) {
     }
 }
 
-fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> UserInputAst {
+fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<UserInputAst> {
     let clauses = match ast {
         UserInputAst::Clause(clauses) => clauses,
         UserInputAst::Boost(inner, boost) => {
-            return UserInputAst::Boost(Box::new(normalize(*inner, schema, false)), boost);
+            return Ok(UserInputAst::Boost(
+                Box::new(normalize(*inner, schema, false)?),
+                boost,
+            ));
         }
         UserInputAst::Leaf(mut leaf) => {
             if let UserInputLeaf::Literal(literal) = leaf.as_ref()
@@ -83,17 +88,24 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> UserInputAs
                 }
                 UserInputLeaf::All => {}
             }
-            let leaf = UserInputAst::Leaf(leaf);
+            let leaf = match *leaf {
+                UserInputLeaf::Range {
+                    field: Some(field),
+                    lower,
+                    upper,
+                } if is_attribute(&field) => range_of_one_kind(field, lower, upper)?,
+                leaf => UserInputAst::Leaf(Box::new(leaf)),
+            };
             return if top_level {
                 normalize(UserInputAst::Clause(vec![(None, leaf)]), schema, true)
             } else {
-                leaf
+                Ok(leaf)
             };
         }
     };
     let mut flattened = Vec::with_capacity(clauses.len());
     for (occur, child) in clauses {
-        match normalize(child, schema, false) {
+        match normalize(child, schema, false)? {
             // `x AND (NOT y)`: lift the negation into this clause.
             UserInputAst::Clause(inner)
                 if is_pure_negation(&inner) && occur != Some(Occur::MustNot) =>
@@ -109,7 +121,115 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> UserInputAs
             UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
         ));
     }
-    UserInputAst::Clause(flattened)
+    Ok(UserInputAst::Clause(flattened))
+}
+
+fn is_attribute(field: &str) -> bool {
+    ["attributes", "resource"].iter().any(|json| {
+        field
+            .strip_prefix(json)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// What tantivy makes of a range bound on a JSON field, in its order of
+/// attempts: an RFC 3339 date, a number (of one of three types), a boolean,
+/// else text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BoundKind {
+    Date,
+    Number(tantivy::columnar::NumericalType),
+    Bool,
+    Text,
+}
+
+impl BoundKind {
+    fn of(bound: &UserInputBound) -> Option<BoundKind> {
+        let text = match bound {
+            UserInputBound::Inclusive(text) | UserInputBound::Exclusive(text) if text != "*" => {
+                text
+            }
+            _ => return None,
+        };
+        let kind =
+            if time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+            {
+                BoundKind::Date
+            } else if let Ok(number) = text.parse::<tantivy::columnar::NumericalValue>() {
+                BoundKind::Number(number.normalize().numerical_type())
+            } else if text.parse::<bool>().is_ok() {
+                BoundKind::Bool
+            } else {
+                BoundKind::Text
+            };
+        Some(kind)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            BoundKind::Date => "a date",
+            BoundKind::Number(_) => "a number",
+            BoundKind::Bool => "a boolean",
+            BoundKind::Text => "text",
+        }
+    }
+}
+
+/// A range on an attribute whose bounds tantivy can compare. tantivy 0.27
+/// takes the value type of a JSON range from one bound and unwraps the
+/// other as that type, so `http.status:[500 TO 599.5]` (an integer and a
+/// float) or `[500 TO =99]` panicked in the search (found by fuzzing).
+/// Numbers of two types become two one-sided ranges, which mean the same;
+/// bounds of two kinds (a number and text, a date and a number) are an
+/// error that names both.
+fn range_of_one_kind(
+    field: String,
+    lower: UserInputBound,
+    upper: UserInputBound,
+) -> Result<UserInputAst> {
+    let (Some(lower_kind), Some(upper_kind)) = (BoundKind::of(&lower), BoundKind::of(&upper))
+    else {
+        return Ok(UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
+            field: Some(field),
+            lower,
+            upper,
+        })));
+    };
+    let one_sided = |lower, upper| {
+        (
+            Some(Occur::Must),
+            UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
+                field: Some(field.clone()),
+                lower,
+                upper,
+            })),
+        )
+    };
+    match (lower_kind, upper_kind) {
+        (lower_kind, upper_kind) if lower_kind == upper_kind => {
+            Ok(UserInputAst::Clause(vec![one_sided(lower, upper)]))
+        }
+        (BoundKind::Number(_), BoundKind::Number(_)) => Ok(UserInputAst::Clause(vec![
+            one_sided(lower, UserInputBound::Unbounded),
+            one_sided(UserInputBound::Unbounded, upper),
+        ])),
+        (lower_kind, upper_kind) => Err(StoreError::InvalidQuery(format!(
+            "the range on {} has bounds of two kinds: {} is {} and {} is {}; use bounds of one kind",
+            field.strip_prefix("attributes.").unwrap_or(&field),
+            bound_text(&lower),
+            lower_kind.describe(),
+            bound_text(&upper),
+            upper_kind.describe(),
+        ))),
+    }
+}
+
+fn bound_text(bound: &UserInputBound) -> &str {
+    match bound {
+        UserInputBound::Inclusive(text) | UserInputBound::Exclusive(text) => text,
+        UserInputBound::Unbounded => "*",
+    }
 }
 
 /// A regex for a single-term wildcard (`ship*`, `*clined`, `sh?pped`), or
@@ -255,7 +375,7 @@ impl LogMatcher {
             )));
         }
         let schema = crate::logs::log_index_schema();
-        let root = compile(normalize(ast, &schema, true))?;
+        let root = compile(normalize(ast, &schema, true)?)?;
         Ok(LogMatcher { root })
     }
 
@@ -581,6 +701,8 @@ mod matcher_tests {
             ("http.status:503", true),
             ("http.status:[500 TO 599]", true),
             ("http.status:[200 TO 299]", false),
+            ("http.status:[500 TO 503.5]", true),
+            ("http.status:[499.5 TO 502]", false),
             ("severity_number:>=13", true),
             ("tags:edge", true),
             ("resource.k8s.namespace.name:Shop-Prod", true),
