@@ -6,17 +6,19 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    // Read at run time, not with env!(): cargo may reuse this compiled
+    // script for a checkout at another path sharing the target directory,
+    // and a stale path silently embedded no dashboards at all.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let dir = Path::new(&manifest_dir).join("../dashboards");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("reading the dashboards in {}: {error}", dir.display()));
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
     files.sort();
     let mut out = String::from("/// `(file name, JSON text)` of every `dashboards/*.json`.\n");
     out.push_str("pub(crate) const DASHBOARDS: &[(&str, &str)] = &[\n");
