@@ -12,8 +12,12 @@
 //!   `prometheus_tsdb_head_samples_appended_total`.
 //!
 //! ```text
-//! cargo bench -p sightline-collector --bench scrape -- [targets] [series] [seconds] [interval_ms]
+//! cargo bench -p sightline-collector --bench scrape -- [targets] [series] [seconds] [interval_ms] [drop-rule]
 //! ```
+//!
+//! With `drop-rule`, Sightline's job has one `metric_relabel_configs` rule
+//! (drop `go_.*` by `__name__`, which matches none of the bench series), so
+//! every sample goes through relabeling and the same samples are stored.
 
 mod support;
 
@@ -34,6 +38,7 @@ struct Settings {
     series: usize,
     seconds: u64,
     interval: Duration,
+    drop_rule: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         series: number(1, 5000) as usize,
         seconds: number(2, 30),
         interval: Duration::from_millis(number(3, 1000)),
+        drop_rule: args.get(4).map(String::as_str) == Some("drop-rule"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,6 +168,9 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     for address in &addresses {
         wait_for(*address, "/metrics").await?;
     }
+    if settings.drop_rule {
+        println!("sightline job with one metric_relabel_configs drop rule (matching nothing)");
+    }
     println!(
         "{} targets x {} series every {:?} ({} samples/s offered), {} s per scraper, {}",
         settings.targets,
@@ -212,6 +221,11 @@ async fn bench_sightline(
         addresses.iter().map(ToString::to_string).collect(),
     );
     job.timeout = settings.interval;
+    if settings.drop_rule {
+        let rule: sightline_collector::scrape::relabel::RelabelConfig =
+            serde_norway::from_str("{ source_labels: [__name__], regex: 'go_.*', action: drop }")?;
+        job.metric_relabel_configs = vec![rule.compile().map_err(anyhow::Error::msg)?];
+    }
     let (stop_sender, stop) = watch::channel(false);
     let scraper = Scraper::start(vec![job], store.clone(), Duration::from_secs(5), stop)?;
     let appended = || -> u64 {

@@ -4,9 +4,11 @@
 //! An existing `prometheus.yml` loads unchanged: `global`, `scrape_configs`
 //! (static targets and file-based discovery; `tls_config`, `authorization`,
 //! `bearer_token(_file)` and `basic_auth`, with Prometheus' rules on which
-//! may be combined and paths relative to this file's directory),
-//! `rule_files` and `alerting` mean what they mean to Prometheus. Sections and keys Sightline does not
-//! implement (`remote_write`, `relabel_configs`, ...) are listed in
+//! may be combined and paths relative to this file's directory;
+//! `relabel_configs` and `metric_relabel_configs`, see
+//! [`crate::scrape::relabel`]), `rule_files` and `alerting` mean what they
+//! mean to Prometheus. Sections and keys Sightline does not
+//! implement (`remote_write`, `scrape_config_files`, ...) are listed in
 //! [`ConfigFile::ignored`] and logged at start, instead of failing the
 //! whole file. Sightline's own sections are `log_metrics` (counters derived
 //! from log records at ingest), `webhooks` (plain JSON notifications) and
@@ -39,6 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::scrape::client::{Credentials, ScrapeAuth, Secret, TlsSettings};
+use crate::scrape::relabel::{Relabel, RelabelConfig};
 use crate::scrape::target::{DEFAULT_SAMPLE_LIMIT, ScrapeLimits};
 
 /// The whole file.
@@ -142,6 +145,19 @@ pub struct ScrapeConfig {
     pub bearer_token_file: Option<String>,
     #[serde(default)]
     pub basic_auth: Option<BasicAuthConfig>,
+    /// Rules applied to each discovered target's labels before the target
+    /// is created.
+    #[serde(default)]
+    pub relabel_configs: Vec<RelabelConfig>,
+    /// Rules applied to each scraped series before it is stored.
+    #[serde(default)]
+    pub metric_relabel_configs: Vec<RelabelConfig>,
+    /// `relabel_configs`, checked by [`ConfigFile::parse`].
+    #[serde(skip)]
+    pub target_relabel: Vec<Relabel>,
+    /// `metric_relabel_configs`, checked by [`ConfigFile::parse`].
+    #[serde(skip)]
+    pub metric_relabel: Vec<Relabel>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
 }
@@ -406,8 +422,18 @@ impl ConfigFile {
 
     /// Parses and checks YAML text; the error says what and where.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: ConfigFile = serde_norway::from_str(text).map_err(|error| error.to_string())?;
+        let mut config: ConfigFile =
+            serde_norway::from_str(text).map_err(|error| error.to_string())?;
         config.check()?;
+        for scrape in &mut config.scrape_configs {
+            scrape.target_relabel =
+                compile_rules(&scrape.job_name, "relabel_configs", &scrape.relabel_configs)?;
+            scrape.metric_relabel = compile_rules(
+                &scrape.job_name,
+                "metric_relabel_configs",
+                &scrape.metric_relabel_configs,
+            )?;
+        }
         Ok(config)
     }
 
@@ -499,6 +525,18 @@ impl ConfigFile {
     }
 }
 
+/// Checks a job's relabeling rules; the error names the job and the rule.
+fn compile_rules(job: &str, key: &str, rules: &[RelabelConfig]) -> Result<Vec<Relabel>, String> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            rule.compile()
+                .map_err(|error| format!("scrape_configs[{job}].{key}[{index}]: {error}"))
+        })
+        .collect()
+}
+
 /// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 pub fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -563,7 +601,8 @@ scrape_configs:
   - job_name: shop
     scrape_interval: 5s
     scrape_timeout: 10s
-    relabel_configs: [{ action: drop }]
+    relabel_configs: [{ source_labels: [env], regex: test, action: drop }]
+    honor_chunks: true
     static_configs:
       - targets: ["127.0.0.1:8000", "127.0.0.1:8001"]
         labels: { env: demo }
@@ -598,8 +637,9 @@ log_metrics:
         assert_eq!(node.metrics_path, "/metrics");
         assert_eq!(
             config.ignored(),
-            vec!["remote_write", "scrape_configs[shop].relabel_configs"]
+            vec!["remote_write", "scrape_configs[shop].honor_chunks"]
         );
+        assert_eq!(shop.target_relabel.len(), 1);
         assert_eq!(config.log_metrics[0].labels, vec!["ip_address"]);
     }
 
@@ -615,6 +655,38 @@ log_metrics:
         assert!(error.contains("\"a\" appears twice"), "{error}");
         let error = ConfigFile::parse("log_metrics:\n  - name: 1bad\n    query: x\n").unwrap_err();
         assert!(error.contains("1bad"), "{error}");
+    }
+
+    #[test]
+    fn relabel_errors_name_the_job_and_the_rule() {
+        let error = ConfigFile::parse(
+            "scrape_configs:\n  - job_name: shop\n    relabel_configs:\n      - { target_label: a }\n      - { source_labels: [a] }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "scrape_configs[shop].relabel_configs[1]: relabel configuration for replace action requires 'target_label' value"
+        );
+        let error = ConfigFile::parse(
+            "scrape_configs:\n  - job_name: node\n    metric_relabel_configs: [{ regex: '(', action: labeldrop }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .starts_with("scrape_configs[node].metric_relabel_configs[0]: invalid regex \"(\""),
+            "{error}"
+        );
+        let error = ConfigFile::parse(
+            "scrape_configs:\n  - job_name: node\n    metric_relabel_configs: [{ action: hashmod, target_label: h, modulus: 0 }]\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("requires non-zero modulus"), "{error}");
+        // An unknown key in a rule fails the file, as in Prometheus.
+        let error = ConfigFile::parse(
+            "scrape_configs:\n  - job_name: node\n    relabel_configs: [{ action: keep, source: x }]\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("unknown field `source`"), "{error}");
     }
 
     #[test]

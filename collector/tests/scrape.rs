@@ -437,3 +437,202 @@ async fn collector_scrapes_its_own_metrics() {
     let _ = stop.send(());
     collector.await.unwrap().unwrap();
 }
+
+/// A loopback target that records the path and query of every request and
+/// answers with a probe-style exposition naming the `module` parameter.
+async fn start_recording_target() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let recorded = requests.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let recorded = recorded.clone();
+        async move {
+            recorded.lock().unwrap().push(uri.to_string());
+            let module = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("module="))
+                .unwrap_or("none")
+                .to_string();
+            format!(
+                "# TYPE probe_success gauge\nprobe_success{{module=\"{module}\"}} 1\n\
+                 expensive_metric{{shard=\"1\"}} 5\nexpensive_metric{{shard=\"2\"}} 6\n\
+                 http_requests_total{{path=\"/user/42\"}} 3\n"
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, requests)
+}
+
+/// The whole collector with a real prometheus.yml: `relabel_configs` drop
+/// one target (never scraped, listed in `droppedTargets`), rewrite another's
+/// path and parameters and map its file-SD `__meta_*` labels; then
+/// `metric_relabel_configs` drop a metric family and rewrite a label in
+/// what the Prometheus API returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relabel_configs_shape_targets_and_stored_series() {
+    use clap::Parser;
+    let (kept_address, kept_requests) = start_recording_target().await;
+    let (dropped_address, dropped_requests) = start_recording_target().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("targets")).unwrap();
+    std::fs::write(
+        dir.path().join("targets/probe.json"),
+        format!(
+            r#"[{{"targets": ["{kept_address}"], "labels": {{"__meta_datacenter": "dc1", "__meta_rack": "r7"}}}}]"#
+        ),
+    )
+    .unwrap();
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+global: {{ scrape_interval: 200ms, scrape_timeout: 200ms }}
+scrape_configs:
+  - job_name: probe
+    static_configs:
+      - targets: ["{dropped_address}"]
+        labels: {{ tier: skip }}
+    file_sd_configs: [{{ files: ["targets/*.json"] }}]
+    relabel_configs:
+      - {{ source_labels: [tier], regex: skip, action: drop }}
+      - {{ regex: '__meta_(datacenter)', action: labelmap }}
+      - {{ source_labels: [__meta_filepath], regex: '.*/([^/]+)', target_label: source_file }}
+      - {{ target_label: __metrics_path__, replacement: /probe }}
+      - {{ target_label: __param_module, replacement: http_2xx }}
+    metric_relabel_configs:
+      - {{ source_labels: [__name__], regex: 'expensive_.*', action: drop }}
+      - {{ source_labels: [path], regex: '/user/\d+', target_label: path, replacement: '/user/:id' }}
+"#
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = sightline_collector::CollectorConfig::parse_from([
+        "sightline-collector".to_string(),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--http-addr=127.0.0.1:{port}"),
+        "--otlp-grpc-addr=127.0.0.1:0".to_string(),
+        "--otlp-http-addr=127.0.0.1:0".to_string(),
+        format!("--config={}", config_path.display()),
+    ]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(sightline_collector::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let query = |promql: &'static str| {
+        let request = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", promql)]);
+        async move {
+            let json: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+            json["data"]["result"].as_array().cloned()
+        }
+    };
+
+    // Wait until the kept target has been scraped a few times and its
+    // series are queryable.
+    let mut probe = Vec::new();
+    for _ in 0..1200 {
+        if kept_requests.lock().unwrap().len() >= 3
+            && let Some(result) = query("probe_success").await
+            && !result.is_empty()
+        {
+            probe = result;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(probe.len(), 1, "probe_success never arrived");
+    let metric = &probe[0]["metric"];
+    assert_eq!(metric["module"], "http_2xx", "{metric}");
+    assert_eq!(metric["datacenter"], "dc1", "{metric}");
+    assert_eq!(metric["source_file"], "probe.json", "{metric}");
+    assert_eq!(metric["instance"], kept_address.to_string(), "{metric}");
+    assert_eq!(metric["job"], "probe", "{metric}");
+    // Only the mapped `__meta_` label became a label; the rest went.
+    assert!(metric.get("rack").is_none() && metric.get("__meta_rack").is_none());
+    assert_eq!(
+        kept_requests.lock().unwrap()[0],
+        "/probe?module=http_2xx",
+        "the scrape used the relabeled path and parameter"
+    );
+    // The dropped target was never asked, though the kept one was, thrice.
+    assert!(dropped_requests.lock().unwrap().is_empty());
+
+    let requests = query("http_requests_total").await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["metric"]["path"], "/user/:id");
+    assert_eq!(
+        query("expensive_metric").await.unwrap(),
+        Vec::<serde_json::Value>::new()
+    );
+    let post = query("scrape_samples_post_metric_relabeling{job=\"probe\"}")
+        .await
+        .unwrap();
+    assert_eq!(post[0]["value"][1], "2");
+    let scraped = query("scrape_samples_scraped{job=\"probe\"}")
+        .await
+        .unwrap();
+    assert_eq!(scraped[0]["value"][1], "4");
+
+    let targets: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/targets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let active: Vec<&serde_json::Value> = targets["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|target| target["scrapePool"] == "probe")
+        .collect();
+    assert_eq!(active.len(), 1, "{targets}");
+    assert_eq!(active[0]["discoveredLabels"]["__meta_datacenter"], "dc1");
+    assert_eq!(
+        active[0]["discoveredLabels"]["__metrics_path__"],
+        "/metrics"
+    );
+    assert_eq!(active[0]["labels"]["datacenter"], "dc1");
+    assert_eq!(
+        active[0]["scrapeUrl"],
+        format!("http://{kept_address}/probe?module=http_2xx")
+    );
+    let dropped = targets["data"]["droppedTargets"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{targets}");
+    assert_eq!(
+        dropped[0]["discoveredLabels"]["__address__"],
+        dropped_address.to_string()
+    );
+    assert_eq!(dropped[0]["discoveredLabels"]["tier"], "skip");
+    assert_eq!(targets["data"]["droppedTargetCounts"]["probe"], 1);
+    let only_dropped: serde_json::Value = client
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/targets?state=dropped"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(only_dropped["data"]["activeTargets"], serde_json::json!([]));
+    assert_eq!(
+        only_dropped["data"]["droppedTargets"],
+        targets["data"]["droppedTargets"]
+    );
+    let _ = stop.send(());
+    collector.await.unwrap().unwrap();
+}

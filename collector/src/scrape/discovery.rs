@@ -5,6 +5,7 @@
 //! expands its globs (relative to the config file's directory), re-reads a
 //! file when its modification time or size changes or the refresh interval
 //! has passed, and keeps a file's previous groups when it turns out broken.
+//! Each group gets the label `__meta_filepath`, for `relabel_configs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -144,11 +145,21 @@ impl FileDiscovery {
         changed | (self.files.len() != before)
     }
 
-    /// The groups of every file, in path order.
+    /// The groups of every file, in path order, each labelled with
+    /// `__meta_filepath` (the file's path) as Prometheus does.
     pub fn groups(&self) -> Vec<StaticConfig> {
         self.files
-            .values()
-            .flat_map(|state| state.groups.iter().cloned())
+            .iter()
+            .flat_map(|(path, state)| {
+                let path = path.to_string_lossy();
+                state.groups.iter().map(move |group| {
+                    let mut group = group.clone();
+                    group
+                        .labels
+                        .insert("__meta_filepath".into(), path.to_string());
+                    group
+                })
+            })
             .collect()
     }
 }
@@ -187,6 +198,10 @@ mod tests {
             ["127.0.0.1:9100", "127.0.0.1:9200", "host:9300"]
         );
         assert_eq!(discovery.groups()[0].labels["env"], "prod");
+        assert_eq!(
+            discovery.groups()[0].labels["__meta_filepath"],
+            json.to_string_lossy()
+        );
         assert!(!discovery.refresh(), "nothing changed");
 
         // Rewritten (longer, so the size changes even on a coarse clock).

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod discovery;
 pub mod parse;
+pub mod relabel;
 pub mod target;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ use tokio::sync::watch;
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
 use client::{JobClient, ScrapeAuth, TlsSettings};
 use discovery::FileDiscovery;
+use relabel::Relabel;
 use target::{ScrapeLimits, Target, TargetStatus};
 
 /// The job the collector scrapes itself in, when no job does.
@@ -67,6 +69,10 @@ pub struct Job {
     pub tls: TlsSettings,
     /// Credentials sent with every scrape.
     pub auth: Option<ScrapeAuth>,
+    /// Applied to each discovered target's labels.
+    pub relabel_configs: Vec<Relabel>,
+    /// Applied to each scraped series.
+    pub metric_relabel_configs: Vec<Relabel>,
 }
 
 impl Job {
@@ -90,63 +96,171 @@ impl Job {
             limits: ScrapeLimits::default(),
             tls: TlsSettings::default(),
             auth: None,
+            relabel_configs: Vec::new(),
+            metric_relabel_configs: Vec::new(),
         }
     }
 
-    /// The targets of `groups` in this job.
-    pub fn targets(&self, groups: &[StaticConfig]) -> Vec<Target> {
+    /// The targets of `groups` in this job, after `relabel_configs`, and
+    /// the targets those rules dropped. A target whose relabeled labels
+    /// cannot make one (no address, a bad scheme or interval) is logged
+    /// and left out of both, as Prometheus does.
+    pub fn targets(&self, groups: &[StaticConfig]) -> (Vec<Target>, Vec<DroppedTarget>) {
         let mut targets = Vec::new();
+        let mut dropped = Vec::new();
+        let metric_relabel: Arc<[Relabel]> = self.metric_relabel_configs.clone().into();
         for group in groups {
             for address in &group.targets {
-                let mut discovered = group.labels.clone();
-                discovered.insert("__address__".into(), address.clone());
-                discovered
-                    .entry("__scheme__".into())
-                    .or_insert_with(|| self.scheme.clone());
-                discovered
-                    .entry("__metrics_path__".into())
-                    .or_insert_with(|| self.metrics_path.clone());
-                discovered
-                    .entry("job".into())
-                    .or_insert_with(|| self.name.clone());
-                let mut labels: BTreeMap<String, String> = discovered
-                    .iter()
-                    .filter(|(name, _)| !name.starts_with("__"))
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
-                labels
-                    .entry("instance".into())
-                    .or_insert_with(|| address.clone());
-                let mut url = format!(
-                    "{}://{}{}",
-                    discovered["__scheme__"], address, discovered["__metrics_path__"]
-                );
-                let query: Vec<String> = self
-                    .params
-                    .iter()
-                    .flat_map(|(name, values)| {
-                        values.iter().map(move |value| format!("{name}={value}"))
-                    })
-                    .collect();
-                if !query.is_empty() {
-                    url.push('?');
-                    url.push_str(&query.join("&"));
+                let discovered = self.discovered_labels(group, address);
+                let mut labels = Labels::new(discovered.clone());
+                if !relabel::process(&self.relabel_configs, &mut labels) {
+                    dropped.push(DroppedTarget {
+                        job: self.name.clone(),
+                        discovered_labels: discovered,
+                    });
+                    continue;
                 }
-                targets.push(Target {
-                    job: self.name.clone(),
-                    labels: Labels::new(labels),
-                    discovered_labels: discovered,
-                    url,
-                    interval: self.interval,
-                    timeout: self.timeout.min(self.interval),
-                    honor_labels: self.honor_labels,
-                    honor_timestamps: self.honor_timestamps,
-                    limits: self.limits,
-                });
+                match self.target(discovered, &labels, metric_relabel.clone()) {
+                    Ok(target) => targets.push(target),
+                    Err(error) => {
+                        tracing::warn!(job = %self.name, %address, %error, "cannot create target")
+                    }
+                }
             }
         }
-        targets
+        (targets, dropped)
     }
+
+    /// A target's labels before relabeling: the group's, its address, and
+    /// the job's settings as `__scheme__`, `__metrics_path__`,
+    /// `__scrape_interval__`, `__scrape_timeout__`, `__param_<name>` and
+    /// `job` unless the group sets them.
+    fn discovered_labels(&self, group: &StaticConfig, address: &str) -> BTreeMap<String, String> {
+        let mut discovered = group.labels.clone();
+        discovered.insert("__address__".into(), address.to_string());
+        let defaults = [
+            ("__scheme__", self.scheme.clone()),
+            ("__metrics_path__", self.metrics_path.clone()),
+            ("__scrape_interval__", prometheus_duration(self.interval)),
+            (
+                "__scrape_timeout__",
+                prometheus_duration(self.timeout.min(self.interval)),
+            ),
+            ("job", self.name.clone()),
+        ];
+        for (name, value) in defaults {
+            discovered.entry(name.into()).or_insert(value);
+        }
+        for (name, values) in &self.params {
+            if let Some(first) = values.first() {
+                discovered
+                    .entry(format!("__param_{name}"))
+                    .or_insert_with(|| first.clone());
+            }
+        }
+        discovered
+    }
+
+    /// The target that relabeled `labels` describe.
+    fn target(
+        &self,
+        discovered: BTreeMap<String, String>,
+        labels: &Labels,
+        metric_relabel: Arc<[Relabel]>,
+    ) -> Result<Target, String> {
+        let address = labels.get("__address__");
+        if address.is_empty() {
+            return Err("no __address__ label after relabeling".into());
+        }
+        if address.contains('/') || address.contains(char::is_whitespace) {
+            return Err(format!("{address:?} is not a host:port address"));
+        }
+        let scheme = labels.get("__scheme__");
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("__scheme__ must be http or https, not {scheme:?}"));
+        }
+        let duration = |name: &str, default: Duration| match labels.get(name) {
+            "" => Ok(default),
+            text => sightline_store::promql::parse_duration(text)
+                .map_err(|error| format!("{name} {text:?}: {error}")),
+        };
+        let interval = duration("__scrape_interval__", self.interval)?;
+        if interval.is_zero() {
+            return Err("__scrape_interval__ must be positive".into());
+        }
+        let timeout = duration("__scrape_timeout__", self.timeout)?.min(interval);
+        if let Some((name, _)) = labels
+            .iter()
+            .find(|(name, _)| !relabel::is_label_name(name))
+        {
+            return Err(format!("{name:?} is not a valid label name"));
+        }
+        let mut params = self.params.clone();
+        for (name, value) in labels.iter() {
+            if let Some(param) = name.strip_prefix("__param_") {
+                let values = params.entry(param.to_string()).or_default();
+                match values.first_mut() {
+                    Some(first) => *first = value.to_string(),
+                    None => values.push(value.to_string()),
+                }
+            }
+        }
+        let path = labels.get("__metrics_path__");
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        let mut url = format!("{scheme}://{address}{slash}{path}");
+        let query: Vec<String> = params
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |value| format!("{}={}", query_escape(name), query_escape(value)))
+            })
+            .collect();
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query.join("&"));
+        }
+        let mut target_labels =
+            Labels::new(labels.iter().filter(|(name, _)| !name.starts_with("__")));
+        if !target_labels.contains("instance") {
+            target_labels.set("instance", address);
+        }
+        Ok(Target {
+            job: self.name.clone(),
+            labels: target_labels,
+            discovered_labels: discovered,
+            url,
+            interval,
+            timeout,
+            honor_labels: self.honor_labels,
+            honor_timestamps: self.honor_timestamps,
+            limits: self.limits,
+            metric_relabel,
+        })
+    }
+}
+
+/// A target that `relabel_configs` dropped, listed in `droppedTargets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedTarget {
+    pub job: String,
+    pub discovered_labels: BTreeMap<String, String>,
+}
+
+/// Go's `url.QueryEscape`: unreserved bytes as they are, space as `+`,
+/// anything else percent-encoded.
+fn query_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                escaped.push(byte as char)
+            }
+            b' ' => escaped.push('+'),
+            _ => escaped.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    escaped
 }
 
 /// The collector's own query listener, for the implicit self-scrape job.
@@ -184,6 +298,8 @@ pub fn jobs_from_config(
                 limits: scrape.limits(),
                 tls,
                 auth,
+                relabel_configs: scrape.target_relabel.clone(),
+                metric_relabel_configs: scrape.metric_relabel.clone(),
             }
         })
         .collect();
@@ -242,6 +358,8 @@ struct Running {
 #[derive(Clone)]
 pub struct Scraper {
     targets: Arc<Mutex<BTreeMap<Target, Running>>>,
+    /// Targets `relabel_configs` dropped, as of the last discovery.
+    dropped: Arc<Mutex<Vec<DroppedTarget>>>,
 }
 
 impl Scraper {
@@ -262,6 +380,7 @@ impl Scraper {
         }
         let scraper = Scraper {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
+            dropped: Arc::new(Mutex::new(Vec::new())),
         };
         tokio::spawn(
             scraper
@@ -313,12 +432,19 @@ impl Scraper {
             if first || changed {
                 first = false;
                 let mut wanted = Vec::new();
+                let mut dropped = Vec::new();
                 for (job, files) in jobs.iter().zip(&discoveries) {
                     let mut groups = job.static_configs.clone();
                     groups.extend(files.iter().flat_map(FileDiscovery::groups));
-                    wanted.extend(job.targets(&groups));
+                    let (targets, job_dropped) = job.targets(&groups);
+                    wanted.extend(targets);
+                    dropped.extend(job_dropped);
                 }
                 self.reconcile(wanted, &store, &clients, &shutdown);
+                *self
+                    .dropped
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner()) = dropped;
             }
             tokio::select! {
                 _ = tokio::time::sleep(file_poll_interval) => {}
@@ -328,6 +454,9 @@ impl Scraper {
     }
 
     /// Starts loops for new targets and stops those no longer wanted.
+    // A `Regex` caches matching state inside; a target's order and hash
+    // come from the rules' text only, which never changes.
+    #[allow(clippy::mutable_key_type)]
     fn reconcile(
         &self,
         wanted: Vec<Target>,
@@ -385,6 +514,14 @@ impl Scraper {
             .collect()
     }
 
+    /// The targets `relabel_configs` dropped.
+    pub fn dropped_targets(&self) -> Vec<DroppedTarget> {
+        self.dropped
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
     /// `GET /api/v1/targets` in Prometheus' format.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
@@ -402,10 +539,9 @@ async fn targets_handler(
     State(scraper): State<Scraper>,
     Query(query): Query<TargetsQuery>,
 ) -> axum::Json<serde_json::Value> {
-    let active = matches!(
-        query.state.as_deref(),
-        None | Some("") | Some("any") | Some("active")
-    );
+    let state = query.state.as_deref().unwrap_or("");
+    let active = matches!(state, "" | "any" | "active");
+    let dropped = matches!(state, "" | "any" | "dropped");
     let targets: Vec<serde_json::Value> = if active {
         scraper
             .targets()
@@ -415,12 +551,30 @@ async fn targets_handler(
     } else {
         Vec::new()
     };
+    let all_dropped = scraper.dropped_targets();
+    let mut dropped_counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for target in &all_dropped {
+        *dropped_counts.entry(target.job.as_str()).or_default() += 1;
+    }
+    let dropped_targets: Vec<serde_json::Value> = if dropped {
+        all_dropped
+            .iter()
+            .map(|target| {
+                serde_json::json!({
+                    "discoveredLabels": target.discovered_labels,
+                    "scrapePool": target.job,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     axum::Json(serde_json::json!({
         "status": "success",
         "data": {
             "activeTargets": targets,
-            "droppedTargets": [],
-            "droppedTargetCounts": {},
+            "droppedTargets": dropped_targets,
+            "droppedTargetCounts": dropped_counts,
         }
     }))
 }
@@ -496,8 +650,9 @@ mod tests {
                 ("__hidden".to_string(), "x".to_string()),
             ]),
         }];
-        let targets = job.targets(&groups);
+        let (targets, dropped) = job.targets(&groups);
         assert_eq!(targets.len(), 1);
+        assert!(dropped.is_empty());
         let target = &targets[0];
         assert_eq!(target.url, "http://10.0.0.1:9100/probe?module=http_2xx");
         assert_eq!(
@@ -509,6 +664,80 @@ mod tests {
             ])
         );
         assert_eq!(target.discovered_labels["__hidden"], "x");
+    }
+
+    #[test]
+    fn relabel_configs_rewrite_and_drop_targets() {
+        let config = ConfigFile::parse(
+            r#"
+scrape_configs:
+  - job_name: blackbox
+    scrape_interval: 30s
+    params: { module: [http_2xx, extra] }
+    static_configs:
+      - targets: ["example.org", "drop.example.org", "bad host"]
+        labels: { env: prod }
+    relabel_configs:
+      - { source_labels: [__address__], regex: 'drop\..*', action: drop }
+      - { source_labels: [__address__], target_label: __param_target }
+      - { source_labels: [__param_target], target_label: instance }
+      - { target_label: __address__, replacement: '127.0.0.1:9115' }
+      - { target_label: __metrics_path__, replacement: /probe }
+      - { source_labels: [__scrape_interval__], target_label: interval }
+      - { source_labels: [env], regex: prod, target_label: __scheme__, replacement: https }
+"#,
+        )
+        .unwrap();
+        let jobs = jobs_from_config(&config, Path::new("."), None);
+        let (targets, dropped) = jobs[0].targets(&jobs[0].static_configs);
+        assert_eq!(targets.len(), 2);
+        let target = &targets[0];
+        assert_eq!(
+            target.url,
+            "https://127.0.0.1:9115/probe?module=http_2xx&module=extra&target=example.org"
+        );
+        assert_eq!(
+            target.labels,
+            Labels::new([
+                ("env", "prod"),
+                ("instance", "example.org"),
+                ("interval", "30s"),
+                ("job", "blackbox")
+            ])
+        );
+        assert_eq!(target.discovered_labels["__address__"], "example.org");
+        assert_eq!(target.discovered_labels["__param_module"], "http_2xx");
+        // A parameter value is escaped as Go's url.Values.Encode does.
+        assert!(
+            targets[1].url.ends_with("&target=bad+host"),
+            "{}",
+            targets[1].url
+        );
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].job, "blackbox");
+        assert_eq!(
+            dropped[0].discovered_labels["__address__"],
+            "drop.example.org"
+        );
+        assert_eq!(dropped[0].discovered_labels["__metrics_path__"], "/metrics");
+
+        // Labels that cannot make a target leave it out, dropped or not.
+        let config = ConfigFile::parse(
+            r#"
+scrape_configs:
+  - job_name: broken
+    static_configs: [{ targets: ["a:1", "b:1", "c:1"] }]
+    relabel_configs:
+      - { source_labels: [__address__], regex: 'a:1', target_label: __address__, replacement: '' }
+      - { source_labels: [__address__], regex: 'b:1', target_label: __scrape_interval__, replacement: often }
+"#,
+        )
+        .unwrap();
+        let jobs = jobs_from_config(&config, Path::new("."), None);
+        let (targets, dropped) = jobs[0].targets(&jobs[0].static_configs);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].url, "http://c:1/metrics");
+        assert!(dropped.is_empty());
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! synthetic series `up`, `scrape_duration_seconds`, `scrape_samples_scraped`,
 //! `scrape_samples_post_metric_relabeling` and `scrape_series_added`. Parsing
 //! and the append run on a blocking thread.
+//!
+//! A job's `metric_relabel_configs` apply to each sample after the target's
+//! labels are attached: dropped series are not stored, `sample_limit`
+//! counts the kept ones, and a series left without a valid metric name or
+//! with an invalid label name fails the scrape, as in Prometheus. Without
+//! rules the per-sample path does no relabeling work at all.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -19,6 +25,7 @@ use tokio::sync::watch;
 
 use super::client::JobClient;
 use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_limited};
+use super::relabel::{self, Relabel};
 
 /// The largest scrape body accepted, after decompression.
 pub const MAX_BODY_BYTES: usize = 128 << 20;
@@ -104,6 +111,8 @@ pub struct Target {
     pub honor_labels: bool,
     pub honor_timestamps: bool,
     pub limits: ScrapeLimits,
+    /// The job's `metric_relabel_configs`, applied to every scraped series.
+    pub metric_relabel: Arc<[Relabel]>,
 }
 
 impl Target {
@@ -360,14 +369,19 @@ fn ingest(
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_millis() as i64)
         .unwrap_or(0);
+    let sample_limit = match target.limits.sample_limit {
+        0 => usize::MAX,
+        limit => limit,
+    };
+    let relabeling = !target.metric_relabel.is_empty();
     let exposition = fetched.and_then(|(body, gzip, format)| {
         let body = if gzip { gunzip(&body)? } else { body };
         let text = decode_utf8(body).map_err(|error| error.to_string())?;
-        let sample_limit = match target.limits.sample_limit {
-            0 => usize::MAX,
-            limit => limit,
-        };
-        parse_limited(&text, format, sample_limit).map_err(|error| {
+        // As in Prometheus, the limit counts the samples kept by
+        // `metric_relabel_configs`; with rules, the parser's memory is
+        // bounded by the body size instead, and the loop below counts.
+        let parse_limit = if relabeling { usize::MAX } else { sample_limit };
+        parse_limited(&text, format, parse_limit).map_err(|error| {
             if error.message == SAMPLE_LIMIT_EXCEEDED {
                 format!("{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)")
             } else {
@@ -380,6 +394,7 @@ fn ingest(
     // their own timestamp), by index.
     let mut tracked: Vec<(usize, u64)> = Vec::new();
     let mut scraped = 0;
+    let mut kept = 0;
     let mut over_limit = None;
     let error = match exposition {
         Ok(exposition) => {
@@ -387,7 +402,22 @@ fn ingest(
             batch.reserve(scraped + state.previous.len().min(scraped) + 5);
             tracked.reserve(scraped);
             for sample in exposition.samples {
-                let labels = with_target_labels(sample.labels, target);
+                let mut labels = with_target_labels(sample.labels, target);
+                if relabeling {
+                    if !relabel::process(&target.metric_relabel, &mut labels) || labels.is_empty() {
+                        continue;
+                    }
+                    if let Err(invalid) = relabel::check_series(&labels) {
+                        over_limit = Some(invalid);
+                        break;
+                    }
+                    if batch.len() >= sample_limit {
+                        over_limit = Some(format!(
+                            "{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)"
+                        ));
+                        break;
+                    }
+                }
                 if let Err(limit) = target.limits.check_labels(&labels) {
                     over_limit = Some(limit);
                     break;
@@ -398,6 +428,7 @@ fn ingest(
                 }
                 batch.push((labels, own_timestamp.unwrap_or(timestamp_ms), sample.value));
             }
+            kept = batch.len();
             let changed: Vec<(String, MetricMetadata)> = exposition
                 .metadata
                 .into_iter()
@@ -435,7 +466,7 @@ fn ingest(
         up,
         duration.as_secs_f64(),
         scraped as f64,
-        scraped as f64,
+        kept as f64,
         series_added as f64,
     ];
     for (name, value) in SYNTHETIC_SERIES.into_iter().zip(values) {
@@ -540,6 +571,7 @@ mod tests {
             honor_labels,
             honor_timestamps: true,
             limits: ScrapeLimits::default(),
+            metric_relabel: Arc::from(Vec::new()),
         }
     }
 
@@ -626,6 +658,88 @@ mod tests {
             "{error}"
         );
         // Only the five synthetic series: nothing of the failed scrape.
+        assert_eq!(report.appended, SYNTHETIC_SERIES.len());
+    }
+
+    #[test]
+    fn metric_relabeling_drops_and_rewrites_before_the_sample_limit() {
+        use crate::scrape::relabel::RelabelConfig;
+        use sightline_store::tsdb::LabelMatcher;
+        let rules: Vec<RelabelConfig> = serde_norway::from_str(
+            r#"
+- { source_labels: [__name__], regex: 'expensive_.*', action: drop }
+- { source_labels: [path], regex: '/user/.*', target_label: path, replacement: '/user/:id' }
+"#,
+        )
+        .unwrap();
+        let mut target = target(false);
+        target.metric_relabel = rules.iter().map(|rule| rule.compile().unwrap()).collect();
+        // Four samples exposed, two kept: a limit of 2 holds.
+        target.limits.sample_limit = 2;
+        let body = b"expensive_a 1\nexpensive_b 2\nhits{path=\"/user/42\"} 3\nhits{path=\"/\"} 4\n";
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path()).unwrap();
+        let scrape_time = SystemTime::now();
+        let (_, report) = ingest(
+            &target,
+            Ok((body.to_vec(), false, Format::Text)),
+            scrape_time,
+            Duration::ZERO,
+            LoopState::default(),
+            &store,
+        );
+        assert_eq!(report.error, None);
+        assert_eq!(report.appended, 2 + SYNTHETIC_SERIES.len());
+        let at = scrape_time.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        let value_of = |name: &str| -> Vec<(String, f64)> {
+            store
+                .reader()
+                .select(&[LabelMatcher::equal(METRIC_NAME, name)], at - 1, at + 1)
+                .unwrap()
+                .into_iter()
+                .map(|series| (series.labels.get("path").to_string(), series.samples[0].1))
+                .collect()
+        };
+        assert_eq!(
+            value_of("hits"),
+            [("/".to_string(), 4.0), ("/user/:id".to_string(), 3.0)]
+        );
+        assert!(value_of("expensive_a").is_empty());
+        assert_eq!(value_of("scrape_samples_scraped"), [(String::new(), 4.0)]);
+        assert_eq!(
+            value_of("scrape_samples_post_metric_relabeling"),
+            [(String::new(), 2.0)]
+        );
+
+        // Three kept samples break the same limit.
+        let body = b"hits{path=\"/a\"} 1\nhits{path=\"/b\"} 2\nhits{path=\"/c\"} 3\n";
+        let (_, report) = ingest(
+            &target,
+            Ok((body.to_vec(), false, Format::Text)),
+            scrape_time + Duration::from_secs(1),
+            Duration::ZERO,
+            LoopState::default(),
+            &store,
+        );
+        let error = report.error.unwrap();
+        assert!(error.starts_with(SAMPLE_LIMIT_EXCEEDED), "{error}");
+
+        // A rule that removes the metric name fails the scrape.
+        let rules: Vec<RelabelConfig> =
+            serde_norway::from_str("[{ regex: __name__, action: labeldrop }]").unwrap();
+        target.metric_relabel = rules.iter().map(|rule| rule.compile().unwrap()).collect();
+        let (_, report) = ingest(
+            &target,
+            Ok((b"hits 1\n".to_vec(), false, Format::Text)),
+            scrape_time + Duration::from_secs(2),
+            Duration::ZERO,
+            LoopState::default(),
+            &store,
+        );
+        assert_eq!(
+            report.error.as_deref(),
+            Some("missing metric name (__name__ label)")
+        );
         assert_eq!(report.appended, SYNTHETIC_SERIES.len());
     }
 }
