@@ -20,6 +20,12 @@ function labelChips(labels) {
   return box;
 }
 
+/** The API's value (`"3e+00"`, as Prometheus formats it) as people write numbers. */
+function alertValue(text) {
+  const value = Number(text);
+  return Number.isFinite(value) ? String(Number(value.toPrecision(6))) : text;
+}
+
 function alertCard(alert) {
   const annotations = { ...(alert.annotations || {}) };
   const links = el("div", { class: "alert-links" });
@@ -50,7 +56,7 @@ function alertCard(alert) {
   return el(
     "div",
     { class: `alert-card state-${alert.state}`, "data-alertname": alert.labels?.alertname || "" },
-    el("div", { class: "alert-head" }, el("span", { class: `badge state-${alert.state}` }, alert.state), el("strong", {}, alert.labels?.alertname || ""), el("span", { class: "muted" }, alert.activeAt ? ` active since ${new Date(alert.activeAt).toLocaleString()}` : ""), alert.value !== undefined ? el("span", { class: "muted" }, ` · value ${alert.value}`) : null),
+    el("div", { class: "alert-head" }, el("span", { class: `badge state-${alert.state}` }, alert.state), el("strong", {}, alert.labels?.alertname || ""), el("span", { class: "muted" }, alert.activeAt ? ` active since ${new Date(alert.activeAt).toLocaleString()}` : ""), alert.value !== undefined ? el("span", { class: "muted alert-value" }, ` · value ${alertValue(alert.value)}`) : null),
     labelChips(alert.labels),
     list,
     links,

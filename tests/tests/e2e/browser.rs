@@ -969,3 +969,166 @@ async fn a_collector_with_a_query_token_gets_it_asked_once_and_sent_as_a_header(
     screenshot(&browser, "token-accepted.png").await;
     let _ = browser.close().await;
 }
+
+/// Rules for the alert cards: one fires at once, one waits an hour in
+/// pending, one never fires, and a recording rule. The firing one's summary
+/// carries markup that must stay text.
+const UI_RULES: &str = r#"groups:
+  - name: ui-alerts
+    interval: 1s
+    rules:
+      - alert: CheckoutBroken
+        expr: vector(3) > 0
+        labels:
+          severity: page
+          service: checkout
+        annotations:
+          summary: 'checkout has {{ $value }} problems <img src=x onerror="window.__alertXss=1">'
+          runbook: docs/runbooks.md#checkout
+      - alert: SlowToFire
+        expr: vector(1)
+        for: 1h
+      - alert: NeverFires
+        expr: vector(0) > 1
+      - record: ui:constant:sum
+        expr: vector(2)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_cards_show_firing_and_pending_alerts_with_links_and_inert_annotations() {
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::write(data_dir.path().join("ui.rules.yml"), UI_RULES).unwrap();
+    let config = data_dir.path().join("sightline.yml");
+    std::fs::write(
+        &config,
+        "global:\n  evaluation_interval: 1s\nrule_files:\n  - ui.rules.yml\n",
+    )
+    .unwrap();
+    let collector = sightline_tests::CollectorProcess::start(
+        &data_dir.path().join("collector"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+
+    // The rules are evaluated every second: reload the view until the
+    // firing card is there.
+    let firing = poll_until(
+        "the firing alert's card",
+        Duration::from_secs(60),
+        || async {
+            let state = open_view_state(&browser, &ui, "alerts", "alerts").await;
+            if state[0] != "1" {
+                return Err(format!("alerts view failed: {}", state[1]));
+            }
+            let card = js(
+                &browser,
+                "const c = document.querySelector('.alert-card.state-firing[data-alertname=\"CheckoutBroken\"]'); \
+                 return c ? { text: c.textContent, \
+                   links: [...c.querySelectorAll('a.alert-link')].map(a => [a.textContent, a.getAttribute('href')]), \
+                   chips: [...c.querySelectorAll('.label-chip')].map(s => s.textContent), \
+                   images: c.querySelectorAll('img').length } : null;",
+            )
+            .await;
+            Ok((!card.is_null()).then_some(card))
+        },
+    )
+    .await;
+    let text = firing["text"].as_str().unwrap();
+    assert!(
+        text.contains("checkout has 3 problems <img src=x onerror=\"window.__alertXss=1\">"),
+        "the templated summary, markup shown as text: {text}"
+    );
+    assert!(text.contains("docs/runbooks.md#checkout"), "{text}");
+    assert!(text.contains("value 3") && !text.contains("3e+00"), "{text}");
+    assert_eq!(firing["images"], 0, "annotation markup became elements");
+    let chips: Vec<&str> = firing["chips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|chip| chip.as_str())
+        .collect();
+    for chip in [
+        "alertname=CheckoutBroken",
+        "severity=page",
+        "service=checkout",
+    ] {
+        assert!(chips.contains(&chip), "{chip} in {chips:?}");
+    }
+    // The card links to the service's logs and failing traces.
+    let links = firing["links"].as_array().unwrap();
+    let link_to = |name: &str| {
+        links
+            .iter()
+            .find(|link| link[0] == name)
+            .and_then(|link| link[1].as_str())
+            .unwrap_or_else(|| panic!("no {name} link in {links:?}"))
+            .to_owned()
+    };
+    assert!(link_to("Logs").starts_with("#/logs"), "{links:?}");
+    assert!(link_to("Logs").contains("checkout"), "{links:?}");
+    assert!(link_to("Traces").starts_with("#/traces"), "{links:?}");
+    assert_eq!(
+        js(&browser, "return window.__alertXss === undefined;").await,
+        true
+    );
+
+    // The rule table: every rule with its state.
+    let rows = js(
+        &browser,
+        "return Object.fromEntries([...document.querySelectorAll('.rule-row')].map(r => [r.dataset.rule, r.className]));",
+    )
+    .await;
+    for (rule, class) in [
+        ("CheckoutBroken", "state-firing"),
+        ("SlowToFire", "state-pending"),
+        ("NeverFires", "state-inactive"),
+        ("ui:constant:sum", "rule-recording"),
+    ] {
+        let classes = rows[rule].as_str().unwrap_or_default();
+        assert!(classes.contains(class), "{rule}: {classes:?} in {rows}");
+    }
+    let pending = js(
+        &browser,
+        "return document.querySelector('.alert-card.state-pending[data-alertname=\"SlowToFire\"]') !== null;",
+    )
+    .await;
+    assert_eq!(pending, true, "the pending alert has its card");
+    screenshot(&browser, "alerts-firing.png").await;
+
+    // The state filter, from the toolbar: only firing alerts and rules.
+    let select = browser
+        .find(Locator::Css("select[data-filter=\"state\"]"))
+        .await
+        .expect("the state filter");
+    select
+        .select_by_value("firing")
+        .await
+        .expect("choose firing");
+    poll_until(
+        "the view filtered to firing",
+        Duration::from_secs(30),
+        || async {
+            let shown = js(
+                &browser,
+                "const v = document.querySelector('#view[data-view=\"alerts\"]'); \
+                 return { hash: location.hash, loaded: v ? v.dataset.loaded : null, \
+                   cards: [...document.querySelectorAll('.alert-card')].map(c => c.dataset.alertname), \
+                   rules: [...document.querySelectorAll('.rule-row')].map(r => r.dataset.rule) };",
+            )
+            .await;
+            let filtered = serde_json::json!(["CheckoutBroken"]);
+            match shown["hash"].as_str().unwrap_or_default().contains("state=firing")
+                && shown["loaded"] == "1"
+                && shown["cards"] == filtered
+                && shown["rules"] == filtered
+            {
+                true => Ok(Some(())),
+                false => Err(format!("shown: {shown}")),
+            }
+        },
+    )
+    .await;
+    let _ = browser.close().await;
+}
