@@ -341,6 +341,17 @@ pub fn process(rules: &[Relabel], labels: &mut Labels) -> bool {
     rules.iter().all(|rule| rule.apply(labels))
 }
 
+/// Whether `rules` may change label names or values; when they only keep
+/// or drop series, a relabeled series needs no new validity check.
+pub fn may_rewrite(rules: &[Relabel]) -> bool {
+    rules.iter().any(|rule| {
+        !matches!(
+            rule.action,
+            Action::Keep | Action::Drop | Action::KeepEqual | Action::DropEqual
+        )
+    })
+}
+
 /// Prometheus' `hashmod`: the last 8 bytes of the md5 of `value`, read big
 /// endian, modulo `modulus`.
 pub fn hash_mod(value: &str, modulus: u64) -> u64 {
@@ -668,6 +679,17 @@ mod tests {
         let numeric = rule("{ source_labels: [code], regex: 500, action: drop }");
         let mut labels = Labels::new([("code", "500")]);
         assert!(!process(&[numeric], &mut labels));
+    }
+
+    #[test]
+    fn only_filtering_rules_leave_labels_untouched() {
+        let filters = [
+            rule("{ source_labels: [a], regex: x, action: keep }"),
+            rule("{ source_labels: [a], target_label: b, action: dropequal }"),
+        ];
+        assert!(!may_rewrite(&filters));
+        assert!(may_rewrite(&[rule("{ regex: x, action: labeldrop }")]));
+        assert!(may_rewrite(&[rule("{ target_label: a, replacement: b }")]));
     }
 
     #[test]

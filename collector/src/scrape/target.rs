@@ -374,6 +374,7 @@ fn ingest(
         limit => limit,
     };
     let relabeling = !target.metric_relabel.is_empty();
+    let rewriting = relabel::may_rewrite(&target.metric_relabel);
     let exposition = fetched.and_then(|(body, gzip, format)| {
         let body = if gzip { gunzip(&body)? } else { body };
         let text = decode_utf8(body).map_err(|error| error.to_string())?;
@@ -407,7 +408,7 @@ fn ingest(
                     if !relabel::process(&target.metric_relabel, &mut labels) || labels.is_empty() {
                         continue;
                     }
-                    if let Err(invalid) = relabel::check_series(&labels) {
+                    if rewriting && let Err(invalid) = relabel::check_series(&labels) {
                         over_limit = Some(invalid);
                         break;
                     }
