@@ -133,8 +133,9 @@ impl Job {
 
     /// A target's labels before relabeling: the group's, its address, and
     /// the job's settings as `__scheme__`, `__metrics_path__`,
-    /// `__scrape_interval__`, `__scrape_timeout__`, `__param_<name>` and
-    /// `job` unless the group sets them.
+    /// `__scrape_interval__`, `__scrape_timeout__` and `job` unless the
+    /// group sets them, and `__param_<name>` (the first value of each of
+    /// the job's `params`).
     fn discovered_labels(&self, group: &StaticConfig, address: &str) -> BTreeMap<String, String> {
         let mut discovered = group.labels.clone();
         discovered.insert("__address__".into(), address.to_string());
@@ -151,11 +152,11 @@ impl Job {
         for (name, value) in defaults {
             discovered.entry(name.into()).or_insert(value);
         }
+        // The job's params win over a group's `__param_` labels, as in
+        // Prometheus.
         for (name, values) in &self.params {
             if let Some(first) = values.first() {
-                discovered
-                    .entry(format!("__param_{name}"))
-                    .or_insert_with(|| first.clone());
+                discovered.insert(format!("__param_{name}"), first.clone());
             }
         }
         discovered
@@ -738,6 +739,84 @@ scrape_configs:
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].url, "http://c:1/metrics");
         assert!(dropped.is_empty());
+    }
+
+    /// The config and the output of Debian's Prometheus 2.42 for it
+    /// (`/api/v1/targets`), recorded by hand.
+    #[test]
+    fn target_labels_match_what_prometheus_made_of_the_same_config() {
+        let config = ConfigFile::parse(
+            r#"
+global: { scrape_interval: 30s, scrape_timeout: 10s }
+scrape_configs:
+  - job_name: blackbox
+    params: { module: [http_2xx, extra] }
+    static_configs:
+      - targets: ["example.org", "drop.example.org", "bad host"]
+        labels: { env: prod, __param_module: fromgroup }
+    relabel_configs:
+      - { source_labels: [__address__], regex: 'drop\..*', action: drop }
+      - { source_labels: [__address__], target_label: __param_target }
+      - { source_labels: [__param_target], target_label: instance }
+      - { target_label: __address__, replacement: '127.0.0.1:9115' }
+      - { target_label: __metrics_path__, replacement: probe }
+      - { source_labels: [__scrape_interval__], target_label: interval }
+      - { source_labels: [instance], target_label: shard, modulus: 7, action: hashmod }
+      - { source_labels: [instance], regex: '(?P<host>[a-z]+)\.(.*)', target_label: 'h_${host}', replacement: '$2x$$' }
+"#,
+        )
+        .unwrap();
+        let jobs = jobs_from_config(&config, Path::new("."), None);
+        let (targets, dropped) = jobs[0].targets(&jobs[0].static_configs);
+        let discovered = |address: &str| {
+            BTreeMap::from(
+                [
+                    ("__address__", address),
+                    ("__metrics_path__", "/metrics"),
+                    ("__param_module", "http_2xx"),
+                    ("__scheme__", "http"),
+                    ("__scrape_interval__", "30s"),
+                    ("__scrape_timeout__", "10s"),
+                    ("env", "prod"),
+                    ("job", "blackbox"),
+                ]
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+            )
+        };
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].discovered_labels, discovered("example.org"));
+        assert_eq!(
+            targets[0].labels,
+            Labels::new([
+                ("env", "prod"),
+                ("h_example", "$"),
+                ("instance", "example.org"),
+                ("interval", "30s"),
+                ("job", "blackbox"),
+                ("shard", "4"),
+            ])
+        );
+        assert_eq!(
+            targets[0].url,
+            "http://127.0.0.1:9115/probe?module=http_2xx&module=extra&target=example.org"
+        );
+        assert_eq!(targets[1].discovered_labels, discovered("bad host"));
+        assert_eq!(
+            targets[1].labels,
+            Labels::new([
+                ("env", "prod"),
+                ("instance", "bad host"),
+                ("interval", "30s"),
+                ("job", "blackbox"),
+                ("shard", "4"),
+            ])
+        );
+        assert_eq!(
+            targets[1].url,
+            "http://127.0.0.1:9115/probe?module=http_2xx&module=extra&target=bad+host"
+        );
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].discovered_labels, discovered("drop.example.org"));
     }
 
     #[test]
