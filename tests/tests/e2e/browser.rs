@@ -1041,7 +1041,10 @@ async fn alert_cards_show_firing_and_pending_alerts_with_links_and_inert_annotat
         "the templated summary, markup shown as text: {text}"
     );
     assert!(text.contains("docs/runbooks.md#checkout"), "{text}");
-    assert!(text.contains("value 3") && !text.contains("3e+00"), "{text}");
+    assert!(
+        text.contains("value 3") && !text.contains("3e+00"),
+        "{text}"
+    );
     assert_eq!(firing["images"], 0, "annotation markup became elements");
     let chips: Vec<&str> = firing["chips"]
         .as_array()
