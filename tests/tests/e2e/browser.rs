@@ -1135,3 +1135,198 @@ async fn alert_cards_show_firing_and_pending_alerts_with_links_and_inert_annotat
     .await;
     let _ = browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_more_pages_through_every_record_and_a_drag_on_the_histogram_zooms() {
+    const RECORDS: u64 = 250;
+    const SPACING_S: u64 = 6;
+    let data_dir = tempfile::tempdir().unwrap();
+    let collector =
+        sightline_tests::CollectorProcess::start(&data_dir.path().join("collector"), &[]).await;
+    // 250 records, one every 6 s over the last 25 minutes, newest first.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let records: Vec<serde_json::Value> = (0..RECORDS)
+        .map(|index| {
+            serde_json::json!({
+                "timeUnixNano": (now_ns - (index * SPACING_S + 30) * 1_000_000_000).to_string(),
+                "severityText": "INFO", "severityNumber": 9,
+                "body": {"stringValue": format!("pager record {index:03}")},
+            })
+        })
+        .collect();
+    let payload = serde_json::json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "pager"}}]},
+        "scopeLogs": [{"scope": {}, "logRecords": records}],
+    }]});
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/logs",
+            collector.otlp_http_port
+        ))
+        .json(&payload)
+        .send()
+        .await
+        .expect("OTLP/HTTP answers");
+    assert!(response.status().is_success(), "{}", response.status());
+    poll_until(
+        "the records to be searchable",
+        Duration::from_secs(30),
+        || async {
+            let answer: serde_json::Value =
+                reqwest::get(collector.url("/api/logs?q=pager&limit=1"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            match answer["total_hits"].as_u64() {
+                Some(RECORDS) => Ok(Some(())),
+                other => Err(format!("total {other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+    open_view(&browser, &ui, "logs?q=pager&from=now-1h&to=now", "logs").await;
+    let rows_script = "return { status: document.querySelector('#status').textContent, \
+         more: !document.querySelector('#load-more').hidden, \
+         bodies: [...document.querySelectorAll('#results tr.log-row')].map(r => r.cells[3].textContent) };";
+    let expect_rows = |shown: u64| {
+        let browser = browser.clone();
+        async move {
+            poll_until(
+                &format!("{shown} rows"),
+                Duration::from_secs(30),
+                || async {
+                    let page = js(&browser, rows_script).await;
+                    match page["bodies"].as_array().map(Vec::len) {
+                        Some(count) if count as u64 == shown => Ok(Some(page)),
+                        _ => Err(format!("{page}")),
+                    }
+                },
+            )
+            .await
+        }
+    };
+
+    // Load more, until every record is shown once, newest first.
+    let mut page = expect_rows(100).await;
+    for shown in [200, RECORDS] {
+        assert_eq!(page["more"], true, "{page}");
+        assert!(
+            page["status"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{RECORDS} matching records")),
+            "{page}"
+        );
+        browser
+            .find(Locator::Css("#load-more"))
+            .await
+            .expect("the load more button")
+            .click()
+            .await
+            .expect("click load more");
+        page = expect_rows(shown).await;
+    }
+    assert_eq!(page["more"], false, "no more to load: {page}");
+    let bodies: Vec<String> = page["bodies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|body| body.as_str().unwrap().trim().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..RECORDS)
+        .map(|index| format!("pager record {index:03}"))
+        .collect();
+    assert_eq!(bodies, expected, "every record once, newest first");
+
+    // Drag across the middle of the histogram: the view zooms to that span.
+    let plot = browser
+        .find(Locator::Css("#histogram .u-over"))
+        .await
+        .expect("the histogram's plot area");
+    let width = js(
+        &browser,
+        "return document.querySelector('#histogram .u-over').getBoundingClientRect().width;",
+    )
+    .await
+    .as_f64()
+    .unwrap();
+    use fantoccini::actions::InputSource;
+    let drag = fantoccini::actions::MouseActions::new("drag".into())
+        .then(fantoccini::actions::PointerAction::MoveToElement {
+            element: plot.clone(),
+            duration: None,
+            x: -width * 0.25,
+            y: 0.0,
+        })
+        .then(fantoccini::actions::PointerAction::Down {
+            button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+        })
+        .then(fantoccini::actions::PointerAction::MoveToElement {
+            element: plot,
+            duration: Some(Duration::from_millis(200)),
+            x: width * 0.1,
+            y: 0.0,
+        })
+        .then(fantoccini::actions::PointerAction::Up {
+            button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+        });
+    browser
+        .perform_actions(drag)
+        .await
+        .expect("drag on the histogram");
+    let zoomed = poll_until("the zoomed view", Duration::from_secs(30), || async {
+        let state = js(
+            &browser,
+            "const p = new URLSearchParams(location.hash.split('?')[1] || ''); \
+             const v = document.querySelector('#view[data-view=\"logs\"]'); \
+             return { from: p.get('from'), to: p.get('to'), loaded: v ? v.dataset.loaded : null, \
+               status: (document.querySelector('#status') || {}).textContent || '' };",
+        )
+        .await;
+        let absolute = |key: &str| state[key].as_str().and_then(|v| v.parse::<u64>().ok());
+        match (absolute("from"), absolute("to")) {
+            (Some(_), Some(_))
+                if state["loaded"] == "1"
+                    && state["status"].as_str().unwrap_or("").contains("matching") =>
+            {
+                Ok(Some(state))
+            }
+            _ => Err(format!("{state}")),
+        }
+    })
+    .await;
+    let from_ms: u64 = zoomed["from"].as_str().unwrap().parse().unwrap();
+    let to_ms: u64 = zoomed["to"].as_str().unwrap().parse().unwrap();
+    assert!(from_ms < to_ms, "{zoomed}");
+    let status = zoomed["status"].as_str().unwrap();
+    let matching: u64 = status
+        .split_whitespace()
+        .next()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {status:?}"));
+    assert!(
+        (1..RECORDS).contains(&matching),
+        "the zoomed span holds some of the records, not all: {zoomed}"
+    );
+    // Exactly the records sent inside the chosen span.
+    let inside = (0..RECORDS)
+        .filter(|index| {
+            let ms = (now_ns - (index * SPACING_S + 30) * 1_000_000_000) / 1_000_000;
+            (from_ms..=to_ms).contains(&ms)
+        })
+        .count() as u64;
+    assert!(
+        matching.abs_diff(inside) <= 1,
+        "{matching} shown, {inside} sent between {from_ms} and {to_ms}"
+    );
+    screenshot(&browser, "logs-zoomed.png").await;
+    let _ = browser.close().await;
+}
