@@ -13,7 +13,7 @@
 //! so a restart does not reset `for`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::Expr;
@@ -669,40 +669,93 @@ fn restore_active_at(
 }
 
 /// Every loaded group behind its own lock: groups evaluate independently,
-/// and the status API reads them between evaluations.
+/// and the status API reads them between evaluations. [`RuleEngine::reload`]
+/// swaps the set of groups, carrying the state of rules that stay.
 #[derive(Debug, Default)]
 pub struct RuleEngine {
-    groups: Vec<Mutex<GroupState>>,
+    groups: RwLock<Vec<Mutex<GroupState>>>,
 }
 
 impl RuleEngine {
     /// An engine for `groups`, none evaluated yet.
     pub fn new(groups: Vec<RuleGroup>) -> Self {
         RuleEngine {
-            groups: groups
-                .into_iter()
-                .map(|group| Mutex::new(GroupState::new(group)))
-                .collect(),
+            groups: RwLock::new(
+                groups
+                    .into_iter()
+                    .map(|group| Mutex::new(GroupState::new(group)))
+                    .collect(),
+            ),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Mutex<GroupState>>> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Number of groups.
     pub fn len(&self) -> usize {
-        self.groups.len()
+        self.read().len()
     }
 
     /// Whether no group is loaded.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.read().is_empty()
     }
 
     /// The evaluation interval of group `index`.
     pub fn interval(&self, index: usize) -> Duration {
-        self.groups[index]
+        self.read()[index]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .group
             .interval
+    }
+
+    /// Replaces the loaded groups with `groups`, as Prometheus does on a
+    /// reload: a group with the same file and name as a loaded one takes
+    /// over the state of each of its rules that has the same kind, name and
+    /// labels (active alerts with their `active_at`, series written last
+    /// time), so a pending alert keeps waiting where it was and a firing
+    /// one neither resolves nor fires again. Other groups start fresh and
+    /// are not restored from `ALERTS_FOR_STATE` (that is for a start);
+    /// removed groups are dropped. The caller stops evaluating before and
+    /// starts again after, so no evaluation is lost in between.
+    pub fn reload(&self, groups: Vec<RuleGroup>) {
+        let mut loaded = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut old: Vec<GroupState> = std::mem::take(&mut *loaded)
+            .into_iter()
+            .map(|group| group.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        *loaded = groups
+            .into_iter()
+            .map(|group| {
+                let previous = old
+                    .iter()
+                    .position(|state| {
+                        state.group.file == group.file && state.group.name == group.name
+                    })
+                    .map(|position| old.swap_remove(position));
+                let mut state = GroupState::new(group);
+                state.restored = true;
+                if let Some(mut previous) = previous {
+                    state.last_evaluation_ms = previous.last_evaluation_ms;
+                    state.evaluation_seconds = previous.evaluation_seconds;
+                    for (rule, runtime) in state.group.rules.iter().zip(state.rules.iter_mut()) {
+                        let same = previous.group.rules.iter().position(|old_rule| {
+                            old_rule.name == rule.name
+                                && old_rule.labels == rule.labels
+                                && old_rule.alerting.is_some() == rule.alerting.is_some()
+                        });
+                        if let Some(position) = same {
+                            previous.group.rules.remove(position);
+                            *runtime = previous.rules.remove(position);
+                        }
+                    }
+                }
+                Mutex::new(state)
+            })
+            .collect();
     }
 
     /// Evaluates group `index` at `now_ms`. The group is evaluated on a
@@ -716,7 +769,8 @@ impl RuleEngine {
         now_ms: i64,
         settings: &EvalSettings,
     ) -> GroupOutcome {
-        let lock = || self.groups[index].lock().unwrap_or_else(|e| e.into_inner());
+        let groups = self.read();
+        let lock = || groups[index].lock().unwrap_or_else(|e| e.into_inner());
         let mut group = lock().clone();
         let outcome = group.evaluate(storage, engine, now_ms, settings);
         *lock() = group;
@@ -728,7 +782,7 @@ impl RuleEngine {
         let (mut evaluations, mut failures, mut without_data) = (0u64, 0u64, 0usize);
         let mut alerts = BTreeMap::from([("firing", 0usize), ("pending", 0usize)]);
         let mut durations = String::new();
-        for group in &self.groups {
+        for group in self.read().iter() {
             let group = group.lock().unwrap_or_else(|e| e.into_inner());
             // Prometheus' `rule_group` label: `<file>;<group>`.
             let rule_group = format!("{};{}", group.group.file, group.group.name)
@@ -781,9 +835,86 @@ impl RuleEngine {
 
 impl RuleStatusSource for RuleEngine {
     fn rule_groups(&self) -> Vec<RuleGroupStatus> {
-        self.groups
+        self.read()
             .iter()
             .map(|group| group.lock().unwrap_or_else(|e| e.into_inner()).status())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::rules::parse_rule_file;
+
+    const RULES: &str = r#"
+groups:
+  - name: g
+    rules:
+      - alert: HighErrors
+        expr: errors > 5
+        for: 1h
+      - alert: Other
+        expr: errors > 5
+        for: 1h
+"#;
+
+    fn alerts(engine: &RuleEngine) -> Vec<(String, AlertState, i64)> {
+        let groups = engine.read();
+        let group = groups[0].lock().unwrap();
+        group
+            .rules
+            .iter()
+            .zip(&group.group.rules)
+            .flat_map(|(runtime, rule)| {
+                runtime
+                    .alerts
+                    .values()
+                    .map(|alert| (rule.name.clone(), alert.state, alert.active_at_ms))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reload_keeps_the_state_of_rules_that_stay() {
+        let mut storage = MemoryStorage::default();
+        let mut errors = Labels::new([("job", "api")]);
+        errors.set(METRIC_NAME, "errors");
+        storage.append(&errors, 0, 9.0);
+        storage.append(&errors, 60_000, 9.0);
+        let parse = |text: &str| parse_rule_file("r.yml", text, Duration::from_secs(60)).unwrap();
+        let engine = RuleEngine::new(parse(RULES));
+        let settings = EvalSettings::default();
+        engine.evaluate(0, &mut storage, &Engine::default(), 0, &settings);
+        assert_eq!(
+            alerts(&engine),
+            [
+                ("HighErrors".to_string(), AlertState::Pending, 0),
+                ("Other".to_string(), AlertState::Pending, 0)
+            ]
+        );
+        // `Other` gets a label (a different rule now) and a rule is added
+        // in front: only `HighErrors` keeps its alert.
+        let changed = RULES.replace(
+            "      - alert: Other\n        expr: errors > 5\n",
+            "      - alert: Other\n        expr: errors > 5\n        labels: { severity: page }\n",
+        );
+        let changed = changed.replace(
+            "    rules:\n",
+            "    rules:\n      - record: job:errors\n        expr: errors\n",
+        );
+        engine.reload(parse(&changed));
+        assert_eq!(
+            alerts(&engine),
+            [("HighErrors".to_string(), AlertState::Pending, 0)]
+        );
+        engine.evaluate(0, &mut storage, &Engine::default(), 60_000, &settings);
+        let after = alerts(&engine);
+        assert!(after.contains(&("HighErrors".to_string(), AlertState::Pending, 0)));
+        assert!(after.contains(&("Other".to_string(), AlertState::Pending, 60_000)));
+        // A group of another name is another group.
+        engine.reload(parse(&changed.replace("name: g", "name: h")));
+        assert!(alerts(&engine).is_empty());
     }
 }
