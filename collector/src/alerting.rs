@@ -24,12 +24,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use sightline_store::promql::Engine;
-use sightline_store::rules::{EvalSettings, OutgoingAlert, RuleEngine};
+use sightline_store::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
 use sightline_store::tsdb::MetricStore;
 use sightline_store::{SpanStore, TraceQuery};
 use tokio::sync::{Notify, watch};
@@ -54,6 +54,12 @@ const TRACE_LINKS: usize = 3;
 /// directory, `base_dir`); any bad rule fails the whole load with every
 /// problem listed.
 pub fn load_rules(config: &ConfigFile, base_dir: &Path) -> anyhow::Result<RuleEngine> {
+    Ok(RuleEngine::new(load_rule_groups(config, base_dir)?))
+}
+
+/// The rule groups of every rule file of `config`, as [`load_rules`]
+/// loads them.
+pub fn load_rule_groups(config: &ConfigFile, base_dir: &Path) -> anyhow::Result<Vec<RuleGroup>> {
     let mut groups = Vec::new();
     let mut problems = Vec::new();
     for pattern in &config.rule_files {
@@ -69,7 +75,7 @@ pub fn load_rules(config: &ConfigFile, base_dir: &Path) -> anyhow::Result<RuleEn
     if !problems.is_empty() {
         anyhow::bail!("invalid rule files:\n{}", problems.join("\n"));
     }
-    Ok(RuleEngine::new(groups))
+    Ok(groups)
 }
 
 /// `test rules`: runs promtool-format unit-test files, printing each
@@ -131,8 +137,29 @@ pub struct Alerting {
     pub engine: Arc<RuleEngine>,
     pub metrics: Arc<MetricStore>,
     pub spans: Arc<SpanStore>,
-    pub settings: EvalSettings,
+    /// External labels and URL come from the config file, so a reload
+    /// replaces them.
+    settings: RwLock<EvalSettings>,
     pub notifier: Arc<Notifier>,
+    /// The group tasks running now; a reload stops them and starts others.
+    groups: tokio::sync::Mutex<Option<GroupTasks>>,
+}
+
+/// A checked configuration for [`Alerting::apply`].
+pub struct AlertingConfig {
+    groups: Vec<RuleGroup>,
+    receivers: Receivers,
+    external_labels: BTreeMap<String, String>,
+    base_url: String,
+}
+
+/// One generation of group evaluation tasks.
+struct GroupTasks {
+    /// The collector's shutdown.
+    shutdown: watch::Receiver<bool>,
+    /// Stops this generation only.
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Alerting {
@@ -151,6 +178,166 @@ impl Alerting {
             resend_delay: resend_delay_from_env()?,
             ..EvalSettings::default()
         };
+        let receivers = Receivers::from_config(config, base_url)?;
+        let notifier = Arc::new(Notifier::new(receivers, QUEUE_CAPACITY)?);
+        Ok(Alerting {
+            engine,
+            metrics,
+            spans,
+            settings: RwLock::new(settings),
+            notifier,
+            groups: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Starts one evaluation task per group and the notifier's sender;
+    /// they end when `stop` turns true (or, for the group tasks, at a
+    /// reload). Returns the notifier's task.
+    pub async fn start(
+        self: &Arc<Self>,
+        stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let notifier = tokio::spawn(self.notifier.clone().run(stop.clone()));
+        *self.groups.lock().await = Some(self.start_groups(stop));
+        notifier
+    }
+
+    fn start_groups(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> GroupTasks {
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..self.engine.len())
+            .map(|index| {
+                tokio::spawn(
+                    self.clone()
+                        .group_loop(index, shutdown.clone(), stopped.clone()),
+                )
+            })
+            .collect();
+        GroupTasks {
+            shutdown,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Loads the rule files and checks the alerting section of `config`
+    /// for [`Alerting::apply`]; fails, naming the file and the problem,
+    /// when one is invalid.
+    pub fn prepare(
+        config: &ConfigFile,
+        base_dir: &Path,
+        base_url: String,
+    ) -> anyhow::Result<AlertingConfig> {
+        Ok(AlertingConfig {
+            groups: load_rule_groups(config, base_dir)?,
+            receivers: Receivers::from_config(config, base_url.clone())?,
+            external_labels: config.global.external_labels.clone(),
+            base_url,
+        })
+    }
+
+    /// Applies prepared rule groups, external labels and URL, Alertmanagers
+    /// and webhooks. Rules that stay keep their alerts (see
+    /// [`RuleEngine::reload`]): the group tasks finish their evaluation in
+    /// flight and stop, the engine swaps groups, new tasks start.
+    pub async fn apply(self: &Arc<Self>, prepared: AlertingConfig) {
+        let AlertingConfig {
+            groups,
+            receivers,
+            external_labels,
+            base_url,
+        } = prepared;
+        let mut running = self.groups.lock().await;
+        let shutdown = match running.take() {
+            Some(generation) => {
+                let _ = generation.stop.send(true);
+                for task in generation.tasks {
+                    let _ = task.await;
+                }
+                Some(generation.shutdown)
+            }
+            None => None,
+        };
+        self.engine.reload(groups);
+        {
+            let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            settings.external_labels = external_labels;
+            settings.external_url = base_url;
+        }
+        self.notifier.set_receivers(receivers);
+        if let Some(shutdown) = shutdown {
+            *running = Some(self.start_groups(shutdown));
+        }
+    }
+
+    /// Stops the group tasks at once.
+    pub async fn abort(&self) {
+        if let Some(generation) = self.groups.lock().await.take() {
+            for task in generation.tasks {
+                task.abort();
+            }
+        }
+    }
+
+    async fn group_loop(
+        self: Arc<Self>,
+        index: usize,
+        mut shutdown: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut interval = tokio::time::interval(self.engine.interval(index));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.wait_for(|stopped| *stopped) => return,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            let this = self.clone();
+            let evaluated = tokio::task::spawn_blocking(move || {
+                let now_ms = crate::ingest::now_nanos() / 1_000_000;
+                let settings = this
+                    .settings
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let outcome = this.engine.evaluate(
+                    index,
+                    &mut &*this.metrics,
+                    &Engine::default(),
+                    now_ms,
+                    &settings,
+                );
+                for rule in &outcome.newly_without_data {
+                    tracing::warn!(rule, "rule expression has returned no series for a while");
+                }
+                let links = |alert: &OutgoingAlert| this.notifier.links(alert, now_ms, &this.spans);
+                let to_send: Vec<OutgoingAlert> = outcome.to_send.iter().map(&links).collect();
+                let changed: Vec<OutgoingAlert> = outcome.changed.iter().map(&links).collect();
+                (to_send, changed)
+            })
+            .await;
+            match evaluated {
+                Ok((to_send, changed)) => {
+                    self.notifier.enqueue(Destination::Alertmanagers, to_send);
+                    self.notifier.enqueue(Destination::Webhooks, changed);
+                }
+                Err(error) => tracing::error!(%error, "rule evaluation task failed"),
+            }
+        }
+    }
+}
+
+/// Where notifications go and what they carry from the config file.
+#[derive(Debug, Clone, Default)]
+struct Receivers {
+    alertmanagers: Vec<Receiver>,
+    webhooks: Vec<Receiver>,
+    base_url: String,
+    external_labels: BTreeMap<String, String>,
+}
+
+impl Receivers {
+    fn from_config(config: &ConfigFile, base_url: String) -> anyhow::Result<Receivers> {
         let mut alertmanagers = Vec::new();
         for group in &config.alerting.alertmanagers {
             if group.api_version != "v2" {
@@ -179,72 +366,12 @@ impl Alerting {
                 timeout: Duration::from_secs(10),
             })
             .collect();
-        let notifier = Arc::new(Notifier::new(
+        Ok(Receivers {
             alertmanagers,
             webhooks,
             base_url,
-            config.global.external_labels.clone(),
-            QUEUE_CAPACITY,
-        )?);
-        Ok(Alerting {
-            engine,
-            metrics,
-            spans,
-            settings,
-            notifier,
+            external_labels: config.global.external_labels.clone(),
         })
-    }
-
-    /// Starts one evaluation task per group and the notifier's sender;
-    /// they end when `stop` turns true.
-    pub fn start(self, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        if self.engine.is_empty() {
-            return tasks;
-        }
-        tasks.push(tokio::spawn(self.notifier.clone().run(stop.clone())));
-        let shared = Arc::new(self);
-        for index in 0..shared.engine.len() {
-            tasks.push(tokio::spawn(shared.clone().group_loop(index, stop.clone())));
-        }
-        tasks
-    }
-
-    async fn group_loop(self: Arc<Self>, index: usize, mut stop: watch::Receiver<bool>) {
-        let mut interval = tokio::time::interval(self.engine.interval(index));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = stop.wait_for(|stopped| *stopped) => return,
-            }
-            let this = self.clone();
-            let evaluated = tokio::task::spawn_blocking(move || {
-                let now_ms = crate::ingest::now_nanos() / 1_000_000;
-                let outcome = this.engine.evaluate(
-                    index,
-                    &mut &*this.metrics,
-                    &Engine::default(),
-                    now_ms,
-                    &this.settings,
-                );
-                for rule in &outcome.newly_without_data {
-                    tracing::warn!(rule, "rule expression has returned no series for a while");
-                }
-                let links = |alert: &OutgoingAlert| this.notifier.links(alert, now_ms, &this.spans);
-                let to_send: Vec<OutgoingAlert> = outcome.to_send.iter().map(&links).collect();
-                let changed: Vec<OutgoingAlert> = outcome.changed.iter().map(&links).collect();
-                (to_send, changed)
-            })
-            .await;
-            match evaluated {
-                Ok((to_send, changed)) => {
-                    self.notifier.enqueue(Destination::Alertmanagers, to_send);
-                    self.notifier.enqueue(Destination::Webhooks, changed);
-                }
-                Err(error) => tracing::error!(%error, "rule evaluation task failed"),
-            }
-        }
     }
 }
 
@@ -266,10 +393,8 @@ pub struct Notifier {
     queue: Mutex<VecDeque<(Destination, OutgoingAlert)>>,
     capacity: usize,
     wake: Notify,
-    alertmanagers: Vec<Receiver>,
-    webhooks: Vec<Receiver>,
-    base_url: String,
-    external_labels: BTreeMap<String, String>,
+    /// Replaced on reload; read for each batch.
+    receivers: RwLock<Receivers>,
     client: reqwest::Client,
     /// Alerts dropped because the queue was full.
     pub dropped: AtomicU64,
@@ -280,21 +405,12 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    fn new(
-        alertmanagers: Vec<Receiver>,
-        webhooks: Vec<Receiver>,
-        base_url: String,
-        external_labels: BTreeMap<String, String>,
-        capacity: usize,
-    ) -> anyhow::Result<Notifier> {
+    fn new(receivers: Receivers, capacity: usize) -> anyhow::Result<Notifier> {
         Ok(Notifier {
             queue: Mutex::new(VecDeque::new()),
             capacity,
             wake: Notify::new(),
-            alertmanagers,
-            webhooks,
-            base_url,
-            external_labels,
+            receivers: RwLock::new(receivers),
             client: reqwest::Client::builder()
                 .build()
                 .context("failed to build the notification HTTP client")?,
@@ -304,13 +420,22 @@ impl Notifier {
         })
     }
 
+    fn receivers(&self) -> std::sync::RwLockReadGuard<'_, Receivers> {
+        self.receivers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends later notifications to `receivers`.
+    fn set_receivers(&self, receivers: Receivers) {
+        *self.receivers.write().unwrap_or_else(|e| e.into_inner()) = receivers;
+    }
+
     /// Queues alerts without waiting; when full, the oldest go.
     pub fn enqueue(&self, destination: Destination, alerts: Vec<OutgoingAlert>) {
-        let receivers = match destination {
-            Destination::Alertmanagers => &self.alertmanagers,
-            Destination::Webhooks => &self.webhooks,
+        let no_receiver = match destination {
+            Destination::Alertmanagers => self.receivers().alertmanagers.is_empty(),
+            Destination::Webhooks => self.receivers().webhooks.is_empty(),
         };
-        if alerts.is_empty() || receivers.is_empty() {
+        if alerts.is_empty() || no_receiver {
             return;
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,7 +477,8 @@ impl Notifier {
                 .collect();
             if !alerts.is_empty() {
                 let body = self.alertmanager_payload(&alerts);
-                for receiver in &self.alertmanagers {
+                let receivers = self.receivers().alertmanagers.clone();
+                for receiver in &receivers {
                     self.deliver(receiver, &body, alerts.len()).await;
                 }
             }
@@ -360,7 +486,8 @@ impl Notifier {
                 to_webhooks.into_iter().map(|(_, alert)| alert).collect();
             if !alerts.is_empty() {
                 let body = self.webhook_payload(&alerts);
-                for receiver in &self.webhooks {
+                let receivers = self.receivers().webhooks.clone();
+                for receiver in &receivers {
                     self.deliver(receiver, &body, alerts.len()).await;
                 }
             }
@@ -398,7 +525,7 @@ impl Notifier {
 
     fn labels(&self, alert: &OutgoingAlert) -> BTreeMap<String, String> {
         let mut labels = alert.labels.clone();
-        for (name, value) in &self.external_labels {
+        for (name, value) in &self.receivers().external_labels {
             labels.entry(name.clone()).or_insert_with(|| value.clone());
         }
         labels
@@ -459,7 +586,7 @@ impl Notifier {
             "groupLabels": {},
             "commonLabels": common(&all_labels),
             "commonAnnotations": common(&all_annotations),
-            "externalURL": self.base_url,
+            "externalURL": self.receivers().base_url,
             "alerts": entries,
         })
     }
@@ -468,7 +595,7 @@ impl Notifier {
     fn generator_url(&self, alert: &OutgoingAlert) -> String {
         format!(
             "{}/#/alerts?expr={}&alert={}",
-            self.base_url,
+            self.receivers().base_url,
             encode(&alert.query),
             encode(&alert.rule)
         )
@@ -495,7 +622,7 @@ impl Notifier {
             "sightline_logs_url".to_string(),
             format!(
                 "{}/#/logs?q={}&from={start_ms}&to={end_ms}",
-                self.base_url,
+                self.receivers().base_url,
                 encode(&format!("service:{}", quote_term(&service)))
             ),
         );
@@ -509,7 +636,7 @@ impl Notifier {
             "sightline_traces_url".to_string(),
             format!(
                 "{}/#/traces?service={}&errors=1&from={start_ms}&to={end_ms}",
-                self.base_url,
+                self.receivers().base_url,
                 encode(&service)
             ),
         );
@@ -660,17 +787,16 @@ mod tests {
     }
 
     fn notifier(capacity: usize) -> Notifier {
-        Notifier::new(
-            vec![Receiver {
+        let receivers = Receivers {
+            alertmanagers: vec![Receiver {
                 url: "http://127.0.0.1:1/api/v2/alerts".to_string(),
                 timeout: Duration::from_secs(1),
             }],
-            Vec::new(),
-            "http://ui:7070".to_string(),
-            BTreeMap::from([("cluster".to_string(), "eu".to_string())]),
-            capacity,
-        )
-        .unwrap()
+            webhooks: Vec::new(),
+            base_url: "http://ui:7070".to_string(),
+            external_labels: BTreeMap::from([("cluster".to_string(), "eu".to_string())]),
+        };
+        Notifier::new(receivers, capacity).unwrap()
     }
 
     #[test]

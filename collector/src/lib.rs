@@ -27,6 +27,7 @@ pub mod otlp_http;
 pub mod otlp_metrics;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod remote_write;
 pub mod scrape;
 pub mod spanmetrics;
@@ -106,6 +107,7 @@ pub async fn run(
     .await??;
 
     let metrics = Arc::new(CollectorMetrics::default());
+    metrics.config_loaded(true);
     let mut pipeline_config = PipelineConfig::new(config.data_dir.join("wal"));
     pipeline_config.commit_interval = config.commit_interval;
     pipeline_config.memory_budget_bytes = config.ingest_memory_bytes;
@@ -248,6 +250,7 @@ pub async fn run(
         tls: tls.is_some(),
     };
     let scrape_jobs = scrape::jobs_from_config(&config_file, &config_dir, Some(self_scrape));
+    let scraper_metrics = metrics.clone();
     let scraper = scrape::Scraper::start(
         scrape_jobs,
         metric_store.clone(),
@@ -262,12 +265,13 @@ pub async fn run(
         .and_then(std::path::Path::parent)
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
+    let default_base_url = {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", http_listener.local_addr()?)
+    };
     let ui_base_url = match &config_file.external_url {
         Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            format!("{scheme}://{}", http_listener.local_addr()?)
-        }
+        None => default_base_url.clone(),
     };
     let alerting = alerting::Alerting::from_config(
         &config_file,
@@ -276,12 +280,25 @@ pub async fn run(
         metric_store.clone(),
         spans.clone(),
     )?;
+    let alerting = Arc::new(alerting);
     let rule_engine = alerting.engine.clone();
     let metrics_state = MetricsState {
         rules: Some((rule_engine.clone(), alerting.notifier.clone())),
         ..metrics_state
     };
-    let alerting_tasks = alerting.start(stop.clone());
+    let notifier_task = alerting.start(stop.clone()).await;
+    // SIGHUP and `/-/reload` re-read the config and rule files.
+    let reloader = reload::Reloader {
+        config: config.config.clone(),
+        config_dir: rules_base_dir,
+        self_scrape,
+        default_base_url,
+        scraper: scraper.clone(),
+        alerting: alerting.clone(),
+        metrics: scraper_metrics,
+        running: Arc::default(),
+    };
+    tokio::spawn(reloader.clone().on_sighup(stop.clone()));
     let remote_write = rate_limited(remote_write::router(metric_store.clone()), &rate_limiter);
     let router = sightline_query_ui::router(QueryState {
         logs,
@@ -302,6 +319,7 @@ pub async fn run(
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_state.clone(), headers)),
     )
     .merge(scraper.router())
+    .merge(reloader.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
     drop(ingest);
     let http = tls::serve_http(
@@ -316,9 +334,8 @@ pub async fn run(
     http_result.context("query API server failed")?;
     retention.abort();
     metric_maintenance.abort();
-    for task in alerting_tasks {
-        task.abort();
-    }
+    notifier_task.abort();
+    alerting.abort().await;
 
     // The servers are gone and with them every pipeline handle: the writer
     // drains its queue, the indexer commits, then both stop.

@@ -89,6 +89,10 @@ pub struct CollectorMetrics {
     commits: AtomicU64,
     commit_nanos: AtomicU64,
     retention_partitions_dropped: AtomicU64,
+    /// 1 when the last configuration (re)load succeeded.
+    config_reload_successful: AtomicU64,
+    /// Unix seconds of the last successful (re)load, as `f64` bits.
+    config_reload_success_seconds: AtomicU64,
 }
 
 /// Sizes read from disk when `/metrics` is scraped.
@@ -145,6 +149,20 @@ impl CollectorMetrics {
     pub fn partitions_dropped(&self, count: u64) {
         self.retention_partitions_dropped
             .fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The outcome of a configuration load (the one at start, or a reload).
+    pub fn config_loaded(&self, success: bool) {
+        self.config_reload_successful
+            .store(u64::from(success), Ordering::Relaxed);
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.config_reload_success_seconds
+                .store(now.to_bits(), Ordering::Relaxed);
+        }
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -258,6 +276,23 @@ impl CollectorMetrics {
             "Day partitions deleted by retention.",
             &[("", load(&self.retention_partitions_dropped) as f64)],
         );
+        let reload_successful = load(&self.config_reload_successful) as f64;
+        let reload_seconds = f64::from_bits(load(&self.config_reload_success_seconds)).floor();
+        // Also under Prometheus' names, which dashboards and alerts use.
+        for prefix in ["sightline", "prometheus"] {
+            metric(
+                &format!("{prefix}_config_last_reload_successful"),
+                "gauge",
+                "Whether the last configuration reload attempt was successful.",
+                &[("", reload_successful)],
+            );
+            metric(
+                &format!("{prefix}_config_last_reload_success_timestamp_seconds"),
+                "gauge",
+                "Timestamp of the last successful configuration reload.",
+                &[("", reload_seconds)],
+            );
+        }
         out
     }
 }

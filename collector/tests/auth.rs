@@ -256,6 +256,21 @@ async fn every_port_asks_for_the_token_of_its_scope() {
         let (status, body) = send(client.get(collector.url(path)), Some(QUERY)).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
+    // Reloading the configuration is a query-scope route, POST and PUT.
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let reload = || client.request(method.clone(), collector.url("/-/reload"));
+        let (status, body) = send(reload(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} /-/reload");
+        assert!(body.contains("query token"), "{method} /-/reload: {body}");
+        let (status, _) = send(reload(), Some(INGEST_NEW)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "ingest token on /-/reload"
+        );
+        let (status, body) = send(reload(), Some(QUERY)).await;
+        assert_eq!(status, StatusCode::OK, "{method} /-/reload: {body}");
+    }
     // Probes and scrapers need no token.
     assert_eq!(
         send(client.get(collector.url("/health")), None).await.0,

@@ -355,12 +355,21 @@ struct Running {
     remove: watch::Sender<bool>,
 }
 
+/// New jobs for the manager, their clients, and who waits for them to
+/// apply.
+struct Reload {
+    jobs: Vec<Job>,
+    clients: BTreeMap<String, JobClient>,
+    applied: tokio::sync::oneshot::Sender<()>,
+}
+
 /// The scrape manager; clones share it.
 #[derive(Clone)]
 pub struct Scraper {
     targets: Arc<Mutex<BTreeMap<Target, Running>>>,
     /// Targets `relabel_configs` dropped, as of the last discovery.
     dropped: Arc<Mutex<Vec<DroppedTarget>>>,
+    reloads: tokio::sync::mpsc::UnboundedSender<Reload>,
 }
 
 impl Scraper {
@@ -379,36 +388,71 @@ impl Scraper {
             let client = JobClient::build(&job.name, &job.tls, job.auth.clone())?;
             clients.insert(job.name.clone(), client);
         }
+        let (reloads, reloaded) = tokio::sync::mpsc::unbounded_channel();
         let scraper = Scraper {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
             dropped: Arc::new(Mutex::new(Vec::new())),
+            reloads,
         };
-        tokio::spawn(
-            scraper
-                .clone()
-                .manage(jobs, store, clients, file_poll_interval, shutdown),
-        );
+        tokio::spawn(scraper.clone().manage(
+            jobs,
+            store,
+            clients,
+            file_poll_interval,
+            shutdown,
+            reloaded,
+        ));
         Ok(scraper)
+    }
+
+    /// Replaces the jobs, as on a configuration reload, and returns once
+    /// the targets are reconciled: a target whose job, labels and settings
+    /// are unchanged keeps its loop (no gap, no staleness markers), removed
+    /// ones stop and mark their series stale, new ones start. Targets of a
+    /// job whose TLS settings or credentials changed restart with the new
+    /// client. Fails, changing nothing, when a job's client cannot be built.
+    pub async fn reload(&self, jobs: Vec<Job>) -> anyhow::Result<()> {
+        let mut clients = BTreeMap::new();
+        for job in &jobs {
+            let client = JobClient::build(&job.name, &job.tls, job.auth.clone())?;
+            clients.insert(job.name.clone(), client);
+        }
+        let (applied, done) = tokio::sync::oneshot::channel();
+        self.reloads
+            .send(Reload {
+                jobs,
+                clients,
+                applied,
+            })
+            .map_err(|_| anyhow::anyhow!("the scrape manager has stopped"))?;
+        done.await
+            .map_err(|_| anyhow::anyhow!("the scrape manager has stopped"))
     }
 
     async fn manage(
         self,
-        jobs: Vec<Job>,
+        mut jobs: Vec<Job>,
         store: Arc<MetricStore>,
-        clients: BTreeMap<String, JobClient>,
+        mut clients: BTreeMap<String, JobClient>,
         file_poll_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
+        mut reloads: tokio::sync::mpsc::UnboundedReceiver<Reload>,
     ) {
-        let mut discoveries: Vec<Vec<FileDiscovery>> = jobs
-            .iter()
-            .map(|job| {
-                job.file_sd_configs
-                    .iter()
-                    .map(|config| FileDiscovery::new(config, &job.base_dir))
-                    .collect()
-            })
-            .collect();
+        let discover = |jobs: &[Job]| -> Vec<Vec<FileDiscovery>> {
+            jobs.iter()
+                .map(|job| {
+                    job.file_sd_configs
+                        .iter()
+                        .map(|config| FileDiscovery::new(config, &job.base_dir))
+                        .collect()
+                })
+                .collect()
+        };
+        let mut discoveries = discover(&jobs);
         let mut first = true;
+        // Jobs whose targets restart at the next reconcile.
+        let mut restart: Vec<String> = Vec::new();
+        let mut applied: Option<tokio::sync::oneshot::Sender<()>> = None;
         loop {
             let moved = std::mem::take(&mut discoveries);
             let refreshed = tokio::task::spawn_blocking(move || {
@@ -441,15 +485,42 @@ impl Scraper {
                     wanted.extend(targets);
                     dropped.extend(job_dropped);
                 }
-                self.reconcile(wanted, &store, &clients, &shutdown);
+                self.reconcile(
+                    wanted,
+                    &std::mem::take(&mut restart),
+                    &store,
+                    &clients,
+                    &shutdown,
+                );
                 *self
                     .dropped
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner()) = dropped;
             }
+            if let Some(applied) = applied.take() {
+                let _ = applied.send(());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(file_poll_interval) => {}
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
+                reload = reloads.recv() => {
+                    let Some(reload) = reload else { continue };
+                    restart = reload
+                        .jobs
+                        .iter()
+                        .filter(|job| {
+                            jobs.iter().any(|old| {
+                                old.name == job.name && (old.tls != job.tls || old.auth != job.auth)
+                            })
+                        })
+                        .map(|job| job.name.clone())
+                        .collect();
+                    jobs = reload.jobs;
+                    clients = reload.clients;
+                    discoveries = discover(&jobs);
+                    first = true;
+                    applied = Some(reload.applied);
+                }
             }
         }
     }
@@ -461,6 +532,7 @@ impl Scraper {
     fn reconcile(
         &self,
         wanted: Vec<Target>,
+        restart: &[String],
         store: &Arc<MetricStore>,
         clients: &BTreeMap<String, JobClient>,
         shutdown: &watch::Receiver<bool>,
@@ -471,7 +543,7 @@ impl Scraper {
             .unwrap_or_else(|poison| poison.into_inner());
         let wanted: BTreeMap<Target, ()> = wanted.into_iter().map(|target| (target, ())).collect();
         running.retain(|target, loop_| {
-            let keep = wanted.contains_key(target);
+            let keep = wanted.contains_key(target) && !restart.contains(&target.job);
             if !keep {
                 tracing::info!(url = %target.url, job = %target.job, "target removed");
                 let _ = loop_.remove.send(true);
