@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use sightline_store::promql::Engine;
+use sightline_store::promql::{Engine, stale_nan};
 use sightline_store::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
-use sightline_store::tsdb::MetricStore;
+use sightline_store::tsdb::{Labels, MetricStore};
 use sightline_store::{SpanStore, TraceQuery};
 use tokio::sync::{Notify, watch};
 
@@ -257,7 +257,20 @@ impl Alerting {
             }
             None => None,
         };
-        self.engine.reload(groups);
+        let ended = self.engine.reload(groups);
+        if !ended.is_empty() {
+            // Series of removed rules end now, as a removed target's do.
+            let now_ms = crate::ingest::now_nanos() / 1_000_000;
+            let markers: Vec<(Labels, i64, f64)> = ended
+                .into_iter()
+                .map(|labels| (labels, now_ms, stale_nan()))
+                .collect();
+            let store = self.metrics.clone();
+            let written = tokio::task::spawn_blocking(move || store.append(&markers)).await;
+            if let Ok(Err(error)) = written {
+                tracing::error!(%error, "failed to write staleness markers of removed rules");
+            }
+        }
         {
             let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
             settings.external_labels = external_labels;

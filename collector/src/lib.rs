@@ -296,6 +296,7 @@ pub async fn run(
         scraper: scraper.clone(),
         alerting: alerting.clone(),
         metrics: scraper_metrics,
+        log_metrics: format!("{:?}", config_file.log_metrics),
         running: Arc::default(),
     };
     tokio::spawn(reloader.clone().on_sighup(stop.clone()));

@@ -35,6 +35,9 @@ pub struct Reloader {
     pub scraper: Scraper,
     pub alerting: Arc<Alerting>,
     pub metrics: Arc<CollectorMetrics>,
+    /// The `log_metrics` section the collector started with (its debug
+    /// form): log-derived metrics need a restart, a reload only warns.
+    pub log_metrics: String,
     /// One reload at a time.
     pub running: Arc<tokio::sync::Mutex<()>>,
 }
@@ -68,6 +71,9 @@ impl Reloader {
         };
         for key in config_file.ignored() {
             tracing::warn!(key, "config file key not supported by Sightline; ignored");
+        }
+        if format!("{:?}", config_file.log_metrics) != self.log_metrics {
+            tracing::warn!("log_metrics changed; they apply at the next restart");
         }
         let base_url = match &config_file.external_url {
             Some(url) => url.trim_end_matches('/').to_string(),

@@ -720,42 +720,54 @@ impl RuleEngine {
     /// one neither resolves nor fires again. Other groups start fresh and
     /// are not restored from `ALERTS_FOR_STATE` (that is for a start);
     /// removed groups are dropped. The caller stops evaluating before and
-    /// starts again after, so no evaluation is lost in between.
-    pub fn reload(&self, groups: Vec<RuleGroup>) {
+    /// starts again after, so no evaluation is lost in between. Returns the
+    /// series that rules which did not stay wrote last (their output,
+    /// `ALERTS`, `ALERTS_FOR_STATE`), for the caller to mark stale.
+    pub fn reload(&self, groups: Vec<RuleGroup>) -> Vec<Labels> {
         let mut loaded = self.groups.write().unwrap_or_else(|e| e.into_inner());
         let mut old: Vec<GroupState> = std::mem::take(&mut *loaded)
             .into_iter()
             .map(|group| group.into_inner().unwrap_or_else(|e| e.into_inner()))
             .collect();
-        *loaded = groups
-            .into_iter()
-            .map(|group| {
-                let previous = old
-                    .iter()
-                    .position(|state| {
-                        state.group.file == group.file && state.group.name == group.name
-                    })
-                    .map(|position| old.swap_remove(position));
-                let mut state = GroupState::new(group);
-                state.restored = true;
-                if let Some(mut previous) = previous {
-                    state.last_evaluation_ms = previous.last_evaluation_ms;
-                    state.evaluation_seconds = previous.evaluation_seconds;
-                    for (rule, runtime) in state.group.rules.iter().zip(state.rules.iter_mut()) {
-                        let same = previous.group.rules.iter().position(|old_rule| {
-                            old_rule.name == rule.name
-                                && old_rule.labels == rule.labels
-                                && old_rule.alerting.is_some() == rule.alerting.is_some()
-                        });
-                        if let Some(position) = same {
-                            previous.group.rules.remove(position);
-                            *runtime = previous.rules.remove(position);
-                        }
+        let mut states = Vec::with_capacity(groups.len());
+        for group in groups {
+            let previous = old
+                .iter()
+                .position(|state| state.group.file == group.file && state.group.name == group.name)
+                .map(|position| old.swap_remove(position));
+            let mut state = GroupState::new(group);
+            state.restored = true;
+            if let Some(mut previous) = previous {
+                state.last_evaluation_ms = previous.last_evaluation_ms;
+                state.evaluation_seconds = previous.evaluation_seconds;
+                for (rule, runtime) in state.group.rules.iter().zip(state.rules.iter_mut()) {
+                    let same = previous.group.rules.iter().position(|old_rule| {
+                        old_rule.name == rule.name
+                            && old_rule.labels == rule.labels
+                            && old_rule.alerting.is_some() == rule.alerting.is_some()
+                    });
+                    if let Some(position) = same {
+                        previous.group.rules.remove(position);
+                        *runtime = previous.rules.remove(position);
                     }
                 }
-                Mutex::new(state)
-            })
+                // What is left of it did not stay.
+                old.push(previous);
+            }
+            states.push(state);
+        }
+        let still_written: BTreeSet<&Labels> = states
+            .iter()
+            .flat_map(|state| state.rules.iter().flat_map(|runtime| &runtime.written))
             .collect();
+        let ended: Vec<Labels> = old
+            .iter()
+            .flat_map(|state| state.rules.iter().flat_map(|runtime| &runtime.written))
+            .filter(|labels| !still_written.contains(labels))
+            .cloned()
+            .collect();
+        *loaded = states.into_iter().map(Mutex::new).collect();
+        ended
     }
 
     /// Evaluates group `index` at `now_ms`. The group is evaluated on a
@@ -904,7 +916,14 @@ groups:
             "    rules:\n",
             "    rules:\n      - record: job:errors\n        expr: errors\n",
         );
-        engine.reload(parse(&changed));
+        let ended = engine.reload(parse(&changed));
+        // The old `Other`'s ALERTS and ALERTS_FOR_STATE series ended.
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert!(
+            ended
+                .iter()
+                .all(|labels| labels.get("alertname") == "Other")
+        );
         assert_eq!(
             alerts(&engine),
             [("HighErrors".to_string(), AlertState::Pending, 0)]
@@ -914,7 +933,12 @@ groups:
         assert!(after.contains(&("HighErrors".to_string(), AlertState::Pending, 0)));
         assert!(after.contains(&("Other".to_string(), AlertState::Pending, 60_000)));
         // A group of another name is another group.
-        engine.reload(parse(&changed.replace("name: g", "name: h")));
+        let ended = engine.reload(parse(&changed.replace("name: g", "name: h")));
+        assert!(
+            ended
+                .iter()
+                .any(|labels| labels.get("alertname") == "HighErrors")
+        );
         assert!(alerts(&engine).is_empty());
     }
 }
