@@ -8,7 +8,9 @@
 //! - [`pipeline`]: the write-ahead log with group commit, acknowledgement
 //!   after fsync, and the indexer thread that feeds the stores;
 //! - [`run`]: wires stores, pipeline, receivers, retention and the query API
-//!   from `sightline-query-ui` into one process.
+//!   from `sightline-query-ui` into one process;
+//! - [`reload`]: re-reads the config and rule files on `SIGHUP` and
+//!   `POST /-/reload`, keeping what did not change running.
 //!
 //! The collector acknowledges a batch only after it is fsynced in the WAL,
 //! and never knows an on-disk layout: that is `sightline-store`'s.

@@ -267,6 +267,15 @@ async fn reload_applies_targets_and_rules_and_refuses_broken_files() {
         expected.sort();
         expected
     });
+    // The implicit self-scrape job is still there, once.
+    let targets = collector.json("/api/v1/targets").await;
+    let own = targets["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|target| target["scrapePool"] == "sightline")
+        .count();
+    assert_eq!(own, 1, "{targets}");
     poll("the added target scraped", || async {
         let series = collector.query(&up(added)).await;
         (series.len() == 1 && series[0].1 == 1.0).then_some(())

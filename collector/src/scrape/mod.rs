@@ -10,7 +10,9 @@
 //!   markers and health;
 //! - [`Scraper`]: the manager. It turns jobs and their target groups into
 //!   targets, starts a loop for each new one, stops (and marks stale) the
-//!   ones discovery dropped, and answers `/api/v1/targets`.
+//!   ones discovery dropped, and answers `/api/v1/targets`;
+//!   [`Scraper::reload`] swaps its jobs on a configuration reload, keeping
+//!   the loops of unchanged targets.
 //!
 //! The collector scrapes itself unless a job already does: an implicit job
 //! `sightline` scrapes its own `/metrics`, so the span metrics reach the
