@@ -249,6 +249,14 @@ async fn reload_applies_targets_and_rules_and_refuses_broken_files() {
         })
         .await;
     }
+    // Some history of `kept` before the reload, for the gap check below.
+    poll("three scrapes of the kept target", || async {
+        let count = collector
+            .query(&format!("count_over_time({}[1m])", up(kept)))
+            .await;
+        (count.len() == 1 && count[0].1 >= 3.0).then_some(())
+    })
+    .await;
     let (active_at, state) = poll("the pending alert", || collector.alert(kept)).await;
     assert_eq!(state, "pending");
 
