@@ -1,15 +1,20 @@
 //! Configuration reload of a real collector process over loopback: targets
 //! and rule files change with `POST /-/reload` and `SIGHUP`, what stays
 //! keeps running (series without a gap, pending alerts with their
-//! `activeAt`), and a broken file changes nothing.
+//! `activeAt`), and a broken file changes nothing; and
+//! [`Scraper::reload`] on its own, with credentials and TLS files.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sightline_collector::scrape::client::{Credentials, ScrapeAuth, Secret};
+use sightline_collector::scrape::{Job, Scraper};
+use sightline_store::tsdb::MetricStore;
 
 /// Polls `check` until it returns something; fails after a minute.
 async fn poll<T, F: std::future::Future<Output = Option<T>>>(
@@ -478,4 +483,81 @@ async fn sighup_reloads_the_config() {
     // The process is still alive (SIGHUP did not terminate it).
     let health = collector.client.get(collector.url("/health")).send().await;
     assert_eq!(health.unwrap().status(), StatusCode::OK);
+}
+
+/// A loopback target that records the `Authorization` header of each
+/// scrape.
+async fn start_recording_target() -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let authorization = headers
+                    .get("authorization")
+                    .map(|value| value.to_str().unwrap().to_string());
+                record.lock().unwrap().push(authorization);
+                "probe_value 1\n"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraper_reload_uses_new_credentials_and_refuses_unusable_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MetricStore::open(dir.path()).unwrap());
+    let (address, seen) = start_recording_target().await;
+    let job = Job::new("app", Duration::from_millis(100), vec![address.to_string()]);
+    let (_shutdown, shutdown) = tokio::sync::watch::channel(false);
+    let scraper = Scraper::start(
+        vec![job.clone()],
+        store,
+        Duration::from_millis(100),
+        shutdown,
+    )
+    .unwrap();
+    poll("a scrape without credentials", || async {
+        seen.lock().unwrap().contains(&None).then_some(())
+    })
+    .await;
+
+    // Same target, new credentials: its loop restarts with the new client.
+    let mut with_token = job.clone();
+    with_token.auth = Some(ScrapeAuth::Authorization {
+        scheme: "Bearer".to_string(),
+        credentials: Credentials::Inline(Secret::new("token-after-reload")),
+    });
+    scraper.reload(vec![with_token]).await.unwrap();
+    poll("a scrape with the new token", || async {
+        let seen = seen.lock().unwrap();
+        seen.contains(&Some("Bearer token-after-reload".to_string()))
+            .then_some(())
+    })
+    .await;
+
+    // A CA file that cannot be read fails the reload, naming job and file,
+    // and the running target stays.
+    let mut broken = job.clone();
+    broken.name = "broken".to_string();
+    broken.tls.ca_file = Some(dir.path().join("missing-ca.pem"));
+    let error = scraper.reload(vec![job, broken]).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("broken"), "{message}");
+    assert!(message.contains("missing-ca.pem"), "{message}");
+    let targets = scraper.targets();
+    assert_eq!(targets.len(), 1);
+    assert!(targets[0].target.url.contains(&address.to_string()));
+    assert!(
+        scraper
+            .targets()
+            .iter()
+            .all(|status| status.target.job == "app")
+    );
 }
