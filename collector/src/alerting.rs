@@ -831,6 +831,30 @@ mod tests {
     }
 
     #[test]
+    fn new_receivers_apply_to_later_notifications() {
+        let notifier = notifier(10);
+        notifier.enqueue(Destination::Webhooks, vec![alert("A", false)]);
+        assert_eq!(notifier.queued(), 0);
+        let config = ConfigFile::parse(
+            "global: { external_labels: { cluster: us } }\n\
+             external_url: http://new-ui:7070\n\
+             webhooks: [{ url: 'http://127.0.0.1:1/hook' }]\n",
+        )
+        .unwrap();
+        notifier.set_receivers(
+            Receivers::from_config(&config, "http://new-ui:7070".to_string()).unwrap(),
+        );
+        notifier.enqueue(Destination::Webhooks, vec![alert("B", false)]);
+        assert_eq!(notifier.queued(), 1);
+        // No Alertmanager any more.
+        notifier.enqueue(Destination::Alertmanagers, vec![alert("C", false)]);
+        assert_eq!(notifier.queued(), 1);
+        let payload = notifier.webhook_payload(&[alert("B", false)]);
+        assert_eq!(payload["externalURL"], "http://new-ui:7070");
+        assert_eq!(payload["alerts"][0]["labels"]["cluster"], "us");
+    }
+
+    #[test]
     fn payloads_have_alertmanager_shapes() {
         let notifier = notifier(10);
         let body = notifier.alertmanager_payload(&[alert("A", false)]);
