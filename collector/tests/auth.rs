@@ -2,8 +2,12 @@
 //! as during a rotation) and a query token in the environment, checked on
 //! every port and route family over loopback.
 
+mod support;
+
+use support::free_port;
+
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,13 +24,6 @@ const QUERY: &str = "query-5d2c8e71f0a4";
 const WRONG: &str = "wrong-token-0c9b1a";
 const STARTUP_WITHIN: Duration = Duration::from_secs(60);
 const SEARCHABLE_WITHIN: Duration = Duration::from_secs(60);
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 struct Collector {
     child: Child,

@@ -4,8 +4,12 @@
 //! error naming the limit, counts it on `/metrics`, and keeps serving the
 //! other clients and the rest of the batch.
 
+mod support;
+
+use support::free_port;
+
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +19,6 @@ use serde_json::{Value, json};
 
 const STARTUP_WITHIN: Duration = Duration::from_secs(60);
 const SEARCHABLE_WITHIN: Duration = Duration::from_secs(60);
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 struct Collector {
     child: Child,

@@ -4,6 +4,10 @@
 //! `activeAt`), and a broken file changes nothing; and
 //! [`Scraper::reload`] on its own, with credentials and TLS files.
 
+mod support;
+
+use support::free_port;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,13 +44,6 @@ async fn start_target() -> SocketAddr {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     address
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// A config with job `app` scraping `targets` every 200ms, and `rule_files`.

@@ -3,7 +3,11 @@
 //! certificates made at test time: a CA, a server certificate for
 //! 127.0.0.1/localhost and a client certificate.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use support::free_port;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +24,6 @@ use reqwest::StatusCode;
 
 const STARTUP_WITHIN: Duration = Duration::from_secs(60);
 const SEARCHABLE_WITHIN: Duration = Duration::from_secs(60);
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// PEM files of a small PKI, written into a directory.
 struct Pki {

@@ -87,9 +87,20 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// A free loopback port (bound, then released).
+/// A loopback port nothing listens on, never the same twice in this test
+/// binary: the probe listener is closed at once, so the kernel may hand the
+/// same port to the next probe (two flags got one port, and the launcher
+/// refused them).
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Serves `GET /health` with 200 on a fresh loopback port.
