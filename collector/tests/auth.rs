@@ -4,17 +4,14 @@
 
 mod support;
 
-use support::free_port;
+use support::{free_port, log_request};
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message;
 use reqwest::StatusCode;
 
@@ -122,27 +119,6 @@ async fn send(request: reqwest::RequestBuilder, token: Option<&str>) -> (StatusC
         assert_eq!(www_authenticate.as_deref(), Some("Bearer"), "{body}");
     }
     (status, body)
-}
-
-fn log_request(body: &str) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_nanos() as u64,
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(body.to_owned())),
-                    }),
-                    ..LogRecord::default()
-                }],
-                ..ScopeLogs::default()
-            }],
-            ..ResourceLogs::default()
-        }],
-    }
 }
 
 async fn grpc_export(

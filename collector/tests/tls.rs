@@ -5,17 +5,14 @@
 
 mod support;
 
-use support::free_port;
+use support::{free_port, log_request};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -205,27 +202,6 @@ impl Collector {
             .await
             .map(|_| ())
             .map_err(|status| format!("export: {status:?}"))
-    }
-}
-
-fn log_request(body: &str) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_nanos() as u64,
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(body.to_owned())),
-                    }),
-                    ..LogRecord::default()
-                }],
-                ..ScopeLogs::default()
-            }],
-            ..ResourceLogs::default()
-        }],
     }
 }
 
