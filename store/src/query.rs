@@ -93,7 +93,7 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
                     field: Some(field),
                     lower,
                     upper,
-                } if is_attribute(&field) => range_of_one_kind(field, lower, upper)?,
+                } if is_json_field(schema, &field) => range_of_one_kind(field, lower, upper)?,
                 leaf => UserInputAst::Leaf(Box::new(leaf)),
             };
             return if top_level {
@@ -124,11 +124,11 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
     Ok(UserInputAst::Clause(flattened))
 }
 
-fn is_attribute(field: &str) -> bool {
-    ["attributes", "resource"].iter().any(|json| {
-        field
-            .strip_prefix(json)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+/// Whether `field` (after [`qualify`]) names a path in one of the schema's
+/// JSON fields, where tantivy infers a value's type from its text.
+fn is_json_field(schema: &Schema, field: &str) -> bool {
+    schema.find_field(field).is_some_and(|(field, _path)| {
+        schema.get_field_entry(field).field_type().value_type() == tantivy::schema::Type::Json
     })
 }
 
@@ -188,31 +188,22 @@ fn range_of_one_kind(
     lower: UserInputBound,
     upper: UserInputBound,
 ) -> Result<UserInputAst> {
-    let (Some(lower_kind), Some(upper_kind)) = (BoundKind::of(&lower), BoundKind::of(&upper))
-    else {
-        return Ok(UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
-            field: Some(field),
+    let range = |lower, upper| {
+        UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
+            field: Some(field.clone()),
             lower,
             upper,
-        })));
+        }))
     };
-    let one_sided = |lower, upper| {
-        (
-            Some(Occur::Must),
-            UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
-                field: Some(field.clone()),
-                lower,
-                upper,
-            })),
-        )
+    let (Some(lower_kind), Some(upper_kind)) = (BoundKind::of(&lower), BoundKind::of(&upper))
+    else {
+        return Ok(range(lower, upper));
     };
     match (lower_kind, upper_kind) {
-        (lower_kind, upper_kind) if lower_kind == upper_kind => {
-            Ok(UserInputAst::Clause(vec![one_sided(lower, upper)]))
-        }
+        (lower_kind, upper_kind) if lower_kind == upper_kind => Ok(range(lower, upper)),
         (BoundKind::Number(_), BoundKind::Number(_)) => Ok(UserInputAst::Clause(vec![
-            one_sided(lower, UserInputBound::Unbounded),
-            one_sided(UserInputBound::Unbounded, upper),
+            (Some(Occur::Must), range(lower, UserInputBound::Unbounded)),
+            (Some(Occur::Must), range(UserInputBound::Unbounded, upper)),
         ])),
         (lower_kind, upper_kind) => Err(StoreError::InvalidQuery(format!(
             "the range on {} has bounds of two kinds: {} is {} and {} is {}; use bounds of one kind",
