@@ -214,10 +214,11 @@ pub(crate) async fn tail(
     let query_text = params.q.clone();
     tokio::task::spawn_blocking(move || logs.validate_query(&query_text)).await??;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(256);
+    // Only records that arrive after the request: taken here, not in the
+    // task, which may first run after records written meanwhile.
+    let mut start = now_nanos() - 1;
     tokio::spawn(async move {
-        // Only records that arrive after the tail started.
         let mut newest_seen: Option<Cursor> = None;
-        let mut start = now_nanos() - 1;
         loop {
             let query = LogQuery {
                 query: params.q.clone(),
