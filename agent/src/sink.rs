@@ -2,9 +2,11 @@
 //! retried, and commits file offsets only for acknowledged batches.
 //!
 //! Batches are sent one at a time, in order, so offsets of a file are
-//! committed in order. A batch is never dropped silently: retryable
-//! failures are retried with exponential backoff and jitter for as long as
-//! the agent runs; a permanent rejection is logged and counted. After
+//! committed in order. A batch is never dropped silently: failures are
+//! retried with exponential backoff and jitter for as long as the agent
+//! runs, except the two permanent rejections OTLP defines (`INVALID_ARGUMENT`
+//! for the batch, a partial success naming rejected records), which are
+//! logged and counted before the offsets move on (see `retry_reason`). After
 //! shutdown is requested, delivery is attempted for a grace period; what is
 //! still unsent then is left uncommitted and read again at the next start.
 
@@ -328,20 +330,36 @@ impl Decoder for PreEncoded {
     }
 }
 
-/// Retryable statuses per the OTLP spec, plus `RESOURCE_EXHAUSTED` (the
-/// collector pushing back) and the auth refusals (a wrong or rotated token
-/// is fixed by an operator; dropping the batch would lose its lines);
-/// `None` means permanent.
+/// How a failed export is handled: `None` only for the one status that
+/// says the collector looked at the batch and refused it for good.
+///
+/// Offsets may advance over records the collector did not store only on an
+/// explicit, documented permanent rejection: `INVALID_ARGUMENT` for the
+/// whole batch (OTLP: "the data is not valid and retrying will not help"),
+/// or a partial success naming the rejected records (handled on the `Ok`
+/// path). Everything else is retried, because it says nothing about the
+/// records: a collector killed mid-request surfaces as `UNKNOWN` ("transport
+/// error", "h2 protocol error") or `INTERNAL`, a proxy in between as
+/// `UNIMPLEMENTED` or `UNKNOWN` with an HTTP status, a timeout as
+/// `CANCELLED` or `DEADLINE_EXCEEDED`; an operator fixes a wrong token or
+/// endpoint while the lines wait in their files.
 fn retry_reason(status: &Status) -> Option<RetryReason> {
     match status.code() {
+        Code::InvalidArgument => None,
         Code::Unavailable => Some(RetryReason::Unavailable),
         Code::Unauthenticated | Code::PermissionDenied => Some(RetryReason::Unauthenticated),
         Code::ResourceExhausted => Some(RetryReason::ResourceExhausted),
-        Code::DeadlineExceeded => Some(RetryReason::DeadlineExceeded),
-        Code::Cancelled | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
-            Some(RetryReason::Other)
-        }
-        _ => None,
+        Code::DeadlineExceeded | Code::Cancelled => Some(RetryReason::DeadlineExceeded),
+        Code::Ok
+        | Code::Unknown
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::DataLoss => Some(RetryReason::Other),
     }
 }
 
@@ -398,19 +416,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retryable_codes() {
+    fn only_invalid_argument_is_permanent() {
         let cases = [
+            (Code::InvalidArgument, None),
             (Code::Unavailable, Some(RetryReason::Unavailable)),
             (
                 Code::ResourceExhausted,
                 Some(RetryReason::ResourceExhausted),
             ),
             (Code::DeadlineExceeded, Some(RetryReason::DeadlineExceeded)),
-            (Code::Aborted, Some(RetryReason::Other)),
-            (Code::InvalidArgument, None),
-            (Code::Unimplemented, None),
+            (Code::Cancelled, Some(RetryReason::DeadlineExceeded)),
             (Code::PermissionDenied, Some(RetryReason::Unauthenticated)),
             (Code::Unauthenticated, Some(RetryReason::Unauthenticated)),
+            // What a collector killed mid-request looks like to tonic.
+            (Code::Unknown, Some(RetryReason::Other)),
+            (Code::Internal, Some(RetryReason::Other)),
+            (Code::Unimplemented, Some(RetryReason::Other)),
+            (Code::Aborted, Some(RetryReason::Other)),
+            (Code::DataLoss, Some(RetryReason::Other)),
+            (Code::FailedPrecondition, Some(RetryReason::Other)),
+            (Code::NotFound, Some(RetryReason::Other)),
         ];
         for (code, expected) in cases {
             assert_eq!(retry_reason(&Status::new(code, "x")), expected, "{code:?}");

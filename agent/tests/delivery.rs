@@ -5,6 +5,7 @@
 //! every line is counted.
 
 mod common;
+mod sink_faults;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -96,7 +96,9 @@ impl RunningCollector {
     }
 }
 
-pub async fn serve(listener: TcpListener, collector: CountingCollector) -> RunningCollector {
+/// Serves any OTLP logs service (the counting collector, or a test's own)
+/// on `listener`.
+pub async fn serve<S: LogsService>(listener: TcpListener, collector: S) -> RunningCollector {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let service = LogsServiceServer::new(collector)
