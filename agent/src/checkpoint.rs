@@ -8,6 +8,21 @@
 //! only move when the sink reports an acknowledged batch; the store is
 //! written atomically (temp file, fsync, rename) about every second and on
 //! shutdown, to `<data-dir>/checkpoints.json`.
+//!
+//! ## Rotated generations
+//!
+//! An entry lives as long as its file exists anywhere discovery looks,
+//! under whatever name rotation gave it: discovery reports where each
+//! identity now is ([`CheckpointStore::reconcile`]), and pruning looks for
+//! a file in its last directory before it declares it gone. So after a
+//! restart every rotated generation is recognised by identity: a finished
+//! one is skipped, an unfinished one resumed at its offset. A rotated file
+//! with no entry was never acknowledged; it is read from its start when it
+//! was written after the agent first ran on this data directory
+//! ([`CheckpointStore::since_unix_nanos`], kept across restarts), so files
+//! that predate the agent follow `read_from_start` like any other. Only an
+//! identity found nowhere is dropped, its unacknowledged bytes counted as
+//! lost (reason `removed`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -92,7 +107,13 @@ pub enum Resume {
     /// The checkpoint is trusted: resume there.
     At(u64),
     /// A checkpoint exists but does not fit the file: read from the start.
-    Reset(ResetReason),
+    Reset {
+        /// Why the offset was not trusted.
+        reason: ResetReason,
+        /// Bytes of the old content known to exist and never acknowledged
+        /// (size last seen minus the stored offset): lost with it.
+        lost: u64,
+    },
 }
 
 /// Why a stored checkpoint was not trusted.
@@ -129,10 +150,14 @@ pub struct CheckpointEntry {
 #[serde(deny_unknown_fields)]
 struct CheckpointFile {
     version: u32,
+    /// When the agent first ran on this data directory (Unix ns; absent
+    /// before version 3).
+    #[serde(default)]
+    since_unix_nanos: u64,
     files: Vec<CheckpointEntry>,
 }
 
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 
 /// Acknowledged offsets of all files, shared by readers (which resume from
 /// them), the sink (which advances them) and the persister.
@@ -161,6 +186,11 @@ struct State {
     /// Files still held by a reader or by records in flight: never pruned.
     active: HashMap<FileKey, Weak<FileSource>>,
     dirty: bool,
+    /// See [`CheckpointStore::since_unix_nanos`].
+    since_unix_nanos: u64,
+    /// Discovery reported a full scan: until then nothing is pruned (a
+    /// file rotated while the agent was down is not yet located).
+    scanned: bool,
 }
 
 /// What one [`CheckpointStore::persist_blocking`] did.
@@ -177,19 +207,22 @@ impl CheckpointStore {
     /// be parsed is moved aside to `<path>.corrupt` with a warning, so the
     /// agent still starts (files are then read per `read_from_start`).
     pub fn load(path: &Path) -> Result<CheckpointStore> {
-        let entries = match fs::read(path) {
+        let now = crate::tail::now_unix_nanos();
+        let (entries, since_unix_nanos) = match fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<CheckpointFile>(&bytes) {
-                Ok(file) if file.version == FORMAT_VERSION || file.version == 1 => file.files,
+                Ok(file) if (1..=FORMAT_VERSION).contains(&file.version) => {
+                    (file.files, file.since_unix_nanos)
+                }
                 Ok(file) => {
                     move_aside(path, &format!("unsupported version {}", file.version))?;
-                    Vec::new()
+                    (Vec::new(), now)
                 }
                 Err(error) => {
                     move_aside(path, &error.to_string())?;
-                    Vec::new()
+                    (Vec::new(), now)
                 }
             },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), now),
             Err(error) => {
                 return Err(AgentError::CheckpointLoad {
                     path: path.to_owned(),
@@ -220,7 +253,9 @@ impl CheckpointStore {
                 state: Mutex::new(State {
                     entries,
                     active: HashMap::new(),
-                    dirty: false,
+                    dirty: true,
+                    since_unix_nanos,
+                    scanned: false,
                 }),
             }),
         })
@@ -234,15 +269,82 @@ impl CheckpointStore {
         let Some(stored) = state.entries.get(&key) else {
             return Resume::Fresh;
         };
+        let lost = stored.size.saturating_sub(stored.offset);
         if stored.offset > size {
-            return Resume::Reset(ResetReason::Truncated);
+            return Resume::Reset {
+                reason: ResetReason::Truncated,
+                lost,
+            };
         }
         match stored.fingerprint {
-            Some(fingerprint) if !fingerprint.matches(head) => {
-                Resume::Reset(ResetReason::Fingerprint)
-            }
+            Some(fingerprint) if !fingerprint.matches(head) => Resume::Reset {
+                reason: ResetReason::Fingerprint,
+                lost,
+            },
             _ => Resume::At(stored.offset),
         }
+    }
+
+    /// Whether `key` has an entry (its offset may still not fit it).
+    pub(crate) fn contains(&self, key: FileKey) -> bool {
+        self.lock().entries.contains_key(&key)
+    }
+
+    /// When the agent first ran on this data directory (Unix ns): a
+    /// rotated file written since then and never acknowledged is one the
+    /// agent owes; an older one predates it.
+    pub fn since_unix_nanos(&self) -> u64 {
+        self.lock().since_unix_nanos
+    }
+
+    /// Whether a file starting with `head` (of `size` bytes) holds the
+    /// same first bytes as a file already read or being read under another
+    /// identity: a copy (copytruncate keeps one beside the original), not
+    /// new lines. Only full 256-byte fingerprints count, or a copy exactly
+    /// as long as a short original, so short common prefixes (a
+    /// timestamp) never match.
+    pub fn knows_content(&self, key: FileKey, head: &[u8], size: u64) -> bool {
+        let is_copy = |fingerprint: Fingerprint| {
+            fingerprint.len > 0
+                && (fingerprint.len as usize == FINGERPRINT_BYTES
+                    || u64::from(fingerprint.len) == size)
+                && fingerprint.matches(head)
+        };
+        let state = self.lock();
+        let stored = state
+            .entries
+            .iter()
+            .filter(|(other, _)| **other != key)
+            .filter_map(|(_, stored)| stored.fingerprint);
+        let active = state
+            .active
+            .iter()
+            .filter(|(other, _)| **other != key)
+            .filter_map(|(_, source)| source.upgrade())
+            .map(|source| source.stats.fingerprint());
+        stored.chain(active).any(is_copy)
+    }
+
+    /// Discovery looked at every watched directory and found these
+    /// identities at these paths: entries follow their files there, and
+    /// pruning may start.
+    pub(crate) fn reconcile(&self, found: &HashMap<FileKey, PathBuf>) {
+        let mut state = self.lock();
+        let State {
+            entries,
+            dirty,
+            scanned,
+            ..
+        } = &mut *state;
+        for (key, stored) in entries.iter_mut() {
+            if let Some(path) = found.get(key)
+                && stored.path != *path
+            {
+                stored.path.clone_from(path);
+                *dirty = true;
+            }
+        }
+        *scanned = true;
     }
 
     /// A reader opened `source`: it stays pruning-proof while referenced,
@@ -250,7 +352,7 @@ impl CheckpointStore {
     pub(crate) fn register(&self, source: &Arc<FileSource>) {
         let mut state = self.lock();
         state.active.insert(source.key, Arc::downgrade(source));
-        let path = source.path.clone();
+        let path = source.current_path();
         if let Some(stored) = state.entries.get_mut(&source.key)
             && stored.path != path
         {
@@ -309,19 +411,25 @@ impl CheckpointStore {
         }
     }
 
-    /// Files with a checkpoint short of their current end, still at their
-    /// recorded path: after a crash, rotated files that were not finished.
+    /// Files with a checkpoint short of their current end, at their
+    /// recorded path or renamed within its directory: after a crash,
+    /// rotated files that were not finished. Blocking (reads directories).
     pub fn unfinished(&self) -> Vec<PathBuf> {
-        let state = self.lock();
-        state
-            .entries
-            .iter()
-            .filter(|(key, stored)| {
-                fs::metadata(&stored.path).is_ok_and(|metadata| {
-                    FileKey::of(&metadata) == **key && metadata.len() > stored.offset
-                })
+        let entries: Vec<(FileKey, Stored)> = {
+            let state = self.lock();
+            state
+                .entries
+                .iter()
+                .map(|(key, stored)| (*key, stored.clone()))
+                .collect()
+        };
+        entries
+            .into_iter()
+            .filter_map(|(key, stored)| {
+                let path = locate(key, &stored.path, stored.fingerprint)?;
+                let metadata = fs::metadata(&path).ok()?;
+                (metadata.len() > stored.offset).then_some(path)
             })
-            .map(|(_, stored)| stored.path.clone())
             .collect()
     }
 
@@ -349,26 +457,57 @@ impl CheckpointStore {
     /// Blocking (fsync): call from a blocking thread, see [`Self::persist`].
     pub fn persist_blocking(&self) -> Result<PersistOutcome> {
         let mut outcome = PersistOutcome::default();
-        {
+        // Entries that are neither read nor at their recorded path: look
+        // for them (a directory read each) without holding the lock.
+        let suspects: Vec<(FileKey, PathBuf, Option<Fingerprint>)> = {
             let mut state = self.lock();
             state.active.retain(|_, source| source.strong_count() > 0);
+            if state.scanned {
+                state
+                    .entries
+                    .iter()
+                    .filter(|(key, _)| !state.active.contains_key(*key))
+                    .filter(|(key, stored)| {
+                        !fs::metadata(&stored.path)
+                            .is_ok_and(|metadata| FileKey::of(&metadata) == **key)
+                    })
+                    .map(|(key, stored)| (*key, stored.path.clone(), stored.fingerprint))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let located: Vec<(FileKey, Option<PathBuf>)> = suspects
+            .into_iter()
+            .map(|(key, path, fingerprint)| (key, locate(key, &path, fingerprint)))
+            .collect();
+        {
+            let mut state = self.lock();
             let State {
                 entries,
                 active,
                 dirty,
+                ..
             } = &mut *state;
-            entries.retain(|key, stored| {
-                if active.contains_key(key) {
-                    return true;
+            for (key, found) in located {
+                if active.contains_key(&key) {
+                    continue;
                 }
-                let still_there =
-                    fs::metadata(&stored.path).is_ok_and(|metadata| FileKey::of(&metadata) == *key);
-                if !still_there {
-                    outcome.bytes_lost += stored.size.saturating_sub(stored.offset);
-                    *dirty = true;
+                match found {
+                    Some(path) => {
+                        if let Some(stored) = entries.get_mut(&key) {
+                            stored.path = path;
+                            *dirty = true;
+                        }
+                    }
+                    None => {
+                        if let Some(stored) = entries.remove(&key) {
+                            outcome.bytes_lost += stored.size.saturating_sub(stored.offset);
+                            *dirty = true;
+                        }
+                    }
                 }
-                still_there
-            });
+            }
             if !state.dirty {
                 return Ok(outcome);
             }
@@ -376,6 +515,7 @@ impl CheckpointStore {
         }
         let file = CheckpointFile {
             version: FORMAT_VERSION,
+            since_unix_nanos: self.since_unix_nanos(),
             files: self.entries(),
         };
         let result = write_atomically(&self.inner.path, &file);
@@ -407,6 +547,37 @@ impl CheckpointStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Where the file `key` (whose first bytes had `fingerprint`) is now: at
+/// `path`, or renamed within its directory (rotation), or nowhere; a file
+/// with the inode but other first bytes is another file. Blocking.
+fn locate(key: FileKey, path: &Path, fingerprint: Option<Fingerprint>) -> Option<PathBuf> {
+    let same = |candidate: &Path| {
+        let Some(fingerprint) = fingerprint else {
+            return true;
+        };
+        let mut head = vec![0u8; fingerprint.len as usize];
+        fs::File::open(candidate)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+            .is_ok_and(|()| fingerprint.matches(&head))
+    };
+    if fs::metadata(path).is_ok_and(|metadata| FileKey::of(&metadata) == key) && same(path) {
+        return Some(path.to_owned());
+    }
+    find_in_dir(path.parent()?, key).filter(|found| same(found))
+}
+
+/// The regular file with identity `key` in `dir`, if any. Blocking.
+pub(crate) fn find_in_dir(dir: &Path, key: FileKey) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|candidate| {
+            fs::symlink_metadata(candidate)
+                .is_ok_and(|metadata| metadata.is_file() && FileKey::of(&metadata) == key)
+        })
 }
 
 fn move_aside(path: &Path, reason: &str) -> Result<()> {
@@ -481,12 +652,18 @@ mod tests {
         // A file now shorter than the offset was truncated: start over.
         assert_eq!(
             reloaded.resume(key, 5, b"01234"),
-            Resume::Reset(ResetReason::Truncated)
+            Resume::Reset {
+                reason: ResetReason::Truncated,
+                lost: 3
+            }
         );
         // Same inode, other content: a new file reusing the inode.
         assert_eq!(
             reloaded.resume(key, 10, b"abcdefghij"),
-            Resume::Reset(ResetReason::Fingerprint)
+            Resume::Reset {
+                reason: ResetReason::Fingerprint,
+                lost: 3
+            }
         );
         assert!(!dir.path().join("checkpoints.json.tmp").exists());
     }
@@ -521,6 +698,10 @@ mod tests {
         assert_eq!(store.persist_blocking().unwrap().bytes_lost, 0);
         assert_eq!(store.entries().len(), 1);
         drop(source);
+        // Nothing is pruned before discovery has looked everywhere once.
+        assert_eq!(store.persist_blocking().unwrap().bytes_lost, 0);
+        assert_eq!(store.entries().len(), 1);
+        store.reconcile(&HashMap::new());
         let outcome = store.persist_blocking().unwrap();
         assert_eq!(outcome.bytes_lost, 6);
         assert!(
@@ -529,6 +710,100 @@ mod tests {
                 .entries()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_generation_renamed_within_its_directory_keeps_its_entry() {
+        // Docker's json-file: `.1` becomes `.2` and the live file `.1`,
+        // possibly while the agent is down.
+        let dir = tempfile::tempdir().unwrap();
+        let store_path = dir.path().join("checkpoints.json");
+        let first = dir.path().join("c-json.log.1");
+        fs::write(&first, b"old generation\n").unwrap();
+        let store = CheckpointStore::load(&store_path).unwrap();
+        let source = source_for(&first);
+        store.commit(&source, 15);
+        let key = source.key;
+        drop(source);
+        store.persist_blocking().unwrap();
+        let second = dir.path().join("c-json.log.2");
+        fs::rename(&first, &second).unwrap();
+        fs::write(&first, b"newer generation\n").unwrap();
+
+        let reloaded = CheckpointStore::load(&store_path).unwrap();
+        reloaded.reconcile(&HashMap::new());
+        let outcome = reloaded.persist_blocking().unwrap();
+        assert_eq!(outcome.bytes_lost, 0);
+        let entries = reloaded.entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].path, second);
+        assert_eq!(
+            reloaded.resume(key, 15, b"old generation\n"),
+            Resume::At(15)
+        );
+        // Discovery's scan relocates too.
+        let third = dir.path().join("c-json.log.3");
+        fs::rename(&second, &third).unwrap();
+        reloaded.reconcile(&HashMap::from([(key, third.clone())]));
+        assert_eq!(reloaded.entries()[0].path, third);
+    }
+
+    #[test]
+    fn a_reset_counts_the_unacknowledged_bytes_of_the_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        fs::write(&log, b"0123456789").unwrap();
+        let store = CheckpointStore::load(&dir.path().join("checkpoints.json")).unwrap();
+        let source = source_for(&log);
+        source.stats.set_size(10);
+        store.commit(&source, 4);
+        assert_eq!(
+            store.resume(source.key, 2, b"ab"),
+            Resume::Reset {
+                reason: ResetReason::Truncated,
+                lost: 6
+            }
+        );
+        assert_eq!(
+            store.resume(source.key, 10, b"abcdefghij"),
+            Resume::Reset {
+                reason: ResetReason::Fingerprint,
+                lost: 6
+            }
+        );
+    }
+
+    #[test]
+    fn a_copy_of_known_content_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let long: Vec<u8> = (0..600u32).map(|i| b'a' + (i % 26) as u8).collect();
+        fs::write(&log, &long).unwrap();
+        let store = CheckpointStore::load(&dir.path().join("checkpoints.json")).unwrap();
+        let source = source_for(&log);
+        store.register(&source);
+        let other = FileKey {
+            dev: u64::MAX,
+            inode: u64::MAX,
+        };
+        assert!(store.knows_content(other, &long[..256], 600));
+        assert!(
+            !store.knows_content(source.key, &long[..256], 600),
+            "itself"
+        );
+        let mut different = long[..256].to_vec();
+        different[3] = b'!';
+        assert!(!store.knows_content(other, &different, 600));
+
+        // A short file: only a copy of exactly its bytes matches, never a
+        // longer file that merely starts the same way.
+        let short = dir.path().join("short.log");
+        fs::write(&short, b"2026-11-21T05:48:48Z").unwrap();
+        let short_source = source_for(&short);
+        store.register(&short_source);
+        drop(source);
+        assert!(store.knows_content(other, b"2026-11-21T05:48:48Z", 20));
+        assert!(!store.knows_content(other, b"2026-11-21T05:48:48Z other line", 31));
     }
 
     #[test]

@@ -143,6 +143,29 @@ impl RetryReason {
     }
 }
 
+/// Why bytes of a log file could never be read: a fixed set, the `reason`
+/// label of `sightline_agent_bytes_lost_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// The file was deleted (or found nowhere after a restart) before it
+    /// was read to its end: its size last seen minus the offset reached.
+    Removed,
+    /// The file was cut in place (copytruncate) or rewritten: the largest
+    /// size seen before the cut minus the offset read.
+    Truncated,
+}
+
+impl LossReason {
+    const ALL: [LossReason; 2] = [LossReason::Removed, LossReason::Truncated];
+
+    fn label(self) -> &'static str {
+        match self {
+            LossReason::Removed => "removed",
+            LossReason::Truncated => "truncated",
+        }
+    }
+}
+
 /// Why records never left the node on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -155,7 +178,7 @@ pub enum DropReason {
 pub struct Metrics {
     files: Mutex<Vec<Weak<FileStats>>>,
     checkpoint_resets: [AtomicU64; 2],
-    bytes_lost: AtomicU64,
+    bytes_lost: [AtomicU64; LossReason::ALL.len()],
     records_dropped: AtomicU64,
     records_redacted: AtomicU64,
     lines_truncated: AtomicU64,
@@ -194,14 +217,27 @@ impl Metrics {
         self.checkpoint_resets[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Bytes that can never be read (file gone or truncated before read).
+    /// Bytes of files removed before they were read to their end.
     pub fn add_bytes_lost(&self, bytes: u64) {
-        self.bytes_lost.fetch_add(bytes, Ordering::Relaxed);
+        self.add_lost(LossReason::Removed, bytes);
     }
 
-    /// Bytes lost so far.
+    /// Bytes that can never be read, by reason.
+    pub fn add_lost(&self, reason: LossReason, bytes: u64) {
+        self.bytes_lost[reason as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes lost so far, all reasons.
     pub fn bytes_lost(&self) -> u64 {
-        self.bytes_lost.load(Ordering::Relaxed)
+        LossReason::ALL
+            .iter()
+            .map(|reason| self.lost(*reason))
+            .sum()
+    }
+
+    /// Bytes lost so far for `reason`.
+    pub fn lost(&self, reason: LossReason) -> u64 {
+        self.bytes_lost[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Records dropped on purpose.
@@ -402,12 +438,20 @@ impl Metrics {
                 load(&self.checkpoint_resets[index])
             );
         }
-        counter(
+        header(
             &mut out,
             "sightline_agent_bytes_lost_total",
-            "Bytes that could never be read: files removed or truncated before they were read.",
-            load(&self.bytes_lost),
+            "Bytes that could never be read, by reason: files removed, or cut in place (copytruncate), before they were read.",
+            "counter",
         );
+        for reason in LossReason::ALL {
+            let _ = writeln!(
+                out,
+                "sightline_agent_bytes_lost_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.lost(reason)
+            );
+        }
         counter(
             &mut out,
             "sightline_agent_records_dropped_total",
@@ -577,7 +621,8 @@ mod tests {
             "sightline_agent_files_watched 1\n",
             "sightline_agent_file_bytes_behind{namespace=\"shop\",pod=\"p\",container=\"c\",file=\"0.log\"} 60\n",
             "sightline_agent_file_lines_read_total{namespace=\"shop\",pod=\"p\",container=\"c\",file=\"0.log\"} 2\n",
-            "sightline_agent_bytes_lost_total 0\n",
+            "sightline_agent_bytes_lost_total{reason=\"removed\"} 0\n",
+            "sightline_agent_bytes_lost_total{reason=\"truncated\"} 0\n",
             "sightline_agent_memory_budget_in_use_bytes 0\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");

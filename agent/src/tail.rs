@@ -1,7 +1,8 @@
 //! The file reader: one task per file, from open to rotation or removal.
 //!
-//! At open the file's identity is `(device, inode)` plus a fingerprint of
-//! its first bytes; a stored offset is used only if it fits (see
+//! Discovery opens the file (so the descriptor is the identity it saw:
+//! `(device, inode)` plus a fingerprint of its first bytes) and hands it
+//! over with its [`Origin`]; a stored offset is used only if it fits (see
 //! [`crate::checkpoint::CheckpointStore::resume`]). Each read takes bytes
 //! of the global memory budget (the permit travels with the records until
 //! the collector acknowledges them), then reads, splits, decodes, joins,
@@ -10,12 +11,19 @@
 //! bounded queue. When the budget or the queue is full the reader waits:
 //! the file itself is the buffer.
 //!
-//! At end of file the reader checks for truncation (size below the offset,
-//! or different first bytes: copytruncate), flushes held partial lines and
+//! Before every read, and every `poll_interval` while it waits, the reader
+//! looks at the file: its size (the largest seen is kept) and its first
+//! bytes. A file shorter than the offset read, or with other first bytes,
+//! was cut in place (copytruncate) or rewritten: what the reader had not
+//! read of it, the largest size seen minus the offset read, is counted as
+//! lost (reason `truncated`), held partial lines are flushed, and reading
+//! starts over at 0. At end of file it flushes held partial lines and
 //! multiline records after their timeouts, and notices when its path no
 //! longer leads to its file (rename rotation or removal). It then keeps
 //! its descriptor, follows the new name for the checkpoint, reads to the
-//! end and waits `rotate_wait` for late writes before it lets go.
+//! end and waits `rotate_wait` for late writes before it lets go. A
+//! rotated generation found by discovery is read the same way, from its
+//! checkpoint or (never acknowledged) from its start.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -29,13 +37,13 @@ use tracing::{debug, info, warn};
 
 use crate::batch::{Chunk, PendingRecord};
 use crate::checkpoint::{
-    CheckpointStore, FINGERPRINT_BYTES, FileKey, Fingerprint, ResetReason, Resume,
+    CheckpointStore, FINGERPRINT_BYTES, FileKey, Fingerprint, ResetReason, Resume, find_in_dir,
 };
 use crate::config::Tuning;
 use crate::decode::{Decoder, Entry};
 use crate::enrich::{ContainerInfo, FileSource};
 use crate::lines::LineSplitter;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, LossReason, Metrics};
 use crate::multiline::Multiline;
 use crate::otlp;
 use crate::parse::parse_entry_with;
@@ -72,6 +80,20 @@ pub(crate) enum TailEnd {
     Excluded,
 }
 
+/// How discovery found a file: where a file without a checkpoint is read
+/// from, and whether its name is expected to stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A name the globs match. Without a checkpoint it is read from its
+    /// start when `from_start`, else from its current end. Followed until
+    /// it is renamed or removed.
+    Live { from_start: bool },
+    /// A rotated generation (a name extending a watched name, or a
+    /// checkpointed file found elsewhere): without a checkpoint read from
+    /// its start; read to its end, then `rotate_wait` for late writes.
+    Rotated,
+}
+
 /// Counts the file in `files_watched` while alive.
 struct WatchedGuard(Arc<Metrics>);
 
@@ -81,32 +103,50 @@ impl Drop for WatchedGuard {
     }
 }
 
-/// Tails `path` until it is rotated away or removed (and read to the end),
-/// a read fails, or shutdown is requested. With `follow == false` (a
-/// rotated file resumed after a restart) it stops at the end of the file.
-pub(crate) async fn tail_file(path: PathBuf, follow: bool, context: TailContext) -> TailEnd {
-    match tail(&path, follow, &context).await {
-        Ok(end) => end,
+/// Tails an opened file until it is rotated away or removed (and read to
+/// the end), a read fails, or shutdown is requested. Returns the path it
+/// was opened at, why it stopped and the offset it had read to.
+pub(crate) async fn tail_file(
+    opened: Opened,
+    origin: Origin,
+    context: TailContext,
+) -> (PathBuf, TailEnd, u64) {
+    let path = opened.path.clone();
+    let mut offset = 0;
+    match tail(opened, origin, &context, &mut offset).await {
+        Ok(end) => (path, end, offset),
         Err(error) => {
             context.metrics.add_read_error();
             warn!(path = %path.display(), %error, "stopped tailing file");
-            TailEnd::Done
+            // Nothing is finished: a later scan opens it again.
+            (path, TailEnd::Done, 0)
         }
     }
 }
 
-/// A file opened on the blocking pool.
-struct Opened {
+/// A file opened on the blocking pool by discovery.
+#[derive(Debug)]
+pub(crate) struct Opened {
     file: std::fs::File,
-    key: FileKey,
-    size: u64,
-    head: Vec<u8>,
+    pub(crate) key: FileKey,
+    pub(crate) size: u64,
+    pub(crate) head: Vec<u8>,
     container: ContainerInfo,
+    /// Where it was opened.
+    pub(crate) path: PathBuf,
+    /// The name the globs match: the path itself, or for a rotated
+    /// generation the name it was rotated from (rules and enrichment
+    /// apply to it, so `0.log.20261121-054848` is still container `api`).
+    logical: PathBuf,
 }
 
-fn open(path: &Path) -> std::io::Result<Opened> {
+/// Opens `path` (known to the rules as `logical`). Blocking.
+pub(crate) fn open(path: &Path, logical: &Path) -> std::io::Result<Opened> {
     let file = std::fs::File::open(path)?;
     let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let size = metadata.len();
     let head = read_head(&file, size)?;
     Ok(Opened {
@@ -114,7 +154,9 @@ fn open(path: &Path) -> std::io::Result<Opened> {
         key: FileKey::of(&metadata),
         size,
         head,
-        container: ContainerInfo::detect(path),
+        container: ContainerInfo::detect(logical),
+        path: path.to_owned(),
+        logical: logical.to_owned(),
     })
 }
 
@@ -144,53 +186,63 @@ async fn blocking<T: Send + 'static>(
         .map_err(std::io::Error::other)
 }
 
-async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Result<TailEnd> {
-    let opened = {
-        let path = path.to_owned();
-        blocking(move || open(&path)).await??
-    };
+async fn tail(
+    opened: Opened,
+    origin: Origin,
+    context: &TailContext,
+    read_to: &mut u64,
+) -> std::io::Result<TailEnd> {
     let Opened {
         file,
         key,
         size,
         head,
         container,
+        path,
+        logical,
     } = opened;
+    let path = path.as_path();
     let mut rules_rx = context.rules.clone();
     let rules = Arc::clone(&rules_rx.borrow_and_update());
-    let Some(plan) = rules.plan(path, &container) else {
+    let Some(plan) = rules.plan(&logical, &container) else {
         context.metrics.add_file_excluded();
         info!(path = %path.display(), "file excluded by filters");
         return Ok(TailEnd::Excluded);
     };
     let start = match context.checkpoints.resume(key, size, &head) {
         Resume::At(offset) => offset,
-        Resume::Fresh if follow && !context.read_from_start => size,
-        Resume::Fresh => 0,
-        Resume::Reset(reason) => {
+        Resume::Fresh => match origin {
+            Origin::Live { from_start: false } => size,
+            Origin::Live { from_start: true } | Origin::Rotated => 0,
+        },
+        Resume::Reset { reason, lost } => {
             context.metrics.add_checkpoint_reset(reason);
-            warn!(path = %path.display(), ?reason, size, "checkpoint does not fit the file, reading from start");
+            context.metrics.add_lost(LossReason::Truncated, lost);
+            warn!(path = %path.display(), ?reason, size, lost, "checkpoint does not fit the file, reading from start");
             0
         }
     };
 
     let source = Arc::new(FileSource::new(
         key,
-        path.to_owned(),
+        logical.clone(),
         container,
         &context.host_name,
         &rules.resource,
     ));
+    if logical != path {
+        source.set_current_path(path);
+    }
     source.stats.set_fingerprint(Fingerprint::of(&head));
     source.stats.set_size(size);
     context.metrics.track_file(&source.stats);
     context.checkpoints.register(&source);
     context.metrics.add_files_watched(1);
     let _watched = WatchedGuard(Arc::clone(&context.metrics));
-    info!(path = %path.display(), offset = start, size, follow, "tailing file");
+    info!(path = %path.display(), offset = start, size, ?origin, "tailing file");
 
     let tuning = &context.tuning;
-    let mut reader = Some(FileReader::new(
+    let mut reader = FileReader::new(
         file,
         Arc::clone(&source),
         plan,
@@ -199,11 +251,13 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
         start,
         tuning,
         Arc::clone(&context.metrics),
-    ));
+    );
+    reader.size_seen = size;
+    let mut reader = Some(reader);
     let mut shutdown = context.shutdown.clone();
     let mut last_growth = Instant::now();
-    let mut last_size = size;
-    let mut moved_away = false;
+    // A rotated generation is not at a watched name any more.
+    let mut moved_away = origin == Origin::Rotated;
 
     while !shutdown.is_triggered() {
         if rules_rx.has_changed().unwrap_or(false) {
@@ -211,7 +265,7 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
             let Some(reader) = reader.as_mut() else {
                 break;
             };
-            match rules.plan(path, &source.container) {
+            match rules.plan(&logical, &source.container) {
                 Some(plan) => reader.set_rules(plan, &rules),
                 None => {
                     info!(path = %path.display(), "file excluded after reload");
@@ -221,7 +275,7 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
             }
         }
 
-        let Some(permit) = take_budget(context, &mut shutdown).await else {
+        let Some(permit) = take_budget(context, &mut shutdown, reader.as_mut()).await else {
             break;
         };
         let Ok(slot) = Arc::clone(&context.decode_slots).acquire_owned().await else {
@@ -242,23 +296,32 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
         match step {
             Step::Data(chunk) => {
                 last_growth = Instant::now();
-                if !send(context, &mut shutdown, chunk).await {
+                if !send(context, &mut shutdown, chunk, reader.as_mut()).await {
                     break;
                 }
                 continue;
             }
             Step::Replaced { size, reason } => {
-                // Bytes we had not read when the file was cut are gone.
-                let lost = last_size.saturating_sub(reader_ref.offset);
-                context.metrics.add_bytes_lost(lost);
+                // What was written and never read is gone with the cut.
+                let lost = reader_ref.size_seen.saturating_sub(reader_ref.offset);
+                context.metrics.add_lost(LossReason::Truncated, lost);
                 context.metrics.add_checkpoint_reset(reason);
-                warn!(path = %path.display(), offset = reader_ref.offset, size, ?reason, lost, "file truncated or replaced, reading from start");
+                warn!(path = %path.display(), offset = reader_ref.offset, size_seen = reader_ref.size_seen, size, ?reason, lost, "file truncated or replaced, reading from start");
+                // A partial line held from before the cut is all there is
+                // of it: ship it before starting over.
+                if let Some(chunk) = reader_ref.flush(true)
+                    && !send(context, &mut shutdown, chunk, None).await
+                {
+                    break;
+                }
+                let Some(reader_ref) = reader.as_mut() else {
+                    break;
+                };
                 reader_ref.restart();
-                last_size = size;
+                reader_ref.size_seen = size;
                 continue;
             }
             Step::Eof { size } => {
-                last_size = size;
                 source.stats.set_size(size);
                 context.checkpoints.observe_size(key, size);
                 if size > reader_ref.offset {
@@ -269,11 +332,13 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
 
         // Idle at end of file.
         let idle = last_growth.elapsed();
-        let reader_ref = reader.as_mut().expect("reader is put back after each step");
+        let Some(reader_ref) = reader.as_mut() else {
+            break;
+        };
         if idle >= context.multiline_flush || idle >= tuning.partial_flush_timeout {
             let everything = idle >= tuning.partial_flush_timeout;
             if let Some(chunk) = reader_ref.flush(everything)
-                && !send(context, &mut shutdown, chunk).await
+                && !send(context, &mut shutdown, chunk, None).await
             {
                 break;
             }
@@ -285,8 +350,8 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
             if !still_ours {
                 moved_away = true;
                 let found = {
-                    let path = path.to_owned();
-                    blocking(move || find_by_key(&path, key)).await?
+                    let dir = path.parent().map(Path::to_owned);
+                    blocking(move || dir.and_then(|dir| find_in_dir(&dir, key))).await?
                 };
                 match found {
                     Some(new_path) => {
@@ -302,11 +367,16 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
                 continue;
             }
         }
-        if !follow || (moved_away && idle >= tuning.rotate_wait) {
+        if moved_away && idle >= tuning.rotate_wait {
+            let Some(reader_ref) = reader.as_mut() else {
+                break;
+            };
             if let Some(chunk) = reader_ref.flush(true) {
-                send(context, &mut shutdown, chunk).await;
+                send(context, &mut shutdown, chunk, None).await;
             }
-            info!(path = %path.display(), offset = reader_ref.offset, "file done");
+            let offset = reader.as_ref().map_or(0, |reader| reader.offset);
+            info!(path = %path.display(), offset, "file done");
+            *read_to = offset;
             return Ok(TailEnd::Done);
         }
         tokio::select! {
@@ -318,38 +388,56 @@ async fn tail(path: &Path, follow: bool, context: &TailContext) -> std::io::Resu
     Ok(TailEnd::Done)
 }
 
-/// Waits for a read's worth of memory budget; `None` on shutdown.
+/// Waits for a read's worth of memory budget; `None` on shutdown. While
+/// it waits the file keeps being looked at, so the size seen before a cut
+/// stays current.
 async fn take_budget(
     context: &TailContext,
     shutdown: &mut Shutdown,
+    reader: Option<&mut FileReader>,
 ) -> Option<OwnedSemaphorePermit> {
     let wanted = u32::try_from(context.tuning.read_buffer_bytes).unwrap_or(u32::MAX);
-    tokio::select! {
-        permit = Arc::clone(&context.budget).acquire_many_owned(wanted) => permit.ok(),
-        () = shutdown.triggered() => None,
-    }
+    let acquire = Arc::clone(&context.budget).acquire_many_owned(wanted);
+    observing(acquire, context, shutdown, reader)
+        .await
+        .and_then(Result::ok)
 }
 
 /// Sends a chunk; false when the pipeline is gone or shutting down (the
 /// chunk's records are then re-read at the next start).
-async fn send(context: &TailContext, shutdown: &mut Shutdown, chunk: Chunk) -> bool {
-    tokio::select! {
-        sent = context.output.send(chunk) => sent.is_ok(),
-        () = shutdown.triggered() => false,
-    }
+async fn send(
+    context: &TailContext,
+    shutdown: &mut Shutdown,
+    chunk: Chunk,
+    reader: Option<&mut FileReader>,
+) -> bool {
+    let sent = context.output.send(chunk);
+    observing(sent, context, shutdown, reader)
+        .await
+        .is_some_and(|sent| sent.is_ok())
 }
 
-/// The path in the same directory that now holds the file `key`, if any.
-fn find_by_key(path: &Path, key: FileKey) -> Option<PathBuf> {
-    let dir = path.parent()?;
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|candidate| {
-            std::fs::symlink_metadata(candidate)
-                .is_ok_and(|metadata| metadata.is_file() && FileKey::of(&metadata) == key)
-        })
+/// Awaits `work` (`None` on shutdown), looking at the reader's file every
+/// `poll_interval` meanwhile.
+async fn observing<T>(
+    work: impl Future<Output = T>,
+    context: &TailContext,
+    shutdown: &mut Shutdown,
+    mut reader: Option<&mut FileReader>,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            () = shutdown.triggered() => return None,
+            () = tokio::time::sleep(context.tuning.poll_interval) => {
+                if let Some(reader) = reader.as_deref_mut() {
+                    // fstat and a 256-byte pread: cheap enough here.
+                    let _ = reader.look();
+                }
+            }
+        }
+    }
 }
 
 /// What one blocking step of a reader found.
@@ -382,8 +470,9 @@ struct FileReader {
     read_buffer_bytes: usize,
     max_line_bytes: usize,
     file_offset_dirty: bool,
-    /// The last step hit the end of the file.
-    after_eof: bool,
+    /// The largest size of the file seen since it was opened (or last
+    /// started over): what was there to read before a cut.
+    size_seen: u64,
 }
 
 /// What came out of processing some bytes.
@@ -421,7 +510,7 @@ impl FileReader {
             read_buffer_bytes: tuning.read_buffer_bytes,
             max_line_bytes: tuning.max_line_bytes,
             file_offset_dirty: true,
-            after_eof: false,
+            size_seen: 0,
         }
     }
 
@@ -432,30 +521,24 @@ impl FileReader {
     }
 
     /// Reads the next bytes (holding `permit` for those kept in flight)
-    /// or, at end of file, checks the file is still the one we read.
+    /// after checking the file is still the one we read.
     fn step(&mut self, mut permit: OwnedSemaphorePermit) -> std::io::Result<Step> {
         if self.file_offset_dirty {
             use std::io::Seek;
             self.file.seek(std::io::SeekFrom::Start(self.offset))?;
             self.file_offset_dirty = false;
         }
-        if self.after_eof {
-            // The file may have been cut and rewritten while we waited.
-            self.after_eof = false;
-            if let Some(replaced) = self.check_replaced()? {
-                return Ok(replaced);
-            }
+        // The file may have been cut and rewritten since the last look.
+        if let Some(replaced) = self.look()? {
+            return Ok(replaced);
         }
         let mut buffer = vec![0u8; self.read_buffer_bytes];
         let read = self.file.read(&mut buffer)?;
         if read == 0 {
             drop(permit);
-            self.after_eof = true;
-            if let Some(replaced) = self.check_replaced()? {
-                return Ok(replaced);
-            }
-            let size = self.file.metadata()?.len();
-            return Ok(Step::Eof { size });
+            return Ok(Step::Eof {
+                size: self.size_seen,
+            });
         }
         let bytes = &buffer[..read];
         let chunk_start = self.offset;
@@ -473,9 +556,12 @@ impl FileReader {
         Ok(Step::Data(self.chunk(processed.records, Some(permit))))
     }
 
-    /// Whether the file was truncated (shorter than our offset) or
-    /// rewritten (copytruncate then new writes: other first bytes).
-    fn check_replaced(&self) -> std::io::Result<Option<Step>> {
+    /// Looks at the file: `Some` when it was truncated (shorter than our
+    /// offset) or rewritten (copytruncate then new writes: other first
+    /// bytes); else the size is kept as seen. The size is taken only once
+    /// the first bytes are known to be ours, so the new content of a
+    /// rewritten file never counts as the old one's.
+    fn look(&mut self) -> std::io::Result<Option<Step>> {
         let size = self.file.metadata()?.len();
         if size < self.offset {
             return Ok(Some(Step::Replaced {
@@ -490,6 +576,7 @@ impl FileReader {
                 reason: ResetReason::Fingerprint,
             }));
         }
+        self.size_seen = self.size_seen.max(size);
         Ok(None)
     }
 
