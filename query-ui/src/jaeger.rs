@@ -113,6 +113,15 @@ fn jaeger_span(span: &Span, process_id: &str) -> Value {
     })
 }
 
+/// A span kind as Jaeger names it: OpenTelemetry's kinds in lowercase, and
+/// `""` for an unspecified or unknown kind.
+pub(crate) fn span_kind(kind: &str) -> &str {
+    match kind {
+        "server" | "client" | "producer" | "consumer" | "internal" => kind,
+        _ => "",
+    }
+}
+
 /// A Jaeger key-value tag; nested values are flattened to their JSON text.
 fn tag(key: &str, value: &Value) -> Value {
     let (kind, value) = match value {

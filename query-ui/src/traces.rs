@@ -53,18 +53,37 @@ pub(crate) async fn service_operations(
 #[derive(Debug, Deserialize)]
 pub(crate) struct OperationsParams {
     service: String,
+    /// Only operations of this span kind: `spanKind` in Jaeger's v2 API,
+    /// `span_kind` in v3.
+    #[serde(rename = "spanKind", alias = "span_kind")]
+    span_kind: Option<String>,
 }
 
-/// `GET /api/operations?service=` (Jaeger's newer form, with span kinds).
+/// The operations of `params.service`, one per (name, span kind) pair, as
+/// Jaeger's `{"name", "spanKind"}` objects.
+async fn kinded_operations(
+    state: QueryState,
+    params: OperationsParams,
+) -> Result<Vec<Value>, ApiError> {
+    let operations = blocking(move || {
+        let kind = params.span_kind.as_deref().filter(|kind| !kind.is_empty());
+        state.spans.operations_with_kinds(&params.service, kind)
+    })
+    .await?;
+    Ok(operations
+        .iter()
+        .map(|operation| {
+            json!({ "name": operation.name, "spanKind": jaeger::span_kind(&operation.span_kind) })
+        })
+        .collect())
+}
+
+/// `GET /api/operations?service=&spanKind=` (Jaeger's newer form, with span kinds).
 pub(crate) async fn operations(
     State(state): State<QueryState>,
     Query(params): Query<OperationsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let operations = blocking(move || state.spans.operations(&params.service)).await?;
-    let data: Vec<Value> = operations
-        .into_iter()
-        .map(|name| json!({ "name": name, "spanKind": "" }))
-        .collect();
+    let data = kinded_operations(state, params).await?;
     Ok(jaeger_envelope(json!(data)))
 }
 
@@ -196,16 +215,12 @@ pub(crate) async fn v3_services(State(state): State<QueryState>) -> Result<Json<
     Ok(Json(json!({ "services": services })))
 }
 
-/// `GET /api/v3/operations?service=`
+/// `GET /api/v3/operations?service=&span_kind=`
 pub(crate) async fn v3_operations(
     State(state): State<QueryState>,
     Query(params): Query<OperationsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let operations = blocking(move || state.spans.operations(&params.service)).await?;
-    let operations: Vec<Value> = operations
-        .into_iter()
-        .map(|name| json!({ "name": name, "spanKind": "" }))
-        .collect();
+    let operations = kinded_operations(state, params).await?;
     Ok(Json(json!({ "operations": operations })))
 }
 
@@ -700,6 +715,7 @@ mod tests {
             950,
             990,
         );
+        notify.kind = "consumer".into();
         notify.links.push(SpanLink {
             trace_id: ORDER_TRACE.into(),
             span_id: "00000000000000a2".into(),
@@ -812,7 +828,21 @@ mod tests {
         let (_, body) = get(state.clone(), "/api/services/order/operations").await;
         assert_eq!(body["data"], json!(["POST /orders"]));
         let (_, body) = get(state.clone(), "/api/operations?service=payment").await;
-        assert_eq!(body["data"], json!([{"name": "charge", "spanKind": ""}]));
+        assert_eq!(
+            body["data"],
+            json!([{"name": "charge", "spanKind": "server"}])
+        );
+        let (_, body) = get(state.clone(), "/api/operations?service=notification").await;
+        assert_eq!(
+            body["data"],
+            json!([{"name": "send email", "spanKind": "consumer"}])
+        );
+        let (_, body) = get(
+            state.clone(),
+            "/api/operations?service=notification&spanKind=server",
+        )
+        .await;
+        assert_eq!(body["data"], json!([]));
 
         // Search: whole-trace duration (1 s) and an error, with Jaeger's units.
         let (status, body) = get(
@@ -876,6 +906,21 @@ mod tests {
         assert!(otlp_span["startTimeUnixNano"].is_string());
         let (_, body) = get(state.clone(), "/api/v3/services").await;
         assert_eq!(body["services"].as_array().unwrap().len(), 5);
+        let (_, body) = get(
+            state.clone(),
+            "/api/v3/operations?service=payment&span_kind=server",
+        )
+        .await;
+        assert_eq!(
+            body["operations"],
+            json!([{"name": "charge", "spanKind": "server"}])
+        );
+        let (_, body) = get(
+            state.clone(),
+            "/api/v3/operations?service=payment&span_kind=client",
+        )
+        .await;
+        assert_eq!(body["operations"], json!([]));
         let (_, body) = get(
             state.clone(),
             "/api/v3/traces?query.service_name=notification",

@@ -34,7 +34,7 @@ pub use logs::{
 };
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
-pub use spans::{SpanStore, TraceQuery};
+pub use spans::{Operation, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 
 /// Bytes on disk under `dir`, recursively.

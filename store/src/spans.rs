@@ -87,6 +87,20 @@ fn summary_schema() -> (Schema, SummaryFields) {
     (builder.build(), fields)
 }
 
+/// Separates an operation's name from its span kind in the span index's
+/// `operation` terms. Spans stored before kinds were indexed have no kind.
+const OPERATION_KIND_SEPARATOR: char = '\0';
+
+/// One operation of a service: a span name under one span kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Operation {
+    pub name: String,
+    /// The span kind as stored (`server`, `client`, `producer`, `consumer`,
+    /// `internal`, `unspecified`), empty for spans stored before kinds were
+    /// indexed.
+    pub span_kind: String,
+}
+
 /// A search on whole-trace properties. Every given condition must hold.
 #[derive(Debug, Clone, Default)]
 pub struct TraceQuery {
@@ -463,13 +477,54 @@ impl SpanStore {
         Ok(self.terms(self.fields.service, "")?.into_iter().collect())
     }
 
-    /// Operation names of a service's spans, sorted.
+    /// Operation names of a service's spans, sorted, each once.
     pub fn operations(&self, service: &str) -> Result<Vec<String>> {
-        let prefix = operation_key(service, "");
-        Ok(self
-            .terms(self.fields.operation, &prefix)?
+        let names: BTreeSet<String> = self
+            .operations_with_kinds(service, None)?
             .into_iter()
-            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+            .map(|operation| operation.name)
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// The operations of a service's spans: one per (name, span kind) pair,
+    /// as Jaeger lists them, sorted; only those of `kind` when given
+    /// (compared case-insensitively). Spans stored before kinds were indexed
+    /// have an empty kind, unless a newer span of the same name has one.
+    pub fn operations_with_kinds(
+        &self,
+        service: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<Operation>> {
+        let prefix = operation_key(service, "");
+        let mut kinded: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut unkinded: BTreeSet<String> = BTreeSet::new();
+        for key in self.terms(self.fields.operation, &prefix)? {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            match rest.rsplit_once(OPERATION_KIND_SEPARATOR) {
+                Some((name, span_kind)) => {
+                    kinded.insert((name.to_string(), span_kind.to_string()));
+                }
+                None => {
+                    unkinded.insert(rest.to_string());
+                }
+            }
+        }
+        for name in unkinded {
+            let has_kind = kinded
+                .range((name.clone(), String::new())..)
+                .next()
+                .is_some_and(|(kinded_name, _)| *kinded_name == name);
+            if !has_kind {
+                kinded.insert((name, String::new()));
+            }
+        }
+        Ok(kinded
+            .into_iter()
+            .filter(|(_, span_kind)| kind.is_none_or(|kind| span_kind.eq_ignore_ascii_case(kind)))
+            .map(|(name, span_kind)| Operation { name, span_kind })
             .collect())
     }
 
@@ -563,7 +618,15 @@ impl SpanStore {
         let mut doc = TantivyDocument::default();
         doc.add_text(f.trace_id, &span.trace_id);
         doc.add_text(f.service, &span.service);
-        doc.add_text(f.operation, operation_key(&span.service, &span.name));
+        // The kind rides in the operation term (`service/name\0kind`): the
+        // field only lists operations, and a new field would not open the
+        // span indexes already on disk.
+        let kind = span.kind.replace(OPERATION_KIND_SEPARATOR, "");
+        let name = operation_key(&span.service, &span.name);
+        doc.add_text(
+            f.operation,
+            format!("{name}{OPERATION_KIND_SEPARATOR}{kind}"),
+        );
         doc.add_i64(f.start_time, span.start_time);
         if let Some(request_id) = &span.request_id {
             doc.add_text(f.request_id, request_id);
@@ -682,6 +745,86 @@ mod tests {
         );
         assert_eq!(store.services().unwrap(), ["gateway", "order", "other"]);
         assert_eq!(store.operations("order").unwrap(), ["op-00f067aa0ba902b8"]);
+    }
+
+    #[test]
+    fn operations_carry_their_span_kinds_and_filter_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let with = |id: &str, name: &str, kind: &str| Span {
+            name: name.into(),
+            kind: kind.into(),
+            ..span(TRACE, id, None, "order", 100, 200)
+        };
+        store
+            .add(
+                0,
+                &[
+                    with("a1", "GET /orders", "server"),
+                    with("a2", "GET /orders", "server"),
+                    // One name under two kinds is two operations, as in Jaeger.
+                    with("a3", "charge", "client"),
+                    with("a4", "charge", "server"),
+                    with("a5", "publish", "producer"),
+                    with("a6", "tick", "unspecified"),
+                ],
+            )
+            .unwrap();
+        // Spans indexed before kinds were: their terms are `service/name`.
+        for legacy in ["charge", "legacy"] {
+            let mut doc = TantivyDocument::default();
+            doc.add_text(store.fields.operation, operation_key("order", legacy));
+            store.spans.writer().add_document(doc).unwrap();
+        }
+        store.commit(1).unwrap();
+        let pairs = |kind: Option<&str>| -> Vec<(String, String)> {
+            store
+                .operations_with_kinds("order", kind)
+                .unwrap()
+                .into_iter()
+                .map(|operation| (operation.name, operation.span_kind))
+                .collect()
+        };
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(name, kind)| (name.to_string(), kind.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(None),
+            owned(&[
+                ("GET /orders", "server"),
+                ("charge", "client"),
+                ("charge", "server"),
+                ("legacy", ""),
+                ("publish", "producer"),
+                ("tick", "unspecified"),
+            ])
+        );
+        assert_eq!(
+            pairs(Some("server")),
+            owned(&[("GET /orders", "server"), ("charge", "server")])
+        );
+        assert_eq!(pairs(Some("consumer")), owned(&[]));
+        // The names alone, once each, and trace search by name are unchanged.
+        assert_eq!(
+            store.operations("order").unwrap(),
+            ["GET /orders", "charge", "legacy", "publish", "tick"]
+        );
+        let by_operation = |operation: &str, service: Option<&str>| {
+            store
+                .search_traces(&TraceQuery {
+                    service: service.map(str::to_string),
+                    operation: Some(operation.into()),
+                    limit: 10,
+                    ..TraceQuery::default()
+                })
+                .unwrap()
+                .len()
+        };
+        assert_eq!(by_operation("charge", Some("order")), 1);
+        assert_eq!(by_operation("charge", None), 1);
     }
 
     #[test]
