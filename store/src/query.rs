@@ -23,8 +23,12 @@ const ATTRIBUTES: &str = "attributes";
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
 
+mod limits;
+
 /// Parses `text` against the index's fields.
 pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result<Box<dyn Query>> {
+    // the grammar recurses per nesting level: refuse a bomb before it does
+    limits::check(text)?;
     // tantivy 0.27 asserts (panics) on a NUL in a JSON field path; found by
     // fuzzing. NUL has no place in a query: refuse it with its position.
     if let Some(position) = text.find('\0') {
@@ -358,6 +362,7 @@ enum Found<'a> {
 impl LogMatcher {
     /// Compiles `text`; errors say where the query is wrong.
     pub fn new(text: &str) -> Result<LogMatcher> {
+        limits::check(text)?;
         let (ast, errors) = parse_query_lenient(text);
         if let Some(error) = errors.first() {
             return Err(StoreError::InvalidQuery(format!(

@@ -1,5 +1,6 @@
 //! The evaluator: walks the parsed expression once per evaluation step.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,10 @@ pub struct Engine {
     pub lookback_delta_ms: i64,
     /// Step of subqueries that give none (`x[5m:]`).
     pub default_subquery_step_ms: i64,
+    /// Most samples one query may hold in memory at once (Prometheus'
+    /// `--query.max-samples`): selected samples, subquery steps and the
+    /// points of a range query's result so far.
+    pub max_samples: usize,
 }
 
 impl Default for Engine {
@@ -28,9 +33,37 @@ impl Default for Engine {
         Engine {
             lookback_delta_ms: 5 * 60 * 1000,
             default_subquery_step_ms: 60 * 1000,
+            max_samples: DEFAULT_MAX_SAMPLES,
         }
     }
 }
+
+/// Prometheus' default `--query.max-samples`.
+pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+
+/// Prometheus' error past `--query.max-samples`, word for word.
+pub const TOO_MANY_SAMPLES: &str =
+    "query processing would load too many samples into memory in query execution";
+
+/// The error of an evaluation stopped by its cancellation flag.
+pub const QUERY_CANCELED: &str = "query canceled";
+
+/// Deepest nesting of brackets (`(`, `[`, `{`) a query may have. The parser
+/// and the evaluator recurse once per level; real queries nest a handful
+/// of levels, and a bomb of 100,000 parentheses must be refused before the
+/// parser overflows its thread's stack.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
+/// Stack a thread evaluating untrusted queries should have: enough for a
+/// query at [`MAX_NESTING_DEPTH`] and [`MAX_OPERATORS`] even in a debug
+/// build (about 4 KiB a level there; a tenth of it optimised). Only the
+/// pages a query touches are ever mapped.
+pub const EVAL_STACK_BYTES: usize = 32 << 20;
+
+/// Most operators (binary and unary) a query may have. A chain `a + b + c`
+/// parses into a tree as deep as it has operators, so this bounds the
+/// depth of the tree the parser, the evaluator and `Drop` recurse through.
+pub const MAX_OPERATORS: usize = 1_000;
 
 impl Engine {
     /// Parses `query` into an expression.
@@ -43,9 +76,13 @@ impl Engine {
     /// them ("duration out of range"). Should the parser still panic on an
     /// input nobody has found yet, the panic is caught and answered as a
     /// parse error instead of taking a thread, or a rule group, down.
+    ///
+    /// Before the (recursive) parser sees the text, its nesting depth and
+    /// number of operators are checked against [`MAX_NESTING_DEPTH`] and
+    /// [`MAX_OPERATORS`], so that no query can overflow the stack.
     pub fn parse(query: &str) -> Result<Expr, QueryError> {
-        check_durations(query).map_err(QueryError::Parse)?;
-        std::panic::catch_unwind(|| promql_parser::parser::parse(query))
+        check_tokens(query).map_err(QueryError::Parse)?;
+        let expr = std::panic::catch_unwind(|| promql_parser::parser::parse(query))
             .unwrap_or_else(|panic| {
                 let reason = panic
                     .downcast_ref::<String>()
@@ -54,7 +91,9 @@ impl Engine {
                     .unwrap_or("the parser failed");
                 Err(format!("invalid query {query:?}: {reason}"))
             })
-            .map_err(QueryError::Parse)
+            .map_err(QueryError::Parse)?;
+        check_count_values_labels(&expr)?;
+        Ok(expr)
     }
 
     /// Evaluates `query` at one instant.
@@ -75,12 +114,21 @@ impl Engine {
         expr: &Expr,
         time_ms: i64,
     ) -> Result<Value, QueryError> {
-        let evaluator = Evaluator {
-            storage,
-            engine: self,
-            query_start_ms: time_ms,
-            query_end_ms: time_ms,
-        };
+        let never = AtomicBool::new(false);
+        self.instant_expr_cancellable(storage, expr, time_ms, &never)
+    }
+
+    /// [`Engine::instant_expr`] that gives up as soon as `cancelled` is set
+    /// (checked at every node and every subquery step), with
+    /// [`QueryError::Execution`] [`QUERY_CANCELED`].
+    pub fn instant_expr_cancellable(
+        &self,
+        storage: &dyn Queryable,
+        expr: &Expr,
+        time_ms: i64,
+        cancelled: &AtomicBool,
+    ) -> Result<Value, QueryError> {
+        let evaluator = Evaluator::new(storage, self, time_ms, time_ms, cancelled);
         let value = evaluator.eval(expr, time_ms)?;
         if let Value::Vector(samples) = &value {
             check_unique_labelsets(samples)?;
@@ -115,9 +163,10 @@ impl Engine {
         self.range_expr_cancellable(storage, expr, start_ms, end_ms, step_ms, &never)
     }
 
-    /// [`Engine::range_expr`] that gives up between two steps once
-    /// `cancelled` is set (a query past its timeout), with
-    /// [`QueryError::Execution`] `"query canceled"`.
+    /// [`Engine::range_expr`] that gives up as soon as `cancelled` is set
+    /// (a query past its timeout), with [`QueryError::Execution`]
+    /// [`QUERY_CANCELED`]. The points of the result count towards
+    /// [`Engine::max_samples`].
     pub fn range_expr_cancellable(
         &self,
         storage: &dyn Queryable,
@@ -132,19 +181,12 @@ impl Engine {
                 "zero or negative query resolution step".into(),
             ));
         }
-        let evaluator = Evaluator {
-            storage,
-            engine: self,
-            query_start_ms: start_ms,
-            query_end_ms: end_ms,
-        };
+        let evaluator = Evaluator::new(storage, self, start_ms, end_ms, cancelled);
         let mut series: Vec<Series> = Vec::new();
         let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
         let mut time_ms = start_ms;
         while time_ms <= end_ms {
-            if cancelled.load(Ordering::Relaxed) {
-                return Err(QueryError::Execution("query canceled".into()));
-            }
+            evaluator.check_cancelled()?;
             let samples = match evaluator.eval(expr, time_ms)? {
                 Value::Scalar(value) => {
                     vec![Sample {
@@ -164,21 +206,38 @@ impl Engine {
                     ));
                 }
             };
-            for sample in samples {
-                let index = *index_by_labels
-                    .entry(sample.labels.clone())
-                    .or_insert_with(|| {
-                        series.push(Series {
-                            labels: sample.labels.clone(),
-                            points: Vec::new(),
-                        });
-                        series.len() - 1
-                    });
-                series[index].points.push((time_ms, sample.value));
+            // the result so far stays in memory to the end
+            evaluator.hold(samples.len())?;
+            append_step(&mut series, &mut index_by_labels, time_ms, samples);
+            time_ms = time_ms.saturating_add(step_ms);
+            if time_ms == i64::MAX {
+                break;
             }
-            time_ms += step_ms;
         }
         Ok(series)
+    }
+}
+
+/// Appends the samples of one step to the series they belong to.
+fn append_step(
+    series: &mut Vec<Series>,
+    index_by_labels: &mut HashMap<Labels, usize>,
+    time_ms: i64,
+    samples: Vec<Sample>,
+) {
+    for sample in samples {
+        let index = match index_by_labels.get(&sample.labels) {
+            Some(index) => *index,
+            None => {
+                index_by_labels.insert(sample.labels.clone(), series.len());
+                series.push(Series {
+                    labels: sample.labels,
+                    points: Vec::new(),
+                });
+                series.len() - 1
+            }
+        };
+        series[index].points.push((time_ms, sample.value));
     }
 }
 
@@ -228,23 +287,56 @@ pub(super) struct RangeArg {
 /// holds (2^63 ns, about 292 years).
 const MAX_DURATION_SECONDS: f64 = 9_223_372_036.854_775;
 
-/// Refuses every duration literal of `query` that `Duration::from_secs_f64`
-/// would panic on: the `[du]` tokens (`5m`, and bare seconds inside
-/// brackets) and numbers where the grammar takes a duration (after `[`, the
-/// `:` of a subquery, `offset` and `offset -`). Lexing errors are left to
-/// the parser, which reports them with their position.
-fn check_durations(query: &str) -> Result<(), String> {
+/// Checks the tokens of `query` before the parser sees them:
+///
+/// - brackets nest at most [`MAX_NESTING_DEPTH`] deep, and there are at
+///   most [`MAX_OPERATORS`] operators, so the recursive parser cannot
+///   overflow its stack;
+/// - no duration literal is one `Duration::from_secs_f64` would panic on:
+///   the `[du]` tokens (`5m`, and bare seconds inside brackets) and numbers
+///   where the grammar takes a duration (after `[`, the `:` of a subquery,
+///   `offset` and `offset -`).
+///
+/// Lexing errors are left to the parser, which reports them with their
+/// position (the lexer fails before the parser runs).
+fn check_tokens(query: &str) -> Result<(), String> {
     use lrpar::{Lexeme, Lexer, NonStreamingLexer};
     use promql_parser::parser::token::{
-        T_ADD, T_COLON, T_DURATION, T_LEFT_BRACKET, T_NUMBER, T_OFFSET, T_SUB,
+        T_ADD, T_ATAN2, T_COLON, T_DIV, T_DURATION, T_EQLC, T_GTE, T_GTR, T_LAND, T_LEFT_BRACE,
+        T_LEFT_BRACKET, T_LEFT_PAREN, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL, T_NEQ,
+        T_NUMBER, T_OFFSET, T_POW, T_RIGHT_BRACE, T_RIGHT_BRACKET, T_RIGHT_PAREN, T_SUB,
     };
 
     let Ok(lexer) = promql_parser::parser::lexer(query) else {
         return Ok(());
     };
     let (mut last, mut before_last) = (None, None);
+    let (mut depth, mut operators) = (0usize, 0usize);
     for lexeme in lexer.iter().flatten() {
         let token = lexeme.tok_id();
+        match token {
+            T_LEFT_PAREN | T_LEFT_BRACE | T_LEFT_BRACKET => {
+                depth += 1;
+                if depth > MAX_NESTING_DEPTH {
+                    return Err(format!(
+                        "query nests brackets more than {MAX_NESTING_DEPTH} deep (at character {}); the limit is {MAX_NESTING_DEPTH}",
+                        lexeme.span().start() + 1
+                    ));
+                }
+            }
+            T_RIGHT_PAREN | T_RIGHT_BRACE | T_RIGHT_BRACKET => depth = depth.saturating_sub(1),
+            T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW | T_ATAN2 | T_EQLC | T_NEQ | T_LSS
+            | T_LTE | T_GTR | T_GTE | T_LAND | T_LOR | T_LUNLESS => {
+                operators += 1;
+                if operators > MAX_OPERATORS {
+                    return Err(format!(
+                        "query has more than {MAX_OPERATORS} operators (at character {}); the limit is {MAX_OPERATORS}",
+                        lexeme.span().start() + 1
+                    ));
+                }
+            }
+            _ => {}
+        }
         let text = lexer.span_str(lexeme.span());
         let takes_duration = matches!(last, Some(T_LEFT_BRACKET | T_COLON | T_OFFSET))
             || (matches!(last, Some(T_SUB | T_ADD)) && before_last == Some(T_OFFSET));
@@ -266,11 +358,66 @@ fn check_durations(query: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses `count_values` with a parameter that is not a label name, as
+/// Prometheus does, whether or not there is data to count. The tree is
+/// walked with an explicit stack: its depth is bounded by [`check_tokens`],
+/// but no walk here recurses anyway.
+fn check_count_values_labels(expr: &Expr) -> Result<(), QueryError> {
+    let mut pending = vec![expr];
+    while let Some(expr) = pending.pop() {
+        match expr {
+            Expr::Aggregate(aggregate) => {
+                if aggregate.op.to_string() == "count_values"
+                    && let Some(param) = &aggregate.param
+                    && let Expr::StringLiteral(label) = param.as_ref()
+                    && !is_legacy_label_name(&label.val)
+                {
+                    return Err(QueryError::Parse(format!(
+                        "invalid label name {:?}",
+                        label.val
+                    )));
+                }
+                pending.push(&aggregate.expr);
+                if let Some(param) = &aggregate.param {
+                    pending.push(param);
+                }
+            }
+            Expr::Unary(unary) => pending.push(&unary.expr),
+            Expr::Binary(binary) => {
+                pending.push(&binary.lhs);
+                pending.push(&binary.rhs);
+            }
+            Expr::Paren(paren) => pending.push(&paren.expr),
+            Expr::Subquery(subquery) => pending.push(&subquery.expr),
+            Expr::Call(call) => pending.extend(call.args.args.iter().map(|arg| arg.as_ref())),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`: a label name every Prometheus client accepts.
+fn is_legacy_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 pub(super) struct Evaluator<'a> {
     storage: &'a dyn Queryable,
     engine: &'a Engine,
     query_start_ms: i64,
     query_end_ms: i64,
+    /// Set from outside to stop the evaluation (a timeout, a shutdown).
+    cancelled: &'a AtomicBool,
+    /// Samples held in memory now, against [`Engine::max_samples`].
+    samples: Cell<usize>,
 }
 
 pub(super) fn matchers_of(selector: &VectorSelector) -> Result<Vec<LabelMatcher>, QueryError> {
@@ -299,7 +446,51 @@ fn convert_matchers(
     Ok(result)
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    fn new(
+        storage: &'a dyn Queryable,
+        engine: &'a Engine,
+        query_start_ms: i64,
+        query_end_ms: i64,
+        cancelled: &'a AtomicBool,
+    ) -> Self {
+        Evaluator {
+            storage,
+            engine,
+            query_start_ms,
+            query_end_ms,
+            cancelled,
+            samples: Cell::new(0),
+        }
+    }
+
+    /// [`QUERY_CANCELED`] once the query's flag is set.
+    fn check_cancelled(&self) -> Result<(), QueryError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(QueryError::Execution(QUERY_CANCELED.into()));
+        }
+        Ok(())
+    }
+
+    /// Counts `count` more samples held in memory, or fails with
+    /// Prometheus' [`TOO_MANY_SAMPLES`] past [`Engine::max_samples`].
+    fn hold(&self, count: usize) -> Result<(), QueryError> {
+        let held = self.samples.get().saturating_add(count);
+        if held > self.engine.max_samples {
+            return Err(QueryError::Execution(TOO_MANY_SAMPLES.into()));
+        }
+        self.samples.set(held);
+        Ok(())
+    }
+
+    /// Fails like [`Evaluator::hold`] if `count` more samples would not
+    /// fit, without holding them (a vector that lives for one step).
+    fn check_room(&self, count: usize) -> Result<(), QueryError> {
+        self.hold(count)?;
+        self.samples.set(self.samples.get() - count);
+        Ok(())
+    }
+
     fn at_time(&self, at: &Option<AtModifier>, time_ms: i64) -> i64 {
         match at {
             None => time_ms,
@@ -310,6 +501,7 @@ impl Evaluator<'_> {
     }
 
     pub(super) fn eval(&self, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
+        self.check_cancelled()?;
         match expr {
             Expr::NumberLiteral(number) => Ok(Value::Scalar(number.val)),
             Expr::StringLiteral(string) => Ok(Value::String(string.val.clone())),
@@ -349,8 +541,14 @@ impl Evaluator<'_> {
             Expr::Binary(binary) => self.eval_binary(binary, time_ms),
             Expr::Aggregate(aggregate) => self.eval_aggregate(aggregate, time_ms),
             Expr::Call(call) => {
-                let value = functions::call(self, call, time_ms)?;
+                // what the arguments held (range vectors, subqueries) is
+                // dropped when the function returns
+                let held = self.samples.get();
+                let value = functions::call(self, call, time_ms);
+                self.samples.set(held);
+                let value = value?;
                 if let Value::Vector(samples) = &value {
+                    self.check_room(samples.len())?;
                     check_unique_labelsets(samples)?;
                 }
                 Ok(value)
@@ -392,8 +590,10 @@ impl Evaluator<'_> {
         let matchers = matchers_of(selector)?;
         let reference_ms = self.at_time(&selector.at, time_ms) - offset_ms(&selector.offset);
         let start_ms = reference_ms - self.engine.lookback_delta_ms + 1;
+        let selected = self.storage.select(&matchers, start_ms, reference_ms)?;
+        self.check_room(selected.iter().map(|series| series.samples.len()).sum())?;
         let mut result = Vec::new();
-        for series in self.storage.select(&matchers, start_ms, reference_ms)? {
+        for series in selected {
             if let Some(&(sample_ms, value)) = series.samples.last()
                 && !is_stale_nan(value)
             {
@@ -412,11 +612,12 @@ impl Evaluator<'_> {
                 let matchers = matchers_of(selector)?;
                 let end_ms = self.at_time(&selector.at, time_ms) - offset_ms(&selector.offset);
                 let range_ms = duration_ms(&matrix.range);
-                let mut series = Vec::new();
-                for data in self
+                let selected = self
                     .storage
-                    .select(&matchers, end_ms - range_ms + 1, end_ms)?
-                {
+                    .select(&matchers, end_ms - range_ms + 1, end_ms)?;
+                self.hold(selected.iter().map(|series| series.samples.len()).sum())?;
+                let mut series = Vec::new();
+                for data in selected {
                     let points: Vec<(i64, f64)> = data
                         .samples
                         .into_iter()
@@ -455,6 +656,8 @@ impl Evaluator<'_> {
         let mut series: Vec<Series> = Vec::new();
         let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
         while step_time <= end_ms {
+            // an inner function releases what it held when it returns;
+            // the points of the subquery stay until its caller is done
             let samples = match self.eval(&subquery.expr, step_time)? {
                 Value::Scalar(value) => {
                     vec![Sample {
@@ -470,19 +673,12 @@ impl Evaluator<'_> {
                     ));
                 }
             };
-            for sample in samples {
-                let index = *index_by_labels
-                    .entry(sample.labels.clone())
-                    .or_insert_with(|| {
-                        series.push(Series {
-                            labels: sample.labels.clone(),
-                            points: Vec::new(),
-                        });
-                        series.len() - 1
-                    });
-                series[index].points.push((step_time, sample.value));
-            }
-            step_time += step_ms;
+            self.hold(samples.len())?;
+            append_step(&mut series, &mut index_by_labels, step_time, samples);
+            step_time = match step_time.checked_add(step_ms) {
+                Some(next) => next,
+                None => break,
+            };
         }
         Ok(RangeArg {
             series,

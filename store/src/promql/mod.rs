@@ -30,7 +30,10 @@ use std::collections::BTreeMap;
 
 use crate::tsdb::{LabelMatcher, Labels, SeriesData, matches_all};
 
-pub use eval::Engine;
+pub use eval::{
+    DEFAULT_MAX_SAMPLES, EVAL_STACK_BYTES, Engine, MAX_NESTING_DEPTH, MAX_OPERATORS,
+    QUERY_CANCELED, TOO_MANY_SAMPLES,
+};
 
 /// The bit pattern of Prometheus' staleness marker: a NaN that says "this
 /// series ended here".
@@ -183,6 +186,8 @@ impl Queryable for MemoryStorage {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     #[test]
@@ -220,5 +225,139 @@ mod tests {
                 "{query}: {parsed:?}"
             );
         }
+    }
+
+    /// Runs `work` on a thread with a stack of `bytes`.
+    fn on_stack<T: Send>(bytes: usize, work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(bytes)
+                .spawn_scoped(scope, work)
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn bombs_of_nesting_and_operators_are_refused_before_the_parser_recurses() {
+        let nested = |levels: usize, inner: &str| {
+            format!("{}{inner}{}", "(".repeat(levels), ")".repeat(levels))
+        };
+        for (query, limit) in [
+            (nested(100_000, "1"), "the limit is 128"),
+            (
+                format!("{}1{}", "abs(".repeat(200), ")".repeat(200)),
+                "the limit is 128",
+            ),
+            (vec!["1"; 50_000].join("+"), "the limit is 1000"),
+            (format!("{}1", "-".repeat(5_000)), "the limit is 1000"),
+        ] {
+            // the 2 MiB stack of tokio's threads is plenty to refuse it
+            let error = on_stack(2 << 20, || Engine::parse(&query)).unwrap_err();
+            assert!(
+                matches!(&error, QueryError::Parse(message) if message.contains(limit)),
+                "{error}"
+            );
+        }
+        // At the limits, a query parses, evaluates and drops within
+        // EVAL_STACK_BYTES, even in a debug build: nesting and an operator
+        // chain at once.
+        let chain = vec!["1"; MAX_OPERATORS + 1].join("+");
+        let deepest = nested(MAX_NESTING_DEPTH - 2, &format!("sum(vector({chain}))"));
+        let value = on_stack(EVAL_STACK_BYTES, || {
+            let engine = Engine::default();
+            let storage = MemoryStorage::default();
+            let instant = engine.instant_query(&storage, &deepest, 0);
+            let range = engine.range_query(&storage, &deepest, 0, 60_000, 15_000);
+            (instant, range.map(|series| series.len()))
+        });
+        assert!(
+            matches!(&value.0, Ok(Value::Vector(samples)) if samples[0].value == 1001.0),
+            "{value:?}"
+        );
+        assert_eq!(value.1, Ok(1));
+    }
+
+    #[test]
+    fn count_values_refuses_an_invalid_label_name_even_without_data() {
+        let storage = MemoryStorage::default();
+        for label in ["1-x", "", "a b"] {
+            let query = format!("count_values({label:?}, up)");
+            let error = Engine::default()
+                .instant_query(&storage, &query, 0)
+                .unwrap_err();
+            assert_eq!(
+                error,
+                QueryError::Parse(format!("invalid label name {label:?}")),
+                "{query}"
+            );
+        }
+        let value = Engine::default().instant_query(&storage, "count_values(\"v\", vector(2))", 0);
+        assert!(
+            matches!(value, Ok(Value::Vector(ref samples)) if samples.len() == 1),
+            "{value:?}"
+        );
+    }
+
+    #[test]
+    fn subquery_steps_and_range_results_count_against_the_sample_budget() {
+        let mut storage = MemoryStorage::default();
+        let up = Labels::new([("__name__", "up")]);
+        for minute in 0..=60 {
+            storage.append(&up, minute * 60_000, 1.0);
+        }
+        let engine = Engine {
+            max_samples: 1_000,
+            ..Engine::default()
+        };
+        fn too_many<T>() -> Result<T, QueryError> {
+            Err(QueryError::Execution(TOO_MANY_SAMPLES.into()))
+        }
+        // 3e9 steps: refused after 1,000 of them instead of growing
+        assert_eq!(
+            engine.instant_query(&storage, "max_over_time(vector(1)[100y:1s])", 0),
+            too_many()
+        );
+        assert_eq!(
+            engine.instant_query(&storage, "count_over_time(up[1h:1s])", 3_600_000),
+            too_many()
+        );
+        // the points of a range query's result are held to its end
+        assert_eq!(
+            engine
+                .range_query(&storage, "up", 0, 3_600_000, 1_000)
+                .map(|series| series.len()),
+            too_many()
+        );
+        // what a function held is released when it returns: 60 steps of
+        // a 900-step subquery each stay under the budget
+        let series = engine
+            .range_query(
+                &storage,
+                "count_over_time(up[15m:1s])",
+                0,
+                3_600_000,
+                60_000,
+            )
+            .unwrap();
+        assert_eq!(series[0].points.len(), 61);
+        assert_eq!(Engine::default().max_samples, 50_000_000);
+    }
+
+    #[test]
+    fn a_cancelled_evaluation_stops_inside_a_runaway_subquery() {
+        let storage = MemoryStorage::default();
+        let expr = Engine::parse("max_over_time(max_over_time(vector(1)[1h:1s])[30d:1s])").unwrap();
+        let cancelled = AtomicBool::new(false);
+        let answer = std::thread::scope(|scope| {
+            let running = scope.spawn(|| {
+                Engine::default().instant_expr_cancellable(&storage, &expr, 0, &cancelled)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            cancelled.store(true, Ordering::Relaxed);
+            running.join().unwrap()
+        });
+        assert_eq!(answer, Err(QueryError::Execution(QUERY_CANCELED.into())));
     }
 }

@@ -10,6 +10,14 @@
 //! (group commit), so concurrent writers do not queue behind each other's
 //! disk flushes.
 //!
+//! Readers never hold the lock for a whole query: [`MetricStore`] itself
+//! implements [`Queryable`], taking the read lock for one `select` at a
+//! time, so a long query (a subquery of millions of steps) leaves the
+//! writers free between its selects, and a query that selects nothing
+//! (`vector(1)`) never waits for the lock at all. [`MetricStore::reader`]
+//! is for callers that need one consistent view (rule evaluation) and hold
+//! it briefly.
+//!
 //! The store also keeps metric metadata (type, help, unit) as scrapes and
 //! pushes report it, for `/api/v1/metadata`.
 
@@ -17,7 +25,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 
-use super::{Labels, TimeSeriesStore, TsdbError, TsdbStats};
+use super::{LabelMatcher, Labels, SeriesData, TimeSeriesStore, TsdbError, TsdbStats};
+use crate::promql::{QueryError, Queryable};
 
 /// Metadata of one metric family, as `# TYPE`, `# HELP` and `# UNIT` give it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -116,6 +125,19 @@ impl MetricStore {
     }
 }
 
+impl Queryable for MetricStore {
+    /// One `select` under the read lock, released before the evaluation
+    /// goes on.
+    fn select(
+        &self,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesData>, QueryError> {
+        Queryable::select(&*self.reader(), matchers, start_ms, end_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +220,47 @@ mod tests {
         assert_eq!((stats.blocks, stats.head_samples), (1, 0));
         assert_eq!(store.maintain(30_000, 120_000).unwrap(), 1);
         assert_eq!(store.stats().blocks, 0);
+    }
+
+    #[test]
+    fn a_long_query_does_not_block_appends_or_other_queries() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path()).unwrap();
+        let up = Labels::new([("__name__", "up"), ("job", "a")]);
+        store.append(&[(up.clone(), 0, 1.0)]).unwrap();
+        let expr = Engine::parse("max_over_time(max_over_time(up[1h:1s])[30d:1s])").unwrap();
+        let cancelled = AtomicBool::new(false);
+        let appended = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let query = scope.spawn(|| {
+                Engine::default().instant_expr_cancellable(&store, &expr, 60_000, &cancelled)
+            });
+            scope.spawn(|| {
+                for second in 1..=20 {
+                    store.append(&[(up.clone(), second * 1_000, 1.0)]).unwrap();
+                }
+                appended.store(true, Ordering::Relaxed);
+            });
+            // bounded wait: with the query holding the lock, the appends
+            // would wait until it ends (never, here)
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !appended.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let other = Engine::default().instant_query(&store, "count_over_time(up[1m])", 20_000);
+            cancelled.store(true, Ordering::Relaxed);
+            assert!(
+                appended.load(Ordering::Relaxed),
+                "appends waited for the query"
+            );
+            assert!(
+                matches!(other, Ok(Value::Vector(ref samples)) if samples[0].value == 21.0),
+                "{other:?}"
+            );
+            assert!(query.join().unwrap().is_err());
+        });
     }
 }
