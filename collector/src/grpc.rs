@@ -1,24 +1,34 @@
 //! OTLP/gRPC receivers for logs, traces and metrics.
+//!
+//! The three services are served by [`OtlpServer`], one generic tonic
+//! service in place of the servers `opentelemetry-proto` generates: those
+//! hard-wire tonic-prost's codec, which answers a request whose protobuf
+//! does not decode with `INTERNAL` (gRPC's code for a broken peer). OTLP
+//! asks for `INVALID_ARGUMENT`: the batch is bad and retrying it cannot
+//! help, which is what a sender needs to know to drop it instead of
+//! retrying forever. [`OtlpCodec`] decodes with prost and says so. Framing
+//! and decompression errors stay tonic's (`INTERNAL`, as the gRPC spec asks).
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::ingest::{Ingest, spans_message, summarize};
@@ -46,12 +56,171 @@ fn admit(ingest: &Ingest, client: Option<std::net::IpAddr>, size: usize) -> Resu
         .map_err(|limited| Status::resource_exhausted(limited.to_string()))
 }
 
+/// One OTLP export service: its gRPC name, its messages and its handler.
+/// OTLP services have a single unary method, `Export`.
+pub trait ExportService: Send + Sync + 'static {
+    /// The fully qualified service name, `package.Service`.
+    const NAME: &'static str;
+    type Request: Message + Default + Send + 'static;
+    type Response: Message + Send + 'static;
+
+    fn export(
+        &self,
+        request: Request<Self::Request>,
+    ) -> impl Future<Output = Result<Response<Self::Response>, Status>> + Send;
+}
+
+/// prost encoding and decoding; a message that does not decode is the
+/// client's fault: `INVALID_ARGUMENT`.
+#[derive(Debug)]
+pub struct OtlpCodec<Encode, Decode>(PhantomData<fn(Encode) -> Decode>);
+
+impl<Encode, Decode> Default for OtlpCodec<Encode, Decode> {
+    fn default() -> Self {
+        OtlpCodec(PhantomData)
+    }
+}
+
+impl<Encode, Decode> Codec for OtlpCodec<Encode, Decode>
+where
+    Encode: Message + Send + 'static,
+    Decode: Message + Default + Send + 'static,
+{
+    type Encode = Encode;
+    type Decode = Decode;
+    type Encoder = OtlpCodec<Encode, ()>;
+    type Decoder = OtlpCodec<(), Decode>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OtlpCodec(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        OtlpCodec(PhantomData)
+    }
+}
+
+impl<Encode: Message> Encoder for OtlpCodec<Encode, ()> {
+    type Item = Encode;
+    type Error = Status;
+
+    fn encode(&mut self, item: Encode, buffer: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // An `EncodeBuf` grows as needed, so encoding cannot run out of room.
+        item.encode(buffer)
+            .map_err(|error| Status::internal(format!("failed to encode the response: {error}")))
+    }
+}
+
+impl<Decode: Message + Default> Decoder for OtlpCodec<(), Decode> {
+    type Item = Decode;
+    type Error = Status;
+
+    fn decode(&mut self, buffer: &mut DecodeBuf<'_>) -> Result<Option<Decode>, Status> {
+        Decode::decode(buffer).map(Some).map_err(|error| {
+            Status::invalid_argument(format!(
+                "the request is not a valid protobuf message: {error}"
+            ))
+        })
+    }
+}
+
+/// A tonic service serving one [`ExportService`] with [`OtlpCodec`]; gzip
+/// and zstd requests accepted, decoded size capped at [`MAX_MESSAGE_BYTES`].
+pub struct OtlpServer<S> {
+    service: Arc<S>,
+    accept_compression: EnabledCompressionEncodings,
+}
+
+impl<S> Clone for OtlpServer<S> {
+    fn clone(&self) -> Self {
+        OtlpServer {
+            service: self.service.clone(),
+            accept_compression: self.accept_compression,
+        }
+    }
+}
+
+impl<S: ExportService> OtlpServer<S> {
+    pub fn new(service: S) -> OtlpServer<S> {
+        let mut accept_compression = EnabledCompressionEncodings::default();
+        accept_compression.enable(CompressionEncoding::Gzip);
+        accept_compression.enable(CompressionEncoding::Zstd);
+        OtlpServer {
+            service: Arc::new(service),
+            accept_compression,
+        }
+    }
+
+    fn is_export(path: &str) -> bool {
+        path.strip_prefix('/')
+            .and_then(|path| path.strip_prefix(S::NAME))
+            .is_some_and(|method| method == "/Export")
+    }
+}
+
+impl<S: ExportService> NamedService for OtlpServer<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The `Export` method as tonic's unary handler.
+struct ExportMethod<S>(Arc<S>);
+
+impl<S: ExportService> UnaryService<S::Request> for ExportMethod<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<Response<S::Response>, Status>;
+
+    fn call(&mut self, request: Request<S::Request>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.export(request).await })
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for OtlpServer<S>
+where
+    S: ExportService,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !Self::is_export(request.uri().path()) {
+            let status = Status::unimplemented(format!(
+                "{} has no method {}",
+                S::NAME,
+                request.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let method = ExportMethod(self.service.clone());
+        let accept_compression = self.accept_compression;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(OtlpCodec::<S::Response, S::Request>::default())
+                .apply_compression_config(
+                    accept_compression,
+                    EnabledCompressionEncodings::default(),
+                )
+                .apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
 pub struct LogsReceiver {
     ingest: Ingest,
 }
 
-#[tonic::async_trait]
-impl LogsService for LogsReceiver {
+impl ExportService for LogsReceiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+
     async fn export(
         &self,
         request: Request<ExportLogsServiceRequest>,
@@ -74,8 +243,11 @@ pub struct TracesReceiver {
     ingest: Ingest,
 }
 
-#[tonic::async_trait]
-impl TraceService for TracesReceiver {
+impl ExportService for TracesReceiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
@@ -100,18 +272,12 @@ impl TraceService for TracesReceiver {
     }
 }
 
-pub fn logs_service(ingest: Ingest) -> LogsServiceServer<LogsReceiver> {
-    LogsServiceServer::new(LogsReceiver { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+pub fn logs_service(ingest: Ingest) -> OtlpServer<LogsReceiver> {
+    OtlpServer::new(LogsReceiver { ingest })
 }
 
-pub fn trace_service(ingest: Ingest) -> TraceServiceServer<TracesReceiver> {
-    TraceServiceServer::new(TracesReceiver { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+pub fn trace_service(ingest: Ingest) -> OtlpServer<TracesReceiver> {
+    OtlpServer::new(TracesReceiver { ingest })
 }
 
 /// The OTLP metrics receiver: data points become time series in the
@@ -120,8 +286,11 @@ pub struct MetricsReceiver {
     metrics: OtlpMetrics,
 }
 
-#[tonic::async_trait]
-impl MetricsService for MetricsReceiver {
+impl ExportService for MetricsReceiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+
     async fn export(
         &self,
         request: Request<ExportMetricsServiceRequest>,
@@ -137,9 +306,28 @@ impl MetricsService for MetricsReceiver {
     }
 }
 
-pub fn metrics_service(metrics: OtlpMetrics) -> MetricsServiceServer<MetricsReceiver> {
-    MetricsServiceServer::new(MetricsReceiver { metrics })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+pub fn metrics_service(metrics: OtlpMetrics) -> OtlpServer<MetricsReceiver> {
+    OtlpServer::new(MetricsReceiver { metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_names_are_the_generated_ones() {
+        use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
+        assert_eq!(
+            LogsReceiver::NAME,
+            logs::v1::logs_service_server::SERVICE_NAME
+        );
+        assert_eq!(
+            TracesReceiver::NAME,
+            trace::v1::trace_service_server::SERVICE_NAME
+        );
+        assert_eq!(
+            MetricsReceiver::NAME,
+            metrics::v1::metrics_service_server::SERVICE_NAME
+        );
+    }
 }

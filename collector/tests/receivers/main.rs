@@ -1,8 +1,9 @@
-//! The receivers (OTLP/HTTP, Elasticsearch `_bulk`) driven through their
+//! The receivers (OTLP/gRPC, OTLP/HTTP, Elasticsearch `_bulk`) driven through their
 //! routers without a socket, against a real pipeline on a temporary
 //! directory, plus property tests of the log query parser.
 
 mod elastic;
+mod grpc;
 mod harness;
 mod otlp_http;
 mod query_properties;
