@@ -311,6 +311,16 @@ pub fn store_request(store: &MetricStore, request: WriteRequest) -> Result<(), R
     let mut samples = Vec::new();
     for (index, series) in request.timeseries.into_iter().enumerate() {
         total += series.samples.len() + series.histograms.len();
+        if let Some(name) = duplicate_label_name(&series.labels) {
+            // `Labels` keeps one value per name: storing would silently
+            // drop the other. Prometheus refuses the series.
+            refused += series.samples.len() + series.histograms.len();
+            problems.push(format!(
+                "timeseries[{index}] {}: duplicate label name {name:?}",
+                describe_labels(&series.labels)
+            ));
+            continue;
+        }
         let labels = Labels::new(
             series
                 .labels
@@ -371,6 +381,24 @@ pub fn store_request(store: &MetricStore, request: WriteRequest) -> Result<(), R
         total,
         details,
     })
+}
+
+/// The first label name that occurs twice in `labels`, if any.
+fn duplicate_label_name(labels: &[Label]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(labels.len());
+    labels
+        .iter()
+        .map(|label| label.name.as_str())
+        .find(|name| !seen.insert(*name))
+}
+
+/// The labels as sent, duplicates included: `{a="1", a="2"}`.
+fn describe_labels(labels: &[Label]) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|label| format!("{}={:?}", label.name, label.value))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 fn describe(error: &TsdbError) -> String {
@@ -576,6 +604,37 @@ mod tests {
                 (r#"temp{room="a"}"#.to_string(), 20.0),
                 (r#"temp{room="c"}"#.to_string(), 22.0),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_series_with_a_duplicate_label_name_is_refused_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MetricStore::open(dir.path()).unwrap());
+        let url = serve(store.clone()).await;
+        let request = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[("__name__", "twice"), ("job", "a"), ("job", "b")],
+                    &[(10_000, 1.0)],
+                ),
+                series(&[("__name__", "once"), ("job", "a")], &[(10_000, 2.0)]),
+            ],
+            metadata: Vec::new(),
+        };
+        let (status, text) = post(&url, encode(&request), "snappy").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.starts_with("1 of 2 samples refused"), "{text}");
+        assert!(
+            text.contains(
+                r#"timeseries[0] {__name__="twice", job="a", job="b"}: duplicate label name "job""#
+            ),
+            "{text}"
+        );
+        assert!(query(&store, "twice", 11_000).is_empty());
+        assert_eq!(
+            query(&store, "once", 11_000),
+            vec![(r#"once{job="a"}"#.to_string(), 2.0)]
         );
     }
 
