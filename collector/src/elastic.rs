@@ -31,7 +31,37 @@
 //!
 //! A malformed action line fails the whole request with 400, as in
 //! Elasticsearch: the pairing of the lines after it is unknown.
+//!
+//! # Busy answers that every shipper retries
+//!
+//! A `_bulk` request that cannot be taken now (its client over the ingest
+//! rate limit, the ingest queue or memory budget full, the disk full, the
+//! collector stopping) must be retried by the sender, yet the shippers
+//! disagree on what they retry:
+//!
+//! | answer | Fluent Bit `es` | Vector `elasticsearch` | Logstash | rsyslog `omelasticsearch` |
+//! |---|---|---|---|---|
+//! | whole request 429/503, error body | retries (any non-2xx) | retries (429, 5xx) | retries (429, 503) | retries from 8.2606 (429, 5xx suspend the action); before, parses the body, finds no `items` and drops the batch |
+//! | 200, `errors: true`, items with status 429 | retries the chunk | drops it unless `request_retry_partial` (default false) | retries the items | resubmits the items with `retryfailures="on"`; drops them otherwise |
+//!
+//! Elasticsearch itself answers both ways: a full write thread pool rejects
+//! shard requests, which come back as items with status 429 and
+//! `es_rejected_execution_exception` inside a 200; indexing pressure on the
+//! coordinating node rejects the whole request with 429 and
+//! `{"error": {"root_cause": [..], "type": "es_rejected_execution_exception",
+//! "reason": ..}, "status": 429}`. Neither is retried by all four, so
+//! Sightline sends one answer that is both: the whole-request status (429
+//! when busy or rate limited, 503 when stopping or unable to write) with
+//! `Retry-After`, and a body holding Elasticsearch's `error` and `status`
+//! *and* `took`, `errors: true` and one item per action, each with that
+//! status and the same error (an item whose document was bad keeps its own
+//! 400). Status-driven clients (Fluent Bit, Vector, Logstash, rsyslog from
+//! 8.2606) retry the request; older rsyslog, which reads the body of any
+//! status, finds the items and resubmits them with `retryfailures="on"`.
+//! Every answer, these included, carries `X-Elastic-Product:
+//! Elasticsearch`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -39,9 +69,9 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::header::{CONTENT_ENCODING, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, middleware};
@@ -53,6 +83,7 @@ use crate::ingest::{Ingest, now_nanos};
 use crate::otlp::REQUEST_ID_KEYS;
 use crate::otlp_http::{BodyError, MAX_BODY_BYTES, MAX_DECODED_BYTES, decode_content, read_body};
 use crate::pipeline::IngestError;
+use crate::ratelimit::RateLimited;
 
 /// The Elasticsearch version announced to clients.
 const VERSION: &str = "8.11.0";
@@ -81,6 +112,9 @@ struct ElasticState {
 }
 
 /// The Elasticsearch-compatible routes; `lib.rs` nests them under `/elastic`.
+/// `_bulk` charges the ingest rate limit of `ingest` itself (not through
+/// [`crate::ratelimit::http_layer`]), so a limited request gets an
+/// Elasticsearch answer.
 pub fn router(ingest: Ingest) -> Router {
     let state = ElasticState {
         ingest,
@@ -165,12 +199,16 @@ async fn not_found(uri: axum::http::Uri) -> EsError {
 
 /// An Elasticsearch-style error for a whole request:
 /// `{"error": {"root_cause": [..], "type": .., "reason": ..}, "status": N}`.
+///
+/// A refusal to be retried (429, 503) also carries `took`, `errors` and one
+/// item per action (see the module docs).
 #[derive(Debug)]
 struct EsError {
     status: StatusCode,
     kind: &'static str,
     reason: String,
     retry_after: Option<u64>,
+    items: Vec<BulkItem>,
 }
 
 impl EsError {
@@ -180,7 +218,34 @@ impl EsError {
             kind,
             reason: reason.into(),
             retry_after: None,
+            items: Vec::new(),
         }
+    }
+
+    /// A request over its client's ingest rate: 429, as a busy cluster.
+    fn rate_limited(limited: &RateLimited) -> EsError {
+        EsError {
+            retry_after: Some(limited.retry_after.as_secs().max(1)),
+            ..EsError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "es_rejected_execution_exception",
+                limited.to_string(),
+            )
+        }
+    }
+
+    /// Answers each entry with this refusal, except the entries whose own
+    /// document was bad: they keep their 400.
+    fn with_items(mut self, entries: Vec<BulkEntry>) -> EsError {
+        let error = ItemError {
+            kind: self.kind,
+            reason: self.reason.clone(),
+        };
+        self.items = entries
+            .into_iter()
+            .map(|entry| entry.into_refused_item(self.status, error.clone()))
+            .collect();
+        self
     }
 
     fn bad_request(reason: impl Into<String>) -> EsError {
@@ -232,10 +297,15 @@ impl IntoResponse for EsError {
             tracing::warn!(reason = %self.reason, "elastic bulk request failed");
         }
         let cause = json!({"type": self.kind, "reason": self.reason});
-        let body = json!({
+        let mut body = json!({
             "error": {"root_cause": [cause], "type": self.kind, "reason": self.reason},
             "status": self.status.as_u16(),
         });
+        if !self.items.is_empty() {
+            body["took"] = json!(0);
+            body["errors"] = json!(true);
+            body["items"] = serde_json::to_value(&self.items).unwrap_or_default();
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -249,9 +319,10 @@ impl IntoResponse for EsError {
 async fn bulk(
     state: State<ElasticState>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    run_bulk(&state, &headers, None, body)
+    run_bulk(&state, &headers, &extensions, None, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -260,24 +331,53 @@ async fn bulk_into_index(
     state: State<ElasticState>,
     Path(index): Path<String>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    run_bulk(&state, &headers, Some(index), body)
+    run_bulk(&state, &headers, &extensions, Some(index), body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Charges the request's `Content-Length` to its client address, as
+/// [`crate::ratelimit::http_layer`] does for the other ingest routes.
+fn admit(
+    state: &ElasticState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<(), RateLimited> {
+    let client = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let bytes = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<usize>().ok())
+        .unwrap_or(0);
+    state.ingest.admit(Some(client), bytes)
 }
 
 async fn run_bulk(
     state: &ElasticState,
     headers: &HeaderMap,
+    extensions: &Extensions,
     default_index: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, EsError> {
     let started = Instant::now();
+    let limited = admit(state, headers, extensions).err();
+    if let Some(limited) = &limited {
+        tracing::debug!(error = %limited, "elastic bulk request rate limited");
+    }
     let body = read_body(body, MAX_BODY_BYTES)?;
     let encoding = headers.get(CONTENT_ENCODING).cloned();
     let (mut entries, size) = tokio::task::spawn_blocking(move || {
         let body = decode_content(encoding.as_ref(), body, MAX_DECODED_BYTES)?;
+        if let Some(limited) = limited {
+            // Only the action lines: each gets its refusal.
+            let actions = parse_actions(&body, default_index.as_deref());
+            return Err(EsError::rate_limited(&limited).with_items(actions));
+        }
         let entries = parse_bulk(&body, default_index.as_deref(), now_nanos())?;
         Ok::<_, EsError>((entries, body.len()))
     })
@@ -309,7 +409,11 @@ async fn run_bulk(
     if malformed > 0 {
         state.ingest.count_malformed(malformed as u64);
     }
-    for rejection in state.ingest.logs(records, size).await? {
+    let rejections = match state.ingest.logs(records, size).await {
+        Ok(rejections) => rejections,
+        Err(error) => return Err(EsError::from(error).with_items(entries)),
+    };
+    for rejection in rejections {
         if let Some(&position) = record_entries.get(rejection.index) {
             entries[position].outcome = Outcome::Failed(ItemError::mapping(rejection.reason));
         }
@@ -486,6 +590,67 @@ impl BulkEntry {
             Action::Update => BulkItem::Update(result),
         }
     }
+}
+
+impl BulkEntry {
+    /// The item of an entry refused with `status` (429, 503) as a whole
+    /// request; an entry whose document was bad keeps its own error.
+    fn into_refused_item(self, status: StatusCode, error: ItemError) -> BulkItem {
+        let (status, error) = match self.outcome {
+            Outcome::Failed(own) => (StatusCode::BAD_REQUEST, own),
+            Outcome::Store(_) | Outcome::Stored => (status, error),
+        };
+        let result = ItemResult {
+            index: self.index,
+            id: self.id.unwrap_or_else(generate_id),
+            version: None,
+            result: None,
+            shards: None,
+            seq_no: None,
+            primary_term: None,
+            status: status.as_u16(),
+            error: Some(error),
+        };
+        match self.action {
+            Action::Index => BulkItem::Index(result),
+            Action::Create => BulkItem::Create(result),
+            Action::Delete => BulkItem::Delete(result),
+            Action::Update => BulkItem::Update(result),
+        }
+    }
+}
+
+/// The action lines of a bulk body, without reading the documents: what a
+/// refused request needs to name its items. Stops at a malformed action
+/// line (the pairing after it is unknown).
+fn parse_actions(body: &[u8], default_index: Option<&str>) -> Vec<BulkEntry> {
+    let mut lines = body
+        .split(|byte| *byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .enumerate()
+        .map(|(number, line)| (number + 1, line));
+    let mut entries = Vec::new();
+    while let Some((line_number, line)) = lines.next() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok((action, meta)) = parse_action(line, line_number) else {
+            break;
+        };
+        if action != Action::Delete {
+            let _document = lines.next();
+        }
+        entries.push(BulkEntry {
+            action,
+            index: meta
+                .index
+                .or_else(|| default_index.map(str::to_string))
+                .unwrap_or_else(|| DEFAULT_INDEX.to_string()),
+            id: meta.id,
+            outcome: Outcome::Stored,
+        });
+    }
+    entries
 }
 
 /// A document id like Elasticsearch's: 20 characters, unique in this process

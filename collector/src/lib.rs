@@ -310,10 +310,8 @@ pub async fn run(
         rules: rule_engine,
     })
     .merge(remote_write)
-    .nest(
-        "/elastic",
-        rate_limited(elastic::router(ingest.clone()), &rate_limiter),
-    )
+    // `_bulk` charges the rate limit itself, to answer as Elasticsearch.
+    .nest("/elastic", elastic::router(ingest.clone()))
     // A nested router does not answer its prefix with a trailing slash;
     // Vector and Logstash ask `GET /elastic/` for the version.
     .route("/elastic/", elastic::root_route())

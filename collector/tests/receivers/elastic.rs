@@ -315,10 +315,71 @@ async fn a_full_pipeline_answers_429_with_retry_after() {
     .await;
     assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(second.header("retry-after"), Some("1"));
+    assert_retryable_everywhere(&second, 429, 1);
+    harness.stop().await;
+}
+
+/// A refusal every shipper retries (see `elastic.rs`): the status, the
+/// product header, Elasticsearch's whole-request error, and `n` items
+/// refused with the same status and error.
+fn assert_retryable_everywhere(answer: &crate::harness::Answer, status: u16, n: usize) {
+    assert_eq!(answer.status.as_u16(), status);
+    assert_eq!(answer.header("x-elastic-product"), Some("Elasticsearch"));
+    assert!(answer.header("retry-after").is_some());
+    let body = answer.json();
+    let kind = body["error"]["type"].as_str().unwrap().to_string();
+    assert_eq!(body["status"], status, "{body}");
     assert_eq!(
-        second.json()["error"]["type"],
-        "es_rejected_execution_exception"
+        body["error"]["root_cause"][0]["type"],
+        kind.as_str(),
+        "{body}"
     );
-    assert_eq!(second.json()["status"], 429);
+    assert!(body["error"]["reason"].as_str().is_some(), "{body}");
+    assert_eq!(body["errors"], true, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), n, "{body}");
+    for item in items {
+        let (_, result) = item.as_object().unwrap().iter().next().unwrap();
+        assert_eq!(result["status"], status, "{item}");
+        assert_eq!(result["error"]["type"], kind.as_str(), "{item}");
+        assert!(result["error"]["reason"].as_str().is_some(), "{item}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_an_elasticsearch_429_with_its_items() {
+    use sightline_collector::ratelimit::RateLimiter;
+    let harness = Harness::start();
+    let limiter = RateLimiter::new(1000, 1000, harness.ingest.metrics().clone());
+    let ingest = harness.ingest.clone().with_rate_limiter(limiter);
+    let body = ndjson(&[
+        json!({"index": {"_index": "app", "_id": "a1"}}),
+        json!({"message": "first", "padding": "p".repeat(2000)}),
+        json!({"create": {}}),
+        json!({"message": "second"}),
+    ]);
+    let length = body.len().to_string();
+    let headers = [("content-length", length.as_str())];
+    // The first request always passes and puts the client in debt.
+    let first = send(
+        router(ingest.clone()),
+        post("/elastic/_bulk", &headers, body.clone()),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let second = send(router(ingest), post("/elastic/_bulk", &headers, body)).await;
+    assert_retryable_everywhere(&second, 429, 2);
+    let answer = second.json();
+    assert_eq!(answer["error"]["type"], "es_rejected_execution_exception");
+    assert!(
+        answer["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("ingest rate limit of 1000 bytes/s exceeded"),
+        "{answer}"
+    );
+    assert_eq!(answer["items"][0]["index"]["_index"], "app");
+    assert_eq!(answer["items"][0]["index"]["_id"], "a1");
+    assert_eq!(answer["items"][1]["create"]["_index"], "sightline");
     harness.stop().await;
 }
