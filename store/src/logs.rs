@@ -7,6 +7,14 @@
 //! retention drops whole partitions. Searches run over the partitions that
 //! overlap the time range and merge the results newest first.
 //!
+//! The message and the parsed attributes are split into words by the
+//! [`WORD_TOKENIZER`] (tantivy's `default` tokenizer, which drops words of
+//! 40 bytes or more, with a limit of [`MAX_WORD_BYTES`] instead, so digests
+//! and long ids can be searched). A partition keeps the schema it was
+//! created with: partitions created before kept the `default` tokenizer, and
+//! open and search as before (their long words were not indexed); the query
+//! parser's words are the same for both below 40 bytes.
+//!
 //! Every record gets a sequence number from the WAL position of its batch and
 //! its place in the batch (`position << 20 | index`): with the timestamp, it
 //! orders records totally, which makes cursors (search-after) stable while
@@ -23,11 +31,13 @@ use tantivy::collector::{Count, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TEXT,
-    TextFieldIndexing, Value,
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema,
+    TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::tokenizer::TokenizerManager;
+use tantivy::tokenizer::{
+    LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenizerManager,
+};
 use tantivy::{
     DocAddress, DocId, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, SegmentReader,
     TantivyDocument, Term,
@@ -49,6 +59,30 @@ const SEQ_INDEX_BITS: u32 = 20;
 
 /// The manifest that says up to which WAL position every partition is committed.
 const MANIFEST: &str = "committed.json";
+
+/// The longest word (in UTF-8 bytes) the message and attributes index;
+/// longer words are dropped at indexing, so they cannot be searched.
+pub(crate) const MAX_WORD_BYTES: usize = 255;
+
+/// The tokenizer of the message and the attributes in partitions created
+/// by this version: words (runs of letters and digits) up to
+/// [`MAX_WORD_BYTES`], lowercased. The name is kept in each partition's
+/// schema, so a later change of the limit needs a new name.
+const WORD_TOKENIZER: &str = "words_255";
+
+/// tantivy's tokenizers plus [`WORD_TOKENIZER`]; every partition and the
+/// query parser use these.
+fn tokenizers() -> TokenizerManager {
+    let manager = TokenizerManager::default();
+    manager.register(
+        WORD_TOKENIZER,
+        TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(MAX_WORD_BYTES + 1))
+            .filter(LowerCaser)
+            .build(),
+    );
+    manager
+}
 
 /// A search over the log store.
 #[derive(Debug, Clone, Default)]
@@ -147,11 +181,17 @@ pub fn log_index_schema() -> Schema {
 }
 
 fn log_schema() -> (Schema, LogFields) {
+    log_schema_with(WORD_TOKENIZER)
+}
+
+/// The schema with `words` as the tokenizer of the message and the
+/// attributes (`default` in partitions created before [`WORD_TOKENIZER`]).
+fn log_schema_with(words: &str) -> (Schema, LogFields) {
     let mut builder = Schema::builder();
     let json_options = JsonObjectOptions::default()
         .set_indexing_options(
             TextFieldIndexing::default()
-                .set_tokenizer("default")
+                .set_tokenizer(words)
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_expand_dots_enabled()
@@ -174,7 +214,14 @@ fn log_schema() -> (Schema, LogFields) {
         severity: builder.add_text_field("severity", STRING | FAST),
         severity_number: builder.add_i64_field("severity_number", INDEXED),
         service: builder.add_text_field("service", STRING),
-        body: builder.add_text_field("body", TEXT),
+        body: builder.add_text_field(
+            "body",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(words)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        ),
         attributes: builder.add_json_field("attributes", json_options),
         resource: builder.add_json_field("resource", resource_options),
         trace_id: builder.add_text_field("trace_id", STRING),
@@ -262,10 +309,27 @@ impl Partition {
             docstore_blocksize: 64 * 1024,
             ..IndexSettings::default()
         };
-        let index = Index::builder()
-            .schema(schema.clone())
-            .settings(settings)
-            .open_or_create(directory)?;
+        let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
+            // The partition's own schema, which may name an older word
+            // tokenizer: its documents were indexed with it.
+            let mut index = Index::open(directory)?;
+            index.set_tokenizers(tokenizers());
+            if !same_fields(&index.schema(), schema) {
+                return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
+                    format!(
+                        "log partition {} has fields this version does not know",
+                        dir.display()
+                    ),
+                )));
+            }
+            index
+        } else {
+            Index::builder()
+                .schema(schema.clone())
+                .settings(settings)
+                .tokenizers(tokenizers())
+                .open_or_create(directory)?
+        };
         let committed_position = index
             .load_metas()?
             .payload
@@ -357,6 +421,23 @@ impl Partition {
     }
 }
 
+/// Whether a partition's schema has the fields of `expected`, with the same
+/// names, numbers and value types, so that documents and queries built
+/// with `expected` mean the same in it (tokenizers may differ).
+fn same_fields(schema: &Schema, expected: &Schema) -> bool {
+    let fields: Vec<_> = schema.fields().collect();
+    let expected: Vec<_> = expected.fields().collect();
+    fields.len() == expected.len()
+        && fields
+            .iter()
+            .zip(&expected)
+            .all(|((field, entry), (want, want_entry))| {
+                field == want
+                    && entry.name() == want_entry.name()
+                    && entry.field_type().value_type() == want_entry.field_type().value_type()
+            })
+}
+
 /// Log records on disk, one tantivy index per UTC day.
 ///
 /// Writes ([`LogStore::add`]) become visible and durable at
@@ -393,7 +474,7 @@ impl LogStore {
         let mut query_parser = QueryParser::new(
             schema.clone(),
             vec![fields.body, fields.attributes],
-            TokenizerManager::default(),
+            tokenizers(),
         );
         // `payment declined` means both words, as in Quickwit and Kibana's KQL.
         query_parser.set_conjunction_by_default();
@@ -1060,6 +1141,221 @@ mod tests {
         for (query, expected) in cases {
             assert_eq!(search(&store, query), *expected, "query {query:?}");
         }
+    }
+
+    /// Searches each query and checks the bodies found, newest first, and
+    /// that [`crate::LogMatcher`] (log-derived metrics) agrees with the index.
+    fn assert_finds(store: &LogStore, records: &[LogRecord], cases: &[(&str, &[&str])]) {
+        for (query, expected) in cases {
+            let found = store.search(&LogQuery {
+                query: query.to_string(),
+                limit: 100,
+                ..LogQuery::default()
+            });
+            let found: Vec<String> = match found {
+                Ok(result) => result.hits.into_iter().map(|h| h.record.body).collect(),
+                Err(error) => panic!("query {query:?}: {error}"),
+            };
+            assert_eq!(found, *expected, "query {query:?}");
+            let matcher = crate::LogMatcher::new(query).unwrap();
+            let mut matched: Vec<&LogRecord> = records
+                .iter()
+                .filter(|record| matcher.matches(record))
+                .collect();
+            matched.sort_by_key(|record| std::cmp::Reverse(record.timestamp));
+            let matched: Vec<&str> = matched.iter().map(|r| r.body.as_str()).collect();
+            assert_eq!(matched, *expected, "matcher, query {query:?}");
+        }
+    }
+
+    #[test]
+    fn field_star_means_the_field_exists_for_every_kind_of_field() {
+        let mut bare = record(T0 + 1_000, "bare record", None);
+        bare.trace_id = None;
+        bare.span_id = None;
+        bare.attributes.remove("user_id");
+        bare.resource.remove("k8s.pod.name");
+        let records = [record(T0 + 2_000, "full record", Some("req-1")), bare];
+        let (_dir, store) = store_with(&records);
+        let both: &[&str] = &["full record", "bare record"];
+        assert_finds(
+            &store,
+            &records,
+            &[
+                ("request_id:*", &["full record"]),
+                ("trace_id:*", &["full record"]),
+                ("span_id:*", &["full record"]),
+                ("NOT request_id:*", &["bare record"]),
+                ("user_id:*", &["full record"]),
+                ("attributes.user_id:*", &["full record"]),
+                ("http:*", both),
+                ("http.status:*", both),
+                ("resource.k8s.pod.name:*", &["full record"]),
+                ("resource.service.name:*", both),
+                ("resource.nothing:*", &[]),
+                ("service:*", both),
+                ("severity:*", both),
+                ("severity_number:*", both),
+                ("body:*", both),
+                ("timestamp:*", both),
+                ("nothing:*", &[]),
+                ("request_id:* AND full", &["full record"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn words_search_identifying_fields_and_severity_ignores_case() {
+        let gateway = record(T0 + 1_000, "order created", None);
+        let mut payment = record(T0 + 2_000, "card charged", None);
+        payment.service = "payment".into();
+        payment.severity_text = "ERROR".into();
+        payment.resource = json!({
+            "service.name": "payment",
+            "k8s.namespace.name": "shop",
+            "k8s.pod.name": "payment-7f9c2",
+            "k8s.container.name": "payment-api",
+            "host.name": "node-3",
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let records = [gateway, payment];
+        let (_dir, store) = store_with(&records);
+        assert_finds(
+            &store,
+            &records,
+            &[
+                ("gateway", &["order created"]),
+                ("payment", &["card charged"]),
+                ("gateway-abc12", &["order created"]),
+                ("shop", &["card charged"]),
+                ("payment-api", &["card charged"]),
+                ("node-3", &["card charged"]),
+                ("gateway AND created", &["order created"]),
+                ("gateway AND charged", &[]),
+                ("gateway OR payment", &["card charged", "order created"]),
+                ("NOT gateway", &["card charged"]),
+                // Attribute values need their field (`log.iostream:stdout`).
+                ("stdout", &[]),
+                ("log.iostream:stdout", &["card charged", "order created"]),
+                ("severity:ERROR", &["card charged"]),
+                ("severity:error", &["card charged"]),
+                ("severity:Error", &["card charged"]),
+                (
+                    "severity:(error OR info)",
+                    &["card charged", "order created"],
+                ),
+                ("NOT severity:error", &["order created"]),
+                ("severity:err*", &["card charged"]),
+                ("severity:IN [error warn]", &["card charged"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn long_words_are_searchable_and_unsearchable_terms_say_why() {
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let long_id = "x".repeat(MAX_WORD_BYTES);
+        let mut uploaded = record(T0 + 1_000, &format!("uploaded blob sha256:{digest}"), None);
+        uploaded
+            .attributes
+            .insert("object".into(), json!(format!("blobs/{long_id}")));
+        let records = [uploaded, record(T0 + 2_000, "other", None)];
+        let (_dir, store) = store_with(&records);
+        let found = &["uploaded blob sha256:".to_string() + digest];
+        let found: Vec<&str> = found.iter().map(String::as_str).collect();
+        let with_digest = format!("body:{digest}");
+        let phrase = format!("\"sha256:{digest}\"");
+        let attribute = format!("object:{long_id}");
+        assert_finds(
+            &store,
+            &records,
+            &[
+                (digest, &found),
+                (&with_digest, &found),
+                (&phrase, &found),
+                (&attribute, &found),
+            ],
+        );
+        let too_long = "y".repeat(MAX_WORD_BYTES + 1);
+        for (text, expected) in [
+            (too_long.clone(), "longer than 255 bytes"),
+            (format!("uploaded AND {too_long}"), "longer than 255 bytes"),
+            (format!("body:\"a {too_long}\""), "longer than 255 bytes"),
+            ("body:\"...\"".to_string(), "no word to search for"),
+            ("user_id:\"--\"".to_string(), "no word to search for"),
+        ] {
+            let error = store
+                .search(&LogQuery {
+                    query: text.clone(),
+                    limit: 1,
+                    ..LogQuery::default()
+                })
+                .unwrap_err();
+            assert!(
+                matches!(error, StoreError::InvalidQuery(_)),
+                "{text}: {error}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(!message.contains("Only excluding"), "{text}: {message}");
+            assert!(
+                crate::LogMatcher::new(&text).is_err(),
+                "the matcher refuses {text} too"
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_of_the_first_schema_open_and_stay_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let old = record(T0 + 1_000, &format!("old blob {digest}"), Some("req-old"));
+        {
+            // A day partition written before words up to 255 bytes were
+            // indexed: its meta.json names tantivy's `default` tokenizer.
+            let scratch = tempfile::tempdir().unwrap();
+            let documents = LogStore::open(scratch.path()).unwrap();
+            let (schema, _) = log_schema_with("default");
+            let partition = dir.path().join(day_name(day_of(T0)));
+            std::fs::create_dir_all(&partition).unwrap();
+            let index = Index::create_in_dir(&partition, schema).unwrap();
+            let mut writer: IndexWriter = index.writer(15_000_000).unwrap();
+            let source = serde_json::to_string(&old).unwrap();
+            writer
+                .add_document(documents.to_document(old.clone(), source, 1))
+                .unwrap();
+            writer.commit().unwrap();
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        let new = record(T0 + DAY, &format!("new blob {digest}"), Some("req-new"));
+        let late = record(T0 + 2_000, &format!("late blob {digest}"), None);
+        store.add(5, &[new.clone(), late.clone()]).unwrap();
+        store.commit(6).unwrap();
+        // The old partition keeps its tokenizer, also for records written to
+        // it now: words of 40 bytes or more are not in it, the rest is.
+        assert_eq!(
+            search(&store, "blob"),
+            [
+                "new blob ".to_string() + digest,
+                "late blob ".to_string() + digest,
+                "old blob ".to_string() + digest
+            ]
+        );
+        assert_eq!(search(&store, digest), ["new blob ".to_string() + digest]);
+        assert_eq!(
+            search(&store, "request_id:req-old"),
+            ["old blob ".to_string() + digest]
+        );
+        assert_eq!(
+            search(&store, "gateway AND old"),
+            ["old blob ".to_string() + digest]
+        );
+        assert_eq!(
+            search(&store, "request_id:* AND old"),
+            ["old blob ".to_string() + digest]
+        );
     }
 
     #[test]

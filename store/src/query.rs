@@ -1,4 +1,4 @@
-//! The log query language: tantivy's query grammar, with two fixes users of
+//! The log query language: tantivy's query grammar, with the fixes users of
 //! Kibana and Quickwit expect, and errors that say where the problem is.
 //!
 //! - `a AND NOT b` excludes `b` (tantivy alone turns the pure negation into a
@@ -9,18 +9,54 @@
 //!   message;
 //! - a field name that is not in the schema is a parsed attribute:
 //!   `user_id:42` and `http.status:[500 TO 599]` mean `attributes.user_id:42`
-//!   and `attributes.http.status:[500 TO 599]`.
+//!   and `attributes.http.status:[500 TO 599]`;
+//! - a word or phrase without a field searches the message (as words) and
+//!   the record's identifying fields (as whole values, case-sensitive, as
+//!   Kibana matches keyword fields): the service and the resource's
+//!   [`IDENTIFYING_RESOURCE_KEYS`] (namespace, pod, container, deployment,
+//!   node, host), so `gateway` finds the gateway's records and
+//!   `gateway-7f9c2` one pod's;
+//! - `severity:error` ignores case (severities are stored upper-case);
+//! - `field:*` means the record has the field, for every field: fast fields
+//!   and attributes through tantivy's exists query, the other fields from
+//!   their field norms (`body`, `request_id`, ...) or their terms
+//!   (`resource.*`), which tantivy's parser cannot do;
+//! - a word longer than [`MAX_WORD_BYTES`] (not indexed) or a value with no
+//!   word for a field of words (`body:"..."`) is an error that says so.
+//!   Partitions created before words up to 255 bytes were indexed kept
+//!   tantivy's limit (39 bytes): longer words are found only in newer days.
 
-use tantivy::query::{Query, QueryParser};
-use tantivy::query_grammar::{
-    Occur, UserInputAst, UserInputBound, UserInputLeaf, parse_query_lenient,
+use tantivy::query::{
+    BitSetDocSet, BooleanQuery, BoostQuery, ConstScorer, EmptyQuery, EnableScoring, ExistsQuery,
+    Explanation, Query, QueryParser, Scorer, Weight,
 };
-use tantivy::schema::Schema;
+use tantivy::query_grammar::{
+    Occur, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral, parse_query_lenient,
+};
+use tantivy::schema::{Field, FieldType, IndexRecordOption, Schema};
+use tantivy::{BitSet, DocId, DocSet, Score, SegmentReader, Term};
 
 /// The JSON field that holds a record's parsed fields.
 const ATTRIBUTES: &str = "attributes";
 
+/// The JSON field that holds a record's resource.
+const RESOURCE: &str = "resource";
+
+/// Resource attributes that say where a record comes from: a word without a
+/// field matches their values whole, as well as the message and `service`.
+pub(crate) const IDENTIFYING_RESOURCE_KEYS: &[&str] = &[
+    "service.namespace",
+    "k8s.namespace.name",
+    "k8s.pod.name",
+    "k8s.container.name",
+    "k8s.deployment.name",
+    "k8s.node.name",
+    "container.name",
+    "host.name",
+];
+
 use crate::error::{Result, StoreError};
+use crate::logs::MAX_WORD_BYTES;
 use crate::model::LogRecord;
 
 mod limits;
@@ -43,9 +79,146 @@ pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result
             error.message, error.pos
         )));
     }
-    parser
-        .build_query_from_user_input_ast(normalize(ast, schema, true)?)
-        .map_err(|error| StoreError::InvalidQuery(error.to_string()))
+    let query = build(parser, schema, normalize(ast, schema, true)?)?;
+    Ok(query.unwrap_or_else(|| Box::new(EmptyQuery)))
+}
+
+/// tantivy's query for a normalized query: clauses here, leaves by tantivy's
+/// parser except `field:*` ([`exists`]). `None` when there is nothing to
+/// search (an empty clause, a value without terms): tantivy drops those from
+/// their clause, and so does this.
+fn build(
+    parser: &QueryParser,
+    schema: &Schema,
+    ast: UserInputAst,
+) -> Result<Option<Box<dyn Query>>> {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let mut built = Vec::with_capacity(clauses.len());
+            for (occur, child) in clauses {
+                if let Some(query) = build(parser, schema, child)? {
+                    // Conjunction by default, as the parser is set up.
+                    built.push((occur.unwrap_or(Occur::Must), query));
+                }
+            }
+            Ok((!built.is_empty()).then(|| Box::new(BooleanQuery::new(built)) as Box<dyn Query>))
+        }
+        UserInputAst::Boost(inner, boost) => Ok(build(parser, schema, *inner)?
+            .map(|query| Box::new(BoostQuery::new(query, boost.into_inner() as Score)) as _)),
+        UserInputAst::Leaf(leaf) => {
+            let query = match *leaf {
+                UserInputLeaf::Exists { field } => exists(schema, &field)?,
+                leaf => parser
+                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf)))
+                    .map_err(|error| StoreError::InvalidQuery(error.to_string()))?,
+            };
+            Ok((!query.is::<EmptyQuery>()).then_some(query))
+        }
+    }
+}
+
+/// `field:*`: the records that have a value in `field` (or, for `body`, at
+/// least one word). tantivy's exists query reads fast columns, which only
+/// `timestamp`, `seq`, `severity` and the attributes have; the other fields
+/// are answered from what is indexed.
+fn exists(schema: &Schema, name: &str) -> Result<Box<dyn Query>> {
+    // Unknown names were qualified as attributes: every name is a field.
+    let Some((field, path)) = schema.find_field(name) else {
+        return Err(StoreError::InvalidQuery(format!("unknown field {name}")));
+    };
+    let entry = schema.get_field_entry(field);
+    let presence = match entry.field_type() {
+        _ if entry.is_fast() => return Ok(Box::new(ExistsQuery::new(name.to_string(), true))),
+        FieldType::JsonObject(options) if entry.is_indexed() => {
+            // A JSON field's terms start with their path: the path itself
+            // ends with JSON_END_OF_PATH (0), a deeper path goes on with a
+            // segment separator (1).
+            if path.is_empty() {
+                Presence::Terms(vec![Vec::new()])
+            } else {
+                let term =
+                    Term::from_field_json_path(field, path, options.is_expand_dots_enabled());
+                let exact = term.serialized_value_bytes().to_vec();
+                let mut deeper = exact.clone();
+                deeper.pop();
+                deeper.push(1);
+                Presence::Terms(vec![exact, deeper])
+            }
+        }
+        _ if entry.has_fieldnorms() => Presence::Fieldnorms,
+        _ if entry.is_indexed() => Presence::Terms(vec![Vec::new()]),
+        _ => {
+            return Err(StoreError::InvalidQuery(format!(
+                "{name} cannot be searched"
+            )));
+        }
+    };
+    Ok(Box::new(PresenceQuery { field, presence }))
+}
+
+/// The documents with a value in one field, for [`exists`].
+#[derive(Debug, Clone)]
+struct PresenceQuery {
+    field: Field,
+    presence: Presence,
+}
+
+#[derive(Debug, Clone)]
+enum Presence {
+    /// A field norm (the number of tokens) above zero.
+    Fieldnorms,
+    /// A term that starts with one of these byte strings.
+    Terms(Vec<Vec<u8>>),
+}
+
+impl Query for PresenceQuery {
+    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Weight for PresenceQuery {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let max_doc = reader.max_doc();
+        let mut docs = BitSet::with_max_value(max_doc);
+        match &self.presence {
+            Presence::Fieldnorms => {
+                let norms = reader.get_fieldnorms_reader(self.field)?;
+                for doc in (0..max_doc).filter(|doc| norms.fieldnorm_id(*doc) != 0) {
+                    docs.insert(doc);
+                }
+            }
+            Presence::Terms(prefixes) => {
+                let inverted = reader.inverted_index(self.field)?;
+                for prefix in prefixes {
+                    let mut terms = inverted.terms().range().ge(prefix).into_stream()?;
+                    while terms.advance() && terms.key().starts_with(prefix) {
+                        let mut postings = inverted.read_block_postings_from_terminfo(
+                            terms.value(),
+                            IndexRecordOption::Basic,
+                        )?;
+                        while !postings.docs().is_empty() {
+                            for &doc in postings.docs() {
+                                docs.insert(doc);
+                            }
+                            postings.advance();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Box::new(ConstScorer::new(BitSetDocSet::from(docs), boost)))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let mut scorer = self.scorer(reader, 1.0)?;
+        if scorer.seek(doc) != doc {
+            return Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} has no value in the field"
+            )));
+        }
+        Ok(Explanation::new("the field has a value", 1.0))
+    }
 }
 
 fn is_pure_negation(clauses: &[(Option<Occur>, UserInputAst)]) -> bool {
@@ -72,6 +245,14 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
                 boost,
             ));
         }
+        // A leaf alone is a clause of one, normalized (once) as its child.
+        UserInputAst::Leaf(leaf) if top_level => {
+            return normalize(
+                UserInputAst::Clause(vec![(None, UserInputAst::Leaf(leaf))]),
+                schema,
+                true,
+            );
+        }
         UserInputAst::Leaf(mut leaf) => {
             if let UserInputLeaf::Literal(literal) = leaf.as_ref()
                 && let Some(pattern) = wildcard_pattern(&literal.phrase, literal.prefix)
@@ -92,19 +273,39 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
                 }
                 UserInputLeaf::All => {}
             }
+            if let UserInputLeaf::Literal(literal) = leaf.as_ref() {
+                check_words(literal, schema)?;
+            }
             let leaf = match *leaf {
                 UserInputLeaf::Range {
                     field: Some(field),
                     lower,
                     upper,
                 } if is_json_field(schema, &field) => range_of_one_kind(field, lower, upper)?,
+                UserInputLeaf::Literal(literal)
+                    if literal.field_name.is_none() && !literal.prefix =>
+                {
+                    with_identifying_fields(literal)
+                }
+                UserInputLeaf::Literal(literal)
+                    if literal.field_name.as_deref() == Some(SEVERITY) =>
+                {
+                    severity_set(vec![literal.phrase])
+                }
+                UserInputLeaf::Set {
+                    field: Some(field),
+                    elements,
+                } if field == SEVERITY => severity_set(elements),
+                UserInputLeaf::Regex {
+                    field: Some(field),
+                    pattern,
+                } if field == SEVERITY => UserInputAst::Leaf(Box::new(UserInputLeaf::Regex {
+                    field: Some(field),
+                    pattern: format!("(?i){pattern}"),
+                })),
                 leaf => UserInputAst::Leaf(Box::new(leaf)),
             };
-            return if top_level {
-                normalize(UserInputAst::Clause(vec![(None, leaf)]), schema, true)
-            } else {
-                Ok(leaf)
-            };
+            return Ok(leaf);
         }
     };
     let mut flattened = Vec::with_capacity(clauses.len());
@@ -126,6 +327,117 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
         ));
     }
     Ok(UserInputAst::Clause(flattened))
+}
+
+/// The field of severity texts, which the store keeps upper-case (`ERROR`).
+const SEVERITY: &str = "severity";
+
+/// `severity:error` as `severity:IN [error ERROR Error]`: the case variants
+/// of each value, so any spelling finds the stored upper-case text (and
+/// lower-case texts a client may have sent before they were canonical).
+fn severity_set(values: Vec<String>) -> UserInputAst {
+    let mut elements = Vec::with_capacity(values.len() * 4);
+    for value in values {
+        let mut capitalized = value.to_lowercase();
+        if let Some(first) = capitalized.chars().next() {
+            let upper_first: String = first.to_uppercase().collect();
+            capitalized.replace_range(..first.len_utf8(), &upper_first);
+        }
+        elements.extend([
+            value.to_uppercase(),
+            value.to_lowercase(),
+            capitalized,
+            value,
+        ]);
+    }
+    elements.sort();
+    elements.dedup();
+    UserInputAst::Leaf(Box::new(UserInputLeaf::Set {
+        field: Some(SEVERITY.to_string()),
+        elements,
+    }))
+}
+
+/// A word or phrase without a field: the message (the parser's default
+/// fields), or the whole value of `service` or an identifying resource key.
+fn with_identifying_fields(literal: UserInputLiteral) -> UserInputAst {
+    let whole = |field: String| {
+        let literal = UserInputLiteral {
+            field_name: Some(field),
+            phrase: literal.phrase.clone(),
+            delimiter: literal.delimiter,
+            slop: 0,
+            prefix: false,
+        };
+        (
+            Some(Occur::Should),
+            UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(literal))),
+        )
+    };
+    let mut clauses = Vec::with_capacity(IDENTIFYING_RESOURCE_KEYS.len() + 2);
+    clauses.push(whole("service".to_string()));
+    for key in IDENTIFYING_RESOURCE_KEYS {
+        clauses.push(whole(format!("{RESOURCE}.{key}")));
+    }
+    clauses.insert(
+        0,
+        (
+            Some(Occur::Should),
+            UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(literal))),
+        ),
+    );
+    UserInputAst::Clause(clauses)
+}
+
+/// The words of `text` as the index splits it (runs of letters and digits),
+/// before lowercasing and before long words are dropped.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|character: char| !character.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+}
+
+/// Refuses a literal the index cannot match for the way it indexes words:
+/// a word longer than [`MAX_WORD_BYTES`] (not indexed), or, for a field of
+/// words (`body`, attributes), a value without any word (`body:"..."`),
+/// which tantivy would silently drop from the query.
+fn check_words(literal: &UserInputLiteral, schema: &Schema) -> Result<()> {
+    let field = literal.field_name.as_deref();
+    if !field.is_none_or(|field| is_word_field(schema, field)) {
+        return Ok(());
+    }
+    if let Some(word) = words(&literal.phrase).find(|word| word.len() > MAX_WORD_BYTES) {
+        let start: String = word.chars().take(16).collect();
+        return Err(StoreError::InvalidQuery(format!(
+            "the word {start}... is {} bytes long: words longer than {MAX_WORD_BYTES} bytes are not indexed, so they cannot be searched; search for another word of the record",
+            word.len()
+        )));
+    }
+    if let Some(field) = field
+        && words(&literal.phrase).next().is_none()
+    {
+        let field = field.strip_prefix("attributes.").unwrap_or(field);
+        return Err(StoreError::InvalidQuery(format!(
+            "{:?} has no word to search for in {field}: {field} is searched by words (letters and digits)",
+            literal.phrase
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `field` is split into words when indexed (the message and the
+/// attributes), rather than indexed whole.
+fn is_word_field(schema: &Schema, field: &str) -> bool {
+    let Some((field, _path)) = schema.find_field(field) else {
+        return false;
+    };
+    let tokenizer = match schema.get_field_entry(field).field_type() {
+        FieldType::Str(options) => options.get_indexing_options().map(|o| o.tokenizer()),
+        FieldType::JsonObject(options) => {
+            options.get_text_indexing_options().map(|o| o.tokenizer())
+        }
+        _ => None,
+    };
+    tokenizer.is_some_and(|tokenizer| tokenizer != "raw")
 }
 
 /// Whether `field` (after [`qualify`]) names a path in one of the schema's
@@ -254,11 +566,12 @@ fn wildcard_pattern(phrase: &str, prefix: bool) -> Option<String> {
 ///
 /// It takes the same syntax as [`parse`] with the same normalization, and
 /// matches as the index would: `body`, parsed attributes and free text are
-/// split into lowercase alphanumeric tokens (tantivy's `default` tokenizer;
-/// a phrase matches consecutive tokens), `severity`, `service`, the ids and
-/// `resource.x` match whole values, case-sensitively; numbers compare as
-/// numbers. Differences: slop is ignored, and a negation nested under `OR`
-/// means "everything except" where tantivy would match nothing.
+/// split into lowercase alphanumeric tokens of at most [`MAX_WORD_BYTES`]
+/// (a phrase matches consecutive tokens), `service`, the ids and
+/// `resource.x` match whole values, case-sensitively, `severity` ignores
+/// case; free text also matches the identifying fields whole; numbers
+/// compare as numbers. Differences: slop is ignored, and a negation nested
+/// under `OR` means "everything except" where tantivy would match nothing.
 #[derive(Debug, Clone)]
 pub struct LogMatcher {
     root: Node,
@@ -300,7 +613,8 @@ enum Node {
 /// Which part of a record a leaf looks at.
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
-    /// No field: the message and the parsed attributes.
+    /// No field: the message (the identifying fields are separate
+    /// leaves after [`normalize`]).
     Default,
     Body,
     Severity,
@@ -333,6 +647,7 @@ impl Target {
             "span_id" => Target::SpanId,
             "request_id" => Target::RequestId,
             "attributes" => Target::Attribute(String::new()),
+            "resource" => Target::Resource(String::new()),
             _ => {
                 if let Some(path) = name.strip_prefix("attributes.") {
                     Target::Attribute(path.to_string())
@@ -460,11 +775,11 @@ fn compile_leaf(leaf: UserInputLeaf) -> Result<Node> {
     })
 }
 
-/// tantivy's `default` tokenizer: alphanumeric runs, lowercased, tokens
-/// longer than 40 bytes dropped.
+/// The index's word tokenizer: alphanumeric runs, lowercased, tokens longer
+/// than [`MAX_WORD_BYTES`] dropped.
 fn tokenize(text: &str) -> Vec<String> {
-    text.split(|character: char| !character.is_alphanumeric())
-        .filter(|token| !token.is_empty() && token.len() <= 40)
+    words(text)
+        .filter(|token| token.len() <= MAX_WORD_BYTES)
         .map(str::to_lowercase)
         .collect()
 }
@@ -528,6 +843,10 @@ impl Node {
                     .iter()
                     .any(|element| element.parse::<f64>().is_ok_and(|wanted| wanted == number)),
             }),
+            // A message without a word has no term, as in the index.
+            Node::Exists {
+                field: Target::Body,
+            } => !tokenize(&record.body).is_empty(),
             Node::Exists { field } => any_value(record, field, |_| true),
         }
     }
@@ -564,14 +883,9 @@ fn contains_phrase(tokens: &[String], phrase: &[String]) -> bool {
 /// Calls `test` on every value of `field` in `record` until one passes.
 fn any_value(record: &LogRecord, field: &Target, test: impl Fn(Found<'_>) -> bool) -> bool {
     match field {
-        Target::Default => {
-            test(Found::Text(&record.body))
-                || record
-                    .attributes
-                    .values()
-                    .any(|value| json_values(value, true, &test))
-        }
-        Target::Body => test(Found::Text(&record.body)),
+        // Free text: tantivy's parser searches the message and the
+        // attributes' root path, which has no values (their keys are paths).
+        Target::Default | Target::Body => test(Found::Text(&record.body)),
         Target::Severity => test(Found::Whole(&record.severity_text)),
         Target::SeverityNumber => test(Found::Number(f64::from(record.severity_number))),
         Target::Service => test(Found::Whole(&record.service)),
@@ -595,6 +909,10 @@ fn any_value(record: &LogRecord, field: &Target, test: impl Fn(Found<'_>) -> boo
         Target::Attribute(path) => {
             path_values(&record.attributes, path).any(|value| json_values(value, true, &test))
         }
+        Target::Resource(path) if path.is_empty() => record
+            .resource
+            .values()
+            .any(|value| json_values(value, false, &test)),
         Target::Resource(path) => {
             path_values(&record.resource, path).any(|value| json_values(value, false, &test))
         }
@@ -686,7 +1004,13 @@ mod matcher_tests {
             ("\"failed login\"", false),
             ("body:\"login failed\"", true),
             ("severity:WARN", true),
-            ("severity:warn", false),
+            ("severity:warn", true),
+            ("severity:Warn*", true),
+            ("auth", true),
+            ("Shop-Prod", true),
+            ("resource:*", true),
+            ("request_id:*", false),
+            ("trace_id:*", true),
             ("service:auth AND severity:WARN", true),
             ("service:auth AND NOT severity:WARN", false),
             ("NOT severity:ERROR", true),

@@ -1,8 +1,10 @@
-//! No query string makes the log store's query parser or search panic.
+//! No query string makes the log store's query parser or search panic, and
+//! every query either runs or is refused as the user's mistake (a 400 that
+//! says why), never an index error (a 500).
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sightline_store::{LogQuery, LogRecord, LogStore};
+use sightline_store::{LogQuery, LogRecord, LogStore, StoreError};
 
 fn query_text() -> impl Strategy<Value = String> {
     let token = prop_oneof![
@@ -34,6 +36,11 @@ fn query_text() -> impl Strategy<Value = String> {
         Just("attributes.user_id:".to_string()),
         Just("http.status:".to_string()),
         Just("resource.k8s.pod.name:".to_string()),
+        Just("resource:".to_string()),
+        Just("span_id:".to_string()),
+        Just("stream:".to_string()),
+        Just("severity:".to_string()),
+        Just("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_string()),
         "[a-z0-9*?]{1,6}",
         "-?[0-9]{1,20}",
         "\\PC{1,4}",
@@ -49,7 +56,7 @@ fn query_text() -> impl Strategy<Value = String> {
 }
 
 #[test]
-fn no_query_string_panics_the_parser_or_search() {
+fn no_query_string_panics_the_parser_or_search_or_fails_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
     let records: Vec<_> = (0..20)
@@ -77,12 +84,23 @@ fn no_query_string_panics_the_parser_or_search() {
     runner
         .run(&query_text(), |query| {
             let _ = store.validate_query(&query);
-            let _ = store.search(&LogQuery {
-                query,
+            let result = store.search(&LogQuery {
+                query: query.clone(),
                 limit: 5,
                 ..LogQuery::default()
             });
-            Ok(())
+            match result {
+                Ok(_) => Ok(()),
+                Err(StoreError::InvalidQuery(message)) if message.contains("Only excluding") => {
+                    Err(TestCaseError::fail(format!(
+                        "{query:?}: a message that does not say why: {message}"
+                    )))
+                }
+                Err(StoreError::InvalidQuery(_)) => Ok(()),
+                Err(error) => Err(TestCaseError::fail(format!(
+                    "{query:?} failed in the index: {error}"
+                ))),
+            }
         })
         .unwrap();
 }

@@ -10,10 +10,12 @@ const SEVERITIES = ["FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", ""];
 const SEVERITY_COLORS = { FATAL: "#6e0b0b", ERROR: "#cf222e", WARN: "#d4a72c", INFO: "#2da44e", DEBUG: "#8c959f", TRACE: "#c4c9d0", "": "#57606a" };
 const SIDEBAR_FIELDS = ["service", "severity_text", "resource.k8s.namespace.name", "resource.k8s.pod.name"];
 const HELP = [
-  ["payment declined", "words in the message"],
+  ["payment declined", "words in the message (any case)"],
+  ["gateway  shop-prod", "a whole service, namespace, pod, container, node or host name"],
   ['"payment declined"', "a phrase"],
-  ["service:order AND severity:ERROR", "fields, AND / OR / NOT, parentheses"],
+  ["service:order AND severity:error", "fields (severity in any case), AND / OR / NOT, parentheses"],
   ["request_id:abc123  trace_id:…", "one request or trace"],
+  ["request_id:*", "records that have the field"],
   ["user_id:42  http.status:[500 TO 599]", "parsed attributes, ranges"],
   ["ship*  NOT debug", "wildcards, exclusions"],
 ];
