@@ -188,6 +188,9 @@ struct State {
     dirty: bool,
     /// See [`CheckpointStore::since_unix_nanos`].
     since_unix_nanos: u64,
+    /// First bytes of files cut in place (copytruncate), newest last: a
+    /// copy of one found later is still a copy. Bounded.
+    retired: std::collections::VecDeque<Fingerprint>,
     /// Discovery reported a full scan: until then nothing is pruned (a
     /// file rotated while the agent was down is not yet located).
     scanned: bool,
@@ -255,6 +258,7 @@ impl CheckpointStore {
                     active: HashMap::new(),
                     dirty: true,
                     since_unix_nanos,
+                    retired: std::collections::VecDeque::new(),
                     scanned: false,
                 }),
             }),
@@ -283,6 +287,13 @@ impl CheckpointStore {
             },
             _ => Resume::At(stored.offset),
         }
+    }
+
+    /// The stored offset, fingerprint and size last seen of `key`.
+    pub(crate) fn stored(&self, key: FileKey) -> Option<(u64, Option<Fingerprint>, u64)> {
+        let state = self.lock();
+        let stored = state.entries.get(&key)?;
+        Some((stored.offset, stored.fingerprint, stored.size))
     }
 
     /// Whether `key` has an entry (its offset may still not fit it).
@@ -322,7 +333,22 @@ impl CheckpointStore {
             .filter(|(other, _)| **other != key)
             .filter_map(|(_, source)| source.upgrade())
             .map(|source| source.stats.fingerprint());
-        stored.chain(active).any(is_copy)
+        let retired = state.retired.iter().copied();
+        stored.chain(active).chain(retired).any(is_copy)
+    }
+
+    /// The content that started with `fingerprint` was cut in place: a
+    /// copy of it appearing later is not new lines.
+    pub(crate) fn retire(&self, fingerprint: Fingerprint) {
+        const KEPT: usize = 256;
+        if fingerprint.len == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        if state.retired.len() == KEPT {
+            state.retired.pop_front();
+        }
+        state.retired.push_back(fingerprint);
     }
 
     /// Discovery looked at every watched directory and found these

@@ -209,6 +209,7 @@ async fn tail(
         info!(path = %path.display(), "file excluded by filters");
         return Ok(TailEnd::Excluded);
     };
+    let mut resume_copy: Option<(std::fs::File, Vec<u8>, u64)> = None;
     let start = match context.checkpoints.resume(key, size, &head) {
         Resume::At(offset) => offset,
         Resume::Fresh => match origin {
@@ -217,9 +218,29 @@ async fn tail(
         },
         Resume::Reset { reason, lost } => {
             context.metrics.add_checkpoint_reset(reason);
-            context.metrics.add_lost(LossReason::Truncated, lost);
-            warn!(path = %path.display(), ?reason, size, lost, "checkpoint does not fit the file, reading from start");
-            0
+            // Cut in place while the agent was down: the rest of what it
+            // had not acknowledged may be in a copy beside it.
+            let copy = match context.checkpoints.stored(key) {
+                Some((offset, Some(fingerprint), size_seen)) if offset > 0 => {
+                    let path = path.to_owned();
+                    blocking(move || find_copy(&path, key, fingerprint, offset))
+                        .await??
+                        .map(|copy| (copy, offset, size_seen))
+                }
+                _ => None,
+            };
+            match copy {
+                Some(((copy, copy_path, copy_head), offset, size_seen)) => {
+                    info!(path = %path.display(), copy = %copy_path.display(), offset, ?reason, "file cut in place while the agent was down, reading the rest from its copy");
+                    resume_copy = Some((copy, copy_head, size_seen));
+                    offset
+                }
+                None => {
+                    context.metrics.add_lost(LossReason::Truncated, lost);
+                    warn!(path = %path.display(), ?reason, size, lost, "checkpoint does not fit the file, reading from start");
+                    0
+                }
+            }
         }
     };
 
@@ -233,6 +254,12 @@ async fn tail(
     if logical != path {
         source.set_current_path(path);
     }
+    let (file, head, size_seen, reading_copy) = match resume_copy {
+        Some((copy, copy_head, size_seen)) => (copy, copy_head, size_seen, Some(file)),
+        None => (file, head, size, None),
+    };
+    // Reading the rest of a cut file from its copy: the file itself.
+    let mut reading_copy: Option<std::fs::File> = reading_copy;
     source.stats.set_fingerprint(Fingerprint::of(&head));
     source.stats.set_size(size);
     context.metrics.track_file(&source.stats);
@@ -252,7 +279,7 @@ async fn tail(
         tuning,
         Arc::clone(&context.metrics),
     );
-    reader.size_seen = size;
+    reader.size_seen = size_seen;
     let mut reader = Some(reader);
     let mut shutdown = context.shutdown.clone();
     let mut last_growth = Instant::now();
@@ -301,24 +328,42 @@ async fn tail(
                 }
                 continue;
             }
-            Step::Replaced { size, reason } => {
-                // What was written and never read is gone with the cut.
-                let lost = reader_ref.size_seen.saturating_sub(reader_ref.offset);
-                context.metrics.add_lost(LossReason::Truncated, lost);
+            Step::Replaced { size, reason } if reading_copy.is_none() => {
                 context.metrics.add_checkpoint_reset(reason);
-                warn!(path = %path.display(), offset = reader_ref.offset, size_seen = reader_ref.size_seen, size, ?reason, lost, "file truncated or replaced, reading from start");
-                // A partial line held from before the cut is all there is
-                // of it: ship it before starting over.
-                if let Some(chunk) = reader_ref.flush(true)
-                    && !send(context, &mut shutdown, chunk, None).await
-                {
+                // copytruncate keeps a copy beside the file: what we had
+                // not read yet is there.
+                let copy = {
+                    let fingerprint = Fingerprint::of(&reader_ref.head);
+                    let offset = reader_ref.offset;
+                    let path = path.to_owned();
+                    blocking(move || find_copy(&path, key, fingerprint, offset)).await??
+                };
+                match copy {
+                    Some((copy, copy_path, _)) => {
+                        info!(path = %path.display(), copy = %copy_path.display(), offset = reader_ref.offset, size, ?reason, "file cut in place, reading the rest from its copy");
+                        reading_copy = Some(reader_ref.swap_file(copy));
+                        continue;
+                    }
+                    None => {
+                        warn!(path = %path.display(), offset = reader_ref.offset, size_seen = reader_ref.size_seen, size, ?reason, "file cut in place, reading from start");
+                    }
+                }
+                if !finish_cut(context, &mut shutdown, reader_ref, None).await {
                     break;
                 }
-                let Some(reader_ref) = reader.as_mut() else {
+                continue;
+            }
+            Step::Replaced { .. } => {
+                // The copy itself changed under us: done with it.
+                if !finish_cut(context, &mut shutdown, reader_ref, reading_copy.take()).await {
                     break;
-                };
-                reader_ref.restart();
-                reader_ref.size_seen = size;
+                }
+                continue;
+            }
+            Step::Eof { .. } if reading_copy.is_some() => {
+                if !finish_cut(context, &mut shutdown, reader_ref, reading_copy.take()).await {
+                    break;
+                }
                 continue;
             }
             Step::Eof { size } => {
@@ -386,6 +431,81 @@ async fn tail(
     }
     debug!(path = %path.display(), "reader stopped");
     Ok(TailEnd::Done)
+}
+
+/// After a cut (and reading its copy, `original` then being the file
+/// itself): counts what is gone, the largest size seen minus the offset
+/// read, ships a held partial line (all there is of it) and starts over at
+/// 0. False when the pipeline is gone.
+async fn finish_cut(
+    context: &TailContext,
+    shutdown: &mut Shutdown,
+    reader: &mut FileReader,
+    original: Option<std::fs::File>,
+) -> bool {
+    if let Some(original) = original {
+        reader.swap_file(original);
+    }
+    let lost = reader.size_seen.saturating_sub(reader.offset);
+    context.metrics.add_lost(LossReason::Truncated, lost);
+    if lost > 0 {
+        warn!(path = %reader.source.current_path().display(), offset = reader.offset, size_seen = reader.size_seen, lost, "bytes lost to a cut in place");
+    }
+    // A copy made later must still be known as one.
+    context.checkpoints.retire(Fingerprint::of(&reader.head));
+    if let Some(chunk) = reader.flush(true)
+        && !send(context, shutdown, chunk, None).await
+    {
+        return false;
+    }
+    reader.restart();
+    true
+}
+
+/// A copy of the file `key` at `path` in its directory (a name extending
+/// its name, as copytruncate makes) whose first bytes have `fingerprint`
+/// and that holds more than `offset` bytes, with its first bytes.
+/// Blocking.
+fn find_copy(
+    path: &Path,
+    key: FileKey,
+    fingerprint: Fingerprint,
+    offset: u64,
+) -> std::io::Result<Option<(std::fs::File, PathBuf, Vec<u8>)>> {
+    let (Some(dir), Some(name)) = (
+        path.parent(),
+        path.file_name().and_then(|name| name.to_str()),
+    ) else {
+        return Ok(None);
+    };
+    if fingerprint.len == 0 {
+        return Ok(None);
+    }
+    let prefix = format!("{name}.");
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let file_name = entry.file_name();
+        let Some(candidate) = file_name.to_str() else {
+            continue;
+        };
+        if !candidate.starts_with(&prefix) {
+            continue;
+        }
+        let candidate = entry.path();
+        let Ok(file) = std::fs::File::open(&candidate) else {
+            continue;
+        };
+        let Ok(metadata) = file.metadata() else {
+            continue;
+        };
+        if !metadata.is_file() || FileKey::of(&metadata) == key || metadata.len() <= offset {
+            continue;
+        }
+        let head = read_head(&file, metadata.len())?;
+        if fingerprint.matches(&head) {
+            return Ok(Some((file, candidate, head)));
+        }
+    }
+    Ok(None)
 }
 
 /// Waits for a read's worth of memory budget; `None` on shutdown. While
@@ -576,7 +696,10 @@ impl FileReader {
                 reason: ResetReason::Fingerprint,
             }));
         }
-        self.size_seen = self.size_seen.max(size);
+        if size > self.size_seen {
+            self.size_seen = size;
+            self.source.stats.set_size(size);
+        }
         Ok(None)
     }
 
@@ -698,6 +821,14 @@ impl FileReader {
         }
     }
 
+    /// Reads from `file` from now on, at the same offset (a copy of the
+    /// file holds the same bytes at the same offsets); returns the file
+    /// read so far.
+    fn swap_file(&mut self, file: std::fs::File) -> std::fs::File {
+        self.file_offset_dirty = true;
+        std::mem::replace(&mut self.file, file)
+    }
+
     /// Starts over at offset 0 (the file was truncated or replaced).
     fn restart(&mut self) {
         self.offset = 0;
@@ -708,6 +839,7 @@ impl FileReader {
         self.decoder.reset();
         self.multiline.reset();
         self.splitter = LineSplitter::new(0, self.max_line_bytes);
+        self.size_seen = 0;
     }
 }
 

@@ -2,6 +2,11 @@
 //! server on loopback: records and their mapping, retries, checkpoints
 //! after acknowledgement, and restarts that do not resend.
 
+#[path = "common/mod.rs"]
+mod common;
+#[path = "otlp_pipeline/rotation.rs"]
+mod rotation;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
