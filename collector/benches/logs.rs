@@ -746,6 +746,7 @@ fn bare_tantivy(pods: &[Pod], lines: &[(usize, String)]) -> anyhow::Result<BareR
     let index = Index::builder()
         .schema(schema)
         .settings(settings)
+        .tokenizers(sightline_store::log_index_tokenizers())
         .create_in_dir(dir.path())?;
     let started = Instant::now();
     let mut writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;

@@ -30,7 +30,7 @@ pub mod wal;
 pub use error::{Result, StoreError};
 pub use logs::{
     Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore,
-    log_index_schema,
+    log_index_schema, log_index_tokenizers,
 };
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;

@@ -71,8 +71,9 @@ pub(crate) const MAX_WORD_BYTES: usize = 255;
 const WORD_TOKENIZER: &str = "words_255";
 
 /// tantivy's tokenizers plus [`WORD_TOKENIZER`]; every partition and the
-/// query parser use these.
-fn tokenizers() -> TokenizerManager {
+/// query parser use these. Public for the benchmark's bare tantivy index of
+/// [`log_index_schema`].
+pub fn log_index_tokenizers() -> TokenizerManager {
     let manager = TokenizerManager::default();
     manager.register(
         WORD_TOKENIZER,
@@ -313,7 +314,7 @@ impl Partition {
             // The partition's own schema, which may name an older word
             // tokenizer: its documents were indexed with it.
             let mut index = Index::open(directory)?;
-            index.set_tokenizers(tokenizers());
+            index.set_tokenizers(log_index_tokenizers());
             if !same_fields(&index.schema(), schema) {
                 return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
                     format!(
@@ -327,7 +328,7 @@ impl Partition {
             Index::builder()
                 .schema(schema.clone())
                 .settings(settings)
-                .tokenizers(tokenizers())
+                .tokenizers(log_index_tokenizers())
                 .open_or_create(directory)?
         };
         let committed_position = index
@@ -474,7 +475,7 @@ impl LogStore {
         let mut query_parser = QueryParser::new(
             schema.clone(),
             vec![fields.body, fields.attributes],
-            tokenizers(),
+            log_index_tokenizers(),
         );
         // `payment declined` means both words, as in Quickwit and Kibana's KQL.
         query_parser.set_conjunction_by_default();
