@@ -113,6 +113,7 @@ pub async fn run(
     let mut pipeline_config = PipelineConfig::new(config.data_dir.join("wal"));
     pipeline_config.commit_interval = config.commit_interval;
     pipeline_config.memory_budget_bytes = config.ingest_memory_bytes;
+    pipeline_config.disk_reserve_bytes = config.disk_reserve_bytes;
     let (pipeline, pipeline_threads) = {
         let (logs, spans, metrics) = (logs.clone(), spans.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || Pipeline::start(pipeline_config, logs, spans, metrics))

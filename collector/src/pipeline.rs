@@ -17,9 +17,25 @@
 //! replayed from the lowest position the stores committed; the stores skip
 //! what they already hold, so a `kill -9` at any moment loses nothing
 //! acknowledged and indexes nothing twice.
+//!
+//! A full disk makes the collector read-only, not unavailable: the first
+//! `ENOSPC` (a WAL append, an index commit, or a disk already full at
+//! start) switches ingest off ([`IngestError::Storage`], gRPC `UNAVAILABLE`,
+//! HTTP 503, all retried by senders) while queries go on. The WAL
+//! directory holds a reserve file of [`PipelineConfig::disk_reserve_bytes`]
+//! that is deleted at that moment, so the indexer has room to commit what
+//! was acknowledged before the disk filled: acknowledged records stay
+//! searchable. While read-only, the indexer tries every
+//! [`DISK_PROBE_INTERVAL`] to write the reserve back; when it fits, ingest
+//! resumes. Each change (full, recovered, indexing failing, indexing
+//! resumed) is logged once, not every retry. If the released reserve is too
+//! small for the commit, the acknowledged records stay in the WAL (durable)
+//! and become searchable when space returns.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -70,7 +86,27 @@ pub struct PipelineConfig {
     /// How often the indexes commit (and become searchable).
     pub commit_interval: Duration,
     pub wal_segment_bytes: u64,
+    /// Disk space kept free for committing what was acknowledged when the
+    /// disk fills (a file in `wal_dir`, written at start). At least
+    /// [`MIN_DISK_RESERVE_BYTES`].
+    pub disk_reserve_bytes: u64,
 }
+
+/// Default of [`PipelineConfig::disk_reserve_bytes`].
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest reserve: also what proves the disk has room again.
+pub const MIN_DISK_RESERVE_BYTES: u64 = 1024 * 1024;
+
+/// How often a read-only collector checks whether space was freed.
+pub const DISK_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Name of the reserve file in the WAL directory.
+const RESERVE_FILE: &str = "disk-reserve";
+
+/// What ingest answers while the disk is full.
+const DISK_FULL: &str =
+    "the disk is full: ingest is refused until space is freed (queries are still served)";
 
 impl PipelineConfig {
     pub fn new(wal_dir: PathBuf) -> PipelineConfig {
@@ -80,6 +116,9 @@ impl PipelineConfig {
             queue_batches: 1024,
             commit_interval: Duration::from_millis(1000),
             wal_segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
+            // The smallest: tests start many pipelines. The collector's
+            // `--disk-reserve-bytes` defaults to `DEFAULT_DISK_RESERVE_BYTES`.
+            disk_reserve_bytes: MIN_DISK_RESERVE_BYTES,
         }
     }
 }
@@ -105,6 +144,7 @@ pub struct Pipeline {
     queue: mpsc::Sender<Pending>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    disk: Arc<DiskSpace>,
 }
 
 /// The pipeline's threads; join them after every [`Pipeline`] clone is dropped.
@@ -129,10 +169,10 @@ impl Pipeline {
         spans: Arc<SpanStore>,
         metrics: Arc<CollectorMetrics>,
     ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
-        let replayed = replay(&config.wal_dir, &logs, &spans)?;
-        if replayed > 0 {
-            tracing::info!(batches = replayed, "replayed write-ahead log");
-        }
+        std::fs::create_dir_all(&config.wal_dir)?;
+        let disk = Arc::new(DiskSpace::open(&config.wal_dir, config.disk_reserve_bytes));
+        let from = logs.committed_position().min(spans.committed_position());
+        let replayed = replay(&config.wal_dir, from, &logs, &spans);
         let wal = Wal::open(&config.wal_dir, config.wal_segment_bytes).with_context(|| {
             format!(
                 "failed to open write-ahead log in {}",
@@ -140,19 +180,64 @@ impl Pipeline {
             )
         })?;
         let end = wal.end_position();
-        // Everything replayed is committed: the WAL below its end is no longer needed.
-        commit_stores(&logs, &spans, end)?;
-        wal::remove_below(&config.wal_dir, end)?;
+        // Everything replayed is committed: the WAL below its end is no
+        // longer needed. Nothing replayed, nothing to commit (a commit
+        // writes even then, which a full disk refuses).
+        let indexed = replayed.and_then(|replayed| {
+            if replayed > 0 {
+                tracing::info!(batches = replayed, "replayed write-ahead log");
+                commit_stores(&logs, &spans, end)?;
+            }
+            Ok(())
+        });
+        let indexed = match indexed {
+            Err(error) if is_disk_full(&error) => {
+                // The reserve makes room for this very commit.
+                disk.mark_full(&error);
+                recover(&config.wal_dir, &logs, &spans, from, end)
+                    .and_then(|()| commit_stores(&logs, &spans, end))
+            }
+            other => other,
+        };
+        let start = match indexed {
+            Ok(()) => {
+                wal::remove_below(&config.wal_dir, end)?;
+                IndexerStart {
+                    committed: end,
+                    added_up_to: end,
+                    needs_recovery: false,
+                }
+            }
+            Err(error) if is_disk_full(&error) => {
+                // Start anyway: queries are served, ingest is refused, and
+                // the indexer adds the WAL's tail once there is room.
+                disk.mark_full(&error);
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    from,
+                    to = end,
+                    "acknowledged records cannot be indexed on the full disk; they stay in the write-ahead log until space is freed"
+                );
+                IndexerStart {
+                    committed: from,
+                    added_up_to: end,
+                    needs_recovery: true,
+                }
+            }
+            Err(error) => return Err(error),
+        };
 
         let (queue, pending) = mpsc::channel(config.queue_batches.max(1));
         // Two commit intervals' worth of batches may wait for the indexer.
         let (to_indexer, indexable) = sync_channel(config.queue_batches.max(1));
         let writer_metrics = metrics.clone();
+        let writer_disk = disk.clone();
         let writer = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || write_loop(wal, pending, to_indexer, &writer_metrics))?;
+            .spawn(move || write_loop(wal, pending, to_indexer, &writer_metrics, &writer_disk))?;
         let wal_dir = config.wal_dir.clone();
         let commit_interval = config.commit_interval;
+        let indexer_disk = disk.clone();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
             .spawn(move || {
@@ -162,8 +247,9 @@ impl Pipeline {
                     &spans,
                     indexable,
                     commit_interval,
-                    end,
+                    start,
                     &metrics,
+                    &indexer_disk,
                 )
             })?;
         let budget_bytes = config.memory_budget_bytes.clamp(1, Semaphore::MAX_PERMITS);
@@ -172,6 +258,7 @@ impl Pipeline {
                 queue,
                 budget: Arc::new(Semaphore::new(budget_bytes)),
                 budget_bytes,
+                disk,
             },
             PipelineThreads { writer, indexer },
         ))
@@ -183,6 +270,9 @@ impl Pipeline {
     pub async fn ingest(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
         if batch.len() == 0 {
             return Ok(());
+        }
+        if self.disk.is_full() {
+            return Err(IngestError::Storage(DISK_FULL.into()));
         }
         let permits = u32::try_from(size_bytes.clamp(1, self.budget_bytes)).unwrap_or(u32::MAX);
         let permit = self
@@ -215,13 +305,117 @@ impl Pipeline {
     pub fn budget_in_use(&self) -> usize {
         self.budget_bytes - self.budget.available_permits()
     }
+
+    /// True while the disk is full: ingest is refused, queries are served.
+    pub fn is_read_only(&self) -> bool {
+        self.disk.is_full()
+    }
 }
 
-/// Feeds every WAL entry the stores have not committed into them; returns
-/// how many entries it read.
-fn replay(wal_dir: &Path, logs: &LogStore, spans: &SpanStore) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(wal_dir)?;
-    let from = logs.committed_position().min(spans.committed_position());
+/// Whether `error` (or what caused it) is a full disk or an exhausted quota.
+/// tantivy's errors keep the I/O error only in their text, so the text is
+/// checked too.
+fn is_disk_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let io_full = cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+        });
+        let text = cause.to_string();
+        io_full
+            || text.contains("No space left on device")
+            || text.contains("os error 28")
+            || text.contains("Disk quota exceeded")
+    })
+}
+
+/// The disk's state as the pipeline sees it: full (read-only) or not, and
+/// the reserve file that keeps room for committing acknowledged records.
+struct DiskSpace {
+    reserve: PathBuf,
+    reserve_bytes: u64,
+    full: AtomicBool,
+}
+
+impl DiskSpace {
+    /// Writes the reserve (if it is not there yet); a disk without room
+    /// for it starts read-only.
+    fn open(wal_dir: &Path, reserve_bytes: u64) -> DiskSpace {
+        let disk = DiskSpace {
+            reserve: wal_dir.join(RESERVE_FILE),
+            reserve_bytes: reserve_bytes.max(MIN_DISK_RESERVE_BYTES),
+            full: AtomicBool::new(false),
+        };
+        if let Err(error) = disk.take_reserve() {
+            disk.full.store(true, Ordering::Release);
+            tracing::warn!(
+                %error,
+                reserve_bytes = disk.reserve_bytes,
+                "the disk is full: starting read-only, ingest is refused until space is freed"
+            );
+        }
+        disk
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
+    /// Writes the reserve file to its full size (real blocks, not a sparse
+    /// file: file systems allocate at `write`, so no fsync is needed, and a
+    /// reserve lost in a crash is written again at the next start); on
+    /// failure removes what was written.
+    fn take_reserve(&self) -> std::io::Result<()> {
+        if std::fs::metadata(&self.reserve).is_ok_and(|meta| meta.len() >= self.reserve_bytes) {
+            return Ok(());
+        }
+        let written = (|| {
+            let mut file = std::fs::File::create(&self.reserve)?;
+            let chunk = vec![0u8; 1024 * 1024];
+            let mut left = self.reserve_bytes;
+            while left > 0 {
+                let size = left.min(chunk.len() as u64) as usize;
+                file.write_all(&chunk[..size])?;
+                left -= size as u64;
+            }
+            file.flush()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.reserve);
+        }
+        written
+    }
+
+    /// The disk is full: refuse ingest and free the reserve for the indexer.
+    fn mark_full(&self, error: &dyn std::fmt::Display) {
+        let _ = std::fs::remove_file(&self.reserve);
+        if !self.full.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %error,
+                "the disk is full: ingest is refused until space is freed, queries are still served"
+            );
+        }
+    }
+
+    /// While full: takes the reserve back if there is room for it again,
+    /// and then accepts ingest.
+    fn try_recover(&self) {
+        if !self.is_full() {
+            return;
+        }
+        match self.take_reserve() {
+            Ok(()) => {
+                self.full.store(false, Ordering::Release);
+                tracing::info!("disk space is available again: accepting ingest");
+            }
+            Err(error) => tracing::debug!(%error, "the disk is still full"),
+        }
+    }
+}
+
+/// Feeds every WAL entry from `from` on (what the stores have not
+/// committed) into them; returns how many entries it read.
+fn replay(wal_dir: &Path, from: u64, logs: &LogStore, spans: &SpanStore) -> anyhow::Result<usize> {
     let mut replayed = 0;
     wal::replay(wal_dir, from, |entry| {
         let batch: Batch = match serde_json::from_slice(&entry.payload) {
@@ -288,6 +482,7 @@ fn write_loop(
     mut pending: mpsc::Receiver<Pending>,
     to_indexer: SyncSender<Indexable>,
     metrics: &CollectorMetrics,
+    disk: &DiskSpace,
 ) {
     let mut group = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
     while let Some(first) = pending.blocking_recv() {
@@ -300,6 +495,11 @@ fn write_loop(
         }
         let mut appended = Vec::with_capacity(group.len());
         for item in group.drain(..) {
+            if disk.is_full() {
+                // Not even tried: what the disk still takes is the indexer's.
+                let _ = item.acknowledge.send(Err(DISK_FULL.into()));
+                continue;
+            }
             let (payload, sources) = match encode(&item.batch) {
                 Ok(encoded) => encoded,
                 Err(error) => {
@@ -315,8 +515,14 @@ fn write_loop(
                     appended.push((position, item, sources));
                 }
                 Err(error) => {
-                    tracing::error!(%error, "failed to append to the write-ahead log");
-                    let _ = item.acknowledge.send(Err(error.to_string()));
+                    let error = anyhow::Error::from(error);
+                    if is_disk_full(&error) {
+                        disk.mark_full(&error);
+                        let _ = item.acknowledge.send(Err(DISK_FULL.into()));
+                    } else {
+                        tracing::error!(%error, "failed to append to the write-ahead log");
+                        let _ = item.acknowledge.send(Err(error.to_string()));
+                    }
                 }
             }
         }
@@ -326,7 +532,12 @@ fn write_loop(
         if let Err(error) = wal.sync() {
             // Not durable, so not acknowledged; the entries may still be
             // replayed after a restart, which at-least-once senders tolerate.
-            tracing::error!(%error, "failed to fsync the write-ahead log");
+            let error = anyhow::Error::from(error);
+            if is_disk_full(&error) {
+                disk.mark_full(&error);
+            } else {
+                tracing::error!(%error, "failed to fsync the write-ahead log");
+            }
             for (_, item, _) in appended {
                 let _ = item.acknowledge.send(Err(error.to_string()));
             }
@@ -360,41 +571,91 @@ fn write_loop(
     }
 }
 
+/// Where the indexer starts: what is committed, what is in the WAL, and
+/// whether the WAL's tail still has to be added (it could not be at start).
+struct IndexerStart {
+    committed: u64,
+    added_up_to: u64,
+    needs_recovery: bool,
+}
+
+/// Whether indexing is failing: the first failure is logged as an error,
+/// the retries after it only at debug level, and the first success after
+/// them once more.
+#[derive(Default)]
+struct Failing {
+    since: Option<Instant>,
+}
+
+impl Failing {
+    fn failed(&mut self, what: &str, error: &anyhow::Error) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::error!(error = format!("{error:#}"), "{what}; retrying");
+        } else {
+            tracing::debug!(error = format!("{error:#}"), "{what}");
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failing_for = ?since.elapsed(),
+                "indexing resumed: acknowledged records are searchable again"
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn index_loop(
     wal_dir: &Path,
     logs: &LogStore,
     spans: &SpanStore,
     indexable: Receiver<Indexable>,
     commit_interval: Duration,
-    start_position: u64,
+    start: IndexerStart,
     metrics: &CollectorMetrics,
+    disk: &DiskSpace,
 ) {
-    let mut committed = start_position;
-    let mut added_up_to = start_position;
+    let mut committed = start.committed;
+    let mut added_up_to = start.added_up_to;
     let mut uncommitted: Vec<Indexable> = Vec::new();
     let mut uncommitted_items = 0;
     let mut last_commit = Instant::now();
+    let mut last_probe = Instant::now();
+    let mut failing = Failing::default();
     // Set when documents added since the last commit may be gone (a failed
-    // add or commit drops them): they must come back from the WAL before the
-    // next commit, or that commit would record a position past them.
-    let mut needs_recovery = false;
+    // add or commit drops them), or were never added (a start on a full
+    // disk): they must come back from the WAL before the next commit, or
+    // that commit would record a position past them.
+    let mut needs_recovery = start.needs_recovery;
     loop {
         let wait = commit_interval.saturating_sub(last_commit.elapsed());
         let stopped = match indexable.recv_timeout(wait) {
             Ok(mut item) => {
-                let sources = std::mem::take(&mut item.sources);
-                let result = match &mut item.batch {
-                    // The records move into the documents; the permit stays.
-                    Batch::Logs(records) => logs.add_encoded(
-                        item.position,
-                        std::mem::take(records).into_iter().zip(sources),
-                    ),
-                    Batch::Spans(batch_spans) => spans.add(item.position, batch_spans),
-                };
-                if let Err(error) = result {
-                    tracing::error!(position = item.position, %error, "failed to index batch");
-                    needs_recovery = true;
+                if !needs_recovery {
+                    let sources = std::mem::take(&mut item.sources);
+                    let result = match &mut item.batch {
+                        // The records move into the documents; the permit stays.
+                        Batch::Logs(records) => logs.add_encoded(
+                            item.position,
+                            std::mem::take(records).into_iter().zip(sources),
+                        ),
+                        Batch::Spans(batch_spans) => spans.add(item.position, batch_spans),
+                    };
+                    if let Err(error) = result {
+                        let error = anyhow::Error::from(error)
+                            .context(format!("failed to index batch at {}", item.position));
+                        if is_disk_full(&error) {
+                            disk.mark_full(&error);
+                        }
+                        failing.failed("failed to index a batch", &error);
+                        needs_recovery = true;
+                    }
                 }
+                // While recovering, the batch is added back from the WAL
+                // with the others.
                 added_up_to = item.position + 1;
                 // Keep the permit until the commit: memory stays charged while
                 // the documents sit in the tantivy writers.
@@ -412,7 +673,12 @@ fn index_loop(
         if due && needs_recovery {
             match recover(wal_dir, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,
-                Err(error) => tracing::error!("{error:#}"),
+                Err(error) => {
+                    if is_disk_full(&error) {
+                        disk.mark_full(&error);
+                    }
+                    failing.failed("failed to re-index from the write-ahead log", &error);
+                }
             }
         }
         if due && !needs_recovery && added_up_to > committed {
@@ -423,18 +689,28 @@ fn index_loop(
                     uncommitted.clear();
                     uncommitted_items = 0;
                     metrics.committed(started.elapsed());
+                    failing.succeeded();
                     if let Err(error) = wal::remove_below(wal_dir, committed) {
                         tracing::warn!(%error, "failed to remove indexed wal segments");
                     }
                 }
                 Err(error) => {
-                    tracing::error!("{error:#}");
+                    if is_disk_full(&error) {
+                        disk.mark_full(&error);
+                    }
+                    failing.failed("failed to commit the indexes", &error);
                     needs_recovery = true;
                 }
             }
         }
         if due {
             last_commit = Instant::now();
+        }
+        // Read-only: is there room again? Not while the indexer still needs
+        // the room it has.
+        if disk.is_full() && !needs_recovery && last_probe.elapsed() >= DISK_PROBE_INTERVAL {
+            last_probe = Instant::now();
+            disk.try_recover();
         }
         if stopped {
             return;
@@ -452,11 +728,7 @@ fn recover(
     from: u64,
     to: u64,
 ) -> anyhow::Result<()> {
-    tracing::warn!(
-        from,
-        to,
-        "re-indexing batches from the write-ahead log after a failure"
-    );
+    tracing::debug!(from, to, "re-indexing batches from the write-ahead log");
     logs.rollback();
     spans.rollback();
     wal::replay(wal_dir, from, |entry| {
@@ -563,7 +835,13 @@ mod tests {
         }
         drop(pipeline);
         threads.join();
-        let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        let segments = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("wal-")
+            })
+            .count();
         assert_eq!(
             segments, 1,
             "indexed segments are removed, the current one stays"
@@ -593,6 +871,38 @@ mod tests {
         let (payload, sources) = encode(&spans).unwrap();
         assert_eq!(payload, serde_json::to_vec(&spans).unwrap());
         assert!(sources.is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_is_recognised_through_the_store_and_tantivy_errors() {
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        let wal_error = anyhow::Error::from(sightline_store::StoreError::Io(enospc()));
+        assert!(is_disk_full(&wal_error));
+        let commit_error = anyhow::Error::from(sightline_store::StoreError::Index(
+            tantivy::TantivyError::IoError(Arc::new(enospc())),
+        ))
+        .context("failed to commit the log store");
+        assert!(is_disk_full(&commit_error));
+        let other = anyhow::Error::from(std::io::Error::from_raw_os_error(13));
+        assert!(!is_disk_full(&other));
+    }
+
+    #[test]
+    fn the_reserve_is_written_once_and_given_back_when_the_disk_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskSpace::open(dir.path(), 0);
+        let reserve = dir.path().join(RESERVE_FILE);
+        assert!(!disk.is_full());
+        assert_eq!(
+            std::fs::metadata(&reserve).unwrap().len(),
+            MIN_DISK_RESERVE_BYTES
+        );
+        disk.mark_full(&"no space left on device");
+        assert!(disk.is_full());
+        assert!(!reserve.exists(), "the reserve is the indexer's now");
+        disk.try_recover();
+        assert!(!disk.is_full());
+        assert!(reserve.exists());
     }
 
     #[tokio::test]
