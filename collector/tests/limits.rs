@@ -626,3 +626,57 @@ async fn a_span_with_too_many_attributes_is_refused_and_its_trace_kept() {
     }
     assert_eq!(collector.limited("max_attributes").await, 1.0);
 }
+
+/// rsyslog, Fluent Bit, Vector and Logstash all retry this answer (see
+/// `elastic.rs`): through the real wiring, a `_bulk` over the client's rate
+/// is refused as Elasticsearch refuses a busy bulk, not with the OTLP body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_over_the_ingest_rate_gets_an_elasticsearch_429_its_shippers_retry() {
+    let collector = Collector::start_with(
+        None,
+        &[
+            "--ingest-rate-limit-bytes",
+            "1000",
+            "--ingest-rate-burst-bytes",
+            "1000",
+        ],
+    )
+    .await;
+    let bulk = |message: &str| {
+        format!(
+            "{}\n{}\n",
+            json!({"index": {"_index": "syslog"}}),
+            json!({"message": message, "padding": "p".repeat(5000)})
+        )
+    };
+    let url = format!("http://{}/elastic/_bulk", collector.http);
+    let client = reqwest::Client::new();
+    let send = |body: String| {
+        client
+            .post(&url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    // The first request passes and puts the client in debt.
+    let response = send(bulk("first")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = send(bulk("second")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["x-elastic-product"], "Elasticsearch");
+    assert!(response.headers().contains_key("retry-after"));
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], 429, "{answer}");
+    assert_eq!(
+        answer["error"]["type"], "es_rejected_execution_exception",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["root_cause"][0]["type"], "es_rejected_execution_exception",
+        "{answer}"
+    );
+    assert_eq!(answer["errors"], true, "{answer}");
+    assert_eq!(answer["items"][0]["index"]["status"], 429, "{answer}");
+    assert_eq!(answer["items"][0]["index"]["_index"], "syslog", "{answer}");
+    assert_eq!(collector.bodies("first", 1).await.len(), 1);
+}
