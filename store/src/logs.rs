@@ -1249,6 +1249,21 @@ mod tests {
                 ),
                 ("NOT severity:error", &["order created"]),
                 ("severity:err*", &["card charged"]),
+                // Wildcards: words of the message, identifying fields whole
+                // (case-sensitive), attributes' words by path.
+                ("gate*", &["order created"]),
+                ("pay*", &["card charged"]),
+                ("char*", &["card charged"]),
+                ("payment-7f*", &["card charged"]),
+                ("resource.k8s.pod.name:payment-*", &["card charged"]),
+                ("resource.k8s.pod.name:Payment-*", &[]),
+                ("service:pay*", &["card charged"]),
+                ("service:Pay*", &[]),
+                ("log.iostream:std*", &["card charged", "order created"]),
+                (
+                    "attributes.log.iostream:STD?UT",
+                    &["card charged", "order created"],
+                ),
                 ("severity:IN [error warn]", &["card charged"]),
             ],
         );

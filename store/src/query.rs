@@ -5,8 +5,10 @@
 //!   clause that matches nothing);
 //! - a query of only negations (`NOT debug`) means "everything except";
 //! - `ship*`, `*clined` and `sh?pped` are wildcards on single terms (tantivy
-//!   alone only knows prefixes of phrases); without a field they search the
-//!   message;
+//!   alone only knows prefixes of phrases): on the words of the message and
+//!   of attributes (`user.name:ali*`, which tantivy refuses on JSON paths),
+//!   on whole values of the other fields (`service:pay*`, case-sensitive);
+//!   without a field, on the message and the identifying fields, as a word;
 //! - a field name that is not in the schema is a parsed attribute:
 //!   `user_id:42` and `http.status:[500 TO 599]` mean `attributes.user_id:42`
 //!   and `attributes.http.status:[500 TO 599]`;
@@ -106,6 +108,14 @@ fn build(
         UserInputAst::Boost(inner, boost) => Ok(build(parser, schema, *inner)?
             .map(|query| Box::new(BoostQuery::new(query, boost.into_inner() as Score)) as _)),
         UserInputAst::Leaf(leaf) => {
+            if let UserInputLeaf::Regex {
+                field: Some(name),
+                pattern,
+            } = leaf.as_ref()
+                && let Some(query) = json_path_regex(schema, name, pattern)?
+            {
+                return Ok(Some(query));
+            }
             let query = match *leaf {
                 UserInputLeaf::Exists { field } => exists(schema, &field)?,
                 leaf => parser
@@ -254,12 +264,26 @@ fn normalize(ast: UserInputAst, schema: &Schema, top_level: bool) -> Result<User
             );
         }
         UserInputAst::Leaf(mut leaf) => {
-            if let UserInputLeaf::Literal(literal) = leaf.as_ref()
-                && let Some(pattern) = wildcard_pattern(&literal.phrase, literal.prefix)
-            {
-                // A wildcard without a field searches the message.
-                let field = Some(literal.field_name.clone().unwrap_or_else(|| "body".into()));
-                *leaf = UserInputLeaf::Regex { field, pattern };
+            if let UserInputLeaf::Literal(literal) = leaf.as_ref() {
+                match &literal.field_name {
+                    None => {
+                        if let Some(wildcard) = wildcard_everywhere(&literal.phrase, literal.prefix)
+                        {
+                            return Ok(wildcard);
+                        }
+                    }
+                    Some(field) => {
+                        // Words are indexed lowercased, whole values as they are.
+                        let words =
+                            schema.find_field(field).is_none() || is_word_field(schema, field);
+                        if let Some(pattern) =
+                            wildcard_pattern(&literal.phrase, literal.prefix, words)
+                        {
+                            let field = Some(field.clone());
+                            *leaf = UserInputLeaf::Regex { field, pattern };
+                        }
+                    }
+                }
             }
             match leaf.as_mut() {
                 UserInputLeaf::Literal(literal) => qualify(&mut literal.field_name, schema),
@@ -539,15 +563,77 @@ fn bound_text(bound: &UserInputBound) -> &str {
     }
 }
 
+/// A wildcard without a field (`gate*`): the message's words, and the
+/// whole values of the identifying fields, as a word does; `None` when the
+/// literal is not a wildcard.
+fn wildcard_everywhere(phrase: &str, prefix: bool) -> Option<UserInputAst> {
+    let words = wildcard_pattern(phrase, prefix, true)?;
+    let whole = wildcard_pattern(phrase, prefix, false)?;
+    let regex = |field: String, pattern: String| {
+        let leaf = UserInputLeaf::Regex {
+            field: Some(field),
+            pattern,
+        };
+        (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf)))
+    };
+    let mut clauses = vec![
+        regex("body".to_string(), words),
+        regex("service".to_string(), whole.clone()),
+    ];
+    for key in IDENTIFYING_RESOURCE_KEYS {
+        clauses.push(regex(format!("{RESOURCE}.{key}"), whole.clone()));
+    }
+    Some(UserInputAst::Clause(clauses))
+}
+
+/// A regex on the string values at a JSON path
+/// (`resource.k8s.pod.name:gateway-*`, `user.name:ali*`), which tantivy's
+/// parser refuses. A JSON field's terms are the path, a type code and the
+/// value, so the regex runs over all three: the path and the string type
+/// literally, then `pattern`. `None` when `name` is not a JSON path.
+fn json_path_regex(schema: &Schema, name: &str, pattern: &str) -> Result<Option<Box<dyn Query>>> {
+    let Some((field, path)) = schema.find_field(name) else {
+        return Ok(None);
+    };
+    let FieldType::JsonObject(options) = schema.get_field_entry(field).field_type() else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let term = Term::from_field_json_path(field, path, options.is_expand_dots_enabled());
+    let path = String::from_utf8_lossy(term.serialized_value_bytes());
+    let mut full = String::with_capacity(path.len() * 2 + pattern.len() + 8);
+    for character in path.chars() {
+        if character.is_control() {
+            full.push_str(&format!("\\x{{{:x}}}", u32::from(character)));
+        } else {
+            full.push_str(&regex_syntax::escape(character.encode_utf8(&mut [0; 4])));
+        }
+    }
+    full.push(char::from(tantivy::schema::Type::Str.to_code()));
+    full.push_str(&format!("(?:{pattern})"));
+    let query = tantivy::query::RegexQuery::from_pattern(&full, field).map_err(|error| {
+        StoreError::InvalidQuery(format!("invalid pattern {pattern:?}: {error}"))
+    })?;
+    Ok(Some(Box::new(query)))
+}
+
 /// A regex for a single-term wildcard (`ship*`, `*clined`, `sh?pped`), or
-/// `None` when the literal is not one. Terms are indexed lowercased.
-fn wildcard_pattern(phrase: &str, prefix: bool) -> Option<String> {
+/// `None` when the literal is not one; lowercased for a field of words
+/// (words are indexed lowercased), as written for whole values.
+fn wildcard_pattern(phrase: &str, prefix: bool, words: bool) -> Option<String> {
     let is_wildcard = prefix || phrase.contains(['*', '?']);
     if !is_wildcard || phrase.is_empty() || phrase.contains(char::is_whitespace) {
         return None;
     }
+    let phrase = if words {
+        phrase.to_lowercase()
+    } else {
+        phrase.to_string()
+    };
     let mut pattern = String::with_capacity(phrase.len() + 4);
-    for character in phrase.to_lowercase().chars() {
+    for character in phrase.chars() {
         match character {
             '*' => pattern.push_str(".*"),
             '?' => pattern.push('.'),
@@ -810,10 +896,11 @@ impl Node {
                 Found::Whole(value) => value == text,
                 Found::Number(number) => text.parse::<f64>().is_ok_and(|wanted| wanted == number),
             }),
+            // Regexes match text terms only, as in the index.
             Node::Regex { field, regex } => any_value(record, field, |found| match found {
                 Found::Text(value) => tokenize(value).iter().any(|token| regex.is_match(token)),
                 Found::Whole(value) => regex.is_match(value),
-                Found::Number(number) => regex.is_match(&number.to_string()),
+                Found::Number(_) => false,
             }),
             Node::Range {
                 field,
