@@ -111,3 +111,49 @@ async fn a_valid_export_is_answered_ok_and_an_unknown_method_unimplemented() {
     assert_eq!(status_of(&response).0, tonic::Code::Unimplemented as i32);
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_compressed_export_is_stored() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    let harness = Harness::start();
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: crate::harness::now_nanos() as u64,
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("compressed".into())),
+                    }),
+                    ..LogRecord::default()
+                }],
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    };
+    let compressed = crate::harness::gzip(&request.encode_to_vec());
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&compressed);
+    let response = logs_service(harness.ingest.clone())
+        .oneshot(
+            Request::post("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+                .header("content-type", "application/grpc")
+                .header("grpc-encoding", "gzip")
+                .body(Body::from(frame))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        status_of(&response).0,
+        -1,
+        "no error status before the message"
+    );
+    let records = harness.records(1).await;
+    assert_eq!(records[0].body, "compressed");
+    harness.stop().await;
+}
