@@ -351,7 +351,7 @@ impl DiskSpace {
             tracing::warn!(
                 %error,
                 reserve_bytes = disk.reserve_bytes,
-                "the disk is full: starting read-only, ingest is refused until space is freed"
+                "the disk is full (no room for the disk reserve): starting read-only, ingest is refused until space is freed"
             );
         }
         disk

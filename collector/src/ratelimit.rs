@@ -6,7 +6,8 @@
 //! HTTP, the message of `RESOURCE_EXHAUSTED` on gRPC). Off unless
 //! `--ingest-rate-limit-bytes` is set. Buckets are kept for at most
 //! [`MAX_CLIENTS`] addresses; past that, full buckets (idle clients) are
-//! forgotten first.
+//! forgotten first. `_bulk` charges the same buckets from its handler
+//! ([`crate::elastic`]), to refuse the way Elasticsearch does.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
