@@ -273,7 +273,17 @@ impl CheckpointStore {
         let Some(stored) = state.entries.get(&key) else {
             return Resume::Fresh;
         };
-        let lost = stored.size.saturating_sub(stored.offset);
+        // Content of the old file still in flight (its records hold its
+        // source) is not lost: it is being delivered.
+        let in_flight = state
+            .active
+            .get(&key)
+            .is_some_and(|source| source.strong_count() > 0);
+        let lost = if in_flight {
+            0
+        } else {
+            stored.size.saturating_sub(stored.offset)
+        };
         if stored.offset > size {
             return Resume::Reset {
                 reason: ResetReason::Truncated,
@@ -404,6 +414,16 @@ impl CheckpointStore {
         let size = source.stats.size().max(offset);
         source.stats.set_acked(offset);
         let mut state = self.lock();
+        // A newer file took the inode over (the old one was deleted): the
+        // entry is the newer file's now.
+        let superseded = state.active.get(&source.key).is_some_and(|active| {
+            active
+                .upgrade()
+                .is_some_and(|active| !std::ptr::eq(Arc::as_ptr(&active), source))
+        });
+        if superseded {
+            return;
+        }
         match state.entries.get_mut(&source.key) {
             Some(stored) => {
                 if stored.offset == offset && stored.fingerprint == fingerprint {

@@ -153,7 +153,8 @@ struct Known {
     /// Being read.
     reading: HashSet<FileKey>,
     /// Read to their end in this run, with the offset reached: opened
-    /// again only if they grew.
+    /// again only when their size changed (they grew, or the inode is
+    /// another file's now; the reader tells by the fingerprint).
     finished: HashMap<FileKey, u64>,
     /// Excluded by filters, at this path.
     excluded: HashSet<(FileKey, PathBuf)>,
@@ -165,7 +166,7 @@ impl Known {
             || self
                 .finished
                 .get(&key)
-                .is_some_and(|offset| size <= *offset)
+                .is_some_and(|offset| size == *offset)
             || self.excluded.contains(&(key, path.to_owned()))
     }
 }
@@ -783,13 +784,17 @@ mod tests {
         assert_eq!(scan.present.len(), 2);
         assert_eq!(scan.file_dirs.len(), 1);
 
-        // Being read, or finished and not grown: not opened again.
+        // Being read, or finished at its current size: not opened again.
+        // A finished file of another size is (it grew, or its inode is a
+        // new file's).
         let mut known = Known::default();
-        let keys: Vec<FileKey> = scan.present.keys().copied().collect();
-        known.reading.insert(keys[0]);
-        known.finished.insert(keys[1], 1 << 20);
+        let key_of = |name: &str| FileKey::of(&std::fs::metadata(app.join(name)).unwrap());
+        known.reading.insert(key_of("0.log"));
+        known
+            .finished
+            .insert(key_of("0.log.20261121-054848"), "rotated\n".len() as u64);
         assert!(full_scan(&layouts, &known, None).candidates.is_empty());
-        known.finished.insert(keys[1], 1);
+        known.finished.insert(key_of("0.log.20261121-054848"), 3);
         assert_eq!(full_scan(&layouts, &known, None).candidates.len(), 1);
     }
 

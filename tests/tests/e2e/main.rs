@@ -6,5 +6,6 @@ mod durability;
 mod otel_clients;
 mod prometheus_diff;
 mod request_flow;
+mod rotation_storm;
 mod secure;
 mod shop;
