@@ -387,11 +387,11 @@ impl DiskSpace {
     }
 
     /// The disk is full: refuse ingest and free the reserve for the indexer.
-    fn mark_full(&self, error: &dyn std::fmt::Display) {
+    fn mark_full(&self, error: &anyhow::Error) {
         let _ = std::fs::remove_file(&self.reserve);
         if !self.full.swap(true, Ordering::AcqRel) {
             tracing::warn!(
-                error = %error,
+                error = format!("{error:#}"),
                 "the disk is full: ingest is refused until space is freed, queries are still served"
             );
         }
@@ -897,7 +897,7 @@ mod tests {
             std::fs::metadata(&reserve).unwrap().len(),
             MIN_DISK_RESERVE_BYTES
         );
-        disk.mark_full(&"no space left on device");
+        disk.mark_full(&anyhow::anyhow!("no space left on device"));
         assert!(disk.is_full());
         assert!(!reserve.exists(), "the reserve is the indexer's now");
         disk.try_recover();
