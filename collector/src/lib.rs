@@ -172,6 +172,9 @@ pub async fn run(
     let (stop_sender, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        // a runaway query must not hold the shutdown up: its evaluation
+        // stops at its next step and its request answers
+        sightline_query_ui::cancel_queries();
         let _ = stop_sender.send(true);
     });
     let stopped = |mut stop: watch::Receiver<bool>| async move {

@@ -627,6 +627,463 @@ async fn a_span_with_too_many_attributes_is_refused_and_its_trace_kept() {
     assert_eq!(collector.limited("max_attributes").await, 1.0);
 }
 
+/// The collector's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// An OTLP/JSON gauge sample of `steady_gauge`, timestamped now.
+fn metrics_request(value: f64) -> Value {
+    json!({"resourceMetrics": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "limits-test"}}
+        ]},
+        "scopeMetrics": [{"metrics": [{
+            "name": "steady_gauge",
+            "gauge": {"dataPoints": [{"timeUnixNano": now_nanos(), "asDouble": value}]},
+        }]}],
+    }]})
+}
+
+/// What one request answered: status, body and how long it took.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    latency: Duration,
+}
+
+/// A query: a form POST for the Prometheus API (a 200 KB query does not
+/// fit in a URL), a GET for the others.
+async fn get_query(client: &reqwest::Client, url: String, params: &[(&str, &str)]) -> Answer {
+    let started = Instant::now();
+    let request = if url.contains("/api/v1/") {
+        client.post(url).form(params)
+    } else {
+        client.get(url).query(params)
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        latency: started.elapsed(),
+    }
+}
+
+/// Requests one client makes all along, and whether each was answered OK,
+/// with the time it started and ended (to tell which ran during a bomb).
+#[derive(Default)]
+struct Neighbour {
+    requests: std::sync::Mutex<Vec<(Instant, Instant, bool)>>,
+}
+
+impl Neighbour {
+    fn record(&self, started: Instant, ok: bool) {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((started, Instant::now(), ok));
+    }
+
+    /// Whether a request that started after `from` was answered OK before
+    /// `to`, and whether every request so far was answered OK.
+    fn report(&self, from: Instant, to: Instant) -> (bool, bool, usize, Duration) {
+        let requests = self.requests.lock().unwrap();
+        let during = requests
+            .iter()
+            .any(|(started, ended, ok)| *ok && *started >= from && *ended <= to);
+        let slowest = requests
+            .iter()
+            .map(|(started, ended, _)| *ended - *started)
+            .max()
+            .unwrap_or_default();
+        (
+            during,
+            requests.iter().all(|(_, _, ok)| *ok),
+            requests.len(),
+            slowest,
+        )
+    }
+}
+
+/// A query bomb: its name, URL, parameters, the statuses it may answer and
+/// a part of its message.
+type Bomb<'a> = (
+    &'a str,
+    &'a String,
+    Vec<(&'a str, &'a str)>,
+    &'a [StatusCode],
+    &'a str,
+);
+
+/// Query bombs, through every query endpoint of a real collector: each gets
+/// a clear 4xx or 503 within its timeout, while another client keeps
+/// ingesting logs and metrics and `vector(1)` keeps answering; the process
+/// survives with its peak RSS under a bound, and SIGTERM stops it promptly
+/// even with a runaway query running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_bombs_get_clear_errors_while_ingest_and_cheap_queries_go_on() {
+    /// The collector's peak RSS over the whole test must stay under this:
+    /// the sample budget (50M samples, as Prometheus') allows one query
+    /// about 800 MB of points, on top of the process's own 100-200 MB.
+    const PEAK_RSS_BOUND: u64 = 3 << 29; // 1.5 GiB
+    let mut collector = Collector::start(None).await;
+    let pid = collector.child.id();
+    let http = collector.http;
+    let client = reqwest::Client::new();
+
+    // The neighbours: one client ingests logs and metrics, one asks
+    // `vector(1)`, both all along the bombs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ingest, probe) = (
+        Arc::new(Neighbour::default()),
+        Arc::new(Neighbour::default()),
+    );
+    let neighbours = {
+        let (stop, ingest, probe) = (stop.clone(), ingest.clone(), probe.clone());
+        let (logs_url, metrics_url) = (
+            collector.logs_url(),
+            format!("http://{}/v1/metrics", collector.otlp_http),
+        );
+        let query_url = format!("http://{http}/api/v1/query");
+        let client = client.clone();
+        tokio::spawn(async move {
+            let probing = {
+                let (stop, client) = (stop.clone(), client.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let answer =
+                            get_query(&client, query_url.clone(), &[("query", "vector(1)")]).await;
+                        probe.record(started, answer.status == StatusCode::OK);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            };
+            let mut index = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let logs = logs_request(vec![record(&format!("steady{index} neighbour"), vec![])]);
+                let (logs_status, _) =
+                    post_json(&logs_url, logs.to_string().into_bytes(), false).await;
+                let (metrics_status, answer) = post_json(
+                    &metrics_url,
+                    metrics_request(index as f64).to_string().into_bytes(),
+                    false,
+                )
+                .await;
+                assert_eq!(metrics_status, StatusCode::OK, "{answer}");
+                ingest.record(
+                    started,
+                    logs_status == StatusCode::OK && metrics_status == StatusCode::OK,
+                );
+                index += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            probing.await.unwrap();
+        })
+    };
+
+    let nested =
+        |levels: usize, inner: &str| format!("{}{inner}{}", "(".repeat(levels), ")".repeat(levels));
+    let log_nested = nested(730, "error");
+    let log_nots = format!("{}error", "NOT ".repeat(5_000));
+    let wildcard = format!("{}x", "*a?".repeat(5_000));
+    let promql_nested = nested(100_000, "1");
+    let promql_chain = vec!["1"; 50_000].join("+");
+    let huge_regex = format!("{{__name__=~\"{}\"}}", "(a{1000}){1000}");
+    let logs_url = format!("http://{http}/api/logs");
+    let histogram_url = format!("http://{http}/api/logs/histogram");
+    let terms_url = format!("http://{http}/api/logs/terms");
+    let tail_url = format!("http://{http}/api/logs/tail");
+    let query_url = format!("http://{http}/api/v1/query");
+    let range_url = format!("http://{http}/api/v1/query_range");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (start, end) = ((now - 600).to_string(), now.to_string());
+    let start_ns = ((now - 3600) as u128 * 1_000_000_000).to_string();
+    // (name, URL, parameters, the statuses it may answer, a part of its message)
+    let bombs: Vec<Bomb> = vec![
+        (
+            "log query: 730 nested parentheses",
+            &logs_url,
+            vec![("q", &log_nested)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "histogram: 730 nested parentheses",
+            &histogram_url,
+            vec![("q", &log_nested), ("start", &start_ns)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "terms: 730 nested parentheses",
+            &terms_url,
+            vec![("q", &log_nested), ("field", "service")],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "tail: 730 nested parentheses",
+            &tail_url,
+            vec![("q", &log_nested)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "log query: 5,000 NOTs",
+            &logs_url,
+            vec![("q", &log_nots)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "terms: 5,000 NOTs",
+            &terms_url,
+            vec![("q", &log_nots), ("field", "service")],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "log query: 15 KB wildcard",
+            &logs_url,
+            vec![("q", &wildcard)],
+            &[StatusCode::OK, StatusCode::BAD_REQUEST],
+            "",
+        ),
+        (
+            "PromQL: 100k nested parentheses",
+            &query_url,
+            vec![("query", &promql_nested)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 128",
+        ),
+        (
+            "PromQL range: 100k nested parentheses",
+            &range_url,
+            vec![
+                ("query", &promql_nested),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 128",
+        ),
+        (
+            "PromQL: 50k-term 1+1+...",
+            &query_url,
+            vec![("query", &promql_chain)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 1000",
+        ),
+        (
+            "PromQL: (a+)+b regex",
+            &query_url,
+            vec![("query", "{__name__=~\"(a+)+b\"}"), ("timeout", "20s")],
+            &[StatusCode::OK],
+            "",
+        ),
+        (
+            "PromQL: huge regex",
+            &query_url,
+            vec![("query", &huge_regex)],
+            &[StatusCode::BAD_REQUEST],
+            "",
+        ),
+        (
+            "PromQL: max_over_time(vector(1)[100y:1s])",
+            &query_url,
+            vec![
+                ("query", "max_over_time(vector(1)[100y:1s])"),
+                // 50M steps take a few seconds optimised, a minute or
+                // more in a debug build
+                ("timeout", "120s"),
+            ],
+            &[StatusCode::UNPROCESSABLE_ENTITY],
+            "query processing would load too many samples into memory in query execution",
+        ),
+        (
+            "PromQL: nested subquery",
+            &query_url,
+            vec![
+                (
+                    "query",
+                    "max_over_time(max_over_time(steady_gauge[1h:1s])[30d:1s])",
+                ),
+                ("timeout", "10s"),
+            ],
+            &[StatusCode::SERVICE_UNAVAILABLE],
+            "query timed out",
+        ),
+        (
+            "PromQL range: a day of 1s subquery steps at each of 601 steps",
+            &range_url,
+            vec![
+                ("query", "count_over_time(vector(1)[1d:1s])"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "1"),
+                ("timeout", "5s"),
+            ],
+            &[StatusCode::SERVICE_UNAVAILABLE],
+            "query timed out",
+        ),
+        (
+            "PromQL: count_values with an invalid label",
+            &query_url,
+            vec![("query", "count_values(\"1-not a label\", vector(1))")],
+            &[StatusCode::BAD_REQUEST],
+            "invalid label name \\\"1-not a label\\\"",
+        ),
+    ];
+    for (name, url, params, statuses, message) in &bombs {
+        let from = Instant::now();
+        let answer = get_query(&client, url.to_string(), params).await;
+        let to = Instant::now();
+        let body = answer.body.to_string();
+        let shown: String = body.chars().take(300).collect();
+        let (ingested, _, _, _) = ingest.report(from, to);
+        println!(
+            "{name}: {} in {:?} (peak RSS so far {} MiB; ingest answered meanwhile: {ingested}): {shown}",
+            answer.status,
+            answer.latency,
+            peak_rss(pid) >> 20,
+        );
+        assert!(
+            statuses.contains(&answer.status),
+            "{name}: {} {shown}",
+            answer.status
+        );
+        assert!(body.contains(message), "{name}: {shown}");
+        if url.contains("/api/v1/") && answer.status != StatusCode::OK {
+            assert_eq!(answer.body["status"], "error", "{name}: {shown}");
+        }
+        if answer.latency > Duration::from_secs(2) {
+            // a long answer: ingest and cheap queries went on meanwhile
+            let (ingested, _, _, _) = ingest.report(from, to);
+            let (probed, _, _, _) = probe.report(from, to);
+            assert!(ingested, "{name}: no ingest was answered while it ran");
+            assert!(probed, "{name}: vector(1) was not answered while it ran");
+        }
+        assert!(collector.healthy().await, "{name} took the collector down");
+    }
+
+    // Twenty runaway queries time out together; their evaluations stop and
+    // free the slots, so the next query gets one.
+    let runaways: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), query_url.clone());
+            tokio::spawn(async move {
+                get_query(
+                    &client,
+                    url,
+                    &[
+                        (
+                            "query",
+                            "max_over_time(max_over_time(vector(1)[1h:1s])[30d:1s])",
+                        ),
+                        ("timeout", "3s"),
+                    ],
+                )
+                .await
+            })
+        })
+        .collect();
+    for runaway in runaways {
+        let answer = runaway.await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.body
+        );
+    }
+    let answer = get_query(
+        &client,
+        query_url.clone(),
+        &[("query", "vector(1)"), ("timeout", "30s")],
+    )
+    .await;
+    println!(
+        "vector(1) after 20 runaway queries timed out: {} in {:?}",
+        answer.status, answer.latency
+    );
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    neighbours.await.unwrap();
+    let (_, all_ingested, ingests, slowest_ingest) = ingest.report(Instant::now(), Instant::now());
+    let (_, all_probed, probes, slowest_probe) = probe.report(Instant::now(), Instant::now());
+    println!(
+        "neighbours: {ingests} ingest rounds (slowest {slowest_ingest:?}), {probes} vector(1) queries (slowest {slowest_probe:?})"
+    );
+    assert!(all_ingested, "an ingest request failed during the bombs");
+    assert!(all_probed, "a vector(1) query failed during the bombs");
+    assert!(collector.healthy().await);
+    let peak = peak_rss(pid);
+    println!(
+        "collector peak RSS: {} MiB (bound {} MiB)",
+        peak >> 20,
+        PEAK_RSS_BOUND >> 20
+    );
+    assert!(peak < PEAK_RSS_BOUND, "peak RSS {peak} bytes");
+
+    // SIGTERM with a runaway query running stops the process promptly.
+    let runaway = {
+        let (client, url) = (client.clone(), query_url.clone());
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .query(&[
+                    (
+                        "query",
+                        "max_over_time(max_over_time(vector(1)[1h:1s])[30d:1s])",
+                    ),
+                    ("timeout", "120s"),
+                ])
+                .send()
+                .await
+                .map(|response| response.status())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = terminated + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = collector.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector did not stop within 30 s of SIGTERM with a runaway query"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answered = runaway.await.unwrap();
+    println!(
+        "SIGTERM with a runaway query: exited {exit} after {:?}; the query answered {answered:?}",
+        terminated.elapsed(),
+    );
+    assert!(exit.success(), "{exit}");
+}
+
 /// rsyslog, Fluent Bit, Vector and Logstash all retry this answer (see
 /// `elastic.rs`): through the real wiring, a `_bulk` over the client's rate
 /// is refused as Elasticsearch refuses a busy bulk, not with the OTLP body.

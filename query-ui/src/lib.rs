@@ -43,6 +43,7 @@ use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
 
 pub use error::ApiError;
+pub use prometheus::cancel_queries;
 
 /// The stores the query API reads.
 #[derive(Clone)]

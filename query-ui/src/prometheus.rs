@@ -34,18 +34,28 @@
 //! windows, 3.x extrapolation). Sightline's own version is in `revision`
 //! (`sightline-<version>`) and `branch` (`sightline`).
 //!
-//! ## Queries and the store lock
+//! ## Queries, the store lock and limits
 //!
-//! A query runs on a blocking thread that holds the store's read view for
-//! the length of the query only. At most [`MAX_CONCURRENT_QUERIES`] run at
-//! once; the rest wait for a slot within their own timeout (2 minutes unless
-//! `timeout` says less). A query past its timeout answers 503 `timeout`; a
-//! range query then stops at its next step, an instant query finishes its
-//! one evaluation in the background, holding its slot until it does.
+//! A query runs on a thread of its own and reads the store one select at a
+//! time, taking the read lock only for that select: ingest is never held up
+//! by a long query, and a query that selects nothing (`vector(1)`) never
+//! waits for the lock. At most [`MAX_CONCURRENT_QUERIES`] run at once and
+//! at most [`MAX_QUEUED_QUERIES`] wait for a slot, each for a few seconds
+//! within its own timeout (2 minutes unless `timeout` says less); others
+//! answer 503 `unavailable` at once. A query past its timeout answers 503
+//! `timeout` and its evaluation stops at the next node or step it
+//! evaluates, freeing its thread and slot; shutdown stops every running
+//! evaluation the same way ([`cancel_queries`]).
+//!
+//! A query nested deeper than the engine's limits answers 400 `bad_data`
+//! naming the limit; one that would hold more than 50,000,000 samples at
+//! once (Prometheus' `--query.max-samples`: selected samples, subquery
+//! steps, the result so far) answers 422 `execution`, `query processing
+//! would load too many samples into memory in query execution`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -56,10 +66,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value as JsonValue, json};
 use sightline_store::promql::{
-    Engine, QueryError, Queryable, Value, format_value, parse_duration, parse_selector,
+    EVAL_STACK_BYTES, Engine, QUERY_CANCELED, QueryError, Queryable, Value, format_value,
+    parse_duration, parse_selector,
 };
 use sightline_store::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
-use sightline_store::tsdb::{LabelMatcher, Labels, MatchKind, TimeSeriesStore};
+use sightline_store::tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
 use tokio::sync::Semaphore;
 
 use crate::QueryState;
@@ -166,6 +177,10 @@ impl PromError {
         match error {
             QueryError::Parse(message) => {
                 PromError::invalid_parameter("query", format!("parse error: {message}"))
+            }
+            // stopped by a shutdown (a timeout has answered already)
+            QueryError::Execution(message) if message == QUERY_CANCELED => {
+                unavailable(format!("{message}: the collector is shutting down"))
             }
             QueryError::Execution(message) => PromError {
                 kind: ErrorType::Execution,
@@ -373,13 +388,75 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs `work` on a blocking thread with the store's read view, within
-/// `timeout` (waiting for a query slot included). `work` gets a flag that
-/// is set once nobody waits for its answer any more.
-async fn run_on_store<T: Send + 'static>(
+/// Most queries waiting for a slot; past it a query answers 503 at once
+/// instead of queueing without bound.
+pub(crate) const MAX_QUEUED_QUERIES: usize = 2 * MAX_CONCURRENT_QUERIES;
+
+/// Longest wait for a slot (within the query's own timeout): a client
+/// told "busy" quickly can retry, one left hanging cannot.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Queries waiting for a slot now.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once the collector shuts down: new queries answer 503.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The cancellation flags of the queries running now.
+static RUNNING: Mutex<Vec<Weak<AtomicBool>>> = Mutex::new(Vec::new());
+
+/// Stops every running PromQL evaluation at its next check and refuses new
+/// ones: shutdown must not wait for a runaway query.
+pub fn cancel_queries() {
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+    let running = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
+    for flag in running.iter().filter_map(Weak::upgrade) {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts a waiting query for as long as it waits.
+struct Queued;
+
+impl Queued {
+    fn enter() -> Option<Queued> {
+        QUEUED
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |waiting| {
+                (waiting < MAX_QUEUED_QUERIES).then_some(waiting + 1)
+            })
+            .ok()
+            .map(|_| Queued)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        QUEUED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> PromError {
+    PromError {
+        kind: ErrorType::Unavailable,
+        message: message.into(),
+    }
+}
+
+/// Runs `work` on a thread of its own within `timeout` (waiting for a query
+/// slot included). `work` reads the store through [`MetricStore`]'s
+/// [`Queryable`], which takes the read lock per select, never for the whole
+/// query, so ingest goes on while it runs. It gets a flag that is set once
+/// nobody waits for its answer any more (timeout, client gone, shutdown);
+/// the evaluator checks it at every node and step and stops, which frees
+/// the thread and the slot.
+///
+/// At most [`MAX_CONCURRENT_QUERIES`] run at once; at most
+/// [`MAX_QUEUED_QUERIES`] wait, each for at most [`QUEUE_WAIT`]. Others
+/// answer 503 `unavailable` at once.
+async fn run_blocking<T: Send + 'static>(
     state: &QueryState,
     timeout: Duration,
-    work: impl FnOnce(&TimeSeriesStore, &AtomicBool) -> Result<T, QueryError> + Send + 'static,
+    work: impl FnOnce(&MetricStore, &AtomicBool) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, PromError> {
     let timed_out = |phase: &str| PromError {
         kind: ErrorType::Timeout,
@@ -388,33 +465,77 @@ async fn run_on_store<T: Send + 'static>(
     if timeout.is_zero() {
         return Err(timed_out("query queue"));
     }
+    if SHUTTING_DOWN.load(Ordering::Relaxed) {
+        return Err(unavailable("the query engine is shutting down"));
+    }
     let deadline = tokio::time::Instant::now() + timeout;
-    let permit = match tokio::time::timeout_at(deadline, QUERY_SLOTS.acquire()).await {
-        Err(_) => return Err(timed_out("query queue")),
-        Ok(Err(_)) => {
-            return Err(PromError {
-                kind: ErrorType::Unavailable,
-                message: "the query engine is shutting down".into(),
-            });
+    let busy = || {
+        unavailable(format!(
+            "too many concurrent queries: {MAX_CONCURRENT_QUERIES} running and {MAX_QUEUED_QUERIES} waiting at most; retry later"
+        ))
+    };
+    let permit = match QUERY_SLOTS.try_acquire() {
+        Ok(permit) => permit,
+        Err(tokio::sync::TryAcquireError::Closed) => {
+            return Err(unavailable("the query engine is shutting down"));
         }
-        Ok(Ok(permit)) => permit,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            let Some(_queued) = Queued::enter() else {
+                return Err(busy());
+            };
+            let wait_until = deadline.min(tokio::time::Instant::now() + QUEUE_WAIT);
+            match tokio::time::timeout_at(wait_until, QUERY_SLOTS.acquire()).await {
+                Err(_) if wait_until < deadline => return Err(busy()),
+                Err(_) => return Err(timed_out("query queue")),
+                Ok(Err(_)) => return Err(unavailable("the query engine is shutting down")),
+                Ok(Ok(permit)) => permit,
+            }
+        }
     };
     let metrics = state.metrics.clone();
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancelled.clone());
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let reader = metrics.reader();
-        work(&reader, &cancelled)
-    });
+    {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|flag| flag.strong_count() > 0);
+        running.push(Arc::downgrade(&cancelled));
+    }
+    if SHUTTING_DOWN.load(Ordering::Relaxed) {
+        return Err(unavailable("the query engine is shutting down"));
+    }
+    // A thread of its own, with the stack a query at the parser's limits
+    // needs (tokio's threads have 2 MiB); the runtime does not wait for it
+    // at shutdown, and it ends at its next check once cancelled.
+    let (answer, task) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("promql".into())
+        .stack_size(EVAL_STACK_BYTES)
+        .spawn(move || {
+            let _permit = permit;
+            let _ = answer.send(work(&metrics, &cancelled));
+        })
+        .map_err(|error| PromError {
+            kind: ErrorType::Internal,
+            message: format!("failed to start a query thread: {error}"),
+        })?;
     match tokio::time::timeout_at(deadline, task).await {
         Err(_) => Err(timed_out("query execution")),
-        Ok(Err(error)) => Err(PromError {
+        Ok(Err(_)) => Err(PromError {
             kind: ErrorType::Internal,
-            message: format!("query task failed: {error}"),
+            message: "the query thread ended without an answer".into(),
         }),
         Ok(Ok(result)) => result.map_err(PromError::from_query),
     }
+}
+
+/// [`run_blocking`] for work that needs one consistent view of the store
+/// (series and label listings): it holds the read lock while it runs.
+async fn run_on_store<T: Send + 'static>(
+    state: &QueryState,
+    timeout: Duration,
+    work: impl FnOnce(&TimeSeriesStore) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, PromError> {
+    run_blocking(state, timeout, move |metrics, _| work(&metrics.reader())).await
 }
 
 /// A timestamp in Prometheus' JSON: Unix seconds, with milliseconds as a
@@ -493,8 +614,14 @@ async fn instant_query(
     let query = params.get("query").unwrap_or_default().to_string();
     let time_ms = params.time_or("time", now_ms())?;
     let timeout = params.timeout()?;
-    let value = run_on_store(&state, timeout, move |store, _| {
-        Engine::default().instant_query(store as &dyn Queryable, &query, time_ms)
+    let value = run_blocking(&state, timeout, move |store, cancelled| {
+        let expr = Engine::parse(&query)?;
+        Engine::default().instant_expr_cancellable(
+            store as &dyn Queryable,
+            &expr,
+            time_ms,
+            cancelled,
+        )
     })
     .await?;
     let points = match &value {
@@ -536,7 +663,7 @@ async fn range_query(
     }
     let query = params.get("query").unwrap_or_default().to_string();
     let timeout = params.timeout()?;
-    let mut series = run_on_store(&state, timeout, move |store, cancelled| {
+    let mut series = run_blocking(&state, timeout, move |store, cancelled| {
         let expr = Engine::parse(&query)?;
         Engine::default().range_expr_cancellable(
             store as &dyn Queryable,
@@ -606,7 +733,7 @@ async fn series(State(state): State<QueryState>, params: Params) -> Result<Respo
     let start_ms = params.time_or("start", MIN_TIME_MS)?;
     let end_ms = params.time_or("end", MAX_TIME_MS)?;
     let limit = params.limit()?;
-    let found = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
+    let found = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
         matching_series(store, &selectors, start_ms, end_ms)
     })
     .await?;
@@ -630,7 +757,7 @@ async fn label_names(
         })
         .transpose()?;
     let limit = params.limit()?;
-    let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
+    let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
         if selectors.is_empty() && range.is_none() {
             return Ok(store.label_names());
         }
@@ -687,7 +814,7 @@ async fn label_values(
         })
         .transpose()?;
     let limit = params.limit()?;
-    let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store, _| {
+    let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
         if selectors.is_empty() && range.is_none() {
             return Ok(store.label_values(&name, &[]));
         }
@@ -1139,6 +1266,41 @@ mod tests {
 
     fn bad_data(message: &str) -> JsonValue {
         json!({"status": "error", "errorType": "bad_data", "error": message})
+    }
+
+    #[tokio::test]
+    async fn query_bombs_answer_prometheus_errors_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let nested = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let chain = vec!["1"; 50_000].join("%2B");
+        for (form, limit) in [
+            (format!("query={nested}"), "the limit is 128"),
+            (format!("query={chain}"), "the limit is 1000"),
+        ] {
+            let (status, body) = post(&state, "/api/v1/query", &form).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["errorType"], "bad_data", "{body}");
+            let message = body["error"].as_str().unwrap();
+            assert!(
+                message.starts_with("invalid parameter \"query\": parse error: ")
+                    && message.contains(limit),
+                "{message}"
+            );
+        }
+        let (status, body) = post(
+            &state,
+            "/api/v1/query",
+            "query=count_values(\"1-x\", vector(1))",
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                bad_data("invalid parameter \"query\": parse error: invalid label name \"1-x\"")
+            )
+        );
     }
 
     #[tokio::test]

@@ -183,7 +183,7 @@ impl Engine {
         }
         let evaluator = Evaluator::new(storage, self, start_ms, end_ms, cancelled);
         let mut series: Vec<Series> = Vec::new();
-        let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
+        let mut index_by_labels = StepIndex::default();
         let mut time_ms = start_ms;
         while time_ms <= end_ms {
             evaluator.check_cancelled()?;
@@ -208,7 +208,7 @@ impl Engine {
             };
             // the result so far stays in memory to the end
             evaluator.hold(samples.len())?;
-            append_step(&mut series, &mut index_by_labels, time_ms, samples);
+            append_step(&mut series, &mut index_by_labels, time_ms, samples, 0);
             time_ms = time_ms.saturating_add(step_ms);
             if time_ms == i64::MAX {
                 break;
@@ -218,21 +218,30 @@ impl Engine {
     }
 }
 
-/// Appends the samples of one step to the series they belong to.
+/// Where each label set's series is, while steps are appended (hashed
+/// fast: a subquery may append millions of steps).
+type StepIndex = HashMap<Labels, usize, foldhash::fast::RandomState>;
+
+/// Appends the samples of one step to the series they belong to; a new
+/// series has room for `reserve` points.
 fn append_step(
     series: &mut Vec<Series>,
-    index_by_labels: &mut HashMap<Labels, usize>,
+    index_by_labels: &mut StepIndex,
     time_ms: i64,
     samples: Vec<Sample>,
+    reserve: usize,
 ) {
     for sample in samples {
         let index = match index_by_labels.get(&sample.labels) {
             Some(index) => *index,
             None => {
                 index_by_labels.insert(sample.labels.clone(), series.len());
+                let mut points = Vec::new();
+                // only a hint: without the room, the points grow as usual
+                let _ = points.try_reserve_exact(reserve);
                 series.push(Series {
                     labels: sample.labels,
-                    points: Vec::new(),
+                    points,
                 });
                 series.len() - 1
             }
@@ -654,7 +663,7 @@ impl<'a> Evaluator<'a> {
             step_time += step_ms;
         }
         let mut series: Vec<Series> = Vec::new();
-        let mut index_by_labels: HashMap<Labels, usize> = HashMap::new();
+        let mut index_by_labels = StepIndex::default();
         while step_time <= end_ms {
             // an inner function releases what it held when it returns;
             // the points of the subquery stay until its caller is done
@@ -674,7 +683,19 @@ impl<'a> Evaluator<'a> {
                 }
             };
             self.hold(samples.len())?;
-            append_step(&mut series, &mut index_by_labels, step_time, samples);
+            // A new series gets room for the steps left (as far as the
+            // budget goes) at once: grown by doubling, a vector of millions
+            // of points is copied, and briefly held twice, on the way.
+            let steps_left = ((end_ms - step_time) / step_ms) as usize + 1;
+            let budget_left = self.engine.max_samples.saturating_sub(self.samples.get());
+            let reserve = steps_left.min(budget_left) / samples.len().max(1);
+            append_step(
+                &mut series,
+                &mut index_by_labels,
+                step_time,
+                samples,
+                reserve,
+            );
             step_time = match step_time.checked_add(step_ms) {
                 Some(next) => next,
                 None => break,
