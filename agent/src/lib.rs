@@ -16,8 +16,8 @@
 //!
 //! ```text
 //! discover ─► tail ─► decode ─► multiline ─► filter/parse/redact ─► batch ─► sink ─► collector
-//!  globs      bytes   CRI/Docker  stack       JSON/logfmt/regex       count/   OTLP     │
-//!  every 1s   lines   /plain      traces      masks secrets           time     gRPC     │
+//!  inotify,   bytes   CRI/Docker  stack       JSON/logfmt/regex       count/   OTLP     │
+//!  globs 1s   lines   /plain      traces      masks secrets           time     gRPC     │
 //!  (enrich once per file: k8s path, Docker config, host, static)                       │
 //!                                                      checkpoint ◄── acknowledged ────┘
 //! ```
@@ -26,8 +26,8 @@
 //! |---|---|
 //! | [`config`] | [`Cli`] flags, the TOML file, the validated [`Config`] and its [`config::Tuning`] |
 //! | `rules` | the reloadable part of the config, compiled: filters, per-container plans |
-//! | `discover` | glob expansion, one reader task per `(device, inode)`, unfinished rotated files |
-//! | `tail`, `lines` | reading appended bytes, splitting lines, fingerprints, rotation/truncation |
+//! | `discover` | inotify on the directories the globs can match (a new or renamed file is opened within milliseconds; the glob scan every `discovery_interval` is the fallback), rotated generations (`<name>.<suffix>`, not compressed) found by identity and read to their end, one reader task per `(device, inode)` |
+//! | `tail`, `lines` | reading appended bytes, splitting lines, fingerprints, rotation; copytruncate: the rest read from the copy, else the bytes lost counted |
 //! | [`decode`] | runtime formats: CRI and Docker json-file (partial joining), plain fallback |
 //! | `multiline` | joining stack traces and other continuation lines |
 //! | [`parse`] | JSON/logfmt/regex messages to attributes, severity, timestamp, trace context, `request_id` |
@@ -35,7 +35,7 @@
 //! | [`enrich`] | the per-file OTLP resource (k8s path, Docker config, host, service name) |
 //! | `batch` | grouping records into export requests |
 //! | `sink` | OTLP/gRPC export with retry, committing offsets on acknowledgement |
-//! | [`checkpoint`] | acknowledged offsets per file, persisted atomically |
+//! | [`checkpoint`] | acknowledged offsets per file (rotated generations included, kept while the file exists), persisted atomically |
 //! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`, `GET /health` |
 //! | [`hostmetrics`] | node_exporter and cAdvisor families from `/proc` and cgroup v2, on the same `/metrics` |
 //!

@@ -631,4 +631,23 @@ mod tests {
         let text = metrics.render_prometheus();
         assert!(!text.contains("file=\"0.log\""), "series end with the file");
     }
+
+    #[test]
+    fn lost_bytes_are_counted_per_reason() {
+        let metrics = Metrics::default();
+        metrics.add_bytes_lost(10);
+        metrics.add_lost(LossReason::Truncated, 64);
+        metrics.add_lost(LossReason::Truncated, 36);
+        assert_eq!(metrics.lost(LossReason::Removed), 10);
+        assert_eq!(metrics.lost(LossReason::Truncated), 100);
+        assert_eq!(metrics.bytes_lost(), 110);
+        let text = metrics.render_prometheus();
+        assert!(text.contains("sightline_agent_bytes_lost_total{reason=\"removed\"} 10\n"));
+        assert!(text.contains("sightline_agent_bytes_lost_total{reason=\"truncated\"} 100\n"));
+        assert_eq!(
+            text.matches("# TYPE sightline_agent_bytes_lost_total counter")
+                .count(),
+            1
+        );
+    }
 }
