@@ -34,6 +34,25 @@ const DEFAULT_BUCKETS: i64 = 60;
 /// How often live tail looks for new records.
 const TAIL_POLL: Duration = Duration::from_millis(500);
 
+/// Runs a log search on a blocking thread, answering 503 past
+/// [`LOG_QUERY_TIMEOUT`]. A search past the timeout still finishes on its
+/// thread (tantivy cannot be interrupted), but the client is answered and
+/// can retry narrower.
+async fn within_timeout<T: Send + 'static>(
+    search: impl FnOnce() -> sightline_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let task = tokio::task::spawn_blocking(search);
+    let result = tokio::time::timeout(LOG_QUERY_TIMEOUT, task)
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "log search timed out after {}; narrow the time range or the query",
+                humantime::format_duration(LOG_QUERY_TIMEOUT)
+            ))
+        })???;
+    Ok(result)
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogSearchParams {
     #[serde(default)]
@@ -61,17 +80,7 @@ pub(crate) async fn search_logs(
         limit,
         after: params.cursor.as_deref().map(Cursor::decode).transpose()?,
     };
-    // A search past the timeout still finishes on its blocking thread (tantivy
-    // cannot be interrupted), but the client is answered and can retry narrower.
-    let search = tokio::task::spawn_blocking(move || state.logs.search(&query));
-    let result = tokio::time::timeout(LOG_QUERY_TIMEOUT, search)
-        .await
-        .map_err(|_| {
-            ApiError::Timeout(format!(
-                "log search timed out after {}; narrow the time range or the query",
-                humantime::format_duration(LOG_QUERY_TIMEOUT)
-            ))
-        })???;
+    let result = within_timeout(move || state.logs.search(&query)).await?;
     Ok(Json(json!({
         "records": result.hits,
         "total_hits": result.total_hits,
@@ -108,8 +117,7 @@ pub(crate) async fn histogram(
         None => ((end - start) / DEFAULT_BUCKETS).max(1),
     };
     let histogram =
-        tokio::task::spawn_blocking(move || state.logs.histogram(&params.q, start, end, interval))
-            .await??;
+        within_timeout(move || state.logs.histogram(&params.q, start, end, interval)).await?;
     Ok(Json(serde_json::to_value(histogram).unwrap_or_default()))
 }
 
@@ -135,7 +143,7 @@ pub(crate) async fn terms(
         limit: TERMS_SAMPLE,
         after: None,
     };
-    let result = tokio::task::spawn_blocking(move || state.logs.search(&query)).await??;
+    let result = within_timeout(move || state.logs.search(&query)).await?;
     let mut counts: HashMap<String, u64> = HashMap::new();
     let mut present = 0;
     for hit in &result.hits {
