@@ -1064,4 +1064,51 @@ o\n2026-11-21T05:48:48Z stdout F !\nplain";
             .collect();
         assert_eq!(bodies, ["other content, longer"]);
     }
+
+    #[test]
+    fn the_size_seen_grows_with_the_file_and_never_takes_new_content() {
+        let (mut reader, dir) = reader_for(b"first line\n", "");
+        read_all(&mut reader);
+        let path = dir.path().join("app.log");
+        let mut grown = std::fs::read(&path).unwrap();
+        grown.extend_from_slice(b"second line, not read yet\n");
+        std::fs::write(&path, &grown).unwrap();
+        assert!(reader.look().unwrap().is_none());
+        assert_eq!(reader.size_seen, grown.len() as u64);
+        // Cut and rewritten past the old size with other bytes: the new
+        // size is not the old content's.
+        std::fs::write(&path, vec![b'x'; 200]).unwrap();
+        assert!(matches!(
+            reader.look().unwrap(),
+            Some(Step::Replaced {
+                reason: ResetReason::Fingerprint,
+                ..
+            })
+        ));
+        assert_eq!(reader.size_seen, grown.len() as u64);
+    }
+
+    #[test]
+    fn a_copy_beside_the_file_is_found_by_its_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let content: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let key = FileKey::of(&std::fs::metadata(&path).unwrap());
+        let fingerprint = Fingerprint::of(&content);
+        std::fs::write(dir.path().join("0.log.2"), b"another generation").unwrap();
+        std::fs::write(dir.path().join("other.log.1"), &content).unwrap();
+        assert!(
+            find_copy(&path, key, fingerprint, 100).unwrap().is_none(),
+            "the file itself, another name, other bytes"
+        );
+        std::fs::write(dir.path().join("0.log.1"), &content).unwrap();
+        let (_, found, head) = find_copy(&path, key, fingerprint, 100).unwrap().unwrap();
+        assert_eq!(found, dir.path().join("0.log.1"));
+        assert_eq!(head, &content[..FINGERPRINT_BYTES]);
+        assert!(
+            find_copy(&path, key, fingerprint, 1000).unwrap().is_none(),
+            "nothing left to read in it"
+        );
+    }
 }
