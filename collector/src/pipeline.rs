@@ -579,12 +579,18 @@ struct IndexerStart {
     needs_recovery: bool,
 }
 
+/// Longest wait between two attempts of a failing indexer.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Whether indexing is failing: the first failure is logged as an error,
 /// the retries after it only at debug level, and the first success after
-/// them once more.
+/// them once more. Retries back off (doubling up to [`MAX_RETRY_BACKOFF`]):
+/// on a full disk each one re-reads the WAL's tail for nothing.
 #[derive(Default)]
 struct Failing {
     since: Option<Instant>,
+    failures: u32,
+    next_retry: Option<Instant>,
 }
 
 impl Failing {
@@ -595,9 +601,20 @@ impl Failing {
         } else {
             tracing::debug!(error = format!("{error:#}"), "{what}");
         }
+        let backoff = Duration::from_millis(250)
+            .saturating_mul(1 << self.failures.min(16))
+            .min(MAX_RETRY_BACKOFF);
+        self.failures += 1;
+        self.next_retry = Some(Instant::now() + backoff);
+    }
+
+    fn may_retry(&self) -> bool {
+        self.next_retry.is_none_or(|at| Instant::now() >= at)
     }
 
     fn succeeded(&mut self) {
+        self.failures = 0;
+        self.next_retry = None;
         if let Some(since) = self.since.take() {
             tracing::info!(
                 failing_for = ?since.elapsed(),
@@ -670,7 +687,7 @@ fn index_loop(
         let due = stopped
             || last_commit.elapsed() >= commit_interval
             || uncommitted_items >= MAX_UNCOMMITTED_ITEMS;
-        if due && needs_recovery {
+        if due && needs_recovery && (stopped || failing.may_retry()) {
             match recover(wal_dir, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,
                 Err(error) => {
