@@ -26,9 +26,9 @@ use sightline_tests::{CollectorProcess, Process, binary, free_port, wait_healthy
 /// Files written at once.
 const FILES: usize = 4;
 /// Lines per second per file.
-const RATE: usize = 5_000;
+const RATE: usize = 4_000;
 /// How long the writers run per scenario.
-const WRITE_FOR: Duration = Duration::from_secs(6);
+const WRITE_FOR: Duration = Duration::from_secs(5);
 /// Rotations per second per file.
 const ROTATE_EVERY: Duration = Duration::from_millis(250);
 /// Rotated files kept per file (older ones are deleted, as kubelet and
@@ -294,7 +294,7 @@ async fn storm(
     // Wait (bounded) until the collector's count stops moving.
     let mut last = 0;
     let mut steady = 0;
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let stored = stored_count(collector, tag).await.unwrap_or(0);
         steady = if stored == last { steady + 1 } else { 0 };
