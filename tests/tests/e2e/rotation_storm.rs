@@ -194,7 +194,10 @@ async fn agent_lost_bytes(http_port: u16) -> u64 {
         .await
         .expect("agent metrics text");
     text.lines()
-        .filter(|line| line.starts_with("sightline_agent_bytes_lost_total{"))
+        .filter(|line| {
+            line.starts_with("sightline_agent_bytes_lost_total{")
+                || line.starts_with("sightline_agent_bytes_lost_total ")
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
