@@ -1,8 +1,19 @@
 //! PromQL: arbitrary query text parsed and evaluated, as an instant and as
 //! a range query, against a small in-memory storage.
+//!
+//! Every query must parse or fail without overflowing the stack (the
+//! dictionary fuzz/dict/promql.dict builds deep nesting and long chains),
+//! and every evaluation must stop at its sample budget (kept small here so
+//! that a huge subquery fails fast) or when cancelled: a watchdog cancels
+//! an evaluation after a second, as the HTTP API does past a query's
+//! timeout, so a runaway subquery must notice and stop, not time libFuzzer
+//! out.
 #![no_main]
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use sightline_store::promql::{Engine, MemoryStorage, stale_nan};
 use sightline_store::tsdb::Labels;
@@ -58,8 +69,23 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(expr) = Engine::parse(text) else {
         return;
     };
-    let engine = Engine::default();
+    let engine = Engine {
+        max_samples: 1_000_000,
+        ..Engine::default()
+    };
     let storage = storage();
-    let _ = engine.instant_expr(storage, &expr, 10 * MINUTE_MS);
-    let _ = engine.range_expr(storage, &expr, 0, 20 * MINUTE_MS, MINUTE_MS);
+    let cancelled = AtomicBool::new(false);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let cancelled = &cancelled;
+        scope.spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(Duration::from_secs(1)) {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        });
+        let _ = engine.instant_expr_cancellable(storage, &expr, 10 * MINUTE_MS, cancelled);
+        let _ =
+            engine.range_expr_cancellable(storage, &expr, 0, 20 * MINUTE_MS, MINUTE_MS, cancelled);
+        drop(done);
+    });
 });
