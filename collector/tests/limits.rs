@@ -794,6 +794,7 @@ async fn query_bombs_get_clear_errors_while_ingest_and_cheap_queries_go_on() {
     let nested =
         |levels: usize, inner: &str| format!("{}{inner}{}", "(".repeat(levels), ")".repeat(levels));
     let log_nested = nested(730, "error");
+    let log_nested_deeper = nested(10_000, "error");
     let log_nots = format!("{}error", "NOT ".repeat(5_000));
     let wildcard = format!("{}x", "*a?".repeat(5_000));
     let promql_nested = nested(100_000, "1");
@@ -838,6 +839,13 @@ async fn query_bombs_get_clear_errors_while_ingest_and_cheap_queries_go_on() {
             "tail: 730 nested parentheses",
             &tail_url,
             vec![("q", &log_nested)],
+            &[StatusCode::BAD_REQUEST],
+            "the limit is 64",
+        ),
+        (
+            "log query: 10,000 nested parentheses",
+            &logs_url,
+            vec![("q", &log_nested_deeper)],
             &[StatusCode::BAD_REQUEST],
             "the limit is 64",
         ),
