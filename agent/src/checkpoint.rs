@@ -87,6 +87,16 @@ impl Fingerprint {
         head.len() >= len && crc32fast::hash(&head[..len]) == self.crc
     }
 
+    /// Whether a file of `size` bytes starting with `head` holds the
+    /// bytes this was taken of as a copy would: a full 256-byte
+    /// fingerprint, or a short one of exactly the file's length, never a
+    /// short common prefix (a timestamp).
+    pub fn covers(&self, head: &[u8], size: u64) -> bool {
+        self.len > 0
+            && (self.len as usize == FINGERPRINT_BYTES || u64::from(self.len) == size)
+            && self.matches(head)
+    }
+
     pub(crate) fn pack(self) -> u64 {
         (u64::from(self.len) << 32) | u64::from(self.crc)
     }
@@ -325,12 +335,7 @@ impl CheckpointStore {
     /// as long as a short original, so short common prefixes (a
     /// timestamp) never match.
     pub fn knows_content(&self, key: FileKey, head: &[u8], size: u64) -> bool {
-        let is_copy = |fingerprint: Fingerprint| {
-            fingerprint.len > 0
-                && (fingerprint.len as usize == FINGERPRINT_BYTES
-                    || u64::from(fingerprint.len) == size)
-                && fingerprint.matches(head)
-        };
+        let is_copy = |fingerprint: Fingerprint| fingerprint.covers(head, size);
         let state = self.lock();
         let stored = state
             .entries

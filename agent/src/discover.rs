@@ -33,8 +33,11 @@
 //! - it has a checkpoint: resumed at its offset (a finished one ends at
 //!   once);
 //! - it has none and its first bytes are those of a file already known
-//!   under another identity: a copy (copytruncate keeps one), skipped; an
-//!   empty one waits until it has bytes to compare;
+//!   under another identity: a copy (copytruncate keeps one), skipped,
+//!   because the reader of the original reads what it had not read from
+//!   the copy when it sees the cut; an empty one waits until it has bytes
+//!   to compare. The skip is not persisted: after a restart a copy is read
+//!   again unless a checkpoint resumes it (duplicates, never a loss);
 //! - it has none: read from its start, because it is a generation the
 //!   agent has not seen (rotated faster than any poll, or while the agent
 //!   was down). Only in the first scan after start, with
@@ -60,7 +63,7 @@ use inotify::{EventMask, Inotify, WatchMask, Watches};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::FileKey;
+use crate::checkpoint::{FileKey, Fingerprint};
 use crate::shutdown::Shutdown;
 use crate::tail::{Opened, Origin, TailContext, TailEnd, open, tail_file};
 
@@ -263,6 +266,14 @@ fn full_scan(layouts: &[Layout], known: &Known, watches: Option<&mut Watches>) -
     let mut watch_dirs: Vec<PathBuf> = Vec::new();
     for (index, layout) in layouts.iter().enumerate() {
         let last = layout.levels.len() - 1;
+        // A root that does not exist yet (no pod started on this node):
+        // its nearest existing ancestor says when it appears.
+        if let Some(root) = layout.levels.first().map(Path::new)
+            && !root.is_dir()
+            && let Some(ancestor) = root.ancestors().skip(1).find(|dir| dir.is_dir())
+        {
+            watch_dirs.push(ancestor.to_owned());
+        }
         for (level, pattern) in layout.levels.iter().enumerate() {
             let dirs: Vec<PathBuf> = match glob::glob(pattern) {
                 Ok(paths) => paths.flatten().filter(|path| path.is_dir()).collect(),
@@ -562,6 +573,13 @@ impl Discovery {
     fn start_readers(&mut self, candidates: Vec<Candidate>, initial: bool) {
         let context = self.context.clone();
         let context = &context;
+        // Live files opened in the same scan are not registered yet: their
+        // first bytes tell copies of them too.
+        let live_heads: Vec<Fingerprint> = candidates
+            .iter()
+            .filter(|candidate| candidate.kind == Kind::Live)
+            .map(|candidate| Fingerprint::of(&candidate.opened.head))
+            .collect();
         for candidate in candidates {
             if context.shutdown.is_triggered() {
                 return;
@@ -575,7 +593,7 @@ impl Discovery {
                     from_start: !initial || context.read_from_start,
                 },
                 Kind::Rotated { .. } => {
-                    match rotated_decision(&candidate, initial, context) {
+                    match rotated_decision(&candidate, initial, context, &live_heads) {
                         RotatedDecision::Read => {}
                         RotatedDecision::NotYet => continue,
                         RotatedDecision::Skip(why) => {
@@ -634,6 +652,9 @@ impl Discovery {
     }
 }
 
+/// Why a copy is not read.
+const COPY: &str = "a copy of a file already read";
+
 /// What to do with a rotated file a scan opened.
 #[derive(Debug, PartialEq, Eq)]
 enum RotatedDecision {
@@ -647,6 +668,7 @@ fn rotated_decision(
     candidate: &Candidate,
     initial: bool,
     context: &TailContext,
+    live_heads: &[Fingerprint],
 ) -> RotatedDecision {
     let opened = &candidate.opened;
     let checkpoints = &context.checkpoints;
@@ -656,8 +678,12 @@ fn rotated_decision(
     if opened.size == 0 {
         return RotatedDecision::NotYet;
     }
-    if checkpoints.knows_content(opened.key, &opened.head, opened.size) {
-        return RotatedDecision::Skip("a copy of a file already read");
+    if checkpoints.knows_content(opened.key, &opened.head, opened.size)
+        || live_heads
+            .iter()
+            .any(|live| live.covers(&opened.head, opened.size))
+    {
+        return RotatedDecision::Skip(COPY);
     }
     if initial
         && !context.read_from_start

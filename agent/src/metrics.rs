@@ -543,15 +543,32 @@ impl Metrics {
                 "gauge",
             ),
         ];
+        // Generations of one stream (a renamed file and its successor,
+        // a file cut in place and read again) share their labels: one
+        // series each, summed, as the text format allows no duplicates.
+        let mut streams: Vec<(&FileLabels, [u64; 3])> = Vec::new();
+        for file in &files {
+            let values = [
+                file.lines_read.load(Ordering::Relaxed),
+                file.bytes_read.load(Ordering::Relaxed),
+                file.size().saturating_sub(file.acked()),
+            ];
+            match streams
+                .iter_mut()
+                .find(|(labels, _)| **labels == file.labels)
+            {
+                Some((_, sums)) => {
+                    for (sum, value) in sums.iter_mut().zip(values) {
+                        *sum += value;
+                    }
+                }
+                None => streams.push((&file.labels, values)),
+            }
+        }
         for (index, (name, help, kind)) in series.iter().enumerate() {
             header(out, name, help, kind);
-            for file in &files {
-                let value = match index {
-                    0 => file.lines_read.load(Ordering::Relaxed),
-                    1 => file.bytes_read.load(Ordering::Relaxed),
-                    _ => file.size().saturating_sub(file.acked()),
-                };
-                let labels = &file.labels;
+            for (labels, values) in &streams {
+                let value = values[index];
                 let _ = writeln!(
                     out,
                     "{name}{{namespace=\"{}\",pod=\"{}\",container=\"{}\",file=\"{}\"}} {value}",
@@ -630,6 +647,25 @@ mod tests {
         drop(file);
         let text = metrics.render_prometheus();
         assert!(!text.contains("file=\"0.log\""), "series end with the file");
+    }
+
+    #[test]
+    fn generations_of_one_stream_make_one_series() {
+        let metrics = Metrics::default();
+        let labels = FileLabels {
+            file: "0.log".to_owned(),
+            ..FileLabels::default()
+        };
+        let renamed = Arc::new(FileStats::new(labels.clone()));
+        let successor = Arc::new(FileStats::new(labels));
+        renamed.add_read(3, 30);
+        successor.add_read(2, 20);
+        metrics.track_file(&renamed);
+        metrics.track_file(&successor);
+        let text = metrics.render_prometheus();
+        let series = "sightline_agent_file_lines_read_total{namespace=\"\",pod=\"\",container=\"\",file=\"0.log\"}";
+        assert_eq!(text.matches(series).count(), 1, "{text}");
+        assert!(text.contains(&format!("{series} 5\n")), "{text}");
     }
 
     #[test]

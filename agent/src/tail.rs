@@ -244,7 +244,7 @@ async fn tail(
         }
     };
 
-    let source = Arc::new(FileSource::new(
+    let mut source = Arc::new(FileSource::new(
         key,
         logical.clone(),
         container,
@@ -287,6 +287,12 @@ async fn tail(
     let mut moved_away = origin == Origin::Rotated;
 
     while !shutdown.is_triggered() {
+        // A cut in place gives the reader a new source (generation).
+        if let Some(current) = reader.as_ref()
+            && !Arc::ptr_eq(&current.source, &source)
+        {
+            source = Arc::clone(&current.source);
+        }
         if rules_rx.has_changed().unwrap_or(false) {
             let rules = Arc::clone(&rules_rx.borrow_and_update());
             let Some(reader) = reader.as_mut() else {
@@ -459,6 +465,22 @@ async fn finish_cut(
         return false;
     }
     reader.restart();
+    // The new content is another generation: a source of its own, so
+    // acknowledgements of the old content still in flight (their batches
+    // name the old source) never land on the new content's checkpoint.
+    let old = &reader.source;
+    let rules = Arc::clone(&context.rules.borrow());
+    let fresh = Arc::new(FileSource::new(
+        old.key,
+        old.path.clone(),
+        old.container.clone(),
+        &context.host_name,
+        &rules.resource,
+    ));
+    fresh.set_current_path(&old.current_path());
+    context.metrics.track_file(&fresh.stats);
+    context.checkpoints.register(&fresh);
+    reader.source = fresh;
     true
 }
 
@@ -659,6 +681,12 @@ impl FileReader {
             return Ok(Step::Eof {
                 size: self.size_seen,
             });
+        }
+        // Cut and rewritten between the look above and the read: the
+        // bytes are the new content's, not ours at this offset.
+        if let Some(replaced) = self.look()? {
+            self.file_offset_dirty = true;
+            return Ok(replaced);
         }
         let bytes = &buffer[..read];
         let chunk_start = self.offset;

@@ -32,8 +32,10 @@ const WRITE_FOR: Duration = Duration::from_secs(5);
 /// Rotations per second per file.
 const ROTATE_EVERY: Duration = Duration::from_millis(250);
 /// Rotated files kept per file (older ones are deleted, as kubelet and
-/// logrotate do).
-const KEEP: usize = 16;
+/// logrotate do): ten seconds of them, long enough for an agent that was
+/// killed and restarted (and reads again what it had not acknowledged) to
+/// catch up before a generation it has not read is deleted.
+const KEEP: usize = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -325,14 +327,25 @@ async fn storm(
     }
     let mut missing = 0;
     let mut missing_bytes = 0;
+    let mut ranges: Vec<(usize, usize, usize)> = Vec::new();
     for (file, lines) in per_file.iter().enumerate() {
         for seq in 0..*lines {
             if !counts.contains_key(&(file, seq)) {
+                match ranges.last_mut() {
+                    Some((last_file, _, end)) if *last_file == file && *end == seq => *end += 1,
+                    _ => ranges.push((file, seq, seq + 1)),
+                }
                 missing += 1;
                 // Every line of a file has the same length.
                 missing_bytes += line(tag, file, seq).len() as u64;
             }
         }
+    }
+    if !ranges.is_empty() {
+        println!(
+            "{tag}: missing (file, from, to) {:?}",
+            &ranges[..ranges.len().min(20)]
+        );
     }
     Outcome {
         written,
