@@ -108,7 +108,10 @@ pub struct Cli {
     pub host_name: Option<String>,
 
     /// Read files that have no checkpoint from their beginning (default);
-    /// `--read-from-start=false` starts them at their current end.
+    /// `--read-from-start=false` starts the files already there at the
+    /// agent's first start at their current end (files that appear later
+    /// are always read from their beginning: none of their lines may be
+    /// lost).
     #[arg(long, value_name = "BOOL", env = "SIGHTLINE_AGENT_READ_FROM_START",
           action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub read_from_start: Option<bool>,
@@ -207,7 +210,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Value of the `host.name` resource attribute (default: detected).
     pub host_name: String,
-    /// Read files without a checkpoint from the start (else from the end).
+    /// Read files without a checkpoint from the start; when false, only the
+    /// files found at the agent's first start on its data directory begin
+    /// at their end (later files are always read from their start).
     pub read_from_start: bool,
     /// Bytes of log lines read but not yet acknowledged, across all files;
     /// readers pause when it is used up.
@@ -561,7 +566,8 @@ pub struct ContainerRule {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tuning {
-    /// How often globs are expanded to find new files.
+    /// How often the globs are scanned in full: the fallback to inotify,
+    /// which finds new and renamed files within milliseconds.
     #[serde(with = "duration_text")]
     pub discovery_interval: Duration,
     /// How long a reader waits at end of file before polling again.

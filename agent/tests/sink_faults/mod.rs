@@ -113,14 +113,14 @@ impl KillableProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let mut alive = accept_alive.subscribe();
                 if !*alive.borrow_and_update() {
-                    let _ = client.set_linger(Some(Duration::ZERO));
+                    let _ = client.set_zero_linger();
                     continue;
                 }
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let _ = client.set_linger(Some(Duration::ZERO));
+                    let _ = client.set_zero_linger();
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
