@@ -521,18 +521,31 @@ impl CollectorProcess {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> CollectorProcess {
-        let (grpc_port, http_port, otlp_http_port) = (free_port(), free_port(), free_port());
-        let process = Process::spawn(
-            "sightline-collector",
-            Command::new(binary("sightline-collector"))
-                .arg("--data-dir")
-                .arg(data_dir)
-                .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-                .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
-                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-                .args(extra_args)
-                .envs(env.iter().copied()),
-        );
+        let ports = (free_port(), free_port(), free_port());
+        Self::start_on(data_dir, ports, |command| {
+            command.args(extra_args).envs(env.iter().copied());
+        })
+        .await
+    }
+
+    /// Starts `sightline-collector` on `data_dir` on the given ports (OTLP
+    /// gRPC, query/UI, OTLP HTTP), so a restarted collector is found where
+    /// its clients expect it; `configure` adds arguments, environment or
+    /// output redirections. Waits for its health check.
+    pub async fn start_on(
+        data_dir: &std::path::Path,
+        (grpc_port, http_port, otlp_http_port): (u16, u16, u16),
+        configure: impl FnOnce(&mut Command),
+    ) -> CollectorProcess {
+        let mut command = Command::new(binary("sightline-collector"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
+        configure(&mut command);
+        let process = Process::spawn("sightline-collector", &mut command);
         let collector = CollectorProcess {
             process,
             grpc_port,

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use sightline_tests::{CollectorProcess, Process, binary, free_port, poll_until, wait_healthy};
+use sightline_tests::{CollectorProcess, free_port, poll_until};
 
 const SERVICE: &str = "durability";
 
@@ -147,39 +147,21 @@ async fn start_logging_to(
     log_file: &std::path::Path,
     extra_args: &[&str],
 ) -> CollectorProcess {
-    let (grpc_port, http_port, otlp_http_port) = (free_port(), free_port(), free_port());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file)
         .expect("open the collector's log file");
-    let process = Process::spawn(
-        "sightline-collector",
-        std::process::Command::new(binary("sightline-collector"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+    let ports = (free_port(), free_port(), free_port());
+    CollectorProcess::start_on(data, ports, |command| {
+        command
             .args(extra_args)
             .env("NO_COLOR", "1")
             // Room to commit what was acknowledged when the disk filled.
             .env("SIGHTLINE_DISK_RESERVE_BYTES", "4194304")
-            .stderr(log),
-    );
-    let collector = CollectorProcess {
-        process,
-        grpc_port,
-        http_port,
-        otlp_http_port,
-    };
-    wait_healthy(
-        &reqwest::Client::new(),
-        &collector.url("/health"),
-        Duration::from_secs(60),
-    )
-    .await;
-    collector
+            .stderr(log);
+    })
+    .await
 }
 
 /// Sends batches until one is refused; returns the ids acknowledged and the

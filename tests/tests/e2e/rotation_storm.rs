@@ -134,31 +134,12 @@ fn write_file(dir: PathBuf, tag: String, file: usize, mode: Mode, stop: Arc<Atom
 /// A collector on fixed ports, so a restarted one is found by the agent
 /// at the same address.
 async fn collector_on(data: &Path, ports: (u16, u16, u16)) -> CollectorProcess {
-    let (grpc_port, http_port, otlp_http_port) = ports;
-    let process = Process::spawn(
-        "sightline-collector",
-        Command::new(binary("sightline-collector"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+    CollectorProcess::start_on(data, ports, |command| {
+        command
             .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::null()),
-    );
-    let collector = CollectorProcess {
-        process,
-        grpc_port,
-        http_port,
-        otlp_http_port,
-    };
-    wait_healthy(
-        &reqwest::Client::new(),
-        &collector.url("/health"),
-        Duration::from_secs(60),
-    )
-    .await;
-    collector
+            .stderr(std::process::Stdio::null());
+    })
+    .await
 }
 
 /// The agent binary with its defaults (discovery, polling, rotate wait)
