@@ -35,6 +35,7 @@ use crate::ingest::{Ingest, spans_message, summarize};
 use crate::otlp;
 use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
+use crate::ratelimit::RateLimiter;
 
 /// Largest decoded OTLP request accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -283,6 +284,9 @@ pub fn trace_service(ingest: Ingest) -> OtlpServer<TracesReceiver> {
 /// The OTLP metrics receiver: data points become time series in the
 /// metric store (see [`crate::otlp_metrics`] for the naming).
 pub struct MetricsReceiver {
+    /// The per-client ingest rate, shared with every other ingest path
+    /// (data points go to the metric store, not the pipeline).
+    rate_limiter: Option<Arc<RateLimiter>>,
     metrics: OtlpMetrics,
 }
 
@@ -295,9 +299,16 @@ impl ExportService for MetricsReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let client = request.remote_addr().map(|address| address.ip());
+        let request = request.into_inner();
+        if let (Some(limiter), Some(client)) = (&self.rate_limiter, client) {
+            limiter
+                .charge(client, request.encoded_len())
+                .map_err(|limited| Status::resource_exhausted(limited.to_string()))?;
+        }
         let partial_success = self
             .metrics
-            .export(request.into_inner())
+            .export(request)
             .await
             .map_err(|error| Status::unavailable(error.to_string()))?;
         Ok(Response::new(ExportMetricsServiceResponse {
@@ -306,8 +317,14 @@ impl ExportService for MetricsReceiver {
     }
 }
 
-pub fn metrics_service(metrics: OtlpMetrics) -> OtlpServer<MetricsReceiver> {
-    OtlpServer::new(MetricsReceiver { metrics })
+pub fn metrics_service(
+    metrics: OtlpMetrics,
+    rate_limiter: Option<Arc<RateLimiter>>,
+) -> OtlpServer<MetricsReceiver> {
+    OtlpServer::new(MetricsReceiver {
+        rate_limiter,
+        metrics,
+    })
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ pub async fn run(
             auth.grpc_ingest(),
         ))
         .add_service(InterceptedService::new(
-            grpc::metrics_service(otlp_metrics.clone()),
+            grpc::metrics_service(otlp_metrics.clone(), rate_limiter.clone()),
             auth.grpc_ingest(),
         ))
         .serve_with_incoming_shutdown(

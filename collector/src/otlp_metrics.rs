@@ -991,7 +991,7 @@ mod tests {
         let metrics = OtlpMetrics::new(store.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(crate::grpc::metrics_service(metrics))
+                .add_service(crate::grpc::metrics_service(metrics, None))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let mut client = MetricsServiceClient::connect(format!("http://{address}"))

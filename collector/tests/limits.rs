@@ -486,6 +486,8 @@ async fn a_million_series_target_fails_with_sample_limit_exceeded() {
 async fn a_client_over_its_ingest_rate_gets_429_and_others_keep_ingesting() {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 
     let collector = Collector::start_with(
         None,
@@ -553,6 +555,21 @@ async fn a_client_over_its_ingest_rate_gets_429_and_others_keep_ingesting() {
             .contains("ingest rate limit of 10000 bytes/s"),
         "{status:?}"
     );
+    // And so do OTLP metrics over gRPC, which go to the metric store.
+    let mut grpc_metrics = MetricsServiceClient::connect(format!("http://{}", collector.grpc))
+        .await
+        .unwrap();
+    let status = grpc_metrics
+        .export(ExportMetricsServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("ingest rate limit of 10000 bytes/s"),
+        "{status:?}"
+    );
 
     // Another address is not affected.
     let response = post(
@@ -563,7 +580,7 @@ async fn a_client_over_its_ingest_rate_gets_429_and_others_keep_ingesting() {
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(collector.bodies("polite", 1).await, ["polite client"]);
-    assert_eq!(collector.limited("ingest_rate").await, 2.0);
+    assert_eq!(collector.limited("ingest_rate").await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
