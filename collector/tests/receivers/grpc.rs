@@ -63,7 +63,7 @@ async fn undecodable_protobuf_is_invalid_argument_for_logs_traces_and_metrics() 
             ))
             .await
             .unwrap();
-        let metrics = metrics_service(OtlpMetrics::new(metric_store.clone()))
+        let metrics = metrics_service(OtlpMetrics::new(metric_store.clone()), None)
             .oneshot(grpc_request(
                 "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
                 garbage,
