@@ -9,13 +9,13 @@ use std::time::Duration;
 #[command(
     name = "sightline-collector",
     version,
-    about = "Receives OTLP logs and traces, stores them, serves the query API and UI"
+    about = "Receives logs, traces and metrics (OTLP, _bulk, remote-write, scraping), stores them, evaluates alert rules, serves the query API and UI"
 )]
 pub struct CollectorConfig {
     /// Directory for the write-ahead log, the log index and the span store.
     #[arg(long, env = "SIGHTLINE_DATA_DIR", default_value = "./data/collector")]
     pub data_dir: PathBuf,
-    /// Address of the OTLP/gRPC receiver (logs and traces).
+    /// Address of the OTLP/gRPC receiver (logs, traces and metrics).
     #[arg(
         long,
         env = "SIGHTLINE_OTLP_GRPC_ADDR",
@@ -127,7 +127,7 @@ pub struct AuthFlags {
 #[command(
     name = "sightline-collector",
     version,
-    about = "Receives OTLP logs and traces, stores them, serves the query API and UI",
+    about = "Receives logs, traces and metrics (OTLP, _bulk, remote-write, scraping), stores them, evaluates alert rules, serves the query API and UI",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
