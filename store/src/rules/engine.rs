@@ -29,8 +29,8 @@ use crate::tsdb::{Labels, METRIC_NAME, MetricStore};
 /// How long a resolved alert is still sent to receivers.
 const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
 
-/// Where rules read and write: a query runs against a consistent view, and
-/// the results of one rule are written before the next rule reads.
+/// Where rules read and write: the results of one rule are written before
+/// the next rule reads.
 pub trait RuleStorage {
     /// Evaluates `expr` at `time_ms`.
     fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError>;
@@ -52,8 +52,10 @@ impl RuleStorage for MemoryStorage {
 }
 
 impl RuleStorage for &MetricStore {
+    /// Reads the store one select at a time (as the query API does), so a
+    /// heavy rule never holds the lock that appends wait for.
     fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
-        engine.instant_expr(&*self.reader(), expr, time_ms)
+        engine.instant_expr(*self as &dyn Queryable, expr, time_ms)
     }
 
     fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
