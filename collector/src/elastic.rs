@@ -620,15 +620,27 @@ impl BulkEntry {
     }
 }
 
+/// The lines of an NDJSON body (a trailing `\r` dropped), numbered from 1
+/// for error messages.
+fn numbered_lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    body.split(|byte| *byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .enumerate()
+        .map(|(number, line)| (number + 1, line))
+}
+
+/// The index an action names, else the one in the URL, else the default.
+fn index_of(named: Option<String>, default_index: Option<&str>) -> String {
+    named
+        .or_else(|| default_index.map(str::to_string))
+        .unwrap_or_else(|| DEFAULT_INDEX.to_string())
+}
+
 /// The action lines of a bulk body, without reading the documents: what a
 /// refused request needs to name its items. Stops at a malformed action
 /// line (the pairing after it is unknown).
 fn parse_actions(body: &[u8], default_index: Option<&str>) -> Vec<BulkEntry> {
-    let mut lines = body
-        .split(|byte| *byte == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .enumerate()
-        .map(|(number, line)| (number + 1, line));
+    let mut lines = numbered_lines(body);
     let mut entries = Vec::new();
     while let Some((line_number, line)) = lines.next() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -642,10 +654,7 @@ fn parse_actions(body: &[u8], default_index: Option<&str>) -> Vec<BulkEntry> {
         }
         entries.push(BulkEntry {
             action,
-            index: meta
-                .index
-                .or_else(|| default_index.map(str::to_string))
-                .unwrap_or_else(|| DEFAULT_INDEX.to_string()),
+            index: index_of(meta.index, default_index),
             id: meta.id,
             outcome: Outcome::Stored,
         });
@@ -673,21 +682,14 @@ fn parse_bulk(
     default_index: Option<&str>,
     now: i64,
 ) -> Result<Vec<BulkEntry>, EsError> {
-    let mut lines = body
-        .split(|byte| *byte == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .enumerate()
-        .map(|(number, line)| (number + 1, line));
+    let mut lines = numbered_lines(body);
     let mut entries = Vec::new();
     while let Some((line_number, line)) = lines.next() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let (action, meta) = parse_action(line, line_number)?;
-        let index = meta
-            .index
-            .or_else(|| default_index.map(str::to_string))
-            .unwrap_or_else(|| DEFAULT_INDEX.to_string());
+        let index = index_of(meta.index, default_index);
         let outcome = match action {
             Action::Delete => Outcome::Failed(ItemError::unsupported(action)),
             Action::Update => {
