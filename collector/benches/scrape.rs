@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sightline_collector::scrape::parse::{Format, parse};
 use sightline_collector::scrape::{Job, Scraper};
-use sightline_store::tsdb::MetricStore;
+use sightline_tsdb::MetricStore;
 use tokio::sync::watch;
 
 struct Settings {

@@ -2,7 +2,7 @@
 //!
 //! [`Alerting::start`] runs one task per rule group: on the group's interval
 //! it evaluates the group on a blocking thread
-//! ([`sightline_store::rules::RuleEngine`] reads and writes the
+//! ([`sightline_tsdb::rules::RuleEngine`] reads and writes the
 //! [`MetricStore`]), then hands alerts to the [`Notifier`]:
 //!
 //! - Alertmanager (API v2): firing alerts and recently resolved ones are
@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use sightline_store::promql::{Engine, stale_nan};
-use sightline_store::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
-use sightline_store::tsdb::{Labels, MetricStore};
 use sightline_store::{SpanStore, TraceQuery};
+use sightline_tsdb::promql::{Engine, stale_nan};
+use sightline_tsdb::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
+use sightline_tsdb::{Labels, MetricStore};
 use tokio::sync::{Notify, watch};
 
 use crate::config_file::ConfigFile;
@@ -63,10 +63,10 @@ pub fn load_rule_groups(config: &ConfigFile, base_dir: &Path) -> anyhow::Result<
     let mut groups = Vec::new();
     let mut problems = Vec::new();
     for pattern in &config.rule_files {
-        let files = sightline_store::rules::unittest::expand_glob(base_dir, pattern)
+        let files = sightline_tsdb::rules::unittest::expand_glob(base_dir, pattern)
             .map_err(|error| anyhow::anyhow!("rule_files: {error}"))?;
         for file in files {
-            match sightline_store::rules::load_rule_file(&file, config.global.evaluation_interval) {
+            match sightline_tsdb::rules::load_rule_file(&file, config.global.evaluation_interval) {
                 Ok(loaded) => groups.extend(loaded),
                 Err(errors) => problems.extend(errors),
             }
@@ -83,7 +83,7 @@ pub fn load_rule_groups(config: &ConfigFile, base_dir: &Path) -> anyhow::Result<
 pub fn test_rules(files: &[std::path::PathBuf], out: &mut dyn std::io::Write) -> bool {
     let mut passed = true;
     for file in files {
-        let report = sightline_store::rules::unittest::run_test_file(file);
+        let report = sightline_tsdb::rules::unittest::run_test_file(file);
         let _ = writeln!(out, "Unit Testing:  {}", file.display());
         if report.passed() {
             let _ = writeln!(out, "  SUCCESS\n");
@@ -105,7 +105,7 @@ pub fn check_rules(files: &[std::path::PathBuf], out: &mut dyn std::io::Write) -
     let mut passed = true;
     for file in files {
         let _ = writeln!(out, "Checking {}", file.display());
-        match sightline_store::rules::load_rule_file(file, Duration::from_secs(60)) {
+        match sightline_tsdb::rules::load_rule_file(file, Duration::from_secs(60)) {
             Ok(groups) => {
                 let rules: usize = groups.iter().map(|group| group.rules.len()).sum();
                 let _ = writeln!(out, "  SUCCESS: {rules} rules found\n");
@@ -126,7 +126,7 @@ pub fn check_rules(files: &[std::path::PathBuf], out: &mut dyn std::io::Write) -
 /// The resend delay: [`RESEND_DELAY_ENV`] when set, else one minute.
 pub fn resend_delay_from_env() -> anyhow::Result<Duration> {
     match std::env::var(RESEND_DELAY_ENV) {
-        Ok(text) => sightline_store::promql::parse_duration(&text)
+        Ok(text) => sightline_tsdb::promql::parse_duration(&text)
             .map_err(|error| anyhow::anyhow!("{RESEND_DELAY_ENV}: {error}")),
         Err(_) => Ok(Duration::from_secs(60)),
     }

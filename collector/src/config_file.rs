@@ -548,7 +548,7 @@ pub fn is_metric_name(name: &str) -> bool {
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    sightline_store::promql::parse_duration(&text).map_err(serde::de::Error::custom)
+    sightline_tsdb::promql::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 fn optional_duration<'de, D: Deserializer<'de>>(

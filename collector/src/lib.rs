@@ -42,8 +42,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::get;
 use sightline_query_ui::QueryState;
-use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
+use sightline_tsdb::MetricStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
@@ -363,7 +363,7 @@ struct MetricsState {
     data_dir: PathBuf,
     /// The rule engine's and the notifier's counters.
     rules: Option<(
-        Arc<sightline_store::rules::RuleEngine>,
+        Arc<sightline_tsdb::rules::RuleEngine>,
         Arc<alerting::Notifier>,
     )>,
 }

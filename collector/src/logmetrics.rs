@@ -38,8 +38,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sightline_store::tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 use sightline_store::{LogMatcher, LogRecord};
+use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 use tokio::sync::watch;
 
 use crate::config_file::LogMetricConfig;
@@ -375,8 +375,8 @@ mod tests {
     use crate::ingest::{Ingest, Limits};
     use crate::metrics::CollectorMetrics;
     use crate::pipeline::{Pipeline, PipelineConfig};
-    use sightline_store::promql::{Engine, Value};
     use sightline_store::{LogStore, SpanStore};
+    use sightline_tsdb::promql::{Engine, Value};
 
     fn config(yaml: &str) -> Vec<LogMetricConfig> {
         serde_norway::from_str(yaml).unwrap()

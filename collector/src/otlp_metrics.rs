@@ -64,8 +64,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, metric, number_data_point,
 };
-use sightline_store::promql::{format_value, stale_nan};
-use sightline_store::tsdb::{Labels, MetricMetadata, MetricStore};
+use sightline_tsdb::promql::{format_value, stale_nan};
+use sightline_tsdb::{Labels, MetricMetadata, MetricStore};
 
 /// Most series whose delta points are summed into running totals.
 pub const MAX_DELTA_SERIES: usize = 100_000;
@@ -187,7 +187,7 @@ impl OtlpMetrics {
                 .map_err(|error| StorageError(error.to_string()))?;
             for (_, error) in &outcome.rejected {
                 let reason = match error {
-                    sightline_store::tsdb::TsdbError::OutOfOrder { .. } => {
+                    sightline_tsdb::TsdbError::OutOfOrder { .. } => {
                         "out of order sample (older than the newest of its series)".to_string()
                     }
                     other => other.to_string(),
@@ -440,7 +440,7 @@ impl Output<'_> {
         }
         let labels = Labels::new(pairs);
         let value = match self.deltas {
-            Some(deltas) if !sightline_store::promql::is_stale_nan(value) => {
+            Some(deltas) if !sightline_tsdb::promql::is_stale_nan(value) => {
                 match deltas.add(&labels, value) {
                     Some(total) => total,
                     None => {
@@ -757,7 +757,7 @@ mod tests {
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use prost::Message;
-    use sightline_store::promql::{Engine, Value};
+    use sightline_tsdb::promql::{Engine, Value};
 
     const T0: u64 = 1_700_000_000_000_000_000;
 

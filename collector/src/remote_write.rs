@@ -35,7 +35,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
-use sightline_store::tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
+use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 
 use crate::otlp_metrics::MAX_LABELS_PER_SERIES;
 
@@ -411,7 +411,7 @@ fn describe(error: &TsdbError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sightline_store::promql::{Engine, Value};
+    use sightline_tsdb::promql::{Engine, Value};
 
     fn label(name: &str, value: &str) -> Label {
         Label {

@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sightline_collector::scrape::client::{Credentials, ScrapeAuth, Secret};
 use sightline_collector::scrape::{Job, Scraper};
-use sightline_store::tsdb::MetricStore;
+use sightline_tsdb::MetricStore;
 
 /// Polls `check` until it returns something; fails after a minute.
 async fn poll<T, F: std::future::Future<Output = Option<T>>>(

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use sightline_collector::config_file::FileSdConfig;
 use sightline_collector::scrape::target::Health;
 use sightline_collector::scrape::{Job, Scraper};
-use sightline_store::promql::is_stale_nan;
-use sightline_store::tsdb::{LabelMatcher, Labels, MetricStore};
+use sightline_tsdb::promql::is_stale_nan;
+use sightline_tsdb::{LabelMatcher, Labels, MetricStore};
 use tokio::sync::watch;
 use tower::ServiceExt;
 

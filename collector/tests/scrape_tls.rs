@@ -20,7 +20,7 @@ use sightline_collector::config::TlsFlags;
 use sightline_collector::config_file::ConfigFile;
 use sightline_collector::scrape::{Scraper, jobs_from_config};
 use sightline_collector::tls::{ServerTls, serve_http};
-use sightline_store::tsdb::{LabelMatcher, MetricStore};
+use sightline_tsdb::{LabelMatcher, MetricStore};
 use tokio::sync::watch;
 use tower::ServiceExt;
 

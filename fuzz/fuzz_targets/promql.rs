@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use sightline_store::promql::{Engine, MemoryStorage, stale_nan};
-use sightline_store::tsdb::Labels;
+use sightline_tsdb::promql::{Engine, MemoryStorage, stale_nan};
+use sightline_tsdb::Labels;
 
 const MINUTE_MS: i64 = 60_000;
 

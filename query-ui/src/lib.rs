@@ -38,9 +38,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use sightline_store::rules::RuleStatusSource;
-use sightline_store::tsdb::MetricStore;
 use sightline_store::{LogStore, SpanStore};
+use sightline_tsdb::MetricStore;
+use sightline_tsdb::rules::RuleStatusSource;
 
 pub use error::ApiError;
 pub use prometheus::cancel_queries;
@@ -112,7 +112,7 @@ mod tests {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
             metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
-            rules: Arc::new(sightline_store::rules::NoRules),
+            rules: Arc::new(sightline_tsdb::rules::NoRules),
         }
     }
 
@@ -246,7 +246,7 @@ mod tests {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
             metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
-            rules: Arc::new(sightline_store::rules::NoRules),
+            rules: Arc::new(sightline_tsdb::rules::NoRules),
         }
     }
 

@@ -6,14 +6,14 @@
 //!
 //! - `/api/v1/query` (`query`, `time`, `timeout`) and `/api/v1/query_range`
 //!   (`query`, `start`, `end`, `step`, `timeout`), evaluated by
-//!   [`sightline_store::promql::Engine`];
+//!   [`sightline_tsdb::promql::Engine`];
 //! - `/api/v1/series` (`match[]`, `start`, `end`, `limit`), `/api/v1/labels`
 //!   and `/api/v1/label/{name}/values` (optional `match[]`, `start`, `end`,
 //!   `limit`);
 //! - `/api/v1/metadata` (`metric`, `limit`), from the store's metadata;
 //! - `/api/v1/rules` (`type=alert|record`, `rule_name[]`, `rule_group[]`,
 //!   `file[]`, `exclude_alerts`) and `/api/v1/alerts`, from the rule engine's
-//!   [`RuleStatusSource`](sightline_store::rules::RuleStatusSource);
+//!   [`RuleStatusSource`](sightline_tsdb::rules::RuleStatusSource);
 //! - `/api/v1/status/buildinfo`, and `/api/v1/status/flags` with the query
 //!   settings in force;
 //! - `/api/v1/query_exemplars`: the store keeps no exemplars yet, so a valid
@@ -65,12 +65,12 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value as JsonValue, json};
-use sightline_store::promql::{
+use sightline_tsdb::promql::{
     EVAL_STACK_BYTES, Engine, QUERY_CANCELED, QueryError, Queryable, Value, format_value,
     parse_duration, parse_selector,
 };
-use sightline_store::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
-use sightline_store::tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
+use sightline_tsdb::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
+use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
 use tokio::sync::Semaphore;
 
 use crate::QueryState;
@@ -589,7 +589,7 @@ fn result_json(value: &Value, time_ms: i64) -> JsonValue {
     }
 }
 
-fn matrix_json(series: &[sightline_store::promql::Series]) -> JsonValue {
+fn matrix_json(series: &[sightline_tsdb::promql::Series]) -> JsonValue {
     json!({
         "resultType": "matrix",
         "result": series
@@ -781,7 +781,7 @@ async fn label_names(
 /// A selector every series matches.
 fn any_series() -> Vec<LabelMatcher> {
     vec![
-        LabelMatcher::new(MatchKind::Regex, sightline_store::tsdb::METRIC_NAME, ".+")
+        LabelMatcher::new(MatchKind::Regex, sightline_tsdb::METRIC_NAME, ".+")
             .expect("a constant regex compiles"),
     ]
 }
@@ -1098,9 +1098,9 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use serde_json::json;
-    use sightline_store::rules::{RuleGroupStatus, RuleStatusSource};
-    use sightline_store::tsdb::{MetricMetadata, MetricStore};
     use sightline_store::{LogStore, SpanStore};
+    use sightline_tsdb::rules::{RuleGroupStatus, RuleStatusSource};
+    use sightline_tsdb::{MetricMetadata, MetricStore};
     use tower::ServiceExt;
 
     use super::*;
@@ -1681,7 +1681,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_range_query_stops_instead_of_evaluating_every_step() {
-        let mut storage = sightline_store::promql::MemoryStorage::default();
+        let mut storage = sightline_tsdb::promql::MemoryStorage::default();
         storage.append(&requests("a"), T0 * 1000, 1.0);
         let expr = Engine::parse("http_requests_total").unwrap();
         let cancelled = AtomicBool::new(true);

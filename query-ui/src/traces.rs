@@ -783,10 +783,8 @@ mod tests {
         crate::QueryState {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
-            metrics: Arc::new(
-                sightline_store::tsdb::MetricStore::open(dir.join("metrics")).unwrap(),
-            ),
-            rules: Arc::new(sightline_store::rules::NoRules),
+            metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
+            rules: Arc::new(sightline_tsdb::rules::NoRules),
         }
     }
 

@@ -1,9 +1,8 @@
-//! Every on-disk format of Sightline, and the queries that read them.
+//! The log and span stores, and the queries that read them.
 //!
 //! The store is a library with no network and no async runtime: the collector
-//! calls it from blocking threads. It holds two halves.
-//!
-//! Logs and traces:
+//! calls it from blocking threads. The metrics half (time series, PromQL,
+//! rules) is the `sightline-tsdb` crate; this crate knows nothing of it.
 //!
 //! - [`LogStore`]: log records in one tantivy index per UTC day. The record
 //!   is kept whole (as it arrived) in a stored field and its parts are
@@ -17,16 +16,6 @@
 //! - [`wal`]: the collector's write-ahead log of acknowledged batches.
 //! - the data model both share: [`LogRecord`], [`Span`].
 //!
-//! Metrics (the Prometheus-compatible half):
-//!
-//! - [`tsdb`]: the time-series store: interned labels and postings, Gorilla
-//!   chunks, the head with its own WAL, immutable blocks, retention;
-//!   [`tsdb::MetricStore`] is the store as the collector shares it.
-//! - [`promql`]: PromQL evaluation over it (parsed by `promql-parser`), with
-//!   the query limits: nesting, the sample budget, cancellation.
-//! - [`rules`]: Prometheus rule files, the clock-free rule engine (alert
-//!   states, `ALERTS`, `ALERTS_FOR_STATE`) and `promtool test rules`.
-//!
 //! Nothing outside this crate knows a file layout or a tantivy schema; nothing
 //! in this crate knows about OTLP, HTTP or the agent.
 
@@ -34,12 +23,9 @@ mod error;
 mod histogram;
 mod logs;
 mod model;
-pub mod promql;
 mod query;
-pub mod rules;
 mod spans;
 pub mod traces;
-pub mod tsdb;
 pub mod wal;
 
 pub use error::{Result, StoreError};
@@ -52,7 +38,4 @@ pub use query::LogMatcher;
 pub use spans::{Operation, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 
-/// Bytes on disk under `dir`, recursively.
-pub fn dir_size(dir: &std::path::Path) -> u64 {
-    logs::dir_size(dir)
-}
+pub use sightline_vocab::fs::dir_size;

@@ -20,6 +20,7 @@
 //! orders records totally, which makes cursors (search-after) stable while
 //! ingest goes on, and identifies one record for "show context".
 
+use sightline_vocab::fs::dir_size;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -1019,19 +1020,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
-}
-
-pub(crate) fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
-            _ => entry.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }
 
 pub(crate) fn now_nanos() -> i64 {

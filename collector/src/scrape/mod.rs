@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::{Query, State};
 use axum::routing::get;
-use sightline_store::tsdb::{Labels, MetricStore};
+use sightline_tsdb::{Labels, MetricStore};
 use tokio::sync::watch;
 
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
@@ -184,7 +184,7 @@ impl Job {
         }
         let duration = |name: &str, default: Duration| match labels.get(name) {
             "" => Ok(default),
-            text => sightline_store::promql::parse_duration(text)
+            text => sightline_tsdb::promql::parse_duration(text)
                 .map_err(|error| format!("{name} {text:?}: {error}")),
         };
         let interval = duration("__scrape_interval__", self.interval)?;

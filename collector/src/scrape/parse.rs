@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use sightline_store::tsdb::{METRIC_NAME, MetricMetadata};
+use sightline_tsdb::{METRIC_NAME, MetricMetadata};
 
 /// The `Accept` header of a scrape, as Prometheus sends it.
 pub const ACCEPT_HEADER: &str =

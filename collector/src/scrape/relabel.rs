@@ -19,7 +19,7 @@ use std::fmt;
 
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
-use sightline_store::tsdb::{Labels, METRIC_NAME};
+use sightline_tsdb::{Labels, METRIC_NAME};
 
 /// One relabeling rule as written in `prometheus.yml`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]

@@ -19,8 +19,8 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sightline_store::promql::stale_nan;
-use sightline_store::tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
+use sightline_tsdb::promql::stale_nan;
+use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
 use tokio::sync::watch;
 
 use super::client::JobClient;
@@ -665,7 +665,7 @@ mod tests {
     #[test]
     fn metric_relabeling_drops_and_rewrites_before_the_sample_limit() {
         use crate::scrape::relabel::RelabelConfig;
-        use sightline_store::tsdb::LabelMatcher;
+        use sightline_tsdb::LabelMatcher;
         let rules: Vec<RelabelConfig> = serde_norway::from_str(
             r#"
 - { source_labels: [__name__], regex: 'expensive_.*', action: drop }

@@ -7,7 +7,7 @@ use axum::http::Request;
 use prost::Message;
 use sightline_collector::grpc::{logs_service, metrics_service, trace_service};
 use sightline_collector::otlp_metrics::OtlpMetrics;
-use sightline_store::tsdb::MetricStore;
+use sightline_tsdb::MetricStore;
 use tower::ServiceExt;
 
 use crate::harness::Harness;

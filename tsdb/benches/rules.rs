@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use sightline_store::promql::Engine;
-use sightline_store::rules::{EvalSettings, GroupState, parse_rule_file};
-use sightline_store::tsdb::{Labels, MetricStore};
+use sightline_tsdb::promql::Engine;
+use sightline_tsdb::rules::{EvalSettings, GroupState, parse_rule_file};
+use sightline_tsdb::{Labels, MetricStore};
 
 const SCRAPE_INTERVAL_MS: i64 = 15_000;
 /// Thirty minutes of scrapes.

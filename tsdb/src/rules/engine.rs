@@ -24,7 +24,7 @@ use super::status::{
 };
 use super::template::{self, TemplateData};
 use crate::promql::{Engine, MemoryStorage, QueryError, Queryable, Value, stale_nan};
-use crate::tsdb::{Labels, METRIC_NAME, MetricStore};
+use crate::{Labels, METRIC_NAME, MetricStore};
 
 /// How long a resolved alert is still sent to receivers.
 const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;

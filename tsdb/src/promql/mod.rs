@@ -7,13 +7,13 @@
 //! matching rules and error messages.
 //!
 //! The engine knows nothing about on-disk layouts: the time-series store
-//! ([`crate::tsdb::TimeSeriesStore`]) implements [`Queryable`], and so does
+//! ([`crate::TimeSeriesStore`]) implements [`Queryable`], and so does
 //! [`MemoryStorage`], a plain in-memory table used by tests and the
 //! conformance runner.
 //!
 //! ```
-//! use sightline_store::promql::{Engine, MemoryStorage, Value};
-//! use sightline_store::tsdb::Labels;
+//! use sightline_tsdb::promql::{Engine, MemoryStorage, Value};
+//! use sightline_tsdb::Labels;
 //!
 //! let mut storage = MemoryStorage::default();
 //! let labels = Labels::new([("__name__", "up"), ("job", "api")]);
@@ -28,7 +28,7 @@ mod functions;
 
 use std::collections::BTreeMap;
 
-use crate::tsdb::{LabelMatcher, Labels, SeriesData, matches_all};
+use crate::{LabelMatcher, Labels, SeriesData, matches_all};
 
 pub use eval::{
     DEFAULT_MAX_SAMPLES, EVAL_STACK_BYTES, Engine, MAX_NESTING_DEPTH, MAX_OPERATORS,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::promql::{Engine, MemoryStorage, Queryable, Value, is_stale_nan};
-use crate::tsdb::{Labels, MetricStore};
+use crate::{Labels, MetricStore};
 
 const MINUTE: i64 = 60_000;
 
@@ -108,7 +108,7 @@ fn pending_fires_after_for_keeps_firing_then_resolves() {
     assert!(alerts_at(8).is_empty(), "{:?}", alerts_at(8));
     let raw = storage
         .select(
-            &[crate::tsdb::LabelMatcher::equal("__name__", "ALERTS")],
+            &[crate::LabelMatcher::equal("__name__", "ALERTS")],
             0,
             10 * MINUTE,
         )

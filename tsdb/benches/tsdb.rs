@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use sightline_store::tsdb::{LabelMatcher, Labels, METRIC_NAME, MetricStore};
+use sightline_tsdb::{LabelMatcher, Labels, METRIC_NAME, MetricStore};
 
 const SCRAPE_INTERVAL_MS: i64 = 15_000;
 const BATCH: usize = 1_000;

@@ -13,7 +13,7 @@ use promql_parser::parser::{
 
 use super::functions;
 use super::{QueryError, Queryable, Sample, Series, Value, is_stale_nan};
-use crate::tsdb::{LabelMatcher, Labels, METRIC_NAME, MatchKind};
+use crate::{LabelMatcher, Labels, METRIC_NAME, MatchKind};
 
 /// Evaluates PromQL queries; cheap to build, holds only settings.
 #[derive(Debug, Clone)]

@@ -1,4 +1,17 @@
-//! The time-series store: Prometheus-style samples on disk.
+//! The time-series engine of Sightline's metrics half: Prometheus-style
+//! samples on disk, PromQL over them, and the rules engine.
+//!
+//! - this module: the time-series store ([`TimeSeriesStore`], shared by the
+//!   collector as [`MetricStore`]);
+//! - [`promql`]: PromQL evaluation over it (parsed by `promql-parser`), with
+//!   the query limits: nesting, the sample budget, cancellation;
+//! - [`rules`]: Prometheus rule files, the clock-free rule engine (alert
+//!   states, `ALERTS`, `ALERTS_FOR_STATE`) and `promtool test rules`.
+//!
+//! This crate never knows the log or span stores, OTLP, HTTP or a clock of
+//! its own: callers pass the evaluation time. It does no networking.
+//!
+//! ## The store
 //!
 //! - A series is a sorted label set ([`Labels`], with `__name__`). Head and
 //!   blocks each keep an inverted index (`labels.rs`: label strings interned
@@ -29,6 +42,9 @@ mod chunk;
 mod labels;
 mod shared;
 mod wal;
+
+pub mod promql;
+pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -551,7 +567,7 @@ impl TimeSeriesStore {
             block_bytes: self
                 .blocks
                 .iter()
-                .map(|block| crate::dir_size(block.path()))
+                .map(|block| sightline_vocab::fs::dir_size(block.path()))
                 .sum(),
             wal_bytes: self.wal.size_on_disk(),
         }

@@ -11,7 +11,7 @@ use super::eval::{
     kahan_sum_inc,
 };
 use super::{QueryError, Sample, Value};
-use crate::tsdb::{Labels, METRIC_NAME};
+use crate::{Labels, METRIC_NAME};
 
 pub(super) fn call(
     evaluator: &Evaluator<'_>,

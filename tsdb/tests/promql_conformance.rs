@@ -11,8 +11,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sightline_store::promql::{Engine, MemoryStorage, Value, format_value, stale_nan};
-use sightline_store::tsdb::Labels;
+use sightline_tsdb::promql::{Engine, MemoryStorage, Value, format_value, stale_nan};
+use sightline_tsdb::Labels;
 
 /// Passing cases recorded in the last run; a drop below this fails the test.
 const PASSING_FLOOR: usize = 651;
@@ -473,7 +473,7 @@ fn run_case(engine: &Engine, storage: &MemoryStorage, case: &EvalCase) -> Result
             Err(error) => error,
         };
         let message = match &error {
-            sightline_store::promql::QueryError::Execution(message) => message.clone(),
+            sightline_tsdb::promql::QueryError::Execution(message) => message.clone(),
             other => other.to_string(),
         };
         if let Some(expected) = &case.fail_message
@@ -556,7 +556,7 @@ fn run_case(engine: &Engine, storage: &MemoryStorage, case: &EvalCase) -> Result
 
 enum Outcome {
     Instant(Value),
-    Range(Vec<sightline_store::promql::Series>, i64, i64),
+    Range(Vec<sightline_tsdb::promql::Series>, i64, i64),
 }
 
 type Expected = (Option<Labels>, Vec<Option<f64>>);

@@ -31,7 +31,7 @@ use super::engine::{EvalSettings, GroupState};
 use super::file::load_rule_file;
 use super::status::AlertState;
 use crate::promql::{Engine, MemoryStorage, Value, parse_duration, stale_nan};
-use crate::tsdb::{Labels, METRIC_NAME};
+use crate::{Labels, METRIC_NAME};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
