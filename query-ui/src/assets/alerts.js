@@ -1,3 +1,4 @@
+// @ts-check
 // Alerts: rule groups with each rule's state and health (`/api/v1/rules`),
 // active alerts with labels and annotations (`/api/v1/alerts`), and links to
 // the logs and traces behind each (the notifier's `sightline_logs_url`,
@@ -6,26 +7,89 @@
 
 import { el, fetchJson, go, hashFor, safeUrl, errorBox } from "./util.js";
 
+/**
+ * A pending or firing alert (`/api/v1/alerts`, and each alerting rule's `alerts`).
+ * @typedef {object} Alert
+ * @property {Record<string, string>} labels
+ * @property {Record<string, string>} annotations
+ * @property {"inactive" | "pending" | "firing"} state
+ * @property {string} activeAt RFC 3339
+ * @property {string} value as Prometheus formats it, `3e+00`
+ * @property {string} [keepFiringSince] RFC 3339
+ */
+
+/**
+ * A rule of `/api/v1/rules`; alerting rules have a state, annotations and alerts.
+ * @typedef {object} Rule
+ * @property {string} name
+ * @property {string} query
+ * @property {Record<string, string>} labels
+ * @property {"alerting" | "recording"} type
+ * @property {"ok" | "err" | "unknown"} health
+ * @property {string} [lastError]
+ * @property {number} evaluationTime seconds
+ * @property {string} lastEvaluation RFC 3339
+ * @property {"inactive" | "pending" | "firing"} [state] alerting rules only
+ * @property {number} [duration] alerting rules only: `for`, seconds
+ * @property {number} [keepFiringFor] alerting rules only, seconds
+ * @property {Record<string, string>} [annotations] alerting rules only
+ * @property {Alert[]} [alerts] alerting rules only
+ */
+
+/**
+ * A rule group of `/api/v1/rules`.
+ * @typedef {object} RuleGroup
+ * @property {string} name
+ * @property {string} file
+ * @property {Rule[]} rules
+ * @property {number} interval seconds
+ * @property {number} limit
+ * @property {number} evaluationTime seconds
+ * @property {string} lastEvaluation RFC 3339
+ */
+
+/** `GET /api/v1/alerts`. @typedef {import("./util.js").PromResponse<{alerts: Alert[]}>} AlertsResponse */
+/** `GET /api/v1/rules`. @typedef {import("./util.js").PromResponse<{groups: RuleGroup[]}>} RulesResponse */
+
+/** @type {Record<string, string>} */
 const LINK_ANNOTATIONS = { sightline_logs_url: "Logs", sightline_traces_url: "Traces" };
 
-/** A link the annotation names, or its text when the URL is not one we follow. */
+/**
+ * A link the annotation names, or its text when the URL is not one we follow.
+ * @param {string} url
+ * @param {string} text
+ * @returns {HTMLElement}
+ */
 function annotationLink(url, text) {
   const safe = safeUrl(url);
   return safe ? el("a", { href: safe, class: "alert-link" }, text) : el("span", { class: "muted" }, url);
 }
 
+/**
+ * @param {Record<string, string> | undefined} labels
+ * @returns {HTMLElement}
+ */
 function labelChips(labels) {
   const box = el("span", { class: "labels" });
   for (const [key, value] of Object.entries(labels || {})) box.append(el("span", { class: "label-chip" }, `${key}=${value}`));
   return box;
 }
 
-/** The API's value (`"3e+00"`, as Prometheus formats it) as people write numbers. */
+/**
+ * The API's value (`"3e+00"`, as Prometheus formats it) as people write numbers.
+ * @param {string} text
+ * @returns {string}
+ */
 function alertValue(text) {
   const value = Number(text);
   return Number.isFinite(value) ? String(Number(value.toPrecision(6))) : text;
 }
 
+/**
+ * An alert with its labels, annotations and links to its logs and traces.
+ * @param {Alert} alert
+ * @returns {HTMLElement}
+ */
 function alertCard(alert) {
   const annotations = { ...(alert.annotations || {}) };
   const links = el("div", { class: "alert-links" });
@@ -63,13 +127,18 @@ function alertCard(alert) {
   );
 }
 
+/**
+ * `#/alerts`.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ */
 export async function render(root, view) {
   const params = view.params;
   const stateFilter = params.get("state") || "";
   const typeFilter = params.get("type") || "";
   const filters = el("div", { class: "toolbar" });
-  for (const [key, options] of [["state", ["", "firing", "pending", "inactive"]], ["type", ["", "alerting", "recording"]]]) {
-    const select = el("select", { "data-filter": key });
+  for (const [key, options] of /** @type {Array<[string, string[]]>} */ ([["state", ["", "firing", "pending", "inactive"]], ["type", ["", "alerting", "recording"]]])) {
+    const select = /** @type {HTMLSelectElement} */ (el("select", { "data-filter": key }));
     for (const option of options) select.append(el("option", { value: option, selected: params.get(key) === option || (!params.get(key) && option === "") }, option || `any ${key}`));
     select.addEventListener("change", () => {
       const next = new URLSearchParams(params);
@@ -82,6 +151,7 @@ export async function render(root, view) {
   const groups = el("div", { id: "rule-groups" });
   root.append(el("section", { id: "alerts-view" }, filters, el("h2", {}, "Active alerts"), active, el("h2", {}, "Rules"), groups));
   try {
+    /** @type {[AlertsResponse, RulesResponse]} */
     const [alerts, rules] = await Promise.all([fetchJson("/api/v1/alerts"), fetchJson("/api/v1/rules")]);
     const list = alerts.data.alerts.filter((a) => !stateFilter || a.state === stateFilter);
     if (!list.length) active.append(el("p", { class: "muted" }, "No active alerts."));

@@ -1,3 +1,4 @@
+// @ts-check
 // Sightline UI: a router over the URL hash. Every view's state is in the
 // hash (`#/logs?q=…`, `#/trace/<id>`, `#/request/<id>`, `#/dashboard/<uid>?var-…`),
 // so a shared link shows the same view. Every piece of data from the server
@@ -14,9 +15,16 @@ import * as dashboards from "./dashboards.js";
 import * as alerts from "./alerts.js";
 import { install } from "./perf.js";
 
+/** @type {import("./perf.js").Perf} */
 const perf = {};
 install(perf);
 
+/**
+ * A view: the nav link it lights up and the function that renders it.
+ * @typedef {{nav: string, render: (root: HTMLElement, view: import("./util.js").View, ctx: import("./util.js").ViewContext) => void | Promise<void>}} ViewEntry
+ */
+
+/** @type {Record<string, ViewEntry>} */
 const VIEWS = {
   logs: { nav: "logs", render: logs.render },
   traces: { nav: "traces", render: traces.renderSearch },
@@ -28,6 +36,7 @@ const VIEWS = {
   alerts: { nav: "alerts", render: alerts.render },
 };
 
+/** @type {Array<() => void>} */
 let cleanups = [];
 let generation = 0;
 
@@ -43,12 +52,13 @@ function route() {
   }
   const view = parseHash();
   const entry = VIEWS[view.view] || VIEWS.logs;
-  for (const link of document.querySelectorAll("header nav a")) link.classList.toggle("active", link.dataset.view === entry.nav);
+  for (const link of document.querySelectorAll("header nav a")) link.classList.toggle("active", /** @type {HTMLElement} */ (link).dataset.view === entry.nav);
   const root = $("#view");
   const fresh = el("div", { id: "view", "data-view": view.view });
   root.replaceWith(fresh);
   sweepCharts();
   const mine = generation;
+  /** @type {import("./util.js").ViewContext} */
   const ctx = { perf, onLeave: (fn) => cleanups.push(fn), current: () => mine === generation };
   document.title = `Sightline · ${view.view}${view.id ? ` ${view.id}` : ""}`;
   Promise.resolve()
@@ -59,11 +69,14 @@ function route() {
     });
 }
 
-// The collector refused our query token (or we sent none): ask for one,
-// keep it for this tab, and render the view again.
+/**
+ * The collector refused our query token (or we sent none): ask for one,
+ * keep it for this tab, and render the view again.
+ * @param {CustomEvent<string>} event `detail` is the collector's message
+ */
 function askForToken(event) {
   if (document.getElementById("token-dialog")) return;
-  const input = el("input", { id: "token-input", type: "password", autocomplete: "off", required: true, "aria-label": "query token" });
+  const input = /** @type {HTMLInputElement} */ (el("input", { id: "token-input", type: "password", autocomplete: "off", required: true, "aria-label": "query token" }));
   const form = el(
     "form",
     { id: "token-form" },
@@ -85,6 +98,6 @@ function askForToken(event) {
   input.focus();
 }
 
-window.addEventListener("sightline:unauthorized", askForToken);
+window.addEventListener("sightline:unauthorized", /** @type {EventListener} */ (askForToken));
 window.addEventListener("hashchange", route);
 route();

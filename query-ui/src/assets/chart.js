@@ -1,9 +1,31 @@
+// @ts-check
 // Charts with the vendored uPlot (vendor/uPlot.esm.js, MIT): time series,
 // stacked bars for the log volume, sparklines.
 
 import uPlot from "./vendor/uPlot.esm.js";
 import { el } from "./util.js";
 
+/**
+ * The parts of a uPlot chart this module uses (the vendored build carries
+ * no types of its own).
+ * @typedef {object} Chart
+ * @property {HTMLElement} root
+ * @property {HTMLElement} over
+ * @property {{idx?: number | null}} cursor
+ * @property {{left: number, width: number, top: number, height: number}} select
+ * @property {() => void} destroy
+ * @property {(position: number, scale: string) => number} posToVal
+ * @property {(select: {left: number, width: number, top: number, height: number}, fire: boolean) => void} setSelect
+ */
+
+/**
+ * The uPlot constructor and the path builders used here.
+ * @typedef {{new (options: object, data: Array<Array<number | null>>, target: HTMLElement): Chart, paths: {bars: (options: object) => unknown}}} ChartConstructor
+ */
+
+const UPlot = /** @type {ChartConstructor} */ (/** @type {unknown} */ (uPlot));
+
+/** @type {Set<Chart>} */
 const charts = new Set();
 
 /** Destroys charts whose canvas left the page (views re-render on navigation). */
@@ -16,17 +38,38 @@ export function sweepCharts() {
   }
 }
 
+/**
+ * @param {HTMLElement} container
+ * @param {number} [fallback]
+ * @returns {number}
+ */
 function widthOf(container, fallback = 600) {
   return Math.max(120, Math.floor(container.clientWidth || container.parentElement?.clientWidth || fallback));
 }
+
+/**
+ * One line (or bar stack) of a chart: a value per x, `null` for a gap.
+ * @typedef {{label: string, color: string, values: Array<number | null>}} ChartSeries
+ */
 
 /**
  * A time-series chart. `xs` are epoch seconds; each series is
  * `{label, color, values}`. `bars` draws stacked bars (the series are
  * stacked in order). `onSelect(startMs, endMs)` is called after a drag, and
  * `onClick(index)` after a click on a point.
+ * @param {HTMLElement} container
+ * @param {object} chart
+ * @param {number[]} chart.xs
+ * @param {ChartSeries[]} chart.series
+ * @param {number} [chart.height]
+ * @param {boolean} [chart.bars]
+ * @param {(startMs: number, endMs: number) => void} [chart.onSelect]
+ * @param {(index: number) => void} [chart.onClick]
+ * @param {string} [chart.unit] a Grafana unit, see [`formatValue`]
+ * @returns {Chart}
  */
 export function timeChart(container, { xs, series, height = 220, bars = false, onSelect, onClick, unit = "" }) {
+  /** @type {Array<Array<number | null>>} */
   let data = [xs];
   if (bars) {
     // Stacked: series i is drawn as the running sum, the top ones first.
@@ -36,14 +79,14 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
   } else {
     data = [xs, ...series.map((s) => s.values)];
   }
-  const barPaths = bars ? uPlot.paths.bars({ size: [0.9, 60] }) : undefined;
+  const barPaths = bars ? UPlot.paths.bars({ size: [0.9, 60] }) : undefined;
   const options = {
     width: widthOf(container),
     height,
     cursor: { drag: { x: Boolean(onSelect), y: false, setScale: false } },
     legend: { show: true },
     scales: { x: { time: true } },
-    axes: [{}, { size: 60, values: (_, ticks) => ticks.map((t) => formatValue(t, unit)) }],
+    axes: [{}, { size: 60, values: (/** @type {Chart} */ _, /** @type {number[]} */ ticks) => ticks.map((t) => formatValue(t, unit)) }],
     series: [
       {},
       ...series.map((s) => ({
@@ -53,12 +96,12 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
         width: bars ? 0 : 1.5,
         paths: barPaths,
         points: { show: false },
-        value: (_, v) => (v === null || v === undefined ? "–" : formatValue(v, unit)),
+        value: (/** @type {Chart} */ _, /** @type {number | null} */ v) => (v === null || v === undefined ? "–" : formatValue(v, unit)),
       })),
     ],
     hooks: {
       setSelect: [
-        (u) => {
+        (/** @type {Chart} */ u) => {
           if (!onSelect || u.select.width < 3) return;
           const a = u.posToVal(u.select.left, "x");
           const b = u.posToVal(u.select.left + u.select.width, "x");
@@ -73,7 +116,7 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
     options.series = [options.series[0], ...options.series.slice(1).reverse()];
     data = [data[0], ...data.slice(1).reverse()];
   }
-  const chart = new uPlot(options, data, container);
+  const chart = new UPlot(options, data, container);
   if (onClick) {
     chart.over.addEventListener("click", () => {
       if (chart.cursor.idx !== null && chart.cursor.idx !== undefined && chart.select.width < 3) onClick(chart.cursor.idx);
@@ -83,9 +126,16 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
   return chart;
 }
 
-/** A small line without axes or legend. */
+/**
+ * A small line without axes or legend.
+ * @param {HTMLElement} container
+ * @param {number[]} xs epoch seconds
+ * @param {number[]} values
+ * @param {string} color
+ * @returns {Chart}
+ */
 export function sparkline(container, xs, values, color) {
-  const chart = new uPlot(
+  const chart = new UPlot(
     {
       width: 160,
       height: 36,
@@ -102,9 +152,15 @@ export function sparkline(container, xs, values, color) {
   return chart;
 }
 
-/** A number with a Grafana unit (`s`, `ms`, `percentunit`, `percent`, `bytes`, `reqps`). */
+/**
+ * A number with a Grafana unit (`s`, `ms`, `percentunit`, `percent`, `bytes`, `reqps`).
+ * @param {number | null | undefined} value
+ * @param {string} [unit]
+ * @returns {string}
+ */
 export function formatValue(value, unit = "") {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  /** @type {(v: number) => string} */
   const short = (v) => {
     const abs = Math.abs(v);
     if (abs >= 1e9) return `${(v / 1e9).toFixed(2)}G`;
@@ -141,6 +197,11 @@ export function formatValue(value, unit = "") {
   }
 }
 
+/**
+ * The placeholder of a chart without data.
+ * @param {string} text
+ * @returns {HTMLElement}
+ */
 export function emptyChart(text) {
   return el("div", { class: "chart-empty" }, text);
 }

@@ -1,3 +1,4 @@
+// @ts-check
 // Dashboards: the Grafana-classic dashboards of `dashboards/*.json`
 // (served by `/api/dashboards`), rendered against the collector's
 // Prometheus API: timeseries (and old `graph`), stat, gauge and table
@@ -7,10 +8,42 @@
 import { el, fetchJson, go, hashFor, timeRange, rangePicker, errorBox, PALETTE } from "./util.js";
 import { timeChart, formatValue, emptyChart } from "./chart.js";
 
+/**
+ * One dashboard of `GET /api/dashboards`; a file that does not parse has
+ * its `error` and no title.
+ * @typedef {object} DashboardEntry
+ * @property {string} uid
+ * @property {string} file
+ * @property {string} [title]
+ * @property {string[]} [tags]
+ * @property {string} [error]
+ */
+
+/** `GET /api/dashboards`. @typedef {{dashboards: DashboardEntry[]}} DashboardList */
+
+/**
+ * Grafana's dashboard JSON as `GET /api/dashboards/{uid}` serves it (the
+ * file's own JSON, read leniently): `title`, `time`, `templating.list`,
+ * `panels` and old `rows`.
+ * @typedef {import("./util.js").JsonObject} Dashboard
+ */
+
+/** A Grafana panel (`type`, `title`, `gridPos`, `targets`, `fieldConfig`, ...). @typedef {import("./util.js").JsonObject} Panel */
+/** A Grafana template variable (`name`, `type`, `query`, `current`, ...). @typedef {import("./util.js").JsonObject} Variable */
+/** Replaces `$var`, `${var}` and `[[var]]` in a text. @typedef {(text: string) => string} Interpolate */
+/** @typedef {import("./util.js").TimeRange} TimeRange */
+/** @typedef {import("./util.js").PromLabels} PromLabels */
+/** @typedef {import("./util.js").PromSeries} PromSeries */
+
+/**
+ * `#/dashboards`.
+ * @param {HTMLElement} root
+ */
 export async function renderList(root) {
   const list = el("ul", { id: "dashboard-list", class: "dashboard-list" });
   root.append(el("section", { id: "dashboards-view" }, el("h2", {}, "Dashboards"), list));
   try {
+    /** @type {DashboardList} */
     const result = await fetchJson("/api/dashboards");
     if (!result.dashboards.length) list.append(el("li", { class: "muted" }, "No dashboards in dashboards/*.json."));
     for (const dashboard of result.dashboards) {
@@ -25,9 +58,15 @@ export async function renderList(root) {
   }
 }
 
-/** Panels in grid order, rows' collapsed panels and old `rows[]` included. */
+/**
+ * Panels in grid order, rows' collapsed panels and old `rows[]` included.
+ * @param {Dashboard} dashboard
+ * @returns {Panel[]}
+ */
 function allPanels(dashboard) {
+  /** @type {Panel[]} */
   const out = [];
+  /** @type {(panel: Panel) => void} */
   const add = (panel) => {
     out.push(panel);
     if (panel.type === "row" && Array.isArray(panel.panels)) panel.panels.forEach(add);
@@ -48,7 +87,13 @@ function allPanels(dashboard) {
   return out;
 }
 
-/** Values of a template variable query: `label_values(label)`, `label_values(metric, label)`, `query_result(expr)`. */
+/**
+ * Values of a template variable query: `label_values(label)`, `label_values(metric, label)`, `query_result(expr)`.
+ * @param {Variable} variable
+ * @param {TimeRange} range
+ * @param {Interpolate} interpolate
+ * @returns {Promise<string[]>}
+ */
 async function variableValues(variable, range, interpolate) {
   if (variable.type === "custom") return String(variable.query || "").split(",").map((s) => s.trim()).filter(Boolean);
   if (variable.type === "interval") return String(variable.query || "1m,5m,1h").split(",").map((s) => s.trim()).filter(Boolean);
@@ -56,6 +101,7 @@ async function variableValues(variable, range, interpolate) {
   if (variable.type !== "query") return [];
   const text = interpolate(typeof variable.query === "object" ? variable.query.query || "" : variable.query || "");
   const window = { start: String(range.start / 1000), end: String(range.end / 1000) };
+  /** @type {string[]} */
   let values = [];
   let match = /^label_values\(\s*([a-zA-Z_][\w]*)\s*\)$/.exec(text.trim());
   if (match) {
@@ -63,13 +109,15 @@ async function variableValues(variable, range, interpolate) {
   } else if ((match = /^label_values\(\s*(.+)\s*,\s*([a-zA-Z_][\w]*)\s*\)$/.exec(text.trim()))) {
     const api = new URLSearchParams(window);
     api.append("match[]", match[1]);
+    /** @type {PromLabels[]} */
     const series = (await fetchJson(`/api/v1/series?${api}`)).data;
     values = [...new Set(series.map((s) => s[match[2]]).filter((v) => v !== undefined))];
   } else if ((match = /^query_result\((.+)\)$/.exec(text.trim()))) {
+    /** @type {import("./util.js").PromSample[]} */
     const result = (await fetchJson(`/api/v1/query?${new URLSearchParams({ query: match[1], time: window.end })}`)).data.result;
     values = result.map((s) => JSON.stringify(s.metric));
   } else if (text.trim()) {
-    values = (await fetchJson(`/api/v1/label/${encodeURIComponent(text.trim())}/values?${new URLSearchParams(window)}`).catch(() => ({ data: [] }))).data;
+    values = (await fetchJson(`/api/v1/label/${encodeURIComponent(text.trim())}/values?${new URLSearchParams(window)}`).catch(() => ({ data: /** @type {string[]} */ ([]) }))).data;
   }
   if (variable.regex) {
     try {
@@ -85,9 +133,16 @@ async function variableValues(variable, range, interpolate) {
   return [...new Set(values)].sort();
 }
 
+/** @type {(s: string) => string} */
 const regexEscape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
+/**
+ * @param {Record<string, string | string[]>} values the variables' chosen values
+ * @param {Record<string, string>} builtins `__interval`, `__range`, ...
+ * @returns {Interpolate}
+ */
 function interpolator(values, builtins) {
+  /** @type {(name: string) => string | null} */
   const lookup = (name) => {
     if (name in builtins) return builtins[name];
     if (!(name in values)) return null;
@@ -96,19 +151,32 @@ function interpolator(values, builtins) {
     return value;
   };
   return (text) =>
-    String(text).replace(/\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)/g, (whole, a, b, c) => {
+    String(text).replace(/\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)/g, (/** @type {string} */ whole, /** @type {string} */ a, /** @type {string} */ b, /** @type {string} */ c) => {
       const value = lookup(a || b || c);
       return value === null ? whole : value;
     });
 }
 
+/**
+ * A series' legend: the panel's `{{label}}` format, or the series as PromQL writes it.
+ * @param {string} format
+ * @param {PromLabels} metric
+ * @param {string} fallback
+ * @returns {string}
+ */
 function legend(format, metric, fallback) {
-  if (format && format !== "__auto") return format.replace(/\{\{\s*(\w+)\s*\}\}/g, (_, name) => metric[name] ?? "");
+  if (format && format !== "__auto") return format.replace(/\{\{\s*(\w+)\s*\}\}/g, (/** @type {string} */ _, /** @type {string} */ name) => metric[name] ?? "");
   const labels = Object.entries(metric).filter(([k]) => k !== "__name__");
   if (!labels.length) return metric.__name__ || fallback;
   return `${metric.__name__ || ""}{${labels.map(([k, v]) => `${k}="${v}"`).join(", ")}}`;
 }
 
+/**
+ * A stat panel's number: Grafana's reducer `calc` over the values.
+ * @param {string[]} values
+ * @param {string} calc
+ * @returns {number | null}
+ */
 function reduce(values, calc) {
   const numbers = values.map(Number).filter((v) => Number.isFinite(v));
   if (!numbers.length) return null;
@@ -129,26 +197,57 @@ function reduce(values, calc) {
   }
 }
 
+/**
+ * The colour of the panel's threshold step `value` reaches, if any.
+ * @param {Panel} panel
+ * @param {number} value
+ * @returns {string | null}
+ */
 function thresholdColor(panel, value) {
+  /** @type {Array<{value: number | null, color: string}>} */
   const steps = panel.fieldConfig?.defaults?.thresholds?.steps || [];
+  /** @type {string | null} */
   let color = null;
   for (const step of steps) if (step.value === null || step.value === undefined || value >= step.value) color = step.color;
+  /** @type {Record<string, string>} */
   const named = { green: "#2da44e", red: "#cf222e", yellow: "#d4a72c", orange: "#e07a10", blue: "#2f6fde", purple: "#a371f7" };
   return named[color] || (typeof color === "string" && /^#[0-9a-fA-F]{3,8}$/.test(color) ? color : null);
 }
 
+/**
+ * @param {string} expr
+ * @param {TimeRange} range
+ * @param {number} step seconds
+ * @returns {Promise<PromSeries[]>}
+ */
 async function rangeQuery(expr, range, step) {
+  /** @type {import("./util.js").PromResponse<{resultType: "matrix", result: PromSeries[]}>} */
   const result = await fetchJson(`/api/v1/query_range?${new URLSearchParams({ query: expr, start: String(range.start / 1000), end: String(range.end / 1000), step: String(step) })}`);
   return result.data.result;
 }
 
+/**
+ * @param {string} expr
+ * @param {TimeRange} range evaluated at its end
+ * @returns {Promise<import("./util.js").PromQueryData>}
+ */
 async function instantQuery(expr, range) {
+  /** @type {import("./util.js").PromResponse<import("./util.js").PromQueryData>} */
   const result = await fetchJson(`/api/v1/query?${new URLSearchParams({ query: expr, time: String(range.end / 1000) })}`);
   return result.data;
 }
 
+/**
+ * Draws one panel: its queries against the Prometheus API, as a chart, a table or stats.
+ * @param {HTMLElement} body
+ * @param {Panel} panel
+ * @param {TimeRange} range
+ * @param {number} step seconds
+ * @param {Interpolate} interpolate
+ */
 async function drawPanel(body, panel, range, step, interpolate) {
-  const targets = (panel.targets || []).filter((t) => t.expr && !t.hide);
+  /** @type {Array<{expr: string, hide?: boolean, legendFormat?: string, refId?: string}>} */
+  const targets = (panel.targets || []).filter((/** @type {{expr?: string, hide?: boolean}} */ t) => t.expr && !t.hide);
   const unit = panel.fieldConfig?.defaults?.unit || (panel.yaxes && panel.yaxes[0]?.format) || "";
   if (!targets.length) {
     body.append(emptyChart(panel.type === "text" ? panel.options?.content || "" : "no queries"));
@@ -164,7 +263,7 @@ async function drawPanel(body, panel, range, step, interpolate) {
     const times = [...new Set(all.flatMap((s) => s.values.map((v) => v[0])))].sort((a, b) => a - b);
     const index = new Map(times.map((t, i) => [t, i]));
     const series = all.slice(0, 40).map((s, i) => {
-      const values = times.map(() => null);
+      const values = times.map(() => /** @type {number | null} */ (null));
       for (const [t, v] of s.values) values[index.get(t)] = Number(v);
       return { label: legend(interpolate(s.target.legendFormat || ""), s.metric, s.target.refId || "A"), color: PALETTE[i % PALETTE.length], values };
     });
@@ -173,6 +272,7 @@ async function drawPanel(body, panel, range, step, interpolate) {
   }
   if (panel.type === "table") {
     const table = el("table", { class: "panel-table" });
+    /** @type {Array<{metric: PromLabels, value: number}>} */
     const rows = [];
     for (const target of targets) {
       const data = await instantQuery(interpolate(target.expr), range);
@@ -211,8 +311,17 @@ async function drawPanel(body, panel, range, step, interpolate) {
   body.append(emptyChart(`panel type ${panel.type} is not supported`));
 }
 
+/**
+ * Zooms the dashboard to a dragged range (epoch milliseconds); set by the dashboard shown.
+ * @type {(startMs: number, endMs: number) => void}
+ */
 let applyRange = () => {};
 
+/**
+ * `#/dashboard/<uid>`.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ */
 export async function renderDashboard(root, view) {
   const uid = view.id;
   const params = view.params;
@@ -220,6 +329,7 @@ export async function renderDashboard(root, view) {
   const variablesBar = el("div", { id: "dashboard-variables", class: "variables" });
   const grid = el("div", { id: "dashboard-grid", class: "dashboard-grid" });
   root.append(el("section", { id: "dashboard-view" }, header, variablesBar, grid));
+  /** @type {Dashboard} */
   let dashboard;
   try {
     dashboard = await fetchJson(`/api/dashboards/${encodeURIComponent(uid)}`);
@@ -232,6 +342,7 @@ export async function renderDashboard(root, view) {
   if (!withDefaults.get("from")) withDefaults.set("from", dashboard.time?.from || "now-1h");
   if (!withDefaults.get("to")) withDefaults.set("to", dashboard.time?.to || "now");
   const range = timeRange(withDefaults);
+  /** @type {(changes: Record<string, string>) => void} */
   const nav = (changes) => {
     const next = new URLSearchParams(withDefaults);
     for (const [k, v] of Object.entries(changes)) next.set(k, v);
@@ -243,10 +354,12 @@ export async function renderDashboard(root, view) {
   const seconds = (range.end - range.start) / 1000;
   const step = Math.max(15, Math.ceil(seconds / 240));
   const builtins = { __interval: `${step}s`, __rate_interval: `${Math.max(4 * step, 60)}s`, __range: `${Math.round(seconds)}s`, __range_s: String(Math.round(seconds)) };
+  /** @type {Record<string, string | string[]>} */
   const values = {};
   for (const variable of dashboard.templating?.list || []) {
     if (variable.type === "datasource" || variable.type === "adhoc") continue;
     const name = variable.name;
+    /** @type {string[]} */
     let options = [];
     try {
       options = await variableValues(variable, range, interpolator(values, builtins));
@@ -255,12 +368,13 @@ export async function renderDashboard(root, view) {
     }
     const fromUrl = params.getAll(`var-${name}`);
     const current = variable.current?.value;
+    /** @type {string[]} */
     let chosen = fromUrl.length ? fromUrl : Array.isArray(current) ? current : current !== undefined ? [current] : [];
     const all = chosen.includes("$__all") || chosen.includes("All");
     if (all || !chosen.length || !chosen.every((c) => options.includes(c))) chosen = variable.includeAll && (all || !options.length) ? ["$__all"] : options.length ? [options[0]] : chosen;
     values[name] = chosen.includes("$__all") ? variable.allValue || (options.length ? options : [".*"]) : variable.multi ? chosen : chosen[0] || "";
     if (variable.hide === 2) continue;
-    const select = el("select", { "data-variable": name, multiple: variable.multi || false });
+    const select = /** @type {HTMLSelectElement} */ (el("select", { "data-variable": name, multiple: variable.multi || false }));
     if (variable.includeAll) select.append(el("option", { value: "$__all", selected: chosen.includes("$__all") }, "All"));
     for (const option of options) select.append(el("option", { value: option, selected: chosen.includes(option) }, option));
     select.addEventListener("change", () => {
@@ -273,6 +387,7 @@ export async function renderDashboard(root, view) {
   }
   const interpolate = interpolator(values, builtins);
   const panels = allPanels(dashboard).sort((a, b) => (a.gridPos?.y ?? 0) - (b.gridPos?.y ?? 0) || (a.gridPos?.x ?? 0) - (b.gridPos?.x ?? 0));
+  /** @type {Promise<void>[]} */
   const work = [];
   for (const panel of panels) {
     const pos = panel.gridPos || { x: 0, y: 0, w: 12, h: 8 };

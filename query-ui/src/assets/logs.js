@@ -1,3 +1,4 @@
+// @ts-check
 // Logs (Discover): query bar, time range, volume histogram by severity,
 // field sidebar, results newest first, expandable records, load more, live
 // tail and context. State: `#/logs?q=&from=&to=&open=<record id>&tail=1`.
@@ -5,8 +6,41 @@
 import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip, streamEvents } from "./util.js";
 import { timeChart, emptyChart } from "./chart.js";
 
+/** @typedef {import("./util.js").LogRecord} LogRecord */
+
+/**
+ * `GET /api/logs`: a page of matching records, newest first.
+ * @typedef {object} LogPage
+ * @property {LogRecord[]} records
+ * @property {number} total_hits matching records in all
+ * @property {string | null} next_cursor pass as `cursor` for the next page; null on the last
+ */
+
+/**
+ * `GET /api/logs/histogram`: matching records per bucket and severity.
+ * @typedef {object} LogHistogram
+ * @property {number} interval bucket width, nanoseconds
+ * @property {Array<{start: number, count: number, by_severity: Record<string, number>}>} buckets
+ */
+
+/**
+ * `GET /api/logs/terms`: top values of a field among the newest matching records.
+ * @typedef {object} LogTerms
+ * @property {string} field
+ * @property {number} sampled records looked at
+ * @property {number} present records that have the field
+ * @property {Array<{value: string, count: number}>} values
+ */
+
+/** `GET /api/logs/context/{id}`: the record and its neighbours in its stream. @typedef {{records: LogRecord[]}} LogContext */
+
+/** A result row, holding the record it shows. @typedef {HTMLElement & {record: LogRecord}} LogRow */
+
+/** Filters the query by a field's value, or excludes it. @typedef {{filter: (field: string, value: string, exclude: boolean) => void}} FilterState */
+
 const PAGE = 100;
 const SEVERITIES = ["FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", ""];
+/** @type {Record<string, string>} */
 const SEVERITY_COLORS = { FATAL: "#6e0b0b", ERROR: "#cf222e", WARN: "#d4a72c", INFO: "#2da44e", DEBUG: "#8c959f", TRACE: "#c4c9d0", "": "#57606a" };
 const SIDEBAR_FIELDS = ["service", "severity_text", "resource.k8s.namespace.name", "resource.k8s.pod.name"];
 const HELP = [
@@ -20,24 +54,45 @@ const HELP = [
   ["ship*  NOT debug", "wildcards, exclusions"],
 ];
 
-/** The query language's name of a record field (the sidebar's filters). */
+/**
+ * The query language's name of a record field (the sidebar's filters).
+ * @param {string} field
+ * @returns {string}
+ */
 function queryField(field) {
   if (field === "severity_text") return "severity";
   if (field.startsWith("attributes.")) return field.slice("attributes.".length);
   return field;
 }
 
+/**
+ * @param {string} value
+ * @returns {string} the value as a quoted phrase of the query language
+ */
 function quote(value) {
   return `"${String(value).replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
-/** Adds `field:value` (or `NOT field:value`) to the query. */
+/**
+ * Adds `field:value` (or `NOT field:value`) to the query.
+ * @param {string} query
+ * @param {string} field
+ * @param {string} value
+ * @param {boolean} exclude
+ * @returns {string}
+ */
 export function withFilter(query, field, value, exclude) {
   const clause = `${exclude ? "NOT " : ""}${queryField(field)}:${quote(value)}`;
   const trimmed = query.trim();
   return trimmed ? `${trimmed} AND ${clause}` : exclude ? `* AND ${clause}` : clause;
 }
 
+/**
+ * A table cell linking a request or trace id to its view.
+ * @param {"request" | "trace"} kind
+ * @param {string | undefined} id
+ * @returns {HTMLElement}
+ */
 function idLink(kind, id) {
   if (!id) return el("td", { class: kind });
   const href = kind === "trace" ? hashFor("trace", id) : hashFor("request", id);
@@ -46,10 +101,14 @@ function idLink(kind, id) {
   return el("td", { class: kind }, anchor);
 }
 
-/** One result row; log content goes in as text only. */
+/**
+ * One result row; log content goes in as text only.
+ * @param {LogRecord} record
+ * @returns {LogRow}
+ */
 function logRow(record) {
   const severity = record.severity_text || "UNSET";
-  const row = el(
+  const row = /** @type {LogRow} */ (el(
     "tr",
     { class: `log-row sev-${severity.replace(/[^A-Za-z]/g, "")}`, "data-id": record.id },
     el("td", { class: "time" }, formatTime(record.timestamp)),
@@ -58,18 +117,28 @@ function logRow(record) {
     el("td", { class: "body" }, record.body),
     idLink("request", record.request_id),
     idLink("trace", record.trace_id),
-  );
+  ));
   row.record = record;
   return row;
 }
 
-/** Renders records into `tbody` (appending); exported for the perf hook. */
+/**
+ * Renders records into `tbody` (appending); exported for the perf hook.
+ * @param {HTMLElement} tbody
+ * @param {LogRecord[]} records
+ */
 export function renderRows(tbody, records) {
   const fragment = document.createDocumentFragment();
   for (const record of records) fragment.append(logRow(record));
   tbody.append(fragment);
 }
 
+/**
+ * The expanded record: its fields with filter buttons, its JSON, links and context.
+ * @param {LogRecord} record
+ * @param {FilterState} state
+ * @returns {HTMLElement}
+ */
 function detailRow(record, state) {
   const { id, ...rest } = record;
   const copy = el("button", { type: "button", class: "copy" }, "Copy JSON");
@@ -103,9 +172,14 @@ function detailRow(record, state) {
   return el("tr", { class: "log-detail" }, el("td", { colspan: 6 }, el("div", { class: "detail-bar" }, copy, contextButton, links), table, pre, contextBox));
 }
 
+/**
+ * @param {LogRecord} record
+ * @param {HTMLElement} box
+ */
 async function showContext(record, box) {
   box.replaceChildren(el("p", { class: "muted" }, "loading context…"));
   try {
+    /** @type {LogContext} */
     const result = await fetchJson(`/api/logs/context/${encodeURIComponent(record.id)}?before=10&after=10`);
     const table = el("table", { class: "context-table" });
     for (const hit of result.records) {
@@ -118,7 +192,12 @@ async function showContext(record, box) {
   }
 }
 
-/** The query with a caret under the position a 400 names. */
+/**
+ * The query with a caret under the position a 400 names.
+ * @param {string} query
+ * @param {Error} error
+ * @returns {HTMLElement}
+ */
 function queryError(query, error) {
   const box = el("div", { class: "query-error", role: "alert" }, el("strong", {}, "Query error: "), error.message);
   const match = /position (\d+)/.exec(error.message);
@@ -129,11 +208,18 @@ function queryError(query, error) {
   return box;
 }
 
+/**
+ * `#/logs`.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ * @param {import("./util.js").ViewContext} ctx
+ */
 export function render(root, view, ctx) {
   const params = view.params;
   const query = params.get("q") || "";
   const range = timeRange(params);
   const apiRange = { start: msToNanos(range.start), end: msToNanos(range.end) };
+  /** @type {(changes: Record<string, string | null>) => void} */
   const nav = (changes) => {
     const next = new URLSearchParams(params);
     for (const [key, value] of Object.entries(changes)) {
@@ -143,9 +229,10 @@ export function render(root, view, ctx) {
     next.delete("open");
     go("logs", "", next);
   };
-  const state = { filter: (field, value, exclude) => nav({ q: withFilter($("#query").value, field, value, exclude) }) };
+  /** @type {FilterState} */
+  const state = { filter: (field, value, exclude) => nav({ q: withFilter(/** @type {HTMLInputElement} */ ($("#query")).value, field, value, exclude) }) };
 
-  const input = el("input", { id: "query", name: "q", type: "search", spellcheck: "false", value: query, placeholder: 'request_id:abc123   service:order AND severity:ERROR   "payment declined"' });
+  const input = /** @type {HTMLInputElement} */ (el("input", { id: "query", name: "q", type: "search", spellcheck: "false", value: query, placeholder: 'request_id:abc123   service:order AND severity:ERROR   "payment declined"' }));
   const helpButton = el("button", { type: "button", id: "help-button", class: "secondary", title: "query syntax" }, "?");
   const help = el("div", { id: "syntax-help", class: "syntax-help" }, el("h4", {}, "Query syntax"));
   for (const [example, meaning] of HELP) {
@@ -177,11 +264,13 @@ export function render(root, view, ctx) {
   root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
 
   tbody.addEventListener("click", (event) => {
-    if (event.target.closest("a, button")) return;
-    const row = event.target.closest("tr.log-row");
+    const target = /** @type {Element} */ (event.target);
+    if (target.closest("a, button")) return;
+    const row = /** @type {LogRow | null} */ (target.closest("tr.log-row"));
     if (!row) return;
     toggle(row);
   });
+  /** @type {(row: LogRow, open?: boolean) => void} */
   const toggle = (row, open) => {
     const next = row.nextElementSibling;
     const isOpen = next && next.classList.contains("log-detail");
@@ -202,6 +291,7 @@ export function render(root, view, ctx) {
 
   let total = 0;
   let shown = 0;
+  /** @type {string | null} */
   let cursor = null;
   const updateStatus = () => {
     status.textContent = `${total} matching records, showing ${shown}${tailing ? " · live tail on" : ""}`;
@@ -211,6 +301,7 @@ export function render(root, view, ctx) {
     const api = new URLSearchParams({ q: query, limit: String(PAGE), ...apiRange });
     if (cursor) api.set("cursor", cursor);
     const started = performance.now();
+    /** @type {LogPage} */
     const result = await fetchJson(`/api/logs?${api}`);
     const fetched = performance.now();
     renderRows(tbody, result.records);
@@ -228,7 +319,7 @@ export function render(root, view, ctx) {
       await load();
       const open = params.get("open");
       if (open) {
-        const row = [...tbody.querySelectorAll("tr.log-row")].find((r) => r.record.id === open);
+        const row = [.../** @type {NodeListOf<LogRow>} */ (tbody.querySelectorAll("tr.log-row"))].find((r) => r.record.id === open);
         if (row) toggle(row, true);
       }
       root.dataset.loaded = "1";
@@ -246,7 +337,9 @@ export function render(root, view, ctx) {
 
   if (tailing) {
     const stop = new AbortController();
+    /** @type {(data: string) => void} */
     const onRecord = (data) => {
+      /** @type {LogRecord} */
       let record;
       try {
         record = JSON.parse(data);
@@ -270,10 +363,19 @@ export function render(root, view, ctx) {
   }
 }
 
+/**
+ * The volume histogram by severity; a drag or a click on a bar zooms in.
+ * @param {HTMLElement} container
+ * @param {string} query
+ * @param {import("./util.js").TimeRange} range
+ * @param {{start: string, end: string}} apiRange
+ * @param {(from: string, to: string) => void} zoom
+ */
 async function drawHistogram(container, query, range, apiRange, zoom) {
   const span = range.end - range.start;
   const interval = Math.max(1000, Math.round(span / 60 / 1000) * 1000);
   try {
+    /** @type {LogHistogram} */
     const result = await fetchJson(`/api/logs/histogram?${new URLSearchParams({ q: query, ...apiRange, interval: `${interval}ms` })}`);
     const buckets = result.buckets || [];
     if (!buckets.length) {
@@ -282,6 +384,7 @@ async function drawHistogram(container, query, range, apiRange, zoom) {
     }
     const xs = buckets.map((b) => b.start / 1e9);
     const present = SEVERITIES.filter((sev) => buckets.some((b) => (b.by_severity || {})[sev]));
+    /** @type {(b: LogHistogram["buckets"][number]) => number} */
     const others = (b) => Object.entries(b.by_severity || {}).filter(([sev]) => !SEVERITIES.includes(sev)).reduce((sum, [, n]) => sum + n, 0);
     const series = present.map((sev) => ({ label: sev || "none", color: SEVERITY_COLORS[sev], values: buckets.map((b) => (b.by_severity || {})[sev] || 0) }));
     if (buckets.some(others)) series.push({ label: "other", color: "#0e8a8a", values: buckets.map(others) });
@@ -300,8 +403,18 @@ async function drawHistogram(container, query, range, apiRange, zoom) {
   }
 }
 
+/**
+ * The field sidebar: top values of the common fields and of the attributes
+ * of a sample of matching records.
+ * @param {HTMLElement} sidebar
+ * @param {string} query
+ * @param {{start: string, end: string}} apiRange
+ * @param {FilterState} state
+ */
 async function fillSidebar(sidebar, query, apiRange, state) {
-  const sample = await fetchJson(`/api/logs?${new URLSearchParams({ q: query, limit: "50", ...apiRange })}`).catch(() => ({ records: [] }));
+  /** @type {{records: LogRecord[]}} */
+  const sample = await fetchJson(`/api/logs?${new URLSearchParams({ q: query, limit: "50", ...apiRange })}`).catch(() => ({ records: /** @type {LogRecord[]} */ ([]) }));
+  /** @type {Map<string, number>} */
   const keys = new Map();
   for (const record of sample.records) {
     for (const key of Object.keys(record.attributes || {})) keys.set(`attributes.${key}`, (keys.get(`attributes.${key}`) || 0) + 1);
@@ -311,7 +424,7 @@ async function fillSidebar(sidebar, query, apiRange, state) {
     const box = el("div", { class: "field", "data-field": field }, el("div", { class: "field-name" }, field));
     sidebar.append(box);
     fetchJson(`/api/logs/terms?${new URLSearchParams({ field, q: query, size: "5", ...apiRange })}`)
-      .then((terms) => {
+      .then((/** @type {LogTerms} */ terms) => {
         if (!terms.values.length) {
           box.remove();
           return;

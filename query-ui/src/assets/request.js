@@ -1,9 +1,58 @@
+// @ts-check
 // Request view: everything one request did, logs and spans of every
 // service on one timeline. Errors first, the bottleneck highlighted, each
 // service its own colour. State: `#/request/<request id or trace id>`.
 
 import { el, fetchJson, go, hashFor, formatTime, formatDuration, errorBox, serviceChip, serviceSlot, latencyClass } from "./util.js";
 
+/**
+ * One entry of a request's timeline: a span (the store's span with its
+ * timing) or a log record, told apart by `type`.
+ * @typedef {object} TimelineEntry
+ * @property {"span" | "log"} type
+ * @property {number} time span start or record time, nanoseconds
+ * @property {string} service
+ * @property {boolean} error an error span or an ERROR/FATAL record
+ * @property {string} [trace_id]
+ * @property {string} [span_id]
+ * @property {string} [parent_span_id] spans only
+ * @property {string} [name] spans only
+ * @property {number} [start_time] spans only
+ * @property {number} [end_time] spans only
+ * @property {"unset" | "ok" | "error"} [status] spans only
+ * @property {number} [duration] spans only, nanoseconds
+ * @property {number} [self_time] spans only, nanoseconds
+ * @property {boolean} [on_critical_path] spans only
+ * @property {string} [id] logs only: the record's id
+ * @property {string} [body] logs only
+ * @property {string} [severity_text] logs only
+ */
+
+/**
+ * `GET /api/requests/{id}`: everything one request did.
+ * @typedef {object} RequestStory
+ * @property {string} id
+ * @property {"request_id" | "trace_id"} kind
+ * @property {string[]} request_ids
+ * @property {string[]} trace_ids
+ * @property {Record<string, number>} services timeline entries per service
+ * @property {number} start nanoseconds
+ * @property {number} end
+ * @property {number} duration
+ * @property {number} span_count
+ * @property {number} log_count
+ * @property {number} errors
+ * @property {string[]} critical_path span ids
+ * @property {{span_id: string, trace_id: string, service: string, name: string, self_time: number} | null} bottleneck
+ * @property {TimelineEntry[]} timeline in time order
+ */
+
+/**
+ * @param {TimelineEntry} entry
+ * @param {RequestStory} story
+ * @param {string | null | undefined} bottleneckId
+ * @returns {HTMLElement}
+ */
 function entryRow(entry, story, bottleneckId) {
   const total = Math.max(story.duration, 1);
   const slot = serviceSlot(entry.service);
@@ -26,9 +75,15 @@ function entryRow(entry, story, bottleneckId) {
   return el("div", { class: classes.join(" "), "data-type": entry.type, "data-service": entry.service }, el("div", { class: "story-time" }, `+${formatDuration(offset)}`), el("div", { class: "story-service" }, serviceChip(entry.service)), text, track);
 }
 
+/**
+ * `#/request/<id>`.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ * @returns {Promise<void>}
+ */
 export async function render(root, view) {
   const id = view.id;
-  const input = el("input", { id: "request-id", type: "search", value: id, placeholder: "request id or trace id", spellcheck: "false" });
+  const input = /** @type {HTMLInputElement} */ (el("input", { id: "request-id", type: "search", value: id, placeholder: "request id or trace id", spellcheck: "false" }));
   const form = el("form", { id: "request-form", autocomplete: "off" }, input, el("button", { type: "submit", id: "request-button" }, "Show request"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -42,6 +97,7 @@ export async function render(root, view) {
     return;
   }
   body.append(el("p", { class: "muted" }, "loading…"));
+  /** @type {RequestStory} */
   let story;
   try {
     story = await fetchJson(`/api/requests/${encodeURIComponent(id)}`);

@@ -1,3 +1,4 @@
+// @ts-check
 // Services: a service map from the service graph metrics
 // (`traces_service_graph_request_total`, `..._failed_total`) and the RED span
 // metrics, through the Prometheus API; rate, error ratio and latency per
@@ -8,14 +9,40 @@
 import { el, svg, fetchJson, go, hashFor, timeRange, msToNanos, rangePicker, errorBox, serviceChip, serviceColor } from "./util.js";
 import { sparkline, formatValue } from "./chart.js";
 
+/** @typedef {import("./util.js").TimeRange} TimeRange */
+/** @typedef {import("./util.js").PromSample} PromSample */
+
+/**
+ * A service of the map, with its request rate (per second), share of
+ * errors and 95th percentile latency (seconds, `null` when unknown).
+ * @typedef {{name: string, rate: number, errorRatio: number, p95: number | null}} ServiceStats
+ */
+
+/** Calls from `client` to `server`. @typedef {{client: string, server: string, rate: number, errorRatio: number, p95: number | null}} EdgeStats */
+
+/** @typedef {{source: "metrics" | "traces", services: ServiceStats[], edges: EdgeStats[]}} Graph */
+
+/** What recent traces tell of a service or an edge before it is summarized. @typedef {{calls: number, errors: number, durations: number[]}} Counts */
+
 const SERVER = 'span_kind=~"SPAN_KIND_SERVER|SPAN_KIND_CONSUMER"';
 
+/**
+ * An instant query whose result is a vector.
+ * @param {string} query
+ * @param {number} time epoch milliseconds
+ * @returns {Promise<PromSample[]>}
+ */
 async function instant(query, time) {
+  /** @type {import("./util.js").PromResponse<{resultType: "vector", result: PromSample[]}>} */
   const result = await fetchJson(`/api/v1/query?${new URLSearchParams({ query, time: String(time / 1000) })}`);
   return result.data.result;
 }
 
-/** The graph from the metrics: `null` when the Prometheus API is not there or has no service graph. */
+/**
+ * The graph from the metrics: `null` when the Prometheus API is not there or has no service graph.
+ * @param {TimeRange} range
+ * @returns {Promise<Graph | null>}
+ */
 async function fromMetrics(range) {
   const window = "5m";
   let edges;
@@ -32,8 +59,11 @@ async function fromMetrics(range) {
     instant(`histogram_quantile(0.95, sum by (service, le) (rate(traces_spanmetrics_duration_seconds_bucket{${SERVER}}[${window}])))`, range.end),
   ]);
   if (!edges.length && !calls.length) return null;
+  /** @type {(sample: PromSample) => number} */
   const value = (sample) => Number(sample.value[1]);
+  /** @type {Map<string, ServiceStats>} */
   const services = new Map();
+  /** @type {(name: string) => ServiceStats} */
   const service = (name) => {
     if (!services.has(name)) services.set(name, { name, rate: 0, errorRatio: 0, p95: null });
     return services.get(name);
@@ -45,6 +75,7 @@ async function fromMetrics(range) {
   }
   for (const s of p95) if (Number.isFinite(value(s))) service(s.metric.service).p95 = value(s);
   const failedBy = new Map(failed.map((s) => [`${s.metric.client}>${s.metric.server}`, value(s)]));
+  /** @type {EdgeStats[]} */
   const edgeList = edges.map((s) => {
     const rate = value(s);
     const fail = failedBy.get(`${s.metric.client}>${s.metric.server}`) || 0;
@@ -55,14 +86,23 @@ async function fromMetrics(range) {
   return { source: "metrics", services: [...services.values()], edges: edgeList };
 }
 
-/** The graph from recent traces' parent/child spans of different services. */
+/**
+ * The graph from recent traces' parent/child spans of different services.
+ * @param {TimeRange} range
+ * @returns {Promise<Graph>}
+ */
 async function fromTraces(range) {
+  /** @type {import("./traces.js").TraceSearch} */
   const search = await fetchJson(`/api/trace-search?${new URLSearchParams({ start: msToNanos(range.start), end: msToNanos(range.end), limit: "20" })}`);
-  const names = await fetchJson("/api/services").then((r) => r.data || []).catch(() => []);
+  /** @type {string[]} */
+  const names = await fetchJson("/api/services").then((/** @type {import("./util.js").JaegerEnvelope<string[]>} */ r) => r.data || []).catch(() => /** @type {string[]} */ ([]));
   const seconds = Math.max((range.end - range.start) / 1000, 1);
-  const services = new Map(names.map((name) => [name, { name, calls: 0, errors: 0, durations: [] }]));
+  /** @type {Map<string, Counts & {name: string}>} */
+  const services = new Map(names.map((name) => [name, { name, calls: 0, errors: 0, durations: /** @type {number[]} */ ([]) }]));
+  /** @type {Map<string, Counts & {client: string, server: string}>} */
   const edges = new Map();
-  const stories = await Promise.all(search.traces.slice(0, 20).map((t) => fetchJson(`/api/requests/${t.trace_id}`).catch(() => null)));
+  /** @type {Array<import("./request.js").RequestStory | null>} */
+  const stories = await Promise.all(search.traces.slice(0, 20).map((t) => fetchJson(`/api/requests/${t.trace_id}`).catch(() => /** @type {null} */ (null))));
   const seen = new Set();
   for (const story of stories.filter(Boolean)) {
     const spans = story.timeline.filter((e) => e.type === "span" && !seen.has(e.span_id));
@@ -86,16 +126,23 @@ async function fromTraces(range) {
       }
     }
   }
+  /** @type {(list: number[]) => number | null} */
   const p95 = (list) => {
     if (!list.length) return null;
     const sorted = list.slice().sort((a, b) => a - b);
     return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.95))] / 1e9;
   };
+  /** @type {<T extends Counts>(x: T) => T & {rate: number, errorRatio: number, p95: number | null}} */
   const summarize = (x) => ({ ...x, rate: x.calls / seconds, errorRatio: x.calls ? x.errors / x.calls : 0, p95: p95(x.durations) });
   return { source: "traces", services: [...services.values()].map(summarize), edges: [...edges.values()].map(summarize) };
 }
 
-/** The metrics' numbers, with services and edges only the traces know (series not scraped yet) added. */
+/**
+ * The metrics' numbers, with services and edges only the traces know (series not scraped yet) added.
+ * @param {Graph} metrics
+ * @param {Graph} traces
+ * @returns {Graph}
+ */
 function merge(metrics, traces) {
   const services = new Map(metrics.services.map((s) => [s.name, s]));
   for (const s of traces.services) if (!services.has(s.name)) services.set(s.name, s);
@@ -104,7 +151,11 @@ function merge(metrics, traces) {
   return { source: "metrics", services: [...services.values()], edges: [...edges.values()] };
 }
 
-/** Columns by longest path from the entry services. */
+/**
+ * Columns by longest path from the entry services.
+ * @param {Graph} graph
+ * @returns {{positions: Map<string, {x: number, y: number}>, width: number, height: number}}
+ */
 function layout(graph) {
   const depth = new Map(graph.services.map((s) => [s.name, 0]));
   for (let pass = 0; pass < graph.services.length; pass++) {
@@ -114,6 +165,7 @@ function layout(graph) {
       if (next > (depth.get(edge.server) || 0)) depth.set(edge.server, next);
     }
   }
+  /** @type {Map<number, string[]>} */
   const columns = new Map();
   for (const service of graph.services) {
     const d = depth.get(service.name) || 0;
@@ -132,6 +184,11 @@ function layout(graph) {
   return { positions, width: 40 + (Math.max(...columns.keys(), 0) + 1) * colWidth, height: 30 + maxRows * rowHeight };
 }
 
+/**
+ * The service map as SVG: a box per service, an arrow per edge.
+ * @param {Graph} graph
+ * @returns {SVGElement}
+ */
 function drawMap(graph) {
   const { positions, width, height } = layout(graph);
   const map = svg("svg", { id: "service-map", viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
@@ -167,14 +224,23 @@ function drawMap(graph) {
   return map;
 }
 
+/**
+ * Rate and error sparklines in the service table, from the span metrics.
+ * @param {HTMLElement} table
+ * @param {Graph} graph
+ * @param {TimeRange} range
+ */
 async function sparklines(table, graph, range) {
   const step = Math.max(15, Math.floor((range.end - range.start) / 1000 / 60));
+  /** @typedef {import("./util.js").PromResponse<{resultType: "matrix", result: import("./util.js").PromSeries[]}>} Matrix */
+  /** @type {(query: string) => Promise<Matrix>} */
   const api = (query) => fetchJson(`/api/v1/query_range?${new URLSearchParams({ query, start: String(range.start / 1000), end: String(range.end / 1000), step: String(step) })}`);
-  const [rates, errors] = await Promise.all([api(`sum by (service) (rate(traces_spanmetrics_calls_total{${SERVER}}[5m]))`), api(`sum by (service) (rate(traces_spanmetrics_calls_total{${SERVER},status_code="STATUS_CODE_ERROR"}[5m]))`)]).catch(() => [null, null]);
+  const [rates, errors] = await Promise.all([api(`sum by (service) (rate(traces_spanmetrics_calls_total{${SERVER}}[5m]))`), api(`sum by (service) (rate(traces_spanmetrics_calls_total{${SERVER},status_code="STATUS_CODE_ERROR"}[5m]))`)]).catch(() => /** @type {[null, null]} */ ([null, null]));
   if (!rates) return;
+  /** @type {(result: Matrix, column: string, color?: string) => void} */
   const put = (result, column, color) => {
     for (const series of result.data.result) {
-      const cell = table.querySelector(`tr[data-service="${CSS.escape(series.metric.service || "")}"] td.${column}`);
+      const cell = /** @type {HTMLElement | null} */ (table.querySelector(`tr[data-service="${CSS.escape(series.metric.service || "")}"] td.${column}`));
       if (!cell || !series.values.length) continue;
       cell.replaceChildren();
       sparkline(cell, series.values.map((v) => v[0]), series.values.map((v) => Number(v[1])), color || serviceColor(series.metric.service));
@@ -184,6 +250,11 @@ async function sparklines(table, graph, range) {
   put(errors, "spark-errors", "#cf222e");
 }
 
+/**
+ * `#/services`.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ */
 export async function render(root, view) {
   const params = view.params;
   const range = timeRange(params);
@@ -192,9 +263,10 @@ export async function render(root, view) {
   const table = el("table", { id: "service-table" }, el("thead", {}, el("tr", {}, el("th", {}, "Service"), el("th", {}, "Rate"), el("th", {}, "Error ratio"), el("th", {}, "p95 latency"), el("th", {}, "Rate over time"), el("th", {}, "Errors over time"), el("th", {}, ""))));
   const edgeTable = el("table", { id: "edge-table" }, el("thead", {}, el("tr", {}, el("th", {}, "Client → server"), el("th", {}, "Rate"), el("th", {}, "Error ratio"), el("th", {}, "Server p95"))));
   root.append(el("section", { id: "services-view" }, el("div", { class: "toolbar" }, rangePicker(params, (from, to) => go("services", "", new URLSearchParams({ from, to })))), status, mapBox, el("h3", {}, "Services"), table, el("h3", {}, "Calls between services"), edgeTable));
+  /** @type {Graph} */
   let graph;
   try {
-    const [metrics, traces] = await Promise.all([fromMetrics(range).catch(() => null), fromTraces(range)]);
+    const [metrics, traces] = await Promise.all([fromMetrics(range).catch(() => /** @type {null} */ (null)), fromTraces(range)]);
     graph = metrics ? merge(metrics, traces) : traces;
   } catch (error) {
     status.replaceChildren(errorBox(error));

@@ -1,3 +1,4 @@
+// @ts-check
 // Traces: the search form with results as duration bars, and the trace view
 // as a waterfall (bars coloured by latency, collapsible subtrees, the
 // critical path marked, span details, links to the span's logs).
@@ -6,16 +7,49 @@
 
 import { el, fetchJson, go, hashFor, remember, timeRange, msToNanos, rangePicker, formatTime, formatDuration, latencyClass, fieldsTable, errorBox, serviceChip, serviceSlot } from "./util.js";
 
+/** @typedef {import("./util.js").Span} Span */
+/** @typedef {import("./util.js").JaegerEnvelope<string[]>} NameList `/api/services`, `/api/services/{s}/operations` */
+
+/**
+ * One trace of `GET /api/trace-search`: what the store knows of the whole trace.
+ * @typedef {object} TraceSummary
+ * @property {string} trace_id
+ * @property {string} root_service of the root span, or of the earliest span while the root is missing
+ * @property {string} root_operation
+ * @property {number} start_time earliest span start, nanoseconds
+ * @property {number} duration latest end minus earliest start, nanoseconds
+ * @property {number} span_count
+ * @property {string[]} services
+ * @property {number} error_count
+ * @property {number} orphan_count spans whose parent is not (yet) in the trace
+ * @property {boolean} has_root
+ * @property {string[]} critical_path span ids, root first
+ * @property {string[]} request_ids
+ * @property {string[]} linked_traces
+ * @property {number} updated_at nanoseconds
+ * @property {string[]} [operations] `service/operation` pairs
+ * @property {string[]} [tags] `key=value` pairs
+ * @property {boolean} complete no span for the idle timeout, a root and no orphans
+ */
+
+/** `GET /api/trace-search`. @typedef {{traces: TraceSummary[]}} TraceSearch */
+
+/**
+ * `#/traces`: the search form and the matching traces.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ */
 export async function renderSearch(root, view) {
   const params = view.params;
   const range = timeRange(params);
-  const field = (name, attributes = {}) => el("input", { name, value: params.get(name) || "", ...attributes });
-  const service = el("select", { name: "service", id: "trace-service" }, el("option", { value: "" }, "all services"));
-  const operation = el("select", { name: "operation", id: "trace-operation" }, el("option", { value: "" }, "all operations"));
+  /** @type {(name: string, attributes?: import("./util.js").Attributes) => HTMLInputElement} */
+  const field = (name, attributes = {}) => /** @type {HTMLInputElement} */ (el("input", { name, value: params.get(name) || "", ...attributes }));
+  const service = /** @type {HTMLSelectElement} */ (el("select", { name: "service", id: "trace-service" }, el("option", { value: "" }, "all services")));
+  const operation = /** @type {HTMLSelectElement} */ (el("select", { name: "operation", id: "trace-operation" }, el("option", { value: "" }, "all operations")));
   const tags = field("tags", { id: "trace-tags", placeholder: "http.status_code=500 user_id=42" });
   const min = field("min", { id: "trace-min", placeholder: "e.g. 100ms", size: 8 });
   const max = field("max", { id: "trace-max", placeholder: "e.g. 2s", size: 8 });
-  const errors = el("input", { type: "checkbox", name: "errors", id: "trace-errors", checked: params.get("errors") === "1" });
+  const errors = /** @type {HTMLInputElement} */ (el("input", { type: "checkbox", name: "errors", id: "trace-errors", checked: params.get("errors") === "1" }));
   let from = params.get("from") || "now-1h";
   let to = params.get("to") || "now";
   const submit = () => {
@@ -47,15 +81,17 @@ export async function renderSearch(root, view) {
   const results = el("div", { id: "trace-results" });
   root.append(el("section", { id: "traces-view" }, form, status, results));
 
+  /** @type {(selected: string) => Promise<void>} */
   const loadOperations = async (selected) => {
     operation.replaceChildren(el("option", { value: "" }, "all operations"));
     if (!service.value) return;
-    const ops = await fetchJson(`/api/services/${encodeURIComponent(service.value)}/operations`).catch(() => ({ data: [] }));
+    /** @type {{data: string[]}} */
+    const ops = await fetchJson(`/api/services/${encodeURIComponent(service.value)}/operations`).catch(() => ({ data: /** @type {string[]} */ ([]) }));
     for (const name of ops.data || []) operation.append(el("option", { value: name, selected: name === selected }, name));
   };
   service.addEventListener("change", () => loadOperations(""));
   fetchJson("/api/services")
-    .then(async (services) => {
+    .then(async (/** @type {NameList} */ services) => {
       for (const name of services.data || []) service.append(el("option", { value: name, selected: name === params.get("service") }, name));
       await loadOperations(params.get("operation") || "");
     })
@@ -67,6 +103,7 @@ export async function renderSearch(root, view) {
   }
   if (params.get("errors") === "1") api.set("errors", "true");
   try {
+    /** @type {TraceSearch} */
     const result = await fetchJson(`/api/trace-search?${api}`);
     const traces = result.traces || [];
     status.textContent = `${traces.length} traces`;
@@ -93,10 +130,16 @@ export async function renderSearch(root, view) {
   }
 }
 
-/** Spans in depth-first order with their depth and child count. */
+/**
+ * Spans in depth-first order with their depth and child count.
+ * @param {Span[]} spans
+ * @returns {Array<{span: Span, depth: number, childCount: number}>}
+ */
 export function spanTree(spans) {
   const byId = new Map(spans.map((span) => [span.span_id, span]));
+  /** @type {Map<string, Span[]>} */
   const children = new Map();
+  /** @type {Span[]} */
   const roots = [];
   for (const span of spans) {
     const parent = span.parent_span_id && byId.get(span.parent_span_id);
@@ -107,10 +150,13 @@ export function spanTree(spans) {
       roots.push(span);
     }
   }
+  /** @type {(a: Span, b: Span) => number} */
   const byStart = (a, b) => a.start_time - b.start_time;
   roots.sort(byStart);
+  /** @type {Array<{span: Span, depth: number, childCount: number}>} */
   const ordered = [];
   const seen = new Set();
+  /** @type {Array<[Span, number]>} */
   const stack = roots.slice().reverse().map((span) => [span, 0]);
   while (stack.length) {
     const [span, depth] = stack.pop();
@@ -127,6 +173,13 @@ export function spanTree(spans) {
  * Draws the waterfall of `spans` (the store's span shape with
  * `on_critical_path`) into `container`; rows under a collapsed span are
  * left out. Exported for the perf hook.
+ * @param {HTMLElement} container
+ * @param {Span[]} spans
+ * @param {object} [options]
+ * @param {Set<string>} [options.collapsed] span ids whose subtrees are hidden
+ * @param {string} [options.selected] the span id shown selected
+ * @param {(spanId: string) => void} [options.onToggle] a collapse button was clicked
+ * @param {(spanId: string) => void} [options.onSelect] a row was clicked
  */
 export function renderWaterfall(container, spans, { collapsed = new Set(), selected, onToggle, onSelect } = {}) {
   const start = Math.min(...spans.map((s) => s.start_time));
@@ -175,6 +228,12 @@ export function renderWaterfall(container, spans, { collapsed = new Set(), selec
   container.replaceChildren(fragment);
 }
 
+/**
+ * The selected span's timing, attributes, resource, events and links.
+ * @param {Span} span
+ * @param {number} traceStart nanoseconds
+ * @returns {HTMLElement}
+ */
 function spanDetails(span, traceStart) {
   const box = el("div", { id: "span-details", class: "span-details" });
   const duration = span.end_time - span.start_time;
@@ -203,6 +262,12 @@ function spanDetails(span, traceStart) {
   return box;
 }
 
+/**
+ * `#/trace/<id>`: the waterfall of one trace.
+ * @param {HTMLElement} root
+ * @param {import("./util.js").View} view
+ * @param {import("./util.js").ViewContext} ctx
+ */
 export async function renderTrace(root, view, ctx) {
   const traceId = view.id;
   const params = view.params;
@@ -211,6 +276,7 @@ export async function renderTrace(root, view, ctx) {
   const waterfall = el("div", { id: "waterfall" });
   const details = el("div", { id: "span-details-slot" });
   root.append(el("section", { id: "trace-view" }, el("p", {}, el("a", { href: hashFor("traces") }, "← trace search")), el("h2", { id: "trace-title" }, `Trace ${traceId}`), summary, el("div", { class: "trace-body" }, waterfall, details)));
+  /** @type {import("./request.js").RequestStory} */
   let story;
   try {
     story = await fetchJson(`/api/requests/${encodeURIComponent(traceId)}`);
@@ -220,7 +286,8 @@ export async function renderTrace(root, view, ctx) {
     return;
   }
   const id = traceId.toLowerCase();
-  const spans = story.timeline.filter((entry) => entry.type === "span" && entry.trace_id === id);
+  // A span's timeline entry carries every field of the span.
+  const spans = /** @type {Span[]} */ (/** @type {unknown} */ (story.timeline.filter((entry) => entry.type === "span" && entry.trace_id === id)));
   if (!spans.length) {
     summary.replaceChildren(errorBox(`no spans stored for trace ${traceId}`));
     root.dataset.loaded = "error";
