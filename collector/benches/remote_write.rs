@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use prost::Message;
-use sightline_collector::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use sightline_metrics::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use support::{cpu_model, now_nanos};
 
 #[derive(Debug, Clone, Parser)]

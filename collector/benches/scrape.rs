@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sightline_collector::scrape::parse::{Format, parse};
-use sightline_collector::scrape::{Job, Scraper};
+use sightline_metrics::scrape::parse::{Format, parse};
+use sightline_metrics::scrape::{Job, Scraper};
 use sightline_tsdb::MetricStore;
 use tokio::sync::watch;
 
@@ -222,7 +222,7 @@ async fn bench_sightline(
     );
     job.timeout = settings.interval;
     if settings.drop_rule {
-        let rule: sightline_collector::scrape::relabel::RelabelConfig =
+        let rule: sightline_metrics::scrape::relabel::RelabelConfig =
             serde_norway::from_str("{ source_labels: [__name__], regex: 'go_.*', action: drop }")?;
         job.metric_relabel_configs = vec![rule.compile().map_err(anyhow::Error::msg)?];
     }

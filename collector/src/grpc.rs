@@ -33,9 +33,9 @@ use tonic::{Request, Response, Status};
 
 use crate::ingest::{Ingest, spans_message, summarize};
 use crate::otlp;
-use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
 use crate::ratelimit::RateLimiter;
+use sightline_metrics::otlp::OtlpMetrics;
 
 /// Largest decoded OTLP request accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -282,7 +282,7 @@ pub fn trace_service(ingest: Ingest) -> OtlpServer<TracesReceiver> {
 }
 
 /// The OTLP metrics receiver: data points become time series in the
-/// metric store (see [`crate::otlp_metrics`] for the naming).
+/// metric store (see [`sightline_metrics::otlp`] for the naming).
 pub struct MetricsReceiver {
     /// The per-client ingest rate, shared with every other ingest path
     /// (data points go to the metric store, not the pipeline).

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use sightline_store::{LogRecord, Span};
 
-use crate::logmetrics::LogMetrics;
 use crate::metrics::{CollectorMetrics, Limit, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
 use crate::ratelimit::{RateLimited, RateLimiter};
-use crate::spanmetrics::SpanMetrics;
+use sightline_metrics::log_metrics::LogMetrics;
+use sightline_metrics::span_metrics::SpanMetrics;
 
 /// Memory a decoded record takes, as a multiple of its JSON size.
 const DECODED_MEMORY_FACTOR: usize = 3;

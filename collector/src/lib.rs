@@ -15,25 +15,21 @@
 //! The collector acknowledges a batch only after it is fsynced in the WAL,
 //! and never knows an on-disk layout: that is `sightline-store`'s.
 
-pub mod alerting;
 pub mod auth;
 pub mod config;
-pub mod config_file;
 pub mod elastic;
 pub mod grpc;
 pub mod ingest;
-pub mod logmetrics;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_http;
-pub mod otlp_metrics;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reload;
-pub mod remote_write;
-pub mod scrape;
-pub mod spanmetrics;
 pub mod tls;
+
+#[cfg(test)]
+mod receiver_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,8 +73,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config_file = match &config.config {
-        Some(path) => config_file::ConfigFile::load(path)?,
-        None => config_file::ConfigFile::default(),
+        Some(path) => sightline_metrics::config_file::ConfigFile::load(path)?,
+        None => sightline_metrics::config_file::ConfigFile::default(),
     };
     let auth = auth::Auth::from_config(&config)?;
     let tls = tls::ServerTls::from_flags(&config.tls)?;
@@ -86,7 +82,7 @@ pub async fn run(
         tracing::warn!(key, "config file key not supported by Sightline; ignored");
     }
     let log_metrics = Arc::new(
-        logmetrics::LogMetrics::from_config(&config_file.log_metrics)
+        sightline_metrics::log_metrics::LogMetrics::from_config(&config_file.log_metrics)
             .context("invalid log_metrics in the config file")?,
     );
     let data_dir = config.data_dir.clone();
@@ -135,7 +131,7 @@ pub async fn run(
     let ingest = Ingest::new(pipeline, limits, metrics.clone())
         .with_log_metrics(log_metrics.clone())
         .with_rate_limiter(rate_limiter.clone());
-    let otlp_metrics = otlp_metrics::OtlpMetrics::new(metric_store.clone());
+    let otlp_metrics = sightline_metrics::otlp::OtlpMetrics::new(metric_store.clone());
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
@@ -233,7 +229,7 @@ pub async fn run(
         rules: None,
     };
     // Stops by itself after a last flush once `stop` is set.
-    tokio::spawn(logmetrics::flush_loop(
+    tokio::spawn(sightline_metrics::log_metrics::flush_loop(
         log_metrics,
         metric_store.clone(),
         stop.clone(),
@@ -251,16 +247,17 @@ pub async fn run(
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
     // Behind TLS the self-scrape speaks https to the query listener.
-    let self_scrape = scrape::SelfScrape {
+    let self_scrape = sightline_metrics::scrape::SelfScrape {
         address: http_listener.local_addr()?,
         tls: tls.is_some(),
     };
-    let scrape_jobs = scrape::jobs_from_config(&config_file, &config_dir, Some(self_scrape));
+    let scrape_jobs =
+        sightline_metrics::scrape::jobs_from_config(&config_file, &config_dir, Some(self_scrape));
     let scraper_metrics = metrics.clone();
-    let scraper = scrape::Scraper::start(
+    let scraper = sightline_metrics::scrape::Scraper::start(
         scrape_jobs,
         metric_store.clone(),
-        scrape::FILE_POLL_INTERVAL,
+        sightline_metrics::scrape::FILE_POLL_INTERVAL,
         stop.clone(),
     )?;
     // Rules: each group evaluated on its interval; alerts go to the
@@ -279,7 +276,7 @@ pub async fn run(
         Some(url) => url.trim_end_matches('/').to_string(),
         None => default_base_url.clone(),
     };
-    let alerting = alerting::Alerting::from_config(
+    let alerting = sightline_metrics::alerting::Alerting::from_config(
         &config_file,
         &rules_base_dir,
         ui_base_url,
@@ -306,7 +303,10 @@ pub async fn run(
         running: Arc::default(),
     };
     tokio::spawn(reloader.clone().on_sighup(stop.clone()));
-    let remote_write = rate_limited(remote_write::router(metric_store.clone()), &rate_limiter);
+    let remote_write = rate_limited(
+        sightline_metrics::remote_write::router(metric_store.clone()),
+        &rate_limiter,
+    );
     let router = sightline_query_ui::router(QueryState {
         logs,
         spans,
@@ -364,7 +364,7 @@ struct MetricsState {
     /// The rule engine's and the notifier's counters.
     rules: Option<(
         Arc<sightline_tsdb::rules::RuleEngine>,
-        Arc<alerting::Notifier>,
+        Arc<sightline_metrics::alerting::Notifier>,
     )>,
 }
 
@@ -399,7 +399,7 @@ async fn render_metrics(
                 axum::http::header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            spanmetrics::to_openmetrics(&text),
+            sightline_metrics::span_metrics::to_openmetrics(&text),
         )
     } else {
         (

@@ -1,6 +1,6 @@
 use clap::Parser;
-use sightline_collector::alerting;
 use sightline_collector::config::{Cli, RuleFiles, Tool};
+use sightline_metrics::alerting;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

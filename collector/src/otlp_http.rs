@@ -23,7 +23,7 @@
 //!
 //! `/v1/metrics` is served by [`metrics_router`] (merged into the same port
 //! by `lib.rs`): data points go to the metric store through
-//! [`crate::otlp_metrics`], with the same formats, limits and errors.
+//! [`sightline_metrics::otlp`], with the same formats, limits and errors.
 //!
 //! The body helpers ([`read_body`], [`decode_content`]) are shared with the
 //! Elasticsearch `_bulk` receiver.
@@ -54,8 +54,8 @@ use serde_json::{Value, json};
 use crate::ingest::{Ingest, summarize};
 use crate::metrics::Limit;
 use crate::otlp;
-use crate::otlp_metrics::OtlpMetrics;
 use crate::pipeline::IngestError;
+use sightline_metrics::otlp::OtlpMetrics;
 
 /// Largest request body accepted as received (compressed or not), in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -613,8 +613,8 @@ pub fn fuzz_otlp(data: &[u8]) {
             if let Ok((request, _)) =
                 decode_request::<ExportMetricsServiceRequest>(format, encoding, body)
             {
-                let deltas = crate::otlp_metrics::DeltaTotals::default();
-                crate::otlp_metrics::translate(request, &deltas, 0);
+                let deltas = sightline_metrics::otlp::DeltaTotals::default();
+                sightline_metrics::otlp::translate(request, &deltas, 0);
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! A reload re-reads the config file and the rule files and applies scrape
 //! jobs, rules, external labels and URL, Alertmanagers and webhooks (see
-//! [`crate::scrape::Scraper::reload`] and [`crate::alerting::Alerting::apply`]).
+//! [`sightline_metrics::scrape::Scraper::reload`] and [`sightline_metrics::alerting::Alerting::apply`]).
 //! Everything is checked before anything is applied: a file that fails to
 //! load leaves the running configuration untouched. Command-line flags
 //! never change, and `log_metrics` needs a restart. The outcome is exposed
@@ -17,10 +17,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 
-use crate::alerting::Alerting;
-use crate::config_file::ConfigFile;
 use crate::metrics::CollectorMetrics;
-use crate::scrape::{self, Scraper, SelfScrape};
+use sightline_metrics::alerting::Alerting;
+use sightline_metrics::config_file::ConfigFile;
+use sightline_metrics::scrape::{self, Scraper, SelfScrape};
 
 /// What a reload needs; clones share it.
 #[derive(Clone)]

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sightline_collector::scrape::client::{Credentials, ScrapeAuth, Secret};
-use sightline_collector::scrape::{Job, Scraper};
+use sightline_metrics::scrape::client::{Credentials, ScrapeAuth, Secret};
+use sightline_metrics::scrape::{Job, Scraper};
 use sightline_tsdb::MetricStore;
 
 /// Polls `check` until it returns something; fails after a minute.

@@ -17,9 +17,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use sightline_collector::config::TlsFlags;
-use sightline_collector::config_file::ConfigFile;
-use sightline_collector::scrape::{Scraper, jobs_from_config};
 use sightline_collector::tls::{ServerTls, serve_http};
+use sightline_metrics::config_file::ConfigFile;
+use sightline_metrics::scrape::{Scraper, jobs_from_config};
 use sightline_tsdb::{LabelMatcher, MetricStore};
 use tokio::sync::watch;
 use tower::ServiceExt;

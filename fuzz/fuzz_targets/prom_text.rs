@@ -2,7 +2,7 @@
 //! chooses the format and whether a small sample limit applies.
 #![no_main]
 
-use sightline_collector::scrape::parse::{Format, decode_utf8, parse_limited};
+use sightline_metrics::scrape::parse::{Format, decode_utf8, parse_limited};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {

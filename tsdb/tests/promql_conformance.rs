@@ -11,8 +11,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sightline_tsdb::promql::{Engine, MemoryStorage, Value, format_value, stale_nan};
 use sightline_tsdb::Labels;
+use sightline_tsdb::promql::{Engine, MemoryStorage, Value, format_value, stale_nan};
 
 /// Passing cases recorded in the last run; a drop below this fails the test.
 const PASSING_FLOOR: usize = 651;

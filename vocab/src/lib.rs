@@ -5,4 +5,5 @@
 //! size: the agent links it, so it must never pull in tantivy, the stores or
 //! a network stack.
 
+pub mod clock;
 pub mod fs;

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::Request;
 use prost::Message;
 use sightline_collector::grpc::{logs_service, metrics_service, trace_service};
-use sightline_collector::otlp_metrics::OtlpMetrics;
+use sightline_metrics::otlp::OtlpMetrics;
 use sightline_tsdb::MetricStore;
 use tower::ServiceExt;
 

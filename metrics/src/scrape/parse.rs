@@ -703,7 +703,7 @@ hist_sum 324789.3\n\
 
     #[test]
     fn parses_what_the_collector_serves() {
-        let metrics = crate::spanmetrics::SpanMetrics::default();
+        let metrics = crate::span_metrics::SpanMetrics::default();
         let span = sightline_store::Span {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_string(),
             span_id: "00f067aa0ba902b7".to_string(),
@@ -719,7 +719,7 @@ hist_sum 324789.3\n\
             let text = metrics.render(openmetrics);
             let (body, format) = if openmetrics {
                 (
-                    crate::spanmetrics::to_openmetrics(&text),
+                    crate::span_metrics::to_openmetrics(&text),
                     Format::OpenMetrics,
                 )
             } else {

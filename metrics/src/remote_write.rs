@@ -37,7 +37,7 @@ use axum::routing::post;
 use prost::Message;
 use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 
-use crate::otlp_metrics::MAX_LABELS_PER_SERIES;
+use crate::otlp::MAX_LABELS_PER_SERIES;
 
 /// Largest compressed request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

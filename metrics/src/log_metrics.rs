@@ -12,7 +12,7 @@
 //! makes "more than 10 failed logins in a minute from one IP" an ordinary
 //! alert rule: `sum by (ip_address) (increase(failed_logins_total[1m])) > 10`.
 //!
-//! - **Where records are counted.** [`crate::ingest::Ingest::logs`] matches
+//! - **Where records are counted.** the collector's `Ingest::logs` matches
 //!   the accepted records of a batch against every query (the in-memory
 //!   [`LogMatcher`], the same syntax as `/api/logs`) and adds the counts only
 //!   once the batch is durable in the WAL: each acknowledged record is
@@ -43,7 +43,7 @@ use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
 use tokio::sync::watch;
 
 use crate::config_file::LogMetricConfig;
-use crate::otlp_metrics::label_name;
+use crate::otlp::label_name;
 
 /// Most label combinations one log-derived metric keeps.
 pub const MAX_SERIES_PER_METRIC: usize = 10_000;
@@ -348,7 +348,7 @@ pub async fn flush_loop(
             _ = stop.wait_for(|stopped| *stopped) => true,
         };
         let (log_metrics, store) = (log_metrics.clone(), store.clone());
-        let now_ms = crate::ingest::now_nanos() / 1_000_000;
+        let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
         match tokio::task::spawn_blocking(move || log_metrics.flush(&store, now_ms)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "failed to flush log metrics"),
@@ -372,150 +372,10 @@ fn is_metric_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{Ingest, Limits};
-    use crate::metrics::CollectorMetrics;
-    use crate::pipeline::{Pipeline, PipelineConfig};
-    use sightline_store::{LogStore, SpanStore};
     use sightline_tsdb::promql::{Engine, Value};
 
     fn config(yaml: &str) -> Vec<LogMetricConfig> {
         serde_norway::from_str(yaml).unwrap()
-    }
-
-    /// One OTLP/JSON log record from `service` with `body` and attributes.
-    fn record(body: &str, ip: &str, time_nanos: i64) -> serde_json::Value {
-        serde_json::json!({
-            "timeUnixNano": time_nanos.to_string(),
-            "severityText": "WARN",
-            "body": {"stringValue": body},
-            "attributes": [{"key": "ip_address", "value": {"stringValue": ip}}],
-        })
-    }
-
-    #[tokio::test]
-    async fn failed_logins_are_counted_per_ip_and_usable_in_a_rule_expression() {
-        let log_metrics = Arc::new(
-            LogMetrics::from_config(&config(
-                r#"
-- name: failed_logins_total
-  help: Failed logins by client address
-  query: 'body:"login failed" AND service:auth'
-  labels: [ip_address, service]
-"#,
-            ))
-            .unwrap(),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let logs = Arc::new(LogStore::open(&dir.path().join("logs")).unwrap());
-        let spans = Arc::new(SpanStore::open(&dir.path().join("spans")).unwrap());
-        let metric_store = MetricStore::open(dir.path().join("metrics")).unwrap();
-        let metrics = Arc::new(CollectorMetrics::default());
-        let (pipeline, threads) = Pipeline::start(
-            PipelineConfig::new(dir.path().join("wal")),
-            logs,
-            spans,
-            metrics.clone(),
-        )
-        .unwrap();
-        let ingest =
-            Ingest::new(pipeline, Limits::default(), metrics).with_log_metrics(log_metrics.clone());
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let router = crate::otlp_http::router(ingest);
-        let server = tokio::spawn(async move { axum::serve(listener, router).await });
-
-        let now = crate::ingest::now_nanos();
-        let mut auth_records = Vec::new();
-        for attempt in 0..12 {
-            auth_records.push(record(
-                "Login failed for user bob",
-                "10.0.0.1",
-                now + attempt,
-            ));
-        }
-        for attempt in 0..3 {
-            auth_records.push(record(
-                "login FAILED: bad password",
-                "10.0.0.2",
-                now + attempt,
-            ));
-        }
-        auth_records.push(record("login succeeded", "10.0.0.1", now));
-        let shop_records = vec![record("login failed", "10.0.0.3", now)];
-        let body = serde_json::json!({"resourceLogs": [
-            {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "auth"}}]},
-             "scopeLogs": [{"logRecords": auth_records}]},
-            {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "shop"}}]},
-             "scopeLogs": [{"logRecords": shop_records}]},
-        ]});
-        let response = reqwest::Client::new()
-            .post(format!("http://{address}/v1/logs"))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(response.text().await.unwrap(), "{}");
-
-        let first_flush_ms = 1_000_000;
-        log_metrics.flush(&metric_store, first_flush_ms).unwrap();
-        let second_flush_ms = first_flush_ms + FLUSH_INTERVAL.as_millis() as i64;
-        log_metrics.flush(&metric_store, second_flush_ms).unwrap();
-
-        let value = Engine::default()
-            .instant_query(
-                &*metric_store.reader(),
-                "sum by (ip_address) (increase(failed_logins_total[1m])) > 10",
-                second_flush_ms,
-            )
-            .unwrap();
-        let Value::Vector(firing) = value else {
-            panic!("not a vector: {value:?}")
-        };
-        assert_eq!(firing.len(), 1, "{firing:?}");
-        assert_eq!(firing[0].labels.get("ip_address"), "10.0.0.1");
-        assert_eq!(firing[0].value, 12.0);
-
-        let value = Engine::default()
-            .instant_query(
-                &*metric_store.reader(),
-                "failed_logins_total",
-                second_flush_ms,
-            )
-            .unwrap();
-        let Value::Vector(counters) = value else {
-            panic!("not a vector: {value:?}")
-        };
-        let mut counts: Vec<(String, String, f64)> = counters
-            .iter()
-            .map(|sample| {
-                (
-                    sample.labels.get("ip_address").to_string(),
-                    sample.labels.get("service").to_string(),
-                    sample.value,
-                )
-            })
-            .collect();
-        counts.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(
-            counts,
-            vec![
-                ("10.0.0.1".to_string(), "auth".to_string(), 12.0),
-                ("10.0.0.2".to_string(), "auth".to_string(), 3.0),
-            ]
-        );
-        assert_eq!(
-            metric_store.metadata()["failed_logins_total"].kind,
-            "counter"
-        );
-
-        server.abort();
-        let _ = server.await;
-        tokio::task::spawn_blocking(move || threads.join())
-            .await
-            .unwrap();
     }
 
     #[test]

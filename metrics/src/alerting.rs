@@ -260,7 +260,7 @@ impl Alerting {
         let ended = self.engine.reload(groups);
         if !ended.is_empty() {
             // Series of removed rules end now, as a removed target's do.
-            let now_ms = crate::ingest::now_nanos() / 1_000_000;
+            let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
             let markers: Vec<(Labels, i64, f64)> = ended
                 .into_iter()
                 .map(|labels| (labels, now_ms, stale_nan()))
@@ -307,7 +307,7 @@ impl Alerting {
             }
             let this = self.clone();
             let evaluated = tokio::task::spawn_blocking(move || {
-                let now_ms = crate::ingest::now_nanos() / 1_000_000;
+                let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
                 let settings = this
                     .settings
                     .read()

@@ -1,0 +1,31 @@
+//! Sightline's metrics pipeline: everything around the time-series engine
+//! (`sightline-tsdb`) that turns the outside world into samples and samples
+//! into notifications.
+//!
+//! - [`scrape`]: Prometheus scraping: jobs and targets from
+//!   `scrape_configs` (static and file discovery), [`scrape::relabel`],
+//!   the exposition parsers, `up` and the `scrape_*` series, staleness;
+//! - [`remote_write`]: the Prometheus remote-write 1.0 receiver;
+//! - [`otlp`]: OTLP metrics translated to Prometheus series (the OTLP
+//!   services that receive them are the collector's);
+//! - [`log_metrics`] and [`span_metrics`]: metrics derived from acknowledged
+//!   log records and spans;
+//! - [`alerting`]: the rule groups' runtime (evaluation loop, `for`,
+//!   `keep_firing_for`) and the Alertmanager notifier;
+//! - [`config_file`]: the `prometheus.yml`-shaped configuration file.
+//!
+//! This crate never writes a file itself (samples go to the
+//! [`MetricStore`](sightline_tsdb::MetricStore)) and never serves the
+//! collector's ports: it hands routers and tasks to the collector, which
+//! decides where they run.
+
+pub mod alerting;
+pub mod config_file;
+pub mod log_metrics;
+pub mod otlp;
+pub mod remote_write;
+pub mod scrape;
+pub mod span_metrics;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
