@@ -358,15 +358,25 @@ async fn ships_cri_file_commits_after_ack_and_resumes_without_resending() {
     server.stop().await;
 }
 
+/// A loopback port that refuses connections until the test listens on it:
+/// the socket is bound but not listening, so a connection gets a reset (the
+/// agent sees `UNAVAILABLE`) and no other test can take the port meanwhile.
+/// (A port bound and released instead can be handed to a concurrent test's
+/// `bind(0)`, and the agent then talks to that test's server.)
+fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    (socket, address)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_collector_that_starts_late() {
     let root = tempfile::tempdir().unwrap();
     let log = write_pod_log(root.path(), &["2026-11-21T05:48:48Z stdout F early line"]);
 
-    // Reserve a port, then close it: nothing listens there yet.
-    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    // A port that refuses connections: nothing listens there yet.
+    let (reserved, collector_addr) = refusing_port();
 
     let config = test_config(root.path(), collector_addr);
     let data_dir = config.data_dir.clone();
@@ -387,7 +397,7 @@ async fn waits_for_a_collector_that_starts_late() {
     );
 
     let collector = FakeCollector::default();
-    let listener = TcpListener::bind(collector_addr).await.unwrap();
+    let listener = reserved.listen(1024).unwrap();
     let server = serve_collector(listener, collector.clone()).await;
     eventually("the early line", || {
         (!collector.bodies().is_empty()).then_some(())
@@ -410,9 +420,7 @@ async fn shutdown_with_collector_down_keeps_lines_for_next_start() {
         root.path(),
         &["2026-11-21T05:48:48Z stdout F kept for later"],
     );
-    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let (reserved, collector_addr) = refusing_port();
 
     let mut config = test_config(root.path(), collector_addr);
     config.tuning.shutdown_grace = Duration::from_millis(200);
@@ -434,7 +442,7 @@ async fn shutdown_with_collector_down_keeps_lines_for_next_start() {
     );
 
     let collector = FakeCollector::default();
-    let listener = TcpListener::bind(collector_addr).await.unwrap();
+    let listener = reserved.listen(1024).unwrap();
     let server = serve_collector(listener, collector.clone()).await;
     let agent = sightline_agent::start(config).await.unwrap();
     eventually("the kept line", || {
