@@ -28,6 +28,8 @@
 //! attacker-controlled.
 
 mod api;
+#[cfg(test)]
+mod api_shapes;
 mod error;
 mod jaeger;
 mod prometheus;

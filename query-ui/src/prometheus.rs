@@ -1092,7 +1092,7 @@ async fn query_exemplars(params: Params) -> Result<Response, PromError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use axum::body::Body;
@@ -1202,7 +1202,7 @@ mod tests {
 
     /// Two counters sampled every 15 s for 5 minutes from T0 (instance `a`
     /// grows by 10 a sample, `b` by 5), and a gauge.
-    fn state(dir: &std::path::Path) -> QueryState {
+    pub(crate) fn state(dir: &std::path::Path) -> QueryState {
         let metrics = MetricStore::open(dir.join("metrics")).unwrap();
         let mut samples = Vec::new();
         for step in 0..=20_i64 {

@@ -605,7 +605,7 @@ fn parse_duration(name: &str, text: &str) -> Result<i64, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -631,7 +631,7 @@ mod tests {
     use sightline_store::{LogRecord, LogStore, SpanLink, SpanStore};
     use tower::ServiceExt;
 
-    const ORDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    pub(crate) const ORDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const NOTIFY_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
     const T0: i64 = 1_700_000_000_000_000_000;
     const MS: i64 = 1_000_000;
@@ -682,7 +682,7 @@ mod tests {
 
     /// gateway -> order -> payment (slow, failing), and a notification
     /// trace linked to the order's span; logs with and without trace ids.
-    fn shop(dir: &std::path::Path) -> crate::QueryState {
+    pub(crate) fn shop(dir: &std::path::Path) -> crate::QueryState {
         let mut order = span(
             ORDER_TRACE,
             "00000000000000a2",
