@@ -13,14 +13,19 @@
 //! - [`SpanStore`]: spans in a tantivy index keyed by trace id, so every span of
 //!   a trace comes back from one term lookup, and a summary per trace
 //!   ([`TraceSummary`], recomputed when spans arrive late) for trace search.
-//! - [`wal`]: the collector's write-ahead log of acknowledged batches.
+//! - [`DurableLog`]: where acknowledged batches ([`Batch`]) stay until the
+//!   stores commit them; [`wal`] ([`LocalWal`]) is the one on the local disk.
+//! - [`DataDir`]: where each store's directory is under the data directory.
 //! - the data model both share: [`LogRecord`], [`Span`].
 //!
 //! Nothing outside this crate knows a file layout or a tantivy schema; nothing
 //! in this crate knows about OTLP, HTTP or the agent.
 
+mod batch;
+mod durable;
 mod error;
 mod histogram;
+mod layout;
 mod logs;
 mod model;
 mod query;
@@ -28,7 +33,10 @@ mod spans;
 pub mod traces;
 pub mod wal;
 
+pub use batch::{Batch, EncodedBatch};
+pub use durable::{Checkpoint, DurableLog, LogEntry, PartitionId, Position, SINGLE_PARTITION};
 pub use error::{Result, StoreError};
+pub use layout::DataDir;
 pub use logs::{
     Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore,
     log_index_schema, log_index_tokenizers,
@@ -37,5 +45,6 @@ pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
 pub use spans::{Operation, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
+pub use wal::LocalWal;
 
 pub use sightline_vocab::fs::dir_size;
