@@ -9,12 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use sightline_store::{Cursor, LogQuery};
+use serde_json::Value;
+use sightline_store::{Cursor, Histogram, LogQuery};
 
 use crate::QueryState;
 use crate::error::ApiError;
 use crate::jaeger;
+use crate::response::{LogContext, LogPage, LogTerms, TermCount};
 
 const DEFAULT_LIMIT: usize = 100;
 
@@ -66,7 +67,7 @@ pub(crate) struct LogSearchParams {
 pub(crate) async fn search_logs(
     State(state): State<QueryState>,
     Query(params): Query<LogSearchParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogPage>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!(
@@ -81,11 +82,11 @@ pub(crate) async fn search_logs(
         after: params.cursor.as_deref().map(Cursor::decode).transpose()?,
     };
     let result = within_timeout(move || state.logs.search(&query)).await?;
-    Ok(Json(json!({
-        "records": result.hits,
-        "total_hits": result.total_hits,
-        "next_cursor": result.next.map(|cursor| cursor.encode()),
-    })))
+    Ok(Json(LogPage {
+        records: result.hits,
+        total_hits: result.total_hits,
+        next_cursor: result.next.map(|cursor| cursor.encode()),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,7 +102,7 @@ pub(crate) struct HistogramParams {
 pub(crate) async fn histogram(
     State(state): State<QueryState>,
     Query(params): Query<HistogramParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Histogram>, ApiError> {
     let start = parse_time("start", &params.start)?;
     let end = match params.end.as_deref() {
         Some(end) => parse_time("end", end)?,
@@ -118,7 +119,7 @@ pub(crate) async fn histogram(
     };
     let histogram =
         within_timeout(move || state.logs.histogram(&params.q, start, end, interval)).await?;
-    Ok(Json(serde_json::to_value(histogram).unwrap_or_default()))
+    Ok(Json(histogram))
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,7 +136,7 @@ pub(crate) struct TermsParams {
 pub(crate) async fn terms(
     State(state): State<QueryState>,
     Query(params): Query<TermsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogTerms>, ApiError> {
     let query = LogQuery {
         query: params.q,
         start: parse_optional_time("start", params.start.as_deref())?,
@@ -156,12 +157,15 @@ pub(crate) async fn terms(
     let mut values: Vec<(String, u64)> = counts.into_iter().collect();
     values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     values.truncate(params.size.unwrap_or(10).clamp(1, 100));
-    Ok(Json(json!({
-        "field": params.field,
-        "sampled": result.hits.len(),
-        "present": present,
-        "values": values.into_iter().map(|(value, count)| json!({"value": value, "count": count})).collect::<Vec<_>>(),
-    })))
+    Ok(Json(LogTerms {
+        field: params.field,
+        sampled: result.hits.len(),
+        present,
+        values: values
+            .into_iter()
+            .map(|(value, count)| TermCount { value, count })
+            .collect(),
+    }))
 }
 
 /// A field of a record by the query language's names: top-level fields,
@@ -199,12 +203,12 @@ pub(crate) async fn context(
     State(state): State<QueryState>,
     Path(id): Path<String>,
     Query(params): Query<ContextParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogContext>, ApiError> {
     let before = params.before.unwrap_or(10).min(1000);
     let after = params.after.unwrap_or(10).min(1000);
     let hits =
         tokio::task::spawn_blocking(move || state.logs.context(&id, before, after)).await??;
-    Ok(Json(json!({ "records": hits })))
+    Ok(Json(LogContext { records: hits }))
 }
 
 #[derive(Debug, Deserialize)]

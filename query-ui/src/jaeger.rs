@@ -5,29 +5,48 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::http::StatusCode;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sightline_store::{Span, SpanStatus};
 
+use crate::response::{
+    JaegerError, JaegerLog, JaegerProcess, JaegerReference, JaegerResponse, JaegerSpan, JaegerTag,
+    JaegerTrace,
+};
+
 /// The envelope Jaeger answers with: `{"data": [...], "total", "limit", "offset", "errors"}`.
-pub(crate) fn traces_response(traces: &[Vec<Span>]) -> Value {
-    let data: Vec<Value> = traces.iter().map(|spans| trace(spans)).collect();
-    json!({ "data": data, "total": 0, "limit": 0, "offset": 0, "errors": null })
+pub(crate) fn traces_response(traces: &[Vec<Span>]) -> JaegerResponse<Vec<JaegerTrace>> {
+    let data: Vec<JaegerTrace> = traces.iter().map(|spans| trace(spans)).collect();
+    JaegerResponse {
+        data,
+        total: 0,
+        limit: 0,
+        offset: 0,
+        errors: None,
+    }
 }
 
-pub(crate) fn not_found(trace_id: &str) -> (StatusCode, Json<Value>) {
+pub(crate) fn not_found(
+    trace_id: &str,
+) -> (StatusCode, Json<JaegerResponse<Option<Vec<JaegerTrace>>>>) {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({
-            "data": null, "total": 0, "limit": 0, "offset": 0,
-            "errors": [{ "code": 404, "msg": format!("trace {trace_id} not found") }],
-        })),
+        Json(JaegerResponse {
+            data: None,
+            total: 0,
+            limit: 0,
+            offset: 0,
+            errors: Some(vec![JaegerError {
+                code: StatusCode::NOT_FOUND.as_u16(),
+                msg: format!("trace {trace_id} not found"),
+            }]),
+        }),
     )
 }
 
-fn trace(spans: &[Span]) -> Value {
+fn trace(spans: &[Span]) -> JaegerTrace {
     // One process per distinct service + resource, numbered in order of appearance.
     let mut process_ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut processes = Map::new();
+    let mut processes = BTreeMap::new();
     let mut jaeger_spans = Vec::with_capacity(spans.len());
     for span in spans {
         let process_key = serde_json::to_string(&span.resource).unwrap_or_default() + &span.service;
@@ -35,7 +54,7 @@ fn trace(spans: &[Span]) -> Value {
         let process_id = process_ids
             .entry(process_key)
             .or_insert_with(|| {
-                let tags: Vec<Value> = span
+                let tags: Vec<JaegerTag> = span
                     .resource
                     .iter()
                     .filter(|(key, _)| key.as_str() != "service.name")
@@ -43,33 +62,44 @@ fn trace(spans: &[Span]) -> Value {
                     .collect();
                 processes.insert(
                     next_id.clone(),
-                    json!({ "serviceName": span.service, "tags": tags }),
+                    JaegerProcess {
+                        service_name: span.service.clone(),
+                        tags,
+                    },
                 );
                 next_id
             })
             .clone();
         jaeger_spans.push(jaeger_span(span, &process_id));
     }
-    json!({
-        "traceID": spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default(),
-        "spans": jaeger_spans,
-        "processes": processes,
-        "warnings": null,
-    })
+    JaegerTrace {
+        trace_id: spans
+            .first()
+            .map(|s| s.trace_id.clone())
+            .unwrap_or_default(),
+        spans: jaeger_spans,
+        processes,
+        warnings: None,
+    }
 }
 
-fn jaeger_span(span: &Span, process_id: &str) -> Value {
+fn jaeger_span(span: &Span, process_id: &str) -> JaegerSpan {
     let mut references = Vec::new();
     if let Some(parent) = &span.parent_span_id {
-        references
-            .push(json!({ "refType": "CHILD_OF", "traceID": span.trace_id, "spanID": parent }));
+        references.push(JaegerReference {
+            ref_type: "CHILD_OF",
+            trace_id: span.trace_id.clone(),
+            span_id: parent.clone(),
+        });
     }
     for link in &span.links {
-        references.push(
-            json!({ "refType": "FOLLOWS_FROM", "traceID": link.trace_id, "spanID": link.span_id }),
-        );
+        references.push(JaegerReference {
+            ref_type: "FOLLOWS_FROM",
+            trace_id: link.trace_id.clone(),
+            span_id: link.span_id.clone(),
+        });
     }
-    let mut tags: Vec<Value> = span
+    let mut tags: Vec<JaegerTag> = span
         .attributes
         .iter()
         .map(|(key, value)| tag(key, value))
@@ -89,28 +119,31 @@ fn jaeger_span(span: &Span, process_id: &str) -> Value {
         SpanStatus::Ok => tags.push(tag("otel.status_code", &Value::String("OK".into()))),
         SpanStatus::Unset => {}
     }
-    let logs: Vec<Value> = span
+    let logs: Vec<JaegerLog> = span
         .events
         .iter()
         .map(|event| {
             let mut fields = vec![tag("event", &Value::String(event.name.clone()))];
             fields.extend(event.attributes.iter().map(|(key, value)| tag(key, value)));
-            json!({ "timestamp": event.time / 1_000, "fields": fields })
+            JaegerLog {
+                timestamp: event.time / 1_000,
+                fields,
+            }
         })
         .collect();
-    json!({
-        "traceID": span.trace_id,
-        "spanID": span.span_id,
-        "flags": 1,
-        "operationName": span.name,
-        "references": references,
-        "startTime": span.start_time / 1_000,
-        "duration": span.duration_nanos() / 1_000,
-        "tags": tags,
-        "logs": logs,
-        "processID": process_id,
-        "warnings": null,
-    })
+    JaegerSpan {
+        trace_id: span.trace_id.clone(),
+        span_id: span.span_id.clone(),
+        flags: 1,
+        operation_name: span.name.clone(),
+        references,
+        start_time: span.start_time / 1_000,
+        duration: span.duration_nanos() / 1_000,
+        tags,
+        logs,
+        process_id: process_id.to_string(),
+        warnings: None,
+    }
 }
 
 /// A span kind as Jaeger names it: OpenTelemetry's kinds in lowercase, and
@@ -123,7 +156,7 @@ pub(crate) fn span_kind(kind: &str) -> &str {
 }
 
 /// A Jaeger key-value tag; nested values are flattened to their JSON text.
-fn tag(key: &str, value: &Value) -> Value {
+fn tag(key: &str, value: &Value) -> JaegerTag {
     let (kind, value) = match value {
         Value::Bool(flag) => ("bool", Value::Bool(*flag)),
         Value::Number(number) if number.is_i64() || number.is_u64() => ("int64", value.clone()),
@@ -131,11 +164,17 @@ fn tag(key: &str, value: &Value) -> Value {
         Value::String(text) => ("string", Value::String(text.clone())),
         other => ("string", Value::String(other.to_string())),
     };
-    json!({ "key": key, "type": kind, "value": value })
+    JaegerTag {
+        key: key.to_string(),
+        kind,
+        value,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -162,7 +201,7 @@ mod tests {
             status: SpanStatus::Error,
             ..parent.clone()
         };
-        let response = traces_response(&[vec![parent, child]]);
+        let response = serde_json::to_value(traces_response(&[vec![parent, child]])).unwrap();
         let trace = &response["data"][0];
         assert_eq!(trace["traceID"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace["processes"]["p1"]["serviceName"], "order");

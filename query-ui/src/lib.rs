@@ -33,6 +33,7 @@ mod api_shapes;
 mod error;
 mod jaeger;
 mod prometheus;
+mod response;
 mod traces;
 mod ui;
 

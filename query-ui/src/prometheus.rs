@@ -64,7 +64,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Map, Value as JsonValue, json};
+use serde::Serialize;
 use sightline_tsdb::promql::{
     EVAL_STACK_BYTES, Engine, QUERY_CANCELED, QueryError, Queryable, Value, format_value,
     parse_duration, parse_selector,
@@ -74,6 +74,11 @@ use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesSto
 use tokio::sync::Semaphore;
 
 use crate::QueryState;
+use crate::response::{
+    AlertJson, Alerts, BuildInfo, MetricMetadataEntry, PromErrorBody, PromLabels, PromPoint,
+    PromSample, PromSeries, PromSuccess, PromTime, QueryData, QueryFlags, RuleGroupJson,
+    RuleGroups, RuleJson, RuleKindJson,
+};
 
 /// The Prometheus version `/api/v1/status/buildinfo` reports, so that
 /// Grafana enables the features of the PromQL dialect the engine speaks.
@@ -201,23 +206,24 @@ impl IntoResponse for PromError {
         }
         (
             self.kind.status(),
-            Json(json!({
-                "status": "error",
-                "errorType": self.kind.name(),
-                "error": self.message,
-            })),
+            Json(PromErrorBody {
+                status: "error",
+                error_type: self.kind.name(),
+                error: &self.message,
+            }),
         )
             .into_response()
     }
 }
 
 /// The success envelope around `data`.
-fn success(data: JsonValue, warnings: Vec<String>) -> Response {
-    let mut body = json!({ "status": "success", "data": data });
-    if !warnings.is_empty() {
-        body["warnings"] = json!(warnings);
-    }
-    Json(body).into_response()
+fn success(data: impl Serialize, warnings: Vec<String>) -> Response {
+    Json(PromSuccess {
+        status: "success",
+        data,
+        warnings,
+    })
+    .into_response()
 }
 
 /// The request's parameters: a form body's (for a form-encoded `POST`)
@@ -538,72 +544,42 @@ async fn run_on_store<T: Send + 'static>(
     run_blocking(state, timeout, move |metrics, _| work(&metrics.reader())).await
 }
 
-/// A timestamp in Prometheus' JSON: Unix seconds, with milliseconds as a
-/// fraction when there are any.
-fn timestamp_json(millis: i64) -> JsonValue {
-    if millis % 1000 == 0 {
-        json!(millis / 1000)
-    } else {
-        json!(millis as f64 / 1000.0)
-    }
+fn point(millis: i64, value: f64) -> PromPoint {
+    (PromTime(millis), format_value(value))
 }
 
-fn point_json(millis: i64, value: f64) -> JsonValue {
-    json!([timestamp_json(millis), format_value(value)])
-}
-
-fn labels_json(labels: &Labels) -> JsonValue {
-    let object: Map<String, JsonValue> = labels
-        .iter()
-        .map(|(name, value)| (name.to_string(), json!(value)))
-        .collect();
-    JsonValue::Object(object)
-}
-
-fn map_json(map: &BTreeMap<String, String>) -> JsonValue {
-    json!(map)
-}
-
-/// `{"resultType": ..., "result": ...}` for a query result at `time_ms`.
-fn result_json(value: &Value, time_ms: i64) -> JsonValue {
+/// The query result at `time_ms` as the API answers it.
+fn query_data(value: Value, time_ms: i64) -> QueryData {
     match value {
-        Value::Scalar(number) => json!({
-            "resultType": "scalar",
-            "result": point_json(time_ms, *number),
-        }),
-        Value::String(text) => json!({
-            "resultType": "string",
-            "result": [timestamp_json(time_ms), text],
-        }),
-        Value::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples
-                .iter()
-                .map(|sample| json!({
-                    "metric": labels_json(&sample.labels),
-                    "value": point_json(sample.timestamp_ms, sample.value),
-                }))
-                .collect::<Vec<_>>(),
-        }),
-        Value::Matrix(series) => matrix_json(series),
+        Value::Scalar(number) => QueryData::Scalar(point(time_ms, number)),
+        Value::String(text) => QueryData::String((PromTime(time_ms), text)),
+        Value::Vector(samples) => QueryData::Vector(
+            samples
+                .into_iter()
+                .map(|sample| PromSample {
+                    value: point(sample.timestamp_ms, sample.value),
+                    metric: PromLabels(sample.labels),
+                })
+                .collect(),
+        ),
+        Value::Matrix(series) => matrix(series),
     }
 }
 
-fn matrix_json(series: &[sightline_tsdb::promql::Series]) -> JsonValue {
-    json!({
-        "resultType": "matrix",
-        "result": series
-            .iter()
-            .map(|one| json!({
-                "metric": labels_json(&one.labels),
-                "values": one
+fn matrix(series: Vec<sightline_tsdb::promql::Series>) -> QueryData {
+    QueryData::Matrix(
+        series
+            .into_iter()
+            .map(|one| PromSeries {
+                metric: PromLabels(one.labels),
+                values: one
                     .points
                     .iter()
-                    .map(|(millis, value)| point_json(*millis, *value))
-                    .collect::<Vec<_>>(),
-            }))
-            .collect::<Vec<_>>(),
-    })
+                    .map(|(millis, value)| point(*millis, *value))
+                    .collect(),
+            })
+            .collect(),
+    )
 }
 
 /// `GET|POST /api/v1/query`
@@ -630,7 +606,7 @@ async fn instant_query(
         Value::Scalar(_) | Value::String(_) => 1,
     };
     check_result_points(points, MAX_RESULT_POINTS)?;
-    Ok(success(result_json(&value, time_ms), Vec::new()))
+    Ok(success(query_data(value, time_ms), Vec::new()))
 }
 
 /// `GET|POST /api/v1/query_range`
@@ -679,7 +655,7 @@ async fn range_query(
     let points = series.iter().map(|one| one.points.len()).sum();
     check_result_points(points, MAX_RESULT_POINTS)?;
     series.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(success(matrix_json(&series), Vec::new()))
+    Ok(success(matrix(series), Vec::new()))
 }
 
 /// Refuses a result of more than `limit` points, with Prometheus' message.
@@ -737,9 +713,9 @@ async fn series(State(state): State<QueryState>, params: Params) -> Result<Respo
         matching_series(store, &selectors, start_ms, end_ms)
     })
     .await?;
-    let mut data: Vec<JsonValue> = found.iter().map(labels_json).collect();
+    let mut data: Vec<PromLabels> = found.into_iter().map(PromLabels).collect();
     let warnings = truncate(&mut data, limit);
-    Ok(success(json!(data), warnings))
+    Ok(success(data, warnings))
 }
 
 /// `GET|POST /api/v1/labels`
@@ -775,7 +751,7 @@ async fn label_names(
     })
     .await?;
     let warnings = truncate(&mut names, limit);
-    Ok(success(json!(names), warnings))
+    Ok(success(names, warnings))
 }
 
 /// A selector every series matches.
@@ -835,7 +811,7 @@ async fn label_values(
     })
     .await?;
     let warnings = truncate(&mut values, limit);
-    Ok(success(json!(values), warnings))
+    Ok(success(values, warnings))
 }
 
 /// `GET|POST /api/v1/metadata`
@@ -854,7 +830,7 @@ async fn metadata(State(state): State<QueryState>, params: Params) -> Result<Res
         },
     };
     let metric = params.get("metric");
-    let mut data = Map::new();
+    let mut data: BTreeMap<String, [MetricMetadataEntry; 1]> = BTreeMap::new();
     for (name, entry) in state.metrics.metadata() {
         if metric.is_some_and(|wanted| wanted != name) {
             continue;
@@ -864,10 +840,14 @@ async fn metadata(State(state): State<QueryState>, params: Params) -> Result<Res
         }
         data.insert(
             name,
-            json!([{ "type": entry.kind, "help": entry.help, "unit": entry.unit }]),
+            [MetricMetadataEntry {
+                kind: entry.kind,
+                help: entry.help,
+                unit: entry.unit,
+            }],
         );
     }
-    Ok(success(JsonValue::Object(data), Vec::new()))
+    Ok(success(data, Vec::new()))
 }
 
 /// Go's `time.RFC3339Nano` for a time in milliseconds; Go's zero time when
@@ -909,62 +889,53 @@ fn state_name(state: AlertState) -> &'static str {
     }
 }
 
-fn alert_json(alert: &AlertStatus) -> JsonValue {
-    let mut object = json!({
-        "labels": map_json(&alert.labels),
-        "annotations": map_json(&alert.annotations),
-        "state": state_name(alert.state),
-        "activeAt": rfc3339(Some(alert.active_at_ms)),
-        "value": format_exponent(alert.value),
-    });
-    if let Some(since) = alert.keep_firing_since_ms {
-        object["keepFiringSince"] = json!(rfc3339(Some(since)));
+fn alert_json(alert: &AlertStatus) -> AlertJson {
+    AlertJson {
+        labels: alert.labels.clone(),
+        annotations: alert.annotations.clone(),
+        state: state_name(alert.state),
+        active_at: rfc3339(Some(alert.active_at_ms)),
+        value: format_exponent(alert.value),
+        keep_firing_since: alert.keep_firing_since_ms.map(|since| rfc3339(Some(since))),
     }
-    object
 }
 
-fn rule_json(rule: &RuleStatus, with_alerts: bool) -> JsonValue {
+fn rule_json(rule: &RuleStatus, with_alerts: bool) -> RuleJson {
     let health = match rule.health {
         RuleHealth::Unknown => "unknown",
         RuleHealth::Ok => "ok",
         RuleHealth::Err => "err",
     };
-    let mut object = match &rule.kind {
-        RuleKind::Recording => json!({
-            "name": rule.name,
-            "query": rule.query,
-            "labels": map_json(&rule.labels),
-            "type": "recording",
-        }),
+    let kind = match &rule.kind {
+        RuleKind::Recording => RuleKindJson::Recording,
         RuleKind::Alerting {
             for_seconds,
             keep_firing_for_seconds,
             annotations,
             alerts,
             state,
-        } => json!({
-            "state": state_name(*state),
-            "name": rule.name,
-            "query": rule.query,
-            "duration": for_seconds,
-            "keepFiringFor": keep_firing_for_seconds,
-            "labels": map_json(&rule.labels),
-            "annotations": map_json(annotations),
-            "alerts": if with_alerts {
-                alerts.iter().map(alert_json).collect::<Vec<_>>()
+        } => RuleKindJson::Alerting {
+            state: state_name(*state),
+            duration: *for_seconds,
+            keep_firing_for: *keep_firing_for_seconds,
+            annotations: annotations.clone(),
+            alerts: if with_alerts {
+                alerts.iter().map(alert_json).collect()
             } else {
                 Vec::new()
             },
-            "type": "alerting",
-        }),
+        },
     };
-    object["health"] = json!(health);
-    if let Some(error) = &rule.last_error {
-        object["lastError"] = json!(error);
+    RuleJson {
+        name: rule.name.clone(),
+        query: rule.query.clone(),
+        labels: rule.labels.clone(),
+        kind,
+        health,
+        last_error: rule.last_error.clone(),
+        evaluation_time: rule.evaluation_seconds,
+        last_evaluation: rfc3339(rule.last_evaluation_ms),
     }
-    object["evaluationTime"] = json!(rule.evaluation_seconds);
-    object["lastEvaluation"] = json!(rfc3339(rule.last_evaluation_ms));
-    object
 }
 
 /// `GET|POST /api/v1/rules`
@@ -1003,7 +974,7 @@ async fn rules(State(state): State<QueryState>, params: Params) -> Result<Respon
         if !files.is_empty() && !files.contains(&group.file.as_str()) {
             continue;
         }
-        let rules: Vec<JsonValue> = group
+        let rules: Vec<RuleJson> = group
             .rules
             .iter()
             .filter(|rule| match rule.kind {
@@ -1016,17 +987,17 @@ async fn rules(State(state): State<QueryState>, params: Params) -> Result<Respon
         if (filtered || kind.is_some()) && rules.is_empty() {
             continue;
         }
-        groups.push(json!({
-            "name": group.name,
-            "file": group.file,
-            "rules": rules,
-            "interval": group.interval_seconds,
-            "limit": 0,
-            "evaluationTime": group.evaluation_seconds,
-            "lastEvaluation": rfc3339(group.last_evaluation_ms),
-        }));
+        groups.push(RuleGroupJson {
+            name: group.name,
+            file: group.file,
+            rules,
+            interval: group.interval_seconds,
+            limit: 0,
+            evaluation_time: group.evaluation_seconds,
+            last_evaluation: rfc3339(group.last_evaluation_ms),
+        });
     }
-    Ok(success(json!({ "groups": groups }), Vec::new()))
+    Ok(success(RuleGroups { groups }, Vec::new()))
 }
 
 /// `GET|POST /api/v1/alerts`: the pending and firing alerts of every rule.
@@ -1044,20 +1015,20 @@ async fn alerts(State(state): State<QueryState>) -> Response {
             }
         }
     }
-    success(json!({ "alerts": active }), Vec::new())
+    success(Alerts { alerts: active }, Vec::new())
 }
 
 /// `GET /api/v1/status/buildinfo`
 async fn build_info() -> Response {
     success(
-        json!({
-            "version": PROMETHEUS_COMPATIBLE_VERSION,
-            "revision": concat!("sightline-", env!("CARGO_PKG_VERSION")),
-            "branch": "sightline",
-            "buildUser": "sightline",
-            "buildDate": "",
-            "goVersion": "none (Sightline is written in Rust)",
-        }),
+        BuildInfo {
+            version: PROMETHEUS_COMPATIBLE_VERSION,
+            revision: concat!("sightline-", env!("CARGO_PKG_VERSION")),
+            branch: "sightline",
+            build_user: "sightline",
+            build_date: "",
+            go_version: "none (Sightline is written in Rust)",
+        },
         Vec::new(),
     )
 }
@@ -1067,11 +1038,11 @@ async fn build_info() -> Response {
 async fn flags() -> Response {
     let engine = Engine::default();
     success(
-        json!({
-            "query.lookback-delta": format!("{}s", engine.lookback_delta_ms / 1000),
-            "query.max-concurrency": MAX_CONCURRENT_QUERIES.to_string(),
-            "query.timeout": format!("{}s", DEFAULT_TIMEOUT.as_secs()),
-        }),
+        QueryFlags {
+            lookback_delta: format!("{}s", engine.lookback_delta_ms / 1000),
+            max_concurrency: MAX_CONCURRENT_QUERIES.to_string(),
+            timeout: format!("{}s", DEFAULT_TIMEOUT.as_secs()),
+        },
         Vec::new(),
     )
 }
@@ -1088,7 +1059,7 @@ async fn query_exemplars(params: Params) -> Result<Response, PromError> {
         ));
     }
     Engine::parse(params.get("query").unwrap_or_default()).map_err(PromError::from_query)?;
-    Ok(success(json!([]), Vec::new()))
+    Ok(success([(); 0], Vec::new()))
 }
 
 #[cfg(test)]
@@ -1097,7 +1068,7 @@ pub(crate) mod tests {
 
     use axum::body::Body;
     use axum::http::Request;
-    use serde_json::json;
+    use serde_json::{Value as JsonValue, json};
     use sightline_store::{LogStore, SpanStore};
     use sightline_tsdb::rules::{RuleGroupStatus, RuleStatusSource};
     use sightline_tsdb::{MetricMetadata, MetricStore};

@@ -7,13 +7,19 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sightline_store::traces::{critical_path, self_time};
 use sightline_store::{LogQuery, Span, SpanStatus, TraceQuery, TraceSummary};
 
 use crate::QueryState;
 use crate::error::ApiError;
 use crate::jaeger;
+use crate::response::{
+    Bottleneck, JaegerResponse, JaegerTrace, LogEntry, Operation, OtlpAnyValue, OtlpEvent,
+    OtlpKeyValue, OtlpLink, OtlpResource, OtlpResourceSpans, OtlpScope, OtlpScopeSpans, OtlpSpan,
+    OtlpStatus, OtlpTracesData, RequestStory, SpanEntry, TimelineEntry, TraceSearch,
+    TraceSearchHit, V3Operations, V3Services, V3Traces,
+};
 
 /// Traces a search returns when no limit is given (Jaeger UI's default).
 const DEFAULT_TRACE_LIMIT: usize = 20;
@@ -24,11 +30,6 @@ const STORY_LOG_LIMIT: usize = 5_000;
 /// After this long without a new span, a trace with a root and no orphans is complete.
 pub(crate) const IDLE_TIMEOUT_NANOS: i64 = 10 * 1_000_000_000;
 
-fn jaeger_envelope(data: Value) -> Json<Value> {
-    let total = data.as_array().map_or(0, Vec::len);
-    Json(json!({ "data": data, "total": total, "limit": 0, "offset": 0, "errors": null }))
-}
-
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, sightline_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -36,18 +37,20 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `GET /api/services`
-pub(crate) async fn services(State(state): State<QueryState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn services(
+    State(state): State<QueryState>,
+) -> Result<Json<JaegerResponse<Vec<String>>>, ApiError> {
     let services = blocking(move || state.spans.services()).await?;
-    Ok(jaeger_envelope(json!(services)))
+    Ok(Json(JaegerResponse::counted(services)))
 }
 
 /// `GET /api/services/{service}/operations`
 pub(crate) async fn service_operations(
     State(state): State<QueryState>,
     Path(service): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JaegerResponse<Vec<String>>>, ApiError> {
     let operations = blocking(move || state.spans.operations(&service)).await?;
-    Ok(jaeger_envelope(json!(operations)))
+    Ok(Json(JaegerResponse::counted(operations)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,16 +67,17 @@ pub(crate) struct OperationsParams {
 async fn kinded_operations(
     state: QueryState,
     params: OperationsParams,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Operation>, ApiError> {
     let operations = blocking(move || {
         let kind = params.span_kind.as_deref().filter(|kind| !kind.is_empty());
         state.spans.operations_with_kinds(&params.service, kind)
     })
     .await?;
     Ok(operations
-        .iter()
-        .map(|operation| {
-            json!({ "name": operation.name, "spanKind": jaeger::span_kind(&operation.span_kind) })
+        .into_iter()
+        .map(|operation| Operation {
+            span_kind: jaeger::span_kind(&operation.span_kind).to_string(),
+            name: operation.name,
         })
         .collect())
 }
@@ -82,9 +86,9 @@ async fn kinded_operations(
 pub(crate) async fn operations(
     State(state): State<QueryState>,
     Query(params): Query<OperationsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JaegerResponse<Vec<Operation>>>, ApiError> {
     let data = kinded_operations(state, params).await?;
-    Ok(jaeger_envelope(json!(data)))
+    Ok(Json(JaegerResponse::counted(data)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,7 +110,7 @@ pub(crate) struct JaegerSearchParams {
 pub(crate) async fn jaeger_search(
     State(state): State<QueryState>,
     Query(params): Query<JaegerSearchParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JaegerResponse<Vec<JaegerTrace>>>, ApiError> {
     let (tags, errors_only) = parse_tags(params.tags.as_deref())?;
     let query = TraceQuery {
         service: params.service.filter(|s| !s.is_empty()),
@@ -157,7 +161,7 @@ pub(crate) struct SearchParams {
 pub(crate) async fn search(
     State(state): State<QueryState>,
     Query(params): Query<SearchParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TraceSearch>, ApiError> {
     let (tags, errors_from_tags) = parse_tags(params.tags.as_deref())?;
     let query = TraceQuery {
         service: params.service.filter(|s| !s.is_empty()),
@@ -182,17 +186,18 @@ pub(crate) async fn search(
     };
     let summaries = blocking(move || state.spans.search_traces(&query)).await?;
     let now = crate::api::now_nanos();
-    let traces: Vec<Value> = summaries
-        .iter()
-        .map(|summary| summary_json(summary, now))
+    let traces = summaries
+        .into_iter()
+        .map(|summary| search_hit(summary, now))
         .collect();
-    Ok(Json(json!({ "traces": traces })))
+    Ok(Json(TraceSearch { traces }))
 }
 
-fn summary_json(summary: &TraceSummary, now: i64) -> Value {
-    let mut value = serde_json::to_value(summary).unwrap_or_default();
-    value["complete"] = json!(summary.is_complete(now, IDLE_TIMEOUT_NANOS));
-    value
+fn search_hit(summary: TraceSummary, now: i64) -> TraceSearchHit {
+    TraceSearchHit {
+        complete: summary.is_complete(now, IDLE_TIMEOUT_NANOS),
+        summary,
+    }
 }
 
 /// `GET /api/v3/traces/{trace_id}`: the trace as OTLP JSON.
@@ -206,22 +211,27 @@ pub(crate) async fn v3_trace(
     if spans.is_empty() {
         return Err(ApiError::NotFound(format!("trace {trace_id} not found")));
     }
-    Ok(Json(json!({ "result": otlp_traces_data(&spans) })).into_response())
+    Ok(Json(V3Traces {
+        result: otlp_traces_data(&spans),
+    })
+    .into_response())
 }
 
 /// `GET /api/v3/services`
-pub(crate) async fn v3_services(State(state): State<QueryState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn v3_services(
+    State(state): State<QueryState>,
+) -> Result<Json<V3Services>, ApiError> {
     let services = blocking(move || state.spans.services()).await?;
-    Ok(Json(json!({ "services": services })))
+    Ok(Json(V3Services { services }))
 }
 
 /// `GET /api/v3/operations?service=&span_kind=`
 pub(crate) async fn v3_operations(
     State(state): State<QueryState>,
     Query(params): Query<OperationsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<V3Operations>, ApiError> {
     let operations = kinded_operations(state, params).await?;
-    Ok(Json(json!({ "operations": operations })))
+    Ok(Json(V3Operations { operations }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,7 +256,7 @@ pub(crate) struct V3SearchParams {
 pub(crate) async fn v3_search(
     State(state): State<QueryState>,
     Query(params): Query<V3SearchParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<V3Traces>, ApiError> {
     let query = TraceQuery {
         service: params.service_name.filter(|s| !s.is_empty()),
         operation: params.operation_name.filter(|o| !o.is_empty()),
@@ -279,13 +289,15 @@ pub(crate) async fn v3_search(
         Ok(spans)
     })
     .await?;
-    Ok(Json(json!({ "result": otlp_traces_data(&spans) })))
+    Ok(Json(V3Traces {
+        result: otlp_traces_data(&spans),
+    }))
 }
 
 /// Spans as OTLP JSON `TracesData`: grouped by resource, ids in hex, times
 /// as decimal strings.
-fn otlp_traces_data(spans: &[Span]) -> Value {
-    let mut by_resource: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
+fn otlp_traces_data(spans: &[Span]) -> OtlpTracesData {
+    let mut by_resource: BTreeMap<String, (Vec<OtlpKeyValue>, Vec<OtlpSpan>)> = BTreeMap::new();
     for span in spans {
         let key = serde_json::to_string(&span.resource).unwrap_or_default();
         let entry = by_resource
@@ -304,63 +316,79 @@ fn otlp_traces_data(spans: &[Span]) -> Value {
             SpanStatus::Ok => 1,
             SpanStatus::Error => 2,
         };
-        entry.1.push(json!({
-            "traceId": span.trace_id,
-            "spanId": span.span_id,
-            "parentSpanId": span.parent_span_id.clone().unwrap_or_default(),
-            "name": span.name,
-            "kind": kind,
-            "startTimeUnixNano": span.start_time.to_string(),
-            "endTimeUnixNano": span.end_time.to_string(),
-            "attributes": otlp_attributes(&span.attributes),
-            "events": span.events.iter().map(|event| json!({
-                "timeUnixNano": event.time.to_string(),
-                "name": event.name,
-                "attributes": otlp_attributes(&event.attributes),
-            })).collect::<Vec<_>>(),
-            "links": span.links.iter().map(|link| json!({
-                "traceId": link.trace_id,
-                "spanId": link.span_id,
-                "attributes": otlp_attributes(&link.attributes),
-            })).collect::<Vec<_>>(),
-            "status": { "code": status_code, "message": span.status_message },
-        }));
+        entry.1.push(OtlpSpan {
+            trace_id: span.trace_id.clone(),
+            span_id: span.span_id.clone(),
+            parent_span_id: span.parent_span_id.clone().unwrap_or_default(),
+            name: span.name.clone(),
+            kind,
+            start_time_unix_nano: span.start_time.to_string(),
+            end_time_unix_nano: span.end_time.to_string(),
+            attributes: otlp_attributes(&span.attributes),
+            events: span
+                .events
+                .iter()
+                .map(|event| OtlpEvent {
+                    time_unix_nano: event.time.to_string(),
+                    name: event.name.clone(),
+                    attributes: otlp_attributes(&event.attributes),
+                })
+                .collect(),
+            links: span
+                .links
+                .iter()
+                .map(|link| OtlpLink {
+                    trace_id: link.trace_id.clone(),
+                    span_id: link.span_id.clone(),
+                    attributes: otlp_attributes(&link.attributes),
+                })
+                .collect(),
+            status: OtlpStatus {
+                code: status_code,
+                message: span.status_message.clone(),
+            },
+        });
     }
-    let resource_spans: Vec<Value> = by_resource
+    let resource_spans = by_resource
         .into_values()
-        .map(|(attributes, spans)| json!({ "resource": { "attributes": attributes }, "scopeSpans": [{ "scope": {}, "spans": spans }] }))
+        .map(|(attributes, spans)| OtlpResourceSpans {
+            resource: OtlpResource { attributes },
+            scope_spans: vec![OtlpScopeSpans {
+                scope: OtlpScope {},
+                spans,
+            }],
+        })
         .collect();
-    json!({ "resourceSpans": resource_spans })
+    OtlpTracesData { resource_spans }
 }
 
-fn otlp_attributes(map: &serde_json::Map<String, Value>) -> Value {
-    fn any_value(value: &Value) -> Value {
+fn otlp_attributes(map: &serde_json::Map<String, Value>) -> Vec<OtlpKeyValue> {
+    fn any_value(value: &Value) -> OtlpAnyValue {
         match value {
-            Value::String(text) => json!({ "stringValue": text }),
-            Value::Bool(flag) => json!({ "boolValue": flag }),
+            Value::String(text) => OtlpAnyValue::String(text.clone()),
+            Value::Bool(flag) => OtlpAnyValue::Bool(*flag),
             Value::Number(number) if number.is_i64() || number.is_u64() => {
-                json!({ "intValue": number.to_string() })
+                OtlpAnyValue::Int(number.to_string())
             }
-            Value::Number(number) => json!({ "doubleValue": number }),
-            Value::Array(items) => {
-                json!({ "arrayValue": { "values": items.iter().map(any_value).collect::<Vec<_>>() } })
-            }
-            Value::Object(map) => json!({ "kvlistValue": { "values": otlp_attributes(map) } }),
-            Value::Null => json!({}),
+            Value::Number(number) => OtlpAnyValue::Double(number.clone()),
+            Value::Array(items) => OtlpAnyValue::Array(items.iter().map(any_value).collect()),
+            Value::Object(map) => OtlpAnyValue::KeyValues(otlp_attributes(map)),
+            Value::Null => OtlpAnyValue::Empty,
         }
     }
-    Value::Array(
-        map.iter()
-            .map(|(key, value)| json!({ "key": key, "value": any_value(value) }))
-            .collect(),
-    )
+    map.iter()
+        .map(|(key, value)| OtlpKeyValue {
+            key: key.clone(),
+            value: any_value(value),
+        })
+        .collect()
 }
 
 /// `GET /api/requests/{id}`: everything one request did, by request id or trace id.
 pub(crate) async fn request_story(
     State(state): State<QueryState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestStory>, ApiError> {
     let story = blocking(move || build_story(&state, &id)).await?;
     Ok(Json(story?))
 }
@@ -376,7 +404,7 @@ fn quoted(value: &str) -> String {
 fn build_story(
     state: &QueryState,
     id: &str,
-) -> Result<Result<Value, ApiError>, sightline_store::StoreError> {
+) -> Result<Result<RequestStory, ApiError>, sightline_store::StoreError> {
     let by_trace = is_trace_id(id);
     let mut trace_ids: BTreeSet<String> = BTreeSet::new();
     let mut request_ids: BTreeSet<String> = BTreeSet::new();
@@ -469,68 +497,69 @@ fn build_story(
         .zip(&self_times)
         .filter(|(span, _)| on_critical_path.contains(&span.span_id))
         .max_by_key(|(_, self_time)| **self_time)
-        .map(|(span, self_time)| json!({ "span_id": span.span_id, "trace_id": span.trace_id, "service": span.service, "name": span.name, "self_time": self_time }));
+        .map(|(span, self_time)| Bottleneck {
+            span_id: span.span_id.clone(),
+            trace_id: span.trace_id.clone(),
+            service: span.service.clone(),
+            name: span.name.clone(),
+            self_time: *self_time,
+        });
 
-    let mut timeline: Vec<Value> = Vec::with_capacity(spans.len() + logs.hits.len());
-    for (span, self_time) in spans.iter().zip(&self_times) {
-        let mut entry = serde_json::to_value(span).unwrap_or_default();
-        entry["type"] = json!("span");
-        entry["time"] = json!(span.start_time);
-        entry["duration"] = json!(span.duration_nanos());
-        entry["self_time"] = json!(self_time);
-        entry["on_critical_path"] = json!(on_critical_path.contains(&span.span_id));
-        entry["error"] = json!(span.status == SpanStatus::Error);
-        timeline.push(entry);
-    }
-    for hit in &logs.hits {
-        let mut entry = serde_json::to_value(hit).unwrap_or_default();
-        entry["type"] = json!("log");
-        entry["time"] = json!(hit.record.timestamp);
-        entry["error"] = json!(
-            hit.record.severity_number >= 17
-                || matches!(hit.record.severity_text.as_str(), "ERROR" | "FATAL")
-        );
-        timeline.push(entry);
-    }
-    timeline.sort_by_key(|entry| entry["time"].as_i64().unwrap_or_default());
-
-    let start = timeline
-        .iter()
-        .filter_map(|e| e["time"].as_i64())
-        .min()
-        .unwrap_or_default();
+    let span_count = spans.len();
+    let log_count = logs.hits.len();
     let end = spans
         .iter()
         .map(|s| s.end_time)
         .chain(logs.hits.iter().map(|h| h.record.timestamp))
-        .max()
-        .unwrap_or(start);
+        .max();
+    let mut timeline: Vec<TimelineEntry> = Vec::with_capacity(span_count + log_count);
+    for (span, self_time) in spans.into_iter().zip(self_times) {
+        timeline.push(TimelineEntry::Span(SpanEntry {
+            time: span.start_time,
+            duration: span.duration_nanos(),
+            self_time,
+            on_critical_path: on_critical_path.contains(&span.span_id),
+            error: span.status == SpanStatus::Error,
+            span,
+        }));
+    }
+    for hit in logs.hits {
+        timeline.push(TimelineEntry::Log(LogEntry {
+            time: hit.record.timestamp,
+            error: hit.record.severity_number >= 17
+                || matches!(hit.record.severity_text.as_str(), "ERROR" | "FATAL"),
+            hit,
+        }));
+    }
+    timeline.sort_by_key(TimelineEntry::time);
+
+    let start = timeline
+        .iter()
+        .map(TimelineEntry::time)
+        .min()
+        .unwrap_or_default();
+    let end = end.unwrap_or(start);
     let mut services: BTreeMap<String, usize> = BTreeMap::new();
     for entry in &timeline {
-        *services
-            .entry(entry["service"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
+        *services.entry(entry.service().to_string()).or_default() += 1;
     }
-    let errors = timeline
-        .iter()
-        .filter(|e| e["error"] == json!(true))
-        .count();
-    Ok(Ok(json!({
-        "id": id,
-        "kind": if by_trace { "trace_id" } else { "request_id" },
-        "request_ids": request_ids,
-        "trace_ids": trace_ids,
-        "services": services,
-        "start": start,
-        "end": end,
-        "duration": end - start,
-        "span_count": spans.len(),
-        "log_count": logs.hits.len(),
-        "errors": errors,
-        "critical_path": path,
-        "bottleneck": bottleneck,
-        "timeline": timeline,
-    })))
+    let errors = timeline.iter().filter(|e| e.is_error()).count();
+    Ok(Ok(RequestStory {
+        id: id.to_string(),
+        kind: if by_trace { "trace_id" } else { "request_id" },
+        request_ids,
+        trace_ids,
+        services,
+        start,
+        end,
+        duration: end - start,
+        span_count,
+        log_count,
+        errors,
+        critical_path: path,
+        bottleneck,
+        timeline,
+    }))
 }
 
 /// Tags as Jaeger sends them (a JSON object) or as people type them
@@ -606,6 +635,8 @@ fn parse_duration(name: &str, text: &str) -> Result<i64, ApiError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
