@@ -207,7 +207,7 @@ pub(crate) async fn run_batcher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::FileKey;
+    use crate::identity::FileKey;
     use std::path::PathBuf;
 
     fn source(inode: u64) -> Arc<FileSource> {

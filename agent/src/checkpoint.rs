@@ -2,7 +2,7 @@
 //!
 //! Files are identified by `(device, inode)` so a rename (log rotation)
 //! keeps its offset and a new file at the same path starts fresh; a
-//! fingerprint of the first bytes guards against inode reuse and rewrites:
+//! fingerprint of the first bytes (see [`crate::identity`]) guards against inode reuse and rewrites:
 //! a stored offset is trusted only if it is not past the end of the file
 //! and the fingerprint matches ([`CheckpointStore::resume`]). Offsets
 //! only move when the sink reports an acknowledged batch; the store is
@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -36,78 +35,7 @@ use tracing::warn;
 
 use crate::enrich::FileSource;
 use crate::error::{AgentError, Result};
-
-/// Identity of a file that survives renames: device and inode numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct FileKey {
-    /// `st_dev`
-    pub dev: u64,
-    /// `st_ino`
-    pub inode: u64,
-}
-
-impl FileKey {
-    /// The key of a file from its metadata.
-    pub fn of(metadata: &fs::Metadata) -> FileKey {
-        FileKey {
-            dev: metadata.dev(),
-            inode: metadata.ino(),
-        }
-    }
-}
-
-/// How many leading bytes of a file make its fingerprint.
-pub const FINGERPRINT_BYTES: usize = 256;
-
-/// A checksum of the first bytes of a file (up to [`FINGERPRINT_BYTES`]):
-/// with `(device, inode)` it tells a file from a new file that reuses a
-/// deleted file's inode, and a rewritten file from the one we read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    /// How many bytes were summed (fewer than 256 while the file is short).
-    pub len: u32,
-    /// CRC-32 of those bytes.
-    pub crc: u32,
-}
-
-impl Fingerprint {
-    /// The fingerprint of a file whose first bytes are `head`.
-    pub fn of(head: &[u8]) -> Fingerprint {
-        let head = &head[..head.len().min(FINGERPRINT_BYTES)];
-        Fingerprint {
-            len: head.len() as u32,
-            crc: crc32fast::hash(head),
-        }
-    }
-
-    /// Whether a file starting with `head` is the file this was taken of:
-    /// it must still have the summed bytes, and they must be the same.
-    pub fn matches(&self, head: &[u8]) -> bool {
-        let len = self.len as usize;
-        head.len() >= len && crc32fast::hash(&head[..len]) == self.crc
-    }
-
-    /// Whether a file of `size` bytes starting with `head` holds the
-    /// bytes this was taken of as a copy would: a full 256-byte
-    /// fingerprint, or a short one of exactly the file's length, never a
-    /// short common prefix (a timestamp).
-    pub fn covers(&self, head: &[u8], size: u64) -> bool {
-        self.len > 0
-            && (self.len as usize == FINGERPRINT_BYTES || u64::from(self.len) == size)
-            && self.matches(head)
-    }
-
-    pub(crate) fn pack(self) -> u64 {
-        (u64::from(self.len) << 32) | u64::from(self.crc)
-    }
-
-    pub(crate) fn unpack(packed: u64) -> Fingerprint {
-        Fingerprint {
-            len: (packed >> 32) as u32,
-            crc: packed as u32,
-        }
-    }
-}
+use crate::identity::{FileKey, Fingerprint, ResetReason, find_in_dir};
 
 /// Where a reader starts in a file it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,15 +52,6 @@ pub enum Resume {
         /// (size last seen minus the stored offset): lost with it.
         lost: u64,
     },
-}
-
-/// Why a stored checkpoint was not trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// The file is shorter than the stored offset (truncated).
-    Truncated,
-    /// The first bytes differ: a new file reusing the inode, or rewritten.
-    Fingerprint,
 }
 
 /// One file's checkpoint as stored on disk.
@@ -619,18 +538,6 @@ fn locate(key: FileKey, path: &Path, fingerprint: Option<Fingerprint>) -> Option
     find_in_dir(path.parent()?, key).filter(|found| same(found))
 }
 
-/// The regular file with identity `key` in `dir`, if any. Blocking.
-pub(crate) fn find_in_dir(dir: &Path, key: FileKey) -> Option<PathBuf> {
-    fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|candidate| {
-            fs::symlink_metadata(candidate)
-                .is_ok_and(|metadata| metadata.is_file() && FileKey::of(&metadata) == key)
-        })
-}
-
 fn move_aside(path: &Path, reason: &str) -> Result<()> {
     let aside = path.with_extension("json.corrupt");
     warn!(path = %path.display(), aside = %aside.display(), reason, "unreadable checkpoints moved aside");
@@ -717,21 +624,6 @@ mod tests {
             }
         );
         assert!(!dir.path().join("checkpoints.json.tmp").exists());
-    }
-
-    #[test]
-    fn fingerprint_covers_at_most_the_first_256_bytes() {
-        let long = vec![b'x'; 1000];
-        let fingerprint = Fingerprint::of(&long);
-        assert_eq!(fingerprint.len, 256);
-        let mut other = long.clone();
-        other[500] = b'y';
-        assert!(fingerprint.matches(&other));
-        other[10] = b'y';
-        assert!(!fingerprint.matches(&other));
-        assert!(!fingerprint.matches(&long[..100]), "shorter file");
-        assert_eq!(Fingerprint::unpack(fingerprint.pack()), fingerprint);
-        assert!(Fingerprint::of(b"").matches(b"anything"));
     }
 
     #[test]

@@ -18,6 +18,10 @@ use serde::Deserialize;
 
 use crate::error::{AgentError, Result};
 
+mod patterns;
+
+pub(crate) use patterns::ContainerPatterns;
+
 /// Default glob for kubelet-managed container logs.
 pub const DEFAULT_INCLUDE: &str = "/var/log/pods/*/*/*.log";
 /// Default glob for Docker's json-file logs.
@@ -825,10 +829,11 @@ impl Config {
                 "must be longer than 0s".to_owned(),
             ));
         }
-        // Compiling checks the exclusion regexes.
-        crate::hostmetrics::HostCollector::new(&self.host_metrics)?;
-        // Compiling the rules checks every glob and regex in them.
-        crate::rules::Rules::compile(self)?;
+        // Every glob and regex, compiled alone: the runtime parts built
+        // from them ([`crate::start`] builds each once) fail on nothing else.
+        self.host_metrics.exclusions()?;
+        self.rule_patterns()?;
+        self.redact.compiled_patterns()?;
         Ok(())
     }
 

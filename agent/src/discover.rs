@@ -63,7 +63,7 @@ use inotify::{EventMask, Inotify, WatchMask, Watches};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{FileKey, Fingerprint};
+use crate::identity::{FileKey, Fingerprint};
 use crate::shutdown::Shutdown;
 use crate::tail::{Opened, Origin, TailContext, TailEnd, open, tail_file};
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::Value;
 
-use crate::checkpoint::FileKey;
 use crate::config::ResourceConfig;
+use crate::identity::FileKey;
 use crate::metrics::{FileLabels, FileStats};
 use crate::otlp;
 

@@ -27,7 +27,8 @@
 //! | [`config`] | [`Cli`] flags, the TOML file, the validated [`Config`] and its [`config::Tuning`] |
 //! | `rules` | the reloadable part of the config, compiled: filters, per-container plans |
 //! | `discover` | inotify on the directories the globs can match (a new or renamed file is opened within milliseconds; the glob scan every `discovery_interval` is the fallback), rotated generations (`<name>.<suffix>`, not compressed) found by identity and read to their end, one reader task per `(device, inode)` |
-//! | `tail`, `lines` | reading appended bytes, splitting lines, fingerprints, rotation; copytruncate: the rest read from the copy, else the bytes lost counted |
+//! | [`identity`] | what tells files apart: `(device, inode)`, the fingerprint of the first bytes, why a known offset no longer fits (depends on nothing else in the agent) |
+//! | `tail`, `lines` | reading appended bytes, splitting lines, rotation; copytruncate: the rest read from the copy, else the bytes lost counted |
 //! | [`decode`] | runtime formats: CRI and Docker json-file (partial joining), plain fallback |
 //! | `multiline` | joining stack traces and other continuation lines |
 //! | [`parse`] | JSON/logfmt/regex messages to attributes, severity, timestamp, trace context, `request_id` |
@@ -71,6 +72,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod hostmetrics;
 pub mod http;
+pub mod identity;
 mod lines;
 pub mod metrics;
 mod multiline;
@@ -398,5 +400,53 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// The agent modules `source` names through `crate::` paths, outside
+    /// comments.
+    fn uses(source: &str) -> BTreeSet<String> {
+        source
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| !line.starts_with("//"))
+            .flat_map(|line| line.split("crate::").skip(1))
+            .map(|path| {
+                let end = path
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(path.len());
+                path[..end].to_owned()
+            })
+            .collect()
+    }
+
+    /// What the rest of the agent stands on uses nothing above it: file
+    /// identity nothing in the agent, the configuration and its checks
+    /// only the errors (checking builds no rules, redactor or collector).
+    #[test]
+    fn identity_and_config_stand_on_nothing_above_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (file, allowed) in [
+            ("identity.rs", &[][..]),
+            ("config.rs", &["error"][..]),
+            ("config/patterns.rs", &["config", "error"][..]),
+        ] {
+            let source = std::fs::read_to_string(src.join(file)).unwrap();
+            let used = uses(&source);
+            let above: Vec<&String> = used
+                .iter()
+                .filter(|module| !allowed.contains(&module.as_str()))
+                .collect();
+            assert!(above.is_empty(), "{file} uses {above:?}");
+        }
+        assert_eq!(
+            uses("use crate::rules::Rules;\n// crate::tail\nlet x = crate::hostmetrics::X;"),
+            BTreeSet::from(["hostmetrics".to_owned(), "rules".to_owned()])
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::Semaphore;
 
-use crate::checkpoint::{Fingerprint, ResetReason};
+use crate::identity::{Fingerprint, ResetReason};
 
 /// Bounded labels of a file's series.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use memchr::memmem::Finder;
 use regex::Regex;
 
-use crate::config::{RedactConfig, invalid};
+use crate::config::RedactConfig;
 use crate::error::Result;
 
 /// Masks secrets; built once from the config.
@@ -29,15 +29,7 @@ pub(crate) struct Redactor {
 
 impl Redactor {
     pub(crate) fn compile(config: &RedactConfig) -> Result<Redactor> {
-        let patterns = config
-            .patterns
-            .iter()
-            .map(|pattern| {
-                Regex::new(pattern).map_err(|error| {
-                    invalid("redact.patterns", format!("bad regex {pattern:?}: {error}"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let patterns = config.compiled_patterns()?;
         Ok(Redactor {
             emails: config.emails,
             bearer_tokens: config.bearer_tokens,

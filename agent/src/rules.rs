@@ -9,7 +9,7 @@ use glob::Pattern;
 use regex::{Regex, RegexSet};
 
 use crate::config::{
-    Config, ContainerRule, Format, MultilineMode, ParserKind, ResourceConfig, invalid,
+    Config, ContainerPatterns, ContainerRule, Format, MultilineMode, ParserKind, ResourceConfig,
 };
 use crate::enrich::ContainerInfo;
 use crate::error::Result;
@@ -55,56 +55,23 @@ pub(crate) struct FilePlan {
     pub(crate) multiline: MultilineSpec,
 }
 
-fn pattern(key: &'static str, text: &str) -> Result<Option<Pattern>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    Pattern::new(text)
-        .map(Some)
-        .map_err(|error| invalid(key, format!("bad glob {text:?}: {error}")))
-}
-
-fn patterns(key: &'static str, texts: &[String]) -> Result<Vec<Pattern>> {
-    texts
-        .iter()
-        .filter_map(|text| pattern(key, text).transpose())
-        .collect()
-}
-
-fn regex(key: &'static str, text: &str) -> Result<Regex> {
-    Regex::new(text).map_err(|error| invalid(key, format!("bad regex {text:?}: {error}")))
-}
-
 impl Rules {
     /// Compiles the config; the error names the bad key.
     pub(crate) fn compile(config: &Config) -> Result<Rules> {
-        let drop = if config.filters.drop_patterns.is_empty() {
-            None
-        } else {
-            Some(
-                RegexSet::new(&config.filters.drop_patterns).map_err(|error| {
-                    invalid("filters.drop_patterns", format!("bad regex: {error}"))
-                })?,
-            )
-        };
+        let patterns = config.rule_patterns()?;
         let containers = config
             .containers
             .iter()
-            .map(compile_rule)
-            .collect::<Result<Vec<_>>>()?;
+            .zip(patterns.containers)
+            .map(|(rule, patterns)| compile_rule(rule, patterns))
+            .collect();
         Ok(Rules {
             include: config.include.clone(),
-            exclude_paths: patterns("exclude_paths", &config.exclude_paths)?,
-            exclude_namespaces: patterns(
-                "filters.exclude_namespaces",
-                &config.filters.exclude_namespaces,
-            )?,
-            exclude_containers: patterns(
-                "filters.exclude_containers",
-                &config.filters.exclude_containers,
-            )?,
+            exclude_paths: patterns.exclude_paths,
+            exclude_namespaces: patterns.exclude_namespaces,
+            exclude_containers: patterns.exclude_containers,
             exclude_label: config.filters.exclude_label.clone(),
-            drop,
+            drop: patterns.drop,
             redactor: Arc::new(Redactor::compile(&config.redact)?),
             fields: Arc::new(FieldNames::from_config(&config.fields)),
             resource: config.resource.clone(),
@@ -190,46 +157,27 @@ impl Rules {
     }
 }
 
-fn compile_rule(rule: &ContainerRule) -> Result<CompiledRule> {
-    let parser = match rule.parser {
-        ParserKind::Auto | ParserKind::Json => Parser::Auto,
-        ParserKind::Logfmt => Parser::Logfmt,
-        ParserKind::None => Parser::None,
-        ParserKind::Regex => {
-            if rule.regex.is_empty() {
-                return Err(invalid(
-                    "containers.regex",
-                    "parser = \"regex\" needs a regex".to_owned(),
-                ));
-            }
-            Parser::Regex(Arc::new(regex("containers.regex", &rule.regex)?))
-        }
+fn compile_rule(rule: &ContainerRule, patterns: ContainerPatterns) -> CompiledRule {
+    let parser = match patterns.parser_regex {
+        // Present exactly when `parser = "regex"`.
+        Some(regex) => Parser::Regex(Arc::new(regex)),
+        None => match rule.parser {
+            ParserKind::Logfmt => Parser::Logfmt,
+            ParserKind::None => Parser::None,
+            ParserKind::Auto | ParserKind::Json | ParserKind::Regex => Parser::Auto,
+        },
     };
-    let multiline_start = if rule.multiline_start.is_empty() {
-        if rule.multiline == Some(MultilineMode::Start) {
-            return Err(invalid(
-                "containers.multiline_start",
-                "multiline = \"start\" needs multiline_start".to_owned(),
-            ));
-        }
-        None
-    } else {
-        Some(Arc::new(regex(
-            "containers.multiline_start",
-            &rule.multiline_start,
-        )?))
-    };
-    Ok(CompiledRule {
-        namespace: pattern("containers.namespace", &rule.namespace)?,
-        pod: pattern("containers.pod", &rule.pod)?,
-        container: pattern("containers.container", &rule.container)?,
-        path: pattern("containers.path", &rule.path)?,
+    CompiledRule {
+        namespace: patterns.namespace,
+        pod: patterns.pod,
+        container: patterns.container,
+        path: patterns.path,
         exclude: rule.exclude,
         format: rule.format,
         parser,
         multiline: rule.multiline,
-        multiline_start,
-    })
+        multiline_start: patterns.multiline_start.map(Arc::new),
+    }
 }
 
 impl CompiledRule {

@@ -26,7 +26,6 @@
 //! checkpoint or (never acknowledged) from its start.
 
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,12 +35,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::batch::{Chunk, PendingRecord};
-use crate::checkpoint::{
-    CheckpointStore, FINGERPRINT_BYTES, FileKey, Fingerprint, ResetReason, Resume, find_in_dir,
-};
+use crate::checkpoint::{CheckpointStore, Resume};
 use crate::config::Tuning;
 use crate::decode::{Decoder, Entry};
 use crate::enrich::{ContainerInfo, FileSource};
+use crate::identity::{
+    FINGERPRINT_BYTES, FileKey, Fingerprint, ResetReason, find_in_dir, read_head,
+};
 use crate::lines::LineSplitter;
 use crate::metrics::{DropReason, LossReason, Metrics};
 use crate::multiline::Multiline;
@@ -158,24 +158,6 @@ pub(crate) fn open(path: &Path, logical: &Path) -> std::io::Result<Opened> {
         path: path.to_owned(),
         logical: logical.to_owned(),
     })
-}
-
-/// The first `min(size, 256)` bytes of the file.
-fn read_head(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
-    let wanted = usize::try_from(size)
-        .unwrap_or(usize::MAX)
-        .min(FINGERPRINT_BYTES);
-    let mut head = vec![0u8; wanted];
-    let mut filled = 0;
-    while filled < wanted {
-        let read = file.read_at(&mut head[filled..], filled as u64)?;
-        if read == 0 {
-            break;
-        }
-        filled += read;
-    }
-    head.truncate(filled);
-    Ok(head)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -77,7 +77,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::HostMetricsConfig;
-use crate::error::{AgentError, Result};
+use crate::error::Result;
 use exposition::Exposition;
 
 /// Collectors in the order their families appear on `/metrics`.
@@ -173,30 +173,16 @@ pub struct HostCollector {
 impl HostCollector {
     /// Compiles `config`; a bad exclusion regex is an error naming its key.
     pub fn new(config: &HostMetricsConfig) -> Result<HostCollector> {
-        let compile = |key: &'static str, pattern: &str| {
-            Regex::new(pattern).map_err(|error| AgentError::InvalidConfig {
-                key,
-                reason: format!("bad regex {pattern:?}: {error}"),
-            })
-        };
+        let exclude = config.exclusions()?;
         Ok(HostCollector {
             proc_root: config.proc_root.clone(),
             sys_root: config.sys_root.clone(),
             rootfs: config.rootfs.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             container_logs_dir: config.container_logs_dir.clone(),
-            filesystem_types_exclude: compile(
-                "host_metrics.filesystem_types_exclude",
-                &config.filesystem_types_exclude,
-            )?,
-            mount_points_exclude: compile(
-                "host_metrics.mount_points_exclude",
-                &config.mount_points_exclude,
-            )?,
-            disk_devices_exclude: compile(
-                "host_metrics.disk_devices_exclude",
-                &config.disk_devices_exclude,
-            )?,
+            filesystem_types_exclude: exclude.filesystem_types,
+            mount_points_exclude: exclude.mount_points,
+            disk_devices_exclude: exclude.disk_devices,
             max_cgroups: config.max_cgroups,
             warned: Default::default(),
             cgroup_limit_warned: AtomicBool::new(false),
