@@ -38,12 +38,12 @@ pub use durable::{Checkpoint, DurableLog, LogEntry, PartitionId, Position, SINGL
 pub use error::{Result, StoreError};
 pub use layout::DataDir;
 pub use logs::{
-    Cursor, Histogram, HistogramBucket, LogHit, LogQuery, LogSearchResult, LogStore,
-    log_index_schema, log_index_tokenizers,
+    Cursor, Histogram, HistogramBucket, LOG_PARTITION_FORMAT_VERSION, LogHit, LogQuery,
+    LogSearchResult, LogStore, log_index_schema, log_index_tokenizers,
 };
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
-pub use spans::{Operation, SpanStore, TraceQuery};
+pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 pub use wal::LocalWal;
 

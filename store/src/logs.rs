@@ -47,6 +47,14 @@ use tantivy::{
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
 
+/// The format of the day partitions this version creates: 2, the message
+/// and attributes split by [`WORD_TOKENIZER`] (words up to 255 bytes).
+/// Format 1 partitions (tantivy's `default` tokenizer) are still read and
+/// written. A partition names its tokenizers in its own schema; a change of
+/// the schema or of what a record's document holds is a new version, with a
+/// fixture in `tests/fixtures/` (`tests/formats.rs`).
+pub const LOG_PARTITION_FORMAT_VERSION: u32 = 2;
+
 /// Memory each partition's tantivy writer may use for in-flight segments.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
 

@@ -26,6 +26,11 @@ use crate::error::{Result, StoreError};
 use crate::model::Span;
 use crate::traces::{TraceSummary, operation_key, summarize};
 
+/// The format of the span store (its two indexes' schemas and the commit
+/// payload): 1, the first. A change is a new version, with a fixture in
+/// `tests/fixtures/` (`tests/formats.rs`).
+pub const SPAN_STORE_FORMAT_VERSION: u32 = 1;
+
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SUMMARY_WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 
