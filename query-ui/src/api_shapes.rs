@@ -95,6 +95,11 @@ fn cases() -> Vec<(&'static str, String)> {
             "request_story_unknown",
             "/api/requests/nothing-like-this".into(),
         ),
+        // Dashboards (the list follows dashboards/*.json, so only its error shape).
+        (
+            "dashboard_unknown",
+            "/api/dashboards/no-such-dashboard".into(),
+        ),
         // The Prometheus HTTP API.
         (
             "prom_query_vector",

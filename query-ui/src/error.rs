@@ -3,6 +3,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sightline_store::StoreError;
 
+use crate::response::ErrorBody;
+
 /// The one error type of the query API: every handler error becomes a JSON
 /// body `{"error": "..."}` with a status that says whose fault it was.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,9 @@ impl IntoResponse for ApiError {
         }
         (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response()
     }

@@ -7,8 +7,9 @@
 //! (`assets/*.js`, checked by `scripts/typecheck`) mirror the shapes it
 //! reads. Handlers build these values; none of them writes JSON by hand.
 //!
-//! - ours: [`LogPage`], [`LogTerms`], [`LogContext`], [`TraceSearch`],
-//!   [`RequestStory`] (the store's `Histogram` is answered as it is);
+//! - ours: [`ErrorBody`], [`LogPage`], [`LogTerms`], [`LogContext`],
+//!   [`TraceSearch`], [`RequestStory`], [`DashboardList`] (the store's
+//!   `Histogram` and a dashboard's own JSON are answered as they are);
 //! - Jaeger's query API: [`JaegerResponse`] around [`JaegerTrace`]s, names or
 //!   [`Operation`]s; v3 answers OTLP JSON, [`OtlpTracesData`];
 //! - the Prometheus HTTP API: [`PromSuccess`] around [`QueryData`],
@@ -22,7 +23,13 @@ use serde_json::Value;
 use sightline_store::{LogHit, Span, TraceSummary};
 use sightline_tsdb::Labels;
 
-// ---- ours: logs, trace search, request story -------------------------------
+// ---- ours: errors, logs, trace search, request story, dashboards ---------------
+
+/// Every error of our own endpoints: `{"error": "..."}` with a 4xx or 5xx status.
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: String,
+}
 
 /// `GET /api/logs`: a page of matching records, newest first.
 #[derive(Debug, Serialize)]
@@ -164,6 +171,27 @@ pub(crate) struct LogEntry {
     pub(crate) time: i64,
     /// ERROR or FATAL (severity number 17 and above).
     pub(crate) error: bool,
+}
+
+/// `GET /api/dashboards`: every `dashboards/*.json`, by file name.
+#[derive(Debug, Serialize)]
+pub(crate) struct DashboardList {
+    pub(crate) dashboards: Vec<DashboardEntry>,
+}
+
+/// A dashboard of the list; one whose file does not parse has its `error`
+/// and no `tags`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DashboardEntry {
+    pub(crate) uid: String,
+    /// The dashboard's title, or the file name.
+    pub(crate) title: String,
+    pub(crate) file: &'static str,
+    /// The dashboard's `tags` as written (`[]` when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tags: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
 }
 
 // ---- Jaeger's query API -------------------------------------------------------

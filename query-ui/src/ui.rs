@@ -12,10 +12,11 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::QueryState;
 use crate::error::ApiError;
+use crate::response::{DashboardEntry, DashboardList};
 
 include!(concat!(env!("OUT_DIR"), "/dashboards.rs"));
 
@@ -96,25 +97,32 @@ fn dashboard_uid(file: &str, dashboard: &Value) -> String {
         .unwrap_or_else(|| file.trim_end_matches(".json").to_string())
 }
 
-async fn list_dashboards() -> Json<Value> {
-    let dashboards: Vec<Value> = DASHBOARDS
+async fn list_dashboards() -> Json<DashboardList> {
+    let dashboards = DASHBOARDS
         .iter()
         .map(|(file, text)| match parse_dashboard(text) {
-            Ok(dashboard) => json!({
-                "uid": dashboard_uid(file, &dashboard),
-                "title": dashboard["title"].as_str().unwrap_or(file),
-                "file": file,
-                "tags": dashboard.get("tags").cloned().unwrap_or(json!([])),
-            }),
-            Err(error) => json!({
-                "uid": file.trim_end_matches(".json"),
-                "title": file,
-                "file": file,
-                "error": format!("dashboards/{file}: {error}"),
-            }),
+            Ok(dashboard) => DashboardEntry {
+                uid: dashboard_uid(file, &dashboard),
+                title: dashboard["title"].as_str().unwrap_or(file).to_string(),
+                file,
+                tags: Some(
+                    dashboard
+                        .get("tags")
+                        .cloned()
+                        .unwrap_or(Value::Array(Vec::new())),
+                ),
+                error: None,
+            },
+            Err(error) => DashboardEntry {
+                uid: file.trim_end_matches(".json").to_string(),
+                title: file.to_string(),
+                file,
+                tags: None,
+                error: Some(format!("dashboards/{file}: {error}")),
+            },
         })
         .collect();
-    Json(json!({ "dashboards": dashboards }))
+    Json(DashboardList { dashboards })
 }
 
 async fn get_dashboard(Path(uid): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -217,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_embedded_dashboard_is_listed_and_served_by_uid() {
-        let list = list_dashboards().await.0;
+        let list = serde_json::to_value(list_dashboards().await.0).unwrap();
         let listed = list["dashboards"].as_array().unwrap();
         assert_eq!(listed.len(), DASHBOARDS.len());
         for entry in listed {

@@ -10,11 +10,11 @@ import { timeChart, formatValue, emptyChart } from "./chart.js";
 
 /**
  * One dashboard of `GET /api/dashboards`; a file that does not parse has
- * its `error` and no title.
+ * its `error` and no `tags`.
  * @typedef {object} DashboardEntry
  * @property {string} uid
+ * @property {string} title the dashboard's title, or the file name
  * @property {string} file
- * @property {string} [title]
  * @property {string[]} [tags]
  * @property {string} [error]
  */
