@@ -72,77 +72,8 @@ pub enum Parser {
 /// Nested object where `tracing-subscriber`'s JSON format puts event fields.
 const NESTED_FIELDS_KEY: &str = "fields";
 
-/// Normalised severity, with the OTLP severity numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// TRACE = 1
-    Trace,
-    /// DEBUG = 5
-    Debug,
-    /// INFO = 9
-    Info,
-    /// WARN = 13
-    Warn,
-    /// ERROR = 17
-    Error,
-    /// FATAL = 21
-    Fatal,
-}
-
-impl Severity {
-    /// The OTLP `severity_text`.
-    pub fn text(self) -> &'static str {
-        match self {
-            Severity::Trace => "TRACE",
-            Severity::Debug => "DEBUG",
-            Severity::Info => "INFO",
-            Severity::Warn => "WARN",
-            Severity::Error => "ERROR",
-            Severity::Fatal => "FATAL",
-        }
-    }
-
-    /// The OTLP `severity_number`.
-    pub fn number(self) -> i32 {
-        match self {
-            Severity::Trace => 1,
-            Severity::Debug => 5,
-            Severity::Info => 9,
-            Severity::Warn => 13,
-            Severity::Error => 17,
-            Severity::Fatal => 21,
-        }
-    }
-
-    /// Recognises the usual level names, case-insensitively.
-    pub fn from_name(name: &str) -> Option<Severity> {
-        let severity = match name.trim().to_ascii_lowercase().as_str() {
-            "trace" | "trc" => Severity::Trace,
-            "debug" | "dbg" => Severity::Debug,
-            "info" | "inf" | "information" | "informational" | "notice" => Severity::Info,
-            "warn" | "wrn" | "warning" => Severity::Warn,
-            "error" | "err" | "eror" => Severity::Error,
-            "fatal" | "ftl" | "critical" | "crit" | "panic" | "dpanic" | "emerg" | "emergency"
-            | "alert" => Severity::Fatal,
-            _ => return None,
-        };
-        Some(severity)
-    }
-
-    /// Numeric levels as written by pino and bunyan (10..60).
-    pub fn from_number(level: i64) -> Option<Severity> {
-        let severity = match level {
-            10 => Severity::Trace,
-            20 => Severity::Debug,
-            30 => Severity::Info,
-            40 => Severity::Warn,
-            50 => Severity::Error,
-            60 => Severity::Fatal,
-            _ => return None,
-        };
-        Some(severity)
-    }
-}
+/// Normalised severity: the shared table of `sightline_vocab::severity`.
+pub use sightline_vocab::severity::Severity;
 
 /// Builds the OTLP record for one decoded entry with the default parser
 /// and field names.
@@ -459,7 +390,7 @@ fn take_parsed_nested<T>(
 fn severity_of(level: &Value) -> (String, i32) {
     let known = match level {
         Value::String(name) => Severity::from_name(name),
-        Value::Number(number) => number.as_i64().and_then(Severity::from_number),
+        Value::Number(number) => number.as_i64().and_then(Severity::from_pino),
         _ => None,
     };
     match known {
@@ -630,8 +561,8 @@ mod tests {
                 r#""pino" | INFO/9 | 1795240128123000000 | log.iostream="stdout""#,
             ),
             (
-                r#"{"level":"verbose","msg":"custom level","v":null}"#,
-                r#""custom level" | VERBOSE/0 | 1795240128123456789 | log.iostream="stdout",v=null"#,
+                r#"{"level":"audit","msg":"custom level","v":null}"#,
+                r#""custom level" | AUDIT/0 | 1795240128123456789 | log.iostream="stdout",v=null"#,
             ),
             (
                 r#"{"no_message":1}"#,
@@ -661,7 +592,7 @@ mod tests {
             ("trace", Some(("TRACE", 1))),
             ("DEBUG", Some(("DEBUG", 5))),
             ("Info", Some(("INFO", 9))),
-            ("notice", Some(("INFO", 9))),
+            ("notice", Some(("INFO", 10))),
             ("warning", Some(("WARN", 13))),
             ("WARN", Some(("WARN", 13))),
             ("err", Some(("ERROR", 17))),

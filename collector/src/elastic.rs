@@ -78,6 +78,7 @@ use axum::{Json, middleware};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sightline_store::LogRecord;
+use sightline_vocab::severity::Severity;
 
 use crate::ingest::{Ingest, now_nanos};
 use crate::otlp::REQUEST_ID_KEYS;
@@ -1075,44 +1076,28 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 
 /// OTLP severity text and number for a level as shippers write it: names
 /// (`info`, `WARNING`, `err`, `crit`...), syslog numbers (0-7) and
-/// pino/bunyan numbers (10-60). Unknown names keep their text, number 0.
+/// pino/bunyan numbers (10-60), by the shared table of
+/// `sightline_vocab::severity`. Unknown names keep their text, number 0.
 fn severity(value: &Value) -> (String, i32) {
-    let named = |text: &str, number: i32| (text.to_string(), number);
+    let known = |severity: Severity| (severity.text().to_string(), severity.number());
     match value {
-        Value::Number(number) => match number.as_i64() {
-            Some(7) => named("DEBUG", 5),
-            Some(6) => named("INFO", 9),
-            Some(5) => named("INFO", 10),
-            Some(4) => named("WARN", 13),
-            Some(3) => named("ERROR", 17),
-            Some(2) => named("FATAL", 22),
-            Some(1) => named("FATAL", 23),
-            Some(0) => named("FATAL", 24),
-            Some(10) => named("TRACE", 1),
-            Some(20) => named("DEBUG", 5),
-            Some(30) => named("INFO", 9),
-            Some(40) => named("WARN", 13),
-            Some(50) => named("ERROR", 17),
-            Some(60) => named("FATAL", 21),
-            _ => (number.to_string(), 0),
-        },
+        Value::Number(number) => {
+            let level = number.as_i64();
+            let syslog_or_pino =
+                |level| Severity::from_syslog(level).or(Severity::from_pino(level));
+            match level.and_then(syslog_or_pino) {
+                Some(severity) => known(severity),
+                None => (number.to_string(), 0),
+            }
+        }
         Value::String(text) => {
             let trimmed = text.trim();
             if let Ok(number) = trimmed.parse::<i64>() {
                 return severity(&Value::from(number));
             }
-            match trimmed.to_ascii_lowercase().as_str() {
-                "trace" | "trc" | "finest" => named("TRACE", 1),
-                "debug" | "dbg" | "fine" | "finer" | "verbose" => named("DEBUG", 5),
-                "info" | "inf" | "information" | "informational" => named("INFO", 9),
-                "notice" => named("INFO", 10),
-                "warn" | "wrn" | "warning" => named("WARN", 13),
-                "error" | "err" | "eror" => named("ERROR", 17),
-                "fatal" | "panic" | "critical" => named("FATAL", 21),
-                "crit" => named("FATAL", 22),
-                "alert" => named("FATAL", 23),
-                "emerg" | "emergency" => named("FATAL", 24),
-                _ => (trimmed.to_ascii_uppercase(), 0),
+            match Severity::from_name(trimmed) {
+                Some(severity) => known(severity),
+                None => (trimmed.to_ascii_uppercase(), 0),
             }
         }
         Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => (String::new(), 0),
@@ -1277,7 +1262,9 @@ mod tests {
             (json!("Information"), ("INFO", 9)),
             (json!("WARNING"), ("WARN", 13)),
             (json!("err"), ("ERROR", 17)),
-            (json!("crit"), ("FATAL", 22)),
+            (json!("crit"), ("ERROR", 18)),
+            (json!("notice"), ("INFO", 10)),
+            (json!(0), ("FATAL", 21)),
             (json!(30), ("INFO", 9)),
             (json!("50"), ("ERROR", 17)),
             (json!(3), ("ERROR", 17)),
