@@ -5,6 +5,8 @@
 
 import { el, fetchJson, go, hashFor, formatTime, formatDuration, errorBox, serviceChip, serviceSlot, latencyClass } from "./util.js";
 
+/** @typedef {import("./util.js").JsonObject} JsonObject */
+
 /**
  * One entry of a request's timeline: a span (the store's span with its
  * timing) or a log record, told apart by `type`.
@@ -13,19 +15,29 @@ import { el, fetchJson, go, hashFor, formatTime, formatDuration, errorBox, servi
  * @property {number} time span start or record time, nanoseconds
  * @property {string} service
  * @property {boolean} error an error span or an ERROR/FATAL record
+ * @property {JsonObject} attributes
+ * @property {JsonObject} resource
  * @property {string} [trace_id]
  * @property {string} [span_id]
+ * @property {string} [request_id]
  * @property {string} [parent_span_id] spans only
  * @property {string} [name] spans only
+ * @property {string} [kind] spans only
  * @property {number} [start_time] spans only
  * @property {number} [end_time] spans only
  * @property {"unset" | "ok" | "error"} [status] spans only
+ * @property {string} [status_message] spans only
+ * @property {Array<{time: number, name: string, attributes: JsonObject}>} [events] spans only
+ * @property {Array<{trace_id: string, span_id: string, attributes: JsonObject}>} [links] spans only
  * @property {number} [duration] spans only, nanoseconds
  * @property {number} [self_time] spans only, nanoseconds
  * @property {boolean} [on_critical_path] spans only
  * @property {string} [id] logs only: the record's id
+ * @property {number} [timestamp] logs only
+ * @property {number} [observed_timestamp] logs only
  * @property {string} [body] logs only
  * @property {string} [severity_text] logs only
+ * @property {number} [severity_number] logs only
  */
 
 /**

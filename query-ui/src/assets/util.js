@@ -88,7 +88,8 @@
  * Prometheus' (`{"status": "error", "errorType", "error"}`).
  * @typedef {object} ErrorBody
  * @property {string} [error]
- * @property {string} [errorType]
+ * @property {"error"} [status] Prometheus'
+ * @property {string} [errorType] Prometheus
  * @property {Array<{code: number, msg: string}>} [errors]
  */
 
