@@ -11,8 +11,9 @@
 //! is not compared.
 //!
 //! After an intended change of a shape, rewrite the snapshots with
-//! `UPDATE_SNAPSHOTS=1 cargo test -p sightline-query-ui --lib api_shapes`
-//! and review the diff.
+//! `UPDATE_SNAPSHOTS=1 cargo test -p sightline-query-ui --lib api_shapes`,
+//! review the diff, and run `scripts/typecheck`: `contract.mjs` checks that
+//! the snapshots the UI reads still satisfy its JSDoc types.
 
 use std::path::{Path, PathBuf};
 

@@ -3,9 +3,10 @@
 //! Field names are the wire names (Jaeger's and OTLP's camelCase,
 //! Prometheus' mixed case, our own snake_case), so a rename here is a
 //! visible change of the contract; `api_shapes` checks every endpoint's JSON
-//! against a checked-in snapshot, and the UI's JSDoc types
-//! (`assets/*.js`, checked by `scripts/typecheck`) mirror the shapes it
-//! reads. Handlers build these values; none of them writes JSON by hand.
+//! against a checked-in snapshot, and `scripts/typecheck` checks that the
+//! snapshots the UI reads satisfy its JSDoc types (`assets/*.js`, through
+//! `contract.mjs`). Handlers build these values; none of them writes JSON
+//! by hand.
 //!
 //! - ours: [`ErrorBody`], [`LogPage`], [`LogTerms`], [`LogContext`],
 //!   [`TraceSearch`], [`RequestStory`], [`DashboardList`] (the store's
