@@ -55,6 +55,7 @@ pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
 
 use labels::{FastHash, LabelIndex, map_heap_bytes};
 pub use shared::{AppendOutcome, MetricMetadata, MetricStore};
+pub use wal::HEAD_WAL_FORMAT_VERSION;
 
 use chunk::ChunkEncoder;
 use wal::{Wal, WalRecord, WalSync};

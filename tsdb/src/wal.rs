@@ -23,6 +23,11 @@ use std::sync::{Arc, Mutex};
 
 use super::{Labels, TsdbError, io_error};
 
+/// The head WAL's format: 2, in its magic. A file of another format is an
+/// error; a change is a new version, with a fixture in `tests/fixtures/`
+/// (`tests/formats.rs`).
+pub const HEAD_WAL_FORMAT_VERSION: u32 = 2;
+
 const MAGIC: &[u8; 8] = b"SLWAL002";
 const SERIES: u8 = 1;
 const SAMPLES: u8 = 3;
