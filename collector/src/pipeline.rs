@@ -3,12 +3,19 @@
 //!
 //! ```text
 //! receivers --ingest()--> [bounded queue] --> wal-writer thread: append each
-//!     batch, one fsync for all of them (group commit), acknowledge
+//!     batch to the durable log, one sync for all of them (group commit),
+//!     acknowledge
 //!                                        --> [bounded channel] --> indexer
 //!     thread: add to LogStore / SpanStore, commit every `commit_interval`
 //!     with the WAL position in the commit payload, then delete WAL segments
 //!     both stores have committed past.
 //! ```
+//!
+//! The pipeline talks to a [`DurableLog`] (the store's seam; the store owns
+//! the entry encoding, [`Batch::encode`]): [`Pipeline::start`] opens the
+//! local WAL ([`LocalWal`]), [`Pipeline::start_with_log`] takes any log.
+//! Positions are the log's, opaque and ordered; the stores commit with the
+//! position they reached in its one partition.
 //!
 //! Memory is bounded by a byte budget: a batch takes permits for its size
 //! when it enters and gives them back once it is indexed. When the budget or
@@ -41,29 +48,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
-use sightline_store::wal::{self, Wal};
-use sightline_store::{LogRecord, LogStore, Span, SpanStore};
+use sightline_store::wal::{self, LocalWal};
+use sightline_store::{Checkpoint, DurableLog, LogStore, SINGLE_PARTITION, SpanStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::CollectorMetrics;
 
-/// A batch as it is written to the WAL.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Batch {
-    Logs(Vec<LogRecord>),
-    Spans(Vec<Span>),
-}
+/// A batch as it is written to the durable log (the store owns its encoding).
+pub use sightline_store::Batch;
 
-impl Batch {
-    fn len(&self) -> usize {
-        match self {
-            Batch::Logs(records) => records.len(),
-            Batch::Spans(spans) => spans.len(),
-        }
-    }
-}
+/// The partition every batch goes to: the embedded log has one.
+const PARTITION: sightline_store::PartitionId = SINGLE_PARTITION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -162,9 +157,29 @@ impl PipelineThreads {
 }
 
 impl Pipeline {
-    /// Replays the WAL into the stores, then starts the writer and indexer threads.
+    /// Opens the write-ahead log in [`PipelineConfig::wal_dir`], then
+    /// [`Pipeline::start_with_log`].
     pub fn start(
         config: PipelineConfig,
+        logs: Arc<LogStore>,
+        spans: Arc<SpanStore>,
+        metrics: Arc<CollectorMetrics>,
+    ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
+        let wal = LocalWal::open(&config.wal_dir, config.wal_segment_bytes).with_context(|| {
+            format!(
+                "failed to open write-ahead log in {}",
+                config.wal_dir.display()
+            )
+        })?;
+        Pipeline::start_with_log(config, Arc::new(wal), logs, spans, metrics)
+    }
+
+    /// Replays `log` into the stores, then starts the writer and indexer
+    /// threads. Batches are acknowledged once durable in `log`; the stores
+    /// record how far they committed as a position of its one partition.
+    pub fn start_with_log(
+        config: PipelineConfig,
+        log: Arc<dyn DurableLog>,
         logs: Arc<LogStore>,
         spans: Arc<SpanStore>,
         metrics: Arc<CollectorMetrics>,
@@ -172,14 +187,8 @@ impl Pipeline {
         std::fs::create_dir_all(&config.wal_dir)?;
         let disk = Arc::new(DiskSpace::open(&config.wal_dir, config.disk_reserve_bytes));
         let from = logs.committed_position().min(spans.committed_position());
-        let replayed = replay(&config.wal_dir, from, &logs, &spans);
-        let wal = Wal::open(&config.wal_dir, config.wal_segment_bytes).with_context(|| {
-            format!(
-                "failed to open write-ahead log in {}",
-                config.wal_dir.display()
-            )
-        })?;
-        let end = wal.end_position();
+        let replayed = replay(log.as_ref(), from, &logs, &spans);
+        let end = log.end().position(PARTITION);
         // Everything replayed is committed: the WAL below its end is no
         // longer needed. Nothing replayed, nothing to commit (a commit
         // writes even then, which a full disk refuses).
@@ -194,14 +203,14 @@ impl Pipeline {
             Err(error) if is_disk_full(&error) => {
                 // The reserve makes room for this very commit.
                 disk.mark_full(&error);
-                recover(&config.wal_dir, &logs, &spans, from, end)
+                recover(log.as_ref(), &logs, &spans, from, end)
                     .and_then(|()| commit_stores(&logs, &spans, end))
             }
             other => other,
         };
         let start = match indexed {
             Ok(()) => {
-                wal::remove_below(&config.wal_dir, end)?;
+                log.remove_below(&Checkpoint::single(end))?;
                 IndexerStart {
                     committed: end,
                     added_up_to: end,
@@ -232,17 +241,25 @@ impl Pipeline {
         let (to_indexer, indexable) = sync_channel(config.queue_batches.max(1));
         let writer_metrics = metrics.clone();
         let writer_disk = disk.clone();
+        let writer_log = log.clone();
         let writer = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || write_loop(wal, pending, to_indexer, &writer_metrics, &writer_disk))?;
-        let wal_dir = config.wal_dir.clone();
+            .spawn(move || {
+                write_loop(
+                    writer_log.as_ref(),
+                    pending,
+                    to_indexer,
+                    &writer_metrics,
+                    &writer_disk,
+                )
+            })?;
         let commit_interval = config.commit_interval;
         let indexer_disk = disk.clone();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
             .spawn(move || {
                 index_loop(
-                    &wal_dir,
+                    log.as_ref(),
                     &logs,
                     &spans,
                     indexable,
@@ -268,7 +285,7 @@ impl Pipeline {
     /// batch's size as received; it is charged against the memory budget until
     /// the batch is indexed.
     pub async fn ingest(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
-        if batch.len() == 0 {
+        if batch.is_empty() {
             return Ok(());
         }
         if self.disk.is_full() {
@@ -415,10 +432,15 @@ impl DiskSpace {
 
 /// Feeds every WAL entry from `from` on (what the stores have not
 /// committed) into them; returns how many entries it read.
-fn replay(wal_dir: &Path, from: u64, logs: &LogStore, spans: &SpanStore) -> anyhow::Result<usize> {
+fn replay(
+    log: &dyn DurableLog,
+    from: u64,
+    logs: &LogStore,
+    spans: &SpanStore,
+) -> anyhow::Result<usize> {
     let mut replayed = 0;
-    wal::replay(wal_dir, from, |entry| {
-        let batch: Batch = match serde_json::from_slice(&entry.payload) {
+    log.replay(&Checkpoint::single(from), &mut |entry| {
+        let batch = match Batch::decode(&entry.payload) {
             Ok(batch) => batch,
             Err(error) => {
                 // A checksummed entry that does not decode was written by an
@@ -452,33 +474,8 @@ const MAX_UNCOMMITTED_ITEMS: usize = 500_000;
 /// Largest number of batches the writer appends before one fsync.
 const MAX_BATCHES_PER_SYNC: usize = 256;
 
-/// A batch's WAL payload, byte for byte `serde_json::to_vec(batch)`, and
-/// for logs each record's JSON: the payload is `{"logs":[` those joined by
-/// commas `]}`, so each record is serialized once for both the WAL and the
-/// stored source.
-fn encode(batch: &Batch) -> serde_json::Result<(Vec<u8>, Vec<String>)> {
-    let Batch::Logs(records) = batch else {
-        return Ok((serde_json::to_vec(batch)?, Vec::new()));
-    };
-    let sources = records
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<serde_json::Result<Vec<String>>>()?;
-    let mut payload =
-        Vec::with_capacity(sources.iter().map(|source| source.len() + 1).sum::<usize>() + 12);
-    payload.extend_from_slice(b"{\"logs\":[");
-    for (index, source) in sources.iter().enumerate() {
-        if index > 0 {
-            payload.push(b',');
-        }
-        payload.extend_from_slice(source.as_bytes());
-    }
-    payload.extend_from_slice(b"]}");
-    Ok((payload, sources))
-}
-
 fn write_loop(
-    mut wal: Wal,
+    log: &dyn DurableLog,
     mut pending: mpsc::Receiver<Pending>,
     to_indexer: SyncSender<Indexable>,
     metrics: &CollectorMetrics,
@@ -500,7 +497,9 @@ fn write_loop(
                 let _ = item.acknowledge.send(Err(DISK_FULL.into()));
                 continue;
             }
-            let (payload, sources) = match encode(&item.batch) {
+            // Each record is serialized once, for both the WAL and the
+            // stored source.
+            let sightline_store::EncodedBatch { payload, sources } = match item.batch.encode() {
                 Ok(encoded) => encoded,
                 Err(error) => {
                     let _ = item
@@ -509,7 +508,7 @@ fn write_loop(
                     continue;
                 }
             };
-            match wal.append(&payload) {
+            match log.append(PARTITION, &payload) {
                 Ok(position) => {
                     metrics.wal_appended_bytes(payload.len());
                     appended.push((position, item, sources));
@@ -529,7 +528,7 @@ fn write_loop(
         if appended.is_empty() {
             continue;
         }
-        if let Err(error) = wal.sync() {
+        if let Err(error) = log.sync() {
             // Not durable, so not acknowledged; the entries may still be
             // replayed after a restart, which at-least-once senders tolerate.
             let error = anyhow::Error::from(error);
@@ -626,7 +625,7 @@ impl Failing {
 
 #[allow(clippy::too_many_arguments)]
 fn index_loop(
-    wal_dir: &Path,
+    log: &dyn DurableLog,
     logs: &LogStore,
     spans: &SpanStore,
     indexable: Receiver<Indexable>,
@@ -688,7 +687,7 @@ fn index_loop(
             || last_commit.elapsed() >= commit_interval
             || uncommitted_items >= MAX_UNCOMMITTED_ITEMS;
         if due && needs_recovery && (stopped || failing.may_retry()) {
-            match recover(wal_dir, logs, spans, committed, added_up_to) {
+            match recover(log, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,
                 Err(error) => {
                     if is_disk_full(&error) {
@@ -707,7 +706,7 @@ fn index_loop(
                     uncommitted_items = 0;
                     metrics.committed(started.elapsed());
                     failing.succeeded();
-                    if let Err(error) = wal::remove_below(wal_dir, committed) {
+                    if let Err(error) = log.remove_below(&Checkpoint::single(committed)) {
                         tracing::warn!(%error, "failed to remove indexed wal segments");
                     }
                 }
@@ -739,7 +738,7 @@ fn index_loop(
 /// `[from, to)` again. Entries at or past `to` are still on their way through
 /// the channel and must not be added twice.
 fn recover(
-    wal_dir: &Path,
+    log: &dyn DurableLog,
     logs: &LogStore,
     spans: &SpanStore,
     from: u64,
@@ -748,11 +747,11 @@ fn recover(
     tracing::debug!(from, to, "re-indexing batches from the write-ahead log");
     logs.rollback();
     spans.rollback();
-    wal::replay(wal_dir, from, |entry| {
+    log.replay(&Checkpoint::single(from), &mut |entry| {
         if entry.position >= to {
             return Ok(());
         }
-        match serde_json::from_slice::<Batch>(&entry.payload) {
+        match Batch::decode(&entry.payload) {
             Ok(Batch::Logs(records)) => logs.add(entry.position, &records),
             Ok(Batch::Spans(batch_spans)) => spans.add(entry.position, &batch_spans),
             Err(error) => {
@@ -767,7 +766,8 @@ fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sightline_store::LogQuery;
+    use sightline_store::wal::Wal;
+    use sightline_store::{LogQuery, LogRecord};
 
     fn record(body: &str) -> LogRecord {
         LogRecord {
@@ -866,31 +866,6 @@ mod tests {
     }
 
     #[test]
-    fn the_wal_payload_is_the_batch_serialized_and_sources_are_its_records() {
-        let mut odd = record("quotes \" and \\ and \u{1f600} and \n");
-        odd.attributes
-            .insert("http.status".into(), serde_json::json!(503));
-        odd.request_id = Some("req-1".into());
-        let records = vec![record("first"), odd, record("")];
-        let batch = Batch::Logs(records.clone());
-        let (payload, sources) = encode(&batch).unwrap();
-        assert_eq!(payload, serde_json::to_vec(&batch).unwrap());
-        assert_eq!(sources.len(), records.len());
-        for (source, record) in sources.iter().zip(&records) {
-            assert_eq!(source, &serde_json::to_string(record).unwrap());
-        }
-        let empty = Batch::Logs(Vec::new());
-        assert_eq!(
-            encode(&empty).unwrap().0,
-            serde_json::to_vec(&empty).unwrap()
-        );
-        let spans = Batch::Spans(vec![Span::default()]);
-        let (payload, sources) = encode(&spans).unwrap();
-        assert_eq!(payload, serde_json::to_vec(&spans).unwrap());
-        assert!(sources.is_empty());
-    }
-
-    #[test]
     fn a_full_disk_is_recognised_through_the_store_and_tantivy_errors() {
         let enospc = || std::io::Error::from_raw_os_error(28);
         let wal_error = anyhow::Error::from(sightline_store::StoreError::Io(enospc()));
@@ -946,5 +921,126 @@ mod tests {
             .ingest(Batch::Logs(vec![record("x")]), 10)
             .await
             .unwrap();
+    }
+
+    /// A durable log that is not a file: positions start at 1000 and step
+    /// by 1, entries live in memory ("durable" once synced).
+    #[derive(Default)]
+    struct MemoryLog {
+        entries: std::sync::Mutex<(Vec<(u64, Vec<u8>)>, usize)>,
+        removed_below: std::sync::atomic::AtomicU64,
+    }
+
+    impl DurableLog for MemoryLog {
+        fn partitions(&self) -> Vec<sightline_store::PartitionId> {
+            vec![PARTITION]
+        }
+
+        fn append(&self, partition: u32, payload: &[u8]) -> sightline_store::Result<u64> {
+            assert_eq!(partition, PARTITION);
+            let mut entries = self.entries.lock().unwrap();
+            let position = 1000 + entries.0.len() as u64;
+            entries.0.push((position, payload.to_vec()));
+            Ok(position)
+        }
+
+        fn sync(&self) -> sightline_store::Result<()> {
+            let mut entries = self.entries.lock().unwrap();
+            entries.1 = entries.0.len();
+            Ok(())
+        }
+
+        fn end(&self) -> Checkpoint {
+            Checkpoint::single(1000 + self.entries.lock().unwrap().0.len() as u64)
+        }
+
+        fn replay(
+            &self,
+            from: &Checkpoint,
+            visit: &mut dyn FnMut(sightline_store::LogEntry) -> sightline_store::Result<()>,
+        ) -> sightline_store::Result<()> {
+            let synced: Vec<_> = {
+                let entries = self.entries.lock().unwrap();
+                entries.0[..entries.1].to_vec()
+            };
+            for (position, payload) in synced {
+                if position >= from.position(PARTITION) {
+                    visit(sightline_store::LogEntry {
+                        partition: PARTITION,
+                        position,
+                        payload,
+                    })?;
+                }
+            }
+            Ok(())
+        }
+
+        fn remove_below(&self, checkpoint: &Checkpoint) -> sightline_store::Result<usize> {
+            self.removed_below
+                .fetch_max(checkpoint.position(PARTITION), Ordering::AcqRel);
+            Ok(0)
+        }
+
+        fn disk_bytes(&self) -> sightline_store::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_runs_on_any_durable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(MemoryLog::default());
+        let mut config = PipelineConfig::new(dir.path().join("wal"));
+        config.commit_interval = Duration::from_millis(50);
+        {
+            let (logs, spans) = open(dir.path());
+            let (pipeline, threads) = Pipeline::start_with_log(
+                config.clone(),
+                log.clone(),
+                logs.clone(),
+                spans.clone(),
+                Arc::new(CollectorMetrics::default()),
+            )
+            .unwrap();
+            for i in 0..3 {
+                pipeline
+                    .ingest(Batch::Logs(vec![record(&format!("entry{i}"))]), 100)
+                    .await
+                    .unwrap();
+            }
+            drop(pipeline);
+            threads.join();
+            assert_eq!(count(&logs, "entry*"), 3);
+            assert_eq!(logs.committed_position(), 1003, "positions are the log's");
+        }
+        assert_eq!(
+            log.removed_below.load(Ordering::Acquire),
+            1003,
+            "the log may drop what the stores committed"
+        );
+        // Entries synced but never committed (a crash) come back from the log once.
+        log.append(
+            PARTITION,
+            &Batch::Logs(vec![record("unindexed")])
+                .encode()
+                .unwrap()
+                .payload,
+        )
+        .unwrap();
+        log.sync().unwrap();
+        for _restart in 0..2 {
+            let (logs, spans) = open(dir.path());
+            let (pipeline, threads) = Pipeline::start_with_log(
+                config.clone(),
+                log.clone(),
+                logs.clone(),
+                spans,
+                Arc::new(CollectorMetrics::default()),
+            )
+            .unwrap();
+            assert_eq!(count(&logs, "entry* OR unindexed"), 4);
+            drop(pipeline);
+            threads.join();
+        }
     }
 }
