@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use sightline_vocab::names::is_metric_name;
 
 use crate::scrape::client::{Credentials, ScrapeAuth, Secret, TlsSettings};
 use crate::scrape::relabel::{Relabel, RelabelConfig};
@@ -535,15 +536,6 @@ fn compile_rules(job: &str, key: &str, rules: &[RelabelConfig]) -> Result<Vec<Re
                 .map_err(|error| format!("scrape_configs[{job}].{key}[{index}]: {error}"))
         })
         .collect()
-}
-
-/// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_' || first == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use sightline_store::{LogMatcher, LogRecord};
 use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
+use sightline_vocab::names::is_metric_name;
 use tokio::sync::watch;
 
 use crate::config_file::LogMetricConfig;
@@ -358,15 +359,6 @@ pub async fn flush_loop(
             return;
         }
     }
-}
-
-fn is_metric_name(name: &str) -> bool {
-    let mut characters = name.chars();
-    characters
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_' || first == ':')
-        && characters
-            .all(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | ':'))
 }
 
 #[cfg(test)]

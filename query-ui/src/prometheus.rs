@@ -71,6 +71,7 @@ use sightline_tsdb::promql::{
 };
 use sightline_tsdb::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
 use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
+use sightline_vocab::names::is_label_name;
 use tokio::sync::Semaphore;
 
 use crate::QueryState;
@@ -760,15 +761,6 @@ fn any_series() -> Vec<LabelMatcher> {
         LabelMatcher::new(MatchKind::Regex, sightline_tsdb::METRIC_NAME, ".+")
             .expect("a constant regex compiles"),
     ]
-}
-
-/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `GET /api/v1/label/{name}/values`

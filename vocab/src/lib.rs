@@ -7,4 +7,5 @@
 
 pub mod clock;
 pub mod fs;
+pub mod names;
 pub mod severity;

@@ -194,7 +194,7 @@ impl Job {
         let timeout = duration("__scrape_timeout__", self.timeout)?.min(interval);
         if let Some((name, _)) = labels
             .iter()
-            .find(|(name, _)| !relabel::is_label_name(name))
+            .find(|(name, _)| !sightline_vocab::names::is_label_name(name))
         {
             return Err(format!("{name:?} is not a valid label name"));
         }

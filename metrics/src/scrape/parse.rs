@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 
 use sightline_tsdb::{METRIC_NAME, MetricMetadata};
+use sightline_vocab::names::is_metric_name;
 
 /// The `Accept` header of a scrape, as Prometheus sends it.
 pub const ACCEPT_HEADER: &str =
@@ -546,16 +547,6 @@ fn split_word(text: &str) -> (&str, &str) {
         ),
         None => (text, ""),
     }
-}
-
-fn is_metric_name(name: &str) -> bool {
-    let mut cursor = Cursor {
-        line: name,
-        position: 0,
-    };
-    cursor
-        .metric_name()
-        .is_some_and(|parsed| parsed.len() == name.len())
 }
 
 fn unescape_help(text: &str) -> Result<String, String> {

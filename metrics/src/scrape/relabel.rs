@@ -20,6 +20,7 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 use sightline_tsdb::{Labels, METRIC_NAME};
+use sightline_vocab::names::{is_label_name, is_metric_name};
 
 /// One relabeling rule as written in `prometheus.yml`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -361,23 +362,14 @@ pub fn hash_mod(value: &str, modulus: u64) -> u64 {
     u64::from_be_bytes(tail) % modulus
 }
 
-/// Whether `name` matches `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Prometheus' check of a relabeled series: it must keep a valid metric
 /// name and valid label names, or the scrape fails with this error.
 pub fn check_series(labels: &Labels) -> Result<(), String> {
     if !labels.contains(METRIC_NAME) {
         return Err(format!("missing metric name ({METRIC_NAME} label)"));
     }
-    let valid = crate::config_file::is_metric_name(labels.metric_name())
-        && labels.iter().all(|(name, _)| is_label_name(name));
+    let valid =
+        is_metric_name(labels.metric_name()) && labels.iter().all(|(name, _)| is_label_name(name));
     if !valid {
         return Err(format!("invalid metric name or label names: {labels}"));
     }

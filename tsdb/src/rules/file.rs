@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use promql_parser::parser::Expr;
 use serde::Deserialize;
+use sightline_vocab::names::{is_label_name, is_metric_name};
 
 use super::template;
 use crate::promql::{Engine, parse_duration};
@@ -258,24 +259,6 @@ fn check_rule(rule: RuleDoc, group_labels: &BTreeMap<String, String>) -> Result<
         }),
         _ => Err(errors),
     }
-}
-
-/// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_' || first == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// Whether `name` matches `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -20,9 +20,7 @@ pub mod unittest;
 pub use engine::{
     Alert, EvalSettings, GroupOutcome, GroupState, OutgoingAlert, RuleEngine, RuleStorage,
 };
-pub use file::{
-    AlertingSpec, Rule, RuleGroup, is_label_name, is_metric_name, load_rule_file, parse_rule_file,
-};
+pub use file::{AlertingSpec, Rule, RuleGroup, load_rule_file, parse_rule_file};
 pub use status::{
     AlertState, AlertStatus, NoRules, RuleGroupStatus, RuleHealth, RuleKind, RuleStatus,
     RuleStatusSource,

@@ -1,0 +1,48 @@
+//! Metric and label names, by Prometheus' rules: the one check every
+//! config file, rule file, scrape parser and API route uses.
+
+/// Whether `name` is a metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_metric_name(name: &str) -> bool {
+    is_name(name, true)
+}
+
+/// Whether `name` is a label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn is_label_name(name: &str) -> bool {
+    is_name(name, false)
+}
+
+fn is_name(name: &str, colon: bool) -> bool {
+    let allowed = |byte: u8| byte.is_ascii_alphabetic() || byte == b'_' || (colon && byte == b':');
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(allowed) && bytes.all(|byte| allowed(byte) || byte.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_label_name, is_metric_name};
+
+    #[test]
+    fn prometheus_name_rules() {
+        // (name, metric name, label name)
+        let cases = [
+            ("http_requests_total", true, true),
+            ("_private", true, true),
+            ("__name__", true, true),
+            ("job:rate5m", true, false),
+            (":leading_colon", true, false),
+            ("a1", true, true),
+            ("A_Z_9", true, true),
+            ("1abc", false, false),
+            ("", false, false),
+            ("has-dash", false, false),
+            ("has space", false, false),
+            ("dot.name", false, false),
+            ("é", false, false),
+            ("aé", false, false),
+        ];
+        for (name, metric, label) in cases {
+            assert_eq!(is_metric_name(name), metric, "metric {name:?}");
+            assert_eq!(is_label_name(name), label, "label {name:?}");
+        }
+    }
+}
