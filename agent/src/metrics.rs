@@ -7,10 +7,10 @@
 //! is tailed or has records in flight, so their number is bounded by the
 //! containers on the node.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use sightline_vocab::exposition::{Kind, Writer};
 use tokio::sync::Semaphore;
 
 use crate::identity::{Fingerprint, ResetReason};
@@ -343,159 +343,154 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format 0.0.4.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(2048);
+        let mut writer = Writer::new(&mut out);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_lines_read_total",
             "Lines read from log files.",
             load(&self.lines_read),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_bytes_read_total",
             "Bytes read from log files.",
             load(&self.bytes_read),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_read_errors_total",
             "Failed reads of log files.",
             load(&self.read_errors),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_records_sent_total",
             "Records acknowledged by the collector.",
             load(&self.records_sent),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_batches_sent_total",
             "Batches acknowledged by the collector.",
             load(&self.batches_sent),
         );
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_records_failed_total",
+            Kind::Counter,
             "Records given up on, by reason.",
-            "counter",
         );
         for reason in FailureReason::ALL {
             let value = load(&self.records_failed[reason as usize]);
-            let _ = writeln!(
-                out,
-                "sightline_agent_records_failed_total{{reason=\"{}\"}} {value}",
-                reason.label()
+            writer.sample(
+                "sightline_agent_records_failed_total",
+                &[("reason", reason.label())],
+                value,
             );
         }
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_send_retries_total",
+            Kind::Counter,
             "Export attempts retried, by reason.",
-            "counter",
         );
         for reason in RetryReason::ALL {
             let value = load(&self.send_retries[reason as usize]);
-            let _ = writeln!(
-                out,
-                "sightline_agent_send_retries_total{{reason=\"{}\"}} {value}",
-                reason.label()
+            writer.sample(
+                "sightline_agent_send_retries_total",
+                &[("reason", reason.label())],
+                value,
             );
         }
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_checkpoint_writes_total",
             "Checkpoint files written.",
             load(&self.checkpoint_writes),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_checkpoint_errors_total",
             "Checkpoint writes that failed.",
             load(&self.checkpoint_errors),
         );
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_files_watched",
+            Kind::Gauge,
             "Files currently tailed.",
-            "gauge",
         );
-        let _ = writeln!(
-            out,
-            "sightline_agent_files_watched {}",
-            self.files_watched.load(Ordering::Relaxed)
+        writer.sample(
+            "sightline_agent_files_watched",
+            &[],
+            self.files_watched.load(Ordering::Relaxed),
         );
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_checkpoint_resets_total",
+            Kind::Counter,
             "Files read from their start because the stored offset did not fit them.",
-            "counter",
         );
         for (index, reason) in ["truncated", "fingerprint"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "sightline_agent_checkpoint_resets_total{{reason=\"{reason}\"}} {}",
-                load(&self.checkpoint_resets[index])
+            writer.sample(
+                "sightline_agent_checkpoint_resets_total",
+                &[("reason", *reason)],
+                load(&self.checkpoint_resets[index]),
             );
         }
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_bytes_lost_total",
+            Kind::Counter,
             "Bytes that could never be read, by reason: files removed, or cut in place (copytruncate), before they were read.",
-            "counter",
         );
         for reason in LossReason::ALL {
-            let _ = writeln!(
-                out,
-                "sightline_agent_bytes_lost_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.lost(reason)
+            writer.sample(
+                "sightline_agent_bytes_lost_total",
+                &[("reason", reason.label())],
+                self.lost(reason),
             );
         }
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_records_dropped_total",
             "Records dropped by filters.",
             load(&self.records_dropped),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_records_redacted_total",
             "Records in which a secret was masked.",
             load(&self.records_redacted),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_records_truncated_total",
             "Messages cut at the size limit (flagged log.truncated).",
             load(&self.lines_truncated),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_files_excluded_total",
             "Files not tailed because a filter excludes their container.",
             load(&self.files_excluded),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_config_reloads_total",
             "Configuration reloads applied (SIGHUP).",
             load(&self.config_reloads),
         );
         counter(
-            &mut out,
+            &mut writer,
             "sightline_agent_config_reload_errors_total",
             "Configuration reloads refused because the file was invalid.",
             load(&self.config_reload_errors),
         );
         gauge(
-            &mut out,
+            &mut writer,
             "sightline_agent_memory_budget_bytes",
             "Limit on bytes read and not yet acknowledged.",
             self.budget_limit() as i64,
         );
         gauge(
-            &mut out,
+            &mut writer,
             "sightline_agent_memory_budget_in_use_bytes",
             "Bytes read and not yet acknowledged.",
             self.budget_in_use() as i64,
@@ -506,21 +501,22 @@ impl Metrics {
         } else {
             crate::tail::now_unix_nanos().saturating_sub(oldest) as f64 / 1e9
         };
-        header(
-            &mut out,
+        writer.family(
             "sightline_agent_oldest_unacked_age_seconds",
+            Kind::Gauge,
             "Age of the oldest record read and not yet acknowledged.",
-            "gauge",
         );
-        let _ = writeln!(
-            out,
-            "sightline_agent_oldest_unacked_age_seconds {age_seconds:.3}"
+        // Milliseconds are precision enough.
+        writer.sample(
+            "sightline_agent_oldest_unacked_age_seconds",
+            &[],
+            (age_seconds * 1e3).round() / 1e3,
         );
-        self.render_files(&mut out);
+        self.render_files(&mut writer);
         out
     }
 
-    fn render_files(&self, out: &mut String) {
+    fn render_files(&self, writer: &mut Writer<'_>) {
         let files: Vec<Arc<FileStats>> = {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             files.retain(|file| file.strong_count() > 0);
@@ -530,17 +526,17 @@ impl Metrics {
             (
                 "sightline_agent_file_lines_read_total",
                 "Lines read, per tailed file.",
-                "counter",
+                Kind::Counter,
             ),
             (
                 "sightline_agent_file_bytes_read_total",
                 "Bytes read, per tailed file.",
-                "counter",
+                Kind::Counter,
             ),
             (
                 "sightline_agent_file_bytes_behind",
                 "File size minus acknowledged offset, per tailed file.",
-                "gauge",
+                Kind::Gauge,
             ),
         ];
         // Generations of one stream (a renamed file and its successor,
@@ -566,43 +562,28 @@ impl Metrics {
             }
         }
         for (index, (name, help, kind)) in series.iter().enumerate() {
-            header(out, name, help, kind);
+            writer.family(name, *kind, help);
             for (labels, values) in &streams {
-                let value = values[index];
-                let _ = writeln!(
-                    out,
-                    "{name}{{namespace=\"{}\",pod=\"{}\",container=\"{}\",file=\"{}\"}} {value}",
-                    escape(&labels.namespace),
-                    escape(&labels.pod),
-                    escape(&labels.container),
-                    escape(&labels.file)
-                );
+                let labels = [
+                    ("namespace", labels.namespace.as_str()),
+                    ("pod", labels.pod.as_str()),
+                    ("container", labels.container.as_str()),
+                    ("file", labels.file.as_str()),
+                ];
+                writer.sample(name, &labels, values[index]);
             }
         }
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+fn gauge(writer: &mut Writer<'_>, name: &str, help: &str, value: i64) {
+    writer.family(name, Kind::Gauge, help);
+    writer.sample(name, &[], value);
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Escapes a label value per the text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "counter");
-    let _ = writeln!(out, "{name} {value}");
+fn counter(writer: &mut Writer<'_>, name: &str, help: &str, value: u64) {
+    writer.family(name, Kind::Counter, help);
+    writer.sample(name, &[], value);
 }
 
 #[cfg(test)]

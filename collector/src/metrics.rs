@@ -3,9 +3,10 @@
 //! Counters are plain atomics; labels come from fixed enums only (signal,
 //! rejection reason), so cardinality is bounded.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use sightline_vocab::exposition::{Kind, Writer};
 
 use crate::pipeline::Batch;
 
@@ -168,113 +169,104 @@ impl CollectorMetrics {
     /// Prometheus text exposition (format 0.0.4).
     pub fn render(&self, disk: DiskUsage) -> String {
         let mut out = String::with_capacity(2048);
+        let mut writer = Writer::new(&mut out);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
+        // Each sample has at most one label.
+        type Sample<'a> = (Option<(&'a str, &'a str)>, f64);
+        let mut metric = |name: &str, kind: Kind, help: &str, samples: &[Sample<'_>]| {
+            writer.family(name, kind, help);
+            for (label, value) in samples {
+                writer.sample(name, label.as_slice(), *value);
             }
         };
         metric(
             "sightline_collector_ingested_total",
-            "counter",
+            Kind::Counter,
             "Records and spans durably accepted (in the WAL and acknowledged).",
             &[
-                ("{signal=\"logs\"}", load(&self.log_records) as f64),
-                ("{signal=\"traces\"}", load(&self.spans) as f64),
+                (Some(("signal", "logs")), load(&self.log_records) as f64),
+                (Some(("signal", "traces")), load(&self.spans) as f64),
             ],
         );
-        let rejected: Vec<(String, f64)> = RejectReason::ALL
+        let rejected: Vec<Sample<'_>> = RejectReason::ALL
             .iter()
             .zip(&self.rejected)
-            .map(|(reason, count)| {
-                (
-                    format!("{{reason=\"{}\"}}", reason.label()),
-                    load(count) as f64,
-                )
-            })
+            .map(|(reason, count)| (Some(("reason", reason.label())), load(count) as f64))
             .collect();
-        let rejected: Vec<(&str, f64)> = rejected.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "sightline_collector_rejected_records_total",
-            "counter",
+            Kind::Counter,
             "Records refused while the rest of their batch was kept.",
             &rejected,
         );
-        let limited: Vec<(String, f64)> = Limit::ALL
+        let limited: Vec<Sample<'_>> = Limit::ALL
             .iter()
             .zip(&self.limited)
-            .map(|(limit, count)| {
-                (
-                    format!("{{limit=\"{}\"}}", limit.label()),
-                    load(count) as f64,
-                )
-            })
+            .map(|(limit, count)| (Some(("limit", limit.label())), load(count) as f64))
             .collect();
-        let limited: Vec<(&str, f64)> = limited.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "sightline_collector_limited_total",
-            "counter",
+            Kind::Counter,
             "Records and requests refused by a size or count limit, by limit.",
             &limited,
         );
         metric(
             "sightline_collector_busy_refusals_total",
-            "counter",
+            Kind::Counter,
             "Requests refused with RESOURCE_EXHAUSTED / 429 because ingest was at capacity.",
-            &[("", load(&self.busy_refusals) as f64)],
+            &[(None, load(&self.busy_refusals) as f64)],
         );
         metric(
             "sightline_collector_wal_written_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes appended to the write-ahead log.",
-            &[("", load(&self.wal_bytes_written) as f64)],
+            &[(None, load(&self.wal_bytes_written) as f64)],
         );
         metric(
             "sightline_collector_wal_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes the write-ahead log holds on disk (the indexing backlog).",
-            &[("", disk.wal_bytes as f64)],
+            &[(None, disk.wal_bytes as f64)],
         );
         metric(
             "sightline_collector_index_commits_total",
-            "counter",
+            Kind::Counter,
             "Index commits.",
-            &[("", load(&self.commits) as f64)],
+            &[(None, load(&self.commits) as f64)],
         );
         metric(
             "sightline_collector_index_commit_seconds_total",
-            "counter",
+            Kind::Counter,
             "Time spent committing indexes.",
-            &[("", load(&self.commit_nanos) as f64 / 1e9)],
+            &[(None, load(&self.commit_nanos) as f64 / 1e9)],
         );
         metric(
             "sightline_collector_disk_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes on disk per store.",
             &[
-                ("{store=\"logs\"}", disk.log_index_bytes as f64),
-                ("{store=\"spans\"}", disk.span_store_bytes as f64),
-                ("{store=\"wal\"}", disk.wal_bytes as f64),
+                (Some(("store", "logs")), disk.log_index_bytes as f64),
+                (Some(("store", "spans")), disk.span_store_bytes as f64),
+                (Some(("store", "wal")), disk.wal_bytes as f64),
             ],
         );
         metric(
             "sightline_collector_log_records",
-            "gauge",
+            Kind::Gauge,
             "Log records stored.",
-            &[("", disk.log_records as f64)],
+            &[(None, disk.log_records as f64)],
         );
         metric(
             "sightline_collector_memory_budget_in_use_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes of batches in flight between receivers and indexes.",
-            &[("", disk.memory_budget_in_use as f64)],
+            &[(None, disk.memory_budget_in_use as f64)],
         );
         metric(
             "sightline_collector_retention_dropped_partitions_total",
-            "counter",
+            Kind::Counter,
             "Day partitions deleted by retention.",
-            &[("", load(&self.retention_partitions_dropped) as f64)],
+            &[(None, load(&self.retention_partitions_dropped) as f64)],
         );
         let reload_successful = load(&self.config_reload_successful) as f64;
         let reload_seconds = f64::from_bits(load(&self.config_reload_success_seconds)).floor();
@@ -282,15 +274,15 @@ impl CollectorMetrics {
         for prefix in ["sightline", "prometheus"] {
             metric(
                 &format!("{prefix}_config_last_reload_successful"),
-                "gauge",
+                Kind::Gauge,
                 "Whether the last configuration reload attempt was successful.",
-                &[("", reload_successful)],
+                &[(None, reload_successful)],
             );
             metric(
                 &format!("{prefix}_config_last_reload_success_timestamp_seconds"),
-                "gauge",
+                Kind::Gauge,
                 "Timestamp of the last successful configuration reload.",
-                &[("", reload_seconds)],
+                &[(None, reload_seconds)],
             );
         }
         out

@@ -32,6 +32,7 @@ use sightline_store::{SpanStore, TraceQuery};
 use sightline_tsdb::promql::{Engine, stale_nan};
 use sightline_tsdb::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
 use sightline_tsdb::{Labels, MetricStore};
+use sightline_vocab::exposition::{Kind, Writer};
 use tokio::sync::{Notify, watch};
 
 use crate::config_file::ConfigFile;
@@ -658,24 +659,39 @@ impl Notifier {
 
     /// Counters of the notifier, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        format!(
-            "# HELP sightline_notifications_dropped_total Alerts dropped because the notification queue was full.\n\
-             # TYPE sightline_notifications_dropped_total counter\n\
-             sightline_notifications_dropped_total {}\n\
-             # HELP sightline_notifications_sent_total Alerts delivered, once per receiver.\n\
-             # TYPE sightline_notifications_sent_total counter\n\
-             sightline_notifications_sent_total {}\n\
-             # HELP sightline_notifications_errors_total Batches a receiver refused after every retry.\n\
-             # TYPE sightline_notifications_errors_total counter\n\
-             sightline_notifications_errors_total {}\n\
-             # HELP sightline_notifications_queue_length Alerts waiting to be sent.\n\
-             # TYPE sightline_notifications_queue_length gauge\n\
-             sightline_notifications_queue_length {}\n",
-            self.dropped.load(Ordering::Relaxed),
-            self.sent.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-            self.queued(),
-        )
+        let families = [
+            (
+                "sightline_notifications_dropped_total",
+                Kind::Counter,
+                "Alerts dropped because the notification queue was full.",
+                self.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "sightline_notifications_sent_total",
+                Kind::Counter,
+                "Alerts delivered, once per receiver.",
+                self.sent.load(Ordering::Relaxed),
+            ),
+            (
+                "sightline_notifications_errors_total",
+                Kind::Counter,
+                "Batches a receiver refused after every retry.",
+                self.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "sightline_notifications_queue_length",
+                Kind::Gauge,
+                "Alerts waiting to be sent.",
+                self.queued() as u64,
+            ),
+        ];
+        let mut text = String::new();
+        let mut writer = Writer::new(&mut text);
+        for (name, kind, help, value) in families {
+            writer.family(name, kind, help);
+            writer.sample(name, &[], value);
+        }
+        text
     }
 }
 

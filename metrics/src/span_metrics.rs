@@ -17,11 +17,11 @@
 //! counted under `span_name="__other__"`.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sightline_store::{Span, SpanStatus};
+use sightline_vocab::exposition::{Kind, Writer, format_float};
 
 /// Upper bounds of the latency histogram, seconds (Tempo's defaults, extended).
 const BUCKETS: [f64; 14] = [
@@ -182,27 +182,32 @@ impl SpanMetrics {
                 ))
         });
         let mut out = String::new();
-        let labels = |key: &RedKey| {
-            format!(
-                "service=\"{}\",span_name=\"{}\",span_kind=\"{}\",status_code=\"{}\"",
-                escape(&key.service),
-                escape(&key.span_name),
-                key.span_kind,
-                key.status_code
-            )
-        };
-        out.push_str("# HELP traces_spanmetrics_calls_total Spans received, per service and operation.\n# TYPE traces_spanmetrics_calls_total counter\n");
-        for (key, series) in &red {
-            let _ = writeln!(
-                out,
-                "traces_spanmetrics_calls_total{{{}}} {}",
-                labels(key),
-                series.calls
-            );
+        let mut writer = Writer::new(&mut out);
+        fn labels(key: &RedKey) -> [(&'static str, &str); 4] {
+            [
+                ("service", key.service.as_str()),
+                ("span_name", key.span_name.as_str()),
+                ("span_kind", key.span_kind.as_str()),
+                ("status_code", key.status_code),
+            ]
         }
-        out.push_str("# HELP traces_spanmetrics_duration_seconds Span duration, per service and operation.\n# TYPE traces_spanmetrics_duration_seconds histogram\n");
+        let calls = "traces_spanmetrics_calls_total";
+        writer.family(
+            calls,
+            Kind::Counter,
+            "Spans received, per service and operation.",
+        );
+        for (key, series) in &red {
+            writer.sample(calls, &labels(key), series.calls);
+        }
+        writer.family(
+            "traces_spanmetrics_duration_seconds",
+            Kind::Histogram,
+            "Span duration, per service and operation.",
+        );
         for (key, series) in &red {
             let labels = labels(key);
+            let bucket = "traces_spanmetrics_duration_seconds_bucket";
             let mut cumulative = 0;
             // The exemplar goes on the one bucket its value falls in.
             let exemplar = series.exemplar.as_ref().filter(|_| openmetrics);
@@ -210,54 +215,42 @@ impl SpanMetrics {
                 .and_then(|(_, seconds)| BUCKETS.iter().position(|bound| *seconds <= *bound));
             for (index, (bound, count)) in BUCKETS.iter().zip(series.buckets).enumerate() {
                 cumulative += count;
-                let _ = write!(
-                    out,
-                    "traces_spanmetrics_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-                if let (Some((trace_id, seconds)), Some(bucket)) = (exemplar, exemplar_bucket)
-                    && bucket == index
-                {
-                    let _ = write!(out, " # {{trace_id=\"{trace_id}\"}} {seconds}");
+                let le = format_float(*bound);
+                let [service, span_name, span_kind, status_code] = labels;
+                let with_le = [service, span_name, span_kind, status_code, ("le", &le)];
+                match (exemplar, exemplar_bucket) {
+                    (Some((trace_id, seconds)), Some(bucket_index)) if bucket_index == index => {
+                        let trace = [("trace_id", trace_id.as_str())];
+                        writer.sample_with_exemplar(bucket, &with_le, cumulative, &trace, *seconds);
+                    }
+                    _ => writer.sample(bucket, &with_le, cumulative),
                 }
-                out.push('\n');
             }
-            let _ = writeln!(
-                out,
-                "traces_spanmetrics_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                series.calls
-            );
-            let _ = writeln!(
-                out,
-                "traces_spanmetrics_duration_seconds_sum{{{labels}}} {}",
-                series.sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "traces_spanmetrics_duration_seconds_count{{{labels}}} {}",
-                series.calls
-            );
+            let [service, span_name, span_kind, status_code] = labels;
+            let with_le = [service, span_name, span_kind, status_code, ("le", "+Inf")];
+            writer.sample(bucket, &with_le, series.calls);
+            let sum = "traces_spanmetrics_duration_seconds_sum";
+            writer.sample(sum, &labels, series.sum_seconds);
+            let count = "traces_spanmetrics_duration_seconds_count";
+            writer.sample(count, &labels, series.calls);
         }
         let mut edges: Vec<(&(String, String), &Edge)> = state.edges.iter().collect();
         edges.sort_by(|a, b| a.0.cmp(b.0));
-        out.push_str("# HELP traces_service_graph_request_total Requests between two services.\n# TYPE traces_service_graph_request_total counter\n");
+        let requests = "traces_service_graph_request_total";
+        writer.family(requests, Kind::Counter, "Requests between two services.");
         for ((client, server), edge) in &edges {
-            let _ = writeln!(
-                out,
-                "traces_service_graph_request_total{{client=\"{}\",server=\"{}\"}} {}",
-                escape(client),
-                escape(server),
-                edge.requests
-            );
+            let pair = [("client", client.as_str()), ("server", server.as_str())];
+            writer.sample(requests, &pair, edge.requests);
         }
-        out.push_str("# HELP traces_service_graph_request_failed_total Failed requests between two services.\n# TYPE traces_service_graph_request_failed_total counter\n");
+        let failed = "traces_service_graph_request_failed_total";
+        writer.family(
+            failed,
+            Kind::Counter,
+            "Failed requests between two services.",
+        );
         for ((client, server), edge) in &edges {
-            let _ = writeln!(
-                out,
-                "traces_service_graph_request_failed_total{{client=\"{}\",server=\"{}\"}} {}",
-                escape(client),
-                escape(server),
-                edge.failed
-            );
+            let pair = [("client", client.as_str()), ("server", server.as_str())];
+            writer.sample(failed, &pair, edge.failed);
         }
         out
     }
@@ -282,36 +275,9 @@ fn record_edge(
     edge.failed += u64::from(failed);
 }
 
-/// Label values escaped as the exposition format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Turns Prometheus text exposition into OpenMetrics: counter families are
-/// named without `_total`, and the exposition ends with `# EOF`.
-pub fn to_openmetrics(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for line in text.lines() {
-        let fixed = match line
-            .strip_prefix("# TYPE ")
-            .or_else(|| line.strip_prefix("# HELP "))
-        {
-            Some(rest) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let family = name.strip_suffix("_total").unwrap_or(name);
-                format!("{} {family} {tail}", &line[..6])
-            }
-            None => line.to_string(),
-        };
-        out.push_str(&fixed);
-        out.push('\n');
-    }
-    out.push_str("# EOF\n");
-    out
-}
+/// Turns Prometheus text exposition into OpenMetrics (the collector's
+/// `/metrics` serves its whole page this way when asked).
+pub use sightline_vocab::exposition::to_openmetrics;
 
 #[cfg(test)]
 mod tests {

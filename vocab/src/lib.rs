@@ -6,6 +6,7 @@
 //! a network stack.
 
 pub mod clock;
+pub mod exposition;
 pub mod fs;
 pub mod names;
 pub mod severity;

@@ -1,7 +1,7 @@
-//! A tiny writer of the Prometheus text format 0.0.4: `# HELP` and
-//! `# TYPE` once per family, then its samples.
+//! The families one collection of host metrics renders, in the Prometheus
+//! text format 0.0.4 as `sightline_vocab::exposition` writes it.
 
-use std::fmt::Write;
+use sightline_vocab::exposition::{Kind, Writer};
 
 /// Families rendered so far by one collector.
 #[derive(Debug, Default)]
@@ -12,38 +12,17 @@ pub(crate) struct Exposition {
 impl Exposition {
     /// Starts a counter family.
     pub(crate) fn counter(&mut self, name: &str, help: &str) {
-        self.header(name, help, "counter");
+        self.writer().family(name, Kind::Counter, help);
     }
 
     /// Starts a gauge family.
     pub(crate) fn gauge(&mut self, name: &str, help: &str) {
-        self.header(name, help, "gauge");
-    }
-
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self.writer().family(name, Kind::Gauge, help);
     }
 
     /// One sample of the family started last.
     pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (index, (label, label_value)) in labels.iter().enumerate() {
-                if index > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(label);
-                self.out.push_str("=\"");
-                push_escaped_label(&mut self.out, label_value);
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        push_value(&mut self.out, value);
-        self.out.push('\n');
+        self.writer().sample(name, labels, value);
     }
 
     /// A family with a single unlabelled sample.
@@ -56,33 +35,10 @@ impl Exposition {
     pub(crate) fn into_text(self) -> String {
         self.out
     }
-}
 
-/// Shortest text that reads back as the same float; infinities as the
-/// format spells them.
-fn push_value(out: &mut String, value: f64) {
-    if value.is_infinite() {
-        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
-    } else {
-        let _ = write!(out, "{value}");
+    fn writer(&mut self) -> Writer<'_> {
+        Writer::new(&mut self.out)
     }
-}
-
-/// Appends a label value with `\`, `"` and newline escaped, without
-/// allocating (a scrape writes thousands of long cgroup ids).
-fn push_escaped_label(out: &mut String, value: &str) {
-    for character in value.chars() {
-        match character {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            other => out.push(other),
-        }
-    }
-}
-
-fn escape_help(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A service's `/metrics`: Prometheus text exposition (format 0.0.4),
-//! written by hand (no metrics crate: a few counters and one histogram do
-//! not need one).
+//! written with Sightline's own exposition writer (no metrics crate: a few
+//! counters and one histogram do not need one).
 //!
 //! Every metric is declared in [`METRICS`] with its help text, so the
 //! exposition always has `# HELP` and `# TYPE` lines and label cardinality
@@ -8,8 +8,9 @@
 //! fixed sets of reasons, never ids.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
+
+use sightline_vocab::exposition::{Kind, Writer, format_float};
 
 /// Upper bounds (seconds) of the request duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 11] = [
@@ -146,62 +147,55 @@ impl Metrics {
     /// the metric exists.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let mut writer = Writer::new(&mut out);
         let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         for (name, help) in METRICS {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            writer.family(name, Kind::Counter, help);
             for ((counter, labels), value) in counters.range((name, Vec::new())..) {
                 if *counter != name {
                     break;
                 }
-                let _ = writeln!(out, "{name}{} {}", format_labels(labels, None), value);
+                writer.sample(name, &label_pairs(labels), *value);
             }
         }
         drop(counters);
 
         let name = HTTP_REQUEST_DURATION_SECONDS;
-        let _ = writeln!(
-            out,
-            "# HELP {name} HTTP request duration in seconds, by method and route.\n# TYPE {name} histogram"
+        writer.family(
+            name,
+            Kind::Histogram,
+            "HTTP request duration in seconds, by method and route.",
+        );
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
         );
         let durations = self.durations.lock().unwrap_or_else(|e| e.into_inner());
         for (labels, series) in durations.iter() {
-            for (count, bound) in series.buckets.iter().zip(DURATION_BUCKETS) {
-                let le = bound.to_string();
-                let labels = format_labels(labels, Some(&le));
-                let _ = writeln!(out, "{name}_bucket{labels} {count}");
+            let pairs = label_pairs(labels);
+            // The last bucket, `le="+Inf"`, counts every request.
+            let bounds = DURATION_BUCKETS.iter().chain([&f64::INFINITY]);
+            let counts = series.buckets.iter().chain([&series.count]);
+            for (bound, value) in bounds.zip(counts) {
+                let le = format_float(*bound);
+                let mut with_le = pairs.clone();
+                with_le.push(("le", &le));
+                writer.sample(&bucket, &with_le, *value);
             }
-            let inf = format_labels(labels, Some("+Inf"));
-            let _ = writeln!(out, "{name}_bucket{inf} {}", series.count);
-            let plain = format_labels(labels, None);
-            let _ = writeln!(out, "{name}_sum{plain} {}", series.sum);
-            let _ = writeln!(out, "{name}_count{plain} {}", series.count);
+            writer.sample(&sum, &pairs, series.sum);
+            writer.sample(&count, &pairs, series.count);
         }
         out
     }
 }
 
-/// `{key="value",...}` with values escaped as the exposition format wants;
-/// empty when there are no labels.
-fn format_labels(labels: &Labels, le: Option<&str>) -> String {
-    let mut pairs: Vec<String> = labels
+/// A series key as the label pairs the exposition writer takes.
+fn label_pairs(labels: &Labels) -> Vec<(&str, &str)> {
+    labels
         .iter()
-        .map(|(key, value)| format!("{key}=\"{}\"", escape_label_value(value)))
-        .collect();
-    if let Some(le) = le {
-        pairs.push(format!("le=\"{le}\""));
-    }
-    if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", pairs.join(","))
-    }
-}
-
-fn escape_label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect()
 }
 
 /// The value of the sample `name{labels}` (labels given as

@@ -102,17 +102,10 @@ pub enum Value {
 }
 
 /// Formats a float as Prometheus does in label values and API responses
-/// (Go's `strconv.FormatFloat(f, 'f', -1, 64)`).
+/// (Go's `strconv.FormatFloat(f, 'f', -1, 64)`), as the text exposition
+/// writes it.
 pub fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_string()
-    } else if value == f64::INFINITY {
-        "+Inf".to_string()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{value}")
-    }
+    sightline_vocab::exposition::format_float(value).into_owned()
 }
 
 /// Parses a Prometheus duration (`15s`, `1m30s`, `2h`, `7d`, `1w`, `500ms`),

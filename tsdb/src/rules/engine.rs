@@ -17,6 +17,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::Expr;
+use sightline_vocab::exposition::{Kind, Writer};
 
 use super::file::{Rule, RuleGroup};
 use super::status::{
@@ -793,24 +794,18 @@ impl RuleEngine {
 
     /// Counters and gauges of rule evaluation, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        let (mut evaluations, mut failures, mut without_data) = (0u64, 0u64, 0usize);
+        let (mut evaluations, mut failures, mut without_data) = (0u64, 0u64, 0u64);
         let mut alerts = BTreeMap::from([("firing", 0usize), ("pending", 0usize)]);
-        let mut durations = String::new();
+        let mut durations = Vec::new();
         for group in self.read().iter() {
             let group = group.lock().unwrap_or_else(|e| e.into_inner());
             // Prometheus' `rule_group` label: `<file>;<group>`.
-            let rule_group = format!("{};{}", group.group.file, group.group.name)
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            durations.push_str(&format!(
-                "sightline_rules_group_last_duration_seconds{{rule_group=\"{rule_group}\"}} {}\n",
-                group.evaluation_seconds
-            ));
+            let rule_group = format!("{};{}", group.group.file, group.group.name);
+            durations.push((rule_group, group.evaluation_seconds));
             for runtime in &group.rules {
                 evaluations += runtime.evaluations;
                 failures += runtime.failures;
-                without_data += usize::from(runtime.flagged_no_data);
+                without_data += u64::from(runtime.flagged_no_data);
                 for alert in runtime.alerts.values() {
                     match alert.state {
                         AlertState::Firing => *alerts.entry("firing").or_default() += 1,
@@ -820,29 +815,47 @@ impl RuleEngine {
                 }
             }
         }
-        let mut text = format!(
-            "# HELP sightline_rules_evaluations_total Rule evaluations.\n\
-             # TYPE sightline_rules_evaluations_total counter\n\
-             sightline_rules_evaluations_total {evaluations}\n\
-             # HELP sightline_rules_evaluation_failures_total Rule evaluations that failed.\n\
-             # TYPE sightline_rules_evaluation_failures_total counter\n\
-             sightline_rules_evaluation_failures_total {failures}\n\
-             # HELP sightline_rules_without_data Rules whose expression has returned nothing for a while.\n\
-             # TYPE sightline_rules_without_data gauge\n\
-             sightline_rules_without_data {without_data}\n\
-             # HELP sightline_rules_alerts Active alerts by state.\n\
-             # TYPE sightline_rules_alerts gauge\n"
+        let mut text = String::new();
+        let mut writer = Writer::new(&mut text);
+        let mut single = |name: &str, kind: Kind, help: &str, value: u64| {
+            writer.family(name, kind, help);
+            writer.sample(name, &[], value);
+        };
+        single(
+            "sightline_rules_evaluations_total",
+            Kind::Counter,
+            "Rule evaluations.",
+            evaluations,
+        );
+        single(
+            "sightline_rules_evaluation_failures_total",
+            Kind::Counter,
+            "Rule evaluations that failed.",
+            failures,
+        );
+        single(
+            "sightline_rules_without_data",
+            Kind::Gauge,
+            "Rules whose expression has returned nothing for a while.",
+            without_data,
+        );
+        writer.family(
+            "sightline_rules_alerts",
+            Kind::Gauge,
+            "Active alerts by state.",
         );
         for (state, count) in alerts {
-            text.push_str(&format!(
-                "sightline_rules_alerts{{state=\"{state}\"}} {count}\n"
-            ));
+            writer.sample("sightline_rules_alerts", &[("state", state)], count);
         }
-        text.push_str(
-            "# HELP sightline_rules_group_last_duration_seconds How long the group's last evaluation took.\n\
-             # TYPE sightline_rules_group_last_duration_seconds gauge\n",
+        let name = "sightline_rules_group_last_duration_seconds";
+        writer.family(
+            name,
+            Kind::Gauge,
+            "How long the group's last evaluation took.",
         );
-        text.push_str(&durations);
+        for (rule_group, seconds) in &durations {
+            writer.sample(name, &[("rule_group", rule_group)], *seconds);
+        }
         text
     }
 }
@@ -888,6 +901,49 @@ groups:
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    #[test]
+    fn renders_its_own_metrics_in_the_text_format() {
+        let mut storage = MemoryStorage::default();
+        let mut errors = Labels::new([("job", "api")]);
+        errors.set(METRIC_NAME, "errors");
+        storage.append(&errors, 0, 9.0);
+        let file = "rules/\"quoted\".yml";
+        let engine =
+            RuleEngine::new(parse_rule_file(file, RULES, Duration::from_secs(60)).unwrap());
+        engine.evaluate(
+            0,
+            &mut storage,
+            &Engine::default(),
+            0,
+            &EvalSettings::default(),
+        );
+        let text = engine.render_metrics();
+        let (text, seconds) = text.rsplit_once(' ').unwrap();
+        assert!(
+            seconds.trim_end().parse::<f64>().unwrap() >= 0.0,
+            "{seconds}"
+        );
+        assert_eq!(
+            text,
+            "# HELP sightline_rules_evaluations_total Rule evaluations.\n\
+             # TYPE sightline_rules_evaluations_total counter\n\
+             sightline_rules_evaluations_total 2\n\
+             # HELP sightline_rules_evaluation_failures_total Rule evaluations that failed.\n\
+             # TYPE sightline_rules_evaluation_failures_total counter\n\
+             sightline_rules_evaluation_failures_total 0\n\
+             # HELP sightline_rules_without_data Rules whose expression has returned nothing for a while.\n\
+             # TYPE sightline_rules_without_data gauge\n\
+             sightline_rules_without_data 0\n\
+             # HELP sightline_rules_alerts Active alerts by state.\n\
+             # TYPE sightline_rules_alerts gauge\n\
+             sightline_rules_alerts{state=\"firing\"} 0\n\
+             sightline_rules_alerts{state=\"pending\"} 2\n\
+             # HELP sightline_rules_group_last_duration_seconds How long the group's last evaluation took.\n\
+             # TYPE sightline_rules_group_last_duration_seconds gauge\n\
+             sightline_rules_group_last_duration_seconds{rule_group=\"rules/\\\"quoted\\\".yml;g\"}"
+        );
     }
 
     #[test]
