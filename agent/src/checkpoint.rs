@@ -139,7 +139,7 @@ impl CheckpointStore {
     /// be parsed is moved aside to `<path>.corrupt` with a warning, so the
     /// agent still starts (files are then read per `read_from_start`).
     pub fn load(path: &Path) -> Result<CheckpointStore> {
-        let now = crate::tail::now_unix_nanos();
+        let now = sightline_vocab::clock::now_nanos_u64();
         let (entries, since_unix_nanos) = match fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<CheckpointFile>(&bytes) {
                 Ok(file) if (1..=FORMAT_VERSION).contains(&file.version) => {

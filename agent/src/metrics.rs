@@ -499,7 +499,7 @@ impl Metrics {
         let age_seconds = if oldest == 0 {
             0.0
         } else {
-            crate::tail::now_unix_nanos().saturating_sub(oldest) as f64 / 1e9
+            sightline_vocab::clock::now_nanos_u64().saturating_sub(oldest) as f64 / 1e9
         };
         writer.family(
             "sightline_agent_oldest_unacked_age_seconds",

@@ -28,8 +28,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use sightline_vocab::clock::now_nanos_u64;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -674,7 +674,7 @@ impl FileReader {
         let chunk_start = self.offset;
         self.grow_head(chunk_start, bytes);
         self.offset += read as u64;
-        let observed = now_unix_nanos();
+        let observed = now_nanos_u64();
         let processed = self.process(bytes, observed);
         self.source.stats.add_read(processed.lines, read as u64);
         self.metrics.add_read(processed.lines, read as u64);
@@ -765,7 +765,7 @@ impl FileReader {
         if !everything && !self.multiline.has_pending() {
             return None;
         }
-        let observed = now_unix_nanos();
+        let observed = now_nanos_u64();
         let mut entries: Vec<Entry> = Vec::new();
         let mut lines = 0;
         if everything {
@@ -827,7 +827,7 @@ impl FileReader {
             records,
             commit_offset,
             permit,
-            read_unix_nanos: now_unix_nanos(),
+            read_unix_nanos: now_nanos_u64(),
         }
     }
 
@@ -921,14 +921,6 @@ fn redact_record(
         redact_value(&mut attribute.value);
     }
     changed
-}
-
-/// Wall-clock time in Unix nanoseconds (0 if the clock is before 1970).
-pub(crate) fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -78,9 +78,10 @@ use axum::{Json, middleware};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sightline_store::LogRecord;
+use sightline_vocab::clock::now_nanos;
 use sightline_vocab::severity::Severity;
 
-use crate::ingest::{Ingest, now_nanos};
+use crate::ingest::Ingest;
 use crate::otlp::REQUEST_ID_KEYS;
 use crate::otlp_http::{BodyError, MAX_BODY_BYTES, MAX_DECODED_BYTES, decode_content, read_body};
 use crate::pipeline::IngestError;

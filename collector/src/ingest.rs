@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sightline_store::{LogRecord, Span};
+use sightline_vocab::clock::now_nanos;
 
 use crate::metrics::{CollectorMetrics, Limit, RejectReason};
 use crate::pipeline::{Batch, IngestError, Pipeline};
@@ -307,12 +308,6 @@ fn json_size(map: &serde_json::Map<String, serde_json::Value>) -> usize {
 
 fn nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, nanos)
 }
 
 fn format_nanos(timestamp: i64) -> String {

@@ -157,12 +157,9 @@ impl CollectorMetrics {
         self.config_reload_successful
             .store(u64::from(success), Ordering::Relaxed);
         if success {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
+            let now_seconds = (sightline_vocab::clock::now_nanos() / 1_000_000_000) as f64;
             self.config_reload_success_seconds
-                .store(now.to_bits(), Ordering::Relaxed);
+                .store(now_seconds.to_bits(), Ordering::Relaxed);
         }
     }
 

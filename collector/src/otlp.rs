@@ -2,8 +2,6 @@
 //!
 //! This is the only place that knows both OTLP and [`sightline_store`] types.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -12,6 +10,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::{Map, Value};
 use sightline_store::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
+use sightline_vocab::clock::now_nanos;
 
 /// Attribute names whose value becomes a record's `request_id`, in order of preference.
 pub const REQUEST_ID_KEYS: &[&str] = &["request_id", "requestId", "x-request-id", "correlation_id"];
@@ -227,12 +226,6 @@ fn nanos_or(nanos: u64, fallback: i64) -> i64 {
     } else {
         clamp_nanos(nanos)
     }
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| clamp_nanos(elapsed.as_nanos() as u64))
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use sightline_tsdb::promql::{format_value, stale_nan};
 use sightline_tsdb::{Labels, MetricMetadata, MetricStore};
+use sightline_vocab::clock::now_ms;
 
 /// Most series whose delta points are summed into running totals.
 pub const MAX_DELTA_SERIES: usize = 100_000;
@@ -741,10 +742,6 @@ fn sanitize_word(word: &str) -> String {
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join("_")
-}
-
-fn now_ms() -> i64 {
-    sightline_vocab::clock::now_nanos() / 1_000_000
 }
 
 #[cfg(test)]

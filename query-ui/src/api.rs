@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 use sightline_store::{Cursor, Histogram, LogQuery};
+use sightline_vocab::clock::now_nanos;
 
 use crate::QueryState;
 use crate::error::ApiError;
@@ -343,14 +344,6 @@ fn parse_duration(name: &str, text: &str) -> Result<i64, ApiError> {
         .map(|duration| i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX))
         .map_err(|error| {
             ApiError::BadRequest(format!("`{name}`: invalid duration {text:?}: {error}"))
-        })
-}
-
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
         })
 }
 

@@ -56,7 +56,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -71,6 +71,7 @@ use sightline_tsdb::promql::{
 };
 use sightline_tsdb::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
 use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
+use sightline_vocab::clock::now_ms;
 use sightline_vocab::names::is_label_name;
 use tokio::sync::Semaphore;
 
@@ -330,12 +331,6 @@ impl Params {
             })
             .collect()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// A time parameter: float Unix seconds or RFC 3339, in milliseconds.

@@ -185,7 +185,7 @@ pub(crate) async fn search(
         limit: params.limit.unwrap_or(DEFAULT_TRACE_LIMIT),
     };
     let summaries = blocking(move || state.spans.search_traces(&query)).await?;
-    let now = crate::api::now_nanos();
+    let now = sightline_vocab::clock::now_nanos();
     let traces = summaries
         .into_iter()
         .map(|summary| search_hit(summary, now))

@@ -20,6 +20,7 @@
 //! orders records totally, which makes cursors (search-after) stable while
 //! ingest goes on, and identifies one record for "show context".
 
+use sightline_vocab::clock::now_nanos;
 use sightline_vocab::fs::dir_size;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -1028,14 +1029,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
-}
-
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
-        })
 }
 
 #[cfg(test)]

@@ -309,7 +309,7 @@ impl SpanStore {
                 .unwrap_or_else(|poison| poison.into_inner());
             std::mem::take(&mut *dirty).into_iter().collect()
         };
-        let now = crate::logs::now_nanos();
+        let now = sightline_vocab::clock::now_nanos();
         let result = (|| {
             let writer = self.summaries.writer();
             let mut recent = self

@@ -11,6 +11,12 @@ pub fn now_nanos() -> i64 {
     nanos_at(SystemTime::now())
 }
 
+/// Nanoseconds since the Unix epoch, unsigned, as OTLP's `fixed64` fields
+/// carry them (the agent's records).
+pub fn now_nanos_u64() -> u64 {
+    now_nanos().unsigned_abs()
+}
+
 /// Milliseconds since the Unix epoch (Prometheus sample timestamps).
 pub fn now_ms() -> i64 {
     now_nanos() / 1_000_000
@@ -36,5 +42,6 @@ mod tests {
         assert_eq!(super::nanos_at(UNIX_EPOCH - Duration::from_secs(1)), 0);
         let before = super::nanos_at(SystemTime::now());
         assert!(super::now_ms() >= before / 1_000_000);
+        assert!(super::now_nanos_u64() >= before.unsigned_abs());
     }
 }

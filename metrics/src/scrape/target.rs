@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sightline_tsdb::promql::stale_nan;
 use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
+use sightline_vocab::clock::now_ms;
 use tokio::sync::watch;
 
 use super::client::JobClient;
@@ -548,13 +549,6 @@ fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
         return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
     }
     Ok(decoded)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
