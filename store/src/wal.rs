@@ -358,7 +358,8 @@ fn scan_segment(
             reader.seek(SeekFrom::Start(0))?;
         }
     }
-    while file_len >= MAGIC_BYTES {
+    // A segment shorter than the magic has no room for a frame header either.
+    loop {
         let offset = scan.good_len;
         let mut header = [0u8; FRAME_HEADER_BYTES as usize];
         if offset + FRAME_HEADER_BYTES > file_len || reader.read_exact(&mut header).is_err() {

@@ -191,7 +191,7 @@ struct Bits {
 impl Bits {
     fn push(&mut self, value: u64, count: u32) {
         for bit in (0..count).rev() {
-            if self.used % 8 == 0 {
+            if self.used.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if (value >> bit) & 1 == 1 {
