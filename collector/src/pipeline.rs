@@ -927,7 +927,9 @@ mod tests {
     /// by 1, entries live in memory ("durable" once synced).
     #[derive(Default)]
     struct MemoryLog {
-        entries: std::sync::Mutex<(Vec<(u64, Vec<u8>)>, usize)>,
+        entries: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+        /// Entries made durable by the last sync.
+        synced: std::sync::atomic::AtomicUsize,
         removed_below: std::sync::atomic::AtomicU64,
     }
 
@@ -939,19 +941,19 @@ mod tests {
         fn append(&self, partition: u32, payload: &[u8]) -> sightline_store::Result<u64> {
             assert_eq!(partition, PARTITION);
             let mut entries = self.entries.lock().unwrap();
-            let position = 1000 + entries.0.len() as u64;
-            entries.0.push((position, payload.to_vec()));
+            let position = 1000 + entries.len() as u64;
+            entries.push((position, payload.to_vec()));
             Ok(position)
         }
 
         fn sync(&self) -> sightline_store::Result<()> {
-            let mut entries = self.entries.lock().unwrap();
-            entries.1 = entries.0.len();
+            let entries = self.entries.lock().unwrap();
+            self.synced.store(entries.len(), Ordering::Release);
             Ok(())
         }
 
         fn end(&self) -> Checkpoint {
-            Checkpoint::single(1000 + self.entries.lock().unwrap().0.len() as u64)
+            Checkpoint::single(1000 + self.entries.lock().unwrap().len() as u64)
         }
 
         fn replay(
@@ -961,7 +963,7 @@ mod tests {
         ) -> sightline_store::Result<()> {
             let synced: Vec<_> = {
                 let entries = self.entries.lock().unwrap();
-                entries.0[..entries.1].to_vec()
+                entries[..self.synced.load(Ordering::Acquire)].to_vec()
             };
             for (position, payload) in synced {
                 if position >= from.position(PARTITION) {
