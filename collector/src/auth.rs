@@ -25,22 +25,7 @@ use crate::config::CollectorConfig;
 
 /// A token given on the command line or in the environment; `Debug` never
 /// prints it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(text.to_owned()))
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("Secret(<redacted>)")
-    }
-}
+pub use sightline_vocab::secret::Secret;
 
 /// The tokens accepted for one scope; several may be valid at once so that
 /// keys can be rotated.
@@ -72,8 +57,8 @@ impl Tokens {
                 anyhow::bail!("the {what} token file {} holds no token", path.display());
             }
         }
-        if let Some(Secret(token)) = inline {
-            let token = token.trim();
+        if let Some(token) = inline {
+            let token = token.expose().trim();
             if token.is_empty() {
                 anyhow::bail!("the {what} token is set but empty");
             }

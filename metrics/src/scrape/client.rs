@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::Deserialize;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
@@ -32,25 +31,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName,
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// A password or token from the config file; never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Secret {
-        Secret(text.into())
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("Secret(<redacted>)")
-    }
-}
+pub use sightline_vocab::secret::Secret;
 
 /// `tls_config` with its paths resolved against the config file's directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,7 +62,7 @@ impl Credentials {
         match self {
             Credentials::Inline(secret) => Ok(secret.clone()),
             Credentials::File(path) => std::fs::read_to_string(path)
-                .map(|text| Secret(text.trim().to_owned()))
+                .map(|text| Secret::new(text.trim()))
                 .map_err(|error| {
                     format!("cannot read credentials file {}: {error}", path.display())
                 }),
