@@ -10,18 +10,24 @@
 //!   `server`), from a client span of one service paired with the server
 //!   span of another whose parent it is.
 //!
-//! They are served on the collector's `/metrics`, from where the metrics
-//! pipeline scrapes them like any target. The last trace id seen per series is
+//! They are written into the metric store directly by [`flush_loop`] (as
+//! [`crate::log_metrics`] are), with the `job` and `instance` labels the
+//! collector's self-scrape gave them when it carried them, and they are also
+//! served on the collector's `/metrics` for outside scrapers (the
+//! collector's own scrape drops them there, see
+//! [`crate::scrape::jobs_from_config`]). The last trace id seen per series is
 //! kept as an exemplar (OpenMetrics exposition) so a latency bucket links to a
 //! trace. Cardinality is bounded: past [`MAX_SERIES`] new label sets are
 //! counted under `span_name="__other__"`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sightline_store::{Span, SpanStatus};
+use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore, TsdbError};
 use sightline_vocab::exposition::{Kind, Writer, format_float};
+use tokio::sync::watch;
 
 /// Upper bounds of the latency histogram, seconds (Tempo's defaults, extended).
 const BUCKETS: [f64; 14] = [
@@ -256,6 +262,162 @@ impl SpanMetrics {
     }
 }
 
+/// The families [`SpanMetrics::flush`] writes, with their metadata as an
+/// OpenMetrics scrape of `/metrics` recorded it (counters named without
+/// `_total`).
+const FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "traces_spanmetrics_calls",
+        "counter",
+        "Spans received, per service and operation.",
+    ),
+    (
+        "traces_spanmetrics_duration_seconds",
+        "histogram",
+        "Span duration, per service and operation.",
+    ),
+    (
+        "traces_service_graph_request",
+        "counter",
+        "Requests between two services.",
+    ),
+    (
+        "traces_service_graph_request_failed",
+        "counter",
+        "Failed requests between two services.",
+    ),
+];
+
+/// The metric names [`SpanMetrics`] writes, as a regex (for the
+/// collector's own scrape of `/metrics`, which drops them).
+pub const METRIC_NAMES: &str = "traces_spanmetrics_.*|traces_service_graph_.*";
+
+impl SpanMetrics {
+    /// Appends every series' current value at `now_ms` to `store`, each
+    /// with the labels of `target` (the collector's `job` and `instance`)
+    /// added. The aggregation is copied first, so ingest never waits for
+    /// the store's fsync.
+    pub fn flush(
+        &self,
+        store: &MetricStore,
+        target: &Labels,
+        now_ms: i64,
+    ) -> Result<(), TsdbError> {
+        let (red, edges) = {
+            let state = self
+                .state
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            (state.red.clone(), state.edges.clone())
+        };
+        if red.is_empty() && edges.is_empty() {
+            return Ok(());
+        }
+        let series = |name: &str, pairs: &[(&str, &str)]| {
+            let mut labels = target.clone();
+            labels.set(METRIC_NAME, name);
+            for (label, value) in pairs {
+                labels.set(label, value);
+            }
+            labels
+        };
+        let mut samples = Vec::with_capacity(red.len() * (BUCKETS.len() + 4) + edges.len() * 2);
+        for (key, red) in &red {
+            let labels = [
+                ("service", key.service.as_str()),
+                ("span_name", key.span_name.as_str()),
+                ("span_kind", key.span_kind.as_str()),
+                ("status_code", key.status_code),
+            ];
+            let calls = red.calls as f64;
+            samples.push((
+                series("traces_spanmetrics_calls_total", &labels),
+                now_ms,
+                calls,
+            ));
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(red.buckets) {
+                cumulative += count;
+                let le = bound.to_string();
+                let mut labels = series("traces_spanmetrics_duration_seconds_bucket", &labels);
+                labels.set("le", &le);
+                samples.push((labels, now_ms, cumulative as f64));
+            }
+            let mut infinity = series("traces_spanmetrics_duration_seconds_bucket", &labels);
+            infinity.set("le", "+Inf");
+            samples.push((infinity, now_ms, calls));
+            let sum = series("traces_spanmetrics_duration_seconds_sum", &labels);
+            samples.push((sum, now_ms, red.sum_seconds));
+            let count = series("traces_spanmetrics_duration_seconds_count", &labels);
+            samples.push((count, now_ms, calls));
+        }
+        for ((client, server), edge) in &edges {
+            let labels = [("client", client.as_str()), ("server", server.as_str())];
+            let requests = series("traces_service_graph_request_total", &labels);
+            samples.push((requests, now_ms, edge.requests as f64));
+            let failed = series("traces_service_graph_request_failed_total", &labels);
+            samples.push((failed, now_ms, edge.failed as f64));
+        }
+        for (family, kind, help) in FAMILIES {
+            store.set_metadata(
+                family,
+                MetricMetadata {
+                    kind: kind.into(),
+                    help: help.into(),
+                    unit: String::new(),
+                },
+            );
+        }
+        let outcome = store.append(&samples)?;
+        if let Some((_, error)) = outcome.rejected.first() {
+            tracing::warn!(%error, rejected = outcome.rejected.len(), "span metric samples refused");
+        }
+        Ok(())
+    }
+}
+
+/// Flushes `span_metrics` to `store` every `interval` (the self-scrape's
+/// interval, which may change at a reload) until `stop`, then once more.
+pub async fn flush_loop(
+    span_metrics: Arc<SpanMetrics>,
+    store: Arc<MetricStore>,
+    target: Labels,
+    mut interval: watch::Receiver<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A zero period would make `tokio::time::interval` panic.
+    let period = |interval: Duration| interval.max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval(period(*interval.borrow_and_update()));
+    let mut following = true;
+    loop {
+        let stopping = tokio::select! {
+            _ = ticks.tick() => false,
+            changed = interval.changed(), if following => {
+                match changed {
+                    Ok(()) => {
+                        let every = period(*interval.borrow_and_update());
+                        ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    }
+                    Err(_) => following = false,
+                }
+                continue;
+            }
+            _ = stop.wait_for(|stopped| *stopped) => true,
+        };
+        let (span_metrics, store, target) = (span_metrics.clone(), store.clone(), target.clone());
+        let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
+        match tokio::task::spawn_blocking(move || span_metrics.flush(&store, &target, now_ms)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "failed to flush span metrics"),
+            Err(error) => tracing::error!(%error, "span metrics flush task failed"),
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 fn record_edge(
     edges: &mut HashMap<(String, String), Edge>,
     client: &str,
@@ -409,5 +571,66 @@ mod tests {
             .count();
         assert_eq!(series, MAX_SERIES + 1, "the overflow folds into one series");
         assert!(text.contains("span_name=\"__other__\""));
+    }
+
+    /// Flushed series are those a scrape of the rendered text made, with
+    /// the collector's `job` and `instance`.
+    #[test]
+    fn flush_writes_the_rendered_series_into_the_store() {
+        let metrics = SpanMetrics::default();
+        metrics.observe(&[
+            span("c1", Some("g1"), "gateway", "client", 35, SpanStatus::Unset),
+            span("s1", Some("c1"), "order", "server", 3, SpanStatus::Error),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::open(dir.path()).unwrap();
+        let target = Labels::new([("job", "sightline"), ("instance", "127.0.0.1:7070")]);
+        metrics.flush(&store, &target, 10_000).unwrap();
+        let query = |promql: &str| {
+            let value = sightline_tsdb::promql::Engine::default()
+                .instant_query(&*store.reader(), promql, 10_000)
+                .unwrap();
+            let sightline_tsdb::promql::Value::Vector(samples) = value else {
+                panic!("not a vector: {value:?}")
+            };
+            samples
+                .into_iter()
+                .map(|sample| (sample.labels.to_string(), sample.value))
+                .collect::<Vec<_>>()
+        };
+        let order = "instance=\"127.0.0.1:7070\", job=\"sightline\", service=\"order\", span_kind=\"SPAN_KIND_SERVER\", span_name=\"order op\", status_code=\"STATUS_CODE_ERROR\"";
+        let calls = query("traces_spanmetrics_calls_total{service=\"order\"}");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].1, 1.0);
+        assert!(calls[0].0.contains(order), "{calls:?}");
+        let buckets = query("traces_spanmetrics_duration_seconds_bucket{service=\"order\"}");
+        assert_eq!(buckets.len(), BUCKETS.len() + 1, "{buckets:?}");
+        let le = |bound: &str| {
+            buckets
+                .iter()
+                .find(|(labels, _)| labels.contains(&format!("le=\"{bound}\"")))
+                .map(|(_, value)| *value)
+        };
+        assert_eq!(le("0.002"), Some(0.0));
+        assert_eq!(le("0.004"), Some(1.0));
+        assert_eq!(le("+Inf"), Some(1.0));
+        assert_eq!(
+            query("traces_spanmetrics_duration_seconds_count{service=\"gateway\"}")[0].1,
+            1.0
+        );
+        let edges = query("traces_service_graph_request_failed_total");
+        assert_eq!(edges.len(), 1, "{edges:?}");
+        assert!(
+            edges[0].0.contains("client=\"gateway\"") && edges[0].0.contains("server=\"order\""),
+            "{edges:?}"
+        );
+        assert_eq!(edges[0].1, 1.0);
+        assert_eq!(
+            store
+                .metadata()
+                .get("traces_spanmetrics_duration_seconds")
+                .map(|m| m.kind.as_str()),
+            Some("histogram")
+        );
     }
 }
