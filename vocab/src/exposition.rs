@@ -11,12 +11,15 @@
 //! writer.sample("jobs_total", &[("queue", "a\"b")], 3u64);
 //! writer.family("load", Kind::Gauge, "Load.");
 //! writer.sample("load", &[], f64::INFINITY);
-//! assert_eq!(
-//!     text,
-//!     "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\n\
-//!      jobs_total{queue=\"a\\\"b\"} 3\n\
-//!      # HELP load Load.\n# TYPE load gauge\nload +Inf\n"
+//! let expected = concat!(
+//!     "# HELP jobs_total Jobs run.\n",
+//!     "# TYPE jobs_total counter\n",
+//!     "jobs_total{queue=\"a\\\"b\"} 3\n",
+//!     "# HELP load Load.\n",
+//!     "# TYPE load gauge\n",
+//!     "load +Inf\n",
 //! );
+//! assert_eq!(text, expected);
 //! ```
 //!
 //! Floats are written as the shortest text that reads back as the same
