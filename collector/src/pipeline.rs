@@ -39,8 +39,7 @@
 //! small for the commit, the acknowledged records stay in the WAL (durable)
 //! and become searchable when space returns.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
@@ -49,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sightline_store::wal::{self, LocalWal};
-use sightline_store::{Checkpoint, DurableLog, LogStore, SINGLE_PARTITION, SpanStore};
+use sightline_store::{Checkpoint, DiskReserve, DurableLog, LogStore, SINGLE_PARTITION, SpanStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::CollectorMetrics;
@@ -95,9 +94,6 @@ pub const MIN_DISK_RESERVE_BYTES: u64 = 1024 * 1024;
 
 /// How often a read-only collector checks whether space was freed.
 pub const DISK_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Name of the reserve file in the WAL directory.
-const RESERVE_FILE: &str = "disk-reserve";
 
 /// What ingest answers while the disk is full.
 const DISK_FULL: &str =
@@ -184,8 +180,11 @@ impl Pipeline {
         spans: Arc<SpanStore>,
         metrics: Arc<CollectorMetrics>,
     ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
-        std::fs::create_dir_all(&config.wal_dir)?;
-        let disk = Arc::new(DiskSpace::open(&config.wal_dir, config.disk_reserve_bytes));
+        let reserve = DiskReserve::open(
+            &config.wal_dir,
+            config.disk_reserve_bytes.max(MIN_DISK_RESERVE_BYTES),
+        )?;
+        let disk = Arc::new(DiskSpace::open(reserve));
         let from = logs.committed_position().min(spans.committed_position());
         let replayed = replay(log.as_ref(), from, &logs, &spans);
         let end = log.end().position(PARTITION);
@@ -349,25 +348,23 @@ fn is_disk_full(error: &anyhow::Error) -> bool {
 /// The disk's state as the pipeline sees it: full (read-only) or not, and
 /// the reserve file that keeps room for committing acknowledged records.
 struct DiskSpace {
-    reserve: PathBuf,
-    reserve_bytes: u64,
+    reserve: DiskReserve,
     full: AtomicBool,
 }
 
 impl DiskSpace {
     /// Writes the reserve (if it is not there yet); a disk without room
     /// for it starts read-only.
-    fn open(wal_dir: &Path, reserve_bytes: u64) -> DiskSpace {
+    fn open(reserve: DiskReserve) -> DiskSpace {
         let disk = DiskSpace {
-            reserve: wal_dir.join(RESERVE_FILE),
-            reserve_bytes: reserve_bytes.max(MIN_DISK_RESERVE_BYTES),
+            reserve,
             full: AtomicBool::new(false),
         };
-        if let Err(error) = disk.take_reserve() {
+        if let Err(error) = disk.reserve.take() {
             disk.full.store(true, Ordering::Release);
             tracing::warn!(
                 %error,
-                reserve_bytes = disk.reserve_bytes,
+                reserve_bytes = disk.reserve.bytes(),
                 "the disk is full (no room for the disk reserve): starting read-only, ingest is refused until space is freed"
             );
         }
@@ -378,34 +375,9 @@ impl DiskSpace {
         self.full.load(Ordering::Acquire)
     }
 
-    /// Writes the reserve file to its full size (real blocks, not a sparse
-    /// file: file systems allocate at `write`, so no fsync is needed, and a
-    /// reserve lost in a crash is written again at the next start); on
-    /// failure removes what was written.
-    fn take_reserve(&self) -> std::io::Result<()> {
-        if std::fs::metadata(&self.reserve).is_ok_and(|meta| meta.len() >= self.reserve_bytes) {
-            return Ok(());
-        }
-        let written = (|| {
-            let mut file = std::fs::File::create(&self.reserve)?;
-            let chunk = vec![0u8; 1024 * 1024];
-            let mut left = self.reserve_bytes;
-            while left > 0 {
-                let size = left.min(chunk.len() as u64) as usize;
-                file.write_all(&chunk[..size])?;
-                left -= size as u64;
-            }
-            file.flush()
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&self.reserve);
-        }
-        written
-    }
-
     /// The disk is full: refuse ingest and free the reserve for the indexer.
     fn mark_full(&self, error: &anyhow::Error) {
-        let _ = std::fs::remove_file(&self.reserve);
+        self.reserve.release();
         if !self.full.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -420,7 +392,7 @@ impl DiskSpace {
         if !self.is_full() {
             return;
         }
-        match self.take_reserve() {
+        match self.reserve.take() {
             Ok(()) => {
                 self.full.store(false, Ordering::Release);
                 tracing::info!("disk space is available again: accepting ingest");
@@ -768,6 +740,7 @@ mod tests {
     use super::*;
     use sightline_store::wal::Wal;
     use sightline_store::{LogQuery, LogRecord};
+    use std::path::Path;
 
     fn record(body: &str) -> LogRecord {
         LogRecord {
@@ -882,8 +855,8 @@ mod tests {
     #[test]
     fn the_reserve_is_written_once_and_given_back_when_the_disk_fills() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = DiskSpace::open(dir.path(), 0);
-        let reserve = dir.path().join(RESERVE_FILE);
+        let disk = DiskSpace::open(DiskReserve::open(dir.path(), MIN_DISK_RESERVE_BYTES).unwrap());
+        let reserve = dir.path().join(DiskReserve::FILE_NAME);
         assert!(!disk.is_full());
         assert_eq!(
             std::fs::metadata(&reserve).unwrap().len(),

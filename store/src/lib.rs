@@ -29,6 +29,7 @@ mod layout;
 mod logs;
 mod model;
 mod query;
+mod reserve;
 mod spans;
 pub mod traces;
 pub mod wal;
@@ -43,6 +44,7 @@ pub use logs::{
 };
 pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
+pub use reserve::DiskReserve;
 pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 pub use wal::LocalWal;
