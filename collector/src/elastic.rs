@@ -61,17 +61,14 @@
 //! Every answer, these included, carries `X-Elastic-Product:
 //! Elasticsearch`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, RETRY_AFTER};
-use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, middleware};
@@ -81,11 +78,10 @@ use sightline_store::LogRecord;
 use sightline_vocab::clock::now_nanos;
 use sightline_vocab::severity::Severity;
 
+use crate::error::{Flavour, ReceiveError};
+use crate::http_body::{self, BodyRules, Encodings};
 use crate::ingest::Ingest;
 use crate::otlp::REQUEST_ID_KEYS;
-use crate::otlp_http::{BodyError, MAX_BODY_BYTES, MAX_DECODED_BYTES, decode_content, read_body};
-use crate::pipeline::IngestError;
-use crate::ratelimit::RateLimited;
 
 /// The Elasticsearch version announced to clients.
 const VERSION: &str = "8.11.0";
@@ -98,11 +94,13 @@ const DEFAULT_INDEX: &str = "sightline";
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
-/// Seconds a client is asked to wait when ingest is over capacity.
-const RETRY_AFTER_BUSY_SECONDS: u64 = 1;
-
-/// Seconds a client is asked to wait when the collector cannot store.
-const RETRY_AFTER_UNAVAILABLE_SECONDS: u64 = 5;
+/// The bodies `_bulk` takes: NDJSON, gzip allowed, 16 MiB as received and
+/// 64 MiB decompressed.
+const BODY: BodyRules = BodyRules {
+    max_body_bytes: 16 * 1024 * 1024,
+    max_decoded_bytes: 64 * 1024 * 1024,
+    encodings: Encodings::IdentityOrGzip,
+};
 
 static PRODUCT_HEADER: HeaderName = HeaderName::from_static("x-elastic-product");
 
@@ -114,9 +112,8 @@ struct ElasticState {
 }
 
 /// The Elasticsearch-compatible routes; `lib.rs` nests them under `/elastic`.
-/// `_bulk` charges the ingest rate limit of `ingest` itself (not through
-/// [`crate::ratelimit::http_layer`]), so a limited request gets an
-/// Elasticsearch answer.
+/// `_bulk` charges the ingest rate limit of `ingest`, and a limited request
+/// gets an Elasticsearch answer naming its items.
 pub fn router(ingest: Ingest) -> Router {
     let state = ElasticState {
         ingest,
@@ -128,7 +125,6 @@ pub fn router(ingest: Ingest) -> Router {
         .route("/_bulk", post(bulk).put(bulk))
         .route("/{index}/_bulk", post(bulk_into_index).put(bulk_into_index))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(add_product_header))
         .with_state(state)
 }
@@ -189,142 +185,88 @@ async fn cluster_health() -> Json<Value> {
 }
 
 async fn not_found(uri: axum::http::Uri) -> EsError {
-    EsError::new(
-        StatusCode::NOT_FOUND,
-        "illegal_argument_exception",
-        format!(
-            "sightline answers only /, /_cluster/health and /_bulk here, not {}",
-            uri.path()
-        ),
-    )
+    EsError::from(ReceiveError::NotFound(format!(
+        "sightline answers only /, /_cluster/health and /_bulk here, not {}",
+        uri.path()
+    )))
 }
 
 /// An Elasticsearch-style error for a whole request:
-/// `{"error": {"root_cause": [..], "type": .., "reason": ..}, "status": N}`.
+/// `{"error": {"root_cause": [..], "type": .., "reason": ..}, "status": N}`,
+/// with the status, `type` and `Retry-After` [`crate::error`] decides.
 ///
 /// A refusal to be retried (429, 503) also carries `took`, `errors` and one
 /// item per action (see the module docs).
 #[derive(Debug)]
 struct EsError {
-    status: StatusCode,
-    kind: &'static str,
-    reason: String,
-    retry_after: Option<u64>,
+    error: ReceiveError,
+    /// Elasticsearch's `type` where it is more precise than the error's.
+    kind: Option<&'static str>,
     items: Vec<BulkItem>,
 }
 
-impl EsError {
-    fn new(status: StatusCode, kind: &'static str, reason: impl Into<String>) -> EsError {
+impl From<ReceiveError> for EsError {
+    fn from(error: ReceiveError) -> EsError {
         EsError {
-            status,
-            kind,
-            reason: reason.into(),
-            retry_after: None,
+            error,
+            kind: None,
             items: Vec::new(),
         }
     }
+}
 
-    /// A request over its client's ingest rate: 429, as a busy cluster.
-    fn rate_limited(limited: &RateLimited) -> EsError {
-        EsError {
-            retry_after: Some(limited.retry_after.as_secs().max(1)),
-            ..EsError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "es_rejected_execution_exception",
-                limited.to_string(),
-            )
-        }
+impl EsError {
+    fn bad_request(reason: impl Into<String>) -> EsError {
+        EsError::from(ReceiveError::Malformed(reason.into()))
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind.unwrap_or_else(|| self.error.elastic_type())
     }
 
     /// Answers each entry with this refusal, except the entries whose own
     /// document was bad: they keep their 400.
     fn with_items(mut self, entries: Vec<BulkEntry>) -> EsError {
+        let (status, _) = self.error.http(Flavour::Elastic);
         let error = ItemError {
-            kind: self.kind,
-            reason: self.reason.clone(),
+            kind: self.kind(),
+            reason: self.error.to_string(),
         };
         self.items = entries
             .into_iter()
-            .map(|entry| entry.into_refused_item(self.status, error.clone()))
+            .map(|entry| entry.into_refused_item(status, error.clone()))
             .collect();
         self
-    }
-
-    fn bad_request(reason: impl Into<String>) -> EsError {
-        EsError::new(
-            StatusCode::BAD_REQUEST,
-            "illegal_argument_exception",
-            reason,
-        )
-    }
-}
-
-impl From<BodyError> for EsError {
-    fn from(error: BodyError) -> EsError {
-        let kind = match error.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "content_too_long_exception",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "illegal_argument_exception",
-            _ => "parse_exception",
-        };
-        EsError::new(error.status(), kind, error.to_string())
-    }
-}
-
-impl From<IngestError> for EsError {
-    fn from(error: IngestError) -> EsError {
-        match error {
-            IngestError::Busy => EsError {
-                retry_after: Some(RETRY_AFTER_BUSY_SECONDS),
-                ..EsError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "es_rejected_execution_exception",
-                    error.to_string(),
-                )
-            },
-            IngestError::ShuttingDown | IngestError::Storage(_) => EsError {
-                retry_after: Some(RETRY_AFTER_UNAVAILABLE_SECONDS),
-                ..EsError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable_shards_exception",
-                    error.to_string(),
-                )
-            },
-        }
     }
 }
 
 impl IntoResponse for EsError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(reason = %self.reason, "elastic bulk request failed");
-        }
-        let cause = json!({"type": self.kind, "reason": self.reason});
+        self.error.log("elastic bulk");
+        let (status, retry_after) = self.error.http(Flavour::Elastic);
+        let (kind, reason) = (self.kind(), self.error.to_string());
+        let cause = json!({"type": kind, "reason": reason});
         let mut body = json!({
-            "error": {"root_cause": [cause], "type": self.kind, "reason": self.reason},
-            "status": self.status.as_u16(),
+            "error": {"root_cause": [cause], "type": kind, "reason": reason},
+            "status": status.as_u16(),
         });
         if !self.items.is_empty() {
             body["took"] = json!(0);
             body["errors"] = json!(true);
             body["items"] = serde_json::to_value(&self.items).unwrap_or_default();
         }
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
+        let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = retry_after {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+                .insert(RETRY_AFTER, HeaderValue::from(wait.as_secs()));
         }
         response
     }
 }
 
-async fn bulk(
-    state: State<ElasticState>,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    run_bulk(&state, &headers, &extensions, None, body)
+async fn bulk(state: State<ElasticState>, request: Request) -> Response {
+    run_bulk(&state, None, request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -332,65 +274,42 @@ async fn bulk(
 async fn bulk_into_index(
     state: State<ElasticState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    run_bulk(&state, &headers, &extensions, Some(index), body)
+    run_bulk(&state, Some(index), request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Charges the request's `Content-Length` to its client address, as
-/// [`crate::ratelimit::http_layer`] does for the other ingest routes.
-fn admit(
-    state: &ElasticState,
-    headers: &HeaderMap,
-    extensions: &Extensions,
-) -> Result<(), RateLimited> {
-    let client = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    let bytes = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<usize>().ok())
-        .unwrap_or(0);
-    state.ingest.admit(Some(client), bytes)
-}
-
 async fn run_bulk(
     state: &ElasticState,
-    headers: &HeaderMap,
-    extensions: &Extensions,
     default_index: Option<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, EsError> {
     let started = Instant::now();
-    let limited = admit(state, headers, extensions).err();
-    if let Some(limited) = &limited {
-        tracing::debug!(error = %limited, "elastic bulk request rate limited");
-    }
-    let body = read_body(body, MAX_BODY_BYTES)?;
-    let encoding = headers.get(CONTENT_ENCODING).cloned();
+    let (parts, body) = request.into_parts();
+    // Charged before the body is read, refused after: the refusal names the
+    // request's items, so that every shipper retries them.
+    let client = http_body::client(&parts.extensions);
+    let limited = state
+        .ingest
+        .admit(Some(client), http_body::content_length(&parts.headers))
+        .err();
+    let received = http_body::receive(body, &parts.headers, &BODY)
+        .await
+        .map_err(ReceiveError::from)?;
     let (mut entries, size) = tokio::task::spawn_blocking(move || {
-        let body = decode_content(encoding.as_ref(), body, MAX_DECODED_BYTES)?;
+        let body = received.decode().map_err(ReceiveError::from)?;
         if let Some(limited) = limited {
             // Only the action lines: each gets its refusal.
             let actions = parse_actions(&body, default_index.as_deref());
-            return Err(EsError::rate_limited(&limited).with_items(actions));
+            return Err(EsError::from(ReceiveError::from(limited)).with_items(actions));
         }
         let entries = parse_bulk(&body, default_index.as_deref(), now_nanos())?;
         Ok::<_, EsError>((entries, body.len()))
     })
     .await
-    .map_err(|error| {
-        EsError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            error.to_string(),
-        )
-    })??;
+    .map_err(|error| ReceiveError::Internal(error.to_string()))??;
 
     // Hand the good documents to ingest; remember which entry each came from.
     let mut records = Vec::new();
@@ -413,7 +332,7 @@ async fn run_bulk(
     }
     let rejections = match state.ingest.logs(records, size).await {
         Ok(rejections) => rejections,
-        Err(error) => return Err(EsError::from(error).with_items(entries)),
+        Err(error) => return Err(EsError::from(ReceiveError::from(error)).with_items(entries)),
     };
     for rejection in rejections {
         if let Some(&position) = record_entries.get(rejection.index) {
@@ -719,11 +638,10 @@ fn parse_bulk(
         });
     }
     if entries.is_empty() {
-        return Err(EsError::new(
-            StatusCode::BAD_REQUEST,
-            "action_request_validation_exception",
-            "Validation Failed: 1: no requests added;",
-        ));
+        return Err(EsError {
+            kind: Some("action_request_validation_exception"),
+            ..EsError::bad_request("Validation Failed: 1: no requests added;")
+        });
     }
     Ok(entries)
 }
@@ -1368,15 +1286,15 @@ mod tests {
             ("\"index\"\n", "expected START_OBJECT"),
         ] {
             let error = parse_bulk(body.as_bytes(), None, NOW).unwrap_err();
-            assert_eq!(error.status, StatusCode::BAD_REQUEST);
-            assert!(
-                error.reason.contains(expected),
-                "{body:?}: {}",
-                error.reason
+            assert_eq!(
+                error.error.http(Flavour::Elastic).0,
+                StatusCode::BAD_REQUEST
             );
+            let reason = error.error.to_string();
+            assert!(reason.contains(expected), "{body:?}: {reason}");
         }
         let error = parse_bulk(b"\n \n", None, NOW).unwrap_err();
-        assert_eq!(error.kind, "action_request_validation_exception");
+        assert_eq!(error.kind(), "action_request_validation_exception");
     }
 
     #[test]

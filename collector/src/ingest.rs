@@ -99,10 +99,7 @@ impl Ingest {
 
     /// Charges a request of `bytes` from `client` to its rate, when limited.
     pub fn admit(&self, client: Option<IpAddr>, bytes: usize) -> Result<(), RateLimited> {
-        match (&self.rate_limiter, client) {
-            (Some(limiter), Some(client)) => limiter.charge(client, bytes),
-            _ => Ok(()),
-        }
+        crate::ratelimit::admit(self.rate_limiter.as_deref(), client, bytes)
     }
 
     /// Counts acknowledged log records into the config's log-derived metrics.

@@ -18,7 +18,9 @@
 pub mod auth;
 pub mod config;
 pub mod elastic;
+pub mod error;
 pub mod grpc;
+mod http_body;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp;
@@ -26,6 +28,8 @@ pub mod otlp_http;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reload;
+pub mod remote_write;
+pub mod service;
 pub mod tls;
 
 #[cfg(test)]
@@ -49,20 +53,6 @@ pub use config::CollectorConfig;
 use crate::ingest::{Ingest, Limits};
 use crate::metrics::{CollectorMetrics, DiskUsage};
 use crate::pipeline::{Pipeline, PipelineConfig};
-
-/// `router` behind the per-client ingest rate limit, when there is one.
-fn rate_limited(
-    router: axum::Router,
-    limiter: &Option<Arc<ratelimit::RateLimiter>>,
-) -> axum::Router {
-    match limiter {
-        Some(limiter) => router.layer(axum::middleware::from_fn_with_state(
-            limiter.clone(),
-            ratelimit::http_layer,
-        )),
-        None => router,
-    }
-}
 
 /// How often retention looks for partitions to drop.
 const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -211,14 +201,15 @@ pub async fn run(
     let otlp_http = tls::serve_http(
         otlp_http_listener,
         tls.as_ref().map(tls::ServerTls::ingest_acceptor),
-        rate_limited(
-            otlp_http::router(ingest.clone()).merge(otlp_http::metrics_router(otlp_metrics)),
-            &rate_limiter,
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            auth.clone(),
-            auth::ingest_layer,
-        )),
+        otlp_http::router(ingest.clone())
+            .merge(otlp_http::metrics_router(
+                otlp_metrics,
+                rate_limiter.clone(),
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                auth.clone(),
+                auth::ingest_layer,
+            )),
         stopped(stop.clone()),
     );
     let metrics_state = MetricsState {
@@ -303,9 +294,9 @@ pub async fn run(
         running: Arc::default(),
     };
     tokio::spawn(reloader.clone().on_sighup(stop.clone()));
-    let remote_write = rate_limited(
-        sightline_metrics::remote_write::router(metric_store.clone()),
-        &rate_limiter,
+    let remote_write = remote_write::router(
+        sightline_metrics::remote_write::RemoteWrite::new(metric_store.clone()),
+        rate_limiter.clone(),
     );
     let router = sightline_query_ui::router(QueryState {
         logs,
@@ -425,7 +416,7 @@ async fn retention_loop(
             _ = interval.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let keep_from = ingest::now_nanos()
+        let keep_from = sightline_vocab::clock::now_nanos()
             .saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
         let (logs, spans) = (logs.clone(), spans.clone());
         // Span deletions take effect at the indexer's next commit.
@@ -460,7 +451,7 @@ async fn metric_maintenance_loop(
             _ = interval.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let keep_from_ms = ingest::now_nanos() / 1_000_000
+        let keep_from_ms = sightline_vocab::clock::now_nanos() / 1_000_000
             - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
         let store = store.clone();
         let maintained = tokio::task::spawn_blocking(move || {

@@ -13,12 +13,13 @@ use sightline_store::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 use sightline_vocab::clock::now_nanos;
 
 /// Attribute names whose value becomes a record's `request_id`, in order of preference.
-pub const REQUEST_ID_KEYS: &[&str] = &["request_id", "requestId", "x-request-id", "correlation_id"];
+pub(crate) const REQUEST_ID_KEYS: &[&str] =
+    &["request_id", "requestId", "x-request-id", "correlation_id"];
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Flattens an OTLP logs export into store records.
-pub fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
+pub(crate) fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
     let now = now_nanos();
     let mut records = Vec::new();
     for resource_logs in request.resource_logs {
@@ -54,7 +55,7 @@ pub fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
 
 /// Flattens an OTLP trace export into store spans. Spans without a valid
 /// trace or span id cannot be stored and are counted in the second value.
-pub fn spans(request: ExportTraceServiceRequest) -> (Vec<Span>, usize) {
+pub(crate) fn spans(request: ExportTraceServiceRequest) -> (Vec<Span>, usize) {
     let mut spans = Vec::new();
     let mut rejected = 0;
     for resource_spans in request.resource_spans {

@@ -1,61 +1,63 @@
-//! OTLP/HTTP receiver: `POST /v1/logs`, `POST /v1/traces` and `POST /v1/metrics`.
+//! OTLP/HTTP receiver: `POST /v1/logs`, `POST /v1/traces` and `POST /v1/metrics`,
+//! the HTTP transport of the services in [`crate::service`].
 //!
 //! Follows the OTLP/HTTP specification:
 //!
-//! - the body is an `ExportLogsServiceRequest` / `ExportTraceServiceRequest`,
-//!   binary protobuf (`Content-Type: application/x-protobuf`) or OTLP/JSON
+//! - the body is an `Export*ServiceRequest`, binary protobuf
+//!   (`Content-Type: application/x-protobuf`) or OTLP/JSON
 //!   (`application/json`: camelCase keys, hex trace and span ids, 64-bit
 //!   integers as strings or numbers, enums as integers);
 //! - `Content-Encoding: gzip` is accepted; the decompressed size is capped at
 //!   [`MAX_DECODED_BYTES`] and the received size at [`MAX_BODY_BYTES`], so a
-//!   gzip bomb costs at most the cap, then answers 413;
+//!   gzip bomb costs at most the cap, then answers 413 (the body is read by
+//!   [`crate::http_body`], as for every HTTP ingest route);
 //! - the answer is an `Export*ServiceResponse` in the request's content type,
 //!   with `partialSuccess` when some records were refused;
 //! - errors answer a `google.rpc.Status` (`{"code": 3, "message": "..."}` in
-//!   JSON, the protobuf message for protobuf requests): 400 for a malformed
-//!   body (the decoder's message, with line and column for JSON), 413 over a
-//!   limit, 415 for an unknown content type or encoding, 429 with
-//!   `Retry-After` when ingest is over capacity, 503 with `Retry-After` when
-//!   the collector is stopping or the write-ahead log fails.
+//!   JSON, the protobuf message for protobuf requests) with the status and
+//!   code [`crate::error`] decides: 400 for a malformed body (the decoder's
+//!   message, with line and column for JSON), 413 over a limit, 415 for an
+//!   unknown content type or encoding, 429 with `Retry-After` when the
+//!   client is over its ingest rate or ingest is over capacity, 503 with
+//!   `Retry-After` when the collector is stopping or cannot write.
 //!
-//! Decompression and decoding run on the blocking pool: a 16 MiB body is
-//! tens of milliseconds of work.
+//! The request is charged to its client's ingest rate by its
+//! `Content-Length` before the body is read. Decompression and decoding run
+//! on the blocking pool: a 16 MiB body is tens of milliseconds of work.
 //!
 //! `/v1/metrics` is served by [`metrics_router`] (merged into the same port
 //! by `lib.rs`): data points go to the metric store through
 //! [`sightline_metrics::otlp`], with the same formats, limits and errors.
-//!
-//! The body helpers ([`read_body`], [`decode_content`]) are shared with the
-//! Elasticsearch `_bulk` receiver.
-
-use std::io::Read;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-
-use crate::ingest::{Ingest, summarize};
-use crate::metrics::Limit;
-use crate::otlp;
-use crate::pipeline::IngestError;
 use sightline_metrics::otlp::OtlpMetrics;
+use std::sync::Arc;
+
+use crate::error::{Flavour, ReceiveError};
+use crate::http_body::{self, BodyRules, Encodings, Received};
+use crate::ingest::Ingest;
+use crate::otlp;
+use crate::ratelimit::RateLimiter;
+use crate::service::{LogsService, MetricsService, OtlpService, TracesService};
 
 /// Largest request body accepted as received (compressed or not), in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -63,38 +65,35 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Largest request body accepted after decompression, in bytes.
 pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
-/// Seconds a client is asked to wait when ingest is over capacity.
-const RETRY_AFTER_BUSY_SECONDS: u64 = 1;
-
-/// Seconds a client is asked to wait when the collector cannot store.
-const RETRY_AFTER_UNAVAILABLE_SECONDS: u64 = 5;
+/// The bodies every OTLP/HTTP route takes.
+const BODY: BodyRules = BodyRules {
+    max_body_bytes: MAX_BODY_BYTES,
+    max_decoded_bytes: MAX_DECODED_BYTES,
+    encodings: Encodings::IdentityOrGzip,
+};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
-/// gRPC status codes used in error bodies, as `google.rpc.Status` carries them.
-mod grpc_code {
-    pub(super) const INVALID_ARGUMENT: i32 = 3;
-    pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
-    pub(super) const INTERNAL: i32 = 13;
-    pub(super) const UNAVAILABLE: i32 = 14;
-}
-
 /// The OTLP/HTTP routes, served on their own port (4318 by default).
 pub fn router(ingest: Ingest) -> Router {
-    Router::new()
-        .route("/v1/logs", post(export_logs))
-        .route("/v1/traces", post(export_traces))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(ingest)
+    route("/v1/logs", LogsService::new(ingest.clone()))
+        .merge(route("/v1/traces", TracesService::new(ingest)))
 }
 
 /// `POST /v1/metrics`, on the OTLP/HTTP port next to [`router`].
-pub fn metrics_router(metrics: OtlpMetrics) -> Router {
+pub fn metrics_router(metrics: OtlpMetrics, rate_limiter: Option<Arc<RateLimiter>>) -> Router {
+    route("/v1/metrics", MetricsService::new(metrics, rate_limiter))
+}
+
+fn route<S>(path: &str, service: S) -> Router
+where
+    S: OtlpService,
+    S::Response: OtlpJson,
+{
     Router::new()
-        .route("/v1/metrics", post(export_metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(metrics)
+        .route(path, post(export::<S>))
+        .with_state(service)
 }
 
 /// How an OTLP payload is encoded, from the request's `Content-Type`.
@@ -105,9 +104,9 @@ enum Format {
 }
 
 impl Format {
-    fn from_headers(headers: &HeaderMap) -> Result<Format, OtlpError> {
+    fn from_headers(headers: &HeaderMap) -> Result<Format, ReceiveError> {
         let Some(value) = headers.get(CONTENT_TYPE) else {
-            return Err(OtlpError::UnsupportedContentType(
+            return Err(ReceiveError::UnsupportedContentType(
                 "missing Content-Type, expected application/x-protobuf or application/json".into(),
             ));
         };
@@ -122,7 +121,7 @@ impl Format {
         match media_type.as_str() {
             PROTOBUF | "application/protobuf" => Ok(Format::Protobuf),
             JSON => Ok(Format::Json),
-            _ => Err(OtlpError::UnsupportedContentType(format!(
+            _ => Err(ReceiveError::UnsupportedContentType(format!(
                 "unsupported Content-Type {value:?}, expected application/x-protobuf or application/json"
             ))),
         }
@@ -132,137 +131,6 @@ impl Format {
         match self {
             Format::Protobuf => PROTOBUF,
             Format::Json => JSON,
-        }
-    }
-}
-
-/// What can go wrong with a request body before it is decoded.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    #[error("request body is over the limit of {limit} bytes (max_body_bytes)")]
-    TooLarge { limit: usize },
-    #[error("decompressed request body is over the limit of {limit} bytes (max_decoded_bytes)")]
-    DecodedTooLarge { limit: usize },
-    #[error("unsupported Content-Encoding {0:?}, expected gzip or identity")]
-    UnsupportedEncoding(String),
-    #[error("malformed gzip body: {0}")]
-    Gzip(String),
-    #[error("failed to read the request body: {0}")]
-    Read(String),
-}
-
-impl BodyError {
-    pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            BodyError::TooLarge { .. } | BodyError::DecodedTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            BodyError::Gzip(_) | BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
-/// The body as axum buffered it (under [`DefaultBodyLimit`]), or why not.
-pub(crate) fn read_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            BodyError::TooLarge { limit }
-        } else {
-            BodyError::Read(rejection.body_text())
-        }
-    })
-}
-
-/// Undoes the request's `Content-Encoding` (none, `identity` or `gzip`),
-/// refusing to produce more than `max_decoded` bytes.
-pub(crate) fn decode_content(
-    encoding: Option<&HeaderValue>,
-    body: Bytes,
-    max_decoded: usize,
-) -> Result<Bytes, BodyError> {
-    let encoding = encoding.map(|value| {
-        value
-            .to_str()
-            .unwrap_or("(not text)")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    match encoding.as_deref() {
-        None | Some("" | "identity") => {
-            if body.len() > max_decoded {
-                return Err(BodyError::DecodedTooLarge { limit: max_decoded });
-            }
-            Ok(body)
-        }
-        Some("gzip" | "x-gzip") => gunzip(&body, max_decoded).map(Bytes::from),
-        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
-    }
-}
-
-/// Decompresses (possibly multi-member) gzip, reading at most one byte past
-/// `limit` so a bomb allocates no more than about twice the limit.
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
-    let mut decoded = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    let mut reader = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
-    reader
-        .read_to_end(&mut decoded)
-        .map_err(|error| BodyError::Gzip(error.to_string()))?;
-    if decoded.len() > limit {
-        return Err(BodyError::DecodedTooLarge { limit });
-    }
-    Ok(decoded)
-}
-
-/// Everything an OTLP/HTTP request can fail with, mapped to an HTTP status
-/// and a gRPC code at the boundary.
-#[derive(Debug, thiserror::Error)]
-enum OtlpError {
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    #[error("{0}")]
-    UnsupportedContentType(String),
-    #[error("{0}")]
-    Malformed(String),
-    #[error(transparent)]
-    Ingest(#[from] IngestError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl OtlpError {
-    fn status(&self) -> StatusCode {
-        match self {
-            OtlpError::Body(error) => error.status(),
-            OtlpError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            OtlpError::Malformed(_) => StatusCode::BAD_REQUEST,
-            OtlpError::Ingest(IngestError::Busy) => StatusCode::TOO_MANY_REQUESTS,
-            OtlpError::Ingest(IngestError::ShuttingDown | IngestError::Storage(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            OtlpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn grpc_code(&self) -> i32 {
-        match self.status() {
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
-                grpc_code::RESOURCE_EXHAUSTED
-            }
-            StatusCode::SERVICE_UNAVAILABLE => grpc_code::UNAVAILABLE,
-            StatusCode::INTERNAL_SERVER_ERROR => grpc_code::INTERNAL,
-            _ => grpc_code::INVALID_ARGUMENT,
-        }
-    }
-
-    fn retry_after(&self) -> Option<u64> {
-        match self {
-            OtlpError::Ingest(IngestError::Busy) => Some(RETRY_AFTER_BUSY_SECONDS),
-            OtlpError::Ingest(_) => Some(RETRY_AFTER_UNAVAILABLE_SECONDS),
-            _ => None,
         }
     }
 }
@@ -277,225 +145,70 @@ struct RpcStatus {
 }
 
 /// An error answered in the request's format (JSON when it is unknown).
-struct ErrorResponse {
-    error: OtlpError,
-    format: Format,
-}
-
-impl IntoResponse for ErrorResponse {
-    fn into_response(self) -> Response {
-        let status = self.error.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self.error, "otlp/http request failed");
-        } else {
-            tracing::debug!(error = %self.error, "otlp/http request refused");
-        }
-        let rpc_status = RpcStatus {
-            code: self.error.grpc_code(),
-            message: self.error.to_string(),
-        };
-        let body = match self.format {
-            Format::Protobuf => rpc_status.encode_to_vec(),
-            Format::Json => json!({"code": rpc_status.code, "message": rpc_status.message})
-                .to_string()
-                .into_bytes(),
-        };
-        let mut response =
-            (status, [(CONTENT_TYPE, self.format.content_type())], body).into_response();
-        if let Some(seconds) = self.error.retry_after() {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
+fn error_response(error: ReceiveError, format: Format) -> Response {
+    error.log("otlp/http");
+    let (status, retry_after) = error.http(Flavour::OtlpHttp);
+    let rpc_status = RpcStatus {
+        code: error.grpc_code() as i32,
+        message: error.to_string(),
+    };
+    let body = match format {
+        Format::Protobuf => rpc_status.encode_to_vec(),
+        Format::Json => json!({"code": rpc_status.code, "message": rpc_status.message})
+            .to_string()
+            .into_bytes(),
+    };
+    let mut response = (status, [(CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Some(wait) = retry_after {
         response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait.as_secs()));
     }
+    response
 }
 
-/// Runs an export in the request's format and answers errors in it too
-/// (JSON when the format itself is what was wrong).
-async fn respond<Export, Exporting>(headers: &HeaderMap, export: Export) -> Response
+/// One export: the request's format, then the service's answer or its
+/// refusal, both in that format (JSON when the format itself is what was
+/// wrong).
+async fn export<S>(State(service): State<S>, request: Request) -> Response
 where
-    Export: FnOnce(Format) -> Exporting,
-    Exporting: std::future::Future<Output = Result<Response, OtlpError>>,
+    S: OtlpService,
+    S::Response: OtlpJson,
 {
-    let format = match Format::from_headers(headers) {
-        Ok(format) => format,
+    let (parts, body) = request.into_parts();
+    let format = Format::from_headers(&parts.headers);
+    let answer_format = *format.as_ref().unwrap_or(&Format::Json);
+    match receive_and_export(&service, &parts, body, format).await {
+        Ok(response) => success(answer_format, &response),
         Err(error) => {
-            let format = Format::Json;
-            return ErrorResponse { error, format }.into_response();
+            service.count_refused(&error);
+            error_response(error, answer_format)
         }
-    };
-    match export(format).await {
-        Ok(response) => response,
-        Err(error) => ErrorResponse { error, format }.into_response(),
     }
 }
 
-async fn export_logs(
-    State(ingest): State<Ingest>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(&headers, |format| {
-        store_logs(&ingest, &headers, format, body)
-    })
-    .await
-}
-
-async fn store_logs(
-    ingest: &Ingest,
-    headers: &HeaderMap,
-    format: Format,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, OtlpError> {
-    let body = counted(
-        ingest,
-        read_body(body, MAX_BODY_BYTES).map_err(OtlpError::from),
-    )?;
-    let encoding = headers.get(CONTENT_ENCODING).cloned();
-    let decoded = tokio::task::spawn_blocking(move || {
-        let (request, size) =
-            decode_request::<ExportLogsServiceRequest>(format, encoding.as_ref(), body)?;
-        Ok::<_, OtlpError>((otlp::log_records(request), size))
-    })
-    .await
-    .map_err(|error| OtlpError::Internal(error.to_string()))?;
-    let (records, size) = counted(ingest, decoded)?;
-    let rejections = ingest.logs(records, size).await?;
-    let partial_success = (!rejections.is_empty()).then(|| ExportLogsPartialSuccess {
-        rejected_log_records: rejections.len() as i64,
-        error_message: summarize(&rejections, "log records"),
-    });
-    let json = match &partial_success {
-        Some(partial) => json!({"partialSuccess": {
-            "rejectedLogRecords": partial.rejected_log_records.to_string(),
-            "errorMessage": partial.error_message,
-        }}),
-        None => json!({}),
-    };
-    Ok(success(
-        format,
-        &ExportLogsServiceResponse { partial_success },
-        json,
-    ))
-}
-
-/// Counts a request refused by a body-size limit on `/metrics`.
-fn counted<T>(ingest: &Ingest, result: Result<T, OtlpError>) -> Result<T, OtlpError> {
-    match &result {
-        Err(OtlpError::Body(BodyError::TooLarge { .. })) => {
-            ingest.metrics().limited(Limit::BodyBytes);
-        }
-        Err(OtlpError::Body(BodyError::DecodedTooLarge { .. })) => {
-            ingest.metrics().limited(Limit::DecodedBytes);
-        }
-        _ => {}
-    }
-    result
-}
-
-async fn export_traces(
-    State(ingest): State<Ingest>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(&headers, |format| {
-        store_traces(&ingest, &headers, format, body)
-    })
-    .await
-}
-
-async fn store_traces(
-    ingest: &Ingest,
-    headers: &HeaderMap,
-    format: Format,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, OtlpError> {
-    let body = counted(
-        ingest,
-        read_body(body, MAX_BODY_BYTES).map_err(OtlpError::from),
-    )?;
-    let encoding = headers.get(CONTENT_ENCODING).cloned();
-    let decoded = tokio::task::spawn_blocking(move || {
-        let (request, size) =
-            decode_request::<ExportTraceServiceRequest>(format, encoding.as_ref(), body)?;
-        let (spans, rejected) = otlp::spans(request);
-        Ok::<_, OtlpError>((spans, rejected, size))
-    })
-    .await
-    .map_err(|error| OtlpError::Internal(error.to_string()))?;
-    let (spans, rejected, size) = counted(ingest, decoded)?;
-    if rejected > 0 {
-        ingest.count_malformed(rejected as u64);
-    }
-    let limited = ingest.spans(spans, size).await?;
-    let partial_success =
-        (rejected > 0 || !limited.is_empty()).then(|| ExportTracePartialSuccess {
-            rejected_spans: (rejected + limited.len()) as i64,
-            error_message: crate::ingest::spans_message(rejected, &limited),
-        });
-    let json = match &partial_success {
-        Some(partial) => json!({"partialSuccess": {
-            "rejectedSpans": partial.rejected_spans.to_string(),
-            "errorMessage": partial.error_message,
-        }}),
-        None => json!({}),
-    };
-    Ok(success(
-        format,
-        &ExportTraceServiceResponse { partial_success },
-        json,
-    ))
-}
-
-async fn export_metrics(
-    State(metrics): State<OtlpMetrics>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    respond(&headers, |format| {
-        store_metrics(&metrics, &headers, format, body)
-    })
-    .await
-}
-
-async fn store_metrics(
-    metrics: &OtlpMetrics,
-    headers: &HeaderMap,
-    format: Format,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, OtlpError> {
-    let body = read_body(body, MAX_BODY_BYTES)?;
-    let encoding = headers.get(CONTENT_ENCODING).cloned();
-    let request = tokio::task::spawn_blocking(move || {
-        decode_request::<ExportMetricsServiceRequest>(format, encoding.as_ref(), body)
-    })
-    .await
-    .map_err(|error| OtlpError::Internal(error.to_string()))??
-    .0;
-    let partial_success = metrics
-        .export(request)
-        .await
-        .map_err(|error| OtlpError::Ingest(IngestError::Storage(error.0)))?;
-    let json = match &partial_success {
-        Some(partial) => json!({"partialSuccess": {
-            "rejectedDataPoints": partial.rejected_data_points.to_string(),
-            "errorMessage": partial.error_message,
-        }}),
-        None => json!({}),
-    };
-    Ok(success(
-        format,
-        &ExportMetricsServiceResponse { partial_success },
-        json,
-    ))
+async fn receive_and_export<S: OtlpService>(
+    service: &S,
+    parts: &Parts,
+    body: Body,
+    format: Result<Format, ReceiveError>,
+) -> Result<S::Response, ReceiveError> {
+    let client = http_body::client(&parts.extensions);
+    service.admit(Some(client), http_body::content_length(&parts.headers))?;
+    let format = format?;
+    let received = http_body::receive(body, &parts.headers, &BODY).await?;
+    let (request, size) =
+        tokio::task::spawn_blocking(move || decode_request::<S::Request>(format, received))
+            .await
+            .map_err(|error| ReceiveError::Internal(error.to_string()))??;
+    service.export(request, size).await
 }
 
 /// A 200 answer: the protobuf message, or its OTLP/JSON form.
-fn success(format: Format, message: &impl Message, json: Value) -> Response {
+fn success<M: Message + OtlpJson>(format: Format, message: &M) -> Response {
     let body = match format {
         Format::Protobuf => message.encode_to_vec(),
-        Format::Json => json.to_string().into_bytes(),
+        Format::Json => message.to_json().to_string().into_bytes(),
     };
     (
         StatusCode::OK,
@@ -505,25 +218,64 @@ fn success(format: Format, message: &impl Message, json: Value) -> Response {
         .into_response()
 }
 
+/// The OTLP/JSON form of an export response: `{}`, or the partial success
+/// with its count as a string (a 64-bit integer in OTLP/JSON).
+trait OtlpJson {
+    fn to_json(&self) -> Value;
+}
+
+impl OtlpJson for ExportLogsServiceResponse {
+    fn to_json(&self) -> Value {
+        match &self.partial_success {
+            Some(partial) => json!({"partialSuccess": {
+                "rejectedLogRecords": partial.rejected_log_records.to_string(),
+                "errorMessage": partial.error_message,
+            }}),
+            None => json!({}),
+        }
+    }
+}
+
+impl OtlpJson for ExportTraceServiceResponse {
+    fn to_json(&self) -> Value {
+        match &self.partial_success {
+            Some(partial) => json!({"partialSuccess": {
+                "rejectedSpans": partial.rejected_spans.to_string(),
+                "errorMessage": partial.error_message,
+            }}),
+            None => json!({}),
+        }
+    }
+}
+
+impl OtlpJson for ExportMetricsServiceResponse {
+    fn to_json(&self) -> Value {
+        match &self.partial_success {
+            Some(partial) => json!({"partialSuccess": {
+                "rejectedDataPoints": partial.rejected_data_points.to_string(),
+                "errorMessage": partial.error_message,
+            }}),
+            None => json!({}),
+        }
+    }
+}
+
 /// Decompresses and decodes one export request; returns it with its decoded size.
-fn decode_request<M>(
-    format: Format,
-    encoding: Option<&HeaderValue>,
-    body: Bytes,
-) -> Result<(M, usize), OtlpError>
+fn decode_request<M>(format: Format, received: Received) -> Result<(M, usize), ReceiveError>
 where
     M: Message + Default + DeserializeOwned,
 {
-    let body = decode_content(encoding, body, MAX_DECODED_BYTES)?;
+    let body = received.decode()?;
     let name = std::any::type_name::<M>()
         .rsplit("::")
         .next()
         .unwrap_or("request");
     let request = match format {
-        Format::Protobuf => M::decode(body.as_ref())
-            .map_err(|error| OtlpError::Malformed(format!("malformed protobuf {name}: {error}")))?,
+        Format::Protobuf => M::decode(body.as_ref()).map_err(|error| {
+            ReceiveError::Malformed(format!("malformed protobuf {name}: {error}"))
+        })?,
         Format::Json => decode_json(&body).map_err(|error| {
-            OtlpError::Malformed(format!("malformed OTLP/JSON {name}: {error}"))
+            ReceiveError::Malformed(format!("malformed OTLP/JSON {name}: {error}"))
         })?,
     };
     Ok((request, body.len()))
@@ -591,33 +343,46 @@ pub fn fuzz_otlp(data: &[u8]) {
     } else {
         Format::Protobuf
     };
-    let gzip = HeaderValue::from_static("gzip");
-    let encoding = (selector & 8 != 0).then_some(&gzip);
-    let body = Bytes::copy_from_slice(body);
+    let gzip = (selector & 8 != 0).then_some("gzip");
+    let Ok(received) = in_memory(gzip, body) else {
+        return;
+    };
     match (selector >> 1) % 3 {
         0 => {
-            if let Ok((request, _)) =
-                decode_request::<ExportLogsServiceRequest>(format, encoding, body)
-            {
+            if let Ok((request, _)) = decode_request::<ExportLogsServiceRequest>(format, received) {
                 otlp::log_records(request);
             }
         }
         1 => {
-            if let Ok((request, _)) =
-                decode_request::<ExportTraceServiceRequest>(format, encoding, body)
+            if let Ok((request, _)) = decode_request::<ExportTraceServiceRequest>(format, received)
             {
                 otlp::spans(request);
             }
         }
         _ => {
             if let Ok((request, _)) =
-                decode_request::<ExportMetricsServiceRequest>(format, encoding, body)
+                decode_request::<ExportMetricsServiceRequest>(format, received)
             {
                 let deltas = sightline_metrics::otlp::DeltaTotals::default();
                 sightline_metrics::otlp::translate(request, &deltas, 0);
             }
         }
     }
+}
+
+/// `body` as if received with `Content-Encoding: encoding`.
+fn in_memory(encoding: Option<&str>, body: &[u8]) -> Result<Received, ReceiveError> {
+    let mut headers = HeaderMap::new();
+    if let Some(encoding) = encoding {
+        let value = HeaderValue::from_str(encoding)
+            .map_err(|error| ReceiveError::Malformed(error.to_string()))?;
+        headers.insert(axum::http::header::CONTENT_ENCODING, value);
+    }
+    Ok(Received::in_memory(
+        Bytes::copy_from_slice(body),
+        &headers,
+        &BODY,
+    )?)
 }
 
 #[cfg(test)]
@@ -669,10 +434,8 @@ mod tests {
         format: Format,
         encoding: Option<&str>,
         body: &[u8],
-    ) -> Result<ExportLogsServiceRequest, OtlpError> {
-        let encoding = encoding.map(|value| HeaderValue::from_str(value).unwrap());
-        decode_request(format, encoding.as_ref(), Bytes::copy_from_slice(body))
-            .map(|(request, _)| request)
+    ) -> Result<ExportLogsServiceRequest, ReceiveError> {
+        decode_request(format, in_memory(encoding, body)?).map(|(request, _)| request)
     }
 
     #[test]
@@ -738,7 +501,7 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("ExportLogsServiceRequest"), "{message}");
         assert!(message.contains("line 2 column"), "{message}");
-        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.http(Flavour::OtlpHttp).0, StatusCode::BAD_REQUEST);
 
         let error = decode_logs(
             Format::Json,
@@ -760,37 +523,6 @@ mod tests {
     }
 
     #[test]
-    fn gzip_is_undone_and_capped() {
-        let decoded = decode_content(
-            Some(&HeaderValue::from_static("gzip")),
-            gzip(b"hello").into(),
-            5,
-        )
-        .unwrap();
-        assert_eq!(decoded.as_ref(), b"hello");
-        let error = decode_content(
-            Some(&HeaderValue::from_static("gzip")),
-            gzip(b"hello!").into(),
-            5,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(error, BodyError::DecodedTooLarge { limit: 5 }),
-            "{error}"
-        );
-        let error = decode_content(
-            Some(&HeaderValue::from_static("gzip")),
-            Bytes::from_static(b"not gzip"),
-            5,
-        )
-        .unwrap_err();
-        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        let error =
-            decode_content(Some(&HeaderValue::from_static("br")), Bytes::new(), 5).unwrap_err();
-        assert_eq!(error.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    }
-
-    #[test]
     fn content_types_are_recognised_with_parameters() {
         let headers = |value: &'static str| {
             HeaderMap::from_iter([(CONTENT_TYPE, HeaderValue::from_static(value))])
@@ -804,7 +536,10 @@ mod tests {
             Format::Protobuf
         );
         let error = Format::from_headers(&headers("text/plain")).unwrap_err();
-        assert_eq!(error.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            error.http(Flavour::OtlpHttp).0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
         assert!(Format::from_headers(&HeaderMap::new()).is_err());
     }
 
@@ -857,12 +592,8 @@ mod tests {
         if let Ok(request) = decode_logs(format, encoding, body) {
             let _ = otlp::log_records(request);
         }
-        let encoding = encoding.map(|value| HeaderValue::from_str(value).unwrap());
-        let traces = decode_request::<ExportTraceServiceRequest>(
-            format,
-            encoding.as_ref(),
-            Bytes::copy_from_slice(body),
-        );
+        let traces = in_memory(encoding, body)
+            .and_then(|received| decode_request::<ExportTraceServiceRequest>(format, received));
         if let Ok((request, _)) = traces {
             let _ = otlp::spans(request);
         }

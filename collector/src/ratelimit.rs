@@ -3,22 +3,20 @@
 //! A request is admitted while its client's bucket is not in debt and then
 //! pays its full size, so one large request always gets through and the
 //! client waits afterwards; the refusal says how long (`Retry-After` on
-//! HTTP, the message of `RESOURCE_EXHAUSTED` on gRPC). Off unless
-//! `--ingest-rate-limit-bytes` is set. Buckets are kept for at most
-//! [`MAX_CLIENTS`] addresses; past that, full buckets (idle clients) are
-//! forgotten first. `_bulk` charges the same buckets from its handler
-//! ([`crate::elastic`]), to refuse the way Elasticsearch does.
+//! HTTP, the message of `RESOURCE_EXHAUSTED` on gRPC, see
+//! [`crate::error`]). Off unless `--ingest-rate-limit-bytes` is set.
+//! Buckets are kept for at most [`MAX_CLIENTS`] addresses; past that, full
+//! buckets (idle clients) are forgotten first.
+//!
+//! Every ingest path charges the same buckets through [`admit`]: the OTLP
+//! services (gRPC and HTTP, all three signals), `_bulk` and remote-write.
+//! gRPC charges a request's decoded size, HTTP its `Content-Length`
+//! (before the body is read; a body without one is charged nothing).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
-use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use crate::metrics::{CollectorMetrics, Limit};
 
@@ -115,43 +113,25 @@ impl RateLimiter {
     }
 }
 
-/// Middleware for HTTP ingest routes: charges the request's
-/// `Content-Length` to its client address; 429 with `Retry-After` when the
-/// client is over its rate. (A body without `Content-Length` is admitted
-/// by the same rule but charged nothing.)
-pub async fn http_layer(
-    State(limiter): State<Arc<RateLimiter>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    let bytes = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<usize>().ok())
-        .unwrap_or(0);
-    match limiter.charge(client, bytes) {
-        Ok(()) => next.run(request).await,
-        Err(limited) => {
-            tracing::debug!(%client, error = %limited, "ingest request rate limited");
-            let body = serde_json::json!({"code": 8, "message": limited.to_string()});
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(RETRY_AFTER, limited.retry_after.as_secs().to_string())],
-                axum::Json(body),
-            )
-                .into_response()
-        }
+/// Charges a request of `bytes` from `client` to its rate when there is a
+/// limit; a request whose client is unknown is not charged. Every ingest
+/// path calls this ([`crate::service::OtlpService::admit`], `_bulk`,
+/// remote-write) before it reads or decodes the request.
+pub fn admit(
+    limiter: Option<&RateLimiter>,
+    client: Option<IpAddr>,
+    bytes: usize,
+) -> Result<(), RateLimited> {
+    match (limiter, client) {
+        (Some(limiter), Some(client)) => limiter.charge(client, bytes),
+        _ => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn a_client_over_its_rate_waits_while_others_pass() {

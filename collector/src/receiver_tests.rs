@@ -59,7 +59,7 @@ async fn http_exports_in_protobuf_and_json_become_series() {
     let (_dir, store) = open_store();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let router = crate::otlp_http::metrics_router(OtlpMetrics::new(store.clone()));
+    let router = crate::otlp_http::metrics_router(OtlpMetrics::new(store.clone()), None);
     tokio::spawn(async move { axum::serve(listener, router).await });
     let url = format!("http://{address}/v1/metrics");
     let client = reqwest::Client::new();

@@ -505,3 +505,65 @@ async fn a_request_over_a_real_socket() {
     let _ = server.await;
     harness.stop().await;
 }
+
+/// Every OTLP/HTTP route charges the client's rate before reading the body:
+/// one large request passes, the next answers 429 with `Retry-After` and a
+/// `RESOURCE_EXHAUSTED` status in the request's format, for logs, traces
+/// and metrics alike (metrics go to the metric store, not the pipeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_signal_over_the_client_rate_answers_429_with_retry_after() {
+    use sightline_collector::otlp_http::metrics_router;
+    use sightline_collector::ratelimit::RateLimiter;
+    use sightline_metrics::otlp::OtlpMetrics;
+    use sightline_tsdb::MetricStore;
+    use std::sync::Arc;
+
+    let harness = Harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let metric_store = Arc::new(MetricStore::open(dir.path()).unwrap());
+    let limiter = RateLimiter::new(1000, 1000, harness.ingest.metrics().clone());
+    let ingest = harness.ingest.clone().with_rate_limiter(limiter.clone());
+    let routes = || {
+        router(ingest.clone()).merge(metrics_router(
+            OtlpMetrics::new(metric_store.clone()),
+            limiter.clone(),
+        ))
+    };
+    // Announced as 5000 bytes: admitted, and the client is 4 s in debt.
+    let body = logs_request(vec![log(now_nanos() as u64, "paid")]).encode_to_vec();
+    let announced = [PROTOBUF, ("content-length", "5000")];
+    let first = send(routes(), post("/v1/logs", &announced, body)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    for path in ["/v1/logs", "/v1/traces", "/v1/metrics"] {
+        let answer = send(routes(), post(path, &[PROTOBUF], Vec::new())).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert!(
+            answer
+                .header("retry-after")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 1,
+            "{path}"
+        );
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/x-protobuf"),
+            "{path}"
+        );
+        let status = RpcStatus::decode(answer.body.as_ref()).unwrap();
+        assert_eq!(status.code, 8, "{path}: RESOURCE_EXHAUSTED");
+        assert!(
+            status
+                .message
+                .starts_with("ingest rate limit of 1000 bytes/s exceeded for client 0.0.0.0"),
+            "{path}: {}",
+            status.message
+        );
+    }
+    let answer = send(routes(), post("/v1/metrics", &[JSON], "{}")).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.json()["code"], 8);
+    drop(ingest);
+    harness.stop().await;
+}
