@@ -25,11 +25,11 @@ use crate::config::CollectorConfig;
 
 /// A token given on the command line or in the environment; `Debug` never
 /// prints it.
-pub use sightline_vocab::secret::Secret;
+pub(crate) use sightline_vocab::secret::Secret;
 
 /// The tokens accepted for one scope; several may be valid at once so that
 /// keys can be rotated.
-pub struct Tokens {
+pub(crate) struct Tokens {
     tokens: Vec<Vec<u8>>,
 }
 
@@ -69,7 +69,7 @@ impl Tokens {
 
     /// Whether `given` is one of the tokens; every token is compared in
     /// full, in time independent of where the bytes differ.
-    pub fn accepts(&self, given: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, given: &[u8]) -> bool {
         self.tokens
             .iter()
             .fold(false, |found, token| found | constant_time_eq(token, given))
@@ -96,7 +96,7 @@ fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
 
 /// Which token a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     Ingest,
     Query,
 }
@@ -112,14 +112,14 @@ impl Scope {
 
 /// The token sets of both scopes.
 #[derive(Debug, Clone, Default)]
-pub struct Auth {
+pub(crate) struct Auth {
     ingest: Option<Arc<Tokens>>,
     query: Option<Arc<Tokens>>,
 }
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     Missing(Scope),
     Malformed(Scope),
     Invalid(Scope),
@@ -145,7 +145,7 @@ impl std::fmt::Display for Refusal {
 
 impl Auth {
     /// Token sets from the collector's flags and environment.
-    pub fn from_config(config: &CollectorConfig) -> anyhow::Result<Self> {
+    pub(crate) fn from_config(config: &CollectorConfig) -> anyhow::Result<Self> {
         let ingest = Tokens::load(
             config.auth.ingest_token_file.as_deref(),
             config.auth.ingest_token.as_ref(),
@@ -171,7 +171,7 @@ impl Auth {
 
     /// Checks an `authorization` header value against a scope's tokens; a
     /// scope without tokens accepts everything.
-    pub fn check(&self, scope: Scope, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, scope: Scope, authorization: Option<&[u8]>) -> Result<(), Refusal> {
         let Some(tokens) = self.tokens(scope) else {
             return Ok(());
         };
@@ -187,7 +187,7 @@ impl Auth {
     }
 
     /// A tonic interceptor that asks for the ingest token.
-    pub fn grpc_ingest(&self) -> GrpcIngestAuth {
+    pub(crate) fn grpc_ingest(&self) -> GrpcIngestAuth {
         GrpcIngestAuth { auth: self.clone() }
     }
 }
@@ -205,7 +205,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 /// Refuses OTLP/gRPC exports without a valid ingest token
 /// (`UNAUTHENTICATED`).
 #[derive(Debug, Clone)]
-pub struct GrpcIngestAuth {
+pub(crate) struct GrpcIngestAuth {
     auth: Auth,
 }
 
@@ -238,7 +238,7 @@ fn http_scope(path: &str) -> Option<Scope> {
 /// Middleware for the query port: ingest routes ask for the ingest token,
 /// everything else except `/health`, `/metrics` and the UI's static page and
 /// assets for the query token.
-pub async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+pub(crate) async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     match http_scope(request.uri().path()) {
         None => next.run(request).await,
         Some(scope) => checked(&auth, scope, request, next).await,
@@ -246,7 +246,11 @@ pub async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) 
 }
 
 /// Middleware for the OTLP/HTTP port: every route asks for the ingest token.
-pub async fn ingest_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+pub(crate) async fn ingest_layer(
+    State(auth): State<Auth>,
+    request: Request,
+    next: Next,
+) -> Response {
     checked(&auth, Scope::Ingest, request, next).await
 }
 
@@ -275,7 +279,7 @@ fn unauthorized(refusal: Refusal) -> Response {
 
 /// Warns for each listener that accepts a scope without tokens on a
 /// non-loopback address.
-pub fn warn_if_exposed(auth: &Auth, listeners: &[(&str, SocketAddr, Scope)]) {
+pub(crate) fn warn_if_exposed(auth: &Auth, listeners: &[(&str, SocketAddr, Scope)]) {
     for (name, address, scope) in listeners {
         if auth.tokens(*scope).is_none() && !address.ip().is_loopback() {
             tracing::warn!(

@@ -107,7 +107,7 @@ pub struct AuthFlags {
         env = "SIGHTLINE_INGEST_TOKEN",
         hide_env_values = true
     )]
-    pub ingest_token: Option<crate::auth::Secret>,
+    pub ingest_token: Option<sightline_vocab::secret::Secret>,
     /// File of bearer tokens accepted by the query API and the UI, one per
     /// line. No query token: queries are open.
     #[arg(long, value_name = "FILE", env = "SIGHTLINE_QUERY_TOKEN_FILE")]
@@ -119,7 +119,7 @@ pub struct AuthFlags {
         env = "SIGHTLINE_QUERY_TOKEN",
         hide_env_values = true
     )]
-    pub query_token: Option<crate::auth::Secret>,
+    pub query_token: Option<sightline_vocab::secret::Secret>,
 }
 
 /// The command line: the collector's flags, or one of the rule tools.

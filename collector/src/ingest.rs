@@ -112,9 +112,11 @@ impl Ingest {
         &self.metrics
     }
 
-    /// RED metrics and service-graph edges derived from ingested spans.
-    pub fn span_metrics(&self) -> &Arc<SpanMetrics> {
-        &self.span_metrics
+    /// Counts ingested spans into `span_metrics` (RED metrics and
+    /// service-graph edges) instead of an aggregation of its own.
+    pub fn with_span_metrics(mut self, span_metrics: Arc<SpanMetrics>) -> Ingest {
+        self.span_metrics = span_metrics;
+        self
     }
 
     pub fn pipeline(&self) -> &Pipeline {

@@ -2,11 +2,13 @@
 //! and rule files change with `POST /-/reload` and `SIGHUP`, what stays
 //! keeps running (series without a gap, pending alerts with their
 //! `activeAt`), and a broken file changes nothing; and
-//! [`Scraper::reload`] on its own, with credentials and TLS files.
+//! [`Scraper::reload`] on its own, with credentials and TLS files; and the
+//! composition root in process: [`sightline_collector::start`], its
+//! addresses, `reload` and `shutdown`.
 
 mod support;
 
-use support::free_port;
+use support::{free_port, log_request};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -557,4 +559,148 @@ async fn scraper_reload_uses_new_credentials_and_refuses_unusable_tls_files() {
             .iter()
             .all(|status| status.target.job == "app")
     );
+}
+
+/// The composition root in process: `start` on a temporary directory with
+/// port 0 binds every listener, a log record sent over OTLP/HTTP becomes
+/// searchable, spans become RED metrics in the metric store (written
+/// directly, labelled as the self-scrape labelled them), `reload` applies
+/// an edited config and refuses a broken one, and `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_serves_reloads_and_shuts_down() {
+    use clap::Parser;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("sightline.yml");
+    std::fs::write(
+        &config_path,
+        "global: {scrape_interval: 200ms, scrape_timeout: 200ms}\n",
+    )
+    .unwrap();
+    let flags = sightline_collector::CollectorConfig::parse_from([
+        "sightline-collector".to_string(),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        "--http-addr=127.0.0.1:0".to_string(),
+        "--otlp-grpc-addr=127.0.0.1:0".to_string(),
+        "--otlp-http-addr=127.0.0.1:0".to_string(),
+        format!("--config={}", config_path.display()),
+    ]);
+    let collector = sightline_collector::start(flags).await.unwrap();
+    let addresses = collector.addresses();
+    let ports = [
+        addresses.otlp_grpc.port(),
+        addresses.otlp_http.port(),
+        addresses.http.port(),
+    ];
+    assert!(!ports.contains(&0), "{addresses:?}");
+    assert!(
+        ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+        "{addresses:?}"
+    );
+    let client = reqwest::Client::new();
+    let http = addresses.http;
+    let json = |path: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(format!("http://{http}{path}"))
+                .send()
+                .await
+                .ok()?;
+            response.json::<Value>().await.ok()
+        }
+    };
+
+    // A log record over OTLP/HTTP is searchable.
+    let response = client
+        .post(format!("http://{}/v1/logs", addresses.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(log_request("composition root line").encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    poll("the record searchable", || async {
+        let answer = json("/api/logs?q=%22composition%20root%20line%22".into()).await?;
+        (answer["records"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    // Spans become RED metrics in the store, with the collector's job and
+    // instance.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string();
+    let spans = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "checkout"}}
+        ]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c",
+            "spanId": "eee19b7ec3c1b174",
+            "name": "GET /cart",
+            "kind": 2,
+            "startTimeUnixNano": now,
+            "endTimeUnixNano": now,
+        }]}],
+    }]});
+    let response = client
+        .post(format!("http://{}/v1/traces", addresses.otlp_http))
+        .header("content-type", "application/json")
+        .body(spans.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let series = poll("span metrics in the store", || async {
+        let answer = json(
+            "/api/v1/query?query=traces_spanmetrics_calls_total%7Bservice%3D%22checkout%22%7D"
+                .into(),
+        )
+        .await?;
+        let series = answer["data"]["result"].as_array()?.clone();
+        (!series.is_empty()).then_some(series)
+    })
+    .await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    let labels = &series[0]["metric"];
+    assert_eq!(labels["job"], "sightline", "{labels}");
+    assert_eq!(labels["instance"], format!("127.0.0.1:{}", http.port()));
+    assert_eq!(labels["span_kind"], "SPAN_KIND_SERVER", "{labels}");
+    assert_eq!(series[0]["value"][1], "1");
+
+    // A reload applies an edited config: a new job is scraped.
+    let target = start_target().await;
+    std::fs::write(&config_path, config(&[target], &[])).unwrap();
+    collector.reload().await.unwrap();
+    poll("the added job's target", || async {
+        let targets = json("/api/v1/targets".into()).await?;
+        targets["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .any(|t| {
+                t["scrapePool"] == "app" && t["scrapeUrl"] == format!("http://{target}/metrics")
+            })
+            .then_some(())
+    })
+    .await;
+    // A broken one changes nothing, and the error names the file.
+    std::fs::write(&config_path, "scrape_configs: [{job_name: 7\n").unwrap();
+    let error = collector.reload().await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains(&config_path.display().to_string()),
+        "{error:#}"
+    );
+
+    collector.shutdown().await.unwrap();
+    // Every listener is closed.
+    for address in [addresses.otlp_grpc, addresses.otlp_http, addresses.http] {
+        assert!(
+            tokio::net::TcpStream::connect(address).await.is_err(),
+            "{address} still accepts connections"
+        );
+    }
 }

@@ -12,7 +12,9 @@
 //!   log records and spans;
 //! - [`alerting`]: the rule groups' runtime (evaluation loop, `for`,
 //!   `keep_firing_for`) and the Alertmanager notifier;
-//! - [`config_file`]: the `prometheus.yml`-shaped configuration file.
+//! - [`config_file`]: the `prometheus.yml`-shaped configuration file;
+//! - [`pipeline`]: all of the above as one part of the collector,
+//!   [`MetricsPipeline`], built from the config file and the store.
 //!
 //! This crate never writes a file itself (samples go to the
 //! [`MetricStore`](sightline_tsdb::MetricStore)) and never serves the
@@ -23,9 +25,12 @@ pub mod alerting;
 pub mod config_file;
 pub mod log_metrics;
 pub mod otlp;
+pub mod pipeline;
 pub mod remote_write;
 pub mod scrape;
 pub mod span_metrics;
+
+pub use pipeline::{MetricsConfig, MetricsPipeline, Observers, QueryListener};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

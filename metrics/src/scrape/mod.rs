@@ -15,8 +15,11 @@
 //!   the loops of unchanged targets.
 //!
 //! The collector scrapes itself unless a job already does: an implicit job
-//! `sightline` scrapes its own `/metrics`, so the span metrics reach the
-//! store and alert rules can use them. Behind TLS it scrapes its own
+//! `sightline` scrapes its own `/metrics`, so its operational counters reach
+//! the store and alert rules can use them, as a Prometheus server scraping
+//! it would. The span metrics on that page are written into the store
+//! directly ([`crate::span_metrics::flush_loop`]), so a scrape of the
+//! collector's own address drops them. Behind TLS it scrapes its own
 //! listener over https without verifying the certificate (see
 //! [`jobs_from_config`]).
 
@@ -321,20 +324,25 @@ pub fn jobs_from_config(
                 .iter()
                 .any(|candidate| target == format!("{candidate}:{port}"))
     };
-    let scraped = jobs.iter().any(|job| {
-        job.name == SELF_JOB
-            || job
-                .static_configs
-                .iter()
-                .any(|group| group.targets.iter().any(|target| own(target)))
-    });
+    let mut scraped = false;
+    for job in &mut jobs {
+        let own_targets: Vec<&str> = job
+            .static_configs
+            .iter()
+            .flat_map(|group| &group.targets)
+            .map(String::as_str)
+            .filter(|target| own(target))
+            .collect();
+        scraped |= job.name == SELF_JOB || !own_targets.is_empty();
+        if let Some(rule) = drop_span_metrics(&own_targets) {
+            job.metric_relabel_configs.push(rule);
+        }
+    }
     if !scraped {
-        let self_target = if address.is_ipv6() && !address.ip().is_unspecified() {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let self_target = self_target(address);
+        let drop_rule = drop_span_metrics(&[&self_target]);
         let mut job = Job::new(SELF_JOB, config.global.scrape_interval, vec![self_target]);
+        job.metric_relabel_configs.extend(drop_rule);
         job.timeout = config.global.scrape_timeout.min(job.interval);
         if tls {
             job.scheme = "https".to_string();
@@ -349,6 +357,51 @@ pub fn jobs_from_config(
         jobs.push(job);
     }
     jobs
+}
+
+/// The target (and `instance`) of the implicit self-scrape job: the query
+/// listener's address, on loopback when it listens on every address.
+pub fn self_target(address: SocketAddr) -> String {
+    let port = address.port();
+    if address.ip().is_unspecified() {
+        format!("127.0.0.1:{port}")
+    } else if address.is_ipv6() {
+        format!("[{}]:{port}", address.ip())
+    } else {
+        format!("{}:{port}", address.ip())
+    }
+}
+
+/// A `metric_relabel_configs` rule dropping the span metrics scraped from
+/// `targets` (the collector's own addresses, by the `instance` label they
+/// give a series unless relabeled): the collector writes those into the
+/// store itself. None without targets.
+fn drop_span_metrics(targets: &[&str]) -> Option<Relabel> {
+    if targets.is_empty() {
+        return None;
+    }
+    let instances: Vec<String> = targets.iter().map(|target| regex::escape(target)).collect();
+    let rule = relabel::RelabelConfig {
+        source_labels: Some(vec![
+            sightline_tsdb::METRIC_NAME.to_string(),
+            "instance".to_string(),
+        ]),
+        separator: ";".to_string(),
+        regex: format!(
+            "(?:{});(?:{})",
+            crate::span_metrics::METRIC_NAMES,
+            instances.join("|")
+        ),
+        action: "drop".to_string(),
+        ..Default::default()
+    };
+    match rule.compile() {
+        Ok(rule) => Some(rule),
+        Err(error) => {
+            tracing::error!(%error, "cannot drop span metrics from the self-scrape");
+            None
+        }
+    }
 }
 
 /// A running target loop.
@@ -925,6 +978,61 @@ scrape_configs:
         .unwrap();
         let jobs = jobs_from_config(&config, Path::new("."), Some(plain));
         assert_eq!(jobs.len(), 1);
+    }
+
+    /// The span metrics on the collector's `/metrics` are in the store
+    /// already: a scrape of its own address drops them, and nothing else.
+    #[test]
+    fn a_scrape_of_the_collector_drops_its_span_metrics() {
+        let address: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let self_scrape = Some(SelfScrape {
+            address,
+            tls: false,
+        });
+        let kept = |job: &Job, name: &str, instance: &str| {
+            let mut labels = Labels::new([("__name__", name), ("instance", instance)]);
+            relabel::process(&job.metric_relabel_configs, &mut labels)
+        };
+        let config = ConfigFile::parse(
+            "scrape_configs: [{job_name: a, static_configs: [{targets: ['x:1']}]}]",
+        )
+        .unwrap();
+        let jobs = jobs_from_config(&config, Path::new("."), self_scrape);
+        assert!(jobs[0].metric_relabel_configs.is_empty());
+        let own = &jobs[1];
+        assert!(!kept(
+            own,
+            "traces_spanmetrics_calls_total",
+            "127.0.0.1:4000"
+        ));
+        assert!(!kept(
+            own,
+            "traces_service_graph_request_total",
+            "127.0.0.1:4000"
+        ));
+        assert!(kept(
+            own,
+            "sightline_collector_ingested_total",
+            "127.0.0.1:4000"
+        ));
+        // A configured job scraping the collector and another target drops
+        // them from the collector only.
+        let config = ConfigFile::parse(
+            "scrape_configs: [{job_name: me, static_configs: [{targets: ['localhost:4000', 'tempo:3200']}]}]",
+        )
+        .unwrap();
+        let jobs = jobs_from_config(&config, Path::new("."), self_scrape);
+        assert_eq!(jobs.len(), 1);
+        assert!(!kept(
+            &jobs[0],
+            "traces_spanmetrics_calls_total",
+            "localhost:4000"
+        ));
+        assert!(kept(
+            &jobs[0],
+            "traces_spanmetrics_calls_total",
+            "tempo:3200"
+        ));
     }
 
     #[test]

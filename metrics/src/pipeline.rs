@@ -1,0 +1,349 @@
+//! The metrics pipeline as one part of the collector: built from the config
+//! file and the [`MetricStore`], it runs scraping, rule evaluation and
+//! notification, the log- and span-derived metrics' flushes and the store's
+//! block cutting and retention, and hands the collector what it serves
+//! (OTLP metrics, remote-write and `/api/v1/targets` routes, counters for
+//! `/metrics`).
+//!
+//! Two steps, because the receivers need the derived-metric observers before
+//! the query listener (which the self-scrape and the alert links point at)
+//! is bound: [`MetricsConfig::load`] reads and checks the config file,
+//! [`MetricsPipeline::start`] starts everything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use sightline_store::SpanStore;
+use sightline_tsdb::rules::RuleEngine;
+use sightline_tsdb::{Labels, MetricStore};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::alerting::Alerting;
+use crate::config_file::ConfigFile;
+use crate::log_metrics::LogMetrics;
+use crate::otlp::OtlpMetrics;
+use crate::scrape::{self, Scraper, SelfScrape};
+use crate::span_metrics::SpanMetrics;
+
+/// How often the metric store is checked for blocks to cut and delete.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long the time-series head grows before it is cut into a block
+/// (Prometheus' default block range).
+const METRIC_BLOCK_RANGE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// The observers the receivers feed with acknowledged data: metrics derived
+/// from log records and from spans.
+#[derive(Clone)]
+pub struct Observers {
+    pub log_metrics: Arc<LogMetrics>,
+    pub span_metrics: Arc<SpanMetrics>,
+}
+
+/// A read and checked config file, before anything runs.
+pub struct MetricsConfig {
+    /// The `--config` file, re-read at each reload; none: the defaults.
+    path: Option<PathBuf>,
+    file: ConfigFile,
+    /// Where the config file's relative paths start.
+    dir: PathBuf,
+    observers: Observers,
+}
+
+impl MetricsConfig {
+    /// Reads the config file at `path` (the defaults without one), warns
+    /// about keys Sightline ignores and checks `log_metrics`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<MetricsConfig> {
+        let file = match path {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        warn_ignored(&file);
+        let log_metrics = LogMetrics::from_config(&file.log_metrics)
+            .context("invalid log_metrics in the config file")?;
+        Ok(MetricsConfig {
+            path: path.map(Path::to_path_buf),
+            dir: path
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            file,
+            observers: Observers {
+                log_metrics: Arc::new(log_metrics),
+                span_metrics: Arc::default(),
+            },
+        })
+    }
+
+    /// What the receivers count acknowledged data into.
+    pub fn observers(&self) -> &Observers {
+        &self.observers
+    }
+}
+
+/// Where the collector serves its query port, which the self-scrape scrapes
+/// and alert links point at.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryListener {
+    pub address: SocketAddr,
+    /// Whether it speaks TLS.
+    pub tls: bool,
+}
+
+/// The running metrics pipeline; see the module docs.
+pub struct MetricsPipeline {
+    store: Arc<MetricStore>,
+    scraper: Scraper,
+    alerting: Arc<Alerting>,
+    otlp: OtlpMetrics,
+    observers: Observers,
+    path: Option<PathBuf>,
+    dir: PathBuf,
+    self_scrape: SelfScrape,
+    /// The UI's URL when the config file sets no `external_url`.
+    default_base_url: String,
+    /// The `log_metrics` section it started with (debug form): they need a
+    /// restart, a reload only warns.
+    log_metrics_section: String,
+    /// How often span metrics are flushed: the self-scrape's interval.
+    span_flush_interval: watch::Sender<Duration>,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    notifier: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+    log_flush: JoinHandle<()>,
+    span_flush: JoinHandle<()>,
+}
+
+impl MetricsPipeline {
+    /// Starts scraping (the config's jobs and the collector's own
+    /// `/metrics` at `query`), rule evaluation and notification, the
+    /// derived metrics' flushes and the store's maintenance (`retention`);
+    /// everything stops when `stop` turns true. Fails, naming the file,
+    /// when a rule file, a scrape job's TLS files or the alerting section
+    /// cannot be used.
+    pub async fn start(
+        config: MetricsConfig,
+        query: QueryListener,
+        store: Arc<MetricStore>,
+        spans: Arc<SpanStore>,
+        retention: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<MetricsPipeline> {
+        let MetricsConfig {
+            path,
+            file,
+            dir,
+            observers,
+        } = config;
+        let log_flush = tokio::spawn(crate::log_metrics::flush_loop(
+            observers.log_metrics.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+        let maintenance = tokio::spawn(maintenance_loop(store.clone(), retention, stop.clone()));
+        let self_scrape = SelfScrape {
+            address: query.address,
+            tls: query.tls,
+        };
+        let (span_flush_interval, interval) = watch::channel(file.global.scrape_interval);
+        let span_flush = tokio::spawn(crate::span_metrics::flush_loop(
+            observers.span_metrics.clone(),
+            store.clone(),
+            self_labels(query.address),
+            interval,
+            stop.clone(),
+        ));
+        let jobs = scrape::jobs_from_config(&file, &dir, Some(self_scrape));
+        let scraper = Scraper::start(
+            jobs,
+            store.clone(),
+            scrape::FILE_POLL_INTERVAL,
+            stop.clone(),
+        )?;
+        let default_base_url = {
+            let scheme = if query.tls { "https" } else { "http" };
+            format!("{scheme}://{}", query.address)
+        };
+        let alerting = Arc::new(Alerting::from_config(
+            &file,
+            &dir,
+            base_url(&file, &default_base_url),
+            store.clone(),
+            spans,
+        )?);
+        let notifier = alerting.start(stop).await;
+        Ok(MetricsPipeline {
+            otlp: OtlpMetrics::new(store.clone()),
+            store,
+            scraper,
+            alerting,
+            observers,
+            path,
+            dir,
+            self_scrape,
+            default_base_url,
+            log_metrics_section: format!("{:?}", file.log_metrics),
+            span_flush_interval,
+            tasks: Mutex::new(Some(Tasks {
+                notifier,
+                maintenance,
+                log_flush,
+                span_flush,
+            })),
+        })
+    }
+
+    /// The OTLP metrics translator the OTLP services hand requests to.
+    pub fn otlp(&self) -> OtlpMetrics {
+        self.otlp.clone()
+    }
+
+    /// What the receivers count acknowledged data into.
+    pub fn observers(&self) -> &Observers {
+        &self.observers
+    }
+
+    /// The rule engine behind `/api/v1/rules` and `/api/v1/alerts`.
+    pub fn rules(&self) -> Arc<RuleEngine> {
+        self.alerting.engine.clone()
+    }
+
+    /// Remote-write's service, which the collector's `POST /api/v1/write`
+    /// route (with the body reader, rate limit and errors of every ingest
+    /// route) hands requests to.
+    pub fn remote_write(&self) -> crate::remote_write::RemoteWrite {
+        crate::remote_write::RemoteWrite::new(self.store.clone())
+    }
+
+    /// `/api/v1/targets`.
+    pub fn api_router(&self) -> axum::Router {
+        self.scraper.router()
+    }
+
+    /// The pipeline's counters for the collector's `/metrics`: span
+    /// metrics (exemplars with `openmetrics`), the rule engine's and the
+    /// notifier's.
+    pub fn render_metrics(&self, openmetrics: bool) -> String {
+        let mut text = self.observers.span_metrics.render(openmetrics);
+        text.push_str(&self.alerting.engine.render_metrics());
+        text.push_str(&self.alerting.notifier.render_metrics());
+        text
+    }
+
+    /// Re-reads the config file and the rule files and applies scrape
+    /// jobs, rules, external labels and URL, Alertmanagers and webhooks
+    /// (see [`Scraper::reload`] and [`Alerting::apply`]). Everything is
+    /// checked before anything is applied: a file that fails to load
+    /// changes nothing, and the error names it. `log_metrics` need a
+    /// restart (a change is logged). Callers run one reload at a time.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let file = match &self.path {
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || ConfigFile::load(&path))
+                    .await
+                    .context("config loading task failed")??
+            }
+            None => ConfigFile::default(),
+        };
+        warn_ignored(&file);
+        if format!("{:?}", file.log_metrics) != self.log_metrics_section {
+            tracing::warn!("log_metrics changed; they apply at the next restart");
+        }
+        let alerting = {
+            let (file, dir) = (file.clone(), self.dir.clone());
+            let base_url = base_url(&file, &self.default_base_url);
+            tokio::task::spawn_blocking(move || Alerting::prepare(&file, &dir, base_url))
+                .await
+                .context("rule loading task failed")??
+        };
+        let jobs = scrape::jobs_from_config(&file, &self.dir, Some(self.self_scrape));
+        self.scraper.reload(jobs).await?;
+        self.alerting.apply(alerting).await;
+        self.span_flush_interval.send_if_modified(|interval| {
+            let changed = *interval != file.global.scrape_interval;
+            *interval = file.global.scrape_interval;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Stops what does not stop by itself (maintenance, the notifier, the
+    /// rule groups) and waits for the derived metrics' last flush, which
+    /// `stop` started.
+    pub async fn shutdown(&self) {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        let Some(tasks) = tasks else {
+            return;
+        };
+        tasks.maintenance.abort();
+        tasks.notifier.abort();
+        self.alerting.abort().await;
+        for flush in [tasks.log_flush, tasks.span_flush] {
+            if let Err(error) = flush.await {
+                tracing::error!(%error, "derived metrics flush task failed");
+            }
+        }
+    }
+}
+
+/// The labels the collector's self-scrape gives its own series, which the
+/// span metrics keep now that they skip it.
+fn self_labels(address: SocketAddr) -> Labels {
+    Labels::new([
+        ("job", scrape::SELF_JOB.to_string()),
+        ("instance", scrape::self_target(address)),
+    ])
+}
+
+fn base_url(file: &ConfigFile, default: &str) -> String {
+    match &file.external_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => default.to_string(),
+    }
+}
+
+fn warn_ignored(file: &ConfigFile) {
+    for key in file.ignored() {
+        tracing::warn!(key, "config file key not supported by Sightline; ignored");
+    }
+}
+
+/// Cuts blocks from the head and deletes blocks past `retention`, every
+/// [`MAINTENANCE_INTERVAL`] until `stop`.
+async fn maintenance_loop(
+    store: Arc<MetricStore>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let keep_from_ms = sightline_vocab::clock::now_nanos() / 1_000_000
+            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        let store = store.clone();
+        let maintained = tokio::task::spawn_blocking(move || {
+            store.maintain(METRIC_BLOCK_RANGE.as_millis() as i64, keep_from_ms)
+        });
+        match maintained.await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => tracing::info!(deleted, "retention deleted metric blocks"),
+            Ok(Err(error)) => tracing::error!(%error, "metric store maintenance failed"),
+            Err(error) => tracing::error!(%error, "metric store maintenance task failed"),
+        }
+    }
+}
