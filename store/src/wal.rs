@@ -676,4 +676,43 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, StoreError::CorruptDocument(_)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A crash can cut the newest segment at any byte: what stays
+        /// readable is a prefix of what was appended, numbered from 0, and
+        /// the next append gets the next number.
+        #[test]
+        fn a_cut_at_any_byte_keeps_a_numbered_prefix(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..12),
+            segment_bytes in 40u64..200,
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut wal = Wal::open(dir.path(), segment_bytes).unwrap();
+            for payload in &payloads {
+                wal.append(payload).unwrap();
+            }
+            wal.sync().unwrap();
+            drop(wal);
+            let (_, newest) = list_segments(dir.path()).unwrap().pop().unwrap();
+            let len = std::fs::metadata(&newest).unwrap().len();
+            let keep = cut.index(len as usize + 1) as u64;
+            OpenOptions::new().write(true).open(&newest).unwrap().set_len(keep).unwrap();
+
+            let entries = read_all(dir.path(), 0);
+            proptest::prop_assert!(entries.len() <= payloads.len());
+            for (index, entry) in entries.iter().enumerate() {
+                proptest::prop_assert_eq!(entry.position, index as u64);
+                proptest::prop_assert_eq!(&entry.payload, &payloads[index]);
+            }
+            let mut wal = Wal::open(dir.path(), segment_bytes).unwrap();
+            proptest::prop_assert_eq!(wal.end_position(), entries.len() as u64);
+            proptest::prop_assert_eq!(wal.append(b"after").unwrap(), entries.len() as u64);
+            let again = read_all(dir.path(), 0);
+            proptest::prop_assert_eq!(again.len(), entries.len() + 1);
+            proptest::prop_assert_eq!(&again[entries.len()].payload, b"after");
+        }
+    }
 }
