@@ -321,11 +321,6 @@ impl Pipeline {
     pub fn budget_in_use(&self) -> usize {
         self.budget_bytes - self.budget.available_permits()
     }
-
-    /// True while the disk is full: ingest is refused, queries are served.
-    pub fn is_read_only(&self) -> bool {
-        self.disk.is_full()
-    }
 }
 
 /// Whether `error` (or what caused it) is a full disk or an exhausted quota.
@@ -1017,5 +1012,69 @@ mod tests {
             drop(pipeline);
             threads.join();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_directory_of_wal_format_1_is_upgraded_without_loss_or_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the previous version left: a format 1 segment (byte-offset
+        // positions, no magic) of three batches, the first one committed
+        // (the stores recorded the position after it, 1).
+        // Format 2 frames the same way after its magic.
+        let scratch = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open(scratch.path(), wal::DEFAULT_SEGMENT_BYTES).unwrap();
+            for i in 0..3 {
+                let batch = Batch::Logs(vec![record(&format!("old{i}"))]);
+                wal.append(&batch.encode().unwrap().payload).unwrap();
+            }
+            wal.sync().unwrap();
+        }
+        let name = "wal-00000000000000000000.log";
+        let format_2 = std::fs::read(scratch.path().join(name)).unwrap();
+        let segment = &format_2[wal::SEGMENT_MAGIC.len()..];
+        let old_end = segment.len() as u64;
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        std::fs::write(wal_dir.join(name), segment).unwrap();
+        {
+            let (logs, _) = open(dir.path());
+            logs.add(0, &[record("old0")]).unwrap();
+            logs.commit(1).unwrap();
+        }
+        let mut config = PipelineConfig::new(wal_dir.clone());
+        config.commit_interval = Duration::from_millis(50);
+        for restart in 0..2 {
+            let (logs, spans) = open(dir.path());
+            let (pipeline, threads) = Pipeline::start(
+                config.clone(),
+                logs.clone(),
+                spans,
+                Arc::new(CollectorMetrics::default()),
+            )
+            .unwrap();
+            assert_eq!(count(&logs, "old*"), 3, "every old batch, once");
+            pipeline
+                .ingest(Batch::Logs(vec![record(&format!("new{restart}"))]), 100)
+                .await
+                .unwrap();
+            drop(pipeline);
+            threads.join();
+            assert_eq!(count(&logs, "new*"), restart + 1);
+            assert!(
+                logs.committed_position() > old_end,
+                "new positions come after the old log's end"
+            );
+        }
+        let segments: Vec<String> = std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("wal-"))
+            .collect();
+        assert_eq!(
+            segments,
+            [format!("wal-{old_end:020}.log")],
+            "the format 1 segment is gone once committed"
+        );
     }
 }
