@@ -647,6 +647,7 @@ fn parse_bulk(
 }
 
 /// Fuzz entry point (not an API): parses `data` as a `_bulk` body.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 #[doc(hidden)]
 pub fn fuzz_bulk(data: &[u8]) {
     let _ = parse_bulk(data, None, 0);

@@ -150,10 +150,16 @@ impl ReceiveError {
         }
     }
 
-    /// Logs the refusal: a warning when the collector is at fault, else at
-    /// debug level (a client's mistake is not the operator's problem).
+    /// Logs the refusal: a warning when the collector failed in a way
+    /// nothing else reports (a store that cannot append, a bug), else at
+    /// debug level. A client's mistake is not the operator's problem, and a
+    /// full disk or a busy pipeline is logged once by the pipeline when its
+    /// state changes, not once per refused retry.
     pub fn log(&self, route: &'static str) {
-        if self.http(Flavour::OtlpHttp).0.is_server_error() {
+        if matches!(
+            self,
+            ReceiveError::MetricStore(_) | ReceiveError::Internal(_)
+        ) {
             tracing::warn!(route, error = %self, "ingest request failed");
         } else {
             tracing::debug!(route, error = %self, "ingest request refused");

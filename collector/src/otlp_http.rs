@@ -333,6 +333,7 @@ fn add_missing_values(value: &mut Value) -> bool {
 /// Fuzz entry point (not an API): decodes `data` as an export request the
 /// way the handlers do, then converts it as ingestion does. The first byte
 /// chooses the signal, JSON or protobuf, and gzip or no content encoding.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 #[doc(hidden)]
 pub fn fuzz_otlp(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
