@@ -678,6 +678,36 @@ fn secure_banner(ui: SocketAddr, secrets: &Secrets) -> String {
     )
 }
 
+/// The binaries the launcher builds, with their packages: the ones it
+/// runs, and itself.
+const BUILT_BINARIES: [(&str, &str); 4] = [
+    (COLLECTOR_BIN, "sightline-collector"),
+    (AGENT_BIN, "sightline-agent"),
+    (SERVICE_BIN, "sightline-demo"),
+    ("sightline-demo", "sightline-demo"),
+];
+
+/// `cargo build` arguments for [`BUILT_BINARIES`] in the launcher's own
+/// profile. The collector and the agent are dependencies of this package,
+/// so the `cargo run` that started the launcher already compiled every
+/// library of this build with the same features: only the binaries that
+/// `cargo run` did not need are compiled here.
+fn cargo_build_args(release: bool) -> Vec<&'static str> {
+    let mut args = vec!["build"];
+    let mut packages: Vec<&str> = BUILT_BINARIES.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    for (binary, _) in BUILT_BINARIES {
+        args.extend(["--bin", binary]);
+    }
+    if release {
+        args.push("--release");
+    }
+    args
+}
+
 /// Under `cargo run` (`$CARGO` set), builds the collector, the agent and this
 /// package's binaries with the launcher's own profile.
 async fn build_binaries() -> anyhow::Result<()> {
@@ -686,19 +716,7 @@ async fn build_binaries() -> anyhow::Result<()> {
         return Ok(());
     };
     let mut command = tokio::process::Command::new(&cargo);
-    command.args([
-        "build",
-        "--bins",
-        "-p",
-        "sightline-collector",
-        "-p",
-        "sightline-agent",
-        "-p",
-        "sightline-demo",
-    ]);
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
+    command.args(cargo_build_args(!cfg!(debug_assertions)));
     // Build the workspace this launcher was built from, wherever we run.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     if manifest.is_file() {
@@ -857,6 +875,41 @@ mod tests {
         );
         assert_eq!(env[1].1, secrets.ca_cert.as_os_str());
         http_client(Some(&secrets)).unwrap();
+    }
+
+    #[test]
+    fn the_build_names_what_runs_and_depends_on_its_packages() {
+        let args = cargo_build_args(true);
+        for binary in [COLLECTOR_BIN, AGENT_BIN, SERVICE_BIN] {
+            assert!(
+                args.windows(2).any(|pair| pair == ["--bin", binary]),
+                "{binary}: {args:?}"
+            );
+        }
+        assert!(!args.contains(&"--bins"), "builds binaries nothing runs");
+        assert!(args.contains(&"--release"));
+        assert!(!cargo_build_args(false).contains(&"--release"));
+        // Every other package built is a dependency of this one, so the
+        // `cargo run` that started the launcher compiled its library with
+        // the features this build uses.
+        let manifest = include_str!("../../Cargo.toml");
+        let dependencies = manifest
+            .split("\n[dependencies]\n")
+            .nth(1)
+            .and_then(|section| section.split("\n[").next())
+            .unwrap();
+        for (_, package) in BUILT_BINARIES {
+            if package == env!("CARGO_PKG_NAME") {
+                continue;
+            }
+            assert!(
+                dependencies
+                    .lines()
+                    .any(|line| line.split(['.', ' ', '=']).next() == Some(package)),
+                "{package} is not a dependency of {}",
+                env!("CARGO_PKG_NAME")
+            );
+        }
     }
 
     #[test]
