@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sightline_store::{LogMatcher, LogRecord};
-use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
+use sightline_tsdb::{Labels, MetricMetadata, SampleLog, TsdbError};
 use sightline_vocab::names::is_metric_name;
 use tokio::sync::watch;
 
@@ -285,7 +285,7 @@ impl LogMetrics {
 
     /// Appends every counter's value at `now_ms` (and a `0` at the previous
     /// flush for new combinations) to the store.
-    pub fn flush(&self, store: &MetricStore, now_ms: i64) -> Result<(), TsdbError> {
+    pub fn flush(&self, store: &dyn SampleLog, now_ms: i64) -> Result<(), TsdbError> {
         let previous_ms = {
             let mut last = self.last_flush_ms.lock().unwrap_or_else(|e| e.into_inner());
             let previous = last.unwrap_or(now_ms - FLUSH_INTERVAL.as_millis() as i64);
@@ -339,7 +339,7 @@ impl LogMetrics {
 /// Flushes every [`FLUSH_INTERVAL`] until `stop`, then once more.
 pub async fn flush_loop(
     log_metrics: Arc<LogMetrics>,
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleLog>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut interval = tokio::time::interval(FLUSH_INTERVAL);
@@ -350,7 +350,7 @@ pub async fn flush_loop(
         };
         let (log_metrics, store) = (log_metrics.clone(), store.clone());
         let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
-        match tokio::task::spawn_blocking(move || log_metrics.flush(&store, now_ms)).await {
+        match tokio::task::spawn_blocking(move || log_metrics.flush(&*store, now_ms)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "failed to flush log metrics"),
             Err(error) => tracing::error!(%error, "log metrics flush task failed"),
@@ -389,7 +389,7 @@ mod tests {
         }
         log_metrics.apply(log_metrics.observe(&records));
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path()).unwrap();
+        let store = sightline_tsdb::MetricStore::open(dir.path()).unwrap();
         log_metrics.flush(&store, 10_000).unwrap();
         let value = Engine::default()
             .instant_query(

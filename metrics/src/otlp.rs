@@ -65,7 +65,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, metric, number_data_point,
 };
 use sightline_tsdb::promql::{format_value, stale_nan};
-use sightline_tsdb::{Labels, MetricMetadata, MetricStore};
+use sightline_tsdb::{Labels, MetricMetadata, SampleLog};
 use sightline_vocab::clock::now_ms;
 
 /// Most series whose delta points are summed into running totals.
@@ -143,7 +143,7 @@ impl Translation {
 /// HTTP receivers.
 #[derive(Debug, Clone)]
 pub struct OtlpMetrics {
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleLog>,
     deltas: Arc<DeltaTotals>,
 }
 
@@ -154,7 +154,7 @@ pub struct OtlpMetrics {
 pub struct StorageError(pub String);
 
 impl OtlpMetrics {
-    pub fn new(store: Arc<MetricStore>) -> OtlpMetrics {
+    pub fn new(store: Arc<dyn SampleLog>) -> OtlpMetrics {
         OtlpMetrics {
             store,
             deltas: Arc::default(),

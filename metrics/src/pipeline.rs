@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sightline_store::SpanStore;
 use sightline_tsdb::rules::RuleEngine;
-use sightline_tsdb::{Labels, MetricStore};
+use sightline_tsdb::{Labels, MetricStore, SampleLog};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -96,7 +96,8 @@ pub struct QueryListener {
 
 /// The running metrics pipeline; see the module docs.
 pub struct MetricsPipeline {
-    store: Arc<MetricStore>,
+    /// The store as the writers see it: see [`SampleLog`].
+    log: Arc<dyn SampleLog>,
     scraper: Scraper,
     alerting: Arc<Alerting>,
     otlp: OtlpMetrics,
@@ -142,9 +143,12 @@ impl MetricsPipeline {
             dir,
             observers,
         } = config;
+        // Every writer of samples but the rule engine (which reads the store
+        // it writes ALERTS into) holds the store as the durable-log seam.
+        let log: Arc<dyn SampleLog> = store.clone();
         let log_flush = tokio::spawn(crate::log_metrics::flush_loop(
             observers.log_metrics.clone(),
-            store.clone(),
+            log.clone(),
             stop.clone(),
         ));
         let maintenance = tokio::spawn(maintenance_loop(store.clone(), retention, stop.clone()));
@@ -155,18 +159,13 @@ impl MetricsPipeline {
         let (span_flush_interval, interval) = watch::channel(file.global.scrape_interval);
         let span_flush = tokio::spawn(crate::span_metrics::flush_loop(
             observers.span_metrics.clone(),
-            store.clone(),
+            log.clone(),
             self_labels(query.address),
             interval,
             stop.clone(),
         ));
         let jobs = scrape::jobs_from_config(&file, &dir, Some(self_scrape));
-        let scraper = Scraper::start(
-            jobs,
-            store.clone(),
-            scrape::FILE_POLL_INTERVAL,
-            stop.clone(),
-        )?;
+        let scraper = Scraper::start(jobs, log.clone(), scrape::FILE_POLL_INTERVAL, stop.clone())?;
         let default_base_url = {
             let scheme = if query.tls { "https" } else { "http" };
             format!("{scheme}://{}", query.address)
@@ -180,8 +179,8 @@ impl MetricsPipeline {
         )?);
         let notifier = alerting.start(stop).await;
         Ok(MetricsPipeline {
-            otlp: OtlpMetrics::new(store.clone()),
-            store,
+            otlp: OtlpMetrics::new(log.clone()),
+            log,
             scraper,
             alerting,
             observers,
@@ -219,7 +218,7 @@ impl MetricsPipeline {
     /// route (with the body reader, rate limit and errors of every ingest
     /// route) hands requests to.
     pub fn remote_write(&self) -> crate::remote_write::RemoteWrite {
-        crate::remote_write::RemoteWrite::new(self.store.clone())
+        crate::remote_write::RemoteWrite::new(self.log.clone())
     }
 
     /// `/api/v1/targets`.

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use prost::Message;
-use sightline_tsdb::{Labels, MetricMetadata, MetricStore, TsdbError};
+use sightline_tsdb::{Labels, MetricMetadata, SampleLog, TsdbError};
 
 use crate::otlp::MAX_LABELS_PER_SERIES;
 
@@ -137,18 +137,18 @@ pub enum RemoteWriteError {
 /// collector's `POST /api/v1/write` route hands decompressed bodies to.
 #[derive(Debug, Clone)]
 pub struct RemoteWrite {
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleLog>,
 }
 
 impl RemoteWrite {
-    pub fn new(store: Arc<MetricStore>) -> RemoteWrite {
+    pub fn new(store: Arc<dyn SampleLog>) -> RemoteWrite {
         RemoteWrite { store }
     }
 
     /// Decodes a decompressed body and stores what can be stored (see
     /// [`store_request`]). Appends and fsyncs: call it from the blocking pool.
     pub fn write(&self, body: &[u8]) -> Result<(), RemoteWriteError> {
-        store_request(&self.store, decode(body)?)
+        store_request(&*self.store, decode(body)?)
     }
 }
 
@@ -162,7 +162,7 @@ pub fn decode(body: &[u8]) -> Result<WriteRequest, RemoteWriteError> {
 }
 
 /// Appends what can be stored; reports the rest as [`RemoteWriteError::Refused`].
-pub fn store_request(store: &MetricStore, request: WriteRequest) -> Result<(), RemoteWriteError> {
+pub fn store_request(store: &dyn SampleLog, request: WriteRequest) -> Result<(), RemoteWriteError> {
     for metadata in &request.metadata {
         if metadata.metric_family_name.is_empty() {
             continue;
@@ -281,7 +281,76 @@ fn describe(error: &TsdbError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use sightline_tsdb::AppendOutcome;
+
     use super::*;
+
+    /// A sample log that keeps what it is handed, or fails like a broken
+    /// disk: what remote-write stores goes through the seam and nowhere else.
+    #[derive(Debug, Default)]
+    struct RecordingLog {
+        broken: bool,
+        appended: Mutex<Vec<(Labels, i64, f64)>>,
+    }
+
+    impl SampleLog for RecordingLog {
+        fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+            if self.broken {
+                return Err(TsdbError::Io {
+                    path: "wal".into(),
+                    source: std::io::Error::other("the disk is gone"),
+                });
+            }
+            self.appended.lock().unwrap().extend_from_slice(samples);
+            Ok(AppendOutcome {
+                appended: samples.len(),
+                rejected: Vec::new(),
+            })
+        }
+
+        fn set_metadata(&self, _: &str, _: MetricMetadata) {}
+    }
+
+    fn request() -> WriteRequest {
+        let label = |name: &str, value: &str| Label {
+            name: name.into(),
+            value: value.into(),
+        };
+        WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![label("__name__", "up"), label("job", "shop")],
+                samples: vec![Sample {
+                    value: 1.0,
+                    timestamp: 1_000,
+                }],
+                exemplars: Vec::new(),
+                histograms: Vec::new(),
+            }],
+            metadata: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn samples_reach_the_sample_log_and_its_failure_acknowledges_nothing() {
+        let log = RecordingLog::default();
+        store_request(&log, request()).unwrap();
+        let appended = log.appended.lock().unwrap().clone();
+        assert_eq!(appended.len(), 1, "{appended:?}");
+        assert_eq!(appended[0].0.get("job"), "shop");
+        assert_eq!((appended[0].1, appended[0].2), (1_000, 1.0));
+
+        let broken = RecordingLog {
+            broken: true,
+            ..RecordingLog::default()
+        };
+        let error = store_request(&broken, request()).unwrap_err();
+        assert!(
+            matches!(error, RemoteWriteError::Storage(_)),
+            "a failed log must not be acknowledged: {error:?}"
+        );
+    }
 
     #[test]
     fn an_undecodable_request_names_the_message() {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sightline_store::{Span, SpanStatus};
-use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore, TsdbError};
+use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, SampleLog, TsdbError};
 use sightline_vocab::exposition::{Kind, Writer, format_float};
 use tokio::sync::watch;
 
@@ -86,17 +86,34 @@ pub struct SpanMetrics {
     state: Mutex<State>,
 }
 
+/// What one batch of spans adds to the aggregation, computed while the
+/// batch is at hand and applied by [`SpanMetrics::apply`] once the batch is
+/// durable, so each acknowledged span is counted once and a refused batch
+/// (counted again when its sender retries) not at all.
+#[derive(Default)]
+#[must_use = "a pending observation counts nothing until it is applied"]
+pub struct PendingSpans {
+    red: HashMap<RedKey, RedSeries>,
+    /// Client and server spans that may make a service-graph edge, in
+    /// batch order.
+    halves: Vec<Half>,
+}
+
+/// A client span (by its own id) or a server span (by its parent's id).
+struct Half {
+    client: bool,
+    id: String,
+    service: String,
+    failed: bool,
+}
+
 impl SpanMetrics {
-    /// Counts a batch of spans.
-    pub fn observe(&self, spans: &[Span]) {
-        let now = Instant::now();
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+    /// Summarises a batch of spans without touching the aggregation.
+    pub fn observe(&self, spans: &[Span]) -> PendingSpans {
+        let mut pending = PendingSpans::default();
         for span in spans {
             let failed = span.status == SpanStatus::Error;
-            let mut key = RedKey {
+            let key = RedKey {
                 service: span.service.clone(),
                 span_name: span.name.clone(),
                 span_kind: format!("SPAN_KIND_{}", span.kind.to_ascii_uppercase()),
@@ -106,56 +123,79 @@ impl SpanMetrics {
                     SpanStatus::Error => "STATUS_CODE_ERROR",
                 },
             };
-            if !state.red.contains_key(&key) && state.red.len() >= MAX_SERIES {
-                key.span_name = "__other__".into();
-            }
             let seconds = span.duration_nanos() as f64 / 1e9;
-            let series = state.red.entry(key).or_default();
+            let series = pending.red.entry(key).or_default();
             series.calls += 1;
             series.sum_seconds += seconds;
             if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
                 series.buckets[bucket] += 1;
             }
             series.exemplar = Some((span.trace_id.clone(), seconds));
-            match span.kind.as_str() {
-                "client" | "producer" => {
-                    if let Some(server) = state.servers.remove(&span.span_id) {
-                        record_edge(
-                            &mut state.edges,
-                            &span.service,
-                            &server.service,
-                            failed || server.failed,
-                        );
-                    } else if state.clients.len() < MAX_PENDING_EDGES {
-                        let half = PendingHalf {
-                            service: span.service.clone(),
-                            failed,
-                            since: now,
-                        };
-                        state.clients.insert(span.span_id.clone(), half);
-                    }
-                }
-                "server" | "consumer" => {
-                    let Some(parent) = &span.parent_span_id else {
-                        continue;
-                    };
-                    if let Some(client) = state.clients.remove(parent) {
-                        record_edge(
-                            &mut state.edges,
-                            &client.service,
-                            &span.service,
-                            failed || client.failed,
-                        );
-                    } else if state.servers.len() < MAX_PENDING_EDGES {
-                        let half = PendingHalf {
-                            service: span.service.clone(),
-                            failed,
-                            since: now,
-                        };
-                        state.servers.insert(parent.clone(), half);
-                    }
-                }
-                _ => {}
+            let half = match (span.kind.as_str(), &span.parent_span_id) {
+                ("client" | "producer", _) => (true, &span.span_id),
+                ("server" | "consumer", Some(parent)) => (false, parent),
+                _ => continue,
+            };
+            pending.halves.push(Half {
+                client: half.0,
+                id: half.1.clone(),
+                service: span.service.clone(),
+                failed,
+            });
+        }
+        pending
+    }
+
+    /// Counts a batch [`SpanMetrics::observe`] summarised, once it is
+    /// durable.
+    pub fn apply(&self, pending: PendingSpans) {
+        let now = Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (mut key, add) in pending.red {
+            if !state.red.contains_key(&key) && state.red.len() >= MAX_SERIES {
+                key.span_name = "__other__".into();
+            }
+            let series = state.red.entry(key).or_default();
+            series.calls += add.calls;
+            series.sum_seconds += add.sum_seconds;
+            for (total, count) in series.buckets.iter_mut().zip(add.buckets) {
+                *total += count;
+            }
+            if add.exemplar.is_some() {
+                series.exemplar = add.exemplar;
+            }
+        }
+        for half in pending.halves {
+            let State {
+                edges,
+                clients,
+                servers,
+                ..
+            } = &mut *state;
+            // A client meets the server span whose parent it is, and the
+            // other way round, whichever came first.
+            let (other_side, own_side) = if half.client {
+                (servers, clients)
+            } else {
+                (clients, servers)
+            };
+            if let Some(other) = other_side.remove(&half.id) {
+                let (client, server) = if half.client {
+                    (&half.service, &other.service)
+                } else {
+                    (&other.service, &half.service)
+                };
+                record_edge(edges, client, server, half.failed || other.failed);
+            } else if own_side.len() < MAX_PENDING_EDGES {
+                let waiting = PendingHalf {
+                    service: half.service,
+                    failed: half.failed,
+                    since: now,
+                };
+                own_side.insert(half.id, waiting);
             }
         }
         state
@@ -164,6 +204,12 @@ impl SpanMetrics {
         state
             .servers
             .retain(|_, half| now.duration_since(half.since) < EDGE_WAIT);
+    }
+
+    /// Observes and applies at once: for tests, which have no durable step.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn count(&self, spans: &[Span]) {
+        self.apply(self.observe(spans));
     }
 
     /// Prometheus text exposition; with `openmetrics`, exemplars on buckets.
@@ -299,7 +345,7 @@ impl SpanMetrics {
     /// the store's fsync.
     pub fn flush(
         &self,
-        store: &MetricStore,
+        store: &dyn SampleLog,
         target: &Labels,
         now_ms: i64,
     ) -> Result<(), TsdbError> {
@@ -380,7 +426,7 @@ impl SpanMetrics {
 /// interval, which may change at a reload) until `stop`, then once more.
 pub async fn flush_loop(
     span_metrics: Arc<SpanMetrics>,
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleLog>,
     target: Labels,
     mut interval: watch::Receiver<Duration>,
     mut stop: watch::Receiver<bool>,
@@ -406,7 +452,8 @@ pub async fn flush_loop(
         };
         let (span_metrics, store, target) = (span_metrics.clone(), store.clone(), target.clone());
         let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
-        match tokio::task::spawn_blocking(move || span_metrics.flush(&store, &target, now_ms)).await
+        match tokio::task::spawn_blocking(move || span_metrics.flush(&*store, &target, now_ms))
+            .await
         {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "failed to flush span metrics"),
@@ -471,7 +518,7 @@ mod tests {
     fn red_metrics_and_service_graph_edges_whichever_half_arrives_first() {
         let metrics = SpanMetrics::default();
         // Server half first, then its client.
-        metrics.observe(&[span(
+        metrics.count(&[span(
             "s1",
             Some("c1"),
             "order",
@@ -479,7 +526,7 @@ mod tests {
             30,
             SpanStatus::Error,
         )]);
-        metrics.observe(&[span(
+        metrics.count(&[span(
             "c1",
             Some("g1"),
             "gateway",
@@ -488,7 +535,7 @@ mod tests {
             SpanStatus::Unset,
         )]);
         // Client first, then server.
-        metrics.observe(&[span(
+        metrics.count(&[span(
             "c2",
             Some("g2"),
             "gateway",
@@ -496,7 +543,7 @@ mod tests {
             5,
             SpanStatus::Unset,
         )]);
-        metrics.observe(&[span("s2", Some("c2"), "order", "server", 3, SpanStatus::Ok)]);
+        metrics.count(&[span("s2", Some("c2"), "order", "server", 3, SpanStatus::Ok)]);
         let text = metrics.render(false);
         assert!(
             text.contains(
@@ -563,7 +610,7 @@ mod tests {
                 ..span("x", None, "api", "server", 1, SpanStatus::Unset)
             })
             .collect();
-        metrics.observe(&spans);
+        metrics.count(&spans);
         let text = metrics.render(false);
         let series = text
             .lines()
@@ -578,12 +625,12 @@ mod tests {
     #[test]
     fn flush_writes_the_rendered_series_into_the_store() {
         let metrics = SpanMetrics::default();
-        metrics.observe(&[
+        metrics.count(&[
             span("c1", Some("g1"), "gateway", "client", 35, SpanStatus::Unset),
             span("s1", Some("c1"), "order", "server", 3, SpanStatus::Error),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path()).unwrap();
+        let store = sightline_tsdb::MetricStore::open(dir.path()).unwrap();
         let target = Labels::new([("job", "sightline"), ("instance", "127.0.0.1:7070")]);
         metrics.flush(&store, &target, 10_000).unwrap();
         let query = |promql: &str| {

@@ -54,7 +54,7 @@ pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
 
 use labels::{FastHash, LabelIndex, map_heap_bytes};
-pub use shared::{AppendOutcome, MetricMetadata, MetricStore};
+pub use shared::{AppendOutcome, MetricMetadata, MetricStore, SampleLog};
 pub use wal::HEAD_WAL_FORMAT_VERSION;
 
 use chunk::ChunkEncoder;

@@ -47,6 +47,41 @@ pub struct AppendOutcome {
     pub rejected: Vec<(usize, TsdbError)>,
 }
 
+/// The metrics half's durable-log seam: where every writer of samples
+/// (scrapes, remote-write, OTLP metrics, log- and span-derived metrics)
+/// hands its batches, as the log and trace receivers hand theirs to the
+/// pipeline's `DurableLog`.
+///
+/// [`SampleLog::append`] returns once the batch is durable, so its caller
+/// may acknowledge it; samples the store refuses (out of order, no metric
+/// name) are reported in the outcome and the rest of the batch is kept; an
+/// error means nothing of the batch may be acknowledged. Writers hold an
+/// `Arc<dyn SampleLog>` and never the store itself.
+///
+/// [`MetricStore`] is the embedded implementation: its head WAL is the log
+/// (fsynced before `append` returns, replayed at open, truncated when the
+/// head is cut into a block), so positions and checkpoints stay inside the
+/// store. A partitioned log in front of the store implements the same
+/// trait.
+pub trait SampleLog: Send + Sync + std::fmt::Debug {
+    /// Appends `(labels, timestamp in ms, value)` samples and makes them
+    /// durable.
+    fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError>;
+
+    /// Records the metadata of a metric family (the newest report wins).
+    fn set_metadata(&self, metric: &str, metadata: MetricMetadata);
+}
+
+impl SampleLog for MetricStore {
+    fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+        MetricStore::append(self, samples)
+    }
+
+    fn set_metadata(&self, metric: &str, metadata: MetricMetadata) {
+        MetricStore::set_metadata(self, metric, metadata)
+    }
+}
+
 /// A [`TimeSeriesStore`] shared between threads.
 #[derive(Debug)]
 pub struct MetricStore {

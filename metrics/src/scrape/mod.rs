@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::{Query, State};
 use axum::routing::get;
-use sightline_tsdb::{Labels, MetricStore};
+use sightline_tsdb::{Labels, SampleLog};
 use tokio::sync::watch;
 
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
@@ -434,7 +434,7 @@ impl Scraper {
     /// naming the job and the file, when a job's TLS files cannot be used.
     pub fn start(
         jobs: Vec<Job>,
-        store: Arc<MetricStore>,
+        store: Arc<dyn SampleLog>,
         file_poll_interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Scraper> {
@@ -487,7 +487,7 @@ impl Scraper {
     async fn manage(
         self,
         mut jobs: Vec<Job>,
-        store: Arc<MetricStore>,
+        store: Arc<dyn SampleLog>,
         mut clients: BTreeMap<String, JobClient>,
         file_poll_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
@@ -588,7 +588,7 @@ impl Scraper {
         &self,
         wanted: Vec<Target>,
         restart: &[String],
-        store: &Arc<MetricStore>,
+        store: &Arc<dyn SampleLog>,
         clients: &BTreeMap<String, JobClient>,
         shutdown: &watch::Receiver<bool>,
     ) {

@@ -705,7 +705,7 @@ hist_sum 324789.3\n\
             end_time: 3_000_000,
             ..sightline_store::Span::default()
         };
-        metrics.observe(&[span]);
+        metrics.count(&[span]);
         for openmetrics in [false, true] {
             let text = metrics.render(openmetrics);
             let (body, format) = if openmetrics {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sightline_tsdb::promql::stale_nan;
-use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, MetricStore};
+use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, SampleLog};
 use sightline_vocab::clock::now_ms;
 use tokio::sync::watch;
 
@@ -206,7 +206,7 @@ struct LoopState {
 /// every series stale) or `shutdown` does (then just stops).
 pub(crate) async fn run(
     status: Arc<TargetStatus>,
-    store: Arc<MetricStore>,
+    store: Arc<dyn SampleLog>,
     client: JobClient,
     mut remove: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -244,7 +244,7 @@ pub(crate) async fn run(
 
 async fn scrape_once(
     status: &Arc<TargetStatus>,
-    store: &Arc<MetricStore>,
+    store: &Arc<dyn SampleLog>,
     client: &JobClient,
     state: LoopState,
 ) -> LoopState {
@@ -261,7 +261,7 @@ async fn scrape_once(
     let duration = started.elapsed();
     let store = store.clone();
     let ingest = tokio::task::spawn_blocking(move || {
-        ingest(&target, fetched, scrape_time, duration, state, &store)
+        ingest(&target, fetched, scrape_time, duration, state, &*store)
     });
     let (state, report) = match ingest.await {
         Ok(done) => done,
@@ -364,7 +364,7 @@ fn ingest(
     scrape_time: SystemTime,
     duration: Duration,
     mut state: LoopState,
-    store: &MetricStore,
+    store: &dyn SampleLog,
 ) -> (LoopState, Report) {
     let timestamp_ms = scrape_time
         .duration_since(UNIX_EPOCH)
@@ -638,7 +638,7 @@ mod tests {
         let mut target = target(false);
         target.limits = limits(0, 0, 4);
         let body = b"m{path=\"/a\"} 1\nm{path=\"/a/bc\"} 2\n".to_vec();
-        let store = MetricStore::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let store = sightline_tsdb::MetricStore::open(tempfile::tempdir().unwrap().path()).unwrap();
         let (_, report) = ingest(
             &target,
             Ok((body, false, Format::Text)),
@@ -673,7 +673,7 @@ mod tests {
         target.limits.sample_limit = 2;
         let body = b"expensive_a 1\nexpensive_b 2\nhits{path=\"/user/42\"} 3\nhits{path=\"/\"} 4\n";
         let dir = tempfile::tempdir().unwrap();
-        let store = MetricStore::open(dir.path()).unwrap();
+        let store = sightline_tsdb::MetricStore::open(dir.path()).unwrap();
         let scrape_time = SystemTime::now();
         let (_, report) = ingest(
             &target,
