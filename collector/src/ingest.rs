@@ -187,11 +187,11 @@ impl Ingest {
         }
         let spans = accepted;
         let charged = size_bytes.saturating_mul(DECODED_MEMORY_FACTOR + 1);
-        // Counted before the WAL so the batch need not be cloned (a few
-        // microseconds per span); a refused batch is counted again when the
-        // sender retries, which rate-based RED queries tolerate.
-        self.span_metrics.observe(&spans);
+        // Summarised now (the batch moves into the pipeline), counted once
+        // the batch is durable: each acknowledged span exactly once.
+        let pending = self.span_metrics.observe(&spans);
         self.store(Batch::Spans(spans), charged).await?;
+        self.span_metrics.apply(pending);
         Ok(rejections)
     }
 

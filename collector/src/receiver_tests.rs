@@ -8,8 +8,12 @@ use prost::Message;
 use sightline_metrics::config_file::LogMetricConfig;
 use sightline_metrics::log_metrics::{FLUSH_INTERVAL, LogMetrics};
 use sightline_metrics::otlp::OtlpMetrics;
+use sightline_metrics::span_metrics::SpanMetrics;
 use sightline_metrics::testing::{T0, assert_translated, at_ms, query, request};
-use sightline_store::{LogStore, SpanStore};
+use sightline_store::{
+    Checkpoint, DurableLog, LogEntry, LogStore, PartitionId, Position, SINGLE_PARTITION, Span,
+    SpanStore,
+};
 use sightline_tsdb::MetricStore;
 use sightline_tsdb::promql::{Engine, Value};
 
@@ -254,4 +258,97 @@ async fn failed_logins_are_counted_per_ip_and_usable_in_a_rule_expression() {
     tokio::task::spawn_blocking(move || threads.join())
         .await
         .unwrap();
+}
+
+/// A durable log whose every append fails, as a broken disk's would.
+#[derive(Debug)]
+struct BrokenLog;
+
+impl DurableLog for BrokenLog {
+    fn partitions(&self) -> Vec<PartitionId> {
+        vec![SINGLE_PARTITION]
+    }
+    fn append(&self, _: PartitionId, _: &[u8]) -> sightline_store::Result<Position> {
+        Err(std::io::Error::other("the disk is gone").into())
+    }
+    fn sync(&self) -> sightline_store::Result<()> {
+        Err(std::io::Error::other("the disk is gone").into())
+    }
+    fn end(&self) -> Checkpoint {
+        Checkpoint::single(0)
+    }
+    fn replay(
+        &self,
+        _: &Checkpoint,
+        _: &mut dyn FnMut(LogEntry) -> sightline_store::Result<()>,
+    ) -> sightline_store::Result<()> {
+        Ok(())
+    }
+    fn remove_below(&self, _: &Checkpoint) -> sightline_store::Result<usize> {
+        Ok(0)
+    }
+    fn disk_bytes(&self) -> sightline_store::Result<u64> {
+        Ok(0)
+    }
+}
+
+/// Span RED metrics observe acknowledged batches: spans the pipeline made
+/// durable are counted once, spans refused because the durable log failed
+/// are not (their sender retries them, and they count then).
+#[tokio::test]
+async fn span_metrics_count_acknowledged_spans_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = Arc::new(LogStore::open(&dir.path().join("logs")).unwrap());
+    let spans = Arc::new(SpanStore::open(&dir.path().join("spans")).unwrap());
+    let metrics = Arc::new(CollectorMetrics::default());
+    let span_metrics = Arc::new(SpanMetrics::default());
+    let (working, _working_threads) = Pipeline::start(
+        PipelineConfig::new(dir.path().join("wal")),
+        logs.clone(),
+        spans.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let (broken, _broken_threads) = Pipeline::start_with_log(
+        PipelineConfig::new(dir.path().join("broken")),
+        Arc::new(BrokenLog),
+        logs,
+        spans,
+        metrics.clone(),
+    )
+    .unwrap();
+    let span = |name: &str| Span {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+        name: name.into(),
+        service: "shop".into(),
+        kind: "server".into(),
+        start_time: 0,
+        end_time: 5_000_000,
+        ..Span::default()
+    };
+
+    Ingest::new(working, Limits::default(), metrics.clone())
+        .with_span_metrics(span_metrics.clone())
+        .spans(vec![span("checkout")], 100)
+        .await
+        .unwrap();
+    let refused = Ingest::new(broken, Limits::default(), metrics)
+        .with_span_metrics(span_metrics.clone())
+        .spans(vec![span("refused")], 100)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    let page = span_metrics.render(false);
+    assert!(
+        page.contains(
+            "traces_spanmetrics_calls_total{service=\"shop\",span_name=\"checkout\",\
+             span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_UNSET\"} 1\n"
+        ),
+        "{page}"
+    );
+    assert!(
+        !page.contains("refused"),
+        "a refused span was counted:\n{page}"
+    );
 }
