@@ -20,13 +20,18 @@
 //!
 //! The instrumentation lives in [`telemetry`] (OTLP trace export and the JSON
 //! log lines, see [`json_log`]) and [`propagation`] (`X-Request-ID` and W3C
-//! `traceparent` across HTTP hops). Metrics are Prometheus text written by
-//! hand ([`service::metrics`]); faults are [`service::faults`].
+//! `traceparent` across HTTP hops). Metrics are Prometheus text
+//! ([`service::metrics`], written with `sightline_vocab`'s exposition
+//! writer); faults are [`service::faults`].
 //!
 //! # What this crate must never do
 //!
-//! - depend on another Sightline crate: the demo talks to the stack only
-//!   through its processes, OTLP and log files, like a user's services would;
+//! - call into the collector or the agent: the demo talks to the stack only
+//!   through its processes, OTLP and log files, like a user's services would.
+//!   Its manifest names their packages only so that `cargo run -p
+//!   sightline-demo` compiles their libraries with the features the
+//!   launcher's own `cargo build` of their binaries uses (one compile, see
+//!   [`launcher`]); no code here uses them;
 //! - crash a service because the collector is down: exporting is best effort.
 
 pub mod cri;

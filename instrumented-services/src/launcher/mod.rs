@@ -708,6 +708,28 @@ fn cargo_build_args(release: bool) -> Vec<&'static str> {
     args
 }
 
+/// Removes what `cargo run` told the launcher about its own package
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...) from the environment of the
+/// nested `cargo build`. Build scripts that watch one of them (ring's
+/// watches `CARGO_MANIFEST_DIR`) would otherwise see it changed and run
+/// again, recompiling ring and every crate above it, which `cargo run`
+/// had just compiled.
+fn remove_run_environment(command: &mut tokio::process::Command) {
+    const PACKAGE_VARIABLES: [&str; 5] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_") || PACKAGE_VARIABLES.contains(&name) {
+            command.env_remove(name);
+        }
+    }
+}
+
 /// Under `cargo run` (`$CARGO` set), builds the collector, the agent and this
 /// package's binaries with the launcher's own profile.
 async fn build_binaries() -> anyhow::Result<()> {
@@ -717,6 +739,7 @@ async fn build_binaries() -> anyhow::Result<()> {
     };
     let mut command = tokio::process::Command::new(&cargo);
     command.args(cargo_build_args(!cfg!(debug_assertions)));
+    remove_run_environment(&mut command);
     // Build the workspace this launcher was built from, wherever we run.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     if manifest.is_file() {
@@ -910,6 +933,28 @@ mod tests {
                 env!("CARGO_PKG_NAME")
             );
         }
+    }
+
+    #[test]
+    fn the_nested_build_does_not_inherit_the_run_package() {
+        // Cargo sets these for every test binary, as `cargo run` does for
+        // the launcher.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let mut command = tokio::process::Command::new("cargo");
+        remove_run_environment(&mut command);
+        let removed: Vec<String> = command
+            .as_std()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME"] {
+            assert!(removed.iter().any(|r| r == name), "{name}: {removed:?}");
+        }
+        assert!(
+            removed.iter().all(|name| name.starts_with("CARGO_")),
+            "{removed:?}"
+        );
     }
 
     #[test]
