@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::{Map, Value};
 use sightline_store::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
 use sightline_vocab::clock::now_nanos;
+use sightline_vocab::severity::Severity;
 
 /// Attribute names whose value becomes a record's `request_id`, in order of preference.
 pub(crate) const REQUEST_ID_KEYS: &[&str] =
@@ -30,7 +31,9 @@ pub(crate) fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
                 let attributes = key_values_to_map(&log.attributes);
                 let observed = nanos_or(log.observed_time_unix_nano, now);
                 let severity_text = if log.severity_text.is_empty() {
-                    severity_text_for(log.severity_number).to_string()
+                    Severity::from_number(log.severity_number)
+                        .map_or("", Severity::text)
+                        .to_string()
                 } else {
                     log.severity_text.to_ascii_uppercase()
                 };
@@ -131,19 +134,6 @@ fn span_status(code: i32) -> SpanStatus {
         Ok(StatusCode::Ok) => SpanStatus::Ok,
         Ok(StatusCode::Error) => SpanStatus::Error,
         Ok(StatusCode::Unset) | Err(_) => SpanStatus::Unset,
-    }
-}
-
-/// OTLP severity numbers map to these names (the first of each range of four).
-fn severity_text_for(number: i32) -> &'static str {
-    match number {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        21..=24 => "FATAL",
-        _ => "",
     }
 }
 
