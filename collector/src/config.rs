@@ -65,7 +65,7 @@ pub struct CollectorConfig {
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,
     /// Disk space kept free (a file in the WAL directory, at least 1 MiB) so that records acknowledged when the disk fills can still be indexed; a full disk makes the collector read-only until it fits again.
-    #[arg(long, env = "SIGHTLINE_DISK_RESERVE_BYTES", default_value_t = crate::pipeline::DEFAULT_DISK_RESERVE_BYTES)]
+    #[arg(long, env = "SIGHTLINE_DISK_RESERVE_BYTES", default_value_t = sightline_pipeline::DEFAULT_DISK_RESERVE_BYTES)]
     pub disk_reserve_bytes: u64,
     /// Bearer tokens for ingest and for queries (see `auth.rs`).
     #[command(flatten)]

@@ -27,7 +27,7 @@ use tonic::Status;
 
 pub use crate::http_body::BodyError;
 use crate::metrics::Limit;
-use crate::pipeline::IngestError;
+use sightline_pipeline::IngestError;
 use crate::ratelimit::RateLimited;
 
 /// Seconds a client is asked to wait when ingest is over capacity.

@@ -14,7 +14,7 @@ use sightline_store::{LogRecord, Span};
 use sightline_vocab::clock::now_nanos;
 
 use crate::metrics::{CollectorMetrics, Limit, RejectReason};
-use crate::pipeline::{Batch, IngestError, Pipeline};
+use sightline_pipeline::{Batch, IngestError, Pipeline};
 use crate::ratelimit::{RateLimited, RateLimiter};
 use sightline_metrics::log_metrics::LogMetrics;
 use sightline_metrics::span_metrics::SpanMetrics;

@@ -5,9 +5,9 @@
 //! connect, each built by its own module or crate:
 //! - the stores under the data directory (`sightline-store`,
 //!   `sightline-tsdb`);
-//! - `pipeline`: the write-ahead log with group commit, acknowledgement
-//!   after fsync, and the indexer thread that feeds the stores, behind
-//!   `ingest` (per-record checks, partial success);
+//! - the durable path (`sightline-pipeline`): the write-ahead log with
+//!   group commit, acknowledgement after fsync, and the indexer thread that
+//!   feeds the stores, behind `ingest` (per-record checks, partial success);
 //! - the metrics pipeline (`sightline-metrics`: scraping, rules and
 //!   alerting, OTLP metrics and remote-write, log- and span-derived
 //!   metrics), which observes what `ingest` acknowledges;
@@ -51,7 +51,6 @@ public_for_tests!(
     ingest,
     metrics,
     otlp_http,
-    pipeline,
     ratelimit,
     remote_write,
     service,
@@ -76,10 +75,10 @@ pub use serve::Addresses;
 
 use crate::ingest::{Ingest, Limits};
 use crate::metrics::CollectorMetrics;
-use crate::pipeline::{Pipeline, PipelineConfig, PipelineThreads};
 use crate::ratelimit::RateLimiter;
 use crate::reload::Reloader;
 use crate::serve::{Listeners, Parts, Servers};
+use sightline_pipeline::{Pipeline, PipelineConfig, PipelineThreads};
 
 /// Runs the collector until `shutdown` resolves, then drains the pipeline;
 /// `SIGHUP` reloads the configuration meanwhile.

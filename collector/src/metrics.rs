@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sightline_vocab::exposition::{Kind, Writer};
 
-use crate::pipeline::Batch;
+use sightline_pipeline::{Batch, PipelineMetrics};
 
 /// Why a record was refused while the rest of its batch was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +106,8 @@ pub struct DiskUsage {
     pub memory_budget_in_use: u64,
 }
 
-impl CollectorMetrics {
-    pub fn ingested(&self, batch: &Batch) {
+impl PipelineMetrics for CollectorMetrics {
+    fn ingested(&self, batch: &Batch) {
         match batch {
             Batch::Logs(records) => self
                 .log_records
@@ -116,6 +116,21 @@ impl CollectorMetrics {
         };
     }
 
+    fn wal_appended_bytes(&self, bytes: usize) {
+        self.wal_bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn committed(&self, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl CollectorMetrics {
     pub fn rejected(&self, reason: RejectReason, count: u64) {
         let index = RejectReason::ALL
             .iter()
@@ -132,19 +147,6 @@ impl CollectorMetrics {
 
     pub fn busy(&self) {
         self.busy_refusals.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn wal_appended_bytes(&self, bytes: usize) {
-        self.wal_bytes_written
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    pub fn committed(&self, took: Duration) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commit_nanos.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
     }
 
     pub fn partitions_dropped(&self, count: u64) {

@@ -19,7 +19,7 @@ use sightline_tsdb::promql::{Engine, Value};
 
 use crate::ingest::{Ingest, Limits};
 use crate::metrics::CollectorMetrics;
-use crate::pipeline::{Pipeline, PipelineConfig};
+use sightline_pipeline::{Pipeline, PipelineConfig};
 
 fn open_store() -> (tempfile::TempDir, Arc<MetricStore>) {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use sightline_collector::ingest::{Ingest, Limits};
 use sightline_collector::metrics::CollectorMetrics;
-use sightline_collector::pipeline::{Pipeline, PipelineConfig, PipelineThreads};
+use sightline_pipeline::{Pipeline, PipelineConfig, PipelineThreads};
 use sightline_store::{LogQuery, LogRecord, LogStore, Span, SpanStore};
 use tempfile::TempDir;
 use tower::ServiceExt;

@@ -319,7 +319,7 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
     let lines = |needle: &str| log.lines().filter(|line| line.contains(needle)).count();
     let pipeline_errors = log
         .lines()
-        .filter(|line| line.contains("ERROR") && line.contains("sightline_collector::pipeline"))
+        .filter(|line| line.contains("ERROR") && line.contains("sightline_pipeline"))
         .count();
     assert!(
         pipeline_errors <= 2,

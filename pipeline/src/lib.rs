@@ -51,13 +51,22 @@ use sightline_store::wal::{self, LocalWal};
 use sightline_store::{Checkpoint, DiskReserve, DurableLog, LogStore, SINGLE_PARTITION, SpanStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::metrics::CollectorMetrics;
-
 /// A batch as it is written to the durable log (the store owns its encoding).
 pub use sightline_store::Batch;
 
 /// The partition every batch goes to: the embedded log has one.
 const PARTITION: sightline_store::PartitionId = SINGLE_PARTITION;
+
+/// What the pipeline reports as it works, for its owner's counters (the
+/// collector's `/metrics`).
+pub trait PipelineMetrics: Send + Sync {
+    /// A batch is durable and acknowledged.
+    fn ingested(&self, batch: &Batch);
+    /// Bytes appended to the durable log.
+    fn wal_appended_bytes(&self, bytes: usize);
+    /// The stores committed, taking `took`.
+    fn committed(&self, took: Duration);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -159,7 +168,7 @@ impl Pipeline {
         config: PipelineConfig,
         logs: Arc<LogStore>,
         spans: Arc<SpanStore>,
-        metrics: Arc<CollectorMetrics>,
+        metrics: Arc<dyn PipelineMetrics>,
     ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
         let wal = LocalWal::open(&config.wal_dir, config.wal_segment_bytes).with_context(|| {
             format!(
@@ -178,7 +187,7 @@ impl Pipeline {
         log: Arc<dyn DurableLog>,
         logs: Arc<LogStore>,
         spans: Arc<SpanStore>,
-        metrics: Arc<CollectorMetrics>,
+        metrics: Arc<dyn PipelineMetrics>,
     ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
         let reserve = DiskReserve::open(
             &config.wal_dir,
@@ -248,7 +257,7 @@ impl Pipeline {
                     writer_log.as_ref(),
                     pending,
                     to_indexer,
-                    &writer_metrics,
+                    &*writer_metrics,
                     &writer_disk,
                 )
             })?;
@@ -264,7 +273,7 @@ impl Pipeline {
                     indexable,
                     commit_interval,
                     start,
-                    &metrics,
+                    &*metrics,
                     &indexer_disk,
                 )
             })?;
@@ -445,7 +454,7 @@ fn write_loop(
     log: &dyn DurableLog,
     mut pending: mpsc::Receiver<Pending>,
     to_indexer: SyncSender<Indexable>,
-    metrics: &CollectorMetrics,
+    metrics: &dyn PipelineMetrics,
     disk: &DiskSpace,
 ) {
     let mut group = Vec::with_capacity(MAX_BATCHES_PER_SYNC);
@@ -598,7 +607,7 @@ fn index_loop(
     indexable: Receiver<Indexable>,
     commit_interval: Duration,
     start: IndexerStart,
-    metrics: &CollectorMetrics,
+    metrics: &dyn PipelineMetrics,
     disk: &DiskSpace,
 ) {
     let mut committed = start.committed;
@@ -733,6 +742,15 @@ fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests read the stores, not the counters.
+    struct NoMetrics;
+
+    impl PipelineMetrics for NoMetrics {
+        fn ingested(&self, _: &Batch) {}
+        fn wal_appended_bytes(&self, _: usize) {}
+        fn committed(&self, _: Duration) {}
+    }
     use sightline_store::wal::Wal;
     use sightline_store::{LogQuery, LogRecord};
     use std::path::Path;
@@ -781,7 +799,7 @@ mod tests {
                 PipelineConfig::new(dir.path().join("wal")),
                 logs.clone(),
                 spans,
-                Arc::new(CollectorMetrics::default()),
+                Arc::new(NoMetrics),
             )
             .unwrap();
             assert_eq!(count(&logs, "acked*"), 5, "every acknowledged record, once");
@@ -797,13 +815,8 @@ mod tests {
         let mut config = PipelineConfig::new(dir.path().join("wal"));
         config.commit_interval = Duration::from_millis(50);
         config.wal_segment_bytes = 1024;
-        let (pipeline, threads) = Pipeline::start(
-            config,
-            logs.clone(),
-            spans,
-            Arc::new(CollectorMetrics::default()),
-        )
-        .unwrap();
+        let (pipeline, threads) =
+            Pipeline::start(config, logs.clone(), spans, Arc::new(NoMetrics)).unwrap();
         for i in 0..50 {
             pipeline
                 .ingest(
@@ -872,7 +885,7 @@ mod tests {
         let mut config = PipelineConfig::new(dir.path().join("wal"));
         config.memory_budget_bytes = 1000;
         let (pipeline, _threads) =
-            Pipeline::start(config, logs, spans, Arc::new(CollectorMetrics::default())).unwrap();
+            Pipeline::start(config, logs, spans, Arc::new(NoMetrics)).unwrap();
         // Hold the whole budget, as batches not yet indexed would.
         let held = pipeline
             .budget
@@ -969,7 +982,7 @@ mod tests {
                 log.clone(),
                 logs.clone(),
                 spans.clone(),
-                Arc::new(CollectorMetrics::default()),
+                Arc::new(NoMetrics),
             )
             .unwrap();
             for i in 0..3 {
@@ -1005,7 +1018,7 @@ mod tests {
                 log.clone(),
                 logs.clone(),
                 spans,
-                Arc::new(CollectorMetrics::default()),
+                Arc::new(NoMetrics),
             )
             .unwrap();
             assert_eq!(count(&logs, "entry* OR unindexed"), 4);
@@ -1046,13 +1059,8 @@ mod tests {
         config.commit_interval = Duration::from_millis(50);
         for restart in 0..2 {
             let (logs, spans) = open(dir.path());
-            let (pipeline, threads) = Pipeline::start(
-                config.clone(),
-                logs.clone(),
-                spans,
-                Arc::new(CollectorMetrics::default()),
-            )
-            .unwrap();
+            let (pipeline, threads) =
+                Pipeline::start(config.clone(), logs.clone(), spans, Arc::new(NoMetrics)).unwrap();
             assert_eq!(count(&logs, "old*"), 3, "every old batch, once");
             pipeline
                 .ingest(Batch::Logs(vec![record(&format!("new{restart}"))]), 100)
