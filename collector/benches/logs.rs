@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p sightline-collector --bench logs -- [--records N] [--query-records N]
-//!     [--query-store DIR] [--clients N] [--gzip] [--skip-ingest] [--skip-query] [--merge]
+//!     [--query-store DIR] [--clients N] [--gzip] [--skip-ingest] [--skip-query]
 //! ```
 //!
 //! **Ingest.** Generates `--records` realistic log records (ten services, 30
@@ -27,12 +27,7 @@
 //! `--query-records` records spread over 24 hours directly with
 //! `LogStore::add`/`commit`, then reports p50/p99 of a `request_id` lookup, a
 //! term query over the last hour sorted by time and a 24-hour histogram of 60
-//! buckets, called in-process on the `LogStore` (no HTTP). With `--merge`,
-//! each day's segments are then merged into one, as
-//! `LogStore::merge_finished_day` does once a day is over (here with a
-//! clock past every day, so today's partition is merged too), and the disk
-//! size and the same queries are measured again: before and after in one
-//! run. A reused `--query-store` stays merged.
+//! buckets, called in-process on the `LogStore` (no HTTP).
 
 mod support;
 
@@ -89,9 +84,6 @@ struct Args {
     skip_ingest: bool,
     #[arg(long)]
     skip_query: bool,
-    /// After the queries, merge each day into one segment and query again.
-    #[arg(long)]
-    merge: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -855,38 +847,17 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
         None => build_query_store(&dir, args.query_records)?,
     };
     let store = LogStore::open(&dir)?;
-    run_queries(&store, &dir, &meta, args.iterations)?;
-    if args.merge {
-        println!("\n== merging every day into one segment");
-        let started = Instant::now();
-        // A clock past every day of the store: today counts as finished.
-        let after_every_day = meta.end_time + 2 * 24 * NANOS_PER_HOUR;
-        while let Some((day, segments)) = store.merge_finished_day(after_every_day)? {
-            println!("merged {day}: {segments} segments into one");
-        }
-        println!("merges took {:.1} s", started.elapsed().as_secs_f64());
-        run_queries(&store, &dir, &meta, args.iterations)?;
-    }
-    Ok(())
-}
-
-/// Prints the store's size and segments, then times each query.
-fn run_queries(
-    store: &LogStore,
-    dir: &Path,
-    meta: &QueryStoreMeta,
-    iterations: usize,
-) -> anyhow::Result<()> {
     println!(
         "store: {} records, {:.1} MB on disk, partitions {:?}, segments {:?}",
         store.num_records(),
         store.disk_bytes() as f64 / MB,
         store.partition_names(),
-        segment_counts(dir)
+        segment_counts(&dir)
     );
     let end = meta.end_time + 1;
     let mut rng = Rng(now_nanos() as u64);
     let records = meta.records as u64;
+    let iterations = args.iterations;
 
     let lookup = measure(iterations, || {
         let id = request_id(rng.below(records));

@@ -1,8 +1,6 @@
 //! Retention of logs and spans: whole days of logs and spans past
 //! `--retention` are dropped (the metric store keeps its own, see
-//! `sightline_metrics::MetricsPipeline`). The same loop merges the segments
-//! of a finished day of logs into one
-//! ([`LogStore::merge_finished_day`]), a day per round.
+//! `sightline_metrics::MetricsPipeline`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +30,11 @@ pub(crate) async fn retention_loop(
         }
         let keep_from = sightline_vocab::clock::now_nanos()
             .saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
-        let (store, spans) = (logs.clone(), spans.clone());
+        let (logs, spans) = (logs.clone(), spans.clone());
         // Span deletions take effect at the indexer's next commit.
         let dropped = tokio::task::spawn_blocking(move || {
             spans.delete_before(keep_from)?;
-            store.drop_partitions_before(keep_from)
+            logs.drop_partitions_before(keep_from)
         });
         match dropped.await {
             Ok(Ok(dropped)) if !dropped.is_empty() => {
@@ -46,18 +44,6 @@ pub(crate) async fn retention_loop(
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "retention failed"),
             Err(error) => tracing::error!(%error, "retention task failed"),
-        }
-        let store = logs.clone();
-        let merged = tokio::task::spawn_blocking(move || {
-            store.merge_finished_day(sightline_vocab::clock::now_nanos())
-        });
-        match merged.await {
-            Ok(Ok(Some((day, segments)))) => {
-                tracing::info!(partition = %day, segments, "merged a finished day of logs into one segment");
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "merging a finished day of logs failed"),
-            Err(error) => tracing::error!(%error, "merge task failed"),
         }
     }
 }

@@ -25,7 +25,7 @@ use sightline_vocab::fs::dir_size;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -63,14 +63,6 @@ const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
 pub(crate) const MAX_SEARCH_LIMIT: usize = 10_000;
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
-
-/// A day is finished, and its segments may be merged into one, once it
-/// ended this long ago (records arrive late: agents catching up, clock
-/// skew) ...
-const FINISHED_AFTER_DAY_END_NANOS: i64 = 3_600 * 1_000_000_000;
-/// ... and nothing was written to it for this long, so a merge never
-/// competes with a partition still being written.
-const QUIET_BEFORE_MERGE_NANOS: i64 = 600 * 1_000_000_000;
 
 /// Bits of a record's sequence number that hold its index in its batch.
 const SEQ_INDEX_BITS: u32 = 20;
@@ -315,8 +307,6 @@ struct Partition {
     /// WAL position this partition's last commit reached.
     committed_position: AtomicU64,
     dirty: AtomicBool,
-    /// When documents were last added (nanoseconds; 0: not since it opened).
-    last_write: AtomicI64,
 }
 
 impl Partition {
@@ -368,7 +358,6 @@ impl Partition {
             reader,
             committed_position: AtomicU64::new(committed_position),
             dirty: AtomicBool::new(false),
-            last_write: AtomicI64::new(0),
         })
     }
 
@@ -387,51 +376,7 @@ impl Partition {
             writer.add_document(document)?;
         }
         self.dirty.store(true, Ordering::Release);
-        self.last_write.store(now_nanos(), Ordering::Release);
         Ok(())
-    }
-
-    /// Whether the day ended [`FINISHED_AFTER_DAY_END_NANOS`] before `now`
-    /// and was not written for [`QUIET_BEFORE_MERGE_NANOS`].
-    fn finished(&self, now: i64) -> bool {
-        let day_end = (self.day + 1).saturating_mul(NANOS_PER_DAY);
-        now >= day_end.saturating_add(FINISHED_AFTER_DAY_END_NANOS)
-            && now.saturating_sub(self.last_write.load(Ordering::Acquire))
-                >= QUIET_BEFORE_MERGE_NANOS
-    }
-
-    fn segment_count(&self) -> Result<usize> {
-        Ok(self.index.searchable_segment_ids()?.len())
-    }
-
-    /// Merges every committed segment into one and waits for it; returns
-    /// how many were merged (0: fewer than two). The writer's lock is held
-    /// only to start the merge: a late record for this day is added (and
-    /// committed) meanwhile, into a segment of its own. Tantivy keeps the
-    /// commit payload, so the WAL position is unchanged.
-    fn merge_segments(&self) -> Result<usize> {
-        let (merged, merge) = {
-            let mut guard = self
-                .writer
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let segments = self.index.searchable_segment_ids()?;
-            if segments.len() < 2 {
-                return Ok(0);
-            }
-            if guard.is_none() {
-                *guard = Some(self.index.writer(WRITER_MEMORY_BYTES)?);
-            }
-            let writer = guard
-                .as_mut()
-                .ok_or_else(|| StoreError::Io(std::io::Error::other("no writer")))?;
-            (segments.len(), writer.merge(&segments))
-        };
-        merge.wait()?;
-        self.reader.reload()?;
-        // Free the writer's memory again unless a late record is pending.
-        self.close_writer();
-        Ok(merged)
     }
 
     fn commit(&self, position: u64) -> Result<()> {
@@ -642,30 +587,6 @@ impl LogStore {
         for partition in self.read_partitions().values() {
             partition.rollback();
         }
-    }
-
-    /// Merges the segments of one finished day into a single segment: the
-    /// newest day that ended an hour before `now` (nanoseconds), was not
-    /// written for ten minutes and has more than one segment. A day is
-    /// written as a segment per commit (tantivy's merge policy merges only
-    /// similar sizes while the day is written), so a finished day would keep
-    /// dozens of segments, each with its own term dictionaries and fast
-    /// columns to read at every query. One day per call bounds the work;
-    /// the caller calls again later. Returns the day's name and how many
-    /// segments became one, `None` when no day needs it.
-    pub fn merge_finished_day(&self, now: i64) -> Result<Option<(String, usize)>> {
-        let candidates: Vec<Arc<Partition>> =
-            self.read_partitions().values().rev().cloned().collect();
-        for partition in candidates {
-            if !partition.finished(now) || partition.segment_count()? < 2 {
-                continue;
-            }
-            let merged = partition.merge_segments()?;
-            if merged > 0 {
-                return Ok(Some((day_name(partition.day), merged)));
-            }
-        }
-        Ok(None)
     }
 
     /// Deletes every partition whose whole day is older than `keep_from`
@@ -1159,97 +1080,6 @@ mod tests {
             .into_iter()
             .map(|h| h.record.body)
             .collect()
-    }
-
-    fn segments(store: &LogStore) -> Vec<(String, usize)> {
-        store
-            .read_partitions()
-            .values()
-            .map(|p| (day_name(p.day), p.segment_count().unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn a_finished_day_is_merged_into_one_segment_and_keeps_every_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
-        // Days after the real clock, so the writes (stamped with it) are
-        // long quiet at every `now` below.
-        let day = day_of(now_nanos()) + 10;
-        let (first, second) = (day_name(day), day_name(day + 1));
-        // Two days written at a commit each: a segment per commit.
-        for round in 0..4_i64 {
-            let records = [
-                record(
-                    day * DAY + round,
-                    &format!("first day {round}"),
-                    Some("req-a"),
-                ),
-                record(
-                    (day + 1) * DAY + round,
-                    &format!("second day {round}"),
-                    None,
-                ),
-            ];
-            store.add(round as u64, &records).unwrap();
-            store.commit(round as u64 + 1).unwrap();
-        }
-        assert_eq!(segments(&store), [(first.clone(), 4), (second.clone(), 4)]);
-
-        // The second day ended a second ago: not finished yet, so only the
-        // first day may be merged.
-        let now = (day + 2) * DAY + 1_000_000_000;
-        assert_eq!(
-            store.merge_finished_day(now).unwrap(),
-            Some((first.clone(), 4))
-        );
-        assert_eq!(store.merge_finished_day(now).unwrap(), None);
-        assert_eq!(segments(&store), [(first.clone(), 1), (second.clone(), 4)]);
-        let mut first_day = search(&store, "request_id:req-a");
-        first_day.sort();
-        assert_eq!(
-            first_day,
-            ["first day 0", "first day 1", "first day 2", "first day 3"]
-        );
-        assert_eq!(search(&store, "\"first day 2\""), ["first day 2"]);
-
-        // Later both are finished; the second merges, the first is done.
-        let later = (day + 3) * DAY;
-        assert_eq!(
-            store.merge_finished_day(later).unwrap(),
-            Some((second.clone(), 4))
-        );
-        assert_eq!(store.merge_finished_day(later).unwrap(), None);
-        assert_eq!(search(&store, "").len(), 8);
-
-        // The merge kept the commit payload: reopened, the store knows how
-        // far the WAL was committed, and finds every record.
-        drop(store);
-        let store = LogStore::open(dir.path()).unwrap();
-        assert_eq!(store.committed_position(), 4);
-        assert_eq!(segments(&store), [(first, 1), (second, 1)]);
-        assert_eq!(search(&store, "").len(), 8);
-    }
-
-    #[test]
-    fn a_day_written_recently_is_not_merged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path()).unwrap();
-        for round in 0..2_u64 {
-            store
-                .add(round, &[record(T0 + round as i64, "late record", None)])
-                .unwrap();
-            store.commit(round + 1).unwrap();
-        }
-        // Long after its day, but the records were just written (a shipper
-        // catching up): the day is not quiet yet.
-        let now = now_nanos().max(T0 + 2 * DAY);
-        assert_eq!(store.merge_finished_day(now).unwrap(), None);
-        let quiet = now + QUIET_BEFORE_MERGE_NANOS;
-        assert_eq!(
-            store.merge_finished_day(quiet).unwrap(),
-            Some(("2023-11-14".to_string(), 2))
-        );
     }
 
     #[test]
