@@ -9,8 +9,8 @@ use sightline_metrics::otlp::MAX_LABELS_PER_SERIES;
 use sightline_metrics::remote_write::{
     Histogram, Label, RemoteWrite, Sample, TimeSeries, WireMetadata, WriteRequest,
 };
+use sightline_metrics::testing::query;
 use sightline_tsdb::MetricStore;
-use sightline_tsdb::promql::{Engine, Value};
 
 use crate::harness::{self, send};
 
@@ -62,22 +62,6 @@ async fn post(
         answer.status,
         String::from_utf8_lossy(&answer.body).into_owned(),
     )
-}
-
-fn query(store: &MetricStore, expression: &str, at_ms: i64) -> Vec<(String, f64)> {
-    let reader = store.reader();
-    let value = Engine::default()
-        .instant_query(&*reader, expression, at_ms)
-        .unwrap();
-    let Value::Vector(samples) = value else {
-        panic!("{expression} is not a vector: {value:?}")
-    };
-    let mut result: Vec<(String, f64)> = samples
-        .into_iter()
-        .map(|sample| (sample.labels.to_string(), sample.value))
-        .collect();
-    result.sort_by(|a, b| a.0.cmp(&b.0));
-    result
 }
 
 #[tokio::test]
