@@ -20,6 +20,7 @@
 //! trace. Cardinality is bounded: past [`MAX_SERIES`] new label sets are
 //! counted under `span_name="__other__"`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,11 +43,25 @@ pub const MAX_SERIES: usize = 10_000;
 const MAX_PENDING_EDGES: usize = 100_000;
 const EDGE_WAIT: Duration = Duration::from_secs(10);
 
+/// The `span_kind` label: the OTLP enum name, without an allocation for
+/// the kinds the OTLP conversion writes (this runs for every span).
+fn span_kind_label(kind: &str) -> Cow<'static, str> {
+    match kind {
+        "server" => Cow::Borrowed("SPAN_KIND_SERVER"),
+        "client" => Cow::Borrowed("SPAN_KIND_CLIENT"),
+        "internal" => Cow::Borrowed("SPAN_KIND_INTERNAL"),
+        "producer" => Cow::Borrowed("SPAN_KIND_PRODUCER"),
+        "consumer" => Cow::Borrowed("SPAN_KIND_CONSUMER"),
+        "unspecified" => Cow::Borrowed("SPAN_KIND_UNSPECIFIED"),
+        other => Cow::Owned(format!("SPAN_KIND_{}", other.to_ascii_uppercase())),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RedKey {
     service: String,
     span_name: String,
-    span_kind: String,
+    span_kind: Cow<'static, str>,
     status_code: &'static str,
 }
 
@@ -116,7 +131,7 @@ impl SpanMetrics {
             let key = RedKey {
                 service: span.service.clone(),
                 span_name: span.name.clone(),
-                span_kind: format!("SPAN_KIND_{}", span.kind.to_ascii_uppercase()),
+                span_kind: span_kind_label(&span.kind),
                 status_code: match span.status {
                     SpanStatus::Unset => "STATUS_CODE_UNSET",
                     SpanStatus::Ok => "STATUS_CODE_OK",
@@ -239,7 +254,7 @@ impl SpanMetrics {
             [
                 ("service", key.service.as_str()),
                 ("span_name", key.span_name.as_str()),
-                ("span_kind", key.span_kind.as_str()),
+                ("span_kind", &key.span_kind),
                 ("status_code", key.status_code),
             ]
         }
@@ -372,7 +387,7 @@ impl SpanMetrics {
             let labels = [
                 ("service", key.service.as_str()),
                 ("span_name", key.span_name.as_str()),
-                ("span_kind", key.span_kind.as_str()),
+                ("span_kind", &key.span_kind),
                 ("status_code", key.status_code),
             ];
             let calls = red.calls as f64;
@@ -511,6 +526,24 @@ mod tests {
             end_time: millis * 1_000_000,
             status,
             ..Span::default()
+        }
+    }
+
+    #[test]
+    fn span_kind_labels_are_the_otlp_enum_names() {
+        for kind in [
+            "server",
+            "client",
+            "internal",
+            "producer",
+            "consumer",
+            "unspecified",
+            "odd",
+        ] {
+            assert_eq!(
+                span_kind_label(kind),
+                format!("SPAN_KIND_{}", kind.to_ascii_uppercase())
+            );
         }
     }
 
