@@ -31,6 +31,7 @@ mod model;
 mod query;
 mod reserve;
 mod spans;
+mod streams;
 pub mod traces;
 pub mod wal;
 

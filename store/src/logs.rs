@@ -47,14 +47,20 @@ use tantivy::{
 
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
+use crate::streams::Streams;
 
-/// The format of the day partitions this version creates: 2, the message
-/// and attributes split by [`WORD_TOKENIZER`] (words up to 255 bytes).
-/// Format 1 partitions (tantivy's `default` tokenizer) are still read and
-/// written. A partition names its tokenizers in its own schema; a change of
-/// the schema or of what a record's document holds is a new version, with a
-/// fixture in `tests/fixtures/` (`tests/formats.rs`).
-pub const LOG_PARTITION_FORMAT_VERSION: u32 = 2;
+/// The format of the day partitions this version creates: 3, a schema for
+/// logs at volume ([`lean_schema`]): the resource kept once per stream
+/// ([`crate::streams`]) instead of in every document, the promoted
+/// `request_id` indexed once, attributes without fast columns (numbers in
+/// a fast field of their own, the paths present in `keys`), no field norms
+/// on whole-value fields. Format 2 (every document holds its resource; the
+/// message and attributes split by [`WORD_TOKENIZER`]) and format 1
+/// (tantivy's `default` tokenizer) partitions are still read and written:
+/// a partition's format is in its own schema. A change of the schema or of
+/// what a record's document holds is a new version, with a fixture in
+/// `tests/fixtures/` (`tests/formats.rs`).
+pub const LOG_PARTITION_FORMAT_VERSION: u32 = 3;
 
 /// Memory each partition's tantivy writer may use for in-flight segments.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
@@ -177,22 +183,103 @@ struct LogFields {
     service: Field,
     body: Field,
     attributes: Field,
-    resource: Field,
     trace_id: Field,
     span_id: Field,
     request_id: Field,
     stream: Field,
     source: Field,
+    layout: Layout,
 }
 
-/// The schema of a log partition. Public so a benchmark can index the same
-/// documents into a bare tantivy index; only this crate writes partitions.
+/// Where a partition keeps what differs between formats.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Formats 1 and 2: each document indexes and stores its resource.
+    Records { resource: Field },
+    /// Format 3: see [`lean_schema`].
+    Streams {
+        stream_id: Field,
+        numbers: Field,
+        keys: Field,
+    },
+}
+
+/// The schema of format 2 log partitions, which is also the query
+/// language's view of a record (every field a query may name). Public so
+/// a benchmark can index the same documents into a bare tantivy index with
+/// it (the baseline the store is measured against); only this crate writes
+/// partitions.
 pub fn log_index_schema() -> Schema {
     log_schema().0
 }
 
 fn log_schema() -> (Schema, LogFields) {
     log_schema_with(WORD_TOKENIZER)
+}
+
+/// The JSON field of format 3 that holds the numeric and boolean attributes.
+const NUMBERS: &str = "numbers";
+
+/// The schema of format 3 partitions, for logs at volume. Each field is
+/// indexed with only what its queries need:
+/// - the resource is not in the document: `stream_id` refers to the
+///   partition's [`Streams`], and resource queries become stream sets;
+/// - `attributes` are words with positions (phrases), without fast
+///   columns: their numbers and booleans go to `numbers`, a fast JSON field
+///   that ranges read, and the paths a record has to `keys`, which
+///   `field:*` reads; a text range reads the words' terms;
+/// - the attribute a `request_id` was promoted from is not indexed again;
+/// - whole-value fields have no field norms (nothing scores by length).
+fn lean_schema() -> (Schema, LogFields) {
+    let mut builder = Schema::builder();
+    let raw = || {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        )
+    };
+    let words = || {
+        TextFieldIndexing::default()
+            .set_tokenizer(WORD_TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+    };
+    let timestamp = builder.add_i64_field("timestamp", INDEXED | FAST);
+    let seq = builder.add_u64_field("seq", FAST);
+    let severity = builder.add_text_field("severity", raw() | FAST);
+    let severity_number = builder.add_i64_field("severity_number", INDEXED);
+    let service = builder.add_text_field("service", raw());
+    let body = builder.add_text_field("body", TextOptions::default().set_indexing_options(words()));
+    let attributes = builder.add_json_field(
+        "attributes",
+        JsonObjectOptions::default()
+            .set_indexing_options(words())
+            .set_expand_dots_enabled(),
+    );
+    let fields = LogFields {
+        timestamp,
+        seq,
+        severity,
+        severity_number,
+        service,
+        body,
+        attributes,
+        trace_id: builder.add_text_field("trace_id", raw()),
+        span_id: builder.add_text_field("span_id", raw()),
+        request_id: builder.add_text_field("request_id", raw()),
+        stream: builder.add_text_field("stream", raw()),
+        source: builder.add_text_field("source", STORED),
+        layout: Layout::Streams {
+            stream_id: builder.add_u64_field("stream_id", INDEXED | STORED),
+            numbers: builder.add_json_field(
+                NUMBERS,
+                JsonObjectOptions::from(FAST).set_expand_dots_enabled(),
+            ),
+            keys: builder.add_text_field("keys", raw()),
+        },
+    };
+    (builder.build(), fields)
 }
 
 /// The schema with `words` as the tokenizer of the message and the
@@ -234,7 +321,9 @@ fn log_schema_with(words: &str) -> (Schema, LogFields) {
             ),
         ),
         attributes: builder.add_json_field("attributes", json_options),
-        resource: builder.add_json_field("resource", resource_options),
+        layout: Layout::Records {
+            resource: builder.add_json_field("resource", resource_options),
+        },
         trace_id: builder.add_text_field("trace_id", STRING),
         span_id: builder.add_text_field("span_id", STRING),
         request_id: builder.add_text_field("request_id", STRING),
@@ -301,6 +390,9 @@ struct CommitPayload {
 struct Partition {
     day: i64,
     dir: PathBuf,
+    /// Format 3 partitions' streams; `None` in older formats, whose
+    /// documents hold their resource.
+    streams: Option<Mutex<Streams>>,
     index: Index,
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
@@ -310,7 +402,9 @@ struct Partition {
 }
 
 impl Partition {
-    fn open(dir: &Path, day: i64, schema: &Schema) -> Result<Partition> {
+    /// Opens the partition in `dir` in the format it was created with, or
+    /// creates it in the current one (`lean`).
+    fn open(dir: &Path, day: i64, records: &Schema, lean: &Schema) -> Result<Partition> {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let settings = IndexSettings {
@@ -325,7 +419,7 @@ impl Partition {
             // tokenizer: its documents were indexed with it.
             let mut index = Index::open(directory)?;
             index.set_tokenizers(log_index_tokenizers());
-            if !same_fields(&index.schema(), schema) {
+            if !same_fields(&index.schema(), records) && !same_fields(&index.schema(), lean) {
                 return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
                     format!(
                         "log partition {} has fields this version does not know",
@@ -336,10 +430,15 @@ impl Partition {
             index
         } else {
             Index::builder()
-                .schema(schema.clone())
+                .schema(lean.clone())
                 .settings(settings)
                 .tokenizers(log_index_tokenizers())
                 .open_or_create(directory)?
+        };
+        let streams = if same_fields(&index.schema(), lean) {
+            Some(Mutex::new(Streams::open(dir)?))
+        } else {
+            None
         };
         let committed_position = index
             .load_metas()?
@@ -353,6 +452,7 @@ impl Partition {
         Ok(Partition {
             day,
             dir: dir.to_path_buf(),
+            streams,
             index,
             writer: Mutex::new(None),
             reader,
@@ -390,6 +490,13 @@ impl Partition {
         let Some(writer) = guard.as_mut() else {
             return Ok(());
         };
+        // The streams the commit's documents refer to are on disk first.
+        if let Some(streams) = &self.streams {
+            streams
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .persist()?;
+        }
         let mut prepared = writer.prepare_commit()?;
         let payload = serde_json::to_string(&CommitPayload {
             wal_position: position,
@@ -449,15 +556,42 @@ fn same_fields(schema: &Schema, expected: &Schema) -> bool {
             })
 }
 
+/// One partition format: its schema, fields and query parser.
+struct Format {
+    schema: Schema,
+    fields: LogFields,
+    parser: QueryParser,
+}
+
+impl Format {
+    fn new((schema, fields): (Schema, LogFields)) -> Format {
+        let mut parser = QueryParser::new(
+            schema.clone(),
+            vec![fields.body, fields.attributes],
+            log_index_tokenizers(),
+        );
+        // `payment declined` means both words, as in Quickwit and Kibana's KQL.
+        parser.set_conjunction_by_default();
+        // Wildcards (`ship*`) become regex queries on single terms.
+        parser.allow_regexes();
+        Format {
+            schema,
+            fields,
+            parser,
+        }
+    }
+}
+
 /// Log records on disk, one tantivy index per UTC day.
 ///
 /// Writes ([`LogStore::add`]) become visible and durable at
 /// [`LogStore::commit`]. All methods block: call them from a blocking thread.
 pub struct LogStore {
     dir: PathBuf,
-    schema: Schema,
-    fields: LogFields,
-    query_parser: QueryParser,
+    /// Formats 1 and 2, and the query language's view of a record.
+    records: Format,
+    /// Format 3, which new partitions are created in.
+    lean: Format,
     partitions: RwLock<BTreeMap<i64, Arc<Partition>>>,
     /// WAL position up to which every partition is committed (the manifest).
     committed_position: AtomicU64,
@@ -467,7 +601,8 @@ impl LogStore {
     /// Opens every partition under `dir`, creating `dir` if needed.
     pub fn open(dir: &Path) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let (schema, fields) = log_schema();
+        let records = Format::new(log_schema());
+        let lean = Format::new(lean_schema());
         let mut partitions = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -475,27 +610,18 @@ impl LogStore {
                 continue;
             };
             if entry.file_type()?.is_dir() {
-                partitions.insert(day, Arc::new(Partition::open(&entry.path(), day, &schema)?));
+                let partition = Partition::open(&entry.path(), day, &records.schema, &lean.schema)?;
+                partitions.insert(day, Arc::new(partition));
             }
         }
         let committed_position = std::fs::read_to_string(dir.join(MANIFEST))
             .ok()
             .and_then(|text| serde_json::from_str::<CommitPayload>(&text).ok())
             .map_or(0, |payload| payload.wal_position);
-        let mut query_parser = QueryParser::new(
-            schema.clone(),
-            vec![fields.body, fields.attributes],
-            log_index_tokenizers(),
-        );
-        // `payment declined` means both words, as in Quickwit and Kibana's KQL.
-        query_parser.set_conjunction_by_default();
-        // Wildcards (`ship*`) become regex queries on single terms.
-        query_parser.allow_regexes();
         Ok(LogStore {
             dir: dir.to_path_buf(),
-            schema,
-            fields,
-            query_parser,
+            records,
+            lean,
             partitions: RwLock::new(partitions),
             committed_position: AtomicU64::new(committed_position),
         })
@@ -530,19 +656,38 @@ impl LogStore {
         position: u64,
         records: impl IntoIterator<Item = (LogRecord, String)>,
     ) -> Result<()> {
-        let mut by_day: BTreeMap<i64, Vec<TantivyDocument>> = BTreeMap::new();
+        let mut by_day: BTreeMap<i64, Vec<(LogRecord, String, u64)>> = BTreeMap::new();
         for (index, (record, source)) in records.into_iter().enumerate() {
             let seq = (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1));
             by_day
                 .entry(day_of(record.timestamp))
                 .or_default()
-                .push(self.to_document(record, source, seq));
+                .push((record, source, seq));
         }
-        for (day, documents) in by_day {
+        for (day, records) in by_day {
             let partition = self.partition_for_write(day)?;
             if position < partition.committed_position.load(Ordering::Acquire) {
                 continue;
             }
+            let documents = match &partition.streams {
+                Some(streams) => {
+                    let mut streams = streams.lock().unwrap_or_else(|poison| poison.into_inner());
+                    let mut last = LastStream::default();
+                    records
+                        .into_iter()
+                        .map(|(record, source, seq)| {
+                            let stream = last.id(&mut streams, &record.resource);
+                            lean_document(&self.lean.fields, record, source, seq, stream)
+                        })
+                        .collect()
+                }
+                None => records
+                    .into_iter()
+                    .map(|(record, source, seq)| {
+                        records_document(&self.records.fields, record, source, seq)
+                    })
+                    .collect(),
+            };
             partition.add(documents)?;
         }
         Ok(())
@@ -639,13 +784,21 @@ impl LogStore {
 
     /// Checks a query string without running it.
     pub fn validate_query(&self, query: &str) -> Result<()> {
-        self.parse_text_query(query).map(drop)
+        if query.trim().is_empty() {
+            return Ok(());
+        }
+        let view = crate::query::IndexView {
+            parser: &self.records.parser,
+            schema: &self.records.schema,
+            lean: None,
+        };
+        crate::query::parse(&view, &self.records.schema, query).map(drop)
     }
 
     /// Runs a search; records come back newest first.
     pub fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
         let limit = query.limit.clamp(1, MAX_SEARCH_LIMIT);
-        let text_query = self.parse_text_query(&query.query)?;
+        self.validate_query(&query.query)?;
         let upper = match query.after {
             Some(cursor) => Some(
                 query
@@ -654,8 +807,6 @@ impl LogStore {
             ),
             None => query.end,
         };
-        let filtered = self.with_time_range(text_query.box_clone(), query.start, upper);
-        let counted = self.with_time_range(text_query, query.start, query.end);
         let mut total_hits = 0;
         let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
         for partition in self
@@ -663,6 +814,9 @@ impl LogStore {
             .into_iter()
             .rev()
         {
+            let text_query = self.partition_query(&partition, &query.query)?;
+            let filtered = with_time_range(text_query.box_clone(), query.start, upper);
+            let counted = with_time_range(text_query, query.start, query.end);
             let searcher = partition.reader.searcher();
             total_hits += searcher.search(&counted, &Count)?;
             // Partitions are newest first: once `limit` candidates are newer
@@ -693,7 +847,7 @@ impl LogStore {
         let hits = candidates
             .into_iter()
             .map(|(cursor, partition, address)| {
-                let record = self.load_record(&partition.reader.searcher(), address)?;
+                let record = self.load_record(&partition, address)?;
                 Ok(LogHit {
                     id: cursor.encode(),
                     record,
@@ -711,8 +865,7 @@ impl LogStore {
     /// Buckets are aligned to multiples of `interval`; empty buckets are included.
     pub fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
         let interval = interval.max(1);
-        let text_query = self.parse_text_query(query)?;
-        let ranged = self.with_time_range(text_query, Some(start), Some(end));
+        self.validate_query(query)?;
         let first_bucket = start.div_euclid(interval);
         let bucket_count =
             usize::try_from((end - 1).div_euclid(interval) - first_bucket + 1).unwrap_or(0);
@@ -723,6 +876,8 @@ impl LogStore {
         }
         let mut counts = vec![BTreeMap::<String, u64>::new(); bucket_count];
         for partition in self.partitions_overlapping(Some(start), Some(end)) {
+            let text_query = self.partition_query(&partition, query)?;
+            let ranged = with_time_range(text_query, Some(start), Some(end));
             let searcher = partition.reader.searcher();
             let collector = crate::histogram::HistogramCollector {
                 interval,
@@ -769,19 +924,18 @@ impl LogStore {
             .find(|hit| hit.id == id)
             .ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
         let stream = stream_key(&anchor.record);
-        let stream_query = || -> Box<dyn Query> {
+        let stream_query = |partition: &Partition| -> Box<dyn Query> {
             Box::new(TermQuery::new(
-                Term::from_field_text(self.fields.stream, &stream),
+                Term::from_field_text(self.format_of(partition).fields.stream, &stream),
                 IndexRecordOption::Basic,
             ))
         };
         // Older: newest-first search after the anchor.
-        let mut older =
-            self.search_with(stream_query(), None, None, before, Some(cursor), false)?;
+        let mut older = self.search_with(&stream_query, None, None, before, Some(cursor), false)?;
         older.reverse();
         // Newer: oldest-first search from the anchor on.
         let newer = self.search_with(
-            stream_query(),
+            &stream_query,
             Some(cursor.timestamp),
             None,
             after,
@@ -798,7 +952,7 @@ impl LogStore {
     /// query strictly beyond `cursor` in that order.
     fn search_with(
         &self,
-        query: Box<dyn Query>,
+        query: &dyn Fn(&Partition) -> Box<dyn Query>,
         start: Option<i64>,
         end: Option<i64>,
         limit: usize,
@@ -817,9 +971,9 @@ impl LogStore {
             ),
             (None, _) => (start, end),
         };
-        let ranged = self.with_time_range(query, start, end);
         let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
         for partition in self.partitions_overlapping(start, end) {
+            let ranged = with_time_range(query(&partition), start, end);
             let searcher = partition.reader.searcher();
             let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
                 let sort_key = SortKey::for_segment(segment);
@@ -862,7 +1016,7 @@ impl LogStore {
             .map(|(cursor, partition, address)| {
                 Ok(LogHit {
                     id: cursor.encode(),
-                    record: self.load_record(&partition.reader.searcher(), address)?,
+                    record: self.load_record(&partition, address)?,
                 })
             })
             .collect()
@@ -888,7 +1042,8 @@ impl LogStore {
         let partition = Arc::new(Partition::open(
             &self.dir.join(day_name(day)),
             day,
-            &self.schema,
+            &self.records.schema,
+            &self.lean.schema,
         )?);
         partitions.insert(day, partition.clone());
         Ok(partition)
@@ -907,79 +1062,318 @@ impl LogStore {
             .collect()
     }
 
-    fn parse_text_query(&self, query: &str) -> Result<Box<dyn Query>> {
+    fn format_of(&self, partition: &Partition) -> &Format {
+        match partition.streams {
+            Some(_) => &self.lean,
+            None => &self.records,
+        }
+    }
+
+    /// `query` built for `partition`'s format (and, in format 3, its streams).
+    fn partition_query(&self, partition: &Partition, query: &str) -> Result<Box<dyn Query>> {
         if query.trim().is_empty() {
             return Ok(Box::new(AllQuery));
         }
-        crate::query::parse(&self.query_parser, &self.schema, query)
+        let format = self.format_of(partition);
+        let Some(streams) = &partition.streams else {
+            let view = crate::query::IndexView {
+                parser: &format.parser,
+                schema: &format.schema,
+                lean: None,
+            };
+            return crate::query::parse(&view, &self.records.schema, query);
+        };
+        let Layout::Streams {
+            stream_id, keys, ..
+        } = format.fields.layout
+        else {
+            return Err(StoreError::CorruptDocument(
+                "a partition with streams has no stream field".into(),
+            ));
+        };
+        let streams = streams.lock().unwrap_or_else(|poison| poison.into_inner());
+        let view = crate::query::IndexView {
+            parser: &format.parser,
+            schema: &format.schema,
+            lean: Some(crate::query::LeanView {
+                stream_id,
+                keys,
+                numbers: NUMBERS,
+                streams: &streams,
+            }),
+        };
+        crate::query::parse(&view, &self.records.schema, query)
     }
 
-    fn with_time_range(
-        &self,
-        query: Box<dyn Query>,
-        start: Option<i64>,
-        end: Option<i64>,
-    ) -> Box<dyn Query> {
-        if start.is_none() && end.is_none() {
-            return query;
-        }
-        let to_term = |nanos: i64| Term::from_field_i64(self.fields.timestamp, nanos);
-        let lower = start.map_or(Bound::Unbounded, |s| Bound::Included(to_term(s)));
-        let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(to_term(e)));
-        Box::new(BooleanQuery::new(vec![
-            (Occur::Must, query),
-            (Occur::Must, Box::new(RangeQuery::new(lower, upper))),
-        ]))
-    }
-
-    /// The document of `record`, whose JSON is `source`.
-    fn to_document(&self, record: LogRecord, source: String, seq: u64) -> TantivyDocument {
-        let f = &self.fields;
-        let stream = stream_key(&record);
-        let LogRecord {
-            timestamp,
-            severity_text,
-            severity_number,
-            body,
-            service,
-            resource,
-            attributes,
-            trace_id,
-            span_id,
-            request_id,
-            ..
-        } = record;
-        let mut doc = TantivyDocument::default();
-        doc.add_i64(f.timestamp, timestamp);
-        doc.add_u64(f.seq, seq);
-        doc.add_text(f.severity, &severity_text);
-        doc.add_i64(f.severity_number, i64::from(severity_number));
-        doc.add_text(f.service, &service);
-        doc.add_text(f.body, &body);
-        // Borrowed as JSON values: no copy into an intermediate map.
-        doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
-        doc.add_field_value(f.resource, &serde_json::Value::Object(resource));
-        for (field, id) in [
-            (f.trace_id, trace_id),
-            (f.span_id, span_id),
-            (f.request_id, request_id),
-        ] {
-            if let Some(id) = id {
-                doc.add_text(field, id);
-            }
-        }
-        doc.add_text(f.stream, stream);
-        doc.add_text(f.source, source);
-        doc
-    }
-
-    fn load_record(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<LogRecord> {
-        let doc: TantivyDocument = searcher.doc(address)?;
+    /// The record at `address` of `partition`, with its resource.
+    fn load_record(&self, partition: &Partition, address: DocAddress) -> Result<LogRecord> {
+        let fields = &self.format_of(partition).fields;
+        let doc: TantivyDocument = partition.reader.searcher().doc(address)?;
         let source = doc
-            .get_first(self.fields.source)
+            .get_first(fields.source)
             .and_then(|value| value.as_str())
             .ok_or_else(|| StoreError::CorruptDocument("log record without source".into()))?;
-        serde_json::from_str(source).map_err(|error| StoreError::CorruptDocument(error.to_string()))
+        let mut record: LogRecord = serde_json::from_str(source)
+            .map_err(|error| StoreError::CorruptDocument(error.to_string()))?;
+        if let (Some(streams), Layout::Streams { stream_id, .. }) =
+            (&partition.streams, fields.layout)
+            && record.resource.is_empty()
+        {
+            let id = doc
+                .get_first(stream_id)
+                .and_then(|value| value.as_u64())
+                .ok_or_else(|| StoreError::CorruptDocument("log record without stream".into()))?;
+            let streams = streams.lock().unwrap_or_else(|poison| poison.into_inner());
+            let resource = streams.resource(id).ok_or_else(|| {
+                StoreError::CorruptDocument(format!(
+                    "log record of stream {id}, which {} does not have",
+                    crate::streams::STREAMS_FILE
+                ))
+            })?;
+            record.resource = resource.as_ref().clone();
+        }
+        Ok(record)
+    }
+}
+
+/// `query` limited to records in `[start, end)`.
+fn with_time_range(query: Box<dyn Query>, start: Option<i64>, end: Option<i64>) -> Box<dyn Query> {
+    if start.is_none() && end.is_none() {
+        return query;
+    }
+    // The timestamp is the first field of every format.
+    let timestamp = Field::from_field_id(0);
+    let to_term = |nanos: i64| Term::from_field_i64(timestamp, nanos);
+    let lower = start.map_or(Bound::Unbounded, |s| Bound::Included(to_term(s)));
+    let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(to_term(e)));
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, query),
+        (Occur::Must, Box::new(RangeQuery::new(lower, upper))),
+    ]))
+}
+
+/// The format 1 and 2 document of `record`, whose JSON is `source`.
+fn records_document(f: &LogFields, record: LogRecord, source: String, seq: u64) -> TantivyDocument {
+    let stream = stream_key(&record);
+    let Layout::Records {
+        resource: resource_field,
+    } = f.layout
+    else {
+        return TantivyDocument::default();
+    };
+    let LogRecord {
+        timestamp,
+        severity_text,
+        severity_number,
+        body,
+        service,
+        resource,
+        attributes,
+        trace_id,
+        span_id,
+        request_id,
+        ..
+    } = record;
+    let mut doc = TantivyDocument::default();
+    doc.add_i64(f.timestamp, timestamp);
+    doc.add_u64(f.seq, seq);
+    doc.add_text(f.severity, &severity_text);
+    doc.add_i64(f.severity_number, i64::from(severity_number));
+    doc.add_text(f.service, &service);
+    doc.add_text(f.body, &body);
+    // Borrowed as JSON values: no copy into an intermediate map.
+    doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
+    doc.add_field_value(resource_field, &serde_json::Value::Object(resource));
+    for (field, id) in [
+        (f.trace_id, trace_id),
+        (f.span_id, span_id),
+        (f.request_id, request_id),
+    ] {
+        if let Some(id) = id {
+            doc.add_text(field, id);
+        }
+    }
+    doc.add_text(f.stream, stream);
+    doc.add_text(f.source, source);
+    doc
+}
+
+/// The stream of the previous record of a batch, which the next one
+/// usually shares: its resource is compared, not serialized again.
+#[derive(Default)]
+struct LastStream {
+    resource: serde_json::Map<String, serde_json::Value>,
+    json: String,
+    id: u64,
+    known: bool,
+}
+
+impl LastStream {
+    /// The stream number of `resource` and the resource's JSON.
+    fn id(
+        &mut self,
+        streams: &mut Streams,
+        resource: &serde_json::Map<String, serde_json::Value>,
+    ) -> (u64, &str) {
+        if !self.known || self.resource != *resource {
+            // Serializing a map of JSON values cannot fail.
+            self.json = serde_json::to_string(resource).unwrap_or_default();
+            self.id = streams.id(resource, &self.json);
+            self.resource = resource.clone();
+            self.known = true;
+        }
+        (self.id, &self.json)
+    }
+}
+
+/// `source` (a record's JSON) without its resource, which is `resource`
+/// serialized: `serde_json` writes `,"resource":{..}` once, after the
+/// service, and a string value cannot hold that text unescaped. A source
+/// where it is not found is kept whole (reads prefer a source's own
+/// resource).
+fn without_resource(mut source: String, resource: &str) -> String {
+    const KEY: &str = ",\"resource\":";
+    if let Some(at) = source.find(KEY) {
+        let value = at + KEY.len();
+        if source[value..].starts_with(resource) {
+            source.replace_range(at..value + resource.len(), "");
+        }
+    }
+    source
+}
+
+/// The format 3 document of `record`, whose JSON is `source`, in stream
+/// `stream` (its number and its resource's JSON).
+fn lean_document(
+    f: &LogFields,
+    record: LogRecord,
+    source: String,
+    seq: u64,
+    (stream_id, resource_json): (u64, &str),
+) -> TantivyDocument {
+    let stream = stream_key(&record);
+    let Layout::Streams {
+        stream_id: stream_id_field,
+        numbers: numbers_field,
+        keys: keys_field,
+    } = f.layout
+    else {
+        return TantivyDocument::default();
+    };
+    let LogRecord {
+        timestamp,
+        severity_text,
+        severity_number,
+        body,
+        service,
+        mut attributes,
+        trace_id,
+        span_id,
+        request_id,
+        ..
+    } = record;
+    let mut doc = TantivyDocument::default();
+    doc.add_i64(f.timestamp, timestamp);
+    doc.add_u64(f.seq, seq);
+    doc.add_text(f.severity, &severity_text);
+    doc.add_i64(f.severity_number, i64::from(severity_number));
+    doc.add_text(f.service, &service);
+    doc.add_text(f.body, &body);
+    let mut paths = Vec::new();
+    let mut numbers = serde_json::Map::new();
+    let mut path = String::from("attributes");
+    attribute_paths(&attributes, &mut path, &mut paths, &mut numbers);
+    if !paths.is_empty() {
+        paths.push("attributes".to_string());
+    }
+    // The promoted request id is indexed once, as `request_id`.
+    if let Some(id) = &request_id
+        && attributes.get("request_id").and_then(|v| v.as_str()) == Some(id)
+    {
+        attributes.remove("request_id");
+    }
+    doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
+    if !numbers.is_empty() {
+        doc.add_field_value(numbers_field, &serde_json::Value::Object(numbers));
+    }
+    for (field, name, id) in [
+        (f.trace_id, "trace_id", trace_id),
+        (f.span_id, "span_id", span_id),
+        (f.request_id, "request_id", request_id),
+    ] {
+        if let Some(id) = id {
+            doc.add_text(field, id);
+            paths.push(name.to_string());
+        }
+    }
+    paths.sort_unstable();
+    paths.dedup();
+    for path in paths {
+        doc.add_text(keys_field, path);
+    }
+    doc.add_u64(stream_id_field, stream_id);
+    doc.add_text(f.stream, stream);
+    doc.add_text(f.source, without_resource(source, resource_json));
+    doc
+}
+
+/// Collects the paths under `path` that have a value (`attributes.http`
+/// and `attributes.http.status` for `{"http.status": 200}`: dots in keys
+/// and nesting are the same path, as tantivy indexes them), and the
+/// numbers and booleans by their dotted path.
+fn attribute_paths(
+    object: &serde_json::Map<String, serde_json::Value>,
+    path: &mut String,
+    paths: &mut Vec<String>,
+    numbers: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    use serde_json::Value;
+    for (key, value) in object {
+        let length = path.len();
+        path.push('.');
+        path.push_str(key);
+        let present = match value {
+            Value::Null => false,
+            Value::Object(inner) => {
+                attribute_paths(inner, path, paths, numbers);
+                false
+            }
+            Value::Number(_) | Value::Bool(_) => {
+                numbers.insert(path["attributes.".len()..].to_string(), value.clone());
+                true
+            }
+            Value::String(_) => true,
+            Value::Array(items) => {
+                let scalars: Vec<Value> = items
+                    .iter()
+                    .filter(|item| matches!(item, Value::Number(_) | Value::Bool(_)))
+                    .cloned()
+                    .collect();
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        attribute_paths(inner, path, paths, numbers);
+                    }
+                }
+                let present = items
+                    .iter()
+                    .any(|item| !matches!(item, Value::Null | Value::Object(_)));
+                if !scalars.is_empty() {
+                    numbers.insert(
+                        path["attributes.".len()..].to_string(),
+                        Value::Array(scalars),
+                    );
+                }
+                present
+            }
+        };
+        if present {
+            // The path and every shorter one (`attributes.http`).
+            for (at, _) in path.match_indices('.').skip(1) {
+                paths.push(path[..at].to_string());
+            }
+            paths.push(path.clone());
+        }
+        path.truncate(length);
     }
 }
 
@@ -1315,6 +1709,93 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_keeps_each_resource_once_and_answers_as_if_each_record_had_it() {
+        let mut records = Vec::new();
+        for index in 0..200 {
+            let mut record = record(T0 + index, &format!("line {index}"), None);
+            let pod = if index % 2 == 0 {
+                "gateway-abc12"
+            } else {
+                "gateway-xyz34"
+            };
+            record.resource.insert("k8s.pod.name".into(), json!(pod));
+            records.push(record);
+        }
+        // A request id that is promoted, and one that is not (a number).
+        records[0].request_id = Some("req-7".into());
+        records[0]
+            .attributes
+            .insert("request_id".into(), json!("req-7"));
+        records[1].attributes.insert("request_id".into(), json!(42));
+        records[2].attributes.insert("user_id".into(), json!("b-7"));
+        let (dir, store) = store_with(&records);
+        let streams = std::fs::read_to_string(
+            dir.path()
+                .join(day_name(day_of(T0)))
+                .join(crate::streams::STREAMS_FILE),
+        )
+        .unwrap();
+        assert_eq!(streams.lines().count(), 2, "{streams}");
+        // Records come back whole, resource included, also after a reopen.
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
+        let all = store
+            .search(&LogQuery {
+                query: String::new(),
+                limit: 1000,
+                ..LogQuery::default()
+            })
+            .unwrap();
+        let mut found: Vec<LogRecord> = all.hits.into_iter().map(|hit| hit.record).collect();
+        found.reverse();
+        assert_eq!(found, records);
+        let count = |query: &str| {
+            let query = LogQuery {
+                query: query.into(),
+                limit: 1,
+                ..LogQuery::default()
+            };
+            store.search(&query).unwrap().total_hits
+        };
+        assert_eq!(count("resource.k8s.pod.name:gateway-xyz34"), 100);
+        assert_eq!(count("resource.k8s.pod.name:gateway-*"), 200);
+        assert_eq!(count("gateway-abc12"), 100);
+        assert_eq!(count("NOT resource.k8s.pod.name:gateway-abc12"), 100);
+        assert_eq!(count("resource.k8s.pod.name:nothing"), 0);
+        assert_eq!(count("resource.k8s.pod.name:nothing AND line"), 0);
+        assert_eq!(count("resource.k8s.pod.name:*"), 200);
+        assert_eq!(count("resource.k8s.pod.name:[gateway-b TO gateway-z]"), 100);
+        assert_eq!(search(&store, "attributes.request_id:req-7"), ["line 0"]);
+        assert_eq!(search(&store, "request_id:req-7"), ["line 0"]);
+        assert_eq!(search(&store, "attributes.request_id:42"), ["line 1"]);
+        assert_eq!(count("attributes.request_id:*"), 2);
+        assert_eq!(search(&store, "user_id:[a TO c]"), ["line 2"]);
+        assert_eq!(count("user_id:[u TO v]"), 199);
+        assert_eq!(count("http.status:[500 TO 500]"), 200);
+        assert_eq!(count("http.status:{500 TO *]"), 0);
+        assert_eq!(count("http:*"), 200);
+        // The stream's resource is on disk before the commit that refers
+        // to it: a new stream, committed, reopened.
+        let mut late = record(T0 + 500, "late", None);
+        late.resource
+            .insert("k8s.pod.name".into(), json!("gateway-new"));
+        store.add(5, std::slice::from_ref(&late)).unwrap();
+        store.commit(6).unwrap();
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
+        let hits = store
+            .search(&LogQuery {
+                query: "resource.k8s.pod.name:gateway-new".into(),
+                limit: 10,
+                ..LogQuery::default()
+            })
+            .unwrap()
+            .hits;
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].record, late);
+    }
+
+    #[test]
     fn partitions_of_the_first_schema_open_and_stay_searchable() {
         let dir = tempfile::tempdir().unwrap();
         let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -1322,16 +1803,14 @@ mod tests {
         {
             // A day partition written before words up to 255 bytes were
             // indexed: its meta.json names tantivy's `default` tokenizer.
-            let scratch = tempfile::tempdir().unwrap();
-            let documents = LogStore::open(scratch.path()).unwrap();
-            let (schema, _) = log_schema_with("default");
+            let (schema, fields) = log_schema_with("default");
             let partition = dir.path().join(day_name(day_of(T0)));
             std::fs::create_dir_all(&partition).unwrap();
             let index = Index::create_in_dir(&partition, schema).unwrap();
             let mut writer: IndexWriter = index.writer(15_000_000).unwrap();
             let source = serde_json::to_string(&old).unwrap();
             writer
-                .add_document(documents.to_document(old.clone(), source, 1))
+                .add_document(records_document(&fields, old.clone(), source, 1))
                 .unwrap();
             writer.commit().unwrap();
         }

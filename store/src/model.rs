@@ -16,7 +16,10 @@ pub struct LogRecord {
     pub body: String,
     /// `service.name` from the resource, or `unknown_service`.
     pub service: String,
-    /// Resource attributes (`k8s.pod.name`, `host.name`, ...), as a JSON object.
+    /// Resource attributes (`k8s.pod.name`, `host.name`, ...), as a JSON
+    /// object. Absent from the stored JSON of format 3 partitions, which
+    /// keep it once per stream.
+    #[serde(default)]
     pub resource: Map<String, Value>,
     /// Record attributes (parsed fields), as a JSON object.
     pub attributes: Map<String, Value>,

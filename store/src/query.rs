@@ -30,7 +30,7 @@
 
 use tantivy::query::{
     BitSetDocSet, BooleanQuery, BoostQuery, ConstScorer, EmptyQuery, EnableScoring, ExistsQuery,
-    Explanation, Query, QueryParser, Scorer, Weight,
+    Explanation, Query, QueryParser, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::query_grammar::{
     Occur, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral, parse_query_lenient,
@@ -60,11 +60,33 @@ pub(crate) const IDENTIFYING_RESOURCE_KEYS: &[&str] = &[
 use crate::error::{Result, StoreError};
 use crate::logs::MAX_WORD_BYTES;
 use crate::model::LogRecord;
+use crate::streams::Streams;
 
 mod limits;
 
-/// Parses `text` against the index's fields.
-pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result<Box<dyn Query>> {
+/// What a query is built against: one partition's schema and parser, and,
+/// for partitions of format 3, where its streams, numbers and keys are.
+pub(crate) struct IndexView<'a> {
+    pub parser: &'a QueryParser,
+    pub schema: &'a Schema,
+    pub lean: Option<LeanView<'a>>,
+}
+
+/// The parts of a format 3 partition a query is rewritten to.
+pub(crate) struct LeanView<'a> {
+    /// The stream number of each document (`resource` is not indexed).
+    pub stream_id: Field,
+    /// The paths each document has a value at (`attributes.x`, the ids).
+    pub keys: Field,
+    /// The numeric and boolean attributes, as a fast JSON field.
+    pub numbers: &'a str,
+    pub streams: &'a Streams,
+}
+
+/// Parses `text` against the fields of `logical` (the query language's
+/// fields, which format 2 partitions index as they are) and builds it for
+/// the partition `view`.
+pub(crate) fn parse(view: &IndexView<'_>, logical: &Schema, text: &str) -> Result<Box<dyn Query>> {
     // the grammar recurses per nesting level: refuse a bomb before it does
     limits::check(text)?;
     // tantivy 0.27 asserts (panics) on a NUL in a JSON field path; found by
@@ -81,7 +103,7 @@ pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result
             error.message, error.pos
         )));
     }
-    let query = build(parser, schema, normalize(ast, schema, true)?)?;
+    let query = build(view, normalize(ast, logical, true)?)?;
     Ok(query.unwrap_or_else(|| Box::new(EmptyQuery)))
 }
 
@@ -89,42 +111,199 @@ pub(crate) fn parse(parser: &QueryParser, schema: &Schema, text: &str) -> Result
 /// parser except `field:*` ([`exists`]). `None` when there is nothing to
 /// search (an empty clause, a value without terms): tantivy drops those from
 /// their clause, and so does this.
-fn build(
-    parser: &QueryParser,
-    schema: &Schema,
-    ast: UserInputAst,
-) -> Result<Option<Box<dyn Query>>> {
+fn build(view: &IndexView<'_>, ast: UserInputAst) -> Result<Option<Box<dyn Query>>> {
     match ast {
         UserInputAst::Clause(clauses) => {
             let mut built = Vec::with_capacity(clauses.len());
             for (occur, child) in clauses {
-                if let Some(query) = build(parser, schema, child)? {
+                if let Some(query) = build(view, child)? {
                     // Conjunction by default, as the parser is set up.
                     built.push((occur.unwrap_or(Occur::Must), query));
                 }
             }
             Ok((!built.is_empty()).then(|| Box::new(BooleanQuery::new(built)) as Box<dyn Query>))
         }
-        UserInputAst::Boost(inner, boost) => Ok(build(parser, schema, *inner)?
+        UserInputAst::Boost(inner, boost) => Ok(build(view, *inner)?
             .map(|query| Box::new(BoostQuery::new(query, boost.into_inner() as Score)) as _)),
         UserInputAst::Leaf(leaf) => {
-            if let UserInputLeaf::Regex {
-                field: Some(name),
-                pattern,
-            } = leaf.as_ref()
-                && let Some(query) = json_path_regex(schema, name, pattern)?
-            {
-                return Ok(Some(query));
-            }
-            let query = match *leaf {
-                UserInputLeaf::Exists { field } => exists(schema, &field)?,
-                leaf => parser
-                    .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf)))
-                    .map_err(|error| StoreError::InvalidQuery(error.to_string()))?,
+            let leaf = match &view.lean {
+                Some(lean) => match lean_leaf(view, lean, *leaf)? {
+                    Lean::Built(query) => return Ok(Some(query)),
+                    Lean::Either(first, second) => {
+                        let either: Vec<_> = [build_leaf(view, first)?, build_leaf(view, second)?]
+                            .into_iter()
+                            .flatten()
+                            .map(|query| (Occur::Should, query))
+                            .collect();
+                        return Ok((!either.is_empty())
+                            .then(|| Box::new(BooleanQuery::new(either)) as Box<dyn Query>));
+                    }
+                    Lean::Leaf(leaf) => leaf,
+                },
+                None => *leaf,
             };
-            Ok((!query.is::<EmptyQuery>()).then_some(query))
+            build_leaf(view, leaf)
         }
     }
+}
+
+/// tantivy's query for one leaf, as its fields are in `view`'s schema.
+fn build_leaf(view: &IndexView<'_>, leaf: UserInputLeaf) -> Result<Option<Box<dyn Query>>> {
+    if let UserInputLeaf::Regex {
+        field: Some(name),
+        pattern,
+    } = &leaf
+        && let Some(query) = json_path_regex(view.schema, name, pattern)?
+    {
+        return Ok(Some(query));
+    }
+    let query = match leaf {
+        UserInputLeaf::Exists { field } => exists(view.schema, &field)?,
+        leaf => view
+            .parser
+            .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf)))
+            .map_err(|error| StoreError::InvalidQuery(error.to_string()))?,
+    };
+    Ok((!query.is::<EmptyQuery>()).then_some(query))
+}
+
+/// What [`lean_leaf`] made of a leaf.
+enum Lean {
+    Built(Box<dyn Query>),
+    /// A leaf the partition's parser builds as it is (perhaps renamed).
+    Leaf(UserInputLeaf),
+    /// Records that match either leaf.
+    Either(UserInputLeaf, UserInputLeaf),
+}
+
+/// The field a leaf is on, after [`normalize`].
+fn leaf_field(leaf: &UserInputLeaf) -> Option<&str> {
+    match leaf {
+        UserInputLeaf::Literal(literal) => literal.field_name.as_deref(),
+        UserInputLeaf::Range { field, .. }
+        | UserInputLeaf::Set { field, .. }
+        | UserInputLeaf::Regex { field, .. } => field.as_deref(),
+        UserInputLeaf::Exists { field } => Some(field),
+        UserInputLeaf::All => None,
+    }
+}
+
+/// A query that matches nothing and, unlike tantivy's `EmptyQuery`, is not
+/// dropped from its clause.
+fn nothing() -> Box<dyn Query> {
+    Box::new(BooleanQuery::new(Vec::new()))
+}
+
+/// A leaf of a format 3 partition: resource leaves become the set of
+/// streams whose resource matches; `field:*` on an attribute or an id
+/// reads the keys; a range on an attribute reads the numbers (or, for text
+/// bounds, the attribute's words); the promoted `attributes.request_id` is
+/// the `request_id` field, where it is indexed.
+fn lean_leaf(view: &IndexView<'_>, lean: &LeanView<'_>, leaf: UserInputLeaf) -> Result<Lean> {
+    let Some(field) = leaf_field(&leaf).map(str::to_string) else {
+        return Ok(Lean::Leaf(leaf));
+    };
+    if field == RESOURCE || field.starts_with("resource.") {
+        let node = compile_leaf(leaf)?;
+        let scratch = LogRecord::default();
+        let terms: Vec<Term> = lean
+            .streams
+            .all()
+            .filter(|(_, resource)| node.matches_in(&scratch, resource))
+            .map(|(id, _)| Term::from_field_u64(lean.stream_id, id))
+            .collect();
+        if terms.is_empty() {
+            return Ok(Lean::Built(nothing()));
+        }
+        return Ok(Lean::Built(Box::new(TermSetQuery::new(terms))));
+    }
+    let is_attribute = field == ATTRIBUTES || field.starts_with("attributes.");
+    match leaf {
+        UserInputLeaf::Exists { field }
+            if is_attribute || ["request_id", "trace_id", "span_id"].contains(&field.as_str()) =>
+        {
+            Ok(Lean::Built(Box::new(TermQuery::new(
+                Term::from_field_text(lean.keys, &field),
+                IndexRecordOption::Basic,
+            ))))
+        }
+        UserInputLeaf::Range {
+            field: Some(field),
+            lower,
+            upper,
+        } if is_attribute => {
+            let text = [&lower, &upper]
+                .into_iter()
+                .any(|bound| BoundKind::of(bound) == Some(BoundKind::Text));
+            if text {
+                return word_range(view.schema, &field, &lower, &upper).map(Lean::Built);
+            }
+            let path = field.strip_prefix("attributes").unwrap_or_default();
+            Ok(Lean::Leaf(UserInputLeaf::Range {
+                field: Some(format!("{}{path}", lean.numbers)),
+                lower,
+                upper,
+            }))
+        }
+        // Indexed as `request_id` when it was promoted, as an attribute
+        // when it was not (not a string).
+        leaf if field == PROMOTED_REQUEST_ID => {
+            let mut promoted = leaf.clone();
+            match &mut promoted {
+                UserInputLeaf::Literal(literal) => literal.field_name = Some("request_id".into()),
+                UserInputLeaf::Set { field, .. } | UserInputLeaf::Regex { field, .. } => {
+                    *field = Some("request_id".into())
+                }
+                _ => return Ok(Lean::Leaf(leaf)),
+            }
+            Ok(Lean::Either(leaf, promoted))
+        }
+        leaf => Ok(Lean::Leaf(leaf)),
+    }
+}
+
+/// The attribute a record's `request_id` is usually promoted from: format 3
+/// indexes it once, as `request_id`.
+const PROMOTED_REQUEST_ID: &str = "attributes.request_id";
+
+/// A range with text bounds on an attribute: the words at its path between
+/// the bounds (lowercased, as words are indexed).
+fn word_range(
+    schema: &Schema,
+    name: &str,
+    lower: &UserInputBound,
+    upper: &UserInputBound,
+) -> Result<Box<dyn Query>> {
+    let Some((field, path)) = schema.find_field(name) else {
+        return Ok(nothing());
+    };
+    let FieldType::JsonObject(options) = schema.get_field_entry(field).field_type() else {
+        return Ok(nothing());
+    };
+    let mut prefix = Term::from_field_json_path(field, path, options.is_expand_dots_enabled())
+        .serialized_value_bytes()
+        .to_vec();
+    prefix.push(tantivy::schema::Type::Str.to_code());
+    let bound = |bound: &UserInputBound| -> std::ops::Bound<Vec<u8>> {
+        let with = |text: &str| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(text.to_lowercase().as_bytes());
+            key
+        };
+        match bound {
+            UserInputBound::Inclusive(text) if text != "*" => std::ops::Bound::Included(with(text)),
+            UserInputBound::Exclusive(text) if text != "*" => std::ops::Bound::Excluded(with(text)),
+            _ => std::ops::Bound::Unbounded,
+        }
+    };
+    Ok(Box::new(PresenceQuery {
+        field,
+        presence: Presence::Range {
+            prefix: prefix.clone(),
+            lower: bound(lower),
+            upper: bound(upper),
+        },
+    }))
 }
 
 /// `field:*`: the records that have a value in `field` (or, for `body`, at
@@ -179,6 +358,12 @@ enum Presence {
     Fieldnorms,
     /// A term that starts with one of these byte strings.
     Terms(Vec<Vec<u8>>),
+    /// A term that starts with `prefix` and lies between the bounds.
+    Range {
+        prefix: Vec<u8>,
+        lower: std::ops::Bound<Vec<u8>>,
+        upper: std::ops::Bound<Vec<u8>>,
+    },
 }
 
 impl Query for PresenceQuery {
@@ -201,20 +386,28 @@ impl Weight for PresenceQuery {
             Presence::Terms(prefixes) => {
                 let inverted = reader.inverted_index(self.field)?;
                 for prefix in prefixes {
-                    let mut terms = inverted.terms().range().ge(prefix).into_stream()?;
-                    while terms.advance() && terms.key().starts_with(prefix) {
-                        let mut postings = inverted.read_block_postings_from_terminfo(
-                            terms.value(),
-                            IndexRecordOption::Basic,
-                        )?;
-                        while !postings.docs().is_empty() {
-                            for &doc in postings.docs() {
-                                docs.insert(doc);
-                            }
-                            postings.advance();
-                        }
-                    }
+                    let terms = inverted.terms().range().ge(prefix).into_stream()?;
+                    insert_postings(&inverted, terms, prefix, &mut docs)?;
                 }
+            }
+            Presence::Range {
+                prefix,
+                lower,
+                upper,
+            } => {
+                let inverted = reader.inverted_index(self.field)?;
+                let mut range = inverted.terms().range();
+                range = match lower {
+                    std::ops::Bound::Included(key) => range.ge(key),
+                    std::ops::Bound::Excluded(key) => range.gt(key),
+                    std::ops::Bound::Unbounded => range.ge(prefix),
+                };
+                range = match upper {
+                    std::ops::Bound::Included(key) => range.le(key),
+                    std::ops::Bound::Excluded(key) => range.lt(key),
+                    std::ops::Bound::Unbounded => range,
+                };
+                insert_postings(&inverted, range.into_stream()?, prefix, &mut docs)?;
             }
         }
         Ok(Box::new(ConstScorer::new(BitSetDocSet::from(docs), boost)))
@@ -229,6 +422,27 @@ impl Weight for PresenceQuery {
         }
         Ok(Explanation::new("the field has a value", 1.0))
     }
+}
+
+/// Adds the documents of every term of `terms` that starts with `prefix`
+/// (the stream is sorted: it stops at the first that does not).
+fn insert_postings(
+    inverted: &tantivy::InvertedIndexReader,
+    mut terms: tantivy::termdict::TermStreamer<'_>,
+    prefix: &[u8],
+    docs: &mut BitSet,
+) -> tantivy::Result<()> {
+    while terms.advance() && terms.key().starts_with(prefix) {
+        let mut postings =
+            inverted.read_block_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
+        while !postings.docs().is_empty() {
+            for &doc in postings.docs() {
+                docs.insert(doc);
+            }
+            postings.advance();
+        }
+    }
+    Ok(())
 }
 
 fn is_pure_negation(clauses: &[(Option<Occur>, UserInputAst)]) -> bool {
@@ -872,6 +1086,18 @@ fn tokenize(text: &str) -> Vec<String> {
 
 impl Node {
     fn matches(&self, record: &LogRecord) -> bool {
+        self.matches_in(record, &record.resource)
+    }
+
+    /// Whether `record`, with `resource` as its resource, matches.
+    fn matches_in(
+        &self,
+        record: &LogRecord,
+        resource: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        let any_value = |field: &Target, test: &dyn Fn(Found<'_>) -> bool| {
+            any_value(record, resource, field, test)
+        };
         match self {
             Node::All => true,
             Node::Clause {
@@ -879,25 +1105,28 @@ impl Node {
                 should,
                 must_not,
             } => {
-                if must_not.iter().any(|node| node.matches(record)) {
+                if must_not
+                    .iter()
+                    .any(|node| node.matches_in(record, resource))
+                {
                     return false;
                 }
                 if !must.is_empty() {
-                    return must.iter().all(|node| node.matches(record));
+                    return must.iter().all(|node| node.matches_in(record, resource));
                 }
-                should.is_empty() || should.iter().any(|node| node.matches(record))
+                should.is_empty() || should.iter().any(|node| node.matches_in(record, resource))
             }
             Node::Literal {
                 field,
                 text,
                 tokens,
-            } => any_value(record, field, |found| match found {
+            } => any_value(field, &|found| match found {
                 Found::Text(value) => contains_phrase(&tokenize(value), tokens),
                 Found::Whole(value) => value == text,
                 Found::Number(number) => text.parse::<f64>().is_ok_and(|wanted| wanted == number),
             }),
             // Regexes match text terms only, as in the index.
-            Node::Regex { field, regex } => any_value(record, field, |found| match found {
+            Node::Regex { field, regex } => any_value(field, &|found| match found {
                 Found::Text(value) => tokenize(value).iter().any(|token| regex.is_match(token)),
                 Found::Whole(value) => regex.is_match(value),
                 Found::Number(_) => false,
@@ -906,7 +1135,7 @@ impl Node {
                 field,
                 lower,
                 upper,
-            } => any_value(record, field, |found| match found {
+            } => any_value(field, &|found| match found {
                 Found::Number(number) => in_range(lower, upper, |bound| {
                     bound
                         .parse::<f64>()
@@ -918,7 +1147,7 @@ impl Node {
                     .iter()
                     .any(|token| in_range(lower, upper, |bound| Some(token.as_str().cmp(bound)))),
             }),
-            Node::Set { field, elements } => any_value(record, field, |found| match found {
+            Node::Set { field, elements } => any_value(field, &|found| match found {
                 Found::Text(value) => {
                     let tokens = tokenize(value);
                     elements
@@ -934,7 +1163,7 @@ impl Node {
             Node::Exists {
                 field: Target::Body,
             } => !tokenize(&record.body).is_empty(),
-            Node::Exists { field } => any_value(record, field, |_| true),
+            Node::Exists { field } => any_value(field, &|_| true),
         }
     }
 }
@@ -968,7 +1197,12 @@ fn contains_phrase(tokens: &[String], phrase: &[String]) -> bool {
 }
 
 /// Calls `test` on every value of `field` in `record` until one passes.
-fn any_value(record: &LogRecord, field: &Target, test: impl Fn(Found<'_>) -> bool) -> bool {
+fn any_value(
+    record: &LogRecord,
+    resource: &serde_json::Map<String, serde_json::Value>,
+    field: &Target,
+    test: &dyn Fn(Found<'_>) -> bool,
+) -> bool {
     match field {
         // Free text: tantivy's parser searches the message and the
         // attributes' root path, which has no values (their keys are paths).
@@ -996,12 +1230,11 @@ fn any_value(record: &LogRecord, field: &Target, test: impl Fn(Found<'_>) -> boo
         Target::Attribute(path) => {
             path_values(&record.attributes, path).any(|value| json_values(value, true, &test))
         }
-        Target::Resource(path) if path.is_empty() => record
-            .resource
+        Target::Resource(path) if path.is_empty() => resource
             .values()
             .any(|value| json_values(value, false, &test)),
         Target::Resource(path) => {
-            path_values(&record.resource, path).any(|value| json_values(value, false, &test))
+            path_values(resource, path).any(|value| json_values(value, false, &test))
         }
         Target::Nothing => false,
     }
@@ -1031,7 +1264,7 @@ fn path_values<'a>(
 fn json_values(
     value: &serde_json::Value,
     tokenized: bool,
-    test: &impl Fn(Found<'_>) -> bool,
+    test: &dyn Fn(Found<'_>) -> bool,
 ) -> bool {
     match value {
         serde_json::Value::String(text) if tokenized => test(Found::Text(text)),

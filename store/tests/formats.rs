@@ -8,8 +8,9 @@
 //! - `wal-v1/`, `wal-v2/`: write-ahead log segments of WAL format 1 (byte
 //!   offset positions) and 2 ([`wal::WAL_FORMAT_VERSION`]), holding the same
 //!   three batches (logs, spans, logs).
-//! - `logs-v<LOG_PARTITION_FORMAT_VERSION>/`: a log store with one day
-//!   partition (a tantivy index) and its manifest. Partitions of format 1
+//! - `logs-v2/`, `logs-v<LOG_PARTITION_FORMAT_VERSION>/`: a log store with
+//!   one day partition (a tantivy index, and in format 3 its streams) and
+//!   its manifest, holding the same two records. Partitions of format 1
 //!   (tantivy's `default` tokenizer) are covered by the log store's unit
 //!   test `partitions_of_the_first_schema_open_and_stay_searchable`.
 //! - `spans-v<SPAN_STORE_FORMAT_VERSION>/`: a span store with one trace.
@@ -324,21 +325,9 @@ fn wal_format_2_is_read_and_is_what_the_current_version_writes() {
     );
 }
 
-#[test]
-fn the_log_partition_fixture_opens_and_answers_queries() {
-    assert_eq!(
-        LOG_PARTITION_FORMAT_VERSION, 2,
-        "a new log partition format needs its fixture"
-    );
-    let name = format!("logs-v{LOG_PARTITION_FORMAT_VERSION}");
-    if regenerating() {
-        regenerate(&name, |dir| {
-            let store = LogStore::open(dir).unwrap();
-            store.add(0, &records()).unwrap();
-            store.commit(1).unwrap();
-        });
-    }
-    let (_scratch, dir) = open_copy(&name);
+/// Opens a copy of the log store fixture `name` and checks what it answers.
+fn check_log_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let (scratch, dir) = open_copy(name);
     let store = LogStore::open(&dir).unwrap();
     assert_eq!(store.committed_position(), 1);
     assert_eq!(store.partition_names(), ["2023-11-14"]);
@@ -360,7 +349,7 @@ fn the_log_partition_fixture_opens_and_answers_queries() {
             .map(|hit| hit.record.clone())
             .collect::<Vec<_>>(),
         expected,
-        "records come back whole, newest first"
+        "{name}: records come back whole, newest first"
     );
     // Ids are `<timestamp>-<seq>`, seq = batch position << 20 | index.
     assert_eq!(
@@ -370,32 +359,51 @@ fn the_log_partition_fixture_opens_and_answers_queries() {
             .collect::<Vec<_>>(),
         [format!("{}-1", T0 + 2_000_000_000), format!("{T0}-0")]
     );
+    let payment = "payment declined for order 42";
     for (query, bodies) in [
-        ("declined", vec!["payment declined for order 42"]),
-        (
-            "attributes.user.tier:gold",
-            vec!["payment declined for order 42"],
-        ),
+        ("declined", vec![payment]),
+        ("attributes.user.tier:gold", vec![payment]),
         ("service:inventory", vec!["inventory reserved"]),
-        ("request_id:req-7", vec!["payment declined for order 42"]),
-        (
-            &format!("trace_id:{TRACE_ID}"),
-            vec!["payment declined for order 42"],
-        ),
-        ("severity:error", vec!["payment declined for order 42"]),
+        ("request_id:req-7", vec![payment]),
+        (&format!("trace_id:{TRACE_ID}"), vec![payment]),
+        ("severity:error", vec![payment]),
         (
             "resource.host.name:node-1 OR resource.k8s.pod.name:checkout-5d9f",
-            vec!["inventory reserved", "payment declined for order 42"],
+            vec!["inventory reserved", payment],
         ),
+        ("checkout-5d9f", vec![payment]),
+        ("resource.k8s.pod.name:checkout-*", vec![payment]),
+        ("http.status_code:[400 TO 499]", vec![payment]),
+        ("user.tier:*", vec![payment]),
+        ("NOT request_id:*", vec!["inventory reserved"]),
     ] {
         let found: Vec<String> = search(query)
             .hits
             .into_iter()
             .map(|hit| hit.record.body)
             .collect();
-        assert_eq!(found, bodies, "{query}");
+        assert_eq!(found, bodies, "{name}: {query}");
     }
-    // The partition's schema is the one this version creates partitions with.
+    (scratch, dir)
+}
+
+#[test]
+fn the_log_partition_fixtures_open_and_answer_queries() {
+    assert_eq!(
+        LOG_PARTITION_FORMAT_VERSION, 3,
+        "a new log partition format needs its fixture"
+    );
+    let name = format!("logs-v{LOG_PARTITION_FORMAT_VERSION}");
+    if regenerating() {
+        regenerate(&name, |dir| {
+            let store = LogStore::open(dir).unwrap();
+            store.add(0, &records()).unwrap();
+            store.commit(1).unwrap();
+        });
+    }
+    let (_scratch, dir) = check_log_fixture(&name);
+    // The partition's schema and streams are the ones this version creates
+    // partitions with.
     let fresh = tempfile::tempdir().unwrap();
     let written = LogStore::open(fresh.path()).unwrap();
     written.add(0, &records()).unwrap();
@@ -405,10 +413,36 @@ fn the_log_partition_fixture_opens_and_answers_queries() {
         schemas(fresh.path()),
         "the log partition schema changed: bump LOG_PARTITION_FORMAT_VERSION and add a fixture"
     );
+    let streams =
+        |dir: &Path| std::fs::read_to_string(dir.join("2023-11-14/streams.jsonl")).unwrap();
+    assert_eq!(streams(&dir), streams(fresh.path()));
+    assert_eq!(streams(&dir).lines().count(), 2, "one line per resource");
+
+    // Format 2 partitions (every document holds its resource) are still
+    // read, and written on the day they cover.
+    let (_scratch, dir) = check_log_fixture("logs-v2");
     assert_eq!(
         schemas(&dir)["2023-11-14/meta.json"],
         serde_json::to_value(log_index_schema()).unwrap()
     );
+    let store = LogStore::open(&dir).unwrap();
+    let mut late = records().remove(1);
+    late.timestamp += 1_000;
+    late.body = "inventory released".into();
+    store.add(5, std::slice::from_ref(&late)).unwrap();
+    store.commit(6).unwrap();
+    drop(store);
+    let store = LogStore::open(&dir).unwrap();
+    let found = store
+        .search(&LogQuery {
+            query: "released AND resource.host.name:node-1".into(),
+            limit: 10,
+            ..LogQuery::default()
+        })
+        .unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(found.hits[0].record, late);
+    assert!(!dir.join("2023-11-14/streams.jsonl").exists());
 }
 
 #[test]
