@@ -84,6 +84,10 @@ struct Args {
     skip_ingest: bool,
     #[arg(long)]
     skip_query: bool,
+    /// Index `--records` raw lines into bare tantivy once per schema variant
+    /// (what each part of the schema costs) and exit.
+    #[arg(long)]
+    schema_variants: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -96,6 +100,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model()
     );
+    if args.schema_variants {
+        return schema_variants(&args);
+    }
     if !args.skip_ingest {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -1029,4 +1036,209 @@ fn format_kinds(kinds: &BTreeMap<String, u64>, raw_bytes: u64) -> String {
         .map(|(kind, bytes)| format!("{kind} {:.3}", *bytes as f64 / raw_bytes as f64))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+// ---------------------------------------------------------------------------
+// Schema variants
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    attr_positions: bool,
+    attr_fast: bool,
+    resource_indexed: bool,
+    request_id_in_attrs: bool,
+    resource_in_source: bool,
+    zstd_level: i32,
+    block: usize,
+}
+
+fn schema_variants(args: &Args) -> anyhow::Result<()> {
+    use tantivy::schema::{
+        FAST, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, TextFieldIndexing,
+        TextOptions,
+    };
+    let pods = pods();
+    let end_time = now_nanos();
+    let lines: Vec<(usize, String)> = (0..args.records.div_ceil(args.batch))
+        .flat_map(|index| generate_batch(&pods, index, args.batch, args.records, end_time).lines)
+        .collect();
+    let raw: u64 = lines.iter().map(|(_, l)| l.len() as u64 + 1).sum();
+    let v2 = Variant {
+        name: "v2 (store today)",
+        attr_positions: true,
+        attr_fast: true,
+        resource_indexed: true,
+        request_id_in_attrs: true,
+        resource_in_source: true,
+        zstd_level: 3,
+        block: 64 * 1024,
+    };
+    let variants = [
+        v2,
+        Variant {
+            name: "no resource in source",
+            resource_in_source: false,
+            ..v2
+        },
+        Variant {
+            name: "no attr fast",
+            attr_fast: false,
+            ..v2
+        },
+        Variant {
+            name: "request_id not in attrs",
+            request_id_in_attrs: false,
+            ..v2
+        },
+        Variant {
+            name: "resource not indexed",
+            resource_indexed: false,
+            ..v2
+        },
+        Variant {
+            name: "attr without positions",
+            attr_positions: false,
+            ..v2
+        },
+        Variant {
+            name: "lean (all four above but positions)",
+            resource_in_source: false,
+            attr_fast: false,
+            request_id_in_attrs: false,
+            resource_indexed: false,
+            ..v2
+        },
+        Variant {
+            name: "lean + zstd 9, 256K",
+            resource_in_source: false,
+            attr_fast: false,
+            request_id_in_attrs: false,
+            resource_indexed: false,
+            zstd_level: 9,
+            block: 256 * 1024,
+            ..v2
+        },
+    ];
+    println!("{} records, raw {:.1} MB", lines.len(), raw as f64 / MB);
+    for variant in variants {
+        let mut builder = Schema::builder();
+        let words = "words_255";
+        let mut json = JsonObjectOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(words)
+                    .set_index_option(if variant.attr_positions {
+                        IndexRecordOption::WithFreqsAndPositions
+                    } else {
+                        IndexRecordOption::WithFreqs
+                    }),
+            )
+            .set_expand_dots_enabled();
+        if variant.attr_fast {
+            json = json.set_fast("raw");
+        }
+        let resource_options = JsonObjectOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("raw")
+                    .set_index_option(IndexRecordOption::Basic),
+            )
+            .set_expand_dots_enabled();
+        let timestamp = builder.add_i64_field("timestamp", INDEXED | FAST);
+        let seq = builder.add_u64_field("seq", FAST);
+        let severity = builder.add_text_field("severity", STRING | FAST);
+        let severity_number = builder.add_i64_field("severity_number", INDEXED);
+        let service = builder.add_text_field("service", STRING);
+        let body = builder.add_text_field(
+            "body",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(words)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        );
+        let attributes = builder.add_json_field("attributes", json);
+        let resource = builder.add_json_field("resource", resource_options);
+        let trace_id = builder.add_text_field("trace_id", STRING);
+        let span_id = builder.add_text_field("span_id", STRING);
+        let request_id = builder.add_text_field("request_id", STRING);
+        let stream = builder.add_text_field("stream", STRING);
+        let source = builder.add_text_field("source", STORED);
+        let dir = tempfile::Builder::new()
+            .prefix("sightline-bench-variant")
+            .tempdir()?;
+        let index = Index::builder()
+            .schema(builder.build())
+            .settings(IndexSettings {
+                docstore_compression: Compressor::Zstd(ZstdCompressor {
+                    compression_level: Some(variant.zstd_level),
+                }),
+                docstore_blocksize: variant.block,
+                ..IndexSettings::default()
+            })
+            .tokenizers(sightline_store::log_index_tokenizers())
+            .create_in_dir(dir.path())?;
+        let started = Instant::now();
+        let mut writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
+        for (n, (pod_index, line)) in lines.iter().enumerate() {
+            let pod = &pods[*pod_index];
+            let mut fields: Map<String, Value> = serde_json::from_str(line)?;
+            let ts = fields.remove("ts").unwrap_or_default();
+            let ts = time::OffsetDateTime::parse(
+                ts.as_str().unwrap_or_default(),
+                &time::format_description::well_known::Rfc3339,
+            )?
+            .unix_timestamp_nanos() as i64;
+            let level = fields.remove("level").unwrap_or_default();
+            let message = fields.remove("msg").unwrap_or_default();
+            let tid = fields.remove("trace_id").unwrap_or_default();
+            let sid = fields.remove("span_id").unwrap_or_default();
+            let svc = SERVICES[pod.service];
+            let mut doc = TantivyDocument::default();
+            doc.add_i64(timestamp, ts);
+            doc.add_u64(seq, n as u64);
+            doc.add_text(
+                severity,
+                level.as_str().unwrap_or_default().to_ascii_uppercase(),
+            );
+            doc.add_i64(severity_number, 9);
+            doc.add_text(service, svc);
+            doc.add_text(body, message.as_str().unwrap_or_default());
+            if let Some(id) = fields.get("request_id").and_then(|v| v.as_str()) {
+                doc.add_text(request_id, id);
+            }
+            fields.insert("log.iostream".into(), "stdout".into());
+            let mut source_text = String::with_capacity(line.len() + 400);
+            if variant.resource_in_source {
+                source_text.push_str(&serde_json::to_string(&pod.json)?);
+            }
+            source_text.push_str(line);
+            if !variant.request_id_in_attrs {
+                fields.remove("request_id");
+            }
+            doc.add_object(attributes, to_owned_object(fields));
+            if variant.resource_indexed {
+                doc.add_object(resource, to_owned_object(pod.json.clone()));
+            }
+            doc.add_text(trace_id, tid.as_str().unwrap_or_default());
+            doc.add_text(span_id, sid.as_str().unwrap_or_default());
+            doc.add_text(stream, format!("{svc}|{}|stdout", pod.json["k8s.pod.uid"]));
+            doc.add_text(source, source_text);
+            writer.add_document(doc)?;
+        }
+        writer.commit()?;
+        let elapsed = started.elapsed();
+        writer.wait_merging_threads()?;
+        let disk = sightline_store::dir_size(dir.path());
+        println!(
+            "{:<38} {:>6.1} MB/s  disk/raw {:.3}  [{}]",
+            variant.name,
+            raw as f64 / MB / elapsed.as_secs_f64(),
+            disk as f64 / raw as f64,
+            format_kinds(&disk_by_kind(dir.path()), raw)
+        );
+    }
+    Ok(())
 }
