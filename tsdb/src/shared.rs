@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::{LabelMatcher, Labels, SeriesData, TimeSeriesStore, TsdbError, TsdbStats};
 use crate::promql::{QueryError, Queryable};
@@ -68,6 +68,19 @@ pub trait SampleLog: Send + Sync + std::fmt::Debug {
     /// durable.
     fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError>;
 
+    /// [`SampleLog::append`] for a writer that keeps its label sets shared
+    /// from one batch to the next (the scrape cache): nothing is copied.
+    fn append_shared(
+        &self,
+        samples: &[(Arc<Labels>, i64, f64)],
+    ) -> Result<AppendOutcome, TsdbError> {
+        let owned: Vec<(Labels, i64, f64)> = samples
+            .iter()
+            .map(|(labels, timestamp_ms, value)| (labels.as_ref().clone(), *timestamp_ms, *value))
+            .collect();
+        self.append(&owned)
+    }
+
     /// Records the metadata of a metric family (the newest report wins).
     fn set_metadata(&self, metric: &str, metadata: MetricMetadata);
 }
@@ -75,6 +88,17 @@ pub trait SampleLog: Send + Sync + std::fmt::Debug {
 impl SampleLog for MetricStore {
     fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
         MetricStore::append(self, samples)
+    }
+
+    fn append_shared(
+        &self,
+        samples: &[(Arc<Labels>, i64, f64)],
+    ) -> Result<AppendOutcome, TsdbError> {
+        self.append_each(
+            samples
+                .iter()
+                .map(|(labels, timestamp_ms, value)| (labels.as_ref(), *timestamp_ms, *value)),
+        )
     }
 
     fn set_metadata(&self, metric: &str, metadata: MetricMetadata) {
@@ -103,11 +127,22 @@ impl MetricStore {
     /// An I/O error of the WAL fails the whole call: nothing of it may be
     /// acknowledged.
     pub fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+        self.append_each(
+            samples
+                .iter()
+                .map(|(labels, timestamp_ms, value)| (labels, *timestamp_ms, *value)),
+        )
+    }
+
+    fn append_each<'a>(
+        &self,
+        samples: impl Iterator<Item = (&'a Labels, i64, f64)>,
+    ) -> Result<AppendOutcome, TsdbError> {
         let mut outcome = AppendOutcome::default();
         let durable = {
             let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            for (index, (labels, timestamp_ms, value)) in samples.iter().enumerate() {
-                match store.append(labels, *timestamp_ms, *value) {
+            for (index, (labels, timestamp_ms, value)) in samples.enumerate() {
+                match store.append(labels, timestamp_ms, value) {
                     Ok(()) => outcome.appended += 1,
                     Err(error) => outcome.rejected.push((index, error)),
                 }

@@ -61,25 +61,31 @@ impl Format {
 
 /// One sample of a scrape body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedSample {
-    /// `__name__` first, then the labels in the order of the line.
+pub struct ParsedSample<'a> {
+    /// The series as the line wrote it: the metric name and its label set,
+    /// exactly (the key of a scrape cache).
+    pub series: &'a str,
+    name: &'a str,
+    /// `__name__` first, then the labels in the order of the line; empty
+    /// for a series the caller said it knows ([`parse_known`]), whose
+    /// labels were not parsed again.
     pub labels: Vec<(String, String)>,
     /// The sample's own timestamp, in milliseconds, when the line had one.
     pub timestamp_ms: Option<i64>,
     pub value: f64,
 }
 
-impl ParsedSample {
+impl ParsedSample<'_> {
     /// The metric name.
     pub fn name(&self) -> &str {
-        &self.labels[0].1
+        self.name
     }
 }
 
 /// A parsed scrape body.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Exposition {
-    pub samples: Vec<ParsedSample>,
+pub struct Exposition<'a> {
+    pub samples: Vec<ParsedSample<'a>>,
     /// Per metric family, from `# TYPE`, `# HELP` and `# UNIT`.
     pub metadata: BTreeMap<String, MetricMetadata>,
     /// Exemplars seen (and dropped).
@@ -115,7 +121,7 @@ pub fn decode_utf8(body: Vec<u8>) -> Result<String, ParseError> {
 pub const SAMPLE_LIMIT_EXCEEDED: &str = "sample limit exceeded";
 
 /// Parses a whole scrape body.
-pub fn parse(text: &str, format: Format) -> Result<Exposition, ParseError> {
+pub fn parse(text: &str, format: Format) -> Result<Exposition<'_>, ParseError> {
     parse_limited(text, format, usize::MAX)
 }
 
@@ -125,12 +131,27 @@ pub fn parse_limited(
     text: &str,
     format: Format,
     sample_limit: usize,
-) -> Result<Exposition, ParseError> {
+) -> Result<Exposition<'_>, ParseError> {
+    parse_known(text, format, sample_limit, &|_| false)
+}
+
+/// [`parse_limited`] for a caller that keeps a scrape cache (as Prometheus
+/// does): the labels of a series for which `known(series text)` is true
+/// are not parsed (nor allocated) again, its sample has the series text
+/// and no labels. The text of a known series was parsed whole before, so
+/// it is valid; only where it ends is found (quotes and escapes honoured).
+pub fn parse_known<'a>(
+    text: &'a str,
+    format: Format,
+    sample_limit: usize,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Exposition<'a>, ParseError> {
     let mut parser = Parser {
         format,
         exposition: Exposition::default(),
         types: BTreeMap::new(),
         sample_limit,
+        known,
     };
     let mut lines = text.split('\n').enumerate().peekable();
     let mut saw_eof = false;
@@ -167,9 +188,10 @@ pub fn parse_limited(
     Ok(parser.exposition)
 }
 
-struct Parser {
+struct Parser<'a, 'k> {
     format: Format,
-    exposition: Exposition,
+    exposition: Exposition<'a>,
+    known: &'k dyn Fn(&str) -> bool,
     /// Family name to `# TYPE`, to find and drop `_created` series.
     types: BTreeMap<String, String>,
     /// Samples kept at most; one more fails the parse.
@@ -188,8 +210,8 @@ const OPENMETRICS_TYPES: &[&str] = &[
     "unknown",
 ];
 
-impl Parser {
-    fn text_line(&mut self, line: &str) -> Result<(), String> {
+impl<'a> Parser<'a, '_> {
+    fn text_line(&mut self, line: &'a str) -> Result<(), String> {
         let line = line.trim_start_matches([' ', '\t']);
         if line.is_empty() {
             return Ok(());
@@ -206,7 +228,7 @@ impl Parser {
         self.sample_line(line)
     }
 
-    fn openmetrics_line(&mut self, line: &str, saw_eof: &mut bool) -> Result<(), String> {
+    fn openmetrics_line(&mut self, line: &'a str, saw_eof: &mut bool) -> Result<(), String> {
         if line.is_empty() {
             return Err("unexpected empty line".to_string());
         }
@@ -265,7 +287,7 @@ impl Parser {
         Ok(())
     }
 
-    fn sample_line(&mut self, line: &str) -> Result<(), String> {
+    fn sample_line(&mut self, line: &'a str) -> Result<(), String> {
         let mut cursor = Cursor { line, position: 0 };
         let name = cursor.metric_name().ok_or_else(|| {
             format!(
@@ -273,12 +295,39 @@ impl Parser {
                 truncate(line)
             )
         })?;
-        let mut labels = vec![(METRIC_NAME.to_string(), name.to_string())];
-        let mut spaces = cursor.skip_spaces();
-        if cursor.eat(b'{') {
-            cursor.label_set(&mut labels)?;
-            spaces = cursor.skip_spaces();
+        let after_name = cursor.position;
+        let known_end = {
+            let mut ahead = Cursor {
+                line,
+                position: after_name,
+            };
+            ahead.skip_spaces();
+            match ahead.peek() {
+                Some(b'{') => label_set_end(ahead.rest()).map(|length| ahead.position + length),
+                _ => Some(after_name),
+            }
         }
+        .filter(|end| (self.known)(&line[..*end]));
+        let mut labels = Vec::new();
+        let series_end;
+        let mut spaces;
+        if let Some(end) = known_end {
+            cursor.position = end;
+            series_end = end;
+            spaces = cursor.skip_spaces();
+        } else {
+            labels.push((METRIC_NAME.to_string(), name.to_string()));
+            spaces = cursor.skip_spaces();
+            series_end = if cursor.eat(b'{') {
+                cursor.label_set(&mut labels)?;
+                let end = cursor.position;
+                spaces = cursor.skip_spaces();
+                end
+            } else {
+                after_name
+            };
+        }
+        let series = &line[..series_end];
         if spaces == 0 {
             return Err(match cursor.peek() {
                 None => format!("no value for {name}"),
@@ -324,6 +373,8 @@ impl Parser {
             return Err(SAMPLE_LIMIT_EXCEEDED.to_string());
         }
         self.exposition.samples.push(ParsedSample {
+            series,
+            name,
             labels,
             timestamp_ms,
             value,
@@ -356,6 +407,24 @@ impl Parser {
 struct Cursor<'a> {
     line: &'a str,
     position: usize,
+}
+
+/// The length of the label set `{...}` at the start of `text`, up to and
+/// including its `}` (quoted values may hold `}`, `"` escaped as `\"`);
+/// `None` when it does not end.
+fn label_set_end(text: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (index, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(index + 1),
+            _ => {}
+        }
+    }
+    None
 }
 
 impl<'a> Cursor<'a> {
@@ -589,6 +658,36 @@ mod tests {
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn known_series_are_not_parsed_again_and_come_back_the_same() {
+        let body = "# TYPE a counter\na_total{path=\"/x}\\\"y\",code=\"200\"} 1 1700000000000\nb 2\nc {l=\"v\"}  3\nd{} 4\n";
+        let first = parse(body, Format::Text).unwrap();
+        let series: Vec<&str> = first.samples.iter().map(|s| s.series).collect();
+        assert_eq!(
+            series,
+            [
+                "a_total{path=\"/x}\\\"y\",code=\"200\"}",
+                "b",
+                "c {l=\"v\"}",
+                "d{}"
+            ]
+        );
+        let known = |text: &str| series.contains(&text);
+        let again = parse_known(body, Format::Text, usize::MAX, &known).unwrap();
+        assert_eq!(again.samples.len(), first.samples.len());
+        for (cached, parsed) in again.samples.iter().zip(&first.samples) {
+            assert!(cached.labels.is_empty());
+            assert_eq!(cached.series, parsed.series);
+            assert_eq!(cached.name(), parsed.name());
+            assert_eq!(cached.value, parsed.value);
+            assert_eq!(cached.timestamp_ms, parsed.timestamp_ms);
+        }
+        // Only what is known is skipped.
+        let some = parse_known(body, Format::Text, usize::MAX, &|text| text == "b").unwrap();
+        assert!(some.samples[1].labels.is_empty());
+        assert_eq!(some.samples[0].labels, first.samples[0].labels);
     }
 
     #[test]

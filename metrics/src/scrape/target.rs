@@ -25,7 +25,7 @@ use sightline_vocab::clock::now_ms;
 use tokio::sync::watch;
 
 use super::client::JobClient;
-use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_limited};
+use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_known};
 use super::relabel::{self, Relabel};
 
 /// The largest scrape body accepted, after decompression.
@@ -197,9 +197,23 @@ type Fetched = Result<(Vec<u8>, bool, Format), String>;
 #[derive(Default)]
 struct LoopState {
     /// Series of the last scrape (by hash of their labels), for staleness.
-    previous: HashMap<u64, Labels>,
+    previous: HashMap<u64, Arc<Labels>>,
     /// Metadata already given to the store.
     metadata: BTreeMap<String, MetricMetadata>,
+    /// The scrape cache, as Prometheus keeps one per target: the series
+    /// text of an exposition line (`name{labels}` as written) to the label
+    /// set it became (target labels added, relabeled, checked) and its
+    /// hash, or `None` when relabeling dropped it. A known series skips
+    /// label parsing, relabeling, sorting and hashing. Only the series of
+    /// the last successful scrape are kept, so it is as bounded as a scrape.
+    cache: HashMap<String, Cached>,
+    /// The number of the current scrape, to drop what it did not see.
+    generation: u64,
+}
+
+struct Cached {
+    series: Option<(Arc<Labels>, u64)>,
+    seen: u64,
 }
 
 /// Scrapes `status.target` every interval until `remove` fires (then marks
@@ -226,7 +240,7 @@ pub(crate) async fn run(
     }
     // Removed from discovery: its series end now, synthetic ones included.
     let timestamp_ms = now_ms();
-    let mut markers: Vec<(Labels, i64, f64)> = state
+    let mut markers: Vec<(Arc<Labels>, i64, f64)> = state
         .previous
         .into_values()
         .map(|labels| (labels, timestamp_ms, stale_nan()))
@@ -234,9 +248,9 @@ pub(crate) async fn run(
     for name in SYNTHETIC_SERIES {
         let mut labels = target.labels.clone();
         labels.set(METRIC_NAME, name);
-        markers.push((labels, timestamp_ms, stale_nan()));
+        markers.push((Arc::new(labels), timestamp_ms, stale_nan()));
     }
-    let appended = tokio::task::spawn_blocking(move || store.append(&markers)).await;
+    let appended = tokio::task::spawn_blocking(move || store.append_shared(&markers)).await;
     if let Ok(Err(error)) = appended {
         tracing::error!(url = %target.url, %error, "failed to write staleness markers");
     }
@@ -376,22 +390,32 @@ fn ingest(
     };
     let relabeling = !target.metric_relabel.is_empty();
     let rewriting = relabel::may_rewrite(&target.metric_relabel);
-    let exposition = fetched.and_then(|(body, gzip, format)| {
+    let text = fetched.and_then(|(body, gzip, format)| {
         let body = if gzip { gunzip(&body)? } else { body };
         let text = decode_utf8(body).map_err(|error| error.to_string())?;
-        // As in Prometheus, the limit counts the samples kept by
-        // `metric_relabel_configs`; with rules, the parser's memory is
-        // bounded by the body size instead, and the loop below counts.
-        let parse_limit = if relabeling { usize::MAX } else { sample_limit };
-        parse_limited(&text, format, parse_limit).map_err(|error| {
+        Ok((text, format))
+    });
+    // As in Prometheus, the limit counts the samples kept by
+    // `metric_relabel_configs`; with rules, the parser's memory is
+    // bounded by the body size instead, and the loop below counts.
+    let parse_limit = if relabeling { usize::MAX } else { sample_limit };
+    let cache = &state.cache;
+    let exposition = match &text {
+        Ok((text, format)) => parse_known(text, *format, parse_limit, &|series| {
+            cache.contains_key(series)
+        })
+        .map_err(|error| {
             if error.message == SAMPLE_LIMIT_EXCEEDED {
                 format!("{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)")
             } else {
                 error.to_string()
             }
-        })
-    });
-    let mut batch: Vec<(Labels, i64, f64)> = Vec::new();
+        }),
+        Err(error) => Err(error.clone()),
+    };
+    state.generation += 1;
+    let generation = state.generation;
+    let mut batch: Vec<(Arc<Labels>, i64, f64)> = Vec::new();
     // Which samples of the batch count for staleness (those without
     // their own timestamp), by index.
     let mut tracked: Vec<(usize, u64)> = Vec::new();
@@ -404,29 +428,53 @@ fn ingest(
             batch.reserve(scraped + state.previous.len().min(scraped) + 5);
             tracked.reserve(scraped);
             for sample in exposition.samples {
-                let mut labels = with_target_labels(sample.labels, target);
-                if relabeling {
-                    if !relabel::process(&target.metric_relabel, &mut labels) || labels.is_empty() {
-                        continue;
+                let series = match state.cache.get_mut(sample.series) {
+                    Some(cached) => {
+                        cached.seen = generation;
+                        cached.series.clone()
                     }
-                    if rewriting && let Err(invalid) = relabel::check_series(&labels) {
-                        over_limit = Some(invalid);
-                        break;
+                    None => {
+                        let mut labels = with_target_labels(sample.labels, target);
+                        let kept = !relabeling
+                            || (relabel::process(&target.metric_relabel, &mut labels)
+                                && !labels.is_empty());
+                        if kept
+                            && rewriting
+                            && let Err(invalid) = relabel::check_series(&labels)
+                        {
+                            over_limit = Some(invalid);
+                            break;
+                        }
+                        if kept && let Err(limit) = target.limits.check_labels(&labels) {
+                            over_limit = Some(limit);
+                            break;
+                        }
+                        let series = kept.then(|| {
+                            let hash = hash_labels(&labels);
+                            (Arc::new(labels), hash)
+                        });
+                        state.cache.insert(
+                            sample.series.to_string(),
+                            Cached {
+                                series: series.clone(),
+                                seen: generation,
+                            },
+                        );
+                        series
                     }
-                    if batch.len() >= sample_limit {
-                        over_limit = Some(format!(
-                            "{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)"
-                        ));
-                        break;
-                    }
-                }
-                if let Err(limit) = target.limits.check_labels(&labels) {
-                    over_limit = Some(limit);
+                };
+                let Some((labels, hash)) = series else {
+                    continue;
+                };
+                if relabeling && batch.len() >= sample_limit {
+                    over_limit = Some(format!(
+                        "{SAMPLE_LIMIT_EXCEEDED}: more than {sample_limit} samples (sample_limit)"
+                    ));
                     break;
                 }
                 let own_timestamp = sample.timestamp_ms.filter(|_| target.honor_timestamps);
                 if own_timestamp.is_none() {
-                    tracked.push((batch.len(), hash_labels(&labels)));
+                    tracked.push((batch.len(), hash));
                 }
                 batch.push((labels, own_timestamp.unwrap_or(timestamp_ms), sample.value));
             }
@@ -453,6 +501,9 @@ fn ingest(
         }
         None => error,
     };
+    if error.is_none() {
+        state.cache.retain(|_, cached| cached.seen == generation);
+    }
     let current: HashSet<u64> = tracked.iter().map(|(_, hash)| *hash).collect();
     let series_added = current
         .iter()
@@ -474,13 +525,13 @@ fn ingest(
     for (name, value) in SYNTHETIC_SERIES.into_iter().zip(values) {
         let mut labels = target.labels.clone();
         labels.set(METRIC_NAME, name);
-        batch.push((labels, timestamp_ms, value));
+        batch.push((Arc::new(labels), timestamp_ms, value));
     }
     let mut report = Report {
         error,
         ..Report::default()
     };
-    match store.append(&batch) {
+    match store.append_shared(&batch) {
         Ok(outcome) => {
             report.appended = outcome.appended;
             report.rejected = outcome.rejected.len();
@@ -654,6 +705,86 @@ mod tests {
         );
         // Only the five synthetic series: nothing of the failed scrape.
         assert_eq!(report.appended, SYNTHETIC_SERIES.len());
+    }
+
+    #[test]
+    fn known_series_come_from_the_scrape_cache_with_the_same_labels() {
+        use crate::scrape::relabel::RelabelConfig;
+        use sightline_tsdb::LabelMatcher;
+        let rules: Vec<RelabelConfig> = serde_norway::from_str(
+            "[{ source_labels: [__name__], regex: 'dropped_.*', action: drop }]",
+        )
+        .unwrap();
+        let mut target = target(false);
+        target.metric_relabel = rules.iter().map(|rule| rule.compile().unwrap()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = sightline_tsdb::MetricStore::open(dir.path()).unwrap();
+        let start = SystemTime::now();
+        let body = |round: u32| {
+            format!(
+                "hits{{path=\"/a}}\\\"b\"}} {round}\nhits {round}\ndropped_x 1\nup_time {round}\n"
+            )
+            .into_bytes()
+        };
+        let mut state = LoopState::default();
+        for round in 0..3 {
+            let (next, report) = ingest(
+                &target,
+                Ok((body(round), false, Format::Text)),
+                start + Duration::from_secs(u64::from(round)),
+                Duration::ZERO,
+                state,
+                &store,
+            );
+            state = next;
+            assert_eq!(report.error, None);
+            assert_eq!(report.appended, 3 + SYNTHETIC_SERIES.len(), "round {round}");
+            // Four series seen, the dropped one cached as dropped.
+            assert_eq!(state.cache.len(), 4);
+        }
+        // A series that disappears leaves the cache (and is marked stale).
+        let (state, report) = ingest(
+            &target,
+            Ok((b"hits 9\n".to_vec(), false, Format::Text)),
+            start + Duration::from_secs(3),
+            Duration::ZERO,
+            state,
+            &store,
+        );
+        assert_eq!(report.error, None);
+        assert_eq!(state.cache.len(), 1);
+        let at = start.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        let series = store
+            .reader()
+            .select(
+                &[LabelMatcher::equal(METRIC_NAME, "hits")],
+                at - 1,
+                at + 5_000,
+            )
+            .unwrap();
+        let mut found: Vec<(String, Vec<f64>)> = series
+            .into_iter()
+            .map(|series| {
+                let values = series.samples.iter().map(|(_, value)| *value).collect();
+                (series.labels.get("path").to_string(), values)
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(found[0], (String::new(), vec![0.0, 1.0, 2.0, 9.0]));
+        assert_eq!(found[1].0, "/a}\"b");
+        assert_eq!(found[1].1[..3], [0.0, 1.0, 2.0]);
+        assert!(found[1].1[3].is_nan(), "stale after it disappeared");
+        assert!(
+            store
+                .reader()
+                .select(
+                    &[LabelMatcher::equal(METRIC_NAME, "dropped_x")],
+                    at - 1,
+                    at + 5_000
+                )
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
