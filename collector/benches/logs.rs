@@ -576,14 +576,14 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     let _ = stop.send(());
     collector.await??;
     let logs_dir = data_dir.path().join("logs");
-    let log_bytes = sightline_store::dir_size(&logs_dir);
+    let by_kind = disk_by_kind(&logs_dir);
+    let log_bytes: u64 = by_kind.values().sum();
     let wal_bytes = sightline_store::wal::disk_bytes(&data_dir.path().join("wal"))?;
     let wal_files = std::fs::read_dir(data_dir.path().join("wal"))?.count();
     let reopened = LogStore::open(&logs_dir)?;
     let stored_records = reopened.num_records();
     let partitions = reopened.partition_names();
     let segments = segment_counts(&logs_dir);
-    let by_kind = disk_by_kind(&logs_dir);
     drop(reopened);
 
     let rate = |elapsed: Duration| {
@@ -1006,17 +1006,40 @@ fn segment_counts(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Bytes under `dir` by file extension (tantivy: `store`, `idx`, `pos`, `term`, `fast`, ...).
+/// Bytes under `dir` by file extension (tantivy: `store`, `idx`, `pos`,
+/// `term`, `fast`, ...). Segment files a directory's `meta.json` does not
+/// list are left out: the output of a merge that shutdown cut short, which
+/// tantivy deletes at the next commit.
 fn disk_by_kind(dir: &Path) -> BTreeMap<String, u64> {
+    fn live_segments(dir: &Path) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(dir.join("meta.json")).ok()?;
+        let meta: Value = serde_json::from_str(&text).ok()?;
+        Some(
+            meta["segments"]
+                .as_array()?
+                .iter()
+                .filter_map(|segment| segment["segment_id"].as_str())
+                .map(|id| id.replace('-', ""))
+                .collect(),
+        )
+    }
     fn walk(dir: &Path, kinds: &mut BTreeMap<String, u64>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
+        let live = live_segments(dir);
         for entry in entries.flatten() {
             let path = entry.path();
+            let stem = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned());
+            let orphan = match (&live, &stem) {
+                (Some(live), Some(stem)) if stem.len() == 32 => !live.contains(stem),
+                _ => false,
+            };
             if path.is_dir() {
                 walk(&path, kinds);
-            } else if let Ok(meta) = entry.metadata() {
+            } else if !orphan && let Ok(meta) = entry.metadata() {
                 let kind = path
                     .extension()
                     .map_or_else(|| "other".into(), |e| e.to_string_lossy().into_owned());
