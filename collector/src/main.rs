@@ -2,13 +2,6 @@ use clap::Parser;
 use sightline_collector::config::{Cli, RuleFiles, Tool};
 use sightline_metrics::alerting;
 
-/// mimalloc instead of glibc's malloc: the ingest path allocates and frees
-/// many small strings and maps per record; with glibc, a third of the
-/// collector's CPU in the logs bench went to malloc and free and its RSS
-/// grew by 730 MB over 1M records, with mimalloc 140 MB (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -1152,6 +1152,19 @@ fn with_time_range(query: Box<dyn Query>, start: Option<i64>, end: Option<i64>) 
     ]))
 }
 
+/// A document with the fields every format indexes alike: the time and
+/// sequence, severity, service and message.
+fn common_document(f: &LogFields, record: &LogRecord, seq: u64) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    doc.add_i64(f.timestamp, record.timestamp);
+    doc.add_u64(f.seq, seq);
+    doc.add_text(f.severity, &record.severity_text);
+    doc.add_i64(f.severity_number, i64::from(record.severity_number));
+    doc.add_text(f.service, &record.service);
+    doc.add_text(f.body, &record.body);
+    doc
+}
+
 /// The format 1 and 2 document of `record`, whose JSON is `source`.
 fn records_document(f: &LogFields, record: LogRecord, source: String, seq: u64) -> TantivyDocument {
     let stream = stream_key(&record);
@@ -1161,12 +1174,8 @@ fn records_document(f: &LogFields, record: LogRecord, source: String, seq: u64) 
     else {
         return TantivyDocument::default();
     };
+    let mut doc = common_document(f, &record, seq);
     let LogRecord {
-        timestamp,
-        severity_text,
-        severity_number,
-        body,
-        service,
         resource,
         attributes,
         trace_id,
@@ -1174,13 +1183,6 @@ fn records_document(f: &LogFields, record: LogRecord, source: String, seq: u64) 
         request_id,
         ..
     } = record;
-    let mut doc = TantivyDocument::default();
-    doc.add_i64(f.timestamp, timestamp);
-    doc.add_u64(f.seq, seq);
-    doc.add_text(f.severity, &severity_text);
-    doc.add_i64(f.severity_number, i64::from(severity_number));
-    doc.add_text(f.service, &service);
-    doc.add_text(f.body, &body);
     // Borrowed as JSON values: no copy into an intermediate map.
     doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
     doc.add_field_value(resource_field, &serde_json::Value::Object(resource));
@@ -1260,25 +1262,14 @@ fn lean_document(
     else {
         return TantivyDocument::default();
     };
+    let mut doc = common_document(f, &record, seq);
     let LogRecord {
-        timestamp,
-        severity_text,
-        severity_number,
-        body,
-        service,
         mut attributes,
         trace_id,
         span_id,
         request_id,
         ..
     } = record;
-    let mut doc = TantivyDocument::default();
-    doc.add_i64(f.timestamp, timestamp);
-    doc.add_u64(f.seq, seq);
-    doc.add_text(f.severity, &severity_text);
-    doc.add_i64(f.severity_number, i64::from(severity_number));
-    doc.add_text(f.service, &service);
-    doc.add_text(f.body, &body);
     let mut paths = Vec::new();
     let mut numbers = serde_json::Map::new();
     let mut path = String::from("attributes");
