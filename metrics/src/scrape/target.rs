@@ -422,6 +422,7 @@ fn ingest(
     let mut scraped = 0;
     let mut kept = 0;
     let mut over_limit = None;
+    let saw_series = exposition.is_ok();
     let error = match exposition {
         Ok(exposition) => {
             scraped = exposition.samples.len();
@@ -501,7 +502,11 @@ fn ingest(
         }
         None => error,
     };
-    if error.is_none() {
+    // Only the series this scrape saw stay cached: also after a scrape that
+    // failed half-way (a label limit), so a target that keeps failing with
+    // new series cannot grow the cache. A fetch or parse failure saw
+    // nothing and added nothing: the cache stays for the next scrape.
+    if saw_series {
         state.cache.retain(|_, cached| cached.seen == generation);
     }
     let current: HashSet<u64> = tracked.iter().map(|(_, hash)| *hash).collect();
@@ -753,13 +758,42 @@ mod tests {
         );
         assert_eq!(report.error, None);
         assert_eq!(state.cache.len(), 1);
+        // A failed fetch keeps the cache; a scrape that fails half-way
+        // keeps only what it saw.
+        let (state, report) = ingest(
+            &target,
+            Err("connection refused".into()),
+            start + Duration::from_secs(4),
+            Duration::ZERO,
+            state,
+            &store,
+        );
+        assert!(report.error.is_some());
+        assert_eq!(state.cache.len(), 1);
+        let mut limited = target.clone();
+        limited.limits.label_limit = target.labels.len() + 1;
+        let (state, report) = ingest(
+            &limited,
+            Ok((
+                b"other 1\nwide{a=\"1\",b=\"2\",c=\"3\"} 1\n".to_vec(),
+                false,
+                Format::Text,
+            )),
+            start + Duration::from_secs(5),
+            Duration::ZERO,
+            state,
+            &store,
+        );
+        assert!(report.error.is_some());
+        assert_eq!(state.cache.len(), 1, "only `other`, seen before the limit");
         let at = start.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
         let series = store
             .reader()
             .select(
                 &[LabelMatcher::equal(METRIC_NAME, "hits")],
                 at - 1,
-                at + 5_000,
+                // up to the scrape at +3 s, before the failing ones
+                at + 3_500,
             )
             .unwrap();
         let mut found: Vec<(String, Vec<f64>)> = series
