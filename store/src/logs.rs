@@ -47,6 +47,7 @@ use tantivy::{
 
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
+use crate::query::Prepared;
 use crate::streams::Streams;
 
 /// The format of the day partitions this version creates: 3, a schema for
@@ -784,21 +785,30 @@ impl LogStore {
 
     /// Checks a query string without running it.
     pub fn validate_query(&self, query: &str) -> Result<()> {
+        self.prepare_query(query).map(drop)
+    }
+
+    /// `query` parsed and normalized once for every partition (`None`:
+    /// everything), and built once for format 2 so that an error shows
+    /// even where no partition would build it.
+    fn prepare_query(&self, query: &str) -> Result<Option<Prepared>> {
         if query.trim().is_empty() {
-            return Ok(());
+            return Ok(None);
         }
+        let prepared = crate::query::prepare(&self.records.schema, query)?;
         let view = crate::query::IndexView {
             parser: &self.records.parser,
             schema: &self.records.schema,
             lean: None,
         };
-        crate::query::parse(&view, &self.records.schema, query).map(drop)
+        crate::query::build_for(&view, &prepared)?;
+        Ok(Some(prepared))
     }
 
     /// Runs a search; records come back newest first.
     pub fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
         let limit = query.limit.clamp(1, MAX_SEARCH_LIMIT);
-        self.validate_query(&query.query)?;
+        let prepared = self.prepare_query(&query.query)?;
         let upper = match query.after {
             Some(cursor) => Some(
                 query
@@ -814,9 +824,10 @@ impl LogStore {
             .into_iter()
             .rev()
         {
-            let text_query = self.partition_query(&partition, &query.query)?;
-            let filtered = with_time_range(text_query.box_clone(), query.start, upper);
-            let counted = with_time_range(text_query, query.start, query.end);
+            let text_query = self.partition_query(&partition, prepared.as_ref())?;
+            let timestamp = self.format_of(&partition).fields.timestamp;
+            let filtered = with_time_range(timestamp, text_query.box_clone(), query.start, upper);
+            let counted = with_time_range(timestamp, text_query, query.start, query.end);
             let searcher = partition.reader.searcher();
             total_hits += searcher.search(&counted, &Count)?;
             // Partitions are newest first: once `limit` candidates are newer
@@ -865,7 +876,7 @@ impl LogStore {
     /// Buckets are aligned to multiples of `interval`; empty buckets are included.
     pub fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
         let interval = interval.max(1);
-        self.validate_query(query)?;
+        let prepared = self.prepare_query(query)?;
         let first_bucket = start.div_euclid(interval);
         let bucket_count =
             usize::try_from((end - 1).div_euclid(interval) - first_bucket + 1).unwrap_or(0);
@@ -876,8 +887,9 @@ impl LogStore {
         }
         let mut counts = vec![BTreeMap::<String, u64>::new(); bucket_count];
         for partition in self.partitions_overlapping(Some(start), Some(end)) {
-            let text_query = self.partition_query(&partition, query)?;
-            let ranged = with_time_range(text_query, Some(start), Some(end));
+            let text_query = self.partition_query(&partition, prepared.as_ref())?;
+            let timestamp = self.format_of(&partition).fields.timestamp;
+            let ranged = with_time_range(timestamp, text_query, Some(start), Some(end));
             let searcher = partition.reader.searcher();
             let collector = crate::histogram::HistogramCollector {
                 interval,
@@ -973,7 +985,8 @@ impl LogStore {
         };
         let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
         for partition in self.partitions_overlapping(start, end) {
-            let ranged = with_time_range(query(&partition), start, end);
+            let timestamp = self.format_of(&partition).fields.timestamp;
+            let ranged = with_time_range(timestamp, query(&partition), start, end);
             let searcher = partition.reader.searcher();
             let top = TopDocs::with_limit(limit).order_by(move |segment: &SegmentReader| {
                 let sort_key = SortKey::for_segment(segment);
@@ -1070,10 +1083,14 @@ impl LogStore {
     }
 
     /// `query` built for `partition`'s format (and, in format 3, its streams).
-    fn partition_query(&self, partition: &Partition, query: &str) -> Result<Box<dyn Query>> {
-        if query.trim().is_empty() {
+    fn partition_query(
+        &self,
+        partition: &Partition,
+        query: Option<&Prepared>,
+    ) -> Result<Box<dyn Query>> {
+        let Some(query) = query else {
             return Ok(Box::new(AllQuery));
-        }
+        };
         let format = self.format_of(partition);
         let Some(streams) = &partition.streams else {
             let view = crate::query::IndexView {
@@ -1081,7 +1098,7 @@ impl LogStore {
                 schema: &format.schema,
                 lean: None,
             };
-            return crate::query::parse(&view, &self.records.schema, query);
+            return crate::query::build_for(&view, query);
         };
         let Layout::Streams {
             stream_id, keys, ..
@@ -1102,7 +1119,7 @@ impl LogStore {
                 streams: &streams,
             }),
         };
-        crate::query::parse(&view, &self.records.schema, query)
+        crate::query::build_for(&view, query)
     }
 
     /// The record at `address` of `partition`, with its resource.
@@ -1136,13 +1153,16 @@ impl LogStore {
     }
 }
 
-/// `query` limited to records in `[start, end)`.
-fn with_time_range(query: Box<dyn Query>, start: Option<i64>, end: Option<i64>) -> Box<dyn Query> {
+/// `query` limited to records whose `timestamp` is in `[start, end)`.
+fn with_time_range(
+    timestamp: Field,
+    query: Box<dyn Query>,
+    start: Option<i64>,
+    end: Option<i64>,
+) -> Box<dyn Query> {
     if start.is_none() && end.is_none() {
         return query;
     }
-    // The timestamp is the first field of every format.
-    let timestamp = Field::from_field_id(0);
     let to_term = |nanos: i64| Term::from_field_i64(timestamp, nanos);
     let lower = start.map_or(Bound::Unbounded, |s| Bound::Included(to_term(s)));
     let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(to_term(e)));

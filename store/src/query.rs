@@ -83,10 +83,13 @@ pub(crate) struct LeanView<'a> {
     pub streams: &'a Streams,
 }
 
+/// A query checked and normalized once, then built for each partition
+/// ([`build_for`]).
+pub(crate) struct Prepared(UserInputAst);
+
 /// Parses `text` against the fields of `logical` (the query language's
-/// fields, which format 2 partitions index as they are) and builds it for
-/// the partition `view`.
-pub(crate) fn parse(view: &IndexView<'_>, logical: &Schema, text: &str) -> Result<Box<dyn Query>> {
+/// fields, which format 2 partitions index as they are) and normalizes it.
+pub(crate) fn prepare(logical: &Schema, text: &str) -> Result<Prepared> {
     // the grammar recurses per nesting level: refuse a bomb before it does
     limits::check(text)?;
     // tantivy 0.27 asserts (panics) on a NUL in a JSON field path; found by
@@ -103,7 +106,12 @@ pub(crate) fn parse(view: &IndexView<'_>, logical: &Schema, text: &str) -> Resul
             error.message, error.pos
         )));
     }
-    let query = build(view, normalize(ast, logical, true)?)?;
+    Ok(Prepared(normalize(ast, logical, true)?))
+}
+
+/// The prepared query for the partition `view`.
+pub(crate) fn build_for(view: &IndexView<'_>, prepared: &Prepared) -> Result<Box<dyn Query>> {
+    let query = build(view, prepared.0.clone())?;
     Ok(query.unwrap_or_else(|| Box::new(EmptyQuery)))
 }
 
