@@ -88,6 +88,10 @@ pub struct PipelineConfig {
     pub queue_batches: usize,
     /// How often the indexes commit (and become searchable).
     pub commit_interval: Duration,
+    /// Records and spans added since the last commit that make the next
+    /// one due before `commit_interval`, so a burst does not wait for the
+    /// clock.
+    pub commit_items: usize,
     pub wal_segment_bytes: u64,
     /// Disk space kept free for committing what was acknowledged when the
     /// disk fills (a file in `wal_dir`, written at start). At least
@@ -115,6 +119,7 @@ impl PipelineConfig {
             memory_budget_bytes: 256 * 1024 * 1024,
             queue_batches: 1024,
             commit_interval: Duration::from_millis(1000),
+            commit_items: DEFAULT_COMMIT_ITEMS,
             wal_segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
             // The smallest: tests start many pipelines. The collector's
             // `--disk-reserve-bytes` defaults to `DEFAULT_DISK_RESERVE_BYTES`.
@@ -125,6 +130,10 @@ impl PipelineConfig {
 
 struct Pending {
     batch: Batch,
+    /// The batch serialized by the receiver's task (in parallel across
+    /// receivers), so the WAL writer, which every batch passes through in
+    /// turn, only appends.
+    encoded: sightline_store::EncodedBatch,
     permit: OwnedSemaphorePermit,
     acknowledge: oneshot::Sender<Result<(), String>>,
 }
@@ -132,9 +141,10 @@ struct Pending {
 struct Indexable {
     position: u64,
     batch: Batch,
-    /// For logs, each record's JSON as written to the WAL: the log store
-    /// keeps it as the record's source instead of serializing it again.
-    sources: Vec<String>,
+    /// The batch as written to the WAL: the stores keep each record's or
+    /// span's JSON in it as the stored source instead of serializing it
+    /// again.
+    encoded: sightline_store::EncodedBatch,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -262,6 +272,7 @@ impl Pipeline {
                 )
             })?;
         let commit_interval = config.commit_interval;
+        let commit_items = config.commit_items.max(1);
         let indexer_disk = disk.clone();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
@@ -271,7 +282,7 @@ impl Pipeline {
                     &logs,
                     &spans,
                     indexable,
-                    commit_interval,
+                    (commit_interval, commit_items),
                     start,
                     &*metrics,
                     &indexer_disk,
@@ -308,10 +319,16 @@ impl Pipeline {
                 tokio::sync::TryAcquireError::NoPermits => IngestError::Busy,
                 tokio::sync::TryAcquireError::Closed => IngestError::ShuttingDown,
             })?;
+        // Each record is serialized once, for both the WAL and the stored
+        // source.
+        let encoded = batch
+            .encode()
+            .map_err(|error| IngestError::Storage(format!("failed to encode batch: {error}")))?;
         let (acknowledge, acknowledged) = oneshot::channel();
         self.queue
             .try_send(Pending {
                 batch,
+                encoded,
                 permit,
                 acknowledge,
             })
@@ -444,8 +461,8 @@ fn commit_stores(logs: &LogStore, spans: &SpanStore, position: u64) -> anyhow::R
     Ok(())
 }
 
-/// Records and spans indexed since the last commit that force a commit.
-const MAX_UNCOMMITTED_ITEMS: usize = 500_000;
+/// Default of [`PipelineConfig::commit_items`].
+pub const DEFAULT_COMMIT_ITEMS: usize = 500_000;
 
 /// Largest number of batches the writer appends before one fsync.
 const MAX_BATCHES_PER_SYNC: usize = 256;
@@ -467,27 +484,17 @@ fn write_loop(
             }
         }
         let mut appended = Vec::with_capacity(group.len());
-        for item in group.drain(..) {
+        for mut item in group.drain(..) {
             if disk.is_full() {
                 // Not even tried: what the disk still takes is the indexer's.
                 let _ = item.acknowledge.send(Err(DISK_FULL.into()));
                 continue;
             }
-            // Each record is serialized once, for both the WAL and the
-            // stored source.
-            let sightline_store::EncodedBatch { payload, sources } = match item.batch.encode() {
-                Ok(encoded) => encoded,
-                Err(error) => {
-                    let _ = item
-                        .acknowledge
-                        .send(Err(format!("failed to encode batch: {error}")));
-                    continue;
-                }
-            };
-            match log.append(PARTITION, &payload) {
+            let encoded = std::mem::take(&mut item.encoded);
+            match log.append(PARTITION, encoded.payload.as_bytes()) {
                 Ok(position) => {
-                    metrics.wal_appended_bytes(payload.len());
-                    appended.push((position, item, sources));
+                    metrics.wal_appended_bytes(encoded.payload.len());
+                    appended.push((position, item, encoded));
                 }
                 Err(error) => {
                     let error = anyhow::Error::from(error);
@@ -518,11 +525,12 @@ fn write_loop(
             }
             continue;
         }
-        for (position, item, sources) in appended {
+        for (position, item, encoded) in appended {
             let Pending {
                 batch,
                 permit,
                 acknowledge,
+                ..
             } = item;
             metrics.ingested(&batch);
             let _ = acknowledge.send(Ok(()));
@@ -532,7 +540,7 @@ fn write_loop(
                 .send(Indexable {
                     position,
                     batch,
-                    sources,
+                    encoded,
                     _permit: permit,
                 })
                 .is_err()
@@ -605,7 +613,7 @@ fn index_loop(
     logs: &LogStore,
     spans: &SpanStore,
     indexable: Receiver<Indexable>,
-    commit_interval: Duration,
+    (commit_interval, commit_items): (Duration, usize),
     start: IndexerStart,
     metrics: &dyn PipelineMetrics,
     disk: &DiskSpace,
@@ -626,15 +634,20 @@ fn index_loop(
         let wait = commit_interval.saturating_sub(last_commit.elapsed());
         let stopped = match indexable.recv_timeout(wait) {
             Ok(mut item) => {
+                // Counted before the records move out of the batch.
+                let items = item.batch.len();
                 if !needs_recovery {
-                    let sources = std::mem::take(&mut item.sources);
+                    let sources = item.encoded.sources();
                     let result = match &mut item.batch {
                         // The records move into the documents; the permit stays.
                         Batch::Logs(records) => logs.add_encoded(
                             item.position,
                             std::mem::take(records).into_iter().zip(sources),
                         ),
-                        Batch::Spans(batch_spans) => spans.add(item.position, batch_spans),
+                        Batch::Spans(batch_spans) => spans.add_encoded(
+                            item.position,
+                            std::mem::take(batch_spans).into_iter().zip(sources),
+                        ),
                     };
                     if let Err(error) = result {
                         let error = anyhow::Error::from(error)
@@ -651,7 +664,7 @@ fn index_loop(
                 added_up_to = item.position + 1;
                 // Keep the permit until the commit: memory stays charged while
                 // the documents sit in the tantivy writers.
-                uncommitted_items += item.batch.len();
+                uncommitted_items += items;
                 uncommitted.push(item);
                 false
             }
@@ -661,7 +674,7 @@ fn index_loop(
         // Commit by time, or by size so a burst does not wait for the clock.
         let due = stopped
             || last_commit.elapsed() >= commit_interval
-            || uncommitted_items >= MAX_UNCOMMITTED_ITEMS;
+            || uncommitted_items >= commit_items;
         if due && needs_recovery && (stopped || failing.may_retry()) {
             match recover(log, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,
@@ -846,6 +859,57 @@ mod tests {
         );
     }
 
+    /// A burst commits by size, without waiting for the interval: logs and
+    /// spans alike (their items move out of the batch as they are added,
+    /// and were once counted after that, as none).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_commits_by_size_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, spans) = open(dir.path());
+        let mut config = PipelineConfig::new(dir.path().join("wal"));
+        config.commit_interval = Duration::from_secs(3600);
+        config.commit_items = 10;
+        let (pipeline, threads) =
+            Pipeline::start(config, logs.clone(), spans.clone(), Arc::new(NoMetrics)).unwrap();
+        let records = (0..12).map(|i| record(&format!("burst{i}"))).collect();
+        pipeline.ingest(Batch::Logs(records), 200).await.unwrap();
+        let batch_spans = (0..12)
+            .map(|i| sightline_store::Span {
+                trace_id: format!("{i:032x}"),
+                span_id: format!("{i:016x}"),
+                name: "op".into(),
+                service: "svc".into(),
+                ..Default::default()
+            })
+            .collect();
+        pipeline
+            .ingest(Batch::Spans(batch_spans), 200)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let last_trace = format!("{:032x}", 11);
+        while count(&logs, "burst*") < 12 || spans.summary(&last_trace).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "a burst over commit_items waited for the hour-long interval"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let trace = spans.trace(&format!("{:032x}", 3)).unwrap();
+        assert_eq!(trace.len(), 1);
+        assert_eq!(trace[0].span_id, format!("{:016x}", 3));
+        assert_eq!(
+            spans
+                .summary(&format!("{:032x}", 3))
+                .unwrap()
+                .unwrap()
+                .span_count,
+            1
+        );
+        drop(pipeline);
+        threads.join();
+    }
+
     #[test]
     fn a_full_disk_is_recognised_through_the_store_and_tantivy_errors() {
         let enospc = || std::io::Error::from_raw_os_error(28);
@@ -1004,10 +1068,11 @@ mod tests {
         // Entries synced but never committed (a crash) come back from the log once.
         log.append(
             PARTITION,
-            &Batch::Logs(vec![record("unindexed")])
+            Batch::Logs(vec![record("unindexed")])
                 .encode()
                 .unwrap()
-                .payload,
+                .payload
+                .as_bytes(),
         )
         .unwrap();
         log.sync().unwrap();
@@ -1039,7 +1104,8 @@ mod tests {
             let mut wal = Wal::open(scratch.path(), wal::DEFAULT_SEGMENT_BYTES).unwrap();
             for i in 0..3 {
                 let batch = Batch::Logs(vec![record(&format!("old{i}"))]);
-                wal.append(&batch.encode().unwrap().payload).unwrap();
+                wal.append(batch.encode().unwrap().payload.as_bytes())
+                    .unwrap();
             }
             wal.sync().unwrap();
         }

@@ -3,10 +3,12 @@
 //!
 //! An entry's payload is the batch as JSON, `{"logs":[<record>,...]}` or
 //! `{"spans":[<span>,...]}`, with each record exactly
-//! `serde_json::to_string(&record)`. The log store keeps that same JSON as
-//! a record's stored source, so [`Batch::encode`] serializes each record
-//! once for both. The encoding is part of the WAL format
+//! `serde_json::to_string(&record)` (or span). The log and span stores keep
+//! that same JSON as a record's or span's stored source, so
+//! [`Batch::encode`] serializes each once for both. The encoding is part of the WAL format
 //! ([`crate::wal::WAL_FORMAT_VERSION`]): changing it is a version bump.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,12 +22,23 @@ pub enum Batch {
     Spans(Vec<Span>),
 }
 
-/// A batch's payload and, for logs, each record's JSON (its stored source).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A batch's payload and where each record's or span's JSON (its stored
+/// source) is in it: one buffer for the whole batch, not one per record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedBatch {
-    pub payload: Vec<u8>,
-    /// One per record for [`Batch::Logs`], empty for spans.
-    pub sources: Vec<String>,
+    pub payload: String,
+    /// The byte range of each record or span in `payload`, in the batch's
+    /// order.
+    pub source_ranges: Vec<Range<usize>>,
+}
+
+impl EncodedBatch {
+    /// Each record's or span's JSON, in the batch's order.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.source_ranges
+            .iter()
+            .map(|range| &self.payload[range.clone()])
+    }
 }
 
 impl Batch {
@@ -41,37 +54,45 @@ impl Batch {
         self.len() == 0
     }
 
-    /// The batch's payload, byte for byte `serde_json::to_vec(batch)`, and
-    /// for logs each record's JSON: the payload is `{"logs":[` those joined
-    /// by commas `]}`.
+    /// The batch's payload, byte for byte `serde_json::to_string(batch)`, and
+    /// each record's or span's JSON: the payload is `{"logs":[` (or
+    /// `{"spans":[`) those joined by commas `]}`.
     pub fn encode(&self) -> serde_json::Result<EncodedBatch> {
-        let Batch::Logs(records) = self else {
-            return Ok(EncodedBatch {
-                payload: serde_json::to_vec(self)?,
-                sources: Vec::new(),
-            });
-        };
-        let sources = records
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<serde_json::Result<Vec<String>>>()?;
-        let mut payload =
-            Vec::with_capacity(sources.iter().map(|source| source.len() + 1).sum::<usize>() + 12);
-        payload.extend_from_slice(b"{\"logs\":[");
-        for (index, source) in sources.iter().enumerate() {
-            if index > 0 {
-                payload.push(b',');
-            }
-            payload.extend_from_slice(source.as_bytes());
+        match self {
+            Batch::Logs(records) => encode_items("logs", records),
+            Batch::Spans(spans) => encode_items("spans", spans),
         }
-        payload.extend_from_slice(b"]}");
-        Ok(EncodedBatch { payload, sources })
     }
 
     /// Reads a payload written by [`Batch::encode`].
     pub fn decode(payload: &[u8]) -> serde_json::Result<Batch> {
         serde_json::from_slice(payload)
     }
+}
+
+/// Serializes each item once, straight into the payload of a batch of
+/// `kind`, and notes where each one is.
+fn encode_items<T: Serialize>(kind: &str, items: &[T]) -> serde_json::Result<EncodedBatch> {
+    let mut payload = Vec::with_capacity(items.len() * 256 + kind.len() + 8);
+    let mut source_ranges = Vec::with_capacity(items.len());
+    payload.extend_from_slice(b"{\"");
+    payload.extend_from_slice(kind.as_bytes());
+    payload.extend_from_slice(b"\":[");
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        let start = payload.len();
+        serde_json::to_writer(&mut payload, item)?;
+        source_ranges.push(start..payload.len());
+    }
+    payload.extend_from_slice(b"]}");
+    // serde_json writes UTF-8; checked once for the whole batch.
+    let payload = String::from_utf8(payload).map_err(serde::ser::Error::custom)?;
+    Ok(EncodedBatch {
+        payload,
+        source_ranges,
+    })
 }
 
 #[cfg(test)]
@@ -96,22 +117,39 @@ mod tests {
         let records = vec![record("first"), odd, record("")];
         let batch = Batch::Logs(records.clone());
         let encoded = batch.encode().unwrap();
-        assert_eq!(encoded.payload, serde_json::to_vec(&batch).unwrap());
-        assert_eq!(encoded.sources.len(), records.len());
-        for (source, record) in encoded.sources.iter().zip(&records) {
-            assert_eq!(source, &serde_json::to_string(record).unwrap());
+        assert_eq!(encoded.payload, serde_json::to_string(&batch).unwrap());
+        assert_eq!(encoded.sources().count(), records.len());
+        for (source, record) in encoded.sources().zip(&records) {
+            assert_eq!(source, serde_json::to_string(record).unwrap());
         }
-        assert_eq!(Batch::decode(&encoded.payload).unwrap(), batch);
+        assert_eq!(Batch::decode(encoded.payload.as_bytes()).unwrap(), batch);
         let empty = Batch::Logs(Vec::new());
         assert_eq!(
             empty.encode().unwrap().payload,
-            serde_json::to_vec(&empty).unwrap()
+            serde_json::to_string(&empty).unwrap()
         );
-        let spans = Batch::Spans(vec![Span::default()]);
+        let mut linked = Span {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            name: "GET /x \"y\"".into(),
+            ..Span::default()
+        };
+        linked.attributes.insert("n".into(), serde_json::json!(1.5));
+        let spans = Batch::Spans(vec![Span::default(), linked.clone()]);
         let encoded = spans.encode().unwrap();
-        assert_eq!(encoded.payload, serde_json::to_vec(&spans).unwrap());
-        assert!(encoded.sources.is_empty());
-        assert_eq!(Batch::decode(&encoded.payload).unwrap(), spans);
+        assert_eq!(encoded.payload, serde_json::to_string(&spans).unwrap());
+        assert_eq!(
+            encoded.sources().collect::<Vec<_>>(),
+            [
+                serde_json::to_string(&Span::default()).unwrap(),
+                serde_json::to_string(&linked).unwrap()
+            ]
+        );
+        assert_eq!(Batch::decode(encoded.payload.as_bytes()).unwrap(), spans);
+        let empty = Batch::Spans(Vec::new());
+        assert_eq!(
+            empty.encode().unwrap().payload,
+            serde_json::to_string(&empty).unwrap()
+        );
     }
 
     #[test]

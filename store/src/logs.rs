@@ -22,6 +22,7 @@
 
 use sightline_vocab::clock::now_nanos;
 use sightline_vocab::fs::dir_size;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -637,13 +638,17 @@ impl LogStore {
     /// partition already committed past `position` are skipped, so a replay
     /// never indexes a record twice.
     pub fn add(&self, position: u64, records: &[LogRecord]) -> Result<()> {
+        // Serializing a struct of strings, numbers and JSON maps cannot fail.
+        let sources: Vec<String> = records
+            .iter()
+            .map(|record| serde_json::to_string(record).unwrap_or_default())
+            .collect();
         self.add_encoded(
             position,
-            records.iter().map(|record| {
-                // Serializing a struct of strings, numbers and JSON maps cannot fail.
-                let source = serde_json::to_string(record).unwrap_or_default();
-                (record.clone(), source)
-            }),
+            records
+                .iter()
+                .cloned()
+                .zip(sources.iter().map(String::as_str)),
         )
     }
 
@@ -652,12 +657,12 @@ impl LogStore {
     /// writer has it): the records are moved into their documents and the
     /// JSON is kept as the stored source, so nothing is copied or serialized
     /// a second time on the ingest path.
-    pub fn add_encoded(
+    pub fn add_encoded<'a>(
         &self,
         position: u64,
-        records: impl IntoIterator<Item = (LogRecord, String)>,
+        records: impl IntoIterator<Item = (LogRecord, &'a str)>,
     ) -> Result<()> {
-        let mut by_day: BTreeMap<i64, Vec<(LogRecord, String, u64)>> = BTreeMap::new();
+        let mut by_day: BTreeMap<i64, Vec<(LogRecord, &str, u64)>> = BTreeMap::new();
         for (index, (record, source)) in records.into_iter().enumerate() {
             let seq = (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1));
             by_day
@@ -1186,7 +1191,7 @@ fn common_document(f: &LogFields, record: &LogRecord, seq: u64) -> TantivyDocume
 }
 
 /// The format 1 and 2 document of `record`, whose JSON is `source`.
-fn records_document(f: &LogFields, record: LogRecord, source: String, seq: u64) -> TantivyDocument {
+fn records_document(f: &LogFields, record: LogRecord, source: &str, seq: u64) -> TantivyDocument {
     let stream = stream_key(&record);
     let Layout::Records {
         resource: resource_field,
@@ -1253,15 +1258,19 @@ impl LastStream {
 /// service, and a string value cannot hold that text unescaped. A source
 /// where it is not found is kept whole (reads prefer a source's own
 /// resource).
-fn without_resource(mut source: String, resource: &str) -> String {
+fn without_resource<'a>(source: &'a str, resource: &str) -> Cow<'a, str> {
     const KEY: &str = ",\"resource\":";
     if let Some(at) = source.find(KEY) {
         let value = at + KEY.len();
         if source[value..].starts_with(resource) {
-            source.replace_range(at..value + resource.len(), "");
+            let rest = &source[value + resource.len()..];
+            let mut kept = String::with_capacity(at + rest.len());
+            kept.push_str(&source[..at]);
+            kept.push_str(rest);
+            return Cow::Owned(kept);
         }
     }
-    source
+    Cow::Borrowed(source)
 }
 
 /// The format 3 document of `record`, whose JSON is `source`, in stream
@@ -1269,7 +1278,7 @@ fn without_resource(mut source: String, resource: &str) -> String {
 fn lean_document(
     f: &LogFields,
     record: LogRecord,
-    source: String,
+    source: &str,
     seq: u64,
     (stream_id, resource_json): (u64, &str),
 ) -> TantivyDocument {
@@ -1821,7 +1830,7 @@ mod tests {
             let mut writer: IndexWriter = index.writer(15_000_000).unwrap();
             let source = serde_json::to_string(&old).unwrap();
             writer
-                .add_document(records_document(&fields, old.clone(), source, 1))
+                .add_document(records_document(&fields, old.clone(), &source, 1))
                 .unwrap();
             writer.commit().unwrap();
         }

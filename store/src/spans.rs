@@ -258,42 +258,65 @@ impl SpanStore {
     /// covers are skipped, so a replay never stores a span twice; their traces
     /// are still marked for a summary update if the summaries lag.
     pub fn add(&self, position: u64, spans: &[Span]) -> Result<()> {
+        // A span (strings, numbers and JSON values) always serializes.
+        let sources: Vec<String> = spans
+            .iter()
+            .map(|span| serde_json::to_string(span).unwrap_or_default())
+            .collect();
+        self.add_encoded(
+            position,
+            spans
+                .iter()
+                .cloned()
+                .zip(sources.iter().map(String::as_str)),
+        )
+    }
+
+    /// [`SpanStore::add`] for spans that come with their JSON (as
+    /// [`crate::Batch::encode`] wrote it to the WAL), kept as each span's
+    /// stored source instead of serializing it again. The spans move into
+    /// the recent-trace cache.
+    pub fn add_encoded<'a>(
+        &self,
+        position: u64,
+        spans: impl IntoIterator<Item = (Span, &'a str)>,
+    ) -> Result<()> {
+        let spans: Vec<(Span, &str)> = spans.into_iter().collect();
         if position >= self.summaries.committed_position() {
             let mut dirty = self
                 .dirty
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
-            dirty.extend(spans.iter().map(|span| span.trace_id.clone()));
+            for (span, _) in &spans {
+                if !dirty.contains(&span.trace_id) {
+                    dirty.insert(span.trace_id.clone());
+                }
+            }
         }
         if position < self.spans.committed_position() {
             return Ok(());
         }
-        {
-            let mut recent = self
-                .recent
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let searcher = self.spans.reader.searcher();
-            for span in spans {
-                if let Some(trace) = recent.traces.get_mut(&span.trace_id) {
-                    trace.push(span.clone());
-                    recent.spans += 1;
-                    continue;
-                }
-                // A trace with nothing stored yet starts an entry here; one
-                // with stored spans gets its entry from a full read at commit.
-                let term = Term::from_field_text(self.fields.trace_id, &span.trace_id);
-                if searcher.doc_freq(&term)? == 0 {
-                    recent
-                        .traces
-                        .insert(span.trace_id.clone(), vec![span.clone()]);
-                    recent.spans += 1;
-                }
-            }
-        }
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let searcher = self.spans.reader.searcher();
         let writer = self.spans.writer();
-        for span in spans {
-            writer.add_document(self.to_document(span))?;
+        for (span, source) in spans {
+            writer.add_document(self.to_document(&span, source))?;
+            let recent = &mut *recent;
+            if let Some(trace) = recent.traces.get_mut(&span.trace_id) {
+                trace.push(span);
+                recent.spans += 1;
+                continue;
+            }
+            // A trace with nothing stored yet starts an entry here; one
+            // with stored spans gets its entry from a full read at commit.
+            let term = Term::from_field_text(self.fields.trace_id, &span.trace_id);
+            if searcher.doc_freq(&term)? == 0 {
+                recent.traces.insert(span.trace_id.clone(), vec![span]);
+                recent.spans += 1;
+            }
         }
         Ok(())
     }
@@ -317,15 +340,12 @@ impl SpanStore {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             for trace_id in &dirty {
-                let spans = match recent.traces.get(trace_id) {
-                    Some(spans) => spans.clone(),
-                    None => {
-                        let stored = self.trace(trace_id)?;
-                        recent.spans += stored.len();
-                        recent.traces.insert(trace_id.clone(), stored.clone());
-                        stored
-                    }
-                };
+                if !recent.traces.contains_key(trace_id) {
+                    let stored = self.trace(trace_id)?;
+                    recent.spans += stored.len();
+                    recent.traces.insert(trace_id.clone(), stored);
+                }
+                let spans = &recent.traces[trace_id];
                 if spans.is_empty() {
                     continue;
                 }
@@ -333,7 +353,7 @@ impl SpanStore {
                     self.summary_fields.trace_id,
                     trace_id,
                 ));
-                writer.add_document(self.summary_document(&summarize(trace_id, &spans, now)))?;
+                writer.add_document(self.summary_document(summarize(trace_id, spans, now)))?;
             }
             drop(writer);
             if recent.spans > MAX_RECENT_SPANS {
@@ -618,7 +638,7 @@ impl SpanStore {
         serde_json::from_str(source).map_err(|error| StoreError::CorruptDocument(error.to_string()))
     }
 
-    fn to_document(&self, span: &Span) -> TantivyDocument {
+    fn to_document(&self, span: &Span, source: &str) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.trace_id, &span.trace_id);
@@ -639,11 +659,11 @@ impl SpanStore {
         for link in &span.links {
             doc.add_text(f.link_trace_id, &link.trace_id);
         }
-        doc.add_text(f.source, serde_json::to_string(span).unwrap_or_default());
+        doc.add_text(f.source, source);
         doc
     }
 
-    fn summary_document(&self, summary: &TraceSummary) -> TantivyDocument {
+    fn summary_document(&self, mut summary: TraceSummary) -> TantivyDocument {
         let f = &self.summary_fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.trace_id, &summary.trace_id);
@@ -663,12 +683,12 @@ impl SpanStore {
             doc.add_text(f.request_id, request_id);
         }
         // Search terms are indexed; the stored copy stays small.
-        let stored = TraceSummary {
-            operations: Vec::new(),
-            tags: Vec::new(),
-            ..summary.clone()
-        };
-        doc.add_text(f.source, serde_json::to_string(&stored).unwrap_or_default());
+        summary.operations = Vec::new();
+        summary.tags = Vec::new();
+        doc.add_text(
+            f.source,
+            serde_json::to_string(&summary).unwrap_or_default(),
+        );
         doc
     }
 }

@@ -4,6 +4,7 @@
 //! span of it arrives, so it stays right when spans come late or out of
 //! order. Pure functions here; [`crate::SpanStore`] stores the results.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -66,9 +67,15 @@ pub fn operation_key(service: &str, operation: &str) -> String {
 
 /// The key of an attribute in [`TraceSummary::tags`].
 pub fn tag_key(key: &str, value: &serde_json::Value) -> String {
+    format!("{key}={}", tag_value(value))
+}
+
+/// An attribute's value as a tag writes it: text as it is, anything else
+/// as JSON.
+fn tag_value(value: &serde_json::Value) -> Cow<'_, str> {
     match value {
-        serde_json::Value::String(text) => format!("{key}={text}"),
-        other => format!("{key}={other}"),
+        serde_json::Value::String(text) => Cow::Borrowed(text),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
@@ -82,25 +89,26 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
         .or_else(|| spans.iter().min_by_key(|s| s.start_time));
     let start_time = spans.iter().map(|s| s.start_time).min().unwrap_or_default();
     let end_time = spans.iter().map(|s| s.end_time).max().unwrap_or_default();
-    let mut services = BTreeSet::new();
-    let mut operations = BTreeSet::new();
-    let mut tags = BTreeSet::new();
-    let mut request_ids = BTreeSet::new();
-    let mut linked = BTreeSet::new();
+    // Borrowed while collecting; each distinct value is copied once.
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    let mut operations: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut tags: BTreeSet<(&str, Cow<'_, str>)> = BTreeSet::new();
+    let mut request_ids: BTreeSet<&str> = BTreeSet::new();
+    let mut linked: BTreeSet<&str> = BTreeSet::new();
     for span in spans {
-        services.insert(span.service.clone());
-        operations.insert(operation_key(&span.service, &span.name));
+        services.insert(&span.service);
+        operations.insert((&span.service, &span.name));
         if let Some(id) = &span.request_id {
-            request_ids.insert(id.clone());
+            request_ids.insert(id);
         }
         for link in &span.links {
             if link.trace_id != trace_id {
-                linked.insert(link.trace_id.clone());
+                linked.insert(&link.trace_id);
             }
         }
         for (key, value) in &span.attributes {
             if tags.len() < MAX_TAGS_PER_TRACE {
-                tags.insert(tag_key(key, value));
+                tags.insert((key, tag_value(value)));
             }
         }
     }
@@ -111,7 +119,7 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
         start_time,
         duration: end_time.saturating_sub(start_time),
         span_count: spans.len(),
-        services: services.into_iter().collect(),
+        services: services.into_iter().map(str::to_string).collect(),
         error_count: spans
             .iter()
             .filter(|s| s.status == SpanStatus::Error)
@@ -128,11 +136,17 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
         critical_path: root
             .map(|r| critical_path(spans, &r.span_id))
             .unwrap_or_default(),
-        request_ids: request_ids.into_iter().collect(),
-        linked_traces: linked.into_iter().collect(),
+        request_ids: request_ids.into_iter().map(str::to_string).collect(),
+        linked_traces: linked.into_iter().map(str::to_string).collect(),
         updated_at,
-        operations: operations.into_iter().collect(),
-        tags: tags.into_iter().collect(),
+        operations: operations
+            .into_iter()
+            .map(|(service, name)| operation_key(service, name))
+            .collect(),
+        tags: tags
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect(),
     }
 }
 

@@ -238,7 +238,7 @@ fn read_wal(dir: &Path) -> Vec<(u64, Batch)> {
 fn write_current_wal(dir: &Path) {
     let log = LocalWal::open(dir, wal::DEFAULT_SEGMENT_BYTES).unwrap();
     for batch in batches() {
-        log.append(SINGLE_PARTITION, &batch.encode().unwrap().payload)
+        log.append(SINGLE_PARTITION, batch.encode().unwrap().payload.as_bytes())
             .unwrap();
     }
     log.sync().unwrap();
@@ -281,7 +281,10 @@ fn wal_format_1_is_read_with_byte_offset_positions_and_continued() {
     let log = LocalWal::open(&dir, wal::DEFAULT_SEGMENT_BYTES).unwrap();
     assert_eq!(log.end(), Checkpoint::single(old_end));
     let next = log
-        .append(SINGLE_PARTITION, &batches()[0].encode().unwrap().payload)
+        .append(
+            SINGLE_PARTITION,
+            batches()[0].encode().unwrap().payload.as_bytes(),
+        )
         .unwrap();
     log.sync().unwrap();
     assert_eq!(next, old_end);
