@@ -196,16 +196,9 @@ impl OtlpSink {
     }
 
     async fn deliver(&mut self, batch: &mut Batch, grace: &mut Grace) -> Outcome {
-        // Encode once, off the executor; retries resend the same bytes.
-        let request = batch.take_request();
-        let encoded =
-            match tokio::task::spawn_blocking(move || Bytes::from(request.encode_to_vec())).await {
-                Ok(encoded) => encoded,
-                Err(error) => {
-                    error!(%error, "encoding a batch failed");
-                    return Outcome::Abandoned;
-                }
-            };
+        // The records are encoded already: assembling the request is a
+        // copy of their bytes. Retries resend the same bytes.
+        let encoded = batch.take_request();
         let records = batch.record_count();
         let mut backoff = self.initial_backoff;
         let mut attempt: u32 = 0;

@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::batch::{Chunk, PendingRecord};
+use crate::batch::{Chunk, EncodedRecords};
 use crate::checkpoint::{CheckpointStore, Resume};
 use crate::config::Tuning;
 use crate::decode::{Decoder, Entry};
@@ -49,9 +49,6 @@ use crate::otlp;
 use crate::parse::parse_entry_with;
 use crate::rules::{FilePlan, Rules};
 use crate::shutdown::Shutdown;
-
-/// Fixed per-record overhead added to the message length for batch sizing.
-const RECORD_OVERHEAD_BYTES: usize = 96;
 
 /// Everything a reader needs, shared by all readers.
 #[derive(Debug, Clone)]
@@ -601,7 +598,7 @@ struct FileReader {
 
 /// What came out of processing some bytes.
 struct Processed {
-    records: Vec<PendingRecord>,
+    records: EncodedRecords,
     lines: u64,
 }
 
@@ -736,7 +733,8 @@ impl FileReader {
         let mut lines = 0u64;
         let decoder = &mut self.decoder;
         let multiline = &mut self.multiline;
-        let mut records = Vec::with_capacity(bytes.len() / 200 + 1);
+        // Encoded records take about the bytes of their lines.
+        let mut records = EncodedRecords::with_capacity(bytes.len());
         let mut finisher = Finisher {
             plan: &self.plan,
             rules: &self.rules,
@@ -783,7 +781,7 @@ impl FileReader {
         }
         self.multiline.flush(&mut |entry| entries.push(entry));
         self.metrics.add_read(lines, 0);
-        let mut records = Vec::new();
+        let mut records = EncodedRecords::default();
         let pending = min_option(
             self.decoder.min_pending_start(),
             self.multiline.min_pending_start(),
@@ -806,11 +804,7 @@ impl FileReader {
     }
 
     /// A chunk of records, with the offset safe to commit after them.
-    fn chunk(
-        &mut self,
-        records: Vec<PendingRecord>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Chunk {
+    fn chunk(&mut self, records: EncodedRecords, permit: Option<OwnedSemaphorePermit>) -> Chunk {
         let safe = [
             Some(self.splitter.held_start()),
             self.decoder.min_pending_start(),
@@ -867,7 +861,7 @@ struct Finisher<'a> {
     metrics: &'a Metrics,
     observed: u64,
     last_commit: &'a mut u64,
-    records: &'a mut Vec<PendingRecord>,
+    records: &'a mut EncodedRecords,
 }
 
 impl Finisher<'_> {
@@ -885,17 +879,14 @@ impl Finisher<'_> {
         if entry.truncated {
             self.metrics.add_truncated(1);
         }
-        let size_hint = entry.message.len() + RECORD_OVERHEAD_BYTES;
         let mut record =
             parse_entry_with(entry, self.observed, &self.plan.parser, &self.rules.fields);
         if self.rules.redactor.is_enabled() && redact_record(&mut record, &self.rules.redactor) {
             self.metrics.add_redacted(1);
         }
-        self.records.push(PendingRecord {
-            record,
-            commit_offset,
-            size_hint,
-        });
+        // Encoded here and dropped on this thread: its allocations go
+        // back to the allocator that made them.
+        self.records.push(&record, commit_offset);
     }
 }
 
@@ -929,14 +920,9 @@ mod tests {
     use crate::config::Config;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
-    fn body(pending: &PendingRecord) -> String {
-        match pending
-            .record
-            .body
-            .as_ref()
-            .and_then(|body| body.value.as_ref())
-        {
-            Some(Value::StringValue(text)) => text.clone(),
+    fn body(record: crate::batch::EncodedRecord<'_>) -> String {
+        match record.decode().body.and_then(|body| body.value) {
+            Some(Value::StringValue(text)) => text,
             other => format!("{other:?}"),
         }
     }
