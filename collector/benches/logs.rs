@@ -174,7 +174,8 @@ const LEVELS: [(&str, i32); 20] = [
 struct Pod {
     service: usize,
     otlp: Resource,
-    json: Map<String, Value>,
+    /// Shared by the pod's records, as the OTLP receiver shares a resource.
+    json: std::sync::Arc<Map<String, Value>>,
 }
 
 fn pods() -> Vec<Pod> {
@@ -208,7 +209,7 @@ fn pods() -> Vec<Pod> {
             pods.push(Pod {
                 service: service_index,
                 otlp,
-                json,
+                json: std::sync::Arc::new(json),
             });
         }
     }
@@ -385,7 +386,7 @@ fn store_record(event: &Event, pod: &Pod) -> LogRecord {
         severity_number: event.level.1,
         body: event.message.clone(),
         service: SERVICES[pod.service].to_string(),
-        resource: pod.json.clone(),
+        resource: std::sync::Arc::clone(&pod.json),
         request_id: event
             .fields
             .get("request_id")
@@ -786,7 +787,7 @@ fn bare_tantivy(pods: &[Pod], lines: &[(usize, String)]) -> anyhow::Result<BareR
         }
         fields.insert("log.iostream".into(), "stdout".into());
         doc.add_object(f.attributes, to_owned_object(fields));
-        doc.add_object(f.resource, to_owned_object(pod.json.clone()));
+        doc.add_object(f.resource, to_owned_object((*pod.json).clone()));
         doc.add_text(f.trace_id, trace_id.as_str().unwrap_or_default());
         doc.add_text(f.span_id, span_id.as_str().unwrap_or_default());
         let stream = format!(
@@ -1243,7 +1244,7 @@ fn schema_variants(args: &Args) -> anyhow::Result<()> {
             }
             doc.add_object(attributes, to_owned_object(fields));
             if variant.resource_indexed {
-                doc.add_object(resource, to_owned_object(pod.json.clone()));
+                doc.add_object(resource, to_owned_object((*pod.json).clone()));
             }
             doc.add_text(trace_id, tid.as_str().unwrap_or_default());
             doc.add_text(span_id, sid.as_str().unwrap_or_default());

@@ -420,7 +420,7 @@ fn store_span(span: &GenSpan) -> Span {
             .iter()
             .map(|(key, value)| (key.to_string(), value.clone()))
             .collect(),
-        resource: resource_json(span.service),
+        resource: std::sync::Arc::new(resource_json(span.service)),
         request_id: span
             .attributes
             .first()
@@ -910,7 +910,7 @@ fn trace_logs(trace: u64, spans: &[GenSpan]) -> Vec<LogRecord> {
             severity_number: if failed { 17 } else { 9 },
             body,
             service: SERVICES[span.service].to_string(),
-            resource: resource_json(span.service),
+            resource: std::sync::Arc::new(resource_json(span.service)),
             request_id: Some(request.clone()),
             attributes,
             trace_id: with_trace.then(|| hex::encode(span.trace_id)),

@@ -826,7 +826,7 @@ fn to_record(
         severity_number,
         body,
         service,
-        resource,
+        resource: std::sync::Arc::new(resource),
         attributes: document,
         trace_id,
         span_id,
@@ -1076,7 +1076,7 @@ mod tests {
         assert_eq!(record.span_id, None);
         assert_eq!(record.request_id.as_deref(), Some("req-42"));
         assert_eq!(
-            Value::Object(record.resource),
+            Value::Object(std::sync::Arc::unwrap_or_clone(record.resource)),
             json!({
                 "k8s.namespace.name": "shop", "k8s.pod.name": "payment-7d9f", "k8s.pod.uid": "c0ffee",
                 "k8s.container.name": "payment", "host.name": "node-1", "container.id": "abc123",

@@ -2,6 +2,8 @@
 //!
 //! This is the only place that knows both OTLP and [`sightline_store`] types.
 
+use std::sync::Arc;
+
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -24,7 +26,7 @@ pub(crate) fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
     let now = now_nanos();
     let mut records = Vec::new();
     for resource_logs in request.resource_logs {
-        let resource = resource_map(resource_logs.resource.as_ref());
+        let resource = Arc::new(resource_map(resource_logs.resource.as_ref()));
         let service = service_name(&resource);
         for scope_logs in resource_logs.scope_logs {
             for log in scope_logs.log_records {
@@ -44,7 +46,7 @@ pub(crate) fn log_records(request: ExportLogsServiceRequest) -> Vec<LogRecord> {
                     severity_number: log.severity_number,
                     body: log.body.as_ref().map(any_value_to_text).unwrap_or_default(),
                     service: service.clone(),
-                    resource: resource.clone(),
+                    resource: Arc::clone(&resource),
                     request_id: request_id(&attributes),
                     attributes,
                     trace_id: id_to_hex(&log.trace_id, 16),
@@ -62,7 +64,7 @@ pub(crate) fn spans(request: ExportTraceServiceRequest) -> (Vec<Span>, usize) {
     let mut spans = Vec::new();
     let mut rejected = 0;
     for resource_spans in request.resource_spans {
-        let resource = resource_map(resource_spans.resource.as_ref());
+        let resource = Arc::new(resource_map(resource_spans.resource.as_ref()));
         let service = service_name(&resource);
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
@@ -88,7 +90,7 @@ pub(crate) fn spans(request: ExportTraceServiceRequest) -> (Vec<Span>, usize) {
                     end_time: clamp_nanos(span.end_time_unix_nano.max(span.start_time_unix_nano)),
                     status,
                     status_message,
-                    resource: resource.clone(),
+                    resource: Arc::clone(&resource),
                     request_id: request_id(&attributes),
                     attributes,
                     events: span

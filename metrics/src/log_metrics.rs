@@ -382,8 +382,7 @@ mod tests {
                 severity_text: "ERROR".into(),
                 ..LogRecord::default()
             };
-            record
-                .resource
+            std::sync::Arc::make_mut(&mut record.resource)
                 .insert("k8s.pod.name".into(), format!("pod-{pod}").into());
             records.push(record);
         }

@@ -188,7 +188,7 @@ mod tests {
             kind: "server".into(),
             start_time: 1_000_000,
             end_time: 3_500_000,
-            resource: resource.as_object().unwrap().clone(),
+            resource: std::sync::Arc::new(resource.as_object().unwrap().clone()),
             attributes: json!({"http.status_code": 201})
                 .as_object()
                 .unwrap()

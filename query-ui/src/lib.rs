@@ -222,7 +222,7 @@ mod tests {
         record
             .attributes
             .insert("log.iostream".into(), "stdout".into());
-        record.resource.insert("k8s.pod.uid".into(), "pod-1".into());
+        std::sync::Arc::make_mut(&mut record.resource).insert("k8s.pod.uid".into(), "pod-1".into());
         record
     }
 

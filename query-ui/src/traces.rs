@@ -687,7 +687,7 @@ pub(crate) mod tests {
             kind: "server".into(),
             start_time: T0 + start_ms * MS,
             end_time: T0 + end_ms * MS,
-            resource,
+            resource: std::sync::Arc::new(resource),
             ..Span::default()
         }
     }

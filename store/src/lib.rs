@@ -43,7 +43,7 @@ pub use logs::{
     Cursor, Histogram, HistogramBucket, LOG_PARTITION_FORMAT_VERSION, LogHit, LogQuery,
     LogSearchResult, LogStore, log_index_schema, log_index_tokenizers,
 };
-pub use model::{LogRecord, Span, SpanEvent, SpanLink, SpanStatus};
+pub use model::{LogRecord, SharedResource, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
 pub use reserve::DiskReserve;
 pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};

@@ -1152,7 +1152,7 @@ impl LogStore {
                     crate::streams::STREAMS_FILE
                 ))
             })?;
-            record.resource = resource.as_ref().clone();
+            record.resource = resource;
         }
         Ok(record)
     }
@@ -1210,7 +1210,10 @@ fn records_document(f: &LogFields, record: LogRecord, source: &str, seq: u64) ->
     } = record;
     // Borrowed as JSON values: no copy into an intermediate map.
     doc.add_field_value(f.attributes, &serde_json::Value::Object(attributes));
-    doc.add_field_value(resource_field, &serde_json::Value::Object(resource));
+    doc.add_field_value(
+        resource_field,
+        &serde_json::Value::Object(Arc::unwrap_or_clone(resource)),
+    );
     for (field, id) in [
         (f.trace_id, trace_id),
         (f.span_id, span_id),
@@ -1229,7 +1232,7 @@ fn records_document(f: &LogFields, record: LogRecord, source: &str, seq: u64) ->
 /// usually shares: its resource is compared, not serialized again.
 #[derive(Default)]
 struct LastStream {
-    resource: serde_json::Map<String, serde_json::Value>,
+    resource: crate::SharedResource,
     json: String,
     id: u64,
     known: bool,
@@ -1237,16 +1240,13 @@ struct LastStream {
 
 impl LastStream {
     /// The stream number of `resource` and the resource's JSON.
-    fn id(
-        &mut self,
-        streams: &mut Streams,
-        resource: &serde_json::Map<String, serde_json::Value>,
-    ) -> (u64, &str) {
-        if !self.known || self.resource != *resource {
+    fn id(&mut self, streams: &mut Streams, resource: &crate::SharedResource) -> (u64, &str) {
+        // Records of one OTLP resource share its map: the pointer settles it.
+        if !self.known || !(Arc::ptr_eq(&self.resource, resource) || self.resource == *resource) {
             // Serializing a map of JSON values cannot fail.
             self.json = serde_json::to_string(resource).unwrap_or_default();
             self.id = streams.id(resource, &self.json);
-            self.resource = resource.clone();
+            self.resource = Arc::clone(resource);
             self.known = true;
         }
         (self.id, &self.json)
@@ -1465,7 +1465,7 @@ mod tests {
             severity_number: 9,
             body: body.into(),
             service: "gateway".into(),
-            resource: resource.as_object().unwrap().clone(),
+            resource: Arc::new(resource.as_object().unwrap().clone()),
             attributes: attributes.as_object().unwrap().clone(),
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
             span_id: Some("b7ad6b7169203331".into()),
@@ -1580,7 +1580,7 @@ mod tests {
         bare.trace_id = None;
         bare.span_id = None;
         bare.attributes.remove("user_id");
-        bare.resource.remove("k8s.pod.name");
+        Arc::make_mut(&mut bare.resource).remove("k8s.pod.name");
         let records = [record(T0 + 2_000, "full record", Some("req-1")), bare];
         let (_dir, store) = store_with(&records);
         let both: &[&str] = &["full record", "bare record"];
@@ -1616,16 +1616,18 @@ mod tests {
         let mut payment = record(T0 + 2_000, "card charged", None);
         payment.service = "payment".into();
         payment.severity_text = "ERROR".into();
-        payment.resource = json!({
-            "service.name": "payment",
-            "k8s.namespace.name": "shop",
-            "k8s.pod.name": "payment-7f9c2",
-            "k8s.container.name": "payment-api",
-            "host.name": "node-3",
-        })
-        .as_object()
-        .unwrap()
-        .clone();
+        payment.resource = Arc::new(
+            json!({
+                "service.name": "payment",
+                "k8s.namespace.name": "shop",
+                "k8s.pod.name": "payment-7f9c2",
+                "k8s.container.name": "payment-api",
+                "host.name": "node-3",
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
         let records = [gateway, payment];
         let (_dir, store) = store_with(&records);
         assert_finds(
@@ -1738,7 +1740,7 @@ mod tests {
             } else {
                 "gateway-xyz34"
             };
-            record.resource.insert("k8s.pod.name".into(), json!(pod));
+            Arc::make_mut(&mut record.resource).insert("k8s.pod.name".into(), json!(pod));
             records.push(record);
         }
         // A request id that is promoted, and one that is not (a number).
@@ -1797,8 +1799,7 @@ mod tests {
         // The stream's resource is on disk before the commit that refers
         // to it: a new stream, committed, reopened.
         let mut late = record(T0 + 500, "late", None);
-        late.resource
-            .insert("k8s.pod.name".into(), json!("gateway-new"));
+        Arc::make_mut(&mut late.resource).insert("k8s.pod.name".into(), json!("gateway-new"));
         store.add(5, std::slice::from_ref(&late)).unwrap();
         store.commit(6).unwrap();
         drop(store);
@@ -2066,9 +2067,7 @@ mod tests {
     #[test]
     fn context_returns_neighbours_in_the_same_stream() {
         let mut other_pod = record(T0 + 2_500, "other pod", None);
-        other_pod
-            .resource
-            .insert("k8s.pod.uid".into(), json!("uid-2"));
+        Arc::make_mut(&mut other_pod.resource).insert("k8s.pod.uid".into(), json!("uid-2"));
         let mut records: Vec<_> = (0..6)
             .map(|i| record(T0 + i * 1_000, &format!("line{i}"), None))
             .collect();

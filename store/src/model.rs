@@ -1,5 +1,12 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// Resource attributes (`service.name`, `k8s.pod.name`, `host.name`, ...)
+/// as a JSON object, shared by every record and span of one resource: a
+/// batch holds one copy per resource, not one per record.
+pub type SharedResource = Arc<Map<String, Value>>;
 
 /// One log record as stored and as returned by queries.
 ///
@@ -20,7 +27,7 @@ pub struct LogRecord {
     /// object. Absent from the stored JSON of format 3 partitions, which
     /// keep it once per stream.
     #[serde(default)]
-    pub resource: Map<String, Value>,
+    pub resource: SharedResource,
     /// Record attributes (parsed fields), as a JSON object.
     pub attributes: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,7 +66,7 @@ pub struct Span {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_message: String,
     pub attributes: Map<String, Value>,
-    pub resource: Map<String, Value>,
+    pub resource: SharedResource,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<SpanEvent>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1315,7 +1315,7 @@ mod matcher_tests {
             severity_number: 13,
             body: "Login failed for user alice from 10.0.0.7".into(),
             service: "auth".into(),
-            resource,
+            resource: std::sync::Arc::new(resource),
             attributes,
             trace_id: Some("abc123".into()),
             ..LogRecord::default()

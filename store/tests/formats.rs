@@ -63,8 +63,7 @@ fn records() -> Vec<LogRecord> {
         request_id: Some("req-7".into()),
         ..LogRecord::default()
     };
-    payment
-        .resource
+    std::sync::Arc::make_mut(&mut payment.resource)
         .insert("k8s.pod.name".into(), json!("checkout-5d9f"));
     payment
         .attributes
@@ -81,7 +80,7 @@ fn records() -> Vec<LogRecord> {
         service: "inventory".into(),
         ..LogRecord::default()
     };
-    started.resource.insert("host.name".into(), json!("node-1"));
+    std::sync::Arc::make_mut(&mut started.resource).insert("host.name".into(), json!("node-1"));
     vec![payment, started]
 }
 
@@ -100,9 +99,11 @@ fn spans() -> Vec<Span> {
         attributes: [("http.route".to_string(), json!("/checkout"))]
             .into_iter()
             .collect(),
-        resource: [("service.version".to_string(), json!("1.4.2"))]
-            .into_iter()
-            .collect(),
+        resource: std::sync::Arc::new(
+            [("service.version".to_string(), json!("1.4.2"))]
+                .into_iter()
+                .collect(),
+        ),
         events: vec![SpanEvent {
             time: T0 + 20_000_000,
             name: "exception".into(),
