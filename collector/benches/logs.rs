@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -71,6 +71,10 @@ struct Args {
     /// Send gzip-compressed requests (off by default).
     #[arg(long)]
     gzip: bool,
+    /// How the requests are shaped: as our agent sends them, or as Fluent
+    /// Bit's `opentelemetry` output does by default (see [`Shape`]).
+    #[arg(long, value_enum, default_value_t = Shape::Agent)]
+    shape: Shape,
     /// Records in the query benchmark's store.
     #[arg(long, default_value_t = 10_000_000)]
     query_records: usize,
@@ -398,6 +402,20 @@ fn store_record(event: &Event, pod: &Pod) -> LogRecord {
     }
 }
 
+/// The shape of the export requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Shape {
+    /// Our agent's: one resource per pod with its Kubernetes attributes,
+    /// the message as the body, the parsed fields as attributes, severity
+    /// and ids set.
+    Agent,
+    /// Fluent Bit's `opentelemetry` output with its defaults (v3-v5,
+    /// `plugins/out_opentelemetry`): one empty resource and scope per
+    /// request, the line the service wrote as a string body, the CRI time,
+    /// no attributes, severity or ids.
+    FluentBit,
+}
+
 /// One export request and the raw lines of its records, with their pods.
 struct GeneratedBatch {
     request: Option<ExportLogsServiceRequest>,
@@ -410,6 +428,7 @@ const RECORDS_PER_RESOURCE: usize = 100;
 /// Deterministic: the same `batch_index` always gives the same batch (so a
 /// refused request can be rebuilt instead of kept as a copy).
 fn generate_batch(
+    shape: Shape,
     pods: &[Pod],
     batch_index: usize,
     batch_size: usize,
@@ -429,8 +448,33 @@ fn generate_batch(
             // 10 µs apart, the newest at `end_time`.
             let timestamp = end_time - (total - global) as i64 * 10_000;
             let event = event(global as u64, timestamp, pod.service, &mut rng);
-            records.push(otlp_record(&event));
-            lines.push((pod_index, raw_line(&event)));
+            let line = raw_line(&event);
+            records.push(match shape {
+                Shape::Agent => otlp_record(&event),
+                Shape::FluentBit => OtlpLogRecord {
+                    time_unix_nano: event.timestamp as u64,
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(line.clone())),
+                    }),
+                    ..OtlpLogRecord::default()
+                },
+            });
+            lines.push((pod_index, line));
+        }
+        if shape == Shape::FluentBit {
+            // One empty resource and scope for the whole request.
+            match resource_logs.first_mut() {
+                None => resource_logs.push(ResourceLogs {
+                    resource: Some(Resource::default()),
+                    scope_logs: vec![ScopeLogs {
+                        log_records: records,
+                        ..ScopeLogs::default()
+                    }],
+                    ..ResourceLogs::default()
+                }),
+                Some(only) => only.scope_logs[0].log_records.extend(records),
+            }
+            continue;
         }
         resource_logs.push(ResourceLogs {
             resource: Some(pod.otlp.clone()),
@@ -461,7 +505,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut batches: Vec<GeneratedBatch> = (0..batch_count)
-        .map(|index| generate_batch(&pods, index, args.batch, args.records, end_time))
+        .map(|index| generate_batch(args.shape, &pods, index, args.batch, args.records, end_time))
         .collect();
     let raw_bytes: u64 = batches
         .iter()
@@ -509,6 +553,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         }
     }
     let retries = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let mut senders = Vec::new();
     for (client, requests) in clients.into_iter().zip(per_client) {
@@ -518,7 +563,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
             client
         };
         let (pods, retries) = (pods.clone(), retries.clone());
-        let (batch_size, total) = (args.batch, args.records);
+        let (batch_size, total, shape) = (args.batch, args.records, args.shape);
         senders.push(tokio::spawn(async move {
             let mut client = client;
             for (index, request) in requests {
@@ -536,9 +581,10 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
                         Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                             retries.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(20)).await;
-                            request = generate_batch(&pods, index, batch_size, total, end_time)
-                                .request
-                                .unwrap_or_default();
+                            request =
+                                generate_batch(shape, &pods, index, batch_size, total, end_time)
+                                    .request
+                                    .unwrap_or_default();
                         }
                         Err(status) => bail!("export failed: {status}"),
                     }
@@ -565,6 +611,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let searchable = started.elapsed();
+    let cpu = process_cpu_seconds() - cpu_before;
     let peak_rss = proc_status_kb("VmHWM");
     let total_hits = search_total(http_addr).await?;
     let metrics_text = http_get(http_addr, "/metrics").await?;
@@ -604,6 +651,11 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     println!(
         "collector: searchable in {:.2}s: {search_mbs:.1} MB/s, {search_rps:.0} records/s (total_hits {total_hits}, RESOURCE_EXHAUSTED retries {retries})",
         searchable.as_secs_f64()
+    );
+    println!(
+        "process CPU from the first request to searchable (collector and the bench's clients, shape {:?}): {cpu:.2} s = {:.1} CPU-s per 1M records",
+        args.shape,
+        cpu / (args.records as f64 / 1e6)
     );
     println!(
         "collector: log store {:.1} MB on disk = {:.3} bytes per raw byte; {stored_records} records in partitions {partitions:?}, segments {segments:?}",
@@ -965,6 +1017,20 @@ fn build_query_store(dir: &Path, records: usize) -> anyhow::Result<QueryStoreMet
 // ---------------------------------------------------------------------------
 
 /// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), 0 if unknown.
+/// User and system CPU time of this process so far (`/proc/self/stat`,
+/// in clock ticks of 1/100 s).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
+    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+}
+
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -1086,7 +1152,17 @@ fn schema_variants(args: &Args) -> anyhow::Result<()> {
     let pods = pods();
     let end_time = now_nanos();
     let lines: Vec<(usize, String)> = (0..args.records.div_ceil(args.batch))
-        .flat_map(|index| generate_batch(&pods, index, args.batch, args.records, end_time).lines)
+        .flat_map(|index| {
+            generate_batch(
+                Shape::Agent,
+                &pods,
+                index,
+                args.batch,
+                args.records,
+                end_time,
+            )
+            .lines
+        })
         .collect();
     let raw: u64 = lines.iter().map(|(_, l)| l.len() as u64 + 1).sum();
     let v2 = Variant {

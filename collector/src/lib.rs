@@ -25,6 +25,7 @@
 
 mod auth;
 pub mod config;
+pub(crate) mod document;
 mod http_body;
 mod otlp;
 mod reload;
