@@ -38,8 +38,7 @@ fn record(second: i64, body: &str) -> LogRecord {
     record
         .attributes
         .insert("user".into(), json!({"id": 42, "name": "ada"}));
-    record
-        .resource
+    std::sync::Arc::make_mut(&mut record.resource)
         .insert("k8s.pod.name".into(), json!("checkout-1"));
     record
 }
