@@ -526,13 +526,18 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParserKind {
-    /// JSON objects are parsed, anything else stays text.
+    /// JSON objects are parsed, then plain-text lines in a format the
+    /// `text` presets know; anything else stays text.
     #[default]
     Auto,
-    /// JSON objects only (same as auto).
+    /// JSON objects only; anything else stays text.
     Json,
     /// `key=value key2="quoted value"`.
     Logfmt,
+    /// Plain-text formats by preset: a timestamp and level header, the
+    /// message and a `key=value` tail (syslog, klog, nginx and Apache
+    /// access logs, Python's and Java's default loggers).
+    Text,
     /// The rule's `regex`, named captures become fields.
     Regex,
     /// Messages stay text.

@@ -31,7 +31,8 @@
 //! | `tail`, `lines` | reading appended bytes, splitting lines, rotation; copytruncate: the rest read from the copy, else the bytes lost counted |
 //! | [`decode`] | runtime formats: CRI and Docker json-file (partial joining), plain fallback |
 //! | `multiline` | joining stack traces and other continuation lines |
-//! | [`parse`] | JSON/logfmt/regex messages to attributes, severity, timestamp, trace context, `request_id` |
+//! | [`parse`] | JSON/logfmt/regex/text messages to attributes, severity, timestamp, trace context, `request_id` |
+//! | `text` | the `text` parser's presets: syslog, klog, access logs, Python's and Java's loggers, a `key=value` tail with typed values |
 //! | `redact` | masking bearer tokens, AWS keys, card numbers, e-mails, custom patterns |
 //! | [`enrich`] | the per-file OTLP resource (k8s path, Docker config, host, service name) |
 //! | `batch` | grouping records into export requests |
@@ -83,6 +84,7 @@ mod rules;
 mod shutdown;
 mod sink;
 mod tail;
+mod text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

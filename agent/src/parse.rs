@@ -2,9 +2,12 @@
 //!
 //! A message that is a JSON object becomes structured (fields as
 //! attributes, promoted severity, timestamp, trace context and request id);
-//! with the `logfmt` parser `key=value` pairs do the same, and with the
-//! `regex` parser the named captures of a configured regex. Anything else
-//! stays plain text in the body. The field names looked for are
+//! so does a plain-text line in a format the `text` presets know (syslog,
+//! klog, access logs, Python's and Java's loggers, a header of timestamp
+//! and level, a `key=value` tail: `crate::text`); with the `logfmt` parser
+//! `key=value` pairs do the same, and with the `regex` parser the named
+//! captures of a configured regex. Anything else stays plain text in the
+//! body. The field names looked for are
 //! configurable ([`FieldNames`]).
 
 use std::sync::Arc;
@@ -59,13 +62,22 @@ impl Default for FieldNames {
 /// How a message is parsed.
 #[derive(Debug, Clone)]
 pub enum Parser {
-    /// JSON objects are parsed; other messages stay text.
+    /// JSON objects are parsed, then the plain-text formats the `text`
+    /// parser's presets know (their checks reject other lines by their
+    /// first bytes); anything else stays text.
     Auto,
+    /// JSON objects only; anything else stays text.
+    Json,
     /// `key=value` pairs (values may be `"quoted"`); JSON objects still
     /// parse as JSON.
     Logfmt,
     /// Named captures of the regex become fields; no match stays text.
     Regex(Arc<Regex>),
+    /// Plain-text formats by preset (`crate::text`): header, message and a
+    /// `key=value` tail; JSON objects still parse as JSON, and lines no
+    /// preset knows stay text. The same as `Auto` today; named so a rule
+    /// says what it expects.
+    Text,
     /// Messages stay text.
     None,
 }
@@ -101,7 +113,10 @@ pub fn parse_entry_with(
     };
     let object = match parser {
         Parser::None => None,
-        Parser::Auto => json_object(&entry.message),
+        Parser::Json => json_object(&entry.message),
+        Parser::Auto | Parser::Text => {
+            json_object(&entry.message).or_else(|| crate::text::parse(&entry.message))
+        }
         Parser::Logfmt => json_object(&entry.message).or_else(|| logfmt_object(&entry.message)),
         Parser::Regex(regex) => regex_object(regex, &entry.message),
     };
@@ -584,6 +599,24 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(render(&parse(input)), *expected, "input: {input}");
         }
+    }
+
+    #[test]
+    fn the_plain_text_walkthrough_line_becomes_a_structured_record() {
+        // The line of the walkthrough, with the default (auto) parser.
+        let record = parse(
+            "2024-01-15 10:30:45 [INFO] Order created: order_id=5001, user_id=123, amount=99.99",
+        );
+        assert_eq!(
+            render(&record),
+            r#""Order created" | INFO/9 | 1705314645000000000 | amount=99.99f,log.iostream="stdout",order_id=5001i,user_id=123i"#
+        );
+        // Lines no preset knows stay as they are.
+        let plain = parse("GET /healthz");
+        assert_eq!(
+            render(&plain),
+            r#""GET /healthz" | /0 | 1795240128123456789 | log.iostream="stdout""#
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Rules {
         {
             mode = labelled;
         }
-        let (format, parser) = match rule {
+        let (format, mut parser) = match rule {
             Some(rule) => {
                 if let Some(rule_mode) = rule.multiline {
                     mode = rule_mode;
@@ -142,6 +142,18 @@ impl Rules {
             }
             None => (Format::Auto, Parser::Auto),
         };
+        // The container label `sightline.io/parser` names a parser too
+        // (`regex` needs a rule's regex, so only a rule can pick it).
+        if let Some(label) = container.labels.get("sightline.io/parser") {
+            match serde_json::from_value::<ParserKind>(label.as_str().into()) {
+                Ok(ParserKind::Auto) => parser = Parser::Auto,
+                Ok(ParserKind::Json) => parser = Parser::Json,
+                Ok(ParserKind::Logfmt) => parser = Parser::Logfmt,
+                Ok(ParserKind::Text) => parser = Parser::Text,
+                Ok(ParserKind::None) => parser = Parser::None,
+                Ok(ParserKind::Regex) | Err(_) => {}
+            }
+        }
         if mode == MultilineMode::Start && start.is_none() {
             mode = MultilineMode::None;
         }
@@ -163,8 +175,10 @@ fn compile_rule(rule: &ContainerRule, patterns: ContainerPatterns) -> CompiledRu
         Some(regex) => Parser::Regex(Arc::new(regex)),
         None => match rule.parser {
             ParserKind::Logfmt => Parser::Logfmt,
+            ParserKind::Text => Parser::Text,
             ParserKind::None => Parser::None,
-            ParserKind::Auto | ParserKind::Json | ParserKind::Regex => Parser::Auto,
+            ParserKind::Json => Parser::Json,
+            ParserKind::Auto | ParserKind::Regex => Parser::Auto,
         },
     };
     CompiledRule {
@@ -262,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn docker_labels_exclude_and_pick_multiline() {
+    fn docker_labels_exclude_and_pick_multiline_and_parser() {
         let rules = rules("");
         let mut container = ContainerInfo::default();
         container
@@ -270,6 +284,21 @@ mod tests {
             .insert("sightline.io/multiline".to_owned(), "python".to_owned());
         let plan = rules.plan(Path::new("/x-json.log"), &container).unwrap();
         assert_eq!(plan.multiline.mode, MultilineMode::Python);
+        assert!(matches!(plan.parser, Parser::Auto));
+        for (label, expected) in [
+            ("text", "Text"),
+            ("json", "Json"),
+            ("none", "None"),
+            ("regex", "Auto"),
+            ("bogus", "Auto"),
+        ] {
+            container
+                .labels
+                .insert("sightline.io/parser".to_owned(), label.to_owned());
+            let plan = rules.plan(Path::new("/x-json.log"), &container).unwrap();
+            let picked = format!("{:?}", plan.parser);
+            assert_eq!(picked, expected, "label {label}");
+        }
         container
             .labels
             .insert("sightline.io/exclude".to_owned(), "true".to_owned());

@@ -23,6 +23,13 @@
 //! - then the event's own fields at top level. A field named like one of the
 //!   fixed keys above (other than `request_id`) is written as `field.<name>`
 //!   so it cannot forge them.
+//!
+//! With [`LineFormat::Text`] the same event is written as the plain text
+//! many services still write, which the agent's `text` parser takes apart:
+//!
+//! ```text
+//! 2026-11-21T05:48:48.123456789Z [INFO] order confirmation email sent: order_id=ord-1a2b, user_id=u1, amount=99.99, request_id=3f2a…, trace_id=4bf9…, span_id=00f0…
+//! ```
 
 use std::fmt;
 use std::io::Write;
@@ -54,10 +61,22 @@ const RESERVED_KEYS: [&str; 7] = [
     "span_id",
 ];
 
-/// A layer writing one JSON object per event to `make_writer`, see the
-/// [module docs](self) for the format.
+/// How a line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// `<timestamp> [<LEVEL>] <message>: key=value, key=value` (see the
+    /// [module docs](self)).
+    Text,
+}
+
+/// A layer writing one JSON object (or text line) per event to
+/// `make_writer`, see the [module docs](self) for the format.
 pub struct JsonLogLayer<W> {
     service: String,
+    format: LineFormat,
     make_writer: W,
     dispatch: OnceLock<WeakDispatch>,
 }
@@ -68,9 +87,15 @@ impl<W> JsonLogLayer<W> {
     pub fn new(service: impl Into<String>, make_writer: W) -> Self {
         Self {
             service: service.into(),
+            format: LineFormat::Json,
             make_writer,
             dispatch: OnceLock::new(),
         }
+    }
+
+    /// The same layer writing lines in `format`.
+    pub fn with_format(self, format: LineFormat) -> Self {
+        Self { format, ..self }
     }
 
     /// The OpenTelemetry span context of span `id`, if the subscriber has a
@@ -167,7 +192,10 @@ where
             }
         }
 
-        let mut bytes = line.finish();
+        let mut bytes = match self.format {
+            LineFormat::Json => line.finish(),
+            LineFormat::Text => text_line(&line.fields),
+        };
         bytes.push(b'\n');
         let mut writer = self.make_writer.make_writer_for(metadata);
         // One write per line so concurrent lines never interleave. A failed
@@ -177,10 +205,12 @@ where
     }
 }
 
-/// A JSON object written key by key, so the fixed keys come first.
+/// A JSON object written key by key, so the fixed keys come first; the
+/// fields are kept too for a text line.
 #[derive(Default)]
 struct JsonLine {
     bytes: Vec<u8>,
+    fields: Vec<(String, Value)>,
 }
 
 impl JsonLine {
@@ -191,6 +221,7 @@ impl JsonLine {
         let _ = serde_json::to_writer(&mut self.bytes, key);
         self.bytes.push(b':');
         let _ = serde_json::to_writer(&mut self.bytes, &value);
+        self.fields.push((key.to_owned(), value));
     }
 
     fn finish(mut self) -> Vec<u8> {
@@ -200,6 +231,53 @@ impl JsonLine {
         self.bytes.push(b'}');
         self.bytes
     }
+}
+
+/// `<timestamp> [<LEVEL>] <message>: key=value, ...`: the fields a text
+/// line leaves out are those the agent knows from elsewhere (`service` and
+/// `version` from the resource, `target`).
+fn text_line(fields: &[(String, Value)]) -> Vec<u8> {
+    let text = |key: &str| {
+        fields
+            .iter()
+            .find(|(name, _)| name == key)
+            .and_then(|(_, value)| value.as_str())
+            .unwrap_or_default()
+    };
+    let mut line = format!(
+        "{} [{}] {}",
+        text("timestamp"),
+        text("level"),
+        text("message")
+    );
+    let mut first = true;
+    for (key, value) in fields {
+        if matches!(
+            key.as_str(),
+            "timestamp" | "level" | "message" | "service" | "version" | "target"
+        ) {
+            continue;
+        }
+        line.push_str(if first { ": " } else { ", " });
+        first = false;
+        line.push_str(key);
+        line.push('=');
+        match value {
+            Value::String(text)
+                if !text.is_empty()
+                    && !text.contains([' ', ',', '"', '=', '\\'])
+                    && text.parse::<f64>().is_err()
+                    && text != "true"
+                    && text != "false" =>
+            {
+                line.push_str(text);
+            }
+            // Quoted so it stays one text value (JSON string escapes).
+            Value::String(text) => line.push_str(&Value::from(text.as_str()).to_string()),
+            other => line.push_str(&other.to_string()),
+        }
+    }
+    line.into_bytes()
 }
 
 /// Finds a `request_id` field among a span's fields.
@@ -377,6 +455,48 @@ mod tests {
         assert!(
             timestamp.ends_with('Z') && timestamp.len() == 30,
             "{timestamp}"
+        );
+    }
+
+    #[test]
+    fn a_text_line_has_the_header_the_message_and_typed_pairs() {
+        let buffer = Buffer::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(JsonLogLayer::new("notification", buffer.clone()).with_format(LineFormat::Text));
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!("request", request_id = "req-1");
+            let _entered = request.enter();
+            tracing::info!(
+                order_id = "ord-1",
+                amount = 99.99,
+                note = "two words, one comma",
+                code = "007",
+                "order confirmation email sent"
+            );
+        });
+        let bytes = buffer.0.lock().unwrap().clone();
+        let line = String::from_utf8(bytes).unwrap();
+        let (timestamp, rest) = line.split_once(' ').unwrap();
+        assert!(
+            timestamp.ends_with('Z') && timestamp.contains('T'),
+            "{line}"
+        );
+        let rest = rest.trim_end();
+        assert!(
+            rest.starts_with("[INFO] order confirmation email sent: request_id=req-1, trace_id="),
+            "{line}"
+        );
+        assert!(
+            rest.ends_with(
+                r#", order_id=ord-1, amount=99.99, note="two words, one comma", code="007""#
+            ),
+            "{line}"
+        );
+        assert!(
+            !rest.contains("service="),
+            "the resource says the service: {line}"
         );
     }
 

@@ -114,10 +114,14 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the global subscriber for service `service_name`: spans go to
     /// the OTLP gRPC endpoint `otlp_endpoint` (for example
-    /// `http://127.0.0.1:4317`), logs to stdout as JSON lines.
+    /// `http://127.0.0.1:4317`), logs to stdout as lines in `log_format`.
     ///
     /// Must be called inside a Tokio runtime (the gRPC channel lives on it).
-    pub fn init_service(service_name: &str, otlp_endpoint: &str) -> anyhow::Result<Self> {
+    pub fn init_service(
+        service_name: &str,
+        otlp_endpoint: &str,
+        log_format: crate::json_log::LineFormat,
+    ) -> anyhow::Result<Self> {
         let tls = exporter_tls(otlp_endpoint, |name| std::env::var_os(name))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
         let exporter = match tls {
@@ -144,7 +148,7 @@ impl Telemetry {
         tracing_subscriber::registry()
             .with(log_filter())
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
-            .with(JsonLogLayer::new(service_name, std::io::stdout))
+            .with(JsonLogLayer::new(service_name, std::io::stdout).with_format(log_format))
             .try_init()
             .context("a tracing subscriber is already installed")?;
         Ok(Self { provider })

@@ -115,7 +115,12 @@ impl Service {
             .iter()
             .map(|line| match serde_json::from_str(line) {
                 Ok(Value::Object(object)) => object,
-                _ => panic!("{}: stdout line is not a JSON object: {line}", self.name),
+                _ => text_line(line).unwrap_or_else(|| {
+                    panic!(
+                        "{}: stdout line is neither a JSON object nor a text line: {line}",
+                        self.name
+                    )
+                }),
             })
             .collect()
     }
@@ -398,4 +403,37 @@ async fn services_run_without_a_collector_and_generate_request_ids() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+/// The fields of a text line as the notification service writes it
+/// (`<timestamp> [<LEVEL>] <message>: key=value, key="quoted", ...`); the
+/// agent's `text` parser is what reads these in production.
+fn text_line(line: &str) -> Option<serde_json::Map<String, Value>> {
+    let (timestamp, rest) = line.split_once(' ')?;
+    let rest = rest.strip_prefix('[')?;
+    let (level, rest) = rest.split_once("] ")?;
+    let mut fields = serde_json::Map::new();
+    fields.insert("timestamp".into(), timestamp.into());
+    fields.insert("level".into(), level.into());
+    let (message, mut pairs) = match rest.split_once(": ") {
+        Some((message, pairs)) if pairs.contains('=') => (message, pairs),
+        _ => (rest, ""),
+    };
+    fields.insert("message".into(), message.into());
+    while let Some((key, after)) = pairs.split_once('=') {
+        let (value, next) = if after.starts_with('"') {
+            // A JSON string: find its end by parsing.
+            let mut stream = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+            let value = stream.next()?.ok()?;
+            (value, &after[stream.byte_offset()..])
+        } else {
+            let end = after.find(", ").unwrap_or(after.len());
+            let text = &after[..end];
+            let value = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
+            (value, &after[end..])
+        };
+        fields.insert(key.to_owned(), value);
+        pairs = next.strip_prefix(", ").unwrap_or(next);
+    }
+    Some(fields)
 }

@@ -95,7 +95,11 @@ impl ContainerRule {
                 ));
             }
             ParserKind::Regex => Some(regex("containers.regex", &self.regex)?),
-            ParserKind::Auto | ParserKind::Json | ParserKind::Logfmt | ParserKind::None => None,
+            ParserKind::Auto
+            | ParserKind::Json
+            | ParserKind::Logfmt
+            | ParserKind::Text
+            | ParserKind::None => None,
         };
         let multiline_start = if self.multiline_start.is_empty() {
             if self.multiline == Some(MultilineMode::Start) {

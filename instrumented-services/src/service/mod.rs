@@ -95,6 +95,16 @@ impl ServiceRole {
         }
     }
 
+    /// How its log lines are written: the notification service writes
+    /// plain text, as many older services do (the agent's `text` parser
+    /// takes it apart); the others JSON.
+    pub fn log_format(self) -> crate::json_log::LineFormat {
+        match self {
+            Self::Notification => crate::json_log::LineFormat::Text,
+            _ => crate::json_log::LineFormat::Json,
+        }
+    }
+
     /// The role called `name`.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|role| role.name() == name)
@@ -344,7 +354,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, axum::Json<se
 /// Runs the service until SIGTERM or SIGINT, then drains in-flight requests
 /// and flushes its spans. Must be called inside a Tokio runtime.
 pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
-    let telemetry = Telemetry::init_service(args.service.name(), &args.otlp_endpoint)?;
+    let telemetry = Telemetry::init_service(
+        args.service.name(),
+        &args.otlp_endpoint,
+        args.service.log_format(),
+    )?;
     let result = serve(&args).await;
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "service failed");

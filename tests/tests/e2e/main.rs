@@ -9,3 +9,4 @@ mod request_flow;
 mod rotation_storm;
 mod secure;
 mod shop;
+mod walkthroughs;

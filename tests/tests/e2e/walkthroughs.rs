@@ -1,0 +1,85 @@
+//! The walkthroughs users start from, each on the running demo as written
+//! (issue 18). One test per walkthrough, named after it.
+
+use std::time::Duration;
+
+use sightline_tests::{DemoStack, poll_until, unique_request_id};
+
+/// "The plain-text log line": a service writes
+/// `<time> [INFO] <message>: key=value, key=value` (the demo's notification
+/// service does), and the agent's default parser turns it into a record
+/// with its time, level, message and typed fields, joined to its request
+/// and trace like a JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_text_log_line() {
+    let stack = DemoStack::start().await;
+    let request_id = unique_request_id("text");
+    stack.place_order(&request_id).await;
+
+    let query = format!("request_id:{request_id} AND service:notification");
+    let records = stack.logs_from_services(&query, &["notification"]).await;
+    let sent = records
+        .iter()
+        .find(|record| record["body"] == "order confirmation email sent")
+        .unwrap_or_else(|| panic!("the email line among {records:#?}"));
+    assert_eq!(sent["severity_text"], "INFO", "{sent:#}");
+    let attributes = &sent["attributes"];
+    assert!(attributes["amount"].is_f64(), "a typed number: {sent:#}");
+    assert!(
+        attributes["order_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{sent:#}"
+    );
+    assert!(
+        attributes["to"]
+            .as_str()
+            .is_some_and(|to| to.ends_with("@example.com")),
+        "{sent:#}"
+    );
+    // (`request_id` stays an attribute too, as with JSON lines.)
+    for header in ["level", "message", "timestamp", "trace_id", "span_id"] {
+        assert!(
+            attributes.get(header).is_none(),
+            "{header} is the record's own, not an attribute: {sent:#}"
+        );
+    }
+    let trace_id = sent["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(trace_id.len(), 32, "{sent:#}");
+    // The line's own time: written before the agent saw it.
+    let timestamp = sent["timestamp"].as_i64().unwrap_or_default();
+    let observed = sent["observed_timestamp"].as_i64().unwrap_or_default();
+    assert!(timestamp > 0 && timestamp <= observed, "{sent:#}");
+
+    // The typed field answers a range query, as a JSON line's would.
+    let order_id = attributes["order_id"].as_str().unwrap().to_owned();
+    let url = stack.ui_url("/api/logs");
+    poll_until(
+        "a range query on the parsed amount",
+        Duration::from_secs(30),
+        || async {
+            let body: serde_json::Value = stack
+                .query_http
+                .get(&url)
+                .query(&[(
+                    "q",
+                    format!("amount:>0 AND order_id:{order_id} AND service:notification"),
+                )])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = body["records"].as_array().map_or(0, Vec::len);
+            if found > 0 {
+                Ok(Some(()))
+            } else {
+                Err(format!("no record yet: {body}"))
+            }
+        },
+    )
+    .await;
+    // And the trace of the same request has the notification's spans.
+    stack.trace_with_services(trace_id, &["notification"]).await;
+}
