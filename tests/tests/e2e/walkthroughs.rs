@@ -1,9 +1,7 @@
 //! The walkthroughs users start from, each on the running demo as written
 //! (issue 18). One test per walkthrough, named after it.
 
-use std::time::Duration;
-
-use sightline_tests::{DemoStack, poll_until, unique_request_id};
+use sightline_tests::{DemoStack, unique_request_id};
 
 /// "The plain-text log line": a service writes
 /// `<time> [INFO] <message>: key=value, key=value` (the demo's notification
@@ -53,33 +51,8 @@ async fn the_plain_text_log_line() {
 
     // The typed field answers a range query, as a JSON line's would.
     let order_id = attributes["order_id"].as_str().unwrap().to_owned();
-    let url = stack.ui_url("/api/logs");
-    poll_until(
-        "a range query on the parsed amount",
-        Duration::from_secs(30),
-        || async {
-            let body: serde_json::Value = stack
-                .query_http
-                .get(&url)
-                .query(&[(
-                    "q",
-                    format!("amount:>0 AND order_id:{order_id} AND service:notification"),
-                )])
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            let found = body["records"].as_array().map_or(0, Vec::len);
-            if found > 0 {
-                Ok(Some(()))
-            } else {
-                Err(format!("no record yet: {body}"))
-            }
-        },
-    )
-    .await;
+    let range = format!("amount:>0 AND order_id:{order_id} AND service:notification");
+    stack.logs_from_services(&range, &["notification"]).await;
     // And the trace of the same request has the notification's spans.
     stack.trace_with_services(trace_id, &["notification"]).await;
 }
