@@ -14,7 +14,10 @@ async fn the_plain_text_log_line() {
     let request_id = unique_request_id("text");
     stack.place_order(&request_id).await;
 
-    let query = format!("request_id:{request_id} AND service:notification");
+    // The email is sent a little after the order: wait for its line.
+    let query = format!(
+        "request_id:{request_id} AND service:notification AND body:\"order confirmation email sent\""
+    );
     let records = stack.logs_from_services(&query, &["notification"]).await;
     let sent = records
         .iter()
