@@ -274,11 +274,13 @@ fn header(line: &str) -> Option<Fields> {
             rest = &trimmed[word_end..];
             continue;
         }
+        // A process id only where Spring Boot writes one: `LEVEL <pid> ---`.
         if level.is_some()
             && pid.is_none()
             && logger.is_none()
             && !word.is_empty()
             && word.bytes().all(|byte| byte.is_ascii_digit())
+            && trimmed[word_end..].trim_start().starts_with("--- ")
         {
             pid = Some(word);
             rest = &trimmed[word_end..];
@@ -675,6 +677,10 @@ mod tests {
             (
                 "WARNING:root:disk almost full free_mb=12",
                 json!({"level": "WARNING", "log.logger": "root", "message": "disk almost full", "free_mb": 12}),
+            ),
+            (
+                "ERROR 3 retries failed",
+                json!({"level": "ERROR", "message": "3 retries failed"}),
             ),
             (
                 "ERROR connection refused host=db.local port=5432 retry=true",
