@@ -459,6 +459,7 @@ impl Default for FieldsConfig {
                 "x_request_id",
                 "correlation_id",
                 "correlationId",
+                "x-correlation-id",
             ]),
         }
     }

@@ -18,8 +18,15 @@ use sightline_vocab::severity::Severity;
 use crate::document;
 
 /// Attribute names whose value becomes a record's `request_id`, in order of preference.
-pub(crate) const REQUEST_ID_KEYS: &[&str] =
-    &["request_id", "requestId", "x-request-id", "correlation_id"];
+pub(crate) const REQUEST_ID_KEYS: &[&str] = &[
+    "request_id",
+    "requestId",
+    "x-request-id",
+    "x_request_id",
+    "correlation_id",
+    "correlationId",
+    "x-correlation-id",
+];
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -482,6 +489,23 @@ mod tests {
         assert_eq!(records[1].service, UNKNOWN_SERVICE);
         assert_eq!(records[2].body, "{\"broken\": }");
         assert!(records[2].attributes.is_empty());
+    }
+
+    #[test]
+    fn a_correlation_id_is_a_request_id() {
+        for key in [
+            "correlationId",
+            "correlation_id",
+            "x-correlation-id",
+            "x_request_id",
+        ] {
+            let records = log_records(fluent_bit_request(vec![OtlpLog {
+                body: body(any_value::Value::StringValue("m".into())),
+                attributes: vec![string(key, "corr-7")],
+                ..OtlpLog::default()
+            }]));
+            assert_eq!(records[0].request_id.as_deref(), Some("corr-7"), "{key}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Context that travels with a request across HTTP hops: the `X-Request-ID`
 //! header and the W3C trace context (`traceparent`, `tracestate`).
 //!
-//! The gateway accepts a caller's `X-Request-ID` or generates one
-//! ([`request_id_or_generate`]); every service passes it on unchanged and
-//! echoes it in its responses. The OpenTelemetry context is written into
+//! The gateway accepts a caller's `X-Request-ID` (or, without one, its
+//! `X-Correlation-ID`, the other name users send) or generates one
+//! ([`request_id_or_generate`]); every service passes it on unchanged under
+//! both names and echoes both in its responses. The OpenTelemetry context is written into
 //! outgoing headers with [`inject_context`] and read back from incoming ones
 //! with [`extract_context`], so a server span becomes a child of the client
 //! span that called it.
@@ -15,6 +16,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 /// The request id header, lowercase as HTTP/2 wants it.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The other name of the same id, read when `X-Request-ID` is absent.
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 
 /// The longest caller-supplied request id we keep; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -32,7 +35,12 @@ pub fn generate_request_id() -> String {
 /// characters. Anything else (empty, too long, control characters) is
 /// ignored, because the value ends up in every log line of the request.
 pub fn request_id_from_headers(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?.trim();
+    let name = if headers.contains_key(REQUEST_ID_HEADER) {
+        REQUEST_ID_HEADER
+    } else {
+        CORRELATION_ID_HEADER
+    };
+    let value = headers.get(name)?.to_str().ok()?.trim();
     let usable = !value.is_empty()
         && value.len() <= MAX_REQUEST_ID_LEN
         && value.bytes().all(|byte| byte.is_ascii_graphic());
@@ -44,10 +52,12 @@ pub fn request_id_or_generate(headers: &HeaderMap) -> String {
     request_id_from_headers(headers).unwrap_or_else(generate_request_id)
 }
 
-/// Sets the `X-Request-ID` header. Ids come from [`request_id_or_generate`]
-/// so they are always valid header values; an invalid one is skipped.
+/// Sets the `X-Request-ID` and `X-Correlation-ID` headers. Ids come from
+/// [`request_id_or_generate`] so they are always valid header values; an
+/// invalid one is skipped.
 pub fn set_request_id_header(headers: &mut HeaderMap, request_id: &str) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(CORRELATION_ID_HEADER, value.clone());
         headers.insert(REQUEST_ID_HEADER, value);
     }
 }
@@ -110,6 +120,19 @@ mod tests {
         let headers = headers_with_request_id("req-42");
         assert_eq!(request_id_from_headers(&headers).as_deref(), Some("req-42"));
         assert_eq!(request_id_or_generate(&headers), "req-42");
+    }
+
+    #[test]
+    fn a_correlation_id_is_the_request_id_when_there_is_no_request_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert("X-Correlation-ID", HeaderValue::from_static("corr-7"));
+        assert_eq!(request_id_from_headers(&headers).as_deref(), Some("corr-7"));
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-1"));
+        assert_eq!(request_id_from_headers(&headers).as_deref(), Some("req-1"));
+        let mut out = HeaderMap::new();
+        set_request_id_header(&mut out, "corr-7");
+        assert_eq!(out[REQUEST_ID_HEADER], "corr-7");
+        assert_eq!(out[CORRELATION_ID_HEADER], "corr-7");
     }
 
     #[test]

@@ -59,3 +59,42 @@ async fn the_plain_text_log_line() {
     // And the trace of the same request has the notification's spans.
     stack.trace_with_services(trace_id, &["notification"]).await;
 }
+
+/// "Correlation ids as users send them": a caller that names its id
+/// `X-Correlation-ID` (not `X-Request-ID`) gets it back under both names,
+/// every service logs the request under it, and it finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_ids_as_users_send_them() {
+    let stack = DemoStack::start().await;
+    let correlation_id = unique_request_id("corr");
+    let token = stack.login("u-e2e").await;
+    let response = stack
+        .http
+        .post(stack.gateway_url("/api/orders"))
+        .bearer_auth(&token)
+        .header("X-Correlation-ID", &correlation_id)
+        .json(&serde_json::json!({"user_id": "u-e2e", "product_id": "p1", "quantity": 1}))
+        .send()
+        .await
+        .expect("gateway answers");
+    assert!(response.status().is_success(), "{}", response.status());
+    for header in ["x-correlation-id", "x-request-id"] {
+        assert_eq!(
+            response.headers().get(header).and_then(|v| v.to_str().ok()),
+            Some(correlation_id.as_str()),
+            "{header}"
+        );
+    }
+    let records = stack
+        .logs_from_services(
+            &format!("request_id:{correlation_id}"),
+            &["gateway", "order", "inventory", "payment"],
+        )
+        .await;
+    assert!(
+        records
+            .iter()
+            .all(|record| record["request_id"] == correlation_id.as_str()),
+        "{records:#?}"
+    );
+}
