@@ -452,15 +452,7 @@ impl Default for FieldsConfig {
             timestamp: strings(&["timestamp", "time", "ts"]),
             trace_id: strings(&["trace_id", "traceId", "trace.id"]),
             span_id: strings(&["span_id", "spanId", "span.id"]),
-            request_id: strings(&[
-                "request_id",
-                "requestId",
-                "x-request-id",
-                "x_request_id",
-                "correlation_id",
-                "correlationId",
-                "x-correlation-id",
-            ]),
+            request_id: strings(sightline_vocab::names::REQUEST_ID_KEYS),
         }
     }
 }

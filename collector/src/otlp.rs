@@ -18,15 +18,7 @@ use sightline_vocab::severity::Severity;
 use crate::document;
 
 /// Attribute names whose value becomes a record's `request_id`, in order of preference.
-pub(crate) const REQUEST_ID_KEYS: &[&str] = &[
-    "request_id",
-    "requestId",
-    "x-request-id",
-    "x_request_id",
-    "correlation_id",
-    "correlationId",
-    "x-correlation-id",
-];
+pub(crate) use sightline_vocab::names::REQUEST_ID_KEYS;
 
 const UNKNOWN_SERVICE: &str = "unknown_service";
 

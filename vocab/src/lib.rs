@@ -3,7 +3,8 @@
 //!
 //! - [`severity`]: level words and numbers to OTLP `SeverityNumber`, one
 //!   table decided from the OTLP log data model.
-//! - [`names`]: Prometheus metric and label name rules.
+//! - [`names`]: Prometheus metric and label name rules, the request id's
+//!   field names.
 //! - [`exposition`]: the Prometheus text format, written.
 //! - [`clock`]: the wall clock in the units records and samples carry.
 //! - [`secret`]: a string that never prints.

@@ -1,5 +1,20 @@
 //! Metric and label names, by Prometheus' rules: the one check every
-//! config file, rule file, scrape parser and API route uses.
+//! config file, rule file, scrape parser and API route uses; and the field
+//! names a request id goes by.
+
+/// Field names whose value is a record's request id, in order of
+/// preference: what services and shippers call it. The agent promotes the
+/// first present (its default `[fields] request_id`), the collector reads
+/// the same names from attributes and shipped documents.
+pub const REQUEST_ID_KEYS: &[&str] = &[
+    "request_id",
+    "requestId",
+    "x-request-id",
+    "x_request_id",
+    "correlation_id",
+    "correlationId",
+    "x-correlation-id",
+];
 
 /// Whether `name` is a metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 pub fn is_metric_name(name: &str) -> bool {
