@@ -77,6 +77,14 @@ static ACCESS_LOG: LazyLock<Regex> = LazyLock::new(|| {
     .expect("a valid regex")
 });
 
+/// `15/Jan/2024:10:30:45 +0100`, the time of an access log line.
+static ACCESS_LOG_TIME: LazyLock<time::format_description::OwnedFormatItem> = LazyLock::new(|| {
+    time::format_description::parse_owned::<2>(
+            "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]",
+        )
+        .expect("a valid format description")
+});
+
 fn syslog(line: &str) -> Option<Fields> {
     if let Some(captures) = SYSLOG_5424.captures(line) {
         let mut fields = Fields::new();
@@ -162,11 +170,7 @@ fn klog(line: &str) -> Option<Fields> {
 fn access_log(line: &str) -> Option<Fields> {
     let captures = ACCESS_LOG.captures(line)?;
     let mut fields = Fields::new();
-    let time = time::format_description::parse_borrowed::<2>(
-        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]",
-    )
-    .ok()
-    .and_then(|format| OffsetDateTime::parse(&captures[3], &format).ok());
+    let time = OffsetDateTime::parse(&captures[3], &*ACCESS_LOG_TIME).ok();
     if let Some(time) = time.and_then(|time| u64::try_from(time.unix_timestamp_nanos()).ok()) {
         push(&mut fields, "timestamp", rfc3339(time));
     }

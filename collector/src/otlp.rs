@@ -418,9 +418,14 @@ mod tests {
     /// lines by default: an empty resource and scope, the line as the body,
     /// the CRI time, nothing else.
     fn fluent_bit_request(records: Vec<OtlpLog>) -> ExportLogsServiceRequest {
+        logs_request(Some(Resource::default()), records)
+    }
+
+    /// One resource with one scope holding `records`.
+    fn logs_request(resource: Option<Resource>, records: Vec<OtlpLog>) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                resource: Some(Resource::default()),
+                resource,
                 scope_logs: vec![ScopeLogs {
                     log_records: records,
                     ..ScopeLogs::default()
@@ -503,22 +508,16 @@ mod tests {
     #[test]
     fn what_the_otlp_record_says_wins_over_its_body() {
         let line = r#"{"level":"debug","msg":"m","trace_id":"5b8efff798038103d269b633813fc60c","service":"from-body","user":"u1"}"#;
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: resource("order"),
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![OtlpLog {
-                        severity_number: 17,
-                        body: body(any_value::Value::StringValue(line.into())),
-                        attributes: vec![string("user", "own")],
-                        trace_id: vec![0xab; 16],
-                        ..OtlpLog::default()
-                    }],
-                    ..ScopeLogs::default()
-                }],
-                ..ResourceLogs::default()
+        let request = logs_request(
+            resource("order"),
+            vec![OtlpLog {
+                severity_number: 17,
+                body: body(any_value::Value::StringValue(line.into())),
+                attributes: vec![string("user", "own")],
+                trace_id: vec![0xab; 16],
+                ..OtlpLog::default()
             }],
-        };
+        );
         let record = &log_records(request)[0];
         assert_eq!(record.service, "order");
         assert_eq!(record.resource["service.name"], "order");

@@ -271,8 +271,10 @@ impl Pipeline {
                     &writer_disk,
                 )
             })?;
-        let commit_interval = config.commit_interval;
-        let commit_items = config.commit_items.max(1);
+        let commit = CommitDue {
+            interval: config.commit_interval,
+            items: config.commit_items.max(1),
+        };
         let indexer_disk = disk.clone();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
@@ -282,7 +284,7 @@ impl Pipeline {
                     &logs,
                     &spans,
                     indexable,
-                    (commit_interval, commit_items),
+                    commit,
                     start,
                     &*metrics,
                     &indexer_disk,
@@ -464,6 +466,14 @@ fn commit_stores(logs: &LogStore, spans: &SpanStore, position: u64) -> anyhow::R
 /// Default of [`PipelineConfig::commit_items`].
 pub const DEFAULT_COMMIT_ITEMS: usize = 500_000;
 
+/// When the indexer commits: every `interval`, or sooner once `items`
+/// records and spans wait uncommitted.
+#[derive(Clone, Copy)]
+struct CommitDue {
+    interval: Duration,
+    items: usize,
+}
+
 /// Largest number of batches the writer appends before one fsync.
 const MAX_BATCHES_PER_SYNC: usize = 256;
 
@@ -613,7 +623,7 @@ fn index_loop(
     logs: &LogStore,
     spans: &SpanStore,
     indexable: Receiver<Indexable>,
-    (commit_interval, commit_items): (Duration, usize),
+    commit: CommitDue,
     start: IndexerStart,
     metrics: &dyn PipelineMetrics,
     disk: &DiskSpace,
@@ -631,7 +641,7 @@ fn index_loop(
     // that commit would record a position past them.
     let mut needs_recovery = start.needs_recovery;
     loop {
-        let wait = commit_interval.saturating_sub(last_commit.elapsed());
+        let wait = commit.interval.saturating_sub(last_commit.elapsed());
         let stopped = match indexable.recv_timeout(wait) {
             Ok(mut item) => {
                 // Counted before the records move out of the batch.
@@ -673,8 +683,8 @@ fn index_loop(
         };
         // Commit by time, or by size so a burst does not wait for the clock.
         let due = stopped
-            || last_commit.elapsed() >= commit_interval
-            || uncommitted_items >= commit_items;
+            || last_commit.elapsed() >= commit.interval
+            || uncommitted_items >= commit.items;
         if due && needs_recovery && (stopped || failing.may_retry()) {
             match recover(log, logs, spans, committed, added_up_to) {
                 Ok(()) => needs_recovery = false,

@@ -95,6 +95,14 @@ fn encode_items<T: Serialize>(kind: &str, items: &[T]) -> serde_json::Result<Enc
     })
 }
 
+/// Each item's JSON, exactly as [`Batch::encode`] writes it, for a store's
+/// `add` that is given only the items (tests, tools): its `add_encoded`
+/// takes the sources from [`EncodedBatch::sources`].
+pub(crate) fn item_sources<T: Serialize>(items: &[T]) -> EncodedBatch {
+    // Records and spans (strings, numbers and JSON maps) always serialize.
+    encode_items("items", items).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -638,18 +638,8 @@ impl LogStore {
     /// partition already committed past `position` are skipped, so a replay
     /// never indexes a record twice.
     pub fn add(&self, position: u64, records: &[LogRecord]) -> Result<()> {
-        // Serializing a struct of strings, numbers and JSON maps cannot fail.
-        let sources: Vec<String> = records
-            .iter()
-            .map(|record| serde_json::to_string(record).unwrap_or_default())
-            .collect();
-        self.add_encoded(
-            position,
-            records
-                .iter()
-                .cloned()
-                .zip(sources.iter().map(String::as_str)),
-        )
+        let encoded = crate::batch::item_sources(records);
+        self.add_encoded(position, records.iter().cloned().zip(encoded.sources()))
     }
 
     /// [`LogStore::add`] for a caller that owns the records and already has

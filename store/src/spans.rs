@@ -258,18 +258,8 @@ impl SpanStore {
     /// covers are skipped, so a replay never stores a span twice; their traces
     /// are still marked for a summary update if the summaries lag.
     pub fn add(&self, position: u64, spans: &[Span]) -> Result<()> {
-        // A span (strings, numbers and JSON values) always serializes.
-        let sources: Vec<String> = spans
-            .iter()
-            .map(|span| serde_json::to_string(span).unwrap_or_default())
-            .collect();
-        self.add_encoded(
-            position,
-            spans
-                .iter()
-                .cloned()
-                .zip(sources.iter().map(String::as_str)),
-        )
+        let encoded = crate::batch::item_sources(spans);
+        self.add_encoded(position, spans.iter().cloned().zip(encoded.sources()))
     }
 
     /// [`SpanStore::add`] for spans that come with their JSON (as
