@@ -814,8 +814,10 @@ impl LogStore {
         };
         let mut total_hits = 0;
         let mut candidates: Vec<(Cursor, Arc<Partition>, DocAddress)> = Vec::new();
+        // Every partition of the range is counted, also those newer than a
+        // cursor: each page of one search reports the same total.
         for partition in self
-            .partitions_overlapping(query.start, upper)
+            .partitions_overlapping(query.start, query.end)
             .into_iter()
             .rev()
         {
@@ -825,6 +827,10 @@ impl LogStore {
             let counted = with_time_range(timestamp, text_query, query.start, query.end);
             let searcher = partition.reader.searcher();
             total_hits += searcher.search(&counted, &Count)?;
+            // A partition that starts after the cursor holds no candidate.
+            if upper.is_some_and(|upper| partition.day * NANOS_PER_DAY >= upper) {
+                continue;
+            }
             // Partitions are newest first: once `limit` candidates are newer
             // than everything this partition can hold, the rest cannot matter.
             let partition_end = (partition.day + 1) * NANOS_PER_DAY;
@@ -1948,6 +1954,32 @@ mod tests {
                 vec!["r1", "r0"]
             ]
         );
+    }
+
+    #[test]
+    fn every_page_of_a_search_across_midnight_has_the_same_total() {
+        // Three records on each side of a UTC midnight: two day partitions.
+        let records: Vec<_> = (-3..3)
+            .map(|i| record(T0 + i * 1_000, &format!("r{i}"), None))
+            .collect();
+        let (_dir, store) = store_with(&records);
+        let mut query = LogQuery {
+            limit: 2,
+            ..LogQuery::default()
+        };
+        let mut totals = Vec::new();
+        let mut bodies = Vec::new();
+        loop {
+            let page = store.search(&query).unwrap();
+            totals.push(page.total_hits);
+            bodies.extend(page.hits.into_iter().map(|hit| hit.record.body));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(bodies, ["r2", "r1", "r0", "r-1", "r-2", "r-3"]);
+        assert!(totals.iter().all(|total| *total == 6), "{totals:?}");
     }
 
     #[test]
