@@ -588,10 +588,14 @@ fn leading_timestamp(text: &str) -> Option<(u64, usize)> {
         Some(b'Z' | b'z') => used += 1,
         Some(sign @ (b'+' | b'-')) => {
             let hours = digits(used + 1, 2)?;
+            // `+01:00`, `+0100` or `+01`: only ASCII digits are consumed,
+            // so the rest always starts on a character boundary.
             let (minutes, length) = if bytes.get(used + 3) == Some(&b':') {
                 (digits(used + 4, 2)?, 6)
+            } else if let Some(minutes) = digits(used + 3, 2) {
+                (minutes, 5)
             } else {
-                (digits(used + 3, 2).unwrap_or(0), 5)
+                (0, 3)
             };
             let seconds = (hours * 3600 + minutes * 60) as i32;
             offset = UtcOffset::from_whole_seconds(if *sign == b'-' { -seconds } else { seconds })
@@ -767,6 +771,20 @@ mod tests {
         ] {
             assert_eq!(parse(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn an_offset_of_hours_alone_ends_before_what_follows() {
+        // Found by the `parse` fuzz target: a two-byte offset followed by a
+        // multi-byte character was cut inside that character.
+        let line = "2024-02-29T10:00:00.4048-08\u{fffd}02-0:0";
+        let fields = parsed(line);
+        assert_eq!(fields["timestamp"], "2024-02-29T18:00:00.4048Z");
+        assert_eq!(fields["message"], "\u{fffd}02-0:0");
+        assert_eq!(
+            parsed("2024-02-29 10:00:00+01 up")["timestamp"],
+            "2024-02-29T09:00:00Z"
+        );
     }
 
     #[test]
