@@ -38,7 +38,7 @@
 //! | `batch` | grouping records into export requests |
 //! | `sink` | OTLP/gRPC export with retry, committing offsets on acknowledgement |
 //! | [`checkpoint`] | acknowledged offsets per file (rotated generations included, kept while the file exists), persisted atomically |
-//! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`, `GET /health` |
+//! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`; liveness `GET /-/healthy` (`/health`), readiness `GET /-/ready` (the collector answered once) |
 //! | [`hostmetrics`] | node_exporter and cAdvisor families from `/proc` and cgroup v2, on the same `/metrics` |
 //!
 //! Stages talk through bounded `tokio::sync::mpsc` queues, and one memory
@@ -212,7 +212,13 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
     let (trigger, shutdown) = shutdown::channel();
     let (chunk_tx, chunk_rx) = mpsc::channel(tuning.reader_queue_chunks);
     let (batch_tx, batch_rx) = mpsc::channel(tuning.sink_queue_batches);
-    let sink = OtlpSink::new(&config, checkpoints.clone(), Arc::clone(&metrics))?;
+    let readiness = Arc::new(http::Readiness::new(&config.collector));
+    let sink = OtlpSink::new(
+        &config,
+        checkpoints.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+    )?;
 
     let tail_context = TailContext {
         output: chunk_tx,
@@ -236,11 +242,13 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
     let host_metrics = hostmetrics::HostMetrics::from_config(&config.host_metrics)?;
     let http = tokio::spawn(http::serve(
         listener,
-        http::router_with_host_metrics(Arc::clone(&metrics), host_metrics),
+        http::router_with_host_metrics(Arc::clone(&metrics), readiness, host_metrics),
         shutdown.clone(),
     ));
     let discovery = tokio::spawn(run_discovery(tuning.discovery_interval, tail_context));
     let batcher = tokio::spawn(run_batcher(chunk_rx, batch_tx, limits));
+    // Ends once the collector answered; nothing waits for it.
+    tokio::spawn(sink.probe(shutdown.clone()));
     let sink = tokio::spawn(sink.run(batch_rx, shutdown.clone()));
     let persister = tokio::spawn(persist_periodically(
         checkpoints.clone(),

@@ -10,6 +10,7 @@
 //! shutdown is requested, delivery is attempted for a grace period; what is
 //! still unsent then is left uncommitted and read again at the next start.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::batch::Batch;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Compression, Config};
 use crate::error::{AgentError, Result};
+use crate::http::Readiness;
 use crate::metrics::{FailureReason, Metrics, RetryReason};
 use crate::shutdown::Shutdown;
 
@@ -41,11 +43,10 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Ex
 /// Sends batches to an OTLP logs endpoint.
 #[derive(Debug)]
 pub(crate) struct OtlpSink {
-    client: Grpc<Channel>,
-    /// `Bearer <ingest token>`, marked sensitive, when one is configured.
-    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+    exporter: Exporter,
     checkpoints: CheckpointStore,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     initial_backoff: Duration,
     max_backoff: Duration,
     shutdown_grace: Duration,
@@ -99,6 +100,7 @@ impl OtlpSink {
         config: &Config,
         checkpoints: CheckpointStore,
         metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
     ) -> Result<OtlpSink> {
         let endpoint = Endpoint::from_shared(config.collector.clone())
             .map_err(|error| AgentError::InvalidConfig {
@@ -141,10 +143,13 @@ impl OtlpSink {
             })
             .transpose()?;
         Ok(OtlpSink {
-            client,
-            authorization,
+            exporter: Exporter {
+                client,
+                authorization,
+            },
             checkpoints,
             metrics,
+            readiness,
             initial_backoff: config.tuning.retry_initial_backoff,
             max_backoff: config.tuning.retry_max_backoff,
             shutdown_grace: config.tuning.shutdown_grace,
@@ -207,8 +212,9 @@ impl OtlpSink {
                 return Outcome::Abandoned;
             }
             attempt += 1;
-            let status = match self.export(encoded.clone()).await {
+            let status = match self.exporter.export(encoded.clone()).await {
                 Ok(response) => {
+                    self.readiness.collector_answered();
                     if let Some(partial) = response.into_inner().partial_success {
                         let rejected = u64::try_from(partial.rejected_log_records).unwrap_or(0);
                         if rejected > 0 {
@@ -231,13 +237,15 @@ impl OtlpSink {
                     message = status.message(),
                     "collector refuses zstd, sending gzip"
                 );
-                self.client = self
+                self.exporter.client = self
+                    .exporter
                     .client
                     .clone()
                     .send_compressed(CompressionEncoding::Gzip);
                 self.fell_back_to_gzip = true;
                 continue;
             }
+            self.readiness.collector_failed(&describe(&status));
             let Some(reason) = retry_reason(&status) else {
                 error!(records, code = ?status.code(), message = status.message(), "collector rejected batch, dropping it");
                 return Outcome::Rejected;
@@ -261,6 +269,53 @@ impl OtlpSink {
 }
 
 impl OtlpSink {
+    /// Sends empty exports (backing off like deliveries) until the
+    /// collector answers one or the agent stops, so an agent with nothing
+    /// to ship yet still finds out whether it can ship, and gets ready.
+    pub(crate) fn probe(&self, mut shutdown: Shutdown) -> impl Future<Output = ()> + use<> {
+        let mut exporter = self.exporter.clone();
+        let readiness = Arc::clone(&self.readiness);
+        let (mut backoff, max_backoff) = (self.initial_backoff, self.max_backoff);
+        async move {
+            while !readiness.is_ready() {
+                match exporter.export(Bytes::new()).await {
+                    Ok(_) => readiness.collector_answered(),
+                    // It answered, only not with this compression: the
+                    // sink falls back on its first batch.
+                    Err(status)
+                        if status.code() == Code::Unimplemented
+                            && status.message().contains("compress") =>
+                    {
+                        readiness.collector_answered()
+                    }
+                    Err(status) => {
+                        readiness.collector_failed(&describe(&status));
+                        tokio::select! {
+                            () = tokio::time::sleep(jittered(backoff)) => {}
+                            () = shutdown.triggered() => return,
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A failed export in a line: its code and message.
+fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// The client side of one export: the channel and the credentials.
+#[derive(Debug, Clone)]
+struct Exporter {
+    client: Grpc<Channel>,
+    /// `Bearer <ingest token>`, marked sensitive, when one is configured.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl Exporter {
     async fn export(
         &mut self,
         encoded: Bytes,

@@ -48,6 +48,10 @@ impl LogsService for FakeCollector {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        if request.get_ref().resource_logs.is_empty() {
+            // The agent's readiness probe, not a batch.
+            return Ok(Response::new(ExportLogsServiceResponse::default()));
+        }
         let refused = self
             .refuse_first
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -395,6 +399,15 @@ async fn waits_for_a_collector_that_starts_late() {
         None,
         "nothing acknowledged yet"
     );
+    // Alive, not ready, and the probe says why.
+    let health = http_get(agent.http_addr(), "/-/healthy").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let not_ready = http_get(agent.http_addr(), "/-/ready").await;
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    assert!(
+        not_ready.contains(&format!("the collector at http://{collector_addr} has not answered yet")),
+        "{not_ready}"
+    );
 
     let collector = FakeCollector::default();
     let listener = reserved.listen(1024).unwrap();
@@ -404,12 +417,40 @@ async fn waits_for_a_collector_that_starts_late() {
     })
     .await;
     assert_eq!(collector.bodies(), ["early line"]);
+    let ready = http_get(agent.http_addr(), "/-/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
     agent.shutdown().await.unwrap();
     assert_eq!(
         checkpoint_offset(&data_dir, &log),
         Some(std::fs::metadata(&log).unwrap().len())
     );
+    server.stop().await;
+}
+
+/// With no log lines to ship, the agent still finds out that the collector
+/// answers (an empty export) and gets ready; nothing is sent as a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_gets_ready_once_the_collector_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let collector = FakeCollector::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let server = serve_collector(listener, collector.clone()).await;
+    let agent = sightline_agent::start(test_config(root.path(), collector_addr))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http_get(agent.http_addr(), "/-/ready").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(collector.records().is_empty(), "a probe carries no records");
+    agent.shutdown().await.unwrap();
     server.stop().await;
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Every receiver (OTLP/gRPC, OTLP/HTTP, `/elastic/_bulk`,
 //! `/api/v1/write`) asks for an ingest token; the query API, the UI and
-//! the scrape-target listing ask for a query token. `/health` and
-//! `/metrics` stay open so that probes and Prometheus-style scrapers work
+//! the scrape-target listing ask for a query token. `/health`, the probes
+//! (`/-/healthy`, `/-/ready`) and `/metrics` stay open so that probes and Prometheus-style scrapers work
 //! without credentials (`/metrics` holds operational counters only).
 //! A scope without tokens is open, which is why [`warn_if_exposed`] tells
 //! the operator when an open scope listens beyond loopback.
@@ -227,7 +227,7 @@ fn http_scope(path: &str) -> Option<Scope> {
     match path {
         // The UI's page and code hold no data; every call they make for
         // data needs the query token, which the page asks the user for.
-        "/health" | "/metrics" | "/" => None,
+        "/health" | "/-/healthy" | "/-/ready" | "/metrics" | "/" => None,
         path if path.starts_with("/ui/") => None,
         "/api/v1/write" => Some(Scope::Ingest),
         path if path == "/elastic" || path.starts_with("/elastic/") => Some(Scope::Ingest),
@@ -236,7 +236,7 @@ fn http_scope(path: &str) -> Option<Scope> {
 }
 
 /// Middleware for the query port: ingest routes ask for the ingest token,
-/// everything else except `/health`, `/metrics` and the UI's static page and
+/// everything else except `/health`, the probes, `/metrics` and the UI's static page and
 /// assets for the query token.
 pub(crate) async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     match http_scope(request.uri().path()) {
@@ -357,6 +357,8 @@ mod tests {
     #[test]
     fn paths_map_to_scopes() {
         assert_eq!(http_scope("/health"), None);
+        assert_eq!(http_scope("/-/healthy"), None);
+        assert_eq!(http_scope("/-/ready"), None);
         assert_eq!(http_scope("/metrics"), None);
         assert_eq!(http_scope("/elastic/_bulk"), Some(Scope::Ingest));
         assert_eq!(http_scope("/elastic"), Some(Scope::Ingest));

@@ -90,7 +90,9 @@ impl ReceiveError {
             ReceiveError::MetricStore(_) if flavour == Flavour::RemoteWrite => {
                 (StatusCode::INTERNAL_SERVER_ERROR, None)
             }
-            ReceiveError::Ingest(IngestError::ShuttingDown | IngestError::Storage(_))
+            ReceiveError::Ingest(
+                IngestError::ShuttingDown | IngestError::Starting | IngestError::Storage(_),
+            )
             | ReceiveError::MetricStore(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(RETRY_AFTER_UNAVAILABLE),
@@ -113,7 +115,9 @@ impl ReceiveError {
             ReceiveError::RateLimited(_) | ReceiveError::Ingest(IngestError::Busy) => {
                 tonic::Code::ResourceExhausted
             }
-            ReceiveError::Ingest(IngestError::ShuttingDown | IngestError::Storage(_))
+            ReceiveError::Ingest(
+                IngestError::ShuttingDown | IngestError::Starting | IngestError::Storage(_),
+            )
             | ReceiveError::MetricStore(_) => tonic::Code::Unavailable,
             ReceiveError::Internal(_) => tonic::Code::Internal,
         }
@@ -133,7 +137,9 @@ impl ReceiveError {
             ReceiveError::RateLimited(_) | ReceiveError::Ingest(IngestError::Busy) => {
                 "es_rejected_execution_exception"
             }
-            ReceiveError::Ingest(IngestError::ShuttingDown | IngestError::Storage(_))
+            ReceiveError::Ingest(
+                IngestError::ShuttingDown | IngestError::Starting | IngestError::Storage(_),
+            )
             | ReceiveError::MetricStore(_) => "unavailable_shards_exception",
             ReceiveError::Internal(_) => "exception",
         }
@@ -245,6 +251,13 @@ mod tests {
                 429,
                 Some(1),
                 "es_rejected_execution_exception",
+            ),
+            (
+                ReceiveError::Ingest(IngestError::Starting),
+                tonic::Code::Unavailable,
+                503,
+                Some(5),
+                "unavailable_shards_exception",
             ),
             (
                 ReceiveError::Ingest(IngestError::Storage("no space left".into())),

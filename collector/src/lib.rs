@@ -109,8 +109,10 @@ pub struct RunningCollector {
     pipeline: PipelineThreads,
 }
 
-/// Opens the stores, replays the WAL, binds every listener and starts
-/// every part; the collector runs until [`RunningCollector::shutdown`].
+/// Opens the stores, binds every listener and starts every part, serving
+/// while the WAL replays (`/-/healthy` answers, `/-/ready` and ingest say
+/// it is replaying), and returns once the replay is done; the collector
+/// runs until [`RunningCollector::shutdown`].
 /// Fails, saying what and where, when a part cannot start (a config or rule
 /// file, a store, an address, a TLS or token file).
 pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> {
@@ -169,8 +171,9 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         telemetry,
         reloader: reloader.clone(),
     };
+    let started = parts.ingest.pipeline().clone();
     let servers = serve::serve(listeners, parts, &stopped)?;
-    Ok(RunningCollector {
+    let running = RunningCollector {
         addresses,
         stop,
         servers,
@@ -178,7 +181,16 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         metrics,
         reloader,
         pipeline,
-    })
+    };
+    // Served already (`/-/healthy` answers, `/-/ready` says the WAL is
+    // replaying), ready once the replay is done.
+    let replayed = tokio::task::spawn_blocking(move || started.wait_started()).await?;
+    if let Err(error) = replayed {
+        let _ = running.shutdown().await;
+        return Err(error);
+    }
+    tracing::info!("ready: the write-ahead log is replayed");
+    Ok(running)
 }
 
 impl RunningCollector {
@@ -271,7 +283,7 @@ async fn start_ingest(
     pipeline_config.disk_reserve_bytes = config.disk_reserve_bytes;
     let (logs, spans, metrics) = (stores.logs.clone(), stores.spans.clone(), telemetry.clone());
     let (pipeline, threads) =
-        tokio::task::spawn_blocking(move || Pipeline::start(pipeline_config, logs, spans, metrics))
+        tokio::task::spawn_blocking(move || Pipeline::spawn(pipeline_config, logs, spans, metrics))
             .await??;
     let limits = Limits {
         retention: config.retention,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::routing::get;
 use sightline_metrics::MetricsPipeline;
+use sightline_pipeline::Pipeline;
 use sightline_query_ui::QueryState;
 use sightline_store::LogStore;
 use tokio::net::TcpListener;
@@ -170,6 +171,7 @@ pub(crate) fn serve(
         spans_dir: stores.spans_dir.clone(),
         metrics: metrics.clone(),
     };
+    let ingest_for_probes = ingest.pipeline().clone();
     let router = sightline_query_ui::router(QueryState {
         logs: stores.logs,
         spans: stores.spans,
@@ -186,6 +188,7 @@ pub(crate) fn serve(
         "/metrics",
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_page.clone(), headers)),
     )
+    .merge(probes(ingest_for_probes))
     .merge(metrics.api_router())
     .merge(reloader.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
@@ -200,6 +203,35 @@ pub(crate) fn serve(
         otlp_http: tokio::spawn(otlp_http),
         http: tokio::spawn(http),
     })
+}
+
+/// Kubernetes' probes, at Prometheus' paths: `/-/healthy` (liveness) fails
+/// only when a restart is what helps, a pipeline thread having stopped;
+/// `/-/ready` (readiness) passes once the WAL is replayed and while the
+/// disk accepts writes. Both say why when they fail.
+fn probes(pipeline: Pipeline) -> axum::Router {
+    let ready = pipeline.clone();
+    axum::Router::new()
+        .route(
+            "/-/healthy",
+            get(move || async move { probe_answer(pipeline.liveness().map(|()| "healthy")) }),
+        )
+        .route(
+            "/-/ready",
+            get(move || async move { probe_answer(ready.readiness().explain()) }),
+        )
+}
+
+fn probe_answer(outcome: Result<&'static str, String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match outcome {
+        Ok(text) => format!("{text}\n").into_response(),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// The OTLP/gRPC server: logs, traces and metrics.

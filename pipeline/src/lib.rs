@@ -25,6 +25,12 @@
 //! what they already hold, so a `kill -9` at any moment loses nothing
 //! acknowledged and indexes nothing twice.
 //!
+//! Starting replays the WAL on the indexer thread ([`Pipeline::spawn`]):
+//! until it is done, [`Pipeline::readiness`] says so and ingest answers
+//! [`IngestError::Starting`] (retryable), so the owner can answer health
+//! probes and queries during a long replay instead of looking dead.
+//! [`Pipeline::start`] waits for the replay.
+//!
 //! A full disk makes the collector read-only, not unavailable: the first
 //! `ENOSPC` (a WAL append, an index commit, or a disk already full at
 //! start) switches ingest off ([`IngestError::Storage`], gRPC `UNAVAILABLE`,
@@ -40,7 +46,7 @@
 //! and become searchable when space returns.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -74,6 +80,8 @@ pub enum IngestError {
     Busy,
     #[error("collector is shutting down")]
     ShuttingDown,
+    #[error("the collector is starting: it is replaying its write-ahead log, retry later")]
+    Starting,
     #[error("write-ahead log failed: {0}")]
     Storage(String),
 }
@@ -155,6 +163,7 @@ pub struct Pipeline {
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     disk: Arc<DiskSpace>,
+    startup: Arc<Startup>,
 }
 
 /// The pipeline's threads; join them after every [`Pipeline`] clone is dropped.
@@ -180,19 +189,51 @@ impl Pipeline {
         spans: Arc<SpanStore>,
         metrics: Arc<dyn PipelineMetrics>,
     ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
+        let (pipeline, threads) = Pipeline::spawn(config, logs, spans, metrics)?;
+        pipeline.wait_started()?;
+        Ok((pipeline, threads))
+    }
+
+    /// Replays `log` into the stores, then starts the writer and indexer
+    /// threads; returns once the replay is done. Batches are acknowledged
+    /// once durable in `log`; the stores record how far they committed as a
+    /// position of its one partition.
+    pub fn start_with_log(
+        config: PipelineConfig,
+        log: Arc<dyn DurableLog>,
+        logs: Arc<LogStore>,
+        spans: Arc<SpanStore>,
+        metrics: Arc<dyn PipelineMetrics>,
+    ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
+        let (pipeline, threads) = Pipeline::spawn_with_log(config, log, logs, spans, metrics)?;
+        pipeline.wait_started()?;
+        Ok((pipeline, threads))
+    }
+
+    /// Opens the write-ahead log in [`PipelineConfig::wal_dir`], then
+    /// [`Pipeline::spawn_with_log`].
+    pub fn spawn(
+        config: PipelineConfig,
+        logs: Arc<LogStore>,
+        spans: Arc<SpanStore>,
+        metrics: Arc<dyn PipelineMetrics>,
+    ) -> anyhow::Result<(Pipeline, PipelineThreads)> {
         let wal = LocalWal::open(&config.wal_dir, config.wal_segment_bytes).with_context(|| {
             format!(
                 "failed to open write-ahead log in {}",
                 config.wal_dir.display()
             )
         })?;
-        Pipeline::start_with_log(config, Arc::new(wal), logs, spans, metrics)
+        Pipeline::spawn_with_log(config, Arc::new(wal), logs, spans, metrics)
     }
 
-    /// Replays `log` into the stores, then starts the writer and indexer
-    /// threads. Batches are acknowledged once durable in `log`; the stores
-    /// record how far they committed as a position of its one partition.
-    pub fn start_with_log(
+    /// Starts the writer and indexer threads and returns at once; the
+    /// indexer first replays `log` into the stores. Until the replay is
+    /// done, [`Pipeline::readiness`] is [`Readiness::Replaying`] and ingest
+    /// answers [`IngestError::Starting`] (retryable), so the owner can
+    /// serve health checks and queries while a long WAL replays.
+    /// [`Pipeline::wait_started`] waits for the replay's outcome.
+    pub fn spawn_with_log(
         config: PipelineConfig,
         log: Arc<dyn DurableLog>,
         logs: Arc<LogStore>,
@@ -204,55 +245,7 @@ impl Pipeline {
             config.disk_reserve_bytes.max(MIN_DISK_RESERVE_BYTES),
         )?;
         let disk = Arc::new(DiskSpace::open(reserve));
-        let from = logs.committed_position().min(spans.committed_position());
-        let replayed = replay(log.as_ref(), from, &logs, &spans);
-        let end = log.end().position(PARTITION);
-        // Everything replayed is committed: the WAL below its end is no
-        // longer needed. Nothing replayed, nothing to commit (a commit
-        // writes even then, which a full disk refuses).
-        let indexed = replayed.and_then(|replayed| {
-            if replayed > 0 {
-                tracing::info!(batches = replayed, "replayed write-ahead log");
-                commit_stores(&logs, &spans, end)?;
-            }
-            Ok(())
-        });
-        let indexed = match indexed {
-            Err(error) if is_disk_full(&error) => {
-                // The reserve makes room for this very commit.
-                disk.mark_full(&error);
-                recover(log.as_ref(), &logs, &spans, from, end)
-                    .and_then(|()| commit_stores(&logs, &spans, end))
-            }
-            other => other,
-        };
-        let start = match indexed {
-            Ok(()) => {
-                log.remove_below(&Checkpoint::single(end))?;
-                IndexerStart {
-                    committed: end,
-                    added_up_to: end,
-                    needs_recovery: false,
-                }
-            }
-            Err(error) if is_disk_full(&error) => {
-                // Start anyway: queries are served, ingest is refused, and
-                // the indexer adds the WAL's tail once there is room.
-                disk.mark_full(&error);
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    from,
-                    to = end,
-                    "acknowledged records cannot be indexed on the full disk; they stay in the write-ahead log until space is freed"
-                );
-                IndexerStart {
-                    committed: from,
-                    added_up_to: end,
-                    needs_recovery: true,
-                }
-            }
-            Err(error) => return Err(error),
-        };
+        let startup = Arc::new(Startup::default());
 
         let (queue, pending) = mpsc::channel(config.queue_batches.max(1));
         // Two commit intervals' worth of batches may wait for the indexer.
@@ -260,9 +253,13 @@ impl Pipeline {
         let writer_metrics = metrics.clone();
         let writer_disk = disk.clone();
         let writer_log = log.clone();
+        // Nothing reaches the writer before the replay is done: ingest is
+        // refused until then, so the replay reads a log nobody appends to.
+        let writer_startup = startup.clone();
         let writer = std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || {
+                let _alive = ThreadAlive::new(&writer_startup, "the write-ahead log writer");
                 write_loop(
                     writer_log.as_ref(),
                     pending,
@@ -276,9 +273,21 @@ impl Pipeline {
             items: config.commit_items.max(1),
         };
         let indexer_disk = disk.clone();
+        let indexer_startup = startup.clone();
         let indexer = std::thread::Builder::new()
             .name("indexer".into())
             .spawn(move || {
+                let _alive = ThreadAlive::new(&indexer_startup, "the indexer");
+                let start = match replay_at_start(log.as_ref(), &logs, &spans, &indexer_disk) {
+                    Ok(start) => {
+                        indexer_startup.finish(Ok(()));
+                        start
+                    }
+                    Err(error) => {
+                        indexer_startup.finish(Err(format!("{error:#}")));
+                        return;
+                    }
+                };
                 index_loop(
                     log.as_ref(),
                     &logs,
@@ -297,9 +306,38 @@ impl Pipeline {
                 budget: Arc::new(Semaphore::new(budget_bytes)),
                 budget_bytes,
                 disk,
+                startup,
             },
             PipelineThreads { writer, indexer },
         ))
+    }
+
+    /// Blocks until the start-up replay is over: `Ok` once the pipeline
+    /// takes ingest (or is read-only on a full disk), the replay's error
+    /// otherwise.
+    pub fn wait_started(&self) -> anyhow::Result<()> {
+        self.startup.wait().map_err(anyhow::Error::msg)
+    }
+
+    /// `Err` with the thread's name once the WAL writer or the indexer
+    /// has stopped while this handle lives (a panic, or a failed start):
+    /// what a liveness probe reports, since only a restart helps then.
+    pub fn liveness(&self) -> Result<(), String> {
+        match self.startup.stopped_thread() {
+            None => Ok(()),
+            Some(thread) => Err(format!("{thread} stopped; the collector needs a restart")),
+        }
+    }
+
+    /// Whether the pipeline takes ingest now, and if not, why: what a
+    /// readiness probe reports.
+    pub fn readiness(&self) -> Readiness {
+        match self.startup.state() {
+            StartupState::Replaying => Readiness::Replaying,
+            StartupState::Failed(error) => Readiness::Failed(error),
+            StartupState::Done if self.disk.is_full() => Readiness::DiskFull,
+            StartupState::Done => Readiness::Ready,
+        }
     }
 
     /// Returns once `batch` is in the WAL and fsynced. `size_bytes` is the
@@ -308,6 +346,9 @@ impl Pipeline {
     pub async fn ingest(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if !self.startup.is_done() {
+            return Err(IngestError::Starting);
         }
         if self.disk.is_full() {
             return Err(IngestError::Storage(DISK_FULL.into()));
@@ -348,6 +389,201 @@ impl Pipeline {
     /// Bytes of the memory budget in use.
     pub fn budget_in_use(&self) -> usize {
         self.budget_bytes - self.budget.available_permits()
+    }
+}
+
+/// Whether the pipeline takes ingest, as a readiness probe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Takes ingest.
+    Ready,
+    /// Still replaying the write-ahead log after a start: ingest waits.
+    Replaying,
+    /// Read-only: the disk is full; queries are served, ingest is refused
+    /// until space is freed.
+    DiskFull,
+    /// The replay failed; the owner stops.
+    Failed(String),
+}
+
+impl Readiness {
+    /// What a readiness probe answers: `Ok` when ready, the reason otherwise.
+    pub fn explain(&self) -> Result<&'static str, String> {
+        match self {
+            Readiness::Ready => Ok("ready"),
+            Readiness::Replaying => {
+                Err("not ready: replaying the write-ahead log (ingest waits until it is done)".into())
+            }
+            Readiness::DiskFull => Err(format!("not ready: {DISK_FULL}")),
+            Readiness::Failed(error) => {
+                Err(format!("not ready: replaying the write-ahead log failed: {error}"))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum StartupState {
+    Replaying,
+    Done,
+    Failed(String),
+}
+
+/// The start-up replay's progress, shared by the indexer that runs it, the
+/// receivers that wait for it and the health probes; and which of the
+/// pipeline's threads has stopped.
+#[derive(Debug)]
+struct Startup {
+    /// Mirrors `state` being `Done`, for ingest's lock-free check.
+    done: AtomicBool,
+    state: Mutex<StartupState>,
+    finished: Condvar,
+    stopped_thread: Mutex<Option<&'static str>>,
+}
+
+impl Default for Startup {
+    fn default() -> Startup {
+        Startup {
+            done: AtomicBool::new(false),
+            state: Mutex::new(StartupState::Replaying),
+            finished: Condvar::new(),
+            stopped_thread: Mutex::new(None),
+        }
+    }
+}
+
+/// Records, when dropped (the thread returned or unwound), that a pipeline
+/// thread stopped.
+struct ThreadAlive<'a> {
+    startup: &'a Startup,
+    thread: &'static str,
+}
+
+impl<'a> ThreadAlive<'a> {
+    fn new(startup: &'a Startup, thread: &'static str) -> ThreadAlive<'a> {
+        ThreadAlive { startup, thread }
+    }
+}
+
+impl Drop for ThreadAlive<'_> {
+    fn drop(&mut self) {
+        let mut stopped = self
+            .startup
+            .stopped_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stopped.get_or_insert(self.thread);
+    }
+}
+
+impl Startup {
+    fn stopped_thread(&self) -> Option<&'static str> {
+        *self
+            .stopped_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    fn state(&self) -> StartupState {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn finish(&self, outcome: Result<(), String>) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *state = match outcome {
+            Ok(()) => StartupState::Done,
+            Err(error) => StartupState::Failed(error),
+        };
+        self.done
+            .store(matches!(*state, StartupState::Done), Ordering::Release);
+        self.finished.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            match &*state {
+                StartupState::Replaying => {
+                    state = self
+                        .finished
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                StartupState::Done => return Ok(()),
+                StartupState::Failed(error) => return Err(error.clone()),
+            }
+        }
+    }
+}
+
+/// Replays what the stores have not committed and commits it; on a full
+/// disk, starts read-only with what could not be indexed left in the WAL.
+fn replay_at_start(
+    log: &dyn DurableLog,
+    logs: &LogStore,
+    spans: &SpanStore,
+    disk: &DiskSpace,
+) -> anyhow::Result<IndexerStart> {
+    let from = logs.committed_position().min(spans.committed_position());
+    let replayed = replay(log, from, logs, spans);
+    let end = log.end().position(PARTITION);
+    // Everything replayed is committed: the WAL below its end is no
+    // longer needed. Nothing replayed, nothing to commit (a commit
+    // writes even then, which a full disk refuses).
+    let indexed = replayed.and_then(|replayed| {
+        if replayed > 0 {
+            tracing::info!(batches = replayed, "replayed write-ahead log");
+            commit_stores(logs, spans, end)?;
+        }
+        Ok(())
+    });
+    let indexed = match indexed {
+        Err(error) if is_disk_full(&error) => {
+            // The reserve makes room for this very commit.
+            disk.mark_full(&error);
+            recover(log, logs, spans, from, end).and_then(|()| commit_stores(logs, spans, end))
+        }
+        other => other,
+    };
+    match indexed {
+        Ok(()) => {
+            log.remove_below(&Checkpoint::single(end))?;
+            Ok(IndexerStart {
+                committed: end,
+                added_up_to: end,
+                needs_recovery: false,
+            })
+        }
+        Err(error) if is_disk_full(&error) => {
+            // Start anyway: queries are served, ingest is refused, and
+            // the indexer adds the WAL's tail once there is room.
+            disk.mark_full(&error);
+            tracing::error!(
+                error = format!("{error:#}"),
+                from,
+                to = end,
+                "acknowledged records cannot be indexed on the full disk; they stay in the write-ahead log until space is freed"
+            );
+            Ok(IndexerStart {
+                committed: from,
+                added_up_to: end,
+                needs_recovery: true,
+            })
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -1040,6 +1276,112 @@ mod tests {
 
         fn disk_bytes(&self) -> sightline_store::Result<u64> {
             Ok(0)
+        }
+    }
+
+    /// A [`MemoryLog`] whose replay waits for a signal, or fails.
+    struct SlowLog {
+        inner: MemoryLog,
+        replay_may_go: Mutex<std::sync::mpsc::Receiver<()>>,
+        replay_fails: bool,
+    }
+
+    impl DurableLog for SlowLog {
+        fn partitions(&self) -> Vec<sightline_store::PartitionId> {
+            self.inner.partitions()
+        }
+        fn append(&self, partition: u32, payload: &[u8]) -> sightline_store::Result<u64> {
+            self.inner.append(partition, payload)
+        }
+        fn sync(&self) -> sightline_store::Result<()> {
+            self.inner.sync()
+        }
+        fn end(&self) -> Checkpoint {
+            self.inner.end()
+        }
+        fn replay(
+            &self,
+            from: &Checkpoint,
+            visit: &mut dyn FnMut(sightline_store::LogEntry) -> sightline_store::Result<()>,
+        ) -> sightline_store::Result<()> {
+            let _ = self.replay_may_go.lock().unwrap().recv();
+            if self.replay_fails {
+                return Err(sightline_store::StoreError::Io(std::io::Error::other(
+                    "segment 7 is unreadable",
+                )));
+            }
+            self.inner.replay(from, visit)
+        }
+        fn remove_below(&self, checkpoint: &Checkpoint) -> sightline_store::Result<usize> {
+            self.inner.remove_below(checkpoint)
+        }
+        fn disk_bytes(&self) -> sightline_store::Result<u64> {
+            self.inner.disk_bytes()
+        }
+    }
+
+    /// While the WAL replays the pipeline is alive but not ready and ingest
+    /// is refused as retryable; once replayed it is ready and takes ingest.
+    /// A replay that fails leaves it not ready and not alive, with the
+    /// reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_waits_for_the_replay_and_liveness_for_the_threads() {
+        for replay_fails in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (logs, spans) = open(dir.path());
+            let (go, replay_may_go) = std::sync::mpsc::channel();
+            let log = Arc::new(SlowLog {
+                inner: MemoryLog::default(),
+                replay_may_go: Mutex::new(replay_may_go),
+                replay_fails,
+            });
+            let (pipeline, threads) = Pipeline::spawn_with_log(
+                PipelineConfig::new(dir.path().join("wal")),
+                log,
+                logs.clone(),
+                spans,
+                Arc::new(NoMetrics),
+            )
+            .unwrap();
+            assert_eq!(pipeline.readiness(), Readiness::Replaying);
+            assert!(
+                pipeline
+                    .readiness()
+                    .explain()
+                    .unwrap_err()
+                    .contains("replaying the write-ahead log")
+            );
+            assert_eq!(pipeline.liveness(), Ok(()));
+            let refused = pipeline
+                .ingest(Batch::Logs(vec![record("early")]), 10)
+                .await
+                .unwrap_err();
+            assert!(matches!(refused, IngestError::Starting), "{refused}");
+
+            go.send(()).unwrap();
+            let waiting = pipeline.clone();
+            let started = tokio::task::spawn_blocking(move || waiting.wait_started())
+                .await
+                .unwrap();
+            if replay_fails {
+                let error = started.unwrap_err().to_string();
+                assert!(error.contains("segment 7 is unreadable"), "{error}");
+                assert!(
+                    matches!(pipeline.readiness(), Readiness::Failed(reason) if reason.contains("segment 7"))
+                );
+                assert!(pipeline.liveness().unwrap_err().contains("indexer stopped"));
+            } else {
+                started.unwrap();
+                assert_eq!(pipeline.readiness(), Readiness::Ready);
+                assert_eq!(pipeline.readiness().explain(), Ok("ready"));
+                pipeline
+                    .ingest(Batch::Logs(vec![record("after")]), 10)
+                    .await
+                    .unwrap();
+                assert_eq!(pipeline.liveness(), Ok(()));
+            }
+            drop(pipeline);
+            threads.join();
         }
     }
 

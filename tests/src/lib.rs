@@ -79,6 +79,26 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str, timeout: Duration) 
     .await
 }
 
+/// Waits until a collector's readiness probe (`url`) says its WAL replay is
+/// over: ready, or not ready for another reason (a full disk).
+pub async fn wait_started(http: &reqwest::Client, url: &str) {
+    poll_until(
+        &format!("{url} to say the replay is done"),
+        Duration::from_secs(60),
+        || async {
+            let response = http.get(url).send().await.map_err(|error| error.to_string())?;
+            let status = response.status();
+            let body = response.text().await.map_err(|error| error.to_string())?;
+            if status.is_success() || !body.contains("replaying") {
+                Ok(Some(()))
+            } else {
+                Err(format!("status {status}: {body}"))
+            }
+        },
+    )
+    .await
+}
+
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Process {
     name: String,
@@ -552,12 +572,7 @@ impl CollectorProcess {
             http_port,
             otlp_http_port,
         };
-        wait_healthy(
-            &reqwest::Client::new(),
-            &collector.url("/health"),
-            Duration::from_secs(60),
-        )
-        .await;
+        wait_started(&reqwest::Client::new(), &collector.url("/-/ready")).await;
         collector
     }
 

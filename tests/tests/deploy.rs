@@ -292,7 +292,7 @@ fn compose_ports_health_checks_and_peers_agree_with_the_binaries() {
     let http = flag(&collector, "--http-addr").expect("collector --http-addr");
     assert_eq!(
         health_url("collector"),
-        format!("http://127.0.0.1:{}/health", port_of(http))
+        format!("http://127.0.0.1:{}/-/ready", port_of(http))
     );
     for (flag_name, port) in [
         ("--otlp-grpc-addr", 4317),
@@ -326,7 +326,7 @@ fn compose_ports_health_checks_and_peers_agree_with_the_binaries() {
     assert_eq!(flag(&agent, "--collector"), Some("http://collector:4317"));
     let agent_http = flag(&agent, "--http-addr").expect("agent --http-addr");
     assert_eq!(port_of(agent_http), 2020);
-    assert_eq!(health_url("agent"), "http://127.0.0.1:2020/health");
+    assert_eq!(health_url("agent"), "http://127.0.0.1:2020/-/ready");
     let agent_volumes = strings(&services["agent"]["volumes"]);
     assert!(
         agent_volumes
@@ -573,9 +573,9 @@ fn kubernetes_objects_reference_what_exists() {
         "tolerate every taint"
     );
     let container = &spec["containers"][0];
-    for probe in ["livenessProbe", "readinessProbe"] {
+    for (probe, path) in [("livenessProbe", "/-/healthy"), ("readinessProbe", "/-/ready")] {
         assert_eq!(container[probe]["httpGet"]["port"], 2020);
-        assert_eq!(container[probe]["httpGet"]["path"], "/health");
+        assert_eq!(container[probe]["httpGet"]["path"], path);
     }
     let host_paths: BTreeMap<&str, &str> = spec["volumes"]
         .as_array()
@@ -643,6 +643,20 @@ fn kubernetes_objects_reference_what_exists() {
             .any(|(_, object)| object["kind"] == "StatefulSet"
                 && object["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data")
     );
+    // The collector's probes: alive while replaying, ready after it.
+    let (_, collector) = objects
+        .iter()
+        .find(|(_, object)| object["kind"] == "StatefulSet")
+        .expect("the collector StatefulSet");
+    let container = &collector["spec"]["template"]["spec"]["containers"][0];
+    for (probe, path) in [
+        ("startupProbe", "/-/healthy"),
+        ("livenessProbe", "/-/healthy"),
+        ("readinessProbe", "/-/ready"),
+    ] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "collector {probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], 7070, "collector {probe}");
+    }
 
     // The rules ConfigMap is dashboards/rules, unchanged.
     let (_, rules) = objects
@@ -985,10 +999,15 @@ async fn dashboards_and_rules_read_metrics_the_live_stack_produces() {
 
     // The health paths of compose and Kubernetes answer on the real processes.
     let health = [
-        (stack.ui_url("/health"), "collector /health"),
+        (stack.ui_url("/-/healthy"), "collector /-/healthy"),
+        (stack.ui_url("/-/ready"), "collector /-/ready"),
         (
-            format!("http://127.0.0.1:{}/health", stack.ports.agent),
-            "agent /health",
+            format!("http://127.0.0.1:{}/-/healthy", stack.ports.agent),
+            "agent /-/healthy",
+        ),
+        (
+            format!("http://127.0.0.1:{}/-/ready", stack.ports.agent),
+            "agent /-/ready",
         ),
         (
             stack.service_url("payment", "/health/live"),

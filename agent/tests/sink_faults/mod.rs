@@ -61,6 +61,10 @@ impl LogsService for ScriptedCollector {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        if request.get_ref().resource_logs.is_empty() {
+            // The agent's readiness probe, not a batch: the script is for batches.
+            return Ok(Response::new(ExportLogsServiceResponse::default()));
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         let act = self
             .script

@@ -466,7 +466,7 @@ async fn start_and_supervise(
         .push(RunningChild::spawn_with_log_file(&collector, &log_path)?)
         .wait_healthy(
             &client,
-            &format!("{scheme}://{ui}/health"),
+            &format!("{scheme}://{ui}/-/ready"),
             COLLECTOR_READY_TIMEOUT,
         )
         .await?;
@@ -505,7 +505,7 @@ async fn start_and_supervise(
         .push(RunningChild::spawn_with_log_file(&agent, &log_path)?)
         .wait_healthy(
             &client,
-            &format!("http://{agent_http}/health"),
+            &format!("http://{agent_http}/-/ready"),
             READY_TIMEOUT,
         )
         .await?;

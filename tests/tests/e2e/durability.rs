@@ -190,13 +190,27 @@ async fn ingest_until_refused(
     panic!("ingest was never refused on a full disk");
 }
 
+/// `/-/healthy` answers 200 and `/-/ready` starts with `readiness` (200
+/// only when it is "ready").
+async fn assert_probes(collector: &CollectorProcess, readiness: &str) {
+    let http = reqwest::Client::new();
+    let healthy = http.get(collector.url("/-/healthy")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200, "alive");
+    let ready = http.get(collector.url("/-/ready")).send().await.unwrap();
+    let status = ready.status();
+    let body = ready.text().await.unwrap();
+    assert!(body.starts_with(readiness), "/-/ready: {status} {body}");
+    assert_eq!(status == 200, readiness == "ready", "/-/ready: {status} {body}");
+}
+
 /// Needs root to mount a small tmpfs.
 ///
 /// The disk fills while records are being acknowledged; the records
 /// acknowledged until then are searchable at once (not when space returns),
-/// ingest is refused with a retryable status, a restart on the full disk
-/// serves queries and refuses ingest, and freeing space resumes ingest
-/// without a restart. A state change is logged once, not every retry.
+/// ingest is refused with a retryable status and readiness fails (liveness
+/// does not), a restart on the full disk serves queries and refuses ingest,
+/// and freeing space resumes ingest and readiness without a restart. A
+/// state change is logged once, not every retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
     let is_root = std::process::Command::new("id")
@@ -246,6 +260,7 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
         acknowledged.extend(ids);
     }
     wait_until_stored(&collector, &acknowledged).await;
+    assert_probes(&collector, "ready").await;
 
     // Fill the disk, then give back a little: room for a batch or two in
     // the WAL, not for the index commit that makes them searchable.
@@ -268,6 +283,9 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
         more.is_empty(),
         "the disk is full: nothing more acknowledged"
     );
+    // Not ready (a load balancer stops sending), still alive (a restart
+    // would not help).
+    assert_probes(&collector, "not ready: the disk is full").await;
 
     // A restart on the full disk: queries served, ingest refused.
     collector.kill9();
@@ -286,6 +304,7 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
         "a collector started on a full disk is read-only"
     );
     assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert_probes(&collector, "not ready: the disk is full").await;
     // Idle and read-only for a while: the indexer and the disk probe retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -313,6 +332,7 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers() {
         stored.values().all(|count| *count == 1),
         "nothing stored twice"
     );
+    assert_probes(&collector, "ready").await;
 
     // Each state change once per process (two processes), no error per retry.
     let log = std::fs::read_to_string(&log_file).unwrap();
