@@ -35,6 +35,7 @@ RUN apt-get update \
     && chown sightline:sightline /var/lib/sightline
 COPY --from=builder /out/ /usr/local/bin/
 COPY dashboards/rules/ /etc/sightline/rules/
+COPY dashboards/*.json /etc/sightline/dashboards/
 COPY --chmod=755 deploy/compose/loadgen.sh /usr/local/bin/sightline-loadgen
 USER sightline
 WORKDIR /var/lib/sightline
@@ -44,4 +45,4 @@ EXPOSE 4317 4318 7070
 # Without a command: a collector reachable from outside the container.
 CMD ["sightline-collector", "--data-dir", "/var/lib/sightline/collector", \
      "--otlp-grpc-addr", "0.0.0.0:4317", "--otlp-http-addr", "0.0.0.0:4318", \
-     "--http-addr", "0.0.0.0:7070"]
+     "--http-addr", "0.0.0.0:7070", "--dashboards-dir", "/etc/sightline/dashboards"]

@@ -154,7 +154,12 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get_text(path: &str, metrics: Arc<Metrics>) -> (StatusCode, String) {
-        get_with(path, metrics, Arc::new(Readiness::new("http://127.0.0.1:4317"))).await
+        get_with(
+            path,
+            metrics,
+            Arc::new(Readiness::new("http://127.0.0.1:4317")),
+        )
+        .await
     }
 
     async fn get_with(
@@ -184,11 +189,17 @@ mod tests {
         let readiness = Arc::new(Readiness::new("http://10.0.0.9:4317"));
         let (status, body) = get_with("/-/ready", Arc::default(), readiness.clone()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("waiting for the collector at http://10.0.0.9:4317"), "{body}");
+        assert!(
+            body.contains("waiting for the collector at http://10.0.0.9:4317"),
+            "{body}"
+        );
         readiness.collector_failed("tcp connect error: Connection refused");
         let (status, body) = get_with("/-/ready", Arc::default(), readiness.clone()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("last error: tcp connect error: Connection refused"), "{body}");
+        assert!(
+            body.contains("last error: tcp connect error: Connection refused"),
+            "{body}"
+        );
         readiness.collector_answered();
         assert_eq!(
             get_with("/-/ready", Arc::default(), readiness.clone()).await,
@@ -197,7 +208,9 @@ mod tests {
         // Once ready, a later failure does not take readiness back.
         readiness.collector_failed("deadline exceeded");
         assert_eq!(
-            get_with("/-/ready", Arc::default(), readiness.clone()).await.0,
+            get_with("/-/ready", Arc::default(), readiness.clone())
+                .await
+                .0,
             StatusCode::OK
         );
         assert_eq!(

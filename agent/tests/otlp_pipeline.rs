@@ -405,7 +405,9 @@ async fn waits_for_a_collector_that_starts_late() {
     let not_ready = http_get(agent.http_addr(), "/-/ready").await;
     assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
     assert!(
-        not_ready.contains(&format!("the collector at http://{collector_addr} has not answered yet")),
+        not_ready.contains(&format!(
+            "the collector at http://{collector_addr} has not answered yet"
+        )),
         "{not_ready}"
     );
 

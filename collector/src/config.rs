@@ -33,6 +33,11 @@ pub struct CollectorConfig {
     /// alerting) plus Sightline's own sections; see `config_file.rs`.
     #[arg(long, env = "SIGHTLINE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Directory of Grafana dashboard JSON files the UI renders, read on
+    /// every request (a changed file shows without a restart); a mounted
+    /// ConfigMap on Kubernetes. Without it the UI lists no dashboards.
+    #[arg(long, value_name = "DIR", env = "SIGHTLINE_DASHBOARDS_DIR")]
+    pub dashboards_dir: Option<PathBuf>,
     /// Address of the query API, the UI and the compatibility APIs (`/elastic`).
     #[arg(long, env = "SIGHTLINE_HTTP_ADDR", default_value = "127.0.0.1:7070")]
     pub http_addr: SocketAddr,

@@ -170,6 +170,10 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         metrics: metrics.clone(),
         telemetry,
         reloader: reloader.clone(),
+        dashboards: match &config.dashboards_dir {
+            Some(dir) => sightline_query_ui::DashboardDir::new(dir),
+            None => sightline_query_ui::DashboardDir::default(),
+        },
     };
     let started = parts.ingest.pipeline().clone();
     let servers = serve::serve(listeners, parts, &stopped)?;

@@ -100,6 +100,8 @@ pub(crate) struct Parts {
     pub(crate) metrics: Arc<MetricsPipeline>,
     pub(crate) telemetry: Arc<CollectorMetrics>,
     pub(crate) reloader: Reloader,
+    /// Where the UI's dashboards are read from.
+    pub(crate) dashboards: sightline_query_ui::DashboardDir,
 }
 
 /// The three servers, running.
@@ -139,6 +141,7 @@ pub(crate) fn serve(
         metrics,
         telemetry,
         reloader,
+        dashboards,
     } = parts;
     let otlp_grpc = otlp_grpc(
         listeners.otlp_grpc,
@@ -177,6 +180,7 @@ pub(crate) fn serve(
         spans: stores.spans,
         metrics: stores.metrics,
         rules: metrics.rules(),
+        dashboards,
     })
     .merge(remote_write::router(metrics.remote_write(), rate_limiter))
     // `_bulk` charges the rate limit itself, to answer as Elasticsearch.

@@ -46,9 +46,9 @@
 //! and become searchable when space returns.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -411,13 +411,13 @@ impl Readiness {
     pub fn explain(&self) -> Result<&'static str, String> {
         match self {
             Readiness::Ready => Ok("ready"),
-            Readiness::Replaying => {
-                Err("not ready: replaying the write-ahead log (ingest waits until it is done)".into())
-            }
+            Readiness::Replaying => Err(
+                "not ready: replaying the write-ahead log (ingest waits until it is done)".into(),
+            ),
             Readiness::DiskFull => Err(format!("not ready: {DISK_FULL}")),
-            Readiness::Failed(error) => {
-                Err(format!("not ready: replaying the write-ahead log failed: {error}"))
-            }
+            Readiness::Failed(error) => Err(format!(
+                "not ready: replaying the write-ahead log failed: {error}"
+            )),
         }
     }
 }

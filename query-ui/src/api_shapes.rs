@@ -157,6 +157,7 @@ fn state(dir: &Path) -> QueryState {
         spans: shop.spans,
         metrics: metrics.metrics,
         rules: metrics.rules,
+        dashboards: Default::default(),
     }
 }
 

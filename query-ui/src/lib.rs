@@ -19,6 +19,8 @@
 //! - the Prometheus HTTP API under `/api/v1/` (query, query_range, series,
 //!   labels, label values, metadata, rules, alerts, buildinfo), see
 //!   [`prometheus`](crate::prometheus) for the details;
+//! - `GET /api/dashboards`, `/api/dashboards/{uid}`: the Grafana dashboards
+//!   of the dashboards directory, read at run time ([`DashboardDir`]);
 //! - `GET /health`: liveness;
 //! - `GET /` and `/ui/*`: the UI, plain ES modules embedded in the binary.
 //!
@@ -30,6 +32,7 @@
 mod api;
 #[cfg(test)]
 mod api_shapes;
+mod dashboards;
 mod error;
 mod jaeger;
 mod prometheus;
@@ -45,6 +48,7 @@ use sightline_store::{LogStore, SpanStore};
 use sightline_tsdb::MetricStore;
 use sightline_tsdb::rules::RuleStatusSource;
 
+pub use dashboards::DashboardDir;
 pub use error::ApiError;
 pub use prometheus::cancel_queries;
 
@@ -57,6 +61,8 @@ pub struct QueryState {
     pub metrics: Arc<MetricStore>,
     /// The rule engine's report, for `/api/v1/rules` and `/api/v1/alerts`.
     pub rules: Arc<dyn RuleStatusSource>,
+    /// Where the UI's dashboards are read from, on every request.
+    pub dashboards: DashboardDir,
 }
 
 /// All routes of the query API and the UI.
@@ -116,6 +122,7 @@ mod tests {
             spans: Arc::new(spans),
             metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
+            dashboards: Default::default(),
         }
     }
 
@@ -250,6 +257,7 @@ mod tests {
             spans: Arc::new(spans),
             metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
+            dashboards: Default::default(),
         }
     }
 

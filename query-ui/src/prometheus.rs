@@ -1196,6 +1196,7 @@ pub(crate) mod tests {
             spans: Arc::new(SpanStore::open(&dir.join("spans")).unwrap()),
             metrics: Arc::new(metrics),
             rules: Arc::new(OneGroup),
+            dashboards: Default::default(),
         }
     }
 

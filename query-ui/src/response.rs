@@ -174,9 +174,12 @@ pub(crate) struct LogEntry {
     pub(crate) error: bool,
 }
 
-/// `GET /api/dashboards`: every `dashboards/*.json`, by file name.
+/// `GET /api/dashboards`: every `*.json` of the dashboards directory, by
+/// file name.
 #[derive(Debug, Serialize)]
 pub(crate) struct DashboardList {
+    /// The directory read (`--dashboards-dir`), `null` when none is set.
+    pub(crate) directory: Option<String>,
     pub(crate) dashboards: Vec<DashboardEntry>,
 }
 
@@ -187,7 +190,7 @@ pub(crate) struct DashboardEntry {
     pub(crate) uid: String,
     /// The dashboard's title, or the file name.
     pub(crate) title: String,
-    pub(crate) file: &'static str,
+    pub(crate) file: String,
     /// The dashboard's `tags` as written (`[]` when it has none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tags: Option<Value>,

@@ -816,6 +816,7 @@ pub(crate) mod tests {
             spans: Arc::new(spans),
             metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
+            dashboards: Default::default(),
         }
     }
 

@@ -1,24 +1,16 @@
-//! The browser UI: static assets compiled into the binary, and the Grafana
-//! dashboards of `dashboards/*.json` it renders.
+//! The browser UI: static assets compiled into the binary (the dashboards
+//! it renders are read at run time, see [`crate::dashboards`]).
 //!
 //! - `GET /` and `GET /ui/{file}`: the page, its ES modules and styles, and
-//!   the vendored uPlot charting library;
-//! - `GET /api/dashboards`: `{"dashboards": [{uid, title, file, tags}]}`;
-//! - `GET /api/dashboards/{uid}`: the dashboard JSON (404 when unknown).
+//!   the vendored uPlot charting library.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::Value;
 
 use crate::QueryState;
-use crate::error::ApiError;
-use crate::response::{DashboardEntry, DashboardList};
-
-include!(concat!(env!("OUT_DIR"), "/dashboards.rs"));
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -64,8 +56,8 @@ pub(crate) fn routes() -> Router<QueryState> {
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
         .route("/ui/{*file}", get(ui_file))
-        .route("/api/dashboards", get(list_dashboards))
-        .route("/api/dashboards/{uid}", get(get_dashboard))
+        .route("/api/dashboards", get(crate::dashboards::list))
+        .route("/api/dashboards/{uid}", get(crate::dashboards::get))
 }
 
 async fn ui_file(Path(file): Path<String>) -> Response {
@@ -73,72 +65,6 @@ async fn ui_file(Path(file): Path<String>) -> Response {
         Some((_, content_type, body)) => asset(content_type, body),
         None => (StatusCode::NOT_FOUND, format!("no UI file {file}")).into_response(),
     }
-}
-
-/// A dashboard file's JSON: the dashboard itself, or Grafana's export
-/// envelope `{"dashboard": {...}}` unwrapped.
-fn parse_dashboard(text: &str) -> Result<Value, String> {
-    let mut value: Value = serde_json::from_str(text).map_err(|error| error.to_string())?;
-    if value.get("panels").is_none() && value.get("dashboard").is_some() {
-        value = value["dashboard"].take();
-    }
-    if !value.is_object() {
-        return Err("not a JSON object".into());
-    }
-    Ok(value)
-}
-
-/// The uid of a dashboard: its `uid`, or the file name without `.json`.
-fn dashboard_uid(file: &str, dashboard: &Value) -> String {
-    dashboard["uid"]
-        .as_str()
-        .filter(|uid| !uid.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| file.trim_end_matches(".json").to_string())
-}
-
-async fn list_dashboards() -> Json<DashboardList> {
-    let dashboards = DASHBOARDS
-        .iter()
-        .map(|(file, text)| match parse_dashboard(text) {
-            Ok(dashboard) => DashboardEntry {
-                uid: dashboard_uid(file, &dashboard),
-                title: dashboard["title"].as_str().unwrap_or(file).to_string(),
-                file,
-                tags: Some(
-                    dashboard
-                        .get("tags")
-                        .cloned()
-                        .unwrap_or(Value::Array(Vec::new())),
-                ),
-                error: None,
-            },
-            Err(error) => DashboardEntry {
-                uid: file.trim_end_matches(".json").to_string(),
-                title: file.to_string(),
-                file,
-                tags: None,
-                error: Some(format!("dashboards/{file}: {error}")),
-            },
-        })
-        .collect();
-    Json(DashboardList { dashboards })
-}
-
-async fn get_dashboard(Path(uid): Path<String>) -> Result<Json<Value>, ApiError> {
-    for (file, text) in DASHBOARDS {
-        let dashboard = match parse_dashboard(text) {
-            Ok(dashboard) => dashboard,
-            Err(error) if file.trim_end_matches(".json") == uid => {
-                return Err(ApiError::BadRequest(format!("dashboards/{file}: {error}")));
-            }
-            Err(_) => continue,
-        };
-        if dashboard_uid(file, &dashboard) == uid {
-            return Ok(Json(dashboard));
-        }
-    }
-    Err(ApiError::NotFound(format!("no dashboard with uid {uid}")))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -205,42 +131,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn dashboards_are_read_bare_or_in_grafanas_export_envelope() {
-        let bare = parse_dashboard(r#"{"uid": "shop", "title": "Shop", "panels": []}"#).unwrap();
-        assert_eq!(dashboard_uid("shop.json", &bare), "shop");
-        let wrapped =
-            parse_dashboard(r#"{"dashboard": {"title": "Node", "panels": []}, "meta": {}}"#)
-                .unwrap();
-        assert_eq!(wrapped["title"], "Node");
-        assert_eq!(
-            dashboard_uid("node.json", &wrapped),
-            "node",
-            "the file name without a uid"
-        );
-        let error = parse_dashboard("{\"panels\": [").unwrap_err();
-        assert!(error.contains("line 1"), "{error}");
-        assert!(parse_dashboard("[1]").is_err());
-    }
-
     #[tokio::test]
-    async fn every_embedded_dashboard_is_listed_and_served_by_uid() {
-        let list = serde_json::to_value(list_dashboards().await.0).unwrap();
-        let listed = list["dashboards"].as_array().unwrap();
-        assert_eq!(listed.len(), DASHBOARDS.len());
-        for entry in listed {
-            assert!(entry.get("error").is_none(), "{entry}");
-            let uid = entry["uid"].as_str().unwrap().to_string();
-            let dashboard = get_dashboard(Path(uid.clone())).await.unwrap().0;
-            assert_eq!(
-                dashboard_uid(entry["file"].as_str().unwrap(), &dashboard),
-                uid
-            );
-        }
-        assert!(matches!(
-            get_dashboard(Path("no-such-dashboard".into())).await,
-            Err(ApiError::NotFound(_))
-        ));
+    async fn unknown_ui_files_are_404_and_vendored_ones_served() {
         let missing = ui_file(Path("nope.js".into())).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         let vendored = ui_file(Path("vendor/uPlot.esm.js".into())).await;

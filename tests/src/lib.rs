@@ -86,7 +86,11 @@ pub async fn wait_started(http: &reqwest::Client, url: &str) {
         &format!("{url} to say the replay is done"),
         Duration::from_secs(60),
         || async {
-            let response = http.get(url).send().await.map_err(|error| error.to_string())?;
+            let response = http
+                .get(url)
+                .send()
+                .await
+                .map_err(|error| error.to_string())?;
             let status = response.status();
             let body = response.text().await.map_err(|error| error.to_string())?;
             if status.is_success() || !body.contains("replaying") {

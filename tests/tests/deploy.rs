@@ -573,7 +573,10 @@ fn kubernetes_objects_reference_what_exists() {
         "tolerate every taint"
     );
     let container = &spec["containers"][0];
-    for (probe, path) in [("livenessProbe", "/-/healthy"), ("readinessProbe", "/-/ready")] {
+    for (probe, path) in [
+        ("livenessProbe", "/-/healthy"),
+        ("readinessProbe", "/-/ready"),
+    ] {
         assert_eq!(container[probe]["httpGet"]["port"], 2020);
         assert_eq!(container[probe]["httpGet"]["path"], path);
     }
@@ -654,8 +657,14 @@ fn kubernetes_objects_reference_what_exists() {
         ("livenessProbe", "/-/healthy"),
         ("readinessProbe", "/-/ready"),
     ] {
-        assert_eq!(container[probe]["httpGet"]["path"], path, "collector {probe}");
-        assert_eq!(container[probe]["httpGet"]["port"], 7070, "collector {probe}");
+        assert_eq!(
+            container[probe]["httpGet"]["path"], path,
+            "collector {probe}"
+        );
+        assert_eq!(
+            container[probe]["httpGet"]["port"], 7070,
+            "collector {probe}"
+        );
     }
 
     // The rules ConfigMap is dashboards/rules, unchanged.
@@ -670,6 +679,50 @@ fn kubernetes_objects_reference_what_exists() {
             "deploy/kubernetes/collector-rules.yaml: {file} differs from dashboards/rules (regenerate it)"
         );
     }
+    // The dashboards ConfigMap is dashboards/*.json, unchanged, mounted
+    // whole (not by subPath, which kubelet never updates) where the
+    // collector's --dashboards-dir reads.
+    let (_, shipped) = objects
+        .iter()
+        .find(|(_, object)| object["metadata"]["name"] == "sightline-dashboards")
+        .expect("the sightline-dashboards ConfigMap");
+    let mut files: Vec<String> = std::fs::read_dir(root().join("dashboards"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    files.sort();
+    let keys: Vec<String> = shipped["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        keys, files,
+        "deploy/kubernetes/collector-dashboards.yaml lists other files than dashboards/ (regenerate it)"
+    );
+    for file in &files {
+        assert_eq!(
+            shipped["data"][file].as_str(),
+            Some(read(&format!("dashboards/{file}")).as_str()),
+            "deploy/kubernetes/collector-dashboards.yaml: {file} differs from dashboards/ (regenerate it)"
+        );
+    }
+    assert!(
+        strings(&container["args"])
+            .contains(&"--dashboards-dir=/etc/sightline/dashboards".to_string())
+    );
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|mount| mount["mountPath"] == "/etc/sightline/dashboards")
+        .expect("the dashboards mount");
+    assert!(
+        mount.get("subPath").is_none(),
+        "a subPath mount is never updated"
+    );
 }
 
 #[test]

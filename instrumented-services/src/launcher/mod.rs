@@ -67,6 +67,9 @@ const COLLECTOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the agent and each service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The repository's `dashboards/`, where `cargo run -p sightline-demo` runs from.
+const DEFAULT_DASHBOARDS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards");
+
 /// Command line of `sightline-demo`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -140,6 +143,13 @@ pub struct DemoArgs {
     /// ones in `dashboards/rules/`; repeat for several.
     #[arg(long = "rule-file", value_name = "PATH")]
     pub rule_files: Vec<PathBuf>,
+
+    /// Grafana dashboard JSON files the UI renders, read at run time: edit
+    /// one (or add one) and the open dashboard shows it at its next
+    /// refresh, without a restart. Defaults to this repository's
+    /// `dashboards/`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DASHBOARDS_DIR)]
+    pub dashboards_dir: PathBuf,
 
     /// How often the collector scrapes the services, the agent and itself.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -439,6 +449,8 @@ async fn start_and_supervise(
         ui.to_string().into(),
         "--config".into(),
         collector_config.into(),
+        "--dashboards-dir".into(),
+        args.dashboards_dir.clone().into(),
     ];
     if let Some(secrets) = &secrets {
         collector_args.extend([

@@ -5,8 +5,8 @@
 // panels, rows, template variables and the time range.
 // State: `#/dashboards` and `#/dashboard/<uid>?from=&to=&var-<name>=<value>`.
 
-import { el, fetchJson, go, hashFor, timeRange, rangePicker, errorBox, PALETTE } from "./util.js";
-import { timeChart, formatValue, emptyChart } from "./chart.js";
+import { el, fetchJson, go, hashFor, timeRange, rangePicker, errorBox, durationMs, PALETTE } from "./util.js";
+import { timeChart, formatValue, emptyChart, sweepCharts } from "./chart.js";
 
 /**
  * One dashboard of `GET /api/dashboards`; a file that does not parse has
@@ -19,7 +19,7 @@ import { timeChart, formatValue, emptyChart } from "./chart.js";
  * @property {string} [error]
  */
 
-/** `GET /api/dashboards`. @typedef {{dashboards: DashboardEntry[]}} DashboardList */
+/** `GET /api/dashboards`: the directory read (`null` when none is set) and its dashboards. @typedef {{directory: string | null, dashboards: DashboardEntry[]}} DashboardList */
 
 /**
  * Grafana's dashboard JSON as `GET /api/dashboards/{uid}` serves it (the
@@ -45,7 +45,9 @@ export async function renderList(root) {
   try {
     /** @type {DashboardList} */
     const result = await fetchJson("/api/dashboards");
-    if (!result.dashboards.length) list.append(el("li", { class: "muted" }, "No dashboards in dashboards/*.json."));
+    if (!result.directory) list.append(el("li", { class: "muted" }, "No dashboards directory: start the collector with --dashboards-dir <dir> (Grafana dashboard JSON files, read at run time)."));
+    else if (!result.dashboards.length) list.append(el("li", { class: "muted" }, `No dashboards in ${result.directory}: add Grafana dashboard JSON files there, no restart needed.`));
+    else root.querySelector("h2")?.after(el("p", { class: "muted", id: "dashboards-directory" }, `From ${result.directory}, read on every visit.`));
     for (const dashboard of result.dashboards) {
       const tags = el("span", { class: "tags" });
       for (const tag of dashboard.tags || []) tags.append(el("span", { class: "tag" }, tag));
@@ -318,11 +320,15 @@ async function drawPanel(body, panel, range, step, interpolate) {
 let applyRange = () => {};
 
 /**
- * `#/dashboard/<uid>`.
+ * `#/dashboard/<uid>`. With a relative range (`to` is `now`), the panels are
+ * drawn again every `refresh` (the dashboard's, or `?refresh=` as in
+ * Grafana's URLs; at least 1s), and the dashboard file is read again each
+ * time: a changed file shows without reloading the page.
  * @param {HTMLElement} root
  * @param {import("./util.js").View} view
+ * @param {import("./util.js").ViewContext} ctx
  */
-export async function renderDashboard(root, view) {
+export async function renderDashboard(root, view, ctx) {
   const uid = view.id;
   const params = view.params;
   const header = el("div", { class: "dashboard-header" }, el("a", { href: hashFor("dashboards") }, "← dashboards"));
@@ -386,6 +392,8 @@ export async function renderDashboard(root, view) {
     variablesBar.append(el("label", { class: "variable" }, `${variable.label || name} `, select));
   }
   const interpolate = interpolator(values, builtins);
+  /** @type {Array<{body: HTMLElement, panel: Panel}>} */
+  const drawn = [];
   const panels = allPanels(dashboard).sort((a, b) => (a.gridPos?.y ?? 0) - (b.gridPos?.y ?? 0) || (a.gridPos?.x ?? 0) - (b.gridPos?.x ?? 0));
   /** @type {Promise<void>[]} */
   const work = [];
@@ -403,8 +411,57 @@ export async function renderDashboard(root, view) {
     body.dataset.uid = uid;
     box.append(el("div", { class: "panel-title", title: panel.description || "" }, interpolate(panel.title || "")), body);
     grid.append(box);
+    drawn.push({ body, panel });
     work.push(drawPanel(body, panel, range, step, interpolate).catch((error) => body.replaceChildren(errorBox(error))));
   }
   await Promise.all(work);
   root.dataset.loaded = "1";
+
+  const every = refreshMs(params.get("refresh") || dashboard.refresh);
+  if (every === null || !/^now/.test(range.to)) return;
+  header.append(el("span", { class: "muted refresh-every", title: "the panels are drawn again on this interval" }, `refresh ${params.get("refresh") || dashboard.refresh}`));
+  const original = JSON.stringify(dashboard);
+  let refreshes = 0;
+  let busy = false;
+  const timer = setInterval(async () => {
+    if (busy || !ctx.current()) return;
+    busy = true;
+    try {
+      /** @type {Dashboard} */
+      const latest = await fetchJson(`/api/dashboards/${encodeURIComponent(uid)}`);
+      if (!ctx.current()) return;
+      if (JSON.stringify(latest) !== original) {
+        // The file changed: lay the dashboard out again from it.
+        window.dispatchEvent(new HashChangeEvent("hashchange"));
+        return;
+      }
+      const now = timeRange(withDefaults);
+      await Promise.all(
+        drawn.map(({ body, panel }) => {
+          body.replaceChildren();
+          return drawPanel(body, panel, now, step, interpolate).catch((error) => body.replaceChildren(errorBox(error)));
+        }),
+      );
+      sweepCharts();
+      refreshes += 1;
+      root.dataset.refreshes = String(refreshes);
+    } catch {
+      // A failed refresh keeps what is drawn; the next one tries again.
+    } finally {
+      busy = false;
+    }
+  }, every);
+  ctx.onLeave(() => clearInterval(timer));
+}
+
+/**
+ * A dashboard's `refresh` (`"30s"`, `"1m"`; `""` or `false` for none) in
+ * milliseconds, at least one second.
+ * @param {unknown} refresh
+ * @returns {number | null}
+ */
+function refreshMs(refresh) {
+  if (typeof refresh !== "string" || !refresh) return null;
+  const ms = durationMs(refresh);
+  return ms === null || ms <= 0 ? null : Math.max(1000, ms);
 }

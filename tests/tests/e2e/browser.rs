@@ -320,7 +320,8 @@ async fn request_story(stack: &DemoStack, id: &str) -> serde_json::Value {
     .await
 }
 
-/// Dashboards embedded in the collector: the JSON files of `dashboards/`.
+/// The dashboards the demo serves: the JSON files of `dashboards/`, which the
+/// launcher passes as `--dashboards-dir`.
 fn dashboard_files() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
     let mut files: Vec<String> = std::fs::read_dir(dir)
@@ -1328,5 +1329,95 @@ async fn load_more_pages_through_every_record_and_a_drag_on_the_histogram_zooms(
         "{matching} shown, {inside} sent between {from_ms} and {to_ms}"
     );
     screenshot(&browser, "logs-zoomed.png").await;
+    let _ = browser.close().await;
+}
+
+/// A dashboard file as users write them: one stat panel showing `value`,
+/// refreshing every second over the last five minutes.
+fn live_dashboard(title: &str, value: u32) -> String {
+    serde_json::json!({
+        "uid": "live",
+        "title": title,
+        "refresh": "1s",
+        "time": { "from": "now-5m", "to": "now" },
+        "panels": [{
+            "id": 1,
+            "type": "stat",
+            "title": "Answer",
+            "gridPos": { "x": 0, "y": 0, "w": 8, "h": 4 },
+            "targets": [{ "expr": format!("vector({value})"), "refId": "A" }],
+        }],
+    })
+    .to_string()
+}
+
+/// Dashboards are files read at run time, not part of the binary: one
+/// dropped into `--dashboards-dir` is listed, an open dashboard draws its
+/// panels again on its `refresh` interval, and a changed file shows in the
+/// open page (no reload, no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_refresh_and_a_changed_file_shows_without_a_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dashboards = data_dir.path().join("dashboards");
+    std::fs::create_dir(&dashboards).unwrap();
+    let collector = sightline_tests::CollectorProcess::start(
+        &data_dir.path().join("collector"),
+        &["--dashboards-dir", dashboards.to_str().unwrap()],
+    )
+    .await;
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+
+    open_view(&browser, &ui, "dashboards", "dashboards").await;
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('.dashboard-item').length;"
+        )
+        .await,
+        0
+    );
+    std::fs::write(dashboards.join("live.json"), live_dashboard("Live one", 42)).unwrap();
+    // Another hash, so the list is asked for again.
+    open_view(&browser, &ui, "dashboards?again=1", "dashboards").await;
+    assert_eq!(
+        js(
+            &browser,
+            "return [...document.querySelectorAll('.dashboard-item')].map(i => i.dataset.uid);"
+        )
+        .await,
+        serde_json::json!(["live"])
+    );
+
+    open_view(&browser, &ui, "dashboard/live", "dashboard").await;
+    let stat = "return document.querySelector('#dashboard-grid .stat-value')?.textContent ?? null;";
+    assert_eq!(js(&browser, stat).await, "42");
+    // Marks this page: a reload would lose it.
+    js(&browser, "window.__samePage = 1; return 1;").await;
+    wait_js(
+        &browser,
+        "two refreshes of the panels",
+        Duration::from_secs(30),
+        "return Number(document.querySelector('#view').dataset.refreshes || 0) >= 2;",
+    )
+    .await;
+
+    std::fs::write(dashboards.join("live.json"), live_dashboard("Live two", 7)).unwrap();
+    let changed = wait_js(
+        &browser,
+        "the changed file in the open dashboard",
+        Duration::from_secs(30),
+        "const v = document.querySelector('#view[data-view=\"dashboard\"]'); \
+         const title = document.querySelector('.dashboard-header h2')?.textContent; \
+         const stat = document.querySelector('#dashboard-grid .stat-value')?.textContent; \
+         return v && v.dataset.loaded === '1' && title === 'Live two' && stat === '7' ? [title, stat, window.__samePage] : null;",
+    )
+    .await;
+    assert_eq!(
+        changed,
+        serde_json::json!(["Live two", "7", 1]),
+        "no page reload"
+    );
+    screenshot(&browser, "dashboard-live-reloaded.png").await;
     let _ = browser.close().await;
 }

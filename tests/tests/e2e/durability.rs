@@ -200,7 +200,11 @@ async fn assert_probes(collector: &CollectorProcess, readiness: &str) {
     let status = ready.status();
     let body = ready.text().await.unwrap();
     assert!(body.starts_with(readiness), "/-/ready: {status} {body}");
-    assert_eq!(status == 200, readiness == "ready", "/-/ready: {status} {body}");
+    assert_eq!(
+        status == 200,
+        readiness == "ready",
+        "/-/ready: {status} {body}"
+    );
 }
 
 /// Needs root to mount a small tmpfs.

@@ -98,3 +98,50 @@ async fn correlation_ids_as_users_send_them() {
         "{records:#?}"
     );
 }
+
+/// "Health checks as the material describes them": on the running demo
+/// every binary answers its liveness and readiness probes with what each
+/// means for it, and a service marked down is not ready but still alive.
+/// (Readiness failing on a full disk, liveness not, and both coming back
+/// without a restart: `durability::a_full_disk_refuses_ingest_…`; the agent
+/// not ready while the collector is away: `otlp_pipeline::waits_for_a_collector_that_starts_late`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_as_the_material_describes_them() {
+    let stack = DemoStack::start().await;
+    let probe = |url: String| {
+        let http = stack.http.clone();
+        async move {
+            let response = http.get(&url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let agent = |path: &str| format!("http://127.0.0.1:{}{path}", stack.ports.agent);
+    assert_eq!(
+        probe(stack.ui_url("/-/healthy")).await,
+        (200, "healthy\n".into())
+    );
+    assert_eq!(
+        probe(stack.ui_url("/-/ready")).await,
+        (200, "ready\n".into())
+    );
+    assert_eq!(probe(agent("/-/healthy")).await, (200, "ok".into()));
+    assert_eq!(probe(agent("/-/ready")).await, (200, "ready".into()));
+
+    let (status, body) = probe(stack.service_url("payment", "/health/ready")).await;
+    assert_eq!(status, 200, "{body}");
+    let down = stack
+        .http
+        .post(stack.service_url("payment", "/admin/faults"))
+        .json(&serde_json::json!({ "down": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 200);
+    let (status, body) = probe(stack.service_url("payment", "/health/ready")).await;
+    assert_eq!(status, 503, "a service marked down is not ready: {body}");
+    let (status, body) = probe(stack.service_url("payment", "/health/live")).await;
+    assert_eq!(status, 200, "but alive, so it is not restarted: {body}");
+    // The collector's own probes do not depend on the services.
+    assert_eq!(probe(stack.ui_url("/-/ready")).await.0, 200);
+}
