@@ -28,6 +28,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("services.js", JS, include_str!("assets/services.js")),
     ("dashboards.js", JS, include_str!("assets/dashboards.js")),
     ("alerts.js", JS, include_str!("assets/alerts.js")),
+    ("explore.js", JS, include_str!("assets/explore.js")),
     ("perf.js", JS, include_str!("assets/perf.js")),
     (
         "vendor/uPlot.esm.js",

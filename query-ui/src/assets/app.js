@@ -1,6 +1,7 @@
 // @ts-check
 // Sightline UI: a router over the URL hash. Every view's state is in the
-// hash (`#/logs?q=…`, `#/trace/<id>`, `#/request/<id>`, `#/dashboard/<uid>?var-…`),
+// hash (`#/logs?q=…`, `#/trace/<id>`, `#/request/<id>`, `#/dashboard/<uid>?var-…`,
+// `#/explore?q=<PromQL>`),
 // so a shared link shows the same view. Every piece of data from the server
 // is inserted with textContent or as an attribute value, never as HTML: log
 // lines are attacker-controlled. Plain ES modules, no build step.
@@ -13,6 +14,7 @@ import * as request from "./request.js";
 import * as services from "./services.js";
 import * as dashboards from "./dashboards.js";
 import * as alerts from "./alerts.js";
+import * as explore from "./explore.js";
 import { install } from "./perf.js";
 
 /** @type {import("./perf.js").Perf} */
@@ -34,6 +36,7 @@ const VIEWS = {
   dashboards: { nav: "dashboards", render: dashboards.renderList },
   dashboard: { nav: "dashboards", render: dashboards.renderDashboard },
   alerts: { nav: "alerts", render: alerts.render },
+  explore: { nav: "explore", render: explore.render },
 };
 
 /** @type {Array<() => void>} */

@@ -1421,3 +1421,179 @@ async fn dashboards_refresh_and_a_changed_file_shows_without_a_restart() {
     screenshot(&browser, "dashboard-live-reloaded.png").await;
     let _ = browser.close().await;
 }
+
+/// WebDriver's Tab and Enter keys.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+/// "A metrics explorer": a PromQL query typed with completion of metric
+/// names, label names and label values from the API, drawn as a graph and
+/// a table, kept in the URL (a reload shows the same), and a bad query
+/// answered with Prometheus' message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_explorer() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = data_dir.path().join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 1s\n").unwrap();
+    let collector = sightline_tests::CollectorProcess::start(
+        &data_dir.path().join("collector"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
+    // The collector scrapes itself: wait for its first scrape.
+    let names_url = collector.url("/api/v1/label/__name__/values");
+    poll_until("the self-scrape", Duration::from_secs(60), || async {
+        let names: serde_json::Value = reqwest::get(&names_url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let known = names["data"].as_array().is_some_and(|names| {
+            names
+                .iter()
+                .any(|n| n == "sightline_config_last_reload_successful")
+        });
+        Ok(known.then_some(()))
+    })
+    .await;
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+    open_view(&browser, &ui, "explore", "explore").await;
+    let input = browser
+        .find(Locator::Css("#explore-query"))
+        .await
+        .expect("the query input");
+    let suggested = "return [...document.querySelectorAll('#explore-suggestions:not([hidden]) li')].map(li => li.dataset.value);";
+
+    // A metric name completes from the API (Tab takes the first).
+    input
+        .send_keys("sightline_config_last_reload_successf")
+        .await
+        .unwrap();
+    let names = wait_js(
+        &browser,
+        "metric name suggestions",
+        Duration::from_secs(30),
+        suggested,
+    )
+    .await;
+    assert!(
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "sightline_config_last_reload_successful"),
+        "{names}"
+    );
+    input.send_keys(TAB).await.unwrap();
+    // Then a label name and a value, inside the braces.
+    input.send_keys("{jo").await.unwrap();
+    let labels = wait_js(
+        &browser,
+        "label name suggestions",
+        Duration::from_secs(30),
+        "const v = [...document.querySelectorAll('#explore-suggestions:not([hidden]) li')].map(li => li.dataset.value); return v.includes('job') ? v : null;",
+    )
+    .await;
+    assert!(
+        !labels.as_array().unwrap().iter().any(|l| l == "__name__"),
+        "{labels}"
+    );
+    input.send_keys(TAB).await.unwrap();
+    input.send_keys("=\"").await.unwrap();
+    wait_js(
+        &browser,
+        "the job's values suggested",
+        Duration::from_secs(30),
+        "const v = [...document.querySelectorAll('#explore-suggestions:not([hidden]) li')].map(li => li.dataset.value); \
+         return v.length === 1 && v[0] === 'sightline';",
+    )
+    .await;
+    browser
+        .find(Locator::Css("#explore-suggestions li"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    input.send_keys("\"}").await.unwrap();
+    let typed = js(
+        &browser,
+        "return document.querySelector('#explore-query').value;",
+    )
+    .await;
+    assert_eq!(
+        typed,
+        "sightline_config_last_reload_successful{job=\"sightline\"}"
+    );
+
+    // Enter runs it: the query goes into the URL, a graph and a table show.
+    let _ = browser
+        .execute(
+            "document.querySelector('#view').dataset.stale = '1';",
+            vec![],
+        )
+        .await;
+    input.send_keys(ENTER).await.unwrap();
+    let drawn = "const v = document.querySelector('#view[data-view=\"explore\"]:not([data-stale])'); \
+         if (!v || v.dataset.loaded !== '1') return null; \
+         const rows = [...document.querySelectorAll('#explore-table tbody tr')].map(r => [...r.cells].map(c => c.textContent)); \
+         return [decodeURIComponent(location.hash), document.querySelectorAll('#explore-graph canvas').length, rows];";
+    let shown = wait_js(
+        &browser,
+        "the query's graph and table",
+        Duration::from_secs(30),
+        drawn,
+    )
+    .await;
+    assert!(
+        shown[0]
+            .as_str()
+            .unwrap()
+            .contains("q=sightline_config_last_reload_successful{job=\"sightline\"}"),
+        "{shown}"
+    );
+    assert!(shown[1].as_u64().unwrap() >= 1, "a graph: {shown}");
+    let rows = shown[2].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{shown}");
+    assert!(
+        rows[0][0]
+            .as_str()
+            .unwrap()
+            .starts_with("sightline_config_last_reload_successful{"),
+        "{shown}"
+    );
+    assert!(
+        rows[0][0].as_str().unwrap().contains("job=\"sightline\""),
+        "{shown}"
+    );
+    assert_eq!(rows[0][1], "1", "{shown}");
+    screenshot(&browser, "explore.png").await;
+
+    // The URL alone shows the same: a fresh page load.
+    let url = browser.current_url().await.unwrap();
+    browser.goto("about:blank").await.unwrap();
+    browser.goto(url.as_str()).await.unwrap();
+    let again = wait_js(
+        &browser,
+        "the same query after a reload",
+        Duration::from_secs(30),
+        drawn,
+    )
+    .await;
+    assert_eq!(again[2], shown[2]);
+
+    // A bad query says what Prometheus would.
+    open_view(&browser, &ui, "explore?q=sum(rate(up[5m])", "explore").await;
+    let error = js(
+        &browser,
+        "return document.querySelector('#explore-graph .error-box')?.textContent ?? null;",
+    )
+    .await;
+    assert!(
+        error.as_str().is_some_and(|e| e.contains("parse error")),
+        "{error}"
+    );
+    let _ = browser.close().await;
+}
