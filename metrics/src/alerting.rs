@@ -345,6 +345,9 @@ impl Alerting {
 #[derive(Debug, Clone, Default)]
 struct Receivers {
     alertmanagers: Vec<Receiver>,
+    /// `<scheme>://<target><path_prefix>` of each Alertmanager, for its
+    /// other endpoints (silences).
+    alertmanager_bases: Vec<String>,
     webhooks: Vec<Receiver>,
     base_url: String,
     external_labels: BTreeMap<String, String>,
@@ -353,6 +356,7 @@ struct Receivers {
 impl Receivers {
     fn from_config(config: &ConfigFile, base_url: String) -> anyhow::Result<Receivers> {
         let mut alertmanagers = Vec::new();
+        let mut alertmanager_bases = Vec::new();
         for group in &config.alerting.alertmanagers {
             if group.api_version != "v2" {
                 anyhow::bail!(
@@ -366,10 +370,12 @@ impl Receivers {
                 .iter()
                 .flat_map(|config| &config.targets)
             {
+                let base = format!("{}://{target}{prefix}", group.scheme);
                 alertmanagers.push(Receiver {
-                    url: format!("{}://{target}{prefix}/api/v2/alerts", group.scheme),
+                    url: format!("{base}/api/v2/alerts"),
                     timeout: group.timeout,
                 });
+                alertmanager_bases.push(base);
             }
         }
         let webhooks = config
@@ -382,6 +388,7 @@ impl Receivers {
             .collect();
         Ok(Receivers {
             alertmanagers,
+            alertmanager_bases,
             webhooks,
             base_url,
             external_labels: config.global.external_labels.clone(),
@@ -462,6 +469,18 @@ impl Notifier {
         }
         drop(queue);
         self.wake.notify_one();
+    }
+
+    /// `<scheme>://<target><path_prefix>` of every configured Alertmanager,
+    /// as the config file (or its last reload) lists them.
+    pub fn alertmanager_bases(&self) -> Vec<String> {
+        self.receivers().alertmanager_bases.clone()
+    }
+
+    /// The notifier's HTTP client, for the other calls to the same
+    /// Alertmanagers.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// Alerts waiting to be sent.
@@ -821,6 +840,7 @@ mod tests {
                 url: "http://127.0.0.1:1/api/v2/alerts".to_string(),
                 timeout: Duration::from_secs(1),
             }],
+            alertmanager_bases: vec!["http://127.0.0.1:1".to_string()],
             webhooks: Vec::new(),
             base_url: "http://ui:7070".to_string(),
             external_labels: BTreeMap::from([("cluster".to_string(), "eu".to_string())]),

@@ -12,6 +12,8 @@
 //!   log records and spans;
 //! - [`alerting`]: the rule groups' runtime (evaluation loop, `for`,
 //!   `keep_firing_for`) and the Alertmanager notifier;
+//! - [`silences`]: Alertmanager's silence endpoints passed through for the
+//!   UI's Alerts view;
 //! - [`config_file`]: the `prometheus.yml`-shaped configuration file;
 //! - [`pipeline`]: all of the above as one part of the collector,
 //!   [`MetricsPipeline`], built from the config file and the store.
@@ -28,6 +30,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod remote_write;
 pub mod scrape;
+pub mod silences;
 pub mod span_metrics;
 
 pub use pipeline::{MetricsConfig, MetricsPipeline, Observers, QueryListener};

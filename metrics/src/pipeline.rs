@@ -221,9 +221,12 @@ impl MetricsPipeline {
         crate::remote_write::RemoteWrite::new(self.log.clone())
     }
 
-    /// `/api/v1/targets`.
+    /// `/api/v1/targets`, and Alertmanager's silences passed through
+    /// (`/api/alertmanager/...`, see [`crate::silences`]).
     pub fn api_router(&self) -> axum::Router {
-        self.scraper.router()
+        self.scraper
+            .router()
+            .merge(crate::silences::router(self.alerting.notifier.clone()))
     }
 
     /// The pipeline's counters for the collector's `/metrics`: span

@@ -3,6 +3,9 @@
 // active alerts with labels and annotations (`/api/v1/alerts`), and links to
 // the logs and traces behind each (the notifier's `sightline_logs_url`,
 // `sightline_traces_url` and `sightline_trace_ids` annotations).
+// Silences: listed, created (from an alert's labels, or blank) and expired
+// in the Alertmanagers of the collector's config, through its pass-through
+// of Alertmanager's API v2 (`/api/alertmanager/api/v2/silences`).
 // State: `#/alerts?state=firing|pending|inactive&type=alerting|recording`.
 
 import { el, fetchJson, go, hashFor, safeUrl, errorBox } from "./util.js";
@@ -47,6 +50,29 @@ import { el, fetchJson, go, hashFor, safeUrl, errorBox } from "./util.js";
  * @property {number} evaluationTime seconds
  * @property {string} lastEvaluation RFC 3339
  */
+
+/**
+ * One matcher of a silence, as Alertmanager's API v2 has it.
+ * @typedef {object} Matcher
+ * @property {string} name
+ * @property {string} value
+ * @property {boolean} isRegex
+ * @property {boolean} [isEqual] false for `!=` and `!~`
+ */
+
+/**
+ * A silence of `GET /api/v2/silences` (Alertmanager's `GettableSilence`).
+ * @typedef {object} Silence
+ * @property {string} id
+ * @property {Matcher[]} matchers
+ * @property {string} startsAt RFC 3339
+ * @property {string} endsAt RFC 3339
+ * @property {string} createdBy
+ * @property {string} comment
+ * @property {{state: "active" | "pending" | "expired"}} status
+ */
+
+/** `GET /api/alertmanager/status`: the configured Alertmanagers. @typedef {{alertmanagers: string[]}} AlertmanagerStatus */
 
 /** `GET /api/v1/alerts`. @typedef {import("./util.js").PromResponse<{alerts: Alert[]}>} AlertsResponse */
 /** `GET /api/v1/rules`. @typedef {import("./util.js").PromResponse<{groups: RuleGroup[]}>} RulesResponse */
@@ -127,6 +153,147 @@ function alertCard(alert) {
   );
 }
 
+/** Durations a silence can last, as offered in the form. */
+const SILENCE_DURATIONS = [
+  ["1h", 3600e3],
+  ["2h", 7200e3],
+  ["4h", 4 * 3600e3],
+  ["1d", 24 * 3600e3],
+  ["1w", 7 * 24 * 3600e3],
+];
+
+/**
+ * A silence's matchers as people write them: `name="value", name=~"re.*"`.
+ * @param {Matcher[]} matchers
+ * @returns {string}
+ */
+export function formatMatchers(matchers) {
+  return matchers.map((m) => `${m.name}${m.isEqual === false ? (m.isRegex ? "!~" : "!=") : m.isRegex ? "=~" : "="}${JSON.stringify(m.value)}`).join(", ");
+}
+
+/**
+ * The matchers of `text` (`name="value", other=~"a|b"`), or the error that
+ * says where it went wrong.
+ * @param {string} text
+ * @returns {Matcher[]}
+ */
+export function parseMatchers(text) {
+  /** @type {Matcher[]} */
+  const matchers = [];
+  const pattern = /\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)/y;
+  let at = 0;
+  while (at < text.length && text.slice(at).trim()) {
+    pattern.lastIndex = at;
+    const match = pattern.exec(text);
+    if (!match) throw new Error(`matchers: expected name="value" at character ${at + 1}: ${text.slice(at, at + 30)}`);
+    const [, name, op, quoted] = match;
+    matchers.push({ name, value: JSON.parse(`"${quoted}"`), isRegex: op === "=~" || op === "!~", isEqual: op === "=" || op === "=~" });
+    at = pattern.lastIndex;
+  }
+  if (!matchers.length) throw new Error("a silence needs at least one matcher");
+  return matchers;
+}
+
+/**
+ * The form that creates a silence: matchers, how long, who, why.
+ * @param {Matcher[]} matchers prefilled
+ * @param {() => void} done called once Alertmanager took it
+ * @returns {HTMLElement}
+ */
+function silenceForm(matchers, done) {
+  const matcherInput = /** @type {HTMLInputElement} */ (el("input", { class: "silence-matchers", value: formatMatchers(matchers), placeholder: 'alertname="HighErrorRate", service="payment"', "aria-label": "matchers" }));
+  const duration = /** @type {HTMLSelectElement} */ (el("select", { class: "silence-duration", "aria-label": "duration" }));
+  for (const [label, ms] of SILENCE_DURATIONS) duration.append(el("option", { value: String(ms) }, label));
+  const author = /** @type {HTMLInputElement} */ (el("input", { class: "silence-author", value: localStorage.getItem("sightline.silence.author") || "", placeholder: "your name", required: true, "aria-label": "created by" }));
+  const comment = /** @type {HTMLInputElement} */ (el("input", { class: "silence-comment", placeholder: "why (a ticket, a deploy)", required: true, "aria-label": "comment" }));
+  const message = el("div", { class: "silence-message" });
+  const form = /** @type {HTMLFormElement} */ (el("form", { class: "silence-form" }, el("label", {}, "Matchers ", matcherInput), el("label", {}, "For ", duration), el("label", {}, "By ", author), el("label", {}, "Comment ", comment), el("button", { type: "submit", class: "silence-submit" }, "Create silence"), message));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    message.replaceChildren();
+    try {
+      const now = Date.now();
+      const silence = {
+        matchers: parseMatchers(matcherInput.value),
+        startsAt: new Date(now).toISOString(),
+        endsAt: new Date(now + Number(duration.value)).toISOString(),
+        createdBy: author.value.trim(),
+        comment: comment.value.trim(),
+      };
+      localStorage.setItem("sightline.silence.author", silence.createdBy);
+      await fetchJson("/api/alertmanager/api/v2/silences", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(silence) });
+      done();
+    } catch (error) {
+      message.replaceChildren(errorBox(error));
+    }
+  });
+  return form;
+}
+
+/**
+ * The silences of the Alertmanagers, newest first, with an Expire button
+ * on those not expired yet.
+ * @param {HTMLElement} box
+ * @param {() => void} reload
+ * @returns {Promise<Silence[]>}
+ */
+async function renderSilences(box, reload) {
+  /** @type {Silence[]} */
+  const silences = await fetchJson("/api/alertmanager/api/v2/silences");
+  const order = { active: 0, pending: 1, expired: 2 };
+  silences.sort((a, b) => order[a.status.state] - order[b.status.state] || b.startsAt.localeCompare(a.startsAt));
+  if (!silences.length) {
+    box.append(el("p", { class: "muted" }, "No silences."));
+    return silences;
+  }
+  const tbody = el("tbody");
+  for (const silence of silences) {
+    const expire = silence.status.state === "expired" ? null : el("button", { class: "silence-expire", type: "button" }, "Expire");
+    expire?.addEventListener("click", async () => {
+      try {
+        await fetchJson(`/api/alertmanager/api/v2/silence/${encodeURIComponent(silence.id)}`, { method: "DELETE" });
+        reload();
+      } catch (error) {
+        box.prepend(errorBox(error));
+      }
+    });
+    tbody.append(
+      el(
+        "tr",
+        { class: `silence-row silence-${silence.status.state}`, "data-silence-id": silence.id },
+        el("td", {}, el("span", { class: `badge silence-state-${silence.status.state}` }, silence.status.state)),
+        el("td", {}, el("code", {}, formatMatchers(silence.matchers))),
+        el("td", {}, `${new Date(silence.startsAt).toLocaleString()} → ${new Date(silence.endsAt).toLocaleString()}`),
+        el("td", {}, silence.createdBy),
+        el("td", { class: "silence-comment-text" }, silence.comment),
+        el("td", {}, expire),
+      ),
+    );
+  }
+  box.append(el("table", { class: "rules silences" }, el("thead", {}, el("tr", {}, el("th", {}, "State"), el("th", {}, "Matchers"), el("th", {}, "When"), el("th", {}, "By"), el("th", {}, "Comment"), el("th", {}, ""))), tbody));
+  return silences;
+}
+
+/**
+ * Whether `silence` mutes an alert with `labels`, as Alertmanager matches
+ * (regexes anchored; a missing label is the empty string).
+ * @param {Silence} silence
+ * @param {Record<string, string>} labels
+ * @returns {boolean}
+ */
+export function silencesAlert(silence, labels) {
+  return silence.matchers.every((m) => {
+    const value = labels[m.name] ?? "";
+    let matched;
+    try {
+      matched = m.isRegex ? new RegExp(`^(?:${m.value})$`).test(value) : value === m.value;
+    } catch {
+      return false;
+    }
+    return m.isEqual === false ? !matched : matched;
+  });
+}
+
 /**
  * `#/alerts`.
  * @param {HTMLElement} root
@@ -148,14 +315,50 @@ export async function render(root, view) {
     filters.append(select);
   }
   const active = el("div", { id: "active-alerts" });
+  const silences = el("div", { id: "silences" });
   const groups = el("div", { id: "rule-groups" });
-  root.append(el("section", { id: "alerts-view" }, filters, el("h2", {}, "Active alerts"), active, el("h2", {}, "Rules"), groups));
+  root.append(el("section", { id: "alerts-view" }, filters, el("h2", {}, "Active alerts"), active, el("h2", {}, "Silences"), silences, el("h2", {}, "Rules"), groups));
+  const reload = () => window.dispatchEvent(new HashChangeEvent("hashchange"));
   try {
-    /** @type {[AlertsResponse, RulesResponse]} */
-    const [alerts, rules] = await Promise.all([fetchJson("/api/v1/alerts"), fetchJson("/api/v1/rules")]);
+    /** @type {[AlertsResponse, RulesResponse, AlertmanagerStatus]} */
+    const [alerts, rules, alertmanager] = await Promise.all([fetchJson("/api/v1/alerts"), fetchJson("/api/v1/rules"), fetchJson("/api/alertmanager/status").catch(() => /** @type {AlertmanagerStatus} */ ({ alertmanagers: [] }))]);
+    const canSilence = alertmanager.alertmanagers.length > 0;
     const list = alerts.data.alerts.filter((a) => !stateFilter || a.state === stateFilter);
     if (!list.length) active.append(el("p", { class: "muted" }, "No active alerts."));
-    for (const alert of list) active.append(alertCard(alert));
+    /** @type {Array<[HTMLElement, Alert]>} */
+    const cards = [];
+    for (const alert of list) {
+      const card = alertCard(alert);
+      cards.push([card, alert]);
+      if (canSilence) {
+        const button = el("button", { type: "button", class: "silence-alert" }, "Silence…");
+        button.addEventListener("click", () => {
+          button.remove();
+          const matchers = Object.entries(alert.labels || {}).map(([name, value]) => ({ name, value, isRegex: false, isEqual: true }));
+          card.append(silenceForm(matchers, reload));
+        });
+        card.querySelector(".alert-head")?.append(button);
+      }
+      active.append(card);
+    }
+    if (canSilence) {
+      const create = el("button", { type: "button", id: "new-silence" }, "New silence…");
+      create.addEventListener("click", () => {
+        create.replaceWith(silenceForm([], reload));
+      });
+      silences.append(el("p", { class: "muted" }, `In ${alertmanager.alertmanagers.join(", ")} `, create));
+      const known = await renderSilences(silences, reload).catch((error) => {
+        silences.append(errorBox(error));
+        return /** @type {Silence[]} */ ([]);
+      });
+      // Alertmanager holds back notifications of an alert an active silence matches.
+      for (const [card, alert] of cards) {
+        const by = known.find((silence) => silence.status.state === "active" && silencesAlert(silence, alert.labels || {}));
+        if (by) card.querySelector(".alert-head strong")?.after(el("span", { class: "badge silence-state-active", title: `${by.comment} (${by.createdBy})` }, "silenced"));
+      }
+    } else {
+      silences.append(el("p", { class: "muted" }, "No Alertmanager is configured: add one under alerting.alertmanagers in the collector's config file to create and list silences here."));
+    }
     if (!rules.data.groups.length) groups.append(el("p", { class: "muted" }, "No rule groups loaded."));
     for (const group of rules.data.groups) {
       const table = el("table", { class: "rules" }, el("thead", {}, el("tr", {}, el("th", {}, "Rule"), el("th", {}, "Type"), el("th", {}, "State"), el("th", {}, "Health"), el("th", {}, "Query"), el("th", {}, "Active"))));

@@ -20,7 +20,7 @@ fn unix_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-async fn start_alertmanager(dir: &Path) -> (Process, u16) {
+pub(crate) async fn start_alertmanager(dir: &Path) -> (Process, u16) {
     assert!(
         Path::new(ALERTMANAGER).exists(),
         "{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager"
@@ -50,7 +50,7 @@ async fn start_alertmanager(dir: &Path) -> (Process, u16) {
 }
 
 /// Writes the collector's config and rules into `dir`; returns the config path.
-fn write_config(dir: &Path, alerting: &str, rules: &str) -> String {
+pub(crate) fn write_config(dir: &Path, alerting: &str, rules: &str) -> String {
     std::fs::write(dir.join("rules.yml"), rules).expect("write rules");
     let config = dir.join("sightline.yml");
     std::fs::write(

@@ -1597,3 +1597,201 @@ async fn a_metrics_explorer() {
     );
     let _ = browser.close().await;
 }
+
+/// Silences from the Alerts view, in a real Alertmanager: "Silence…" on a
+/// firing alert opens a form with its labels as matchers; the silence is
+/// created in Alertmanager (which then holds the alert as suppressed),
+/// listed in the view, and expired from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_are_created_listed_and_expired_from_the_alerts_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_alertmanager, am_port) = crate::alertmanager::start_alertmanager(dir.path()).await;
+    let config = crate::alertmanager::write_config(
+        dir.path(),
+        &format!(
+            "alerting:\n  alertmanagers: [{{ static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}] }}]\n"
+        ),
+        "groups:\n  - name: ui\n    interval: 1s\n    rules:\n      - alert: CheckoutBroken\n        expr: vector(3) > 0\n        labels: { severity: page, service: checkout }\n",
+    );
+    let collector = sightline_tests::CollectorProcess::start_with_env(
+        &dir.path().join("collector"),
+        &["--config", &config],
+        &[("SIGHTLINE_ALERT_RESEND_DELAY", "1s")],
+    )
+    .await;
+    let am = format!("http://127.0.0.1:{am_port}/api/v2");
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    // Alertmanager holds the alert, not silenced yet.
+    poll_until(
+        "the alert in Alertmanager",
+        Duration::from_secs(60),
+        || async {
+            let alerts = get(format!("{am}/alerts")).await?;
+            let held = alerts.as_array().is_some_and(|alerts| {
+                alerts.iter().any(|a| {
+                    a["labels"]["alertname"] == "CheckoutBroken" && a["status"]["state"] == "active"
+                })
+            });
+            Ok(held.then_some(()))
+        },
+    )
+    .await;
+
+    let ui = collector.url("/");
+    let (_driver, browser) = start_browser().await;
+    open_view(&browser, &ui, "alerts", "alerts").await;
+    wait_js(
+        &browser,
+        "the firing alert with its Silence button",
+        Duration::from_secs(30),
+        "return document.querySelector('.alert-card[data-alertname=\"CheckoutBroken\"] .silence-alert') !== null;",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('#silences').textContent.includes('No silences.');"
+        )
+        .await,
+        true
+    );
+    browser
+        .find(Locator::Css(
+            ".alert-card[data-alertname=\"CheckoutBroken\"] .silence-alert",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let matchers = js(
+        &browser,
+        "return document.querySelector('.silence-form .silence-matchers').value;",
+    )
+    .await;
+    let matchers = matchers.as_str().unwrap();
+    for expected in [
+        "alertname=\"CheckoutBroken\"",
+        "service=\"checkout\"",
+        "severity=\"page\"",
+    ] {
+        assert!(matchers.contains(expected), "{matchers}");
+    }
+    // Comment and author are required: Alertmanager refuses a silence without.
+    browser
+        .find(Locator::Css(".silence-form .silence-author"))
+        .await
+        .unwrap()
+        .send_keys("oncall-ana")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(".silence-form .silence-comment"))
+        .await
+        .unwrap()
+        .send_keys("rolling back checkout 1.4.2")
+        .await
+        .unwrap();
+    let _ = browser
+        .execute(
+            "document.querySelector('#view').dataset.stale = '1';",
+            vec![],
+        )
+        .await;
+    browser
+        .find(Locator::Css(".silence-form .silence-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let listed = "const v = document.querySelector('#view[data-view=\"alerts\"]:not([data-stale])'); \
+         if (!v || v.dataset.loaded !== '1') return null; \
+         const rows = [...document.querySelectorAll('#silences .silence-row')]; \
+         return rows.length ? rows.map(r => [r.dataset.silenceId, r.querySelector('.badge').textContent, r.querySelector('code').textContent, r.querySelector('.silence-comment-text').textContent]) : null;";
+    let rows = wait_js(
+        &browser,
+        "the silence listed",
+        Duration::from_secs(30),
+        listed,
+    )
+    .await;
+    let row = &rows[0];
+    assert_eq!(row[1], "active", "{rows}");
+    assert!(
+        row[2]
+            .as_str()
+            .unwrap()
+            .contains("alertname=\"CheckoutBroken\""),
+        "{rows}"
+    );
+    assert_eq!(row[3], "rolling back checkout 1.4.2");
+    let id = row[0].as_str().unwrap().to_string();
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelector('.alert-card[data-alertname=\"CheckoutBroken\"] .badge.silence-state-active')?.textContent ?? null;"
+        )
+        .await,
+        "silenced",
+        "the alert card says it is silenced"
+    );
+    screenshot(&browser, "silence-created.png").await;
+
+    // In Alertmanager itself: the silence, and the alert suppressed by it.
+    let silence = get(format!("{am}/silence/{id}")).await.unwrap();
+    assert_eq!(silence["status"]["state"], "active", "{silence}");
+    assert_eq!(silence["createdBy"], "oncall-ana");
+    poll_until("the alert suppressed", Duration::from_secs(30), || async {
+        let alerts = get(format!("{am}/alerts?silenced=true")).await?;
+        let suppressed = alerts.as_array().is_some_and(|alerts| {
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "CheckoutBroken"
+                    && a["status"]["state"] == "suppressed"
+                    && a["status"]["silencedBy"][0] == id.as_str()
+            })
+        });
+        Ok(suppressed.then_some(()))
+    })
+    .await;
+
+    // Expired from the view.
+    let _ = browser
+        .execute(
+            "document.querySelector('#view').dataset.stale = '1';",
+            vec![],
+        )
+        .await;
+    browser
+        .find(Locator::Css(&format!(
+            "#silences .silence-row[data-silence-id=\"{id}\"] .silence-expire"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let rows = wait_js(
+        &browser,
+        "the silence expired",
+        Duration::from_secs(30),
+        listed,
+    )
+    .await;
+    assert_eq!(rows[0][1], "expired", "{rows}");
+    let silence = get(format!("{am}/silence/{id}")).await.unwrap();
+    assert_eq!(silence["status"]["state"], "expired", "{silence}");
+    let _ = browser.close().await;
+}
