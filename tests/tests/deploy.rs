@@ -98,7 +98,14 @@ fn compose_invocations() -> Vec<Invocation> {
     services
         .iter()
         .map(|(name, service)| {
-            let command = strings(&service["command"]);
+            let mut command = strings(&service["command"]);
+            if service["image"]
+                .as_str()
+                .is_some_and(|image| image.starts_with("prom/alertmanager:"))
+            {
+                // The image's entrypoint is Alertmanager; the command is its flags.
+                command.insert(0, ALERTMANAGER.to_string());
+            }
             let env = service["environment"]
                 .as_object()
                 .map(|env| env.keys().cloned().collect())
@@ -127,7 +134,13 @@ fn kubernetes_invocations() -> Vec<Invocation> {
             continue;
         };
         for container in spec["containers"].as_array().expect("containers") {
-            let command = strings(&container["command"]);
+            let mut command = strings(&container["command"]);
+            if container["image"]
+                .as_str()
+                .is_some_and(|image| image.contains("prometheus/alertmanager:"))
+            {
+                command.insert(0, ALERTMANAGER.to_string());
+            }
             let env = container["env"]
                 .as_array()
                 .map(|env| {
@@ -150,8 +163,17 @@ fn kubernetes_invocations() -> Vec<Invocation> {
     invocations
 }
 
+/// Debian's Alertmanager, the same release line as the image the
+/// manifests run: its `--help` checks their flags.
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+
 fn help_of(program: &str) -> String {
-    let output = Command::new(binary(program))
+    let path = if program == ALERTMANAGER {
+        PathBuf::from(ALERTMANAGER)
+    } else {
+        binary(program)
+    };
+    let output = Command::new(path)
         .arg("--help")
         .output()
         .unwrap_or_else(|error| panic!("{program} --help: {error}"));
@@ -190,6 +212,7 @@ fn every_flag_and_variable_in_compose_and_kubernetes_is_one_the_binary_accepts()
         "sightline-agent",
         "shop-service",
         "sightline-demo",
+        ALERTMANAGER,
     ];
     let helps: BTreeMap<&str, String> = programs.iter().map(|p| (*p, help_of(p))).collect();
     let dockerfile = read("Dockerfile");
@@ -220,7 +243,9 @@ fn every_flag_and_variable_in_compose_and_kubernetes_is_one_the_binary_accepts()
                 "{place}: {arg:?} is not --flag=value"
             );
             assert!(
-                help.contains(&format!("{name} ")) || help.contains(&format!("{name}\n")),
+                help.contains(&format!("{name} "))
+                    || help.contains(&format!("{name}\n"))
+                    || help.contains(&format!("{name}=")),
                 "{place}: {} does not accept {name}",
                 invocation.program
             );
@@ -252,6 +277,27 @@ fn compose_ports_health_checks_and_peers_agree_with_the_binaries() {
         );
     }
     for (name, service) in services {
+        if name == "alertmanager" {
+            // Upstream's image, with the shipped routing tree mounted.
+            assert!(
+                service["image"]
+                    .as_str()
+                    .is_some_and(|image| image.starts_with("prom/alertmanager:"))
+            );
+            assert!(
+                strings(&service["volumes"]).contains(
+                    &"./deploy/compose/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+                        .to_string()
+                )
+            );
+            assert_eq!(
+                strings(&service["healthcheck"]["test"])
+                    .last()
+                    .map(String::as_str),
+                Some("http://127.0.0.1:9093/-/ready")
+            );
+            continue;
+        }
         let build = &service["build"];
         let context = root().join(build["context"].as_str().expect("a build context"));
         assert!(
@@ -366,6 +412,110 @@ fn compose_ports_health_checks_and_peers_agree_with_the_binaries() {
             );
         }
     }
+}
+
+const AMTOOL: &str = "/usr/bin/amtool";
+
+/// `amtool config routes test` with `labels`: the receivers the routing
+/// tree in `config` picks.
+fn routed_to(config: &std::path::Path, labels: &[String]) -> String {
+    let output = Command::new(AMTOOL)
+        .args(["config", "routes", "test", "--config.file"])
+        .arg(config)
+        .args(labels)
+        .output()
+        .expect("amtool runs");
+    assert!(
+        output.status.success(),
+        "amtool config routes test {labels:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The Alertmanager configs shipped for Compose and Kubernetes pass
+/// `amtool check-config`, route every shipped alert by its severity (pages
+/// to `pager`, the rest to `chat`), and have the same routing tree and
+/// inhibition, their receivers differing only in the address of the
+/// notification service.
+#[test]
+fn the_shipped_routing_tree_pages_and_chats_by_severity() {
+    assert!(
+        std::path::Path::new(AMTOOL).exists(),
+        "{AMTOOL} is missing: apt-get install prometheus-alertmanager (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let compose_path = root().join("deploy/compose/alertmanager.yml");
+    let k8s = yaml_documents("deploy/kubernetes/alertmanager.yaml");
+    let k8s_text = k8s[0]["data"]["alertmanager.yml"].as_str().unwrap();
+    let k8s_path = dir.path().join("alertmanager.yml");
+    std::fs::write(&k8s_path, k8s_text).unwrap();
+    for config in [&compose_path, &k8s_path] {
+        let output = Command::new(AMTOOL)
+            .arg("check-config")
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "amtool check-config {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+
+    let mut routed = 0;
+    for (_, rule) in alerts() {
+        let name = rule["alert"].as_str().unwrap();
+        let labels = rule["labels"].as_object().cloned().unwrap_or_default();
+        let severity = labels["severity"].as_str().unwrap_or_default().to_string();
+        let mut args = vec![format!("alertname={name}")];
+        if !labels.contains_key("service") {
+            args.push("service=payment".to_string());
+        }
+        args.extend(
+            labels
+                .iter()
+                .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default())),
+        );
+        let expected = match severity.as_str() {
+            "page" | "critical" => "pager",
+            _ => "chat",
+        };
+        for config in [&compose_path, &k8s_path] {
+            assert_eq!(routed_to(config, &args), expected, "{name} ({severity})");
+        }
+        routed += 1;
+    }
+    assert!(routed >= 8, "{routed} shipped alerts routed");
+
+    let compose: Value = serde_norway::from_str(&read("deploy/compose/alertmanager.yml")).unwrap();
+    let k8s: Value = serde_norway::from_str(k8s_text).unwrap();
+    assert_eq!(compose["route"], k8s["route"], "the same routing tree");
+    assert_eq!(
+        compose["inhibit_rules"], k8s["inhibit_rules"],
+        "the same inhibition"
+    );
+    let urls = |config: &Value| -> Vec<(String, String)> {
+        config["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|receiver| {
+                let url = receiver["webhook_configs"][0]["url"].as_str().unwrap();
+                let path = url.splitn(4, '/').nth(3).unwrap_or_default().to_string();
+                (receiver["name"].as_str().unwrap().to_string(), path)
+            })
+            .collect()
+    };
+    assert_eq!(urls(&compose), urls(&k8s));
+    assert_eq!(
+        urls(&compose),
+        [
+            ("pager".to_string(), "alerts/pager".to_string()),
+            ("chat".to_string(), "alerts/chat".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -649,7 +799,9 @@ fn kubernetes_objects_reference_what_exists() {
     // The collector's probes: alive while replaying, ready after it.
     let (_, collector) = objects
         .iter()
-        .find(|(_, object)| object["kind"] == "StatefulSet")
+        .find(|(_, object)| {
+            object["kind"] == "StatefulSet" && object["metadata"]["name"] == "sightline-collector"
+        })
         .expect("the collector StatefulSet");
     let container = &collector["spec"]["template"]["spec"]["containers"][0];
     for (probe, path) in [

@@ -7,14 +7,20 @@
 //! `traceparent`, as CloudEvents' distributed tracing extension does), see
 //! [`crate::telemetry::start_linked_root`]. Its log lines carry the
 //! request id and order id of the event.
+//!
+//! It is also the demo's alert inbox: Alertmanager's webhook receivers
+//! (`pager` and `chat` in the shipped routing tree) post to
+//! `POST /alerts/<receiver>`; each alert is logged (so it is searchable in
+//! Sightline) and the last [`INBOX_CAPACITY`] are listed at `GET /alerts`.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt as _;
@@ -37,8 +43,101 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The event type this service handles.
 pub(crate) const ORDER_CREATED: &str = "order.created";
 
+/// Alert notifications kept for `GET /alerts`.
+pub(crate) const INBOX_CAPACITY: usize = 200;
+
 pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/events", post(accept))
+    Router::new()
+        .route("/events", post(accept))
+        .route("/alerts", get(inbox))
+        .route("/alerts/{receiver}", post(receive_alerts))
+}
+
+/// One alert as an Alertmanager webhook receiver got it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReceivedAlert {
+    /// The receiver of the routing tree that sent it (the path).
+    receiver: String,
+    /// `firing` or `resolved`.
+    status: String,
+    labels: serde_json::Map<String, serde_json::Value>,
+    /// When it arrived, RFC 3339.
+    received_at: String,
+}
+
+/// Alertmanager's webhook payload (version 4), the parts the inbox keeps.
+#[derive(Debug, Deserialize)]
+struct WebhookPayload {
+    alerts: Vec<WebhookAlert>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WebhookAlert {
+    status: String,
+    #[serde(default)]
+    labels: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn receive_alerts(
+    State(state): State<Arc<AppState>>,
+    Path(receiver): Path<String>,
+    body: Result<Json<WebhookPayload>, JsonRejection>,
+) -> Result<StatusCode, AppError> {
+    if receiver.is_empty()
+        || receiver.len() > 64
+        || !receiver
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(AppError::BadRequest(format!(
+            "{receiver:?} is not a receiver name (letters, digits, - and _, at most 64)"
+        )));
+    }
+    let Json(payload) = body?;
+    let received_at = crate::format_rfc3339_nanos(time::OffsetDateTime::now_utc());
+    let mut inbox = state
+        .notification
+        .inbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for alert in payload.alerts {
+        let label = |name: &str| {
+            alert
+                .labels
+                .get(name)
+                .and_then(|value| value.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        tracing::info!(
+            receiver = receiver.as_str(),
+            status = alert.status.as_str(),
+            alertname = label("alertname"),
+            severity = label("severity"),
+            service = label("service"),
+            "alert notification received"
+        );
+        if inbox.len() == INBOX_CAPACITY {
+            inbox.pop_front();
+        }
+        inbox.push_back(ReceivedAlert {
+            receiver: receiver.clone(),
+            status: alert.status,
+            labels: alert.labels,
+            received_at: received_at.clone(),
+        });
+    }
+    Ok(StatusCode::OK)
+}
+
+/// The alerts received, oldest first.
+async fn inbox(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let inbox = state
+        .notification
+        .inbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(serde_json::json!({ "alerts": inbox.iter().collect::<Vec<_>>() }))
 }
 
 /// An event as published by the order service.
@@ -61,6 +160,8 @@ pub(crate) struct Event {
 pub(super) struct NotificationState {
     sender: mpsc::Sender<Event>,
     receiver: Mutex<Option<mpsc::Receiver<Event>>>,
+    /// Alert notifications received, newest last.
+    inbox: Mutex<VecDeque<ReceivedAlert>>,
 }
 
 impl Default for NotificationState {
@@ -69,6 +170,7 @@ impl Default for NotificationState {
         Self {
             sender,
             receiver: Mutex::new(Some(receiver)),
+            inbox: Mutex::new(VecDeque::new()),
         }
     }
 }

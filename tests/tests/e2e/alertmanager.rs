@@ -21,16 +21,21 @@ fn unix_nanos() -> u128 {
 }
 
 pub(crate) async fn start_alertmanager(dir: &Path) -> (Process, u16) {
+    start_alertmanager_with(
+        dir,
+        "route: { receiver: 'null' }\nreceivers: [{ name: 'null' }]\n",
+    )
+    .await
+}
+
+/// Debian's Alertmanager with the config `text`, on a free port.
+async fn start_alertmanager_with(dir: &Path, text: &str) -> (Process, u16) {
     assert!(
         Path::new(ALERTMANAGER).exists(),
         "{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager"
     );
     let config = dir.join("alertmanager.yml");
-    std::fs::write(
-        &config,
-        "route: { receiver: 'null' }\nreceivers: [{ name: 'null' }]\n",
-    )
-    .expect("write the Alertmanager config");
+    std::fs::write(&config, text).expect("write the Alertmanager config");
     let port = free_port();
     let process = Process::spawn(
         "alertmanager",
@@ -308,4 +313,135 @@ groups:
     assert_eq!(alert["status"], "resolved");
     assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z");
     server.abort();
+}
+
+/// "Routing as the material describes it": the Alertmanager config shipped
+/// for Compose (deploy/compose/alertmanager.yml), in a real Alertmanager,
+/// with the demo's notification service as both webhook receivers. A
+/// paging alert reaches `pager`, a ticket of another service `chat`, and a
+/// ticket of the service that pages is inhibited, delivered to no one.
+#[tokio::test]
+async fn alerts_are_routed_by_severity_and_inhibited_as_shipped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let notification_port = free_port();
+    let _notification = Process::spawn(
+        "notification",
+        Command::new(sightline_tests::binary("shop-service"))
+            .args(["--service", "notification"])
+            .args(["--listen", &format!("127.0.0.1:{notification_port}")])
+            .args(["--otlp-endpoint", "http://127.0.0.1:9"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let inbox = format!("http://127.0.0.1:{notification_port}/alerts");
+    wait_healthy(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{notification_port}/health/ready"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose/alertmanager.yml"),
+    )
+    .expect("the shipped Alertmanager config");
+    assert!(shipped.contains("http://notification:8005/alerts/"));
+    let config = shipped.replace(
+        "http://notification:8005",
+        &format!("http://127.0.0.1:{notification_port}"),
+    );
+    let (_alertmanager, am_port) = start_alertmanager_with(dir.path(), &config).await;
+    let collector_config = write_config(
+        dir.path(),
+        &format!(
+            "alerting:\n  alertmanagers: [{{ static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}] }}]\n"
+        ),
+        r#"
+groups:
+  - name: routing
+    interval: 1s
+    rules:
+      - alert: PaymentDown
+        expr: vector(1)
+        labels: { severity: page, service: payment }
+      - alert: PaymentSlow
+        expr: vector(1)
+        labels: { severity: ticket, service: payment }
+      - alert: CheckoutSlow
+        expr: vector(1)
+        labels: { severity: ticket, service: checkout }
+"#,
+    );
+    let _collector = CollectorProcess::start(
+        &dir.path().join("collector"),
+        &["--config", &collector_config],
+    )
+    .await;
+
+    // The shipped group_wait is 10 s: the first notifications come after it.
+    let http = reqwest::Client::new();
+    let received = poll_until("pager and chat notified", Duration::from_secs(90), || {
+        let (http, inbox) = (http.clone(), inbox.clone());
+        async move {
+            let inbox: Value = http
+                .get(&inbox)
+                .send()
+                .await
+                .map_err(|error| error.to_string())?
+                .json()
+                .await
+                .map_err(|error| error.to_string())?;
+            let got: Vec<(String, String)> = inbox["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|alert| {
+                    (
+                        alert["receiver"].as_str().unwrap_or_default().to_string(),
+                        alert["labels"]["alertname"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            let has =
+                |receiver: &str, name: &str| got.iter().any(|(r, n)| r == receiver && n == name);
+            if has("pager", "PaymentDown") && has("chat", "CheckoutSlow") {
+                Ok(Some(got))
+            } else {
+                Err(format!("{got:?}"))
+            }
+        }
+    })
+    .await;
+    assert!(
+        received
+            .iter()
+            .all(|(receiver, name)| (receiver == "pager") == (name == "PaymentDown")),
+        "each alert at its receiver only: {received:?}"
+    );
+    assert!(
+        !received.iter().any(|(_, name)| name == "PaymentSlow"),
+        "the ticket of a service that pages is inhibited: {received:?}"
+    );
+    // Alertmanager says why.
+    let alerts: Value = http
+        .get(format!("http://127.0.0.1:{am_port}/api/v2/alerts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slow = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|alert| alert["labels"]["alertname"] == "PaymentSlow")
+        .expect("PaymentSlow in Alertmanager");
+    assert_eq!(slow["status"]["state"], "suppressed", "{slow}");
+    assert!(
+        !slow["status"]["inhibitedBy"].as_array().unwrap().is_empty(),
+        "{slow}"
+    );
+    assert_eq!(slow["receivers"][0]["name"], "chat", "{slow}");
 }
