@@ -94,6 +94,22 @@ struct HistogramSeries {
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     durations: Mutex<BTreeMap<Labels, HistogramSeries>>,
+    started: StartTime,
+}
+
+/// When the process started (its metrics were created), Unix seconds:
+/// `process_start_time_seconds`, which restart alerts watch change.
+#[derive(Debug)]
+struct StartTime(f64);
+
+impl Default for StartTime {
+    fn default() -> StartTime {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs_f64())
+            .unwrap_or_default();
+        StartTime(now)
+    }
 }
 
 impl Metrics {
@@ -186,6 +202,13 @@ impl Metrics {
             writer.sample(&sum, &pairs, series.sum);
             writer.sample(&count, &pairs, series.count);
         }
+        drop(durations);
+        writer.family(
+            "process_start_time_seconds",
+            Kind::Gauge,
+            "Start time of the process since unix epoch in seconds.",
+        );
+        writer.sample("process_start_time_seconds", &[], self.started.0);
         out
     }
 }
