@@ -40,6 +40,8 @@ pub struct ScrapeTargets {
     pub extra_rule_files: Vec<PathBuf>,
     pub scrape_interval: Duration,
     pub evaluation_interval: Duration,
+    /// Alertmanagers (`host:port`) the alerts go to.
+    pub alertmanagers: Vec<String>,
 }
 
 /// Writes the config and the rule files under `dir`; returns the config's
@@ -90,6 +92,18 @@ pub fn render(targets: &ScrapeTargets) -> String {
             );
         }
     }
+    if !targets.alertmanagers.is_empty() {
+        let _ = writeln!(
+            text,
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [{}]",
+            targets
+                .alertmanagers
+                .iter()
+                .map(|target| format!("{target:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     text.push_str(
         "log_metrics:\n\
          \x20 - name: failed_logins_total\n\
@@ -116,6 +130,7 @@ mod tests {
             extra_rule_files: vec![PathBuf::from("/tmp/my rules/fast.yml")],
             scrape_interval: Duration::from_secs(1),
             evaluation_interval: Duration::from_millis(500),
+            alertmanagers: vec!["127.0.0.1:9093".into()],
         };
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), &targets).unwrap();
@@ -131,6 +146,10 @@ mod tests {
         assert_eq!(config["rule_files"][1], "/tmp/my rules/fast.yml");
         assert_eq!(config["global"]["scrape_interval"], "1000ms");
         assert_eq!(config["global"]["evaluation_interval"], "500ms");
+        assert_eq!(
+            config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
+            "127.0.0.1:9093"
+        );
         assert!(dir.path().join("rules/shop.rules.yml").is_file());
         assert!(dir.path().join("rules/node.rules.yml").is_file());
     }

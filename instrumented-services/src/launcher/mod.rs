@@ -32,6 +32,7 @@
 //! The UI address is then printed as `https://`, with the query token and
 //! the CA.
 
+pub mod burst;
 mod children;
 pub mod collector_config;
 mod secrets;
@@ -66,6 +67,15 @@ const COLLECTOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the agent and each service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `sightline-demo` does besides running the demo.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DemoCommand {
+    /// Sends a burst of traffic a shipped alert watches for (failed logins
+    /// from one address, or requests past the rate limit) to a running
+    /// demo's gateway.
+    Burst(burst::BurstArgs),
+}
 
 /// The repository's `dashboards/`, where `cargo run -p sightline-demo` runs from.
 const DEFAULT_DASHBOARDS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards");
@@ -150,6 +160,17 @@ pub struct DemoArgs {
     /// `dashboards/`.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DASHBOARDS_DIR)]
     pub dashboards_dir: PathBuf,
+
+    /// An Alertmanager (`host:port`) the collector sends its alerts to, as
+    /// `alerting.alertmanagers` in its config; repeat for several.
+    #[arg(long = "alertmanager", value_name = "HOST:PORT")]
+    pub alertmanagers: Vec<String>,
+
+    /// Instead of running the demo: `burst failed-logins` or `burst
+    /// requests` sends, on demand, the traffic a shipped alert watches for
+    /// to a running demo's gateway.
+    #[command(subcommand)]
+    pub command: Option<DemoCommand>,
 
     /// How often the collector scrapes the services, the agent and itself.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -352,6 +373,14 @@ impl Binaries {
 
 /// Runs the demo until SIGINT/SIGTERM (`Ok`) or until something fails.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(DemoCommand::Burst(burst)) = &args.command {
+        let outcome = burst::run(burst).await?;
+        println!(
+            "sent {} requests from {} to {}: {} refused logins, {} rate limited",
+            outcome.sent, burst.from, burst.gateway, outcome.refused_login, outcome.rate_limited
+        );
+        return Ok(());
+    }
     args.validate()?;
     let mut signals = ShutdownSignals::install().context("failed to install signal handlers")?;
     if !args.no_build {
@@ -436,6 +465,7 @@ async fn start_and_supervise(
                 .collect(),
             scrape_interval: args.scrape_interval,
             evaluation_interval: args.evaluation_interval,
+            alertmanagers: args.alertmanagers.clone(),
         },
     )?;
     let mut collector_args: Vec<OsString> = vec![

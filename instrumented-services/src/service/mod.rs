@@ -95,6 +95,32 @@ impl ServiceRole {
         }
     }
 
+    /// The counters of this role that exist from the start, at 0, with
+    /// the label values alerts and dashboards select.
+    pub fn counters_from_zero(
+        self,
+    ) -> &'static [(&'static str, &'static [(&'static str, &'static str)])] {
+        use metrics::{
+            EMAILS_SENT_TOTAL, LOGINS_TOTAL, ORDERS_CREATED_TOTAL, PAYMENTS_FAILED_TOTAL,
+            PAYMENTS_PROCESSED_TOTAL, RATE_LIMITED_TOTAL,
+        };
+        match self {
+            Self::Gateway => &[(RATE_LIMITED_TOTAL, &[])],
+            Self::Auth => &[
+                (LOGINS_TOTAL, &[("outcome", "ok")]),
+                (LOGINS_TOTAL, &[("outcome", "bad_password")]),
+            ],
+            Self::Order => &[(ORDERS_CREATED_TOTAL, &[])],
+            Self::Inventory => &[],
+            Self::Payment => &[
+                (PAYMENTS_PROCESSED_TOTAL, &[]),
+                (PAYMENTS_FAILED_TOTAL, &[("reason", "declined")]),
+                (PAYMENTS_FAILED_TOTAL, &[("reason", "unavailable")]),
+            ],
+            Self::Notification => &[(EMAILS_SENT_TOTAL, &[])],
+        }
+    }
+
     /// How its log lines are written: the notification service writes
     /// plain text, as many older services do (the agent's `text` parser
     /// takes it apart); the others JSON.
@@ -271,6 +297,13 @@ impl AppState {
             .build()
             .context("failed to build the HTTP client")?;
         let base = |url: &str| url.trim_end_matches('/').to_owned();
+        let metrics = Metrics::default();
+        // Counters an alert takes the increase of start at 0, as client
+        // libraries do for known series: a first increment seen at the first
+        // scrape is then an increase, not where the series begins.
+        for (name, labels) in args.service.counters_from_zero() {
+            metrics.add(name, labels, 0.0);
+        }
         Ok(Self {
             role: args.service,
             ready: AtomicBool::new(true),
@@ -283,7 +316,7 @@ impl AppState {
                 notification: base(&args.notification_url),
             },
             faults: Faults::new(args.faults.clone()),
-            metrics: Metrics::default(),
+            metrics,
             gateway: gateway::GatewayState::new(args.rate_limit, args.rate_limit_burst),
             auth: auth::AuthState::default(),
             orders: order::OrderState::default(),

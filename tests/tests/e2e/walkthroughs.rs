@@ -145,3 +145,201 @@ async fn health_checks_as_the_material_describes_them() {
     // The collector's own probes do not depend on the services.
     assert_eq!(probe(stack.ui_url("/-/ready")).await.0, 200);
 }
+
+/// "The alerts the material lists", those the demo can trigger, as shipped
+/// (`dashboards/rules/`, not copies): on demand bursts from the demo's own
+/// command (`sightline-demo burst`) make `TooManyFailedLogins` and
+/// `RateLimitRejections` fire, two crashes of payment make
+/// `ServiceRestarting` fire; each is seen firing where the Alerts view reads
+/// (`/api/v1/alerts`) and delivered to a real Alertmanager. (`HighErrorRate`
+/// and the others wait 5 minutes or more: their promtool tests in
+/// `dashboards/rules/tests/` prove them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_the_material_lists() {
+    let am_dir = tempfile::tempdir().unwrap();
+    let (_alertmanager, am_port) = crate::alertmanager::start_alertmanager(am_dir.path()).await;
+    let alertmanager = format!("127.0.0.1:{am_port}");
+    let stack = DemoStack::start_with(&[
+        "--alertmanager",
+        &alertmanager,
+        "--scrape-interval",
+        "1s",
+        "--evaluation-interval",
+        "1s",
+    ])
+    .await;
+    let gateway = format!("http://127.0.0.1:{}", stack.ports.gateway);
+
+    // The collector has scraped the gateway once (its rate-limit counter at
+    // 0), so the burst is an increase and not where the series starts.
+    let query = stack.ui_url("/api/v1/query?query=gateway_rate_limited_total");
+    sightline_tests::poll_until(
+        "the gateway scraped",
+        std::time::Duration::from_secs(60),
+        || async {
+            let answer: serde_json::Value = stack
+                .http
+                .get(&query)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let scraped = answer["data"]["result"]
+                .as_array()
+                .is_some_and(|result| !result.is_empty());
+            Ok(scraped.then_some(()))
+        },
+    )
+    .await;
+
+    // The bursts, with the demo's own command, as a user runs it.
+    for (kind, from) in [
+        ("failed-logins", "203.0.113.7"),
+        ("requests", "198.51.100.9"),
+    ] {
+        let output = std::process::Command::new(sightline_tests::binary("sightline-demo"))
+            .args(["burst", kind, "--from", from, "--gateway", &gateway])
+            .output()
+            .expect("run sightline-demo burst");
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "burst {kind}: {said} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains(&format!("from {from}")), "{said}");
+    }
+    // Two crashes of payment: the launcher restarts it each time, as kubelet would.
+    for _ in 0..2 {
+        let live: serde_json::Value = stack
+            .http
+            .get(stack.service_url("payment", "/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pid = live["pid"].as_u64().expect("a pid");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        sightline_tests::poll_until(
+            "payment back with a new pid",
+            std::time::Duration::from_secs(60),
+            || async {
+                let live: serde_json::Value = stack
+                    .http
+                    .get(stack.service_url("payment", "/health/live"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(live["pid"].as_u64().filter(|new| *new != pid).map(|_| ()))
+            },
+        )
+        .await;
+        // A scrape of the new process before the next crash.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+
+    let expected = [
+        ("TooManyFailedLogins", "ip_address", "203.0.113.7"),
+        ("RateLimitRejections", "service", "gateway"),
+        ("ServiceRestarting", "service", "payment"),
+    ];
+    let alerts_url = stack.ui_url("/api/v1/alerts");
+    let am_url = format!("http://{alertmanager}/api/v2/alerts");
+    let http = stack.http.clone();
+    // Each alert is seen firing and held by Alertmanager at some point (the
+    // bursts' alerts resolve a minute later, so not necessarily together).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    sightline_tests::poll_until(
+        "each alert firing in the Alerts view and held by Alertmanager",
+        std::time::Duration::from_secs(120),
+        || {
+            let (http, alerts_url, am_url, seen) = (
+                http.clone(),
+                alerts_url.clone(),
+                am_url.clone(),
+                seen.clone(),
+            );
+            async move {
+                let firing: serde_json::Value = http
+                    .get(&alerts_url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let held: serde_json::Value = http
+                    .get(&am_url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut seen = seen.lock().unwrap();
+                for (name, key, value) in expected {
+                    let matches = |alert: &serde_json::Value| {
+                        alert["labels"]["alertname"] == name && alert["labels"][key] == value
+                    };
+                    if firing["data"]["alerts"].as_array().is_some_and(|alerts| {
+                        alerts.iter().any(|a| matches(a) && a["state"] == "firing")
+                    }) {
+                        seen.insert(format!("{name} firing"));
+                    }
+                    if held
+                        .as_array()
+                        .is_some_and(|alerts| alerts.iter().any(matches))
+                    {
+                        seen.insert(format!("{name} in Alertmanager"));
+                    }
+                }
+                let missing: Vec<String> = expected
+                    .iter()
+                    .flat_map(|(name, _, _)| {
+                        [format!("{name} firing"), format!("{name} in Alertmanager")]
+                    })
+                    .filter(|wanted| !seen.contains(wanted))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(Some(()));
+                }
+                drop(seen);
+                // What the rules see, to tell a missing series from a late one.
+                let mut values = Vec::new();
+                for query in [
+                    "increase(failed_logins_total[1m])",
+                    "increase(gateway_rate_limited_total[1m])",
+                    "changes(process_start_time_seconds{service=\"payment\"}[15m])",
+                ] {
+                    let answer: serde_json::Value = http
+                        .get(alerts_url.replace("/api/v1/alerts", "/api/v1/query"))
+                        .query(&[("query", query)])
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .json()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    values.push(format!("{query} = {}", answer["data"]["result"]));
+                }
+                Err(format!(
+                    "missing {}; {}",
+                    missing.join(", "),
+                    values.join("; ")
+                ))
+            }
+        },
+    )
+    .await;
+}
