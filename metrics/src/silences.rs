@@ -197,6 +197,10 @@ fn refusal_text(body: &[u8]) -> String {
     }
 }
 
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,8 +217,4 @@ mod tests {
         );
         assert_eq!(refusal_text(b"not found\n"), "not found");
     }
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -287,34 +287,35 @@ async fn the_alerts_the_material_lists() {
                     .json()
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut seen = seen.lock().unwrap();
-                for (name, key, value) in expected {
-                    let matches = |alert: &serde_json::Value| {
-                        alert["labels"]["alertname"] == name && alert["labels"][key] == value
-                    };
-                    if firing["data"]["alerts"].as_array().is_some_and(|alerts| {
-                        alerts.iter().any(|a| matches(a) && a["state"] == "firing")
-                    }) {
-                        seen.insert(format!("{name} firing"));
+                let missing: Vec<String> = {
+                    let mut seen = seen.lock().unwrap();
+                    for (name, key, value) in expected {
+                        let matches = |alert: &serde_json::Value| {
+                            alert["labels"]["alertname"] == name && alert["labels"][key] == value
+                        };
+                        if firing["data"]["alerts"].as_array().is_some_and(|alerts| {
+                            alerts.iter().any(|a| matches(a) && a["state"] == "firing")
+                        }) {
+                            seen.insert(format!("{name} firing"));
+                        }
+                        if held
+                            .as_array()
+                            .is_some_and(|alerts| alerts.iter().any(matches))
+                        {
+                            seen.insert(format!("{name} in Alertmanager"));
+                        }
                     }
-                    if held
-                        .as_array()
-                        .is_some_and(|alerts| alerts.iter().any(matches))
-                    {
-                        seen.insert(format!("{name} in Alertmanager"));
-                    }
-                }
-                let missing: Vec<String> = expected
-                    .iter()
-                    .flat_map(|(name, _, _)| {
-                        [format!("{name} firing"), format!("{name} in Alertmanager")]
-                    })
-                    .filter(|wanted| !seen.contains(wanted))
-                    .collect();
+                    expected
+                        .iter()
+                        .flat_map(|(name, _, _)| {
+                            [format!("{name} firing"), format!("{name} in Alertmanager")]
+                        })
+                        .filter(|wanted| !seen.contains(wanted))
+                        .collect()
+                };
                 if missing.is_empty() {
                     return Ok(Some(()));
                 }
-                drop(seen);
                 // What the rules see, to tell a missing series from a late one.
                 let mut values = Vec::new();
                 for query in [
