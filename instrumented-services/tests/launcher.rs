@@ -103,11 +103,14 @@ fn free_port() -> u16 {
     }
 }
 
-/// Serves `GET /health` with 200 on a fresh loopback port.
+/// Serves the probes the launcher waits for (`GET /-/ready`, and
+/// `/health`) with 200 on a fresh loopback port.
 async fn health_endpoint() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route("/-/ready", axum::routing::get(|| async { "ready" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
@@ -273,8 +276,16 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
     // The contracts with the collector and the agent.
     let data = std::path::absolute(&data_dir).unwrap();
     let data = data.display();
+    let mut collector_args = recorded_args(&bin, "sightline-collector");
+    // The dashboards: this repository's, read by the collector at run time.
+    let dashboards = collector_args.pop().expect("a dashboards directory");
+    assert_eq!(collector_args.pop().as_deref(), Some("--dashboards-dir"));
+    assert!(
+        Path::new(&dashboards).join("overview.json").is_file(),
+        "{dashboards}"
+    );
     assert_eq!(
-        recorded_args(&bin, "sightline-collector"),
+        collector_args,
         [
             "--data-dir".to_owned(),
             format!("{data}/collector"),

@@ -156,10 +156,11 @@ pub struct DemoArgs {
 
     /// Grafana dashboard JSON files the UI renders, read at run time: edit
     /// one (or add one) and the open dashboard shows it at its next
-    /// refresh, without a restart. Defaults to this repository's
-    /// `dashboards/`.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DASHBOARDS_DIR)]
-    pub dashboards_dir: PathBuf,
+    /// refresh, without a restart [default: `./dashboards` when it exists
+    /// (`cargo run` from the repository), else the repository's
+    /// `dashboards/` this binary was built from].
+    #[arg(long, value_name = "DIR")]
+    pub dashboards_dir: Option<PathBuf>,
 
     /// An Alertmanager (`host:port`) the collector sends its alerts to, as
     /// `alerting.alertmanagers` in its config; repeat for several.
@@ -224,6 +225,19 @@ impl ServiceFault {
 }
 
 impl DemoArgs {
+    /// `--dashboards-dir`, else `./dashboards` when it exists, else the
+    /// repository's this binary was built from.
+    fn dashboards_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.dashboards_dir {
+            return dir.clone();
+        }
+        let here = PathBuf::from("dashboards");
+        if here.join("overview.json").is_file() {
+            return std::path::absolute(&here).unwrap_or(here);
+        }
+        PathBuf::from(DEFAULT_DASHBOARDS_DIR)
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if !(self.rate.is_finite() && (0.0..=1000.0).contains(&self.rate)) {
             bail!(
@@ -480,7 +494,7 @@ async fn start_and_supervise(
         "--config".into(),
         collector_config.into(),
         "--dashboards-dir".into(),
-        args.dashboards_dir.clone().into(),
+        args.dashboards_dir().into(),
     ];
     if let Some(secrets) = &secrets {
         collector_args.extend([

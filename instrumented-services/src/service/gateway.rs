@@ -243,9 +243,12 @@ async fn create_order(
         user_id,
         product_id: order.product_id,
         quantity: order.quantity,
+        // Named here, at receipt, so every step of the order carries it.
+        order_id: Some(super::order::new_order_id()),
     };
     order.validate()?;
     tracing::info!(
+        order_id = order.order_id.as_deref().unwrap_or_default(),
         user_id = %order.user_id,
         product_id = %order.product_id,
         quantity = order.quantity,

@@ -45,6 +45,16 @@ pub(super) struct OrderRequest {
     pub(super) product_id: String,
     #[serde(default = "default_quantity")]
     pub(super) quantity: u32,
+    /// The id the gateway gave the order when it received it, so every
+    /// step of the order, from its receipt on, carries the same id; one is
+    /// made here when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) order_id: Option<String>,
+}
+
+/// A new order id: `ord-` and 12 hex digits.
+pub(super) fn new_order_id() -> String {
+    format!("ord-{}", crate::random_hex(12))
 }
 
 fn default_quantity() -> u32 {
@@ -61,6 +71,17 @@ impl OrderRequest {
         if self.quantity == 0 || self.quantity > MAX_QUANTITY {
             let message = format!("quantity must be between 1 and {MAX_QUANTITY}");
             return Err(AppError::BadRequest(message));
+        }
+        if let Some(order_id) = &self.order_id {
+            let well_formed = order_id.len() <= 64
+                && order_id.strip_prefix("ord-").is_some_and(|rest| {
+                    !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !well_formed {
+                return Err(AppError::BadRequest(format!(
+                    "order_id {order_id:?} must be ord- and letters, digits or -, at most 64 characters"
+                )));
+            }
         }
         Ok(())
     }
@@ -127,7 +148,7 @@ async fn create_order(
             .inc(ORDERS_FAILED_TOTAL, &[("reason", "unknown_product")]);
         return Err(AppError::UnknownProduct(request.product_id));
     };
-    let order_id = format!("ord-{}", crate::random_hex(12));
+    let order_id = request.order_id.clone().unwrap_or_else(new_order_id);
     let total_cents = product.price_cents * u64::from(request.quantity);
     let amount = total_cents as f64 / 100.0;
     tracing::info!(
@@ -136,7 +157,7 @@ async fn create_order(
         product_id = %request.product_id,
         quantity = request.quantity,
         amount,
-        "creating order"
+        "order validated"
     );
 
     // 1. Reserve the stock.

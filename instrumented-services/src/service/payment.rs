@@ -105,7 +105,7 @@ async fn charge(
         user_id = %request.user_id,
         amount,
         %payment_id,
-        "payment captured"
+        "payment charged"
     );
     let body = serde_json::json!({ "payment_id": payment_id, "status": "captured" });
     Ok((StatusCode::CREATED, Json(body)))

@@ -344,3 +344,111 @@ async fn the_alerts_the_material_lists() {
     )
     .await;
 }
+
+/// The steps of an order, as each service logs them, in the order they
+/// happen: the material's received, validated, reserved, charged, created,
+/// notified.
+const ORDER_STEPS: [(&str, &str); 6] = [
+    ("gateway", "order received"),
+    ("order", "order validated"),
+    ("inventory", "stock reserved"),
+    ("payment", "payment charged"),
+    ("order", "order created"),
+    ("notification", "order confirmation email sent"),
+];
+
+/// "`order_id:5001` and its story": the gateway names the order when it
+/// receives it, so searching its id returns every step across the services
+/// in order, and the request view shows the same steps with the spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_id_and_its_story() {
+    let stack = DemoStack::start().await;
+    let request_id = unique_request_id("story");
+    let order: serde_json::Value = stack.place_order(&request_id).await.json().await.unwrap();
+    let order_id = order["order_id"].as_str().expect("an order id").to_string();
+
+    // What a user types in Logs.
+    let query = format!("order_id:{order_id}");
+    let services: Vec<&str> = ORDER_STEPS.iter().map(|(service, _)| *service).collect();
+    let mut records = stack.logs_from_services(&query, &services).await;
+    // The notification comes a little after the order: wait for its line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !records.iter().any(|r| r["body"] == ORDER_STEPS[5].1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification step: {records:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        records = stack.logs_from_services(&query, &services).await;
+    }
+    records.sort_by_key(|record| record["timestamp"].as_i64().unwrap_or_default());
+    let steps: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["service"].as_str().unwrap_or_default().to_string(),
+                r["body"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut position = 0;
+    for (service, body) in ORDER_STEPS {
+        let found = steps[position..]
+            .iter()
+            .position(|(s, b)| s == service && b == body)
+            .unwrap_or_else(|| {
+                panic!("{service}: {body:?} not after step {position} in {steps:#?}")
+            });
+        position += found + 1;
+    }
+    assert!(
+        records
+            .iter()
+            .all(|r| r["request_id"] == request_id.as_str()),
+        "every step is the one request's"
+    );
+
+    // The request view: the same steps, with the spans of every service.
+    let url = stack.ui_url(&format!("/api/requests/{request_id}"));
+    let story = sightline_tests::poll_until(
+        "the request story with every step and the spans",
+        std::time::Duration::from_secs(60),
+        || async {
+            let story: serde_json::Value = stack
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let timeline = story["timeline"].as_array().cloned().unwrap_or_default();
+            let logged = |body: &str| {
+                timeline
+                    .iter()
+                    .any(|e| e["type"] == "log" && e["body"] == body)
+            };
+            let span_services: std::collections::BTreeSet<&str> = timeline
+                .iter()
+                .filter(|e| e["type"] == "span")
+                .filter_map(|e| e["service"].as_str())
+                .collect();
+            let complete = ORDER_STEPS.iter().all(|(_, body)| logged(body))
+                && ["gateway", "order", "inventory", "payment", "notification"]
+                    .iter()
+                    .all(|service| span_services.contains(service));
+            if complete {
+                Ok(Some(story.clone()))
+            } else {
+                Err(format!("spans of {span_services:?}"))
+            }
+        },
+    )
+    .await;
+    // Every service the order touched, with its share of the timeline.
+    let services = story["services"].as_object().expect("services");
+    for service in ["gateway", "order", "inventory", "payment", "notification"] {
+        assert!(services.contains_key(service), "{}", story["services"]);
+    }
+}
