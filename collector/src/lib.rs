@@ -87,12 +87,16 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Listening before anything is served: the probes answer during the
+    // WAL replay, and a SIGHUP then (a config tool reloading) must not
+    // take the default action and end the process; it reloads once started.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let collector = start(config).await?;
     tokio::spawn(
         collector
             .reloader
             .clone()
-            .on_sighup(collector.stop.subscribe()),
+            .on_sighup(hangups, collector.stop.subscribe()),
     );
     shutdown.await;
     collector.shutdown().await

@@ -62,15 +62,18 @@ impl Reloader {
     }
 
     /// Reloads on every `SIGHUP` until `stop` turns true.
-    pub(crate) async fn on_sighup(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut hangups =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hangups) => hangups,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
-                    return;
-                }
-            };
+    pub(crate) async fn on_sighup(
+        self,
+        hangups: std::io::Result<tokio::signal::unix::Signal>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut hangups = match hangups {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
+                return;
+            }
+        };
         loop {
             let hangup = tokio::select! {
                 hangup = hangups.recv() => hangup.is_some(),

@@ -265,7 +265,12 @@ impl DemoStack {
                 .args(["--inventory-port", &ports.inventory.to_string()])
                 .args(["--payment-port", &ports.payment.to_string()])
                 .args(["--notification-port", &ports.notification.to_string()])
-                .args(["--rate", "0"])
+                // No traffic of its own unless a test asks for it.
+                .args(if extra_args.contains(&"--rate") {
+                    &[][..]
+                } else {
+                    &["--rate", "0"][..]
+                })
                 .args(extra_args)
                 .env("SHOP_PAYMENT_DECLINE_RATE", "0")
                 .env("OTEL_BSP_SCHEDULE_DELAY", "500"),
