@@ -79,6 +79,16 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str, timeout: Duration) 
     .await
 }
 
+/// `GET <url>` as JSON, for polls: an error (a refused connection, a
+/// status other than 2xx, a body that is not JSON) as text.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: status {}", response.status()));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}
+
 /// Waits until a collector's readiness probe (`url`) says its WAL replay is
 /// over: ready, or not ready for another reason (a full disk).
 pub async fn wait_started(http: &reqwest::Client, url: &str) {

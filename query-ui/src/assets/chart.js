@@ -95,7 +95,9 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
         fill: bars ? s.color : undefined,
         width: bars ? 0 : 1.5,
         paths: barPaths,
-        points: { show: false },
+        // Lines: uPlot's default, points only where they are far apart, so
+        // a series with a single sample so far still shows.
+        points: bars ? { show: false } : {},
         value: (/** @type {Chart} */ _, /** @type {number | null} */ v) => (v === null || v === undefined ? "–" : formatValue(v, unit)),
       })),
     ],

@@ -262,7 +262,10 @@ async function drawPanel(body, panel, range, step, interpolate) {
       body.append(emptyChart("no data"));
       return;
     }
-    const times = [...new Set(all.flatMap((s) => s.values.map((v) => v[0])))].sort((a, b) => a - b);
+    // The range's ends too: the axis spans the range, also while the
+    // series have a single point so far.
+    const ends = [range.start / 1000, range.end / 1000];
+    const times = [...new Set([...ends, ...all.flatMap((s) => s.values.map((v) => v[0]))])].sort((a, b) => a - b);
     const index = new Map(times.map((t, i) => [t, i]));
     const series = all.slice(0, 40).map((s, i) => {
       const values = times.map(() => /** @type {number | null} */ (null));

@@ -295,14 +295,7 @@ async fn request_story(stack: &DemoStack, id: &str) -> serde_json::Value {
         "a request story with logs of three services and spans",
         Duration::from_secs(60),
         || async {
-            let body: serde_json::Value = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let body = sightline_tests::get_json(&http, &url).await?;
             let timeline = body["timeline"].as_array().cloned().unwrap_or_default();
             let log_services: std::collections::BTreeSet<String> = timeline
                 .iter()
@@ -807,14 +800,11 @@ async fn ui_performance_is_measured_in_the_browser() {
         "the perf lines to be searchable",
         Duration::from_secs(30),
         || async {
-            let body: serde_json::Value = http
-                .get(collector.url("/api/logs?q=service:perf&limit=1"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let body = sightline_tests::get_json(
+                &http,
+                &collector.url("/api/logs?q=service:perf&limit=1"),
+            )
+            .await?;
             if body["total_hits"].as_u64().unwrap_or_default() >= 200 {
                 Ok(Some(()))
             } else {

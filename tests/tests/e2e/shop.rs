@@ -21,16 +21,7 @@ const SERVICES: [&str; 6] = [
 
 /// `GET <url>` as JSON, for polls.
 async fn get_json(stack: &DemoStack, url: &str) -> Result<Value, String> {
-    let response = stack
-        .http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("{url}: status {}", response.status()));
-    }
-    response.json().await.map_err(|e| e.to_string())
+    sightline_tests::get_json(&stack.http, url).await
 }
 
 /// Log records matching `query` (newest first, at most 200).

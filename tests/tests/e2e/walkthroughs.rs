@@ -271,22 +271,8 @@ async fn the_alerts_the_material_lists() {
                 seen.clone(),
             );
             async move {
-                let firing: serde_json::Value = http
-                    .get(&alerts_url)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let held: serde_json::Value = http
-                    .get(&am_url)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let firing = sightline_tests::get_json(&http, &alerts_url).await?;
+                let held = sightline_tests::get_json(&http, &am_url).await?;
                 let missing: Vec<String> = {
                     let mut seen = seen.lock().unwrap();
                     for (name, key, value) in expected {
