@@ -438,3 +438,77 @@ async fn order_id_and_its_story() {
         assert!(services.contains_key(service), "{}", story["services"]);
     }
 }
+
+/// "`HighErrorRate` as shipped, not a copy of it in a test", with
+/// `HighLatency`: on the demo with shopper traffic, faults make payment
+/// fail a third of its requests and inventory answer a fifth of them after
+/// 1.5 s; after the rules' 5 minutes both alerts fire (the shipped rule
+/// files, 15 s evaluation as shipped) and reach a real Alertmanager. This
+/// walkthrough takes about 7 minutes of waiting, as the rules do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_error_rate_and_latency_as_shipped() {
+    let am_dir = tempfile::tempdir().unwrap();
+    let (_alertmanager, am_port) = crate::alertmanager::start_alertmanager(am_dir.path()).await;
+    let alertmanager = format!("127.0.0.1:{am_port}");
+    let stack = DemoStack::start_with(&[
+        "--alertmanager",
+        &alertmanager,
+        "--rate",
+        "4",
+        "--scrape-interval",
+        "5s",
+        "--fault",
+        "payment:errors=0.35",
+        "--fault",
+        "inventory:latency=1500ms@0.2",
+    ])
+    .await;
+    let expected = [("HighErrorRate", "payment"), ("HighLatency", "inventory")];
+    let alerts_url = stack.ui_url("/api/v1/alerts");
+    let am_url = format!("http://{alertmanager}/api/v2/alerts");
+    sightline_tests::poll_until(
+        "HighErrorRate and HighLatency firing and in Alertmanager",
+        std::time::Duration::from_secs(600),
+        || async {
+            let firing = sightline_tests::get_json(&stack.http, &alerts_url).await?;
+            let held = sightline_tests::get_json(&stack.http, &am_url).await?;
+            let mut missing = Vec::new();
+            for (name, service) in expected {
+                let matches = |alert: &serde_json::Value| {
+                    alert["labels"]["alertname"] == name && alert["labels"]["service"] == service
+                };
+                let state = firing["data"]["alerts"]
+                    .as_array()
+                    .and_then(|alerts| alerts.iter().find(|a| matches(a)))
+                    .map(|alert| alert["state"].as_str().unwrap_or_default().to_string());
+                let delivered = held
+                    .as_array()
+                    .is_some_and(|alerts| alerts.iter().any(matches));
+                if state.as_deref() != Some("firing") || !delivered {
+                    missing.push(format!("{name} ({state:?}, delivered: {delivered})"));
+                }
+            }
+            if missing.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(missing.join(", "))
+            }
+        },
+    )
+    .await;
+    // Delivered as shipped: paging, with the runbook.
+    let held = sightline_tests::get_json(&stack.http, &am_url)
+        .await
+        .unwrap();
+    let error_rate = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|alert| alert["labels"]["alertname"] == "HighErrorRate")
+        .unwrap();
+    assert_eq!(error_rate["labels"]["severity"], "page");
+    assert_eq!(
+        error_rate["annotations"]["runbook_url"],
+        "docs/runbooks.md#higherrorrate"
+    );
+}
