@@ -143,14 +143,7 @@ groups:
         || {
             let (http, url) = (http.clone(), url.clone());
             async move {
-                let alerts: Value = http
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|error| error.to_string())?
-                    .json()
-                    .await
-                    .map_err(|error| error.to_string())?;
+                let alerts = sightline_tests::get_json(&http, &url).await?;
                 let found = alerts.as_array().and_then(|alerts| {
                     alerts
                         .iter()
@@ -381,14 +374,7 @@ groups:
     let received = poll_until("pager and chat notified", Duration::from_secs(90), || {
         let (http, inbox) = (http.clone(), inbox.clone());
         async move {
-            let inbox: Value = http
-                .get(&inbox)
-                .send()
-                .await
-                .map_err(|error| error.to_string())?
-                .json()
-                .await
-                .map_err(|error| error.to_string())?;
+            let inbox = sightline_tests::get_json(&http, &inbox).await?;
             let got: Vec<(String, String)> = inbox["alerts"]
                 .as_array()
                 .into_iter()

@@ -177,15 +177,7 @@ async fn the_alerts_the_material_lists() {
         "the gateway scraped",
         std::time::Duration::from_secs(60),
         || async {
-            let answer: serde_json::Value = stack
-                .http
-                .get(&query)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let answer = sightline_tests::get_json(&stack.http, &query).await?;
             let scraped = answer["data"]["result"]
                 .as_array()
                 .is_some_and(|result| !result.is_empty());
@@ -232,15 +224,11 @@ async fn the_alerts_the_material_lists() {
             "payment back with a new pid",
             std::time::Duration::from_secs(60),
             || async {
-                let live: serde_json::Value = stack
-                    .http
-                    .get(stack.service_url("payment", "/health/live"))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let live = sightline_tests::get_json(
+                    &stack.http,
+                    &stack.service_url("payment", "/health/live"),
+                )
+                .await?;
                 Ok(live["pid"].as_u64().filter(|new| *new != pid).map(|_| ()))
             },
         )
@@ -357,12 +345,16 @@ async fn order_id_and_its_story() {
     let query = format!("order_id:{order_id}");
     let services: Vec<&str> = ORDER_STEPS.iter().map(|(service, _)| *service).collect();
     let mut records = stack.logs_from_services(&query, &services).await;
-    // The notification comes a little after the order: wait for its line.
+    // Each service's lines become searchable on their own schedule (and the
+    // notification comes a little after the order): wait for every step.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !records.iter().any(|r| r["body"] == ORDER_STEPS[5].1) {
+    while !ORDER_STEPS
+        .iter()
+        .all(|(_, body)| records.iter().any(|r| r["body"] == *body))
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "no notification step: {records:#?}"
+            "not every step: {records:#?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         records = stack.logs_from_services(&query, &services).await;
@@ -400,15 +392,7 @@ async fn order_id_and_its_story() {
         "the request story with every step and the spans",
         std::time::Duration::from_secs(60),
         || async {
-            let story: serde_json::Value = stack
-                .http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let story = sightline_tests::get_json(&stack.http, &url).await?;
             let timeline = story["timeline"].as_array().cloned().unwrap_or_default();
             let logged = |body: &str| {
                 timeline
