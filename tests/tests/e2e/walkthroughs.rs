@@ -150,7 +150,9 @@ async fn health_checks_as_the_material_describes_them() {
 /// (`dashboards/rules/`, not copies): on demand bursts from the demo's own
 /// command (`sightline-demo burst`) make `TooManyFailedLogins` and
 /// `RateLimitRejections` fire, two crashes of payment make
-/// `ServiceRestarting` fire; each is seen firing where the Alerts view reads
+/// `ServiceRestarting` fire, the payment provider down (the demo's fault
+/// API) makes `PaymentsFailing` fire and a hung notification service
+/// (SIGSTOP: scrapes time out) makes `ServiceDown` fire; each is seen firing where the Alerts view reads
 /// (`/api/v1/alerts`) and delivered to a real Alertmanager. (`HighErrorRate`
 /// and the others wait 5 minutes or more: their promtool tests in
 /// `dashboards/rules/tests/` prove them.)
@@ -166,6 +168,9 @@ async fn the_alerts_the_material_lists() {
         "1s",
         "--evaluation-interval",
         "1s",
+        // Shoppers, whose charges fail once the payment provider is down.
+        "--rate",
+        "2",
     ])
     .await;
     let gateway = format!("http://127.0.0.1:{}", stack.ports.gateway);
@@ -237,10 +242,32 @@ async fn the_alerts_the_material_lists() {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }
 
+    // The payment provider down (every charge answered 503), as the demo's
+    // fault API sets it at run time.
+    let down = stack
+        .http
+        .post(stack.service_url("payment", "/admin/faults"))
+        .json(&serde_json::json!({ "down": true }))
+        .send()
+        .await
+        .unwrap();
+    assert!(down.status().is_success(), "{}", down.status());
+    // Notification hung (SIGSTOP): its one instance cannot be scraped, so
+    // the service has no healthy instance. Continued when the test ends.
+    let notification: serde_json::Value = sightline_tests::get_json(
+        &stack.http,
+        &stack.service_url("notification", "/health/live"),
+    )
+    .await
+    .unwrap();
+    let _hung = Frozen::stop(notification["pid"].as_u64().expect("a pid"));
+
     let expected = [
         ("TooManyFailedLogins", "ip_address", "203.0.113.7"),
         ("RateLimitRejections", "service", "gateway"),
         ("ServiceRestarting", "service", "payment"),
+        ("PaymentsFailing", "service", "payment"),
+        ("ServiceDown", "service", "notification"),
     ];
     let alerts_url = stack.ui_url("/api/v1/alerts");
     let am_url = format!("http://{alertmanager}/api/v2/alerts");
@@ -250,7 +277,7 @@ async fn the_alerts_the_material_lists() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     sightline_tests::poll_until(
         "each alert firing in the Alerts view and held by Alertmanager",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(240),
         || {
             let (http, alerts_url, am_url, seen) = (
                 http.clone(),
@@ -296,6 +323,8 @@ async fn the_alerts_the_material_lists() {
                     "increase(failed_logins_total[1m])",
                     "increase(gateway_rate_limited_total[1m])",
                     "changes(process_start_time_seconds{service=\"payment\"}[15m])",
+                    "sum(rate(payments_failed_total{reason=\"unavailable\"}[2m]))",
+                    "sum by (service) (up{service=\"notification\"})",
                 ] {
                     let answer: serde_json::Value = http
                         .get(alerts_url.replace("/api/v1/alerts", "/api/v1/query"))
@@ -495,4 +524,27 @@ async fn high_error_rate_and_latency_as_shipped() {
         error_rate["annotations"]["runbook_url"],
         "docs/runbooks.md#higherrorrate"
     );
+}
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when dropped, so a
+/// failing test does not leave it hung.
+struct Frozen(u64);
+
+impl Frozen {
+    fn stop(pid: u64) -> Self {
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success(), "SIGSTOP {pid}");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
 }
