@@ -14,10 +14,10 @@ use sightline_store::{LogRecord, Span};
 use sightline_vocab::clock::now_nanos;
 
 use crate::metrics::{CollectorMetrics, Limit, RejectReason};
-use sightline_pipeline::{Batch, IngestError, Pipeline};
 use crate::ratelimit::{RateLimited, RateLimiter};
 use sightline_metrics::log_metrics::LogMetrics;
 use sightline_metrics::span_metrics::SpanMetrics;
+use sightline_pipeline::{Batch, IngestError, Pipeline};
 
 /// Memory a decoded record takes, as a multiple of its JSON size.
 const DECODED_MEMORY_FACTOR: usize = 3;
@@ -77,6 +77,17 @@ pub struct Ingest {
     span_metrics: Arc<SpanMetrics>,
     log_metrics: Option<Arc<LogMetrics>>,
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Cluster mode: batches go to the partitioned log instead of the
+    /// local pipeline.
+    cluster: Option<ClusterSink>,
+}
+
+/// Where batches go in cluster mode, and the bound on bytes in flight to it.
+#[derive(Clone)]
+struct ClusterSink {
+    log: sightline_cluster::ClusterLog,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    budget: usize,
 }
 
 impl Ingest {
@@ -88,7 +99,20 @@ impl Ingest {
             span_metrics: Arc::default(),
             log_metrics: None,
             rate_limiter: None,
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: every accepted batch is published to `log` (split by
+    /// partition) and acknowledged once the stream acknowledged it, with
+    /// at most `budget` bytes in flight.
+    pub fn with_cluster_log(mut self, log: sightline_cluster::ClusterLog, budget: usize) -> Ingest {
+        self.cluster = Some(ClusterSink {
+            log,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(budget.max(1))),
+            budget: budget.max(1),
+        });
+        self
     }
 
     /// Limits each client's ingest rate (see [`crate::ratelimit`]).
@@ -201,7 +225,10 @@ impl Ingest {
     }
 
     async fn store(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
-        let result = self.pipeline.ingest(batch, size_bytes).await;
+        let result = match &self.cluster {
+            Some(cluster) => publish(cluster, batch, size_bytes).await,
+            None => self.pipeline.ingest(batch, size_bytes).await,
+        };
         if matches!(result, Err(IngestError::Busy)) {
             self.metrics.busy();
         }
@@ -242,6 +269,36 @@ impl Ingest {
             ));
         }
         Ok(size)
+    }
+}
+
+/// Publishes a batch to the cluster log: acknowledged only once the stream
+/// has it; an outage or a full stream is backpressure (retry later).
+async fn publish(
+    cluster: &ClusterSink,
+    batch: Batch,
+    size_bytes: usize,
+) -> Result<(), IngestError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let permits = u32::try_from(size_bytes.clamp(1, cluster.budget)).unwrap_or(u32::MAX);
+    let _permit = cluster
+        .in_flight
+        .clone()
+        .try_acquire_many_owned(permits)
+        .map_err(|_| IngestError::Busy)?;
+    match cluster.log.publish(batch).await {
+        Ok(_) => Ok(()),
+        Err(sightline_cluster::PublishError::TooLarge { size, limit }) => {
+            Err(IngestError::Storage(format!(
+                "a record of {size} bytes is over the cluster log's message limit of {limit} bytes"
+            )))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "the cluster log refused a batch");
+            Err(IngestError::Busy)
+        }
     }
 }
 

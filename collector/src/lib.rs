@@ -111,6 +111,8 @@ pub struct RunningCollector {
     metrics: Arc<MetricsPipeline>,
     reloader: Reloader,
     pipeline: PipelineThreads,
+    /// Cluster mode's partition ownership.
+    cluster: Option<sightline_cluster::Node>,
 }
 
 /// Opens the stores, binds every listener and starts every part, serving
@@ -141,6 +143,25 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
     .await?;
     let listeners = Listeners::bind(&config, &auth).await?;
     let addresses = listeners.addresses;
+    // Cluster mode: receivers publish to the partitioned log; this node
+    // owns the partitions rendezvous hashing gives it.
+    let (ingest, cluster) = match cluster_config(&metrics_config)? {
+        Some(cluster_config) => {
+            let cluster = sightline_cluster::Cluster::start(
+                cluster_config,
+                config.data_dir.join("cluster"),
+                addresses.http.to_string(),
+            )
+            .await
+            .context("failed to start cluster mode")?;
+            tracing::info!("cluster mode: ingest goes to the partitioned log");
+            (
+                ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
+                Some(cluster.node),
+            )
+        }
+        None => (ingest, None),
+    };
     let (stop, stopped) = watch::channel(false);
     let retention = tokio::spawn(retention::retention_loop(
         stores.logs.clone(),
@@ -189,6 +210,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         metrics,
         reloader,
         pipeline,
+        cluster,
     };
     // Served already (`/-/healthy` answers, `/-/ready` says the WAL is
     // replaying), ready once the replay is done.
@@ -226,11 +248,29 @@ impl RunningCollector {
         self.retention.abort();
         self.metrics.shutdown().await;
         served?;
+        if let Some(cluster) = self.cluster {
+            // No receiver publishes any more: hand the partitions off with
+            // their last splits published.
+            cluster.shutdown().await;
+        }
         let pipeline = self.pipeline;
         tokio::task::spawn_blocking(move || pipeline.join()).await?;
         tracing::info!("collector stopped");
         Ok(())
     }
+}
+
+/// The config file's `cluster:` section, checked.
+fn cluster_config(
+    metrics_config: &MetricsConfig,
+) -> anyhow::Result<Option<sightline_cluster::ClusterConfig>> {
+    metrics_config
+        .cluster_section()
+        .map(|section| {
+            serde_norway::from_value(section.clone())
+                .context("invalid cluster section in the config file")
+        })
+        .transpose()
 }
 
 /// The stores under the data directory.

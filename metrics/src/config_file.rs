@@ -59,6 +59,9 @@ pub struct ConfigFile {
     /// Base address of the UI for links in notifications; the query
     /// listener's address when unset.
     pub external_url: Option<String>,
+    /// The collector's cluster mode (NATS, PostgreSQL, object storage),
+    /// read by the collector (`sightline_cluster::ClusterConfig`).
+    pub cluster: Option<serde_norway::Value>,
     /// Keys of any section that Sightline does not implement.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,

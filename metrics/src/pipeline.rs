@@ -79,6 +79,11 @@ impl MetricsConfig {
         })
     }
 
+    /// The file's `cluster:` section, if it has one (the collector reads it).
+    pub fn cluster_section(&self) -> Option<&serde_norway::Value> {
+        self.file.cluster.as_ref()
+    }
+
     /// What the receivers count acknowledged data into.
     pub fn observers(&self) -> &Observers {
         &self.observers

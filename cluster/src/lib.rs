@@ -1,0 +1,108 @@
+//! Cluster mode on existing engines: NATS JetStream is the partitioned
+//! durable log, PostgreSQL holds leases, fenced checkpoints and the split
+//! list, S3-compatible object storage holds immutable splits. No
+//! membership, gossip or consensus protocol of our own.
+//!
+//! ```text
+//! client --> any collector --publish, wait for the stream's ack--> JetStream
+//!        <-- ack (only now)          subject <prefix>.<partition>
+//!                                          |
+//!   partition owner (lease in PostgreSQL) <-+ reads from its checkpoint
+//!     every split_interval: build a split (LogStore + SpanStore),
+//!     upload to S3, publish = one statement moving the checkpoint
+//!     from -> to iff it is still `from` under the owner's epoch,
+//!     then purge the partition below `to`.
+//! ```
+//!
+//! - [`partition`]: which partition (trace id, log stream) and which owner
+//!   (rendezvous hashing over the live nodes).
+//! - [`log`]: the JetStream stream: publish with acknowledgement, read a
+//!   partition, purge.
+//! - [`metastore`]: PostgreSQL: heartbeats, leases, the fenced publish.
+//! - [`splits`]: building, uploading and downloading splits.
+//! - [`node`]: the ownership loop that ties them together.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub mod log;
+pub mod metastore;
+pub mod node;
+pub mod partition;
+pub mod splits;
+
+pub use log::{ClusterLog, NatsConfig, PublishError};
+pub use metastore::{Metastore, SplitRow};
+pub use node::{Node, NodeStats};
+pub use splits::{ObjectStoreConfig, SplitMeta, SplitStorage};
+
+/// The `cluster:` section of the collector's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This collector's name among the nodes; unique and stable across
+    /// restarts (a StatefulSet pod name). `$HOSTNAME` when unset.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    pub nats: NatsConfig,
+    /// `postgres://user:password@host:port/db`.
+    pub postgres: String,
+    pub object_store: ObjectStoreConfig,
+    /// How long a partition owner gathers entries before it cuts a split.
+    #[serde(default = "default_split_interval", deserialize_with = "duration")]
+    pub split_interval: Duration,
+    /// A split is cut early at this many bytes of entries (and reading
+    /// pauses while one this big waits to be published).
+    #[serde(default = "default_split_max_bytes")]
+    pub split_max_bytes: usize,
+    /// A node that has not heartbeated for this long is dead and its
+    /// partitions' leases may be taken.
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "sightline-collector".into())
+}
+fn default_split_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_split_max_bytes() -> usize {
+    64 << 20
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A collector in cluster mode: what its receivers publish to, and its
+/// ownership work.
+pub struct Cluster {
+    pub log: ClusterLog,
+    pub node: Node,
+}
+
+impl Cluster {
+    /// Connects to NATS, PostgreSQL and the object store and starts taking
+    /// partitions. `work_dir` holds splits while they are cut; `address` is
+    /// where this node's API listens (listed with its heartbeat).
+    pub async fn start(
+        config: ClusterConfig,
+        work_dir: PathBuf,
+        address: String,
+    ) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(
+            !config.node_id.is_empty(),
+            "cluster.node_id is empty: give every collector a unique name"
+        );
+        let log = ClusterLog::connect(&config.nats).await?;
+        let node = Node::start(config, log.clone(), work_dir, address).await?;
+        Ok(Cluster { log, node })
+    }
+}

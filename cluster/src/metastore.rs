@@ -1,0 +1,377 @@
+//! Metadata in PostgreSQL: live nodes, partition leases with epochs, the
+//! fenced checkpoint of each partition and the list of published splits.
+//!
+//! Time is PostgreSQL's `now()` everywhere, so nodes' clocks never have to
+//! agree. A lease says who should own a partition; it is the checkpoint
+//! compare-and-set in [`Metastore::publish_split`] (the checkpoint still
+//! where the owner started *and* the epoch still the owner's) that makes an
+//! owner that lost its lease without knowing it (paused, partitioned)
+//! harmless: its late publish changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sightline_store::PartitionId;
+use tokio_postgres::{Client, NoTls};
+
+use crate::partition::PARTITIONS;
+
+/// A partition this node holds: publishes must name this epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub partition: PartitionId,
+    pub epoch: i64,
+    /// The stream sequence the partition's published splits reach: read
+    /// from here.
+    pub checkpoint: u64,
+}
+
+/// A published split, as listed in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRow {
+    pub split_id: String,
+    pub partition: PartitionId,
+    /// Stream sequences `[from, to)` it covers.
+    pub from: u64,
+    pub to: u64,
+    /// Event time range, nanoseconds.
+    pub min_time: i64,
+    pub max_time: i64,
+    pub logs: u64,
+    pub spans: u64,
+    pub bytes: u64,
+}
+
+/// Why a split was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishSplitError {
+    /// The checkpoint moved or the epoch changed: another owner took the
+    /// partition. The split must be dropped.
+    #[error(
+        "fenced: partition {partition} is no longer this owner's at checkpoint {from} (epoch {epoch})"
+    )]
+    Fenced {
+        partition: PartitionId,
+        from: u64,
+        epoch: i64,
+    },
+    /// PostgreSQL could not be reached or failed: retry.
+    #[error("the metastore failed: {0}")]
+    Unavailable(String),
+}
+
+/// A connection to the metastore.
+pub struct Metastore {
+    /// Replaced by [`Metastore::reconnect_if_closed`] after PostgreSQL
+    /// restarts; statements in flight on the old one fail (and are retried).
+    client: std::sync::Mutex<Arc<Client>>,
+    url: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sightline_nodes (
+    node_id text PRIMARY KEY,
+    address text NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sightline_partitions (
+    partition integer PRIMARY KEY,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    lease_until timestamptz NOT NULL DEFAULT 'epoch',
+    checkpoint bigint NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS sightline_splits (
+    split_id text PRIMARY KEY,
+    partition integer NOT NULL,
+    from_seq bigint NOT NULL,
+    to_seq bigint NOT NULL,
+    min_time bigint NOT NULL,
+    max_time bigint NOT NULL,
+    logs bigint NOT NULL,
+    spans bigint NOT NULL,
+    bytes bigint NOT NULL,
+    node_id text NOT NULL,
+    epoch bigint NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS sightline_splits_time ON sightline_splits (max_time, min_time);
+";
+
+impl Metastore {
+    /// Connects and creates the tables if they do not exist.
+    pub async fn connect(url: &str) -> anyhow::Result<Metastore> {
+        let client = Self::open(url).await?;
+        Ok(Metastore {
+            client: std::sync::Mutex::new(Arc::new(client)),
+            url: url.to_string(),
+        })
+    }
+
+    async fn open(url: &str) -> anyhow::Result<Client> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .with_context(|| format!("failed to connect to PostgreSQL at {}", redact(url)))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "the PostgreSQL connection ended");
+            }
+        });
+        // Collectors start together: one creates the schema at a time.
+        let transaction = client.transaction().await?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock(7311420191)", &[])
+            .await?;
+        transaction
+            .batch_execute(SCHEMA)
+            .await
+            .context("failed to create the metastore tables")?;
+        transaction
+            .execute(
+                "INSERT INTO sightline_partitions (partition) \
+                 SELECT generate_series(0, $1::integer - 1) ON CONFLICT DO NOTHING",
+                &[&(PARTITIONS as i32)],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(client)
+    }
+
+    fn client(&self) -> Arc<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Connects again if the connection has ended (PostgreSQL restarted).
+    pub async fn reconnect_if_closed(&self) -> anyhow::Result<()> {
+        if self.client().is_closed() {
+            let client = Self::open(&self.url).await?;
+            *self
+                .client
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(client);
+            tracing::info!(url = %redact(&self.url), "reconnected to PostgreSQL");
+        }
+        Ok(())
+    }
+
+    /// The URL it connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Says this node is alive (and where its internal API listens).
+    pub async fn heartbeat(&self, node_id: &str, address: &str) -> anyhow::Result<()> {
+        self.client()
+            .execute(
+                "INSERT INTO sightline_nodes (node_id, address, heartbeat_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (node_id) DO UPDATE SET address = $2, heartbeat_at = now()",
+                &[&node_id, &address],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Nodes whose last heartbeat is younger than `ttl`, sorted.
+    pub async fn live_nodes(&self, ttl: Duration) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT node_id FROM sightline_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY node_id",
+                &[&ttl.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Takes `partition` if nobody holds a live lease on it (or this node
+    /// does), bumping its epoch: any earlier holder, this node's own
+    /// earlier incarnation included, is fenced from now on.
+    pub async fn acquire(
+        &self,
+        node_id: &str,
+        partition: PartitionId,
+        ttl: Duration,
+    ) -> anyhow::Result<Option<Lease>> {
+        let row = self
+            .client()
+            .query_opt(
+                "UPDATE sightline_partitions \
+                 SET owner = $1, epoch = epoch + 1, lease_until = now() + make_interval(secs => $2) \
+                 WHERE partition = $3 AND (owner IS NULL OR owner = $1 OR lease_until < now()) \
+                 RETURNING epoch, checkpoint",
+                &[&node_id, &ttl.as_secs_f64(), &(partition as i32)],
+            )
+            .await?;
+        Ok(row.map(|row| Lease {
+            partition,
+            epoch: row.get(0),
+            checkpoint: row.get::<_, i64>(1) as u64,
+        }))
+    }
+
+    /// Extends the leases this node holds (partition and epoch); returns
+    /// the ones still its own. A lease missing from the answer was taken
+    /// over: stop working on it.
+    pub async fn renew(
+        &self,
+        node_id: &str,
+        held: &[Lease],
+        ttl: Duration,
+    ) -> anyhow::Result<Vec<PartitionId>> {
+        let partitions: Vec<i32> = held.iter().map(|lease| lease.partition as i32).collect();
+        let epochs: Vec<i64> = held.iter().map(|lease| lease.epoch).collect();
+        let rows = self
+            .client()
+            .query(
+                "UPDATE sightline_partitions AS p \
+                 SET lease_until = now() + make_interval(secs => $2) \
+                 FROM unnest($3::integer[], $4::bigint[]) AS held(partition, epoch) \
+                 WHERE p.partition = held.partition AND p.epoch = held.epoch AND p.owner = $1 \
+                 RETURNING p.partition",
+                &[&node_id, &ttl.as_secs_f64(), &partitions, &epochs],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<_, i32>(0) as PartitionId)
+            .collect())
+    }
+
+    /// Gives `lease` up so the node rendezvous hashing names can take it at
+    /// once instead of after the lease time.
+    pub async fn release(&self, node_id: &str, lease: &Lease) -> anyhow::Result<()> {
+        self.client()
+            .execute(
+                "UPDATE sightline_partitions SET owner = NULL, lease_until = 'epoch' \
+                 WHERE partition = $1 AND owner = $2 AND epoch = $3",
+                &[&(lease.partition as i32), &node_id, &lease.epoch],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a split in one statement (atomic): moves the partition's
+    /// checkpoint from `split.from` to `split.to` only if it is still at
+    /// `split.from` under `lease.epoch`, and lists the split only if it
+    /// moved. Either both happen or neither.
+    pub async fn publish_split(
+        &self,
+        node_id: &str,
+        lease: &Lease,
+        split: &SplitRow,
+    ) -> Result<(), PublishSplitError> {
+        let inserted = self
+            .client()
+            .execute(
+                "WITH moved AS ( \
+                   UPDATE sightline_partitions SET checkpoint = $4 \
+                   WHERE partition = $2 AND checkpoint = $3 AND epoch = $11 AND owner = $10 \
+                   RETURNING partition) \
+                 INSERT INTO sightline_splits \
+                 (split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes, node_id, epoch) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM moved",
+                &[
+                    &split.split_id,
+                    &(split.partition as i32),
+                    &(split.from as i64),
+                    &(split.to as i64),
+                    &split.min_time,
+                    &split.max_time,
+                    &(split.logs as i64),
+                    &(split.spans as i64),
+                    &(split.bytes as i64),
+                    &node_id,
+                    &lease.epoch,
+                ],
+            )
+            .await
+            .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
+        if inserted == 1 {
+            Ok(())
+        } else {
+            Err(PublishSplitError::Fenced {
+                partition: split.partition,
+                from: split.from,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    /// Every published split, oldest sequence first.
+    pub async fn splits(&self) -> anyhow::Result<Vec<SplitRow>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes \
+                 FROM sightline_splits ORDER BY partition, from_seq",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| SplitRow {
+                split_id: row.get(0),
+                partition: row.get::<_, i32>(1) as PartitionId,
+                from: row.get::<_, i64>(2) as u64,
+                to: row.get::<_, i64>(3) as u64,
+                min_time: row.get(4),
+                max_time: row.get(5),
+                logs: row.get::<_, i64>(6) as u64,
+                spans: row.get::<_, i64>(7) as u64,
+                bytes: row.get::<_, i64>(8) as u64,
+            })
+            .collect())
+    }
+
+    /// Each partition's owner (if any), epoch and checkpoint.
+    pub async fn partitions(&self) -> anyhow::Result<Vec<(PartitionId, Option<String>, i64, u64)>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT partition, owner, epoch, checkpoint FROM sightline_partitions ORDER BY partition",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, i32>(0) as PartitionId,
+                    row.get(1),
+                    row.get(2),
+                    row.get::<_, i64>(3) as u64,
+                )
+            })
+            .collect())
+    }
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/meta"),
+            "postgres://app:***@db:5432/meta"
+        );
+        assert_eq!(super::redact("postgres://db/meta"), "postgres://db/meta");
+    }
+}

@@ -1,0 +1,363 @@
+//! One collector's part in the cluster: it heartbeats, takes the partitions
+//! rendezvous hashing gives it (a lease with a new epoch each time), reads
+//! each from its checkpoint, cuts a split every window, uploads it,
+//! publishes it with the fenced checkpoint move, and only then purges what
+//! the split covers from the stream.
+//!
+//! Failure handling, in one place:
+//! - NATS, PostgreSQL or S3 failing: the split in hand is kept and retried;
+//!   nothing is purged before it is published, so nothing is lost. The
+//!   buffer stops growing at `split_max_bytes` (bounded memory) and the
+//!   stream fills until publishers see backpressure.
+//! - Fenced (another node took the partition while this one was paused):
+//!   the split's objects are deleted and the partition task ends.
+//! - A lease renewal that no longer lists a partition ends its task at
+//!   once: it may still have a split in flight, which the fence refuses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sightline_store::PartitionId;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ClusterConfig;
+use crate::log::{ClusterLog, Entry};
+use crate::metastore::{Lease, Metastore, PublishSplitError};
+use crate::partition::{self, PARTITIONS};
+use crate::splits::{self, SplitStorage};
+
+/// What a node shares with its partition tasks.
+struct Context {
+    node_id: String,
+    config: ClusterConfig,
+    log: ClusterLog,
+    metastore: Metastore,
+    storage: SplitStorage,
+    work_dir: PathBuf,
+    stats: Arc<NodeStats>,
+}
+
+/// Counters of this node's ownership work (self-metrics).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub splits_published: AtomicU64,
+    pub splits_fenced: AtomicU64,
+    pub entries_rejected: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub partitions_owned: AtomicU64,
+}
+
+/// A running partition task.
+struct Owned {
+    lease: Lease,
+    handoff: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The node's background work; stops (handing its partitions off) on
+/// [`Node::shutdown`].
+pub struct Node {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    pub stats: Arc<NodeStats>,
+}
+
+impl Node {
+    pub(crate) async fn start(
+        config: ClusterConfig,
+        log: ClusterLog,
+        work_dir: PathBuf,
+        address: String,
+    ) -> anyhow::Result<Node> {
+        let metastore = Metastore::connect(&config.postgres).await?;
+        let storage = SplitStorage::new(&config.object_store)?;
+        let stats = Arc::new(NodeStats::default());
+        let context = Arc::new(Context {
+            node_id: config.node_id.clone(),
+            config,
+            log,
+            metastore,
+            storage,
+            work_dir,
+            stats: stats.clone(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(context, address, stopped));
+        Ok(Node { stop, task, stats })
+    }
+
+    /// Hands every partition off (its last split published) and stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(context: Arc<Context>, address: String, mut stopped: watch::Receiver<bool>) {
+    let ttl = context.config.lease_ttl;
+    let tick = ttl / 4;
+    let mut owned: BTreeMap<PartitionId, Owned> = BTreeMap::new();
+    loop {
+        if let Err(error) = step(&context, &address, &mut owned).await {
+            tracing::warn!(%error, "cluster membership step failed; retrying");
+        }
+        context
+            .stats
+            .partitions_owned
+            .store(owned.len() as u64, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    // Hand off: each task publishes what it holds and releases its lease.
+    for owned in owned.values() {
+        let _ = owned.handoff.send(true);
+    }
+    for (partition, owned) in owned {
+        if tokio::time::timeout(ttl * 2, owned.task).await.is_err() {
+            tracing::warn!(partition, "partition did not hand off in time");
+        }
+    }
+}
+
+/// One heartbeat: say we are alive, drop lost leases, take what is ours.
+async fn step(
+    context: &Arc<Context>,
+    address: &str,
+    owned: &mut BTreeMap<PartitionId, Owned>,
+) -> anyhow::Result<()> {
+    let ttl = context.config.lease_ttl;
+    context.metastore.reconnect_if_closed().await?;
+    context
+        .metastore
+        .heartbeat(&context.node_id, address)
+        .await?;
+    owned.retain(|_, owned| !owned.task.is_finished());
+    let leases: Vec<Lease> = owned.values().map(|owned| owned.lease).collect();
+    let still = context
+        .metastore
+        .renew(&context.node_id, &leases, ttl)
+        .await?;
+    owned.retain(|partition, owned| {
+        let kept = still.contains(partition);
+        if !kept {
+            tracing::warn!(
+                partition,
+                epoch = owned.lease.epoch,
+                "lease lost; stopping the partition"
+            );
+            owned.task.abort();
+        }
+        kept
+    });
+    let live = context.metastore.live_nodes(ttl).await?;
+    for partition in 0..PARTITIONS {
+        let mine = partition::owner(partition, &live) == Some(context.node_id.as_str());
+        match (mine, owned.get(&partition)) {
+            (true, None) => {
+                if let Some(lease) = context
+                    .metastore
+                    .acquire(&context.node_id, partition, ttl)
+                    .await?
+                {
+                    tracing::info!(
+                        partition,
+                        epoch = lease.epoch,
+                        checkpoint = lease.checkpoint,
+                        "took partition"
+                    );
+                    let (handoff, handoff_rx) = watch::channel(false);
+                    let task = tokio::spawn(own(context.clone(), lease, handoff_rx));
+                    owned.insert(
+                        partition,
+                        Owned {
+                            lease,
+                            handoff,
+                            task,
+                        },
+                    );
+                }
+            }
+            (false, Some(owned)) => {
+                let _ = owned.handoff.send(true);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Owns one partition until handed off, fenced or aborted.
+async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<bool>) {
+    let partition = lease.partition;
+    let config = &context.config;
+    // The first sequence not yet in a published split.
+    let mut from = lease.checkpoint.max(1);
+    let mut buffer: Vec<Entry> = Vec::new();
+    let mut buffered_bytes = 0usize;
+    let mut window_start = Instant::now();
+    let mut reader = None;
+    loop {
+        let handing_off = *handoff.borrow();
+        let due = !buffer.is_empty()
+            && (handing_off
+                || window_start.elapsed() >= config.split_interval
+                || buffered_bytes >= config.split_max_bytes);
+        if due {
+            let to = buffer.last().map_or(from, |entry| entry.sequence + 1);
+            match cut_and_publish(&context, &lease, from, to, &buffer).await {
+                Ok(()) => {
+                    from = to;
+                    buffer.clear();
+                    buffered_bytes = 0;
+                    // Purged only now: the split holds these entries.
+                    if let Err(error) = context.log.purge_below(partition, to).await {
+                        tracing::warn!(partition, %error, "purge failed; the next split's purge covers it");
+                    }
+                }
+                Err(Outcome::Fenced) => return,
+                Err(Outcome::Retry) => {
+                    context
+                        .stats
+                        .publish_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        if handing_off && buffer.is_empty() {
+            if let Err(error) = context.metastore.release(&context.node_id, &lease).await {
+                tracing::warn!(partition, %error, "release failed; the lease expires instead");
+            }
+            tracing::info!(partition, "handed partition off");
+            return;
+        }
+        if buffered_bytes >= config.split_max_bytes {
+            continue;
+        }
+        let next = buffer.last().map_or(from, |entry| entry.sequence + 1);
+        let reading = match reader.as_mut() {
+            Some(reader) => reader,
+            None => match context.log.reader(partition, next).await {
+                Ok(created) => reader.insert(created),
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cannot read the partition; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let wait = if buffer.is_empty() {
+            Duration::from_millis(500)
+        } else {
+            config
+                .split_interval
+                .saturating_sub(window_start.elapsed())
+                .clamp(Duration::from_millis(50), Duration::from_millis(500))
+        };
+        let entries = tokio::select! {
+            read = reading.next(1000, 8 << 20, wait) => read,
+            _ = handoff.changed() => continue,
+        };
+        match entries {
+            Ok(entries) => {
+                for entry in entries {
+                    if entry.sequence < next {
+                        continue;
+                    }
+                    if buffer.is_empty() {
+                        window_start = Instant::now();
+                    }
+                    buffered_bytes += entry.payload.len();
+                    buffer.push(entry);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error, "reading the partition failed; reading again");
+                reader = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Fenced,
+    Retry,
+}
+
+async fn cut_and_publish(
+    context: &Arc<Context>,
+    lease: &Lease,
+    from: u64,
+    to: u64,
+    entries: &[Entry],
+) -> Result<(), Outcome> {
+    let partition = lease.partition;
+    let work_dir = context.work_dir.clone();
+    let (epoch, owned_entries) = (lease.epoch, entries.to_vec());
+    let built = tokio::task::spawn_blocking(move || {
+        splits::build(&work_dir, partition, epoch, from, to, &owned_entries)
+    })
+    .await;
+    let split = match built {
+        Ok(Ok(split)) => split,
+        Ok(Err(error)) => {
+            tracing::warn!(partition, %error, "cutting a split failed; retrying");
+            return Err(Outcome::Retry);
+        }
+        Err(error) => {
+            tracing::warn!(partition, %error, "the split builder stopped; retrying");
+            return Err(Outcome::Retry);
+        }
+    };
+    if let Err(error) = context.storage.upload(&split).await {
+        tracing::warn!(
+            partition,
+            error = format!("{error:#}"),
+            "uploading a split failed; retrying"
+        );
+        return Err(Outcome::Retry);
+    }
+    match context
+        .metastore
+        .publish_split(&context.node_id, lease, &split.meta.row)
+        .await
+    {
+        Ok(()) => {
+            context
+                .stats
+                .splits_published
+                .fetch_add(1, Ordering::Relaxed);
+            context
+                .stats
+                .entries_rejected
+                .fetch_add(split.meta.rejected, Ordering::Relaxed);
+            tracing::debug!(partition, split = %split.meta.row.split_id, from, to, "published split");
+            Ok(())
+        }
+        Err(PublishSplitError::Fenced { .. }) => {
+            context.stats.splits_fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                partition,
+                epoch = lease.epoch,
+                from,
+                "split refused by the fence: another node owns the partition now; dropping it"
+            );
+            if let Err(error) = context.storage.delete(&split.meta.row.split_id).await {
+                tracing::warn!(partition, %error, "could not delete the refused split's objects");
+            }
+            Err(Outcome::Fenced)
+        }
+        Err(PublishSplitError::Unavailable(error)) => {
+            tracing::warn!(partition, %error, "publishing a split failed; retrying");
+            Err(Outcome::Retry)
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Splits: immutable tantivy indexes in the store's own schema, one per
+//! partition and time window, cut by the partition's owner from the
+//! entries it read and kept in S3-compatible object storage.
+//!
+//! A split is a directory, `<prefix>splits/<split id>/`, holding `logs/`
+//! (a [`LogStore`]), `spans/` (a [`SpanStore`]) and `split.json`, its
+//! self-describing metadata ([`SplitMeta`]: format version, partition,
+//! stream sequence range, time range, counts), written last. A split is
+//! listed (and so exists for readers) only once PostgreSQL has published
+//! it; objects of a split that was never published are garbage.
+//!
+//! A message that cannot be decoded is counted and moved aside to
+//! `<prefix>rejected/<split id>/<sequence>`, next to the split that skipped
+//! it: it neither blocks its partition nor disappears.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use sightline_store::{Batch, LogStore, PartitionId, SpanStore};
+
+use crate::log::Entry;
+use crate::metastore::SplitRow;
+
+/// Format of a split's files and metadata; a reader refuses a newer one.
+pub const SPLIT_FORMAT_VERSION: u32 = 1;
+
+/// Where splits are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `http://host:port` of an S3-compatible server; AWS when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Credentials; `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the
+    /// environment when unset.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Key prefix of everything Sightline writes, e.g. `prod/`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// `split.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitMeta {
+    pub format_version: u32,
+    #[serde(flatten)]
+    pub row: SplitRow,
+    /// Entries of the range that could not be decoded (moved aside).
+    pub rejected: u64,
+}
+
+/// A split cut on the local disk, before upload.
+pub struct LocalSplit {
+    pub dir: tempfile::TempDir,
+    pub meta: SplitMeta,
+    /// The entries that could not be decoded, to move aside.
+    pub rejected: Vec<Entry>,
+}
+
+/// Builds the split of `entries` (all of `partition`, in sequence order)
+/// covering stream sequences `[from, to)`. Blocks: call it from a blocking
+/// thread.
+pub fn build(
+    work_dir: &Path,
+    partition: PartitionId,
+    epoch: i64,
+    from: u64,
+    to: u64,
+    entries: &[Entry],
+) -> anyhow::Result<LocalSplit> {
+    std::fs::create_dir_all(work_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix("split-")
+        .tempdir_in(work_dir)
+        .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
+    let logs = LogStore::open(&dir.path().join("logs"))?;
+    let spans = SpanStore::open(&dir.path().join("spans"))?;
+    let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
+    let (mut log_count, mut span_count) = (0u64, 0u64);
+    let mut rejected = Vec::new();
+    for entry in entries {
+        let batch = match Batch::decode(&entry.payload) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(partition, sequence = entry.sequence, %error, "an entry of the cluster log cannot be decoded; moved aside");
+                rejected.push(entry.clone());
+                continue;
+            }
+        };
+        let encoded = batch.encode()?;
+        match batch {
+            Batch::Logs(records) => {
+                for record in &records {
+                    min_time = min_time.min(record.timestamp);
+                    max_time = max_time.max(record.timestamp);
+                }
+                log_count += records.len() as u64;
+                logs.add_encoded(entry.sequence, records.into_iter().zip(encoded.sources()))?;
+            }
+            Batch::Spans(batch) => {
+                for span in &batch {
+                    min_time = min_time.min(span.start_time);
+                    max_time = max_time.max(span.start_time);
+                }
+                span_count += batch.len() as u64;
+                spans.add_encoded(entry.sequence, batch.into_iter().zip(encoded.sources()))?;
+            }
+        }
+    }
+    logs.commit(to)?;
+    spans.commit(to)?;
+    let bytes = logs.disk_bytes() + sightline_store::dir_size(&dir.path().join("spans"));
+    // The writers end (and their lock files go) before the files are read.
+    drop(logs);
+    drop(spans);
+    if min_time > max_time {
+        (min_time, max_time) = (0, 0);
+    }
+    let meta = SplitMeta {
+        format_version: SPLIT_FORMAT_VERSION,
+        row: SplitRow {
+            split_id: format!("p{partition:02}-{from:012}-{to:012}-e{epoch}"),
+            partition,
+            from,
+            to,
+            min_time,
+            max_time,
+            logs: log_count,
+            spans: span_count,
+            bytes,
+        },
+        rejected: rejected.len() as u64,
+    };
+    std::fs::write(
+        dir.path().join("split.json"),
+        serde_json::to_vec_pretty(&meta)?,
+    )?;
+    Ok(LocalSplit {
+        dir,
+        meta,
+        rejected,
+    })
+}
+
+/// The splits' object storage.
+#[derive(Clone)]
+pub struct SplitStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl SplitStorage {
+    pub fn new(config: &ObjectStoreConfig) -> anyhow::Result<SplitStorage> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(key) = &config.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder.build().with_context(|| {
+            format!(
+                "invalid object storage settings for bucket {}",
+                config.bucket
+            )
+        })?;
+        Ok(SplitStorage {
+            store: Arc::new(store),
+            prefix: config.prefix.clone(),
+        })
+    }
+
+    fn split_path(&self, split_id: &str) -> String {
+        format!("{}splits/{split_id}", self.prefix)
+    }
+
+    /// Uploads a split's files, `split.json` last.
+    pub async fn upload(&self, split: &LocalSplit) -> anyhow::Result<()> {
+        let root = split.dir.path().to_path_buf();
+        let files = tokio::task::spawn_blocking(move || list_files(&root)).await??;
+        let base = self.split_path(&split.meta.row.split_id);
+        let mut meta = None;
+        for relative in files {
+            let local = split.dir.path().join(&relative);
+            let key = format!("{base}/{}", relative.to_string_lossy());
+            if relative == Path::new("split.json") {
+                meta = Some((local, key));
+                continue;
+            }
+            self.put_file(&local, &key).await?;
+        }
+        if let Some((local, key)) = meta {
+            self.put_file(&local, &key).await?;
+        }
+        for entry in &split.rejected {
+            let key = format!(
+                "{}rejected/{}/{}",
+                self.prefix, split.meta.row.split_id, entry.sequence
+            );
+            self.store
+                .put(
+                    &ObjectPath::from(key.as_str()),
+                    entry.payload.clone().into(),
+                )
+                .await
+                .with_context(|| format!("failed to move an undecodable entry aside to {key}"))?;
+        }
+        Ok(())
+    }
+
+    async fn put_file(&self, local: &Path, key: &str) -> anyhow::Result<()> {
+        let bytes = tokio::fs::read(local)
+            .await
+            .with_context(|| format!("failed to read {}", local.display()))?;
+        self.store
+            .put(&ObjectPath::from(key), bytes.into())
+            .await
+            .with_context(|| format!("failed to upload {key}"))?;
+        Ok(())
+    }
+
+    /// Deletes a split's objects (one that lost its publish).
+    pub async fn delete(&self, split_id: &str) -> anyhow::Result<()> {
+        let prefix = ObjectPath::from(self.split_path(split_id).as_str());
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        for object in objects {
+            self.store.delete(&object.location).await?;
+        }
+        Ok(())
+    }
+
+    /// Downloads a split into `dir` and returns its metadata; open its
+    /// stores with [`LogStore::open`] on `dir/logs` and [`SpanStore::open`]
+    /// on `dir/spans`.
+    pub async fn download(&self, split_id: &str, dir: &Path) -> anyhow::Result<SplitMeta> {
+        let base = self.split_path(split_id);
+        let prefix = ObjectPath::from(base.as_str());
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        anyhow::ensure!(
+            !objects.is_empty(),
+            "split {split_id} has no objects under {base}"
+        );
+        for object in objects {
+            let key = object.location.to_string();
+            let relative = key.strip_prefix(&format!("{base}/")).unwrap_or(&key);
+            let local = dir.join(relative);
+            if let Some(parent) = local.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let bytes = self.store.get(&object.location).await?.bytes().await?;
+            tokio::fs::write(&local, &bytes).await?;
+        }
+        let meta: SplitMeta =
+            serde_json::from_slice(&tokio::fs::read(dir.join("split.json")).await?)
+                .with_context(|| format!("split {split_id} has no readable split.json"))?;
+        anyhow::ensure!(
+            meta.format_version <= SPLIT_FORMAT_VERSION,
+            "split {split_id} has format {}, newer than this build's {SPLIT_FORMAT_VERSION}",
+            meta.format_version
+        );
+        Ok(meta)
+    }
+
+    /// Keys of the entries moved aside.
+    pub async fn rejected(&self) -> anyhow::Result<Vec<String>> {
+        let prefix = ObjectPath::from(format!("{}rejected", self.prefix).as_str());
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(objects
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect())
+    }
+}
+
+/// Every file under `root`, relative to it, without tantivy's lock files.
+fn list_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if !entry.file_name().to_string_lossy().ends_with(".lock") {
+                files.push(path.strip_prefix(root)?.to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
