@@ -3,6 +3,7 @@
 mod alertmanager;
 mod browser;
 mod durability;
+mod engines;
 mod otel_clients;
 mod prometheus_diff;
 mod request_flow;
