@@ -45,10 +45,66 @@ struct Context {
 #[derive(Debug, Default)]
 pub struct NodeStats {
     pub splits_published: AtomicU64,
+    /// Splits the fence refused: this node had lost the partition.
     pub splits_fenced: AtomicU64,
+    /// Leases a renewal no longer listed (taken over while this node was
+    /// paused or cut off).
+    pub leases_lost: AtomicU64,
     pub entries_rejected: AtomicU64,
+    /// Cut, upload or publish attempts that failed and are retried.
     pub publish_retries: AtomicU64,
     pub partitions_owned: AtomicU64,
+}
+
+impl NodeStats {
+    /// Prometheus text exposition of the counters.
+    pub fn render(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "sightline_cluster_splits_published_total",
+                "counter",
+                "Splits this node published.",
+                load(&self.splits_published),
+            ),
+            (
+                "sightline_cluster_splits_fenced_total",
+                "counter",
+                "Splits refused by the checkpoint fence (the partition had moved).",
+                load(&self.splits_fenced),
+            ),
+            (
+                "sightline_cluster_leases_lost_total",
+                "counter",
+                "Partition leases taken over while this node held them.",
+                load(&self.leases_lost),
+            ),
+            (
+                "sightline_cluster_entries_rejected_total",
+                "counter",
+                "Log entries that could not be decoded, moved aside.",
+                load(&self.entries_rejected),
+            ),
+            (
+                "sightline_cluster_publish_retries_total",
+                "counter",
+                "Split cuts, uploads or publishes that failed and were retried.",
+                load(&self.publish_retries),
+            ),
+            (
+                "sightline_cluster_partitions_owned",
+                "gauge",
+                "Partitions this node owns.",
+                load(&self.partitions_owned),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// A running partition task.
@@ -151,6 +207,7 @@ async fn step(
                 epoch = owned.lease.epoch,
                 "lease lost; stopping the partition"
             );
+            context.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
             owned.task.abort();
         }
         kept

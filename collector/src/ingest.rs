@@ -226,7 +226,7 @@ impl Ingest {
 
     async fn store(&self, batch: Batch, size_bytes: usize) -> Result<(), IngestError> {
         let result = match &self.cluster {
-            Some(cluster) => publish(cluster, batch, size_bytes).await,
+            Some(cluster) => publish(cluster, &self.metrics, batch, size_bytes).await,
             None => self.pipeline.ingest(batch, size_bytes).await,
         };
         if matches!(result, Err(IngestError::Busy)) {
@@ -276,12 +276,18 @@ impl Ingest {
 /// has it; an outage or a full stream is backpressure (retry later).
 async fn publish(
     cluster: &ClusterSink,
+    metrics: &CollectorMetrics,
     batch: Batch,
     size_bytes: usize,
 ) -> Result<(), IngestError> {
     if batch.is_empty() {
         return Ok(());
     }
+    // Counted once acknowledged (the batch moves into the publish).
+    let (logs, spans) = match &batch {
+        Batch::Logs(records) => (records.len() as u64, 0),
+        Batch::Spans(spans) => (0, spans.len() as u64),
+    };
     let permits = u32::try_from(size_bytes.clamp(1, cluster.budget)).unwrap_or(u32::MAX);
     let _permit = cluster
         .in_flight
@@ -289,7 +295,10 @@ async fn publish(
         .try_acquire_many_owned(permits)
         .map_err(|_| IngestError::Busy)?;
     match cluster.log.publish(batch).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            metrics.published(logs, spans);
+            Ok(())
+        }
         Err(sightline_cluster::PublishError::TooLarge { size, limit }) => {
             Err(IngestError::Storage(format!(
                 "a record of {size} bytes is over the cluster log's message limit of {limit} bytes"

@@ -155,6 +155,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             .await
             .context("failed to start cluster mode")?;
             tracing::info!("cluster mode: ingest goes to the partitioned log");
+            telemetry.set_cluster(cluster.node.stats.clone());
             (
                 ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
                 Some(cluster.node),

@@ -94,6 +94,8 @@ pub struct CollectorMetrics {
     config_reload_successful: AtomicU64,
     /// Unix seconds of the last successful (re)load, as `f64` bits.
     config_reload_success_seconds: AtomicU64,
+    /// Cluster mode's partition ownership counters.
+    cluster: std::sync::OnceLock<std::sync::Arc<sightline_cluster::NodeStats>>,
 }
 
 /// Sizes read from disk when `/metrics` is scraped.
@@ -284,6 +286,21 @@ impl CollectorMetrics {
                 &[(None, reload_seconds)],
             );
         }
+        if let Some(cluster) = self.cluster.get() {
+            out.push_str(&cluster.render());
+        }
         out
+    }
+
+    /// Exposes cluster mode's counters with the collector's.
+    pub fn set_cluster(&self, stats: std::sync::Arc<sightline_cluster::NodeStats>) {
+        let _ = self.cluster.set(stats);
+    }
+
+    /// Counts records and spans acknowledged in cluster mode (published to
+    /// the cluster log instead of the local pipeline).
+    pub fn published(&self, logs: u64, spans: u64) {
+        self.log_records.fetch_add(logs, Ordering::Relaxed);
+        self.spans.fetch_add(spans, Ordering::Relaxed);
     }
 }

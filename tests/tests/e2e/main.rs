@@ -2,6 +2,7 @@
 
 mod alertmanager;
 mod browser;
+mod cluster;
 mod durability;
 mod engines;
 mod otel_clients;

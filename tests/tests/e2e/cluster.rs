@@ -1,0 +1,764 @@
+//! Cluster mode on real engines started here on loopback: a 3-node NATS
+//! JetStream cluster, PostgreSQL 15 and SeaweedFS's S3 gateway, with three
+//! `sightline-collector` processes. What is checked is what the design
+//! promises: every acknowledged record is in exactly one published split
+//! (no loss, no duplicate, by record id), the spans of a trace meet in one
+//! partition whichever collector received them, and a partition owner's
+//! SIGKILL or SIGSTOP moves its partitions without losing or duplicating
+//! anything (a paused owner's late publish is refused by the fence).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sightline_cluster::{Metastore, SplitRow, SplitStorage};
+use sightline_store::{LogQuery, LogStore, SpanStore};
+use sightline_tests::engines::{NatsCluster, Postgres, SeaweedS3};
+use sightline_tests::{CollectorProcess, poll_until};
+
+/// The engines of one cluster.
+struct Engines {
+    nats: NatsCluster,
+    postgres: Postgres,
+    s3: SeaweedS3,
+}
+
+impl Engines {
+    async fn start() -> Engines {
+        let (nats, postgres, s3) =
+            tokio::join!(NatsCluster::start(3), Postgres::start(), SeaweedS3::start());
+        Engines { nats, postgres, s3 }
+    }
+
+    /// The `cluster:` section naming these engines, for node `node_id`,
+    /// with a stream of at most `stream_bytes`.
+    fn config_with(&self, node_id: &str, dir: &Path, stream_bytes: u64) -> PathBuf {
+        let servers: Vec<String> = self
+            .nats
+            .client_urls()
+            .iter()
+            .map(|url| format!("\"{url}\""))
+            .collect();
+        let text = format!(
+            "cluster:\n  node_id: {node_id}\n  nats:\n    servers: [{}]\n    replicas: 3\n    max_bytes: {}\n  postgres: \"{}\"\n  object_store:\n    endpoint: \"{}\"\n    bucket: {}\n    region: {}\n    access_key_id: {}\n    secret_access_key: {}\n  split_interval: 1s\n  lease_ttl: 3s\n",
+            servers.join(", "),
+            stream_bytes,
+            self.postgres.url(),
+            self.s3.endpoint(),
+            self.s3.bucket(),
+            self.s3.region(),
+            self.s3.access_key(),
+            self.s3.secret_key(),
+        );
+        let path = dir.join(format!("{node_id}.yml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn storage(&self) -> SplitStorage {
+        SplitStorage::new(&sightline_cluster::ObjectStoreConfig {
+            endpoint: Some(self.s3.endpoint()),
+            bucket: self.s3.bucket().to_string(),
+            region: self.s3.region().to_string(),
+            access_key_id: Some(self.s3.access_key().to_string()),
+            secret_access_key: Some(self.s3.secret_key().to_string()),
+            prefix: String::new(),
+        })
+        .unwrap()
+    }
+}
+
+/// Three collectors in cluster mode, `c0`..`c2`.
+async fn collectors(engines: &Engines, dir: &Path) -> Vec<CollectorProcess> {
+    collectors_with(engines, dir, 256 << 20).await
+}
+
+/// [`collectors`] on a stream of at most `stream_bytes`.
+async fn collectors_with(
+    engines: &Engines,
+    dir: &Path,
+    stream_bytes: u64,
+) -> Vec<CollectorProcess> {
+    let mut collectors = Vec::new();
+    for n in 0..3 {
+        let node = format!("c{n}");
+        let config = engines.config_with(&node, dir, stream_bytes);
+        let data = dir.join(&node);
+        collectors
+            .push(CollectorProcess::start(&data, &["--config", config.to_str().unwrap()]).await);
+    }
+    collectors
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Sends records `ids` over OTLP/HTTP, spread over `pods` log streams;
+/// true when the collector acknowledged them.
+async fn send_logs(
+    http: &reqwest::Client,
+    collector: &CollectorProcess,
+    ids: std::ops::Range<u64>,
+    pods: u64,
+) -> bool {
+    let now = now_nanos();
+    let resource_logs: Vec<serde_json::Value> = (0..pods)
+        .map(|pod| {
+            let records: Vec<serde_json::Value> = ids
+                .clone()
+                .filter(|id| id % pods == pod)
+                .map(|id| {
+                    serde_json::json!({
+                        "timeUnixNano": (now + u128::from(id)).to_string(),
+                        "severityText": "INFO",
+                        "body": {"stringValue": format!("cluster record {id}")},
+                        "attributes": [{"key": "rid", "value": {"intValue": id.to_string()}}],
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "resource": {"attributes": [
+                    {"key": "service.name", "value": {"stringValue": "clustered"}},
+                    {"key": "k8s.pod.name", "value": {"stringValue": format!("clustered-{pod}")}},
+                ]},
+                "scopeLogs": [{"scope": {}, "logRecords": records}],
+            })
+        })
+        .collect();
+    let payload = serde_json::json!({ "resourceLogs": resource_logs });
+    match http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/logs",
+            collector.otlp_http_port
+        ))
+        .json(&payload)
+        .send()
+        .await
+    {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+/// Sends span `span` of trace `trace` (the root when `span` is 0).
+async fn send_span(
+    http: &reqwest::Client,
+    collector: &CollectorProcess,
+    trace: &str,
+    span: u64,
+) -> bool {
+    let now = now_nanos();
+    let mut record = serde_json::json!({
+        "traceId": trace,
+        "spanId": format!("{:016x}", span + 1),
+        "name": format!("step {span}"),
+        "kind": 2,
+        "startTimeUnixNano": now.to_string(),
+        "endTimeUnixNano": (now + 1_000_000).to_string(),
+    });
+    if span > 0 {
+        record["parentSpanId"] = serde_json::json!(format!("{:016x}", 1));
+    }
+    let payload = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": format!("hop-{span}")}}]},
+        "scopeSpans": [{"scope": {}, "spans": [record]}],
+    }]});
+    matches!(
+        http.post(format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port))
+            .json(&payload)
+            .send()
+            .await,
+        Ok(response) if response.status().is_success()
+    )
+}
+
+/// Every published split, once their log counts add up to `records`.
+async fn wait_published(engines: &Engines, records: u64) -> Vec<SplitRow> {
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    poll_until(
+        "every acknowledged record in a published split",
+        Duration::from_secs(90),
+        || async {
+            let splits = metastore.splits().await.map_err(|e| e.to_string())?;
+            let published: u64 = splits.iter().map(|split| split.logs).sum();
+            if published >= records {
+                Ok(Some(splits))
+            } else {
+                Err(format!(
+                    "{published} of {records} records published in {} splits",
+                    splits.len()
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// What the published splits hold: each record id with how many times it
+/// is stored, and the partitions each trace's spans are in, with the spans.
+struct Published {
+    records: BTreeMap<u64, usize>,
+    traces: BTreeMap<String, (BTreeSet<u32>, usize)>,
+}
+
+async fn read_splits(engines: &Engines, splits: &[SplitRow], traces: &[String]) -> Published {
+    // Per partition, the splits cover consecutive sequence ranges.
+    let mut by_partition: BTreeMap<u32, Vec<&SplitRow>> = BTreeMap::new();
+    for split in splits {
+        by_partition.entry(split.partition).or_default().push(split);
+    }
+    for (partition, splits) in &by_partition {
+        for pair in splits.windows(2) {
+            assert_eq!(
+                pair[0].to, pair[1].from,
+                "partition {partition}: {} and {} are not consecutive",
+                pair[0].split_id, pair[1].split_id
+            );
+        }
+    }
+    let storage = engines.storage();
+    let mut published = Published {
+        records: BTreeMap::new(),
+        traces: BTreeMap::new(),
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    for split in splits {
+        let dir = scratch.path().join(&split.split_id);
+        let meta = storage.download(&split.split_id, &dir).await.unwrap();
+        assert_eq!(&meta.row, split, "split.json agrees with PostgreSQL");
+        let logs = LogStore::open(&dir.join("logs")).unwrap();
+        let hits = logs
+            .search(&LogQuery {
+                limit: 100_000,
+                ..LogQuery::default()
+            })
+            .unwrap();
+        assert_eq!(hits.hits.len() as u64, split.logs, "{}", split.split_id);
+        for hit in hits.hits {
+            let id = hit.record.attributes["rid"].as_i64().expect("a record id") as u64;
+            *published.records.entry(id).or_default() += 1;
+        }
+        let spans = SpanStore::open(&dir.join("spans")).unwrap();
+        for trace in traces {
+            let found = spans.trace(trace).unwrap();
+            if !found.is_empty() {
+                let entry = published.traces.entry(trace.clone()).or_default();
+                entry.0.insert(split.partition);
+                entry.1 += found.len();
+            }
+        }
+    }
+    published
+}
+
+/// Asserts each of `acknowledged` is stored exactly once.
+fn assert_exactly_once(published: &Published, acknowledged: &BTreeSet<u64>) {
+    assert_once_but(published, acknowledged, &BTreeSet::new());
+}
+
+/// Asserts each of `acknowledged` is stored, and none more than once but
+/// those of `retried` (a batch refused and sent again may have been partly
+/// stored the first time: at least once).
+fn assert_once_but(published: &Published, acknowledged: &BTreeSet<u64>, retried: &BTreeSet<u64>) {
+    let missing: Vec<u64> = acknowledged
+        .iter()
+        .filter(|id| !published.records.contains_key(id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records are in no split, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let duplicated: Vec<(&u64, &usize)> = published
+        .records
+        .iter()
+        .filter(|(id, count)| **count > 1 && !retried.contains(id))
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "records stored more than once: {:?}",
+        &duplicated[..duplicated.len().min(10)]
+    );
+}
+
+/// Three collectors, each sent records and the spans of the same traces:
+/// every acknowledged record is in exactly one published split, and each
+/// trace's spans, sent to three different collectors, are in one partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_record_is_in_exactly_one_published_split() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collectors = collectors(&engines, dir.path()).await;
+    let http = reqwest::Client::new();
+
+    let mut acknowledged = BTreeSet::new();
+    let traces: Vec<String> = (0..8)
+        .map(|n| format!("{:032x}", 0xc1u128 << 64 | n))
+        .collect();
+    for round in 0..30u64 {
+        let collector = &collectors[(round % 3) as usize];
+        let ids = round * 100..round * 100 + 100;
+        // Retried until acknowledged: a refusal is backpressure, not loss.
+        poll_until("a batch acknowledged", Duration::from_secs(30), || {
+            let (ids, http) = (ids.clone(), &http);
+            async move { Ok(send_logs(http, collector, ids, 24).await.then_some(())) }
+        })
+        .await;
+        acknowledged.extend(ids);
+        if round < 8 {
+            // Span n of every trace to collector n % 3.
+            for (span, collector) in collectors.iter().enumerate() {
+                let trace = &traces[round as usize];
+                for hop in [span as u64, span as u64 + 3] {
+                    assert!(
+                        send_span(&http, collector, trace, hop).await,
+                        "span {hop} acknowledged"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let splits = wait_published(&engines, acknowledged.len() as u64).await;
+    // Spans are published too (they share the partitions' splits).
+    let spans_published = poll_until("the spans published", Duration::from_secs(60), || async {
+        let metastore = Metastore::connect(&engines.postgres.url())
+            .await
+            .map_err(|e| e.to_string())?;
+        let splits = metastore.splits().await.map_err(|e| e.to_string())?;
+        let spans: u64 = splits.iter().map(|split| split.spans).sum();
+        Ok((spans >= 8 * 6).then_some(splits))
+    })
+    .await;
+    assert!(spans_published.len() >= splits.len());
+    let published = read_splits(&engines, &spans_published, &traces).await;
+    assert_exactly_once(&published, &acknowledged);
+    for trace in &traces {
+        let (partitions, spans) = published.traces.get(trace).cloned().unwrap_or_default();
+        assert_eq!(spans, 6, "trace {trace}: every span published once");
+        assert_eq!(
+            partitions,
+            BTreeSet::from([sightline_cluster::partition::of_trace(trace)]),
+            "trace {trace}: its spans meet in one partition"
+        );
+    }
+    // The work is spread: every node published splits, and the collectors
+    // count what they acknowledged.
+    let mut ingested = 0.0;
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let owned = owners(&metastore).await.unwrap();
+    let splits = metastore.splits().await.unwrap();
+    for collector in &collectors {
+        assert!(
+            metric(collector, "sightline_cluster_splits_published_total").await > 0.0,
+            "owners {owned:?}, splits {:?}",
+            splits
+                .iter()
+                .map(|s| (s.partition, s.logs, s.spans))
+                .collect::<Vec<_>>()
+        );
+        ingested += metric(
+            collector,
+            "sightline_collector_ingested_total{signal=\"logs\"}",
+        )
+        .await;
+    }
+    assert_eq!(ingested as usize, acknowledged.len());
+}
+
+/// A sample of a collector's `/metrics`, by its name and labels as written.
+async fn metric(collector: &CollectorProcess, series: &str) -> f64 {
+    let text = reqwest::get(collector.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// SIGKILL of a partition owner while two other collectors take records:
+/// its partitions move to the live nodes within the lease time and every
+/// acknowledged record is still in exactly one published split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_loses_nothing_and_duplicates_nothing() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut collectors = collectors(&engines, dir.path()).await;
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+
+    // Every node owns partitions before the kill.
+    poll_until(
+        "every node owning partitions",
+        Duration::from_secs(30),
+        || async {
+            let owners: BTreeSet<String> = metastore
+                .partitions()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|(_, owner, _, _)| owner)
+                .collect();
+            Ok((owners.len() == 3).then_some(()))
+        },
+    )
+    .await;
+
+    let mut acknowledged = BTreeSet::new();
+    for round in 0..30u64 {
+        if round == 10 {
+            collectors[2].kill9();
+        }
+        // Only c0 and c1 take records, so no client request dies with c2.
+        let collector = &collectors[(round % 2) as usize];
+        let ids = round * 100..round * 100 + 100;
+        poll_until("a batch acknowledged", Duration::from_secs(30), || {
+            let (ids, http) = (ids.clone(), &http);
+            async move { Ok(send_logs(http, collector, ids, 12).await.then_some(())) }
+        })
+        .await;
+        acknowledged.extend(ids);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // c2's partitions are owned by the others.
+    poll_until(
+        "the killed node's partitions taken over",
+        Duration::from_secs(30),
+        || async {
+            let partitions = metastore.partitions().await.map_err(|e| e.to_string())?;
+            let stale: Vec<u32> = partitions
+                .iter()
+                .filter(|(_, owner, _, _)| owner.as_deref() == Some("c2") || owner.is_none())
+                .map(|(partition, _, _, _)| *partition)
+                .collect();
+            if stale.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(format!("still c2's or unowned: {stale:?}"))
+            }
+        },
+    )
+    .await;
+    let splits = wait_published(&engines, acknowledged.len() as u64).await;
+    let published = read_splits(&engines, &splits, &[]).await;
+    assert_exactly_once(&published, &acknowledged);
+}
+
+/// Node `c<n>` of the partitions table, and who owns what.
+async fn owners(metastore: &Metastore) -> Result<BTreeMap<u32, Option<String>>, String> {
+    Ok(metastore
+        .partitions()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(partition, owner, _, _)| (partition, owner))
+        .collect())
+}
+
+/// Waits until no partition is owned by `node` or by nobody.
+async fn wait_taken_over(metastore: &Metastore, node: &str) {
+    poll_until(
+        &format!("{node}'s partitions taken over"),
+        Duration::from_secs(30),
+        || async {
+            let stale: Vec<u32> = owners(metastore)
+                .await?
+                .into_iter()
+                .filter(|(_, owner)| owner.as_deref().is_none_or(|owner| owner == node))
+                .map(|(partition, _)| partition)
+                .collect();
+            if stale.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(format!("still {node}'s or unowned: {stale:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// The fence on real PostgreSQL: an owner whose lease was taken over cannot
+/// publish, however late it tries, nor renew; the new owner can, once; a
+/// publish from a stale checkpoint is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_refuses_a_late_publish() {
+    let postgres = Postgres::start().await;
+    let metastore = Metastore::connect(&postgres.url()).await.unwrap();
+    let ttl = Duration::from_secs(1);
+    let first = metastore
+        .acquire("a", 5, ttl)
+        .await
+        .unwrap()
+        .expect("a takes partition 5");
+    assert!(
+        metastore.acquire("b", 5, ttl).await.unwrap().is_none(),
+        "a live lease is not taken"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = metastore
+        .acquire("b", 5, ttl)
+        .await
+        .unwrap()
+        .expect("b takes the expired lease");
+    assert_eq!(second.epoch, first.epoch + 1);
+    assert_eq!(second.checkpoint, first.checkpoint);
+    let split = |id: &str, from: u64, to: u64| SplitRow {
+        split_id: id.into(),
+        partition: 5,
+        from,
+        to,
+        min_time: 1,
+        max_time: 2,
+        logs: 3,
+        spans: 0,
+        bytes: 10,
+    };
+    let late = metastore
+        .publish_split("a", &first, &split("late", first.checkpoint, 100))
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(sightline_cluster::metastore::PublishSplitError::Fenced { .. })
+        ),
+        "{late:?}"
+    );
+    assert!(
+        metastore
+            .renew("a", &[first], ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    metastore
+        .publish_split("b", &second, &split("on-time", second.checkpoint, 100))
+        .await
+        .unwrap();
+    let again = metastore
+        .publish_split("b", &second, &split("stale", second.checkpoint, 120))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(sightline_cluster::metastore::PublishSplitError::Fenced { .. })
+        ),
+        "{again:?}"
+    );
+    let splits = metastore.splits().await.unwrap();
+    assert_eq!(
+        splits
+            .iter()
+            .map(|s| s.split_id.as_str())
+            .collect::<Vec<_>>(),
+        ["on-time"]
+    );
+    assert_eq!(metastore.renew("b", &[second], ttl).await.unwrap(), [5]);
+}
+
+/// SIGSTOP of an owner past its lease: the others take its partitions;
+/// SIGCONT: whatever it had in hand is refused (the fence) or dropped
+/// (its lease renewal fails), and nothing is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_and_nothing_is_duplicated() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collectors = collectors(&engines, dir.path()).await;
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    poll_until(
+        "every node owning partitions",
+        Duration::from_secs(30),
+        || async {
+            let owners: BTreeSet<String> =
+                owners(&metastore).await?.into_values().flatten().collect();
+            Ok((owners.len() == 3).then_some(()))
+        },
+    )
+    .await;
+
+    let mut acknowledged = BTreeSet::new();
+    for round in 0..40u64 {
+        if round == 10 {
+            collectors[2].process.signal("STOP");
+        }
+        if round == 12 {
+            wait_taken_over(&metastore, "c2").await;
+        }
+        if round == 20 {
+            collectors[2].process.signal("CONT");
+        }
+        let collector = &collectors[(round % 2) as usize];
+        let ids = round * 100..round * 100 + 100;
+        poll_until("a batch acknowledged", Duration::from_secs(30), || {
+            let (ids, http) = (ids.clone(), &http);
+            async move { Ok(send_logs(http, collector, ids, 12).await.then_some(())) }
+        })
+        .await;
+        acknowledged.extend(ids);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let splits = wait_published(&engines, acknowledged.len() as u64).await;
+    let published = read_splits(&engines, &splits, &[]).await;
+    assert_exactly_once(&published, &acknowledged);
+    // c2 found out: its renewals were refused (or its publishes fenced).
+    let stopped = metric(&collectors[2], "sightline_cluster_leases_lost_total").await
+        + metric(&collectors[2], "sightline_cluster_splits_fenced_total").await;
+    assert!(
+        stopped > 0.0,
+        "the paused owner never noticed it lost its partitions"
+    );
+    // c2 is back among the owners (rendezvous gives it its share again).
+    poll_until(
+        "c2 owning partitions again",
+        Duration::from_secs(30),
+        || async {
+            let owned = owners(&metastore)
+                .await?
+                .into_values()
+                .filter(|owner| owner.as_deref() == Some("c2"))
+                .count();
+            Ok((owned > 0).then_some(()))
+        },
+    )
+    .await;
+}
+
+/// The index of the NATS node leading the stream.
+async fn stream_leader(nats: &NatsCluster) -> usize {
+    poll_until("the stream's leader", Duration::from_secs(30), || async {
+        for i in 0..nats.node_count() {
+            let Ok(jsz) = sightline_tests::get_json(
+                &reqwest::Client::new(),
+                &nats.monitor_url(i, "/jsz?accounts=true&streams=true"),
+            )
+            .await
+            else {
+                continue;
+            };
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    if stream["name"] == "SIGHTLINE"
+                        && let Some(leader) = stream["cluster"]["leader"].as_str()
+                        && let Some(index) =
+                            (0..nats.node_count()).find(|&j| nats.server_name(j) == leader)
+                    {
+                        return Ok(Some(index));
+                    }
+                }
+            }
+        }
+        Err("no node names a leader of SIGHTLINE".into())
+    })
+    .await
+}
+
+/// SIGKILL of the JetStream stream leader while collectors publish: the
+/// surviving quorum elects a new one and publishes go on; every
+/// acknowledged record is published (a batch refused during the election
+/// and sent again may be stored twice: at least once, never lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_killed_while_publishing() {
+    let mut engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collectors = collectors(&engines, dir.path()).await;
+    let http = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    let mut retried = BTreeSet::new();
+    let mut killed = None;
+    for round in 0..30u64 {
+        if round == 10 {
+            let leader = stream_leader(&engines.nats).await;
+            engines.nats.kill(leader);
+            killed = Some(leader);
+        }
+        let collector = &collectors[(round % 3) as usize];
+        let ids = round * 100..round * 100 + 100;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if send_logs(&http, collector, ids.clone(), 12).await {
+                break;
+            }
+            assert!(attempts < 150, "batch {round} refused for 30 s");
+            retried.extend(ids.clone());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        acknowledged.extend(ids);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = stream_leader(&engines.nats).await;
+    assert_ne!(Some(leader), killed, "a new leader");
+    let splits = wait_published(&engines, acknowledged.len() as u64).await;
+    let published = read_splits(&engines, &splits, &[]).await;
+    assert_once_but(&published, &acknowledged, &retried);
+}
+
+/// PostgreSQL stopped, then S3 stopped, while clients send to a small
+/// stream: nothing can be published, the stream fills, and clients are
+/// refused (429, retry later), never acknowledged and then lost; after each
+/// engine returns, everything acknowledged is published, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metastore_and_object_store_outages_are_backpressure() {
+    let mut engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collectors = collectors_with(&engines, dir.path(), 2 << 20).await;
+    let http = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    let mut next = 0u64;
+    // Sends new batches until one is refused; returns how many were taken.
+    async fn until_refused(
+        http: &reqwest::Client,
+        collectors: &[CollectorProcess],
+        next: &mut u64,
+        acknowledged: &mut BTreeSet<u64>,
+    ) -> usize {
+        for sent in 0..2000 {
+            let ids = *next..*next + 100;
+            *next += 100;
+            let collector = &collectors[sent % collectors.len()];
+            if !send_logs(http, collector, ids.clone(), 12).await {
+                return sent;
+            }
+            acknowledged.extend(ids);
+        }
+        panic!("2000 batches acknowledged while nothing can be published: no backpressure");
+    }
+
+    engines.postgres.stop();
+    let taken = until_refused(&http, &collectors, &mut next, &mut acknowledged).await;
+    assert!(taken > 0, "the stream took batches before it filled");
+    engines.postgres.start_again().await;
+    wait_published(&engines, acknowledged.len() as u64).await;
+
+    engines.s3.stop();
+    let taken = until_refused(&http, &collectors, &mut next, &mut acknowledged).await;
+    assert!(taken > 0, "the stream took batches before it filled");
+    engines.s3.start_again().await;
+    let splits = wait_published(&engines, acknowledged.len() as u64).await;
+    let published = read_splits(&engines, &splits, &[]).await;
+    // Refused batches were not sent again: nothing may be stored twice.
+    let missing = acknowledged
+        .iter()
+        .filter(|id| !published.records.contains_key(id))
+        .count();
+    assert_eq!(missing, 0, "acknowledged records lost");
+    assert!(
+        published.records.values().all(|count| *count == 1),
+        "a record stored twice"
+    );
+}
