@@ -47,7 +47,10 @@ pub struct ClusterConfig {
     #[serde(default = "default_node_id")]
     pub node_id: String,
     pub nats: NatsConfig,
-    /// `postgres://user:password@host:port/db`.
+    /// `postgres://user:password@host:port/db`; the collector's
+    /// `SIGHTLINE_CLUSTER_POSTGRES_URL` overrides it (keep the password
+    /// out of a ConfigMap).
+    #[serde(default)]
     pub postgres: String,
     pub object_store: ObjectStoreConfig,
     /// How long a partition owner gathers entries before it cuts a split.

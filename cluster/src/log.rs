@@ -87,6 +87,7 @@ pub struct Entry {
 /// A connection to the stream.
 #[derive(Clone)]
 pub struct ClusterLog {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
     prefix: String,
@@ -149,11 +150,18 @@ impl ClusterLog {
             .saturating_sub(4096)
             .max(4096);
         Ok(ClusterLog {
+            client,
             jetstream,
             stream,
             prefix: config.subject_prefix.clone(),
             max_message,
         })
+    }
+
+    /// Whether the client is connected to a NATS server now (it reconnects
+    /// by itself; publishes meanwhile are refused, as backpressure).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn subject(&self, partition: PartitionId) -> String {

@@ -78,6 +78,47 @@ pub struct CollectorConfig {
     /// TLS on the listeners (see `tls.rs`).
     #[command(flatten)]
     pub tls: TlsFlags,
+
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+}
+
+/// Cluster mode: its settings in their own file (or the `cluster:` section
+/// of `--config`), and its secrets, kept out of files that are usually
+/// ConfigMaps: each overrides the file's value.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClusterFlags {
+    /// Runs in cluster mode with this file's settings (the keys of the
+    /// `cluster:` section: nats, postgres, object_store, ...), instead of a
+    /// `cluster:` section in `--config`.
+    #[arg(long, value_name = "FILE", env = "SIGHTLINE_CLUSTER_CONFIG")]
+    pub cluster_config: Option<PathBuf>,
+    /// PostgreSQL URL of the cluster's metastore, with its password
+    /// (overrides `cluster.postgres`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SIGHTLINE_CLUSTER_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub cluster_postgres_url: Option<sightline_vocab::secret::Secret>,
+    /// Access key id for the splits' object storage (overrides
+    /// `cluster.object_store.access_key_id`).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SIGHTLINE_CLUSTER_S3_ACCESS_KEY_ID",
+        hide_env_values = true
+    )]
+    pub cluster_s3_access_key_id: Option<sightline_vocab::secret::Secret>,
+    /// Secret access key for the splits' object storage.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "SIGHTLINE_CLUSTER_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub cluster_s3_secret_access_key: Option<sightline_vocab::secret::Secret>,
 }
 
 /// TLS for the three listeners; none of the flags: plain TCP.

@@ -147,6 +147,11 @@ impl Ingest {
         &self.pipeline
     }
 
+    /// Cluster mode's log, when in cluster mode.
+    pub fn cluster_log(&self) -> Option<sightline_cluster::ClusterLog> {
+        self.cluster.as_ref().map(|sink| sink.log.clone())
+    }
+
     /// Checks each record, stores the good ones durably, and returns the
     /// refused ones. `size_bytes` is the request's size as received.
     pub async fn logs(

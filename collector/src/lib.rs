@@ -145,7 +145,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
     let addresses = listeners.addresses;
     // Cluster mode: receivers publish to the partitioned log; this node
     // owns the partitions rendezvous hashing gives it.
-    let (ingest, cluster) = match cluster_config(&metrics_config)? {
+    let (ingest, cluster) = match cluster_config(&metrics_config, &config.cluster)? {
         Some(cluster_config) => {
             let cluster = sightline_cluster::Cluster::start(
                 cluster_config,
@@ -262,16 +262,44 @@ impl RunningCollector {
 }
 
 /// The config file's `cluster:` section, checked.
+/// The config file's `cluster:` section, checked, with the secrets of
+/// `--cluster-*` (the environment) over it.
 fn cluster_config(
     metrics_config: &MetricsConfig,
+    secrets: &config::ClusterFlags,
 ) -> anyhow::Result<Option<sightline_cluster::ClusterConfig>> {
-    metrics_config
-        .cluster_section()
-        .map(|section| {
-            serde_norway::from_value(section.clone())
-                .context("invalid cluster section in the config file")
-        })
-        .transpose()
+    let mut cluster: sightline_cluster::ClusterConfig = match (
+        &secrets.cluster_config,
+        metrics_config.cluster_section(),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(file), None) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("failed to read the cluster config {}", file.display()))?;
+            serde_norway::from_str(&text)
+                .with_context(|| format!("invalid cluster config {}", file.display()))?
+        }
+        (None, Some(section)) => serde_norway::from_value(section.clone())
+            .context("invalid cluster section in the config file")?,
+        (Some(file), Some(_)) => anyhow::bail!(
+            "cluster mode is configured twice: --cluster-config {} and a cluster section in --config; keep one",
+            file.display()
+        ),
+    };
+    if let Some(url) = &secrets.cluster_postgres_url {
+        cluster.postgres = url.expose().to_string();
+    }
+    if let Some(key) = &secrets.cluster_s3_access_key_id {
+        cluster.object_store.access_key_id = Some(key.expose().to_string());
+    }
+    if let Some(secret) = &secrets.cluster_s3_secret_access_key {
+        cluster.object_store.secret_access_key = Some(secret.expose().to_string());
+    }
+    anyhow::ensure!(
+        !cluster.postgres.is_empty(),
+        "cluster mode needs a PostgreSQL URL: cluster.postgres or SIGHTLINE_CLUSTER_POSTGRES_URL"
+    );
+    Ok(Some(cluster))
 }
 
 /// The stores under the data directory.
@@ -347,4 +375,62 @@ async fn start_ingest(
         .with_span_metrics(observers.span_metrics.clone())
         .with_rate_limiter(rate_limiter.clone());
     Ok((ingest, threads))
+}
+
+#[cfg(test)]
+mod cluster_config_tests {
+    use super::*;
+
+    const SECTION: &str =
+        "nats:\n  servers: [\"nats://127.0.0.1:4222\"]\nobject_store:\n  bucket: splits\n";
+
+    #[test]
+    fn cluster_mode_comes_from_a_section_or_a_file_never_both_and_secrets_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_section = dir.path().join("sightline.yml");
+        let indented: String = SECTION.lines().map(|line| format!("  {line}\n")).collect();
+        std::fs::write(
+            &with_section,
+            format!("cluster:\n{indented}  postgres: postgres://file@db/meta\n"),
+        )
+        .unwrap();
+        let file = dir.path().join("cluster.yml");
+        std::fs::write(&file, SECTION).unwrap();
+        let plain = MetricsConfig::load(None).unwrap();
+        let sectioned = MetricsConfig::load(Some(&with_section)).unwrap();
+        let none = config::ClusterFlags::default();
+        let from_file = config::ClusterFlags {
+            cluster_config: Some(file.clone()),
+            cluster_postgres_url: Some(sightline_vocab::secret::Secret::new(
+                "postgres://env@db/meta",
+            )),
+            ..config::ClusterFlags::default()
+        };
+
+        assert!(
+            cluster_config(&plain, &none).unwrap().is_none(),
+            "embedded by default"
+        );
+        let cluster = cluster_config(&sectioned, &none).unwrap().unwrap();
+        assert_eq!(cluster.postgres, "postgres://file@db/meta");
+        assert_eq!(cluster.object_store.bucket, "splits");
+        let cluster = cluster_config(&plain, &from_file).unwrap().unwrap();
+        assert_eq!(
+            cluster.postgres, "postgres://env@db/meta",
+            "the secret wins"
+        );
+        let twice = cluster_config(&sectioned, &from_file)
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("configured twice"), "{twice}");
+        let no_url = config::ClusterFlags {
+            cluster_config: Some(file),
+            ..config::ClusterFlags::default()
+        };
+        let missing = cluster_config(&plain, &no_url).unwrap_err().to_string();
+        assert!(
+            missing.contains("SIGHTLINE_CLUSTER_POSTGRES_URL"),
+            "{missing}"
+        );
+    }
 }

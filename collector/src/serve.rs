@@ -174,7 +174,7 @@ pub(crate) fn serve(
         spans_dir: stores.spans_dir.clone(),
         metrics: metrics.clone(),
     };
-    let ingest_for_probes = ingest.pipeline().clone();
+    let probe_routes = probes(ingest.pipeline().clone(), ingest.cluster_log());
     let router = sightline_query_ui::router(QueryState {
         logs: stores.logs,
         spans: stores.spans,
@@ -192,7 +192,7 @@ pub(crate) fn serve(
         "/metrics",
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_page.clone(), headers)),
     )
-    .merge(probes(ingest_for_probes))
+    .merge(probe_routes)
     .merge(metrics.api_router())
     .merge(reloader.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));
@@ -213,7 +213,9 @@ pub(crate) fn serve(
 /// only when a restart is what helps, a pipeline thread having stopped;
 /// `/-/ready` (readiness) passes once the WAL is replayed and while the
 /// disk accepts writes. Both say why when they fail.
-fn probes(pipeline: Pipeline) -> axum::Router {
+/// In cluster mode, readiness also needs the connection to NATS: without it
+/// every publish is refused.
+fn probes(pipeline: Pipeline, cluster: Option<sightline_cluster::ClusterLog>) -> axum::Router {
     let ready = pipeline.clone();
     axum::Router::new()
         .route(
@@ -222,7 +224,15 @@ fn probes(pipeline: Pipeline) -> axum::Router {
         )
         .route(
             "/-/ready",
-            get(move || async move { probe_answer(ready.readiness().explain()) }),
+            get(move || async move {
+                let local = ready.readiness().explain();
+                probe_answer(match &cluster {
+                    Some(log) if local.is_ok() && !log.is_connected() => Err(
+                        "not ready: not connected to NATS (cluster mode's log); ingest is refused until it reconnects".into(),
+                    ),
+                    _ => local,
+                })
+            }),
         )
 }
 
