@@ -1188,3 +1188,117 @@ impl Drop for SeaweedS3 {
         self.stop();
     }
 }
+
+/// The three engines of one Sightline cluster, each started on loopback:
+/// a 3-node NATS JetStream cluster, PostgreSQL and SeaweedFS's S3.
+pub struct ClusterEngines {
+    pub nats: NatsCluster,
+    pub postgres: Postgres,
+    pub s3: SeaweedS3,
+}
+
+/// What a collector's `cluster:` section sets beyond the engines.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The stream's byte limit (a full stream is backpressure).
+    pub stream_bytes: u64,
+    pub split_interval: &'static str,
+    pub lease_ttl: &'static str,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            stream_bytes: 256 << 20,
+            split_interval: "1s",
+            lease_ttl: "3s",
+        }
+    }
+}
+
+impl ClusterEngines {
+    /// Starts the three at once.
+    pub async fn start() -> ClusterEngines {
+        let (nats, postgres, s3) =
+            tokio::join!(NatsCluster::start(3), Postgres::start(), SeaweedS3::start());
+        ClusterEngines { nats, postgres, s3 }
+    }
+
+    /// Writes node `node_id`'s cluster config (`<dir>/<node_id>.cluster.yml`,
+    /// the collector's `--cluster-config`: the engines, without the
+    /// secrets) and returns its path.
+    pub fn config(&self, node_id: &str, dir: &Path, settings: &ClusterSettings) -> PathBuf {
+        let servers: Vec<String> = self
+            .nats
+            .client_urls()
+            .iter()
+            .map(|url| format!("\"{url}\""))
+            .collect();
+        let text = format!(
+            "node_id: {node_id}\nnats:\n  servers: [{}]\n  replicas: 3\n  max_bytes: {}\nobject_store:\n  endpoint: \"{}\"\n  bucket: {}\n  region: {}\nsplit_interval: {}\nlease_ttl: {}\n",
+            servers.join(", "),
+            settings.stream_bytes,
+            self.s3.endpoint(),
+            self.s3.bucket(),
+            self.s3.region(),
+            settings.split_interval,
+            settings.lease_ttl,
+        );
+        std::fs::create_dir_all(dir).expect("the config directory");
+        let path = dir.join(format!("{node_id}.cluster.yml"));
+        std::fs::write(&path, text).expect("write the collector's cluster config");
+        path
+    }
+
+    /// The secrets a collector takes from its environment, as deployments
+    /// pass them.
+    pub fn secrets(&self) -> [(&'static str, String); 3] {
+        [
+            ("SIGHTLINE_CLUSTER_POSTGRES_URL", self.postgres.url()),
+            (
+                "SIGHTLINE_CLUSTER_S3_ACCESS_KEY_ID",
+                self.s3.access_key().to_string(),
+            ),
+            (
+                "SIGHTLINE_CLUSTER_S3_SECRET_ACCESS_KEY",
+                self.s3.secret_key().to_string(),
+            ),
+        ]
+    }
+
+    /// Starts collector `node_id` in cluster mode (`--cluster-config` and
+    /// the secrets in its environment), its data under `<dir>/<node_id>`,
+    /// on free ports.
+    pub async fn start_collector(
+        &self,
+        node_id: &str,
+        dir: &Path,
+        settings: &ClusterSettings,
+    ) -> crate::CollectorProcess {
+        let config = self.config(node_id, dir, settings);
+        let secrets = self.secrets();
+        let env: Vec<(&str, &str)> = secrets
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        crate::CollectorProcess::start_with_env(
+            &dir.join(node_id),
+            &["--cluster-config", config.to_str().expect("a UTF-8 path")],
+            &env,
+        )
+        .await
+    }
+
+    /// The splits' object storage, as a query leaf reads it.
+    pub fn storage(&self) -> sightline_cluster::SplitStorage {
+        sightline_cluster::SplitStorage::new(&sightline_cluster::ObjectStoreConfig {
+            endpoint: Some(self.s3.endpoint()),
+            bucket: self.s3.bucket().to_string(),
+            region: self.s3.region().to_string(),
+            access_key_id: Some(self.s3.access_key().to_string()),
+            secret_access_key: Some(self.s3.secret_key().to_string()),
+            prefix: String::new(),
+        })
+        .expect("object storage settings")
+    }
+}

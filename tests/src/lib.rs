@@ -14,13 +14,17 @@ pub mod engines;
 
 /// Path of a workspace binary in the same target directory as this test.
 pub fn binary(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let path = profile_dir.join(name);
+    let exe = std::env::current_exe().expect("executable path");
+    let exe_dir = exe.parent().expect("the executable's directory");
+    // A test: target/<profile>/deps/<test> -> target/<profile>/<name>; one
+    // of this crate's binaries: target/<profile>/<bin> -> its sibling.
+    let path = match exe_dir.join(name) {
+        sibling if sibling.exists() => sibling,
+        _ => exe_dir
+            .parent()
+            .expect("test executable lives in target/<profile>/deps")
+            .join(name),
+    };
     assert!(
         path.exists(),
         "{} does not exist: run `cargo build --workspace --bins` before the tests",

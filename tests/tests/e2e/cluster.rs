@@ -8,65 +8,13 @@
 //! anything (a paused owner's late publish is refused by the fence).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use sightline_cluster::{Metastore, SplitRow, SplitStorage};
+use sightline_cluster::{Metastore, SplitRow};
 use sightline_store::{LogQuery, LogStore, SpanStore};
-use sightline_tests::engines::{NatsCluster, Postgres, SeaweedS3};
+use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings, NatsCluster, Postgres};
 use sightline_tests::{CollectorProcess, poll_until};
-
-/// The engines of one cluster.
-struct Engines {
-    nats: NatsCluster,
-    postgres: Postgres,
-    s3: SeaweedS3,
-}
-
-impl Engines {
-    async fn start() -> Engines {
-        let (nats, postgres, s3) =
-            tokio::join!(NatsCluster::start(3), Postgres::start(), SeaweedS3::start());
-        Engines { nats, postgres, s3 }
-    }
-
-    /// The `cluster:` section naming these engines, for node `node_id`,
-    /// with a stream of at most `stream_bytes`.
-    fn config_with(&self, node_id: &str, dir: &Path, stream_bytes: u64) -> PathBuf {
-        let servers: Vec<String> = self
-            .nats
-            .client_urls()
-            .iter()
-            .map(|url| format!("\"{url}\""))
-            .collect();
-        let text = format!(
-            "cluster:\n  node_id: {node_id}\n  nats:\n    servers: [{}]\n    replicas: 3\n    max_bytes: {}\n  postgres: \"{}\"\n  object_store:\n    endpoint: \"{}\"\n    bucket: {}\n    region: {}\n    access_key_id: {}\n    secret_access_key: {}\n  split_interval: 1s\n  lease_ttl: 3s\n",
-            servers.join(", "),
-            stream_bytes,
-            self.postgres.url(),
-            self.s3.endpoint(),
-            self.s3.bucket(),
-            self.s3.region(),
-            self.s3.access_key(),
-            self.s3.secret_key(),
-        );
-        let path = dir.join(format!("{node_id}.yml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn storage(&self) -> SplitStorage {
-        SplitStorage::new(&sightline_cluster::ObjectStoreConfig {
-            endpoint: Some(self.s3.endpoint()),
-            bucket: self.s3.bucket().to_string(),
-            region: self.s3.region().to_string(),
-            access_key_id: Some(self.s3.access_key().to_string()),
-            secret_access_key: Some(self.s3.secret_key().to_string()),
-            prefix: String::new(),
-        })
-        .unwrap()
-    }
-}
 
 /// Three collectors in cluster mode, `c0`..`c2`.
 async fn collectors(engines: &Engines, dir: &Path) -> Vec<CollectorProcess> {
@@ -79,13 +27,17 @@ async fn collectors_with(
     dir: &Path,
     stream_bytes: u64,
 ) -> Vec<CollectorProcess> {
+    let settings = ClusterSettings {
+        stream_bytes,
+        ..ClusterSettings::default()
+    };
     let mut collectors = Vec::new();
     for n in 0..3 {
-        let node = format!("c{n}");
-        let config = engines.config_with(&node, dir, stream_bytes);
-        let data = dir.join(&node);
-        collectors
-            .push(CollectorProcess::start(&data, &["--config", config.to_str().unwrap()]).await);
+        collectors.push(
+            engines
+                .start_collector(&format!("c{n}"), dir, &settings)
+                .await,
+        );
     }
     collectors
 }
@@ -296,6 +248,15 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
     let dir = tempfile::tempdir().unwrap();
     let collectors = collectors(&engines, dir.path()).await;
     let http = reqwest::Client::new();
+    for collector in &collectors {
+        // Ready: the local stores are open and NATS is connected.
+        let ready = http.get(collector.url("/-/ready")).send().await.unwrap();
+        assert!(
+            ready.status().is_success(),
+            "{}",
+            ready.text().await.unwrap()
+        );
+    }
 
     let mut acknowledged = BTreeSet::new();
     let traces: Vec<String> = (0..8)
@@ -326,6 +287,37 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Real SDK clients: the Python OpenTelemetry SDK over gRPC to c1 and
+    // over HTTP to c2, two spans each.
+    let mut sdk_traces = Vec::new();
+    for (transport, endpoint) in [
+        ("grpc", collectors[1].grpc_endpoint()),
+        (
+            "http",
+            format!(
+                "http://127.0.0.1:{}/v1/traces",
+                collectors[2].otlp_http_port
+            ),
+        ),
+    ] {
+        let output = std::process::Command::new("python3")
+            .args([
+                "-c",
+                crate::otel_clients::PYTHON_CLIENT,
+                transport,
+                &endpoint,
+                "cluster-sdk",
+            ])
+            .output()
+            .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
+        assert!(
+            output.status.success(),
+            "python client: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        sdk_traces.push(String::from_utf8_lossy(&output.stdout).trim().to_string());
+    }
+
     let splits = wait_published(&engines, acknowledged.len() as u64).await;
     // Spans are published too (they share the partitions' splits).
     let spans_published = poll_until("the spans published", Duration::from_secs(60), || async {
@@ -334,15 +326,17 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
             .map_err(|e| e.to_string())?;
         let splits = metastore.splits().await.map_err(|e| e.to_string())?;
         let spans: u64 = splits.iter().map(|split| split.spans).sum();
-        Ok((spans >= 8 * 6).then_some(splits))
+        Ok((spans >= 8 * 6 + 2 * 2).then_some(splits))
     })
     .await;
     assert!(spans_published.len() >= splits.len());
-    let published = read_splits(&engines, &spans_published, &traces).await;
+    let all_traces: Vec<String> = traces.iter().chain(&sdk_traces).cloned().collect();
+    let published = read_splits(&engines, &spans_published, &all_traces).await;
     assert_exactly_once(&published, &acknowledged);
-    for trace in &traces {
+    for trace in &all_traces {
+        let expected = if sdk_traces.contains(trace) { 2 } else { 6 };
         let (partitions, spans) = published.traces.get(trace).cloned().unwrap_or_default();
-        assert_eq!(spans, 6, "trace {trace}: every span published once");
+        assert_eq!(spans, expected, "trace {trace}: every span published once");
         assert_eq!(
             partitions,
             BTreeSet::from([sightline_cluster::partition::of_trace(trace)]),

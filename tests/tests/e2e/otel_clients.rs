@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 use sightline_tests::{CollectorProcess, poll_until, unique_request_id};
 
-const PYTHON_CLIENT: &str = r#"
+pub(crate) const PYTHON_CLIENT: &str = r#"
 import sys
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
