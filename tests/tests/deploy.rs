@@ -1228,3 +1228,189 @@ async fn dashboards_and_rules_read_metrics_the_live_stack_produces() {
         assert!(status.is_success(), "{what}: {status}");
     }
 }
+
+/// Cluster mode as shipped: the Compose profile (`deploy/compose/cluster.yml`
+/// over `docker-compose.yml`) and the Kubernetes overlay
+/// (`deploy/kubernetes/cluster/`) give the collector flags and variables it
+/// accepts, a cluster config it parses, and engines that exist where the
+/// config names them.
+#[test]
+fn cluster_mode_is_configured_as_the_collector_reads_it() {
+    let help = help_of("sightline-collector");
+    // Secrets' values are hidden: `[env: NAME]`.
+    let accepts_env = |variable: &str| {
+        help.contains(&format!("[env: {variable}=")) || help.contains(&format!("[env: {variable}]"))
+    };
+
+    // Compose.
+    let compose: Value = serde_norway::from_str(&read("deploy/compose/cluster.yml")).unwrap();
+    let services = compose["services"].as_object().expect("services");
+    let config: sightline_cluster::ClusterConfig =
+        serde_norway::from_str(&read("deploy/compose/sightline-cluster.yml"))
+            .expect("deploy/compose/sightline-cluster.yml is a cluster config");
+    let nats: Vec<&String> = services
+        .keys()
+        .filter(|name| name.starts_with("nats-"))
+        .collect();
+    assert_eq!(
+        nats.len(),
+        config.nats.replicas,
+        "one NATS server per stream replica"
+    );
+    for server in &config.nats.servers {
+        let host = server
+            .trim_start_matches("nats://")
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(services.contains_key(host), "no compose service {host}");
+        let command = strings(&services[host]["command"]);
+        assert!(command.contains(&format!("--server_name={host}")));
+        let routes = flag(&command, "--routes").expect("--routes");
+        for peer in &nats {
+            assert!(
+                routes.contains(&format!("nats://{peer}:6222")),
+                "{host} does not route to {peer}"
+            );
+        }
+    }
+    let endpoint = config
+        .object_store
+        .endpoint
+        .as_deref()
+        .expect("an S3 endpoint");
+    let s3_host = endpoint
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        services.contains_key(s3_host),
+        "no compose service {s3_host}"
+    );
+    let identities: Value =
+        serde_json::from_str(&read("deploy/compose/seaweedfs-s3.json")).unwrap();
+    let mut collectors = 0;
+    for (name, service) in services {
+        let is_collector = name == "collector" || name.starts_with("collector-");
+        for volume in strings(&service["volumes"]) {
+            if let Some(host) = volume.strip_prefix("./") {
+                let host = host.split(':').next().unwrap_or_default();
+                assert!(
+                    root().join(host).exists(),
+                    "{name}: mounts missing ./{host}"
+                );
+            }
+        }
+        if !is_collector {
+            continue;
+        }
+        collectors += 1;
+        let env = service["environment"]
+            .as_object()
+            .expect("the cluster variables");
+        for variable in env.keys() {
+            assert!(
+                accepts_env(variable),
+                "{name}: the collector reads no {variable}"
+            );
+        }
+        let postgres = env["SIGHTLINE_CLUSTER_POSTGRES_URL"].as_str().unwrap();
+        let pg_host = postgres
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(
+            services.contains_key(pg_host),
+            "{name}: no compose service {pg_host}"
+        );
+        assert_eq!(
+            identities["identities"][0]["credentials"][0]["accessKey"],
+            env["SIGHTLINE_CLUSTER_S3_ACCESS_KEY_ID"]
+        );
+        let file = env["SIGHTLINE_CLUSTER_CONFIG"].as_str().unwrap();
+        assert!(
+            strings(&service["volumes"])
+                .contains(&format!("./deploy/compose/sightline-cluster.yml:{file}:ro")),
+            "{name}: the cluster config is not mounted at {file}"
+        );
+        for arg in strings(&service["command"]).iter().skip(1) {
+            let flag_name = arg.split('=').next().unwrap();
+            assert!(
+                help.contains(&format!("{flag_name} ")),
+                "{name}: no flag {flag_name}"
+            );
+        }
+    }
+    assert_eq!(collectors, 3, "three collectors");
+
+    // Kubernetes.
+    let kustomization = read("deploy/kubernetes/cluster/kustomization.yaml");
+    for resource in [
+        "- ../",
+        "- cluster-config.yaml",
+        "path: collector-cluster-patch.yaml",
+    ] {
+        assert!(
+            kustomization.contains(resource),
+            "the overlay lacks {resource}"
+        );
+    }
+    let config_map: Value =
+        serde_norway::from_str(&read("deploy/kubernetes/cluster/cluster-config.yaml")).unwrap();
+    let _: sightline_cluster::ClusterConfig =
+        serde_norway::from_str(config_map["data"]["cluster.yml"].as_str().unwrap())
+            .expect("the ConfigMap's cluster.yml is a cluster config");
+    let patch: Value = serde_norway::from_str(&read(
+        "deploy/kubernetes/cluster/collector-cluster-patch.yaml",
+    ))
+    .unwrap();
+    let base = kubernetes_objects();
+    assert!(
+        base.iter()
+            .any(|(_, object)| object["kind"] == patch["kind"]
+                && object["metadata"]["name"] == patch["metadata"]["name"]),
+        "the patch's target is not in the base"
+    );
+    assert_eq!(patch["spec"]["replicas"], 3);
+    let spec = &patch["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    for variable in container["env"].as_array().unwrap() {
+        let name = variable["name"].as_str().unwrap();
+        assert!(accepts_env(name), "the collector reads no {name}");
+    }
+    assert_eq!(
+        spec["volumes"][0]["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let config_env = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|variable| variable["name"] == "SIGHTLINE_CLUSTER_CONFIG")
+        .expect("SIGHTLINE_CLUSTER_CONFIG");
+    assert_eq!(
+        config_env["value"].as_str().unwrap(),
+        format!("{mount}/cluster.yml")
+    );
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            "1.30.0",
+        ])
+        .arg(root().join("deploy/kubernetes/cluster/cluster-config.yaml"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "kubernetes-validate: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
