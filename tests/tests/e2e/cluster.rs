@@ -14,7 +14,7 @@ use std::time::Duration;
 use sightline_cluster::{Metastore, SplitRow};
 use sightline_store::{LogQuery, LogStore, SpanStore};
 use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings, NatsCluster, Postgres};
-use sightline_tests::{CollectorProcess, poll_until};
+use sightline_tests::{CollectorProcess, Process, binary, free_port, poll_until, wait_healthy};
 
 /// Three collectors in cluster mode, `c0`..`c2`.
 async fn collectors(engines: &Engines, dir: &Path) -> Vec<CollectorProcess> {
@@ -128,6 +128,49 @@ async fn send_span(
     )
 }
 
+/// `sightline-agent` tailing one container's CRI log file, which holds
+/// the lines `agent record <id>` for `ids`, into `collector` over gRPC.
+async fn agent_tailing(
+    dir: &Path,
+    collector: &CollectorProcess,
+    ids: std::ops::Range<u64>,
+) -> Process {
+    let file = dir.join("pods/shop_agent-0_uid0/app/0.log");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let now = sightline_tests::rfc3339_now();
+    let lines: String = ids
+        .map(|id| format!("{now} stdout F agent record {id}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let port = free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "include = [\"{pods}/pods/*/*/*.log\"]\ncollector = \"{collector}\"\ndata_dir = \"{data}\"\nhttp_addr = \"127.0.0.1:{port}\"\nhost_name = \"cluster-agent\"\n",
+            pods = dir.display(),
+            collector = collector.grpc_endpoint(),
+            data = dir.join("agent-data").display(),
+        ),
+    )
+    .unwrap();
+    let agent = Process::spawn(
+        "sightline-agent",
+        std::process::Command::new(binary("sightline-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap()),
+    );
+    wait_healthy(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}/health"),
+        Duration::from_secs(30),
+    )
+    .await;
+    agent
+}
+
 /// Every published split, once their log counts add up to `records`.
 async fn wait_published(engines: &Engines, records: u64) -> Vec<SplitRow> {
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
@@ -191,7 +234,22 @@ async fn read_splits(engines: &Engines, splits: &[SplitRow], traces: &[String]) 
             .unwrap();
         assert_eq!(hits.hits.len() as u64, split.logs, "{}", split.split_id);
         for hit in hits.hits {
-            let id = hit.record.attributes["rid"].as_i64().expect("a record id") as u64;
+            // OTLP records carry their id as an attribute, the agent's
+            // lines in their text.
+            let id = hit
+                .record
+                .attributes
+                .get("rid")
+                .and_then(serde_json::Value::as_i64)
+                .map_or_else(
+                    || {
+                        let body = &hit.record.body;
+                        body.strip_prefix("agent record ")
+                            .and_then(|id| id.parse().ok())
+                            .unwrap_or_else(|| panic!("a record id in {body:?}"))
+                    },
+                    |id| id as u64,
+                );
             *published.records.entry(id).or_default() += 1;
         }
         let spans = SpanStore::open(&dir.join("spans")).unwrap();
@@ -258,7 +316,13 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
         );
     }
 
-    let mut acknowledged = BTreeSet::new();
+    // The agent, tailing a container's log file into c0: its lines are
+    // acknowledged when the agent has them acknowledged (it retries until
+    // then), so every line written must be published once.
+    let agent_ids = 100_000..100_600u64;
+    let _agent = agent_tailing(dir.path(), &collectors[0], agent_ids.clone()).await;
+
+    let mut acknowledged: BTreeSet<u64> = agent_ids.collect();
     let traces: Vec<String> = (0..8)
         .map(|n| format!("{:032x}", 0xc1u128 << 64 | n))
         .collect();
@@ -754,5 +818,62 @@ async fn metastore_and_object_store_outages_are_backpressure() {
     assert!(
         published.records.values().all(|count| *count == 1),
         "a record stored twice"
+    );
+}
+
+/// A message on the stream that is not a batch (a foreign publisher, a
+/// bug): the partition's owner counts it, moves it aside to `rejected/` in
+/// the bucket, and goes on publishing what follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_is_moved_aside_and_its_partition_goes_on() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = engines
+        .start_collector("c0", dir.path(), &ClusterSettings::default())
+        .await;
+    let http = reqwest::Client::new();
+    let trace = format!("{:032x}", 0xbad_u128 << 64 | 1);
+    let partition = sightline_cluster::partition::of_trace(&trace);
+
+    // Not a batch, published straight to the partition's subject.
+    let client = async_nats::connect(engines.nats.client_url(0))
+        .await
+        .unwrap();
+    async_nats::jetstream::new(client)
+        .publish(format!("sightline.p.{partition}"), "not a batch".into())
+        .await
+        .unwrap()
+        .await
+        .expect("the stream stored the message");
+    // Then the spans of a trace that lives in the same partition.
+    for span in 0..3 {
+        assert!(send_span(&http, &collector, &trace, span).await);
+    }
+
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let splits = poll_until("the trace published", Duration::from_secs(60), || async {
+        let splits = metastore.splits().await.map_err(|e| e.to_string())?;
+        let spans: u64 = splits
+            .iter()
+            .filter(|split| split.partition == partition)
+            .map(|split| split.spans)
+            .sum();
+        Ok((spans >= 3).then_some(splits))
+    })
+    .await;
+    let published = read_splits(&engines, &splits, std::slice::from_ref(&trace)).await;
+    assert_eq!(
+        published.traces.get(&trace),
+        Some(&(BTreeSet::from([partition]), 3))
+    );
+    let rejected = engines.storage().rejected().await.unwrap();
+    assert_eq!(rejected.len(), 1, "moved aside: {rejected:?}");
+    assert!(
+        rejected[0].starts_with("rejected/"),
+        "{rejected:?} is not under rejected/"
+    );
+    assert_eq!(
+        metric(&collector, "sightline_cluster_entries_rejected_total").await,
+        1.0
     );
 }
