@@ -2,9 +2,10 @@
 //! the same records, measured side by side in one run (BENCHMARKS.md,
 //! "Cluster mode (issue 19)"):
 //!
-//! - records per second acknowledged, and until searchable (embedded: the
-//!   log search counts them; cluster: the published splits in PostgreSQL
-//!   add up to them);
+//! - log records and spans (separate runs, `--signal` for one) per second
+//!   acknowledged, and until searchable (embedded: the log search counts
+//!   them, or the last traces sent are whole by id; cluster: the published
+//!   splits in PostgreSQL add up to them);
 //! - the collectors' CPU per record (`/proc/<pid>/stat`; the engines' CPU
 //!   is not counted);
 //! - time from acknowledgement to a published split, p50 and p99, matched
@@ -14,7 +15,7 @@
 //!   are owned by the others.
 //!
 //! ```text
-//! cargo build --release --workspace --bins
+//! cargo build --release -p sightline-collector -p sightline-tests --bins
 //! target/release/cluster-bench --records 200000
 //! ```
 
@@ -33,6 +34,7 @@ const CLIENTS: usize = 4;
 #[tokio::main]
 async fn main() {
     let mut records = 100_000u64;
+    let mut signals = vec![Signal::Logs, Signal::Spans];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -42,146 +44,243 @@ async fn main() {
                     .and_then(|n| n.parse().ok())
                     .expect("--records takes a number")
             }
-            other => panic!("unknown argument {other:?}; usage: cluster-bench [--records N]"),
+            "--signal" => {
+                signals = match args.next().as_deref() {
+                    Some("logs") => vec![Signal::Logs],
+                    Some("spans") => vec![Signal::Spans],
+                    other => panic!("--signal takes logs or spans, not {other:?}"),
+                }
+            }
+            other => panic!(
+                "unknown argument {other:?}; usage: cluster-bench [--records N] [--signal logs|spans]"
+            ),
         }
     }
     let records = records / BATCH * BATCH;
-    let batches = prepare(records);
-    let mut rows = Vec::new();
-
-    // Embedded.
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let collector = CollectorProcess::start(&dir.path().join("embedded"), &[]).await;
-        let cpu = cpu_seconds(collector.process.id());
-        let started = Instant::now();
-        let acked = send(&batches, std::slice::from_ref(&collector)).await;
-        assert_eq!(acked, records);
-        let ack_secs = started.elapsed().as_secs_f64();
-        let http = reqwest::Client::new();
-        loop {
-            let answer =
-                sightline_tests::get_json(&http, &collector.url("/api/logs?q=bench&limit=1")).await;
-            if answer.ok().and_then(|a| a["total_hits"].as_u64()) == Some(records) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let searchable_secs = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(collector.process.id()) - cpu;
-        rows.push(Row {
-            name: "embedded, 1 collector".into(),
-            ack_per_sec: records as f64 / ack_secs,
-            searchable_per_sec: records as f64 / searchable_secs,
-            cpu_per_million: cpu / records as f64 * 1e6,
-            latency: None,
-        });
-    }
-
     let engines = ClusterEngines::start().await;
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
-    let settings = ClusterSettings {
-        split_interval: "1s",
-        lease_ttl: "3s",
-        ..ClusterSettings::default()
-    };
-    let mut published_before = 0;
-    for (run, size) in [1usize, 3].into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut collectors = Vec::new();
-        for n in 0..size {
-            collectors.push(
-                engines
-                    .start_collector(&format!("r{run}c{n}"), dir.path(), &settings)
-                    .await,
-            );
-        }
-        // Every node owns its share before the clock starts.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let cpu: f64 = collectors.iter().map(|c| cpu_seconds(c.process.id())).sum();
-        let started = Instant::now();
-        let timeline = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
-        let acked = send_tracked(&batches, &collectors, started, timeline.clone()).await;
-        let ack_secs = started.elapsed().as_secs_f64();
-        let mut published_timeline = Vec::new();
-        loop {
-            let published: u64 = metastore
-                .splits()
-                .await
-                .unwrap()
-                .iter()
-                .map(|split| split.logs)
-                .sum::<u64>()
-                - published_before;
-            published_timeline.push((started.elapsed().as_secs_f64(), published));
-            if published >= acked {
-                published_before += published;
-                break;
+    let mut tables = Vec::new();
+    for (round, signal) in signals.into_iter().enumerate() {
+        let batches = signal.prepare(records);
+        let mut rows = vec![embedded(signal, &batches, records).await];
+        let settings = ClusterSettings {
+            split_interval: "1s",
+            lease_ttl: "3s",
+            ..ClusterSettings::default()
+        };
+        for size in [1usize, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut collectors = Vec::new();
+            for n in 0..size {
+                collectors.push(
+                    engines
+                        .start_collector(&format!("r{round}s{size}c{n}"), dir.path(), &settings)
+                        .await,
+                );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let searchable_secs = started.elapsed().as_secs_f64();
-        let cpu = collectors
-            .iter()
-            .map(|c| cpu_seconds(c.process.id()))
-            .sum::<f64>()
-            - cpu;
-        let latency = ack_to_published(&timeline.lock().unwrap(), &published_timeline);
-        rows.push(Row {
-            name: format!(
-                "cluster, {size} collector{}",
-                if size > 1 { "s" } else { "" }
-            ),
-            ack_per_sec: records as f64 / ack_secs,
-            searchable_per_sec: records as f64 / searchable_secs,
-            cpu_per_million: cpu / records as f64 * 1e6,
-            latency: Some(latency),
-        });
-        if size == 3 {
-            let killed = Instant::now();
-            collectors[2].kill9();
-            let node = format!("r{run}c2");
+            // Every node owns its share (and a previous run's leases have
+            // expired) before the clock starts.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let published_before = signal.published(&metastore).await;
+            let cpu: f64 = collectors.iter().map(|c| cpu_seconds(c.process.id())).sum();
+            let started = Instant::now();
+            let timeline = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
+            let acked =
+                send_tracked(signal, &batches, &collectors, started, timeline.clone()).await;
+            let ack_secs = started.elapsed().as_secs_f64();
+            let mut published_timeline = Vec::new();
             loop {
-                let partitions = metastore.partitions().await.unwrap();
-                if partitions
-                    .iter()
-                    .all(|(_, owner, _, _)| owner.as_deref().is_some_and(|owner| owner != node))
-                {
+                let published = signal.published(&metastore).await - published_before;
+                published_timeline.push((started.elapsed().as_secs_f64(), published));
+                if published >= acked {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let searchable_secs = started.elapsed().as_secs_f64();
+            let cpu = collectors
+                .iter()
+                .map(|c| cpu_seconds(c.process.id()))
+                .sum::<f64>()
+                - cpu;
+            let latency = ack_to_published(&timeline.lock().unwrap(), &published_timeline);
+            rows.push(Row {
+                name: format!(
+                    "cluster, {size} collector{}",
+                    if size > 1 { "s" } else { "" }
+                ),
+                ack_per_sec: records as f64 / ack_secs,
+                searchable_per_sec: records as f64 / searchable_secs,
+                cpu_per_million: cpu / records as f64 * 1e6,
+                latency: Some(latency),
+            });
+            if size == 3 {
+                let killed = Instant::now();
+                collectors[2].kill9();
+                let node = format!("r{round}s{size}c2");
+                loop {
+                    let partitions = metastore.partitions().await.unwrap();
+                    if partitions
+                        .iter()
+                        .all(|(_, owner, _, _)| owner.as_deref().is_some_and(|owner| owner != node))
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                println!(
+                    "{signal:?}: failover {:.2} s from SIGKILL of an owner until its partitions are owned (lease time {})",
+                    killed.elapsed().as_secs_f64(),
+                    settings.lease_ttl
+                );
+            }
+        }
+        tables.push((signal, rows));
+    }
+
+    for (signal, rows) in tables {
+        let embedded = rows[0].ack_per_sec;
+        let embedded_searchable = rows[0].searchable_per_sec;
+        println!(
+            "\n{signal:?}: {records} in requests of {BATCH}, {CLIENTS} OTLP/HTTP clients, {}",
+            signal.shape()
+        );
+        println!(
+            "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for row in &rows {
             println!(
-                "failover: {:.2} s from SIGKILL of an owner until its partitions are owned (lease time {})",
-                killed.elapsed().as_secs_f64(),
-                settings.lease_ttl
+                "| {} | {:.0} | {:.0} | {:.1} | {:.2}, {:.2} | {} |",
+                row.name,
+                row.ack_per_sec,
+                row.searchable_per_sec,
+                row.cpu_per_million,
+                row.ack_per_sec / embedded,
+                row.searchable_per_sec / embedded_searchable,
+                row.latency
+                    .map(|(p50, p99)| format!("{p50:.2} s / {p99:.2} s"))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
     }
+}
 
-    let embedded = rows[0].ack_per_sec;
-    let embedded_searchable = rows[0].searchable_per_sec;
-    println!(
-        "\n{records} records in batches of {BATCH}, {CLIENTS} OTLP/HTTP clients, {STREAMS} log streams"
-    );
-    println!(
-        "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for row in &rows {
-        println!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.2}, {:.2} | {} |",
-            row.name,
-            row.ack_per_sec,
-            row.searchable_per_sec,
-            row.cpu_per_million,
-            row.ack_per_sec / embedded,
-            row.searchable_per_sec / embedded_searchable,
-            row.latency
-                .map(|(p50, p99)| format!("{p50:.2} s / {p99:.2} s"))
-                .unwrap_or_else(|| "-".into()),
-        );
+/// The embedded collector's row: acknowledged, then searchable.
+async fn embedded(signal: Signal, batches: &[Vec<u8>], records: u64) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(&dir.path().join("embedded"), &[]).await;
+    let cpu = cpu_seconds(collector.process.id());
+    let started = Instant::now();
+    let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acked = send_tracked(
+        signal,
+        batches,
+        std::slice::from_ref(&collector),
+        started,
+        timeline,
+    )
+    .await;
+    assert_eq!(acked, records);
+    let ack_secs = started.elapsed().as_secs_f64();
+    let http = reqwest::Client::new();
+    while !signal.searchable(&http, &collector, batches.len()).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let searchable_secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(collector.process.id()) - cpu;
+    Row {
+        name: "embedded, 1 collector".into(),
+        ack_per_sec: records as f64 / ack_secs,
+        searchable_per_sec: records as f64 / searchable_secs,
+        cpu_per_million: cpu / records as f64 * 1e6,
+        latency: None,
+    }
+}
+
+/// What is sent: log records, or spans (traces of [`SPANS_PER_TRACE`]).
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Logs,
+    Spans,
+}
+
+const SPANS_PER_TRACE: u64 = 10;
+
+impl Signal {
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Logs => "/v1/logs",
+            Signal::Spans => "/v1/traces",
+        }
+    }
+
+    fn shape(self) -> String {
+        match self {
+            Signal::Logs => format!("{STREAMS} log streams"),
+            Signal::Spans => format!("traces of {SPANS_PER_TRACE} spans over 4 services"),
+        }
+    }
+
+    fn prepare(self, records: u64) -> Vec<Vec<u8>> {
+        match self {
+            Signal::Logs => prepare_logs(records),
+            Signal::Spans => prepare_spans(records),
+        }
+    }
+
+    /// Records of this signal in published splits.
+    async fn published(self, metastore: &Metastore) -> u64 {
+        let splits = metastore.splits().await.unwrap();
+        splits
+            .iter()
+            .map(|split| match self {
+                Signal::Logs => split.logs,
+                Signal::Spans => split.spans,
+            })
+            .sum()
+    }
+
+    /// Whether everything of `batches` batches is searchable in the
+    /// embedded collector. Spans: the last trace of each of the last
+    /// batches (those in flight last) is whole (the span store commits in
+    /// the order of its write-ahead log).
+    async fn searchable(
+        self,
+        http: &reqwest::Client,
+        collector: &CollectorProcess,
+        batches: usize,
+    ) -> bool {
+        match self {
+            Signal::Logs => {
+                let answer =
+                    sightline_tests::get_json(http, &collector.url("/api/logs?q=bench&limit=1"))
+                        .await;
+                answer.ok().and_then(|a| a["total_hits"].as_u64()) == Some(batches as u64 * BATCH)
+            }
+            Signal::Spans => {
+                for batch in batches.saturating_sub(CLIENTS)..batches {
+                    let trace = trace_id(batch as u64, BATCH / SPANS_PER_TRACE - 1);
+                    let answer = sightline_tests::get_json(
+                        http,
+                        &collector.url(&format!("/api/traces/{trace}")),
+                    )
+                    .await;
+                    let spans = answer
+                        .ok()
+                        .and_then(|a| a["spans"].as_array().map(Vec::len));
+                    if spans != Some(SPANS_PER_TRACE as usize) {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+fn trace_id(batch: u64, trace: u64) -> String {
+    format!("{:016x}{:016x}", 0xbe_u64 << 56 | batch, trace + 1)
 }
 
 struct Row {
@@ -193,7 +292,7 @@ struct Row {
 }
 
 /// Each batch's OTLP/HTTP JSON body, made before any clock starts.
-fn prepare(records: u64) -> Vec<Vec<u8>> {
+fn prepare_logs(records: u64) -> Vec<Vec<u8>> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -231,15 +330,11 @@ fn prepare(records: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn send(batches: &[Vec<u8>], collectors: &[CollectorProcess]) -> u64 {
-    let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
-    send_tracked(batches, collectors, Instant::now(), timeline).await
-}
-
 /// Sends every batch with [`CLIENTS`] concurrent clients, round robin over
 /// the collectors, each retried until acknowledged; notes the cumulative
 /// acknowledged count over time.
 async fn send_tracked(
+    signal: Signal,
     batches: &[Vec<u8>],
     collectors: &[CollectorProcess],
     started: Instant,
@@ -250,7 +345,7 @@ async fn send_tracked(
     let urls: Arc<Vec<String>> = Arc::new(
         collectors
             .iter()
-            .map(|c| format!("http://127.0.0.1:{}/v1/logs", c.otlp_http_port))
+            .map(|c| format!("http://127.0.0.1:{}{}", c.otlp_http_port, signal.path()))
             .collect(),
     );
     let batches: Arc<Vec<Vec<u8>>> = Arc::new(batches.to_vec());
@@ -295,6 +390,55 @@ async fn send_tracked(
         client.await.unwrap();
     }
     acked.load(Ordering::Relaxed)
+}
+
+/// Each batch's OTLP/HTTP JSON body of `BATCH / SPANS_PER_TRACE` traces: a
+/// gateway root and nine children over three more services, with the
+/// attributes a checkout span carries.
+fn prepare_spans(records: u64) -> Vec<Vec<u8>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let services = ["gateway", "order", "inventory", "payment"];
+    (0..records / BATCH)
+        .map(|batch| {
+            let mut by_service: Vec<Vec<serde_json::Value>> = vec![Vec::new(); services.len()];
+            for trace in 0..BATCH / SPANS_PER_TRACE {
+                let trace_id = trace_id(batch, trace);
+                for span in 0..SPANS_PER_TRACE {
+                    let start = now + u128::from(batch * 1_000 + trace * 10 + span) * 1_000;
+                    let mut record = serde_json::json!({
+                        "traceId": trace_id,
+                        "spanId": format!("{:016x}", span + 1),
+                        "name": format!("step {span}"),
+                        "kind": if span == 0 { 2 } else { 3 },
+                        "startTimeUnixNano": start.to_string(),
+                        "endTimeUnixNano": (start + 2_000_000).to_string(),
+                        "attributes": [
+                            {"key": "http.route", "value": {"stringValue": "/api/orders"}},
+                            {"key": "request_id", "value": {"stringValue": format!("req-{batch}-{trace}")}},
+                        ],
+                    });
+                    if span > 0 {
+                        record["parentSpanId"] = serde_json::json!(format!("{:016x}", 1));
+                    }
+                    by_service[(span % services.len() as u64) as usize].push(record);
+                }
+            }
+            let resource_spans: Vec<serde_json::Value> = services
+                .iter()
+                .zip(by_service)
+                .map(|(service, spans)| {
+                    serde_json::json!({
+                        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                        "scopeSpans": [{"scope": {}, "spans": spans}],
+                    })
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({ "resourceSpans": resource_spans })).unwrap()
+        })
+        .collect()
 }
 
 /// p50 and p99 of (time the k-th record was published - time the k-th
