@@ -22,7 +22,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
-use sightline_store::{Batch, LogStore, PartitionId, SpanStore};
+use sightline_store::{Batch, LogStore, PartitionId, SpanStore, Writers};
 
 use crate::log::Entry;
 use crate::metastore::SplitRow;
@@ -89,8 +89,10 @@ pub fn build(
         .prefix("split-")
         .tempdir_in(work_dir)
         .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
-    let logs = LogStore::open(&dir.path().join("logs"))?;
-    let spans = SpanStore::open(&dir.path().join("spans"))?;
+    // Built once and closed: small writers (a writer's fixed cost per
+    // segment grows with its budget, and a split is one segment).
+    let logs = LogStore::open_with(&dir.path().join("logs"), Writers::Small)?;
+    let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     let (mut log_count, mut span_count) = (0u64, 0u64);
     let mut rejected = Vec::new();

@@ -51,3 +51,37 @@ pub use traces::TraceSummary;
 pub use wal::LocalWal;
 
 pub use sightline_vocab::fs::dir_size;
+
+/// Tantivy's smallest budget per writer thread (its
+/// `MEMORY_BUDGET_NUM_BYTES_MIN`, which it does not export).
+const SMALL_WRITER_BYTES: usize = 15_000_000;
+
+/// How big a store's index writers are. Each tantivy segment writer starts
+/// with a term hash table sized to its memory budget (zeroed, then walked
+/// whole when the segment is written), a fixed cost per segment that a
+/// long-lived store pays rarely and a store built once for a small batch
+/// pays every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Writers {
+    /// The ingest path's: large budgets, tantivy's thread count.
+    #[default]
+    Ingest,
+    /// One thread at tantivy's minimum budget, for stores that index one
+    /// batch and close (cluster mode's splits).
+    Small,
+}
+
+impl Writers {
+    /// An index writer of `ingest_bytes` (divided between tantivy's threads)
+    /// for [`Writers::Ingest`], one thread at the minimum for `Small`.
+    fn writer<D: tantivy::Document>(
+        self,
+        index: &tantivy::Index,
+        ingest_bytes: usize,
+    ) -> tantivy::Result<tantivy::IndexWriter<D>> {
+        match self {
+            Writers::Ingest => index.writer(ingest_bytes),
+            Writers::Small => index.writer_with_num_threads(1, SMALL_WRITER_BYTES),
+        }
+    }
+}

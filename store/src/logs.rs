@@ -46,6 +46,7 @@ use tantivy::{
     TantivyDocument, Term,
 };
 
+use crate::Writers;
 use crate::error::{Result, StoreError};
 use crate::model::LogRecord;
 use crate::query::Prepared;
@@ -401,12 +402,19 @@ struct Partition {
     /// WAL position this partition's last commit reached.
     committed_position: AtomicU64,
     dirty: AtomicBool,
+    writers: Writers,
 }
 
 impl Partition {
     /// Opens the partition in `dir` in the format it was created with, or
     /// creates it in the current one (`lean`).
-    fn open(dir: &Path, day: i64, records: &Schema, lean: &Schema) -> Result<Partition> {
+    fn open(
+        dir: &Path,
+        day: i64,
+        records: &Schema,
+        lean: &Schema,
+        writers: Writers,
+    ) -> Result<Partition> {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let settings = IndexSettings {
@@ -460,6 +468,7 @@ impl Partition {
             reader,
             committed_position: AtomicU64::new(committed_position),
             dirty: AtomicBool::new(false),
+            writers,
         })
     }
 
@@ -469,7 +478,7 @@ impl Partition {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if writer.is_none() {
-            *writer = Some(self.index.writer(WRITER_MEMORY_BYTES)?);
+            *writer = Some(self.writers.writer(&self.index, WRITER_MEMORY_BYTES)?);
         }
         let writer = writer
             .as_ref()
@@ -597,11 +606,17 @@ pub struct LogStore {
     partitions: RwLock<BTreeMap<i64, Arc<Partition>>>,
     /// WAL position up to which every partition is committed (the manifest).
     committed_position: AtomicU64,
+    writers: Writers,
 }
 
 impl LogStore {
     /// Opens every partition under `dir`, creating `dir` if needed.
     pub fn open(dir: &Path) -> Result<LogStore> {
+        LogStore::open_with(dir, Writers::Ingest)
+    }
+
+    /// [`LogStore::open`] with index writers of the given size.
+    pub fn open_with(dir: &Path, writers: Writers) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let records = Format::new(log_schema());
         let lean = Format::new(lean_schema());
@@ -612,7 +627,8 @@ impl LogStore {
                 continue;
             };
             if entry.file_type()?.is_dir() {
-                let partition = Partition::open(&entry.path(), day, &records.schema, &lean.schema)?;
+                let partition =
+                    Partition::open(&entry.path(), day, &records.schema, &lean.schema, writers)?;
                 partitions.insert(day, Arc::new(partition));
             }
         }
@@ -626,6 +642,7 @@ impl LogStore {
             lean,
             partitions: RwLock::new(partitions),
             committed_position: AtomicU64::new(committed_position),
+            writers,
         })
     }
 
@@ -1058,6 +1075,7 @@ impl LogStore {
             day,
             &self.records.schema,
             &self.lean.schema,
+            self.writers,
         )?);
         partitions.insert(day, partition.clone());
         Ok(partition)

@@ -14,6 +14,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::Writers;
+
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
@@ -138,7 +140,7 @@ struct TantivyIndex {
 }
 
 impl TantivyIndex {
-    fn open(dir: &Path, schema: Schema, memory: usize) -> Result<TantivyIndex> {
+    fn open(dir: &Path, schema: Schema, memory: usize, writers: Writers) -> Result<TantivyIndex> {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
@@ -147,7 +149,7 @@ impl TantivyIndex {
             .payload
             .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
             .map_or(0, |payload| payload.wal_position);
-        let writer = index.writer(memory)?;
+        let writer = writers.writer(&index, memory)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -231,14 +233,20 @@ impl SpanStore {
     /// Opens (or creates) the store in `dir`: spans in `dir/spans`, summaries
     /// in `dir/summaries`.
     pub fn open(dir: &Path) -> Result<SpanStore> {
+        SpanStore::open_with(dir, Writers::Ingest)
+    }
+
+    /// [`SpanStore::open`] with index writers of the given size.
+    pub fn open_with(dir: &Path, writers: Writers) -> Result<SpanStore> {
         let (schema, fields) = span_schema();
         let (summary_schema, summary_fields) = summary_schema();
         Ok(SpanStore {
-            spans: TantivyIndex::open(&dir.join("spans"), schema, WRITER_MEMORY_BYTES)?,
+            spans: TantivyIndex::open(&dir.join("spans"), schema, WRITER_MEMORY_BYTES, writers)?,
             summaries: TantivyIndex::open(
                 &dir.join("summaries"),
                 summary_schema,
                 SUMMARY_WRITER_MEMORY_BYTES,
+                writers,
             )?,
             fields,
             summary_fields,
