@@ -1202,7 +1202,7 @@ pub struct ClusterEngines {
 pub struct ClusterSettings {
     /// The stream's byte limit (a full stream is backpressure).
     pub stream_bytes: u64,
-    pub split_interval: &'static str,
+    pub split_interval: String,
     pub lease_ttl: &'static str,
 }
 
@@ -1210,7 +1210,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             stream_bytes: 256 << 20,
-            split_interval: "1s",
+            split_interval: "1s".into(),
             lease_ttl: "3s",
         }
     }

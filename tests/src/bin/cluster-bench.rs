@@ -35,6 +35,7 @@ const CLIENTS: usize = 4;
 async fn main() {
     let mut records = 100_000u64;
     let mut signals = vec![Signal::Logs, Signal::Spans];
+    let mut split_interval = "1s".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -51,20 +52,22 @@ async fn main() {
                     other => panic!("--signal takes logs or spans, not {other:?}"),
                 }
             }
+            "--split-interval" => {
+                split_interval = args.next().expect("--split-interval takes a duration (5s)")
+            }
             other => panic!(
-                "unknown argument {other:?}; usage: cluster-bench [--records N] [--signal logs|spans]"
+                "unknown argument {other:?}; usage: cluster-bench [--records N] [--signal logs|spans] [--split-interval 1s]"
             ),
         }
     }
     let records = records / BATCH * BATCH;
     let engines = ClusterEngines::start().await;
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
-    let mut tables = Vec::new();
     for (round, signal) in signals.into_iter().enumerate() {
         let batches = signal.prepare(records);
         let mut rows = vec![embedded(signal, &batches, records).await];
         let settings = ClusterSettings {
-            split_interval: "1s",
+            split_interval: split_interval.clone(),
             lease_ttl: "3s",
             ..ClusterSettings::default()
         };
@@ -135,34 +138,35 @@ async fn main() {
                 );
             }
         }
-        tables.push((signal, rows));
+        print_table(signal, records, &rows);
     }
+}
 
-    for (signal, rows) in tables {
-        let embedded = rows[0].ack_per_sec;
-        let embedded_searchable = rows[0].searchable_per_sec;
+/// The rows of one signal as a Markdown table.
+fn print_table(signal: Signal, records: u64, rows: &[Row]) {
+    let embedded = rows[0].ack_per_sec;
+    let embedded_searchable = rows[0].searchable_per_sec;
+    println!(
+        "\n{signal:?}: {records} in requests of {BATCH}, {CLIENTS} OTLP/HTTP clients, {}",
+        signal.shape()
+    );
+    println!(
+        "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
         println!(
-            "\n{signal:?}: {records} in requests of {BATCH}, {CLIENTS} OTLP/HTTP clients, {}",
-            signal.shape()
+            "| {} | {:.0} | {:.0} | {:.1} | {:.2}, {:.2} | {} |",
+            row.name,
+            row.ack_per_sec,
+            row.searchable_per_sec,
+            row.cpu_per_million,
+            row.ack_per_sec / embedded,
+            row.searchable_per_sec / embedded_searchable,
+            row.latency
+                .map(|(p50, p99)| format!("{p50:.2} s / {p99:.2} s"))
+                .unwrap_or_else(|| "-".into()),
         );
-        println!(
-            "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
-        );
-        println!("|---|---|---|---|---|---|");
-        for row in &rows {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.1} | {:.2}, {:.2} | {} |",
-                row.name,
-                row.ack_per_sec,
-                row.searchable_per_sec,
-                row.cpu_per_million,
-                row.ack_per_sec / embedded,
-                row.searchable_per_sec / embedded_searchable,
-                row.latency
-                    .map(|(p50, p99)| format!("{p50:.2} s / {p99:.2} s"))
-                    .unwrap_or_else(|| "-".into()),
-            );
-        }
     }
 }
 
@@ -268,7 +272,7 @@ impl Signal {
                     .await;
                     let spans = answer
                         .ok()
-                        .and_then(|a| a["spans"].as_array().map(Vec::len));
+                        .and_then(|a| a["data"][0]["spans"].as_array().map(Vec::len));
                     if spans != Some(SPANS_PER_TRACE as usize) {
                         return false;
                     }

@@ -37,7 +37,7 @@ async fn main() {
     eprintln!("starting NATS (3 nodes), PostgreSQL and SeaweedFS S3 ...");
     let engines = ClusterEngines::start().await;
     let settings = ClusterSettings {
-        split_interval,
+        split_interval: split_interval.into(),
         lease_ttl: "10s",
         ..ClusterSettings::default()
     };
