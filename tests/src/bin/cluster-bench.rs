@@ -6,8 +6,8 @@
 //!   acknowledged, and until searchable (embedded: the log search counts
 //!   them, or the last traces sent are whole by id; cluster: the published
 //!   splits in PostgreSQL add up to them);
-//! - the collectors' CPU per record (`/proc/<pid>/stat`; the engines' CPU
-//!   is not counted);
+//! - the collectors' CPU per record (`/proc/<pid>/stat`), and apart from
+//!   it the engines' (NATS, SeaweedFS, PostgreSQL on the same cores);
 //! - time from acknowledgement to a published split, p50 and p99, matched
 //!   by cumulative count (the k-th record acknowledged against the k-th
 //!   record published, sampled every 50 ms);
@@ -20,7 +20,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sightline_cluster::Metastore;
@@ -29,7 +29,13 @@ use sightline_tests::engines::{ClusterEngines, ClusterSettings};
 
 const BATCH: u64 = 500;
 const STREAMS: u64 = 12;
-const CLIENTS: usize = 4;
+/// Concurrent OTLP/HTTP clients, each with one request in flight
+/// (`--clients`).
+static CLIENTS: AtomicUsize = AtomicUsize::new(4);
+
+fn clients() -> usize {
+    CLIENTS.load(Ordering::Relaxed)
+}
 
 #[tokio::main]
 async fn main() {
@@ -52,11 +58,17 @@ async fn main() {
                     other => panic!("--signal takes logs or spans, not {other:?}"),
                 }
             }
+            "--clients" => CLIENTS.store(
+                args.next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--clients takes a number"),
+                Ordering::Relaxed,
+            ),
             "--split-interval" => {
                 split_interval = args.next().expect("--split-interval takes a duration (5s)")
             }
             other => panic!(
-                "unknown argument {other:?}; usage: cluster-bench [--records N] [--signal logs|spans] [--split-interval 1s]"
+                "unknown argument {other:?}; usage: cluster-bench [--records N] [--signal logs|spans] [--split-interval 1s] [--clients 4]"
             ),
         }
     }
@@ -86,6 +98,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(4)).await;
             let published_before = signal.published(&metastore).await;
             let cpu: f64 = collectors.iter().map(|c| cpu_seconds(c.process.id())).sum();
+            let engines_cpu = engines_cpu_seconds();
             let started = Instant::now();
             let timeline = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
             let acked =
@@ -106,6 +119,7 @@ async fn main() {
                 .map(|c| cpu_seconds(c.process.id()))
                 .sum::<f64>()
                 - cpu;
+            let engines_cpu = engines_cpu_seconds() - engines_cpu;
             let latency = ack_to_published(&timeline.lock().unwrap(), &published_timeline);
             rows.push(Row {
                 name: format!(
@@ -115,6 +129,7 @@ async fn main() {
                 ack_per_sec: records as f64 / ack_secs,
                 searchable_per_sec: records as f64 / searchable_secs,
                 cpu_per_million: cpu / records as f64 * 1e6,
+                engines_cpu_per_million: Some(engines_cpu / records as f64 * 1e6),
                 latency: Some(latency),
             });
             if size == 3 {
@@ -147,20 +162,23 @@ fn print_table(signal: Signal, records: u64, rows: &[Row]) {
     let embedded = rows[0].ack_per_sec;
     let embedded_searchable = rows[0].searchable_per_sec;
     println!(
-        "\n{signal:?}: {records} in requests of {BATCH}, {CLIENTS} OTLP/HTTP clients, {}",
+        "\n{signal:?}: {records} in requests of {BATCH}, {} OTLP/HTTP clients, {}",
+        clients(),
         signal.shape()
     );
     println!(
-        "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
+        "| run | acknowledged/s | searchable/s (cluster: in a published split) | collector CPU-s per 1M | engines CPU-s per 1M | ratio to embedded (ack, searchable) | ack to published p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for row in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.2}, {:.2} | {} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {:.2}, {:.2} | {} |",
             row.name,
             row.ack_per_sec,
             row.searchable_per_sec,
             row.cpu_per_million,
+            row.engines_cpu_per_million
+                .map_or_else(|| "-".into(), |cpu| format!("{cpu:.1}")),
             row.ack_per_sec / embedded,
             row.searchable_per_sec / embedded_searchable,
             row.latency
@@ -198,6 +216,7 @@ async fn embedded(signal: Signal, batches: &[Vec<u8>], records: u64) -> Row {
         ack_per_sec: records as f64 / ack_secs,
         searchable_per_sec: records as f64 / searchable_secs,
         cpu_per_million: cpu / records as f64 * 1e6,
+        engines_cpu_per_million: None,
         latency: None,
     }
 }
@@ -263,7 +282,7 @@ impl Signal {
                 answer.ok().and_then(|a| a["total_hits"].as_u64()) == Some(batches as u64 * BATCH)
             }
             Signal::Spans => {
-                for batch in batches.saturating_sub(CLIENTS)..batches {
+                for batch in batches.saturating_sub(clients())..batches {
                     let trace = trace_id(batch as u64, BATCH / SPANS_PER_TRACE - 1);
                     let answer = sightline_tests::get_json(
                         http,
@@ -292,6 +311,7 @@ struct Row {
     ack_per_sec: f64,
     searchable_per_sec: f64,
     cpu_per_million: f64,
+    engines_cpu_per_million: Option<f64>,
     latency: Option<(f64, f64)>,
 }
 
@@ -334,7 +354,7 @@ fn prepare_logs(records: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Sends every batch with [`CLIENTS`] concurrent clients, round robin over
+/// Sends every batch with [`clients()`] concurrent clients, round robin over
 /// the collectors, each retried until acknowledged; notes the cumulative
 /// acknowledged count over time.
 async fn send_tracked(
@@ -353,8 +373,8 @@ async fn send_tracked(
             .collect(),
     );
     let batches: Arc<Vec<Vec<u8>>> = Arc::new(batches.to_vec());
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
+    let mut senders = Vec::new();
+    for _ in 0..clients() {
         let (next, acked, urls, batches, timeline) = (
             next.clone(),
             acked.clone(),
@@ -362,7 +382,7 @@ async fn send_tracked(
             batches.clone(),
             timeline.clone(),
         );
-        clients.push(tokio::spawn(async move {
+        senders.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -390,7 +410,7 @@ async fn send_tracked(
             }
         }));
     }
-    for client in clients {
+    for client in senders {
         client.await.unwrap();
     }
     acked.load(Ordering::Relaxed)
@@ -462,6 +482,23 @@ fn ack_to_published(acked: &[(f64, u64)], published: &[(f64, u64)]) -> (f64, f64
     delays.sort_by(f64::total_cmp);
     let quantile = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
     (quantile(0.5), quantile(0.99))
+}
+
+/// CPU seconds of every engine process on the machine (`nats-server`,
+/// `weed`, `postgres`), read from `/proc`: on one machine they share the
+/// cores with the collectors, which a deployment would not.
+fn engines_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            matches!(comm.trim(), "nats-server" | "weed" | "postgres")
+        })
+        .map(cpu_seconds)
+        .sum()
 }
 
 /// User plus system CPU seconds of a process.
