@@ -365,6 +365,23 @@ impl DemoStack {
         format!("http://127.0.0.1:{}{path}", self.ports.of_service(service))
     }
 
+    /// Sets `service`'s faults through the demo's fault API at run time
+    /// (`{}` clears them), asserting the service took them.
+    pub async fn set_faults(&self, service: &str, faults: serde_json::Value) {
+        let response = self
+            .http
+            .post(self.service_url(service, "/admin/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .expect("the fault API answers");
+        assert_eq!(
+            response.status(),
+            200,
+            "{service} refused the faults {faults}"
+        );
+    }
+
     /// Logs `user_id` in through the gateway; the session token.
     pub async fn login(&self, user_id: &str) -> String {
         let response = self
@@ -632,6 +649,11 @@ impl CollectorProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// An address on the OTLP/HTTP port (`/v1/logs`, `/v1/traces`, ...).
+    pub fn otlp_http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.otlp_http_port)
     }
 
     pub fn grpc_endpoint(&self) -> String {

@@ -369,7 +369,7 @@ async fn send_tracked(
     let urls: Arc<Vec<String>> = Arc::new(
         collectors
             .iter()
-            .map(|c| format!("http://127.0.0.1:{}{}", c.otlp_http_port, signal.path()))
+            .map(|c| c.otlp_http_url(signal.path()))
             .collect(),
     );
     let batches: Arc<Vec<Vec<u8>>> = Arc::new(batches.to_vec());

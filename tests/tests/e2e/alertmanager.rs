@@ -88,10 +88,7 @@ async fn send_failing_span(collector: &CollectorProcess, service: &str) {
         }]
     });
     let response = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/v1/traces",
-            collector.otlp_http_port
-        ))
+        .post(collector.otlp_http_url("/v1/traces"))
         .json(&body)
         .send()
         .await

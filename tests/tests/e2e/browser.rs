@@ -1153,10 +1153,7 @@ async fn load_more_pages_through_every_record_and_a_drag_on_the_histogram_zooms(
         "scopeLogs": [{"scope": {}, "logRecords": records}],
     }]});
     let response = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/v1/logs",
-            collector.otlp_http_port
-        ))
+        .post(collector.otlp_http_url("/v1/logs"))
         .json(&payload)
         .send()
         .await

@@ -83,10 +83,7 @@ async fn send_logs(
         .collect();
     let payload = serde_json::json!({ "resourceLogs": resource_logs });
     match http
-        .post(format!(
-            "http://127.0.0.1:{}/v1/logs",
-            collector.otlp_http_port
-        ))
+        .post(collector.otlp_http_url("/v1/logs"))
         .json(&payload)
         .send()
         .await
@@ -94,6 +91,21 @@ async fn send_logs(
         Ok(response) => response.status().is_success(),
         Err(_) => false,
     }
+}
+
+/// [`send_logs`] again until acknowledged: a refusal is backpressure, not
+/// loss.
+async fn send_until_acknowledged(
+    http: &reqwest::Client,
+    collector: &CollectorProcess,
+    ids: std::ops::Range<u64>,
+    pods: u64,
+) {
+    poll_until("a batch acknowledged", Duration::from_secs(30), || {
+        let ids = ids.clone();
+        async move { Ok(send_logs(http, collector, ids, pods).await.then_some(())) }
+    })
+    .await;
 }
 
 /// Sends span `span` of trace `trace` (the root when `span` is 0).
@@ -120,7 +132,7 @@ async fn send_span(
         "scopeSpans": [{"scope": {}, "spans": [record]}],
     }]});
     matches!(
-        http.post(format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port))
+        http.post(collector.otlp_http_url("/v1/traces"))
             .json(&payload)
             .send()
             .await,
@@ -330,11 +342,7 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
         let collector = &collectors[(round % 3) as usize];
         let ids = round * 100..round * 100 + 100;
         // Retried until acknowledged: a refusal is backpressure, not loss.
-        poll_until("a batch acknowledged", Duration::from_secs(30), || {
-            let (ids, http) = (ids.clone(), &http);
-            async move { Ok(send_logs(http, collector, ids, 24).await.then_some(())) }
-        })
-        .await;
+        send_until_acknowledged(&http, collector, ids.clone(), 24).await;
         acknowledged.extend(ids);
         if round < 8 {
             // Span n of every trace to collector n % 3.
@@ -356,13 +364,7 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
     let mut sdk_traces = Vec::new();
     for (transport, endpoint) in [
         ("grpc", collectors[1].grpc_endpoint()),
-        (
-            "http",
-            format!(
-                "http://127.0.0.1:{}/v1/traces",
-                collectors[2].otlp_http_port
-            ),
-        ),
+        ("http", collectors[2].otlp_http_url("/v1/traces")),
     ] {
         let output = std::process::Command::new("python3")
             .args([
@@ -485,33 +487,12 @@ async fn a_killed_owner_loses_nothing_and_duplicates_nothing() {
         // Only c0 and c1 take records, so no client request dies with c2.
         let collector = &collectors[(round % 2) as usize];
         let ids = round * 100..round * 100 + 100;
-        poll_until("a batch acknowledged", Duration::from_secs(30), || {
-            let (ids, http) = (ids.clone(), &http);
-            async move { Ok(send_logs(http, collector, ids, 12).await.then_some(())) }
-        })
-        .await;
+        send_until_acknowledged(&http, collector, ids.clone(), 12).await;
         acknowledged.extend(ids);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // c2's partitions are owned by the others.
-    poll_until(
-        "the killed node's partitions taken over",
-        Duration::from_secs(30),
-        || async {
-            let partitions = metastore.partitions().await.map_err(|e| e.to_string())?;
-            let stale: Vec<u32> = partitions
-                .iter()
-                .filter(|(_, owner, _, _)| owner.as_deref() == Some("c2") || owner.is_none())
-                .map(|(partition, _, _, _)| *partition)
-                .collect();
-            if stale.is_empty() {
-                Ok(Some(()))
-            } else {
-                Err(format!("still c2's or unowned: {stale:?}"))
-            }
-        },
-    )
-    .await;
+    wait_taken_over(&metastore, "c2").await;
     let splits = wait_published(&engines, acknowledged.len() as u64).await;
     let published = read_splits(&engines, &splits, &[]).await;
     assert_exactly_once(&published, &acknowledged);
@@ -662,11 +643,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_duplicated() {
         }
         let collector = &collectors[(round % 2) as usize];
         let ids = round * 100..round * 100 + 100;
-        poll_until("a batch acknowledged", Duration::from_secs(30), || {
-            let (ids, http) = (ids.clone(), &http);
-            async move { Ok(send_logs(http, collector, ids, 12).await.then_some(())) }
-        })
-        .await;
+        send_until_acknowledged(&http, collector, ids.clone(), 12).await;
         acknowledged.extend(ids);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }

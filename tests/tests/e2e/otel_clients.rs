@@ -85,10 +85,7 @@ async fn python_sdk_over_grpc_and_http() {
     let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
     for (transport, endpoint) in [
         ("grpc", format!("http://127.0.0.1:{}", collector.grpc_port)),
-        (
-            "http",
-            format!("http://127.0.0.1:{}/v1/traces", collector.otlp_http_port),
-        ),
+        ("http", collector.otlp_http_url("/v1/traces")),
     ] {
         let request_id = unique_request_id(&format!("py-{transport}"));
         let output = Command::new("python3")
@@ -122,10 +119,7 @@ async fn rust_otlp_exporter_over_http() {
     let collector = CollectorProcess::start(data.path(), &["--commit-interval", "200ms"]).await;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_endpoint(format!(
-            "http://127.0.0.1:{}/v1/traces",
-            collector.otlp_http_port
-        ))
+        .with_endpoint(collector.otlp_http_url("/v1/traces"))
         .with_timeout(Duration::from_secs(10))
         .with_headers(Default::default())
         .build()

@@ -357,14 +357,7 @@ async fn a_payment_fault_fails_orders_at_its_rate_and_removing_it_stops_that() {
     );
 
     // Remove the fault at runtime: orders succeed again, no new failures.
-    let cleared = stack
-        .http
-        .post(stack.service_url("payment", "/admin/faults"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cleared.status(), 200);
+    stack.set_faults("payment", serde_json::json!({})).await;
     for index in 0..20 {
         let response = stack
             .try_order(&token, &unique_request_id(&format!("healed-{index}")))
@@ -501,14 +494,9 @@ async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_a
     );
 
     // Half of payment's answers fail: the ratio rises and the alert fires.
-    let faulted = stack
-        .http
-        .post(stack.service_url("payment", "/admin/faults"))
-        .json(&serde_json::json!({ "error_rate": 0.5 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(faulted.status(), 200);
+    stack
+        .set_faults("payment", serde_json::json!({ "error_rate": 0.5 }))
+        .await;
     let firing = poll_until("the alert firing", Duration::from_secs(90), || async {
         let alerts = alerts_named(&stack, "PaymentErrorsE2E").await?;
         match alerts.first() {
@@ -528,14 +516,7 @@ async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_a
     assert!(ratio_now > 0.2, "the recorded series rose: {ratio_now}");
 
     // The fault is removed: the 10 s window empties and the alert clears.
-    let cleared = stack
-        .http
-        .post(stack.service_url("payment", "/admin/faults"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cleared.status(), 200);
+    stack.set_faults("payment", serde_json::json!({})).await;
     poll_until("the alert cleared", Duration::from_secs(90), || async {
         let alerts = alerts_named(&stack, "PaymentErrorsE2E").await?;
         if alerts.is_empty() {

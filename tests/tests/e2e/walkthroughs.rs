@@ -130,14 +130,9 @@ async fn health_checks_as_the_material_describes_them() {
 
     let (status, body) = probe(stack.service_url("payment", "/health/ready")).await;
     assert_eq!(status, 200, "{body}");
-    let down = stack
-        .http
-        .post(stack.service_url("payment", "/admin/faults"))
-        .json(&serde_json::json!({ "down": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(down.status(), 200);
+    stack
+        .set_faults("payment", serde_json::json!({ "down": true }))
+        .await;
     let (status, body) = probe(stack.service_url("payment", "/health/ready")).await;
     assert_eq!(status, 503, "a service marked down is not ready: {body}");
     let (status, body) = probe(stack.service_url("payment", "/health/live")).await;
@@ -244,14 +239,9 @@ async fn the_alerts_the_material_lists() {
 
     // The payment provider down (every charge answered 503), as the demo's
     // fault API sets it at run time.
-    let down = stack
-        .http
-        .post(stack.service_url("payment", "/admin/faults"))
-        .json(&serde_json::json!({ "down": true }))
-        .send()
-        .await
-        .unwrap();
-    assert!(down.status().is_success(), "{}", down.status());
+    stack
+        .set_faults("payment", serde_json::json!({ "down": true }))
+        .await;
     // Notification hung (SIGSTOP): its one instance cannot be scraped, so
     // the service has no healthy instance. Continued when the test ends.
     let notification: serde_json::Value = sightline_tests::get_json(
