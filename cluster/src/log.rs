@@ -164,6 +164,12 @@ impl ClusterLog {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// The largest message this log publishes (the servers' `max_payload`,
+    /// less room for headers).
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     fn subject(&self, partition: PartitionId) -> String {
         format!("{}.{partition}", self.prefix)
     }

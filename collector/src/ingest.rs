@@ -164,7 +164,10 @@ impl Ingest {
         let mut accepted = Vec::with_capacity(records.len());
         let mut accepted_bytes = 0;
         for (index, record) in records.into_iter().enumerate() {
-            match self.check_log(&record, now) {
+            match self
+                .check_log(&record, now)
+                .and_then(|size| self.check_message_size(&record, size).map(|()| size))
+            {
                 Ok(size) => {
                     accepted_bytes += size;
                     accepted.push(record);
@@ -205,11 +208,19 @@ impl Ingest {
         let mut rejections = Vec::new();
         let mut accepted = Vec::with_capacity(spans.len());
         for (index, span) in spans.into_iter().enumerate() {
-            match check_attributes(&self.limits, &span.attributes) {
+            let checked = check_attributes(&self.limits, &span.attributes)
+                .map_err(|(limit, reason)| (Some(limit), reason))
+                .and_then(|()| {
+                    self.check_message_size(&span, span_size(&span))
+                        .map_err(|(_, limit, reason)| (limit, reason))
+                });
+            match checked {
                 Ok(()) => accepted.push(span),
                 Err((limit, reason)) => {
                     self.metrics.rejected(RejectReason::TooLarge, 1);
-                    self.metrics.limited(limit);
+                    if let Some(limit) = limit {
+                        self.metrics.limited(limit);
+                    }
                     rejections.push(Rejection { index, reason });
                 }
             }
@@ -238,6 +249,39 @@ impl Ingest {
             self.metrics.busy();
         }
         result
+    }
+
+    /// In cluster mode, refuses an item whose JSON would not fit in one
+    /// message of the cluster log (the NATS servers' `max_payload`), so it
+    /// is refused alone and the rest of its batch is kept. Only items whose
+    /// approximate size `approximate` is within a factor of 8 of the limit
+    /// (JSON escaping can multiply a string's size by 6) are serialized to
+    /// measure.
+    fn check_message_size<T: serde::Serialize>(
+        &self,
+        item: &T,
+        approximate: usize,
+    ) -> Result<(), (RejectReason, Option<Limit>, String)> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        // Room for the batch's envelope (`{"logs":[...]}`).
+        let limit = cluster.log.max_message().saturating_sub(64);
+        if approximate <= limit / 8 {
+            return Ok(());
+        }
+        let mut counter = ByteCounter(0);
+        if serde_json::to_writer(&mut counter, item).is_err() || counter.0 > limit {
+            return Err((
+                RejectReason::TooLarge,
+                None,
+                format!(
+                    "item of {} bytes as JSON is over the cluster log's message limit ({limit} bytes, the NATS servers' max_payload)",
+                    counter.0
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks one record; returns its approximate JSON size when it passes.
@@ -369,6 +413,39 @@ fn json_value_size(value: &serde_json::Value) -> usize {
 }
 
 /// A cheap upper bound of a JSON object's encoded size.
+/// Counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A span's approximate JSON size: its strings and attribute maps.
+fn span_size(span: &Span) -> usize {
+    span.name.len()
+        + span.status_message.len()
+        + json_size(&span.attributes)
+        + json_size(&span.resource)
+        + span
+            .events
+            .iter()
+            .map(|event| event.name.len() + json_size(&event.attributes))
+            .sum::<usize>()
+        + span
+            .links
+            .iter()
+            .map(|link| json_size(&link.attributes))
+            .sum::<usize>()
+        + 512
+}
+
 fn json_size(map: &serde_json::Map<String, serde_json::Value>) -> usize {
     map.iter()
         .map(|(key, value)| key.len() + 4 + json_value_size(value))

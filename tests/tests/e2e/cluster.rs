@@ -854,3 +854,57 @@ async fn an_undecodable_message_is_moved_aside_and_its_partition_goes_on() {
         1.0
     );
 }
+
+/// A record that passes every limit but would not fit in one message of
+/// the stream (the NATS servers' `max_payload`) is refused alone, with a
+/// reason, and the rest of its request is acknowledged and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_stream_is_refused_alone() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = engines
+        .start_collector("c0", dir.path(), &ClusterSettings::default())
+        .await;
+    let now = now_nanos();
+    let record = |id: u64, body: String| {
+        serde_json::json!({
+            "timeUnixNano": (now + u128::from(id)).to_string(),
+            "body": {"stringValue": body},
+            "attributes": [{"key": "rid", "value": {"intValue": id.to_string()}}],
+        })
+    };
+    // Under max_record_bytes (1 MiB of body and attributes), over the
+    // servers' 1 MB max_payload once encoded.
+    let huge = "x".repeat(1_046_000);
+    let payload = serde_json::json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "big"}}]},
+        "scopeLogs": [{"scope": {}, "logRecords": [
+            record(1, "before".into()),
+            record(2, huge),
+            record(3, "after".into()),
+        ]}],
+    }]});
+    let response = reqwest::Client::new()
+        .post(collector.otlp_http_url("/v1/logs"))
+        .json(&payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["partialSuccess"]["rejectedLogRecords"], "1",
+        "{answer}"
+    );
+    let message = answer["partialSuccess"]["errorMessage"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("message limit") && message.contains("max_payload"),
+        "{message}"
+    );
+    let splits = wait_published(&engines, 2).await;
+    let published = read_splits(&engines, &splits, &[]).await;
+    assert_exactly_once(&published, &BTreeSet::from([1, 3]));
+    assert!(!published.records.contains_key(&2));
+}
