@@ -307,15 +307,7 @@ fn compose_ports_health_checks_and_peers_agree_with_the_binaries() {
         );
         let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
         assert!(dockerfile.is_file(), "{name}: no {}", dockerfile.display());
-        for volume in strings(&service["volumes"]) {
-            if let Some(host) = volume.strip_prefix("./") {
-                let host = host.split(':').next().unwrap_or_default();
-                assert!(
-                    root().join(host).exists(),
-                    "{name}: mounts missing ./{host}"
-                );
-            }
-        }
+        assert_host_mounts_exist(name, service);
         let health = strings(&service["healthcheck"]["test"]);
         assert!(health.len() > 2, "{name}: no healthcheck");
         assert_eq!(health[..2], ["CMD", "curl"], "{name}: {health:?}");
@@ -569,6 +561,19 @@ async fn the_collector_starts_with_the_shipped_configs() {
             CollectorProcess::start(&data, &["--config", config.to_str().unwrap()]).await;
         let health = reqwest::get(collector.url("/health")).await.unwrap();
         assert!(health.status().is_success());
+    }
+}
+
+/// Asserts every `./path` a Compose service mounts exists in the repo.
+fn assert_host_mounts_exist(name: &str, service: &Value) {
+    for volume in strings(&service["volumes"]) {
+        if let Some(host) = volume.strip_prefix("./") {
+            let host = host.split(':').next().unwrap_or_default();
+            assert!(
+                root().join(host).exists(),
+                "{name}: mounts missing ./{host}"
+            );
+        }
     }
 }
 
@@ -1300,15 +1305,7 @@ fn cluster_mode_is_configured_as_the_collector_reads_it() {
     let mut collectors = 0;
     for (name, service) in services {
         let is_collector = name == "collector" || name.starts_with("collector-");
-        for volume in strings(&service["volumes"]) {
-            if let Some(host) = volume.strip_prefix("./") {
-                let host = host.split(':').next().unwrap_or_default();
-                assert!(
-                    root().join(host).exists(),
-                    "{name}: mounts missing ./{host}"
-                );
-            }
-        }
+        assert_host_mounts_exist(name, service);
         if !is_collector {
             continue;
         }

@@ -523,6 +523,17 @@ async fn a_killed_owner_loses_nothing_and_duplicates_nothing() {
     assert_exactly_once(&published, &acknowledged);
 }
 
+/// Asserts a publish was refused by the fence.
+fn assert_fenced(result: &Result<(), sightline_cluster::metastore::PublishSplitError>) {
+    assert!(
+        matches!(
+            result,
+            Err(sightline_cluster::metastore::PublishSplitError::Fenced { .. })
+        ),
+        "{result:?}"
+    );
+}
+
 /// Node `c<n>` of the partitions table, and who owns what.
 async fn owners(metastore: &Metastore) -> Result<BTreeMap<u32, Option<String>>, String> {
     Ok(metastore
@@ -595,13 +606,7 @@ async fn the_fence_refuses_a_late_publish() {
     let late = metastore
         .publish_split("a", &first, &split("late", first.checkpoint, 100))
         .await;
-    assert!(
-        matches!(
-            late,
-            Err(sightline_cluster::metastore::PublishSplitError::Fenced { .. })
-        ),
-        "{late:?}"
-    );
+    assert_fenced(&late);
     assert!(
         metastore
             .renew("a", &[first], ttl)
@@ -616,13 +621,7 @@ async fn the_fence_refuses_a_late_publish() {
     let again = metastore
         .publish_split("b", &second, &split("stale", second.checkpoint, 120))
         .await;
-    assert!(
-        matches!(
-            again,
-            Err(sightline_cluster::metastore::PublishSplitError::Fenced { .. })
-        ),
-        "{again:?}"
-    );
+    assert_fenced(&again);
     let splits = metastore.splits().await.unwrap();
     assert_eq!(
         splits
