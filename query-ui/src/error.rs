@@ -13,7 +13,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    /// A query that ran past its time limit (503).
+    /// A query that ran past its time limit, or whose data could not be
+    /// reached (503).
     #[error("{0}")]
     Timeout(String),
     #[error("internal error: {0}")]
@@ -27,6 +28,8 @@ impl From<StoreError> for ApiError {
                 ApiError::BadRequest(format!("invalid query: {message}"))
             }
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            // 503, as a query past its time: retry later.
+            StoreError::Unavailable(why) => ApiError::Timeout(why),
             other => ApiError::Internal(other.to_string()),
         }
     }

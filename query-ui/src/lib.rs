@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use sightline_store::{LogStore, SpanStore};
+use sightline_store::{LogReader, SpanReader};
 use sightline_tsdb::MetricStore;
 use sightline_tsdb::rules::RuleStatusSource;
 
@@ -52,11 +52,12 @@ pub use dashboards::DashboardDir;
 pub use error::ApiError;
 pub use prometheus::cancel_queries;
 
-/// The stores the query API reads.
+/// What the query API reads: the collector's own stores when embedded,
+/// the splits of the cluster in cluster mode.
 #[derive(Clone)]
 pub struct QueryState {
-    pub logs: Arc<LogStore>,
-    pub spans: Arc<SpanStore>,
+    pub logs: Arc<dyn LogReader>,
+    pub spans: Arc<dyn SpanReader>,
     /// Time series, for the Prometheus HTTP API.
     pub metrics: Arc<MetricStore>,
     /// The rule engine's report, for `/api/v1/rules` and `/api/v1/alerts`.
@@ -100,6 +101,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use sightline_store::LogRecord;
+    use sightline_store::{LogStore, SpanStore};
     use tower::ServiceExt;
 
     fn state(dir: &std::path::Path) -> QueryState {
@@ -237,7 +239,12 @@ mod tests {
     const T0: i64 = 1_699_920_000_000_000_000;
 
     fn filled_state(dir: &std::path::Path) -> QueryState {
-        let logs = LogStore::open(&dir.join("logs")).unwrap();
+        filled_stores(dir).1
+    }
+
+    /// The state and its log store, for a test that writes more.
+    fn filled_stores(dir: &std::path::Path) -> (Arc<LogStore>, QueryState) {
+        let logs = Arc::new(LogStore::open(&dir.join("logs")).unwrap());
         let records: Vec<_> = (0..10)
             .map(|i| {
                 let severity = if i % 3 == 0 { "ERROR" } else { "INFO" };
@@ -252,13 +259,14 @@ mod tests {
         logs.add(0, &records).unwrap();
         logs.commit(1).unwrap();
         let spans = SpanStore::open(&dir.join("spans")).unwrap();
-        QueryState {
-            logs: Arc::new(logs),
+        let state = QueryState {
+            logs: logs.clone(),
             spans: Arc::new(spans),
             metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
-        }
+        };
+        (logs, state)
     }
 
     #[tokio::test]
@@ -353,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn live_tail_streams_records_that_arrive_after_it_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let state = filled_state(dir.path());
+        let (logs, state) = filled_stores(dir.path());
         let response = router(state.clone())
             .oneshot(
                 Request::get("/api/logs/tail?q=user_id:u-3")
@@ -369,7 +377,6 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as i64;
-        let logs = state.logs.clone();
         tokio::task::spawn_blocking(move || {
             logs.add(5, &[record(now + 1_000_000, "fresh line", "WARN", "u-3")])
                 .unwrap();

@@ -18,6 +18,10 @@ pub enum StoreError {
     TooLarge(String),
     #[error("stored document is corrupt: {0}")]
     CorruptDocument(String),
+    /// What holds the data cannot be reached now (a cluster's metastore or
+    /// object storage); the same request may succeed later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

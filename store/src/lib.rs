@@ -29,6 +29,7 @@ mod layout;
 mod logs;
 mod model;
 mod query;
+pub mod reader;
 mod reserve;
 mod spans;
 mod streams;
@@ -41,10 +42,11 @@ pub use error::{Result, StoreError};
 pub use layout::DataDir;
 pub use logs::{
     Cursor, Histogram, HistogramBucket, LOG_PARTITION_FORMAT_VERSION, LogHit, LogQuery,
-    LogSearchResult, LogStore, log_index_schema, log_index_tokenizers,
+    LogSearchResult, LogStore, log_index_schema, log_index_tokenizers, validate_log_query,
 };
 pub use model::{LogRecord, SharedResource, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
+pub use reader::{LogReader, SpanReader};
 pub use reserve::DiskReserve;
 pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};
 pub use traces::TraceSummary;

@@ -104,6 +104,31 @@ pub fn log_index_tokenizers() -> TokenizerManager {
     manager
 }
 
+/// Checks a log query string without a store: what
+/// [`LogStore::validate_query`] checks (for a reader of many stores, which
+/// must refuse a bad query even where no store is searched).
+pub fn validate_log_query(query: &str) -> Result<()> {
+    static RECORDS: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+    prepare_query(RECORDS.get_or_init(|| Format::new(log_schema())), query).map(drop)
+}
+
+/// `query` parsed and normalized once for every partition (`None`:
+/// everything), and built once for format 2 so that an error shows even
+/// where no partition would build it.
+fn prepare_query(records: &Format, query: &str) -> Result<Option<Prepared>> {
+    if query.trim().is_empty() {
+        return Ok(None);
+    }
+    let prepared = crate::query::prepare(&records.schema, query)?;
+    let view = crate::query::IndexView {
+        parser: &records.parser,
+        schema: &records.schema,
+        lean: None,
+    };
+    crate::query::build_for(&view, &prepared)?;
+    Ok(Some(prepared))
+}
+
 /// A search over the log store.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
@@ -175,6 +200,46 @@ pub struct HistogramBucket {
     pub count: u64,
     /// Count per severity text (`ERROR`, `INFO`, ... and `""` for none).
     pub by_severity: BTreeMap<String, u64>,
+}
+
+impl Histogram {
+    /// Most buckets one histogram may have.
+    pub const MAX_BUCKETS: usize = 10_000;
+
+    /// Zero counts in every bucket of `[start, end)`: buckets aligned to
+    /// multiples of `interval` (at least 1 ns), empty buckets included.
+    pub fn empty(start: i64, end: i64, interval: i64) -> Result<Histogram> {
+        let interval = interval.max(1);
+        let first_bucket = start.div_euclid(interval);
+        let bucket_count =
+            usize::try_from((end - 1).div_euclid(interval) - first_bucket + 1).unwrap_or(0);
+        if bucket_count > Self::MAX_BUCKETS {
+            return Err(StoreError::InvalidQuery(format!(
+                "histogram would have {bucket_count} buckets; use a larger interval (at most {} buckets)",
+                Self::MAX_BUCKETS
+            )));
+        }
+        Ok(Histogram {
+            interval,
+            buckets: (0..bucket_count)
+                .map(|index| HistogramBucket {
+                    start: (first_bucket + index as i64) * interval,
+                    count: 0,
+                    by_severity: BTreeMap::new(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds `other`'s counts, bucket by bucket (both of the same layout).
+    pub fn add(&mut self, other: &Histogram) {
+        for (bucket, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            bucket.count += theirs.count;
+            for (severity, count) in &theirs.by_severity {
+                *bucket.by_severity.entry(severity.clone()).or_default() += count;
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -804,17 +869,7 @@ impl LogStore {
     /// everything), and built once for format 2 so that an error shows
     /// even where no partition would build it.
     fn prepare_query(&self, query: &str) -> Result<Option<Prepared>> {
-        if query.trim().is_empty() {
-            return Ok(None);
-        }
-        let prepared = crate::query::prepare(&self.records.schema, query)?;
-        let view = crate::query::IndexView {
-            parser: &self.records.parser,
-            schema: &self.records.schema,
-            lean: None,
-        };
-        crate::query::build_for(&view, &prepared)?;
-        Ok(Some(prepared))
+        prepare_query(&self.records, query)
     }
 
     /// Runs a search; records come back newest first.
@@ -893,17 +948,11 @@ impl LogStore {
     /// Counts matching records per `interval` nanoseconds, split by severity.
     /// Buckets are aligned to multiples of `interval`; empty buckets are included.
     pub fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
-        let interval = interval.max(1);
         let prepared = self.prepare_query(query)?;
+        let mut histogram = Histogram::empty(start, end, interval)?;
+        let interval = histogram.interval;
         let first_bucket = start.div_euclid(interval);
-        let bucket_count =
-            usize::try_from((end - 1).div_euclid(interval) - first_bucket + 1).unwrap_or(0);
-        if bucket_count > 10_000 {
-            return Err(StoreError::InvalidQuery(format!(
-                "histogram would have {bucket_count} buckets; use a larger interval (at most 10000 buckets)"
-            )));
-        }
-        let mut counts = vec![BTreeMap::<String, u64>::new(); bucket_count];
+        let bucket_count = histogram.buckets.len();
         for partition in self.partitions_overlapping(Some(start), Some(end)) {
             let text_query = self.partition_query(&partition, prepared.as_ref())?;
             let timestamp = self.format_of(&partition).fields.timestamp;
@@ -915,30 +964,35 @@ impl LogStore {
                 bucket_count,
             };
             let partition_counts = searcher.search(&ranged, &collector)?;
-            for (bucket, severities) in partition_counts.into_iter().enumerate() {
+            for (bucket, severities) in histogram.buckets.iter_mut().zip(partition_counts) {
                 for (severity, count) in severities {
-                    *counts[bucket].entry(severity).or_default() += count;
+                    bucket.count += count;
+                    *bucket.by_severity.entry(severity).or_default() += count;
                 }
             }
         }
-        Ok(Histogram {
-            interval,
-            buckets: counts
-                .into_iter()
-                .enumerate()
-                .map(|(index, by_severity)| HistogramBucket {
-                    start: (first_bucket + index as i64) * interval,
-                    count: by_severity.values().sum(),
-                    by_severity,
-                })
-                .collect(),
-        })
+        Ok(histogram)
     }
 
     /// The `before` records preceding and `after` records following the
     /// record `id` in the same stream (same container, same stdout/stderr),
     /// oldest first, the record itself included.
     pub fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>> {
+        let anchor = self
+            .record(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
+        let (older, newer) = self.neighbours(&anchor, before, after)?;
+        Ok(crate::reader::assemble_context(
+            anchor,
+            vec![older],
+            vec![newer],
+            before,
+            after,
+        ))
+    }
+
+    /// The record `id` (its cursor), if this store holds it.
+    pub fn record(&self, id: &str) -> Result<Option<LogHit>> {
         let cursor = Cursor::decode(id)?;
         let anchor_query = LogQuery {
             query: String::new(),
@@ -947,12 +1001,23 @@ impl LogStore {
             limit: MAX_SEARCH_LIMIT,
             after: None,
         };
-        let anchor = self
+        Ok(self
             .search(&anchor_query)?
             .hits
             .into_iter()
-            .find(|hit| hit.id == id)
-            .ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
+            .find(|hit| hit.id == id))
+    }
+
+    /// Up to `before` records of `anchor`'s stream older than it (newest
+    /// first) and up to `after` newer (oldest first). The anchor need not
+    /// be in this store: a cluster's splits each answer for their part.
+    pub fn neighbours(
+        &self,
+        anchor: &LogHit,
+        before: usize,
+        after: usize,
+    ) -> Result<(Vec<LogHit>, Vec<LogHit>)> {
+        let cursor = Cursor::decode(&anchor.id)?;
         let stream = stream_key(&anchor.record);
         let stream_query = |partition: &Partition| -> Box<dyn Query> {
             Box::new(TermQuery::new(
@@ -961,8 +1026,7 @@ impl LogStore {
             ))
         };
         // Older: newest-first search after the anchor.
-        let mut older = self.search_with(&stream_query, None, None, before, Some(cursor), false)?;
-        older.reverse();
+        let older = self.search_with(&stream_query, None, None, before, Some(cursor), false)?;
         // Newer: oldest-first search from the anchor on.
         let newer = self.search_with(
             &stream_query,
@@ -972,10 +1036,7 @@ impl LogStore {
             Some(cursor),
             true,
         )?;
-        let mut hits = older;
-        hits.push(anchor);
-        hits.extend(newer);
-        Ok(hits)
+        Ok((older, newer))
     }
 
     /// Newest-first (or, with `ascending`, oldest-first) records of a parsed

@@ -18,7 +18,7 @@ use crate::Writers;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery, TermSetQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value};
 use tantivy::{
     Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
@@ -127,6 +127,36 @@ pub struct TraceQuery {
     pub limit: usize,
 }
 
+impl TraceQuery {
+    /// Whether a trace's summary meets every condition, as
+    /// [`SpanStore::search_traces`] decides over its summary index (for a
+    /// summary recomputed after merging a trace's parts).
+    pub fn matches(&self, summary: &TraceSummary) -> bool {
+        let service_ok = self
+            .service
+            .as_ref()
+            .is_none_or(|service| summary.services.contains(service));
+        let operation_ok = self.operation.as_ref().is_none_or(|operation| {
+            summary.operations.iter().any(|key| match &self.service {
+                Some(service) => *key == operation_key(service, operation),
+                None => key
+                    .split_once('/')
+                    .is_some_and(|(_, name)| name == operation),
+            })
+        });
+        let tags_ok = self
+            .tags
+            .iter()
+            .all(|(key, value)| summary.tags.contains(&format!("{key}={value}")));
+        let duration_ok = self.min_duration.is_none_or(|min| summary.duration >= min)
+            && self.max_duration.is_none_or(|max| summary.duration <= max);
+        let errors_ok = !self.errors_only || summary.error_count > 0;
+        let start_ok = self.start.is_none_or(|start| summary.start_time >= start)
+            && self.end.is_none_or(|end| summary.start_time < end);
+        service_ok && operation_ok && tags_ok && duration_ok && errors_ok && start_ok
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct CommitPayload {
     wal_position: u64,
@@ -134,9 +164,34 @@ struct CommitPayload {
 
 /// One tantivy index with its writer and reader, committed with a WAL position.
 struct TantivyIndex {
-    writer: Mutex<IndexWriter>,
+    index: Index,
+    /// Made at the first write: a store only read (a cluster's split) has
+    /// no writer, its threads or its lock.
+    writer: Mutex<Option<IndexWriter>>,
+    memory: usize,
+    writers: Writers,
     reader: IndexReader,
     committed_position: AtomicU64,
+}
+
+/// The index writer of a [`TantivyIndex`], held.
+struct WriterGuard<'a>(std::sync::MutexGuard<'a, Option<IndexWriter>>);
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = IndexWriter;
+    fn deref(&self) -> &IndexWriter {
+        self.0
+            .as_ref()
+            .expect("TantivyIndex::writer made the writer")
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut IndexWriter {
+        self.0
+            .as_mut()
+            .expect("TantivyIndex::writer made the writer")
+    }
 }
 
 impl TantivyIndex {
@@ -149,22 +204,29 @@ impl TantivyIndex {
             .payload
             .and_then(|payload| serde_json::from_str::<CommitPayload>(&payload).ok())
             .map_or(0, |payload| payload.wal_position);
-        let writer = writers.writer(&index, memory)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         Ok(TantivyIndex {
-            writer: Mutex::new(writer),
+            index,
+            writer: Mutex::new(None),
+            memory,
+            writers,
             reader,
             committed_position: AtomicU64::new(committed_position),
         })
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
-        self.writer
+    fn writer(&self) -> Result<WriterGuard<'_>> {
+        let mut writer = self
+            .writer
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+            .unwrap_or_else(|poison| poison.into_inner());
+        if writer.is_none() {
+            *writer = Some(self.writers.writer(&self.index, self.memory)?);
+        }
+        Ok(WriterGuard(writer))
     }
 
     fn committed_position(&self) -> u64 {
@@ -172,7 +234,7 @@ impl TantivyIndex {
     }
 
     fn commit(&self, position: u64) -> Result<()> {
-        let mut writer = self.writer();
+        let mut writer = self.writer()?;
         let mut prepared = writer.prepare_commit()?;
         let payload = serde_json::to_string(&CommitPayload {
             wal_position: position,
@@ -192,7 +254,13 @@ impl TantivyIndex {
     }
 
     fn rollback(&self) {
-        if let Err(error) = self.writer().rollback() {
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(writer) = writer.as_mut()
+            && let Err(error) = writer.rollback()
+        {
             tracing::error!(%error, "failed to roll back an index writer");
         }
     }
@@ -299,7 +367,7 @@ impl SpanStore {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         let searcher = self.spans.reader.searcher();
-        let writer = self.spans.writer();
+        let writer = self.spans.writer()?;
         for (span, source) in spans {
             writer.add_document(self.to_document(&span, source))?;
             let recent = &mut *recent;
@@ -332,7 +400,7 @@ impl SpanStore {
         };
         let now = sightline_vocab::clock::now_nanos();
         let result = (|| {
-            let writer = self.summaries.writer();
+            let writer = self.summaries.writer()?;
             let mut recent = self
                 .recent
                 .lock()
@@ -401,6 +469,41 @@ impl SpanStore {
                 .then_with(|| a.span_id.cmp(&b.span_id))
         });
         Ok(spans)
+    }
+
+    /// Every committed span of the given traces, in no order.
+    pub fn traces(&self, trace_ids: &[String]) -> Result<Vec<Span>> {
+        if trace_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let terms = trace_ids.iter().map(|trace_id| {
+            Term::from_field_text(self.fields.trace_id, &trace_id.to_ascii_lowercase())
+        });
+        let limit = trace_ids
+            .len()
+            .saturating_mul(MAX_SPANS_PER_TRACE)
+            .min(1 << 20);
+        self.spans_matching(Box::new(TermSetQuery::new(terms)), limit)
+    }
+
+    /// Spans of traces that this store does not hold but its summaries
+    /// must count: a cluster split's traces that began in earlier splits.
+    /// Give them before the traces' new spans are added; the summaries
+    /// written at the next commit are then of the whole traces, as far as
+    /// they have come.
+    pub fn add_earlier_spans(&self, spans: Vec<Span>) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for span in spans {
+            recent.spans += 1;
+            recent
+                .traces
+                .entry(span.trace_id.clone())
+                .or_default()
+                .push(span);
+        }
     }
 
     /// Trace ids of spans that carry `request_id`.
@@ -565,10 +668,10 @@ impl SpanStore {
             )
         };
         self.spans
-            .writer()
+            .writer()?
             .delete_query(Box::new(older(self.fields.start_time)))?;
         self.summaries
-            .writer()
+            .writer()?
             .delete_query(Box::new(older(self.summary_fields.start_time)))?;
         Ok(())
     }
@@ -797,7 +900,7 @@ mod tests {
         for legacy in ["charge", "legacy"] {
             let mut doc = TantivyDocument::default();
             doc.add_text(store.fields.operation, operation_key("order", legacy));
-            store.spans.writer().add_document(doc).unwrap();
+            store.spans.writer().unwrap().add_document(doc).unwrap();
         }
         store.commit(1).unwrap();
         let pairs = |kind: Option<&str>| -> Vec<(String, String)> {

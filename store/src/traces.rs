@@ -51,6 +51,14 @@ pub struct TraceSummary {
 }
 
 impl TraceSummary {
+    /// The summary as a store keeps and answers it: without the search
+    /// keys (operations, tags), which only its index holds.
+    pub fn stored(mut self) -> TraceSummary {
+        self.operations = Vec::new();
+        self.tags = Vec::new();
+        self
+    }
+
     /// A trace is complete once it has a root, no orphans, and no span
     /// arrived for `idle_timeout_nanos`.
     pub fn is_complete(&self, now: i64, idle_timeout_nanos: i64) -> bool {
