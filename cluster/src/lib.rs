@@ -21,21 +21,26 @@
 //! - [`metastore`]: PostgreSQL: heartbeats, leases, the fenced publish.
 //! - [`splits`]: building, uploading and downloading splits.
 //! - [`node`]: the ownership loop that ties them together.
+//! - [`query`]: the published splits read as one store by any node
+//!   ([`ClusterReader`]), through the local split cache ([`cache`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod cache;
 pub mod log;
 pub mod metastore;
 pub mod node;
 pub mod partition;
+pub mod query;
 pub mod splits;
 
 pub use log::{ClusterLog, NatsConfig, PublishError};
 pub use metastore::{Metastore, SplitRow};
 pub use node::{Node, NodeStats};
+pub use query::ClusterReader;
 pub use splits::{ObjectStoreConfig, SplitMeta, SplitStorage};
 
 /// The `cluster:` section of the collector's config file.
@@ -64,6 +69,10 @@ pub struct ClusterConfig {
     /// partitions' leases may be taken.
     #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
     pub lease_ttl: Duration,
+    /// Bytes of published splits a node keeps on its disk for queries
+    /// (least recently used evicted first).
+    #[serde(default = "default_split_cache_bytes")]
+    pub split_cache_bytes: u64,
 }
 
 fn default_node_id() -> String {
@@ -79,6 +88,10 @@ fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_split_cache_bytes() -> u64 {
+    4 << 30
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -89,6 +102,8 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
 pub struct Cluster {
     pub log: ClusterLog,
     pub node: Node,
+    /// The published splits as one store, for the query API.
+    pub reader: std::sync::Arc<ClusterReader>,
 }
 
 impl Cluster {
@@ -105,7 +120,15 @@ impl Cluster {
             "cluster.node_id is empty: give every collector a unique name"
         );
         let log = ClusterLog::connect(&config.nats).await?;
-        let node = Node::start(config, log.clone(), work_dir, address).await?;
-        Ok(Cluster { log, node })
+        let reader = ClusterReader::connect(
+            &config.postgres,
+            SplitStorage::new(&config.object_store)?,
+            &work_dir.join("split-cache"),
+            config.split_cache_bytes,
+        )
+        .await?;
+        let reader = std::sync::Arc::new(reader);
+        let node = Node::start(config, log.clone(), work_dir, address, reader.clone()).await?;
+        Ok(Cluster { log, node, reader })
     }
 }

@@ -305,12 +305,28 @@ impl Metastore {
 
     /// Every published split, oldest sequence first.
     pub async fn splits(&self) -> anyhow::Result<Vec<SplitRow>> {
+        self.splits_where(None, None, None).await
+    }
+
+    /// The published splits holding records or spans of `[start, end)`
+    /// (either bound open when `None`), of one partition when given, oldest
+    /// sequence first.
+    pub async fn splits_where(
+        &self,
+        start: Option<i64>,
+        end: Option<i64>,
+        partition: Option<PartitionId>,
+    ) -> anyhow::Result<Vec<SplitRow>> {
+        let partition = partition.map(|partition| partition as i32);
         let rows = self
             .client()
             .query(
                 "SELECT split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes \
-                 FROM sightline_splits ORDER BY partition, from_seq",
-                &[],
+                 FROM sightline_splits \
+                 WHERE ($1::bigint IS NULL OR max_time >= $1) AND ($2::bigint IS NULL OR min_time < $2) \
+                 AND ($3::integer IS NULL OR partition = $3) \
+                 ORDER BY partition, from_seq",
+                &[&start, &end, &partition],
             )
             .await?;
         Ok(rows

@@ -28,6 +28,7 @@ use crate::ClusterConfig;
 use crate::log::{ClusterLog, Entry};
 use crate::metastore::{Lease, Metastore, PublishSplitError};
 use crate::partition::{self, PARTITIONS};
+use crate::query::ClusterReader;
 use crate::splits::{self, SplitStorage};
 
 /// What a node shares with its partition tasks.
@@ -39,6 +40,9 @@ struct Context {
     storage: SplitStorage,
     work_dir: PathBuf,
     stats: Arc<NodeStats>,
+    /// The published splits: earlier spans of a split's traces, and the
+    /// cache this node's own splits go into once published.
+    reader: Arc<ClusterReader>,
 }
 
 /// Counters of this node's ownership work (self-metrics).
@@ -128,6 +132,7 @@ impl Node {
         log: ClusterLog,
         work_dir: PathBuf,
         address: String,
+        reader: Arc<ClusterReader>,
     ) -> anyhow::Result<Node> {
         let metastore = Metastore::connect(&config.postgres).await?;
         let storage = SplitStorage::new(&config.object_store)?;
@@ -140,6 +145,7 @@ impl Node {
             storage,
             work_dir,
             stats: stats.clone(),
+            reader,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(context, address, stopped));
@@ -359,8 +365,20 @@ async fn cut_and_publish(
     let partition = lease.partition;
     let work_dir = context.work_dir.clone();
     let (epoch, owned_entries) = (lease.epoch, entries.to_vec());
+    let reader = context.reader.clone();
     let built = tokio::task::spawn_blocking(move || {
-        splits::build(&work_dir, partition, epoch, from, to, &owned_entries)
+        let earlier = |traces: &[String], since: i64| {
+            anyhow::Ok(reader.earlier_spans(partition, traces, since)?)
+        };
+        splits::build(
+            &work_dir,
+            partition,
+            epoch,
+            from,
+            to,
+            &owned_entries,
+            &earlier,
+        )
     })
     .await;
     let split = match built {
@@ -397,6 +415,8 @@ async fn cut_and_publish(
                 .entries_rejected
                 .fetch_add(split.meta.rejected, Ordering::Relaxed);
             tracing::debug!(partition, split = %split.meta.row.split_id, from, to, "published split");
+            let splits::LocalSplit { dir, meta, .. } = split;
+            context.reader.adopt(&meta.row, dir.keep()).await;
             Ok(())
         }
         Err(PublishSplitError::Fenced { .. }) => {

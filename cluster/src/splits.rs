@@ -22,7 +22,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
-use sightline_store::{Batch, LogStore, PartitionId, SpanStore, Writers};
+use sightline_store::{Batch, LogStore, PartitionId, Span, SpanStore, Writers};
 
 use crate::log::Entry;
 use crate::metastore::SplitRow;
@@ -73,9 +73,19 @@ pub struct LocalSplit {
     pub rejected: Vec<Entry>,
 }
 
+/// Spans of the given traces in the partition's earlier splits, since a
+/// time: what a split's trace summaries must count besides its own spans.
+pub type EarlierSpans<'a> = &'a dyn Fn(&[String], i64) -> anyhow::Result<Vec<Span>>;
+
+/// How far back a split's builder looks for earlier spans of its traces:
+/// a trace whose spans are further apart is summarized in parts.
+pub const TRACE_LOOKBACK_NANOS: i64 = 15 * 60 * 1_000_000_000;
+
 /// Builds the split of `entries` (all of `partition`, in sequence order)
-/// covering stream sequences `[from, to)`. Blocks: call it from a blocking
-/// thread.
+/// covering stream sequences `[from, to)`. The summary of a trace that
+/// began in an earlier split counts the spans `earlier` gives, so a trace
+/// search on whole-trace properties finds it in the newest split.
+/// Blocks: call it from a blocking thread.
 pub fn build(
     work_dir: &Path,
     partition: PartitionId,
@@ -83,6 +93,7 @@ pub fn build(
     from: u64,
     to: u64,
     entries: &[Entry],
+    earlier: EarlierSpans<'_>,
 ) -> anyhow::Result<LocalSplit> {
     std::fs::create_dir_all(work_dir)?;
     let dir = tempfile::Builder::new()
@@ -96,15 +107,34 @@ pub fn build(
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     let (mut log_count, mut span_count) = (0u64, 0u64);
     let mut rejected = Vec::new();
+    let mut decoded = Vec::with_capacity(entries.len());
     for entry in entries {
-        let batch = match Batch::decode(&entry.payload) {
-            Ok(batch) => batch,
+        match Batch::decode(&entry.payload) {
+            Ok(batch) => decoded.push((entry.sequence, batch)),
             Err(error) => {
                 tracing::warn!(partition, sequence = entry.sequence, %error, "an entry of the cluster log cannot be decoded; moved aside");
                 rejected.push(entry.clone());
-                continue;
             }
-        };
+        }
+    }
+    let mut traces = std::collections::BTreeSet::new();
+    let mut first_span = i64::MAX;
+    for (_, batch) in &decoded {
+        if let Batch::Spans(batch) = batch {
+            for span in batch {
+                traces.insert(span.trace_id.clone());
+                first_span = first_span.min(span.start_time);
+            }
+        }
+    }
+    if !traces.is_empty() {
+        let traces: Vec<String> = traces.into_iter().collect();
+        spans.add_earlier_spans(earlier(
+            &traces,
+            first_span.saturating_sub(TRACE_LOOKBACK_NANOS),
+        )?);
+    }
+    for (sequence, batch) in decoded {
         let encoded = batch.encode()?;
         match batch {
             Batch::Logs(records) => {
@@ -113,7 +143,7 @@ pub fn build(
                     max_time = max_time.max(record.timestamp);
                 }
                 log_count += records.len() as u64;
-                logs.add_encoded(entry.sequence, records.into_iter().zip(encoded.sources()))?;
+                logs.add_encoded(sequence, records.into_iter().zip(encoded.sources()))?;
             }
             Batch::Spans(batch) => {
                 for span in &batch {
@@ -121,7 +151,7 @@ pub fn build(
                     max_time = max_time.max(span.start_time);
                 }
                 span_count += batch.len() as u64;
-                spans.add_encoded(entry.sequence, batch.into_iter().zip(encoded.sources()))?;
+                spans.add_encoded(sequence, batch.into_iter().zip(encoded.sources()))?;
             }
         }
     }

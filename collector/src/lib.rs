@@ -145,7 +145,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
     let addresses = listeners.addresses;
     // Cluster mode: receivers publish to the partitioned log; this node
     // owns the partitions rendezvous hashing gives it.
-    let (ingest, cluster) = match cluster_config(&metrics_config, &config.cluster)? {
+    let (ingest, cluster, reading) = match cluster_config(&metrics_config, &config.cluster)? {
         Some(cluster_config) => {
             let cluster = sightline_cluster::Cluster::start(
                 cluster_config,
@@ -155,13 +155,25 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             .await
             .context("failed to start cluster mode")?;
             tracing::info!("cluster mode: ingest goes to the partitioned log");
-            telemetry.set_cluster(cluster.node.stats.clone());
+            telemetry.set_cluster(cluster.node.stats.clone(), cluster.reader.cache_stats());
+            // Queries read the published splits, from whichever node.
+            let reading = Reading {
+                logs: cluster.reader.clone(),
+                spans: cluster.reader,
+            };
             (
                 ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
                 Some(cluster.node),
+                reading,
             )
         }
-        None => (ingest, None),
+        None => {
+            let reading = Reading {
+                logs: stores.logs.clone(),
+                spans: stores.spans.clone(),
+            };
+            (ingest, None, reading)
+        }
     };
     let (stop, stopped) = watch::channel(false);
     let retention = tokio::spawn(retention::retention_loop(
@@ -193,6 +205,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         auth,
         tls,
         stores,
+        reading,
         metrics: metrics.clone(),
         telemetry,
         reloader: reloader.clone(),
@@ -300,6 +313,14 @@ fn cluster_config(
         "cluster mode needs a PostgreSQL URL: cluster.postgres or SIGHTLINE_CLUSTER_POSTGRES_URL"
     );
     Ok(Some(cluster))
+}
+
+/// What the query API reads: the stores, or in cluster mode the
+/// published splits.
+#[derive(Clone)]
+pub(crate) struct Reading {
+    pub(crate) logs: Arc<dyn sightline_store::LogReader>,
+    pub(crate) spans: Arc<dyn sightline_store::SpanReader>,
 }
 
 /// The stores under the data directory.

@@ -95,7 +95,10 @@ pub struct CollectorMetrics {
     /// Unix seconds of the last successful (re)load, as `f64` bits.
     config_reload_success_seconds: AtomicU64,
     /// Cluster mode's partition ownership counters.
-    cluster: std::sync::OnceLock<std::sync::Arc<sightline_cluster::NodeStats>>,
+    cluster: std::sync::OnceLock<(
+        std::sync::Arc<sightline_cluster::NodeStats>,
+        std::sync::Arc<sightline_cluster::cache::CacheStats>,
+    )>,
 }
 
 /// Sizes read from disk when `/metrics` is scraped.
@@ -286,15 +289,20 @@ impl CollectorMetrics {
                 &[(None, reload_seconds)],
             );
         }
-        if let Some(cluster) = self.cluster.get() {
-            out.push_str(&cluster.render());
+        if let Some((node, cache)) = self.cluster.get() {
+            out.push_str(&node.render());
+            out.push_str(&cache.render());
         }
         out
     }
 
     /// Exposes cluster mode's counters with the collector's.
-    pub fn set_cluster(&self, stats: std::sync::Arc<sightline_cluster::NodeStats>) {
-        let _ = self.cluster.set(stats);
+    pub fn set_cluster(
+        &self,
+        node: std::sync::Arc<sightline_cluster::NodeStats>,
+        cache: std::sync::Arc<sightline_cluster::cache::CacheStats>,
+    ) {
+        let _ = self.cluster.set((node, cache));
     }
 
     /// Counts records and spans acknowledged in cluster mode (published to

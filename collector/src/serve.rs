@@ -97,6 +97,7 @@ pub(crate) struct Parts {
     pub(crate) auth: Auth,
     pub(crate) tls: Option<ServerTls>,
     pub(crate) stores: Stores,
+    pub(crate) reading: crate::Reading,
     pub(crate) metrics: Arc<MetricsPipeline>,
     pub(crate) telemetry: Arc<CollectorMetrics>,
     pub(crate) reloader: Reloader,
@@ -138,6 +139,7 @@ pub(crate) fn serve(
         auth,
         tls,
         stores,
+        reading,
         metrics,
         telemetry,
         reloader,
@@ -176,8 +178,8 @@ pub(crate) fn serve(
     };
     let probe_routes = probes(ingest.pipeline().clone(), ingest.cluster_log());
     let router = sightline_query_ui::router(QueryState {
-        logs: stores.logs,
-        spans: stores.spans,
+        logs: reading.logs,
+        spans: reading.spans,
         metrics: stores.metrics,
         rules: metrics.rules(),
         dashboards,

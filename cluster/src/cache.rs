@@ -1,0 +1,316 @@
+//! The split cache: published splits downloaded from object storage and
+//! kept open on the local disk, at most `split_cache_bytes` of them, the
+//! least recently used going first.
+//!
+//! A split is immutable, so a cached copy never goes stale. Each download
+//! lands in a directory of its own; a split evicted while a query still
+//! reads it stays until that query lets go of it (its files are removed
+//! when the last handle drops). The directory is emptied at start: what a
+//! previous process left is not trusted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use sightline_store::{LogStore, SpanStore, Writers};
+use tokio::sync::OnceCell;
+
+use crate::metastore::SplitRow;
+use crate::splits::SplitStorage;
+
+/// A split open for reading.
+pub struct OpenSplit {
+    pub row: SplitRow,
+    pub logs: LogStore,
+    pub spans: SpanStore,
+    dir: PathBuf,
+    /// Its size on the local disk.
+    bytes: u64,
+}
+
+impl Drop for OpenSplit {
+    fn drop(&mut self) {
+        // Out of the cache and no query holds it any more. (The stores'
+        // files are mapped; unlinking mapped files is fine on Unix.)
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not remove an evicted split");
+        }
+    }
+}
+
+/// Counters of the split cache (self-metrics).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub downloaded_bytes: AtomicU64,
+    /// Bytes of the splits the cache holds now.
+    pub bytes: AtomicU64,
+    pub splits: AtomicU64,
+}
+
+impl CacheStats {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "sightline_cluster_split_cache_hits_total",
+                "counter",
+                "Split opens answered from the local split cache.",
+                load(&self.hits),
+            ),
+            (
+                "sightline_cluster_split_cache_misses_total",
+                "counter",
+                "Split opens that downloaded the split from object storage.",
+                load(&self.misses),
+            ),
+            (
+                "sightline_cluster_split_cache_evictions_total",
+                "counter",
+                "Splits evicted from the local split cache.",
+                load(&self.evictions),
+            ),
+            (
+                "sightline_cluster_split_cache_downloaded_bytes_total",
+                "counter",
+                "Bytes of splits downloaded from object storage.",
+                load(&self.downloaded_bytes),
+            ),
+            (
+                "sightline_cluster_split_cache_bytes",
+                "gauge",
+                "Bytes of the splits the local split cache holds.",
+                load(&self.bytes),
+            ),
+            (
+                "sightline_cluster_split_cache_splits",
+                "gauge",
+                "Splits the local split cache holds.",
+                load(&self.splits),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
+struct Slot {
+    split: Arc<OnceCell<Arc<OpenSplit>>>,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_id: HashMap<String, Slot>,
+    clock: u64,
+}
+
+/// Open splits on the local disk, bounded in bytes.
+pub struct SplitCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    storage: SplitStorage,
+    slots: Mutex<Slots>,
+    downloads: AtomicU64,
+    pub stats: Arc<CacheStats>,
+}
+
+impl SplitCache {
+    /// A cache in `dir` (emptied first) of at most `max_bytes`.
+    pub fn new(dir: &Path, max_bytes: u64, storage: SplitStorage) -> anyhow::Result<SplitCache> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("failed to empty the split cache {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to make the split cache {}", dir.display()))?;
+        Ok(SplitCache {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            storage,
+            slots: Mutex::new(Slots::default()),
+            downloads: AtomicU64::new(0),
+            stats: Arc::new(CacheStats::default()),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The split, from the cache or downloaded into it. Concurrent opens
+    /// of one split download it once.
+    pub async fn open(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
+        let cell = {
+            let mut slots = self.slots();
+            slots.clock += 1;
+            let used = slots.clock;
+            let slot = slots
+                .by_id
+                .entry(row.split_id.clone())
+                .or_insert_with(|| Slot {
+                    split: Arc::new(OnceCell::new()),
+                    used,
+                });
+            slot.used = used;
+            slot.split.clone()
+        };
+        if let Some(split) = cell.get() {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(split.clone());
+        }
+        let loaded = cell.get_or_try_init(|| self.load(row)).await;
+        match loaded {
+            Ok(split) => {
+                let split = split.clone();
+                self.evict().await;
+                Ok(split)
+            }
+            Err(error) => {
+                let mut slots = self.slots();
+                if slots
+                    .by_id
+                    .get(&row.split_id)
+                    .is_some_and(|slot| !slot.split.initialized())
+                {
+                    slots.by_id.remove(&row.split_id);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes `local`, the directory of a split this node built and
+    /// published, into the cache (moved, not copied), unless it is there.
+    pub async fn adopt(&self, row: &SplitRow, local: PathBuf) -> anyhow::Result<()> {
+        let cell = {
+            let mut slots = self.slots();
+            slots.clock += 1;
+            let used = slots.clock;
+            let slot = slots
+                .by_id
+                .entry(row.split_id.clone())
+                .or_insert_with(|| Slot {
+                    split: Arc::new(OnceCell::new()),
+                    used,
+                });
+            slot.split.clone()
+        };
+        let dir = self.next_dir(row);
+        let moved = tokio::fs::rename(&local, &dir).await;
+        if let Err(error) = moved {
+            let _ = tokio::fs::remove_dir_all(&local).await;
+            return Err(error.into());
+        }
+        let adopted = cell
+            .get_or_try_init(|| self.open_dir(row.clone(), dir.clone()))
+            .await
+            .map(drop);
+        if !cell.initialized() || adopted.is_err() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        self.evict().await;
+        adopted
+    }
+
+    fn next_dir(&self, row: &SplitRow) -> PathBuf {
+        let n = self.downloads.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{}-{n}", row.split_id))
+    }
+
+    async fn load(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let dir = self.next_dir(row);
+        let downloaded = self.storage.download(&row.split_id, &dir).await;
+        if let Err(error) = downloaded {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(error);
+        }
+        let opened = self.open_dir(row.clone(), dir).await?;
+        self.stats
+            .downloaded_bytes
+            .fetch_add(opened.bytes, Ordering::Relaxed);
+        Ok(opened)
+    }
+
+    /// Opens the split in `dir` (removed if it cannot be opened).
+    async fn open_dir(&self, row: SplitRow, dir: PathBuf) -> anyhow::Result<Arc<OpenSplit>> {
+        let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<OpenSplit> {
+            let bytes = sightline_store::dir_size(&dir);
+            let open = || -> sightline_store::Result<(LogStore, SpanStore)> {
+                Ok((
+                    LogStore::open_with(&dir.join("logs"), Writers::Small)?,
+                    SpanStore::open_with(&dir.join("spans"), Writers::Small)?,
+                ))
+            };
+            match open() {
+                Ok((logs, spans)) => Ok(OpenSplit {
+                    row,
+                    logs,
+                    spans,
+                    dir,
+                    bytes,
+                }),
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    Err(anyhow::Error::from(error)
+                        .context(format!("split {} cannot be opened", row.split_id)))
+                }
+            }
+        })
+        .await??;
+        Ok(Arc::new(opened))
+    }
+
+    /// Evicts the least recently used splits past the byte bound (the most
+    /// recent one stays, however big).
+    async fn evict(&self) {
+        let evicted = {
+            let mut slots = self.slots();
+            let mut loaded: Vec<(u64, String, u64)> = slots
+                .by_id
+                .iter()
+                .filter_map(|(id, slot)| {
+                    let split = slot.split.get()?;
+                    Some((slot.used, id.clone(), split.bytes))
+                })
+                .collect();
+            let mut total: u64 = loaded.iter().map(|(_, _, bytes)| bytes).sum();
+            loaded.sort();
+            let mut evicted = Vec::new();
+            let keep = loaded.len().saturating_sub(1);
+            for (_, id, bytes) in loaded.into_iter().take(keep) {
+                if total <= self.max_bytes {
+                    break;
+                }
+                if let Some(slot) = slots.by_id.remove(&id) {
+                    total -= bytes;
+                    evicted.push(slot.split);
+                }
+            }
+            self.stats.bytes.store(total, Ordering::Relaxed);
+            self.stats
+                .splits
+                .store(slots.by_id.len() as u64, Ordering::Relaxed);
+            evicted
+        };
+        if !evicted.is_empty() {
+            self.stats
+                .evictions
+                .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+            // Removing files blocks.
+            let _ = tokio::task::spawn_blocking(move || drop(evicted)).await;
+        }
+    }
+}

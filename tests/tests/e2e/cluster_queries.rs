@@ -1,0 +1,404 @@
+//! Queries over a cluster's published splits (issue 20): the same dataset
+//! sent to an embedded collector and to a 3-node cluster on real NATS,
+//! PostgreSQL and S3; a catalogue of log searches (pages followed by
+//! cursor), histograms, terms, context, traces, trace searches on
+//! whole-trace properties (a trace whose late span landed in a later
+//! split among them), request stories, services and operations gives the
+//! same answers from every node as from the embedded collector.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sightline_cluster::Metastore;
+use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings};
+use sightline_tests::{CollectorProcess, poll_until};
+
+const MS: i64 = 1_000_000;
+const SERVICES: [&str; 4] = ["gateway", "checkout", "payment", "inventory"];
+const SEVERITIES: [&str; 4] = ["INFO", "WARN", "ERROR", "DEBUG"];
+const RECORDS: i64 = 240;
+
+fn trace_id(n: usize) -> String {
+    format!("{:032x}", 0x5e1u128 << 80 | n as u128)
+}
+
+/// Records `0..RECORDS`, 250 ms apart from `base`, over four services of
+/// three pods each; some carry a trace id and a request id.
+fn logs_payload(base: i64, ids: std::ops::Range<i64>) -> Value {
+    let mut by_stream: std::collections::BTreeMap<(usize, i64), Vec<Value>> = Default::default();
+    for i in ids {
+        let service = (i % 4) as usize;
+        let mut attributes = vec![
+            json!({"key": "order_id", "value": {"stringValue": format!("o-{}", i % 20)}}),
+            json!({"key": "amount", "value": {"doubleValue": (i % 50) as f64 + 0.5}}),
+        ];
+        let mut record = json!({
+            "timeUnixNano": (base + i * 250 * MS).to_string(),
+            "severityText": SEVERITIES[(i % 4) as usize],
+            "body": {"stringValue": format!("order {} step {}", i % 20, i % 5)},
+        });
+        if i % 6 == 0 {
+            let trace = (i / 6) as usize % 6;
+            record["traceId"] = json!(trace_id(trace));
+            attributes.push(
+                json!({"key": "request_id", "value": {"stringValue": format!("req-{trace}")}}),
+            );
+        }
+        record["attributes"] = json!(attributes);
+        by_stream.entry((service, i % 3)).or_default().push(record);
+    }
+    let resource_logs: Vec<Value> = by_stream
+        .into_iter()
+        .map(|((service, pod), records)| {
+            json!({
+                "resource": {"attributes": [
+                    {"key": "service.name", "value": {"stringValue": SERVICES[service]}},
+                    {"key": "k8s.pod.name", "value": {"stringValue": format!("{}-{pod}", SERVICES[service])}},
+                ]},
+                "scopeLogs": [{"scope": {}, "logRecords": records}],
+            })
+        })
+        .collect();
+    json!({ "resourceLogs": resource_logs })
+}
+
+/// Spans of six traces through the services (the third has an error), or
+/// with `late`, the last span of trace 5: it starts 2 s after the rest and
+/// takes 3 s, so the trace lasts ~5 s only once it is there.
+fn spans_payload(base: i64, late: bool) -> Value {
+    let mut resource_spans = Vec::new();
+    for (s, service) in SERVICES.iter().enumerate() {
+        let mut spans = Vec::new();
+        for t in 0..6usize {
+            let start = base + (t as i64) * 7_000 * MS + (s as i64) * 10 * MS;
+            let is_late = t == 5 && s == 3;
+            if is_late != late {
+                continue;
+            }
+            let (start, duration) = if is_late {
+                (start + 2_000 * MS, 3_000 * MS)
+            } else {
+                (start, (100 - s as i64 * 20) * MS)
+            };
+            let mut span = json!({
+                "traceId": trace_id(t),
+                "spanId": format!("{:016x}", (t << 8 | s) + 1),
+                "name": format!("{service} work"),
+                "kind": if s == 0 { 2 } else { 3 },
+                "startTimeUnixNano": start.to_string(),
+                "endTimeUnixNano": (start + duration).to_string(),
+                "attributes": [{"key": "request_id", "value": {"stringValue": format!("req-{t}")}}],
+            });
+            if s > 0 {
+                span["parentSpanId"] = json!(format!("{:016x}", (t << 8) + 1));
+            }
+            if t == 2 && s == 2 {
+                span["status"] = json!({"code": 2, "message": "card declined"});
+            }
+            spans.push(span);
+        }
+        if !spans.is_empty() {
+            resource_spans.push(json!({
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeSpans": [{"scope": {}, "spans": spans}],
+            }));
+        }
+    }
+    json!({ "resourceSpans": resource_spans })
+}
+
+async fn post(http: &reqwest::Client, collector: &CollectorProcess, path: &str, body: &Value) {
+    poll_until("a batch acknowledged", Duration::from_secs(30), || async {
+        let response = http
+            .post(collector.otlp_http_url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(response.status().is_success().then_some(()))
+    })
+    .await;
+}
+
+/// Waits until the published splits hold `logs` records and `spans` spans.
+async fn wait_published(metastore: &Metastore, logs: u64, spans: u64) {
+    poll_until("the dataset published", Duration::from_secs(90), || async {
+        let splits = metastore.splits().await.map_err(|e| e.to_string())?;
+        let published: (u64, u64) = splits
+            .iter()
+            .fold((0, 0), |(l, s), split| (l + split.logs, s + split.spans));
+        if published.0 >= logs && published.1 >= spans {
+            Ok(Some(()))
+        } else {
+            Err(format!("published {published:?} of ({logs}, {spans})"))
+        }
+    })
+    .await;
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {body}");
+    body
+}
+
+/// What may differ between stores holding the same records: record ids
+/// and cursors (sequences are the WAL's or the stream's), when each
+/// collector received a record, and when a summary was last updated.
+fn normalized(mut value: Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for key in ["id", "observed_timestamp", "updated_at", "complete"] {
+                    map.remove(key);
+                }
+                if let Some(cursor) = map.get_mut("next_cursor") {
+                    *cursor = json!(!cursor.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
+}
+
+/// Every record of a search, following its cursor page by page.
+async fn all_pages(http: &reqwest::Client, collector: &CollectorProcess, query: &str) -> Value {
+    let mut records = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = format!("/api/logs?{query}&limit=37");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = get_json(http, &collector.url(&url)).await;
+        records.extend(page["records"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return normalized(Value::Array(records)),
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+/// The catalogue's answers from one collector, by query.
+async fn answers(
+    http: &reqwest::Client,
+    collector: &CollectorProcess,
+    base: i64,
+) -> Vec<(String, Value)> {
+    let (start, end) = (base - 1_000 * MS, base + 120_000 * MS);
+    let range = format!("start={start}&end={end}");
+    let mut answers = Vec::new();
+    for path in [
+        format!("/api/logs?{range}&limit=50"),
+        format!("/api/logs?q=severity:ERROR&{range}&limit=1000"),
+        format!("/api/logs?q=service:checkout%20AND%20amount:%3E20&{range}&limit=1000"),
+        format!("/api/logs?q=%22step%202%22&{range}&limit=1000"),
+        format!("/api/logs?q=order_id:o-3%20OR%20request_id:req-4&{range}&limit=1000"),
+        format!("/api/logs/histogram?{range}&interval=5s"),
+        format!("/api/logs/histogram?q=severity:WARN%20OR%20severity:ERROR&{range}&interval=7s"),
+        format!("/api/logs/terms?field=service&{range}"),
+        format!("/api/logs/terms?field=order_id&q=severity:INFO&{range}"),
+        "/api/services".to_string(),
+        "/api/services/payment/operations".to_string(),
+        "/api/v3/operations?service=checkout".to_string(),
+        "/api/trace-search?service=payment&limit=20".to_string(),
+        "/api/trace-search?errors=true".to_string(),
+        // Only trace 5, once its late span (in a later split) is counted.
+        "/api/trace-search?min_duration=4s".to_string(),
+        "/api/trace-search?service=inventory&max_duration=500ms".to_string(),
+        "/api/requests/req-2".to_string(),
+        format!("/api/requests/{}", trace_id(5)),
+    ]
+    .into_iter()
+    .chain((0..6).map(|t| format!("/api/traces/{}", trace_id(t))))
+    {
+        let body = get_json(http, &collector.url(&path)).await;
+        answers.push((path, normalized(body)));
+    }
+    answers.push((
+        "all pages of `severity:INFO OR severity:DEBUG`".into(),
+        all_pages(
+            http,
+            collector,
+            &format!("q=severity:INFO%20OR%20severity:DEBUG&{range}"),
+        )
+        .await,
+    ));
+    // Context of one record, found by each collector under its own id.
+    let anchor = get_json(
+        http,
+        &collector.url(&format!(
+            "/api/logs?q=order_id:o-7%20AND%20service:inventory&{range}&limit=1"
+        )),
+    )
+    .await;
+    let id = anchor["records"][0]["id"]
+        .as_str()
+        .expect("the anchor record")
+        .to_string();
+    answers.push((
+        "context of the newest `order_id:o-7` record of inventory".into(),
+        normalized(
+            get_json(
+                http,
+                &collector.url(&format!("/api/logs/context/{id}?before=4&after=4")),
+            )
+            .await,
+        ),
+    ));
+    answers
+}
+
+/// Where two answers first differ, as a JSON path with both values.
+fn first_difference(want: &Value, have: &Value, path: String) -> Option<String> {
+    match (want, have) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|key| {
+                first_difference(
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    format!("{path}.{key}"),
+                )
+            })
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(a, b, format!("{path}[{i}]"))),
+        (Value::Array(a), Value::Array(b)) => Some(format!(
+            "{path}: {} items expected, {} given; expected {want}, given {have}",
+            a.len(),
+            b.len()
+        )),
+        _ if want == have => None,
+        _ => Some(format!("{path}: expected {want}, given {have}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_as_an_embedded_collector_does() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(
+            engines
+                .start_collector(&format!("c{n}"), dir.path(), &ClusterSettings::default())
+                .await,
+        );
+    }
+    let embedded = CollectorProcess::start(&dir.path().join("embedded"), &[]).await;
+    eprintln!("the embedded collector is at {}", embedded.url("/"));
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let base = now - 600_000 * MS;
+
+    // The same batches to the embedded collector and, spread, to the nodes.
+    for (n, chunk) in [0..80, 80..160, 160..RECORDS].into_iter().enumerate() {
+        let payload = logs_payload(base, chunk);
+        post(&http, &embedded, "/v1/logs", &payload).await;
+        post(&http, &nodes[n], "/v1/logs", &payload).await;
+    }
+    let spans = spans_payload(base, false);
+    post(&http, &embedded, "/v1/traces", &spans).await;
+    post(&http, &nodes[1], "/v1/traces", &spans).await;
+    // Trace 5's late span comes once the rest of it is in a published split.
+    wait_published(&metastore, RECORDS as u64, 23).await;
+    let late = spans_payload(base, true);
+    post(&http, &embedded, "/v1/traces", &late).await;
+    post(&http, &nodes[2], "/v1/traces", &late).await;
+    wait_published(&metastore, RECORDS as u64, 24).await;
+    let splits = metastore.splits().await.unwrap();
+    let late_trace = sightline_cluster::partition::of_trace(&trace_id(5));
+    assert!(
+        splits
+            .iter()
+            .filter(|split| split.partition == late_trace && split.spans > 0)
+            .count()
+            >= 2,
+        "trace 5 is cut across two splits: {splits:?}"
+    );
+    poll_until(
+        "the embedded collector has searchable data",
+        Duration::from_secs(30),
+        || async {
+            let page = get_json(&http, &embedded.url("/api/logs?limit=1")).await;
+            let trace = http
+                .get(embedded.url(&format!("/api/traces/{}", trace_id(5))))
+                .send()
+                .await;
+            let spans = match trace {
+                Ok(response) if response.status().is_success() => {
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    body["data"][0]["spans"].as_array().map_or(0, Vec::len)
+                }
+                _ => 0,
+            };
+            if page["total_hits"] == RECORDS && spans == 4 {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "{} records, trace 5 has {spans} spans",
+                    page["total_hits"]
+                ))
+            }
+        },
+    )
+    .await;
+
+    let expected = answers(&http, &embedded, base).await;
+    // The catalogue means something: the answers are not empty.
+    let find = |path: &str| {
+        &expected
+            .iter()
+            .find(|(p, _)| p.starts_with(path))
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        find("/api/logs?q=severity:ERROR")["total_hits"],
+        RECORDS / 4
+    );
+    assert_eq!(
+        find("/api/trace-search?min_duration=4s")["traces"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        find("/api/trace-search?errors=true")["traces"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        find("all pages").as_array().unwrap().len(),
+        (RECORDS / 2) as usize,
+        "every INFO and DEBUG record, page by page"
+    );
+    for (n, node) in nodes.iter().enumerate() {
+        let got = answers(&http, node, base).await;
+        for ((path, want), (_, have)) in expected.iter().zip(&got) {
+            if let Some(difference) = first_difference(want, have, String::new()) {
+                panic!(
+                    "node c{n} answers {path} differently from the embedded collector: {difference}"
+                );
+            }
+        }
+    }
+}
