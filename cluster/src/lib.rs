@@ -21,6 +21,8 @@
 //! - [`metastore`]: PostgreSQL: heartbeats, leases, the fenced publish.
 //! - [`splits`]: building, uploading and downloading splits.
 //! - [`node`]: the ownership loop that ties them together.
+//! - `lifecycle`: retention of splits and the janitor of orphaned uploads,
+//!   run by every node.
 //! - [`query`]: the published splits read as one store by any node
 //!   ([`ClusterReader`]), through the local split cache ([`cache`]).
 
@@ -30,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub mod cache;
+mod lifecycle;
 pub mod log;
 pub mod metastore;
 pub mod node;
@@ -73,6 +76,18 @@ pub struct ClusterConfig {
     /// (least recently used evicted first).
     #[serde(default = "default_split_cache_bytes")]
     pub split_cache_bytes: u64,
+    /// How often each node runs retention and the janitor.
+    #[serde(default = "default_lifecycle_interval", deserialize_with = "duration")]
+    pub lifecycle_interval: Duration,
+    /// How long a split past retention stays readable after it was retired
+    /// (longer than a query runs) before its row and objects are deleted.
+    #[serde(default = "default_retired_grace", deserialize_with = "duration")]
+    pub retired_grace: Duration,
+    /// How old a split's objects without a row must be before the janitor
+    /// deletes them (an upload whose publish failed). Longer than an upload
+    /// and its publish take, retries included.
+    #[serde(default = "default_orphan_grace", deserialize_with = "duration")]
+    pub orphan_grace: Duration,
 }
 
 fn default_node_id() -> String {
@@ -90,6 +105,15 @@ fn default_lease_ttl() -> Duration {
 
 fn default_split_cache_bytes() -> u64 {
     4 << 30
+}
+fn default_lifecycle_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retired_grace() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(60 * 60)
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -109,11 +133,13 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to NATS, PostgreSQL and the object store and starts taking
     /// partitions. `work_dir` holds splits while they are cut; `address` is
-    /// where this node's API listens (listed with its heartbeat).
+    /// where this node's API listens (listed with its heartbeat); splits
+    /// whose newest record is older than `retention` are deleted.
     pub async fn start(
         config: ClusterConfig,
         work_dir: PathBuf,
         address: String,
+        retention: Duration,
     ) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             !config.node_id.is_empty(),
@@ -128,7 +154,15 @@ impl Cluster {
         )
         .await?;
         let reader = std::sync::Arc::new(reader);
-        let node = Node::start(config, log.clone(), work_dir, address, reader.clone()).await?;
+        let node = Node::start(
+            config,
+            log.clone(),
+            work_dir,
+            address,
+            reader.clone(),
+            retention,
+        )
+        .await?;
         Ok(Cluster { log, node, reader })
     }
 }

@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS sightline_splits (
     published_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS sightline_splits_time ON sightline_splits (max_time, min_time);
+ALTER TABLE sightline_splits ADD COLUMN IF NOT EXISTS retired_at timestamptz;
 ";
 
 impl Metastore {
@@ -323,7 +324,8 @@ impl Metastore {
             .query(
                 "SELECT split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes \
                  FROM sightline_splits \
-                 WHERE ($1::bigint IS NULL OR max_time >= $1) AND ($2::bigint IS NULL OR min_time < $2) \
+                 WHERE retired_at IS NULL \
+                 AND ($1::bigint IS NULL OR max_time >= $1) AND ($2::bigint IS NULL OR min_time < $2) \
                  AND ($3::integer IS NULL OR partition = $3) \
                  ORDER BY partition, from_seq",
                 &[&start, &end, &partition],
@@ -343,6 +345,57 @@ impl Metastore {
                 bytes: row.get::<_, i64>(8) as u64,
             })
             .collect())
+    }
+
+    /// Retires the live splits whose newest record or span is older than
+    /// `retention` by PostgreSQL's clock: queries stop listing them now,
+    /// [`Metastore::delete_retired`] removes them after a grace period.
+    /// Returns how many. Safe on several nodes at once.
+    pub async fn retire_older_than(&self, retention: Duration) -> anyhow::Result<u64> {
+        let nanos = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        Ok(self
+            .client()
+            .execute(
+                "UPDATE sightline_splits SET retired_at = now() \
+                 WHERE retired_at IS NULL \
+                 AND max_time < (extract(epoch FROM now()) * 1e9)::bigint - $1",
+                &[&nanos],
+            )
+            .await?)
+    }
+
+    /// Deletes the rows of splits retired more than `grace` ago (longer
+    /// than a query runs, so none still reads them) and returns their ids,
+    /// whose objects the caller deletes. Each row is returned to one
+    /// caller only, whichever nodes run this at once.
+    pub async fn delete_retired(&self, grace: Duration) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client()
+            .query(
+                "DELETE FROM sightline_splits \
+                 WHERE retired_at < now() - make_interval(secs => $1) RETURNING split_id",
+                &[&grace.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Which of `split_ids` have a row, live or retired.
+    pub async fn known_splits(&self, split_ids: &[String]) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT split_id FROM sightline_splits WHERE split_id = ANY($1)",
+                &[&split_ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// PostgreSQL's clock, the cluster's one clock.
+    pub async fn now(&self) -> anyhow::Result<std::time::SystemTime> {
+        let row = self.client().query_one("SELECT now()", &[]).await?;
+        Ok(row.get(0))
     }
 
     /// Each partition's owner (if any), epoch and checkpoint.

@@ -32,14 +32,14 @@ use crate::query::ClusterReader;
 use crate::splits::{self, SplitStorage};
 
 /// What a node shares with its partition tasks.
-struct Context {
-    node_id: String,
-    config: ClusterConfig,
-    log: ClusterLog,
-    metastore: Metastore,
-    storage: SplitStorage,
-    work_dir: PathBuf,
-    stats: Arc<NodeStats>,
+pub(crate) struct Context {
+    pub(crate) node_id: String,
+    pub(crate) config: ClusterConfig,
+    pub(crate) log: ClusterLog,
+    pub(crate) metastore: Metastore,
+    pub(crate) storage: SplitStorage,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) stats: Arc<NodeStats>,
     /// The published splits: earlier spans of a split's traces, and the
     /// cache this node's own splits go into once published.
     reader: Arc<ClusterReader>,
@@ -58,6 +58,11 @@ pub struct NodeStats {
     /// Cut, upload or publish attempts that failed and are retried.
     pub publish_retries: AtomicU64,
     pub partitions_owned: AtomicU64,
+    /// Splits retired past retention, and deleted after their grace.
+    pub splits_retired: AtomicU64,
+    pub splits_deleted: AtomicU64,
+    /// Orphaned uploads (objects without a row) the janitor deleted.
+    pub orphans_deleted: AtomicU64,
 }
 
 impl NodeStats {
@@ -97,6 +102,24 @@ impl NodeStats {
                 load(&self.publish_retries),
             ),
             (
+                "sightline_cluster_splits_retired_total",
+                "counter",
+                "Splits this node retired past retention.",
+                load(&self.splits_retired),
+            ),
+            (
+                "sightline_cluster_splits_deleted_total",
+                "counter",
+                "Retired splits this node deleted (row and objects).",
+                load(&self.splits_deleted),
+            ),
+            (
+                "sightline_cluster_orphans_deleted_total",
+                "counter",
+                "Uploads without a published row that this node's janitor deleted.",
+                load(&self.orphans_deleted),
+            ),
+            (
                 "sightline_cluster_partitions_owned",
                 "gauge",
                 "Partitions this node owns.",
@@ -133,6 +156,7 @@ impl Node {
         work_dir: PathBuf,
         address: String,
         reader: Arc<ClusterReader>,
+        retention: Duration,
     ) -> anyhow::Result<Node> {
         let metastore = Metastore::connect(&config.postgres).await?;
         let storage = SplitStorage::new(&config.object_store)?;
@@ -148,6 +172,11 @@ impl Node {
             reader,
         });
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::lifecycle::run(
+            context.clone(),
+            retention,
+            stopped.clone(),
+        ));
         let task = tokio::spawn(run(context, address, stopped));
         Ok(Node { stop, task, stats })
     }

@@ -287,14 +287,46 @@ impl SplitStorage {
         Ok(())
     }
 
-    /// Deletes a split's objects (one that lost its publish).
+    /// Deletes a split's objects (one that lost its publish, or retired).
+    /// Objects already gone (another node deleting them too) are fine.
     pub async fn delete(&self, split_id: &str) -> anyhow::Result<()> {
         let prefix = ObjectPath::from(self.split_path(split_id).as_str());
         let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         for object in objects {
-            self.store.delete(&object.location).await?;
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(())
+    }
+
+    /// Every split id with objects in the bucket, with when its newest
+    /// object was written.
+    pub async fn stored_splits(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, std::time::SystemTime>> {
+        let base = format!("{}splits/", self.prefix);
+        let prefix = ObjectPath::from(base.as_str());
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut splits = std::collections::BTreeMap::new();
+        for object in objects {
+            let key = object.location.to_string();
+            let Some(split_id) = key
+                .strip_prefix(&base)
+                .and_then(|rest| rest.split('/').next())
+            else {
+                continue;
+            };
+            let written: std::time::SystemTime = object.last_modified.into();
+            let newest = splits
+                .entry(split_id.to_string())
+                .or_insert(std::time::UNIX_EPOCH);
+            if written > *newest {
+                *newest = written;
+            }
+        }
+        Ok(splits)
     }
 
     /// Downloads a split into `dir` and returns its metadata; open its

@@ -151,6 +151,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 cluster_config,
                 config.data_dir.join("cluster"),
                 addresses.http.to_string(),
+                config.retention,
             )
             .await
             .context("failed to start cluster mode")?;

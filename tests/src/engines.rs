@@ -1204,6 +1204,10 @@ pub struct ClusterSettings {
     pub stream_bytes: u64,
     pub split_interval: String,
     pub lease_ttl: &'static str,
+    /// More lines of the `cluster:` section (`lifecycle_interval: 1s\n`).
+    pub extra: String,
+    /// More arguments of the collector (`--retention`).
+    pub args: Vec<String>,
 }
 
 impl Default for ClusterSettings {
@@ -1212,6 +1216,8 @@ impl Default for ClusterSettings {
             stream_bytes: 256 << 20,
             split_interval: "1s".into(),
             lease_ttl: "3s",
+            extra: String::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -1235,7 +1241,7 @@ impl ClusterEngines {
             .map(|url| format!("\"{url}\""))
             .collect();
         let text = format!(
-            "node_id: {node_id}\nnats:\n  servers: [{}]\n  replicas: 3\n  max_bytes: {}\nobject_store:\n  endpoint: \"{}\"\n  bucket: {}\n  region: {}\nsplit_interval: {}\nlease_ttl: {}\n",
+            "node_id: {node_id}\nnats:\n  servers: [{}]\n  replicas: 3\n  max_bytes: {}\nobject_store:\n  endpoint: \"{}\"\n  bucket: {}\n  region: {}\nsplit_interval: {}\nlease_ttl: {}\n{}",
             servers.join(", "),
             settings.stream_bytes,
             self.s3.endpoint(),
@@ -1243,6 +1249,7 @@ impl ClusterEngines {
             self.s3.region(),
             settings.split_interval,
             settings.lease_ttl,
+            settings.extra,
         );
         std::fs::create_dir_all(dir).expect("the config directory");
         let path = dir.join(format!("{node_id}.cluster.yml"));
@@ -1281,12 +1288,9 @@ impl ClusterEngines {
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
-        crate::CollectorProcess::start_with_env(
-            &dir.join(node_id),
-            &["--cluster-config", config.to_str().expect("a UTF-8 path")],
-            &env,
-        )
-        .await
+        let mut args = vec!["--cluster-config", config.to_str().expect("a UTF-8 path")];
+        args.extend(settings.args.iter().map(String::as_str));
+        crate::CollectorProcess::start_with_env(&dir.join(node_id), &args, &env).await
     }
 
     /// The splits' object storage, as a query leaf reads it.

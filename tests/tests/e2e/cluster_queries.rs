@@ -402,3 +402,123 @@ async fn every_node_answers_as_an_embedded_collector_does() {
         }
     }
 }
+
+/// A collector's counter, by its exact series name (0 when absent).
+async fn counter(http: &reqwest::Client, collector: &CollectorProcess, series: &str) -> f64 {
+    let text = http
+        .get(collector.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ClusterSettings {
+        extra: "lifecycle_interval: 1s\nretired_grace: 1s\norphan_grace: 2s\n".into(),
+        args: vec!["--retention".into(), "2m".into()],
+        ..ClusterSettings::default()
+    };
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        nodes.push(
+            engines
+                .start_collector(&format!("c{n}"), dir.path(), &settings)
+                .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let storage = engines.storage();
+    // An upload whose publish never happened: objects without a row.
+    engines
+        .s3
+        .put_object("splits/p07-000000000001-000000000009-e99/split.json", b"{}")
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    // Within retention when sent (15 s of records, 100 s old), past it
+    // 20 to 35 s later.
+    let old = now - 100_000 * MS;
+    post(&http, &nodes[0], "/v1/logs", &logs_payload(old, 0..60)).await;
+    wait_published(&metastore, 60, 0).await;
+    let old_splits: Vec<String> = metastore
+        .splits()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|split| split.split_id)
+        .collect();
+    // Within retention for the whole test.
+    let fresh = now + 300_000 * MS;
+    post(&http, &nodes[1], "/v1/logs", &logs_payload(fresh, 0..60)).await;
+
+    poll_until(
+        "old splits retired and deleted, the orphan collected",
+        Duration::from_secs(90),
+        || async {
+            let live = metastore.splits().await.map_err(|e| e.to_string())?;
+            let stored = storage.stored_splits().await.map_err(|e| e.to_string())?;
+            let live_logs: u64 = live.iter().map(|split| split.logs).sum();
+            let old_left = old_splits
+                .iter()
+                .filter(|id| stored.contains_key(*id) || live.iter().any(|s| &s.split_id == *id))
+                .count();
+            let orphan_left = stored.contains_key("p07-000000000001-000000000009-e99");
+            let unlisted = stored
+                .keys()
+                .filter(|id| !live.iter().any(|split| &split.split_id == *id))
+                .count();
+            if live_logs == 60 && old_left == 0 && !orphan_left && unlisted == 0 {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "{live_logs} live records, {old_left} old splits left, orphan left: {orphan_left}, {unlisted} stored splits without a row"
+                ))
+            }
+        },
+    )
+    .await;
+
+    // Every live record once, from either node; none of the old ones.
+    for node in &nodes {
+        let page = get_json(&http, &node.url("/api/logs?limit=1000")).await;
+        assert_eq!(page["total_hits"], 60, "{page}");
+        let mut times: Vec<i64> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| record["timestamp"].as_i64().unwrap())
+            .collect();
+        times.sort();
+        times.dedup();
+        assert_eq!(times.len(), 60, "each record once");
+        assert!(
+            times.iter().all(|time| *time >= fresh),
+            "no retired record is read"
+        );
+    }
+    let mut deleted = 0.0;
+    let mut orphans = 0.0;
+    for node in &nodes {
+        deleted += counter(&http, node, "sightline_cluster_splits_deleted_total ").await;
+        orphans += counter(&http, node, "sightline_cluster_orphans_deleted_total ").await;
+    }
+    assert_eq!(
+        deleted as usize,
+        old_splits.len(),
+        "each retired split deleted by one node"
+    );
+    assert!(orphans >= 1.0, "the orphan counted");
+}
