@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub mod cache;
+pub mod fresh;
 mod lifecycle;
 pub mod log;
 pub mod metastore;
@@ -128,6 +129,8 @@ pub struct Cluster {
     pub node: Node,
     /// The published splits as one store, for the query API.
     pub reader: std::sync::Arc<ClusterReader>,
+    /// The internal API other nodes call (fresh data), for the query port.
+    pub internal: axum::Router,
 }
 
 impl Cluster {
@@ -140,6 +143,7 @@ impl Cluster {
         work_dir: PathBuf,
         address: String,
         retention: Duration,
+        peer_token: Option<String>,
     ) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             !config.node_id.is_empty(),
@@ -151,18 +155,30 @@ impl Cluster {
             SplitStorage::new(&config.object_store)?,
             &work_dir.join("split-cache"),
             config.split_cache_bytes,
+            query::Peers::new(peer_token, config.lease_ttl)?,
         )
         .await?;
         let reader = std::sync::Arc::new(reader);
+        let fresh = std::sync::Arc::new(fresh::FreshPartitions::default());
+        let internal = fresh::router(std::sync::Arc::new(fresh::FreshServer {
+            partitions: fresh.clone(),
+            reader: reader.clone(),
+        }));
         let node = Node::start(
             config,
             log.clone(),
             work_dir,
             address,
             reader.clone(),
+            fresh,
             retention,
         )
         .await?;
-        Ok(Cluster { log, node, reader })
+        Ok(Cluster {
+            log,
+            node,
+            reader,
+            internal,
+        })
     }
 }

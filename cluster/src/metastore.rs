@@ -347,6 +347,65 @@ impl Metastore {
             .collect())
     }
 
+    /// The published splits of `[start, end)` (of one partition when
+    /// given) and every partition's checkpoint, read in one statement, so
+    /// one snapshot: whatever lies at or past a partition's checkpoint is
+    /// in none of the splits listed. Used with the owners' fresh data.
+    pub async fn snapshot(
+        &self,
+        start: Option<i64>,
+        end: Option<i64>,
+        partition: Option<PartitionId>,
+    ) -> anyhow::Result<(Vec<SplitRow>, std::collections::BTreeMap<PartitionId, u64>)> {
+        let partition = partition.map(|partition| partition as i32);
+        let rows = self
+            .client()
+            .query(
+                "SELECT p.partition, p.checkpoint, s.split_id, s.from_seq, s.to_seq, \
+                 s.min_time, s.max_time, s.logs, s.spans, s.bytes \
+                 FROM sightline_partitions p LEFT JOIN sightline_splits s \
+                 ON s.partition = p.partition AND s.retired_at IS NULL \
+                 AND ($1::bigint IS NULL OR s.max_time >= $1) AND ($2::bigint IS NULL OR s.min_time < $2) \
+                 WHERE ($3::integer IS NULL OR p.partition = $3) \
+                 ORDER BY p.partition, s.from_seq",
+                &[&start, &end, &partition],
+            )
+            .await?;
+        let mut checkpoints = std::collections::BTreeMap::new();
+        let mut splits = Vec::new();
+        for row in &rows {
+            let partition = row.get::<_, i32>(0) as PartitionId;
+            checkpoints.insert(partition, row.get::<_, i64>(1) as u64);
+            if let Some(split_id) = row.get::<_, Option<String>>(2) {
+                splits.push(SplitRow {
+                    split_id,
+                    partition,
+                    from: row.get::<_, i64>(3) as u64,
+                    to: row.get::<_, i64>(4) as u64,
+                    min_time: row.get(5),
+                    max_time: row.get(6),
+                    logs: row.get::<_, i64>(7) as u64,
+                    spans: row.get::<_, i64>(8) as u64,
+                    bytes: row.get::<_, i64>(9) as u64,
+                });
+            }
+        }
+        Ok((splits, checkpoints))
+    }
+
+    /// Where the nodes whose heartbeat is younger than `ttl` listen.
+    pub async fn live_addresses(&self, ttl: Duration) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT node_id, address FROM sightline_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY node_id",
+                &[&ttl.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     /// Retires the live splits whose newest record or span is older than
     /// `retention` by PostgreSQL's clock: queries stop listing them now,
     /// [`Metastore::delete_retired`] removes them after a grace period.

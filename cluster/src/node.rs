@@ -42,7 +42,9 @@ pub(crate) struct Context {
     pub(crate) stats: Arc<NodeStats>,
     /// The published splits: earlier spans of a split's traces, and the
     /// cache this node's own splits go into once published.
-    reader: Arc<ClusterReader>,
+    pub(crate) reader: Arc<ClusterReader>,
+    /// What this node's partitions hold beyond their checkpoints.
+    pub(crate) fresh: Arc<crate::fresh::FreshPartitions>,
 }
 
 /// Counters of this node's ownership work (self-metrics).
@@ -156,6 +158,7 @@ impl Node {
         work_dir: PathBuf,
         address: String,
         reader: Arc<ClusterReader>,
+        fresh: Arc<crate::fresh::FreshPartitions>,
         retention: Duration,
     ) -> anyhow::Result<Node> {
         let metastore = Metastore::connect(&config.postgres).await?;
@@ -170,6 +173,7 @@ impl Node {
             work_dir,
             stats: stats.clone(),
             reader,
+            fresh,
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::lifecycle::run(
@@ -290,23 +294,31 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
     let config = &context.config;
     // The first sequence not yet in a published split.
     let mut from = lease.checkpoint.max(1);
-    let mut buffer: Vec<Entry> = Vec::new();
+    // Read since `from`: decoded (shared with fresh-data queries through
+    // `fresh`), the undecodable apart, the last sequence read.
+    let mut buffer: Vec<splits::Decoded> = Vec::new();
+    let mut rejected: Vec<Entry> = Vec::new();
+    let mut last: Option<u64> = None;
     let mut buffered_bytes = 0usize;
+    let fresh = context.fresh.register(partition, from);
     let mut window_start = Instant::now();
     let mut reader = None;
     loop {
         let handing_off = *handoff.borrow();
-        let due = !buffer.is_empty()
+        let due = last.is_some()
             && (handing_off
                 || window_start.elapsed() >= config.split_interval
                 || buffered_bytes >= config.split_max_bytes);
         if due {
-            let to = buffer.last().map_or(from, |entry| entry.sequence + 1);
-            match cut_and_publish(&context, &lease, from, to, &buffer).await {
-                Ok(()) => {
+            let to = last.map_or(from, |sequence| sequence + 1);
+            match cut_and_publish(&context, &lease, from, to, &buffer, &rejected).await {
+                Ok(row) => {
                     from = to;
                     buffer.clear();
+                    rejected.clear();
+                    last = None;
                     buffered_bytes = 0;
+                    fresh.write().published(row);
                     // Purged only now: the split holds these entries.
                     if let Err(error) = context.log.purge_below(partition, to).await {
                         tracing::warn!(partition, %error, "purge failed; the next split's purge covers it");
@@ -323,7 +335,7 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
                 }
             }
         }
-        if handing_off && buffer.is_empty() {
+        if handing_off && last.is_none() {
             if let Err(error) = context.metastore.release(&context.node_id, &lease).await {
                 tracing::warn!(partition, %error, "release failed; the lease expires instead");
             }
@@ -333,7 +345,7 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
         if buffered_bytes >= config.split_max_bytes {
             continue;
         }
-        let next = buffer.last().map_or(from, |entry| entry.sequence + 1);
+        let next = last.map_or(from, |sequence| sequence + 1);
         let reading = match reader.as_mut() {
             Some(reader) => reader,
             None => match context.log.reader(partition, next).await {
@@ -345,7 +357,7 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
                 }
             },
         };
-        let wait = if buffer.is_empty() {
+        let wait = if last.is_none() {
             Duration::from_millis(500)
         } else {
             config
@@ -359,16 +371,31 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
         };
         match entries {
             Ok(entries) => {
-                for entry in entries {
-                    if entry.sequence < next {
-                        continue;
-                    }
-                    if buffer.is_empty() {
-                        window_start = Instant::now();
-                    }
-                    buffered_bytes += entry.payload.len();
-                    buffer.push(entry);
+                let entries: Vec<Entry> = entries
+                    .into_iter()
+                    .filter(|entry| entry.sequence >= next)
+                    .collect();
+                let Some(newest) = entries.last().map(|entry| entry.sequence) else {
+                    continue;
+                };
+                if last.is_none() {
+                    window_start = Instant::now();
                 }
+                last = Some(newest);
+                buffered_bytes += entries
+                    .iter()
+                    .map(|entry| entry.payload.len())
+                    .sum::<usize>();
+                // Decoding is CPU work: off the executor. (Should it fail,
+                // the entries are moved aside with the split, not lost.)
+                let kept = entries.clone();
+                let (decoded, undecodable) =
+                    tokio::task::spawn_blocking(move || splits::decode(partition, entries))
+                        .await
+                        .unwrap_or((Vec::new(), kept));
+                fresh.write().entries.extend(decoded.iter().cloned());
+                buffer.extend(decoded);
+                rejected.extend(undecodable);
             }
             Err(error) => {
                 tracing::warn!(partition, %error, "reading the partition failed; reading again");
@@ -389,24 +416,19 @@ async fn cut_and_publish(
     lease: &Lease,
     from: u64,
     to: u64,
-    entries: &[Entry],
-) -> Result<(), Outcome> {
+    decoded: &[splits::Decoded],
+    rejected: &[Entry],
+) -> Result<crate::metastore::SplitRow, Outcome> {
     let partition = lease.partition;
     let work_dir = context.work_dir.clone();
-    let (epoch, owned_entries) = (lease.epoch, entries.to_vec());
+    let (epoch, decoded, rejected) = (lease.epoch, decoded.to_vec(), rejected.to_vec());
     let reader = context.reader.clone();
     let built = tokio::task::spawn_blocking(move || {
         let earlier = |traces: &[String], since: i64| {
             anyhow::Ok(reader.earlier_spans(partition, traces, since)?)
         };
         splits::build(
-            &work_dir,
-            partition,
-            epoch,
-            from,
-            to,
-            &owned_entries,
-            &earlier,
+            &work_dir, partition, epoch, from, to, &decoded, rejected, &earlier,
         )
     })
     .await;
@@ -446,7 +468,7 @@ async fn cut_and_publish(
             tracing::debug!(partition, split = %split.meta.row.split_id, from, to, "published split");
             let splits::LocalSplit { dir, meta, .. } = split;
             context.reader.adopt(&meta.row, dir.keep()).await;
-            Ok(())
+            Ok(meta.row)
         }
         Err(PublishSplitError::Fenced { .. }) => {
             context.stats.splits_fenced.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use sightline_store::reader::{self, LogReader, SpanReader};
@@ -27,6 +28,7 @@ use sightline_store::{
 };
 
 use crate::cache::{OpenSplit, SplitCache};
+use crate::fresh::{FRESH_PATH, FreshAnswer, FreshQuestion, FreshRequest};
 use crate::metastore::{Metastore, SplitRow};
 use crate::partition;
 use crate::splits::SplitStorage;
@@ -34,11 +36,35 @@ use crate::splits::SplitStorage;
 /// Splits opened at once while a query gathers them.
 const CONCURRENT_OPENS: usize = 8;
 
-/// The cluster's splits as a [`LogReader`] and [`SpanReader`].
+/// How long a root waits for an owner's fresh data.
+const FRESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster's splits, and the owners' fresh data, as a [`LogReader`]
+/// and [`SpanReader`].
 pub struct ClusterReader {
     metastore: Metastore,
     cache: SplitCache,
     runtime: tokio::runtime::Handle,
+    peers: Peers,
+}
+
+/// How this node reaches the others' internal API.
+pub struct Peers {
+    http: reqwest::Client,
+    /// The query token the nodes share, when the query port asks for one.
+    token: Option<String>,
+    /// Nodes whose heartbeat is this recent are asked.
+    ttl: Duration,
+}
+
+impl Peers {
+    pub fn new(token: Option<String>, ttl: Duration) -> anyhow::Result<Peers> {
+        Ok(Peers {
+            http: reqwest::Client::builder().timeout(FRESH_TIMEOUT).build()?,
+            token,
+            ttl,
+        })
+    }
 }
 
 fn unavailable(error: anyhow::Error) -> StoreError {
@@ -53,12 +79,92 @@ impl ClusterReader {
         storage: SplitStorage,
         cache_dir: &Path,
         cache_bytes: u64,
+        peers: Peers,
     ) -> anyhow::Result<ClusterReader> {
         Ok(ClusterReader {
             metastore: Metastore::connect(postgres).await?,
             cache: SplitCache::new(cache_dir, cache_bytes, storage)?,
             runtime: tokio::runtime::Handle::current(),
+            peers,
         })
+    }
+
+    /// Opens one split through the cache.
+    pub(crate) async fn open_split(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
+        self.cache.open(row).await
+    }
+
+    /// The splits of `[start, end)` (of `partition`), open, and the fresh
+    /// answers of every live node to `question` past the same snapshot's
+    /// checkpoints. An owner that does not answer in time is left out
+    /// (its fresh records show once published).
+    fn with_fresh(
+        &self,
+        start: Option<i64>,
+        end: Option<i64>,
+        partition: Option<PartitionId>,
+        question: FreshQuestion,
+    ) -> Result<(Vec<Arc<OpenSplit>>, Vec<FreshAnswer>)> {
+        let (rows, seen, nodes) = self.runtime.block_on(async {
+            self.metastore
+                .reconnect_if_closed()
+                .await
+                .map_err(unavailable)?;
+            let (rows, seen) = self
+                .metastore
+                .snapshot(start, end, partition)
+                .await
+                .map_err(unavailable)?;
+            let nodes = self
+                .metastore
+                .live_addresses(self.peers.ttl)
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, StoreError>((rows, seen, nodes))
+        })?;
+        let request = FreshRequest { seen, question };
+        let asked = self
+            .runtime
+            .block_on(futures::future::join_all(nodes.iter().map(
+                |(node, address)| {
+                    let request = &request;
+                    async move {
+                        let mut call = self
+                            .peers
+                            .http
+                            .post(format!("http://{address}{FRESH_PATH}"))
+                            .json(request);
+                        if let Some(token) = &self.peers.token {
+                            call = call.bearer_auth(token);
+                        }
+                        let response = call.send().await.map_err(|error| error.to_string())?;
+                        let status = response.status();
+                        if status == reqwest::StatusCode::BAD_REQUEST {
+                            let message = response.text().await.unwrap_or_default();
+                            return Ok(Err(StoreError::InvalidQuery(message)));
+                        }
+                        if !status.is_success() {
+                            let message = response.text().await.unwrap_or_default();
+                            return Err(format!("{status}: {message}"));
+                        }
+                        let answer: FreshAnswer =
+                            response.json().await.map_err(|error| error.to_string())?;
+                        tracing::trace!(node, "fresh data answered");
+                        Ok(Ok(answer))
+                    }
+                },
+            )));
+        let mut answers = Vec::new();
+        for ((node, _), answer) in nodes.iter().zip(asked) {
+            match answer {
+                Ok(Ok(answer)) => answers.push(answer),
+                Ok(Err(invalid)) => return Err(invalid),
+                Err(error) => {
+                    tracing::warn!(node, %error, "a node's fresh data is left out of a query")
+                }
+            }
+        }
+        Ok((self.open(rows)?, answers))
     }
 
     /// The split cache's counters.
@@ -180,21 +286,46 @@ impl LogReader for ClusterReader {
 
     fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
         sightline_store::validate_log_query(&query.query)?;
-        let pages = self
-            .splits(query.start, query.end, None)?
+        let (splits, fresh) = self.with_fresh(
+            query.start,
+            query.end,
+            None,
+            FreshQuestion::Search(query.clone()),
+        )?;
+        let mut pages = splits
             .iter()
             .filter(|split| split.row.logs > 0)
             .map(|split| split.logs.search(query))
             .collect::<Result<Vec<_>>>()?;
+        pages.extend(fresh.into_iter().filter_map(|answer| match answer {
+            FreshAnswer::Search(page) => Some(page),
+            _ => None,
+        }));
         Ok(reader::merge_pages(pages, query.limit))
     }
 
     fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
         sightline_store::validate_log_query(query)?;
         let mut histogram = Histogram::empty(start, end, interval)?;
-        for split in self.splits(Some(start), Some(end), None)? {
+        let (splits, fresh) = self.with_fresh(
+            Some(start),
+            Some(end),
+            None,
+            FreshQuestion::Histogram {
+                query: query.to_string(),
+                start,
+                end,
+                interval,
+            },
+        )?;
+        for split in splits {
             if split.row.logs > 0 {
                 histogram.add(&split.logs.histogram(query, start, end, interval)?);
+            }
+        }
+        for answer in fresh {
+            if let FreshAnswer::Histogram(part) = answer {
+                histogram.add(&part);
             }
         }
         Ok(histogram)
@@ -277,11 +408,21 @@ fn kth_time(hits: &[LogHit], k: usize, older: bool) -> i64 {
 
 impl SpanReader for ClusterReader {
     fn trace(&self, trace_id: &str) -> Result<Vec<Span>> {
-        let parts = self
-            .trace_splits(trace_id)?
+        let (splits, fresh) = self.with_fresh(
+            None,
+            None,
+            Some(partition::of_trace(trace_id)),
+            FreshQuestion::Trace(trace_id.to_string()),
+        )?;
+        let mut parts = splits
             .iter()
+            .filter(|split| split.row.spans > 0)
             .map(|split| split.spans.trace(trace_id))
             .collect::<Result<Vec<_>>>()?;
+        parts.extend(fresh.into_iter().filter_map(|answer| match answer {
+            FreshAnswer::Trace(spans) => Some(spans),
+            _ => None,
+        }));
         Ok(reader::merge_trace(parts))
     }
 

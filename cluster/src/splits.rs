@@ -81,18 +81,41 @@ pub type EarlierSpans<'a> = &'a dyn Fn(&[String], i64) -> anyhow::Result<Vec<Spa
 /// a trace whose spans are further apart is summarized in parts.
 pub const TRACE_LOOKBACK_NANOS: i64 = 15 * 60 * 1_000_000_000;
 
-/// Builds the split of `entries` (all of `partition`, in sequence order)
-/// covering stream sequences `[from, to)`. The summary of a trace that
-/// began in an earlier split counts the spans `earlier` gives, so a trace
-/// search on whole-trace properties finds it in the newest split.
-/// Blocks: call it from a blocking thread.
+/// An entry of the cluster log decoded, with its stream sequence: what a
+/// partition owner holds until it is in a published split.
+pub type Decoded = (u64, Arc<Batch>);
+
+/// Decodes `entries`; the undecodable ones come back apart, to be moved
+/// aside.
+pub fn decode(partition: PartitionId, entries: Vec<Entry>) -> (Vec<Decoded>, Vec<Entry>) {
+    let mut decoded = Vec::with_capacity(entries.len());
+    let mut rejected = Vec::new();
+    for entry in entries {
+        match Batch::decode(&entry.payload) {
+            Ok(batch) => decoded.push((entry.sequence, Arc::new(batch))),
+            Err(error) => {
+                tracing::warn!(partition, sequence = entry.sequence, %error, "an entry of the cluster log cannot be decoded; moved aside");
+                rejected.push(entry);
+            }
+        }
+    }
+    (decoded, rejected)
+}
+
+/// Builds the split of `decoded` (all of `partition`, in sequence order;
+/// `rejected` moved aside) covering stream sequences `[from, to)`. The
+/// summary of a trace that began in an earlier split counts the spans
+/// `earlier` gives, so a trace search on whole-trace properties finds it
+/// in the newest split. Blocks: call it from a blocking thread.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     work_dir: &Path,
     partition: PartitionId,
     epoch: i64,
     from: u64,
     to: u64,
-    entries: &[Entry],
+    decoded: &[Decoded],
+    rejected: Vec<Entry>,
     earlier: EarlierSpans<'_>,
 ) -> anyhow::Result<LocalSplit> {
     std::fs::create_dir_all(work_dir)?;
@@ -106,21 +129,10 @@ pub fn build(
     let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     let (mut log_count, mut span_count) = (0u64, 0u64);
-    let mut rejected = Vec::new();
-    let mut decoded = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match Batch::decode(&entry.payload) {
-            Ok(batch) => decoded.push((entry.sequence, batch)),
-            Err(error) => {
-                tracing::warn!(partition, sequence = entry.sequence, %error, "an entry of the cluster log cannot be decoded; moved aside");
-                rejected.push(entry.clone());
-            }
-        }
-    }
     let mut traces = std::collections::BTreeSet::new();
     let mut first_span = i64::MAX;
-    for (_, batch) in &decoded {
-        if let Batch::Spans(batch) = batch {
+    for (_, batch) in decoded {
+        if let Batch::Spans(batch) = batch.as_ref() {
             for span in batch {
                 traces.insert(span.trace_id.clone());
                 first_span = first_span.min(span.start_time);
@@ -136,22 +148,22 @@ pub fn build(
     }
     for (sequence, batch) in decoded {
         let encoded = batch.encode()?;
-        match batch {
+        match batch.as_ref() {
             Batch::Logs(records) => {
-                for record in &records {
+                for record in records {
                     min_time = min_time.min(record.timestamp);
                     max_time = max_time.max(record.timestamp);
                 }
                 log_count += records.len() as u64;
-                logs.add_encoded(sequence, records.into_iter().zip(encoded.sources()))?;
+                logs.add_encoded(*sequence, records.iter().cloned().zip(encoded.sources()))?;
             }
             Batch::Spans(batch) => {
-                for span in &batch {
+                for span in batch {
                     min_time = min_time.min(span.start_time);
                     max_time = max_time.max(span.start_time);
                 }
                 span_count += batch.len() as u64;
-                spans.add_encoded(sequence, batch.into_iter().zip(encoded.sources()))?;
+                spans.add_encoded(*sequence, batch.iter().cloned().zip(encoded.sources()))?;
             }
         }
     }

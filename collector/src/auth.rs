@@ -186,6 +186,14 @@ impl Auth {
         }
     }
 
+    /// The query token a cluster node sends when it calls another node's
+    /// internal API on its query port (the nodes share their tokens).
+    pub(crate) fn peer_token(&self) -> Option<String> {
+        let tokens = self.query.as_deref()?;
+        let token = tokens.tokens.first()?;
+        Some(String::from_utf8_lossy(token).into_owned())
+    }
+
     /// A tonic interceptor that asks for the ingest token.
     pub(crate) fn grpc_ingest(&self) -> GrpcIngestAuth {
         GrpcIngestAuth { auth: self.clone() }

@@ -152,6 +152,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 config.data_dir.join("cluster"),
                 addresses.http.to_string(),
                 config.retention,
+                auth.peer_token(),
             )
             .await
             .context("failed to start cluster mode")?;
@@ -161,6 +162,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             let reading = Reading {
                 logs: cluster.reader.clone(),
                 spans: cluster.reader,
+                internal: Some(cluster.internal),
             };
             (
                 ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
@@ -172,6 +174,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             let reading = Reading {
                 logs: stores.logs.clone(),
                 spans: stores.spans.clone(),
+                internal: None,
             };
             (ingest, None, reading)
         }
@@ -322,6 +325,8 @@ fn cluster_config(
 pub(crate) struct Reading {
     pub(crate) logs: Arc<dyn sightline_store::LogReader>,
     pub(crate) spans: Arc<dyn sightline_store::SpanReader>,
+    /// Cluster mode's internal API (fresh data for other nodes' queries).
+    pub(crate) internal: Option<axum::Router>,
 }
 
 /// The stores under the data directory.

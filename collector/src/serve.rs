@@ -195,6 +195,7 @@ pub(crate) fn serve(
         get(move |headers: axum::http::HeaderMap| render_metrics(metrics_page.clone(), headers)),
     )
     .merge(probe_routes)
+    .merge(reading.internal.unwrap_or_default())
     .merge(metrics.api_router())
     .merge(reloader.router())
     .layer(axum::middleware::from_fn_with_state(auth, auth::http_layer));

@@ -104,6 +104,14 @@ pub fn log_index_tokenizers() -> TokenizerManager {
     manager
 }
 
+/// The sequence number of the `index`-th record of the log entry at
+/// `position`: with the timestamp, the record's id and cursor. Whoever holds
+/// the entry before it is indexed (a cluster's partition owner) gives its
+/// records the ids the store will.
+pub fn record_seq(position: u64, index: usize) -> u64 {
+    (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1))
+}
+
 /// Checks a log query string without a store: what
 /// [`LogStore::validate_query`] checks (for a reader of many stores, which
 /// must refuse a bad query even where no store is searched).
@@ -130,7 +138,7 @@ fn prepare_query(records: &Format, query: &str) -> Result<Option<Prepared>> {
 }
 
 /// A search over the log store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogQuery {
     /// Query string (`field:value`, AND/OR/NOT, phrases, ranges). Empty matches all.
     pub query: String,
@@ -176,7 +184,7 @@ pub struct LogHit {
     pub record: LogRecord,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogSearchResult {
     /// Matching records, newest first, at most `limit`.
     pub hits: Vec<LogHit>,
@@ -187,13 +195,13 @@ pub struct LogSearchResult {
 }
 
 /// A date histogram of matching records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     pub interval: i64,
     pub buckets: Vec<HistogramBucket>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistogramBucket {
     /// Start of the bucket, nanoseconds.
     pub start: i64,
@@ -736,7 +744,7 @@ impl LogStore {
     ) -> Result<()> {
         let mut by_day: BTreeMap<i64, Vec<(LogRecord, &str, u64)>> = BTreeMap::new();
         for (index, (record, source)) in records.into_iter().enumerate() {
-            let seq = (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1));
+            let seq = record_seq(position, index);
             by_day
                 .entry(day_of(record.timestamp))
                 .or_default()

@@ -15,7 +15,8 @@ use std::collections::BTreeSet;
 
 use crate::error::Result;
 use crate::logs::{Cursor, Histogram, LogHit, LogQuery, LogSearchResult, LogStore};
-use crate::model::Span;
+use crate::model::{LogRecord, Span};
+use crate::query::LogMatcher;
 use crate::spans::{Operation, SpanStore, TraceQuery};
 use crate::traces::{TraceSummary, summarize};
 
@@ -212,10 +213,93 @@ pub fn newest_traces(mut traces: Vec<TraceSummary>, limit: usize) -> Vec<TraceSu
     traces
 }
 
+/// Records held in memory (a cluster owner's, not yet in a split), each
+/// with its sequence number ([`crate::record_seq`]), searched as a store
+/// holding them would answer `query`.
+pub fn search_records<'a>(
+    records: impl IntoIterator<Item = (u64, &'a LogRecord)>,
+    query: &LogQuery,
+) -> Result<LogSearchResult> {
+    let matcher = matcher(&query.query)?;
+    let limit = query.limit.clamp(1, crate::logs::MAX_SEARCH_LIMIT);
+    let mut total_hits = 0;
+    let mut keyed: Vec<(Cursor, &LogRecord)> = Vec::new();
+    for (seq, record) in records {
+        let in_range = query.start.is_none_or(|start| record.timestamp >= start)
+            && query.end.is_none_or(|end| record.timestamp < end);
+        if !in_range || !matcher.as_ref().is_none_or(|m| m.matches(record)) {
+            continue;
+        }
+        total_hits += 1;
+        let cursor = Cursor {
+            timestamp: record.timestamp,
+            seq,
+        };
+        if query.after.is_none_or(|after| cursor < after) {
+            keyed.push((cursor, record));
+        }
+    }
+    keyed.sort_by_key(|(cursor, _)| Reverse(*cursor));
+    keyed.truncate(limit);
+    let next = (keyed.len() == limit).then(|| keyed[limit - 1].0);
+    Ok(LogSearchResult {
+        hits: keyed
+            .into_iter()
+            .map(|(cursor, record)| LogHit {
+                id: cursor.encode(),
+                record: record.clone(),
+            })
+            .collect(),
+        total_hits,
+        next,
+    })
+}
+
+/// The histogram of records held in memory, as
+/// [`LogStore::histogram`] counts.
+pub fn histogram_records<'a>(
+    records: impl IntoIterator<Item = &'a LogRecord>,
+    query: &str,
+    start: i64,
+    end: i64,
+    interval: i64,
+) -> Result<Histogram> {
+    let matcher = matcher(query)?;
+    let mut histogram = Histogram::empty(start, end, interval)?;
+    let first_bucket = start.div_euclid(histogram.interval);
+    for record in records {
+        if record.timestamp < start
+            || record.timestamp >= end
+            || !matcher.as_ref().is_none_or(|m| m.matches(record))
+        {
+            continue;
+        }
+        let index = record.timestamp.div_euclid(histogram.interval) - first_bucket;
+        if let Some(bucket) = usize::try_from(index)
+            .ok()
+            .and_then(|index| histogram.buckets.get_mut(index))
+        {
+            bucket.count += 1;
+            *bucket
+                .by_severity
+                .entry(record.severity_text.clone())
+                .or_default() += 1;
+        }
+    }
+    Ok(histogram)
+}
+
+fn matcher(query: &str) -> Result<Option<LogMatcher>> {
+    if query.trim().is_empty() {
+        return Ok(None);
+    }
+    crate::validate_log_query(query)?;
+    LogMatcher::new(query).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LogRecord;
 
     fn hit(timestamp: i64, seq: u64) -> LogHit {
         LogHit {
@@ -297,6 +381,62 @@ mod tests {
                 op("legacy", "")
             ]
         );
+    }
+
+    #[test]
+    fn records_in_memory_answer_as_a_store_holding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(&dir.path().join("logs")).unwrap();
+        let base = 1_700_000_000_000_000_000i64;
+        let records: Vec<LogRecord> = (0..40)
+            .map(|i| LogRecord {
+                timestamp: base + (i % 13) * 1_000_000_000,
+                severity_text: ["INFO", "ERROR"][i as usize % 2].into(),
+                body: format!("line {i} of order o-{}", i % 5),
+                service: ["cart", "payment"][i as usize % 2].into(),
+                ..LogRecord::default()
+            })
+            .collect();
+        store.add(7, &records).unwrap();
+        store.commit(8).unwrap();
+        let seqs: Vec<(u64, &LogRecord)> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (crate::record_seq(7, index), record))
+            .collect();
+        for text in [
+            "",
+            "severity:ERROR",
+            "o-3 OR service:cart",
+            "body:line AND NOT service:payment",
+        ] {
+            let mut query = LogQuery {
+                query: text.into(),
+                start: Some(base + 2_000_000_000),
+                end: Some(base + 11_000_000_000),
+                limit: 4,
+                after: None,
+            };
+            // Every page, by cursor, and the histogram.
+            loop {
+                let want = store.search(&query).unwrap();
+                let have = search_records(seqs.iter().copied(), &query).unwrap();
+                assert_eq!(have, want, "{text:?} after {:?}", query.after);
+                match want.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            let want = store.histogram(text, base, base + 13_000_000_000, 3_000_000_000);
+            let have = histogram_records(
+                records.iter(),
+                text,
+                base,
+                base + 13_000_000_000,
+                3_000_000_000,
+            );
+            assert_eq!(have.unwrap(), want.unwrap(), "{text:?}");
+        }
     }
 
     #[test]

@@ -522,3 +522,103 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
     );
     assert!(orphans >= 1.0, "the orphan counted");
 }
+
+/// Search, histogram and trace totals of one node.
+async fn totals(http: &reqwest::Client, node: &CollectorProcess, base: i64) -> (i64, u64, usize) {
+    let page = get_json(http, &node.url("/api/logs?limit=1000")).await;
+    let histogram = get_json(
+        http,
+        &node.url(&format!(
+            "/api/logs/histogram?start={}&end={}&interval=10s",
+            base - 1_000 * MS,
+            base + 60_000 * MS
+        )),
+    )
+    .await;
+    let counted: u64 = histogram["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| bucket["count"].as_u64().unwrap())
+        .sum();
+    let trace = http
+        .get(node.url(&format!("/api/traces/{}", trace_id(1))))
+        .send()
+        .await
+        .unwrap();
+    let spans = if trace.status().is_success() {
+        let body: Value = trace.json().await.unwrap();
+        body["data"][0]["spans"].as_array().map_or(0, Vec::len)
+    } else {
+        0
+    };
+    (page["total_hits"].as_i64().unwrap(), counted, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_served_by_their_owners_before_their_split_is_published_and_once_after() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Splits far apart: what is found meanwhile comes from the owners.
+    let settings = ClusterSettings {
+        split_interval: "25s".into(),
+        ..ClusterSettings::default()
+    };
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(
+            engines
+                .start_collector(&format!("c{n}"), dir.path(), &settings)
+                .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let base = now - 60_000 * MS;
+    post(&http, &nodes[0], "/v1/logs", &logs_payload(base, 0..100)).await;
+    post(&http, &nodes[2], "/v1/traces", &spans_payload(base, false)).await;
+
+    for (n, node) in nodes.iter().enumerate() {
+        poll_until(
+            "every record and span found on the node",
+            Duration::from_secs(20),
+            || async {
+                let found = totals(&http, node, base).await;
+                if found == (100, 100, 4) {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("c{n} finds {found:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    let published: u64 = metastore
+        .splits()
+        .await
+        .unwrap()
+        .iter()
+        .map(|split| split.logs + split.spans)
+        .sum();
+    assert_eq!(published, 0, "found before any split was published");
+
+    // Once published, still each record once.
+    wait_published(&metastore, 100, 23).await;
+    for node in &nodes {
+        assert_eq!(totals(&http, node, base).await, (100, 100, 4));
+        let page = get_json(&http, &node.url("/api/logs?limit=1000")).await;
+        let mut times: Vec<i64> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| record["timestamp"].as_i64().unwrap())
+            .collect();
+        times.sort();
+        times.dedup();
+        assert_eq!(times.len(), 100, "each record once");
+    }
+}
