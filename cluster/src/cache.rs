@@ -50,6 +50,10 @@ pub struct CacheStats {
     /// Bytes of the splits the cache holds now.
     pub bytes: AtomicU64,
     pub splits: AtomicU64,
+    /// Leaf requests this node answered for other nodes' queries.
+    pub leaf_requests: AtomicU64,
+    /// Leaf requests of this node's queries that failed and were read here.
+    pub leaf_retries: AtomicU64,
 }
 
 impl CacheStats {
@@ -81,6 +85,18 @@ impl CacheStats {
                 "counter",
                 "Bytes of splits downloaded from object storage.",
                 load(&self.downloaded_bytes),
+            ),
+            (
+                "sightline_cluster_leaf_requests_total",
+                "counter",
+                "Leaf requests this node answered for other nodes' queries.",
+                load(&self.leaf_requests),
+            ),
+            (
+                "sightline_cluster_leaf_retries_total",
+                "counter",
+                "Leaf requests of this node's queries that failed and were read here instead.",
+                load(&self.leaf_retries),
             ),
             (
                 "sightline_cluster_split_cache_bytes",
@@ -121,7 +137,7 @@ pub struct SplitCache {
     storage: SplitStorage,
     slots: Mutex<Slots>,
     downloads: AtomicU64,
-    pub stats: Arc<CacheStats>,
+    pub(crate) stats: Arc<CacheStats>,
 }
 
 impl SplitCache {

@@ -253,6 +253,17 @@ pub(crate) fn answer(
 /// The path of the internal API's fresh-data endpoint on the query port.
 pub const FRESH_PATH: &str = "/internal/v1/fresh";
 
+/// The path of the internal API's leaf endpoint: a query over the splits
+/// the root gives, read through this node's split cache.
+pub const LEAF_PATH: &str = "/internal/v1/leaf";
+
+/// A root's share of a query for one leaf.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeafRequest {
+    pub splits: Vec<SplitRow>,
+    pub question: FreshQuestion,
+}
+
 /// Serves [`FRESH_PATH`]: this node's partitions' fresh data.
 pub(crate) struct FreshServer {
     pub partitions: Arc<FreshPartitions>,
@@ -263,6 +274,7 @@ pub(crate) struct FreshServer {
 pub(crate) fn router(server: Arc<FreshServer>) -> axum::Router {
     axum::Router::new()
         .route(FRESH_PATH, axum::routing::post(serve))
+        .route(LEAF_PATH, axum::routing::post(serve_leaf))
         .with_state(server)
 }
 
@@ -289,10 +301,39 @@ async fn serve(
             );
         }
     }
-    let answered =
-        tokio::task::spawn_blocking(move || answer(&request.question, &entries, &splits))
-            .await
-            .map_err(|error| failed(error.to_string()))?;
+    respond(request.question, entries, splits).await
+}
+
+async fn serve_leaf(
+    axum::extract::State(server): axum::extract::State<Arc<FreshServer>>,
+    axum::Json(request): axum::Json<LeafRequest>,
+) -> Result<axum::Json<FreshAnswer>, (axum::http::StatusCode, String)> {
+    server.reader.count_leaf_request();
+    let failed = |error: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, error);
+    let mut splits = Vec::new();
+    for row in &request.splits {
+        splits.push(
+            server
+                .reader
+                .open_split(row)
+                .await
+                .map_err(|error| failed(format!("{error:#}")))?,
+        );
+    }
+    respond(request.question, Vec::new(), splits).await
+}
+
+/// Answers on a blocking thread: 400 for a query the store refuses, 503
+/// for anything else.
+async fn respond(
+    question: FreshQuestion,
+    entries: Vec<Decoded>,
+    splits: Vec<Arc<OpenSplit>>,
+) -> Result<axum::Json<FreshAnswer>, (axum::http::StatusCode, String)> {
+    let failed = |error: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, error);
+    let answered = tokio::task::spawn_blocking(move || answer(&question, &entries, &splits))
+        .await
+        .map_err(|error| failed(error.to_string()))?;
     match answered {
         Ok(answer) => Ok(axum::Json(answer)),
         Err(sightline_store::StoreError::InvalidQuery(message)) => {

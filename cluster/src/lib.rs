@@ -155,7 +155,7 @@ impl Cluster {
             SplitStorage::new(&config.object_store)?,
             &work_dir.join("split-cache"),
             config.split_cache_bytes,
-            query::Peers::new(peer_token, config.lease_ttl)?,
+            query::Peers::new(config.node_id.clone(), peer_token, config.lease_ttl)?,
         )
         .await?;
         let reader = std::sync::Arc::new(reader);

@@ -109,9 +109,37 @@ pub fn owner(partition: PartitionId, live: &[String]) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The node that reads split `split_id` for a query among `live` (node
+/// ids): rendezvous hashing, so a split goes to the same node while the
+/// nodes stay the same (its cache holds it) and only a departed node's
+/// splits move. `None` when no node is live.
+pub fn reader_of<'a>(split_id: &str, live: &'a [String]) -> Option<&'a str> {
+    let seed = fnv1a(split_id.as_bytes(), 0x5eed);
+    live.iter()
+        .max_by_key(|node| (fnv1a(node.as_bytes(), seed), node.as_str()))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_spread_over_readers_and_only_a_departed_nodes_move() {
+        let three: Vec<String> = ["c0", "c1", "c2"].map(String::from).to_vec();
+        let two: Vec<String> = ["c0", "c2"].map(String::from).to_vec();
+        let mut per_node = std::collections::BTreeMap::new();
+        for n in 0..300 {
+            let split = format!("p{:02}-{n:012}", n % 64);
+            let before = reader_of(&split, &three).unwrap();
+            *per_node.entry(before).or_insert(0) += 1;
+            let after = reader_of(&split, &two).unwrap();
+            if before != "c1" {
+                assert_eq!(before, after, "{split} moved though its node stayed");
+            }
+        }
+        assert!(per_node.values().all(|count| *count > 60), "{per_node:?}");
+    }
 
     #[test]
     fn a_trace_has_one_partition_whatever_the_case_of_its_id() {

@@ -28,7 +28,9 @@ use sightline_store::{
 };
 
 use crate::cache::{OpenSplit, SplitCache};
-use crate::fresh::{FRESH_PATH, FreshAnswer, FreshQuestion, FreshRequest};
+use crate::fresh::{
+    self, FRESH_PATH, FreshAnswer, FreshQuestion, FreshRequest, LEAF_PATH, LeafRequest,
+};
 use crate::metastore::{Metastore, SplitRow};
 use crate::partition;
 use crate::splits::SplitStorage;
@@ -38,6 +40,10 @@ const CONCURRENT_OPENS: usize = 8;
 
 /// How long a root waits for an owner's fresh data.
 const FRESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a root waits for a leaf's share of the splits before reading
+/// them itself (half the query API's time limit).
+const LEAF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The cluster's splits, and the owners' fresh data, as a [`LogReader`]
 /// and [`SpanReader`].
@@ -50,6 +56,8 @@ pub struct ClusterReader {
 
 /// How this node reaches the others' internal API.
 pub struct Peers {
+    /// This node's id: the splits rendezvous hashing gives it are read here.
+    node_id: String,
     http: reqwest::Client,
     /// The query token the nodes share, when the query port asks for one.
     token: Option<String>,
@@ -58,9 +66,10 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(token: Option<String>, ttl: Duration) -> anyhow::Result<Peers> {
+    pub fn new(node_id: String, token: Option<String>, ttl: Duration) -> anyhow::Result<Peers> {
         Ok(Peers {
-            http: reqwest::Client::builder().timeout(FRESH_TIMEOUT).build()?,
+            node_id,
+            http: reqwest::Client::builder().build()?,
             token,
             ttl,
         })
@@ -89,22 +98,32 @@ impl ClusterReader {
         })
     }
 
+    pub(crate) fn count_leaf_request(&self) {
+        self.cache
+            .stats
+            .leaf_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens one split through the cache.
     pub(crate) async fn open_split(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
         self.cache.open(row).await
     }
 
-    /// The splits of `[start, end)` (of `partition`), open, and the fresh
-    /// answers of every live node to `question` past the same snapshot's
-    /// checkpoints. An owner that does not answer in time is left out
+    /// Every answer to `question` over the published splits of `[start,
+    /// end)` (of `partition`) and the owners' fresh data past the same
+    /// snapshot: each split is read by the live node rendezvous hashing
+    /// gives it (this node reads its own share meanwhile); a node that
+    /// fails its share has it read here instead. Every live node is asked
+    /// for its fresh data; one that does not answer in time is left out
     /// (its fresh records show once published).
-    fn with_fresh(
+    fn gather(
         &self,
         start: Option<i64>,
         end: Option<i64>,
         partition: Option<PartitionId>,
         question: FreshQuestion,
-    ) -> Result<(Vec<Arc<OpenSplit>>, Vec<FreshAnswer>)> {
+    ) -> Result<Vec<FreshAnswer>> {
         let (rows, seen, nodes) = self.runtime.block_on(async {
             self.metastore
                 .reconnect_if_closed()
@@ -122,51 +141,83 @@ impl ClusterReader {
                 .map_err(unavailable)?;
             Ok::<_, StoreError>((rows, seen, nodes))
         })?;
-        let request = FreshRequest { seen, question };
-        let asked = self
+        let live: Vec<String> = nodes.iter().map(|(node, _)| node.clone()).collect();
+        let mut mine = Vec::new();
+        let mut theirs: BTreeMap<String, Vec<SplitRow>> = BTreeMap::new();
+        for row in rows {
+            match partition::reader_of(&row.split_id, &live) {
+                Some(node) if node != self.peers.node_id => {
+                    theirs.entry(node.to_string()).or_default().push(row)
+                }
+                _ => mine.push(row),
+            }
+        }
+        let fresh = FreshRequest { seen, question };
+        let mut calls: Vec<Call> = Vec::new();
+        for (node, address) in &nodes {
+            let body = serde_json::to_vec(&fresh).map_err(|e| unavailable(e.into()))?;
+            calls.push((
+                node.clone(),
+                format!("http://{address}{FRESH_PATH}"),
+                None,
+                body,
+            ));
+            if let Some(splits) = theirs.remove(node) {
+                let leaf = LeafRequest {
+                    splits: splits.clone(),
+                    question: fresh.question.clone(),
+                };
+                let body = serde_json::to_vec(&leaf).map_err(|e| unavailable(e.into()))?;
+                calls.push((
+                    node.clone(),
+                    format!("http://{address}{LEAF_PATH}"),
+                    Some(splits),
+                    body,
+                ));
+            }
+        }
+        // Other nodes work while this one reads its own share.
+        let (http, token) = (self.peers.http.clone(), self.peers.token.clone());
+        let remote = self
             .runtime
-            .block_on(futures::future::join_all(nodes.iter().map(
-                |(node, address)| {
-                    let request = &request;
+            .spawn(futures::future::join_all(calls.into_iter().map(
+                move |(node, url, splits, body)| {
+                    let (http, token) = (http.clone(), token.clone());
                     async move {
-                        let mut call = self
-                            .peers
-                            .http
-                            .post(format!("http://{address}{FRESH_PATH}"))
-                            .json(request);
-                        if let Some(token) = &self.peers.token {
-                            call = call.bearer_auth(token);
-                        }
-                        let response = call.send().await.map_err(|error| error.to_string())?;
-                        let status = response.status();
-                        if status == reqwest::StatusCode::BAD_REQUEST {
-                            let message = response.text().await.unwrap_or_default();
-                            return Ok(Err(StoreError::InvalidQuery(message)));
-                        }
-                        if !status.is_success() {
-                            let message = response.text().await.unwrap_or_default();
-                            return Err(format!("{status}: {message}"));
-                        }
-                        let answer: FreshAnswer =
-                            response.json().await.map_err(|error| error.to_string())?;
-                        tracing::trace!(node, "fresh data answered");
-                        Ok(Ok(answer))
+                        let timeout = if splits.is_some() {
+                            LEAF_TIMEOUT
+                        } else {
+                            FRESH_TIMEOUT
+                        };
+                        let answer = call(&http, token.as_deref(), &url, body, timeout).await;
+                        (node, splits, answer)
                     }
                 },
             )));
-        let mut answers = Vec::new();
-        for ((node, _), answer) in nodes.iter().zip(asked) {
-            match answer {
-                Ok(Ok(answer)) => answers.push(answer),
-                Ok(Err(invalid)) => return Err(invalid),
-                Err(error) => {
+        let mut answers = vec![fresh::answer(&fresh.question, &[], &self.open(mine)?)?];
+        let remote = self
+            .runtime
+            .block_on(remote)
+            .map_err(|error| unavailable(error.into()))?;
+        for (node, splits, answer) in remote {
+            match (answer, splits) {
+                (Ok(Ok(answer)), _) => answers.push(answer),
+                (Ok(Err(invalid)), _) => return Err(invalid),
+                (Err(error), Some(splits)) => {
+                    tracing::warn!(node, %error, splits = splits.len(), "a leaf failed; reading its splits here");
+                    self.cache
+                        .stats
+                        .leaf_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    answers.push(fresh::answer(&fresh.question, &[], &self.open(splits)?)?);
+                }
+                (Err(error), None) => {
                     tracing::warn!(node, %error, "a node's fresh data is left out of a query")
                 }
             }
         }
-        Ok((self.open(rows)?, answers))
+        Ok(answers)
     }
-
     /// The split cache's counters.
     pub fn cache_stats(&self) -> Arc<crate::cache::CacheStats> {
         self.cache.stats.clone()
@@ -286,28 +337,26 @@ impl LogReader for ClusterReader {
 
     fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
         sightline_store::validate_log_query(&query.query)?;
-        let (splits, fresh) = self.with_fresh(
+        let answers = self.gather(
             query.start,
             query.end,
             None,
             FreshQuestion::Search(query.clone()),
         )?;
-        let mut pages = splits
-            .iter()
-            .filter(|split| split.row.logs > 0)
-            .map(|split| split.logs.search(query))
-            .collect::<Result<Vec<_>>>()?;
-        pages.extend(fresh.into_iter().filter_map(|answer| match answer {
-            FreshAnswer::Search(page) => Some(page),
-            _ => None,
-        }));
+        let pages = answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FreshAnswer::Search(page) => Some(page),
+                _ => None,
+            })
+            .collect();
         Ok(reader::merge_pages(pages, query.limit))
     }
 
     fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram> {
         sightline_store::validate_log_query(query)?;
         let mut histogram = Histogram::empty(start, end, interval)?;
-        let (splits, fresh) = self.with_fresh(
+        let answers = self.gather(
             Some(start),
             Some(end),
             None,
@@ -318,12 +367,7 @@ impl LogReader for ClusterReader {
                 interval,
             },
         )?;
-        for split in splits {
-            if split.row.logs > 0 {
-                histogram.add(&split.logs.histogram(query, start, end, interval)?);
-            }
-        }
-        for answer in fresh {
+        for answer in answers {
             if let FreshAnswer::Histogram(part) = answer {
                 histogram.add(&part);
             }
@@ -391,6 +435,41 @@ impl LogReader for ClusterReader {
     }
 }
 
+/// A call of another node's internal API: the node, the URL, the splits
+/// of a leaf request (none for fresh data), the JSON body.
+type Call = (String, String, Option<Vec<SplitRow>>, Vec<u8>);
+
+/// One call of another node's internal API: its answer, a refusal of the
+/// query itself (400: the same query fails everywhere), or why it failed.
+async fn call(
+    http: &reqwest::Client,
+    token: Option<&str>,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> std::result::Result<Result<FreshAnswer>, String> {
+    let mut request = http
+        .post(url)
+        .timeout(timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|error| error.to_string())?;
+    let status = response.status();
+    if status == reqwest::StatusCode::BAD_REQUEST {
+        let message = response.text().await.unwrap_or_default();
+        return Ok(Err(StoreError::InvalidQuery(message)));
+    }
+    if !status.is_success() {
+        let message = response.text().await.unwrap_or_default();
+        return Err(format!("{status}: {message}"));
+    }
+    let answer: FreshAnswer = response.json().await.map_err(|error| error.to_string())?;
+    Ok(Ok(answer))
+}
+
 /// The timestamp of the `k`-th nearest hit: the k-th newest of `hits` when
 /// looking back (`older`), the k-th oldest otherwise.
 fn kth_time(hits: &[LogHit], k: usize, older: bool) -> i64 {
@@ -408,21 +487,19 @@ fn kth_time(hits: &[LogHit], k: usize, older: bool) -> i64 {
 
 impl SpanReader for ClusterReader {
     fn trace(&self, trace_id: &str) -> Result<Vec<Span>> {
-        let (splits, fresh) = self.with_fresh(
+        let answers = self.gather(
             None,
             None,
             Some(partition::of_trace(trace_id)),
             FreshQuestion::Trace(trace_id.to_string()),
         )?;
-        let mut parts = splits
-            .iter()
-            .filter(|split| split.row.spans > 0)
-            .map(|split| split.spans.trace(trace_id))
-            .collect::<Result<Vec<_>>>()?;
-        parts.extend(fresh.into_iter().filter_map(|answer| match answer {
-            FreshAnswer::Trace(spans) => Some(spans),
-            _ => None,
-        }));
+        let parts = answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FreshAnswer::Trace(spans) => Some(spans),
+                _ => None,
+            })
+            .collect();
         Ok(reader::merge_trace(parts))
     }
 

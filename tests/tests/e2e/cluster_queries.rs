@@ -391,8 +391,7 @@ async fn every_node_answers_as_an_embedded_collector_does() {
         (RECORDS / 2) as usize,
         "every INFO and DEBUG record, page by page"
     );
-    for (n, node) in nodes.iter().enumerate() {
-        let got = answers(&http, node, base).await;
+    let same = |n: usize, got: Vec<(String, Value)>| {
         for ((path, want), (_, have)) in expected.iter().zip(&got) {
             if let Some(difference) = first_difference(want, have, String::new()) {
                 panic!(
@@ -400,7 +399,43 @@ async fn every_node_answers_as_an_embedded_collector_does() {
                 );
             }
         }
+    };
+    for (n, node) in nodes.iter().enumerate() {
+        same(n, answers(&http, node, base).await);
     }
+    // Each node read its share of the splits for the others.
+    let mut leaves = 0.0;
+    for node in &nodes {
+        leaves += counter(&http, node, "sightline_cluster_leaf_requests_total ").await;
+    }
+    assert!(leaves > 0.0, "no query was spread over the nodes");
+
+    // A node with an empty cache reads its share from S3 alone.
+    let late = engines
+        .start_collector("c3", dir.path(), &ClusterSettings::default())
+        .await;
+    poll_until("c3 alive in the metastore", Duration::from_secs(20), || async {
+        let live = metastore
+            .live_nodes(Duration::from_secs(3))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(live.contains(&"c3".to_string()).then_some(()))
+    })
+    .await;
+    same(3, answers(&http, &late, base).await);
+    assert!(
+        counter(&http, &late, "sightline_cluster_split_cache_misses_total ").await > 0.0,
+        "c3 downloaded its splits"
+    );
+
+    // A leaf killed while it is still listed alive: its share is read by
+    // the root instead.
+    nodes[1].kill9();
+    same(0, answers(&http, &nodes[0], base).await);
+    assert!(
+        counter(&http, &nodes[0], "sightline_cluster_leaf_retries_total ").await > 0.0,
+        "c0 read the killed leaf's splits itself"
+    );
 }
 
 /// A collector's counter, by its exact series name (0 when absent).
