@@ -414,13 +414,17 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     let late = engines
         .start_collector("c3", dir.path(), &ClusterSettings::default())
         .await;
-    poll_until("c3 alive in the metastore", Duration::from_secs(20), || async {
-        let live = metastore
-            .live_nodes(Duration::from_secs(3))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(live.contains(&"c3".to_string()).then_some(()))
-    })
+    poll_until(
+        "c3 alive in the metastore",
+        Duration::from_secs(20),
+        || async {
+            let live = metastore
+                .live_nodes(Duration::from_secs(3))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(live.contains(&"c3".to_string()).then_some(()))
+        },
+    )
     .await;
     same(3, answers(&http, &late, base).await);
     assert!(
