@@ -89,6 +89,13 @@ pub struct ClusterConfig {
     /// and its publish take, retries included.
     #[serde(default = "default_orphan_grace", deserialize_with = "duration")]
     pub orphan_grace: Duration,
+    /// A partition owner merges its adjacent splits smaller than
+    /// `merge_split_bytes` once they were published this long ago (up to
+    /// ten at a time), so long retention does not mean many small splits.
+    #[serde(default = "default_merge_after", deserialize_with = "duration")]
+    pub merge_after: Duration,
+    #[serde(default = "default_merge_split_bytes")]
+    pub merge_split_bytes: u64,
 }
 
 fn default_node_id() -> String {
@@ -115,6 +122,12 @@ fn default_retired_grace() -> Duration {
 }
 fn default_orphan_grace() -> Duration {
     Duration::from_secs(60 * 60)
+}
+fn default_merge_after() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_merge_split_bytes() -> u64 {
+    64 << 20
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -11,6 +11,11 @@
 //!   and its objects) older than `orphan_grace` are deleted. An upload in
 //!   progress is younger than that; a publish that is retried uploads its
 //!   split again each time.
+//! - **Merges**: a partition's owner merges its adjacent small splits once
+//!   they are `merge_after` old (ten at most into one), every record
+//!   keeping its id; the merged split is published and its inputs retired
+//!   in one statement, fenced by the owner's epoch and by every input
+//!   still being live. The inputs are then deleted as retired splits are.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +23,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::metastore::{PublishSplitError, SplitRow};
 use crate::node::Context;
+use crate::splits;
 
 pub(crate) async fn run(
     context: Arc<Context>,
@@ -42,6 +49,12 @@ pub(crate) async fn run(
             tracing::warn!(
                 error = format!("{error:#}"),
                 "the split janitor failed; retrying"
+            );
+        }
+        if let Err(error) = merge_small_splits(&context).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "merging splits failed; retrying"
             );
         }
     }
@@ -100,4 +113,128 @@ async fn collect_orphans(context: &Context) -> anyhow::Result<()> {
             .fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Inputs of one merge at most.
+const MERGE_INPUTS: usize = 10;
+
+async fn merge_small_splits(context: &Context) -> anyhow::Result<()> {
+    let config = &context.config;
+    for (partition, epoch) in context.metastore.leases_of(&context.node_id).await? {
+        let small = context
+            .metastore
+            .small_splits(partition, config.merge_after, config.merge_split_bytes)
+            .await?;
+        for group in adjacent_groups(small, config.merge_split_bytes) {
+            merge(context, partition, epoch, group).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs of adjacent splits (each `to` the next `from`), at most
+/// [`MERGE_INPUTS`] and about `bytes` together, of two or more.
+fn adjacent_groups(splits: Vec<SplitRow>, bytes: u64) -> Vec<Vec<SplitRow>> {
+    let mut groups: Vec<Vec<SplitRow>> = Vec::new();
+    let mut current: Vec<SplitRow> = Vec::new();
+    for split in splits {
+        let fits = current.last().is_some_and(|last| last.to == split.from)
+            && current.len() < MERGE_INPUTS
+            && current.iter().map(|s| s.bytes).sum::<u64>() + split.bytes <= bytes;
+        if !fits && !current.is_empty() {
+            groups.push(std::mem::take(&mut current));
+        }
+        current.push(split);
+    }
+    groups.push(current);
+    groups.retain(|group| group.len() >= 2);
+    groups
+}
+
+async fn merge(
+    context: &Context,
+    partition: sightline_store::PartitionId,
+    epoch: i64,
+    inputs: Vec<SplitRow>,
+) -> anyhow::Result<()> {
+    let mut opened = Vec::with_capacity(inputs.len());
+    for row in &inputs {
+        opened.push(context.reader.open_split(row).await?);
+    }
+    let work_dir = context.work_dir.clone();
+    let merged = tokio::task::spawn_blocking(move || {
+        let parts: Vec<_> = opened
+            .iter()
+            .map(|split| (&split.row, &split.logs, &split.spans))
+            .collect();
+        splits::merge(&work_dir, partition, epoch, &parts)
+    })
+    .await??;
+    context.storage.upload(&merged).await?;
+    let ids: Vec<String> = inputs.iter().map(|row| row.split_id.clone()).collect();
+    match context
+        .metastore
+        .publish_merge(&context.node_id, epoch, &ids, &merged.meta.row)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(partition, split = %merged.meta.row.split_id, inputs = ids.len(), "merged splits");
+            context.stats.splits_merged.fetch_add(1, Ordering::Relaxed);
+            let splits::LocalSplit { dir, meta, .. } = merged;
+            context.reader.adopt(&meta.row, dir.keep()).await;
+            Ok(())
+        }
+        Err(PublishSplitError::Fenced { .. }) => {
+            // Another owner now, or an input already gone: not ours to merge.
+            tracing::info!(
+                partition,
+                "a merge was not published: the partition or its inputs changed"
+            );
+            context.storage.delete(&merged.meta.row.split_id).await
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(from: u64, to: u64, bytes: u64) -> SplitRow {
+        SplitRow {
+            split_id: format!("p00-{from}-{to}"),
+            partition: 0,
+            from,
+            to,
+            min_time: 0,
+            max_time: 0,
+            logs: 1,
+            spans: 0,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn only_runs_of_adjacent_small_splits_are_merged() {
+        let groups = adjacent_groups(
+            vec![
+                split(1, 5, 10),
+                split(5, 9, 10),
+                split(9, 12, 10),
+                // A gap: an input of a merge still running, or a big split.
+                split(20, 25, 10),
+                split(30, 31, 10),
+                split(31, 40, 95),
+            ],
+            100,
+        );
+        let ranges: Vec<Vec<(u64, u64)>> = groups
+            .iter()
+            .map(|group| group.iter().map(|s| (s.from, s.to)).collect())
+            .collect();
+        assert_eq!(ranges, [vec![(1, 5), (5, 9), (9, 12)]]);
+        let many: Vec<SplitRow> = (0..25).map(|n| split(n, n + 1, 1)).collect();
+        let sizes: Vec<usize> = adjacent_groups(many, 100).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+    }
 }

@@ -451,6 +451,119 @@ impl Metastore {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// The partitions `node_id` holds a live lease on, with their epochs.
+    pub async fn leases_of(&self, node_id: &str) -> anyhow::Result<Vec<(PartitionId, i64)>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT partition, epoch FROM sightline_partitions \
+                 WHERE owner = $1 AND lease_until > now() ORDER BY partition",
+                &[&node_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, i32>(0) as PartitionId, row.get(1)))
+            .collect())
+    }
+
+    /// A partition's live splits published more than `age` ago and smaller
+    /// than `bytes`, in sequence order: what a merge may take.
+    pub async fn small_splits(
+        &self,
+        partition: PartitionId,
+        age: Duration,
+        bytes: u64,
+    ) -> anyhow::Result<Vec<SplitRow>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes \
+                 FROM sightline_splits \
+                 WHERE partition = $1 AND retired_at IS NULL \
+                 AND published_at < now() - make_interval(secs => $2) AND bytes < $3 \
+                 ORDER BY from_seq",
+                &[
+                    &(partition as i32),
+                    &age.as_secs_f64(),
+                    &i64::try_from(bytes).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| SplitRow {
+                split_id: row.get(0),
+                partition: row.get::<_, i32>(1) as PartitionId,
+                from: row.get::<_, i64>(2) as u64,
+                to: row.get::<_, i64>(3) as u64,
+                min_time: row.get(4),
+                max_time: row.get(5),
+                logs: row.get::<_, i64>(6) as u64,
+                spans: row.get::<_, i64>(7) as u64,
+                bytes: row.get::<_, i64>(8) as u64,
+            })
+            .collect())
+    }
+
+    /// Publishes `merged` and retires `inputs` in one statement, only if
+    /// `node_id` still holds the partition under `epoch` and every input is
+    /// still live (locked meanwhile): a zombie owner, or a merge racing
+    /// another over the same inputs, changes nothing.
+    pub async fn publish_merge(
+        &self,
+        node_id: &str,
+        epoch: i64,
+        inputs: &[String],
+        merged: &SplitRow,
+    ) -> Result<(), PublishSplitError> {
+        let inserted = self
+            .client()
+            .execute(
+                "WITH lease AS ( \
+                   SELECT partition FROM sightline_partitions \
+                   WHERE partition = $2 AND owner = $10 AND epoch = $11 FOR UPDATE), \
+                 locked AS ( \
+                   SELECT split_id FROM sightline_splits \
+                   WHERE split_id = ANY($12) AND partition = $2 AND retired_at IS NULL \
+                   AND EXISTS (SELECT 1 FROM lease) FOR UPDATE), \
+                 ok AS (SELECT count(*) = $13 AS ok FROM locked), \
+                 retired AS ( \
+                   UPDATE sightline_splits SET retired_at = now() \
+                   WHERE split_id IN (SELECT split_id FROM locked) AND (SELECT ok FROM ok) \
+                   RETURNING split_id) \
+                 INSERT INTO sightline_splits \
+                 (split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes, node_id, epoch) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)",
+                &[
+                    &merged.split_id,
+                    &(merged.partition as i32),
+                    &(merged.from as i64),
+                    &(merged.to as i64),
+                    &merged.min_time,
+                    &merged.max_time,
+                    &(merged.logs as i64),
+                    &(merged.spans as i64),
+                    &(merged.bytes as i64),
+                    &node_id,
+                    &epoch,
+                    &inputs,
+                    &(inputs.len() as i64),
+                ],
+            )
+            .await
+            .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
+        if inserted == 1 {
+            Ok(())
+        } else {
+            Err(PublishSplitError::Fenced {
+                partition: merged.partition,
+                from: merged.from,
+                epoch,
+            })
+        }
+    }
+
     /// PostgreSQL's clock, the cluster's one clock.
     pub async fn now(&self) -> anyhow::Result<std::time::SystemTime> {
         let row = self.client().query_one("SELECT now()", &[]).await?;

@@ -65,6 +65,8 @@ pub struct NodeStats {
     pub splits_deleted: AtomicU64,
     /// Orphaned uploads (objects without a row) the janitor deleted.
     pub orphans_deleted: AtomicU64,
+    /// Merged splits this node published.
+    pub splits_merged: AtomicU64,
 }
 
 impl NodeStats {
@@ -120,6 +122,12 @@ impl NodeStats {
                 "counter",
                 "Uploads without a published row that this node's janitor deleted.",
                 load(&self.orphans_deleted),
+            ),
+            (
+                "sightline_cluster_splits_merged_total",
+                "counter",
+                "Merged splits this node published (each retiring its inputs).",
+                load(&self.splits_merged),
             ),
             (
                 "sightline_cluster_partitions_owned",

@@ -167,26 +167,67 @@ pub fn build(
             }
         }
     }
+    let counts = Counts {
+        min_time,
+        max_time,
+        logs: log_count,
+        spans: span_count,
+    };
+    let split_id = format!("p{partition:02}-{from:012}-{to:012}-e{epoch}");
+    finish(
+        dir,
+        logs,
+        spans,
+        split_id,
+        partition,
+        (from, to),
+        counts,
+        rejected,
+    )
+}
+
+/// What a split holds, as its row lists it.
+struct Counts {
+    min_time: i64,
+    max_time: i64,
+    logs: u64,
+    spans: u64,
+}
+
+/// Commits a split's stores, closes them and writes `split.json`.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    dir: tempfile::TempDir,
+    logs: LogStore,
+    spans: SpanStore,
+    split_id: String,
+    partition: PartitionId,
+    (from, to): (u64, u64),
+    counts: Counts,
+    rejected: Vec<Entry>,
+) -> anyhow::Result<LocalSplit> {
     logs.commit(to)?;
     spans.commit(to)?;
     let bytes = logs.disk_bytes() + sightline_store::dir_size(&dir.path().join("spans"));
     // The writers end (and their lock files go) before the files are read.
     drop(logs);
     drop(spans);
-    if min_time > max_time {
-        (min_time, max_time) = (0, 0);
-    }
+    let (min_time, max_time) = if counts.min_time > counts.max_time {
+        (0, 0)
+    } else {
+        (counts.min_time, counts.max_time)
+    };
     let meta = SplitMeta {
         format_version: SPLIT_FORMAT_VERSION,
         row: SplitRow {
-            split_id: format!("p{partition:02}-{from:012}-{to:012}-e{epoch}"),
+            split_id,
             partition,
             from,
             to,
             min_time,
             max_time,
-            logs: log_count,
-            spans: span_count,
+            logs: counts.logs,
+            spans: counts.spans,
             bytes,
         },
         rejected: rejected.len() as u64,
@@ -200,6 +241,89 @@ pub fn build(
         meta,
         rejected,
     })
+}
+
+/// Merges adjacent splits of one partition (`inputs`, in sequence order,
+/// each `to` the next one's `from`) into one, every record keeping its id
+/// (its entry's sequence and its place in the entry) and every trace
+/// summarized whole over the inputs' spans. Blocks.
+pub fn merge(
+    work_dir: &Path,
+    partition: PartitionId,
+    epoch: i64,
+    inputs: &[(&SplitRow, &LogStore, &SpanStore)],
+) -> anyhow::Result<LocalSplit> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        anyhow::bail!("nothing to merge");
+    };
+    let (from, to) = (first.0.from, last.0.to);
+    std::fs::create_dir_all(work_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix("merge-")
+        .tempdir_in(work_dir)
+        .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
+    let logs = LogStore::open_with(&dir.path().join("logs"), Writers::Small)?;
+    let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
+    let mut counts = Counts {
+        min_time: i64::MAX,
+        max_time: i64::MIN,
+        logs: 0,
+        spans: 0,
+    };
+    // Records by the entry they came in, in their order in it: added
+    // again entry by entry, they get the ids they had.
+    let mut entries: std::collections::BTreeMap<u64, Vec<(usize, sightline_store::LogRecord)>> =
+        Default::default();
+    let mut all_spans = Vec::new();
+    for (row, input_logs, input_spans) in inputs {
+        anyhow::ensure!(
+            row.partition == partition,
+            "split {} is not of partition {partition}",
+            row.split_id
+        );
+        for (seq, record) in input_logs.records()? {
+            let (position, index) = sightline_store::record_position(seq);
+            entries.entry(position).or_default().push((index, record));
+        }
+        all_spans.extend(input_spans.all_spans()?);
+    }
+    for (position, mut records) in entries {
+        records.sort_by_key(|(index, _)| *index);
+        anyhow::ensure!(
+            records
+                .iter()
+                .enumerate()
+                .all(|(i, (index, _))| i == *index),
+            "the records of entry {position} are not all in the splits merged"
+        );
+        let records: Vec<sightline_store::LogRecord> =
+            records.into_iter().map(|(_, record)| record).collect();
+        for record in &records {
+            counts.min_time = counts.min_time.min(record.timestamp);
+            counts.max_time = counts.max_time.max(record.timestamp);
+        }
+        counts.logs += records.len() as u64;
+        logs.add(position, &records)?;
+    }
+    for span in &all_spans {
+        counts.min_time = counts.min_time.min(span.start_time);
+        counts.max_time = counts.max_time.max(span.start_time);
+    }
+    counts.spans = all_spans.len() as u64;
+    if !all_spans.is_empty() {
+        spans.add(from, &all_spans)?;
+    }
+    let split_id = format!("p{partition:02}-{from:012}-{to:012}-m{epoch}");
+    finish(
+        dir,
+        logs,
+        spans,
+        split_id,
+        partition,
+        (from, to),
+        counts,
+        Vec::new(),
+    )
 }
 
 /// PUTs in flight at once while a split uploads.

@@ -42,7 +42,7 @@ pub use error::{Result, StoreError};
 pub use layout::DataDir;
 pub use logs::{
     Cursor, Histogram, HistogramBucket, LOG_PARTITION_FORMAT_VERSION, LogHit, LogQuery,
-    LogSearchResult, LogStore, log_index_schema, log_index_tokenizers, record_seq,
+    LogSearchResult, LogStore, log_index_schema, log_index_tokenizers, record_position, record_seq,
     validate_log_query,
 };
 pub use model::{LogRecord, SharedResource, Span, SpanEvent, SpanLink, SpanStatus};

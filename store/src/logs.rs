@@ -112,6 +112,15 @@ pub fn record_seq(position: u64, index: usize) -> u64 {
     (position << SEQ_INDEX_BITS) | (index as u64 & ((1 << SEQ_INDEX_BITS) - 1))
 }
 
+/// The entry position and the place in it of a record's sequence number:
+/// the inverse of [`record_seq`].
+pub fn record_position(seq: u64) -> (u64, usize) {
+    (
+        seq >> SEQ_INDEX_BITS,
+        (seq & ((1 << SEQ_INDEX_BITS) - 1)) as usize,
+    )
+}
+
 /// Checks a log query string without a store: what
 /// [`LogStore::validate_query`] checks (for a reader of many stores, which
 /// must refuse a bad query even where no store is searched).
@@ -997,6 +1006,25 @@ impl LogStore {
             before,
             after,
         ))
+    }
+
+    /// Every record with its sequence number ([`record_seq`]), in no
+    /// order: what a merge of stores re-indexes, ids kept. Holds them all
+    /// in memory (a cluster split's records).
+    pub fn records(&self) -> Result<Vec<(u64, LogRecord)>> {
+        let mut records = Vec::new();
+        for partition in self.read_partitions().values() {
+            let searcher = partition.reader.searcher();
+            for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+                let keys = SortKey::for_segment(segment);
+                for doc in segment.doc_ids_alive() {
+                    let Some(key) = keys.key(doc) else { continue };
+                    let address = DocAddress::new(ordinal as u32, doc);
+                    records.push((key.seq, self.load_record(partition, address)?));
+                }
+            }
+        }
+        Ok(records)
     }
 
     /// The record `id` (its cursor), if this store holds it.

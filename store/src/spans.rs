@@ -486,6 +486,15 @@ impl SpanStore {
         self.spans_matching(Box::new(TermSetQuery::new(terms)), limit)
     }
 
+    /// Every span, in no order (a merge of stores re-indexes them).
+    pub fn all_spans(&self) -> Result<Vec<Span>> {
+        let count = self.num_spans() as usize;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        self.spans_matching(Box::new(AllQuery), count)
+    }
+
     /// Spans of traces that this store does not hold but its summaries
     /// must count: a cluster split's traces that began in earlier splits.
     /// Give them before the traces' new spans are added; the summaries

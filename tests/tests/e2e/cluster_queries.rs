@@ -661,3 +661,98 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
         assert_eq!(times.len(), 100, "each record once");
     }
 }
+
+/// The ids of every record a node finds, sorted.
+async fn record_ids(http: &reqwest::Client, node: &CollectorProcess) -> Vec<String> {
+    let page = get_json(http, &node.url("/api/logs?limit=1000")).await;
+    let mut ids: Vec<String> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_merge_small_splits_and_every_record_keeps_its_id() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ClusterSettings {
+        extra: "lifecycle_interval: 1s\nmerge_after: 2s\n".into(),
+        ..ClusterSettings::default()
+    };
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        nodes.push(
+            engines
+                .start_collector(&format!("c{n}"), dir.path(), &settings)
+                .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let base = now - 60_000 * MS;
+    // Six rounds a split interval apart: several splits per partition.
+    for round in 0..6 {
+        let ids = round * 24..(round + 1) * 24;
+        post(
+            &http,
+            &nodes[(round % 2) as usize],
+            "/v1/logs",
+            &logs_payload(base, ids),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    wait_published(&metastore, 144, 0).await;
+    let before = record_ids(&http, &nodes[0]).await;
+    assert_eq!(before.len(), 144);
+
+    poll_until(
+        "one split per partition",
+        Duration::from_secs(90),
+        || async {
+            let splits = metastore.splits().await.map_err(|e| e.to_string())?;
+            let mut per_partition: std::collections::BTreeMap<u32, usize> = Default::default();
+            for split in &splits {
+                *per_partition.entry(split.partition).or_default() += 1;
+            }
+            let logs: u64 = splits.iter().map(|split| split.logs).sum();
+            let merged = splits.iter().filter(|s| s.split_id.contains("-m")).count();
+            if per_partition.values().all(|count| *count == 1) && merged > 0 {
+                assert_eq!(logs, 144, "the live splits hold every record once");
+                Ok(Some(()))
+            } else {
+                Err(format!("{per_partition:?}, {merged} merged"))
+            }
+        },
+    )
+    .await;
+    let retired = engines
+        .postgres
+        .psql("SELECT count(*) FROM sightline_splits WHERE retired_at IS NOT NULL")
+        .await
+        .unwrap();
+    assert!(
+        retired.trim().parse::<u64>().unwrap() >= 2,
+        "inputs retired: {retired}"
+    );
+    for node in &nodes {
+        assert_eq!(
+            record_ids(&http, node).await,
+            before,
+            "same records, same ids"
+        );
+    }
+    let mut merged = 0.0;
+    for node in &nodes {
+        merged += counter(&http, node, "sightline_cluster_splits_merged_total ").await;
+    }
+    assert!(merged >= 1.0);
+}
