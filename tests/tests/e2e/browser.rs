@@ -1885,3 +1885,91 @@ async fn the_dashboards_as_described() {
     }
     let _ = browser.close().await;
 }
+
+/// The UI's main flows (search, the trace waterfall, the request view)
+/// on the second node of a 3-node cluster, the data sent to the first and
+/// read from published splits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_on_the_second_node_of_a_cluster_searches_and_opens_traces_and_requests() {
+    use crate::cluster_queries::{MS, logs_payload, post, spans_payload, trace_id, wait_published};
+    use sightline_tests::engines::{ClusterEngines, ClusterSettings};
+
+    let engines = ClusterEngines::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for n in 0..3 {
+        nodes.push(
+            engines
+                .start_collector(&format!("c{n}"), dir.path(), &ClusterSettings::default())
+                .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let metastore = sightline_cluster::Metastore::connect(&engines.postgres.url())
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let base = now - 600_000 * MS;
+    post(&http, &nodes[0], "/v1/logs", &logs_payload(base, 0..80)).await;
+    post(&http, &nodes[0], "/v1/traces", &spans_payload(base, false)).await;
+    wait_published(&metastore, 80, 23).await;
+
+    let ui = nodes[1].url("/");
+    let (_driver, browser) = start_browser().await;
+    // Search: the two records of request req-2 (records 12 and 48).
+    open_view(&browser, &ui, "logs?q=request_id:req-2&from=now-1h", "logs").await;
+    let rows = wait_js(
+        &browser,
+        "both records of req-2",
+        Duration::from_secs(30),
+        "const rows = [...document.querySelectorAll('#results tbody tr.log-row')].map(r => r.textContent); \
+         return rows.length === 2 ? rows : null;",
+    )
+    .await;
+    for row in rows.as_array().unwrap() {
+        assert!(row.as_str().unwrap().contains("req-2"), "{rows}");
+    }
+    screenshot(&browser, "cluster-logs-search.png").await;
+
+    // The waterfall: the four services' spans of trace 2.
+    open_view(&browser, &ui, &format!("trace/{}", trace_id(2)), "trace").await;
+    let services = js(
+        &browser,
+        "return [...document.querySelectorAll('#waterfall .span-row[data-span-id]')].map(r => r.textContent);",
+    )
+    .await;
+    let services = services.as_array().expect("span rows").clone();
+    assert_eq!(services.len(), 4, "{services:?}");
+    for service in ["gateway", "checkout", "payment", "inventory"] {
+        assert!(
+            services
+                .iter()
+                .any(|row| row.as_str().unwrap_or_default().contains(service)),
+            "{service} in {services:?}"
+        );
+    }
+    screenshot(&browser, "cluster-trace-waterfall.png").await;
+
+    // The request view: the request's logs and its trace's spans.
+    open_view(&browser, &ui, "request/req-2", "request").await;
+    let view = js(
+        &browser,
+        "return { logs: document.querySelectorAll('#request-timeline .story-log').length, \
+                  spans: document.querySelectorAll('#request-timeline .story-span').length, \
+                  traces: [...document.querySelectorAll('.story-traces a.trace-link')].map(a => a.textContent) };",
+    )
+    .await;
+    assert_eq!(view["logs"], 2, "{view}");
+    assert_eq!(view["spans"], 4, "{view}");
+    assert!(
+        view["traces"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == trace_id(2).as_str())),
+        "{view}"
+    );
+    screenshot(&browser, "cluster-request.png").await;
+    browser.close().await.expect("close the browser");
+}

@@ -13,18 +13,18 @@ use sightline_cluster::Metastore;
 use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings};
 use sightline_tests::{CollectorProcess, poll_until};
 
-const MS: i64 = 1_000_000;
+pub(crate) const MS: i64 = 1_000_000;
 const SERVICES: [&str; 4] = ["gateway", "checkout", "payment", "inventory"];
 const SEVERITIES: [&str; 4] = ["INFO", "WARN", "ERROR", "DEBUG"];
 const RECORDS: i64 = 240;
 
-fn trace_id(n: usize) -> String {
+pub(crate) fn trace_id(n: usize) -> String {
     format!("{:032x}", 0x5e1u128 << 80 | n as u128)
 }
 
 /// Records `0..RECORDS`, 250 ms apart from `base`, over four services of
 /// three pods each; some carry a trace id and a request id.
-fn logs_payload(base: i64, ids: std::ops::Range<i64>) -> Value {
+pub(crate) fn logs_payload(base: i64, ids: std::ops::Range<i64>) -> Value {
     let mut by_stream: std::collections::BTreeMap<(usize, i64), Vec<Value>> = Default::default();
     for i in ids {
         let service = (i % 4) as usize;
@@ -65,7 +65,7 @@ fn logs_payload(base: i64, ids: std::ops::Range<i64>) -> Value {
 /// Spans of six traces through the services (the third has an error), or
 /// with `late`, the last span of trace 5: it starts 2 s after the rest and
 /// takes 3 s, so the trace lasts ~5 s only once it is there.
-fn spans_payload(base: i64, late: bool) -> Value {
+pub(crate) fn spans_payload(base: i64, late: bool) -> Value {
     let mut resource_spans = Vec::new();
     for (s, service) in SERVICES.iter().enumerate() {
         let mut spans = Vec::new();
@@ -107,7 +107,12 @@ fn spans_payload(base: i64, late: bool) -> Value {
     json!({ "resourceSpans": resource_spans })
 }
 
-async fn post(http: &reqwest::Client, collector: &CollectorProcess, path: &str, body: &Value) {
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    collector: &CollectorProcess,
+    path: &str,
+    body: &Value,
+) {
     poll_until("a batch acknowledged", Duration::from_secs(30), || async {
         let response = http
             .post(collector.otlp_http_url(path))
@@ -121,7 +126,7 @@ async fn post(http: &reqwest::Client, collector: &CollectorProcess, path: &str, 
 }
 
 /// Waits until the published splits hold `logs` records and `spans` spans.
-async fn wait_published(metastore: &Metastore, logs: u64, spans: u64) {
+pub(crate) async fn wait_published(metastore: &Metastore, logs: u64, spans: u64) {
     poll_until("the dataset published", Duration::from_secs(90), || async {
         let splits = metastore.splits().await.map_err(|e| e.to_string())?;
         let published: (u64, u64) = splits
