@@ -165,23 +165,26 @@ impl SplitCache {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// The split's slot, made if new, marked as just used.
+    fn slot(&self, split_id: &str) -> Arc<OnceCell<Arc<OpenSplit>>> {
+        let mut slots = self.slots();
+        slots.clock += 1;
+        let used = slots.clock;
+        let slot = slots
+            .by_id
+            .entry(split_id.to_string())
+            .or_insert_with(|| Slot {
+                split: Arc::new(OnceCell::new()),
+                used,
+            });
+        slot.used = used;
+        slot.split.clone()
+    }
+
     /// The split, from the cache or downloaded into it. Concurrent opens
     /// of one split download it once.
     pub async fn open(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
-        let cell = {
-            let mut slots = self.slots();
-            slots.clock += 1;
-            let used = slots.clock;
-            let slot = slots
-                .by_id
-                .entry(row.split_id.clone())
-                .or_insert_with(|| Slot {
-                    split: Arc::new(OnceCell::new()),
-                    used,
-                });
-            slot.used = used;
-            slot.split.clone()
-        };
+        let cell = self.slot(&row.split_id);
         if let Some(split) = cell.get() {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(split.clone());
@@ -210,19 +213,7 @@ impl SplitCache {
     /// Takes `local`, the directory of a split this node built and
     /// published, into the cache (moved, not copied), unless it is there.
     pub async fn adopt(&self, row: &SplitRow, local: PathBuf) -> anyhow::Result<()> {
-        let cell = {
-            let mut slots = self.slots();
-            slots.clock += 1;
-            let used = slots.clock;
-            let slot = slots
-                .by_id
-                .entry(row.split_id.clone())
-                .or_insert_with(|| Slot {
-                    split: Arc::new(OnceCell::new()),
-                    used,
-                });
-            slot.split.clone()
-        };
+        let cell = self.slot(&row.split_id);
         let dir = self.next_dir(row);
         let moved = tokio::fs::rename(&local, &dir).await;
         if let Err(error) = moved {

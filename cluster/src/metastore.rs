@@ -331,20 +331,7 @@ impl Metastore {
                 &[&start, &end, &partition],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| SplitRow {
-                split_id: row.get(0),
-                partition: row.get::<_, i32>(1) as PartitionId,
-                from: row.get::<_, i64>(2) as u64,
-                to: row.get::<_, i64>(3) as u64,
-                min_time: row.get(4),
-                max_time: row.get(5),
-                logs: row.get::<_, i64>(6) as u64,
-                spans: row.get::<_, i64>(7) as u64,
-                bytes: row.get::<_, i64>(8) as u64,
-            })
-            .collect())
+        Ok(rows.iter().map(split_row).collect())
     }
 
     /// The published splits of `[start, end)` (of one partition when
@@ -490,20 +477,7 @@ impl Metastore {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| SplitRow {
-                split_id: row.get(0),
-                partition: row.get::<_, i32>(1) as PartitionId,
-                from: row.get::<_, i64>(2) as u64,
-                to: row.get::<_, i64>(3) as u64,
-                min_time: row.get(4),
-                max_time: row.get(5),
-                logs: row.get::<_, i64>(6) as u64,
-                spans: row.get::<_, i64>(7) as u64,
-                bytes: row.get::<_, i64>(8) as u64,
-            })
-            .collect())
+        Ok(rows.iter().map(split_row).collect())
     }
 
     /// Publishes `merged` and retires `inputs` in one statement, only if
@@ -590,6 +564,22 @@ impl Metastore {
                 )
             })
             .collect())
+    }
+}
+
+/// A [`SplitRow`] from a row selecting `split_id, partition, from_seq,
+/// to_seq, min_time, max_time, logs, spans, bytes`, in that order.
+fn split_row(row: &tokio_postgres::Row) -> SplitRow {
+    SplitRow {
+        split_id: row.get(0),
+        partition: row.get::<_, i32>(1) as PartitionId,
+        from: row.get::<_, i64>(2) as u64,
+        to: row.get::<_, i64>(3) as u64,
+        min_time: row.get(4),
+        max_time: row.get(5),
+        logs: row.get::<_, i64>(6) as u64,
+        spans: row.get::<_, i64>(7) as u64,
+        bytes: row.get::<_, i64>(8) as u64,
     }
 }
 

@@ -118,15 +118,7 @@ pub fn build(
     rejected: Vec<Entry>,
     earlier: EarlierSpans<'_>,
 ) -> anyhow::Result<LocalSplit> {
-    std::fs::create_dir_all(work_dir)?;
-    let dir = tempfile::Builder::new()
-        .prefix("split-")
-        .tempdir_in(work_dir)
-        .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
-    // Built once and closed: small writers (a writer's fixed cost per
-    // segment grows with its budget, and a split is one segment).
-    let logs = LogStore::open_with(&dir.path().join("logs"), Writers::Small)?;
-    let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
+    let (dir, logs, spans) = new_split(work_dir, "split-")?;
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     let (mut log_count, mut span_count) = (0u64, 0u64);
     let mut traces = std::collections::BTreeSet::new();
@@ -184,6 +176,23 @@ pub fn build(
         counts,
         rejected,
     )
+}
+
+/// A new split's directory under `work_dir` and its empty stores.
+fn new_split(
+    work_dir: &Path,
+    prefix: &str,
+) -> anyhow::Result<(tempfile::TempDir, LogStore, SpanStore)> {
+    std::fs::create_dir_all(work_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(work_dir)
+        .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
+    // Built once and closed: small writers (a writer's fixed cost per
+    // segment grows with its budget, and a split is one segment).
+    let logs = LogStore::open_with(&dir.path().join("logs"), Writers::Small)?;
+    let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
+    Ok((dir, logs, spans))
 }
 
 /// What a split holds, as its row lists it.
@@ -257,13 +266,7 @@ pub fn merge(
         anyhow::bail!("nothing to merge");
     };
     let (from, to) = (first.0.from, last.0.to);
-    std::fs::create_dir_all(work_dir)?;
-    let dir = tempfile::Builder::new()
-        .prefix("merge-")
-        .tempdir_in(work_dir)
-        .with_context(|| format!("failed to make a split directory in {}", work_dir.display()))?;
-    let logs = LogStore::open_with(&dir.path().join("logs"), Writers::Small)?;
-    let spans = SpanStore::open_with(&dir.path().join("spans"), Writers::Small)?;
+    let (dir, logs, spans) = new_split(work_dir, "merge-")?;
     let mut counts = Counts {
         min_time: i64::MAX,
         max_time: i64::MIN,

@@ -612,16 +612,6 @@ impl SpanStore {
         Ok(self.terms(self.fields.service, "")?.into_iter().collect())
     }
 
-    /// Operation names of a service's spans, sorted, each once.
-    pub fn operations(&self, service: &str) -> Result<Vec<String>> {
-        let names: BTreeSet<String> = self
-            .operations_with_kinds(service, None)?
-            .into_iter()
-            .map(|operation| operation.name)
-            .collect();
-        Ok(names.into_iter().collect())
-    }
-
     /// The operations of a service's spans: one per (name, span kind) pair,
     /// as Jaeger lists them, sorted; only those of `kind` when given
     /// (compared case-insensitively). Spans stored before kinds were indexed
@@ -807,6 +797,7 @@ impl SpanStore {
 mod tests {
     use super::*;
     use crate::model::SpanStatus;
+    use crate::reader::SpanReader as _;
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 

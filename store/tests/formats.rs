@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
+use sightline_store::SpanReader as _;
 use sightline_store::wal::{self, WAL_FORMAT_VERSION};
 use sightline_store::{
     Batch, Checkpoint, DurableLog, LOG_PARTITION_FORMAT_VERSION, LocalWal, LogQuery, LogRecord,

@@ -1293,6 +1293,20 @@ impl ClusterEngines {
         crate::CollectorProcess::start_with_env(&dir.join(node_id), &args, &env).await
     }
 
+    /// Collectors `c0`..`c<count - 1>` in cluster mode ([`Self::start_collector`]).
+    pub async fn start_collectors(
+        &self,
+        count: usize,
+        dir: &Path,
+        settings: &ClusterSettings,
+    ) -> Vec<crate::CollectorProcess> {
+        let mut collectors = Vec::with_capacity(count);
+        for n in 0..count {
+            collectors.push(self.start_collector(&format!("c{n}"), dir, settings).await);
+        }
+        collectors
+    }
+
     /// The splits' object storage, as a query leaf reads it.
     pub fn storage(&self) -> sightline_cluster::SplitStorage {
         sightline_cluster::SplitStorage::new(&sightline_cluster::ObjectStoreConfig {

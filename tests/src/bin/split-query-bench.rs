@@ -59,7 +59,7 @@ async fn main() {
         .as_nanos() as i64;
     let start = now - 24 * HOUR;
     eprintln!("generating {records} records over 24 hours ...");
-    let batches = generate(records, start);
+    let batches = Arc::new(generate(records, start));
     let work = tempfile::tempdir().unwrap();
 
     eprintln!("indexing the embedded store ...");

@@ -1891,27 +1891,21 @@ async fn the_dashboards_as_described() {
 /// read from published splits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_on_the_second_node_of_a_cluster_searches_and_opens_traces_and_requests() {
-    use crate::cluster_queries::{MS, logs_payload, post, spans_payload, trace_id, wait_published};
+    use crate::cluster_queries::{
+        MS, logs_payload, now_nanos, post, spans_payload, trace_id, wait_published,
+    };
     use sightline_tests::engines::{ClusterEngines, ClusterSettings};
 
     let engines = ClusterEngines::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for n in 0..3 {
-        nodes.push(
-            engines
-                .start_collector(&format!("c{n}"), dir.path(), &ClusterSettings::default())
-                .await,
-        );
-    }
+    let nodes = engines
+        .start_collectors(3, dir.path(), &ClusterSettings::default())
+        .await;
     let http = reqwest::Client::new();
     let metastore = sightline_cluster::Metastore::connect(&engines.postgres.url())
         .await
         .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = now_nanos();
     let base = now - 600_000 * MS;
     post(&http, &nodes[0], "/v1/logs", &logs_payload(base, 0..80)).await;
     post(&http, &nodes[0], "/v1/traces", &spans_payload(base, false)).await;

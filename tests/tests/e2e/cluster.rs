@@ -31,15 +31,7 @@ async fn collectors_with(
         stream_bytes,
         ..ClusterSettings::default()
     };
-    let mut collectors = Vec::new();
-    for n in 0..3 {
-        collectors.push(
-            engines
-                .start_collector(&format!("c{n}"), dir, &settings)
-                .await,
-        );
-    }
-    collectors
+    engines.start_collectors(3, dir, &settings).await
 }
 
 fn now_nanos() -> u128 {

@@ -18,6 +18,14 @@ const SERVICES: [&str; 4] = ["gateway", "checkout", "payment", "inventory"];
 const SEVERITIES: [&str; 4] = ["INFO", "WARN", "ERROR", "DEBUG"];
 const RECORDS: i64 = 240;
 
+/// The wall clock, nanoseconds.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
 pub(crate) fn trace_id(n: usize) -> String {
     format!("{:032x}", 0x5e1u128 << 80 | n as u128)
 }
@@ -293,22 +301,14 @@ fn first_difference(want: &Value, have: &Value, path: String) -> Option<String> 
 async fn every_node_answers_as_an_embedded_collector_does() {
     let engines = Engines::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for n in 0..3 {
-        nodes.push(
-            engines
-                .start_collector(&format!("c{n}"), dir.path(), &ClusterSettings::default())
-                .await,
-        );
-    }
+    let mut nodes = engines
+        .start_collectors(3, dir.path(), &ClusterSettings::default())
+        .await;
     let embedded = CollectorProcess::start(&dir.path().join("embedded"), &[]).await;
     eprintln!("the embedded collector is at {}", embedded.url("/"));
     let http = reqwest::Client::new();
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = now_nanos();
     let base = now - 600_000 * MS;
 
     // The same batches to the embedded collector and, spread, to the nodes.
@@ -471,14 +471,7 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
         args: vec!["--retention".into(), "2m".into()],
         ..ClusterSettings::default()
     };
-    let mut nodes = Vec::new();
-    for n in 0..2 {
-        nodes.push(
-            engines
-                .start_collector(&format!("c{n}"), dir.path(), &settings)
-                .await,
-        );
-    }
+    let nodes = engines.start_collectors(2, dir.path(), &settings).await;
     let http = reqwest::Client::new();
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
     let storage = engines.storage();
@@ -488,10 +481,7 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
         .put_object("splits/p07-000000000001-000000000009-e99/split.json", b"{}")
         .await
         .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = now_nanos();
     // Within retention when sent (15 s of records, 100 s old), past it
     // 20 to 35 s later.
     let old = now - 100_000 * MS;
@@ -608,20 +598,10 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
         split_interval: "25s".into(),
         ..ClusterSettings::default()
     };
-    let mut nodes = Vec::new();
-    for n in 0..3 {
-        nodes.push(
-            engines
-                .start_collector(&format!("c{n}"), dir.path(), &settings)
-                .await,
-        );
-    }
+    let nodes = engines.start_collectors(3, dir.path(), &settings).await;
     let http = reqwest::Client::new();
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = now_nanos();
     let base = now - 60_000 * MS;
     post(&http, &nodes[0], "/v1/logs", &logs_payload(base, 0..100)).await;
     post(&http, &nodes[2], "/v1/traces", &spans_payload(base, false)).await;
@@ -688,20 +668,10 @@ async fn owners_merge_small_splits_and_every_record_keeps_its_id() {
         extra: "lifecycle_interval: 1s\nmerge_after: 2s\n".into(),
         ..ClusterSettings::default()
     };
-    let mut nodes = Vec::new();
-    for n in 0..2 {
-        nodes.push(
-            engines
-                .start_collector(&format!("c{n}"), dir.path(), &settings)
-                .await,
-        );
-    }
+    let nodes = engines.start_collectors(2, dir.path(), &settings).await;
     let http = reqwest::Client::new();
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
+    let now = now_nanos();
     let base = now - 60_000 * MS;
     // Six rounds a split interval apart: several splits per partition.
     for round in 0..6 {
