@@ -452,7 +452,7 @@ async fn every_acknowledged_record_is_in_exactly_one_published_split() {
 }
 
 /// A sample of a collector's `/metrics`, by its name and labels as written.
-async fn metric(collector: &CollectorProcess, series: &str) -> f64 {
+pub(crate) async fn metric(collector: &CollectorProcess, series: &str) -> f64 {
     let text = reqwest::get(collector.url("/metrics"))
         .await
         .unwrap()

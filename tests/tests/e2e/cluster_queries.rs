@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sightline_cluster::Metastore;
+
+use crate::cluster::metric;
 use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings};
 use sightline_tests::{CollectorProcess, poll_until};
 
@@ -411,7 +413,7 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     // Each node read its share of the splits for the others.
     let mut leaves = 0.0;
     for node in &nodes {
-        leaves += counter(&http, node, "sightline_cluster_leaf_requests_total ").await;
+        leaves += metric(node, "sightline_cluster_leaf_requests_total").await;
     }
     assert!(leaves > 0.0, "no query was spread over the nodes");
 
@@ -433,7 +435,7 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     .await;
     same(3, answers(&http, &late, base).await);
     assert!(
-        counter(&http, &late, "sightline_cluster_split_cache_misses_total ").await > 0.0,
+        metric(&late, "sightline_cluster_split_cache_misses_total").await > 0.0,
         "c3 downloaded its splits"
     );
 
@@ -442,24 +444,9 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     nodes[1].kill9();
     same(0, answers(&http, &nodes[0], base).await);
     assert!(
-        counter(&http, &nodes[0], "sightline_cluster_leaf_retries_total ").await > 0.0,
+        metric(&nodes[0], "sightline_cluster_leaf_retries_total").await > 0.0,
         "c0 read the killed leaf's splits itself"
     );
-}
-
-/// A collector's counter, by its exact series name (0 when absent).
-async fn counter(http: &reqwest::Client, collector: &CollectorProcess, series: &str) -> f64 {
-    let text = http
-        .get(collector.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,8 +533,8 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
     let mut deleted = 0.0;
     let mut orphans = 0.0;
     for node in &nodes {
-        deleted += counter(&http, node, "sightline_cluster_splits_deleted_total ").await;
-        orphans += counter(&http, node, "sightline_cluster_orphans_deleted_total ").await;
+        deleted += metric(node, "sightline_cluster_splits_deleted_total").await;
+        orphans += metric(node, "sightline_cluster_orphans_deleted_total").await;
     }
     assert_eq!(
         deleted as usize,
@@ -727,7 +714,7 @@ async fn owners_merge_small_splits_and_every_record_keeps_its_id() {
     }
     let mut merged = 0.0;
     for node in &nodes {
-        merged += counter(&http, node, "sightline_cluster_splits_merged_total ").await;
+        merged += metric(node, "sightline_cluster_splits_merged_total").await;
     }
     assert!(merged >= 1.0);
 }
