@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sightline_store::reader;
-use sightline_store::{Batch, Histogram, LogQuery, LogSearchResult, PartitionId, Span, record_seq};
+use sightline_store::{
+    Batch, Histogram, LogQuery, LogSearchResult, Operation, PartitionId, Span, TraceQuery,
+    TraceSummary, record_seq,
+};
 
 use crate::cache::OpenSplit;
 use crate::metastore::SplitRow;
@@ -133,6 +136,23 @@ pub enum FreshQuestion {
         interval: i64,
     },
     Trace(String),
+    /// Whole-trace search: the traces each part finds (the root judges
+    /// each found trace whole).
+    SearchTraces(TraceQuery),
+    Services,
+    Operations(String),
+    TraceIdsForRequest(String),
+    TracesLinkingTo(String),
+}
+
+impl FreshQuestion {
+    /// Whether the question reads spans (else log records).
+    pub fn reads_spans(&self) -> bool {
+        !matches!(
+            self,
+            FreshQuestion::Search(_) | FreshQuestion::Histogram { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +160,10 @@ pub enum FreshAnswer {
     Search(LogSearchResult),
     Histogram(Histogram),
     Trace(Vec<Span>),
+    Summaries(Vec<TraceSummary>),
+    /// Services, trace ids: sorted, each once.
+    Names(Vec<String>),
+    Operations(Vec<Operation>),
 }
 
 /// What one owned partition holds past `seen`: its entries, and the
@@ -201,6 +225,12 @@ pub(crate) fn answer(
                 Batch::Spans(_) => Vec::new(),
             })
     };
+    let spans = || {
+        entries.iter().flat_map(|(_, batch)| match batch.as_ref() {
+            Batch::Spans(spans) => spans.iter().collect::<Vec<_>>(),
+            Batch::Logs(_) => Vec::new(),
+        })
+    };
     Ok(match question {
         FreshQuestion::Search(query) => {
             let mut pages = vec![reader::search_records(records(), query)?];
@@ -246,6 +276,64 @@ pub(crate) fn answer(
                 parts.push(split.spans.trace(&trace_id)?);
             }
             FreshAnswer::Trace(reader::merge_trace(parts))
+        }
+        // Traces not yet in a split have no summary: found once published.
+        FreshQuestion::SearchTraces(query) => {
+            let mut found = Vec::new();
+            for split in splits {
+                found.extend(split.spans.search_traces(query)?);
+            }
+            FreshAnswer::Summaries(found)
+        }
+        FreshQuestion::Services => {
+            let mut parts = vec![spans().map(|span| span.service.clone()).collect()];
+            for split in splits {
+                parts.push(split.spans.services()?);
+            }
+            FreshAnswer::Names(reader::merge_names(parts))
+        }
+        FreshQuestion::Operations(service) => {
+            let mut parts = vec![
+                spans()
+                    .filter(|span| span.service == *service)
+                    .map(|span| Operation {
+                        name: span.name.clone(),
+                        span_kind: span.kind.clone(),
+                    })
+                    .collect(),
+            ];
+            for split in splits {
+                parts.push(split.spans.operations_with_kinds(service, None)?);
+            }
+            FreshAnswer::Operations(reader::merge_operations(parts))
+        }
+        FreshQuestion::TraceIdsForRequest(request_id) => {
+            let mut parts = vec![
+                spans()
+                    .filter(|span| span.request_id.as_deref() == Some(request_id.as_str()))
+                    .map(|span| span.trace_id.clone())
+                    .collect(),
+            ];
+            for split in splits {
+                parts.push(split.spans.trace_ids_for_request(request_id)?);
+            }
+            FreshAnswer::Names(reader::merge_names(parts))
+        }
+        FreshQuestion::TracesLinkingTo(trace_id) => {
+            let mut parts = vec![
+                spans()
+                    .filter(|span| {
+                        span.links
+                            .iter()
+                            .any(|link| link.trace_id.eq_ignore_ascii_case(trace_id))
+                    })
+                    .map(|span| span.trace_id.clone())
+                    .collect(),
+            ];
+            for split in splits {
+                parts.push(split.spans.traces_linking_to(trace_id)?);
+            }
+            FreshAnswer::Names(reader::merge_names(parts))
         }
     })
 }

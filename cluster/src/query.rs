@@ -141,6 +141,12 @@ impl ClusterReader {
                 .map_err(unavailable)?;
             Ok::<_, StoreError>((rows, seen, nodes))
         })?;
+        // Only splits holding what the question reads.
+        let spans = question.reads_spans();
+        let rows: Vec<SplitRow> = rows
+            .into_iter()
+            .filter(|row| if spans { row.spans > 0 } else { row.logs > 0 })
+            .collect();
         let live: Vec<String> = nodes.iter().map(|(node, _)| node.clone()).collect();
         let mut mine = Vec::new();
         let mut theirs: BTreeMap<String, Vec<SplitRow>> = BTreeMap::new();
@@ -292,17 +298,22 @@ impl ClusterReader {
         }
     }
 
+    /// Names (services, trace ids) every part gives, merged.
+    fn names(&self, question: FreshQuestion) -> Result<Vec<String>> {
+        let parts = self
+            .gather(None, None, None, question)?
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FreshAnswer::Names(names) => Some(names),
+                _ => None,
+            })
+            .collect();
+        Ok(reader::merge_names(parts))
+    }
+
     /// Every split holding spans of `trace_id`'s partition.
     fn trace_splits(&self, trace_id: &str) -> Result<Vec<Arc<OpenSplit>>> {
         let splits = self.splits(None, None, Some(partition::of_trace(trace_id)))?;
-        Ok(splits
-            .into_iter()
-            .filter(|split| split.row.spans > 0)
-            .collect())
-    }
-
-    fn span_splits(&self) -> Result<Vec<Arc<OpenSplit>>> {
-        let splits = self.splits(None, None, None)?;
         Ok(splits
             .into_iter()
             .filter(|split| split.row.spans > 0)
@@ -504,21 +515,13 @@ impl SpanReader for ClusterReader {
     }
 
     fn trace_ids_for_request(&self, request_id: &str) -> Result<Vec<String>> {
-        let parts = self
-            .span_splits()?
-            .iter()
-            .map(|split| split.spans.trace_ids_for_request(request_id))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(reader::merge_names(parts))
+        self.names(FreshQuestion::TraceIdsForRequest(request_id.to_string()))
     }
 
     fn traces_linking_to(&self, trace_id: &str) -> Result<Vec<String>> {
-        let parts = self
-            .span_splits()?
-            .iter()
-            .map(|split| split.spans.traces_linking_to(trace_id))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(reader::merge_names(parts))
+        self.names(FreshQuestion::TracesLinkingTo(
+            trace_id.to_ascii_lowercase(),
+        ))
     }
 
     fn summary(&self, trace_id: &str) -> Result<Option<TraceSummary>> {
@@ -529,12 +532,19 @@ impl SpanReader for ClusterReader {
     }
 
     fn search_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
-        let parts = self
-            .splits(query.start, query.end, None)?
-            .iter()
-            .filter(|split| split.row.spans > 0)
-            .map(|split| split.spans.search_traces(query))
-            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<Vec<TraceSummary>> = self
+            .gather(
+                query.start,
+                query.end,
+                None,
+                FreshQuestion::SearchTraces(query.clone()),
+            )?
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FreshAnswer::Summaries(found) => Some(found),
+                _ => None,
+            })
+            .collect();
         // Every found trace is judged whole: a split boundary or a late span
         // may have cut it, and a part's summary is not the trace's.
         let found: BTreeSet<String> = parts
@@ -564,20 +574,23 @@ impl SpanReader for ClusterReader {
     }
 
     fn services(&self) -> Result<Vec<String>> {
-        let parts = self
-            .span_splits()?
-            .iter()
-            .map(|split| split.spans.services())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(reader::merge_names(parts))
+        self.names(FreshQuestion::Services)
     }
 
     fn operations_with_kinds(&self, service: &str, kind: Option<&str>) -> Result<Vec<Operation>> {
         let parts = self
-            .span_splits()?
-            .iter()
-            .map(|split| split.spans.operations_with_kinds(service, None))
-            .collect::<Result<Vec<_>>>()?;
+            .gather(
+                None,
+                None,
+                None,
+                FreshQuestion::Operations(service.to_string()),
+            )?
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FreshAnswer::Operations(operations) => Some(operations),
+                _ => None,
+            })
+            .collect();
         Ok(reader::merge_operations(parts)
             .into_iter()
             .filter(|operation| {

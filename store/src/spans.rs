@@ -99,7 +99,7 @@ fn summary_schema() -> (Schema, SummaryFields) {
 const OPERATION_KIND_SEPARATOR: char = '\0';
 
 /// One operation of a service: a span name under one span kind.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Operation {
     pub name: String,
     /// The span kind as stored (`server`, `client`, `producer`, `consumer`,
@@ -109,7 +109,7 @@ pub struct Operation {
 }
 
 /// A search on whole-trace properties. Every given condition must hold.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TraceQuery {
     /// Some span of the trace belongs to this service.
     pub service: Option<String>,
