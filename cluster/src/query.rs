@@ -129,17 +129,13 @@ impl ClusterReader {
                 .reconnect_if_closed()
                 .await
                 .map_err(unavailable)?;
-            let (rows, seen) = self
-                .metastore
-                .snapshot(start, end, partition)
-                .await
-                .map_err(unavailable)?;
-            let nodes = self
-                .metastore
-                .live_addresses(self.peers.ttl)
-                .await
-                .map_err(unavailable)?;
-            Ok::<_, StoreError>((rows, seen, nodes))
+            // Both statements in flight at once on the one connection.
+            let (snapshot, nodes) = tokio::join!(
+                self.metastore.snapshot(start, end, partition),
+                self.metastore.live_addresses(self.peers.ttl)
+            );
+            let (rows, seen) = snapshot.map_err(unavailable)?;
+            Ok::<_, StoreError>((rows, seen, nodes.map_err(unavailable)?))
         })?;
         // Only splits holding what the question reads.
         let spans = question.reads_spans();
