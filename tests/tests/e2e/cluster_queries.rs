@@ -15,6 +15,8 @@ use crate::cluster::metric;
 use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings};
 use sightline_tests::{CollectorProcess, poll_until};
 
+/// Documents sent through Elasticsearch's `_bulk` besides the OTLP records.
+const BULK: i64 = 12;
 pub(crate) const MS: i64 = 1_000_000;
 const SERVICES: [&str; 4] = ["gateway", "checkout", "payment", "inventory"];
 const SEVERITIES: [&str; 4] = ["INFO", "WARN", "ERROR", "DEBUG"];
@@ -219,6 +221,7 @@ async fn answers(
         format!("/api/logs/histogram?{range}&interval=5s"),
         format!("/api/logs/histogram?q=severity:WARN%20OR%20severity:ERROR&{range}&interval=7s"),
         format!("/api/logs/terms?field=service&{range}"),
+        format!("/api/logs?q=service:bulkshipper%20AND%20order_id:b-3&{range}&limit=100"),
         format!("/api/logs/terms?field=order_id&q=severity:INFO&{range}"),
         "/api/services".to_string(),
         "/api/services/payment/operations".to_string(),
@@ -319,15 +322,40 @@ async fn every_node_answers_as_an_embedded_collector_does() {
         post(&http, &embedded, "/v1/logs", &payload).await;
         post(&http, &nodes[n], "/v1/logs", &payload).await;
     }
+    // Elasticsearch `_bulk` (Fluent Bit, Vector, Logstash) to either.
+    let bulk: String = (0..BULK)
+        .map(|i| {
+            let document = json!({
+                "@timestamp": base + (RECORDS + i) * 250 * MS,
+                "message": format!("bulk line {i}"),
+                "service": "bulkshipper",
+                "level": "warn",
+                "order_id": format!("b-{i}"),
+            });
+            format!("{{\"index\":{{}}}}\n{document}\n")
+        })
+        .collect();
+    for collector in [&embedded, &nodes[2]] {
+        let response = http
+            .post(collector.url("/elastic/_bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(bulk.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["errors"], false, "{answer}");
+    }
     let spans = spans_payload(base, false);
     post(&http, &embedded, "/v1/traces", &spans).await;
     post(&http, &nodes[1], "/v1/traces", &spans).await;
     // Trace 5's late span comes once the rest of it is in a published split.
-    wait_published(&metastore, RECORDS as u64, 23).await;
+    wait_published(&metastore, (RECORDS + BULK) as u64, 23).await;
     let late = spans_payload(base, true);
     post(&http, &embedded, "/v1/traces", &late).await;
     post(&http, &nodes[2], "/v1/traces", &late).await;
-    wait_published(&metastore, RECORDS as u64, 24).await;
+    wait_published(&metastore, (RECORDS + BULK) as u64, 24).await;
     let splits = metastore.splits().await.unwrap();
     let late_trace = sightline_cluster::partition::of_trace(&trace_id(5));
     assert!(
@@ -354,7 +382,7 @@ async fn every_node_answers_as_an_embedded_collector_does() {
                 }
                 _ => 0,
             };
-            if page["total_hits"] == RECORDS && spans == 4 {
+            if page["total_hits"] == RECORDS + BULK && spans == 4 {
                 Ok(Some(()))
             } else {
                 Err(format!(
@@ -378,6 +406,11 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     assert_eq!(
         find("/api/logs?q=severity:ERROR")["total_hits"],
         RECORDS / 4
+    );
+    assert_eq!(
+        find("/api/logs?q=service:bulkshipper")["total_hits"],
+        1,
+        "the _bulk document"
     );
     assert_eq!(
         find("/api/trace-search?min_duration=4s")["traces"]
