@@ -1,18 +1,24 @@
-//! Reading the cluster's published splits as one store: any node answers
-//! every log and trace query the query API asks, with the answers one
-//! store holding all the splits' records would give.
+//! Reading the cluster's published splits, and what owners have not
+//! published yet, as one store: any node answers every log and trace
+//! query the query API asks, with the answers one store holding all the
+//! records would give.
 //!
-//! The split list comes from PostgreSQL for the query's time range (and,
-//! for a trace, for the one partition its id hashes to; for a record's
-//! context, its stream's partition); each split is opened through the
-//! [`SplitCache`]; each answers for its part and the parts merge with the
-//! store's own merge rules (`sightline_store::reader`). A trace whose spans
-//! several splits hold (late spans, cut by a split boundary) is summarized
-//! again from all of them, so a trace search on whole-trace properties
-//! judges the whole trace.
+//! The node asked is the root. It reads, in one statement, the split list
+//! for the query's time range (a trace: the one partition its id hashes
+//! to) and every partition's checkpoint; gives each split to the live node
+//! rendezvous hashing on the split id picks (a leaf: `/internal/v1/leaf`,
+//! read through that node's [`SplitCache`]; the root reads its own share
+//! meanwhile, and the share of a leaf that fails); asks every live node for
+//! its partitions' records past those checkpoints (`/internal/v1/fresh`,
+//! [`crate::fresh`]); and merges every part with the store's own merge
+//! rules (`sightline_store::reader`). A trace whose spans several splits
+//! hold (late spans, cut by a split boundary) is summarized again from all
+//! of them, so a trace search on whole-trace properties judges the whole
+//! trace. A record's context walks the splits outward from its time.
 //!
 //! Methods block (the query API calls them on blocking threads) and drive
-//! the async metastore and object storage through the runtime's handle.
+//! the async metastore, object storage and the other nodes through the
+//! runtime's handle.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
