@@ -202,7 +202,7 @@ impl ClusterReader {
                     }
                 },
             )));
-        let mut answers = vec![fresh::answer(&fresh.question, &[], &self.open(mine)?)?];
+        let mut answers = answer_in_parallel(&fresh.question, &self.open(mine)?)?;
         let remote = self
             .runtime
             .block_on(remote)
@@ -217,7 +217,7 @@ impl ClusterReader {
                         .stats
                         .leaf_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    answers.push(fresh::answer(&fresh.question, &[], &self.open(splits)?)?);
+                    answers.extend(answer_in_parallel(&fresh.question, &self.open(splits)?)?);
                 }
                 (Err(error), None) => {
                     tracing::warn!(node, %error, "a node's fresh data is left out of a query")
@@ -446,6 +446,38 @@ impl LogReader for ClusterReader {
             after,
         ))
     }
+}
+
+/// Answers over `splits` on up to as many threads as there are cores,
+/// each a share of the splits (the caller merges the parts).
+fn answer_in_parallel(
+    question: &FreshQuestion,
+    splits: &[Arc<OpenSplit>],
+) -> Result<Vec<FreshAnswer>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4)
+        .min(splits.len().max(1));
+    if threads == 1 {
+        return Ok(vec![fresh::answer(question, &[], splits)?]);
+    }
+    let share = splits.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = splits
+            .chunks(share)
+            .map(|part| scope.spawn(move || fresh::answer(question, &[], part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "a split reader thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    })
 }
 
 /// A call of another node's internal API: the node, the URL, the splits
