@@ -267,6 +267,7 @@ impl Metastore {
         lease: &Lease,
         split: &SplitRow,
     ) -> Result<(), PublishSplitError> {
+        let columns = Columns::of(split);
         let inserted = self
             .client()
             .execute(
@@ -279,14 +280,14 @@ impl Metastore {
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM moved",
                 &[
                     &split.split_id,
-                    &(split.partition as i32),
-                    &(split.from as i64),
-                    &(split.to as i64),
+                    &columns.partition,
+                    &columns.from,
+                    &columns.to,
                     &split.min_time,
                     &split.max_time,
-                    &(split.logs as i64),
-                    &(split.spans as i64),
-                    &(split.bytes as i64),
+                    &columns.logs,
+                    &columns.spans,
+                    &columns.bytes,
                     &node_id,
                     &lease.epoch,
                 ],
@@ -491,6 +492,7 @@ impl Metastore {
         inputs: &[String],
         merged: &SplitRow,
     ) -> Result<(), PublishSplitError> {
+        let columns = Columns::of(merged);
         let inserted = self
             .client()
             .execute(
@@ -511,14 +513,14 @@ impl Metastore {
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)",
                 &[
                     &merged.split_id,
-                    &(merged.partition as i32),
-                    &(merged.from as i64),
-                    &(merged.to as i64),
+                    &columns.partition,
+                    &columns.from,
+                    &columns.to,
                     &merged.min_time,
                     &merged.max_time,
-                    &(merged.logs as i64),
-                    &(merged.spans as i64),
-                    &(merged.bytes as i64),
+                    &columns.logs,
+                    &columns.spans,
+                    &columns.bytes,
                     &node_id,
                     &epoch,
                     &inputs,
@@ -564,6 +566,30 @@ impl Metastore {
                 )
             })
             .collect())
+    }
+}
+
+/// A split row's unsigned numbers as PostgreSQL's signed columns, for the
+/// statements that insert one.
+struct Columns {
+    partition: i32,
+    from: i64,
+    to: i64,
+    logs: i64,
+    spans: i64,
+    bytes: i64,
+}
+
+impl Columns {
+    fn of(split: &SplitRow) -> Columns {
+        Columns {
+            partition: split.partition as i32,
+            from: split.from as i64,
+            to: split.to as i64,
+            logs: split.logs as i64,
+            spans: split.spans as i64,
+            bytes: split.bytes as i64,
+        }
     }
 }
 

@@ -119,8 +119,7 @@ pub fn build(
     earlier: EarlierSpans<'_>,
 ) -> anyhow::Result<LocalSplit> {
     let (dir, logs, spans) = new_split(work_dir, "split-")?;
-    let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
-    let (mut log_count, mut span_count) = (0u64, 0u64);
+    let mut counts = Counts::default();
     let mut traces = std::collections::BTreeSet::new();
     let mut first_span = i64::MAX;
     for (_, batch) in decoded {
@@ -142,29 +141,15 @@ pub fn build(
         let encoded = batch.encode()?;
         match batch.as_ref() {
             Batch::Logs(records) => {
-                for record in records {
-                    min_time = min_time.min(record.timestamp);
-                    max_time = max_time.max(record.timestamp);
-                }
-                log_count += records.len() as u64;
+                counts.records(records);
                 logs.add_encoded(*sequence, records.iter().cloned().zip(encoded.sources()))?;
             }
             Batch::Spans(batch) => {
-                for span in batch {
-                    min_time = min_time.min(span.start_time);
-                    max_time = max_time.max(span.start_time);
-                }
-                span_count += batch.len() as u64;
+                counts.spans(batch);
                 spans.add_encoded(*sequence, batch.iter().cloned().zip(encoded.sources()))?;
             }
         }
     }
-    let counts = Counts {
-        min_time,
-        max_time,
-        logs: log_count,
-        spans: span_count,
-    };
     let split_id = format!("p{partition:02}-{from:012}-{to:012}-e{epoch}");
     finish(
         dir,
@@ -195,12 +180,43 @@ fn new_split(
     Ok((dir, logs, spans))
 }
 
-/// What a split holds, as its row lists it.
+/// What a split holds, as its row lists it: the time range of its
+/// records and spans (span start times) and how many of each.
 struct Counts {
     min_time: i64,
     max_time: i64,
     logs: u64,
     spans: u64,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            logs: 0,
+            spans: 0,
+        }
+    }
+}
+
+impl Counts {
+    fn time(&mut self, time: i64) {
+        self.min_time = self.min_time.min(time);
+        self.max_time = self.max_time.max(time);
+    }
+
+    fn records(&mut self, records: &[sightline_store::LogRecord]) {
+        records
+            .iter()
+            .for_each(|record| self.time(record.timestamp));
+        self.logs += records.len() as u64;
+    }
+
+    fn spans(&mut self, spans: &[Span]) {
+        spans.iter().for_each(|span| self.time(span.start_time));
+        self.spans += spans.len() as u64;
+    }
 }
 
 /// Commits a split's stores, closes them and writes `split.json`.
@@ -267,12 +283,7 @@ pub fn merge(
     };
     let (from, to) = (first.0.from, last.0.to);
     let (dir, logs, spans) = new_split(work_dir, "merge-")?;
-    let mut counts = Counts {
-        min_time: i64::MAX,
-        max_time: i64::MIN,
-        logs: 0,
-        spans: 0,
-    };
+    let mut counts = Counts::default();
     // Records by the entry they came in, in their order in it: added
     // again entry by entry, they get the ids they had.
     let mut entries: std::collections::BTreeMap<u64, Vec<(usize, sightline_store::LogRecord)>> =
@@ -301,18 +312,10 @@ pub fn merge(
         );
         let records: Vec<sightline_store::LogRecord> =
             records.into_iter().map(|(_, record)| record).collect();
-        for record in &records {
-            counts.min_time = counts.min_time.min(record.timestamp);
-            counts.max_time = counts.max_time.max(record.timestamp);
-        }
-        counts.logs += records.len() as u64;
+        counts.records(&records);
         logs.add(position, &records)?;
     }
-    for span in &all_spans {
-        counts.min_time = counts.min_time.min(span.start_time);
-        counts.max_time = counts.max_time.max(span.start_time);
-    }
-    counts.spans = all_spans.len() as u64;
+    counts.spans(&all_spans);
     if !all_spans.is_empty() {
         spans.add(from, &all_spans)?;
     }
