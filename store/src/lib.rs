@@ -24,6 +24,7 @@
 mod batch;
 mod durable;
 mod error;
+pub mod files;
 mod histogram;
 mod layout;
 mod logs;
@@ -72,6 +73,8 @@ pub enum Writers {
     /// One thread at tantivy's minimum budget, for stores that index one
     /// batch and close (cluster mode's splits).
     Small,
+    /// None: the store is read only (a split read from object storage).
+    ReadOnly,
 }
 
 impl Writers {
@@ -85,6 +88,9 @@ impl Writers {
         match self {
             Writers::Ingest => index.writer(ingest_bytes),
             Writers::Small => index.writer_with_num_threads(1, SMALL_WRITER_BYTES),
+            Writers::ReadOnly => Err(tantivy::TantivyError::InvalidArgument(
+                "the store is read only".into(),
+            )),
         }
     }
 }

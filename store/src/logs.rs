@@ -48,6 +48,7 @@ use tantivy::{
 
 use crate::Writers;
 use crate::error::{Result, StoreError};
+use crate::files::StoreFiles;
 use crate::model::LogRecord;
 use crate::query::Prepared;
 use crate::streams::Streams;
@@ -507,19 +508,7 @@ impl Partition {
             ..IndexSettings::default()
         };
         let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
-            // The partition's own schema, which may name an older word
-            // tokenizer: its documents were indexed with it.
-            let mut index = Index::open(directory)?;
-            index.set_tokenizers(log_index_tokenizers());
-            if !same_fields(&index.schema(), records) && !same_fields(&index.schema(), lean) {
-                return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
-                    format!(
-                        "log partition {} has fields this version does not know",
-                        dir.display()
-                    ),
-                )));
-            }
-            index
+            Partition::open_index(Box::new(directory), dir, records, lean)?
         } else {
             Index::builder()
                 .schema(lean.clone())
@@ -532,6 +521,64 @@ impl Partition {
         } else {
             None
         };
+        Partition::with_index(day, dir, streams, index, writers)
+    }
+
+    /// Opens the existing partition of `files`, read only (`label` names it
+    /// in errors).
+    fn open_read_only(
+        files: &StoreFiles,
+        label: &Path,
+        day: i64,
+        records: &Schema,
+        lean: &Schema,
+    ) -> Result<Partition> {
+        let directory = files.directory();
+        let index = Partition::open_index(directory.clone(), label, records, lean)?;
+        let streams = if same_fields(&index.schema(), lean) {
+            let text = if files.contains(crate::streams::STREAMS_FILE) {
+                directory
+                    .atomic_read(Path::new(crate::streams::STREAMS_FILE))
+                    .map_err(|error| StoreError::Io(std::io::Error::other(error)))?
+            } else {
+                Vec::new()
+            };
+            let path = label.join(crate::streams::STREAMS_FILE);
+            Some(Mutex::new(Streams::read_only(path, &text)?))
+        } else {
+            None
+        };
+        Partition::with_index(day, label, streams, index, Writers::ReadOnly)
+    }
+
+    /// The existing index in `directory`, with its own schema (which may
+    /// name an older word tokenizer: its documents were indexed with it).
+    fn open_index(
+        directory: Box<dyn tantivy::Directory>,
+        dir: &Path,
+        records: &Schema,
+        lean: &Schema,
+    ) -> Result<Index> {
+        let mut index = Index::open(directory)?;
+        index.set_tokenizers(log_index_tokenizers());
+        if !same_fields(&index.schema(), records) && !same_fields(&index.schema(), lean) {
+            return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
+                format!(
+                    "log partition {} has fields this version does not know",
+                    dir.display()
+                ),
+            )));
+        }
+        Ok(index)
+    }
+
+    fn with_index(
+        day: i64,
+        dir: &Path,
+        streams: Option<Mutex<Streams>>,
+        index: Index,
+        writers: Writers,
+    ) -> Result<Partition> {
         let committed_position = index
             .load_metas()?
             .payload
@@ -725,6 +772,35 @@ impl LogStore {
             partitions: RwLock::new(partitions),
             committed_position: AtomicU64::new(committed_position),
             writers,
+        })
+    }
+
+    /// Opens the log store whose files are `files` (a split in object
+    /// storage), read only; `label` names it in errors.
+    pub fn open_read_only(files: &StoreFiles, label: &Path) -> Result<LogStore> {
+        let records = Format::new(log_schema());
+        let lean = Format::new(lean_schema());
+        let mut partitions = BTreeMap::new();
+        for name in files.subdirectories() {
+            let Some(day) = parse_day_name(&name) else {
+                continue;
+            };
+            let partition = Partition::open_read_only(
+                &files.sub(&name),
+                &label.join(&name),
+                day,
+                &records.schema,
+                &lean.schema,
+            )?;
+            partitions.insert(day, Arc::new(partition));
+        }
+        Ok(LogStore {
+            dir: label.to_path_buf(),
+            records,
+            lean,
+            partitions: RwLock::new(partitions),
+            committed_position: AtomicU64::new(0),
+            writers: Writers::ReadOnly,
         })
     }
 
@@ -1166,6 +1242,11 @@ impl LogStore {
             .unwrap_or_else(|poison| poison.into_inner());
         if let Some(partition) = partitions.get(&day) {
             return Ok(partition.clone());
+        }
+        if self.writers == Writers::ReadOnly {
+            return Err(StoreError::Index(tantivy::TantivyError::InvalidArgument(
+                "the log store is read only".into(),
+            )));
         }
         let partition = Arc::new(Partition::open(
             &self.dir.join(day_name(day)),

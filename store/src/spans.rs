@@ -25,6 +25,7 @@ use tantivy::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::files::StoreFiles;
 use crate::model::Span;
 use crate::traces::{TraceSummary, operation_key, summarize};
 
@@ -199,6 +200,21 @@ impl TantivyIndex {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
+        TantivyIndex::with_index(index, memory, writers)
+    }
+
+    /// The existing index of `files`, read only.
+    fn open_read_only(files: &StoreFiles, label: &Path, schema: &Schema) -> Result<TantivyIndex> {
+        let index = Index::open(files.directory())?;
+        if index.schema() != *schema {
+            return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
+                format!("{} has fields this version does not know", label.display()),
+            )));
+        }
+        TantivyIndex::with_index(index, 0, Writers::ReadOnly)
+    }
+
+    fn with_index(index: Index, memory: usize, writers: Writers) -> Result<TantivyIndex> {
         let committed_position = index
             .load_metas()?
             .payload
@@ -315,6 +331,29 @@ impl SpanStore {
                 summary_schema,
                 SUMMARY_WRITER_MEMORY_BYTES,
                 writers,
+            )?,
+            fields,
+            summary_fields,
+            dirty: Mutex::new(BTreeSet::new()),
+            recent: Mutex::new(RecentTraces::default()),
+        })
+    }
+
+    /// Opens the span store whose files are `files` (a split in object
+    /// storage), read only; `label` names it in errors.
+    pub fn open_read_only(files: &StoreFiles, label: &Path) -> Result<SpanStore> {
+        let (schema, fields) = span_schema();
+        let (summary_schema, summary_fields) = summary_schema();
+        Ok(SpanStore {
+            spans: TantivyIndex::open_read_only(
+                &files.sub("spans"),
+                &label.join("spans"),
+                &schema,
+            )?,
+            summaries: TantivyIndex::open_read_only(
+                &files.sub("summaries"),
+                &label.join("summaries"),
+                &summary_schema,
             )?,
             fields,
             summary_fields,

@@ -47,20 +47,47 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    /// Reads the partition's streams, cutting off a torn last line.
-    pub(crate) fn open(dir: &Path) -> Result<Streams> {
-        let path = dir.join(STREAMS_FILE);
-        let mut streams = Streams {
+    fn empty(path: PathBuf) -> Streams {
+        Streams {
             path,
             by_json: HashMap::new(),
             resources: Vec::new(),
             pending: String::new(),
-        };
+        }
+    }
+
+    /// Reads the partition's streams, cutting off a torn last line.
+    pub(crate) fn open(dir: &Path) -> Result<Streams> {
+        let mut streams = Streams::empty(dir.join(STREAMS_FILE));
         let text = match std::fs::read(&streams.path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(streams),
             Err(error) => return Err(error.into()),
         };
+        let valid = streams.parse(&text)?;
+        if valid < text.len() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&streams.path)?;
+            file.set_len(valid as u64)?;
+            file.sync_all()?;
+        }
+        Ok(streams)
+    }
+
+    /// The streams of a partition read elsewhere (a split in object
+    /// storage), from the file's `text`, named `path` in errors. They are
+    /// never written back.
+    pub(crate) fn read_only(path: PathBuf, text: &[u8]) -> Result<Streams> {
+        let mut streams = Streams::empty(path);
+        streams.parse(text)?;
+        Ok(streams)
+    }
+
+    /// Takes the streams of `text` in; returns how many of its bytes are
+    /// whole lines (the rest is a torn last line).
+    fn parse(&mut self, text: &[u8]) -> Result<usize> {
+        let streams = self;
         let mut valid = 0;
         for (number, line) in text.split_inclusive(|byte| *byte == b'\n').enumerate() {
             let complete = line.ends_with(b"\n");
@@ -93,14 +120,7 @@ impl Streams {
             streams.resources.push(Arc::new(parsed.resource));
             valid += line.len();
         }
-        if valid < text.len() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&streams.path)?;
-            file.set_len(valid as u64)?;
-            file.sync_all()?;
-        }
-        Ok(streams)
+        Ok(valid)
     }
 
     /// The number of the stream of `resource`, whose canonical JSON is
