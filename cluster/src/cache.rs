@@ -1,6 +1,13 @@
-//! The split cache: published splits downloaded from object storage and
-//! kept open on the local disk, at most `split_cache_bytes` of them, the
-//! least recently used going first.
+//! The split cache: published splits open for queries, at most
+//! `split_cache_bytes` of them, the least recently used going first.
+//!
+//! A split is opened one of two ways (`split_reads`). `ranges` (the
+//! default) fetches its hotcache and reads the rest by range when queries
+//! need it ([`crate::remote`]; the fetched chunks are kept in a second
+//! bounded cache, `range_cache_bytes`); a split is then counted here at its
+//! hotcache's size. `download` fetches the whole split onto the local disk
+//! first, as does `ranges` for a split that has no hotcache. Splits this
+//! node built itself are adopted from its disk either way.
 //!
 //! A split is immutable, so a cached copy never goes stale. Each download
 //! lands in a directory of its own; a split evicted while a query still
@@ -18,15 +25,19 @@ use sightline_store::{LogStore, SpanStore, Writers};
 use tokio::sync::OnceCell;
 
 use crate::metastore::SplitRow;
+use crate::remote::{ChunkCache, Hotcache, RemoteDirectory};
 use crate::splits::SplitStorage;
+use sightline_store::files::StoreFiles;
 
 /// A split open for reading.
 pub struct OpenSplit {
     pub row: SplitRow,
     pub logs: LogStore,
     pub spans: SpanStore,
-    dir: PathBuf,
-    /// Its size on the local disk.
+    /// Where its files are on the local disk; `None` when it is read by
+    /// range from object storage.
+    dir: Option<PathBuf>,
+    /// Its size on the local disk (its hotcache's when read by range).
     bytes: u64,
 }
 
@@ -34,10 +45,34 @@ impl Drop for OpenSplit {
     fn drop(&mut self) {
         // Out of the cache and no query holds it any more. (The stores'
         // files are mapped; unlinking mapped files is fine on Unix.)
-        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), %error, "could not remove an evicted split");
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        if let Err(error) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove an evicted split");
         }
     }
+}
+
+/// How a node opens the splits it reads (`cluster.split_reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitReads {
+    /// The hotcache, then byte ranges as queries need them.
+    #[default]
+    Ranges,
+    /// The whole split, onto the local disk.
+    Download,
+}
+
+/// The split cache's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Bytes of open splits (downloaded files, or hotcaches).
+    pub split_bytes: u64,
+    pub reads: SplitReads,
+    /// Bytes of chunks read by range.
+    pub range_bytes: u64,
 }
 
 /// Counters of the split cache (self-metrics).
@@ -50,6 +85,12 @@ pub struct CacheStats {
     /// Bytes of the splits the cache holds now.
     pub bytes: AtomicU64,
     pub splits: AtomicU64,
+    /// Range reads of split files and their bytes (`split_reads: ranges`).
+    pub range_requests: AtomicU64,
+    pub range_bytes: AtomicU64,
+    /// Bytes of chunks the range cache holds now, and chunks it evicted.
+    pub range_cache_bytes: AtomicU64,
+    pub range_cache_evictions: AtomicU64,
     /// Leaf requests this node answered for other nodes' queries.
     pub leaf_requests: AtomicU64,
     /// Leaf requests of this node's queries that failed and were read here.
@@ -71,7 +112,7 @@ impl CacheStats {
             (
                 "sightline_cluster_split_cache_misses_total",
                 "counter",
-                "Split opens that downloaded the split from object storage.",
+                "Split opens that fetched the split (or its hotcache) from object storage.",
                 load(&self.misses),
             ),
             (
@@ -83,8 +124,26 @@ impl CacheStats {
             (
                 "sightline_cluster_split_cache_downloaded_bytes_total",
                 "counter",
-                "Bytes of splits downloaded from object storage.",
+                "Bytes of splits (or hotcaches) fetched from object storage to open them.",
                 load(&self.downloaded_bytes),
+            ),
+            (
+                "sightline_cluster_split_range_requests_total",
+                "counter",
+                "Byte-range reads of split files from object storage.",
+                load(&self.range_requests),
+            ),
+            (
+                "sightline_cluster_split_range_bytes_total",
+                "counter",
+                "Bytes of split files read by range from object storage.",
+                load(&self.range_bytes),
+            ),
+            (
+                "sightline_cluster_split_range_cache_evictions_total",
+                "counter",
+                "Chunks of split files evicted from the range cache.",
+                load(&self.range_cache_evictions),
             ),
             (
                 "sightline_cluster_leaf_requests_total",
@@ -103,6 +162,12 @@ impl CacheStats {
                 "gauge",
                 "Bytes of the splits the local split cache holds.",
                 load(&self.bytes),
+            ),
+            (
+                "sightline_cluster_split_range_cache_bytes",
+                "gauge",
+                "Bytes of split file chunks the range cache holds.",
+                load(&self.range_cache_bytes),
             ),
             (
                 "sightline_cluster_split_cache_splits",
@@ -134,6 +199,8 @@ struct Slots {
 pub struct SplitCache {
     dir: PathBuf,
     max_bytes: u64,
+    reads: SplitReads,
+    chunks: Arc<ChunkCache>,
     storage: SplitStorage,
     slots: Mutex<Slots>,
     downloads: AtomicU64,
@@ -141,21 +208,28 @@ pub struct SplitCache {
 }
 
 impl SplitCache {
-    /// A cache in `dir` (emptied first) of at most `max_bytes`.
-    pub fn new(dir: &Path, max_bytes: u64, storage: SplitStorage) -> anyhow::Result<SplitCache> {
+    /// A cache in `dir` (emptied first).
+    pub fn new(
+        dir: &Path,
+        settings: CacheSettings,
+        storage: SplitStorage,
+    ) -> anyhow::Result<SplitCache> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)
                 .with_context(|| format!("failed to empty the split cache {}", dir.display()))?;
         }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to make the split cache {}", dir.display()))?;
+        let stats = Arc::new(CacheStats::default());
         Ok(SplitCache {
             dir: dir.to_path_buf(),
-            max_bytes,
+            max_bytes: settings.split_bytes,
+            reads: settings.reads,
+            chunks: Arc::new(ChunkCache::new(settings.range_bytes, stats.clone())),
             storage,
             slots: Mutex::new(Slots::default()),
             downloads: AtomicU64::new(0),
-            stats: Arc::new(CacheStats::default()),
+            stats,
         })
     }
 
@@ -238,6 +312,11 @@ impl SplitCache {
 
     async fn load(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if self.reads == SplitReads::Ranges
+            && let Some(split) = self.open_remote(row).await?
+        {
+            return Ok(split);
+        }
         let dir = self.next_dir(row);
         let downloaded = self.storage.download(&row.split_id, &dir).await;
         if let Err(error) = downloaded {
@@ -249,6 +328,46 @@ impl SplitCache {
             .downloaded_bytes
             .fetch_add(opened.bytes, Ordering::Relaxed);
         Ok(opened)
+    }
+
+    /// Opens the split by range from object storage; `None` if it has no
+    /// hotcache (written before splits had one).
+    async fn open_remote(&self, row: &SplitRow) -> anyhow::Result<Option<Arc<OpenSplit>>> {
+        let Some(bytes) = self.storage.hotcache(&row.split_id).await? else {
+            return Ok(None);
+        };
+        let split_id = row.split_id.clone();
+        let hotcache = Hotcache::parse(&bytes)
+            .with_context(|| format!("split {split_id} has an unreadable hotcache"))?;
+        let files: Vec<PathBuf> = hotcache.files().collect();
+        let directory = RemoteDirectory::new(
+            &split_id,
+            self.storage.split_path(&split_id),
+            self.storage.object_store(),
+            hotcache,
+            self.chunks.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let (logs, spans) = tokio::task::spawn_blocking(move || {
+            let root = StoreFiles::new(Box::new(directory), files);
+            let label = PathBuf::from(format!("split {split_id}"));
+            Ok::<_, anyhow::Error>((
+                LogStore::open_read_only(&root.sub("logs"), &label.join("logs"))?,
+                SpanStore::open_read_only(&root.sub("spans"), &label.join("spans"))?,
+            ))
+        })
+        .await?
+        .with_context(|| format!("split {} cannot be opened", row.split_id))?;
+        self.stats
+            .downloaded_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(Some(Arc::new(OpenSplit {
+            row: row.clone(),
+            logs,
+            spans,
+            dir: None,
+            bytes: bytes.len() as u64,
+        })))
     }
 
     /// Opens the split in `dir` (removed if it cannot be opened).
@@ -266,7 +385,7 @@ impl SplitCache {
                     row,
                     logs,
                     spans,
-                    dir,
+                    dir: Some(dir),
                     bytes,
                 }),
                 Err(error) => {

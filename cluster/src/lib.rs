@@ -39,6 +39,7 @@ pub mod metastore;
 pub mod node;
 pub mod partition;
 pub mod query;
+pub mod remote;
 pub mod splits;
 
 pub use log::{ClusterLog, NatsConfig, PublishError};
@@ -77,6 +78,13 @@ pub struct ClusterConfig {
     /// (least recently used evicted first).
     #[serde(default = "default_split_cache_bytes")]
     pub split_cache_bytes: u64,
+    /// How splits are read: `ranges` (their hotcache, then the byte ranges
+    /// queries need) or `download` (whole, onto the local disk).
+    #[serde(default)]
+    pub split_reads: cache::SplitReads,
+    /// Bytes of split file chunks read by range a node keeps in memory.
+    #[serde(default = "default_range_cache_bytes")]
+    pub range_cache_bytes: u64,
     /// How often each node runs retention and the janitor.
     #[serde(default = "default_lifecycle_interval", deserialize_with = "duration")]
     pub lifecycle_interval: Duration,
@@ -113,6 +121,9 @@ fn default_lease_ttl() -> Duration {
 
 fn default_split_cache_bytes() -> u64 {
     4 << 30
+}
+fn default_range_cache_bytes() -> u64 {
+    1 << 30
 }
 fn default_lifecycle_interval() -> Duration {
     Duration::from_secs(60)
@@ -167,7 +178,11 @@ impl Cluster {
             &config.postgres,
             SplitStorage::new(&config.object_store)?,
             &work_dir.join("split-cache"),
-            config.split_cache_bytes,
+            cache::CacheSettings {
+                split_bytes: config.split_cache_bytes,
+                reads: config.split_reads,
+                range_bytes: config.range_cache_bytes,
+            },
             query::Peers::new(config.node_id.clone(), peer_token, config.lease_ttl)?,
         )
         .await?;

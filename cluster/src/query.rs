@@ -87,18 +87,18 @@ fn unavailable(error: anyhow::Error) -> StoreError {
 }
 
 impl ClusterReader {
-    /// A reader with its own metastore connection and a split cache of at
-    /// most `cache_bytes` in `cache_dir`.
+    /// A reader with its own metastore connection and a split cache in
+    /// `cache_dir`.
     pub async fn connect(
         postgres: &str,
         storage: SplitStorage,
         cache_dir: &Path,
-        cache_bytes: u64,
+        cache: crate::cache::CacheSettings,
         peers: Peers,
     ) -> anyhow::Result<ClusterReader> {
         Ok(ClusterReader {
             metastore: Metastore::connect(postgres).await?,
-            cache: SplitCache::new(cache_dir, cache_bytes, storage)?,
+            cache: SplitCache::new(cache_dir, cache, storage)?,
             runtime: tokio::runtime::Handle::current(),
             peers,
         })

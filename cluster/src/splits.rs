@@ -257,6 +257,8 @@ fn finish(
         },
         rejected: rejected.len() as u64,
     };
+    // What a reader needs first, for nodes that read the split by range.
+    crate::remote::write_hotcache(dir.path())?;
     std::fs::write(
         dir.path().join("split.json"),
         serde_json::to_vec_pretty(&meta)?,
@@ -371,8 +373,36 @@ impl SplitStorage {
         })
     }
 
-    fn split_path(&self, split_id: &str) -> String {
+    /// Splits in `store` (any object store: tests use an in-memory one)
+    /// under `prefix`.
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str) -> SplitStorage {
+        SplitStorage {
+            store,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub(crate) fn split_path(&self, split_id: &str) -> String {
         format!("{}splits/{split_id}", self.prefix)
+    }
+
+    pub(crate) fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The split's hotcache object; `None` for a split written before
+    /// splits had one.
+    pub async fn hotcache(&self, split_id: &str) -> anyhow::Result<Option<bytes::Bytes>> {
+        let key = format!(
+            "{}/{}",
+            self.split_path(split_id),
+            crate::remote::HOTCACHE_FILE
+        );
+        match self.store.get(&ObjectPath::from(key.as_str())).await {
+            Ok(object) => Ok(Some(object.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(anyhow::Error::from(error).context(format!("failed to read {key}"))),
+        }
     }
 
     /// Uploads a split's files, `split.json` last.
@@ -515,7 +545,7 @@ impl SplitStorage {
 }
 
 /// Every file under `root`, relative to it, without tantivy's lock files.
-fn list_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn list_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {

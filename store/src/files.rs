@@ -72,6 +72,30 @@ impl StoreFiles {
     }
 }
 
+/// Reads what every query of `searcher` reads before its own terms and
+/// documents: each segment's term dictionary indexes, doc store index,
+/// field norms and fast field directory. Run once over a split through a
+/// recording directory, it says what to keep in the split's hotcache.
+pub(crate) fn warm_up(searcher: &tantivy::Searcher) -> crate::Result<()> {
+    let schema = searcher.schema();
+    for segment in searcher.segment_readers() {
+        for (field, entry) in schema.fields() {
+            if entry.is_indexed() {
+                segment.inverted_index(field)?;
+            }
+            if entry.has_fieldnorms() {
+                segment.get_fieldnorms_reader(field)?;
+            }
+            if entry.is_fast() {
+                // The column directory, not the columns.
+                segment.fast_fields().dynamic_column_handles(entry.name())?;
+            }
+        }
+        segment.get_store_reader(0)?;
+    }
+    Ok(())
+}
+
 /// A directory's subdirectory as a directory of its own.
 #[derive(Debug, Clone)]
 pub struct SubDirectory {

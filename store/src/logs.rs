@@ -804,6 +804,15 @@ impl LogStore {
         })
     }
 
+    /// Reads every partition's index metadata, as every query does first
+    /// (see [`crate::files::warm_up`]).
+    pub fn warm_up(&self) -> Result<()> {
+        for partition in self.read_partitions().values() {
+            crate::files::warm_up(&partition.reader.searcher())?;
+        }
+        Ok(())
+    }
+
     /// WAL position below which every record is committed: replay from here.
     pub fn committed_position(&self) -> u64 {
         self.committed_position.load(Ordering::Acquire)

@@ -362,6 +362,13 @@ impl SpanStore {
         })
     }
 
+    /// Reads both indexes' metadata, as every query does first (see
+    /// [`crate::files::warm_up`]).
+    pub fn warm_up(&self) -> Result<()> {
+        crate::files::warm_up(&self.spans.reader.searcher())?;
+        crate::files::warm_up(&self.summaries.reader.searcher())
+    }
+
     /// WAL position below which every span and summary is committed.
     pub fn committed_position(&self) -> u64 {
         self.spans

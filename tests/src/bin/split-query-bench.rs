@@ -10,7 +10,9 @@
 //!   `request_id` lookup over all time, a one-hour term query and a 24-hour
 //!   histogram (30-minute buckets), p50 and p99 of `--runs` runs;
 //! - over splits: cold (a new reader with an empty split cache for every
-//!   run, so every split comes from S3) and warm (the cache filled).
+//!   run, so every split comes from S3) and warm (the cache filled), each
+//!   with the splits read by range (their hotcache, then what the query
+//!   reads) and downloaded whole (`--reads ranges,download`).
 //!
 //! ```text
 //! cargo build --release -p sightline-tests --bins
@@ -20,6 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sightline_cluster::cache::{CacheSettings, SplitReads};
 use sightline_cluster::metastore::Metastore;
 use sightline_cluster::query::{ClusterReader, Peers};
 use sightline_cluster::splits;
@@ -34,6 +37,7 @@ async fn main() {
     let mut records = 1_000_000usize;
     let mut runs = 20usize;
     let mut counts = vec![1usize, 10, 50];
+    let mut modes = vec![SplitReads::Ranges, SplitReads::Download];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -47,8 +51,20 @@ async fn main() {
                     .map(|n| n.parse().expect("--splits takes numbers"))
                     .collect()
             }
+            "--reads" => {
+                modes = args
+                    .next()
+                    .expect("--reads takes a list: ranges,download")
+                    .split(',')
+                    .map(|mode| match mode {
+                        "ranges" => SplitReads::Ranges,
+                        "download" => SplitReads::Download,
+                        other => panic!("--reads takes ranges and download, not {other:?}"),
+                    })
+                    .collect()
+            }
             other => panic!(
-                "unknown argument {other:?}; usage: split-query-bench [--records N] [--runs N] [--splits 1,10,50]"
+                "unknown argument {other:?}; usage: split-query-bench [--records N] [--runs N] [--splits 1,10,50] [--reads ranges,download]"
             ),
         }
     }
@@ -90,40 +106,67 @@ async fn main() {
         let cut = Instant::now();
         publish(&postgres, &storage, work.path(), &batches, count, round).await;
         eprintln!("  {count} splits in {:.1?}", cut.elapsed());
-        let reader = |cache: String| {
-            let storage = storage.clone();
-            let cache = work.path().join(cache);
-            let postgres = postgres.clone();
-            async move {
-                Arc::new(
-                    ClusterReader::connect(
-                        &postgres,
-                        storage,
-                        &cache,
-                        64 << 30,
-                        Peers::new("bench".into(), None, Duration::from_secs(3)).unwrap(),
+        for &mode in &modes {
+            let name = match mode {
+                SplitReads::Ranges => "by range",
+                SplitReads::Download => "downloaded",
+            };
+            let reader = |cache: String| {
+                let storage = storage.clone();
+                let cache = work.path().join(cache);
+                let postgres = postgres.clone();
+                async move {
+                    Arc::new(
+                        ClusterReader::connect(
+                            &postgres,
+                            storage,
+                            &cache,
+                            CacheSettings {
+                                split_bytes: 64 << 30,
+                                reads: mode,
+                                range_bytes: 16 << 30,
+                            },
+                            Peers::new("bench".into(), None, Duration::from_secs(3)).unwrap(),
+                        )
+                        .await
+                        .unwrap(),
                     )
-                    .await
-                    .unwrap(),
+                }
+            };
+            // Cold: a new reader, its cache empty, for every run of every query.
+            let mut cold: [Vec<Duration>; 3] = Default::default();
+            for attempt in 0..runs.div_ceil(4) {
+                for (which, times) in cold.iter_mut().enumerate() {
+                    let fresh = reader(format!("cold-{round}-{name}-{attempt}-{which}")).await;
+                    times.push(run(fresh, &queries, which).await);
+                }
+            }
+            table.push(Row {
+                name: format!("{count} splits {name}, cold"),
+                times: cold,
+            });
+            let warm = reader(format!("warm-{round}-{name}")).await;
+            // One pass fills the cache.
+            measure("", warm.clone() as Arc<dyn LogReader>, &queries, 1).await;
+            let stats = warm.cache_stats();
+            let load = |counter: &std::sync::atomic::AtomicU64| {
+                counter.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64
+            };
+            eprintln!(
+                "  {count} splits {name}: one pass of the three queries fetched {:.1} MiB to open splits and {:.1} MiB by range",
+                load(&stats.downloaded_bytes),
+                load(&stats.range_bytes)
+            );
+            table.push(
+                measure(
+                    &format!("{count} splits {name}, warm"),
+                    warm,
+                    &queries,
+                    runs,
                 )
-            }
-        };
-        // Cold: a new reader, its cache empty, for every run of every query.
-        let mut cold: [Vec<Duration>; 3] = Default::default();
-        for attempt in 0..runs.div_ceil(4) {
-            for (which, times) in cold.iter_mut().enumerate() {
-                let fresh = reader(format!("cold-{round}-{attempt}-{which}")).await;
-                times.push(run(fresh, &queries, which).await);
-            }
+                .await,
+            );
         }
-        table.push(Row {
-            name: format!("{count} splits, cold"),
-            times: cold,
-        });
-        let warm = reader(format!("warm-{round}")).await;
-        // One pass fills the cache.
-        measure("", warm.clone() as Arc<dyn LogReader>, &queries, 1).await;
-        table.push(measure(&format!("{count} splits, warm"), warm, &queries, runs).await);
         retire_all(&postgres).await;
     }
     println!(

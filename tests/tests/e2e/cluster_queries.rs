@@ -449,11 +449,21 @@ async fn every_node_answers_as_an_embedded_collector_does() {
         leaves += metric(node, "sightline_cluster_leaf_requests_total").await;
     }
     assert!(leaves > 0.0, "no query was spread over the nodes");
+    // Splits other nodes built were read by range (`split_reads: ranges`,
+    // the default): their hotcache, then what the queries needed.
+    let mut ranges = 0.0;
+    for node in &nodes {
+        ranges += metric(node, "sightline_cluster_split_range_requests_total").await;
+    }
+    assert!(ranges > 0.0, "no split was read by range");
 
-    // A node with an empty cache reads its share from S3 alone.
-    let late = engines
-        .start_collector("c3", dir.path(), &ClusterSettings::default())
-        .await;
+    // A node with an empty cache reads its share from S3 alone, this one
+    // downloading whole splits.
+    let download = ClusterSettings {
+        extra: "split_reads: download\n".into(),
+        ..ClusterSettings::default()
+    };
+    let late = engines.start_collector("c3", dir.path(), &download).await;
     poll_until(
         "c3 alive in the metastore",
         Duration::from_secs(20),
@@ -470,6 +480,11 @@ async fn every_node_answers_as_an_embedded_collector_does() {
     assert!(
         metric(&late, "sightline_cluster_split_cache_misses_total").await > 0.0,
         "c3 downloaded its splits"
+    );
+    assert_eq!(
+        metric(&late, "sightline_cluster_split_range_requests_total").await,
+        0.0,
+        "c3 read no split by range"
     );
 
     // A leaf killed while it is still listed alive: its share is read by
