@@ -29,6 +29,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 
 pub mod cache;
@@ -104,6 +105,19 @@ pub struct ClusterConfig {
     pub merge_after: Duration,
     #[serde(default = "default_merge_split_bytes")]
     pub merge_split_bytes: u64,
+    /// `host:port` the other nodes reach this node's query port at; the
+    /// collector's `SIGHTLINE_CLUSTER_ADVERTISE_ADDRESS` overrides it (a
+    /// pod's `$(POD_IP):7070`). When unset: the query listener's address,
+    /// or, when it listens on every interface, this host's address on its
+    /// default route with the listener's port.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    /// PEM certificates of the CA(s) that sign the nodes' query-port
+    /// certificates. When the query port has TLS (`--tls-cert`), nodes call
+    /// each other over HTTPS and check the peer's certificate against these
+    /// (the system's roots when unset).
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
 }
 
 fn default_node_id() -> String {
@@ -141,6 +155,41 @@ fn default_merge_split_bytes() -> u64 {
     64 << 20
 }
 
+/// The `host:port` other nodes call this node at: `configured` if given,
+/// else `listen` unless it is every interface's, else this host's address
+/// on its default route (found by routing a UDP socket, which sends
+/// nothing) with `listen`'s port.
+fn advertised_address(
+    configured: Option<&str>,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<String> {
+    if let Some(address) = configured {
+        let port = address
+            .rsplit_once(':')
+            .map(|(_, port)| port.parse::<u16>());
+        anyhow::ensure!(
+            matches!(port, Some(Ok(_))),
+            "cluster.advertise_address {address:?} is not host:port"
+        );
+        return Ok(address.to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    let routed = || -> std::io::Result<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        // TEST-NET-1: any routable address does; nothing is sent.
+        socket.connect(("192.0.2.1", 9))?;
+        Ok(socket.local_addr()?.ip())
+    };
+    let ip = routed().with_context(|| {
+        format!(
+            "the query API listens on {listen} and this host has no default route to tell its address by: set cluster.advertise_address"
+        )
+    })?;
+    Ok(std::net::SocketAddr::new(ip, listen.port()).to_string())
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -159,13 +208,15 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to NATS, PostgreSQL and the object store and starts taking
-    /// partitions. `work_dir` holds splits while they are cut; `address` is
-    /// where this node's API listens (listed with its heartbeat); splits
-    /// whose newest record is older than `retention` are deleted.
+    /// partitions. `work_dir` holds splits while they are cut; `listen` is
+    /// where this node's query API listens (with TLS when `tls`), its
+    /// advertised address listed with its heartbeat; splits whose newest
+    /// record is older than `retention` are deleted.
     pub async fn start(
         config: ClusterConfig,
         work_dir: PathBuf,
-        address: String,
+        listen: std::net::SocketAddr,
+        tls: bool,
         retention: Duration,
         peer_token: Option<String>,
     ) -> anyhow::Result<Cluster> {
@@ -173,6 +224,12 @@ impl Cluster {
             !config.node_id.is_empty(),
             "cluster.node_id is empty: give every collector a unique name"
         );
+        let address = advertised_address(config.advertise_address.as_deref(), listen)?;
+        tracing::info!(node = %config.node_id, %address, tls, "the other nodes call this one at its advertised address");
+        let mut peers = query::Peers::new(config.node_id.clone(), peer_token, config.lease_ttl)?;
+        if tls {
+            peers = peers.with_tls(config.peer_ca.as_deref())?;
+        }
         let log = ClusterLog::connect(&config.nats).await?;
         let reader = ClusterReader::connect(
             &config.postgres,
@@ -183,7 +240,7 @@ impl Cluster {
                 reads: config.split_reads,
                 range_bytes: config.range_cache_bytes,
             },
-            query::Peers::new(config.node_id.clone(), peer_token, config.lease_ttl)?,
+            peers,
         )
         .await?;
         let reader = std::sync::Arc::new(reader);
@@ -208,5 +265,32 @@ impl Cluster {
             reader,
             internal,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_address;
+
+    #[test]
+    fn a_node_advertises_an_address_the_others_can_call() {
+        let any: std::net::SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(
+            advertised_address(Some("10.1.2.3:7070"), any).unwrap(),
+            "10.1.2.3:7070"
+        );
+        assert_eq!(
+            advertised_address(None, loopback).unwrap(),
+            "127.0.0.1:7070"
+        );
+        let error = advertised_address(Some("collector-0"), any).unwrap_err();
+        assert!(error.to_string().contains("not host:port"), "{error}");
+        // Every interface: never 0.0.0.0 itself, which would be the caller.
+        if let Ok(address) = advertised_address(None, any) {
+            let address: std::net::SocketAddr = address.parse().unwrap();
+            assert!(!address.ip().is_unspecified(), "{address}");
+            assert_eq!(address.port(), 7070);
+        }
     }
 }

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use sightline_store::reader::{self, LogReader, SpanReader};
 use sightline_store::{
@@ -69,16 +70,46 @@ pub struct Peers {
     token: Option<String>,
     /// Nodes whose heartbeat is this recent are asked.
     ttl: Duration,
+    /// `https` when the nodes' query ports have TLS.
+    scheme: &'static str,
 }
 
 impl Peers {
+    /// Peers called over plain HTTP.
     pub fn new(node_id: String, token: Option<String>, ttl: Duration) -> anyhow::Result<Peers> {
         Ok(Peers {
             node_id,
             http: reqwest::Client::builder().build()?,
             token,
             ttl,
+            scheme: "http",
         })
+    }
+
+    /// Peers called over HTTPS (their query ports have TLS), their
+    /// certificates checked against the PEM certificates of `ca` (the
+    /// system's roots when `None`).
+    pub fn with_tls(mut self, ca: Option<&Path>) -> anyhow::Result<Peers> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("failed to read cluster.peer_ca {}", ca.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("cluster.peer_ca {} is not PEM certificates", ca.display())
+            })?;
+            anyhow::ensure!(
+                !certificates.is_empty(),
+                "cluster.peer_ca {} holds no certificate",
+                ca.display()
+            );
+            builder = builder.tls_built_in_root_certs(false);
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        self.http = builder.build()?;
+        self.scheme = "https";
+        Ok(self)
     }
 }
 
@@ -166,7 +197,7 @@ impl ClusterReader {
             let body = serde_json::to_vec(&fresh).map_err(|e| unavailable(e.into()))?;
             calls.push((
                 node.clone(),
-                format!("http://{address}{FRESH_PATH}"),
+                format!("{}://{address}{FRESH_PATH}", self.peers.scheme),
                 None,
                 body,
             ));
@@ -178,7 +209,7 @@ impl ClusterReader {
                 let body = serde_json::to_vec(&leaf).map_err(|e| unavailable(e.into()))?;
                 calls.push((
                     node.clone(),
-                    format!("http://{address}{LEAF_PATH}"),
+                    format!("{}://{address}{LEAF_PATH}", self.peers.scheme),
                     Some(splits),
                     body,
                 ));

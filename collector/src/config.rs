@@ -119,6 +119,14 @@ pub struct ClusterFlags {
         hide_env_values = true
     )]
     pub cluster_s3_secret_access_key: Option<sightline_vocab::secret::Secret>,
+    /// `host:port` the other collectors reach this one's query port at
+    /// (overrides `cluster.advertise_address`; a pod's `$(POD_IP):7070`).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "SIGHTLINE_CLUSTER_ADVERTISE_ADDRESS"
+    )]
+    pub cluster_advertise_address: Option<String>,
 }
 
 /// TLS for the three listeners; none of the flags: plain TCP.

@@ -150,7 +150,8 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             let cluster = sightline_cluster::Cluster::start(
                 cluster_config,
                 config.data_dir.join("cluster"),
-                addresses.http.to_string(),
+                addresses.http,
+                tls.is_some(),
                 config.retention,
                 auth.peer_token(),
             )
@@ -308,6 +309,9 @@ fn cluster_config(
     }
     if let Some(key) = &secrets.cluster_s3_access_key_id {
         cluster.object_store.access_key_id = Some(key.expose().to_string());
+    }
+    if let Some(address) = &secrets.cluster_advertise_address {
+        cluster.advertise_address = Some(address.clone());
     }
     if let Some(secret) = &secrets.cluster_s3_secret_access_key {
         cluster.object_store.secret_access_key = Some(secret.expose().to_string());

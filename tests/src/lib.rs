@@ -598,6 +598,8 @@ pub struct CollectorProcess {
     pub grpc_port: u16,
     pub http_port: u16,
     pub otlp_http_port: u16,
+    /// `https` when started with `--tls-cert`.
+    scheme: &'static str,
 }
 
 impl CollectorProcess {
@@ -636,28 +638,35 @@ impl CollectorProcess {
             .args(["--otlp-http-addr", &format!("127.0.0.1:{otlp_http_port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
         configure(&mut command);
+        let tls = command.get_args().any(|arg| arg == "--tls-cert");
         let process = Process::spawn("sightline-collector", &mut command);
         let collector = CollectorProcess {
             process,
             grpc_port,
             http_port,
             otlp_http_port,
+            scheme: if tls { "https" } else { "http" },
         };
-        wait_started(&reqwest::Client::new(), &collector.url("/-/ready")).await;
+        // Started is all this asks; tests check the certificate themselves.
+        let probe = reqwest::Client::builder()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .expect("a client");
+        wait_started(&probe, &collector.url("/-/ready")).await;
         collector
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.http_port)
     }
 
     /// An address on the OTLP/HTTP port (`/v1/logs`, `/v1/traces`, ...).
     pub fn otlp_http_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.otlp_http_port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.otlp_http_port)
     }
 
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.grpc_port)
     }
 
     /// SIGKILL: no shutdown, no flush.

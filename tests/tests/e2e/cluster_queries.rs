@@ -624,17 +624,67 @@ async fn totals(http: &reqwest::Client, node: &CollectorProcess, base: i64) -> (
     (page["total_hits"].as_i64().unwrap(), counted, spans)
 }
 
+/// A CA and a certificate for 127.0.0.1 it signed, in `dir`: the CA's
+/// PEM, and the paths of the certificate, its key and the CA.
+fn tls_files(dir: &std::path::Path) -> (Vec<u8>, [std::path::PathBuf; 3]) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    (
+        ca_pem.clone().into_bytes(),
+        [
+            write("node.pem", &cert.pem()),
+            write("node-key.pem", &key.serialize_pem()),
+            write("ca.pem", &ca_pem),
+        ],
+    )
+}
+
+/// Also: the query ports have TLS, so the nodes ask each other for fresh
+/// data and leaf reads over HTTPS, checking certificates against
+/// `peer_ca`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_served_by_their_owners_before_their_split_is_published_and_once_after() {
     let engines = Engines::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, [cert, key, ca]) = tls_files(dir.path());
     // Splits far apart: what is found meanwhile comes from the owners.
     let settings = ClusterSettings {
         split_interval: "25s".into(),
+        extra: format!("peer_ca: {}\n", ca.display()),
+        args: vec![
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ],
         ..ClusterSettings::default()
     };
     let nodes = engines.start_collectors(3, dir.path(), &settings).await;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+        .build()
+        .unwrap();
+    assert!(nodes[0].url("/").starts_with("https://"));
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
     let now = now_nanos();
     let base = now - 60_000 * MS;
@@ -680,6 +730,15 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
         times.dedup();
         assert_eq!(times.len(), 100, "each record once");
     }
+    // The published splits were spread over the nodes, and no call
+    // between them failed (a failed leaf is read by its root instead).
+    let (mut leaves, mut retries) = (0.0, 0.0);
+    for node in &nodes {
+        leaves += metric(node, "sightline_cluster_leaf_requests_total").await;
+        retries += metric(node, "sightline_cluster_leaf_retries_total").await;
+    }
+    assert!(leaves > 0.0, "no leaf request went between the nodes");
+    assert_eq!(retries, 0.0, "a leaf request over TLS failed");
 }
 
 /// The ids of every record a node finds, sorted.
