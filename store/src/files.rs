@@ -73,19 +73,17 @@ impl StoreFiles {
 }
 
 /// Reads what every query of `searcher` reads before its own terms and
-/// documents: each segment's term dictionary indexes, doc store index,
-/// field norms and fast field directory. Run once over a split through a
-/// recording directory, it says what to keep in the split's hotcache.
+/// documents: each segment's doc store index and fast field directory
+/// (opening the searcher read the files' footers). Run once over a split
+/// through a recording directory, it says what to keep in the split's
+/// hotcache. A field's term dictionary is not among them: tantivy reads a
+/// field's whole dictionary (an FST) when a query first uses the field,
+/// and together they are a quarter of a split, mostly of fields a query
+/// does not use.
 pub(crate) fn warm_up(searcher: &tantivy::Searcher) -> crate::Result<()> {
     let schema = searcher.schema();
     for segment in searcher.segment_readers() {
-        for (field, entry) in schema.fields() {
-            if entry.is_indexed() {
-                segment.inverted_index(field)?;
-            }
-            if entry.has_fieldnorms() {
-                segment.get_fieldnorms_reader(field)?;
-            }
+        for (_, entry) in schema.fields() {
             if entry.is_fast() {
                 // The column directory, not the columns.
                 segment.fast_fields().dynamic_column_handles(entry.name())?;
