@@ -54,6 +54,13 @@ impl Drop for OpenSplit {
     }
 }
 
+impl OpenSplit {
+    /// Whether it is read by range from object storage.
+    pub fn by_range(&self) -> bool {
+        self.dir.is_none()
+    }
+}
+
 /// How a node opens the splits it reads (`cluster.split_reads`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +98,11 @@ pub struct CacheStats {
     /// Bytes of chunks the range cache holds now, and chunks it evicted.
     pub range_cache_bytes: AtomicU64,
     pub range_cache_evictions: AtomicU64,
+    /// Live tail streams this node serves now, ever served, and the
+    /// batches of entries they skipped for being too slow.
+    pub tail_streams: AtomicU64,
+    pub tail_streams_total: AtomicU64,
+    pub tail_skipped: AtomicU64,
     /// Leaf requests this node answered for other nodes' queries.
     pub leaf_requests: AtomicU64,
     /// Leaf requests of this node's queries that failed and were read here.
@@ -144,6 +156,24 @@ impl CacheStats {
                 "counter",
                 "Chunks of split files evicted from the range cache.",
                 load(&self.range_cache_evictions),
+            ),
+            (
+                "sightline_cluster_tail_streams_total",
+                "counter",
+                "Live tail streams this node served to roots.",
+                load(&self.tail_streams_total),
+            ),
+            (
+                "sightline_cluster_tail_skipped_total",
+                "counter",
+                "Batches of entries live tail streams skipped for being too slow.",
+                load(&self.tail_skipped),
+            ),
+            (
+                "sightline_cluster_tail_streams",
+                "gauge",
+                "Live tail streams this node serves now.",
+                load(&self.tail_streams),
             ),
             (
                 "sightline_cluster_leaf_requests_total",

@@ -54,13 +54,27 @@ impl Unpublished {
 }
 
 /// The partitions this node owns, as its partition tasks share them with
-/// the fresh-data handler.
-#[derive(Default)]
+/// the fresh-data handler, and the entries they read, announced to live
+/// tails ([`crate::tail`]).
 pub struct FreshPartitions {
     owned: Mutex<HashMap<PartitionId, Arc<RwLock<Unpublished>>>>,
+    announcements: crate::tail::Announcements,
+}
+
+impl Default for FreshPartitions {
+    fn default() -> FreshPartitions {
+        FreshPartitions {
+            owned: Mutex::default(),
+            announcements: tokio::sync::broadcast::channel(crate::tail::ANNOUNCED).0,
+        }
+    }
 }
 
 impl FreshPartitions {
+    pub(crate) fn announcements(&self) -> &crate::tail::Announcements {
+        &self.announcements
+    }
+
     /// Registers an owned partition; unregistered when the guard drops
     /// (the partition task ends, however it ends).
     pub(crate) fn register(self: &Arc<Self>, partition: PartitionId, from: u64) -> FreshGuard {
@@ -102,6 +116,14 @@ impl FreshGuard {
         self.unpublished
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Hands entries just read to the live tails, if any listen.
+    pub(crate) fn announce(&self, entries: &[Decoded]) {
+        let announcements = &self.partitions.announcements;
+        if announcements.receiver_count() > 0 && !entries.is_empty() {
+            let _ = announcements.send(Arc::new(entries.to_vec()));
+        }
     }
 }
 
@@ -161,6 +183,11 @@ pub enum FreshAnswer {
     Histogram(Histogram),
     Trace(Vec<Span>),
     Summaries(Vec<TraceSummary>),
+    /// Summaries of traces with unpublished spans, each from every span
+    /// its owner holds of it (the unpublished ones and those of the
+    /// partition's splits since shortly before): newer than any part of the
+    /// trace a split holds, they supersede it.
+    OwnerSummaries(Vec<TraceSummary>),
     /// Services, trace ids: sorted, each once.
     Names(Vec<String>),
     Operations(Vec<Operation>),
@@ -169,6 +196,7 @@ pub enum FreshAnswer {
 /// What one owned partition holds past `seen`: its entries, and the
 /// remembered splits the root did not list (to open).
 pub(crate) struct PartitionPart {
+    pub partition: PartitionId,
     pub entries: Vec<Decoded>,
     pub splits: Vec<SplitRow>,
 }
@@ -190,6 +218,7 @@ pub(crate) fn parts(
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
         parts.push(PartitionPart {
+            partition,
             entries: unpublished
                 .entries
                 .iter()
@@ -352,76 +381,138 @@ pub struct LeafRequest {
     pub question: FreshQuestion,
 }
 
-/// Serves [`FRESH_PATH`]: this node's partitions' fresh data.
-pub(crate) struct FreshServer {
+/// The internal API other nodes call: fresh data ([`FRESH_PATH`]), leaf
+/// reads ([`LEAF_PATH`]) and live tails ([`crate::tail::TAIL_PATH`]).
+pub(crate) struct InternalApi {
     pub partitions: Arc<FreshPartitions>,
     pub reader: Arc<crate::query::ClusterReader>,
 }
 
 /// The internal API's routes (mounted behind the query port's token).
-pub(crate) fn router(server: Arc<FreshServer>) -> axum::Router {
+pub(crate) fn router(server: Arc<InternalApi>) -> axum::Router {
     axum::Router::new()
         .route(FRESH_PATH, axum::routing::post(serve))
         .route(LEAF_PATH, axum::routing::post(serve_leaf))
+        .route(
+            crate::tail::TAIL_PATH,
+            axum::routing::get(crate::tail::serve),
+        )
         .with_state(server)
 }
 
 async fn serve(
-    axum::extract::State(server): axum::extract::State<Arc<FreshServer>>,
+    axum::extract::State(server): axum::extract::State<Arc<InternalApi>>,
     axum::Json(request): axum::Json<FreshRequest>,
-) -> Result<axum::Json<FreshAnswer>, (axum::http::StatusCode, String)> {
+) -> Result<axum::Json<Vec<FreshAnswer>>, (axum::http::StatusCode, String)> {
     let failed = |error: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, error);
     let only = match &request.question {
         FreshQuestion::Trace(trace_id) => Some(crate::partition::of_trace(trace_id)),
         _ => None,
     };
     let mut entries = Vec::new();
-    let mut splits = Vec::new();
+    let mut rows = Vec::new();
+    let mut by_partition = Vec::new();
     for part in parts(&server.partitions, &request.seen, only) {
+        by_partition.push((part.partition, part.entries.clone()));
         entries.extend(part.entries);
-        for row in part.splits {
-            splits.push(
-                server
-                    .reader
-                    .open_split(&row)
-                    .await
-                    .map_err(|error| failed(format!("{error:#}")))?,
-            );
+        rows.extend(part.splits);
+    }
+    let splits = server
+        .reader
+        .open_splits(rows)
+        .await
+        .map_err(|error| failed(format!("{error:#}")))?;
+    let question = request.question;
+    let mut answers = respond(question.clone(), entries, splits).await?;
+    if let FreshQuestion::SearchTraces(query) = question {
+        let reader = server.reader.clone();
+        let summaries =
+            tokio::task::spawn_blocking(move || owner_summaries(&reader, &query, by_partition))
+                .await
+                .map_err(|error| failed(error.to_string()))?
+                .map_err(|error| failed(error.to_string()))?;
+        answers.0.push(FreshAnswer::OwnerSummaries(summaries));
+    }
+    Ok(answers)
+}
+
+/// The traces with unpublished spans in `parts` that meet `query`, each
+/// summarized from all its spans this owner holds, newest first, at most
+/// `query.limit`. Blocks.
+fn owner_summaries(
+    reader: &crate::query::ClusterReader,
+    query: &TraceQuery,
+    parts: Vec<(PartitionId, Vec<Decoded>)>,
+) -> sightline_store::Result<Vec<TraceSummary>> {
+    let now = sightline_vocab::clock::now_nanos();
+    let mut found = Vec::new();
+    for (partition, entries) in parts {
+        let mut traces: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
+        let mut first = i64::MAX;
+        for (_, batch) in &entries {
+            if let Batch::Spans(spans) = batch.as_ref() {
+                for span in spans {
+                    first = first.min(span.start_time);
+                    traces
+                        .entry(span.trace_id.as_str())
+                        .or_default()
+                        .push(span.clone());
+                }
+            }
+        }
+        if traces.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = traces.keys().map(|id| id.to_string()).collect();
+        let since = first.saturating_sub(crate::splits::TRACE_LOOKBACK_NANOS);
+        let mut earlier: HashMap<String, Vec<Span>> = HashMap::new();
+        for span in reader.earlier_spans(partition, &ids, since)? {
+            earlier.entry(span.trace_id.clone()).or_default().push(span);
+        }
+        for (trace_id, spans) in traces {
+            let parts = vec![earlier.remove(trace_id).unwrap_or_default(), spans];
+            let summary =
+                sightline_store::traces::summarize(trace_id, &reader::merge_trace(parts), now);
+            if query.matches(&summary) {
+                found.push(summary.stored());
+            }
         }
     }
-    respond(request.question, entries, splits).await
+    Ok(reader::newest_traces(found, query.limit))
 }
 
 async fn serve_leaf(
-    axum::extract::State(server): axum::extract::State<Arc<FreshServer>>,
+    axum::extract::State(server): axum::extract::State<Arc<InternalApi>>,
     axum::Json(request): axum::Json<LeafRequest>,
-) -> Result<axum::Json<FreshAnswer>, (axum::http::StatusCode, String)> {
+) -> Result<axum::Json<Vec<FreshAnswer>>, (axum::http::StatusCode, String)> {
     server.reader.count_leaf_request();
     let failed = |error: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, error);
-    let mut splits = Vec::new();
-    for row in &request.splits {
-        splits.push(
-            server
-                .reader
-                .open_split(row)
-                .await
-                .map_err(|error| failed(format!("{error:#}")))?,
-        );
-    }
+    let splits = server
+        .reader
+        .open_splits(request.splits)
+        .await
+        .map_err(|error| failed(format!("{error:#}")))?;
     respond(request.question, Vec::new(), splits).await
 }
 
-/// Answers on a blocking thread: 400 for a query the store refuses, 503
-/// for anything else.
+/// Answers on blocking threads (one answer, or one per share of the
+/// splits read side by side): 400 for a query the store refuses, 503 for
+/// anything else.
 async fn respond(
     question: FreshQuestion,
     entries: Vec<Decoded>,
     splits: Vec<Arc<OpenSplit>>,
-) -> Result<axum::Json<FreshAnswer>, (axum::http::StatusCode, String)> {
+) -> Result<axum::Json<Vec<FreshAnswer>>, (axum::http::StatusCode, String)> {
     let failed = |error: String| (axum::http::StatusCode::SERVICE_UNAVAILABLE, error);
-    let answered = tokio::task::spawn_blocking(move || answer(&question, &entries, &splits))
-        .await
-        .map_err(|error| failed(error.to_string()))?;
+    let answered = tokio::task::spawn_blocking(move || {
+        if entries.is_empty() {
+            crate::query::answer_in_parallel(&question, &splits)
+        } else {
+            answer(&question, &entries, &splits).map(|answer| vec![answer])
+        }
+    })
+    .await
+    .map_err(|error| failed(error.to_string()))?;
     match answered {
         Ok(answer) => Ok(axum::Json(answer)),
         Err(sightline_store::StoreError::InvalidQuery(message)) => {

@@ -42,6 +42,7 @@ pub mod partition;
 pub mod query;
 pub mod remote;
 pub mod splits;
+pub mod tail;
 
 pub use log::{ClusterLog, NatsConfig, PublishError};
 pub use metastore::{Metastore, SplitRow};
@@ -245,7 +246,7 @@ impl Cluster {
         .await?;
         let reader = std::sync::Arc::new(reader);
         let fresh = std::sync::Arc::new(fresh::FreshPartitions::default());
-        let internal = fresh::router(std::sync::Arc::new(fresh::FreshServer {
+        let internal = fresh::router(std::sync::Arc::new(fresh::InternalApi {
             partitions: fresh.clone(),
             reader: reader.clone(),
         }));

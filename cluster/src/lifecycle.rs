@@ -157,10 +157,7 @@ async fn merge(
     epoch: i64,
     inputs: Vec<SplitRow>,
 ) -> anyhow::Result<()> {
-    let mut opened = Vec::with_capacity(inputs.len());
-    for row in &inputs {
-        opened.push(context.reader.open_split(row).await?);
-    }
+    let opened = context.reader.open_splits(inputs.clone()).await?;
     let work_dir = context.work_dir.clone();
     let merged = tokio::task::spawn_blocking(move || {
         let parts: Vec<_> = opened

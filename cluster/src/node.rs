@@ -402,6 +402,7 @@ async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch::Receiver<b
                         .await
                         .unwrap_or((Vec::new(), kept));
                 fresh.write().entries.extend(decoded.iter().cloned());
+                fresh.announce(&decoded);
                 buffer.extend(decoded);
                 rejected.extend(undecodable);
             }

@@ -55,13 +55,14 @@ const LEAF_TIMEOUT: Duration = Duration::from_secs(30);
 /// The cluster's splits, and the owners' fresh data, as a [`LogReader`]
 /// and [`SpanReader`].
 pub struct ClusterReader {
-    metastore: Metastore,
+    metastore: Arc<Metastore>,
     cache: SplitCache,
     runtime: tokio::runtime::Handle,
     peers: Peers,
 }
 
 /// How this node reaches the others' internal API.
+#[derive(Clone)]
 pub struct Peers {
     /// This node's id: the splits rendezvous hashing gives it are read here.
     node_id: String,
@@ -84,6 +85,19 @@ impl Peers {
             ttl,
             scheme: "http",
         })
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    pub(crate) fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// Peers called over HTTPS (their query ports have TLS), their
@@ -128,7 +142,7 @@ impl ClusterReader {
         peers: Peers,
     ) -> anyhow::Result<ClusterReader> {
         Ok(ClusterReader {
-            metastore: Metastore::connect(postgres).await?,
+            metastore: Arc::new(Metastore::connect(postgres).await?),
             cache: SplitCache::new(cache_dir, cache, storage)?,
             runtime: tokio::runtime::Handle::current(),
             peers,
@@ -140,11 +154,6 @@ impl ClusterReader {
             .stats
             .leaf_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Opens one split through the cache.
-    pub(crate) async fn open_split(&self, row: &SplitRow) -> anyhow::Result<Arc<OpenSplit>> {
-        self.cache.open(row).await
     }
 
     /// Every answer to `question` over the published splits of `[start,
@@ -240,7 +249,7 @@ impl ClusterReader {
             .map_err(|error| unavailable(error.into()))?;
         for (node, splits, answer) in remote {
             match (answer, splits) {
-                (Ok(Ok(answer)), _) => answers.push(answer),
+                (Ok(Ok(answer)), _) => answers.extend(answer),
                 (Ok(Err(invalid)), _) => return Err(invalid),
                 (Err(error), Some(splits)) => {
                     tracing::warn!(node, %error, splits = splits.len(), "a leaf failed; reading its splits here");
@@ -295,14 +304,21 @@ impl ClusterReader {
 
     /// Opens `rows`' splits, several at once.
     fn open(&self, rows: Vec<SplitRow>) -> Result<Vec<Arc<OpenSplit>>> {
-        self.runtime.block_on(async {
-            futures::stream::iter(rows)
-                .map(|row| async move { self.cache.open(&row).await })
-                .buffered(CONCURRENT_OPENS)
-                .try_collect()
-                .await
-                .map_err(unavailable)
-        })
+        self.runtime
+            .block_on(self.open_splits(rows))
+            .map_err(unavailable)
+    }
+
+    /// Opens `rows`' splits through the cache, several at once.
+    pub(crate) async fn open_splits(
+        &self,
+        rows: Vec<SplitRow>,
+    ) -> anyhow::Result<Vec<Arc<OpenSplit>>> {
+        futures::stream::iter(rows)
+            .map(|row| async move { self.cache.open(&row).await })
+            .buffered(CONCURRENT_OPENS)
+            .try_collect()
+            .await
     }
 
     /// Spans of `trace_ids` (all of `partition`) in its published splits
@@ -377,6 +393,18 @@ impl ClusterReader {
 impl LogReader for ClusterReader {
     fn validate_query(&self, query: &str) -> Result<()> {
         sightline_store::validate_log_query(query)
+    }
+
+    /// Streams from every live node's owned partitions ([`crate::tail`]).
+    fn subscribe(&self, query: &str, sink: Box<dyn sightline_store::TailSink>) -> Result<bool> {
+        sightline_store::validate_log_query(query)?;
+        self.runtime.spawn(crate::tail::follow(
+            self.metastore.clone(),
+            self.peers.clone(),
+            query.to_string(),
+            sink,
+        ));
+        Ok(true)
     }
 
     fn search(&self, query: &LogQuery) -> Result<LogSearchResult> {
@@ -481,14 +509,20 @@ impl LogReader for ClusterReader {
 
 /// Answers over `splits` on up to as many threads as there are cores,
 /// each a share of the splits (the caller merges the parts).
-fn answer_in_parallel(
+pub(crate) fn answer_in_parallel(
     question: &FreshQuestion,
     splits: &[Arc<OpenSplit>],
 ) -> Result<Vec<FreshAnswer>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, 4)
-        .min(splits.len().max(1));
+    // Splits on the local disk keep a core busy each; splits read by range
+    // mostly wait on object storage, so more of them are read at once.
+    let threads = if splits.iter().any(|split| split.by_range()) {
+        RANGE_READERS
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 4)
+    }
+    .min(splits.len().max(1));
     if threads == 1 {
         return Ok(vec![fresh::answer(question, &[], splits)?]);
     }
@@ -511,6 +545,9 @@ fn answer_in_parallel(
     })
 }
 
+/// Threads a query's splits are read on when some are read by range.
+const RANGE_READERS: usize = 16;
+
 /// A call of another node's internal API: the node, the URL, the splits
 /// of a leaf request (none for fresh data), the JSON body.
 type Call = (String, String, Option<Vec<SplitRow>>, Vec<u8>);
@@ -523,7 +560,7 @@ async fn call(
     url: &str,
     body: Vec<u8>,
     timeout: Duration,
-) -> std::result::Result<Result<FreshAnswer>, String> {
+) -> std::result::Result<Result<Vec<FreshAnswer>>, String> {
     let mut request = http
         .post(url)
         .timeout(timeout)
@@ -542,8 +579,8 @@ async fn call(
         let message = response.text().await.unwrap_or_default();
         return Err(format!("{status}: {message}"));
     }
-    let answer: FreshAnswer = response.json().await.map_err(|error| error.to_string())?;
-    Ok(Ok(answer))
+    let answers: Vec<FreshAnswer> = response.json().await.map_err(|error| error.to_string())?;
+    Ok(Ok(answers))
 }
 
 /// The timestamp of the `k`-th nearest hit: the k-th newest of `hits` when
@@ -597,25 +634,33 @@ impl SpanReader for ClusterReader {
     }
 
     fn search_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
-        let parts: Vec<Vec<TraceSummary>> = self
-            .gather(
-                query.start,
-                query.end,
-                None,
-                FreshQuestion::SearchTraces(query.clone()),
-            )?
-            .into_iter()
-            .filter_map(|answer| match answer {
-                FreshAnswer::Summaries(found) => Some(found),
-                _ => None,
-            })
-            .collect();
-        // Every found trace is judged whole: a split boundary or a late span
-        // may have cut it, and a part's summary is not the trace's.
+        let mut parts: Vec<Vec<TraceSummary>> = Vec::new();
+        // A trace with unpublished spans is summarized by its owner, from
+        // all of them and its splits' (newer than any split's part).
+        let mut owned: BTreeMap<String, TraceSummary> = BTreeMap::new();
+        for answer in self.gather(
+            query.start,
+            query.end,
+            None,
+            FreshQuestion::SearchTraces(query.clone()),
+        )? {
+            match answer {
+                FreshAnswer::Summaries(found) => parts.push(found),
+                FreshAnswer::OwnerSummaries(found) => owned.extend(
+                    found
+                        .into_iter()
+                        .map(|summary| (summary.trace_id.clone(), summary)),
+                ),
+                _ => {}
+            }
+        }
+        // Every other found trace is judged whole: a split boundary or a
+        // late span may have cut it, and a part's summary is not the trace's.
         let found: BTreeSet<String> = parts
             .into_iter()
             .flatten()
             .map(|summary| summary.trace_id)
+            .filter(|trace_id| !owned.contains_key(trace_id))
             .collect();
         let mut by_partition: BTreeMap<PartitionId, Vec<Arc<OpenSplit>>> = BTreeMap::new();
         let mut whole = Vec::with_capacity(found.len());
@@ -635,6 +680,7 @@ impl SpanReader for ClusterReader {
                 _ => {}
             }
         }
+        whole.extend(owned.into_values());
         Ok(reader::newest_traces(whole, query.limit))
     }
 

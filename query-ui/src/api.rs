@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use sightline_store::{Cursor, Histogram, LogQuery};
+use sightline_store::{Cursor, Histogram, LogHit, LogQuery};
 use sightline_vocab::clock::now_nanos;
 
 use crate::QueryState;
@@ -227,57 +227,85 @@ pub(crate) async fn tail(
     let query_text = params.q.clone();
     tokio::task::spawn_blocking(move || logs.validate_query(&query_text)).await??;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(256);
+    // A cluster pushes records as its partitions' owners read them.
+    let logs = state.logs.clone();
+    let sink = Box::new(TailEvents(sender.clone()));
+    let query_text = params.q.clone();
+    let subscribed =
+        tokio::task::spawn_blocking(move || logs.subscribe(&query_text, sink)).await??;
     // Only records that arrive after the request: taken here, not in the
     // task, which may first run after records written meanwhile.
     let mut start = now_nanos() - 1;
-    tokio::spawn(async move {
-        let mut newest_seen: Option<Cursor> = None;
-        loop {
-            let query = LogQuery {
-                query: params.q.clone(),
-                start: Some(start),
-                end: None,
-                limit: 1000,
-                after: None,
-            };
-            let logs = state.logs.clone();
-            let Ok(Ok(result)) = tokio::task::spawn_blocking(move || logs.search(&query)).await
-            else {
-                return;
-            };
-            let mut fresh: Vec<_> = result
-                .hits
-                .into_iter()
-                .filter(|hit| {
-                    Cursor::decode(&hit.id)
-                        .is_ok_and(|cursor| newest_seen.is_none_or(|seen| cursor > seen))
-                })
-                .collect();
-            fresh.reverse();
-            for hit in fresh {
-                if let Ok(cursor) = Cursor::decode(&hit.id) {
-                    newest_seen = Some(cursor);
-                    start = start.max(cursor.timestamp);
+    // Elsewhere: a search for what is newer every TAIL_POLL.
+    if !subscribed {
+        tokio::spawn(async move {
+            let mut newest_seen: Option<Cursor> = None;
+            loop {
+                let query = LogQuery {
+                    query: params.q.clone(),
+                    start: Some(start),
+                    end: None,
+                    limit: 1000,
+                    after: None,
+                };
+                let logs = state.logs.clone();
+                let Ok(Ok(result)) = tokio::task::spawn_blocking(move || logs.search(&query)).await
+                else {
+                    return;
+                };
+                let mut fresh: Vec<_> = result
+                    .hits
+                    .into_iter()
+                    .filter(|hit| {
+                        Cursor::decode(&hit.id)
+                            .is_ok_and(|cursor| newest_seen.is_none_or(|seen| cursor > seen))
+                    })
+                    .collect();
+                fresh.reverse();
+                for hit in fresh {
+                    if let Ok(cursor) = Cursor::decode(&hit.id) {
+                        newest_seen = Some(cursor);
+                        start = start.max(cursor.timestamp);
+                    }
+                    let data = serde_json::to_string(&hit).unwrap_or_default();
+                    if sender
+                        .send(Event::default().event("record").data(data))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-                let data = serde_json::to_string(&hit).unwrap_or_default();
-                if sender
-                    .send(Event::default().event("record").data(data))
-                    .await
-                    .is_err()
-                {
+                if sender.is_closed() {
                     return;
                 }
+                tokio::time::sleep(TAIL_POLL).await;
             }
-            if sender.is_closed() {
-                return;
-            }
-            tokio::time::sleep(TAIL_POLL).await;
-        }
-    });
+        });
+    }
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok(event), receiver))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A live tail's SSE events, as a subscription's sink. A record that
+/// finds the client's queue full is dropped, not waited for: the
+/// subscription serves every tail of the node.
+struct TailEvents(tokio::sync::mpsc::Sender<Event>);
+
+impl sightline_store::TailSink for TailEvents {
+    fn send(&mut self, hit: LogHit) -> bool {
+        let data = serde_json::to_string(&hit).unwrap_or_default();
+        match self.0.try_send(Event::default().event("record").data(data)) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
 }
 
 pub(crate) async fn get_trace(

@@ -48,7 +48,7 @@ pub use logs::{
 };
 pub use model::{LogRecord, SharedResource, Span, SpanEvent, SpanLink, SpanStatus};
 pub use query::LogMatcher;
-pub use reader::{LogReader, SpanReader};
+pub use reader::{LogReader, SpanReader, TailSink};
 pub use reserve::DiskReserve;
 pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};
 pub use traces::TraceSummary;

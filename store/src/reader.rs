@@ -30,6 +30,21 @@ pub trait LogReader: Send + Sync {
     fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram>;
     /// A record among its stream's neighbours; see [`LogStore::context`].
     fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>>;
+    /// Live tail by subscription: from now on, every record matching
+    /// `query` goes to `sink` as it becomes searchable, until the sink is
+    /// closed. `Ok(false)` when this reader has no subscriptions (the
+    /// caller polls [`LogReader::search`]).
+    fn subscribe(&self, _query: &str, _sink: Box<dyn TailSink>) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Where a live tail's records go.
+pub trait TailSink: Send {
+    /// Takes a record; `false` once nobody listens any more.
+    fn send(&mut self, hit: LogHit) -> bool;
+    /// Whether nobody listens any more (asked between records).
+    fn is_closed(&self) -> bool;
 }
 
 /// What the query API reads of spans and traces. Every method blocks.

@@ -592,8 +592,12 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
     assert!(orphans >= 1.0, "the orphan counted");
 }
 
-/// Search, histogram and trace totals of one node.
-async fn totals(http: &reqwest::Client, node: &CollectorProcess, base: i64) -> (i64, u64, usize) {
+/// Search, histogram, trace and trace search totals of one node.
+async fn totals(
+    http: &reqwest::Client,
+    node: &CollectorProcess,
+    base: i64,
+) -> (i64, u64, usize, usize, usize) {
     let page = get_json(http, &node.url("/api/logs?limit=1000")).await;
     let histogram = get_json(
         http,
@@ -621,7 +625,22 @@ async fn totals(http: &reqwest::Client, node: &CollectorProcess, base: i64) -> (
     } else {
         0
     };
-    (page["total_hits"].as_i64().unwrap(), counted, spans)
+    let found = |body: Value| body["traces"].as_array().map_or(0, Vec::len);
+    let payment = found(
+        get_json(
+            http,
+            &node.url("/api/trace-search?service=payment&limit=20"),
+        )
+        .await,
+    );
+    let failed = found(get_json(http, &node.url("/api/trace-search?errors=true")).await);
+    (
+        page["total_hits"].as_i64().unwrap(),
+        counted,
+        spans,
+        payment,
+        failed,
+    )
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed, in `dir`: the CA's
@@ -659,7 +678,8 @@ fn tls_files(dir: &std::path::Path) -> (Vec<u8>, [std::path::PathBuf; 3]) {
 
 /// Also: the query ports have TLS, so the nodes ask each other for fresh
 /// data and leaf reads over HTTPS, checking certificates against
-/// `peer_ca`.
+/// `peer_ca`; and a live tail on one node gets each matching record once
+/// from whichever node owns it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_served_by_their_owners_before_their_split_is_published_and_once_after() {
     let engines = Engines::start().await;
@@ -688,8 +708,59 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
     let now = now_nanos();
     let base = now - 60_000 * MS;
+    // A live tail on c1, subscribed to the three nodes' partitions before
+    // anything is sent.
+    let mut tail = http
+        .get(nodes[1].url("/api/logs/tail?q=service:payment"))
+        .send()
+        .await
+        .unwrap();
+    assert!(tail.status().is_success(), "{}", tail.status());
+    poll_until(
+        "c1's tail streaming from every node",
+        Duration::from_secs(20),
+        || async {
+            let mut streams = 0.0;
+            for node in &nodes {
+                streams += metric(node, "sightline_cluster_tail_streams").await;
+            }
+            Ok((streams == 3.0).then_some(()))
+        },
+    )
+    .await;
     post(&http, &nodes[0], "/v1/logs", &logs_payload(base, 0..100)).await;
     post(&http, &nodes[2], "/v1/traces", &spans_payload(base, false)).await;
+    // Every payment record once (records 2, 6, 10, ...), pushed by the
+    // owners as they read them, whichever node owns each.
+    let mut tailed: Vec<Value> = Vec::new();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tailed.len() < 25 {
+        let chunk = tokio::time::timeout_at(deadline, tail.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("tailed {} of 25 records", tailed.len()))
+            .unwrap()
+            .expect("the tail stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|line| line.strip_prefix("data:")) {
+                tailed.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    let mut ids: Vec<&str> = tailed
+        .iter()
+        .map(|hit| hit["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 25, "each record once");
+    assert!(
+        tailed.iter().all(|hit| hit["service"] == "payment"),
+        "only what the query matches"
+    );
+    drop(tail);
 
     for (n, node) in nodes.iter().enumerate() {
         poll_until(
@@ -697,7 +768,7 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
             Duration::from_secs(20),
             || async {
                 let found = totals(&http, node, base).await;
-                if found == (100, 100, 4) {
+                if found == (100, 100, 4, 6, 1) {
                     Ok(Some(()))
                 } else {
                     Err(format!("c{n} finds {found:?}"))
@@ -718,7 +789,7 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
     // Once published, still each record once.
     wait_published(&metastore, 100, 23).await;
     for node in &nodes {
-        assert_eq!(totals(&http, node, base).await, (100, 100, 4));
+        assert_eq!(totals(&http, node, base).await, (100, 100, 4, 6, 1));
         let page = get_json(&http, &node.url("/api/logs?limit=1000")).await;
         let mut times: Vec<i64> = page["records"]
             .as_array()
