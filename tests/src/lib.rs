@@ -34,18 +34,39 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Taken below the kernel's ephemeral range, at random: a port from that
+/// range (what binding port 0 gives) may be handed, before the process it
+/// is meant for binds it, to any of the outgoing connections the tests
+/// running alongside open by the thousand (a SeaweedFS start failed so).
 pub fn free_port() -> u16 {
-    // The probe listener closes at once, so the kernel may hand the same
-    // port to the next probe: never give one out twice in a test binary.
+    // Never give one out twice in a test binary (the probe listener closes
+    // at once).
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(12_000));
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("bind an ephemeral loopback port");
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
+        // A different sequence in each test process: its pid, the clock.
+        let draw = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(
+            &(std::process::id(), draw, std::time::SystemTime::now()),
+            &mut hasher,
+        );
+        let candidate = low + (std::hash::Hasher::finish(&hasher) % u64::from(high - low)) as u16;
+        let free = TcpListener::bind(("127.0.0.1", candidate)).is_ok();
+        if free
+            && GIVEN
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(candidate)
+        {
+            return candidate;
         }
     }
 }
