@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sightline_store::reader;
 use sightline_store::{
-    Batch, Histogram, LogQuery, LogSearchResult, Operation, PartitionId, Span, TraceQuery,
-    TraceSummary, record_seq,
+    Batch, Cursor, Histogram, LogHit, LogQuery, LogSearchResult, Operation, PartitionId, Span,
+    TraceQuery, TraceSummary, record_seq,
 };
 
 use crate::cache::OpenSplit;
@@ -158,6 +158,14 @@ pub enum FreshQuestion {
         interval: i64,
     },
     Trace(String),
+    /// The log record of this id.
+    Record(String),
+    /// Records of the anchor's stream around it (its context).
+    Neighbours {
+        anchor: LogHit,
+        before: usize,
+        after: usize,
+    },
     /// Whole-trace search: the traces each part finds (the root judges
     /// each found trace whole).
     SearchTraces(TraceQuery),
@@ -172,7 +180,10 @@ impl FreshQuestion {
     pub fn reads_spans(&self) -> bool {
         !matches!(
             self,
-            FreshQuestion::Search(_) | FreshQuestion::Histogram { .. }
+            FreshQuestion::Search(_)
+                | FreshQuestion::Histogram { .. }
+                | FreshQuestion::Record(_)
+                | FreshQuestion::Neighbours { .. }
         )
     }
 }
@@ -181,6 +192,10 @@ impl FreshQuestion {
 pub enum FreshAnswer {
     Search(LogSearchResult),
     Histogram(Histogram),
+    /// The record asked for, where found.
+    Record(Option<LogHit>),
+    /// Older (newest first) and newer (oldest first) neighbours.
+    Neighbours(Vec<LogHit>, Vec<LogHit>),
     Trace(Vec<Span>),
     Summaries(Vec<TraceSummary>),
     /// Summaries of traces with unpublished spans, each from every span
@@ -267,6 +282,36 @@ pub(crate) fn answer(
                 pages.push(split.logs.search(query)?);
             }
             FreshAnswer::Search(reader::merge_pages(pages, query.limit))
+        }
+        FreshQuestion::Record(id) => {
+            let at = Cursor::decode(id)?;
+            let mut found = records()
+                .find(|(seq, record)| *seq == at.seq && record.timestamp == at.timestamp)
+                .map(|(_, record)| LogHit {
+                    id: id.clone(),
+                    record: record.clone(),
+                });
+            for split in splits {
+                if found.is_some() {
+                    break;
+                }
+                found = split.logs.record(id)?;
+            }
+            FreshAnswer::Record(found)
+        }
+        FreshQuestion::Neighbours {
+            anchor,
+            before,
+            after,
+        } => {
+            let (mut older, mut newer) =
+                reader::neighbour_records(records(), anchor, *before, *after)?;
+            for split in splits {
+                let (more_older, more_newer) = split.logs.neighbours(anchor, *before, *after)?;
+                older.extend(more_older);
+                newer.extend(more_newer);
+            }
+            FreshAnswer::Neighbours(older, newer)
         }
         FreshQuestion::Histogram {
             query,

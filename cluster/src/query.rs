@@ -170,6 +170,24 @@ impl ClusterReader {
         partition: Option<PartitionId>,
         question: FreshQuestion,
     ) -> Result<Vec<FreshAnswer>> {
+        self.gather_parts(start, end, partition, question, true)
+    }
+
+    /// [`ClusterReader::gather`] of the owners' fresh data alone (past the
+    /// checkpoints of a snapshot taken now), no split read.
+    fn gather_fresh(&self, question: FreshQuestion) -> Result<Vec<FreshAnswer>> {
+        // The snapshot's split list is not read: an empty time range.
+        self.gather_parts(Some(0), Some(0), None, question, false)
+    }
+
+    fn gather_parts(
+        &self,
+        start: Option<i64>,
+        end: Option<i64>,
+        partition: Option<PartitionId>,
+        question: FreshQuestion,
+        read_splits: bool,
+    ) -> Result<Vec<FreshAnswer>> {
         let (rows, seen, nodes) = self.runtime.block_on(async {
             self.metastore
                 .reconnect_if_closed()
@@ -187,7 +205,7 @@ impl ClusterReader {
         let spans = question.reads_spans();
         let rows: Vec<SplitRow> = rows
             .into_iter()
-            .filter(|row| if spans { row.spans > 0 } else { row.logs > 0 })
+            .filter(|row| read_splits && if spans { row.spans > 0 } else { row.logs > 0 })
             .collect();
         let live: Vec<String> = nodes.iter().map(|(node, _)| node.clone()).collect();
         let mut mine = Vec::new();
@@ -449,14 +467,35 @@ impl LogReader for ClusterReader {
 
     fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>> {
         let cursor = Cursor::decode(id)?;
-        let mut anchor = None;
-        for split in self.splits(Some(cursor.timestamp), Some(cursor.timestamp + 1), None)? {
-            if let Some(found) = split.logs.record(id)? {
-                anchor = Some(found);
-                break;
+        // The record, from a split of its time or, unpublished, its owner.
+        let anchor = self
+            .gather(
+                Some(cursor.timestamp),
+                Some(cursor.timestamp + 1),
+                None,
+                FreshQuestion::Record(id.to_string()),
+            )?
+            .into_iter()
+            .find_map(|answer| match answer {
+                FreshAnswer::Record(found) => found,
+                _ => None,
+            })
+            .ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
+        // Its unpublished neighbours, from the owners, asked before the
+        // split list below is read: a split published in between is in
+        // both (its records once, by id), never in neither.
+        let mut older: Vec<LogHit> = Vec::new();
+        let mut newer: Vec<LogHit> = Vec::new();
+        for answer in self.gather_fresh(FreshQuestion::Neighbours {
+            anchor: anchor.clone(),
+            before,
+            after,
+        })? {
+            if let FreshAnswer::Neighbours(more_older, more_newer) = answer {
+                older.extend(more_older);
+                newer.extend(more_newer);
             }
         }
-        let anchor = anchor.ok_or_else(|| StoreError::NotFound(format!("log record {id}")))?;
         // A stream's records may be in any partition (its resource may vary
         // in attributes the stream's key ignores): the splits are visited
         // outward from the anchor's time, until none can hold a nearer one.
@@ -476,7 +515,6 @@ impl LogReader for ClusterReader {
             .filter(|row| row.max_time >= cursor.timestamp)
             .collect();
         newer_rows.sort_by_key(|row| row.min_time);
-        let mut older: Vec<LogHit> = Vec::new();
         for row in older_rows {
             if before == 0
                 || (older.len() >= before && kth_time(&older, before, true) > row.max_time)
@@ -487,7 +525,6 @@ impl LogReader for ClusterReader {
                 older.extend(split.logs.neighbours(&anchor, before, 0)?.0);
             }
         }
-        let mut newer: Vec<LogHit> = Vec::new();
         for row in newer_rows {
             if after == 0 || (newer.len() >= after && kth_time(&newer, after, false) < row.min_time)
             {

@@ -441,7 +441,7 @@ fn parse_day_name(name: &str) -> Option<i64> {
 }
 
 /// The key of a record's stream: the same container's same output stream.
-fn stream_key(record: &LogRecord) -> String {
+pub(crate) fn stream_key(record: &LogRecord) -> String {
     let resource = |key: &str| {
         record
             .resource

@@ -270,6 +270,49 @@ pub fn search_records<'a>(
     })
 }
 
+/// The neighbours of `anchor` among records held in memory, as
+/// [`LogStore::neighbours`] finds them in a store holding them: up to
+/// `before` of its stream older than it (newest first) and up to `after`
+/// newer (oldest first).
+pub fn neighbour_records<'a>(
+    records: impl IntoIterator<Item = (u64, &'a LogRecord)>,
+    anchor: &LogHit,
+    before: usize,
+    after: usize,
+) -> Result<(Vec<LogHit>, Vec<LogHit>)> {
+    let at = Cursor::decode(&anchor.id)?;
+    let stream = crate::logs::stream_key(&anchor.record);
+    let mut older = Vec::new();
+    let mut newer = Vec::new();
+    for (seq, record) in records {
+        let cursor = Cursor {
+            timestamp: record.timestamp,
+            seq,
+        };
+        if cursor == at || crate::logs::stream_key(record) != stream {
+            continue;
+        }
+        if cursor < at {
+            older.push((cursor, record));
+        } else {
+            newer.push((cursor, record));
+        }
+    }
+    older.sort_by_key(|(cursor, _)| Reverse(*cursor));
+    newer.sort_by_key(|(cursor, _)| *cursor);
+    let hits = |keyed: Vec<(Cursor, &LogRecord)>, limit: usize| -> Vec<LogHit> {
+        keyed
+            .into_iter()
+            .take(limit)
+            .map(|(cursor, record)| LogHit {
+                id: cursor.encode(),
+                record: record.clone(),
+            })
+            .collect()
+    };
+    Ok((hits(older, before), hits(newer, after)))
+}
+
 /// The histogram of records held in memory, as
 /// [`LogStore::histogram`] counts.
 pub fn histogram_records<'a>(
@@ -451,6 +494,20 @@ mod tests {
                 3_000_000_000,
             );
             assert_eq!(have.unwrap(), want.unwrap(), "{text:?}");
+        }
+        // A record's neighbours in its stream (here: its service).
+        let all = store
+            .search(&LogQuery {
+                limit: 100,
+                ..LogQuery::default()
+            })
+            .unwrap();
+        for anchor in all.hits.iter().step_by(7) {
+            for (before, after) in [(3, 3), (0, 5), (50, 0)] {
+                let want = store.neighbours(anchor, before, after).unwrap();
+                let have = neighbour_records(seqs.iter().copied(), anchor, before, after).unwrap();
+                assert_eq!(have, want, "around {}", anchor.id);
+            }
         }
     }
 

@@ -592,6 +592,29 @@ async fn retention_and_the_janitor_run_on_two_nodes_and_keep_every_live_record()
     assert!(orphans >= 1.0, "the orphan counted");
 }
 
+/// Which records (by number: `base + n * 250 ms`) make the context of
+/// record 50, three before and three after, on one node.
+async fn context_times(http: &reqwest::Client, node: &CollectorProcess, base: i64) -> Vec<i64> {
+    let at = base + 50 * 250 * MS;
+    let page = get_json(
+        http,
+        &node.url(&format!("/api/logs?start={at}&end={}&limit=10", at + 1)),
+    )
+    .await;
+    let id = page["records"][0]["id"].as_str().unwrap().to_string();
+    let context = get_json(
+        http,
+        &node.url(&format!("/api/logs/context/{id}?before=3&after=3")),
+    )
+    .await;
+    context["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| (record["timestamp"].as_i64().unwrap() - base) / (250 * MS))
+        .collect()
+}
+
 /// Search, histogram, trace and trace search totals of one node.
 async fn totals(
     http: &reqwest::Client,
@@ -706,6 +729,32 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
         .unwrap();
     assert!(nodes[0].url("/").starts_with("https://"));
     let metastore = Metastore::connect(&engines.postgres.url()).await.unwrap();
+    // Ownership settled first: a partition handed over publishes what its
+    // old owner read, and nothing is to be published early here.
+    let names: Vec<String> = (0..3).map(|n| format!("c{n}")).collect();
+    poll_until(
+        "each node holding the partitions rendezvous hashing gives it",
+        Duration::from_secs(30),
+        || async {
+            for name in &names {
+                let held: Vec<u32> = metastore
+                    .leases_of(name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(partition, _)| partition)
+                    .collect();
+                let due: Vec<u32> = (0..sightline_cluster::partition::PARTITIONS)
+                    .filter(|p| sightline_cluster::partition::owner(*p, &names) == Some(name))
+                    .collect();
+                if held != due {
+                    return Err(format!("{name} holds {} of {}", held.len(), due.len()));
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await;
     let now = now_nanos();
     let base = now - 60_000 * MS;
     // A live tail on c1, subscribed to the three nodes' partitions before
@@ -777,6 +826,15 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
         )
         .await;
     }
+    // A record's context: the records of its stream (its service here)
+    // around it, some owned by other nodes.
+    for node in &nodes {
+        assert_eq!(
+            context_times(&http, node, base).await,
+            [38, 42, 46, 50, 54, 58, 62],
+            "context before publish"
+        );
+    }
     let published: u64 = metastore
         .splits()
         .await
@@ -790,6 +848,11 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
     wait_published(&metastore, 100, 23).await;
     for node in &nodes {
         assert_eq!(totals(&http, node, base).await, (100, 100, 4, 6, 1));
+        assert_eq!(
+            context_times(&http, node, base).await,
+            [38, 42, 46, 50, 54, 58, 62],
+            "context after publish"
+        );
         let page = get_json(&http, &node.url("/api/logs?limit=1000")).await;
         let mut times: Vec<i64> = page["records"]
             .as_array()
