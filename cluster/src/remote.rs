@@ -196,10 +196,36 @@ fn read_only(path: &Path) -> io::Error {
     )
 }
 
-/// A lock nothing else can take: splits are never written, so readers
-/// need no exclusion (and take no lock file).
-fn no_lock() -> DirectoryLock {
-    DirectoryLock::from(Box::new(()))
+/// The writing half of a directory of a split: splits are never written,
+/// so writes are refused, readers take no lock (no lock file either) and
+/// there is nothing to watch.
+macro_rules! read_only_writes {
+    () => {
+        fn delete(&self, path: &Path) -> Result<(), DeleteError> {
+            Err(DeleteError::IoError {
+                io_error: Arc::new(read_only(path)),
+                filepath: path.to_path_buf(),
+            })
+        }
+        fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
+            Err(OpenWriteError::wrap_io_error(
+                read_only(path),
+                path.to_path_buf(),
+            ))
+        }
+        fn atomic_write(&self, path: &Path, _data: &[u8]) -> io::Result<()> {
+            Err(read_only(path))
+        }
+        fn sync_directory(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn acquire_lock(&self, _lock: &Lock) -> Result<DirectoryLock, LockError> {
+            Ok(DirectoryLock::from(Box::new(())))
+        }
+        fn watch(&self, _watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
+            Ok(WatchHandle::empty())
+        }
+    };
 }
 
 /// The byte ranges read, by file.
@@ -249,38 +275,15 @@ impl Directory for Recording {
             recording: self.clone(),
         }))
     }
-    fn delete(&self, path: &Path) -> Result<(), DeleteError> {
-        Err(DeleteError::IoError {
-            io_error: Arc::new(read_only(path)),
-            filepath: path.to_path_buf(),
-        })
-    }
     fn exists(&self, path: &Path) -> Result<bool, OpenReadError> {
         self.inner.exists(path)
-    }
-    fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
-        Err(OpenWriteError::wrap_io_error(
-            read_only(path),
-            path.to_path_buf(),
-        ))
     }
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
         let bytes = self.inner.atomic_read(path)?;
         self.note(path, 0..bytes.len());
         Ok(bytes)
     }
-    fn atomic_write(&self, path: &Path, _data: &[u8]) -> io::Result<()> {
-        Err(read_only(path))
-    }
-    fn sync_directory(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn acquire_lock(&self, _lock: &Lock) -> Result<DirectoryLock, LockError> {
-        Ok(no_lock())
-    }
-    fn watch(&self, _watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
-        Ok(WatchHandle::empty())
-    }
+    read_only_writes!();
 }
 
 /// Chunks of split files fetched by range, at most `max_bytes` of them, the
@@ -527,20 +530,8 @@ impl Directory for RemoteDirectory {
             length: self.remote.length(path)?,
         }))
     }
-    fn delete(&self, path: &Path) -> Result<(), DeleteError> {
-        Err(DeleteError::IoError {
-            io_error: Arc::new(read_only(path)),
-            filepath: path.to_path_buf(),
-        })
-    }
     fn exists(&self, path: &Path) -> Result<bool, OpenReadError> {
         Ok(self.remote.hotcache.files.contains_key(path))
-    }
-    fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
-        Err(OpenWriteError::wrap_io_error(
-            read_only(path),
-            path.to_path_buf(),
-        ))
     }
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
         let length = self.remote.length(path)?;
@@ -549,18 +540,7 @@ impl Directory for RemoteDirectory {
             .map(|bytes| bytes.as_slice().to_vec())
             .map_err(|error| OpenReadError::wrap_io_error(error, path.to_path_buf()))
     }
-    fn atomic_write(&self, path: &Path, _data: &[u8]) -> io::Result<()> {
-        Err(read_only(path))
-    }
-    fn sync_directory(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn acquire_lock(&self, _lock: &Lock) -> Result<DirectoryLock, LockError> {
-        Ok(no_lock())
-    }
-    fn watch(&self, _watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
-        Ok(WatchHandle::empty())
-    }
+    read_only_writes!();
 }
 
 #[cfg(test)]
