@@ -204,7 +204,7 @@ async fn the_alerts_the_material_lists() {
         assert!(said.contains(&format!("from {from}")), "{said}");
     }
     // Two crashes of payment: the launcher restarts it each time, as kubelet would.
-    for _ in 0..2 {
+    for crash in 1..=2 {
         let live: serde_json::Value = stack
             .http
             .get(stack.service_url("payment", "/health/live"))
@@ -233,8 +233,26 @@ async fn the_alerts_the_material_lists() {
             },
         )
         .await;
-        // A scrape of the new process before the next crash.
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        // A scrape of the new process before the next crash (a fixed wait
+        // missed it on a loaded machine, and the alert saw one restart).
+        let changes = stack.ui_url(
+            "/api/v1/query?query=changes(process_start_time_seconds%7Bservice%3D%22payment%22%7D%5B15m%5D)",
+        );
+        sightline_tests::poll_until(
+            "the new payment process scraped",
+            std::time::Duration::from_secs(60),
+            || async {
+                let body = sightline_tests::get_json(&stack.http, &changes).await?;
+                let seen = body["data"]["result"]
+                    .as_array()
+                    .and_then(|series| series.first())
+                    .and_then(|series| series["value"][1].as_str())
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                Ok((seen >= f64::from(crash)).then_some(()))
+            },
+        )
+        .await;
     }
 
     // The payment provider down (every charge answered 503), as the demo's
