@@ -1369,6 +1369,12 @@ mod tests {
                 assert!(
                     matches!(pipeline.readiness(), Readiness::Failed(reason) if reason.contains("segment 7"))
                 );
+                // The indexer reports the failure, then its thread ends:
+                // liveness follows a moment after readiness.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while pipeline.liveness().is_ok() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 assert!(pipeline.liveness().unwrap_err().contains("indexer stopped"));
             } else {
                 started.unwrap();
