@@ -454,11 +454,16 @@ async fn serve(
         FreshQuestion::Trace(trace_id) => Some(crate::partition::of_trace(trace_id)),
         _ => None,
     };
+    // A trace search also needs each partition's entries apart (its
+    // owner's summaries); nothing else does.
+    let traces = matches!(request.question, FreshQuestion::SearchTraces(_));
     let mut entries = Vec::new();
     let mut rows = Vec::new();
     let mut by_partition = Vec::new();
     for part in parts(&server.partitions, &request.seen, only) {
-        by_partition.push((part.partition, part.entries.clone()));
+        if traces {
+            by_partition.push((part.partition, part.entries.clone()));
+        }
         entries.extend(part.entries);
         rows.extend(part.splits);
     }

@@ -62,6 +62,25 @@ pub enum PublishSplitError {
     Unavailable(String),
 }
 
+/// A fenced statement's outcome: published when it inserted its one row,
+/// else fenced (the checkpoint or the epoch had moved).
+fn fenced(
+    inserted: u64,
+    partition: PartitionId,
+    from: u64,
+    epoch: i64,
+) -> Result<(), PublishSplitError> {
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(PublishSplitError::Fenced {
+            partition,
+            from,
+            epoch,
+        })
+    }
+}
+
 /// A connection to the metastore.
 pub struct Metastore {
     /// Replaced by [`Metastore::reconnect_if_closed`] after PostgreSQL
@@ -294,15 +313,7 @@ impl Metastore {
             )
             .await
             .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
-        if inserted == 1 {
-            Ok(())
-        } else {
-            Err(PublishSplitError::Fenced {
-                partition: split.partition,
-                from: split.from,
-                epoch: lease.epoch,
-            })
-        }
+        fenced(inserted, split.partition, split.from, lease.epoch)
     }
 
     /// Every published split, oldest sequence first.
@@ -529,15 +540,7 @@ impl Metastore {
             )
             .await
             .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
-        if inserted == 1 {
-            Ok(())
-        } else {
-            Err(PublishSplitError::Fenced {
-                partition: merged.partition,
-                from: merged.from,
-                epoch,
-            })
-        }
+        fenced(inserted, merged.partition, merged.from, epoch)
     }
 
     /// PostgreSQL's clock, the cluster's one clock.

@@ -295,7 +295,7 @@ pub struct ChunkCache {
 }
 
 /// A chunk: split id, file, chunk number.
-type ChunkKey = (Arc<str>, PathBuf, usize);
+type ChunkKey = (Arc<str>, Arc<Path>, usize);
 
 struct ChunkState {
     chunks: lru::LruCache<ChunkKey, OwnedBytes>,
@@ -394,7 +394,7 @@ impl RemoteDirectory {
 impl Remote {
     /// `range` of `file` (`length` bytes long): from the hotcache, the
     /// chunk cache, or fetched (each run of missing chunks in one GET).
-    fn read(&self, file: &Path, length: usize, range: Range<usize>) -> io::Result<OwnedBytes> {
+    fn read(&self, file: &Arc<Path>, length: usize, range: Range<usize>) -> io::Result<OwnedBytes> {
         if range.is_empty() {
             return Ok(OwnedBytes::empty());
         }
@@ -413,7 +413,7 @@ impl Remote {
         }
         let first = range.start / CHUNK;
         let last = (range.end - 1) / CHUNK;
-        let key = |chunk: usize| (self.split_id.clone(), file.to_path_buf(), chunk);
+        let key = |chunk: usize| (self.split_id.clone(), file.clone(), chunk);
         let mut chunks: Vec<Option<OwnedBytes>> = (first..=last)
             .map(|chunk| self.chunks.get(&key(chunk)))
             .collect();
@@ -506,7 +506,8 @@ impl Remote {
 #[derive(Debug)]
 struct RemoteFile {
     directory: RemoteDirectory,
-    path: PathBuf,
+    /// Shared with the chunk cache's keys (no copy per read).
+    path: Arc<Path>,
     length: usize,
 }
 
@@ -526,7 +527,7 @@ impl Directory for RemoteDirectory {
     fn get_file_handle(&self, path: &Path) -> Result<Arc<dyn FileHandle>, OpenReadError> {
         Ok(Arc::new(RemoteFile {
             directory: self.clone(),
-            path: path.to_path_buf(),
+            path: Arc::from(path),
             length: self.remote.length(path)?,
         }))
     }
@@ -536,7 +537,7 @@ impl Directory for RemoteDirectory {
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
         let length = self.remote.length(path)?;
         self.remote
-            .read(path, length, 0..length)
+            .read(&Arc::from(path), length, 0..length)
             .map(|bytes| bytes.as_slice().to_vec())
             .map_err(|error| OpenReadError::wrap_io_error(error, path.to_path_buf()))
     }

@@ -145,13 +145,20 @@ fn render(entries: &[Decoded], matcher: Option<&LogMatcher>) -> Vec<u8> {
             if !matcher.is_none_or(|matcher| matcher.matches(record)) {
                 continue;
             }
-            let hit = LogHit {
+            // A `LogHit`'s JSON, the record borrowed rather than copied.
+            #[derive(serde::Serialize)]
+            struct Hit<'a> {
+                id: String,
+                #[serde(flatten)]
+                record: &'a sightline_store::LogRecord,
+            }
+            let hit = Hit {
                 id: Cursor {
                     timestamp: record.timestamp,
                     seq: record_seq(*sequence, index),
                 }
                 .encode(),
-                record: record.clone(),
+                record,
             };
             if serde_json::to_writer(&mut lines, &hit).is_ok() {
                 lines.push(b'\n');
