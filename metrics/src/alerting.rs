@@ -2,8 +2,9 @@
 //!
 //! [`Alerting::start`] runs one task per rule group: on the group's interval
 //! it evaluates the group on a blocking thread
-//! ([`sightline_tsdb::rules::RuleEngine`] reads and writes the
-//! [`MetricStore`]), then hands alerts to the [`Notifier`]:
+//! ([`sightline_tsdb::rules::RuleEngine`] reads through the
+//! [`MetricReader`] and writes through the [`SampleLog`], the store's or
+//! the cluster's), then hands alerts to the [`Notifier`]:
 //!
 //! - Alertmanager (API v2): firing alerts and recently resolved ones are
 //!   POSTed to `{path_prefix}/api/v2/alerts` of every configured target,
@@ -29,9 +30,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sightline_store::{SpanStore, TraceQuery};
+use sightline_tsdb::promql::Queryable;
 use sightline_tsdb::promql::{Engine, stale_nan};
+use sightline_tsdb::rules::ThroughLog;
 use sightline_tsdb::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
-use sightline_tsdb::{Labels, MetricStore};
+use sightline_tsdb::{Labels, MetricReader, SampleLog};
 use sightline_vocab::exposition::{Kind, Writer};
 use tokio::sync::{Notify, watch};
 
@@ -136,7 +139,10 @@ pub fn resend_delay_from_env() -> anyhow::Result<Duration> {
 /// Everything the evaluation loop needs.
 pub struct Alerting {
     pub engine: Arc<RuleEngine>,
-    pub metrics: Arc<MetricStore>,
+    /// What rules read (the store, or the cluster's reader) and where their
+    /// outputs go (the sample log every writer uses).
+    pub reader: Arc<dyn MetricReader>,
+    pub log: Arc<dyn SampleLog>,
     pub spans: Arc<SpanStore>,
     /// External labels and URL come from the config file, so a reload
     /// replaces them.
@@ -169,7 +175,8 @@ impl Alerting {
         config: &ConfigFile,
         base_dir: &Path,
         base_url: String,
-        metrics: Arc<MetricStore>,
+        reader: Arc<dyn MetricReader>,
+        log: Arc<dyn SampleLog>,
         spans: Arc<SpanStore>,
     ) -> anyhow::Result<Alerting> {
         let engine = Arc::new(load_rules(config, base_dir)?);
@@ -183,7 +190,8 @@ impl Alerting {
         let notifier = Arc::new(Notifier::new(receivers, QUEUE_CAPACITY)?);
         Ok(Alerting {
             engine,
-            metrics,
+            reader,
+            log,
             spans,
             settings: RwLock::new(settings),
             notifier,
@@ -266,8 +274,8 @@ impl Alerting {
                 .into_iter()
                 .map(|labels| (labels, now_ms, stale_nan()))
                 .collect();
-            let store = self.metrics.clone();
-            let written = tokio::task::spawn_blocking(move || store.append(&markers)).await;
+            let log = self.log.clone();
+            let written = tokio::task::spawn_blocking(move || log.append(&markers)).await;
             if let Ok(Err(error)) = written {
                 tracing::error!(%error, "failed to write staleness markers of removed rules");
             }
@@ -314,9 +322,10 @@ impl Alerting {
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
+                let reader: &dyn Queryable = &*this.reader;
                 let outcome = this.engine.evaluate(
                     index,
-                    &mut &*this.metrics,
+                    &mut ThroughLog::new(reader, &*this.log),
                     &Engine::default(),
                     now_ms,
                     &settings,

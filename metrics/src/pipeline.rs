@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sightline_store::SpanStore;
 use sightline_tsdb::rules::RuleEngine;
-use sightline_tsdb::{Labels, MetricStore, SampleLog};
+use sightline_tsdb::{Labels, MetricReader, MetricStore, SampleLog};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -99,6 +99,12 @@ pub struct QueryListener {
     pub tls: bool,
 }
 
+/// Cluster mode's samples: where writers publish and what rules read.
+pub struct SharedSamples {
+    pub log: Arc<dyn SampleLog>,
+    pub reader: Arc<dyn MetricReader>,
+}
+
 /// The running metrics pipeline; see the module docs.
 pub struct MetricsPipeline {
     /// The store as the writers see it: see [`SampleLog`].
@@ -138,6 +144,7 @@ impl MetricsPipeline {
         config: MetricsConfig,
         query: QueryListener,
         store: Arc<MetricStore>,
+        cluster: Option<SharedSamples>,
         spans: Arc<SpanStore>,
         retention: Duration,
         stop: watch::Receiver<bool>,
@@ -148,9 +155,13 @@ impl MetricsPipeline {
             dir,
             observers,
         } = config;
-        // Every writer of samples but the rule engine (which reads the store
-        // it writes ALERTS into) holds the store as the durable-log seam.
-        let log: Arc<dyn SampleLog> = store.clone();
+        // Every writer of samples holds the durable-log seam: the store
+        // itself, or in cluster mode the partitioned log (and rules read
+        // the cluster's samples).
+        let (log, reader): (Arc<dyn SampleLog>, Arc<dyn MetricReader>) = match cluster {
+            Some(shared) => (shared.log, shared.reader),
+            None => (store.clone(), store.clone()),
+        };
         let log_flush = tokio::spawn(crate::log_metrics::flush_loop(
             observers.log_metrics.clone(),
             log.clone(),
@@ -179,7 +190,8 @@ impl MetricsPipeline {
             &file,
             &dir,
             base_url(&file, &default_base_url),
-            store.clone(),
+            reader,
+            log.clone(),
             spans,
         )?);
         let notifier = alerting.start(stop).await;

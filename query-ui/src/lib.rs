@@ -45,7 +45,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use sightline_store::{LogReader, SpanReader};
-use sightline_tsdb::MetricStore;
+use sightline_tsdb::MetricReader;
 use sightline_tsdb::rules::RuleStatusSource;
 
 pub use dashboards::DashboardDir;
@@ -58,8 +58,9 @@ pub use prometheus::cancel_queries;
 pub struct QueryState {
     pub logs: Arc<dyn LogReader>,
     pub spans: Arc<dyn SpanReader>,
-    /// Time series, for the Prometheus HTTP API.
-    pub metrics: Arc<MetricStore>,
+    /// Time series, for the Prometheus HTTP API: the collector's own
+    /// store, or the cluster's owners and blocks.
+    pub metrics: Arc<dyn MetricReader>,
     /// The rule engine's report, for `/api/v1/rules` and `/api/v1/alerts`.
     pub rules: Arc<dyn RuleStatusSource>,
     /// Where the UI's dashboards are read from, on every request.
@@ -122,7 +123,7 @@ mod tests {
         QueryState {
             logs: Arc::new(logs),
             spans: Arc::new(spans),
-            metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
+            metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
         }
@@ -262,7 +263,7 @@ mod tests {
         let state = QueryState {
             logs: logs.clone(),
             spans: Arc::new(spans),
-            metrics: Arc::new(MetricStore::open(dir.join("metrics")).unwrap()),
+            metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
         };

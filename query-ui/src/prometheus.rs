@@ -70,7 +70,7 @@ use sightline_tsdb::promql::{
     parse_duration, parse_selector,
 };
 use sightline_tsdb::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
-use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricStore, TimeSeriesStore};
+use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricReader};
 use sightline_vocab::clock::now_ms;
 use sightline_vocab::names::is_label_name;
 use tokio::sync::Semaphore;
@@ -445,9 +445,9 @@ fn unavailable(message: impl Into<String>) -> PromError {
 }
 
 /// Runs `work` on a thread of its own within `timeout` (waiting for a query
-/// slot included). `work` reads the store through [`MetricStore`]'s
-/// [`Queryable`], which takes the read lock per select, never for the whole
-/// query, so ingest goes on while it runs. It gets a flag that is set once
+/// slot included). `work` reads through the [`MetricReader`] (an embedded
+/// store takes its read lock per select, never for the whole query, so
+/// ingest goes on while it runs). It gets a flag that is set once
 /// nobody waits for its answer any more (timeout, client gone, shutdown);
 /// the evaluator checks it at every node and step and stops, which frees
 /// the thread and the slot.
@@ -458,7 +458,7 @@ fn unavailable(message: impl Into<String>) -> PromError {
 async fn run_blocking<T: Send + 'static>(
     state: &QueryState,
     timeout: Duration,
-    work: impl FnOnce(&MetricStore, &AtomicBool) -> Result<T, QueryError> + Send + 'static,
+    work: impl FnOnce(&dyn MetricReader, &AtomicBool) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, PromError> {
     let timed_out = |phase: &str| PromError {
         kind: ErrorType::Timeout,
@@ -514,7 +514,7 @@ async fn run_blocking<T: Send + 'static>(
         .stack_size(EVAL_STACK_BYTES)
         .spawn(move || {
             let _permit = permit;
-            let _ = answer.send(work(&metrics, &cancelled));
+            let _ = answer.send(work(&*metrics, &cancelled));
         })
         .map_err(|error| PromError {
             kind: ErrorType::Internal,
@@ -530,14 +530,14 @@ async fn run_blocking<T: Send + 'static>(
     }
 }
 
-/// [`run_blocking`] for work that needs one consistent view of the store
-/// (series and label listings): it holds the read lock while it runs.
+/// [`run_blocking`] for work that needs no cancellation (series and
+/// label listings).
 async fn run_on_store<T: Send + 'static>(
     state: &QueryState,
     timeout: Duration,
-    work: impl FnOnce(&TimeSeriesStore) -> Result<T, QueryError> + Send + 'static,
+    work: impl FnOnce(&dyn MetricReader) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, PromError> {
-    run_blocking(state, timeout, move |metrics, _| work(&metrics.reader())).await
+    run_blocking(state, timeout, move |metrics, _| work(metrics)).await
 }
 
 fn point(millis: i64, value: f64) -> PromPoint {
@@ -670,17 +670,14 @@ fn check_result_points(points: usize, limit: usize) -> Result<(), PromError> {
 /// Label sets of the series matching any of `selectors` in the range,
 /// sorted and without duplicates.
 fn matching_series(
-    store: &TimeSeriesStore,
+    store: &dyn MetricReader,
     selectors: &[Vec<LabelMatcher>],
     start_ms: i64,
     end_ms: i64,
 ) -> Result<BTreeSet<Labels>, QueryError> {
     let mut found = BTreeSet::new();
     for matchers in selectors {
-        let series = store
-            .series(matchers, start_ms, end_ms)
-            .map_err(|error| QueryError::Storage(error.to_string()))?;
-        found.extend(series);
+        found.extend(store.series(matchers, start_ms, end_ms)?);
     }
     Ok(found)
 }
@@ -731,7 +728,7 @@ async fn label_names(
     let limit = params.limit()?;
     let mut names = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
         if selectors.is_empty() && range.is_none() {
-            return Ok(store.label_names());
+            return store.label_names();
         }
         let selectors = if selectors.is_empty() {
             vec![any_series()]
@@ -779,7 +776,7 @@ async fn label_values(
     let limit = params.limit()?;
     let mut values = run_on_store(&state, DEFAULT_TIMEOUT, move |store| {
         if selectors.is_empty() && range.is_none() {
-            return Ok(store.label_values(&name, &[]));
+            return store.label_values(&name);
         }
         let selectors = if selectors.is_empty() {
             vec![any_series()]
@@ -818,7 +815,8 @@ async fn metadata(State(state): State<QueryState>, params: Params) -> Result<Res
     };
     let metric = params.get("metric");
     let mut data: BTreeMap<String, [MetricMetadataEntry; 1]> = BTreeMap::new();
-    for (name, entry) in state.metrics.metadata() {
+    let all = run_on_store(&state, DEFAULT_TIMEOUT, |store| store.metadata()).await?;
+    for (name, entry) in all {
         if metric.is_some_and(|wanted| wanted != name) {
             continue;
         }

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::chunk;
 use super::labels::{FastHash, LabelIndex};
 use super::wal::{Cursor, put_string, put_varint, unzigzag, zigzag};
-use super::{Labels, SealedChunk, TsdbError, io_error};
+use super::{
+    ChunkRef, LabelMatcher, Labels, SealedChunk, SeriesData, TsdbError, collect_chunks, io_error,
+};
 
 const MAGIC_V1: &[u8; 8] = b"SLTSDB01";
 const MAGIC: &[u8; 8] = b"SLTSDB02";
@@ -54,27 +56,35 @@ pub struct Block {
     index: LabelIndex,
     /// Chunks by series id of `index`.
     chunks: Vec<Box<[SealedChunk]>>,
+    /// The size of its `series.bin`: about what it holds in memory.
+    bytes: u64,
 }
 
 impl Block {
     /// Opens the block directory at `path`.
     pub fn open(path: &Path) -> Result<Self, TsdbError> {
+        let meta_path = path.join("meta.json");
+        let meta_text = std::fs::read(&meta_path).map_err(io_error(&meta_path))?;
+        let data_path = path.join("series.bin");
+        let data = std::fs::read(&data_path).map_err(io_error(&data_path))?;
+        Self::decode(path, &meta_text, &data)
+    }
+
+    /// A block from the bytes of its `meta.json` and `series.bin` (read
+    /// from object storage, say); `path` names it in errors.
+    pub fn decode(path: &Path, meta_json: &[u8], data: &[u8]) -> Result<Self, TsdbError> {
         let corrupt = |reason: &str| TsdbError::Corrupt {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let meta_path = path.join("meta.json");
-        let meta_text = std::fs::read_to_string(&meta_path).map_err(io_error(&meta_path))?;
         let meta: BlockMeta =
-            serde_json::from_str(&meta_text).map_err(|error| corrupt(&error.to_string()))?;
+            serde_json::from_slice(meta_json).map_err(|error| corrupt(&error.to_string()))?;
         if meta.version != BLOCK_FORMAT_VERSION && meta.version != 1 {
             return Err(corrupt(&format!(
                 "unknown block format version {}",
                 meta.version
             )));
         }
-        let data_path = path.join("series.bin");
-        let data = std::fs::read(&data_path).map_err(io_error(&data_path))?;
         let magic = if meta.version == 1 { MAGIC_V1 } else { MAGIC };
         if data.len() < magic.len() + 4 || &data[..magic.len()] != magic {
             return Err(corrupt("bad magic"));
@@ -96,6 +106,7 @@ impl Block {
             meta,
             index,
             chunks,
+            bytes: data.len() as u64,
         })
     }
 
@@ -179,6 +190,69 @@ impl Block {
 
     pub fn meta(&self) -> &BlockMeta {
         &self.meta
+    }
+
+    /// The size of its `series.bin`, about what it holds in memory.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Series matching `matchers` with their samples in `[start_ms,
+    /// end_ms]`, sorted by labels; series without samples there are left
+    /// out.
+    pub fn select(
+        &self,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesData>, TsdbError> {
+        let mut found = Vec::new();
+        if self.meta.max_ms < start_ms || self.meta.min_ms > end_ms {
+            return Ok(found);
+        }
+        for id in self.index.select(matchers) {
+            let mut samples = Vec::new();
+            let chunks = self.chunks(id).iter().map(ChunkRef::from);
+            collect_chunks(chunks, start_ms, end_ms, &mut samples, &self.path)?;
+            if !samples.is_empty() {
+                found.push(SeriesData {
+                    labels: self.index.labels(id),
+                    samples,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Label sets of the series matching `matchers` with samples in the
+    /// range (from the chunk headers: nothing is decoded).
+    pub fn series(&self, matchers: &[LabelMatcher], start_ms: i64, end_ms: i64) -> Vec<Labels> {
+        let overlaps = |chunk: ChunkRef<'_>| chunk.last_ms >= start_ms && chunk.first_ms <= end_ms;
+        self.index
+            .select(matchers)
+            .into_iter()
+            .filter(|id| self.chunks(*id).iter().map(ChunkRef::from).any(overlaps))
+            .map(|id| self.index.labels(id))
+            .collect()
+    }
+
+    /// Every label name of its series.
+    pub fn label_names(&self) -> impl Iterator<Item = &str> {
+        self.index.label_names()
+    }
+
+    /// Values of label `name` among its series matching `matchers`.
+    pub fn label_values(&self, name: &str, matchers: &[LabelMatcher]) -> BTreeSet<String> {
+        if matchers.is_empty() {
+            return self.index.values_of(name).map(str::to_string).collect();
+        }
+        self.index
+            .select(matchers)
+            .into_iter()
+            .map(|id| self.index.value_by_name(id, name))
+            .filter(|value| !value.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// The block's label index.

@@ -54,7 +54,7 @@ pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
 
 use labels::{FastHash, LabelIndex, map_heap_bytes};
-pub use shared::{AppendOutcome, MetricMetadata, MetricStore, SampleLog};
+pub use shared::{AppendOutcome, MetricMetadata, MetricReader, MetricStore, SampleLog};
 pub use wal::HEAD_WAL_FORMAT_VERSION;
 
 use chunk::ChunkEncoder;
@@ -91,6 +91,10 @@ pub enum TsdbError {
     },
     #[error("series needs a __name__ label")]
     MissingMetricName,
+    /// The log in front of the store (cluster mode's partitioned log) did
+    /// not take the batch: nothing of it may be acknowledged; retry.
+    #[error("the sample log did not acknowledge: {0}")]
+    Unavailable(String),
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TsdbError + '_ {
@@ -405,6 +409,13 @@ impl TimeSeriesStore {
         self.blocks.sort_by_key(|block| block.meta().min_ms);
         self.wal.truncate()?;
         Ok(Some(path))
+    }
+
+    /// Removes the block at `path` from the store (its files stay) and
+    /// returns it.
+    pub(crate) fn take_block(&mut self, path: &Path) -> Option<Block> {
+        let index = self.blocks.iter().position(|block| block.path() == path)?;
+        Some(self.blocks.remove(index))
     }
 
     /// Opens the WAL of `dir` and rebuilds the head from it.

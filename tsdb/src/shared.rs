@@ -173,6 +173,18 @@ impl MetricStore {
         store.apply_retention(keep_from_ms)
     }
 
+    /// Writes the whole head as a block now (whatever its span), empties
+    /// the head and truncates the WAL, and hands the block over instead of
+    /// keeping it: a cluster owner uploads it, then drops it. `None` when
+    /// the head is empty.
+    pub fn cut_head(&self) -> Result<Option<crate::Block>, TsdbError> {
+        let mut store = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = store.cut_block()? else {
+            return Ok(None);
+        };
+        Ok(store.take_block(&path))
+    }
+
     /// Records the metadata of a metric family (the newest report wins).
     pub fn set_metadata(&self, metric: &str, metadata: MetricMetadata) {
         let mut all = self.metadata.write().unwrap_or_else(|e| e.into_inner());
@@ -192,6 +204,55 @@ impl MetricStore {
     /// Sizes of head, blocks and WAL.
     pub fn stats(&self) -> TsdbStats {
         self.reader().stats()
+    }
+}
+
+/// What the Prometheus HTTP API reads: selects for PromQL, the series
+/// and label listings, metadata. [`MetricStore`] answers from its own head
+/// and blocks; in cluster mode, a reader over the partition owners' heads
+/// and the blocks in object storage answers the same questions.
+pub trait MetricReader: Queryable + Send + Sync {
+    /// Label sets of the series matching `matchers` with samples in
+    /// `[start_ms, end_ms]`, sorted, without duplicates.
+    fn series(
+        &self,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Labels>, QueryError>;
+
+    /// Every label name, sorted.
+    fn label_names(&self) -> Result<Vec<String>, QueryError>;
+
+    /// Values of label `name` among all series, sorted.
+    fn label_values(&self, name: &str) -> Result<Vec<String>, QueryError>;
+
+    /// Metadata by metric family name.
+    fn metadata(&self) -> Result<BTreeMap<String, MetricMetadata>, QueryError>;
+}
+
+impl MetricReader for MetricStore {
+    fn series(
+        &self,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<Labels>, QueryError> {
+        self.reader()
+            .series(matchers, start_ms, end_ms)
+            .map_err(|error| QueryError::Storage(error.to_string()))
+    }
+
+    fn label_names(&self) -> Result<Vec<String>, QueryError> {
+        Ok(self.reader().label_names())
+    }
+
+    fn label_values(&self, name: &str) -> Result<Vec<String>, QueryError> {
+        Ok(self.reader().label_values(name, &[]))
+    }
+
+    fn metadata(&self) -> Result<BTreeMap<String, MetricMetadata>, QueryError> {
+        Ok(MetricStore::metadata(self))
     }
 }
 

@@ -25,7 +25,7 @@ use super::status::{
 };
 use super::template::{self, TemplateData};
 use crate::promql::{Engine, MemoryStorage, QueryError, Queryable, Value, stale_nan};
-use crate::{Labels, METRIC_NAME, MetricStore};
+use crate::{Labels, METRIC_NAME, MetricStore, SampleLog};
 
 /// How long a resolved alert is still sent to receivers.
 const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -61,6 +61,86 @@ impl RuleStorage for &MetricStore {
 
     fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
         let outcome = self.append(samples).map_err(|error| error.to_string())?;
+        match outcome.rejected.first() {
+            Some((index, error)) => Err(format!(
+                "{} of {} samples rejected, first {}: {error}",
+                outcome.rejected.len(),
+                samples.len(),
+                samples[*index].0
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Rules that read through any reader and write through the sample log:
+/// what the collector evaluates groups with, embedded (the store is both)
+/// and in cluster mode (the cluster's reader; outputs reach the owners'
+/// heads through the partitioned log, like any other write). What one
+/// evaluation wrote is also kept in memory and read back with the reader's
+/// answers, so a later rule of the group sees an earlier rule's output at
+/// once, as Prometheus guarantees within a group. Make one per evaluation.
+pub struct ThroughLog<'a> {
+    reader: &'a dyn Queryable,
+    log: &'a dyn SampleLog,
+    written: MemoryStorage,
+}
+
+impl<'a> ThroughLog<'a> {
+    pub fn new(reader: &'a dyn Queryable, log: &'a dyn SampleLog) -> Self {
+        ThroughLog {
+            reader,
+            log,
+            written: MemoryStorage::default(),
+        }
+    }
+}
+
+impl Queryable for ThroughLog<'_> {
+    fn select(
+        &self,
+        matchers: &[crate::LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<crate::SeriesData>, QueryError> {
+        let stored = self.reader.select(matchers, start_ms, end_ms)?;
+        if self.written.series_count() == 0 {
+            return Ok(stored);
+        }
+        let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        for series in stored
+            .into_iter()
+            .chain(self.written.select(matchers, start_ms, end_ms)?)
+        {
+            merged
+                .entry(series.labels)
+                .or_default()
+                .extend(series.samples);
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(labels, mut samples)| {
+                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                crate::SeriesData { labels, samples }
+            })
+            .collect())
+    }
+}
+
+impl RuleStorage for ThroughLog<'_> {
+    fn query(&self, engine: &Engine, expr: &Expr, time_ms: i64) -> Result<Value, QueryError> {
+        engine.instant_expr(self as &dyn Queryable, expr, time_ms)
+    }
+
+    fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
+        let outcome = self
+            .log
+            .append(samples)
+            .map_err(|error| error.to_string())?;
+        for (labels, timestamp_ms, value) in samples {
+            self.written.append(labels, *timestamp_ms, *value);
+        }
         match outcome.rejected.first() {
             Some((index, error)) => Err(format!(
                 "{} of {} samples rejected, first {}: {error}",

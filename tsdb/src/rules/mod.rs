@@ -19,6 +19,7 @@ pub mod unittest;
 
 pub use engine::{
     Alert, EvalSettings, GroupOutcome, GroupState, OutgoingAlert, RuleEngine, RuleStorage,
+    ThroughLog,
 };
 pub use file::{AlertingSpec, Rule, RuleGroup, load_rule_file, parse_rule_file};
 pub use status::{
