@@ -431,6 +431,7 @@ pub struct LeafRequest {
 pub(crate) struct InternalApi {
     pub partitions: Arc<FreshPartitions>,
     pub reader: Arc<crate::query::ClusterReader>,
+    pub metrics: Arc<crate::metrics::ClusterMetrics>,
 }
 
 /// The internal API's routes (mounted behind the query port's token).
@@ -438,6 +439,10 @@ pub(crate) fn router(server: Arc<InternalApi>) -> axum::Router {
     axum::Router::new()
         .route(FRESH_PATH, axum::routing::post(serve))
         .route(LEAF_PATH, axum::routing::post(serve_leaf))
+        .route(
+            crate::metrics::reader::METRICS_PATH,
+            axum::routing::post(crate::metrics::reader::serve),
+        )
         .route(
             crate::tail::TAIL_PATH,
             axum::routing::get(crate::tail::serve),

@@ -37,6 +37,7 @@ pub mod fresh;
 mod lifecycle;
 pub mod log;
 pub mod metastore;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod query;
@@ -45,7 +46,8 @@ pub mod splits;
 pub mod tail;
 
 pub use log::{ClusterLog, NatsConfig, PublishError};
-pub use metastore::{Metastore, SplitRow};
+pub use metastore::{BlockRow, Metastore, SplitRow};
+pub use metrics::{ClusterMetrics, ClusterSampleLog};
 pub use node::{Node, NodeStats};
 pub use query::ClusterReader;
 pub use splits::{ObjectStoreConfig, SplitMeta, SplitStorage};
@@ -119,6 +121,27 @@ pub struct ClusterConfig {
     /// (the system's roots when unset).
     #[serde(default)]
     pub peer_ca: Option<PathBuf>,
+    /// How long a metrics partition's owner gathers samples in its head
+    /// before it cuts a block (Prometheus and Mimir cut every 2 hours; the
+    /// stream holds what the heads hold, and a new owner replays it).
+    #[serde(
+        default = "default_metrics_block_interval",
+        deserialize_with = "duration"
+    )]
+    pub metrics_block_interval: Duration,
+    /// Bytes of decoded blocks a node keeps in memory for queries (least
+    /// recently used evicted first).
+    #[serde(default = "default_block_cache_bytes")]
+    pub block_cache_bytes: u64,
+    /// `false` makes a query node: it takes writes (publishing them) and
+    /// answers every query, but owns no partition, so query capacity
+    /// scales apart from ingest (Mimir's queriers, Loki's query tier).
+    #[serde(default = "default_true")]
+    pub owns_partitions: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_node_id() -> String {
@@ -138,6 +161,12 @@ fn default_split_cache_bytes() -> u64 {
     4 << 30
 }
 fn default_range_cache_bytes() -> u64 {
+    1 << 30
+}
+fn default_metrics_block_interval() -> Duration {
+    Duration::from_secs(2 * 60 * 60)
+}
+fn default_block_cache_bytes() -> u64 {
     1 << 30
 }
 fn default_lifecycle_interval() -> Duration {
@@ -205,6 +234,10 @@ pub struct Cluster {
     pub reader: std::sync::Arc<ClusterReader>,
     /// The internal API other nodes call (fresh data), for the query port.
     pub internal: axum::Router,
+    /// Where every writer of samples publishes (the tsdb's `SampleLog`).
+    pub samples: std::sync::Arc<ClusterSampleLog>,
+    /// The cluster's samples as one store, for the Prometheus API and rules.
+    pub metrics: std::sync::Arc<ClusterMetrics>,
 }
 
 impl Cluster {
@@ -241,22 +274,37 @@ impl Cluster {
                 reads: config.split_reads,
                 range_bytes: config.range_cache_bytes,
             },
-            peers,
+            peers.clone(),
         )
         .await?;
         let reader = std::sync::Arc::new(reader);
         let fresh = std::sync::Arc::new(fresh::FreshPartitions::default());
+        let metastore = std::sync::Arc::new(Metastore::connect(&config.postgres).await?);
+        let heads = std::sync::Arc::new(metrics::MetricHeads::default());
+        let metrics = std::sync::Arc::new(ClusterMetrics::new(
+            metastore.clone(),
+            SplitStorage::new(&config.object_store)?,
+            config.block_cache_bytes,
+            heads.clone(),
+            peers.clone(),
+        ));
+        let samples = std::sync::Arc::new(ClusterSampleLog::new(log.clone(), metastore));
         let internal = fresh::router(std::sync::Arc::new(fresh::InternalApi {
             partitions: fresh.clone(),
             reader: reader.clone(),
+            metrics: metrics.clone(),
         }));
         let node = Node::start(
             config,
             log.clone(),
             work_dir,
             address,
-            reader.clone(),
-            fresh,
+            node::Shared {
+                reader: reader.clone(),
+                fresh,
+                metrics_heads: heads,
+                metrics: metrics.clone(),
+            },
             retention,
         )
         .await?;
@@ -265,6 +313,8 @@ impl Cluster {
             node,
             reader,
             internal,
+            samples,
+            metrics,
         })
     }
 }

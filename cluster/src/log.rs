@@ -180,16 +180,29 @@ impl ClusterLog {
     /// On an error some messages may be stored: the client retries the
     /// whole batch, and a retried record is stored again (at least once).
     pub async fn publish(&self, batch: Batch) -> Result<usize, PublishError> {
-        let mut pending = Vec::new();
+        let mut messages = Vec::new();
         for (partition, part) in partition::split(batch) {
             for payload in self.messages(part)? {
-                let acked = self
-                    .jetstream
-                    .publish(self.subject(partition), payload)
-                    .await
-                    .map_err(|error| PublishError::Unavailable(error.to_string()))?;
-                pending.push(acked);
+                messages.push((partition, payload));
             }
+        }
+        self.publish_messages(messages).await
+    }
+
+    /// Publishes each `(partition, payload)` and returns once every one is
+    /// acknowledged by the stream (see [`ClusterLog::publish`]).
+    pub async fn publish_messages(
+        &self,
+        messages: Vec<(PartitionId, Bytes)>,
+    ) -> Result<usize, PublishError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (partition, payload) in messages {
+            let acked = self
+                .jetstream
+                .publish(self.subject(partition), payload)
+                .await
+                .map_err(|error| PublishError::Unavailable(error.to_string()))?;
+            pending.push(acked);
         }
         let messages = pending.len();
         for acked in futures::future::join_all(

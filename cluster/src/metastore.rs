@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sightline_store::PartitionId;
 use tokio_postgres::{Client, NoTls};
 
-use crate::partition::PARTITIONS;
+use crate::partition::{METRIC_PARTITIONS, PARTITIONS};
 
 /// A partition this node holds: publishes must name this epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,24 @@ pub struct SplitRow {
     pub max_time: i64,
     pub logs: u64,
     pub spans: u64,
+    pub bytes: u64,
+}
+
+/// A published block of samples, as listed in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockRow {
+    /// `<min_ms>-p<partition>-s<from>-e<epoch>`: unique, since one epoch of
+    /// a partition has one owner and a checkpoint is published once.
+    pub block_id: String,
+    pub partition: PartitionId,
+    /// Stream sequences `[from, to)` it covers.
+    pub from: u64,
+    pub to: u64,
+    /// Sample time range, milliseconds, both ends included.
+    pub min_ms: i64,
+    pub max_ms: i64,
+    pub series: u64,
+    pub samples: u64,
     pub bytes: u64,
 }
 
@@ -118,6 +136,30 @@ CREATE TABLE IF NOT EXISTS sightline_splits (
 );
 CREATE INDEX IF NOT EXISTS sightline_splits_time ON sightline_splits (max_time, min_time);
 ALTER TABLE sightline_splits ADD COLUMN IF NOT EXISTS retired_at timestamptz;
+ALTER TABLE sightline_nodes ADD COLUMN IF NOT EXISTS owns_partitions boolean NOT NULL DEFAULT true;
+CREATE TABLE IF NOT EXISTS sightline_blocks (
+    block_id text PRIMARY KEY,
+    partition integer NOT NULL,
+    from_seq bigint NOT NULL,
+    to_seq bigint NOT NULL,
+    min_ms bigint NOT NULL,
+    max_ms bigint NOT NULL,
+    series bigint NOT NULL,
+    samples bigint NOT NULL,
+    bytes bigint NOT NULL,
+    node_id text NOT NULL,
+    epoch bigint NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now(),
+    retired_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS sightline_blocks_time ON sightline_blocks (max_ms, min_ms);
+CREATE TABLE IF NOT EXISTS sightline_metric_metadata (
+    metric text PRIMARY KEY,
+    kind text NOT NULL,
+    help text NOT NULL,
+    unit text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
 ";
 
 impl Metastore {
@@ -152,7 +194,7 @@ impl Metastore {
             .execute(
                 "INSERT INTO sightline_partitions (partition) \
                  SELECT generate_series(0, $1::integer - 1) ON CONFLICT DO NOTHING",
-                &[&(PARTITIONS as i32)],
+                &[&((PARTITIONS + METRIC_PARTITIONS) as i32)],
             )
             .await?;
         transaction.commit().await?;
@@ -184,25 +226,34 @@ impl Metastore {
         &self.url
     }
 
-    /// Says this node is alive (and where its internal API listens).
-    pub async fn heartbeat(&self, node_id: &str, address: &str) -> anyhow::Result<()> {
+    /// Says this node is alive (and where its internal API listens), and
+    /// whether it takes partitions (a query node does not).
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        address: &str,
+        owns_partitions: bool,
+    ) -> anyhow::Result<()> {
         self.client()
             .execute(
-                "INSERT INTO sightline_nodes (node_id, address, heartbeat_at) VALUES ($1, $2, now()) \
-                 ON CONFLICT (node_id) DO UPDATE SET address = $2, heartbeat_at = now()",
-                &[&node_id, &address],
+                "INSERT INTO sightline_nodes (node_id, address, heartbeat_at, owns_partitions) \
+                 VALUES ($1, $2, now(), $3) \
+                 ON CONFLICT (node_id) DO UPDATE SET address = $2, heartbeat_at = now(), owns_partitions = $3",
+                &[&node_id, &address, &owns_partitions],
             )
             .await?;
         Ok(())
     }
 
-    /// Nodes whose last heartbeat is younger than `ttl`, sorted.
+    /// Nodes that take partitions whose last heartbeat is younger than
+    /// `ttl`, sorted: the candidates of rendezvous hashing.
     pub async fn live_nodes(&self, ttl: Duration) -> anyhow::Result<Vec<String>> {
         let rows = self
             .client()
             .query(
                 "SELECT node_id FROM sightline_nodes \
-                 WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY node_id",
+                 WHERE heartbeat_at > now() - make_interval(secs => $1) AND owns_partitions \
+                 ORDER BY node_id",
                 &[&ttl.as_secs_f64()],
             )
             .await?;
@@ -314,6 +365,164 @@ impl Metastore {
             .await
             .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
         fenced(inserted, split.partition, split.from, lease.epoch)
+    }
+
+    /// Publishes a block of samples as [`Metastore::publish_split`]
+    /// publishes a split: one statement moves the partition's checkpoint
+    /// from `block.from` to `block.to` only if it is still at `block.from`
+    /// under `lease.epoch`, and lists the block only if it moved.
+    pub async fn publish_block(
+        &self,
+        node_id: &str,
+        lease: &Lease,
+        block: &BlockRow,
+    ) -> Result<(), PublishSplitError> {
+        let inserted = self
+            .client()
+            .execute(
+                "WITH moved AS ( \
+                   UPDATE sightline_partitions SET checkpoint = $4 \
+                   WHERE partition = $2 AND checkpoint = $3 AND epoch = $11 AND owner = $10 \
+                   RETURNING partition) \
+                 INSERT INTO sightline_blocks \
+                 (block_id, partition, from_seq, to_seq, min_ms, max_ms, series, samples, bytes, node_id, epoch) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM moved",
+                &[
+                    &block.block_id,
+                    &(block.partition as i32),
+                    &(block.from as i64),
+                    &(block.to as i64),
+                    &block.min_ms,
+                    &block.max_ms,
+                    &(block.series as i64),
+                    &(block.samples as i64),
+                    &(block.bytes as i64),
+                    &node_id,
+                    &lease.epoch,
+                ],
+            )
+            .await
+            .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
+        fenced(inserted, block.partition, block.from, lease.epoch)
+    }
+
+    /// Moves a partition's checkpoint from `from` to `to` with nothing
+    /// published (what lay between was undecodable), under the same fence
+    /// as a publish.
+    pub async fn advance(
+        &self,
+        node_id: &str,
+        lease: &Lease,
+        from: u64,
+        to: u64,
+    ) -> Result<(), PublishSplitError> {
+        let moved = self
+            .client()
+            .execute(
+                "UPDATE sightline_partitions SET checkpoint = $3 \
+                 WHERE partition = $1 AND checkpoint = $2 AND epoch = $4 AND owner = $5",
+                &[
+                    &(lease.partition as i32),
+                    &(from as i64),
+                    &(to as i64),
+                    &lease.epoch,
+                    &node_id,
+                ],
+            )
+            .await
+            .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
+        fenced(moved, lease.partition, from, lease.epoch)
+    }
+
+    /// The live blocks overlapping `[start_ms, end_ms]` and the checkpoint
+    /// of every metrics partition, in one statement: whatever lies at or
+    /// past a partition's checkpoint is in none of the blocks listed.
+    pub async fn metric_snapshot(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> anyhow::Result<(Vec<BlockRow>, std::collections::BTreeMap<PartitionId, u64>)> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT p.partition, p.checkpoint, b.block_id, b.from_seq, b.to_seq, \
+                 b.min_ms, b.max_ms, b.series, b.samples, b.bytes \
+                 FROM sightline_partitions p LEFT JOIN sightline_blocks b \
+                 ON b.partition = p.partition AND b.retired_at IS NULL \
+                 AND b.max_ms >= $1 AND b.min_ms <= $2 \
+                 WHERE p.partition >= $3 AND p.partition < $4 \
+                 ORDER BY p.partition, b.from_seq",
+                &[
+                    &start_ms,
+                    &end_ms,
+                    &(PARTITIONS as i32),
+                    &((PARTITIONS + METRIC_PARTITIONS) as i32),
+                ],
+            )
+            .await?;
+        let mut checkpoints = std::collections::BTreeMap::new();
+        let mut blocks = Vec::new();
+        for row in &rows {
+            let partition = row.get::<_, i32>(0) as PartitionId;
+            checkpoints.insert(partition, row.get::<_, i64>(1) as u64);
+            if let Some(block_id) = row.get::<_, Option<String>>(2) {
+                blocks.push(BlockRow {
+                    block_id,
+                    partition,
+                    from: row.get::<_, i64>(3) as u64,
+                    to: row.get::<_, i64>(4) as u64,
+                    min_ms: row.get(5),
+                    max_ms: row.get(6),
+                    series: row.get::<_, i64>(7) as u64,
+                    samples: row.get::<_, i64>(8) as u64,
+                    bytes: row.get::<_, i64>(9) as u64,
+                });
+            }
+        }
+        Ok((blocks, checkpoints))
+    }
+
+    /// Records metric metadata (type, help, unit by metric family); the
+    /// newest report wins.
+    pub async fn set_metric_metadata(
+        &self,
+        entries: &[(String, String, String, String)],
+    ) -> anyhow::Result<()> {
+        let mut metrics = Vec::with_capacity(entries.len());
+        let mut kinds = Vec::with_capacity(entries.len());
+        let mut helps = Vec::with_capacity(entries.len());
+        let mut units = Vec::with_capacity(entries.len());
+        for (metric, kind, help, unit) in entries {
+            metrics.push(metric.as_str());
+            kinds.push(kind.as_str());
+            helps.push(help.as_str());
+            units.push(unit.as_str());
+        }
+        self.client()
+            .execute(
+                "INSERT INTO sightline_metric_metadata (metric, kind, help, unit) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 ON CONFLICT (metric) DO UPDATE \
+                 SET kind = excluded.kind, help = excluded.help, unit = excluded.unit, updated_at = now()",
+                &[&metrics, &kinds, &helps, &units],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every metric family's metadata: (metric, type, help, unit), sorted.
+    pub async fn metric_metadata(&self) -> anyhow::Result<Vec<(String, String, String, String)>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT metric, kind, help, unit FROM sightline_metric_metadata ORDER BY metric",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect())
     }
 
     /// Every published split, oldest sequence first.

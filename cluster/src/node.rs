@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::ClusterConfig;
 use crate::log::{ClusterLog, Entry};
 use crate::metastore::{Lease, Metastore, PublishSplitError};
-use crate::partition::{self, PARTITIONS};
+use crate::partition::{self, METRIC_PARTITIONS, PARTITIONS};
 use crate::query::ClusterReader;
 use crate::splits::{self, SplitStorage};
 
@@ -45,6 +45,19 @@ pub(crate) struct Context {
     pub(crate) reader: Arc<ClusterReader>,
     /// What this node's partitions hold beyond their checkpoints.
     pub(crate) fresh: Arc<crate::fresh::FreshPartitions>,
+    /// The heads of the metrics partitions this node owns.
+    pub(crate) metrics_heads: Arc<crate::metrics::MetricHeads>,
+    /// The blocks this node publishes go into its block cache.
+    pub(crate) metrics: Arc<crate::metrics::ClusterMetrics>,
+}
+
+/// What a node's ownership work shares with the node's readers and its
+/// internal API.
+pub(crate) struct Shared {
+    pub(crate) reader: Arc<ClusterReader>,
+    pub(crate) fresh: Arc<crate::fresh::FreshPartitions>,
+    pub(crate) metrics_heads: Arc<crate::metrics::MetricHeads>,
+    pub(crate) metrics: Arc<crate::metrics::ClusterMetrics>,
 }
 
 /// Counters of this node's ownership work (self-metrics).
@@ -67,6 +80,11 @@ pub struct NodeStats {
     pub orphans_deleted: AtomicU64,
     /// Merged splits this node published.
     pub splits_merged: AtomicU64,
+    /// Blocks of samples this node published.
+    pub blocks_published: AtomicU64,
+    /// Samples a metrics partition's head refused (out of order, a
+    /// duplicate timestamp with another value) after the log had them.
+    pub samples_refused: AtomicU64,
 }
 
 impl NodeStats {
@@ -130,6 +148,18 @@ impl NodeStats {
                 load(&self.splits_merged),
             ),
             (
+                "sightline_cluster_blocks_published_total",
+                "counter",
+                "Blocks of samples this node published.",
+                load(&self.blocks_published),
+            ),
+            (
+                "sightline_cluster_samples_refused_total",
+                "counter",
+                "Samples the owner's head refused after the log had acknowledged them (out of order).",
+                load(&self.samples_refused),
+            ),
+            (
                 "sightline_cluster_partitions_owned",
                 "gauge",
                 "Partitions this node owns.",
@@ -165,8 +195,7 @@ impl Node {
         log: ClusterLog,
         work_dir: PathBuf,
         address: String,
-        reader: Arc<ClusterReader>,
-        fresh: Arc<crate::fresh::FreshPartitions>,
+        shared: Shared,
         retention: Duration,
     ) -> anyhow::Result<Node> {
         let metastore = Metastore::connect(&config.postgres).await?;
@@ -180,8 +209,10 @@ impl Node {
             storage,
             work_dir,
             stats: stats.clone(),
-            reader,
-            fresh,
+            reader: shared.reader,
+            fresh: shared.fresh,
+            metrics_heads: shared.metrics_heads,
+            metrics: shared.metrics,
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::lifecycle::run(
@@ -238,7 +269,7 @@ async fn step(
     context.metastore.reconnect_if_closed().await?;
     context
         .metastore
-        .heartbeat(&context.node_id, address)
+        .heartbeat(&context.node_id, address, context.config.owns_partitions)
         .await?;
     owned.retain(|_, owned| !owned.task.is_finished());
     let leases: Vec<Lease> = owned.values().map(|owned| owned.lease).collect();
@@ -259,8 +290,11 @@ async fn step(
         }
         kept
     });
+    if !context.config.owns_partitions {
+        return Ok(());
+    }
     let live = context.metastore.live_nodes(ttl).await?;
-    for partition in 0..PARTITIONS {
+    for partition in 0..PARTITIONS + METRIC_PARTITIONS {
         let mine = partition::owner(partition, &live) == Some(context.node_id.as_str());
         match (mine, owned.get(&partition)) {
             (true, None) => {
@@ -276,7 +310,15 @@ async fn step(
                         "took partition"
                     );
                     let (handoff, handoff_rx) = watch::channel(false);
-                    let task = tokio::spawn(own(context.clone(), lease, handoff_rx));
+                    let task = if partition::is_metrics(partition) {
+                        tokio::spawn(crate::metrics::owner::own(
+                            context.clone(),
+                            lease,
+                            handoff_rx,
+                        ))
+                    } else {
+                        tokio::spawn(own(context.clone(), lease, handoff_rx))
+                    };
                     owned.insert(
                         partition,
                         Owned {

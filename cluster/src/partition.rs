@@ -18,6 +18,28 @@ use sightline_store::{Batch, LogRecord, PartitionId, SharedResource, Span};
 /// ownership can spread.
 pub const PARTITIONS: u32 = 64;
 
+/// Partitions of samples, after the log's: metrics partition `i` is
+/// partition `PARTITIONS + i` (its subject, lease and checkpoint). Fixed for
+/// the life of a cluster (series are routed by it).
+pub const METRIC_PARTITIONS: u32 = 16;
+
+/// Whether `partition` holds samples (else logs and spans).
+pub fn is_metrics(partition: PartitionId) -> bool {
+    (PARTITIONS..PARTITIONS + METRIC_PARTITIONS).contains(&partition)
+}
+
+/// The partition of a series: every sample of it, whichever collector
+/// received it, so its owner sees the whole series (out-of-order checks,
+/// staleness, delta sums).
+pub fn of_series(labels: &sightline_tsdb::Labels) -> PartitionId {
+    let mut hash = 0u64;
+    for (name, value) in labels.iter() {
+        hash = fnv1a(name.as_bytes(), hash);
+        hash = fnv1a(value.as_bytes(), hash);
+    }
+    PARTITIONS + (hash % u64::from(METRIC_PARTITIONS)) as PartitionId
+}
+
 /// FNV-1a, 64 bits: stable across builds and platforms (the standard
 /// library's hasher is not), and fast on short keys.
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {

@@ -87,6 +87,9 @@ impl Peers {
         })
     }
 
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
+    }
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }

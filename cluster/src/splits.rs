@@ -459,6 +459,41 @@ impl SplitStorage {
         Ok(())
     }
 
+    /// Writes `bytes` at `relative` (under the storage's prefix).
+    pub(crate) async fn put(&self, relative: &str, bytes: bytes::Bytes) -> anyhow::Result<()> {
+        let key = format!("{}{relative}", self.prefix);
+        self.store
+            .put(&ObjectPath::from(key.as_str()), bytes.into())
+            .await
+            .with_context(|| format!("failed to upload {key}"))?;
+        Ok(())
+    }
+
+    /// The object at `relative` (under the storage's prefix).
+    pub(crate) async fn get(&self, relative: &str) -> anyhow::Result<bytes::Bytes> {
+        let key = format!("{}{relative}", self.prefix);
+        let object = self
+            .store
+            .get(&ObjectPath::from(key.as_str()))
+            .await
+            .with_context(|| format!("failed to read {key}"))?;
+        Ok(object.bytes().await?)
+    }
+
+    /// Deletes every object under `relative` (under the storage's prefix);
+    /// objects already gone are fine.
+    pub(crate) async fn delete_under(&self, relative: &str) -> anyhow::Result<()> {
+        let prefix = ObjectPath::from(format!("{}{relative}", self.prefix).as_str());
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        for object in objects {
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a split's objects (one that lost its publish, or retired).
     /// Objects already gone (another node deleting them too) are fine.
     pub async fn delete(&self, split_id: &str) -> anyhow::Result<()> {

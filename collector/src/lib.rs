@@ -158,12 +158,21 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             .await
             .context("failed to start cluster mode")?;
             tracing::info!("cluster mode: ingest goes to the partitioned log");
-            telemetry.set_cluster(cluster.node.stats.clone(), cluster.reader.cache_stats());
+            telemetry.set_cluster(
+                cluster.node.stats.clone(),
+                cluster.reader.cache_stats(),
+                cluster.metrics.cache_stats(),
+            );
             // Queries read the published splits, from whichever node.
             let reading = Reading {
                 logs: cluster.reader.clone(),
                 spans: cluster.reader,
+                metrics: cluster.metrics.clone(),
                 internal: Some(cluster.internal),
+                samples: Some(sightline_metrics::pipeline::SharedSamples {
+                    log: cluster.samples,
+                    reader: cluster.metrics,
+                }),
             };
             (
                 ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
@@ -175,7 +184,9 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             let reading = Reading {
                 logs: stores.logs.clone(),
                 spans: stores.spans.clone(),
+                metrics: stores.metrics.clone(),
                 internal: None,
+                samples: None,
             };
             (ingest, None, reading)
         }
@@ -192,11 +203,13 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         address: addresses.http,
         tls: tls.is_some(),
     };
+    let mut reading = reading;
     let metrics = Arc::new(
         MetricsPipeline::start(
             metrics_config,
             query,
             stores.metrics.clone(),
+            reading.samples.take(),
             stores.spans.clone(),
             config.retention,
             stopped.clone(),
@@ -324,11 +337,13 @@ fn cluster_config(
 }
 
 /// What the query API reads: the stores, or in cluster mode the
-/// published splits.
-#[derive(Clone)]
+/// published splits and blocks and the owners' fresh data.
 pub(crate) struct Reading {
     pub(crate) logs: Arc<dyn sightline_store::LogReader>,
     pub(crate) spans: Arc<dyn sightline_store::SpanReader>,
+    pub(crate) metrics: Arc<dyn sightline_tsdb::MetricReader>,
+    /// Cluster mode: where samples are written and what rules read.
+    pub(crate) samples: Option<sightline_metrics::pipeline::SharedSamples>,
     /// Cluster mode's internal API (fresh data for other nodes' queries).
     pub(crate) internal: Option<axum::Router>,
 }

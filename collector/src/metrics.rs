@@ -98,6 +98,7 @@ pub struct CollectorMetrics {
     cluster: std::sync::OnceLock<(
         std::sync::Arc<sightline_cluster::NodeStats>,
         std::sync::Arc<sightline_cluster::cache::CacheStats>,
+        std::sync::Arc<sightline_cluster::metrics::reader::BlockCacheStats>,
     )>,
 }
 
@@ -289,9 +290,10 @@ impl CollectorMetrics {
                 &[(None, reload_seconds)],
             );
         }
-        if let Some((node, cache)) = self.cluster.get() {
+        if let Some((node, cache, blocks)) = self.cluster.get() {
             out.push_str(&node.render());
             out.push_str(&cache.render());
+            out.push_str(&blocks.render());
         }
         out
     }
@@ -301,8 +303,9 @@ impl CollectorMetrics {
         &self,
         node: std::sync::Arc<sightline_cluster::NodeStats>,
         cache: std::sync::Arc<sightline_cluster::cache::CacheStats>,
+        blocks: std::sync::Arc<sightline_cluster::metrics::reader::BlockCacheStats>,
     ) {
-        let _ = self.cluster.set((node, cache));
+        let _ = self.cluster.set((node, cache, blocks));
     }
 
     /// Counts records and spans acknowledged in cluster mode (published to

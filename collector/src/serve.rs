@@ -180,7 +180,7 @@ pub(crate) fn serve(
     let router = sightline_query_ui::router(QueryState {
         logs: reading.logs,
         spans: reading.spans,
-        metrics: stores.metrics,
+        metrics: reading.metrics,
         rules: metrics.rules(),
         dashboards,
     })

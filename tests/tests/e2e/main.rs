@@ -3,6 +3,7 @@
 mod alertmanager;
 mod browser;
 mod cluster;
+mod cluster_metrics;
 mod cluster_queries;
 mod durability;
 mod engines;

@@ -23,7 +23,7 @@ use sightline_tests::{CollectorProcess, Process, free_port, poll_until, wait_hea
 /// Seconds between two changes of every series the target serves.
 const PERIOD_S: i64 = 5;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+pub(crate) const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 fn now_s() -> f64 {
     SystemTime::now()
@@ -82,7 +82,7 @@ fn exposition(now: f64) -> String {
     format!("{types}{text}")
 }
 
-async fn serve_target() -> u16 {
+pub(crate) async fn serve_target() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the target");
@@ -101,7 +101,7 @@ async fn serve_target() -> u16 {
 }
 
 /// A `prometheus.yml` both read: scrape the target every second.
-fn scrape_config(target_port: u16) -> String {
+pub(crate) fn scrape_config(target_port: u16) -> String {
     format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          scrape_configs:\n  - job_name: diff\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
@@ -276,13 +276,25 @@ async fn our_promql_answers_match_prometheus_on_the_same_scraped_data() {
     )
     .await;
 
+    compare_with_prometheus(&http, &ours_base, &prometheus_base).await;
+}
+
+/// Waits until both sides hold the target's samples, then asks both the
+/// same instant and range queries and fails on any difference.
+pub(crate) async fn compare_with_prometheus(
+    http: &reqwest::Client,
+    ours_base: &str,
+    prometheus_base: &str,
+) {
+    let (http, ours_base, prometheus_base) =
+        (http, ours_base.to_string(), prometheus_base.to_string());
     // Both stores must have data before the compared windows begin.
     let both_since = poll_until(
         "both Prometheus and the collector to hold scraped samples",
         Duration::from_secs(60),
         || async {
-            let theirs = newest_sample(&http, &prometheus_base).await?;
-            let ours = newest_sample(&http, &ours_base).await?;
+            let theirs = newest_sample(http, &prometheus_base).await?;
+            let ours = newest_sample(http, &ours_base).await?;
             Ok(theirs.zip(ours).map(|_| now_s()))
         },
     )
@@ -366,8 +378,8 @@ async fn our_promql_answers_match_prometheus_on_the_same_scraped_data() {
                 ("query", expression.to_string()),
                 ("time", format!("{eval_time:.3}")),
             ];
-            let ours = parse_answer(&ask(&http, &ours_base, "/api/v1/query", &form).await);
-            let theirs = parse_answer(&ask(&http, &prometheus_base, "/api/v1/query", &form).await);
+            let ours = parse_answer(&ask(http, &ours_base, "/api/v1/query", &form).await);
+            let theirs = parse_answer(&ask(http, &prometheus_base, "/api/v1/query", &form).await);
             compared += 1;
             match (ours, theirs) {
                 (Ok(ours), Ok(theirs)) => {
@@ -402,9 +414,8 @@ async fn our_promql_answers_match_prometheus_on_the_same_scraped_data() {
             // samples' timestamps, as for the instant queries.
             ("step", "3s".to_string()),
         ];
-        let ours = parse_answer(&ask(&http, &ours_base, "/api/v1/query_range", &form).await);
-        let theirs =
-            parse_answer(&ask(&http, &prometheus_base, "/api/v1/query_range", &form).await);
+        let ours = parse_answer(&ask(http, &ours_base, "/api/v1/query_range", &form).await);
+        let theirs = parse_answer(&ask(http, &prometheus_base, "/api/v1/query_range", &form).await);
         compared += 1;
         match (ours, theirs) {
             (Ok(ours), Ok(theirs)) => {
