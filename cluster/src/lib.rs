@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 
+pub mod assignment;
 pub mod cache;
 pub mod fresh;
 mod lifecycle;
@@ -238,6 +239,8 @@ pub struct Cluster {
     pub samples: std::sync::Arc<ClusterSampleLog>,
     /// The cluster's samples as one store, for the Prometheus API and rules.
     pub metrics: std::sync::Arc<ClusterMetrics>,
+    /// Which rule groups and scrape targets this node works on.
+    pub assignment: std::sync::Arc<assignment::Assignment>,
 }
 
 impl Cluster {
@@ -289,6 +292,7 @@ impl Cluster {
             peers.clone(),
         ));
         let samples = std::sync::Arc::new(ClusterSampleLog::new(log.clone(), metastore));
+        let assignment = std::sync::Arc::new(assignment::Assignment::default());
         let internal = fresh::router(std::sync::Arc::new(fresh::InternalApi {
             partitions: fresh.clone(),
             reader: reader.clone(),
@@ -304,6 +308,7 @@ impl Cluster {
                 fresh,
                 metrics_heads: heads,
                 metrics: metrics.clone(),
+                assignment: assignment.clone(),
             },
             retention,
         )
@@ -315,6 +320,7 @@ impl Cluster {
             internal,
             samples,
             metrics,
+            assignment,
         })
     }
 }

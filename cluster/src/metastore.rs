@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sightline_store::PartitionId;
 use tokio_postgres::{Client, NoTls};
 
-use crate::partition::{METRIC_PARTITIONS, PARTITIONS};
+use crate::partition::{ALL_PARTITIONS, METRIC_PARTITIONS, PARTITIONS};
 
 /// A partition this node holds: publishes must name this epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +194,7 @@ impl Metastore {
             .execute(
                 "INSERT INTO sightline_partitions (partition) \
                  SELECT generate_series(0, $1::integer - 1) ON CONFLICT DO NOTHING",
-                &[&((PARTITIONS + METRIC_PARTITIONS) as i32)],
+                &[&(ALL_PARTITIONS as i32)],
             )
             .await?;
         transaction.commit().await?;

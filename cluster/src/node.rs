@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::ClusterConfig;
 use crate::log::{ClusterLog, Entry};
 use crate::metastore::{Lease, Metastore, PublishSplitError};
-use crate::partition::{self, METRIC_PARTITIONS, PARTITIONS};
+use crate::partition::{self, ALL_PARTITIONS, Kind};
 use crate::query::ClusterReader;
 use crate::splits::{self, SplitStorage};
 
@@ -49,6 +49,8 @@ pub(crate) struct Context {
     pub(crate) metrics_heads: Arc<crate::metrics::MetricHeads>,
     /// The blocks this node publishes go into its block cache.
     pub(crate) metrics: Arc<crate::metrics::ClusterMetrics>,
+    /// The rule groups and scrape targets this node works on.
+    pub(crate) assignment: Arc<crate::assignment::Assignment>,
 }
 
 /// What a node's ownership work shares with the node's readers and its
@@ -58,6 +60,7 @@ pub(crate) struct Shared {
     pub(crate) fresh: Arc<crate::fresh::FreshPartitions>,
     pub(crate) metrics_heads: Arc<crate::metrics::MetricHeads>,
     pub(crate) metrics: Arc<crate::metrics::ClusterMetrics>,
+    pub(crate) assignment: Arc<crate::assignment::Assignment>,
 }
 
 /// Counters of this node's ownership work (self-metrics).
@@ -213,6 +216,7 @@ impl Node {
             fresh: shared.fresh,
             metrics_heads: shared.metrics_heads,
             metrics: shared.metrics,
+            assignment: shared.assignment,
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::lifecycle::run(
@@ -294,7 +298,7 @@ async fn step(
         return Ok(());
     }
     let live = context.metastore.live_nodes(ttl).await?;
-    for partition in 0..PARTITIONS + METRIC_PARTITIONS {
+    for partition in 0..ALL_PARTITIONS {
         let mine = partition::owner(partition, &live) == Some(context.node_id.as_str());
         match (mine, owned.get(&partition)) {
             (true, None) => {
@@ -310,14 +314,15 @@ async fn step(
                         "took partition"
                     );
                     let (handoff, handoff_rx) = watch::channel(false);
-                    let task = if partition::is_metrics(partition) {
-                        tokio::spawn(crate::metrics::owner::own(
-                            context.clone(),
-                            lease,
-                            handoff_rx,
-                        ))
-                    } else {
-                        tokio::spawn(own(context.clone(), lease, handoff_rx))
+                    let context = context.clone();
+                    let task = match partition::kind(partition) {
+                        Kind::Logs => tokio::spawn(own(context, lease, handoff_rx)),
+                        Kind::Metrics => {
+                            tokio::spawn(crate::metrics::owner::own(context, lease, handoff_rx))
+                        }
+                        Kind::RuleSlot | Kind::ScrapeSlot => {
+                            tokio::spawn(crate::assignment::hold(context, lease, handoff_rx))
+                        }
                     };
                     owned.insert(
                         partition,

@@ -23,9 +23,59 @@ pub const PARTITIONS: u32 = 64;
 /// the life of a cluster (series are routed by it).
 pub const METRIC_PARTITIONS: u32 = 16;
 
+/// Slots of rule groups, after the metrics partitions: a node evaluates
+/// the groups whose slot it holds a lease on. Not partitions of the log
+/// (nothing is published to them); leases and rendezvous hashing only.
+pub const RULE_SLOTS: u32 = 16;
+
+/// Slots of scrape targets, after the rule slots: a node scrapes the
+/// targets whose slot it holds a lease on.
+pub const SCRAPE_SLOTS: u32 = 32;
+
+/// Every leased id: log partitions, metrics partitions, rule slots, scrape
+/// slots, in that order.
+pub const ALL_PARTITIONS: u32 = PARTITIONS + METRIC_PARTITIONS + RULE_SLOTS + SCRAPE_SLOTS;
+
+/// What a leased id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Logs,
+    Metrics,
+    RuleSlot,
+    ScrapeSlot,
+}
+
+/// What `partition` is.
+pub fn kind(partition: PartitionId) -> Kind {
+    if partition < PARTITIONS {
+        Kind::Logs
+    } else if partition < PARTITIONS + METRIC_PARTITIONS {
+        Kind::Metrics
+    } else if partition < PARTITIONS + METRIC_PARTITIONS + RULE_SLOTS {
+        Kind::RuleSlot
+    } else {
+        Kind::ScrapeSlot
+    }
+}
+
 /// Whether `partition` holds samples (else logs and spans).
 pub fn is_metrics(partition: PartitionId) -> bool {
-    (PARTITIONS..PARTITIONS + METRIC_PARTITIONS).contains(&partition)
+    kind(partition) == Kind::Metrics
+}
+
+/// The slot of a rule group (`<file>;<group>`).
+pub fn of_rule_group(key: &str) -> PartitionId {
+    PARTITIONS
+        + METRIC_PARTITIONS
+        + (fnv1a(key.as_bytes(), 1) % u64::from(RULE_SLOTS)) as PartitionId
+}
+
+/// The slot of a scrape target (its label set).
+pub fn of_scrape_target(key: &str) -> PartitionId {
+    PARTITIONS
+        + METRIC_PARTITIONS
+        + RULE_SLOTS
+        + (fnv1a(key.as_bytes(), 2) % u64::from(SCRAPE_SLOTS)) as PartitionId
 }
 
 /// The partition of a series: every sample of it, whichever collector

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sightline_metrics::scrape::parse::{Format, parse};
 use sightline_metrics::scrape::{Job, Scraper};
+use sightline_metrics::share::WorkShare;
 use sightline_tsdb::MetricStore;
 use tokio::sync::watch;
 
@@ -227,7 +228,13 @@ async fn bench_sightline(
         job.metric_relabel_configs = vec![rule.compile().map_err(anyhow::Error::msg)?];
     }
     let (stop_sender, stop) = watch::channel(false);
-    let scraper = Scraper::start(vec![job], store.clone(), Duration::from_secs(5), stop)?;
+    let scraper = Scraper::start(
+        vec![job],
+        store.clone(),
+        WorkShare::everything(),
+        Duration::from_secs(5),
+        stop,
+    )?;
     let appended = || -> u64 {
         scraper
             .targets()

@@ -65,6 +65,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use sightline_metrics::share::{Work, WorkShare};
 use sightline_metrics::{MetricsConfig, MetricsPipeline, Observers, QueryListener};
 use sightline_store::{LogStore, SpanStore};
 use sightline_tsdb::MetricStore;
@@ -172,6 +173,13 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 samples: Some(sightline_metrics::pipeline::SharedSamples {
                     log: cluster.samples,
                     reader: cluster.metrics,
+                    share: {
+                        let assignment = cluster.assignment;
+                        WorkShare::assigned(move |work| match work {
+                            Work::RuleGroup(key) => assignment.owns_rule_group(key),
+                            Work::ScrapeTarget(key) => assignment.owns_scrape_target(key),
+                        })
+                    },
                 }),
             };
             (

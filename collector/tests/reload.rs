@@ -20,6 +20,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sightline_metrics::scrape::client::{Credentials, ScrapeAuth, Secret};
 use sightline_metrics::scrape::{Job, Scraper};
+use sightline_metrics::share::WorkShare;
 use sightline_tsdb::MetricStore;
 
 /// Polls `check` until it returns something; fails after a minute.
@@ -518,6 +519,7 @@ async fn scraper_reload_uses_new_credentials_and_refuses_unusable_tls_files() {
     let scraper = Scraper::start(
         vec![job.clone()],
         store,
+        WorkShare::everything(),
         Duration::from_millis(100),
         shutdown,
     )

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use sightline_metrics::config_file::FileSdConfig;
 use sightline_metrics::scrape::target::Health;
 use sightline_metrics::scrape::{Job, Scraper};
+use sightline_metrics::share::WorkShare;
 use sightline_tsdb::promql::is_stale_nan;
 use sightline_tsdb::{LabelMatcher, Labels, MetricStore};
 use tokio::sync::watch;
@@ -126,6 +127,7 @@ async fn scrape_samples_staleness_and_down_target() {
     let scraper = Scraper::start(
         vec![job],
         store.clone(),
+        WorkShare::everything(),
         Duration::from_millis(100),
         shutdown,
     )
@@ -318,6 +320,7 @@ async fn file_discovery_adds_and_removes_targets() {
     let scraper = Scraper::start(
         vec![job],
         store.clone(),
+        WorkShare::everything(),
         Duration::from_millis(100),
         shutdown,
     )

@@ -20,6 +20,7 @@ use sightline_collector::config::TlsFlags;
 use sightline_collector::tls::{ServerTls, serve_http};
 use sightline_metrics::config_file::ConfigFile;
 use sightline_metrics::scrape::{Scraper, jobs_from_config};
+use sightline_metrics::share::WorkShare;
 use sightline_tsdb::{LabelMatcher, MetricStore};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -250,7 +251,14 @@ scrape_configs:
     let store_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MetricStore::open(store_dir.path()).unwrap());
     let (stop, stopped) = watch::channel(false);
-    let scraper = Scraper::start(jobs, store.clone(), Duration::from_secs(5), stopped).unwrap();
+    let scraper = Scraper::start(
+        jobs,
+        store.clone(),
+        WorkShare::everything(),
+        Duration::from_secs(5),
+        stopped,
+    )
+    .unwrap();
     let targets = scraped_targets(&scraper, 8).await;
 
     for job in ["secure", "legacy_bearer"] {
@@ -347,7 +355,13 @@ async fn an_unusable_tls_file_stops_the_scraper_naming_job_and_file() {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MetricStore::open(store_dir.path()).unwrap());
         let (_stop, stopped) = watch::channel(false);
-        let error = match Scraper::start(jobs, store, Duration::from_secs(5), stopped) {
+        let error = match Scraper::start(
+            jobs,
+            store,
+            WorkShare::everything(),
+            Duration::from_secs(5),
+            stopped,
+        ) {
             Ok(_) => panic!("{keys}: started"),
             Err(error) => format!("{error:#}"),
         };

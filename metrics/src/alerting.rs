@@ -33,6 +33,8 @@ use sightline_store::{SpanStore, TraceQuery};
 use sightline_tsdb::promql::Queryable;
 use sightline_tsdb::promql::{Engine, stale_nan};
 use sightline_tsdb::rules::ThroughLog;
+
+use crate::share::{Work, WorkShare};
 use sightline_tsdb::rules::{EvalSettings, OutgoingAlert, RuleEngine, RuleGroup};
 use sightline_tsdb::{Labels, MetricReader, SampleLog};
 use sightline_vocab::exposition::{Kind, Writer};
@@ -143,6 +145,8 @@ pub struct Alerting {
     /// outputs go (the sample log every writer uses).
     pub reader: Arc<dyn MetricReader>,
     pub log: Arc<dyn SampleLog>,
+    /// The groups this collector evaluates (cluster mode: its share).
+    pub share: WorkShare,
     pub spans: Arc<SpanStore>,
     /// External labels and URL come from the config file, so a reload
     /// replaces them.
@@ -177,6 +181,7 @@ impl Alerting {
         base_url: String,
         reader: Arc<dyn MetricReader>,
         log: Arc<dyn SampleLog>,
+        share: WorkShare,
         spans: Arc<SpanStore>,
     ) -> anyhow::Result<Alerting> {
         let engine = Arc::new(load_rules(config, base_dir)?);
@@ -192,6 +197,7 @@ impl Alerting {
             engine,
             reader,
             log,
+            share,
             spans,
             settings: RwLock::new(settings),
             notifier,
@@ -308,11 +314,26 @@ impl Alerting {
     ) {
         let mut interval = tokio::time::interval(self.engine.interval(index));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let key = self.engine.group_key(index);
+        // Whether this node evaluated the group at its last tick: a start
+        // restores from `ALERTS_FOR_STATE` and a reload keeps the state, so
+        // only a group taken over from another node (cluster mode) forgets
+        // what this node remembers and restores again.
+        let mut evaluating = true;
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
                 _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            let owned = self.share.owns(Work::RuleGroup(&key));
+            if owned != evaluating {
+                tracing::info!(group = %key, owned, "rule group handed over");
+                self.engine.take_over(index);
+                evaluating = owned;
+            }
+            if !owned {
+                continue;
             }
             let this = self.clone();
             let evaluated = tokio::task::spawn_blocking(move || {

@@ -15,6 +15,8 @@
 //! - [`silences`]: Alertmanager's silence endpoints passed through for the
 //!   UI's Alerts view;
 //! - [`config_file`]: the `prometheus.yml`-shaped configuration file;
+//! - [`share`]: which rule groups and scrape targets this collector works
+//!   on (all, or in cluster mode its share);
 //! - [`pipeline`]: all of the above as one part of the collector,
 //!   [`MetricsPipeline`], built from the config file and the store.
 //!
@@ -30,6 +32,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod remote_write;
 pub mod scrape;
+pub mod share;
 pub mod silences;
 pub mod span_metrics;
 

@@ -99,10 +99,12 @@ pub struct QueryListener {
     pub tls: bool,
 }
 
-/// Cluster mode's samples: where writers publish and what rules read.
+/// Cluster mode's samples: where writers publish, what rules read, and
+/// which rule groups and scrape targets are this node's.
 pub struct SharedSamples {
     pub log: Arc<dyn SampleLog>,
     pub reader: Arc<dyn MetricReader>,
+    pub share: crate::share::WorkShare,
 }
 
 /// The running metrics pipeline; see the module docs.
@@ -158,9 +160,13 @@ impl MetricsPipeline {
         // Every writer of samples holds the durable-log seam: the store
         // itself, or in cluster mode the partitioned log (and rules read
         // the cluster's samples).
-        let (log, reader): (Arc<dyn SampleLog>, Arc<dyn MetricReader>) = match cluster {
-            Some(shared) => (shared.log, shared.reader),
-            None => (store.clone(), store.clone()),
+        let (log, reader, share): (Arc<dyn SampleLog>, Arc<dyn MetricReader>, _) = match cluster {
+            Some(shared) => (shared.log, shared.reader, shared.share),
+            None => (
+                store.clone(),
+                store.clone(),
+                crate::share::WorkShare::everything(),
+            ),
         };
         let log_flush = tokio::spawn(crate::log_metrics::flush_loop(
             observers.log_metrics.clone(),
@@ -181,7 +187,13 @@ impl MetricsPipeline {
             stop.clone(),
         ));
         let jobs = scrape::jobs_from_config(&file, &dir, Some(self_scrape));
-        let scraper = Scraper::start(jobs, log.clone(), scrape::FILE_POLL_INTERVAL, stop.clone())?;
+        let scraper = Scraper::start(
+            jobs,
+            log.clone(),
+            share.clone(),
+            scrape::FILE_POLL_INTERVAL,
+            stop.clone(),
+        )?;
         let default_base_url = {
             let scheme = if query.tls { "https" } else { "http" };
             format!("{scheme}://{}", query.address)
@@ -192,6 +204,7 @@ impl MetricsPipeline {
             base_url(&file, &default_base_url),
             reader,
             log.clone(),
+            share,
             spans,
         )?);
         let notifier = alerting.start(stop).await;

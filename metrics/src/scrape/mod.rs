@@ -425,6 +425,8 @@ pub struct Scraper {
     /// Targets `relabel_configs` dropped, as of the last discovery.
     dropped: Arc<Mutex<Vec<DroppedTarget>>>,
     reloads: tokio::sync::mpsc::UnboundedSender<Reload>,
+    /// The targets this collector scrapes (cluster mode: its share).
+    share: crate::share::WorkShare,
 }
 
 impl Scraper {
@@ -435,6 +437,7 @@ impl Scraper {
     pub fn start(
         jobs: Vec<Job>,
         store: Arc<dyn SampleLog>,
+        share: crate::share::WorkShare,
         file_poll_interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Scraper> {
@@ -448,6 +451,7 @@ impl Scraper {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
             dropped: Arc::new(Mutex::new(Vec::new())),
             reloads,
+            share,
         };
         tokio::spawn(scraper.clone().manage(
             jobs,
@@ -624,6 +628,7 @@ impl Scraper {
             tokio::spawn(target::run(
                 status.clone(),
                 store.clone(),
+                self.share.clone(),
                 client.clone(),
                 removed,
                 shutdown.clone(),

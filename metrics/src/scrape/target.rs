@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use super::client::JobClient;
 use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_known};
 use super::relabel::{self, Relabel};
+use crate::share::{Work, WorkShare};
 
 /// The largest scrape body accepted, after decompression.
 pub const MAX_BODY_BYTES: usize = 128 << 20;
@@ -221,6 +222,7 @@ struct Cached {
 pub(crate) async fn run(
     status: Arc<TargetStatus>,
     store: Arc<dyn SampleLog>,
+    share: WorkShare,
     client: JobClient,
     mut remove: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -230,13 +232,38 @@ pub(crate) async fn run(
     let mut ticker = tokio::time::interval_at(start, target.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut state = LoopState::default();
+    // Each node's own metrics are its own to scrape; other targets are
+    // scraped by the node whose share they are (every node, embedded).
+    let key = target.labels.to_string();
+    let always = target.job == super::SELF_JOB;
+    let mut scraping = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = remove.wait_for(|removed| *removed) => break,
             _ = shutdown.wait_for(|stopped| *stopped) => return,
         }
+        if !always && !share.owns(Work::ScrapeTarget(&key)) {
+            if scraping {
+                // Handed to another node, which goes on with the series
+                // (no staleness markers: they would cut them).
+                tracing::info!(url = %target.url, "target scraped by another node now");
+                state = LoopState::default();
+                scraping = false;
+                let mut health = status
+                    .health
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                health.health = Health::Unknown;
+                health.last_error = "scraped by another node of the cluster".into();
+            }
+            continue;
+        }
+        scraping = true;
         state = scrape_once(&status, &store, &client, state).await;
+    }
+    if !scraping {
+        return;
     }
     // Removed from discovery: its series end now, synthetic ones included.
     let timestamp_ms = now_ms();

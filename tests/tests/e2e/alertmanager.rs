@@ -29,7 +29,7 @@ pub(crate) async fn start_alertmanager(dir: &Path) -> (Process, u16) {
 }
 
 /// Debian's Alertmanager with the config `text`, on a free port.
-async fn start_alertmanager_with(dir: &Path, text: &str) -> (Process, u16) {
+pub(crate) async fn start_alertmanager_with(dir: &Path, text: &str) -> (Process, u16) {
     assert!(
         Path::new(ALERTMANAGER).exists(),
         "{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager"

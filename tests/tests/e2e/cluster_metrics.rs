@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sightline_cluster::Metastore;
+use sightline_cluster::partition::is_metrics;
 use sightline_tests::engines::{ClusterEngines as Engines, ClusterSettings};
 use sightline_tests::{CollectorProcess, Process, free_port, poll_until, wait_healthy};
 
@@ -215,7 +216,7 @@ async fn samples_acknowledged_while_their_owner_is_killed_stay_queryable() {
             let partitions = metastore.partitions().await.map_err(|e| e.to_string())?;
             let owned = partitions
                 .iter()
-                .filter(|(partition, owner, _, _)| *partition >= 64 && owner.is_some())
+                .filter(|(partition, owner, _, _)| is_metrics(*partition) && owner.is_some())
                 .count();
             Ok((owned == 16).then_some(()))
         },
@@ -232,7 +233,7 @@ async fn samples_acknowledged_while_their_owner_is_killed_stay_queryable() {
             let owned = partitions
                 .iter()
                 .filter(|(partition, owner, _, _)| {
-                    *partition >= 64 && owner.as_deref() == Some("c2")
+                    is_metrics(*partition) && owner.as_deref() == Some("c2")
                 })
                 .count();
             assert!(owned > 0, "c2 owns no metrics partition: {partitions:?}");
@@ -301,7 +302,7 @@ async fn samples_acknowledged_while_their_owner_is_killed_stay_queryable() {
     assert!(
         partitions
             .iter()
-            .filter(|(partition, _, _, _)| *partition >= 64)
+            .filter(|(partition, _, _, _)| is_metrics(*partition))
             .all(|(_, owner, _, _)| owner.as_deref() != Some("c2")),
         "{partitions:?}"
     );
@@ -318,4 +319,371 @@ async fn samples_acknowledged_while_their_owner_is_killed_stay_queryable() {
         })
         .sum();
     assert_eq!(held, acknowledged_count);
+}
+
+/// Targets that count the scrapes they serve.
+async fn counting_targets(
+    count: usize,
+) -> Vec<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut targets = Vec::new();
+    for n in 0..count {
+        let scrapes = Arc::new(AtomicU64::new(0));
+        let counter = scrapes.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a target");
+        let port = listener.local_addr().expect("target address").port();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let scrapes = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                async move {
+                    format!(
+                        "# TYPE scrapes_total counter\nscrapes_total{{target=\"t{n}\"}} {scrapes}\n"
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        targets.push((port, scrapes));
+    }
+    targets
+}
+
+/// Per node, the instances its `/api/v1/targets` reports up.
+async fn scraping(http: &reqwest::Client, nodes: &[&CollectorProcess]) -> Vec<BTreeSet<String>> {
+    let mut up = Vec::new();
+    for node in nodes {
+        let body: Value = match http.get(node.url("/api/v1/targets")).send().await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        let instances = body["data"]["activeTargets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .filter(|target| {
+                        target["labels"]["job"] == "counted" && target["health"] == "up"
+                    })
+                    .filter_map(|target| target["labels"]["instance"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        up.push(instances);
+    }
+    up
+}
+
+/// Scrapes each target served over `window`.
+async fn scrapes_over(
+    targets: &[(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)],
+    window: Duration,
+) -> Vec<u64> {
+    use std::sync::atomic::Ordering;
+    let before: Vec<u64> = targets
+        .iter()
+        .map(|(_, n)| n.load(Ordering::Relaxed))
+        .collect();
+    tokio::time::sleep(window).await;
+    targets
+        .iter()
+        .zip(before)
+        .map(|((_, n), before)| n.load(Ordering::Relaxed) - before)
+        .collect()
+}
+
+/// Waits until the live nodes scrape every target once between them, then
+/// checks that over 10 s each target was scraped about once a second (10;
+/// a second scraper would double it, a loaded machine skips a few ticks).
+async fn assert_each_scraped_once(
+    http: &reqwest::Client,
+    nodes: &[&CollectorProcess],
+    targets: &[(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)],
+    phase: &str,
+) -> Vec<BTreeSet<String>> {
+    let split = poll_until(
+        &format!("{phase}: every target up on exactly one node"),
+        Duration::from_secs(60),
+        || async {
+            let up = scraping(http, nodes).await;
+            let mut all: Vec<&String> = up.iter().flatten().collect();
+            let total = all.len();
+            all.sort();
+            all.dedup();
+            Ok((total == targets.len() && all.len() == targets.len()).then_some(up))
+        },
+    )
+    .await;
+    let counts = scrapes_over(targets, Duration::from_secs(10)).await;
+    assert!(
+        counts.iter().all(|count| (4..=15).contains(count)),
+        "{phase}: scrapes per target over 10 s at a 1 s interval: {counts:?} (split {split:?})"
+    );
+    split
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_target_is_scraped_by_one_node_as_nodes_leave_and_join() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let targets = counting_targets(8).await;
+    let list: Vec<String> = targets
+        .iter()
+        .map(|(port, _)| format!("'127.0.0.1:{port}'"))
+        .collect();
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: counted\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ),
+    )
+    .expect("write the config");
+    let settings = ClusterSettings {
+        args: vec![
+            "--config".into(),
+            config_path.to_string_lossy().into_owned(),
+        ],
+        ..settings("")
+    };
+    let mut nodes = engines.start_collectors(3, dir.path(), &settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+
+    let split = assert_each_scraped_once(
+        &http,
+        &[&nodes[0], &nodes[1], &nodes[2]],
+        &targets,
+        "three nodes",
+    )
+    .await;
+    assert!(
+        split.iter().filter(|up| !up.is_empty()).count() >= 2,
+        "the targets are spread over the nodes: {split:?}"
+    );
+
+    // c2 leaves (SIGKILL): its targets move to the others once its leases
+    // expire.
+    nodes[2].kill9();
+    assert_each_scraped_once(&http, &[&nodes[0], &nodes[1]], &targets, "c2 gone").await;
+
+    // c2 joins again: it wins its slots back, handed off by the others.
+    nodes[2] = engines.start_collector("c2", dir.path(), &settings).await;
+    poll_until(
+        "c2 to scrape targets again",
+        Duration::from_secs(60),
+        || async {
+            let up = scraping(&http, &[&nodes[0], &nodes[1], &nodes[2]]).await;
+            Ok((!up[2].is_empty()).then_some(()))
+        },
+    )
+    .await;
+    assert_each_scraped_once(
+        &http,
+        &[&nodes[0], &nodes[1], &nodes[2]],
+        &targets,
+        "c2 back",
+    )
+    .await;
+}
+
+/// RFC 3339 (as Alertmanager and the rules API write it) to Unix seconds.
+fn unix_seconds(text: &str) -> f64 {
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|error| panic!("{text:?}: {error}"));
+    parsed.unix_timestamp_nanos() as f64 / 1e9
+}
+
+/// The alerts node `node` evaluates, by name: (state, activeAt in seconds).
+async fn evaluated(
+    http: &reqwest::Client,
+    node: &CollectorProcess,
+) -> BTreeMap<String, (String, f64)> {
+    let Ok(body) = sightline_tests::get_json(http, &node.url("/api/v1/alerts")).await else {
+        return BTreeMap::new();
+    };
+    body["data"]["alerts"]
+        .as_array()
+        .map(|alerts| {
+            alerts
+                .iter()
+                .filter_map(|alert| {
+                    Some((
+                        alert["labels"]["alertname"].as_str()?.to_string(),
+                        (
+                            alert["state"].as_str()?.to_string(),
+                            unix_seconds(alert["activeAt"].as_str()?),
+                        ),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_group_handed_over_by_a_sigkill_keeps_its_alerts_timing() {
+    const PENDING_FOR_S: f64 = 40.0;
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let (_alertmanager, am_port) = crate::alertmanager::start_alertmanager(dir.path()).await;
+    let config = crate::alertmanager::write_config(
+        dir.path(),
+        &format!(
+            "alerting:\n  alertmanagers: [{{ static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}] }}]\n"
+        ),
+        &format!(
+            r#"
+groups:
+  - name: handover
+    interval: 1s
+    rules:
+      - alert: AlreadyFiring
+        expr: vector(1)
+        for: 2s
+      - alert: StillPending
+        expr: vector(1)
+        for: {PENDING_FOR_S}s
+"#
+        ),
+    );
+    // A lease of 5 s: the handover's gap is long enough that an alert
+    // restored as after an outage would fire visibly late.
+    let settings = ClusterSettings {
+        lease_ttl: "5s",
+        args: vec!["--config".into(), config],
+        ..settings("")
+    };
+    let mut nodes = engines.start_collectors(3, dir.path(), &settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+
+    // One node evaluates the group: it has both alerts, the others none.
+    let (evaluator, pending_since) = poll_until(
+        "one node evaluating the group, AlreadyFiring firing",
+        Duration::from_secs(60),
+        || async {
+            let mut holders = Vec::new();
+            for (n, node) in nodes.iter().enumerate() {
+                let alerts = evaluated(&http, node).await;
+                if !alerts.is_empty() {
+                    holders.push((n, alerts));
+                }
+            }
+            match holders.as_slice() {
+                [(n, alerts)] => Ok(
+                    match (alerts.get("AlreadyFiring"), alerts.get("StillPending")) {
+                        (Some((firing, _)), Some((pending, since)))
+                            if firing == "firing" && pending == "pending" =>
+                        {
+                            Some((*n, *since))
+                        }
+                        _ => None,
+                    },
+                ),
+                [] => Ok(None),
+                more => Err(format!("{} nodes evaluate the group", more.len())),
+            }
+        },
+    )
+    .await;
+    let am_alerts = format!("http://127.0.0.1:{am_port}/api/v2/alerts");
+    let firing_since = poll_until(
+        "Alertmanager to hold AlreadyFiring",
+        Duration::from_secs(30),
+        || async {
+            let alerts = sightline_tests::get_json(&http, &am_alerts).await?;
+            Ok(alerts.as_array().and_then(|alerts| {
+                alerts
+                    .iter()
+                    .find(|alert| alert["labels"]["alertname"] == "AlreadyFiring")
+                    .and_then(|alert| alert["startsAt"].as_str().map(unix_seconds))
+            }))
+        },
+    )
+    .await;
+
+    // SIGKILL the evaluator 10 s into the 40 s wait.
+    let kill_at = pending_since + 10.0;
+    let wait = kill_at - crate::cluster_queries::now_nanos() as f64 / 1e9;
+    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+    nodes[evaluator].kill9();
+    let killed_at = crate::cluster_queries::now_nanos() as f64 / 1e9;
+
+    // Alertmanager sees StillPending fire when it would have, and
+    // AlreadyFiring active throughout, from the time it first fired.
+    let firing_seen_throughout = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fired = poll_until(
+        "Alertmanager to hold StillPending",
+        Duration::from_secs(90),
+        || {
+            let (http, am_alerts) = (http.clone(), am_alerts.clone());
+            let firing_seen = firing_seen_throughout.clone();
+            async move {
+                let alerts = sightline_tests::get_json(&http, &am_alerts).await?;
+                let alerts = alerts.as_array().cloned().unwrap_or_default();
+                let named = |name: &str| {
+                    alerts
+                        .iter()
+                        .find(|alert| alert["labels"]["alertname"] == name)
+                        .cloned()
+                };
+                match named("AlreadyFiring") {
+                    Some(alert) if alert["status"]["state"] == "active" => {}
+                    _ => firing_seen.store(false, std::sync::atomic::Ordering::Relaxed),
+                }
+                Ok(named("StillPending")
+                    .and_then(|alert| alert["startsAt"].as_str().map(unix_seconds)))
+            }
+        },
+    )
+    .await;
+    assert!(
+        firing_seen_throughout.load(std::sync::atomic::Ordering::Relaxed),
+        "AlreadyFiring left Alertmanager during the handover"
+    );
+    let due = pending_since + PENDING_FOR_S;
+    assert!(
+        (due - 0.5..=due + 2.5).contains(&fired),
+        "StillPending fired at {fired:.1}, due at {due:.1} (pending since {pending_since:.1}, evaluator killed at {killed_at:.1})"
+    );
+    // One alert in Alertmanager, started when it first fired: the new
+    // evaluator knows when it became active, not at which evaluation it
+    // fired, so it says `active + for`, within an evaluation interval
+    // before the first evaluator's (Alertmanager keeps the earlier).
+    let alerts = sightline_tests::get_json(&http, &am_alerts)
+        .await
+        .expect("alerts");
+    let already: Vec<&Value> = alerts
+        .as_array()
+        .map(|alerts| {
+            alerts
+                .iter()
+                .filter(|alert| alert["labels"]["alertname"] == "AlreadyFiring")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(already.len(), 1, "{alerts}");
+    let starts_at = unix_seconds(already[0]["startsAt"].as_str().unwrap());
+    assert!(
+        (firing_since - 1.01..=firing_since).contains(&starts_at),
+        "AlreadyFiring starts at {starts_at:.3} after the handover, {firing_since:.3} before"
+    );
+    // Another node evaluates the group now.
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != evaluator).collect();
+    let mut holders = 0;
+    for n in survivors {
+        if !evaluated(&http, &nodes[n]).await.is_empty() {
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1, "one survivor evaluates the group");
 }

@@ -744,7 +744,7 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
                     .into_iter()
                     .map(|(partition, _)| partition)
                     .collect();
-                let due: Vec<u32> = (0..sightline_cluster::partition::PARTITIONS)
+                let due: Vec<u32> = (0..sightline_cluster::partition::ALL_PARTITIONS)
                     .filter(|p| sightline_cluster::partition::owner(*p, &names) == Some(name))
                     .collect();
                 if held != due {

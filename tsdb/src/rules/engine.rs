@@ -250,7 +250,23 @@ pub struct GroupState {
     rules: Vec<RuleRuntime>,
     last_evaluation_ms: Option<i64>,
     evaluation_seconds: f64,
-    restored: bool,
+    /// How the next evaluation restores `for` state from
+    /// `ALERTS_FOR_STATE`; `None` once it has.
+    restore: Option<Restore>,
+}
+
+/// Why a group restores its alerts' `for` state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    /// This process started: the rules were not evaluated meanwhile, so
+    /// the outage is added to each pending alert's wait, as Prometheus
+    /// does (and a restore that fails starts the alerts afresh).
+    Start,
+    /// Another node evaluated the group until a moment ago (cluster mode):
+    /// each alert keeps its `active_at` exactly, so a pending alert fires
+    /// when it would have and a firing one goes on firing. A restore that
+    /// fails (the samples not readable yet) skips the rule until it works.
+    Takeover,
 }
 
 impl GroupState {
@@ -262,7 +278,7 @@ impl GroupState {
             rules,
             last_evaluation_ms: None,
             evaluation_seconds: 0.0,
-            restored: false,
+            restore: Some(Restore::Start),
         }
     }
 
@@ -276,7 +292,8 @@ impl GroupState {
     ) -> GroupOutcome {
         let started = Instant::now();
         let mut outcome = GroupOutcome::default();
-        let restore = !self.restored;
+        let restore = self.restore;
+        let mut restore_failed = false;
         for (rule, runtime) in self.group.rules.iter().zip(self.rules.iter_mut()) {
             let rule_started = Instant::now();
             let result = evaluate_rule(
@@ -291,6 +308,7 @@ impl GroupState {
                 self.group.interval,
                 &mut outcome,
             );
+            restore_failed |= matches!(&result, Err(error) if error.starts_with(RESTORE_FAILED));
             runtime.evaluations += 1;
             if result.is_err() {
                 runtime.failures += 1;
@@ -299,7 +317,9 @@ impl GroupState {
             runtime.last_evaluation_ms = Some(now_ms);
             runtime.evaluation_seconds = rule_started.elapsed().as_secs_f64();
         }
-        self.restored = true;
+        if !restore_failed {
+            self.restore = None;
+        }
         self.last_evaluation_ms = Some(now_ms);
         self.evaluation_seconds = started.elapsed().as_secs_f64();
         outcome
@@ -398,7 +418,7 @@ fn evaluate_rule(
     now_ms: i64,
     settings: &EvalSettings,
     limit: usize,
-    restore: bool,
+    restore: Option<Restore>,
     interval: Duration,
     outcome: &mut GroupOutcome,
 ) -> Result<(), String> {
@@ -508,10 +528,17 @@ fn evaluate_rule(
                     ));
                 }
             }
-            let restored = if restore && !spec.for_duration.is_zero() {
-                restore_active_at(rule, storage, engine, now_ms, spec.for_duration, settings)
-            } else {
-                BTreeMap::new()
+            let restored = match restore {
+                Some(restore) if !spec.for_duration.is_zero() => restore_active_at(
+                    rule,
+                    storage,
+                    engine,
+                    now_ms,
+                    spec.for_duration,
+                    settings,
+                    restore,
+                )?,
+                _ => BTreeMap::new(),
             };
             let for_ms = spec.for_duration.as_millis() as i64;
             let keep_ms = spec.keep_firing_for.as_millis() as i64;
@@ -525,14 +552,25 @@ fn evaluate_rule(
                         entry.into_mut()
                     }
                     entry => {
-                        let active_at_ms = restored.get(labels).copied().unwrap_or(now_ms);
+                        let restored_at_ms = restored.get(labels).copied();
+                        let active_at_ms = restored_at_ms.unwrap_or(now_ms);
+                        // Taken over firing: it fired on the other node
+                        // (its notifications went out from there).
+                        let fired_at_ms = (restore == Some(Restore::Takeover)
+                            && restored_at_ms.is_some()
+                            && now_ms - active_at_ms >= for_ms)
+                            .then_some(active_at_ms + for_ms);
                         let fresh = Alert {
                             labels: labels.clone(),
                             annotations: BTreeMap::new(),
-                            state: AlertState::Pending,
+                            state: if fired_at_ms.is_some() {
+                                AlertState::Firing
+                            } else {
+                                AlertState::Pending
+                            },
                             value: *value,
                             active_at_ms,
-                            fired_at_ms: None,
+                            fired_at_ms,
                             resolved_at_ms: None,
                             keep_firing_since_ms: None,
                             last_sent_ms: None,
@@ -701,6 +739,7 @@ fn write_with_staleness(
 /// last `ALERTS_FOR_STATE` sample within the outage tolerance, shifted by
 /// the downtime, and never firing sooner than the grace period after start
 /// unless it was already firing.
+#[allow(clippy::too_many_arguments)]
 fn restore_active_at(
     rule: &Rule,
     storage: &dyn RuleStorage,
@@ -708,7 +747,8 @@ fn restore_active_at(
     now_ms: i64,
     for_duration: Duration,
     settings: &EvalSettings,
-) -> BTreeMap<BTreeMap<String, String>, i64> {
+    restore: Restore,
+) -> Result<BTreeMap<BTreeMap<String, String>, i64>, String> {
     let mut restored = BTreeMap::new();
     let query = format!(
         "ALERTS_FOR_STATE{{alertname={:?}}}[{}s]",
@@ -716,11 +756,16 @@ fn restore_active_at(
         settings.outage_tolerance.as_secs().max(1)
     );
     let Ok(expr) = Engine::parse(&query) else {
-        return restored;
+        return Ok(restored);
     };
     // Just before now: this evaluation's own samples are not written yet.
-    let Ok(Value::Matrix(series)) = storage.query(engine, &expr, now_ms - 1) else {
-        return restored;
+    let series = match storage.query(engine, &expr, now_ms - 1) {
+        Ok(Value::Matrix(series)) => series,
+        Ok(_) => return Ok(restored),
+        Err(error) if restore == Restore::Takeover => {
+            return Err(format!("{RESTORE_FAILED}: {error}"));
+        }
+        Err(_) => return Ok(restored),
     };
     let for_ms = for_duration.as_millis() as i64;
     let grace_ms = settings.for_grace_period.as_millis() as i64;
@@ -739,7 +784,7 @@ fn restore_active_at(
             .collect();
         let previous_active_at_ms = (active_at_seconds * 1000.0) as i64;
         let remaining_ms = for_ms - (down_at_ms - previous_active_at_ms);
-        let active_at_ms = if remaining_ms <= 0 {
+        let active_at_ms = if restore == Restore::Takeover || remaining_ms <= 0 {
             previous_active_at_ms
         } else if remaining_ms < grace_ms {
             now_ms + grace_ms - for_ms
@@ -748,8 +793,11 @@ fn restore_active_at(
         };
         restored.insert(labels, active_at_ms);
     }
-    restored
+    Ok(restored)
 }
+
+/// How an evaluation error that is a failed takeover restore starts.
+const RESTORE_FAILED: &str = "restoring the alerts' for state failed";
 
 /// Every loaded group behind its own lock: groups evaluate independently,
 /// and the status API reads them between evaluations. [`RuleEngine::reload`]
@@ -772,7 +820,7 @@ impl RuleEngine {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Mutex<GroupState>>> {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Mutex<GroupState>>> {
         self.groups.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -793,6 +841,26 @@ impl RuleEngine {
             .unwrap_or_else(|e| e.into_inner())
             .group
             .interval
+    }
+
+    /// Group `index`'s identity, `<file>;<group>` as Prometheus' `rule_group`
+    /// label spells it: the same on every node that loads the same files.
+    pub fn group_key(&self, index: usize) -> String {
+        let groups = self.read();
+        let group = groups[index].lock().unwrap_or_else(|e| e.into_inner());
+        format!("{};{}", group.group.file, group.group.name)
+    }
+
+    /// Drops group `index`'s alert state; its next evaluation restores
+    /// each alert's `active_at` from `ALERTS_FOR_STATE` as it was (no
+    /// outage added). For a node that takes a group over from another, or
+    /// hands it to another (cluster mode): the other's state is newer than
+    /// anything this node remembers.
+    pub fn take_over(&self, index: usize) {
+        let groups = self.read();
+        let mut group = groups[index].lock().unwrap_or_else(|e| e.into_inner());
+        *group = GroupState::new(group.group.clone());
+        group.restore = Some(Restore::Takeover);
     }
 
     /// Replaces the loaded groups with `groups`, as Prometheus does on a
@@ -819,7 +887,7 @@ impl RuleEngine {
                 .position(|state| state.group.file == group.file && state.group.name == group.name)
                 .map(|position| old.swap_remove(position));
             let mut state = GroupState::new(group);
-            state.restored = true;
+            state.restore = None;
             if let Some(mut previous) = previous {
                 state.last_evaluation_ms = previous.last_evaluation_ms;
                 state.evaluation_seconds = previous.evaluation_seconds;

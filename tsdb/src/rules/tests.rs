@@ -524,3 +524,106 @@ tests:
         report.failures
     );
 }
+
+#[test]
+fn a_group_taken_over_keeps_each_alerts_active_at_and_waits_for_readable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::default();
+    let settings = EvalSettings::default();
+    let latency = series("latency", &[("instance", "a")]);
+    let store = MetricStore::open(dir.path()).unwrap();
+    // Node A evaluates from minute 0 to minute 10: pending since minute 0.
+    let rules = parse_rule_file("test.yml", SLOW_RULE, Duration::from_secs(60)).unwrap();
+    let node_a = RuleEngine::new(rules.clone());
+    for minute in 0..=10 {
+        let now = minute * MINUTE;
+        store.append(&[(latency.clone(), now, 5.0)]).unwrap();
+        node_a.evaluate(0, &mut &store, &engine, now, &settings);
+    }
+    // Node B takes the group over at minute 12. Its first try cannot read
+    // the samples yet: the rule is skipped, nothing starts afresh.
+    let node_b = RuleEngine::new(rules);
+    node_b.take_over(0);
+    let now = 12 * MINUTE;
+    store.append(&[(latency.clone(), now, 5.0)]).unwrap();
+    struct Unreadable;
+    impl Queryable for Unreadable {
+        fn select(
+            &self,
+            _: &[crate::LabelMatcher],
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<crate::SeriesData>, crate::promql::QueryError> {
+            Err(crate::promql::QueryError::Storage(
+                "partition 70 has no owner yet".into(),
+            ))
+        }
+    }
+    let unreadable = Unreadable;
+    let mut scratch = MemoryStorage::default();
+    scratch.append(&latency, now, 5.0);
+    let mut failing = ThroughLogOver(&scratch, &unreadable);
+    node_b.evaluate(0, &mut failing, &engine, now, &settings);
+    let status = node_b.read()[0].lock().unwrap().clone();
+    assert!(status.alerts("Slow").is_empty(), "nothing started afresh");
+    // The next tick reads: the alert is pending since minute 0, not
+    // minute 12 and not shifted by the two minutes between.
+    let now = 13 * MINUTE;
+    store.append(&[(latency.clone(), now, 5.0)]).unwrap();
+    node_b.evaluate(0, &mut &store, &engine, now, &settings);
+    let status = node_b.read()[0].lock().unwrap().clone();
+    let alerts = status.alerts("Slow");
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].active_at_ms, 0);
+    assert_eq!(alerts[0].state, AlertState::Pending);
+    // and it fires at minute 30, as it would have on node A
+    for minute in 14..=30 {
+        let now = minute * MINUTE;
+        store.append(&[(latency.clone(), now, 5.0)]).unwrap();
+        node_b.evaluate(0, &mut &store, &engine, now, &settings);
+    }
+    let status = node_b.read()[0].lock().unwrap().clone();
+    assert_eq!(status.alerts("Slow")[0].state, AlertState::Firing);
+
+    // A node taking the firing alert over goes on firing it, from the time
+    // it fired, and does not announce it again as newly fired.
+    let node_c =
+        RuleEngine::new(parse_rule_file("test.yml", SLOW_RULE, Duration::from_secs(60)).unwrap());
+    node_c.take_over(0);
+    let now = 32 * MINUTE;
+    store.append(&[(latency.clone(), now, 5.0)]).unwrap();
+    let outcome = node_c.evaluate(0, &mut &store, &engine, now, &settings);
+    let status = node_c.read()[0].lock().unwrap().clone();
+    let alert = &status.alerts("Slow")[0];
+    assert_eq!(alert.state, AlertState::Firing);
+    assert_eq!(alert.fired_at_ms, Some(30 * MINUTE));
+    assert!(outcome.changed.is_empty(), "{:?}", outcome.changed);
+    assert_eq!(
+        outcome.to_send.len(),
+        1,
+        "Alertmanager hears it from its new evaluator"
+    );
+    assert_eq!(outcome.to_send[0].starts_at_ms, 30 * MINUTE);
+}
+
+/// Reads that fail for `ALERTS_FOR_STATE` (the restore) and succeed for
+/// the rule's expression, from `scratch`.
+struct ThroughLogOver<'a>(&'a MemoryStorage, &'a dyn Queryable);
+
+impl RuleStorage for ThroughLogOver<'_> {
+    fn query(
+        &self,
+        engine: &Engine,
+        expr: &promql_parser::parser::Expr,
+        time_ms: i64,
+    ) -> Result<Value, crate::promql::QueryError> {
+        if expr.to_string().contains("ALERTS_FOR_STATE") {
+            return engine.instant_expr(self.1, expr, time_ms);
+        }
+        engine.instant_expr(self.0 as &dyn Queryable, expr, time_ms)
+    }
+
+    fn write(&mut self, _: &[(Labels, i64, f64)]) -> Result<(), String> {
+        Ok(())
+    }
+}
