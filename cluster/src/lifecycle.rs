@@ -6,6 +6,7 @@
 //!   queries stop listing them at once. After `retired_grace` (longer than
 //!   a query runs, so none is still reading one) a `DELETE ... RETURNING`
 //!   hands each retired row to exactly one node, which deletes its objects.
+//!   Blocks of samples go the same way, by their newest sample.
 //! - **Janitor**: objects of a split without a row (an upload whose
 //!   publish failed or was fenced, a node that died between deleting a row
 //!   and its objects) older than `orphan_grace` are deleted. An upload in
@@ -45,6 +46,12 @@ pub(crate) async fn run(
                 "split retention failed; retrying"
             );
         }
+        if let Err(error) = retire_and_delete_blocks(&context, retention).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "block retention failed; retrying"
+            );
+        }
         if let Err(error) = collect_orphans(&context).await {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -77,6 +84,32 @@ async fn retire_and_delete(context: &Context, retention: Duration) -> anyhow::Re
         // A failure here leaves objects without a row: the janitor's.
         context.storage.delete(&split_id).await?;
         context.stats.splits_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+async fn retire_and_delete_blocks(context: &Context, retention: Duration) -> anyhow::Result<()> {
+    let retired = context
+        .metastore
+        .retire_blocks_older_than(retention)
+        .await?;
+    if retired > 0 {
+        tracing::info!(blocks = retired, "retired blocks past retention");
+        context
+            .stats
+            .blocks_retired
+            .fetch_add(retired, Ordering::Relaxed);
+    }
+    let deleted = context
+        .metastore
+        .delete_retired_blocks(context.config.retired_grace)
+        .await?;
+    for block_id in deleted {
+        context
+            .storage
+            .delete_under(&format!("blocks/{block_id}/"))
+            .await?;
+        context.stats.blocks_deleted.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }

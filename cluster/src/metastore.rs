@@ -482,6 +482,37 @@ impl Metastore {
         Ok((blocks, checkpoints))
     }
 
+    /// Retires the live blocks whose newest sample is older than
+    /// `retention` by PostgreSQL's clock, as [`Metastore::retire_older_than`]
+    /// retires splits; returns how many. Safe on several nodes at once.
+    pub async fn retire_blocks_older_than(&self, retention: Duration) -> anyhow::Result<u64> {
+        let millis = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .client()
+            .execute(
+                "UPDATE sightline_blocks SET retired_at = now() \
+                 WHERE retired_at IS NULL \
+                 AND max_ms < (extract(epoch FROM now()) * 1e3)::bigint - $1",
+                &[&millis],
+            )
+            .await?)
+    }
+
+    /// Deletes the rows of blocks retired more than `grace` ago and returns
+    /// their ids (each to one caller only), whose objects the caller
+    /// deletes.
+    pub async fn delete_retired_blocks(&self, grace: Duration) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client()
+            .query(
+                "DELETE FROM sightline_blocks \
+                 WHERE retired_at < now() - make_interval(secs => $1) RETURNING block_id",
+                &[&grace.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Records metric metadata (type, help, unit by metric family); the
     /// newest report wins.
     pub async fn set_metric_metadata(

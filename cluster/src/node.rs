@@ -85,6 +85,10 @@ pub struct NodeStats {
     pub splits_merged: AtomicU64,
     /// Blocks of samples this node published.
     pub blocks_published: AtomicU64,
+    /// Blocks this node retired past retention, and deleted after their
+    /// grace.
+    pub blocks_retired: AtomicU64,
+    pub blocks_deleted: AtomicU64,
     /// Samples a metrics partition's head refused (out of order, a
     /// duplicate timestamp with another value) after the log had them.
     pub samples_refused: AtomicU64,
@@ -155,6 +159,18 @@ impl NodeStats {
                 "counter",
                 "Blocks of samples this node published.",
                 load(&self.blocks_published),
+            ),
+            (
+                "sightline_cluster_blocks_retired_total",
+                "counter",
+                "Blocks of samples this node retired past retention.",
+                load(&self.blocks_retired),
+            ),
+            (
+                "sightline_cluster_blocks_deleted_total",
+                "counter",
+                "Retired blocks this node deleted (row and objects).",
+                load(&self.blocks_deleted),
             ),
             (
                 "sightline_cluster_samples_refused_total",

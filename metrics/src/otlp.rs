@@ -85,9 +85,21 @@ const REASONS_SHOWN: usize = 5;
 #[derive(Debug, Default)]
 pub struct DeltaTotals {
     totals: Mutex<HashMap<Labels, f64>>,
+    /// The sample log sums the points (cluster mode: the series' partition
+    /// owner, where every point of a series meets, whichever collector
+    /// received it): they go to [`Translation::deltas`] as they are.
+    in_log: bool,
 }
 
 impl DeltaTotals {
+    /// Totals kept by the sample log, not here.
+    pub fn in_log() -> DeltaTotals {
+        DeltaTotals {
+            in_log: true,
+            ..DeltaTotals::default()
+        }
+    }
+
     /// Adds `delta` to the series' total and returns the new total, or `None`
     /// when the series is new and the map is full.
     fn add(&self, labels: &Labels, delta: f64) -> Option<f64> {
@@ -108,6 +120,8 @@ impl DeltaTotals {
 #[derive(Debug, Default)]
 pub struct Translation {
     pub samples: Vec<(Labels, i64, f64)>,
+    /// Delta points for a log that sums them ([`DeltaTotals::in_log`]).
+    pub deltas: Vec<(Labels, i64, f64)>,
     pub metadata: BTreeMap<String, MetricMetadata>,
     /// Data points that produced no sample.
     pub rejected: usize,
@@ -155,9 +169,14 @@ pub struct StorageError(pub String);
 
 impl OtlpMetrics {
     pub fn new(store: Arc<dyn SampleLog>) -> OtlpMetrics {
+        let deltas = if store.sums_deltas() {
+            DeltaTotals::in_log()
+        } else {
+            DeltaTotals::default()
+        };
         OtlpMetrics {
             store,
-            deltas: Arc::default(),
+            deltas: Arc::new(deltas),
         }
     }
 
@@ -180,6 +199,16 @@ impl OtlpMetrics {
         let mut translation = translate(request, &self.deltas, now_ms());
         for (metric, metadata) in std::mem::take(&mut translation.metadata) {
             self.store.set_metadata(&metric, metadata);
+        }
+        let deltas = std::mem::take(&mut translation.deltas);
+        if !deltas.is_empty() {
+            let outcome = self
+                .store
+                .append_deltas(&deltas)
+                .map_err(|error| StorageError(error.to_string()))?;
+            for (_, error) in &outcome.rejected {
+                translation.reject(1, error.to_string());
+            }
         }
         if !translation.samples.is_empty() {
             let outcome = self
@@ -441,6 +470,10 @@ impl Output<'_> {
         }
         let labels = Labels::new(pairs);
         let value = match self.deltas {
+            Some(deltas) if deltas.in_log => {
+                self.translation.deltas.push((labels, timestamp_ms, value));
+                return;
+            }
             Some(deltas) if !sightline_tsdb::promql::is_stale_nan(value) => {
                 match deltas.add(&labels, value) {
                     Some(total) => total,

@@ -763,3 +763,81 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
+
+/// One series of a remote-write request: its labels (`__name__` among
+/// them) and samples (timestamp in ms, value).
+pub type WriteSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+/// A Prometheus remote-write 1.0 body (protobuf `WriteRequest`, snappy
+/// compressed). Encoded by hand: four small messages.
+pub fn remote_write_body(series: &[WriteSeries]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    fn field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
+        varint(out, number << 3 | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+    let mut request = Vec::new();
+    for (labels, samples) in series {
+        let mut timeseries = Vec::new();
+        for (name, value) in labels {
+            let mut pair = Vec::new();
+            field(&mut pair, 1, name.as_bytes());
+            field(&mut pair, 2, value.as_bytes());
+            field(&mut timeseries, 1, &pair);
+        }
+        for (timestamp_ms, value) in samples {
+            // Sample { double value = 1; int64 timestamp = 2; }
+            let mut sample = vec![0x09];
+            sample.extend_from_slice(&value.to_le_bytes());
+            varint(&mut sample, 2 << 3);
+            varint(&mut sample, *timestamp_ms as u64);
+            field(&mut timeseries, 2, &sample);
+        }
+        field(&mut request, 1, &timeseries);
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&request)
+        .expect("snappy compresses any input")
+}
+
+/// CPU seconds of every engine process on the machine (`nats-server`,
+/// `weed`, `postgres`), read from `/proc`: on one machine they share the
+/// cores with the collectors, which a deployment would not.
+pub fn engines_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            matches!(comm.trim(), "nats-server" | "weed" | "postgres")
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// User plus system CPU seconds of a process.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}

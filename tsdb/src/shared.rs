@@ -83,6 +83,24 @@ pub trait SampleLog: Send + Sync + std::fmt::Debug {
 
     /// Records the metadata of a metric family (the newest report wins).
     fn set_metadata(&self, metric: &str, metadata: MetricMetadata);
+
+    /// Whether this log sums delta points (OTLP delta sums) itself, where
+    /// every point of a series meets (cluster mode's partition owners).
+    /// When it does not, a receiver sums the points it gets, which is right
+    /// only when one receiver gets all of a series (embedded).
+    fn sums_deltas(&self) -> bool {
+        false
+    }
+
+    /// Appends increments: each value is added to its series' running
+    /// total, and the total is stored at the sample's timestamp. Only for a
+    /// log that [`SampleLog::sums_deltas`].
+    fn append_deltas(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+        let _ = samples;
+        Err(TsdbError::Unavailable(
+            "this sample log does not sum delta points".into(),
+        ))
+    }
 }
 
 impl SampleLog for MetricStore {

@@ -54,6 +54,26 @@ pub use reader::ClusterMetrics;
 /// little endian: staleness markers stay bit-exact).
 const SAMPLES_MAGIC: &[u8; 4] = b"SLM1";
 
+/// A message of delta points (OTLP delta sums), encoded as a samples
+/// message: its owner adds each value to its series' running total.
+const DELTAS_MAGIC: &[u8; 4] = b"SLD1";
+
+/// What a message's samples are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Values as they are stored.
+    Samples,
+    /// Increments of each series' running total.
+    Deltas,
+}
+
+/// A decoded message.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub kind: Kind,
+    pub samples: Vec<(Labels, i64, f64)>,
+}
+
 /// A heads answer: `SLH1`, then per partition answered its id, epoch and
 /// series (labels, then timestamps as zigzag deltas and value bits).
 const HEADS_MAGIC: &[u8; 4] = b"SLH1";
@@ -150,10 +170,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Encodes samples as one message.
-pub(crate) fn encode_samples(samples: &[(&Labels, i64, f64)]) -> Vec<u8> {
+/// Encodes samples (or delta points) as one message.
+pub(crate) fn encode_samples(kind: Kind, samples: &[(&Labels, i64, f64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + samples.len() * 24);
-    out.extend_from_slice(SAMPLES_MAGIC);
+    out.extend_from_slice(match kind {
+        Kind::Samples => SAMPLES_MAGIC,
+        Kind::Deltas => DELTAS_MAGIC,
+    });
     put_varint(&mut out, samples.len() as u64);
     let mut previous: Option<&Labels> = None;
     for (labels, timestamp_ms, value) in samples {
@@ -170,10 +193,14 @@ pub(crate) fn encode_samples(samples: &[(&Labels, i64, f64)]) -> Vec<u8> {
 }
 
 /// Decodes a samples message, or says what is wrong with it.
-pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Vec<(Labels, i64, f64)>, String> {
-    let body = bytes
-        .strip_prefix(SAMPLES_MAGIC)
-        .ok_or("not a samples message (bad magic)")?;
+pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Message, String> {
+    let (kind, body) = if let Some(body) = bytes.strip_prefix(SAMPLES_MAGIC) {
+        (Kind::Samples, body)
+    } else if let Some(body) = bytes.strip_prefix(DELTAS_MAGIC) {
+        (Kind::Deltas, body)
+    } else {
+        return Err("not a samples message (bad magic)".into());
+    };
     let mut reader = Reader { bytes: body };
     let count = reader.count(10)?;
     let mut samples: Vec<(Labels, i64, f64)> = Vec::with_capacity(count);
@@ -193,7 +220,7 @@ pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Vec<(Labels, i64, f64)>, St
         let value = reader.f64()?;
         samples.push((labels, timestamp_ms, value));
     }
-    Ok(samples)
+    Ok(Message { kind, samples })
 }
 
 /// One partition's part of a heads answer: what its owner (at `epoch`)
@@ -301,6 +328,7 @@ impl ClusterSampleLog {
 
     fn append_each<'a>(
         &self,
+        kind: Kind,
         samples: impl Iterator<Item = (&'a Labels, i64, f64)>,
     ) -> Result<AppendOutcome, TsdbError> {
         let mut outcome = AppendOutcome::default();
@@ -325,7 +353,7 @@ impl ClusterSampleLog {
         }
         let mut messages = Vec::new();
         for (partition, samples) in &by_partition {
-            self.messages(*partition, samples, &mut messages)?;
+            self.messages(kind, *partition, samples, &mut messages)?;
         }
         if !messages.is_empty() {
             let published = self.runtime.block_on(self.log.publish_messages(messages));
@@ -338,11 +366,12 @@ impl ClusterSampleLog {
     /// `samples` as messages under the log's size limit.
     fn messages(
         &self,
+        kind: Kind,
         partition: PartitionId,
         samples: &[(&Labels, i64, f64)],
         into: &mut Vec<(PartitionId, Bytes)>,
     ) -> Result<(), TsdbError> {
-        let encoded = encode_samples(samples);
+        let encoded = encode_samples(kind, samples);
         if encoded.len() <= self.log.max_message() {
             into.push((partition, Bytes::from(encoded)));
             return Ok(());
@@ -357,8 +386,8 @@ impl ClusterSampleLog {
             ));
         }
         let (first, second) = samples.split_at(samples.len() / 2);
-        self.messages(partition, first, into)?;
-        self.messages(partition, second, into)
+        self.messages(kind, partition, first, into)?;
+        self.messages(kind, partition, second, into)
     }
 
     /// Writes the metadata changes in the background, one write at a time;
@@ -402,6 +431,7 @@ impl ClusterSampleLog {
 impl SampleLog for ClusterSampleLog {
     fn append(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
         self.append_each(
+            Kind::Samples,
             samples
                 .iter()
                 .map(|(labels, timestamp_ms, value)| (labels, *timestamp_ms, *value)),
@@ -413,9 +443,25 @@ impl SampleLog for ClusterSampleLog {
         samples: &[(Arc<Labels>, i64, f64)],
     ) -> Result<AppendOutcome, TsdbError> {
         self.append_each(
+            Kind::Samples,
             samples
                 .iter()
                 .map(|(labels, timestamp_ms, value)| (labels.as_ref(), *timestamp_ms, *value)),
+        )
+    }
+
+    fn sums_deltas(&self) -> bool {
+        true
+    }
+
+    /// Delta points go to their series' partition like samples; its owner
+    /// sums them.
+    fn append_deltas(&self, samples: &[(Labels, i64, f64)]) -> Result<AppendOutcome, TsdbError> {
+        self.append_each(
+            Kind::Deltas,
+            samples
+                .iter()
+                .map(|(labels, timestamp_ms, value)| (labels, *timestamp_ms, *value)),
         )
     }
 
@@ -448,8 +494,10 @@ mod tests {
             (&other, -5, 2.5),
             (&up, i64::MAX, f64::NEG_INFINITY),
         ];
-        let encoded = encode_samples(&samples);
+        let encoded = encode_samples(Kind::Samples, &samples);
         let decoded = decode_samples(&encoded).unwrap();
+        assert_eq!(decoded.kind, Kind::Samples);
+        let decoded = decoded.samples;
         assert_eq!(decoded.len(), 4);
         for ((labels, timestamp, value), (want_labels, want_timestamp, want_value)) in
             decoded.iter().zip(samples)
@@ -459,15 +507,17 @@ mod tests {
             assert_eq!(value.to_bits(), want_value.to_bits());
         }
         // the second sample of a series costs its timestamp and value only
-        let one = encode_samples(&samples[..1]).len();
-        let two = encode_samples(&samples[..2]).len();
+        let one = encode_samples(Kind::Samples, &samples[..1]).len();
+        let two = encode_samples(Kind::Samples, &samples[..2]).len();
+        let deltas = encode_samples(Kind::Deltas, &samples[..2]);
+        assert_eq!(decode_samples(&deltas).unwrap().kind, Kind::Deltas);
         assert!(two - one <= 12, "{one} then {two} bytes");
     }
 
     #[test]
     fn a_damaged_message_is_an_error_that_says_where() {
         let up = labels("up", "a:1");
-        let encoded = encode_samples(&[(&up, 1_000, 1.0), (&up, 2_000, 1.0)]);
+        let encoded = encode_samples(Kind::Samples, &[(&up, 1_000, 1.0), (&up, 2_000, 1.0)]);
         for cut in 0..encoded.len() {
             assert!(decode_samples(&encoded[..cut]).is_err(), "cut at {cut}");
         }

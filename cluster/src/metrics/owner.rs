@@ -251,6 +251,7 @@ async fn run(
     let mut last: Option<u64> = None;
     let mut window_start = Instant::now();
     let mut reader = None;
+    let mut totals = DeltaTotals::default();
     loop {
         let handing_off = *handoff.borrow();
         // A cut block waits for its upload and publish before anything
@@ -391,21 +392,49 @@ async fn run(
         let Some(newest) = entries.last().map(|entry| entry.sequence) else {
             continue;
         };
+        let stats = context.stats.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let mut decoded = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match super::decode_samples(&entry.payload) {
+                    Ok(message) => decoded.push(message),
+                    Err(error) => {
+                        tracing::warn!(partition, sequence = entry.sequence, %error, "an undecodable samples message; skipped");
+                        stats.entries_rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            decoded
+        })
+        .await
+        .unwrap_or_default();
+        // Delta points become running totals here, where every point of a
+        // series meets. A series first seen in this ownership starts from
+        // its last total in the partition's blocks (the checkpoint's).
+        if let Err(error) = totals.start_unknown(context, partition, &decoded).await {
+            tracing::warn!(
+                partition,
+                error = format!("{error:#}"),
+                "reading delta totals from blocks failed; reading the partition again"
+            );
+            reader = None;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         if last.is_none() {
             window_start = Instant::now();
         }
         last = Some(newest);
+        let batches: Vec<Vec<(sightline_tsdb::Labels, i64, f64)>> = decoded
+            .into_iter()
+            .map(|message| match message.kind {
+                super::Kind::Samples => message.samples,
+                super::Kind::Deltas => totals.add(message.samples, &context.stats),
+            })
+            .collect();
         let (head, stats) = (head.clone(), context.stats.clone());
         let appended = tokio::task::spawn_blocking(move || {
-            for entry in entries {
-                let samples = match super::decode_samples(&entry.payload) {
-                    Ok(samples) => samples,
-                    Err(error) => {
-                        tracing::warn!(partition, sequence = entry.sequence, %error, "an undecodable samples message; skipped");
-                        stats.entries_rejected.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
+            for samples in batches {
                 let outcome = head.append(&samples)?;
                 stats
                     .samples_refused
@@ -436,6 +465,92 @@ async fn run(
 enum Outcome {
     Fenced,
     Retry,
+}
+
+/// Series with delta points this owner sums, at most this many.
+const MAX_DELTA_SERIES: usize = 200_000;
+
+/// How far back a series' last total is looked for in the blocks.
+const DELTA_LOOKBACK_MS: i64 = 24 * 3_600_000;
+
+/// The running totals of the delta series of one partition.
+#[derive(Default)]
+struct DeltaTotals {
+    totals: std::collections::HashMap<sightline_tsdb::Labels, f64>,
+}
+
+impl DeltaTotals {
+    /// Looks up the last total in the partition's blocks of every delta
+    /// series of `messages` this owner has no total for.
+    async fn start_unknown(
+        &mut self,
+        context: &Arc<Context>,
+        partition: PartitionId,
+        messages: &[super::Message],
+    ) -> anyhow::Result<()> {
+        let unknown: std::collections::BTreeSet<&sightline_tsdb::Labels> = messages
+            .iter()
+            .filter(|message| message.kind == super::Kind::Deltas)
+            .flat_map(|message| message.samples.iter().map(|(labels, _, _)| labels))
+            .filter(|labels| !self.totals.contains_key(*labels))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let names: std::collections::BTreeSet<&str> =
+            unknown.iter().map(|labels| labels.metric_name()).collect();
+        let now_ms = sightline_vocab::clock::now_nanos() / 1_000_000;
+        let mut last: std::collections::HashMap<sightline_tsdb::Labels, f64> = Default::default();
+        for name in names {
+            let matchers = [LabelMatcher::equal(sightline_tsdb::METRIC_NAME, name)];
+            for series in context
+                .metrics
+                .select_blocks(partition, &matchers, now_ms - DELTA_LOOKBACK_MS, i64::MAX)
+                .await?
+            {
+                let value = series
+                    .samples
+                    .iter()
+                    .rev()
+                    .map(|(_, value)| *value)
+                    .find(|value| !sightline_tsdb::promql::is_stale_nan(*value));
+                if let Some(value) = value {
+                    last.insert(series.labels, value);
+                }
+            }
+        }
+        for labels in unknown {
+            if self.totals.len() >= MAX_DELTA_SERIES {
+                break;
+            }
+            let base = last.get(labels).copied().unwrap_or(0.0);
+            self.totals.insert(labels.clone(), base);
+        }
+        Ok(())
+    }
+
+    /// Each point's series' total after adding it; points of series over
+    /// the limit are refused (counted).
+    fn add(
+        &mut self,
+        samples: Vec<(sightline_tsdb::Labels, i64, f64)>,
+        stats: &crate::node::NodeStats,
+    ) -> Vec<(sightline_tsdb::Labels, i64, f64)> {
+        let mut out = Vec::with_capacity(samples.len());
+        for (labels, timestamp_ms, value) in samples {
+            if sightline_tsdb::promql::is_stale_nan(value) {
+                out.push((labels, timestamp_ms, value));
+                continue;
+            }
+            let Some(total) = self.totals.get_mut(&labels) else {
+                stats.samples_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            *total += value;
+            out.push((labels, timestamp_ms, *total));
+        }
+        out
+    }
 }
 
 /// Cuts the head into a block covering stream sequences `[from, to)`.

@@ -245,6 +245,35 @@ impl ClusterMetrics {
         Ok(block)
     }
 
+    /// Series of `partition`'s published blocks matching `matchers` in the
+    /// range (the owner's own history: delta totals start from it).
+    pub(crate) async fn select_blocks(
+        &self,
+        partition: PartitionId,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> anyhow::Result<Vec<SeriesData>> {
+        let (rows, _) = self.metastore.metric_snapshot(start_ms, end_ms).await?;
+        let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        for row in rows.iter().filter(|row| row.partition == partition) {
+            let block = self.block(row).await?;
+            for series in block.select(matchers, start_ms, end_ms)? {
+                merged
+                    .entry(series.labels)
+                    .or_default()
+                    .extend(series.samples);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(labels, mut samples)| {
+                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                SeriesData { labels, samples }
+            })
+            .collect())
+    }
+
     /// Every series matching `matchers` in the range, from blocks and
     /// heads, merged (labels only when `series_only`).
     fn gather(

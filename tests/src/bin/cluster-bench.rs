@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sightline_cluster::Metastore;
-use sightline_tests::CollectorProcess;
 use sightline_tests::engines::{ClusterEngines, ClusterSettings};
+use sightline_tests::{CollectorProcess, cpu_seconds, engines_cpu_seconds};
 
 const BATCH: u64 = 500;
 const STREAMS: u64 = 12;
@@ -482,39 +482,4 @@ fn ack_to_published(acked: &[(f64, u64)], published: &[(f64, u64)]) -> (f64, f64
     delays.sort_by(f64::total_cmp);
     let quantile = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
     (quantile(0.5), quantile(0.99))
-}
-
-/// CPU seconds of every engine process on the machine (`nats-server`,
-/// `weed`, `postgres`), read from `/proc`: on one machine they share the
-/// cores with the collectors, which a deployment would not.
-fn engines_cpu_seconds() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            matches!(comm.trim(), "nats-server" | "weed" | "postgres")
-        })
-        .map(cpu_seconds)
-        .sum()
-}
-
-/// User plus system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -124,40 +124,21 @@ async fn a_query_node_answers_promql_as_prometheus_from_blocks_and_heads() {
     );
 }
 
-/// A remote-write body (protobuf `WriteRequest`, snappy): one sample of
-/// each series.
+/// A remote-write body: one sample of `rw_sample{series=...}` each.
 fn write_request(series: &[(String, i64, f64)]) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut value: u64) {
-        while value >= 0x80 {
-            out.push(value as u8 | 0x80);
-            value >>= 7;
-        }
-        out.push(value as u8);
-    }
-    fn field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
-        varint(out, number << 3 | 2);
-        varint(out, bytes.len() as u64);
-        out.extend_from_slice(bytes);
-    }
-    let mut request = Vec::new();
-    for (name, timestamp_ms, value) in series {
-        let mut timeseries = Vec::new();
-        for (label, label_value) in [("__name__", "rw_sample"), ("series", name.as_str())] {
-            let mut pair = Vec::new();
-            field(&mut pair, 1, label.as_bytes());
-            field(&mut pair, 2, label_value.as_bytes());
-            field(&mut timeseries, 1, &pair);
-        }
-        let mut sample = vec![0x09];
-        sample.extend_from_slice(&value.to_le_bytes());
-        varint(&mut sample, 2 << 3);
-        varint(&mut sample, *timestamp_ms as u64);
-        field(&mut timeseries, 2, &sample);
-        field(&mut request, 1, &timeseries);
-    }
-    snap::raw::Encoder::new()
-        .compress_vec(&request)
-        .expect("snappy")
+    let series: Vec<sightline_tests::WriteSeries> = series
+        .iter()
+        .map(|(name, timestamp_ms, value)| {
+            (
+                vec![
+                    ("__name__".to_string(), "rw_sample".to_string()),
+                    ("series".to_string(), name.clone()),
+                ],
+                vec![(*timestamp_ms, *value)],
+            )
+        })
+        .collect();
+    sightline_tests::remote_write_body(&series)
 }
 
 /// Raw samples of `rw_sample{series}` (a range selector's matrix), by
@@ -395,6 +376,23 @@ async fn scrapes_over(
         .collect()
 }
 
+/// Waits until every leased id is held by the node rendezvous hashing
+/// over `nodes` gives it (ownership settled after a join or a leave).
+async fn wait_settled(metastore: &Metastore, nodes: &[&str]) {
+    let names: Vec<String> = nodes.iter().map(|node| node.to_string()).collect();
+    poll_until("ownership to settle", Duration::from_secs(60), || async {
+        let partitions = metastore.partitions().await.map_err(|e| e.to_string())?;
+        let wrong = partitions
+            .iter()
+            .filter(|(partition, owner, _, _)| {
+                owner.as_deref() != sightline_cluster::partition::owner(*partition, &names)
+            })
+            .count();
+        Ok((wrong == 0).then_some(()))
+    })
+    .await;
+}
+
 /// Waits until the live nodes scrape every target once between them, then
 /// checks that over 10 s each target was scraped about once a second (10;
 /// a second scraper would double it, a loaded machine skips a few ticks).
@@ -455,7 +453,11 @@ async fn each_target_is_scraped_by_one_node_as_nodes_leave_and_join() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
+    let metastore = Metastore::connect(&engines.postgres.url())
+        .await
+        .expect("the metastore");
 
+    wait_settled(&metastore, &["c0", "c1", "c2"]).await;
     let split = assert_each_scraped_once(
         &http,
         &[&nodes[0], &nodes[1], &nodes[2]],
@@ -471,10 +473,12 @@ async fn each_target_is_scraped_by_one_node_as_nodes_leave_and_join() {
     // c2 leaves (SIGKILL): its targets move to the others once its leases
     // expire.
     nodes[2].kill9();
+    wait_settled(&metastore, &["c0", "c1"]).await;
     assert_each_scraped_once(&http, &[&nodes[0], &nodes[1]], &targets, "c2 gone").await;
 
     // c2 joins again: it wins its slots back, handed off by the others.
     nodes[2] = engines.start_collector("c2", dir.path(), &settings).await;
+    wait_settled(&metastore, &["c0", "c1", "c2"]).await;
     poll_until(
         "c2 to scrape targets again",
         Duration::from_secs(60),
@@ -686,4 +690,237 @@ groups:
         }
     }
     assert_eq!(holders, 1, "one survivor evaluates the group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_past_retention_are_retired_and_deleted_from_s3() {
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let settings = ClusterSettings {
+        extra: "metrics_block_interval: 2s\nlifecycle_interval: 1s\nretired_grace: 1s\n".into(),
+        args: vec!["--retention".into(), "2m".into()],
+        ..ClusterSettings::default()
+    };
+    let nodes = engines.start_collectors(2, dir.path(), &settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let now_ms = crate::cluster_queries::now_nanos() / 1_000_000;
+    // Samples of 10 minutes ago (past retention) and of now, sent apart so
+    // they are cut into blocks of their own.
+    let send = |timestamp_ms: i64| {
+        let body = write_request(&[("old".to_string(), timestamp_ms, 1.0)]);
+        let body = if timestamp_ms >= now_ms {
+            write_request(&[("new".to_string(), timestamp_ms, 2.0)])
+        } else {
+            body
+        };
+        http.post(nodes[0].url("/api/v1/write"))
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(body)
+            .send()
+    };
+    let response = send(now_ms - 10 * 60_000).await.expect("the old write");
+    assert!(response.status().is_success(), "{}", response.status());
+    let metastore = Metastore::connect(&engines.postgres.url())
+        .await
+        .expect("the metastore");
+    // The old block is published, then retired and deleted.
+    let old_block = poll_until(
+        "the old sample's block to be published",
+        Duration::from_secs(30),
+        || async {
+            let (blocks, _) = metastore
+                .metric_snapshot(i64::MIN, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(blocks
+                .into_iter()
+                .find(|block| block.max_ms < now_ms - 5 * 60_000))
+        },
+    )
+    .await;
+    let response = send(now_ms).await.expect("the new write");
+    assert!(response.status().is_success(), "{}", response.status());
+    poll_until(
+        "the old block's row and objects to be gone",
+        Duration::from_secs(60),
+        || async {
+            let (blocks, _) = metastore
+                .metric_snapshot(i64::MIN, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            let listed = blocks
+                .iter()
+                .any(|block| block.block_id == old_block.block_id);
+            let object = engines
+                .s3
+                .get_object(&format!("blocks/{}/meta.json", old_block.block_id))
+                .await?;
+            Ok((!listed && object.is_none()).then_some(()))
+        },
+    )
+    .await;
+    // The new sample is still there, the old one is not.
+    let found = poll_until(
+        "the new sample to be queryable",
+        Duration::from_secs(30),
+        || async {
+            let found = stored(&http, &nodes[1], now_ms as f64 / 1000.0 + 1.0)
+                .await
+                .ok();
+            Ok(found.filter(|found| found.contains_key("new")))
+        },
+    )
+    .await;
+    assert!(!found.contains_key("old"), "{found:?}");
+    let retired: f64 = metric(&nodes[0], "sightline_cluster_blocks_retired_total").await
+        + metric(&nodes[1], "sightline_cluster_blocks_retired_total").await;
+    assert!(retired >= 1.0);
+}
+
+/// One OTLP/HTTP JSON export: a delta point of counter `orders` for each
+/// of `shards` (attribute `shard`), all with `value`, at `time_ns`.
+fn delta_export(shards: usize, value: f64, time_ns: i64) -> Value {
+    let points: Vec<Value> = (0..shards)
+        .map(|shard| {
+            serde_json::json!({
+                "attributes": [{"key": "shard", "value": {"stringValue": format!("s{shard}")}}],
+                "startTimeUnixNano": (time_ns - 1_000_000_000).to_string(),
+                "timeUnixNano": time_ns.to_string(),
+                "asDouble": value,
+            })
+        })
+        .collect();
+    serde_json::json!({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeMetrics": [{"metrics": [{
+            "name": "orders",
+            "sum": {"aggregationTemporality": 1, "isMonotonic": true, "dataPoints": points},
+        }]}],
+    }]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_delta_sums_sent_to_different_collectors_accumulate_at_their_owner() {
+    const SHARDS: usize = 8;
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let settings = ClusterSettings {
+        extra: "metrics_block_interval: 2s\n".into(),
+        ..ClusterSettings::default()
+    };
+    let mut nodes = engines.start_collectors(3, dir.path(), &settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let metastore = Metastore::connect(&engines.postgres.url())
+        .await
+        .expect("the metastore");
+    let base_ns = crate::cluster_queries::now_nanos() - 120_000_000_000;
+    let send = |node: usize, round: i64, nodes: &[CollectorProcess]| {
+        http.post(nodes[node].otlp_http_url("/v1/metrics"))
+            .json(&delta_export(
+                SHARDS,
+                round as f64,
+                base_ns + round * 1_000_000_000,
+            ))
+            .send()
+    };
+    // Rounds 1..=10 (each shard +round) over the three collectors in turn.
+    for round in 1..=10i64 {
+        let response = send((round % 3) as usize, round, &nodes)
+            .await
+            .expect("export");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    // Blocks hold them before an owner dies: the next owner starts each
+    // series from its last total there.
+    poll_until(
+        "blocks with the first deltas",
+        Duration::from_secs(30),
+        || async {
+            let (blocks, _) = metastore
+                .metric_snapshot(i64::MIN, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((blocks.len() >= 2).then_some(()))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes[2].kill9();
+    for round in 11..=20i64 {
+        let response = send((round % 2) as usize, round, &nodes)
+            .await
+            .expect("export");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    // Every shard's total: 1 + 2 + ... + 20.
+    let at_s = (base_ns + 21 * 1_000_000_000) as f64 / 1e9;
+    let totals = poll_until(
+        "every shard's total to be 210",
+        Duration::from_secs(60),
+        || async {
+            let body: Value = http
+                .post(nodes[0].url("/api/v1/query"))
+                .form(&[
+                    ("query", "orders_total".to_string()),
+                    ("time", format!("{at_s:.3}")),
+                ])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if body["status"] != "success" {
+                return Ok(None);
+            }
+            let totals: BTreeMap<String, f64> = body["data"]["result"]
+                .as_array()
+                .map(|series| {
+                    series
+                        .iter()
+                        .filter_map(|one| {
+                            Some((
+                                one["metric"]["shard"].as_str()?.to_string(),
+                                one["value"][1].as_str()?.parse().ok()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(
+                (totals.len() == SHARDS && totals.values().all(|total| *total == 210.0))
+                    .then_some(totals),
+            )
+        },
+    )
+    .await;
+    assert_eq!(totals.len(), SHARDS);
+    // The samples in between are the running totals, in order.
+    let body: Value = http
+        .post(nodes[1].url("/api/v1/query"))
+        .form(&[
+            ("query", "orders_total{shard=\"s0\"}[1h]".to_string()),
+            ("time", format!("{at_s:.3}")),
+        ])
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("JSON");
+    let values: Vec<f64> = body["data"]["result"][0]["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|point| point[1].as_str().unwrap().parse().unwrap())
+        .collect();
+    let expected: Vec<f64> = (1..=20).map(|n: i64| (n * (n + 1) / 2) as f64).collect();
+    assert_eq!(values, expected);
 }
