@@ -610,15 +610,7 @@ async fn call(
     body: Vec<u8>,
     timeout: Duration,
 ) -> std::result::Result<Result<Vec<FreshAnswer>>, String> {
-    let mut request = http
-        .post(url)
-        .timeout(timeout)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|error| error.to_string())?;
+    let response = post_internal(http, token, url, body, timeout).await?;
     let status = response.status();
     if status == reqwest::StatusCode::BAD_REQUEST {
         let message = response.text().await.unwrap_or_default();
@@ -630,6 +622,26 @@ async fn call(
     }
     let answers: Vec<FreshAnswer> = response.json().await.map_err(|error| error.to_string())?;
     Ok(Ok(answers))
+}
+
+/// POSTs a JSON `body` to another node's internal API, with the nodes'
+/// shared token: its response, or why it could not be sent.
+pub(crate) async fn post_internal(
+    http: &reqwest::Client,
+    token: Option<&str>,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> std::result::Result<reqwest::Response, String> {
+    let mut request = http
+        .post(url)
+        .timeout(timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.map_err(|error| error.to_string())
 }
 
 /// The timestamp of the `k`-th nearest hit: the k-th newest of `hits` when

@@ -73,6 +73,46 @@ pub struct SeriesData {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// Series from several sources (blocks, heads, nodes) merged into one
+/// answer: sorted by labels, each series' samples in time order, each
+/// timestamp once (the first added wins: a retried write stores a sample
+/// twice, and the same sample may be in a block and a head for a while).
+#[derive(Debug, Default)]
+pub struct SeriesMerge {
+    series: BTreeMap<Labels, Vec<(i64, f64)>>,
+}
+
+impl SeriesMerge {
+    pub fn add(&mut self, series: SeriesData) {
+        self.series
+            .entry(series.labels)
+            .or_default()
+            .extend(series.samples);
+    }
+
+    pub fn add_all(&mut self, series: impl IntoIterator<Item = SeriesData>) {
+        for one in series {
+            self.add(one);
+        }
+    }
+
+    /// A series by its labels alone (series listings).
+    pub fn add_labels(&mut self, labels: Labels) {
+        self.series.entry(labels).or_default();
+    }
+
+    pub fn finish(self) -> Vec<SeriesData> {
+        self.series
+            .into_iter()
+            .map(|(labels, mut samples)| {
+                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
+                SeriesData { labels, samples }
+            })
+            .collect()
+    }
+}
+
 /// Errors of the time-series store.
 #[derive(Debug, thiserror::Error)]
 pub enum TsdbError {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sightline_store::PartitionId;
-use sightline_tsdb::{Block, LabelMatcher, MetricStore, SeriesData};
+use sightline_tsdb::{Block, LabelMatcher, MetricStore, SeriesData, SeriesMerge};
 use tokio::sync::watch;
 
 use super::HeadPart;
@@ -68,32 +68,19 @@ impl OwnedHead {
         if !known {
             return None;
         }
-        let mut found: BTreeMap<sightline_tsdb::Labels, Vec<(i64, f64)>> = BTreeMap::new();
-        let mut add = |series: Vec<SeriesData>| {
-            for series in series {
-                found
-                    .entry(series.labels)
-                    .or_default()
-                    .extend(series.samples);
-            }
-        };
+        let mut found = SeriesMerge::default();
         for held in self
             .blocks
             .iter()
             .filter(|held| held.row.from >= checkpoint)
         {
             if series_only {
-                let labels = held.block.series(matchers, start_ms, end_ms);
-                add(labels
-                    .into_iter()
-                    .map(|labels| SeriesData {
-                        labels,
-                        samples: Vec::new(),
-                    })
-                    .collect());
+                for labels in held.block.series(matchers, start_ms, end_ms) {
+                    found.add_labels(labels);
+                }
             } else {
                 match held.block.select(matchers, start_ms, end_ms) {
-                    Ok(series) => add(series),
+                    Ok(series) => found.add_all(series),
                     Err(error) => return Some(Err(error.to_string())),
                 }
             }
@@ -101,29 +88,18 @@ impl OwnedHead {
         let head = self.head.reader();
         if series_only {
             match head.series(matchers, start_ms, end_ms) {
-                Ok(labels) => add(labels
+                Ok(labels) => labels
                     .into_iter()
-                    .map(|labels| SeriesData {
-                        labels,
-                        samples: Vec::new(),
-                    })
-                    .collect()),
+                    .for_each(|labels| found.add_labels(labels)),
                 Err(error) => return Some(Err(error.to_string())),
             }
         } else {
             match head.select(matchers, start_ms, end_ms) {
-                Ok(series) => add(series),
+                Ok(series) => found.add_all(series),
                 Err(error) => return Some(Err(error.to_string())),
             }
         }
-        Some(Ok(found
-            .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                SeriesData { labels, samples }
-            })
-            .collect()))
+        Some(Ok(found.finish()))
     }
 }
 

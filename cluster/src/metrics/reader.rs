@@ -21,7 +21,7 @@ use std::time::Duration;
 use sightline_store::PartitionId;
 use sightline_tsdb::promql::{QueryError, Queryable};
 use sightline_tsdb::{
-    Block, LabelMatcher, Labels, MatchKind, MetricMetadata, MetricReader, SeriesData,
+    Block, LabelMatcher, Labels, MatchKind, MetricMetadata, MetricReader, SeriesData, SeriesMerge,
 };
 
 use super::{HeadPart, MetricHeads, decode_heads, encode_heads};
@@ -255,23 +255,12 @@ impl ClusterMetrics {
         end_ms: i64,
     ) -> anyhow::Result<Vec<SeriesData>> {
         let (rows, _) = self.metastore.metric_snapshot(start_ms, end_ms).await?;
-        let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut merged = SeriesMerge::default();
         for row in rows.iter().filter(|row| row.partition == partition) {
             let block = self.block(row).await?;
-            for series in block.select(matchers, start_ms, end_ms)? {
-                merged
-                    .entry(series.labels)
-                    .or_default()
-                    .extend(series.samples);
-            }
+            merged.add_all(block.select(matchers, start_ms, end_ms)?);
         }
-        Ok(merged
-            .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                SeriesData { labels, samples }
-            })
-            .collect())
+        Ok(merged.finish())
     }
 
     /// Every series matching `matchers` in the range, from blocks and
@@ -344,23 +333,19 @@ impl ClusterMetrics {
                 .collect::<Vec<_>>()
                 .await
         });
-        let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut merged = SeriesMerge::default();
         for block in blocks {
             let block = block.map_err(|error| storage_error(format!("{error:#}")))?;
             if series_only {
                 for labels in block.series(matchers, start_ms, end_ms) {
-                    merged.entry(labels).or_default();
+                    merged.add_labels(labels);
                 }
             } else {
-                for series in block
-                    .select(matchers, start_ms, end_ms)
-                    .map_err(storage_error)?
-                {
-                    merged
-                        .entry(series.labels)
-                        .or_default()
-                        .extend(series.samples);
-                }
+                merged.add_all(
+                    block
+                        .select(matchers, start_ms, end_ms)
+                        .map_err(storage_error)?,
+                );
             }
         }
         for (node, answer) in self.runtime.block_on(remote).map_err(storage_error)? {
@@ -391,20 +376,11 @@ impl ClusterMetrics {
             )));
         }
         for part in by_partition.into_values() {
-            for series in part.series {
-                merged
-                    .entry(series.labels)
-                    .or_default()
-                    .extend(series.samples);
-            }
+            merged.add_all(part.series);
         }
         Ok(merged
+            .finish()
             .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                SeriesData { labels, samples }
-            })
             .filter(|series| series_only || !series.samples.is_empty())
             .collect())
     }
@@ -443,15 +419,7 @@ async fn call(
     url: &str,
     body: Vec<u8>,
 ) -> Result<Vec<HeadPart>, String> {
-    let mut request = http
-        .post(url)
-        .timeout(HEADS_TIMEOUT)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|error| error.to_string())?;
+    let response = crate::query::post_internal(http, token, url, body, HEADS_TIMEOUT).await?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|error| error.to_string())?;
     if !status.is_success() {

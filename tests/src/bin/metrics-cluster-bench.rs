@@ -18,8 +18,6 @@
 //! target/release/metrics-cluster-bench --samples 1000000
 //! ```
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sightline_tests::engines::{ClusterEngines, ClusterSettings};
@@ -27,8 +25,9 @@ use sightline_tests::{CollectorProcess, cpu_seconds, engines_cpu_seconds};
 
 /// Samples per remote-write request.
 const PER_REQUEST: usize = 2_000;
-/// Series of the ingest run: 200 metrics names x 50 instances.
-const INGEST_SERIES: usize = 10_000;
+/// Series of the ingest run: 200 metrics names x 80 instances, eight
+/// requests a round.
+const INGEST_SERIES: usize = 16_000;
 /// The query run: 100 series, 6 hours at a 15 s scrape interval.
 const QUERY_SERIES: usize = 100;
 const QUERY_HOURS: i64 = 6;
@@ -80,7 +79,8 @@ async fn main() {
     // once the cluster has the same.
     let query_end_ms = now_ms();
     let query_requests = query_requests(query_end_ms);
-    send_all(&http, &[&embedded], &query_requests, clients).await;
+    // One writer: each request holds the next 20 minutes of every series.
+    send_all(&http, &[&embedded], &query_requests, 1).await;
     for size in [1usize, 3] {
         let settings = ClusterSettings {
             stream_bytes: 4 << 30,
@@ -119,7 +119,7 @@ async fn main() {
         }
         // Query: the same 6 hours into the 3-node cluster, then asked of a
         // query node.
-        send_all(&http, &refs, &query_requests, clients).await;
+        send_all(&http, &refs, &query_requests, 1).await;
         let query_node = engines
             .start_collector(
                 "query",
@@ -256,38 +256,43 @@ fn query_requests(end_ms: i64) -> Vec<Vec<u8>> {
     requests
 }
 
+/// Whether the write was acknowledged; a refusal for the body itself
+/// (4xx) stops the bench, saying why.
 async fn post(http: &reqwest::Client, node: &CollectorProcess, body: &[u8]) -> bool {
-    http.post(node.url("/api/v1/write"))
+    let response = http
+        .post(node.url("/api/v1/write"))
         .header("content-type", "application/x-protobuf")
         .header("content-encoding", "snappy")
         .header("x-prometheus-remote-write-version", "0.1.0")
         .body(body.to_vec())
         .send()
-        .await
-        .is_ok_and(|response| response.status().is_success())
+        .await;
+    let Ok(response) = response else {
+        return false;
+    };
+    let status = response.status();
+    if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let text = response.text().await.unwrap_or_default();
+        panic!("a write was refused: {status}: {text}");
+    }
+    status.is_success()
 }
 
 /// Sends every request (retrying a refused one), `clients` at a time,
-/// spread over `nodes`.
+/// spread over `nodes`: writer `w` sends requests `w`, `w + clients`, ...
+/// in order, so with eight requests a round and a client count dividing
+/// eight, each series is written by one writer, in time order.
 async fn send_all(
     http: &reqwest::Client,
     nodes: &[&CollectorProcess],
     requests: &[Vec<u8>],
     clients: usize,
 ) {
-    let next = Arc::new(AtomicU64::new(0));
-    let writers = (0..clients).map(|client| {
-        let next = next.clone();
-        async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(body) = requests.get(index) else {
-                    return;
-                };
-                let node = nodes[(index + client) % nodes.len()];
-                while !post(http, node, body).await {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+    let writers = (0..clients).map(|client| async move {
+        for (index, body) in requests.iter().enumerate().skip(client).step_by(clients) {
+            let node = nodes[(index / clients) % nodes.len()];
+            while !post(http, node, body).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     });

@@ -141,19 +141,16 @@ fn write_request(series: &[(String, i64, f64)]) -> Vec<u8> {
     sightline_tests::remote_write_body(&series)
 }
 
-/// Raw samples of `rw_sample{series}` (a range selector's matrix), by
-/// series: the timestamps (ms) the cluster holds.
-async fn stored(
+/// An instant query's `data` at `at_s`, or why it failed.
+async fn instant(
     http: &reqwest::Client,
     node: &CollectorProcess,
+    query: &str,
     at_s: f64,
-) -> Result<BTreeMap<String, BTreeSet<i64>>, String> {
+) -> Result<Value, String> {
     let body: Value = http
         .post(node.url("/api/v1/query"))
-        .form(&[
-            ("query", "rw_sample[30m]".to_string()),
-            ("time", format!("{at_s:.3}")),
-        ])
+        .form(&[("query", query.to_string()), ("time", format!("{at_s:.3}"))])
         .send()
         .await
         .map_err(|error| error.to_string())?
@@ -163,8 +160,19 @@ async fn stored(
     if body["status"] != "success" {
         return Err(format!("query failed: {body}"));
     }
+    Ok(body["data"].clone())
+}
+
+/// Raw samples of `rw_sample{series}` (a range selector's matrix), by
+/// series: the timestamps (ms) the cluster holds.
+async fn stored(
+    http: &reqwest::Client,
+    node: &CollectorProcess,
+    at_s: f64,
+) -> Result<BTreeMap<String, BTreeSet<i64>>, String> {
+    let data = instant(http, node, "rw_sample[30m]", at_s).await?;
     let mut found = BTreeMap::new();
-    for series in body["data"]["result"].as_array().ok_or("no result")? {
+    for series in data["result"].as_array().ok_or("no result")? {
         let name = series["metric"]["series"].as_str().unwrap_or_default();
         let times: BTreeSet<i64> = series["values"]
             .as_array()
@@ -865,22 +873,10 @@ async fn otlp_delta_sums_sent_to_different_collectors_accumulate_at_their_owner(
         "every shard's total to be 210",
         Duration::from_secs(60),
         || async {
-            let body: Value = http
-                .post(nodes[0].url("/api/v1/query"))
-                .form(&[
-                    ("query", "orders_total".to_string()),
-                    ("time", format!("{at_s:.3}")),
-                ])
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if body["status"] != "success" {
+            let Ok(data) = instant(&http, &nodes[0], "orders_total", at_s).await else {
                 return Ok(None);
-            }
-            let totals: BTreeMap<String, f64> = body["data"]["result"]
+            };
+            let totals: BTreeMap<String, f64> = data["result"]
                 .as_array()
                 .map(|series| {
                     series
@@ -903,19 +899,10 @@ async fn otlp_delta_sums_sent_to_different_collectors_accumulate_at_their_owner(
     .await;
     assert_eq!(totals.len(), SHARDS);
     // The samples in between are the running totals, in order.
-    let body: Value = http
-        .post(nodes[1].url("/api/v1/query"))
-        .form(&[
-            ("query", "orders_total{shard=\"s0\"}[1h]".to_string()),
-            ("time", format!("{at_s:.3}")),
-        ])
-        .send()
+    let data = instant(&http, &nodes[1], "orders_total{shard=\"s0\"}[1h]", at_s)
         .await
-        .expect("query")
-        .json()
-        .await
-        .expect("JSON");
-    let values: Vec<f64> = body["data"]["result"][0]["values"]
+        .expect("the raw samples");
+    let values: Vec<f64> = data["result"][0]["values"]
         .as_array()
         .expect("values")
         .iter()

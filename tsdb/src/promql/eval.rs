@@ -181,7 +181,10 @@ impl Engine {
                 "zero or negative query resolution step".into(),
             ));
         }
-        let evaluator = Evaluator::new(storage, self, start_ms, end_ms, cancelled);
+        // Each step selects its window: fetched ahead, a few dozen selects
+        // serve every step.
+        let prefetch = super::prefetch::Prefetch::new(storage, end_ms - start_ms, step_ms);
+        let evaluator = Evaluator::new(&prefetch, self, start_ms, end_ms, cancelled);
         let mut series: Vec<Series> = Vec::new();
         let mut index_by_labels = StepIndex::default();
         let mut time_ms = start_ms;

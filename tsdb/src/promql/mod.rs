@@ -25,6 +25,7 @@
 
 mod eval;
 mod functions;
+mod prefetch;
 
 use std::collections::BTreeMap;
 

@@ -107,24 +107,10 @@ impl Queryable for ThroughLog<'_> {
         if self.written.series_count() == 0 {
             return Ok(stored);
         }
-        let mut merged: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-        for series in stored
-            .into_iter()
-            .chain(self.written.select(matchers, start_ms, end_ms)?)
-        {
-            merged
-                .entry(series.labels)
-                .or_default()
-                .extend(series.samples);
-        }
-        Ok(merged
-            .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                samples.dedup_by_key(|(timestamp_ms, _)| *timestamp_ms);
-                crate::SeriesData { labels, samples }
-            })
-            .collect())
+        let mut merged = crate::SeriesMerge::default();
+        merged.add_all(stored);
+        merged.add_all(self.written.select(matchers, start_ms, end_ms)?);
+        Ok(merged.finish())
     }
 }
 
