@@ -401,21 +401,21 @@ async fn run(
             window_start = Instant::now();
         }
         last = Some(newest);
-        let batches: Vec<Vec<(sightline_tsdb::Labels, i64, f64)>> = decoded
-            .into_iter()
-            .map(|message| match message.kind {
-                super::Kind::Samples => message.samples,
-                super::Kind::Deltas => totals.add(message.samples, &context.stats),
-            })
-            .collect();
+        // Every message read, in stream order, appended as one batch: one
+        // write (and fsync) of the head's WAL per read, not per message.
+        let mut samples: Vec<(sightline_tsdb::Labels, i64, f64)> = Vec::new();
+        for message in decoded {
+            match message.kind {
+                super::Kind::Samples => samples.extend(message.samples),
+                super::Kind::Deltas => samples.extend(totals.add(message.samples, &context.stats)),
+            }
+        }
         let (head, stats) = (head.clone(), context.stats.clone());
         let appended = tokio::task::spawn_blocking(move || {
-            for samples in batches {
-                let outcome = head.append(&samples)?;
-                stats
-                    .samples_refused
-                    .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
-            }
+            let outcome = head.append(&samples)?;
+            stats
+                .samples_refused
+                .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
             anyhow::Ok(())
         })
         .await;
