@@ -484,25 +484,28 @@ async fn each_target_is_scraped_by_one_node_as_nodes_leave_and_join() {
     wait_settled(&metastore, &["c0", "c1"]).await;
     assert_each_scraped_once(&http, &[&nodes[0], &nodes[1]], &targets, "c2 gone").await;
 
-    // c2 joins again: it wins its slots back, handed off by the others.
+    // c2 joins again: it wins its slots back, handed off by the others, so
+    // the targets are split as they were (c2's share may be none of the
+    // eight: the split is rendezvous hashing's).
     nodes[2] = engines.start_collector("c2", dir.path(), &settings).await;
     wait_settled(&metastore, &["c0", "c1", "c2"]).await;
     poll_until(
-        "c2 to scrape targets again",
+        "the first split to come back",
         Duration::from_secs(60),
         || async {
             let up = scraping(&http, &[&nodes[0], &nodes[1], &nodes[2]]).await;
-            Ok((!up[2].is_empty()).then_some(()))
+            Ok((up == split).then_some(()))
         },
     )
     .await;
-    assert_each_scraped_once(
+    let back = assert_each_scraped_once(
         &http,
         &[&nodes[0], &nodes[1], &nodes[2]],
         &targets,
         "c2 back",
     )
     .await;
+    assert_eq!(back, split);
 }
 
 /// RFC 3339 (as Alertmanager and the rules API write it) to Unix seconds.
