@@ -70,7 +70,7 @@ use sightline_tsdb::promql::{
     parse_duration, parse_selector,
 };
 use sightline_tsdb::rules::{AlertState, AlertStatus, RuleHealth, RuleKind, RuleStatus};
-use sightline_tsdb::{LabelMatcher, Labels, MatchKind, MetricReader};
+use sightline_tsdb::{LabelMatcher, Labels, MetricReader};
 use sightline_vocab::clock::now_ms;
 use sightline_vocab::names::is_label_name;
 use tokio::sync::Semaphore;
@@ -731,7 +731,7 @@ async fn label_names(
             return store.label_names();
         }
         let selectors = if selectors.is_empty() {
-            vec![any_series()]
+            vec![LabelMatcher::any_series()]
         } else {
             selectors
         };
@@ -745,14 +745,6 @@ async fn label_names(
     .await?;
     let warnings = truncate(&mut names, limit);
     Ok(success(names, warnings))
-}
-
-/// A selector every series matches.
-fn any_series() -> Vec<LabelMatcher> {
-    vec![
-        LabelMatcher::new(MatchKind::Regex, sightline_tsdb::METRIC_NAME, ".+")
-            .expect("a constant regex compiles"),
-    ]
 }
 
 /// `GET /api/v1/label/{name}/values`
@@ -779,7 +771,7 @@ async fn label_values(
             return store.label_values(&name);
         }
         let selectors = if selectors.is_empty() {
-            vec![any_series()]
+            vec![LabelMatcher::any_series()]
         } else {
             selectors
         };

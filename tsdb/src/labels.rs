@@ -187,6 +187,14 @@ impl LabelMatcher {
         })
     }
 
+    /// A selector every series matches: `{__name__=~".+"}`.
+    pub fn any_series() -> Vec<LabelMatcher> {
+        vec![
+            LabelMatcher::new(MatchKind::Regex, METRIC_NAME, ".+")
+                .expect("a constant regex compiles"),
+        ]
+    }
+
     /// Shorthand for an `=` matcher.
     pub fn equal(name: &str, value: &str) -> Self {
         LabelMatcher {

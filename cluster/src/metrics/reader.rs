@@ -428,14 +428,6 @@ async fn call(
     decode_heads(&bytes)
 }
 
-/// A selector every series matches.
-fn any_series() -> Vec<LabelMatcher> {
-    vec![
-        LabelMatcher::new(MatchKind::Regex, sightline_tsdb::METRIC_NAME, ".+")
-            .expect("a constant regex compiles"),
-    ]
-}
-
 impl Queryable for ClusterMetrics {
     fn select(
         &self,
@@ -463,7 +455,7 @@ impl MetricReader for ClusterMetrics {
 
     fn label_names(&self) -> Result<Vec<String>, QueryError> {
         let mut names = std::collections::BTreeSet::new();
-        for labels in self.series(&any_series(), i64::MIN, i64::MAX)? {
+        for labels in self.series(&LabelMatcher::any_series(), i64::MIN, i64::MAX)? {
             names.extend(labels.iter().map(|(name, _)| name.to_string()));
         }
         Ok(names.into_iter().collect())
@@ -471,7 +463,7 @@ impl MetricReader for ClusterMetrics {
 
     fn label_values(&self, name: &str) -> Result<Vec<String>, QueryError> {
         let mut values = std::collections::BTreeSet::new();
-        for labels in self.series(&any_series(), i64::MIN, i64::MAX)? {
+        for labels in self.series(&LabelMatcher::any_series(), i64::MIN, i64::MAX)? {
             let value = labels.get(name);
             if !value.is_empty() {
                 values.insert(value.to_string());

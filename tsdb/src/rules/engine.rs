@@ -61,15 +61,7 @@ impl RuleStorage for &MetricStore {
 
     fn write(&mut self, samples: &[(Labels, i64, f64)]) -> Result<(), String> {
         let outcome = self.append(samples).map_err(|error| error.to_string())?;
-        match outcome.rejected.first() {
-            Some((index, error)) => Err(format!(
-                "{} of {} samples rejected, first {}: {error}",
-                outcome.rejected.len(),
-                samples.len(),
-                samples[*index].0
-            )),
-            None => Ok(()),
-        }
+        rejections(&outcome, samples)
     }
 }
 
@@ -127,15 +119,23 @@ impl RuleStorage for ThroughLog<'_> {
         for (labels, timestamp_ms, value) in samples {
             self.written.append(labels, *timestamp_ms, *value);
         }
-        match outcome.rejected.first() {
-            Some((index, error)) => Err(format!(
-                "{} of {} samples rejected, first {}: {error}",
-                outcome.rejected.len(),
-                samples.len(),
-                samples[*index].0
-            )),
-            None => Ok(()),
-        }
+        rejections(&outcome, samples)
+    }
+}
+
+/// A rule write's refused samples as its error: how many, and the first.
+fn rejections(
+    outcome: &crate::AppendOutcome,
+    samples: &[(Labels, i64, f64)],
+) -> Result<(), String> {
+    match outcome.rejected.first() {
+        Some((index, error)) => Err(format!(
+            "{} of {} samples rejected, first {}: {error}",
+            outcome.rejected.len(),
+            samples.len(),
+            samples[*index].0
+        )),
+        None => Ok(()),
     }
 }
 
