@@ -130,8 +130,8 @@ pub struct ClusterConfig {
         deserialize_with = "duration"
     )]
     pub metrics_block_interval: Duration,
-    /// Bytes of decoded blocks a node keeps in memory for queries (least
-    /// recently used evicted first).
+    /// Bytes of block indexes and series chunks a node keeps in memory for
+    /// queries (least recently used evicted first).
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: u64,
     /// `false` makes a query node: it takes writes (publishing them) and

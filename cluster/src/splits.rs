@@ -480,6 +480,35 @@ impl SplitStorage {
         Ok(object.bytes().await?)
     }
 
+    /// The object at `relative`, or `None` when there is none.
+    pub(crate) async fn get_opt(&self, relative: &str) -> anyhow::Result<Option<bytes::Bytes>> {
+        match self.get(relative).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error)
+                if error
+                    .downcast_ref::<object_store::Error>()
+                    .is_some_and(|error| matches!(error, object_store::Error::NotFound { .. })) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Byte ranges of the object at `relative` (nearby ranges are fetched
+    /// by one request: `object_store` coalesces them).
+    pub(crate) async fn get_ranges(
+        &self,
+        relative: &str,
+        ranges: &[std::ops::Range<u64>],
+    ) -> anyhow::Result<Vec<bytes::Bytes>> {
+        let key = format!("{}{relative}", self.prefix);
+        self.store
+            .get_ranges(&ObjectPath::from(key.as_str()), ranges)
+            .await
+            .with_context(|| format!("failed to read {} ranges of {key}", ranges.len()))
+    }
+
     /// Deletes every object under `relative` (under the storage's prefix);
     /// objects already gone are fine.
     pub(crate) async fn delete_under(&self, relative: &str) -> anyhow::Result<()> {

@@ -275,7 +275,75 @@ fn sync_dir(dir: &Path) -> Result<(), TsdbError> {
 
 type BlockContents = (LabelIndex, Vec<Box<[SealedChunk]>>);
 
+/// Where each series' chunk records lie in `series.bin` (byte offsets from
+/// its start), by series id.
+pub(crate) type ChunkRanges = Vec<std::ops::Range<usize>>;
+
+/// Reads `count` chunk records (header and Gorilla bytes each), the first
+/// one's `first_ms` relative to `min_ms`.
+pub(crate) fn read_chunk_records(
+    cursor: &mut Cursor<'_>,
+    count: u64,
+    min_ms: i64,
+) -> Option<Vec<SealedChunk>> {
+    let mut chunks = Vec::with_capacity((count as usize).min(cursor.bytes.len()));
+    let mut previous_ms = min_ms;
+    for _ in 0..count {
+        let first_ms = previous_ms.wrapping_add(unzigzag(cursor.varint()?));
+        let last_ms = first_ms.wrapping_add(unzigzag(cursor.varint()?));
+        let count = u16::try_from(cursor.varint()?).ok()?;
+        let length = usize::try_from(cursor.varint()?).ok()?;
+        let bytes = cursor.take(length)?.into();
+        chunks.push(SealedChunk {
+            first_ms,
+            last_ms,
+            count,
+            bytes,
+        });
+        previous_ms = last_ms;
+    }
+    Some(chunks)
+}
+
+/// Reads a version 2 `series.bin` whose magic and checksum were checked:
+/// the index, the chunks and each series' chunk byte range.
+pub(crate) fn read_v2_with_ranges(
+    data: &[u8],
+    min_ms: i64,
+) -> Result<(BlockContents, ChunkRanges), &'static str> {
+    let body = &data[MAGIC.len()..data.len() - 4];
+    let mut cursor = Cursor { bytes: body };
+    let mut ranges = Vec::new();
+    let (index, chunks) = read_v2_inner(&mut cursor, min_ms, |before, after| {
+        let start = MAGIC.len() + body.len() - before;
+        ranges.push(start..MAGIC.len() + body.len() - after);
+    })?;
+    Ok(((index, chunks), ranges))
+}
+
+/// Checks the magic and checksum of a version 2 `series.bin`.
+pub(crate) fn check_v2(data: &[u8]) -> Result<(), &'static str> {
+    if data.len() < MAGIC.len() + 4 || &data[..MAGIC.len()] != MAGIC {
+        return Err("bad magic");
+    }
+    let (body, checksum) = data.split_at(data.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != checksum {
+        return Err("checksum mismatch");
+    }
+    Ok(())
+}
+
 fn read_v2(cursor: &mut Cursor<'_>, min_ms: i64) -> Result<BlockContents, &'static str> {
+    read_v2_inner(cursor, min_ms, |_, _| {})
+}
+
+/// `chunk_records(remaining before, remaining after)` is told, per series,
+/// how many bytes were left before and after its chunk records.
+fn read_v2_inner(
+    cursor: &mut Cursor<'_>,
+    min_ms: i64,
+    mut chunk_records: impl FnMut(usize, usize),
+) -> Result<BlockContents, &'static str> {
     let mut index = LabelIndex::default();
     let symbol_count = cursor.varint().ok_or("truncated symbol table")?;
     for expected in 0..symbol_count {
@@ -299,26 +367,9 @@ fn read_v2(cursor: &mut Cursor<'_>, min_ms: i64) -> Result<BlockContents, &'stat
         }
         index.add_interned(labels.into());
         let chunk_count = cursor.varint().ok_or("truncated chunk count")?;
-        let mut chunks = Vec::with_capacity((chunk_count as usize).min(cursor.bytes.len()));
-        let mut previous_ms = min_ms;
-        for _ in 0..chunk_count {
-            let mut read_chunk = || -> Option<SealedChunk> {
-                let first_ms = previous_ms.wrapping_add(unzigzag(cursor.varint()?));
-                let last_ms = first_ms.wrapping_add(unzigzag(cursor.varint()?));
-                let count = u16::try_from(cursor.varint()?).ok()?;
-                let length = usize::try_from(cursor.varint()?).ok()?;
-                let bytes = cursor.take(length)?.into();
-                Some(SealedChunk {
-                    first_ms,
-                    last_ms,
-                    count,
-                    bytes,
-                })
-            };
-            let chunk = read_chunk().ok_or("truncated chunk")?;
-            previous_ms = chunk.last_ms;
-            chunks.push(chunk);
-        }
+        let before = cursor.bytes.len();
+        let chunks = read_chunk_records(cursor, chunk_count, min_ms).ok_or("truncated chunk")?;
+        chunk_records(before, cursor.bytes.len());
         all_chunks.push(chunks.into_boxed_slice());
     }
     if !cursor.bytes.is_empty() {

@@ -272,6 +272,11 @@ impl SymbolTable {
         self.ids.get(text).copied()
     }
 
+    /// How many strings it holds (ids are `0..len`).
+    pub(crate) fn len(&self) -> usize {
+        self.strings.len()
+    }
+
     /// The string of a symbol id (ids come from this table).
     pub(crate) fn get(&self, id: u32) -> &str {
         self.strings.get(id as usize).map_or("", |text| text)
@@ -327,6 +332,11 @@ impl LabelIndex {
         }
         self.series.push(labels);
         id
+    }
+
+    /// Series `id`'s label set as symbol ids.
+    pub(crate) fn interned(&self, id: u32) -> &InternedLabels {
+        &self.series[id as usize]
     }
 
     /// The label set of series `id`.

@@ -38,6 +38,7 @@
 //! rejected.
 
 mod block;
+mod block_index;
 mod chunk;
 mod labels;
 mod shared;
@@ -51,6 +52,7 @@ use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
+pub use block_index::{BlockIndex, SeriesChunks};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
 
 use labels::{FastHash, LabelIndex, map_heap_bytes};

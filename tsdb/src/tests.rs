@@ -475,3 +475,94 @@ fn series_whose_label_hashes_collide_stay_apart() {
     head.append(1, 1_000, 2.0).unwrap();
     assert_eq!(head.series[0].newest_ms(), None);
 }
+
+#[test]
+fn a_block_index_reads_the_same_series_as_the_block_from_byte_ranges_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = varied_series();
+    let mut store = open(dir.path());
+    // 300 chunks' worth for the first series (several chunks), one or two
+    // samples for the others, some of them outside the queried range.
+    for step in 0..300i64 {
+        store.append(&all[0], step * 15_000, step as f64).unwrap();
+    }
+    for (index, labels) in all.iter().enumerate().skip(1) {
+        store
+            .append(labels, 1_000 + index as i64, index as f64)
+            .unwrap();
+        if index % 3 == 0 {
+            store.append(labels, 4_000_000, 0.5).unwrap();
+        }
+    }
+    store.commit().unwrap();
+    let path = store.cut_block().unwrap().unwrap();
+    let meta = std::fs::read(path.join("meta.json")).unwrap();
+    let series_bin = std::fs::read(path.join("series.bin")).unwrap();
+    let block = Block::open(&path).unwrap();
+    let index_bin = BlockIndex::build(&path, &meta, &series_bin).unwrap();
+    assert!(index_bin.len() < series_bin.len());
+    let index = BlockIndex::decode(&path, &index_bin).unwrap();
+    assert_eq!(index.meta(), block.meta());
+
+    let read = |matchers: &[LabelMatcher], start_ms: i64, end_ms: i64| {
+        let mut read_bytes = 0;
+        let mut found = Vec::new();
+        for id in index.matching(matchers, start_ms, end_ms) {
+            let range = index.byte_range(id);
+            read_bytes += range.end - range.start;
+            let bytes = &series_bin[range.start as usize..range.end as usize];
+            let chunks = index.read_chunks(id, bytes).unwrap();
+            found.extend(index.samples(id, &chunks, start_ms, end_ms).unwrap());
+        }
+        (found, read_bytes)
+    };
+    for matchers in matcher_sets() {
+        for (start_ms, end_ms) in [(0, i64::MAX), (2_000, 3_000_000), (3_000_000, 5_000_000)] {
+            let (found, _) = read(&matchers, start_ms, end_ms);
+            assert_eq!(
+                found,
+                block.select(&matchers, start_ms, end_ms).unwrap(),
+                "{matchers:?} {start_ms}..{end_ms}"
+            );
+            assert_eq!(
+                index.series(&matchers, start_ms, end_ms),
+                block.series(&matchers, start_ms, end_ms),
+                "{matchers:?} {start_ms}..{end_ms}"
+            );
+        }
+        assert_eq!(
+            index.label_values("job", &matchers),
+            block.label_values("job", &matchers)
+        );
+    }
+    assert!(index.label_names().eq(block.label_names()));
+    // One series costs its own bytes, not the block's.
+    let (one, read_bytes) = read(
+        &[LabelMatcher::equal("instance", "host-42:9100")],
+        0,
+        i64::MAX,
+    );
+    assert_eq!(one.len(), 1);
+    assert!(read_bytes * 100 < series_bin.len() as u64, "{read_bytes}");
+
+    // A flipped byte in a series' range is caught by its checksum, with
+    // the block and series named.
+    let id = index.matching(
+        &[LabelMatcher::equal("instance", "host-42:9100")],
+        0,
+        i64::MAX,
+    )[0];
+    let range = index.byte_range(id);
+    let mut bytes = series_bin[range.start as usize..range.end as usize].to_vec();
+    bytes[0] ^= 0xff;
+    let error = index.read_chunks(id, &bytes).unwrap_err().to_string();
+    assert!(
+        error.contains("checksum") && error.contains(&format!("series {id}")),
+        "{error}"
+    );
+    // So is a corrupt index.
+    let mut broken = index_bin.clone();
+    broken[20] ^= 0xff;
+    let error = BlockIndex::decode(&path, &broken).unwrap_err().to_string();
+    assert!(error.contains("index checksum mismatch"), "{error}");
+}

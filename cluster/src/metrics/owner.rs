@@ -14,17 +14,18 @@
 //! still finds them here, not yet in its block list).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sightline_store::PartitionId;
-use sightline_tsdb::{Block, LabelMatcher, MetricStore, SeriesData, SeriesMerge};
+use sightline_tsdb::{Block, BlockIndex, LabelMatcher, MetricStore, SeriesData, SeriesMerge};
 use tokio::sync::watch;
 
 use super::HeadPart;
+use super::reader::INDEX_FILE;
 use crate::metastore::{BlockRow, Lease, PublishSplitError};
 use crate::node::Context;
 
@@ -255,7 +256,6 @@ async fn run(
                                 .is_none_or(|at| at.elapsed() < KEEP_PUBLISHED)
                         });
                     }
-                    context.metrics.adopt(&row, block);
                     if let Err(error) = context.log.purge_below(partition, row.to).await {
                         tracing::warn!(partition, %error, "purge failed; the next block's purge covers it");
                     }
@@ -586,7 +586,40 @@ async fn publish(
             return Err(Outcome::Retry);
         }
     };
-    for (file, bytes) in [("series.bin", series), ("meta.json", meta)] {
+    // The index readers fetch instead of the whole block (then only the
+    // byte ranges of the series they select).
+    let index = {
+        let (name, meta, series) = (
+            PathBuf::from(block_key(&row.block_id, INDEX_FILE)),
+            meta.clone(),
+            series.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let built = BlockIndex::build(&name, &meta, &series)?;
+            let index = BlockIndex::decode(&name, &built)?;
+            Ok::<_, sightline_tsdb::TsdbError>((Bytes::from(built), index))
+        })
+        .await
+    };
+    let (index_bytes, index) = match index {
+        Ok(Ok(index)) => index,
+        Ok(Err(error)) => {
+            // The block was written by this process a moment ago: a
+            // corrupt one is a bug or a disk fault; its samples stay in
+            // the stream, which is not purged below it.
+            tracing::error!(partition, %error, "indexing a cut block failed; retrying");
+            return Err(Outcome::Retry);
+        }
+        Err(error) => {
+            tracing::warn!(partition, %error, "indexing a cut block failed; retrying");
+            return Err(Outcome::Retry);
+        }
+    };
+    for (file, bytes) in [
+        ("series.bin", series),
+        (INDEX_FILE, index_bytes),
+        ("meta.json", meta),
+    ] {
         if let Err(error) = context
             .storage
             .put(&block_key(&row.block_id, file), bytes)
@@ -611,6 +644,7 @@ async fn publish(
                 .blocks_published
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(partition, block = %row.block_id, from = row.from, to = row.to, "published block");
+            context.metrics.adopt(row, Arc::new(index));
             let dir = block.path().to_path_buf();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             Ok(())

@@ -5,8 +5,11 @@
 //! range and every metrics partition's checkpoint; asks every live node for
 //! what its partitions hold past those checkpoints (its heads, and blocks
 //! cut but not yet in that list), this node's own heads in process; reads
-//! the blocks through a bounded cache of decoded blocks (downloaded once,
-//! least recently used evicted); and merges them by series, each timestamp
+//! the blocks as a store gateway does, never whole: each block's index
+//! (`index.bin`: postings, chunk time ranges, where each series' chunks lie
+//! in `series.bin`), then only the byte ranges of the series the query
+//! selects, both through one bounded cache (least recently used evicted);
+//! and merges them by series, each timestamp
 //! once (a retried write stores a sample twice; the same sample is in a
 //! block and an owner's memory for a moment after a publish). Every
 //! metrics partition must be answered by its owner: a partition whose owner
@@ -21,7 +24,8 @@ use std::time::Duration;
 use sightline_store::PartitionId;
 use sightline_tsdb::promql::{QueryError, Queryable};
 use sightline_tsdb::{
-    Block, LabelMatcher, Labels, MatchKind, MetricMetadata, MetricReader, SeriesData, SeriesMerge,
+    BlockIndex, LabelMatcher, Labels, MatchKind, MetricMetadata, MetricReader, SeriesChunks,
+    SeriesData, SeriesMerge,
 };
 
 use super::{HeadPart, MetricHeads, decode_heads, encode_heads};
@@ -35,7 +39,10 @@ pub const METRICS_PATH: &str = "/internal/v1/metrics";
 /// How long a root waits for a node's heads.
 const HEADS_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Blocks downloaded at once by one query.
+/// The object beside a block's `series.bin` that indexes it.
+pub(crate) const INDEX_FILE: &str = "index.bin";
+
+/// Blocks read at once by one query.
 const CONCURRENT_DOWNLOADS: usize = 8;
 
 /// A root's question to a node about its heads.
@@ -81,6 +88,7 @@ fn matchers_of(wire: &[(String, String, String)]) -> Result<Vec<LabelMatcher>, S
 pub struct BlockCacheStats {
     pub hits: AtomicU64,
     pub downloads: AtomicU64,
+    pub range_reads: AtomicU64,
     pub downloaded_bytes: AtomicU64,
     pub evictions: AtomicU64,
     pub cached_bytes: AtomicU64,
@@ -95,31 +103,37 @@ impl BlockCacheStats {
             (
                 "sightline_cluster_block_cache_hits_total",
                 "counter",
-                "Block reads answered from the decoded-block cache.",
+                "Block indexes and series chunks answered from the block cache.",
                 load(&self.hits),
             ),
             (
                 "sightline_cluster_block_downloads_total",
                 "counter",
-                "Blocks of samples fetched from object storage.",
+                "Block indexes fetched from object storage.",
                 load(&self.downloads),
+            ),
+            (
+                "sightline_cluster_block_range_reads_total",
+                "counter",
+                "Series' chunk byte ranges fetched from object storage.",
+                load(&self.range_reads),
             ),
             (
                 "sightline_cluster_block_downloaded_bytes_total",
                 "counter",
-                "Bytes of blocks fetched from object storage.",
+                "Bytes of block indexes and chunks fetched from object storage.",
                 load(&self.downloaded_bytes),
             ),
             (
                 "sightline_cluster_block_cache_evictions_total",
                 "counter",
-                "Blocks evicted from the decoded-block cache.",
+                "Block indexes and series chunks evicted from the block cache.",
                 load(&self.evictions),
             ),
             (
                 "sightline_cluster_block_cache_bytes",
                 "gauge",
-                "Bytes of decoded blocks the cache holds.",
+                "Bytes of block indexes and series chunks the cache holds.",
                 load(&self.cached_bytes),
             ),
         ] {
@@ -131,21 +145,42 @@ impl BlockCacheStats {
     }
 }
 
-/// Decoded blocks by id, least recently used evicted past `limit` bytes.
+/// What the block cache holds: a block's index, or one series' chunks.
+#[derive(Clone)]
+enum Cached {
+    Index(Arc<BlockIndex>),
+    Chunks(Arc<SeriesChunks>),
+}
+
+impl Cached {
+    fn bytes(&self) -> u64 {
+        match self {
+            Cached::Index(index) => index.heap_bytes(),
+            Cached::Chunks(chunks) => chunks.bytes(),
+        }
+    }
+}
+
+/// Key of a block's index in the cache (series ids are below it).
+const INDEX: u32 = u32::MAX;
+
+/// Block indexes and series chunks by (block id, series id or [`INDEX`]),
+/// least recently used evicted past `limit` bytes: like a store gateway's
+/// index-header and chunks caches, in one budget.
 struct BlockCache {
-    blocks: Mutex<lru::LruCache<String, Arc<Block>>>,
+    entries: Mutex<lru::LruCache<(String, u32), Cached>>,
     bytes: AtomicU64,
     limit: u64,
     stats: Arc<BlockCacheStats>,
 }
 
 impl BlockCache {
-    fn get(&self, block_id: &str) -> Option<Arc<Block>> {
+    fn get(&self, block_id: &str, series: u32) -> Option<Cached> {
         let found = self
-            .blocks
+            .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(block_id)
+            .get(&(block_id.to_string(), series))
             .cloned();
         if found.is_some() {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -153,23 +188,147 @@ impl BlockCache {
         found
     }
 
-    fn insert(&self, block_id: &str, block: Arc<Block>) {
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let size = block.bytes();
-        if let Some(previous) = blocks.put(block_id.to_string(), block) {
+    fn insert(&self, block_id: &str, series: u32, value: Cached) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let size = value.bytes();
+        if let Some(previous) = entries.put((block_id.to_string(), series), value) {
             self.bytes.fetch_sub(previous.bytes(), Ordering::Relaxed);
         }
         let mut total = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
         // Always keep the newest, even when it alone is over the limit:
         // the query that loaded it reads it next.
-        while total > self.limit && blocks.len() > 1 {
-            let Some((_, evicted)) = blocks.pop_lru() else {
+        while total > self.limit && entries.len() > 1 {
+            let Some((_, evicted)) = entries.pop_lru() else {
                 break;
             };
-            total = self.bytes.fetch_sub(evicted.bytes(), Ordering::Relaxed) - evicted.bytes();
+            let size = evicted.bytes();
+            total = self.bytes.fetch_sub(size, Ordering::Relaxed) - size;
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.cached_bytes.store(total, Ordering::Relaxed);
+    }
+}
+
+/// Reads published blocks from object storage through the block cache.
+pub(crate) struct BlockReader {
+    storage: SplitStorage,
+    cache: BlockCache,
+}
+
+impl BlockReader {
+    pub(crate) fn new(storage: SplitStorage, cache_bytes: u64) -> BlockReader {
+        BlockReader {
+            storage,
+            cache: BlockCache {
+                entries: Mutex::new(lru::LruCache::unbounded()),
+                bytes: AtomicU64::new(0),
+                limit: cache_bytes,
+                stats: Arc::default(),
+            },
+        }
+    }
+
+    /// The index of block `block_id`, from the cache or object storage (a
+    /// block published before blocks had an `index.bin` is downloaded
+    /// whole once and its index built here).
+    async fn index(&self, block_id: &str) -> anyhow::Result<Arc<BlockIndex>> {
+        if let Some(Cached::Index(index)) = self.cache.get(block_id, INDEX) {
+            return Ok(index);
+        }
+        let index_key = super::owner::block_key(block_id, INDEX_FILE);
+        let name = std::path::PathBuf::from(&index_key);
+        let (bytes, fetched) = match self.storage.get_opt(&index_key).await? {
+            Some(bytes) => {
+                let fetched = bytes.len();
+                (bytes, fetched)
+            }
+            None => {
+                let (meta_key, series_key) = (
+                    super::owner::block_key(block_id, "meta.json"),
+                    super::owner::block_key(block_id, "series.bin"),
+                );
+                let (meta, series) =
+                    futures::try_join!(self.storage.get(&meta_key), self.storage.get(&series_key))?;
+                let fetched = meta.len() + series.len();
+                let name = name.clone();
+                let built =
+                    tokio::task::spawn_blocking(move || BlockIndex::build(&name, &meta, &series))
+                        .await??;
+                (bytes::Bytes::from(built), fetched)
+            }
+        };
+        self.cache.stats.downloads.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .stats
+            .downloaded_bytes
+            .fetch_add(fetched as u64, Ordering::Relaxed);
+        let index = Arc::new(
+            tokio::task::spawn_blocking(move || BlockIndex::decode(&name, &bytes)).await??,
+        );
+        self.cache
+            .insert(block_id, INDEX, Cached::Index(index.clone()));
+        Ok(index)
+    }
+
+    /// Series of block `block_id` matching `matchers` in the range: its index,
+    /// then the chunks of the selected series only (from the cache, the
+    /// others by byte-range reads of `series.bin`). Label sets only, no
+    /// samples, when `series_only`.
+    pub(crate) async fn read_block(
+        &self,
+        block_id: &str,
+        matchers: &[LabelMatcher],
+        start_ms: i64,
+        end_ms: i64,
+        series_only: bool,
+    ) -> anyhow::Result<Vec<SeriesData>> {
+        let index = self.index(block_id).await?;
+        let ids = index.matching(matchers, start_ms, end_ms);
+        if series_only {
+            return Ok(ids
+                .into_iter()
+                .map(|id| SeriesData {
+                    labels: index.labels(id),
+                    samples: Vec::new(),
+                })
+                .collect());
+        }
+        let mut chunks: Vec<Option<Arc<SeriesChunks>>> = ids
+            .iter()
+            .map(|id| match self.cache.get(block_id, *id) {
+                Some(Cached::Chunks(chunks)) => Some(chunks),
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|at| chunks[*at].is_none()).collect();
+        if !missing.is_empty() {
+            let ranges: Vec<std::ops::Range<u64>> = missing
+                .iter()
+                .map(|at| index.byte_range(ids[*at]))
+                .collect();
+            let series_key = super::owner::block_key(block_id, "series.bin");
+            let fetched = self.storage.get_ranges(&series_key, &ranges).await?;
+            let stats = &self.cache.stats;
+            stats
+                .range_reads
+                .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+            for (at, bytes) in missing.into_iter().zip(fetched) {
+                stats
+                    .downloaded_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let read = Arc::new(index.read_chunks(ids[at], &bytes)?);
+                self.cache
+                    .insert(block_id, ids[at], Cached::Chunks(read.clone()));
+                chunks[at] = Some(read);
+            }
+        }
+        let mut found = Vec::with_capacity(ids.len());
+        for (id, chunks) in ids.into_iter().zip(chunks) {
+            if let Some(chunks) = chunks {
+                found.extend(index.samples(id, &chunks, start_ms, end_ms)?);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -177,8 +336,7 @@ impl BlockCache {
 /// store.
 pub struct ClusterMetrics {
     metastore: Arc<Metastore>,
-    storage: SplitStorage,
-    cache: BlockCache,
+    blocks: BlockReader,
     heads: Arc<MetricHeads>,
     peers: Peers,
     runtime: tokio::runtime::Handle,
@@ -198,13 +356,7 @@ impl ClusterMetrics {
     ) -> ClusterMetrics {
         ClusterMetrics {
             metastore,
-            storage,
-            cache: BlockCache {
-                blocks: Mutex::new(lru::LruCache::unbounded()),
-                bytes: AtomicU64::new(0),
-                limit: cache_bytes,
-                stats: Arc::default(),
-            },
+            blocks: BlockReader::new(storage, cache_bytes),
             heads,
             peers,
             runtime: tokio::runtime::Handle::current(),
@@ -213,36 +365,15 @@ impl ClusterMetrics {
 
     /// The block cache's counters.
     pub fn cache_stats(&self) -> Arc<BlockCacheStats> {
-        self.cache.stats.clone()
+        self.blocks.cache.stats.clone()
     }
 
-    /// A block this node published: queries here read it without a download.
-    pub(crate) fn adopt(&self, row: &BlockRow, block: Arc<Block>) {
-        self.cache.insert(&row.block_id, block);
-    }
-
-    /// The block of `row`, from the cache or object storage.
-    async fn block(&self, row: &BlockRow) -> anyhow::Result<Arc<Block>> {
-        if let Some(block) = self.cache.get(&row.block_id) {
-            return Ok(block);
-        }
-        let (meta_key, series_key) = (
-            super::owner::block_key(&row.block_id, "meta.json"),
-            super::owner::block_key(&row.block_id, "series.bin"),
-        );
-        let (meta, series) =
-            futures::try_join!(self.storage.get(&meta_key), self.storage.get(&series_key))?;
-        self.cache.stats.downloads.fetch_add(1, Ordering::Relaxed);
-        self.cache
-            .stats
-            .downloaded_bytes
-            .fetch_add(series.len() as u64, Ordering::Relaxed);
-        let name = std::path::PathBuf::from(series_key);
-        let block =
-            tokio::task::spawn_blocking(move || Block::decode(&name, &meta, &series)).await??;
-        let block = Arc::new(block);
-        self.cache.insert(&row.block_id, block.clone());
-        Ok(block)
+    /// A block this node published: queries here read its index without a
+    /// download.
+    pub(crate) fn adopt(&self, row: &BlockRow, index: Arc<BlockIndex>) {
+        self.blocks
+            .cache
+            .insert(&row.block_id, INDEX, Cached::Index(index));
     }
 
     /// Series of `partition`'s published blocks matching `matchers` in the
@@ -257,8 +388,11 @@ impl ClusterMetrics {
         let (rows, _) = self.metastore.metric_snapshot(start_ms, end_ms).await?;
         let mut merged = SeriesMerge::default();
         for row in rows.iter().filter(|row| row.partition == partition) {
-            let block = self.block(row).await?;
-            merged.add_all(block.select(matchers, start_ms, end_ms)?);
+            merged.add_all(
+                self.blocks
+                    .read_block(&row.block_id, matchers, start_ms, end_ms, false)
+                    .await?,
+            );
         }
         Ok(merged.finish())
     }
@@ -328,24 +462,23 @@ impl ClusterMetrics {
             .map_err(QueryError::Storage)?;
         let blocks = self.runtime.block_on(async {
             use futures::StreamExt as _;
-            futures::stream::iter(rows.iter().map(|row| self.block(row)))
-                .buffer_unordered(CONCURRENT_DOWNLOADS)
-                .collect::<Vec<_>>()
-                .await
+            futures::stream::iter(rows.iter().map(|row| {
+                self.blocks
+                    .read_block(&row.block_id, matchers, start_ms, end_ms, series_only)
+            }))
+            .buffer_unordered(CONCURRENT_DOWNLOADS)
+            .collect::<Vec<_>>()
+            .await
         });
         let mut merged = SeriesMerge::default();
         for block in blocks {
             let block = block.map_err(|error| storage_error(format!("{error:#}")))?;
             if series_only {
-                for labels in block.series(matchers, start_ms, end_ms) {
-                    merged.add_labels(labels);
+                for series in block {
+                    merged.add_labels(series.labels);
                 }
             } else {
-                merged.add_all(
-                    block
-                        .select(matchers, start_ms, end_ms)
-                        .map_err(storage_error)?,
-                );
+                merged.add_all(block);
             }
         }
         for (node, answer) in self.runtime.block_on(remote).map_err(storage_error)? {
@@ -503,5 +636,134 @@ pub(crate) async fn serve(
             message,
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightline_tsdb::{Block, TimeSeriesStore};
+
+    /// A block of 500 series x 40 samples, its files and its `index.bin`.
+    fn block() -> (tempfile::TempDir, Block, Vec<(&'static str, bytes::Bytes)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TimeSeriesStore::open(dir.path()).unwrap();
+        for step in 0..40i64 {
+            for instance in 0..500 {
+                let labels = Labels::new([
+                    ("__name__", "requests_total".to_string()),
+                    ("instance", format!("i-{instance}")),
+                ]);
+                store
+                    .append(&labels, step * 15_000, (step * instance) as f64)
+                    .unwrap();
+            }
+        }
+        store.commit().unwrap();
+        let path = store.cut_block().unwrap().unwrap();
+        let meta = std::fs::read(path.join("meta.json")).unwrap();
+        let series = std::fs::read(path.join("series.bin")).unwrap();
+        let index = BlockIndex::build(&path, &meta, &series).unwrap();
+        let files = vec![
+            ("meta.json", meta.into()),
+            ("series.bin", series.into()),
+            (INDEX_FILE, index.into()),
+        ];
+        (dir, Block::open(&path).unwrap(), files)
+    }
+
+    async fn upload(storage: &SplitStorage, block_id: &str, files: &[(&str, bytes::Bytes)]) {
+        for (file, bytes) in files {
+            storage
+                .put(
+                    &super::super::owner::block_key(block_id, file),
+                    bytes.clone(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_block_is_read_by_its_index_and_the_selected_series_byte_ranges() {
+        let (_dir, block, files) = block();
+        let storage =
+            SplitStorage::with_store(Arc::new(object_store::memory::InMemory::new()), "t/");
+        upload(&storage, "b1", &files).await;
+        // A block uploaded before blocks had an index: no `index.bin`.
+        upload(&storage, "old", &files[..2]).await;
+        let series_bytes = files[1].1.len() as u64;
+        let reader = BlockReader::new(storage.clone(), 64 << 20);
+        let stats = reader.cache.stats.clone();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let one = [LabelMatcher::equal("instance", "i-7")];
+        let expected = block.select(&one, 100_000, 400_000).unwrap();
+        assert_eq!(expected.len(), 1);
+
+        let found = reader
+            .read_block("b1", &one, 100_000, 400_000, false)
+            .await
+            .unwrap();
+        assert_eq!(found, expected);
+        assert_eq!(load(&stats.downloads), 1);
+        assert_eq!(load(&stats.range_reads), 1);
+        let downloaded = load(&stats.downloaded_bytes);
+        assert!(
+            downloaded < series_bytes / 2,
+            "read {downloaded} bytes of a {series_bytes}-byte block for one series"
+        );
+        // Again: index and chunks from the cache, nothing fetched.
+        let again = reader
+            .read_block("b1", &one, 100_000, 400_000, false)
+            .await
+            .unwrap();
+        assert_eq!(again, expected);
+        assert_eq!(load(&stats.downloaded_bytes), downloaded);
+        assert_eq!(load(&stats.hits), 2);
+
+        // Every series, and label sets only, from either block.
+        let every = LabelMatcher::any_series();
+        for block_id in ["b1", "old"] {
+            let all = reader
+                .read_block(block_id, &every, i64::MIN, i64::MAX, false)
+                .await
+                .unwrap();
+            assert_eq!(all, block.select(&every, i64::MIN, i64::MAX).unwrap());
+            let labels: Vec<Labels> = reader
+                .read_block(block_id, &every, 0, 10_000, true)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|series| series.labels)
+                .collect();
+            assert_eq!(labels, block.series(&every, 0, 10_000));
+        }
+
+        // A cache of one entry's worth keeps only the newest.
+        let small = BlockReader::new(storage.clone(), 1);
+        small
+            .read_block("b1", &every, i64::MIN, i64::MAX, false)
+            .await
+            .unwrap();
+        assert_eq!(load(&small.cache.stats.evictions), 500);
+        assert!(load(&small.cache.stats.cached_bytes) < 4096);
+
+        // Chunk bytes that do not match the index are an error naming the
+        // block and the series, not wrong samples.
+        let mut corrupt = files.clone();
+        let mut series = corrupt[1].1.to_vec();
+        let middle = series.len() / 2;
+        series[middle] ^= 0xff;
+        corrupt[1].1 = series.into();
+        upload(&storage, "bad", &corrupt).await;
+        let error = reader
+            .read_block("bad", &every, i64::MIN, i64::MAX, false)
+            .await
+            .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("blocks/bad/index.bin") && error.contains("checksum"),
+            "{error}"
+        );
     }
 }

@@ -109,6 +109,12 @@ async fn a_query_node_answers_promql_as_prometheus_from_blocks_and_heads() {
         metric(&query_node, "sightline_cluster_block_downloads_total").await >= 1.0,
         "the query node read blocks from S3"
     );
+    // By their indexes and the selected series' byte ranges (SeaweedFS
+    // serves the range requests), never whole.
+    assert!(
+        metric(&query_node, "sightline_cluster_block_range_reads_total").await >= 1.0,
+        "the query node read series' chunks by byte range"
+    );
     // Metadata reached every node (Prometheus sends it with remote-write).
     let metadata: Value = http
         .get(query_node.url("/api/v1/metadata?metric=diff_temperature"))
