@@ -130,6 +130,15 @@ pub struct ClusterConfig {
         deserialize_with = "duration"
     )]
     pub metrics_block_interval: Duration,
+    /// A metrics partition's owner compacts runs of its adjacent blocks
+    /// (up to 16, published `merge_after` ago) into one block spanning at
+    /// most this long, as Prometheus' and Mimir's compactors do (2 h blocks
+    /// into a day): fewer, larger blocks for long-range queries.
+    #[serde(
+        default = "default_metrics_compaction_range",
+        deserialize_with = "duration"
+    )]
+    pub metrics_compaction_range: Duration,
     /// Bytes of block indexes and series chunks a node keeps in memory for
     /// queries (least recently used evicted first).
     #[serde(default = "default_block_cache_bytes")]
@@ -166,6 +175,9 @@ fn default_range_cache_bytes() -> u64 {
 }
 fn default_metrics_block_interval() -> Duration {
     Duration::from_secs(2 * 60 * 60)
+}
+fn default_metrics_compaction_range() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
 }
 fn default_block_cache_bytes() -> u64 {
     1 << 30

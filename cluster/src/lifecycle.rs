@@ -17,6 +17,11 @@
 //!   keeping its id; the merged split is published and its inputs retired
 //!   in one statement, fenced by the owner's epoch and by every input
 //!   still being live. The inputs are then deleted as retired splits are.
+//! - **Compaction**: a metrics partition's owner compacts runs of its
+//!   adjacent blocks published `merge_after` ago (up to 16, spanning at
+//!   most `metrics_compaction_range` together) into one block, each sample
+//!   once; published and its inputs retired by the same fenced statement
+//!   as a merge, the inputs deleted as retired blocks are.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::metastore::{PublishSplitError, SplitRow};
+use crate::metastore::{BlockRow, PublishSplitError, SplitRow};
 use crate::node::Context;
 use crate::splits;
 
@@ -62,6 +67,12 @@ pub(crate) async fn run(
             tracing::warn!(
                 error = format!("{error:#}"),
                 "merging splits failed; retrying"
+            );
+        }
+        if let Err(error) = compact_blocks(&context).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "compacting blocks failed; retrying"
             );
         }
     }
@@ -226,6 +237,129 @@ async fn merge(
     }
 }
 
+/// Inputs of one compaction at most.
+const COMPACTION_INPUTS: usize = 16;
+
+async fn compact_blocks(context: &Context) -> anyhow::Result<()> {
+    let config = &context.config;
+    for (partition, epoch) in context.metastore.leases_of(&context.node_id).await? {
+        if !crate::partition::is_metrics(partition) {
+            continue;
+        }
+        let blocks = context
+            .metastore
+            .compactable_blocks(partition, config.merge_after)
+            .await?;
+        for group in compaction_groups(blocks, config.metrics_compaction_range) {
+            compact(context, partition, epoch, group).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs of adjacent blocks (each `to` the next `from`), at most
+/// [`COMPACTION_INPUTS`], spanning at most `range` together, of two or
+/// more: a block that spans `range` already is never an input again.
+fn compaction_groups(blocks: Vec<BlockRow>, range: Duration) -> Vec<Vec<BlockRow>> {
+    let range_ms = i64::try_from(range.as_millis()).unwrap_or(i64::MAX);
+    let span = |group: &[BlockRow], next: &BlockRow| {
+        let min = group.iter().map(|b| b.min_ms).chain([next.min_ms]).min();
+        let max = group.iter().map(|b| b.max_ms).chain([next.max_ms]).max();
+        max.unwrap_or(0).saturating_sub(min.unwrap_or(0))
+    };
+    let mut groups: Vec<Vec<BlockRow>> = Vec::new();
+    let mut current: Vec<BlockRow> = Vec::new();
+    for block in blocks {
+        let fits = current.last().is_some_and(|last| last.to == block.from)
+            && current.len() < COMPACTION_INPUTS
+            && span(&current, &block) < range_ms;
+        if !fits && !current.is_empty() {
+            groups.push(std::mem::take(&mut current));
+        }
+        if block.max_ms.saturating_sub(block.min_ms) < range_ms {
+            current.push(block);
+        }
+    }
+    groups.push(current);
+    groups.retain(|group| group.len() >= 2);
+    groups
+}
+
+/// Downloads `inputs` whole (every sample is rewritten), compacts them,
+/// uploads the result with its index and publishes it in their place.
+async fn compact(
+    context: &Context,
+    partition: sightline_store::PartitionId,
+    epoch: i64,
+    inputs: Vec<BlockRow>,
+) -> anyhow::Result<()> {
+    use crate::metrics::owner::{block_key, download_block, read_files, upload_block};
+    let mut files = Vec::with_capacity(inputs.len());
+    for row in &inputs {
+        let (meta, series) = download_block(&context.storage, &row.block_id).await?;
+        files.push((block_key(&row.block_id, "series.bin"), meta, series));
+    }
+    let work = tempfile::tempdir_in(&context.work_dir)?;
+    let parent = work.path().to_path_buf();
+    let path = tokio::task::spawn_blocking(move || {
+        let blocks = files
+            .iter()
+            .map(|(name, meta, series)| {
+                sightline_tsdb::Block::decode(std::path::Path::new(name), meta, series)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let blocks: Vec<&sightline_tsdb::Block> = blocks.iter().collect();
+        sightline_tsdb::Block::compact(&parent, &blocks)
+    })
+    .await??;
+    let compacted = sightline_tsdb::Block::open(&path)?;
+    let meta = compacted.meta();
+    let (first, last) = (&inputs[0], &inputs[inputs.len() - 1]);
+    let row = BlockRow {
+        block_id: format!(
+            "{}-p{partition}-s{}-e{epoch}-c{}",
+            meta.min_ms, first.from, last.to
+        ),
+        partition,
+        from: first.from,
+        to: last.to,
+        min_ms: meta.min_ms,
+        max_ms: meta.max_ms,
+        series: meta.num_series,
+        samples: meta.num_samples,
+        bytes: compacted.bytes(),
+    };
+    let (series, meta) = read_files(&path).await?;
+    let index = upload_block(context, &row.block_id, series, meta).await?;
+    let ids: Vec<String> = inputs.iter().map(|row| row.block_id.clone()).collect();
+    match context
+        .metastore
+        .publish_compaction(&context.node_id, epoch, &ids, &row)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(partition, block = %row.block_id, inputs = ids.len(), "compacted blocks");
+            context
+                .stats
+                .blocks_compacted
+                .fetch_add(1, Ordering::Relaxed);
+            context.metrics.adopt(&row, Arc::new(index));
+            Ok(())
+        }
+        Err(PublishSplitError::Fenced { .. }) => {
+            tracing::info!(
+                partition,
+                "a compaction was not published: the partition or its inputs changed"
+            );
+            context
+                .storage
+                .delete_under(&format!("blocks/{}/", row.block_id))
+                .await
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +400,56 @@ mod tests {
         let many: Vec<SplitRow> = (0..25).map(|n| split(n, n + 1, 1)).collect();
         let sizes: Vec<usize> = adjacent_groups(many, 100).iter().map(Vec::len).collect();
         assert_eq!(sizes, [10, 10, 5]);
+    }
+
+    fn block(from: u64, to: u64, min_ms: i64, max_ms: i64) -> BlockRow {
+        BlockRow {
+            block_id: format!("{min_ms}-p64-s{from}-e1"),
+            partition: 64,
+            from,
+            to,
+            min_ms,
+            max_ms,
+            series: 1,
+            samples: 1,
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn runs_of_adjacent_blocks_within_the_range_are_compacted() {
+        const HOUR: i64 = 3_600_000;
+        let range = Duration::from_secs(6 * 3600);
+        let groups = compaction_groups(
+            vec![
+                // Three 2-hour blocks, then one that would make the run
+                // span more than 6 hours: it starts the next run.
+                block(0, 10, 0, 2 * HOUR - 1),
+                block(10, 20, 2 * HOUR, 4 * HOUR - 1),
+                block(20, 30, 4 * HOUR, 6 * HOUR - 2),
+                block(30, 40, 6 * HOUR, 8 * HOUR - 1),
+                block(40, 50, 8 * HOUR, 10 * HOUR - 1),
+                // A gap in the sequences (an input of a compaction still
+                // running): not adjacent.
+                block(60, 70, 10 * HOUR, 11 * HOUR),
+                // A block spanning the range already is never an input.
+                block(70, 80, 11 * HOUR, 18 * HOUR),
+                block(80, 90, 18 * HOUR, 19 * HOUR),
+            ],
+            range,
+        );
+        let runs: Vec<Vec<u64>> = groups
+            .iter()
+            .map(|group| group.iter().map(|block| block.from).collect())
+            .collect();
+        assert_eq!(runs, [vec![0, 10, 20], vec![30, 40]]);
+        let many: Vec<BlockRow> = (0..40)
+            .map(|n| block(n, n + 1, n as i64 * 1000, n as i64 * 1000 + 999))
+            .collect();
+        let sizes: Vec<usize> = compaction_groups(many, range)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [16, 16, 8]);
     }
 }

@@ -48,7 +48,9 @@ pub struct SplitRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockRow {
     /// `<min_ms>-p<partition>-s<from>-e<epoch>`: unique, since one epoch of
-    /// a partition has one owner and a checkpoint is published once.
+    /// a partition has one owner and a checkpoint is published once; a
+    /// compaction's adds `-c<to>` (its inputs' sequences `[from, to)` are
+    /// compacted once: their retirement is its publish).
     pub block_id: String,
     pub partition: PartitionId,
     /// Stream sequences `[from, to)` it covers.
@@ -465,21 +467,82 @@ impl Metastore {
         for row in &rows {
             let partition = row.get::<_, i32>(0) as PartitionId;
             checkpoints.insert(partition, row.get::<_, i64>(1) as u64);
-            if let Some(block_id) = row.get::<_, Option<String>>(2) {
-                blocks.push(BlockRow {
-                    block_id,
-                    partition,
-                    from: row.get::<_, i64>(3) as u64,
-                    to: row.get::<_, i64>(4) as u64,
-                    min_ms: row.get(5),
-                    max_ms: row.get(6),
-                    series: row.get::<_, i64>(7) as u64,
-                    samples: row.get::<_, i64>(8) as u64,
-                    bytes: row.get::<_, i64>(9) as u64,
-                });
+            if row.get::<_, Option<String>>(2).is_some() {
+                blocks.push(block_row(row));
             }
         }
         Ok((blocks, checkpoints))
+    }
+
+    /// A partition's live blocks published more than `age` ago, in
+    /// sequence order: what a compaction may take.
+    pub async fn compactable_blocks(
+        &self,
+        partition: PartitionId,
+        age: Duration,
+    ) -> anyhow::Result<Vec<BlockRow>> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT partition, 0::bigint, block_id, from_seq, to_seq, \
+                 min_ms, max_ms, series, samples, bytes \
+                 FROM sightline_blocks \
+                 WHERE partition = $1 AND retired_at IS NULL \
+                 AND published_at < now() - make_interval(secs => $2) \
+                 ORDER BY from_seq",
+                &[&(partition as i32), &age.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(block_row).collect())
+    }
+
+    /// Publishes `compacted` and retires `inputs` in one statement, under
+    /// the fence of [`Metastore::publish_merge`]: only if `node_id` still
+    /// holds the partition under `epoch` and every input is still live.
+    pub async fn publish_compaction(
+        &self,
+        node_id: &str,
+        epoch: i64,
+        inputs: &[String],
+        compacted: &BlockRow,
+    ) -> Result<(), PublishSplitError> {
+        let inserted = self
+            .client()
+            .execute(
+                "WITH lease AS ( \
+                   SELECT partition FROM sightline_partitions \
+                   WHERE partition = $2 AND owner = $10 AND epoch = $11 FOR UPDATE), \
+                 locked AS ( \
+                   SELECT block_id FROM sightline_blocks \
+                   WHERE block_id = ANY($12) AND partition = $2 AND retired_at IS NULL \
+                   AND EXISTS (SELECT 1 FROM lease) FOR UPDATE), \
+                 ok AS (SELECT count(*) = $13 AS ok FROM locked), \
+                 retired AS ( \
+                   UPDATE sightline_blocks SET retired_at = now() \
+                   WHERE block_id IN (SELECT block_id FROM locked) AND (SELECT ok FROM ok) \
+                   RETURNING block_id) \
+                 INSERT INTO sightline_blocks \
+                 (block_id, partition, from_seq, to_seq, min_ms, max_ms, series, samples, bytes, node_id, epoch) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)",
+                &[
+                    &compacted.block_id,
+                    &(compacted.partition as i32),
+                    &(compacted.from as i64),
+                    &(compacted.to as i64),
+                    &compacted.min_ms,
+                    &compacted.max_ms,
+                    &(compacted.series as i64),
+                    &(compacted.samples as i64),
+                    &(compacted.bytes as i64),
+                    &node_id,
+                    &epoch,
+                    &inputs,
+                    &(inputs.len() as i64),
+                ],
+            )
+            .await
+            .map_err(|error| PublishSplitError::Unavailable(error.to_string()))?;
+        fenced(inserted, compacted.partition, compacted.from, epoch)
     }
 
     /// Retires the live blocks whose newest sample is older than
@@ -838,6 +901,22 @@ impl Columns {
 
 /// A [`SplitRow`] from a row selecting `split_id, partition, from_seq,
 /// to_seq, min_time, max_time, logs, spans, bytes`, in that order.
+/// A block from columns `partition, _, block_id, from_seq, to_seq, min_ms,
+/// max_ms, series, samples, bytes`.
+fn block_row(row: &tokio_postgres::Row) -> BlockRow {
+    BlockRow {
+        block_id: row.get(2),
+        partition: row.get::<_, i32>(0) as PartitionId,
+        from: row.get::<_, i64>(3) as u64,
+        to: row.get::<_, i64>(4) as u64,
+        min_ms: row.get(5),
+        max_ms: row.get(6),
+        series: row.get::<_, i64>(7) as u64,
+        samples: row.get::<_, i64>(8) as u64,
+        bytes: row.get::<_, i64>(9) as u64,
+    }
+}
+
 fn split_row(row: &tokio_postgres::Row) -> SplitRow {
     SplitRow {
         split_id: row.get(0),

@@ -85,6 +85,8 @@ pub struct NodeStats {
     pub splits_merged: AtomicU64,
     /// Blocks of samples this node published.
     pub blocks_published: AtomicU64,
+    /// Compacted blocks this node published (each retiring its inputs).
+    pub blocks_compacted: AtomicU64,
     /// Blocks this node retired past retention, and deleted after their
     /// grace.
     pub blocks_retired: AtomicU64,
@@ -159,6 +161,12 @@ impl NodeStats {
                 "counter",
                 "Blocks of samples this node published.",
                 load(&self.blocks_published),
+            ),
+            (
+                "sightline_cluster_blocks_compacted_total",
+                "counter",
+                "Compacted blocks of samples this node published (each retiring its inputs).",
+                load(&self.blocks_compacted),
             ),
             (
                 "sightline_cluster_blocks_retired_total",

@@ -868,6 +868,11 @@ try:
         except s3.exceptions.NoSuchKey:
             sys.exit(3)
         sys.stdout.buffer.write(body)
+    elif op == "list":
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=rest[0])
+        for page in pages:
+            for item in page.get("Contents", []):
+                sys.stdout.write(item["Key"] + "\n")
     else:
         sys.exit("unknown operation " + op)
 except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
@@ -1128,6 +1133,21 @@ impl SeaweedS3 {
     /// such key.
     pub async fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.get_object_as(S3_ACCESS_KEY, S3_SECRET_KEY, key).await
+    }
+
+    /// Keys in the bucket under `prefix`.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let (_, body) = self
+            .boto3(
+                (S3_ACCESS_KEY, S3_SECRET_KEY),
+                &["list", S3_BUCKET, prefix],
+                None,
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 
     /// [`SeaweedS3::get_object`] signed with other credentials; a refusal is

@@ -184,6 +184,72 @@ impl Block {
         Ok(final_path)
     }
 
+    /// Writes one block under `parent` holding every series of `blocks`,
+    /// each timestamp of a series once (the sample of the earliest block in
+    /// `blocks` kept), and returns its path: compaction. A series' chunks
+    /// that do not overlap in time are copied as they are; overlapping ones
+    /// (a sample written twice, blocks cut from replays) are decoded,
+    /// deduplicated and encoded again.
+    pub fn compact(parent: &Path, blocks: &[&Block]) -> Result<PathBuf, TsdbError> {
+        // Each chunk with the position of its block in `blocks`.
+        let mut series: std::collections::BTreeMap<Labels, Vec<(usize, SealedChunk)>> =
+            std::collections::BTreeMap::new();
+        for (position, block) in blocks.iter().enumerate() {
+            for id in 0..block.chunks.len() as u32 {
+                series.entry(block.index.labels(id)).or_default().extend(
+                    block
+                        .chunks(id)
+                        .iter()
+                        .map(|chunk| (position, chunk.clone())),
+                );
+            }
+        }
+        let mut merged = Vec::with_capacity(series.len());
+        for (labels, mut chunks) in series {
+            chunks.sort_by_key(|(position, chunk)| (chunk.first_ms, *position));
+            let disjoint = chunks
+                .windows(2)
+                .all(|pair| pair[0].1.last_ms < pair[1].1.first_ms);
+            let chunks = if disjoint {
+                chunks.into_iter().map(|(_, chunk)| chunk).collect()
+            } else {
+                let mut samples = Vec::new();
+                for (position, chunk) in &chunks {
+                    let mut decoded = Vec::new();
+                    collect_chunks(
+                        std::iter::once(ChunkRef::from(chunk)),
+                        i64::MIN,
+                        i64::MAX,
+                        &mut decoded,
+                        blocks[*position].path(),
+                    )?;
+                    samples.extend(
+                        decoded
+                            .into_iter()
+                            .map(|(at, value)| (at, *position, value)),
+                    );
+                }
+                samples.sort_by_key(|(timestamp_ms, position, _)| (*timestamp_ms, *position));
+                samples.dedup_by_key(|(timestamp_ms, _, _)| *timestamp_ms);
+                let samples: Vec<(i64, f64)> = samples
+                    .into_iter()
+                    .map(|(timestamp_ms, _, value)| (timestamp_ms, value))
+                    .collect();
+                super::encode_chunks(&samples)
+            };
+            merged.push((labels, chunks));
+        }
+        let min_ms = blocks.iter().map(|block| block.meta.min_ms).min();
+        let max_ms = blocks.iter().map(|block| block.meta.max_ms).max();
+        let (Some(min_ms), Some(max_ms)) = (min_ms, max_ms) else {
+            return Err(TsdbError::Corrupt {
+                path: parent.to_path_buf(),
+                reason: "no blocks to compact".into(),
+            });
+        };
+        Block::write(parent, min_ms, max_ms, &merged)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

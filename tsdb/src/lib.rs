@@ -228,6 +228,21 @@ impl HeadSeries {
     }
 }
 
+/// Samples (sorted by time, each timestamp once) as sealed chunks of at
+/// most [`SAMPLES_PER_CHUNK`].
+fn encode_chunks(samples: &[(i64, f64)]) -> Vec<SealedChunk> {
+    samples
+        .chunks(usize::from(SAMPLES_PER_CHUNK))
+        .map(|part| {
+            let mut encoder = ChunkEncoder::default();
+            for (timestamp_ms, value) in part {
+                encoder.append(*timestamp_ms, *value);
+            }
+            seal(encoder)
+        })
+        .collect()
+}
+
 fn seal(encoder: ChunkEncoder) -> SealedChunk {
     SealedChunk {
         first_ms: encoder.first_ms(),

@@ -566,3 +566,80 @@ fn a_block_index_reads_the_same_series_as_the_block_from_byte_ranges_only() {
     let error = BlockIndex::decode(&path, &broken).unwrap_err().to_string();
     assert!(error.contains("index checksum mismatch"), "{error}");
 }
+
+#[test]
+fn compacting_blocks_keeps_every_sample_once_and_copies_disjoint_chunks() {
+    let (first_dir, second_dir, out) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let cut = |dir: &Path, samples: &[(&Labels, i64, f64)]| {
+        let mut store = open(dir);
+        for (labels, timestamp_ms, value) in samples {
+            store.append(labels, *timestamp_ms, *value).unwrap();
+        }
+        store.commit().unwrap();
+        Block::open(&store.cut_block().unwrap().unwrap()).unwrap()
+    };
+    let (up, down, replayed) = (
+        labels("up", "api"),
+        labels("down", "api"),
+        labels("replayed", "api"),
+    );
+    // `up`: 300 samples then 300 more (chunks copied); `down` only in the
+    // second block; `replayed`: samples 100..200 written to both blocks (a
+    // replay), the second block's copy of them different.
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for step in 0..300i64 {
+        first.push((&up, step * 1_000, step as f64));
+        second.push((&up, (300 + step) * 1_000, (300 + step) as f64));
+        if step < 200 {
+            first.push((&replayed, step * 1_000, step as f64));
+        }
+        if step >= 100 {
+            second.push((&replayed, step * 1_000, -1.0));
+            second.push((&down, step * 1_000, 7.0));
+        }
+    }
+    let (first, second) = (
+        cut(first_dir.path(), &first),
+        cut(second_dir.path(), &second),
+    );
+    let path = Block::compact(out.path(), &[&first, &second]).unwrap();
+    let compacted = Block::open(&path).unwrap();
+    assert_eq!(compacted.meta().min_ms, 0);
+    assert_eq!(compacted.meta().max_ms, 599_000);
+    assert_eq!(compacted.meta().num_series, 3);
+    assert_eq!(compacted.meta().num_samples, 600 + 300 + 200);
+    let select = |name: &str| {
+        let mut found = compacted
+            .select(
+                &[LabelMatcher::equal(METRIC_NAME, name)],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap();
+        assert_eq!(found.len(), 1, "{name}");
+        found.remove(0).samples
+    };
+    let up_samples: Vec<(i64, f64)> = (0..600).map(|step| (step * 1_000, step as f64)).collect();
+    assert_eq!(select("up"), up_samples);
+    let replayed_samples: Vec<(i64, f64)> = (0..300)
+        .map(|step| (step * 1_000, if step < 200 { step as f64 } else { -1.0 }))
+        .collect();
+    assert_eq!(select("replayed"), replayed_samples);
+    assert_eq!(select("down").len(), 200);
+    // `up`'s chunks were copied, not re-encoded: the same bytes.
+    let chunk_bytes = |block: &Block, labels: &Labels| -> usize {
+        let id = block
+            .index()
+            .select(&[LabelMatcher::equal(METRIC_NAME, labels.metric_name())])[0];
+        block.chunks(id).iter().map(|chunk| chunk.bytes.len()).sum()
+    };
+    assert_eq!(
+        chunk_bytes(&compacted, &up),
+        chunk_bytes(&first, &up) + chunk_bytes(&second, &up)
+    );
+}

@@ -574,65 +574,23 @@ async fn publish(
     block: &Block,
 ) -> Result<(), Outcome> {
     let partition = lease.partition;
-    let files = read_files(block.path()).await;
-    let (series, meta) = match files {
-        Ok(files) => files,
+    let index = match read_files(block.path()).await {
+        Ok((series, meta)) => upload_block(context, &row.block_id, series, meta).await,
+        Err(error) => Err(error),
+    };
+    let index = match index {
+        Ok(index) => index,
         Err(error) => {
+            // The block's samples stay in the stream (not purged below it)
+            // until a publish succeeds.
             tracing::warn!(
                 partition,
                 error = format!("{error:#}"),
-                "reading a cut block failed; retrying"
+                "uploading a cut block failed; retrying"
             );
             return Err(Outcome::Retry);
         }
     };
-    // The index readers fetch instead of the whole block (then only the
-    // byte ranges of the series they select).
-    let index = {
-        let (name, meta, series) = (
-            PathBuf::from(block_key(&row.block_id, INDEX_FILE)),
-            meta.clone(),
-            series.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let built = BlockIndex::build(&name, &meta, &series)?;
-            let index = BlockIndex::decode(&name, &built)?;
-            Ok::<_, sightline_tsdb::TsdbError>((Bytes::from(built), index))
-        })
-        .await
-    };
-    let (index_bytes, index) = match index {
-        Ok(Ok(index)) => index,
-        Ok(Err(error)) => {
-            // The block was written by this process a moment ago: a
-            // corrupt one is a bug or a disk fault; its samples stay in
-            // the stream, which is not purged below it.
-            tracing::error!(partition, %error, "indexing a cut block failed; retrying");
-            return Err(Outcome::Retry);
-        }
-        Err(error) => {
-            tracing::warn!(partition, %error, "indexing a cut block failed; retrying");
-            return Err(Outcome::Retry);
-        }
-    };
-    for (file, bytes) in [
-        ("series.bin", series),
-        (INDEX_FILE, index_bytes),
-        ("meta.json", meta),
-    ] {
-        if let Err(error) = context
-            .storage
-            .put(&block_key(&row.block_id, file), bytes)
-            .await
-        {
-            tracing::warn!(
-                partition,
-                error = format!("{error:#}"),
-                "uploading a block failed; retrying"
-            );
-            return Err(Outcome::Retry);
-        }
-    }
     match context
         .metastore
         .publish_block(&context.node_id, lease, row)
@@ -673,7 +631,53 @@ async fn publish(
     }
 }
 
-async fn read_files(dir: &Path) -> anyhow::Result<(Bytes, Bytes)> {
+/// Uploads a block's files under `blocks/<block_id>/` (`meta.json` last),
+/// with the `index.bin` readers fetch instead of the whole block (then
+/// only the byte ranges of the series they select), and returns that
+/// index.
+pub(crate) async fn upload_block(
+    context: &Context,
+    block_id: &str,
+    series: Bytes,
+    meta: Bytes,
+) -> anyhow::Result<BlockIndex> {
+    let (name, meta_json, series_bin) = (
+        PathBuf::from(block_key(block_id, INDEX_FILE)),
+        meta.clone(),
+        series.clone(),
+    );
+    let (index_bytes, index) = tokio::task::spawn_blocking(move || {
+        let built = BlockIndex::build(&name, &meta_json, &series_bin)?;
+        let index = BlockIndex::decode(&name, &built)?;
+        Ok::<_, sightline_tsdb::TsdbError>((Bytes::from(built), index))
+    })
+    .await??;
+    for (file, bytes) in [
+        ("series.bin", series),
+        (INDEX_FILE, index_bytes),
+        ("meta.json", meta),
+    ] {
+        context
+            .storage
+            .put(&block_key(block_id, file), bytes)
+            .await?;
+    }
+    Ok(index)
+}
+
+/// A block's `meta.json` and `series.bin`, whole.
+pub(crate) async fn download_block(
+    storage: &crate::splits::SplitStorage,
+    block_id: &str,
+) -> anyhow::Result<(Bytes, Bytes)> {
+    let (meta_key, series_key) = (
+        block_key(block_id, "meta.json"),
+        block_key(block_id, "series.bin"),
+    );
+    futures::try_join!(storage.get(&meta_key), storage.get(&series_key))
+}
+
+pub(crate) async fn read_files(dir: &Path) -> anyhow::Result<(Bytes, Bytes)> {
     let series = tokio::fs::read(dir.join("series.bin")).await?;
     let meta = tokio::fs::read(dir.join("meta.json")).await?;
     Ok((Bytes::from(series), Bytes::from(meta)))

@@ -243,12 +243,7 @@ impl BlockReader {
                 (bytes, fetched)
             }
             None => {
-                let (meta_key, series_key) = (
-                    super::owner::block_key(block_id, "meta.json"),
-                    super::owner::block_key(block_id, "series.bin"),
-                );
-                let (meta, series) =
-                    futures::try_join!(self.storage.get(&meta_key), self.storage.get(&series_key))?;
+                let (meta, series) = super::owner::download_block(&self.storage, block_id).await?;
                 let fetched = meta.len() + series.len();
                 let name = name.clone();
                 let built =

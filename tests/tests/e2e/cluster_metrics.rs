@@ -920,3 +920,120 @@ async fn otlp_delta_sums_sent_to_different_collectors_accumulate_at_their_owner(
     let expected: Vec<f64> = (1..=20).map(|n: i64| (n * (n + 1) / 2) as f64).collect();
     assert_eq!(values, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_blocks_are_compacted_into_one_that_answers_the_same() {
+    const ROUNDS: i64 = 6;
+    const SERIES: usize = 20;
+    let engines = Engines::start().await;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let settings = ClusterSettings {
+        extra: "metrics_block_interval: 2s\nlifecycle_interval: 1s\nmerge_after: 1s\nretired_grace: 1s\nmetrics_compaction_range: 1h\n".into(),
+        ..ClusterSettings::default()
+    };
+    let nodes = engines.start_collectors(2, dir.path(), &settings).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let metastore = Metastore::connect(&engines.postgres.url())
+        .await
+        .expect("the metastore");
+    let now_ms = crate::cluster_queries::now_nanos() / 1_000_000;
+    let time_of = |round: i64| now_ms - (ROUNDS - round) * 15_000;
+    // Rounds a block interval apart, so each partition cuts several blocks.
+    let mut published = BTreeSet::new();
+    for round in 0..ROUNDS {
+        let samples: Vec<(String, i64, f64)> = (0..SERIES)
+            .map(|series| (format!("s{series}"), time_of(round), round as f64))
+            .collect();
+        let response = http
+            .post(nodes[0].url("/api/v1/write"))
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(write_request(&samples))
+            .send()
+            .await
+            .expect("a write");
+        assert!(response.status().is_success(), "{}", response.status());
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let (blocks, _) = metastore
+            .metric_snapshot(i64::MIN, i64::MAX)
+            .await
+            .expect("the block list");
+        published.extend(blocks.into_iter().map(|block| block.block_id));
+    }
+    // Every block listed while the samples were written is compacted into
+    // a larger one (the nodes' own metrics keep adding blocks meanwhile).
+    assert!(published.len() >= 2 * 6, "{published:?}");
+    let blocks = poll_until(
+        "every block written meanwhile to be compacted",
+        Duration::from_secs(90),
+        || async {
+            let (blocks, _) = metastore
+                .metric_snapshot(i64::MIN, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            let left = blocks
+                .iter()
+                .filter(|block| published.contains(&block.block_id))
+                .count();
+            Ok((left == 0).then_some(blocks))
+        },
+    )
+    .await;
+    assert!(
+        blocks.iter().any(|block| block.block_id.contains("-c")),
+        "{blocks:?}"
+    );
+    let compacted = metric(&nodes[0], "sightline_cluster_blocks_compacted_total").await
+        + metric(&nodes[1], "sightline_cluster_blocks_compacted_total").await;
+    assert!(compacted >= 1.0);
+    // The inputs' objects are deleted after their grace.
+    let inputs: Vec<&String> = published.iter().collect();
+    poll_until(
+        "the compacted inputs' objects to be deleted",
+        Duration::from_secs(60),
+        || async {
+            let stored = engines.s3.list_objects("blocks/").await?;
+            let left = stored
+                .iter()
+                .filter(|key| {
+                    inputs
+                        .iter()
+                        .any(|input| key.starts_with(&format!("blocks/{input}/")))
+                })
+                .count();
+            Ok((left == 0 && !stored.is_empty()).then_some(()))
+        },
+    )
+    .await;
+    // The other node answers every sample once, with its value.
+    let at_s = now_ms as f64 / 1000.0;
+    let data = instant(&http, &nodes[1], "rw_sample[30m]", at_s)
+        .await
+        .expect("the query");
+    let result = data["result"].as_array().expect("a result");
+    assert_eq!(result.len(), SERIES, "{data}");
+    let expected: Vec<(i64, f64)> = (0..ROUNDS)
+        .map(|round| (time_of(round), round as f64))
+        .collect();
+    for series in result {
+        let values: Vec<(i64, f64)> = series["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|point| {
+                (
+                    (point[0].as_f64().unwrap_or_default() * 1000.0).round() as i64,
+                    point[1]
+                        .as_str()
+                        .unwrap_or_default()
+                        .parse()
+                        .unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        assert_eq!(values, expected, "{series}");
+    }
+}
