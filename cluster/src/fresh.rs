@@ -432,6 +432,7 @@ pub(crate) struct InternalApi {
     pub partitions: Arc<FreshPartitions>,
     pub reader: Arc<crate::query::ClusterReader>,
     pub metrics: Arc<crate::metrics::ClusterMetrics>,
+    pub rules: Arc<crate::metrics::ClusterRules>,
 }
 
 /// The internal API's routes (mounted behind the query port's token).
@@ -442,6 +443,10 @@ pub(crate) fn router(server: Arc<InternalApi>) -> axum::Router {
         .route(
             crate::metrics::reader::METRICS_PATH,
             axum::routing::post(crate::metrics::reader::serve),
+        )
+        .route(
+            crate::metrics::rules::RULES_PATH,
+            axum::routing::post(crate::metrics::rules::serve),
         )
         .route(
             crate::tail::TAIL_PATH,

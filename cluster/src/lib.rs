@@ -253,6 +253,9 @@ pub struct Cluster {
     pub metrics: std::sync::Arc<ClusterMetrics>,
     /// Which rule groups and scrape targets this node works on.
     pub assignment: std::sync::Arc<assignment::Assignment>,
+    /// Every node's rule groups, for `/api/v1/rules` and `/api/v1/alerts`
+    /// (give it this node's rule engine with `set_local`).
+    pub rules: std::sync::Arc<metrics::ClusterRules>,
 }
 
 impl Cluster {
@@ -303,12 +306,15 @@ impl Cluster {
             heads.clone(),
             peers.clone(),
         ));
+        let rules =
+            std::sync::Arc::new(metrics::ClusterRules::new(metastore.clone(), peers.clone()));
         let samples = std::sync::Arc::new(ClusterSampleLog::new(log.clone(), metastore));
         let assignment = std::sync::Arc::new(assignment::Assignment::default());
         let internal = fresh::router(std::sync::Arc::new(fresh::InternalApi {
             partitions: fresh.clone(),
             reader: reader.clone(),
             metrics: metrics.clone(),
+            rules: rules.clone(),
         }));
         let node = Node::start(
             config,
@@ -333,6 +339,7 @@ impl Cluster {
             samples,
             metrics,
             assignment,
+            rules,
         })
     }
 }

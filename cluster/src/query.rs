@@ -87,9 +87,6 @@ impl Peers {
         })
     }
 
-    pub(crate) fn node_id(&self) -> &str {
-        &self.node_id
-    }
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -101,6 +98,42 @@ impl Peers {
     }
     pub(crate) fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    /// POSTs `body` to `path` of every node of `nodes` (id, address) but
+    /// this one, at once; each node's answer body or why there is none.
+    pub(crate) fn call_others(
+        &self,
+        nodes: Vec<(String, String)>,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Vec<(String, std::result::Result<bytes::Bytes, String>)>>
+    + Send
+    + 'static {
+        let peers = self.clone();
+        let calls = nodes
+            .into_iter()
+            .filter(|(node, _)| *node != self.node_id)
+            .map(move |(node, address)| {
+                let (peers, body) = (peers.clone(), body.clone());
+                async move {
+                    let url = format!("{}://{address}{path}", peers.scheme);
+                    let answer = async {
+                        let response =
+                            post_internal(&peers.http, peers.token(), &url, body, timeout).await?;
+                        let status = response.status();
+                        let bytes = response.bytes().await.map_err(|error| error.to_string())?;
+                        if !status.is_success() {
+                            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+                        }
+                        Ok(bytes)
+                    }
+                    .await;
+                    (node, answer)
+                }
+            });
+        futures::future::join_all(calls)
     }
 
     /// Peers called over HTTPS (their query ports have TLS), their

@@ -169,6 +169,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 logs: cluster.reader.clone(),
                 spans: cluster.reader,
                 metrics: cluster.metrics.clone(),
+                rules: Some(cluster.rules),
                 internal: Some(cluster.internal),
                 samples: Some(sightline_metrics::pipeline::SharedSamples {
                     log: cluster.samples,
@@ -193,6 +194,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 logs: stores.logs.clone(),
                 spans: stores.spans.clone(),
                 metrics: stores.metrics.clone(),
+                rules: None,
                 internal: None,
                 samples: None,
             };
@@ -350,6 +352,8 @@ pub(crate) struct Reading {
     pub(crate) logs: Arc<dyn sightline_store::LogReader>,
     pub(crate) spans: Arc<dyn sightline_store::SpanReader>,
     pub(crate) metrics: Arc<dyn sightline_tsdb::MetricReader>,
+    /// Cluster mode: every node's rule groups (embedded: this engine's).
+    pub(crate) rules: Option<Arc<sightline_cluster::metrics::ClusterRules>>,
     /// Cluster mode: where samples are written and what rules read.
     pub(crate) samples: Option<sightline_metrics::pipeline::SharedSamples>,
     /// Cluster mode's internal API (fresh data for other nodes' queries).

@@ -181,7 +181,13 @@ pub(crate) fn serve(
         logs: reading.logs,
         spans: reading.spans,
         metrics: reading.metrics,
-        rules: metrics.rules(),
+        rules: match reading.rules {
+            Some(cluster) => {
+                cluster.set_local(metrics.rules());
+                cluster
+            }
+            None => metrics.rules(),
+        },
         dashboards,
     })
     .merge(remote_write::router(metrics.remote_write(), rate_limiter))

@@ -944,7 +944,7 @@ async fn rules(State(state): State<QueryState>, params: Params) -> Result<Respon
     let files = params.all("file[]");
     let filtered = !rule_names.is_empty() || !group_names.is_empty() || !files.is_empty();
     let mut groups = Vec::new();
-    for group in state.rules.rule_groups() {
+    for group in rule_groups(&state).await? {
         if !group_names.is_empty() && !group_names.contains(&group.name.as_str()) {
             continue;
         }
@@ -978,9 +978,9 @@ async fn rules(State(state): State<QueryState>, params: Params) -> Result<Respon
 }
 
 /// `GET|POST /api/v1/alerts`: the pending and firing alerts of every rule.
-async fn alerts(State(state): State<QueryState>) -> Response {
+async fn alerts(State(state): State<QueryState>) -> Result<Response, PromError> {
     let mut active = Vec::new();
-    for group in state.rules.rule_groups() {
+    for group in rule_groups(&state).await? {
         for rule in &group.rules {
             if let RuleKind::Alerting { alerts, .. } = &rule.kind {
                 active.extend(
@@ -992,7 +992,18 @@ async fn alerts(State(state): State<QueryState>) -> Response {
             }
         }
     }
-    success(Alerts { alerts: active }, Vec::new())
+    Ok(success(Alerts { alerts: active }, Vec::new()))
+}
+
+/// Every rule group, read off the async runtime (in cluster mode it asks
+/// the other nodes).
+async fn rule_groups(
+    state: &QueryState,
+) -> Result<Vec<sightline_tsdb::rules::RuleGroupStatus>, PromError> {
+    let rules = state.rules.clone();
+    tokio::task::spawn_blocking(move || rules.rule_groups())
+        .await
+        .map_err(|error| unavailable(format!("reading the rules failed: {error}")))
 }
 
 /// `GET /api/v1/status/buildinfo`

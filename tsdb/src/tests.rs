@@ -535,7 +535,13 @@ fn a_block_index_reads_the_same_series_as_the_block_from_byte_ranges_only() {
             block.label_values("job", &matchers)
         );
     }
-    assert!(index.label_names().eq(block.label_names()));
+    let names = |names: &mut dyn Iterator<Item = &str>| -> BTreeSet<String> {
+        names.map(str::to_string).collect()
+    };
+    assert_eq!(
+        names(&mut index.label_names()),
+        names(&mut block.label_names())
+    );
     // One series costs its own bytes, not the block's.
     let (one, read_bytes) = read(
         &[LabelMatcher::equal("instance", "host-42:9100")],

@@ -44,9 +44,11 @@ use crate::partition;
 
 pub mod owner;
 pub mod reader;
+pub mod rules;
 
 pub use owner::MetricHeads;
 pub use reader::ClusterMetrics;
+pub use rules::ClusterRules;
 
 /// A samples message: `SLM1`, then the sample count and each sample as
 /// its label count (0: the previous sample's labels) and (name, value)

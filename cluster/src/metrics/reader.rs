@@ -432,25 +432,11 @@ impl ClusterMetrics {
         let body = serde_json::to_vec(&request).map_err(storage_error)?;
         // The other nodes' heads, asked while this node reads its own and
         // the blocks.
-        let own_id = self.peers_node_id();
-        let (http, token, scheme) = (
-            self.peers.http().clone(),
-            self.peers.token().map(str::to_string),
-            self.peers.scheme(),
-        );
-        let calls =
-            nodes
-                .into_iter()
-                .filter(|(node, _)| *node != own_id)
-                .map(move |(node, address)| {
-                    let (http, token, body) = (http.clone(), token.clone(), body.clone());
-                    let url = format!("{scheme}://{address}{METRICS_PATH}");
-                    async move {
-                        let answer = call(&http, token.as_deref(), &url, body).await;
-                        (node, answer)
-                    }
-                });
-        let remote = self.runtime.spawn(futures::future::join_all(calls));
+        let remote =
+            self.runtime.spawn(
+                self.peers
+                    .call_others(nodes, METRICS_PATH, body, HEADS_TIMEOUT),
+            );
         let mut parts = self
             .heads
             .answer(&checkpoints, matchers, start_ms, end_ms, series_only)
@@ -477,7 +463,7 @@ impl ClusterMetrics {
             }
         }
         for (node, answer) in self.runtime.block_on(remote).map_err(storage_error)? {
-            match answer {
+            match answer.and_then(|bytes| decode_heads(&bytes)) {
                 Ok(answer) => parts.extend(answer),
                 Err(error) => tracing::warn!(node, %error, "a node's metric heads did not answer"),
             }
@@ -513,10 +499,6 @@ impl ClusterMetrics {
             .collect())
     }
 
-    fn peers_node_id(&self) -> String {
-        self.peers.node_id().to_string()
-    }
-
     /// Answers another node's heads request from this node's heads.
     pub(crate) async fn serve_heads(
         &self,
@@ -539,21 +521,6 @@ impl ClusterMetrics {
             .map(|parts| encode_heads(&parts))
             .map_err(|error| (503, error))
     }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    token: Option<&str>,
-    url: &str,
-    body: Vec<u8>,
-) -> Result<Vec<HeadPart>, String> {
-    let response = crate::query::post_internal(http, token, url, body, HEADS_TIMEOUT).await?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(|error| error.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-    }
-    decode_heads(&bytes)
 }
 
 impl Queryable for ClusterMetrics {

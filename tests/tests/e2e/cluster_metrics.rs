@@ -522,7 +522,23 @@ fn unix_seconds(text: &str) -> f64 {
 }
 
 /// The alerts node `node` evaluates, by name: (state, activeAt in seconds).
+/// The alerts `node` evaluates itself (by its own rule engine's count on
+/// `/metrics`), as its `/api/v1/alerts` reports them.
 async fn evaluated(
+    http: &reqwest::Client,
+    node: &CollectorProcess,
+) -> BTreeMap<String, (String, f64)> {
+    let own = metric(node, "sightline_rules_alerts{state=\"firing\"}").await
+        + metric(node, "sightline_rules_alerts{state=\"pending\"}").await;
+    if own == 0.0 {
+        return BTreeMap::new();
+    }
+    reported(http, node).await
+}
+
+/// The alerts `node`'s `/api/v1/alerts` reports: the cluster's, whichever
+/// node evaluates them.
+async fn reported(
     http: &reqwest::Client,
     node: &CollectorProcess,
 ) -> BTreeMap<String, (String, f64)> {
@@ -616,6 +632,12 @@ groups:
         },
     )
     .await;
+    // Every node's Prometheus API reports the group's alerts as its
+    // evaluator does (Grafana may ask any of them).
+    let expected = evaluated(&http, &nodes[evaluator]).await;
+    for node in &nodes {
+        assert_eq!(reported(&http, node).await, expected, "{}", node.url(""));
+    }
     let am_alerts = format!("http://127.0.0.1:{am_port}/api/v2/alerts");
     let firing_since = poll_until(
         "Alertmanager to hold AlreadyFiring",

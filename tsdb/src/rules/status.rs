@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 /// State of an alert (one label set of an alerting rule), or of the rule as
 /// the worst of its alerts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Inactive,
@@ -14,7 +16,7 @@ pub enum AlertState {
 }
 
 /// Whether the rule's last evaluation succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleHealth {
     /// Not evaluated yet.
@@ -24,7 +26,7 @@ pub enum RuleHealth {
 }
 
 /// One active alert of an alerting rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AlertStatus {
     /// The alert's labels: the series' labels plus the rule's, with
     /// `alertname`.
@@ -42,7 +44,7 @@ pub struct AlertStatus {
 }
 
 /// One rule of a group and its last evaluation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RuleStatus {
     /// The `alert:` or `record:` name.
     pub name: String,
@@ -60,7 +62,7 @@ pub struct RuleStatus {
 }
 
 /// The parts only one kind of rule has.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RuleKind {
     Recording,
     Alerting {
@@ -74,7 +76,7 @@ pub enum RuleKind {
 }
 
 /// A rule group as loaded from its file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RuleGroupStatus {
     pub name: String,
     pub file: String,
