@@ -222,7 +222,14 @@ pub fn store_request(store: &dyn SampleLog, request: WriteRequest) -> Result<(),
             problems.push(format!("timeseries[{index}] {labels}: no __name__ label"));
             continue;
         }
-        for sample in series.samples {
+        // The last sample takes the label set itself (most series of a
+        // request have one sample).
+        let mut rest = series.samples.into_iter().peekable();
+        while let Some(sample) = rest.next() {
+            if rest.peek().is_none() {
+                samples.push((labels, sample.timestamp, sample.value));
+                break;
+            }
             samples.push((labels.clone(), sample.timestamp, sample.value));
         }
     }

@@ -129,6 +129,8 @@ impl SampleLog for MetricStore {
 pub struct MetricStore {
     inner: RwLock<TimeSeriesStore>,
     metadata: RwLock<BTreeMap<String, MetricMetadata>>,
+    /// Whether `append` waits for the WAL's fsync.
+    fsync: bool,
 }
 
 impl MetricStore {
@@ -137,6 +139,19 @@ impl MetricStore {
         Ok(MetricStore {
             inner: RwLock::new(TimeSeriesStore::open(dir)?),
             metadata: RwLock::new(BTreeMap::new()),
+            fsync: true,
+        })
+    }
+
+    /// Opens a store whose samples are durable elsewhere before they reach
+    /// it (a cluster owner's head: the stream holds them, and the head is
+    /// rebuilt from it at every takeover). Its WAL is written, so a failed
+    /// block write still restores the head, but `append` never waits for an
+    /// fsync of it.
+    pub fn open_unsynced(dir: impl AsRef<Path>) -> Result<Self, TsdbError> {
+        Ok(MetricStore {
+            fsync: false,
+            ..MetricStore::open(dir)?
         })
     }
 
@@ -169,7 +184,9 @@ impl MetricStore {
         };
         // fsync outside the lock: other writers append meanwhile and one
         // fsync serves all the batches it covers
-        durable.wait()?;
+        if self.fsync {
+            durable.wait()?;
+        }
         Ok(outcome)
     }
 

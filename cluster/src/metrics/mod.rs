@@ -60,6 +60,14 @@ const SAMPLES_MAGIC: &[u8; 4] = b"SLM1";
 /// message: its owner adds each value to its series' running total.
 const DELTAS_MAGIC: &[u8; 4] = b"SLD1";
 
+/// A compressed message: `SLZ1`, then a samples or deltas message
+/// compressed with snappy (raw format). Receivers write only these; the
+/// uncompressed forms are still read.
+const COMPRESSED_MAGIC: &[u8; 4] = b"SLZ1";
+
+/// A compressed message expands to this many bytes at most.
+const MAX_DECOMPRESSED: usize = 64 << 20;
+
 /// What a message's samples are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -73,7 +81,34 @@ pub(crate) enum Kind {
 #[derive(Debug)]
 pub(crate) struct Message {
     pub kind: Kind,
-    pub samples: Vec<(Labels, i64, f64)>,
+    pub samples: Vec<(Arc<Labels>, i64, f64)>,
+}
+
+/// The label sets an owner has decoded, by their encoded bytes in a
+/// message: a series seen before costs one lookup, not a string
+/// allocation per label (the owner's side of Prometheus' scrape cache).
+/// Emptied when it reaches [`LABEL_CACHE_ENTRIES`].
+#[derive(Debug, Default)]
+pub(crate) struct LabelCache {
+    sets: HashMap<Box<[u8]>, Arc<Labels>>,
+}
+
+/// Label sets a [`LabelCache`] holds at most.
+const LABEL_CACHE_ENTRIES: usize = 1 << 19;
+
+impl LabelCache {
+    /// The label set encoded as `raw`, whose pairs are `pairs`.
+    fn get(&mut self, raw: &[u8], pairs: &[(&str, &str)]) -> Arc<Labels> {
+        if let Some(labels) = self.sets.get(raw) {
+            return labels.clone();
+        }
+        if self.sets.len() >= LABEL_CACHE_ENTRIES {
+            self.sets.clear();
+        }
+        let labels = Arc::new(Labels::new(pairs.iter().copied()));
+        self.sets.insert(raw.into(), labels.clone());
+        labels
+    }
 }
 
 /// A heads answer: `SLH1`, then per partition answered its id, epoch and
@@ -170,6 +205,20 @@ impl<'a> Reader<'a> {
         }
         Ok(Labels::new(pairs))
     }
+
+    /// `count` label pairs, borrowed into `pairs`, and the bytes they span.
+    fn label_pairs(
+        &mut self,
+        count: usize,
+        pairs: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<&'a [u8], String> {
+        let start = self.bytes;
+        pairs.clear();
+        for _ in 0..count {
+            pairs.push((self.str()?, self.str()?));
+        }
+        Ok(&start[..start.len() - self.bytes.len()])
+    }
 }
 
 /// Encodes samples (or delta points) as one message.
@@ -194,8 +243,37 @@ pub(crate) fn encode_samples(kind: Kind, samples: &[(&Labels, i64, f64)]) -> Vec
     out
 }
 
-/// Decodes a samples message, or says what is wrong with it.
-pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Message, String> {
+/// `message` compressed (`SLZ1`).
+pub(crate) fn compress(message: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = COMPRESSED_MAGIC.to_vec();
+    out.extend(
+        snap::raw::Encoder::new()
+            .compress_vec(message)
+            .map_err(|error| format!("compressing a samples message: {error}"))?,
+    );
+    Ok(out)
+}
+
+/// Decodes a samples message, compressed or not, or says what is wrong
+/// with it; label sets come from (and go to) `cache`.
+pub(crate) fn decode_samples(bytes: &[u8], cache: &mut LabelCache) -> Result<Message, String> {
+    let Some(compressed) = bytes.strip_prefix(COMPRESSED_MAGIC) else {
+        return decode_plain(bytes, cache);
+    };
+    let length = snap::raw::decompress_len(compressed)
+        .map_err(|error| format!("a compressed message: {error}"))?;
+    if length > MAX_DECOMPRESSED {
+        return Err(format!(
+            "a compressed message of {length} bytes, over {MAX_DECOMPRESSED}"
+        ));
+    }
+    let plain = snap::raw::Decoder::new()
+        .decompress_vec(compressed)
+        .map_err(|error| format!("a compressed message: {error}"))?;
+    decode_plain(&plain, cache)
+}
+
+fn decode_plain(bytes: &[u8], cache: &mut LabelCache) -> Result<Message, String> {
     let (kind, body) = if let Some(body) = bytes.strip_prefix(SAMPLES_MAGIC) {
         (Kind::Samples, body)
     } else if let Some(body) = bytes.strip_prefix(DELTAS_MAGIC) {
@@ -205,7 +283,8 @@ pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Message, String> {
     };
     let mut reader = Reader { bytes: body };
     let count = reader.count(10)?;
-    let mut samples: Vec<(Labels, i64, f64)> = Vec::with_capacity(count);
+    let mut samples: Vec<(Arc<Labels>, i64, f64)> = Vec::with_capacity(count);
+    let mut pairs = Vec::new();
     for index in 0..count {
         let label_count = reader.varint()? as usize;
         let labels = if label_count == 0 {
@@ -214,9 +293,10 @@ pub(crate) fn decode_samples(bytes: &[u8]) -> Result<Message, String> {
                 .map(|(labels, _, _)| labels.clone())
                 .ok_or_else(|| format!("sample {index}: refers to a previous sample's labels"))?
         } else {
-            reader
-                .labels(label_count)
-                .map_err(|error| format!("sample {index}: {error}"))?
+            let raw = reader
+                .label_pairs(label_count, &mut pairs)
+                .map_err(|error| format!("sample {index}: {error}"))?;
+            cache.get(raw, &pairs)
         };
         let timestamp_ms = unzigzag(reader.varint()?);
         let value = reader.f64()?;
@@ -373,7 +453,7 @@ impl ClusterSampleLog {
         samples: &[(&Labels, i64, f64)],
         into: &mut Vec<(PartitionId, Bytes)>,
     ) -> Result<(), TsdbError> {
-        let encoded = encode_samples(kind, samples);
+        let encoded = compress(&encode_samples(kind, samples)).map_err(TsdbError::Unavailable)?;
         if encoded.len() <= self.log.max_message() {
             into.push((partition, Bytes::from(encoded)));
             return Ok(());
@@ -497,22 +577,46 @@ mod tests {
             (&up, i64::MAX, f64::NEG_INFINITY),
         ];
         let encoded = encode_samples(Kind::Samples, &samples);
-        let decoded = decode_samples(&encoded).unwrap();
+        let mut cache = LabelCache::default();
+        let decoded = decode_samples(&encoded, &mut cache).unwrap();
         assert_eq!(decoded.kind, Kind::Samples);
         let decoded = decoded.samples;
         assert_eq!(decoded.len(), 4);
         for ((labels, timestamp, value), (want_labels, want_timestamp, want_value)) in
             decoded.iter().zip(samples)
         {
-            assert_eq!(labels, want_labels);
+            assert_eq!(labels.as_ref(), want_labels);
             assert_eq!(*timestamp, want_timestamp);
             assert_eq!(value.to_bits(), want_value.to_bits());
         }
+        // Compressed, the same samples, in fewer bytes when labels repeat.
+        let many: Vec<(&Labels, i64, f64)> = (0..100).map(|n| (&up, n, 1.0)).collect();
+        let plain = encode_samples(Kind::Samples, &many);
+        let compressed = compress(&plain).unwrap();
+        assert!(
+            compressed.len() < plain.len(),
+            "{} {}",
+            compressed.len(),
+            plain.len()
+        );
+        let unpacked = decode_samples(&compressed, &mut LabelCache::default()).unwrap();
+        assert_eq!(unpacked.samples.len(), 100);
+        assert_eq!(unpacked.samples[99].1, 99);
+        // A series decoded before is the cache's label set, not a new one.
+        assert!(Arc::ptr_eq(&decoded[0].0, &decoded[3].0));
+        let again = decode_samples(&encoded, &mut cache).unwrap();
+        assert!(Arc::ptr_eq(&decoded[2].0, &again.samples[2].0));
+        assert_eq!(cache.sets.len(), 2);
         // the second sample of a series costs its timestamp and value only
         let one = encode_samples(Kind::Samples, &samples[..1]).len();
         let two = encode_samples(Kind::Samples, &samples[..2]).len();
         let deltas = encode_samples(Kind::Deltas, &samples[..2]);
-        assert_eq!(decode_samples(&deltas).unwrap().kind, Kind::Deltas);
+        assert_eq!(
+            decode_samples(&deltas, &mut LabelCache::default())
+                .unwrap()
+                .kind,
+            Kind::Deltas
+        );
         assert!(two - one <= 12, "{one} then {two} bytes");
     }
 
@@ -521,21 +625,47 @@ mod tests {
         let up = labels("up", "a:1");
         let encoded = encode_samples(Kind::Samples, &[(&up, 1_000, 1.0), (&up, 2_000, 1.0)]);
         for cut in 0..encoded.len() {
-            assert!(decode_samples(&encoded[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode_samples(&encoded[..cut], &mut LabelCache::default()).is_err(),
+                "cut at {cut}"
+            );
         }
-        let error = decode_samples(b"XXXX").unwrap_err();
+        let error = decode_samples(b"XXXX", &mut LabelCache::default()).unwrap_err();
         assert!(error.contains("bad magic"), "{error}");
         // a count far beyond the bytes left allocates nothing
         let mut huge = SAMPLES_MAGIC.to_vec();
         put_varint(&mut huge, u64::MAX >> 1);
-        assert!(decode_samples(&huge).unwrap_err().contains("count"));
+        assert!(
+            decode_samples(&huge, &mut LabelCache::default())
+                .unwrap_err()
+                .contains("count")
+        );
         // a first sample that refers to a previous one
         let mut orphan = SAMPLES_MAGIC.to_vec();
         put_varint(&mut orphan, 1);
         put_varint(&mut orphan, 0);
         put_varint(&mut orphan, 0);
         orphan.extend_from_slice(&[0; 8]);
-        assert!(decode_samples(&orphan).unwrap_err().contains("sample 0"));
+        assert!(
+            decode_samples(&orphan, &mut LabelCache::default())
+                .unwrap_err()
+                .contains("sample 0")
+        );
+        // compressed: garbage, and a claimed length over the limit
+        let mut garbage = COMPRESSED_MAGIC.to_vec();
+        garbage.extend_from_slice(b"\xff\xff\xff");
+        assert!(
+            decode_samples(&garbage, &mut LabelCache::default())
+                .unwrap_err()
+                .contains("a compressed message")
+        );
+        let mut bomb = COMPRESSED_MAGIC.to_vec();
+        put_varint(&mut bomb, 1 << 30);
+        assert!(
+            decode_samples(&bomb, &mut LabelCache::default())
+                .unwrap_err()
+                .contains("over")
+        );
     }
 
     #[test]

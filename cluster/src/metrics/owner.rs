@@ -181,7 +181,8 @@ pub(crate) async fn own(context: Arc<Context>, lease: Lease, mut handoff: watch:
                     return Err(anyhow::anyhow!("cannot empty {}: {error}", dir.display()));
                 }
             }
-            Ok(MetricStore::open(&dir)?)
+            // The stream is this head's log: its WAL need not be fsynced.
+            Ok(MetricStore::open_unsynced(&dir)?)
         })
         .await
     };
@@ -229,6 +230,7 @@ async fn run(
     let mut window_start = Instant::now();
     let mut reader = None;
     let mut totals = DeltaTotals::default();
+    let mut label_cache = super::LabelCache::default();
     loop {
         let handing_off = *handoff.borrow();
         // A cut block waits for its upload and publish before anything
@@ -369,10 +371,11 @@ async fn run(
             continue;
         };
         let stats = context.stats.clone();
+        let mut cache = std::mem::take(&mut label_cache);
         let decoded = tokio::task::spawn_blocking(move || {
             let mut decoded = Vec::with_capacity(entries.len());
             for entry in entries {
-                match super::decode_samples(&entry.payload) {
+                match super::decode_samples(&entry.payload, &mut cache) {
                     Ok(message) => decoded.push(message),
                     Err(error) => {
                         tracing::warn!(partition, sequence = entry.sequence, %error, "an undecodable samples message; skipped");
@@ -380,10 +383,19 @@ async fn run(
                     }
                 }
             }
-            decoded
+            (decoded, cache)
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let decoded = match decoded {
+            Ok((decoded, cache)) => {
+                label_cache = cache;
+                decoded
+            }
+            Err(error) => {
+                tracing::error!(partition, %error, "decoding samples failed; giving the partition up");
+                return;
+            }
+        };
         // Delta points become running totals here, where every point of a
         // series meets. A series first seen in this ownership starts from
         // its last total in the partition's blocks (the checkpoint's).
@@ -403,7 +415,7 @@ async fn run(
         last = Some(newest);
         // Every message read, in stream order, appended as one batch: one
         // write (and fsync) of the head's WAL per read, not per message.
-        let mut samples: Vec<(sightline_tsdb::Labels, i64, f64)> = Vec::new();
+        let mut samples: Vec<(Arc<sightline_tsdb::Labels>, i64, f64)> = Vec::new();
         for message in decoded {
             match message.kind {
                 super::Kind::Samples => samples.extend(message.samples),
@@ -412,7 +424,7 @@ async fn run(
         }
         let (head, stats) = (head.clone(), context.stats.clone());
         let appended = tokio::task::spawn_blocking(move || {
-            let outcome = head.append(&samples)?;
+            let outcome = sightline_tsdb::SampleLog::append_shared(head.as_ref(), &samples)?;
             stats
                 .samples_refused
                 .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
@@ -467,7 +479,7 @@ impl DeltaTotals {
         let unknown: std::collections::BTreeSet<&sightline_tsdb::Labels> = messages
             .iter()
             .filter(|message| message.kind == super::Kind::Deltas)
-            .flat_map(|message| message.samples.iter().map(|(labels, _, _)| labels))
+            .flat_map(|message| message.samples.iter().map(|(labels, _, _)| labels.as_ref()))
             .filter(|labels| !self.totals.contains_key(*labels))
             .collect();
         if unknown.is_empty() {
@@ -509,16 +521,16 @@ impl DeltaTotals {
     /// the limit are refused (counted).
     fn add(
         &mut self,
-        samples: Vec<(sightline_tsdb::Labels, i64, f64)>,
+        samples: Vec<(Arc<sightline_tsdb::Labels>, i64, f64)>,
         stats: &crate::node::NodeStats,
-    ) -> Vec<(sightline_tsdb::Labels, i64, f64)> {
+    ) -> Vec<(Arc<sightline_tsdb::Labels>, i64, f64)> {
         let mut out = Vec::with_capacity(samples.len());
         for (labels, timestamp_ms, value) in samples {
             if sightline_tsdb::promql::is_stale_nan(value) {
                 out.push((labels, timestamp_ms, value));
                 continue;
             }
-            let Some(total) = self.totals.get_mut(&labels) else {
+            let Some(total) = self.totals.get_mut(labels.as_ref()) else {
                 stats.samples_refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
