@@ -509,21 +509,11 @@ impl Metastore {
         let inserted = self
             .client()
             .execute(
-                "WITH lease AS ( \
-                   SELECT partition FROM sightline_partitions \
-                   WHERE partition = $2 AND owner = $10 AND epoch = $11 FOR UPDATE), \
-                 locked AS ( \
-                   SELECT block_id FROM sightline_blocks \
-                   WHERE block_id = ANY($12) AND partition = $2 AND retired_at IS NULL \
-                   AND EXISTS (SELECT 1 FROM lease) FOR UPDATE), \
-                 ok AS (SELECT count(*) = $13 AS ok FROM locked), \
-                 retired AS ( \
-                   UPDATE sightline_blocks SET retired_at = now() \
-                   WHERE block_id IN (SELECT block_id FROM locked) AND (SELECT ok FROM ok) \
-                   RETURNING block_id) \
-                 INSERT INTO sightline_blocks \
-                 (block_id, partition, from_seq, to_seq, min_ms, max_ms, series, samples, bytes, node_id, epoch) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)",
+                &replacement(
+                    "sightline_blocks",
+                    "block_id",
+                    "block_id, partition, from_seq, to_seq, min_ms, max_ms, series, samples, bytes",
+                ),
                 &[
                     &compacted.block_id,
                     &(compacted.partition as i32),
@@ -810,21 +800,11 @@ impl Metastore {
         let inserted = self
             .client()
             .execute(
-                "WITH lease AS ( \
-                   SELECT partition FROM sightline_partitions \
-                   WHERE partition = $2 AND owner = $10 AND epoch = $11 FOR UPDATE), \
-                 locked AS ( \
-                   SELECT split_id FROM sightline_splits \
-                   WHERE split_id = ANY($12) AND partition = $2 AND retired_at IS NULL \
-                   AND EXISTS (SELECT 1 FROM lease) FOR UPDATE), \
-                 ok AS (SELECT count(*) = $13 AS ok FROM locked), \
-                 retired AS ( \
-                   UPDATE sightline_splits SET retired_at = now() \
-                   WHERE split_id IN (SELECT split_id FROM locked) AND (SELECT ok FROM ok) \
-                   RETURNING split_id) \
-                 INSERT INTO sightline_splits \
-                 (split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes, node_id, epoch) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)",
+                &replacement(
+                    "sightline_splits",
+                    "split_id",
+                    "split_id, partition, from_seq, to_seq, min_time, max_time, logs, spans, bytes",
+                ),
                 &[
                     &merged.split_id,
                     &columns.partition,
@@ -899,8 +879,30 @@ impl Columns {
     }
 }
 
-/// A [`SplitRow`] from a row selecting `split_id, partition, from_seq,
-/// to_seq, min_time, max_time, logs, spans, bytes`, in that order.
+/// The statement that lists one row of `table` (its nine `columns`, then
+/// `node_id` and `epoch`: parameters `$1..$11`) in place of the live rows
+/// whose `id` is in `$12` (`$13` of them), only if `$10` still holds
+/// partition `$2` under epoch `$11` and every one of them is still live
+/// (locked meanwhile): a merge of splits, a compaction of blocks.
+fn replacement(table: &str, id: &str, columns: &str) -> String {
+    format!(
+        "WITH lease AS ( \
+           SELECT partition FROM sightline_partitions \
+           WHERE partition = $2 AND owner = $10 AND epoch = $11 FOR UPDATE), \
+         locked AS ( \
+           SELECT {id} FROM {table} \
+           WHERE {id} = ANY($12) AND partition = $2 AND retired_at IS NULL \
+           AND EXISTS (SELECT 1 FROM lease) FOR UPDATE), \
+         ok AS (SELECT count(*) = $13 AS ok FROM locked), \
+         retired AS ( \
+           UPDATE {table} SET retired_at = now() \
+           WHERE {id} IN (SELECT {id} FROM locked) AND (SELECT ok FROM ok) \
+           RETURNING {id}) \
+         INSERT INTO {table} ({columns}, node_id, epoch) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE (SELECT ok FROM ok)"
+    )
+}
+
 /// A block from columns `partition, _, block_id, from_seq, to_seq, min_ms,
 /// max_ms, series, samples, bytes`.
 fn block_row(row: &tokio_postgres::Row) -> BlockRow {
@@ -917,6 +919,8 @@ fn block_row(row: &tokio_postgres::Row) -> BlockRow {
     }
 }
 
+/// A [`SplitRow`] from a row selecting `split_id, partition, from_seq,
+/// to_seq, min_time, max_time, logs, spans, bytes`, in that order.
 fn split_row(row: &tokio_postgres::Row) -> SplitRow {
     SplitRow {
         split_id: row.get(0),

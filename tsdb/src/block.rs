@@ -309,16 +309,7 @@ impl Block {
 
     /// Values of label `name` among its series matching `matchers`.
     pub fn label_values(&self, name: &str, matchers: &[LabelMatcher]) -> BTreeSet<String> {
-        if matchers.is_empty() {
-            return self.index.values_of(name).map(str::to_string).collect();
-        }
-        self.index
-            .select(matchers)
-            .into_iter()
-            .map(|id| self.index.value_by_name(id, name))
-            .filter(|value| !value.is_empty())
-            .map(str::to_string)
-            .collect()
+        self.index.values_matching(name, matchers)
     }
 
     /// The block's label index.

@@ -334,6 +334,24 @@ impl LabelIndex {
         id
     }
 
+    /// Values of label `name` among the series matching `matchers` (every
+    /// series when there are none).
+    pub(crate) fn values_matching(
+        &self,
+        name: &str,
+        matchers: &[LabelMatcher],
+    ) -> std::collections::BTreeSet<String> {
+        if matchers.is_empty() {
+            return self.values_of(name).map(str::to_string).collect();
+        }
+        self.select(matchers)
+            .into_iter()
+            .map(|id| self.value_by_name(id, name))
+            .filter(|value| !value.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Series `id`'s label set as symbol ids.
     pub(crate) fn interned(&self, id: u32) -> &InternedLabels {
         &self.series[id as usize]

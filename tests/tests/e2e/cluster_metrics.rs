@@ -28,14 +28,20 @@ fn settings(extra: &str) -> ClusterSettings {
     }
 }
 
+/// Every live (listed, not retired) block.
+async fn live_blocks(metastore: &Metastore) -> Result<Vec<sightline_cluster::BlockRow>, String> {
+    let (blocks, _) = metastore
+        .metric_snapshot(i64::MIN, i64::MAX)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(blocks)
+}
+
 async fn blocks_published(engines: &Engines) -> u64 {
     let metastore = Metastore::connect(&engines.postgres.url())
         .await
         .expect("the metastore");
-    let (blocks, _) = metastore
-        .metric_snapshot(i64::MIN, i64::MAX)
-        .await
-        .expect("the block list");
+    let blocks = live_blocks(&metastore).await.expect("the block list");
     blocks.len() as u64
 }
 
@@ -771,10 +777,7 @@ async fn blocks_past_retention_are_retired_and_deleted_from_s3() {
         "the old sample's block to be published",
         Duration::from_secs(30),
         || async {
-            let (blocks, _) = metastore
-                .metric_snapshot(i64::MIN, i64::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
+            let blocks = live_blocks(&metastore).await?;
             Ok(blocks
                 .into_iter()
                 .find(|block| block.max_ms < now_ms - 5 * 60_000))
@@ -787,10 +790,7 @@ async fn blocks_past_retention_are_retired_and_deleted_from_s3() {
         "the old block's row and objects to be gone",
         Duration::from_secs(60),
         || async {
-            let (blocks, _) = metastore
-                .metric_snapshot(i64::MIN, i64::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
+            let blocks = live_blocks(&metastore).await?;
             let listed = blocks
                 .iter()
                 .any(|block| block.block_id == old_block.block_id);
@@ -882,10 +882,7 @@ async fn otlp_delta_sums_sent_to_different_collectors_accumulate_at_their_owner(
         "blocks with the first deltas",
         Duration::from_secs(30),
         || async {
-            let (blocks, _) = metastore
-                .metric_snapshot(i64::MIN, i64::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
+            let blocks = live_blocks(&metastore).await?;
             Ok((blocks.len() >= 2).then_some(()))
         },
     )
@@ -979,10 +976,7 @@ async fn a_partitions_blocks_are_compacted_into_one_that_answers_the_same() {
             .expect("a write");
         assert!(response.status().is_success(), "{}", response.status());
         tokio::time::sleep(Duration::from_millis(2_500)).await;
-        let (blocks, _) = metastore
-            .metric_snapshot(i64::MIN, i64::MAX)
-            .await
-            .expect("the block list");
+        let blocks = live_blocks(&metastore).await.expect("the block list");
         published.extend(blocks.into_iter().map(|block| block.block_id));
     }
     // Every block listed while the samples were written is compacted into
@@ -992,10 +986,7 @@ async fn a_partitions_blocks_are_compacted_into_one_that_answers_the_same() {
         "every block written meanwhile to be compacted",
         Duration::from_secs(90),
         || async {
-            let (blocks, _) = metastore
-                .metric_snapshot(i64::MIN, i64::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
+            let blocks = live_blocks(&metastore).await?;
             let left = blocks
                 .iter()
                 .filter(|block| published.contains(&block.block_id))
