@@ -122,6 +122,8 @@ pub struct ScrapeConfig {
     pub static_configs: Vec<StaticConfig>,
     #[serde(default)]
     pub file_sd_configs: Vec<FileSdConfig>,
+    #[serde(default)]
+    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
     /// Most samples a scrape may expose; more fails it with
     /// `sample limit exceeded`. Unset: [`DEFAULT_SAMPLE_LIMIT`]; 0: none.
     #[serde(default)]
@@ -342,6 +344,38 @@ pub struct StaticConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `kubernetes_sd_configs` entry (the `pod` role): pods found by a watch of
+/// the Kubernetes API (`scrape/kubernetes.rs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KubernetesSdConfig {
+    pub role: String,
+    /// Unset inside a pod: the service account's API server, token and CA.
+    #[serde(default)]
+    pub api_server: Option<String>,
+    #[serde(default)]
+    pub kubeconfig_file: Option<String>,
+    #[serde(default)]
+    pub namespaces: KubernetesNamespaces,
+    #[serde(default)]
+    pub selectors: Vec<serde_norway::Value>,
+    /// Towards `api_server`; paths relative to the config file.
+    #[serde(default)]
+    pub tls_config: TlsConfig,
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
+    #[serde(flatten)]
+    pub(crate) unknown: BTreeMap<String, serde_norway::Value>,
+}
+
+/// `namespaces:` of a `kubernetes_sd_configs` entry (every one when empty).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KubernetesNamespaces {
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub own_namespace: bool,
+}
+
 /// `file_sd_configs` entry: target files, re-read when they change.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FileSdConfig {
@@ -460,6 +494,28 @@ impl ConfigFile {
                 ));
             }
             scrape.check_client()?;
+            for (index, kubernetes) in scrape.kubernetes_sd_configs.iter().enumerate() {
+                let at = format!(
+                    "scrape_configs[{}].kubernetes_sd_configs[{index}]",
+                    scrape.job_name
+                );
+                if kubernetes.role != "pod" {
+                    return Err(format!(
+                        "{at}: role {:?} is not supported yet (pod is; endpoints, service, node and ingress are not)",
+                        kubernetes.role
+                    ));
+                }
+                if kubernetes.kubeconfig_file.is_some() {
+                    return Err(format!(
+                        "{at}: kubeconfig_file is not supported yet: give api_server (with tls_config and bearer_token_file), or run in a pod"
+                    ));
+                }
+                if !kubernetes.selectors.is_empty() || kubernetes.namespaces.own_namespace {
+                    return Err(format!(
+                        "{at}: selectors and namespaces.own_namespace are not supported yet: filter with relabel_configs, or name the namespaces"
+                    ));
+                }
+            }
             if scrape.interval(&self.global).is_zero() {
                 return Err(format!(
                     "scrape_configs[{}]: scrape_interval must be positive",
@@ -505,6 +561,17 @@ impl ConfigFile {
                     .keys()
                     .map(|key| format!("scrape_configs[{job}].{key}")),
             );
+            for (index, kubernetes) in scrape.kubernetes_sd_configs.iter().enumerate() {
+                ignored.extend(
+                    kubernetes
+                        .unknown
+                        .keys()
+                        .chain(kubernetes.tls_config.unknown.keys())
+                        .map(|key| {
+                            format!("scrape_configs[{job}].kubernetes_sd_configs[{index}].{key}")
+                        }),
+                );
+            }
             let nested = [
                 ("tls_config", Some(&scrape.tls_config.unknown)),
                 (
@@ -800,6 +867,39 @@ scrape_configs:
             assert!(
                 error.contains(expected) && error.contains("scrape_configs[j]"),
                 "{keys}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn kubernetes_discovery_parses_the_pod_role_and_says_what_it_lacks() {
+        let text = "scrape_configs:\n  - job_name: pods\n    kubernetes_sd_configs:\n      - role: pod\n        api_server: https://k8s:6443\n        namespaces: {names: [shop]}\n        tls_config: {ca_file: ca.pem}\n        bearer_token_file: token\n";
+        let config = ConfigFile::parse(text).unwrap();
+        let kubernetes = &config.scrape_configs[0].kubernetes_sd_configs[0];
+        assert_eq!(kubernetes.api_server.as_deref(), Some("https://k8s:6443"));
+        assert_eq!(kubernetes.namespaces.names, ["shop"]);
+        assert!(config.ignored().is_empty(), "{:?}", config.ignored());
+        for (entry, expected) in [
+            (
+                "{role: endpoints}",
+                "role \"endpoints\" is not supported yet",
+            ),
+            (
+                "{role: pod, kubeconfig_file: k}",
+                "kubeconfig_file is not supported yet",
+            ),
+            (
+                "{role: pod, selectors: [{role: pod, label: a=b}]}",
+                "selectors",
+            ),
+        ] {
+            let text =
+                format!("scrape_configs:\n  - job_name: j\n    kubernetes_sd_configs: [{entry}]\n");
+            let error = ConfigFile::parse(&text).unwrap_err();
+            assert!(
+                error.contains(expected)
+                    && error.contains("scrape_configs[j].kubernetes_sd_configs[0]"),
+                "{entry}: {error}"
             );
         }
     }

@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod kubernetes;
 pub mod parse;
 pub mod relabel;
 pub mod target;
@@ -67,6 +68,7 @@ pub struct Job {
     pub honor_timestamps: bool,
     pub static_configs: Vec<StaticConfig>,
     pub file_sd_configs: Vec<FileSdConfig>,
+    pub kubernetes_sd_configs: Vec<crate::config_file::KubernetesSdConfig>,
     /// Where relative `file_sd_configs` globs start.
     pub base_dir: PathBuf,
     pub limits: ScrapeLimits,
@@ -97,6 +99,7 @@ impl Job {
                 labels: BTreeMap::new(),
             }],
             file_sd_configs: Vec::new(),
+            kubernetes_sd_configs: Vec::new(),
             base_dir: PathBuf::from("."),
             limits: ScrapeLimits::default(),
             tls: TlsSettings::default(),
@@ -114,6 +117,10 @@ impl Job {
         let mut targets = Vec::new();
         let mut dropped = Vec::new();
         let metric_relabel: Arc<[Relabel]> = self.metric_relabel_configs.clone().into();
+        // Targets that relabeling made the same (a pod's containers all
+        // rewritten to its annotated port, say) are one target, the first,
+        // as Prometheus keeps them: neither scraped twice nor listed twice.
+        let mut unique = std::collections::HashSet::new();
         for group in groups {
             for address in &group.targets {
                 let discovered = self.discovered_labels(group, address);
@@ -126,7 +133,11 @@ impl Job {
                     continue;
                 }
                 match self.target(discovered, &labels, metric_relabel.clone()) {
-                    Ok(target) => targets.push(target),
+                    Ok(target) => {
+                        if unique.insert((target.url.clone(), target.labels.clone())) {
+                            targets.push(target);
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(job = %self.name, %address, %error, "cannot create target")
                     }
@@ -300,6 +311,7 @@ pub fn jobs_from_config(
                 honor_timestamps: scrape.honor_timestamps,
                 static_configs: scrape.static_configs.clone(),
                 file_sd_configs: scrape.file_sd_configs.clone(),
+                kubernetes_sd_configs: scrape.kubernetes_sd_configs.clone(),
                 base_dir: config_dir.to_path_buf(),
                 limits: scrape.limits(),
                 tls,
@@ -507,7 +519,29 @@ impl Scraper {
                 })
                 .collect()
         };
+        // Per job, its Kubernetes watches (stopped when dropped).
+        let watch_kubernetes = |jobs: &[Job]| -> Vec<Vec<kubernetes::KubernetesDiscovery>> {
+            jobs.iter()
+                .map(|job| {
+                    job.kubernetes_sd_configs
+                        .iter()
+                        .filter_map(|config| {
+                            kubernetes::KubernetesDiscovery::start(config, &job.name, &job.base_dir)
+                                .map_err(|error| {
+                                    tracing::error!(
+                                        job = %job.name,
+                                        error = format!("{error:#}"),
+                                        "kubernetes_sd_configs cannot start; the job has no Kubernetes targets"
+                                    )
+                                })
+                                .ok()
+                        })
+                        .collect()
+                })
+                .collect()
+        };
         let mut discoveries = discover(&jobs);
+        let mut watches = watch_kubernetes(&jobs);
         let mut first = true;
         // Jobs whose targets restart at the next reconcile.
         let mut restart: Vec<String> = Vec::new();
@@ -526,7 +560,11 @@ impl Scraper {
             let changed = match refreshed {
                 Ok((moved, changed)) => {
                     discoveries = moved;
-                    changed
+                    // Every watch's flag is taken, changed or not.
+                    watches
+                        .iter()
+                        .flatten()
+                        .fold(changed, |changed, watch| watch.take_changed() | changed)
                 }
                 Err(error) => {
                     tracing::error!(%error, "target discovery task failed");
@@ -537,9 +575,14 @@ impl Scraper {
                 first = false;
                 let mut wanted = Vec::new();
                 let mut dropped = Vec::new();
-                for (job, files) in jobs.iter().zip(&discoveries) {
+                for ((job, files), kubernetes) in jobs.iter().zip(&discoveries).zip(&watches) {
                     let mut groups = job.static_configs.clone();
                     groups.extend(files.iter().flat_map(FileDiscovery::groups));
+                    groups.extend(
+                        kubernetes
+                            .iter()
+                            .flat_map(kubernetes::KubernetesDiscovery::groups),
+                    );
                     let (targets, job_dropped) = job.targets(&groups);
                     wanted.extend(targets);
                     dropped.extend(job_dropped);
@@ -577,6 +620,7 @@ impl Scraper {
                     jobs = reload.jobs;
                     clients = reload.clients;
                     discoveries = discover(&jobs);
+                    watches = watch_kubernetes(&jobs);
                     first = true;
                     applied = Some(reload.applied);
                 }

@@ -1,0 +1,401 @@
+//! `kubernetes_sd_configs` (role `pod`) on a collector with the seed's
+//! `prometheus.io/scrape` and `prometheus.io/port` rules. No Kubernetes
+//! API server can be installed here, and Debian's Prometheus is built
+//! without Kubernetes discovery (it refuses `kubernetes_sd_configs`), so
+//! the collector reads a local server that answers the API's list and
+//! watch requests in its JSON shapes (a `PodList` with a
+//! `resourceVersion`, a watch stream of `BOOKMARK`/`ADDED`/`MODIFIED`
+//! events, an `ERROR` 410 when the version expires, 503 while down), and
+//! the labels are pinned to what Prometheus' pod role makes of the same
+//! pods (`discovery/kubernetes/pod.go` and its documentation). It follows
+//! the watch: a pod getting its IP, a pod deleted while the watch was
+//! expired, the API down and back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+use sightline_tests::{CollectorProcess, poll_until};
+
+/// The fake API server's pods and open watches.
+#[derive(Default)]
+struct Api {
+    pods: Mutex<BTreeMap<String, Value>>,
+    version: Mutex<u64>,
+    watchers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Requests seen, `path?query`, for the failure message.
+    seen: Mutex<Vec<String>>,
+    /// Answer every request with 503, as an API server that is down.
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Api {
+    fn next_version(&self) -> String {
+        let mut version = self.version.lock().unwrap();
+        *version += 1;
+        version.to_string()
+    }
+
+    /// Adds or replaces a pod and tells every watch.
+    fn put(&self, mut pod: Value) {
+        let version = self.next_version();
+        pod["metadata"]["resourceVersion"] = json!(version);
+        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        let kind = if self
+            .pods
+            .lock()
+            .unwrap()
+            .insert(name, pod.clone())
+            .is_some()
+        {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.send(json!({"type": kind, "object": pod}));
+    }
+
+    fn delete(&self, name: &str, tell: bool) {
+        let pod = self.pods.lock().unwrap().remove(name).unwrap();
+        if tell {
+            self.send(json!({"type": "DELETED", "object": pod}));
+        } else {
+            self.next_version();
+        }
+    }
+
+    fn send(&self, event: Value) {
+        let line = format!("{event}\n");
+        self.watchers
+            .lock()
+            .unwrap()
+            .retain(|watcher| watcher.send(line.clone()).is_ok());
+    }
+
+    /// Ends every watch with `410 Gone`, as a server whose history no
+    /// longer holds the version does.
+    fn expire_watches(&self) {
+        self.send(json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410
+        }}));
+        self.watchers.lock().unwrap().clear();
+    }
+}
+
+async fn pods(
+    State(api): State<Arc<Api>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    api.seen.lock().unwrap().push(uri.to_string());
+    if api.down.load(std::sync::atomic::Ordering::Relaxed) {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let watching = query
+        .get("watch")
+        .is_some_and(|watch| watch == "1" || watch == "true");
+    if !watching {
+        let items: Vec<Value> = api.pods.lock().unwrap().values().cloned().collect();
+        let version = api.version.lock().unwrap().to_string();
+        return axum::Json(json!({
+            "kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": version},
+            "items": items,
+        }))
+        .into_response();
+    }
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // A bookmark first, as a server that was asked for them may send.
+    let version = api.version.lock().unwrap().to_string();
+    let bookmark = json!({"type": "BOOKMARK", "object": {
+        "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": version}
+    }});
+    let _ = sender.send(format!("{bookmark}\n"));
+    api.watchers.lock().unwrap().push(sender);
+    let stream = tokio_stream_of(receiver);
+    (
+        [("content-type", "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> {
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context).map(|line| line.map(Ok)))
+}
+
+/// A pod as the API returns it.
+fn pod(name: &str, ip: &str, annotated_port: Option<u16>) -> Value {
+    let mut annotations = serde_json::Map::new();
+    if let Some(port) = annotated_port {
+        annotations.insert("prometheus.io/scrape".into(), json!("true"));
+        annotations.insert("prometheus.io/port".into(), json!(port.to_string()));
+    }
+    json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {
+            "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "labels": {"app.kubernetes.io/name": name, "pod-template-hash": "7d9c"},
+            "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{name}-7d9c"), "uid": "rs-1", "controller": true,
+                "blockOwnerDeletion": true}]
+        },
+        "spec": {
+            "nodeName": "node-a",
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [
+                {"name": "app", "image": format!("{name}:1"), "ports": [
+                    {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": 9102, "protocol": "TCP"}
+                ]},
+                {"name": "sidecar", "image": "proxy:2"}
+            ]
+        },
+        "status": {
+            "phase": if ip.is_empty() { "Pending" } else { "Running" },
+            "podIP": ip, "hostIP": "192.168.1.5",
+            "conditions": [{"type": "Ready", "status": if ip.is_empty() { "False" } else { "True" }}]
+        }
+    })
+}
+
+/// The seed's pod job: keep annotated pods, scrape the annotated port.
+fn config(api_port: u16) -> String {
+    format!(
+        r#"
+global:
+  scrape_interval: 1h
+scrape_configs:
+  - job_name: kubernetes-pods
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: http://127.0.0.1:{api_port}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: true
+      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        action: replace
+        regex: ([^:]+)(?::\d+)?;(\d+)
+        replacement: $1:$2
+        target_label: __address__
+      - action: labelmap
+        regex: __meta_kubernetes_pod_label_(.+)
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+"#
+    )
+}
+
+/// What a `/api/v1/targets` answer says: every discovered target's
+/// Kubernetes labels and address, and every kept target's labels.
+type Seen = (
+    BTreeSet<BTreeMap<String, String>>,
+    BTreeSet<BTreeMap<String, String>>,
+);
+
+async fn targets(http: &reqwest::Client, base: &str) -> Result<Seen, String> {
+    let body: Value = http
+        .get(format!("{base}/api/v1/targets?state=any"))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?
+        .json()
+        .await
+        .map_err(|error| error.to_string())?;
+    let labels = |value: &Value, keep: &dyn Fn(&str) -> bool| -> BTreeMap<String, String> {
+        value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| keep(name))
+            .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_string()))
+            .collect()
+    };
+    let discovered_keep =
+        |name: &str| name.starts_with("__meta_kubernetes_") || name == "__address__";
+    let mut discovered = BTreeSet::new();
+    let mut kept = BTreeSet::new();
+    for state in ["activeTargets", "droppedTargets"] {
+        for target in body["data"][state].as_array().into_iter().flatten() {
+            if target["discoveredLabels"]["job"] != "kubernetes-pods" {
+                continue;
+            }
+            discovered.insert(labels(&target["discoveredLabels"], &discovered_keep));
+            if state == "activeTargets" {
+                kept.insert(labels(&target["labels"], &|_| true));
+            }
+        }
+    }
+    Ok((discovered, kept))
+}
+
+/// Polls until we list `count` discovered targets whose kept ones are at
+/// `addresses`, and returns what we list.
+async fn discovered(
+    http: &reqwest::Client,
+    ours: &str,
+    count: usize,
+    addresses: &[&str],
+    api: &Api,
+) -> Seen {
+    poll_until(
+        &format!("{count} discovered targets, kept at {addresses:?}"),
+        Duration::from_secs(60),
+        || async {
+            let seen = targets(http, ours).await?;
+            let kept: BTreeSet<&str> = seen
+                .1
+                .iter()
+                .map(|labels| labels["instance"].as_str())
+                .collect();
+            if seen.0.len() != count || kept != addresses.iter().copied().collect() {
+                return Err(format!(
+                    "{} discovered, kept at {kept:?}; requests: {:?}",
+                    seen.0.len(),
+                    api.seen.lock().unwrap()
+                ));
+            }
+            Ok(Some(seen.clone()))
+        },
+    )
+    .await
+}
+
+/// Labels as `(name, value)` pairs.
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
+    let api = Arc::new(Api::default());
+    api.put(pod("web", "10.1.0.7", Some(9102)));
+    api.put(pod("worker", "10.1.0.8", None));
+    api.put(pod("starting", "", Some(9102)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .with_state(api.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config(api_port)).expect("write the config");
+    let collector = CollectorProcess::start(
+        &dir.path().join("collector-data"),
+        &["--config", config_path.to_str().expect("utf-8 temp path")],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let ours = collector.url("");
+
+    // Two running pods, three containers each (one an init container),
+    // the app's two ports: 4 targets a pod, the pod without an IP none.
+    // The annotated pod's four are one after relabeling (the same address
+    // and labels: the first is kept, as Prometheus keeps it), the other
+    // pod's four are dropped.
+    let (first, _) = discovered(&http, &ours, 5, &["10.1.0.7:9102"], &api).await;
+    // The first target of the annotated pod, labeled as Prometheus' pod
+    // role labels it (discovery/kubernetes/pod.go; its documentation).
+    let web = labels(&[
+        ("__address__", "10.1.0.7:8080"),
+        ("__meta_kubernetes_namespace", "shop"),
+        ("__meta_kubernetes_pod_name", "web"),
+        ("__meta_kubernetes_pod_ip", "10.1.0.7"),
+        ("__meta_kubernetes_pod_ready", "true"),
+        ("__meta_kubernetes_pod_phase", "Running"),
+        ("__meta_kubernetes_pod_node_name", "node-a"),
+        ("__meta_kubernetes_pod_host_ip", "192.168.1.5"),
+        ("__meta_kubernetes_pod_uid", "uid-web"),
+        ("__meta_kubernetes_pod_controller_kind", "ReplicaSet"),
+        ("__meta_kubernetes_pod_controller_name", "web-7d9c"),
+        ("__meta_kubernetes_pod_label_app_kubernetes_io_name", "web"),
+        (
+            "__meta_kubernetes_pod_labelpresent_app_kubernetes_io_name",
+            "true",
+        ),
+        ("__meta_kubernetes_pod_label_pod_template_hash", "7d9c"),
+        (
+            "__meta_kubernetes_pod_labelpresent_pod_template_hash",
+            "true",
+        ),
+        (
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
+            "true",
+        ),
+        (
+            "__meta_kubernetes_pod_annotationpresent_prometheus_io_scrape",
+            "true",
+        ),
+        (
+            "__meta_kubernetes_pod_annotation_prometheus_io_port",
+            "9102",
+        ),
+        (
+            "__meta_kubernetes_pod_annotationpresent_prometheus_io_port",
+            "true",
+        ),
+        ("__meta_kubernetes_pod_container_name", "app"),
+        ("__meta_kubernetes_pod_container_image", "web:1"),
+        ("__meta_kubernetes_pod_container_init", "false"),
+        ("__meta_kubernetes_pod_container_port_name", "http"),
+        ("__meta_kubernetes_pod_container_port_number", "8080"),
+        ("__meta_kubernetes_pod_container_port_protocol", "TCP"),
+    ]);
+    assert!(first.contains(&web), "{first:#?}");
+    // The worker's init container: no port, the pod IP alone.
+    assert!(
+        first
+            .iter()
+            .any(|target| target["__address__"] == "10.1.0.8"
+                && target["__meta_kubernetes_pod_container_init"] == "true"
+                && !target.contains_key("__meta_kubernetes_pod_container_port_number")),
+        "{first:#?}"
+    );
+
+    // The pending pod gets its IP, through the watch.
+    api.put(pod("starting", "10.1.0.9", Some(9102)));
+    discovered(&http, &ours, 6, &["10.1.0.7:9102", "10.1.0.9:9102"], &api).await;
+
+    // The watch expires (410) while a pod is deleted unseen: the list
+    // that follows drops it.
+    api.delete("worker", false);
+    api.expire_watches();
+    discovered(&http, &ours, 2, &["10.1.0.7:9102", "10.1.0.9:9102"], &api).await;
+
+    // The API is down: the targets stay; back, a pod added meanwhile
+    // appears.
+    api.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    api.expire_watches();
+    api.put(pod("late", "10.1.0.10", Some(9102)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    discovered(&http, &ours, 2, &["10.1.0.7:9102", "10.1.0.9:9102"], &api).await;
+    api.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    discovered(
+        &http,
+        &ours,
+        3,
+        &["10.1.0.7:9102", "10.1.0.9:9102", "10.1.0.10:9102"],
+        &api,
+    )
+    .await;
+}
