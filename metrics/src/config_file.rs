@@ -505,9 +505,9 @@ impl ConfigFile {
                         kubernetes.role
                     ));
                 }
-                if kubernetes.kubeconfig_file.is_some() {
+                if kubernetes.kubeconfig_file.is_some() && kubernetes.api_server.is_some() {
                     return Err(format!(
-                        "{at}: kubeconfig_file is not supported yet: give api_server (with tls_config and bearer_token_file), or run in a pod"
+                        "{at}: cannot use 'kubeconfig_file' and 'api_server' simultaneously"
                     ));
                 }
                 if !kubernetes.selectors.is_empty() || kubernetes.namespaces.own_namespace {
@@ -885,8 +885,8 @@ scrape_configs:
                 "role \"endpoints\" is not supported yet",
             ),
             (
-                "{role: pod, kubeconfig_file: k}",
-                "kubeconfig_file is not supported yet",
+                "{role: pod, kubeconfig_file: k, api_server: http://a}",
+                "cannot use 'kubeconfig_file' and 'api_server' simultaneously",
             ),
             (
                 "{role: pod, selectors: [{role: pod, label: a=b}]}",

@@ -268,11 +268,178 @@ pub fn pod_targets(pod: &Pod) -> Vec<StaticConfig> {
 struct Api {
     base: String,
     client: JobClient,
+    /// A kubeconfig's inline certificates, as files the client read.
+    _inline: Option<tempfile::TempDir>,
+}
+
+/// The parts of a kubeconfig file (`clientcmd/api/v1`) discovery uses.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Kubeconfig {
+    #[serde(default)]
+    current_context: String,
+    #[serde(default)]
+    contexts: Vec<Named<KubeContext>>,
+    #[serde(default)]
+    clusters: Vec<Named<KubeCluster>>,
+    #[serde(default)]
+    users: Vec<Named<KubeUser>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named<T> {
+    name: String,
+    #[serde(alias = "context", alias = "cluster", alias = "user")]
+    value: T,
+}
+
+#[derive(Debug, Deserialize)]
+struct KubeContext {
+    cluster: String,
+    #[serde(default)]
+    user: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct KubeCluster {
+    server: String,
+    #[serde(default)]
+    certificate_authority: Option<String>,
+    #[serde(default)]
+    certificate_authority_data: Option<String>,
+    #[serde(default)]
+    insecure_skip_tls_verify: bool,
+    #[serde(default)]
+    tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct KubeUser {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, rename = "tokenFile")]
+    token_file: Option<String>,
+    #[serde(default)]
+    client_certificate: Option<String>,
+    #[serde(default)]
+    client_certificate_data: Option<String>,
+    #[serde(default)]
+    client_key: Option<String>,
+    #[serde(default)]
+    client_key_data: Option<String>,
+}
+
+/// The API server, TLS and credentials of a kubeconfig's current context;
+/// relative paths are relative to the kubeconfig, inline (`*-data`)
+/// certificates are written under `inline`.
+fn from_kubeconfig(
+    path: &Path,
+    inline: &Path,
+) -> anyhow::Result<(String, TlsSettings, Option<ScrapeAuth>)> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    let config: Kubeconfig =
+        serde_norway::from_str(&text).with_context(|| format!("kubeconfig {}", path.display()))?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|context| context.name == config.current_context)
+        .with_context(|| {
+            format!(
+                "kubeconfig {}: no context named {:?} (current-context)",
+                path.display(),
+                config.current_context
+            )
+        })?;
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|cluster| cluster.name == context.value.cluster)
+        .with_context(|| {
+            format!(
+                "kubeconfig {}: no cluster named {:?}",
+                path.display(),
+                context.value.cluster
+            )
+        })?;
+    let default_user = Named {
+        name: String::new(),
+        value: KubeUser::default(),
+    };
+    let user = config
+        .users
+        .iter()
+        .find(|user| user.name == context.value.user)
+        .unwrap_or(&default_user);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = |path: &Option<String>,
+                data: &Option<String>,
+                name: &str|
+     -> anyhow::Result<Option<std::path::PathBuf>> {
+        if let Some(data) = data {
+            use base64::Engine as _;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .with_context(|| {
+                    format!("kubeconfig {}: {name}-data is not base64", path_text(path))
+                })?;
+            let written = inline.join(name);
+            std::fs::write(&written, pem)?;
+            return Ok(Some(written));
+        }
+        Ok(path.as_deref().map(|file| dir.join(file)))
+    };
+    fn path_text(path: &Option<String>) -> String {
+        path.clone().unwrap_or_default()
+    }
+    let tls = TlsSettings {
+        ca_file: file(
+            &cluster.value.certificate_authority,
+            &cluster.value.certificate_authority_data,
+            "certificate-authority",
+        )?,
+        cert_file: file(
+            &user.value.client_certificate,
+            &user.value.client_certificate_data,
+            "client-certificate",
+        )?,
+        key_file: file(
+            &user.value.client_key,
+            &user.value.client_key_data,
+            "client-key",
+        )?,
+        server_name: cluster.value.tls_server_name.clone(),
+        insecure_skip_verify: cluster.value.insecure_skip_tls_verify,
+    };
+    let credentials = match (&user.value.token, &user.value.token_file) {
+        (Some(token), _) => Some(Credentials::Inline(super::client::Secret::new(token))),
+        (None, Some(file)) => Some(Credentials::File(dir.join(file))),
+        (None, None) => None,
+    };
+    let auth = credentials.map(|credentials| ScrapeAuth::Authorization {
+        scheme: "Bearer".into(),
+        credentials,
+    });
+    Ok((cluster.value.server.clone(), tls, auth))
 }
 
 impl Api {
     fn new(config: &KubernetesSdConfig, job: &str, base_dir: &Path) -> anyhow::Result<Api> {
         let resolve = |path: &str| base_dir.join(path);
+        if let Some(kubeconfig) = &config.kubeconfig_file {
+            let inline = tempfile::Builder::new()
+                .prefix("sightline-kubeconfig-")
+                .tempdir()?;
+            let (server, tls, auth) = from_kubeconfig(&resolve(kubeconfig), inline.path())?;
+            return Ok(Api {
+                base: server.trim_end_matches('/').to_string(),
+                client: JobClient::build(job, &tls, auth)?,
+                _inline: Some(inline),
+            });
+        }
         if let Some(server) = &config.api_server {
             let tls = TlsSettings {
                 ca_file: config.tls_config.ca_file.as_deref().map(resolve),
@@ -291,6 +458,7 @@ impl Api {
             return Ok(Api {
                 base: server.trim_end_matches('/').to_string(),
                 client: JobClient::build(job, &tls, auth)?,
+                _inline: None,
             });
         }
         // In a pod: the service account's token (re-read on every request,
@@ -318,6 +486,7 @@ impl Api {
         Ok(Api {
             base: format!("https://{host}:{port}"),
             client: JobClient::build(job, &tls, Some(auth))?,
+            _inline: None,
         })
     }
 
@@ -643,5 +812,39 @@ mod tests {
         let mut pending = pod.clone();
         pending.status.pod_ip.clear();
         assert!(pod_targets(&pending).is_empty());
+    }
+
+    #[test]
+    fn a_kubeconfig_gives_its_current_contexts_server_tls_and_token() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let inline = tempfile::tempdir().unwrap();
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(ca);
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: prod\ncontexts:\n- name: dev\n  context: {{cluster: dev, user: dev}}\n- name: prod\n  context: {{cluster: prod, user: ops, namespace: shop}}\nclusters:\n- name: dev\n  cluster: {{server: 'https://dev:6443'}}\n- name: prod\n  cluster:\n    server: https://prod:6443\n    certificate-authority-data: {encoded}\nusers:\n- name: ops\n  user:\n    tokenFile: secrets/token\n    client-certificate: certs/ops.pem\n    client-key: certs/ops-key.pem\n"
+            ),
+        )
+        .unwrap();
+        let (server, tls, auth) = from_kubeconfig(&path, inline.path()).unwrap();
+        assert_eq!(server, "https://prod:6443");
+        let ca_file = tls.ca_file.unwrap();
+        assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), ca);
+        assert!(ca_file.starts_with(inline.path()));
+        assert_eq!(tls.cert_file.unwrap(), dir.path().join("certs/ops.pem"));
+        assert_eq!(
+            auth,
+            Some(ScrapeAuth::Authorization {
+                scheme: "Bearer".into(),
+                credentials: Credentials::File(dir.path().join("secrets/token")),
+            })
+        );
+        // A current context that is not there is an error naming it.
+        std::fs::write(&path, "current-context: gone\ncontexts: []\n").unwrap();
+        let error = format!("{:#}", from_kubeconfig(&path, inline.path()).unwrap_err());
+        assert!(error.contains("no context named \"gone\""), "{error}");
     }
 }

@@ -30,6 +30,8 @@ struct Api {
     watchers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Requests seen, `path?query`, for the failure message.
     seen: Mutex<Vec<String>>,
+    /// The `Authorization` header of every request.
+    authorizations: Mutex<BTreeSet<String>>,
     /// Answer every request with 503, as an API server that is down.
     down: std::sync::atomic::AtomicBool,
 }
@@ -92,8 +94,16 @@ async fn pods(
     State(api): State<Arc<Api>>,
     Query(query): Query<BTreeMap<String, String>>,
     uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     api.seen.lock().unwrap().push(uri.to_string());
+    api.authorizations.lock().unwrap().insert(
+        headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("none")
+            .to_string(),
+    );
     if api.down.load(std::sync::atomic::Ordering::Relaxed) {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
@@ -168,17 +178,22 @@ fn pod(name: &str, ip: &str, annotated_port: Option<u16>) -> Value {
     })
 }
 
-/// The seed's pod job: keep annotated pods, scrape the annotated port.
-fn config(api_port: u16) -> String {
+/// A kubeconfig for the API at `api_port`, with a token.
+fn kubeconfig(api_port: u16) -> String {
     format!(
-        r#"
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\ncontexts:\n- name: test\n  context: {{cluster: local, user: scraper}}\nclusters:\n- name: local\n  cluster: {{server: 'http://127.0.0.1:{api_port}'}}\nusers:\n- name: scraper\n  user: {{token: t0ken}}\n"
+    )
+}
+
+/// The seed's pod job: keep annotated pods, scrape the annotated port.
+const CONFIG: &str = r#"
 global:
   scrape_interval: 1h
 scrape_configs:
   - job_name: kubernetes-pods
     kubernetes_sd_configs:
       - role: pod
-        api_server: http://127.0.0.1:{api_port}
+        kubeconfig_file: kubeconfig
     relabel_configs:
       - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
         action: keep
@@ -194,9 +209,7 @@ scrape_configs:
         target_label: namespace
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: pod
-"#
-    )
-}
+"#;
 
 /// What a `/api/v1/targets` answer says: every discovered target's
 /// Kubernetes labels and address, and every kept target's labels.
@@ -296,7 +309,9 @@ async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
 
     let dir = tempfile::tempdir().expect("temporary dir");
     let config_path = dir.path().join("prometheus.yml");
-    std::fs::write(&config_path, config(api_port)).expect("write the config");
+    std::fs::write(&config_path, CONFIG).expect("write the config");
+    std::fs::write(dir.path().join("kubeconfig"), kubeconfig(api_port))
+        .expect("write the kubeconfig");
     let collector = CollectorProcess::start(
         &dir.path().join("collector-data"),
         &["--config", config_path.to_str().expect("utf-8 temp path")],
@@ -362,6 +377,11 @@ async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
         ("__meta_kubernetes_pod_container_port_protocol", "TCP"),
     ]);
     assert!(first.contains(&web), "{first:#?}");
+    // Every request carried the kubeconfig's token.
+    assert_eq!(
+        *api.authorizations.lock().unwrap(),
+        BTreeSet::from(["Bearer t0ken".to_string()])
+    );
     // The worker's init container: no port, the pod IP alone.
     assert!(
         first
