@@ -775,17 +775,39 @@ fn kubernetes_objects_reference_what_exists() {
             }),
         "the checkpoints ({checkpoints}) are not on a hostPath"
     );
-    // Nothing talks to the Kubernetes API: no account is granted anything
-    // and no pod gets an API token.
-    let grants: Vec<&str> = objects
+    // Least privilege: the only grant is the collector's, to get, list and
+    // watch pods in namespace shop (its `shop` scrape job discovers them),
+    // bound to its account only; no ClusterRole; only the collector's pods
+    // get an API token.
+    let grants: Vec<(&str, &Value)> = objects
         .iter()
         .filter(|(_, object)| {
             ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
                 .contains(&object["kind"].as_str().unwrap_or_default())
         })
-        .map(|(file, _)| file.as_str())
+        .map(|(file, object)| (file.as_str(), object))
         .collect();
-    assert!(grants.is_empty(), "RBAC grants in {grants:?}");
+    let kinds: BTreeSet<&str> = grants
+        .iter()
+        .map(|(_, object)| object["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["Role", "RoleBinding"]), "{grants:?}");
+    for (file, object) in &grants {
+        assert_eq!(object["metadata"]["namespace"], "shop", "{file}");
+        match object["kind"].as_str().unwrap_or_default() {
+            "Role" => assert_eq!(
+                object["rules"],
+                serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+                "{file}"
+            ),
+            _ => assert_eq!(
+                object["subjects"],
+                serde_json::json!([{"kind": "ServiceAccount", "name": "sightline-collector", "namespace": "sightline"}]),
+                "{file}"
+            ),
+        }
+    }
+    assert_eq!(grants.len(), 2, "{grants:?}");
     let mut workloads = 0;
     for (file, object) in &objects {
         let kind = object["kind"].as_str().unwrap_or_default();
@@ -794,11 +816,23 @@ fn kubernetes_objects_reference_what_exists() {
         }
         if ["Deployment", "StatefulSet", "DaemonSet"].contains(&kind) {
             workloads += 1;
+            let collector = object["metadata"]["name"] == "sightline-collector";
+            let spec = &object["spec"]["template"]["spec"];
             assert_eq!(
-                object["spec"]["template"]["spec"]["automountServiceAccountToken"], false,
-                "{file}: {} {} mounts an API token",
-                kind, object["metadata"]["name"]
+                spec["automountServiceAccountToken"],
+                collector,
+                "{file}: {} {} {} an API token",
+                kind,
+                object["metadata"]["name"],
+                if collector {
+                    "does not mount"
+                } else {
+                    "mounts"
+                }
             );
+            if collector {
+                assert_eq!(spec["serviceAccountName"], "sightline-collector", "{file}");
+            }
         }
     }
     assert!(workloads >= 8, "{workloads} workloads checked");
