@@ -547,7 +547,9 @@ async fn scraper_reload_uses_new_credentials_and_refuses_unusable_tls_files() {
     // and the running target stays.
     let mut broken = job.clone();
     broken.name = "broken".to_string();
-    broken.tls.ca_file = Some(dir.path().join("missing-ca.pem"));
+    broken.tls.ca_file = Some(sightline_metrics::scrape::client::Pem::File(
+        dir.path().join("missing-ca.pem"),
+    ));
     let error = scraper.reload(vec![job, broken]).await.unwrap_err();
     let message = format!("{error:#}");
     assert!(message.contains("broken"), "{message}");

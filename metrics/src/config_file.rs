@@ -215,10 +215,11 @@ impl ScrapeConfig {
     /// `config_dir`. The combinations were checked at parse time.
     pub fn client_settings(&self, config_dir: &Path) -> (TlsSettings, Option<ScrapeAuth>) {
         let path = |relative: &String| config_dir.join(relative);
+        let pem = |relative: &String| crate::scrape::client::Pem::File(path(relative));
         let tls = TlsSettings {
-            ca_file: self.tls_config.ca_file.as_ref().map(path),
-            cert_file: self.tls_config.cert_file.as_ref().map(path),
-            key_file: self.tls_config.key_file.as_ref().map(path),
+            ca_file: self.tls_config.ca_file.as_ref().map(pem),
+            cert_file: self.tls_config.cert_file.as_ref().map(pem),
+            key_file: self.tls_config.key_file.as_ref().map(pem),
             server_name: self.tls_config.server_name.clone(),
             insecure_skip_verify: self.tls_config.insecure_skip_verify,
         };
@@ -650,6 +651,7 @@ fn ten_seconds() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::client::Pem;
 
     #[test]
     fn a_prometheus_yml_loads_and_unsupported_keys_are_listed() {
@@ -779,9 +781,9 @@ scrape_configs:
         assert_eq!(
             tls,
             TlsSettings {
-                ca_file: Some(PathBuf::from("/opt/conf/certs/ca.pem")),
-                cert_file: Some(PathBuf::from("/etc/sightline/client.pem")),
-                key_file: Some(PathBuf::from("/opt/conf/client-key.pem")),
+                ca_file: Some(Pem::File(PathBuf::from("/opt/conf/certs/ca.pem"))),
+                cert_file: Some(Pem::File(PathBuf::from("/etc/sightline/client.pem"))),
+                key_file: Some(Pem::File(PathBuf::from("/opt/conf/client-key.pem"))),
                 server_name: Some("node.internal".into()),
                 insecure_skip_verify: false,
             }

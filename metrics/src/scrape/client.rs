@@ -17,7 +17,7 @@
 //! Secrets never reach a log line or an API answer: [`Secret`] does not
 //! debug-print, and errors name files, never their content.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -33,14 +33,46 @@ use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 /// A password or token from the config file; never printed.
 pub use sightline_vocab::secret::Secret;
 
+/// Where PEM comes from: a file, read when the client is built, or the
+/// bytes themselves (a kubeconfig's `*-data` fields).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(PathBuf),
+    Inline { origin: String, pem: Vec<u8> },
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Pem {
+    /// The file, or where the inline PEM was given; never its content.
+    fn describe(&self) -> String {
+        match self {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Inline { origin, .. } => origin.clone(),
+        }
+    }
+
+    fn read(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Pem::File(path) => std::fs::read(path)
+                .with_context(|| format!("{key} {}: cannot read the file", path.display())),
+            Pem::Inline { pem, .. } => Ok(pem.clone()),
+        }
+    }
+}
+
 /// `tls_config` with its paths resolved against the config file's directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsSettings {
     /// Trusted CAs; the system's trust store when unset.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<Pem>,
     /// Client certificate and key, for targets that require mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<Pem>,
+    pub key_file: Option<Pem>,
     /// The name the target's certificate must carry, instead of the host of
     /// the scrape URL (the URL's host is still sent as SNI).
     pub server_name: Option<String>,
@@ -150,7 +182,7 @@ fn client_tls_config(tls: &TlsSettings) -> anyhow::Result<rustls::ClientConfig> 
             Some(path) => {
                 for certificate in certificates(path, "ca_file")? {
                     roots.add(certificate).with_context(|| {
-                        format!("ca_file {}: not a usable CA certificate", path.display())
+                        format!("ca_file {}: not a usable CA certificate", path.describe())
                     })?;
                 }
             }
@@ -182,17 +214,18 @@ fn client_tls_config(tls: &TlsSettings) -> anyhow::Result<rustls::ClientConfig> 
         (None, None) => builder.with_no_client_auth(),
         (Some(cert_path), Some(key_path)) => {
             let chain = certificates(cert_path, "cert_file")?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|error| {
-                anyhow::anyhow!(
-                    "key_file {}: no usable PEM private key: {error}",
-                    key_path.display()
-                )
-            })?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key_path.read("key_file")?).map_err(|error| {
+                    anyhow::anyhow!(
+                        "key_file {}: no usable PEM private key: {error}",
+                        key_path.describe()
+                    )
+                })?;
             builder.with_client_auth_cert(chain, key).with_context(|| {
                 format!(
                     "cert_file {} and key_file {} do not form a usable certificate and key",
-                    cert_path.display(),
-                    key_path.display()
+                    cert_path.describe(),
+                    key_path.describe()
                 )
             })?
         }
@@ -203,16 +236,15 @@ fn client_tls_config(tls: &TlsSettings) -> anyhow::Result<rustls::ClientConfig> 
 }
 
 /// Every certificate of a PEM file; at least one.
-fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path)
-        .with_context(|| format!("{key} {}: cannot read the file", path.display()))?;
+fn certificates(path: &Pem, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = path.read(key)?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| anyhow::anyhow!("{key} {}: bad PEM: {error}", path.display()))?;
+        .map_err(|error| anyhow::anyhow!("{key} {}: bad PEM: {error}", path.describe()))?;
     anyhow::ensure!(
         !certificates.is_empty(),
-        "{key} {}: no PEM certificate in the file",
-        path.display()
+        "{key} {}: no PEM certificate in it",
+        path.describe()
     );
     Ok(certificates)
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::client::{Credentials, JobClient, ScrapeAuth, TlsSettings};
+use super::client::{Credentials, JobClient, Pem, ScrapeAuth, TlsSettings};
 use crate::config_file::{KubernetesSdConfig, StaticConfig};
 
 /// Where a pod's service account finds its token and the API's CA.
@@ -268,8 +268,6 @@ pub fn pod_targets(pod: &Pod) -> Vec<StaticConfig> {
 struct Api {
     base: String,
     client: JobClient,
-    /// A kubeconfig's inline certificates, as files the client read.
-    _inline: Option<tempfile::TempDir>,
 }
 
 /// The parts of a kubeconfig file (`clientcmd/api/v1`) discovery uses.
@@ -333,11 +331,8 @@ struct KubeUser {
 
 /// The API server, TLS and credentials of a kubeconfig's current context;
 /// relative paths are relative to the kubeconfig, inline (`*-data`)
-/// certificates are written under `inline`.
-fn from_kubeconfig(
-    path: &Path,
-    inline: &Path,
-) -> anyhow::Result<(String, TlsSettings, Option<ScrapeAuth>)> {
+/// certificates are used as they are.
+fn from_kubeconfig(path: &Path) -> anyhow::Result<(String, TlsSettings, Option<ScrapeAuth>)> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -375,26 +370,19 @@ fn from_kubeconfig(
         .find(|user| user.name == context.value.user)
         .unwrap_or(&default_user);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file = |path: &Option<String>,
-                data: &Option<String>,
-                name: &str|
-     -> anyhow::Result<Option<std::path::PathBuf>> {
-        if let Some(data) = data {
-            use base64::Engine as _;
-            let pem = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .with_context(|| {
-                    format!("kubeconfig {}: {name}-data is not base64", path_text(path))
-                })?;
-            let written = inline.join(name);
-            std::fs::write(&written, pem)?;
-            return Ok(Some(written));
-        }
-        Ok(path.as_deref().map(|file| dir.join(file)))
-    };
-    fn path_text(path: &Option<String>) -> String {
-        path.clone().unwrap_or_default()
-    }
+    let kubeconfig = path;
+    let file =
+        |path: &Option<String>, data: &Option<String>, name: &str| -> anyhow::Result<Option<Pem>> {
+            if let Some(data) = data {
+                use base64::Engine as _;
+                let origin = format!("{name}-data of kubeconfig {}", kubeconfig.display());
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .with_context(|| format!("{origin}: not base64"))?;
+                return Ok(Some(Pem::Inline { origin, pem }));
+            }
+            Ok(path.as_deref().map(|file| Pem::File(dir.join(file))))
+        };
     let tls = TlsSettings {
         ca_file: file(
             &cluster.value.certificate_authority,
@@ -430,21 +418,18 @@ impl Api {
     fn new(config: &KubernetesSdConfig, job: &str, base_dir: &Path) -> anyhow::Result<Api> {
         let resolve = |path: &str| base_dir.join(path);
         if let Some(kubeconfig) = &config.kubeconfig_file {
-            let inline = tempfile::Builder::new()
-                .prefix("sightline-kubeconfig-")
-                .tempdir()?;
-            let (server, tls, auth) = from_kubeconfig(&resolve(kubeconfig), inline.path())?;
+            let (server, tls, auth) = from_kubeconfig(&resolve(kubeconfig))?;
             return Ok(Api {
                 base: server.trim_end_matches('/').to_string(),
                 client: JobClient::build(job, &tls, auth)?,
-                _inline: Some(inline),
             });
         }
         if let Some(server) = &config.api_server {
+            let pem = |path: &str| Pem::File(resolve(path));
             let tls = TlsSettings {
-                ca_file: config.tls_config.ca_file.as_deref().map(resolve),
-                cert_file: config.tls_config.cert_file.as_deref().map(resolve),
-                key_file: config.tls_config.key_file.as_deref().map(resolve),
+                ca_file: config.tls_config.ca_file.as_deref().map(pem),
+                cert_file: config.tls_config.cert_file.as_deref().map(pem),
+                key_file: config.tls_config.key_file.as_deref().map(pem),
                 server_name: config.tls_config.server_name.clone(),
                 insecure_skip_verify: config.tls_config.insecure_skip_verify,
             };
@@ -458,7 +443,6 @@ impl Api {
             return Ok(Api {
                 base: server.trim_end_matches('/').to_string(),
                 client: JobClient::build(job, &tls, auth)?,
-                _inline: None,
             });
         }
         // In a pod: the service account's token (re-read on every request,
@@ -476,7 +460,7 @@ impl Api {
         };
         let dir = Path::new(SERVICE_ACCOUNT_DIR);
         let tls = TlsSettings {
-            ca_file: Some(dir.join("ca.crt")),
+            ca_file: Some(Pem::File(dir.join("ca.crt"))),
             ..TlsSettings::default()
         };
         let auth = ScrapeAuth::Authorization {
@@ -486,7 +470,6 @@ impl Api {
         Ok(Api {
             base: format!("https://{host}:{port}"),
             client: JobClient::build(job, &tls, Some(auth))?,
-            _inline: None,
         })
     }
 
@@ -513,7 +496,14 @@ struct PodList {
 struct ListMeta {
     #[serde(default)]
     resource_version: String,
+    /// More pages to read, from this token.
+    #[serde(default, rename = "continue")]
+    next: String,
 }
+
+/// Pods per page of a list: a large cluster's list is read in pages, as
+/// client-go's informers read it, not as one response.
+const PAGE: usize = 500;
 
 #[derive(Debug, Deserialize)]
 struct WatchEvent {
@@ -685,25 +675,50 @@ async fn watch_namespace(
 }
 
 async fn list(api: &Api, namespace: &str) -> Result<(Vec<Pod>, String), String> {
-    let response = api
-        .client
-        .get(&api.pods_url(namespace))?
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|error| format!("GET {}: {error}", api.pods_url(namespace)))?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(|error| error.to_string())?;
-    if !status.is_success() {
-        return Err(format!(
-            "GET {}: {status}: {}",
-            api.pods_url(namespace),
-            String::from_utf8_lossy(&body[..body.len().min(512)])
-        ));
+    let base = api.pods_url(namespace);
+    let mut pods = Vec::new();
+    let mut next = String::new();
+    loop {
+        let mut url = format!("{base}?limit={PAGE}");
+        if !next.is_empty() {
+            url.push_str("&continue=");
+            url.push_str(&percent_encode(&next));
+        }
+        let response = api
+            .client
+            .get(&url)?
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|error| format!("GET {url}: {error}"))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|error| error.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ));
+        }
+        let list: PodList = serde_json::from_slice(&body)
+            .map_err(|error| format!("the pod list of {base}: {error}"))?;
+        pods.extend(list.items);
+        if list.metadata.next.is_empty() {
+            return Ok((pods, list.metadata.resource_version));
+        }
+        next = list.metadata.next;
     }
-    let list: PodList = serde_json::from_slice(&body)
-        .map_err(|error| format!("the pod list of {}: {error}", api.pods_url(namespace)))?;
-    Ok((list.items, list.metadata.resource_version))
+}
+
+/// `text` as a URL query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Watches from `version` (updated as events arrive), handing each event to
@@ -818,7 +833,6 @@ mod tests {
     fn a_kubeconfig_gives_its_current_contexts_server_tls_and_token() {
         use base64::Engine as _;
         let dir = tempfile::tempdir().unwrap();
-        let inline = tempfile::tempdir().unwrap();
         let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let encoded = base64::engine::general_purpose::STANDARD.encode(ca);
         let path = dir.path().join("config");
@@ -829,12 +843,22 @@ mod tests {
             ),
         )
         .unwrap();
-        let (server, tls, auth) = from_kubeconfig(&path, inline.path()).unwrap();
+        let (server, tls, auth) = from_kubeconfig(&path).unwrap();
         assert_eq!(server, "https://prod:6443");
-        let ca_file = tls.ca_file.unwrap();
-        assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), ca);
-        assert!(ca_file.starts_with(inline.path()));
-        assert_eq!(tls.cert_file.unwrap(), dir.path().join("certs/ops.pem"));
+        match tls.ca_file.unwrap() {
+            Pem::Inline { origin, pem } => {
+                assert_eq!(pem, ca.as_bytes());
+                assert!(
+                    origin.starts_with("certificate-authority-data of kubeconfig"),
+                    "{origin}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            tls.cert_file.unwrap(),
+            Pem::File(dir.path().join("certs/ops.pem"))
+        );
         assert_eq!(
             auth,
             Some(ScrapeAuth::Authorization {
@@ -844,7 +868,7 @@ mod tests {
         );
         // A current context that is not there is an error naming it.
         std::fs::write(&path, "current-context: gone\ncontexts: []\n").unwrap();
-        let error = format!("{:#}", from_kubeconfig(&path, inline.path()).unwrap_err());
+        let error = format!("{:#}", from_kubeconfig(&path).unwrap_err());
         assert!(error.contains("no context named \"gone\""), "{error}");
     }
 }

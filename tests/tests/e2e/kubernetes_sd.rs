@@ -111,11 +111,23 @@ async fn pods(
         .get("watch")
         .is_some_and(|watch| watch == "1" || watch == "true");
     if !watching {
-        let items: Vec<Value> = api.pods.lock().unwrap().values().cloned().collect();
+        // Pages of at most two pods (a server may return fewer than the
+        // `limit` asked for), the next one's token in `continue`.
+        let from: usize = query
+            .get("continue")
+            .and_then(|token| token.parse().ok())
+            .unwrap_or(0);
+        let all: Vec<Value> = api.pods.lock().unwrap().values().cloned().collect();
+        let items: Vec<Value> = all.iter().skip(from).take(2).cloned().collect();
+        let next = if from + 2 < all.len() {
+            (from + 2).to_string()
+        } else {
+            String::new()
+        };
         let version = api.version.lock().unwrap().to_string();
         return axum::Json(json!({
             "kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": version},
+            "metadata": {"resourceVersion": version, "continue": next},
             "items": items,
         }))
         .into_response();
