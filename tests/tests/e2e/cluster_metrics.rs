@@ -741,9 +741,19 @@ groups:
 async fn blocks_past_retention_are_retired_and_deleted_from_s3() {
     let engines = Engines::start().await;
     let dir = tempfile::tempdir().expect("temporary dir");
+    // The collectors scrape themselves once an hour, not every 15 s: the
+    // old sample's block must hold nothing newer, or it is not past
+    // retention (its partition's other samples would share its block).
+    let config = dir.path().join("hourly.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 1h\n").expect("write the config");
     let settings = ClusterSettings {
         extra: "metrics_block_interval: 2s\nlifecycle_interval: 1s\nretired_grace: 1s\n".into(),
-        args: vec!["--retention".into(), "2m".into()],
+        args: vec![
+            "--retention".into(),
+            "2m".into(),
+            "--config".into(),
+            config.to_str().expect("utf-8 temp path").into(),
+        ],
         ..ClusterSettings::default()
     };
     let nodes = engines.start_collectors(2, dir.path(), &settings).await;
