@@ -301,7 +301,8 @@ async fn compact(
     }
     let work = tempfile::tempdir_in(&context.work_dir)?;
     let parent = work.path().to_path_buf();
-    let path = tokio::task::spawn_blocking(move || {
+    // Decoding, compacting and reading the result back are all blocking.
+    let (path, meta, bytes) = tokio::task::spawn_blocking(move || {
         let blocks = files
             .iter()
             .map(|(name, meta, series)| {
@@ -309,11 +310,11 @@ async fn compact(
             })
             .collect::<Result<Vec<_>, _>>()?;
         let blocks: Vec<&sightline_tsdb::Block> = blocks.iter().collect();
-        sightline_tsdb::Block::compact(&parent, &blocks)
+        let path = sightline_tsdb::Block::compact(&parent, &blocks)?;
+        let compacted = sightline_tsdb::Block::open(&path)?;
+        Ok::<_, sightline_tsdb::TsdbError>((path, compacted.meta().clone(), compacted.bytes()))
     })
     .await??;
-    let compacted = sightline_tsdb::Block::open(&path)?;
-    let meta = compacted.meta();
     let (first, last) = (&inputs[0], &inputs[inputs.len() - 1]);
     let row = BlockRow {
         block_id: format!(
@@ -327,7 +328,7 @@ async fn compact(
         max_ms: meta.max_ms,
         series: meta.num_series,
         samples: meta.num_samples,
-        bytes: compacted.bytes(),
+        bytes,
     };
     let (series, meta) = read_files(&path).await?;
     let index = upload_block(context, &row.block_id, series, meta).await?;

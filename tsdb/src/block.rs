@@ -336,6 +336,43 @@ type BlockContents = (LabelIndex, Vec<Box<[SealedChunk]>>);
 /// its start), by series id.
 pub(crate) type ChunkRanges = Vec<std::ops::Range<usize>>;
 
+/// Reads a symbol table (count, then each string) into `index`; returns
+/// the count.
+pub(crate) fn read_symbols(
+    cursor: &mut Cursor<'_>,
+    index: &mut LabelIndex,
+) -> Result<u64, &'static str> {
+    let symbol_count = cursor.varint().ok_or("truncated symbol table")?;
+    for expected in 0..symbol_count {
+        let text = cursor.string().ok_or("truncated symbol")?;
+        if u64::from(index.symbols.intern(text)) != expected {
+            return Err("duplicate symbol");
+        }
+    }
+    Ok(symbol_count)
+}
+
+/// Reads one series' label set (count, then symbol id pairs) and adds it
+/// to `index`.
+pub(crate) fn read_labels(
+    cursor: &mut Cursor<'_>,
+    symbol_count: u64,
+    index: &mut LabelIndex,
+) -> Result<(), &'static str> {
+    let label_count = cursor.varint().ok_or("truncated labels")?;
+    let mut labels = Vec::with_capacity((label_count as usize).min(64));
+    for _ in 0..label_count {
+        let name = cursor.varint32().ok_or("truncated label")?;
+        let value = cursor.varint32().ok_or("truncated label")?;
+        if u64::from(name.max(value)) >= symbol_count {
+            return Err("label refers to a missing symbol");
+        }
+        labels.push((name, value));
+    }
+    index.add_interned(labels.into());
+    Ok(())
+}
+
 /// Reads `count` chunk records (header and Gorilla bytes each), the first
 /// one's `first_ms` relative to `min_ms`.
 pub(crate) fn read_chunk_records(
@@ -402,27 +439,11 @@ fn read_v2_inner(
     mut chunk_records: impl FnMut(usize, usize),
 ) -> Result<BlockContents, &'static str> {
     let mut index = LabelIndex::default();
-    let symbol_count = cursor.varint().ok_or("truncated symbol table")?;
-    for expected in 0..symbol_count {
-        let text = cursor.string().ok_or("truncated symbol")?;
-        if u64::from(index.symbols.intern(text)) != expected {
-            return Err("duplicate symbol");
-        }
-    }
+    let symbol_count = read_symbols(cursor, &mut index)?;
     let series_count = cursor.varint().ok_or("truncated series count")?;
     let mut all_chunks = Vec::with_capacity((series_count as usize).min(cursor.bytes.len()));
     for _ in 0..series_count {
-        let label_count = cursor.varint().ok_or("truncated labels")?;
-        let mut labels = Vec::with_capacity((label_count as usize).min(64));
-        for _ in 0..label_count {
-            let name = cursor.varint32().ok_or("truncated label")?;
-            let value = cursor.varint32().ok_or("truncated label")?;
-            if u64::from(name.max(value)) >= symbol_count {
-                return Err("label refers to a missing symbol");
-            }
-            labels.push((name, value));
-        }
-        index.add_interned(labels.into());
+        read_labels(cursor, symbol_count, &mut index)?;
         let chunk_count = cursor.varint().ok_or("truncated chunk count")?;
         let before = cursor.bytes.len();
         let chunks = read_chunk_records(cursor, chunk_count, min_ms).ok_or("truncated chunk")?;

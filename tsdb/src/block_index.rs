@@ -22,7 +22,9 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::block::{BlockMeta, check_v2, read_chunk_records, read_v2_with_ranges};
+use super::block::{
+    BlockMeta, check_v2, read_chunk_records, read_labels, read_symbols, read_v2_with_ranges,
+};
 use super::labels::LabelIndex;
 use super::wal::{Cursor, put_string, put_varint, unzigzag, zigzag};
 use super::{
@@ -266,28 +268,12 @@ fn read_index(cursor: &mut Cursor<'_>) -> Option<(BlockMeta, LabelIndex, Vec<Ind
         num_samples: cursor.varint()?,
     };
     let mut index = LabelIndex::default();
-    let symbol_count = cursor.varint()?;
-    for expected in 0..symbol_count {
-        let text = cursor.string()?;
-        if u64::from(index.symbols.intern(text)) != expected {
-            return None;
-        }
-    }
+    let symbol_count = read_symbols(cursor, &mut index).ok()?;
     let series_count = cursor.varint()?;
     let mut series = Vec::with_capacity((series_count as usize).min(cursor.bytes.len()));
     let mut previous_end = 0u64;
     for _ in 0..series_count {
-        let label_count = cursor.varint()?;
-        let mut labels = Vec::with_capacity((label_count as usize).min(64));
-        for _ in 0..label_count {
-            let name = cursor.varint32()?;
-            let value = cursor.varint32()?;
-            if u64::from(name.max(value)) >= symbol_count {
-                return None;
-            }
-            labels.push((name, value));
-        }
-        index.add_interned(labels.into());
+        read_labels(cursor, symbol_count, &mut index).ok()?;
         let chunk_count = cursor.varint()?;
         let mut chunks = Vec::with_capacity((chunk_count as usize).min(cursor.bytes.len()));
         let mut previous_ms = meta.min_ms;
