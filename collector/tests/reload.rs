@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sightline_metrics::scrape::client::{Credentials, ScrapeAuth, Secret};
+use sightline_metrics::scrape::client::{Credentials, Auth, Secret};
 use sightline_metrics::scrape::{Job, Scraper};
 use sightline_metrics::share::WorkShare;
 use sightline_tsdb::MetricStore;
@@ -531,7 +531,7 @@ async fn scraper_reload_uses_new_credentials_and_refuses_unusable_tls_files() {
 
     // Same target, new credentials: its loop restarts with the new client.
     let mut with_token = job.clone();
-    with_token.auth = Some(ScrapeAuth::Authorization {
+    with_token.auth = Some(Auth::Authorization {
         scheme: "Bearer".to_string(),
         credentials: Credentials::Inline(Secret::new("token-after-reload")),
     });

@@ -41,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use sightline_vocab::names::is_metric_name;
 
-use crate::scrape::client::{Credentials, ScrapeAuth, Secret, TlsSettings};
+use crate::scrape::client::{Auth, Credentials, Secret, TlsSettings};
 use crate::scrape::relabel::{Relabel, RelabelConfig};
 use crate::scrape::target::{DEFAULT_SAMPLE_LIMIT, ScrapeLimits};
 
@@ -213,7 +213,7 @@ pub struct BasicAuthConfig {
 impl ScrapeConfig {
     /// The job's TLS settings and credentials, paths resolved against
     /// `config_dir`. The combinations were checked at parse time.
-    pub fn client_settings(&self, config_dir: &Path) -> (TlsSettings, Option<ScrapeAuth>) {
+    pub fn client_settings(&self, config_dir: &Path) -> (TlsSettings, Option<Auth>) {
         let path = |relative: &String| config_dir.join(relative);
         let pem = |relative: &String| crate::scrape::client::Pem::File(path(relative));
         let tls = TlsSettings {
@@ -229,20 +229,20 @@ impl ScrapeConfig {
             (None, None) => None,
         };
         let auth = if let Some(basic) = &self.basic_auth {
-            Some(ScrapeAuth::Basic {
+            Some(Auth::Basic {
                 username: basic.username.clone(),
                 password: credentials(&basic.password, &basic.password_file),
             })
         } else if let Some(authorization) = &self.authorization {
             credentials(&authorization.credentials, &authorization.credentials_file).map(
-                |credentials| ScrapeAuth::Authorization {
+                |credentials| Auth::Authorization {
                     scheme: authorization.kind.clone(),
                     credentials,
                 },
             )
         } else {
             credentials(&self.bearer_token, &self.bearer_token_file).map(|credentials| {
-                ScrapeAuth::Authorization {
+                Auth::Authorization {
                     scheme: "Bearer".to_string(),
                     credentials,
                 }
@@ -790,28 +790,28 @@ scrape_configs:
         );
         assert_eq!(
             auth,
-            Some(ScrapeAuth::Authorization {
+            Some(Auth::Authorization {
                 scheme: "Bearer".into(),
                 credentials: Credentials::File(PathBuf::from("/opt/conf/token")),
             })
         );
         assert_eq!(
             config.scrape_configs[1].client_settings(dir).1,
-            Some(ScrapeAuth::Authorization {
+            Some(Auth::Authorization {
                 scheme: "Bearer".into(),
                 credentials: Credentials::Inline(Secret::new("s3cret-legacy")),
             })
         );
         assert_eq!(
             config.scrape_configs[2].client_settings(dir).1,
-            Some(ScrapeAuth::Basic {
+            Some(Auth::Basic {
                 username: "prom".into(),
                 password: Some(Credentials::File(PathBuf::from("/opt/conf/pw"))),
             })
         );
         assert_eq!(
             config.scrape_configs[3].client_settings(dir).1,
-            Some(ScrapeAuth::Authorization {
+            Some(Auth::Authorization {
                 scheme: "Token".into(),
                 credentials: Credentials::Inline(Secret::new("s3cret-inline")),
             })

@@ -23,7 +23,7 @@
 //! listener over https without verifying the certificate (see
 //! [`jobs_from_config`]).
 
-pub mod client;
+pub use sightline_kube::http as client;
 pub mod discovery;
 pub mod kubernetes;
 pub mod parse;
@@ -42,7 +42,7 @@ use sightline_tsdb::{Labels, SampleLog};
 use tokio::sync::watch;
 
 use crate::config_file::{ConfigFile, FileSdConfig, StaticConfig};
-use client::{JobClient, ScrapeAuth, TlsSettings};
+use client::{Auth, HttpClient, TlsSettings};
 use discovery::FileDiscovery;
 use relabel::Relabel;
 use target::{ScrapeLimits, Target, TargetStatus};
@@ -75,7 +75,7 @@ pub struct Job {
     /// `tls_config`, paths resolved.
     pub tls: TlsSettings,
     /// Credentials sent with every scrape.
-    pub auth: Option<ScrapeAuth>,
+    pub auth: Option<Auth>,
     /// Applied to each discovered target's labels.
     pub relabel_configs: Vec<Relabel>,
     /// Applied to each scraped series.
@@ -426,7 +426,7 @@ struct Running {
 /// apply.
 struct Reload {
     jobs: Vec<Job>,
-    clients: BTreeMap<String, JobClient>,
+    clients: BTreeMap<String, HttpClient>,
     applied: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -455,7 +455,11 @@ impl Scraper {
     ) -> anyhow::Result<Scraper> {
         let mut clients = BTreeMap::new();
         for job in &jobs {
-            let client = JobClient::build(&job.name, &job.tls, job.auth.clone())?;
+            let client = HttpClient::build(
+                &format!("scrape job {:?}", job.name),
+                &job.tls,
+                job.auth.clone(),
+            )?;
             clients.insert(job.name.clone(), client);
         }
         let (reloads, reloaded) = tokio::sync::mpsc::unbounded_channel();
@@ -485,7 +489,11 @@ impl Scraper {
     pub async fn reload(&self, jobs: Vec<Job>) -> anyhow::Result<()> {
         let mut clients = BTreeMap::new();
         for job in &jobs {
-            let client = JobClient::build(&job.name, &job.tls, job.auth.clone())?;
+            let client = HttpClient::build(
+                &format!("scrape job {:?}", job.name),
+                &job.tls,
+                job.auth.clone(),
+            )?;
             clients.insert(job.name.clone(), client);
         }
         let (applied, done) = tokio::sync::oneshot::channel();
@@ -504,7 +512,7 @@ impl Scraper {
         self,
         mut jobs: Vec<Job>,
         store: Arc<dyn SampleLog>,
-        mut clients: BTreeMap<String, JobClient>,
+        mut clients: BTreeMap<String, HttpClient>,
         file_poll_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
         mut reloads: tokio::sync::mpsc::UnboundedReceiver<Reload>,
@@ -637,7 +645,7 @@ impl Scraper {
         wanted: Vec<Target>,
         restart: &[String],
         store: &Arc<dyn SampleLog>,
-        clients: &BTreeMap<String, JobClient>,
+        clients: &BTreeMap<String, HttpClient>,
         shutdown: &watch::Receiver<bool>,
     ) {
         let mut running = self

@@ -24,7 +24,7 @@ use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, SampleLog};
 use sightline_vocab::clock::now_ms;
 use tokio::sync::watch;
 
-use super::client::JobClient;
+use super::client::HttpClient;
 use super::parse::{ACCEPT_HEADER, Format, SAMPLE_LIMIT_EXCEEDED, decode_utf8, parse_known};
 use super::relabel::{self, Relabel};
 use crate::share::{Work, WorkShare};
@@ -223,7 +223,7 @@ pub(crate) async fn run(
     status: Arc<TargetStatus>,
     store: Arc<dyn SampleLog>,
     share: WorkShare,
-    client: JobClient,
+    client: HttpClient,
     mut remove: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -286,7 +286,7 @@ pub(crate) async fn run(
 async fn scrape_once(
     status: &Arc<TargetStatus>,
     store: &Arc<dyn SampleLog>,
-    client: &JobClient,
+    client: &HttpClient,
     state: LoopState,
 ) -> LoopState {
     let target = status.target.clone();
@@ -332,7 +332,7 @@ async fn scrape_once(
     state
 }
 
-async fn fetch(client: &JobClient, target: &Target) -> Fetched {
+async fn fetch(client: &HttpClient, target: &Target) -> Fetched {
     let response = client
         .get(&target.url)?
         .header(reqwest::header::ACCEPT, ACCEPT_HEADER)

@@ -12,147 +12,12 @@
 //! expired, the API down and back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Query, State};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use serde_json::{Value, json};
+use sightline_tests::kube_api::FakeKubeApi as Api;
 use sightline_tests::{CollectorProcess, poll_until};
-
-/// The fake API server's pods and open watches.
-#[derive(Default)]
-struct Api {
-    pods: Mutex<BTreeMap<String, Value>>,
-    version: Mutex<u64>,
-    watchers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<String>>>,
-    /// Requests seen, `path?query`, for the failure message.
-    seen: Mutex<Vec<String>>,
-    /// The `Authorization` header of every request.
-    authorizations: Mutex<BTreeSet<String>>,
-    /// Answer every request with 503, as an API server that is down.
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Api {
-    fn next_version(&self) -> String {
-        let mut version = self.version.lock().unwrap();
-        *version += 1;
-        version.to_string()
-    }
-
-    /// Adds or replaces a pod and tells every watch.
-    fn put(&self, mut pod: Value) {
-        let version = self.next_version();
-        pod["metadata"]["resourceVersion"] = json!(version);
-        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
-        let kind = if self
-            .pods
-            .lock()
-            .unwrap()
-            .insert(name, pod.clone())
-            .is_some()
-        {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        self.send(json!({"type": kind, "object": pod}));
-    }
-
-    fn delete(&self, name: &str, tell: bool) {
-        let pod = self.pods.lock().unwrap().remove(name).unwrap();
-        if tell {
-            self.send(json!({"type": "DELETED", "object": pod}));
-        } else {
-            self.next_version();
-        }
-    }
-
-    fn send(&self, event: Value) {
-        let line = format!("{event}\n");
-        self.watchers
-            .lock()
-            .unwrap()
-            .retain(|watcher| watcher.send(line.clone()).is_ok());
-    }
-
-    /// Ends every watch with `410 Gone`, as a server whose history no
-    /// longer holds the version does.
-    fn expire_watches(&self) {
-        self.send(json!({"type": "ERROR", "object": {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "too old resource version", "reason": "Expired", "code": 410
-        }}));
-        self.watchers.lock().unwrap().clear();
-    }
-}
-
-async fn pods(
-    State(api): State<Arc<Api>>,
-    Query(query): Query<BTreeMap<String, String>>,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    api.seen.lock().unwrap().push(uri.to_string());
-    api.authorizations.lock().unwrap().insert(
-        headers
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("none")
-            .to_string(),
-    );
-    if api.down.load(std::sync::atomic::Ordering::Relaxed) {
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
-    }
-    let watching = query
-        .get("watch")
-        .is_some_and(|watch| watch == "1" || watch == "true");
-    if !watching {
-        // Pages of at most two pods (a server may return fewer than the
-        // `limit` asked for), the next one's token in `continue`.
-        let from: usize = query
-            .get("continue")
-            .and_then(|token| token.parse().ok())
-            .unwrap_or(0);
-        let all: Vec<Value> = api.pods.lock().unwrap().values().cloned().collect();
-        let items: Vec<Value> = all.iter().skip(from).take(2).cloned().collect();
-        let next = if from + 2 < all.len() {
-            (from + 2).to_string()
-        } else {
-            String::new()
-        };
-        let version = api.version.lock().unwrap().to_string();
-        return axum::Json(json!({
-            "kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": version, "continue": next},
-            "items": items,
-        }))
-        .into_response();
-    }
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
-    // A bookmark first, as a server that was asked for them may send.
-    let version = api.version.lock().unwrap().to_string();
-    let bookmark = json!({"type": "BOOKMARK", "object": {
-        "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": version}
-    }});
-    let _ = sender.send(format!("{bookmark}\n"));
-    api.watchers.lock().unwrap().push(sender);
-    let stream = tokio_stream_of(receiver);
-    (
-        [("content-type", "application/json")],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response()
-}
-
-fn tokio_stream_of(
-    mut receiver: tokio::sync::mpsc::UnboundedReceiver<String>,
-) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> {
-    futures::stream::poll_fn(move |context| receiver.poll_recv(context).map(|line| line.map(Ok)))
-}
 
 /// A pod as the API returns it.
 fn pod(name: &str, ip: &str, annotated_port: Option<u16>) -> Value {
@@ -312,12 +177,7 @@ async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
     api.put(pod("web", "10.1.0.7", Some(9102)));
     api.put(pod("worker", "10.1.0.8", None));
     api.put(pod("starting", "", Some(9102)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_port = listener.local_addr().unwrap().port();
-    let app = Router::new()
-        .route("/api/v1/pods", get(pods))
-        .with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api_port = api.serve().await;
 
     let dir = tempfile::tempdir().expect("temporary dir");
     let config_path = dir.path().join("prometheus.yml");
@@ -410,7 +270,7 @@ async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
 
     // The watch expires (410) while a pod is deleted unseen: the list
     // that follows drops it.
-    api.delete("worker", false);
+    api.delete("shop/worker", false);
     api.expire_watches();
     discovered(&http, &ours, 2, &["10.1.0.7:9102", "10.1.0.9:9102"], &api).await;
 

@@ -1,17 +1,17 @@
-//! The HTTP client of one scrape job: Prometheus' `tls_config` and the
-//! credentials a scrape sends (`authorization`, `bearer_token(_file)`,
-//! `basic_auth`).
+//! An HTTP client with Prometheus' `tls_config` and the credentials a
+//! request sends (`authorization`, `bearer_token(_file)`, `basic_auth`):
+//! one per scrape job, and one per Kubernetes API server.
 //!
-//! [`JobClient::build`] makes one reqwest client per job with its own
-//! rustls configuration (ring provider): the job's CA (the system's trust
+//! [`HttpClient::build`] makes one reqwest client with its own
+//! rustls configuration (ring provider): its CA (the system's trust
 //! store when it names none), its client certificate for mutual TLS, a
 //! `server_name` to verify the target's certificate against, or no
 //! verification at all with `insecure_skip_verify`. The CA, certificate and
 //! key files are read once, when the scraper starts, so a missing or broken
-//! file stops the start with an error naming the job and the file, as
+//! file stops the start with an error naming its user and the file, as
 //! Prometheus refuses such a configuration. Credentials files are read on
-//! every scrape, as Prometheus does, so a rotated token is picked up without
-//! a restart; an unreadable one fails that scrape with an error naming the
+//! every request, as Prometheus does, so a rotated token is picked up without
+//! a restart; an unreadable one fails that request with an error naming the
 //! file.
 //!
 //! Secrets never reach a log line or an API answer: [`Secret`] does not
@@ -49,7 +49,7 @@ impl std::fmt::Debug for Pem {
 
 impl Pem {
     /// The file, or where the inline PEM was given; never its content.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Pem::File(path) => path.display().to_string(),
             Pem::Inline { origin, .. } => origin.clone(),
@@ -102,9 +102,9 @@ impl Credentials {
     }
 }
 
-/// What a scrape request carries to authenticate itself.
+/// What a request carries to authenticate itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScrapeAuth {
+pub enum Auth {
     /// `Authorization: <scheme> <credentials>` (`Bearer` by default).
     Authorization {
         scheme: String,
@@ -117,36 +117,37 @@ pub enum ScrapeAuth {
     },
 }
 
-/// One job's HTTP client and credentials; clones share the connection pool.
+/// One HTTP client and its credentials; clones share the connection pool.
 #[derive(Clone)]
-pub struct JobClient {
+pub struct HttpClient {
     client: reqwest::Client,
-    auth: Option<Arc<ScrapeAuth>>,
+    auth: Option<Arc<Auth>>,
 }
 
-impl JobClient {
-    /// The client for job `job`; reads its TLS files.
-    pub fn build(job: &str, tls: &TlsSettings, auth: Option<ScrapeAuth>) -> anyhow::Result<Self> {
-        let config = client_tls_config(tls)
-            .with_context(|| format!("scrape job {job:?}: invalid tls_config"))?;
+impl HttpClient {
+    /// The client of `user` (`scrape job "web"`, named in errors); reads
+    /// its TLS files.
+    pub fn build(user: &str, tls: &TlsSettings, auth: Option<Auth>) -> anyhow::Result<Self> {
+        let config =
+            client_tls_config(tls).with_context(|| format!("{user}: invalid tls_config"))?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("Sightline/", env!("CARGO_PKG_VERSION")))
             .use_preconfigured_tls(config)
             .build()
-            .with_context(|| format!("scrape job {job:?}: cannot build the HTTP client"))?;
-        Ok(JobClient {
+            .with_context(|| format!("{user}: cannot build the HTTP client"))?;
+        Ok(HttpClient {
             client,
             auth: auth.map(Arc::new),
         })
     }
 
-    /// A GET of `url` with the job's credentials; an error names a
-    /// credentials file that cannot be read.
-    pub(crate) fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
+    /// A GET of `url` with the credentials; an error names a credentials
+    /// file that cannot be read.
+    pub fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
         let request = self.client.get(url);
         Ok(match self.auth.as_deref() {
             None => request,
-            Some(ScrapeAuth::Authorization {
+            Some(Auth::Authorization {
                 scheme,
                 credentials,
             }) => {
@@ -159,7 +160,7 @@ impl JobClient {
                 value.set_sensitive(true);
                 request.header(reqwest::header::AUTHORIZATION, value)
             }
-            Some(ScrapeAuth::Basic { username, password }) => {
+            Some(Auth::Basic { username, password }) => {
                 let password = password.as_ref().map(Credentials::read).transpose()?;
                 // reqwest marks the header sensitive.
                 request.basic_auth(username, password.as_ref().map(Secret::expose))
@@ -168,7 +169,7 @@ impl JobClient {
     }
 }
 
-/// The rustls configuration of a job's client.
+/// The rustls configuration of a client.
 fn client_tls_config(tls: &TlsSettings) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

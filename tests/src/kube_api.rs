@@ -1,0 +1,238 @@
+//! A local server that answers the Kubernetes API's requests the agent and
+//! the collector make, in the API's JSON shapes: pod lists in pages with a
+//! `resourceVersion` and a `continue` token, filtered by the
+//! `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
+//! `MODIFIED` and `DELETED` events, an `ERROR` event with `410` when a
+//! version expires; single objects (ReplicaSets, Jobs) by path; `503` for
+//! everything while it is "down". No Kubernetes API server can be installed
+//! on the test machines; the fixtures it serves are checked against the
+//! upstream schemas with `kubernetes-validate` (`deploy.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+/// The fake server's objects and open watches.
+#[derive(Default)]
+pub struct FakeKubeApi {
+    /// Pods by `namespace/name`.
+    pods: Mutex<BTreeMap<String, Value>>,
+    /// Other objects by their path (`/apis/apps/v1/namespaces/shop/replicasets/web-7d9c`).
+    objects: Mutex<BTreeMap<String, Value>>,
+    version: Mutex<u64>,
+    /// Open watches, with the node their field selector names.
+    watchers: Mutex<Vec<(Option<String>, tokio::sync::mpsc::UnboundedSender<String>)>>,
+    /// Requests seen, `path?query`.
+    pub seen: Mutex<Vec<String>>,
+    /// The `Authorization` header of every request.
+    pub authorizations: Mutex<BTreeSet<String>>,
+    /// Answer every request with 503, as an API server that is down.
+    pub down: AtomicBool,
+}
+
+impl FakeKubeApi {
+    /// Serves the API on a loopback port; returns its port.
+    pub async fn serve(self: &Arc<Self>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake Kubernetes API");
+        let port = listener.local_addr().expect("local address").port();
+        let app = Router::new()
+            .route("/api/v1/pods", get(pods))
+            .fallback(get(object))
+            .with_state(Arc::clone(self));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    fn next_version(&self) -> String {
+        let mut version = self.version.lock().unwrap();
+        *version += 1;
+        version.to_string()
+    }
+
+    /// Adds or replaces a pod and tells every watch of its node.
+    pub fn put(&self, mut pod: Value) {
+        let version = self.next_version();
+        pod["metadata"]["resourceVersion"] = json!(version);
+        let key = pod_key(&pod);
+        let kind = if self.pods.lock().unwrap().insert(key, pod.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.send(&pod, json!({"type": kind, "object": pod}));
+    }
+
+    /// Removes pod `namespace/name`; `tell`: with a `DELETED` event (else
+    /// only a later list knows).
+    pub fn delete(&self, key: &str, tell: bool) {
+        let pod = self.pods.lock().unwrap().remove(key).expect("a known pod");
+        if tell {
+            self.send(&pod, json!({"type": "DELETED", "object": pod}));
+        } else {
+            self.next_version();
+        }
+    }
+
+    /// Serves `object` at `path` (`GET` of one object).
+    pub fn put_object(&self, path: &str, object: Value) {
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), object);
+    }
+
+    /// The number of requests whose path and query contain `part`.
+    pub fn requests(&self, part: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|request| request.contains(part))
+            .count()
+    }
+
+    fn send(&self, pod: &Value, event: Value) {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let line = format!("{event}\n");
+        self.watchers.lock().unwrap().retain(|(selected, watcher)| {
+            if selected.as_deref().is_some_and(|selected| selected != node) {
+                return !watcher.is_closed();
+            }
+            watcher.send(line.clone()).is_ok()
+        });
+    }
+
+    /// Ends every watch with `410 Gone`, as a server whose history no
+    /// longer holds the version does.
+    pub fn expire_watches(&self) {
+        let line = format!(
+            "{}\n",
+            json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410
+            }})
+        );
+        for (_, watcher) in self.watchers.lock().unwrap().drain(..) {
+            let _ = watcher.send(line.clone());
+        }
+    }
+
+    /// Records the request; false while down.
+    fn answer(&self, uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> bool {
+        self.seen.lock().unwrap().push(uri.to_string());
+        self.authorizations.lock().unwrap().insert(
+            headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("none")
+                .to_string(),
+        );
+        !self.down.load(Ordering::Relaxed)
+    }
+}
+
+fn pod_key(pod: &Value) -> String {
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+async fn object(
+    State(api): State<Arc<FakeKubeApi>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !api.answer(&uri, &headers) {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    match api.objects.lock().unwrap().get(uri.path()) {
+        Some(object) => axum::Json(object.clone()).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn pods(
+    State(api): State<Arc<FakeKubeApi>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !api.answer(&uri, &headers) {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let node = query
+        .get("fieldSelector")
+        .and_then(|selector| selector.strip_prefix("spec.nodeName="))
+        .map(str::to_string);
+    let watching = query
+        .get("watch")
+        .is_some_and(|watch| watch == "1" || watch == "true");
+    if !watching {
+        // Pages of at most two pods (a server may return fewer than the
+        // `limit` asked for), the next one's token in `continue`.
+        let from: usize = query
+            .get("continue")
+            .and_then(|token| token.parse().ok())
+            .unwrap_or(0);
+        let all: Vec<Value> = api
+            .pods
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|pod| {
+                node.as_deref()
+                    .is_none_or(|node| pod["spec"]["nodeName"] == node)
+            })
+            .cloned()
+            .collect();
+        let items: Vec<Value> = all.iter().skip(from).take(2).cloned().collect();
+        let next = if from + 2 < all.len() {
+            (from + 2).to_string()
+        } else {
+            String::new()
+        };
+        let version = api.version.lock().unwrap().to_string();
+        return axum::Json(json!({
+            "kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": version, "continue": next},
+            "items": items,
+        }))
+        .into_response();
+    }
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // A bookmark first, as a server that was asked for them may send.
+    let version = api.version.lock().unwrap().to_string();
+    let bookmark = json!({"type": "BOOKMARK", "object": {
+        "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": version}
+    }});
+    let _ = sender.send(format!("{bookmark}\n"));
+    api.watchers.lock().unwrap().push((node, sender));
+    let mut receiver = receiver;
+    let stream = futures::stream::poll_fn(move |context| {
+        receiver
+            .poll_recv(context)
+            .map(|line| line.map(Ok::<_, std::convert::Infallible>))
+    });
+    (
+        [("content-type", "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
