@@ -237,6 +237,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// Node and container metrics served on `/metrics`.
     pub host_metrics: HostMetricsConfig,
+    /// Pod metadata from the Kubernetes API.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -269,6 +271,67 @@ impl Default for Config {
             containers: Vec::new(),
             tuning: Tuning::default(),
             host_metrics: HostMetricsConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+/// Pod metadata from the Kubernetes API (`[kubernetes]`): a watch of the
+/// pods on this node adds their workload, node, labels and selected
+/// annotations to every record, and their annotations steer the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Watch the API: on by default when the agent runs in a pod
+    /// (`KUBERNETES_SERVICE_HOST` is set) or `api_server`/`kubeconfig`
+    /// is given.
+    pub enabled: Option<bool>,
+    /// The API server's URL; in a pod, the service account's by default.
+    pub api_server: Option<String>,
+    /// CA of `api_server` (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token for `api_server`, read again on every request.
+    pub token_file: Option<PathBuf>,
+    /// A kubeconfig whose current context is used instead.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (`spec.nodeName` of its pods): the `NODE_NAME`
+    /// environment variable by default (set it from the downward API),
+    /// else the host name.
+    pub node_name: Option<String>,
+    /// How long a file whose pod the watch does not know yet waits for
+    /// it before it is shipped with its path's metadata only.
+    #[serde(with = "duration_text")]
+    pub pod_wait: Duration,
+    /// Pod labels (globs) copied as `k8s.pod.label.<key>`.
+    pub labels: Vec<String>,
+    /// Pod labels (globs) never copied.
+    pub exclude_labels: Vec<String>,
+    /// Pod annotations (globs) copied as `k8s.pod.annotation.<key>`.
+    pub annotations: Vec<String>,
+    /// Pod annotations (globs) never copied.
+    pub exclude_annotations: Vec<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: None,
+            api_server: None,
+            ca_file: None,
+            token_file: None,
+            kubeconfig: None,
+            node_name: None,
+            pod_wait: Duration::from_secs(5),
+            labels: vec!["*".to_owned()],
+            exclude_labels: vec![
+                "pod-template-hash".to_owned(),
+                "controller-revision-hash".to_owned(),
+                "pod-template-generation".to_owned(),
+            ],
+            annotations: vec!["sightline.io/*".to_owned()],
+            exclude_annotations: vec![
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            ],
         }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::config::ResourceConfig;
 use crate::identity::FileKey;
+use crate::kubernetes::PodInfo;
 use crate::metrics::{FileLabels, FileStats};
 use crate::otlp;
 
@@ -109,9 +110,28 @@ pub struct ContainerInfo {
     pub image: Option<String>,
     /// Container labels (Docker).
     pub labels: BTreeMap<String, String>,
+    /// What the Kubernetes API says about the pod, when it is watched.
+    pub pod_info: Option<Arc<PodInfo>>,
 }
 
 impl ContainerInfo {
+    /// The value that steers the agent under `key` (`sightline.io/exclude`):
+    /// a container label (Docker), else the pod's annotation or label for
+    /// this container (`<key>-<container>`, as Fluent Bit names them), else
+    /// the pod's annotation or label.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        if let Some(value) = self.labels.get(key) {
+            return Some(value);
+        }
+        let pod = self.pod_info.as_deref()?;
+        if let Some(container) = &self.name
+            && let Some(value) = pod.steering.get(&format!("{key}-{container}"))
+        {
+            return Some(value);
+        }
+        pod.steering.get(key).map(String::as_str)
+    }
+
     /// Everything the path (and, for Docker, `config.v2.json` beside it)
     /// says. Blocking: reads a small file.
     pub fn detect(path: &Path) -> ContainerInfo {
@@ -290,10 +310,18 @@ pub fn resource_for(
             otlp::string_value(value.as_str()),
         ));
     }
+    if let Some(pod) = &container.pod_info {
+        for (key, value) in &pod.attributes {
+            attributes.push(otlp::key_value(
+                key.as_str(),
+                otlp::string_value(value.as_str()),
+            ));
+        }
+    }
     let service_name = config
         .service_name_labels
         .iter()
-        .find_map(|label| container.labels.get(label).cloned())
+        .find_map(|label| container.setting(label).map(str::to_owned))
         .or_else(|| container.name.clone())
         .or_else(|| {
             path.file_stem()

@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoint: the probes, `GET /metrics` (the agent's own
-//! telemetry, then the node and container families of
+//! telemetry, the pod watch's counters and container states of
+//! [`crate::kubernetes`], then the node and container families of
 //! [`crate::hostmetrics`] when they are on).
 //!
 //! - `GET /-/healthy` (and `/health`): liveness, the agent answers;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{AgentError, Result};
 use crate::hostmetrics::HostMetrics;
+use crate::kubernetes::Pods;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -79,15 +81,16 @@ impl Readiness {
 
 /// The routes, without a socket (tests call it with `oneshot`).
 pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
-    router_with_host_metrics(metrics, readiness, None)
+    router_with_host_metrics(metrics, readiness, None, None)
 }
 
 /// The routes, with node and container metrics appended to `/metrics`
-/// when `host` is given.
+/// when `host` is given, and the pod watch's when `pods` is.
 pub fn router_with_host_metrics(
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     host: Option<Arc<HostMetrics>>,
+    pods: Option<Arc<Pods>>,
 ) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -98,6 +101,7 @@ pub fn router_with_host_metrics(
             metrics,
             readiness,
             host,
+            pods,
         })
 }
 
@@ -107,6 +111,7 @@ struct HttpState {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     host: Option<Arc<HostMetrics>>,
+    pods: Option<Arc<Pods>>,
 }
 
 async fn health() -> &'static str {
@@ -122,6 +127,9 @@ async fn ready(State(state): State<HttpState>) -> axum::response::Response {
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let mut body = state.metrics.render_prometheus();
+    if let Some(pods) = &state.pods {
+        pods.render(&mut body);
+    }
     if let Some(host) = &state.host {
         body.push_str(&host.render().await);
     }

@@ -40,6 +40,7 @@
 //! | [`checkpoint`] | acknowledged offsets per file (rotated generations included, kept while the file exists), persisted atomically |
 //! | [`metrics`], [`http`] | self-telemetry on `GET /metrics`; liveness `GET /-/healthy` (`/health`), readiness `GET /-/ready` (the collector answered once) |
 //! | [`hostmetrics`] | node_exporter and cAdvisor families from `/proc` and cgroup v2, on the same `/metrics` |
+//! | [`kubernetes`] | a watch of this node's pods: workload, node, labels and annotations on each file's resource, annotations steering the rules, container restarts and termination reasons on `/metrics` |
 //!
 //! Stages talk through bounded `tokio::sync::mpsc` queues, and one memory
 //! budget bounds the bytes read but not yet acknowledged across all files:
@@ -74,6 +75,7 @@ pub mod fuzzing;
 pub mod hostmetrics;
 pub mod http;
 pub mod identity;
+pub mod kubernetes;
 mod lines;
 pub mod metrics;
 mod multiline;
@@ -220,6 +222,7 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
         Arc::clone(&readiness),
     )?;
 
+    let pods = kubernetes::Pods::start(&config.kubernetes, &config.host_name)?;
     let tail_context = TailContext {
         output: chunk_tx,
         checkpoints: checkpoints.clone(),
@@ -232,6 +235,7 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
         rules: rules_rx,
         budget,
         decode_slots: Arc::new(Semaphore::new(config.reader_threads())),
+        pods: pods.clone(),
     };
     let limits = BatchLimits {
         max_records: tuning.batch_max_records,
@@ -242,7 +246,7 @@ pub async fn start(config: Config) -> Result<RunningAgent> {
     let host_metrics = hostmetrics::HostMetrics::from_config(&config.host_metrics)?;
     let http = tokio::spawn(http::serve(
         listener,
-        http::router_with_host_metrics(Arc::clone(&metrics), readiness, host_metrics),
+        http::router_with_host_metrics(Arc::clone(&metrics), readiness, host_metrics, pods),
         shutdown.clone(),
     ));
     let discovery = tokio::spawn(run_discovery(tuning.discovery_interval, tail_context));
@@ -314,6 +318,10 @@ impl RunningAgent {
             (
                 "host_metrics",
                 format!("{:?}", running.host_metrics) != format!("{:?}", config.host_metrics),
+            ),
+            (
+                "kubernetes",
+                format!("{:?}", running.kubernetes) != format!("{:?}", config.kubernetes),
             ),
         ];
         for (key, changed) in needs_restart {

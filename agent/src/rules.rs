@@ -110,8 +110,7 @@ impl Rules {
         }
         if !self.exclude_label.is_empty()
             && container
-                .labels
-                .get(&self.exclude_label)
+                .setting(&self.exclude_label)
                 .is_some_and(|value| value.eq_ignore_ascii_case("true"))
         {
             return None;
@@ -125,10 +124,10 @@ impl Rules {
         }
         let mut mode = self.multiline_default;
         let mut start = None;
-        // The container label `sightline.io/multiline` picks a preset too
-        // (the pod annotation, once pod metadata is fetched).
-        if let Some(label) = container.labels.get("sightline.io/multiline")
-            && let Ok(labelled) = serde_json::from_value::<MultilineMode>(label.as_str().into())
+        // The container label or pod annotation `sightline.io/multiline`
+        // picks a preset too.
+        if let Some(label) = container.setting("sightline.io/multiline")
+            && let Ok(labelled) = serde_json::from_value::<MultilineMode>(label.into())
         {
             mode = labelled;
         }
@@ -142,10 +141,11 @@ impl Rules {
             }
             None => (Format::Auto, Parser::Auto),
         };
-        // The container label `sightline.io/parser` names a parser too
-        // (`regex` needs a rule's regex, so only a rule can pick it).
-        if let Some(label) = container.labels.get("sightline.io/parser") {
-            match serde_json::from_value::<ParserKind>(label.as_str().into()) {
+        // The container label or pod annotation `sightline.io/parser`
+        // names a parser too (`regex` needs a rule's regex, so only a rule
+        // can pick it).
+        if let Some(label) = container.setting("sightline.io/parser") {
+            match serde_json::from_value::<ParserKind>(label.into()) {
                 Ok(ParserKind::Auto) => parser = Parser::Auto,
                 Ok(ParserKind::Json) => parser = Parser::Json,
                 Ok(ParserKind::Logfmt) => parser = Parser::Logfmt,

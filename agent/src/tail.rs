@@ -66,6 +66,8 @@ pub(crate) struct TailContext {
     pub(crate) budget: Arc<Semaphore>,
     /// Files decoded at the same time.
     pub(crate) decode_slots: Arc<Semaphore>,
+    /// The pods of this node, when the Kubernetes API is watched.
+    pub(crate) pods: Option<Arc<crate::kubernetes::Pods>>,
 }
 
 /// Why a reader stopped.
@@ -176,11 +178,16 @@ async fn tail(
         key,
         size,
         head,
-        container,
+        mut container,
         path,
         logical,
     } = opened;
     let path = path.as_path();
+    // Looked up once per file, before the filters: pod annotations can
+    // exclude it.
+    if let (Some(pods), Some(uid)) = (&context.pods, container.pod_uid.as_deref()) {
+        container.pod_info = pods.describe(uid).await.map(Arc::new);
+    }
     let mut rules_rx = context.rules.clone();
     let rules = Arc::clone(&rules_rx.borrow_and_update());
     let Some(plan) = rules.plan(&logical, &container) else {

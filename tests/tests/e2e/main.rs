@@ -7,6 +7,7 @@ mod cluster_metrics;
 mod cluster_queries;
 mod durability;
 mod engines;
+mod kubernetes_agent;
 mod kubernetes_sd;
 mod otel_clients;
 mod prometheus_diff;
