@@ -119,6 +119,12 @@ pub struct Cli {
     #[arg(long, value_name = "BOOL", env = "SIGHTLINE_AGENT_READ_FROM_START",
           action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub read_from_start: Option<bool>,
+
+    /// The node whose pods the agent watches for their metadata
+    /// (`kubernetes.node_name`); in a DaemonSet, set `NODE_NAME` from the
+    /// downward API (`spec.nodeName`).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl Cli {
@@ -174,6 +180,9 @@ impl Cli {
         }
         if let Some(read_from_start) = self.read_from_start {
             config.read_from_start = read_from_start;
+        }
+        if let Some(node_name) = self.node_name.as_ref().filter(|name| !name.is_empty()) {
+            config.kubernetes.node_name = Some(node_name.clone());
         }
         if config.host_name.is_empty() {
             config.host_name = detect_host_name();
@@ -294,9 +303,9 @@ pub struct KubernetesConfig {
     pub token_file: Option<PathBuf>,
     /// A kubeconfig whose current context is used instead.
     pub kubeconfig: Option<PathBuf>,
-    /// This node's name (`spec.nodeName` of its pods): the `NODE_NAME`
-    /// environment variable by default (set it from the downward API),
-    /// else the host name.
+    /// This node's name (`spec.nodeName` of its pods); `--node-name` or
+    /// the `NODE_NAME` environment variable (set it from the downward
+    /// API), else the host name.
     pub node_name: Option<String>,
     /// How long a file whose pod the watch does not know yet waits for
     /// it before it is shipped with its path's metadata only.

@@ -158,13 +158,12 @@ impl Pods {
         } else {
             Api::in_cluster(user).map_err(invalid)?
         };
-        let node = match (&config.node_name, std::env::var("NODE_NAME")) {
-            (Some(node), _) => node.clone(),
-            (None, Ok(node)) if !node.is_empty() => node,
-            _ => {
+        let node = match &config.node_name {
+            Some(node) => node.clone(),
+            None => {
                 warn!(
                     host_name,
-                    "kubernetes.node_name is not set and NODE_NAME is empty (set it from the downward API, spec.nodeName); watching the pods of the node named like this host"
+                    "kubernetes.node_name is not set (--node-name, NODE_NAME from the downward API's spec.nodeName); watching the pods of the node named like this host"
                 );
                 host_name.to_owned()
             }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sightline_metrics::scrape::client::{Credentials, Auth, Secret};
+use sightline_metrics::scrape::client::{Auth, Credentials, Secret};
 use sightline_metrics::scrape::{Job, Scraper};
 use sightline_metrics::share::WorkShare;
 use sightline_tsdb::MetricStore;

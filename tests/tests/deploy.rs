@@ -775,39 +775,75 @@ fn kubernetes_objects_reference_what_exists() {
             }),
         "the checkpoints ({checkpoints}) are not on a hostPath"
     );
-    // Least privilege: the only grant is the collector's, to get, list and
-    // watch pods in namespace shop (its `shop` scrape job discovers them),
-    // bound to its account only; no ClusterRole; only the collector's pods
-    // get an API token.
-    let grants: Vec<(&str, &Value)> = objects
+    // The agent watches the pods of the node it runs on.
+    assert!(
+        container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|env| env["name"] == "NODE_NAME"
+                && env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+        "the agent gets no NODE_NAME from spec.nodeName: {}",
+        container["env"]
+    );
+    // Least privilege, exactly two grants. The collector may get, list and
+    // watch pods in namespace shop (its `shop` scrape job discovers them).
+    // The agent may get, list and watch pods (its node's, for their
+    // metadata) and get replicasets and jobs (a pod's Deployment and
+    // CronJob), in every namespace: a node runs them all. Each is bound to
+    // its own account only; only their pods get an API token.
+    let grants: BTreeMap<(String, String), &Value> = objects
         .iter()
         .filter(|(_, object)| {
             ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
                 .contains(&object["kind"].as_str().unwrap_or_default())
         })
-        .map(|(file, object)| (file.as_str(), object))
+        .map(|(_, object)| {
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            ((kind, name), object)
+        })
         .collect();
-    let kinds: BTreeSet<&str> = grants
-        .iter()
-        .map(|(_, object)| object["kind"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(kinds, BTreeSet::from(["Role", "RoleBinding"]), "{grants:?}");
-    for (file, object) in &grants {
-        assert_eq!(object["metadata"]["namespace"], "shop", "{file}");
-        match object["kind"].as_str().unwrap_or_default() {
-            "Role" => assert_eq!(
-                object["rules"],
-                serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
-                "{file}"
-            ),
-            _ => assert_eq!(
-                object["subjects"],
-                serde_json::json!([{"kind": "ServiceAccount", "name": "sightline-collector", "namespace": "sightline"}]),
-                "{file}"
-            ),
-        }
-    }
-    assert_eq!(grants.len(), 2, "{grants:?}");
+    let grant = |kind: &str, name: &str| -> &Value {
+        grants
+            .get(&(kind.to_string(), name.to_string()))
+            .unwrap_or_else(|| panic!("no {kind} {name}: {:?}", grants.keys()))
+    };
+    assert_eq!(grants.len(), 4, "{:?}", grants.keys());
+    let collector_role = grant("Role", "sightline-collector-pods");
+    assert_eq!(collector_role["metadata"]["namespace"], "shop");
+    assert_eq!(
+        collector_role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+    );
+    let collector_binding = grant("RoleBinding", "sightline-collector-pods");
+    assert_eq!(collector_binding["metadata"]["namespace"], "shop");
+    assert_eq!(
+        collector_binding["roleRef"]["name"],
+        "sightline-collector-pods"
+    );
+    assert_eq!(
+        collector_binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "sightline-collector", "namespace": "sightline"}])
+    );
+    assert_eq!(
+        grant("ClusterRole", "sightline-agent")["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]}
+        ])
+    );
+    let agent_binding = grant("ClusterRoleBinding", "sightline-agent");
+    assert_eq!(agent_binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(agent_binding["roleRef"]["name"], "sightline-agent");
+    assert_eq!(
+        agent_binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "sightline-agent", "namespace": "sightline"}])
+    );
     let mut workloads = 0;
     for (file, object) in &objects {
         let kind = object["kind"].as_str().unwrap_or_default();
@@ -816,22 +852,21 @@ fn kubernetes_objects_reference_what_exists() {
         }
         if ["Deployment", "StatefulSet", "DaemonSet"].contains(&kind) {
             workloads += 1;
-            let collector = object["metadata"]["name"] == "sightline-collector";
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let calls_the_api = ["sightline-collector", "sightline-agent"].contains(&name);
             let spec = &object["spec"]["template"]["spec"];
             assert_eq!(
                 spec["automountServiceAccountToken"],
-                collector,
-                "{file}: {} {} {} an API token",
-                kind,
-                object["metadata"]["name"],
-                if collector {
+                calls_the_api,
+                "{file}: {kind} {name} {} an API token",
+                if calls_the_api {
                     "does not mount"
                 } else {
                     "mounts"
                 }
             );
-            if collector {
-                assert_eq!(spec["serviceAccountName"], "sightline-collector", "{file}");
+            if calls_the_api {
+                assert_eq!(spec["serviceAccountName"], name, "{file}");
             }
         }
     }
