@@ -4,9 +4,13 @@
 //! `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
 //! `MODIFIED` and `DELETED` events, an `ERROR` event with `410` when a
 //! version expires; single objects (ReplicaSets, Jobs) by path; `503` for
-//! everything while it is "down". No Kubernetes API server can be installed
-//! on the test machines; the fixtures it serves are checked against the
-//! upstream schemas with `kubernetes-validate` (`deploy.rs`).
+//! everything while it is "down".
+//!
+//! The demo serves its pods with it (the agent then adds their labels and
+//! owners to their records, as on a cluster), and the end-to-end tests
+//! drive it: no Kubernetes API server can be installed on the test
+//! machines. It is a stand-in for the API's wire shapes, not an API
+//! server: no writes, no authorization, no other resources.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +229,7 @@ async fn pods(
     let _ = sender.send(format!("{bookmark}\n"));
     api.watchers.lock().unwrap().push((node, sender));
     let mut receiver = receiver;
-    let stream = futures::stream::poll_fn(move |context| {
+    let stream = futures_util::stream::poll_fn(move |context| {
         receiver
             .poll_recv(context)
             .map(|line| line.map(Ok::<_, std::convert::Infallible>))

@@ -36,6 +36,7 @@
 
 pub mod cri;
 pub mod json_log;
+pub mod kube_api;
 pub mod launcher;
 pub mod propagation;
 pub mod service;

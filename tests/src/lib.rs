@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod engines;
-pub mod kube_api;
 
 /// Path of a workspace binary in the same target directory as this test.
 pub fn binary(name: &str) -> PathBuf {

@@ -286,6 +286,8 @@ impl RunningChild {
 #[derive(Default)]
 pub struct Children {
     started: Vec<RunningChild>,
+    /// Where a restarted workload's pod shows its restarts.
+    pub pods: Option<std::sync::Arc<super::pods::DemoPods>>,
 }
 
 impl Children {
@@ -317,6 +319,14 @@ impl Children {
                     "service exited, restarting"
                 );
                 let restarted = crashed.restart().await?;
+                if let (Some(pods), Some(placement)) = (&self.pods, &restarted.placement) {
+                    pods.restarted(
+                        &placement.pod,
+                        &placement.container,
+                        placement.restart_count,
+                        exit.status,
+                    );
+                }
                 tracing::info!(
                     name = %restarted.name(),
                     restarts = restarted.restart_count(),

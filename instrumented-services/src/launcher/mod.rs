@@ -35,6 +35,7 @@
 pub mod burst;
 mod children;
 pub mod collector_config;
+pub mod pods;
 mod secrets;
 
 use std::ffi::OsString;
@@ -527,7 +528,23 @@ async fn start_and_supervise(
         )
         .await?;
 
+    // The shop's pods on a stand-in Kubernetes API: the agent adds their
+    // labels and Deployments to their records, as on a cluster.
+    let pods = std::sync::Arc::new(pods::DemoPods::serve().await);
+    children.pods = Some(pods.clone());
+    let agent_config = layout.agent().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "# Written by sightline-demo: the demo's pods are served by a stand-in\n# Kubernetes API on loopback.\n[kubernetes]\napi_server = \"{}\"\nnode_name = \"{}\"\npod_wait = \"2s\"\n",
+            pods.api_server(),
+            pods::NODE
+        ),
+    )
+    .with_context(|| format!("failed to write {}", agent_config.display()))?;
     let mut agent_args: Vec<OsString> = vec![
+        "--config".into(),
+        agent_config.into(),
         "--include".into(),
         layout.pod_logs_glob(),
         "--collector".into(),
@@ -627,6 +644,7 @@ async fn start_and_supervise(
             env: secrets.as_ref().map(service_env).unwrap_or_default(),
         };
         let pod = PodIdentity::new_random(NAMESPACE, service);
+        pods.add(&pod, service);
         let child = RunningChild::spawn_in_pod(&spec, &layout.pods(), &pod, service)?;
         tracing::info!(service, pod = %pod.name, log = %child.log_path().display(), "started");
         children

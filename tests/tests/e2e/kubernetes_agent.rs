@@ -1,7 +1,7 @@
 //! The agent's pod metadata from the Kubernetes API, end to end: the real
 //! agent binary tails kubelet-style log files and watches a local server
 //! that answers the API's requests in its JSON shapes (no API server can
-//! be installed here; see `sightline_tests::kube_api`), and the real
+//! be installed here; see `sightline_demo::kube_api`), and the real
 //! collector stores what it ships.
 //!
 //! It checks that the workload (a ReplicaSet's Deployment, a Job's
@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sightline_tests::kube_api::FakeKubeApi;
+use sightline_demo::kube_api::FakeKubeApi;
 use sightline_tests::{CollectorProcess, Process, binary, free_port, poll_until, wait_healthy};
 
 /// A pod on `node`, owned by `owner` (`(kind, name)`), with one container

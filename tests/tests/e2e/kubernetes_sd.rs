@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sightline_tests::kube_api::FakeKubeApi as Api;
+use sightline_demo::kube_api::FakeKubeApi as Api;
 use sightline_tests::{CollectorProcess, poll_until};
 
 /// A pod as the API returns it.

@@ -22,7 +22,8 @@ async fn one_request_is_found_by_request_id_and_trace_id() {
     );
 
     // Logs: both services' lines, found by request_id, with Kubernetes
-    // fields the agent derived from the kubelet-style path.
+    // fields the agent derived from the kubelet-style path, and the labels
+    // and owners it read from the demo's (stand-in) Kubernetes API.
     let records = stack
         .logs_from_services(&format!("request_id:{request_id}"), &["gateway", "order"])
         .await;
@@ -32,6 +33,18 @@ async fn one_request_is_found_by_request_id_and_trace_id() {
         let resource = &record["resource"];
         assert_eq!(resource["k8s.namespace.name"], "shop", "record {record}");
         assert_eq!(resource["k8s.container.name"], service, "record {record}");
+        assert_eq!(resource["k8s.deployment.name"], service, "record {record}");
+        assert_eq!(resource["k8s.node.name"], "demo-node", "record {record}");
+        assert_eq!(
+            resource["k8s.pod.label.app.kubernetes.io/part-of"], "shop",
+            "record {record}"
+        );
+        assert!(
+            resource["k8s.replicaset.name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with(&format!("{service}-"))),
+            "record {record}"
+        );
         let pod = resource["k8s.pod.name"].as_str().unwrap_or_default();
         assert!(
             pod.starts_with(&format!("{service}-")),
