@@ -604,6 +604,54 @@ fn kubernetes_validate(files: &[PathBuf]) -> String {
     stdout
 }
 
+/// The objects the stand-in Kubernetes API serves (the demo's pods and
+/// ReplicaSets, as the e2e tests' are built the same way) are checked
+/// against the upstream schemas, so what the agent and the collector are
+/// tested on is what an API server returns, not a guess.
+#[test]
+fn the_stand_in_apis_objects_validate_against_the_kubernetes_schemas() {
+    use sightline_demo::cri::PodIdentity;
+    use sightline_demo::launcher::pods::{pod_object, replicaset_object};
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let pod = PodIdentity::new_random("shop", "payment");
+    let objects = [
+        ("pod.json", pod_object(&pod, "payment", 0, None)),
+        (
+            "restarted.json",
+            pod_object(
+                &pod,
+                "payment",
+                3,
+                Some(std::process::ExitStatus::from_raw(9)),
+            ),
+        ),
+        ("replicaset.json", replicaset_object(&pod, "payment")),
+    ];
+    let files: Vec<PathBuf> = objects
+        .iter()
+        .map(|(name, object)| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, object.to_string()).expect("write the object");
+            path
+        })
+        .collect();
+    let stdout = kubernetes_validate(&files);
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("INFO"))
+            .count(),
+        objects.len(),
+        "{stdout}"
+    );
+    // The restarted pod says why, as the kubelet would.
+    assert_eq!(
+        objects[1].1["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"],
+        "OOMKilled"
+    );
+}
+
 #[test]
 fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     let files: Vec<PathBuf> = kubernetes_files()

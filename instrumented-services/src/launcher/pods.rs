@@ -44,15 +44,7 @@ impl DemoPods {
                 "/apis/apps/v1/namespaces/{}/replicasets/{replicaset}",
                 pod.namespace
             ),
-            json!({
-                "kind": "ReplicaSet", "apiVersion": "apps/v1",
-                "metadata": {"name": replicaset, "namespace": pod.namespace,
-                    "uid": format!("{}-rs", pod.uid),
-                    "labels": {"app.kubernetes.io/name": service},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                        "name": service, "uid": format!("{}-deploy", pod.uid),
-                        "controller": true, "blockOwnerDeletion": true}]}
-            }),
+            replicaset_object(pod, service),
         );
         self.api.put(pod_object(pod, service, 0, None));
     }
@@ -76,8 +68,31 @@ fn replicaset(pod: &PodIdentity, service: &str) -> (String, String) {
     (format!("{service}-{hash}"), hash)
 }
 
-/// The pod as the API returns it.
-fn pod_object(pod: &PodIdentity, service: &str, restarts: u32, last: Option<ExitStatus>) -> Value {
+/// The ReplicaSet of `pod`, owned by Deployment `service`, as the API
+/// returns it (`deploy.rs` validates it against the upstream schema).
+pub fn replicaset_object(pod: &PodIdentity, service: &str) -> Value {
+    let (replicaset, hash) = replicaset(pod, service);
+    json!({
+        "kind": "ReplicaSet", "apiVersion": "apps/v1",
+        "metadata": {"name": replicaset, "namespace": pod.namespace,
+            "uid": format!("{}-rs", pod.uid),
+            "labels": {"app.kubernetes.io/name": service, "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": service, "uid": format!("{}-deploy", pod.uid),
+                "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": service, "pod-template-hash": hash}}}
+    })
+}
+
+/// The pod as the API returns it, after `restarts` restarts, the last
+/// ending with `last` (`deploy.rs` validates it against the upstream
+/// schema).
+pub fn pod_object(
+    pod: &PodIdentity,
+    service: &str,
+    restarts: u32,
+    last: Option<ExitStatus>,
+) -> Value {
     let (replicaset, hash) = replicaset(pod, service);
     let last_state = match last {
         None => json!({}),
