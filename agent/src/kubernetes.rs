@@ -106,8 +106,9 @@ pub struct Pods {
     /// Whether a list has been read once.
     synced: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
-    /// `namespace/kind/name` → the owner's owner (`None`: it has none).
-    owners: Mutex<HashMap<String, Option<String>>>,
+    /// `namespace/resource/name` → the owner's owner (`None`: it has
+    /// none), read once.
+    owners: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<String>>>>>,
     stats: Arc<WatchStats>,
     unknown: AtomicU64,
     owner_lookups: AtomicU64,
@@ -367,35 +368,35 @@ impl Pods {
         owner_kind: &str,
     ) -> std::result::Result<Option<String>, ()> {
         let key = format!("{namespace}/{resource}/{name}");
-        if let Some(owner) = self
-            .owners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(owner.clone());
-        }
-        self.owner_lookups.fetch_add(1, Ordering::Relaxed);
-        let path = format!("/apis/{group_version}/namespaces/{namespace}/{resource}/{name}");
-        let owner = match self.api.get::<Metadata>(&path).await {
-            Ok(object) => object
-                .metadata
-                .controller()
-                .filter(|owner| owner.kind == owner_kind)
-                .map(|owner| owner.name.clone()),
-            Err(ApiError::NotFound) => None,
-            Err(error) => {
-                self.owner_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(%error, path, "reading a pod's owner failed");
-                return Err(());
+        // One GET per owner, however many files of its pods open at once:
+        // the first asks, the others wait for its answer.
+        let cell = {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            if owners.len() >= MAX_OWNERS {
+                owners.clear();
             }
+            Arc::clone(owners.entry(key).or_default())
         };
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.len() >= MAX_OWNERS {
-            owners.clear();
-        }
-        owners.insert(key, owner.clone());
-        Ok(owner)
+        cell.get_or_try_init(|| async {
+            self.owner_lookups.fetch_add(1, Ordering::Relaxed);
+            let path = format!("/apis/{group_version}/namespaces/{namespace}/{resource}/{name}");
+            match self.api.get::<Metadata>(&path).await {
+                Ok(object) => Ok(object
+                    .metadata
+                    .controller()
+                    .filter(|owner| owner.kind == owner_kind)
+                    .map(|owner| owner.name.clone())),
+                Err(ApiError::NotFound) => Ok(None),
+                Err(error) => {
+                    // Not remembered: the next file of such a pod asks again.
+                    self.owner_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(%error, path, "reading a pod's owner failed");
+                    Err(())
+                }
+            }
+        })
+        .await
+        .cloned()
     }
 
     /// The watch's counters and the node's container states, in the

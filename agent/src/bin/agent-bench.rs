@@ -3,13 +3,20 @@
 //! that acknowledges, until every record is acknowledged.
 //!
 //! ```text
-//! cargo run --release -p sightline-agent --bin agent-bench -- [--lines N] [--files F] [--compression zstd|gzip|none]
+//! cargo run --release -p sightline-agent --bin agent-bench -- [--lines N] [--files F] [--compression zstd|gzip|none] [--pods P]
 //! ```
 //!
 //! The collector runs in a child process (this binary with `collect`), so
 //! the CPU time and peak RSS reported are the agent's alone. In the same
 //! run the files are first read once with a plain 64 KiB read loop that
 //! only counts newlines: the floor any shipper pays.
+//!
+//! `--pods P` puts the lines in one file per pod (P files) and runs the
+//! agent twice on them: without pod metadata, then with its watch of the
+//! node's pods, served by the child in the Kubernetes API's shapes (pods
+//! of about 4 KB each, as `kubectl get pod -o json` shows them, owned by
+//! ReplicaSets of Deployments), and reports both runs and the requests the
+//! API server saw.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,12 +44,16 @@ fn main() -> anyhow::Result<()> {
     let mut lines: u64 = 1_000_000;
     let mut files: u64 = 8;
     let mut compression = Compression::Zstd;
+    let mut pods: u64 = 0;
+    let mut only: Option<bool> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let value = iter.next().context("flag without value")?;
         match arg.as_str() {
             "--lines" => lines = value.parse()?,
             "--files" => files = value.parse()?,
+            "--pods" => pods = value.parse()?,
+            "--metadata" => only = Some(value == "on"),
             "--compression" => {
                 compression = match value.as_str() {
                     "gzip" => Compression::Gzip,
@@ -54,7 +65,24 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown flag {other}"),
         }
     }
-    bench(lines, files, compression)
+    if pods > 0 {
+        return match only {
+            Some(metadata) => bench(lines, pods, compression, Some(metadata)),
+            // Each run in a process of its own, so neither starts with
+            // what the other left in the allocator.
+            None => {
+                for metadata in ["off", "on"] {
+                    let status = Command::new(std::env::current_exe()?)
+                        .args(&args)
+                        .args(["--metadata", metadata])
+                        .status()?;
+                    anyhow::ensure!(status.success(), "the run with metadata {metadata} failed");
+                }
+                Ok(())
+            }
+        };
+    }
+    bench(lines, files, compression, None)
 }
 
 /// One realistic ~300 byte JSON log line in CRI framing.
@@ -162,14 +190,25 @@ fn read_floor(paths: &[PathBuf]) -> anyhow::Result<(Duration, u64)> {
     Ok((started.elapsed(), newlines))
 }
 
-fn bench(lines: u64, files: u64, compression: Compression) -> anyhow::Result<()> {
+/// One run; `metadata`: with `--pods`, whether the agent watches them.
+fn bench(
+    lines: u64,
+    files: u64,
+    compression: Compression,
+    metadata: Option<bool>,
+) -> anyhow::Result<()> {
+    let kube = metadata.is_some();
     let root = TempDir::new()?;
     eprintln!("generating {lines} lines in {files} files");
     let (paths, total_bytes) = generate(root.path(), lines, files)?;
 
-    // Collector in a child process.
-    let mut collector = Command::new(std::env::current_exe()?)
-        .arg("collect")
+    // Collector (and, with pods, the Kubernetes API) in a child process.
+    let mut child = Command::new(std::env::current_exe()?);
+    child.arg("collect");
+    if kube {
+        child.arg(files.to_string());
+    }
+    let mut collector = child
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -177,30 +216,105 @@ fn bench(lines: u64, files: u64, compression: Compression) -> anyhow::Result<()>
     let mut collector_out = BufReader::new(collector.stdout.take().context("no stdout")?);
     let mut port_line = String::new();
     collector_out.read_line(&mut port_line)?;
-    let port: u16 = port_line
+    let mut ports = port_line
         .trim()
         .strip_prefix("port ")
         .context("no port")?
-        .parse()?;
+        .split(' ');
+    let port: u16 = ports.next().context("no port")?.parse()?;
+    let api_port: Option<u16> = ports.next().map(str::parse).transpose()?;
 
     // Read twice: the first warms the page cache for both runs alike.
     read_floor(&paths)?;
     let (floor, counted) = read_floor(&paths)?;
     anyhow::ensure!(counted == lines, "floor counted {counted} lines");
 
-    // Reset the peak RSS so it measures the agent run only.
+    let mb = total_bytes as f64 / 1e6;
+    println!(
+        "lines                 {lines} in {files} files, {:.1} MB, {:.0} B/line avg",
+        mb,
+        total_bytes as f64 / lines as f64
+    );
+    println!("compression           {compression:?}");
+    let api = if metadata == Some(true) {
+        api_port
+    } else {
+        None
+    };
+    {
+        let index = 0;
+        let mut config = Config {
+            include: vec![format!("{}/pods/*/*/*.log", root.path().display())],
+            collector: format!("http://127.0.0.1:{port}"),
+            compression,
+            data_dir: root.path().join(format!("data-{index}")),
+            http_addr: "127.0.0.1:0".parse()?,
+            host_name: "bench-node".to_owned(),
+            ..Config::default()
+        };
+        config.kubernetes.enabled = Some(api.is_some());
+        if let Some(api) = api {
+            config.kubernetes.api_server = Some(format!("http://127.0.0.1:{api}"));
+            config.kubernetes.node_name = Some("bench-node".to_owned());
+        }
+        let run = run_agent(config, lines)?;
+        if kube {
+            println!(
+                "--- {}",
+                if api.is_some() {
+                    "with pod metadata (one watch of the node's pods)"
+                } else {
+                    "without pod metadata"
+                }
+            );
+        }
+        let seconds = run.elapsed.as_secs_f64();
+        println!("wall                  {seconds:.2} s");
+        println!(
+            "throughput            {:.0} lines/s, {:.1} MB/s",
+            lines as f64 / seconds,
+            mb / seconds
+        );
+        println!(
+            "cpu                   {:.2} s ({:.2} s per 1M lines, {:.0} lines per cpu-second)",
+            run.cpu,
+            run.cpu / (lines as f64 / 1e6),
+            lines as f64 / run.cpu.max(0.01)
+        );
+        println!(
+            "peak rss (agent run)  {:.1} MiB (process before the run: {:.1} MiB)",
+            run.peak_rss_kib as f64 / 1024.0,
+            run.rss_before_kib as f64 / 1024.0
+        );
+    }
+    drop(collector.stdin.take());
+    let mut received = String::new();
+    while collector_out.read_line(&mut received)? > 0 {}
+    collector.wait()?;
+    print!("collector             {received}");
+    println!(
+        "read-only floor       {:.3} s ({:.0} lines/s, {:.0} MB/s)",
+        floor.as_secs_f64(),
+        lines as f64 / floor.as_secs_f64(),
+        mb / floor.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What one agent run cost.
+struct Run {
+    elapsed: Duration,
+    cpu: f64,
+    peak_rss_kib: u64,
+    rss_before_kib: u64,
+}
+
+/// Runs an agent with `config` until `lines` records are acknowledged.
+fn run_agent(config: Config, lines: u64) -> anyhow::Result<Run> {
+    // Reset the peak RSS so it measures this agent run only.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let rss_before_kib = status_kib("VmHWM:");
     let runtime = sightline_agent::runtime()?;
-    let config = Config {
-        include: vec![format!("{}/pods/*/*/*.log", root.path().display())],
-        collector: format!("http://127.0.0.1:{port}"),
-        compression,
-        data_dir: root.path().join("data"),
-        http_addr: "127.0.0.1:0".parse()?,
-        host_name: "bench-node".to_owned(),
-        ..Config::default()
-    };
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let elapsed = runtime.block_on(async move {
@@ -213,49 +327,13 @@ fn bench(lines: u64, files: u64, compression: Compression) -> anyhow::Result<()>
         agent.shutdown().await?;
         anyhow::Ok(elapsed)
     })?;
-    let cpu = cpu_seconds() - cpu_before;
-    let peak_rss_kib = status_kib("VmHWM:");
-    drop(collector.stdin.take());
-    let mut received = String::new();
-    collector_out.read_line(&mut received)?;
-    collector.wait()?;
-
-    let seconds = elapsed.as_secs_f64();
-    let mb = total_bytes as f64 / 1e6;
-    println!(
-        "lines                 {lines} in {files} files, {:.1} MB, {:.0} B/line avg",
-        mb,
-        total_bytes as f64 / lines as f64
-    );
-    println!("compression           {compression:?}");
-    println!("collector             {}", received.trim());
-    println!("wall                  {seconds:.2} s");
-    println!(
-        "throughput            {:.0} lines/s, {:.1} MB/s",
-        lines as f64 / seconds,
-        mb / seconds
-    );
-    println!(
-        "cpu                   {cpu:.2} s ({:.2} s per 1M lines, {:.0} lines per cpu-second)",
-        cpu / (lines as f64 / 1e6),
-        lines as f64 / cpu.max(0.01)
-    );
-    println!(
-        "peak rss (agent run)  {:.1} MiB (process before the run: {:.1} MiB)",
-        peak_rss_kib as f64 / 1024.0,
-        rss_before_kib as f64 / 1024.0
-    );
-    println!(
-        "read-only floor       {:.3} s ({:.0} lines/s, {:.0} MB/s)",
-        floor.as_secs_f64(),
-        lines as f64 / floor.as_secs_f64(),
-        mb / floor.as_secs_f64()
-    );
-    println!(
-        "ratio full/floor      {:.1}x",
-        seconds / floor.as_secs_f64()
-    );
-    Ok(())
+    drop(runtime);
+    Ok(Run {
+        elapsed,
+        cpu: cpu_seconds() - cpu_before,
+        peak_rss_kib: status_kib("VmHWM:"),
+        rss_before_kib,
+    })
 }
 
 /// A scratch directory removed on drop.
@@ -280,8 +358,11 @@ impl Drop for TempDir {
 }
 
 /// The collector child: acknowledges every export, counts records, prints
-/// its port, and its count when stdin closes.
+/// its port, and its count when stdin closes. With a pod count as its
+/// argument it also serves those pods in the Kubernetes API's shapes and
+/// prints the requests it answered.
 fn collect() -> anyhow::Result<()> {
+    let pods: Option<u64> = std::env::args().nth(2).map(|n| n.parse()).transpose()?;
     #[derive(Clone, Default)]
     struct Counter(Arc<AtomicU64>);
 
@@ -311,7 +392,14 @@ fn collect() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("port {}", listener.local_addr()?.port());
+        let api = match pods {
+            Some(pods) => Some(kube_api::serve(pods).await?),
+            None => None,
+        };
+        match &api {
+            Some((port, _)) => println!("port {} {port}", listener.local_addr()?.port()),
+            None => println!("port {}", listener.local_addr()?.port()),
+        }
         std::io::stdout().flush()?;
         let counter = Counter::default();
         let count = Arc::clone(&counter.0);
@@ -333,6 +421,167 @@ fn collect() -> anyhow::Result<()> {
             )
             .await?;
         println!("received {} records", count.load(Ordering::Relaxed));
+        if let Some((_, stats)) = api {
+            println!(
+                "kubernetes api        {} requests: {} pod lists ({} bytes each), {} pod watches, {} GETs of a ReplicaSet",
+                stats.lists.load(Ordering::Relaxed)
+                    + stats.watches.load(Ordering::Relaxed)
+                    + stats.gets.load(Ordering::Relaxed),
+                stats.lists.load(Ordering::Relaxed),
+                stats.list_bytes.load(Ordering::Relaxed),
+                stats.watches.load(Ordering::Relaxed),
+                stats.gets.load(Ordering::Relaxed),
+            );
+        }
         anyhow::Ok(())
     })
+}
+
+/// The pods of the bench's node, as an API server serves them.
+mod kube_api {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::extract::{Path, Query, State};
+    use axum::response::IntoResponse;
+    use serde_json::{Value, json};
+
+    /// Requests answered.
+    #[derive(Default)]
+    pub(crate) struct Stats {
+        pub(crate) lists: AtomicU64,
+        pub(crate) list_bytes: AtomicU64,
+        pub(crate) watches: AtomicU64,
+        pub(crate) gets: AtomicU64,
+    }
+
+    struct Api {
+        list: String,
+        stats: Arc<Stats>,
+    }
+
+    /// Pod `index` (`order-<index>`, uid `uid-<index>`, the files' names):
+    /// labels, annotations (kubectl's last applied configuration among
+    /// them), two containers with environment, probes and resources, and
+    /// its status, about 4 KB of JSON as real pods are.
+    fn pod(index: u64) -> Value {
+        let env: Vec<Value> = (0..8)
+            .map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}-{index}")}))
+            .collect();
+        let container = |name: &str| {
+            json!({
+                "name": name, "image": format!("registry.example.com/shop/{name}:1.42.{index}"),
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "env": env,
+                "resources": {"limits": {"cpu": "1", "memory": "512Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}},
+                "livenessProbe": {"httpGet": {"path": "/health/live", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 10},
+                "readinessProbe": {"httpGet": {"path": "/health/ready", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 5},
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"
+            })
+        };
+        let statuses: Vec<Value> = ["order", "proxy"]
+            .iter()
+            .map(|name| {
+                json!({
+                    "name": name, "ready": true, "restartCount": index % 3, "image": name, "imageID": "sha256:0",
+                    "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}, "lastState": {}
+                })
+            })
+            .collect();
+        json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {
+                "name": format!("order-{index}"), "namespace": "shop", "uid": format!("uid-{index}"),
+                "resourceVersion": "1", "creationTimestamp": "2026-12-01T00:00:00Z",
+                "generateName": "order-7d9c8b6f5d-",
+                "labels": {"app.kubernetes.io/name": "order", "app.kubernetes.io/part-of": "shop",
+                    "app.kubernetes.io/version": "1.42", "team": "checkout", "tier": "backend",
+                    "environment": "production", "pod-template-hash": "7d9c8b6f5d"},
+                "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                    "kubectl.kubernetes.io/restartedAt": "2026-12-01T00:00:00Z",
+                    "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(1500)
+                },
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": format!("order-{}-7d9c8b6f5d", index % 10), "uid": "rs-uid",
+                    "controller": true, "blockOwnerDeletion": true}]
+            },
+            "spec": {
+                "nodeName": "bench-node", "serviceAccountName": "default", "restartPolicy": "Always",
+                "containers": [container("order"), container("proxy")]
+            },
+            "status": {
+                "phase": "Running", "podIP": format!("10.1.{}.{}", index / 250, index % 250 + 1),
+                "hostIP": "192.168.1.5", "qosClass": "Burstable",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+                    {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"}],
+                "containerStatuses": statuses
+            }
+        })
+    }
+
+    /// Serves `pods` pods; returns the port and the request counters.
+    pub(crate) async fn serve(pods: u64) -> anyhow::Result<(u16, Arc<Stats>)> {
+        let items: Vec<Value> = (0..pods).map(pod).collect();
+        let list = json!({"kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "100"}, "items": items})
+        .to_string();
+        let stats = Arc::new(Stats::default());
+        let api = Arc::new(Api {
+            list,
+            stats: Arc::clone(&stats),
+        });
+        let app = axum::Router::new()
+            .route("/api/v1/pods", axum::routing::get(pods_handler))
+            .route(
+                "/apis/apps/v1/namespaces/{namespace}/replicasets/{name}",
+                axum::routing::get(replicaset),
+            )
+            .with_state(api);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((port, stats))
+    }
+
+    async fn pods_handler(
+        State(api): State<Arc<Api>>,
+        Query(query): Query<std::collections::BTreeMap<String, String>>,
+    ) -> axum::response::Response {
+        if query.contains_key("watch") {
+            api.stats.watches.fetch_add(1, Ordering::Relaxed);
+            // Open until the server's timeout: nothing changes.
+            let (sender, mut receiver) =
+                tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+            tokio::spawn(async move {
+                let _ = sender
+                    .send(Ok(format!("{}\n", json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "100"}}}))))
+                    .await;
+                sender.closed().await;
+            });
+            let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+            return axum::body::Body::from_stream(stream).into_response();
+        }
+        api.stats.lists.fetch_add(1, Ordering::Relaxed);
+        api.stats
+            .list_bytes
+            .store(api.list.len() as u64, Ordering::Relaxed);
+        ([("content-type", "application/json")], api.list.clone()).into_response()
+    }
+
+    async fn replicaset(
+        State(api): State<Arc<Api>>,
+        Path((namespace, name)): Path<(String, String)>,
+    ) -> axum::response::Response {
+        api.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let deployment = name
+            .rsplit_once('-')
+            .map_or(name.as_str(), |(rest, _)| rest);
+        axum::Json(json!({"kind": "ReplicaSet", "apiVersion": "apps/v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": "rs-uid",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                    "uid": "deploy-uid", "controller": true}]}}))
+        .into_response()
+    }
 }
