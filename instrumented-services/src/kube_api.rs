@@ -1,7 +1,7 @@
 //! A local server that answers the Kubernetes API's requests the agent and
-//! the collector make, in the API's JSON shapes: pod lists in pages with a
-//! `resourceVersion` and a `continue` token, filtered by the
-//! `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
+//! the collector make, in the API's JSON shapes: lists of pods, endpoints
+//! and services in pages with a `resourceVersion` and a `continue` token,
+//! pods filtered by the `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
 //! `MODIFIED` and `DELETED` events, an `ERROR` event with `410` when a
 //! version expires; single objects (ReplicaSets, Jobs) by path; `503` for
 //! everything while it is "down".
@@ -17,21 +17,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// One open watch.
+struct Watcher {
+    resource: String,
+    node: Option<String>,
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
 /// The fake server's objects and open watches.
 #[derive(Default)]
 pub struct FakeKubeApi {
-    /// Pods by `namespace/name`.
-    pods: Mutex<BTreeMap<String, Value>>,
+    /// Objects by resource (`pods`, `endpoints`, `services`), then by
+    /// `namespace/name`.
+    collections: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
     /// Other objects by their path (`/apis/apps/v1/namespaces/shop/replicasets/web-7d9c`).
     objects: Mutex<BTreeMap<String, Value>>,
     version: Mutex<u64>,
-    /// Open watches, with the node their field selector names.
-    watchers: Mutex<Vec<(Option<String>, tokio::sync::mpsc::UnboundedSender<String>)>>,
+    /// Open watches: their resource, the node their field selector names.
+    watchers: Mutex<Vec<Watcher>>,
     /// Requests seen, `path?query`.
     pub seen: Mutex<Vec<String>>,
     /// The `Authorization` header of every request.
@@ -48,7 +56,7 @@ impl FakeKubeApi {
             .expect("bind the fake Kubernetes API");
         let port = listener.local_addr().expect("local address").port();
         let app = Router::new()
-            .route("/api/v1/pods", get(pods))
+            .route("/api/v1/{resource}", get(collection))
             .fallback(get(object))
             .with_state(Arc::clone(self));
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -62,24 +70,44 @@ impl FakeKubeApi {
     }
 
     /// Adds or replaces a pod and tells every watch of its node.
-    pub fn put(&self, mut pod: Value) {
+    pub fn put(&self, pod: Value) {
+        self.put_in("pods", pod);
+    }
+
+    /// Adds or replaces an object of `resource` (`endpoints`, `services`)
+    /// and tells every watch of it.
+    pub fn put_in(&self, resource: &str, mut object: Value) {
         let version = self.next_version();
-        pod["metadata"]["resourceVersion"] = json!(version);
-        let key = pod_key(&pod);
-        let kind = if self.pods.lock().unwrap().insert(key, pod.clone()).is_some() {
+        object["metadata"]["resourceVersion"] = json!(version);
+        let key = object_key(&object);
+        let kind = if self
+            .collections
+            .lock()
+            .unwrap()
+            .entry(resource.to_string())
+            .or_default()
+            .insert(key, object.clone())
+            .is_some()
+        {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        self.send(&pod, json!({"type": kind, "object": pod}));
+        self.send(resource, &object, json!({"type": kind, "object": object}));
     }
 
     /// Removes pod `namespace/name`; `tell`: with a `DELETED` event (else
     /// only a later list knows).
     pub fn delete(&self, key: &str, tell: bool) {
-        let pod = self.pods.lock().unwrap().remove(key).expect("a known pod");
+        let pod = self
+            .collections
+            .lock()
+            .unwrap()
+            .get_mut("pods")
+            .and_then(|pods| pods.remove(key))
+            .expect("a known pod");
         if tell {
-            self.send(&pod, json!({"type": "DELETED", "object": pod}));
+            self.send("pods", &pod, json!({"type": "DELETED", "object": pod}));
         } else {
             self.next_version();
         }
@@ -103,14 +131,19 @@ impl FakeKubeApi {
             .count()
     }
 
-    fn send(&self, pod: &Value, event: Value) {
-        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    fn send(&self, resource: &str, object: &Value, event: Value) {
+        let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
         let line = format!("{event}\n");
-        self.watchers.lock().unwrap().retain(|(selected, watcher)| {
-            if selected.as_deref().is_some_and(|selected| selected != node) {
-                return !watcher.is_closed();
+        self.watchers.lock().unwrap().retain(|watcher| {
+            if watcher.resource != resource
+                || watcher
+                    .node
+                    .as_deref()
+                    .is_some_and(|selected| selected != node)
+            {
+                return !watcher.sender.is_closed();
             }
-            watcher.send(line.clone()).is_ok()
+            watcher.sender.send(line.clone()).is_ok()
         });
     }
 
@@ -124,8 +157,8 @@ impl FakeKubeApi {
                 "message": "too old resource version", "reason": "Expired", "code": 410
             }})
         );
-        for (_, watcher) in self.watchers.lock().unwrap().drain(..) {
-            let _ = watcher.send(line.clone());
+        for watcher in self.watchers.lock().unwrap().drain(..) {
+            let _ = watcher.sender.send(line.clone());
         }
     }
 
@@ -143,11 +176,11 @@ impl FakeKubeApi {
     }
 }
 
-fn pod_key(pod: &Value) -> String {
+fn object_key(object: &Value) -> String {
     format!(
         "{}/{}",
-        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-        pod["metadata"]["name"].as_str().unwrap_or_default()
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
     )
 }
 
@@ -172,8 +205,9 @@ async fn object(
     }
 }
 
-async fn pods(
+async fn collection(
     State(api): State<Arc<FakeKubeApi>>,
+    Path(resource): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
@@ -196,10 +230,12 @@ async fn pods(
             .and_then(|token| token.parse().ok())
             .unwrap_or(0);
         let all: Vec<Value> = api
-            .pods
+            .collections
             .lock()
             .unwrap()
-            .values()
+            .get(&resource)
+            .into_iter()
+            .flat_map(BTreeMap::values)
             .filter(|pod| {
                 node.as_deref()
                     .is_none_or(|node| pod["spec"]["nodeName"] == node)
@@ -214,7 +250,7 @@ async fn pods(
         };
         let version = api.version.lock().unwrap().to_string();
         return axum::Json(json!({
-            "kind": "PodList", "apiVersion": "v1",
+            "kind": "List", "apiVersion": "v1",
             "metadata": {"resourceVersion": version, "continue": next},
             "items": items,
         }))
@@ -227,7 +263,11 @@ async fn pods(
         "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": version}
     }});
     let _ = sender.send(format!("{bookmark}\n"));
-    api.watchers.lock().unwrap().push((node, sender));
+    api.watchers.lock().unwrap().push(Watcher {
+        resource,
+        node,
+        sender,
+    });
     let mut receiver = receiver;
     let stream = futures_util::stream::poll_fn(move |context| {
         receiver

@@ -214,3 +214,65 @@ pub struct WatchEvent {
     pub kind: String,
     pub object: serde_json::Value,
 }
+
+/// `v1.Endpoints`: the addresses behind a Service.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Endpoints {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub subsets: Vec<EndpointSubset>,
+}
+
+impl Object for Endpoints {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// `v1.EndpointSubset`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSubset {
+    #[serde(default)]
+    pub addresses: Vec<EndpointAddress>,
+    #[serde(default)]
+    pub not_ready_addresses: Vec<EndpointAddress>,
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// `v1.EndpointAddress`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub target_ref: Option<ObjectReference>,
+}
+
+/// `v1.ObjectReference`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ObjectReference {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `v1.EndpointPort`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EndpointPort {
+    #[serde(default)]
+    pub name: String,
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}

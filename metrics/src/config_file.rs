@@ -345,8 +345,9 @@ pub struct StaticConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `kubernetes_sd_configs` entry (the `pod` role): pods found by a watch of
-/// the Kubernetes API (`scrape/kubernetes.rs`).
+/// `kubernetes_sd_configs` entry (the `pod` and `endpoints` roles): pods,
+/// or endpoints with their services and pods, found by watches of the
+/// Kubernetes API (`scrape/kubernetes.rs`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct KubernetesSdConfig {
     pub role: String,
@@ -500,9 +501,9 @@ impl ConfigFile {
                     "scrape_configs[{}].kubernetes_sd_configs[{index}]",
                     scrape.job_name
                 );
-                if kubernetes.role != "pod" {
+                if kubernetes.role != "pod" && kubernetes.role != "endpoints" {
                     return Err(format!(
-                        "{at}: role {:?} is not supported yet (pod is; endpoints, service, node and ingress are not)",
+                        "{at}: role {:?} is not supported yet (pod and endpoints are; service, node, endpointslice and ingress are not)",
                         kubernetes.role
                     ));
                 }
@@ -882,10 +883,7 @@ scrape_configs:
         assert_eq!(kubernetes.namespaces.names, ["shop"]);
         assert!(config.ignored().is_empty(), "{:?}", config.ignored());
         for (entry, expected) in [
-            (
-                "{role: endpoints}",
-                "role \"endpoints\" is not supported yet",
-            ),
+            ("{role: service}", "role \"service\" is not supported yet"),
             (
                 "{role: pod, kubeconfig_file: k, api_server: http://a}",
                 "cannot use 'kubeconfig_file' and 'api_server' simultaneously",

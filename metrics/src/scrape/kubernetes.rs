@@ -1,9 +1,12 @@
-//! `kubernetes_sd_configs` with the `pod` role, as Prometheus discovers
-//! pods: one list, then one watch per namespace (every namespace when none
-//! is named), kept in memory and turned into target groups with Prometheus'
-//! `__meta_kubernetes_*` labels, so a `prometheus.yml` that keeps pods
-//! annotated `prometheus.io/scrape` and rewrites `__address__` from
-//! `prometheus.io/port` works unchanged.
+//! `kubernetes_sd_configs` with the `pod` and `endpoints` roles, as
+//! Prometheus discovers them: one list, then one watch per namespace
+//! (every namespace when none is named) of the pods, and for `endpoints`
+//! also of the Endpoints and Services, kept in memory and turned into
+//! target groups with Prometheus' `__meta_kubernetes_*` labels
+//! (`discovery/kubernetes/pod.go` and `endpoints.go`), so a
+//! `prometheus.yml` that keeps pods annotated `prometheus.io/scrape` and
+//! rewrites `__address__` from `prometheus.io/port`, or its
+//! `kubernetes-service-endpoints` job, works unchanged.
 //!
 //! The watch asks for bookmarks and resumes from the last resource version
 //! it saw when the server ends it (its `timeoutSeconds`); a `410 Gone` (the
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sightline_kube::http::{Auth, Credentials, Pem, TlsSettings};
-use sightline_kube::types::Pod;
+use sightline_kube::types::{EndpointAddress, EndpointPort, Endpoints, Metadata, Object, Pod};
 use sightline_kube::{Api, Change, Watch, WatchStats};
 
 use crate::config_file::{KubernetesSdConfig, StaticConfig};
@@ -142,15 +145,207 @@ pub fn pod_targets(pod: &Pod) -> Vec<StaticConfig> {
                 "__meta_kubernetes_pod_container_port_protocol".into(),
                 port.protocol.clone(),
             );
-            let host = if pod.status.pod_ip.contains(':') {
-                format!("[{}]", pod.status.pod_ip)
-            } else {
-                pod.status.pod_ip.clone()
-            };
             targets.push(StaticConfig {
-                targets: vec![format!("{host}:{number}")],
+                targets: vec![join_host_port(&pod.status.pod_ip, port.container_port)],
                 labels,
             });
+        }
+    }
+    targets
+}
+
+/// `host:port`, an IPv6 host in brackets (Go's `net.JoinHostPort`).
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The labels of every target of a Service's Endpoints: the Service's
+/// name, labels and annotations.
+fn service_labels(service: &Metadata) -> BTreeMap<String, String> {
+    let meta = &service.metadata;
+    let mut labels = BTreeMap::new();
+    labels.insert("__meta_kubernetes_namespace".into(), meta.namespace.clone());
+    labels.insert("__meta_kubernetes_service_name".into(), meta.name.clone());
+    for (key, value) in &meta.labels {
+        let name = sanitize(key);
+        labels.insert(
+            format!("__meta_kubernetes_service_label_{name}"),
+            value.clone(),
+        );
+        labels.insert(
+            format!("__meta_kubernetes_service_labelpresent_{name}"),
+            "true".into(),
+        );
+    }
+    for (key, value) in &meta.annotations {
+        let name = sanitize(key);
+        labels.insert(
+            format!("__meta_kubernetes_service_annotation_{name}"),
+            value.clone(),
+        );
+        labels.insert(
+            format!("__meta_kubernetes_service_annotationpresent_{name}"),
+            "true".into(),
+        );
+    }
+    labels
+}
+
+/// `endpoints`' targets as Prometheus' endpoints role makes them: one per
+/// port and address (ready or not), with the Service's labels when there
+/// is one and the pod's when the address is a pod's; then one per
+/// container port of those pods that no endpoint port named.
+/// `service` and `pod` look the others up by namespace and name.
+pub fn endpoints_targets(
+    endpoints: &Endpoints,
+    service: impl Fn(&str, &str) -> Option<Metadata>,
+    pod: impl Fn(&str, &str) -> Option<Pod>,
+) -> Vec<StaticConfig> {
+    let meta = &endpoints.metadata;
+    let mut group = BTreeMap::new();
+    group.insert(
+        "__meta_kubernetes_namespace".to_string(),
+        meta.namespace.clone(),
+    );
+    group.insert(
+        "__meta_kubernetes_endpoints_name".to_string(),
+        meta.name.clone(),
+    );
+    if let Some(service) = service(&meta.namespace, &meta.name) {
+        group.extend(service_labels(&service));
+    }
+    for (key, value) in &meta.labels {
+        let name = sanitize(key);
+        group.insert(
+            format!("__meta_kubernetes_endpoints_label_{name}"),
+            value.clone(),
+        );
+        group.insert(
+            format!("__meta_kubernetes_endpoints_labelpresent_{name}"),
+            "true".into(),
+        );
+    }
+    let mut targets = Vec::new();
+    // Pods seen, with the endpoint ports they were seen on, in order.
+    let mut seen: Vec<(Pod, Vec<u16>)> = Vec::new();
+    let mut add = |address: &EndpointAddress, port: &EndpointPort, ready: &str| {
+        let mut labels = group.clone();
+        labels.insert(
+            "__meta_kubernetes_endpoint_port_name".into(),
+            port.name.clone(),
+        );
+        labels.insert(
+            "__meta_kubernetes_endpoint_port_protocol".into(),
+            port.protocol.clone(),
+        );
+        labels.insert("__meta_kubernetes_endpoint_ready".into(), ready.into());
+        if let Some(target) = &address.target_ref {
+            labels.insert(
+                "__meta_kubernetes_endpoint_address_target_kind".into(),
+                target.kind.clone(),
+            );
+            labels.insert(
+                "__meta_kubernetes_endpoint_address_target_name".into(),
+                target.name.clone(),
+            );
+        }
+        if let Some(node) = &address.node_name {
+            labels.insert("__meta_kubernetes_endpoint_node_name".into(), node.clone());
+        }
+        if !address.hostname.is_empty() {
+            labels.insert(
+                "__meta_kubernetes_endpoint_hostname".into(),
+                address.hostname.clone(),
+            );
+        }
+        let found = address
+            .target_ref
+            .as_ref()
+            .filter(|target| target.kind == "Pod")
+            .and_then(|target| pod(&target.namespace, &target.name));
+        if let Some(found) = found {
+            labels.extend(pod_labels(&found));
+            for container in &found.spec.containers {
+                if let Some(container_port) = container
+                    .ports
+                    .iter()
+                    .find(|container_port| container_port.container_port == port.port)
+                {
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_name".into(),
+                        container.name.clone(),
+                    );
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_name".into(),
+                        container_port.name.clone(),
+                    );
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_number".into(),
+                        port.port.to_string(),
+                    );
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_protocol".into(),
+                        port.protocol.clone(),
+                    );
+                }
+            }
+            let key = |pod: &Pod| (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+            match seen.iter_mut().find(|(known, _)| key(known) == key(&found)) {
+                Some((_, ports)) => ports.push(port.port),
+                None => seen.push((found, vec![port.port])),
+            }
+        }
+        targets.push(StaticConfig {
+            targets: vec![join_host_port(&address.ip, port.port)],
+            labels,
+        });
+    };
+    for subset in &endpoints.subsets {
+        for port in &subset.ports {
+            for address in &subset.addresses {
+                add(address, port, "true");
+            }
+            for address in &subset.not_ready_addresses {
+                add(address, port, "false");
+            }
+        }
+    }
+    for (pod, ports) in seen {
+        for container in &pod.spec.containers {
+            for container_port in &container.ports {
+                if ports.contains(&container_port.container_port) {
+                    continue;
+                }
+                let mut labels = group.clone();
+                labels.extend(pod_labels(&pod));
+                labels.insert(
+                    "__meta_kubernetes_pod_container_name".into(),
+                    container.name.clone(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_port_name".into(),
+                    container_port.name.clone(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_port_number".into(),
+                    container_port.container_port.to_string(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_port_protocol".into(),
+                    container_port.protocol.clone(),
+                );
+                targets.push(StaticConfig {
+                    targets: vec![join_host_port(
+                        &pod.status.pod_ip,
+                        container_port.container_port,
+                    )],
+                    labels,
+                });
+            }
         }
     }
     targets
@@ -186,13 +381,28 @@ fn api(config: &KubernetesSdConfig, job: &str, base_dir: &Path) -> anyhow::Resul
     Api::at(server, &tls, auth, &user)
 }
 
-/// Pods by (namespace, name), per watched namespace (`""`: all).
-type PodsByWatch = BTreeMap<String, BTreeMap<(String, String), Pod>>;
+/// Objects by (namespace, name), per watched namespace (`""`: all).
+type ByWatch<T> = BTreeMap<String, BTreeMap<(String, String), T>>;
+
+/// What the watches of one entry keep.
+#[derive(Default)]
+struct Known {
+    pods: ByWatch<Pod>,
+    endpoints: ByWatch<Endpoints>,
+    services: ByWatch<Metadata>,
+}
+
+impl Known {
+    fn find<T: Clone>(objects: &ByWatch<T>, namespace: &str, name: &str) -> Option<T> {
+        let key = (namespace.to_string(), name.to_string());
+        objects.values().find_map(|known| known.get(&key).cloned())
+    }
+}
 
 /// One `kubernetes_sd_configs` entry, watched in the background.
 pub struct KubernetesDiscovery {
-    /// Pods by namespace and name, per watched namespace.
-    pods: Arc<Mutex<PodsByWatch>>,
+    endpoints_role: bool,
+    known: Arc<Mutex<Known>>,
     changed: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -203,6 +413,59 @@ impl Drop for KubernetesDiscovery {
             task.abort();
         }
     }
+}
+
+/// Starts the watch of `resource` in `namespace`, keeping its objects in
+/// the part of `known` that `part` picks.
+fn spawn_watch<T: serde::de::DeserializeOwned + Object + Send + 'static>(
+    api: &Arc<Api>,
+    resource: &str,
+    namespace: &str,
+    job: &str,
+    known: &Arc<Mutex<Known>>,
+    changed: &Arc<AtomicBool>,
+    part: fn(&mut Known) -> &mut ByWatch<T>,
+) -> tokio::task::JoinHandle<()> {
+    let watch = Watch {
+        api: Arc::clone(api),
+        collection: if namespace.is_empty() {
+            format!("/api/v1/{resource}")
+        } else {
+            format!("/api/v1/namespaces/{namespace}/{resource}")
+        },
+        selector: None,
+        what: format!("the {resource} of scrape job {job:?} in namespace {namespace:?}"),
+    };
+    let (known, changed, namespace) = (
+        Arc::clone(known),
+        Arc::clone(changed),
+        namespace.to_string(),
+    );
+    tokio::spawn(
+        watch.run(Arc::new(WatchStats::default()), move |change: Change<T>| {
+            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+            let objects = part(&mut known).entry(namespace.clone()).or_default();
+            let key = |object: &T| {
+                let meta = object.metadata();
+                (meta.namespace.clone(), meta.name.clone())
+            };
+            match change {
+                Change::Listed(items) => {
+                    *objects = items
+                        .into_iter()
+                        .map(|object| (key(&object), object))
+                        .collect();
+                }
+                Change::Applied(object) => {
+                    objects.insert(key(&object), object);
+                }
+                Change::Deleted(object) => {
+                    objects.remove(&key(&object));
+                }
+            }
+            changed.store(true, Ordering::Release);
+        }),
+    )
 }
 
 impl KubernetesDiscovery {
@@ -220,63 +483,76 @@ impl KubernetesDiscovery {
         } else {
             config.namespaces.names.clone()
         };
-        let pods: Arc<Mutex<PodsByWatch>> = Arc::new(Mutex::new(BTreeMap::new()));
+        let endpoints_role = config.role == "endpoints";
+        let known = Arc::new(Mutex::new(Known::default()));
         let changed = Arc::new(AtomicBool::new(false));
-        let tasks = namespaces
-            .into_iter()
-            .map(|namespace| {
-                let (pods, changed) = (pods.clone(), changed.clone());
-                let watch = Watch {
-                    api: api.clone(),
-                    collection: if namespace.is_empty() {
-                        "/api/v1/pods".to_string()
-                    } else {
-                        format!("/api/v1/namespaces/{namespace}/pods")
-                    },
-                    selector: None,
-                    what: format!("the pods of scrape job {job:?} in namespace {namespace:?}"),
-                };
-                tokio::spawn(watch.run(
-                    Arc::new(WatchStats::default()),
-                    move |change: Change<Pod>| {
-                        let mut pods = pods.lock().unwrap_or_else(|e| e.into_inner());
-                        let known = pods.entry(namespace.clone()).or_default();
-                        let key =
-                            |pod: &Pod| (pod.metadata.namespace.clone(), pod.metadata.name.clone());
-                        match change {
-                            Change::Listed(items) => {
-                                *known = items.into_iter().map(|pod| (key(&pod), pod)).collect();
-                            }
-                            Change::Applied(pod) => {
-                                known.insert(key(&pod), pod);
-                            }
-                            Change::Deleted(pod) => {
-                                known.remove(&key(&pod));
-                            }
-                        }
-                        changed.store(true, Ordering::Release);
-                    },
-                ))
-            })
-            .collect();
+        let mut tasks = Vec::new();
+        for namespace in &namespaces {
+            tasks.push(spawn_watch::<Pod>(
+                &api,
+                "pods",
+                namespace,
+                job,
+                &known,
+                &changed,
+                |known| &mut known.pods,
+            ));
+            if endpoints_role {
+                tasks.push(spawn_watch::<Endpoints>(
+                    &api,
+                    "endpoints",
+                    namespace,
+                    job,
+                    &known,
+                    &changed,
+                    |known| &mut known.endpoints,
+                ));
+                tasks.push(spawn_watch::<Metadata>(
+                    &api,
+                    "services",
+                    namespace,
+                    job,
+                    &known,
+                    &changed,
+                    |known| &mut known.services,
+                ));
+            }
+        }
         Ok(KubernetesDiscovery {
-            pods,
+            endpoints_role,
+            known,
             changed,
             tasks,
         })
     }
 
-    /// Whether the pods changed since the last call.
+    /// Whether the objects changed since the last call.
     pub fn take_changed(&self) -> bool {
         self.changed.swap(false, Ordering::AcqRel)
     }
 
-    /// The target groups of every pod known now.
+    /// The target groups of every object known now.
     pub fn groups(&self) -> Vec<StaticConfig> {
-        let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        pods.values()
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.endpoints_role {
+            return known
+                .pods
+                .values()
+                .flat_map(BTreeMap::values)
+                .flat_map(pod_targets)
+                .collect();
+        }
+        known
+            .endpoints
+            .values()
             .flat_map(BTreeMap::values)
-            .flat_map(pod_targets)
+            .flat_map(|endpoints| {
+                endpoints_targets(
+                    endpoints,
+                    |namespace, name| Known::find(&known.services, namespace, name),
+                    |namespace, name| Known::find(&known.pods, namespace, name),
+                )
+            })
             .collect()
     }
 }
@@ -336,5 +612,129 @@ mod tests {
         let mut pending = pod.clone();
         pending.status.pod_ip.clear();
         assert!(pod_targets(&pending).is_empty());
+    }
+
+    /// Pinned to Prometheus' endpoints role (`discovery/kubernetes/endpoints.go`
+    /// and `service.go` of the 2.4x releases, whose pod labels the pod role
+    /// test above pins): group labels from the Endpoints and their Service,
+    /// per address the endpoint labels, for a pod's address its labels and
+    /// the container port the endpoint port names, and the pod's other
+    /// container ports as targets of their own.
+    #[test]
+    fn endpoints_give_one_target_per_address_and_port_with_prometheus_labels() {
+        let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "subsets": [{
+                "addresses": [{"ip": "10.1.0.7", "nodeName": "node-a",
+                    "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"}}],
+                "notReadyAddresses": [{"ip": "10.1.0.8", "hostname": "db-0"}],
+                "ports": [{"name": "web", "port": 8080, "protocol": "TCP"}]
+            }]
+        }))
+        .unwrap();
+        let service: Metadata = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop",
+                "labels": {"app.kubernetes.io/name": "web"},
+                "annotations": {"prometheus.io/scrape": "true"}}
+        }))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "web:1", "ports": [
+                {"name": "http", "containerPort": 8080},
+                {"name": "metrics", "containerPort": 9102}
+            ]}]},
+            "status": {"phase": "Running", "podIP": "10.1.0.7", "hostIP": "192.168.1.5",
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let targets = endpoints_targets(
+            &endpoints,
+            |namespace, name| (namespace == "shop" && name == "web").then(|| service.clone()),
+            |namespace, name| (namespace == "shop" && name == "web-1").then(|| pod.clone()),
+        );
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(name, value)| (format!("__meta_kubernetes_{name}"), value.to_string()))
+                .collect()
+        };
+        let group = labels(&[
+            ("namespace", "shop"),
+            ("endpoints_name", "web"),
+            ("endpoints_label_app", "web"),
+            ("endpoints_labelpresent_app", "true"),
+            ("service_name", "web"),
+            ("service_label_app_kubernetes_io_name", "web"),
+            ("service_labelpresent_app_kubernetes_io_name", "true"),
+            ("service_annotation_prometheus_io_scrape", "true"),
+            ("service_annotationpresent_prometheus_io_scrape", "true"),
+        ]);
+        let pod_part = labels(&[
+            ("pod_name", "web-1"),
+            ("pod_ip", "10.1.0.7"),
+            ("pod_ready", "true"),
+            ("pod_phase", "Running"),
+            ("pod_node_name", "node-a"),
+            ("pod_host_ip", "192.168.1.5"),
+            ("pod_uid", "u-1"),
+        ]);
+        let with = |parts: &[&BTreeMap<String, String>], extra: &[(&str, &str)]| {
+            let mut all: BTreeMap<String, String> = BTreeMap::new();
+            for part in parts {
+                all.extend((*part).clone());
+            }
+            all.extend(labels(extra));
+            all
+        };
+        let expected = [
+            (
+                "10.1.0.7:8080",
+                with(
+                    &[&group, &pod_part],
+                    &[
+                        ("endpoint_port_name", "web"),
+                        ("endpoint_port_protocol", "TCP"),
+                        ("endpoint_ready", "true"),
+                        ("endpoint_address_target_kind", "Pod"),
+                        ("endpoint_address_target_name", "web-1"),
+                        ("endpoint_node_name", "node-a"),
+                        ("pod_container_name", "app"),
+                        ("pod_container_port_name", "http"),
+                        ("pod_container_port_number", "8080"),
+                        ("pod_container_port_protocol", "TCP"),
+                    ],
+                ),
+            ),
+            (
+                "10.1.0.8:8080",
+                with(
+                    &[&group],
+                    &[
+                        ("endpoint_port_name", "web"),
+                        ("endpoint_port_protocol", "TCP"),
+                        ("endpoint_ready", "false"),
+                        ("endpoint_hostname", "db-0"),
+                    ],
+                ),
+            ),
+            (
+                "10.1.0.7:9102",
+                with(
+                    &[&group, &pod_part],
+                    &[
+                        ("pod_container_name", "app"),
+                        ("pod_container_port_name", "metrics"),
+                        ("pod_container_port_number", "9102"),
+                        ("pod_container_port_protocol", "TCP"),
+                    ],
+                ),
+            ),
+        ];
+        assert_eq!(targets.len(), expected.len(), "{targets:#?}");
+        for (target, (address, labels)) in targets.iter().zip(expected) {
+            assert_eq!(target.targets, [address]);
+            assert_eq!(target.labels, labels, "{address}");
+        }
     }
 }

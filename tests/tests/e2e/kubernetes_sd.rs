@@ -86,6 +86,24 @@ scrape_configs:
         target_label: namespace
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: pod
+  # Prometheus' example job for services annotated prometheus.io/scrape.
+  - job_name: kubernetes-service-endpoints
+    kubernetes_sd_configs:
+      - role: endpoints
+        kubeconfig_file: kubeconfig
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_service_annotation_prometheus_io_scrape]
+        action: keep
+        regex: true
+      - source_labels: [__address__, __meta_kubernetes_service_annotation_prometheus_io_port]
+        action: replace
+        target_label: __address__
+        regex: ([^:]+)(?::\d+)?;(\d+)
+        replacement: $1:$2
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_service_name]
+        target_label: service
 "#;
 
 /// What a `/api/v1/targets` answer says: every discovered target's
@@ -95,7 +113,7 @@ type Seen = (
     BTreeSet<BTreeMap<String, String>>,
 );
 
-async fn targets(http: &reqwest::Client, base: &str) -> Result<Seen, String> {
+async fn targets(http: &reqwest::Client, base: &str, job: &str) -> Result<Seen, String> {
     let body: Value = http
         .get(format!("{base}/api/v1/targets?state=any"))
         .send()
@@ -119,7 +137,7 @@ async fn targets(http: &reqwest::Client, base: &str) -> Result<Seen, String> {
     let mut kept = BTreeSet::new();
     for state in ["activeTargets", "droppedTargets"] {
         for target in body["data"][state].as_array().into_iter().flatten() {
-            if target["discoveredLabels"]["job"] != "kubernetes-pods" {
+            if target["discoveredLabels"]["job"] != job {
                 continue;
             }
             discovered.insert(labels(&target["discoveredLabels"], &discovered_keep));
@@ -140,11 +158,23 @@ async fn discovered(
     addresses: &[&str],
     api: &Api,
 ) -> Seen {
+    discovered_by(http, ours, "kubernetes-pods", count, addresses, api).await
+}
+
+/// [`discovered`] for job `job`.
+async fn discovered_by(
+    http: &reqwest::Client,
+    ours: &str,
+    job: &str,
+    count: usize,
+    addresses: &[&str],
+    api: &Api,
+) -> Seen {
     poll_until(
-        &format!("{count} discovered targets, kept at {addresses:?}"),
+        &format!("{count} discovered targets of {job}, kept at {addresses:?}"),
         Duration::from_secs(60),
         || async {
-            let seen = targets(http, ours).await?;
+            let seen = targets(http, ours, job).await?;
             let kept: BTreeSet<&str> = seen
                 .1
                 .iter()
@@ -262,6 +292,68 @@ async fn pods_are_discovered_and_relabeled_as_prometheus_does() {
                 && target["__meta_kubernetes_pod_container_init"] == "true"
                 && !target.contains_key("__meta_kubernetes_pod_container_port_number")),
         "{first:#?}"
+    );
+
+    // The endpoints role: a Service annotated for scraping, its Endpoints
+    // naming the web pod (ready) and an address without a pod (not
+    // ready); kept on the annotated port, with the Service's and the
+    // pod's labels (Prometheus' endpoints.go).
+    api.put_in(
+        "services",
+        json!({"kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "svc-1",
+                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9102"}},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    );
+    api.put_in(
+        "endpoints",
+        json!({"kind": "Endpoints", "apiVersion": "v1",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "subsets": [{
+                "addresses": [{"ip": "10.1.0.7", "nodeName": "node-a",
+                    "targetRef": {"kind": "Pod", "name": "web", "namespace": "shop", "uid": "uid-web"}}],
+                "notReadyAddresses": [{"ip": "10.1.0.99"}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+            }]}),
+    );
+    // 10.1.0.7:8080 and 10.1.0.99:8080 from the endpoint port, 10.1.0.7:9102
+    // from the pod's other container port; all three rewritten to :9102,
+    // where the pod's two are the same target (the first kept).
+    let (endpoints, kept) = discovered_by(
+        &http,
+        &ours,
+        "kubernetes-service-endpoints",
+        2,
+        &["10.1.0.7:9102", "10.1.0.99:9102"],
+        &api,
+    )
+    .await;
+    let ready = endpoints
+        .iter()
+        .find(|target| target["__address__"] == "10.1.0.7:8080")
+        .unwrap_or_else(|| panic!("{endpoints:#?}"));
+    for (name, value) in [
+        ("__meta_kubernetes_endpoints_name", "web"),
+        ("__meta_kubernetes_service_name", "web"),
+        ("__meta_kubernetes_endpoint_ready", "true"),
+        ("__meta_kubernetes_endpoint_port_name", "http"),
+        ("__meta_kubernetes_endpoint_address_target_kind", "Pod"),
+        ("__meta_kubernetes_endpoint_address_target_name", "web"),
+        ("__meta_kubernetes_endpoint_node_name", "node-a"),
+        ("__meta_kubernetes_pod_name", "web"),
+        ("__meta_kubernetes_pod_container_name", "app"),
+        ("__meta_kubernetes_pod_container_port_name", "http"),
+    ] {
+        assert_eq!(
+            ready.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {ready:#?}"
+        );
+    }
+    assert!(
+        kept.iter()
+            .all(|labels| labels["service"] == "web" && labels["namespace"] == "shop"),
+        "{kept:#?}"
     );
 
     // The pending pod gets its IP, through the watch.
