@@ -182,6 +182,20 @@ pub struct TlsConfig {
     unknown: BTreeMap<String, serde_norway::Value>,
 }
 
+impl TlsConfig {
+    /// These settings with their files resolved against `config_dir`.
+    pub fn settings(&self, config_dir: &Path) -> TlsSettings {
+        let pem = |relative: &String| crate::scrape::client::Pem::File(config_dir.join(relative));
+        TlsSettings {
+            ca_file: self.ca_file.as_ref().map(pem),
+            cert_file: self.cert_file.as_ref().map(pem),
+            key_file: self.key_file.as_ref().map(pem),
+            server_name: self.server_name.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+        }
+    }
+}
+
 /// `authorization`: a header `Authorization: <type> <credentials>`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthorizationConfig {
@@ -215,14 +229,7 @@ impl ScrapeConfig {
     /// `config_dir`. The combinations were checked at parse time.
     pub fn client_settings(&self, config_dir: &Path) -> (TlsSettings, Option<Auth>) {
         let path = |relative: &String| config_dir.join(relative);
-        let pem = |relative: &String| crate::scrape::client::Pem::File(path(relative));
-        let tls = TlsSettings {
-            ca_file: self.tls_config.ca_file.as_ref().map(pem),
-            cert_file: self.tls_config.cert_file.as_ref().map(pem),
-            key_file: self.tls_config.key_file.as_ref().map(pem),
-            server_name: self.tls_config.server_name.clone(),
-            insecure_skip_verify: self.tls_config.insecure_skip_verify,
-        };
+        let tls = self.tls_config.settings(config_dir);
         let credentials = |inline: &Option<Secret>, file: &Option<String>| match (inline, file) {
             (Some(secret), _) => Some(Credentials::Inline(secret.clone())),
             (None, Some(file)) => Some(Credentials::File(path(file))),

@@ -21,8 +21,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sightline_kube::http::{Auth, Credentials, Pem, TlsSettings};
-use sightline_kube::types::{EndpointAddress, EndpointPort, Endpoints, Metadata, Object, Pod};
+use sightline_kube::http::{Auth, Credentials};
+use sightline_kube::types::{
+    ContainerPort, EndpointAddress, EndpointPort, Endpoints, Metadata, Object, Pod,
+};
 use sightline_kube::{Api, Change, Watch, WatchStats};
 
 use crate::config_file::{KubernetesSdConfig, StaticConfig};
@@ -154,6 +156,23 @@ pub fn pod_targets(pod: &Pod) -> Vec<StaticConfig> {
     targets
 }
 
+/// The labels of a target on `container`'s `port`.
+fn container_port_labels(
+    labels: &mut BTreeMap<String, String>,
+    container: &str,
+    port: &ContainerPort,
+    protocol: &str,
+) {
+    for (name, value) in [
+        ("name", container.to_string()),
+        ("port_name", port.name.clone()),
+        ("port_number", port.container_port.to_string()),
+        ("port_protocol", protocol.to_string()),
+    ] {
+        labels.insert(format!("__meta_kubernetes_pod_container_{name}"), value);
+    }
+}
+
 /// `host:port`, an IPv6 host in brackets (Go's `net.JoinHostPort`).
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
@@ -275,21 +294,12 @@ pub fn endpoints_targets(
                     .iter()
                     .find(|container_port| container_port.container_port == port.port)
                 {
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_name".into(),
-                        container.name.clone(),
-                    );
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_name".into(),
-                        container_port.name.clone(),
-                    );
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_number".into(),
-                        port.port.to_string(),
-                    );
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_protocol".into(),
-                        port.protocol.clone(),
+                    // The endpoint port's protocol, as endpoints.go sets it.
+                    container_port_labels(
+                        &mut labels,
+                        &container.name,
+                        container_port,
+                        &port.protocol,
                     );
                 }
             }
@@ -322,21 +332,11 @@ pub fn endpoints_targets(
                 }
                 let mut labels = group.clone();
                 labels.extend(pod_labels(&pod));
-                labels.insert(
-                    "__meta_kubernetes_pod_container_name".into(),
-                    container.name.clone(),
-                );
-                labels.insert(
-                    "__meta_kubernetes_pod_container_port_name".into(),
-                    container_port.name.clone(),
-                );
-                labels.insert(
-                    "__meta_kubernetes_pod_container_port_number".into(),
-                    container_port.container_port.to_string(),
-                );
-                labels.insert(
-                    "__meta_kubernetes_pod_container_port_protocol".into(),
-                    container_port.protocol.clone(),
+                container_port_labels(
+                    &mut labels,
+                    &container.name,
+                    container_port,
+                    &container_port.protocol,
                 );
                 targets.push(StaticConfig {
                     targets: vec![join_host_port(
@@ -363,14 +363,7 @@ fn api(config: &KubernetesSdConfig, job: &str, base_dir: &Path) -> anyhow::Resul
     let Some(server) = &config.api_server else {
         return Api::in_cluster(&user);
     };
-    let pem = |path: &str| Pem::File(resolve(path));
-    let tls = TlsSettings {
-        ca_file: config.tls_config.ca_file.as_deref().map(pem),
-        cert_file: config.tls_config.cert_file.as_deref().map(pem),
-        key_file: config.tls_config.key_file.as_deref().map(pem),
-        server_name: config.tls_config.server_name.clone(),
-        insecure_skip_verify: config.tls_config.insecure_skip_verify,
-    };
+    let tls = config.tls_config.settings(base_dir);
     let auth = config
         .bearer_token_file
         .as_deref()
