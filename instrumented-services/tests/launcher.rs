@@ -310,6 +310,8 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
     assert_eq!(
         recorded_args(&bin, "sightline-agent"),
         [
+            "--config".to_owned(),
+            format!("{data}/agent/agent.toml"),
             "--include".to_owned(),
             format!("{data}/pods/*/*/*.log"),
             "--collector".to_owned(),
@@ -320,6 +322,40 @@ async fn the_demo_starts_the_stack_writes_cri_logs_and_stops_cleanly() {
             format!("127.0.0.1:{}", agent.port()),
         ]
     );
+
+    // The agent's config points it at the demo's stand-in Kubernetes API,
+    // which serves the services' pods on the demo's node.
+    let agent_config = std::fs::read_to_string(format!("{data}/agent/agent.toml")).unwrap();
+    let api_server = agent_config
+        .lines()
+        .find_map(|line| line.strip_prefix("api_server = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{agent_config}"));
+    assert!(
+        agent_config.contains("node_name = \"demo-node\""),
+        "{agent_config}"
+    );
+    let pods: serde_json::Value = reqwest::get(format!("{api_server}/api/v1/pods"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The first page (the stand-in pages by two): pods of the shop's
+    // services, each owned by a ReplicaSet, on the demo's node.
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{pods}");
+    for pod in items {
+        assert_eq!(
+            pod["metadata"]["labels"]["app.kubernetes.io/part-of"], "shop",
+            "{pod}"
+        );
+        assert_eq!(
+            pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet",
+            "{pod}"
+        );
+        assert_eq!(pod["spec"]["nodeName"], "demo-node", "{pod}");
+    }
 
     // Demo traffic reaches both services; their stdout is in CRI files with
     // the request id of each order in both.
