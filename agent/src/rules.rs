@@ -306,6 +306,49 @@ mod tests {
     }
 
     #[test]
+    fn pod_annotations_steer_like_docker_labels_and_per_container_ones_win() {
+        use crate::kubernetes::PodInfo;
+        let rules = rules("");
+        let path = Path::new("/var/log/pods/shop_api-1_uid/api/0.log");
+        let pod = |steering: &[(&str, &str)]| {
+            let mut container = kube("shop", "api");
+            container.pod_info = Some(std::sync::Arc::new(PodInfo {
+                attributes: Vec::new(),
+                steering: steering
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            }));
+            container
+        };
+        let plan = rules
+            .plan(
+                path,
+                &pod(&[
+                    ("sightline.io/parser", "logfmt"),
+                    ("sightline.io/multiline", "python"),
+                    // For container `api` only: wins over the pod-wide one.
+                    ("sightline.io/multiline-api", "java"),
+                    ("sightline.io/multiline-sidecar", "go"),
+                ]),
+            )
+            .unwrap();
+        assert!(matches!(plan.parser, Parser::Logfmt), "{:?}", plan.parser);
+        assert_eq!(plan.multiline.mode, MultilineMode::Java);
+        assert!(
+            rules
+                .plan(path, &pod(&[("sightline.io/exclude", "true")]))
+                .is_none()
+        );
+        // Another container's exclusion leaves this one alone.
+        assert!(
+            rules
+                .plan(path, &pod(&[("sightline.io/exclude-sidecar", "true")]))
+                .is_some()
+        );
+    }
+
+    #[test]
     fn bad_rules_name_their_key() {
         for (toml, key) in [
             ("[[containers]]\nparser = \"regex\"", "containers.regex"),
