@@ -8,7 +8,8 @@
 //! CronJob), the node, the labels and the allowed annotations reach the
 //! stored records; that annotations exclude a pod and switch its
 //! multiline mode; a pod the watch learns of after its log appeared; the
-//! watch expiring and resuming; the API down while logs keep flowing; a
+//! watch expiring and resuming; the API down for a minute while logs keep
+//! flowing; a
 //! pod never known shipped with its path data and counted; one watch per
 //! node (a field selector), and the container restarts and last
 //! termination reason on the agent's `/metrics`.
@@ -294,6 +295,27 @@ async fn pod_labels_owners_and_annotations_reach_records_and_steer_the_agent() {
         "{}",
         ghost[0]
     );
+    // Down for a minute in all: a line every 10 s, each stored while the
+    // API is still down, with the pod's metadata the agent already had.
+    let down_since = std::time::Instant::now();
+    let mut written = 3;
+    while down_since.elapsed() < Duration::from_secs(50) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        written += 1;
+        write_log(
+            root,
+            "web-7d9c-x2x",
+            &[&format!("web still serving {written}")],
+        );
+        let stored = records(&collector, "web-frontend", written).await;
+        assert!(
+            stored
+                .iter()
+                .all(|record| record["resource"]["k8s.deployment.name"] == "web"),
+            "{stored:#?}"
+        );
+    }
+    assert!(api.down.load(Ordering::Relaxed));
     // A pod added while the API is down is learned of once it is back
     // (after the watch's backoff: a relist).
     api.put(pod(
