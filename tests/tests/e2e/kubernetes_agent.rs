@@ -9,9 +9,8 @@
 //! stored records; that annotations exclude a pod and switch its
 //! multiline mode; a pod the watch learns of after its log appeared; the
 //! watch expiring and resuming; the API down for a minute while logs keep
-//! flowing; a
-//! pod never known shipped with its path data and counted; one watch per
-//! node (a field selector), and the container restarts and last
+//! flowing; a pod never known shipped with its path data and counted; one
+//! watch per node (a field selector), and the container restarts and last
 //! termination reason on the agent's `/metrics`.
 
 use std::path::Path;
