@@ -56,6 +56,7 @@ public_for_tests!(
     remote_write,
     service,
     tls,
+    zipkin,
 );
 
 #[cfg(test)]

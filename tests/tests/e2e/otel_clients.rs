@@ -147,3 +147,105 @@ async fn rust_otlp_exporter_over_http() {
     let story = trace_of_request(&collector, &request_id, 2).await;
     assert_parent_child(&story, "rust-http", "checkout", "charge card");
 }
+
+/// The OpenTelemetry Python SDK's Zipkin exporter (v2 JSON), pointed at the
+/// collector's `/api/v2/spans`.
+const PYTHON_ZIPKIN_CLIENT: &str = r#"
+import sys
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+endpoint = sys.argv[1]
+provider = TracerProvider(resource=Resource.create({"service.name": "python-zipkin"}))
+provider.add_span_processor(SimpleSpanProcessor(ZipkinExporter(endpoint=endpoint)))
+tracer = provider.get_tracer("sightline-e2e")
+with tracer.start_as_current_span("checkout") as parent:
+    with tracer.start_as_current_span("charge card", attributes={"amount": "12.5"}):
+        pass
+    print(format(parent.get_span_context().trace_id, "032x"))
+provider.shutdown()
+"#;
+
+/// Spans of trace `trace_id` from the Jaeger API, once there are `count`.
+async fn jaeger_spans(collector: &CollectorProcess, trace_id: &str, count: usize) -> Value {
+    let http = reqwest::Client::new();
+    let url = collector.url(&format!("/api/traces/{trace_id}"));
+    poll_until(
+        &format!("{count} spans of trace {trace_id}"),
+        Duration::from_secs(60),
+        || async {
+            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            match body["data"][0]["spans"].as_array() {
+                Some(spans) if spans.len() >= count => Ok(Some(body["data"][0].clone())),
+                _ => Err(format!("so far: {body}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zipkin_v2_json_from_the_python_sdk_and_a_batch_with_a_bad_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(dir.path(), &[]).await;
+    let endpoint = collector.otlp_http_url("/api/v2/spans");
+    let output = Command::new("python3")
+        .args(["-c", PYTHON_ZIPKIN_CLIENT, &endpoint])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "the Python Zipkin client failed (scripts/test installs opentelemetry-exporter-zipkin-json): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace_id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let trace = jaeger_spans(&collector, &trace_id, 2).await;
+    let spans = trace["spans"].as_array().unwrap();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span["operationName"] == name)
+            .unwrap_or_else(|| panic!("{name} in {trace}"))
+    };
+    let (parent, child) = (find("checkout"), find("charge card"));
+    assert_eq!(
+        child["references"][0]["spanID"], parent["spanID"],
+        "{trace}"
+    );
+    let process = &trace["processes"][parent["processID"].as_str().unwrap()];
+    assert_eq!(process["serviceName"], "python-zipkin", "{trace}");
+    assert!(
+        child["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|tag| tag["key"] == "amount" && tag["value"] == "12.5"),
+        "{child}"
+    );
+
+    // A batch with one bad span: the good one is stored, the bad one named.
+    let body = serde_json::json!([
+        {"traceId": "00000000000000000000000000abcdef", "id": "00000000000000a1", "name": "kept",
+         "timestamp": 1_733_500_000_000_000u64, "duration": 1000,
+         "localEndpoint": {"serviceName": "zipkin-raw"}},
+        {"traceId": "00000000000000000000000000abcdef", "id": "short", "timestamp": 1},
+    ]);
+    let response = reqwest::Client::new()
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let message = response.text().await.unwrap();
+    assert!(
+        message.contains("1 of 2 spans refused: span 1: id \"short\" is not 16 hex digits")
+            && message.contains("the other spans were stored"),
+        "{message}"
+    );
+    jaeger_spans(&collector, "00000000000000000000000000abcdef", 1).await;
+}
