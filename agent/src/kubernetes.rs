@@ -157,7 +157,18 @@ impl Pods {
             });
             Api::at(server, &tls, auth, user).map_err(invalid)?
         } else {
-            Api::in_cluster(user).map_err(invalid)?
+            match Api::in_cluster(user) {
+                Ok(api) => api,
+                // On by default only because this is a pod: without a
+                // service account token (`automountServiceAccountToken:
+                // false`, as before the agent read the API) it ships with
+                // path metadata, as it did, rather than not at all.
+                Err(error) if config.enabled.is_none() => {
+                    warn!(error = %format!("{error:#}"), "no usable service account in this pod; pod metadata is off (set kubernetes.enabled = true to make this an error)");
+                    return Ok(None);
+                }
+                Err(error) => return Err(invalid(error)),
+            }
         };
         let node = match &config.node_name {
             Some(node) => node.clone(),

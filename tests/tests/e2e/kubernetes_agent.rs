@@ -397,4 +397,29 @@ async fn pod_labels_owners_and_annotations_reach_records_and_steer_the_agent() {
         api.authorizations.lock().unwrap()
     );
     assert!(collector.all_records("service:elsewhere").await.is_empty());
+
+    // In a pod without a service account token (the manifests before the
+    // agent read the API), the agent still starts and ships, without
+    // pod metadata: it is on by default only because this is a pod.
+    let plain_port = free_port();
+    let _plain = Process::spawn(
+        "sightline-agent",
+        Command::new(binary("sightline-agent"))
+            .args(["--include", &format!("{}/none/*.log", root.display())])
+            .args(["--collector", &collector.grpc_endpoint()])
+            .arg("--data-dir")
+            .arg(root.join("plain-agent"))
+            .args(["--http-addr", &format!("127.0.0.1:{plain_port}")])
+            .env("NO_COLOR", "1")
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "1"),
+    );
+    wait_healthy(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{plain_port}/health"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = agent_metrics(plain_port).await;
+    assert!(!text.contains("sightline_agent_kubernetes_pods"), "{text}");
 }
