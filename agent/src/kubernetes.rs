@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glob::Pattern;
-use sightline_kube::http::{Auth, Credentials, Pem, TlsSettings};
+use sightline_kube::http::{Auth, Pem, TlsSettings};
 use sightline_kube::types::{Metadata, Pod};
 use sightline_kube::watch::percent_encode;
 use sightline_kube::{Api, ApiError, Change, Watch, WatchStats};
@@ -151,10 +151,7 @@ impl Pods {
                 ca_file: config.ca_file.clone().map(Pem::File),
                 ..TlsSettings::default()
             };
-            let auth = config.token_file.clone().map(|file| Auth::Authorization {
-                scheme: "Bearer".into(),
-                credentials: Credentials::File(file),
-            });
+            let auth = config.token_file.clone().map(Auth::bearer_file);
             Api::at(server, &tls, auth, user).map_err(invalid)?
         } else {
             match Api::in_cluster(user) {

@@ -80,10 +80,7 @@ impl Api {
             ca_file: Some(Pem::File(dir.join("ca.crt"))),
             ..TlsSettings::default()
         };
-        let auth = Auth::Authorization {
-            scheme: "Bearer".into(),
-            credentials: Credentials::File(dir.join("token")),
-        };
+        let auth = Auth::bearer_file(dir.join("token"));
         Api::at(&format!("https://{host}:{port}"), &tls, Some(auth), user)
     }
 

@@ -117,6 +117,17 @@ pub enum Auth {
     },
 }
 
+impl Auth {
+    /// `Authorization: Bearer <token>`, the token read from `file` on
+    /// every request (a service account's, a rotated one picked up).
+    pub fn bearer_file(file: PathBuf) -> Auth {
+        Auth::Authorization {
+            scheme: "Bearer".into(),
+            credentials: Credentials::File(file),
+        }
+    }
+}
+
 /// One HTTP client and its credentials; clones share the connection pool.
 #[derive(Clone)]
 pub struct HttpClient {

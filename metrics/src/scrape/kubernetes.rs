@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sightline_kube::http::{Auth, Credentials};
+use sightline_kube::http::Auth;
 use sightline_kube::types::{
     ContainerPort, EndpointAddress, EndpointPort, Endpoints, Metadata, Object, Pod,
 };
@@ -367,10 +367,7 @@ fn api(config: &KubernetesSdConfig, job: &str, base_dir: &Path) -> anyhow::Resul
     let auth = config
         .bearer_token_file
         .as_deref()
-        .map(|file| Auth::Authorization {
-            scheme: "Bearer".into(),
-            credentials: Credentials::File(resolve(file)),
-        });
+        .map(|file| Auth::bearer_file(resolve(file)));
     Api::at(server, &tls, auth, &user)
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sightline_demo::kube_api::FakeKubeApi as Api;
-use sightline_tests::{CollectorProcess, poll_until};
+use sightline_tests::{CollectorProcess, get_json, poll_until};
 
 /// A pod as the API returns it.
 fn pod(name: &str, ip: &str, annotated_port: Option<u16>) -> Value {
@@ -114,14 +114,7 @@ type Seen = (
 );
 
 async fn targets(http: &reqwest::Client, base: &str, job: &str) -> Result<Seen, String> {
-    let body: Value = http
-        .get(format!("{base}/api/v1/targets?state=any"))
-        .send()
-        .await
-        .map_err(|error| error.to_string())?
-        .json()
-        .await
-        .map_err(|error| error.to_string())?;
+    let body = get_json(http, &format!("{base}/api/v1/targets?state=any")).await?;
     let labels = |value: &Value, keep: &dyn Fn(&str) -> bool| -> BTreeMap<String, String> {
         value
             .as_object()

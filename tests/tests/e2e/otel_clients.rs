@@ -13,7 +13,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
-use sightline_tests::{CollectorProcess, poll_until, unique_request_id};
+use sightline_tests::{CollectorProcess, get_json, poll_until, unique_request_id};
 
 pub(crate) const PYTHON_CLIENT: &str = r#"
 import sys
@@ -176,8 +176,7 @@ async fn jaeger_spans(collector: &CollectorProcess, trace_id: &str, count: usize
         &format!("{count} spans of trace {trace_id}"),
         Duration::from_secs(60),
         || async {
-            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            let body = get_json(&http, &url).await?;
             match body["data"][0]["spans"].as_array() {
                 Some(spans) if spans.len() >= count => Ok(Some(body["data"][0].clone())),
                 _ => Err(format!("so far: {body}")),
