@@ -29,6 +29,7 @@ mod histogram;
 mod layout;
 mod logs;
 mod model;
+pub mod pipes;
 mod query;
 pub mod reader;
 mod reserve;

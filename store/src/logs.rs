@@ -53,18 +53,20 @@ use crate::model::LogRecord;
 use crate::query::Prepared;
 use crate::streams::Streams;
 
-/// The format of the day partitions this version creates: 3, a schema for
-/// logs at volume ([`lean_schema`]): the resource kept once per stream
-/// ([`crate::streams`]) instead of in every document, the promoted
-/// `request_id` indexed once, attributes without fast columns (numbers in
-/// a fast field of their own, the paths present in `keys`), no field norms
-/// on whole-value fields. Format 2 (every document holds its resource; the
+/// The format of the day partitions this version creates: 4, format 3 with
+/// the record's values as fast columns for aggregations ([`COLUMNS`]).
+/// Format 3 is a schema for logs at volume ([`lean_schema_with`]): the
+/// resource kept once per stream ([`crate::streams`]) instead of in every
+/// document, the promoted `request_id` indexed once, attributes without
+/// fast columns (numbers in a fast field of their own, the paths present
+/// in `keys`), no field norms on whole-value fields; its partitions are
+/// read and written, and aggregations skip them. Format 2 (every document holds its resource; the
 /// message and attributes split by [`WORD_TOKENIZER`]) and format 1
 /// (tantivy's `default` tokenizer) partitions are still read and written:
 /// a partition's format is in its own schema. A change of the schema or of
 /// what a record's document holds is a new version, with a fixture in
 /// `tests/fixtures/` (`tests/formats.rs`).
-pub const LOG_PARTITION_FORMAT_VERSION: u32 = 3;
+pub const LOG_PARTITION_FORMAT_VERSION: u32 = 4;
 
 /// Memory each partition's tantivy writer may use for in-flight segments.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
@@ -282,12 +284,64 @@ struct LogFields {
 enum Layout {
     /// Formats 1 and 2: each document indexes and stores its resource.
     Records { resource: Field },
-    /// Format 3: see [`lean_schema`].
+    /// Formats 3 and 4: see [`lean_schema`].
     Streams {
         stream_id: Field,
+        /// Format 3: `numbers`, the numeric and boolean attributes by
+        /// path. Format 4: `columns` ([`COLUMNS`]).
         numbers: Field,
         keys: Field,
+        /// Format 4: `numbers` is [`COLUMNS`].
+        columns: bool,
     },
+}
+
+/// The formats a partition may be in, for the store to read and write them.
+struct Formats {
+    /// Formats 1 and 2, and the query language's view of a record.
+    records: Format,
+    /// Format 3.
+    lean3: Format,
+    /// Format 4, which new partitions are created in.
+    lean: Format,
+}
+
+impl Formats {
+    fn new() -> Formats {
+        Formats {
+            records: Format::new(log_schema()),
+            lean3: Format::new(lean_schema_with(false)),
+            lean: Format::new(lean_schema_with(true)),
+        }
+    }
+
+    /// The format of an existing partition's index, from its schema.
+    fn of(&self, schema: &Schema) -> Option<Kind> {
+        [
+            (Kind::Records, &self.records),
+            (Kind::Lean3, &self.lean3),
+            (Kind::Lean, &self.lean),
+        ]
+        .into_iter()
+        .find(|(_, format)| same_fields(schema, &format.schema))
+        .map(|(kind, _)| kind)
+    }
+
+    fn get(&self, kind: Kind) -> &Format {
+        match kind {
+            Kind::Records => &self.records,
+            Kind::Lean3 => &self.lean3,
+            Kind::Lean => &self.lean,
+        }
+    }
+}
+
+/// Which of the [`Formats`] a partition is in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Records,
+    Lean3,
+    Lean,
 }
 
 /// The schema of format 2 log partitions, which is also the query
@@ -306,8 +360,20 @@ fn log_schema() -> (Schema, LogFields) {
 /// The JSON field of format 3 that holds the numeric and boolean attributes.
 const NUMBERS: &str = "numbers";
 
-/// The schema of format 3 partitions, for logs at volume. Each field is
-/// indexed with only what its queries need:
+/// The JSON field of format 4 that holds a record's values as fast columns,
+/// for aggregations (`| stats ... by service, error_type`) and numeric
+/// ranges: `service`, `resource.<key>` and `attributes.<path>`, numbers,
+/// booleans and strings of at most [`MAX_COLUMN_BYTES`].
+pub(crate) const COLUMNS: &str = "columns";
+
+/// The longest string value (in UTF-8 bytes) kept in [`COLUMNS`]: group
+/// keys are names, codes and ids; longer values (messages, stack traces)
+/// would only grow the column dictionaries.
+pub(crate) const MAX_COLUMN_BYTES: usize = 256;
+
+/// The schema of format 3 (`columns` false) and 4 (`columns` true)
+/// partitions, for logs at volume. Each field is indexed with only what its
+/// queries need:
 /// - the resource is not in the document: `stream_id` refers to the
 ///   partition's [`Streams`], and resource queries become stream sets;
 /// - `attributes` are words with positions (phrases), without fast
@@ -315,8 +381,12 @@ const NUMBERS: &str = "numbers";
 ///   that ranges read, and the paths a record has to `keys`, which
 ///   `field:*` reads; a text range reads the words' terms;
 /// - the attribute a `request_id` was promoted from is not indexed again;
-/// - whole-value fields have no field norms (nothing scores by length).
-fn lean_schema() -> (Schema, LogFields) {
+/// - whole-value fields have no field norms (nothing scores by length);
+/// - format 4 replaces `numbers` by [`COLUMNS`], which holds the numbers at
+///   `attributes.<path>` and, for aggregations, the service, the resource
+///   and the short strings too (dictionary-encoded per segment: a value
+///   repeated by a stream costs a few bits per record).
+fn lean_schema_with(columns: bool) -> (Schema, LogFields) {
     let mut builder = Schema::builder();
     let raw = || {
         TextOptions::default().set_indexing_options(
@@ -358,11 +428,14 @@ fn lean_schema() -> (Schema, LogFields) {
         source: builder.add_text_field("source", STORED),
         layout: Layout::Streams {
             stream_id: builder.add_u64_field("stream_id", INDEXED | STORED),
+            // Strings in a fast JSON field without a tokenizer are kept
+            // whole.
             numbers: builder.add_json_field(
-                NUMBERS,
+                if columns { COLUMNS } else { NUMBERS },
                 JsonObjectOptions::from(FAST).set_expand_dots_enabled(),
             ),
             keys: builder.add_text_field("keys", raw()),
+            columns,
         },
     };
     (builder.build(), fields)
@@ -476,9 +549,11 @@ struct CommitPayload {
 struct Partition {
     day: i64,
     dir: PathBuf,
-    /// Format 3 partitions' streams; `None` in older formats, whose
+    /// Format 3 and 4 partitions' streams; `None` in older formats, whose
     /// documents hold their resource.
     streams: Option<Mutex<Streams>>,
+    /// The partition's format.
+    kind: Kind,
     index: Index,
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
@@ -490,14 +565,8 @@ struct Partition {
 
 impl Partition {
     /// Opens the partition in `dir` in the format it was created with, or
-    /// creates it in the current one (`lean`).
-    fn open(
-        dir: &Path,
-        day: i64,
-        records: &Schema,
-        lean: &Schema,
-        writers: Writers,
-    ) -> Result<Partition> {
+    /// creates it in the current one (`formats.lean`).
+    fn open(dir: &Path, day: i64, formats: &Formats, writers: Writers) -> Result<Partition> {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let settings = IndexSettings {
@@ -507,21 +576,24 @@ impl Partition {
             docstore_blocksize: 64 * 1024,
             ..IndexSettings::default()
         };
-        let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
-            Partition::open_index(Box::new(directory), dir, records, lean)?
+        let (index, kind) = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
+            Partition::open_index(Box::new(directory), dir, formats)?
         } else {
-            Index::builder()
-                .schema(lean.clone())
-                .settings(settings)
-                .tokenizers(log_index_tokenizers())
-                .open_or_create(directory)?
+            (
+                Index::builder()
+                    .schema(formats.lean.schema.clone())
+                    .settings(settings)
+                    .tokenizers(log_index_tokenizers())
+                    .open_or_create(directory)?,
+                Kind::Lean,
+            )
         };
-        let streams = if same_fields(&index.schema(), lean) {
-            Some(Mutex::new(Streams::open(dir)?))
-        } else {
+        let streams = if kind == Kind::Records {
             None
+        } else {
+            Some(Mutex::new(Streams::open(dir)?))
         };
-        Partition::with_index(day, dir, streams, index, writers)
+        Partition::with_index(day, dir, (kind, streams), index, writers)
     }
 
     /// Opens the existing partition of `files`, read only (`label` names it
@@ -530,12 +602,11 @@ impl Partition {
         files: &StoreFiles,
         label: &Path,
         day: i64,
-        records: &Schema,
-        lean: &Schema,
+        formats: &Formats,
     ) -> Result<Partition> {
         let directory = files.directory();
-        let index = Partition::open_index(directory.clone(), label, records, lean)?;
-        let streams = if same_fields(&index.schema(), lean) {
+        let (index, kind) = Partition::open_index(directory.clone(), label, formats)?;
+        let streams = if kind != Kind::Records {
             let text = if files.contains(crate::streams::STREAMS_FILE) {
                 directory
                     .atomic_read(Path::new(crate::streams::STREAMS_FILE))
@@ -548,34 +619,32 @@ impl Partition {
         } else {
             None
         };
-        Partition::with_index(day, label, streams, index, Writers::ReadOnly)
+        Partition::with_index(day, label, (kind, streams), index, Writers::ReadOnly)
     }
 
     /// The existing index in `directory`, with its own schema (which may
-    /// name an older word tokenizer: its documents were indexed with it).
+    /// name an older word tokenizer: its documents were indexed with it),
+    /// and its format.
     fn open_index(
         directory: Box<dyn tantivy::Directory>,
         dir: &Path,
-        records: &Schema,
-        lean: &Schema,
-    ) -> Result<Index> {
+        formats: &Formats,
+    ) -> Result<(Index, Kind)> {
         let mut index = Index::open(directory)?;
         index.set_tokenizers(log_index_tokenizers());
-        if !same_fields(&index.schema(), records) && !same_fields(&index.schema(), lean) {
-            return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
-                format!(
-                    "log partition {} has fields this version does not know",
-                    dir.display()
-                ),
-            )));
-        }
-        Ok(index)
+        let kind = formats.of(&index.schema()).ok_or_else(|| {
+            StoreError::Index(tantivy::TantivyError::SchemaError(format!(
+                "log partition {} has fields this version does not know",
+                dir.display()
+            )))
+        })?;
+        Ok((index, kind))
     }
 
     fn with_index(
         day: i64,
         dir: &Path,
-        streams: Option<Mutex<Streams>>,
+        (kind, streams): (Kind, Option<Mutex<Streams>>),
         index: Index,
         writers: Writers,
     ) -> Result<Partition> {
@@ -592,6 +661,7 @@ impl Partition {
             day,
             dir: dir.to_path_buf(),
             streams,
+            kind,
             index,
             writer: Mutex::new(None),
             reader,
@@ -728,10 +798,7 @@ impl Format {
 /// [`LogStore::commit`]. All methods block: call them from a blocking thread.
 pub struct LogStore {
     dir: PathBuf,
-    /// Formats 1 and 2, and the query language's view of a record.
-    records: Format,
-    /// Format 3, which new partitions are created in.
-    lean: Format,
+    formats: Formats,
     partitions: RwLock<BTreeMap<i64, Arc<Partition>>>,
     /// WAL position up to which every partition is committed (the manifest).
     committed_position: AtomicU64,
@@ -747,8 +814,7 @@ impl LogStore {
     /// [`LogStore::open`] with index writers of the given size.
     pub fn open_with(dir: &Path, writers: Writers) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let records = Format::new(log_schema());
-        let lean = Format::new(lean_schema());
+        let formats = Formats::new();
         let mut partitions = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -756,8 +822,7 @@ impl LogStore {
                 continue;
             };
             if entry.file_type()?.is_dir() {
-                let partition =
-                    Partition::open(&entry.path(), day, &records.schema, &lean.schema, writers)?;
+                let partition = Partition::open(&entry.path(), day, &formats, writers)?;
                 partitions.insert(day, Arc::new(partition));
             }
         }
@@ -767,8 +832,7 @@ impl LogStore {
             .map_or(0, |payload| payload.wal_position);
         Ok(LogStore {
             dir: dir.to_path_buf(),
-            records,
-            lean,
+            formats,
             partitions: RwLock::new(partitions),
             committed_position: AtomicU64::new(committed_position),
             writers,
@@ -778,26 +842,19 @@ impl LogStore {
     /// Opens the log store whose files are `files` (a split in object
     /// storage), read only; `label` names it in errors.
     pub fn open_read_only(files: &StoreFiles, label: &Path) -> Result<LogStore> {
-        let records = Format::new(log_schema());
-        let lean = Format::new(lean_schema());
+        let formats = Formats::new();
         let mut partitions = BTreeMap::new();
         for name in files.subdirectories() {
             let Some(day) = parse_day_name(&name) else {
                 continue;
             };
-            let partition = Partition::open_read_only(
-                &files.sub(&name),
-                &label.join(&name),
-                day,
-                &records.schema,
-                &lean.schema,
-            )?;
+            let partition =
+                Partition::open_read_only(&files.sub(&name), &label.join(&name), day, &formats)?;
             partitions.insert(day, Arc::new(partition));
         }
         Ok(LogStore {
             dir: label.to_path_buf(),
-            records,
-            lean,
+            formats,
             partitions: RwLock::new(partitions),
             committed_position: AtomicU64::new(0),
             writers: Writers::ReadOnly,
@@ -857,14 +914,15 @@ impl LogStore {
                         .into_iter()
                         .map(|(record, source, seq)| {
                             let stream = last.id(&mut streams, &record.resource);
-                            lean_document(&self.lean.fields, record, source, seq, stream)
+                            let fields = &self.formats.get(partition.kind).fields;
+                            lean_document(fields, record, source, seq, stream)
                         })
                         .collect()
                 }
                 None => records
                     .into_iter()
                     .map(|(record, source, seq)| {
-                        records_document(&self.records.fields, record, source, seq)
+                        records_document(&self.formats.records.fields, record, source, seq)
                     })
                     .collect(),
             };
@@ -971,7 +1029,7 @@ impl LogStore {
     /// everything), and built once for format 2 so that an error shows
     /// even where no partition would build it.
     fn prepare_query(&self, query: &str) -> Result<Option<Prepared>> {
-        prepare_query(&self.records, query)
+        prepare_query(&self.formats.records, query)
     }
 
     /// Runs a search; records come back newest first.
@@ -1074,6 +1132,43 @@ impl LogStore {
             }
         }
         Ok(histogram)
+    }
+
+    /// Answers a query's pipes ([`crate::pipes`]) over the records its
+    /// search matches in `[start, end)`, with tantivy's aggregations on
+    /// the `columns` of format 4 partitions; older partitions are counted
+    /// as skipped. Merge with other stores' answers, then
+    /// [`crate::pipes::Aggregated::finish`].
+    pub fn aggregate(
+        &self,
+        pipeline: &crate::pipes::Pipeline,
+        start: i64,
+        end: i64,
+    ) -> Result<crate::pipes::Aggregated> {
+        let prepared = self.prepare_query(&pipeline.search)?;
+        let request = pipeline.aggregations(start, end)?;
+        let mut answer = crate::pipes::Aggregated::default();
+        for partition in self.partitions_overlapping(Some(start), Some(end)) {
+            let text_query = self.partition_query(&partition, prepared.as_ref())?;
+            let timestamp = self.format_of(&partition).fields.timestamp;
+            let ranged = with_time_range(timestamp, text_query, Some(start), Some(end));
+            let searcher = partition.reader.searcher();
+            if partition.kind != Kind::Lean {
+                let skipped = searcher.search(&ranged, &Count)? as u64;
+                answer.merge(crate::pipes::Aggregated::skipped(
+                    skipped,
+                    day_name(partition.day),
+                ))?;
+                continue;
+            }
+            let collector = tantivy::aggregation::DistributedAggregationCollector::from_aggs(
+                request.clone(),
+                crate::pipes::context(),
+            );
+            let (matched, results) = searcher.search(&ranged, &(Count, collector))?;
+            answer.merge(crate::pipes::Aggregated::new(results, matched as u64))?;
+        }
+        Ok(answer)
     }
 
     /// The `before` records preceding and `after` records following the
@@ -1260,8 +1355,7 @@ impl LogStore {
         let partition = Arc::new(Partition::open(
             &self.dir.join(day_name(day)),
             day,
-            &self.records.schema,
-            &self.lean.schema,
+            &self.formats,
             self.writers,
         )?);
         partitions.insert(day, partition.clone());
@@ -1282,10 +1376,7 @@ impl LogStore {
     }
 
     fn format_of(&self, partition: &Partition) -> &Format {
-        match partition.streams {
-            Some(_) => &self.lean,
-            None => &self.records,
-        }
+        self.formats.get(partition.kind)
     }
 
     /// `query` built for `partition`'s format (and, in format 3, its streams).
@@ -1307,7 +1398,10 @@ impl LogStore {
             return crate::query::build_for(&view, query);
         };
         let Layout::Streams {
-            stream_id, keys, ..
+            stream_id,
+            keys,
+            columns,
+            ..
         } = format.fields.layout
         else {
             return Err(StoreError::CorruptDocument(
@@ -1321,7 +1415,11 @@ impl LogStore {
             lean: Some(crate::query::LeanView {
                 stream_id,
                 keys,
-                numbers: NUMBERS,
+                numbers: if columns {
+                    "columns.attributes"
+                } else {
+                    NUMBERS
+                },
                 streams: &streams,
             }),
         };
@@ -1488,6 +1586,7 @@ fn lean_document(
         stream_id: stream_id_field,
         numbers: numbers_field,
         keys: keys_field,
+        columns,
     } = f.layout
     else {
         return TantivyDocument::default();
@@ -1498,12 +1597,25 @@ fn lean_document(
         trace_id,
         span_id,
         request_id,
+        service,
+        resource,
         ..
     } = record;
     let mut paths = Vec::new();
     let mut numbers = serde_json::Map::new();
     let mut path = String::from("attributes");
-    attribute_paths(&attributes, &mut path, &mut paths, &mut numbers);
+    let values = if columns {
+        numbers.insert("service".into(), serde_json::Value::String(service));
+        for (key, value) in resource.iter() {
+            if let Some(value) = column_value(value) {
+                numbers.insert(format!("resource.{key}"), value);
+            }
+        }
+        Values::Columns
+    } else {
+        Values::Numbers
+    };
+    attribute_paths(&attributes, &mut path, &mut paths, &mut numbers, values);
     if !paths.is_empty() {
         paths.push("attributes".to_string());
     }
@@ -1538,15 +1650,56 @@ fn lean_document(
     doc
 }
 
+/// What [`attribute_paths`] collects of the values, and under which key.
+#[derive(Clone, Copy, PartialEq)]
+enum Values {
+    /// Format 3's `numbers`: numbers and booleans, by their path below
+    /// `attributes`.
+    Numbers,
+    /// Format 4's [`COLUMNS`]: also the short strings, by their whole path.
+    Columns,
+}
+
+impl Values {
+    fn key(self, path: &str) -> String {
+        match self {
+            Values::Numbers => path["attributes.".len()..].to_string(),
+            Values::Columns => path.to_string(),
+        }
+    }
+
+    fn keeps(self, value: &serde_json::Value) -> bool {
+        match self {
+            Values::Numbers => matches!(
+                value,
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_)
+            ),
+            Values::Columns => column_value(value).is_some(),
+        }
+    }
+}
+
+/// `value` as [`COLUMNS`] keeps it: numbers, booleans, strings of at most
+/// [`MAX_COLUMN_BYTES`].
+fn column_value(value: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match value {
+        Value::Number(_) | Value::Bool(_) => Some(value.clone()),
+        Value::String(text) if text.len() <= MAX_COLUMN_BYTES => Some(value.clone()),
+        _ => None,
+    }
+}
+
 /// Collects the paths under `path` that have a value (`attributes.http`
 /// and `attributes.http.status` for `{"http.status": 200}`: dots in keys
 /// and nesting are the same path, as tantivy indexes them), and the
-/// numbers and booleans by their dotted path.
+/// values `values` keeps by their dotted path.
 fn attribute_paths(
     object: &serde_json::Map<String, serde_json::Value>,
     path: &mut String,
     paths: &mut Vec<String>,
     numbers: &mut serde_json::Map<String, serde_json::Value>,
+    values: Values,
 ) {
     use serde_json::Value;
     for (key, value) in object {
@@ -1556,33 +1709,31 @@ fn attribute_paths(
         let present = match value {
             Value::Null => false,
             Value::Object(inner) => {
-                attribute_paths(inner, path, paths, numbers);
+                attribute_paths(inner, path, paths, numbers, values);
                 false
             }
-            Value::Number(_) | Value::Bool(_) => {
-                numbers.insert(path["attributes.".len()..].to_string(), value.clone());
+            Value::Number(_) | Value::Bool(_) | Value::String(_) => {
+                if values.keeps(value) {
+                    numbers.insert(values.key(path), value.clone());
+                }
                 true
             }
-            Value::String(_) => true,
             Value::Array(items) => {
                 let scalars: Vec<Value> = items
                     .iter()
-                    .filter(|item| matches!(item, Value::Number(_) | Value::Bool(_)))
+                    .filter(|item| values.keeps(item))
                     .cloned()
                     .collect();
                 for item in items {
                     if let Value::Object(inner) = item {
-                        attribute_paths(inner, path, paths, numbers);
+                        attribute_paths(inner, path, paths, numbers, values);
                     }
                 }
                 let present = items
                     .iter()
                     .any(|item| !matches!(item, Value::Null | Value::Object(_)));
                 if !scalars.is_empty() {
-                    numbers.insert(
-                        path["attributes.".len()..].to_string(),
-                        Value::Array(scalars),
-                    );
+                    numbers.insert(values.key(path), Value::Array(scalars));
                 }
                 present
             }
