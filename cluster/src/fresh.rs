@@ -15,10 +15,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
+use sightline_store::pipes::{self, Aggregated};
 use sightline_store::reader;
 use sightline_store::{
-    Batch, Cursor, Histogram, LogHit, LogQuery, LogSearchResult, Operation, PartitionId, Span,
-    TraceQuery, TraceSummary, record_seq,
+    Batch, Cursor, Histogram, LogHit, LogQuery, LogRecord, LogSearchResult, Operation, PartitionId,
+    Span, StoreError, TraceQuery, TraceSummary, record_seq,
 };
 
 use crate::cache::OpenSplit;
@@ -173,6 +174,12 @@ pub enum FreshQuestion {
     Operations(String),
     TraceIdsForRequest(String),
     TracesLinkingTo(String),
+    /// A query with pipes (`| stats`), as its text.
+    Stats {
+        query: String,
+        start: i64,
+        end: i64,
+    },
 }
 
 impl FreshQuestion {
@@ -182,6 +189,7 @@ impl FreshQuestion {
             self,
             FreshQuestion::Search(_)
                 | FreshQuestion::Histogram { .. }
+                | FreshQuestion::Stats { .. }
                 | FreshQuestion::Record(_)
                 | FreshQuestion::Neighbours { .. }
         )
@@ -192,6 +200,7 @@ impl FreshQuestion {
 pub enum FreshAnswer {
     Search(LogSearchResult),
     Histogram(Histogram),
+    Stats(Aggregated),
     /// The record asked for, where found.
     Record(Option<LogHit>),
     /// Older (newest first) and newer (oldest first) neighbours.
@@ -330,6 +339,18 @@ pub(crate) fn answer(
                 histogram.add(&split.logs.histogram(query, *start, *end, *interval)?);
             }
             FreshAnswer::Histogram(histogram)
+        }
+        FreshQuestion::Stats { query, start, end } => {
+            let pipeline = pipes::parse(query)?
+                .ok_or_else(|| StoreError::InvalidQuery(format!("`{query}` has no pipes")))?;
+            let fresh: Vec<LogRecord> = records().map(|(_, record)| record.clone()).collect();
+            let scratch = tempfile::tempdir()?;
+            let mut answer =
+                Aggregated::of_records(&fresh, &pipeline, *start, *end, scratch.path())?;
+            for split in splits {
+                answer.merge(split.logs.aggregate(&pipeline, *start, *end)?)?;
+            }
+            FreshAnswer::Stats(answer)
         }
         FreshQuestion::Trace(trace_id) => {
             let trace_id = trace_id.to_ascii_lowercase();

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
+use sightline_store::pipes::{Aggregated, Pipeline, StatsTable};
 use sightline_store::reader::{self, LogReader, SpanReader};
 use sightline_store::{
     Cursor, Histogram, LogHit, LogQuery, LogSearchResult, Operation, PartitionId, Result, Span,
@@ -499,6 +500,27 @@ impl LogReader for ClusterReader {
             }
         }
         Ok(histogram)
+    }
+
+    fn stats(&self, pipeline: &Pipeline, start: i64, end: i64) -> Result<StatsTable> {
+        sightline_store::validate_log_query(&pipeline.search)?;
+        let answers = self.gather(
+            Some(start),
+            Some(end),
+            None,
+            FreshQuestion::Stats {
+                query: pipeline.text.clone(),
+                start,
+                end,
+            },
+        )?;
+        let mut whole = Aggregated::default();
+        for answer in answers {
+            if let FreshAnswer::Stats(part) = answer {
+                whole.merge(part)?;
+            }
+        }
+        whole.finish(pipeline, start, end)
     }
 
     fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>> {

@@ -169,6 +169,43 @@ pub(crate) async fn terms(
     }))
 }
 
+#[derive(Debug, Deserialize)]
+pub(crate) struct StatsParams {
+    q: String,
+    start: Option<String>,
+    end: Option<String>,
+}
+
+/// The default time range of a table: the last hour.
+const DEFAULT_STATS_RANGE: i64 = 3_600_000_000_000;
+
+/// A query with pipes (`| stats ... by ...`, `| timechart`) answered over
+/// every matching record in the time range, as a table.
+pub(crate) async fn stats(
+    State(state): State<QueryState>,
+    Query(params): Query<StatsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let end = parse_optional_time("end", params.end.as_deref())?.unwrap_or_else(now_nanos);
+    let start =
+        parse_optional_time("start", params.start.as_deref())?.unwrap_or(end - DEFAULT_STATS_RANGE);
+    if end <= start {
+        return Err(ApiError::BadRequest(format!(
+            "`end` ({end}) must be after `start` ({start})"
+        )));
+    }
+    let pipeline = sightline_store::pipes::parse(&params.q)?.ok_or_else(|| {
+        ApiError::BadRequest(
+            "the query has no pipes: add `| stats count() by <field>` or `| timechart count()`, or search with /api/logs"
+                .into(),
+        )
+    })?;
+    let began = std::time::Instant::now();
+    let table = within_timeout(move || state.logs.stats(&pipeline, start, end)).await?;
+    let mut answer = serde_json::to_value(table).unwrap_or_default();
+    answer["took_ms"] = Value::from(began.elapsed().as_millis() as u64);
+    Ok(Json(answer))
+}
+
 /// A field of a record by the query language's names: top-level fields,
 /// `attributes.x`/`resource.x` paths, or a bare attribute name.
 fn field_value(record: &Value, field: &str) -> Option<String> {

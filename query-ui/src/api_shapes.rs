@@ -34,6 +34,8 @@ const VOLATILE_KEYS: &[&str] = &[
     "complete",
     // The crate version.
     "revision",
+    // How long a query took.
+    "took_ms",
 ];
 
 /// `(snapshot name, request URI)`, every endpoint of the query API that
@@ -54,6 +56,18 @@ fn cases() -> Vec<(&'static str, String)> {
                 .into(),
         ),
         ("logs_terms", "/api/logs/terms?field=service&size=3".into()),
+        (
+            "logs_stats",
+            "/api/logs/stats?q=*%20%7C%20stats%20count()%20by%20service%20%7C%20sort%20-count&start=1699999999000000000&end=1700000002000000000".into(),
+        ),
+        (
+            "logs_timechart",
+            "/api/logs/stats?q=*%20%7C%20timechart%20span%3D1s%20count()%20by%20service&start=1699999999000000000&end=1700000002000000000".into(),
+        ),
+        (
+            "logs_stats_bad_pipe",
+            "/api/logs/stats?q=*%20%7C%20stats%20avgg(x)".into(),
+        ),
         (
             "logs_context",
             "/api/logs/context/1700000000001000000-0?before=1&after=1".into(),

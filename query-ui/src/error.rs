@@ -28,6 +28,8 @@ impl From<StoreError> for ApiError {
                 ApiError::BadRequest(format!("invalid query: {message}"))
             }
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            // A query over its limits: the caller narrows it.
+            StoreError::TooLarge(message) => ApiError::BadRequest(message),
             // 503, as a query past its time: retry later.
             StoreError::Unavailable(why) => ApiError::Timeout(why),
             other => ApiError::Internal(other.to_string()),

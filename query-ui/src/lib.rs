@@ -74,6 +74,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/logs", get(api::search_logs))
         .route("/api/logs/histogram", get(api::histogram))
         .route("/api/logs/terms", get(api::terms))
+        .route("/api/logs/stats", get(api::stats))
         .route("/api/logs/context/{id}", get(api::context))
         .route("/api/logs/tail", get(api::tail))
         .route("/api/traces", get(traces::jaeger_search))

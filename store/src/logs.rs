@@ -139,6 +139,11 @@ fn prepare_query(records: &Format, query: &str) -> Result<Option<Prepared>> {
     if query.trim().is_empty() {
         return Ok(None);
     }
+    if crate::pipes::has_pipes(query) {
+        return Err(StoreError::InvalidQuery(
+            "this query has pipes (`| stats`, `| timechart`), whose answer is a table: ask /api/logs/stats; a search takes the words before the first `|`".into(),
+        ));
+    }
     let prepared = crate::query::prepare(&records.schema, query)?;
     let view = crate::query::IndexView {
         parser: &records.parser,

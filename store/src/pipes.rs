@@ -47,6 +47,8 @@ pub const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 /// A log query with its pipes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pipeline {
+    /// The whole query, as written.
+    pub text: String,
     /// The log query before the first `|`.
     pub search: String,
     pub command: Command,
@@ -299,6 +301,7 @@ impl Parser<'_> {
         let command =
             command.ok_or_else(|| self.error("a query with pipes needs `stats` or `timechart`"))?;
         let pipeline = Pipeline {
+            text: self.text.to_string(),
             search,
             command,
             sort,
@@ -525,6 +528,13 @@ fn column_of(field: &str) -> std::result::Result<String, String> {
 }
 
 impl Pipeline {
+    /// The metrics the command computes.
+    pub fn metrics(&self) -> &[Metric] {
+        match &self.command {
+            Command::Stats { metrics, .. } | Command::Timechart { metrics, .. } => metrics,
+        }
+    }
+
     /// The columns of the answer's table, in order.
     pub fn columns(&self) -> Vec<String> {
         let (prefix, metrics): (Vec<String>, &Vec<Metric>) = match &self.command {
@@ -669,9 +679,12 @@ pub(crate) fn context() -> AggContextParams {
 }
 
 /// What one store answers to a pipeline: mergeable with other stores'
-/// answers, then made into the table ([`Aggregated::finish`]).
-#[derive(Default)]
+/// answers (a cluster's nodes send it as JSON), then made into the table
+/// ([`Aggregated::finish`]).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Aggregated {
+    /// Sent as CBOR in base64: its maps have keys JSON cannot have.
+    #[serde(with = "cbor")]
     results: Option<IntermediateAggregationResults>,
     /// Records the query matched in the time range.
     pub matched: u64,
@@ -688,6 +701,9 @@ pub struct StatsTable {
     /// The columns: the `by` fields (a `timechart`'s `_time` first, in
     /// milliseconds since the epoch), then the metrics.
     pub columns: Vec<String>,
+    /// How many of the columns are groups (`_time` and the `by` fields);
+    /// the rest are metrics.
+    pub groups: usize,
     pub rows: Vec<Vec<Value>>,
     /// Records the query matched in the time range.
     pub matched: u64,
@@ -699,6 +715,30 @@ pub struct StatsTable {
 }
 
 impl Aggregated {
+    /// Answers `query`'s pipes over `records` held in memory (a cluster
+    /// owner's fresh records), indexed into a scratch store under `scratch`
+    /// as a partition would index them.
+    pub fn of_records(
+        records: &[crate::model::LogRecord],
+        pipeline: &Pipeline,
+        start: i64,
+        end: i64,
+        scratch: &std::path::Path,
+    ) -> Result<Aggregated> {
+        let in_range: Vec<crate::model::LogRecord> = records
+            .iter()
+            .filter(|record| (start..end).contains(&record.timestamp))
+            .cloned()
+            .collect();
+        if in_range.is_empty() {
+            return Ok(Aggregated::default());
+        }
+        let store = crate::logs::LogStore::open_with(scratch, crate::Writers::Small)?;
+        store.add(0, &in_range)?;
+        store.commit(1)?;
+        store.aggregate(pipeline, start, end)
+    }
+
     /// Records of a partition that cannot aggregate (format 3 and older).
     pub(crate) fn skipped(records: u64, day: String) -> Aggregated {
         Aggregated {
@@ -815,13 +855,42 @@ impl Aggregated {
         if let Some(head) = pipeline.head {
             rows.truncate(head);
         }
+        let groups = columns.len() - pipeline.metrics().len();
         Ok(StatsTable {
             columns,
+            groups,
             rows,
             matched: self.matched,
             span,
             warnings,
         })
+    }
+}
+
+/// Intermediate results as base64 of their CBOR (their maps have numbers
+/// and other non-string keys).
+mod cbor {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+
+    pub(super) fn serialize<S: Serializer>(
+        results: &Option<IntermediateAggregationResults>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(results, &mut bytes).map_err(serde::ser::Error::custom)?;
+        STANDARD.encode(bytes).serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<IntermediateAggregationResults>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
+        ciborium::from_reader(bytes.as_slice()).map_err(D::Error::custom)
     }
 }
 
@@ -1099,13 +1168,15 @@ mod store_tests {
             .collect()
     }
 
+    /// The table of `query` over `stores`, each store's answer sent as
+    /// JSON as a cluster's nodes send it.
     fn table(stores: &[&LogStore], query: &str, start: i64, end: i64) -> StatsTable {
         let pipeline = parse(query).unwrap().unwrap();
         let mut answer = Aggregated::default();
         for store in stores {
-            answer
-                .merge(store.aggregate(&pipeline, start, end).unwrap())
-                .unwrap();
+            let part = store.aggregate(&pipeline, start, end).unwrap();
+            let sent = serde_json::to_string(&part).unwrap();
+            answer.merge(serde_json::from_str(&sent).unwrap()).unwrap();
         }
         answer.finish(&pipeline, start, end).unwrap()
     }

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use crate::error::Result;
 use crate::logs::{Cursor, Histogram, LogHit, LogQuery, LogSearchResult, LogStore};
 use crate::model::{LogRecord, Span};
+use crate::pipes::{Pipeline, StatsTable};
 use crate::query::LogMatcher;
 use crate::spans::{Operation, SpanStore, TraceQuery};
 use crate::traces::{TraceSummary, summarize};
@@ -30,6 +31,9 @@ pub trait LogReader: Send + Sync {
     fn histogram(&self, query: &str, start: i64, end: i64, interval: i64) -> Result<Histogram>;
     /// A record among its stream's neighbours; see [`LogStore::context`].
     fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>>;
+    /// A query's pipes over every matching record in `[start, end)`, as a
+    /// table; see [`LogStore::aggregate`].
+    fn stats(&self, pipeline: &Pipeline, start: i64, end: i64) -> Result<StatsTable>;
     /// Live tail by subscription: from now on, every record matching
     /// `query` goes to `sink` as it becomes searchable, until the sink is
     /// closed. `Ok(false)` when this reader has no subscriptions (the
@@ -79,6 +83,9 @@ impl LogReader for LogStore {
     }
     fn context(&self, id: &str, before: usize, after: usize) -> Result<Vec<LogHit>> {
         LogStore::context(self, id, before, after)
+    }
+    fn stats(&self, pipeline: &Pipeline, start: i64, end: i64) -> Result<StatsTable> {
+        LogStore::aggregate(self, pipeline, start, end)?.finish(pipeline, start, end)
     }
 }
 

@@ -77,7 +77,11 @@ pub async fn trace_request(
                 state
                     .metrics
                     .inc(FAULTS_INJECTED_TOTAL, &[("kind", "error")]);
-                tracing::error!(fault = "error", "injected fault");
+                tracing::error!(
+                    fault = "error",
+                    error_type = "injected_fault",
+                    "injected fault"
+                );
                 let body = serde_json::json!({ "error": "injected fault" });
                 (
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,7 +125,15 @@ pub async fn trace_request(
         let method = method.as_str();
         let route = route.as_str();
         if status >= 500 {
-            tracing::error!(method, route, status, elapsed_ms, "request failed");
+            let error_type = error_type(status);
+            tracing::error!(
+                method,
+                route,
+                status,
+                elapsed_ms,
+                error_type,
+                "request failed"
+            );
         } else if status >= 400 {
             tracing::warn!(method, route, status, elapsed_ms, "request rejected");
         } else {
@@ -130,4 +142,15 @@ pub async fn trace_request(
     });
     set_request_id_header(response.headers_mut(), &request_id);
     response
+}
+
+/// What failed a request, by its 5xx status: the `error_type` its log line
+/// carries, which `| stats count() by service, error_type` groups.
+fn error_type(status: u16) -> &'static str {
+    match status {
+        502 => "bad_gateway",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "internal",
+    }
 }

@@ -3,7 +3,7 @@
 // field sidebar, results newest first, expandable records, load more, live
 // tail and context. State: `#/logs?q=&from=&to=&open=<record id>&tail=1`.
 
-import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip, streamEvents } from "./util.js";
+import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip, streamEvents, PALETTE } from "./util.js";
 import { timeChart, emptyChart } from "./chart.js";
 
 /** @typedef {import("./util.js").LogRecord} LogRecord */
@@ -32,6 +32,18 @@ import { timeChart, emptyChart } from "./chart.js";
  * @property {Array<{value: string, count: number}>} values
  */
 
+/**
+ * `GET /api/logs/stats`: a query's pipes (`| stats`, `| timechart`) over every matching record.
+ * @typedef {object} StatsTable
+ * @property {string[]} columns the groups (a timechart's `_time` first, epoch ms), then the metrics
+ * @property {number} groups how many columns are groups
+ * @property {Array<Array<string | number | boolean | null>>} rows
+ * @property {number} matched records the query matched in the range
+ * @property {number} [span] a timechart's bucket width, nanoseconds
+ * @property {string[]} warnings what makes the table incomplete
+ * @property {number} took_ms
+ */
+
 /** `GET /api/logs/context/{id}`: the record and its neighbours in its stream. @typedef {{records: LogRecord[]}} LogContext */
 
 /** A result row, holding the record it shows. @typedef {HTMLElement & {record: LogRecord}} LogRow */
@@ -52,7 +64,34 @@ const HELP = [
   ["request_id:*", "records that have the field"],
   ["user_id:42  http.status:[500 TO 599]", "parsed attributes, ranges"],
   ["ship*  NOT debug", "wildcards, exclusions"],
+  ["severity:error | stats count() by service, error_type | sort -count", "a table over every match: count, avg, sum, min, max, p50…p99, distinct (field) … by fields"],
+  ["* | stats p95(duration_ms), distinct(user_id) by resource.k8s.namespace.name | head 10", "resource keys, percentiles, distinct values, top N"],
+  ["service:checkout | timechart span=1m count() by severity", "a chart over time, one series per value (10 largest)"],
 ];
+
+/**
+ * Whether a query has pipes: a `|` outside quotes and `/regex/` (the
+ * store's `pipes::has_pipes`).
+ * @param {string} query
+ * @returns {boolean}
+ */
+export function hasPipes(query) {
+  let quoted = false;
+  let regex = false;
+  let escaped = false;
+  let previous = " ";
+  for (const c of query) {
+    if (escaped) escaped = false;
+    else if (c === "\\") escaped = true;
+    else if (quoted) quoted = c !== '"';
+    else if (regex) regex = c !== "/";
+    else if (c === '"') quoted = true;
+    else if (c === "/" && previous === ":") regex = true;
+    else if (c === "|") return true;
+    previous = c;
+  }
+  return false;
+}
 
 /**
  * The query language's name of a record field (the sidebar's filters).
@@ -200,9 +239,11 @@ async function showContext(record, box) {
  */
 function queryError(query, error) {
   const box = el("div", { class: "query-error", role: "alert" }, el("strong", {}, "Query error: "), error.message);
+  // tantivy's `position N` counts from 0, the pipes' `at character N` from 1.
   const match = /position (\d+)/.exec(error.message);
-  if (match) {
-    const position = Math.min(Number(match[1]), query.length);
+  const character = /at character (\d+)/.exec(error.message);
+  if (match || character) {
+    const position = Math.min(match ? Number(match[1]) : Number(character?.[1]) - 1, query.length);
     box.append(el("pre", { class: "caret" }, `${query}\n${" ".repeat(position)}^`));
   }
   return box;
@@ -261,6 +302,11 @@ export function render(root, view, ctx) {
   const table = el("table", { id: "results" }, el("thead", {}, el("tr", {}, el("th", { class: "time" }, "Time"), el("th", {}, "Service"), el("th", {}, "Level"), el("th", {}, "Message"), el("th", {}, "Request"), el("th", {}, "Trace"))), tbody);
   const more = el("button", { type: "button", id: "load-more", class: "secondary" }, "Load more");
   more.hidden = true;
+  if (hasPipes(query)) {
+    root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, status));
+    showStats(root, query, apiRange, { chart: histogram, status, errorSlot, zoom: (from, to) => nav({ from, to }) });
+    return;
+  }
   root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
 
   tbody.addEventListener("click", (event) => {
@@ -361,6 +407,90 @@ export function render(root, view, ctx) {
     });
     ctx.onLeave(() => stop.abort());
   }
+}
+
+/**
+ * A query with pipes: its table, with a bar per row's first metric, and a
+ * timechart's series over time.
+ * @param {HTMLElement} root
+ * @param {string} query
+ * @param {{start: string, end: string}} apiRange
+ * @param {{chart: HTMLElement, status: HTMLElement, errorSlot: HTMLElement, zoom: (from: string, to: string) => void}} slots
+ */
+async function showStats(root, query, apiRange, { chart, status, errorSlot, zoom }) {
+  status.textContent = "computing…";
+  /** @type {StatsTable} */
+  let result;
+  try {
+    result = await fetchJson(`/api/logs/stats?${new URLSearchParams({ q: query, ...apiRange })}`);
+  } catch (error) {
+    status.textContent = "";
+    errorSlot.replaceChildren(error.status === 400 ? queryError(query, error) : errorBox(error));
+    root.dataset.loaded = "error";
+    return;
+  }
+  const { columns, rows } = result;
+  const timechart = columns[0] === "_time";
+  const firstMetric = result.groups;
+  status.textContent = `${result.matched} matching records · ${rows.length} rows · ${result.took_ms} ms`;
+  for (const warning of result.warnings) errorSlot.append(el("div", { class: "query-warning", role: "note" }, warning));
+  const max = Math.max(1, ...rows.map((row) => Number(row[firstMetric]) || 0));
+  const head = el("tr", {}, ...columns.map((column) => el("th", {}, column === "_time" ? "time" : column)));
+  const body = el("tbody");
+  // A timechart's table lists the buckets that have records (the chart shows the empty ones).
+  const shown = timechart ? rows.filter((row) => row.slice(firstMetric).some((v) => v !== null && v !== 0)) : rows;
+  for (const row of shown) {
+    const tr = el("tr", { class: "stats-row" });
+    row.forEach((value, i) => {
+      const time = i === 0 && timechart;
+      const text = value === null ? "–" : time ? formatTime(Number(value) * 1e6) : String(value);
+      const cell = el("td", { class: typeof value === "number" && !time ? "num" : "" }, text);
+      if (i === firstMetric && typeof value === "number") {
+        // Through the CSSOM: the page's CSP refuses style attributes.
+        const bar = el("span", { class: "stats-bar" });
+        bar.style.width = `${Math.round((value / max) * 100)}%`;
+        cell.append(bar);
+      }
+      tr.append(cell);
+    });
+    body.append(tr);
+  }
+  root.querySelector("#logs-view").append(el("table", { id: "stats-table", class: "stats" }, el("thead", {}, head), body));
+  if (timechart) drawTimechart(chart, result, zoom);
+  else chart.hidden = true;
+  root.dataset.loaded = "1";
+}
+
+/**
+ * A timechart's rows as lines: one per series (`by` value) of the first
+ * metric, or one per metric without `by`.
+ * @param {HTMLElement} container
+ * @param {StatsTable} result
+ * @param {(from: string, to: string) => void} zoom
+ */
+function drawTimechart(container, result, zoom) {
+  const { columns, rows } = result;
+  const split = result.groups === 2;
+  const times = [...new Set(rows.map((row) => Number(row[0])))].sort((a, b) => a - b);
+  if (!times.length) {
+    container.replaceChildren(emptyChart("no records in this range"));
+    return;
+  }
+  const at = new Map(times.map((t, i) => [t, i]));
+  /** @type {Map<string, Array<number | null>>} */
+  const lines = new Map();
+  const line = (/** @type {string} */ label) => {
+    if (!lines.has(label)) lines.set(label, times.map(() => /** @type {number | null} */ (null)));
+    return /** @type {Array<number | null>} */ (lines.get(label));
+  };
+  for (const row of rows) {
+    const index = /** @type {number} */ (at.get(Number(row[0])));
+    if (split) line(String(row[1]))[index] = /** @type {number | null} */ (row[2]);
+    else columns.slice(1).forEach((name, i) => (line(name)[index] = /** @type {number | null} */ (row[i + 1])));
+  }
+  const series = [...lines.entries()].map(([label, values], i) => ({ label, color: PALETTE[i % PALETTE.length], values: values.map((v) => (v === null ? 0 : v)) }));
+  container.replaceChildren();
+  timeChart(container, { xs: times.map((t) => t / 1000), series, height: 220, onSelect: (a, b) => zoom(String(a), String(b)) });
 }
 
 /**

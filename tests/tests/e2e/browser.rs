@@ -460,6 +460,87 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
         "{error}"
     );
 
+    // Pipes: a table over every record, with a bar per row; a timechart
+    // draws its series; a bad pipe shows where it is wrong.
+    open_view(
+        &browser,
+        &base,
+        "logs?q=*%20%7C%20stats%20count()%20by%20service%20%7C%20sort%20-count&from=now-1h",
+        "logs",
+    )
+    .await;
+    let table = js(
+        &browser,
+        "return [...document.querySelectorAll('#stats-table tbody tr')].map(r => \
+           [r.cells[0].textContent, Number(r.cells[1].textContent), r.querySelector('.stats-bar')?.style.width]);",
+    )
+    .await;
+    let rows = table.as_array().cloned().unwrap_or_default();
+    let services: Vec<&str> = rows.iter().filter_map(|row| row[0].as_str()).collect();
+    assert!(
+        services.contains(&"gateway") && services.contains(&"order"),
+        "{table}"
+    );
+    let counts: Vec<u64> = rows.iter().filter_map(|row| row[1].as_u64()).collect();
+    assert!(counts.windows(2).all(|pair| pair[0] >= pair[1]), "{table}");
+    // Bars as long as each count against the largest.
+    for row in &rows {
+        let expected = format!(
+            "{}%",
+            (row[1].as_f64().unwrap_or_default() * 100.0 / counts[0] as f64).round()
+        );
+        assert_eq!(row[2], serde_json::json!(expected), "{table}");
+    }
+    screenshot(&browser, "logs-stats.png").await;
+    open_view(
+        &browser,
+        &base,
+        "logs?q=*%20%7C%20timechart%20span%3D1m%20count()%20by%20service&from=now-1h",
+        "logs",
+    )
+    .await;
+    let chart = js(
+        &browser,
+        "return [!!document.querySelector('#histogram canvas'), \
+                 document.querySelectorAll('#stats-table tbody tr').length, \
+                 [...document.querySelectorAll('#histogram .u-legend .u-label')].map(l => l.textContent)];",
+    )
+    .await;
+    assert_eq!(chart[0], true, "{chart}");
+    screenshot(&browser, "logs-timechart.png").await;
+    assert!(chart[1].as_u64().unwrap_or_default() > 0, "{chart}");
+    assert!(
+        chart[2]
+            .as_array()
+            .is_some_and(|labels| labels.iter().any(|l| l == "gateway")),
+        "{chart}"
+    );
+    let state = open_view_state(
+        &browser,
+        &base,
+        "logs?q=*%20%7C%20stats%20avgg(duration_ms)",
+        "logs",
+    )
+    .await;
+    assert_eq!(state[0], "error", "{state}");
+    let caret = js(
+        &browser,
+        "const e = document.querySelector('.query-error'); return e && [e.textContent, e.querySelector('pre.caret')?.textContent];",
+    )
+    .await;
+    assert!(
+        caret[0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown function `avgg`"),
+        "{caret}"
+    );
+    assert_eq!(
+        caret[1].as_str().unwrap_or_default(),
+        "* | stats avgg(duration_ms)\n          ^",
+        "{caret}"
+    );
+
     // The XSS line: shown as text, no element created, nothing ran.
     open_view(&browser, &base, &format!("logs?q=%22{marker}%22"), "logs").await;
     let inert = js(

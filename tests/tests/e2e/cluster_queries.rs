@@ -168,7 +168,13 @@ fn normalized(mut value: Value) -> Value {
     fn walk(value: &mut Value) {
         match value {
             Value::Object(map) => {
-                for key in ["id", "observed_timestamp", "updated_at", "complete"] {
+                for key in [
+                    "id",
+                    "observed_timestamp",
+                    "updated_at",
+                    "complete",
+                    "took_ms",
+                ] {
                     map.remove(key);
                 }
                 if let Some(cursor) = map.get_mut("next_cursor") {
@@ -221,6 +227,8 @@ async fn answers(
         format!("/api/logs/histogram?{range}&interval=5s"),
         format!("/api/logs/histogram?q=severity:WARN%20OR%20severity:ERROR&{range}&interval=7s"),
         format!("/api/logs/terms?field=service&{range}"),
+        format!("/api/logs/stats?q=*%20%7C%20stats%20count(),%20max(amount)%20by%20service,%20severity&{range}"),
+        format!("/api/logs/stats?q=severity:ERROR%20%7C%20timechart%20span%3D10s%20count()%20by%20service&{range}"),
         format!("/api/logs?q=service:bulkshipper%20AND%20order_id:b-3&{range}&limit=100"),
         format!("/api/logs/terms?field=order_id&q=severity:INFO&{range}"),
         "/api/services".to_string(),
@@ -615,12 +623,13 @@ async fn context_times(http: &reqwest::Client, node: &CollectorProcess, base: i6
         .collect()
 }
 
-/// Search, histogram, trace and trace search totals of one node.
+/// Search, histogram, `| stats count() by service`, trace and trace
+/// search totals of one node.
 async fn totals(
     http: &reqwest::Client,
     node: &CollectorProcess,
     base: i64,
-) -> (i64, u64, usize, usize, usize) {
+) -> (i64, u64, u64, usize, usize, usize) {
     let page = get_json(http, &node.url("/api/logs?limit=1000")).await;
     let histogram = get_json(
         http,
@@ -636,6 +645,21 @@ async fn totals(
         .unwrap()
         .iter()
         .map(|bucket| bucket["count"].as_u64().unwrap())
+        .sum();
+    let stats = get_json(
+        http,
+        &node.url(&format!(
+            "/api/logs/stats?q=*%20%7C%20stats%20count()%20by%20service&start={}&end={}",
+            base - 1_000 * MS,
+            base + 60_000 * MS
+        )),
+    )
+    .await;
+    let grouped: u64 = stats["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[1].as_u64().unwrap())
         .sum();
     let trace = http
         .get(node.url(&format!("/api/traces/{}", trace_id(1))))
@@ -660,6 +684,7 @@ async fn totals(
     (
         page["total_hits"].as_i64().unwrap(),
         counted,
+        grouped,
         spans,
         payment,
         failed,
@@ -817,7 +842,7 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
             Duration::from_secs(20),
             || async {
                 let found = totals(&http, node, base).await;
-                if found == (100, 100, 4, 6, 1) {
+                if found == (100, 100, 100, 4, 6, 1) {
                     Ok(Some(()))
                 } else {
                     Err(format!("c{n} finds {found:?}"))
@@ -847,7 +872,7 @@ async fn records_are_served_by_their_owners_before_their_split_is_published_and_
     // Once published, still each record once.
     wait_published(&metastore, 100, 23).await;
     for node in &nodes {
-        assert_eq!(totals(&http, node, base).await, (100, 100, 4, 6, 1));
+        assert_eq!(totals(&http, node, base).await, (100, 100, 100, 4, 6, 1));
         assert_eq!(
             context_times(&http, node, base).await,
             [38, 42, 46, 50, 54, 58, 62],

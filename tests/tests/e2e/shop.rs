@@ -37,6 +37,135 @@ async fn search_logs(stack: &DemoStack, query: &str) -> Result<Vec<Value>, Strin
     Ok(body["records"].as_array().cloned().unwrap_or_default())
 }
 
+/// `GET /api/logs/stats` of `query` over the last ten minutes.
+async fn stats(
+    stack: &DemoStack,
+    query: &str,
+    range: &[(&str, String); 2],
+) -> Result<Value, String> {
+    let response = stack
+        .http
+        .get(stack.ui_url("/api/logs/stats"))
+        .query(&[("q", query)])
+        .query(range)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(body)
+}
+
+/// `severity:ERROR | stats count() by service, error_type` after `errors`
+/// injected payment faults: payment's two lines per fault, and the whole
+/// table equal to grouping the raw records the search returns; a
+/// timechart of payment's errors adds up to the same.
+async fn errors_by_service_and_type(stack: &DemoStack, errors: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let range = [
+        ("start", (now - 600_000_000_000).to_string()),
+        ("end", (now + 60_000_000_000).to_string()),
+    ];
+    let table = poll_until(
+        "errors grouped by service and error type match the raw records",
+        Duration::from_secs(60),
+        || async {
+            let table = stats(
+                stack,
+                "severity:ERROR | stats count() by service, error_type | sort -count",
+                &range,
+            )
+            .await?;
+            let rows: HashMap<(String, String), u64> = table["rows"]
+                .as_array()
+                .ok_or("no rows")?
+                .iter()
+                .map(|row| {
+                    (
+                        (
+                            row[0].as_str().unwrap_or_default().to_string(),
+                            row[1].as_str().unwrap_or_default().to_string(),
+                        ),
+                        row[2].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let response = stack
+                .http
+                .get(stack.ui_url("/api/logs"))
+                .query(&[("q", "severity:ERROR"), ("limit", "10000")])
+                .query(&range)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let page: Value = response.json().await.map_err(|e| e.to_string())?;
+            let mut counted: HashMap<(String, String), u64> = HashMap::new();
+            for record in page["records"].as_array().ok_or("no records")? {
+                if let Some(error_type) = record["attributes"]["error_type"].as_str() {
+                    let service = record["service"].as_str().unwrap_or_default().to_string();
+                    *counted
+                        .entry((service, error_type.to_string()))
+                        .or_default() += 1;
+                }
+            }
+            let payment = |kind: &str| {
+                rows.get(&("payment".to_string(), kind.to_string()))
+                    .copied()
+            };
+            if payment("injected_fault") != Some(errors) || payment("internal") != Some(errors) {
+                return Err(format!("payment's rows are not {errors} yet: {rows:?}"));
+            }
+            if rows != counted {
+                return Err(format!("stats {rows:?} != raw records {counted:?}"));
+            }
+            Ok(Some(table))
+        },
+    )
+    .await;
+    assert_eq!(
+        table["columns"],
+        serde_json::json!(["service", "error_type", "count"])
+    );
+    let counts: Vec<u64> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[2].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.windows(2).all(|pair| pair[0] >= pair[1]),
+        "sorted by -count: {table}"
+    );
+    assert!(table["warnings"].as_array().unwrap().is_empty(), "{table}");
+
+    let chart = stats(
+        stack,
+        "severity:ERROR AND service:payment | timechart span=10s count() by error_type",
+        &range,
+    )
+    .await
+    .expect("a timechart");
+    assert_eq!(
+        chart["columns"],
+        serde_json::json!(["_time", "error_type", "count"])
+    );
+    let mut per_type: HashMap<String, u64> = HashMap::new();
+    for row in chart["rows"].as_array().unwrap() {
+        *per_type
+            .entry(row[1].as_str().unwrap().to_string())
+            .or_default() += row[2].as_u64().unwrap();
+    }
+    assert_eq!(per_type["injected_fault"], errors, "{chart}");
+    assert_eq!(per_type["internal"], errors, "{chart}");
+    assert_eq!(chart["span"], 10_000_000_000_u64);
+}
+
 /// The sum of every series of `name` in a Prometheus text exposition (0
 /// when there is none).
 fn metric_total(exposition: &str, name: &str) -> f64 {
@@ -355,6 +484,10 @@ async fn a_payment_fault_fails_orders_at_its_rate_and_removing_it_stops_that() {
         )),
         "{gateway_metrics}"
     );
+
+    // The seed's question: errors by service and error type, over every
+    // record, checked against counting the raw records.
+    errors_by_service_and_type(&stack, u64::from(errors)).await;
 
     // Remove the fault at runtime: orders succeed again, no new failures.
     stack.set_faults("payment", serde_json::json!({})).await;
