@@ -36,6 +36,7 @@ const VOLATILE_KEYS: &[&str] = &[
     "revision",
     // How long a query took.
     "took_ms",
+    "execTime",
 ];
 
 /// `(snapshot name, request URI)`, every endpoint of the query API that
@@ -73,6 +74,36 @@ fn cases() -> Vec<(&'static str, String)> {
             "/api/logs/context/1700000000001000000-0?before=1&after=1".into(),
         ),
         ("logs_context_unknown", "/api/logs/context/1-1".into()),
+        // Loki's API, as Grafana's Loki data source asks it: the health
+        // check, the label browser, logs and a metric over time, series.
+        (
+            "loki_health_check",
+            "/loki/api/v1/query?query=vector(1)%2Bvector(1)&time=1700000000000000000".into(),
+        ),
+        (
+            "loki_labels",
+            "/loki/api/v1/labels?start=1699999999000000000&end=1700000002000000000".into(),
+        ),
+        (
+            "loki_label_values",
+            "/loki/api/v1/label/service_name/values?start=1699999999000000000&end=1700000002000000000".into(),
+        ),
+        (
+            "loki_query_range_logs",
+            "/loki/api/v1/query_range?query=%7Bservice_name%3D%22gateway%22%7D&start=1699999999000000000&end=1700000002000000000&limit=10&direction=backward".into(),
+        ),
+        (
+            "loki_query_range_metric",
+            "/loki/api/v1/query_range?query=sum%20by%20(service_name)%20(count_over_time(%7Bservice_name%3D~%22.%2B%22%7D%5B1s%5D))&start=1699999999000000000&end=1700000002000000000&step=1s".into(),
+        ),
+        (
+            "loki_series",
+            "/loki/api/v1/series?match%5B%5D=%7Bservice_name%3D%22gateway%22%7D&start=1699999999000000000&end=1700000002000000000".into(),
+        ),
+        (
+            "loki_bad_query",
+            "/loki/api/v1/query_range?query=%7Bservice_name%3D%22gateway%22".into(),
+        ),
         // Jaeger's query API (v2 JSON and v3 OTLP JSON).
         ("jaeger_services", "/api/services".into()),
         (
@@ -205,8 +236,13 @@ async fn answer(state: &QueryState, uri: &str) -> Value {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
         .await
         .unwrap();
-    let mut body: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|error| panic!("{uri} answered no JSON ({error}): {bytes:?}"));
+    // Loki answers its errors in plain text, as Grafana expects them.
+    let loki_error = uri.starts_with("/loki/") && status >= 400;
+    let mut body: Value = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(_) if loki_error => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(error) => panic!("{uri} answered no JSON ({error}): {bytes:?}"),
+    };
     normalise(&mut body);
     json!({ "request": format!("GET {uri}"), "status": status, "body": body })
 }

@@ -35,6 +35,8 @@ mod api_shapes;
 mod dashboards;
 mod error;
 mod jaeger;
+mod logql;
+mod loki;
 mod prometheus;
 mod response;
 mod traces;
@@ -92,6 +94,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/v3/services", get(traces::v3_services))
         .route("/api/v3/operations", get(traces::v3_operations))
         .merge(prometheus::routes())
+        .merge(loki::routes())
         .merge(ui::routes())
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)

@@ -1830,6 +1830,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_phrase_excluded_from_a_union_or_a_term_is_searched_without_a_panic() {
+        // tantivy's phrase scorer asserts (in debug builds) that exclusion
+        // never asks it for a document before the one it stopped at.
+        let records: Vec<LogRecord> = (0..240)
+            .map(|i: i64| {
+                let mut r = record(
+                    T0 + i * 250_000_000,
+                    &format!("order {} step {}", i % 20, i % 5),
+                    None,
+                );
+                r.service = ["gateway", "payment"][(i % 2) as usize].into();
+                r
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        for (n, chunk) in records.chunks(7).enumerate() {
+            store.add(n as u64, chunk).unwrap();
+            store.commit(n as u64 + 1).unwrap();
+        }
+        for (query, expected) in [
+            (
+                "(order OR step) AND NOT \"step 4\"",
+                records
+                    .iter()
+                    .filter(|r| !r.body.ends_with("step 4"))
+                    .count(),
+            ),
+            (
+                "service:payment AND NOT \"step 4\"",
+                records
+                    .iter()
+                    .filter(|r| r.service == "payment" && !r.body.ends_with("step 4"))
+                    .count(),
+            ),
+        ] {
+            let found = store
+                .search(&LogQuery {
+                    query: query.into(),
+                    limit: 1000,
+                    ..LogQuery::default()
+                })
+                .unwrap();
+            assert_eq!(found.total_hits, expected, "{query}");
+            assert_eq!(found.hits.len(), expected, "{query}");
+        }
+    }
+
     fn store_with(records: &[LogRecord]) -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();

@@ -56,6 +56,9 @@ pub struct Pipeline {
     pub sort: Vec<(String, bool)>,
     /// `| head N`.
     pub head: Option<usize>,
+    /// Records without a `by` field are grouped under `""` instead of
+    /// left out (for the Loki API's series, whose labels may be absent).
+    pub keep_missing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -306,6 +309,7 @@ impl Parser<'_> {
             command,
             sort,
             head,
+            keep_missing: false,
         };
         let columns = pipeline.columns();
         for (name, _) in &pipeline.sort {
@@ -598,20 +602,26 @@ impl Pipeline {
                 let subs = metrics(m)?;
                 match by.as_slice() {
                     [] => Value::Object(subs),
-                    [field] => json!({"groups": {
-                        "terms": {
+                    [field] => {
+                        let mut terms = json!({
                             "field": column_of(field).map_err(StoreError::InvalidQuery)?,
                             "size": MAX_GROUPS,
                             "segment_size": MAX_GROUPS,
-                        },
-                        "aggs": subs,
-                    }}),
+                        });
+                        if self.keep_missing {
+                            terms["missing"] = json!("");
+                        }
+                        json!({"groups": {"terms": terms, "aggs": subs}})
+                    }
                     fields => {
                         let terms = fields
                             .iter()
                             .map(|field| {
                                 column_of(field)
-                                    .map(|column| json!({"field": column}))
+                                    .map(|column| match self.keep_missing {
+                                        true => json!({"field": column, "missing": ""}),
+                                        false => json!({"field": column}),
+                                    })
                                     .map_err(StoreError::InvalidQuery)
                             })
                             .collect::<Result<Vec<_>>>()?;

@@ -124,7 +124,10 @@ fn build(view: &IndexView<'_>, ast: UserInputAst) -> Result<Option<Box<dyn Query
         UserInputAst::Clause(clauses) => {
             let mut built = Vec::with_capacity(clauses.len());
             for (occur, child) in clauses {
-                if let Some(query) = build(view, child)? {
+                if let Some(mut query) = build(view, child)? {
+                    if occur == Some(Occur::MustNot) {
+                        query = Box::new(Excluded(query));
+                    }
                     // Conjunction by default, as the parser is set up.
                     built.push((occur.unwrap_or(Occur::Must), query));
                 }
@@ -152,6 +155,69 @@ fn build(view: &IndexView<'_>, ast: UserInputAst) -> Result<Option<Box<dyn Query
             };
             build_leaf(view, leaf)
         }
+    }
+}
+
+/// A query on the excluding side of a clause (`NOT "step 4"`), whose
+/// scorer is asked with tantivy's default `seek_danger`. tantivy's
+/// exclusion asks `seek_danger` of ascending targets, and its phrase
+/// scorer checks each target against the document it stopped at, which
+/// may lie past the next target: in debug builds, `x AND NOT "a phrase"`
+/// panicked the searching thread (tantivy 0.27). The default never seeks
+/// backwards.
+#[derive(Debug)]
+struct Excluded(Box<dyn Query>);
+
+impl Clone for Excluded {
+    fn clone(&self) -> Excluded {
+        Excluded(self.0.box_clone())
+    }
+}
+
+impl Query for Excluded {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(ExcludedWeight(self.0.weight(scoring)?)))
+    }
+}
+
+struct ExcludedWeight(Box<dyn Weight>);
+
+impl Weight for ExcludedWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        Ok(Box::new(ExcludedScorer(self.0.scorer(reader, boost)?)))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.0.explain(reader, doc)
+    }
+}
+
+struct ExcludedScorer(Box<dyn Scorer>);
+
+impl DocSet for ExcludedScorer {
+    fn advance(&mut self) -> DocId {
+        self.0.advance()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        if self.0.doc() >= target {
+            return self.0.doc();
+        }
+        self.0.seek(target)
+    }
+
+    fn doc(&self) -> DocId {
+        self.0.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.0.size_hint()
+    }
+}
+
+impl Scorer for ExcludedScorer {
+    fn score(&mut self) -> Score {
+        self.0.score()
     }
 }
 

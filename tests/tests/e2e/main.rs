@@ -9,6 +9,7 @@ mod durability;
 mod engines;
 mod kubernetes_agent;
 mod kubernetes_sd;
+mod loki_api;
 mod otel_clients;
 mod prometheus_diff;
 mod request_flow;

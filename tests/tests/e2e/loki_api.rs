@@ -1,0 +1,299 @@
+//! Loki's query API (issue 23): a LogQL catalogue against the log API's
+//! answers over the same records, a metric query against `| stats`, and
+//! the labels, series and index stats Grafana's label browser and query
+//! size estimate read, on a real collector.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use sightline_tests::{CollectorProcess, poll_until};
+
+use crate::cluster_queries::{MS, logs_payload, now_nanos, post};
+
+const RECORDS: u64 = 240;
+
+async fn get(http: &reqwest::Client, url: &str, query: &[(&str, String)]) -> (u16, Value) {
+    let response = http.get(url).query(query).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `(timestamp, line)` of every entry of a Loki streams answer.
+fn entries(answer: &Value) -> BTreeSet<(i64, String)> {
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(answer["data"]["resultType"], "streams", "{answer}");
+    answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|stream| stream["values"].as_array().unwrap().iter())
+        .map(|value| {
+            (
+                value[0].as_str().unwrap().parse().unwrap(),
+                value[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logql_answers_as_the_log_api_does_over_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let base = now_nanos() - 600_000 * MS;
+    post(
+        &http,
+        &collector,
+        "/v1/logs",
+        &logs_payload(base, 0..RECORDS as i64),
+    )
+    .await;
+    poll_until(
+        "every record searchable",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, page) = get(&http, &collector.url("/api/logs"), &[("limit", "1".into())]).await;
+            Ok((page["total_hits"] == RECORDS).then_some(()))
+        },
+    )
+    .await;
+    let (start, end) = (
+        (base - 1_000 * MS).to_string(),
+        (base + 70_000 * MS).to_string(),
+    );
+    let range = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        let mut query = vec![("start", start.clone()), ("end", end.clone())];
+        query.extend(extra.iter().cloned());
+        query
+    };
+
+    // Log queries: the same records as the native search finds.
+    for (logql, native) in [
+        (r#"{service_name="checkout"}"#, "service:checkout"),
+        (r#"{pod="payment-1"}"#, "resource.k8s.pod.name:payment-1"),
+        (
+            r#"{service_name=~"pay.*|gate.*"}"#,
+            "service:payment OR service:gateway",
+        ),
+        (
+            r#"{service_name="checkout", level="warn"}"#,
+            "service:checkout AND severity:WARN",
+        ),
+        (r#"{pod=~".+", level!="info"}"#, "NOT severity:INFO"),
+        (
+            r#"{service_name!="checkout", pod=~".+"} |= "step 2""#,
+            "NOT service:checkout AND \"step 2\"",
+        ),
+        (
+            r#"{pod=~".+"} |~ "order 1[0-3] ""#,
+            r#""order 10" OR "order 11" OR "order 12" OR "order 13""#,
+        ),
+        (
+            r#"{service_name="payment"} != "step 4""#,
+            r#"service:payment AND NOT "step 4""#,
+        ),
+        (r#"{pod=~".+"} | json | amount > 40"#, "amount:>40"),
+        (r#"{pod=~".+"} | logfmt | order_id="o-3""#, "order_id:o-3"),
+        (
+            r#"{pod=~".+"} | json | request_id=~"req-[12]""#,
+            "request_id:req-1 OR request_id:req-2",
+        ),
+    ] {
+        let (status, loki) = get(
+            &http,
+            &collector.url("/loki/api/v1/query_range"),
+            &range(&[
+                ("query", logql.into()),
+                ("limit", "5000".into()),
+                ("direction", "forward".into()),
+            ]),
+        )
+        .await;
+        assert_eq!(status, 200, "{logql}: {loki}");
+        let (_, native_page) = get(
+            &http,
+            &collector.url("/api/logs"),
+            &range(&[("q", native.into()), ("limit", "1000".into())]),
+        )
+        .await;
+        let expected: BTreeSet<(i64, String)> = native_page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["timestamp"].as_i64().unwrap(),
+                    r["body"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(!expected.is_empty(), "{native} finds records");
+        assert_eq!(entries(&loki), expected, "{logql} vs {native}");
+    }
+
+    // Backward (Grafana's default) keeps the newest `limit`; labels of a
+    // stream; `line_format`.
+    let (_, newest) = get(
+        &http,
+        &collector.url("/loki/api/v1/query_range"),
+        &range(&[
+            (
+                "query",
+                r#"{service_name="payment"} | json | line_format "{{.order_id}} of {{.pod}}""#
+                    .into(),
+            ),
+            ("limit", "3".into()),
+        ]),
+    )
+    .await;
+    let lines = entries(&newest);
+    assert_eq!(lines.len(), 3, "{newest}");
+    let newest_times: Vec<i64> = lines.iter().map(|(t, _)| *t).collect();
+    // Records are 250 ms apart, payment every fourth: the last three of 240.
+    assert_eq!(newest_times, [230, 234, 238].map(|i| base + i * 250 * MS));
+    assert!(
+        lines
+            .iter()
+            .all(|(_, line)| line.starts_with("o-") && line.contains(" of payment-")),
+        "{newest}"
+    );
+    let stream = &newest["data"]["result"][0]["stream"];
+    assert_eq!(stream["service_name"], "payment");
+    assert_eq!(stream["level"], "error");
+
+    // A metric query, non-overlapping windows over every record: the
+    // counts by service `| stats` gives.
+    let (status, matrix) = get(
+        &http,
+        &collector.url("/loki/api/v1/query_range"),
+        &[
+            (
+                "query",
+                r#"sum by (service_name) (count_over_time({pod=~".+"}[10s]))"#.into(),
+            ),
+            ("start", base.to_string()),
+            ("end", (base + 70_000 * MS).to_string()),
+            ("step", "10s".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{matrix}");
+    assert_eq!(matrix["data"]["resultType"], "matrix");
+    let mut per_service: BTreeMap<String, f64> = BTreeMap::new();
+    for series in matrix["data"]["result"].as_array().unwrap() {
+        let total: f64 = series["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
+            .sum();
+        per_service.insert(
+            series["metric"]["service_name"].as_str().unwrap().into(),
+            total,
+        );
+    }
+    let (_, table) = get(
+        &http,
+        &collector.url("/api/logs/stats"),
+        &range(&[("q", "* | stats count() by service".into())]),
+    )
+    .await;
+    let counted: BTreeMap<String, f64> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_string(),
+                row[1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per_service, counted, "{matrix}");
+    assert_eq!(counted.values().sum::<f64>(), RECORDS as f64);
+    // An instant query over the whole range, and Grafana's health check.
+    let (_, instant) = get(
+        &http,
+        &collector.url("/loki/api/v1/query"),
+        &[
+            (
+                "query",
+                r#"sum(count_over_time({service_name=~".+"}[2m]))"#.into(),
+            ),
+            ("time", (base + 61_000 * MS).to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(instant["data"]["resultType"], "vector", "{instant}");
+    assert_eq!(
+        instant["data"]["result"][0]["value"][1],
+        RECORDS.to_string(),
+        "{instant}"
+    );
+    let (_, health) = get(
+        &http,
+        &collector.url("/loki/api/v1/query"),
+        &[("query", "vector(1)+vector(1)".into())],
+    )
+    .await;
+    assert_eq!(health["data"]["result"][0]["value"][1], "2", "{health}");
+
+    // The label browser: names, values, series; the query size estimate.
+    let (_, labels) = get(&http, &collector.url("/loki/api/v1/labels"), &range(&[])).await;
+    assert_eq!(
+        labels["data"],
+        serde_json::json!(["level", "pod", "service_name"]),
+        "{labels}"
+    );
+    let (_, pods) = get(
+        &http,
+        &collector.url("/loki/api/v1/label/pod/values"),
+        &range(&[("query", r#"{service_name="checkout"}"#.into())]),
+    )
+    .await;
+    assert_eq!(
+        pods["data"],
+        serde_json::json!(["checkout-0", "checkout-1", "checkout-2"]),
+        "{pods}"
+    );
+    let (_, series) = get(
+        &http,
+        &collector.url("/loki/api/v1/series"),
+        &range(&[("match[]", r#"{service_name="checkout"}"#.into())]),
+    )
+    .await;
+    assert_eq!(series["data"].as_array().unwrap().len(), 3, "{series}");
+    assert_eq!(
+        series["data"][0],
+        serde_json::json!({"level": "warn", "pod": "checkout-0", "service_name": "checkout"})
+    );
+    let (_, stats) = get(
+        &http,
+        &collector.url("/loki/api/v1/index/stats"),
+        &range(&[("query", r#"{service_name="checkout"}"#.into())]),
+    )
+    .await;
+    assert_eq!(stats["entries"], RECORDS / 4, "{stats}");
+    assert_eq!(stats["streams"], 3, "{stats}");
+
+    // A bad query: 400 with Loki's words and where.
+    let (status, error) = get(
+        &http,
+        &collector.url("/loki/api/v1/query_range"),
+        &range(&[("query", r#"{service_name="checkout""#.into())]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .starts_with("parse error at line 1, col 25"),
+        "{error}"
+    );
+}
