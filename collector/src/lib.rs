@@ -50,6 +50,7 @@ public_for_tests!(
     error,
     grpc,
     ingest,
+    loki,
     metrics,
     otlp_http,
     ratelimit,

@@ -25,7 +25,7 @@ use crate::metrics::{CollectorMetrics, DiskUsage};
 use crate::ratelimit::RateLimiter;
 use crate::reload::Reloader;
 use crate::tls::{self, ServerTls};
-use crate::{Stores, elastic, grpc, otlp_http, remote_write, zipkin};
+use crate::{Stores, elastic, grpc, loki, otlp_http, remote_write, zipkin};
 
 /// The bound listeners, before anything is served on them.
 pub(crate) struct Listeners {
@@ -159,6 +159,7 @@ pub(crate) fn serve(
         tls.as_ref().map(ServerTls::ingest_acceptor),
         otlp_http::router(ingest.clone())
             .merge(zipkin::router(ingest.clone()))
+            .merge(loki::router(ingest.clone()))
             .merge(otlp_http::metrics_router(
                 metrics.otlp(),
                 rate_limiter.clone(),

@@ -297,3 +297,185 @@ async fn logql_answers_as_the_log_api_does_over_the_same_records() {
         "{error}"
     );
 }
+
+/// `python-logging-loki` (Loki's JSON push, as its `LokiHandler` sends
+/// it): two lines with stream tags, one with extra tags.
+const PYTHON_LOKI_CLIENT: &str = r#"
+import logging, sys
+import logging_loki
+handler = logging_loki.LokiHandler(url=sys.argv[1], tags={"service_name": "pyshop", "namespace": "shop"}, version="1")
+logger = logging.getLogger("pyshop")
+logger.setLevel(logging.INFO)
+logger.addHandler(handler)
+logger.error("payment declined for order 42", extra={"tags": {"pod": "pyshop-1"}})
+logger.info("order 43 placed")
+"#;
+
+/// A protobuf varint.
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A length-delimited protobuf field.
+fn field(tag: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(tag << 3 | 2, &mut out);
+    varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A `logproto.PushRequest` as Promtail and Alloy encode it: one stream,
+/// `lines` entries at `at`, a structured-metadata request id on each.
+fn protobuf_push(labels: &str, at: i64, lines: &[&str]) -> Vec<u8> {
+    let mut stream = field(1, labels.as_bytes());
+    for (i, line) in lines.iter().enumerate() {
+        let nanos = at + i as i64;
+        let mut timestamp = Vec::new();
+        varint(1 << 3, &mut timestamp);
+        varint((nanos / 1_000_000_000) as u64, &mut timestamp);
+        varint(2 << 3, &mut timestamp);
+        varint((nanos % 1_000_000_000) as u64, &mut timestamp);
+        let metadata = [
+            field(1, b"request_id"),
+            field(2, format!("req-pb-{i}").as_bytes()),
+        ]
+        .concat();
+        let entry = [
+            field(1, &timestamp),
+            field(2, line.as_bytes()),
+            field(3, &metadata),
+        ]
+        .concat();
+        stream.extend(field(2, &entry));
+    }
+    field(1, &stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loki_pushes_in_json_from_a_python_client_and_in_snappy_protobuf_are_stored_and_queried() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let push_url = collector.otlp_http_url("/loki/api/v1/push");
+
+    // JSON, from a real client.
+    let output = std::process::Command::new("python3")
+        .args(["-c", PYTHON_LOKI_CLIENT, &push_url])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "the Python Loki client failed (scripts/test installs python-logging-loki): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Snappy-compressed protobuf, as Promtail, Alloy and Fluent Bit send.
+    let now = now_nanos();
+    let body = protobuf_push(
+        r#"{app="checkout", namespace="shop", pod="checkout-7f9", level="warn"}"#,
+        now,
+        &["card declined", "retrying charge"],
+    );
+    let compressed = snap::raw::Encoder::new().compress_vec(&body).unwrap();
+    let response = http
+        .post(&push_url)
+        .header("content-type", "application/x-protobuf")
+        .body(compressed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        204,
+        "{:?}",
+        response.text().await
+    );
+
+    // A JSON push with one bad entry: 400 naming it, the other stored.
+    let response = http
+        .post(&push_url)
+        .json(&serde_json::json!({"streams": [{
+            "stream": {"service_name": "pyshop"},
+            "values": [["not-a-time", "lost"], [(now + 5).to_string(), "kept despite its neighbour"]],
+        }]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let message = response.text().await.unwrap();
+    assert!(
+        message.starts_with("1 of 2 entries refused: stream 0 entry 0: expected"),
+        "{message}"
+    );
+
+    // Read back through Loki's query API and the log API.
+    let query = |logql: &'static str| {
+        let http = http.clone();
+        let url = collector.url("/loki/api/v1/query_range");
+        async move {
+            let (_, answer) = get(
+                &http,
+                &url,
+                &[("query", logql.to_string()), ("limit", "100".into())],
+            )
+            .await;
+            answer
+        }
+    };
+    let found = poll_until(
+        "the pushed lines are searchable",
+        std::time::Duration::from_secs(30),
+        || async {
+            let answer = query(r#"{namespace="shop"}"#).await;
+            let lines: BTreeSet<String> =
+                entries(&answer).into_iter().map(|(_, line)| line).collect();
+            Ok((lines.len() == 4).then_some(answer))
+        },
+    )
+    .await;
+    let lines: BTreeSet<String> = entries(&found).into_iter().map(|(_, line)| line).collect();
+    assert_eq!(
+        lines,
+        [
+            "card declined",
+            "order 43 placed",
+            "payment declined for order 42",
+            "retrying charge"
+        ]
+        .map(String::from)
+        .into()
+    );
+    let errors = query(r#"{service_name="pyshop", level="error"}"#).await;
+    let stream = &errors["data"]["result"][0]["stream"];
+    assert_eq!(stream["pod"], "pyshop-1", "{errors}");
+    assert_eq!(stream["namespace"], "shop", "{errors}");
+    assert_eq!(entries(&errors).len(), 1, "{errors}");
+    let (_, page) = get(
+        &http,
+        &collector.url("/api/logs"),
+        &[("q", "request_id:req-pb-1".into())],
+    )
+    .await;
+    let record = &page["records"][0];
+    assert_eq!(record["body"], "retrying charge", "{page}");
+    assert_eq!(record["service"], "checkout");
+    assert_eq!(record["severity_text"], "WARN");
+    assert_eq!(record["timestamp"], now + 1);
+    assert_eq!(record["resource"]["k8s.pod.name"], "checkout-7f9");
+    let (_, kept) = get(
+        &http,
+        &collector.url("/api/logs"),
+        &[("q", "\"kept despite\"".into())],
+    )
+    .await;
+    assert_eq!(kept["total_hits"], 1, "{kept}");
+}
