@@ -29,6 +29,11 @@ pub struct CollectorConfig {
         default_value = "127.0.0.1:4318"
     )]
     pub otlp_http_addr: SocketAddr,
+    /// Address of the Fluentd forward protocol listener (TCP, usually
+    /// `0.0.0.0:24224`), for Fluentd's and Fluent Bit's `forward` outputs;
+    /// off when not given. It has no authentication or TLS.
+    #[arg(long, env = "SIGHTLINE_FORWARD_ADDR")]
+    pub forward_addr: Option<SocketAddr>,
     /// Configuration file: a `prometheus.yml` (scrape configs, rule files,
     /// alerting) plus Sightline's own sections; see `config_file.rs`.
     #[arg(long, env = "SIGHTLINE_CONFIG")]

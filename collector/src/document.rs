@@ -112,6 +112,45 @@ pub(crate) fn shape(mut document: Map<String, Value>) -> Shaped {
     }
 }
 
+/// The service of a document that names none.
+pub(crate) const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// A shipper's document as a log record ([`shape`]), with `origin` (the
+/// index or tag it was sent to) as a resource attribute; an error when its
+/// timestamp field holds no time. Without one, the time is `now`.
+pub(crate) fn to_record(
+    document: Map<String, Value>,
+    (origin_key, origin): (&str, &str),
+    now: i64,
+) -> Result<sightline_store::LogRecord, String> {
+    let shaped = shape(document);
+    let timestamp = match shaped.timestamp {
+        Some(Ok(timestamp)) => timestamp,
+        Some(Err(message)) => return Err(message),
+        None => now,
+    };
+    let mut resource = shaped.resource;
+    let service = shaped
+        .service
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
+    resource.insert("service.name".into(), Value::String(service.clone()));
+    resource.insert(origin_key.into(), Value::String(origin.to_string()));
+    let (severity_text, severity_number) = shaped.severity.unwrap_or_default();
+    Ok(sightline_store::LogRecord {
+        timestamp,
+        observed_timestamp: now,
+        severity_text,
+        severity_number,
+        body: shaped.body.unwrap_or_default(),
+        service,
+        resource: std::sync::Arc::new(resource),
+        request_id: request_id(&shaped.attributes),
+        attributes: shaped.attributes,
+        trace_id: shaped.trace_id,
+        span_id: shaped.span_id,
+    })
+}
+
 /// The request id among `attributes` ([`REQUEST_ID_KEYS`]), text or number.
 pub(crate) fn request_id(attributes: &Map<String, Value>) -> Option<String> {
     REQUEST_ID_KEYS

@@ -83,8 +83,6 @@ const CLUSTER_UUID: &str = "c2lnaHRsaW5lLWNsdXN0";
 /// Index name used when neither the URL nor the action names one.
 const DEFAULT_INDEX: &str = "sightline";
 
-const UNKNOWN_SERVICE: &str = "unknown_service";
-
 /// The bodies `_bulk` takes: NDJSON, gzip allowed, 16 MiB as received and
 /// 64 MiB decompressed.
 const BODY: BodyRules = BodyRules {
@@ -737,38 +735,13 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// Maps a shipper's document to a log record (see the module docs).
 fn to_record(document: Map<String, Value>, index: &str, now: i64) -> Result<LogRecord, ItemError> {
-    let shaped = document::shape(document);
-    let timestamp = match shaped.timestamp {
-        Some(Ok(timestamp)) => timestamp,
-        Some(Err(message)) => return Err(ItemError::mapping(message)),
-        None => now,
-    };
-    let mut resource = shaped.resource;
-    let service = shaped
-        .service
-        .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
-    resource.insert("service.name".into(), Value::String(service.clone()));
-    resource.insert("elastic.index".into(), Value::String(index.to_string()));
-    let (severity_text, severity_number) = shaped.severity.unwrap_or_default();
-    Ok(LogRecord {
-        timestamp,
-        observed_timestamp: now,
-        severity_text,
-        severity_number,
-        body: shaped.body.unwrap_or_default(),
-        service,
-        resource: Arc::new(resource),
-        request_id: document::request_id(&shaped.attributes),
-        attributes: shaped.attributes,
-        trace_id: shaped.trace_id,
-        span_id: shaped.span_id,
-    })
+    document::to_record(document, ("elastic.index", index), now).map_err(ItemError::mapping)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::{parse_timestamp, severity};
+    use crate::document::{UNKNOWN_SERVICE, parse_timestamp, severity};
     use proptest::prelude::*;
 
     const NOW: i64 = 1_700_000_000_000_000_000;

@@ -48,6 +48,7 @@ macro_rules! public_for_tests {
 public_for_tests!(
     elastic,
     error,
+    forward,
     grpc,
     ingest,
     loki,

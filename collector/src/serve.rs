@@ -25,13 +25,15 @@ use crate::metrics::{CollectorMetrics, DiskUsage};
 use crate::ratelimit::RateLimiter;
 use crate::reload::Reloader;
 use crate::tls::{self, ServerTls};
-use crate::{Stores, elastic, grpc, loki, otlp_http, remote_write, zipkin};
+use crate::{Stores, elastic, forward, grpc, loki, otlp_http, remote_write, zipkin};
 
 /// The bound listeners, before anything is served on them.
 pub(crate) struct Listeners {
     otlp_grpc: TcpListener,
     otlp_http: TcpListener,
     http: TcpListener,
+    /// Fluentd's forward protocol, when `--forward-addr` is given.
+    forward: Option<TcpListener>,
     pub(crate) addresses: Addresses,
 }
 
@@ -42,6 +44,8 @@ pub struct Addresses {
     pub otlp_http: SocketAddr,
     /// The query API, the UI, `/metrics` and the compatibility APIs.
     pub http: SocketAddr,
+    /// Fluentd's forward protocol, when enabled.
+    pub forward: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -54,11 +58,21 @@ impl Listeners {
         let otlp_grpc = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
         let otlp_http = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
         let http = bind(config.http_addr, "query API").await?;
+        let forward = match config.forward_addr {
+            Some(address) => Some(bind(address, "Fluentd forward").await?),
+            None => None,
+        };
         let addresses = Addresses {
             otlp_grpc: otlp_grpc.local_addr()?,
             otlp_http: otlp_http.local_addr()?,
             http: http.local_addr()?,
+            forward: forward.as_ref().map(TcpListener::local_addr).transpose()?,
         };
+        if let Some(address) = addresses.forward
+            && !address.ip().is_loopback()
+        {
+            tracing::warn!(%address, "the Fluentd forward listener has no authentication or TLS: keep it on a private network");
+        }
         tracing::info!(
             otlp_grpc = %addresses.otlp_grpc,
             otlp_http = %addresses.otlp_http,
@@ -79,6 +93,7 @@ impl Listeners {
             otlp_grpc,
             otlp_http,
             http,
+            forward,
             addresses,
         })
     }
@@ -110,6 +125,7 @@ pub(crate) struct Servers {
     otlp_grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     otlp_http: JoinHandle<std::io::Result<()>>,
     http: JoinHandle<std::io::Result<()>>,
+    forward: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Servers {
@@ -120,6 +136,9 @@ impl Servers {
         otlp_grpc?.context("OTLP/gRPC server failed")?;
         otlp_http?.context("OTLP/HTTP server failed")?;
         http?.context("query API server failed")?;
+        if let Some(forward) = self.forward {
+            forward.await?.context("Fluentd forward server failed")?;
+        }
         Ok(())
     }
 }
@@ -194,7 +213,7 @@ pub(crate) fn serve(
     })
     .merge(remote_write::router(metrics.remote_write(), rate_limiter))
     // `_bulk` charges the rate limit itself, to answer as Elasticsearch.
-    .nest("/elastic", elastic::router(ingest))
+    .nest("/elastic", elastic::router(ingest.clone()))
     // A nested router does not answer its prefix with a trailing slash;
     // Vector and Logstash ask `GET /elastic/` for the version.
     .route("/elastic/", elastic::root_route())
@@ -213,10 +232,14 @@ pub(crate) fn serve(
         router,
         stopped(stop.clone()),
     );
+    let forward = listeners
+        .forward
+        .map(|listener| tokio::spawn(forward::serve(listener, ingest, stop.clone())));
     Ok(Servers {
         otlp_grpc: tokio::spawn(otlp_grpc),
         otlp_http: tokio::spawn(otlp_http),
         http: tokio::spawn(http),
+        forward,
     })
 }
 

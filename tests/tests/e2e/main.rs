@@ -7,6 +7,7 @@ mod cluster_metrics;
 mod cluster_queries;
 mod durability;
 mod engines;
+mod fluent_forward;
 mod kubernetes_agent;
 mod kubernetes_sd;
 mod loki_api;
