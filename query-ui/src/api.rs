@@ -260,33 +260,49 @@ pub(crate) async fn tail(
     State(state): State<QueryState>,
     Query(params): Query<TailParams>,
 ) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let receiver = live_records(state, params.q).await?;
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let hit = receiver.recv().await?;
+        let data = serde_json::to_string(&hit).unwrap_or_default();
+        Some((Ok(Event::default().event("record").data(data)), receiver))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The records matching `query` from now on, oldest first, until the
+/// receiver is dropped: a cluster pushes them as its partitions' owners
+/// read them (a subscription); elsewhere a search for what is newer runs
+/// every [`TAIL_POLL`]. Shared by the live tail and Loki's `/tail`.
+pub(crate) async fn live_records(
+    state: QueryState,
+    query: String,
+) -> Result<tokio::sync::mpsc::Receiver<LogHit>, ApiError> {
     let logs = state.logs.clone();
-    let query_text = params.q.clone();
+    let query_text = query.clone();
     tokio::task::spawn_blocking(move || logs.validate_query(&query_text)).await??;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(256);
-    // A cluster pushes records as its partitions' owners read them.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<LogHit>(256);
     let logs = state.logs.clone();
-    let sink = Box::new(TailEvents(sender.clone()));
-    let query_text = params.q.clone();
+    let sink = Box::new(TailRecords(sender.clone()));
+    let query_text = query.clone();
     let subscribed =
         tokio::task::spawn_blocking(move || logs.subscribe(&query_text, sink)).await??;
     // Only records that arrive after the request: taken here, not in the
     // task, which may first run after records written meanwhile.
     let mut start = now_nanos() - 1;
-    // Elsewhere: a search for what is newer every TAIL_POLL.
     if !subscribed {
         tokio::spawn(async move {
             let mut newest_seen: Option<Cursor> = None;
             loop {
-                let query = LogQuery {
-                    query: params.q.clone(),
+                let search = LogQuery {
+                    query: query.clone(),
                     start: Some(start),
                     end: None,
                     limit: 1000,
                     after: None,
                 };
                 let logs = state.logs.clone();
-                let Ok(Ok(result)) = tokio::task::spawn_blocking(move || logs.search(&query)).await
+                let Ok(Ok(result)) =
+                    tokio::task::spawn_blocking(move || logs.search(&search)).await
                 else {
                     return;
                 };
@@ -304,12 +320,7 @@ pub(crate) async fn tail(
                         newest_seen = Some(cursor);
                         start = start.max(cursor.timestamp);
                     }
-                    let data = serde_json::to_string(&hit).unwrap_or_default();
-                    if sender
-                        .send(Event::default().event("record").data(data))
-                        .await
-                        .is_err()
-                    {
+                    if sender.send(hit).await.is_err() {
                         return;
                     }
                 }
@@ -320,21 +331,17 @@ pub(crate) async fn tail(
             }
         });
     }
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|event| (Ok(event), receiver))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(receiver)
 }
 
-/// A live tail's SSE events, as a subscription's sink. A record that
-/// finds the client's queue full is dropped, not waited for: the
-/// subscription serves every tail of the node.
-struct TailEvents(tokio::sync::mpsc::Sender<Event>);
+/// A live tail's records, as a subscription's sink. A record that finds
+/// the client's queue full is dropped, not waited for: the subscription
+/// serves every tail of the node.
+struct TailRecords(tokio::sync::mpsc::Sender<LogHit>);
 
-impl sightline_store::TailSink for TailEvents {
+impl sightline_store::TailSink for TailRecords {
     fn send(&mut self, hit: LogHit) -> bool {
-        let data = serde_json::to_string(&hit).unwrap_or_default();
-        match self.0.try_send(Event::default().event("record").data(data)) {
+        match self.0.try_send(hit) {
             Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => true,
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
         }

@@ -1,6 +1,7 @@
 //! Grafana Loki's HTTP query API over Sightline's logs, for Grafana's Loki
 //! data source and `logcli`: `query_range`, `query`, `labels`,
-//! `label/<name>/values`, `series`, `index/stats`, `status/buildinfo`.
+//! `label/<name>/values`, `series`, `index/stats`, `status/buildinfo`, and
+//! `tail` over a WebSocket (the live tail's records, filtered by LogQL).
 //! The language is [`crate::logql`]; answers are in Loki's JSON
 //! (`{"status":"success","data":{"resultType":...,"result":[...]}}`),
 //! errors are plain text with a 400, as Loki answers them.
@@ -53,6 +54,7 @@ pub(crate) fn routes() -> Router<QueryState> {
         .route("/loki/api/v1/series", get(series))
         .route("/loki/api/v1/index/stats", get(index_stats))
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
+        .route("/loki/api/v1/tail", get(tail))
 }
 
 /// An error as Loki answers it: a status and a line of text.
@@ -67,6 +69,19 @@ impl LokiError {
 impl IntoResponse for LokiError {
     fn into_response(self) -> Response {
         (self.0, self.1).into_response()
+    }
+}
+
+impl From<crate::error::ApiError> for LokiError {
+    fn from(error: crate::error::ApiError) -> LokiError {
+        use crate::error::ApiError;
+        let status = match &error {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        LokiError(status, error.to_string())
     }
 }
 
@@ -339,6 +354,105 @@ fn read(
     }
 }
 
+/// Entries as Loki's `streams`: one per label set, values in the order given.
+fn streams_json(entries: Vec<Entry>) -> Value {
+    let mut streams: BTreeMap<Labels, Vec<Value>> = BTreeMap::new();
+    for entry in entries {
+        streams
+            .entry(entry.labels)
+            .or_default()
+            .push(json!([entry.timestamp.to_string(), entry.line]));
+    }
+    Value::Array(
+        streams
+            .into_iter()
+            .map(|(labels, values)| json!({"stream": labels, "values": values}))
+            .collect(),
+    )
+}
+
+/// `GET /loki/api/v1/tail` (WebSocket): the newest `limit` entries since
+/// `start` (default: the last hour), oldest first, then every new one as
+/// it becomes searchable, each message `{"streams": [...]}` as Loki sends.
+async fn tail(
+    State(state): State<QueryState>,
+    Query(params): Query<Vec<(String, String)>>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, LokiError> {
+    let params = Params(params);
+    let Expr::Log(log) = parse_query(params.get("query"))? else {
+        return Err(LokiError::bad("tail takes a log query, not a metric query"));
+    };
+    let limit = params.limit()?;
+    let start = params.time("start")?.unwrap_or_else(|| now_nanos() - HOUR);
+    // Subscribed before the history is read: nothing falls between.
+    let live = crate::api::live_records(state.clone(), prefilter_or_all(&log)).await?;
+    Ok(upgrade.on_upgrade(move |socket| follow(socket, state, log, start, limit, live)))
+}
+
+async fn follow(
+    mut socket: axum::extract::ws::WebSocket,
+    state: QueryState,
+    log: LogExpr,
+    start: i64,
+    limit: usize,
+    mut live: tokio::sync::mpsc::Receiver<sightline_store::LogHit>,
+) {
+    use axum::extract::ws::Message;
+    let history_log = log.clone();
+    let history = blocking(move || {
+        let mut entries = Vec::new();
+        read(&state, &history_log, start, now_nanos(), |entry| {
+            entries.push(entry);
+            entries.len() < limit
+        })?;
+        entries.reverse();
+        Ok(entries)
+    })
+    .await;
+    let send = |entries: Vec<Entry>| {
+        Message::Text(
+            json!({"streams": streams_json(entries), "dropped_entries": null})
+                .to_string()
+                .into(),
+        )
+    };
+    let mut newest = match history {
+        Ok(entries) => {
+            let newest = entries.last().map(|entry| entry.timestamp);
+            if !entries.is_empty() && socket.send(send(entries)).await.is_err() {
+                return;
+            }
+            newest
+        }
+        Err(LokiError(_, message)) => {
+            let _ = socket.send(Message::Text(message.into())).await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            hit = live.recv() => {
+                let Some(hit) = hit else { return };
+                // What the history already sent is not sent again.
+                if newest.is_some_and(|newest| hit.record.timestamp <= newest) {
+                    continue;
+                }
+                newest = None;
+                if let Some(entry) = log.process(&hit.record)
+                    && socket.send(send(vec![entry])).await.is_err()
+                {
+                    return;
+                }
+            }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
 fn log_streams(
     state: &QueryState,
     log: &LogExpr,
@@ -359,18 +473,7 @@ fn log_streams(
     }
     entries.truncate(limit);
     let count = entries.len();
-    let mut streams: BTreeMap<Labels, Vec<Value>> = BTreeMap::new();
-    for entry in entries {
-        streams
-            .entry(entry.labels)
-            .or_default()
-            .push(json!([entry.timestamp.to_string(), entry.line]));
-    }
-    let result = streams
-        .into_iter()
-        .map(|(labels, values)| json!({"stream": labels, "values": values}))
-        .collect();
-    Ok((Value::Array(result), count))
+    Ok((streams_json(entries), count))
 }
 
 fn evaluate(

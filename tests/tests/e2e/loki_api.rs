@@ -479,3 +479,79 @@ async fn loki_pushes_in_json_from_a_python_client_and_in_snappy_protobuf_are_sto
     .await;
     assert_eq!(kept["total_hits"], 1, "{kept}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loki_tail_sends_the_history_then_each_new_matching_line() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let base = now_nanos() - 60_000 * MS;
+    post(&http, &collector, "/v1/logs", &logs_payload(base, 0..8)).await;
+    poll_until(
+        "the first records",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, page) = get(&http, &collector.url("/api/logs"), &[("limit", "1".into())]).await;
+            Ok((page["total_hits"] == 8).then_some(()))
+        },
+    )
+    .await;
+    let url = collector
+        .url(&format!(
+            "/loki/api/v1/tail?query={}&start={}&limit=10",
+            "%7Bservice_name%3D%22checkout%22%7D%20%21%3D%20%22step%204%22",
+            base - 1_000 * MS
+        ))
+        .replacen("http://", "ws://", 1);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the tail connects");
+    let mut next_message = async || -> Value {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+            .await
+            .expect("a tail message in time")
+            .expect("the tail is open")
+            .expect("a message");
+        serde_json::from_str(message.to_text().unwrap()).unwrap()
+    };
+    // The history: checkout's records 1 and 5 (order i, step i % 5).
+    let history = next_message().await;
+    // One stream per pod; the lines in time order.
+    let mut lines: Vec<(String, String)> = history["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|stream| stream["values"].as_array().unwrap().iter())
+        .map(|value| {
+            (
+                value[0].as_str().unwrap().to_string(),
+                value[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    lines.sort();
+    let lines: Vec<&str> = lines.iter().map(|(_, line)| line.as_str()).collect();
+    assert_eq!(lines, ["order 1 step 1", "order 5 step 0"], "{history}");
+    // New lines: only checkout's, and not the one the filter drops.
+    let now = now_nanos();
+    post(
+        &http,
+        &collector,
+        "/v1/logs",
+        &logs_payload(now - 100 * 250 * MS, 100..110),
+    )
+    .await;
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let message = next_message().await;
+        for stream in message["streams"].as_array().unwrap() {
+            assert_eq!(stream["stream"]["service_name"], "checkout", "{message}");
+            for value in stream["values"].as_array().unwrap() {
+                live.push(value[1].as_str().unwrap().to_string());
+            }
+        }
+    }
+    // 101, 105 and 109 are checkout's; 109 is step 4, filtered out.
+    assert_eq!(live, ["order 1 step 1", "order 5 step 0"]);
+}
