@@ -217,6 +217,20 @@ fn unsnappy(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
         .map_err(|error| BodyError::Snappy(error.to_string()))
 }
 
+/// The request's media type (`Content-Type` without parameters, lower
+/// case), `default` when it has none.
+pub(crate) fn media_type(headers: &HeaderMap, default: &str) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or(default)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// The client's address, or `0.0.0.0` when the server did not record it.
 pub(crate) fn client(extensions: &Extensions) -> IpAddr {
     extensions

@@ -26,7 +26,6 @@
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
@@ -104,16 +103,7 @@ async fn receive(State(ingest): State<Ingest>, request: Request) -> Response {
             Some(http_body::client(&parts.extensions)),
             http_body::content_length(&parts.headers),
         )?;
-        let media_type = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("application/x-protobuf")
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let media_type = http_body::media_type(&parts.headers, "application/x-protobuf");
         let protobuf = match media_type.as_str() {
             "application/x-protobuf" | "application/protobuf" => true,
             "application/json" => false,

@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -97,16 +96,7 @@ async fn receive(State(service): State<TracesService>, request: Request) -> Resp
             Some(http_body::client(&parts.extensions)),
             http_body::content_length(&parts.headers),
         )?;
-        let media_type = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("application/json")
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let media_type = http_body::media_type(&parts.headers, "application/json");
         if media_type != "application/json" {
             return Err(ReceiveError::UnsupportedContentType(format!(
                 "unsupported Content-Type {media_type:?}: Sightline takes Zipkin v2 spans as application/json (not the proto3 encoding)"

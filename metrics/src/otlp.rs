@@ -634,16 +634,7 @@ fn attribute_text(value: Option<&AnyValue>) -> String {
 
 /// A label name: invalid characters become `_`, a leading digit gets `key_`.
 pub fn label_name(key: &str) -> String {
-    let mut name: String = key
-        .chars()
-        .map(|character| {
-            if character.is_ascii_alphanumeric() || character == '_' {
-                character
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut name = sightline_vocab::names::underscored(key);
     if name.starts_with(|character: char| character.is_ascii_digit()) {
         name.insert_str(0, "key_");
     }

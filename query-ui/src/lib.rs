@@ -37,6 +37,7 @@ mod error;
 mod jaeger;
 mod logql;
 mod loki;
+mod params;
 mod prometheus;
 mod response;
 mod traces;

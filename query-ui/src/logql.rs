@@ -883,19 +883,8 @@ impl LabelFilter {
     }
 }
 
-/// A label name as Loki makes it from a field: anything but letters,
-/// digits and `_` becomes `_`.
-fn sanitize(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// A label name as Loki makes it from a field.
+use sightline_vocab::names::underscored as sanitize;
 
 /// The record's parsed attributes as labels (nested keys joined by `_`),
 /// and its correlation ids.

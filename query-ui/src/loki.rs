@@ -29,6 +29,7 @@ use sightline_vocab::exposition::format_float;
 
 use crate::QueryState;
 use crate::logql::{self, Entry, Expr, LABELS, Labels, LogExpr, MetricExpr};
+use crate::params::Pairs as _;
 
 /// Most records a query may read (Loki bounds by bytes and series).
 pub(crate) const MAX_SCANNED: usize = 500_000;
@@ -101,18 +102,11 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, value)| key == name && !value.is_empty())
-            .map(|(_, value)| value.as_str())
+        self.0.value(name)
     }
 
     fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .collect()
+        self.0.values(name)
     }
 
     fn time(&self, name: &str) -> Result<Option<i64>, LokiError> {

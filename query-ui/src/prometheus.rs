@@ -76,6 +76,7 @@ use sightline_vocab::names::is_label_name;
 use tokio::sync::Semaphore;
 
 use crate::QueryState;
+use crate::params::Pairs as _;
 use crate::response::{
     AlertJson, Alerts, BuildInfo, MetricMetadataEntry, PromErrorBody, PromLabels, PromPoint,
     PromSample, PromSeries, PromSuccess, PromTime, QueryData, QueryFlags, RuleGroupJson,
@@ -263,19 +264,12 @@ impl<S: Send + Sync> FromRequest<S> for Params {
 impl Params {
     /// The first non-empty value of `name`.
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, value)| key == name && !value.is_empty())
-            .map(|(_, value)| value.as_str())
+        self.0.value(name)
     }
 
     /// Every value of `name`, in order.
     fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .collect()
+        self.0.values(name)
     }
 
     fn time_or(&self, name: &str, default_ms: i64) -> Result<i64, PromError> {

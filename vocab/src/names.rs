@@ -16,6 +16,21 @@ pub const REQUEST_ID_KEYS: &[&str] = &[
     "x-correlation-id",
 ];
 
+/// `key` with every character that is not `[a-zA-Z0-9_]` made `_`: how
+/// Prometheus makes a label name of a Kubernetes key and Loki one of a
+/// parsed field (neither fixes a leading digit).
+pub fn underscored(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Whether `name` is a metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 pub fn is_metric_name(name: &str) -> bool {
     is_name(name, true)

@@ -29,19 +29,8 @@ use sightline_kube::{Api, Change, Watch, WatchStats};
 
 use crate::config_file::{KubernetesSdConfig, StaticConfig};
 
-/// A label name as Prometheus makes one of a Kubernetes key: every byte
-/// that is not `[a-zA-Z0-9_]` becomes `_`.
-fn sanitize(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// A label name as Prometheus makes one of a Kubernetes key.
+use sightline_vocab::names::underscored as sanitize;
 
 /// The labels every target of `pod` carries.
 fn pod_labels(pod: &Pod) -> BTreeMap<String, String> {
@@ -134,19 +123,7 @@ pub fn pod_targets(pod: &Pod) -> Vec<StaticConfig> {
         }
         for port in &container.ports {
             let mut labels = labels.clone();
-            let number = port.container_port.to_string();
-            labels.insert(
-                "__meta_kubernetes_pod_container_port_name".into(),
-                port.name.clone(),
-            );
-            labels.insert(
-                "__meta_kubernetes_pod_container_port_number".into(),
-                number.clone(),
-            );
-            labels.insert(
-                "__meta_kubernetes_pod_container_port_protocol".into(),
-                port.protocol.clone(),
-            );
+            container_port_labels(&mut labels, &container.name, port, &port.protocol);
             targets.push(StaticConfig {
                 targets: vec![join_host_port(&pod.status.pod_ip, port.container_port)],
                 labels,
