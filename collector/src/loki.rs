@@ -34,15 +34,11 @@ use sightline_store::LogRecord;
 use sightline_vocab::clock::now_nanos;
 
 use crate::error::{Flavour, ReceiveError};
-use crate::http_body::{self, BodyRules, Encodings, Received};
+use crate::http_body::{self, Received};
 use crate::ingest::Ingest;
 
-/// The bodies the push takes: the OTLP/HTTP limits.
-const BODY: BodyRules = BodyRules {
-    max_body_bytes: crate::otlp_http::MAX_BODY_BYTES,
-    max_decoded_bytes: crate::otlp_http::MAX_DECODED_BYTES,
-    encodings: Encodings::IdentityOrGzip,
-};
+// The bodies the push takes: the OTLP/HTTP limits.
+use crate::otlp_http::BODY;
 
 /// `POST /loki/api/v1/push`, merged into the OTLP/HTTP port.
 pub fn router(ingest: Ingest) -> Router {

@@ -65,8 +65,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Largest request body accepted after decompression, in bytes.
 pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
-/// The bodies every OTLP/HTTP route takes.
-const BODY: BodyRules = BodyRules {
+/// The bodies every route of the OTLP/HTTP port takes (Zipkin's and
+/// Loki's too).
+pub(crate) const BODY: BodyRules = BodyRules {
     max_body_bytes: MAX_BODY_BYTES,
     max_decoded_bytes: MAX_DECODED_BYTES,
     encodings: Encodings::IdentityOrGzip,

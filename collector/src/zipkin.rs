@@ -36,16 +36,12 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use serde::Deserialize;
 
 use crate::error::{Flavour, ReceiveError};
-use crate::http_body::{self, BodyRules, Encodings, Received};
+use crate::http_body::{self, Received};
 use crate::ingest::Ingest;
 use crate::service::{OtlpService, TracesService};
 
-/// The bodies `/api/v2/spans` takes: the OTLP/HTTP limits.
-const BODY: BodyRules = BodyRules {
-    max_body_bytes: crate::otlp_http::MAX_BODY_BYTES,
-    max_decoded_bytes: crate::otlp_http::MAX_DECODED_BYTES,
-    encodings: Encodings::IdentityOrGzip,
-};
+// The bodies `/api/v2/spans` takes: the OTLP/HTTP limits.
+use crate::otlp_http::BODY;
 
 /// `POST /api/v2/spans`, merged into the OTLP/HTTP port.
 pub fn router(ingest: Ingest) -> Router {

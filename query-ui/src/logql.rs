@@ -883,7 +883,7 @@ impl LabelFilter {
     }
 }
 
-/// A label name as Loki makes it from a field.
+// A label name as Loki makes it from a field.
 use sightline_vocab::names::underscored as sanitize;
 
 /// The record's parsed attributes as labels (nested keys joined by `_`),

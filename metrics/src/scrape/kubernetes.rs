@@ -29,7 +29,7 @@ use sightline_kube::{Api, Change, Watch, WatchStats};
 
 use crate::config_file::{KubernetesSdConfig, StaticConfig};
 
-/// A label name as Prometheus makes one of a Kubernetes key.
+// A label name as Prometheus makes one of a Kubernetes key.
 use sightline_vocab::names::underscored as sanitize;
 
 /// The labels every target of `pod` carries.
