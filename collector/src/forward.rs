@@ -103,52 +103,9 @@ async fn connection(
     let mut buffer: Vec<u8> = Vec::new();
     let mut read = vec![0u8; 64 * 1024];
     loop {
-        // Every whole message in the buffer first.
-        while let Some((value, used)) = next_value(&buffer)? {
-            buffer.drain(..used);
-            let message = tokio::task::spawn_blocking(move || message(value, now_nanos()))
-                .await
-                .map_err(|error| error.to_string())??;
-            if !message.dropped.is_empty() {
-                ingest.count_malformed(message.dropped.len() as u64);
-                tracing::warn!(%peer, dropped = %message.dropped.join("; "), "forward: entries dropped");
-            }
-            let size = message.records.iter().map(|r| r.body.len()).sum();
-            let stored = if message.records.is_empty() {
-                Ok(Vec::new())
-            } else {
-                ingest.logs(message.records, size).await
-            };
-            match stored {
-                Ok(rejections) => {
-                    for rejection in &rejections {
-                        tracing::warn!(%peer, index = rejection.index, reason = %rejection.reason, "forward: record refused");
-                    }
-                    if let Some(chunk) = message.chunk {
-                        let mut ack = Vec::new();
-                        let answer = Pack::Map(vec![(Pack::from("ack"), Pack::from(chunk))]);
-                        rmpv::encode::write_value(&mut ack, &answer).map_err(|e| e.to_string())?;
-                        stream.write_all(&ack).await.map_err(|e| e.to_string())?;
-                    }
-                }
-                Err(error) => {
-                    // Not acknowledged: the sender retries the chunk.
-                    tracing::warn!(%peer, %error, "forward: message not stored, not acknowledged");
-                    if message.chunk.is_none() {
-                        return Err(format!("a message without `chunk` could not be stored: {error}"));
-                    }
-                }
-            }
-        }
-        if buffer.len() > MAX_MESSAGE_BYTES {
-            return Err(format!("a message over {MAX_MESSAGE_BYTES} bytes"));
-        }
-        let read_some = async {
-            tokio::time::timeout(READ_TIMEOUT, stream.read(&mut read)).await
-        };
         let n = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
-            n = read_some => match n {
+            n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut read)) => match n {
                 Ok(Ok(n)) => n,
                 Ok(Err(error)) => return Err(error.to_string()),
                 Err(_) if buffer.is_empty() => continue,
@@ -163,6 +120,96 @@ async fn connection(
             };
         }
         buffer.extend_from_slice(&read[..n]);
+        // Everything already arrived, so that a large message is parsed
+        // once per burst rather than once per read.
+        while buffer.len() <= MAX_MESSAGE_BYTES {
+            match stream.try_read(&mut read) {
+                Ok(0) => break,
+                Ok(n) => buffer.extend_from_slice(&read[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        // The whole messages, split and converted off the executor.
+        let (rest, messages, failed) =
+            tokio::task::spawn_blocking(move || split(buffer, now_nanos()))
+                .await
+                .map_err(|error| error.to_string())?;
+        buffer = rest;
+        for message in messages {
+            store(&mut stream, peer, &ingest, message).await?;
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        if buffer.len() > MAX_MESSAGE_BYTES {
+            return Err(format!("a message over {MAX_MESSAGE_BYTES} bytes"));
+        }
+    }
+}
+
+/// The whole messages at the start of `buffer`, converted, the bytes after
+/// them, and what was wrong with a message that is not one (the
+/// connection closes after the messages before it are stored).
+type Split = (Vec<u8>, Vec<Message>, Option<String>);
+
+fn split(mut buffer: Vec<u8>, now: i64) -> Split {
+    let mut messages = Vec::new();
+    let mut used = 0;
+    let failed = loop {
+        match next_value(&buffer[used..]) {
+            Ok(Some((value, length))) => {
+                used += length;
+                match message(value, now) {
+                    Ok(message) => messages.push(message),
+                    Err(error) => break Some(error),
+                }
+            }
+            Ok(None) => break None,
+            Err(error) => break Some(error),
+        }
+    };
+    buffer.drain(..used);
+    (buffer, messages, failed)
+}
+
+/// Stores one message's records and, once they are durable, acknowledges
+/// its chunk.
+async fn store(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    ingest: &Ingest,
+    message: Message,
+) -> Result<(), String> {
+    if !message.dropped.is_empty() {
+        ingest.count_malformed(message.dropped.len() as u64);
+        tracing::warn!(%peer, dropped = %message.dropped.join("; "), "forward: entries dropped");
+    }
+    let size = message.records.iter().map(|r| r.body.len()).sum();
+    let stored = if message.records.is_empty() {
+        Ok(Vec::new())
+    } else {
+        ingest.logs(message.records, size).await
+    };
+    match stored {
+        Ok(rejections) => {
+            for rejection in &rejections {
+                tracing::warn!(%peer, index = rejection.index, reason = %rejection.reason, "forward: record refused");
+            }
+            if let Some(chunk) = message.chunk {
+                let mut ack = Vec::new();
+                let answer = Pack::Map(vec![(Pack::from("ack"), Pack::from(chunk))]);
+                rmpv::encode::write_value(&mut ack, &answer).map_err(|e| e.to_string())?;
+                stream.write_all(&ack).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        // Not acknowledged: the sender retries the chunk.
+        Err(error) if message.chunk.is_some() => {
+            tracing::warn!(%peer, %error, "forward: message not stored, not acknowledged");
+            Ok(())
+        }
+        Err(error) => Err(format!("a message without `chunk` could not be stored: {error}")),
     }
 }
 

@@ -205,6 +205,22 @@ fn success(result_type: &str, result: Value, started: Instant, entries: usize) -
     }))
 }
 
+/// A log query's `streams` answer over `[start, end]`, with the
+/// request's `limit` and `direction`.
+async fn log_answer(
+    state: QueryState,
+    log: LogExpr,
+    params: &Params,
+    (start, end): (i64, i64),
+    started: Instant,
+) -> Result<Json<Value>, LokiError> {
+    let limit = params.limit()?;
+    let forward = params.forward()?;
+    let (streams, count) =
+        blocking(move || log_streams(&state, &log, start, end, limit, forward)).await?;
+    Ok(success("streams", streams, started, count))
+}
+
 async fn query_range(
     State(state): State<QueryState>,
     Query(params): Query<Vec<(String, String)>>,
@@ -214,13 +230,7 @@ async fn query_range(
     let expr = parse_query(params.get("query"))?;
     let (start, end) = params.range(HOUR)?;
     match expr {
-        Expr::Log(log) => {
-            let limit = params.limit()?;
-            let forward = params.forward()?;
-            let (streams, count) =
-                blocking(move || log_streams(&state, &log, start, end, limit, forward)).await?;
-            Ok(success("streams", streams, started, count))
-        }
+        Expr::Log(log) => log_answer(state, log, &params, (start, end), started).await,
         Expr::Metric(metric) => {
             let step = match params.get("step") {
                 Some(text) => parse_step("step", text)?,
@@ -258,13 +268,7 @@ async fn query(
     let expr = parse_query(params.get("query"))?;
     let at = params.time("time")?.unwrap_or_else(now_nanos);
     match expr {
-        Expr::Log(log) => {
-            let limit = params.limit()?;
-            let forward = params.forward()?;
-            let (streams, count) =
-                blocking(move || log_streams(&state, &log, at - HOUR, at, limit, forward)).await?;
-            Ok(success("streams", streams, started, count))
-        }
+        Expr::Log(log) => log_answer(state, log, &params, (at - HOUR, at), started).await,
         Expr::Metric(metric) => {
             let literal = metric.is_scalar();
             let series = blocking(move || evaluate(&state, &metric, &[at])).await?;
@@ -695,29 +699,31 @@ async fn index_stats(
     let log = selector(params.get("query"))?.ok_or_else(|| LokiError::bad("query is required"))?;
     let answer = blocking(move || {
         let streams = streams_of(&state, &log, start, end)?.len();
-        let counted = table(
-            &state,
-            &format!("{} | stats count()", prefilter_or_all(&log)),
-            start,
-            end,
-            false,
-        )?;
-        let mut entries = counted.rows[0][0].as_u64().unwrap_or(0) as usize;
-        let mut sample = (0usize, 0usize);
-        let exact = log.is_plain_selector();
-        if !exact {
-            entries = 0;
-        }
+        // A plain selector's entries are counted by the aggregations; any
+        // other query's by reading its records. Either way the first 1,000
+        // lines read give the mean line size.
+        let counted = if log.is_plain_selector() {
+            let answer = table(
+                &state,
+                &format!("{} | stats count()", prefilter_or_all(&log)),
+                start,
+                end,
+                false,
+            )?;
+            Some(answer.rows[0][0].as_u64().unwrap_or(0) as usize)
+        } else {
+            None
+        };
+        let (mut read_entries, mut sample) = (0usize, (0usize, 0usize));
         read(&state, &log, start, end, |entry| {
-            if !exact {
-                entries += 1;
-            }
+            read_entries += 1;
             if sample.0 < 1_000 {
                 sample.0 += 1;
                 sample.1 += entry.line.len();
             }
-            !exact || sample.0 < 1_000
+            counted.is_none() || sample.0 < 1_000
         })?;
+        let entries = counted.unwrap_or(read_entries);
         let bytes = (sample.1 * entries).checked_div(sample.0).unwrap_or(0);
         Ok(json!({"streams": streams, "chunks": streams, "entries": entries, "bytes": bytes}))
     })

@@ -1341,8 +1341,7 @@ mod store_tests {
             .unwrap();
         assert_eq!(row[2], json!(first_hour));
 
-        // Bounded: a group limit of head, a clear error past the memory
-        // or bucket limits is not needed for 600 records.
+        // `head` keeps the first rows of the sorted table.
         let top = table(
             &[&store],
             "| stats count() by user_id | sort -count | head 3",

@@ -126,20 +126,12 @@ async fn fluentd_clients_forward_with_acknowledgements_and_bad_entries_are_dropp
         );
     }
     // The entry that was not a record: dropped and counted.
-    let metrics = http
-        .get(collector.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let malformed: f64 = metrics
-        .lines()
-        .filter(|line| {
-            line.starts_with("sightline_collector_rejected_records_total{reason=\"malformed\"}")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(malformed, 1.0, "{metrics}");
+    assert_eq!(
+        crate::cluster::metric(
+            &collector,
+            "sightline_collector_rejected_records_total{reason=\"malformed\"}"
+        )
+        .await,
+        1.0
+    );
 }
