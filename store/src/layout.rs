@@ -6,6 +6,7 @@
 //!   spans/    the span store (SpanStore): spans and trace summaries
 //!   metrics/  the metric store (sightline-tsdb): head WAL and blocks
 //!   wal/      the write-ahead log of acknowledged batches (LocalWal)
+//!   saved-searches.json  saved searches and their alerts (SavedSearches)
 //! ```
 //!
 //! Each store decides what goes inside its own directory; this type decides
@@ -47,6 +48,11 @@ impl DataDir {
     /// The write-ahead log's directory.
     pub fn wal(&self) -> PathBuf {
         self.root.join("wal")
+    }
+
+    /// The saved searches' file.
+    pub fn saved_searches(&self) -> PathBuf {
+        self.root.join("saved-searches.json")
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`DurableLog`]: where acknowledged batches ([`Batch`]) stay until the
 //!   stores commit them; [`wal`] ([`LocalWal`]) is the one on the local disk.
 //! - [`DataDir`]: where each store's directory is under the data directory.
+//! - [`SavedSearches`]: named log queries and the alerts made from them,
+//!   one versioned file of the data directory.
 //! - the data model both share: [`LogRecord`], [`Span`].
 //!
 //! Nothing outside this crate knows a file layout or a tantivy schema; nothing
@@ -33,6 +35,7 @@ pub mod pipes;
 mod query;
 pub mod reader;
 mod reserve;
+pub mod saved;
 mod spans;
 mod streams;
 pub mod traces;
@@ -51,6 +54,7 @@ pub use model::{LogRecord, SharedResource, Span, SpanEvent, SpanLink, SpanStatus
 pub use query::LogMatcher;
 pub use reader::{LogReader, SpanReader, TailSink};
 pub use reserve::DiskReserve;
+pub use saved::{SavedSearch, SavedSearches, SearchAlert};
 pub use spans::{Operation, SPAN_STORE_FORMAT_VERSION, SpanStore, TraceQuery};
 pub use traces::TraceSummary;
 pub use wal::LocalWal;

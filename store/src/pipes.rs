@@ -508,6 +508,13 @@ fn describe(token: &Token) -> String {
     }
 }
 
+/// Whether `field` can be grouped or computed on; the error says why not.
+pub fn check_field(field: &str) -> Result<()> {
+    column_of(field)
+        .map(|_| ())
+        .map_err(StoreError::InvalidQuery)
+}
+
 /// The fast column a field name of the query language reads.
 fn column_of(field: &str) -> std::result::Result<String, String> {
     match field {
@@ -651,14 +658,17 @@ impl Pipeline {
                 }});
                 match by {
                     None => histogram,
-                    Some(field) => json!({"series": {
-                        "terms": {
+                    Some(field) => {
+                        let mut terms = json!({
                             "field": column_of(field).map_err(StoreError::InvalidQuery)?,
                             "size": MAX_TIMECHART_SERIES,
                             "segment_size": MAX_GROUPS,
-                        },
-                        "aggs": histogram,
-                    }}),
+                        });
+                        if self.keep_missing {
+                            terms["missing"] = json!("");
+                        }
+                        json!({"series": {"terms": terms, "aggs": histogram}})
+                    }
                 }
             }
         };

@@ -578,3 +578,58 @@ fn the_span_store_fixture_opens_and_answers_queries() {
         "the span store's schemas changed: bump SPAN_STORE_FORMAT_VERSION and add a fixture"
     );
 }
+
+/// What the saved-searches fixture holds.
+fn saved_searches(dir: &Path) -> sightline_store::SavedSearches {
+    let saved = sightline_store::SavedSearches::open(&dir.join("saved-searches.json")).unwrap();
+    let failed = saved
+        .save("Failed logins", "body:\"login failed\"", T0)
+        .unwrap();
+    saved
+        .save(
+            "Errors by service",
+            "severity:ERROR | stats count() by service",
+            T0,
+        )
+        .unwrap();
+    saved
+        .set_alert(
+            &failed.id,
+            Some(sightline_store::SearchAlert {
+                metric: "search_failed_logins_by_ip_address_total".into(),
+                group_by: Some("ip_address".into()),
+                threshold: 10.0,
+                window_seconds: 60,
+                for_seconds: 30,
+                severity: "warning".into(),
+                created: T0,
+            }),
+        )
+        .unwrap();
+    saved
+}
+
+#[test]
+fn saved_searches_format_1_is_read_and_is_what_the_current_version_writes() {
+    assert_eq!(
+        sightline_store::saved::SAVED_SEARCHES_FORMAT_VERSION,
+        1,
+        "a new saved-searches format needs its fixture"
+    );
+    if regenerating() {
+        regenerate("saved-searches-v1", |dir| {
+            saved_searches(dir);
+        });
+    }
+    let (_scratch, dir) = open_copy("saved-searches-v1");
+    let read = sightline_store::SavedSearches::open(&dir.join("saved-searches.json")).unwrap();
+    let written = tempfile::tempdir().unwrap();
+    let expected = saved_searches(written.path());
+    assert_eq!(read.list(), expected.list());
+    assert_eq!(read.list()[0].alert.as_ref().unwrap().for_seconds, 30);
+    assert_eq!(
+        files(written.path()),
+        files(&fixtures().join("saved-searches-v1")),
+        "the saved-searches file differs from its fixture: bump SAVED_SEARCHES_FORMAT_VERSION and add a fixture"
+    );
+}
