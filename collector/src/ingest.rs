@@ -128,7 +128,8 @@ impl Ingest {
 
     /// Counts acknowledged log records into the config's log-derived metrics.
     pub fn with_log_metrics(mut self, log_metrics: Arc<LogMetrics>) -> Ingest {
-        self.log_metrics = (!log_metrics.is_empty()).then_some(log_metrics);
+        // Kept even when empty: saved searches' alerts add metrics at run time.
+        self.log_metrics = Some(log_metrics);
         self
     }
 

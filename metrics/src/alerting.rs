@@ -154,6 +154,15 @@ pub struct Alerting {
     pub notifier: Arc<Notifier>,
     /// The group tasks running now; a reload stops them and starts others.
     groups: tokio::sync::Mutex<Option<GroupTasks>>,
+    /// The rule files' groups and the saved searches' group: each changes
+    /// alone (a reload, an alert made), the engine runs both.
+    sources: std::sync::Mutex<GroupSources>,
+}
+
+#[derive(Default)]
+struct GroupSources {
+    files: Vec<RuleGroup>,
+    saved: Vec<RuleGroup>,
 }
 
 /// A checked configuration for [`Alerting::apply`].
@@ -184,7 +193,8 @@ impl Alerting {
         share: WorkShare,
         spans: Arc<SpanStore>,
     ) -> anyhow::Result<Alerting> {
-        let engine = Arc::new(load_rules(config, base_dir)?);
+        let files = load_rule_groups(config, base_dir)?;
+        let engine = Arc::new(RuleEngine::new(files.clone()));
         let settings = EvalSettings {
             external_labels: config.global.external_labels.clone(),
             external_url: base_url.clone(),
@@ -202,6 +212,10 @@ impl Alerting {
             settings: RwLock::new(settings),
             notifier,
             groups: tokio::sync::Mutex::new(None),
+            sources: std::sync::Mutex::new(GroupSources {
+                files,
+                saved: Vec::new(),
+            }),
         })
     }
 
@@ -262,6 +276,40 @@ impl Alerting {
             base_url,
         } = prepared;
         let mut running = self.groups.lock().await;
+        self.sources().files = groups;
+        self.swap_groups(&mut running).await;
+        {
+            let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            settings.external_labels = external_labels;
+            settings.external_url = base_url;
+        }
+        self.notifier.set_receivers(receivers);
+    }
+
+    /// Replaces the saved searches' rule group (none: no alerts), keeping
+    /// the rule files' groups, as [`Alerting::apply`] does.
+    pub async fn set_saved_groups(self: &Arc<Self>, groups: Vec<RuleGroup>) {
+        let mut running = self.groups.lock().await;
+        self.sources().saved = groups;
+        self.swap_groups(&mut running).await;
+    }
+
+    fn sources(&self) -> std::sync::MutexGuard<'_, GroupSources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the group tasks (after their evaluation in flight), swaps the
+    /// engine's groups for the sources' and starts new tasks.
+    async fn swap_groups(self: &Arc<Self>, running: &mut Option<GroupTasks>) {
+        let groups = {
+            let sources = self.sources();
+            sources
+                .files
+                .iter()
+                .chain(&sources.saved)
+                .cloned()
+                .collect()
+        };
         let shutdown = match running.take() {
             Some(generation) => {
                 let _ = generation.stop.send(true);
@@ -286,12 +334,6 @@ impl Alerting {
                 tracing::error!(%error, "failed to write staleness markers of removed rules");
             }
         }
-        {
-            let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
-            settings.external_labels = external_labels;
-            settings.external_url = base_url;
-        }
-        self.notifier.set_receivers(receivers);
         if let Some(shutdown) = shutdown {
             *running = Some(self.start_groups(shutdown));
         }
@@ -315,6 +357,7 @@ impl Alerting {
         let mut interval = tokio::time::interval(self.engine.interval(index));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let key = self.engine.group_key(index);
+        let saved_key = crate::search_alerts::group_key();
         // Whether this node evaluated the group at its last tick: a start
         // restores from `ALERTS_FOR_STATE` and a reload keeps the state, so
         // only a group taken over from another node (cluster mode) forgets
@@ -326,7 +369,9 @@ impl Alerting {
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
                 _ = stop.wait_for(|stopped| *stopped) => return,
             }
-            let owned = self.share.owns(Work::RuleGroup(&key));
+            // The saved searches' group is this node's own (its saved
+            // searches are in its data directory).
+            let owned = key == saved_key || self.share.owns(Work::RuleGroup(&key));
             if owned != evaluating {
                 tracing::info!(group = %key, owned, "rule group handed over");
                 self.engine.take_over(index);

@@ -420,7 +420,7 @@ pub struct AlertmanagerConfig {
 
 /// A counter derived from log records at ingest: every record matching
 /// `query` adds one to the series labelled by the record's `labels` fields.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogMetricConfig {
     /// Metric name; `_total` is the convention.

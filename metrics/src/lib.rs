@@ -10,6 +10,8 @@
 //!   services that receive them are the collector's);
 //! - [`log_metrics`] and [`span_metrics`]: metrics derived from acknowledged
 //!   log records and spans;
+//! - [`search_alerts`]: alerts made from saved searches (a counter, its
+//!   history from the stored records, a rule), applied at run time;
 //! - [`alerting`]: the rule groups' runtime (evaluation loop, `for`,
 //!   `keep_firing_for`) and the Alertmanager notifier;
 //! - [`silences`]: Alertmanager's silence endpoints passed through for the
@@ -32,6 +34,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod remote_write;
 pub mod scrape;
+pub mod search_alerts;
 pub mod share;
 pub mod silences;
 pub mod span_metrics;

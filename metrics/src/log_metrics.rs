@@ -32,10 +32,15 @@
 //!   `0` at the previous flush, so `increase` counts its first records.
 //!   Counts live in memory: after a restart they start again from zero,
 //!   which `rate` and `increase` read as a counter reset.
+//! - **Saved searches' alerts.** Besides the config file's metrics, the set
+//!   made from saved searches ([`LogMetrics::set_searches`]) changes at run
+//!   time: a new metric is held (counted, not flushed) until its history
+//!   from the stored records is written ([`LogMetrics::release`] with the
+//!   backfill's totals), so its series stay in time order.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sightline_store::{LogMatcher, LogRecord};
@@ -70,6 +75,8 @@ pub enum LogMetricsError {
     },
     #[error("log_metrics[{index}]: metric {name:?} is defined twice")]
     Duplicate { index: usize, name: String },
+    #[error("metric {name:?} is a log_metrics metric of the config file")]
+    Configured { name: String },
 }
 
 /// Where a label's value comes from in a record.
@@ -140,9 +147,13 @@ fn json_path(object: &serde_json::Map<String, serde_json::Value>, path: &str) ->
 struct LogMetric {
     name: String,
     help: String,
+    /// The definition, to tell a changed one from the same one.
+    config: LogMetricConfig,
     matcher: LogMatcher,
     /// (label name, where its value comes from).
     labels: Vec<(String, Field)>,
+    /// False while its history is being written: counted, not flushed.
+    flushing: AtomicBool,
     state: Mutex<Counters>,
 }
 
@@ -156,25 +167,56 @@ struct Counters {
     warned: bool,
 }
 
-/// Counts a batch matched but not yet acknowledged: (metric, label values)
-/// -> records.
-#[derive(Debug, Default)]
-pub struct Pending {
-    counts: HashMap<(usize, Vec<String>), u64>,
+impl LogMetric {
+    /// Checks the query; the error is the reason.
+    fn new(config: &LogMetricConfig, flushing: bool) -> Result<LogMetric, String> {
+        let matcher = LogMatcher::new(&config.query).map_err(|error| error.to_string())?;
+        let labels = config
+            .labels
+            .iter()
+            .map(|field| {
+                let path = field
+                    .strip_prefix("resource.")
+                    .or_else(|| field.strip_prefix("attributes."))
+                    .unwrap_or(field);
+                (label_name(path), Field::parse(field))
+            })
+            .collect();
+        Ok(LogMetric {
+            name: config.name.clone(),
+            help: config.help.clone(),
+            config: config.clone(),
+            matcher,
+            labels,
+            flushing: AtomicBool::new(flushing),
+            state: Mutex::default(),
+        })
+    }
 }
 
-/// Every configured log-derived metric.
+/// Counts a batch matched but not yet acknowledged: per metric, label
+/// values -> records.
+#[derive(Default)]
+pub struct Pending {
+    counts: Vec<(Arc<LogMetric>, Counts)>,
+}
+
+/// Label values -> records.
+type Counts = HashMap<Vec<String>, u64>;
+
+/// Every log-derived metric: the config file's and the saved searches'.
 pub struct LogMetrics {
-    metrics: Vec<LogMetric>,
+    configured: Vec<Arc<LogMetric>>,
+    searches: RwLock<Vec<Arc<LogMetric>>>,
     last_flush_ms: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for LogMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self
-            .metrics
+        let names: Vec<String> = self
+            .metrics()
             .iter()
-            .map(|metric| metric.name.as_str())
+            .map(|metric| metric.name.clone())
             .collect();
         formatter
             .debug_struct("LogMetrics")
@@ -186,7 +228,7 @@ impl std::fmt::Debug for LogMetrics {
 impl LogMetrics {
     /// Validates the config's entries (names, queries) once, at start.
     pub fn from_config(configs: &[LogMetricConfig]) -> Result<LogMetrics, LogMetricsError> {
-        let mut metrics: Vec<LogMetric> = Vec::with_capacity(configs.len());
+        let mut metrics: Vec<Arc<LogMetric>> = Vec::with_capacity(configs.len());
         for (index, config) in configs.iter().enumerate() {
             if !is_metric_name(&config.name) {
                 return Err(LogMetricsError::InvalidName {
@@ -200,46 +242,131 @@ impl LogMetrics {
                     name: config.name.clone(),
                 });
             }
-            let matcher =
-                LogMatcher::new(&config.query).map_err(|error| LogMetricsError::InvalidQuery {
+            let metric =
+                LogMetric::new(config, true).map_err(|reason| LogMetricsError::InvalidQuery {
                     index,
                     name: config.name.clone(),
-                    reason: error.to_string(),
+                    reason,
                 })?;
-            let labels = config
-                .labels
-                .iter()
-                .map(|field| {
-                    let path = field
-                        .strip_prefix("resource.")
-                        .or_else(|| field.strip_prefix("attributes."))
-                        .unwrap_or(field);
-                    let name = label_name(path);
-                    (name, Field::parse(field))
-                })
-                .collect();
-            metrics.push(LogMetric {
-                name: config.name.clone(),
-                help: config.help.clone(),
-                matcher,
-                labels,
-                state: Mutex::default(),
-            });
+            metrics.push(Arc::new(metric));
         }
         Ok(LogMetrics {
-            metrics,
+            configured: metrics,
+            searches: RwLock::default(),
             last_flush_ms: Mutex::new(None),
         })
     }
 
+    /// The config file's metrics, then the saved searches'.
+    fn metrics(&self) -> Vec<Arc<LogMetric>> {
+        let searches = self.searches.read().unwrap_or_else(|e| e.into_inner());
+        self.configured
+            .iter()
+            .chain(searches.iter())
+            .cloned()
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.metrics.is_empty()
+        self.configured.is_empty()
+            && self
+                .searches
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// Replaces the saved searches' metrics with `configs`. A metric whose
+    /// definition did not change keeps its counts; a new or changed one
+    /// starts from zero, held (counted, not flushed) until
+    /// [`LogMetrics::release`] when `hold` says so. Returns the new or
+    /// changed metrics' names; nothing changes on an error.
+    pub fn set_searches(
+        &self,
+        configs: &[LogMetricConfig],
+        hold: bool,
+    ) -> Result<Vec<String>, LogMetricsError> {
+        let mut searches = self.searches.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Arc<LogMetric>> = Vec::with_capacity(configs.len());
+        let mut started = Vec::new();
+        for (index, config) in configs.iter().enumerate() {
+            if !is_metric_name(&config.name) {
+                return Err(LogMetricsError::InvalidName {
+                    index,
+                    name: config.name.clone(),
+                });
+            }
+            if self
+                .configured
+                .iter()
+                .any(|metric| metric.name == config.name)
+            {
+                return Err(LogMetricsError::Configured {
+                    name: config.name.clone(),
+                });
+            }
+            if next.iter().any(|metric| metric.name == config.name) {
+                return Err(LogMetricsError::Duplicate {
+                    index,
+                    name: config.name.clone(),
+                });
+            }
+            let kept = searches
+                .iter()
+                .find(|metric| metric.config == *config)
+                .cloned();
+            let metric = match kept {
+                Some(metric) => metric,
+                None => {
+                    started.push(config.name.clone());
+                    Arc::new(LogMetric::new(config, !hold).map_err(|reason| {
+                        LogMetricsError::InvalidQuery {
+                            index,
+                            name: config.name.clone(),
+                            reason,
+                        }
+                    })?)
+                }
+            };
+            next.push(metric);
+        }
+        *searches = next;
+        Ok(started)
+    }
+
+    /// Starts flushing a held metric, adding `history` (label values ->
+    /// records counted before it started, the backfill's totals) to its
+    /// counts: those combinations continue their written history instead
+    /// of starting at `0`.
+    pub fn release(&self, name: &str, history: HashMap<Vec<String>, u64>) {
+        let searches = self.searches.read().unwrap_or_else(|e| e.into_inner());
+        let Some(metric) = searches.iter().find(|metric| metric.name == name) else {
+            return;
+        };
+        let mut state = metric.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (values, count) in history {
+            if !state.counts.contains_key(&values) && state.counts.len() >= MAX_SERIES_PER_METRIC {
+                continue;
+            }
+            state.unflushed.retain(|unflushed| *unflushed != values);
+            *state.counts.entry(values).or_default() += count;
+        }
+        metric.flushing.store(true, Ordering::Release);
+    }
+
+    /// The label names of a metric, in the order of its label values.
+    pub fn label_names(&self, name: &str) -> Option<Vec<String>> {
+        self.metrics()
+            .iter()
+            .find(|metric| metric.name == name)
+            .map(|metric| metric.labels.iter().map(|(name, _)| name.clone()).collect())
     }
 
     /// Matches a batch; nothing is counted until [`LogMetrics::apply`].
     pub fn observe(&self, records: &[LogRecord]) -> Pending {
         let mut pending = Pending::default();
-        for (index, metric) in self.metrics.iter().enumerate() {
+        for metric in self.metrics() {
+            let mut counts: HashMap<Vec<String>, u64> = HashMap::new();
             for record in records {
                 if !metric.matcher.matches(record) {
                     continue;
@@ -249,7 +376,10 @@ impl LogMetrics {
                     .iter()
                     .map(|(_, field)| field.value(record))
                     .collect();
-                *pending.counts.entry((index, values)).or_default() += 1;
+                *counts.entry(values).or_default() += 1;
+            }
+            if !counts.is_empty() {
+                pending.counts.push((metric, counts));
             }
         }
         pending
@@ -257,29 +387,28 @@ impl LogMetrics {
 
     /// Adds the counts of an acknowledged batch.
     pub fn apply(&self, pending: Pending) {
-        for ((index, values), count) in pending.counts {
-            let Some(metric) = self.metrics.get(index) else {
-                continue;
-            };
+        for (metric, counts) in pending.counts {
             let mut state = metric.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(total) = state.counts.get_mut(&values) {
-                *total += count;
-                continue;
-            }
-            if state.counts.len() >= MAX_SERIES_PER_METRIC {
-                state.dropped += count;
-                if !state.warned {
-                    state.warned = true;
-                    tracing::warn!(
-                        metric = %metric.name,
-                        limit = MAX_SERIES_PER_METRIC,
-                        "log metric has too many label combinations; new ones are not counted"
-                    );
+            for (values, count) in counts {
+                if let Some(total) = state.counts.get_mut(&values) {
+                    *total += count;
+                    continue;
                 }
-                continue;
+                if state.counts.len() >= MAX_SERIES_PER_METRIC {
+                    state.dropped += count;
+                    if !state.warned {
+                        state.warned = true;
+                        tracing::warn!(
+                            metric = %metric.name,
+                            limit = MAX_SERIES_PER_METRIC,
+                            "log metric has too many label combinations; new ones are not counted"
+                        );
+                    }
+                    continue;
+                }
+                state.unflushed.push(values.clone());
+                state.counts.insert(values, count);
             }
-            state.unflushed.push(values.clone());
-            state.counts.insert(values, count);
         }
     }
 
@@ -293,7 +422,10 @@ impl LogMetrics {
             previous.min(now_ms - 1)
         };
         let mut samples = Vec::new();
-        for metric in &self.metrics {
+        for metric in self.metrics() {
+            if !metric.flushing.load(Ordering::Acquire) {
+                continue;
+            }
             store.set_metadata(
                 &metric.name,
                 MetricMetadata {

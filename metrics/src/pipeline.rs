@@ -125,6 +125,11 @@ pub struct MetricsPipeline {
     log_metrics_section: String,
     /// How often span metrics are flushed: the self-scrape's interval.
     span_flush_interval: watch::Sender<Duration>,
+    /// The config file's `evaluation_interval`, which the saved searches'
+    /// rule group runs at.
+    evaluation_interval: Mutex<Duration>,
+    /// One change of the saved searches' alerts at a time.
+    applying_searches: tokio::sync::Mutex<()>,
     tasks: Mutex<Option<Tasks>>,
 }
 
@@ -220,6 +225,8 @@ impl MetricsPipeline {
             default_base_url,
             log_metrics_section: format!("{:?}", file.log_metrics),
             span_flush_interval,
+            evaluation_interval: Mutex::new(file.global.evaluation_interval),
+            applying_searches: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Some(Tasks {
                 notifier,
                 maintenance,
@@ -299,12 +306,95 @@ impl MetricsPipeline {
         let jobs = scrape::jobs_from_config(&file, &self.dir, Some(self.self_scrape));
         self.scraper.reload(jobs).await?;
         self.alerting.apply(alerting).await;
+        *self
+            .evaluation_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = file.global.evaluation_interval;
         self.span_flush_interval.send_if_modified(|interval| {
             let changed = *interval != file.global.scrape_interval;
             *interval = file.global.scrape_interval;
             changed
         });
         Ok(())
+    }
+
+    /// Applies the alerts of the saved searches (see
+    /// [`crate::search_alerts`]): their counters and their rule group,
+    /// without a restart. With `history`, a new alert's counter is first
+    /// given its history from the stored records it reads (an alert just
+    /// made); without (at start), counters start from zero. Everything is
+    /// checked before anything changes; returns what each backfill wrote.
+    pub async fn apply_saved_searches(
+        &self,
+        searches: Vec<sightline_store::SavedSearch>,
+        history: Option<Arc<dyn sightline_store::LogReader>>,
+    ) -> anyhow::Result<Vec<crate::search_alerts::BackfillReport>> {
+        let _one_at_a_time = self.applying_searches.lock().await;
+        let configs = crate::search_alerts::metric_configs(&searches);
+        let log_metrics = &self.observers.log_metrics;
+        // The label each alert's field becomes, as the counter names it.
+        let probe = crate::log_metrics::LogMetrics::from_config(&configs)
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let interval = *self
+            .evaluation_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let group = crate::search_alerts::rule_group(&searches, interval, |field| {
+            let metric = configs
+                .iter()
+                .find(|config| config.labels.iter().any(|label| label == field))?;
+            probe.label_names(&metric.name)?.into_iter().next()
+        })
+        .map_err(|error| anyhow::anyhow!("the saved searches' alerts: {error}"))?;
+        let started = log_metrics
+            .set_searches(&configs, history.is_some())
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        self.alerting
+            .set_saved_groups(group.into_iter().collect())
+            .await;
+        let Some(logs) = history else {
+            return Ok(Vec::new());
+        };
+        let mut reports = Vec::new();
+        for name in started {
+            let Some(search) = searches.iter().find(|search| {
+                search
+                    .alert
+                    .as_ref()
+                    .is_some_and(|alert| alert.metric == name)
+            }) else {
+                continue;
+            };
+            let label = log_metrics
+                .label_names(&name)
+                .and_then(|labels| labels.into_iter().next());
+            let (search, logs, samples) = (search.clone(), logs.clone(), self.log.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let alert = search.alert.clone().unwrap_or_else(|| unreachable!());
+                crate::search_alerts::backfill(&*logs, &*samples, &search, &alert, label.as_deref())
+            })
+            .await
+            .context("backfill task failed")
+            .and_then(|written| written);
+            match written {
+                Ok((report, totals)) => {
+                    log_metrics.release(&name, totals);
+                    tracing::info!(metric = %name, records = report.records, samples = report.samples, "saved search's alert backfilled");
+                    reports.push(report);
+                }
+                Err(error) => {
+                    // Counted from now on, without history.
+                    log_metrics.release(&name, Default::default());
+                    tracing::warn!(metric = %name, error = %format!("{error:#}"), "saved search's alert has no history");
+                    reports.push(crate::search_alerts::BackfillReport {
+                        metric: name,
+                        warnings: vec![format!("no history: {error:#}")],
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(reports)
     }
 
     /// Stops what does not stop by itself (maintenance, the notifier, the
