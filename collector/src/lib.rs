@@ -30,6 +30,7 @@ mod http_body;
 mod otlp;
 mod reload;
 mod retention;
+mod searches;
 mod serve;
 
 /// Modules the receiver tests (`tests/receivers`, `tests/scrape_tls.rs`) and
@@ -230,6 +231,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
         .await?,
     );
     let reloader = Reloader::new(metrics.clone(), telemetry.clone());
+    let searches = searches::start(&config.data_dir, metrics.clone(), reading.logs.clone()).await?;
     let parts = Parts {
         ingest,
         rate_limiter,
@@ -244,6 +246,7 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
             Some(dir) => sightline_query_ui::DashboardDir::new(dir),
             None => sightline_query_ui::DashboardDir::default(),
         },
+        searches,
     };
     let started = parts.ingest.pipeline().clone();
     let servers = serve::serve(listeners, parts, &stopped)?;

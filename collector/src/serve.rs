@@ -118,6 +118,7 @@ pub(crate) struct Parts {
     pub(crate) reloader: Reloader,
     /// Where the UI's dashboards are read from.
     pub(crate) dashboards: sightline_query_ui::DashboardDir,
+    pub(crate) searches: sightline_query_ui::Searches,
 }
 
 /// The three servers, running.
@@ -163,6 +164,7 @@ pub(crate) fn serve(
         telemetry,
         reloader,
         dashboards,
+        searches,
     } = parts;
     let otlp_grpc = otlp_grpc(
         listeners.otlp_grpc,
@@ -210,6 +212,7 @@ pub(crate) fn serve(
             None => metrics.rules(),
         },
         dashboards,
+        searches,
     })
     .merge(remote_write::router(metrics.remote_write(), rate_limiter))
     // `_bulk` charges the rate limit itself, to answer as Elasticsearch.

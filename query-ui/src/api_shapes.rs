@@ -74,6 +74,7 @@ fn cases() -> Vec<(&'static str, String)> {
             "/api/logs/context/1700000000001000000-0?before=1&after=1".into(),
         ),
         ("logs_context_unknown", "/api/logs/context/1-1".into()),
+        ("saved_searches", "/api/searches".into()),
         // Loki's API, as Grafana's Loki data source asks it: the health
         // check, the label browser, logs and a metric over time, series.
         (
@@ -203,7 +204,40 @@ fn state(dir: &Path) -> QueryState {
         metrics: metrics.metrics,
         rules: metrics.rules,
         dashboards: Default::default(),
+        searches: saved_searches(dir),
     }
+}
+
+/// One saved search with an alert, one without.
+fn saved_searches(dir: &Path) -> crate::Searches {
+    let searches = crate::Searches::in_dir(dir);
+    let failed = searches
+        .saved
+        .save(
+            "Failed logins",
+            "body:\"login failed\"",
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
+    searches
+        .saved
+        .save(
+            "Errors by service",
+            "severity:ERROR | stats count() by service",
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
+    let alert = sightline_store::SearchAlert {
+        metric: "search_failed_logins_by_ip_address_total".into(),
+        group_by: Some("ip_address".into()),
+        threshold: 10.0,
+        window_seconds: 60,
+        for_seconds: 0,
+        severity: "warning".into(),
+        created: 1_700_000_000_000_000_000,
+    };
+    searches.saved.set_alert(&failed.id, Some(alert)).unwrap();
+    searches
 }
 
 /// Replaces the values of [`VOLATILE_KEYS`] anywhere in `value`.

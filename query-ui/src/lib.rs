@@ -19,6 +19,8 @@
 //! - the Prometheus HTTP API under `/api/v1/` (query, query_range, series,
 //!   labels, label values, metadata, rules, alerts, buildinfo), see
 //!   [`prometheus`](crate::prometheus) for the details;
+//! - saved searches and the alerts made from them under `/api/searches`,
+//!   see [`searches`](crate::searches);
 //! - `GET /api/dashboards`, `/api/dashboards/{uid}`: the Grafana dashboards
 //!   of the dashboards directory, read at run time ([`DashboardDir`]);
 //! - `GET /health`: liveness;
@@ -40,6 +42,7 @@ mod loki;
 mod params;
 mod prometheus;
 mod response;
+mod searches;
 mod traces;
 mod ui;
 
@@ -54,6 +57,7 @@ use sightline_tsdb::rules::RuleStatusSource;
 pub use dashboards::DashboardDir;
 pub use error::ApiError;
 pub use prometheus::cancel_queries;
+pub use searches::{NoAlerts, SearchAlerts, Searches};
 
 /// What the query API reads: the collector's own stores when embedded,
 /// the splits of the cluster in cluster mode.
@@ -68,6 +72,8 @@ pub struct QueryState {
     pub rules: Arc<dyn RuleStatusSource>,
     /// Where the UI's dashboards are read from, on every request.
     pub dashboards: DashboardDir,
+    /// Saved searches, and what turns their alerts into counters and rules.
+    pub searches: Searches,
 }
 
 /// All routes of the query API and the UI.
@@ -96,6 +102,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/v3/operations", get(traces::v3_operations))
         .merge(prometheus::routes())
         .merge(loki::routes())
+        .merge(searches::routes())
         .merge(ui::routes())
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
@@ -131,6 +138,7 @@ mod tests {
             metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
+            searches: crate::Searches::in_dir(dir),
         }
     }
 
@@ -271,6 +279,7 @@ mod tests {
             metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
+            searches: crate::Searches::in_dir(dir),
         };
         (logs, state)
     }

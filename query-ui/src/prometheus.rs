@@ -1192,6 +1192,7 @@ pub(crate) mod tests {
             metrics: Arc::new(metrics),
             rules: Arc::new(OneGroup),
             dashboards: Default::default(),
+            searches: crate::Searches::in_dir(dir),
         }
     }
 

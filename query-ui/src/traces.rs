@@ -817,6 +817,7 @@ pub(crate) mod tests {
             metrics: Arc::new(sightline_tsdb::MetricStore::open(dir.join("metrics")).unwrap()),
             rules: Arc::new(sightline_tsdb::rules::NoRules),
             dashboards: Default::default(),
+            searches: crate::Searches::in_dir(dir),
         }
     }
 

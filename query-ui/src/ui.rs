@@ -23,6 +23,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("util.js", JS, include_str!("assets/util.js")),
     ("chart.js", JS, include_str!("assets/chart.js")),
     ("logs.js", JS, include_str!("assets/logs.js")),
+    ("saved.js", JS, include_str!("assets/saved.js")),
     ("traces.js", JS, include_str!("assets/traces.js")),
     ("request.js", JS, include_str!("assets/request.js")),
     ("services.js", JS, include_str!("assets/services.js")),

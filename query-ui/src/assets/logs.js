@@ -5,6 +5,7 @@
 
 import { $, el, fetchJson, go, hashFor, remember, timeRange, msToNanos, formatTime, rangePicker, fieldsTable, errorBox, serviceChip, streamEvents, PALETTE } from "./util.js";
 import { timeChart, emptyChart } from "./chart.js";
+import { savedSearches } from "./saved.js";
 
 /** @typedef {import("./util.js").LogRecord} LogRecord */
 
@@ -289,7 +290,8 @@ export function render(root, view, ctx) {
   const tailing = params.get("tail") === "1";
   const tailButton = el("button", { type: "button", id: "tail-button", class: tailing ? "active secondary" : "secondary" }, tailing ? "Stop tail" : "Live tail");
   tailButton.addEventListener("click", () => nav({ tail: tailing ? null : "1" }));
-  const form = el("form", { id: "search-form", autocomplete: "off" }, input, helpButton, rangePicker(params, (from, to) => nav({ from, to })), el("button", { id: "search-button", type: "submit" }, "Search"), tailButton);
+  const saved = savedSearches(input, (q) => nav({ q }));
+  const form = el("form", { id: "search-form", autocomplete: "off" }, input, helpButton, rangePicker(params, (from, to) => nav({ from, to })), el("button", { id: "search-button", type: "submit" }, "Search"), tailButton, ...saved.buttons);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     nav({ q: input.value });
@@ -303,11 +305,11 @@ export function render(root, view, ctx) {
   const more = el("button", { type: "button", id: "load-more", class: "secondary" }, "Load more");
   more.hidden = true;
   if (hasPipes(query)) {
-    root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, status));
+    root.append(el("section", { id: "logs-view" }, form, help, saved.panel, errorSlot, histogram, status));
     showStats(root, query, apiRange, { chart: histogram, status, errorSlot, zoom: (from, to) => nav({ from, to }) });
     return;
   }
-  root.append(el("section", { id: "logs-view" }, form, help, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
+  root.append(el("section", { id: "logs-view" }, form, help, saved.panel, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
 
   tbody.addEventListener("click", (event) => {
     const target = /** @type {Element} */ (event.target);

@@ -1208,6 +1208,8 @@ async fn alert_cards_show_firing_and_pending_alerts_with_links_and_inert_annotat
     let _ = browser.close().await;
 }
 
+/// Paging, zooming, and the query saved and turned into an alert from the
+/// Logs view (issue 23).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_more_pages_through_every_record_and_a_drag_on_the_histogram_zooms() {
     const RECORDS: u64 = 250;
@@ -1397,6 +1399,80 @@ async fn load_more_pages_through_every_record_and_a_drag_on_the_histogram_zooms(
         "{matching} shown, {inside} sent between {from_ms} and {to_ms}"
     );
     screenshot(&browser, "logs-zoomed.png").await;
+
+    // Save the search, then "alert from this search": the counter's
+    // history is every stored pager record, and the alert shows in the list.
+    open_view(&browser, &ui, "logs?q=pager&from=now-1h&to=now", "logs").await;
+    let click = |css: &'static str| {
+        let browser = browser.clone();
+        async move {
+            browser
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|_| panic!("{css}"))
+                .click()
+                .await
+                .unwrap_or_else(|_| panic!("click {css}"));
+        }
+    };
+    click("#save-search").await;
+    browser
+        .find(Locator::Css("#saved-searches .save-form input[name=name]"))
+        .await
+        .expect("the name field")
+        .send_keys("Pager lines")
+        .await
+        .expect("type a name");
+    click("#saved-searches .save-form button[type=submit]").await;
+    wait_js(
+        &browser,
+        "the saved search listed",
+        Duration::from_secs(30),
+        "const item = document.querySelector('#saved-searches li[data-id=\"pager-lines\"]'); \
+         return item && item.textContent.includes('pager') ? true : null;",
+    )
+    .await;
+    click("#saved-searches li[data-id=\"pager-lines\"] .make-alert").await;
+    let threshold = browser
+        .find(Locator::Css(".alert-form input[name=threshold]"))
+        .await
+        .expect("the threshold field");
+    threshold.clear().await.expect("clear the threshold");
+    threshold.send_keys("1000").await.expect("type a threshold");
+    click(".alert-form button[type=submit]").await;
+    let made = wait_js(
+        &browser,
+        "the alert made",
+        Duration::from_secs(30),
+        "const made = document.querySelector('.saved-message .alert-made'); \
+         const badge = document.querySelector('#saved-searches li[data-id=\"pager-lines\"] .alert-badge'); \
+         return made && badge ? [made.textContent, badge.textContent] : null;",
+    )
+    .await;
+    assert!(
+        made[0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("history from {RECORDS} stored records")),
+        "{made}"
+    );
+    assert!(
+        made[1].as_str().unwrap().contains("more than 1000"),
+        "{made}"
+    );
+    screenshot(&browser, "logs-saved-search-alert.png").await;
+    let answer: serde_json::Value =
+        reqwest::get(collector.url("/api/v1/query?query=search_pager_lines_total"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        answer["data"]["result"][0]["value"][1],
+        RECORDS.to_string(),
+        "the counter holds every stored record: {answer}"
+    );
     let _ = browser.close().await;
 }
 

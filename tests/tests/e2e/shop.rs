@@ -663,3 +663,160 @@ async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_a
     let status = stack.launcher.terminate(Duration::from_secs(30));
     assert!(status.success(), "launcher exits cleanly: {status}");
 }
+
+/// `sightline-demo burst failed-logins` from `from`, as a user runs it.
+fn failed_logins(stack: &DemoStack, from: &str, count: usize) {
+    let output = Command::new(sightline_tests::binary("sightline-demo"))
+        .args(["burst", "failed-logins", "--from", from])
+        .args(["--count", &count.to_string()])
+        .args(["--gateway", &stack.gateway_url("")])
+        .output()
+        .expect("run sightline-demo burst");
+    assert!(
+        output.status.success(),
+        "burst: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Issue 23's saved search turned into an alert: failed logins from one
+/// address before the alert exists, a saved search, "alert from this
+/// search" by `ip_address`; the counter has history from the stored
+/// records (samples before the alert was made, and the alert fires for
+/// that address at once), and failed logins from another address after it
+/// fire it too: no restart, no config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_search_becomes_an_alert_with_history_without_a_restart() {
+    let stack = DemoStack::start_with(&["--evaluation-interval", "1s"]).await;
+    failed_logins(&stack, "203.0.113.7", 15);
+    poll_until(
+        "the failed logins searchable",
+        Duration::from_secs(60),
+        || async {
+            let records = search_logs(
+                &stack,
+                "body:\"login failed\" AND ip_address:\"203.0.113.7\"",
+            )
+            .await?;
+            Ok((records.len() >= 15).then_some(()))
+        },
+    )
+    .await;
+
+    let saved: Value = stack
+        .http
+        .post(stack.ui_url("/api/searches"))
+        .json(&serde_json::json!({"name": "Failed logins", "query": "body:\"login failed\""}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(saved["id"], "failed-logins", "{saved}");
+    let response = stack
+        .http
+        .put(stack.ui_url("/api/searches/failed-logins/alert"))
+        .json(&serde_json::json!({"threshold": 10, "window": "1m", "group_by": "ip_address"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let made: Value = response.json().await.unwrap();
+    let metric = made["search"]["alert"]["metric"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(metric, "search_failed_logins_by_ip_address_total");
+    let backfill = &made["backfill"][0];
+    assert!(backfill["records"].as_u64().unwrap() >= 15, "{made}");
+    assert_eq!(backfill["warnings"], serde_json::json!([]), "{made}");
+    let created_ms = made["search"]["alert"]["created"].as_i64().unwrap() / 1_000_000;
+
+    // History: samples at or before the moment the alert was made, which
+    // only the backfill writes, holding the burst's count.
+    let at_creation = format!("{}.{:03}", created_ms / 1000, created_ms % 1000);
+    let before: Value = stack
+        .http
+        .get(stack.ui_url("/api/v1/query"))
+        .query(&[
+            (
+                "query",
+                format!("count_over_time({metric}{{ip_address=\"203.0.113.7\"}}[10m])"),
+            ),
+            ("time", at_creation.clone()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let samples: f64 = before["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    assert!(samples >= 2.0, "no history before the alert: {before}");
+    let total: Value = stack
+        .http
+        .get(stack.ui_url("/api/v1/query"))
+        .query(&[
+            ("query", format!("{metric}{{ip_address=\"203.0.113.7\"}}")),
+            ("time", at_creation),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let counted: f64 = total["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    let stored = search_logs(
+        &stack,
+        "body:\"login failed\" AND ip_address:\"203.0.113.7\"",
+    )
+    .await
+    .unwrap()
+    .len();
+    assert_eq!(counted, stored as f64, "{total}");
+
+    // The rule runs beside the shipped ones.
+    let rules = get_json(&stack, &stack.ui_url("/api/v1/rules"))
+        .await
+        .unwrap();
+    let group = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|group| group["name"] == "saved searches")
+        .unwrap_or_else(|| panic!("no saved searches group: {rules}"));
+    assert_eq!(
+        group["rules"][0]["query"],
+        format!("sum by (ip_address) (increase({metric}[60s])) > 10")
+    );
+
+    // The history's burst fires it at once; failed logins after the alert
+    // was made are counted live and fire it for their address.
+    failed_logins(&stack, "198.51.100.23", 12);
+    let seen = std::sync::Mutex::new(HashSet::new());
+    poll_until(
+        "the saved search's alert firing for both addresses",
+        Duration::from_secs(90),
+        || async {
+            for alert in alerts_named(&stack, "Failed logins").await? {
+                if alert["state"] == "firing" {
+                    assert_eq!(alert["labels"]["saved_search"], "failed-logins");
+                    if let Some(ip) = alert["labels"]["ip_address"].as_str() {
+                        seen.lock().unwrap().insert(ip.to_string());
+                    }
+                }
+            }
+            let seen = seen.lock().unwrap();
+            Ok((seen.contains("203.0.113.7") && seen.contains("198.51.100.23")).then_some(()))
+        },
+    )
+    .await;
+}
