@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
-use sightline_store::pipes::{self, Aggregated};
+use sightline_store::pipes::{Aggregated, Pipeline};
 use sightline_store::reader;
 use sightline_store::{
     Batch, Cursor, Histogram, LogHit, LogQuery, LogRecord, LogSearchResult, Operation, PartitionId,
-    Span, StoreError, TraceQuery, TraceSummary, record_seq,
+    Span, TraceQuery, TraceSummary, record_seq,
 };
 
 use crate::cache::OpenSplit;
@@ -174,9 +174,10 @@ pub enum FreshQuestion {
     Operations(String),
     TraceIdsForRequest(String),
     TracesLinkingTo(String),
-    /// A query with pipes (`| stats`), as its text.
+    /// A query with pipes (`| stats`), whole: settings its text does not
+    /// say (Loki's missing labels, series limit, bucket offset) included.
     Stats {
-        query: String,
+        pipeline: Pipeline,
         start: i64,
         end: i64,
     },
@@ -340,9 +341,13 @@ pub(crate) fn answer(
             }
             FreshAnswer::Histogram(histogram)
         }
-        FreshQuestion::Stats { query, start, end } => {
-            let pipeline = pipes::parse(query)?
-                .ok_or_else(|| StoreError::InvalidQuery(format!("`{query}` has no pipes")))?;
+        FreshQuestion::Stats {
+            pipeline,
+            start,
+            end,
+        } => {
+            sightline_store::validate_log_query(&pipeline.search)?;
+            let pipeline = pipeline.clone();
             let fresh: Vec<LogRecord> = records().map(|(_, record)| record.clone()).collect();
             let scratch = tempfile::tempdir()?;
             let mut answer =

@@ -509,7 +509,7 @@ impl LogReader for ClusterReader {
             Some(end),
             None,
             FreshQuestion::Stats {
-                query: pipeline.text.clone(),
+                pipeline: pipeline.clone(),
                 start,
                 end,
             },

@@ -44,8 +44,9 @@ pub const MAX_TIMECHART_SERIES: u32 = 10;
 /// Memory the aggregations of one query may take.
 pub const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// A log query with its pipes.
-#[derive(Clone, Debug, PartialEq)]
+/// A log query with its pipes. Serializable: a cluster's root sends it to
+/// the nodes that answer for fresh records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
     /// The whole query, as written.
     pub text: String,
@@ -59,9 +60,17 @@ pub struct Pipeline {
     /// Records without a `by` field are grouped under `""` instead of
     /// left out (for the Loki API's series, whose labels may be absent).
     pub keep_missing: bool,
+    /// Most series of a `timechart` (the largest kept):
+    /// [`MAX_TIMECHART_SERIES`] for the pipe syntax; the Loki API asks for
+    /// more, at most [`MAX_GROUPS`].
+    pub series_limit: u32,
+    /// Where a `timechart`'s buckets start, modulo the span, in
+    /// nanoseconds (0: at multiples of the span; the Loki API aligns them
+    /// with its steps).
+    pub offset: i64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// `stats <metrics> [by <fields>]`.
     Stats {
@@ -69,16 +78,18 @@ pub enum Command {
         by: Vec<String>,
     },
     /// `timechart [span=<duration>] <metrics> [by <field>]`; `span` in
-    /// nanoseconds, `None`: about 60 buckets over the time range.
+    /// nanoseconds, `None`: about 60 buckets over the time range. The
+    /// syntax takes one `by` field; built in code, several (one series
+    /// per combination).
     Timechart {
         span: Option<i64>,
         metrics: Vec<Metric>,
-        by: Option<String>,
+        by: Vec<String>,
     },
 }
 
 /// One column a command computes: `avg(duration_ms) as latency`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub function: Function,
     /// The field it reads (`count` reads none).
@@ -87,7 +98,7 @@ pub struct Metric {
     pub name: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Function {
     Count,
     Avg,
@@ -310,6 +321,8 @@ impl Parser<'_> {
             sort,
             head,
             keep_missing: false,
+            series_limit: MAX_TIMECHART_SERIES,
+            offset: 0,
         };
         let columns = pipeline.columns();
         for (name, _) in &pipeline.sort {
@@ -354,17 +367,17 @@ impl Parser<'_> {
             span = Some(duration);
         }
         let metrics = self.metrics()?;
-        let mut by = None;
+        let mut by = Vec::new();
         if self.eat_word("by") {
             let column = self.column();
-            let mut fields = self.fields()?;
+            let fields = self.fields()?;
             if fields.len() > 1 {
                 return Err(invalid(
                     column,
                     "`timechart` splits by one field".to_string(),
                 ));
             }
-            by = fields.pop();
+            by = fields;
         }
         Ok(Command::Timechart { span, metrics, by })
     }
@@ -645,29 +658,45 @@ impl Pipeline {
             }
             Command::Timechart { metrics: m, by, .. } => {
                 let span = self.span(start, end)?.unwrap_or(1);
-                let first = start.div_euclid(span) * span;
-                let last = (end - 1).div_euclid(span) * span;
+                let offset = self.offset.rem_euclid(span);
+                let first = (start - offset).div_euclid(span) * span + offset;
+                let last = (end - 1 - offset).div_euclid(span) * span + offset;
                 let histogram = json!({"buckets": {
                     "histogram": {
                         "field": "timestamp",
                         "interval": span as f64,
+                        "offset": offset as f64,
                         "min_doc_count": 0,
                         "extended_bounds": {"min": first as f64, "max": last as f64},
                     },
                     "aggs": metrics(m)?,
                 }});
-                match by {
-                    None => histogram,
-                    Some(field) => {
-                        let mut terms = json!({
-                            "field": column_of(field).map_err(StoreError::InvalidQuery)?,
-                            "size": MAX_TIMECHART_SERIES,
-                            "segment_size": MAX_GROUPS,
-                        });
-                        if self.keep_missing {
-                            terms["missing"] = json!("");
-                        }
+                let series_limit = self.series_limit.clamp(1, MAX_GROUPS);
+                let term = |field: &String| -> Result<Value> {
+                    let column = column_of(field).map_err(StoreError::InvalidQuery)?;
+                    Ok(match self.keep_missing {
+                        true => json!({"field": column, "missing": ""}),
+                        false => json!({"field": column}),
+                    })
+                };
+                match by.as_slice() {
+                    [] => histogram,
+                    [field] => {
+                        let mut terms = term(field)?;
+                        terms["size"] = json!(series_limit);
+                        terms["segment_size"] = json!(MAX_GROUPS);
                         json!({"series": {"terms": terms, "aggs": histogram}})
+                    }
+                    fields => {
+                        let terms = fields.iter().map(term).collect::<Result<Vec<_>>>()?;
+                        json!({"series": {
+                            "multi_terms": {
+                                "terms": terms,
+                                "size": series_limit,
+                                "segment_size": MAX_GROUPS,
+                            },
+                            "aggs": histogram,
+                        }})
                     }
                 }
             }
@@ -829,38 +858,47 @@ impl Aggregated {
             }
             Command::Timechart { metrics, by, .. } => {
                 let span = span.unwrap_or(1);
-                let time_rows = |histogram: &Value, key: Option<&Value>| -> Vec<Vec<Value>> {
+                let offset = pipeline.offset.rem_euclid(span);
+                let time_rows = |histogram: &Value, keys: &[Value]| -> Vec<Vec<Value>> {
                     buckets(&histogram["buckets"])
                         .filter_map(|bucket| {
                             let at = bucket["key"].as_f64()?;
                             // Keys are floats: back to the span's multiple.
-                            let at = ((at / span as f64).round() as i64) * span;
+                            let at = (((at - offset as f64) / span as f64).round() as i64) * span
+                                + offset;
                             if at + span <= start || at >= end {
                                 return None;
                             }
                             let count = bucket["doc_count"].as_u64().unwrap_or(0);
                             Some(
                                 std::iter::once(json!(at / 1_000_000))
-                                    .chain(key.cloned())
+                                    .chain(keys.iter().cloned())
                                     .chain(metric_values(metrics, bucket, count))
                                     .collect(),
                             )
                         })
                         .collect()
                 };
-                match by {
-                    None => time_rows(&results, None),
-                    Some(field) => {
-                        let series = &results["series"];
-                        if series["sum_other_doc_count"].as_u64().unwrap_or(0) > 0 {
-                            warnings.push(format!(
-                                "the {MAX_TIMECHART_SERIES} largest series of `{field}` are shown"
-                            ));
-                        }
-                        buckets(series)
-                            .flat_map(|bucket| time_rows(bucket, Some(&bucket["key"])))
-                            .collect()
+                if by.is_empty() {
+                    time_rows(&results, &[])
+                } else {
+                    let series = &results["series"];
+                    if series["sum_other_doc_count"].as_u64().unwrap_or(0) > 0 {
+                        warnings.push(format!(
+                            "the {} largest series of `{}` are shown",
+                            pipeline.series_limit.clamp(1, MAX_GROUPS),
+                            by.join(", ")
+                        ));
                     }
+                    buckets(series)
+                        .flat_map(|bucket| {
+                            let keys: Vec<Value> = match &bucket["key"] {
+                                Value::Array(keys) => keys.clone(),
+                                key => vec![key.clone()],
+                            };
+                            time_rows(bucket, &keys)
+                        })
+                        .collect()
                 }
             }
         };
@@ -979,7 +1017,7 @@ fn sort_rows(
     let keys: Vec<(usize, bool)> = if sort.is_empty() {
         let groups = match command {
             Command::Stats { by, .. } => by.len(),
-            Command::Timechart { by, .. } => 1 + by.iter().len(),
+            Command::Timechart { by, .. } => 1 + by.len(),
         };
         (0..groups).map(|index| (index, false)).collect()
     } else {
@@ -1073,7 +1111,7 @@ mod tests {
                     field: None,
                     name: "count".into()
                 }],
-                by: Some("severity".into()),
+                by: vec!["severity".into()],
             }
         );
         assert_eq!(parse("body:\"a|b\" OR x").unwrap(), None);
