@@ -6,7 +6,8 @@
 //!   namespace=~"shop.*"}` (`=`, `!=`, `=~`, `!~`), line filters (`|=`,
 //!   `!=`, `|~`, `!~`), parsers `| json` and `| logfmt`, label filters
 //!   (`| status >= 500`, `| error_type="timeout"`, `=~`, `!~`, `==`, `!=`,
-//!   `>`, `>=`, `<`, `<=`), `| line_format "{{.field}} ..."` (plain fields);
+//!   `>`, `>=`, `<`, `<=`), `| line_format "{{.field}} ..."` (plain fields),
+//!   `| drop` and `| keep` of label names;
 //! - metric queries: `count_over_time`, `rate`, `bytes_over_time`,
 //!   `bytes_rate`, and with `| unwrap <label>` `sum_over_time`,
 //!   `avg_over_time`, `min_over_time`, `max_over_time`,
@@ -83,6 +84,10 @@ pub(crate) enum Stage {
     Logfmt,
     Label(LabelFilter),
     LineFormat(String),
+    /// `| drop a, b`: the labels removed.
+    Drop(Vec<String>),
+    /// `| keep a, b`: only these labels kept.
+    Keep(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -478,10 +483,25 @@ impl Parser {
                         self.next -= 2;
                         break;
                     }
-                    "unpack" | "pattern" | "regexp" | "label_format" | "drop" | "keep"
-                    | "decolorize" | "line_format_json" => {
+                    "drop" | "keep" => {
+                        let mut labels = vec![self.word()?];
+                        while self.eat(",") {
+                            labels.push(self.word()?);
+                        }
+                        if matches!(self.peek(), Some(Token::Sym("=" | "=~" | "!=" | "!~"))) {
+                            return Err(ParseError(format!(
+                                "parse error at line 1, col {column}: `| {name}` takes label names only in Sightline, without matchers"
+                            )));
+                        }
+                        stages.push(match name.as_str() {
+                            "drop" => Stage::Drop(labels),
+                            _ => Stage::Keep(labels),
+                        });
+                    }
+                    "unpack" | "pattern" | "regexp" | "label_format" | "decolorize"
+                    | "line_format_json" => {
                         return Err(ParseError(format!(
-                            "parse error at line 1, col {column}: `| {name}` is not supported by Sightline; supported: | json, | logfmt, | line_format, label filters"
+                            "parse error at line 1, col {column}: `| {name}` is not supported by Sightline; supported: | json, | logfmt, | line_format, | drop, | keep, label filters"
                         )));
                     }
                     _ => stages.push(Stage::Label(self.label_filter(name, column)?)),
@@ -793,7 +813,15 @@ impl LogExpr {
     /// Whether the selector alone decides (no stage, every matcher in the
     /// prefilter): then the aggregations can answer.
     pub(crate) fn is_plain_selector(&self) -> bool {
-        self.stages.is_empty()
+        // `| drop __error__` (Grafana's log volume sends it) removes no
+        // stream label.
+        let no_op = |stage: &Stage| match stage {
+            Stage::Drop(names) => names
+                .iter()
+                .all(|name| !LABELS.iter().any(|(label, _)| label == name)),
+            _ => false,
+        };
+        self.stages.iter().all(no_op)
             && self.matchers.iter().all(|m| {
                 LABELS.iter().any(|(label, _)| *label == m.label)
                     && matches!(m.op, MatchOp::Eq | MatchOp::Ne)
@@ -843,6 +871,12 @@ impl LogExpr {
                     }
                 }
                 Stage::LineFormat(template) => line = format_line(template, &labels),
+                Stage::Drop(names) => {
+                    for name in names {
+                        labels.remove(name);
+                    }
+                }
+                Stage::Keep(names) => labels.retain(|label, _| names.contains(label)),
             }
         }
         Some(Entry {

@@ -9,7 +9,10 @@
 //! Labels, label values and series of plain selectors are answered by the
 //! log store's aggregations over every record in the range; log queries
 //! page through the search newest first, the selector's equality matchers
-//! searched and the rest checked on each record; metric queries evaluate
+//! searched and the rest checked on each record. Metric queries of
+//! `count_over_time` or `rate` over a plain selector, alone or under
+//! `sum [by (...)]` (Grafana's log volume), are answered by the
+//! aggregations over every record ([`aggregated`]); the others evaluate
 //! over the records of their range, at most [`MAX_SCANNED`] of them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,11 +57,13 @@ pub(crate) fn routes() -> Router<QueryState> {
         .route("/loki/api/v1/label/{name}/values", get(label_values))
         .route("/loki/api/v1/series", get(series))
         .route("/loki/api/v1/index/stats", get(index_stats))
+        .route("/loki/api/v1/detected_fields", get(detected_fields))
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
         .route("/loki/api/v1/tail", get(tail))
 }
 
 /// An error as Loki answers it: a status and a line of text.
+#[derive(Debug)]
 pub(crate) struct LokiError(StatusCode, String);
 
 impl LokiError {
@@ -479,6 +484,18 @@ fn evaluate(
     metric: &MetricExpr,
     times: &[i64],
 ) -> Result<Vec<logql::Series>, LokiError> {
+    if let Some(series) = aggregated(state, metric, times) {
+        return series;
+    }
+    evaluate_records(state, metric, times)
+}
+
+/// Evaluates over the records of the range, read one by one.
+fn evaluate_records(
+    state: &QueryState,
+    metric: &MetricExpr,
+    times: &[i64],
+) -> Result<Vec<logql::Series>, LokiError> {
     let (first, last) = (
         times.first().copied().unwrap_or(0),
         times.last().copied().unwrap_or(0),
@@ -493,6 +510,147 @@ fn evaluate(
         inputs.push(entries);
     }
     Ok(logql::evaluate(metric, times, &mut inputs.into_iter()))
+}
+
+/// Most series a metric query answers by the aggregations (Loki's
+/// `max_query_series`).
+const MAX_SERIES: u32 = 500;
+
+/// How far after each step's time the aggregations' buckets start.
+const WINDOW_SHIFT: i64 = 1_000;
+
+/// `count_over_time` or `rate` of a plain selector, alone or under
+/// `sum [by (...)]` (Grafana's log volume and most dashboards' panels),
+/// answered by the store's aggregations over every record: a timechart
+/// whose buckets tile each step's window (span: the greatest common
+/// divisor of step and range, aligned with the steps), grouped by the
+/// labels the answer keeps. `None` for anything else (or more buckets
+/// than a timechart takes): those read the records.
+fn aggregated(
+    state: &QueryState,
+    metric: &MetricExpr,
+    times: &[i64],
+) -> Option<Result<Vec<logql::Series>, LokiError>> {
+    let (labels, inner): (Option<&[String]>, &MetricExpr) = match metric {
+        MetricExpr::Aggregate {
+            op: logql::AggOp::Sum,
+            without: false,
+            labels,
+            inner,
+        } => (Some(labels), inner),
+        other => (None, other),
+    };
+    let MetricExpr::Range {
+        function: function @ (logql::RangeFn::Count | logql::RangeFn::Rate),
+        log,
+        range,
+        unwrap: None,
+    } = inner
+    else {
+        return None;
+    };
+    if !log.is_plain_selector() || *range <= 0 {
+        return None;
+    }
+    let (first, last) = (*times.first()?, *times.last()?);
+    let step = match times {
+        [one, two, ..] => two - one,
+        _ => *range,
+    };
+    let span = gcd(step, *range);
+    if span <= 0 || (last - first + range) / span > sightline_store::pipes::MAX_TIMECHART_BUCKETS {
+        return None;
+    }
+    // The labels of each answer series, and the fields they come from.
+    let kept: Vec<(&str, &str)> = match labels {
+        Some(labels) => labels
+            .iter()
+            .filter_map(|label| field_of(label).map(|field| (label.as_str(), field)))
+            .collect(),
+        None => LABELS.to_vec(),
+    };
+    let pipeline = Pipeline {
+        text: String::new(),
+        search: prefilter_or_all(log),
+        command: sightline_store::pipes::Command::Timechart {
+            span: Some(span),
+            metrics: vec![sightline_store::pipes::Metric {
+                function: sightline_store::pipes::Function::Count,
+                field: None,
+                name: "count".into(),
+            }],
+            by: kept.iter().map(|(_, field)| field.to_string()).collect(),
+        },
+        sort: Vec::new(),
+        head: None,
+        keep_missing: true,
+        series_limit: MAX_SERIES,
+        // Loki's windows are (t - range, t]; the aggregations' buckets
+        // [b, b + span): buckets start a microsecond after each step's
+        // boundaries (their keys are floats, exact to a quarter of one),
+        // so a line at a step's very time counts in the window ending there.
+        offset: (first + WINDOW_SHIFT).rem_euclid(span),
+    };
+    let table = match state
+        .logs
+        .stats(&pipeline, first - range + WINDOW_SHIFT, last + WINDOW_SHIFT)
+    {
+        Ok(table) => table,
+        Err(error) => return Some(Err(error.into())),
+    };
+    if table
+        .warnings
+        .iter()
+        .any(|warning| warning.contains("largest series"))
+    {
+        return Some(Err(LokiError::bad(format!(
+            "maximum of series ({MAX_SERIES}) reached for a single query; narrow the selector or group by fewer labels"
+        ))));
+    }
+    // Label set -> bucket start (ns) -> records.
+    let mut buckets: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    for row in &table.rows {
+        let (Some(at), Some(count)) = (
+            row.first().and_then(Value::as_i64),
+            row.last().and_then(Value::as_f64),
+        ) else {
+            continue;
+        };
+        let labels: Labels = kept
+            .iter()
+            .zip(&row[1..row.len() - 1])
+            .filter_map(|((label, _), value)| Some((label.to_string(), shown(label, value)?)))
+            .collect();
+        // Rows are in milliseconds: back to the step-aligned nanoseconds.
+        let at = ((at * 1_000_000 - pipeline.offset) as f64 / span as f64).round() as i64 * span
+            + pipeline.offset;
+        *buckets.entry(labels).or_default().entry(at).or_default() += count;
+    }
+    let seconds = *range as f64 / 1e9;
+    let series = buckets
+        .into_iter()
+        .filter_map(|(labels, counts)| {
+            let points: Vec<(i64, f64)> = times
+                .iter()
+                .filter_map(|&t| {
+                    let count: f64 = counts
+                        .range(t - range + WINDOW_SHIFT..t + WINDOW_SHIFT)
+                        .map(|(_, count)| count)
+                        .sum();
+                    (count > 0.0).then(|| match function {
+                        logql::RangeFn::Rate => (t, count / seconds),
+                        _ => (t, count),
+                    })
+                })
+                .collect();
+            (!points.is_empty()).then_some(logql::Series { labels, points })
+        })
+        .collect();
+    Some(Ok(series))
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
 }
 
 /// The pipes field of a label, or `None` for a label records do not have.
@@ -740,6 +898,105 @@ fn prefilter_or_all(log: &LogExpr) -> String {
     }
 }
 
+/// Most lines `detected_fields` looks at, newest first.
+const DETECT_SAMPLE: usize = 1_000;
+/// Most distinct values counted per field.
+const DETECT_VALUES: usize = 10_000;
+
+/// `detected_fields`, as Loki 3 answers it for Grafana's Logs Drilldown:
+/// the fields `| json` finds (the agent's parsed attributes, and a JSON
+/// line's keys) in the newest matching lines, at most [`DETECT_SAMPLE`]
+/// (or `line_limit`), each with its type (`int`, `float`, `boolean`,
+/// `duration`, `bytes`, `string`) and distinct values among them (Loki
+/// estimates over every line; this counts the sample exactly).
+async fn detected_fields(
+    State(state): State<QueryState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, LokiError> {
+    let params = Params(params);
+    let (start, end) = params.range(HOUR)?;
+    let mut log =
+        selector(params.get("query"))?.ok_or_else(|| LokiError::bad("query is required"))?;
+    let sample = match params.get("line_limit") {
+        None => DETECT_SAMPLE,
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| LokiError::bad(format!("invalid line_limit {text:?}")))?
+            .clamp(1, DETECT_SAMPLE),
+    };
+    let limit = match params.get("limit") {
+        None => 1_000,
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| LokiError::bad(format!("invalid limit {text:?}")))?,
+    };
+    log.stages.push(logql::Stage::Json);
+    let answer = blocking(move || {
+        let mut fields: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut read_lines = 0;
+        read(&state, &log, start, end, |entry| {
+            read_lines += 1;
+            for (label, value) in entry.labels {
+                if LABELS.iter().any(|(name, _)| *name == label) {
+                    continue;
+                }
+                let values = fields.entry(label).or_default();
+                if values.len() < DETECT_VALUES {
+                    values.insert(value);
+                }
+            }
+            read_lines < sample
+        })?;
+        let fields: Vec<Value> = fields
+            .into_iter()
+            .take(limit)
+            .map(|(label, values)| {
+                json!({
+                    "label": label,
+                    "type": detected_type(&values),
+                    "cardinality": values.len(),
+                    "parsers": ["json"],
+                })
+            })
+            .collect();
+        Ok(json!({"fields": fields, "limit": limit}))
+    })
+    .await?;
+    Ok(Json(answer))
+}
+
+/// The type Loki would detect for every one of `values`.
+fn detected_type(values: &BTreeSet<String>) -> &'static str {
+    let all = |check: fn(&str) -> bool| values.iter().all(|value| check(value));
+    if all(|value| value.parse::<i64>().is_ok()) {
+        "int"
+    } else if all(|value| value.parse::<f64>().is_ok()) {
+        "float"
+    } else if all(|value| value == "true" || value == "false") {
+        "boolean"
+    } else if all(|value| humantime::parse_duration(value).is_ok()) {
+        "duration"
+    } else if all(is_bytes) {
+        "bytes"
+    } else {
+        "string"
+    }
+}
+
+/// `1.5KB`, `10MiB`, `3B`: a number and a byte unit.
+fn is_bytes(value: &str) -> bool {
+    let digits = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && matches!(
+            unit.trim(),
+            "B" | "kB" | "KB" | "KiB" | "MB" | "MiB" | "GB" | "GiB" | "TB" | "TiB" | "PB" | "PiB"
+        )
+}
+
 async fn buildinfo() -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -749,4 +1006,190 @@ async fn buildinfo() -> Json<Value> {
         "buildDate": "",
         "goVersion": "",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightline_store::{LogRecord, LogStore};
+    use std::sync::Arc;
+
+    /// The aggregations answer as reading every record would: Grafana's
+    /// log volume (`sum by (level)`), a rate per stream, an instant query,
+    /// a range that is not the step.
+    #[test]
+    fn metric_queries_on_the_aggregations_answer_as_reading_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = crate::prometheus::tests::state(dir.path());
+        let logs = LogStore::open(&dir.path().join("loki-logs")).unwrap();
+        let t0: i64 = 1_700_000_000_000_000_000;
+        let second = 1_000_000_000i64;
+        let mut records = Vec::new();
+        for index in 0..600i64 {
+            let mut record = LogRecord {
+                timestamp: t0 + index * 997_000_000 + index % 7,
+                body: format!("line {index}"),
+                service: ["checkout", "payment", "auth"][index as usize % 3].into(),
+                severity_text: ["INFO", "ERROR"][(index as usize / 5) % 2].into(),
+                ..LogRecord::default()
+            };
+            if index % 4 != 0 {
+                Arc::make_mut(&mut record.resource).insert(
+                    "k8s.namespace.name".into(),
+                    Value::from(if index % 2 == 0 { "shop" } else { "ops" }),
+                );
+            }
+            records.push(record);
+        }
+        let start = t0 + 30 * second + 123_456_789;
+        // Lines at the very time of steps: in the window ending there.
+        for k in 0..60 {
+            let mut record = records[k as usize].clone();
+            record.timestamp = start + k * 5 * second;
+            records.push(record);
+        }
+        logs.add(0, &records).unwrap();
+        logs.commit(1).unwrap();
+        state.logs = Arc::new(logs);
+
+        let cases: [(&str, i64, usize); 7] = [
+            // Grafana 11's log volume query.
+            (
+                "sum by (level, detected_level) (count_over_time({service_name=\"payment\"} | drop __error__, __error_details__[15s]))",
+                15,
+                30,
+            ),
+            (
+                "count_over_time({service_name=\"payment\"} | keep level [1m])",
+                15,
+                30,
+            ),
+            (
+                "sum by (level) (count_over_time({service_name=~\".+\"}[15s]))",
+                15,
+                30,
+            ),
+            ("count_over_time({service_name=\"payment\"}[1m])", 15, 30),
+            ("sum(rate({namespace=\"shop\"}[30s]))", 10, 40),
+            (
+                "sum by (namespace, service_name) (count_over_time({namespace=\"ops\", level!=\"error\"}[20s]))",
+                20,
+                25,
+            ),
+            ("rate({service_name=\"auth\"}[2m])", 120, 1),
+        ];
+        let mut answered = 0;
+        for (query, step_s, points) in cases {
+            let Expr::Metric(metric) = logql::parse(query).unwrap() else {
+                panic!("{query} is a metric query");
+            };
+            let times: Vec<i64> = (0..points as i64)
+                .map(|k| start + k * step_s * second)
+                .collect();
+            let expected = evaluate_records(&state, &metric, &times).unwrap();
+            match aggregated(&state, &metric, &times) {
+                Some(found) => {
+                    answered += 1;
+                    let found = found.unwrap();
+                    let shape = |series: &[logql::Series]| -> Vec<(Labels, Vec<i64>)> {
+                        series
+                            .iter()
+                            .map(|s| (s.labels.clone(), s.points.iter().map(|p| p.0).collect()))
+                            .collect()
+                    };
+                    assert_eq!(shape(&found), shape(&expected), "{query}");
+                    for (found, expected) in found.iter().zip(&expected) {
+                        for (a, b) in found.points.iter().zip(&expected.points) {
+                            assert!((a.1 - b.1).abs() < 1e-9, "{query}: {a:?} != {b:?}");
+                        }
+                    }
+                }
+                None => assert!(
+                    query.contains("=~") || query.contains("keep"),
+                    "{query} was not aggregated"
+                ),
+            }
+            assert!(!expected.is_empty(), "{query} matched nothing");
+        }
+        assert_eq!(answered, 5, "every plain selector is aggregated");
+    }
+
+    #[tokio::test]
+    async fn detected_fields_names_each_parsed_field_with_its_type_and_distinct_values() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = crate::prometheus::tests::state(dir.path());
+        let logs = LogStore::open(&dir.path().join("loki-logs")).unwrap();
+        let t0: i64 = 1_700_000_000_000_000_000;
+        let records: Vec<LogRecord> = (0..20i64)
+            .map(|index| {
+                let mut record = LogRecord {
+                    timestamp: t0 + index,
+                    body: format!("{{\"route\": \"/r{}\"}}", index % 4),
+                    service: "checkout".into(),
+                    ..LogRecord::default()
+                };
+                for (key, value) in [
+                    ("http.status", Value::from(200 + index % 3)),
+                    ("latency", Value::from(format!("{}ms", index))),
+                    ("ratio", Value::from(index as f64 / 3.0)),
+                    ("cached", Value::from(index % 2 == 0)),
+                    ("size", Value::from(format!("{index}KB"))),
+                ] {
+                    record.attributes.insert(key.into(), value);
+                }
+                record
+            })
+            .collect();
+        logs.add(0, &records).unwrap();
+        logs.commit(1).unwrap();
+        state.logs = Arc::new(logs);
+        let uri = format!(
+            "/loki/api/v1/detected_fields?query=%7Bservice_name%3D%22checkout%22%7D&start={}&end={}",
+            t0 - 1,
+            t0 + 100
+        );
+        let response = crate::router(state)
+            .oneshot(
+                axum::http::Request::get(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = serde_json::from_slice(
+            &axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let found: BTreeMap<String, (String, u64)> = body["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|field| {
+                assert_eq!(field["parsers"], json!(["json"]));
+                (
+                    field["label"].as_str().unwrap().to_string(),
+                    (
+                        field["type"].as_str().unwrap().to_string(),
+                        field["cardinality"].as_u64().unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<String, (String, u64)> = [
+            ("http_status", ("int", 3)),
+            ("latency", ("duration", 20)),
+            ("ratio", ("float", 20)),
+            ("cached", ("boolean", 2)),
+            ("size", ("bytes", 20)),
+            ("route", ("string", 4)),
+        ]
+        .into_iter()
+        .map(|(label, (kind, count))| (label.to_string(), (kind.to_string(), count)))
+        .collect();
+        assert_eq!(found, expected, "{body}");
+    }
 }

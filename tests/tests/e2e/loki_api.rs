@@ -235,6 +235,81 @@ async fn logql_answers_as_the_log_api_does_over_the_same_records() {
         RECORDS.to_string(),
         "{instant}"
     );
+    // Grafana 11's log volume query (answered by the aggregations): per
+    // level, the counts `| stats` gives.
+    let (status, volume) = get(
+        &http,
+        &collector.url("/loki/api/v1/query_range"),
+        &[
+            (
+                "query",
+                r#"sum by (level, detected_level) (count_over_time({service_name="payment"} | drop __error__[10s]))"#.into(),
+            ),
+            ("start", base.to_string()),
+            ("end", (base + 70_000 * MS).to_string()),
+            ("step", "10s".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{volume}");
+    let mut per_level: BTreeMap<String, f64> = BTreeMap::new();
+    for series in volume["data"]["result"].as_array().unwrap() {
+        let total: f64 = series["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
+            .sum();
+        per_level.insert(series["metric"]["level"].as_str().unwrap().into(), total);
+    }
+    let (_, table) = get(
+        &http,
+        &collector.url("/api/logs/stats"),
+        &range(&[("q", "service:payment | stats count() by severity".into())]),
+    )
+    .await;
+    let counted: BTreeMap<String, f64> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_ascii_lowercase(),
+                row[1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!counted.is_empty(), "{table}");
+    assert_eq!(per_level, counted, "{volume}");
+    // The fields Grafana's Logs Drilldown offers, with their types.
+    let (status, detected) = get(
+        &http,
+        &collector.url("/loki/api/v1/detected_fields"),
+        &range(&[("query", r#"{service_name="payment"}"#.into())]),
+    )
+    .await;
+    assert_eq!(status, 200, "{detected}");
+    let kinds: BTreeMap<String, String> = detected["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| {
+            (
+                field["label"].as_str().unwrap().to_string(),
+                field["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.get("amount").map(String::as_str),
+        Some("float"),
+        "{detected}"
+    );
+    assert_eq!(
+        kinds.get("order_id").map(String::as_str),
+        Some("string"),
+        "{detected}"
+    );
     let (_, health) = get(
         &http,
         &collector.url("/loki/api/v1/query"),
