@@ -121,12 +121,7 @@ async fn remove(
     let saved = state.searches.saved.clone();
     tokio::task::spawn_blocking(move || saved.delete(&id)).await??;
     if had_alert {
-        state
-            .searches
-            .alerts
-            .apply(state.searches.saved.list())
-            .await
-            .map_err(ApiError::Internal)?;
+        reapply(&state).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -185,13 +180,20 @@ async fn remove_alert(
     found(&state, &id)?;
     let saved = state.searches.saved.clone();
     tokio::task::spawn_blocking(move || saved.set_alert(&id, None)).await??;
+    reapply(&state).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Applies the saved searches' alerts as the file now has them, after one
+/// was removed (which cannot be refused).
+async fn reapply(state: &QueryState) -> Result<(), ApiError> {
     state
         .searches
         .alerts
         .apply(state.searches.saved.list())
         .await
-        .map_err(ApiError::Internal)?;
-    Ok(StatusCode::NO_CONTENT)
+        .map(|_| ())
+        .map_err(ApiError::Internal)
 }
 
 fn found(state: &QueryState, id: &str) -> Result<SavedSearch, ApiError> {

@@ -40,6 +40,39 @@ fn entries(answer: &Value) -> BTreeSet<(i64, String)> {
         .collect()
 }
 
+/// A matrix answer's series, each summed over its points, by `label`.
+fn totals_by(matrix: &serde_json::Value, label: &str) -> BTreeMap<String, f64> {
+    matrix["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let total: f64 = series["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
+                .sum();
+            (series["metric"][label].as_str().unwrap().to_string(), total)
+        })
+        .collect()
+}
+
+/// A `| stats count() by <one field>` table as group -> count.
+fn counts_of(table: &serde_json::Value) -> BTreeMap<String, f64> {
+    table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_string(),
+                row[1].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logql_answers_as_the_log_api_does_over_the_same_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,36 +217,14 @@ async fn logql_answers_as_the_log_api_does_over_the_same_records() {
     .await;
     assert_eq!(status, 200, "{matrix}");
     assert_eq!(matrix["data"]["resultType"], "matrix");
-    let mut per_service: BTreeMap<String, f64> = BTreeMap::new();
-    for series in matrix["data"]["result"].as_array().unwrap() {
-        let total: f64 = series["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
-            .sum();
-        per_service.insert(
-            series["metric"]["service_name"].as_str().unwrap().into(),
-            total,
-        );
-    }
+    let per_service = totals_by(&matrix, "service_name");
     let (_, table) = get(
         &http,
         &collector.url("/api/logs/stats"),
         &range(&[("q", "* | stats count() by service".into())]),
     )
     .await;
-    let counted: BTreeMap<String, f64> = table["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            (
-                row[0].as_str().unwrap().to_string(),
-                row[1].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let counted = counts_of(&table);
     assert_eq!(per_service, counted, "{matrix}");
     assert_eq!(counted.values().sum::<f64>(), RECORDS as f64);
     // An instant query over the whole range, and Grafana's health check.
@@ -252,32 +263,16 @@ async fn logql_answers_as_the_log_api_does_over_the_same_records() {
     )
     .await;
     assert_eq!(status, 200, "{volume}");
-    let mut per_level: BTreeMap<String, f64> = BTreeMap::new();
-    for series in volume["data"]["result"].as_array().unwrap() {
-        let total: f64 = series["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|point| point[1].as_str().unwrap().parse::<f64>().unwrap())
-            .sum();
-        per_level.insert(series["metric"]["level"].as_str().unwrap().into(), total);
-    }
+    let per_level = totals_by(&volume, "level");
     let (_, table) = get(
         &http,
         &collector.url("/api/logs/stats"),
         &range(&[("q", "service:payment | stats count() by severity".into())]),
     )
     .await;
-    let counted: BTreeMap<String, f64> = table["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            (
-                row[0].as_str().unwrap().to_ascii_lowercase(),
-                row[1].as_f64().unwrap(),
-            )
-        })
+    let counted: BTreeMap<String, f64> = counts_of(&table)
+        .into_iter()
+        .map(|(level, count)| (level.to_ascii_lowercase(), count))
         .collect();
     assert!(!counted.is_empty(), "{table}");
     assert_eq!(per_level, counted, "{volume}");

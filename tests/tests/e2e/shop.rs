@@ -664,6 +664,15 @@ async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_a
     assert!(status.success(), "launcher exits cleanly: {status}");
 }
 
+/// Sends `request` and reads its JSON answer, which must be a success.
+async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("the collector answers");
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON answer");
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
 /// `sightline-demo burst failed-logins` from `from`, as a user runs it.
 fn failed_logins(stack: &DemoStack, from: &str, count: usize) {
     let output = Command::new(sightline_tests::binary("sightline-demo"))
@@ -703,29 +712,24 @@ async fn a_saved_search_becomes_an_alert_with_history_without_a_restart() {
     )
     .await;
 
-    let saved: Value = stack
-        .http
-        .post(stack.ui_url("/api/searches"))
-        .json(&serde_json::json!({"name": "Failed logins", "query": "body:\"login failed\""}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let saved = send_json(
+        stack
+            .http
+            .post(stack.ui_url("/api/searches"))
+            .json(&serde_json::json!({"name": "Failed logins", "query": "body:\"login failed\""})),
+    )
+    .await;
     assert_eq!(saved["id"], "failed-logins", "{saved}");
-    let response = stack
-        .http
-        .put(stack.ui_url("/api/searches/failed-logins/alert"))
-        .json(&serde_json::json!({"threshold": 10, "window": "1m", "group_by": "ip_address"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let made: Value = response.json().await.unwrap();
+    let made = send_json(
+        stack
+            .http
+            .put(stack.ui_url("/api/searches/failed-logins/alert"))
+            .json(&serde_json::json!({"threshold": 10, "window": "1m", "group_by": "ip_address"})),
+    )
+    .await;
     let metric = made["search"]["alert"]["metric"]
         .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no alert made: {made}"))
         .to_string();
     assert_eq!(metric, "search_failed_logins_by_ip_address_total");
     let backfill = &made["backfill"][0];
@@ -736,44 +740,26 @@ async fn a_saved_search_becomes_an_alert_with_history_without_a_restart() {
     // History: samples at or before the moment the alert was made, which
     // only the backfill writes, holding the burst's count.
     let at_creation = format!("{}.{:03}", created_ms / 1000, created_ms % 1000);
-    let before: Value = stack
-        .http
-        .get(stack.ui_url("/api/v1/query"))
-        .query(&[
-            (
-                "query",
-                format!("count_over_time({metric}{{ip_address=\"203.0.113.7\"}}[10m])"),
-            ),
-            ("time", at_creation.clone()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let samples: f64 = before["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0);
+    let value_at = |query: String| {
+        let request = stack
+            .http
+            .get(stack.ui_url("/api/v1/query"))
+            .query(&[("query", query), ("time", at_creation.clone())]);
+        async move {
+            let answer = send_json(request).await;
+            let value = answer["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            (value, answer)
+        }
+    };
+    let (samples, before) = value_at(format!(
+        "count_over_time({metric}{{ip_address=\"203.0.113.7\"}}[10m])"
+    ))
+    .await;
     assert!(samples >= 2.0, "no history before the alert: {before}");
-    let total: Value = stack
-        .http
-        .get(stack.ui_url("/api/v1/query"))
-        .query(&[
-            ("query", format!("{metric}{{ip_address=\"203.0.113.7\"}}")),
-            ("time", at_creation),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let counted: f64 = total["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0);
+    let (counted, total) = value_at(format!("{metric}{{ip_address=\"203.0.113.7\"}}")).await;
     let stored = search_logs(
         &stack,
         "body:\"login failed\" AND ip_address:\"203.0.113.7\"",
