@@ -167,6 +167,17 @@ struct Counters {
     warned: bool,
 }
 
+/// The label a record field becomes: its last part sanitized
+/// (`resource.k8s.pod.name` -> `k8s_pod_name`, `attributes.ip_address` ->
+/// `ip_address`).
+pub fn label_for(field: &str) -> String {
+    let path = field
+        .strip_prefix("resource.")
+        .or_else(|| field.strip_prefix("attributes."))
+        .unwrap_or(field);
+    label_name(path)
+}
+
 impl LogMetric {
     /// Checks the query; the error is the reason.
     fn new(config: &LogMetricConfig, flushing: bool) -> Result<LogMetric, String> {
@@ -174,13 +185,7 @@ impl LogMetric {
         let labels = config
             .labels
             .iter()
-            .map(|field| {
-                let path = field
-                    .strip_prefix("resource.")
-                    .or_else(|| field.strip_prefix("attributes."))
-                    .unwrap_or(field);
-                (label_name(path), Field::parse(field))
-            })
+            .map(|field| (label_for(field), Field::parse(field)))
             .collect();
         Ok(LogMetric {
             name: config.name.clone(),
@@ -213,11 +218,8 @@ pub struct LogMetrics {
 
 impl std::fmt::Debug for LogMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self
-            .metrics()
-            .iter()
-            .map(|metric| metric.name.clone())
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        self.for_each_metric(|metric| names.push(metric.name.clone()));
         formatter
             .debug_struct("LogMetrics")
             .field("metrics", &names)
@@ -257,14 +259,14 @@ impl LogMetrics {
         })
     }
 
-    /// The config file's metrics, then the saved searches'.
-    fn metrics(&self) -> Vec<Arc<LogMetric>> {
+    /// Calls `each` with the config file's metrics, then the saved
+    /// searches', under the read lock (no copy of the set per batch).
+    fn for_each_metric(&self, mut each: impl FnMut(&Arc<LogMetric>)) {
         let searches = self.searches.read().unwrap_or_else(|e| e.into_inner());
         self.configured
             .iter()
             .chain(searches.iter())
-            .cloned()
-            .collect()
+            .for_each(&mut each);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -354,18 +356,10 @@ impl LogMetrics {
         metric.flushing.store(true, Ordering::Release);
     }
 
-    /// The label names of a metric, in the order of its label values.
-    pub fn label_names(&self, name: &str) -> Option<Vec<String>> {
-        self.metrics()
-            .iter()
-            .find(|metric| metric.name == name)
-            .map(|metric| metric.labels.iter().map(|(name, _)| name.clone()).collect())
-    }
-
     /// Matches a batch; nothing is counted until [`LogMetrics::apply`].
     pub fn observe(&self, records: &[LogRecord]) -> Pending {
         let mut pending = Pending::default();
-        for metric in self.metrics() {
+        self.for_each_metric(|metric| {
             let mut counts: HashMap<Vec<String>, u64> = HashMap::new();
             for record in records {
                 if !metric.matcher.matches(record) {
@@ -379,9 +373,9 @@ impl LogMetrics {
                 *counts.entry(values).or_default() += 1;
             }
             if !counts.is_empty() {
-                pending.counts.push((metric, counts));
+                pending.counts.push((metric.clone(), counts));
             }
-        }
+        });
         pending
     }
 
@@ -422,9 +416,9 @@ impl LogMetrics {
             previous.min(now_ms - 1)
         };
         let mut samples = Vec::new();
-        for metric in self.metrics() {
+        self.for_each_metric(|metric| {
             if !metric.flushing.load(Ordering::Acquire) {
-                continue;
+                return;
             }
             store.set_metadata(
                 &metric.name,
@@ -456,7 +450,7 @@ impl LogMetrics {
                 let labels = Labels::new([("__name__", DROPPED_METRIC), ("metric", &metric.name)]);
                 samples.push((labels, now_ms, state.dropped as f64));
             }
-        }
+        });
         if samples.is_empty() {
             return Ok(());
         }

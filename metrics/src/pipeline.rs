@@ -332,20 +332,12 @@ impl MetricsPipeline {
         let _one_at_a_time = self.applying_searches.lock().await;
         let configs = crate::search_alerts::metric_configs(&searches);
         let log_metrics = &self.observers.log_metrics;
-        // The label each alert's field becomes, as the counter names it.
-        let probe = crate::log_metrics::LogMetrics::from_config(&configs)
-            .map_err(|error| anyhow::anyhow!("{error}"))?;
         let interval = *self
             .evaluation_interval
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let group = crate::search_alerts::rule_group(&searches, interval, |field| {
-            let metric = configs
-                .iter()
-                .find(|config| config.labels.iter().any(|label| label == field))?;
-            probe.label_names(&metric.name)?.into_iter().next()
-        })
-        .map_err(|error| anyhow::anyhow!("the saved searches' alerts: {error}"))?;
+        let group = crate::search_alerts::rule_group(&searches, interval)
+            .map_err(|error| anyhow::anyhow!("the saved searches' alerts: {error}"))?;
         let started = log_metrics
             .set_searches(&configs, history.is_some())
             .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -356,22 +348,15 @@ impl MetricsPipeline {
             return Ok(Vec::new());
         };
         let mut reports = Vec::new();
-        for name in started {
-            let Some(search) = searches.iter().find(|search| {
-                search
-                    .alert
-                    .as_ref()
-                    .is_some_and(|alert| alert.metric == name)
-            }) else {
-                continue;
-            };
-            let label = log_metrics
-                .label_names(&name)
-                .and_then(|labels| labels.into_iter().next());
-            let (search, logs, samples) = (search.clone(), logs.clone(), self.log.clone());
+        let new = searches.into_iter().filter_map(|search| {
+            let alert = search.alert.clone()?;
+            started.contains(&alert.metric).then_some((search, alert))
+        });
+        for (search, alert) in new {
+            let name = alert.metric.clone();
+            let (logs, samples) = (logs.clone(), self.log.clone());
             let written = tokio::task::spawn_blocking(move || {
-                let alert = search.alert.clone().unwrap_or_else(|| unreachable!());
-                crate::search_alerts::backfill(&*logs, &*samples, &search, &alert, label.as_deref())
+                crate::search_alerts::backfill(&*logs, &*samples, &search, &alert)
             })
             .await
             .context("backfill task failed")

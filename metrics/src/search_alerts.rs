@@ -35,6 +35,7 @@ use sightline_tsdb::rules::RuleGroup;
 use sightline_tsdb::{Labels, MetricMetadata, SampleLog};
 
 use crate::config_file::LogMetricConfig;
+use crate::log_metrics::label_for;
 
 /// The rule group of every saved search's alert.
 pub const GROUP_NAME: &str = "saved searches";
@@ -61,6 +62,11 @@ fn search_part(query: &str) -> String {
     }
 }
 
+/// The counter's help text.
+fn help(search: &SavedSearch) -> String {
+    format!("Records matching the saved search {:?}", search.name)
+}
+
 /// The counters of the searches that have an alert.
 pub fn metric_configs(searches: &[SavedSearch]) -> Vec<LogMetricConfig> {
     searches
@@ -69,7 +75,7 @@ pub fn metric_configs(searches: &[SavedSearch]) -> Vec<LogMetricConfig> {
             let alert = search.alert.as_ref()?;
             Some(LogMetricConfig {
                 name: alert.metric.clone(),
-                help: format!("Records matching the saved search {:?}", search.name),
+                help: help(search),
                 query: search_part(&search.query),
                 labels: alert.group_by.iter().cloned().collect(),
             })
@@ -82,13 +88,12 @@ pub fn metric_configs(searches: &[SavedSearch]) -> Vec<LogMetricConfig> {
 pub fn rule_group(
     searches: &[SavedSearch],
     evaluation_interval: Duration,
-    label_of: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<RuleGroup>, String> {
     let rules: Vec<Value> = searches
         .iter()
         .filter_map(|search| {
             let alert = search.alert.as_ref()?;
-            let label = alert.group_by.as_deref().and_then(&label_of);
+            let label = alert.group_by.as_deref().map(label_for);
             Some(rule(search, alert, label.as_deref()))
         })
         .collect();
@@ -167,8 +172,9 @@ pub fn backfill(
     samples: &dyn SampleLog,
     search: &SavedSearch,
     alert: &SearchAlert,
-    label: Option<&str>,
 ) -> anyhow::Result<(BackfillReport, HashMap<Vec<String>, u64>)> {
+    let label = alert.group_by.as_deref().map(label_for);
+    let label = label.as_deref();
     let step_ms = BACKFILL_STEP.as_millis() as i64;
     let to_ms = alert.created / 1_000_000;
     let from_ms = (to_ms - BACKFILL_RANGE.as_millis() as i64).div_euclid(step_ms) * step_ms;
@@ -219,7 +225,7 @@ pub fn backfill(
         &alert.metric,
         MetricMetadata {
             kind: "counter".into(),
-            help: format!("Records matching the saved search {:?}", search.name),
+            help: help(search),
             unit: String::new(),
         },
     );
@@ -308,11 +314,9 @@ mod tests {
         let configs = metric_configs(&searches);
         assert_eq!(configs[0].query, "body:\"login failed\"");
         assert_eq!(configs[0].labels, vec!["attributes.ip_address".to_string()]);
-        let group = rule_group(&searches, Duration::from_secs(1), |_| {
-            Some("ip_address".into())
-        })
-        .unwrap()
-        .unwrap();
+        let group = rule_group(&searches, Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
         assert_eq!(group.name, GROUP_NAME);
         assert_eq!(group.file, GROUP_FILE);
         let rule = &group.rules[0];
@@ -324,11 +328,7 @@ mod tests {
         assert_eq!(rule.labels["saved_search"], "failed-logins");
         let summary = &rule.alerting.as_ref().unwrap().annotations["summary"];
         assert!(summary.contains("\"failed logins x\""), "{summary}");
-        assert!(
-            rule_group(&[], Duration::from_secs(1), |_| None)
-                .unwrap()
-                .is_none()
-        );
+        assert!(rule_group(&[], Duration::from_secs(1)).unwrap().is_none());
     }
 
     #[test]
@@ -367,8 +367,7 @@ mod tests {
         let store = sightline_tsdb::MetricStore::open(metrics_dir.path()).unwrap();
         let search = search(Some("ip_address"), created);
         let alert = search.alert.clone().unwrap();
-        let (report, totals) =
-            backfill(&logs, &store, &search, &alert, Some("ip_address")).unwrap();
+        let (report, totals) = backfill(&logs, &store, &search, &alert).unwrap();
         assert_eq!(report.records, 6, "{report:?}");
         assert_eq!(report.series, 2);
         assert!(report.warnings.is_empty(), "{report:?}");
