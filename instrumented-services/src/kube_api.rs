@@ -3,7 +3,8 @@
 //! and services in pages with a `resourceVersion` and a `continue` token,
 //! pods filtered by the `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
 //! `MODIFIED` and `DELETED` events, an `ERROR` event with `410` when a
-//! version expires; single objects (ReplicaSets, Jobs) by path; `503` for
+//! version expires, and a watch from a version replays what changed after
+//! it; single objects (ReplicaSets, Jobs) by path; `503` for
 //! everything while it is "down".
 //!
 //! The demo serves its pods with it (the agent then adds their labels and
@@ -29,6 +30,13 @@ struct Watcher {
     sender: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
+#[derive(Default)]
+struct Watchers {
+    open: Vec<Watcher>,
+    /// Every event: its version, resource, node and line.
+    history: Vec<(u64, String, String, String)>,
+}
+
 /// The fake server's objects and open watches.
 #[derive(Default)]
 pub struct FakeKubeApi {
@@ -38,8 +46,12 @@ pub struct FakeKubeApi {
     /// Other objects by their path (`/apis/apps/v1/namespaces/shop/replicasets/web-7d9c`).
     objects: Mutex<BTreeMap<String, Value>>,
     version: Mutex<u64>,
-    /// Open watches: their resource, the node their field selector names.
-    watchers: Mutex<Vec<Watcher>>,
+    /// Open watches (their resource, the node their field selector names)
+    /// and every event sent, so a watch from a version replays what came
+    /// after it, as the API server's watch cache does. Held while objects
+    /// change and while a list page is read: a list and the watch from its
+    /// version then miss nothing.
+    watchers: Mutex<Watchers>,
     /// Requests seen, `path?query`.
     pub seen: Mutex<Vec<String>>,
     /// The `Authorization` header of every request.
@@ -77,6 +89,7 @@ impl FakeKubeApi {
     /// Adds or replaces an object of `resource` (`endpoints`, `services`)
     /// and tells every watch of it.
     pub fn put_in(&self, resource: &str, mut object: Value) {
+        let mut watchers = self.watchers.lock().unwrap();
         let version = self.next_version();
         object["metadata"]["resourceVersion"] = json!(version);
         let key = object_key(&object);
@@ -93,12 +106,14 @@ impl FakeKubeApi {
         } else {
             "ADDED"
         };
-        self.send(resource, &object, json!({"type": kind, "object": object}));
+        let event = json!({"type": kind, "object": object});
+        Self::send(&mut watchers, &version, resource, &object, event);
     }
 
     /// Removes pod `namespace/name`; `tell`: with a `DELETED` event (else
     /// only a later list knows).
     pub fn delete(&self, key: &str, tell: bool) {
+        let mut watchers = self.watchers.lock().unwrap();
         let pod = self
             .collections
             .lock()
@@ -106,10 +121,10 @@ impl FakeKubeApi {
             .get_mut("pods")
             .and_then(|pods| pods.remove(key))
             .expect("a known pod");
+        let version = self.next_version();
         if tell {
-            self.send("pods", &pod, json!({"type": "DELETED", "object": pod}));
-        } else {
-            self.next_version();
+            let event = json!({"type": "DELETED", "object": pod});
+            Self::send(&mut watchers, &version, "pods", &pod, event);
         }
     }
 
@@ -131,10 +146,16 @@ impl FakeKubeApi {
             .count()
     }
 
-    fn send(&self, resource: &str, object: &Value, event: Value) {
+    fn send(watchers: &mut Watchers, version: &str, resource: &str, object: &Value, event: Value) {
         let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
         let line = format!("{event}\n");
-        self.watchers.lock().unwrap().retain(|watcher| {
+        watchers.history.push((
+            version.parse().expect("a version we made"),
+            resource.to_string(),
+            node.to_string(),
+            line.clone(),
+        ));
+        watchers.open.retain(|watcher| {
             if watcher.resource != resource
                 || watcher
                     .node
@@ -157,7 +178,7 @@ impl FakeKubeApi {
                 "message": "too old resource version", "reason": "Expired", "code": 410
             }})
         );
-        for watcher in self.watchers.lock().unwrap().drain(..) {
+        for watcher in self.watchers.lock().unwrap().open.drain(..) {
             let _ = watcher.sender.send(line.clone());
         }
     }
@@ -223,32 +244,37 @@ async fn collection(
         .get("watch")
         .is_some_and(|watch| watch == "1" || watch == "true");
     if !watching {
-        // Pages of at most two pods (a server may return fewer than the
-        // `limit` asked for), the next one's token in `continue`.
-        let from: usize = query
+        // Pages of at most two objects (a server may return fewer than the
+        // `limit` asked for) of one snapshot: the token carries the list's
+        // version and the last key served, and every page reports that
+        // version, so the watch from it replays whatever changed meanwhile.
+        let watchers = api.watchers.lock().unwrap();
+        let (version, after) = match query
             .get("continue")
-            .and_then(|token| token.parse().ok())
-            .unwrap_or(0);
-        let all: Vec<Value> = api
-            .collections
-            .lock()
-            .unwrap()
+            .and_then(|token| token.split_once('/'))
+        {
+            Some((version, after)) => (version.to_string(), Some(after.to_string())),
+            None => (api.version.lock().unwrap().to_string(), None),
+        };
+        let collections = api.collections.lock().unwrap();
+        let mut all = collections
             .get(&resource)
             .into_iter()
-            .flat_map(BTreeMap::values)
-            .filter(|pod| {
-                node.as_deref()
-                    .is_none_or(|node| pod["spec"]["nodeName"] == node)
-            })
-            .cloned()
-            .collect();
-        let items: Vec<Value> = all.iter().skip(from).take(2).cloned().collect();
-        let next = if from + 2 < all.len() {
-            (from + 2).to_string()
-        } else {
-            String::new()
+            .flat_map(BTreeMap::iter)
+            .filter(|(key, object)| {
+                after.as_deref().is_none_or(|after| key.as_str() > after)
+                    && node
+                        .as_deref()
+                        .is_none_or(|node| object["spec"]["nodeName"] == node)
+            });
+        let page: Vec<(&String, &Value)> = all.by_ref().take(2).collect();
+        let next = match (all.next(), page.last()) {
+            (Some(_), Some((last, _))) => format!("{version}/{last}"),
+            _ => String::new(),
         };
-        let version = api.version.lock().unwrap().to_string();
+        let items: Vec<Value> = page.into_iter().map(|(_, object)| object.clone()).collect();
+        drop(collections);
+        drop(watchers);
         return axum::Json(json!({
             "kind": "List", "apiVersion": "v1",
             "metadata": {"resourceVersion": version, "continue": next},
@@ -257,17 +283,29 @@ async fn collection(
         .into_response();
     }
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
-    // A bookmark first, as a server that was asked for them may send.
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|version| version.parse().ok())
+        .unwrap_or(0);
+    let mut watchers = api.watchers.lock().unwrap();
+    // What changed since the version asked for, then a bookmark, as a
+    // server that was asked for them may send.
+    for (_, _, _, line) in watchers.history.iter().filter(|(version, of, on, _)| {
+        *version > from && *of == resource && node.as_deref().is_none_or(|node| node == on)
+    }) {
+        let _ = sender.send(line.clone());
+    }
     let version = api.version.lock().unwrap().to_string();
     let bookmark = json!({"type": "BOOKMARK", "object": {
         "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": version}
     }});
     let _ = sender.send(format!("{bookmark}\n"));
-    api.watchers.lock().unwrap().push(Watcher {
+    watchers.open.push(Watcher {
         resource,
         node,
         sender,
     });
+    drop(watchers);
     let mut receiver = receiver;
     let stream = futures_util::stream::poll_fn(move |context| {
         receiver
