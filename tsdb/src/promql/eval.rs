@@ -689,9 +689,13 @@ impl<'a> Evaluator<'a> {
             // A new series gets room for the steps left (as far as the
             // budget goes) at once: grown by doubling, a vector of millions
             // of points is copied, and briefly held twice, on the way.
+            // The budget counts this step's samples as held already: they
+            // are points too (room one short would double the vector at
+            // the last point the budget allows).
             let steps_left = ((end_ms - step_time) / step_ms) as usize + 1;
-            let budget_left = self.engine.max_samples.saturating_sub(self.samples.get());
-            let reserve = steps_left.min(budget_left) / samples.len().max(1);
+            let budget_left =
+                self.engine.max_samples.saturating_sub(self.samples.get()) + samples.len();
+            let reserve = steps_left.min(budget_left / samples.len().max(1));
             append_step(
                 &mut series,
                 &mut index_by_labels,
@@ -1169,5 +1173,35 @@ pub(super) fn kahan_sum(values: &[f64]) -> f64 {
         sum
     } else {
         sum + compensation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::MemoryStorage;
+
+    #[test]
+    fn a_subquery_that_fills_the_budget_never_grows_its_points() {
+        let engine = Engine {
+            max_samples: 1_000,
+            ..Engine::default()
+        };
+        let storage = MemoryStorage::default();
+        let cancelled = AtomicBool::new(false);
+        let evaluator = Evaluator::new(&storage, &engine, 1_000_000, 1_000_000, &cancelled);
+        let Ok(Expr::Subquery(subquery)) = promql_parser::parser::parse("vector(1)[1000s:1s]")
+        else {
+            panic!("a subquery");
+        };
+        // 1,000 steps, each a point: exactly the budget. Room one short
+        // doubled the vector at the last point (with an allocator that
+        // copies on growth, twice the points were briefly resident).
+        let range = evaluator
+            .eval_subquery(&subquery, 1_000_000)
+            .expect("within the budget");
+        let points = &range.series[0].points;
+        assert_eq!(points.len(), 1_000);
+        assert_eq!(points.capacity(), 1_000);
     }
 }
