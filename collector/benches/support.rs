@@ -3,6 +3,11 @@
 
 #![allow(dead_code)] // each bench uses its own subset
 
+/// The allocator the collector binary uses (`src/main.rs`), so the
+/// in-process collector of every bench allocates as it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::Instant;
 

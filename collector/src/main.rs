@@ -2,6 +2,12 @@ use clap::Parser;
 use sightline_collector::config::{Cli, RuleFiles, Tool};
 use sightline_metrics::alerting;
 
+/// mimalloc instead of glibc's malloc: the ingest path allocates and frees
+/// many small strings and maps per record and span; with glibc a quarter to
+/// a third of the collector's CPU went to malloc and free (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
