@@ -27,6 +27,7 @@ const CONTRACT = {
   logs_timechart: 'import("ASSETS/logs.js").StatsTable',
   logs_stats_bad_pipe: 'import("ASSETS/util.js").ErrorBody',
   logs_context: 'import("ASSETS/logs.js").LogContext',
+  logs_patterns: 'import("ASSETS/logs.js").PatternList',
   saved_searches: 'import("ASSETS/saved.js").SavedSearchList',
   logs_context_unknown: 'import("ASSETS/util.js").ErrorBody',
   jaeger_services: 'import("ASSETS/util.js").JaegerEnvelope<string[]>',

@@ -40,7 +40,7 @@ const TAIL_POLL: Duration = Duration::from_millis(500);
 /// [`LOG_QUERY_TIMEOUT`]. A search past the timeout still finishes on its
 /// thread (tantivy cannot be interrupted), but the client is answered and
 /// can retry narrower.
-async fn within_timeout<T: Send + 'static>(
+pub(crate) async fn within_timeout<T: Send + 'static>(
     search: impl FnOnce() -> sightline_store::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let task = tokio::task::spawn_blocking(search);

@@ -74,6 +74,10 @@ fn cases() -> Vec<(&'static str, String)> {
             "/api/logs/context/1700000000001000000-0?before=1&after=1".into(),
         ),
         ("logs_context_unknown", "/api/logs/context/1-1".into()),
+        (
+            "logs_patterns",
+            "/api/logs/patterns?start=1699999999000000000&end=1700000002000000000&since=1700000000500000000".into(),
+        ),
         ("saved_searches", "/api/searches".into()),
         // Loki's API, as Grafana's Loki data source asks it: the health
         // check, the label browser, logs and a metric over time, series.

@@ -40,6 +40,7 @@ mod jaeger;
 mod logql;
 mod loki;
 mod params;
+mod patterns;
 mod prometheus;
 mod response;
 mod searches;
@@ -84,6 +85,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/logs/histogram", get(api::histogram))
         .route("/api/logs/terms", get(api::terms))
         .route("/api/logs/stats", get(api::stats))
+        .route("/api/logs/patterns", get(patterns::patterns))
         .route("/api/logs/context/{id}", get(api::context))
         .route("/api/logs/tail", get(api::tail))
         .route("/api/traces", get(traces::jaeger_search))
@@ -282,6 +284,68 @@ mod tests {
             searches: crate::Searches::in_dir(dir),
         };
         (logs, state)
+    }
+
+    #[tokio::test]
+    async fn log_patterns_name_what_is_new_since_a_time_and_refuse_bad_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, state) = filled_stores(dir.path());
+        // "line <i>" once a second over [T0, T0 + 10 s); from T0 + 5 s a
+        // new message as well.
+        let declined: Vec<_> = (5..10)
+            .map(|i| {
+                record(
+                    T0 + i * 1_000_000_000 + 1,
+                    &format!("payment declined for order ord-{i}"),
+                    "ERROR",
+                    "u-3",
+                )
+            })
+            .collect();
+        logs.add(2, &declined).unwrap();
+        logs.commit(3).unwrap();
+        let (start, since, end) = (T0, T0 + 5_000_000_000, T0 + 10_000_000_000);
+        let uri = format!("/api/logs/patterns?start={start}&end={end}&since={since}");
+        let (status, _, body) = get(state.clone(), &uri).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["sampled"], 10, "{body}");
+        assert_eq!(body["sampled_before"], 5, "{body}");
+        let patterns: Vec<(&str, &str, u64, u64)> = body["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["pattern"].as_str().unwrap(),
+                    p["change"].as_str().unwrap(),
+                    p["count"].as_u64().unwrap(),
+                    p["count_before"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            patterns,
+            [
+                ("payment declined for order <*>", "new", 5, 0),
+                ("line <*>", "steady", 5, 5),
+            ]
+        );
+
+        for (query, field) in [
+            (format!("start={start}&end={end}&since={end}"), "`since`"),
+            ("limit=0".to_string(), "`limit`"),
+            ("limit=20001".to_string(), "`limit`"),
+            ("since=yesterday".to_string(), "`since`"),
+            ("q=body:(oops".to_string(), "position"),
+        ] {
+            let (status, _, body) =
+                get(state.clone(), &format!("/api/logs/patterns?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains(field),
+                "{query}: {body}"
+            );
+        }
     }
 
     #[tokio::test]

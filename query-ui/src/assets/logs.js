@@ -45,6 +45,40 @@ import { savedSearches } from "./saved.js";
  * @property {number} took_ms
  */
 
+/**
+ * One template of a service's messages (`GET /api/logs/patterns`).
+ * @typedef {object} LogPattern
+ * @property {string} service
+ * @property {string} pattern variable tokens as `<*>`, masked ids as `<uuid>`, `<ipv4>`, …
+ * @property {number} count records of the sample (after `since`) in the pattern
+ * @property {number} count_before records of the sample before `since`
+ * @property {number} rate per minute of the time the sample covers
+ * @property {number} rate_before
+ * @property {number} first_seen nanoseconds
+ * @property {number} last_seen nanoseconds
+ * @property {string} example the newest message
+ * @property {number[]} series counts per bucket of the range
+ * @property {"new" | "grown" | "steady" | "shrunk" | "gone"} [change] with `since` only
+ */
+
+/**
+ * `GET /api/logs/patterns`: a bounded sample of the matching records' messages, clustered.
+ * @typedef {object} PatternList
+ * @property {number} start
+ * @property {number} end
+ * @property {number | null} since
+ * @property {number} bucket_ns
+ * @property {number} sampled records mined (after `since`)
+ * @property {number} matched records that matched (after `since`)
+ * @property {number} covered_from the sample covers from here to `end`
+ * @property {number | null} sampled_before
+ * @property {number | null} matched_before
+ * @property {number | null} covered_before_from
+ * @property {number} skipped records of services past the limit
+ * @property {LogPattern[]} patterns
+ * @property {number} took_ms
+ */
+
 /** `GET /api/logs/context/{id}`: the record and its neighbours in its stream. @typedef {{records: LogRecord[]}} LogContext */
 
 /** A result row, holding the record it shows. @typedef {HTMLElement & {record: LogRecord}} LogRow */
@@ -290,8 +324,11 @@ export function render(root, view, ctx) {
   const tailing = params.get("tail") === "1";
   const tailButton = el("button", { type: "button", id: "tail-button", class: tailing ? "active secondary" : "secondary" }, tailing ? "Stop tail" : "Live tail");
   tailButton.addEventListener("click", () => nav({ tail: tailing ? null : "1" }));
+  const patternsView = params.get("view") === "patterns";
+  const patternsButton = el("button", { type: "button", id: "patterns-button", class: patternsView ? "active secondary" : "secondary", title: "the messages clustered into templates, new and grown ones first" }, "Patterns");
+  patternsButton.addEventListener("click", () => nav({ view: patternsView ? null : "patterns", tail: null }));
   const saved = savedSearches(input, (q) => nav({ q }));
-  const form = el("form", { id: "search-form", autocomplete: "off" }, input, helpButton, rangePicker(params, (from, to) => nav({ from, to })), el("button", { id: "search-button", type: "submit" }, "Search"), tailButton, ...saved.buttons);
+  const form = el("form", { id: "search-form", autocomplete: "off" }, input, helpButton, rangePicker(params, (from, to) => nav({ from, to })), el("button", { id: "search-button", type: "submit" }, "Search"), tailButton, patternsButton, ...saved.buttons);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     nav({ q: input.value });
@@ -307,6 +344,11 @@ export function render(root, view, ctx) {
   if (hasPipes(query)) {
     root.append(el("section", { id: "logs-view" }, form, help, saved.panel, errorSlot, histogram, status));
     showStats(root, query, apiRange, { chart: histogram, status, errorSlot, zoom: (from, to) => nav({ from, to }) });
+    return;
+  }
+  if (patternsView) {
+    root.append(el("section", { id: "logs-view" }, form, help, saved.panel, errorSlot, status));
+    showPatterns(root, query, range, { status, errorSlot, filter: state.filter });
     return;
   }
   root.append(el("section", { id: "logs-view" }, form, help, saved.panel, errorSlot, histogram, el("div", { class: "discover" }, sidebar, el("div", { class: "results-pane" }, status, table, more))));
@@ -409,6 +451,65 @@ export function render(root, view, ctx) {
     });
     ctx.onLeave(() => stop.abort());
   }
+}
+
+/**
+ * The Patterns tab: the matching messages clustered into templates per
+ * service, comparing the second half of the range with the first (new and
+ * grown patterns first), each with its counts over the range.
+ * @param {HTMLElement} root
+ * @param {string} query
+ * @param {{start: number, end: number}} range milliseconds
+ * @param {{status: HTMLElement, errorSlot: HTMLElement, filter: FilterState["filter"]}} slots
+ */
+async function showPatterns(root, query, range, { status, errorSlot, filter }) {
+  status.textContent = "mining patterns…";
+  const since = msToNanos(Math.round((range.start + range.end) / 2));
+  /** @type {PatternList} */
+  let result;
+  try {
+    result = await fetchJson(`/api/logs/patterns?${new URLSearchParams({ q: query, start: msToNanos(range.start), end: msToNanos(range.end), since })}`);
+  } catch (error) {
+    status.textContent = "";
+    errorSlot.replaceChildren(error.status === 400 ? queryError(query, error) : errorBox(error));
+    root.dataset.loaded = "error";
+    return;
+  }
+  const sinceText = formatTime(Number(since));
+  const count = result.patterns.length;
+  status.textContent = `${count} pattern${count === 1 ? "" : "s"} in ${result.sampled} of ${result.matched} records since ${sinceText} and ${result.sampled_before} of ${result.matched_before} before · ${result.took_ms} ms`;
+  if (result.skipped) errorSlot.append(el("div", { class: "query-warning", role: "note" }, `${result.skipped} records of further services were not mined`));
+  const body = el("tbody");
+  for (const pattern of result.patterns) {
+    const max = Math.max(1, ...pattern.series);
+    const trend = el("span", { class: "sparkline", title: `counts over the range, ${pattern.series.length} buckets` });
+    for (const count of pattern.series) {
+      // Through the CSSOM: the page's CSP refuses style attributes.
+      const bar = el("span", { class: "spark" });
+      bar.style.height = `${Math.round((count / max) * 100)}%`;
+      trend.append(bar);
+    }
+    const change = pattern.change || "";
+    const service = el("a", { href: "#", class: "pattern-service", title: `only ${pattern.service}` }, pattern.service);
+    service.addEventListener("click", (event) => {
+      event.preventDefault();
+      filter("service", pattern.service, false);
+    });
+    body.append(
+      el(
+        "tr",
+        { class: "pattern-row", "data-change": change },
+        el("td", {}, change ? el("span", { class: `change change-${change}` }, change) : ""),
+        el("td", {}, service),
+        el("td", { class: "pattern", title: pattern.example }, el("code", {}, pattern.pattern)),
+        el("td", { class: "num", title: `${pattern.count_before} before ${sinceText}` }, String(pattern.count)),
+        el("td", {}, trend),
+      ),
+    );
+  }
+  const head = el("tr", {}, el("th", {}, "change"), el("th", {}, "service"), el("th", {}, "pattern"), el("th", {}, "count"), el("th", {}, "over time"));
+  root.querySelector("#logs-view").append(el("table", { id: "patterns-table", class: "stats" }, el("thead", {}, head), body));
+  root.dataset.loaded = "1";
 }
 
 /**
