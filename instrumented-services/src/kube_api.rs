@@ -4,7 +4,7 @@
 //! pods filtered by the `spec.nodeName` field selector; watch streams of `BOOKMARK`, `ADDED`,
 //! `MODIFIED` and `DELETED` events, an `ERROR` event with `410` when a
 //! version expires, and a watch from a version replays what changed after
-//! it; single objects (ReplicaSets, Jobs) by path; `503` for
+//! it (`410` once that is past the newest 10,000 events); single objects (ReplicaSets, Jobs) by path; `503` for
 //! everything while it is "down".
 //!
 //! The demo serves its pods with it (the agent then adds their labels and
@@ -33,8 +33,26 @@ struct Watcher {
 #[derive(Default)]
 struct Watchers {
     open: Vec<Watcher>,
-    /// Every event: its version, resource, node and line.
-    history: Vec<(u64, String, String, String)>,
+    /// The newest [`HISTORY`] events: version, resource, node and line.
+    history: std::collections::VecDeque<(u64, String, String, String)>,
+    /// The newest version dropped from `history`: a watch from an older
+    /// one is answered `410 Gone`, as by a server whose watch cache no
+    /// longer reaches back that far.
+    forgotten: u64,
+}
+
+/// Events a watch can be replayed from (the demo runs for days).
+const HISTORY: usize = 10_000;
+
+/// A watch event ending the watch with `410 Gone`.
+fn gone_line() -> String {
+    format!(
+        "{}\n",
+        json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410
+        }})
+    )
 }
 
 /// The fake server's objects and open watches.
@@ -149,12 +167,17 @@ impl FakeKubeApi {
     fn send(watchers: &mut Watchers, version: &str, resource: &str, object: &Value, event: Value) {
         let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
         let line = format!("{event}\n");
-        watchers.history.push((
+        watchers.history.push_back((
             version.parse().expect("a version we made"),
             resource.to_string(),
             node.to_string(),
             line.clone(),
         ));
+        if watchers.history.len() > HISTORY
+            && let Some((dropped, ..)) = watchers.history.pop_front()
+        {
+            watchers.forgotten = dropped;
+        }
         watchers.open.retain(|watcher| {
             if watcher.resource != resource
                 || watcher
@@ -171,13 +194,7 @@ impl FakeKubeApi {
     /// Ends every watch with `410 Gone`, as a server whose history no
     /// longer holds the version does.
     pub fn expire_watches(&self) {
-        let line = format!(
-            "{}\n",
-            json!({"type": "ERROR", "object": {
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "too old resource version", "reason": "Expired", "code": 410
-            }})
-        );
+        let line = gone_line();
         for watcher in self.watchers.lock().unwrap().open.drain(..) {
             let _ = watcher.sender.send(line.clone());
         }
@@ -288,8 +305,35 @@ async fn collection(
         .and_then(|version| version.parse().ok())
         .unwrap_or(0);
     let mut watchers = api.watchers.lock().unwrap();
-    // What changed since the version asked for, then a bookmark, as a
-    // server that was asked for them may send.
+    if from < watchers.forgotten {
+        let _ = sender.send(gone_line());
+    } else {
+        replay(&mut watchers, &api, from, resource, node, sender);
+    }
+    drop(watchers);
+    let mut receiver = receiver;
+    let stream = futures_util::stream::poll_fn(move |context| {
+        receiver
+            .poll_recv(context)
+            .map(|line| line.map(Ok::<_, std::convert::Infallible>))
+    });
+    (
+        [("content-type", "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Sends a new watch what changed after `from`, then a bookmark (as a
+/// server asked for them may send), and keeps it open.
+fn replay(
+    watchers: &mut Watchers,
+    api: &FakeKubeApi,
+    from: u64,
+    resource: String,
+    node: Option<String>,
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     for (_, _, _, line) in watchers.history.iter().filter(|(version, of, on, _)| {
         *version > from && *of == resource && node.as_deref().is_none_or(|node| node == on)
     }) {
@@ -305,16 +349,4 @@ async fn collection(
         node,
         sender,
     });
-    drop(watchers);
-    let mut receiver = receiver;
-    let stream = futures_util::stream::poll_fn(move |context| {
-        receiver
-            .poll_recv(context)
-            .map(|line| line.map(Ok::<_, std::convert::Infallible>))
-    });
-    (
-        [("content-type", "application/json")],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response()
 }

@@ -121,12 +121,13 @@ impl Side {
 
 /// What one cluster of one service counted.
 #[derive(Default)]
-struct Tally {
+struct Tally<'a> {
     count: u64,
     count_before: u64,
     first_seen: i64,
     last_seen: i64,
-    example: String,
+    /// The newest line (records are mined oldest first).
+    example: &'a str,
     series: Vec<u64>,
 }
 
@@ -275,7 +276,7 @@ fn mine(before: Option<&Side>, after: &Side, start: i64, end: i64) -> (Vec<Patte
             }
             tally.first_seen = tally.first_seen.min(record.timestamp);
             tally.last_seen = tally.last_seen.max(record.timestamp);
-            text.clone_into(&mut tally.example);
+            tally.example = text;
             let bucket = ((record.timestamp - start) / width).clamp(0, BUCKETS as i64 - 1);
             tally.series[bucket as usize] += 1;
         }
@@ -301,7 +302,7 @@ fn mine(before: Option<&Side>, after: &Side, start: i64, end: i64) -> (Vec<Patte
                 rate_before,
                 first_seen: tally.first_seen,
                 last_seen: tally.last_seen,
-                example: tally.example,
+                example: tally.example.to_string(),
                 series: tally.series,
                 change,
             }
