@@ -93,10 +93,10 @@ impl FakeKubeApi {
         port
     }
 
-    fn next_version(&self) -> String {
+    fn next_version(&self) -> u64 {
         let mut version = self.version.lock().unwrap();
         *version += 1;
-        version.to_string()
+        *version
     }
 
     /// Adds or replaces a pod and tells every watch of its node.
@@ -109,7 +109,7 @@ impl FakeKubeApi {
     pub fn put_in(&self, resource: &str, mut object: Value) {
         let mut watchers = self.watchers.lock().unwrap();
         let version = self.next_version();
-        object["metadata"]["resourceVersion"] = json!(version);
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
         let key = object_key(&object);
         let kind = if self
             .collections
@@ -125,7 +125,7 @@ impl FakeKubeApi {
             "ADDED"
         };
         let event = json!({"type": kind, "object": object});
-        Self::send(&mut watchers, &version, resource, &object, event);
+        Self::send(&mut watchers, version, resource, &object, event);
     }
 
     /// Removes pod `namespace/name`; `tell`: with a `DELETED` event (else
@@ -142,7 +142,7 @@ impl FakeKubeApi {
         let version = self.next_version();
         if tell {
             let event = json!({"type": "DELETED", "object": pod});
-            Self::send(&mut watchers, &version, "pods", &pod, event);
+            Self::send(&mut watchers, version, "pods", &pod, event);
         }
     }
 
@@ -164,11 +164,11 @@ impl FakeKubeApi {
             .count()
     }
 
-    fn send(watchers: &mut Watchers, version: &str, resource: &str, object: &Value, event: Value) {
+    fn send(watchers: &mut Watchers, version: u64, resource: &str, object: &Value, event: Value) {
         let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
         let line = format!("{event}\n");
         watchers.history.push_back((
-            version.parse().expect("a version we made"),
+            version,
             resource.to_string(),
             node.to_string(),
             line.clone(),

@@ -176,8 +176,24 @@ pub(crate) struct StatsParams {
     end: Option<String>,
 }
 
-/// The default time range of a table: the last hour.
-const DEFAULT_STATS_RANGE: i64 = 3_600_000_000_000;
+/// The default time range of a table or of patterns: the last hour.
+const DEFAULT_RANGE: i64 = 3_600_000_000_000;
+
+/// A request's `start` and `end`: the last hour up to now when not given;
+/// `end` must be after `start`.
+pub(crate) fn range_or_last_hour(
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<(i64, i64), ApiError> {
+    let end = parse_optional_time("end", end)?.unwrap_or_else(now_nanos);
+    let start = parse_optional_time("start", start)?.unwrap_or(end - DEFAULT_RANGE);
+    if end <= start {
+        return Err(ApiError::BadRequest(format!(
+            "`end` ({end}) must be after `start` ({start})"
+        )));
+    }
+    Ok((start, end))
+}
 
 /// A query with pipes (`| stats ... by ...`, `| timechart`) answered over
 /// every matching record in the time range, as a table.
@@ -185,14 +201,7 @@ pub(crate) async fn stats(
     State(state): State<QueryState>,
     Query(params): Query<StatsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let end = parse_optional_time("end", params.end.as_deref())?.unwrap_or_else(now_nanos);
-    let start =
-        parse_optional_time("start", params.start.as_deref())?.unwrap_or(end - DEFAULT_STATS_RANGE);
-    if end <= start {
-        return Err(ApiError::BadRequest(format!(
-            "`end` ({end}) must be after `start` ({start})"
-        )));
-    }
+    let (start, end) = range_or_last_hour(params.start.as_deref(), params.end.as_deref())?;
     let pipeline = sightline_store::pipes::parse(&params.q)?.ok_or_else(|| {
         ApiError::BadRequest(
             "the query has no pipes: add `| stats count() by <field>` or `| timechart count()`, or search with /api/logs"

@@ -16,10 +16,9 @@ use axum::extract::{Query, State};
 use logdrain::{Miner, builtin_masks};
 use serde::{Deserialize, Serialize};
 use sightline_store::{LogHit, LogQuery};
-use sightline_vocab::clock::now_nanos;
 
 use crate::QueryState;
-use crate::api::{parse_optional_time, within_timeout};
+use crate::api::{parse_optional_time, range_or_last_hour, within_timeout};
 use crate::error::ApiError;
 
 /// Records mined when no `limit` is given.
@@ -27,9 +26,6 @@ const DEFAULT_SAMPLE: usize = 5_000;
 
 /// Most records one request mines.
 const MAX_SAMPLE: usize = 20_000;
-
-/// The default time range: the last hour.
-const DEFAULT_RANGE: i64 = 3_600_000_000_000;
 
 /// Buckets of each pattern's counts over `[start, end)`.
 const BUCKETS: usize = 30;
@@ -135,14 +131,7 @@ pub(crate) async fn patterns(
     State(state): State<QueryState>,
     Query(params): Query<PatternParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let end = parse_optional_time("end", params.end.as_deref())?.unwrap_or_else(now_nanos);
-    let start =
-        parse_optional_time("start", params.start.as_deref())?.unwrap_or(end - DEFAULT_RANGE);
-    if end <= start {
-        return Err(ApiError::BadRequest(format!(
-            "`end` ({end}) must be after `start` ({start})"
-        )));
-    }
+    let (start, end) = range_or_last_hour(params.start.as_deref(), params.end.as_deref())?;
     let since = parse_optional_time("since", params.since.as_deref())?;
     if let Some(since) = since
         && !(start < since && since < end)
