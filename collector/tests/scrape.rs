@@ -102,7 +102,7 @@ requests_created{path=\"/a\",job=\"theirs\"} 1700000000\n\
 going_away 7\n\
 # TYPE latency_seconds histogram\n\
 latency_seconds_bucket{le=\"0.1\"} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.05\n\
-latency_seconds_bucket{le=\"+Inf\"} 2\n\
+latency_seconds_bucket{le=\"+Inf\"} 2 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\",span_id=\"00f067aa0ba902b7\"} 2.5 1700000000.5\n\
 latency_seconds_sum 0.3\n\
 latency_seconds_count 2\n\
 special{kind=\"nan\"} NaN\n\
@@ -361,16 +361,22 @@ async fn file_discovery_adds_and_removes_targets() {
     assert_eq!(targets[0].target.labels.get("instance"), second.to_string());
 }
 
-/// The whole collector, in process: with no scrape config it scrapes its
-/// own `/metrics` (OpenMetrics, exemplars and all) into its TSDB.
+/// The whole collector, in process: it scrapes its own `/metrics` into its
+/// TSDB beside the configured jobs, and an OpenMetrics target's exemplars
+/// come back from `/api/v1/query_exemplars` in Prometheus' JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collector_scrapes_its_own_metrics() {
+async fn collector_scrapes_its_own_metrics_and_a_targets_exemplars() {
     use clap::Parser;
     let dir = tempfile::tempdir().unwrap();
+    let (target, _) = start_target(Exposed::Body(OPENMETRICS, first_body())).await;
     let config_path = dir.path().join("sightline.yml");
     std::fs::write(
         &config_path,
-        "global: {scrape_interval: 200ms, scrape_timeout: 200ms}\n",
+        format!(
+            "global: {{scrape_interval: 200ms, scrape_timeout: 200ms}}\n\
+             scrape_configs:\n\
+             - job_name: app\n  static_configs: [{{targets: ['{target}']}}]\n"
+        ),
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -437,6 +443,57 @@ async fn collector_scrapes_its_own_metrics() {
         .as_array()
         .expect("no self-scraped series");
     assert_eq!(series[0]["metric"]["instance"], format!("127.0.0.1:{port}"));
+
+    // The target's exemplars: the one on the fast bucket (no time of its
+    // own: the scrape's) and the timestamped one on the slow bucket, once
+    // each however many scrapes exposed them.
+    let mut answer = serde_json::Value::Null;
+    for _ in 0..1200 {
+        if let Some(json) = get("/api/v1/query_exemplars?query=histogram_quantile(0.9%2C%20rate(latency_seconds_bucket%5B1m%5D))").await
+            && json["data"].as_array().is_some_and(|data| data.len() == 2)
+        {
+            answer = json;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answer["status"], "success", "{answer}");
+    let data = answer["data"]
+        .as_array()
+        .expect("two series with exemplars");
+    // Sorted by labels: `le="+Inf"` before `le="0.1"`.
+    let (slow, fast) = (&data[0], &data[1]);
+    assert_eq!(
+        fast["seriesLabels"],
+        serde_json::json!({
+            "__name__": "latency_seconds_bucket",
+            "instance": target.to_string(),
+            "job": "app",
+            "le": "0.1",
+        })
+    );
+    let exemplars = fast["exemplars"].as_array().unwrap();
+    assert_eq!(exemplars.len(), 1, "{answer}");
+    assert_eq!(
+        exemplars[0]["labels"],
+        serde_json::json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})
+    );
+    assert_eq!(exemplars[0]["value"], "0.05");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let scraped_at = exemplars[0]["timestamp"].as_f64().unwrap();
+    assert!((now - 60.0..=now).contains(&scraped_at), "{scraped_at}");
+    assert_eq!(slow["seriesLabels"]["le"], "+Inf");
+    assert_eq!(
+        slow["exemplars"],
+        serde_json::json!([{
+            "labels": {"span_id": "00f067aa0ba902b7", "trace_id": "0af7651916cd43dd8448eb211c80319c"},
+            "value": "2.5",
+            "timestamp": 1700000000.5,
+        }])
+    );
     let _ = stop.send(());
     collector.await.unwrap().unwrap();
 }

@@ -62,10 +62,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, metric, number_data_point,
+    AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, exemplar, metric,
+    number_data_point,
 };
+use sightline_tsdb::exemplars::MAX_LABEL_CHARS;
 use sightline_tsdb::promql::{format_value, stale_nan};
-use sightline_tsdb::{Labels, MetricMetadata, SampleLog};
+use sightline_tsdb::{Exemplar, Labels, MetricMetadata, SampleLog};
 use sightline_vocab::clock::now_ms;
 
 /// Most series whose delta points are summed into running totals.
@@ -123,6 +125,9 @@ pub struct Translation {
     /// Delta points for a log that sums them ([`DeltaTotals::in_log`]).
     pub deltas: Vec<(Labels, i64, f64)>,
     pub metadata: BTreeMap<String, MetricMetadata>,
+    /// The points' exemplars, each on its series (a histogram's on the
+    /// bucket its value falls in).
+    pub exemplars: Vec<(Arc<Labels>, Exemplar)>,
     /// Data points that produced no sample.
     pub rejected: usize,
     /// Why, one entry per distinct reason, with how many points.
@@ -225,6 +230,9 @@ impl OtlpMetrics {
                 translation.reject(1, reason);
             }
         }
+        // Exemplars are kept once their samples are durable; a refused one
+        // (out of order, labels too long) refuses no data point.
+        self.store.append_exemplars(&translation.exemplars);
         Ok(
             (translation.rejected > 0).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: translation.rejected as i64,
@@ -455,6 +463,61 @@ impl Output<'_> {
         }
     }
 
+    fn series(name: &str, labels: &[(String, String)], extra: Option<(&str, String)>) -> Labels {
+        let mut pairs = labels.to_vec();
+        pairs.push(("__name__".to_string(), name.to_string()));
+        if let Some((label, label_value)) = extra {
+            pairs.push((label.to_string(), label_value));
+        }
+        Labels::new(pairs)
+    }
+
+    /// Keeps the point's exemplars for the series `series` (built only
+    /// when there are exemplars) gives.
+    fn exemplars<'e>(
+        &mut self,
+        exemplars: impl IntoIterator<Item = &'e opentelemetry_proto::tonic::metrics::v1::Exemplar>,
+        series: impl FnOnce() -> Labels,
+    ) {
+        let mut series = Some(series);
+        let mut shared: Option<Arc<Labels>> = None;
+        for point in exemplars {
+            let value = match point.value {
+                Some(exemplar::Value::AsDouble(value)) => value,
+                Some(exemplar::Value::AsInt(value)) => value as f64,
+                None => continue,
+            };
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            if !point.trace_id.is_empty() {
+                pairs.push(("trace_id".into(), hex::encode(&point.trace_id)));
+            }
+            if !point.span_id.is_empty() {
+                pairs.push(("span_id".into(), hex::encode(&point.span_id)));
+            }
+            // Filtered attributes while the set stays within OpenMetrics'
+            // limit, so the ids are never lost to them.
+            let mut chars: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+            for (name, value) in attribute_labels(point.filtered_attributes.iter()) {
+                let more = name.chars().count() + value.chars().count();
+                if chars + more <= MAX_LABEL_CHARS && !pairs.iter().any(|(n, _)| *n == name) {
+                    chars += more;
+                    pairs.push((name, value));
+                }
+            }
+            let labels = shared
+                .get_or_insert_with(|| {
+                    Arc::new(series.take().map(|make| make()).unwrap_or_default())
+                })
+                .clone();
+            let exemplar = Exemplar {
+                labels: Labels::new(pairs),
+                value,
+                timestamp_ms: self.timestamp(point.time_unix_nano),
+            };
+            self.translation.exemplars.push((labels, exemplar));
+        }
+    }
+
     fn push(
         &mut self,
         name: &str,
@@ -463,12 +526,7 @@ impl Output<'_> {
         timestamp_ms: i64,
         value: f64,
     ) {
-        let mut pairs = labels.to_vec();
-        pairs.push(("__name__".to_string(), name.to_string()));
-        if let Some((label, label_value)) = extra {
-            pairs.push((label.to_string(), label_value));
-        }
-        let labels = Labels::new(pairs);
+        let labels = Self::series(name, labels, extra);
         let value = match self.deltas {
             Some(deltas) if deltas.in_log => {
                 self.translation.deltas.push((labels, timestamp_ms, value));
@@ -529,6 +587,7 @@ impl Output<'_> {
             }
         };
         self.push(name, &labels, None, timestamp_ms, value);
+        self.exemplars(&point.exemplars, || Self::series(name, &labels, None));
     }
 
     fn histogram(&mut self, name: &str, point: HistogramDataPoint) {
@@ -573,6 +632,23 @@ impl Output<'_> {
             );
         }
         self.push(&format!("{name}_count"), &labels, None, timestamp_ms, count);
+        // Each exemplar on the bucket its value falls in, as Prometheus'
+        // OTLP translation puts them.
+        for point_exemplar in &point.exemplars {
+            let value = match point_exemplar.value {
+                Some(exemplar::Value::AsDouble(value)) => value,
+                Some(exemplar::Value::AsInt(value)) => value as f64,
+                None => continue,
+            };
+            let le = point
+                .explicit_bounds
+                .iter()
+                .find(|bound| value <= **bound)
+                .map_or_else(|| "+Inf".to_string(), |bound| format_value(*bound));
+            self.exemplars([point_exemplar], || {
+                Self::series(&bucket_name, &labels, Some(("le", le)))
+            });
+        }
     }
 }
 
@@ -869,6 +945,95 @@ mod tests {
                     && labels.metric_name() != "wide_gauge")
         );
         assert!(!translation.samples.is_empty());
+    }
+
+    /// Exemplars keep their trace and span ids (hex) and the filtered
+    /// attributes that fit, a histogram's on the bucket of their value.
+    #[test]
+    fn exemplars_go_to_their_series_and_bucket_with_their_ids() {
+        use opentelemetry_proto::tonic::metrics::v1::Exemplar as OtlpExemplar;
+        let exemplar = |value: f64, trace: u8, attributes: Vec<KeyValue>| OtlpExemplar {
+            filtered_attributes: attributes,
+            time_unix_nano: T0 + 1_000_000,
+            span_id: vec![trace; 8],
+            trace_id: vec![trace; 16],
+            value: Some(exemplar::Value::AsDouble(value)),
+        };
+        let mut request = request(T0);
+        let metrics = &mut request.resource_metrics[0].scope_metrics[0].metrics;
+        metrics.push(metric(
+            "checkout.duration",
+            "s",
+            metric::Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    time_unix_nano: T0,
+                    count: 3,
+                    sum: Some(4.0),
+                    bucket_counts: vec![1, 1, 1],
+                    explicit_bounds: vec![0.5, 2.5],
+                    exemplars: vec![
+                        exemplar(0.2, 1, vec![attribute("user", "u-1")]),
+                        exemplar(1.0, 2, vec![attribute("comment", &"x".repeat(100))]),
+                        exemplar(9.0, 3, Vec::new()),
+                    ],
+                    ..HistogramDataPoint::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+        ));
+        let mut gauge_point = number(T0, 7.0, Vec::new());
+        gauge_point.exemplars = vec![exemplar(7.0, 4, Vec::new())];
+        metrics.push(metric(
+            "queue.depth",
+            "",
+            metric::Data::Gauge(Gauge {
+                data_points: vec![gauge_point],
+            }),
+        ));
+        let translation = translate(request, &DeltaTotals::default(), 0);
+        let found: Vec<(String, String, String, f64)> = translation
+            .exemplars
+            .iter()
+            .map(|(series, exemplar)| {
+                (
+                    format!("{}{{le={:?}}}", series.metric_name(), series.get("le")),
+                    exemplar.labels.get("trace_id").to_string(),
+                    exemplar.labels.to_string(),
+                    exemplar.value,
+                )
+            })
+            .collect();
+        let ids = |byte: u8| (hex::encode(vec![byte; 16]), hex::encode(vec![byte; 8]));
+        let (trace1, span1) = ids(1);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert_eq!(found[0].0, "checkout_duration_seconds_bucket{le=\"0.5\"}");
+        assert_eq!(found[0].1, trace1);
+        assert_eq!(
+            found[0].2,
+            format!("{{span_id=\"{span1}\", trace_id=\"{trace1}\", user=\"u-1\"}}")
+        );
+        // An attribute that would pass OpenMetrics' 128 characters is left out.
+        assert_eq!(found[1].0, "checkout_duration_seconds_bucket{le=\"2.5\"}");
+        assert!(!found[1].2.contains("comment"), "{}", found[1].2);
+        assert_eq!(found[2].0, "checkout_duration_seconds_bucket{le=\"+Inf\"}");
+        assert_eq!(found[2].3, 9.0);
+        assert_eq!(found[3].0, "queue_depth{le=\"\"}");
+        assert_eq!(found[3].1, ids(4).0);
+        assert!(
+            translation
+                .exemplars
+                .iter()
+                .all(|(_, exemplar)| exemplar.timestamp_ms == (T0 / 1_000_000 + 1) as i64)
+        );
+        // The series carry the resource's job and instance, as the samples do.
+        let bucket = &translation.exemplars[0].0;
+        assert!(
+            translation
+                .samples
+                .iter()
+                .any(|(labels, _, _)| labels == bucket.as_ref()),
+            "{bucket}"
+        );
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! collector's self-scrape gave them when it carried them, and they are also
 //! served on the collector's `/metrics` for outside scrapers (the
 //! collector's own scrape drops them there, see
-//! [`crate::scrape::jobs_from_config`]). The last trace id seen per series is
-//! kept as an exemplar (OpenMetrics exposition) so a latency bucket links to a
-//! trace. Cardinality is bounded: past [`MAX_SERIES`] new label sets are
-//! counted under `span_name="__other__"`.
+//! [`crate::scrape::jobs_from_config`]). Latency buckets link to traces
+//! with exemplars: each flush stores, for every bucket that counted spans
+//! since the last one, the newest of them (`trace_id`, `span_id`, its
+//! duration, its end time) in the store's exemplar store, so a slow bucket
+//! has slow traces of its own; `/metrics` in OpenMetrics carries the newest
+//! span per series. Cardinality is bounded: past [`MAX_SERIES`] new label
+//! sets are counted under `span_name="__other__"`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sightline_store::{Span, SpanStatus};
-use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, SampleLog, TsdbError};
+use sightline_tsdb::{Exemplar, Labels, METRIC_NAME, MetricMetadata, SampleLog, TsdbError};
 use sightline_vocab::exposition::{Kind, Writer, format_float};
 use tokio::sync::watch;
 
@@ -65,13 +68,62 @@ struct RedKey {
     status_code: &'static str,
 }
 
+impl RedKey {
+    fn labels(&self) -> [(&'static str, &str); 4] {
+        [
+            ("service", self.service.as_str()),
+            ("span_name", self.span_name.as_str()),
+            ("span_kind", &self.span_kind),
+            ("status_code", self.status_code),
+        ]
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct RedSeries {
     calls: u64,
     sum_seconds: f64,
     buckets: [u64; BUCKETS.len()],
-    exemplar: Option<(String, f64)>,
+    /// The newest span, for `/metrics`.
+    exemplar: Option<SpanExemplar>,
+    /// While observing a batch: the position of its newest span per bucket.
+    newest: [Option<u32>; ALL_BUCKETS],
 }
+
+/// One span as an exemplar of a latency bucket.
+#[derive(Debug, Clone, PartialEq)]
+struct SpanExemplar {
+    trace_id: String,
+    span_id: String,
+    seconds: f64,
+    end_ms: i64,
+}
+
+impl SpanExemplar {
+    fn of(span: &Span) -> SpanExemplar {
+        SpanExemplar {
+            trace_id: span.trace_id.clone(),
+            span_id: span.span_id.clone(),
+            seconds: span.duration_nanos() as f64 / 1e9,
+            end_ms: span.end_time / 1_000_000,
+        }
+    }
+
+    /// The bucket its duration falls in; `BUCKETS.len()` for `+Inf`.
+    fn bucket(&self) -> usize {
+        bucket_of(self.seconds)
+    }
+}
+
+fn bucket_of(seconds: f64) -> usize {
+    BUCKETS
+        .iter()
+        .position(|bound| seconds <= *bound)
+        .unwrap_or(BUCKETS.len())
+}
+
+/// Latency buckets with the `+Inf` one.
+const ALL_BUCKETS: usize = BUCKETS.len() + 1;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Edge {
@@ -93,6 +145,8 @@ struct State {
     clients: HashMap<String, PendingHalf>,
     /// Server spans by their parent id, waiting for the client span that called them.
     servers: HashMap<String, PendingHalf>,
+    /// The newest span per series and bucket since the last flush.
+    fresh: HashMap<(RedKey, u8), SpanExemplar>,
 }
 
 /// The running aggregation; cheap to share.
@@ -109,6 +163,8 @@ pub struct SpanMetrics {
 #[must_use = "a pending observation counts nothing until it is applied"]
 pub struct PendingSpans {
     red: HashMap<RedKey, RedSeries>,
+    /// The newest span of the batch per series and bucket.
+    exemplars: Vec<(RedKey, u8, SpanExemplar)>,
     /// Client and server spans that may make a service-graph edge, in
     /// batch order.
     halves: Vec<Half>,
@@ -126,7 +182,7 @@ impl SpanMetrics {
     /// Summarises a batch of spans without touching the aggregation.
     pub fn observe(&self, spans: &[Span]) -> PendingSpans {
         let mut pending = PendingSpans::default();
-        for span in spans {
+        for (position, span) in spans.iter().enumerate() {
             let failed = span.status == SpanStatus::Error;
             let key = RedKey {
                 service: span.service.clone(),
@@ -142,10 +198,11 @@ impl SpanMetrics {
             let series = pending.red.entry(key).or_default();
             series.calls += 1;
             series.sum_seconds += seconds;
-            if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
-                series.buckets[bucket] += 1;
+            let bucket = bucket_of(seconds);
+            if let Some(count) = series.buckets.get_mut(bucket) {
+                *count += 1;
             }
-            series.exemplar = Some((span.trace_id.clone(), seconds));
+            series.newest[bucket] = u32::try_from(position).ok();
             let half = match (span.kind.as_str(), &span.parent_span_id) {
                 ("client" | "producer", _) => (true, &span.span_id),
                 ("server" | "consumer", Some(parent)) => (false, parent),
@@ -158,6 +215,26 @@ impl SpanMetrics {
                 failed,
             });
         }
+        // Exemplars are copied out of the batch once per series and bucket,
+        // not once per span.
+        for (key, series) in &mut pending.red {
+            let newest = std::mem::take(&mut series.newest);
+            let mut latest: Option<(u32, usize)> = None;
+            for (bucket, position) in newest.into_iter().enumerate() {
+                let Some(position) = position else { continue };
+                let Some(span) = spans.get(position as usize) else {
+                    continue;
+                };
+                let exemplar = SpanExemplar::of(span);
+                pending
+                    .exemplars
+                    .push((key.clone(), bucket as u8, exemplar));
+                if latest.is_none_or(|(newest, _)| newest < position) {
+                    latest = Some((position, pending.exemplars.len() - 1));
+                }
+            }
+            series.exemplar = latest.map(|(_, index)| pending.exemplars[index].2.clone());
+        }
         pending
     }
 
@@ -169,6 +246,12 @@ impl SpanMetrics {
             .state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        for (mut key, bucket, exemplar) in pending.exemplars {
+            if !state.red.contains_key(&key) && state.red.len() >= MAX_SERIES {
+                key.span_name = "__other__".into();
+            }
+            state.fresh.insert((key, bucket), exemplar);
+        }
         for (mut key, add) in pending.red {
             if !state.red.contains_key(&key) && state.red.len() >= MAX_SERIES {
                 key.span_name = "__other__".into();
@@ -250,14 +333,7 @@ impl SpanMetrics {
         });
         let mut out = String::new();
         let mut writer = Writer::new(&mut out);
-        fn labels(key: &RedKey) -> [(&'static str, &str); 4] {
-            [
-                ("service", key.service.as_str()),
-                ("span_name", key.span_name.as_str()),
-                ("span_kind", &key.span_kind),
-                ("status_code", key.status_code),
-            ]
-        }
+        let labels = RedKey::labels;
         let calls = "traces_spanmetrics_calls_total";
         writer.family(
             calls,
@@ -278,17 +354,17 @@ impl SpanMetrics {
             let mut cumulative = 0;
             // The exemplar goes on the one bucket its value falls in.
             let exemplar = series.exemplar.as_ref().filter(|_| openmetrics);
-            let exemplar_bucket = exemplar
-                .and_then(|(_, seconds)| BUCKETS.iter().position(|bound| *seconds <= *bound));
+            let exemplar_bucket = exemplar.map(SpanExemplar::bucket);
             for (index, (bound, count)) in BUCKETS.iter().zip(series.buckets).enumerate() {
                 cumulative += count;
                 let le = format_float(*bound);
                 let [service, span_name, span_kind, status_code] = labels;
                 let with_le = [service, span_name, span_kind, status_code, ("le", &le)];
                 match (exemplar, exemplar_bucket) {
-                    (Some((trace_id, seconds)), Some(bucket_index)) if bucket_index == index => {
-                        let trace = [("trace_id", trace_id.as_str())];
-                        writer.sample_with_exemplar(bucket, &with_le, cumulative, &trace, *seconds);
+                    (Some(exemplar), Some(bucket_index)) if bucket_index == index => {
+                        let trace = [("trace_id", exemplar.trace_id.as_str())];
+                        let seconds = exemplar.seconds;
+                        writer.sample_with_exemplar(bucket, &with_le, cumulative, &trace, seconds);
                     }
                     _ => writer.sample(bucket, &with_le, cumulative),
                 }
@@ -364,12 +440,13 @@ impl SpanMetrics {
         target: &Labels,
         now_ms: i64,
     ) -> Result<(), TsdbError> {
-        let (red, edges) = {
-            let state = self
+        let (red, edges, fresh) = {
+            let mut state = self
                 .state
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
-            (state.red.clone(), state.edges.clone())
+            let fresh = std::mem::take(&mut state.fresh);
+            (state.red.clone(), state.edges.clone(), fresh)
         };
         if red.is_empty() && edges.is_empty() {
             return Ok(());
@@ -384,12 +461,7 @@ impl SpanMetrics {
         };
         let mut samples = Vec::with_capacity(red.len() * (BUCKETS.len() + 4) + edges.len() * 2);
         for (key, red) in &red {
-            let labels = [
-                ("service", key.service.as_str()),
-                ("span_name", key.span_name.as_str()),
-                ("span_kind", &key.span_kind),
-                ("status_code", key.status_code),
-            ];
+            let labels = key.labels();
             let calls = red.calls as f64;
             samples.push((
                 series("traces_spanmetrics_calls_total", &labels),
@@ -433,6 +505,26 @@ impl SpanMetrics {
         if let Some((_, error)) = outcome.rejected.first() {
             tracing::warn!(%error, rejected = outcome.rejected.len(), "span metric samples refused");
         }
+        let mut exemplars: Vec<(Arc<Labels>, Exemplar)> = Vec::with_capacity(fresh.len());
+        for ((key, bucket), exemplar) in fresh {
+            let mut labels = series("traces_spanmetrics_duration_seconds_bucket", &key.labels());
+            let le = BUCKETS
+                .get(usize::from(bucket))
+                .map_or_else(|| "+Inf".to_string(), f64::to_string);
+            labels.set("le", &le);
+            let exemplar = Exemplar {
+                labels: Labels::new([
+                    ("trace_id", exemplar.trace_id),
+                    ("span_id", exemplar.span_id),
+                ]),
+                value: exemplar.seconds,
+                timestamp_ms: exemplar.end_ms,
+            };
+            exemplars.push((Arc::new(labels), exemplar));
+        }
+        // Oldest first: a series refuses an exemplar older than its newest.
+        exemplars.sort_by_key(|(_, exemplar)| exemplar.timestamp_ms);
+        store.append_exemplars(&exemplars);
         Ok(())
     }
 }
@@ -712,5 +804,81 @@ mod tests {
                 .map(|m| m.kind.as_str()),
             Some("histogram")
         );
+    }
+
+    /// Each flush stores the newest span of every bucket that counted spans
+    /// since the previous flush, as an exemplar of that bucket's series.
+    #[test]
+    fn each_bucket_gets_its_newest_span_as_an_exemplar_at_each_flush() {
+        let metrics = SpanMetrics::default();
+        let mut fast = span("f1", None, "payment", "server", 3, SpanStatus::Unset);
+        fast.trace_id = "a".repeat(32);
+        let mut slow = span("s1", None, "payment", "server", 3_000, SpanStatus::Unset);
+        slow.trace_id = "b".repeat(32);
+        let mut slower = span("s2", None, "payment", "server", 3_500, SpanStatus::Unset);
+        slower.trace_id = "c".repeat(32);
+        let mut endless = span("s3", None, "payment", "server", 60_000, SpanStatus::Unset);
+        endless.trace_id = "d".repeat(32);
+        metrics.count(&[fast, slow, slower.clone()]);
+        metrics.count(&[endless]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = sightline_tsdb::MetricStore::open(dir.path()).unwrap();
+        let target = Labels::new([("job", "sightline"), ("instance", "127.0.0.1:7070")]);
+        metrics.flush(&store, &target, 70_000).unwrap();
+        let selectors = sightline_tsdb::promql::selectors_of(
+            "traces_spanmetrics_duration_seconds_bucket{service=\"payment\"}",
+        )
+        .unwrap();
+        let found = store.exemplars(&selectors, 0, i64::MAX);
+        let by_le: Vec<(String, String, String, f64, i64)> = found
+            .iter()
+            .flat_map(|series| {
+                series.exemplars.iter().map(|exemplar| {
+                    (
+                        series.series.get("le").to_string(),
+                        exemplar.labels.get("trace_id").to_string(),
+                        exemplar.labels.get("span_id").to_string(),
+                        exemplar.value,
+                        exemplar.timestamp_ms,
+                    )
+                })
+            })
+            .collect();
+        let mut by_le = by_le;
+        by_le.sort_by(|a, b| a.3.total_cmp(&b.3));
+        assert_eq!(
+            by_le,
+            [
+                ("0.004".into(), "a".repeat(32), "f1".into(), 0.003, 3),
+                ("4.096".into(), "c".repeat(32), "s2".into(), 3.5, 3_500),
+                ("+Inf".into(), "d".repeat(32), "s3".into(), 60.0, 60_000),
+            ]
+        );
+        assert!(
+            found
+                .iter()
+                .all(|series| series.series.get("job") == "sightline"),
+            "{found:?}"
+        );
+        // Nothing new since: the next flush adds no exemplar; a new span does.
+        metrics.flush(&store, &target, 80_000).unwrap();
+        assert_eq!(store.exemplars(&selectors, 0, i64::MAX), found);
+        let mut again = slower;
+        again.span_id = "s4".into();
+        again.start_time = 86_500 * 1_000_000;
+        again.end_time = 90_000 * 1_000_000;
+        metrics.count(&[again]);
+        metrics.flush(&store, &target, 90_000).unwrap();
+        let slow_bucket = store
+            .exemplars(&selectors, 0, i64::MAX)
+            .into_iter()
+            .find(|series| series.series.get("le") == "4.096")
+            .unwrap();
+        let spans: Vec<&str> = slow_bucket
+            .exemplars
+            .iter()
+            .map(|exemplar| exemplar.labels.get("span_id"))
+            .collect();
+        assert_eq!(spans, ["s2", "s4"]);
     }
 }

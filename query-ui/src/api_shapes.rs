@@ -193,7 +193,7 @@ fn cases() -> Vec<(&'static str, String)> {
         ("prom_flags", "/api/v1/status/flags".into()),
         (
             "prom_query_exemplars",
-            "/api/v1/query_exemplars?query=up".into(),
+            "/api/v1/query_exemplars?query=rate(http_requests_total%5B5m%5D)".into(),
         ),
     ]
 }

@@ -16,8 +16,9 @@
 //!   [`RuleStatusSource`](sightline_tsdb::rules::RuleStatusSource);
 //! - `/api/v1/status/buildinfo`, and `/api/v1/status/flags` with the query
 //!   settings in force;
-//! - `/api/v1/query_exemplars`: the store keeps no exemplars yet, so a valid
-//!   request answers an empty list.
+//! - `/api/v1/query_exemplars` (`query`, `start`, `end`): the exemplars of
+//!   the series the query's selectors select, from the store's bounded
+//!   exemplar store (`sightline_tsdb::exemplars`).
 //!
 //! Responses use Prometheus' envelope, `{"status":"success","data":...}`
 //! (with `"warnings"` when there are any), and its errors,
@@ -78,9 +79,9 @@ use tokio::sync::Semaphore;
 use crate::QueryState;
 use crate::params::Pairs as _;
 use crate::response::{
-    AlertJson, Alerts, BuildInfo, MetricMetadataEntry, PromErrorBody, PromLabels, PromPoint,
-    PromSample, PromSeries, PromSuccess, PromTime, QueryData, QueryFlags, RuleGroupJson,
-    RuleGroups, RuleJson, RuleKindJson,
+    AlertJson, Alerts, BuildInfo, MetricMetadataEntry, PromErrorBody, PromExemplar, PromLabels,
+    PromPoint, PromSample, PromSeries, PromSeriesExemplars, PromSuccess, PromTime, QueryData,
+    QueryFlags, RuleGroupJson, RuleGroups, RuleJson, RuleKindJson,
 };
 
 /// The Prometheus version `/api/v1/status/buildinfo` reports, so that
@@ -1029,9 +1030,13 @@ async fn flags() -> Response {
     )
 }
 
-/// `GET|POST /api/v1/query_exemplars`: validates the request; the store
-/// holds no exemplars, so the answer is an empty list.
-async fn query_exemplars(params: Params) -> Result<Response, PromError> {
+/// `GET|POST /api/v1/query_exemplars?query=&start=&end=`: the exemplars of
+/// every series the query's selectors select (as Prometheus extracts them),
+/// in the range, in Prometheus' JSON shape.
+async fn query_exemplars(
+    State(state): State<QueryState>,
+    params: Params,
+) -> Result<Response, PromError> {
     let start_ms = params.time_or("start", MIN_TIME_MS)?;
     let end_ms = params.time_or("end", MAX_TIME_MS)?;
     if end_ms < start_ms {
@@ -1040,8 +1045,31 @@ async fn query_exemplars(params: Params) -> Result<Response, PromError> {
             "end timestamp must not be before start time",
         ));
     }
-    Engine::parse(params.get("query").unwrap_or_default()).map_err(PromError::from_query)?;
-    Ok(success([(); 0], Vec::new()))
+    let query = params
+        .get("query")
+        .ok_or_else(|| PromError::invalid_parameter("query", "missing"))?;
+    let selectors = sightline_tsdb::promql::selectors_of(query).map_err(PromError::from_query)?;
+    let timeout = params.timeout()?;
+    let found = run_on_store(&state, timeout, move |metrics| {
+        metrics.exemplars(&selectors, start_ms, end_ms)
+    })
+    .await?;
+    let data: Vec<PromSeriesExemplars> = found
+        .into_iter()
+        .map(|series| PromSeriesExemplars {
+            series_labels: PromLabels(series.series),
+            exemplars: series
+                .exemplars
+                .into_iter()
+                .map(|exemplar| PromExemplar {
+                    labels: PromLabels(exemplar.labels),
+                    value: format_value(exemplar.value),
+                    timestamp: PromTime(exemplar.timestamp_ms),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(success(data, Vec::new()))
 }
 
 #[cfg(test)]
@@ -1170,6 +1198,22 @@ pub(crate) mod tests {
         }
         let outcome = metrics.append(&samples).unwrap();
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        // A request's trace on each instance's counter, two on `a`.
+        let exemplar = |trace: &str, seconds: f64| sightline_tsdb::Exemplar {
+            labels: Labels::new([("trace_id", trace)]),
+            value: 1.0,
+            timestamp_ms: (T0 as f64 * 1000.0 + seconds * 1000.0) as i64,
+        };
+        let (a, b) = (Arc::new(requests("a")), Arc::new(requests("b")));
+        let kept = metrics.append_exemplars(&[
+            (
+                a.clone(),
+                exemplar("4bf92f3577b34da6a3ce929d0e0e4736", 30.0),
+            ),
+            (b, exemplar("00f067aa0ba902b700f067aa0ba902b7", 45.0)),
+            (a, exemplar("0af7651916cd43dd8448eb211c80319c", 60.5)),
+        ]);
+        assert_eq!(kept.stored, 3);
         metrics.set_metadata(
             "http_requests_total",
             MetricMetadata {
@@ -1622,16 +1666,59 @@ pub(crate) mod tests {
                 "query.timeout": "120s",
             }})
         );
+        // The exemplars of the series a query's selectors select, in range.
         let (status, body) = post(
             &state,
             "/api/v1/query_exemplars",
-            "query=http_requests_total&start=1700000000&end=1700000300",
+            &format!(
+                "query=sum(rate(http_requests_total{{instance=\"a\"}}[5m]))/1&start={}&end={}",
+                T0 + 40,
+                T0 + 300
+            ),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "success", "data": [{
+                "seriesLabels": {"__name__": "http_requests_total", "instance": "a", "job": "api"},
+                "exemplars": [{
+                    "labels": {"trace_id": "0af7651916cd43dd8448eb211c80319c"},
+                    "value": "1",
+                    "timestamp": T0 as f64 + 60.5,
+                }],
+            }]})
+        );
+        let (_, body) = get(&state, "/api/v1/query_exemplars?query=http_requests_total").await;
+        let traces: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|series| series["exemplars"].as_array().unwrap())
+            .map(|exemplar| exemplar["labels"]["trace_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(traces.len(), 3, "{body}");
+        let (_, body) = get(&state, "/api/v1/query_exemplars?query=temperature").await;
         assert_eq!(body, json!({"status": "success", "data": []}));
-        let (status, _) = get(&state, "/api/v1/query_exemplars?query=sum(").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        for (uri, message) in [
+            ("/api/v1/query_exemplars?query=sum(", "parse error"),
+            (
+                "/api/v1/query_exemplars",
+                "invalid parameter \"query\": missing",
+            ),
+            (
+                "/api/v1/query_exemplars?query=up&start=10&end=5",
+                "end timestamp must not be before start time",
+            ),
+        ] {
+            let (status, body) = get(&state, uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(body["errorType"], "bad_data", "{uri}");
+            assert!(
+                body["error"].as_str().unwrap().contains(message),
+                "{uri}: {body}"
+            );
+        }
     }
 
     #[test]

@@ -509,6 +509,22 @@ pub(crate) struct PromSeries {
     pub(crate) values: Vec<PromPoint>,
 }
 
+/// One series of `/api/v1/query_exemplars`' answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PromSeriesExemplars {
+    pub(crate) series_labels: PromLabels,
+    pub(crate) exemplars: Vec<PromExemplar>,
+}
+
+/// `{"labels": {"trace_id": ...}, "value": "0.42", "timestamp": 1700000000.123}`
+#[derive(Debug, Serialize)]
+pub(crate) struct PromExemplar {
+    pub(crate) labels: PromLabels,
+    pub(crate) value: String,
+    pub(crate) timestamp: PromTime,
+}
+
 /// One entry of `/api/v1/metadata`'s list per metric name.
 #[derive(Debug, Serialize)]
 pub(crate) struct MetricMetadataEntry {

@@ -44,6 +44,7 @@ mod labels;
 mod shared;
 mod wal;
 
+pub mod exemplars;
 pub mod promql;
 pub mod rules;
 
@@ -55,8 +56,11 @@ pub use block::{BLOCK_FORMAT_VERSION, Block, BlockMeta};
 pub use block_index::{BlockIndex, SeriesChunks};
 pub use labels::{LabelMatcher, Labels, METRIC_NAME, MatchKind, matches_all};
 
+pub use exemplars::{Exemplar, SeriesExemplars};
 use labels::{FastHash, LabelIndex, map_heap_bytes};
-pub use shared::{AppendOutcome, MetricMetadata, MetricReader, MetricStore, SampleLog};
+pub use shared::{
+    AppendOutcome, ExemplarOutcome, MetricMetadata, MetricReader, MetricStore, SampleLog,
+};
 pub use wal::HEAD_WAL_FORMAT_VERSION;
 
 use chunk::ChunkEncoder;

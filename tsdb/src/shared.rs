@@ -23,9 +23,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use super::{LabelMatcher, Labels, SeriesData, TimeSeriesStore, TsdbError, TsdbStats};
+use crate::exemplars::{Appended, Exemplar, ExemplarError, ExemplarStore, SeriesExemplars};
 use crate::promql::{QueryError, Queryable};
 
 /// Metadata of one metric family, as `# TYPE`, `# HELP` and `# UNIT` give it.
@@ -45,6 +46,16 @@ pub struct MetricMetadata {
 pub struct AppendOutcome {
     pub appended: usize,
     pub rejected: Vec<(usize, TsdbError)>,
+}
+
+/// What happened to a batch of exemplars: how many were stored, how many
+/// repeated their series' newest (ignored), and why the others were
+/// refused (index into the batch, error).
+#[derive(Debug, Default)]
+pub struct ExemplarOutcome {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub rejected: Vec<(usize, ExemplarError)>,
 }
 
 /// The metrics half's durable-log seam: where every writer of samples
@@ -84,6 +95,15 @@ pub trait SampleLog: Send + Sync + std::fmt::Debug {
     /// Records the metadata of a metric family (the newest report wins).
     fn set_metadata(&self, metric: &str, metadata: MetricMetadata);
 
+    /// Keeps exemplars beside their series (see [`crate::exemplars`]):
+    /// bounded, in memory, never a reason to refuse the samples. A log
+    /// that does not carry them (cluster mode's partitioned log, for now)
+    /// keeps none.
+    fn append_exemplars(&self, exemplars: &[(Arc<Labels>, Exemplar)]) -> ExemplarOutcome {
+        let _ = exemplars;
+        ExemplarOutcome::default()
+    }
+
     /// Whether this log sums delta points (OTLP delta sums) itself, where
     /// every point of a series meets (cluster mode's partition owners).
     /// When it does not, a receiver sums the points it gets, which is right
@@ -122,6 +142,10 @@ impl SampleLog for MetricStore {
     fn set_metadata(&self, metric: &str, metadata: MetricMetadata) {
         MetricStore::set_metadata(self, metric, metadata)
     }
+
+    fn append_exemplars(&self, exemplars: &[(Arc<Labels>, Exemplar)]) -> ExemplarOutcome {
+        MetricStore::append_exemplars(self, exemplars)
+    }
 }
 
 /// A [`TimeSeriesStore`] shared between threads.
@@ -129,6 +153,7 @@ impl SampleLog for MetricStore {
 pub struct MetricStore {
     inner: RwLock<TimeSeriesStore>,
     metadata: RwLock<BTreeMap<String, MetricMetadata>>,
+    exemplars: Mutex<ExemplarStore>,
     /// Whether `append` waits for the WAL's fsync.
     fsync: bool,
 }
@@ -139,6 +164,7 @@ impl MetricStore {
         Ok(MetricStore {
             inner: RwLock::new(TimeSeriesStore::open(dir)?),
             metadata: RwLock::new(BTreeMap::new()),
+            exemplars: Mutex::new(ExemplarStore::default()),
             fsync: true,
         })
     }
@@ -236,6 +262,37 @@ impl MetricStore {
             .clone()
     }
 
+    /// Keeps exemplars; see [`SampleLog::append_exemplars`].
+    pub fn append_exemplars(&self, exemplars: &[(Arc<Labels>, Exemplar)]) -> ExemplarOutcome {
+        let mut outcome = ExemplarOutcome::default();
+        if exemplars.is_empty() {
+            return outcome;
+        }
+        let mut store = self.exemplars.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, (series, exemplar)) in exemplars.iter().enumerate() {
+            match store.append(series, exemplar.clone()) {
+                Ok(Appended::Stored) => outcome.stored += 1,
+                Ok(Appended::Duplicate) => outcome.duplicates += 1,
+                Err(error) => outcome.rejected.push((index, error)),
+            }
+        }
+        outcome
+    }
+
+    /// Exemplars of the series any of `selectors` matches, in
+    /// `[start_ms, end_ms]`.
+    pub fn exemplars(
+        &self,
+        selectors: &[Vec<LabelMatcher>],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<SeriesExemplars> {
+        self.exemplars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .query(selectors, start_ms, end_ms)
+    }
+
     /// Sizes of head, blocks and WAL.
     pub fn stats(&self) -> TsdbStats {
         self.reader().stats()
@@ -264,6 +321,19 @@ pub trait MetricReader: Queryable + Send + Sync {
 
     /// Metadata by metric family name.
     fn metadata(&self) -> Result<BTreeMap<String, MetricMetadata>, QueryError>;
+
+    /// Exemplars of the series any of `selectors` matches, in
+    /// `[start_ms, end_ms]`, sorted by series. A reader without an
+    /// exemplar store (cluster mode, for now) has none.
+    fn exemplars(
+        &self,
+        selectors: &[Vec<LabelMatcher>],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesExemplars>, QueryError> {
+        let _ = (selectors, start_ms, end_ms);
+        Ok(Vec::new())
+    }
 }
 
 impl MetricReader for MetricStore {
@@ -288,6 +358,15 @@ impl MetricReader for MetricStore {
 
     fn metadata(&self) -> Result<BTreeMap<String, MetricMetadata>, QueryError> {
         Ok(MetricStore::metadata(self))
+    }
+
+    fn exemplars(
+        &self,
+        selectors: &[Vec<LabelMatcher>],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesExemplars>, QueryError> {
+        Ok(MetricStore::exemplars(self, selectors, start_ms, end_ms))
     }
 }
 

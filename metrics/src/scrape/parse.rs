@@ -7,7 +7,8 @@
 //! What each format accepts:
 //! - both: `# HELP` (with `\\` and `\n` escapes), `# TYPE`, label values with
 //!   `\\`, `\"` and `\n` escapes, `NaN`, `+Inf`, `-Inf`, an optional
-//!   timestamp, and an exemplar after ` # ` (counted, then dropped);
+//!   timestamp, and an exemplar after ` # ` (labels, value and an optional
+//!   timestamp in seconds, kept with its sample);
 //! - text: blank lines and other comments are skipped, timestamps are
 //!   integer milliseconds;
 //! - OpenMetrics: `# UNIT`, timestamps in (fractional) seconds, the body must
@@ -73,6 +74,17 @@ pub struct ParsedSample<'a> {
     /// The sample's own timestamp, in milliseconds, when the line had one.
     pub timestamp_ms: Option<i64>,
     pub value: f64,
+    pub exemplar: Option<ParsedExemplar>,
+}
+
+/// The exemplar after a sample: `# {trace_id="..."} 0.42 [1700000000.123]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedExemplar {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+    /// Its own timestamp (seconds in the text, as OpenMetrics writes it),
+    /// in milliseconds.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ParsedSample<'_> {
@@ -88,7 +100,7 @@ pub struct Exposition<'a> {
     pub samples: Vec<ParsedSample<'a>>,
     /// Per metric family, from `# TYPE`, `# HELP` and `# UNIT`.
     pub metadata: BTreeMap<String, MetricMetadata>,
-    /// Exemplars seen (and dropped).
+    /// Exemplars seen (also those of dropped `_created` samples).
     pub exemplars: usize,
     /// `_created` samples dropped.
     pub created_dropped: usize,
@@ -350,12 +362,15 @@ impl<'a> Parser<'a, '_> {
                 })?);
             cursor.skip_spaces();
         }
+        let mut exemplar = None;
         match cursor.peek() {
             None => {}
             Some(b'#') if spaced || timestamp_ms.is_some() => {
-                cursor
-                    .exemplar()
-                    .map_err(|error| format!("{error} of {name}"))?;
+                exemplar = Some(
+                    cursor
+                        .exemplar()
+                        .map_err(|error| format!("{error} of {name}"))?,
+                );
                 self.exposition.exemplars += 1;
             }
             Some(_) => {
@@ -378,6 +393,7 @@ impl<'a> Parser<'a, '_> {
             labels,
             timestamp_ms,
             value,
+            exemplar,
         });
         Ok(())
     }
@@ -549,7 +565,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `# {labels} value [timestamp]` after a sample.
-    fn exemplar(&mut self) -> Result<(), String> {
+    fn exemplar(&mut self) -> Result<ParsedExemplar, String> {
         self.eat(b'#');
         self.skip_spaces();
         if !self.eat(b'{') {
@@ -561,18 +577,25 @@ impl<'a> Cursor<'a> {
         if self.skip_spaces() == 0 {
             return Err("expected a value after the exemplar's labels".to_string());
         }
-        let value = self.token();
-        if parse_float(value).is_none() {
-            return Err(format!("invalid exemplar value {:?}", truncate(value)));
-        }
+        let token = self.token();
+        let Some(value) = parse_float(token) else {
+            return Err(format!("invalid exemplar value {:?}", truncate(token)));
+        };
+        let mut timestamp_ms = None;
         if self.skip_spaces() > 0 && self.peek().is_some() {
             let timestamp = self.token();
-            if timestamp.parse::<f64>().ok().is_none_or(|t| !t.is_finite()) {
+            let millis = timestamp
+                .parse::<f64>()
+                .ok()
+                .map(|seconds| (seconds * 1000.0).round())
+                .filter(|millis| millis.is_finite() && millis.abs() < i64::MAX as f64);
+            let Some(millis) = millis else {
                 return Err(format!(
                     "invalid exemplar timestamp {:?}",
                     truncate(timestamp)
                 ));
-            }
+            };
+            timestamp_ms = Some(millis as i64);
             self.skip_spaces();
         }
         if self.peek().is_some() {
@@ -581,7 +604,11 @@ impl<'a> Cursor<'a> {
                 truncate(self.rest())
             ));
         }
-        Ok(())
+        Ok(ParsedExemplar {
+            labels,
+            value,
+            timestamp_ms,
+        })
     }
 }
 
@@ -784,6 +811,23 @@ hist_sum 324789.3\n\
         );
         assert_eq!(exposition.samples[2].timestamp_ms, Some(1_520_879_607_789));
         assert_eq!(exposition.exemplars, 2);
+        assert_eq!(
+            exposition.samples[2].exemplar,
+            Some(ParsedExemplar {
+                labels: vec![("trace_id".into(), "KOO5S4vxi0o".into())],
+                value: 0.67,
+                timestamp_ms: None,
+            })
+        );
+        assert_eq!(
+            exposition.samples[3].exemplar,
+            Some(ParsedExemplar {
+                labels: vec![("trace_id".into(), "a".into())],
+                value: 0.005,
+                timestamp_ms: Some(1_520_879_607_700),
+            })
+        );
+        assert_eq!(exposition.samples[4].exemplar, None);
         assert_eq!(exposition.created_dropped, 2);
         let metadata = &exposition.metadata["acme_http_router_request_seconds"];
         assert_eq!(metadata.unit, "seconds");

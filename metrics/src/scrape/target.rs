@@ -5,7 +5,9 @@
 //! scrape that are gone (all of them when the scrape failed), and the
 //! synthetic series `up`, `scrape_duration_seconds`, `scrape_samples_scraped`,
 //! `scrape_samples_post_metric_relabeling` and `scrape_series_added`. Parsing
-//! and the append run on a blocking thread.
+//! and the append run on a blocking thread. Exemplars of the kept samples
+//! go to the store's bounded exemplar store after the batch is durable
+//! (their time is the scrape's unless they carry their own).
 //!
 //! A job's `metric_relabel_configs` apply to each sample after the target's
 //! labels are attached: dropped series are not stored, `sample_limit`
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sightline_tsdb::promql::stale_nan;
-use sightline_tsdb::{Labels, METRIC_NAME, MetricMetadata, SampleLog};
+use sightline_tsdb::{Exemplar, Labels, METRIC_NAME, MetricMetadata, SampleLog};
 use sightline_vocab::clock::now_ms;
 use tokio::sync::watch;
 
@@ -443,6 +445,7 @@ fn ingest(
     state.generation += 1;
     let generation = state.generation;
     let mut batch: Vec<(Arc<Labels>, i64, f64)> = Vec::new();
+    let mut exemplars: Vec<(Arc<Labels>, Exemplar)> = Vec::new();
     // Which samples of the batch count for staleness (those without
     // their own timestamp), by index.
     let mut tracked: Vec<(usize, u64)> = Vec::new();
@@ -504,7 +507,16 @@ fn ingest(
                 if own_timestamp.is_none() {
                     tracked.push((batch.len(), hash));
                 }
-                batch.push((labels, own_timestamp.unwrap_or(timestamp_ms), sample.value));
+                let sample_ms = own_timestamp.unwrap_or(timestamp_ms);
+                if let Some(exemplar) = sample.exemplar {
+                    let exemplar = Exemplar {
+                        labels: Labels::new(exemplar.labels),
+                        value: exemplar.value,
+                        timestamp_ms: exemplar.timestamp_ms.unwrap_or(sample_ms),
+                    };
+                    exemplars.push((labels.clone(), exemplar));
+                }
+                batch.push((labels, sample_ms, sample.value));
             }
             kept = batch.len();
             let changed: Vec<(String, MetricMetadata)> = exposition
@@ -525,6 +537,7 @@ fn ingest(
         Some(limit) => {
             batch.clear();
             tracked.clear();
+            exemplars.clear();
             Some(limit)
         }
         None => error,
@@ -570,6 +583,11 @@ fn ingest(
             if let Some((index, rejection)) = outcome.rejected.last() {
                 let series = &batch[*index].0;
                 report.last_rejection = Some(format!("{series}: {rejection}"));
+            }
+            let kept = store.append_exemplars(&exemplars);
+            if let Some((index, rejection)) = kept.rejected.last() {
+                let series = &exemplars[*index].0;
+                tracing::debug!(url = %target.url, %series, %rejection, "exemplar not kept");
             }
         }
         Err(error) => {

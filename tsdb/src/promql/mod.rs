@@ -127,6 +127,40 @@ pub fn parse_selector(text: &str) -> Result<Vec<LabelMatcher>, QueryError> {
     }
 }
 
+/// The selectors of every series a query reads (its vector and matrix
+/// selectors, inside functions, aggregations and subqueries), as
+/// Prometheus' `query_exemplars` extracts them: exemplars are asked of the
+/// series the expression is built from.
+pub fn selectors_of(query: &str) -> Result<Vec<Vec<LabelMatcher>>, QueryError> {
+    use promql_parser::parser::Expr;
+    let expr = Engine::parse(query)?;
+    let mut selectors = Vec::new();
+    let mut pending: Vec<&Expr> = vec![&expr];
+    while let Some(expr) = pending.pop() {
+        match expr {
+            Expr::VectorSelector(selector) => selectors.push(eval::matchers_of(selector)?),
+            Expr::MatrixSelector(matrix) => selectors.push(eval::matchers_of(&matrix.vs)?),
+            Expr::Aggregate(aggregate) => {
+                pending.push(&aggregate.expr);
+                if let Some(param) = &aggregate.param {
+                    pending.push(param);
+                }
+            }
+            Expr::Unary(unary) => pending.push(&unary.expr),
+            Expr::Binary(binary) => {
+                pending.push(&binary.lhs);
+                pending.push(&binary.rhs);
+            }
+            Expr::Paren(paren) => pending.push(&paren.expr),
+            Expr::Subquery(subquery) => pending.push(&subquery.expr),
+            Expr::Call(call) => pending.extend(call.args.args.iter().map(|arg| arg.as_ref())),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    selectors.reverse();
+    Ok(selectors)
+}
+
 /// A small in-memory [`Queryable`]: a sorted table of series.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {
@@ -183,6 +217,31 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_query_reads_the_series_of_every_selector_inside_it() {
+        let query = r#"histogram_quantile(0.99, sum by (le) (rate(latency_bucket{service="payment"}[5m]))) > on() group_left max_over_time(slo[1h:1m]) + scalar(up{job=~"a.*"})"#;
+        let selectors = selectors_of(query).unwrap();
+        let described: Vec<Vec<String>> = selectors
+            .iter()
+            .map(|matchers| {
+                matchers
+                    .iter()
+                    .map(|m| format!("{}{:?}{}", m.name, m.kind, m.value))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                vec!["__name__Equallatency_bucket", "serviceEqualpayment"],
+                vec!["__name__Equalslo"],
+                vec!["__name__Equalup", "jobRegexa.*"],
+            ]
+        );
+        assert!(selectors_of("1 + 1").unwrap().is_empty());
+        assert!(selectors_of("sum(").is_err());
+    }
 
     #[test]
     fn durations_a_duration_cannot_hold_are_parse_errors_not_panics() {
