@@ -43,6 +43,7 @@ const CONTRACT = {
     'import("ASSETS/util.js").PromResponse<{resultType: "matrix", result: import("ASSETS/util.js").PromSeries[]}>',
   prom_query_range_bad_step: 'import("ASSETS/util.js").ErrorBody',
   prom_series: 'import("ASSETS/util.js").PromResponse<import("ASSETS/util.js").PromLabels[]>',
+  prom_query_exemplars: 'import("ASSETS/util.js").PromResponse<import("ASSETS/util.js").PromSeriesExemplars[]>',
   prom_label_values: 'import("ASSETS/util.js").PromResponse<string[]>',
   prom_rules: 'import("ASSETS/alerts.js").RulesResponse',
   prom_alerts: 'import("ASSETS/alerts.js").AlertsResponse',

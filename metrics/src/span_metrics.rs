@@ -364,7 +364,9 @@ impl SpanMetrics {
                     (Some(exemplar), Some(bucket_index)) if bucket_index == index => {
                         let trace = [("trace_id", exemplar.trace_id.as_str())];
                         let seconds = exemplar.seconds;
-                        writer.sample_with_exemplar(bucket, &with_le, cumulative, &trace, seconds);
+                        writer.sample_with_exemplar(
+                            bucket, &with_le, cumulative, &trace, seconds, None,
+                        );
                     }
                     _ => writer.sample(bucket, &with_le, cumulative),
                 }

@@ -116,7 +116,8 @@ impl<'a> Writer<'a> {
     }
 
     /// One sample line with an OpenMetrics exemplar:
-    /// `name{...} value # {label="value",...} exemplar_value`.
+    /// `name{...} value # {label="value",...} exemplar_value [timestamp]`,
+    /// the timestamp in Unix seconds.
     pub fn sample_with_exemplar(
         &mut self,
         name: &str,
@@ -124,12 +125,17 @@ impl<'a> Writer<'a> {
         value: impl SampleValue,
         exemplar_labels: &[(&str, &str)],
         exemplar_value: impl SampleValue,
+        exemplar_seconds: Option<f64>,
     ) {
         self.sample_start(name, labels, value);
         self.out.push_str(" # ");
         self.label_set(exemplar_labels, true);
         self.out.push(' ');
         exemplar_value.write_to(self.out);
+        if let Some(seconds) = exemplar_seconds {
+            self.out.push(' ');
+            seconds.write_to(self.out);
+        }
         self.out.push('\n');
     }
 
@@ -248,14 +254,15 @@ mod tests {
             2usize,
             &[("trace_id", "ab")],
             0.25,
+            None,
         );
-        writer.sample_with_exemplar("h_bucket", &[], 2usize, &[], 0.25);
+        writer.sample_with_exemplar("h_bucket", &[], 2usize, &[], 0.25, Some(1700000000.5));
         assert_eq!(
             text,
             "# HELP x_total An x.\\nback\\\\slash\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"\\\\\\n\",b=\"\"} 1.5\nx_total 3\nx_total 18446744073709551615\nx_total -7\n\
              # HELP h Histogram.\n# TYPE h histogram\n\
-             h_bucket{le=\"0.5\"} 2 # {trace_id=\"ab\"} 0.25\nh_bucket 2 # {} 0.25\n"
+             h_bucket{le=\"0.5\"} 2 # {trace_id=\"ab\"} 0.25\nh_bucket 2 # {} 0.25 1700000000.5\n"
         );
     }
 

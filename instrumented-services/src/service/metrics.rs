@@ -1,6 +1,9 @@
-//! A service's `/metrics`: Prometheus text exposition (format 0.0.4),
-//! written with Sightline's own exposition writer (no metrics crate: a few
-//! counters and one histogram do not need one).
+//! A service's `/metrics`: Prometheus text exposition (format 0.0.4), or
+//! OpenMetrics when the scraper asks for it, with an exemplar (the trace and
+//! span of the newest request) on every duration bucket that counted one,
+//! as the Prometheus client libraries keep them. Written with Sightline's
+//! own exposition writer (no metrics crate: a few counters and one
+//! histogram do not need one).
 //!
 //! Every metric is declared in [`METRICS`] with its help text, so the
 //! exposition always has `# HELP` and `# TYPE` lines and label cardinality
@@ -87,6 +90,19 @@ struct HistogramSeries {
     buckets: [u64; DURATION_BUCKETS.len()],
     sum: f64,
     count: u64,
+    /// The newest request per bucket (the one its duration falls in; the
+    /// last is `+Inf`).
+    exemplars: [Option<RequestExemplar>; DURATION_BUCKETS.len() + 1],
+}
+
+/// A request as an exemplar: its trace and span, duration and end time.
+#[derive(Debug, Clone)]
+struct RequestExemplar {
+    trace_id: String,
+    span_id: String,
+    seconds: f64,
+    /// Unix seconds.
+    at: f64,
 }
 
 /// The metrics of one service.
@@ -129,8 +145,16 @@ impl Metrics {
         self.add(name, labels, 1.0);
     }
 
-    /// Records one handled request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Records one handled request; `trace` (trace id, span id, in hex)
+    /// becomes its bucket's exemplar.
+    pub fn observe_request(
+        &self,
+        method: &str,
+        route: &str,
+        status: u16,
+        seconds: f64,
+        trace: Option<(String, String)>,
+    ) {
         let status = status.to_string();
         self.inc(
             HTTP_REQUESTS_TOTAL,
@@ -146,6 +170,22 @@ impl Metrics {
         }
         series.sum += seconds;
         series.count += 1;
+        if let Some((trace_id, span_id)) = trace {
+            let bucket = DURATION_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(DURATION_BUCKETS.len());
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs_f64())
+                .unwrap_or_default();
+            series.exemplars[bucket] = Some(RequestExemplar {
+                trace_id,
+                span_id,
+                seconds,
+                at,
+            });
+        }
     }
 
     /// The value of counter `name` summed over all its label sets.
@@ -162,6 +202,17 @@ impl Metrics {
     /// never incremented are still announced (HELP/TYPE) so dashboards see
     /// the metric exists.
     pub fn render(&self) -> String {
+        self.write(false)
+    }
+
+    /// The OpenMetrics exposition: [`Metrics::render`]'s series with the
+    /// duration buckets' exemplars, counters' families named without
+    /// `_total`, and `# EOF`.
+    pub fn render_openmetrics(&self) -> String {
+        sightline_vocab::exposition::to_openmetrics(&self.write(true))
+    }
+
+    fn write(&self, exemplars: bool) -> String {
         let mut out = String::with_capacity(4096);
         let mut writer = Writer::new(&mut out);
         let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,11 +244,24 @@ impl Metrics {
             // The last bucket, `le="+Inf"`, counts every request.
             let bounds = DURATION_BUCKETS.iter().chain([&f64::INFINITY]);
             let counts = series.buckets.iter().chain([&series.count]);
-            for (bound, value) in bounds.zip(counts) {
+            for ((bound, value), exemplar) in bounds.zip(counts).zip(&series.exemplars) {
                 let le = format_float(*bound);
                 let mut with_le = pairs.clone();
                 with_le.push(("le", &le));
-                writer.sample(&bucket, &with_le, *value);
+                match exemplar.as_ref().filter(|_| exemplars) {
+                    Some(exemplar) => writer.sample_with_exemplar(
+                        &bucket,
+                        &with_le,
+                        *value,
+                        &[
+                            ("trace_id", exemplar.trace_id.as_str()),
+                            ("span_id", exemplar.span_id.as_str()),
+                        ],
+                        exemplar.seconds,
+                        Some(exemplar.at),
+                    ),
+                    None => writer.sample(&bucket, &with_le, *value),
+                }
             }
             writer.sample(&sum, &pairs, series.sum);
             writer.sample(&count, &pairs, series.count);
@@ -257,8 +321,10 @@ mod tests {
     #[test]
     fn exposition_has_counters_histogram_and_escaped_labels() {
         let metrics = Metrics::default();
-        metrics.observe_request("POST", "/orders", 201, 0.03);
-        metrics.observe_request("POST", "/orders", 502, 0.7);
+        metrics.observe_request("POST", "/orders", 201, 0.03, None);
+        let trace = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let ids = Some((trace.0.to_string(), trace.1.to_string()));
+        metrics.observe_request("POST", "/orders", 502, 0.7, ids);
         metrics.inc(PAYMENTS_FAILED_TOTAL, &[("reason", "declined")]);
         metrics.add(ORDER_VALUE_TOTAL, &[], 24.9);
         metrics.inc(ORDERS_FAILED_TOTAL, &[("reason", "a \"quoted\"\nvalue")]);
@@ -300,5 +366,17 @@ mod tests {
         assert_eq!(sample_value(&text, HTTP_REQUESTS_TOTAL, None), Some(2.0));
         assert_eq!(sample_value(&text, ORDERS_CREATED_TOTAL, None), None);
         assert_eq!(metrics.total(HTTP_REQUESTS_TOTAL), 2.0);
+        assert!(!text.contains(" # {"), "no exemplars in the text format");
+
+        // OpenMetrics: the slow request's trace on the bucket it fell in.
+        let open = metrics.render_openmetrics();
+        let exemplar = format!(
+            "http_request_duration_seconds_bucket{{method=\"POST\",route=\"/orders\",le=\"1\"}} 2 # {{trace_id=\"{}\",span_id=\"{}\"}} 0.7 ",
+            trace.0, trace.1
+        );
+        assert!(open.contains(&exemplar), "{open}");
+        assert_eq!(open.matches(" # {").count(), 1, "{open}");
+        assert!(open.contains("# TYPE http_requests counter"), "{open}");
+        assert!(open.ends_with("# EOF\n"));
     }
 }

@@ -109,11 +109,21 @@ pub async fn trace_request(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
+    let otel = span.context();
+    let span_context = otel.span().span_context().clone();
+    // Only a sampled trace can be opened from its exemplar.
+    let trace = (span_context.is_valid() && span_context.is_sampled()).then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    });
     state.metrics.observe_request(
         method.as_str(),
         &route,
         status.as_u16(),
         started.elapsed().as_secs_f64(),
+        trace,
     );
     if state.role == ServiceRole::Payment {
         super::payment::count_failed_charge(&state.metrics, &route, status);

@@ -364,12 +364,29 @@ async fn live(State(state): State<Arc<AppState>>) -> axum::Json<serde_json::Valu
     }))
 }
 
-async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let content_type = "text/plain; version=0.0.4; charset=utf-8";
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        state.metrics.render(),
-    )
+/// `/metrics`: OpenMetrics (with exemplars) when the scraper accepts it,
+/// as Prometheus' does, else the text format.
+async fn metrics_endpoint(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        (
+            [(header::CONTENT_TYPE, content_type)],
+            state.metrics.render_openmetrics(),
+        )
+    } else {
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        (
+            [(header::CONTENT_TYPE, content_type)],
+            state.metrics.render(),
+        )
+    }
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, axum::Json<serde_json::Value>) {

@@ -15,12 +15,13 @@ import { el } from "./util.js";
  * @property {{left: number, width: number, top: number, height: number}} select
  * @property {() => void} destroy
  * @property {(position: number, scale: string) => number} posToVal
+ * @property {(value: number, scale: string) => number} valToPos
  * @property {(select: {left: number, width: number, top: number, height: number}, fire: boolean) => void} setSelect
  */
 
 /**
  * The uPlot constructor and the path builders used here.
- * @typedef {{new (options: object, data: Array<Array<number | null>>, target: HTMLElement): Chart, paths: {bars: (options: object) => unknown}}} ChartConstructor
+ * @typedef {{new (options: object, data: Array<Array<number | null>>, target: HTMLElement): Chart, paths: {bars: (options: object) => unknown}, rangeNum: (min: number, max: number, pad: number, soft: boolean) => [number, number]}} ChartConstructor
  */
 
 const UPlot = /** @type {ChartConstructor} */ (/** @type {unknown} */ (uPlot));
@@ -53,10 +54,17 @@ function widthOf(container, fallback = 600) {
  */
 
 /**
+ * A point drawn over a chart as a link: an exemplar (`x` epoch seconds, `y`
+ * its value) opening the request it came from.
+ * @typedef {{x: number, y: number, title: string, href: string}} ChartMarker
+ */
+
+/**
  * A time-series chart. `xs` are epoch seconds; each series is
  * `{label, color, values}`. `bars` draws stacked bars (the series are
  * stacked in order). `onSelect(startMs, endMs)` is called after a drag, and
- * `onClick(index)` after a click on a point.
+ * `onClick(index)` after a click on a point. `markers` are drawn over the
+ * lines as links (`a.exemplar`), the y axis stretched to show them.
  * @param {HTMLElement} container
  * @param {object} chart
  * @param {number[]} chart.xs
@@ -66,9 +74,10 @@ function widthOf(container, fallback = 600) {
  * @param {(startMs: number, endMs: number) => void} [chart.onSelect]
  * @param {(index: number) => void} [chart.onClick]
  * @param {string} [chart.unit] a Grafana unit, see [`formatValue`]
+ * @param {ChartMarker[]} [chart.markers]
  * @returns {Chart}
  */
-export function timeChart(container, { xs, series, height = 220, bars = false, onSelect, onClick, unit = "" }) {
+export function timeChart(container, { xs, series, height = 220, bars = false, onSelect, onClick, unit = "", markers = [] }) {
   /** @type {Array<Array<number | null>>} */
   let data = [xs];
   if (bars) {
@@ -85,7 +94,7 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
     height,
     cursor: { drag: { x: Boolean(onSelect), y: false, setScale: false } },
     legend: { show: true },
-    scales: { x: { time: true } },
+    scales: markers.length ? { x: { time: true }, y: { range: markerRange(markers) } } : { x: { time: true } },
     axes: [{}, { size: 60, values: (/** @type {Chart} */ _, /** @type {number[]} */ ticks) => ticks.map((t) => formatValue(t, unit)) }],
     series: [
       {},
@@ -111,14 +120,20 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
           onSelect(Math.floor(a * 1000), Math.ceil(b * 1000));
         },
       ],
+      draw: [(/** @type {Chart} */ u) => placeMarkers(u, markers, links)],
     },
   };
+  const links = markers.map((m) => el("a", { class: "exemplar", href: m.href, title: m.title, "aria-label": m.title }));
   if (bars) {
     // Draw the biggest (cumulative) first so smaller stacks stay visible.
     options.series = [options.series[0], ...options.series.slice(1).reverse()];
     data = [data[0], ...data.slice(1).reverse()];
   }
   const chart = new UPlot(options, data, container);
+  if (links.length) {
+    chart.over.append(el("div", { class: "chart-markers" }, ...links));
+    placeMarkers(chart, markers, links);
+  }
   if (onClick) {
     chart.over.addEventListener("click", () => {
       if (chart.cursor.idx !== null && chart.cursor.idx !== undefined && chart.select.width < 3) onClick(chart.cursor.idx);
@@ -126,6 +141,40 @@ export function timeChart(container, { xs, series, height = 220, bars = false, o
   }
   charts.add(chart);
   return chart;
+}
+
+/**
+ * The y range of a chart with markers: the data's and the markers' values.
+ * @param {ChartMarker[]} markers
+ * @returns {(u: Chart, min: number | null, max: number | null) => [number, number]}
+ */
+function markerRange(markers) {
+  const ys = markers.map((m) => m.y).filter(Number.isFinite);
+  return (_, min, max) => {
+    const low = Math.min(min ?? Infinity, ...ys);
+    const high = Math.max(max ?? -Infinity, ...ys);
+    return Number.isFinite(low) && Number.isFinite(high) ? UPlot.rangeNum(low, high, 0.1, true) : [0, 1];
+  };
+}
+
+/**
+ * Moves each marker's link onto its point (after every redraw: zoom,
+ * resize); those outside the plot are hidden.
+ * @param {Chart} chart
+ * @param {ChartMarker[]} markers
+ * @param {HTMLElement[]} links
+ */
+function placeMarkers(chart, markers, links) {
+  markers.forEach((marker, i) => {
+    const link = links[i];
+    if (!link) return;
+    const left = chart.valToPos(marker.x, "x");
+    const top = chart.valToPos(marker.y, "y");
+    const inside = Number.isFinite(left) && Number.isFinite(top) && left >= 0 && top >= 0 && left <= chart.over.clientWidth && top <= chart.over.clientHeight;
+    link.hidden = !inside;
+    link.style.left = `${left}px`;
+    link.style.top = `${top}px`;
+  });
 }
 
 /**

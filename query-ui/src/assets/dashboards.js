@@ -34,6 +34,11 @@ import { timeChart, formatValue, emptyChart, sweepCharts } from "./chart.js";
 /** @typedef {import("./util.js").TimeRange} TimeRange */
 /** @typedef {import("./util.js").PromLabels} PromLabels */
 /** @typedef {import("./util.js").PromSeries} PromSeries */
+/** @typedef {import("./util.js").PromSeriesExemplars} PromSeriesExemplars */
+/** @typedef {import("./chart.js").ChartMarker} ChartMarker */
+
+/** Exemplars drawn on one panel at most (the slowest, on latency panels). */
+const MAX_EXEMPLARS = 300;
 
 /**
  * `#/dashboards`.
@@ -229,6 +234,28 @@ async function rangeQuery(expr, range, step) {
 }
 
 /**
+ * The exemplars of the series `expr` reads, as links to their requests.
+ * @param {string} expr
+ * @param {TimeRange} range
+ * @param {string} unit
+ * @returns {Promise<ChartMarker[]>}
+ */
+async function exemplarMarkers(expr, range, unit) {
+  /** @type {import("./util.js").PromResponse<PromSeriesExemplars[]>} */
+  const result = await fetchJson(`/api/v1/query_exemplars?${new URLSearchParams({ query: expr, start: String(range.start / 1000), end: String(range.end / 1000) })}`);
+  return result.data.flatMap((series) =>
+    series.exemplars
+      .filter((e) => e.labels.trace_id)
+      .map((e) => ({
+        x: e.timestamp,
+        y: Number(e.value),
+        title: `${series.seriesLabels.service || series.seriesLabels.job || ""} ${formatValue(Number(e.value), unit)} at ${new Date(e.timestamp * 1000).toLocaleTimeString()}: trace ${e.labels.trace_id}`.trim(),
+        href: hashFor("request", e.labels.trace_id),
+      })),
+  );
+}
+
+/**
  * @param {string} expr
  * @param {TimeRange} range evaluated at its end
  * @returns {Promise<import("./util.js").PromQueryData>}
@@ -248,7 +275,7 @@ async function instantQuery(expr, range) {
  * @param {Interpolate} interpolate
  */
 async function drawPanel(body, panel, range, step, interpolate) {
-  /** @type {Array<{expr: string, hide?: boolean, legendFormat?: string, refId?: string}>} */
+  /** @type {Array<{expr: string, hide?: boolean, legendFormat?: string, refId?: string, exemplar?: boolean}>} */
   const targets = (panel.targets || []).filter((/** @type {{expr?: string, hide?: boolean}} */ t) => t.expr && !t.hide);
   const unit = panel.fieldConfig?.defaults?.unit || (panel.yaxes && panel.yaxes[0]?.format) || "";
   if (!targets.length) {
@@ -272,7 +299,12 @@ async function drawPanel(body, panel, range, step, interpolate) {
       for (const [t, v] of s.values) values[index.get(t)] = Number(v);
       return { label: legend(interpolate(s.target.legendFormat || ""), s.metric, s.target.refId || "A"), color: PALETTE[i % PALETTE.length], values };
     });
-    timeChart(body, { xs: times, series, height: Math.max(120, body.clientHeight - 50), unit, onSelect: (a, b) => applyRange(a, b) });
+    // Exemplars of the targets that ask for them (Grafana's `exemplar: true`).
+    const found = await Promise.all(targets.filter((t) => t.exemplar).map((t) => exemplarMarkers(interpolate(t.expr), range, unit).catch(() => /** @type {ChartMarker[]} */ ([]))));
+    // Targets over the same series find the same exemplars: each once.
+    const unique = new Map(found.flat().map((m) => [`${m.href}@${m.x}`, m]));
+    const markers = [...unique.values()].sort((a, b) => b.y - a.y).slice(0, MAX_EXEMPLARS);
+    timeChart(body, { xs: times, series, height: Math.max(120, body.clientHeight - 50), unit, markers, onSelect: (a, b) => applyRange(a, b) });
     return;
   }
   if (panel.type === "table") {

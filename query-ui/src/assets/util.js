@@ -74,6 +74,12 @@
 /** @typedef {[number, string]} PromPoint Unix seconds and the value as Prometheus formats it. */
 /** @typedef {{metric: PromLabels, value: PromPoint}} PromSample One sample of an instant vector. */
 /** @typedef {{metric: PromLabels, values: PromPoint[]}} PromSeries One series of a range query's matrix. */
+/**
+ * One series of `/api/v1/query_exemplars`: its labels and its exemplars
+ * (`labels` with `trace_id`, `span_id`; `value` as Prometheus formats it;
+ * `timestamp` in Unix seconds).
+ * @typedef {{seriesLabels: PromLabels, exemplars: Array<{labels: PromLabels, value: string, timestamp: number}>}} PromSeriesExemplars
+ */
 
 /**
  * `data` of `/api/v1/query` (`/api/v1/query_range` answers the matrix form only).

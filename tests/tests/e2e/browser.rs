@@ -835,6 +835,78 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
             )
             .await;
             screenshot(&browser, "dashboard-service.png").await;
+
+            // Exemplars: the latency panels draw the requests behind the
+            // buckets (the services' OpenMetrics exemplars, scraped) as
+            // points linking to each request's story.
+            let href = poll_until(
+                "exemplar points on the service dashboard's latency panels",
+                Duration::from_secs(90),
+                || async {
+                    open_view(
+                        &browser,
+                        &base,
+                        "dashboard/sightline-service?from=now-15m&var-service=gateway",
+                        "dashboard",
+                    )
+                    .await;
+                    let hrefs = wait_js(
+                        &browser,
+                        "the panels drawn",
+                        Duration::from_secs(30),
+                        "const canvases = document.querySelectorAll('#dashboard-grid .panel canvas').length; \
+                         return canvases ? [...document.querySelectorAll('#dashboard-grid a.exemplar')] \
+                           .filter(a => !a.hidden).map(a => a.getAttribute('href')) : null;",
+                    )
+                    .await;
+                    match hrefs.as_array().and_then(|all| all.first()) {
+                        Some(href) => Ok(Some(href.as_str().unwrap_or_default().to_string())),
+                        None => Err(format!("exemplar links: {hrefs}")),
+                    }
+                },
+            )
+            .await;
+            let trace_id = href
+                .strip_prefix("#/request/")
+                .unwrap_or_else(|| panic!("an exemplar links to a request: {href}"));
+            assert_eq!(trace_id.len(), 32, "{href}");
+            assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{href}");
+            screenshot(&browser, "dashboard-exemplars.png").await;
+            let _ = browser
+                .execute(
+                    "const v = document.querySelector('#view'); if (v) v.dataset.stale = '1'; \
+                     document.querySelector(`a.exemplar[href=\"${arguments[0]}\"]`).click();",
+                    vec![serde_json::json!(href)],
+                )
+                .await
+                .expect("click an exemplar");
+            wait_js(
+                &browser,
+                "the exemplar's link followed",
+                Duration::from_secs(30),
+                &format!("return location.hash === {:?};", href),
+            )
+            .await;
+            // The story: its spans may still be on their way from the
+            // service's batch exporter (each try is a new hash, so the view
+            // is drawn again).
+            let attempt = std::sync::atomic::AtomicUsize::new(0);
+            poll_until(
+                "the exemplar's request story",
+                Duration::from_secs(60),
+                || async {
+                    let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let hash = format!("{}?try={n}", &href[2..]);
+                    let state = open_view_state(&browser, &base, &hash, "request").await;
+                    let text = state[1].as_str().unwrap_or_default();
+                    if state[0] == "1" && text.contains(&format!("Trace {trace_id}")) {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!("request view: {state}"))
+                    }
+                },
+            )
+            .await;
         }
     }
 
