@@ -2,7 +2,8 @@
 //! over both OTLP transports: the Python SDK (`opentelemetry-sdk` with the
 //! gRPC and HTTP exporters, installed by `scripts/test`) and the Rust
 //! `opentelemetry-otlp` exporter over HTTP (the demo services already export
-//! with it over gRPC).
+//! with it over gRPC). The Python SDK's metrics carry exemplars back out of
+//! `/api/v1/query_exemplars`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -111,6 +112,81 @@ async fn python_sdk_over_grpc_and_http() {
             "charge card",
         );
     }
+}
+
+/// The Python SDK's metrics over OTLP/HTTP: a histogram recorded inside a
+/// sampled span carries that span as an exemplar (the SDK's default
+/// trace-based exemplar filter).
+const PYTHON_METRICS_CLIENT: &str = r#"
+import sys
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+endpoint = sys.argv[1]
+resource = Resource.create({"service.name": "python-metrics"})
+tracer = TracerProvider(resource=resource).get_tracer("sightline-e2e")
+reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint), export_interval_millis=60000)
+meters = MeterProvider(resource=resource, metric_readers=[reader])
+histogram = meters.get_meter("sightline-e2e").create_histogram("checkout.duration", unit="s")
+with tracer.start_as_current_span("checkout") as span:
+    histogram.record(0.7, {"route": "/checkout"})
+    context = span.get_span_context()
+    print(format(context.trace_id, "032x"), format(context.span_id, "016x"))
+meters.shutdown()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_metric_exemplars_come_back_from_query_exemplars() {
+    let data = tempfile::tempdir().unwrap();
+    let collector = CollectorProcess::start(data.path(), &[]).await;
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            PYTHON_METRICS_CLIENT,
+            &collector.otlp_http_url("/v1/metrics"),
+        ])
+        .output()
+        .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (trace_id, span_id) = stdout.trim().split_once(' ').expect("trace and span ids");
+    let http = reqwest::Client::new();
+    let url = collector.url("/api/v1/query_exemplars?query=histogram_quantile(0.99%2C%20rate(checkout_duration_seconds_bucket%5B5m%5D))");
+    let answer = poll_until(
+        "the histogram's exemplar",
+        Duration::from_secs(30),
+        || async {
+            let body = get_json(&http, &url).await?;
+            match body["data"].as_array() {
+                Some(data) if !data.is_empty() => Ok(Some(body)),
+                _ => Err(format!("so far: {body}")),
+            }
+        },
+    )
+    .await;
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{answer}");
+    // The SDK's default bounds put 0.7 s in the bucket up to 5.
+    assert_eq!(data[0]["seriesLabels"]["le"], "5", "{answer}");
+    assert_eq!(data[0]["seriesLabels"]["route"], "/checkout", "{answer}");
+    assert_eq!(data[0]["seriesLabels"]["job"], "python-metrics", "{answer}");
+    let exemplar = &data[0]["exemplars"][0];
+    assert_eq!(exemplar["labels"]["trace_id"], trace_id, "{answer}");
+    assert_eq!(exemplar["labels"]["span_id"], span_id, "{answer}");
+    assert_eq!(exemplar["value"], "0.7", "{answer}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at = exemplar["timestamp"].as_f64().unwrap();
+    assert!((now - 60.0..=now).contains(&at), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
