@@ -12,12 +12,15 @@
 //!   `prometheus_tsdb_head_samples_appended_total`.
 //!
 //! ```text
-//! cargo bench -p sightline-collector --bench scrape -- [targets] [series] [seconds] [interval_ms] [drop-rule]
+//! cargo bench -p sightline-collector --bench scrape -- [targets] [series] [seconds] [interval_ms] [drop-rule|exemplars]
 //! ```
 //!
 //! With `drop-rule`, Sightline's job has one `metric_relabel_configs` rule
 //! (drop `go_.*` by `__name__`, which matches none of the bench series), so
 //! every sample goes through relabeling and the same samples are stored.
+//! With `exemplars`, the targets answer OpenMetrics with an exemplar (a new
+//! trace id at every scrape) on every tenth series, and Prometheus runs with
+//! `--enable-feature=exemplar-storage`: the cost of keeping exemplars.
 
 mod support;
 
@@ -40,6 +43,7 @@ struct Settings {
     seconds: u64,
     interval: Duration,
     drop_rule: bool,
+    exemplars: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         seconds: number(2, 30),
         interval: Duration::from_millis(number(3, 1000)),
         drop_rule: args.get(4).map(String::as_str) == Some("drop-rule"),
+        exemplars: args.get(4).map(String::as_str) == Some("exemplars"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -72,7 +77,8 @@ fn main() -> anyhow::Result<()> {
 /// Child process: serves the targets until stdin closes.
 fn serve(args: &[String]) -> anyhow::Result<()> {
     let series: usize = args.first().context("series")?.parse()?;
-    let ports: Vec<u16> = args[1..]
+    let exemplars = args.get(1).map(String::as_str) == Some("exemplars");
+    let ports: Vec<u16> = args[2..]
         .iter()
         .map(|port| port.parse())
         .collect::<Result<_, _>>()?;
@@ -88,7 +94,15 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
                 "/metrics",
                 axum::routing::get(move || {
                     let scrape = scrapes.fetch_add(1, Ordering::Relaxed);
-                    async move { exposition(index, series, scrape) }
+                    async move {
+                        let content_type = if exemplars {
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                        } else {
+                            "text/plain; version=0.0.4"
+                        };
+                        let body = exposition(index, series, scrape, exemplars);
+                        ([(axum::http::header::CONTENT_TYPE, content_type)], body)
+                    }
                 }),
             );
             tokio::spawn(async move { axum::serve(listener, app).await });
@@ -103,18 +117,32 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     })
 }
 
-fn exposition(target: usize, series: usize, scrape: u64) -> String {
+fn exposition(target: usize, series: usize, scrape: u64, exemplars: bool) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(series * 80);
-    out.push_str("# HELP bench_requests_total Requests.\n# TYPE bench_requests_total counter\n");
+    if exemplars {
+        out.push_str("# HELP bench_requests Requests.\n# TYPE bench_requests counter\n");
+    } else {
+        out.push_str(
+            "# HELP bench_requests_total Requests.\n# TYPE bench_requests_total counter\n",
+        );
+    }
     for index in 0..series {
         let value = scrape * (index as u64 % 7 + 1);
-        let _ = writeln!(
+        let _ = write!(
             out,
             "bench_requests_total{{path=\"/api/{}\",code=\"{}\",target=\"{target}\"}} {value}",
             index / 4,
             200 + (index % 4) * 100,
         );
+        if exemplars && index % 10 == 0 {
+            let trace = (scrape << 32) ^ ((target as u64) << 20) ^ index as u64;
+            let _ = write!(out, " # {{trace_id=\"{trace:032x}\"}} 1");
+        }
+        out.push('\n');
+    }
+    if exemplars {
+        out.push_str("# EOF\n");
     }
     out
 }
@@ -162,6 +190,11 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     let mut server = Command::new(std::env::current_exe()?)
         .arg("--serve")
         .arg(settings.series.to_string())
+        .arg(if settings.exemplars {
+            "exemplars"
+        } else {
+            "plain"
+        })
         .args(addresses.iter().map(|address| address.port().to_string()))
         .stdin(Stdio::piped())
         .spawn()
@@ -171,6 +204,11 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     }
     if settings.drop_rule {
         println!("sightline job with one metric_relabel_configs drop rule (matching nothing)");
+    }
+    if settings.exemplars {
+        println!(
+            "OpenMetrics with an exemplar on every tenth series; Prometheus stores exemplars too"
+        );
     }
     println!(
         "{} targets x {} series every {:?} ({} samples/s offered), {} s per scraper, {}",
@@ -258,6 +296,15 @@ async fn bench_sightline(
         .filter(|error| !error.is_empty())
         .collect();
     let _ = stop_sender.send(true);
+    if settings.exemplars {
+        let any = vec![sightline_tsdb::LabelMatcher::any_series()];
+        let kept: usize = store
+            .exemplars(&any, i64::MIN, i64::MAX)
+            .iter()
+            .map(|series| series.exemplars.len())
+            .sum();
+        println!("sightline kept {kept} exemplars (bounded: 100,000)");
+    }
     if let Some(error) = errors.first() {
         bail!("{} targets failed, e.g.: {error}", errors.len());
     }
@@ -299,6 +346,11 @@ scrape_configs:\n  - job_name: bench\n    static_configs: [{{targets: [{}]}}]\n"
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address={listen}"))
+        .args(
+            settings
+                .exemplars
+                .then_some("--enable-feature=exemplar-storage"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
