@@ -143,6 +143,18 @@ fn cases() -> Vec<(&'static str, String)> {
         ),
         ("request_story", "/api/requests/req-42".into()),
         (
+            "trace_compare",
+            format!(
+                "/api/traces/compare?a={trace}&b={}",
+                crate::traces::tests::NOTIFY_TRACE
+            ),
+        ),
+        (
+            "trace_compare_typical",
+            format!("/api/traces/compare?a={trace}&b=typical"),
+        ),
+        ("trace_compare_bad_id", "/api/traces/compare?a=nope".into()),
+        (
             "request_story_unknown",
             "/api/requests/nothing-like-this".into(),
         ),

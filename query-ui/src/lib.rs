@@ -34,6 +34,7 @@
 mod api;
 #[cfg(test)]
 mod api_shapes;
+mod compare;
 mod dashboards;
 mod error;
 mod jaeger;
@@ -89,6 +90,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/logs/context/{id}", get(api::context))
         .route("/api/logs/tail", get(api::tail))
         .route("/api/traces", get(traces::jaeger_search))
+        .route("/api/traces/compare", get(compare::compare))
         .route("/api/traces/{trace_id}", get(api::get_trace))
         .route("/api/services", get(traces::services))
         .route(

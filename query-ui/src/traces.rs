@@ -663,7 +663,7 @@ pub(crate) mod tests {
     use tower::ServiceExt;
 
     pub(crate) const ORDER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const NOTIFY_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    pub(crate) const NOTIFY_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
     const T0: i64 = 1_700_000_000_000_000_000;
     const MS: i64 = 1_000_000;
 

@@ -30,6 +30,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("dashboards.js", JS, include_str!("assets/dashboards.js")),
     ("alerts.js", JS, include_str!("assets/alerts.js")),
     ("explore.js", JS, include_str!("assets/explore.js")),
+    ("compare.js", JS, include_str!("assets/compare.js")),
     ("perf.js", JS, include_str!("assets/perf.js")),
     (
         "vendor/uPlot.esm.js",

@@ -1,7 +1,7 @@
 // @ts-check
 // Sightline UI: a router over the URL hash. Every view's state is in the
 // hash (`#/logs?q=…`, `#/trace/<id>`, `#/request/<id>`, `#/dashboard/<uid>?var-…`,
-// `#/explore?q=<PromQL>`),
+// `#/explore?q=<PromQL>`, `#/compare?a=<trace>&b=<trace | typical>`),
 // so a shared link shows the same view. Every piece of data from the server
 // is inserted with textContent or as an attribute value, never as HTML: log
 // lines are attacker-controlled. Plain ES modules, no build step.
@@ -15,6 +15,7 @@ import * as services from "./services.js";
 import * as dashboards from "./dashboards.js";
 import * as alerts from "./alerts.js";
 import * as explore from "./explore.js";
+import * as compare from "./compare.js";
 import { install } from "./perf.js";
 
 /** @type {import("./perf.js").Perf} */
@@ -37,6 +38,7 @@ const VIEWS = {
   dashboard: { nav: "dashboards", render: dashboards.renderDashboard },
   alerts: { nav: "alerts", render: alerts.render },
   explore: { nav: "explore", render: explore.render },
+  compare: { nav: "traces", render: compare.render },
 };
 
 /** @type {Array<() => void>} */

@@ -308,6 +308,8 @@ export async function renderTrace(root, view, ctx) {
     el("a", { href: hashFor("logs", "", new URLSearchParams({ q: `trace_id:${id}`, from: String(Math.floor(start / 1e6) - 60e3), to: String(Math.ceil(end / 1e6) + 60e3) })) }, "Logs of this trace"),
     " · ",
     el("a", { href: hashFor("request", id) }, "Request view"),
+    " · ",
+    el("a", { href: hashFor("compare", "", new URLSearchParams({ a: id, b: "typical" })), id: "compare-typical-link" }, "Compare with typical"),
     el("span", { class: "legend" }, el("span", { class: "key fast" }, "< 100 ms"), el("span", { class: "key medium" }, "100–500 ms"), el("span", { class: "key slow" }, "> 500 ms"), el("span", { class: "key critical" }, "critical path")),
   );
   let selected = params.get("span") || "";

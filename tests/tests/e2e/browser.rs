@@ -184,9 +184,80 @@ async fn search_by_request_id_shows_both_services_and_opens_the_trace() {
         .await
         .expect("bars");
     assert_eq!(bars.len(), spans.len(), "one bar per span");
-    let screenshot = browser.screenshot().await.expect("screenshot");
-    std::fs::write(artifacts_dir().join("trace-waterfall.png"), screenshot)
-        .expect("write screenshot");
+    self::screenshot(&browser, "trace-waterfall.png").await;
+
+    // Trace comparison: the same order again with payment 800 ms slower;
+    // comparing the two names payment's span as the difference.
+    stack
+        .set_faults("payment", serde_json::json!({"latency_ms": 800}))
+        .await;
+    let slow_request = unique_request_id("browser-slow");
+    stack.place_order(&slow_request).await;
+    stack.set_faults("payment", serde_json::json!({})).await;
+    let slow_records = stack
+        .logs_from_services(&format!("request_id:{slow_request}"), &["payment"])
+        .await;
+    let slow_trace = slow_records
+        .iter()
+        .find_map(|r| r["trace_id"].as_str())
+        .expect("the slow order's trace id")
+        .to_string();
+    stack
+        .trace_with_services(&slow_trace, &["gateway", "order", "payment"])
+        .await;
+    let base = stack.ui_url("/");
+    let difference = poll_until(
+        "the comparison naming payment",
+        Duration::from_secs(60),
+        || async {
+            let hash = format!("compare?a={trace_id}&b={slow_trace}");
+            let state = open_view_state(&browser, &base, &hash, "compare").await;
+            let found = js(
+                &browser,
+                "const d = document.querySelector('#compare-difference'); \
+                 const row = document.querySelector('#compare-operations tr.operation-row.difference'); \
+                 return d ? [d.textContent, row ? row.dataset.service : null] : null;",
+            )
+            .await;
+            if state[0] == "1" && found[1] == "payment" {
+                Ok(Some(found[0].as_str().unwrap_or_default().to_string()))
+            } else {
+                Err(format!("compare view: {state} {found}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        difference.contains("more self time in B than in A"),
+        "{difference}"
+    );
+    self::screenshot(&browser, "trace-compare.png").await;
+
+    // From the slow trace's view, "Compare with typical" sets it against
+    // its operations' usual durations.
+    open_view(&browser, &base, &format!("trace/{slow_trace}"), "trace").await;
+    let _ = js(
+        &browser,
+        "document.querySelector('#view').dataset.stale = '1'; \
+         document.querySelector('#compare-typical-link').click(); return true;",
+    )
+    .await;
+    let typical = wait_js(
+        &browser,
+        "the comparison with typical",
+        Duration::from_secs(30),
+        "const v = document.querySelector('#view[data-view=\"compare\"]:not([data-stale])'); \
+         return v && v.dataset.loaded ? [v.dataset.loaded, \
+           document.querySelector('.comparison')?.dataset.mode, \
+           [...document.querySelectorAll('#compare-operations tr.operation-row')].map(r => r.dataset.service)] : null;",
+    )
+    .await;
+    assert_eq!(typical[0], "1", "{typical}");
+    assert_eq!(typical[1], "typical", "{typical}");
+    let services = typical[2].as_array().expect("operation rows");
+    for service in ["gateway", "order", "payment"] {
+        assert!(services.iter().any(|s| s == service), "{typical}");
+    }
     browser.close().await.expect("close the browser");
 }
 
