@@ -38,6 +38,8 @@ const CONTRACT = {
   trace_compare: 'import("ASSETS/compare.js").TraceComparison',
   trace_compare_typical: 'import("ASSETS/compare.js").TraceComparison',
   trace_compare_bad_id: 'import("ASSETS/util.js").ErrorBody',
+  incident: 'import("ASSETS/incident.js").Incident',
+  incident_unknown: 'import("ASSETS/util.js").ErrorBody',
   dashboard_unknown: 'import("ASSETS/util.js").ErrorBody',
   prom_query_vector: 'import("ASSETS/util.js").PromResponse<import("ASSETS/util.js").PromQueryData>',
   prom_query_scalar: 'import("ASSETS/util.js").PromResponse<import("ASSETS/util.js").PromQueryData>',

@@ -14,6 +14,9 @@
 //!   an alert starts firing or resolves.
 //!
 //! Every alert carries a `generatorURL` and annotations linking into the UI:
+//! `sightline_incident_url` (the incident view: the expression's graph with
+//! exemplars, the failing requests against a healthy one, the log patterns
+//! new since the alert began, the worst request's story),
 //! `sightline_logs_url` (the service's logs over the alert window),
 //! `sightline_trace_ids` and `sightline_traces_url` (failing, else slowest,
 //! traces of the service in that window, from the span store).
@@ -713,6 +716,21 @@ impl Notifier {
     /// here, so this runs on a blocking thread.
     fn links(&self, alert: &OutgoingAlert, now_ms: i64, spans: &SpanStore) -> OutgoingAlert {
         let mut alert = alert.clone();
+        let labels: String = alert
+            .labels
+            .iter()
+            .filter(|(name, _)| name.as_str() != "alertname")
+            .map(|(name, value)| format!("&label={}", encode(&format!("{name}={value}"))))
+            .collect();
+        alert.annotations.insert(
+            "sightline_incident_url".to_string(),
+            format!(
+                "{}/#/incident?alert={}&start={}{labels}",
+                self.receivers().base_url,
+                encode(&alert.rule),
+                alert.active_at_ms
+            ),
+        );
         let Some(service) = ["service", "service_name", "job"]
             .iter()
             .find_map(|name| alert.labels.get(*name).filter(|value| !value.is_empty()))
@@ -1007,6 +1025,12 @@ mod tests {
         );
         // an empty span store has no example traces
         assert!(!linked.annotations.contains_key("sightline_trace_ids"));
+        let incident = &linked.annotations["sightline_incident_url"];
+        assert!(
+            incident.starts_with("http://ui:7070/#/incident?alert=A&start="),
+            "{incident}"
+        );
+        assert!(incident.contains("&label=service%3Dpayment"), "{incident}");
     }
 
     #[test]

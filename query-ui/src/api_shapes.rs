@@ -36,6 +36,7 @@ const VOLATILE_KEYS: &[&str] = &[
     "revision",
     // How long a query took.
     "took_ms",
+    "timings",
     "execTime",
 ];
 
@@ -154,6 +155,8 @@ fn cases() -> Vec<(&'static str, String)> {
             format!("/api/traces/compare?a={trace}&b=typical"),
         ),
         ("trace_compare_bad_id", "/api/traces/compare?a=nope".into()),
+        ("incident", "/api/incident?alert=HighErrorRate".into()),
+        ("incident_unknown", "/api/incident?alert=NoSuchAlert".into()),
         (
             "request_story_unknown",
             "/api/requests/nothing-like-this".into(),

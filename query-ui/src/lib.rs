@@ -37,6 +37,7 @@ mod api_shapes;
 mod compare;
 mod dashboards;
 mod error;
+mod incident;
 mod jaeger;
 mod logql;
 mod loki;
@@ -91,6 +92,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/logs/tail", get(api::tail))
         .route("/api/traces", get(traces::jaeger_search))
         .route("/api/traces/compare", get(compare::compare))
+        .route("/api/incident", get(incident::incident))
         .route("/api/traces/{trace_id}", get(api::get_trace))
         .route("/api/services", get(traces::services))
         .route(

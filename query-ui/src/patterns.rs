@@ -101,12 +101,13 @@ struct Side {
 }
 
 impl Side {
-    /// The time the sample covers: the whole window, or from its oldest
-    /// record when the limit cut it short.
+    /// The time the sample covers: from its oldest record (when the limit
+    /// cut it short, or when the query's records begin after the window
+    /// does: a service started since, logs kept for less), else the window.
     fn covered_from(&self) -> i64 {
         match self.hits.last() {
-            Some(oldest) if self.matched > self.hits.len() => oldest.record.timestamp,
-            _ => self.start,
+            Some(oldest) => oldest.record.timestamp.max(self.start),
+            None => self.start,
         }
     }
 
@@ -148,31 +149,8 @@ pub(crate) async fn patterns(
     }
     let began = std::time::Instant::now();
     let query = params.q;
-    let (before, after) = within_timeout(move || {
-        let side = |from: i64, to: i64, limit: usize| -> sightline_store::Result<Side> {
-            let result = state.logs.search(&LogQuery {
-                query: query.clone(),
-                start: Some(from),
-                end: Some(to),
-                limit,
-                after: None,
-            })?;
-            Ok(Side {
-                hits: result.hits,
-                matched: result.total_hits,
-                start: from,
-                end: to,
-            })
-        };
-        Ok(match since {
-            Some(since) => (
-                Some(side(start, since, limit.div_ceil(2))?),
-                side(since, end, limit / 2 + limit % 2)?,
-            ),
-            None => (None, side(start, end, limit)?),
-        })
-    })
-    .await?;
+    let (before, after) =
+        within_timeout(move || sample(&state, &query, start, end, since, limit)).await?;
     let (patterns, skipped) = mine(before.as_ref(), &after, start, end);
     let sampled_before = before.as_ref().map(|side| side.hits.len());
     Ok(Json(serde_json::json!({
@@ -190,6 +168,59 @@ pub(crate) async fn patterns(
         "patterns": patterns,
         "took_ms": began.elapsed().as_millis() as u64,
     })))
+}
+
+/// The newest `limit` matches of `query` in `[start, end)`; with `since`,
+/// half of them from before it.
+fn sample(
+    state: &QueryState,
+    query: &str,
+    start: i64,
+    end: i64,
+    since: Option<i64>,
+    limit: usize,
+) -> sightline_store::Result<(Option<Side>, Side)> {
+    let side = |from: i64, to: i64, limit: usize| -> sightline_store::Result<Side> {
+        let result = state.logs.search(&LogQuery {
+            query: query.to_string(),
+            start: Some(from),
+            end: Some(to),
+            limit,
+            after: None,
+        })?;
+        Ok(Side {
+            hits: result.hits,
+            matched: result.total_hits,
+            start: from,
+            end: to,
+        })
+    };
+    Ok(match since {
+        Some(since) => (
+            Some(side(start, since, limit.div_ceil(2))?),
+            side(since, end, limit / 2 + limit % 2)?,
+        ),
+        None => (None, side(start, end, limit)?),
+    })
+}
+
+/// The patterns of `query`'s matches that are new or grew since `since`
+/// (of the default sample), and how many records were mined on each side.
+pub(crate) fn new_since(
+    state: &QueryState,
+    query: &str,
+    start: i64,
+    since: i64,
+    end: i64,
+) -> sightline_store::Result<(Vec<Pattern>, usize, usize)> {
+    let (before, after) = sample(state, query, start, end, Some(since), DEFAULT_SAMPLE)?;
+    let (patterns, _) = mine(before.as_ref(), &after, start, end);
+    let sampled_before = before.as_ref().map_or(0, |side| side.hits.len());
+    let changed = patterns
+        .into_iter()
+        .filter(|pattern| matches!(pattern.change, Some(Change::New | Change::Grown)))
+        .collect();
+    Ok((changed, after.hits.len(), sampled_before))
 }
 
 fn bucket_ns(start: i64, end: i64) -> i64 {

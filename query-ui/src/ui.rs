@@ -31,6 +31,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("alerts.js", JS, include_str!("assets/alerts.js")),
     ("explore.js", JS, include_str!("assets/explore.js")),
     ("compare.js", JS, include_str!("assets/compare.js")),
+    ("incident.js", JS, include_str!("assets/incident.js")),
     ("perf.js", JS, include_str!("assets/perf.js")),
     (
         "vendor/uPlot.esm.js",

@@ -69,7 +69,16 @@ pub async fn trace_request(
             state
                 .metrics
                 .inc(FAULTS_INJECTED_TOTAL, &[("kind", "latency")]);
-            tokio::time::sleep(latency).await;
+            // Payment's delay is its card provider's: the charge handler
+            // waits it out inside the provider call, where a slow provider
+            // would show.
+            if state.role == ServiceRole::Payment && route == super::payment::CHARGES_ROUTE {
+                request
+                    .extensions_mut()
+                    .insert(super::payment::ProviderDelay(latency));
+            } else {
+                tokio::time::sleep(latency).await;
+            }
         }
         match outcome {
             FaultOutcome::Proceed => next.run(request).await,

@@ -1,6 +1,7 @@
 //! The payment service: a simulated external payment provider, with a
 //! provider round trip of realistic (long-tailed) latency and occasional
-//! declines.
+//! declines. The service's injected latency fault slows the provider (the
+//! `provider.authorize` span), and a round trip over a second is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -18,7 +19,16 @@ use super::metrics::{Metrics, PAYMENTS_FAILED_TOTAL, PAYMENTS_PROCESSED_TOTAL};
 use super::{AppError, AppState};
 
 /// The route whose failures `payments_failed_total` counts.
-const CHARGES_ROUTE: &str = "/charges";
+pub(super) const CHARGES_ROUTE: &str = "/charges";
+
+/// An injected latency fault of the payment service: the card provider
+/// answers this much later (the request middleware hands it over).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProviderDelay(pub(super) Duration);
+
+/// A provider round trip longer than this is logged as slow (the natural
+/// tail stays under it).
+const PROVIDER_BUDGET: Duration = Duration::from_secs(1);
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new().route(CHARGES_ROUTE, post(charge))
@@ -74,6 +84,7 @@ fn provider_latency() -> Duration {
 
 async fn charge(
     State(state): State<Arc<AppState>>,
+    delay: Option<Extension<ProviderDelay>>,
     body: Result<Json<ChargeRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let Json(request) = body?;
@@ -86,9 +97,17 @@ async fn charge(
         amount,
     );
     let declined = rand::rng().random_bool(state.payment.decline_rate);
-    tokio::time::sleep(provider_latency())
-        .instrument(provider)
-        .await;
+    let round_trip = provider_latency() + delay.map(|Extension(delay)| delay.0).unwrap_or_default();
+    tokio::time::sleep(round_trip).instrument(provider).await;
+    if round_trip > PROVIDER_BUDGET {
+        tracing::warn!(
+            order_id = %request.order_id,
+            provider_ms = round_trip.as_millis() as u64,
+            "card provider answered after {} ms, over its {} ms budget",
+            round_trip.as_millis(),
+            PROVIDER_BUDGET.as_millis()
+        );
+    }
     if declined {
         tracing::warn!(
             order_id = %request.order_id,

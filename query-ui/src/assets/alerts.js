@@ -78,7 +78,7 @@ import { el, fetchJson, go, hashFor, safeUrl, errorBox } from "./util.js";
 /** `GET /api/v1/rules`. @typedef {import("./util.js").PromResponse<{groups: RuleGroup[]}>} RulesResponse */
 
 /** @type {Record<string, string>} */
-const LINK_ANNOTATIONS = { sightline_logs_url: "Logs", sightline_traces_url: "Traces" };
+const LINK_ANNOTATIONS = { sightline_incident_url: "Incident", sightline_logs_url: "Logs", sightline_traces_url: "Traces" };
 
 /**
  * A link the annotation names, or its text when the URL is not one we follow.
@@ -140,6 +140,15 @@ function alertCard(alert) {
   if (annotations.sightline_trace_ids) {
     for (const id of annotations.sightline_trace_ids.split(/[\s,]+/).filter((t) => /^[0-9a-fA-F]{16,32}$/.test(t))) links.append(el("a", { href: hashFor("trace", id), class: "alert-trace" }, `trace ${id.slice(0, 12)}…`), " ");
     delete annotations.sightline_trace_ids;
+  }
+  // The incident view of this alert: its graph with exemplars, failing
+  // requests against a healthy one, new log patterns, the worst story.
+  if (alert.labels?.alertname && !links.querySelector("a.incident-link")) {
+    const params = new URLSearchParams({ alert: alert.labels.alertname });
+    const activeAt = Date.parse(alert.activeAt);
+    if (!Number.isNaN(activeAt)) params.set("start", String(activeAt));
+    for (const [key, value] of Object.entries(alert.labels)) if (key !== "alertname") params.append("label", `${key}=${value}`);
+    links.prepend(el("a", { href: hashFor("incident", "", params), class: "alert-link incident-link" }, "Incident view"), " ");
   }
   const list = el("dl", { class: "annotations" });
   for (const [key, value] of Object.entries(annotations)) list.append(el("dt", {}, key), el("dd", {}, value));

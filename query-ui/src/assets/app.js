@@ -1,7 +1,8 @@
 // @ts-check
 // Sightline UI: a router over the URL hash. Every view's state is in the
 // hash (`#/logs?q=…`, `#/trace/<id>`, `#/request/<id>`, `#/dashboard/<uid>?var-…`,
-// `#/explore?q=<PromQL>`, `#/compare?a=<trace>&b=<trace | typical>`),
+// `#/explore?q=<PromQL>`, `#/compare?a=<trace>&b=<trace | typical>`,
+// `#/incident?alert=<name>&label=<name>=<value>&start=<ms>`),
 // so a shared link shows the same view. Every piece of data from the server
 // is inserted with textContent or as an attribute value, never as HTML: log
 // lines are attacker-controlled. Plain ES modules, no build step.
@@ -16,6 +17,7 @@ import * as dashboards from "./dashboards.js";
 import * as alerts from "./alerts.js";
 import * as explore from "./explore.js";
 import * as compare from "./compare.js";
+import * as incident from "./incident.js";
 import { install } from "./perf.js";
 
 /** @type {import("./perf.js").Perf} */
@@ -39,6 +41,7 @@ const VIEWS = {
   alerts: { nav: "alerts", render: alerts.render },
   explore: { nav: "explore", render: explore.render },
   compare: { nav: "traces", render: compare.render },
+  incident: { nav: "alerts", render: incident.render },
 };
 
 /** @type {Array<() => void>} */

@@ -118,6 +118,17 @@ export async function render(root, view) {
     root.dataset.loaded = "error";
     return;
   }
+  body.replaceChildren(...storyParts(story));
+  root.dataset.loaded = "1";
+}
+
+/**
+ * A request's story as drawn: its summary, its errors and its timeline
+ * (also inside the incident view).
+ * @param {RequestStory} story
+ * @returns {HTMLElement[]}
+ */
+export function storyParts(story) {
   const services = el("div", { class: "story-services" });
   for (const [name, count] of Object.entries(story.services)) services.append(el("span", { class: "story-service-count" }, serviceChip(name), ` ${count}`));
   const traces = el("div", { class: "story-traces" }, "Traces: ");
@@ -152,6 +163,5 @@ export async function render(root, view) {
   const fragment = document.createDocumentFragment();
   for (const entry of story.timeline) fragment.append(entryRow(entry, story, bottleneck && bottleneck.span_id));
   timeline.append(fragment);
-  body.replaceChildren(header, errorList, timeline);
-  root.dataset.loaded = "1";
+  return [header, errorList, timeline];
 }

@@ -2306,3 +2306,186 @@ async fn the_ui_on_the_second_node_of_a_cluster_searches_and_opens_traces_and_re
     screenshot(&browser, "cluster-request.png").await;
     browser.close().await.expect("close the browser");
 }
+
+/// The demo's payment latency alert, fast: the shipped rules' shape (a
+/// recorded p99 per service, an alert on it) over 15 s instead of 5 min,
+/// and over 1 s (the provider's natural tail stays under it, so the alert
+/// starts with the fault).
+const FAST_LATENCY_RULES: &str = r#"
+groups:
+  - name: e2e-latency
+    interval: 1s
+    rules:
+      - record: e2e:http_request_duration_seconds:p99_15s
+        expr: |
+          histogram_quantile(0.99,
+            sum by (service, le) (rate(http_request_duration_seconds_bucket[15s])))
+      - alert: PaymentLatencyE2E
+        expr: e2e:http_request_duration_seconds:p99_15s{service="payment"} > 1
+        for: 2s
+        labels:
+          severity: page
+        annotations:
+          summary: "payment: p99 latency {{ $value | humanizeDuration }}"
+"#;
+
+/// From an alert to its cause: a slow card provider (payment's latency
+/// fault) fires the latency alert; its incident view shows exemplars whose
+/// traces hold the slow payment span, the worst order against a healthy
+/// one naming the provider call, the provider's "over budget" log line as a
+/// new pattern, and the worst order's story.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_opens_its_incident_view_with_the_cause() {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rule_file = rules_dir.path().join("latency-e2e.yml");
+    std::fs::write(&rule_file, FAST_LATENCY_RULES).unwrap();
+    let stack = DemoStack::start_with(&[
+        "--rule-file",
+        rule_file.to_str().unwrap(),
+        "--scrape-interval",
+        "1s",
+        "--evaluation-interval",
+        "1s",
+    ])
+    .await;
+    let token = stack.login("u-incident").await;
+    let stop_orders = crate::shop::keep_ordering(&stack, token);
+    // Healthy orders first: the "before" of the patterns (which ends the
+    // alert's 15 s lookback before it fired) and the healthy request to
+    // compare with.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stack
+        .set_faults("payment", serde_json::json!({"latency_ms": 1500}))
+        .await;
+    let http = reqwest::Client::new();
+    let alerts_url = stack.ui_url("/api/v1/alerts");
+    poll_until(
+        "the latency alert firing",
+        Duration::from_secs(120),
+        || async {
+            let body = sightline_tests::get_json(&http, &alerts_url).await?;
+            let firing = body["data"]["alerts"].as_array().is_some_and(|alerts| {
+                alerts.iter().any(|a| {
+                    a["labels"]["alertname"] == "PaymentLatencyE2E" && a["state"] == "firing"
+                })
+            });
+            if firing {
+                Ok(Some(()))
+            } else {
+                Err(format!("alerts: {body}"))
+            }
+        },
+    )
+    .await;
+    // A few more slow orders while the page is opened.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let (_driver, browser) = start_browser().await;
+    let base = stack.ui_url("/");
+    open_view(&browser, &base, "alerts", "alerts").await;
+    let href = wait_js(
+        &browser,
+        "the alert's incident link",
+        Duration::from_secs(30),
+        "const card = document.querySelector('.alert-card[data-alertname=\"PaymentLatencyE2E\"]'); \
+         const link = card && card.querySelector('a.incident-link'); return link ? link.getAttribute('href') : null;",
+    )
+    .await;
+    let href = href.as_str().unwrap().to_string();
+    assert!(
+        href.starts_with("#/incident?alert=PaymentLatencyE2E"),
+        "{href}"
+    );
+    assert!(href.contains("label=service%3Dpayment"), "{href}");
+    let _ = js(
+        &browser,
+        "document.querySelector('#view').dataset.stale = '1'; \
+         document.querySelector('.alert-card[data-alertname=\"PaymentLatencyE2E\"] a.incident-link').click(); return true;",
+    )
+    .await;
+    let state = wait_js(
+        &browser,
+        "the incident view",
+        Duration::from_secs(60),
+        "const v = document.querySelector('#view[data-view=\"incident\"]:not([data-stale])'); \
+         return v && v.dataset.loaded ? [v.dataset.loaded, v.textContent.slice(0, 300)] : null;",
+    )
+    .await;
+    assert_eq!(state[0], "1", "{state}");
+    // The worst request's story arrives after the rest.
+    wait_js(
+        &browser,
+        "the worst request's story",
+        Duration::from_secs(30),
+        "return document.querySelectorAll('#incident-story .story-row').length > 0;",
+    )
+    .await;
+    let found = js(
+        &browser,
+        "return { \
+           exemplars: [...document.querySelectorAll('#incident-graph a.exemplar')].filter(a => !a.hidden).map(a => a.getAttribute('href')), \
+           difference: document.querySelector('#incident-comparison #compare-difference')?.textContent || '', \
+           patterns: [...document.querySelectorAll('#incident-patterns-table tr.incident-pattern')].map(r => [r.dataset.change, r.dataset.service, r.querySelector('code').textContent]), \
+           worst: document.querySelector('#failing-table tr.worst')?.dataset.trace || '', \
+           story: document.querySelectorAll('#incident-story .story-row').length };",
+    )
+    .await;
+    // The whole page for the README: a window as tall as the view.
+    let height = js(&browser, "return document.documentElement.scrollHeight;")
+        .await
+        .as_u64()
+        .unwrap_or(900)
+        .clamp(900, 4000);
+    let _ = browser.set_window_size(1400, height as u32).await;
+    screenshot(&browser, "incident.png").await;
+    // Exemplar points, and the traces behind them hold the slow payment span.
+    let exemplars = found["exemplars"].as_array().expect("exemplar links");
+    assert!(!exemplars.is_empty(), "{found}");
+    let mut slow_payment = false;
+    for href in exemplars {
+        let trace_id = href.as_str().unwrap().trim_start_matches("#/request/");
+        let trace =
+            sightline_tests::get_json(&http, &stack.ui_url(&format!("/api/traces/{trace_id}")))
+                .await
+                .unwrap_or_default();
+        let processes = &trace["data"][0]["processes"];
+        slow_payment |= trace["data"][0]["spans"].as_array().is_some_and(|spans| {
+            spans.iter().any(|span| {
+                let process = span["processID"].as_str().unwrap_or_default();
+                processes[process]["serviceName"] == "payment"
+                    && span["duration"].as_u64().unwrap_or_default() > 1_000_000
+            })
+        });
+    }
+    assert!(
+        slow_payment,
+        "an exemplar's trace holds a payment span over 1 s: {found}"
+    );
+    // The comparison names the provider call.
+    let difference = found["difference"].as_str().unwrap_or_default();
+    assert!(
+        difference.contains("payment provider.authorize"),
+        "{difference}"
+    );
+    // The provider's "over budget" line is a new pattern.
+    let patterns = found["patterns"].as_array().unwrap();
+    assert!(
+        patterns.iter().any(|p| p[0] == "new"
+            && p[1] == "payment"
+            && p[2]
+                .as_str()
+                .unwrap_or_default()
+                .contains("card provider answered after")),
+        "{found}"
+    );
+    // The worst request's story, on one timeline.
+    assert_eq!(
+        found["worst"].as_str().unwrap_or_default().len(),
+        32,
+        "{found}"
+    );
+    assert!(found["story"].as_u64().unwrap_or_default() > 3, "{found}");
+    let _ = stop_orders.send(());
+    stack.set_faults("payment", serde_json::json!({})).await;
+    browser.close().await.expect("close the browser");
+}

@@ -560,7 +560,7 @@ async fn alerts_named(stack: &DemoStack, name: &str) -> Result<Vec<Value>, Strin
 }
 
 /// Places orders until told to stop, so payment sees steady traffic.
-fn keep_ordering(stack: &DemoStack, token: String) -> tokio::sync::oneshot::Sender<()> {
+pub(crate) fn keep_ordering(stack: &DemoStack, token: String) -> tokio::sync::oneshot::Sender<()> {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let (http, url) = (stack.http.clone(), stack.gateway_url("/api/orders"));
     tokio::spawn(async move {

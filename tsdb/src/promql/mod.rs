@@ -132,14 +132,26 @@ pub fn parse_selector(text: &str) -> Result<Vec<LabelMatcher>, QueryError> {
 /// Prometheus' `query_exemplars` extracts them: exemplars are asked of the
 /// series the expression is built from.
 pub fn selectors_of(query: &str) -> Result<Vec<Vec<LabelMatcher>>, QueryError> {
+    Ok(read_by(query)?.0)
+}
+
+/// [`selectors_of`], and how far back the query looks from its evaluation
+/// time: its longest range or subquery range, in ms (0 for instant
+/// selectors only), so a change that made it true began at most that long
+/// before it did.
+pub fn read_by(query: &str) -> Result<(Vec<Vec<LabelMatcher>>, i64), QueryError> {
     use promql_parser::parser::Expr;
     let expr = Engine::parse(query)?;
     let mut selectors = Vec::new();
+    let mut lookback_ms = 0_i64;
     let mut pending: Vec<&Expr> = vec![&expr];
     while let Some(expr) = pending.pop() {
         match expr {
             Expr::VectorSelector(selector) => selectors.push(eval::matchers_of(selector)?),
-            Expr::MatrixSelector(matrix) => selectors.push(eval::matchers_of(&matrix.vs)?),
+            Expr::MatrixSelector(matrix) => {
+                lookback_ms = lookback_ms.max(matrix.range.as_millis() as i64);
+                selectors.push(eval::matchers_of(&matrix.vs)?);
+            }
             Expr::Aggregate(aggregate) => {
                 pending.push(&aggregate.expr);
                 if let Some(param) = &aggregate.param {
@@ -152,13 +164,16 @@ pub fn selectors_of(query: &str) -> Result<Vec<Vec<LabelMatcher>>, QueryError> {
                 pending.push(&binary.rhs);
             }
             Expr::Paren(paren) => pending.push(&paren.expr),
-            Expr::Subquery(subquery) => pending.push(&subquery.expr),
+            Expr::Subquery(subquery) => {
+                lookback_ms = lookback_ms.max(subquery.range.as_millis() as i64);
+                pending.push(&subquery.expr);
+            }
             Expr::Call(call) => pending.extend(call.args.args.iter().map(|arg| arg.as_ref())),
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
         }
     }
     selectors.reverse();
-    Ok(selectors)
+    Ok((selectors, lookback_ms))
 }
 
 /// A small in-memory [`Queryable`]: a sorted table of series.
@@ -240,6 +255,8 @@ mod tests {
             ]
         );
         assert!(selectors_of("1 + 1").unwrap().is_empty());
+        assert_eq!(read_by(query).unwrap().1, 3_600_000, "the subquery's hour");
+        assert_eq!(read_by("up").unwrap().1, 0);
         assert!(selectors_of("sum(").is_err());
     }
 
