@@ -2430,6 +2430,15 @@ async fn an_alert_opens_its_incident_view_with_the_cause() {
            story: document.querySelectorAll('#incident-story .story-row').length };",
     )
     .await;
+    // What building the view took, part by part (reported in BENCHMARKS.md).
+    let api = stack.ui_url(&format!("/api{}", &href[1..]));
+    let built = sightline_tests::get_json(&http, &api)
+        .await
+        .unwrap_or_default();
+    eprintln!(
+        "incident view built in {} ms: {}",
+        built["took_ms"], built["timings"]
+    );
     // The whole page for the README: a window as tall as the view.
     let height = js(&browser, "return document.documentElement.scrollHeight;")
         .await
