@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use sightline_store::traces::{critical_path, self_time};
+use sightline_store::traces::{critical_path, self_times};
 use sightline_store::{Span, SpanStatus};
 use sightline_tsdb::promql::{Engine, Value as PromValue};
 
@@ -208,22 +208,7 @@ impl Analysed {
             .enumerate()
             .map(|(index, span)| (span.span_id.as_str(), index))
             .collect();
-        let mut children: HashMap<&str, Vec<Span>> = HashMap::new();
-        for span in &spans {
-            if let Some(parent) = span.parent_span_id.as_deref() {
-                children.entry(parent).or_default().push(span.clone());
-            }
-        }
-        let self_times: Vec<i64> = spans
-            .iter()
-            .map(|span| {
-                let own = children
-                    .get(span.span_id.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                self_time(span, own)
-            })
-            .collect();
+        let self_times = self_times(&spans);
         // The root: no parent in this trace; the earliest such.
         let parent_of = |span: &Span| {
             span.parent_span_id

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use sightline_store::traces::{critical_path, self_time};
+use sightline_store::traces::{critical_path, self_times};
 use sightline_store::{LogQuery, Span, SpanStatus, TraceQuery, TraceSummary};
 
 use crate::QueryState;
@@ -481,17 +481,7 @@ fn build_story(
         }
     }
     let on_critical_path: HashSet<String> = path.iter().cloned().collect();
-    let self_times: Vec<i64> = spans
-        .iter()
-        .map(|span| {
-            let siblings: Vec<Span> = spans
-                .iter()
-                .filter(|s| s.trace_id == span.trace_id)
-                .cloned()
-                .collect();
-            self_time(span, &siblings)
-        })
-        .collect();
+    let self_times = self_times(&spans);
     let bottleneck = spans
         .iter()
         .zip(&self_times)
