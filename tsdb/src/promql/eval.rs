@@ -370,25 +370,18 @@ fn check_tokens(query: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses `count_values` with a parameter that is not a label name, as
-/// Prometheus does, whether or not there is data to count. The tree is
-/// walked with an explicit stack: its depth is bounded by [`check_tokens`],
-/// but no walk here recurses anyway.
-fn check_count_values_labels(expr: &Expr) -> Result<(), QueryError> {
+/// Visits every node of `expr`, parents before children, with an explicit
+/// stack: the tree's depth is bounded by [`check_tokens`], but no walk here
+/// recurses anyway. Stops at the first error `visit` returns.
+pub(super) fn walk(
+    expr: &Expr,
+    mut visit: impl FnMut(&Expr) -> Result<(), QueryError>,
+) -> Result<(), QueryError> {
     let mut pending = vec![expr];
     while let Some(expr) = pending.pop() {
+        visit(expr)?;
         match expr {
             Expr::Aggregate(aggregate) => {
-                if aggregate.op.to_string() == "count_values"
-                    && let Some(param) = &aggregate.param
-                    && let Expr::StringLiteral(label) = param.as_ref()
-                    && !is_legacy_label_name(&label.val)
-                {
-                    return Err(QueryError::Parse(format!(
-                        "invalid label name {:?}",
-                        label.val
-                    )));
-                }
                 pending.push(&aggregate.expr);
                 if let Some(param) = &aggregate.param {
                     pending.push(param);
@@ -410,6 +403,25 @@ fn check_count_values_labels(expr: &Expr) -> Result<(), QueryError> {
         }
     }
     Ok(())
+}
+
+/// Refuses `count_values` with a parameter that is not a label name, as
+/// Prometheus does, whether or not there is data to count.
+fn check_count_values_labels(expr: &Expr) -> Result<(), QueryError> {
+    walk(expr, |expr| match expr {
+        Expr::Aggregate(aggregate)
+            if aggregate.op.to_string() == "count_values"
+                && let Some(param) = &aggregate.param
+                && let Expr::StringLiteral(label) = param.as_ref()
+                && !is_legacy_label_name(&label.val) =>
+        {
+            Err(QueryError::Parse(format!(
+                "invalid label name {:?}",
+                label.val
+            )))
+        }
+        _ => Ok(()),
+    })
 }
 
 /// `[a-zA-Z_][a-zA-Z0-9_]*`: a label name every Prometheus client accepts.

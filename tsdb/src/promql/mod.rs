@@ -144,34 +144,20 @@ pub fn read_by(query: &str) -> Result<(Vec<Vec<LabelMatcher>>, i64), QueryError>
     let expr = Engine::parse(query)?;
     let mut selectors = Vec::new();
     let mut lookback_ms = 0_i64;
-    let mut pending: Vec<&Expr> = vec![&expr];
-    while let Some(expr) = pending.pop() {
+    eval::walk(&expr, |expr| {
         match expr {
             Expr::VectorSelector(selector) => selectors.push(eval::matchers_of(selector)?),
             Expr::MatrixSelector(matrix) => {
                 lookback_ms = lookback_ms.max(matrix.range.as_millis() as i64);
                 selectors.push(eval::matchers_of(&matrix.vs)?);
             }
-            Expr::Aggregate(aggregate) => {
-                pending.push(&aggregate.expr);
-                if let Some(param) = &aggregate.param {
-                    pending.push(param);
-                }
-            }
-            Expr::Unary(unary) => pending.push(&unary.expr),
-            Expr::Binary(binary) => {
-                pending.push(&binary.lhs);
-                pending.push(&binary.rhs);
-            }
-            Expr::Paren(paren) => pending.push(&paren.expr),
             Expr::Subquery(subquery) => {
                 lookback_ms = lookback_ms.max(subquery.range.as_millis() as i64);
-                pending.push(&subquery.expr);
             }
-            Expr::Call(call) => pending.extend(call.args.args.iter().map(|arg| arg.as_ref())),
-            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+            _ => {}
         }
-    }
+        Ok(())
+    })?;
     selectors.reverse();
     Ok((selectors, lookback_ms))
 }
