@@ -2336,18 +2336,7 @@ groups:
 /// new pattern, and the worst order's story.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_opens_its_incident_view_with_the_cause() {
-    let rules_dir = tempfile::tempdir().unwrap();
-    let rule_file = rules_dir.path().join("latency-e2e.yml");
-    std::fs::write(&rule_file, FAST_LATENCY_RULES).unwrap();
-    let stack = DemoStack::start_with(&[
-        "--rule-file",
-        rule_file.to_str().unwrap(),
-        "--scrape-interval",
-        "1s",
-        "--evaluation-interval",
-        "1s",
-    ])
-    .await;
+    let (_rules, stack) = crate::shop::stack_with_fast_rules(FAST_LATENCY_RULES).await;
     let token = stack.login("u-incident").await;
     let stop_orders = crate::shop::keep_ordering(&stack, token);
     // Healthy orders first: the "before" of the patterns (which ends the

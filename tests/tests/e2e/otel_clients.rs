@@ -39,6 +39,23 @@ with tracer.start_as_current_span("checkout", attributes={"request_id": request_
 provider.shutdown()
 "#;
 
+/// Runs a Python client script with `args` (scripts/test installs the
+/// OpenTelemetry SDK and its exporters); its trimmed standard output.
+fn run_python(script: &str, args: &[&str]) -> String {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "the python client failed (scripts/test installs the OpenTelemetry SDK and exporters): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 async fn trace_of_request(collector: &CollectorProcess, request_id: &str, spans: usize) -> Value {
     let http = reqwest::Client::new();
     let url = collector.url(&format!("/api/requests/{request_id}"));
@@ -89,16 +106,7 @@ async fn python_sdk_over_grpc_and_http() {
         ("http", collector.otlp_http_url("/v1/traces")),
     ] {
         let request_id = unique_request_id(&format!("py-{transport}"));
-        let output = Command::new("python3")
-            .args(["-c", PYTHON_CLIENT, transport, &endpoint, &request_id])
-            .output()
-            .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
-        assert!(
-            output.status.success(),
-            "python client failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let trace_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let trace_id = run_python(PYTHON_CLIENT, &[transport, &endpoint, &request_id]);
         let story = trace_of_request(&collector, &request_id, 2).await;
         assert_eq!(
             story["trace_ids"],
@@ -142,21 +150,11 @@ meters.shutdown()
 async fn python_sdk_metric_exemplars_come_back_from_query_exemplars() {
     let data = tempfile::tempdir().unwrap();
     let collector = CollectorProcess::start(data.path(), &[]).await;
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            PYTHON_METRICS_CLIENT,
-            &collector.otlp_http_url("/v1/metrics"),
-        ])
-        .output()
-        .expect("run python3 (scripts/test installs the OpenTelemetry SDK)");
-    assert!(
-        output.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_python(
+        PYTHON_METRICS_CLIENT,
+        &[&collector.otlp_http_url("/v1/metrics")],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let (trace_id, span_id) = stdout.trim().split_once(' ').expect("trace and span ids");
+    let (trace_id, span_id) = stdout.split_once(' ').expect("trace and span ids");
     let http = reqwest::Client::new();
     let url = collector.url("/api/v1/query_exemplars?query=histogram_quantile(0.99%2C%20rate(checkout_duration_seconds_bucket%5B5m%5D))");
     let answer = poll_until(
@@ -267,16 +265,7 @@ async fn zipkin_v2_json_from_the_python_sdk_and_a_batch_with_a_bad_span() {
     let dir = tempfile::tempdir().unwrap();
     let collector = CollectorProcess::start(dir.path(), &[]).await;
     let endpoint = collector.otlp_http_url("/api/v2/spans");
-    let output = Command::new("python3")
-        .args(["-c", PYTHON_ZIPKIN_CLIENT, &endpoint])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "the Python Zipkin client failed (scripts/test installs opentelemetry-exporter-zipkin-json): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let trace_id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let trace_id = run_python(PYTHON_ZIPKIN_CLIENT, &[&endpoint]);
     let trace = jaeger_spans(&collector, &trace_id, 2).await;
     let spans = trace["spans"].as_array().unwrap();
     let find = |name: &str| {

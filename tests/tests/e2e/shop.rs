@@ -583,12 +583,13 @@ pub(crate) fn keep_ordering(stack: &DemoStack, token: String) -> tokio::sync::on
     stop
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_after() {
+/// The demo with `rules` as its rule file, scraped and evaluated every
+/// second; the directory holding the file lives as long as the stack.
+pub(crate) async fn stack_with_fast_rules(rules: &str) -> (tempfile::TempDir, DemoStack) {
     let rules_dir = tempfile::tempdir().unwrap();
-    let rule_file = rules_dir.path().join("payment-e2e.yml");
-    std::fs::write(&rule_file, FAST_PAYMENT_RULES).unwrap();
-    let mut stack = DemoStack::start_with(&[
+    let rule_file = rules_dir.path().join("e2e.rules.yml");
+    std::fs::write(&rule_file, rules).unwrap();
+    let stack = DemoStack::start_with(&[
         "--rule-file",
         rule_file.to_str().unwrap(),
         "--scrape-interval",
@@ -597,6 +598,12 @@ async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_a
         "1s",
     ])
     .await;
+    (rules_dir, stack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_fault_raises_the_error_ratio_and_fires_an_alert_that_clears_after() {
+    let (_rules, mut stack) = stack_with_fast_rules(FAST_PAYMENT_RULES).await;
     let token = stack.login("u-alert").await;
     let stop_orders = keep_ordering(&stack, token);
 
