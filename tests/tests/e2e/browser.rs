@@ -206,11 +206,14 @@ async fn search_by_request_id_shows_both_services_and_opens_the_trace() {
         .trace_with_services(&slow_trace, &["gateway", "order", "payment"])
         .await;
     let base = stack.ui_url("/");
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
     let difference = poll_until(
         "the comparison naming payment",
         Duration::from_secs(60),
         || async {
-            let hash = format!("compare?a={trace_id}&b={slow_trace}");
+            // A new hash each try, so the view is drawn again.
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let hash = format!("compare?a={trace_id}&b={slow_trace}&try={n}");
             let state = open_view_state(&browser, &base, &hash, "compare").await;
             let found = js(
                 &browser,
@@ -909,15 +912,20 @@ async fn every_page_loads_with_data_and_log_content_stays_inert() {
 
             // Exemplars: the latency panels draw the requests behind the
             // buckets (the services' OpenMetrics exemplars, scraped) as
-            // points linking to each request's story.
+            // points linking to each request's story. Each try is a new
+            // hash, so the view is drawn again.
+            let attempt = std::sync::atomic::AtomicUsize::new(0);
             let href = poll_until(
                 "exemplar points on the service dashboard's latency panels",
                 Duration::from_secs(90),
                 || async {
+                    let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     open_view(
                         &browser,
                         &base,
-                        "dashboard/sightline-service?from=now-15m&var-service=gateway",
+                        &format!(
+                            "dashboard/sightline-service?from=now-15m&var-service=gateway&try={n}"
+                        ),
                         "dashboard",
                     )
                     .await;
