@@ -8,7 +8,7 @@
 //! crash marks traces dirty again for every WAL entry the summaries had not
 //! committed, even when the spans themselves had been.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
@@ -30,9 +30,13 @@ use crate::model::Span;
 use crate::traces::{TraceSummary, operation_key, summarize};
 
 /// The format of the span store (its two indexes' schemas and the commit
-/// payload): 1, the first. A change is a new version, with a fixture in
+/// payload): 1, the first; 2, times and durations kept as fast columns only
+/// (range queries and sorting read the columns; format 1 also indexed every
+/// distinct nanosecond value as a term, which no query read and which cost
+/// a term dictionary entry per span at ingest). Stores of format 1 open and
+/// keep their schema. A change is a new version, with a fixture in
 /// `tests/fixtures/` (`tests/formats.rs`).
-pub const SPAN_STORE_FORMAT_VERSION: u32 = 1;
+pub const SPAN_STORE_FORMAT_VERSION: u32 = 2;
 
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SUMMARY_WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
@@ -53,13 +57,22 @@ struct SpanFields {
     source: Field,
 }
 
-fn span_schema() -> (Schema, SpanFields) {
+/// How a numeric field of the given format is kept: format 1 also indexed it.
+fn time_options(format: u32) -> tantivy::schema::NumericOptions {
+    if format == 1 {
+        (INDEXED | FAST).into()
+    } else {
+        FAST.into()
+    }
+}
+
+fn span_schema(format: u32) -> (Schema, SpanFields) {
     let mut builder = Schema::builder();
     let fields = SpanFields {
         trace_id: builder.add_text_field("trace_id", STRING),
         service: builder.add_text_field("service", STRING),
         operation: builder.add_text_field("operation", STRING),
-        start_time: builder.add_i64_field("start_time", INDEXED | FAST),
+        start_time: builder.add_i64_field("start_time", time_options(format)),
         request_id: builder.add_text_field("request_id", STRING),
         link_trace_id: builder.add_text_field("link_trace_id", STRING),
         source: builder.add_text_field("source", STORED),
@@ -79,12 +92,12 @@ struct SummaryFields {
     source: Field,
 }
 
-fn summary_schema() -> (Schema, SummaryFields) {
+fn summary_schema(format: u32) -> (Schema, SummaryFields) {
     let mut builder = Schema::builder();
     let fields = SummaryFields {
         trace_id: builder.add_text_field("trace_id", STRING),
-        start_time: builder.add_i64_field("start_time", INDEXED | FAST),
-        duration: builder.add_i64_field("duration", INDEXED | FAST),
+        start_time: builder.add_i64_field("start_time", time_options(format)),
+        duration: builder.add_i64_field("duration", time_options(format)),
         service: builder.add_text_field("service", STRING),
         operation: builder.add_text_field("operation", STRING),
         tag: builder.add_text_field("tag", STRING),
@@ -93,6 +106,28 @@ fn summary_schema() -> (Schema, SummaryFields) {
         source: builder.add_text_field("source", STORED),
     };
     (builder.build(), fields)
+}
+
+/// The span and summary schemas of every format this version reads, the
+/// current one first, with the current format's field handles.
+fn schemas() -> (Vec<Schema>, SpanFields, Vec<Schema>, SummaryFields) {
+    let (span, fields) = span_schema(SPAN_STORE_FORMAT_VERSION);
+    let (summary, summary_fields) = summary_schema(SPAN_STORE_FORMAT_VERSION);
+    let spans = std::iter::once(span)
+        .chain(
+            (1..SPAN_STORE_FORMAT_VERSION)
+                .rev()
+                .map(|format| span_schema(format).0),
+        )
+        .collect();
+    let summaries = std::iter::once(summary)
+        .chain(
+            (1..SPAN_STORE_FORMAT_VERSION)
+                .rev()
+                .map(|format| summary_schema(format).0),
+        )
+        .collect();
+    (spans, fields, summaries, summary_fields)
 }
 
 /// Separates an operation's name from its span kind in the span index's
@@ -196,21 +231,33 @@ impl std::ops::DerefMut for WriterGuard<'_> {
 }
 
 impl TantivyIndex {
-    fn open(dir: &Path, schema: Schema, memory: usize, writers: Writers) -> Result<TantivyIndex> {
+    /// Opens the index in `dir`, or creates it with the first of `schemas`
+    /// (the current format's); an existing index may have any of them.
+    fn open(
+        dir: &Path,
+        schemas: &[Schema],
+        memory: usize,
+        writers: Writers,
+    ) -> Result<TantivyIndex> {
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
-        let index = Index::open_or_create(directory, schema)?;
+        let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
+            Index::open(directory)?
+        } else {
+            Index::create(directory, schemas[0].clone(), Default::default())?
+        };
+        known_schema(&index, schemas, dir)?;
         TantivyIndex::with_index(index, memory, writers)
     }
 
     /// The existing index of `files`, read only.
-    fn open_read_only(files: &StoreFiles, label: &Path, schema: &Schema) -> Result<TantivyIndex> {
+    fn open_read_only(
+        files: &StoreFiles,
+        label: &Path,
+        schemas: &[Schema],
+    ) -> Result<TantivyIndex> {
         let index = Index::open(files.directory())?;
-        if index.schema() != *schema {
-            return Err(StoreError::Index(tantivy::TantivyError::SchemaError(
-                format!("{} has fields this version does not know", label.display()),
-            )));
-        }
+        known_schema(&index, schemas, label)?;
         TantivyIndex::with_index(index, 0, Writers::ReadOnly)
     }
 
@@ -282,6 +329,18 @@ impl TantivyIndex {
     }
 }
 
+/// Fails unless `index` has one of the `schemas` this version knows. Every
+/// format has the same fields in the same order, so the current format's
+/// field handles address any of them.
+fn known_schema(index: &Index, schemas: &[Schema], label: &Path) -> Result<()> {
+    if schemas.contains(&index.schema()) {
+        return Ok(());
+    }
+    Err(StoreError::Index(tantivy::TantivyError::SchemaError(
+        format!("{} has fields this version does not know", label.display()),
+    )))
+}
+
 /// Spans and trace summaries on disk.
 ///
 /// Like [`crate::LogStore`], writes are visible and durable after
@@ -292,7 +351,7 @@ pub struct SpanStore {
     fields: SpanFields,
     summary_fields: SummaryFields,
     /// Traces whose summary must be recomputed at the next commit.
-    dirty: Mutex<BTreeSet<String>>,
+    dirty: Mutex<HashSet<String>>,
     /// Every span of recently touched traces, so a summary update reads
     /// memory rather than the doc store; see [`RecentTraces`].
     recent: Mutex<RecentTraces>,
@@ -310,6 +369,20 @@ struct RecentTraces {
     spans: usize,
 }
 
+/// Frees a cleared recent-trace cache on a thread of its own: a hundred
+/// thousand spans with their attribute maps take the indexer, which every
+/// commit waits for, a fifth of its time to free.
+fn drop_aside(cache: RecentTraces) {
+    let spawned = std::thread::Builder::new()
+        .name("span-cache-free".into())
+        .spawn(move || drop(cache));
+    // Without a thread (the process is out of them), `spawn` drops the
+    // closure, and the cache with it, here.
+    if let Err(error) = spawned {
+        tracing::debug!(%error, "freeing the recent-trace cache in place");
+    }
+}
+
 /// Spans the recent-trace cache holds before it is cleared.
 const MAX_RECENT_SPANS: usize = 100_000;
 
@@ -322,19 +395,18 @@ impl SpanStore {
 
     /// [`SpanStore::open`] with index writers of the given size.
     pub fn open_with(dir: &Path, writers: Writers) -> Result<SpanStore> {
-        let (schema, fields) = span_schema();
-        let (summary_schema, summary_fields) = summary_schema();
+        let (schemas, fields, summary_schemas, summary_fields) = schemas();
         Ok(SpanStore {
-            spans: TantivyIndex::open(&dir.join("spans"), schema, WRITER_MEMORY_BYTES, writers)?,
+            spans: TantivyIndex::open(&dir.join("spans"), &schemas, WRITER_MEMORY_BYTES, writers)?,
             summaries: TantivyIndex::open(
                 &dir.join("summaries"),
-                summary_schema,
+                &summary_schemas,
                 SUMMARY_WRITER_MEMORY_BYTES,
                 writers,
             )?,
             fields,
             summary_fields,
-            dirty: Mutex::new(BTreeSet::new()),
+            dirty: Mutex::new(HashSet::new()),
             recent: Mutex::new(RecentTraces::default()),
         })
     }
@@ -342,22 +414,21 @@ impl SpanStore {
     /// Opens the span store whose files are `files` (a split in object
     /// storage), read only; `label` names it in errors.
     pub fn open_read_only(files: &StoreFiles, label: &Path) -> Result<SpanStore> {
-        let (schema, fields) = span_schema();
-        let (summary_schema, summary_fields) = summary_schema();
+        let (schemas, fields, summary_schemas, summary_fields) = schemas();
         Ok(SpanStore {
             spans: TantivyIndex::open_read_only(
                 &files.sub("spans"),
                 &label.join("spans"),
-                &schema,
+                &schemas,
             )?,
             summaries: TantivyIndex::open_read_only(
                 &files.sub("summaries"),
                 &label.join("summaries"),
-                &summary_schema,
+                &summary_schemas,
             )?,
             fields,
             summary_fields,
-            dirty: Mutex::new(BTreeSet::new()),
+            dirty: Mutex::new(HashSet::new()),
             recent: Mutex::new(RecentTraces::default()),
         })
     }
@@ -469,7 +540,7 @@ impl SpanStore {
             }
             drop(writer);
             if recent.spans > MAX_RECENT_SPANS {
-                *recent = RecentTraces::default();
+                drop_aside(std::mem::take(&mut *recent));
             }
             drop(recent);
             self.summaries.commit(position)

@@ -13,7 +13,8 @@
 //!   streams) and its manifest, holding the same two records. Partitions of format 1
 //!   (tantivy's `default` tokenizer) are covered by the log store's unit
 //!   test `partitions_of_the_first_schema_open_and_stay_searchable`.
-//! - `spans-v<SPAN_STORE_FORMAT_VERSION>/`: a span store with one trace.
+//! - `spans-v1/`, `spans-v<SPAN_STORE_FORMAT_VERSION>/`: a span store with
+//!   one trace (format 1 indexed its times as terms too).
 //!
 //! `wal-v1/` was written by the format 1 writer itself (`store/src/wal.rs`
 //! of commit 5092bc4, appending the payloads of `wal-v2/`). The fixtures of
@@ -517,9 +518,9 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
 }
 
 #[test]
-fn the_span_store_fixture_opens_and_answers_queries() {
+fn the_span_store_fixtures_open_and_answer_queries() {
     assert_eq!(
-        SPAN_STORE_FORMAT_VERSION, 1,
+        SPAN_STORE_FORMAT_VERSION, 2,
         "a new span store format needs its fixture"
     );
     let name = format!("spans-v{SPAN_STORE_FORMAT_VERSION}");
@@ -530,8 +531,64 @@ fn the_span_store_fixture_opens_and_answers_queries() {
             store.commit(1).unwrap();
         });
     }
+    for version in 1..=SPAN_STORE_FORMAT_VERSION {
+        let (_scratch, dir) = open_copy(&format!("spans-v{version}"));
+        span_store_answers(&dir);
+        // An old store keeps its format and takes new spans: a second trace,
+        // found by time range (format 2 reads the range from fast columns,
+        // format 1 has them too) and by id.
+        let store = SpanStore::open(&dir).unwrap();
+        let mut later = spans();
+        for span in &mut later {
+            span.trace_id = "5b8efff798038103d269b633813fc60c".into();
+            span.start_time += 3_600_000_000_000;
+            span.end_time += 3_600_000_000_000;
+        }
+        store.add(1, &later).unwrap();
+        store.commit(2).unwrap();
+        assert_eq!(store.trace(&later[0].trace_id).unwrap().len(), 2);
+        let found = store
+            .search_traces(&TraceQuery {
+                start: Some(T0 + 1_800_000_000_000),
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        let found: Vec<&str> = found.iter().map(|s| s.trace_id.as_str()).collect();
+        assert_eq!(found, [later[0].trace_id.as_str()], "format {version}");
+        let found = store
+            .search_traces(&TraceQuery {
+                min_duration: Some(30_000_000),
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 2, "format {version}: duration range");
+        // Retention deletes by the time column in both formats.
+        store.delete_before(T0 + 1_800_000_000_000).unwrap();
+        store.commit(3).unwrap();
+        assert!(
+            store.trace(TRACE_ID).unwrap().is_empty(),
+            "format {version}"
+        );
+        assert_eq!(store.num_spans(), 2, "format {version}");
+    }
+    // The current fixture's schemas are the ones this version creates.
     let (_scratch, dir) = open_copy(&name);
-    let store = SpanStore::open(&dir).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let written = SpanStore::open(fresh.path()).unwrap();
+    written.add(0, &spans()).unwrap();
+    written.commit(1).unwrap();
+    assert_eq!(
+        schemas(&dir),
+        schemas(fresh.path()),
+        "the span store's schemas changed: bump SPAN_STORE_FORMAT_VERSION and add a fixture"
+    );
+}
+
+/// What every span store fixture holds, asked through every kind of query.
+fn span_store_answers(dir: &Path) {
+    let store = SpanStore::open(dir).unwrap();
     assert_eq!(store.committed_position(), 1);
     assert_eq!(store.num_spans(), 2);
     let mut trace = store.trace(TRACE_ID).unwrap();
@@ -561,22 +618,14 @@ fn the_span_store_fixture_opens_and_answers_queries() {
         .search_traces(&TraceQuery {
             service: Some("payments".into()),
             errors_only: true,
+            start: Some(T0 - 1),
+            end: Some(T0 + 1),
             limit: 10,
             ..TraceQuery::default()
         })
         .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].trace_id, TRACE_ID);
-    // Its indexes' schemas are the ones this version creates.
-    let fresh = tempfile::tempdir().unwrap();
-    let written = SpanStore::open(fresh.path()).unwrap();
-    written.add(0, &spans()).unwrap();
-    written.commit(1).unwrap();
-    assert_eq!(
-        schemas(&dir),
-        schemas(fresh.path()),
-        "the span store's schemas changed: bump SPAN_STORE_FORMAT_VERSION and add a fixture"
-    );
 }
 
 /// What the saved-searches fixture holds.
