@@ -164,10 +164,14 @@ struct Watched<'a> {
     log: &'a Path,
 }
 
-/// [`poll_until`] `ready` says `Ok`, for at most [`START_TIMEOUT`]; fails at
-/// once if one of `watched` exits (a port taken, a bad flag), and shows the
-/// logs' tails when it fails.
-async fn wait_ready<F, Fut>(what: &str, watched: Vec<Watched<'_>>, mut ready: F)
+/// [`poll_until`] `ready` says `Ok`, for at most [`START_TIMEOUT`], showing
+/// the logs' tails when it times out; if one of `watched` exits first (a
+/// port taken, a bad flag), returns at once what it said, as an error.
+async fn wait_ready<F, Fut>(
+    what: &str,
+    watched: Vec<Watched<'_>>,
+    mut ready: F,
+) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -181,20 +185,22 @@ where
             .collect::<String>()
     };
     poll_until(what, START_TIMEOUT, || {
-        for w in watched.borrow_mut().iter_mut() {
-            if let Some(status) = w.process.try_wait() {
-                panic!(
-                    "{} exited ({status}) while waiting for {what}{}",
-                    w.name,
-                    log_tail(&w.name, w.log)
-                );
-            }
-        }
-        let attempt = ready();
+        let exited = watched.borrow_mut().iter_mut().find_map(|w| {
+            let status = w.process.try_wait()?;
+            Some(format!(
+                "{} exited ({status}) while waiting for {what}{}",
+                w.name,
+                log_tail(&w.name, w.log)
+            ))
+        });
+        let attempt = exited.is_none().then(&mut ready);
         let watched = &watched;
         async move {
+            let (Some(attempt), None) = (attempt, &exited) else {
+                return Ok(Some(Err(exited.unwrap_or_default())));
+            };
             match attempt.await {
-                Ok(()) => Ok(Some(())),
+                Ok(()) => Ok(Some(Ok(()))),
                 Err(error) => Err(format!("{error}{}", tails(watched))),
             }
         }
@@ -415,7 +421,8 @@ impl NatsCluster {
             leader.set(view.meta_leader_among(among).await?);
             Ok(())
         })
-        .await;
+        .await
+        .unwrap_or_else(|exited| panic!("{exited}"));
         leader.get()
     }
 
@@ -716,7 +723,8 @@ impl Postgres {
                 }
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|exited| panic!("{exited}"));
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -893,6 +901,21 @@ struct WeedPorts {
     s3_grpc: u16,
 }
 
+impl WeedPorts {
+    fn free() -> WeedPorts {
+        WeedPorts {
+            master: free_port(),
+            master_grpc: free_port(),
+            volume: free_port(),
+            volume_grpc: free_port(),
+            filer: free_port(),
+            filer_grpc: free_port(),
+            s3: free_port(),
+            s3_grpc: free_port(),
+        }
+    }
+}
+
 /// SeaweedFS as an S3 server: one `weed server` process (master, volume
 /// server, filer and S3 gateway) on loopback, with one identity (access key,
 /// secret key) allowed everything, so requests are signed and checked as in
@@ -930,24 +953,29 @@ impl SeaweedS3 {
         std::fs::write(dir.path().join("s3.json"), identities.to_string())
             .expect("write the S3 identities");
         std::fs::create_dir(dir.path().join("data")).expect("create the data dir");
-        let ports = WeedPorts {
-            master: free_port(),
-            master_grpc: free_port(),
-            volume: free_port(),
-            volume_grpc: free_port(),
-            filer: free_port(),
-            filer_grpc: free_port(),
-            s3: free_port(),
-            s3_grpc: free_port(),
-        };
         let mut seaweed = SeaweedS3 {
-            ports,
+            ports: WeedPorts::free(),
             binary,
             log: dir.path().join("weed.log"),
             process: None,
             dir,
         };
-        seaweed.run().await;
+        // Eight ports drawn at random can meet one another test process
+        // bound in the meantime: then weed exits at once, and other ports
+        // are drawn.
+        for attempt in 1.. {
+            match seaweed.run().await {
+                Ok(()) => break,
+                Err(exited) if attempt < 3 && exited.contains("address already in use") => {
+                    eprintln!("weed found a port taken; starting it on other ports");
+                    // A fresh log, so the next attempt is judged by its own.
+                    let _ = std::fs::remove_file(&seaweed.log);
+                    seaweed.process = None;
+                    seaweed.ports = WeedPorts::free();
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
         seaweed.wait_round_trip(true).await;
         eprintln!(
             "SeaweedFS S3 up in {:.1?}: {}",
@@ -957,8 +985,9 @@ impl SeaweedS3 {
         seaweed
     }
 
-    /// Starts `weed server` and waits until its S3 port answers HTTP.
-    async fn run(&mut self) {
+    /// Starts `weed server` and waits until its S3 port answers HTTP; what
+    /// it said if it exited first.
+    async fn run(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let p = self.ports;
         let (stdout, stderr) = log_to(&self.log);
@@ -1022,7 +1051,7 @@ impl SeaweedS3 {
                     .map_err(|error| error.to_string())
             },
         )
-        .await;
+        .await
     }
 
     /// Waits until an object put in the bucket reads back (creating the
@@ -1183,7 +1212,7 @@ impl SeaweedS3 {
             "SeaweedFS is still running: stop it first"
         );
         let started = Instant::now();
-        self.run().await;
+        self.run().await.unwrap_or_else(|exited| panic!("{exited}"));
         self.wait_round_trip(false).await;
         eprintln!("SeaweedFS S3 back in {:.1?}", started.elapsed());
     }
