@@ -113,20 +113,11 @@ fn summary_schema(format: u32) -> (Schema, SummaryFields) {
 fn schemas() -> (Vec<Schema>, SpanFields, Vec<Schema>, SummaryFields) {
     let (span, fields) = span_schema(SPAN_STORE_FORMAT_VERSION);
     let (summary, summary_fields) = summary_schema(SPAN_STORE_FORMAT_VERSION);
-    let spans = std::iter::once(span)
-        .chain(
-            (1..SPAN_STORE_FORMAT_VERSION)
-                .rev()
-                .map(|format| span_schema(format).0),
-        )
-        .collect();
-    let summaries = std::iter::once(summary)
-        .chain(
-            (1..SPAN_STORE_FORMAT_VERSION)
-                .rev()
-                .map(|format| summary_schema(format).0),
-        )
-        .collect();
+    let (mut spans, mut summaries) = (vec![span], vec![summary]);
+    for format in (1..SPAN_STORE_FORMAT_VERSION).rev() {
+        spans.push(span_schema(format).0);
+        summaries.push(summary_schema(format).0);
+    }
     (spans, fields, summaries, summary_fields)
 }
 
