@@ -571,23 +571,20 @@ scrape_configs:
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0, the port chosen told back: a port probed free and bound
+    // later can be taken in between by another test process.
     let config = sightline_collector::CollectorConfig::parse_from([
         "sightline-collector".to_string(),
         format!("--data-dir={}", dir.path().join("data").display()),
-        format!("--http-addr=127.0.0.1:{port}"),
+        "--http-addr=127.0.0.1:0".to_string(),
         "--otlp-grpc-addr=127.0.0.1:0".to_string(),
         "--otlp-http-addr=127.0.0.1:0".to_string(),
         format!("--config={}", config_path.display()),
     ]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let collector = tokio::spawn(sightline_collector::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let collector = sightline_collector::start(config)
+        .await
+        .expect("the collector starts");
+    let port = collector.addresses().http.port();
     let client = reqwest::Client::new();
     let query = |promql: &'static str| {
         let request = client
@@ -693,6 +690,5 @@ scrape_configs:
         only_dropped["data"]["droppedTargets"],
         targets["data"]["droppedTargets"]
     );
-    let _ = stop.send(());
-    collector.await.unwrap().unwrap();
+    collector.shutdown().await.unwrap();
 }
