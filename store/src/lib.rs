@@ -98,4 +98,19 @@ impl Writers {
             )),
         }
     }
+
+    /// [`Writers::writer`] with one indexing thread for `Ingest` too, for
+    /// indexes whose documents share their terms in groups (a trace's
+    /// spans): several threads would each build a segment, and each
+    /// segment's term dictionary, with the same terms.
+    fn one_thread_writer<D: tantivy::Document>(
+        self,
+        index: &tantivy::Index,
+        ingest_bytes: usize,
+    ) -> tantivy::Result<tantivy::IndexWriter<D>> {
+        match self {
+            Writers::Ingest => index.writer_with_num_threads(1, ingest_bytes),
+            Writers::Small | Writers::ReadOnly => self.writer(index, ingest_bytes),
+        }
+    }
 }

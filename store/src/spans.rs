@@ -19,7 +19,9 @@ use crate::Writers;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery, TermSetQuery};
-use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextOptions, Value,
+};
 use tantivy::{
     Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
@@ -33,10 +35,12 @@ use crate::traces::{TraceSummary, operation_key, summarize};
 /// payload): 1, the first; 2, times and durations kept as fast columns only
 /// (range queries and sorting read the columns; format 1 also indexed every
 /// distinct nanosecond value as a term, which no query read and which cost
-/// a term dictionary entry per span at ingest). Stores of format 1 open and
-/// keep their schema. A change is a new version, with a fixture in
-/// `tests/fixtures/` (`tests/formats.rs`).
-pub const SPAN_STORE_FORMAT_VERSION: u32 = 2;
+/// a term dictionary entry per span at ingest); 3, `request_id` no longer
+/// indexed per span (the summary of each trace lists its request ids, and
+/// [`SpanStore::trace_ids_for_request`] asks the summaries, in every
+/// format). Stores of formats 1 and 2 open and keep their schema. A change
+/// is a new version, with a fixture in `tests/fixtures/` (`tests/formats.rs`).
+pub const SPAN_STORE_FORMAT_VERSION: u32 = 3;
 
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 const SUMMARY_WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
@@ -52,7 +56,6 @@ struct SpanFields {
     service: Field,
     operation: Field,
     start_time: Field,
-    request_id: Field,
     link_trace_id: Field,
     source: Field,
 }
@@ -73,8 +76,17 @@ fn span_schema(format: u32) -> (Schema, SpanFields) {
         service: builder.add_text_field("service", STRING),
         operation: builder.add_text_field("operation", STRING),
         start_time: builder.add_i64_field("start_time", time_options(format)),
-        request_id: builder.add_text_field("request_id", STRING),
-        link_trace_id: builder.add_text_field("link_trace_id", STRING),
+        link_trace_id: {
+            // Format 3 keeps the field, neither indexed nor stored, so that
+            // the fields after it keep their numbers in every format.
+            let request_id = if format < 3 {
+                STRING
+            } else {
+                TextOptions::default()
+            };
+            builder.add_text_field("request_id", request_id);
+            builder.add_text_field("link_trace_id", STRING)
+        },
         source: builder.add_text_field("source", STORED),
     };
     (builder.build(), fields)
@@ -278,7 +290,7 @@ impl TantivyIndex {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if writer.is_none() {
-            *writer = Some(self.writers.writer(&self.index, self.memory)?);
+            *writer = Some(self.writers.one_thread_writer(&self.index, self.memory)?);
         }
         Ok(WriterGuard(writer))
     }
@@ -623,10 +635,18 @@ impl SpanStore {
         }
     }
 
-    /// Trace ids of spans that carry `request_id`.
+    /// Trace ids of spans that carry `request_id`, from the traces'
+    /// summaries (each lists every request id of its spans).
     pub fn trace_ids_for_request(&self, request_id: &str) -> Result<Vec<String>> {
-        let term = Term::from_field_text(self.fields.request_id, request_id);
-        self.distinct_trace_ids(Box::new(TermQuery::new(term, IndexRecordOption::Basic)))
+        let term = Term::from_field_text(self.summary_fields.request_id, request_id);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let searcher = self.summaries.reader.searcher();
+        let hits = searcher.search(&query, &TopDocs::with_limit(10_000).order_by_score())?;
+        let ids: BTreeSet<String> = hits
+            .into_iter()
+            .map(|(_, address)| Ok(self.load_summary(&searcher, address)?.trace_id))
+            .collect::<Result<_>>()?;
+        Ok(ids.into_iter().collect())
     }
 
     /// Trace ids of spans that link to `trace_id` (async work started by it).
@@ -861,9 +881,6 @@ impl SpanStore {
             format!("{name}{OPERATION_KIND_SEPARATOR}{kind}"),
         );
         doc.add_i64(f.start_time, span.start_time);
-        if let Some(request_id) = &span.request_id {
-            doc.add_text(f.request_id, request_id);
-        }
         for link in &span.links {
             doc.add_text(f.link_trace_id, &link.trace_id);
         }

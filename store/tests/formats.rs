@@ -13,8 +13,9 @@
 //!   streams) and its manifest, holding the same two records. Partitions of format 1
 //!   (tantivy's `default` tokenizer) are covered by the log store's unit
 //!   test `partitions_of_the_first_schema_open_and_stay_searchable`.
-//! - `spans-v1/`, `spans-v<SPAN_STORE_FORMAT_VERSION>/`: a span store with
-//!   one trace (format 1 indexed its times as terms too).
+//! - `spans-v1/`, `spans-v2/`, `spans-v<SPAN_STORE_FORMAT_VERSION>/`: a span
+//!   store with one trace (format 1 indexed its times as terms too, formats
+//!   1 and 2 each span's request id).
 //!
 //! `wal-v1/` was written by the format 1 writer itself (`store/src/wal.rs`
 //! of commit 5092bc4, appending the payloads of `wal-v2/`). The fixtures of
@@ -520,7 +521,7 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
 #[test]
 fn the_span_store_fixtures_open_and_answer_queries() {
     assert_eq!(
-        SPAN_STORE_FORMAT_VERSION, 2,
+        SPAN_STORE_FORMAT_VERSION, 3,
         "a new span store format needs its fixture"
     );
     let name = format!("spans-v{SPAN_STORE_FORMAT_VERSION}");
@@ -535,8 +536,8 @@ fn the_span_store_fixtures_open_and_answer_queries() {
         let (_scratch, dir) = open_copy(&format!("spans-v{version}"));
         span_store_answers(&dir);
         // An old store keeps its format and takes new spans: a second trace,
-        // found by time range (format 2 reads the range from fast columns,
-        // format 1 has them too) and by id.
+        // found by time range (formats 2 and 3 read the range from fast
+        // columns, format 1 has them too) and by id.
         let store = SpanStore::open(&dir).unwrap();
         let mut later = spans();
         for span in &mut later {
@@ -547,6 +548,15 @@ fn the_span_store_fixtures_open_and_answer_queries() {
         store.add(1, &later).unwrap();
         store.commit(2).unwrap();
         assert_eq!(store.trace(&later[0].trace_id).unwrap().len(), 2);
+        // Request ids are found through the summaries in every format
+        // (formats 1 and 2 also indexed them per span).
+        let mut both = vec![TRACE_ID.to_string(), later[0].trace_id.clone()];
+        both.sort();
+        assert_eq!(
+            store.trace_ids_for_request("req-7").unwrap(),
+            both,
+            "format {version}"
+        );
         let found = store
             .search_traces(&TraceQuery {
                 start: Some(T0 + 1_800_000_000_000),
