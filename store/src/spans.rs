@@ -8,7 +8,9 @@
 //! crash marks traces dirty again for every WAL entry the summaries had not
 //! committed, even when the spans themselves had been.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
@@ -368,7 +370,7 @@ pub struct SpanStore {
 /// appended. It is cleared wholesale when too large or after a rollback.
 #[derive(Default)]
 struct RecentTraces {
-    traces: std::collections::HashMap<String, Vec<Span>>,
+    traces: HashMap<String, Vec<Span>>,
     spans: usize,
 }
 

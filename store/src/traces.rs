@@ -5,13 +5,14 @@
 //! order. Pure functions here; [`crate::SpanStore`] stores the results.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Span, SpanStatus};
 
-/// Distinct `key=value` tags kept per trace for attribute search.
+/// Distinct `key=value` tags kept per trace for attribute search (the
+/// first in sorted order).
 const MAX_TAGS_PER_TRACE: usize = 1_000;
 
 /// What a trace search can see without loading spans.
@@ -88,8 +89,12 @@ fn tag_value(value: &serde_json::Value) -> Cow<'_, str> {
 }
 
 /// Summarizes every span of one trace.
+///
+/// Sets are sorted vectors here, not hash or tree sets: a trace has tens
+/// of spans, and this runs for every trace a commit touched, on the thread
+/// every commit waits for.
 pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummary {
-    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let ids = distinct_ids(spans);
     let root = spans
         .iter()
         .filter(|s| s.parent_span_id.is_none())
@@ -98,28 +103,37 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
     let start_time = spans.iter().map(|s| s.start_time).min().unwrap_or_default();
     let end_time = spans.iter().map(|s| s.end_time).max().unwrap_or_default();
     // Borrowed while collecting; each distinct value is copied once.
-    let mut services: BTreeSet<&str> = BTreeSet::new();
-    let mut operations: BTreeSet<(&str, &str)> = BTreeSet::new();
-    let mut tags: BTreeSet<(&str, Cow<'_, str>)> = BTreeSet::new();
-    let mut request_ids: BTreeSet<&str> = BTreeSet::new();
-    let mut linked: BTreeSet<&str> = BTreeSet::new();
+    let mut services: Vec<&str> = Vec::with_capacity(spans.len());
+    let mut operations: Vec<(&str, &str)> = Vec::with_capacity(spans.len());
+    let mut tags: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    let mut request_ids: Vec<&str> = Vec::new();
+    let mut linked: Vec<&str> = Vec::new();
     for span in spans {
-        services.insert(&span.service);
-        operations.insert((&span.service, &span.name));
+        services.push(&span.service);
+        operations.push((&span.service, &span.name));
         if let Some(id) = &span.request_id {
-            request_ids.insert(id);
+            request_ids.push(id);
         }
         for link in &span.links {
             if link.trace_id != trace_id {
-                linked.insert(&link.trace_id);
+                linked.push(&link.trace_id);
             }
         }
         for (key, value) in &span.attributes {
-            if tags.len() < MAX_TAGS_PER_TRACE {
-                tags.insert((key, tag_value(value)));
+            tags.push((key, tag_value(value)));
+            // Bounded while collecting: the first distinct tags in sorted
+            // order of a part, with those of the rest, hold the first of
+            // the whole.
+            if tags.len() >= 4 * MAX_TAGS_PER_TRACE {
+                sorted_distinct(&mut tags, MAX_TAGS_PER_TRACE);
             }
         }
     }
+    for set in [&mut services, &mut request_ids, &mut linked] {
+        sorted_distinct(set, usize::MAX);
+    }
+    sorted_distinct(&mut operations, usize::MAX);
+    sorted_distinct(&mut tags, MAX_TAGS_PER_TRACE);
     TraceSummary {
         trace_id: trace_id.to_string(),
         root_service: root.map(|r| r.service.clone()).unwrap_or_default(),
@@ -137,7 +151,7 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
             .filter(|s| {
                 s.parent_span_id
                     .as_deref()
-                    .is_some_and(|parent| !ids.contains(parent))
+                    .is_some_and(|parent| ids.binary_search(&parent).is_err())
             })
             .count(),
         has_root: spans.iter().any(|s| s.parent_span_id.is_none()),
@@ -158,53 +172,87 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
     }
 }
 
+/// Sorts `items`, drops repeats and keeps the first `max`.
+fn sorted_distinct<T: Ord>(items: &mut Vec<T>, max: usize) {
+    items.sort_unstable();
+    items.dedup();
+    items.truncate(max);
+}
+
+/// The trace's span ids, sorted, each once.
+fn distinct_ids(spans: &[Span]) -> Vec<&str> {
+    let mut ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    sorted_distinct(&mut ids, usize::MAX);
+    ids
+}
+
 /// The critical path from `root_id`: the chain of spans that determined the
 /// trace's end-to-end latency, found as Jaeger does: walking back from the
 /// span's end, take the child that finished last before the current point,
 /// recurse into it, continue from that child's start.
 pub fn critical_path(spans: &[Span], root_id: &str) -> Vec<String> {
-    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
-    for span in spans {
-        if let Some(parent) = span.parent_span_id.as_deref() {
-            children.entry(parent).or_default().push(span);
-        }
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|child| std::cmp::Reverse(child.end_time));
-    }
+    // Every span under its parent's id, each parent's children latest
+    // ending first (ties in the spans' order): one sorted list, searched
+    // by parent id.
+    let mut children: Vec<(&str, std::cmp::Reverse<i64>, usize)> = spans
+        .iter()
+        .enumerate()
+        .filter_map(|(index, span)| {
+            let parent = span.parent_span_id.as_deref()?;
+            Some((parent, std::cmp::Reverse(span.end_time), index))
+        })
+        .collect();
+    children.sort_unstable();
+    let ids = distinct_ids(spans);
+    let mut tree = Tree {
+        spans,
+        children,
+        visited: vec![false; ids.len()],
+        ids,
+    };
     let mut path = Vec::new();
-    let mut visited = HashSet::new();
-    if let Some(root) = by_id.get(root_id) {
-        walk(root, root.end_time, &children, &mut path, &mut visited);
+    // The last span of a repeated id stands for it.
+    if let Some(root) = spans.iter().rposition(|span| span.span_id == root_id) {
+        tree.walk(root, spans[root].end_time, &mut path);
     }
     path
 }
 
-fn walk<'a>(
-    span: &'a Span,
-    until: i64,
-    children: &HashMap<&str, Vec<&'a Span>>,
-    path: &mut Vec<String>,
-    visited: &mut HashSet<&'a str>,
-) {
-    if !visited.insert(span.span_id.as_str()) {
-        return; // a cycle in bad data
-    }
-    path.push(span.span_id.clone());
-    let mut cursor = until.min(span.end_time);
-    for child in children
-        .get(span.span_id.as_str())
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        if child.end_time <= cursor && child.end_time > span.start_time {
-            walk(child, cursor, children, path, visited);
-            cursor = child.start_time;
-        } else if child.start_time < cursor && child.end_time > cursor {
+/// What [`critical_path`] walks: the spans, their children by parent id,
+/// and which span ids it has been through.
+struct Tree<'a> {
+    spans: &'a [Span],
+    children: Vec<(&'a str, std::cmp::Reverse<i64>, usize)>,
+    ids: Vec<&'a str>,
+    visited: Vec<bool>,
+}
+
+impl Tree<'_> {
+    fn walk(&mut self, index: usize, until: i64, path: &mut Vec<String>) {
+        let span = &self.spans[index];
+        let id = span.span_id.as_str();
+        let Ok(slot) = self.ids.binary_search(&id) else {
+            return;
+        };
+        if std::mem::replace(&mut self.visited[slot], true) {
+            return; // a cycle in bad data
+        }
+        path.push(span.span_id.clone());
+        let mut cursor = until.min(span.end_time);
+        let mut next = self.children.partition_point(|(parent, ..)| *parent < id);
+        while let Some(&(parent, _, child_index)) = self.children.get(next) {
+            if parent != id {
+                break;
+            }
+            next += 1;
+            let child = &self.spans[child_index];
+            let finished_before = child.end_time <= cursor && child.end_time > span.start_time;
             // Overlaps the current point: it is what we waited for.
-            walk(child, cursor, children, path, visited);
-            cursor = child.start_time;
+            let overlaps = child.start_time < cursor && child.end_time > cursor;
+            if finished_before || overlaps {
+                self.walk(child_index, cursor, path);
+                cursor = child.start_time;
+            }
         }
     }
 }
@@ -362,6 +410,100 @@ mod tests {
         let all = self_times(&spans);
         let one_by_one: Vec<i64> = spans.iter().map(|s| self_time(s, &spans)).collect();
         assert_eq!(all, one_by_one);
+    }
+
+    /// The critical path as first written (hash maps of children and of
+    /// visited ids), kept as the reference for the sorted-list walk.
+    fn critical_path_reference(spans: &[Span], root_id: &str) -> Vec<String> {
+        fn walk<'a>(
+            span: &'a Span,
+            until: i64,
+            children: &HashMap<&str, Vec<&'a Span>>,
+            path: &mut Vec<String>,
+            visited: &mut std::collections::HashSet<&'a str>,
+        ) {
+            if !visited.insert(span.span_id.as_str()) {
+                return;
+            }
+            path.push(span.span_id.clone());
+            let mut cursor = until.min(span.end_time);
+            for child in children
+                .get(span.span_id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if (child.end_time <= cursor && child.end_time > span.start_time)
+                    || (child.start_time < cursor && child.end_time > cursor)
+                {
+                    walk(child, cursor, children, path, visited);
+                    cursor = child.start_time;
+                }
+            }
+        }
+        let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+        let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
+        for span in spans {
+            if let Some(parent) = span.parent_span_id.as_deref() {
+                children.entry(parent).or_default().push(span);
+            }
+        }
+        for list in children.values_mut() {
+            list.sort_by_key(|child| std::cmp::Reverse(child.end_time));
+        }
+        let mut path = Vec::new();
+        if let Some(root) = by_id.get(root_id) {
+            walk(
+                root,
+                root.end_time,
+                &children,
+                &mut path,
+                &mut Default::default(),
+            );
+        }
+        path
+    }
+
+    proptest::proptest! {
+        /// Random traces of up to 40 spans over 12 ids (so with repeated
+        /// ids, orphans and cycles), ends tied often.
+        #[test]
+        fn the_critical_path_is_the_reference_walks(
+            shape in proptest::collection::vec(
+                (0u8..12, proptest::option::of(0u8..12), 0i64..20, 0i64..20),
+                1..40,
+            )
+        ) {
+            let spans: Vec<Span> = shape
+                .iter()
+                .map(|&(id, parent, start, length)| {
+                    let parent = parent.map(|p| p.to_string());
+                    span(&id.to_string(), parent.as_deref(), "s", start, start + length)
+                })
+                .collect();
+            for root in &spans {
+                proptest::prop_assert_eq!(
+                    critical_path(&spans, &root.span_id),
+                    critical_path_reference(&spans, &root.span_id)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_trace_keeps_its_first_thousand_tags_in_sorted_order() {
+        let spans: Vec<Span> = (0..5_000)
+            .map(|index| {
+                let mut span = span(&format!("s{index}"), None, "x", 0, 1);
+                span.attributes
+                    .insert("k".into(), format!("{:05}", 4_999 - index).into());
+                span
+            })
+            .collect();
+        let summary = summarize("t", &spans, 0);
+        let expected: Vec<String> = (0..MAX_TAGS_PER_TRACE)
+            .map(|v| format!("k={v:05}"))
+            .collect();
+        assert_eq!(summary.tags, expected);
     }
 
     #[test]
