@@ -413,17 +413,21 @@ async fn wait_settled(metastore: &Metastore, nodes: &[&str]) {
     .await;
 }
 
-/// Waits until the live nodes scrape every target once between them, then
-/// checks that over 10 s each target was scraped about once a second (10;
-/// a second scraper would double it, a loaded machine skips a few ticks).
+/// Waits until the live nodes scrape every target once between them, the
+/// same way for 3 s on end (a node that handed a target off reports it up
+/// until its next tick, so a split seen once may be one on its way to the
+/// settled one), then checks that over 10 s each target was scraped about
+/// once a second (10; a second scraper would double it, a loaded machine
+/// skips a few ticks).
 async fn assert_each_scraped_once(
     http: &reqwest::Client,
     nodes: &[&CollectorProcess],
     targets: &[(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)],
     phase: &str,
 ) -> Vec<BTreeSet<String>> {
+    let seen_since = std::sync::Mutex::new(None::<(std::time::Instant, Vec<BTreeSet<String>>)>);
     let split = poll_until(
-        &format!("{phase}: every target up on exactly one node"),
+        &format!("{phase}: every target up on exactly one node, for 3 s"),
         Duration::from_secs(60),
         || async {
             let up = scraping(http, nodes).await;
@@ -431,7 +435,20 @@ async fn assert_each_scraped_once(
             let total = all.len();
             all.sort();
             all.dedup();
-            Ok((total == targets.len() && all.len() == targets.len()).then_some(up))
+            let mut since = seen_since.lock().unwrap_or_else(|e| e.into_inner());
+            if total != targets.len() || all.len() != targets.len() {
+                *since = None;
+                return Err(format!("targets up per node {up:?}"));
+            }
+            match &*since {
+                Some((at, seen)) if *seen == up => {
+                    Ok((at.elapsed() >= Duration::from_secs(3)).then_some(up))
+                }
+                _ => {
+                    *since = Some((std::time::Instant::now(), up));
+                    Ok(None)
+                }
+            }
         },
     )
     .await;
@@ -506,7 +523,11 @@ async fn each_target_is_scraped_by_one_node_as_nodes_leave_and_join() {
         Duration::from_secs(60),
         || async {
             let up = scraping(&http, &[&nodes[0], &nodes[1], &nodes[2]]).await;
-            Ok((up == split).then_some(()))
+            if up == split {
+                Ok(Some(()))
+            } else {
+                Err(format!("targets up per node {up:?}, first {split:?}"))
+            }
         },
     )
     .await;
