@@ -9,12 +9,12 @@
 //! committed, even when the spans themselves had been.
 
 use std::collections::BTreeSet;
-
-use foldhash::{HashMap, HashSet, HashSetExt};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use crate::Writers;
 
@@ -73,23 +73,27 @@ fn time_options(format: u32) -> tantivy::schema::NumericOptions {
 
 fn span_schema(format: u32) -> (Schema, SpanFields) {
     let mut builder = Schema::builder();
+    let trace_id = builder.add_text_field("trace_id", STRING);
+    let service = builder.add_text_field("service", STRING);
+    let operation = builder.add_text_field("operation", STRING);
+    let start_time = builder.add_i64_field("start_time", time_options(format));
+    // Format 3 keeps the field, neither indexed nor stored, so that the
+    // fields after it keep their numbers in every format.
+    let request_id = if format < 3 {
+        STRING
+    } else {
+        TextOptions::default()
+    };
+    builder.add_text_field("request_id", request_id);
+    let link_trace_id = builder.add_text_field("link_trace_id", STRING);
+    let source = builder.add_text_field("source", STORED);
     let fields = SpanFields {
-        trace_id: builder.add_text_field("trace_id", STRING),
-        service: builder.add_text_field("service", STRING),
-        operation: builder.add_text_field("operation", STRING),
-        start_time: builder.add_i64_field("start_time", time_options(format)),
-        link_trace_id: {
-            // Format 3 keeps the field, neither indexed nor stored, so that
-            // the fields after it keep their numbers in every format.
-            let request_id = if format < 3 {
-                STRING
-            } else {
-                TextOptions::default()
-            };
-            builder.add_text_field("request_id", request_id);
-            builder.add_text_field("link_trace_id", STRING)
-        },
-        source: builder.add_text_field("source", STORED),
+        trace_id,
+        service,
+        operation,
+        start_time,
+        link_trace_id,
+        source,
     };
     (builder.build(), fields)
 }
