@@ -156,7 +156,7 @@ pub fn summarize(trace_id: &str, spans: &[Span], updated_at: i64) -> TraceSummar
             .count(),
         has_root: spans.iter().any(|s| s.parent_span_id.is_none()),
         critical_path: root
-            .map(|r| critical_path(spans, &r.span_id))
+            .map(|r| walk_critical_path(spans, ids, &r.span_id))
             .unwrap_or_default(),
         request_ids: request_ids.into_iter().map(str::to_string).collect(),
         linked_traces: linked.into_iter().map(str::to_string).collect(),
@@ -191,6 +191,11 @@ fn distinct_ids(spans: &[Span]) -> Vec<&str> {
 /// span's end, take the child that finished last before the current point,
 /// recurse into it, continue from that child's start.
 pub fn critical_path(spans: &[Span], root_id: &str) -> Vec<String> {
+    walk_critical_path(spans, distinct_ids(spans), root_id)
+}
+
+/// [`critical_path`] with the spans' [`distinct_ids`] already made.
+fn walk_critical_path<'a>(spans: &'a [Span], ids: Vec<&'a str>, root_id: &str) -> Vec<String> {
     // Every span under its parent's id, each parent's children latest
     // ending first (ties in the spans' order): one sorted list, searched
     // by parent id.
@@ -203,7 +208,6 @@ pub fn critical_path(spans: &[Span], root_id: &str) -> Vec<String> {
         })
         .collect();
     children.sort_unstable();
-    let ids = distinct_ids(spans);
     let mut tree = Tree {
         spans,
         children,
