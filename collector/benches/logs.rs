@@ -532,6 +532,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         .prefix("sightline-bench-ingest")
         .tempdir()?;
     let config = support::loopback_collector(data_dir.path())?;
+    let commit_interval = config.commit_interval;
     let (grpc_addr, http_addr) = (config.otlp_grpc_addr, config.http_addr);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(sightline_collector::run(config, async move {
@@ -685,7 +686,11 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     // Bare tantivy: the same lines, parsed and indexed with the store's schema.
     drop(data_dir);
     let lines: Vec<(usize, String)> = batches.into_iter().flat_map(|b| b.lines).collect();
-    let bare = tokio::task::spawn_blocking(move || bare_tantivy(&pods, &lines)).await??;
+    let lines = Arc::new(lines);
+    let bare = {
+        let (pods, lines) = (pods.clone(), lines.clone());
+        tokio::task::spawn_blocking(move || bare_tantivy(&pods, &lines, None)).await??
+    };
     let (bare_mbs, bare_rps) = rate(bare.elapsed);
     println!(
         "bare tantivy (2 threads): {:.2}s: {bare_mbs:.1} MB/s, {bare_rps:.0} records/s; {:.3} bytes per raw byte",
@@ -700,6 +705,26 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         "ratio collector/bare: searchable {:.2}, acknowledged {:.2}",
         search_mbs / bare_mbs,
         ack_mbs / bare_mbs
+    );
+    // The same index run as a live store must run it: a commit every
+    // commit interval (searchable within it) and tantivy's default merge
+    // policy merging the small segments meanwhile. The time is to the last
+    // commit, as the collector's is to the last record searchable.
+    let live =
+        tokio::task::spawn_blocking(move || bare_tantivy(&pods, &lines, Some(commit_interval)))
+            .await??;
+    let (live_mbs, live_rps) = rate(live.elapsed);
+    println!(
+        "bare tantivy committing every {:?} (2 threads, default merge policy): {:.2}s: {live_mbs:.1} MB/s, {live_rps:.0} records/s; {} commits; {:.3} bytes per raw byte",
+        commit_interval,
+        live.elapsed.as_secs_f64(),
+        live.commits,
+        live.disk_bytes as f64 / raw_bytes as f64
+    );
+    println!(
+        "ratio collector/bare committing every {:?}: searchable {:.2}",
+        commit_interval,
+        search_mbs / live_mbs
     );
     Ok(())
 }
@@ -737,6 +762,7 @@ async fn search_total(addr: SocketAddr) -> anyhow::Result<u64> {
 
 struct BareResult {
     elapsed: Duration,
+    commits: usize,
     disk_bytes: u64,
     by_kind: BTreeMap<String, u64>,
 }
@@ -790,8 +816,13 @@ fn to_owned_object(map: Map<String, Value>) -> BTreeMap<String, tantivy::schema:
         .collect()
 }
 
-/// Parses each raw line and indexes it: two indexing threads, one commit at the end.
-fn bare_tantivy(pods: &[Pod], lines: &[(usize, String)]) -> anyhow::Result<BareResult> {
+/// Parses each raw line and indexes it: two indexing threads, one commit at
+/// the end, or also one whenever `commit_every` has passed since the last.
+fn bare_tantivy(
+    pods: &[Pod],
+    lines: &[(usize, String)],
+    commit_every: Option<Duration>,
+) -> anyhow::Result<BareResult> {
     let dir = tempfile::Builder::new()
         .prefix("sightline-bench-bare")
         .tempdir()?;
@@ -810,7 +841,13 @@ fn bare_tantivy(pods: &[Pod], lines: &[(usize, String)]) -> anyhow::Result<BareR
         .create_in_dir(dir.path())?;
     let started = Instant::now();
     let mut writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
+    let (mut commits, mut last_commit) = (0, Instant::now());
     for (seq, (pod_index, line)) in lines.iter().enumerate() {
+        if commit_every.is_some_and(|every| last_commit.elapsed() >= every) {
+            writer.commit()?;
+            commits += 1;
+            last_commit = Instant::now();
+        }
         let pod = &pods[*pod_index];
         let mut fields: Map<String, Value> = serde_json::from_str(line)?;
         let ts = fields.remove("ts").unwrap_or_default();
@@ -857,6 +894,7 @@ fn bare_tantivy(pods: &[Pod], lines: &[(usize, String)]) -> anyhow::Result<BareR
     writer.wait_merging_threads()?;
     Ok(BareResult {
         elapsed,
+        commits: commits + 1,
         disk_bytes: sightline_store::dir_size(dir.path()),
         by_kind: disk_by_kind(dir.path()),
     })
