@@ -74,6 +74,9 @@ pub struct CollectorConfig {
     /// Bytes of accepted batches that may wait for indexing before senders are told to back off.
     #[arg(long, env = "SIGHTLINE_INGEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_memory_bytes: usize,
+    /// How long a batch that does not fit `--ingest-memory-bytes` waits for room before its sender is told to back off (429 / RESOURCE_EXHAUSTED); 0s refuses at once. Waiting batches hold at most a quarter of the budget more.
+    #[arg(long, env = "SIGHTLINE_INGEST_BUDGET_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub ingest_budget_wait: Duration,
     /// Disk space kept free (a file in the WAL directory, at least 1 MiB) so that records acknowledged when the disk fills can still be indexed; a full disk makes the collector read-only until it fits again.
     #[arg(long, env = "SIGHTLINE_DISK_RESERVE_BYTES", default_value_t = sightline_pipeline::DEFAULT_DISK_RESERVE_BYTES)]
     pub disk_reserve_bytes: u64,

@@ -86,8 +86,7 @@ pub struct Ingest {
 #[derive(Clone)]
 struct ClusterSink {
     log: sightline_cluster::ClusterLog,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    budget: usize,
+    in_flight: sightline_pipeline::Admission,
 }
 
 impl Ingest {
@@ -105,12 +104,15 @@ impl Ingest {
 
     /// Cluster mode: every accepted batch is published to `log` (split by
     /// partition) and acknowledged once the stream acknowledged it, with
-    /// at most `budget` bytes in flight.
-    pub fn with_cluster_log(mut self, log: sightline_cluster::ClusterLog, budget: usize) -> Ingest {
+    /// at most `in_flight`'s budget of bytes in flight.
+    pub fn with_cluster_log(
+        mut self,
+        log: sightline_cluster::ClusterLog,
+        in_flight: sightline_pipeline::Admission,
+    ) -> Ingest {
         self.cluster = Some(ClusterSink {
             log,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(budget.max(1))),
-            budget: budget.max(1),
+            in_flight,
         });
         self
     }
@@ -338,12 +340,7 @@ async fn publish(
         Batch::Logs(records) => (records.len() as u64, 0),
         Batch::Spans(spans) => (0, spans.len() as u64),
     };
-    let permits = u32::try_from(size_bytes.clamp(1, cluster.budget)).unwrap_or(u32::MAX);
-    let _permit = cluster
-        .in_flight
-        .clone()
-        .try_acquire_many_owned(permits)
-        .map_err(|_| IngestError::Busy)?;
+    let _permit = cluster.in_flight.admit(size_bytes).await?;
     match cluster.log.publish(batch).await {
         Ok(_) => {
             metrics.published(logs, spans);

@@ -84,7 +84,7 @@ use crate::metrics::CollectorMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::reload::Reloader;
 use crate::serve::{Listeners, Parts, Servers};
-use sightline_pipeline::{Pipeline, PipelineConfig, PipelineThreads};
+use sightline_pipeline::{Admission, Pipeline, PipelineConfig, PipelineThreads};
 
 /// Runs the collector until `shutdown` resolves, then drains the pipeline;
 /// `SIGHUP` reloads the configuration meanwhile.
@@ -188,7 +188,10 @@ pub async fn start(config: CollectorConfig) -> anyhow::Result<RunningCollector> 
                 }),
             };
             (
-                ingest.with_cluster_log(cluster.log.clone(), config.ingest_memory_bytes),
+                ingest.with_cluster_log(
+                    cluster.log.clone(),
+                    Admission::new(config.ingest_memory_bytes, config.ingest_budget_wait),
+                ),
                 Some(cluster.node),
                 reading,
             )
@@ -421,6 +424,7 @@ async fn start_ingest(
     let mut pipeline_config = PipelineConfig::new(stores.wal_dir.clone());
     pipeline_config.commit_interval = config.commit_interval;
     pipeline_config.memory_budget_bytes = config.ingest_memory_bytes;
+    pipeline_config.budget_wait = config.ingest_budget_wait;
     pipeline_config.disk_reserve_bytes = config.disk_reserve_bytes;
     let (logs, spans, metrics) = (stores.logs.clone(), stores.spans.clone(), telemetry.clone());
     let (pipeline, threads) =

@@ -299,6 +299,7 @@ async fn bad_requests_answer_elasticsearch_errors() {
 async fn a_full_pipeline_answers_429_with_retry_after() {
     let harness = Harness::start_with(|config| {
         config.memory_budget_bytes = 1;
+        config.budget_wait = Duration::from_millis(100);
         config.commit_interval = Duration::from_secs(3600);
     });
     let body = || ndjson(&[json!({"index": {}}), json!({"message": "x"})]);

@@ -447,6 +447,7 @@ async fn a_full_pipeline_answers_429_with_retry_after() {
     // A one-byte budget, held by the first batch until a commit that does not come.
     let harness = Harness::start_with(|config| {
         config.memory_budget_bytes = 1;
+        config.budget_wait = Duration::from_millis(100);
         config.commit_interval = Duration::from_secs(3600);
     });
     let body = || logs_request(vec![log(now_nanos() as u64, "x")]).encode_to_vec();
