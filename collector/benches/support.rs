@@ -150,3 +150,106 @@ pub(crate) fn loopback_collector(
     }
     Ok(sightline_collector::CollectorConfig::try_parse_from(args)?)
 }
+
+/// A gRPC codec for request bodies encoded once before the timed part, so
+/// the bench's own clients, which share the machine's cores with the
+/// collector, spend no CPU on protobuf encoding (real senders encode on
+/// their own machines). Responses are decoded as `R`.
+pub(crate) struct Preencoded<R>(std::marker::PhantomData<R>);
+
+impl<R> Default for Preencoded<R> {
+    fn default() -> Self {
+        Preencoded(std::marker::PhantomData)
+    }
+}
+
+pub(crate) struct BodyEncoder;
+
+pub(crate) struct ResponseDecoder<R>(std::marker::PhantomData<R>);
+
+impl<R: prost::Message + Default + Send + 'static> tonic::codec::Codec for Preencoded<R> {
+    type Encode = prost::bytes::Bytes;
+    type Decode = R;
+    type Encoder = BodyEncoder;
+    type Decoder = ResponseDecoder<R>;
+
+    fn encoder(&mut self) -> BodyEncoder {
+        BodyEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder<R> {
+        ResponseDecoder(std::marker::PhantomData)
+    }
+}
+
+impl tonic::codec::Encoder for BodyEncoder {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        body: prost::bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &body);
+        Ok(())
+    }
+}
+
+impl<R: prost::Message + Default> tonic::codec::Decoder for ResponseDecoder<R> {
+    type Item = R;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<R>, tonic::Status> {
+        R::decode(src)
+            .map(Some)
+            .map_err(|error| tonic::Status::internal(format!("bad response: {error}")))
+    }
+}
+
+/// Sends one pre-encoded export request to `path` (the OTLP service's
+/// method) and decodes the answer.
+pub(crate) async fn export_preencoded<R: prost::Message + Default + Send + 'static>(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    body: prost::bytes::Bytes,
+) -> Result<R, tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("connection: {error}")))?;
+    let answer = grpc
+        .unary(
+            tonic::Request::new(body),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            Preencoded::<R>::default(),
+        )
+        .await?;
+    Ok(answer.into_inner())
+}
+
+/// A gRPC client of the collector at `addr`, waiting up to 20 s for it to
+/// listen.
+pub(crate) async fn connect_grpc(
+    addr: SocketAddr,
+) -> anyhow::Result<tonic::client::Grpc<tonic::transport::Channel>> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                return Ok(
+                    tonic::client::Grpc::new(channel).max_decoding_message_size(16 * 1024 * 1024)
+                );
+            }
+            Err(error) if Instant::now() > deadline => {
+                return Err(error).context("collector did not start");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
