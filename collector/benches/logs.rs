@@ -566,6 +566,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     // Each client sends every `clients`-th batch, one request at a time.
     let retries = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu_seconds();
+    let threads_before = thread_cpu_seconds();
     let started = Instant::now();
     let mut senders = Vec::new();
     for (client, requests) in clients.into_iter().zip(per_client) {
@@ -624,6 +625,10 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     }
     let searchable = started.elapsed();
     let cpu = process_cpu_seconds() - cpu_before;
+    let mut threads = thread_cpu_seconds();
+    for (name, seconds) in &mut threads {
+        *seconds -= threads_before.get(name).copied().unwrap_or(0.0);
+    }
     let peak_rss = proc_status_kb("VmHWM");
     let total_hits = search_total(http_addr).await?;
     let metrics_text = http_get(http_addr, "/metrics").await?;
@@ -668,6 +673,13 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         "process CPU from the first request to searchable (collector and the bench's clients, shape {:?}): {cpu:.2} s = {:.1} CPU-s per 1M records",
         args.shape,
         cpu / (args.records as f64 / 1e6)
+    );
+    let per_million = |seconds: f64| seconds / (args.records as f64 / 1e6);
+    println!(
+        "CPU-s per 1M records of the long-lived threads: indexer (records to documents) {:.2}, wal-writer {:.2}, tokio-rt-worker (decoding, OTLP to records, the clients) {:.2}",
+        per_million(threads.get("indexer").copied().unwrap_or(0.0)),
+        per_million(threads.get("wal-writer").copied().unwrap_or(0.0)),
+        per_million(threads.get("tokio-rt-worker").copied().unwrap_or(0.0)),
     );
     println!(
         "collector: log store {:.1} MB on disk = {:.3} bytes per raw byte; {stored_records} records in partitions {partitions:?}, segments {segments:?}",
@@ -1121,7 +1133,11 @@ fn build_query_store(dir: &Path, records: usize) -> anyhow::Result<QueryStoreMet
 /// User and system CPU time of this process so far (`/proc/self/stat`,
 /// in clock ticks of 1/100 s).
 fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// User + system CPU seconds of a `/proc/.../stat` line.
+fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -1130,6 +1146,28 @@ fn process_cpu_seconds() -> f64 {
     let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok());
     // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
     (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+}
+
+/// CPU seconds of the process' live threads, summed by thread name
+/// (`merge_thread_0` and `merge_thread_3` are one). Threads that already
+/// ended (tantivy starts new indexing threads at each commit) are missing,
+/// so only long-lived threads compare across runs: the indexer, the WAL
+/// writer, the tokio workers.
+fn thread_cpu_seconds() -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        *by_name.entry(name.to_string()).or_insert(0.0) += stat_cpu_seconds(&stat);
+    }
+    by_name
 }
 
 fn proc_status_kb(field: &str) -> u64 {
