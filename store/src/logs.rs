@@ -918,7 +918,7 @@ impl LogStore {
                     records
                         .into_iter()
                         .map(|(record, source, seq)| {
-                            let stream = last.id(&mut streams, &record.resource);
+                            let stream = last.of(&mut streams, &record.resource);
                             let fields = &self.formats.get(partition.kind).fields;
                             lean_document(fields, record, source, seq, stream)
                         })
@@ -1538,22 +1538,45 @@ fn records_document(f: &LogFields, record: LogRecord, source: &str, seq: u64) ->
 struct LastStream {
     resource: crate::SharedResource,
     json: String,
+    /// Format 4's columns of the resource (`resource.{key}`), an object
+    /// built once per stream rather than once per record.
+    columns: serde_json::Value,
     id: u64,
     known: bool,
 }
 
+/// What a document takes from its record's stream.
+struct StreamOf<'a> {
+    id: u64,
+    /// The resource's JSON, as the stream table holds it.
+    json: &'a str,
+    columns: &'a serde_json::Value,
+}
+
 impl LastStream {
-    /// The stream number of `resource` and the resource's JSON.
-    fn id(&mut self, streams: &mut Streams, resource: &crate::SharedResource) -> (u64, &str) {
+    /// The stream of `resource`: its number, JSON and columns.
+    fn of(&mut self, streams: &mut Streams, resource: &crate::SharedResource) -> StreamOf<'_> {
         // Records of one OTLP resource share its map: the pointer settles it.
         if !self.known || !(Arc::ptr_eq(&self.resource, resource) || self.resource == *resource) {
             // Serializing a map of JSON values cannot fail.
             self.json = serde_json::to_string(resource).unwrap_or_default();
             self.id = streams.id(resource, &self.json);
+            self.columns = serde_json::Value::Object(
+                resource
+                    .iter()
+                    .filter_map(|(key, value)| {
+                        Some((format!("resource.{key}"), column_value(value)?))
+                    })
+                    .collect(),
+            );
             self.resource = Arc::clone(resource);
             self.known = true;
         }
-        (self.id, &self.json)
+        StreamOf {
+            id: self.id,
+            json: &self.json,
+            columns: &self.columns,
+        }
     }
 }
 
@@ -1584,7 +1607,7 @@ fn lean_document(
     record: LogRecord,
     source: &str,
     seq: u64,
-    (stream_id, resource_json): (u64, &str),
+    stream_of: StreamOf<'_>,
 ) -> TantivyDocument {
     let stream = stream_key(&record);
     let Layout::Streams {
@@ -1603,7 +1626,6 @@ fn lean_document(
         span_id,
         request_id,
         service,
-        resource,
         ..
     } = record;
     let mut paths = Vec::new();
@@ -1611,10 +1633,12 @@ fn lean_document(
     let mut path = String::from("attributes");
     let values = if columns {
         numbers.insert("service".into(), serde_json::Value::String(service));
-        for (key, value) in resource.iter() {
-            if let Some(value) = column_value(value) {
-                numbers.insert(format!("resource.{key}"), value);
-            }
+        // The resource's columns go in as a second object of the same
+        // field, borrowed from the stream: its paths (`resource.…`) are
+        // apart from the attributes' (`attributes.…`), so the columns
+        // are those of one merged object.
+        if stream_of.columns.as_object().is_some_and(|c| !c.is_empty()) {
+            doc.add_field_value(numbers_field, stream_of.columns);
         }
         Values::Columns
     } else {
@@ -1649,9 +1673,9 @@ fn lean_document(
     for path in paths {
         doc.add_text(keys_field, path);
     }
-    doc.add_u64(stream_id_field, stream_id);
+    doc.add_u64(stream_id_field, stream_of.id);
     doc.add_text(f.stream, stream);
-    doc.add_text(f.source, without_resource(source, resource_json));
+    doc.add_text(f.source, without_resource(source, stream_of.json));
     doc
 }
 
