@@ -397,10 +397,10 @@ impl Pipeline {
 /// for it. A batch that does not fit waits for the batches ahead of it to
 /// free room, up to the configured wait, rather than being refused at
 /// once: a refused batch is decoded again when its sender retries, and
-/// those decodes took CPU from the indexer that frees the room (the logs
-/// bench's four clients retried two batches in three). What waits is
-/// bounded too, by a quarter of the budget; past that, and after the wait,
-/// the answer is [`IngestError::Busy`]. Cheap to clone.
+/// senders back off for seconds (Fluent Bit, the OpenTelemetry exporters)
+/// where the indexer frees room in milliseconds. What waits is bounded
+/// too, by a quarter of the budget; past that, and after the wait, the
+/// answer is [`IngestError::Busy`]. Cheap to clone.
 #[derive(Clone)]
 pub struct Admission {
     budget: Arc<Semaphore>,
