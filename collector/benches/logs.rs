@@ -420,7 +420,7 @@ enum Shape {
 
 /// One export request and the raw lines of its records, with their pods.
 struct GeneratedBatch {
-    request: Option<ExportLogsServiceRequest>,
+    request: ExportLogsServiceRequest,
     lines: Vec<(usize, String)>,
 }
 
@@ -487,7 +487,7 @@ fn generate_batch(
         });
     }
     GeneratedBatch {
-        request: Some(ExportLogsServiceRequest { resource_logs }),
+        request: ExportLogsServiceRequest { resource_logs },
         lines,
     }
 }
@@ -515,7 +515,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         .sum();
     let otlp_bytes: u64 = batches
         .iter()
-        .filter_map(|batch| batch.request.as_ref())
+        .map(|batch| &batch.request)
         .map(|request| prost::Message::encoded_len(request) as u64)
         .sum();
     println!(
@@ -543,23 +543,12 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     for _ in 0..args.clients {
         clients.push(support::connect_grpc(grpc_addr).await?);
     }
-    // Encoded before the clock starts (see `support::Preencoded`); a
-    // refused request is sent again from the same bytes. `--gzip` still
-    // compresses on the client, at each send.
-    let mut per_client: Vec<Vec<prost::bytes::Bytes>> =
-        (0..args.clients).map(|_| Vec::new()).collect();
-    // The decoded requests stay allocated until the end, as before, so
-    // the RSS growth measured below is the collector's alone.
-    let encoding = Instant::now();
-    for (index, batch) in batches.iter().enumerate() {
-        if let Some(request) = &batch.request {
-            per_client[index % args.clients].push(prost::Message::encode_to_vec(request).into());
-        }
-    }
-    println!(
-        "requests encoded in {:.2}s (one thread; the clients' protobuf work, not timed below)",
-        encoding.elapsed().as_secs_f64()
-    );
+    // Encoded before the clock starts (see `support::Preencoded`); `--gzip`
+    // still compresses on the client, at each send. The decoded requests
+    // stay allocated until the end, so the RSS growth measured below is the
+    // collector's alone.
+    let per_client =
+        support::encode_for_clients(batches.iter().map(|batch| &batch.request), args.clients);
     let rss_before = proc_status_kb("VmRSS");
     reset_peak_rss();
 
@@ -575,36 +564,21 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
         } else {
             client
         };
-        let retries = retries.clone();
-        senders.push(tokio::spawn(async move {
-            let mut client = client;
-            for request in requests {
-                loop {
-                    match support::export_preencoded::<ExportLogsServiceResponse>(
-                        &mut client,
-                        LOGS_EXPORT,
-                        request.clone(),
+        senders.push(tokio::spawn(support::send_all(
+            client,
+            LOGS_EXPORT,
+            requests,
+            retries.clone(),
+            |answer: ExportLogsServiceResponse| {
+                let partial = answer.partial_success?;
+                (partial.rejected_log_records > 0).then(|| {
+                    format!(
+                        "{} records: {}",
+                        partial.rejected_log_records, partial.error_message
                     )
-                    .await
-                    {
-                        Ok(response) => {
-                            if let Some(partial) = response.partial_success
-                                && partial.rejected_log_records > 0
-                            {
-                                bail!("records rejected: {}", partial.error_message);
-                            }
-                            break;
-                        }
-                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(status) => bail!("export failed: {status}"),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
+                })
+            },
+        )));
     }
     for sender in senders {
         sender.await??;

@@ -525,60 +525,39 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     }
 
     // Each client sends every `clients`-th batch, one request at a time,
-    // encoded before the clock starts (see `support::Preencoded`); a
-    // refused request is sent again from the same bytes. The decoded
-    // requests stay allocated until the end, as before.
-    let mut per_client: Vec<Vec<(usize, prost::bytes::Bytes)>> =
-        (0..args.clients).map(|_| Vec::new()).collect();
-    let encoding = Instant::now();
-    for (index, request) in batches.iter().enumerate() {
-        per_client[index % args.clients]
-            .push((index, prost::Message::encode_to_vec(request).into()));
-    }
-    println!(
-        "requests encoded in {:.2}s (one thread; the clients' protobuf work, not timed below)",
-        encoding.elapsed().as_secs_f64()
-    );
-    // The last trace each client sends: complete once everything is searchable.
+    // encoded before the clock starts (see `support::Preencoded`). The
+    // decoded requests stay allocated until the end, as before.
+    let per_client = support::encode_for_clients(&batches, args.clients);
+    // The last trace each client sends: complete once everything is
+    // searchable. Client `c`'s `k`-th request is batch `c + k * clients`.
     let last_traces: Vec<usize> = per_client
         .iter()
-        .filter_map(|requests| requests.last())
-        .map(|(index, _)| ((index + 1) * per_batch).min(traces) - 1)
+        .enumerate()
+        .filter(|(_, requests)| !requests.is_empty())
+        .map(|(client, requests)| {
+            let batch = client + (requests.len() - 1) * args.clients;
+            ((batch + 1) * per_batch).min(traces) - 1
+        })
         .collect();
     let retries = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut senders = Vec::new();
     for (client, requests) in clients.into_iter().zip(per_client) {
-        let retries = retries.clone();
-        senders.push(tokio::spawn(async move {
-            let mut client = client;
-            for (_, request) in requests {
-                loop {
-                    match support::export_preencoded::<ExportTraceServiceResponse>(
-                        &mut client,
-                        TRACES_EXPORT,
-                        request.clone(),
+        senders.push(tokio::spawn(support::send_all(
+            client,
+            TRACES_EXPORT,
+            requests,
+            retries.clone(),
+            |answer: ExportTraceServiceResponse| {
+                let partial = answer.partial_success?;
+                (partial.rejected_spans > 0).then(|| {
+                    format!(
+                        "{} spans: {}",
+                        partial.rejected_spans, partial.error_message
                     )
-                    .await
-                    {
-                        Ok(response) => {
-                            if let Some(partial) = response.partial_success
-                                && partial.rejected_spans > 0
-                            {
-                                bail!("spans rejected: {}", partial.error_message);
-                            }
-                            break;
-                        }
-                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(status) => bail!("export failed: {status}"),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
+                })
+            },
+        )));
     }
     for sender in senders {
         sender.await??;
