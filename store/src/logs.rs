@@ -34,8 +34,8 @@ use tantivy::collector::{Count, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema,
-    TextFieldIndexing, TextOptions, Value,
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, NumericOptions, STORED, STRING,
+    Schema, TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{
@@ -53,9 +53,14 @@ use crate::model::LogRecord;
 use crate::query::Prepared;
 use crate::streams::Streams;
 
-/// The format of the day partitions this version creates: 4, format 3 with
-/// the record's values as fast columns for aggregations ([`COLUMNS`]).
-/// Format 3 is a schema for logs at volume ([`lean_schema_with`]): the
+/// The format of the day partitions this version creates: 5, format 4
+/// without a term per record where no query needs one: the timestamp is a
+/// fast column only (ranges read it; an exact time becomes a one-value
+/// range), a span id is indexed by its first hex digits ([`span_key`]),
+/// and the indexed numbers (`severity_number`, `stream_id`) have no field
+/// norms. Format 4 is format 3 with the record's values as fast columns
+/// for aggregations ([`COLUMNS`]).
+/// Format 3 is a schema for logs at volume ([`lean_schema`]): the
 /// resource kept once per stream ([`crate::streams`]) instead of in every
 /// document, the promoted `request_id` indexed once, attributes without
 /// fast columns (numbers in a fast field of their own, the paths present
@@ -66,7 +71,7 @@ use crate::streams::Streams;
 /// a partition's format is in its own schema. A change of the schema or of
 /// what a record's document holds is a new version, with a fixture in
 /// `tests/fixtures/` (`tests/formats.rs`).
-pub const LOG_PARTITION_FORMAT_VERSION: u32 = 4;
+pub const LOG_PARTITION_FORMAT_VERSION: u32 = 5;
 
 /// Memory each partition's tantivy writer may use for in-flight segments.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
@@ -289,15 +294,17 @@ struct LogFields {
 enum Layout {
     /// Formats 1 and 2: each document indexes and stores its resource.
     Records { resource: Field },
-    /// Formats 3 and 4: see [`lean_schema`].
+    /// Formats 3 to 5: see [`lean_schema`].
     Streams {
         stream_id: Field,
         /// Format 3: `numbers`, the numeric and boolean attributes by
-        /// path. Format 4: `columns` ([`COLUMNS`]).
+        /// path. Formats 4 and 5: `columns` ([`COLUMNS`]).
         numbers: Field,
         keys: Field,
-        /// Format 4: `numbers` is [`COLUMNS`].
+        /// Formats 4 and 5: `numbers` is [`COLUMNS`].
         columns: bool,
+        /// Format 5: `span_id` holds [`span_key`]s.
+        span_keys: bool,
     },
 }
 
@@ -307,7 +314,9 @@ struct Formats {
     records: Format,
     /// Format 3.
     lean3: Format,
-    /// Format 4, which new partitions are created in.
+    /// Format 4.
+    lean4: Format,
+    /// Format 5, which new partitions are created in.
     lean: Format,
 }
 
@@ -315,8 +324,9 @@ impl Formats {
     fn new() -> Formats {
         Formats {
             records: Format::new(log_schema()),
-            lean3: Format::new(lean_schema_with(false)),
-            lean: Format::new(lean_schema_with(true)),
+            lean3: Format::new(lean_schema(3)),
+            lean4: Format::new(lean_schema(4)),
+            lean: Format::new(lean_schema(LOG_PARTITION_FORMAT_VERSION)),
         }
     }
 
@@ -325,6 +335,7 @@ impl Formats {
         [
             (Kind::Records, &self.records),
             (Kind::Lean3, &self.lean3),
+            (Kind::Lean4, &self.lean4),
             (Kind::Lean, &self.lean),
         ]
         .into_iter()
@@ -336,6 +347,7 @@ impl Formats {
         match kind {
             Kind::Records => &self.records,
             Kind::Lean3 => &self.lean3,
+            Kind::Lean4 => &self.lean4,
             Kind::Lean => &self.lean,
         }
     }
@@ -346,7 +358,15 @@ impl Formats {
 enum Kind {
     Records,
     Lean3,
+    Lean4,
     Lean,
+}
+
+impl Kind {
+    /// Whether the partition has [`COLUMNS`], which aggregations read.
+    fn has_columns(self) -> bool {
+        matches!(self, Kind::Lean4 | Kind::Lean)
+    }
 }
 
 /// The schema of format 2 log partitions, which is also the query
@@ -376,8 +396,8 @@ pub(crate) const COLUMNS: &str = "columns";
 /// would only grow the column dictionaries.
 pub(crate) const MAX_COLUMN_BYTES: usize = 256;
 
-/// The schema of format 3 (`columns` false) and 4 (`columns` true)
-/// partitions, for logs at volume. Each field is indexed with only what its
+/// The schema of format 3, 4 and 5 partitions (`format`), for logs at
+/// volume. Each field is indexed with only what its
 /// queries need:
 /// - the resource is not in the document: `stream_id` refers to the
 ///   partition's [`Streams`], and resource queries become stream sets;
@@ -390,9 +410,24 @@ pub(crate) const MAX_COLUMN_BYTES: usize = 256;
 /// - format 4 replaces `numbers` by [`COLUMNS`], which holds the numbers at
 ///   `attributes.<path>` and, for aggregations, the service, the resource
 ///   and the short strings too (dictionary-encoded per segment: a value
-///   repeated by a stream costs a few bits per record).
-fn lean_schema_with(columns: bool) -> (Schema, LogFields) {
-    let mut builder = Schema::builder();
+///   repeated by a stream costs a few bits per record);
+/// - format 5 does not index what fast columns answer: the timestamp,
+///   unique per record, was a term of the dictionary per record (an eighth
+///   of its size) that no query read, since tantivy answers ranges on a fast
+///   field from its column; the indexed numbers have no field norms; and
+///   `span_id` holds each id's [`span_key`], not the id, which was the
+///   other term per record.
+fn lean_schema(format: u32) -> (Schema, LogFields) {
+    let columns = format >= 4;
+    // Field norms of numbers (a byte per document each) are only read by
+    // `severity_number:*`, which the terms answer as well.
+    let indexed_number = || {
+        if format >= 5 {
+            NumericOptions::default().set_indexed()
+        } else {
+            NumericOptions::from(INDEXED)
+        }
+    };
     let raw = || {
         TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
@@ -401,15 +436,20 @@ fn lean_schema_with(columns: bool) -> (Schema, LogFields) {
                 .set_fieldnorms(false),
         )
     };
+    let mut builder = Schema::builder();
     let words = || {
         TextFieldIndexing::default()
             .set_tokenizer(WORD_TOKENIZER)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions)
     };
-    let timestamp = builder.add_i64_field("timestamp", INDEXED | FAST);
+    let timestamp = if format >= 5 {
+        builder.add_i64_field("timestamp", FAST)
+    } else {
+        builder.add_i64_field("timestamp", INDEXED | FAST)
+    };
     let seq = builder.add_u64_field("seq", FAST);
     let severity = builder.add_text_field("severity", raw() | FAST);
-    let severity_number = builder.add_i64_field("severity_number", INDEXED);
+    let severity_number = builder.add_i64_field("severity_number", indexed_number());
     let service = builder.add_text_field("service", raw());
     let body = builder.add_text_field("body", TextOptions::default().set_indexing_options(words()));
     let attributes = builder.add_json_field(
@@ -432,7 +472,7 @@ fn lean_schema_with(columns: bool) -> (Schema, LogFields) {
         stream: builder.add_text_field("stream", raw()),
         source: builder.add_text_field("source", STORED),
         layout: Layout::Streams {
-            stream_id: builder.add_u64_field("stream_id", INDEXED | STORED),
+            stream_id: builder.add_u64_field("stream_id", indexed_number().set_stored()),
             // Strings in a fast JSON field without a tokenizer are kept
             // whole.
             numbers: builder.add_json_field(
@@ -441,6 +481,7 @@ fn lean_schema_with(columns: bool) -> (Schema, LogFields) {
             ),
             keys: builder.add_text_field("keys", raw()),
             columns,
+            span_keys: format >= 5,
         },
     };
     (builder.build(), fields)
@@ -755,8 +796,9 @@ impl Partition {
 }
 
 /// Whether a partition's schema has the fields of `expected`, with the same
-/// names, numbers and value types, so that documents and queries built
-/// with `expected` mean the same in it (tokenizers may differ).
+/// names, numbers, value types and indexing (format 5 differs from 4 only
+/// in what is indexed), so that documents and queries built with `expected`
+/// mean the same in it (tokenizers may differ).
 fn same_fields(schema: &Schema, expected: &Schema) -> bool {
     let fields: Vec<_> = schema.fields().collect();
     let expected: Vec<_> = expected.fields().collect();
@@ -768,6 +810,7 @@ fn same_fields(schema: &Schema, expected: &Schema) -> bool {
                 field == want
                     && entry.name() == want_entry.name()
                     && entry.field_type().value_type() == want_entry.field_type().value_type()
+                    && entry.is_indexed() == want_entry.is_indexed()
             })
 }
 
@@ -1158,7 +1201,7 @@ impl LogStore {
             let timestamp = self.format_of(&partition).fields.timestamp;
             let ranged = with_time_range(timestamp, text_query, Some(start), Some(end));
             let searcher = partition.reader.searcher();
-            if partition.kind != Kind::Lean {
+            if !partition.kind.has_columns() {
                 let skipped = searcher.search(&ranged, &Count)? as u64;
                 answer.merge(crate::pipes::Aggregated::skipped(
                     skipped,
@@ -1406,6 +1449,7 @@ impl LogStore {
             stream_id,
             keys,
             columns,
+            span_keys,
             ..
         } = format.fields.layout
         else {
@@ -1426,6 +1470,7 @@ impl LogStore {
                     NUMBERS
                 },
                 streams: &streams,
+                span_keys: span_keys.then_some(format.fields.source),
             }),
         };
         crate::query::build_for(&view, query)
@@ -1615,6 +1660,7 @@ fn lean_document(
         numbers: numbers_field,
         keys: keys_field,
         columns,
+        span_keys,
     } = f.layout
     else {
         return TantivyDocument::default();
@@ -1664,7 +1710,11 @@ fn lean_document(
         (f.request_id, "request_id", request_id),
     ] {
         if let Some(id) = id {
-            doc.add_text(field, id);
+            if span_keys && name == "span_id" {
+                doc.add_text(field, span_key(&id));
+            } else {
+                doc.add_text(field, id);
+            }
             paths.push(name.to_string());
         }
     }
@@ -1677,6 +1727,32 @@ fn lean_document(
     doc.add_text(f.stream, stream);
     doc.add_text(f.source, without_resource(source, stream_of.json));
     doc
+}
+
+/// The term a format 5 partition indexes a span id as: the first
+/// [`SPAN_KEY_CHARS`] characters of a lowercase hex id of at least 8 (every
+/// OTLP span id), the whole id otherwise. Span ids are unique per record:
+/// as whole terms they were the largest part of the term dictionary (19
+/// bytes per record) and the costliest to build. A key is shared by one in
+/// 65,536 hex span ids, and a query on span ids reads its candidates'
+/// stored records and keeps those whose span id matches
+/// ([`crate::query`]); the usual one, the UI's logs of a span, also names
+/// the trace, so only that trace's records are read.
+pub(crate) fn span_key(id: &str) -> &str {
+    if is_span_key_hex(id) && id.len() >= 8 {
+        &id[..SPAN_KEY_CHARS]
+    } else {
+        id
+    }
+}
+
+/// Hex digits a [`span_key`] keeps of a hex span id.
+pub(crate) const SPAN_KEY_CHARS: usize = 4;
+
+/// Whether `text` is lowercase hex digits only.
+pub(crate) fn is_span_key_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What [`attribute_paths`] collects of the values, and under which key.
@@ -2002,6 +2078,55 @@ mod tests {
             let matched: Vec<&str> = matched.iter().map(|r| r.body.as_str()).collect();
             assert_eq!(matched, *expected, "matcher, query {query:?}");
         }
+    }
+
+    #[test]
+    fn span_ids_indexed_by_key_are_found_by_value_wildcard_range_and_set() {
+        // Format 5 indexes a hex span id by its first four digits and
+        // reads the candidates' records: ids that share a key, and a whole
+        // id that is a key, are told apart.
+        let with_span = |timestamp, body: &str, span: &str| {
+            let mut record = record(T0 + timestamp, body, None);
+            record.span_id = Some(span.into());
+            record
+        };
+        let records = [
+            with_span(6_000, "a", "00f067aa0ba902b7"),
+            with_span(5_000, "b", "span-b"),
+            with_span(4_000, "c", "00f067aa0ba902b8"),
+            with_span(3_000, "d", ""),
+            with_span(2_000, "e", "00f0"),
+            with_span(1_000, "f", "00F067AA0BA902B7"),
+        ];
+        let (_dir, store) = store_with(&records);
+        assert_finds(
+            &store,
+            &records,
+            &[
+                ("span_id:00f067aa0ba902b7", &["a"]),
+                ("span_id:00f067aa0ba902b8", &["c"]),
+                ("span_id:00F067AA0BA902B7", &["f"]),
+                ("span_id:00f0", &["e"]),
+                ("span_id:00f067aa0ba902b", &[]),
+                ("span_id:span-b", &["b"]),
+                ("span_id:00f067aa0ba902b?", &["a", "c"]),
+                ("span_id:00f0*", &["a", "c", "e"]),
+                ("span_id:00f06*", &["a", "c"]),
+                ("span_id:0*", &["a", "c", "e", "f"]),
+                ("span_id:*b7", &["a"]),
+                ("span_id:span*", &["b"]),
+                ("span_id: IN [span-b 00f0]", &["b", "e"]),
+                ("span_id:[00f0 TO 00f1]", &["a", "c", "e"]),
+                ("span_id:{00f0 TO 00f1]", &["a", "c"]),
+                (
+                    "trace_id:0af7651916cd43dd8448eb211c80319c AND span_id:00f067aa0ba902b8",
+                    &["c"],
+                ),
+                ("NOT span_id:00f067aa0ba902b7", &["b", "c", "d", "e", "f"]),
+                ("span_id:00f067aa0ba902b7 OR span_id:span-b", &["a", "b"]),
+                ("span_id:*", &["a", "b", "c", "d", "e", "f"]),
+            ],
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(crate) const IDENTIFYING_RESOURCE_KEYS: &[&str] = &[
 ];
 
 use crate::error::{Result, StoreError};
-use crate::logs::MAX_WORD_BYTES;
+use crate::logs::{MAX_WORD_BYTES, SPAN_KEY_CHARS, is_span_key_hex, span_key};
 use crate::model::LogRecord;
 use crate::streams::Streams;
 
@@ -81,6 +81,9 @@ pub(crate) struct LeanView<'a> {
     /// The numeric and boolean attributes, as a fast JSON field.
     pub numbers: &'a str,
     pub streams: &'a Streams,
+    /// Format 5: `span_id` holds [`crate::logs::span_key`]s, and this is
+    /// the stored source that says each record's span id.
+    pub span_keys: Option<Field>,
 }
 
 /// A query checked and normalized once, then built for each partition
@@ -332,7 +335,304 @@ fn lean_leaf(view: &IndexView<'_>, lean: &LeanView<'_>, leaf: UserInputLeaf) -> 
             }
             Ok(Lean::Either(leaf, promoted))
         }
+        // Format 5 keeps the timestamp as a fast column only: an exact
+        // time is a range of one value, which tantivy reads from the column.
+        UserInputLeaf::Literal(literal) if field == "timestamp" && !is_indexed(view, &field) => {
+            Ok(Lean::Leaf(one_value(field, literal.phrase)))
+        }
+        UserInputLeaf::Set { elements, .. }
+            if field == "timestamp" && !is_indexed(view, &field) =>
+        {
+            let mut either = Vec::with_capacity(elements.len());
+            for value in elements {
+                if let Some(query) = build_leaf(view, one_value(field.clone(), value))? {
+                    either.push((Occur::Should, query));
+                }
+            }
+            Ok(Lean::Built(Box::new(BooleanQuery::new(either))))
+        }
+        leaf if field == "span_id"
+            && let Some(source) = lean.span_keys =>
+        {
+            span_leaf(view.schema, source, leaf).map(Lean::Built)
+        }
         leaf => Ok(Lean::Leaf(leaf)),
+    }
+}
+
+/// A leaf on `span_id` in a partition that indexes [`span_key`]s: the
+/// records whose key could be that of a matching id, kept if their stored
+/// span id matches ([`Verified`]). A value or a set reads the keys of the
+/// values; a wildcard or regex the keys that start with its literal prefix
+/// and the key the prefix starts with; a range every record's.
+fn span_leaf(schema: &Schema, source: Field, leaf: UserInputLeaf) -> Result<Box<dyn Query>> {
+    let field = schema
+        .get_field("span_id")
+        .map_err(|error| StoreError::InvalidQuery(error.to_string()))?;
+    let term = |text: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            Term::from_field_text(field, text),
+            IndexRecordOption::Basic,
+        ))
+    };
+    let key = |id: &str| term(span_key(id));
+    let any = |queries: Vec<Box<dyn Query>>| -> Box<dyn Query> {
+        Box::new(BooleanQuery::new(
+            queries
+                .into_iter()
+                .map(|query| (Occur::Should, query))
+                .collect(),
+        ))
+    };
+    let (candidates, test) = match leaf {
+        UserInputLeaf::Literal(literal) => {
+            (key(&literal.phrase), IdTest::OneOf(vec![literal.phrase]))
+        }
+        UserInputLeaf::Set { elements, .. } => (
+            any(elements.iter().map(|id| key(id)).collect()),
+            IdTest::OneOf(elements),
+        ),
+        UserInputLeaf::Regex { pattern, .. } => {
+            let regex = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                .size_limit(MAX_REGEX_BYTES)
+                .build()
+                .map_err(|error| {
+                    StoreError::InvalidQuery(format!("invalid pattern {pattern:?}: {error}"))
+                })?;
+            let prefix = literal_prefix(&pattern);
+            let mut keys: Vec<Box<dyn Query>> = vec![Box::new(PresenceQuery {
+                field,
+                presence: Presence::Terms(vec![prefix.as_bytes().to_vec()]),
+            })];
+            if let Some(head) = prefix.get(..SPAN_KEY_CHARS)
+                && prefix.len() > SPAN_KEY_CHARS
+                && is_span_key_hex(head)
+            {
+                keys.push(term(head));
+            }
+            (any(keys), IdTest::Regex(regex))
+        }
+        UserInputLeaf::Range { lower, upper, .. } => (
+            Box::new(PresenceQuery {
+                field,
+                presence: Presence::Terms(vec![Vec::new()]),
+            }) as Box<dyn Query>,
+            IdTest::Range(bound(lower), bound(upper)),
+        ),
+        UserInputLeaf::Exists { .. } | UserInputLeaf::All => {
+            return Ok(Box::new(tantivy::query::AllQuery));
+        }
+    };
+    Ok(Box::new(Verified {
+        candidates,
+        source,
+        test,
+    }))
+}
+
+/// The largest compiled regex a span id pattern may make (`regex`'s
+/// default is 10 MB; a pattern is one query's, and many may run at once).
+const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// The text every match of `pattern` (a regex anchored at both ends)
+/// starts with: its leading characters that are not regex syntax, less the
+/// last when a repetition follows it; empty when the pattern has an
+/// alternation anywhere.
+fn literal_prefix(pattern: &str) -> String {
+    if pattern.contains('|') {
+        return String::new();
+    }
+    let mut prefix = String::new();
+    let mut characters = pattern.chars().peekable();
+    while let Some(character) = characters.next() {
+        let literal = match character {
+            '\\' => match characters.next() {
+                Some(escaped) if !escaped.is_alphanumeric() => escaped,
+                _ => break,
+            },
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '^' | '$' => break,
+            other => other,
+        };
+        if matches!(characters.peek(), Some('*' | '+' | '?' | '{')) {
+            break;
+        }
+        prefix.push(literal);
+    }
+    prefix
+}
+
+/// A bound of a range leaf, by its text.
+fn bound(bound: UserInputBound) -> std::ops::Bound<String> {
+    match bound {
+        UserInputBound::Inclusive(text) => std::ops::Bound::Included(text),
+        UserInputBound::Exclusive(text) => std::ops::Bound::Excluded(text),
+        UserInputBound::Unbounded => std::ops::Bound::Unbounded,
+    }
+}
+
+/// Which span ids a [`Verified`] query keeps.
+#[derive(Debug, Clone)]
+enum IdTest {
+    OneOf(Vec<String>),
+    Regex(regex::Regex),
+    Range(std::ops::Bound<String>, std::ops::Bound<String>),
+}
+
+impl IdTest {
+    fn keeps(&self, id: &str) -> bool {
+        match self {
+            IdTest::OneOf(ids) => ids.iter().any(|wanted| wanted == id),
+            IdTest::Regex(regex) => regex.is_match(id),
+            IdTest::Range(lower, upper) => {
+                let bounds: (std::ops::Bound<&str>, std::ops::Bound<&str>) = (
+                    lower.as_ref().map(String::as_str),
+                    upper.as_ref().map(String::as_str),
+                );
+                std::ops::RangeBounds::contains(&bounds, id)
+            }
+        }
+    }
+}
+
+/// The documents of `candidates` whose stored record (`source`) has a span
+/// id that `test` keeps.
+#[derive(Debug)]
+struct Verified {
+    candidates: Box<dyn Query>,
+    source: Field,
+    test: IdTest,
+}
+
+impl Clone for Verified {
+    fn clone(&self) -> Verified {
+        Verified {
+            candidates: self.candidates.box_clone(),
+            source: self.source,
+            test: self.test.clone(),
+        }
+    }
+}
+
+impl Query for Verified {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(VerifiedWeight {
+            candidates: self.candidates.weight(scoring)?,
+            source: self.source,
+            test: self.test.clone(),
+        }))
+    }
+}
+
+struct VerifiedWeight {
+    candidates: Box<dyn Weight>,
+    source: Field,
+    test: IdTest,
+}
+
+/// Docstore blocks a [`Verified`] scorer keeps decompressed: candidates
+/// come in document order, so a block is read once.
+const VERIFIED_CACHED_BLOCKS: usize = 4;
+
+impl Weight for VerifiedWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let mut scorer = VerifiedScorer {
+            candidates: self.candidates.scorer(reader, boost)?,
+            store: reader.get_store_reader(VERIFIED_CACHED_BLOCKS)?,
+            source: self.source,
+            test: self.test.clone(),
+        };
+        scorer.settle();
+        Ok(Box::new(scorer))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let mut scorer = self.scorer(reader, 1.0)?;
+        if scorer.seek(doc) != doc {
+            return Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} has no matching span id"
+            )));
+        }
+        Ok(Explanation::new("the span id matches", 1.0))
+    }
+}
+
+struct VerifiedScorer {
+    candidates: Box<dyn Scorer>,
+    store: tantivy::store::StoreReader,
+    source: Field,
+    test: IdTest,
+}
+
+/// The one field of a stored record a [`Verified`] query reads.
+#[derive(serde::Deserialize)]
+struct SpanOf {
+    #[serde(default)]
+    span_id: Option<String>,
+}
+
+impl VerifiedScorer {
+    /// Moves to the first candidate from here on whose span id passes.
+    fn settle(&mut self) -> DocId {
+        let mut doc = self.candidates.doc();
+        while doc != tantivy::TERMINATED && !self.passes(doc) {
+            doc = self.candidates.advance();
+        }
+        doc
+    }
+
+    fn passes(&self, doc: DocId) -> bool {
+        use tantivy::schema::Value as _;
+        let Ok(stored) = self.store.get::<tantivy::TantivyDocument>(doc) else {
+            return false;
+        };
+        stored
+            .get_first(self.source)
+            .and_then(|value| value.as_str())
+            .and_then(|source| serde_json::from_str::<SpanOf>(source).ok())
+            .and_then(|record| record.span_id)
+            .is_some_and(|id| self.test.keeps(&id))
+    }
+}
+
+impl DocSet for VerifiedScorer {
+    fn advance(&mut self) -> DocId {
+        self.candidates.advance();
+        self.settle()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.candidates.seek(target);
+        self.settle()
+    }
+
+    fn doc(&self) -> DocId {
+        self.candidates.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.candidates.size_hint()
+    }
+}
+
+impl Scorer for VerifiedScorer {
+    fn score(&mut self) -> Score {
+        1.0
+    }
+}
+
+/// Whether the partition indexes `field` (it has terms to look up).
+fn is_indexed(view: &IndexView<'_>, field: &str) -> bool {
+    view.schema
+        .get_field(field)
+        .is_ok_and(|field| view.schema.get_field_entry(field).is_indexed())
+}
+
+/// `field:[value TO value]`.
+fn one_value(field: String, value: String) -> UserInputLeaf {
+    UserInputLeaf::Range {
+        field: Some(field),
+        lower: UserInputBound::Inclusive(value.clone()),
+        upper: UserInputBound::Inclusive(value),
     }
 }
 

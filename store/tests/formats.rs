@@ -8,7 +8,7 @@
 //! - `wal-v1/`, `wal-v2/`: write-ahead log segments of WAL format 1 (byte
 //!   offset positions) and 2 ([`wal::WAL_FORMAT_VERSION`]), holding the same
 //!   three batches (logs, spans, logs).
-//! - `logs-v2/`, `logs-v3/`, `logs-v<LOG_PARTITION_FORMAT_VERSION>/`: a log
+//! - `logs-v2/` to `logs-v4/`, `logs-v<LOG_PARTITION_FORMAT_VERSION>/`: a log
 //!   store with one day partition (a tantivy index, and from format 3 its
 //!   streams) and its manifest, holding the same two records. Partitions of format 1
 //!   (tantivy's `default` tokenizer) are covered by the log store's unit
@@ -394,6 +394,19 @@ fn check_log_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
         ("http.status_code:[400 TO 499]", vec![payment]),
         ("user.tier:*", vec![payment]),
         ("NOT request_id:*", vec!["inventory reserved"]),
+        // An exact time: a term in formats up to 4, a one-value range on
+        // the fast column in format 5, which does not index the time.
+        (&format!("timestamp:{T0}"), vec![payment]),
+        (
+            &format!("timestamp: IN [{T0} {}]", T0 + 2_000_000_000),
+            vec!["inventory reserved", payment],
+        ),
+        (&format!("timestamp:{}", T0 + 1), vec![]),
+        // A whole term up to format 4, a key and the stored record's id in
+        // format 5.
+        ("span_id:00f067aa0ba902b7", vec![payment]),
+        ("span_id:00f067aa0ba902b8", vec![]),
+        ("span_id:00f067*", vec![payment]),
     ] {
         let found: Vec<String> = search(query)
             .hits
@@ -408,7 +421,7 @@ fn check_log_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn the_log_partition_fixtures_open_and_answer_queries() {
     assert_eq!(
-        LOG_PARTITION_FORMAT_VERSION, 4,
+        LOG_PARTITION_FORMAT_VERSION, 5,
         "a new log partition format needs its fixture"
     );
     let name = format!("logs-v{LOG_PARTITION_FORMAT_VERSION}");
@@ -451,6 +464,49 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
         |dir: &Path| std::fs::read_to_string(dir.join("2023-11-14/streams.jsonl")).unwrap();
     assert_eq!(streams(&dir), streams(fresh.path()));
     assert_eq!(streams(&dir).lines().count(), 2, "one line per resource");
+
+    // Format 4 partitions (the timestamp indexed as terms too) are still
+    // read, written on the day they cover in their own format, and
+    // aggregated.
+    let (_scratch, dir) = check_log_fixture("logs-v4");
+    let indexed = |dir: &Path, name: &str| {
+        schemas(dir)["2023-11-14/meta.json"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|field| field["name"] == name)
+            .unwrap()["options"]["indexed"]
+            .clone()
+    };
+    assert_eq!(indexed(&dir, "timestamp"), json!(true));
+    assert_eq!(indexed(fresh.path(), "timestamp"), json!(false));
+    let store = LogStore::open(&dir).unwrap();
+    let mut late = records().remove(0);
+    late.timestamp += 1_000;
+    late.body = "payment retried for order 42".into();
+    store.add(5, std::slice::from_ref(&late)).unwrap();
+    store.commit(6).unwrap();
+    drop(store);
+    assert_eq!(indexed(&dir, "timestamp"), json!(true));
+    let store = LogStore::open(&dir).unwrap();
+    let found = store
+        .search(&LogQuery {
+            query: format!("timestamp:{} AND retried", late.timestamp),
+            limit: 10,
+            ..LogQuery::default()
+        })
+        .unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(found.hits[0].record, late);
+    let counted = stats(&store, "| stats count() by service");
+    assert_eq!(counted.matched, 3);
+    assert_eq!(
+        counted.rows,
+        [
+            vec![json!("checkout"), json!(2)],
+            vec![json!("inventory"), json!(1)]
+        ]
+    );
 
     // Format 3 partitions (numbers without the other columns) are still
     // read, and written on the day they cover, in their own format.
