@@ -616,6 +616,7 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     collector.await??;
     let logs_dir = data_dir.path().join("logs");
     let by_kind = disk_by_kind(&logs_dir);
+    let by_field = disk_by_field(&logs_dir)?;
     let log_bytes: u64 = by_kind.values().sum();
     let wal_bytes = sightline_store::wal::disk_bytes(&data_dir.path().join("wal"))?;
     let wal_files = std::fs::read_dir(data_dir.path().join("wal"))?.count();
@@ -663,6 +664,18 @@ async fn ingest_bench(args: &Args) -> anyhow::Result<()> {
     println!(
         "collector: log store bytes per raw byte by file kind: {}",
         format_kinds(&by_kind, raw_bytes)
+    );
+    println!(
+        "collector: log store's largest parts, bytes per record: {}",
+        by_field
+            .iter()
+            .take(12)
+            .map(|((kind, field), bytes)| format!(
+                "{kind} {field} {:.1}",
+                *bytes as f64 / stored_records.max(1) as f64
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "collector: WAL after final commit: {wal_bytes} bytes in {wal_files} file(s) (while running, at searchable: {wal_while_running:.0} bytes)"
@@ -958,6 +971,50 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
     })?;
     report("request_id lookup (all time, limit 100)", &lookup, 50.0);
 
+    // Span ids, which format 5 indexes by a key of their first four hex
+    // digits (the candidates' records are read to keep the span asked
+    // for): alone, and as the UI asks for a span's logs, with its trace.
+    let mut spans = Vec::with_capacity(iterations);
+    while spans.len() < iterations {
+        let result = store.search(&LogQuery {
+            query: format!("request_id:{}", request_id(rng.below(records))),
+            limit: 1,
+            ..LogQuery::default()
+        })?;
+        if let Some(hit) = result.hits.first()
+            && let (Some(trace), Some(span)) = (&hit.record.trace_id, &hit.record.span_id)
+        {
+            spans.push((trace.clone(), span.clone()));
+        }
+    }
+    for (name, with_trace) in [
+        ("span_id lookup (all time, limit 100)", false),
+        (
+            "`trace_id:.. AND span_id:..`, a span's logs (all time)",
+            true,
+        ),
+    ] {
+        let mut next = spans.iter().cycle();
+        let timings = measure(iterations, || {
+            let (trace, span) = next.next().context("no spans")?;
+            let query = if with_trace {
+                format!("trace_id:{trace} AND span_id:{span}")
+            } else {
+                format!("span_id:{span}")
+            };
+            let result = store.search(&LogQuery {
+                query,
+                limit: 100,
+                ..LogQuery::default()
+            })?;
+            if result.total_hits == 0 {
+                bail!("span id {span} not found");
+            }
+            Ok(result.total_hits)
+        })?;
+        report(name, &timings, 50.0);
+    }
+
     for query in ["service:checkout AND severity:ERROR", "service:checkout"] {
         let timings = measure(iterations, || {
             let result = store.search(&LogQuery {
@@ -1230,6 +1287,41 @@ fn disk_by_kind(dir: &Path) -> BTreeMap<String, u64> {
     let mut kinds = BTreeMap::new();
     walk(dir, &mut kinds);
     kinds
+}
+
+/// What each part of each field of the tantivy indexes under `dir` takes
+/// (tantivy's space usage: the term dictionary, postings, positions, fast
+/// columns by JSON path, field norms; the docstore as one), largest first.
+fn disk_by_field(dir: &Path) -> anyhow::Result<Vec<((String, String), u64)>> {
+    let mut parts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if !entry.path().join("meta.json").exists() {
+            continue;
+        }
+        let index = tantivy::Index::open_in_dir(entry.path())?;
+        let usage = index.reader()?.searcher().space_usage()?;
+        for segment in usage.segments() {
+            for (kind, fields) in [
+                ("term", segment.termdict()),
+                ("idx", segment.postings()),
+                ("pos", segment.positions()),
+                ("fast", segment.fast_fields()),
+                ("fieldnorm", segment.fieldnorms()),
+            ] {
+                for field in fields.fields() {
+                    *parts
+                        .entry((kind.to_string(), field.field_name().to_string()))
+                        .or_default() += field.total().get_bytes();
+                }
+            }
+            *parts
+                .entry(("store".to_string(), "source".to_string()))
+                .or_default() += segment.store().total().get_bytes();
+        }
+    }
+    let mut parts: Vec<_> = parts.into_iter().collect();
+    parts.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    Ok(parts)
 }
 
 fn format_kinds(kinds: &BTreeMap<String, u64>, raw_bytes: u64) -> String {
