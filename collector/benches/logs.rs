@@ -1160,23 +1160,10 @@ fn build_query_store(dir: &Path, records: usize) -> anyhow::Result<QueryStoreMet
 // Machine
 // ---------------------------------------------------------------------------
 
-/// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), 0 if unknown.
-/// User and system CPU time of this process so far (`/proc/self/stat`,
-/// in clock ticks of 1/100 s).
+/// User and system CPU time of this process so far.
 fn process_cpu_seconds() -> f64 {
-    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
-}
-
-/// User + system CPU seconds of a `/proc/.../stat` line.
-fn stat_cpu_seconds(stat: &str) -> f64 {
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok());
-    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
-    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+    support::stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+        .unwrap_or(0.0)
 }
 
 /// CPU seconds of the process' live threads, summed by thread name
@@ -1196,11 +1183,13 @@ fn thread_cpu_seconds() -> BTreeMap<String, f64> {
             .trim()
             .trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        *by_name.entry(name.to_string()).or_insert(0.0) += stat_cpu_seconds(&stat);
+        *by_name.entry(name.to_string()).or_insert(0.0) +=
+            support::stat_cpu_seconds(&stat).unwrap_or(0.0);
     }
     by_name
 }
 
+/// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), 0 if unknown.
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

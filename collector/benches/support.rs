@@ -61,6 +61,33 @@ pub(crate) fn now_nanos() -> i64 {
         .map_or(0, |elapsed| elapsed.as_nanos() as i64)
 }
 
+/// User and system CPU seconds of a `/proc/<pid>/stat` (or a thread's
+/// `/proc/<pid>/task/<tid>/stat`) line; `None` if it is malformed.
+pub(crate) fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are fields 14 and 15, the 12th and 13th
+    // after it.
+    let (_, after) = stat.rsplit_once(')')?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`getconf CLK_TCK`, once).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
