@@ -816,6 +816,43 @@ fn to_owned_object(map: Map<String, Value>) -> BTreeMap<String, tantivy::schema:
         .collect()
 }
 
+/// A raw line taken apart as the bare tantivy indexes take it.
+struct ParsedLine {
+    nanos: i64,
+    /// Upper case, as the store keeps it.
+    severity: String,
+    message: String,
+    /// As written, in hex.
+    trace_id: String,
+    span_id: String,
+    /// The line's other fields, and `log.iostream` as the agent adds it.
+    fields: Map<String, Value>,
+}
+
+fn parse_line(line: &str) -> anyhow::Result<ParsedLine> {
+    let mut fields: Map<String, Value> = serde_json::from_str(line)?;
+    let mut text = |key: &str| match fields.remove(key) {
+        Some(Value::String(text)) => text,
+        _ => String::new(),
+    };
+    let ts = text("ts");
+    let severity = text("level").to_ascii_uppercase();
+    let message = text("msg");
+    let trace_id = text("trace_id");
+    let span_id = text("span_id");
+    let nanos = time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)?
+        .unix_timestamp_nanos() as i64;
+    fields.insert("log.iostream".into(), "stdout".into());
+    Ok(ParsedLine {
+        nanos,
+        severity,
+        message,
+        trace_id,
+        span_id,
+        fields,
+    })
+}
+
 /// Parses each raw line and indexes it: two indexing threads, one commit at
 /// the end, or also one whenever `commit_every` has passed since the last.
 fn bare_tantivy(
@@ -849,36 +886,22 @@ fn bare_tantivy(
             last_commit = Instant::now();
         }
         let pod = &pods[*pod_index];
-        let mut fields: Map<String, Value> = serde_json::from_str(line)?;
-        let ts = fields.remove("ts").unwrap_or_default();
-        let timestamp = time::OffsetDateTime::parse(
-            ts.as_str().unwrap_or_default(),
-            &time::format_description::well_known::Rfc3339,
-        )?
-        .unix_timestamp_nanos() as i64;
-        let level = fields.remove("level").unwrap_or_default();
-        let message = fields.remove("msg").unwrap_or_default();
-        let trace_id = fields.remove("trace_id").unwrap_or_default();
-        let span_id = fields.remove("span_id").unwrap_or_default();
+        let parsed = parse_line(line)?;
         let service = SERVICES[pod.service];
         let mut doc = TantivyDocument::default();
-        doc.add_i64(f.timestamp, timestamp);
+        doc.add_i64(f.timestamp, parsed.nanos);
         doc.add_u64(f.seq, seq as u64);
-        doc.add_text(
-            f.severity,
-            level.as_str().unwrap_or_default().to_ascii_uppercase(),
-        );
+        doc.add_text(f.severity, parsed.severity);
         doc.add_i64(f.severity_number, 9);
         doc.add_text(f.service, service);
-        doc.add_text(f.body, message.as_str().unwrap_or_default());
-        if let Some(id) = fields.get("request_id").and_then(|v| v.as_str()) {
+        doc.add_text(f.body, parsed.message);
+        if let Some(id) = parsed.fields.get("request_id").and_then(|v| v.as_str()) {
             doc.add_text(f.request_id, id);
         }
-        fields.insert("log.iostream".into(), "stdout".into());
-        doc.add_object(f.attributes, to_owned_object(fields));
+        doc.add_object(f.attributes, to_owned_object(parsed.fields));
         doc.add_object(f.resource, to_owned_object((*pod.json).clone()));
-        doc.add_text(f.trace_id, trace_id.as_str().unwrap_or_default());
-        doc.add_text(f.span_id, span_id.as_str().unwrap_or_default());
+        doc.add_text(f.trace_id, parsed.trace_id);
+        doc.add_text(f.span_id, parsed.span_id);
         let stream = format!(
             "{service}|{}|{}|{}|stdout",
             pod.json["host.name"].as_str().unwrap_or_default(),
@@ -958,16 +981,10 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
     let iterations = args.iterations;
 
     let lookup = measure(iterations, || {
-        let id = request_id(rng.below(records));
-        let result = store.search(&LogQuery {
-            query: format!("request_id:{id}"),
-            limit: 100,
-            ..LogQuery::default()
-        })?;
-        if result.total_hits == 0 {
-            bail!("request id {id} not found");
-        }
-        Ok(result.total_hits)
+        find_all_time(
+            &store,
+            format!("request_id:{}", request_id(rng.below(records))),
+        )
     })?;
     report("request_id lookup (all time, limit 100)", &lookup, 50.0);
 
@@ -997,20 +1014,14 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
         let mut next = spans.iter().cycle();
         let timings = measure(iterations, || {
             let (trace, span) = next.next().context("no spans")?;
-            let query = if with_trace {
-                format!("trace_id:{trace} AND span_id:{span}")
-            } else {
-                format!("span_id:{span}")
-            };
-            let result = store.search(&LogQuery {
-                query,
-                limit: 100,
-                ..LogQuery::default()
-            })?;
-            if result.total_hits == 0 {
-                bail!("span id {span} not found");
-            }
-            Ok(result.total_hits)
+            find_all_time(
+                &store,
+                if with_trace {
+                    format!("trace_id:{trace} AND span_id:{span}")
+                } else {
+                    format!("span_id:{span}")
+                },
+            )
         })?;
         report(name, &timings, 50.0);
     }
@@ -1106,6 +1117,20 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
         f64::INFINITY,
     );
     Ok(())
+}
+
+/// The hits of `query` over all time (newest first, limit 100), an error
+/// when there are none: a lookup of an id the store holds.
+fn find_all_time(store: &LogStore, query: String) -> anyhow::Result<usize> {
+    let result = store.search(&LogQuery {
+        query,
+        limit: 100,
+        ..LogQuery::default()
+    })?;
+    if result.total_hits == 0 {
+        bail!("nothing found");
+    }
+    Ok(result.total_hits)
 }
 
 fn build_query_store(dir: &Path, records: usize) -> anyhow::Result<QueryStoreMeta> {
@@ -1475,35 +1500,28 @@ fn schema_variants(args: &Args) -> anyhow::Result<()> {
             .tokenizers(sightline_store::log_index_tokenizers())
             .create_in_dir(dir.path())?;
         let started = Instant::now();
-        let mut writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
+        let writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
         for (n, (pod_index, line)) in lines.iter().enumerate() {
             let pod = &pods[*pod_index];
-            let mut fields: Map<String, Value> = serde_json::from_str(line)?;
-            let ts = fields.remove("ts").unwrap_or_default();
-            let ts = time::OffsetDateTime::parse(
-                ts.as_str().unwrap_or_default(),
-                &time::format_description::well_known::Rfc3339,
-            )?
-            .unix_timestamp_nanos() as i64;
-            let level = fields.remove("level").unwrap_or_default();
-            let message = fields.remove("msg").unwrap_or_default();
-            let tid = fields.remove("trace_id").unwrap_or_default();
-            let sid = fields.remove("span_id").unwrap_or_default();
+            let ParsedLine {
+                nanos,
+                severity: level,
+                message,
+                trace_id: tid,
+                span_id: sid,
+                mut fields,
+            } = parse_line(line)?;
             let svc = SERVICES[pod.service];
             let mut doc = TantivyDocument::default();
-            doc.add_i64(timestamp, ts);
+            doc.add_i64(timestamp, nanos);
             doc.add_u64(seq, n as u64);
-            doc.add_text(
-                severity,
-                level.as_str().unwrap_or_default().to_ascii_uppercase(),
-            );
+            doc.add_text(severity, level);
             doc.add_i64(severity_number, 9);
             doc.add_text(service, svc);
-            doc.add_text(body, message.as_str().unwrap_or_default());
+            doc.add_text(body, message);
             if let Some(id) = fields.get("request_id").and_then(|v| v.as_str()) {
                 doc.add_text(request_id, id);
             }
-            fields.insert("log.iostream".into(), "stdout".into());
             let mut source_text = String::with_capacity(line.len() + 400);
             if variant.resource_in_source {
                 source_text.push_str(&serde_json::to_string(&pod.json)?);
@@ -1516,23 +1534,13 @@ fn schema_variants(args: &Args) -> anyhow::Result<()> {
             if variant.resource_indexed {
                 doc.add_object(resource, to_owned_object((*pod.json).clone()));
             }
-            doc.add_text(trace_id, tid.as_str().unwrap_or_default());
-            doc.add_text(span_id, sid.as_str().unwrap_or_default());
+            doc.add_text(trace_id, tid);
+            doc.add_text(span_id, sid);
             doc.add_text(stream, format!("{svc}|{}|stdout", pod.json["k8s.pod.uid"]));
             doc.add_text(source, source_text);
             writer.add_document(doc)?;
         }
-        writer.commit()?;
-        let elapsed = started.elapsed();
-        writer.wait_merging_threads()?;
-        let disk = sightline_store::dir_size(dir.path());
-        println!(
-            "{:<38} {:>6.1} MB/s  disk/raw {:.3}  [{}]",
-            variant.name,
-            raw as f64 / MB / elapsed.as_secs_f64(),
-            disk as f64 / raw as f64,
-            format_kinds(&disk_by_kind(dir.path()), raw)
-        );
+        finish_variant(variant.name, writer, started, dir.path(), raw)?;
     }
     quickwit_otel_logs(&pods, &lines, raw)
 }
@@ -1597,54 +1605,53 @@ fn quickwit_otel_logs(pods: &[Pod], lines: &[(usize, String)], raw: u64) -> anyh
         .tokenizers(sightline_store::log_index_tokenizers())
         .create_in_dir(dir.path())?;
     let started = Instant::now();
-    let mut writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
+    let writer = index.writer_with_num_threads(2, 96 * 1024 * 1024)?;
     for (pod_index, line) in lines {
         let pod = &pods[*pod_index];
-        let mut fields: Map<String, Value> = serde_json::from_str(line)?;
-        let ts = fields.remove("ts").unwrap_or_default();
-        let nanos = time::OffsetDateTime::parse(
-            ts.as_str().unwrap_or_default(),
-            &time::format_description::well_known::Rfc3339,
-        )?
-        .unix_timestamp_nanos() as i64;
-        let level = fields.remove("level").unwrap_or_default();
-        let message = fields.remove("msg").unwrap_or_default();
-        let hex_id = |value: Option<Value>| {
-            hex::decode(value.as_ref().and_then(Value::as_str).unwrap_or_default())
-        };
-        let (trace, span) = (
-            hex_id(fields.remove("trace_id"))?,
-            hex_id(fields.remove("span_id"))?,
-        );
-        fields.insert("log.iostream".into(), "stdout".into());
+        let parsed = parse_line(line)?;
+        let nanos = parsed.nanos;
         let mut doc = TantivyDocument::default();
         doc.add_i64(timestamp, nanos / 1_000_000);
         doc.add_i64(observed, nanos + 2_000_000);
         doc.add_text(service, SERVICES[pod.service]);
-        doc.add_text(
-            severity_text,
-            level.as_str().unwrap_or_default().to_ascii_uppercase(),
-        );
+        doc.add_text(severity_text, parsed.severity);
         doc.add_u64(severity_number, 9);
         let mut message_object = Map::new();
-        message_object.insert("message".into(), message);
+        message_object.insert("message".into(), parsed.message.into());
         doc.add_object(body, to_owned_object(message_object));
-        doc.add_object(attributes, to_owned_object(fields));
+        doc.add_object(attributes, to_owned_object(parsed.fields));
         doc.add_object(resource, to_owned_object((*pod.json).clone()));
-        doc.add_bytes(trace_id, &trace);
-        doc.add_bytes(span_id, &span);
+        doc.add_bytes(trace_id, &hex::decode(parsed.trace_id)?);
+        doc.add_bytes(span_id, &hex::decode(parsed.span_id)?);
         writer.add_document(doc)?;
     }
+    finish_variant(
+        "Quickwit's otel-logs-v0_7 mapping",
+        writer,
+        started,
+        dir.path(),
+        raw,
+    )
+}
+
+/// Commits a schema variant's index, waits for its merges and prints its
+/// speed (indexing started at `started`) and disk per raw byte.
+fn finish_variant(
+    name: &str,
+    mut writer: tantivy::IndexWriter,
+    started: Instant,
+    dir: &Path,
+    raw: u64,
+) -> anyhow::Result<()> {
     writer.commit()?;
     let elapsed = started.elapsed();
     writer.wait_merging_threads()?;
-    let disk = sightline_store::dir_size(dir.path());
+    let disk = sightline_store::dir_size(dir);
     println!(
-        "{:<38} {:>6.1} MB/s  disk/raw {:.3}  [{}]",
-        "Quickwit's otel-logs-v0_7 mapping",
+        "{name:<38} {:>6.1} MB/s  disk/raw {:.3}  [{}]",
         raw as f64 / MB / elapsed.as_secs_f64(),
         disk as f64 / raw as f64,
-        format_kinds(&disk_by_kind(dir.path()), raw)
+        format_kinds(&disk_by_kind(dir), raw)
     );
     Ok(())
 }

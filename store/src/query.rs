@@ -546,13 +546,7 @@ impl Weight for VerifiedWeight {
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let mut scorer = self.scorer(reader, 1.0)?;
-        if scorer.seek(doc) != doc {
-            return Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} has no matching span id"
-            )));
-        }
-        Ok(Explanation::new("the span id matches", 1.0))
+        explain_match(self.scorer(reader, 1.0)?, doc, "the span id matches")
     }
 }
 
@@ -788,14 +782,22 @@ impl Weight for PresenceQuery {
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let mut scorer = self.scorer(reader, 1.0)?;
-        if scorer.seek(doc) != doc {
-            return Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} has no value in the field"
-            )));
-        }
-        Ok(Explanation::new("the field has a value", 1.0))
+        explain_match(self.scorer(reader, 1.0)?, doc, "the field has a value")
     }
+}
+
+/// The explanation of a constant-score match, `why`, if `scorer` has `doc`.
+fn explain_match(
+    mut scorer: Box<dyn Scorer>,
+    doc: DocId,
+    why: &'static str,
+) -> tantivy::Result<Explanation> {
+    if scorer.seek(doc) != doc {
+        return Err(tantivy::TantivyError::InvalidArgument(format!(
+            "document {doc} does not match: not {why}"
+        )));
+    }
+    Ok(Explanation::new(why, 1.0))
 }
 
 /// Adds the documents of every term of `terms` that starts with `prefix`

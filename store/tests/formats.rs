@@ -418,6 +418,27 @@ fn check_log_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     (scratch, dir)
 }
 
+/// Writes `late` into the store at `dir` (a copy of an older format's
+/// fixture, whose day it falls on), reopens it, checks that `query` finds
+/// it alone, whole, and returns the store.
+fn write_late_and_find(dir: &Path, late: &LogRecord, query: &str) -> LogStore {
+    let store = LogStore::open(dir).unwrap();
+    store.add(5, std::slice::from_ref(late)).unwrap();
+    store.commit(6).unwrap();
+    drop(store);
+    let store = LogStore::open(dir).unwrap();
+    let found = store
+        .search(&LogQuery {
+            query: query.into(),
+            limit: 10,
+            ..LogQuery::default()
+        })
+        .unwrap();
+    assert_eq!(found.hits.len(), 1, "{query}");
+    assert_eq!(found.hits[0].record, *late, "{query}");
+    store
+}
+
 #[test]
 fn the_log_partition_fixtures_open_and_answer_queries() {
     assert_eq!(
@@ -480,24 +501,12 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
     };
     assert_eq!(indexed(&dir, "timestamp"), json!(true));
     assert_eq!(indexed(fresh.path(), "timestamp"), json!(false));
-    let store = LogStore::open(&dir).unwrap();
     let mut late = records().remove(0);
     late.timestamp += 1_000;
     late.body = "payment retried for order 42".into();
-    store.add(5, std::slice::from_ref(&late)).unwrap();
-    store.commit(6).unwrap();
-    drop(store);
+    let query = format!("timestamp:{} AND retried", late.timestamp);
+    let store = write_late_and_find(&dir, &late, &query);
     assert_eq!(indexed(&dir, "timestamp"), json!(true));
-    let store = LogStore::open(&dir).unwrap();
-    let found = store
-        .search(&LogQuery {
-            query: format!("timestamp:{} AND retried", late.timestamp),
-            limit: 10,
-            ..LogQuery::default()
-        })
-        .unwrap();
-    assert_eq!(found.hits.len(), 1);
-    assert_eq!(found.hits[0].record, late);
     let counted = stats(&store, "| stats count() by service");
     assert_eq!(counted.matched, 3);
     assert_eq!(
@@ -519,23 +528,10 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
         .map(|field| field["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"numbers") && !names.contains(&"columns"));
-    let store = LogStore::open(&dir).unwrap();
     let mut late = records().remove(0);
     late.timestamp += 1_000;
     late.body = "payment retried for order 42".into();
-    store.add(5, std::slice::from_ref(&late)).unwrap();
-    store.commit(6).unwrap();
-    drop(store);
-    let store = LogStore::open(&dir).unwrap();
-    let found = store
-        .search(&LogQuery {
-            query: "retried AND http.status_code:[400 TO 499]".into(),
-            limit: 10,
-            ..LogQuery::default()
-        })
-        .unwrap();
-    assert_eq!(found.hits.len(), 1);
-    assert_eq!(found.hits[0].record, late);
+    let store = write_late_and_find(&dir, &late, "retried AND http.status_code:[400 TO 499]");
     // Its records are counted as matched but not aggregated, and the
     // answer says so.
     let counted = stats(&store, "| stats count() by service");
@@ -554,23 +550,10 @@ fn the_log_partition_fixtures_open_and_answer_queries() {
         schemas(&dir)["2023-11-14/meta.json"],
         serde_json::to_value(log_index_schema()).unwrap()
     );
-    let store = LogStore::open(&dir).unwrap();
     let mut late = records().remove(1);
     late.timestamp += 1_000;
     late.body = "inventory released".into();
-    store.add(5, std::slice::from_ref(&late)).unwrap();
-    store.commit(6).unwrap();
-    drop(store);
-    let store = LogStore::open(&dir).unwrap();
-    let found = store
-        .search(&LogQuery {
-            query: "released AND resource.host.name:node-1".into(),
-            limit: 10,
-            ..LogQuery::default()
-        })
-        .unwrap();
-    assert_eq!(found.hits.len(), 1);
-    assert_eq!(found.hits[0].record, late);
+    write_late_and_find(&dir, &late, "released AND resource.host.name:node-1");
     assert!(!dir.join("2023-11-14/streams.jsonl").exists());
 }
 
