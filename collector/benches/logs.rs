@@ -1025,6 +1025,16 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
         })?;
         report(name, &timings, 50.0);
     }
+    // A span id pattern without a literal prefix reads every record's
+    // stored source in format 5 (the keys cannot narrow it): timed once.
+    let (_, span) = spans.first().context("no spans")?;
+    let suffix = &span[span.len().saturating_sub(6)..];
+    let timings = measure(1, || find_all_time(&store, format!("span_id:*{suffix}")))?;
+    report(
+        "`span_id:*<last six digits>`, every record's source read (all time)",
+        &timings,
+        f64::INFINITY,
+    );
 
     for query in ["service:checkout AND severity:ERROR", "service:checkout"] {
         let timings = measure(iterations, || {

@@ -1470,7 +1470,7 @@ impl LogStore {
                     NUMBERS
                 },
                 streams: &streams,
-                span_keys: span_keys.then_some(format.fields.source),
+                span_keys,
             }),
         };
         crate::query::build_for(&view, query)
@@ -2097,6 +2097,13 @@ mod tests {
             with_span(3_000, "d", ""),
             with_span(2_000, "e", "00f0"),
             with_span(1_000, "f", "00F067AA0BA902B7"),
+            // An attribute of the same name holds another record's id.
+            {
+                let mut g = with_span(500, "g", "00f0ffffffffffff");
+                g.attributes
+                    .insert("span_id".into(), json!("00f067aa0ba902b7"));
+                g
+            },
         ];
         let (_dir, store) = store_with(&records);
         assert_finds(
@@ -2110,21 +2117,25 @@ mod tests {
                 ("span_id:00f067aa0ba902b", &[]),
                 ("span_id:span-b", &["b"]),
                 ("span_id:00f067aa0ba902b?", &["a", "c"]),
-                ("span_id:00f0*", &["a", "c", "e"]),
+                ("span_id:00f0*", &["a", "c", "e", "g"]),
                 ("span_id:00f06*", &["a", "c"]),
-                ("span_id:0*", &["a", "c", "e", "f"]),
+                ("span_id:0*", &["a", "c", "e", "f", "g"]),
                 ("span_id:*b7", &["a"]),
                 ("span_id:span*", &["b"]),
                 ("span_id: IN [span-b 00f0]", &["b", "e"]),
-                ("span_id:[00f0 TO 00f1]", &["a", "c", "e"]),
-                ("span_id:{00f0 TO 00f1]", &["a", "c"]),
+                ("span_id:[00f0 TO 00f1]", &["a", "c", "e", "g"]),
+                ("span_id:{00f0 TO 00f1]", &["a", "c", "g"]),
+                ("attributes.span_id:00f067aa0ba902b7", &["g"]),
                 (
                     "trace_id:0af7651916cd43dd8448eb211c80319c AND span_id:00f067aa0ba902b8",
                     &["c"],
                 ),
-                ("NOT span_id:00f067aa0ba902b7", &["b", "c", "d", "e", "f"]),
+                (
+                    "NOT span_id:00f067aa0ba902b7",
+                    &["b", "c", "d", "e", "f", "g"],
+                ),
                 ("span_id:00f067aa0ba902b7 OR span_id:span-b", &["a", "b"]),
-                ("span_id:*", &["a", "b", "c", "d", "e", "f"]),
+                ("span_id:*", &["a", "b", "c", "d", "e", "f", "g"]),
             ],
         );
     }

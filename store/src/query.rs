@@ -81,9 +81,8 @@ pub(crate) struct LeanView<'a> {
     /// The numeric and boolean attributes, as a fast JSON field.
     pub numbers: &'a str,
     pub streams: &'a Streams,
-    /// Format 5: `span_id` holds [`crate::logs::span_key`]s, and this is
-    /// the stored source that says each record's span id.
-    pub span_keys: Option<Field>,
+    /// Format 5: `span_id` holds [`crate::logs::span_key`]s.
+    pub span_keys: bool,
 }
 
 /// A query checked and normalized once, then built for each partition
@@ -351,10 +350,8 @@ fn lean_leaf(view: &IndexView<'_>, lean: &LeanView<'_>, leaf: UserInputLeaf) -> 
             }
             Ok(Lean::Built(Box::new(BooleanQuery::new(either))))
         }
-        leaf if field == "span_id"
-            && let Some(source) = lean.span_keys =>
-        {
-            span_leaf(view.schema, source, leaf).map(Lean::Built)
+        leaf if field == "span_id" && lean.span_keys => {
+            span_leaf(view.schema, leaf).map(Lean::Built)
         }
         leaf => Ok(Lean::Leaf(leaf)),
     }
@@ -365,7 +362,7 @@ fn lean_leaf(view: &IndexView<'_>, lean: &LeanView<'_>, leaf: UserInputLeaf) -> 
 /// span id matches ([`Verified`]). A value or a set reads the keys of the
 /// values; a wildcard or regex the keys that start with its literal prefix
 /// and the key the prefix starts with; a range every record's.
-fn span_leaf(schema: &Schema, source: Field, leaf: UserInputLeaf) -> Result<Box<dyn Query>> {
+fn span_leaf(schema: &Schema, leaf: UserInputLeaf) -> Result<Box<dyn Query>> {
     let field = schema
         .get_field("span_id")
         .map_err(|error| StoreError::InvalidQuery(error.to_string()))?;
@@ -423,11 +420,7 @@ fn span_leaf(schema: &Schema, source: Field, leaf: UserInputLeaf) -> Result<Box<
             return Ok(Box::new(tantivy::query::AllQuery));
         }
     };
-    Ok(Box::new(Verified {
-        candidates,
-        source,
-        test,
-    }))
+    Ok(Box::new(Verified { candidates, test }))
 }
 
 /// The largest compiled regex a span id pattern may make (`regex`'s
@@ -494,12 +487,11 @@ impl IdTest {
     }
 }
 
-/// The documents of `candidates` whose stored record (`source`) has a span
-/// id that `test` keeps.
+/// The documents of `candidates` whose stored record has a span id that
+/// `test` keeps.
 #[derive(Debug)]
 struct Verified {
     candidates: Box<dyn Query>,
-    source: Field,
     test: IdTest,
 }
 
@@ -507,7 +499,6 @@ impl Clone for Verified {
     fn clone(&self) -> Verified {
         Verified {
             candidates: self.candidates.box_clone(),
-            source: self.source,
             test: self.test.clone(),
         }
     }
@@ -517,7 +508,6 @@ impl Query for Verified {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
         Ok(Box::new(VerifiedWeight {
             candidates: self.candidates.weight(scoring)?,
-            source: self.source,
             test: self.test.clone(),
         }))
     }
@@ -525,7 +515,6 @@ impl Query for Verified {
 
 struct VerifiedWeight {
     candidates: Box<dyn Weight>,
-    source: Field,
     test: IdTest,
 }
 
@@ -538,7 +527,6 @@ impl Weight for VerifiedWeight {
         let mut scorer = VerifiedScorer {
             candidates: self.candidates.scorer(reader, boost)?,
             store: reader.get_store_reader(VERIFIED_CACHED_BLOCKS)?,
-            source: self.source,
             test: self.test.clone(),
         };
         scorer.settle();
@@ -553,15 +541,27 @@ impl Weight for VerifiedWeight {
 struct VerifiedScorer {
     candidates: Box<dyn Scorer>,
     store: tantivy::store::StoreReader,
-    source: Field,
     test: IdTest,
 }
 
-/// The one field of a stored record a [`Verified`] query reads.
-#[derive(serde::Deserialize)]
-struct SpanOf {
-    #[serde(default)]
-    span_id: Option<String>,
+/// The span id in a stored document, read from its bytes without
+/// deserializing the document or parsing the record's JSON: the record's
+/// JSON is the document's one stored text (beside the stream number), kept
+/// verbatim in its bytes, and serde writes the
+/// record's own `span_id` after its attributes, so it is the last
+/// `"span_id":` key (an attribute of that name comes before it, and the
+/// text cannot appear unescaped inside a string). Only records with a span
+/// id are candidates.
+fn stored_span_id(document: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"span_id\":";
+    let at = document
+        .windows(KEY.len())
+        .rposition(|window| window == KEY)?
+        + KEY.len();
+    serde_json::Deserializer::from_slice(&document[at..])
+        .into_iter::<String>()
+        .next()?
+        .ok()
 }
 
 impl VerifiedScorer {
@@ -575,15 +575,10 @@ impl VerifiedScorer {
     }
 
     fn passes(&self, doc: DocId) -> bool {
-        use tantivy::schema::Value as _;
-        let Ok(stored) = self.store.get::<tantivy::TantivyDocument>(doc) else {
-            return false;
-        };
-        stored
-            .get_first(self.source)
-            .and_then(|value| value.as_str())
-            .and_then(|source| serde_json::from_str::<SpanOf>(source).ok())
-            .and_then(|record| record.span_id)
+        self.store
+            .get_document_bytes(doc)
+            .ok()
+            .and_then(|bytes| stored_span_id(bytes.as_slice()))
             .is_some_and(|id| self.test.keeps(&id))
     }
 }
