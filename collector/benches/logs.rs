@@ -1133,12 +1133,12 @@ fn query_bench(args: &Args) -> anyhow::Result<()> {
 /// when there are none: a lookup of an id the store holds.
 fn find_all_time(store: &LogStore, query: String) -> anyhow::Result<usize> {
     let result = store.search(&LogQuery {
-        query,
+        query: query.clone(),
         limit: 100,
         ..LogQuery::default()
     })?;
     if result.total_hits == 0 {
-        bail!("nothing found");
+        bail!("`{query}` found nothing");
     }
     Ok(result.total_hits)
 }
